@@ -1,0 +1,168 @@
+"""Assembly: build a Worker (and status reports) from Settings."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from s3flow.aws import AwsClients, open_clients
+from s3flow.errors import ConfigError, S3flowError, translate_aws_error
+from s3flow.metrics import WorkerMetrics
+from s3flow.processors import create_processor
+from s3flow.routing import Route
+from s3flow.settings import PipelineSettings, Settings
+from s3flow.sinks import open_sink
+from s3flow.worker.engine import PipelineRuntime, Worker, WorkerObserver
+
+log = logging.getLogger("s3flow.app")
+
+
+def _is_url(name: str) -> bool:
+    return name.startswith(("https://", "http://"))
+
+
+async def queue_url(sqs: Any, name_or_url: str, *, what: str) -> str:
+    """Resolve a queue name to its URL (URLs pass through). ConfigError when missing."""
+    if _is_url(name_or_url):
+        return name_or_url
+    try:
+        resp = await sqs.get_queue_url(QueueName=name_or_url)
+    except Exception as exc:
+        err = translate_aws_error(exc, "GetQueueUrl")
+        code = getattr(err, "code", "") or ""
+        if "NonExistentQueue" in code or "QueueDoesNotExist" in code:
+            raise ConfigError(
+                f"{what} queue {name_or_url!r} does not exist; run `s3flow provision` first"
+            ) from exc
+        raise err from exc
+    return str(resp["QueueUrl"])
+
+
+async def dlq_url(sqs: Any, p: PipelineSettings, source_url: str) -> str:
+    """The DLQ of a pipeline: the ``dlq`` setting, else the queue's redrive target, else '<queue>-dlq'."""
+    if p.dlq:
+        return await queue_url(sqs, p.dlq, what=f"pipeline {p.name!r} dead-letter")
+    try:
+        attrs = (
+            await sqs.get_queue_attributes(QueueUrl=source_url, AttributeNames=["RedrivePolicy"])
+        ).get("Attributes", {})
+    except Exception as exc:
+        raise translate_aws_error(exc, "GetQueueAttributes") from exc
+    policy = attrs.get("RedrivePolicy")
+    if policy:
+        try:
+            arn = json.loads(policy)["deadLetterTargetArn"]
+            return await queue_url(sqs, arn.rsplit(":", 1)[-1], what="redrive target")
+        except (ValueError, KeyError, TypeError):
+            log.warning("queue %s has an unreadable RedrivePolicy: %s", source_url, policy)
+    return await queue_url(sqs, p.dlq_name, what=f"pipeline {p.name!r} dead-letter")
+
+
+def select_pipelines(settings: Settings, names: list[str] | None) -> list[PipelineSettings]:
+    """The pipelines to run: all, or the named ones. ConfigError if none."""
+    if names:
+        return [settings.pipeline(n) for n in names]
+    if not settings.pipelines:
+        raise ConfigError(
+            "no pipelines configured: add a [[pipelines]] table to s3flow.toml "
+            "(see docs/configuration.md) or pass -c/--config"
+        )
+    return list(settings.pipelines)
+
+
+async def build_runtimes(
+    settings: Settings, clients: AwsClients, names: list[str] | None = None
+) -> list[PipelineRuntime]:
+    """Resolve queues, processors, sinks and routes of the selected pipelines."""
+    out = []
+    for p in select_pipelines(settings, names):
+        processor = create_processor(p.processor, p.options)
+        url = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
+        dlq = await dlq_url(clients.sqs, p, url)
+        out.append(
+            PipelineRuntime(
+                settings=p,
+                queue_url=url,
+                dlq_url=dlq,
+                processor=processor,
+                sink=open_sink(p.output, clients.s3),
+                route=Route.from_settings(p),
+            )
+        )
+    return out
+
+
+def pool_size(settings: Settings) -> int:
+    """HTTP connections per client: enough for every slot plus pollers and acks."""
+    if settings.aws.max_pool_connections:
+        return settings.aws.max_pool_connections
+    return sum(p.concurrency for p in settings.pipelines) + 8 * max(1, len(settings.pipelines))
+
+
+async def run_worker(
+    settings: Settings,
+    *,
+    burst: bool = False,
+    pipelines: list[str] | None = None,
+    observer: WorkerObserver | None = None,
+    handle_signals: bool = False,
+) -> WorkerMetrics:
+    """Build and run a worker until it is stopped (or drained, with ``burst``)."""
+    async with open_clients(settings.aws, pool=pool_size(settings)) as clients:
+        runtimes = await build_runtimes(settings, clients, pipelines)
+        worker = Worker(clients, runtimes, settings.worker, observer=observer, burst=burst)
+        return await worker.run(handle_signals=handle_signals)
+
+
+@dataclass
+class QueueStatus:
+    """Depth of one pipeline's queue and DLQ."""
+
+    pipeline: str
+    queue: str
+    visible: int | None
+    in_flight: int | None
+    delayed: int | None
+    dlq: str
+    dlq_depth: int | None
+    error: str | None = None
+
+
+async def _depths(sqs: Any, url: str) -> tuple[int, int, int]:
+    attrs = (
+        await sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+                "ApproximateNumberOfMessagesDelayed",
+            ],
+        )
+    ).get("Attributes", {})
+    return (
+        int(attrs.get("ApproximateNumberOfMessages", 0)),
+        int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
+    )
+
+
+async def queue_status(settings: Settings, names: list[str] | None = None) -> list[QueueStatus]:
+    """Per pipeline: messages visible / in flight / delayed and DLQ depth."""
+    out: list[QueueStatus] = []
+    async with open_clients(settings.aws) as clients:
+        for p in select_pipelines(settings, names):
+            st = QueueStatus(p.name, p.queue, None, None, None, p.dlq_name, None)
+            try:
+                url = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
+                st.visible, st.in_flight, st.delayed = await _depths(clients.sqs, url)
+                dlq = await dlq_url(clients.sqs, p, url)
+                st.dlq = dlq.rsplit("/", 1)[-1]
+                st.dlq_depth = sum(await _depths(clients.sqs, dlq))
+            except S3flowError as exc:
+                st.error = str(exc)
+            except Exception as exc:  # noqa: BLE001
+                st.error = str(translate_aws_error(exc, "GetQueueAttributes"))
+            out.append(st)
+    return out

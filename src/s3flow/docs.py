@@ -1,0 +1,58 @@
+"""Generate the configuration reference from the Settings model (one source of truth)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from s3flow.settings import (
+    AwsSettings,
+    LocalSettings,
+    PipelineSettings,
+    WorkerSettings,
+)
+
+_SECTIONS: list[tuple[str, type[BaseModel], str]] = [
+    ("[aws]", AwsSettings, "S3FLOW_AWS__"),
+    ("[worker]", WorkerSettings, "S3FLOW_WORKER__"),
+    ("[local]", LocalSettings, "S3FLOW_LOCAL__"),
+    ("[[pipelines]]", PipelineSettings, ""),
+]
+
+
+def _type_name(info: FieldInfo) -> str:
+    ann: Any = info.annotation
+    text = getattr(ann, "__name__", None) or str(ann)
+    return text.replace("typing.", "").replace("NoneType", "None")
+
+
+def _default(info: FieldInfo) -> str:
+    if info.default is PydanticUndefined:
+        return "dynamic" if info.default_factory is not None else "**required**"
+    return f"`{info.default!r}`"
+
+
+def settings_reference() -> str:
+    """Markdown tables: one per section, one row per key."""
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from `s3flow.settings` (`s3flow config-reference`). Sources, highest",
+        "priority first: CLI flags, `S3FLOW_*` environment variables (nested with `__`,",
+        "e.g. `S3FLOW_WORKER__SHUTDOWN_GRACE_S=10`), the TOML file (`-c s3flow.toml` or",
+        "`S3FLOW_CONFIG`), defaults. Unknown keys are errors that name the key.",
+        "",
+    ]
+    for title, model, env in _SECTIONS:
+        out += [f"## `{title}`", "", (model.__doc__ or "").strip(), ""]
+        if env:
+            out += [f"Environment: `{env}<KEY>`.", ""]
+        out += ["| key | type | default | meaning |", "|---|---|---|---|"]
+        for name, info in model.model_fields.items():
+            desc = (info.description or "").replace("|", "\\|")
+            out.append(f"| `{name}` | `{_type_name(info)}` | {_default(info)} | {desc} |")
+        out.append("")
+    return "\n".join(out)

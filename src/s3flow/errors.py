@@ -1,0 +1,156 @@
+"""The one exception hierarchy of s3flow.
+
+Every error s3flow raises derives from :class:`S3flowError` and carries a
+:class:`Disposition` that tells the engine what to do with the message that
+caused it:
+
+* ``RETRYABLE`` - transient (throttling, 5xx, timeouts, a processor bug that may
+  go away): leave the message on the queue with a backoff; after
+  ``max_receive_count`` receives the queue's redrive policy dead-letters it.
+* ``PERMANENT`` - permanent for this object (corrupt compressed data,
+  undecodable content): send it to the DLQ at once with the reason, no retries.
+* ``POISON`` - the SQS message itself is unusable (not a known envelope): DLQ.
+* ``SKIP`` - nothing to do for this object (it was deleted before we read it):
+  log and acknowledge.
+
+Library errors (botocore, zlib, ...) are translated at the boundary with
+``raise X from exc`` so the engine only ever sees this hierarchy.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+
+class Disposition(enum.Enum):
+    """How the engine settles a message whose processing raised an error."""
+
+    RETRYABLE = "retryable"
+    PERMANENT = "permanent"
+    POISON = "poison"
+    SKIP = "skip"
+
+
+class S3flowError(Exception):
+    """Root of every s3flow error."""
+
+    disposition: Disposition = Disposition.RETRYABLE
+
+    @property
+    def error_class(self) -> str:
+        """Short class name, as written to DLQ message attributes and logs."""
+        return type(self).__name__
+
+
+class ConfigError(S3flowError):
+    """A setting is missing, unknown or invalid. Raised before any work starts."""
+
+    disposition = Disposition.PERMANENT
+
+
+class EnvelopeError(S3flowError):
+    """An SQS message body is not a known S3 notification envelope (poison)."""
+
+    disposition = Disposition.POISON
+
+
+class RetryableError(S3flowError):
+    """A transient failure: try again later."""
+
+    disposition = Disposition.RETRYABLE
+
+
+class AwsError(RetryableError):
+    """An AWS call failed in a way that is worth retrying (throttling, 5xx, network)."""
+
+    def __init__(self, message: str, *, code: str | None = None, operation: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.operation = operation
+
+
+class AwsPermanentError(S3flowError):
+    """An AWS call failed in a way retries will not fix (access denied, bad request)."""
+
+    disposition = Disposition.PERMANENT
+
+    def __init__(self, message: str, *, code: str | None = None, operation: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.operation = operation
+
+
+class PermanentError(S3flowError):
+    """Permanent for this object: retrying will give the same result."""
+
+    disposition = Disposition.PERMANENT
+
+
+class CorruptDataError(PermanentError):
+    """Compressed data could not be decompressed (truncated or corrupt)."""
+
+
+class UndecodableContentError(PermanentError):
+    """Content could not be decoded (wrong text encoding, unparseable format)."""
+
+
+class OutputPathError(PermanentError):
+    """An output location derived from the input key is not acceptable."""
+
+
+class ObjectMissingError(S3flowError):
+    """The object named by the event no longer exists (deleted or overwritten)."""
+
+    disposition = Disposition.SKIP
+
+
+class ProcessorError(RetryableError):
+    """A processor raised an unexpected exception; treated as retryable."""
+
+
+# --- botocore translation ----------------------------------------------------
+
+_THROTTLING = {
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "TransactionInProgressException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "LimitExceededException",
+    "RequestThrottled",
+    "SlowDown",
+    "EC2ThrottledException",
+    "PriorBatchNotFinished",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "ServiceUnavailable",
+    "InternalFailure",
+}
+_MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
+
+
+def translate_aws_error(exc: BaseException, operation: str) -> S3flowError:
+    """Translate a botocore/aiohttp exception into the s3flow hierarchy.
+
+    Use as ``raise translate_aws_error(exc, "GetObject") from exc``.
+    """
+    response: dict[str, Any] | None = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        err = response.get("Error") or {}
+        code = str(err.get("Code") or "")
+        msg = str(err.get("Message") or exc)
+        status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+        text = f"{operation} failed: {code or status}: {msg}"
+        if code in _MISSING:
+            return ObjectMissingError(text)
+        if code in _THROTTLING or status >= 500 or status == 429:
+            return AwsError(text, code=code, operation=operation)
+        return AwsPermanentError(text, code=code, operation=operation)
+    # Connection errors, read timeouts, endpoint unreachable: transient.
+    return AwsError(f"{operation} failed: {type(exc).__name__}: {exc}", operation=operation)

@@ -1,0 +1,224 @@
+"""Envelopes -> ObjectEvents.
+
+Understands the bodies S3 notifications arrive in:
+
+* a direct S3 notification (``{"Records": [...]}``, one or several records);
+* SNS-wrapped (``{"Type": "Notification", "Message": "<S3 notification>"}``);
+* EventBridge (``{"detail-type": "Object Created", "source": "aws.s3", ...}``);
+* ``s3:TestEvent`` (sent when a notification is configured: acknowledged, ignored).
+
+Keys are URL-decoded with :func:`urllib.parse.unquote_plus`: S3 writes a space
+as ``+`` and a literal ``+`` as ``%2B``; some emulators also encode ``/``.
+Anything else raises :class:`~s3flow.errors.EnvelopeError` (a poison message).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_plus
+
+from s3flow.errors import EnvelopeError
+
+_MAX_BODY = 1024 * 1024  # SQS bodies are at most 256 KiB (1 MiB with the new limit)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectEvent:
+    """One object-level event taken from a notification."""
+
+    bucket: str
+    key: str
+    event_name: str = "ObjectCreated:Put"
+    size: int | None = None
+    etag: str | None = None
+    version_id: str | None = None
+    sequencer: str | None = None
+    event_time: str | None = None
+    region: str | None = None
+    source: str = "s3"
+
+    @property
+    def is_created(self) -> bool:
+        """True for ObjectCreated:* events (the ones processors act on)."""
+        return self.event_name.startswith("ObjectCreated") or self.event_name == "Object Created"
+
+    @property
+    def is_removed(self) -> bool:
+        """True for ObjectRemoved:* / EventBridge 'Object Deleted' events."""
+        return self.event_name.startswith("ObjectRemoved") or self.event_name == "Object Deleted"
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        """(bucket, key, versionId or eTag): what identifies this object version."""
+        return (self.bucket, self.key, self.version_id or self.etag or "")
+
+    def uri(self) -> str:
+        """``s3://bucket/key``."""
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(slots=True)
+class Envelope:
+    """What one SQS message contained."""
+
+    events: list[ObjectEvent] = field(default_factory=list)
+    test_event: bool = False
+    kind: str = "s3"  # s3 | sns | eventbridge | test
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise EnvelopeError(f"{what} is missing or not a non-empty string")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise EnvelopeError(f"expected a string, got {type(value).__name__}")
+
+
+def _opt_size(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise EnvelopeError("object size is a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise EnvelopeError("object size is negative")
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    raise EnvelopeError(f"object size is not an integer: {value!r}"[:200])
+
+
+def _decode_key(raw: Any) -> str:
+    key = unquote_plus(_str(raw, "object key"))
+    if not key:
+        raise EnvelopeError("object key is empty after URL-decoding")
+    return key
+
+
+def _record(rec: Any, index: int) -> ObjectEvent:
+    if not isinstance(rec, dict):
+        raise EnvelopeError(f"Records[{index}] is not an object")
+    source = rec.get("eventSource")
+    if source is not None and source != "aws:s3" and not (
+        isinstance(source, str) and source.endswith(":s3")
+    ):
+        raise EnvelopeError(f"Records[{index}].eventSource is {source!r}, not aws:s3"[:200])
+    s3 = rec.get("s3")
+    if not isinstance(s3, dict):
+        raise EnvelopeError(f"Records[{index}] has no 's3' section")
+    bucket = s3.get("bucket")
+    obj = s3.get("object")
+    if not isinstance(bucket, dict) or not isinstance(obj, dict):
+        raise EnvelopeError(f"Records[{index}].s3 lacks 'bucket' or 'object'")
+    etag = _opt_str(obj.get("eTag"))
+    return ObjectEvent(
+        bucket=_str(bucket.get("name"), f"Records[{index}].s3.bucket.name"),
+        key=_decode_key(obj.get("key")),
+        event_name=_str(rec.get("eventName"), f"Records[{index}].eventName"),
+        size=_opt_size(obj.get("size")),
+        etag=etag.strip('"') if etag else None,
+        version_id=_opt_str(obj.get("versionId")),
+        sequencer=_opt_str(obj.get("sequencer")),
+        event_time=_opt_str(rec.get("eventTime")),
+        region=_opt_str(rec.get("awsRegion")),
+        source="s3",
+    )
+
+
+def _s3_notification(doc: dict[str, Any], kind: str) -> Envelope:
+    if doc.get("Event") == "s3:TestEvent":
+        return Envelope(test_event=True, kind="test")
+    records = doc.get("Records")
+    if not isinstance(records, list) or not records:
+        raise EnvelopeError("'Records' is missing, empty or not a list")
+    events = [_record(rec, i) for i, rec in enumerate(records)]
+    return Envelope(events=events, kind=kind)
+
+
+def _eventbridge(doc: dict[str, Any]) -> Envelope:
+    detail = doc.get("detail")
+    if not isinstance(detail, dict):
+        raise EnvelopeError("EventBridge event has no 'detail' object")
+    bucket = detail.get("bucket")
+    obj = detail.get("object")
+    if not isinstance(bucket, dict) or not isinstance(obj, dict):
+        raise EnvelopeError("EventBridge detail lacks 'bucket' or 'object'")
+    etag = _opt_str(obj.get("etag"))
+    event = ObjectEvent(
+        bucket=_str(bucket.get("name"), "detail.bucket.name"),
+        key=_decode_key(obj.get("key")),
+        event_name=_str(doc.get("detail-type"), "detail-type"),
+        size=_opt_size(obj.get("size")),
+        etag=etag.strip('"') if etag else None,
+        version_id=_opt_str(obj.get("version-id")),
+        sequencer=_opt_str(obj.get("sequencer")),
+        event_time=_opt_str(doc.get("time")),
+        region=_opt_str(doc.get("region")),
+        source="eventbridge",
+    )
+    return Envelope(events=[event], kind="eventbridge")
+
+
+def parse_document(doc: Any, *, _depth: int = 0) -> Envelope:
+    """Parse an already-decoded JSON document. Raises EnvelopeError."""
+    if not isinstance(doc, dict):
+        raise EnvelopeError(f"body is a JSON {type(doc).__name__}, not an object")
+    if doc.get("Type") == "Notification" and "Message" in doc:
+        if _depth > 0:
+            raise EnvelopeError("SNS notification nested in another notification")
+        message = doc.get("Message")
+        if not isinstance(message, str):
+            raise EnvelopeError("SNS notification 'Message' is not a string")
+        try:
+            inner = json.loads(message)
+        except (ValueError, RecursionError) as exc:
+            raise EnvelopeError(f"SNS 'Message' is not JSON: {exc}"[:300]) from exc
+        env = parse_document(inner, _depth=_depth + 1)
+        if env.kind == "s3":
+            env.kind = "sns"
+        return env
+    if doc.get("source") == "aws.s3" and "detail-type" in doc:
+        return _eventbridge(doc)
+    if "Records" in doc or doc.get("Event") == "s3:TestEvent":
+        return _s3_notification(doc, "s3")
+    keys = ", ".join(sorted(str(k) for k in doc)[:8])
+    raise EnvelopeError(
+        "not an S3 notification, SNS notification or EventBridge event "
+        f"(top-level keys: {keys or 'none'})"[:300]
+    )
+
+
+def parse_body(body: str | bytes) -> Envelope:
+    """Parse an SQS message body into an :class:`Envelope`.
+
+    Returns the object events (possibly several), or a test event. Raises
+    :class:`~s3flow.errors.EnvelopeError` for anything that is not a known
+    envelope; never any other exception.
+    """
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EnvelopeError("body is not UTF-8") from exc
+    if len(body) > _MAX_BODY:
+        raise EnvelopeError(f"body is {len(body)} characters, larger than any S3 notification")
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise EnvelopeError(f"body is not JSON: {exc}"[:300]) from exc
+    try:
+        return parse_document(doc)
+    except EnvelopeError:
+        raise
+    except RecursionError as exc:  # pathological nesting
+        raise EnvelopeError("body is nested too deeply") from exc

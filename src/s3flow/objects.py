@@ -1,0 +1,306 @@
+"""Streaming S3 reads with on-the-fly decompression.
+
+An object is read in chunks (never whole) and decompressed as it arrives. The
+codec is chosen by magic bytes first, then ``Content-Encoding``, then the key's
+suffix: gzip (multi-member too), zstd (multi-frame), bz2 (multi-stream), or
+identity. Decompressed output per step is bounded, so memory stays bounded
+even for highly compressible input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bz2
+import zlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import zstandard
+
+from s3flow.errors import CorruptDataError, S3flowError, translate_aws_error
+
+CHUNK_BYTES = 1024 * 1024  # network read size
+_OUT_MAX = 4 * 1024 * 1024  # max decompressed bytes produced per step
+_THREAD_MIN = 256 * 1024  # decompress chunks at least this big off the event loop
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+BZ2_MAGIC = b"BZh"
+
+ENCODINGS = ("identity", "gzip", "zstd", "bz2")
+
+
+def detect_encoding(head: bytes, content_encoding: str | None = None, key: str = "") -> str:
+    """Pick the codec: magic bytes, then Content-Encoding, then key suffix."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    if head.startswith(BZ2_MAGIC) and len(head) >= 4 and head[3:4] in b"123456789":
+        return "bz2"
+    if head:
+        # Data with no known magic is stored as-is, whatever the metadata says
+        # (a "Content-Encoding: gzip" object that a client already decoded...).
+        return "identity"
+    ce = (content_encoding or "").lower().strip()
+    if ce in ("gzip", "x-gzip"):
+        return "gzip"
+    if ce in ("zstd",):
+        return "zstd"
+    if ce in ("bzip2", "bz2", "x-bzip2"):
+        return "bz2"
+    lowered = key.lower()
+    if lowered.endswith((".gz", ".gzip")):
+        return "gzip"
+    if lowered.endswith((".zst", ".zstd")):
+        return "zstd"
+    if lowered.endswith((".bz2",)):
+        return "bz2"
+    return "identity"
+
+
+class Decoder(Protocol):
+    """Incremental decompressor."""
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Yield decompressed pieces of ``data`` (bounded size each)."""
+        ...
+
+    def finish(self) -> None:
+        """Check the stream ended cleanly; raise CorruptDataError otherwise."""
+        ...
+
+
+class IdentityDecoder:
+    """Pass-through."""
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if data:
+            yield data
+
+    def finish(self) -> None:
+        return None
+
+
+class _MultiMemberDecoder:
+    """Shared logic for codecs whose streams may be concatenated (gzip, bz2, zstd).
+
+    Subclasses say how to make a decompressor, run one bounded step, and find
+    input the step did not consume.
+    """
+
+    name = "?"
+
+    def __init__(self) -> None:
+        self._d = self._new()
+        self._started = False  # saw input for the current member
+
+    def _new(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _step(self, data: bytes) -> bytes:
+        return bytes(self._d.decompress(data, _OUT_MAX))
+
+    def _tail(self) -> bytes:
+        """Input the last step left unconsumed (zlib keeps it outside)."""
+        return b""
+
+    def _more_output(self, last_out: int) -> bool:
+        """Whether the decompressor may still hold output without new input."""
+        return False
+
+    def _after_step(self) -> bytes:
+        """Input left over for the next step; starts a new member after an end."""
+        if not self._d.eof:
+            return self._tail()
+        rest = bytes(self._d.unused_data)
+        if rest.strip(b"\x00"):
+            self._d = self._new()  # another member follows
+            return rest
+        return b""  # end, or zero padding after the last member
+
+    def _steps(self, data: bytes) -> Iterator[bytes]:
+        buf = data
+        while True:
+            if self._d.eof:
+                if not buf.strip(b"\x00"):
+                    return
+                self._d = self._new()
+            if buf:
+                self._started = True
+            out = self._step(buf)
+            buf = self._after_step()
+            if out:
+                yield out
+            if not buf and not (not self._d.eof and self._more_output(len(out))):
+                return
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if not data:
+            return
+        try:
+            yield from self._steps(data)
+        except (zlib.error, OSError, EOFError, ValueError, zstandard.ZstdError) as exc:
+            raise CorruptDataError(f"corrupt {self.name} data: {exc}") from exc
+
+    def finish(self) -> None:
+        if self._started and not self._d.eof:
+            raise CorruptDataError(f"truncated {self.name} data: the stream ended mid-member")
+
+
+class GzipDecoder(_MultiMemberDecoder):
+    """gzip, including multi-member files (``cat a.gz b.gz``)."""
+
+    name = "gzip"
+
+    def _new(self) -> Any:
+        return zlib.decompressobj(wbits=31)
+
+    def _tail(self) -> bytes:
+        return bytes(self._d.unconsumed_tail)
+
+    def _more_output(self, last_out: int) -> bool:
+        return last_out >= _OUT_MAX
+
+
+class Bz2Decoder(_MultiMemberDecoder):
+    """bzip2, including multi-stream files (pbzip2)."""
+
+    name = "bz2"
+
+    def _new(self) -> Any:
+        return bz2.BZ2Decompressor()
+
+    def _more_output(self, last_out: int) -> bool:
+        return not self._d.needs_input
+
+
+class ZstdDecoder(_MultiMemberDecoder):
+    """zstd, including several concatenated frames."""
+
+    name = "zstd"
+
+    def _new(self) -> Any:
+        return zstandard.ZstdDecompressor().decompressobj()
+
+    def _step(self, data: bytes) -> bytes:
+        # No output cap in zstandard's decompressobj: feed() slices the input.
+        return bytes(self._d.decompress(data)) if data else b""
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        for i in range(0, len(data), 64 * 1024):
+            yield from super().feed(data[i : i + 64 * 1024])
+
+
+def make_decoder(encoding: str) -> Decoder:
+    """Return a fresh decoder for ``encoding`` (one of :data:`ENCODINGS`)."""
+    if encoding == "gzip":
+        return GzipDecoder()
+    if encoding == "zstd":
+        return ZstdDecoder()
+    if encoding == "bz2":
+        return Bz2Decoder()
+    if encoding == "identity":
+        return IdentityDecoder()
+    raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
+
+
+@dataclass
+class ObjectInfo:
+    """What GetObject told us about the object."""
+
+    bucket: str
+    key: str
+    etag: str | None
+    version_id: str | None
+    size: int | None
+    content_encoding: str | None
+    content_type: str | None
+    metadata: dict[str, str]
+
+
+class ObjectReader:
+    """Async iterator over an object's decompressed bytes.
+
+    ``compressed_bytes`` and ``uncompressed_bytes`` count what went through;
+    ``encoding`` is known after the first chunk.
+    """
+
+    def __init__(self, info: ObjectInfo, body: Any, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.info = info
+        self._body = body
+        self._chunk = chunk_bytes
+        self.encoding = "identity"
+        self.compressed_bytes = 0
+        self.uncompressed_bytes = 0
+
+    async def _raw_chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                chunk = await self._body.read(self._chunk)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                raise translate_aws_error(exc, "GetObject (reading body)") from exc
+            if not chunk:
+                return
+            self.compressed_bytes += len(chunk)
+            yield chunk
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        decoder: Decoder | None = None
+        async for raw in self._raw_chunks():
+            if decoder is None:
+                self.encoding = detect_encoding(raw[:8], self.info.content_encoding, self.info.key)
+                decoder = make_decoder(self.encoding)
+            if self.encoding != "identity" and len(raw) >= _THREAD_MIN:
+                # zlib/bz2/zstd release the GIL: decompress big chunks on a thread.
+                pieces = await asyncio.to_thread(lambda d=decoder, r=raw: list(d.feed(r)))
+            else:
+                pieces = list(decoder.feed(raw))
+            for piece in pieces:
+                self.uncompressed_bytes += len(piece)
+                yield piece
+        if decoder is not None:
+            decoder.finish()
+
+    def close(self) -> None:
+        """Release the HTTP connection."""
+        try:
+            self._body.close()
+        except Exception:  # noqa: BLE001 - closing must never raise
+            pass
+
+
+async def open_object(
+    s3: Any,
+    bucket: str,
+    key: str,
+    *,
+    version_id: str | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> ObjectReader:
+    """GetObject as a stream. Missing object -> ObjectMissingError; errors translated."""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if version_id:
+        kwargs["VersionId"] = version_id
+    try:
+        resp = await s3.get_object(**kwargs)
+    except asyncio.CancelledError:
+        raise
+    except S3flowError:
+        raise
+    except Exception as exc:
+        raise translate_aws_error(exc, f"GetObject s3://{bucket}/{key}") from exc
+    info = ObjectInfo(
+        bucket=bucket,
+        key=key,
+        etag=(resp.get("ETag") or "").strip('"') or None,
+        version_id=resp.get("VersionId"),
+        size=resp.get("ContentLength"),
+        content_encoding=resp.get("ContentEncoding"),
+        content_type=resp.get("ContentType"),
+        metadata=dict(resp.get("Metadata") or {}),
+    )
+    return ObjectReader(info, resp["Body"], chunk_bytes)

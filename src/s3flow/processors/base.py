@@ -1,0 +1,73 @@
+"""The Processor protocol and what a processor gets to work with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from s3flow.events import ObjectEvent
+from s3flow.objects import ObjectReader, open_object
+from s3flow.sinks.base import Sink
+
+
+@dataclass
+class Result:
+    """What a processor did for one object."""
+
+    outputs: list[str] = field(default_factory=list)
+    counters: dict[str, int | float] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ProcessContext:
+    """Everything a processor needs for one object."""
+
+    event: ObjectEvent
+    pipeline: str
+    worker_id: str
+    s3: Any
+    sink: Sink
+    report_progress: Callable[[int], None] = lambda n: None
+
+    async def open(self) -> ObjectReader:
+        """Open the event's object as a decompressing stream (iterate it with ``async for``)."""
+        return await open_object(
+            self.s3, self.event.bucket, self.event.key, version_id=self.event.version_id
+        )
+
+
+@runtime_checkable
+class Processor(Protocol):
+    """Turns one object into outputs.
+
+    Implementations are constructed once per pipeline with the pipeline's
+    ``options`` table and must be safe to call concurrently. ``process`` returns
+    only after its outputs are durable; it raises an :mod:`s3flow.errors`
+    exception (classified retryable / permanent) on failure. Any other
+    exception is treated as retryable.
+    """
+
+    name: ClassVar[str]
+    cpu_bound: ClassVar[bool]
+
+    async def process(self, ctx: ProcessContext) -> Result:
+        """Process ``ctx.event``'s object and write its outputs through ``ctx.sink``."""
+        ...
+
+
+class BaseProcessor:
+    """Convenience base: stores options, not CPU-bound, no-op lifecycle hooks."""
+
+    name: ClassVar[str] = "base"
+    cpu_bound: ClassVar[bool] = False
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        self.options = dict(options or {})
+
+    async def start(self) -> None:
+        """Called once before the first object (open connections here)."""
+
+    async def stop(self) -> None:
+        """Called once at shutdown."""

@@ -1,0 +1,101 @@
+"""``line-count``: count the lines and bytes of each object, write a JSON result.
+
+Output: ``<output>/<key>.json`` - deterministic, so a repeated delivery
+overwrites the same result. ``lines`` counts newline-terminated lines plus a
+last line without a newline (so ``a\\nb`` has 2 lines; ``wc -l`` would say 1).
+
+Options (``[pipelines.options]``):
+  ``text_encoding`` - e.g. ``"utf-8"``: also check the content decodes in that
+  encoding; content that does not is a permanent error (dead-lettered).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from s3flow.errors import ConfigError, UndecodableContentError
+from s3flow.processors.base import BaseProcessor, ProcessContext, Result
+
+
+class LineCountProcessor(BaseProcessor):
+    """Counts lines/bytes of (possibly compressed) objects."""
+
+    name: ClassVar[str] = "line-count"
+    cpu_bound: ClassVar[bool] = False
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        super().__init__(options)
+        unknown = set(self.options) - {"text_encoding"}
+        if unknown:
+            raise ConfigError(
+                f"line-count: unknown option(s) {sorted(unknown)}; known: ['text_encoding']"
+            )
+        enc = self.options.get("text_encoding")
+        if enc is not None:
+            try:
+                codecs.lookup(str(enc))
+            except LookupError as exc:
+                raise ConfigError(f"line-count: unknown text_encoding {enc!r}") from exc
+        self.text_encoding: str | None = str(enc) if enc else None
+
+    async def process(self, ctx: ProcessContext) -> Result:
+        started = time.perf_counter()
+        reader = await ctx.open()
+        decoder = codecs.getincrementaldecoder(self.text_encoding)() if self.text_encoding else None
+        lines = 0
+        last = b""
+        offset = 0
+        try:
+            async for chunk in reader:
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+                if decoder is not None:
+                    try:
+                        decoder.decode(chunk)
+                    except UnicodeDecodeError as exc:
+                        raise UndecodableContentError(
+                            f"not {self.text_encoding} at byte {offset + exc.start}: {exc.reason}"
+                        ) from exc
+                offset += len(chunk)
+                ctx.report_progress(len(chunk))
+            if decoder is not None:
+                try:
+                    decoder.decode(b"", final=True)
+                except UnicodeDecodeError as exc:
+                    raise UndecodableContentError(
+                        f"not {self.text_encoding}: truncated character at the end"
+                    ) from exc
+        finally:
+            reader.close()
+        if offset and last != b"\n":
+            lines += 1
+        info = reader.info
+        doc = {
+            "bucket": info.bucket,
+            "key": info.key,
+            "version_id": info.version_id,
+            "etag": info.etag,
+            "compressed_bytes": reader.compressed_bytes,
+            "uncompressed_bytes": reader.uncompressed_bytes,
+            "lines": lines,
+            "encoding": reader.encoding,
+            "processing_ms": round((time.perf_counter() - started) * 1000, 3),
+            "worker_id": ctx.worker_id,
+            "pipeline": ctx.pipeline,
+            "processed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+        body = json.dumps(doc, ensure_ascii=False, indent=None).encode("utf-8")
+        uri = await ctx.sink.write(info.key + ".json", body, "application/json")
+        return Result(
+            outputs=[uri],
+            counters={
+                "lines": lines,
+                "bytes_in": reader.compressed_bytes,
+                "bytes_out": len(body),
+            },
+            detail=doc,
+        )

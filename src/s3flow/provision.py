@@ -1,0 +1,297 @@
+"""Idempotent setup of what the pipelines need: buckets, queues, DLQs, notifications.
+
+Every resource is read first and changed only when it differs from what the
+settings ask for, so a second run reports ``unchanged`` everywhere. With
+``dry_run`` nothing is changed and the plan is returned.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from s3flow.aws import open_clients
+from s3flow.errors import ConfigError, translate_aws_error
+from s3flow.settings import PipelineSettings, Settings
+
+NOTIFICATION_ID_PREFIX = "s3flow-"
+
+
+@dataclass
+class Change:
+    """One resource and what provisioning did (or would do) to it."""
+
+    kind: str  # bucket | queue | dlq | notification
+    name: str
+    action: str  # created | updated | unchanged | would create | would update
+    detail: str = ""
+
+
+def _code(exc: BaseException) -> str:
+    resp = getattr(exc, "response", None)
+    if isinstance(resp, dict):
+        return str((resp.get("Error") or {}).get("Code") or "")
+    return ""
+
+
+def _is_url(name: str) -> bool:
+    return name.startswith(("https://", "http://"))
+
+
+class Provisioner:
+    """Creates or verifies resources through open S3/SQS clients."""
+
+    def __init__(self, s3: Any, sqs: Any, region: str, *, dry_run: bool = False) -> None:
+        self.s3 = s3
+        self.sqs = sqs
+        self.region = region
+        self.dry_run = dry_run
+        self.changes: list[Change] = []
+
+    def _record(self, kind: str, name: str, exists: bool, changed: bool, detail: str = "") -> None:
+        if not exists:
+            action = "would create" if self.dry_run else "created"
+        elif changed:
+            action = "would update" if self.dry_run else "updated"
+        else:
+            action = "unchanged"
+        self.changes.append(Change(kind, name, action, detail))
+
+    # --- buckets -----------------------------------------------------------
+
+    async def bucket(self, name: str) -> None:
+        """Bucket with default encryption (SSE-S3) and all public access blocked."""
+        exists = True
+        try:
+            await self.s3.head_bucket(Bucket=name)
+        except Exception as exc:
+            if _code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+                raise translate_aws_error(exc, f"HeadBucket {name}") from exc
+            exists = False
+        fixes: list[str] = []
+        if exists:
+            try:
+                enc = await self.s3.get_bucket_encryption(Bucket=name)
+                rules = enc.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
+                if not rules:
+                    fixes.append("encryption")
+            except Exception as exc:
+                if "ServerSideEncryptionConfigurationNotFound" not in _code(exc):
+                    raise translate_aws_error(exc, f"GetBucketEncryption {name}") from exc
+                fixes.append("encryption")
+            try:
+                pab = (await self.s3.get_public_access_block(Bucket=name)).get(
+                    "PublicAccessBlockConfiguration", {}
+                )
+                if not all(pab.get(k) for k in _PAB):
+                    fixes.append("public access block")
+            except Exception as exc:
+                if "NoSuchPublicAccessBlockConfiguration" not in _code(exc):
+                    raise translate_aws_error(exc, f"GetPublicAccessBlock {name}") from exc
+                fixes.append("public access block")
+        else:
+            fixes = ["encryption", "public access block"]
+        self._record("bucket", name, exists, bool(fixes), ", ".join(fixes))
+        if self.dry_run:
+            return
+        try:
+            if not exists:
+                kwargs: dict[str, Any] = {"Bucket": name}
+                if self.region != "us-east-1":
+                    kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+                await self.s3.create_bucket(**kwargs)
+            if "encryption" in fixes:
+                await self.s3.put_bucket_encryption(
+                    Bucket=name,
+                    ServerSideEncryptionConfiguration={
+                        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+                    },
+                )
+            if "public access block" in fixes:
+                await self.s3.put_public_access_block(
+                    Bucket=name, PublicAccessBlockConfiguration={k: True for k in _PAB}
+                )
+        except Exception as exc:
+            raise translate_aws_error(exc, f"provisioning bucket {name}") from exc
+
+    # --- queues --------------------------------------------------------------
+
+    async def _find_queue(self, name: str) -> str | None:
+        try:
+            return str((await self.sqs.get_queue_url(QueueName=name))["QueueUrl"])
+        except Exception as exc:
+            if "NonExistentQueue" in _code(exc) or "QueueDoesNotExist" in _code(exc):
+                return None
+            raise translate_aws_error(exc, f"GetQueueUrl {name}") from exc
+
+    async def queue(self, kind: str, name: str, wanted: dict[str, str]) -> tuple[str, str]:
+        """Create or update a queue to have ``wanted`` attributes. Returns (url, arn)."""
+        if _is_url(name):
+            url: str | None = name
+            name = name.rstrip("/").rsplit("/", 1)[-1]
+        else:
+            url = await self._find_queue(name)
+        if url is None:
+            self._record(kind, name, False, True)
+            if self.dry_run:
+                return "", f"arn:aws:sqs:{self.region}:000000000000:{name}"
+            try:
+                url = str((await self.sqs.create_queue(QueueName=name, Attributes=wanted))["QueueUrl"])
+            except Exception as exc:
+                raise translate_aws_error(exc, f"CreateQueue {name}") from exc
+        else:
+            try:
+                attrs = (
+                    await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+                ).get("Attributes", {})
+            except Exception as exc:
+                raise translate_aws_error(exc, f"GetQueueAttributes {name}") from exc
+            diff = {k: v for k, v in wanted.items() if not _same_attr(k, attrs.get(k), v)}
+            self._record(kind, name, True, bool(diff), ", ".join(sorted(diff)))
+            if diff and not self.dry_run:
+                try:
+                    await self.sqs.set_queue_attributes(QueueUrl=url, Attributes=diff)
+                except Exception as exc:
+                    raise translate_aws_error(exc, f"SetQueueAttributes {name}") from exc
+        try:
+            arn = (
+                await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+            )["Attributes"]["QueueArn"]
+        except Exception as exc:
+            raise translate_aws_error(exc, f"GetQueueAttributes {name}") from exc
+        return url, str(arn)
+
+    # --- notifications ---------------------------------------------------------
+
+    async def notifications(self, bucket: str, configs: list[dict[str, Any]]) -> None:
+        """Make the bucket's s3flow-owned queue notifications equal ``configs``; keep others."""
+        try:
+            current = await self.s3.get_bucket_notification_configuration(Bucket=bucket)
+        except Exception as exc:
+            if self.dry_run and _code(exc) in ("NoSuchBucket", "404"):
+                current = {}
+            else:
+                raise translate_aws_error(exc, f"GetBucketNotificationConfiguration {bucket}") from exc
+        current.pop("ResponseMetadata", None)
+        queues = current.get("QueueConfigurations", [])
+        others = [q for q in queues if not str(q.get("Id", "")).startswith(NOTIFICATION_ID_PREFIX)]
+        ours = [q for q in queues if str(q.get("Id", "")).startswith(NOTIFICATION_ID_PREFIX)]
+        same = sorted(map(_norm_notification, ours)) == sorted(map(_norm_notification, configs))
+        names = ", ".join(c["Id"] for c in configs)
+        self._record("notification", f"{bucket} -> {names}", bool(ours), not same)
+        if same or self.dry_run:
+            return
+        new = {k: v for k, v in current.items() if k != "QueueConfigurations"}
+        new["QueueConfigurations"] = others + configs
+        try:
+            await self.s3.put_bucket_notification_configuration(
+                Bucket=bucket, NotificationConfiguration=new
+            )
+        except Exception as exc:
+            raise translate_aws_error(exc, f"PutBucketNotificationConfiguration {bucket}") from exc
+
+
+_PAB = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
+
+
+def _same_attr(name: str, have: Any, want: str) -> bool:
+    if have is None:
+        return False
+    if name in ("RedrivePolicy", "Policy"):
+        try:
+            a, b = json.loads(have), json.loads(want)
+        except (TypeError, ValueError):
+            return False
+        if name == "RedrivePolicy":
+            return bool(
+                a.get("deadLetterTargetArn") == b.get("deadLetterTargetArn")
+                and int(a.get("maxReceiveCount", 0)) == int(b.get("maxReceiveCount", 0))
+            )
+        return bool(a == b)
+    return str(have) == str(want)
+
+
+def _norm_notification(q: dict[str, Any]) -> tuple[Any, ...]:
+    rules = q.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+    return (
+        q.get("Id"),
+        q.get("QueueArn"),
+        tuple(sorted(q.get("Events", []))),
+        tuple(sorted((str(r["Name"]).lower(), r["Value"]) for r in rules)),
+    )
+
+
+def queue_policy(queue_arn: str, bucket: str) -> str:
+    """Queue policy that lets S3 (only for ``bucket``) send notifications."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": f"s3flow-allow-s3-{bucket}"[:100],
+                    "Effect": "Allow",
+                    "Principal": {"Service": "s3.amazonaws.com"},
+                    "Action": "sqs:SendMessage",
+                    "Resource": queue_arn,
+                    "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}},
+                }
+            ],
+        },
+        sort_keys=True,
+    )
+
+
+def _check_pipeline(p: PipelineSettings) -> None:
+    if p.queue.endswith(".fifo"):
+        raise ConfigError(
+            f"pipeline {p.name!r}: queue {p.queue!r} is FIFO; S3 cannot send event "
+            "notifications to FIFO queues (AWS rejects it; some emulators silently drop events)"
+        )
+
+
+async def provision(settings: Settings, *, dry_run: bool = False) -> list[Change]:
+    """Create or verify everything the configured pipelines need."""
+    if not settings.pipelines:
+        raise ConfigError("no pipelines configured: nothing to provision")
+    for p in settings.pipelines:
+        _check_pipeline(p)
+    async with open_clients(settings.aws) as clients:
+        prov = Provisioner(clients.s3, clients.sqs, settings.aws.region, dry_run=dry_run)
+        buckets: list[str] = []
+        for p in settings.pipelines:
+            buckets.append(p.bucket)
+            if p.output.startswith("s3://"):
+                buckets.append(p.output[5:].split("/", 1)[0])
+        for b in dict.fromkeys(buckets):
+            await prov.bucket(b)
+        per_bucket: dict[str, list[dict[str, Any]]] = {}
+        for p in settings.pipelines:
+            _, dlq_arn = await prov.queue("dlq", p.dlq_name, {"MessageRetentionPeriod": "1209600"})
+            name = p.queue.rstrip("/").rsplit("/", 1)[-1]
+            arn_guess = f"arn:aws:sqs:{settings.aws.region}:{dlq_arn.split(':')[4]}:{name}"
+            wanted = {
+                "VisibilityTimeout": str(p.visibility_timeout_s),
+                "ReceiveMessageWaitTimeSeconds": str(p.wait_time_s),
+                "RedrivePolicy": json.dumps(
+                    {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": p.max_receive_count}
+                ),
+                "Policy": queue_policy(arn_guess, p.bucket),
+            }
+            _, arn = await prov.queue("queue", p.queue, wanted)
+            rules = []
+            if p.prefix:
+                rules.append({"Name": "prefix", "Value": p.prefix})
+            if p.suffix:
+                rules.append({"Name": "suffix", "Value": p.suffix})
+            config: dict[str, Any] = {
+                "Id": f"{NOTIFICATION_ID_PREFIX}{p.name}",
+                "QueueArn": arn,
+                "Events": ["s3:ObjectCreated:*"],
+            }
+            if rules:
+                config["Filter"] = {"Key": {"FilterRules": rules}}
+            per_bucket.setdefault(p.bucket, []).append(config)
+        for bucket, configs in per_bucket.items():
+            await prov.notifications(bucket, configs)
+        return prov.changes

@@ -1,0 +1,330 @@
+"""The one validated settings object.
+
+Sources, highest priority first: explicit overrides (CLI flags), ``S3FLOW_*``
+environment variables (nested with ``__``, e.g. ``S3FLOW_AWS__REGION``), the
+TOML file (``-c s3flow.toml`` or ``S3FLOW_CONFIG``), defaults. Unknown keys are
+errors that name the key. The field descriptions drive ``docs/configuration.md``
+and the CLI help (``s3flow config-reference``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from s3flow.errors import ConfigError
+
+CONFIG_ENV = "S3FLOW_CONFIG"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# SQS queue names: 1-80 chars, alphanumerics, hyphens, underscores (+ ".fifo").
+_QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}(\.fifo)?$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AwsSettings(_Model):
+    """Where and how to reach AWS (or any S3/SQS-compatible endpoint)."""
+
+    region: str = Field(
+        default_factory=lambda: os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or "us-east-1",
+        description="AWS region. Defaults to AWS_REGION / AWS_DEFAULT_REGION, else us-east-1.",
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint for every service. When unset the SDK honours AWS_ENDPOINT_URL.",
+    )
+    endpoint_url_s3: str | None = Field(
+        default=None, description="S3 endpoint; overrides endpoint_url and AWS_ENDPOINT_URL_S3."
+    )
+    endpoint_url_sqs: str | None = Field(
+        default=None, description="SQS endpoint; overrides endpoint_url and AWS_ENDPOINT_URL_SQS."
+    )
+    profile: str | None = Field(default=None, description="Named profile from ~/.aws/config.")
+    max_attempts: int = Field(
+        default=5, ge=1, le=20, description="SDK attempts per call (standard retry mode)."
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP connect timeout.")
+    read_timeout_s: float = Field(
+        default=60.0, gt=0, description="Socket read timeout (must exceed wait_time_s)."
+    )
+    max_pool_connections: int = Field(
+        default=0,
+        ge=0,
+        description="HTTP connections per client; 0 = sized from the pipelines' concurrency.",
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto",
+        description="S3 addressing style; 'auto' uses path style for custom endpoints.",
+    )
+
+
+class PipelineSettings(_Model):
+    """One pipeline: a queue of S3 notifications, a filter, a processor and an output."""
+
+    name: str = Field(description="Unique pipeline name (letters, digits, '_', '-', '.').")
+    processor: str = Field(
+        default="line-count",
+        description="Processor name (built-in or entry point) or 'module:attribute' path.",
+    )
+    bucket: str = Field(description="Source bucket whose ObjectCreated events feed the queue.")
+    prefix: str = Field(default="", description="Only keys starting with this prefix.")
+    suffix: str = Field(default="", description="Only keys ending with this suffix.")
+    key_regex: str | None = Field(
+        default=None, description="Only keys matching this regular expression (re.search)."
+    )
+    queue: str = Field(description="SQS queue name or URL that receives the notifications.")
+    dlq: str | None = Field(
+        default=None, description="Dead-letter queue name or URL. Default: '<queue>-dlq'."
+    )
+    output: str = Field(
+        description="Where results go: 's3://bucket/prefix/' or a local directory path."
+    )
+    concurrency: int = Field(
+        default=16, ge=1, le=1000, description="Objects processed at once by this pipeline."
+    )
+    visibility_timeout_s: int = Field(
+        default=60,
+        ge=1,
+        le=43200,
+        description="Queue visibility timeout; the worker heartbeats at about half of it.",
+    )
+    wait_time_s: int = Field(default=20, ge=0, le=20, description="Long-poll wait per receive.")
+    max_receive_count: int = Field(
+        default=3, ge=1, le=1000, description="Receives before the queue moves a message to the DLQ."
+    )
+    retry_base_s: float = Field(
+        default=2.0, ge=0, description="First retry delay; doubles per receive (with jitter)."
+    )
+    retry_max_s: float = Field(
+        default=900.0, ge=0, le=43200, description="Upper bound of a retry delay."
+    )
+    job_timeout_s: int = Field(
+        default=3600,
+        ge=1,
+        le=43200,
+        description="Longest an object may be worked on; the heartbeat stops extending after it.",
+    )
+    ignore_removed: bool = Field(
+        default=True, description="Acknowledge ObjectRemoved:* events without work."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Processor-specific options (a TOML table)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use 1-64 letters, digits, '_', '-' or '.'")
+        return v
+
+    @field_validator("queue", "dlq")
+    @classmethod
+    def _check_queue(cls, v: str | None) -> str | None:
+        if v is None or v.startswith(("https://", "http://")):
+            return v
+        if not _QUEUE_NAME_RE.match(v):
+            raise ValueError(
+                "a queue name is 1-80 letters, digits, '-' or '_' (or a full https:// queue URL)"
+            )
+        return v
+
+    @field_validator("key_regex")
+    @classmethod
+    def _check_regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _check_output(cls, v: str) -> str:
+        if not v:
+            raise ValueError("must be 's3://bucket/prefix/' or a local directory")
+        if v.startswith("s3://"):
+            bucket = v[5:].split("/", 1)[0]
+            if not bucket:
+                raise ValueError("an s3:// output needs a bucket: 's3://bucket/prefix/'")
+        elif "://" in v:
+            raise ValueError("only s3:// URLs and local directories are supported")
+        return v
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> PipelineSettings:
+        if self.retry_max_s < self.retry_base_s:
+            raise ValueError("retry_max_s must be >= retry_base_s")
+        return self
+
+    @property
+    def dlq_name(self) -> str:
+        """The DLQ name or URL, defaulting to '<queue>-dlq'."""
+        if self.dlq:
+            return self.dlq
+        if self.queue.startswith(("https://", "http://")):
+            return self.queue.rstrip("/") + "-dlq"
+        return f"{self.queue}-dlq"
+
+
+class WorkerSettings(_Model):
+    """Process-wide worker behaviour."""
+
+    worker_id: str = Field(
+        default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}",
+        description="Identifies this worker in results and logs. Default: host-pid.",
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM/SIGINT, time in-flight objects get to finish."
+    )
+    pollers_per_pipeline: int = Field(
+        default=0, ge=0, le=32, description="Concurrent receive loops; 0 = one per 10 slots (max 4)."
+    )
+    ack_batch_window_s: float = Field(
+        default=0.05, ge=0, le=5, description="How long deletes wait to fill a batch of 10."
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+
+
+class LocalSettings(_Model):
+    """The embedded local AWS endpoint (moto server) used by `s3flow local` and `demo`."""
+
+    host: str = Field(default="127.0.0.1", description="Bind address (keep it on loopback).")
+    port: int = Field(default=0, ge=0, le=65535, description="Port; 0 picks a free one.")
+
+
+class Settings(BaseSettings):
+    """All of s3flow's configuration, validated once at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="S3FLOW_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    aws: AwsSettings = Field(default_factory=AwsSettings, description="AWS access.")
+    worker: WorkerSettings = Field(default_factory=WorkerSettings, description="Worker process.")
+    local: LocalSettings = Field(default_factory=LocalSettings, description="Embedded endpoint.")
+    pipelines: list[PipelineSettings] = Field(
+        default_factory=list, description="The pipelines this worker runs."
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        seen: set[str] = set()
+        for p in self.pipelines:
+            if p.name in seen:
+                raise ValueError(f"pipeline name {p.name!r} is used twice")
+            seen.add(p.name)
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # TOML is loaded by load_settings() and passed as init data, merged with
+        # overrides; the env then wins over the file, as documented.
+        return (env_settings, init_settings)
+
+    def pipeline(self, name: str) -> PipelineSettings:
+        """Return the pipeline called ``name`` or raise ConfigError listing the known ones."""
+        for p in self.pipelines:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.pipelines) or "(none configured)"
+        raise ConfigError(f"no pipeline named {name!r}; configured pipelines: {known}")
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _format_loc(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and 0 <= item < len(node):
+                node = node[item]
+                name = node.get("name") if isinstance(node, dict) else None
+                if name:
+                    label = f"[{item}] ({name!r})"
+            parts.append(label)
+        else:
+            parts.append(("." if parts else "") + item)
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts)
+
+
+def format_validation_error(exc: ValidationError, source: str, data: dict[str, Any]) -> str:
+    """Render a pydantic error as lines naming each bad key, its problem and the source."""
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        loc = _format_loc(tuple(err["loc"]), data)
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - {loc}: unknown key (check the spelling; see docs/configuration.md)")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            lines.append(f"  - {loc or '<top>'}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    config: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Load and validate settings from a TOML file, the environment and overrides.
+
+    ``config`` defaults to ``$S3FLOW_CONFIG``; with neither, only the
+    environment, overrides and defaults are used. Raises :class:`ConfigError`
+    with a message naming each bad key.
+    """
+    path = config if config is not None else os.environ.get(CONFIG_ENV)
+    data: dict[str, Any] = {}
+    source = "defaults and environment"
+    if path:
+        p = Path(path)
+        source = str(p)
+        try:
+            with p.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"config file {p} does not exist (given by -c/--config or {CONFIG_ENV})"
+            ) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc}") from exc
+    merged = _deep_merge(data, overrides or {})
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, merged)) from exc

@@ -1,0 +1,81 @@
+"""Local directory sink: atomic, fsynced file writes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path
+
+from s3flow.errors import OutputPathError, RetryableError
+
+
+class LocalDirSink:
+    """Writes outputs under a local directory.
+
+    Each write goes to a temporary file in the target directory, is fsynced,
+    then renamed over the final name (atomic), and the directory is fsynced:
+    after ``write`` returns the output survives a crash.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory).expanduser().resolve()
+        self.root = str(self.directory)
+
+    def path_for(self, relative_key: str) -> Path:
+        """Map a key to a path inside the directory; refuse anything that escapes it."""
+        parts = relative_key.split("/")
+        if (
+            not relative_key
+            or relative_key.startswith("/")
+            or any(p in ("", ".", "..") for p in parts)
+            or "\x00" in relative_key
+        ):
+            raise OutputPathError(
+                f"key {relative_key!r} cannot be a file under {self.directory}: "
+                "empty, '.' or '..' path segments (use an s3:// output for such keys)"
+            )
+        return self.directory.joinpath(*parts)
+
+    def _write_sync(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".s3flow-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    async def write(
+        self, relative_key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> str:
+        path = self.path_for(relative_key)
+        try:
+            await asyncio.to_thread(self._write_sync, path, data)
+        except OSError as exc:
+            if len(path.name.encode()) > 255:
+                raise OutputPathError(f"file name too long for {path}") from exc
+            raise RetryableError(f"cannot write {path}: {exc}") from exc
+        return str(path)
+
+    async def read(self, relative_key: str) -> bytes | None:
+        path = self.path_for(relative_key)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return None
+
+    async def exists(self, relative_key: str) -> bool:
+        return self.path_for(relative_key).is_file()

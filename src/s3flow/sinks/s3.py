@@ -1,0 +1,69 @@
+"""S3 sink: PutObject under ``s3://bucket/prefix/``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from s3flow.errors import S3flowError, translate_aws_error
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix/`` -> (bucket, 'some/prefix/')."""
+    rest = url[len("s3://") :] if url.startswith("s3://") else url
+    bucket, _, prefix = rest.partition("/")
+    return bucket, prefix
+
+
+class S3Sink:
+    """Writes outputs as S3 objects. PutObject is durable when it returns."""
+
+    def __init__(self, s3: Any, url: str) -> None:
+        self.root = url
+        self._s3 = s3
+        self.bucket, self.prefix = split_s3_url(url)
+        if self.prefix and not self.prefix.endswith("/"):
+            self.prefix += "/"
+
+    def key_for(self, relative_key: str) -> str:
+        """The full output key of ``relative_key``."""
+        return self.prefix + relative_key
+
+    async def write(
+        self, relative_key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> str:
+        key = self.key_for(relative_key)
+        try:
+            await self._s3.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+            )
+        except asyncio.CancelledError:
+            raise
+        except S3flowError:
+            raise
+        except Exception as exc:
+            raise translate_aws_error(exc, f"PutObject s3://{self.bucket}/{key}") from exc
+        return f"s3://{self.bucket}/{key}"
+
+    async def read(self, relative_key: str) -> bytes | None:
+        key = self.key_for(relative_key)
+        try:
+            resp = await self._s3.get_object(Bucket=self.bucket, Key=key)
+            async with resp["Body"] as body:
+                return bytes(await body.read())
+        except Exception as exc:
+            err = translate_aws_error(exc, "GetObject")
+            if err.disposition.value == "skip":
+                return None
+            raise err from exc
+
+    async def exists(self, relative_key: str) -> bool:
+        key = self.key_for(relative_key)
+        try:
+            await self._s3.head_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            err = translate_aws_error(exc, "HeadObject")
+            if err.disposition.value == "skip":
+                return False
+            raise err from exc
+        return True

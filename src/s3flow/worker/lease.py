@@ -1,0 +1,109 @@
+"""Visibility heartbeat: keep in-flight messages invisible while they are worked on.
+
+Every tracked message whose visibility ends within half the visibility timeout
+gets extended by another full timeout, batched through
+:class:`~s3flow.worker.acks.AckBatcher` (ChangeMessageVisibilityBatch). The
+extension stops at the message's job deadline (``job_timeout_s`` after it was
+received, never beyond SQS's 12 h limit): a stuck job then becomes visible
+again and is retried or dead-lettered by the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from s3flow.metrics import PipelineMetrics
+from s3flow.worker.acks import AckBatcher
+from s3flow.worker.outcomes import SQS_MAX_VISIBILITY_S
+
+log = logging.getLogger("s3flow.lease")
+
+
+@dataclass
+class _Lease:
+    handle: str
+    received_at: float
+    visible_at: float  # monotonic time at which SQS makes it visible again
+    deadline: float
+
+
+class LeaseKeeper:
+    """Heartbeats the visibility of in-flight messages of one queue. Use ``async with``."""
+
+    def __init__(
+        self,
+        acks: AckBatcher,
+        *,
+        visibility_timeout_s: int,
+        job_timeout_s: int,
+        metrics: PipelineMetrics | None = None,
+    ) -> None:
+        self._acks = acks
+        self._timeout = visibility_timeout_s
+        self._job_timeout = min(job_timeout_s, SQS_MAX_VISIBILITY_S)
+        self._metrics = metrics or PipelineMetrics()
+        self._leases: dict[str, _Lease] = {}
+        self._task: asyncio.Task[None] | None = None
+        # Wake up often enough to act at half the timeout, but not busily.
+        self.tick_s = max(0.1, min(5.0, visibility_timeout_s / 4))
+
+    async def __aenter__(self) -> LeaseKeeper:
+        self._task = asyncio.create_task(self._run(), name="lease-heartbeat")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def track(self, message_id: str, receipt_handle: str, received_at: float) -> None:
+        """Start heartbeating a message received at ``received_at`` (time.monotonic())."""
+        self._leases[message_id] = _Lease(
+            handle=receipt_handle,
+            received_at=received_at,
+            visible_at=received_at + self._timeout,
+            deadline=received_at + self._job_timeout,
+        )
+
+    def untrack(self, message_id: str) -> None:
+        """Stop heartbeating (the message is being settled)."""
+        self._leases.pop(message_id, None)
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            await self.beat()
+
+    async def beat(self) -> None:
+        """Extend every lease that is due now (called by the loop; public for tests)."""
+        now = time.monotonic()
+        due: list[tuple[str, _Lease, int]] = []
+        for mid, lease in self._leases.items():
+            if lease.visible_at - now > self._timeout / 2:
+                continue
+            remaining_job = lease.deadline - now
+            if remaining_job <= 0:
+                continue  # past the job timeout: let it become visible
+            extend = int(min(self._timeout, max(1.0, remaining_job)))
+            due.append((mid, lease, extend))
+        if not due:
+            return
+
+        async def one(mid: str, lease: _Lease, extend: int) -> None:
+            ok = await self._acks.change_visibility(lease.handle, extend)
+            if ok and mid in self._leases:
+                lease.visible_at = time.monotonic() + extend
+                self._metrics.visibility_extensions += 1
+            elif not ok:
+                log.warning("could not extend visibility of message %s", mid)
+
+        await asyncio.gather(*(one(mid, lease, ext) for mid, lease, ext in due))

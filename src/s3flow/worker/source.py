@@ -1,0 +1,166 @@
+"""Demand-driven SQS polling.
+
+A poller first reserves free processing slots, then asks SQS for exactly that
+many messages (at most 10) with long polling; with no free slot it does not
+poll at all. Unused reservations are returned at once. Receive errors back off
+exponentially with jitter instead of spinning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from s3flow.errors import translate_aws_error
+from s3flow.metrics import PipelineMetrics
+
+log = logging.getLogger("s3flow.source")
+
+
+class Slots:
+    """A counting semaphore that can hand out several permits at once."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._free = capacity
+        self._cond = asyncio.Condition()
+
+    @property
+    def in_use(self) -> int:
+        """Permits currently held."""
+        return self.capacity - self._free
+
+    async def acquire_up_to(self, n: int) -> int:
+        """Wait until at least one permit is free, then take up to ``n``."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._free > 0)
+            k = min(n, self._free)
+            self._free -= k
+            return k
+
+    async def release(self, n: int = 1) -> None:
+        """Return ``n`` permits."""
+        if n <= 0:
+            return
+        async with self._cond:
+            self._free = min(self.capacity, self._free + n)
+            self._cond.notify_all()
+
+    async def wait_idle(self) -> None:
+        """Wait until every permit is free."""
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._free == self.capacity)
+
+
+@dataclass
+class ReceivedMessage:
+    """One SQS message, with what is needed to settle it."""
+
+    message_id: str
+    receipt_handle: str
+    body: str
+    receive_count: int
+    received_at: float  # time.monotonic()
+    attributes: dict[str, Any] = field(default_factory=dict)
+    message_attributes: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_sqs(cls, raw: dict[str, Any], received_at: float) -> ReceivedMessage:
+        """Build from a ReceiveMessage entry."""
+        attrs = raw.get("Attributes") or {}
+        try:
+            count = int(attrs.get("ApproximateReceiveCount", "1"))
+        except ValueError:
+            count = 1
+        return cls(
+            message_id=str(raw.get("MessageId", "")),
+            receipt_handle=str(raw.get("ReceiptHandle", "")),
+            body=str(raw.get("Body", "")),
+            receive_count=count,
+            received_at=received_at,
+            attributes=dict(attrs),
+            message_attributes=dict(raw.get("MessageAttributes") or {}),
+        )
+
+
+Handler = Callable[[ReceivedMessage], Awaitable[None]]
+
+
+class QueueSource:
+    """Receives messages for one queue and hands each to ``dispatch`` (one slot each)."""
+
+    def __init__(
+        self,
+        sqs: Any,
+        queue_url: str,
+        slots: Slots,
+        dispatch: Callable[[ReceivedMessage], None],
+        *,
+        wait_time_s: int,
+        metrics: PipelineMetrics | None = None,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        self._sqs = sqs
+        self.queue_url = queue_url
+        self._slots = slots
+        self._dispatch = dispatch
+        self.wait_time_s = wait_time_s
+        self._metrics = metrics or PipelineMetrics()
+        self._backoff_base = backoff_base_s
+        self._backoff_max = backoff_max_s
+        self.empty_receives = 0  # consecutive receives that returned nothing
+
+    async def receive_once(self) -> int:
+        """Reserve slots, receive up to that many messages, dispatch them. Returns the count."""
+        k = await self._slots.acquire_up_to(10)
+        try:
+            resp = await self._sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=k,
+                WaitTimeSeconds=self.wait_time_s,
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                MessageAttributeNames=["All"],
+            )
+        except BaseException:
+            await self._slots.release(k)
+            raise
+        now = time.monotonic()
+        messages = resp.get("Messages") or []
+        unused = k - len(messages)
+        if unused > 0:
+            await self._slots.release(unused)
+        for raw in messages:
+            self._metrics.messages_received += 1
+            self._dispatch(ReceivedMessage.from_sqs(raw, now))
+        self.empty_receives = 0 if messages else self.empty_receives + 1
+        return len(messages)
+
+    async def run(self, stop: asyncio.Event, on_empty: Callable[[], Awaitable[None]]) -> None:
+        """Poll until ``stop`` is set. ``on_empty`` is awaited after each empty receive."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                got = await self.receive_once()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - never let polling die
+                failures += 1
+                self._metrics.receive_errors += 1
+                err = translate_aws_error(exc, "ReceiveMessage")
+                delay = min(self._backoff_max, self._backoff_base * 2 ** min(failures, 10))
+                delay = delay / 2 + random.random() * delay / 2
+                log.warning("receive from %s failed (%s); retrying in %.1fs", self.queue_url, err, delay)
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+                continue
+            if got == 0:
+                await on_empty()
