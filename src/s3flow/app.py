@@ -41,7 +41,10 @@ async def queue_url(sqs: Any, name_or_url: str, *, what: str) -> str:
 
 
 async def dlq_url(sqs: Any, p: PipelineSettings, source_url: str) -> str:
-    """The DLQ of a pipeline: the ``dlq`` setting, else the queue's redrive target, else '<queue>-dlq'."""
+    """The DLQ of a pipeline.
+
+    The ``dlq`` setting, else the queue's redrive target, else '<queue>-dlq'.
+    """
     if p.dlq:
         return await queue_url(sqs, p.dlq, what=f"pipeline {p.name!r} dead-letter")
     try:
@@ -162,7 +165,7 @@ async def queue_status(settings: Settings, names: list[str] | None = None) -> li
                 st.dlq_depth = sum(await _depths(clients.sqs, dlq))
             except S3flowError as exc:
                 st.error = str(exc)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 st.error = str(translate_aws_error(exc, "GetQueueAttributes"))
             out.append(st)
     return out

@@ -53,7 +53,9 @@ def _version(value: bool) -> None:
 def _main(
     log_format: Annotated[
         str | None,
-        typer.Option("--log-format", help="Log format: text or json (default from settings: text)."),
+        typer.Option(
+            "--log-format", help="Log format: text or json (default from settings: text)."
+        ),
     ] = None,
     log_level: Annotated[
         str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
@@ -95,7 +97,10 @@ def _fail(exc: BaseException) -> typer.Exit:
 def worker(
     config: ConfigOpt = None,
     burst: Annotated[
-        bool, typer.Option("--burst", help="Exit 0 once the queues are drained and nothing is in flight.")
+        bool,
+        typer.Option(
+            "--burst", help="Exit 0 once the queues are drained and nothing is in flight."
+        ),
     ] = False,
     pipeline: Annotated[
         list[str] | None,
@@ -145,7 +150,9 @@ def _worker_overrides(grace: float | None) -> dict[str, Any]:
 @app.command()
 def provision(
     config: ConfigOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan; change nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the plan; change nothing.")
+    ] = False,
 ) -> None:
     """Create or verify buckets (encrypted, no public access), queues + DLQs, notifications.
 
@@ -191,11 +198,17 @@ def status(
     for col in ("pipeline", "queue", "visible", "in flight", "delayed", "DLQ", "DLQ depth"):
         table.add_column(col)
     for r in rows:
+
         def n(v: int | None) -> str:
             return "?" if v is None else str(v)
 
         table.add_row(
-            r.pipeline, r.queue, n(r.visible), n(r.in_flight), n(r.delayed), r.dlq,
+            r.pipeline,
+            r.queue,
+            n(r.visible),
+            n(r.in_flight),
+            n(r.delayed),
+            r.dlq,
             ("[red]" if r.dlq_depth else "") + n(r.dlq_depth),
         )
     console.print(table)
@@ -207,7 +220,9 @@ def status(
 @app.command()
 def local(
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0 = a free one).")] = 4566,
-    host: Annotated[str, typer.Option("--host", help="Bind address; keep it on loopback.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", help="Bind address; keep it on loopback.")
+    ] = "127.0.0.1",
 ) -> None:
     """Run the embedded AWS endpoint (moto server: S3, SQS, DynamoDB) until Ctrl-C."""
     from s3flow.local import LocalEndpoint
@@ -236,7 +251,9 @@ def local(
 def demo(
     endpoint_url: Annotated[
         str | None,
-        typer.Option("--endpoint-url", help="Use this endpoint instead of starting an embedded one."),
+        typer.Option(
+            "--endpoint-url", help="Use this endpoint instead of starting an embedded one."
+        ),
     ] = None,
 ) -> None:
     """Zero-setup end to end: embedded endpoint, provision, upload samples, process, summary."""

@@ -109,8 +109,10 @@ def _record(rec: Any, index: int) -> ObjectEvent:
     if not isinstance(rec, dict):
         raise EnvelopeError(f"Records[{index}] is not an object")
     source = rec.get("eventSource")
-    if source is not None and source != "aws:s3" and not (
-        isinstance(source, str) and source.endswith(":s3")
+    if (
+        source is not None
+        and source != "aws:s3"
+        and not (isinstance(source, str) and source.endswith(":s3"))
     ):
         raise EnvelopeError(f"Records[{index}].eventSource is {source!r}, not aws:s3"[:200])
     s3 = rec.get("s3")

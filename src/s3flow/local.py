@@ -79,7 +79,15 @@ class LocalEndpoint:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "s3flow._moto_server", "-H", self.host, "-p", str(self.port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "s3flow._moto_server",
+                    "-H",
+                    self.host,
+                    "-p",
+                    str(self.port),
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -100,8 +108,9 @@ class LocalEndpoint:
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
         self.stop()
-        raise LocalEndpointError(f"moto server did not answer on {self.url} within "
-                                 f"{self.start_timeout_s:.0f}s")
+        raise LocalEndpointError(
+            f"moto server did not answer on {self.url} within {self.start_timeout_s:.0f}s"
+        )
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 5 s)."""

@@ -220,6 +220,10 @@ class ObjectInfo:
     metadata: dict[str, str]
 
 
+def _feed_all(decoder: Decoder, data: bytes) -> list[bytes]:
+    return list(decoder.feed(data))
+
+
 class ObjectReader:
     """Async iterator over an object's decompressed bytes.
 
@@ -256,7 +260,7 @@ class ObjectReader:
                 decoder = make_decoder(self.encoding)
             if self.encoding != "identity" and len(raw) >= _THREAD_MIN:
                 # zlib/bz2/zstd release the GIL: decompress big chunks on a thread.
-                pieces = await asyncio.to_thread(lambda d=decoder, r=raw: list(d.feed(r)))
+                pieces = await asyncio.to_thread(_feed_all, decoder, raw)
             else:
                 pieces = list(decoder.feed(raw))
             for piece in pieces:
@@ -269,7 +273,7 @@ class ObjectReader:
         """Release the HTTP connection."""
         try:
             self._body.close()
-        except Exception:  # noqa: BLE001 - closing must never raise
+        except Exception:
             pass
 
 

@@ -105,7 +105,9 @@ class Provisioner:
                 await self.s3.put_bucket_encryption(
                     Bucket=name,
                     ServerSideEncryptionConfiguration={
-                        "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+                        "Rules": [
+                            {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+                        ]
                     },
                 )
             if "public access block" in fixes:
@@ -137,7 +139,9 @@ class Provisioner:
             if self.dry_run:
                 return "", f"arn:aws:sqs:{self.region}:000000000000:{name}"
             try:
-                url = str((await self.sqs.create_queue(QueueName=name, Attributes=wanted))["QueueUrl"])
+                url = str(
+                    (await self.sqs.create_queue(QueueName=name, Attributes=wanted))["QueueUrl"]
+                )
             except Exception as exc:
                 raise translate_aws_error(exc, f"CreateQueue {name}") from exc
         else:
@@ -155,9 +159,9 @@ class Provisioner:
                 except Exception as exc:
                     raise translate_aws_error(exc, f"SetQueueAttributes {name}") from exc
         try:
-            arn = (
-                await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
-            )["Attributes"]["QueueArn"]
+            arn = (await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))[
+                "Attributes"
+            ]["QueueArn"]
         except Exception as exc:
             raise translate_aws_error(exc, f"GetQueueAttributes {name}") from exc
         return url, str(arn)
@@ -172,7 +176,9 @@ class Provisioner:
             if self.dry_run and _code(exc) in ("NoSuchBucket", "404"):
                 current = {}
             else:
-                raise translate_aws_error(exc, f"GetBucketNotificationConfiguration {bucket}") from exc
+                raise translate_aws_error(
+                    exc, f"GetBucketNotificationConfiguration {bucket}"
+                ) from exc
         current.pop("ResponseMetadata", None)
         queues = current.get("QueueConfigurations", [])
         others = [q for q in queues if not str(q.get("Id", "")).startswith(NOTIFICATION_ID_PREFIX)]

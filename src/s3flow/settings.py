@@ -34,9 +34,9 @@ class AwsSettings(_Model):
     """Where and how to reach AWS (or any S3/SQS-compatible endpoint)."""
 
     region: str = Field(
-        default_factory=lambda: os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-        or "us-east-1",
+        default_factory=lambda: (
+            os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        ),
         description="AWS region. Defaults to AWS_REGION / AWS_DEFAULT_REGION, else us-east-1.",
     )
     endpoint_url: str | None = Field(
@@ -100,7 +100,10 @@ class PipelineSettings(_Model):
     )
     wait_time_s: int = Field(default=20, ge=0, le=20, description="Long-poll wait per receive.")
     max_receive_count: int = Field(
-        default=3, ge=1, le=1000, description="Receives before the queue moves a message to the DLQ."
+        default=3,
+        ge=1,
+        le=1000,
+        description="Receives before the queue moves a message to the DLQ.",
     )
     retry_base_s: float = Field(
         default=2.0, ge=0, description="First retry delay; doubles per receive (with jitter)."
@@ -189,7 +192,10 @@ class WorkerSettings(_Model):
         default=30.0, ge=0, description="On SIGTERM/SIGINT, time in-flight objects get to finish."
     )
     pollers_per_pipeline: int = Field(
-        default=0, ge=0, le=32, description="Concurrent receive loops; 0 = one per 10 slots (max 4)."
+        default=0,
+        ge=0,
+        le=32,
+        description="Concurrent receive loops; 0 = one per 10 slots (max 4).",
     )
     ack_batch_window_s: float = Field(
         default=0.05, ge=0, le=5, description="How long deletes wait to fill a batch of 10."

@@ -37,7 +37,9 @@ def _load_path(path: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"processor {path!r}: cannot import module {module_name!r}: {exc}") from exc
+        raise ConfigError(
+            f"processor {path!r}: cannot import module {module_name!r}: {exc}"
+        ) from exc
     try:
         found: Callable[..., Any] = getattr(module, attr)
     except AttributeError as exc:

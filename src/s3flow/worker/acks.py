@@ -57,7 +57,9 @@ class AckBatcher:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _enqueue(self, bucket: list[_Entry], handle: str, timeout_s: int | None) -> asyncio.Future[bool]:
+    def _enqueue(
+        self, bucket: list[_Entry], handle: str, timeout_s: int | None
+    ) -> asyncio.Future[bool]:
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if self._closed:
             fut.set_result(False)
@@ -132,7 +134,7 @@ class AckBatcher:
                 resp = await self._sqs.change_message_visibility_batch(
                     QueueUrl=self._url, Entries=entries
                 )
-        except Exception as exc:  # noqa: BLE001 - reported per entry below
+        except Exception as exc:
             err = translate_aws_error(exc, op)
             log.warning("%s of %d entries failed: %s", op, len(batch), err)
             self._metrics.ack_failures += len(batch) if delete else 0

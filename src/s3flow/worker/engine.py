@@ -148,7 +148,7 @@ class PipelineRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 try:
                     await t
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("poller of %s failed", self.p.name)
 
     async def _on_empty(self) -> None:
@@ -165,8 +165,10 @@ class PipelineRunner:
                     ],
                 )
             ).get("Attributes", {})
-        except Exception as exc:  # noqa: BLE001
-            log.warning("cannot read queue depth: %s", translate_aws_error(exc, "GetQueueAttributes"))
+        except Exception as exc:
+            log.warning(
+                "cannot read queue depth: %s", translate_aws_error(exc, "GetQueueAttributes")
+            )
             return
         left = sum(int(v) for v in attrs.values())
         if left == 0 and not self.slots.in_use and not self._handlers:
@@ -191,7 +193,7 @@ class PipelineRunner:
                 outcome: Outcome = await work
             except asyncio.CancelledError:
                 outcome = Release("shutdown: not finished within shutdown_grace_s")
-            except Exception as exc:  # noqa: BLE001 - engine bug guard: never lose a message
+            except Exception as exc:
                 log.exception("internal error handling message %s", msg.message_id)
                 outcome = Retry(
                     backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s),
@@ -255,11 +257,9 @@ class PipelineRunner:
             raise
         except S3flowError as exc:
             return self._failed(msg, event, exc)
-        except Exception as exc:  # noqa: BLE001 - a processor bug is retryable
+        except Exception as exc:
             log.exception("processor %s raised on %s", self.p.processor, event.uri())
-            return self._failed(
-                msg, event, ProcessorError(f"{type(exc).__name__}: {exc}".strip())
-            )
+            return self._failed(msg, event, ProcessorError(f"{type(exc).__name__}: {exc}".strip()))
         self.metrics.objects_processed += 1
         self.metrics.bytes_in += int(result.counters.get("bytes_in", 0))
         self.metrics.bytes_out += int(result.counters.get("bytes_out", 0))
@@ -323,7 +323,7 @@ class PipelineRunner:
                     "s3flow.worker-id": attr(self._worker.worker_id),
                 },
             )
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.error(
                 "could not dead-letter message %s (%s); retrying it instead",
                 msg.message_id,
@@ -449,8 +449,10 @@ class Worker:
 
     async def _drain_all(self) -> None:
         grace = self._ws.shutdown_grace_s
-        drains = asyncio.gather(*(r.drain(grace) for r in self.runners))
-        cut = asyncio.create_task(self._grace_cut.wait())
+        drains: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.gather(*(r.drain(grace) for r in self.runners))
+        )
+        cut: asyncio.Future[Any] = asyncio.ensure_future(self._grace_cut.wait())
         done, _ = await asyncio.wait({drains, cut}, return_when=asyncio.FIRST_COMPLETED)
         if cut in done:
             await asyncio.gather(*(r.drain(0) for r in self.runners))

@@ -150,13 +150,15 @@ class QueueSource:
                 failures = 0
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - never let polling die
+            except Exception as exc:
                 failures += 1
                 self._metrics.receive_errors += 1
                 err = translate_aws_error(exc, "ReceiveMessage")
                 delay = min(self._backoff_max, self._backoff_base * 2 ** min(failures, 10))
                 delay = delay / 2 + random.random() * delay / 2
-                log.warning("receive from %s failed (%s); retrying in %.1fs", self.queue_url, err, delay)
+                log.warning(
+                    "receive from %s failed (%s); retrying in %.1fs", self.queue_url, err, delay
+                )
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=delay)
                 except TimeoutError:

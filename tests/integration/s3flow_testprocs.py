@@ -1,0 +1,75 @@
+"""Processors used by integration tests (loaded as 'module:attr', also in subprocesses)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from s3flow.processors import BaseProcessor, ProcessContext, Result
+from s3flow.processors.line_count import LineCountProcessor
+
+
+class SlowProcessor(BaseProcessor):
+    """Counts lines like line-count after sleeping ``sleep_s``; records each call in ``marker_dir``."""
+
+    name: ClassVar[str] = "test-slow"
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        super().__init__(options)
+        self.sleep_s = float(self.options.get("sleep_s", 1.0))
+        self.marker_dir = Path(str(self.options.get("marker_dir", "/tmp")))
+        self.inner = LineCountProcessor({})
+
+    async def process(self, ctx: ProcessContext) -> Result:
+        safe = ctx.event.key.replace("/", "_")
+        started = self.marker_dir / f"started-{safe}-{os.getpid()}-{time.monotonic_ns()}"
+        started.write_text(ctx.event.key)
+        await asyncio.sleep(self.sleep_s)
+        result = await self.inner.process(ctx)
+        done = self.marker_dir / f"done-{safe}-{os.getpid()}-{time.monotonic_ns()}"
+        done.write_text(ctx.event.key)
+        return result
+
+
+class ConcurrencyProbe(BaseProcessor):
+    """Tracks how many objects are processed at once (class-level, in-process)."""
+
+    name: ClassVar[str] = "test-probe"
+    lock = threading.Lock()
+    current: ClassVar[int] = 0
+    peak: ClassVar[int] = 0
+    calls: ClassVar[list[str]] = []
+
+    async def process(self, ctx: ProcessContext) -> Result:
+        cls = type(self)
+        with cls.lock:
+            cls.current += 1
+            cls.peak = max(cls.peak, cls.current)
+            cls.calls.append(ctx.event.key)
+        try:
+            await asyncio.sleep(float(self.options.get("sleep_s", 0.2)))
+            return await LineCountProcessor({}).process(ctx)
+        finally:
+            with cls.lock:
+                cls.current -= 1
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.current = 0
+        cls.peak = 0
+        cls.calls = []
+
+
+class AlwaysFails(BaseProcessor):
+    """Raises an unexpected exception (a processor bug: retryable)."""
+
+    name: ClassVar[str] = "test-fails"
+    calls: ClassVar[int] = 0
+
+    async def process(self, ctx: ProcessContext) -> Result:
+        type(self).calls += 1
+        raise RuntimeError("boom: simulated processor bug")

@@ -1,0 +1,247 @@
+"""The worker against a real moto server: envelopes, failures, heartbeat, concurrency."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from typing import Any
+from urllib.parse import quote_plus
+
+import pytest
+from conftest import Harness, s3_event
+from s3flow_testprocs import AlwaysFails, ConcurrencyProbe
+
+pytestmark = pytest.mark.integration
+
+
+def test_happy_path_plain_and_gzip(harness: Harness) -> None:
+    harness.configure()
+    harness.put("a.txt", b"one\ntwo\nthree\n")
+    harness.put("b.log.gz", gzip.compress(b"x\n" * 1000))
+    harness.put("c.txt", b"no newline at end")
+    m = harness.run()
+    a, b, c = harness.result("a.txt"), harness.result("b.log.gz"), harness.result("c.txt")
+    assert a and a["lines"] == 3 and a["encoding"] == "identity"
+    assert a["uncompressed_bytes"] == 14 and a["bucket"] == harness.bucket
+    assert a["etag"] and a["worker_id"]
+    assert b and b["lines"] == 1000 and b["encoding"] == "gzip"
+    assert b["uncompressed_bytes"] == 2000 and b["compressed_bytes"] < 2000
+    assert c and c["lines"] == 1
+    p = m.pipelines["p"]
+    assert p.objects_processed == 3 and p.acked == 3 and p.dead_lettered == 0
+    assert harness.depth() == (0, 0)
+    assert harness.depth(harness.dlq_url) == (0, 0)
+
+
+def test_same_notification_twice_overwrites_one_result(harness: Harness) -> None:
+    harness.configure()
+    harness.put("dup.txt", b"1\n2\n")
+    # The same event delivered again (at-least-once delivery).
+    harness.send_raw(json.dumps({"Records": [s3_event(harness.bucket, "dup.txt")]}))
+    m = harness.run()
+    assert m.pipelines["p"].objects_processed == 2
+    assert harness.output_keys() == ["res/dup.txt.json"]
+    assert harness.depth() == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "dir/with space.txt",
+        "plus+sign.txt",
+        "percent%20literal%.txt",
+        "ünïcødé/日本語 file+x=1.txt",
+    ],
+)
+def test_awkward_keys(harness: Harness, key: str) -> None:
+    harness.configure()
+    harness.put(key, b"a\nb\n")
+    harness.run()
+    r = harness.result(key)
+    assert r is not None, harness.output_keys()
+    assert r["key"] == key and r["lines"] == 2
+
+
+def test_aws_style_encoded_key_in_sent_event(harness: Harness) -> None:
+    """AWS encodes a space as '+' and '+' as '%2B' but leaves '/': decode both styles."""
+    harness.configure()
+    key = "in/red flower+x=ü.json"
+    harness.configure()
+    harness.put(key, b"1\n")
+    harness.purge()  # drop moto's own notification; send the AWS-style one
+    encoded = quote_plus(key, safe="/")
+    assert "/" in encoded and "+" in encoded
+    harness.send_raw(json.dumps({"Records": [s3_event(harness.bucket, encoded)]}))
+    harness.run()
+    assert harness.result(key) is not None
+
+
+def test_sns_wrapped_and_eventbridge_and_multi_record(harness: Harness) -> None:
+    harness.configure()
+    for k in ("sns.txt", "eb.txt", "m1.txt", "m2.txt"):
+        harness.put(k, b"l\n" * 3)
+    harness.purge()
+    sns = {
+        "Type": "Notification",
+        "MessageId": "abc",
+        "TopicArn": "arn:aws:sns:us-east-1:123:t",
+        "Message": json.dumps({"Records": [s3_event(harness.bucket, "sns.txt")]}),
+    }
+    eb = {
+        "version": "0",
+        "id": "1",
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "time": "2026-11-23T00:00:00Z",
+        "region": "us-east-1",
+        "detail": {
+            "bucket": {"name": harness.bucket},
+            "object": {"key": "eb.txt", "size": 6, "etag": "e"},
+            "reason": "PutObject",
+        },
+    }
+    multi = {"Records": [s3_event(harness.bucket, "m1.txt"), s3_event(harness.bucket, "m2.txt")]}
+    for body in (sns, eb, multi):
+        harness.send_raw(json.dumps(body))
+    m = harness.run()
+    for k in ("sns.txt", "eb.txt", "m1.txt", "m2.txt"):
+        r = harness.result(k)
+        assert r is not None and r["lines"] == 3, k
+    p = m.pipelines["p"]
+    assert p.objects_processed == 4 and p.acked == 3
+    assert harness.depth() == (0, 0)
+
+
+def test_test_event_and_removed_event_are_acked(harness: Harness) -> None:
+    harness.configure()
+    harness.send_raw(
+        json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": harness.bucket})
+    )
+    removed = s3_event(harness.bucket, "gone.txt")
+    removed["eventName"] = "ObjectRemoved:Delete"
+    harness.send_raw(json.dumps({"Records": [removed]}))
+    m = harness.run()
+    p = m.pipelines["p"]
+    assert p.test_events == 1 and p.objects_skipped == 1 and p.acked == 2
+    assert p.dead_lettered == 0 and harness.output_keys() == []
+    assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
+
+
+def _attr(msg: dict[str, Any], name: str) -> str:
+    return str(msg["MessageAttributes"][name]["StringValue"])
+
+
+def test_corrupt_gzip_goes_to_dlq_with_reason(harness: Harness) -> None:
+    harness.configure()
+    whole = gzip.compress("".join(f"{i} hello\n" for i in range(20000)).encode())
+    harness.put("bad.gz", whole[: len(whole) // 2])
+    harness.put("good.txt", b"ok\n")
+    m = harness.run()
+    p = m.pipelines["p"]
+    assert p.dead_lettered == 1 and p.retried == 0 and p.objects_processed == 1
+    assert harness.result("good.txt") is not None and harness.result("bad.gz") is None
+    dlq = harness.dlq_messages()
+    assert len(dlq) == 1
+    assert _attr(dlq[0], "s3flow.error-class") == "CorruptDataError"
+    assert "truncated gzip" in _attr(dlq[0], "s3flow.error")
+    assert _attr(dlq[0], "s3flow.receive-count") == "1"
+    assert "bad.gz" in dlq[0]["Body"]
+    assert harness.depth() == (0, 0)
+
+
+def test_undecodable_text_goes_to_dlq(harness: Harness) -> None:
+    harness.configure(options={"text_encoding": "utf-8"})
+    harness.put("latin1.txt", "café\n".encode("latin-1"))
+    m = harness.run()
+    assert m.pipelines["p"].dead_lettered == 1
+    dlq = harness.dlq_messages()
+    assert _attr(dlq[0], "s3flow.error-class") == "UndecodableContentError"
+
+
+def test_missing_object_is_acked_without_output(harness: Harness) -> None:
+    harness.configure()
+    harness.send_raw(json.dumps({"Records": [s3_event(harness.bucket, "never-existed.txt")]}))
+    m = harness.run()
+    p = m.pipelines["p"]
+    assert p.objects_skipped == 1 and p.acked == 1 and p.dead_lettered == 0
+    assert harness.output_keys() == [] and harness.depth(harness.dlq_url) == (0, 0)
+
+
+def test_poison_message_goes_to_dlq_at_once(harness: Harness) -> None:
+    harness.configure()
+    harness.send_raw("this is not json")
+    harness.send_raw(json.dumps({"hello": "world"}))
+    m = harness.run()
+    assert m.pipelines["p"].dead_lettered == 2
+    dlq = harness.dlq_messages()
+    assert {_attr(d, "s3flow.error-class") for d in dlq} == {"EnvelopeError"}
+    assert {d["Body"] for d in dlq} == {"this is not json", json.dumps({"hello": "world"})}
+
+
+def test_processor_exception_retries_then_dead_letters(harness: Harness) -> None:
+    AlwaysFails.calls = 0
+    harness.configure(
+        processor="s3flow_testprocs:AlwaysFails", retry_base_s=0, retry_max_s=0, max_receive_count=2
+    )
+    harness.put("f.txt", b"x\n")
+    m = harness.run()
+    p = m.pipelines["p"]
+    assert AlwaysFails.calls == 2
+    assert p.retried == 1 and p.dead_lettered == 1
+    dlq = harness.dlq_messages()
+    assert _attr(dlq[0], "s3flow.error-class") == "RetriesExhausted.ProcessorError"
+    assert "boom" in _attr(dlq[0], "s3flow.error")
+
+
+def test_filters_skip_non_matching_keys(harness: Harness) -> None:
+    harness.configure(prefix="", suffix=".csv", key_regex=r"^data/")
+    harness.put("data/a.csv", b"1\n")
+    harness.put("data/b.txt", b"1\n")
+    harness.put("other/c.csv", b"1\n")
+    m = harness.run()
+    assert harness.output_keys() == ["res/data/a.csv.json"]
+    # The suffix filter is part of the bucket notification: data/b.txt sends no event.
+    # The regex is applied by the worker: other/c.csv arrives and is skipped.
+    assert m.pipelines["p"].messages_received == 2
+    assert m.pipelines["p"].objects_skipped == 1
+
+
+def test_slow_processor_outlives_visibility_timeout_once(harness: Harness, tmp_path) -> None:
+    marker = tmp_path / "markers"
+    marker.mkdir()
+    harness.configure(
+        processor="s3flow_testprocs:SlowProcessor",
+        visibility_timeout_s=2,
+        concurrency=4,
+        options={"sleep_s": 6.5, "marker_dir": str(marker)},
+    )
+    harness.put("slow.txt", b"a\n")
+    m = harness.run(timeout_s=60)
+    started = list(marker.glob("started-*"))
+    assert len(started) == 1, started  # never redelivered while being worked on
+    p = m.pipelines["p"]
+    assert p.visibility_extensions >= 2 and p.objects_processed == 1
+    assert harness.result("slow.txt") is not None
+
+
+def test_concurrency_bound_is_never_exceeded(harness: Harness) -> None:
+    ConcurrencyProbe.reset()
+    harness.configure(
+        processor="s3flow_testprocs:ConcurrencyProbe", concurrency=3, options={"sleep_s": 0.3}
+    )
+    for i in range(15):
+        harness.put(f"k{i}.txt", b"z\n")
+    m = harness.run()
+    assert len(ConcurrencyProbe.calls) == 15
+    assert ConcurrencyProbe.peak == 3  # reached, and never more
+    assert m.pipelines["p"].max_in_flight <= 3
+    assert len(harness.output_keys()) == 15
+
+
+def test_local_directory_output(harness: Harness, tmp_path) -> None:
+    out = tmp_path / "results"
+    harness.configure(output=str(out))
+    harness.put("logs/x y.txt", b"1\n2\n")
+    harness.run()
+    doc = json.loads((out / "logs" / "x y.txt.json").read_text())
+    assert doc["lines"] == 2 and doc["key"] == "logs/x y.txt"

@@ -1,0 +1,265 @@
+"""settings.load_settings: the documented example, unknown keys, bad values, sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from s3flow.errors import ConfigError
+from s3flow.settings import CONFIG_ENV, PipelineSettings, Settings, load_settings
+
+DOCUMENTED_EXAMPLE = """\
+[aws]
+region = "us-east-1"            # endpoint from AWS_ENDPOINT_URL* when set
+
+[[pipelines]]
+name = "counts"
+processor = "line-count"
+bucket = "incoming"
+prefix = "logs/"
+queue = "counts-events"        # its DLQ: "counts-events-dlq"
+output = "s3://results/counts/"
+concurrency = 32
+visibility_timeout_s = 60
+max_receive_count = 3
+"""
+
+MINIMAL_PIPELINE = """\
+[[pipelines]]
+name = "counts"
+bucket = "incoming"
+queue = "counts-events"
+output = "s3://results/counts/"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "s3flow.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    return str(info.value)
+
+
+def test_documented_example_loads(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, DOCUMENTED_EXAMPLE))
+    assert isinstance(s, Settings)
+    assert s.aws.region == "us-east-1"
+    assert len(s.pipelines) == 1
+    p = s.pipelines[0]
+    assert p.name == "counts"
+    assert p.processor == "line-count"
+    assert p.bucket == "incoming"
+    assert p.prefix == "logs/"
+    assert p.queue == "counts-events"
+    assert p.dlq is None
+    assert p.dlq_name == "counts-events-dlq"
+    assert p.output == "s3://results/counts/"
+    assert p.concurrency == 32
+    assert p.visibility_timeout_s == 60
+    assert p.max_receive_count == 3
+    assert s.pipeline("counts") is p
+
+
+def test_documented_example_accepts_str_path(tmp_path: Path) -> None:
+    s = load_settings(str(write(tmp_path, DOCUMENTED_EXAMPLE)))
+    assert s.pipelines[0].concurrency == 32
+
+
+def test_defaults(tmp_path: Path) -> None:
+    p = load_settings(write(tmp_path, MINIMAL_PIPELINE)).pipelines[0]
+    assert p.max_receive_count == 3
+    assert p.wait_time_s == 20
+    assert p.processor == "line-count"
+    assert p.concurrency == 16
+    assert p.prefix == "" and p.suffix == "" and p.key_regex is None
+    assert p.ignore_removed is True
+    assert p.options == {}
+
+
+def test_no_file_at_all_gives_defaults() -> None:
+    s = load_settings(None)
+    assert s.pipelines == []
+    assert s.aws.region == "us-east-1"
+    assert s.worker.shutdown_grace_s == 30.0
+
+
+def test_explicit_dlq_and_queue_url(tmp_path: Path) -> None:
+    text = MINIMAL_PIPELINE + 'dlq = "my-dead-letters"\n'
+    assert load_settings(write(tmp_path, text)).pipelines[0].dlq_name == "my-dead-letters"
+    url = "https://sqs.us-east-1.amazonaws.com/123456789012/counts-events/"
+    p = PipelineSettings(name="x", bucket="b", queue=url, output="/tmp/out")
+    assert p.dlq_name == "https://sqs.us-east-1.amazonaws.com/123456789012/counts-events-dlq"
+
+
+def test_pipeline_options_table(tmp_path: Path) -> None:
+    text = MINIMAL_PIPELINE + '[pipelines.options]\ntext_encoding = "utf-8"\n'
+    assert load_settings(write(tmp_path, text)).pipelines[0].options == {"text_encoding": "utf-8"}
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    msg = config_error(write(tmp_path, 'pipelnes = "oops"\n' + DOCUMENTED_EXAMPLE))
+    assert "pipelnes" in msg
+    assert "unknown key" in msg
+
+
+def test_unknown_key_in_aws(tmp_path: Path) -> None:
+    text = DOCUMENTED_EXAMPLE.replace('region = "us-east-1"', 'regoin = "us-east-1"')
+    msg = config_error(write(tmp_path, text))
+    assert "aws.regoin" in msg
+    assert "unknown key" in msg
+
+
+def test_unknown_key_in_pipeline_names_pipeline_and_key(tmp_path: Path) -> None:
+    text = DOCUMENTED_EXAMPLE.replace("concurrency = 32", "concurrenc = 32")
+    path = write(tmp_path, text)
+    msg = config_error(path)
+    assert "pipelines[0] ('counts').concurrenc" in msg
+    assert "unknown key" in msg
+    assert str(path) in msg
+
+
+def test_second_pipeline_error_names_its_index(tmp_path: Path) -> None:
+    second = MINIMAL_PIPELINE.replace('"counts"', '"other"') + "bogus = 1\n"
+    msg = config_error(write(tmp_path, DOCUMENTED_EXAMPLE + "\n" + second))
+    assert "pipelines[1] ('other').bogus" in msg
+
+
+@pytest.mark.parametrize(
+    ("line", "replacement", "key"),
+    [
+        ("concurrency = 32", "concurrency = 0", "concurrency"),
+        ("concurrency = 32", "concurrency = 1001", "concurrency"),
+        ("visibility_timeout_s = 60", 'visibility_timeout_s = "abc"', "visibility_timeout_s"),
+        ("visibility_timeout_s = 60", "visibility_timeout_s = 43201", "visibility_timeout_s"),
+        ("max_receive_count = 3", "max_receive_count = 0", "max_receive_count"),
+        ('prefix = "logs/"', 'key_regex = "("', "key_regex"),
+        ('output = "s3://results/counts/"', 'output = "ftp://x"', "output"),
+        ('output = "s3://results/counts/"', 'output = "s3:///counts/"', "output"),
+        ('output = "s3://results/counts/"', 'output = ""', "output"),
+        ('queue = "counts-events"', 'queue = "bad queue name!"', "queue"),
+        ('name = "counts"', 'name = "has space"', "name"),
+    ],
+)
+def test_bad_value_names_the_key(tmp_path: Path, line: str, replacement: str, key: str) -> None:
+    assert line in DOCUMENTED_EXAMPLE
+    msg = config_error(write(tmp_path, DOCUMENTED_EXAMPLE.replace(line, replacement)))
+    assert f".{key}:" in msg
+    assert msg.startswith("invalid configuration")
+
+
+def test_bad_value_shows_what_was_given(tmp_path: Path) -> None:
+    text = DOCUMENTED_EXAMPLE.replace("visibility_timeout_s = 60", 'visibility_timeout_s = "abc"')
+    assert "'abc'" in config_error(write(tmp_path, text))
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    text = DOCUMENTED_EXAMPLE.replace('bucket = "incoming"\n', "")
+    msg = config_error(write(tmp_path, text))
+    assert "pipelines[0] ('counts').bucket" in msg
+
+
+def test_retry_max_below_base_is_rejected(tmp_path: Path) -> None:
+    text = MINIMAL_PIPELINE + "retry_base_s = 10\nretry_max_s = 5\n"
+    assert "retry_max_s" in config_error(write(tmp_path, text))
+
+
+def test_duplicate_pipeline_names(tmp_path: Path) -> None:
+    msg = config_error(write(tmp_path, DOCUMENTED_EXAMPLE + "\n" + MINIMAL_PIPELINE))
+    assert "'counts'" in msg
+    assert "twice" in msg
+
+
+def test_missing_file_mentions_path(tmp_path: Path) -> None:
+    path = tmp_path / "nope" / "s3flow.toml"
+    msg = config_error(path)
+    assert str(path) in msg
+    assert "does not exist" in msg
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, "[aws\nregion = us-east-1\n")
+    msg = config_error(path)
+    assert "not valid TOML" in msg
+    assert str(path) in msg
+
+
+def test_config_is_a_directory(tmp_path: Path) -> None:
+    msg = config_error(tmp_path)
+    assert str(tmp_path) in msg
+
+
+def test_env_var_wins_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, DOCUMENTED_EXAMPLE + "\n[worker]\nshutdown_grace_s = 3\n")
+    assert load_settings(path).worker.shutdown_grace_s == 3.0
+    monkeypatch.setenv("S3FLOW_WORKER__SHUTDOWN_GRACE_S", "7")
+    s = load_settings(path)
+    assert s.worker.shutdown_grace_s == 7.0
+    # the rest of the file still applies
+    assert s.pipelines[0].concurrency == 32
+
+
+def test_env_var_applies_without_file_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("S3FLOW_WORKER__SHUTDOWN_GRACE_S", "7")
+    assert load_settings(write(tmp_path, DOCUMENTED_EXAMPLE)).worker.shutdown_grace_s == 7.0
+
+
+def test_env_var_bad_value_is_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("S3FLOW_WORKER__SHUTDOWN_GRACE_S", "-1")
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    assert "shutdown_grace_s" in str(info.value)
+
+
+def test_region_default_from_aws_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    assert load_settings(None).aws.region == "eu-central-1"
+
+
+def test_overrides_win_over_file(tmp_path: Path) -> None:
+    path = write(tmp_path, DOCUMENTED_EXAMPLE + "\n[worker]\nshutdown_grace_s = 3\n")
+    s = load_settings(path, overrides={"worker": {"shutdown_grace_s": 11}})
+    assert s.worker.shutdown_grace_s == 11.0
+    assert s.aws.region == "us-east-1"
+
+
+def test_s3flow_config_env_used_when_no_argument(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CONFIG_ENV, str(write(tmp_path, DOCUMENTED_EXAMPLE)))
+    s = load_settings()
+    assert [p.name for p in s.pipelines] == ["counts"]
+    assert s.pipelines[0].concurrency == 32
+
+
+def test_explicit_config_beats_s3flow_config_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "missing.toml"))
+    other = write(tmp_path, MINIMAL_PIPELINE.replace('"counts"', '"explicit"'), "other.toml")
+    assert [p.name for p in load_settings(other).pipelines] == ["explicit"]
+
+
+def test_s3flow_config_env_missing_file_is_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "missing.toml" in str(info.value)
+    assert CONFIG_ENV in str(info.value)
+
+
+def test_pipeline_lookup_unknown_lists_known(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, DOCUMENTED_EXAMPLE))
+    with pytest.raises(ConfigError) as info:
+        s.pipeline("nope")
+    assert "'nope'" in str(info.value)
+    assert "counts" in str(info.value)
