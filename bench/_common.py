@@ -9,6 +9,7 @@ that need them.
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 import platform
@@ -16,6 +17,7 @@ import random
 import resource
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -74,7 +76,7 @@ class ChildRun:
     returncode: int
     wall_s: float  # fork to exit, as seen by the parent
     cpu_s: float  # user + system of the whole child process (all threads)
-    maxrss_mb: float  # peak resident set size of the child
+    maxrss_mb: float  # ru_maxrss: includes the parent's RSS at fork (see self_peak_rss_mb)
     log_path: Path
 
     def log_tail(self, n: int = 40) -> str:
@@ -119,8 +121,19 @@ def self_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def self_maxrss_mb() -> float:
-    """Peak RSS of this process so far (MiB)."""
+def self_peak_rss_mb() -> float:
+    """Peak RSS of this process image so far (MiB): ``VmHWM`` from /proc/self/status.
+
+    Not ``ru_maxrss``: Linux carries the pre-exec high-water mark across
+    fork/vfork + exec, so a child of a big parent would report the parent's RSS.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -290,7 +303,7 @@ def queue_depth(sqs: Any, url: str) -> dict[str, int]:
 
 
 def wait_for_depth(sqs: Any, url: str, want: int, timeout_s: float = 120.0) -> int:
-    """Poll until at least ``want`` messages are visible; return the count. BenchError on timeout."""
+    """Poll until ``want`` messages are visible; return the count. BenchError on timeout."""
     deadline = time.monotonic() + timeout_s
     have = 0
     while time.monotonic() < deadline:
@@ -326,3 +339,88 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 def python() -> str:
     """The interpreter running this benchmark (the project venv)."""
     return sys.executable
+
+
+class CpuSampler:
+    """Samples another process's CPU time every ``interval_s`` on a daemon thread.
+
+    ``time.perf_counter`` is CLOCK_MONOTONIC on Linux, shared by all processes,
+    so a child can report the instants of its busy window and the parent can ask
+    how much CPU the endpoint used inside exactly that window.
+    """
+
+    def __init__(self, cpu: ProcessCpu, interval_s: float = 0.1) -> None:
+        self._cpu = cpu
+        self._interval = interval_s
+        self._samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="cpu-sampler")
+
+    def __enter__(self) -> CpuSampler:
+        self._samples.append((time.perf_counter(), self._cpu.read()))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._samples.append((time.perf_counter(), self._cpu.read()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._samples.append((time.perf_counter(), self._cpu.read()))
+
+    def _at(self, t: float) -> float:
+        s = self._samples
+        if t <= s[0][0]:
+            return s[0][1]
+        for (t0, c0), (t1, c1) in itertools.pairwise(s):
+            if t0 <= t <= t1:
+                return c0 + (c1 - c0) * ((t - t0) / (t1 - t0) if t1 > t0 else 0.0)
+        return s[-1][1]
+
+    def between(self, t0: float, t1: float) -> float:
+        """CPU seconds used between two perf_counter instants (linear interpolation)."""
+        return max(0.0, self._at(t1) - self._at(t0))
+
+    def total(self) -> float:
+        """CPU seconds over the whole sampling period."""
+        return self._samples[-1][1] - self._samples[0][1]
+
+
+class ApiCalls:
+    """Counts SDK calls per operation (and messages per receive) via botocore events.
+
+    Works for boto3 and aiobotocore clients: ``attach(client)`` registers a
+    synchronous ``after-call`` handler.
+    """
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.messages_received = 0
+
+    def attach(self, client: Any) -> None:
+        """Count every call ``client`` makes from now on."""
+        client.meta.events.register("after-call", self._after)
+
+    def _after(self, model: Any = None, parsed: Any = None, **_: Any) -> None:
+        if model is None:
+            return
+        name = f"{model.service_model.endpoint_prefix}.{model.name}"
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if model.name == "ReceiveMessage" and isinstance(parsed, dict):
+            self.messages_received += len(parsed.get("Messages") or [])
+
+    def report(self, objects: int) -> dict[str, Any]:
+        """Calls per operation, per object, and the mean receive batch."""
+        receives = sum(v for k, v in self.calls.items() if k.endswith(".ReceiveMessage"))
+        total = sum(self.calls.values())
+        return {
+            "calls": dict(sorted(self.calls.items())),
+            "total": total,
+            "per_object": round(total / objects, 2) if objects else None,
+            "receive_calls": receives,
+            "messages_per_receive": round(self.messages_received / receives, 2)
+            if receives
+            else None,
+        }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +16,7 @@ from rich.table import Table
 from s3flow import __version__
 from s3flow.errors import S3flowError
 from s3flow.logs import setup_logging
+from s3flow.metrics import peak_rss_mb as peak_rss_mb_now
 from s3flow.settings import CONFIG_ENV, Settings, load_settings
 
 app = typer.Typer(
@@ -131,8 +131,12 @@ def worker(
     except S3flowError as exc:
         raise _fail(exc) from exc
     summary = {name: m.as_dict() for name, m in metrics.pipelines.items()}
+    peak_rss_mb = peak_rss_mb_now()
     if settings.worker.log_format == "json":
-        print(json.dumps({"event": "worker-summary", "pipelines": summary}), file=sys.stderr)
+        log.info(
+            "worker summary",
+            extra={"event": "worker-summary", "pipelines": summary, "peak_rss_mb": peak_rss_mb},
+        )
     else:
         for name, m in metrics.pipelines.items():
             err_console.print(
@@ -141,6 +145,7 @@ def worker(
                 f"ack failures {m.ack_failures}",
                 highlight=False,
             )
+        err_console.print(f"peak RSS {peak_rss_mb} MB", highlight=False)
 
 
 def _worker_overrides(grace: float | None) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import zstandard
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -29,6 +28,7 @@ from s3flow.errors import S3flowError
 from s3flow.events import ObjectEvent
 from s3flow.local import LocalEndpoint
 from s3flow.metrics import WorkerMetrics
+from s3flow.objects import zstd
 from s3flow.processors.base import Result
 from s3flow.provision import provision
 from s3flow.settings import Settings, load_settings
@@ -59,7 +59,7 @@ def sample_files() -> dict[str, bytes]:
         "logs/app.log.gz": gzip.compress(text.encode()),
         "logs/multi-member.gz": gzip.compress(b"first member\n" * 10)
         + gzip.compress(b"second member\n" * 5),
-        "logs/events.ndjson.zst": zstandard.ZstdCompressor().compress(
+        "logs/events.ndjson.zst": zstd.compress(
             "".join(json.dumps({"n": i}) + "\n" for i in range(1000)).encode()
         ),
         "logs/archive.log.bz2": bz2.compress(text.encode() * 2),

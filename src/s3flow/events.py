@@ -93,7 +93,7 @@ def _opt_size(value: Any) -> int | None:
         if value < 0:
             raise EnvelopeError("object size is negative")
         return value
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdecimal():
         return int(value)
     raise EnvelopeError(f"object size is not an integer: {value!r}"[:200])
 

@@ -42,3 +42,22 @@ class WorkerMetrics:
     def total(self, counter: str) -> int:
         """Sum of one counter over all pipelines."""
         return sum(int(getattr(m, counter)) for m in self.pipelines.values())
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Reads ``VmHWM`` from /proc (the high-water mark of this process's own
+    memory). ``ru_maxrss`` is only the fallback: on Linux it also carries the
+    parent's RSS at fork time across exec, which inflates small processes.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import bz2
+import sys
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import zstandard
-
 from s3flow.errors import CorruptDataError, S3flowError, translate_aws_error
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:  # the backport of Python 3.14's compression.zstd (bounded output, like bz2)
+    from backports import zstd
 
 CHUNK_BYTES = 1024 * 1024  # network read size
 _OUT_MAX = 4 * 1024 * 1024  # max decompressed bytes produced per step
@@ -29,6 +33,15 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 BZ2_MAGIC = b"BZh"
 
 ENCODINGS = ("identity", "gzip", "zstd", "bz2")
+__all__ = [
+    "ENCODINGS",
+    "ObjectInfo",
+    "ObjectReader",
+    "detect_encoding",
+    "make_decoder",
+    "open_object",
+    "zstd",
+]
 
 
 def detect_encoding(head: bytes, content_encoding: str | None = None, key: str = "") -> str:
@@ -141,7 +154,7 @@ class _MultiMemberDecoder:
             return
         try:
             yield from self._steps(data)
-        except (zlib.error, OSError, EOFError, ValueError, zstandard.ZstdError) as exc:
+        except (zlib.error, OSError, EOFError, ValueError, zstd.ZstdError) as exc:
             raise CorruptDataError(f"corrupt {self.name} data: {exc}") from exc
 
     def finish(self) -> None:
@@ -182,15 +195,10 @@ class ZstdDecoder(_MultiMemberDecoder):
     name = "zstd"
 
     def _new(self) -> Any:
-        return zstandard.ZstdDecompressor().decompressobj()
+        return zstd.ZstdDecompressor()
 
-    def _step(self, data: bytes) -> bytes:
-        # No output cap in zstandard's decompressobj: feed() slices the input.
-        return bytes(self._d.decompress(data)) if data else b""
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        for i in range(0, len(data), 64 * 1024):
-            yield from super().feed(data[i : i + 64 * 1024])
+    def _more_output(self, last_out: int) -> bool:
+        return not self._d.needs_input
 
 
 def make_decoder(encoding: str) -> Decoder:
@@ -254,20 +262,35 @@ class ObjectReader:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         decoder: Decoder | None = None
+        head = b""
         async for raw in self._raw_chunks():
             if decoder is None:
-                self.encoding = detect_encoding(raw[:8], self.info.content_encoding, self.info.key)
-                decoder = make_decoder(self.encoding)
-            if self.encoding != "identity" and len(raw) >= _THREAD_MIN:
-                # zlib/bz2/zstd release the GIL: decompress big chunks on a thread.
-                pieces = await asyncio.to_thread(_feed_all, decoder, raw)
-            else:
-                pieces = list(decoder.feed(raw))
-            for piece in pieces:
+                # A read may return fewer bytes than asked: detect on >= 8 bytes.
+                head += raw
+                if len(head) < 8:
+                    continue
+                raw, head = head, b""
+                decoder = self._start(raw)
+            for piece in await self._decode(decoder, raw):
+                self.uncompressed_bytes += len(piece)
+                yield piece
+        if decoder is None and head:
+            decoder = self._start(head)
+            for piece in await self._decode(decoder, head):
                 self.uncompressed_bytes += len(piece)
                 yield piece
         if decoder is not None:
             decoder.finish()
+
+    def _start(self, head: bytes) -> Decoder:
+        self.encoding = detect_encoding(head[:8], self.info.content_encoding, self.info.key)
+        return make_decoder(self.encoding)
+
+    async def _decode(self, decoder: Decoder, raw: bytes) -> list[bytes]:
+        if self.encoding != "identity" and len(raw) >= _THREAD_MIN:
+            # zlib/bz2/zstd release the GIL: decompress big chunks on a thread.
+            return await asyncio.to_thread(_feed_all, decoder, raw)
+        return list(decoder.feed(raw))
 
     def close(self) -> None:
         """Release the HTTP connection."""

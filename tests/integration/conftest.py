@@ -107,7 +107,7 @@ class Harness:
         assert self.settings is not None
         path = path or self.tmp_path / "s3flow.toml"
         p = self.settings.pipelines[0]
-        lines = ["[worker]", "shutdown_grace_s = %s" % self.settings.worker.shutdown_grace_s, ""]
+        lines = ["[worker]", f"shutdown_grace_s = {self.settings.worker.shutdown_grace_s}", ""]
         lines.append("[[pipelines]]")
         for key, value in p.model_dump(exclude_none=True).items():
             if key == "options":

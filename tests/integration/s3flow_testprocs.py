@@ -14,7 +14,7 @@ from s3flow.processors.line_count import LineCountProcessor
 
 
 class SlowProcessor(BaseProcessor):
-    """Counts lines like line-count after sleeping ``sleep_s``; records each call in ``marker_dir``."""
+    """line-count after sleeping ``sleep_s``; records each call in ``marker_dir``."""
 
     name: ClassVar[str] = "test-slow"
 

@@ -152,7 +152,9 @@ class PipelineRunner:
                     log.exception("poller of %s failed", self.p.name)
 
     async def _on_empty(self) -> None:
-        if not self._burst or self.slots.in_use or self._handlers:
+        # Slots reserved by a poller that is mid-receive do not count: a message
+        # it is about to get is invisible, so the depth check below sees it.
+        if not self._burst or self._handlers:
             return
         try:
             attrs = (
@@ -171,7 +173,7 @@ class PipelineRunner:
             )
             return
         left = sum(int(v) for v in attrs.values())
-        if left == 0 and not self.slots.in_use and not self._handlers:
+        if left == 0 and not self._handlers:
             log.info("pipeline %s: queue drained (burst mode)", self.p.name)
             self.drained.set()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -58,4 +59,5 @@ def backoff_s(
     n = max(1, receive_count)
     ceiling = min(max_s, base_s * (2 ** min(n - 1, 30)))
     delay = ceiling / 2 + r.random() * ceiling / 2
-    return int(min(SQS_MAX_VISIBILITY_S, max(0.0, round(delay))))
+    whole = math.ceil(delay) if ceiling > 0 else 0  # SQS takes whole seconds; keep >= 1
+    return int(min(SQS_MAX_VISIBILITY_S, whole))

@@ -1,0 +1,131 @@
+"""The `s3flow` command line, run as real subprocesses against the moto server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Harness
+
+pytestmark = pytest.mark.integration
+COMMANDS = ["worker", "provision", "status", "local", "demo", "config-reference"]
+
+
+def s3flow(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "s3flow", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def test_documented_example_provision_then_burst(harness: Harness, tmp_path: Path) -> None:
+    """The README's example config, with unique names, through the real CLI."""
+    cfg = tmp_path / "s3flow.toml"
+    cfg.write_text(
+        f"""
+[aws]
+region = "us-east-1"            # endpoint from AWS_ENDPOINT_URL* when set
+
+[[pipelines]]
+name = "counts"
+processor = "line-count"
+bucket = "{harness.bucket}"
+prefix = "logs/"
+queue = "{harness.queue}"        # its DLQ: "{harness.queue}-dlq"
+output = "s3://{harness.out_bucket}/counts/"
+concurrency = 32
+visibility_timeout_s = 60
+max_receive_count = 3
+"""
+    )
+    first = s3flow("provision", "-c", str(cfg))
+    assert first.returncode == 0, first.stderr
+    assert "created" in first.stdout
+    second = s3flow("provision", "-c", str(cfg))
+    assert second.returncode == 0 and "nothing changed" in second.stdout, second.stdout
+    for i in range(3):
+        harness.put(f"logs/{i}.txt", b"1\n2\n")
+    harness.put("other/skip.txt", b"1\n")  # outside the prefix: no event at all
+    run = s3flow("worker", "--burst", env={"S3FLOW_CONFIG": str(cfg)})
+    assert run.returncode == 0, run.stderr
+    assert "processed 3" in run.stderr
+    keys = sorted(
+        o["Key"] for o in harness.s3.list_objects_v2(Bucket=harness.out_bucket)["Contents"]
+    )
+    assert keys == [f"counts/logs/{i}.txt.json" for i in range(3)]
+    status = s3flow("status", "-c", str(cfg), "--json")
+    assert status.returncode == 0, status.stderr
+    (row,) = json.loads(status.stdout)
+    assert row["visible"] == 0 and row["in_flight"] == 0 and row["dlq_depth"] == 0
+
+
+def test_json_logs(harness: Harness) -> None:
+    harness.configure()
+    cfg = harness.write_config()
+    harness.send_raw("not json at all")
+    run = s3flow("--log-format", "json", "worker", "-c", str(cfg), "--burst")
+    assert run.returncode == 0, run.stderr
+    lines = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    poison = [rec for rec in lines if "not a known envelope" in rec["msg"]]
+    assert poison and poison[0]["level"] == "error"
+    assert any(rec.get("event") == "worker-summary" for rec in lines)
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        (
+            '[[pipelines]]\nname="a"\nbucket="b"\nqueue="q"\noutput="/tmp/x"\nconcurrenc=3\n',
+            "concurrenc",
+        ),
+        ('[aws]\nregio="x"\n', "aws.regio"),
+        (
+            '[[pipelines]]\nname="a"\nbucket="b"\nqueue="q"\noutput="/tmp/x"\nconcurrency=0\n',
+            "concurrency",
+        ),
+        (
+            '[[pipelines]]\nname="a"\nbucket="b"\nqueue="q"\noutput="/tmp/x"\nvisibility_timeout_s="x"\n',
+            "visibility_timeout_s",
+        ),
+        ("this is = = not toml", "not valid TOML"),
+    ],
+)
+def test_bad_config_fails_with_the_key_named(tmp_path: Path, toml: str, needle: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(toml)
+    run = s3flow("worker", "-c", str(cfg), "--burst", timeout=30)
+    assert run.returncode == 2
+    assert needle in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
+def test_missing_queue_is_a_clear_error(harness: Harness) -> None:
+    harness.configure(provision_it=False)
+    cfg = harness.write_config()
+    run = s3flow("worker", "-c", str(cfg), "--burst", timeout=30)
+    assert run.returncode == 2
+    assert "does not exist" in run.stderr and "s3flow provision" in run.stderr
+
+
+def test_version_and_help_everywhere() -> None:
+    v = s3flow("--version", timeout=30)
+    assert v.returncode == 0 and v.stdout.startswith("s3flow ")
+    for cmd in COMMANDS:
+        h = s3flow(cmd, "--help", timeout=30)
+        assert h.returncode == 0 and "Usage" in h.stdout, cmd
+
+
+def test_demo_runs_end_to_end() -> None:
+    run = s3flow("demo", timeout=120)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert "results" in out and "written" in out and "DLQ" in out
+    assert "processed 7, dead-lettered 1" in out

@@ -1,0 +1,104 @@
+"""SIGTERM while objects are in flight, with the worker as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Harness, wait_for
+
+pytestmark = pytest.mark.integration
+HERE = Path(__file__).parent
+
+
+def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    return subprocess.Popen(
+        [sys.executable, "-m", "s3flow", "worker", "-c", str(config)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+def _count(marker: Path, prefix: str) -> int:
+    return len(list(marker.glob(f"{prefix}-*")))
+
+
+def test_sigterm_lets_in_flight_work_finish(harness: Harness, tmp_path: Path) -> None:
+    marker = tmp_path / "m"
+    marker.mkdir()
+    harness.configure(
+        processor="s3flow_testprocs:SlowProcessor",
+        concurrency=4,
+        visibility_timeout_s=60,
+        options={"sleep_s": 2.0, "marker_dir": str(marker)},
+    )
+    config = harness.write_config()
+    for i in range(4):
+        harness.put(f"k{i}.txt", b"a\nb\n")
+    proc = _spawn(config, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: _count(marker, "started") == 4, 30, "4 objects in flight")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "worker.log").read_text()
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _count(marker, "done") == 4
+    assert elapsed < 10
+    assert len(harness.output_keys()) == 4
+    assert harness.depth() == (0, 0)  # all acked before exit
+
+
+def test_sigterm_releases_unfinished_work_and_nothing_is_lost(
+    harness: Harness, tmp_path: Path
+) -> None:
+    marker = tmp_path / "m"
+    marker.mkdir()
+    harness.configure(
+        processor="s3flow_testprocs:SlowProcessor",
+        concurrency=3,
+        visibility_timeout_s=120,
+        options={"sleep_s": 60.0, "marker_dir": str(marker)},
+    )
+    harness.settings.worker.shutdown_grace_s = 0.5  # type: ignore[union-attr]
+    config = harness.write_config()
+    for i in range(5):
+        harness.put(f"k{i}.txt", b"a\n")
+    proc = _spawn(config, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: _count(marker, "started") == 3, 30, "3 objects in flight")
+        # No more than `concurrency` in flight: two messages still wait in the queue.
+        assert harness.depth() == (2, 3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, (tmp_path / "worker.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _count(marker, "done") == 0
+    # Released with visibility 0: visible again at once, not after 120 s.
+    wait_for(lambda: harness.depth() == (5, 0), 10, "all 5 messages visible again")
+    log = (tmp_path / "worker.log").read_text()
+    assert "released 3" in log
+
+    # A second worker picks everything up; each object is completed exactly once.
+    harness.configure(
+        provision_it=False,
+        processor="s3flow_testprocs:SlowProcessor",
+        concurrency=5,
+        visibility_timeout_s=120,
+        options={"sleep_s": 0.1, "marker_dir": str(marker)},
+    )
+    harness.run()
+    done = sorted(p.read_text() for p in marker.glob("done-*"))
+    assert done == [f"k{i}.txt" for i in range(5)]
+    assert harness.depth() == (0, 0)

@@ -1,0 +1,98 @@
+"""errors.translate_aws_error: botocore / network errors -> the s3flow hierarchy."""
+
+from __future__ import annotations
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+from s3flow.errors import (
+    AwsError,
+    AwsPermanentError,
+    Disposition,
+    ObjectMissingError,
+    RetryableError,
+    S3flowError,
+    translate_aws_error,
+)
+
+
+def client_error(code: str, status: int, message: str = "boom") -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        "GetObject",
+    )
+
+
+@pytest.mark.parametrize(("code", "status"), [("NoSuchKey", 404), ("404", 404), ("NotFound", 404)])
+def test_missing_object(code: str, status: int) -> None:
+    err = translate_aws_error(client_error(code, status, "gone"), "GetObject s3://b/k")
+    assert type(err) is ObjectMissingError
+    assert err.disposition is Disposition.SKIP
+    assert "GetObject s3://b/k" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("SlowDown", 503),
+        ("SlowDown", 0),
+        ("", 503),
+        ("ServiceUnavailable", 503),
+        ("InternalError", 500),
+        ("ThrottlingException", 400),
+        ("RequestTimeout", 400),
+        ("SomethingNew", 502),
+        ("", 429),
+    ],
+)
+def test_retryable(code: str, status: int) -> None:
+    err = translate_aws_error(client_error(code, status), "GetObject")
+    assert type(err) is AwsError
+    assert isinstance(err, RetryableError)
+    assert err.disposition is Disposition.RETRYABLE
+    assert err.code == code
+    assert err.operation == "GetObject"
+
+
+@pytest.mark.parametrize(
+    ("code", "status"), [("AccessDenied", 403), ("InvalidRequest", 400), ("NoSuchBucket", 404)]
+)
+def test_permanent(code: str, status: int) -> None:
+    err = translate_aws_error(client_error(code, status, "nope"), "PutObject")
+    assert type(err) is AwsPermanentError
+    assert err.disposition is Disposition.PERMANENT
+    assert err.code == code
+    assert err.operation == "PutObject"
+    assert code in str(err) and "nope" in str(err)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionError("connection refused"),
+        TimeoutError("timed out"),
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:1"),
+        ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_network_errors_are_retryable(exc: BaseException) -> None:
+    err = translate_aws_error(exc, "ReceiveMessage")
+    assert type(err) is AwsError
+    assert err.disposition is Disposition.RETRYABLE
+    assert err.operation == "ReceiveMessage"
+    assert type(exc).__name__ in str(err)
+
+
+def test_every_error_is_an_s3flow_error() -> None:
+    for exc in (client_error("NoSuchKey", 404), client_error("X", 403), OSError("x")):
+        assert isinstance(translate_aws_error(exc, "Op"), S3flowError)
+
+
+def test_error_class_is_short_name() -> None:
+    assert translate_aws_error(client_error("AccessDenied", 403), "Op").error_class == (
+        "AwsPermanentError"
+    )

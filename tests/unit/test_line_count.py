@@ -1,0 +1,146 @@
+"""LineCountProcessor.process with an in-memory object and a local sink."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from s3flow.errors import UndecodableContentError
+from s3flow.objects import zstd
+from s3flow.processors import LineCountProcessor
+
+MakeCtx = Callable[..., Any]
+
+
+async def run(make_ctx: MakeCtx, data: bytes, options: dict[str, Any] | None = None, **kw: Any):
+    ctx = make_ctx(data, **kw)
+    result = await LineCountProcessor(options).process(ctx)
+    return ctx, result
+
+
+@pytest.mark.parametrize(
+    ("data", "lines"),
+    [
+        (b"", 0),
+        (b"a", 1),
+        (b"a\nb", 2),
+        (b"a\nb\n", 2),
+        (b"\n", 1),
+        (b"\n\n\n", 3),
+        (b"a\r\nb\r\n", 2),
+        (b"x" * 10_000, 1),
+    ],
+)
+async def test_line_counts(make_ctx: MakeCtx, data: bytes, lines: int) -> None:
+    _, result = await run(make_ctx, data)
+    assert result.counters["lines"] == lines
+    assert result.detail["lines"] == lines
+    assert result.detail["uncompressed_bytes"] == len(data)
+
+
+async def test_line_count_across_small_chunks(make_ctx: MakeCtx) -> None:
+    data = b"one\ntwo\nthree\nfour"
+    ctx, result = await run(make_ctx, data, chunk_bytes=3)
+    assert result.counters["lines"] == 4
+    assert sum(ctx.progress) == len(data)
+    assert ctx.body.reads > 5
+
+
+async def test_output_document(make_ctx: MakeCtx) -> None:
+    data = b"alpha\nbeta\ngamma\n"
+    ctx, result = await run(make_ctx, data, key="logs/2024/a b+ü.txt", etag="etag-1")
+    assert len(result.outputs) == 1
+    written = ctx.sink.directory / "logs" / "2024" / "a b+ü.txt.json"
+    assert result.outputs[0] == str(written)
+    doc = json.loads(written.read_text(encoding="utf-8"))
+    assert doc["bucket"] == "incoming"
+    assert doc["key"] == "logs/2024/a b+ü.txt"
+    assert doc["etag"] == "etag-1"
+    assert doc["version_id"] is None
+    assert doc["compressed_bytes"] == len(data)
+    assert doc["uncompressed_bytes"] == len(data)
+    assert doc["lines"] == 3
+    assert doc["encoding"] == "identity"
+    assert doc["worker_id"] == "worker-7"
+    assert doc["pipeline"] == "counts"
+    assert doc["processing_ms"] >= 0
+    assert doc["processed_at"].endswith("+00:00")
+    assert result.detail == doc
+    assert result.counters["bytes_in"] == len(data)
+    assert result.counters["bytes_out"] == written.stat().st_size
+    assert ctx.body.closed is True
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("zstd", lambda d: zstd.compress(d)),
+        ("bz2", bz2.compress),
+    ],
+)
+async def test_compressed_input(make_ctx: MakeCtx, encoding: str, compress: Any) -> None:
+    text = b"".join(b"line %d\n" % i for i in range(5000))
+    data = compress(text)
+    ctx, result = await run(make_ctx, data, key="in/data.log")
+    doc = json.loads((ctx.sink.directory / "in" / "data.log.json").read_bytes())
+    assert doc["lines"] == 5000
+    assert doc["encoding"] == encoding
+    assert doc["compressed_bytes"] == len(data)
+    assert doc["uncompressed_bytes"] == len(text)
+    assert result.counters["bytes_in"] == len(data)
+
+
+async def test_multi_member_gzip(make_ctx: MakeCtx) -> None:
+    data = gzip.compress(b"a\nb\n") + gzip.compress(b"c\nd")
+    _, result = await run(make_ctx, data, key="x.gz")
+    assert result.detail["lines"] == 4
+    assert result.detail["uncompressed_bytes"] == 7
+
+
+async def test_empty_gzip_member(make_ctx: MakeCtx) -> None:
+    _, result = await run(make_ctx, gzip.compress(b""), key="x.gz")
+    assert result.detail["lines"] == 0
+    assert result.detail["encoding"] == "gzip"
+
+
+async def test_repeat_overwrites_same_output(make_ctx: MakeCtx) -> None:
+    _, r1 = await run(make_ctx, b"a\n")
+    ctx2, r2 = await run(make_ctx, b"a\nb\nc\n")
+    assert r1.outputs == r2.outputs
+    doc = json.loads((ctx2.sink.directory / "in" / "file.txt.json").read_bytes())
+    assert doc["lines"] == 3
+
+
+async def test_valid_utf8_passes_with_text_encoding(make_ctx: MakeCtx) -> None:
+    data = "héllo 🙂\nwörld\n".encode()
+    # 1-byte chunks split the multi-byte characters across reads
+    _, result = await run(make_ctx, data, {"text_encoding": "utf-8"}, chunk_bytes=1)
+    assert result.detail["lines"] == 2
+
+
+async def test_invalid_utf8_is_undecodable(make_ctx: MakeCtx) -> None:
+    ctx = make_ctx(b"good line\nbad \xff\xfe byte\n")
+    with pytest.raises(UndecodableContentError) as info:
+        await LineCountProcessor({"text_encoding": "utf-8"}).process(ctx)
+    assert "utf-8" in str(info.value)
+    assert "at byte 14" in str(info.value)  # offset of the first bad byte
+    assert info.value.disposition.value == "permanent"
+    assert ctx.body.closed is True
+    assert not list(ctx.sink.directory.rglob("*.json"))
+
+
+async def test_truncated_utf8_character_at_end(make_ctx: MakeCtx) -> None:
+    data = "ok\né".encode()[:-1]
+    with pytest.raises(UndecodableContentError, match="truncated"):
+        await LineCountProcessor({"text_encoding": "utf-8"}).process(make_ctx(data))
+
+
+async def test_invalid_utf8_without_text_encoding_is_counted(make_ctx: MakeCtx) -> None:
+    _, result = await run(make_ctx, b"\xff\xfe\n\x80")
+    assert result.detail["lines"] == 2

@@ -1,0 +1,293 @@
+"""objects: codec detection, incremental decoders, and the streaming ObjectReader."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import os
+import zlib
+from collections.abc import Callable
+
+import pytest
+
+from s3flow.errors import CorruptDataError
+from s3flow.objects import (
+    ObjectInfo,
+    ObjectReader,
+    detect_encoding,
+    make_decoder,
+    zstd,
+)
+
+MiB = 1024 * 1024
+PIECE_MAX = 4 * MiB
+
+# --- detect_encoding -----------------------------------------------------------
+
+GZ = gzip.compress(b"hello\n")
+ZST = zstd.compress(b"hello\n")
+BZ = bz2.compress(b"hello\n")
+
+
+@pytest.mark.parametrize(
+    ("head", "content_encoding", "key", "expected"),
+    [
+        # magic bytes win over everything
+        (GZ[:8], None, "x.txt", "gzip"),
+        (GZ[:8], "zstd", "x.bz2", "gzip"),
+        (ZST[:8], None, "x.txt", "zstd"),
+        (ZST[:8], "gzip", "x.gz", "zstd"),
+        (BZ[:8], None, "x.txt", "bz2"),
+        (BZ[:8], "gzip", "x.gz", "bz2"),
+        # data with no magic is identity, whatever metadata and suffix say
+        (b"plain text", "gzip", "x.txt", "identity"),
+        (b"plain text", None, "x.gz", "identity"),
+        (b"BZh", None, "x.bz2", "identity"),  # 'BZh' + non-digit is not bz2
+        (b"BZhx rest", None, "x.txt", "identity"),
+        (b"\x1f", None, "x.txt", "identity"),
+        # no data: Content-Encoding, then suffix
+        (b"", "gzip", "a.txt", "gzip"),
+        (b"", "x-gzip", "a.txt", "gzip"),
+        (b"", " GZIP ", "a.txt", "gzip"),
+        (b"", "zstd", "a.txt", "zstd"),
+        (b"", "bzip2", "a.txt", "bz2"),
+        (b"", "x-bzip2", "a.txt", "bz2"),
+        (b"", "gzip", "a.zst", "gzip"),
+        (b"", None, "a.gz", "gzip"),
+        (b"", None, "A.GZIP", "gzip"),
+        (b"", None, "a.zst", "zstd"),
+        (b"", None, "a.zstd", "zstd"),
+        (b"", None, "a.bz2", "bz2"),
+        (b"", None, "a.txt", "identity"),
+        (b"", "identity", "a.txt", "identity"),
+        (b"", None, "", "identity"),
+    ],
+)
+def test_detect_encoding(
+    head: bytes, content_encoding: str | None, key: str, expected: str
+) -> None:
+    assert detect_encoding(head, content_encoding, key) == expected
+
+
+def test_make_decoder_unknown_encoding() -> None:
+    with pytest.raises(ValueError, match="brotli"):
+        make_decoder("brotli")
+
+
+# --- decoders --------------------------------------------------------------------
+
+
+def chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def decode(encoding: str, data: bytes, size: int | None = None) -> bytes:
+    decoder = make_decoder(encoding)
+    out = bytearray()
+    for piece in chunks(data, size or max(1, len(data))):
+        for part in decoder.feed(piece):
+            assert len(part) <= PIECE_MAX
+            out += part
+    decoder.finish()
+    return bytes(out)
+
+
+PART_A = b"first member line\n" * 300 + os.urandom(3000)
+PART_B = "second 🙂 part\n".encode() * 500
+
+Compress = Callable[[bytes], bytes]
+CODECS: dict[str, Compress] = {
+    "gzip": gzip.compress,
+    "zstd": lambda d: zstd.compress(d),
+    "bz2": bz2.compress,
+    "identity": lambda d: d,
+}
+SIZES = [1, 7, 4096, None]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"chunk{s or 'whole'}")
+@pytest.mark.parametrize("encoding", sorted(CODECS))
+def test_round_trip_single(encoding: str, size: int | None) -> None:
+    data = CODECS[encoding](PART_A)
+    assert decode(encoding, data, size) == PART_A
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"chunk{s or 'whole'}")
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "bz2"])
+def test_round_trip_concatenated_members(encoding: str, size: int | None) -> None:
+    compress = CODECS[encoding]
+    data = compress(PART_A) + compress(PART_B) + compress(b"") + compress(b"tail")
+    assert decode(encoding, data, size) == PART_A + PART_B + b"tail"
+
+
+def test_zstd_streamed_frames_without_content_size() -> None:
+    frames = b""
+    for part in (PART_A, PART_B):
+        cobj = zstd.ZstdCompressor()
+        frames += cobj.compress(part) + cobj.flush()
+    assert decode("zstd", frames, 7) == PART_A + PART_B
+
+
+def test_identity_passes_through_and_skips_empty() -> None:
+    decoder = make_decoder("identity")
+    assert list(decoder.feed(b"")) == []
+    assert list(decoder.feed(b"abc")) == [b"abc"]
+    decoder.finish()
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "bz2"])
+def test_empty_input_is_fine(encoding: str) -> None:
+    assert decode(encoding, b"") == b""
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"chunk{s or 'whole'}")
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "bz2"])
+def test_truncated_input_fails_on_finish(encoding: str, size: int | None) -> None:
+    data = CODECS[encoding](PART_A)
+    with pytest.raises(CorruptDataError, match="truncated"):
+        decode(encoding, data[: len(data) // 2], size)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "bz2"])
+def test_truncated_second_member_fails(encoding: str) -> None:
+    compress = CODECS[encoding]
+    second = compress(PART_B)
+    with pytest.raises(CorruptDataError, match="truncated"):
+        decode(encoding, compress(PART_A) + second[:-5], 4096)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "bz2", "zstd"])
+def test_garbage_in_the_middle(encoding: str) -> None:
+    data = CODECS[encoding](PART_A * 4)
+    mid = len(data) // 2
+    broken = data[:mid] + b"\x00garbage!" * 50 + data[mid:]
+    with pytest.raises(CorruptDataError):
+        decode(encoding, broken, 4096)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "bz2", "zstd"])
+def test_garbage_after_last_member(encoding: str) -> None:
+    with pytest.raises(CorruptDataError):
+        decode(encoding, CODECS[encoding](PART_A) + b"this is not compressed", 4096)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"chunk{s or 'whole'}")
+def test_trailing_zero_padding_after_gzip_is_tolerated(size: int | None) -> None:
+    data = gzip.compress(PART_A) + b"\x00" * 1000
+    assert decode("gzip", data, size) == PART_A
+
+
+def test_corrupt_error_is_permanent_and_chained() -> None:
+    decoder = make_decoder("gzip")
+    with pytest.raises(CorruptDataError) as info:
+        list(decoder.feed(b"\x1f\x8b\x08\x00garbage-garbage-garbage"))
+    assert isinstance(info.value.__cause__, zlib.error)
+    assert info.value.disposition.value == "permanent"
+
+
+def _bounded_zero_run(encoding: str, compressed: bytes, total: int) -> None:
+    decoder = make_decoder(encoding)
+    produced = 0
+    biggest = 0
+    for piece in chunks(compressed, MiB):
+        for part in decoder.feed(piece):
+            biggest = max(biggest, len(part))
+            produced += len(part)
+    decoder.finish()
+    assert produced == total
+    assert biggest <= PIECE_MAX
+
+
+def test_gzip_bomb_pieces_are_bounded() -> None:
+    total = 100 * 1000 * 1000
+    compressed = gzip.compress(bytes(total), compresslevel=1)
+    assert len(compressed) < 1 * MiB  # one feed() would hold the whole 100 MB
+    _bounded_zero_run("gzip", compressed, total)
+
+
+def test_bz2_bomb_pieces_are_bounded() -> None:
+    total = 30 * 1000 * 1000
+    _bounded_zero_run("bz2", bz2.compress(bytes(total)), total)
+
+
+def test_zstd_bomb_pieces_are_bounded() -> None:
+    total = 100 * 1000 * 1000
+    _bounded_zero_run("zstd", zstd.compress(bytes(total)), total)
+
+
+# --- ObjectReader ----------------------------------------------------------------
+
+
+def info(key: str = "in/x.txt", content_encoding: str | None = None) -> ObjectInfo:
+    return ObjectInfo(
+        bucket="incoming",
+        key=key,
+        etag="e",
+        version_id=None,
+        size=None,
+        content_encoding=content_encoding,
+        content_type=None,
+        metadata={},
+    )
+
+
+async def read_all(reader: ObjectReader) -> bytes:
+    return b"".join([piece async for piece in reader])
+
+
+@pytest.mark.parametrize("encoding", sorted(CODECS))
+async def test_reader_decompresses_and_counts(encoding: str, fake_body: type) -> None:
+    data = CODECS[encoding](PART_A + PART_B)
+    body = fake_body(data)
+    reader = ObjectReader(info(), body, chunk_bytes=1000)
+    assert await read_all(reader) == PART_A + PART_B
+    assert reader.encoding == encoding
+    assert reader.compressed_bytes == len(data)
+    assert reader.uncompressed_bytes == len(PART_A + PART_B)
+    reader.close()
+    assert body.closed is True
+
+
+async def test_reader_big_chunks_use_thread_path(fake_body: type) -> None:
+    payload = os.urandom(600 * 1024) * 2
+    data = gzip.compress(payload, compresslevel=1)
+    reader = ObjectReader(info(), fake_body(data), chunk_bytes=512 * 1024)
+    assert await read_all(reader) == payload
+    assert reader.encoding == "gzip"
+
+
+async def test_reader_empty_object(fake_body: type) -> None:
+    reader = ObjectReader(info(key="a.gz"), fake_body(b""))
+    assert await read_all(reader) == b""
+    assert reader.compressed_bytes == 0
+    assert reader.uncompressed_bytes == 0
+
+
+async def test_reader_truncated_gzip_raises(fake_body: type) -> None:
+    data = gzip.compress(PART_A)
+    reader = ObjectReader(info(), fake_body(data[:-10]), chunk_bytes=100)
+    with pytest.raises(CorruptDataError):
+        await read_all(reader)
+
+
+async def test_reader_translates_body_errors() -> None:
+    from s3flow.errors import AwsError
+
+    class Broken:
+        async def read(self, n: int) -> bytes:
+            raise ConnectionResetError("peer reset")
+
+        def close(self) -> None:
+            raise RuntimeError("close must be swallowed")
+
+    reader = ObjectReader(info(), Broken())
+    with pytest.raises(AwsError, match="peer reset"):
+        await read_all(reader)
+    reader.close()  # does not raise
+
+
+async def test_reader_detects_gzip_when_first_read_is_short(fake_body: type) -> None:
+    data = gzip.compress(b"hello\n")
+    reader = ObjectReader(info(key="x.txt"), fake_body(data, step=1))
+    assert await read_all(reader) == b"hello\n"
+    assert reader.encoding == "gzip"

@@ -1,0 +1,129 @@
+"""processors: the registry, import paths, the decorator and option checks."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+
+import s3flow.processors as registry
+from s3flow.errors import ConfigError
+from s3flow.processors import (
+    BaseProcessor,
+    LineCountProcessor,
+    ProcessContext,
+    Processor,
+    Result,
+    available_processors,
+    create_processor,
+    register_processor,
+)
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Registrations made by a test go to a copy that is dropped afterwards."""
+    copy = dict(registry._REGISTRY)
+    monkeypatch.setattr(registry, "_REGISTRY", copy)
+    return copy
+
+
+def test_line_count_by_name() -> None:
+    proc = create_processor("line-count")
+    assert isinstance(proc, LineCountProcessor)
+    assert isinstance(proc, Processor)
+    assert proc.name == "line-count"
+    assert proc.cpu_bound is False
+    assert proc.text_encoding is None  # type: ignore[attr-defined]
+
+
+def test_line_count_with_options() -> None:
+    proc = create_processor("line-count", {"text_encoding": "utf-8"})
+    assert isinstance(proc, LineCountProcessor)
+    assert proc.text_encoding == "utf-8"
+
+
+def test_line_count_is_available() -> None:
+    assert "line-count" in available_processors()
+
+
+def test_unknown_name_lists_available() -> None:
+    with pytest.raises(ConfigError) as info:
+        create_processor("no-such-processor")
+    msg = str(info.value)
+    assert "'no-such-processor'" in msg
+    assert "line-count" in msg
+    assert "module:attribute" in msg
+
+
+def test_module_attr_path() -> None:
+    proc = create_processor("s3flow.processors.line_count:LineCountProcessor")
+    assert isinstance(proc, LineCountProcessor)
+
+
+def test_module_attr_path_passes_options() -> None:
+    with pytest.raises(ConfigError, match="unknown option"):
+        create_processor("s3flow.processors.line_count:LineCountProcessor", {"x": 1})
+
+
+def test_bad_module_path() -> None:
+    with pytest.raises(ConfigError) as info:
+        create_processor("s3flow_no_such_module_xyz:Thing")
+    assert "cannot import module 's3flow_no_such_module_xyz'" in str(info.value)
+
+
+def test_missing_attribute_in_module() -> None:
+    with pytest.raises(ConfigError) as info:
+        create_processor("s3flow.processors.line_count:NoSuchClass")
+    assert "has no 'NoSuchClass'" in str(info.value)
+
+
+def test_line_count_unknown_option() -> None:
+    with pytest.raises(ConfigError) as info:
+        create_processor("line-count", {"text_encodng": "utf-8"})
+    msg = str(info.value)
+    assert "text_encodng" in msg
+    assert "text_encoding" in msg
+
+
+def test_line_count_unknown_text_encoding() -> None:
+    with pytest.raises(ConfigError, match="klingon-8"):
+        LineCountProcessor({"text_encoding": "klingon-8"})
+
+
+def test_register_processor_decorator(isolated_registry: dict[str, Any]) -> None:
+    @register_processor("unit-test-echo")
+    class Echo(BaseProcessor):
+        name: ClassVar[str] = "unit-test-echo"
+
+        async def process(self, ctx: ProcessContext) -> Result:
+            return Result(detail={"options": self.options})
+
+    assert isolated_registry["unit-test-echo"] is Echo
+    assert "unit-test-echo" in available_processors()
+    proc = create_processor("unit-test-echo", {"a": 1})
+    assert isinstance(proc, Echo)
+    assert proc.options == {"a": 1}
+
+
+def test_registration_does_not_leak_between_tests() -> None:
+    assert "unit-test-echo" not in available_processors()
+
+
+def test_factory_type_error_becomes_config_error(isolated_registry: dict[str, Any]) -> None:
+    @register_processor("unit-test-strict")
+    class Strict:
+        def __init__(self) -> None:  # takes no options
+            pass
+
+        async def process(self, ctx: ProcessContext) -> Result:
+            return Result()
+
+    with pytest.raises(ConfigError, match="bad options"):
+        create_processor("unit-test-strict")
+
+
+def test_object_without_process_is_refused(isolated_registry: dict[str, Any]) -> None:
+    register_processor("unit-test-noproc")(lambda options: object())
+    with pytest.raises(ConfigError, match="no process"):
+        create_processor("unit-test-noproc")
