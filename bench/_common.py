@@ -424,3 +424,29 @@ class ApiCalls:
             if receives
             else None,
         }
+
+
+def proc_stat() -> tuple[float, float, float]:
+    """(busy, steal, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = [float(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return (0.0, 0.0, 0.0)
+    hz = float(os.sysconf("SC_CLK_TCK"))
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    steal = fields[7] if len(fields) > 7 else 0.0
+    total = sum(fields[:8])
+    return ((total - idle - steal) / hz, steal / hz, total / hz)
+
+
+def machine_load(before: tuple[float, float, float], wall_s: float) -> dict[str, float]:
+    """Cores busy (all processes) and cores stolen by the hypervisor since ``before``."""
+    after = proc_stat()
+    if not wall_s or not after[2]:
+        return {}
+    return {
+        "machine_cores_busy": round((after[0] - before[0]) / wall_s, 2),
+        "machine_cores_stolen": round((after[1] - before[1]) / wall_s, 2),
+    }

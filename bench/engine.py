@@ -43,7 +43,9 @@ from _common import (
     gzip_log_blob,
     list_keys,
     machine_info,
+    machine_load,
     parallel,
+    proc_stat,
     python,
     queue_depth,
     region,
@@ -170,13 +172,55 @@ def s3flow_consumer(cfg: dict[str, Any]) -> dict[str, Any]:
     from s3flow.worker.engine import WorkerObserver
 
     class Clock(WorkerObserver):
+        """Times each message's phases; perf_counter and monotonic share one clock here."""
+
         def __init__(self) -> None:
             self.settled = 0
             self.last = 0.0
+            self.started: dict[str, float] = {}
+            self.finished: dict[str, float] = {}
+            self.phases: dict[str, list[float]] = {
+                "received_to_started": [],
+                "started_to_finished": [],
+                "finished_to_settled": [],
+                "received_to_settled": [],
+            }
+
+        def object_started(self, pipeline: str, event: Any) -> None:
+            self.started[event.key] = time.perf_counter()
+
+        def object_finished(self, pipeline: str, event: Any, result: Any, error: Any) -> None:
+            self.finished[event.key] = time.perf_counter()
 
         def message_settled(self, pipeline: str, message: Any, outcome: Any) -> None:
+            now = time.perf_counter()
             self.settled += 1
-            self.last = time.perf_counter()
+            self.last = now
+            try:
+                records = json.loads(message.body).get("Records") or []
+                key = unquote_plus(records[0]["s3"]["object"]["key"]) if records else None
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                key = None
+            received = getattr(message, "received_at", None)
+            if key is None or key not in self.finished or received is None:
+                return
+            p = self.phases
+            p["received_to_started"].append(self.started[key] - received)
+            p["started_to_finished"].append(self.finished[key] - self.started[key])
+            p["finished_to_settled"].append(now - self.finished[key])
+            p["received_to_settled"].append(now - received)
+
+        def report(self) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for name, xs in self.phases.items():
+                if xs:
+                    xs = sorted(xs)
+                    out[name] = {
+                        "mean_ms": round(1000 * sum(xs) / len(xs), 1),
+                        "p50_ms": round(1000 * xs[len(xs) // 2], 1),
+                        "p90_ms": round(1000 * xs[int(len(xs) * 0.9)], 1),
+                    }
+            return out
 
     # Count the SDK calls the worker makes: wrap the client factory app.py uses.
     api: ApiCalls | None = None
@@ -217,6 +261,7 @@ def s3flow_consumer(cfg: dict[str, Any]) -> dict[str, Any]:
         "metrics": m.as_dict(),
         "stopped": "drained",
         "api": api.report(m.objects_processed) if api else None,
+        "phases": clock.report(),
     }
 
 
@@ -482,16 +527,30 @@ class Runner:
         )
         return time.perf_counter() - t0
 
-    def run(self, system: str, workload: str, keys: list[str], blobs: list[Blob]) -> dict[str, Any]:
+    def run(
+        self, system: str, workload: str, keys: list[str], blobs: list[Blob], rnd: int
+    ) -> dict[str, Any]:
+        """Round ``rnd`` (0-based) of one system on one workload."""
         conf = pipeline_conf(system, workload)
+        # Each round writes under its own output prefix, so verification only sees its results.
+        conf["output"] = conf["output"].replace("/results/", f"/results/r{rnd}/")
         url = self.sqs.get_queue_url(QueueName=conf["queue"])["QueueUrl"]
+        leftover = queue_depth(self.sqs, url)
+        if leftover["visible"] or leftover["in_flight"]:
+            self.sqs.purge_queue(QueueUrl=url)  # a subset run of the naive consumer left some
+            time.sleep(0.5)
         upload_s = self.upload(conf, keys, blobs)
-        depth = wait_for_depth(self.sqs, url, len(keys) + 1)  # + the s3:TestEvent
+        # The first round also holds the s3:TestEvent sent when the notification was set up.
+        depth = wait_for_depth(self.sqs, url, len(keys) + (1 if rnd == 0 else 0))
         out_bucket, _, out_prefix = conf["output"][5:].partition("/")
-        result_path = self.tmp / f"{system}-{workload}.result.json"
+        tag = f"{system}-{workload}-r{rnd}"
+        result_path = self.tmp / f"{tag}.result.json"
         cfg: dict[str, Any] = {"result_path": str(result_path)}
         if system == "s3flow":
-            cfg["settings"] = {"pipelines": [conf]}
+            settings: dict[str, Any] = {"pipelines": [conf]}
+            for path, value in self.args.s3flow_set:
+                apply_override(settings, path, value)
+            cfg["settings"] = settings
         else:
             cfg.update(
                 queue_url=url,
@@ -500,12 +559,14 @@ class Runner:
                 budget_s=self.args.naive_budget_s,
                 max_objects=self.args.naive_max_objects,
             )
-        cfg_path = self.tmp / f"{system}-{workload}.cfg.json"
+        cfg_path = self.tmp / f"{tag}.cfg.json"
         cfg_path.write_text(json.dumps(cfg))
         cmd = [python(), str(Path(__file__).resolve()), f"--{system}-consumer", str(cfg_path)]
         timeout = (self.args.naive_budget_s or 1800) + 300
+        stat0 = proc_stat()
         with CpuSampler(self.moto) as moto:
-            child: ChildRun = run_child(cmd, self.tmp / f"{system}-{workload}.log", timeout)
+            child: ChildRun = run_child(cmd, self.tmp / f"{tag}.log", timeout)
+        load = machine_load(stat0, child.wall_s)
         moto_cpu = moto.total()
         if child.returncode != 0:
             raise BenchError(
@@ -549,6 +610,8 @@ class Runner:
             "moto_cpu_util": round(moto_busy / busy, 2),
             "moto_cpu_ms_per_object": round(moto_busy * 1000 / n, 3),
             "api_calls": rep["api"],
+            **({"message_phases": rep["phases"]} if rep.get("phases") else {}),
+            **load,
             "compressed_bytes_read": rep["bytes_in"],
             "messages_settled": rep["messages"],
             "test_events": rep["test_events"],
@@ -597,6 +660,41 @@ class Runner:
         return f"{len(done_keys)} results present, line and byte counts correct"
 
 
+def apply_override(settings: dict[str, Any], path: str, value: Any) -> None:
+    """``worker.ack_batch_window_s`` -> settings['worker'][...]; ``pipeline.x`` -> the pipeline."""
+    head, _, rest = path.partition(".")
+    if not rest:
+        raise BenchError(f"--s3flow-set {path}: use section.key (worker.x, aws.x, pipeline.x)")
+    node = settings["pipelines"][0] if head == "pipeline" else settings.setdefault(head, {})
+    parts = rest.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def parse_set(text: str) -> tuple[str, Any]:
+    """``key=value`` with a JSON value when it parses (numbers, booleans), else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError("expected section.key=value")
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median objects/s (lower median for an even count), plus all rates."""
+    ordered = sorted(runs, key=lambda r: float(r["objects_per_s"]))
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["runs"] = len(runs)
+    chosen["objects_per_s_all_runs"] = [r["objects_per_s"] for r in runs]
+    chosen["cpu_ms_per_object_all_runs"] = [r["cpu_ms_per_object"] for r in runs]
+    chosen["peak_rss_mb_all_runs"] = [r["peak_rss_mb"] for r in runs]
+    return chosen
+
+
 def ratio(a: float, b: float) -> float | None:
     """a / b rounded, None when b is 0."""
     return round(a / b, 2) if b else None
@@ -611,11 +709,13 @@ def notes_for(workload: str, res: dict[str, Any], ceilings: dict[str, Any]) -> l
             f"naive consumer ran on a subset: {n['objects']} of {n['objects_total']} objects "
             f"(stopped by {n['stopped']}); its rate is computed from that subset"
         )
+    cores = os.cpu_count() or 0
     for name, r in (("s3flow", s), ("naive", n)):
         notes.append(
             f"{name}: moto server at {r['moto_cpu_util']:.0%} of one core "
             f"({r['moto_cpu_ms_per_object']:.2f} ms/object), worker at "
-            f"{r['worker_cpu_util']:.0%} of one core"
+            f"{r['worker_cpu_util']:.0%} of one core; whole machine "
+            f"{r.get('machine_cores_busy', '?')} of {cores} cores busy (other processes included)"
         )
     if workload == "small":
         ceiling = ceilings.get("small_objects_per_s")
@@ -632,6 +732,21 @@ def notes_for(workload: str, res: dict[str, Any], ceilings: dict[str, Any]) -> l
             notes.append(
                 f"s3flow is endpoint-bound: moto (one process, one GIL) is at "
                 f"{s['moto_cpu_util']:.0%} of a core during s3flow's run"
+            )
+        if bound and n["objects_per_s"]:
+            notes.append(
+                f"best ratio this endpoint allows: {bound / n['objects_per_s']:.1f}x "
+                f"(moto one-core bound {bound} objects/s / naive {n['objects_per_s']} objects/s)"
+            )
+        ph = s.get("message_phases") or {}
+        if ph.get("finished_to_settled") and ph.get("received_to_settled"):
+            held = ph["finished_to_settled"]["mean_ms"]
+            slot = ph["received_to_settled"]["mean_ms"]
+            notes.append(
+                f"s3flow time per message in a slot: {slot} ms mean, of which "
+                f"{ph['started_to_finished']['mean_ms']} ms processing (GetObject + PutObject) "
+                f"and {held} ms ({held / slot:.0%}) waiting for the batched delete "
+                "(ack window + DeleteMessageBatch) while still holding the slot"
             )
         n_lat = n["wall_s"] * 1000 / max(1, n["objects"])
         notes.append(
@@ -763,6 +878,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ceiling-seconds", type=float, default=None, help="time box per ceiling test (3)"
     )
     p.add_argument("--no-ceilings", action="store_true", help="skip the endpoint ceilings")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="rounds per workload and system; the median run (by objects/s) is reported "
+        "(default 3, --quick 1)",
+    )
+    p.add_argument(
+        "--s3flow-set",
+        type=parse_set,
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override an s3flow setting for experiments, e.g. worker.ack_batch_window_s=0.01 "
+        "or pipeline.concurrency=32 (recorded in the JSON; the default run uses none)",
+    )
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "engine.json")
     p.add_argument("--naive-consumer", metavar="CFG", help=argparse.SUPPRESS)
     p.add_argument("--s3flow-consumer", metavar="CFG", help=argparse.SUPPRESS)
@@ -772,6 +903,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.large = args.large if args.large is not None else preset[1]
     args.large_mib = args.large_mib if args.large_mib is not None else preset[2]
     args.ceiling_seconds = args.ceiling_seconds or preset[3]
+    args.repeat = args.repeat or (1 if args.quick else 3)
     if args.small < 1 or args.large < 0:
         p.error("--small must be >= 1 and --large >= 0")
     return args
@@ -820,6 +952,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "large_objects_note": "the same generated gzip blob uploaded under different keys",
         "naive_budget_s": args.naive_budget_s,
         "naive_max_objects": args.naive_max_objects,
+        "repeat": args.repeat,
+        "s3flow_overrides": {k: v for k, v in args.s3flow_set},
         "ceiling_seconds": args.ceiling_seconds,
         "timing": (
             "wall_s = consumer start (before its AWS clients are created) to the last message "
@@ -856,15 +990,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for wname, n in workloads:
             keys, blobs = data[wname]
             res: dict[str, Any] = {"objects": n, "systems": {}}
+            runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
+            for rnd in range(args.repeat):
+                # Alternate which system goes first, so drift in the endpoint or the
+                # machine's background load does not always favour the same one.
+                order = SYSTEMS if rnd % 2 == 0 else tuple(reversed(SYSTEMS))
+                for system in order:
+                    console.print(
+                        f"{wname} round {rnd + 1}/{args.repeat}: uploading {n} objects, "
+                        f"running {system} ..."
+                    )
+                    r = runner.run(system, wname, keys, blobs, rnd)
+                    runs[system].append(r)
+                    console.print(
+                        f"  {system}: {r['objects']} objects in {r['wall_s']:.2f}s = "
+                        f"{r['objects_per_s']:.1f}/s, {r['cpu_ms_per_object']:.2f} CPU ms/object, "
+                        f"moto {r['moto_cpu_util']:.0%}, machine {r.get('machine_cores_busy')} "
+                        "cores busy"
+                    )
             for system in SYSTEMS:
-                console.print(f"{wname}: uploading {n} objects and running {system} ...")
-                r = runner.run(system, wname, keys, blobs)
-                res["systems"][system] = r
-                console.print(
-                    f"  {system}: {r['objects']} objects in {r['wall_s']:.2f}s = "
-                    f"{r['objects_per_s']:.1f}/s, {r['cpu_ms_per_object']:.2f} CPU ms/object, "
-                    f"moto {r['moto_cpu_util']:.0%}"
-                )
+                res["systems"][system] = median_run(runs[system])
             s, nv = res["systems"]["s3flow"], res["systems"]["naive"]
             res["ratio"] = {
                 "objects_per_s": ratio(s["objects_per_s"], nv["objects_per_s"]),

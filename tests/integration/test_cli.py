@@ -129,3 +129,32 @@ def test_demo_runs_end_to_end() -> None:
     out = run.stdout
     assert "results" in out and "written" in out and "DLQ" in out
     assert "processed 7, dead-lettered 1" in out
+
+
+def test_local_runs_until_interrupted(tmp_path: Path) -> None:
+    import signal
+    import urllib.request
+
+    from conftest import wait_for
+
+    from s3flow.local import free_port
+
+    port = free_port()
+    log = tmp_path / "local.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s3flow", "local", "--port", str(port)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        wait_for(lambda: "running at" in log.read_text(), 30, "the endpoint URL")
+        assert f"http://127.0.0.1:{port}" in log.read_text()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=5) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "stopped" in log.read_text()

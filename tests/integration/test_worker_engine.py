@@ -66,7 +66,6 @@ def test_aws_style_encoded_key_in_sent_event(harness: Harness) -> None:
     """AWS encodes a space as '+' and '+' as '%2B' but leaves '/': decode both styles."""
     harness.configure()
     key = "in/red flower+x=ü.json"
-    harness.configure()
     harness.put(key, b"1\n")
     harness.purge()  # drop moto's own notification; send the AWS-style one
     encoded = quote_plus(key, safe="/")

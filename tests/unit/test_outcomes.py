@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -101,8 +102,8 @@ def test_property_within_jitter_window(
     delay = backoff_s(receive_count, base, cap, random.Random(seed))
     c = ceiling(receive_count, base, cap)
     assert 0 <= delay <= SQS_MAX_VISIBILITY_S
-    # the delay is rounded to whole seconds: allow half a second either side
-    assert min(c / 2, SQS_MAX_VISIBILITY_S) - 0.5 <= delay <= min(c, SQS_MAX_VISIBILITY_S) + 0.5
+    # the delay is rounded up to whole seconds (SQS takes whole seconds)
+    assert min(c / 2, SQS_MAX_VISIBILITY_S) <= delay <= min(math.ceil(c), SQS_MAX_VISIBILITY_S)
     assert delay == backoff_s(receive_count, base, cap, random.Random(seed))
 
 

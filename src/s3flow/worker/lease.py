@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -93,7 +94,7 @@ class LeaseKeeper:
             remaining_job = lease.deadline - now
             if remaining_job <= 0:
                 continue  # past the job timeout: let it become visible
-            extend = int(min(self._timeout, max(1.0, remaining_job)))
+            extend = int(min(self._timeout, max(1, math.ceil(remaining_job))))
             due.append((mid, lease, extend))
         if not due:
             return

@@ -1,0 +1,118 @@
+"""Batched acks checked entry by entry, receive-error backoff, several pipelines at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from conftest import Harness, wait_for
+
+from s3flow.app import build_runtimes
+from s3flow.aws import open_clients
+from s3flow.local import LocalEndpoint
+from s3flow.metrics import PipelineMetrics
+from s3flow.provision import provision
+from s3flow.settings import load_settings
+from s3flow.worker.acks import AckBatcher
+from s3flow.worker.engine import Worker
+
+pytestmark = pytest.mark.integration
+
+
+def test_delete_batch_checks_every_entry(harness: Harness) -> None:
+    settings = harness.configure()
+    for i in range(12):
+        harness.sqs.send_message(QueueUrl=harness.queue_url, MessageBody=f"m{i}")
+    handles: list[str] = []
+    while len(handles) < 12:
+        resp = harness.sqs.receive_message(QueueUrl=harness.queue_url, MaxNumberOfMessages=10)
+        handles += [m["ReceiptHandle"] for m in resp.get("Messages", [])]
+
+    async def go() -> tuple[list[bool], PipelineMetrics]:
+        metrics = PipelineMetrics()
+        async with (
+            open_clients(settings.aws) as clients,
+            AckBatcher(clients.sqs, harness.queue_url, window_s=0.05, metrics=metrics) as acks,
+        ):
+            results = await asyncio.gather(
+                *(acks.delete(h) for h in handles), acks.delete("not-a-real-receipt-handle")
+            )
+        return list(results), metrics
+
+    results, metrics = asyncio.run(go())
+    assert results[:12] == [True] * 12
+    assert results[12] is False  # the Failed entry is reported, not assumed deleted
+    assert metrics.ack_failures == 1
+    assert harness.depth() == (0, 0)
+
+
+def test_receive_errors_back_off_instead_of_spinning(tmp_path) -> None:
+    """The endpoint dies under a running worker: polling backs off, then shuts down cleanly."""
+    ep = LocalEndpoint().start()
+    try:
+        settings = load_settings(
+            None,
+            {
+                "aws": {"endpoint_url": ep.url, "max_attempts": 1, "connect_timeout_s": 1},
+                "pipelines": [
+                    {
+                        "name": "p",
+                        "bucket": "dying-bucket",
+                        "queue": "dying-q",
+                        "output": str(tmp_path),
+                        "wait_time_s": 1,
+                    }
+                ],
+            },
+        )
+        asyncio.run(provision(settings))
+
+        async def go() -> tuple[int, float]:
+            async with open_clients(settings.aws) as clients:
+                runtimes = await build_runtimes(settings, clients)
+                worker = Worker(clients, runtimes, settings.worker)
+                task = asyncio.create_task(worker.run())
+                await asyncio.sleep(0)  # let the worker start polling
+                ep.stop()  # the endpoint goes away: connection refused from now on
+                t0 = time.monotonic()
+                while worker.metrics.for_pipeline("p").receive_errors < 3:
+                    await asyncio.sleep(0.05)
+                    assert time.monotonic() - t0 < 30, "no receive errors seen"
+                elapsed = time.monotonic() - t0
+                errors = worker.metrics.for_pipeline("p").receive_errors
+                worker.stop()
+                await asyncio.wait_for(task, 10)
+                return errors, elapsed
+
+        errors, elapsed = asyncio.run(go())
+        # Backoff doubles from 0.5 s with equal jitter: 3 errors need >= 0.5 + 1.0 s.
+        assert elapsed >= 1.4, elapsed
+        assert errors < 10
+    finally:
+        ep.stop()
+
+
+def test_several_pipelines_in_one_worker(harness: Harness, tmp_path) -> None:
+    first = harness.configure()
+    other = Harness(harness.endpoint, harness.s3, harness.sqs, tmp_path)
+    second = other.configure(prefix="in/")
+    settings = load_settings(
+        None,
+        {
+            "pipelines": [
+                first.pipelines[0].model_dump(),
+                {**second.pipelines[0].model_dump(), "name": "second"},
+            ]
+        },
+    )
+    harness.put("a.txt", b"1\n")
+    other.put("in/b.txt", b"1\n2\n")
+    harness.settings = settings
+    m = harness.run()
+    assert m.pipelines["p"].objects_processed == 1
+    assert m.pipelines["second"].objects_processed == 1
+    assert harness.result("a.txt") is not None
+    r = other.result("in/b.txt")
+    assert r is not None and r["lines"] == 2
+    wait_for(lambda: harness.depth() == (0, 0) and other.depth() == (0, 0), 5, "both drained")

@@ -1,0 +1,76 @@
+"""LeaseKeeper heartbeat logic with a fake batcher (pure timing logic)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from s3flow.metrics import PipelineMetrics
+from s3flow.worker.lease import LeaseKeeper
+
+
+class FakeAcks:
+    def __init__(self, ok: bool = True) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.ok = ok
+
+    async def change_visibility(self, handle: str, timeout_s: int) -> bool:
+        self.calls.append((handle, timeout_s))
+        return self.ok
+
+
+def keeper(acks: Any, timeout: int = 10, job: int = 3600) -> tuple[LeaseKeeper, PipelineMetrics]:
+    m = PipelineMetrics()
+    return LeaseKeeper(acks, visibility_timeout_s=timeout, job_timeout_s=job, metrics=m), m
+
+
+async def test_not_due_before_half_timeout() -> None:
+    acks = FakeAcks()
+    lk, m = keeper(acks)
+    lk.track("m1", "h1", time.monotonic())
+    await lk.beat()
+    assert acks.calls == [] and m.visibility_extensions == 0
+
+
+async def test_due_at_half_timeout_extends_by_a_full_timeout() -> None:
+    acks = FakeAcks()
+    lk, m = keeper(acks)
+    lk.track("m1", "h1", time.monotonic() - 6)  # 4 s of visibility left < 5 s
+    lk.track("m2", "h2", time.monotonic())  # fresh
+    await lk.beat()
+    assert acks.calls == [("h1", 10)] and m.visibility_extensions == 1
+    await lk.beat()  # just extended: not due again
+    assert len(acks.calls) == 1
+
+
+async def test_extension_is_capped_by_the_job_timeout() -> None:
+    acks = FakeAcks()
+    lk, _ = keeper(acks, timeout=10, job=8)
+    lk.track("m1", "h1", time.monotonic() - 6)  # 2 s of job time left
+    await lk.beat()
+    assert acks.calls == [("h1", 2)]
+
+
+async def test_past_the_job_timeout_is_left_to_expire() -> None:
+    acks = FakeAcks()
+    lk, _ = keeper(acks, timeout=10, job=5)
+    lk.track("m1", "h1", time.monotonic() - 6)
+    await lk.beat()
+    assert acks.calls == []
+
+
+async def test_untracked_and_failed_extensions() -> None:
+    acks = FakeAcks(ok=False)
+    lk, m = keeper(acks)
+    lk.track("m1", "h1", time.monotonic() - 9)
+    lk.track("m2", "h2", time.monotonic() - 9)
+    lk.untrack("m2")
+    assert len(lk) == 1
+    await lk.beat()
+    assert acks.calls == [("h1", 10)]
+    assert m.visibility_extensions == 0  # SQS refused: not counted
+
+
+def test_tick_is_a_quarter_timeout_within_bounds() -> None:
+    assert keeper(FakeAcks(), timeout=2)[0].tick_s == 0.5
+    assert keeper(FakeAcks(), timeout=3600)[0].tick_s == 5.0
