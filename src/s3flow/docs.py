@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -25,8 +25,9 @@ _SECTIONS: list[tuple[str, type[BaseModel], str]] = [
 
 def _type_name(info: FieldInfo) -> str:
     ann: Any = info.annotation
-    text = getattr(ann, "__name__", None) or str(ann)
-    return text.replace("typing.", "").replace("NoneType", "None")
+    text = str(ann) if get_args(ann) else (getattr(ann, "__name__", None) or str(ann))
+    text = text.replace("typing.", "").replace("NoneType", "None")
+    return text.replace("|", "\\|")
 
 
 def _default(info: FieldInfo) -> str:

@@ -237,6 +237,11 @@ class Settings(BaseSettings):
             if p.name in seen:
                 raise ValueError(f"pipeline name {p.name!r} is used twice")
             seen.add(p.name)
+            if p.wait_time_s >= self.aws.read_timeout_s:
+                raise ValueError(
+                    f"pipeline {p.name!r}: wait_time_s ({p.wait_time_s}) must be shorter than "
+                    f"aws.read_timeout_s ({self.aws.read_timeout_s}) or long polls time out"
+                )
         return self
 
     @classmethod

@@ -32,3 +32,12 @@ def test_reference_structure() -> None:
     assert "| `bucket` | `str` | **required** |" in ref
     assert "| `concurrency` | `int` | `16` |" in ref
     assert "| `max_receive_count` | `int` | `3` |" in ref
+
+
+def test_committed_configuration_reference_is_up_to_date() -> None:
+    from pathlib import Path
+
+    committed = Path(__file__).parents[2] / "docs" / "configuration.md"
+    assert committed.read_text().strip() == settings_reference().strip(), (
+        "docs/configuration.md is stale: run `s3flow config-reference > docs/configuration.md`"
+    )

@@ -132,12 +132,13 @@ class QueueSource:
             raise
         now = time.monotonic()
         messages = resp.get("Messages") or []
-        unused = k - len(messages)
-        if unused > 0:
-            await self._slots.release(unused)
+        # Dispatch before the next await so a cancellation cannot strand a message.
         for raw in messages:
             self._metrics.messages_received += 1
             self._dispatch(ReceivedMessage.from_sqs(raw, now))
+        unused = k - len(messages)
+        if unused > 0:
+            await self._slots.release(unused)
         self.empty_receives = 0 if messages else self.empty_receives + 1
         return len(messages)
 
