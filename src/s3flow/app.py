@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +17,7 @@ from s3flow.processors import create_processor
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, Settings
 from s3flow.sinks import open_sink
+from s3flow.state.base import StateStore
 from s3flow.worker.engine import PipelineRuntime, Worker, WorkerObserver
 
 log = logging.getLogger("s3flow.app")
@@ -113,10 +117,33 @@ async def run_worker(
     handle_signals: bool = False,
 ) -> WorkerMetrics:
     """Build and run a worker until it is stopped (or drained, with ``burst``)."""
-    async with open_clients(settings.aws, pool=pool_size(settings)) as clients:
+    async with (
+        open_clients(settings.aws, pool=pool_size(settings)) as clients,
+        open_store(settings) as store,
+    ):
         runtimes = await build_runtimes(settings, clients, pipelines)
-        worker = Worker(clients, runtimes, settings.worker, observer=observer, burst=burst)
+        worker = Worker(
+            clients,
+            runtimes,
+            settings.worker,
+            observer=observer,
+            burst=burst,
+            store=store,
+            claim_ttl_s=settings.state.claim_ttl_s,
+        )
         return await worker.run(handle_signals=handle_signals)
+
+
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[StateStore | None]:
+    """The configured state store (None when ``state.url = "none"``), opened and closed."""
+    if settings.state.url == "none":
+        yield None
+        return
+    from s3flow.state import open_state_store
+
+    async with open_state_store(settings.state.url, settings.aws) as store:
+        yield store
 
 
 @dataclass
@@ -168,4 +195,34 @@ async def queue_status(settings: Settings, names: list[str] | None = None) -> li
             except Exception as exc:
                 st.error = str(translate_aws_error(exc, "GetQueueAttributes"))
             out.append(st)
+    return out
+
+
+@dataclass
+class StateSummary:
+    """What the state store knows about one pipeline."""
+
+    pipeline: str
+    counts: dict[str, int]
+    oldest_in_flight_s: float | None
+    duplicates: int
+
+
+async def state_summary(settings: Settings, names: list[str] | None = None) -> list[StateSummary]:
+    """Per pipeline: records by status, oldest in-flight age, duplicates seen."""
+    out: list[StateSummary] = []
+    async with open_store(settings) as store:
+        if store is None:
+            return out
+        now = time.time()
+        for p in select_pipelines(settings, names):
+            oldest = await store.oldest_processing_at(p.name)
+            out.append(
+                StateSummary(
+                    pipeline=p.name,
+                    counts=await store.counts(p.name),
+                    oldest_in_flight_s=round(now - oldest, 1) if oldest else None,
+                    duplicates=await store.counter(f"duplicates:{p.name}"),
+                )
+            )
     return out

@@ -189,15 +189,27 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Per pipeline: messages visible / in flight / delayed, and DLQ depth."""
-    from s3flow.app import queue_status
+    from s3flow.app import queue_status, state_summary
 
     try:
         settings = _settings(config)
         rows = asyncio.run(queue_status(settings))
+        states = {s.pipeline: s for s in asyncio.run(state_summary(settings))}
     except S3flowError as exc:
         raise _fail(exc) from exc
     if as_json:
-        print(json.dumps([r.__dict__ for r in rows], indent=2))
+        print(
+            json.dumps(
+                [
+                    {
+                        **r.__dict__,
+                        "state": states[r.pipeline].__dict__ if r.pipeline in states else None,
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+        )
         return
     table = Table(title="s3flow status")
     for col in ("pipeline", "queue", "visible", "in flight", "delayed", "DLQ", "DLQ depth"):
@@ -217,9 +229,383 @@ def status(
             ("[red]" if r.dlq_depth else "") + n(r.dlq_depth),
         )
     console.print(table)
+    if states:
+        st = Table(title="state store")
+        for col in (
+            "pipeline",
+            "completed",
+            "processing",
+            "failed",
+            "dead",
+            "quarantined",
+            "received",
+            "duplicates",
+            "oldest in flight",
+        ):
+            st.add_column(col)
+        for s_ in states.values():
+            c = s_.counts
+            st.add_row(
+                s_.pipeline,
+                *(
+                    str(c.get(k, 0))
+                    for k in (
+                        "completed",
+                        "processing",
+                        "failed",
+                        "dead",
+                        "quarantined",
+                        "received",
+                    )
+                ),
+                str(s_.duplicates),
+                f"{s_.oldest_in_flight_s:.0f}s" if s_.oldest_in_flight_s is not None else "-",
+            )
+        console.print(st)
     for r in rows:
         if r.error:
             err_console.print(f"[red]{r.pipeline}:[/] {r.error}", highlight=False)
+
+
+files_app = typer.Typer(
+    help="Per-object lifecycles from the state store (list, show history, release quarantine).",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(files_app, name="files")
+
+
+def _ts(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+@files_app.callback()
+def files_list(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    status_: Annotated[
+        str | None,
+        typer.Option("--status", help="received|processing|completed|failed|dead|quarantined"),
+    ] = None,
+    pipeline: Annotated[
+        str | None, typer.Option("--pipeline", "-p", help="Only this pipeline.")
+    ] = None,
+    key_prefix: Annotated[
+        str | None, typer.Option("--key-prefix", help="Only keys with this prefix.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List object lifecycles (most recently updated first)."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"config": config}
+        return
+    from s3flow.app import open_store
+    from s3flow.state.base import FileStatus
+
+    try:
+        settings = _settings(config)
+        st = FileStatus(status_) if status_ else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--status") from exc
+    except S3flowError as exc:
+        raise _fail(exc) from exc
+
+    async def go() -> list[Any]:
+        async with open_store(settings) as store:
+            if store is None:
+                raise S3flowError("no state store configured (state.url = 'none')")
+            return await store.list_files(
+                status=st, pipeline=pipeline, key_prefix=key_prefix, limit=limit
+            )
+
+    try:
+        rows = asyncio.run(go())
+    except S3flowError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        print(json.dumps([{**r.__dict__, "status": r.status.value} for r in rows], indent=2))
+        return
+    table = Table(title=f"s3flow files ({len(rows)})")
+    for col in ("pipeline", "bucket", "key", "version", "status", "attempts", "updated", "error"):
+        table.add_column(col)
+    for r in rows:
+        err = f"{r.last_error_class}: {r.last_error}" if r.last_error_class else ""
+        table.add_row(
+            r.pipeline,
+            r.bucket,
+            r.key,
+            r.version[:12],
+            r.status.value,
+            str(r.attempts),
+            _ts(r.updated_at),
+            err[:80],
+        )
+    console.print(table)
+
+
+@files_app.command("show")
+def files_show(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The object key.")],
+    config: ConfigOpt = None,
+    bucket: Annotated[str | None, typer.Option("--bucket", help="Bucket (default: any).")] = None,
+) -> None:
+    """One object's full history: every version, every transition."""
+    from s3flow.app import open_store
+
+    config = config or (ctx.obj or {}).get("config")
+    try:
+        settings = _settings(config)
+    except S3flowError as exc:
+        raise _fail(exc) from exc
+
+    async def go() -> tuple[list[Any], list[Any]]:
+        async with open_store(settings) as store:
+            if store is None:
+                raise S3flowError("no state store configured (state.url = 'none')")
+            recs = [
+                r
+                for r in await store.list_files(key_prefix=key, limit=10000)
+                if r.key == key and (bucket is None or r.bucket == bucket)
+            ]
+            hist = []
+            for b in sorted({r.bucket for r in recs}):
+                hist += [(b, h) for h in await store.history(b, key)]
+            return recs, hist
+
+    try:
+        recs, hist = asyncio.run(go())
+    except S3flowError as exc:
+        raise _fail(exc) from exc
+    if not recs:
+        err_console.print(f"no record of {key!r} in the state store")
+        raise typer.Exit(1)
+    for r in recs:
+        console.print(
+            f"[bold]s3://{r.bucket}/{r.key}[/] version {r.version or '-'}: "
+            f"[bold]{r.status.value}[/], attempts {r.attempts}, pipeline {r.pipeline}",
+            highlight=False,
+        )
+        if r.last_error_class:
+            console.print(f"  last error: {r.last_error_class}: {r.last_error}", highlight=False)
+        for o in r.outputs:
+            console.print(f"  output: {o}", highlight=False)
+    table = Table(title="history")
+    for col in ("at", "bucket", "version", "from", "to", "worker", "detail"):
+        table.add_column(col)
+    for b, h in hist:
+        table.add_row(
+            _ts(h.at),
+            b,
+            h.version[:12],
+            h.old.value if h.old else "-",
+            h.new.value,
+            h.worker_id or "-",
+            h.detail[:80],
+        )
+    console.print(table)
+
+
+@files_app.command("release")
+def files_release(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The quarantined object key.")],
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline.")],
+    config: ConfigOpt = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Only this version/eTag.")
+    ] = None,
+) -> None:
+    """Release a quarantined object: remove its tags and enqueue it for reprocessing."""
+    from s3flow.app import open_store
+    from s3flow.ops import release_quarantined
+
+    config = config or (ctx.obj or {}).get("config")
+
+    async def go() -> list[Any]:
+        settings = _settings(config)
+        async with open_store(settings) as store:
+            if store is None:
+                raise S3flowError("no state store configured (state.url = 'none')")
+            return await release_quarantined(
+                settings, settings.pipeline(pipeline), store, key, version
+            )
+
+    try:
+        released = asyncio.run(go())
+    except S3flowError as exc:
+        raise _fail(exc) from exc
+    if not released:
+        err_console.print(f"{key!r} is not quarantined in pipeline {pipeline!r}")
+        raise typer.Exit(1)
+    for oid in released:
+        console.print(f"released s3://{oid.bucket}/{oid.key} ({oid.version}): enqueued again")
+
+
+dlq_app = typer.Typer(
+    help="Inspect dead-lettered messages and move them back.", no_args_is_help=True
+)
+app.add_typer(dlq_app, name="dlq")
+PipelineOpt = Annotated[
+    str | None, typer.Option("--pipeline", "-p", help="Pipeline (default: the only one).")
+]
+
+
+def _one_pipeline(settings: Settings, name: str | None) -> Any:
+    if name:
+        return settings.pipeline(name)
+    if len(settings.pipelines) != 1:
+        raise S3flowError("several pipelines are configured: choose one with --pipeline")
+    return settings.pipelines[0]
+
+
+@dlq_app.command("list")
+def dlq_list(
+    config: ConfigOpt = None,
+    pipeline: PipelineOpt = None,
+    max_n: Annotated[int, typer.Option("--max", help="At most this many messages.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List dead-lettered messages with their error class and reason."""
+    from s3flow.ops import list_dlq
+
+    try:
+        settings = _settings(config)
+        msgs = asyncio.run(list_dlq(settings, _one_pipeline(settings, pipeline), max_n=max_n))
+    except S3flowError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        print(json.dumps([m.__dict__ for m in msgs], indent=2))
+        return
+    table = Table(title=f"DLQ messages ({len(msgs)})")
+    for col in ("message id", "objects", "error class", "error", "sent"):
+        table.add_column(col)
+    for m in msgs:
+        table.add_row(
+            m.message_id,
+            "\n".join(m.keys) or m.body[:60],
+            m.error_class or "-",
+            (m.error or "-")[:80],
+            m.sent_at or "-",
+        )
+    console.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    message_id: Annotated[str, typer.Argument(help="The DLQ message id.")],
+    config: ConfigOpt = None,
+    pipeline: PipelineOpt = None,
+) -> None:
+    """Show one dead-lettered message: body and error attributes."""
+    from s3flow.ops import list_dlq
+
+    try:
+        settings = _settings(config)
+        msgs = asyncio.run(list_dlq(settings, _one_pipeline(settings, pipeline), max_n=1000))
+    except S3flowError as exc:
+        raise _fail(exc) from exc
+    for m in msgs:
+        if m.message_id == message_id:
+            print(json.dumps(m.__dict__, indent=2))
+            return
+    err_console.print(f"message {message_id} is not on the DLQ")
+    raise typer.Exit(1)
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    config: ConfigOpt = None,
+    pipeline: PipelineOpt = None,
+    max_n: Annotated[int | None, typer.Option("--max", help="Move at most this many.")] = None,
+) -> None:
+    """Move dead-lettered messages back to the source queue (never losing one)."""
+    from rich.progress import Progress
+
+    from s3flow.app import open_store
+    from s3flow.ops import redrive
+
+    async def go(progress: Progress) -> Any:
+        settings = _settings(config)
+        p = _one_pipeline(settings, pipeline)
+        task = progress.add_task("redriving", total=max_n)
+        async with open_store(settings) as store:
+            return await redrive(
+                settings,
+                p,
+                max_n=max_n,
+                store=store,
+                on_moved=lambda n: progress.advance(task, n),
+            )
+
+    try:
+        with Progress(console=err_console) as progress:
+            report = asyncio.run(go(progress))
+    except S3flowError as exc:
+        raise _fail(exc) from exc
+    if report.method == "message-move-task":
+        console.print("started an SQS message move task (DLQ -> source queue)")
+    else:
+        console.print(f"moved {report.moved} message(s) back to the source queue")
+
+
+@app.command()
+def backfill(
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline to backfill.")],
+    config: ConfigOpt = None,
+    prefix: Annotated[
+        str | None, typer.Option("--prefix", help="Only keys with this prefix.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only objects modified at/after (YYYY-MM-DD[THH:MM])."),
+    ] = None,
+) -> None:
+    """Enqueue notifications for existing objects not yet completed (safe to run twice)."""
+    from datetime import UTC, datetime
+
+    from rich.progress import Progress
+
+    from s3flow.app import open_store
+    from s3flow.ops import backfill as do_backfill
+
+    since_dt = None
+    if since:
+        try:
+            since_dt = datetime.fromisoformat(since)
+        except ValueError as exc:
+            raise typer.BadParameter(
+                "use YYYY-MM-DD or YYYY-MM-DDTHH:MM", param_hint="--since"
+            ) from exc
+        if since_dt.tzinfo is None:
+            since_dt = since_dt.replace(tzinfo=UTC)
+
+    async def go(progress: Progress) -> Any:
+        settings = _settings(config)
+        p = settings.pipeline(pipeline)
+        task = progress.add_task("listing and enqueueing", total=None)
+        async with open_store(settings) as store:
+            return await do_backfill(
+                settings,
+                p,
+                prefix=prefix,
+                since=since_dt,
+                store=store,
+                on_progress=lambda listed, enq: progress.update(
+                    task, completed=listed, description=f"listed {listed}, enqueued {enq}"
+                ),
+            )
+
+    try:
+        with Progress(console=err_console) as progress:
+            r = asyncio.run(go(progress))
+    except S3flowError as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"listed {r.listed}: enqueued {r.enqueued}, already completed {r.already_done}, "
+        f"already queued {r.already_queued}, filtered {r.filtered}"
+    )
 
 
 @app.command()

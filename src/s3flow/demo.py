@@ -13,6 +13,7 @@ import bz2
 import gzip
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -147,7 +148,10 @@ def run_demo(console: Console | None = None, *, endpoint_url: str | None = None)
         env = {"AWS_ENDPOINT_URL": endpoint_url}
     try:
         with _env(env):
-            settings = load_settings(None, DEMO_CONFIG)
+            state_dir = tempfile.mkdtemp(prefix="s3flow-demo-")
+            settings = load_settings(
+                None, {**DEMO_CONFIG, "state": {"url": f"sqlite:{state_dir}/state.db"}}
+            )
             console.print("[bold]2/5[/] provisioning bucket, queue, DLQ and notification ...")
             changes = asyncio.run(provision(settings))
             for c in changes:

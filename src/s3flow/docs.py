@@ -12,6 +12,8 @@ from s3flow.settings import (
     AwsSettings,
     LocalSettings,
     PipelineSettings,
+    StateSettings,
+    ValidationSettings,
     WorkerSettings,
 )
 
@@ -19,7 +21,9 @@ _SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("[aws]", AwsSettings, "S3FLOW_AWS__"),
     ("[worker]", WorkerSettings, "S3FLOW_WORKER__"),
     ("[local]", LocalSettings, "S3FLOW_LOCAL__"),
+    ("[state]", StateSettings, "S3FLOW_STATE__"),
     ("[[pipelines]]", PipelineSettings, ""),
+    ("[pipelines.validation]", ValidationSettings, ""),
 ]
 
 

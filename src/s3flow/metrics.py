@@ -11,7 +11,9 @@ class PipelineMetrics:
 
     messages_received: int = 0
     objects_processed: int = 0
-    objects_skipped: int = 0  # filtered, removed-events, missing objects
+    objects_skipped: int = 0  # filtered, removed-events, missing objects, parked
+    duplicates: int = 0  # already completed: acked without work
+    quarantined: int = 0
     test_events: int = 0
     acked: int = 0
     retried: int = 0

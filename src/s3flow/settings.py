@@ -68,6 +68,52 @@ class AwsSettings(_Model):
     )
 
 
+class ValidationSettings(_Model):
+    """Per-pipeline checks made before an object is processed; failures are quarantined."""
+
+    min_bytes: int = Field(default=0, ge=0, description="Smallest acceptable object size.")
+    max_bytes: int | None = Field(
+        default=None, ge=0, description="Largest acceptable object size (None = no limit)."
+    )
+    suffixes: list[str] = Field(
+        default_factory=list, description="Allowed key suffixes (empty = any), e.g. ['.ndjson']."
+    )
+    content_types: list[str] = Field(
+        default_factory=list,
+        description="Allowed Content-Type values (empty = any), e.g. ['text/plain'].",
+    )
+    key_pattern: str | None = Field(
+        default=None, description="Regular expression every key must match (re.search)."
+    )
+
+    @field_validator("key_pattern")
+    @classmethod
+    def _check_pattern(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _check_range(self) -> ValidationSettings:
+        if self.max_bytes is not None and self.max_bytes < self.min_bytes:
+            raise ValueError("max_bytes must be >= min_bytes")
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Whether any rule is set."""
+        return bool(
+            self.min_bytes
+            or self.max_bytes is not None
+            or self.suffixes
+            or self.content_types
+            or self.key_pattern
+        )
+
+
 class PipelineSettings(_Model):
     """One pipeline: a queue of S3 notifications, a filter, a processor and an output."""
 
@@ -122,6 +168,17 @@ class PipelineSettings(_Model):
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Processor-specific options (a TOML table)."
+    )
+    validation: ValidationSettings = Field(
+        default_factory=ValidationSettings,
+        description="Checks before processing ([pipelines.validation]); failures are quarantined.",
+    )
+    on_permanent_error: Literal["dead-letter", "quarantine"] = Field(
+        default="dead-letter",
+        description=(
+            "Unreadable content (corrupt compression, undecodable text): send the message to "
+            "the DLQ, or quarantine the object (tag + state record) and ack."
+        ),
     )
 
     @field_validator("name")
@@ -213,6 +270,36 @@ class LocalSettings(_Model):
     port: int = Field(default=0, ge=0, le=65535, description="Port; 0 picks a free one.")
 
 
+class StateSettings(_Model):
+    """Where s3flow keeps file lifecycles, idempotency claims, checkpoints and locks."""
+
+    url: str = Field(
+        default="sqlite:.s3flow/state.db",
+        description=(
+            "'sqlite:PATH' (relative to the working directory), 'sqlite:///abs/path.db', "
+            "'dynamodb://TABLE_PREFIX' (multi-node), or 'none' to run without a store."
+        ),
+    )
+    claim_ttl_s: float = Field(
+        default=0,
+        ge=0,
+        description="How long a claim lives without renewal; 0 = 1.5 x visibility_timeout_s.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        if (
+            v == "none"
+            or v.startswith(("sqlite:", "dynamodb://"))
+            or v.endswith((".db", ".sqlite"))
+        ):
+            return v
+        raise ValueError(
+            "use 'sqlite:PATH', 'sqlite:///abs/path.db', 'dynamodb://PREFIX' or 'none'"
+        )
+
+
 class Settings(BaseSettings):
     """All of s3flow's configuration, validated once at start."""
 
@@ -226,6 +313,7 @@ class Settings(BaseSettings):
     aws: AwsSettings = Field(default_factory=AwsSettings, description="AWS access.")
     worker: WorkerSettings = Field(default_factory=WorkerSettings, description="Worker process.")
     local: LocalSettings = Field(default_factory=LocalSettings, description="Embedded endpoint.")
+    state: StateSettings = Field(default_factory=StateSettings, description="State store.")
     pipelines: list[PipelineSettings] = Field(
         default_factory=list, description="The pipelines this worker runs."
     )

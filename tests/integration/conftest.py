@@ -79,6 +79,7 @@ class Harness:
         self.out_bucket = f"out-{n}"
         self.queue = f"q-{n}"
         self.settings: Settings | None = None
+        self.state_url = f"sqlite:{tmp_path}/state-{n}.db"
 
     def configure(self, provision_it: bool = True, **pipeline: Any) -> Settings:
         """Build settings for one pipeline (overrides as keyword args) and provision it."""
@@ -94,7 +95,11 @@ class Harness:
             "retry_base_s": 1,
         }
         p.update(pipeline)
-        data = {"pipelines": [p], "worker": {"shutdown_grace_s": 10, "ack_batch_window_s": 0.02}}
+        data = {
+            "pipelines": [p],
+            "worker": {"shutdown_grace_s": 10, "ack_batch_window_s": 0.02},
+            "state": {"url": self.state_url},
+        }
         self.settings = load_settings(None, data)
         if provision_it:
             asyncio.run(provision(self.settings))
@@ -110,7 +115,7 @@ class Harness:
         lines = ["[worker]", f"shutdown_grace_s = {self.settings.worker.shutdown_grace_s}", ""]
         lines.append("[[pipelines]]")
         for key, value in p.model_dump(exclude_none=True).items():
-            if key == "options":
+            if key in ("options", "validation"):
                 continue
             if isinstance(value, bool):
                 lines.append(f"{key} = {str(value).lower()}")

@@ -35,9 +35,12 @@ from s3flow.errors import (
 from s3flow.events import ObjectEvent, parse_body
 from s3flow.metrics import PipelineMetrics, WorkerMetrics
 from s3flow.processors.base import ProcessContext, Processor, Result
+from s3flow.quarantine import tag_quarantined
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, WorkerSettings
 from s3flow.sinks.base import Sink
+from s3flow.state.base import ClaimOutcome, FileStatus, ObjectId, StateStore
+from s3flow.validation import validate
 from s3flow.worker.acks import AckBatcher
 from s3flow.worker.lease import LeaseKeeper
 from s3flow.worker.outcomes import Ack, DeadLetter, Outcome, Release, Retry, backoff_s
@@ -94,8 +97,13 @@ class PipelineRunner:
         observer: WorkerObserver,
         stop: asyncio.Event,
         burst: bool,
+        store: StateStore | None = None,
+        claim_ttl_s: float = 0,
     ) -> None:
         self.rt = rt
+        self._store = store
+        self._claim_ttl = claim_ttl_s or rt.settings.visibility_timeout_s * 1.5
+        self._claims: dict[tuple[str, str], tuple[ObjectId, int]] = {}
         self.p = rt.settings
         self._sqs = sqs
         self._s3 = s3
@@ -244,6 +252,59 @@ class PipelineRunner:
         return Ack()
 
     async def _process_object(self, msg: ReceivedMessage, event: ObjectEvent) -> Outcome | None:
+        """Validate, claim, process, record. None = done with this object (ack-able)."""
+        oid = ObjectId(event.bucket, event.key, event.version_id or event.etag or "")
+        if self.p.validation.active:
+            reason = await self._validate(event)
+            if reason is not None:
+                await self._quarantine(event, oid, None, reason, "ValidationFailed")
+                return None
+        token: int | None = None
+        store = self._store
+        if store is not None:
+            claim = await store.claim(
+                oid,
+                pipeline=self.p.name,
+                owner=self._worker.worker_id,
+                ttl_s=self._claim_ttl,
+                size=event.size,
+                sequencer=event.sequencer,
+            )
+            if claim.outcome is ClaimOutcome.DONE:
+                self.metrics.duplicates += 1
+                await store.incr(f"duplicates:{self.p.name}")
+                log.info("%s was already completed: duplicate acknowledged", event.uri())
+                return None
+            if claim.outcome is ClaimOutcome.PARKED:
+                self.metrics.objects_skipped += 1
+                log.info(
+                    "%s is %s: not processed again until released",
+                    event.uri(),
+                    claim.record.status.value,
+                )
+                return None
+            if claim.outcome is ClaimOutcome.BUSY:
+                # Usually a duplicate delivery racing the first: look again soon.
+                delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
+                delay = max(1, min(delay, self.p.visibility_timeout_s))
+                log.info(
+                    "%s is being processed elsewhere; looking again in %ds", event.uri(), delay
+                )
+                return Retry(delay, "ClaimBusy", "another worker holds the claim")
+            token = claim.token
+            self._claims[(msg.message_id, event.key)] = (oid, token)
+        try:
+            return await self._run_processor(msg, event, oid, token)
+        except asyncio.CancelledError:
+            if store is not None and token is not None:
+                await asyncio.shield(store.release(oid, token=token))
+            raise
+        finally:
+            self._claims.pop((msg.message_id, event.key), None)
+
+    async def _run_processor(
+        self, msg: ReceivedMessage, event: ObjectEvent, oid: ObjectId, token: int | None
+    ) -> Outcome | None:
         ctx = ProcessContext(
             event=event,
             pipeline=self.p.name,
@@ -258,32 +319,107 @@ class PipelineRunner:
         except asyncio.CancelledError:
             raise
         except S3flowError as exc:
-            return self._failed(msg, event, exc)
+            return await self._failed(msg, event, oid, token, exc)
         except Exception as exc:
             log.exception("processor %s raised on %s", self.p.processor, event.uri())
-            return self._failed(msg, event, ProcessorError(f"{type(exc).__name__}: {exc}".strip()))
+            err = ProcessorError(f"{type(exc).__name__}: {exc}".strip())
+            return await self._failed(msg, event, oid, token, err)
+        stored = True
+        if self._store is not None and token is not None:
+            stored = await self._store.complete(oid, token=token, outputs=result.outputs)
+        if not stored:
+            log.warning("%s: claim lost before completion (another worker took over)", event.uri())
         self.metrics.objects_processed += 1
         self.metrics.bytes_in += int(result.counters.get("bytes_in", 0))
         self.metrics.bytes_out += int(result.counters.get("bytes_out", 0))
+        # Called after the state is recorded and before the ack (crash tests hook here).
         self._observer.object_finished(self.p.name, event, result, None)
         return None
 
-    def _failed(self, msg: ReceivedMessage, event: ObjectEvent, exc: S3flowError) -> Outcome | None:
+    async def _validate(self, event: ObjectEvent) -> str | None:
+        size, ctype = event.size, None
+        if size is None or self.p.validation.content_types:
+            try:
+                head = await self._s3.head_object(Bucket=event.bucket, Key=event.key)
+            except Exception as exc:
+                err = translate_aws_error(exc, f"HeadObject {event.uri()}")
+                if err.disposition is Disposition.SKIP:
+                    return None  # gone: the processor's read reports it
+                raise err from exc
+            size, ctype = int(head.get("ContentLength", 0)), head.get("ContentType")
+        return validate(self.p.validation, event.key, size, ctype)
+
+    async def _quarantine(
+        self, event: ObjectEvent, oid: ObjectId, token: int | None, reason: str, error_class: str
+    ) -> None:
+        """Tag the object and record it as quarantined; its message is then acked."""
+        await tag_quarantined(self._s3, event.bucket, event.key, reason, event.version_id)
+        if self._store is not None:
+            if token is not None:
+                await self._store.fail(
+                    oid,
+                    token=token,
+                    status=FileStatus.QUARANTINED,
+                    error_class=error_class,
+                    error=reason,
+                )
+            else:
+                rec = await self._store.get(oid)
+                if rec is None or rec.status is not FileStatus.QUARANTINED:
+                    await self._store.set_status(
+                        oid,
+                        FileStatus.QUARANTINED,
+                        detail=f"{error_class}: {reason}",
+                        pipeline=self.p.name,
+                    )
+        self.metrics.quarantined += 1
+        log.warning("%s quarantined (%s): %s", event.uri(), error_class, reason)
+
+    async def _failed(
+        self,
+        msg: ReceivedMessage,
+        event: ObjectEvent,
+        oid: ObjectId,
+        token: int | None,
+        exc: S3flowError,
+    ) -> Outcome | None:
         self._observer.object_finished(self.p.name, event, None, exc)
         where = f"{event.uri()} (message {msg.message_id}, receive #{msg.receive_count})"
+        status = FileStatus.DEAD
+        outcome: Outcome | None
         if exc.disposition is Disposition.SKIP:
             self.metrics.objects_skipped += 1
             log.warning("%s: %s; acknowledging without output", where, exc)
-            return None
-        if exc.disposition is Disposition.RETRYABLE:
+            status, outcome = FileStatus.FAILED, None
+        elif exc.disposition is Disposition.RETRYABLE:
             if msg.receive_count >= self.p.max_receive_count:
                 log.error("%s failed on its last allowed receive: %s", where, exc)
-                return DeadLetter(f"RetriesExhausted.{exc.error_class}", str(exc))
-            delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
-            log.warning("%s failed (%s), retrying in %ds: %s", where, exc.error_class, delay, exc)
-            return Retry(delay, exc.error_class, str(exc))
-        log.error("%s failed permanently (%s), dead-lettering: %s", where, exc.error_class, exc)
-        return DeadLetter(exc.error_class, str(exc))
+                outcome = DeadLetter(f"RetriesExhausted.{exc.error_class}", str(exc))
+            else:
+                delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
+                log.warning(
+                    "%s failed (%s), retrying in %ds: %s", where, exc.error_class, delay, exc
+                )
+                status, outcome = FileStatus.FAILED, Retry(delay, exc.error_class, str(exc))
+        elif self.p.on_permanent_error == "quarantine":
+            await self._quarantine(event, oid, token, str(exc), exc.error_class)
+            return None
+        else:
+            log.error("%s failed permanently (%s), dead-lettering: %s", where, exc.error_class, exc)
+            outcome = DeadLetter(exc.error_class, str(exc))
+        if self._store is not None and token is not None:
+            await self._store.fail(
+                oid, token=token, status=status, error_class=exc.error_class, error=str(exc)
+            )
+        return outcome
+
+    async def renew_claims(self) -> None:
+        """Extend the state-store claims of objects in progress (called periodically)."""
+        if self._store is None:
+            return
+        for oid, token in list(self._claims.values()):
+            if not await self._store.renew(oid, token=token, ttl_s=self._claim_ttl):
+                log.warning("claim on s3://%s/%s was lost", oid.bucket, oid.key)
 
     # --- settling ------------------------------------------------------------
 
@@ -358,8 +494,12 @@ class Worker:
         *,
         observer: WorkerObserver | None = None,
         burst: bool = False,
+        store: StateStore | None = None,
+        claim_ttl_s: float = 0,
     ) -> None:
         self._clients = clients
+        self._store = store
+        self._claim_ttl_s = claim_ttl_s
         self._runtimes = runtimes
         self._ws = worker
         self._observer = observer or WorkerObserver()
@@ -424,12 +564,20 @@ class Worker:
                             observer=self._observer,
                             stop=self._stop,
                             burst=self._burst,
+                            store=self._store,
+                            claim_ttl_s=self._claim_ttl_s,
                         )
                     )
                 started = time.monotonic()
-                await asyncio.gather(*(r.run() for r in self.runners))
-                # Polling has stopped (signal, or every queue drained).
-                await self._drain_all()
+                renewer = asyncio.create_task(self._renew_claims_forever())
+                try:
+                    await asyncio.gather(*(r.run() for r in self.runners))
+                    # Polling has stopped (signal, or every queue drained).
+                    await self._drain_all()
+                finally:
+                    renewer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await renewer
                 for rt in self._runtimes:
                     stop = getattr(rt.processor, "stop", None)
                     if stop is not None:
@@ -448,6 +596,18 @@ class Worker:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
         return self.metrics
+
+    async def _renew_claims_forever(self) -> None:
+        if self._store is None or not self.runners:
+            return
+        period = min(r._claim_ttl for r in self.runners) / 3
+        while True:
+            await asyncio.sleep(period)
+            for r in self.runners:
+                try:
+                    await r.renew_claims()
+                except S3flowError as exc:
+                    log.warning("renewing claims failed: %s", exc)
 
     async def _drain_all(self) -> None:
         grace = self._ws.shutdown_grace_s
