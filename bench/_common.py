@@ -88,11 +88,13 @@ class ChildRun:
         return "\n".join(lines[-n:])
 
 
-def run_child(cmd: Sequence[str], log_path: Path, timeout_s: float) -> ChildRun:
-    """Run ``cmd``; collect its own rusage with ``wait4`` (never the grandparent's)."""
+def run_child(
+    cmd: Sequence[str], log_path: Path, timeout_s: float, cwd: Path | None = None
+) -> ChildRun:
+    """Run ``cmd`` (in ``cwd``); collect its own rusage with ``wait4``."""
     with log_path.open("wb") as log:
         started = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
         deadline = started + timeout_s
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -404,6 +405,25 @@ class Ceilings:
             self._fill(url, bodies)
             out[f"sqs_receive10_delete_batch_t{n}"] = self._threads(n, sqs_drain)
 
+        def sqs_one_by_one(i: int, deadline: float) -> int:
+            # What the naive consumer does per message (time-boxed: it is slow at depth).
+            _, q = self.pool[i]
+            n = 0
+            while time.perf_counter() < deadline:
+                msgs = q.receive_message(
+                    QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=0
+                ).get("Messages", [])
+                if not msgs:
+                    break
+                q.delete_message(QueueUrl=url, ReceiptHandle=msgs[0]["ReceiptHandle"])
+                n += 1
+            return n
+
+        self._fill(url, bodies)
+        out["sqs_receive1_delete1_t1"] = self._threads(1, sqs_one_by_one)
+        self.sqs.purge_queue(QueueUrl=url)
+        time.sleep(0.5)
+
         def get_small(i: int, deadline: float) -> int:
             c, _ = self.pool[i]
             n, j = 0, i
@@ -536,7 +556,7 @@ class Runner:
         conf["output"] = conf["output"].replace("/results/", f"/results/r{rnd}/")
         url = self.sqs.get_queue_url(QueueName=conf["queue"])["QueueUrl"]
         leftover = queue_depth(self.sqs, url)
-        if leftover["visible"] or leftover["in_flight"]:
+        if rnd > 0 and (leftover["visible"] or leftover["in_flight"]):
             self.sqs.purge_queue(QueueUrl=url)  # a subset run of the naive consumer left some
             time.sleep(0.5)
         upload_s = self.upload(conf, keys, blobs)
@@ -559,13 +579,17 @@ class Runner:
                 budget_s=self.args.naive_budget_s,
                 max_objects=self.args.naive_max_objects,
             )
+        # A fresh working directory per run: relative paths in the defaults (the SQLite
+        # state store) land there, never in the repository, and no run sees another's state.
+        workdir = self.tmp / tag
+        workdir.mkdir()
         cfg_path = self.tmp / f"{tag}.cfg.json"
         cfg_path.write_text(json.dumps(cfg))
         cmd = [python(), str(Path(__file__).resolve()), f"--{system}-consumer", str(cfg_path)]
         timeout = (self.args.naive_budget_s or 1800) + 300
         stat0 = proc_stat()
         with CpuSampler(self.moto) as moto:
-            child: ChildRun = run_child(cmd, self.tmp / f"{tag}.log", timeout)
+            child: ChildRun = run_child(cmd, self.tmp / f"{tag}.log", timeout, cwd=workdir)
         load = machine_load(stat0, child.wall_s)
         moto_cpu = moto.total()
         if child.returncode != 0:
@@ -895,6 +919,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "or pipeline.concurrency=32 (recorded in the JSON; the default run uses none)",
     )
     p.add_argument("--output", type=Path, default=RESULTS_DIR / "engine.json")
+    p.add_argument(
+        "--keep-scratch", action="store_true", help="keep the temp dir (child logs, moto log)"
+    )
     p.add_argument("--naive-consumer", metavar="CFG", help=argparse.SUPPRESS)
     p.add_argument("--s3flow-consumer", metavar="CFG", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -919,7 +946,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from s3flow.provision import provision
     from s3flow.settings import load_settings
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
     started = time.perf_counter()
     doc: dict[str, Any] = {
         "benchmark": "engine",
@@ -1030,10 +1057,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
             res["bottleneck"] = notes_for(wname, res, ceilings)
             doc["workloads"][wname] = res
+    except BenchError as exc:
+        raise BenchError(f"{exc}\n(child logs and moto log kept in {tmp})") from exc
     finally:
         endpoint.stop()
     doc["duration_s"] = round(time.perf_counter() - started, 1)
-    doc["scratch_dir"] = str(tmp)
+    if args.keep_scratch:
+        doc["scratch_dir"] = str(tmp)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)  # on failure it stays, for the child logs
     return doc
 
 
@@ -1043,7 +1075,11 @@ def main(argv: list[str] | None = None) -> int:
         return child_main("naive", args.naive_consumer)
     if args.s3flow_consumer:
         return child_main("s3flow", args.s3flow_consumer)
-    doc = run(args)
+    try:
+        doc = run(args)
+    except BenchError as exc:
+        print(f"BENCHMARK FAILED: {exc}", file=sys.stderr)
+        return 1
     out: Path = args.output
     doc["output_path"] = str(out)
     write_json(out, doc)

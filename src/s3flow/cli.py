@@ -519,6 +519,9 @@ def dlq_redrive(
     config: ConfigOpt = None,
     pipeline: PipelineOpt = None,
     max_n: Annotated[int | None, typer.Option("--max", help="Move at most this many.")] = None,
+    lease_s: Annotated[
+        int, typer.Option("--lease-s", help="How long a message being moved stays hidden.")
+    ] = 60,
 ) -> None:
     """Move dead-lettered messages back to the source queue (never losing one)."""
     from rich.progress import Progress

@@ -133,6 +133,7 @@ async def redrive(
     max_n: int | None = None,
     store: StateStore | None = None,
     use_move_task: bool = True,
+    lease_s: int = 60,
     on_moved: Callable[[int], None] = lambda n: None,
 ) -> RedriveReport:
     """Move DLQ messages back to the source queue.
@@ -152,7 +153,7 @@ async def redrive(
         while max_n is None or report.moved < max_n:
             want = 10 if max_n is None else min(10, max_n - report.moved)
             resp = await clients.sqs.receive_message(
-                QueueUrl=dlq, MaxNumberOfMessages=want, WaitTimeSeconds=1, VisibilityTimeout=60
+                QueueUrl=dlq, MaxNumberOfMessages=want, WaitTimeSeconds=1, VisibilityTimeout=lease_s
             )
             msgs = resp.get("Messages") or []
             if not msgs:

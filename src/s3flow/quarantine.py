@@ -66,7 +66,13 @@ async def untag(s3: Any, bucket: str, key: str, version_id: str | None = None) -
             for t in await _tags(s3, bucket, key, version_id)
             if t["Key"] not in (STATUS_TAG, REASON_TAG)
         ]
-        await _put(s3, bucket, key, version_id, tags)
+        if tags:
+            await _put(s3, bucket, key, version_id, tags)
+        else:  # some endpoints reject an empty TagSet
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+            if version_id:
+                kwargs["VersionId"] = version_id
+            await s3.delete_object_tagging(**kwargs)
     except Exception as exc:
         raise translate_aws_error(exc, f"untagging s3://{bucket}/{key}") from exc
 

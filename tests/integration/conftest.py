@@ -112,7 +112,13 @@ class Harness:
         assert self.settings is not None
         path = path or self.tmp_path / "s3flow.toml"
         p = self.settings.pipelines[0]
-        lines = ["[worker]", f"shutdown_grace_s = {self.settings.worker.shutdown_grace_s}", ""]
+        lines = [
+            "[worker]",
+            f"shutdown_grace_s = {self.settings.worker.shutdown_grace_s}",
+            "[state]",
+            f'url = "{self.settings.state.url}"',
+            "",
+        ]
         lines.append("[[pipelines]]")
         for key, value in p.model_dump(exclude_none=True).items():
             if key in ("options", "validation"):

@@ -1,0 +1,89 @@
+"""State store: file lifecycles, idempotency claims, checkpoints, locks.
+
+:func:`open_state_store` builds the store a ``state.url`` names; use the
+result with ``async with``::
+
+    async with open_state_store("sqlite:.s3flow/state.db") as store:
+        claim = await store.claim(oid, pipeline="p", owner="w1", ttl_s=90)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from s3flow.errors import ConfigError
+from s3flow.settings import AwsSettings
+from s3flow.state.base import (
+    ALLOWED,
+    Claim,
+    ClaimOutcome,
+    FileRecord,
+    FileStatus,
+    HistoryEntry,
+    ObjectId,
+    StateError,
+    StateStore,
+    TransitionError,
+    check_transition,
+)
+from s3flow.state.dynamodb import DynamoStateStore
+from s3flow.state.sqlite import SqliteStateStore
+
+__all__ = [
+    "ALLOWED",
+    "Claim",
+    "ClaimOutcome",
+    "DynamoStateStore",
+    "FileRecord",
+    "FileStatus",
+    "HistoryEntry",
+    "ObjectId",
+    "SqliteStateStore",
+    "StateError",
+    "StateStore",
+    "TransitionError",
+    "check_transition",
+    "open_state_store",
+    "sqlite_path",
+]
+
+_USAGE = "use 'sqlite:PATH', 'sqlite:///abs/path.db', a path ending in .db/.sqlite or 'dynamodb://PREFIX'"
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file a SQLite state URL names (None if ``url`` is not a SQLite URL).
+
+    ``sqlite:///abs/path.db`` -> ``/abs/path.db``; ``sqlite:rel/path.db`` and
+    ``sqlite:/abs/path.db`` as written; a bare ``*.db`` / ``*.sqlite`` path as is.
+    """
+    if url.startswith("sqlite:"):
+        rest = url[len("sqlite:") :]
+        if rest.startswith("///"):
+            rest = rest[2:]
+        elif rest.startswith("//"):
+            raise ConfigError(f"state url {url!r}: {_USAGE} (three slashes for an absolute path)")
+        if not rest:
+            raise ConfigError(f"state url {url!r} names no file: {_USAGE}")
+        return rest
+    if "://" not in url and url.endswith((".db", ".sqlite")):
+        return url
+    return None
+
+
+def open_state_store(url: str, aws: AwsSettings | None = None) -> StateStore:
+    """The store ``url`` names, not yet opened (enter it with ``async with``).
+
+    ``sqlite:///abs/path.db``, ``sqlite:relative.db`` (relative to the working
+    directory), a plain path ending in ``.db`` / ``.sqlite``, or
+    ``dynamodb://TABLE_PREFIX`` (``aws`` gives region/endpoint; default settings
+    otherwise). Anything else raises ConfigError.
+    """
+    path = sqlite_path(url)
+    if path is not None:
+        return SqliteStateStore(path if path == ":memory:" else Path(path))
+    if url.startswith("dynamodb://"):
+        prefix = url[len("dynamodb://") :].strip("/")
+        if not prefix:
+            raise ConfigError(f"state url {url!r} names no table prefix: {_USAGE}")
+        return DynamoStateStore(prefix, aws if aws is not None else AwsSettings())
+    raise ConfigError(f"unknown state store url {url!r}: {_USAGE}")

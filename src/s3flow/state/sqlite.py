@@ -1,0 +1,786 @@
+"""SQLite state store: the single-node default (WAL, safe across worker processes).
+
+One connection per store, used only from one dedicated thread (a
+single-worker executor), so the event loop never blocks on SQLite and calls
+from many tasks are serialised without a lock. Several worker *processes* may
+share one database file: every read-modify-write runs in a ``BEGIN IMMEDIATE``
+transaction (the database write lock is taken before the row is read), and
+``busy_timeout`` makes a process wait for another's write instead of failing.
+
+The lifecycle rules themselves (what a claim, a fenced finish or an operator
+transition does to a record) are backend-neutral functions at the top of this
+module: :func:`plan_claim`, :func:`plan_finish` and :func:`plan_set_status`.
+The DynamoDB backend uses the same functions, so both stores decide alike.
+
+Claims return ``token == 0`` unless the outcome is ``ACQUIRED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from s3flow.state.base import (
+    Claim,
+    ClaimOutcome,
+    FileRecord,
+    FileStatus,
+    HistoryEntry,
+    ObjectId,
+    StateError,
+    TransitionError,
+    check_transition,
+)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+MAX_TEXT = 2000  # error messages and details are truncated to this many characters
+_FAILURES = frozenset({FileStatus.FAILED, FileStatus.DEAD, FileStatus.QUARANTINED})
+
+
+# --- backend-neutral lifecycle rules (also used by dynamodb.py) -------------------------
+
+
+def _clip(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_TEXT:
+        return text
+    return text[: MAX_TEXT - 1] + "…"
+
+
+def plan_claim(
+    rec: FileRecord | None,
+    oid: ObjectId,
+    *,
+    pipeline: str,
+    owner: str,
+    ttl_s: float,
+    size: int | None,
+    sequencer: str | None,
+    now: float,
+) -> tuple[Claim, HistoryEntry | None]:
+    """Decide a claim on ``rec`` (None = no record yet).
+
+    Returns the claim and, when it is ACQUIRED, the history entry to write
+    together with ``claim.record`` (the new record). Otherwise nothing changes.
+    """
+    expires = now + ttl_s
+    if rec is None:
+        new = FileRecord(
+            bucket=oid.bucket,
+            key=oid.key,
+            version=oid.version,
+            pipeline=pipeline,
+            status=FileStatus.PROCESSING,
+            size=size,
+            sequencer=sequencer,
+            attempts=1,
+            worker_id=owner,
+            claim_owner=owner,
+            claim_expires_at=expires,
+            fencing_token=1,
+            timestamps={FileStatus.PROCESSING.value: now},
+            created_at=now,
+            updated_at=now,
+        )
+        entry = HistoryEntry(now, oid.version, None, FileStatus.PROCESSING, owner, "claimed")
+        return Claim(ClaimOutcome.ACQUIRED, 1, new), entry
+    status = rec.status
+    if status is FileStatus.COMPLETED:
+        return Claim(ClaimOutcome.DONE, 0, rec), None
+    if status is FileStatus.DEAD or status is FileStatus.QUARANTINED:
+        return Claim(ClaimOutcome.PARKED, 0, rec), None
+    detail = "claimed"
+    if status is FileStatus.PROCESSING:
+        if rec.claim_expires_at is not None and rec.claim_expires_at > now:
+            return Claim(ClaimOutcome.BUSY, 0, rec), None
+        detail = f"claim of {rec.claim_owner or '?'} expired: taken over"
+    token = rec.fencing_token + 1
+    timestamps = dict(rec.timestamps)
+    timestamps[FileStatus.PROCESSING.value] = now
+    new = replace(
+        rec,
+        pipeline=pipeline or rec.pipeline,
+        status=FileStatus.PROCESSING,
+        size=rec.size if size is None else size,
+        sequencer=rec.sequencer if sequencer is None else sequencer,
+        attempts=rec.attempts + 1,
+        outputs=list(rec.outputs),
+        worker_id=owner,
+        claim_owner=owner,
+        claim_expires_at=expires,
+        fencing_token=token,
+        timestamps=timestamps,
+        updated_at=now,
+    )
+    entry = HistoryEntry(now, oid.version, status, FileStatus.PROCESSING, owner, detail)
+    return Claim(ClaimOutcome.ACQUIRED, token, new), entry
+
+
+def plan_finish(
+    rec: FileRecord | None,
+    *,
+    token: int,
+    status: FileStatus,
+    now: float,
+    outputs: list[str] | None = None,
+    error_class: str | None = None,
+    error: str | None = None,
+    detail: str = "",
+) -> tuple[FileRecord, HistoryEntry] | None:
+    """A fenced ``processing -> status`` (complete, fail, release); None if stale."""
+    if rec is None or rec.status is not FileStatus.PROCESSING or rec.fencing_token != token:
+        return None
+    timestamps = dict(rec.timestamps)
+    timestamps[status.value] = now
+    new = replace(
+        rec,
+        status=status,
+        outputs=list(rec.outputs) if outputs is None else list(outputs),
+        last_error_class=rec.last_error_class if error_class is None else error_class,
+        last_error=rec.last_error if error is None else _clip(error),
+        claim_owner=None,
+        claim_expires_at=None,
+        timestamps=timestamps,
+        updated_at=now,
+    )
+    entry = HistoryEntry(
+        now, rec.version, FileStatus.PROCESSING, status, rec.claim_owner, _clip(detail) or ""
+    )
+    return new, entry
+
+
+def check_fail_status(status: FileStatus) -> None:
+    """``fail`` only moves to failed, dead or quarantined."""
+    if status not in _FAILURES:
+        raise TransitionError(
+            f"fail() moves a record to failed, dead or quarantined, not {status.value}"
+        )
+
+
+def plan_set_status(
+    rec: FileRecord | None,
+    oid: ObjectId,
+    status: FileStatus,
+    *,
+    detail: str,
+    pipeline: str,
+    now: float,
+) -> tuple[FileRecord, HistoryEntry]:
+    """An unfenced operator transition; creates the record when missing and ``pipeline``.
+
+    Leaving ``processing`` this way clears the claim and increases the fencing
+    token, so the former holder can no longer complete, fail or renew.
+    """
+    note = _clip(detail) if detail and status in _FAILURES else None
+    if rec is None:
+        if not pipeline:
+            raise StateError(
+                f"no record of s3://{oid.bucket}/{oid.key} version {oid.version!r} "
+                "(give pipeline= to create one)"
+            )
+        new = FileRecord(
+            bucket=oid.bucket,
+            key=oid.key,
+            version=oid.version,
+            pipeline=pipeline,
+            status=status,
+            last_error=note,
+            timestamps={status.value: now},
+            created_at=now,
+            updated_at=now,
+        )
+        return new, HistoryEntry(now, oid.version, None, status, None, _clip(detail) or "")
+    check_transition(rec.status, status)
+    timestamps = dict(rec.timestamps)
+    timestamps[status.value] = now
+    leaving = rec.status is FileStatus.PROCESSING
+    new = replace(
+        rec,
+        status=status,
+        outputs=list(rec.outputs),
+        last_error=note if note is not None else rec.last_error,
+        claim_owner=None,
+        claim_expires_at=None,
+        fencing_token=rec.fencing_token + 1 if leaving else rec.fencing_token,
+        timestamps=timestamps,
+        updated_at=now,
+    )
+    return new, HistoryEntry(now, oid.version, rec.status, status, None, _clip(detail) or "")
+
+
+def zero_counts() -> dict[str, int]:
+    """A counts dict with every status at zero."""
+    return {s.value: 0 for s in FileStatus}
+
+
+# --- SQL ------------------------------------------------------------------------------
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS files (
+        bucket TEXT NOT NULL,
+        key TEXT NOT NULL,
+        version TEXT NOT NULL,
+        pipeline TEXT NOT NULL,
+        status TEXT NOT NULL,
+        size INTEGER,
+        sequencer TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error_class TEXT,
+        last_error TEXT,
+        outputs TEXT NOT NULL DEFAULT '[]',
+        worker_id TEXT,
+        claim_owner TEXT,
+        claim_expires_at REAL,
+        fencing_token INTEGER NOT NULL DEFAULT 0,
+        timestamps TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (bucket, key, version)
+    )""",
+    "CREATE INDEX IF NOT EXISTS files_status ON files (status, updated_at)",
+    "CREATE INDEX IF NOT EXISTS files_pipeline ON files (pipeline, status, updated_at)",
+    "CREATE INDEX IF NOT EXISTS files_updated ON files (updated_at)",
+    """CREATE TABLE IF NOT EXISTS history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        bucket TEXT NOT NULL,
+        key TEXT NOT NULL,
+        version TEXT NOT NULL,
+        at REAL NOT NULL,
+        old TEXT,
+        new TEXT NOT NULL,
+        worker_id TEXT,
+        detail TEXT NOT NULL DEFAULT ''
+    )""",
+    "CREATE INDEX IF NOT EXISTS history_key ON history (bucket, key, id)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+        name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS locks (
+        name TEXT PRIMARY KEY, owner TEXT, token INTEGER NOT NULL, expires_at REAL
+    )""",
+)
+
+_COLS = (
+    "bucket, key, version, pipeline, status, size, sequencer, attempts, last_error_class, "
+    "last_error, outputs, worker_id, claim_owner, claim_expires_at, fencing_token, "
+    "timestamps, created_at, updated_at"
+)
+_SELECT_ONE = f"SELECT {_COLS} FROM files WHERE bucket = ? AND key = ? AND version = ?"
+_UPSERT = (
+    f"INSERT INTO files ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (bucket, key, version) DO UPDATE SET pipeline = excluded.pipeline, "
+    "status = excluded.status, size = excluded.size, sequencer = excluded.sequencer, "
+    "attempts = excluded.attempts, last_error_class = excluded.last_error_class, "
+    "last_error = excluded.last_error, outputs = excluded.outputs, "
+    "worker_id = excluded.worker_id, claim_owner = excluded.claim_owner, "
+    "claim_expires_at = excluded.claim_expires_at, fencing_token = excluded.fencing_token, "
+    "timestamps = excluded.timestamps, updated_at = excluded.updated_at"
+)
+_INSERT_HISTORY = (
+    "INSERT INTO history (bucket, key, version, at, old, new, worker_id, detail) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_RENEW = (
+    "UPDATE files SET claim_expires_at = ? WHERE bucket = ? AND key = ? AND version = ? "
+    "AND status = 'processing' AND fencing_token = ?"
+)
+_HISTORY = (
+    "SELECT at, version, old, new, worker_id, detail FROM history "
+    "WHERE bucket = ? AND key = ? ORDER BY id"
+)
+_INCR = (
+    "INSERT INTO counters (name, value) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value RETURNING value"
+)
+
+
+def _record(r: tuple[Any, ...]) -> FileRecord:
+    return FileRecord(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        FileStatus(r[4]),
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        json.loads(r[10]),
+        r[11],
+        r[12],
+        r[13],
+        r[14],
+        json.loads(r[15]),
+        r[16],
+        r[17],
+    )
+
+
+def _row(rec: FileRecord) -> tuple[Any, ...]:
+    return (
+        rec.bucket,
+        rec.key,
+        rec.version,
+        rec.pipeline,
+        rec.status.value,
+        rec.size,
+        rec.sequencer,
+        rec.attempts,
+        rec.last_error_class,
+        rec.last_error,
+        json.dumps(rec.outputs),
+        rec.worker_id,
+        rec.claim_owner,
+        rec.claim_expires_at,
+        rec.fencing_token,
+        json.dumps(rec.timestamps),
+        rec.created_at,
+        rec.updated_at,
+    )
+
+
+def _select(conn: sqlite3.Connection, oid: ObjectId) -> FileRecord | None:
+    r = conn.execute(_SELECT_ONE, (oid.bucket, oid.key, oid.version)).fetchone()
+    return None if r is None else _record(r)
+
+
+def _write(conn: sqlite3.Connection, rec: FileRecord, entry: HistoryEntry) -> None:
+    conn.execute(_UPSERT, _row(rec))
+    conn.execute(
+        _INSERT_HISTORY,
+        (
+            rec.bucket,
+            rec.key,
+            entry.version,
+            entry.at,
+            None if entry.old is None else entry.old.value,
+            entry.new.value,
+            entry.worker_id,
+            entry.detail,
+        ),
+    )
+
+
+def _in_tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction (write lock taken up front)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+# --- the store ------------------------------------------------------------------------
+
+
+class SqliteStateStore:
+    """The StateStore protocol on one SQLite file (WAL). Use ``async with``.
+
+    ``clock`` returns unix seconds; tests pass a fake one to expire claims.
+    ``":memory:"`` works (one connection) but is not shared between processes.
+    """
+
+    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = str(path)
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteStateStore({self.path!r})"
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> SqliteStateStore:
+        """Open the file (creating it, its directory and the schema as needed)."""
+        if self._executor is not None:
+            raise StateError(f"state store {self.path} is already open")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3flow-sqlite")
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Close the connection and its thread."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close)
+        finally:
+            executor.shutdown(wait=False)
+
+    def _open(self) -> None:
+        path = self.path
+        try:
+            if path != ":memory:":
+                file = Path(path).expanduser()
+                file.parent.mkdir(parents=True, exist_ok=True)
+                path = str(file)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"state store {self.path}: cannot open: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            conn.execute("PRAGMA synchronous = NORMAL")
+            _in_tx(conn, self._create_schema)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StateError(f"state store {self.path}: cannot open: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        for stmt in _SCHEMA:
+            conn.execute(stmt)
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        found = row[0] if row else None
+        if found is None:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif found > SCHEMA_VERSION:
+            raise StateError(
+                f"state store {self.path} has schema version {found}; this s3flow "
+                f"understands up to {SCHEMA_VERSION} (upgrade s3flow)"
+            )
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        executor = self._executor
+        if executor is None:
+            raise StateError(f"state store {self.path} is not open (use 'async with')")
+        return await asyncio.get_running_loop().run_in_executor(executor, self._call, fn)
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StateError(f"state store {self.path} is closed")
+        try:
+            return fn(conn)
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise StateError(f"state store {self.path}: {type(exc).__name__}: {exc}") from exc
+
+    # --- files and idempotency -----------------------------------------------------------
+
+    async def claim(
+        self,
+        oid: ObjectId,
+        *,
+        pipeline: str,
+        owner: str,
+        ttl_s: float,
+        size: int | None = None,
+        sequencer: str | None = None,
+    ) -> Claim:
+        """Claim a version for processing (see :meth:`StateStore.claim`)."""
+
+        def tx(conn: sqlite3.Connection) -> Claim:
+            claim, entry = plan_claim(
+                _select(conn, oid),
+                oid,
+                pipeline=pipeline,
+                owner=owner,
+                ttl_s=ttl_s,
+                size=size,
+                sequencer=sequencer,
+                now=self._clock(),
+            )
+            if entry is not None:
+                _write(conn, claim.record, entry)
+            return claim
+
+        return await self._run(lambda conn: _in_tx(conn, tx))
+
+    async def renew(self, oid: ObjectId, *, token: int, ttl_s: float) -> bool:
+        """Extend a held claim; False if the token is stale."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            expires = self._clock() + ttl_s
+            cur = conn.execute(_RENEW, (expires, oid.bucket, oid.key, oid.version, token))
+            return cur.rowcount == 1
+
+        return await self._run(run)
+
+    async def _finish(
+        self,
+        oid: ObjectId,
+        *,
+        token: int,
+        status: FileStatus,
+        outputs: list[str] | None = None,
+        error_class: str | None = None,
+        error: str | None = None,
+        detail: str = "",
+    ) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            plan = plan_finish(
+                _select(conn, oid),
+                token=token,
+                status=status,
+                now=self._clock(),
+                outputs=outputs,
+                error_class=error_class,
+                error=error,
+                detail=detail,
+            )
+            if plan is None:
+                return False
+            _write(conn, *plan)
+            return True
+
+        return await self._run(lambda conn: _in_tx(conn, tx))
+
+    async def complete(self, oid: ObjectId, *, token: int, outputs: list[str]) -> bool:
+        """processing -> completed (fenced). False if the token is stale."""
+        return await self._finish(oid, token=token, status=FileStatus.COMPLETED, outputs=outputs)
+
+    async def fail(
+        self,
+        oid: ObjectId,
+        *,
+        token: int,
+        status: FileStatus,
+        error_class: str,
+        error: str,
+    ) -> bool:
+        """processing -> failed | dead | quarantined (fenced), recording the error."""
+        check_fail_status(status)
+        return await self._finish(
+            oid,
+            token=token,
+            status=status,
+            error_class=error_class,
+            error=error,
+            detail=f"{error_class}: {error}",
+        )
+
+    async def release(self, oid: ObjectId, *, token: int) -> bool:
+        """processing -> received, claim cleared (shutdown). False if stale."""
+        return await self._finish(oid, token=token, status=FileStatus.RECEIVED, detail="released")
+
+    async def set_status(
+        self, oid: ObjectId, status: FileStatus, *, detail: str = "", pipeline: str = ""
+    ) -> FileRecord:
+        """Unfenced operator transition (see :meth:`StateStore.set_status`)."""
+
+        def tx(conn: sqlite3.Connection) -> FileRecord:
+            new, entry = plan_set_status(
+                _select(conn, oid),
+                oid,
+                status,
+                detail=detail,
+                pipeline=pipeline,
+                now=self._clock(),
+            )
+            _write(conn, new, entry)
+            return new
+
+        return await self._run(lambda conn: _in_tx(conn, tx))
+
+    async def get(self, oid: ObjectId) -> FileRecord | None:
+        """One version's record."""
+        return await self._run(lambda conn: _select(conn, oid))
+
+    async def history(self, bucket: str, key: str) -> list[HistoryEntry]:
+        """Every transition of every version of one key, oldest first."""
+
+        def run(conn: sqlite3.Connection) -> list[HistoryEntry]:
+            return [
+                HistoryEntry(
+                    at,
+                    version,
+                    None if old is None else FileStatus(old),
+                    FileStatus(new),
+                    worker,
+                    detail,
+                )
+                for at, version, old, new, worker, detail in conn.execute(_HISTORY, (bucket, key))
+            ]
+
+        return await self._run(run)
+
+    async def list_files(
+        self,
+        *,
+        status: FileStatus | None = None,
+        pipeline: str | None = None,
+        key_prefix: str | None = None,
+        limit: int = 1000,
+    ) -> list[FileRecord]:
+        """Records matching the filters, most recently updated first."""
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            args.append(FileStatus(status).value)
+        if pipeline is not None:
+            where.append("pipeline = ?")
+            args.append(pipeline)
+        if key_prefix:
+            where.append("substr(key, 1, ?) = ?")
+            args += [len(key_prefix), key_prefix]
+        sql = f"SELECT {_COLS} FROM files"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY updated_at DESC, bucket, key, version LIMIT ?"
+        args.append(max(0, limit))
+        return await self._run(lambda conn: [_record(r) for r in conn.execute(sql, args)])
+
+    async def counts(self, pipeline: str | None = None) -> dict[str, int]:
+        """Number of records per status (every status present, zeros included)."""
+        args: tuple[str, ...] = ()
+        if pipeline is None:
+            sql = "SELECT status, count(*) FROM files GROUP BY status"
+        else:
+            sql = "SELECT status, count(*) FROM files WHERE pipeline = ? GROUP BY status"
+            args = (pipeline,)
+
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            out = zero_counts()
+            for status, n in conn.execute(sql, args):
+                out[status] = n
+            return out
+
+        return await self._run(run)
+
+    async def oldest_processing_at(self, pipeline: str | None = None) -> float | None:
+        """When the oldest record still in ``processing`` entered it (None if none)."""
+        sql = (
+            "SELECT min(json_extract(timestamps, '$.processing')) FROM files "
+            "WHERE status = 'processing'"
+        )
+        args: tuple[str, ...] = ()
+        if pipeline is not None:
+            sql += " AND pipeline = ?"
+            args = (pipeline,)
+
+        def run(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(sql, args).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._run(run)
+
+    # --- counters ---------------------------------------------------------------------------
+
+    async def incr(self, name: str, by: int = 1) -> int:
+        """Increment a named counter; return the new value."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(_INCR, (name, by)).fetchone()[0])
+
+        return await self._run(run)
+
+    async def counter(self, name: str) -> int:
+        """Current value of a named counter (0 if never set)."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._run(run)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    async def get_checkpoint(self, name: str) -> str | None:
+        """The stored position for ``name``."""
+
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM checkpoints WHERE name = ?", (name,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(run)
+
+    async def put_checkpoint(self, name: str, value: str) -> None:
+        """Store a position for ``name`` (last write wins)."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO checkpoints (name, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at",
+                (name, value, self._clock()),
+            )
+
+        await self._run(run)
+
+    # --- leases / locks -------------------------------------------------------------------------
+
+    async def acquire_lock(self, name: str, *, owner: str, ttl_s: float) -> int | None:
+        """Take the lock if free or expired: return a fencing token (strictly increasing).
+
+        The row is kept on release, so tokens keep increasing across releases.
+        """
+
+        def tx(conn: sqlite3.Connection) -> int | None:
+            now = self._clock()
+            row = conn.execute(
+                "SELECT owner, token, expires_at FROM locks WHERE name = ?", (name,)
+            ).fetchone()
+            if row is not None and row[0] is not None and (row[2] or 0) > now:
+                return None
+            token = (0 if row is None else int(row[1])) + 1
+            conn.execute(
+                "INSERT INTO locks (name, owner, token, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, "
+                "token = excluded.token, expires_at = excluded.expires_at",
+                (name, owner, token, now + ttl_s),
+            )
+            return token
+
+        return await self._run(lambda conn: _in_tx(conn, tx))
+
+    async def renew_lock(self, name: str, *, owner: str, token: int, ttl_s: float) -> bool:
+        """Extend a held lock; False if it was lost (token stale)."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE locks SET expires_at = ? WHERE name = ? AND owner = ? AND token = ?",
+                (self._clock() + ttl_s, name, owner, token),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(run)
+
+    async def release_lock(self, name: str, *, owner: str, token: int) -> bool:
+        """Release a held lock; False if it was not ours any more."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE locks SET owner = NULL, expires_at = NULL "
+                "WHERE name = ? AND owner = ? AND token = ?",
+                (name, owner, token),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(run)
