@@ -14,6 +14,7 @@ from s3flow.aws import AwsClients, open_clients
 from s3flow.errors import ConfigError, S3flowError, translate_aws_error
 from s3flow.metrics import WorkerMetrics
 from s3flow.processors import create_processor
+from s3flow.provision import Change, provision
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, Settings
 from s3flow.sinks import open_sink
@@ -226,3 +227,19 @@ async def state_summary(settings: Settings, names: list[str] | None = None) -> l
                 )
             )
     return out
+
+
+async def provision_all(settings: Settings, *, dry_run: bool = False) -> list[Change]:
+    """Provision queues, buckets and notifications, plus the DynamoDB state tables if used."""
+    changes = await provision(settings, dry_run=dry_run)
+    url = settings.state.url
+    if url.startswith("dynamodb://"):
+        from s3flow.state.dynamodb import DynamoStateStore
+
+        store = DynamoStateStore(url[len("dynamodb://") :], settings.aws)
+        if dry_run:
+            changes.append(Change("table", f"{store.table_prefix}-*", "would create or verify"))
+        else:
+            for table, action in await store.ensure_tables():
+                changes.append(Change("table", table, action))
+    return changes

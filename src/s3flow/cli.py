@@ -163,7 +163,7 @@ def provision(
 
     Idempotent: a second run changes nothing and says so.
     """
-    from s3flow.provision import provision as do_provision
+    from s3flow.app import provision_all as do_provision
 
     try:
         settings = _settings(config)

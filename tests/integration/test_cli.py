@@ -158,3 +158,37 @@ def test_local_runs_until_interrupted(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert "stopped" in log.read_text()
+
+
+def test_operator_commands(harness: Harness) -> None:
+    harness.configure(validation={"max_bytes": 5})
+    cfg = harness.write_config()
+    # write_config does not carry validation: run the worker in-process instead.
+    harness.put("big.txt", b"0123456789\n")
+    harness.put("ok.txt", b"1\n")
+    harness.run()
+    listed = s3flow("files", "-c", str(cfg), "--status", "quarantined", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert row["key"] == "big.txt" and "above the maximum" in row["last_error"]
+    table = s3flow("files", "-c", str(cfg))
+    assert "ok.txt" in table.stdout and "completed" in table.stdout
+    shown = s3flow("files", "show", "big.txt", "-c", str(cfg))
+    assert shown.returncode == 0, shown.stderr
+    assert "quarantined" in shown.stdout and "above the maximum" in shown.stdout
+    missing = s3flow("files", "show", "nope.txt", "-c", str(cfg))
+    assert missing.returncode == 1 and "no record" in missing.stderr
+    status = s3flow("status", "-c", str(cfg), "--json")
+    (st,) = json.loads(status.stdout)
+    assert st["state"]["counts"]["quarantined"] == 1 and st["state"]["counts"]["completed"] == 1
+    harness.send_raw("poison")
+    harness.run()
+    dlq = s3flow("dlq", "list", "-c", str(cfg), "--json")
+    assert dlq.returncode == 0, dlq.stderr
+    (msg,) = json.loads(dlq.stdout)
+    assert msg["error_class"] == "EnvelopeError" and msg["body"] == "poison"
+    shown_msg = s3flow("dlq", "show", msg["message_id"], "-c", str(cfg))
+    assert shown_msg.returncode == 0 and "EnvelopeError" in shown_msg.stdout
+    bf = s3flow("backfill", "-p", "p", "-c", str(cfg))
+    assert bf.returncode == 0, bf.stderr
+    assert "listed 2: enqueued 0, already completed 1" in bf.stdout

@@ -200,3 +200,23 @@ def test_quarantined_file_can_be_released(harness: Harness) -> None:
     (rec,) = records(harness)
     assert rec.status is FileStatus.COMPLETED
     wait_for(lambda: harness.result("big.txt") is not None, 5, "result")
+
+
+def test_dynamodb_backend_provisioned_and_deduplicating(harness: Harness) -> None:
+    from s3flow.app import provision_all
+
+    harness.state_url = f"dynamodb://s3flow-{harness.queue}"
+    settings = harness.configure(provision_it=False)
+    first = asyncio.run(provision_all(settings))
+    assert {c.action for c in first if c.kind == "table"} == {"created"}
+    second = asyncio.run(provision_all(settings))
+    assert {c.action for c in second} == {"unchanged"}
+    harness.purge()
+    harness.put("d.txt", b"1\n")
+    assert harness.run().pipelines["p"].objects_processed == 1
+    etag = harness.s3.head_object(Bucket=harness.bucket, Key="d.txt")["ETag"].strip('"')
+    harness.send_raw(json.dumps({"Records": [s3_event(harness.bucket, "d.txt", etag=etag)]}))
+    m = harness.run()
+    assert m.pipelines["p"].duplicates == 1 and m.pipelines["p"].objects_processed == 0
+    (rec,) = records(harness)
+    assert rec.status is FileStatus.COMPLETED

@@ -63,6 +63,7 @@ from s3flow.state.base import (
 )
 from s3flow.state.sqlite import (
     check_fail_status,
+    clip,
     plan_claim,
     plan_finish,
     plan_set_status,
@@ -87,7 +88,11 @@ _CONFLICT_CODES = frozenset({"ConditionalCheckFailedException", "TransactionConf
 
 
 class _Conflict(Exception):
-    """A condition failed or a concurrent transaction won: decide again."""
+    """A condition failed: decide again (on ``item``, the current item, when known)."""
+
+    def __init__(self, code: str, item: Item | None = None) -> None:
+        super().__init__(code)
+        self.item = item
 
 
 # --- item encoding ---------------------------------------------------------------------
@@ -329,7 +334,8 @@ class DynamoStateStore:
     def _error(self, exc: BaseException, op: str, table: str) -> Exception:
         code = _error_code(exc)
         if code in _CONFLICT_CODES:
-            return _Conflict(code)
+            item = (getattr(exc, "response", None) or {}).get("Item")
+            return _Conflict(code, item if isinstance(item, dict) else None)
         if code == "ResourceNotFoundException":
             return StateError(
                 f"state store dynamodb://{self.table_prefix}: table {table} does not exist "
@@ -378,7 +384,12 @@ class DynamoStateStore:
             put["ConditionExpression"] = "#rev = :rev"
             put["ExpressionAttributeNames"] = {"#rev": "rev"}
             put["ExpressionAttributeValues"] = {":rev": {"N": str(old_rev)}}
+        # On a failed condition the current item comes back with the error.
+        put["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         await self._api("PutItem", self.files_table, **put)
+        await self._put_history(rec, entry, rev)
+
+    async def _put_history(self, rec: FileRecord, entry: HistoryEntry, rev: int) -> None:
         await self._api(
             "PutItem",
             self.history_table,
@@ -387,17 +398,27 @@ class DynamoStateStore:
         )
 
     async def _mutate(
-        self, oid: ObjectId, decide: Callable[[FileRecord | None, float], tuple[R, Plan]]
+        self,
+        oid: ObjectId,
+        decide: Callable[[FileRecord | None, float], tuple[R, Plan]],
+        *,
+        assume_absent: bool = False,
     ) -> R:
-        """Read, decide, write conditioned on what was read; on a lost race decide again."""
+        """Read, decide, write conditioned on what was read; on a lost race decide again.
+
+        ``assume_absent`` skips the first read (a new object is the common case
+        of a claim): a failed create returns the existing item to decide on.
+        """
+        known: tuple[FileRecord | None, int] | None = (None, 0) if assume_absent else None
         for attempt in range(_MAX_CONFLICT_RETRIES):
-            rec, rev = await self._read(oid)
+            rec, rev = known if known is not None else await self._read(oid)
             result, plan = decide(rec, self._clock())
             if plan is None:
                 return result
             try:
                 await self._write(None if rec is None else rev, *plan)
-            except _Conflict:
+            except _Conflict as conflict:
+                known = None if conflict.item is None else _decode(conflict.item)
                 if attempt >= 2:
                     await asyncio.sleep(random.uniform(0, min(0.01 * attempt, 0.2)))
                 continue
@@ -447,7 +468,7 @@ class DynamoStateStore:
             )
             return claim, None if entry is None else (claim.record, entry)
 
-        return await self._mutate(oid, decide)
+        return await self._mutate(oid, decide, assume_absent=True)
 
     async def renew(self, oid: ObjectId, *, token: int, ttl_s: float) -> bool:
         """Extend a held claim; False if the token is stale."""
@@ -482,20 +503,64 @@ class DynamoStateStore:
         error: str | None = None,
         detail: str = "",
     ) -> bool:
-        def decide(rec: FileRecord | None, now: float) -> tuple[bool, Plan]:
-            plan = plan_finish(
-                rec,
-                token=token,
-                status=status,
-                now=now,
-                outputs=outputs,
-                error_class=error_class,
-                error=error,
-                detail=detail,
-            )
-            return plan is not None, plan
+        """A fenced ``processing -> status``: one conditional UpdateItem, then the history.
 
-        return await self._mutate(oid, decide)
+        The update mirrors :func:`plan_finish`, which is applied to the old item
+        (returned by the update) to build the history entry.
+        """
+        now = self._clock()
+        sets = [
+            "#st = :st",
+            "timestamps.#tsk = :now",
+            "updated_at = :now",
+        ]
+        names = {"#st": "status", "#tsk": status.value, "#rev": "rev"}
+        values: Item = {
+            ":st": {"S": status.value},
+            ":now": {"N": _num(now)},
+            ":p": {"S": FileStatus.PROCESSING.value},
+            ":t": {"N": str(token)},
+            ":one": {"N": "1"},
+        }
+        if outputs is not None:
+            sets.append("outputs = :out")
+            values[":out"] = {"L": [{"S": o} for o in outputs]}
+        if error_class is not None:
+            sets.append("last_error_class = :ec")
+            values[":ec"] = {"S": error_class}
+        if error is not None:
+            sets.append("last_error = :er")
+            values[":er"] = {"S": clip(error)}
+        try:
+            resp = await self._api(
+                "UpdateItem",
+                self.files_table,
+                TableName=self.files_table,
+                Key=_key(oid),
+                UpdateExpression=(
+                    f"SET {', '.join(sets)} REMOVE claim_owner, claim_expires_at ADD #rev :one"
+                ),
+                ConditionExpression="#st = :p AND fencing_token = :t",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_OLD",
+            )
+        except _Conflict:
+            return False
+        old, rev = _decode(resp["Attributes"])
+        plan = plan_finish(
+            old,
+            token=token,
+            status=status,
+            now=now,
+            outputs=outputs,
+            error_class=error_class,
+            error=error,
+            detail=detail,
+        )
+        if plan is not None:  # always: the condition held
+            await self._put_history(plan[0], plan[1], rev + 1)
+        return True
 
     async def complete(self, oid: ObjectId, *, token: int, outputs: list[str]) -> bool:
         """processing -> completed (fenced). False if the token is stale."""

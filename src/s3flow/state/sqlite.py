@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from s3flow.state.base import (
     Claim,
@@ -50,7 +50,12 @@ _FAILURES = frozenset({FileStatus.FAILED, FileStatus.DEAD, FileStatus.QUARANTINE
 # --- backend-neutral lifecycle rules (also used by dynamodb.py) -------------------------
 
 
-def _clip(text: str | None) -> str | None:
+@overload
+def clip(text: str) -> str: ...
+@overload
+def clip(text: None) -> None: ...
+def clip(text: str | None) -> str | None:
+    """``text`` cut to MAX_TEXT characters."""
     if text is None or len(text) <= MAX_TEXT:
         return text
     return text[: MAX_TEXT - 1] + "…"
@@ -146,14 +151,14 @@ def plan_finish(
         status=status,
         outputs=list(rec.outputs) if outputs is None else list(outputs),
         last_error_class=rec.last_error_class if error_class is None else error_class,
-        last_error=rec.last_error if error is None else _clip(error),
+        last_error=rec.last_error if error is None else clip(error),
         claim_owner=None,
         claim_expires_at=None,
         timestamps=timestamps,
         updated_at=now,
     )
     entry = HistoryEntry(
-        now, rec.version, FileStatus.PROCESSING, status, rec.claim_owner, _clip(detail) or ""
+        now, rec.version, FileStatus.PROCESSING, status, rec.claim_owner, clip(detail) or ""
     )
     return new, entry
 
@@ -180,7 +185,7 @@ def plan_set_status(
     Leaving ``processing`` this way clears the claim and increases the fencing
     token, so the former holder can no longer complete, fail or renew.
     """
-    note = _clip(detail) if detail and status in _FAILURES else None
+    note = clip(detail) if detail and status in _FAILURES else None
     if rec is None:
         if not pipeline:
             raise StateError(
@@ -198,7 +203,7 @@ def plan_set_status(
             created_at=now,
             updated_at=now,
         )
-        return new, HistoryEntry(now, oid.version, None, status, None, _clip(detail) or "")
+        return new, HistoryEntry(now, oid.version, None, status, None, clip(detail) or "")
     check_transition(rec.status, status)
     timestamps = dict(rec.timestamps)
     timestamps[status.value] = now
@@ -214,7 +219,7 @@ def plan_set_status(
         timestamps=timestamps,
         updated_at=now,
     )
-    return new, HistoryEntry(now, oid.version, rec.status, status, None, _clip(detail) or "")
+    return new, HistoryEntry(now, oid.version, rec.status, status, None, clip(detail) or "")
 
 
 def zero_counts() -> dict[str, int]:
