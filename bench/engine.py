@@ -772,10 +772,29 @@ def notes_for(workload: str, res: dict[str, Any], ceilings: dict[str, Any]) -> l
                 f"and {held} ms ({held / slot:.0%}) waiting for the batched delete "
                 "(ack window + DeleteMessageBatch) while still holding the slot"
             )
+        api = s.get("api_calls") or {}
+        deletes = (api.get("calls") or {}).get("sqs.DeleteMessageBatch")
+        if api.get("messages_per_receive") and deletes:
+            notes.append(
+                f"s3flow batching: {api['messages_per_receive']} messages per ReceiveMessage "
+                f"(demand-driven: it asks only for free slots), "
+                f"{s['messages_settled'] / deletes:.1f} per DeleteMessageBatch, "
+                f"{api.get('per_object')} API calls per object"
+            )
         n_lat = n["wall_s"] * 1000 / max(1, n["objects"])
+        one = ceilings.get("sqs_receive1_delete1_t1", {}).get("moto_cpu_ms_per_op")
+        ten = ceilings.get("sqs_receive10_delete_batch_t1", {}).get("moto_cpu_ms_per_op")
         notes.append(
-            f"naive is latency-bound: {n_lat:.1f} ms per object for "
-            f"{(n['api_calls'] or {}).get('per_object')} sequential calls per object"
+            f"naive: {n_lat:.1f} ms per object for "
+            f"{(n['api_calls'] or {}).get('per_object')} sequential calls"
+            + (
+                f"; at this queue depth moto spends {one} ms CPU per ReceiveMessage(1) + "
+                f"DeleteMessage pair vs {ten} ms per message with ReceiveMessage(10) + "
+                "DeleteMessageBatch (each ReceiveMessage scans the whole queue in moto), so the "
+                "naive consumer is partly endpoint-bound too"
+                if one and ten
+                else ""
+            )
         )
         r = res["ratio"]["objects_per_s"] or 0
         verdict = "met" if r >= GOAL_RATIO else "MISSED"

@@ -10,6 +10,8 @@ on every SendMessage and once per *received message* (retention check). That
 makes receive O(depth^2) and a 2,000-message backlog crawl at ~3 msg/s. We
 compute the counts only where they are asked for (GetQueueAttributes) and read
 the retention period directly. All SQS semantics stay as moto implements them.
+A second patch makes DynamoDB conditional writes atomic (see
+:func:`patch_moto_dynamodb`).
 ``S3FLOW_MOTO_UNPATCHED=1`` runs moto as shipped (benchmarks use it to measure
 the difference).
 """
@@ -101,10 +103,50 @@ def patch_moto_sqs() -> bool:
     return True
 
 
+def patch_moto_dynamodb() -> bool:
+    """Serialise moto's DynamoDB writes so conditional writes are atomic.
+
+    moto's threaded server checks a ConditionExpression and then writes without
+    a lock, so two concurrent conditional writes can both win (measured: about
+    1 in 600 contended rounds), and a failed TransactWriteItems restores a copy
+    of whole tables, undoing other requests' writes. Real DynamoDB has neither
+    problem; one lock around the write operations restores its semantics.
+    """
+    try:
+        from moto.dynamodb.models import DynamoDBBackend
+    except ImportError:  # pragma: no cover
+        return False
+    backend: Any = DynamoDBBackend
+    if getattr(backend, "_s3flow_patched", False):
+        return True
+    lock = threading.RLock()
+
+    def locked(fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return fn(*args, **kwargs)
+
+        wrapper.__name__ = fn.__name__
+        return wrapper
+
+    for name in (
+        "put_item",
+        "update_item",
+        "delete_item",
+        "transact_write_items",
+        "batch_write_item",
+    ):
+        if hasattr(backend, name):
+            setattr(backend, name, locked(getattr(backend, name)))
+    backend._s3flow_patched = True
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     """Start moto server (patched unless S3FLOW_MOTO_UNPATCHED=1)."""
     if os.environ.get("S3FLOW_MOTO_UNPATCHED") != "1":
         patch_moto_sqs()
+        patch_moto_dynamodb()
     from moto.server import main as moto_main
 
     moto_main(argv if argv is not None else sys.argv[1:])

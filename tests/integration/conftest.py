@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import os
-import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from itest_support import Harness
 
-from s3flow.app import run_worker
 from s3flow.local import LocalEndpoint
-from s3flow.metrics import WorkerMetrics
-from s3flow.provision import provision
-from s3flow.settings import Settings, load_settings
-from s3flow.worker.engine import WorkerObserver
-
-pytestmark = pytest.mark.integration
-_counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
@@ -54,180 +43,6 @@ def sqs(endpoint: LocalEndpoint) -> Any:
     return boto3.client("sqs", endpoint_url=endpoint.url, region_name="us-east-1")
 
 
-def wait_for(cond: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
-    """Poll ``cond`` until truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
-
-
-class Harness:
-    """One isolated pipeline (own buckets and queues) on the shared endpoint."""
-
-    def __init__(self, endpoint: LocalEndpoint, s3: Any, sqs: Any, tmp_path: Path) -> None:
-        self.endpoint = endpoint
-        self.s3 = s3
-        self.sqs = sqs
-        self.tmp_path = tmp_path
-        n = f"{next(_counter)}-{uuid.uuid4().hex[:6]}"
-        self.bucket = f"in-{n}"
-        self.out_bucket = f"out-{n}"
-        self.queue = f"q-{n}"
-        self.settings: Settings | None = None
-        self.state_url = f"sqlite:{tmp_path}/state-{n}.db"
-
-    def configure(self, provision_it: bool = True, **pipeline: Any) -> Settings:
-        """Build settings for one pipeline (overrides as keyword args) and provision it."""
-        p: dict[str, Any] = {
-            "name": "p",
-            "processor": "line-count",
-            "bucket": self.bucket,
-            "queue": self.queue,
-            "output": f"s3://{self.out_bucket}/res/",
-            "concurrency": 8,
-            "visibility_timeout_s": 30,
-            "wait_time_s": 1,
-            "retry_base_s": 1,
-        }
-        p.update(pipeline)
-        data = {
-            "pipelines": [p],
-            "worker": {"shutdown_grace_s": 10, "ack_batch_window_s": 0.02},
-            "state": {"url": self.state_url},
-        }
-        self.settings = load_settings(None, data)
-        if provision_it:
-            asyncio.run(provision(self.settings))
-            # Drain the s3:TestEvent the new notification produced.
-            self.purge()
-        return self.settings
-
-    def write_config(self, path: Path | None = None) -> Path:
-        """Write the current settings as a TOML file (for CLI subprocess tests)."""
-        assert self.settings is not None
-        path = path or self.tmp_path / "s3flow.toml"
-        p = self.settings.pipelines[0]
-        lines = [
-            "[worker]",
-            f"shutdown_grace_s = {self.settings.worker.shutdown_grace_s}",
-            "[state]",
-            f'url = "{self.settings.state.url}"',
-            "",
-        ]
-        lines.append("[[pipelines]]")
-        for key, value in p.model_dump(exclude_none=True).items():
-            if key in ("options", "validation"):
-                continue
-            if isinstance(value, bool):
-                lines.append(f"{key} = {str(value).lower()}")
-            elif isinstance(value, str):
-                lines.append(f'{key} = "{value}"')
-            else:
-                lines.append(f"{key} = {value}")
-        if p.options:
-            lines.append("[pipelines.options]")
-            for key, value in p.options.items():
-                lines.append(f"{key} = {value!r}".replace("'", '"'))
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
-    @property
-    def queue_url(self) -> str:
-        return str(self.sqs.get_queue_url(QueueName=self.queue)["QueueUrl"])
-
-    @property
-    def dlq_url(self) -> str:
-        return str(self.sqs.get_queue_url(QueueName=f"{self.queue}-dlq")["QueueUrl"])
-
-    def purge(self) -> None:
-        """Delete everything currently visible on the queue (e.g. test events)."""
-        while True:
-            resp = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10)
-            msgs = resp.get("Messages", [])
-            if not msgs:
-                return
-            for m in msgs:
-                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
-
-    def depth(self, url: str | None = None) -> tuple[int, int]:
-        attrs = self.sqs.get_queue_attributes(
-            QueueUrl=url or self.queue_url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-            ],
-        )["Attributes"]
-        return (
-            int(attrs["ApproximateNumberOfMessages"]),
-            int(attrs["ApproximateNumberOfMessagesNotVisible"]),
-        )
-
-    def put(self, key: str, body: bytes, **kwargs: Any) -> None:
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, **kwargs)
-
-    def result(self, key: str) -> dict[str, Any] | None:
-        import json
-
-        try:
-            obj = self.s3.get_object(Bucket=self.out_bucket, Key=f"res/{key}.json")
-        except self.s3.exceptions.NoSuchKey:
-            return None
-        return dict(json.loads(obj["Body"].read()))
-
-    def output_keys(self) -> list[str]:
-        resp = self.s3.list_objects_v2(Bucket=self.out_bucket)
-        return sorted(o["Key"] for o in resp.get("Contents", []))
-
-    def dlq_messages(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for _ in range(5):
-            resp = self.sqs.receive_message(
-                QueueUrl=self.dlq_url,
-                MaxNumberOfMessages=10,
-                MessageAttributeNames=["All"],
-                VisibilityTimeout=60,
-            )
-            out += resp.get("Messages", [])
-            if not resp.get("Messages"):
-                break
-        return out
-
-    def run(
-        self, observer: WorkerObserver | None = None, timeout_s: float = 60.0, **kw: Any
-    ) -> WorkerMetrics:
-        """Run the worker in burst mode in this process until the queue is drained."""
-        assert self.settings is not None
-        return asyncio.run(
-            asyncio.wait_for(
-                run_worker(self.settings, burst=True, observer=observer, **kw), timeout_s
-            )
-        )
-
-    def send_raw(self, body: str) -> None:
-        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
-
-
 @pytest.fixture()
 def harness(endpoint: LocalEndpoint, s3: Any, sqs: Any, tmp_path: Path) -> Harness:
     return Harness(endpoint, s3, sqs, tmp_path)
-
-
-def s3_event(bucket: str, key_encoded: str, size: int = 1, etag: str = "x") -> dict[str, Any]:
-    """An S3 notification record with an already URL-encoded key."""
-    return {
-        "eventVersion": "2.1",
-        "eventSource": "aws:s3",
-        "awsRegion": "us-east-1",
-        "eventTime": "2026-11-23T00:00:00.000Z",
-        "eventName": "ObjectCreated:Put",
-        "s3": {
-            "s3SchemaVersion": "1.0",
-            "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-            "object": {"key": key_encoded, "size": size, "eTag": etag, "sequencer": "0A1B"},
-        },
-    }

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Harness
+from itest_support import Harness
 
 pytestmark = pytest.mark.integration
 COMMANDS = ["worker", "provision", "status", "local", "demo", "config-reference"]
@@ -135,7 +135,7 @@ def test_local_runs_until_interrupted(tmp_path: Path) -> None:
     import signal
     import urllib.request
 
-    from conftest import wait_for
+    from itest_support import wait_for
 
     from s3flow.local import free_port
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import Harness
+from itest_support import Harness
 
 pytestmark = pytest.mark.integration
 

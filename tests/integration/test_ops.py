@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Harness, s3_event, wait_for
+from itest_support import Harness, s3_event, wait_for
 
 from s3flow.app import open_store
 from s3flow.ops import backfill, list_dlq, redrive

@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import Harness
+from itest_support import Harness
 
 from s3flow.errors import ConfigError
 from s3flow.provision import provision

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Harness, wait_for
+from itest_support import Harness, wait_for
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent

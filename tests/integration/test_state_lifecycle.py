@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import Harness, s3_event, wait_for
+from itest_support import Harness, s3_event, wait_for
 
 from s3flow.app import open_store
 from s3flow.ops import release_quarantined

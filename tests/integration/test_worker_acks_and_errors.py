@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from conftest import Harness, wait_for
+from itest_support import Harness, wait_for
 
 from s3flow.app import build_runtimes
 from s3flow.aws import open_clients

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
-from conftest import Harness, s3_event
+from itest_support import Harness, s3_event
 from s3flow_testprocs import AlwaysFails, ConcurrencyProbe
 
 pytestmark = pytest.mark.integration

@@ -16,17 +16,28 @@ Three tables, PAY_PER_REQUEST, created by :meth:`DynamoStateStore.ensure_tables`
     ``pk`` = ``counter#<name>`` (attribute ``n``), ``checkpoint#<name>``
     (``val``), ``lock#<name>`` (``owner``, ``token``, ``expires_at``).
 
-Every lifecycle change is read (strongly consistent GetItem), decided by the
-same rules as the SQLite store (:mod:`s3flow.state.sqlite`), then written with
-a PutItem conditioned on the revision that was read (or on the item's
-absence). A lost race fails the condition and the operation is decided again
-on fresh data, so a stale token is refused and exactly one concurrent claim
-wins. The history entry is a second PutItem after the record's succeeded: a
-crash between the two can lose one history line, never show a transition
-that did not happen. (Not ``TransactWriteItems``: twice the write cost on
-AWS, and moto's implementation snapshots and restores whole tables, which
-loses concurrent writes and costs O(table) per call.) ``renew``, counters and
-locks are single conditional ``UpdateItem`` calls.
+Every lifecycle change is decided by the same rules as the SQLite store
+(:mod:`s3flow.state.sqlite`) and written with a condition, so a stale token is
+refused and exactly one of several concurrent claims wins:
+
+- ``claim`` first tries to create the record (PutItem, ``attribute_not_exists``);
+  if it exists, the failed condition returns the current item
+  (``ReturnValuesOnConditionCheckFailure``), the claim is decided on it and
+  written with a PutItem conditioned on the revision read. A lost race
+  decides again on the item that won. A new object costs 2 calls (record +
+  history), a duplicate of a completed one 1.
+- ``complete`` / ``fail`` / ``release``: one UpdateItem conditioned on
+  ``status = processing AND fencing_token = token`` (ReturnValues ALL_OLD),
+  then the history entry: 2 calls.
+- ``set_status``: GetItem, then the revision-conditioned PutItem, then history.
+- ``renew``, counters and locks: one conditional UpdateItem each.
+
+The history entry is a PutItem after the record's write succeeded: a crash
+between the two (or a failed history write, which is only logged) can lose a
+history line, never show a transition that did not happen. Not
+``TransactWriteItems``: twice the write cost on AWS, and moto's implementation
+snapshots and restores whole tables, which loses concurrent writes under
+contention and costs O(table size) per call.
 
 ``list_files``, ``counts`` and ``oldest_processing_at`` Scan the files table
 with filters (no GSI): fine for operator commands and dashboards on up to
@@ -40,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import re
 import time
@@ -70,6 +82,7 @@ from s3flow.state.sqlite import (
     zero_counts,
 )
 
+log = logging.getLogger(__name__)
 R = TypeVar("R")
 Item = dict[str, Any]
 Plan = tuple[FileRecord, HistoryEntry] | None
@@ -390,12 +403,23 @@ class DynamoStateStore:
         await self._put_history(rec, entry, rev)
 
     async def _put_history(self, rec: FileRecord, entry: HistoryEntry, rev: int) -> None:
-        await self._api(
-            "PutItem",
-            self.history_table,
-            TableName=self.history_table,
-            Item=_history_item(rec, entry, rev),
-        )
+        """Write a history entry; the transition already happened, so a failure only logs."""
+        try:
+            await self._api(
+                "PutItem",
+                self.history_table,
+                TableName=self.history_table,
+                Item=_history_item(rec, entry, rev),
+            )
+        except StateError as exc:
+            log.warning(
+                "history of s3://%s/%s (%s -> %s) not recorded: %s",
+                rec.bucket,
+                rec.key,
+                entry.old.value if entry.old else "-",
+                entry.new.value,
+                exc,
+            )
 
     async def _mutate(
         self,

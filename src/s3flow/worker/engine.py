@@ -254,11 +254,6 @@ class PipelineRunner:
     async def _process_object(self, msg: ReceivedMessage, event: ObjectEvent) -> Outcome | None:
         """Validate, claim, process, record. None = done with this object (ack-able)."""
         oid = ObjectId(event.bucket, event.key, event.version_id or event.etag or "")
-        if self.p.validation.active:
-            reason = await self._validate(event)
-            if reason is not None:
-                await self._quarantine(event, oid, None, reason, "ValidationFailed")
-                return None
         token: int | None = None
         store = self._store
         if store is not None:
@@ -294,6 +289,12 @@ class PipelineRunner:
             token = claim.token
             self._claims[(msg.message_id, event.key)] = (oid, token)
         try:
+            # Validated under the claim, so quarantining is fenced like any outcome.
+            if self.p.validation.active:
+                reason = await self._validate(event)
+                if reason is not None:
+                    await self._quarantine(event, oid, token, reason, "ValidationFailed")
+                    return None
             return await self._run_processor(msg, event, oid, token)
         except asyncio.CancelledError:
             if store is not None and token is not None:
@@ -354,24 +355,14 @@ class PipelineRunner:
     ) -> None:
         """Tag the object and record it as quarantined; its message is then acked."""
         await tag_quarantined(self._s3, event.bucket, event.key, reason, event.version_id)
-        if self._store is not None:
-            if token is not None:
-                await self._store.fail(
-                    oid,
-                    token=token,
-                    status=FileStatus.QUARANTINED,
-                    error_class=error_class,
-                    error=reason,
-                )
-            else:
-                rec = await self._store.get(oid)
-                if rec is None or rec.status is not FileStatus.QUARANTINED:
-                    await self._store.set_status(
-                        oid,
-                        FileStatus.QUARANTINED,
-                        detail=f"{error_class}: {reason}",
-                        pipeline=self.p.name,
-                    )
+        if self._store is not None and token is not None:
+            await self._store.fail(
+                oid,
+                token=token,
+                status=FileStatus.QUARANTINED,
+                error_class=error_class,
+                error=reason,
+            )
         self.metrics.quarantined += 1
         log.warning("%s quarantined (%s): %s", event.uri(), error_class, reason)
 
