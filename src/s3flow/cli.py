@@ -539,6 +539,7 @@ def dlq_redrive(
                 p,
                 max_n=max_n,
                 store=store,
+                lease_s=lease_s,
                 on_moved=lambda n: progress.advance(task, n),
             )
 
