@@ -325,6 +325,20 @@ class Settings(BaseSettings):
             if p.name in seen:
                 raise ValueError(f"pipeline name {p.name!r} is used twice")
             seen.add(p.name)
+        for p in self.pipelines:
+            for q in self.pipelines:
+                if q is p or q.bucket != p.bucket or q.name < p.name:
+                    continue
+                overlap = (q.prefix.startswith(p.prefix) or p.prefix.startswith(q.prefix)) and (
+                    q.suffix.endswith(p.suffix) or p.suffix.endswith(q.suffix)
+                )
+                if overlap and not (p.key_regex and q.key_regex) and self.state.url != "none":
+                    raise ValueError(
+                        f"pipelines {p.name!r} and {q.name!r} both take keys of bucket "
+                        f"{p.bucket!r} (prefix/suffix overlap): an object would be claimed "
+                        "by one and skipped as done by the other; make the prefixes or "
+                        "suffixes disjoint, or give both a key_regex"
+                    )
             if p.wait_time_s >= self.aws.read_timeout_s:
                 raise ValueError(
                     f"pipeline {p.name!r}: wait_time_s ({p.wait_time_s}) must be shorter than "

@@ -263,3 +263,27 @@ def test_pipeline_lookup_unknown_lists_known(tmp_path: Path) -> None:
         s.pipeline("nope")
     assert "'nope'" in str(info.value)
     assert "counts" in str(info.value)
+
+
+def test_overlapping_pipelines_on_one_bucket_are_refused() -> None:
+    base = {"bucket": "b", "queue": "q", "output": "/tmp/x"}
+    with pytest.raises(ConfigError, match="both take keys of bucket 'b'"):
+        load_settings(
+            None, {"pipelines": [{"name": "a", **base}, {"name": "c", "prefix": "x/", **base}]}
+        )
+    ok = load_settings(
+        None,
+        {
+            "pipelines": [
+                {"name": "a", "prefix": "y/", **base},
+                {"name": "c", "prefix": "x/", **base},
+                {"name": "d", "suffix": ".csv", "prefix": "z/", **base},
+            ]
+        },
+    )
+    assert len(ok.pipelines) == 3
+    stateless = load_settings(
+        None,
+        {"state": {"url": "none"}, "pipelines": [{"name": "a", **base}, {"name": "c", **base}]},
+    )
+    assert len(stateless.pipelines) == 2
