@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 from typing import Any
@@ -190,6 +191,17 @@ def test_processor_exception_retries_then_dead_letters(harness: Harness) -> None
     dlq = harness.dlq_messages()
     assert _attr(dlq[0], "s3flow.error-class") == "RetriesExhausted.ProcessorError"
     assert "boom" in _attr(dlq[0], "s3flow.error")
+    (rec,) = asyncio.run(_records(harness))
+    assert rec.status.value == "dead" and rec.attempts == 2 and "boom" in (rec.last_error or "")
+
+
+async def _records(h: Harness) -> list[Any]:
+    from s3flow.app import open_store
+
+    assert h.settings is not None
+    async with open_store(h.settings) as store:
+        assert store is not None
+        return await store.list_files()
 
 
 def test_filters_skip_non_matching_keys(harness: Harness) -> None:

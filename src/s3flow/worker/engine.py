@@ -104,6 +104,7 @@ class PipelineRunner:
         self._store = store
         self._claim_ttl = claim_ttl_s or rt.settings.visibility_timeout_s * 1.5
         self._claims: dict[tuple[str, str], tuple[ObjectId, int]] = {}
+        self._dead: dict[str, list[ObjectId]] = {}  # message id -> objects to mark dead
         self.p = rt.settings
         self._sqs = sqs
         self._s3 = s3
@@ -399,9 +400,16 @@ class PipelineRunner:
             log.error("%s failed permanently (%s), dead-lettering: %s", where, exc.error_class, exc)
             outcome = DeadLetter(exc.error_class, str(exc))
         if self._store is not None and token is not None:
+            # Recorded as failed now; marked dead only once the DLQ has the message.
             await self._store.fail(
-                oid, token=token, status=status, error_class=exc.error_class, error=str(exc)
+                oid,
+                token=token,
+                status=FileStatus.FAILED,
+                error_class=exc.error_class,
+                error=str(exc),
             )
+            if status is FileStatus.DEAD:
+                self._dead.setdefault(msg.message_id, []).append(oid)
         return outcome
 
     async def renew_claims(self) -> None:
@@ -415,7 +423,15 @@ class PipelineRunner:
     # --- settling ------------------------------------------------------------
 
     async def _settle(self, msg: ReceivedMessage, outcome: Outcome) -> None:
-        if isinstance(outcome, DeadLetter) and not await self._send_to_dlq(msg, outcome):
+        dead = self._dead.pop(msg.message_id, [])
+        if isinstance(outcome, DeadLetter) and await self._send_to_dlq(msg, outcome):
+            for oid in dead:
+                try:
+                    if self._store is not None:
+                        await self._store.set_status(oid, FileStatus.DEAD, detail=outcome.error)
+                except S3flowError as exc:
+                    log.warning("could not mark s3://%s/%s dead: %s", oid.bucket, oid.key, exc)
+        elif isinstance(outcome, DeadLetter):
             outcome = Retry(
                 backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s),
                 outcome.error_class,
