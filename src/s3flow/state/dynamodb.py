@@ -73,8 +73,8 @@ from s3flow.state.base import (
     ObjectId,
     StateError,
 )
-from s3flow.state.sqlite import (
-    check_fail_status,
+from s3flow.state.lifecycle import (
+    FencedFinishMixin,
     clip,
     plan_claim,
     plan_finish,
@@ -225,7 +225,7 @@ def _history_entry(item: Item) -> HistoryEntry:
 # --- the store ------------------------------------------------------------------------
 
 
-class DynamoStateStore:
+class DynamoStateStore(FencedFinishMixin):
     """The StateStore protocol on three DynamoDB tables. Use ``async with``.
 
     The tables must exist (``s3flow provision`` calls :meth:`ensure_tables`).
@@ -585,34 +585,6 @@ class DynamoStateStore:
         if plan is not None:  # always: the condition held
             await self._put_history(plan[0], plan[1], rev + 1)
         return True
-
-    async def complete(self, oid: ObjectId, *, token: int, outputs: list[str]) -> bool:
-        """processing -> completed (fenced). False if the token is stale."""
-        return await self._finish(oid, token=token, status=FileStatus.COMPLETED, outputs=outputs)
-
-    async def fail(
-        self,
-        oid: ObjectId,
-        *,
-        token: int,
-        status: FileStatus,
-        error_class: str,
-        error: str,
-    ) -> bool:
-        """processing -> failed | dead | quarantined (fenced), recording the error."""
-        check_fail_status(status)
-        return await self._finish(
-            oid,
-            token=token,
-            status=status,
-            error_class=error_class,
-            error=error,
-            detail=f"{error_class}: {error}",
-        )
-
-    async def release(self, oid: ObjectId, *, token: int) -> bool:
-        """processing -> received, claim cleared (shutdown). False if stale."""
-        return await self._finish(oid, token=token, status=FileStatus.RECEIVED, detail="released")
 
     async def set_status(
         self, oid: ObjectId, status: FileStatus, *, detail: str = "", pipeline: str = ""

@@ -8,9 +8,8 @@ transaction (the database write lock is taken before the row is read), and
 ``busy_timeout`` makes a process wait for another's write instead of failing.
 
 The lifecycle rules themselves (what a claim, a fenced finish or an operator
-transition does to a record) are backend-neutral functions at the top of this
-module: :func:`plan_claim`, :func:`plan_finish` and :func:`plan_set_status`.
-The DynamoDB backend uses the same functions, so both stores decide alike.
+transition does to a record) are backend-neutral functions in
+:mod:`s3flow.state.lifecycle`, shared with the DynamoDB backend.
 
 Claims return ``token == 0`` unless the outcome is ``ACQUIRED``.
 """
@@ -23,208 +22,29 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 from s3flow.state.base import (
     Claim,
-    ClaimOutcome,
     FileRecord,
     FileStatus,
     HistoryEntry,
     ObjectId,
     StateError,
-    TransitionError,
-    check_transition,
+)
+from s3flow.state.lifecycle import (
+    FencedFinishMixin,
+    plan_claim,
+    plan_finish,
+    plan_set_status,
+    zero_counts,
 )
 
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
-MAX_TEXT = 2000  # error messages and details are truncated to this many characters
-_FAILURES = frozenset({FileStatus.FAILED, FileStatus.DEAD, FileStatus.QUARANTINED})
-
-
-# --- backend-neutral lifecycle rules (also used by dynamodb.py) -------------------------
-
-
-@overload
-def clip(text: str) -> str: ...
-@overload
-def clip(text: None) -> None: ...
-def clip(text: str | None) -> str | None:
-    """``text`` cut to MAX_TEXT characters."""
-    if text is None or len(text) <= MAX_TEXT:
-        return text
-    return text[: MAX_TEXT - 1] + "…"
-
-
-def plan_claim(
-    rec: FileRecord | None,
-    oid: ObjectId,
-    *,
-    pipeline: str,
-    owner: str,
-    ttl_s: float,
-    size: int | None,
-    sequencer: str | None,
-    now: float,
-) -> tuple[Claim, HistoryEntry | None]:
-    """Decide a claim on ``rec`` (None = no record yet).
-
-    Returns the claim and, when it is ACQUIRED, the history entry to write
-    together with ``claim.record`` (the new record). Otherwise nothing changes.
-    """
-    expires = now + ttl_s
-    if rec is None:
-        new = FileRecord(
-            bucket=oid.bucket,
-            key=oid.key,
-            version=oid.version,
-            pipeline=pipeline,
-            status=FileStatus.PROCESSING,
-            size=size,
-            sequencer=sequencer,
-            attempts=1,
-            worker_id=owner,
-            claim_owner=owner,
-            claim_expires_at=expires,
-            fencing_token=1,
-            timestamps={FileStatus.PROCESSING.value: now},
-            created_at=now,
-            updated_at=now,
-        )
-        entry = HistoryEntry(now, oid.version, None, FileStatus.PROCESSING, owner, "claimed")
-        return Claim(ClaimOutcome.ACQUIRED, 1, new), entry
-    status = rec.status
-    if status is FileStatus.COMPLETED:
-        return Claim(ClaimOutcome.DONE, 0, rec), None
-    if status is FileStatus.DEAD or status is FileStatus.QUARANTINED:
-        return Claim(ClaimOutcome.PARKED, 0, rec), None
-    detail = "claimed"
-    if status is FileStatus.PROCESSING:
-        if rec.claim_expires_at is not None and rec.claim_expires_at > now:
-            return Claim(ClaimOutcome.BUSY, 0, rec), None
-        detail = f"claim of {rec.claim_owner or '?'} expired: taken over"
-    token = rec.fencing_token + 1
-    timestamps = dict(rec.timestamps)
-    timestamps[FileStatus.PROCESSING.value] = now
-    new = replace(
-        rec,
-        pipeline=pipeline or rec.pipeline,
-        status=FileStatus.PROCESSING,
-        size=rec.size if size is None else size,
-        sequencer=rec.sequencer if sequencer is None else sequencer,
-        attempts=rec.attempts + 1,
-        outputs=list(rec.outputs),
-        worker_id=owner,
-        claim_owner=owner,
-        claim_expires_at=expires,
-        fencing_token=token,
-        timestamps=timestamps,
-        updated_at=now,
-    )
-    entry = HistoryEntry(now, oid.version, status, FileStatus.PROCESSING, owner, detail)
-    return Claim(ClaimOutcome.ACQUIRED, token, new), entry
-
-
-def plan_finish(
-    rec: FileRecord | None,
-    *,
-    token: int,
-    status: FileStatus,
-    now: float,
-    outputs: list[str] | None = None,
-    error_class: str | None = None,
-    error: str | None = None,
-    detail: str = "",
-) -> tuple[FileRecord, HistoryEntry] | None:
-    """A fenced ``processing -> status`` (complete, fail, release); None if stale."""
-    if rec is None or rec.status is not FileStatus.PROCESSING or rec.fencing_token != token:
-        return None
-    timestamps = dict(rec.timestamps)
-    timestamps[status.value] = now
-    new = replace(
-        rec,
-        status=status,
-        outputs=list(rec.outputs) if outputs is None else list(outputs),
-        last_error_class=rec.last_error_class if error_class is None else error_class,
-        last_error=rec.last_error if error is None else clip(error),
-        claim_owner=None,
-        claim_expires_at=None,
-        timestamps=timestamps,
-        updated_at=now,
-    )
-    entry = HistoryEntry(
-        now, rec.version, FileStatus.PROCESSING, status, rec.claim_owner, clip(detail) or ""
-    )
-    return new, entry
-
-
-def check_fail_status(status: FileStatus) -> None:
-    """``fail`` only moves to failed, dead or quarantined."""
-    if status not in _FAILURES:
-        raise TransitionError(
-            f"fail() moves a record to failed, dead or quarantined, not {status.value}"
-        )
-
-
-def plan_set_status(
-    rec: FileRecord | None,
-    oid: ObjectId,
-    status: FileStatus,
-    *,
-    detail: str,
-    pipeline: str,
-    now: float,
-) -> tuple[FileRecord, HistoryEntry]:
-    """An unfenced operator transition; creates the record when missing and ``pipeline``.
-
-    Leaving ``processing`` this way clears the claim and increases the fencing
-    token, so the former holder can no longer complete, fail or renew.
-    """
-    note = clip(detail) if detail and status in _FAILURES else None
-    if rec is None:
-        if not pipeline:
-            raise StateError(
-                f"no record of s3://{oid.bucket}/{oid.key} version {oid.version!r} "
-                "(give pipeline= to create one)"
-            )
-        new = FileRecord(
-            bucket=oid.bucket,
-            key=oid.key,
-            version=oid.version,
-            pipeline=pipeline,
-            status=status,
-            last_error=note,
-            timestamps={status.value: now},
-            created_at=now,
-            updated_at=now,
-        )
-        return new, HistoryEntry(now, oid.version, None, status, None, clip(detail) or "")
-    check_transition(rec.status, status)
-    timestamps = dict(rec.timestamps)
-    timestamps[status.value] = now
-    leaving = rec.status is FileStatus.PROCESSING
-    new = replace(
-        rec,
-        status=status,
-        outputs=list(rec.outputs),
-        last_error=note if note is not None else rec.last_error,
-        claim_owner=None,
-        claim_expires_at=None,
-        fencing_token=rec.fencing_token + 1 if leaving else rec.fencing_token,
-        timestamps=timestamps,
-        updated_at=now,
-    )
-    return new, HistoryEntry(now, oid.version, rec.status, status, None, clip(detail) or "")
-
-
-def zero_counts() -> dict[str, int]:
-    """A counts dict with every status at zero."""
-    return {s.value: 0 for s in FileStatus}
 
 
 # --- SQL ------------------------------------------------------------------------------
@@ -394,7 +214,7 @@ def _in_tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T
 # --- the store ------------------------------------------------------------------------
 
 
-class SqliteStateStore:
+class SqliteStateStore(FencedFinishMixin):
     """The StateStore protocol on one SQLite file (WAL). Use ``async with``.
 
     ``clock`` returns unix seconds; tests pass a fake one to expire claims.
@@ -565,34 +385,6 @@ class SqliteStateStore:
             return True
 
         return await self._run(lambda conn: _in_tx(conn, tx))
-
-    async def complete(self, oid: ObjectId, *, token: int, outputs: list[str]) -> bool:
-        """processing -> completed (fenced). False if the token is stale."""
-        return await self._finish(oid, token=token, status=FileStatus.COMPLETED, outputs=outputs)
-
-    async def fail(
-        self,
-        oid: ObjectId,
-        *,
-        token: int,
-        status: FileStatus,
-        error_class: str,
-        error: str,
-    ) -> bool:
-        """processing -> failed | dead | quarantined (fenced), recording the error."""
-        check_fail_status(status)
-        return await self._finish(
-            oid,
-            token=token,
-            status=status,
-            error_class=error_class,
-            error=error,
-            detail=f"{error_class}: {error}",
-        )
-
-    async def release(self, oid: ObjectId, *, token: int) -> bool:
-        """processing -> received, claim cleared (shutdown). False if stale."""
-        return await self._finish(oid, token=token, status=FileStatus.RECEIVED, detail="released")
 
     async def set_status(
         self, oid: ObjectId, status: FileStatus, *, detail: str = "", pipeline: str = ""
