@@ -192,3 +192,22 @@ def s3_event(bucket: str, key_encoded: str, size: int = 1, etag: str = "x") -> d
             "object": {"key": key_encoded, "size": size, "eTag": etag, "sequencer": "0A1B"},
         },
     }
+
+
+HERE = Path(__file__).parent
+
+
+def spawn_worker(cfg: Path, log: Path, *args: str) -> Any:
+    """Start `s3flow worker -c cfg *args` as a subprocess (test processors importable)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    return subprocess.Popen(
+        [sys.executable, "-m", "s3flow", "worker", "-c", str(cfg), *args],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )

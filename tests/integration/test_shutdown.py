@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from itest_support import Harness, wait_for
+from itest_support import Harness, spawn_worker, wait_for
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
-
-
-def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
-    return subprocess.Popen(
-        [sys.executable, "-m", "s3flow", "worker", "-c", str(config)],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
 
 
 def _count(marker: Path, prefix: str) -> int:
@@ -43,7 +29,7 @@ def test_sigterm_lets_in_flight_work_finish(harness: Harness, tmp_path: Path) ->
     config = harness.write_config()
     for i in range(4):
         harness.put(f"k{i}.txt", b"a\nb\n")
-    proc = _spawn(config, tmp_path / "worker.log")
+    proc = spawn_worker(config, tmp_path / "worker.log")
     try:
         wait_for(lambda: _count(marker, "started") == 4, 30, "4 objects in flight")
         t0 = time.monotonic()
@@ -74,7 +60,7 @@ def test_sigterm_releases_unfinished_work_and_nothing_is_lost(
     config = harness.write_config()
     for i in range(5):
         harness.put(f"k{i}.txt", b"a\n")
-    proc = _spawn(config, tmp_path / "worker.log")
+    proc = spawn_worker(config, tmp_path / "worker.log")
     try:
         wait_for(lambda: _count(marker, "started") == 3, 30, "3 objects in flight")
         # No more than `concurrency` in flight: two messages still wait in the queue.

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from itest_support import Harness, s3_event, wait_for
+from itest_support import Harness, s3_event, spawn_worker, wait_for
 
 from s3flow.app import open_store
 from s3flow.ops import release_quarantined
@@ -50,17 +50,6 @@ def test_second_delivery_of_completed_object_is_a_duplicate(harness: Harness) ->
     assert rec.outputs == [f"s3://{harness.out_bucket}/res/dup.txt.json"]
 
 
-def _spawn_worker(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
-    return subprocess.Popen(
-        [sys.executable, "-m", "s3flow", "worker", "-c", str(cfg), "--burst"],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-
-
 def test_two_workers_same_object_processed_exactly_once(harness: Harness, tmp_path: Path) -> None:
     marker = tmp_path / "m"
     marker.mkdir()
@@ -76,8 +65,8 @@ def test_two_workers_same_object_processed_exactly_once(harness: Harness, tmp_pa
     body = json.dumps({"Records": [s3_event(harness.bucket, "once.txt", etag=etag)]})
     for _ in range(3):  # the same object delivered again: three deliveries in all
         harness.send_raw(body)
-    w1 = _spawn_worker(cfg, tmp_path / "w1.log")
-    w2 = _spawn_worker(cfg, tmp_path / "w2.log")
+    w1 = spawn_worker(cfg, tmp_path / "w1.log", "--burst")
+    w2 = spawn_worker(cfg, tmp_path / "w2.log", "--burst")
     try:
         assert w1.wait(timeout=90) == 0, (tmp_path / "w1.log").read_text()
         assert w2.wait(timeout=90) == 0, (tmp_path / "w2.log").read_text()
