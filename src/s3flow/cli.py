@@ -670,6 +670,26 @@ def config_reference() -> None:
     print(settings_reference())
 
 
+run_app = typer.Typer(
+    help="Run one job to completion (batch mode): exit 0 on success, non-zero with the reason.",
+    no_args_is_help=True,
+)
+app.add_typer(run_app, name="run")
+
+
+def _register_pipeline_commands() -> None:
+    # Pipeline-specific commands live next to their pipelines' faces; they are
+    # attached here, after every shared helper above is defined.
+    from s3flow.cli_kafka import register as register_kafka
+    from s3flow.cli_parquet import register as register_parquet
+
+    register_kafka(app, run_app)
+    register_parquet(app, run_app)
+
+
+_register_pipeline_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

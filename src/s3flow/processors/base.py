@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from s3flow.events import ObjectEvent
 from s3flow.objects import ObjectReader, open_object
 from s3flow.sinks.base import Sink
+from s3flow.state.base import StateStore
 
 
 @dataclass
@@ -30,6 +31,9 @@ class ProcessContext:
     s3: Any
     sink: Sink
     report_progress: Callable[[int], None] = lambda n: None
+    #: The worker's state store (None when ``state.url = "none"``): checkpoints,
+    #: locks and records a processor keeps beyond the engine's own file lifecycle.
+    store: StateStore | None = None
 
     async def open(self) -> ObjectReader:
         """Open the event's object as a decompressing stream (iterate it with ``async for``)."""

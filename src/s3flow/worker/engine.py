@@ -314,6 +314,7 @@ class PipelineRunner:
             s3=self._s3,
             sink=self.rt.sink,
             report_progress=lambda n: self._observer.object_progress(self.p.name, event, n),
+            store=self._store,
         )
         self._observer.object_started(self.p.name, event)
         try:
