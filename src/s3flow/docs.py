@@ -1,4 +1,9 @@
-"""Generate the configuration reference from the Settings model (one source of truth)."""
+"""Generate the configuration reference from the Settings model (one source of truth).
+
+Also documents each built-in processor's ``[pipelines.options]`` from its
+``options_model``, so this module sits at the assembly level (it reads the
+processor registry).
+"""
 
 from __future__ import annotations
 
@@ -40,6 +45,18 @@ def _default(info: FieldInfo) -> str:
     return f"`{info.default!r}`"
 
 
+def _processor_sections() -> list[tuple[str, type[BaseModel], str]]:
+    from s3flow.processors import builtin_processors
+
+    out: list[tuple[str, type[BaseModel], str]] = []
+    for name, cls in sorted(builtin_processors().items()):
+        model = getattr(cls, "options_model", None)
+        # Only s3flow's own processors: user-registered ones document themselves.
+        if model is not None and getattr(cls, "__module__", "").startswith("s3flow."):
+            out.append((f'[pipelines.options] of processor = "{name}"', model, ""))
+    return out
+
+
 def settings_reference() -> str:
     """Markdown tables: one per section, one row per key."""
     out = [
@@ -51,7 +68,7 @@ def settings_reference() -> str:
         "`S3FLOW_CONFIG`), defaults. Unknown keys are errors that name the key.",
         "",
     ]
-    for title, model, env in _SECTIONS:
+    for title, model, env in [*_SECTIONS, *_processor_sections()]:
         out += [f"## `{title}`", "", (model.__doc__ or "").strip(), ""]
         if env:
             out += [f"Environment: `{env}<KEY>`.", ""]

@@ -54,6 +54,11 @@ def available_processors() -> list[str]:
     return sorted(names)
 
 
+def builtin_processors() -> dict[str, Callable[..., Any]]:
+    """Processors registered in this process by name (built-ins and decorated classes)."""
+    return dict(_REGISTRY)
+
+
 def create_processor(spec: str, options: dict[str, Any] | None = None) -> Processor:
     """Instantiate the processor named ``spec`` with its options."""
     factory: Callable[..., Any] | None
@@ -89,6 +94,7 @@ __all__ = [
     "Processor",
     "Result",
     "available_processors",
+    "builtin_processors",
     "create_processor",
     "register_processor",
 ]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
+from pydantic import BaseModel, ValidationError
+
+from s3flow.errors import ConfigError
 from s3flow.events import ObjectEvent
 from s3flow.objects import ObjectReader, open_object
 from s3flow.sinks.base import Sink
@@ -61,11 +64,39 @@ class Processor(Protocol):
         ...
 
 
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+def parse_options(processor: str, model: type[OptionsT], options: dict[str, Any]) -> OptionsT:
+    """Validate a pipeline's ``options`` table against a processor's pydantic model.
+
+    Raises ConfigError naming every bad key; an unknown key lists the known ones
+    (give the model ``extra="forbid"``).
+    """
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        known = ", ".join(sorted(model.model_fields))
+        lines = [f"processor {processor!r}: invalid [pipelines.options]:"]
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "<options>"
+            if err["type"] == "extra_forbidden":
+                lines.append(f"  - {loc}: unknown option (known: {known})")
+            else:
+                got = err.get("input")
+                shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+                lines.append(f"  - {loc}: {err['msg']}{shown}")
+        raise ConfigError("\n".join(lines)) from exc
+
+
 class BaseProcessor:
     """Convenience base: stores options, not CPU-bound, no-op lifecycle hooks."""
 
     name: ClassVar[str] = "base"
     cpu_bound: ClassVar[bool] = False
+    #: The pydantic model of this processor's ``[pipelines.options]`` (documented in
+    #: docs/configuration.md by ``s3flow config-reference``); None = no options.
+    options_model: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         self.options = dict(options or {})

@@ -17,8 +17,34 @@ import time
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from s3flow.errors import ConfigError, UndecodableContentError
-from s3flow.processors.base import BaseProcessor, ProcessContext, Result
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from s3flow.errors import UndecodableContentError
+from s3flow.processors.base import BaseProcessor, ProcessContext, Result, parse_options
+
+
+class LineCountOptions(BaseModel):
+    """Options of the ``line-count`` processor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text_encoding: str | None = Field(
+        default=None,
+        description=(
+            "Also check the content decodes in this encoding (e.g. 'utf-8'); "
+            "content that does not is a permanent error. None = count bytes only."
+        ),
+    )
+
+    @field_validator("text_encoding")
+    @classmethod
+    def _known_codec(cls, v: str | None) -> str | None:
+        if v:
+            try:
+                codecs.lookup(v)
+            except LookupError as exc:
+                raise ValueError(f"unknown text encoding {v!r}") from exc
+        return v or None
 
 
 class LineCountProcessor(BaseProcessor):
@@ -26,21 +52,12 @@ class LineCountProcessor(BaseProcessor):
 
     name: ClassVar[str] = "line-count"
     cpu_bound: ClassVar[bool] = False
+    options_model = LineCountOptions
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
-        unknown = set(self.options) - {"text_encoding"}
-        if unknown:
-            raise ConfigError(
-                f"line-count: unknown option(s) {sorted(unknown)}; known: ['text_encoding']"
-            )
-        enc = self.options.get("text_encoding")
-        if enc is not None:
-            try:
-                codecs.lookup(str(enc))
-            except LookupError as exc:
-                raise ConfigError(f"line-count: unknown text_encoding {enc!r}") from exc
-        self.text_encoding: str | None = str(enc) if enc else None
+        opts = parse_options(self.name, LineCountOptions, self.options)
+        self.text_encoding: str | None = opts.text_encoding
 
     async def process(self, ctx: ProcessContext) -> Result:
         started = time.perf_counter()
