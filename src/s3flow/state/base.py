@@ -16,6 +16,19 @@ Claims give idempotency: :meth:`StateStore.claim` returns ``acquired`` with
 a fencing token, ``done`` for a completed version, or ``busy`` while another
 owner holds an unexpired claim. An expired claim is taken over and the token
 increases; completing or failing with a stale token is refused.
+
+Manifests (the ``ndjson-to-parquet`` pipeline) track files separately from the
+engine's per-object lifecycle above, per ``(dataset, date)``::
+
+    file:      pending -> manifested -> processing -> completed | failed
+    manifest:  sealing -> sealed -> processing -> completed | failed
+               processing -> processing (re-entry after a crash)
+               failed -> processing (retry) | sealed (operator re-publish)
+
+:meth:`StateStore.add_pending` records a file (idempotent);
+:meth:`StateStore.seal_manifest` moves pending files into one manifest under a
+fenced lock, so no file lands in two manifests; a seal interrupted by a crash
+is finished by the next lock holder (:meth:`StateStore.unfinished_manifests`).
 """
 
 from __future__ import annotations
@@ -33,6 +46,10 @@ class StateError(S3flowError):
 
 class TransitionError(StateError):
     """A lifecycle transition that is not allowed."""
+
+
+class LockLostError(StateError):
+    """A fenced operation was refused: the lock is no longer held with that token."""
 
 
 class FileStatus(enum.StrEnum):
@@ -271,3 +288,232 @@ class StateStore(Protocol):
     async def release_lock(self, name: str, *, owner: str, token: int) -> bool:
         """Release a held lock; False if it was not ours any more."""
         ...
+
+    # --- manifests ----------------------------------------------------------------------
+
+    async def add_pending(self, dataset: str, date: str, file: ManifestFile) -> bool:
+        """Track ``file`` as pending for ``(dataset, date)``.
+
+        Idempotent: False (and nothing changes) if this (dataset, date, bucket,
+        key, version) is already tracked, whatever its status.
+        """
+        ...
+
+    async def get_tracked(self, dataset: str, date: str, oid: ObjectId) -> TrackedFile | None:
+        """One tracked file (``oid.version`` = versionId, else eTag)."""
+        ...
+
+    async def pending_files(
+        self, dataset: str, date: str, *, limit: int | None = None
+    ) -> list[TrackedFile]:
+        """The pending files of one (dataset, date), oldest first (at most ``limit``)."""
+        ...
+
+    async def pending(self, dataset: str, date: str) -> PendingSummary:
+        """Count, bytes and oldest add time of one (dataset, date)'s pending files."""
+        ...
+
+    async def pending_dates(self, dataset: str) -> list[PendingSummary]:
+        """One summary per date that has pending files, by date."""
+        ...
+
+    async def seal_manifest(
+        self, draft: ManifestRecord, *, lock: str, owner: str, token: int
+    ) -> ManifestRecord | None:
+        """Seal ``draft`` (status sealing, ``files`` = the pending files chosen).
+
+        Fenced: raises LockLostError unless ``lock`` is held by ``owner`` with
+        ``token``. Each listed file moves ``pending -> manifested`` only if it
+        is still pending (or already in this manifest), so no file is in two
+        manifests; the sealed record lists exactly the files moved. Calling it
+        again with an unfinished manifest (:meth:`unfinished_manifests`)
+        finishes it; with a sealed one returns it unchanged. Returns None, and
+        keeps no record, when no listed file could be moved.
+        """
+        ...
+
+    async def mark_published(self, manifest_id: str, location: str) -> ManifestRecord:
+        """Record where the sealed manifest's JSON was written (``s3://...``)."""
+        ...
+
+    async def unfinished_manifests(self, dataset: str) -> list[ManifestRecord]:
+        """Manifests still sealing, or sealed but not yet published, oldest first."""
+        ...
+
+    async def get_manifest(self, manifest_id: str) -> ManifestRecord | None:
+        """One manifest."""
+        ...
+
+    async def list_manifests(
+        self,
+        *,
+        dataset: str | None = None,
+        status: ManifestStatus | None = None,
+        limit: int = 1000,
+    ) -> list[ManifestRecord]:
+        """Manifests matching the filters, newest first."""
+        ...
+
+    async def set_manifest_status(
+        self,
+        manifest_id: str,
+        status: ManifestStatus,
+        *,
+        detail: str = "",
+        expect: ManifestStatus | None = None,
+    ) -> ManifestRecord:
+        """Move a manifest (and its files, see FILE_STATUS_OF) to ``status``.
+
+        Raises TransitionError if the transition is not allowed (see
+        MANIFEST_ALLOWED) or, with ``expect``, if the current status is another
+        (compare-and-set: of two racing callers exactly one wins). StateError if
+        unknown. Entering processing counts an attempt; ``detail`` (e.g. the
+        failure reason) is stored on the manifest and its files.
+        """
+        ...
+
+
+# --- manifests ----------------------------------------------------------------------
+
+
+class ManifestFileStatus(enum.StrEnum):
+    """Lifecycle of one file tracked for a manifest."""
+
+    PENDING = "pending"
+    MANIFESTED = "manifested"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class ManifestStatus(enum.StrEnum):
+    """Lifecycle of one manifest."""
+
+    SEALING = "sealing"  # being sealed (files moving into it); finished by the next holder
+    SEALED = "sealed"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+MANIFEST_ALLOWED: dict[ManifestStatus, frozenset[ManifestStatus]] = {
+    ManifestStatus.SEALING: frozenset({ManifestStatus.SEALED}),
+    ManifestStatus.SEALED: frozenset({ManifestStatus.PROCESSING}),
+    ManifestStatus.PROCESSING: frozenset(
+        {ManifestStatus.PROCESSING, ManifestStatus.COMPLETED, ManifestStatus.FAILED}
+    ),
+    ManifestStatus.FAILED: frozenset({ManifestStatus.PROCESSING, ManifestStatus.SEALED}),
+    ManifestStatus.COMPLETED: frozenset(),
+}
+
+#: The status a manifest's files take when the manifest enters a status.
+FILE_STATUS_OF: dict[ManifestStatus, ManifestFileStatus] = {
+    ManifestStatus.SEALING: ManifestFileStatus.MANIFESTED,
+    ManifestStatus.SEALED: ManifestFileStatus.MANIFESTED,
+    ManifestStatus.PROCESSING: ManifestFileStatus.PROCESSING,
+    ManifestStatus.COMPLETED: ManifestFileStatus.COMPLETED,
+    ManifestStatus.FAILED: ManifestFileStatus.FAILED,
+}
+
+
+def check_manifest_transition(old: ManifestStatus, new: ManifestStatus) -> None:
+    """Raise TransitionError unless the manifest transition ``old -> new`` is allowed."""
+    if new not in MANIFEST_ALLOWED[old]:
+        raise TransitionError(f"manifest transition {old.value} -> {new.value} is not allowed")
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    """One source file as a manifest lists it."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    version_id: str | None = None
+
+    @property
+    def version(self) -> str:
+        """The version identity: the versionId, else the eTag."""
+        return self.version_id or self.etag
+
+    @property
+    def id(self) -> ObjectId:
+        """This file's identity (as the engine's file records use it)."""
+        return ObjectId(self.bucket, self.key, self.version)
+
+    def to_json(self) -> dict[str, object]:
+        """The manifest JSON entry."""
+        return {
+            "bucket": self.bucket,
+            "key": self.key,
+            "size": self.size,
+            "etag": self.etag,
+            "version_id": self.version_id,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, object]) -> ManifestFile:
+        """Inverse of :meth:`to_json`."""
+        vid = doc.get("version_id")
+        return cls(
+            bucket=str(doc["bucket"]),
+            key=str(doc["key"]),
+            size=int(doc["size"]),  # type: ignore[call-overload]
+            etag=str(doc["etag"]),
+            version_id=None if vid is None else str(vid),
+        )
+
+
+@dataclass
+class TrackedFile:
+    """A file tracked for a manifest: where it is in its lifecycle."""
+
+    dataset: str
+    date: str
+    file: ManifestFile
+    status: ManifestFileStatus
+    manifest_id: str | None = None
+    added_at: float = 0.0
+    updated_at: float = 0.0
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class PendingSummary:
+    """Pending files of one (dataset, date): what the seal triggers look at."""
+
+    dataset: str
+    date: str
+    count: int
+    bytes: int
+    oldest_at: float | None  # when the oldest pending file was added (None if none)
+
+
+@dataclass
+class ManifestRecord:
+    """One manifest: a sealed batch of files of one (dataset, date)."""
+
+    manifest_id: str
+    dataset: str
+    date: str
+    status: ManifestStatus
+    files: list[ManifestFile]
+    trigger: str  # count | bytes | age | forced
+    fencing_token: int
+    sealed_by: str
+    created_at: float
+    updated_at: float = 0.0
+    location: str | None = None  # s3:// URI of the published manifest JSON (None: not yet)
+    detail: str = ""
+    attempts: int = 0  # times it entered processing
+
+    @property
+    def total_files(self) -> int:
+        """Number of files listed."""
+        return len(self.files)
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of the listed files' sizes."""
+        return sum(f.size for f in self.files)

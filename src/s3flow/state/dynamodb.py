@@ -1,6 +1,6 @@
 """DynamoDB state store: the multi-node backend (conditional writes, fencing tokens).
 
-Three tables, PAY_PER_REQUEST, created by :meth:`DynamoStateStore.ensure_tables`
+Four tables, PAY_PER_REQUEST, created by :meth:`DynamoStateStore.ensure_tables`
 (``s3flow provision``):
 
 ``<prefix>-files``
@@ -15,6 +15,21 @@ Three tables, PAY_PER_REQUEST, created by :meth:`DynamoStateStore.ensure_tables`
 ``<prefix>-meta``
     ``pk`` = ``counter#<name>`` (attribute ``n``), ``checkpoint#<name>``
     (``val``), ``lock#<name>`` (``owner``, ``token``, ``expires_at``).
+``<prefix>-manifests``
+    Manifests and the files tracked for them (``pk``/``sk``), keys JSON-encoded:
+    a tracked file is ``pk = ["file", dataset, date]``, ``sk = [bucket, key,
+    version]``; a manifest ``pk = ["manifest", id]``, ``sk = "m"``; a marker of
+    an unfinished seal ``pk = ["unfinished", dataset]``, ``sk = id``. A sparse
+    global secondary index ``pending`` (``pending_ds``, ``pending_sk =
+    <date>#<added micros>#<sk>``) holds exactly the pending files, so the sealer
+    reads only those. The index is eventually consistent; that is safe because
+    every move out of pending is a conditional write (``status = pending``):
+    a file seen late waits for the next seal, a file seen stale is not moved.
+    Sealing is not one transaction (TransactWriteItems takes 100 items, a
+    manifest 200+ files): the manifest is written first as ``sealing`` with the
+    files chosen, each file is moved conditionally, then the manifest is
+    ``sealed`` with exactly the files moved. A builder that dies midway leaves
+    the marker; the next lock holder finishes the same manifest.
 
 Every lifecycle change is decided by the same rules as the SQLite store
 (:mod:`s3flow.state.sqlite`) and written with a condition, so a stale token is
@@ -58,6 +73,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from aiobotocore.session import get_session
@@ -66,18 +82,29 @@ from s3flow.aws import client_config, endpoint_for
 from s3flow.errors import ConfigError, translate_aws_error
 from s3flow.settings import AwsSettings
 from s3flow.state.base import (
+    FILE_STATUS_OF,
     Claim,
     FileRecord,
     FileStatus,
     HistoryEntry,
+    LockLostError,
+    ManifestFile,
+    ManifestFileStatus,
+    ManifestRecord,
+    ManifestStatus,
     ObjectId,
+    PendingSummary,
     StateError,
+    TrackedFile,
 )
 from s3flow.state.lifecycle import (
     FencedFinishMixin,
     clip,
+    files_from_text,
+    files_to_text,
     plan_claim,
     plan_finish,
+    plan_manifest_status,
     plan_set_status,
     zero_counts,
 )
@@ -97,6 +124,26 @@ _PK_ONLY = (
     [{"AttributeName": "pk", "KeyType": "HASH"}],
     [{"AttributeName": "pk", "AttributeType": "S"}],
 )
+_PENDING_INDEX = "pending"
+_MANIFESTS_SCHEMA = (
+    _PK_SK[0],
+    [
+        *_PK_SK[1],
+        {"AttributeName": "pending_ds", "AttributeType": "S"},
+        {"AttributeName": "pending_sk", "AttributeType": "S"},
+    ],
+)
+_MANIFESTS_GSI = [
+    {
+        "IndexName": _PENDING_INDEX,
+        "KeySchema": [
+            {"AttributeName": "pending_ds", "KeyType": "HASH"},
+            {"AttributeName": "pending_sk", "KeyType": "RANGE"},
+        ],
+        "Projection": {"ProjectionType": "ALL"},
+    }
+]
+_MOVE_PARALLEL = 16  # concurrent conditional file moves while sealing
 _CONFLICT_CODES = frozenset({"ConditionalCheckFailedException", "TransactionConflictException"})
 
 
@@ -222,6 +269,98 @@ def _history_entry(item: Item) -> HistoryEntry:
     )
 
 
+def _jkey(*parts: str) -> str:
+    return json.dumps(list(parts), ensure_ascii=False, separators=(",", ":"))
+
+
+def _file_key(dataset: str, date: str, oid: ObjectId) -> Item:
+    return {
+        "pk": {"S": _jkey("file", dataset, date)},
+        "sk": {"S": _jkey(oid.bucket, oid.key, oid.version)},
+    }
+
+
+def _manifest_key(manifest_id: str) -> Item:
+    return {"pk": {"S": _jkey("manifest", manifest_id)}, "sk": {"S": "m"}}
+
+
+def _marker_key(dataset: str, manifest_id: str) -> Item:
+    return {"pk": {"S": _jkey("unfinished", dataset)}, "sk": {"S": manifest_id}}
+
+
+def _decode_tracked(item: Item) -> TrackedFile:
+    return TrackedFile(
+        dataset=item["dataset"]["S"],
+        date=item["date"]["S"],
+        file=ManifestFile(
+            bucket=item["bucket"]["S"],
+            key=item["key"]["S"],
+            size=int(item["size"]["N"]),
+            etag=item["etag"]["S"],
+            version_id=_str(item, "version_id"),
+        ),
+        status=ManifestFileStatus(item["status"]["S"]),
+        manifest_id=_str(item, "manifest_id"),
+        added_at=float(item["added_at"]["N"]),
+        updated_at=float(item["updated_at"]["N"]),
+        detail=_str(item, "detail") or "",
+    )
+
+
+def _encode_manifest(m: ManifestRecord, rev: int) -> Item:
+    item: Item = {
+        **_manifest_key(m.manifest_id),
+        "kind": {"S": "manifest"},
+        "manifest_id": {"S": m.manifest_id},
+        "dataset": {"S": m.dataset},
+        "date": {"S": m.date},
+        "status": {"S": m.status.value},
+        "files": {"S": files_to_text(m.files)},
+        "trigger": {"S": m.trigger},
+        "fencing_token": {"N": str(m.fencing_token)},
+        "sealed_by": {"S": m.sealed_by},
+        "created_at": {"N": _num(m.created_at)},
+        "updated_at": {"N": _num(m.updated_at)},
+        "attempts": {"N": str(m.attempts)},
+        "rev": {"N": str(rev)},
+    }
+    if m.location is not None:
+        item["location"] = {"S": m.location}
+    if m.detail:
+        item["detail"] = {"S": m.detail}
+    return item
+
+
+def _decode_manifest(item: Item) -> tuple[ManifestRecord, int]:
+    rec = ManifestRecord(
+        manifest_id=item["manifest_id"]["S"],
+        dataset=item["dataset"]["S"],
+        date=item["date"]["S"],
+        status=ManifestStatus(item["status"]["S"]),
+        files=files_from_text(item["files"]["S"]),
+        trigger=item["trigger"]["S"],
+        fencing_token=int(item["fencing_token"]["N"]),
+        sealed_by=item["sealed_by"]["S"],
+        created_at=float(item["created_at"]["N"]),
+        updated_at=float(item["updated_at"]["N"]),
+        location=_str(item, "location"),
+        detail=_str(item, "detail") or "",
+        attempts=int(item["attempts"]["N"]),
+    )
+    return rec, int(item.get("rev", {}).get("N", "0"))
+
+
+async def _bounded(n: int, coros: list[Any]) -> list[Any]:
+    """Await ``coros`` with at most ``n`` running at once; results in order."""
+    sem = asyncio.Semaphore(n)
+
+    async def one(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    return list(await asyncio.gather(*(one(c) for c in coros)))
+
+
 # --- the store ------------------------------------------------------------------------
 
 
@@ -250,6 +389,7 @@ class DynamoStateStore(FencedFinishMixin):
         self.files_table = f"{table_prefix}-files"
         self.history_table = f"{table_prefix}-history"
         self.meta_table = f"{table_prefix}-meta"
+        self.manifests_table = f"{table_prefix}-manifests"
         self._aws = aws
         self._clock = clock
         self._pool = pool
@@ -303,24 +443,28 @@ class DynamoStateStore(FencedFinishMixin):
             async with self:
                 return await self.ensure_tables()
         out: list[tuple[str, str]] = []
-        for table, (keys, attrs) in (
-            (self.files_table, _PK_SK),
-            (self.history_table, _PK_SK),
-            (self.meta_table, _PK_ONLY),
-        ):
+        specs: list[tuple[str, Any, list[Any] | None]] = [
+            (self.files_table, _PK_SK, None),
+            (self.history_table, _PK_SK, None),
+            (self.meta_table, _PK_ONLY, None),
+            (self.manifests_table, _MANIFESTS_SCHEMA, _MANIFESTS_GSI),
+        ]
+        for table, (keys, attrs), gsi in specs:
+            extra: Item = {} if gsi is None else {"GlobalSecondaryIndexes": gsi}
             try:
                 await self._client.create_table(
                     TableName=table,
                     KeySchema=keys,
                     AttributeDefinitions=attrs,
                     BillingMode="PAY_PER_REQUEST",
+                    **extra,
                 )
                 out.append((table, "created"))
             except Exception as exc:
                 if _error_code(exc) != "ResourceInUseException":
                     raise self._error(exc, "CreateTable", table) from exc
                 out.append((table, "unchanged"))
-        for (table, _), (keys, _attrs) in zip(out, (_PK_SK, _PK_SK, _PK_ONLY), strict=True):
+        for table, (keys, _attrs), _gsi in specs:
             await self._wait_active(table, keys)
         return out
 
@@ -800,6 +944,444 @@ class DynamoStateStore(FencedFinishMixin):
     async def release_lock(self, name: str, *, owner: str, token: int) -> bool:
         """Release a held lock; False if it was not ours any more."""
         return await self._lock_update(name, owner, token, "SET expires_at = :e REMOVE #o", 0.0)
+
+    # --- manifests ------------------------------------------------------------------------
+
+    async def add_pending(self, dataset: str, date: str, file: ManifestFile) -> bool:
+        """Track ``file`` as pending (one conditional PutItem)."""
+        now = self._clock()
+        key = _file_key(dataset, date, file.id)
+        item: Item = {
+            **key,
+            "kind": {"S": "file"},
+            "dataset": {"S": dataset},
+            "date": {"S": date},
+            "bucket": {"S": file.bucket},
+            "key": {"S": file.key},
+            "version": {"S": file.version},
+            "size": {"N": str(file.size)},
+            "etag": {"S": file.etag},
+            "status": {"S": ManifestFileStatus.PENDING.value},
+            "added_at": {"N": _num(now)},
+            "updated_at": {"N": _num(now)},
+            "pending_ds": {"S": dataset},
+            "pending_sk": {"S": f"{date}#{max(0, round(now * 1_000_000)):017d}#{key['sk']['S']}"},
+        }
+        if file.version_id is not None:
+            item["version_id"] = {"S": file.version_id}
+        try:
+            await self._api(
+                "PutItem",
+                self.manifests_table,
+                TableName=self.manifests_table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except _Conflict:
+            return False
+        return True
+
+    async def get_tracked(self, dataset: str, date: str, oid: ObjectId) -> TrackedFile | None:
+        """One tracked file."""
+        resp = await self._api(
+            "GetItem",
+            self.manifests_table,
+            TableName=self.manifests_table,
+            Key=_file_key(dataset, date, oid),
+            ConsistentRead=True,
+        )
+        item = resp.get("Item")
+        return None if item is None else _decode_tracked(item)
+
+    async def _query(self, table: str, **kwargs: Any) -> list[Item]:
+        items: list[Item] = []
+        start: Item | None = None
+        while True:
+            args = dict(kwargs, TableName=table)
+            if start:
+                args["ExclusiveStartKey"] = start
+            resp = await self._api("Query", table, **args)
+            items += resp.get("Items") or []
+            start = resp.get("LastEvaluatedKey")
+            if not start:
+                return items
+
+    async def _pending_items(self, dataset: str, date: str | None) -> list[TrackedFile]:
+        values: Item = {":ds": {"S": dataset}}
+        cond = "#pds = :ds"
+        names = {"#pds": "pending_ds"}
+        if date is not None:
+            cond += " AND begins_with(#psk, :d)"
+            names["#psk"] = "pending_sk"
+            values[":d"] = {"S": date + "#"}
+        items = await self._query(
+            self.manifests_table,
+            IndexName=_PENDING_INDEX,
+            KeyConditionExpression=cond,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+        # The index may lag the table: keep what is (still) pending.
+        out = [_decode_tracked(i) for i in items]
+        return [t for t in out if t.status is ManifestFileStatus.PENDING]
+
+    async def pending_files(
+        self, dataset: str, date: str, *, limit: int | None = None
+    ) -> list[TrackedFile]:
+        """The pending files of one (dataset, date), oldest first (index Query)."""
+        files = await self._pending_items(dataset, date)
+        files.sort(key=lambda t: (t.added_at, t.file.bucket, t.file.key, t.file.version))
+        return files if limit is None else files[: max(0, limit)]
+
+    async def pending(self, dataset: str, date: str) -> PendingSummary:
+        """Count, bytes and oldest add time of one (dataset, date)'s pending files."""
+        files = await self._pending_items(dataset, date)
+        return PendingSummary(
+            dataset,
+            date,
+            len(files),
+            sum(t.file.size for t in files),
+            min((t.added_at for t in files), default=None),
+        )
+
+    async def pending_dates(self, dataset: str) -> list[PendingSummary]:
+        """One summary per date that has pending files, by date."""
+        by_date: dict[str, list[TrackedFile]] = {}
+        for t in await self._pending_items(dataset, None):
+            by_date.setdefault(t.date, []).append(t)
+        return [
+            PendingSummary(
+                dataset,
+                d,
+                len(fs),
+                sum(t.file.size for t in fs),
+                min(t.added_at for t in fs),
+            )
+            for d, fs in sorted(by_date.items())
+        ]
+
+    async def _read_manifest(self, manifest_id: str) -> tuple[ManifestRecord | None, int]:
+        resp = await self._api(
+            "GetItem",
+            self.manifests_table,
+            TableName=self.manifests_table,
+            Key=_manifest_key(manifest_id),
+            ConsistentRead=True,
+        )
+        item = resp.get("Item")
+        if item is None:
+            return None, 0
+        return _decode_manifest(item)
+
+    async def _fence(self, lock: str, owner: str, token: int) -> None:
+        now = self._clock()
+        try:
+            await self._api(
+                "UpdateItem",
+                self.meta_table,
+                TableName=self.meta_table,
+                Key={"pk": {"S": f"lock#{lock}"}},
+                UpdateExpression="SET #fa = :now",
+                ConditionExpression="#o = :o AND #t = :t AND #ex > :now",
+                ExpressionAttributeNames={
+                    "#o": "owner",
+                    "#t": "token",
+                    "#ex": "expires_at",
+                    "#fa": "fenced_at",
+                },
+                ExpressionAttributeValues={
+                    ":o": {"S": owner},
+                    ":t": {"N": str(token)},
+                    ":now": {"N": _num(now)},
+                },
+            )
+        except _Conflict as exc:
+            raise LockLostError(
+                f"lock {lock!r} is no longer held by {owner} with token {token}"
+            ) from exc
+
+    async def _move_file(self, m: ManifestRecord, f: ManifestFile, now: float) -> bool:
+        try:
+            await self._api(
+                "UpdateItem",
+                self.manifests_table,
+                TableName=self.manifests_table,
+                Key=_file_key(m.dataset, m.date, f.id),
+                UpdateExpression=("SET #st = :m, #mid = :id, #up = :now REMOVE #pds, #psk"),
+                ConditionExpression="#st = :p OR (#st = :m AND #mid = :id)",
+                ExpressionAttributeNames={
+                    "#st": "status",
+                    "#mid": "manifest_id",
+                    "#up": "updated_at",
+                    "#pds": "pending_ds",
+                    "#psk": "pending_sk",
+                },
+                ExpressionAttributeValues={
+                    ":m": {"S": ManifestFileStatus.MANIFESTED.value},
+                    ":p": {"S": ManifestFileStatus.PENDING.value},
+                    ":id": {"S": m.manifest_id},
+                    ":now": {"N": _num(now)},
+                },
+            )
+        except _Conflict:
+            return False
+        return True
+
+    async def _delete(self, key: Item, **cond: Any) -> bool:
+        try:
+            await self._api(
+                "DeleteItem",
+                self.manifests_table,
+                TableName=self.manifests_table,
+                Key=key,
+                **cond,
+            )
+        except _Conflict:
+            return False
+        return True
+
+    async def seal_manifest(
+        self, draft: ManifestRecord, *, lock: str, owner: str, token: int
+    ) -> ManifestRecord | None:
+        """Seal ``draft``: record + marker, conditional moves, then sealed (see module doc)."""
+        await self._fence(lock, owner, token)
+        base, rev = await self._read_manifest(draft.manifest_id)
+        if base is not None and base.status is not ManifestStatus.SEALING:
+            return base
+        if base is None:
+            now = self._clock()
+            base = replace(
+                draft,
+                status=ManifestStatus.SEALING,
+                files=list(draft.files),
+                created_at=draft.created_at or now,
+                updated_at=now,
+            )
+            await self._api(
+                "PutItem",
+                self.manifests_table,
+                TableName=self.manifests_table,
+                Item={**_marker_key(base.dataset, base.manifest_id), "at": {"N": _num(now)}},
+            )
+            try:
+                await self._api(
+                    "PutItem",
+                    self.manifests_table,
+                    TableName=self.manifests_table,
+                    Item=_encode_manifest(base, 1),
+                    ConditionExpression="attribute_not_exists(pk)",
+                )
+                rev = 1
+            except _Conflict:
+                found, rev = await self._read_manifest(draft.manifest_id)
+                if found is None:
+                    raise StateError(
+                        f"manifest {draft.manifest_id} vanished while being sealed"
+                    ) from None
+                if found.status is not ManifestStatus.SEALING:
+                    return found
+                base = found
+        now = self._clock()
+        moved_flags = await _bounded(
+            _MOVE_PARALLEL, [self._move_file(base, f, now) for f in base.files]
+        )
+        moved = [f for f, ok in zip(base.files, moved_flags, strict=True) if ok]
+        if not moved:
+            await self._delete(
+                _manifest_key(base.manifest_id),
+                ConditionExpression="#st = :s",
+                ExpressionAttributeNames={"#st": "status"},
+                ExpressionAttributeValues={":s": {"S": ManifestStatus.SEALING.value}},
+            )
+            await self._delete(_marker_key(base.dataset, base.manifest_id))
+            return None
+        sealed = replace(base, status=ManifestStatus.SEALED, files=moved, updated_at=now)
+        try:
+            await self._api(
+                "PutItem",
+                self.manifests_table,
+                TableName=self.manifests_table,
+                Item=_encode_manifest(sealed, rev + 1),
+                ConditionExpression="#st = :s",
+                ExpressionAttributeNames={"#st": "status"},
+                ExpressionAttributeValues={":s": {"S": ManifestStatus.SEALING.value}},
+            )
+        except _Conflict:
+            found, _ = await self._read_manifest(base.manifest_id)
+            if found is None:
+                raise StateError(f"manifest {base.manifest_id} vanished while sealed") from None
+            return found  # finished by another holder of the lock: the same files
+        return sealed
+
+    async def mark_published(self, manifest_id: str, location: str) -> ManifestRecord:
+        """Record where the sealed manifest's JSON was written; drop its marker."""
+        try:
+            resp = await self._api(
+                "UpdateItem",
+                self.manifests_table,
+                TableName=self.manifests_table,
+                Key=_manifest_key(manifest_id),
+                UpdateExpression="SET #loc = :l, #up = :now ADD #rev :one",
+                ConditionExpression="attribute_exists(pk) AND #st <> :s",
+                ExpressionAttributeNames={
+                    "#loc": "location",
+                    "#st": "status",
+                    "#rev": "rev",
+                    "#up": "updated_at",
+                },
+                ExpressionAttributeValues={
+                    ":l": {"S": location},
+                    ":now": {"N": _num(self._clock())},
+                    ":s": {"S": ManifestStatus.SEALING.value},
+                    ":one": {"N": "1"},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except _Conflict:
+            found, _ = await self._read_manifest(manifest_id)
+            if found is None:
+                raise StateError(f"no manifest {manifest_id!r}") from None
+            raise StateError(f"manifest {manifest_id} is not sealed yet") from None
+        rec, _ = _decode_manifest(resp["Attributes"])
+        await self._delete(_marker_key(rec.dataset, manifest_id))
+        return rec
+
+    async def unfinished_manifests(self, dataset: str) -> list[ManifestRecord]:
+        """Manifests still sealing, or sealed but not yet published (marker Query)."""
+        markers = await self._query(
+            self.manifests_table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": _jkey("unfinished", dataset)}},
+            ConsistentRead=True,
+        )
+        out: list[ManifestRecord] = []
+        for marker in markers:
+            mid = marker["sk"]["S"]
+            rec, _ = await self._read_manifest(mid)
+            if rec is not None and (
+                rec.status is ManifestStatus.SEALING
+                or (rec.status is ManifestStatus.SEALED and rec.location is None)
+            ):
+                out.append(rec)
+            elif rec is not None or self._clock() - float(marker["at"]["N"]) > 3600:
+                # Done (or never created: a marker older than any seal can take).
+                await self._delete(_marker_key(dataset, mid))
+        out.sort(key=lambda m: (m.created_at, m.manifest_id))
+        return out
+
+    async def get_manifest(self, manifest_id: str) -> ManifestRecord | None:
+        """One manifest."""
+        return (await self._read_manifest(manifest_id))[0]
+
+    async def list_manifests(
+        self,
+        *,
+        dataset: str | None = None,
+        status: ManifestStatus | None = None,
+        limit: int = 1000,
+    ) -> list[ManifestRecord]:
+        """Manifests matching the filters, newest first (a filtered Scan)."""
+        cond = ["#kind = :k"]
+        names: dict[str, str] = {"#kind": "kind"}
+        values: Item = {":k": {"S": "manifest"}}
+        if dataset is not None:
+            cond.append("#ds = :ds")
+            names["#ds"] = "dataset"
+            values[":ds"] = {"S": dataset}
+        if status is not None:
+            cond.append("#st = :st")
+            names["#st"] = "status"
+            values[":st"] = {"S": ManifestStatus(status).value}
+        args: Item = {
+            "TableName": self.manifests_table,
+            "ConsistentRead": True,
+            "FilterExpression": " AND ".join(cond),
+            "ExpressionAttributeValues": values,
+        }
+        args["ExpressionAttributeNames"] = names
+        items: list[Item] = []
+        start: Item | None = None
+        while True:
+            if start:
+                args["ExclusiveStartKey"] = start
+            resp = await self._api("Scan", self.manifests_table, **args)
+            items += resp.get("Items") or []
+            start = resp.get("LastEvaluatedKey")
+            if not start:
+                break
+        recs = [_decode_manifest(i)[0] for i in items]
+        recs.sort(key=lambda m: (m.created_at, m.manifest_id), reverse=True)
+        return recs[: max(0, limit)]
+
+    async def set_manifest_status(
+        self,
+        manifest_id: str,
+        status: ManifestStatus,
+        *,
+        detail: str = "",
+        expect: ManifestStatus | None = None,
+    ) -> ManifestRecord:
+        """Move a manifest (revision-conditioned Put), then each of its files."""
+        for attempt in range(_MAX_CONFLICT_RETRIES):
+            rec, rev = await self._read_manifest(manifest_id)
+            new = plan_manifest_status(
+                rec, manifest_id, status, detail=detail, expect=expect, now=self._clock()
+            )
+            try:
+                await self._api(
+                    "PutItem",
+                    self.manifests_table,
+                    TableName=self.manifests_table,
+                    Item=_encode_manifest(new, rev + 1),
+                    ConditionExpression="#rev = :rev",
+                    ExpressionAttributeNames={"#rev": "rev"},
+                    ExpressionAttributeValues={":rev": {"N": str(rev)}},
+                )
+            except _Conflict:
+                if attempt >= 2:
+                    await asyncio.sleep(random.uniform(0, min(0.01 * attempt, 0.2)))
+                continue
+            await _bounded(_MOVE_PARALLEL, [self._set_file_status(new, f) for f in new.files])
+            return new
+        raise StateError(
+            f"state store dynamodb://{self.table_prefix}: gave up on manifest {manifest_id} "
+            f"after {_MAX_CONFLICT_RETRIES} conflicting writes"
+        )
+
+    async def _set_file_status(self, m: ManifestRecord, f: ManifestFile) -> None:
+        # A file's status follows its manifest's; a crash between the two is
+        # repaired by the next status change (the manifest is the truth).
+        values: Item = {
+            ":st": {"S": FILE_STATUS_OF[m.status].value},
+            ":now": {"N": _num(m.updated_at)},
+            ":id": {"S": m.manifest_id},
+        }
+        update = "SET #st = :st, #up = :now"
+        if m.detail:
+            update += ", #dt = :d"
+            values[":d"] = {"S": m.detail}
+        else:
+            update += " REMOVE #dt"
+        try:
+            await self._api(
+                "UpdateItem",
+                self.manifests_table,
+                TableName=self.manifests_table,
+                Key=_file_key(m.dataset, m.date, f.id),
+                UpdateExpression=update,
+                ConditionExpression="#mid = :id",
+                ExpressionAttributeNames={
+                    "#st": "status",
+                    "#dt": "detail",
+                    "#mid": "manifest_id",
+                    "#up": "updated_at",
+                },
+                ExpressionAttributeValues=values,
+            )
+        except _Conflict:
+            log.warning(
+                "manifest %s: file s3://%s/%s is not tracked in it", m.manifest_id, f.bucket, f.key
+            )
 
 
 def _snake(op: str) -> str:

@@ -9,6 +9,7 @@ both the same ``complete`` / ``fail`` / ``release`` on top of their ``_finish``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import overload
 
@@ -18,9 +19,13 @@ from s3flow.state.base import (
     FileRecord,
     FileStatus,
     HistoryEntry,
+    ManifestFile,
+    ManifestRecord,
+    ManifestStatus,
     ObjectId,
     StateError,
     TransitionError,
+    check_manifest_transition,
     check_transition,
 )
 
@@ -248,3 +253,43 @@ class FencedFinishMixin:
     async def release(self, oid: ObjectId, *, token: int) -> bool:
         """processing -> received, claim cleared (shutdown). False if stale."""
         return await self._finish(oid, token=token, status=FileStatus.RECEIVED, detail="released")
+
+
+# --- manifests ------------------------------------------------------------------------
+
+
+def files_to_text(files: list[ManifestFile]) -> str:
+    """A manifest's file list as stored (compact JSON)."""
+    return json.dumps([f.to_json() for f in files], separators=(",", ":"), ensure_ascii=False)
+
+
+def files_from_text(text: str) -> list[ManifestFile]:
+    """Inverse of :func:`files_to_text`."""
+    return [ManifestFile.from_json(d) for d in json.loads(text)]
+
+
+def plan_manifest_status(
+    rec: ManifestRecord | None,
+    manifest_id: str,
+    status: ManifestStatus,
+    *,
+    detail: str,
+    expect: ManifestStatus | None,
+    now: float,
+) -> ManifestRecord:
+    """The manifest after an operator / compaction status change (raises if refused)."""
+    if rec is None:
+        raise StateError(f"no manifest {manifest_id!r}")
+    if expect is not None and rec.status is not expect:
+        raise TransitionError(
+            f"manifest {manifest_id} is {rec.status.value}, not {expect.value} as expected"
+        )
+    check_manifest_transition(rec.status, status)
+    return replace(
+        rec,
+        status=status,
+        files=list(rec.files),
+        detail=clip(detail),
+        attempts=rec.attempts + (1 if status is ManifestStatus.PROCESSING else 0),
+        updated_at=now,
+    )

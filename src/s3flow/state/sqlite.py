@@ -22,21 +22,34 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from s3flow.state.base import (
+    FILE_STATUS_OF,
     Claim,
     FileRecord,
     FileStatus,
     HistoryEntry,
+    LockLostError,
+    ManifestFile,
+    ManifestFileStatus,
+    ManifestRecord,
+    ManifestStatus,
     ObjectId,
+    PendingSummary,
     StateError,
+    TrackedFile,
 )
 from s3flow.state.lifecycle import (
     FencedFinishMixin,
+    clip,
+    files_from_text,
+    files_to_text,
     plan_claim,
     plan_finish,
+    plan_manifest_status,
     plan_set_status,
     zero_counts,
 )
@@ -94,6 +107,57 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS locks (
         name TEXT PRIMARY KEY, owner TEXT, token INTEGER NOT NULL, expires_at REAL
     )""",
+    # Manifests (additive tables: an older database gains them on open).
+    """CREATE TABLE IF NOT EXISTS manifest_files (
+        dataset TEXT NOT NULL,
+        date TEXT NOT NULL,
+        bucket TEXT NOT NULL,
+        key TEXT NOT NULL,
+        version TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        etag TEXT NOT NULL,
+        version_id TEXT,
+        status TEXT NOT NULL,
+        manifest_id TEXT,
+        added_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (dataset, date, bucket, key, version)
+    )""",
+    "CREATE INDEX IF NOT EXISTS mfiles_status ON manifest_files (dataset, status, date, added_at)",
+    "CREATE INDEX IF NOT EXISTS mfiles_manifest ON manifest_files (manifest_id)",
+    """CREATE TABLE IF NOT EXISTS manifests (
+        manifest_id TEXT PRIMARY KEY,
+        dataset TEXT NOT NULL,
+        date TEXT NOT NULL,
+        status TEXT NOT NULL,
+        files TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        fencing_token INTEGER NOT NULL,
+        sealed_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        location TEXT,
+        detail TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS manifests_dataset ON manifests (dataset, status, created_at)",
+    "CREATE INDEX IF NOT EXISTS manifests_created ON manifests (created_at)",
+)
+
+_MF_COLS = (
+    "dataset, date, bucket, key, version, size, etag, version_id, status, manifest_id, "
+    "added_at, updated_at, detail"
+)
+_M_COLS = (
+    "manifest_id, dataset, date, status, files, trigger, fencing_token, sealed_by, "
+    "created_at, updated_at, location, detail, attempts"
+)
+_M_UPSERT = (
+    f"INSERT INTO manifests ({_M_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (manifest_id) DO UPDATE SET status = excluded.status, files = excluded.files, "
+    "updated_at = excluded.updated_at, location = excluded.location, "
+    "detail = excluded.detail, attempts = excluded.attempts"
 )
 
 _COLS = (
@@ -179,6 +243,62 @@ def _row(rec: FileRecord) -> tuple[Any, ...]:
 def _select(conn: sqlite3.Connection, oid: ObjectId) -> FileRecord | None:
     r = conn.execute(_SELECT_ONE, (oid.bucket, oid.key, oid.version)).fetchone()
     return None if r is None else _record(r)
+
+
+def _tracked(r: tuple[Any, ...]) -> TrackedFile:
+    return TrackedFile(
+        dataset=r[0],
+        date=r[1],
+        file=ManifestFile(bucket=r[2], key=r[3], size=r[5], etag=r[6], version_id=r[7]),
+        status=ManifestFileStatus(r[8]),
+        manifest_id=r[9],
+        added_at=r[10],
+        updated_at=r[11],
+        detail=r[12],
+    )
+
+
+def _manifest(r: tuple[Any, ...]) -> ManifestRecord:
+    return ManifestRecord(
+        manifest_id=r[0],
+        dataset=r[1],
+        date=r[2],
+        status=ManifestStatus(r[3]),
+        files=files_from_text(r[4]),
+        trigger=r[5],
+        fencing_token=r[6],
+        sealed_by=r[7],
+        created_at=r[8],
+        updated_at=r[9],
+        location=r[10],
+        detail=r[11],
+        attempts=r[12],
+    )
+
+
+def _manifest_row(m: ManifestRecord) -> tuple[Any, ...]:
+    return (
+        m.manifest_id,
+        m.dataset,
+        m.date,
+        m.status.value,
+        files_to_text(m.files),
+        m.trigger,
+        m.fencing_token,
+        m.sealed_by,
+        m.created_at,
+        m.updated_at,
+        m.location,
+        m.detail,
+        m.attempts,
+    )
+
+
+def _select_manifest(conn: sqlite3.Connection, manifest_id: str) -> ManifestRecord | None:
+    r = conn.execute(
+        f"SELECT {_M_COLS} FROM manifests WHERE manifest_id = ?", (manifest_id,)
+    ).fetchone()
+    return None if r is None else _manifest(r)
 
 
 def _write(conn: sqlite3.Connection, rec: FileRecord, entry: HistoryEntry) -> None:
@@ -581,3 +701,214 @@ class SqliteStateStore(FencedFinishMixin):
             return cur.rowcount == 1
 
         return await self._run(run)
+
+    # --- manifests ------------------------------------------------------------------------
+
+    async def add_pending(self, dataset: str, date: str, file: ManifestFile) -> bool:
+        """Track ``file`` as pending (see :meth:`StateStore.add_pending`)."""
+
+        def run(conn: sqlite3.Connection) -> bool:
+            now = self._clock()
+            cur = conn.execute(
+                f"INSERT INTO manifest_files ({_MF_COLS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, '') ON CONFLICT DO NOTHING",
+                (
+                    dataset,
+                    date,
+                    file.bucket,
+                    file.key,
+                    file.version,
+                    file.size,
+                    file.etag,
+                    file.version_id,
+                    ManifestFileStatus.PENDING.value,
+                    now,
+                    now,
+                ),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(run)
+
+    async def get_tracked(self, dataset: str, date: str, oid: ObjectId) -> TrackedFile | None:
+        """One tracked file."""
+
+        def run(conn: sqlite3.Connection) -> TrackedFile | None:
+            r = conn.execute(
+                f"SELECT {_MF_COLS} FROM manifest_files WHERE dataset = ? AND date = ? "
+                "AND bucket = ? AND key = ? AND version = ?",
+                (dataset, date, oid.bucket, oid.key, oid.version),
+            ).fetchone()
+            return None if r is None else _tracked(r)
+
+        return await self._run(run)
+
+    async def pending_files(
+        self, dataset: str, date: str, *, limit: int | None = None
+    ) -> list[TrackedFile]:
+        """The pending files of one (dataset, date), oldest first."""
+        sql = (
+            f"SELECT {_MF_COLS} FROM manifest_files WHERE dataset = ? AND status = 'pending' "
+            "AND date = ? ORDER BY added_at, bucket, key, version LIMIT ?"
+        )
+        args = (dataset, date, -1 if limit is None else max(0, limit))
+        return await self._run(lambda conn: [_tracked(r) for r in conn.execute(sql, args)])
+
+    async def pending(self, dataset: str, date: str) -> PendingSummary:
+        """Count, bytes and oldest add time of one (dataset, date)'s pending files."""
+
+        def run(conn: sqlite3.Connection) -> PendingSummary:
+            n, total, oldest = conn.execute(
+                "SELECT count(*), coalesce(sum(size), 0), min(added_at) FROM manifest_files "
+                "WHERE dataset = ? AND status = 'pending' AND date = ?",
+                (dataset, date),
+            ).fetchone()
+            return PendingSummary(dataset, date, int(n), int(total), oldest)
+
+        return await self._run(run)
+
+    async def pending_dates(self, dataset: str) -> list[PendingSummary]:
+        """One summary per date that has pending files, by date."""
+
+        def run(conn: sqlite3.Connection) -> list[PendingSummary]:
+            rows = conn.execute(
+                "SELECT date, count(*), sum(size), min(added_at) FROM manifest_files "
+                "WHERE dataset = ? AND status = 'pending' GROUP BY date ORDER BY date",
+                (dataset,),
+            )
+            return [PendingSummary(dataset, d, int(n), int(b), a) for d, n, b, a in rows]
+
+        return await self._run(run)
+
+    def _check_lock(self, conn: sqlite3.Connection, lock: str, owner: str, token: int) -> None:
+        row = conn.execute(
+            "SELECT owner, token, expires_at FROM locks WHERE name = ?", (lock,)
+        ).fetchone()
+        if row is None or row[0] != owner or row[1] != token or (row[2] or 0) <= self._clock():
+            raise LockLostError(f"lock {lock!r} is no longer held by {owner} with token {token}")
+
+    async def seal_manifest(
+        self, draft: ManifestRecord, *, lock: str, owner: str, token: int
+    ) -> ManifestRecord | None:
+        """Seal ``draft`` in one transaction (see :meth:`StateStore.seal_manifest`)."""
+
+        def tx(conn: sqlite3.Connection) -> ManifestRecord | None:
+            self._check_lock(conn, lock, owner, token)
+            existing = _select_manifest(conn, draft.manifest_id)
+            if existing is not None and existing.status is not ManifestStatus.SEALING:
+                return existing
+            base = existing or draft
+            now = self._clock()
+            moved: list[ManifestFile] = []
+            for f in base.files:
+                cur = conn.execute(
+                    "UPDATE manifest_files SET status = 'manifested', manifest_id = ?, "
+                    "updated_at = ? WHERE dataset = ? AND date = ? AND bucket = ? AND key = ? "
+                    "AND version = ? AND (status = 'pending' OR "
+                    "(status = 'manifested' AND manifest_id = ?))",
+                    (
+                        base.manifest_id,
+                        now,
+                        base.dataset,
+                        base.date,
+                        f.bucket,
+                        f.key,
+                        f.version,
+                        base.manifest_id,
+                    ),
+                )
+                if cur.rowcount == 1:
+                    moved.append(f)
+            if not moved:
+                conn.execute("DELETE FROM manifests WHERE manifest_id = ?", (base.manifest_id,))
+                return None
+            sealed = replace(
+                base,
+                status=ManifestStatus.SEALED,
+                files=moved,
+                created_at=base.created_at or now,
+                updated_at=now,
+            )
+            conn.execute(_M_UPSERT, _manifest_row(sealed))
+            return sealed
+
+        return await self._run(lambda conn: _in_tx(conn, tx))
+
+    async def mark_published(self, manifest_id: str, location: str) -> ManifestRecord:
+        """Record where the sealed manifest's JSON was written."""
+
+        def tx(conn: sqlite3.Connection) -> ManifestRecord:
+            rec = _select_manifest(conn, manifest_id)
+            if rec is None:
+                raise StateError(f"no manifest {manifest_id!r}")
+            if rec.status is ManifestStatus.SEALING:
+                raise StateError(f"manifest {manifest_id} is not sealed yet")
+            new = replace(rec, location=location, updated_at=self._clock())
+            conn.execute(_M_UPSERT, _manifest_row(new))
+            return new
+
+        return await self._run(lambda conn: _in_tx(conn, tx))
+
+    async def unfinished_manifests(self, dataset: str) -> list[ManifestRecord]:
+        """Manifests still sealing, or sealed but not yet published, oldest first."""
+        sql = (
+            f"SELECT {_M_COLS} FROM manifests WHERE dataset = ? AND (status = 'sealing' OR "
+            "(status = 'sealed' AND location IS NULL)) ORDER BY created_at, manifest_id"
+        )
+        return await self._run(lambda conn: [_manifest(r) for r in conn.execute(sql, (dataset,))])
+
+    async def get_manifest(self, manifest_id: str) -> ManifestRecord | None:
+        """One manifest."""
+        return await self._run(lambda conn: _select_manifest(conn, manifest_id))
+
+    async def list_manifests(
+        self,
+        *,
+        dataset: str | None = None,
+        status: ManifestStatus | None = None,
+        limit: int = 1000,
+    ) -> list[ManifestRecord]:
+        """Manifests matching the filters, newest first."""
+        where: list[str] = []
+        args: list[Any] = []
+        if dataset is not None:
+            where.append("dataset = ?")
+            args.append(dataset)
+        if status is not None:
+            where.append("status = ?")
+            args.append(ManifestStatus(status).value)
+        sql = f"SELECT {_M_COLS} FROM manifests"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, manifest_id DESC LIMIT ?"
+        args.append(max(0, limit))
+        return await self._run(lambda conn: [_manifest(r) for r in conn.execute(sql, args)])
+
+    async def set_manifest_status(
+        self,
+        manifest_id: str,
+        status: ManifestStatus,
+        *,
+        detail: str = "",
+        expect: ManifestStatus | None = None,
+    ) -> ManifestRecord:
+        """Move a manifest and its files to ``status`` (one transaction)."""
+
+        def tx(conn: sqlite3.Connection) -> ManifestRecord:
+            new = plan_manifest_status(
+                _select_manifest(conn, manifest_id),
+                manifest_id,
+                status,
+                detail=detail,
+                expect=expect,
+                now=self._clock(),
+            )
+            conn.execute(_M_UPSERT, _manifest_row(new))
+            conn.execute(
+                "UPDATE manifest_files SET status = ?, detail = ?, updated_at = ? "
+                "WHERE manifest_id = ?",
+                (FILE_STATUS_OF[status].value, clip(detail), new.updated_at, manifest_id),
+            )
+            return new
+
+        return await self._run(lambda conn: _in_tx(conn, tx))
