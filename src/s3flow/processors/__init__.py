@@ -86,6 +86,9 @@ def create_processor(spec: str, options: dict[str, Any] | None = None) -> Proces
 from s3flow.processors.line_count import LineCountProcessor  # noqa: E402
 
 _REGISTRY.setdefault(LineCountProcessor.name, LineCountProcessor)
+from s3flow.processors.ndjson_manifest import NdjsonManifestProcessor  # noqa: E402
+
+_REGISTRY.setdefault(NdjsonManifestProcessor.name, NdjsonManifestProcessor)
 
 __all__ = [
     "BaseProcessor",
