@@ -1,0 +1,178 @@
+"""Manifest domain rules: dates, triggers, batch choice, the JSON document, options."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from s3flow.errors import ConfigError
+from s3flow.manifests import (
+    Triggers,
+    date_from_key,
+    date_from_record,
+    manifest_document,
+    manifest_id,
+    manifest_key,
+    valid_date,
+)
+from s3flow.processors import create_processor
+from s3flow.processors.ndjson_manifest import NdjsonManifestOptions, NdjsonManifestProcessor
+from s3flow.state.base import (
+    ManifestFile,
+    ManifestFileStatus,
+    ManifestRecord,
+    ManifestStatus,
+    PendingSummary,
+    TrackedFile,
+)
+
+DEFAULT = re.compile(NdjsonManifestOptions().date_pattern)
+
+
+@pytest.mark.parametrize(
+    ("key", "day"),
+    [
+        ("2025-12-23/events-001.ndjson", "2025-12-23"),
+        ("raw/2025-12-23/x.ndjson.gz", "2025-12-23"),
+        ("raw/date=2025-01-02/x.ndjson", "2025-01-02"),
+        ("raw/dt=2025-01-02/x.ndjson", "2025-01-02"),
+        ("2025-02-30/impossible.ndjson", None),
+        ("undated/x.ndjson", None),
+        ("raw/x-2025-12-23.ndjson", None),  # a date inside a name is not a date prefix
+    ],
+)
+def test_date_from_key(key: str, day: str | None) -> None:
+    assert date_from_key(key, DEFAULT) == day
+
+
+def test_date_from_key_custom_pattern() -> None:
+    assert date_from_key("x/20251223-a.json", re.compile(r"(\d{8})")) is None  # not ISO
+    assert date_from_key("x/a-2025-12-23.json", re.compile(r"-(\d{4}-\d{2}-\d{2})\.")) == (
+        "2025-12-23"
+    )
+
+
+@pytest.mark.parametrize(
+    ("record", "field", "day"),
+    [
+        ({"date": "2025-12-23"}, "date", "2025-12-23"),
+        ({"ts": "2025-12-23T23:59:59Z"}, "ts", "2025-12-23"),
+        ({"meta": {"at": 1766448000}}, "meta.at", "2025-12-23"),
+        ({"at": 1766448000123}, "at", "2025-12-23"),  # milliseconds
+        ({"at": True}, "at", None),
+        ({"date": "soon"}, "date", None),
+        ({"other": 1}, "date", None),
+        ({"meta": 3}, "meta.at", None),
+    ],
+)
+def test_date_from_record(record: dict[str, object], field: str, day: str | None) -> None:
+    assert date_from_record(record, field) == day
+
+
+def test_valid_date() -> None:
+    assert valid_date("2024-02-29") == "2024-02-29"
+    assert valid_date("2023-02-29") is None
+
+
+def test_triggers_fire_at_the_thresholds() -> None:
+    t = Triggers(max_files=3, max_bytes=100, max_wait_s=60)
+
+    def s(count: int, size: int, oldest: float | None = 1000.0) -> PendingSummary:
+        return PendingSummary("ds", "2025-12-23", count, size, oldest)
+
+    assert t.due(s(0, 0, None), 5000) is None
+    assert t.due(s(2, 99), 1059.9) is None
+    assert t.due(s(3, 10), 1000) == "count"
+    assert t.due(s(2, 100), 1000) == "bytes"
+    assert t.due(s(1, 1), 1060) == "age"
+
+
+def _tracked(sizes: list[int]) -> list[TrackedFile]:
+    return [
+        TrackedFile("ds", "d", ManifestFile("b", f"k{i}", n, "e"), ManifestFileStatus.PENDING)
+        for i, n in enumerate(sizes)
+    ]
+
+
+def test_take_respects_both_limits_and_never_returns_nothing() -> None:
+    t = Triggers(max_files=3, max_bytes=100)
+    assert [f.key for f in t.take(_tracked([10, 10, 10, 10]))] == ["k0", "k1", "k2"]
+    assert [f.key for f in t.take(_tracked([60, 30, 20]))] == ["k0", "k1"]
+    assert [f.key for f in t.take(_tracked([500, 1]))] == ["k0"]  # too big alone: still goes
+    assert t.take([]) == []
+
+
+def _record() -> ManifestRecord:
+    return ManifestRecord(
+        manifest_id=manifest_id("events", "2025-12-23", 42, 3),
+        dataset="events",
+        date="2025-12-23",
+        status=ManifestStatus.SEALED,
+        files=[ManifestFile("in", "2025-12-23/a.ndjson", 10, "e1", None)],
+        trigger="age",
+        fencing_token=42,
+        sealed_by="host-1",
+        created_at=1766448000.5,
+    )
+
+
+def test_manifest_document_follows_the_contract() -> None:
+    m = _record()
+    assert m.manifest_id == "events-2025-12-23-000042-0003"
+    assert manifest_key("manifests/", m) == (
+        "manifests/events/date=2025-12-23/events-2025-12-23-000042-0003.json"
+    )
+    doc = manifest_document(m)
+    assert doc == {
+        "version": 1,
+        "manifest_id": "events-2025-12-23-000042-0003",
+        "dataset": "events",
+        "date": "2025-12-23",
+        "created_at": "2025-12-23T00:00:00.500+00:00",
+        "sealed_by": "host-1",
+        "fencing_token": 42,
+        "trigger": "age",
+        "files": [
+            {
+                "bucket": "in",
+                "key": "2025-12-23/a.ndjson",
+                "size": 10,
+                "etag": "e1",
+                "version_id": None,
+            }
+        ],
+        "total_files": 1,
+        "total_bytes": 10,
+    }
+    assert manifest_document(m) == doc  # deterministic: a re-publish writes the same bytes
+    assert manifest_document(m, republish=2)["republish"] == 2
+
+
+def test_the_compaction_reader_accepts_the_document() -> None:
+    reader = pytest.importorskip("s3flow.compaction.manifest")
+    parsed = reader.parse_manifest(json.dumps(manifest_document(_record())).encode())
+    assert parsed.manifest_id == "events-2025-12-23-000042-0003"
+    assert [(f.key, f.size, f.etag) for f in parsed.files] == [("2025-12-23/a.ndjson", 10, "e1")]
+
+
+def test_options_defaults_and_errors() -> None:
+    proc = create_processor("ndjson-manifest", {})
+    assert isinstance(proc, NdjsonManifestProcessor)
+    o = proc.opts
+    assert (o.min_bytes, o.max_bytes) == (100_000, 20_000_000)
+    assert (o.manifest_max_files, o.manifest_max_bytes, o.manifest_max_wait_s) == (
+        200,
+        700_000_000,
+        900,
+    )
+    assert proc.seal_interval_s == 5
+    with pytest.raises(ConfigError, match=r"manifest_max_file: unknown option"):
+        create_processor("ndjson-manifest", {"manifest_max_file": 3})
+    with pytest.raises(ConfigError, match="max_bytes must be >= min_bytes"):
+        create_processor("ndjson-manifest", {"min_bytes": 10, "max_bytes": 5})
+    with pytest.raises(ConfigError, match="dataset"):
+        create_processor("ndjson-manifest", {"dataset": "a/b"})
+    with pytest.raises(ConfigError, match="date_pattern"):
+        create_processor("ndjson-manifest", {"date_pattern": "("})
