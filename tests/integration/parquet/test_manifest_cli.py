@@ -1,0 +1,75 @@
+"""`s3flow manifests ...` as real subprocesses: burst leftovers, seal, list, show, retry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from itest_support import Harness
+from test_manifest_builder import DAY, body, options, pending_count, store_of, write_config
+
+from s3flow.state import ManifestStatus
+
+pytestmark = pytest.mark.integration
+
+
+def s3flow(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "s3flow", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+@pytest.mark.timeout(120)
+def test_seal_list_show_retry(harness: Harness, tmp_path: Path) -> None:
+    harness.configure(processor="ndjson-manifest", options=options())
+    cfg = write_config(harness, tmp_path / "s3flow.toml", options())
+    for i in range(3):
+        harness.put(f"{DAY}/part-{i}.ndjson", body(2))
+    harness.run(timeout_s=60)  # burst: below every threshold, nothing sealed
+    assert pending_count(harness) == 3
+    pending = s3flow("manifests", "pending", "-p", "p", "-c", str(cfg))
+    assert pending.returncode == 0, pending.stderr
+    assert DAY in pending.stdout and " 3 " in pending.stdout
+    nothing = s3flow("manifests", "seal", "-p", "p", "-c", str(cfg))
+    assert nothing.returncode == 0 and "nothing to seal" in nothing.stdout
+    sealed = s3flow("manifests", "seal", "-p", "p", "--all", "-c", str(cfg))
+    assert sealed.returncode == 0, sealed.stderr
+    assert "(forced): 3 files" in sealed.stdout
+    assert pending_count(harness) == 0
+    listed = s3flow("manifests", "list", "-c", str(cfg), "--json")
+    (row,) = json.loads(listed.stdout)
+    mid = row["manifest_id"]
+    assert (row["status"], row["total_files"], row["trigger"]) == ("sealed", 3, "forced")
+    shown = s3flow("manifests", "show", mid, "-c", str(cfg), "--json")
+    doc = json.loads(shown.stdout)
+    assert [f["status"] for f in doc["files"]] == ["manifested"] * 3
+    assert doc["location"].endswith(f"manifests/events/date={DAY}/{mid}.json")
+    assert s3flow("manifests", "show", "nope", "-c", str(cfg)).returncode == 1
+    refused = s3flow("manifests", "retry", mid, "-c", str(cfg))
+    assert refused.returncode == 2 and "not failed" in refused.stderr
+
+    async def fail_it() -> None:  # what the compaction side records on a failure
+        async with store_of(harness) as store:
+            await store.set_manifest_status(mid, ManifestStatus.PROCESSING)
+            await store.set_manifest_status(mid, ManifestStatus.FAILED, detail="boom")
+
+    asyncio.run(fail_it())
+    key = doc["location"].split("/", 3)[3]
+    before = harness.s3.head_object(Bucket=harness.bucket, Key=key)["ETag"]
+    retried = s3flow("manifests", "retry", mid, "-c", str(cfg))
+    assert retried.returncode == 0, retried.stderr
+    after = harness.s3.get_object(Bucket=harness.bucket, Key=key)
+    assert after["ETag"] != before  # a new version: the compaction queue gets a new event
+    assert json.loads(after["Body"].read())["republish"] == 2
+    again = json.loads(s3flow("manifests", "show", mid, "-c", str(cfg), "--json").stdout)
+    assert again["status"] == "sealed" and again["detail"] == "retry requested"
+    assert {f["status"] for f in again["files"]} == {"manifested"}
