@@ -83,12 +83,14 @@ def create_processor(spec: str, options: dict[str, Any] | None = None) -> Proces
 
 
 # Built-ins are known even when the package's entry points are not installed.
+from s3flow.processors.csv_kafka import CsvToKafkaProcessor  # noqa: E402
 from s3flow.processors.line_count import LineCountProcessor  # noqa: E402
 
 _REGISTRY.setdefault(LineCountProcessor.name, LineCountProcessor)
 from s3flow.processors.ndjson_manifest import NdjsonManifestProcessor  # noqa: E402
 
 _REGISTRY.setdefault(NdjsonManifestProcessor.name, NdjsonManifestProcessor)
+_REGISTRY.setdefault(CsvToKafkaProcessor.name, CsvToKafkaProcessor)
 
 __all__ = [
     "BaseProcessor",

@@ -1,0 +1,185 @@
+"""Options of the ``csv-to-kafka`` pipeline (the pipeline's ``[pipelines.options]`` table)."""
+
+from __future__ import annotations
+
+import codecs
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from s3flow.errors import ConfigError
+
+BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP"
+
+
+class CsvKafkaOptions(BaseModel):
+    """How CSV rows become Kafka messages. Unknown keys are an error naming the key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: str = Field(min_length=1, description="Kafka topic that receives one message per row.")
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description=f"Kafka bootstrap servers ('host:port,...'); default: ${BOOTSTRAP_ENV}.",
+    )
+    # --- CSV -----------------------------------------------------------------------------
+    header: bool = Field(default=True, description="The first record holds the column names.")
+    columns: list[str] | None = Field(
+        default=None, description="Column names (instead of, or overriding, the header row)."
+    )
+    delimiter: str = Field(default=",", description="Field delimiter (one character; 'tab' ok).")
+    quotechar: str = Field(default='"', description="Quote character (one character).")
+    escapechar: str | None = Field(default=None, description="Escape character, if any.")
+    encoding: str = Field(
+        default="utf-8",
+        description="Text encoding of the objects (ASCII-compatible: utf-8, latin-1, cp1252...).",
+    )
+    # --- messages ------------------------------------------------------------------------
+    format: Literal["json", "raw"] = Field(
+        default="json",
+        description="'json': a JSON object per row (an array without column names); "
+        "'raw': the record's text as it was.",
+    )
+    key_column: str | None = Field(
+        default=None, description="Column whose value is the message key (default: no key)."
+    )
+    headers: bool = Field(
+        default=True,
+        description="Add headers s3.bucket, s3.key, s3.version and s3.line to every message.",
+    )
+    partitioning: Literal["single", "key-hash"] = Field(
+        default="single",
+        description="'single': every row to `partition` (strict order); "
+        "'key-hash': by murmur2 hash of the key (order per key).",
+    )
+    partition: int = Field(default=0, ge=0, description="The partition of 'single' partitioning.")
+    # --- producer ------------------------------------------------------------------------
+    compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(
+        default="lz4", description="Producer batch compression."
+    )
+    linger_ms: float = Field(default=20, ge=0, le=5000, description="librdkafka linger.ms.")
+    batch_bytes: int = Field(
+        default=1_000_000, ge=1024, description="librdkafka batch.size (bytes per batch)."
+    )
+    queue_buffer_kbytes: int = Field(
+        default=65536,
+        ge=1024,
+        description="Producer buffer (queue.buffering.max.kbytes): bounds memory.",
+    )
+    producer_config: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Extra librdkafka producer settings (advanced)."
+    )
+    transactional_id_prefix: str = Field(
+        default="s3flow-csv",
+        min_length=1,
+        description="transactional.id = '<prefix>-<hash of topic and object identity>'.",
+    )
+    transaction_timeout_ms: int = Field(
+        default=60_000, ge=1000, le=900_000, description="transaction.timeout.ms."
+    )
+    # --- exactly-once --------------------------------------------------------------------
+    checkpoint_rows: int = Field(
+        default=10_000, ge=1, description="Commit a transaction (rows + checkpoint) this often."
+    )
+    checkpoint_s: float = Field(
+        default=5.0, gt=0, description="... or after this many seconds, whichever comes first."
+    )
+    checkpoint_topic: str | None = Field(
+        default=None, description="Compacted checkpoint topic; default '<topic>.checkpoints'."
+    )
+    # --- bad rows ------------------------------------------------------------------------
+    bad_rows: Literal["dead-letter", "skip", "fail"] = Field(
+        default="dead-letter",
+        description="Rows with a wrong column count or undecodable bytes: to `dlq_topic` "
+        "(with line number and reason), skipped (counted), or fail the object.",
+    )
+    dlq_topic: str | None = Field(default=None, description="Default '<topic>.dlq'.")
+    # --- topics and retries ---------------------------------------------------------------
+    create_topics: bool = Field(
+        default=True, description="Create missing topics (data, checkpoint, DLQ) at start."
+    )
+    topic_partitions: int = Field(
+        default=1, ge=1, description="Partitions of a data topic this pipeline creates."
+    )
+    retry_timeout_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Keep resuming from the last checkpoint after transient Kafka/S3 errors "
+        "for this long before giving the object back to the engine.",
+    )
+
+    @field_validator("delimiter", "quotechar", "escapechar")
+    @classmethod
+    def _one_char(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if v.lower() == "tab":
+            return "\t"
+        if len(v) != 1:
+            raise ValueError("must be exactly one character")
+        if v in "\r\n":
+            raise ValueError("cannot be a line break")
+        return v
+
+    @field_validator("encoding")
+    @classmethod
+    def _ascii_compatible(cls, v: str) -> str:
+        try:
+            info = codecs.lookup(v)
+        except LookupError as exc:
+            raise ValueError(f"unknown encoding {v!r}") from exc
+        if '\n,"\r'.encode(info.name) != b'\n,"\r' or info.name.startswith(("utf-16", "utf-32")):
+            raise ValueError(f"{v!r} is not ASCII-compatible (line breaks are split as bytes)")
+        return info.name
+
+    @model_validator(mode="after")
+    def _check(self) -> CsvKafkaOptions:
+        if self.delimiter == self.quotechar:
+            raise ValueError("delimiter and quotechar must differ")
+        if self.partitioning == "key-hash" and not self.key_column:
+            raise ValueError("partitioning = 'key-hash' needs key_column")
+        if self.key_column and not (self.header or self.columns):
+            raise ValueError("key_column needs column names: header = true or columns = [...]")
+        if self.columns is not None and not self.columns:
+            raise ValueError("columns must not be empty")
+        if self.key_column and self.columns and self.key_column not in self.columns:
+            raise ValueError(f"key_column {self.key_column!r} is not in columns")
+        return self
+
+    @property
+    def checkpoint_topic_name(self) -> str:
+        """The compacted topic holding one checkpoint per object."""
+        return self.checkpoint_topic or f"{self.topic}.checkpoints"
+
+    @property
+    def dlq_topic_name(self) -> str:
+        """The topic receiving bad rows under the 'dead-letter' policy."""
+        return self.dlq_topic or f"{self.topic}.dlq"
+
+    def bootstrap(self) -> str:
+        """The bootstrap servers: the option, else $KAFKA_BOOTSTRAP; ConfigError if neither."""
+        servers = self.bootstrap_servers or os.environ.get(BOOTSTRAP_ENV, "").strip()
+        if not servers:
+            raise ConfigError(
+                "csv-to-kafka: no Kafka bootstrap servers: set the pipeline option "
+                f"bootstrap_servers or ${BOOTSTRAP_ENV} (e.g. 127.0.0.1:9092; "
+                "`scripts/services kafka start` prints one)"
+            )
+        return servers
+
+
+def parse_options(options: dict[str, Any] | None) -> CsvKafkaOptions:
+    """Validate a pipeline's options table; ConfigError naming the bad or unknown key."""
+    try:
+        return CsvKafkaOptions.model_validate(dict(options or {}))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "options"
+            if err["type"] == "extra_forbidden":
+                known = ", ".join(sorted(CsvKafkaOptions.model_fields))
+                problems.append(f"unknown option {where!r} (known: {known})")
+            else:
+                problems.append(f"option {where!r}: {err['msg']}")
+        raise ConfigError("csv-to-kafka: " + "; ".join(problems)) from exc

@@ -1,0 +1,432 @@
+"""One object's transactional producer and its produce loop (synchronous, in a thread).
+
+Lifecycle (each call blocks; the runner calls them off the event loop)::
+
+    session = TxnSession(opts, ref)
+    ckpt = session.prepare(hint)   # producer, init_transactions (fences a zombie), checkpoint
+    final = session.run(channel, ckpt)   # rows in transactions of ~checkpoint_rows rows
+    session.close()                # aborts an open transaction, purges, destroys the producer
+
+Every ``checkpoint_rows`` rows (or ``checkpoint_s`` seconds), at the first record that
+ends a piece, the open transaction gets the checkpoint record and is committed: the rows
+and the position after them become visible together.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer
+
+from s3flow.csvkafka.channel import ChunkChannel
+from s3flow.csvkafka.checkpoint import (
+    Checkpoint,
+    ObjectRef,
+    checkpoint_partition,
+    read_checkpoint,
+)
+from s3flow.csvkafka.errors import BadRowError, KafkaUnavailableError, translate_kafka_error
+from s3flow.csvkafka.options import CsvKafkaOptions
+from s3flow.csvkafka.rows import (
+    PIECE_BYTES,
+    UTF8_BOM,
+    LineFeed,
+    PieceSplitter,
+    RowEncoder,
+    decode_piece,
+    original_bytes,
+)
+
+log = logging.getLogger("s3flow.csvkafka")
+
+_COMMIT_ATTEMPTS = 5
+_PARTITION_ANY = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner decides
+
+
+def producer_config(opts: CsvKafkaOptions, ref: ObjectRef) -> dict[str, Any]:
+    """librdkafka settings of an object's transactional, idempotent producer."""
+    conf: dict[str, Any] = {
+        "bootstrap.servers": opts.bootstrap(),
+        "transactional.id": ref.transactional_id(opts.transactional_id_prefix, opts.topic),
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": opts.compression,
+        "linger.ms": opts.linger_ms,
+        "batch.size": opts.batch_bytes,
+        "queue.buffering.max.kbytes": opts.queue_buffer_kbytes,
+        "queue.buffering.max.messages": 1_000_000,
+        "transaction.timeout.ms": opts.transaction_timeout_ms,
+        "message.timeout.ms": opts.transaction_timeout_ms,
+        "delivery.report.only.error": True,
+        "partitioner": "murmur2_random",  # what Java clients use for keyed records
+    }
+    conf.update(opts.producer_config)
+    return conf
+
+
+class TxnSession:
+    """The exactly-once writer of one object version (not thread-safe; one thread at a time)."""
+
+    def __init__(
+        self,
+        opts: CsvKafkaOptions,
+        ref: ObjectRef,
+        *,
+        on_checkpoint: Callable[[Checkpoint], None] | None = None,
+        piece_bytes: int = PIECE_BYTES,
+    ) -> None:
+        self.opts = opts
+        self.ref = ref
+        self._on_checkpoint = on_checkpoint or (lambda c: None)
+        self._piece_bytes = piece_bytes
+        self._producer: Producer | None = None
+        self._in_txn = False
+        self._ckpt_partition = 0
+        self._scan_from = 0
+        self._timeout = opts.transaction_timeout_ms / 1000
+        self.commit_seconds = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def prepare(self, hint: int = 0) -> Checkpoint | None:
+        """Start the producer (fencing any earlier one of this object); read the checkpoint.
+
+        ``hint``: an offset of the checkpoint partition known to precede this object's
+        checkpoints (from the state store mirror), or 0.
+        """
+        producer = Producer(producer_config(self.opts, self.ref), logger=log)
+        self._producer = producer
+        self._call(lambda: producer.init_transactions(self._timeout), "init_transactions")
+        topic = self.opts.checkpoint_topic_name
+        meta = self._call(lambda: producer.list_topics(topic, timeout=30), "metadata")
+        info = meta.topics.get(topic)
+        if info is None or info.error is not None or not info.partitions:
+            raise KafkaUnavailableError(
+                f"checkpoint topic {topic!r} is not available: {info.error if info else 'missing'}"
+            )
+        self._ckpt_partition = checkpoint_partition(self.ref.name, len(info.partitions))
+        ckpt, end = read_checkpoint(
+            self.opts.bootstrap(),
+            topic,
+            self._ckpt_partition,
+            self.ref.name,
+            start_offset=hint,
+            timeout_s=self._timeout + 30,
+        )
+        self._scan_from = ckpt.scan_from if ckpt is not None else end
+        return ckpt
+
+    def close(self) -> None:
+        """Abort an open transaction (its rows never become visible) and drop the producer."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        if self._in_txn:
+            self._in_txn = False
+            try:
+                producer.abort_transaction(5)
+            except KafkaException as exc:
+                log.info("%s: aborting the open transaction failed: %s", self.ref.uri, exc)
+        try:
+            producer.purge()
+            producer.flush(0)
+        except (KafkaException, RuntimeError):
+            pass
+
+    # --- the produce loop ----------------------------------------------------------------
+
+    def run(self, channel: ChunkChannel, ckpt: Checkpoint | None) -> Checkpoint:
+        """Produce the object's rows after ``ckpt``; return the final (done) checkpoint.
+
+        ``channel`` yields the decompressed object from ``ckpt.offset`` on.
+        """
+        producer = self._producer
+        if producer is None:
+            raise RuntimeError("prepare() first")
+        opts = self.opts
+        state = (
+            replace(ckpt)
+            if ckpt is not None
+            else Checkpoint(object=self.ref.name, scan_from=self._scan_from)
+        )
+        try:
+            self._run(producer, channel, state)
+        finally:
+            channel.abort()  # stop the feeder whatever happened
+        if opts.bad_rows == "skip" and state.bad:
+            log.info("%s: %d bad rows skipped", self.ref.uri, state.bad)
+        return state
+
+    def _run(self, producer: Producer, channel: ChunkChannel, state: Checkpoint) -> None:
+        opts, ref = self.opts, self.ref
+        topic = opts.topic
+        partition = opts.partition if opts.partitioning == "single" else _PARTITION_ANY
+        encoding = opts.encoding
+        raw_mode = opts.format == "raw"
+        ckpt_rows, ckpt_s = opts.checkpoint_rows, opts.checkpoint_s
+
+        # --- pieces from the channel -------------------------------------------------
+        splitter = PieceSplitter(self._piece_bytes)
+        pending: deque[bytes] = deque()
+        pos = state.offset
+        first = state.offset == 0
+        eof = False
+
+        def next_piece() -> tuple[str, int, list[int]] | None:
+            nonlocal pos, first, eof
+            while not pending:
+                if eof:
+                    return None
+                chunk = channel.get()
+                if chunk is None:
+                    eof = True
+                    pending.extend(splitter.finish())
+                else:
+                    pending.extend(splitter.feed(chunk))
+            piece = pending.popleft()
+            pos += len(piece)
+            if first:
+                first = False
+                if encoding == "utf-8" and piece.startswith(UTF8_BOM):
+                    piece = piece[len(UTF8_BOM) :]
+            text, bad = decode_piece(piece, encoding)
+            return text, pos, bad
+
+        feed = LineFeed(next_piece, keep_raw=raw_mode, start_offset=state.offset)
+        reader = csv.reader(
+            feed,
+            delimiter=opts.delimiter,
+            quotechar=opts.quotechar,
+            escapechar=opts.escapechar,
+            doublequote=True,
+            strict=False,
+        )
+
+        # --- columns -------------------------------------------------------------------
+        columns = list(opts.columns) if opts.columns else state.columns
+        header_pending = opts.header and state.offset == 0
+        encoder = RowEncoder(columns)
+        ncols = len(columns) if columns else None
+        key_idx = self._key_index(columns) if columns is not None else None
+        if columns is not None:
+            state.columns = columns
+
+        const_headers: list[tuple[str, str | bytes | None]] | None = None
+        if opts.headers:
+            const_headers = [
+                ("s3.bucket", ref.bucket),
+                ("s3.key", ref.key),
+                ("s3.version", ref.version),
+            ]
+
+        produce = producer.produce
+        base_line = state.line
+        prev_end = base_line
+        row, sent, bad = state.row, state.sent, state.bad
+        txn_rows = 0
+        raw_lines = feed.raw
+        bad_lines = feed.bad_lines
+        last_commit = time.monotonic()
+        self._begin(producer)
+
+        def handle_bad(first_line: int, reason: str, fields: list[str] | None) -> None:
+            nonlocal bad
+            text = RowEncoder.raw(raw_lines) if raw_mode else None
+            where = f"{ref.uri} line {first_line}"
+            if opts.bad_rows == "fail":
+                raise BadRowError(f"{where}: {reason} (bad_rows = 'fail')")
+            bad += 1
+            if opts.bad_rows == "skip":
+                return
+            doc = {
+                "bucket": ref.bucket,
+                "key": ref.key,
+                "version": ref.version,
+                "line": first_line,
+                "reason": reason,
+                "fields": [_printable(f, encoding) for f in fields] if fields is not None else None,
+                "raw": _printable(text, encoding) if text is not None else None,
+            }
+            self._produce(
+                producer,
+                opts.dlq_topic_name,
+                json.dumps(doc, ensure_ascii=False),
+                None,
+                _PARTITION_ANY,
+                [*(const_headers or []), ("s3.line", str(first_line)), ("error", reason)],
+            )
+
+        while True:
+            try:
+                for fields in reader:
+                    line_end = base_line + reader.line_num
+                    line_start = prev_end + 1
+                    prev_end = line_end
+                    if not fields:
+                        pass  # a blank line: no record
+                    elif header_pending:
+                        header_pending = False
+                        if columns is None:
+                            columns = fields
+                            state.columns = columns
+                            encoder = RowEncoder(columns)
+                            ncols = len(columns)
+                            key_idx = self._key_index(columns)
+                    else:
+                        if ncols is None:
+                            ncols = len(fields)
+                        if len(fields) != ncols:
+                            handle_bad(
+                                line_start,
+                                f"expected {ncols} columns, got {len(fields)}",
+                                fields,
+                            )
+                        elif bad_lines and _touches(bad_lines, line_start, line_end):
+                            handle_bad(line_start, f"undecodable bytes (not {encoding})", fields)
+                        else:
+                            value = RowEncoder.raw(raw_lines) if raw_mode else encoder.json(fields)
+                            key = fields[key_idx] if key_idx is not None else None
+                            headers = (
+                                [*const_headers, ("s3.line", str(line_start))]
+                                if const_headers is not None
+                                else None
+                            )
+                            try:
+                                produce(topic, value, key, partition, headers=headers)
+                            except BufferError:
+                                self._produce(producer, topic, value, key, partition, headers)
+                            except KafkaException as exc:
+                                raise translate_kafka_error(exc, f"produce to {topic}") from exc
+                            sent += 1
+                        row += 1
+                        txn_rows += 1
+                    if raw_mode:
+                        raw_lines.clear()
+                    if feed.at_piece_end and (
+                        txn_rows >= ckpt_rows or time.monotonic() - last_commit >= ckpt_s
+                    ):
+                        producer.poll(0)
+                        state.offset, state.row, state.line = feed.piece_end_offset, row, line_end
+                        state.sent, state.bad = sent, bad
+                        self._commit(producer, state, final=False)
+                        txn_rows = 0
+                        last_commit = time.monotonic()
+                break
+            except csv.Error as exc:
+                line_end = base_line + reader.line_num
+                line_start = prev_end + 1
+                prev_end = line_end
+                handle_bad(line_start, f"unparseable CSV: {exc}", None)
+                row += 1
+                txn_rows += 1
+                if raw_mode:
+                    raw_lines.clear()
+        if header_pending and opts.header:
+            log.info("%s: empty object (no header row)", ref.uri)
+        state.offset, state.row, state.line = feed.piece_end_offset, row, prev_end
+        state.sent, state.bad, state.done = sent, bad, True
+        self._commit(producer, state, final=True)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _key_index(self, columns: list[str] | None) -> int | None:
+        name = self.opts.key_column
+        if not name:
+            return None
+        if columns is None or name not in columns:
+            raise BadRowError(
+                f"{self.ref.uri}: key_column {name!r} is not a column "
+                f"(columns: {columns if columns is not None else 'none'})"
+            )
+        return columns.index(name)
+
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        try:
+            return fn()
+        except KafkaException as exc:
+            raise translate_kafka_error(exc, what) from exc
+
+    def _begin(self, producer: Producer) -> None:
+        self._call(producer.begin_transaction, "begin_transaction")
+        self._in_txn = True
+
+    def _produce(
+        self,
+        producer: Producer,
+        topic: str,
+        value: str | bytes,
+        key: str | None,
+        partition: int,
+        headers: list[tuple[str, str | bytes | None]] | None,
+    ) -> None:
+        """produce(), waiting for room while the producer's queue is full."""
+        while True:
+            try:
+                producer.produce(topic, value, key, partition, headers=headers)
+                return
+            except BufferError:
+                producer.poll(0.05)
+            except KafkaException as exc:
+                raise translate_kafka_error(exc, f"produce to {topic}") from exc
+
+    def _commit(self, producer: Producer, state: Checkpoint, *, final: bool) -> None:
+        """Add the checkpoint to the open transaction and commit it; begin the next one."""
+        state.transactions += 1
+        state.updated_at = time.time()
+        self._produce(
+            producer,
+            self.opts.checkpoint_topic_name,
+            state.encode(),
+            self.ref.name,
+            self._ckpt_partition,
+            None,
+        )
+        started = time.monotonic()
+        for attempt in range(1, _COMMIT_ATTEMPTS + 1):
+            try:
+                producer.commit_transaction(self._timeout)
+                break
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                retriable = bool(err is not None and err.retriable())
+                if retriable and attempt < _COMMIT_ATTEMPTS:
+                    log.info("%s: commit_transaction: %s; retrying", self.ref.uri, exc)
+                    continue
+                if err is not None and err.txn_requires_abort():
+                    self._in_txn = False
+                    try:
+                        producer.abort_transaction(self._timeout)
+                    except KafkaException:
+                        pass
+                raise translate_kafka_error(exc, "commit_transaction") from exc
+        self.commit_seconds += time.monotonic() - started
+        self._in_txn = False
+        self._on_checkpoint(replace(state))
+        if not final:
+            self._begin(producer)
+
+
+def _touches(bad_lines: set[int], first: int, last: int) -> bool:
+    """Whether any undecodable line lies in [first, last] (and forget the older ones)."""
+    hit = False
+    for n in list(bad_lines):
+        if n <= last:
+            bad_lines.discard(n)
+            hit = hit or n >= first
+    return hit
+
+
+def _printable(text: str, encoding: str) -> str:
+    """Text with undecodable bytes (surrogate escapes) shown as ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return original_bytes(text, encoding).decode(encoding, "backslashreplace")

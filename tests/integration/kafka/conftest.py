@@ -1,0 +1,30 @@
+"""Fixtures: a real single-node Apache Kafka broker (KRaft) on 127.0.0.1 for the session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from s3flow.kafka_broker import KafkaBroker, java_available, maven_available
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaBroker]:
+    """A private Kafka broker (own port, own temporary log dir), stopped and removed at the end.
+
+    Skipped locally when Java 17+ (or Maven, for the one-time jar install) is missing; in CI
+    (``CI`` set) that is a failure instead, so a missing install step cannot hide.
+    """
+    if not java_available() or not maven_available():
+        reason = "the Kafka broker needs Java 17+ and Maven (scripts/services kafka install)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    broker = KafkaBroker()
+    broker.start(timeout_s=120)
+    try:
+        yield broker
+    finally:
+        broker.close()

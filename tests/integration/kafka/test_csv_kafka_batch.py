@@ -1,0 +1,189 @@
+"""`s3flow run csv-to-kafka` (batch mode) against moto + a real broker: exit codes, resume,
+SIGKILL at random points, a broker restart mid-file."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka_support import latest_checkpoint, read_topic, unique_topic
+
+from s3flow.csvkafka.checkpoint import Checkpoint
+from s3flow.kafka_broker import KafkaBroker
+from s3flow.local import LocalEndpoint
+
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture()
+def bucket(s3: Any) -> str:
+    name = f"batch-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def cli(
+    tmp_path: Path, kafka: KafkaBroker, *args: str, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `s3flow run csv-to-kafka ... --json` to completion."""
+    return subprocess.run(
+        command(tmp_path, kafka, *args), capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+def command(tmp_path: Path, kafka: KafkaBroker, *args: str) -> list[str]:
+    cfg = tmp_path / "s3flow.toml"
+    if not cfg.exists():
+        cfg.write_text(f'[state]\nurl = "sqlite:{tmp_path}/state.db"\n')
+    return [
+        sys.executable,
+        "-m",
+        "s3flow",
+        "run",
+        "csv-to-kafka",
+        *args,
+        "-c",
+        str(cfg),
+        "--bootstrap",
+        kafka.bootstrap,
+        "--json",
+    ]
+
+
+def summary(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def test_batch_run_then_rerun_is_a_no_op(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    topic = unique_topic("batch")
+    body = "a,b\n" + "".join(f"{i},{i % 7}\n" for i in range(5000))
+    s3.put_object(Bucket=bucket, Key="x.csv", Body=body.encode())
+    first = summary(cli(tmp_path, kafka, f"s3://{bucket}/x.csv", "--topic", topic))
+    assert (first["rows"], first["already_done"], first["bad_rows"]) == (5000, False, 0)
+    again = summary(cli(tmp_path, kafka, f"s3://{bucket}/x.csv", "--topic", topic))
+    assert (again["rows"], again["already_done"]) == (5000, True)
+    rows = read_topic(kafka.bootstrap, topic)
+    assert [r.json()["a"] for r in rows] == [str(i) for i in range(5000)]
+
+
+def test_batch_failures_exit_non_zero_with_a_reason(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    topic = unique_topic("batchfail")
+    missing = cli(tmp_path, kafka, f"s3://{bucket}/nope.csv", "--topic", topic)
+    assert missing.returncode == 2
+    assert "nope.csv" in missing.stderr
+    s3.put_object(Bucket=bucket, Key="bad.csv", Body=b"a,b\n1,2\n3\n")
+    bad = cli(tmp_path, kafka, f"s3://{bucket}/bad.csv", "--topic", topic, "--bad-rows", "fail")
+    assert bad.returncode == 2
+    assert "line 3" in bad.stderr and "expected 2 columns" in bad.stderr
+    unknown = cli(tmp_path, kafka, f"s3://{bucket}/bad.csv", "--topic", topic, "-o", "colour=1")
+    assert unknown.returncode == 2
+    assert "unknown option 'colour'" in unknown.stderr
+
+
+def wait_progress(
+    bootstrap: str, ckpt_topic: str, at_least: int, proc: Any, timeout_s: float
+) -> Checkpoint:
+    """Poll the committed checkpoint until it covers ``at_least`` rows (or the run ends)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ckpt = (
+            latest_checkpoint(bootstrap, ckpt_topic)
+            if _topic_exists(bootstrap, ckpt_topic)
+            else None
+        )
+        if ckpt is not None and (ckpt.row >= at_least or ckpt.done):
+            return ckpt
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before row {at_least}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no checkpoint at row {at_least} within {timeout_s}s")
+        time.sleep(0.05)
+
+
+def _topic_exists(bootstrap: str, topic: str) -> bool:
+    from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+
+    return topic in AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
+
+
+ROWS = 1_000_000
+
+
+def _big_csv() -> bytes:
+    return ("n,pad\n" + "".join(f"{i},{i % 9973:x}\n" for i in range(ROWS))).encode()
+
+
+def check_exactly_once(bootstrap: str, topic: str) -> None:
+    rows = read_topic(bootstrap, topic, with_headers=False, timeout_s=120)
+    numbers = [int(json.loads(r.value)["n"]) for r in rows]
+    assert len(numbers) == ROWS, f"{len(numbers)} rows, {len(set(numbers))} distinct"
+    assert numbers == list(range(ROWS))  # in order, none lost, none duplicated
+    ckpt = latest_checkpoint(bootstrap, f"{topic}.checkpoints")
+    assert ckpt is not None and ckpt.done
+    assert (ckpt.row, ckpt.sent) == (ROWS, ROWS)
+
+
+@pytest.mark.timeout(240)
+def test_sigkill_at_ten_random_points_then_resume_exactly_once(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    topic = unique_topic("crash")
+    s3.put_object(Bucket=bucket, Key="big.csv", Body=_big_csv())
+    args = (f"s3://{bucket}/big.csv", "--topic", topic)
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "0")) or None)
+    points = sorted(rng.sample(range(20_000, ROWS - 50_000), 10))
+    kills = 0
+    for point in points:
+        proc = subprocess.Popen(
+            command(tmp_path, kafka, *args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            ckpt = wait_progress(kafka.bootstrap, f"{topic}.checkpoints", point, proc, 90)
+            assert not ckpt.done
+            time.sleep(rng.uniform(0, 0.05))  # somewhere inside the next transaction
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        finally:
+            proc.kill()
+            proc.wait(30)
+    assert kills == 10
+    final = summary(cli(tmp_path, kafka, *args, timeout_s=120))
+    assert final["rows"] == ROWS and final["resumed_from_row"] > 0
+    check_exactly_once(kafka.bootstrap, topic)
+
+
+@pytest.mark.timeout(240)
+def test_broker_restart_mid_file(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    topic = unique_topic("restart")
+    s3.put_object(Bucket=bucket, Key="big.csv", Body=_big_csv())
+    proc = subprocess.Popen(
+        command(tmp_path, kafka, f"s3://{bucket}/big.csv", "--topic", topic),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_progress(kafka.bootstrap, f"{topic}.checkpoints", 200_000, proc, 90)
+        kafka.restart()
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1])["rows"] == ROWS
+    check_exactly_once(kafka.bootstrap, topic)

@@ -1,0 +1,158 @@
+"""csv-to-kafka through the worker: S3 notification -> SQS -> worker -> Kafka (real broker)."""
+
+from __future__ import annotations
+
+import gzip
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+from itest_support import Harness
+from kafka_support import latest_checkpoint, read_topic, unique_topic
+
+from s3flow.kafka_broker import KafkaBroker
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def configure(harness: Harness, kafka: KafkaBroker, **options: Any) -> str:
+    topic = options.pop("topic", None) or unique_topic("csv")
+    harness.configure(
+        processor="csv-to-kafka",
+        options={"topic": topic, "bootstrap_servers": kafka.bootstrap, **options},
+    )
+    return topic
+
+
+def test_happy_path_json_rows_in_order_with_headers(harness: Harness, kafka: KafkaBroker) -> None:
+    topic = configure(harness, kafka)
+    body = "id,name,city\n" + "".join(f"{i},name-{i},city {i % 3}\n" for i in range(50))
+    harness.put("in/people.csv", body.encode())
+    metrics = harness.run()
+    assert metrics.pipelines["p"].objects_processed == 1
+
+    rows = read_topic(kafka.bootstrap, topic)
+    assert [r.json() for r in rows] == [
+        {"id": str(i), "name": f"name-{i}", "city": f"city {i % 3}"} for i in range(50)
+    ]
+    first = rows[0]
+    assert first.headers["s3.bucket"] == harness.bucket.encode()
+    assert first.headers["s3.key"] == b"in/people.csv"
+    assert first.headers["s3.version"]
+    assert [int(r.headers["s3.line"]) for r in rows] == list(range(2, 52))
+    ckpt = latest_checkpoint(kafka.bootstrap, f"{topic}.checkpoints")
+    assert ckpt is not None and ckpt.done
+    assert (ckpt.sent, ckpt.row, ckpt.bad) == (50, 50, 0)
+    assert ckpt.offset == len(body.encode())
+    assert ckpt.columns == ["id", "name", "city"]
+
+
+def test_gzip_object_is_decompressed(harness: Harness, kafka: KafkaBroker) -> None:
+    topic = configure(harness, kafka, header=False, columns=["n", "sq"])
+    body = "".join(f"{i},{i * i}\n" for i in range(1000)).encode()
+    harness.put("in/squares.csv.gz", gzip.compress(body))
+    harness.run()
+    rows = read_topic(kafka.bootstrap, topic)
+    assert [r.json() for r in rows] == [{"n": str(i), "sq": str(i * i)} for i in range(1000)]
+    assert [int(r.headers["s3.line"]) for r in rows] == list(range(1, 1001))
+    ckpt = latest_checkpoint(kafka.bootstrap, f"{topic}.checkpoints")
+    assert ckpt is not None and ckpt.done and ckpt.offset == len(body)
+
+
+@pytest.mark.parametrize("body", [b"", b"a,b,c\n", b"a,b,c"], ids=["empty", "header", "no-eol"])
+def test_empty_and_header_only_objects(harness: Harness, kafka: KafkaBroker, body: bytes) -> None:
+    topic = configure(harness, kafka)
+    harness.put("in/x.csv", body)
+    metrics = harness.run()
+    assert metrics.pipelines["p"].objects_processed == 1
+    assert read_topic(kafka.bootstrap, topic) == []
+    ckpt = latest_checkpoint(kafka.bootstrap, f"{topic}.checkpoints")
+    assert ckpt is not None and ckpt.done
+    assert (ckpt.sent, ckpt.row, ckpt.offset) == (0, 0, len(body))
+
+
+def test_quoted_fields_with_newlines_delimiter_and_key(
+    harness: Harness, kafka: KafkaBroker
+) -> None:
+    topic = configure(harness, kafka, delimiter=";", key_column="id", partitioning="key-hash")
+    body = (
+        "id;text\r\n"
+        '1;"two\nlines"\r\n'
+        '2;"quote "" and ; inside"\r\n'
+        "\r\n"
+        '3;"three\r\nlines\nhere"\r\n'
+        "4;plain"
+    )
+    harness.put("in/q.csv", body.encode())
+    harness.run()
+    rows = read_topic(kafka.bootstrap, topic)
+    assert [r.json() for r in rows] == [
+        {"id": "1", "text": "two\nlines"},
+        {"id": "2", "text": 'quote " and ; inside'},
+        {"id": "3", "text": "three\r\nlines\nhere"},
+        {"id": "4", "text": "plain"},
+    ]
+    assert [r.key for r in rows] == [b"1", b"2", b"3", b"4"]
+    assert [int(r.headers["s3.line"]) for r in rows] == [2, 4, 6, 9]
+
+
+def test_raw_format_keeps_the_record_text(harness: Harness, kafka: KafkaBroker) -> None:
+    topic = configure(harness, kafka, format="raw", headers=False)
+    body = 'a,b\n1,"x\ny"\n2,z\n'
+    harness.put("in/raw.csv", body.encode())
+    harness.run()
+    rows = read_topic(kafka.bootstrap, topic)
+    assert [r.value for r in rows] == [b'1,"x\ny"', b"2,z"]
+    assert rows[0].headers == {}
+
+
+BAD = (
+    "id,name\n"
+    "1,ok\n"
+    "2,too,many\n"
+    "3\n"
+    "4,caf\xe9\n"  # latin-1 byte in a utf-8 file: undecodable
+    "5,fine\n"
+).encode("latin-1")
+
+
+def test_bad_rows_dead_lettered_with_line_and_reason(harness: Harness, kafka: KafkaBroker) -> None:
+    topic = configure(harness, kafka)
+    harness.put("in/bad.csv", BAD)
+    harness.run()
+    assert [r.json()["id"] for r in read_topic(kafka.bootstrap, topic)] == ["1", "5"]
+    dlq = [r.json() for r in read_topic(kafka.bootstrap, f"{topic}.dlq")]
+    assert [(d["line"], d["reason"]) for d in dlq] == [
+        (3, "expected 2 columns, got 3"),
+        (4, "expected 2 columns, got 1"),
+        (5, "undecodable bytes (not utf-8)"),
+    ]
+    assert dlq[2]["fields"] == ["4", "caf\\xe9"]
+    assert dlq[0]["key"] == "in/bad.csv"
+    ckpt = latest_checkpoint(kafka.bootstrap, f"{topic}.checkpoints")
+    assert ckpt is not None and (ckpt.sent, ckpt.bad, ckpt.row) == (2, 3, 5)
+
+
+def test_bad_rows_skipped_are_counted(harness: Harness, kafka: KafkaBroker) -> None:
+    topic = configure(harness, kafka, bad_rows="skip")
+    harness.put("in/bad.csv", BAD)
+    harness.run()
+    assert [r.json()["id"] for r in read_topic(kafka.bootstrap, topic)] == ["1", "5"]
+    listed = AdminClient({"bootstrap.servers": kafka.bootstrap}).list_topics(timeout=10).topics
+    assert f"{topic}.dlq" not in listed  # not even created under 'skip'
+    ckpt = latest_checkpoint(kafka.bootstrap, f"{topic}.checkpoints")
+    assert ckpt is not None and (ckpt.sent, ckpt.bad) == (2, 3)
+
+
+def test_bad_rows_fail_dead_letters_the_object(harness: Harness, kafka: KafkaBroker) -> None:
+    topic = configure(harness, kafka, bad_rows="fail")
+    harness.put("in/bad.csv", BAD)
+    metrics = harness.run()
+    assert metrics.pipelines["p"].dead_lettered == 1
+    msgs = harness.dlq_messages()
+    assert len(msgs) == 1
+    attrs = msgs[0]["MessageAttributes"]
+    assert "BadRowError" in str(attrs)
+    assert "line 3" in str(attrs)
+    # Nothing of the failed transaction is visible.
+    assert read_topic(kafka.bootstrap, topic) == []
