@@ -680,11 +680,13 @@ app.add_typer(run_app, name="run")
 def _register_pipeline_commands() -> None:
     # Pipeline-specific commands live next to their pipelines' faces; they are
     # attached here, after every shared helper above is defined.
+    from s3flow.cli_compact import register as register_compact
     from s3flow.cli_kafka import register as register_kafka
     from s3flow.cli_parquet import register as register_parquet
 
     register_kafka(app, run_app)
     register_parquet(app, run_app)
+    register_compact(app, run_app)
 
 
 _register_pipeline_commands()

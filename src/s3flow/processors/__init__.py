@@ -90,6 +90,9 @@ _REGISTRY.setdefault(LineCountProcessor.name, LineCountProcessor)
 from s3flow.processors.ndjson_manifest import NdjsonManifestProcessor  # noqa: E402
 
 _REGISTRY.setdefault(NdjsonManifestProcessor.name, NdjsonManifestProcessor)
+from s3flow.processors.parquet_compact import ParquetCompactProcessor  # noqa: E402
+
+_REGISTRY.setdefault(ParquetCompactProcessor.name, ParquetCompactProcessor)
 _REGISTRY.setdefault(CsvToKafkaProcessor.name, CsvToKafkaProcessor)
 
 __all__ = [

@@ -1,0 +1,172 @@
+"""Where the compaction's CPU work runs: a local process pool, or Spark.
+
+Both run the same functions of :mod:`s3flow.compaction.convert` on the same
+task objects, so the output is the same either way. Spark is used as a
+distributed scheduler of those tasks (``sc.parallelize(tasks).map(fn)``):
+each task reads its files from S3 itself, so no executor needs the whole
+manifest, and nothing passes through the driver but schemas and counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Protocol, TypeVar
+
+from s3flow.compaction.convert import RemoteError, TaskError, capture
+from s3flow.errors import ConfigError, RetryableError
+
+log = logging.getLogger("s3flow.compaction")
+T = TypeVar("T")
+R = TypeVar("R")
+
+__all__ = ["Executor", "LocalExecutor", "SparkExecutor", "make_executor"]
+
+
+class Executor(Protocol):
+    """Runs one function over many tasks, results in task order."""
+
+    #: Whether tasks may keep data on this machine's disk between stages.
+    shares_disk: bool
+
+    async def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
+        """``[fn(t) for t in tasks]``, in parallel; the first failure is raised."""
+        ...
+
+    async def close(self) -> None:
+        """Release processes / the Spark session."""
+        ...
+
+
+def _unwrap(results: list[Any]) -> list[Any]:
+    for r in results:
+        if isinstance(r, TaskError):
+            raise RemoteError(r)
+    return results
+
+
+class LocalExecutor:
+    """A process pool (spawned workers) shared by every manifest this processor runs."""
+
+    shares_disk = True
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _ensure(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.processes, mp_context=multiprocessing.get_context("spawn")
+                )
+            return self._pool
+
+    async def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
+        """Run the tasks in the pool; cancel the rest at the first error."""
+        if not tasks:
+            return []
+        pool = self._ensure()
+        loop = asyncio.get_running_loop()
+        wrapped = capture(fn)
+        futures = [loop.run_in_executor(pool, wrapped, t) for t in tasks]
+        try:
+            results = await asyncio.gather(*futures)
+        except BrokenProcessPool as exc:
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None  # a worker died (killed, out of memory): start afresh
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise RetryableError(f"a compaction worker process died: {exc}") from exc
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        return _unwrap(list(results))
+
+    async def close(self) -> None:
+        """Shut the pool down (waits for running tasks)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+
+
+class SparkExecutor:
+    """pyspark: one Spark task per compaction task (``local[N]`` or a cluster master)."""
+
+    shares_disk = False
+
+    def __init__(self, master: str, conf: dict[str, str] | None = None) -> None:
+        self.master = master
+        self.conf = dict(conf or {})
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    def _spark(self) -> Any:
+        with self._lock:
+            if self._session is None:
+                try:
+                    from pyspark.sql import SparkSession
+                except ImportError as exc:
+                    raise ConfigError(
+                        "executor = 'spark' needs pyspark: pip install 's3flow[spark]'"
+                    ) from exc
+                # Spark's Python workers must import s3flow: use this interpreter.
+                os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+                os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+                builder = (
+                    SparkSession.builder.master(self.master)
+                    .appName("s3flow-compact")
+                    .config("spark.ui.enabled", "false")
+                    .config("spark.python.worker.reuse", "true")
+                )
+                for k, v in self.conf.items():
+                    builder = builder.config(k, v)
+                self._session = builder.getOrCreate()
+                self._session.sparkContext.setLogLevel("ERROR")
+            return self._session
+
+    def _run(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]:
+        sc = self._spark().sparkContext
+        rdd = sc.parallelize(list(enumerate(tasks)), max(1, len(tasks)))
+        wrapped = capture(fn)
+        pairs = rdd.map(lambda it: (it[0], wrapped(it[1]))).collect()
+        return [r for _, r in sorted(pairs, key=lambda p: p[0])]
+
+    async def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
+        """Run the tasks as one Spark job (blocking calls on a thread)."""
+        if not tasks:
+            return []
+        try:
+            results = await asyncio.to_thread(self._run, fn, tasks)
+        except RemoteError:
+            raise
+        except ConfigError:
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise RetryableError(f"spark job failed: {type(exc).__name__}: {first}") from exc
+        return _unwrap(results)
+
+    async def close(self) -> None:
+        """Stop the Spark session."""
+        session, self._session = self._session, None
+        if session is not None:
+            await asyncio.to_thread(session.stop)
+
+
+def make_executor(kind: str, *, processes: int, master: str, conf: dict[str, str]) -> Executor:
+    """The executor named by the ``executor`` option."""
+    if kind == "local":
+        return LocalExecutor(processes)
+    if kind == "spark":
+        return SparkExecutor(master, conf)
+    raise ConfigError(f"unknown executor {kind!r}; use 'local' or 'spark'")

@@ -1,0 +1,190 @@
+"""Schema unification for NDJSON -> Arrow: the widening rules, and casts to the result.
+
+pyarrow's JSON reader infers, per file, one of: ``null``, ``bool``, ``int64``,
+``double``, ``string``, ``timestamp[s]`` (which s3flow turns back into
+``string``, see :func:`strings_for_timestamps`), ``list<T>`` and
+``struct<...>``. Files of one manifest are unified field by field:
+
+* a field missing from some files becomes a nullable column (null there);
+* ``null`` + T -> T (a field that was null everywhere in one file);
+* ``int64`` + ``double`` -> ``double``;
+* ``struct`` + ``struct`` -> a struct with the union of the fields (recursively);
+* ``list<A>`` + ``list<B>`` -> ``list<unify(A, B)>``;
+* any other mix (``bool`` + ``int64``, ``string`` + ``double``, ``struct`` +
+  ``string``...) -> ``string``. Scalars keep their JSON text in canonical form
+  (``true``, ``42``, ``1.5``; a double with an integral value prints without
+  ``.0``), objects and arrays become compact JSON text.
+
+Column order is the order of first appearance (manifest file order, then the
+order in the file), so the result does not depend on how work was scheduled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = [
+    "cast_array",
+    "cast_table",
+    "hint_schema",
+    "strings_for_timestamps",
+    "unify_schemas",
+    "unify_types",
+]
+
+
+def _is_nested(t: pa.DataType) -> bool:
+    return bool(pa.types.is_struct(t) or pa.types.is_list(t) or pa.types.is_large_list(t))
+
+
+def unify_types(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+    """The narrowest type both ``a`` and ``b`` widen to, by the rules above."""
+    if a.equals(b):
+        return a
+    if pa.types.is_null(a):
+        return b
+    if pa.types.is_null(b):
+        return a
+    if pa.types.is_integer(a) and pa.types.is_floating(b):
+        return b
+    if pa.types.is_floating(a) and pa.types.is_integer(b):
+        return a
+    if pa.types.is_struct(a) and pa.types.is_struct(b):
+        return pa.struct(_unify_fields([list(a), list(b)]))
+    if pa.types.is_list(a) and pa.types.is_list(b):
+        return pa.list_(unify_types(a.value_type, b.value_type))
+    return pa.string()
+
+
+def _unify_fields(field_lists: Iterable[Iterable[pa.Field]]) -> list[pa.Field]:
+    merged: dict[str, pa.DataType] = {}
+    for fields in field_lists:
+        for f in fields:
+            old = merged.get(f.name)
+            merged[f.name] = f.type if old is None else unify_types(old, f.type)
+    return [pa.field(name, t, nullable=True) for name, t in merged.items()]
+
+
+def unify_schemas(schemas: Iterable[pa.Schema]) -> pa.Schema:
+    """Unify many schemas (in order) into one; every field nullable."""
+    return pa.schema(_unify_fields(schemas))
+
+
+def _replace_timestamps(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return pa.string()
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _replace_timestamps(f.type)) for f in t])
+    if pa.types.is_list(t):
+        return pa.list_(_replace_timestamps(t.value_type))
+    return t
+
+
+def strings_for_timestamps(schema: pa.Schema) -> pa.Schema | None:
+    """``schema`` with every (nested) timestamp field as string; None if it has none.
+
+    pyarrow infers ``timestamp[s]`` for ISO-8601-looking strings (also for a
+    bare ``2024-01-01``), which would change the value's text, drop its zone
+    designator and make the column's type depend on each file's luck. s3flow
+    keeps such values as the strings they are: a file whose inferred schema
+    has timestamps is read again with this schema.
+    """
+    out = pa.schema([pa.field(f.name, _replace_timestamps(f.type)) for f in schema])
+    return None if out.equals(schema) else out
+
+
+def _hintable(t: pa.DataType) -> bool:
+    if pa.types.is_null(t):
+        return False
+    if pa.types.is_struct(t):
+        return t.num_fields > 0 and all(_hintable(f.type) for f in t)
+    if pa.types.is_list(t):
+        return _hintable(t.value_type)
+    return True
+
+
+def hint_schema(schema: pa.Schema) -> pa.Schema:
+    """The part of ``schema`` usable as an explicit schema for the next file's read.
+
+    Fields whose type says nothing (null, empty struct, list of null) are left
+    to inference.
+    """
+    return pa.schema([f for f in schema if _hintable(f.type)])
+
+
+# --- casts -------------------------------------------------------------------
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _to_json_text(arr: pa.Array) -> pa.Array:
+    """Nested values as compact JSON text (null stays null)."""
+    out = [
+        None
+        if v is None
+        else json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+        for v in arr.to_pylist()
+    ]
+    return pa.array(out, type=pa.string())
+
+
+def cast_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
+    """Cast one array to ``target`` (a type :func:`unify_types` produced from its type)."""
+    src = arr.type
+    if src.equals(target):
+        return arr
+    if pa.types.is_null(src):
+        return pa.nulls(len(arr), type=target)
+    if pa.types.is_string(target):
+        if _is_nested(src):
+            return _to_json_text(arr)
+        return pc.cast(arr, pa.string())
+    if pa.types.is_floating(target) and pa.types.is_integer(src):
+        return pc.cast(arr, target, safe=False)
+    if pa.types.is_struct(target) and pa.types.is_struct(src):
+        names = {f.name for f in src}
+        children = [
+            cast_array(arr.field(f.name), f.type)
+            if f.name in names
+            else pa.nulls(len(arr), type=f.type)
+            for f in target
+        ]
+        mask = arr.is_null() if arr.null_count else None
+        return pa.StructArray.from_arrays(children, fields=list(target), mask=mask)
+    if pa.types.is_list(target) and pa.types.is_list(src):
+        if arr.offset:  # from_arrays refuses a validity bitmap with sliced offsets
+            arr = pa.concat_arrays([arr])
+        values = cast_array(arr.values, target.value_type)
+        mask = arr.is_null() if arr.null_count else None
+        return pa.ListArray.from_arrays(arr.offsets, values, type=target, mask=mask)
+    raise TypeError(f"cannot cast {src} to {target}")  # unify_types never asks for this
+
+
+def cast_table(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns (missing ones null), cast to its types."""
+    if table.schema.equals(schema):
+        return table
+    n = table.num_rows
+    have = set(table.column_names)
+    columns: list[pa.ChunkedArray] = []
+    for f in schema:
+        if f.name not in have:
+            columns.append(pa.chunked_array([pa.nulls(n, type=f.type)], type=f.type))
+            continue
+        col = table.column(f.name)
+        if col.type.equals(f.type):
+            columns.append(col)
+        else:
+            columns.append(
+                pa.chunked_array([cast_array(c, f.type) for c in col.chunks], type=f.type)
+            )
+    return pa.Table.from_arrays(columns, schema=schema)
