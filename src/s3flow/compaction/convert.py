@@ -180,7 +180,6 @@ class FileScan:
     compressed_bytes: int = 0
     uncompressed_bytes: int = 0
     encoding: str = "identity"
-    lines: int = 0
     malformed_lines: int = 0
     samples: list[str] = field(default_factory=list)
     quarantine: str | None = None  # reason, when the whole file is held out
@@ -337,9 +336,18 @@ def _raw_chunks(storage: Storage, f: InputFile) -> Iterator[bytes]:
 @dataclass
 class _Unit:
     index: int
-    path: Path
+    path: Path | None  # a scratch file, or None when the unit is in ``data``
     size: int
     first_line: int  # number of lines before this unit in the file
+    data: bytes = b""
+
+    def source(self) -> Any:
+        """What the JSON reader reads: the scratch file's path, or the bytes."""
+        return str(self.path) if self.path is not None else self.data
+
+    def read_bytes(self) -> bytes:
+        """The unit's NDJSON."""
+        return self.path.read_bytes() if self.path is not None else self.data
 
 
 def _scratch(directory: str) -> str:
@@ -358,7 +366,6 @@ class _Splitter:
         self.task = task
         self.compressed = 0
         self.uncompressed = 0
-        self.lines = 0
         self.encoding = "identity"
         self._dir = _scratch(task.scratch_dir)
 
@@ -390,17 +397,44 @@ class _Splitter:
             decoder.finish()
 
     def units(self) -> Iterator[_Unit]:
-        """Yield each unit (its file is deleted when the next one is produced)."""
+        """Yield each unit (its scratch file is deleted when the next one is produced).
+
+        A file smaller than ``unit_bytes`` (the usual 3-4 MB) stays in memory
+        and is one unit; a bigger one goes to scratch files, cut at newlines.
+        """
+        limit = self.task.unit_bytes
+        pieces = self._pieces()
+        held: list[bytes] = []
+        size = 0
+        for piece in pieces:
+            self.uncompressed += len(piece)
+            held.append(piece)
+            size += len(piece)
+            if size >= limit:
+                yield from self._file_units(held, pieces)
+                return
+        if size:
+            data = b"".join(held)
+            held.clear()
+            yield _Unit(0, None, size, 0, data)
+
+    def _file_units(self, held: list[bytes], rest: Iterator[bytes]) -> Iterator[_Unit]:
         limit = self.task.unit_bytes
         n = 0
         newlines = 0  # in units already yielded
         unit_newlines = 0
         size = 0
-        last = b"\n"
         path, out = self._new_file(n)
-        try:
-            for piece in self._pieces():
+
+        def more() -> Iterator[bytes]:
+            yield from held
+            held.clear()
+            for piece in rest:
                 self.uncompressed += len(piece)
+                yield piece
+
+        try:
+            for piece in more():
                 while size + len(piece) >= limit:
                     # Cut at the last newline that keeps the unit within the limit,
                     # else after the first line (a line longer than the limit).
@@ -418,17 +452,14 @@ class _Splitter:
                     path.unlink(missing_ok=True)
                     n += 1
                     path, out = self._new_file(n)
-                    size, unit_newlines, last = 0, 0, b"\n"
+                    size, unit_newlines = 0, 0
                 if piece:
                     out.write(piece)
                     size += len(piece)
                     unit_newlines += piece.count(b"\n")
-                    last = piece[-1:]
             out.close()
             if size:
                 yield _Unit(n, path, size, newlines)
-                newlines += unit_newlines
-            self.lines = newlines + (0 if last == b"\n" else 1)
         finally:
             out.close()
             path.unlink(missing_ok=True)
@@ -475,7 +506,7 @@ class _Parsed:
 
 def _parse_unit(task: FileTask, unit: _Unit) -> _Parsed:
     block = _block_for(unit.size)
-    src = str(unit.path)
+    src = unit.source()
     hint = _HINTS.get(task.hint_key) if task.hint_key else None
     if hint is not None:
         try:
@@ -510,7 +541,7 @@ def _parse_slowly(task: FileTask, unit: _Unit) -> _Parsed:
     the file) are bisected until each piece reads; one line that pyarrow
     cannot read on its own (e.g. a key given twice) is malformed too.
     """
-    data = unit.path.read_bytes()
+    data = unit.read_bytes()
     good: list[tuple[int, bytes]] = []
     parsed = _Parsed(None)
     line_no = unit.first_line
@@ -591,7 +622,6 @@ def _scan_units(task: FileTask, scan: FileScan) -> Iterator[tuple[int, int, pa.T
         scan.compressed_bytes = splitter.compressed
         scan.uncompressed_bytes = splitter.uncompressed
         scan.encoding = splitter.encoding
-        scan.lines = splitter.lines
 
 
 def scan_file(task: FileTask) -> FileScan:

@@ -10,13 +10,16 @@ manifest, and nothing passes through the driver but schemas and counts.
 from __future__ import annotations
 
 import asyncio
+import functools
+import heapq
+import itertools
 import logging
 import multiprocessing
 import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar
 
@@ -36,8 +39,13 @@ class Executor(Protocol):
     #: Whether tasks may keep data on this machine's disk between stages.
     shares_disk: bool
 
-    async def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
-        """``[fn(t) for t in tasks]``, in parallel; the first failure is raised."""
+    async def map(
+        self, fn: Callable[[T], R], tasks: Sequence[T], *, priority: float = 0.0
+    ) -> list[R]:
+        """``[fn(t) for t in tasks]``, in parallel; the first failure is raised.
+
+        Lower ``priority`` goes first where the executor queues work.
+        """
         ...
 
     async def close(self) -> None:
@@ -52,6 +60,15 @@ def _unwrap(results: list[Any]) -> list[Any]:
     return results
 
 
+def _warm(_: int) -> int:
+    import time
+
+    import s3flow.compaction.convert  # noqa: F401  (pyarrow, boto3)
+
+    time.sleep(0.05)  # keep this worker busy so the next task starts another one
+    return os.getpid()
+
+
 class LocalExecutor:
     """A process pool (spawned workers) shared by every manifest this processor runs."""
 
@@ -61,6 +78,9 @@ class LocalExecutor:
         self.processes = processes
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._queue: list[tuple[float, int, Callable[[Any], Any], Any, asyncio.Future[Any]]] = []
+        self._seq = itertools.count()
+        self._in_pool = 0
 
     def _ensure(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -70,14 +90,32 @@ class LocalExecutor:
                 )
             return self._pool
 
-    async def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
-        """Run the tasks in the pool; cancel the rest at the first error."""
+    async def warm(self) -> None:
+        """Start every worker process and import the conversion code in it."""
+        await self.map(_warm, list(range(self.processes)))
+
+    async def map(
+        self, fn: Callable[[T], R], tasks: Sequence[T], *, priority: float = 0.0
+    ) -> list[R]:
+        """Run the tasks in the pool; cancel the rest at the first error.
+
+        Tasks wait in a priority queue here (lowest ``priority`` first, then
+        submission order) and only ``processes + 1`` are handed to the pool at
+        a time, so an older manifest's next stage (e.g. writing its parts)
+        goes before a newer manifest's scans: manifests finish in order and
+        one's Parquet writing overlaps the next one's parsing.
+        """
         if not tasks:
             return []
-        pool = self._ensure()
         loop = asyncio.get_running_loop()
+        pool = self._ensure()
         wrapped = capture(fn)
-        futures = [loop.run_in_executor(pool, wrapped, t) for t in tasks]
+        futures: list[asyncio.Future[Any]] = []
+        for t in tasks:
+            fut: asyncio.Future[Any] = loop.create_future()
+            heapq.heappush(self._queue, (priority, next(self._seq), wrapped, t, fut))
+            futures.append(fut)
+        self._pump(loop, pool)
         try:
             results = await asyncio.gather(*futures)
         except BrokenProcessPool as exc:
@@ -88,9 +126,52 @@ class LocalExecutor:
             raise RetryableError(f"a compaction worker process died: {exc}") from exc
         except BaseException:
             for f in futures:
-                f.cancel()
+                f.cancel()  # queued ones are dropped; running ones finish unobserved
             raise
         return _unwrap(list(results))
+
+    def _pump(self, loop: asyncio.AbstractEventLoop, pool: ProcessPoolExecutor) -> None:
+        while self._in_pool < self.processes + 1 and self._queue:
+            _, _, fn, task, fut = heapq.heappop(self._queue)
+            if fut.done():
+                continue
+            try:
+                cf = pool.submit(fn, task)
+            except Exception as exc:  # pool shut down or broken
+                fut.set_exception(exc)
+                continue
+            self._in_pool += 1
+            cf.add_done_callback(functools.partial(self._done_threadsafe, fut, loop, pool))
+
+    def _done_threadsafe(
+        self,
+        fut: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+        pool: ProcessPoolExecutor,
+        cf: Future[Any],
+    ) -> None:
+        try:
+            loop.call_soon_threadsafe(self._done, cf, fut, loop, pool)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    def _done(
+        self,
+        cf: Future[Any],
+        fut: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+        pool: ProcessPoolExecutor,
+    ) -> None:
+        self._in_pool -= 1
+        if not fut.done():
+            if cf.cancelled():
+                fut.cancel()
+            elif (exc := cf.exception()) is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(cf.result())
+        if self._pool is pool:
+            self._pump(loop, pool)
 
     async def close(self) -> None:
         """Shut the pool down (waits for running tasks)."""
@@ -141,8 +222,10 @@ class SparkExecutor:
         pairs = rdd.map(lambda it: (it[0], wrapped(it[1]))).collect()
         return [r for _, r in sorted(pairs, key=lambda p: p[0])]
 
-    async def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
-        """Run the tasks as one Spark job (blocking calls on a thread)."""
+    async def map(
+        self, fn: Callable[[T], R], tasks: Sequence[T], *, priority: float = 0.0
+    ) -> list[R]:
+        """Run the tasks as one Spark job (blocking calls on a thread); no priorities."""
         if not tasks:
             return []
         try:

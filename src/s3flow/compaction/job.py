@@ -168,7 +168,7 @@ async def compact_manifest(
             )
             for i, f in enumerate(manifest.files)
         ]
-        scans: list[FileScan] = await executor.map(scan_file, tasks)
+        scans: list[FileScan] = await executor.map(scan_file, tasks, priority=started)
         units = [
             UnitRef(s.index, u.unit, u.rows, u.input_bytes, u.spill)
             for s in scans
@@ -195,7 +195,7 @@ async def compact_manifest(
                 if sum(x.input_bytes for x in sample) >= CALIBRATION_BYTES:
                     break
             cal = CalibrateTask(tuple(sample), schema, files, ws)
-            ratio = (await executor.map(calibrate, [cal]))[0]
+            ratio = (await executor.map(calibrate, [cal], priority=started))[0]
         plan = plan_parts(units, target_bytes, ratio)
         part_tasks = [
             PartTask(
@@ -211,7 +211,7 @@ async def compact_manifest(
             )
             for n, group in enumerate(plan)
         ]
-        parts: list[PartResult] = await executor.map(write_part, part_tasks)
+        parts: list[PartResult] = await executor.map(write_part, part_tasks, priority=started)
         stale = await asyncio.to_thread(
             delete_stale_parts,
             storage,

@@ -129,6 +129,15 @@ class ParquetCompactProcessor(BaseProcessor):
             )
         return self._executor
 
+    async def start(self) -> None:
+        """Start the local executor's worker processes (Spark starts on first use)."""
+        if self.opts.executor == "local":
+            from s3flow.compaction.executors import LocalExecutor
+
+            ex = self.executor
+            if isinstance(ex, LocalExecutor):
+                await ex.warm()
+
     async def stop(self) -> None:
         """Stop the worker processes / Spark session."""
         ex, self._executor = self._executor, None
