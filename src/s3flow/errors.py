@@ -12,6 +12,9 @@ caused it:
 * ``POISON`` - the SQS message itself is unusable (not a known envelope): DLQ.
 * ``SKIP`` - nothing to do for this object (it was deleted before we read it):
   log and acknowledge.
+* ``QUARANTINE`` - the object fails the pipeline's validation: tag it, record
+  it as quarantined with the reason, acknowledge (whatever
+  ``on_permanent_error`` says: validation is meant to quarantine).
 
 Library errors (botocore, zlib, ...) are translated at the boundary with
 ``raise X from exc`` so the engine only ever sees this hierarchy.
@@ -30,6 +33,7 @@ class Disposition(enum.Enum):
     PERMANENT = "permanent"
     POISON = "poison"
     SKIP = "skip"
+    QUARANTINE = "quarantine"
 
 
 class S3flowError(Exception):
@@ -93,6 +97,15 @@ class CorruptDataError(PermanentError):
 
 class UndecodableContentError(PermanentError):
     """Content could not be decoded (wrong text encoding, unparseable format)."""
+
+
+class InvalidInputError(PermanentError):
+    """The object fails the pipeline's validation (size, format, first record...).
+
+    Always quarantined with the reason, never retried or dead-lettered.
+    """
+
+    disposition = Disposition.QUARANTINE
 
 
 class OutputPathError(PermanentError):

@@ -9,7 +9,9 @@ from s3flow.errors import (
     AwsError,
     AwsPermanentError,
     Disposition,
+    InvalidInputError,
     ObjectMissingError,
+    PermanentError,
     RetryableError,
     S3flowError,
     translate_aws_error,
@@ -96,3 +98,9 @@ def test_error_class_is_short_name() -> None:
     assert translate_aws_error(client_error("AccessDenied", 403), "Op").error_class == (
         "AwsPermanentError"
     )
+
+
+def test_invalid_input_is_permanent_and_always_quarantined() -> None:
+    err = InvalidInputError("first record is a JSON list, not an object")
+    assert isinstance(err, PermanentError)
+    assert err.disposition is Disposition.QUARANTINE

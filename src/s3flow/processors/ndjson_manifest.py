@@ -5,9 +5,9 @@ For each object (plain or compressed NDJSON):
 
 1. validate: size within ``min_bytes``..``max_bytes``, readable (decompresses,
    UTF-8), first non-empty line a JSON object. An invalid file raises
-   :class:`InvalidNdjsonError` (permanent) with a readable reason; with the
-   pipeline's ``on_permanent_error = "quarantine"`` the engine tags it and
-   records it quarantined, and the worker goes on;
+   :class:`InvalidNdjsonError` (an :class:`~s3flow.errors.InvalidInputError`)
+   with a readable reason; the engine tags the object, records it quarantined
+   and acks its message, and the worker goes on;
 2. find its date (in the key, or in a field of the first record);
 3. track it as pending for ``(dataset, date)`` in the state store;
 4. if that date now reaches ``manifest_max_files`` / ``manifest_max_bytes``,
@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from s3flow.errors import ConfigError, CorruptDataError, PermanentError
+from s3flow.errors import ConfigError, CorruptDataError, InvalidInputError
 from s3flow.manifests import DATASET_RE, Sealer, Triggers, date_from_key, date_from_record
 from s3flow.processors.base import BaseProcessor, ProcessContext, Result, parse_options
 from s3flow.state.base import ManifestFile, StateStore
@@ -41,7 +41,7 @@ from s3flow.state.base import ManifestFile, StateStore
 log = logging.getLogger("s3flow.processors.ndjson_manifest")
 
 
-class InvalidNdjsonError(PermanentError):
+class InvalidNdjsonError(InvalidInputError):
     """The file is not acceptable NDJSON (size, readability, first record, date)."""
 
 

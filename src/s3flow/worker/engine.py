@@ -394,7 +394,7 @@ class PipelineRunner:
                     "%s failed (%s), retrying in %ds: %s", where, exc.error_class, delay, exc
                 )
                 status, outcome = FileStatus.FAILED, Retry(delay, exc.error_class, str(exc))
-        elif self.p.on_permanent_error == "quarantine":
+        elif exc.disposition is Disposition.QUARANTINE or self.p.on_permanent_error == "quarantine":
             await self._quarantine(event, oid, token, str(exc), exc.error_class)
             return None
         else:
