@@ -29,7 +29,7 @@ class CompactionOptions(BaseModel):
         default=128, gt=0, description="Target size of one Parquet part (approximate)."
     )
     row_group_mb: float = Field(
-        default=64,
+        default=128,
         gt=0,
         description="Arrow (in-memory) bytes gathered per Parquet row group; bounds memory.",
     )

@@ -1,0 +1,89 @@
+"""The local executor: priorities, errors as s3flow errors, a dead worker (real processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from s3flow.compaction.convert import InputChangedError
+from s3flow.compaction.executors import LocalExecutor
+from s3flow.errors import Disposition, RetryableError, S3flowError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _sleep_and_stamp(seconds: float) -> float:
+    time.sleep(seconds)
+    return time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
+
+
+def _raise_permanent(_: int) -> None:
+    raise InputChangedError("s3://b/k is gone")
+
+
+def _raise_other(_: int) -> None:
+    raise KeyError("boom")
+
+
+def _die(_: int) -> None:
+    os._exit(3)
+
+
+def _pid(_: int) -> int:
+    return os.getpid()
+
+
+def test_older_work_goes_first() -> None:
+    async def main() -> tuple[list[float], list[float]]:
+        ex = LocalExecutor(1)
+        try:
+            await ex.warm()
+            old = asyncio.ensure_future(ex.map(_sleep_and_stamp, [0.05] * 2, priority=1.0))
+            new = asyncio.ensure_future(ex.map(_sleep_and_stamp, [0.05] * 6, priority=2.0))
+            await asyncio.sleep(0)
+            # Submitted later, but older: must overtake the queued newer tasks.
+            older_next = asyncio.ensure_future(ex.map(_sleep_and_stamp, [0.05] * 2, priority=1.0))
+            done_old, done_new, done_older = await asyncio.gather(old, new, older_next)
+            return done_old + done_older, done_new
+        finally:
+            await ex.close()
+
+    first, later = asyncio.run(main())
+    assert max(first) < max(later)
+    assert sum(t > max(first) for t in later) >= 3
+
+
+def test_worker_errors_keep_class_and_disposition() -> None:
+    async def main() -> None:
+        ex = LocalExecutor(1)
+        try:
+            with pytest.raises(S3flowError) as info:
+                await ex.map(_raise_permanent, [1])
+            assert info.value.error_class == "InputChangedError"
+            assert info.value.disposition is Disposition.PERMANENT
+            assert "is gone" in str(info.value)
+            with pytest.raises(S3flowError) as info2:
+                await ex.map(_raise_other, [1])
+            assert info2.value.disposition is Disposition.RETRYABLE
+            assert "KeyError" in str(info2.value)
+        finally:
+            await ex.close()
+
+    asyncio.run(main())
+
+
+def test_a_dead_worker_is_retryable_and_the_pool_recovers() -> None:
+    async def main() -> None:
+        ex = LocalExecutor(1)
+        try:
+            with pytest.raises(RetryableError, match="worker process died"):
+                await ex.map(_die, [1])
+            pids = await ex.map(_pid, [1, 2])
+            assert all(p != os.getpid() for p in pids)
+        finally:
+            await ex.close()
+
+    asyncio.run(main())
