@@ -23,6 +23,11 @@ from itertools import islice
 from s3flow.errors import PermanentError
 
 PIECE_BYTES = 256 * 1024
+#: Pieces are grouped into blocks of about this size (ending outside quotes): the unit of
+#: parsing and of checkpoints.
+BLOCK_BYTES = 1024 * 1024
+#: A block closes here even inside an (unbalanced) quote.
+MAX_BLOCK_BYTES = 32 * 1024 * 1024
 #: A "line" (bytes without a line break) longer than this is refused: memory stays bounded.
 MAX_LINE_BYTES = 64 * 1024 * 1024
 UTF8_BOM = b"\xef\xbb\xbf"

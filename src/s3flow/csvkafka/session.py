@@ -18,9 +18,9 @@ import csv
 import json
 import logging
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
@@ -35,6 +35,8 @@ from s3flow.csvkafka.checkpoint import (
 from s3flow.csvkafka.errors import BadRowError, KafkaUnavailableError, translate_kafka_error
 from s3flow.csvkafka.options import CsvKafkaOptions
 from s3flow.csvkafka.rows import (
+    BLOCK_BYTES,
+    MAX_BLOCK_BYTES,
     PIECE_BYTES,
     UTF8_BOM,
     LineFeed,
@@ -43,6 +45,13 @@ from s3flow.csvkafka.rows import (
     decode_piece,
     original_bytes,
 )
+
+try:
+    from s3flow.csvkafka.fastpath import ArrowJsonBlocks
+
+    _FAST = True
+except ImportError:  # pragma: no cover - pyarrow is a dependency; the exact path still works
+    _FAST = False
 
 log = logging.getLogger("s3flow.csvkafka")
 
@@ -81,11 +90,13 @@ class TxnSession:
         *,
         on_checkpoint: Callable[[Checkpoint], None] | None = None,
         piece_bytes: int = PIECE_BYTES,
+        block_bytes: int = BLOCK_BYTES,
     ) -> None:
         self.opts = opts
         self.ref = ref
         self._on_checkpoint = on_checkpoint or (lambda c: None)
         self._piece_bytes = piece_bytes
+        self._block_bytes = block_bytes
         self._producer: Producer | None = None
         self._in_txn = False
         self._ckpt_partition = 0
@@ -164,6 +175,44 @@ class TxnSession:
             log.info("%s: %d bad rows skipped", self.ref.uri, state.bad)
         return state
 
+    def _blocks(self, channel: ChunkChannel, state: Checkpoint) -> Iterator[tuple[bytes, int]]:
+        """(block, end offset): line-aligned runs of pieces that end outside quotes.
+
+        A block closes at the first piece end after ``block_bytes`` where the count of
+        quote characters so far is even - a record boundary for well-formed CSV - so
+        records never span blocks (a block also closes at MAX_BLOCK_BYTES whatever the
+        quotes say: an unbalanced quote cannot make memory grow without bound).
+        """
+        opts = self.opts
+        splitter = PieceSplitter(self._piece_bytes)
+        quote = opts.quotechar.encode()
+        escaped = (opts.escapechar + opts.quotechar).encode() if opts.escapechar else None
+        target = max(self._block_bytes, 1)
+        buf: list[bytes] = []
+        size, odd, pos = 0, False, state.offset
+        first = state.offset == 0
+
+        def pieces() -> Iterator[bytes]:
+            for chunk in iter(channel.get, None):
+                yield from splitter.feed(chunk)
+            yield from splitter.finish()
+
+        for piece in pieces():
+            pos += len(piece)
+            if first:
+                first = False
+                if opts.encoding == "utf-8" and piece.startswith(UTF8_BOM):
+                    piece = piece[len(UTF8_BOM) :]
+            quotes = piece.count(quote) - (piece.count(escaped) if escaped else 0)
+            odd ^= bool(quotes & 1)
+            buf.append(piece)
+            size += len(piece)
+            if (size >= target and not odd) or size >= MAX_BLOCK_BYTES:
+                yield b"".join(buf), pos
+                buf, size, odd = [], 0, False
+        if buf:
+            yield b"".join(buf), pos
+
     def _run(self, producer: Producer, channel: ChunkChannel, state: Checkpoint) -> None:
         opts, ref = self.opts, self.ref
         topic = opts.topic
@@ -171,42 +220,8 @@ class TxnSession:
         encoding = opts.encoding
         raw_mode = opts.format == "raw"
         ckpt_rows, ckpt_s = opts.checkpoint_rows, opts.checkpoint_s
-
-        # --- pieces from the channel -------------------------------------------------
-        splitter = PieceSplitter(self._piece_bytes)
-        pending: deque[bytes] = deque()
-        pos = state.offset
-        first = state.offset == 0
-        eof = False
-
-        def next_piece() -> tuple[str, int, list[int]] | None:
-            nonlocal pos, first, eof
-            while not pending:
-                if eof:
-                    return None
-                chunk = channel.get()
-                if chunk is None:
-                    eof = True
-                    pending.extend(splitter.finish())
-                else:
-                    pending.extend(splitter.feed(chunk))
-            piece = pending.popleft()
-            pos += len(piece)
-            if first:
-                first = False
-                if encoding == "utf-8" and piece.startswith(UTF8_BOM):
-                    piece = piece[len(UTF8_BOM) :]
-            text, bad = decode_piece(piece, encoding)
-            return text, pos, bad
-
-        feed = LineFeed(next_piece, keep_raw=raw_mode, start_offset=state.offset)
-        reader = csv.reader(
-            feed,
-            delimiter=opts.delimiter,
-            quotechar=opts.quotechar,
-            escapechar=opts.escapechar,
-            doublequote=True,
-            strict=False,
+        fast_ok = (
+            opts.format == "json" and encoding == "utf-8" and opts.escapechar is None and _FAST
         )
 
         # --- columns -------------------------------------------------------------------
@@ -217,6 +232,7 @@ class TxnSession:
         key_idx = self._key_index(columns) if columns is not None else None
         if columns is not None:
             state.columns = columns
+        fast: ArrowJsonBlocks | None = None
 
         const_headers: list[tuple[str, str | bytes | None]] | None = None
         if opts.headers:
@@ -227,18 +243,16 @@ class TxnSession:
             ]
 
         produce = producer.produce
-        base_line = state.line
-        prev_end = base_line
+        lines_done = state.line  # physical lines before the current block
         row, sent, bad = state.row, state.sent, state.bad
         txn_rows = 0
-        raw_lines = feed.raw
-        bad_lines = feed.bad_lines
         last_commit = time.monotonic()
         self._begin(producer)
 
-        def handle_bad(first_line: int, reason: str, fields: list[str] | None) -> None:
+        def handle_bad(
+            first_line: int, reason: str, fields: list[str] | None, raw: str | None
+        ) -> None:
             nonlocal bad
-            text = RowEncoder.raw(raw_lines) if raw_mode else None
             where = f"{ref.uri} line {first_line}"
             if opts.bad_rows == "fail":
                 raise BadRowError(f"{where}: {reason} (bad_rows = 'fail')")
@@ -252,7 +266,7 @@ class TxnSession:
                 "line": first_line,
                 "reason": reason,
                 "fields": [_printable(f, encoding) for f in fields] if fields is not None else None,
-                "raw": _printable(text, encoding) if text is not None else None,
+                "raw": _printable(raw, encoding) if raw is not None else None,
             }
             self._produce(
                 producer,
@@ -263,74 +277,133 @@ class TxnSession:
                 [*(const_headers or []), ("s3.line", str(first_line)), ("error", reason)],
             )
 
-        while True:
-            try:
-                for fields in reader:
-                    line_end = base_line + reader.line_num
-                    line_start = prev_end + 1
-                    prev_end = line_end
-                    if not fields:
-                        pass  # a blank line: no record
-                    elif header_pending:
-                        header_pending = False
-                        if columns is None:
-                            columns = fields
-                            state.columns = columns
-                            encoder = RowEncoder(columns)
-                            ncols = len(columns)
-                            key_idx = self._key_index(columns)
-                    else:
-                        if ncols is None:
-                            ncols = len(fields)
-                        if len(fields) != ncols:
-                            handle_bad(
-                                line_start,
-                                f"expected {ncols} columns, got {len(fields)}",
-                                fields,
-                            )
-                        elif bad_lines and _touches(bad_lines, line_start, line_end):
-                            handle_bad(line_start, f"undecodable bytes (not {encoding})", fields)
-                        else:
-                            value = RowEncoder.raw(raw_lines) if raw_mode else encoder.json(fields)
-                            key = fields[key_idx] if key_idx is not None else None
-                            headers = (
-                                [*const_headers, ("s3.line", str(line_start))]
-                                if const_headers is not None
-                                else None
-                            )
-                            try:
-                                produce(topic, value, key, partition, headers=headers)
-                            except BufferError:
-                                self._produce(producer, topic, value, key, partition, headers)
-                            except KafkaException as exc:
-                                raise translate_kafka_error(exc, f"produce to {topic}") from exc
-                            sent += 1
+        for block, end in self._blocks(channel, state):
+            nlines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+            encoded = None
+            if fast_ok and columns is not None and not header_pending:
+                if fast is None:
+                    fast = ArrowJsonBlocks(
+                        columns,
+                        delimiter=opts.delimiter,
+                        quotechar=opts.quotechar,
+                        key_index=key_idx,
+                    )
+                encoded = fast.encode(block, nlines)
+            if encoded is not None:
+                # --- vectorised: one record per line --------------------------------
+                values, keys = encoded
+                line = lines_done
+                for i, value in enumerate(values):
+                    line += 1
+                    key = keys[i] if keys is not None else None
+                    headers = (
+                        [*const_headers, ("s3.line", str(line))]
+                        if const_headers is not None
+                        else None
+                    )
+                    try:
+                        produce(topic, value, key, partition, headers=headers)
+                    except BufferError:
+                        self._produce(producer, topic, value, key, partition, headers)
+                    except KafkaException as exc:
+                        raise translate_kafka_error(exc, f"produce to {topic}") from exc
+                n = len(values)
+                row += n
+                sent += n
+                txn_rows += n
+                lines_done += nlines
+            else:
+                # --- exact: the csv module, record by record ------------------------
+                text, bad_idx = decode_piece(block, encoding)
+                feed = LineFeed(
+                    partial(next, iter([(text, end, bad_idx)]), None),
+                    keep_raw=raw_mode,
+                    start_line=lines_done,
+                )
+                raw_lines = feed.raw
+                bad_lines = feed.bad_lines
+                reader = csv.reader(
+                    feed,
+                    delimiter=opts.delimiter,
+                    quotechar=opts.quotechar,
+                    escapechar=opts.escapechar,
+                    doublequote=True,
+                    strict=False,
+                )
+                prev_end = lines_done
+                while True:
+                    try:
+                        for fields in reader:
+                            line_end = lines_done + reader.line_num
+                            line_start = prev_end + 1
+                            prev_end = line_end
+                            if not fields:
+                                pass  # a blank line: no record
+                            elif header_pending:
+                                header_pending = False
+                                if columns is None:
+                                    columns = fields
+                                    state.columns = columns
+                                    encoder = RowEncoder(columns)
+                                    ncols = len(columns)
+                                    key_idx = self._key_index(columns)
+                            else:
+                                if ncols is None:
+                                    ncols = len(fields)
+                                raw = RowEncoder.raw(raw_lines) if raw_mode else None
+                                if len(fields) != ncols:
+                                    handle_bad(
+                                        line_start,
+                                        f"expected {ncols} columns, got {len(fields)}",
+                                        fields,
+                                        raw,
+                                    )
+                                elif bad_lines and _touches(bad_lines, line_start, line_end):
+                                    handle_bad(
+                                        line_start,
+                                        f"undecodable bytes (not {encoding})",
+                                        fields,
+                                        raw,
+                                    )
+                                else:
+                                    text_value = raw if raw is not None else encoder.json(fields)
+                                    key = fields[key_idx] if key_idx is not None else None
+                                    headers = (
+                                        [*const_headers, ("s3.line", str(line_start))]
+                                        if const_headers is not None
+                                        else None
+                                    )
+                                    self._produce(
+                                        producer, topic, text_value, key, partition, headers
+                                    )
+                                    sent += 1
+                                row += 1
+                                txn_rows += 1
+                            if raw_mode:
+                                raw_lines.clear()
+                        break
+                    except csv.Error as exc:
+                        line_end = lines_done + reader.line_num
+                        line_start = prev_end + 1
+                        prev_end = line_end
+                        raw = RowEncoder.raw(raw_lines) if raw_mode else None
+                        handle_bad(line_start, f"unparseable CSV: {exc}", None, raw)
                         row += 1
                         txn_rows += 1
-                    if raw_mode:
-                        raw_lines.clear()
-                    if feed.at_piece_end and (
-                        txn_rows >= ckpt_rows or time.monotonic() - last_commit >= ckpt_s
-                    ):
-                        producer.poll(0)
-                        state.offset, state.row, state.line = feed.piece_end_offset, row, line_end
-                        state.sent, state.bad = sent, bad
-                        self._commit(producer, state, final=False)
-                        txn_rows = 0
-                        last_commit = time.monotonic()
-                break
-            except csv.Error as exc:
-                line_end = base_line + reader.line_num
-                line_start = prev_end + 1
-                prev_end = line_end
-                handle_bad(line_start, f"unparseable CSV: {exc}", None)
-                row += 1
-                txn_rows += 1
-                if raw_mode:
-                    raw_lines.clear()
+                        if raw_mode:
+                            raw_lines.clear()
+                lines_done = lines_done + reader.line_num
+            if txn_rows >= ckpt_rows or time.monotonic() - last_commit >= ckpt_s:
+                producer.poll(0)
+                state.offset, state.row, state.line = end, row, lines_done
+                state.sent, state.bad = sent, bad
+                self._commit(producer, state, final=False)
+                txn_rows = 0
+                last_commit = time.monotonic()
+            state.offset, state.line = end, lines_done
         if header_pending and opts.header:
             log.info("%s: empty object (no header row)", ref.uri)
-        state.offset, state.row, state.line = feed.piece_end_offset, row, prev_end
+        state.row, state.line = row, lines_done
         state.sent, state.bad, state.done = sent, bad, True
         self._commit(producer, state, final=True)
 

@@ -81,3 +81,32 @@ def latest_checkpoint(bootstrap: str, topic: str) -> Checkpoint | None:
     """The last committed record of a checkpoint topic (one object per topic in tests)."""
     rows = read_topic(bootstrap, topic, with_headers=False)
     return Checkpoint.decode(rows[-1].value) if rows else None
+
+
+class CheckpointWatcher:
+    """Follows a checkpoint topic (read_committed) and keeps the latest checkpoint."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.latest: Checkpoint | None = None
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"watcher-{uuid.uuid4().hex[:8]}",
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+                "topic.metadata.refresh.interval.ms": 500,
+                "log_level": 3,
+            }
+        )
+        self._consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+
+    def poll(self, timeout_s: float = 0.02) -> Checkpoint | None:
+        """Read what is new; return the latest checkpoint."""
+        for msg in self._consumer.consume(num_messages=1000, timeout=timeout_s):
+            if msg.error() is None and msg.value():
+                self.latest = Checkpoint.decode(msg.value() or b"")
+        return self.latest
+
+    def close(self) -> None:
+        self._consumer.close()

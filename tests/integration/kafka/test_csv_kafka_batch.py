@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka_support import latest_checkpoint, read_topic, unique_topic
+from kafka_support import CheckpointWatcher, latest_checkpoint, read_topic, unique_topic
 
 from s3flow.csvkafka.checkpoint import Checkpoint
 from s3flow.kafka_broker import KafkaBroker
@@ -95,29 +95,18 @@ def test_batch_failures_exit_non_zero_with_a_reason(
 
 
 def wait_progress(
-    bootstrap: str, ckpt_topic: str, at_least: int, proc: Any, timeout_s: float
+    watcher: CheckpointWatcher, at_least: int, proc: Any, timeout_s: float
 ) -> Checkpoint:
-    """Poll the committed checkpoint until it covers ``at_least`` rows (or the run ends)."""
+    """Follow the committed checkpoint until it covers ``at_least`` rows (or the run ends)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        ckpt = (
-            latest_checkpoint(bootstrap, ckpt_topic)
-            if _topic_exists(bootstrap, ckpt_topic)
-            else None
-        )
+        ckpt = watcher.poll()
         if ckpt is not None and (ckpt.row >= at_least or ckpt.done):
             return ckpt
         if proc.poll() is not None:
             raise AssertionError(f"the run ended (exit {proc.returncode}) before row {at_least}")
         if time.monotonic() > deadline:
             raise AssertionError(f"no checkpoint at row {at_least} within {timeout_s}s")
-        time.sleep(0.05)
-
-
-def _topic_exists(bootstrap: str, topic: str) -> bool:
-    from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
-
-    return topic in AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10).topics
 
 
 ROWS = 1_000_000
@@ -147,12 +136,13 @@ def test_sigkill_at_ten_random_points_then_resume_exactly_once(
     rng = random.Random(int(os.environ.get("CRASH_SEED", "0")) or None)
     points = sorted(rng.sample(range(20_000, ROWS - 50_000), 10))
     kills = 0
+    watcher = CheckpointWatcher(kafka.bootstrap, f"{topic}.checkpoints")
     for point in points:
         proc = subprocess.Popen(
             command(tmp_path, kafka, *args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         try:
-            ckpt = wait_progress(kafka.bootstrap, f"{topic}.checkpoints", point, proc, 90)
+            ckpt = wait_progress(watcher, point, proc, 90)
             assert not ckpt.done
             time.sleep(rng.uniform(0, 0.05))  # somewhere inside the next transaction
             proc.send_signal(signal.SIGKILL)
@@ -160,6 +150,7 @@ def test_sigkill_at_ten_random_points_then_resume_exactly_once(
         finally:
             proc.kill()
             proc.wait(30)
+    watcher.close()
     assert kills == 10
     final = summary(cli(tmp_path, kafka, *args, timeout_s=120))
     assert final["rows"] == ROWS and final["resumed_from_row"] > 0
@@ -178,8 +169,11 @@ def test_broker_restart_mid_file(
         stderr=subprocess.PIPE,
         text=True,
     )
+    watcher = CheckpointWatcher(kafka.bootstrap, f"{topic}.checkpoints")
     try:
-        wait_progress(kafka.bootstrap, f"{topic}.checkpoints", 200_000, proc, 90)
+        at_restart = wait_progress(watcher, 200_000, proc, 90)
+        watcher.close()
+        assert not at_restart.done and proc.poll() is None  # really in the middle
         kafka.restart()
         out, err = proc.communicate(timeout=180)
     finally:

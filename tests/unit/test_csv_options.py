@@ -1,0 +1,47 @@
+"""csv-to-kafka options: validation with errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from s3flow.csvkafka.options import parse_options
+from s3flow.errors import ConfigError
+from s3flow.processors import create_processor
+
+
+def test_defaults() -> None:
+    o = parse_options({"topic": "t", "bootstrap_servers": "127.0.0.1:1"})
+    assert (o.header, o.format, o.partitioning, o.partition) == (True, "json", "single", 0)
+    assert (o.compression, o.checkpoint_rows, o.bad_rows) == ("lz4", 10_000, "dead-letter")
+    assert (o.checkpoint_topic_name, o.dlq_topic_name) == ("t.checkpoints", "t.dlq")
+    assert parse_options({"topic": "t", "delimiter": "tab"}).delimiter == "\t"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"topic": "t", "colour": "red"}, "unknown option 'colour'"),
+        ({}, "option 'topic'"),
+        ({"topic": "t", "delimiter": ";;"}, "option 'delimiter'"),
+        ({"topic": "t", "encoding": "utf-16"}, "not ASCII-compatible"),
+        ({"topic": "t", "encoding": "klingon"}, "unknown encoding"),
+        ({"topic": "t", "partitioning": "key-hash"}, "needs key_column"),
+        ({"topic": "t", "header": False, "key_column": "id"}, "needs column names"),
+        ({"topic": "t", "bad_rows": "ignore"}, "option 'bad_rows'"),
+        ({"topic": "t", "compression": "brotli"}, "option 'compression'"),
+    ],
+)
+def test_invalid_options_name_the_key(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_options(options)
+
+
+def test_bootstrap_from_option_env_or_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP", raising=False)
+    with pytest.raises(ConfigError, match="KAFKA_BOOTSTRAP"):
+        create_processor("csv-to-kafka", {"topic": "t"})
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", "127.0.0.1:9")
+    assert parse_options({"topic": "t"}).bootstrap() == "127.0.0.1:9"
+    assert parse_options({"topic": "t", "bootstrap_servers": "h:1"}).bootstrap() == "h:1"
+    proc = create_processor("csv-to-kafka", {"topic": "t"})
+    assert proc.name == "csv-to-kafka"
