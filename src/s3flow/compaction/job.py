@@ -6,7 +6,7 @@
 2. **Unify** the files' schemas in manifest order (:mod:`~s3flow.compaction.schema`).
 3. **Plan** parts: whole units in manifest order, cut when the estimated
    Parquet size reaches ``parquet_target_mb``. The estimate is the input size
-   times the Parquet/input ratio measured on the first 16 MiB of input
+   times the Parquet/input ratio measured on the first 8 MiB of input
    (:func:`~s3flow.compaction.convert.calibrate`); a manifest whose input is
    no bigger than the target is one part. The plan depends only on the
    manifest's content, so a rerun produces the same parts.
@@ -53,7 +53,7 @@ from s3flow.compaction.schema import unify_schemas
 
 __all__ = ["CompactionReport", "compact_manifest", "plan_parts"]
 
-CALIBRATION_BYTES = 16 * MIB
+CALIBRATION_BYTES = 8 * MIB
 
 
 @dataclass
