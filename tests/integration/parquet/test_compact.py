@@ -373,3 +373,73 @@ def test_spark_executor_gives_the_same_output(harness: Harness) -> None:
     assert tl.schema.equals(ts.schema)
     assert tl.to_pylist() == ts.to_pylist()
     assert tl.num_rows == 7 + 300 + 1
+
+
+@pytest.mark.timeout(120)
+def test_state_store_manifest_and_files_follow_the_compaction(harness: Harness) -> None:
+    import asyncio
+
+    from s3flow.manifests import manifest_document
+    from s3flow.state import ManifestFileStatus, ManifestStatus, open_state_store
+    from s3flow.state.base import ManifestFile, ManifestRecord
+
+    h = harness
+    configure(h)
+    assert h.settings is not None
+    data = Data(h)
+    entries = data.put_many([(f"st/f{i}.ndjson", ndjson([{"id": i}])) for i in range(3)])
+    files = [ManifestFile(e["bucket"], e["key"], e["size"], e["etag"]) for e in entries]
+    day = DATES[0]
+
+    async def seal() -> dict[str, Any]:
+        async with open_state_store(h.state_url) as store:
+            assert store is not None
+            for f in files:
+                await store.add_pending("events", day, f)
+            token = await store.acquire_lock("seal:events", owner="t", ttl_s=30)
+            assert token is not None
+            draft = ManifestRecord(
+                manifest_id="st-1",
+                dataset="events",
+                date=day,
+                status=ManifestStatus.SEALING,
+                files=files,
+                trigger="count",
+                fencing_token=token,
+                sealed_by="t",
+                created_at=0.0,
+            )
+            sealed = await store.seal_manifest(draft, lock="seal:events", owner="t", token=token)
+            assert sealed is not None
+            return manifest_document(sealed)
+
+    async def state() -> tuple[Any, list[Any]]:
+        async with open_state_store(h.state_url) as store:
+            assert store is not None
+            m = await store.get_manifest("st-1")
+            tracked = [await store.get_tracked("events", day, f.id) for f in files]
+            return m, tracked
+
+    doc = asyncio.run(seal())
+    key = f"manifests/events/date={day}/st-1.json"
+    h.s3.put_object(Bucket=h.bucket, Key=key, Body=json.dumps(doc).encode())
+    h.purge()
+
+    # An input deleted behind the manifest's back: failed, with the reason.
+    h.s3.delete_object(Bucket=data.bucket, Key="st/f1.ndjson")
+    res = run_cli(h, f"s3://{h.bucket}/{key}")
+    assert res.returncode == 2
+    m, tracked = asyncio.run(state())
+    assert m.status is ManifestStatus.FAILED and "st/f1.ndjson" in m.detail
+    assert {t.status for t in tracked} == {ManifestFileStatus.FAILED}
+
+    # Put back, retried: processing -> completed, files too.
+    h.s3.put_object(Bucket=data.bucket, Key="st/f1.ndjson", Body=ndjson([{"id": 1}]))
+    doc["files"][1]["etag"] = h.s3.head_object(Bucket=data.bucket, Key="st/f1.ndjson")["ETag"]
+    h.s3.put_object(Bucket=h.bucket, Key=key, Body=json.dumps(doc).encode())
+    res = run_cli(h, f"s3://{h.bucket}/{key}")
+    assert res.returncode == 0, res.stderr
+    m, tracked = asyncio.run(state())
+    assert m.status is ManifestStatus.COMPLETED and m.attempts == 2
+    assert {t.status for t in tracked} == {ManifestFileStatus.COMPLETED}
+    assert read_parts(h, parts(h)).column("id").to_pylist() == [0, 1, 2]
