@@ -55,9 +55,9 @@ async def run_batch(
     from s3flow.app import open_store
     from s3flow.aws import open_clients
     from s3flow.csvkafka.checkpoint import ObjectRef
-    from s3flow.csvkafka.runner import run_object
+    from s3flow.csvkafka.runner import open_stream, run_object
     from s3flow.errors import S3flowError, translate_aws_error
-    from s3flow.objects import ObjectReader, open_object
+    from s3flow.objects import ObjectReader
     from s3flow.processors.csv_kafka import CsvToKafkaProcessor
 
     processor = CsvToKafkaProcessor(options)
@@ -73,13 +73,13 @@ async def run_batch(
         etag = str(head.get("ETag") or "").strip('"')
         ref = ObjectRef(bucket, key, version_id or etag)
 
-        async def open_stream() -> ObjectReader:
-            return await open_object(clients.s3, bucket, key, version_id=version_id)
+        async def opener() -> ObjectReader:
+            return await open_stream(clients.s3, bucket, key, version_id)
 
         try:
             await processor.ensure_topics()
             report = await run_object(
-                processor.opts, ref, open_stream, executor=processor.executor, store=store
+                processor.opts, ref, opener, executor=processor.executor, store=store
             )
         except S3flowError:
             raise

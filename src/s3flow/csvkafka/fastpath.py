@@ -9,8 +9,8 @@ taken here when that is certain; otherwise :meth:`ArrowJsonBlocks.encode` return
 ``None`` and the caller uses the exact path for the block:
 
 * valid UTF-8, one record per physical line (no blank lines, no line breaks inside
-  quotes: the record count equals the count of line breaks), every record with the
-  expected number of columns;
+  quotes, no lone CR: the record count equals the count of line feeds), every record
+  with the expected number of columns;
 * no control characters in a field other than tab (escaped here as ``\\t``).
 """
 
@@ -75,8 +75,8 @@ class ArrowJsonBlocks:
 
     def encode(self, block: bytes, lines: int) -> tuple[list[bytes], list[Any] | None] | None:
         """(values, keys) of the ``lines`` records of ``block``, or ``None`` (exact path)."""
-        if not block:
-            return None
+        if not block or block.count(b"\r") != block.count(b"\r\n"):
+            return None  # a lone CR is a line break to csv: line numbers would differ
         self._invalid = False
         try:
             table = pcsv.read_csv(

@@ -85,6 +85,11 @@ class CsvKafkaOptions(BaseModel):
     checkpoint_s: float = Field(
         default=5.0, gt=0, description="... or after this many seconds, whichever comes first."
     )
+    checkpoint_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description="... or after this many CSV bytes: bounds what an open transaction holds.",
+    )
     checkpoint_topic: str | None = Field(
         default=None, description="Compacted checkpoint topic; default '<topic>.checkpoints'."
     )

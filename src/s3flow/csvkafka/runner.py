@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 from s3flow.csvkafka.channel import ChannelClosed, ChunkChannel
 from s3flow.csvkafka.checkpoint import Checkpoint, ObjectRef, mirror_name
@@ -24,12 +25,20 @@ from s3flow.csvkafka.errors import ProducerFencedError
 from s3flow.csvkafka.options import CsvKafkaOptions
 from s3flow.csvkafka.session import TxnSession
 from s3flow.errors import ObjectMissingError, RetryableError
-from s3flow.objects import ObjectReader
+from s3flow.objects import ObjectReader, open_object
 from s3flow.state.base import StateStore
 
 log = logging.getLogger("s3flow.csvkafka")
 
-CHANNEL_CHUNKS = 4
+CHANNEL_CHUNKS = 2
+#: S3 read size. Small on purpose: the reader decompresses one read at a time and keeps
+#: all of its output at once, so with a 100:1 gzip a 1 MB read would be 100 MB in memory.
+READ_CHUNK_BYTES = 128 * 1024
+
+
+async def open_stream(s3: Any, bucket: str, key: str, version_id: str | None) -> ObjectReader:
+    """The object as a decompressing stream, read in :data:`READ_CHUNK_BYTES` reads."""
+    return await open_object(s3, bucket, key, version_id=version_id, chunk_bytes=READ_CHUNK_BYTES)
 
 
 @dataclass

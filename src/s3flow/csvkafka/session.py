@@ -219,7 +219,11 @@ class TxnSession:
         partition = opts.partition if opts.partitioning == "single" else _PARTITION_ANY
         encoding = opts.encoding
         raw_mode = opts.format == "raw"
-        ckpt_rows, ckpt_s = opts.checkpoint_rows, opts.checkpoint_s
+        ckpt_rows, ckpt_s, ckpt_bytes = (
+            opts.checkpoint_rows,
+            opts.checkpoint_s,
+            opts.checkpoint_bytes,
+        )
         fast_ok = (
             opts.format == "json" and encoding == "utf-8" and opts.escapechar is None and _FAST
         )
@@ -245,7 +249,7 @@ class TxnSession:
         produce = producer.produce
         lines_done = state.line  # physical lines before the current block
         row, sent, bad = state.row, state.sent, state.bad
-        txn_rows = 0
+        txn_rows = txn_bytes = 0
         last_commit = time.monotonic()
         self._begin(producer)
 
@@ -393,12 +397,17 @@ class TxnSession:
                         if raw_mode:
                             raw_lines.clear()
                 lines_done = lines_done + reader.line_num
-            if txn_rows >= ckpt_rows or time.monotonic() - last_commit >= ckpt_s:
+            txn_bytes += len(block)
+            if (
+                txn_rows >= ckpt_rows
+                or txn_bytes >= ckpt_bytes
+                or time.monotonic() - last_commit >= ckpt_s
+            ):
                 producer.poll(0)
                 state.offset, state.row, state.line = end, row, lines_done
                 state.sent, state.bad = sent, bad
                 self._commit(producer, state, final=False)
-                txn_rows = 0
+                txn_rows = txn_bytes = 0
                 last_commit = time.monotonic()
             state.offset, state.line = end, lines_done
         if header_pending and opts.header:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from s3flow.csvkafka.checkpoint import ObjectRef
 from s3flow.csvkafka.options import CsvKafkaOptions, parse_options
-from s3flow.csvkafka.runner import RunReport, run_object
+from s3flow.csvkafka.runner import RunReport, open_stream, run_object
 from s3flow.csvkafka.topics import ensure_topics
 from s3flow.processors.base import BaseProcessor, ProcessContext, Result
 
@@ -72,7 +72,7 @@ class CsvToKafkaProcessor(BaseProcessor):
         report = await run_object(
             self.opts,
             ref,
-            ctx.open,
+            lambda: open_stream(ctx.s3, event.bucket, event.key, event.version_id),
             executor=self.executor,
             store=ctx.store,
             report_progress=ctx.report_progress,

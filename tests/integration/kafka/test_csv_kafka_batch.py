@@ -181,3 +181,38 @@ def test_broker_restart_mid_file(
     assert proc.returncode == 0, err[-3000:]
     assert json.loads(out.strip().splitlines()[-1])["rows"] == ROWS
     check_exactly_once(kafka.bootstrap, topic)
+
+
+@pytest.mark.timeout(180)
+def test_two_gigabytes_stream_with_bounded_memory(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """A gzip object of 2 GiB uncompressed (one compressed member repeated: generated in
+    well under a second) goes through with peak RSS under 250 MB."""
+    import gzip
+
+    pad = "x" * 240
+    block = "".join(f"{i},{pad},{pad},{pad},{pad},{pad},{pad},{pad}\n" for i in range(500))
+    member = gzip.compress(block.encode(), 1)
+    copies = (2 << 30) // len(block)
+    s3.put_object(Bucket=bucket, Key="big.csv.gz", Body=member * copies)
+    topic = unique_topic("mem")
+    out = summary(
+        cli(
+            tmp_path,
+            kafka,
+            f"s3://{bucket}/big.csv.gz",
+            "--topic",
+            topic,
+            "--no-header",
+            "-o",
+            'columns=["n","a","b","c","d","e","f","g"]',
+            timeout_s=170,
+        )
+    )
+    assert out["bytes_read"] == copies * len(block) > 2_000_000_000
+    assert out["rows"] == copies * 500
+    print(f"2 GiB: peak RSS {out['peak_rss_mb']} MB, {out['seconds']}s")
+    assert out["peak_rss_mb"] < 250, out
+    ckpt = latest_checkpoint(kafka.bootstrap, f"{topic}.checkpoints")
+    assert ckpt is not None and ckpt.done and ckpt.offset == copies * len(block)
