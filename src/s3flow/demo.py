@@ -1,9 +1,16 @@
 """``s3flow demo``: zero-setup end to end on the embedded local endpoint.
 
-Starts moto server on loopback, provisions a bucket + queue + DLQ +
-notification, uploads sample files (plain, gzip, multi-member gzip, zstd,
-bz2, awkward keys, one corrupt file), runs the worker until the queue is
-drained with a progress bar, and prints what happened to each file.
+Starts moto server on loopback, provisions buckets + queues + DLQs +
+notifications, and runs three pipelines, each with a progress bar and a
+results table:
+
+1. ``line-count`` on sample files (plain, gzip, multi-member gzip, zstd, bz2,
+   awkward keys, one corrupt file that is dead-lettered with its reason);
+2. ``ndjson-to-parquet``: NDJSON files over two dates (one invalid, so
+   quarantined) -> manifests -> Parquet parts, read back and counted;
+3. ``csv-to-kafka`` (when Java 17+ is present: a private Kafka broker on
+   127.0.0.1): a gzip CSV streamed into a topic exactly once, read back with
+   ``read_committed``.
 """
 
 from __future__ import annotations
@@ -11,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import bz2
 import gzip
+import io
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,23 +42,67 @@ from s3flow.objects import zstd
 from s3flow.processors.base import Result
 from s3flow.provision import provision
 from s3flow.settings import Settings, load_settings
+from s3flow.state.base import FileStatus
 
+IN_BUCKET = "s3flow-demo-incoming"
+OUT_BUCKET = "s3flow-demo-results"
+_COMMON: dict[str, Any] = {"visibility_timeout_s": 30, "wait_time_s": 1, "max_receive_count": 3}
 DEMO_CONFIG: dict[str, Any] = {
     "pipelines": [
         {
+            **_COMMON,
             "name": "counts",
             "processor": "line-count",
-            "bucket": "s3flow-demo-incoming",
+            "bucket": IN_BUCKET,
             "prefix": "logs/",
             "queue": "s3flow-demo-events",
-            "output": "s3://s3flow-demo-results/counts/",
+            "output": f"s3://{OUT_BUCKET}/counts/",
             "concurrency": 16,
-            "visibility_timeout_s": 30,
-            "wait_time_s": 1,
-            "max_receive_count": 3,
-        }
+        },
+        {
+            **_COMMON,
+            "name": "events",
+            "processor": "ndjson-manifest",
+            "bucket": IN_BUCKET,
+            "prefix": "events/",
+            "queue": "s3flow-demo-ndjson",
+            "output": f"s3://{OUT_BUCKET}/unused/",
+            "concurrency": 16,
+            "options": {
+                "min_bytes": 100,
+                "manifest_max_files": 10,
+                "manifest_bucket": OUT_BUCKET,
+                "manifest_prefix": "manifests/",
+                "seal_on_stop": True,
+            },
+        },
+        {
+            **_COMMON,
+            "name": "compact",
+            "processor": "parquet-compact",
+            "bucket": OUT_BUCKET,
+            "prefix": "manifests/",
+            "suffix": ".json",
+            "queue": "s3flow-demo-compact",
+            "output": f"s3://{OUT_BUCKET}/lake/",
+            "concurrency": 2,
+            "options": {"processes": 2},
+        },
     ]
 }
+KAFKA_PIPELINE: dict[str, Any] = {
+    **_COMMON,
+    "name": "orders",
+    "processor": "csv-to-kafka",
+    "bucket": IN_BUCKET,
+    "prefix": "orders/",
+    "queue": "s3flow-demo-csv",
+    "output": f"s3://{OUT_BUCKET}/unused/",
+    "concurrency": 2,
+    "options": {"topic": "s3flow-demo-orders", "key_column": "order_id"},
+}
+NDJSON_DATES = ("2026-11-22", "2026-11-23")
+CSV_ROWS = 20_000
 
 
 def sample_files() -> dict[str, bytes]:
@@ -69,6 +122,27 @@ def sample_files() -> dict[str, bytes]:
         "logs/broken.gz": gzip.compress(text.encode())[:2000],  # truncated: dead-lettered
     }
     return files
+
+
+def ndjson_files() -> dict[str, bytes]:
+    """Stage 2's input: 24 NDJSON files over two dates (some gzip) and one invalid file."""
+    files: dict[str, bytes] = {}
+    for n in range(24):
+        day = NDJSON_DATES[n % 2]
+        rows = "".join(
+            json.dumps({"id": n * 100 + r, "date": day, "user": f"u{r % 7}", "ms": r * 1.5}) + "\n"
+            for r in range(100)
+        ).encode()
+        files[f"events/{day}/part-{n:03d}.ndjson"] = gzip.compress(rows) if n % 3 == 0 else rows
+    files[f"events/{NDJSON_DATES[0]}/broken.ndjson"] = b'[1, 2, 3]\n{"id": 1}\n' * 10
+    return files
+
+
+def csv_object() -> bytes:
+    """Stage 3's input: a gzip CSV with a header row and CSV_ROWS orders."""
+    lines = ["order_id,sku,qty,note"]
+    lines += [f'{i},SKU-{i % 97:03d},{i % 5 + 1},"gift, wrapped"' for i in range(CSV_ROWS)]
+    return gzip.compress(("\n".join(lines) + "\n").encode())
 
 
 @dataclass
@@ -112,7 +186,7 @@ def _env(values: dict[str, str]) -> Iterator[None]:
 
 
 async def _upload(settings: Settings, files: dict[str, bytes]) -> None:
-    bucket = settings.pipelines[0].bucket
+    bucket = IN_BUCKET
     async with open_clients(settings.aws) as clients:
         await asyncio.gather(
             *(clients.s3.put_object(Bucket=bucket, Key=k, Body=v) for k, v in files.items())
@@ -147,29 +221,167 @@ def run_demo(console: Console | None = None, *, endpoint_url: str | None = None)
     else:
         env = {"AWS_ENDPOINT_URL": endpoint_url}
     try:
-        with _env(env):
+        with _env(env), _kafka_broker(console) as bootstrap:
             state_dir = tempfile.mkdtemp(prefix="s3flow-demo-")
+            config = dict(DEMO_CONFIG)
+            if bootstrap:
+                pipeline = {**KAFKA_PIPELINE}
+                pipeline["options"] = {**pipeline["options"], "bootstrap_servers": bootstrap}
+                config["pipelines"] = [*config["pipelines"], pipeline]
             settings = load_settings(
-                None, {**DEMO_CONFIG, "state": {"url": f"sqlite:{state_dir}/state.db"}}
+                None, {**config, "state": {"url": f"sqlite:{state_dir}/state.db"}}
             )
-            console.print("[bold]2/5[/] provisioning bucket, queue, DLQ and notification ...")
+            console.print("[bold]2/5[/] provisioning buckets, queues, DLQs and notifications ...")
             changes = asyncio.run(provision(settings))
             for c in changes:
                 console.print(f"      {c.kind:<12} {c.name:<45} {c.action}")
             console.print(f"[bold]3/5[/] uploading {len(files)} sample files ...")
             asyncio.run(_upload(settings, files))
             console.print("[bold]4/5[/] running the worker until the queue is drained ...")
-            metrics = _run_with_progress(console, settings, len(files))
+            metrics = _run_with_progress(console, settings, len(files), ["counts"])
             console.print("[bold]5/5[/] results")
             results = asyncio.run(_results(settings, list(files)))
             _print_table(console, files, results, metrics)
+            _ndjson_stage(console, settings)
+            if bootstrap:
+                _kafka_stage(console, settings, bootstrap)
     finally:
         if endpoint is not None:
             endpoint.stop()
     return 0
 
 
-def _run_with_progress(console: Console, settings: Settings, total: int) -> WorkerMetrics:
+@contextmanager
+def _kafka_broker(console: Console) -> Iterator[str | None]:
+    """A private Kafka broker for stage 3 when Java 17+ is here, else None (stage skipped)."""
+    from s3flow.kafka_broker import KafkaBroker, ServiceError, java_available
+
+    if not java_available():
+        console.print("      (no Java 17+: the csv-to-kafka stage is skipped)")
+        yield None
+        return
+    console.print("      starting a private Kafka broker on 127.0.0.1 (Java) ...")
+    broker = KafkaBroker()
+    try:
+        broker.start(timeout_s=180)
+    except ServiceError as exc:
+        console.print(f"      [yellow]Kafka broker unavailable, stage skipped:[/] {exc}")
+        broker.close()
+        yield None
+        return
+    console.print(f"      Kafka: {broker.bootstrap}")
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.close()
+
+
+def _ndjson_stage(console: Console, settings: Settings) -> None:
+    """NDJSON files -> manifests (per date) -> Parquet parts, read back."""
+    import pyarrow.parquet as pq
+
+    from s3flow.state import open_state_store
+
+    files = ndjson_files()
+    console.print(
+        f"\n[bold]ndjson-to-parquet[/]: uploading {len(files)} NDJSON files over "
+        f"{len(NDJSON_DATES)} dates (one invalid) ..."
+    )
+    asyncio.run(_upload(settings, files))
+    _run_with_progress(console, settings, len(files), ["events"])
+    manifests = asyncio.run(_manifests(settings))
+    console.print(f"      {len(manifests)} manifests sealed; compacting them to Parquet ...")
+    _run_with_progress(console, settings, len(manifests), ["compact"])
+
+    async def quarantined() -> list[Any]:
+        async with open_state_store(settings.state.url) as store:
+            return await store.list_files(status=FileStatus.QUARANTINED, pipeline="events")
+
+    table = Table(title="ndjson-to-parquet: Parquet parts written")
+    for col in ("part", "rows", "columns", "bytes"):
+        table.add_column(col, justify="left" if col in ("part", "columns") else "right")
+    total = 0
+    for key, body in asyncio.run(_objects(settings, OUT_BUCKET, "lake/")):
+        parquet = pq.read_table(io.BytesIO(body))
+        total += parquet.num_rows
+        table.add_row(
+            key, f"{parquet.num_rows:,}", ", ".join(parquet.column_names), f"{len(body):,}"
+        )
+    console.print(table)
+    for rec in asyncio.run(quarantined()):
+        console.print(f"      quarantined [red]{rec.key}[/]: {rec.last_error}", highlight=False)
+    console.print(f"      {total:,} rows in Parquet, one per valid NDJSON line.")
+
+
+def _kafka_stage(console: Console, settings: Settings, bootstrap: str) -> None:
+    """A gzip CSV -> Kafka rows, exactly once; read back with read_committed."""
+    data = csv_object()
+    key = "orders/2026-11-23/orders.csv.gz"
+    console.print(
+        f"\n[bold]csv-to-kafka[/]: uploading {key} "
+        f"({CSV_ROWS:,} rows, {len(data):,} bytes gzip) ..."
+    )
+    asyncio.run(_upload(settings, {key: data}))
+    _run_with_progress(console, settings, 1, ["orders"])
+    topic = str(KAFKA_PIPELINE["options"]["topic"])
+    count, first = _read_topic(bootstrap, topic)
+    console.print(
+        f"      topic {topic!r} (read_committed): {count:,} messages; the first: {first}",
+        highlight=False,
+    )
+
+
+def _read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> tuple[int, str]:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "s3flow-demo-reader",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+    count, first = 0, ""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=1000, timeout=0.2):
+                err = msg.error()
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    return count, first
+                if err is None:
+                    if not first:
+                        first = (msg.value() or b"").decode()
+                    count += 1
+    finally:
+        consumer.close()
+    return count, first
+
+
+async def _manifests(settings: Settings) -> list[Any]:
+    from s3flow.state import open_state_store
+
+    async with open_state_store(settings.state.url) as store:
+        return await store.list_manifests()
+
+
+async def _objects(settings: Settings, bucket: str, prefix: str) -> list[tuple[str, bytes]]:
+    out: list[tuple[str, bytes]] = []
+    async with open_clients(settings.aws) as clients:
+        resp = await clients.s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+        for item in resp.get("Contents", []):
+            obj = await clients.s3.get_object(Bucket=bucket, Key=item["Key"])
+            async with obj["Body"] as body:
+                out.append((item["Key"], await body.read()))
+    return out
+
+
+def _run_with_progress(
+    console: Console, settings: Settings, total: int, pipelines: list[str]
+) -> WorkerMetrics:
     with Progress(
         TextColumn("      {task.description:<50}"),
         BarColumn(),
@@ -179,7 +391,9 @@ def _run_with_progress(console: Console, settings: Settings, total: int) -> Work
     ) as progress:
         task_id = progress.add_task("waiting for notifications", total=total)
         observer = DemoObserver(progress, task_id)
-        metrics = asyncio.run(run_worker(settings, burst=True, observer=observer))  # type: ignore[arg-type]
+        metrics = asyncio.run(
+            run_worker(settings, burst=True, pipelines=pipelines, observer=observer)  # type: ignore[arg-type]
+        )
         progress.update(task_id, description="done")
     return metrics
 
