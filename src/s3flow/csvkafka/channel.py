@@ -12,15 +12,18 @@ class ChannelClosed(Exception):
 
 
 class ChunkChannel:
-    """At most ``maxsize`` chunks in flight: ``await put()`` on the loop, ``get()`` in a thread.
+    """At most ``max_bytes`` in flight: ``await put()`` on the loop, ``get()`` in a thread.
+
+    One chunk is always accepted into an empty channel, whatever its size.
 
     ``close()`` (feeder: no more chunks) makes ``get()`` return ``None`` once drained;
     ``abort()`` (either side) makes both sides stop: ``put``/``get`` raise ChannelClosed.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, maxsize: int = 4) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_bytes: int = 8 << 20) -> None:
         self._loop = loop
-        self._max = maxsize
+        self._max = max_bytes
+        self._bytes = 0
         self._items: deque[bytes] = deque()
         self._cond = threading.Condition()
         self._space = asyncio.Event()
@@ -33,8 +36,9 @@ class ChunkChannel:
             with self._cond:
                 if self._aborted:
                     raise ChannelClosed("the consumer stopped")
-                if len(self._items) < self._max:
+                if not self._items or self._bytes + len(item) <= self._max:
                     self._items.append(item)
+                    self._bytes += len(item)
                     self._cond.notify()
                     return
                 self._space.clear()
@@ -63,6 +67,7 @@ class ChunkChannel:
             if not self._items:
                 return None
             item = self._items.popleft()
+            self._bytes -= len(item)
         self._wake_feeder()
         return item
 

@@ -31,7 +31,10 @@ _CONTROL = r"[\x00-\x08\x0a-\x1f]"
 
 
 class ArrowJsonBlocks:
-    """Encodes blocks of a CSV object with known columns (``None`` = use the exact path)."""
+    """Encodes blocks of a CSV object with known columns (``None`` = use the exact path).
+
+    ``encode`` may run in several threads at once.
+    """
 
     def __init__(
         self,
@@ -45,21 +48,7 @@ class ArrowJsonBlocks:
         self.key_index = key_index
         names = [f"c{i}" for i in range(len(columns))]  # header names may repeat
         self._read = pcsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 22)
-        self._invalid = False
-
-        def on_invalid(row: Any) -> str:
-            self._invalid = True
-            return "skip"
-
-        self._parse = pcsv.ParseOptions(
-            delimiter=delimiter,
-            quote_char=quotechar,
-            double_quote=True,
-            escape_char=False,
-            newlines_in_values=True,
-            ignore_empty_lines=True,
-            invalid_row_handler=on_invalid,
-        )
+        self._delimiter, self._quotechar = delimiter, quotechar
         self._convert = pcsv.ConvertOptions(
             column_types={n: pa.string() for n in names},
             strings_can_be_null=False,
@@ -77,18 +66,32 @@ class ArrowJsonBlocks:
         """(values, keys) of the ``lines`` records of ``block``, or ``None`` (exact path)."""
         if not block or block.count(b"\r") != block.count(b"\r\n"):
             return None  # a lone CR is a line break to csv: line numbers would differ
-        self._invalid = False
+        invalid: list[Any] = []
+
+        def on_invalid(row: Any) -> str:
+            invalid.append(row)
+            return "skip"
+
+        parse = pcsv.ParseOptions(
+            delimiter=self._delimiter,
+            quote_char=self._quotechar,
+            double_quote=True,
+            escape_char=False,
+            newlines_in_values=True,
+            ignore_empty_lines=True,
+            invalid_row_handler=on_invalid,
+        )
         try:
             table = pcsv.read_csv(
                 pa.py_buffer(block),
                 read_options=self._read,
-                parse_options=self._parse,
+                parse_options=parse,
                 convert_options=self._convert,
                 memory_pool=_POOL,
             )
         except (pa.ArrowInvalid, pa.ArrowException):
             return None
-        if self._invalid or table.num_rows != lines:
+        if invalid or table.num_rows != lines:
             return None
         parts: list[Any] = []
         for i in range(len(self.columns)):

@@ -30,10 +30,11 @@ from s3flow.state.base import StateStore
 
 log = logging.getLogger("s3flow.csvkafka")
 
-CHANNEL_CHUNKS = 2
+#: Decompressed bytes buffered between the event loop and the produce thread.
+CHANNEL_BYTES = 4 * 1024 * 1024
 #: S3 read size. Small on purpose: the reader decompresses one read at a time and keeps
 #: all of its output at once, so with a 100:1 gzip a 1 MB read would be 100 MB in memory.
-READ_CHUNK_BYTES = 128 * 1024
+READ_CHUNK_BYTES = 64 * 1024
 
 
 async def open_stream(s3: Any, bucket: str, key: str, version_id: str | None) -> ObjectReader:
@@ -198,7 +199,7 @@ async def _attempt(
         reader = await open_stream()
         try:
             _check_version(ref, reader)
-            channel = ChunkChannel(loop, CHANNEL_CHUNKS)
+            channel = ChunkChannel(loop, CHANNEL_BYTES)
             work = loop.run_in_executor(executor, session.run, channel, ckpt)
             try:
                 await _feed(reader, channel, ckpt.offset if ckpt else 0, report_progress)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -281,135 +283,140 @@ class TxnSession:
                 [*(const_headers or []), ("s3.line", str(first_line)), ("error", reason)],
             )
 
-        for block, end in self._blocks(channel, state):
-            nlines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
-            encoded = None
-            if fast_ok and columns is not None and not header_pending:
-                if fast is None:
-                    fast = ArrowJsonBlocks(
-                        columns,
+        ahead = _Prefetch(self._blocks(channel, state))
+        try:
+            for block, end, nlines, encoded in ahead:
+                if encoded is None and fast_ok and columns is not None and not header_pending:
+                    if fast is None:
+                        fast = ArrowJsonBlocks(
+                            columns,
+                            delimiter=opts.delimiter,
+                            quotechar=opts.quotechar,
+                            key_index=key_idx,
+                        )
+                        ahead.encoder = fast.encode  # later blocks are encoded ahead
+                    encoded = fast.encode(block, nlines)
+                if encoded is not None:
+                    # --- vectorised: one record per line --------------------------------
+                    values, keys = encoded
+                    line = lines_done
+                    for i, value in enumerate(values):
+                        line += 1
+                        key = keys[i] if keys is not None else None
+                        headers = (
+                            [*const_headers, ("s3.line", str(line))]
+                            if const_headers is not None
+                            else None
+                        )
+                        try:
+                            produce(topic, value, key, partition, headers=headers)
+                        except BufferError:
+                            self._produce(producer, topic, value, key, partition, headers)
+                        except KafkaException as exc:
+                            raise translate_kafka_error(exc, f"produce to {topic}") from exc
+                    n = len(values)
+                    row += n
+                    sent += n
+                    txn_rows += n
+                    lines_done += nlines
+                else:
+                    # --- exact: the csv module, record by record ------------------------
+                    text, bad_idx = decode_piece(block, encoding)
+                    feed = LineFeed(
+                        partial(next, iter([(text, end, bad_idx)]), None),
+                        keep_raw=raw_mode,
+                        start_line=lines_done,
+                    )
+                    raw_lines = feed.raw
+                    bad_lines = feed.bad_lines
+                    reader = csv.reader(
+                        feed,
                         delimiter=opts.delimiter,
                         quotechar=opts.quotechar,
-                        key_index=key_idx,
+                        escapechar=opts.escapechar,
+                        doublequote=True,
+                        strict=False,
                     )
-                encoded = fast.encode(block, nlines)
-            if encoded is not None:
-                # --- vectorised: one record per line --------------------------------
-                values, keys = encoded
-                line = lines_done
-                for i, value in enumerate(values):
-                    line += 1
-                    key = keys[i] if keys is not None else None
-                    headers = (
-                        [*const_headers, ("s3.line", str(line))]
-                        if const_headers is not None
-                        else None
-                    )
-                    try:
-                        produce(topic, value, key, partition, headers=headers)
-                    except BufferError:
-                        self._produce(producer, topic, value, key, partition, headers)
-                    except KafkaException as exc:
-                        raise translate_kafka_error(exc, f"produce to {topic}") from exc
-                n = len(values)
-                row += n
-                sent += n
-                txn_rows += n
-                lines_done += nlines
-            else:
-                # --- exact: the csv module, record by record ------------------------
-                text, bad_idx = decode_piece(block, encoding)
-                feed = LineFeed(
-                    partial(next, iter([(text, end, bad_idx)]), None),
-                    keep_raw=raw_mode,
-                    start_line=lines_done,
-                )
-                raw_lines = feed.raw
-                bad_lines = feed.bad_lines
-                reader = csv.reader(
-                    feed,
-                    delimiter=opts.delimiter,
-                    quotechar=opts.quotechar,
-                    escapechar=opts.escapechar,
-                    doublequote=True,
-                    strict=False,
-                )
-                prev_end = lines_done
-                while True:
-                    try:
-                        for fields in reader:
+                    prev_end = lines_done
+                    while True:
+                        try:
+                            for fields in reader:
+                                line_end = lines_done + reader.line_num
+                                line_start = prev_end + 1
+                                prev_end = line_end
+                                if not fields:
+                                    pass  # a blank line: no record
+                                elif header_pending:
+                                    header_pending = False
+                                    if columns is None:
+                                        columns = fields
+                                        state.columns = columns
+                                        encoder = RowEncoder(columns)
+                                        ncols = len(columns)
+                                        key_idx = self._key_index(columns)
+                                else:
+                                    if ncols is None:
+                                        ncols = len(fields)
+                                    raw = RowEncoder.raw(raw_lines) if raw_mode else None
+                                    if len(fields) != ncols:
+                                        handle_bad(
+                                            line_start,
+                                            f"expected {ncols} columns, got {len(fields)}",
+                                            fields,
+                                            raw,
+                                        )
+                                    elif bad_lines and _touches(bad_lines, line_start, line_end):
+                                        handle_bad(
+                                            line_start,
+                                            f"undecodable bytes (not {encoding})",
+                                            fields,
+                                            raw,
+                                        )
+                                    else:
+                                        text_value = (
+                                            raw if raw is not None else encoder.json(fields)
+                                        )
+                                        key = fields[key_idx] if key_idx is not None else None
+                                        headers = (
+                                            [*const_headers, ("s3.line", str(line_start))]
+                                            if const_headers is not None
+                                            else None
+                                        )
+                                        self._produce(
+                                            producer, topic, text_value, key, partition, headers
+                                        )
+                                        sent += 1
+                                    row += 1
+                                    txn_rows += 1
+                                if raw_mode:
+                                    raw_lines.clear()
+                            break
+                        except csv.Error as exc:
                             line_end = lines_done + reader.line_num
                             line_start = prev_end + 1
                             prev_end = line_end
-                            if not fields:
-                                pass  # a blank line: no record
-                            elif header_pending:
-                                header_pending = False
-                                if columns is None:
-                                    columns = fields
-                                    state.columns = columns
-                                    encoder = RowEncoder(columns)
-                                    ncols = len(columns)
-                                    key_idx = self._key_index(columns)
-                            else:
-                                if ncols is None:
-                                    ncols = len(fields)
-                                raw = RowEncoder.raw(raw_lines) if raw_mode else None
-                                if len(fields) != ncols:
-                                    handle_bad(
-                                        line_start,
-                                        f"expected {ncols} columns, got {len(fields)}",
-                                        fields,
-                                        raw,
-                                    )
-                                elif bad_lines and _touches(bad_lines, line_start, line_end):
-                                    handle_bad(
-                                        line_start,
-                                        f"undecodable bytes (not {encoding})",
-                                        fields,
-                                        raw,
-                                    )
-                                else:
-                                    text_value = raw if raw is not None else encoder.json(fields)
-                                    key = fields[key_idx] if key_idx is not None else None
-                                    headers = (
-                                        [*const_headers, ("s3.line", str(line_start))]
-                                        if const_headers is not None
-                                        else None
-                                    )
-                                    self._produce(
-                                        producer, topic, text_value, key, partition, headers
-                                    )
-                                    sent += 1
-                                row += 1
-                                txn_rows += 1
+                            raw = RowEncoder.raw(raw_lines) if raw_mode else None
+                            handle_bad(line_start, f"unparseable CSV: {exc}", None, raw)
+                            row += 1
+                            txn_rows += 1
                             if raw_mode:
                                 raw_lines.clear()
-                        break
-                    except csv.Error as exc:
-                        line_end = lines_done + reader.line_num
-                        line_start = prev_end + 1
-                        prev_end = line_end
-                        raw = RowEncoder.raw(raw_lines) if raw_mode else None
-                        handle_bad(line_start, f"unparseable CSV: {exc}", None, raw)
-                        row += 1
-                        txn_rows += 1
-                        if raw_mode:
-                            raw_lines.clear()
-                lines_done = lines_done + reader.line_num
-            txn_bytes += len(block)
-            if (
-                txn_rows >= ckpt_rows
-                or txn_bytes >= ckpt_bytes
-                or time.monotonic() - last_commit >= ckpt_s
-            ):
-                producer.poll(0)
-                state.offset, state.row, state.line = end, row, lines_done
-                state.sent, state.bad = sent, bad
-                self._commit(producer, state, final=False)
-                txn_rows = txn_bytes = 0
-                last_commit = time.monotonic()
-            state.offset, state.line = end, lines_done
+                    lines_done = lines_done + reader.line_num
+                txn_bytes += len(block)
+                if (
+                    txn_rows >= ckpt_rows
+                    or txn_bytes >= ckpt_bytes
+                    or time.monotonic() - last_commit >= ckpt_s
+                ):
+                    producer.poll(0)
+                    state.offset, state.row, state.line = end, row, lines_done
+                    state.sent, state.bad = sent, bad
+                    self._commit(producer, state, final=False)
+                    txn_rows = txn_bytes = 0
+                    last_commit = time.monotonic()
+                state.offset, state.line = end, lines_done
+        finally:
+            ahead.close()
         if header_pending and opts.header:
             log.info("%s: empty object (no header row)", ref.uri)
         state.row, state.line = row, lines_done
@@ -493,6 +500,64 @@ class TxnSession:
         self._on_checkpoint(replace(state))
         if not final:
             self._begin(producer)
+
+
+_Encoded = tuple[list[bytes], list[Any] | None]
+_END = object()
+
+
+class _Prefetch:
+    """Reads (and, once ``encoder`` is set, encodes) the next blocks on a helper thread.
+
+    pyarrow releases the GIL, so the next block is parsed while this one is produced and
+    while ``commit_transaction`` waits for the broker. Yields
+    ``(block, end_offset, lines, encoded or None)``; errors of the helper are re-raised.
+    """
+
+    def __init__(self, blocks: Iterator[tuple[bytes, int]], depth: int = 1) -> None:
+        self.encoder: Callable[[bytes, int], _Encoded | None] | None = None
+        self._blocks = blocks
+        self._queue: queue.Queue[Any] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="csv-kafka-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for block, end in self._blocks:
+                lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+                encoder = self.encoder
+                encoded = encoder(block, lines) if encoder is not None else None
+                if not self._put((block, end, lines, encoded)):
+                    return
+            self._put(_END)
+        except BaseException as exc:  # handed to the consuming thread
+            self._put(exc)
+
+    def __iter__(self) -> Iterator[tuple[bytes, int, int, _Encoded | None]]:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the helper (it exits at its next block or channel read)."""
+        self._stop.set()
 
 
 def _touches(bad_lines: set[int], first: int, last: int) -> bool:
