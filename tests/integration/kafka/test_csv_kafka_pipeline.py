@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import json
+import signal
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
-from itest_support import Harness
-from kafka_support import latest_checkpoint, read_topic, unique_topic
+from itest_support import Harness, spawn_worker
+from kafka_support import CheckpointWatcher, latest_checkpoint, read_topic, unique_topic
 
 from s3flow.kafka_broker import KafkaBroker
 
@@ -156,3 +160,52 @@ def test_bad_rows_fail_dead_letters_the_object(harness: Harness, kafka: KafkaBro
     assert "line 3" in str(attrs)
     # Nothing of the failed transaction is visible.
     assert read_topic(kafka.bootstrap, topic) == []
+
+
+@pytest.mark.timeout(180)
+def test_worker_sigkilled_mid_object_resumes_exactly_once(
+    harness: Harness, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """`s3flow worker --burst` SIGKILLed three times while it streams one object: the
+    message comes back after its visibility timeout, the new worker resumes from the
+    committed checkpoint, and the topic ends with every row once, in order."""
+    rows = 300_000
+    topic = unique_topic("wcrash")
+    harness.configure(
+        processor="csv-to-kafka",
+        options={"topic": topic, "bootstrap_servers": kafka.bootstrap},
+        visibility_timeout_s=4,  # a killed worker's message comes back soon
+        max_receive_count=10,  # each kill is a receive: stay below the redrive to the DLQ
+    )
+    cfg = harness.write_config()
+    pad = "p" * 90  # ~100-byte rows: ~30 blocks of 1 MiB, so ~30 checkpoints
+    body = "n,v\n" + "".join(f"{i},{pad}\n" for i in range(rows))
+    harness.put("in/big.csv", body.encode())
+    watcher = CheckpointWatcher(kafka.bootstrap, f"{topic}.checkpoints")
+    progress = 0
+    try:
+        for kill in range(3):
+            proc = spawn_worker(cfg, tmp_path / f"worker-{kill}.log", "--burst")
+            try:
+                deadline = time.monotonic() + 60
+                while True:
+                    ckpt = watcher.poll()
+                    if ckpt is not None and ckpt.row > progress + 20_000:
+                        break
+                    assert proc.poll() is None, (tmp_path / f"worker-{kill}.log").read_text()
+                    assert time.monotonic() < deadline, "no progress"
+                assert not ckpt.done
+                progress = ckpt.row
+                proc.send_signal(signal.SIGKILL)
+            finally:
+                proc.kill()
+                proc.wait(30)
+        last = spawn_worker(cfg, tmp_path / "worker-last.log", "--burst")
+        assert last.wait(120) == 0, (tmp_path / "worker-last.log").read_text()[-3000:]
+    finally:
+        watcher.close()
+    got = read_topic(kafka.bootstrap, topic, with_headers=False, timeout_s=60)
+    assert [int(json.loads(r.value)["n"]) for r in got] == list(range(rows))
+    ckpt = latest_checkpoint(kafka.bootstrap, f"{topic}.checkpoints")
+    assert ckpt is not None and ckpt.done and ckpt.sent == rows
+    assert harness.depth() == (0, 0)
