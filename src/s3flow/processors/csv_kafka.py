@@ -14,6 +14,7 @@ Options (``[pipelines.options]``): :class:`s3flow.csvkafka.options.CsvKafkaOptio
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -21,7 +22,10 @@ from s3flow.csvkafka.checkpoint import ObjectRef
 from s3flow.csvkafka.options import CsvKafkaOptions, parse_options
 from s3flow.csvkafka.runner import RunReport, open_stream, run_object
 from s3flow.csvkafka.topics import ensure_topics
+from s3flow.errors import RetryableError
 from s3flow.processors.base import BaseProcessor, ProcessContext, Result
+
+log = logging.getLogger("s3flow.csvkafka")
 
 #: Produce loops running at once in one process (one thread each).
 MAX_THREADS = 32
@@ -48,8 +52,11 @@ class CsvToKafkaProcessor(BaseProcessor):
         return self._executor
 
     async def start(self) -> None:
-        """Create the topics when asked to (once)."""
-        await self.ensure_topics()
+        """Create the topics when asked to (once); Kafka being down is not fatal here."""
+        try:
+            await self.ensure_topics()
+        except RetryableError as exc:
+            log.warning("csv-to-kafka: Kafka not ready at start (%s); retrying per object", exc)
 
     async def ensure_topics(self) -> None:
         """Create the data, checkpoint and DLQ topics if missing (``create_topics``)."""
