@@ -7,9 +7,9 @@ The path of one object::
 
 Pieces end at line breaks, so a piece decodes on its own in any ASCII-compatible
 encoding, and the byte offset of a piece's end is a safe place to resume *when a
-record ends there too* - :class:`LineFeed` says so through ``at_piece_end``, which is
-where checkpoints are taken. Records may span pieces (quoted fields with line breaks):
-one ``csv.reader`` reads the lines of every piece.
+record ends there too*. The session groups pieces into blocks that end outside quotes
+(record boundaries) and checkpoints at block ends; :class:`LineFeed` also reports
+whether a record ended a piece (``at_piece_end``) for readers spanning several pieces.
 """
 
 from __future__ import annotations

@@ -7,9 +7,13 @@ Lifecycle (each call blocks; the runner calls them off the event loop)::
     final = session.run(channel, ckpt)   # rows in transactions of ~checkpoint_rows rows
     session.close()                # aborts an open transaction, purges, destroys the producer
 
-Every ``checkpoint_rows`` rows (or ``checkpoint_s`` seconds), at the first record that
-ends a piece, the open transaction gets the checkpoint record and is committed: the rows
-and the position after them become visible together.
+The object is cut into blocks (~1 MiB of line-aligned pieces whose quote count is even:
+record boundaries). A block of one-line records in UTF-8 is parsed and encoded by
+pyarrow (:mod:`.fastpath`), any other block by the ``csv`` module; a helper thread
+prepares the next block meanwhile. After the block that completes ``checkpoint_rows``
+rows (or ``checkpoint_s`` seconds, or ``checkpoint_bytes``), the open transaction gets the
+checkpoint record and is committed: the rows and the position after them become visible
+together.
 """
 
 from __future__ import annotations
