@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from s3flow import __version__
@@ -89,7 +90,9 @@ def _settings(config: Path | None, overrides: dict[str, Any] | None = None) -> S
 
 
 def _fail(exc: BaseException) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    # Escaped: messages quote config keys like [pipelines.options], which Rich
+    # would take for markup; not wrapped, so they stay greppable.
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2 if isinstance(exc, S3flowError) else 1)
 
 
@@ -264,7 +267,7 @@ def status(
         console.print(st)
     for r in rows:
         if r.error:
-            err_console.print(f"[red]{r.pipeline}:[/] {r.error}", highlight=False)
+            err_console.print(f"[red]{r.pipeline}:[/] {escape(str(r.error))}", highlight=False)
 
 
 files_app = typer.Typer(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bz2
+import itertools
 import sys
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -228,8 +229,11 @@ class ObjectInfo:
     metadata: dict[str, str]
 
 
-def _feed_all(decoder: Decoder, data: bytes) -> list[bytes]:
-    return list(decoder.feed(data))
+_PIECES_PER_HOP = 2  # decompressed pieces (<= _OUT_MAX each) handed over per thread hop
+
+
+def _next_pieces(pieces: Iterator[bytes]) -> list[bytes]:
+    return list(itertools.islice(pieces, _PIECES_PER_HOP))
 
 
 class ObjectReader:
@@ -271,12 +275,12 @@ class ObjectReader:
                     continue
                 raw, head = head, b""
                 decoder = self._start(raw)
-            for piece in await self._decode(decoder, raw):
+            async for piece in self._decode(decoder, raw):
                 self.uncompressed_bytes += len(piece)
                 yield piece
         if decoder is None and head:
             decoder = self._start(head)
-            for piece in await self._decode(decoder, head):
+            async for piece in self._decode(decoder, head):
                 self.uncompressed_bytes += len(piece)
                 yield piece
         if decoder is not None:
@@ -286,11 +290,21 @@ class ObjectReader:
         self.encoding = detect_encoding(head[:8], self.info.content_encoding, self.info.key)
         return make_decoder(self.encoding)
 
-    async def _decode(self, decoder: Decoder, raw: bytes) -> list[bytes]:
-        if self.encoding != "identity" and len(raw) >= _THREAD_MIN:
+    async def _decode(self, decoder: Decoder, raw: bytes) -> AsyncIterator[bytes]:
+        # Lazily, a bounded number of pieces at a time: one highly compressible
+        # network read must not become hundreds of MB of output held at once.
+        pieces = decoder.feed(raw)
+        if self.encoding == "identity" or len(raw) < _THREAD_MIN:
+            for piece in pieces:
+                yield piece
+            return
+        while True:
             # zlib/bz2/zstd release the GIL: decompress big chunks on a thread.
-            return await asyncio.to_thread(_feed_all, decoder, raw)
-        return list(decoder.feed(raw))
+            batch = await asyncio.to_thread(_next_pieces, pieces)
+            if not batch:
+                return
+            for piece in batch:
+                yield piece
 
     def close(self) -> None:
         """Release the HTTP connection."""

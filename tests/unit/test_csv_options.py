@@ -20,15 +20,15 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"topic": "t", "colour": "red"}, "unknown option 'colour'"),
-        ({}, "option 'topic'"),
-        ({"topic": "t", "delimiter": ";;"}, "option 'delimiter'"),
+        ({"topic": "t", "colour": "red"}, "colour: unknown option"),
+        ({}, "topic: Field required"),
+        ({"topic": "t", "delimiter": ";;"}, "delimiter: "),
         ({"topic": "t", "encoding": "utf-16"}, "not ASCII-compatible"),
         ({"topic": "t", "encoding": "klingon"}, "unknown encoding"),
         ({"topic": "t", "partitioning": "key-hash"}, "needs key_column"),
         ({"topic": "t", "header": False, "key_column": "id"}, "needs column names"),
-        ({"topic": "t", "bad_rows": "ignore"}, "option 'bad_rows'"),
-        ({"topic": "t", "compression": "brotli"}, "option 'compression'"),
+        ({"topic": "t", "bad_rows": "ignore"}, "bad_rows: "),
+        ({"topic": "t", "compression": "brotli"}, "compression: "),
     ],
 )
 def test_invalid_options_name_the_key(options: dict[str, object], message: str) -> None:

@@ -256,6 +256,29 @@ async def test_reader_big_chunks_use_thread_path(fake_body: type) -> None:
     assert reader.encoding == "gzip"
 
 
+@pytest.mark.parametrize("chunk_kib", [64, 1024])  # both the inline and the thread path
+async def test_reader_memory_is_bounded_for_one_highly_compressible_read(
+    fake_body: type, chunk_kib: int
+) -> None:
+    # ~1 MiB of gzip that inflates to 512 MiB: handed over piece by piece, never
+    # held at once (a whole read's output used to be collected in one list).
+    import tracemalloc
+
+    total = 512 * 1024 * 1024
+    data = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9) * (total // (64 << 20))
+    reader = ObjectReader(info(), fake_body(data), chunk_bytes=chunk_kib * 1024)
+    tracemalloc.start()
+    try:
+        seen = 0
+        async for piece in reader:
+            seen += len(piece)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert seen == total
+    assert peak < 48 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB while streaming"
+
+
 async def test_reader_empty_object(fake_body: type) -> None:
     reader = ObjectReader(info(key="a.gz"), fake_body(b""))
     assert await read_all(reader) == b""

@@ -6,7 +6,7 @@ import codecs
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from s3flow.errors import ConfigError
 
@@ -176,15 +176,6 @@ class CsvKafkaOptions(BaseModel):
 
 def parse_options(options: dict[str, Any] | None) -> CsvKafkaOptions:
     """Validate a pipeline's options table; ConfigError naming the bad or unknown key."""
-    try:
-        return CsvKafkaOptions.model_validate(dict(options or {}))
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "options"
-            if err["type"] == "extra_forbidden":
-                known = ", ".join(sorted(CsvKafkaOptions.model_fields))
-                problems.append(f"unknown option {where!r} (known: {known})")
-            else:
-                problems.append(f"option {where!r}: {err['msg']}")
-        raise ConfigError("csv-to-kafka: " + "; ".join(problems)) from exc
+    from s3flow.processors.base import parse_options as parse
+
+    return parse("csv-to-kafka", CsvKafkaOptions, dict(options or {}))

@@ -45,6 +45,22 @@ class ProcessContext:
         )
 
 
+@dataclass
+class PipelineContext:
+    """A pipeline's live parts, given once to :meth:`BaseProcessor.start`.
+
+    For processors that keep work beyond one object: background tasks (the
+    manifest builder's age-trigger sealer), connections, topics to create.
+    """
+
+    pipeline: str
+    bucket: str  # the pipeline's source bucket
+    worker_id: str
+    s3: Any
+    sink: Sink
+    store: StateStore | None = None
+
+
 @runtime_checkable
 class Processor(Protocol):
     """Turns one object into outputs.
@@ -101,8 +117,8 @@ class BaseProcessor:
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         self.options = dict(options or {})
 
-    async def start(self) -> None:
-        """Called once before the first object (open connections here)."""
+    async def start(self, pipeline: PipelineContext) -> None:
+        """Called once before the first object (open connections, start tasks here)."""
 
     async def stop(self) -> None:
         """Called once at shutdown."""

@@ -23,7 +23,7 @@ from s3flow.csvkafka.options import CsvKafkaOptions, parse_options
 from s3flow.csvkafka.runner import RunReport, open_stream, run_object
 from s3flow.csvkafka.topics import ensure_topics
 from s3flow.errors import RetryableError
-from s3flow.processors.base import BaseProcessor, ProcessContext, Result
+from s3flow.processors.base import BaseProcessor, PipelineContext, ProcessContext, Result
 
 log = logging.getLogger("s3flow.csvkafka")
 
@@ -36,6 +36,7 @@ class CsvToKafkaProcessor(BaseProcessor):
 
     name: ClassVar[str] = "csv-to-kafka"
     cpu_bound: ClassVar[bool] = False
+    options_model = CsvKafkaOptions
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
@@ -51,7 +52,7 @@ class CsvToKafkaProcessor(BaseProcessor):
             self._executor = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="csv-kafka")
         return self._executor
 
-    async def start(self) -> None:
+    async def start(self, pipeline: PipelineContext) -> None:
         """Create the topics when asked to (once); Kafka being down is not fatal here."""
         try:
             await self.ensure_topics()

@@ -17,9 +17,9 @@ A background task seals batches whose oldest file waited ``manifest_max_wait_s``
 (every ``seal_interval_s``). At stop the processor runs one last pass: due
 batches always, every pending file with ``seal_on_stop = true``.
 
-The engine's ``start()`` hook gets no context, so the background task starts
-with the first object this processor sees; a worker that sees none (e.g. a
-``--burst`` run on an empty queue) seals nothing: run ``s3flow manifests seal``.
+The background task starts with the worker (``start()``), so batches due by
+age are sealed even by a worker that receives no new file; ``s3flow manifests
+seal`` forces a seal by hand.
 """
 
 from __future__ import annotations
@@ -35,7 +35,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from s3flow.errors import ConfigError, CorruptDataError, InvalidInputError
 from s3flow.manifests import DATASET_RE, Sealer, Triggers, date_from_key, date_from_record
-from s3flow.processors.base import BaseProcessor, ProcessContext, Result, parse_options
+from s3flow.processors.base import (
+    BaseProcessor,
+    PipelineContext,
+    ProcessContext,
+    Result,
+    parse_options,
+)
 from s3flow.state.base import ManifestFile, StateStore
 
 log = logging.getLogger("s3flow.processors.ndjson_manifest")
@@ -163,27 +169,29 @@ class NdjsonManifestProcessor(BaseProcessor):
             lock_ttl_s=self.opts.lock_ttl_s,
         )
 
-    async def _attach(self, ctx: ProcessContext) -> Sealer:
+    async def start(self, pipeline: PipelineContext) -> None:
+        """Start the sealer (and its age-trigger task) with the worker."""
+        await self._attach(
+            pipeline.store, pipeline.s3, pipeline.pipeline, pipeline.worker_id, pipeline.bucket
+        )
+
+    async def _attach(
+        self, store: StateStore | None, s3: Any, pipeline: str, owner: str, bucket: str
+    ) -> Sealer:
         if self.sealer is not None:
             return self.sealer
         async with self._attach_lock:
             if self.sealer is None:
-                if ctx.store is None:
+                if store is None:
                     raise ConfigError(
                         f"{self.name}: needs a state store (state.url must not be 'none')"
                     )
-                if not DATASET_RE.match(self.opts.dataset or ctx.pipeline):
+                if not DATASET_RE.match(self.opts.dataset or pipeline):
                     raise ConfigError(
-                        f"{self.name}: pipeline name {ctx.pipeline!r} is not a valid dataset "
+                        f"{self.name}: pipeline name {pipeline!r} is not a valid dataset "
                         "name; set the 'dataset' option"
                     )
-                sealer = self.make_sealer(
-                    ctx.store,
-                    ctx.s3,
-                    pipeline=ctx.pipeline,
-                    owner=ctx.worker_id,
-                    bucket=ctx.event.bucket,
-                )
+                sealer = self.make_sealer(store, s3, pipeline=pipeline, owner=owner, bucket=bucket)
                 self._task = asyncio.create_task(
                     sealer.run_forever(self.seal_interval_s), name=f"sealer:{sealer.dataset}"
                 )
@@ -264,7 +272,9 @@ class NdjsonManifestProcessor(BaseProcessor):
         if self._is_own_manifest(ctx):
             log.debug("%s is a manifest of this pipeline: skipped", event.uri())
             return Result(detail={"skipped": "manifest object"})
-        sealer = await self._attach(ctx)
+        sealer = await self._attach(
+            ctx.store, ctx.s3, ctx.pipeline, ctx.worker_id, ctx.event.bucket
+        )
         self._check_size(event.size)
         record, info = await self._first_record(ctx)
         if self.opts.date_source == "key":

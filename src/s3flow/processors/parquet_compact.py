@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from s3flow.compaction.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError, parse_manifest
 from s3flow.compaction.options import CompactionOptions, parse_options
 from s3flow.errors import ConfigError, S3flowError
-from s3flow.processors.base import BaseProcessor, ProcessContext, Result
+from s3flow.processors.base import BaseProcessor, PipelineContext, ProcessContext, Result
 from s3flow.quarantine import tag_quarantined
 from s3flow.sinks.local import LocalDirSink
 from s3flow.sinks.s3 import S3Sink
@@ -129,7 +129,7 @@ class ParquetCompactProcessor(BaseProcessor):
             )
         return self._executor
 
-    async def start(self) -> None:
+    async def start(self, pipeline: PipelineContext) -> None:
         """Start the local executor's worker processes (Spark starts on first use)."""
         if self.opts.executor == "local":
             from s3flow.compaction.executors import LocalExecutor

@@ -34,7 +34,7 @@ from s3flow.errors import (
 )
 from s3flow.events import ObjectEvent, parse_body
 from s3flow.metrics import PipelineMetrics, WorkerMetrics
-from s3flow.processors.base import ProcessContext, Processor, Result
+from s3flow.processors.base import PipelineContext, ProcessContext, Processor, Result
 from s3flow.quarantine import tag_quarantined
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, WorkerSettings
@@ -559,7 +559,16 @@ class Worker:
                     )
                     start = getattr(rt.processor, "start", None)
                     if start is not None:
-                        await start()
+                        await start(
+                            PipelineContext(
+                                pipeline=rt.settings.name,
+                                bucket=rt.settings.bucket,
+                                worker_id=self._ws.worker_id,
+                                s3=self._clients.s3,
+                                sink=rt.sink,
+                                store=self._store,
+                            )
+                        )
                     self.runners.append(
                         PipelineRunner(
                             rt,

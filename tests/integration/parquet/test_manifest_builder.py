@@ -7,6 +7,7 @@ import gzip
 import json
 import re
 import signal
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -301,3 +302,27 @@ def test_four_builders_on_one_queue_dynamodb(harness: Harness, tmp_path: Path) -
     aws = AwsSettings(endpoint_url=harness.endpoint.url, region="us-east-1")
     asyncio.run(DynamoStateStore(harness.state_url[len("dynamodb://") :], aws).ensure_tables())
     _run_four_builders(harness, tmp_path, 40)
+
+
+@pytest.mark.timeout(90)
+def test_burst_worker_without_new_files_seals_batches_due_by_age(harness: Harness) -> None:
+    """The sealer starts with the worker, not with the first file it sees."""
+    opts = options(manifest_max_wait_s=1.5, seal_interval_s=0.2, manifest_bucket=harness.out_bucket)
+    harness.configure(processor="ndjson-manifest", options=opts)
+    for i in range(2):
+        harness.put(f"{DAY}/part-{i:03d}.ndjson", body(2))
+    harness.run()  # tracks both; exits before they are due (seal_on_stop is off)
+    assert pending_count(harness) == 2
+    assert manifests(harness) == []
+
+    async def oldest_age_s() -> float:
+        async with store_of(harness) as store:
+            oldest = (await store.pending("events", DAY)).oldest_at
+        return 0.0 if oldest is None else time.time() - oldest
+
+    wait_for(lambda: asyncio.run(oldest_age_s()) > 1.5, 30, "the batch to be due")
+    metrics = harness.run()  # an empty queue: no file to trigger anything
+    assert metrics.pipelines["p"].objects_processed == 0
+    (m,) = manifests(harness)
+    assert (m.total_files, m.trigger) == (2, "age")
+    assert pending_count(harness) == 0
