@@ -363,7 +363,7 @@ def files_show(
     except S3flowError as exc:
         raise _fail(exc) from exc
 
-    async def go() -> tuple[list[Any], list[Any]]:
+    async def go() -> tuple[list[Any], list[Any], dict[int, str]]:
         async with open_store(settings) as store:
             if store is None:
                 raise S3flowError("no state store configured (state.url = 'none')")
@@ -375,16 +375,22 @@ def files_show(
             hist = []
             for b in sorted({r.bucket for r in recs}):
                 hist += [(b, h) for h in await store.history(b, key)]
-            return recs, hist
+            checkpoints = {}
+            for i, r in enumerate(recs):
+                name = _checkpoint_name(settings, r)
+                value = await store.get_checkpoint(name) if name else None
+                if value:
+                    checkpoints[i] = value
+            return recs, hist, checkpoints
 
     try:
-        recs, hist = asyncio.run(go())
+        recs, hist, checkpoints = asyncio.run(go())
     except S3flowError as exc:
         raise _fail(exc) from exc
     if not recs:
         err_console.print(f"no record of {key!r} in the state store")
         raise typer.Exit(1)
-    for r in recs:
+    for i, r in enumerate(recs):
         console.print(
             f"[bold]s3://{r.bucket}/{r.key}[/] version {r.version or '-'}: "
             f"[bold]{r.status.value}[/], attempts {r.attempts}, pipeline {r.pipeline}",
@@ -394,6 +400,8 @@ def files_show(
             console.print(f"  last error: {r.last_error_class}: {r.last_error}", highlight=False)
         for o in r.outputs:
             console.print(f"  output: {o}", highlight=False)
+        if i in checkpoints:
+            console.print(f"  checkpoint: {checkpoints[i]}", highlight=False, soft_wrap=True)
     table = Table(title="history")
     for col in ("at", "bucket", "version", "from", "to", "worker", "detail"):
         table.add_column(col)
@@ -408,6 +416,17 @@ def files_show(
             h.detail[:80],
         )
     console.print(table)
+
+
+def _checkpoint_name(settings: Settings, record: Any) -> str | None:
+    """The state-store checkpoint a record's pipeline mirrors (csv-to-kafka), if any."""
+    pipeline = next((p for p in settings.pipelines if p.name == record.pipeline), None)
+    if pipeline is None or pipeline.processor != "csv-to-kafka" or "topic" not in pipeline.options:
+        return None
+    from s3flow.csvkafka.checkpoint import ObjectRef, mirror_name
+
+    ref = ObjectRef(record.bucket, record.key, record.version)
+    return mirror_name(str(pipeline.options["topic"]), ref)
 
 
 @files_app.command("release")
