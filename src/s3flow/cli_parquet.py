@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
@@ -15,6 +15,9 @@ from rich.table import Table
 from s3flow.errors import ConfigError, S3flowError
 from s3flow.settings import PipelineSettings, Settings
 from s3flow.state.base import ManifestRecord, ManifestStatus, StateStore
+
+if TYPE_CHECKING:
+    from s3flow.processors.ndjson_manifest import NdjsonManifestProcessor
 
 T = TypeVar("T")
 
@@ -54,18 +57,60 @@ def _load(config: Any) -> Settings:
         raise _fail(exc) from exc
 
 
-def _builder(settings: Settings, name: str) -> tuple[PipelineSettings, Any]:
-    """The named pipeline and its ndjson-manifest processor."""
+def _builder(settings: Settings, name: str) -> "tuple[PipelineSettings, NdjsonManifestProcessor]":
+    """The named pipeline and its ndjson-manifest processor (errors: a clean exit)."""
+    from s3flow.cli import _fail
     from s3flow.processors import create_processor
     from s3flow.processors.ndjson_manifest import NdjsonManifestProcessor
 
-    p = settings.pipeline(name)
-    proc = create_processor(p.processor, p.options)
-    if not isinstance(proc, NdjsonManifestProcessor):
-        raise ConfigError(
-            f"pipeline {name!r} runs {p.processor!r}, not the ndjson-manifest builder"
-        )
+    try:
+        p = settings.pipeline(name)
+        proc = create_processor(p.processor, p.options)
+        if not isinstance(proc, NdjsonManifestProcessor):
+            raise ConfigError(
+                f"pipeline {name!r} runs {p.processor!r}, not the ndjson-manifest builder"
+            )
+    except S3flowError as exc:
+        raise _fail(exc) from exc
     return p, proc
+
+
+async def retry_manifest(store: StateStore, s3: Any, manifest_id: str) -> ManifestRecord:
+    """Move a failed manifest back to sealed and publish it again (``manifests retry``).
+
+    The status moves first (compare-and-set: of two racing retries one wins),
+    then the JSON is written with ``republish`` = attempts + 1, so the object
+    gets a new eTag and the compaction pipeline a new event. A manifest found
+    sealed is published again without a status change: a retry whose publish
+    failed (or crashed) can always be retried, and compacting a manifest twice
+    is harmless (same parts, replaced).
+    """
+    from s3flow.manifests import publish
+
+    m = await store.get_manifest(manifest_id)
+    if m is None:
+        raise S3flowError(f"no manifest {manifest_id!r}")
+    if m.location is None or not m.location.startswith("s3://"):
+        raise S3flowError(f"manifest {manifest_id} was never published")
+    if m.status not in (ManifestStatus.FAILED, ManifestStatus.SEALED):
+        raise S3flowError(
+            f"manifest {manifest_id} is {m.status.value}: only a failed (or sealed) "
+            "manifest can be retried"
+        )
+    bucket, _, key = m.location[len("s3://") :].partition("/")
+    suffix = f"{m.dataset}/date={m.date}/{m.manifest_id}.json"
+    if not key.endswith(suffix):
+        raise S3flowError(f"manifest {manifest_id}: unexpected location {m.location}")
+    prefix = key[: -len(suffix)]
+    if m.status is ManifestStatus.FAILED:
+        m = await store.set_manifest_status(
+            manifest_id,
+            ManifestStatus.SEALED,
+            detail="retry requested",
+            expect=ManifestStatus.FAILED,
+        )
+    await publish(s3, bucket, prefix, m, republish=m.attempts + 1)
+    return m
 
 
 def _doc(m: ManifestRecord) -> dict[str, Any]:
@@ -186,12 +231,7 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
     ) -> None:
         """Pending (not yet manifested) files per date, and which trigger is due."""
         settings = _load(config)
-        try:
-            p, proc = _builder(settings, pipeline)
-        except S3flowError as exc:
-            from s3flow.cli import _fail
-
-            raise _fail(exc) from exc
+        p, proc = _builder(settings, pipeline)
         dataset = proc.opts.dataset or p.name
         rows = _run(settings, lambda s: s.pending_dates(dataset))
         now = time.time()
@@ -219,13 +259,9 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
     ) -> None:
         """Seal due batches now (``--all``: everything pending), e.g. after a burst run."""
         from s3flow.aws import open_clients
-        from s3flow.cli import _fail
 
         settings = _load(config)
-        try:
-            p, proc = _builder(settings, pipeline)
-        except S3flowError as exc:
-            raise _fail(exc) from exc
+        p, proc = _builder(settings, pipeline)
 
         async def go(store: StateStore) -> list[ManifestRecord]:
             async with open_clients(settings.aws) as clients:
@@ -253,29 +289,18 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
         manifest_id: Annotated[str, typer.Argument(help="The failed manifest's id.")],
         config: ConfigOpt = None,
     ) -> None:
-        """Retry a failed manifest: mark it sealed and publish it again (new eTag)."""
+        """Retry a failed manifest: mark it sealed and publish it again (new eTag).
+
+        A manifest already sealed (a retry whose publish failed, or one whose
+        notification was lost) is published again as it is.
+        """
         from s3flow.aws import open_clients
-        from s3flow.manifests import publish
 
         settings = _load(config)
 
         async def go(store: StateStore) -> ManifestRecord:
-            m = await store.get_manifest(manifest_id)
-            if m is None:
-                raise S3flowError(f"no manifest {manifest_id!r}")
-            if m.location is None or not m.location.startswith("s3://"):
-                raise S3flowError(f"manifest {manifest_id} was never published")
-            bucket, _, key = m.location[len("s3://") :].partition("/")
-            prefix = key[: -len(f"{m.dataset}/date={m.date}/{m.manifest_id}.json")]
-            m = await store.set_manifest_status(
-                manifest_id,
-                ManifestStatus.SEALED,
-                detail="retry requested",
-                expect=ManifestStatus.FAILED,
-            )
             async with open_clients(settings.aws) as clients:
-                await publish(clients.s3, bucket, prefix, m, republish=m.attempts + 1)
-            return m
+                return await retry_manifest(store, clients.s3, manifest_id)
 
         m = _run(settings, go)
         console.print(

@@ -149,6 +149,18 @@ def manifest_key(prefix: str, m: ManifestRecord) -> str:
     return f"{prefix}{m.dataset}/date={m.date}/{m.manifest_id}.json"
 
 
+def is_manifest_key(key: str, prefix: str, dataset: str) -> bool:
+    """Whether ``key`` has the exact shape :func:`manifest_key` gives ``dataset``'s manifests."""
+    if not key.startswith(prefix):
+        return False
+    m = re.fullmatch(
+        rf"{re.escape(dataset)}/date=(\d{{4}}-\d{{2}}-\d{{2}})/"
+        rf"{re.escape(dataset)}-(\d{{4}}-\d{{2}}-\d{{2}})-\d{{6,}}-\d{{4,}}\.json",
+        key[len(prefix) :],
+    )
+    return m is not None and m[1] == m[2] and valid_date(m[1]) == m[1]
+
+
 def iso(ts: float) -> str:
     """Unix seconds as an ISO 8601 UTC timestamp (milliseconds)."""
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")

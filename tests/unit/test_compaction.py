@@ -387,3 +387,115 @@ def test_compact_manifest_parts_drift_and_rerun(tmp_path: Path) -> None:
     assert len(report2.parts) == 1
     assert len(report2.stale_deleted) == len(report.parts) - 1
     assert pq.read_table(part_dir / "part-m-1-00000.parquet").to_pylist() == want
+
+
+class ReversedExecutor(InlineExecutor):
+    """Runs the tasks last first: another worker scheduling of the same manifest."""
+
+    async def map(
+        self, fn: Callable[[T], R], tasks: Sequence[T], *, priority: float = 0.0
+    ) -> list[R]:
+        return [fn(t) for t in reversed(tasks)][::-1]
+
+
+def test_column_order_and_types_do_not_depend_on_scheduling(tmp_path: Path) -> None:
+    """The schema hint a worker remembers from its previous file never reorders columns."""
+    root = tmp_path / "in"
+    (root / "b").mkdir(parents=True)
+    contents: list[list[dict[str, Any]]] = [
+        [{"x": 1, "y": "a", "s": {"p": 1, "q": 2}}] * 3,
+        [{"z": 1.5, "x": 2, "s": {"q": 3, "p": 4, "r": "t"}}] * 3,
+        [{"x": 3, "y": "b", "s": {"p": 5, "q": 6}, "w": 7}] * 3,
+        [{"w": 8.5, "x": 4, "y": None, "s": None}] * 3,
+    ]
+    files = []
+    for i, rows in enumerate(contents):
+        (root / "b" / f"f{i}.ndjson").write_bytes(_lines(rows))
+        files.append({"bucket": "b", "key": f"f{i}.ndjson", "size": 1, "etag": "e"})
+    manifest = parse_manifest(
+        json.dumps(_manifest_doc(files=files, total_files=len(files))).encode()
+    )
+    storage = Storage(kind="local", root=str(root))
+    schemas = []
+    for n, executor in enumerate([InlineExecutor(), ReversedExecutor(), InlineExecutor()]):
+        target = Target(kind="local", directory=str(tmp_path / f"out{n}"))
+        report = asyncio.run(
+            compact_manifest(
+                manifest, parse_options({}), storage=storage, target=target, executor=executor
+            )
+        )
+        schemas.append(report.schema)
+    assert schemas[0].names == ["x", "y", "s", "z", "w"]
+    assert schemas[0].field("s").type == pa.struct([("p", I64), ("q", I64), ("r", S)])
+    assert schemas[0].field("w").type == F64
+    assert schemas[1].equals(schemas[0]) and schemas[2].equals(schemas[0])
+
+
+# --- the processor's state-store bookkeeping ----------------------------------------
+
+
+class FakeTracker:
+    """Records set_manifest_status calls; raises ``error`` if set."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.calls: list[tuple[str, str, str, Any]] = []
+
+    async def set_manifest_status(
+        self,
+        manifest_id: str,
+        status: Any,
+        *,
+        detail: str = "",
+        expect: Any = None,
+        quarantined: Any = None,
+    ) -> Any:
+        self.calls.append((manifest_id, str(status), detail, quarantined))
+        if self.error is not None:
+            raise self.error
+        return None
+
+
+def _one_file_manifest() -> Any:
+    files = [{"bucket": "b", "key": "f.ndjson", "size": 1, "etag": '"e1"'}]
+    return parse_manifest(
+        json.dumps(_manifest_doc(files=files, total_files=1, total_bytes=1)).encode()
+    )
+
+
+def test_set_status_records_quarantined_files_by_identity() -> None:
+    from s3flow.processors.parquet_compact import _set_status
+    from s3flow.state import ObjectId
+
+    manifest = _one_file_manifest()
+    tracker = FakeTracker()
+    held = [(manifest.files[0], "malformed line 2: not JSON")]
+    asyncio.run(_set_status(tracker, manifest, "completed", "1 parts", quarantined=held))
+    assert tracker.calls == [
+        ("m-1", "completed", "1 parts", {ObjectId("b", "f.ndjson", "e1"): held[0][1]})
+    ]
+
+
+def test_set_status_unknown_manifest_and_refused_transitions_are_not_errors() -> None:
+    from s3flow.processors.parquet_compact import _set_status
+    from s3flow.state import TransitionError, UnknownManifestError
+
+    manifest = _one_file_manifest()
+    for error in [UnknownManifestError("no manifest 'm-1'"), TransitionError("completed")]:
+        tracker = FakeTracker(error)
+        asyncio.run(_set_status(tracker, manifest, "processing"))
+        assert len(tracker.calls) == 1
+
+
+def test_set_status_store_failures_are_retryable(caplog: pytest.LogCaptureFixture) -> None:
+    from s3flow.errors import RetryableError
+    from s3flow.processors.parquet_compact import _set_status
+    from s3flow.state import StateError
+
+    manifest = _one_file_manifest()
+    tracker = FakeTracker(StateError("gave up on manifest m-1 after 8 conflicting writes"))
+    with caplog.at_level("WARNING", "s3flow.compaction"), pytest.raises(RetryableError) as info:
+        asyncio.run(_set_status(tracker, manifest, "completed"))
+    assert "conflicting writes" in str(info.value)
+    assert info.value.disposition is Disposition.RETRYABLE
+    assert any(r.levelname == "WARNING" and "m-1" in r.getMessage() for r in caplog.records)

@@ -12,6 +12,7 @@ from s3flow.manifests import (
     Triggers,
     date_from_key,
     date_from_record,
+    is_manifest_key,
     manifest_document,
     manifest_id,
     manifest_key,
@@ -176,3 +177,27 @@ def test_options_defaults_and_errors() -> None:
         create_processor("ndjson-manifest", {"dataset": "a/b"})
     with pytest.raises(ConfigError, match="date_pattern"):
         create_processor("ndjson-manifest", {"date_pattern": "("})
+
+
+def test_is_manifest_key_matches_only_the_exact_manifest_shape() -> None:
+    mid = manifest_id("events", "2025-12-23", 12, 3)
+    assert is_manifest_key(f"manifests/events/date=2025-12-23/{mid}.json", "manifests/", "events")
+    assert is_manifest_key(f"events/date=2025-12-23/{mid}.json", "", "events")
+    for key in [
+        "manifests/events/2025-12-23/part-1.ndjson",  # an input under the prefix
+        f"manifests/events/date=2025-12-24/{mid}.json",  # date mismatch
+        f"manifests/other/date=2025-12-23/{mid}.json",  # another dataset
+        f"manifests/events/date=2025-12-23/{mid}.ndjson",
+        "manifests/events/date=2025-12-23/events-2025-12-23-x-0003.json",
+        f"raw/events/date=2025-12-23/{mid}.json",  # another prefix
+    ]:
+        assert not is_manifest_key(key, "manifests/", "events"), key
+
+
+def test_empty_manifest_prefix_in_the_source_bucket_is_refused() -> None:
+    proc = NdjsonManifestProcessor({"manifest_prefix": ""})
+    with pytest.raises(ConfigError, match="manifest_prefix must not be empty"):
+        proc.make_sealer(object(), None, pipeline="events", owner="w", bucket="src")  # type: ignore[arg-type]
+    other = NdjsonManifestProcessor({"manifest_prefix": "", "manifest_bucket": "manifests"})
+    sealer = other.make_sealer(object(), None, pipeline="events", owner="w", bucket="src")  # type: ignore[arg-type]
+    assert (sealer.bucket, sealer.prefix) == ("manifests", "")

@@ -508,6 +508,8 @@ def _parse_unit(task: FileTask, unit: _Unit) -> _Parsed:
     block = _block_for(unit.size)
     src = unit.source()
     hint = _HINTS.get(task.hint_key) if task.hint_key else None
+    if hint is not None and not _hint_fits(hint, _first_record(unit)):
+        hint = None  # the hinted read could order (or type) columns differently
     if hint is not None:
         try:
             table = _read_fixed(src, hint, block)
@@ -522,6 +524,59 @@ def _parse_unit(task: FileTask, unit: _Unit) -> _Parsed:
         return _parse_slowly(task, unit)
     _remember_hint(task, table)
     return _Parsed(table)
+
+
+def _first_record(unit: _Unit) -> Any:
+    """The unit's first non-blank line parsed as JSON (None if it does not parse)."""
+    if unit.path is None:
+        head = unit.data[: 1024 * 1024]
+    else:
+        with open(unit.path, "rb") as fh:
+            head = fh.read(1024 * 1024)
+    for line in head.split(b"\n"):
+        if line.strip():
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+def _value_fits(value: Any, t: pa.DataType) -> bool:
+    if pa.types.is_struct(t):
+        return (
+            isinstance(value, dict)
+            and list(value) == [f.name for f in t]
+            and all(_value_fits(value[f.name], f.type) for f in t)
+        )
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        if not isinstance(value, list):
+            return False
+        if not value:  # an empty list says nothing about nested element order
+            return not (pa.types.is_struct(t.value_type) or pa.types.is_list(t.value_type))
+        return _value_fits(value[0], t.value_type)
+    if pa.types.is_floating(t):  # an int64 column would be read as double
+        return isinstance(value, float)
+    return True
+
+
+def _hint_fits(hint: pa.Schema, first: Any) -> bool:
+    """Whether reading with ``hint`` gives the columns (and order) of a read without it.
+
+    A hint is another unit's schema: used as the explicit schema, its fields
+    come first, in its order, and fields the unit lacks are added as nulls.
+    That is only the same as the unit's own inferred schema when the unit's
+    first record has exactly the hint's fields, in the hint's order (nested
+    objects too); pyarrow then appends later fields in order of appearance,
+    as it does without a hint, and a type it accepts under the hint is the
+    unit's own type or its widening (``int64`` read as ``double``), which
+    unification reaches anyway. Otherwise the unit is read without the hint,
+    so the manifest's column order never depends on which file a worker
+    process happened to read before (the hint is a parsing speed-up only).
+    """
+    if not isinstance(first, dict) or list(first) != hint.names:
+        return False
+    return all(_value_fits(first[f.name], f.type) for f in hint)
 
 
 def _remember_hint(task: FileTask, table: pa.Table) -> None:

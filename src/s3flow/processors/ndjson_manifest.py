@@ -34,7 +34,14 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from s3flow.errors import ConfigError, CorruptDataError, InvalidInputError
-from s3flow.manifests import DATASET_RE, Sealer, Triggers, date_from_key, date_from_record
+from s3flow.manifests import (
+    DATASET_RE,
+    Sealer,
+    Triggers,
+    date_from_key,
+    date_from_record,
+    is_manifest_key,
+)
 from s3flow.processors.base import (
     BaseProcessor,
     PipelineContext,
@@ -154,10 +161,25 @@ class NdjsonManifestProcessor(BaseProcessor):
         """How often the background task looks for batches due by age."""
         return self.opts.seal_interval_s or min(self.opts.manifest_max_wait_s / 4, 5.0)
 
+    def check_manifest_location(self, source_bucket: str) -> None:
+        """ConfigError if manifests would be written among the input files.
+
+        With the manifests in the source bucket, ``manifest_prefix`` must not be
+        empty: every manifest would be an object of the watched bucket at its top.
+        """
+        bucket = self.opts.manifest_bucket or source_bucket
+        if bucket == source_bucket and not self.opts.manifest_prefix:
+            raise ConfigError(
+                f"{self.name}: manifest_prefix must not be empty when manifests are "
+                f"written to the source bucket {source_bucket!r} (set manifest_prefix, "
+                "e.g. 'manifests/', or manifest_bucket)"
+            )
+
     def make_sealer(
         self, store: StateStore, s3: Any, *, pipeline: str, owner: str, bucket: str
     ) -> Sealer:
         """A sealer for this pipeline's dataset (``bucket``: the source bucket)."""
+        self.check_manifest_location(bucket)
         return Sealer(
             store,
             s3,
@@ -212,9 +234,17 @@ class NdjsonManifestProcessor(BaseProcessor):
             except Exception:
                 log.exception("final manifest sealing pass failed")
 
-    def _is_own_manifest(self, ctx: ProcessContext) -> bool:
+    def _is_own_manifest(self, ctx: ProcessContext, dataset: str) -> bool:
+        """Whether the event is a manifest this builder wrote (exact key shape).
+
+        Only ``<manifest_prefix><dataset>/date=YYYY-MM-DD/<dataset>-YYYY-MM-DD-<token>-<seq>.json``
+        in the manifest bucket (see :func:`s3flow.manifests.manifest_key`):
+        an input file under an overlapping prefix is still an input.
+        """
         bucket = self.opts.manifest_bucket or ctx.event.bucket
-        return ctx.event.bucket == bucket and ctx.event.key.startswith(self.opts.manifest_prefix)
+        return ctx.event.bucket == bucket and is_manifest_key(
+            ctx.event.key, self.opts.manifest_prefix, dataset
+        )
 
     def _check_size(self, size: int | None) -> None:
         if size is None:
@@ -269,12 +299,12 @@ class NdjsonManifestProcessor(BaseProcessor):
     async def process(self, ctx: ProcessContext) -> Result:
         """Validate, date and track one file; seal at once if a count/bytes trigger fires."""
         event = ctx.event
-        if self._is_own_manifest(ctx):
-            log.debug("%s is a manifest of this pipeline: skipped", event.uri())
-            return Result(detail={"skipped": "manifest object"})
         sealer = await self._attach(
             ctx.store, ctx.s3, ctx.pipeline, ctx.worker_id, ctx.event.bucket
         )
+        if self._is_own_manifest(ctx, sealer.dataset):
+            log.debug("%s is a manifest of this pipeline: skipped", event.uri())
+            return Result(detail={"skipped": "manifest object"})
         self._check_size(event.size)
         record, info = await self._first_record(ctx)
         if self.opts.date_source == "key":

@@ -9,7 +9,10 @@ Errors: a manifest that is not a manifest, a listed file that is gone or
 changed, or malformed lines under ``malformed_lines = "fail"`` are permanent
 (the manifest is dead-lettered with the reason); S3 and worker-process
 failures are retryable. The manifest's record in the state store (when it
-has one) goes ``processing -> completed | failed`` and its files follow.
+has one) goes ``processing -> completed | failed`` and its files follow,
+except files held out under ``malformed_lines = "quarantine"``: they are
+recorded ``quarantined`` with the reason. A state-store failure other than
+"no such manifest" is retryable (the compaction runs again).
 """
 
 from __future__ import annotations
@@ -17,9 +20,15 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from s3flow.compaction.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError, parse_manifest
+from s3flow.compaction.manifest import (
+    MAX_MANIFEST_BYTES,
+    InputFile,
+    Manifest,
+    ManifestError,
+    parse_manifest,
+)
 from s3flow.compaction.options import CompactionOptions, parse_options
-from s3flow.errors import ConfigError, S3flowError
+from s3flow.errors import ConfigError, RetryableError, S3flowError
 from s3flow.processors.base import BaseProcessor, PipelineContext, ProcessContext, Result
 from s3flow.quarantine import tag_quarantined
 from s3flow.sinks.local import LocalDirSink
@@ -39,7 +48,13 @@ class _ManifestTracker(Protocol):
     """The part of the state store this processor uses (see StateStore)."""
 
     async def set_manifest_status(
-        self, manifest_id: str, status: Any, *, detail: str = "", expect: Any = None
+        self,
+        manifest_id: str,
+        status: Any,
+        *,
+        detail: str = "",
+        expect: Any = None,
+        quarantined: Any = None,
     ) -> Any: ...
 
 
@@ -168,7 +183,9 @@ class ParquetCompactProcessor(BaseProcessor):
         except Exception as exc:
             await _set_status(tracker, manifest, "failed", f"{type(exc).__name__}: {exc}")
             raise
-        await _set_status(tracker, manifest, "completed", _summary(report))
+        await _set_status(
+            tracker, manifest, "completed", _summary(report), quarantined=report.quarantined
+        )
         ctx.report_progress(report.compressed_bytes)
         return result_of(report)
 
@@ -207,23 +224,55 @@ def _tracker(store: Any) -> _ManifestTracker | None:
 
 
 async def _set_status(
-    tracker: _ManifestTracker | None, manifest: Manifest, status: str, detail: str = ""
+    tracker: _ManifestTracker | None,
+    manifest: Manifest,
+    status: str,
+    detail: str = "",
+    *,
+    quarantined: list[tuple[InputFile, str]] | None = None,
 ) -> None:
     """Move the manifest's record (and its files) to ``status``, when the store knows it.
 
     A manifest the store does not know (written by hand, or by another
     deployment) is compacted without state. A completed manifest compacted
-    again (``s3flow run compact`` by hand) stays completed.
+    again (``s3flow run compact`` by hand) stays completed. Files held out
+    (``quarantined``) are recorded quarantined with their reason. Any other
+    state-store failure is logged and raised as retryable: the message comes
+    back and the compaction (idempotent) runs again, so the record is not
+    left behind.
     """
     if tracker is None:
         return
-    from s3flow.state.base import ManifestStatus, StateError, TransitionError
+    from s3flow.state.base import (
+        ManifestStatus,
+        ObjectId,
+        StateError,
+        TransitionError,
+        UnknownManifestError,
+    )
 
+    held = {
+        ObjectId(f.bucket, f.key, f.version_id or (f.etag or "").strip('"')): reason
+        for f, reason in quarantined or []
+    }
     try:
         await tracker.set_manifest_status(
-            manifest.manifest_id, ManifestStatus(status), detail=detail[:1000]
+            manifest.manifest_id,
+            ManifestStatus(status),
+            detail=detail[:1000],
+            **({"quarantined": held} if held else {}),
         )
     except TransitionError as exc:
         log.info("manifest %s: state not moved to %s: %s", manifest.manifest_id, status, exc)
-    except StateError as exc:
+    except UnknownManifestError as exc:
         log.info("manifest %s: not tracked in the state store (%s)", manifest.manifest_id, exc)
+    except StateError as exc:
+        log.warning(
+            "manifest %s: the state store could not record %s: %s",
+            manifest.manifest_id,
+            status,
+            exc,
+        )
+        raise RetryableError(
+            f"manifest {manifest.manifest_id}: state store could not record {status}: {exc}"
+        ) from exc

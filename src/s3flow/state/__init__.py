@@ -33,6 +33,7 @@ from s3flow.state.base import (
     StateStore,
     TrackedFile,
     TransitionError,
+    UnknownManifestError,
     check_manifest_transition,
     check_transition,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "StateStore",
     "TrackedFile",
     "TransitionError",
+    "UnknownManifestError",
     "check_manifest_transition",
     "check_transition",
     "open_state_store",

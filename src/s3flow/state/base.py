@@ -20,7 +20,7 @@ increases; completing or failing with a stale token is refused.
 Manifests (the ``ndjson-to-parquet`` pipeline) track files separately from the
 engine's per-object lifecycle above, per ``(dataset, date)``::
 
-    file:      pending -> manifested -> processing -> completed | failed
+    file:      pending -> manifested -> processing -> completed | failed | quarantined
     manifest:  sealing -> sealed -> processing -> completed | failed
                processing -> processing (re-entry after a crash)
                failed -> processing (retry) | sealed (operator re-publish)
@@ -34,6 +34,7 @@ is finished by the next lock holder (:meth:`StateStore.unfinished_manifests`).
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -46,6 +47,10 @@ class StateError(S3flowError):
 
 class TransitionError(StateError):
     """A lifecycle transition that is not allowed."""
+
+
+class UnknownManifestError(StateError):
+    """The state store has no manifest with that id."""
 
 
 class LockLostError(StateError):
@@ -361,14 +366,17 @@ class StateStore(Protocol):
         *,
         detail: str = "",
         expect: ManifestStatus | None = None,
+        quarantined: Mapping[ObjectId, str] | None = None,
     ) -> ManifestRecord:
         """Move a manifest (and its files, see FILE_STATUS_OF) to ``status``.
 
         Raises TransitionError if the transition is not allowed (see
         MANIFEST_ALLOWED) or, with ``expect``, if the current status is another
         (compare-and-set: of two racing callers exactly one wins). StateError if
-        unknown. Entering processing counts an attempt; ``detail`` (e.g. the
-        failure reason) is stored on the manifest and its files.
+        unknown (UnknownManifestError). Entering processing counts an attempt; ``detail`` (e.g. the
+        failure reason) is stored on the manifest and its files. The files
+        listed in ``quarantined`` (the compaction held them out) take status
+        quarantined with their reason as detail instead.
         """
         ...
 
@@ -384,6 +392,7 @@ class ManifestFileStatus(enum.StrEnum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    QUARANTINED = "quarantined"  # held out of its manifest's compaction (see its detail)
 
 
 class ManifestStatus(enum.StrEnum):

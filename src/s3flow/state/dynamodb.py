@@ -71,7 +71,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -96,6 +96,7 @@ from s3flow.state.base import (
     PendingSummary,
     StateError,
     TrackedFile,
+    UnknownManifestError,
 )
 from s3flow.state.lifecycle import (
     FencedFinishMixin,
@@ -1240,7 +1241,7 @@ class DynamoStateStore(FencedFinishMixin):
         except _Conflict:
             found, _ = await self._read_manifest(manifest_id)
             if found is None:
-                raise StateError(f"no manifest {manifest_id!r}") from None
+                raise UnknownManifestError(f"no manifest {manifest_id!r}") from None
             raise StateError(f"manifest {manifest_id} is not sealed yet") from None
         rec, _ = _decode_manifest(resp["Attributes"])
         await self._delete(_marker_key(rec.dataset, manifest_id))
@@ -1320,8 +1321,10 @@ class DynamoStateStore(FencedFinishMixin):
         *,
         detail: str = "",
         expect: ManifestStatus | None = None,
+        quarantined: Mapping[ObjectId, str] | None = None,
     ) -> ManifestRecord:
         """Move a manifest (revision-conditioned Put), then each of its files."""
+        held = dict(quarantined or {})
         for attempt in range(_MAX_CONFLICT_RETRIES):
             rec, rev = await self._read_manifest(manifest_id)
             new = plan_manifest_status(
@@ -1341,25 +1344,43 @@ class DynamoStateStore(FencedFinishMixin):
                 if attempt >= 2:
                     await asyncio.sleep(random.uniform(0, min(0.01 * attempt, 0.2)))
                 continue
-            await _bounded(_MOVE_PARALLEL, [self._set_file_status(new, f) for f in new.files])
+            await _bounded(
+                _MOVE_PARALLEL,
+                [
+                    self._set_file_status(new, f)
+                    if f.id not in held
+                    else self._set_file_status(
+                        new, f, ManifestFileStatus.QUARANTINED, clip(held[f.id])
+                    )
+                    for f in new.files
+                ],
+            )
             return new
         raise StateError(
             f"state store dynamodb://{self.table_prefix}: gave up on manifest {manifest_id} "
             f"after {_MAX_CONFLICT_RETRIES} conflicting writes"
         )
 
-    async def _set_file_status(self, m: ManifestRecord, f: ManifestFile) -> None:
-        # A file's status follows its manifest's; a crash between the two is
-        # repaired by the next status change (the manifest is the truth).
+    async def _set_file_status(
+        self,
+        m: ManifestRecord,
+        f: ManifestFile,
+        status: ManifestFileStatus | None = None,
+        detail: str | None = None,
+    ) -> None:
+        # A file's status follows its manifest's (or ``status``: quarantined); a
+        # crash between the two is repaired by the next status change (the
+        # manifest is the truth).
+        detail = m.detail if detail is None else detail
         values: Item = {
-            ":st": {"S": FILE_STATUS_OF[m.status].value},
+            ":st": {"S": (status or FILE_STATUS_OF[m.status]).value},
             ":now": {"N": _num(m.updated_at)},
             ":id": {"S": m.manifest_id},
         }
         update = "SET #st = :st, #up = :now"
-        if m.detail:
+        if detail:
             update += ", #dt = :d"
-            values[":d"] = {"S": m.detail}
+            values[":d"] = {"S": detail}
         else:
             update += " REMOVE #dt"
         try:

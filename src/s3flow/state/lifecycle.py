@@ -25,6 +25,7 @@ from s3flow.state.base import (
     ObjectId,
     StateError,
     TransitionError,
+    UnknownManifestError,
     check_manifest_transition,
     check_transition,
 )
@@ -279,7 +280,7 @@ def plan_manifest_status(
 ) -> ManifestRecord:
     """The manifest after an operator / compaction status change (raises if refused)."""
     if rec is None:
-        raise StateError(f"no manifest {manifest_id!r}")
+        raise UnknownManifestError(f"no manifest {manifest_id!r}")
     if expect is not None and rec.status is not expect:
         raise TransitionError(
             f"manifest {manifest_id} is {rec.status.value}, not {expect.value} as expected"

@@ -20,7 +20,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -41,6 +41,7 @@ from s3flow.state.base import (
     PendingSummary,
     StateError,
     TrackedFile,
+    UnknownManifestError,
 )
 from s3flow.state.lifecycle import (
     FencedFinishMixin,
@@ -840,7 +841,7 @@ class SqliteStateStore(FencedFinishMixin):
         def tx(conn: sqlite3.Connection) -> ManifestRecord:
             rec = _select_manifest(conn, manifest_id)
             if rec is None:
-                raise StateError(f"no manifest {manifest_id!r}")
+                raise UnknownManifestError(f"no manifest {manifest_id!r}")
             if rec.status is ManifestStatus.SEALING:
                 raise StateError(f"manifest {manifest_id} is not sealed yet")
             new = replace(rec, location=location, updated_at=self._clock())
@@ -891,6 +892,7 @@ class SqliteStateStore(FencedFinishMixin):
         *,
         detail: str = "",
         expect: ManifestStatus | None = None,
+        quarantined: Mapping[ObjectId, str] | None = None,
     ) -> ManifestRecord:
         """Move a manifest and its files to ``status`` (one transaction)."""
 
@@ -909,6 +911,20 @@ class SqliteStateStore(FencedFinishMixin):
                 "WHERE manifest_id = ?",
                 (FILE_STATUS_OF[status].value, clip(detail), new.updated_at, manifest_id),
             )
+            for oid, reason in (quarantined or {}).items():
+                conn.execute(
+                    "UPDATE manifest_files SET status = ?, detail = ?, updated_at = ? "
+                    "WHERE manifest_id = ? AND bucket = ? AND key = ? AND version = ?",
+                    (
+                        ManifestFileStatus.QUARANTINED.value,
+                        clip(reason),
+                        new.updated_at,
+                        manifest_id,
+                        oid.bucket,
+                        oid.key,
+                        oid.version,
+                    ),
+                )
             return new
 
         return await self._run(lambda conn: _in_tx(conn, tx))

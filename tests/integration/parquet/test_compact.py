@@ -443,3 +443,65 @@ def test_state_store_manifest_and_files_follow_the_compaction(harness: Harness) 
     assert m.status is ManifestStatus.COMPLETED and m.attempts == 2
     assert {t.status for t in tracked} == {ManifestFileStatus.COMPLETED}
     assert read_parts(h, parts(h)).column("id").to_pylist() == [0, 1, 2]
+
+
+@pytest.mark.timeout(120)
+def test_quarantined_files_are_recorded_quarantined_not_completed(harness: Harness) -> None:
+    import asyncio
+
+    from s3flow.manifests import manifest_document
+    from s3flow.state import ManifestFileStatus, ManifestStatus, open_state_store
+    from s3flow.state.base import ManifestFile, ManifestRecord
+
+    h = harness
+    configure(h, malformed_lines="quarantine")
+    data = Data(h)
+    entries = data.put_many(
+        [
+            ("sq/good.ndjson", ndjson([{"id": 1}, {"id": 2}])),
+            ("sq/bad.ndjson", ndjson([{"id": 3}]) + b"not json\n"),
+        ]
+    )
+    files = [ManifestFile(e["bucket"], e["key"], e["size"], e["etag"]) for e in entries]
+    day = DATES[2]
+
+    async def seal() -> dict[str, Any]:
+        async with open_state_store(h.state_url) as store:
+            assert store is not None
+            for f in files:
+                await store.add_pending("events", day, f)
+            token = await store.acquire_lock("seal:events", owner="t", ttl_s=30)
+            assert token is not None
+            draft = ManifestRecord(
+                manifest_id="sq-1",
+                dataset="events",
+                date=day,
+                status=ManifestStatus.SEALING,
+                files=files,
+                trigger="count",
+                fencing_token=token,
+                sealed_by="t",
+                created_at=0.0,
+            )
+            sealed = await store.seal_manifest(draft, lock="seal:events", owner="t", token=token)
+            assert sealed is not None
+            return manifest_document(sealed)
+
+    async def state() -> tuple[Any, list[Any]]:
+        async with open_state_store(h.state_url) as store:
+            assert store is not None
+            m = await store.get_manifest("sq-1")
+            return m, [await store.get_tracked("events", day, f.id) for f in files]
+
+    doc = asyncio.run(seal())
+    key = f"manifests/events/date={day}/sq-1.json"
+    h.s3.put_object(Bucket=h.bucket, Key=key, Body=json.dumps(doc).encode())
+    h.purge()
+    res = run_cli(h, f"s3://{h.bucket}/{key}")
+    assert res.returncode == 0, res.stderr
+    m, (good, bad) = asyncio.run(state())
+    assert m.status is ManifestStatus.COMPLETED and "1 files quarantined" in m.detail
+    assert good.status is ManifestFileStatus.COMPLETED
+    assert bad.status is ManifestFileStatus.QUARANTINED
+    assert bad.detail.startswith("malformed line 2: not JSON")
+    assert read_parts(h, parts(h)).column("id").to_pylist() == [1, 2]

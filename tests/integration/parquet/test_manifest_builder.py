@@ -121,6 +121,24 @@ def test_count_trigger_seals_at_the_threshold(harness: Harness) -> None:
 
 
 @pytest.mark.timeout(90)
+def test_manifest_prefix_overlapping_the_inputs_skips_only_manifests(harness: Harness) -> None:
+    # Inputs are 2025-12-23/...; manifests go to 2025-manifests/events/date=...: the
+    # prefix "2025-" covers both, and only the manifest objects are skipped.
+    harness.configure(
+        processor="ndjson-manifest", options=options(manifest_max_files=5, manifest_prefix="2025-")
+    )
+    for i in range(6):
+        harness.put(f"{DAY}/part-{i:03d}.ndjson", body(3))
+    harness.run(timeout_s=60)
+    ms = manifests(harness)
+    assert [(m.total_files, m.trigger) for m in ms] == [(5, "count")]
+    assert ms[0].location == (
+        f"s3://{harness.bucket}/2025-events/date={DAY}/{ms[0].manifest_id}.json"
+    )
+    assert pending_count(harness) == 1  # the manifest object itself was not tracked
+
+
+@pytest.mark.timeout(90)
 def test_bytes_trigger_seals_at_the_threshold(harness: Harness) -> None:
     harness.configure(
         processor="ndjson-manifest",

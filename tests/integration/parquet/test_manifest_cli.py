@@ -54,15 +54,15 @@ def test_seal_list_show_retry(harness: Harness, tmp_path: Path) -> None:
     assert [f["status"] for f in doc["files"]] == ["manifested"] * 3
     assert doc["location"].endswith(f"manifests/events/date={DAY}/{mid}.json")
     assert s3flow("manifests", "show", "nope", "-c", str(cfg)).returncode == 1
-    refused = s3flow("manifests", "retry", mid, "-c", str(cfg))
-    assert refused.returncode == 2 and "not failed" in refused.stderr
 
-    async def fail_it() -> None:  # what the compaction side records on a failure
+    async def to(status: ManifestStatus, detail: str = "") -> None:
         async with store_of(harness) as store:
-            await store.set_manifest_status(mid, ManifestStatus.PROCESSING)
-            await store.set_manifest_status(mid, ManifestStatus.FAILED, detail="boom")
+            await store.set_manifest_status(mid, status, detail=detail)
 
-    asyncio.run(fail_it())
+    asyncio.run(to(ManifestStatus.PROCESSING))  # what the compaction side records
+    refused = s3flow("manifests", "retry", mid, "-c", str(cfg))
+    assert refused.returncode == 2 and "is processing" in refused.stderr
+    asyncio.run(to(ManifestStatus.FAILED, "boom"))
     key = doc["location"].split("/", 3)[3]
     before = harness.s3.head_object(Bucket=harness.bucket, Key=key)["ETag"]
     retried = s3flow("manifests", "retry", mid, "-c", str(cfg))
@@ -73,3 +73,39 @@ def test_seal_list_show_retry(harness: Harness, tmp_path: Path) -> None:
     again = json.loads(s3flow("manifests", "show", mid, "-c", str(cfg), "--json").stdout)
     assert again["status"] == "sealed" and again["detail"] == "retry requested"
     assert {f["status"] for f in again["files"]} == {"manifested"}
+
+
+@pytest.mark.timeout(120)
+def test_retry_whose_publish_failed_can_be_retried(harness: Harness, tmp_path: Path) -> None:
+    out = harness.out_bucket
+    opts = options(manifest_bucket=out)
+    harness.configure(processor="ndjson-manifest", options=opts)
+    cfg = write_config(harness, tmp_path / "s3flow.toml", opts)
+    for i in range(2):
+        harness.put(f"{DAY}/part-{i}.ndjson", body(2))
+    harness.run(timeout_s=60)
+    assert s3flow("manifests", "seal", "-p", "p", "--all", "-c", str(cfg)).returncode == 0
+    (row,) = json.loads(s3flow("manifests", "list", "-c", str(cfg), "--json").stdout)
+    mid = row["manifest_id"]
+    key = row["location"].split("/", 3)[3]
+
+    async def fail_it() -> None:
+        async with store_of(harness) as store:
+            await store.set_manifest_status(mid, ManifestStatus.PROCESSING)
+            await store.set_manifest_status(mid, ManifestStatus.FAILED, detail="boom")
+
+    asyncio.run(fail_it())
+    # The manifest bucket is gone: the retry's PutObject fails after the status moved.
+    for obj in harness.s3.list_objects_v2(Bucket=out).get("Contents", []):
+        harness.s3.delete_object(Bucket=out, Key=obj["Key"])
+    harness.s3.delete_bucket(Bucket=out)
+    broken = s3flow("manifests", "retry", mid, "-c", str(cfg))
+    assert broken.returncode != 0 and "PutObject" in broken.stderr
+    shown = json.loads(s3flow("manifests", "show", mid, "-c", str(cfg), "--json").stdout)
+    assert shown["status"] == "sealed"
+    # Once the bucket is back, retrying again publishes it.
+    harness.s3.create_bucket(Bucket=out)
+    retried = s3flow("manifests", "retry", mid, "-c", str(cfg))
+    assert retried.returncode == 0, retried.stderr
+    doc = json.loads(harness.s3.get_object(Bucket=out, Key=key)["Body"].read())
+    assert (doc["manifest_id"], doc["republish"]) == (mid, 2)

@@ -861,6 +861,46 @@ async def test_manifest_status_lifecycle(store: StateStore, clock: FakeClock) ->
     assert resealed.status is S.SEALED and resealed.attempts == 1
 
 
+@backends
+async def test_completed_manifest_records_its_quarantined_files(
+    store: StateStore, clock: FakeClock
+) -> None:
+    fs = [mfile(f"2025-12-23/{i}.json", 10, "e1", "v1" if i == 2 else None) for i in range(3)]
+    for f in fs:
+        await store.add_pending("ds", "2025-12-23", f)
+    token = await store.acquire_lock("seal:ds", owner="w1", ttl_s=30)
+    assert token is not None
+    m = await store.seal_manifest(draft("m1", fs, token), lock="seal:ds", owner="w1", token=token)
+    assert m is not None
+    await store.set_manifest_status("m1", ManifestStatus.PROCESSING)
+    clock.advance(1)
+    done = await store.set_manifest_status(
+        "m1",
+        ManifestStatus.COMPLETED,
+        detail="1 parts, 10 rows, 2 files quarantined",
+        quarantined={
+            fs[0].id: "malformed line 3: not JSON",
+            fs[2].id: "gzip: truncated",
+            ObjectId(B, "not/in/the/manifest.json", "e1"): "ignored",
+        },
+    )
+    assert done.status is ManifestStatus.COMPLETED
+    got = []
+    for f in fs:
+        t = await store.get_tracked("ds", "2025-12-23", f.id)
+        assert t is not None and t.manifest_id == "m1" and t.updated_at == T0 + 1
+        got.append((t.status, t.detail))
+    assert got == [
+        (ManifestFileStatus.QUARANTINED, "malformed line 3: not JSON"),
+        (ManifestFileStatus.COMPLETED, "1 parts, 10 rows, 2 files quarantined"),
+        (ManifestFileStatus.QUARANTINED, "gzip: truncated"),
+    ]
+    assert (
+        await store.get_tracked("ds", "2025-12-23", ObjectId(B, "not/in/the/manifest.json", "e1"))
+        is None
+    )
+
+
 @pytest.mark.parametrize("make_store", ["sqlite", "dynamodb-atomic"], indirect=True)
 async def test_racing_seals_never_share_a_file(
     make_store: Callable[[], StateStore], store: StateStore
