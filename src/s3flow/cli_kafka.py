@@ -14,15 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from s3flow.errors import ConfigError
-
-
-def _parse_source(source: str) -> tuple[str, str]:
-    if not source.startswith("s3://"):
-        raise ConfigError(f"source must be s3://bucket/key, got {source!r}")
-    bucket, _, key = source[5:].partition("/")
-    if not bucket or not key:
-        raise ConfigError(f"source must be s3://bucket/key, got {source!r}")
-    return bucket, key
+from s3flow.sinks.s3 import parse_s3_uri
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -56,7 +48,7 @@ async def run_batch(
     from s3flow.aws import open_clients
     from s3flow.csvkafka.checkpoint import ObjectRef
     from s3flow.csvkafka.runner import open_stream, run_object
-    from s3flow.errors import S3flowError, translate_aws_error
+    from s3flow.errors import translate_aws_error
     from s3flow.objects import ObjectReader
     from s3flow.processors.csv_kafka import CsvToKafkaProcessor
 
@@ -81,8 +73,6 @@ async def run_batch(
             report = await run_object(
                 processor.opts, ref, opener, executor=processor.executor, store=store
             )
-        except S3flowError:
-            raise
         finally:
             await processor.stop()
     ckpt = report.checkpoint
@@ -168,7 +158,7 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
         """
         try:
             settings = _settings(config)
-            bucket, key = _parse_source(source)
+            bucket, key = parse_s3_uri(source)
             base: dict[str, Any] = {}
             if pipeline:
                 p = settings.pipeline(pipeline)

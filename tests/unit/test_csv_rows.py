@@ -1,19 +1,21 @@
-"""csv-to-kafka building blocks: pieces, line feed, decoding, row encoding, checkpoints."""
+"""csv-to-kafka building blocks: pieces, record ends, decoding, row encoding, checkpoints."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+from itertools import accumulate
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s3flow.csvkafka.checkpoint import Checkpoint, ObjectRef, checkpoint_partition
 from s3flow.csvkafka.rows import (
-    LineFeed,
     LineTooLongError,
     PieceSplitter,
+    RecordEnds,
     RowEncoder,
     decode_piece,
     original_bytes,
@@ -59,42 +61,73 @@ def test_a_line_longer_than_the_limit_is_refused() -> None:
         list(s.feed(b"x" * 101))
 
 
-def records(pieces: list[bytes], **fmt: str) -> list[tuple[list[str], bool, int, int]]:
-    """(fields, at_piece_end, piece_end_offset, line_num) per record."""
-    queue = list(pieces)
-    pos = 0
-
-    def next_piece() -> tuple[str, int, list[int]] | None:
-        nonlocal pos
-        if not queue:
-            return None
-        p = queue.pop(0)
-        pos += len(p)
-        text, bad = decode_piece(p, "utf-8")
-        return text, pos, bad
-
-    feed = LineFeed(next_piece)
-    reader = csv.reader(feed, **fmt)  # type: ignore[arg-type]
-    return [(r, feed.at_piece_end, feed.piece_end_offset, reader.line_num) for r in reader]
+def record_ends(text: str, escapechar: str | None) -> set[int]:
+    """Character offsets where ``csv.reader`` ends a record (blank lines included)."""
+    lines = io.StringIO(text, newline="").readlines()
+    offsets = list(accumulate(len(line) for line in lines))
+    reader = csv.reader(lines, strict=False, escapechar=escapechar)
+    return {offsets[reader.line_num - 1] for _ in reader}
 
 
-def test_line_feed_marks_records_that_end_a_piece() -> None:
-    pieces = [b'a,b\n1,"x\n', b'y"\n2,z\n', b"3,w\n"]
-    got = records(pieces)
-    assert [r[0] for r in got] == [["a", "b"], ["1", "x\ny"], ["2", "z"], ["3", "w"]]
-    # "1,x\ny" spans pieces 1-2 and does not end piece 1; "2,z" ends piece 2 (offset 16).
-    assert [(r[1], r[2]) for r in got] == [(False, 0), (False, 9), (True, 16), (True, 20)]
-    assert [r[3] for r in got] == [1, 3, 4, 5]
+def tracked_ends(text: str, cuts: list[int], escapechar: str | None, encoding: str) -> set[int]:
+    """Byte offsets among the line ends ``cuts`` that RecordEnds calls record ends."""
+    ends = RecordEnds(encoding=encoding, escapechar=escapechar)
+    data = text.encode(encoding)
+    got, prev = set(), 0
+    for cut in cuts:
+        if ends.feed(data[prev:cut]):
+            got.add(cut)
+        prev = cut
+    return got
 
 
-def test_resume_at_a_piece_end_gives_the_same_records() -> None:
-    data = b"".join(b'%d,"v\n%d"\r\n' % (i, i) for i in range(500))
-    pieces = split_all(data, 333, 97)
-    full = records(pieces)
-    for i, rec in enumerate(full):
-        if rec[1]:  # a checkpoint could be taken here
-            rest = records(split_all(data[rec[2] :], 333, 97))
-            assert [r[0] for r in rest] == [r[0] for r in full[i + 1 :]]
+csv_text = st.text(alphabet=st.sampled_from(list('ab,"\\\n\r;é')), max_size=80)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=csv_text, escape=st.sampled_from([None, "\\"]), every=st.integers(1, 4))
+def test_record_ends_follow_the_csv_module(text: str, escape: str | None, every: int) -> None:
+    """At every piece end (a line feed), RecordEnds agrees with csv.reader.
+
+    The end of the data is left out: there csv ends an unclosed quoted field too.
+    """
+    text = text.rstrip("\r") + "\nz\n"  # pieces end with a line feed
+    try:
+        expected = record_ends(text, escape) - {len(text)}
+    except csv.Error:
+        return  # (not reached with strict=False; kept as a guard)
+    lf = [i + 1 for i, c in enumerate(text) if c == "\n"][::every]
+    if lf[-1] != len(text):
+        lf.append(len(text))
+    # In UTF-8 bytes: map the character offsets of the line feeds to byte offsets.
+    to_bytes = {i: len(text[:i].encode()) for i in lf}
+    got = tracked_ends(text, [to_bytes[i] for i in lf], escape, "utf-8") - {to_bytes[len(text)]}
+    assert got == {to_bytes[i] for i in lf if i in expected}
+    # The decoded-text path (another encoding) agrees too.
+    if all(ord(c) < 256 for c in text):
+        got_latin = tracked_ends(text, lf, escape, "latin-1") - {len(text)}
+        assert got_latin == {i for i in lf if i in expected}
+
+
+def test_a_quote_inside_an_unquoted_field_is_an_ordinary_character() -> None:
+    # csv reads `12" pipe` as a field: the record ends at the line break.
+    ends = RecordEnds()
+    assert ends.feed(b'1,12" pipe\n')
+    assert ends.feed(b'2,"a\n') is False  # a quoted field spanning lines
+    assert ends.feed(b'b",x\n')
+    assert ends.feed(b'3,"say ""hi""\n') is False  # doubled quotes stay inside
+    assert ends.feed(b'"" there",y"z\n')
+    assert ends.feed(b'4;"q\n')  # ";" is no delimiter here: the quote is ordinary
+    semi = RecordEnds(delimiter=";")
+    assert semi.feed(b'4;"q\n') is False
+    assert semi.feed(b'",\n')
+
+
+def test_an_escaped_line_break_continues_the_record() -> None:
+    ends = RecordEnds(escapechar="\\")
+    assert ends.feed(b"a,b\\\n") is False
+    assert ends.feed(b'"c",d\n')  # the quote after the escaped line break is ordinary
+    assert ends.feed(b'"x\\"y",z\n')
 
 
 def test_decode_piece_reports_undecodable_lines() -> None:

@@ -58,7 +58,9 @@ class Checkpoint:
     ``offset`` is a byte offset in the decompressed object where a record starts,
     ``row`` the index of that record among the data records (header excluded), ``line``
     the number of physical lines before it. ``sent``/``bad`` count rows produced to the
-    topic / handled as bad rows so far; ``columns`` the names from the header row.
+    topic / handled as bad rows so far; ``columns`` the names from the header row;
+    ``ncols`` the expected column count once known (the header's, else the first data
+    row's: a resumed run judges rows as the first run did; absent in older checkpoints).
     ``done`` marks the final checkpoint. ``scan_from`` is an offset of the checkpoint
     partition before any checkpoint of this object (a hint for reading it back faster).
     """
@@ -70,6 +72,7 @@ class Checkpoint:
     sent: int = 0
     bad: int = 0
     columns: list[str] | None = None
+    ncols: int | None = None
     done: bool = False
     transactions: int = 0
     scan_from: int = 0

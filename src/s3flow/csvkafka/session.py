@@ -7,13 +7,13 @@ Lifecycle (each call blocks; the runner calls them off the event loop)::
     final = session.run(channel, ckpt)   # rows in transactions of ~checkpoint_rows rows
     session.close()                # aborts an open transaction, purges, destroys the producer
 
-The object is cut into blocks (~1 MiB of line-aligned pieces whose quote count is even:
-record boundaries). A block of one-line records in UTF-8 is parsed and encoded by
-pyarrow (:mod:`.fastpath`), any other block by the ``csv`` module; a helper thread
-prepares the next block meanwhile. After the block that completes ``checkpoint_rows``
-rows (or ``checkpoint_s`` seconds, or ``checkpoint_bytes``), the open transaction gets the
-checkpoint record and is committed: the rows and the position after them become visible
-together.
+The object is cut into blocks (~1 MiB of line-aligned pieces ending where ``csv.reader``
+ends a record: see :class:`~s3flow.csvkafka.rows.RecordEnds`). A block of one-line
+records in UTF-8 is parsed and encoded by pyarrow (:mod:`.fastpath`), any other block
+by the ``csv`` module; a helper thread prepares the next block meanwhile. After the
+block that completes ``checkpoint_rows`` rows (or ``checkpoint_s`` seconds, or
+``checkpoint_bytes``), the open transaction gets the checkpoint record and is
+committed: the rows and the position after them become visible together.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
@@ -47,10 +46,12 @@ from s3flow.csvkafka.rows import (
     UTF8_BOM,
     LineFeed,
     PieceSplitter,
+    RecordEnds,
     RowEncoder,
     decode_piece,
     original_bytes,
 )
+from s3flow.errors import UndecodableContentError
 
 try:
     from s3flow.csvkafka.fastpath import ArrowJsonBlocks
@@ -182,20 +183,25 @@ class TxnSession:
         return state
 
     def _blocks(self, channel: ChunkChannel, state: Checkpoint) -> Iterator[tuple[bytes, int]]:
-        """(block, end offset): line-aligned runs of pieces that end outside quotes.
+        """(block, end offset): line-aligned runs of pieces that end where a record ends.
 
-        A block closes at the first piece end after ``block_bytes`` where the count of
-        quote characters so far is even - a record boundary for well-formed CSV - so
-        records never span blocks (a block also closes at MAX_BLOCK_BYTES whatever the
-        quotes say: an unbalanced quote cannot make memory grow without bound).
+        A block closes at the first piece end after ``block_bytes`` where ``csv.reader``
+        ends a record (:class:`RecordEnds` follows its quote rules), so records never span
+        blocks and a checkpoint is always at a record start. A block also closes at
+        MAX_BLOCK_BYTES inside a record (a quoted field left open to the end of the
+        object cannot make memory grow without bound); that record is then split.
         """
         opts = self.opts
         splitter = PieceSplitter(self._piece_bytes)
-        quote = opts.quotechar.encode()
-        escaped = (opts.escapechar + opts.quotechar).encode() if opts.escapechar else None
+        ends = RecordEnds(
+            delimiter=opts.delimiter,
+            quotechar=opts.quotechar,
+            escapechar=opts.escapechar,
+            encoding=opts.encoding,
+        )
         target = max(self._block_bytes, 1)
         buf: list[bytes] = []
-        size, odd, pos = 0, False, state.offset
+        size, pos = 0, state.offset
         first = state.offset == 0
 
         def pieces() -> Iterator[bytes]:
@@ -209,13 +215,20 @@ class TxnSession:
                 first = False
                 if opts.encoding == "utf-8" and piece.startswith(UTF8_BOM):
                     piece = piece[len(UTF8_BOM) :]
-            quotes = piece.count(quote) - (piece.count(escaped) if escaped else 0)
-            odd ^= bool(quotes & 1)
+            at_end = ends.feed(piece)
             buf.append(piece)
             size += len(piece)
-            if (size >= target and not odd) or size >= MAX_BLOCK_BYTES:
+            if (size >= target and at_end) or size >= MAX_BLOCK_BYTES:
+                if not at_end:
+                    log.warning(
+                        "%s: a record longer than %d MiB (an unclosed quote?) is split at byte %d",
+                        self.ref.uri,
+                        MAX_BLOCK_BYTES // (1024 * 1024),
+                        pos,
+                    )
+                    ends.reset()
                 yield b"".join(buf), pos
-                buf, size, odd = [], 0, False
+                buf, size = [], 0
         if buf:
             yield b"".join(buf), pos
 
@@ -238,10 +251,13 @@ class TxnSession:
         columns = list(opts.columns) if opts.columns else state.columns
         header_pending = opts.header and state.offset == 0
         encoder = RowEncoder(columns)
-        ncols = len(columns) if columns else None
+        # The expected column count: the columns', else the one a previous run of this
+        # object learned from its first data row (kept in the checkpoint).
+        ncols = len(columns) if columns else state.ncols
         key_idx = self._key_index(columns) if columns is not None else None
         if columns is not None:
             state.columns = columns
+        state.ncols = ncols
         fast: ArrowJsonBlocks | None = None
 
         const_headers: list[tuple[str, str | bytes | None]] | None = None
@@ -290,6 +306,7 @@ class TxnSession:
         ahead = _Prefetch(self._blocks(channel, state))
         try:
             for block, end, nlines, encoded in ahead:
+                block_start = state.offset
                 if encoded is None and fast_ok and columns is not None and not header_pending:
                     if fast is None:
                         fast = ArrowJsonBlocks(
@@ -318,6 +335,8 @@ class TxnSession:
                             self._produce(producer, topic, value, key, partition, headers)
                         except KafkaException as exc:
                             raise translate_kafka_error(exc, f"produce to {topic}") from exc
+                        except UnicodeEncodeError as exc:
+                            raise self._not_text(topic, exc) from exc
                     n = len(values)
                     row += n
                     sent += n
@@ -326,11 +345,7 @@ class TxnSession:
                 else:
                     # --- exact: the csv module, record by record ------------------------
                     text, bad_idx = decode_piece(block, encoding)
-                    feed = LineFeed(
-                        partial(next, iter([(text, end, bad_idx)]), None),
-                        keep_raw=raw_mode,
-                        start_line=lines_done,
-                    )
+                    feed = LineFeed(text, bad_idx, keep_raw=raw_mode, start_line=lines_done)
                     raw_lines = feed.raw
                     bad_lines = feed.bad_lines
                     reader = csv.reader(
@@ -352,15 +367,17 @@ class TxnSession:
                                     pass  # a blank line: no record
                                 elif header_pending:
                                     header_pending = False
+                                    if bad_lines and _touches(bad_lines, line_start, line_end):
+                                        raise self._bad_header(text, block, block_start, end)
                                     if columns is None:
                                         columns = fields
                                         state.columns = columns
                                         encoder = RowEncoder(columns)
-                                        ncols = len(columns)
+                                        ncols = state.ncols = len(columns)
                                         key_idx = self._key_index(columns)
                                 else:
                                     if ncols is None:
-                                        ncols = len(fields)
+                                        ncols = state.ncols = len(fields)
                                     raw = RowEncoder.raw(raw_lines) if raw_mode else None
                                     if len(fields) != ncols:
                                         handle_bad(
@@ -468,6 +485,26 @@ class TxnSession:
                 producer.poll(0.05)
             except KafkaException as exc:
                 raise translate_kafka_error(exc, f"produce to {topic}") from exc
+            except UnicodeEncodeError as exc:
+                raise self._not_text(topic, exc) from exc
+
+    def _not_text(self, topic: str, exc: UnicodeEncodeError) -> UndecodableContentError:
+        """A message that is not valid text (undecodable bytes in it): a permanent error."""
+        return UndecodableContentError(
+            f"{self.ref.uri}: a message for {topic} is not valid text "
+            f"(undecodable bytes, not {self.opts.encoding}): {exc}"
+        )
+
+    def _bad_header(
+        self, text: str, block: bytes, block_start: int, block_end: int
+    ) -> UndecodableContentError:
+        """The error for a header row with undecodable bytes (column names must be text)."""
+        first = next((i for i, c in enumerate(text) if "\udc80" <= c <= "\udcff"), 0)
+        skipped = block_end - block_start - len(block)  # a UTF-8 BOM dropped from the block
+        at = block_start + skipped + len(original_bytes(text[:first], self.opts.encoding))
+        return UndecodableContentError(
+            f"{self.ref.uri}: header row is not valid {self.opts.encoding} at byte {at}"
+        )
 
     def _commit(self, producer: Producer, state: Checkpoint, *, final: bool) -> None:
         """Add the checkpoint to the open transaction and commit it; begin the next one."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from s3flow.errors import S3flowError, translate_aws_error
+from s3flow.errors import ConfigError, S3flowError, translate_aws_error
 
 
 def split_s3_url(url: str) -> tuple[str, str]:
@@ -13,6 +13,22 @@ def split_s3_url(url: str) -> tuple[str, str]:
     rest = url[len("s3://") :] if url.startswith("s3://") else url
     bucket, _, prefix = rest.partition("/")
     return bucket, prefix
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` -> (bucket, 'some/key'), strictly.
+
+    Raises :class:`~s3flow.errors.ConfigError` naming what is missing: the ``s3://``
+    scheme, the bucket or the key (``s3://bucket`` and ``s3://bucket/`` have no key).
+    """
+    if not uri.startswith("s3://"):
+        raise ConfigError(f"not an S3 URI (expected s3://bucket/key): {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ConfigError(f"S3 URI without a bucket (expected s3://bucket/key): {uri!r}")
+    if not key:
+        raise ConfigError(f"S3 URI without a key (expected s3://bucket/key): {uri!r}")
+    return bucket, key
 
 
 class S3Sink:

@@ -217,3 +217,18 @@ def test_two_gigabytes_stream_with_bounded_memory(
     assert out["peak_rss_mb"] < 250, out
     ckpt = latest_checkpoint(kafka.bootstrap, f"{topic}.checkpoints")
     assert ckpt is not None and ckpt.done and ckpt.offset == copies * len(block)
+
+
+def test_batch_refuses_bad_uris_and_undecodable_headers(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    topic = unique_topic("batchhdr")
+    no_key = cli(tmp_path, kafka, f"s3://{bucket}", "--topic", topic)
+    assert no_key.returncode == 2
+    assert "S3 URI without a key" in no_key.stderr
+    # A header row that is not UTF-8: a permanent error at once (exit 2), not a traceback.
+    s3.put_object(Bucket=bucket, Key="latin1.csv", Body=b"id,caf\xe9\n1,2\n")
+    bad = cli(tmp_path, kafka, f"s3://{bucket}/latin1.csv", "--topic", topic)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "header row is not valid utf-8 at byte 6" in bad.stderr
+    assert "Traceback" not in bad.stderr

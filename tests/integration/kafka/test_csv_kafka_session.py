@@ -1,0 +1,164 @@
+"""TxnSession against a real broker, fed from memory: block ends, resume, undecodable headers."""
+
+from __future__ import annotations
+
+import csv
+import io
+from itertools import accumulate
+from typing import Any, cast
+
+import pytest
+from kafka_support import read_topic, unique_topic
+
+from s3flow.csvkafka.channel import ChunkChannel
+from s3flow.csvkafka.checkpoint import Checkpoint, ObjectRef
+from s3flow.csvkafka.options import CsvKafkaOptions, parse_options
+from s3flow.csvkafka.session import TxnSession
+from s3flow.csvkafka.topics import ensure_topics
+from s3flow.errors import PermanentError, UndecodableContentError
+from s3flow.kafka_broker import KafkaBroker
+
+pytestmark = [pytest.mark.integration]
+
+
+class MemoryChannel:
+    """What TxnSession reads: ``data`` in chunks of ``chunk`` bytes, then None."""
+
+    def __init__(self, data: bytes, chunk: int = 1000) -> None:
+        self._chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+
+    def get(self) -> bytes | None:
+        return self._chunks.pop(0) if self._chunks else None
+
+    def abort(self) -> None:
+        self._chunks.clear()
+
+
+class Crash(Exception):
+    """Stops a session right after a committed checkpoint (a worker dying there)."""
+
+
+def options(kafka: KafkaBroker, **extra: Any) -> CsvKafkaOptions:
+    opts = parse_options(
+        {"topic": unique_topic("session"), "bootstrap_servers": kafka.bootstrap, **extra}
+    )
+    ensure_topics(opts)
+    return opts
+
+
+def run(
+    opts: CsvKafkaOptions,
+    ref: ObjectRef,
+    data: bytes,
+    *,
+    stop_after: int | None = None,
+    **sizes: int,
+) -> list[Checkpoint]:
+    """One attempt of ``ref`` (resuming from its checkpoint); the checkpoints it committed.
+
+    With ``stop_after`` the attempt dies right after that many checkpoints.
+    """
+    seen: list[Checkpoint] = []
+
+    def on_checkpoint(ckpt: Checkpoint) -> None:
+        seen.append(ckpt)
+        if stop_after is not None and len(seen) >= stop_after:
+            raise Crash
+
+    session = TxnSession(opts, ref, on_checkpoint=on_checkpoint, **sizes)
+    try:
+        ckpt = session.prepare()
+        start = ckpt.offset if ckpt is not None else 0
+        channel = cast(ChunkChannel, MemoryChannel(data[start:]))
+        try:
+            session.run(channel, ckpt)
+        except Crash:
+            pass
+    finally:
+        session.close()
+    return seen
+
+
+def values(kafka: KafkaBroker, topic: str) -> list[Any]:
+    return [r.json() for r in read_topic(kafka.bootstrap, topic, with_headers=False)]
+
+
+def test_a_quote_inside_an_unquoted_field_does_not_stop_block_ends(kafka: KafkaBroker) -> None:
+    """`1,12" pipe` is a valid row: blocks (and checkpoints) keep ending at record ends.
+
+    Counting quotes took that quote as opening a quoted field that never closed: the
+    rest of the object became one block (one transaction, checkpoint_bytes ignored).
+    """
+    rows = ["id,size,note\n", '1,12" pipe,plain\n']
+    for i in range(2, 400):
+        note = f'"multi\nline {i}, with ""quotes"""' if i % 7 == 0 else f"note {i}"
+        rows.append(f"{i},{i % 13}in,{note}\n")
+    data = "".join(rows).encode()
+    opts = options(kafka, checkpoint_bytes=1, checkpoint_rows=1_000_000)
+    ref = ObjectRef("bucket", "stray-quote.csv", "v1")
+    ckpts = run(opts, ref, data, piece_bytes=64, block_bytes=512)
+    # Offsets where csv ends a record (the only safe places for a checkpoint).
+    lines = io.StringIO(data.decode(), newline="").readlines()
+    line_ends = [0, *accumulate(len(line.encode()) for line in lines)]
+    reader = csv.reader(lines)
+    expected = list(reader)
+    record_ends = {0}
+    reader = csv.reader(lines)
+    for _ in reader:
+        record_ends.add(line_ends[reader.line_num])
+    assert len(ckpts) > len(data) // 1024, [c.offset for c in ckpts]
+    assert {c.offset for c in ckpts} <= record_ends
+    assert ckpts[-1].done and (ckpts[-1].sent, ckpts[-1].bad) == (399, 0)
+    header = expected[0]
+    assert values(kafka, opts.topic) == [dict(zip(header, r, strict=True)) for r in expected[1:]]
+    assert values(kafka, opts.dlq_topic_name) == []
+
+
+def test_resume_judges_column_counts_like_an_uninterrupted_run(kafka: KafkaBroker) -> None:
+    """header = false, no columns: the width learned from the first row survives a resume."""
+    data = b"a,b\nc,d\nx\ne,f\n"
+    sizes = {"piece_bytes": 1, "block_bytes": 1}  # one line per block, a checkpoint each
+    whole = options(kafka, header=False, checkpoint_rows=1)
+    run(whole, ObjectRef("bucket", "narrow.csv", "v1"), data, **sizes)
+
+    resumed = options(kafka, header=False, checkpoint_rows=1)
+    ref = ObjectRef("bucket", "narrow.csv", "v1")
+    first = run(resumed, ref, data, stop_after=2, **sizes)  # dies before the "x" row
+    assert (first[-1].offset, first[-1].done) == (8, False)
+    second = run(resumed, ref, data, **sizes)
+
+    for opts in (whole, resumed):
+        assert values(kafka, opts.topic) == [["a", "b"], ["c", "d"], ["e", "f"]]
+        [dead] = values(kafka, opts.dlq_topic_name)
+        assert (dead["line"], dead["reason"]) == (3, "expected 2 columns, got 1")
+    assert second[-1].done and (second[-1].sent, second[-1].bad) == (3, 1)
+    assert first[-1].ncols == second[-1].ncols == 2
+
+
+def test_checkpoints_without_ncols_still_resume() -> None:
+    """Checkpoints written before ``ncols`` existed decode (the count is learned again)."""
+    old = b'{"object":"s3://b/k@v","offset":8,"row":2,"line":2,"sent":2,"bad":0,"columns":null}'
+    assert Checkpoint.decode(old).ncols is None
+    assert Checkpoint.decode(Checkpoint(object="x", ncols=3).encode()).ncols == 3
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_an_undecodable_header_row_is_a_permanent_error(kafka: KafkaBroker, bom: bytes) -> None:
+    """Column names must be text: no retry loop, a message naming the byte."""
+    data = bom + b"id,caf\xe9\n1,2\n"
+    opts = options(kafka)
+    with pytest.raises(UndecodableContentError) as err:
+        run(opts, ObjectRef("bucket", "latin1-header.csv", "v1"), data)
+    assert isinstance(err.value, PermanentError)
+    assert str(err.value) == (
+        f"s3://bucket/latin1-header.csv: header row is not valid utf-8 at byte {6 + len(bom)}"
+    )
+    assert values(kafka, opts.topic) == []
+
+
+def test_a_message_that_is_not_text_is_a_permanent_error(kafka: KafkaBroker) -> None:
+    """Whatever slips through: a UnicodeEncodeError from produce is not retried."""
+    # A column name with a surrogate; the escape character keeps the csv module's path.
+    opts = options(kafka, columns=["id", "caf\udce9"], header=False, escapechar="\\")
+    with pytest.raises(UndecodableContentError, match="not valid text"):
+        run(opts, ObjectRef("bucket", "names.csv", "v1"), b"1,2\n")
