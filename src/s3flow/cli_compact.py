@@ -23,12 +23,12 @@ PROCESSOR = "parquet-compact"
 
 
 def _split_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://"):
-        raise ConfigError(f"MANIFEST must be an s3://bucket/key URI, not {uri!r}")
-    bucket, _, key = uri[5:].partition("/")
-    if not bucket or not key:
-        raise ConfigError(f"MANIFEST must be an s3://bucket/key URI, not {uri!r}")
-    return bucket, key
+    from s3flow.sinks.s3 import parse_s3_uri
+
+    try:
+        return parse_s3_uri(uri)
+    except ConfigError as exc:
+        raise ConfigError(f"MANIFEST: {exc}") from exc
 
 
 def pick_pipeline(

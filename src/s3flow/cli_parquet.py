@@ -86,18 +86,19 @@ async def retry_manifest(store: StateStore, s3: Any, manifest_id: str) -> Manife
     is harmless (same parts, replaced).
     """
     from s3flow.manifests import publish
+    from s3flow.sinks.s3 import parse_s3_uri
 
     m = await store.get_manifest(manifest_id)
     if m is None:
         raise S3flowError(f"no manifest {manifest_id!r}")
-    if m.location is None or not m.location.startswith("s3://"):
+    if m.location is None:
         raise S3flowError(f"manifest {manifest_id} was never published")
     if m.status not in (ManifestStatus.FAILED, ManifestStatus.SEALED):
         raise S3flowError(
             f"manifest {manifest_id} is {m.status.value}: only a failed (or sealed) "
             "manifest can be retried"
         )
-    bucket, _, key = m.location[len("s3://") :].partition("/")
+    bucket, key = parse_s3_uri(m.location)
     suffix = f"{m.dataset}/date={m.date}/{m.manifest_id}.json"
     if not key.endswith(suffix):
         raise S3flowError(f"manifest {manifest_id}: unexpected location {m.location}")

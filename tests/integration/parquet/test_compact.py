@@ -287,6 +287,8 @@ def test_cli_errors_are_clear(harness: Harness) -> None:
     assert "x/missing.ndjson" in res.stderr and "gone or changed" in res.stderr
     res = run_cli(h, "not-a-uri")
     assert res.returncode == 2 and "s3://bucket/key" in res.stderr
+    res = run_cli(h, f"s3://{h.bucket}/")
+    assert res.returncode == 2 and "MANIFEST: S3 URI without a key" in res.stderr
     h.s3.put_object(Bucket=h.bucket, Key="manifests/bad.json", Body=b'{"version": 1}')
     res = run_cli(h, f"s3://{h.bucket}/manifests/bad.json")
     assert res.returncode == 2 and "missing field" in res.stderr
