@@ -515,18 +515,15 @@ class DynamoStateStore(FencedFinishMixin):
             raise self._error(exc, op, table) from exc
         return resp
 
+    async def _get_item(self, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        """One item by key, strongly consistent (None when absent)."""
+        resp = await self._api("GetItem", table, TableName=table, Key=key, ConsistentRead=True)
+        item: dict[str, Any] | None = resp.get("Item")
+        return item
+
     async def _read(self, oid: ObjectId) -> tuple[FileRecord | None, int]:
-        resp = await self._api(
-            "GetItem",
-            self.files_table,
-            TableName=self.files_table,
-            Key=_key(oid),
-            ConsistentRead=True,
-        )
-        item = resp.get("Item")
-        if item is None:
-            return None, 0
-        return _decode(item)
+        item = await self._get_item(self.files_table, _key(oid))
+        return (None, 0) if item is None else _decode(item)
 
     async def _write(self, old_rev: int | None, rec: FileRecord, entry: HistoryEntry) -> None:
         """Put ``rec`` if its revision is still ``old_rev`` (None: if absent), then its history.
@@ -1062,17 +1059,8 @@ class DynamoStateStore(FencedFinishMixin):
         ]
 
     async def _read_manifest(self, manifest_id: str) -> tuple[ManifestRecord | None, int]:
-        resp = await self._api(
-            "GetItem",
-            self.manifests_table,
-            TableName=self.manifests_table,
-            Key=_manifest_key(manifest_id),
-            ConsistentRead=True,
-        )
-        item = resp.get("Item")
-        if item is None:
-            return None, 0
-        return _decode_manifest(item)
+        item = await self._get_item(self.manifests_table, _manifest_key(manifest_id))
+        return (None, 0) if item is None else _decode_manifest(item)
 
     async def _fence(self, lock: str, owner: str, token: int) -> None:
         now = self._clock()
