@@ -370,7 +370,9 @@ class DynamoStateStore(FencedFinishMixin):
 
     The tables must exist (``s3flow provision`` calls :meth:`ensure_tables`).
     ``clock`` returns unix seconds; tests pass a fake one to expire claims.
-    ``pool`` is the client's HTTP connection pool size.
+    ``pool`` is the client's HTTP connection pool size. ``page_size`` caps the
+    items each Query/Scan request reads (DynamoDB's ``Limit``; None: its 1 MB
+    pages); tests set a small one to read across pages.
     """
 
     def __init__(
@@ -380,6 +382,7 @@ class DynamoStateStore(FencedFinishMixin):
         *,
         clock: Callable[[], float] = time.time,
         pool: int = 10,
+        page_size: int | None = None,
     ) -> None:
         if not _PREFIX_RE.match(table_prefix):
             raise ConfigError(
@@ -394,6 +397,7 @@ class DynamoStateStore(FencedFinishMixin):
         self._aws = aws
         self._clock = clock
         self._pool = pool
+        self._page_size = page_size
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
 
@@ -594,18 +598,26 @@ class DynamoStateStore(FencedFinishMixin):
             f"s3://{oid.bucket}/{oid.key} after {_MAX_CONFLICT_RETRIES} conflicting writes"
         )
 
-    async def _scan(self, **kwargs: Any) -> list[Item]:
+    async def _items(self, op: str, table: str, **kwargs: Any) -> list[Item]:
+        """Every item of a Query or Scan (``op``) on ``table``, page after page.
+
+        Follows ``LastEvaluatedKey`` (passed back as ``ExclusiveStartKey``)
+        until DynamoDB returns none; a page may be empty and still not the last.
+        """
+        args = dict(kwargs, TableName=table)
+        if self._page_size is not None:
+            args["Limit"] = self._page_size
         items: list[Item] = []
-        start: Item | None = None
         while True:
-            args = dict(kwargs, TableName=self.files_table, ConsistentRead=True)
-            if start:
-                args["ExclusiveStartKey"] = start
-            resp = await self._api("Scan", self.files_table, **args)
+            resp = await self._api(op, table, **args)
             items += resp.get("Items") or []
             start = resp.get("LastEvaluatedKey")
             if not start:
                 return items
+            args["ExclusiveStartKey"] = start
+
+    async def _scan_files(self, **kwargs: Any) -> list[Item]:
+        return await self._items("Scan", self.files_table, ConsistentRead=True, **kwargs)
 
     # --- files and idempotency -----------------------------------------------------------
 
@@ -747,22 +759,14 @@ class DynamoStateStore(FencedFinishMixin):
 
     async def history(self, bucket: str, key: str) -> list[HistoryEntry]:
         """Every transition of every version of one key, oldest first."""
-        out: list[HistoryEntry] = []
-        start: Item | None = None
-        while True:
-            args: Item = {
-                "TableName": self.history_table,
-                "KeyConditionExpression": "pk = :pk",
-                "ExpressionAttributeValues": {":pk": {"S": _pk(bucket, key)}},
-                "ConsistentRead": True,
-            }
-            if start:
-                args["ExclusiveStartKey"] = start
-            resp = await self._api("Query", self.history_table, **args)
-            out += [_history_entry(i) for i in resp.get("Items") or []]
-            start = resp.get("LastEvaluatedKey")
-            if not start:
-                return out
+        items = await self._items(
+            "Query",
+            self.history_table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": _pk(bucket, key)}},
+            ConsistentRead=True,
+        )
+        return [_history_entry(i) for i in items]
 
     async def list_files(
         self,
@@ -795,7 +799,7 @@ class DynamoStateStore(FencedFinishMixin):
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": values,
             }
-        recs = [_decode(i)[0] for i in await self._scan(**args)]
+        recs = [_decode(i)[0] for i in await self._scan_files(**args)]
         recs.sort(key=lambda r: (r.bucket, r.key, r.version))
         recs.sort(key=lambda r: r.updated_at, reverse=True)
         return recs[: max(0, limit)]
@@ -808,7 +812,7 @@ class DynamoStateStore(FencedFinishMixin):
             args["ExpressionAttributeNames"]["#pl"] = "pipeline"
             args["ExpressionAttributeValues"] = {":pl": {"S": pipeline}}
         out = zero_counts()
-        for item in await self._scan(**args):
+        for item in await self._scan_files(**args):
             status = item["status"]["S"]
             out[status] = out.get(status, 0) + 1
         return out
@@ -827,7 +831,7 @@ class DynamoStateStore(FencedFinishMixin):
             args["ExpressionAttributeValues"][":pl"] = {"S": pipeline}
         times = [
             float(t["N"])
-            for item in await self._scan(**args)
+            for item in await self._scan_files(**args)
             if (t := item.get("timestamps", {}).get("M", {}).get("processing")) is not None
         ]
         return min(times) if times else None
@@ -991,19 +995,6 @@ class DynamoStateStore(FencedFinishMixin):
         item = resp.get("Item")
         return None if item is None else _decode_tracked(item)
 
-    async def _query(self, table: str, **kwargs: Any) -> list[Item]:
-        items: list[Item] = []
-        start: Item | None = None
-        while True:
-            args = dict(kwargs, TableName=table)
-            if start:
-                args["ExclusiveStartKey"] = start
-            resp = await self._api("Query", table, **args)
-            items += resp.get("Items") or []
-            start = resp.get("LastEvaluatedKey")
-            if not start:
-                return items
-
     async def _pending_items(self, dataset: str, date: str | None) -> list[TrackedFile]:
         values: Item = {":ds": {"S": dataset}}
         cond = "#pds = :ds"
@@ -1012,7 +1003,8 @@ class DynamoStateStore(FencedFinishMixin):
             cond += " AND begins_with(#psk, :d)"
             names["#psk"] = "pending_sk"
             values[":d"] = {"S": date + "#"}
-        items = await self._query(
+        items = await self._items(
+            "Query",
             self.manifests_table,
             IndexName=_PENDING_INDEX,
             KeyConditionExpression=cond,
@@ -1237,7 +1229,8 @@ class DynamoStateStore(FencedFinishMixin):
 
     async def unfinished_manifests(self, dataset: str) -> list[ManifestRecord]:
         """Manifests still sealing, or sealed but not yet published (marker Query)."""
-        markers = await self._query(
+        markers = await self._items(
+            "Query",
             self.manifests_table,
             KeyConditionExpression="pk = :pk",
             ExpressionAttributeValues={":pk": {"S": _jkey("unfinished", dataset)}},
@@ -1281,23 +1274,14 @@ class DynamoStateStore(FencedFinishMixin):
             cond.append("#st = :st")
             names["#st"] = "status"
             values[":st"] = {"S": ManifestStatus(status).value}
-        args: Item = {
-            "TableName": self.manifests_table,
-            "ConsistentRead": True,
-            "FilterExpression": " AND ".join(cond),
-            "ExpressionAttributeValues": values,
-        }
-        args["ExpressionAttributeNames"] = names
-        items: list[Item] = []
-        start: Item | None = None
-        while True:
-            if start:
-                args["ExclusiveStartKey"] = start
-            resp = await self._api("Scan", self.manifests_table, **args)
-            items += resp.get("Items") or []
-            start = resp.get("LastEvaluatedKey")
-            if not start:
-                break
+        items = await self._items(
+            "Scan",
+            self.manifests_table,
+            ConsistentRead=True,
+            FilterExpression=" AND ".join(cond),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
         recs = [_decode_manifest(i)[0] for i in items]
         recs.sort(key=lambda m: (m.created_at, m.manifest_id), reverse=True)
         return recs[: max(0, limit)]

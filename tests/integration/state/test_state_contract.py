@@ -121,7 +121,11 @@ def clock() -> FakeClock:
 def make_store(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> Callable[[], StateStore]:
-    """A factory of stores on one shared backend instance (same file / same tables)."""
+    """A factory of stores on one shared backend instance (same file / same tables).
+
+    ``dynamodb-paged`` reads 2 items per Query/Scan request, so every listing
+    of more than 2 items follows LastEvaluatedKey across pages.
+    """
     backend = request.param if hasattr(request, "param") else "sqlite"
     if backend == "sqlite":
         path = tmp_path / "sub" / "state.db"
@@ -132,7 +136,8 @@ def make_store(
         url = request.getfixturevalue("endpoint").url
     aws = AwsSettings(endpoint_url=url, region="us-east-1")
     prefix = f"t-{uuid.uuid4().hex[:10]}"
-    return lambda: DynamoStateStore(prefix, aws, clock=clock)
+    page_size = 2 if backend == "dynamodb-paged" else None
+    return lambda: DynamoStateStore(prefix, aws, clock=clock, page_size=page_size)
 
 
 @pytest.fixture()
@@ -145,6 +150,10 @@ async def store(make_store: Callable[[], StateStore]) -> AsyncIterator[StateStor
 
 
 backends = pytest.mark.parametrize("make_store", ["sqlite", "dynamodb"], indirect=True)
+# The tests of listings run on a DynamoDB store that reads small pages too.
+paged_backends = pytest.mark.parametrize(
+    "make_store", ["sqlite", "dynamodb", "dynamodb-paged"], indirect=True
+)
 
 
 def oid(key: str = "dir/a.txt", version: str = "v1") -> ObjectId:
@@ -319,7 +328,7 @@ async def test_release(store: StateStore) -> None:
     assert (again.outcome, again.token) == (ClaimOutcome.ACQUIRED, 2)
 
 
-@backends
+@paged_backends
 async def test_history_lists_every_transition_in_order(store: StateStore, clock: FakeClock) -> None:
     o = oid()
     c = await store.claim(o, pipeline="p", owner="w1", ttl_s=60)
@@ -352,7 +361,7 @@ async def test_history_lists_every_transition_in_order(store: StateStore, clock:
     assert await store.history("other-bucket", o.key) == []
 
 
-@backends
+@paged_backends
 async def test_list_files_counts_and_oldest(store: StateStore, clock: FakeClock) -> None:
     async def make(key: str, pipeline: str, status: FileStatus) -> None:
         c = await store.claim(oid(key), pipeline=pipeline, owner="w", ttl_s=600)
@@ -703,7 +712,7 @@ def draft(
     )
 
 
-@backends
+@paged_backends
 async def test_add_pending_and_summaries(store: StateStore, clock: FakeClock) -> None:
     assert await store.pending_dates("ds") == []
     empty = await store.pending("ds", "2025-12-23")
@@ -799,7 +808,7 @@ async def test_seal_manifest_is_fenced_and_moves_each_file_once(
     assert (await store.pending("ds", "2025-12-23")).count == 1
 
 
-@backends
+@paged_backends
 async def test_manifest_status_lifecycle(store: StateStore, clock: FakeClock) -> None:
     fs = [mfile(f"2025-12-23/{i}.json") for i in range(3)]
     for f in fs:
@@ -899,6 +908,46 @@ async def test_completed_manifest_records_its_quarantined_files(
         await store.get_tracked("ds", "2025-12-23", ObjectId(B, "not/in/the/manifest.json", "e1"))
         is None
     )
+
+
+@pytest.mark.parametrize("make_store", ["dynamodb-paged"], indirect=True)
+async def test_dynamodb_listings_read_every_page(store: StateStore, clock: FakeClock) -> None:
+    """Read 2 items a request, each listing of manifests / pending files takes 3+ pages."""
+    assert isinstance(store, DynamoStateStore)
+    token = await store.acquire_lock("seal:ds", owner="w1", ttl_s=30)
+    assert token is not None
+    for i in range(7):
+        f = mfile(f"2025-12-23/{i}.json")
+        await store.add_pending("ds", "2025-12-23", f)
+        d = draft(f"m{i}", [f], token)
+        await store.seal_manifest(d, lock="seal:ds", owner="w1", token=token)
+        clock.advance(1)
+    for i in range(5):
+        await store.add_pending("ds", f"2025-12-{24 + i}", mfile(f"2025-12-{24 + i}/p.json"))
+    requests: list[str] = []
+    real_api = store._api
+
+    async def counting_api(op: str, table: str, **kwargs: object) -> dict[str, object]:
+        requests.append(op)
+        return await real_api(op, table, **kwargs)
+
+    def pages(op: str) -> int:
+        n = requests.count(op)
+        requests.clear()
+        return n
+
+    store._api = counting_api  # type: ignore[method-assign,assignment]
+    ids = [f"m{i}" for i in reversed(range(7))]
+    # The manifests table: 7 manifests, 7 markers, 12 tracked files.
+    assert [m.manifest_id for m in await store.list_manifests()] == ids
+    assert pages("Scan") >= 13
+    assert [m.manifest_id for m in await store.list_manifests(dataset="ds", limit=3)] == ids[:3]
+    assert pages("Scan") >= 13
+    assert [m.manifest_id for m in await store.unfinished_manifests("ds")] == ids[::-1]
+    assert pages("Query") >= 4  # 7 markers
+    dates = [p.date for p in await store.pending_dates("ds")]
+    assert dates == [f"2025-12-{24 + i}" for i in range(5)]
+    assert pages("Query") >= 3  # 5 pending files (index)
 
 
 @pytest.mark.parametrize("make_store", ["sqlite", "dynamodb-atomic"], indirect=True)
