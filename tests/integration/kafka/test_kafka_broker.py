@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from kafka_support import Row, read_topic, unique_topic
 
 from s3flow import kafka_broker
 from s3flow.kafka_broker import KAFKA_VERSION, KafkaBroker, ServiceError
@@ -27,46 +20,10 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _topic(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 def _create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
     futures[name].result(timeout=30)
-
-
-def _read_all(
-    bootstrap: str, topic: str, *, isolation: str = "read_committed", timeout_s: float = 30.0
-) -> list[Message]:
-    """Every message of partition 0 from the beginning up to the end (the LSO when committed)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "isolation.level": isolation,
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 100,  # the empty fetch at the end returns sooner
-        }
-    )
-    consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-    out: list[Message] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=1000, timeout=0.1):
-                err = msg.error()
-                if err is None:
-                    out.append(msg)
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    return out
-                else:
-                    raise AssertionError(f"consume error: {err}")
-        raise AssertionError(f"no end of partition within {timeout_s}s ({len(out)} read)")
-    finally:
-        consumer.close()
 
 
 def _txn_producer(bootstrap: str) -> Producer:
@@ -83,8 +40,8 @@ def _txn_producer(bootstrap: str) -> Producer:
     return producer
 
 
-def _values(messages: list[Message]) -> list[bytes]:
-    return [m.value() or b"" for m in messages]
+def _values(rows: list[Row]) -> list[bytes]:
+    return [r.value for r in rows]
 
 
 def test_broker_is_real_and_local(kafka: KafkaBroker) -> None:
@@ -97,7 +54,7 @@ def test_broker_is_real_and_local(kafka: KafkaBroker) -> None:
 
 
 def test_create_topic(kafka: KafkaBroker) -> None:
-    name = _topic("created")
+    name = unique_topic("created")
     _create_topic(kafka.bootstrap, name, partitions=3)
     meta = AdminClient({"bootstrap.servers": kafka.bootstrap}).list_topics(name, timeout=10)
     assert meta.topics[name].error is None
@@ -105,7 +62,7 @@ def test_create_topic(kafka: KafkaBroker) -> None:
 
 
 def test_transactional_producer_read_committed_in_order(kafka: KafkaBroker) -> None:
-    name = _topic("txn")
+    name = unique_topic("txn")
     _create_topic(kafka.bootstrap, name)
     producer = _txn_producer(kafka.bootstrap)
     producer.begin_transaction()
@@ -113,14 +70,14 @@ def test_transactional_producer_read_committed_in_order(kafka: KafkaBroker) -> N
     for value in sent:
         producer.produce(name, value=value, partition=0)
     producer.commit_transaction(30)
-    got = _read_all(kafka.bootstrap, name)
+    got = read_topic(kafka.bootstrap, name)
     assert _values(got) == sent
-    offsets = [m.offset() or 0 for m in got]
+    offsets = [r.offset for r in got]
     assert offsets == sorted(offsets)
 
 
 def test_aborted_transaction_is_invisible_to_read_committed(kafka: KafkaBroker) -> None:
-    name = _topic("abort")
+    name = unique_topic("abort")
     _create_topic(kafka.bootstrap, name)
     producer = _txn_producer(kafka.bootstrap)
     producer.begin_transaction()
@@ -134,14 +91,14 @@ def test_aborted_transaction_is_invisible_to_read_committed(kafka: KafkaBroker) 
         producer.produce(name, value=value, partition=0)
     producer.commit_transaction(30)
 
-    assert _values(_read_all(kafka.bootstrap, name)) == committed
-    uncommitted = _values(_read_all(kafka.bootstrap, name, isolation="read_uncommitted"))
+    assert _values(read_topic(kafka.bootstrap, name)) == committed
+    uncommitted = _values(read_topic(kafka.bootstrap, name, isolation="read_uncommitted"))
     assert len(uncommitted) == 110
     assert uncommitted[-10:] == committed
 
 
 def test_restart_keeps_data_and_port(kafka: KafkaBroker) -> None:
-    name = _topic("durable")
+    name = unique_topic("durable")
     _create_topic(kafka.bootstrap, name)
     producer = _txn_producer(kafka.bootstrap)
     producer.begin_transaction()
@@ -154,14 +111,14 @@ def test_restart_keeps_data_and_port(kafka: KafkaBroker) -> None:
     kafka.restart()
     assert kafka.port == port
     assert kafka.pid is not None and kafka.pid != old_pid
-    assert _values(_read_all(kafka.bootstrap, name)) == sent
+    assert _values(read_topic(kafka.bootstrap, name)) == sent
 
     # The broker takes new transactions after the restart (the coordinator state is back).
     again = _txn_producer(kafka.bootstrap)
     again.begin_transaction()
     again.produce(name, value=b"after-restart", partition=0)
     again.commit_transaction(30)
-    assert _values(_read_all(kafka.bootstrap, name)) == [*sent, b"after-restart"]
+    assert _values(read_topic(kafka.bootstrap, name)) == [*sent, b"after-restart"]
 
 
 def test_pom_and_module_agree_on_the_kafka_version() -> None:
