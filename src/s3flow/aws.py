@@ -4,18 +4,27 @@ Endpoints resolve, most specific first: ``aws.endpoint_url_<svc>`` setting,
 ``aws.endpoint_url`` setting, ``AWS_ENDPOINT_URL_<SVC>`` env var,
 ``AWS_ENDPOINT_URL`` env var, then the SDK's default (real AWS). Credentials
 come from the standard chain (env, profile, instance role).
+
+One translation of :class:`AwsSettings` into SDK arguments (``_config_kwargs``,
+``_create_args``, ``_configure``) serves both factories: :func:`open_clients`
+(aiobotocore, on the worker's event loop) and :func:`sync_client` (boto3, for
+synchronous code such as the compaction's worker processes, which resolve
+credentials themselves).
 """
 
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import botocore.session
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
+from botocore.config import Config
 
 from s3flow.settings import AwsSettings
 
@@ -33,8 +42,21 @@ def endpoint_for(service: str, aws: AwsSettings) -> str | None:
     return env or None
 
 
-def client_config(aws: AwsSettings, service: str, pool: int) -> AioConfig:
-    """Botocore config: standard retries, timeouts, pool size, S3 addressing."""
+def pin_endpoints(aws: AwsSettings) -> AwsSettings:
+    """``aws`` with the S3 and SQS endpoints this process resolves written in.
+
+    Another process (whose environment may differ) then reaches the same
+    endpoints with the same addressing style.
+    """
+    return aws.model_copy(
+        update={
+            "endpoint_url_s3": endpoint_for("s3", aws),
+            "endpoint_url_sqs": endpoint_for("sqs", aws),
+        }
+    )
+
+
+def _config_kwargs(aws: AwsSettings, service: str, pool: int) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "region_name": aws.region,
         "retries": {"max_attempts": aws.max_attempts, "mode": "standard"},
@@ -47,7 +69,103 @@ def client_config(aws: AwsSettings, service: str, pool: int) -> AioConfig:
         if style == "auto" and endpoint_for("s3", aws):
             style = "path"  # custom endpoints rarely resolve bucket subdomains
         kwargs["s3"] = {"addressing_style": style}
-    return AioConfig(**kwargs)
+    return kwargs
+
+
+def client_config(aws: AwsSettings, service: str, pool: int) -> AioConfig:
+    """Botocore config: standard retries, timeouts, pool size, S3 addressing."""
+    return AioConfig(**_config_kwargs(aws, service, pool))
+
+
+def sync_client_config(aws: AwsSettings, service: str, pool: int) -> Config:
+    """The same config as :func:`client_config`, for a synchronous botocore/boto3 client."""
+    return Config(**_config_kwargs(aws, service, pool))
+
+
+def _create_args(aws: AwsSettings, service: str, config: Config) -> dict[str, Any]:
+    """The arguments of ``session.create_client(service, ...)`` (both factories)."""
+    return {"region_name": aws.region, "endpoint_url": endpoint_for(service, aws), "config": config}
+
+
+def _configure(session: botocore.session.Session, aws: AwsSettings) -> None:
+    """Apply the session-level settings (the profile) to a botocore/aiobotocore session."""
+    if aws.profile:
+        session.set_config_variable("profile", aws.profile)
+
+
+def _session(aws: AwsSettings) -> AioSession:
+    session = get_session()
+    _configure(session, aws)
+    return session
+
+
+def sync_client(aws: AwsSettings, service: str, *, pool: int = 10) -> Any:
+    """A boto3 client for ``service``, configured exactly as :func:`open_clients` does.
+
+    For synchronous code (the compaction's worker processes): the same
+    endpoint, region, profile, retries, timeouts and S3 addressing as the
+    async clients. Credentials come from the standard chain in the calling
+    process (env, ``aws.profile``, container/instance role); the SDK refreshes
+    temporary ones. The client is thread-safe: build it once and reuse it.
+    """
+    import boto3.session
+
+    core = botocore.session.get_session()
+    _configure(core, aws)
+    session = boto3.session.Session(botocore_session=core)
+    return session.client(
+        service, **_create_args(aws, service, sync_client_config(aws, service, pool))
+    )
+
+
+# The settings each client of open_clients was built from (see settings_of).
+_client_settings: weakref.WeakKeyDictionary[Any, AwsSettings] = weakref.WeakKeyDictionary()
+
+
+def settings_of(client: Any) -> AwsSettings:
+    """The settings ``client`` was built from.
+
+    Exact for the clients of :func:`open_clients`. For another botocore or
+    aiobotocore client, what its public ``meta`` tells: region, endpoint,
+    retries, timeouts and S3 addressing style (the profile is not known: the
+    credential chain's default applies).
+    """
+    try:
+        known = _client_settings.get(client)
+    except TypeError:  # not weak-referenceable: not one of ours
+        known = None
+    return known if known is not None else _settings_from_meta(getattr(client, "meta", None))
+
+
+def _settings_from_meta(meta: Any) -> AwsSettings:
+    values: dict[str, Any] = {}
+    if isinstance(getattr(meta, "region_name", None), str):
+        values["region"] = meta.region_name
+    endpoint = getattr(meta, "endpoint_url", None)
+    if isinstance(endpoint, str):
+        service = getattr(getattr(meta, "service_model", None), "service_name", None)
+        field = f"endpoint_url_{service}"
+        values[field if field in AwsSettings.model_fields else "endpoint_url"] = endpoint
+    config = getattr(meta, "config", None)
+    retries = getattr(config, "retries", None)
+    if isinstance(retries, dict):
+        if isinstance(retries.get("max_attempts"), int):
+            values["max_attempts"] = retries["max_attempts"]
+        elif isinstance(retries.get("total_max_attempts"), int):
+            values["max_attempts"] = retries["total_max_attempts"] - 1
+    for name, field in (
+        ("connect_timeout", "connect_timeout_s"),
+        ("read_timeout", "read_timeout_s"),
+    ):
+        value = getattr(config, name, None)
+        if isinstance(value, int | float) and value > 0:
+            values[field] = float(value)
+    s3 = getattr(config, "s3", None)
+    if isinstance(s3, dict) and s3.get("addressing_style") in ("auto", "path", "virtual"):
+        values["s3_addressing_style"] = s3["addressing_style"]
+    if "max_attempts" in values:
+        values["max_attempts"] = min(max(values["max_attempts"], 1), 20)
+    return AwsSettings.model_validate(values)
 
 
 @dataclass
@@ -56,13 +174,6 @@ class AwsClients:
 
     s3: Any
     sqs: Any
-
-
-def _session(aws: AwsSettings) -> AioSession:
-    session = get_session()
-    if aws.profile:
-        session.set_config_variable("profile", aws.profile)
-    return session
 
 
 @asynccontextmanager
@@ -74,10 +185,8 @@ async def open_clients(aws: AwsSettings, *, pool: int = 10) -> AsyncIterator[Aws
         for service in ("s3", "sqs"):
             clients[service] = await stack.enter_async_context(
                 session.create_client(
-                    service,
-                    region_name=aws.region,
-                    endpoint_url=endpoint_for(service, aws),
-                    config=client_config(aws, service, pool),
+                    service, **_create_args(aws, service, client_config(aws, service, pool))
                 )
             )
+            _client_settings[clients[service]] = aws
         yield AwsClients(s3=clients["s3"], sqs=clients["sqs"])

@@ -499,3 +499,51 @@ def test_set_status_store_failures_are_retryable(caplog: pytest.LogCaptureFixtur
     assert "conflicting writes" in str(info.value)
     assert info.value.disposition is Disposition.RETRYABLE
     assert any(r.levelname == "WARNING" and "m-1" in r.getMessage() for r in caplog.records)
+
+
+# --- how worker processes reach S3 ------------------------------------------------
+
+
+async def test_workers_get_the_settings_with_endpoints_pinned_not_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import dataclasses
+    import pickle
+
+    from s3flow.aws import open_clients, pin_endpoints
+    from s3flow.processors.parquet_compact import storage_from_client
+    from s3flow.settings import AwsSettings
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDPARENT")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:7001")
+    aws = AwsSettings(region="eu-west-1", max_attempts=8, read_timeout_s=90.0, profile=None)
+    async with open_clients(aws) as clients:
+        storage = storage_from_client(clients.s3)
+    assert [f.name for f in dataclasses.fields(Storage)] == ["kind", "root", "aws"]
+    assert storage.kind == "s3"
+    assert storage.aws == pin_endpoints(aws)
+    assert storage.aws is not None and storage.aws.endpoint_url_s3 == "http://127.0.0.1:7001"
+    assert "AKIDPARENT" not in repr(storage) and b"AKIDPARENT" not in pickle.dumps(storage)
+    assert pickle.loads(pickle.dumps(storage)) == storage
+
+
+def test_worker_client_is_built_by_the_factory_once_per_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from s3flow.aws import sync_client_config
+    from s3flow.compaction.convert import s3_client
+    from s3flow.settings import AwsSettings
+
+    aws = AwsSettings(region="sa-east-1", endpoint_url_s3="http://127.0.0.1:7002", max_attempts=11)
+    client = s3_client(Storage(aws=aws))
+    assert s3_client(Storage(aws=aws.model_copy())) is client
+    assert s3_client(Storage(aws=aws.model_copy(update={"max_attempts": 2}))) is not client
+    assert client.meta.endpoint_url == "http://127.0.0.1:7002"
+    assert client.meta.region_name == "sa-east-1"
+    expected = sync_client_config(aws, "s3", 16)
+    for name in ("connect_timeout", "read_timeout", "s3", "max_pool_connections"):
+        assert getattr(client.meta.config, name) == getattr(expected, name)
+    assert client.meta.config.retries["total_max_attempts"] == 12
+    default = s3_client(Storage())
+    assert default.meta.config.retries["total_max_attempts"] == AwsSettings().max_attempts + 1

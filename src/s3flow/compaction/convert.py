@@ -2,8 +2,9 @@
 
 Everything here is synchronous and picklable: the ``local`` executor runs these
 functions in a process pool, the ``spark`` executor in Spark tasks. Each
-worker reaches S3 itself (boto3, with the endpoint and credentials in a
-:class:`Storage`), so no data passes through the parent process.
+worker reaches S3 itself (a boto3 client built from the ``[aws]`` settings in
+a :class:`Storage`, credentials from the worker's own credential chain), so no
+data passes through the parent process.
 
 Stages (see :mod:`s3flow.compaction.job`):
 
@@ -52,6 +53,7 @@ from s3flow.errors import (
     translate_aws_error,
 )
 from s3flow.objects import detect_encoding, make_decoder
+from s3flow.settings import AwsSettings
 
 MIB = 1024 * 1024
 _READ_BYTES = 16 * MIB  # a typical 3-4 MB file arrives in one read (no copies to join)
@@ -74,20 +76,21 @@ class InputChangedError(PermanentError):
 class Storage:
     """How worker processes read inputs and write outputs.
 
-    ``kind="s3"``: boto3 with ``endpoint_url`` / ``region`` / ``addressing_style``
-    and, when given, explicit credentials (else the standard chain).
+    ``kind="s3"``: each worker process builds one boto3 client with
+    :func:`s3flow.aws.sync_client` from ``aws`` (the worker's ``[aws]``
+    settings, endpoints pinned with :func:`s3flow.aws.pin_endpoints`): the
+    same endpoint, region, profile, retries, timeouts and addressing style as
+    the worker's own clients. Credentials are not passed: the worker process
+    resolves them from the standard chain (environment inherited from the
+    parent, profile, container/instance role) and the SDK refreshes temporary
+    ones, so long compactions outlive them. ``aws=None``: default settings.
     ``kind="local"``: input ``bucket/key`` is the file ``<root>/<bucket>/<key>``
     (benchmarks and tests of the conversion alone).
     """
 
     kind: Literal["s3", "local"] = "s3"
     root: str | None = None
-    endpoint_url: str | None = None
-    region: str | None = None
-    addressing_style: str | None = None
-    access_key: str | None = field(default=None, repr=False)
-    secret_key: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
+    aws: AwsSettings | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -112,34 +115,21 @@ class Target:
         return self.key(relative)
 
 
-_clients: dict[Storage, Any] = {}
+_clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
+_POOL = 16  # HTTP connections per worker-process client (parallel multipart uploads)
 
 
 def s3_client(storage: Storage) -> Any:
-    """A boto3 S3 client for ``storage`` (one per process and storage)."""
-    with _clients_lock:
-        client = _clients.get(storage)
-        if client is None:
-            import boto3
-            from botocore.config import Config
+    """The boto3 S3 client for ``storage`` (one per process and settings)."""
+    from s3flow.aws import sync_client
 
-            conf: dict[str, Any] = {
-                "retries": {"max_attempts": 5, "mode": "standard"},
-                "max_pool_connections": 16,
-            }
-            if storage.addressing_style:
-                conf["s3"] = {"addressing_style": storage.addressing_style}
-            client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=storage.endpoint_url,
-                region_name=storage.region,
-                aws_access_key_id=storage.access_key,
-                aws_secret_access_key=storage.secret_key,
-                aws_session_token=storage.session_token,
-                config=Config(**conf),
-            )
-            _clients[storage] = client
+    aws = storage.aws if storage.aws is not None else AwsSettings()
+    key = aws.model_dump_json()
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = sync_client(aws, "s3", pool=_POOL)
         return client
 
 

@@ -63,7 +63,10 @@ def _unwrap(results: list[Any]) -> list[Any]:
 def _warm(_: int) -> int:
     import time
 
-    import s3flow.compaction.convert  # noqa: F401  (pyarrow, boto3)
+    import boto3  # noqa: F401  (the S3 client, built by s3flow.aws.sync_client on first use)
+
+    import s3flow.aws
+    import s3flow.compaction.convert  # noqa: F401  (pyarrow)
 
     time.sleep(0.05)  # keep this worker busy so the next task starts another one
     return os.getpid()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from s3flow.aws import pin_endpoints, settings_of
 from s3flow.compaction.manifest import (
     MAX_MANIFEST_BYTES,
     InputFile,
@@ -58,37 +59,16 @@ class _ManifestTracker(Protocol):
     ) -> Any: ...
 
 
-async def storage_from_client(s3: Any) -> Storage:
-    """How worker processes reach S3: the same endpoint, region and credentials as ``s3``."""
+def storage_from_client(s3: Any) -> Storage:
+    """How worker processes reach S3: the ``[aws]`` settings ``s3`` was built from.
+
+    The endpoints are pinned (resolved here, where the environment chose
+    them). No credentials are passed: each worker process resolves its own
+    from the standard chain, see :class:`s3flow.compaction.convert.Storage`.
+    """
     from s3flow.compaction.convert import Storage
 
-    meta = getattr(s3, "meta", None)
-    endpoint = getattr(meta, "endpoint_url", None)
-    region = getattr(meta, "region_name", None)
-    style = None
-    config = getattr(meta, "config", None)
-    s3_conf = getattr(config, "s3", None)
-    if isinstance(s3_conf, dict):
-        style = s3_conf.get("addressing_style")
-    access = secret = token = None
-    creds = getattr(getattr(s3, "_request_signer", None), "_credentials", None)
-    if creds is not None:
-        try:
-            frozen = creds.get_frozen_credentials()
-            if hasattr(frozen, "__await__"):
-                frozen = await frozen
-            access, secret, token = frozen.access_key, frozen.secret_key, frozen.token
-        except Exception:  # the workers fall back to the standard credential chain
-            access = secret = token = None
-    return Storage(
-        kind="s3",
-        endpoint_url=endpoint,
-        region=region,
-        addressing_style=style,
-        access_key=access,
-        secret_key=secret,
-        session_token=token,
-    )
+    return Storage(kind="s3", aws=pin_endpoints(settings_of(s3)))
 
 
 def target_for_sink(sink: Any) -> Target:
@@ -170,7 +150,7 @@ class ParquetCompactProcessor(BaseProcessor):
             report = await compact_manifest(
                 manifest,
                 self.opts,
-                storage=await storage_from_client(ctx.s3),
+                storage=storage_from_client(ctx.s3),
                 target=target_for_sink(ctx.sink),
                 executor=self.executor,
             )

@@ -1,0 +1,211 @@
+"""The AWS client factories: one settings translation for async and sync clients (no network)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from s3flow.aws import (
+    client_config,
+    endpoint_for,
+    open_clients,
+    pin_endpoints,
+    settings_of,
+    sync_client,
+    sync_client_config,
+)
+from s3flow.settings import AwsSettings
+
+_CONFIG_FIELDS = (
+    "region_name",
+    "retries",
+    "connect_timeout",
+    "read_timeout",
+    "max_pool_connections",
+    "s3",
+)
+
+CUSTOM = AwsSettings(
+    region="eu-west-3",
+    endpoint_url="http://127.0.0.1:4566",
+    endpoint_url_sqs="http://127.0.0.1:9324",
+    max_attempts=9,
+    connect_timeout_s=1.5,
+    read_timeout_s=42.0,
+)
+
+
+class _Signed(Exception):
+    """Raised by the before-send hook: the request was built and signed, not sent."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        super().__init__("signed")
+        self.headers = headers
+
+
+def _signed_headers(client: Any) -> dict[str, str]:
+    """Build and sign a ListBuckets request, stop it before it is sent; its headers."""
+
+    def stop(request: Any, **_: Any) -> None:
+        raise _Signed(
+            {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in request.headers.items()}
+        )
+
+    client.meta.events.register("before-send", stop)
+    with pytest.raises(_Signed) as info:
+        client.list_buckets()
+    return info.value.headers
+
+
+@pytest.fixture
+def no_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """No credentials anywhere but in the files this test writes (and no IMDS lookups)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", raising=False)
+    monkeypatch.delenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", raising=False)
+    yield tmp_path
+
+
+@pytest.mark.parametrize(
+    "aws",
+    [
+        AwsSettings(),
+        CUSTOM,
+        AwsSettings(s3_addressing_style="virtual", max_attempts=1),
+        AwsSettings(endpoint_url_s3="http://s3.local:9000", s3_addressing_style="auto"),
+    ],
+)
+@pytest.mark.parametrize("service", ["s3", "sqs", "dynamodb"])
+def test_sync_config_is_the_async_config(aws: AwsSettings, service: str) -> None:
+    async_conf = client_config(aws, service, 32)
+    sync_conf = sync_client_config(aws, service, 32)
+    assert type(sync_conf) is Config
+    for name in _CONFIG_FIELDS:
+        assert getattr(sync_conf, name) == getattr(async_conf, name), name
+    assert sync_conf.retries == {"max_attempts": aws.max_attempts, "mode": "standard"}
+
+
+def test_custom_endpoints_use_path_style_unless_told() -> None:
+    assert sync_client_config(CUSTOM, "s3", 10).s3 == {"addressing_style": "path"}
+    assert sync_client_config(AwsSettings(), "s3", 10).s3 == {"addressing_style": "auto"}
+    virtual = AwsSettings(endpoint_url="http://x:1", s3_addressing_style="virtual")
+    assert sync_client_config(virtual, "s3", 10).s3 == {"addressing_style": "virtual"}
+
+
+def _meta(client: Any) -> dict[str, Any]:
+    conf = client.meta.config
+    return {
+        "endpoint": client.meta.endpoint_url,
+        "region": client.meta.region_name,
+        **{name: getattr(conf, name) for name in _CONFIG_FIELDS},
+    }
+
+
+@pytest.mark.parametrize("aws", [AwsSettings(), CUSTOM, AwsSettings(region="ap-south-1")])
+async def test_sync_clients_equal_the_async_clients(aws: AwsSettings) -> None:
+    async with open_clients(aws, pool=12) as clients:
+        for service, async_client in (("s3", clients.s3), ("sqs", clients.sqs)):
+            client = sync_client(aws, service, pool=12)
+            assert _meta(client) == _meta(async_client), service
+    assert _meta(sync_client(CUSTOM, "s3"))["endpoint"] == "http://127.0.0.1:4566"
+    assert _meta(sync_client(CUSTOM, "sqs"))["endpoint"] == "http://127.0.0.1:9324"
+    # botocore counts the first attempt too: max_attempts retries = max_attempts + 1 calls
+    assert _meta(sync_client(CUSTOM, "s3"))["retries"]["total_max_attempts"] == 10
+
+
+def test_sync_client_endpoint_per_service_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://all:1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3only:2")
+    aws = AwsSettings(region="us-west-2")
+    s3 = sync_client(aws, "s3")
+    sqs = sync_client(aws, "sqs")
+    assert s3.meta.endpoint_url == "http://s3only:2"
+    assert sqs.meta.endpoint_url == "http://all:1"
+    assert s3.meta.region_name == sqs.meta.region_name == "us-west-2"
+    assert s3.meta.config.s3 == {"addressing_style": "path"}
+    assert s3.meta.config.connect_timeout == 5.0
+    assert s3.meta.config.read_timeout == 60.0
+    assert hasattr(s3, "upload_file")  # a boto3 client (transfer methods)
+
+
+def test_sync_client_resolves_credentials_from_the_environment(
+    no_credentials: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    headers = _signed_headers(sync_client(CUSTOM, "s3"))
+    assert "Credential=AKIDFROMENV/" in headers["Authorization"]
+    assert "/eu-west-3/s3/" in headers["Authorization"]
+
+
+def test_sync_client_uses_the_profile_setting(no_credentials: Path) -> None:
+    (no_credentials / "credentials").write_text(
+        "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = d\n"
+        "[batch]\naws_access_key_id = AKIDBATCH\naws_secret_access_key = b\n"
+        "aws_session_token = tok\n"
+    )
+    aws = AwsSettings(endpoint_url="http://127.0.0.1:1", profile="batch")
+    headers = _signed_headers(sync_client(aws, "s3"))
+    assert "Credential=AKIDBATCH/" in headers["Authorization"]
+    assert headers["X-Amz-Security-Token"] == "tok"
+    plain = _signed_headers(sync_client(aws.model_copy(update={"profile": None}), "s3"))
+    assert "Credential=AKIDDEFAULT/" in plain["Authorization"]
+
+
+def test_sync_client_unknown_profile_is_an_error(no_credentials: Path) -> None:
+    from botocore.exceptions import ProfileNotFound
+
+    with pytest.raises(ProfileNotFound):
+        sync_client(AwsSettings(profile="missing"), "s3")
+
+
+async def test_settings_of_the_factory_clients_are_their_settings() -> None:
+    async with open_clients(CUSTOM) as clients:
+        assert settings_of(clients.s3) is CUSTOM
+        assert settings_of(clients.sqs) is CUSTOM
+
+
+def test_settings_of_another_client_come_from_its_meta() -> None:
+    client = boto3.session.Session().client(
+        "s3",
+        region_name="eu-central-1",
+        endpoint_url="http://127.0.0.1:5000",
+        config=Config(
+            retries={"max_attempts": 7, "mode": "standard"},
+            connect_timeout=2,
+            read_timeout=30,
+            s3={"addressing_style": "virtual"},
+        ),
+    )
+    aws = settings_of(client)
+    assert aws.region == "eu-central-1"
+    assert aws.endpoint_url_s3 == "http://127.0.0.1:5000"
+    assert (aws.max_attempts, aws.connect_timeout_s, aws.read_timeout_s) == (7, 2.0, 30.0)
+    assert aws.s3_addressing_style == "virtual"
+    assert settings_of(None) == AwsSettings()
+
+
+def test_pinned_endpoints_survive_another_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:7000")
+    aws = AwsSettings(max_attempts=3)
+    pinned = pickle.loads(pickle.dumps(pin_endpoints(aws)))
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert endpoint_for("s3", aws) is None
+    assert endpoint_for("s3", pinned) == endpoint_for("sqs", pinned) == "http://127.0.0.1:7000"
+    client = sync_client(pinned, "s3")
+    assert client.meta.endpoint_url == "http://127.0.0.1:7000"
+    assert client.meta.config.s3 == {"addressing_style": "path"}
+    assert client.meta.config.retries["total_max_attempts"] == 4
+    assert pin_endpoints(AwsSettings()) == AwsSettings()  # nothing to pin: real AWS
