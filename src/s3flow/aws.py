@@ -15,7 +15,6 @@ credentials themselves).
 from __future__ import annotations
 
 import os
-import weakref
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -118,62 +117,13 @@ def sync_client(aws: AwsSettings, service: str, *, pool: int = 10) -> Any:
     )
 
 
-# The settings each client of open_clients was built from (see settings_of).
-_client_settings: weakref.WeakKeyDictionary[Any, AwsSettings] = weakref.WeakKeyDictionary()
-
-
-def settings_of(client: Any) -> AwsSettings:
-    """The settings ``client`` was built from.
-
-    Exact for the clients of :func:`open_clients`. For another botocore or
-    aiobotocore client, what its public ``meta`` tells: region, endpoint,
-    retries, timeouts and S3 addressing style (the profile is not known: the
-    credential chain's default applies).
-    """
-    try:
-        known = _client_settings.get(client)
-    except TypeError:  # not weak-referenceable: not one of ours
-        known = None
-    return known if known is not None else _settings_from_meta(getattr(client, "meta", None))
-
-
-def _settings_from_meta(meta: Any) -> AwsSettings:
-    values: dict[str, Any] = {}
-    if isinstance(getattr(meta, "region_name", None), str):
-        values["region"] = meta.region_name
-    endpoint = getattr(meta, "endpoint_url", None)
-    if isinstance(endpoint, str):
-        service = getattr(getattr(meta, "service_model", None), "service_name", None)
-        field = f"endpoint_url_{service}"
-        values[field if field in AwsSettings.model_fields else "endpoint_url"] = endpoint
-    config = getattr(meta, "config", None)
-    retries = getattr(config, "retries", None)
-    if isinstance(retries, dict):
-        if isinstance(retries.get("max_attempts"), int):
-            values["max_attempts"] = retries["max_attempts"]
-        elif isinstance(retries.get("total_max_attempts"), int):
-            values["max_attempts"] = retries["total_max_attempts"] - 1
-    for name, field in (
-        ("connect_timeout", "connect_timeout_s"),
-        ("read_timeout", "read_timeout_s"),
-    ):
-        value = getattr(config, name, None)
-        if isinstance(value, int | float) and value > 0:
-            values[field] = float(value)
-    s3 = getattr(config, "s3", None)
-    if isinstance(s3, dict) and s3.get("addressing_style") in ("auto", "path", "virtual"):
-        values["s3_addressing_style"] = s3["addressing_style"]
-    if "max_attempts" in values:
-        values["max_attempts"] = min(max(values["max_attempts"], 1), 20)
-    return AwsSettings.model_validate(values)
-
-
 @dataclass
 class AwsClients:
     """The async clients one worker process shares. Use :func:`open_clients`."""
 
     s3: Any
     sqs: Any
+    aws: AwsSettings  # what they were built from (processors hand it on, see sync_client)
 
 
 @asynccontextmanager
@@ -188,5 +138,4 @@ async def open_clients(aws: AwsSettings, *, pool: int = 10) -> AsyncIterator[Aws
                     service, **_create_args(aws, service, client_config(aws, service, pool))
                 )
             )
-            _client_settings[clients[service]] = aws
-        yield AwsClients(s3=clients["s3"], sqs=clients["sqs"])
+        yield AwsClients(s3=clients["s3"], sqs=clients["sqs"], aws=aws)

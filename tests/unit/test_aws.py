@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.config import Config
 
@@ -16,7 +15,6 @@ from s3flow.aws import (
     endpoint_for,
     open_clients,
     pin_endpoints,
-    settings_of,
     sync_client,
     sync_client_config,
 )
@@ -171,30 +169,9 @@ def test_sync_client_unknown_profile_is_an_error(no_credentials: Path) -> None:
         sync_client(AwsSettings(profile="missing"), "s3")
 
 
-async def test_settings_of_the_factory_clients_are_their_settings() -> None:
+async def test_the_clients_carry_the_settings_they_were_built_from() -> None:
     async with open_clients(CUSTOM) as clients:
-        assert settings_of(clients.s3) is CUSTOM
-        assert settings_of(clients.sqs) is CUSTOM
-
-
-def test_settings_of_another_client_come_from_its_meta() -> None:
-    client = boto3.session.Session().client(
-        "s3",
-        region_name="eu-central-1",
-        endpoint_url="http://127.0.0.1:5000",
-        config=Config(
-            retries={"max_attempts": 7, "mode": "standard"},
-            connect_timeout=2,
-            read_timeout=30,
-            s3={"addressing_style": "virtual"},
-        ),
-    )
-    aws = settings_of(client)
-    assert aws.region == "eu-central-1"
-    assert aws.endpoint_url_s3 == "http://127.0.0.1:5000"
-    assert (aws.max_attempts, aws.connect_timeout_s, aws.read_timeout_s) == (7, 2.0, 30.0)
-    assert aws.s3_addressing_style == "virtual"
-    assert settings_of(None) == AwsSettings()
+        assert clients.aws is CUSTOM
 
 
 def test_pinned_endpoints_survive_another_environment(monkeypatch: pytest.MonkeyPatch) -> None:

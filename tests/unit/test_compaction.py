@@ -510,16 +510,15 @@ async def test_workers_get_the_settings_with_endpoints_pinned_not_credentials(
     import dataclasses
     import pickle
 
-    from s3flow.aws import open_clients, pin_endpoints
-    from s3flow.processors.parquet_compact import storage_from_client
+    from s3flow.aws import pin_endpoints
+    from s3flow.processors.parquet_compact import storage_for
     from s3flow.settings import AwsSettings
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDPARENT")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:7001")
     aws = AwsSettings(region="eu-west-1", max_attempts=8, read_timeout_s=90.0, profile=None)
-    async with open_clients(aws) as clients:
-        storage = storage_from_client(clients.s3)
+    storage = storage_for(aws)
     assert [f.name for f in dataclasses.fields(Storage)] == ["kind", "root", "aws"]
     assert storage.kind == "s3"
     assert storage.aws == pin_endpoints(aws)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 from s3flow.errors import ConfigError
 from s3flow.events import ObjectEvent
 from s3flow.objects import ObjectReader, open_object
+from s3flow.settings import AwsSettings
 from s3flow.sinks.base import Sink
 from s3flow.state.base import StateStore
 
@@ -59,6 +60,7 @@ class PipelineContext:
     s3: Any
     sink: Sink
     store: StateStore | None = None
+    aws: AwsSettings | None = None  # the settings ``s3`` was built from (None: defaults)
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from s3flow.aws import pin_endpoints, settings_of
+from s3flow.aws import pin_endpoints
 from s3flow.compaction.manifest import (
     MAX_MANIFEST_BYTES,
     InputFile,
@@ -32,6 +32,7 @@ from s3flow.compaction.options import CompactionOptions, parse_options
 from s3flow.errors import ConfigError, RetryableError, S3flowError
 from s3flow.processors.base import BaseProcessor, PipelineContext, ProcessContext, Result
 from s3flow.quarantine import tag_quarantined
+from s3flow.settings import AwsSettings
 from s3flow.sinks.local import LocalDirSink
 from s3flow.sinks.s3 import S3Sink
 
@@ -42,7 +43,7 @@ if TYPE_CHECKING:  # pyarrow and friends load on first use, not at import
 
 log = logging.getLogger("s3flow.compaction")
 
-__all__ = ["ParquetCompactProcessor", "storage_from_client", "target_for_sink"]
+__all__ = ["ParquetCompactProcessor", "storage_for", "target_for_sink"]
 
 
 class _ManifestTracker(Protocol):
@@ -59,16 +60,16 @@ class _ManifestTracker(Protocol):
     ) -> Any: ...
 
 
-def storage_from_client(s3: Any) -> Storage:
-    """How worker processes reach S3: the ``[aws]`` settings ``s3`` was built from.
+def storage_for(aws: AwsSettings | None) -> Storage:
+    """How worker processes reach S3: the pipeline's ``[aws]`` settings, endpoints pinned.
 
-    The endpoints are pinned (resolved here, where the environment chose
-    them). No credentials are passed: each worker process resolves its own
-    from the standard chain, see :class:`s3flow.compaction.convert.Storage`.
+    The endpoints are resolved here, where the environment chose them. No
+    credentials are passed: each worker process resolves its own from the
+    standard chain, see :class:`s3flow.compaction.convert.Storage`.
     """
     from s3flow.compaction.convert import Storage
 
-    return Storage(kind="s3", aws=pin_endpoints(settings_of(s3)))
+    return Storage(kind="s3", aws=pin_endpoints(aws or AwsSettings()))
 
 
 def target_for_sink(sink: Any) -> Target:
@@ -109,6 +110,7 @@ class ParquetCompactProcessor(BaseProcessor):
         super().__init__(options)
         self.opts = parse_options(self.options)
         self._executor: Executor | None = None
+        self._aws: AwsSettings | None = None
 
     @property
     def executor(self) -> Executor:
@@ -126,6 +128,7 @@ class ParquetCompactProcessor(BaseProcessor):
 
     async def start(self, pipeline: PipelineContext) -> None:
         """Start the local executor's worker processes (Spark starts on first use)."""
+        self._aws = pipeline.aws
         if self.opts.executor == "local":
             from s3flow.compaction.executors import LocalExecutor
 
@@ -150,7 +153,7 @@ class ParquetCompactProcessor(BaseProcessor):
             report = await compact_manifest(
                 manifest,
                 self.opts,
-                storage=storage_from_client(ctx.s3),
+                storage=storage_for(self._aws),
                 target=target_for_sink(ctx.sink),
                 executor=self.executor,
             )

@@ -567,6 +567,7 @@ class Worker:
                                 s3=self._clients.s3,
                                 sink=rt.sink,
                                 store=self._store,
+                                aws=self._clients.aws,
                             )
                         )
                     self.runners.append(
