@@ -12,6 +12,7 @@ from typing import Any
 
 from s3flow.aws import AwsClients, open_clients
 from s3flow.errors import ConfigError, S3flowError, translate_aws_error
+from s3flow.memory import set_mmap_threshold
 from s3flow.metrics import WorkerMetrics
 from s3flow.processors import create_processor
 from s3flow.provision import Change, provision
@@ -118,6 +119,7 @@ async def run_worker(
     handle_signals: bool = False,
 ) -> WorkerMetrics:
     """Build and run a worker until it is stopped (or drained, with ``burst``)."""
+    set_mmap_threshold(settings.worker.malloc_mmap_threshold_bytes)
     async with (
         open_clients(settings.aws, pool=pool_size(settings)) as clients,
         open_store(settings) as store,

@@ -49,9 +49,11 @@ async def run_batch(
     from s3flow.csvkafka.checkpoint import ObjectRef
     from s3flow.csvkafka.runner import open_stream, run_object
     from s3flow.errors import translate_aws_error
+    from s3flow.memory import set_mmap_threshold
     from s3flow.objects import ObjectReader
     from s3flow.processors.csv_kafka import CsvToKafkaProcessor
 
+    set_mmap_threshold(settings.worker.malloc_mmap_threshold_bytes)
     processor = CsvToKafkaProcessor(options)
     started = time.monotonic()
     async with open_clients(settings.aws) as clients, open_store(settings) as store:

@@ -257,6 +257,16 @@ class WorkerSettings(_Model):
     ack_batch_window_s: float = Field(
         default=0.05, ge=0, le=5, description="How long deletes wait to fill a batch of 10."
     )
+    malloc_mmap_threshold_bytes: int = Field(
+        default=1_048_576,
+        ge=0,
+        le=32 * 1024 * 1024,
+        description=(
+            "glibc malloc serves blocks from this size with mmap, so freed stream buffers "
+            "go back to the system (lower peak RSS); 0 = glibc's own dynamic threshold. "
+            "$MALLOC_MMAP_THRESHOLD_ wins when set."
+        ),
+    )
     log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."

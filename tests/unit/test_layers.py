@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "_moto_server",
             "provision",
             "metrics",
+            "memory",
             "logs",
             "kafka_broker",
         ),
