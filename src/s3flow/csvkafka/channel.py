@@ -29,6 +29,7 @@ class ChunkChannel:
         self._space = asyncio.Event()
         self._closed = False
         self._aborted = False
+        self._feeder_waiting = False  # only then does get() wake the loop (a syscall)
 
     async def put(self, item: bytes) -> None:
         """Hand a chunk over, waiting while the channel is full."""
@@ -42,6 +43,7 @@ class ChunkChannel:
                     self._cond.notify()
                     return
                 self._space.clear()
+                self._feeder_waiting = True
             await self._space.wait()
 
     def close(self) -> None:
@@ -68,7 +70,9 @@ class ChunkChannel:
                 return None
             item = self._items.popleft()
             self._bytes -= len(item)
-        self._wake_feeder()
+            wake, self._feeder_waiting = self._feeder_waiting, False
+        if wake:
+            self._wake_feeder()
         return item
 
     def _wake_feeder(self) -> None:
