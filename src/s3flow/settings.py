@@ -20,6 +20,16 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from s3flow.errors import ConfigError
 
+
+def check_regex(v: str) -> str:
+    """A validator: ``v`` if it compiles as a Python regular expression."""
+    try:
+        re.compile(v)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from exc
+    return v
+
+
 CONFIG_ENV = "S3FLOW_CONFIG"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # SQS queue names: 1-80 chars, alphanumerics, hyphens, underscores (+ ".fifo").
@@ -202,12 +212,7 @@ class PipelineSettings(_Model):
     @field_validator("key_regex")
     @classmethod
     def _check_regex(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return v
+        return None if v is None else check_regex(v)
 
     @field_validator("output")
     @classmethod

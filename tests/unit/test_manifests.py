@@ -201,3 +201,12 @@ def test_empty_manifest_prefix_in_the_source_bucket_is_refused() -> None:
     other = NdjsonManifestProcessor({"manifest_prefix": "", "manifest_bucket": "manifests"})
     sealer = other.make_sealer(object(), None, pipeline="events", owner="w", bucket="src")  # type: ignore[arg-type]
     assert (sealer.bucket, sealer.prefix) == ("manifests", "")
+
+
+def test_a_date_pattern_that_is_not_a_regex_is_refused_with_the_reason() -> None:
+    from pydantic import ValidationError
+
+    from s3flow.processors.ndjson_manifest import NdjsonManifestOptions
+
+    with pytest.raises(ValidationError, match=r"(?s)date_pattern.*not a valid regular expression"):
+        NdjsonManifestOptions(dataset="events", date_pattern="(")

@@ -49,6 +49,7 @@ from s3flow.processors.base import (
     Result,
     parse_options,
 )
+from s3flow.settings import check_regex
 from s3flow.state.base import ManifestFile, StateStore
 
 log = logging.getLogger("s3flow.processors.ndjson_manifest")
@@ -123,11 +124,7 @@ class NdjsonManifestOptions(BaseModel):
     @field_validator("date_pattern")
     @classmethod
     def _regex(cls, v: str) -> str:
-        try:
-            re.compile(v)
-        except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from exc
-        return v
+        return check_regex(v)
 
     @model_validator(mode="after")
     def _range(self) -> NdjsonManifestOptions:
