@@ -313,6 +313,13 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "csv_kafka.json")
     parser.add_argument(
+        "--s3flow-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a csv-to-kafka option for the s3flow runs (repeatable; for experiments)",
+    )
+    parser.add_argument(
         "--child", choices=["baseline", "ceiling", "ceiling_eos"], help=argparse.SUPPRESS
     )
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -377,6 +384,7 @@ def main() -> int:
                     "-c",
                     str(cfg),
                     "--json",
+                    *(a for o in args.s3flow_option for a in ("-o", o)),
                 ]
             if system == "baseline":
                 return [
@@ -473,6 +481,7 @@ def main() -> int:
             "rows": rows,
             "csv_bytes": len(data),
             "bytes_per_row": round(len(data) / rows),
+            "s3flow_options": args.s3flow_option,
         },
         "systems": results,
         "goals": goals,

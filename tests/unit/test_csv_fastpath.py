@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
+import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -71,3 +72,28 @@ def test_malformed_quoting_is_never_parsed_differently(lines: list[str]) -> None
     )
     if got is not None:
         assert [v.decode() for v in got[0]] == exact(block)
+
+
+def test_the_raw_block_check_spots_every_value_needing_an_escape() -> None:
+    """``_clean`` (no per-column regex) is only true when no value needs escaping; the
+    output equals the exact path's either way."""
+    fast = ArrowJsonBlocks(COLS, delimiter=",", quotechar='"', key_index=None)
+    cases = {
+        b'1,x,"y, z"\n2,a,b\n': True,  # quotes only around a field
+        b'1,x,"q""uote"\n': False,  # a doubled quote: a quote in the value
+        b'1,ab"c,z\n': False,  # a literal quote inside an unquoted field
+        b'1,"ab"cd,z\n': True,  # text after the closing quote: no quote in the value
+        b"1,x,back\\slash\n": False,
+        b"1,x,tab\there\n": False,
+        b"1,x,y": True,  # no final line feed
+    }
+    for block, clean in cases.items():
+        got = fast.encode(block, lines_of(block))
+        assert got is not None, block
+        assert [v.decode() for v in got[0]] == exact(block), block
+        lines = [r for r in csv.reader(io.StringIO(block.decode(), newline="")) if r]
+        table = pa.table({f"c{i}": [r[i] for r in lines] for i in range(3)})
+        assert fast._clean(block, table) is clean, block
+    other_quote = ArrowJsonBlocks(COLS, delimiter=",", quotechar="'", key_index=None)
+    block = b"1,x,'y, z'\n"
+    assert other_quote._clean(block, pa.table({"a": ["1"], "b": ["x"], "c": ["y, z"]})) is False
