@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -356,6 +357,7 @@ def files_show(
 ) -> None:
     """One object's full history: every version, every transition."""
     from s3flow.app import open_store
+    from s3flow.state.base import ObjectId
 
     config = config or (ctx.obj or {}).get("config")
     try:
@@ -363,7 +365,7 @@ def files_show(
     except S3flowError as exc:
         raise _fail(exc) from exc
 
-    async def go() -> tuple[list[Any], list[Any], dict[int, str]]:
+    async def go() -> tuple[list[Any], list[Any], dict[int, str], dict[int, Any]]:
         async with open_store(settings) as store:
             if store is None:
                 raise S3flowError("no state store configured (state.url = 'none')")
@@ -381,10 +383,17 @@ def files_show(
                 value = await store.get_checkpoint(name) if name else None
                 if value:
                     checkpoints[i] = value
-            return recs, hist, checkpoints
+            tracked = {}
+            for i, r in enumerate(recs):
+                where = _manifest_tracking(settings, r)
+                if where is not None:
+                    t = await store.get_tracked(*where, ObjectId(r.bucket, r.key, r.version))
+                    if t is not None:
+                        tracked[i] = t
+            return recs, hist, checkpoints, tracked
 
     try:
-        recs, hist, checkpoints = asyncio.run(go())
+        recs, hist, checkpoints, tracked = asyncio.run(go())
     except S3flowError as exc:
         raise _fail(exc) from exc
     if not recs:
@@ -402,6 +411,16 @@ def files_show(
             console.print(f"  output: {o}", highlight=False)
         if i in checkpoints:
             console.print(f"  checkpoint: {checkpoints[i]}", highlight=False, soft_wrap=True)
+        if i in tracked:
+            # The builder's record says only that it tracked the file; what the
+            # compaction did with it (completed, quarantined...) is here.
+            t = tracked[i]
+            console.print(
+                f"  in manifest {t.manifest_id or '(none yet)'} ({t.dataset} {t.date}): "
+                f"[bold]{t.status.value}[/]" + (f": {escape(t.detail)}" if t.detail else ""),
+                highlight=False,
+                soft_wrap=True,
+            )
     table = Table(title="history")
     for col in ("at", "bucket", "version", "from", "to", "worker", "detail"):
         table.add_column(col)
@@ -416,6 +435,25 @@ def files_show(
             h.detail[:80],
         )
     console.print(table)
+
+
+def _manifest_tracking(settings: Settings, record: Any) -> tuple[str, str] | None:
+    """(dataset, date) an ndjson-manifest pipeline tracks a record's file under, if known.
+
+    Known when the date comes from the key (the default); a date read from the
+    file's first record is not kept, so such files are not looked up.
+    """
+    pipeline = next((p for p in settings.pipelines if p.name == record.pipeline), None)
+    if pipeline is None or pipeline.processor != "ndjson-manifest":
+        return None
+    from s3flow.manifests import date_from_key
+    from s3flow.processors.ndjson_manifest import NdjsonManifestOptions
+
+    opts = NdjsonManifestOptions.model_validate(pipeline.options)
+    if opts.date_source != "key":
+        return None
+    day = date_from_key(record.key, re.compile(opts.date_pattern))
+    return None if day is None else (opts.dataset or pipeline.name, day)
 
 
 def _checkpoint_name(settings: Settings, record: Any) -> str | None:

@@ -12,8 +12,12 @@ import asyncio
 import gzip
 import io
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -46,7 +50,7 @@ def _rows(n: int, date: str) -> list[dict[str, Any]]:
     ]
 
 
-def _settings(h: Harness) -> Settings:
+def _settings(h: Harness, **compact_options: Any) -> Settings:
     base = {
         "concurrency": 16,
         "visibility_timeout_s": 60,
@@ -85,7 +89,7 @@ def _settings(h: Harness) -> Settings:
                     "queue": f"{h.queue}-compact",
                     "output": f"s3://{h.out_bucket}/curated/",
                     "concurrency": 2,
-                    "options": {"processes": 2},
+                    "options": {"processes": 2, **compact_options},
                 },
             ],
         },
@@ -163,3 +167,57 @@ def test_thousand_files_three_dates_every_row_exactly_once(harness: Harness) -> 
             assert {k: row[k] for k in want} == want
     assert set(seen) == set(expected)
     assert max(seen.values()) == 1
+
+
+def _toml(settings: Settings, path: Path) -> Path:
+    """The pipelines of ``settings`` as a config file for the CLI."""
+
+    def value(v: Any) -> str:
+        return json.dumps(v)  # strings, numbers and booleans read the same in TOML
+
+    lines = ["[state]", f"url = {value(settings.state.url)}"]
+    for p in settings.pipelines:
+        lines += ["[[pipelines]]"] + [
+            f"{k} = {value(getattr(p, k))}"
+            for k in ("name", "processor", "bucket", "prefix", "queue", "output")
+        ]
+        lines += ["[pipelines.options]"] + [f"{k} = {value(v)}" for k, v in p.options.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.timeout(180)
+def test_files_show_tells_what_the_compaction_did_with_a_file(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The builder's own record of a file says "completed" (it tracked the file); the
+    file's fate in its manifest - quarantined by the compaction here - is shown too."""
+    h = harness
+    settings = _settings(h, malformed_lines="quarantine")
+    asyncio.run(provision(settings))
+    _purge(h, f"{h.queue}-ndjson")
+    _purge(h, f"{h.queue}-compact")
+    good = f"raw/{DATES[0]}/good.ndjson"
+    bad = f"raw/{DATES[0]}/bad.ndjson"
+    h.put(good, b'{"id": 1}\n{"id": 2}\n')
+    h.put(bad, b'{"id": 3}\nnot json\n')  # the first record is valid: the builder takes it
+    for pipeline in ("events", "compact"):
+        asyncio.run(asyncio.wait_for(run_worker(settings, burst=True, pipelines=[pipeline]), 120))
+    config = _toml(settings, tmp_path / "s3flow.toml")
+
+    def show(key: str) -> str:
+        res = subprocess.run(
+            [sys.executable, "-m", "s3flow", "files", "show", key, "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    out = show(bad)
+    assert "completed, attempts 1, pipeline events" in out  # the builder's record
+    assert f"(events {DATES[0]}): quarantined: malformed line 2" in out
+    assert "in manifest events-" in out
+    assert f"(events {DATES[0]}): completed" in show(good)
