@@ -98,6 +98,14 @@ def _session(aws: AwsSettings) -> AioSession:
     return session
 
 
+def async_client(aws: AwsSettings, service: str, *, pool: int = 10) -> Any:
+    """An aiobotocore client context manager for ``service`` (``async with``), configured
+    as :func:`open_clients` does; for the clients it does not open (DynamoDB)."""
+    return _session(aws).create_client(
+        service, **_create_args(aws, service, client_config(aws, service, pool))
+    )
+
+
 def sync_client(aws: AwsSettings, service: str, *, pool: int = 10) -> Any:
     """A boto3 client for ``service``, configured exactly as :func:`open_clients` does.
 
@@ -129,13 +137,10 @@ class AwsClients:
 @asynccontextmanager
 async def open_clients(aws: AwsSettings, *, pool: int = 10) -> AsyncIterator[AwsClients]:
     """Open S3 and SQS clients for the lifetime of the ``async with`` block."""
-    session = _session(aws)
     async with AsyncExitStack() as stack:
         clients = {}
         for service in ("s3", "sqs"):
             clients[service] = await stack.enter_async_context(
-                session.create_client(
-                    service, **_create_args(aws, service, client_config(aws, service, pool))
-                )
+                async_client(aws, service, pool=pool)
             )
         yield AwsClients(s3=clients["s3"], sqs=clients["sqs"], aws=aws)

@@ -169,6 +169,17 @@ def test_sync_client_unknown_profile_is_an_error(no_credentials: Path) -> None:
         sync_client(AwsSettings(profile="missing"), "s3")
 
 
+@pytest.mark.parametrize("aws", [AwsSettings(), CUSTOM])
+async def test_the_dynamodb_client_is_configured_like_the_others(aws: AwsSettings) -> None:
+    from s3flow.aws import async_client
+
+    async with async_client(aws, "dynamodb", pool=12) as client:
+        assert _meta(client) == _meta(sync_client(aws, "dynamodb", pool=12))
+    if aws is CUSTOM:
+        assert _meta(client)["endpoint"] == "http://127.0.0.1:4566"
+        assert _meta(client)["region"] == "eu-west-3"
+
+
 async def test_the_clients_carry_the_settings_they_were_built_from() -> None:
     async with open_clients(CUSTOM) as clients:
         assert clients.aws is CUSTOM

@@ -76,9 +76,7 @@ from contextlib import AsyncExitStack
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from aiobotocore.session import get_session
-
-from s3flow.aws import client_config, endpoint_for
+from s3flow.aws import async_client
 from s3flow.errors import ConfigError, translate_aws_error
 from s3flow.settings import AwsSettings
 from s3flow.state.base import (
@@ -410,18 +408,10 @@ class DynamoStateStore(FencedFinishMixin):
         """Open the DynamoDB client (tables are not checked: see ensure_tables)."""
         if self._stack is not None:
             raise StateError(f"state store dynamodb://{self.table_prefix} is already open")
-        session = get_session()
-        if self._aws.profile:
-            session.set_config_variable("profile", self._aws.profile)
         stack = AsyncExitStack()
         try:
             self._client = await stack.enter_async_context(
-                session.create_client(
-                    "dynamodb",
-                    region_name=self._aws.region,
-                    endpoint_url=endpoint_for("dynamodb", self._aws),
-                    config=client_config(self._aws, "dynamodb", self._pool),
-                )
+                async_client(self._aws, "dynamodb", pool=self._pool)
             )
         except Exception as exc:
             await stack.aclose()
