@@ -6,7 +6,7 @@ every mmapped block freed, up to 32 MiB. A streaming pipeline allocates and
 frees ~1 MiB buffers (blocks, decompressed pieces, Arrow arrays) on several
 threads, so after the first few the threshold has risen and these buffers come
 from the per-thread heaps instead, which keep freed memory: in the 2 GiB
-csv-to-kafka test that was ~30 MB of peak RSS (228 MB -> 198 MB). Fixing the
+csv-to-kafka test that was ~26 MB of peak RSS (228 MB -> 202 MB). Fixing the
 threshold (``mallopt(M_MMAP_THRESHOLD)``, which also turns off the dynamic
 adjustment) keeps large buffers out of the heaps.
 """

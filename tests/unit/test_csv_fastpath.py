@@ -40,6 +40,27 @@ def test_fast_path_equals_the_exact_path_or_declines(rows: list[list[str]]) -> N
     assert keys == [r[1] for r in rows]
 
 
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.lists(field, min_size=3, max_size=3), min_size=1, max_size=8))
+def test_tab_separated_fast_path_equals_the_exact_path_or_declines(
+    rows: list[list[str]],
+) -> None:
+    out = io.StringIO()
+    csv.writer(out, delimiter="\t", lineterminator="\n").writerows(rows)
+    block = out.getvalue().encode()
+    fast = ArrowJsonBlocks(COLS, delimiter="\t", quotechar='"', key_index=None)
+    got = fast.encode(block, lines_of(block))
+    if got is None:
+        return
+    enc = RowEncoder(COLS)
+    want = [
+        enc.json(r)
+        for r in csv.reader(io.StringIO(block.decode(), newline=""), delimiter="\t")
+        if r
+    ]
+    assert [v.decode() for v in got[0]] == want
+
+
 def test_simple_block_takes_the_fast_path() -> None:
     block = b'1,x,"y, z"\n2,"q""uote",\\back\t\n'
     got = ArrowJsonBlocks(COLS, delimiter=",", quotechar='"', key_index=None).encode(block, 2)
@@ -94,6 +115,12 @@ def test_the_raw_block_check_spots_every_value_needing_an_escape() -> None:
         lines = [r for r in csv.reader(io.StringIO(block.decode(), newline="")) if r]
         table = pa.table({f"c{i}": [r[i] for r in lines] for i in range(3)})
         assert fast._clean(block, table) is clean, block
+    tsv = ArrowJsonBlocks(COLS, delimiter="\t", quotechar='"', key_index=None)
+    assert tsv._clean(b"1\tx\ty\n", pa.table({"a": ["1"], "b": ["x"], "c": ["y"]})) is True
+    block = b'1\tx\t"a\tb"\n'  # a tab inside a quoted value: escaped, so not clean
+    assert tsv._clean(block, pa.table({"a": ["1"], "b": ["x"], "c": ["a\tb"]})) is False
+    got = tsv.encode(block, 1)
+    assert got is not None and got[0] == [b'{"a":"1","b":"x","c\\"%s":"a\\tb"}']
     other_quote = ArrowJsonBlocks(COLS, delimiter=",", quotechar="'", key_index=None)
     block = b"1,x,'y, z'\n"
     assert other_quote._clean(block, pa.table({"a": ["1"], "b": ["x"], "c": ["y, z"]})) is False

@@ -132,11 +132,13 @@ class ArrowJsonBlocks:
         if self._quotechar != '"' or b"\\" in block:
             return False
         newlines = block.count(b"\n")
-        if len(block) - len(block.translate(None, _CONTROL_BYTES)) != newlines:
-            return False  # a tab or another control character somewhere
+        delimiters = (table.num_columns - 1) * table.num_rows
+        controls = newlines + (delimiters if ord(self._delimiter) < 32 else 0)  # TSV: tabs
+        if len(block) - len(block.translate(None, _CONTROL_BYTES)) != controls:
+            return False  # a tab or another control character in a value
         values = sum(
             pc.sum(pc.binary_length(table.column(i), memory_pool=_POOL)).as_py() or 0
             for i in range(table.num_columns)
         )
-        dropped = len(block) - values - (table.num_columns - 1) * table.num_rows - newlines
+        dropped = len(block) - values - delimiters - newlines
         return bool(dropped == block.count(b'"'))
