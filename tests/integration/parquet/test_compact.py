@@ -377,21 +377,14 @@ def test_spark_executor_gives_the_same_output(harness: Harness) -> None:
     assert tl.num_rows == 7 + 300 + 1
 
 
-@pytest.mark.timeout(120)
-def test_state_store_manifest_and_files_follow_the_compaction(harness: Harness) -> None:
+def seal_tracked(h: Harness, manifest_id: str, day: str, files: list[Any]) -> dict[str, Any]:
+    """Track ``files`` as pending in the state store and seal them into one manifest
+    (as the builder does); return the manifest document to upload."""
     import asyncio
 
     from s3flow.manifests import manifest_document
-    from s3flow.state import ManifestFileStatus, ManifestStatus, open_state_store
-    from s3flow.state.base import ManifestFile, ManifestRecord
-
-    h = harness
-    configure(h)
-    assert h.settings is not None
-    data = Data(h)
-    entries = data.put_many([(f"st/f{i}.ndjson", ndjson([{"id": i}])) for i in range(3)])
-    files = [ManifestFile(e["bucket"], e["key"], e["size"], e["etag"]) for e in entries]
-    day = DATES[0]
+    from s3flow.state import ManifestStatus, open_state_store
+    from s3flow.state.base import ManifestRecord
 
     async def seal() -> dict[str, Any]:
         async with open_state_store(h.state_url) as store:
@@ -401,7 +394,7 @@ def test_state_store_manifest_and_files_follow_the_compaction(harness: Harness) 
             token = await store.acquire_lock("seal:events", owner="t", ttl_s=30)
             assert token is not None
             draft = ManifestRecord(
-                manifest_id="st-1",
+                manifest_id=manifest_id,
                 dataset="events",
                 date=day,
                 status=ManifestStatus.SEALING,
@@ -415,14 +408,40 @@ def test_state_store_manifest_and_files_follow_the_compaction(harness: Harness) 
             assert sealed is not None
             return manifest_document(sealed)
 
+    return asyncio.run(seal())
+
+
+def tracked_state(
+    h: Harness, manifest_id: str, day: str, files: list[Any]
+) -> tuple[Any, list[Any]]:
+    """The manifest's record and its files' tracked states."""
+    import asyncio
+
+    from s3flow.state import open_state_store
+
     async def state() -> tuple[Any, list[Any]]:
         async with open_state_store(h.state_url) as store:
             assert store is not None
-            m = await store.get_manifest("st-1")
-            tracked = [await store.get_tracked("events", day, f.id) for f in files]
-            return m, tracked
+            m = await store.get_manifest(manifest_id)
+            return m, [await store.get_tracked("events", day, f.id) for f in files]
 
-    doc = asyncio.run(seal())
+    return asyncio.run(state())
+
+
+@pytest.mark.timeout(120)
+def test_state_store_manifest_and_files_follow_the_compaction(harness: Harness) -> None:
+    from s3flow.state import ManifestFileStatus, ManifestStatus
+    from s3flow.state.base import ManifestFile
+
+    h = harness
+    configure(h)
+    assert h.settings is not None
+    data = Data(h)
+    entries = data.put_many([(f"st/f{i}.ndjson", ndjson([{"id": i}])) for i in range(3)])
+    files = [ManifestFile(e["bucket"], e["key"], e["size"], e["etag"]) for e in entries]
+    day = DATES[0]
+
+    doc = seal_tracked(h, "st-1", day, files)
     key = f"manifests/events/date={day}/st-1.json"
     h.s3.put_object(Bucket=h.bucket, Key=key, Body=json.dumps(doc).encode())
     h.purge()
@@ -431,7 +450,7 @@ def test_state_store_manifest_and_files_follow_the_compaction(harness: Harness) 
     h.s3.delete_object(Bucket=data.bucket, Key="st/f1.ndjson")
     res = run_cli(h, f"s3://{h.bucket}/{key}")
     assert res.returncode == 2
-    m, tracked = asyncio.run(state())
+    m, tracked = tracked_state(h, "st-1", day, files)
     assert m.status is ManifestStatus.FAILED and "st/f1.ndjson" in m.detail
     assert {t.status for t in tracked} == {ManifestFileStatus.FAILED}
 
@@ -441,7 +460,7 @@ def test_state_store_manifest_and_files_follow_the_compaction(harness: Harness) 
     h.s3.put_object(Bucket=h.bucket, Key=key, Body=json.dumps(doc).encode())
     res = run_cli(h, f"s3://{h.bucket}/{key}")
     assert res.returncode == 0, res.stderr
-    m, tracked = asyncio.run(state())
+    m, tracked = tracked_state(h, "st-1", day, files)
     assert m.status is ManifestStatus.COMPLETED and m.attempts == 2
     assert {t.status for t in tracked} == {ManifestFileStatus.COMPLETED}
     assert read_parts(h, parts(h)).column("id").to_pylist() == [0, 1, 2]
@@ -449,11 +468,8 @@ def test_state_store_manifest_and_files_follow_the_compaction(harness: Harness) 
 
 @pytest.mark.timeout(120)
 def test_quarantined_files_are_recorded_quarantined_not_completed(harness: Harness) -> None:
-    import asyncio
-
-    from s3flow.manifests import manifest_document
-    from s3flow.state import ManifestFileStatus, ManifestStatus, open_state_store
-    from s3flow.state.base import ManifestFile, ManifestRecord
+    from s3flow.state import ManifestFileStatus, ManifestStatus
+    from s3flow.state.base import ManifestFile
 
     h = harness
     configure(h, malformed_lines="quarantine")
@@ -467,41 +483,13 @@ def test_quarantined_files_are_recorded_quarantined_not_completed(harness: Harne
     files = [ManifestFile(e["bucket"], e["key"], e["size"], e["etag"]) for e in entries]
     day = DATES[2]
 
-    async def seal() -> dict[str, Any]:
-        async with open_state_store(h.state_url) as store:
-            assert store is not None
-            for f in files:
-                await store.add_pending("events", day, f)
-            token = await store.acquire_lock("seal:events", owner="t", ttl_s=30)
-            assert token is not None
-            draft = ManifestRecord(
-                manifest_id="sq-1",
-                dataset="events",
-                date=day,
-                status=ManifestStatus.SEALING,
-                files=files,
-                trigger="count",
-                fencing_token=token,
-                sealed_by="t",
-                created_at=0.0,
-            )
-            sealed = await store.seal_manifest(draft, lock="seal:events", owner="t", token=token)
-            assert sealed is not None
-            return manifest_document(sealed)
-
-    async def state() -> tuple[Any, list[Any]]:
-        async with open_state_store(h.state_url) as store:
-            assert store is not None
-            m = await store.get_manifest("sq-1")
-            return m, [await store.get_tracked("events", day, f.id) for f in files]
-
-    doc = asyncio.run(seal())
+    doc = seal_tracked(h, "sq-1", day, files)
     key = f"manifests/events/date={day}/sq-1.json"
     h.s3.put_object(Bucket=h.bucket, Key=key, Body=json.dumps(doc).encode())
     h.purge()
     res = run_cli(h, f"s3://{h.bucket}/{key}")
     assert res.returncode == 0, res.stderr
-    m, (good, bad) = asyncio.run(state())
+    m, (good, bad) = tracked_state(h, "sq-1", day, files)
     assert m.status is ManifestStatus.COMPLETED and "1 files quarantined" in m.detail
     assert good.status is ManifestFileStatus.COMPLETED
     assert bad.status is ManifestFileStatus.QUARANTINED
