@@ -20,6 +20,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from s3flow.csvkafka.clientlog import client_log
 from s3flow.csvkafka.errors import KafkaUnavailableError, translate_kafka_error
 
 log = logging.getLogger("s3flow.csvkafka")
@@ -113,7 +114,7 @@ def _consumer(bootstrap: str, isolation: str) -> Consumer:
             "fetch.wait.max.ms": 50,
             "socket.timeout.ms": 10_000,
         },
-        logger=log,
+        logger=client_log,
     )
 
 

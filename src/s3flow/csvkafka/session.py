@@ -37,6 +37,7 @@ from s3flow.csvkafka.checkpoint import (
     checkpoint_partition,
     read_checkpoint,
 )
+from s3flow.csvkafka.clientlog import client_log
 from s3flow.csvkafka.errors import BadRowError, KafkaUnavailableError, translate_kafka_error
 from s3flow.csvkafka.options import CsvKafkaOptions
 from s3flow.csvkafka.rows import (
@@ -119,7 +120,7 @@ class TxnSession:
         ``hint``: an offset of the checkpoint partition known to precede this object's
         checkpoints (from the state store mirror), or 0.
         """
-        producer = Producer(producer_config(self.opts, self.ref), logger=log)
+        producer = Producer(producer_config(self.opts, self.ref), logger=client_log)
         self._producer = producer
         self._call(lambda: producer.init_transactions(self._timeout), "init_transactions")
         topic = self.opts.checkpoint_topic_name

@@ -7,6 +7,7 @@ import logging
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from s3flow.csvkafka.clientlog import client_log
 from s3flow.csvkafka.errors import translate_kafka_error
 from s3flow.csvkafka.options import CsvKafkaOptions
 
@@ -33,7 +34,7 @@ def ensure_topics(opts: CsvKafkaOptions, timeout_s: float = 30.0) -> list[str]:
     ]
     if opts.bad_rows == "dead-letter":
         wanted.append(NewTopic(opts.dlq_topic_name, num_partitions=1, replication_factor=-1))
-    admin = AdminClient({"bootstrap.servers": opts.bootstrap()}, logger=log)
+    admin = AdminClient({"bootstrap.servers": opts.bootstrap()}, logger=client_log)
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
