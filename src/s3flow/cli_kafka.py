@@ -47,10 +47,9 @@ async def run_batch(
     from s3flow.app import open_store
     from s3flow.aws import open_clients
     from s3flow.csvkafka.checkpoint import ObjectRef
-    from s3flow.csvkafka.runner import open_stream, run_object
+    from s3flow.csvkafka.ranges import run_csv_object
     from s3flow.errors import translate_aws_error
     from s3flow.memory import set_mmap_threshold
-    from s3flow.objects import ObjectReader
     from s3flow.processors.csv_kafka import CsvToKafkaProcessor
 
     set_mmap_threshold(settings.worker.malloc_mmap_threshold_bytes)
@@ -67,13 +66,16 @@ async def run_batch(
         etag = str(head.get("ETag") or "").strip('"')
         ref = ObjectRef(bucket, key, version_id or etag)
 
-        async def opener() -> ObjectReader:
-            return await open_stream(clients.s3, bucket, key, version_id)
-
         try:
             await processor.ensure_topics()
-            report = await run_object(
-                processor.opts, ref, opener, executor=processor.executor, store=store
+            report = await run_csv_object(
+                processor.opts,
+                ref,
+                clients.s3,
+                version_id,
+                head.get("ContentLength"),
+                executor=processor.executor,
+                store=store,
             )
         finally:
             await processor.stop()

@@ -243,10 +243,18 @@ class ObjectReader:
     ``encoding`` is known after the first chunk.
     """
 
-    def __init__(self, info: ObjectInfo, body: Any, chunk_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(
+        self,
+        info: ObjectInfo,
+        body: Any,
+        chunk_bytes: int = CHUNK_BYTES,
+        *,
+        encoding: str | None = None,
+    ) -> None:
         self.info = info
         self._body = body
         self._chunk = chunk_bytes
+        self._forced = encoding  # a byte range has no magic bytes of its own
         self.encoding = "identity"
         self.compressed_bytes = 0
         self.uncompressed_bytes = 0
@@ -287,7 +295,9 @@ class ObjectReader:
             decoder.finish()
 
     def _start(self, head: bytes) -> Decoder:
-        self.encoding = detect_encoding(head[:8], self.info.content_encoding, self.info.key)
+        self.encoding = self._forced or detect_encoding(
+            head[:8], self.info.content_encoding, self.info.key
+        )
         return make_decoder(self.encoding)
 
     async def _decode(self, decoder: Decoder, raw: bytes) -> AsyncIterator[bytes]:
@@ -321,11 +331,20 @@ async def open_object(
     *,
     version_id: str | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    byte_range: tuple[int, int] | None = None,
 ) -> ObjectReader:
-    """GetObject as a stream. Missing object -> ObjectMissingError; errors translated."""
+    """GetObject as a stream. Missing object -> ObjectMissingError; errors translated.
+
+    ``byte_range``: only bytes ``[start, end)``, as stored (no decompression).
+    """
     kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if version_id:
         kwargs["VersionId"] = version_id
+    if byte_range is not None:
+        start, end = byte_range
+        if not 0 <= start < end:
+            raise ValueError(f"empty or negative byte range {byte_range}")
+        kwargs["Range"] = f"bytes={start}-{end - 1}"
     try:
         resp = await s3.get_object(**kwargs)
     except asyncio.CancelledError:
@@ -344,4 +363,5 @@ async def open_object(
         content_type=resp.get("ContentType"),
         metadata=dict(resp.get("Metadata") or {}),
     )
-    return ObjectReader(info, resp["Body"], chunk_bytes)
+    encoding = "identity" if byte_range is not None else None
+    return ObjectReader(info, resp["Body"], chunk_bytes, encoding=encoding)

@@ -35,6 +35,7 @@ class ObjectRef:
     bucket: str
     key: str
     version: str  # versionId, else eTag
+    part: str = ""  # parallel mode: the byte range, "<i>/<n>@<start>-<end>"
 
     @property
     def uri(self) -> str:
@@ -43,8 +44,9 @@ class ObjectRef:
 
     @property
     def name(self) -> str:
-        """``s3://bucket/key@version``: the checkpoint key."""
-        return f"{self.uri}@{self.version}"
+        """``s3://bucket/key@version`` (``#range`` in parallel mode): the checkpoint key."""
+        base = f"{self.uri}@{self.version}"
+        return f"{base}#{self.part}" if self.part else base
 
     def transactional_id(self, prefix: str, topic: str) -> str:
         """Stable per (topic, object version): a restarted producer fences its zombie."""

@@ -107,6 +107,18 @@ class CsvKafkaOptions(BaseModel):
     topic_partitions: int = Field(
         default=1, ge=1, description="Partitions of a data topic this pipeline creates."
     )
+    ranges: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Parallel mode: cut one uncompressed object into this many byte ranges on line "
+            "starts, range i produced (exactly once, with its own checkpoint) to partition i "
+            "by its own producer. Order holds within a range, not across; records must not "
+            "contain line breaks; s3.line counts lines within the range (header s3.range). "
+            "Compressed or small objects stream as one range. 1 = off."
+        ),
+    )
     retry_timeout_s: float = Field(
         default=120.0,
         ge=0,
@@ -144,6 +156,13 @@ class CsvKafkaOptions(BaseModel):
             raise ValueError("delimiter and quotechar must differ")
         if self.partitioning == "key-hash" and not self.key_column:
             raise ValueError("partitioning = 'key-hash' needs key_column")
+        if self.ranges > 1 and self.partitioning != "single":
+            raise ValueError("ranges > 1 writes range i to partition i: partitioning = 'single'")
+        if self.ranges > 1 and self.topic_partitions < self.ranges:
+            raise ValueError(
+                f"ranges = {self.ranges} needs topic_partitions >= {self.ranges} "
+                "(one partition per range)"
+            )
         if self.key_column and not (self.header or self.columns):
             raise ValueError("key_column needs column names: header = true or columns = [...]")
         if self.columns is not None and not self.columns:

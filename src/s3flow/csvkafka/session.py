@@ -268,6 +268,8 @@ class TxnSession:
                 ("s3.key", ref.key),
                 ("s3.version", ref.version),
             ]
+            if ref.part:
+                const_headers.append(("s3.range", ref.part))
 
         produce = producer.produce
         lines_done = state.line  # physical lines before the current block

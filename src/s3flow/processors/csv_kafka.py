@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 
 from s3flow.csvkafka.checkpoint import ObjectRef
 from s3flow.csvkafka.options import CsvKafkaOptions, parse_options
-from s3flow.csvkafka.runner import RunReport, open_stream, run_object
+from s3flow.csvkafka.ranges import run_csv_object
+from s3flow.csvkafka.runner import RunReport
 from s3flow.csvkafka.topics import ensure_topics
 from s3flow.errors import RetryableError
 from s3flow.processors.base import BaseProcessor, PipelineContext, ProcessContext, Result
@@ -77,10 +78,12 @@ class CsvToKafkaProcessor(BaseProcessor):
         await self.ensure_topics()
         event = ctx.event
         ref = ObjectRef(event.bucket, event.key, event.version_id or event.etag or "")
-        report = await run_object(
+        report = await run_csv_object(
             self.opts,
             ref,
-            lambda: open_stream(ctx.s3, event.bucket, event.key, event.version_id),
+            ctx.s3,
+            event.version_id,
+            event.size,
             executor=self.executor,
             store=ctx.store,
             report_progress=ctx.report_progress,

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from s3flow.csvkafka.checkpoint import Checkpoint
+from s3flow.kafka_broker import KafkaBroker
 
 
 def unique_topic(prefix: str) -> str:
@@ -110,3 +114,36 @@ class CheckpointWatcher:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def cli(
+    tmp_path: Path, kafka: KafkaBroker, *args: str, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `s3flow run csv-to-kafka ... --json` to completion."""
+    return subprocess.run(
+        command(tmp_path, kafka, *args), capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+def command(tmp_path: Path, kafka: KafkaBroker, *args: str) -> list[str]:
+    cfg = tmp_path / "s3flow.toml"
+    if not cfg.exists():
+        cfg.write_text(f'[state]\nurl = "sqlite:{tmp_path}/state.db"\n')
+    return [
+        sys.executable,
+        "-m",
+        "s3flow",
+        "run",
+        "csv-to-kafka",
+        *args,
+        "-c",
+        str(cfg),
+        "--bootstrap",
+        kafka.bootstrap,
+        "--json",
+    ]
+
+
+def summary(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))

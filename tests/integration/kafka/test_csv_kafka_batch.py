@@ -8,14 +8,21 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka_support import CheckpointWatcher, latest_checkpoint, read_topic, unique_topic
+from kafka_support import (
+    CheckpointWatcher,
+    cli,
+    command,
+    latest_checkpoint,
+    read_topic,
+    summary,
+    unique_topic,
+)
 
 from s3flow.csvkafka.checkpoint import Checkpoint
 from s3flow.kafka_broker import KafkaBroker
@@ -29,39 +36,6 @@ def bucket(s3: Any) -> str:
     name = f"batch-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=name)
     return name
-
-
-def cli(
-    tmp_path: Path, kafka: KafkaBroker, *args: str, timeout_s: float = 120
-) -> subprocess.CompletedProcess[str]:
-    """Run `s3flow run csv-to-kafka ... --json` to completion."""
-    return subprocess.run(
-        command(tmp_path, kafka, *args), capture_output=True, text=True, timeout=timeout_s
-    )
-
-
-def command(tmp_path: Path, kafka: KafkaBroker, *args: str) -> list[str]:
-    cfg = tmp_path / "s3flow.toml"
-    if not cfg.exists():
-        cfg.write_text(f'[state]\nurl = "sqlite:{tmp_path}/state.db"\n')
-    return [
-        sys.executable,
-        "-m",
-        "s3flow",
-        "run",
-        "csv-to-kafka",
-        *args,
-        "-c",
-        str(cfg),
-        "--bootstrap",
-        kafka.bootstrap,
-        "--json",
-    ]
-
-
-def summary(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def test_batch_run_then_rerun_is_a_no_op(

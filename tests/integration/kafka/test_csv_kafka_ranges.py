@@ -1,0 +1,124 @@
+"""Parallel mode (``ranges``): one object as byte ranges, range i to partition i, each
+exactly once and resumable; compressed objects stream whole. Real moto S3 + a real broker."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka_support import CheckpointWatcher, cli, command, read_topic, summary, unique_topic
+
+from s3flow.kafka_broker import KafkaBroker
+from s3flow.local import LocalEndpoint
+
+pytestmark = [pytest.mark.integration]
+
+ROWS = 300_000  # ~7 MB: three ranges of > 1 MiB
+
+
+@pytest.fixture()
+def bucket(s3: Any) -> str:
+    name = f"ranges-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def _csv() -> bytes:
+    return ("n,word\n" + "".join(f"{i},w{i % 977}\n" for i in range(ROWS))).encode()
+
+
+def _partitions(kafka: KafkaBroker, topic: str, n: int) -> list[list[Any]]:
+    return [read_topic(kafka.bootstrap, topic, partition=p, timeout_s=120) for p in range(n)]
+
+
+def _check_ranges(kafka: KafkaBroker, topic: str, n: int) -> list[list[Any]]:
+    """Every row exactly once; each partition one contiguous run of rows, in order."""
+    parts = _partitions(kafka, topic, n)
+    seen: list[int] = []
+    for p, rows in enumerate(parts):
+        numbers = [int(r.json()["n"]) for r in rows]
+        assert numbers, f"partition {p} is empty"
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), p
+        assert {r.headers["s3.range"].split(b"/")[0] for r in rows} == {str(p).encode()}
+        seen += numbers
+    assert sorted(seen) == list(range(ROWS)), f"{len(seen)} rows, {len(set(seen))} distinct"
+    return parts
+
+
+@pytest.mark.timeout(240)
+def test_three_ranges_to_three_partitions_exactly_once_then_a_no_op(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=bucket, Key="big.csv", Body=_csv())
+    topic = unique_topic("ranges")
+    args = (f"s3://{bucket}/big.csv", "--topic", topic, "-o", "ranges=3")
+    args += ("-o", "topic_partitions=3")
+    out = summary(cli(tmp_path, kafka, *args))
+    assert (out["rows"], out["records"], out["already_done"]) == (ROWS, ROWS, False)
+    parts = _check_ranges(kafka, topic, 3)
+    # The header row is only in range 0; every range names the columns from it.
+    assert set(parts[2][0].json()) == {"n", "word"}
+    # s3.line counts lines within the range (the header is line 1 of range 0).
+    assert parts[0][0].headers["s3.line"] == b"2"
+    assert parts[1][0].headers["s3.line"] == b"1"
+    again = summary(cli(tmp_path, kafka, *args))
+    assert again["already_done"] is True and again["rows"] == ROWS
+    assert sum(len(p) for p in _partitions(kafka, topic, 3)) == ROWS  # nothing re-sent
+
+
+@pytest.mark.timeout(240)
+def test_sigkill_mid_run_then_every_range_resumes_exactly_once(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=bucket, Key="big.csv", Body=_csv())
+    topic = unique_topic("rangekill")
+    args = (f"s3://{bucket}/big.csv", "--topic", topic, "-o", "ranges=3")
+    args += ("-o", "topic_partitions=3", "--checkpoint-rows", "5000")
+    watcher = CheckpointWatcher(kafka.bootstrap, f"{topic}.checkpoints")
+    proc = subprocess.Popen(
+        command(tmp_path, kafka, *args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        committed = 0
+        while committed < 2 and proc.poll() is None:  # a few range checkpoints in
+            before = watcher.latest
+            if watcher.poll(0.1) is not before:
+                committed += 1
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+        watcher.close()
+    final = summary(cli(tmp_path, kafka, *args))
+    assert final["rows"] == ROWS and final["resumed_from_row"] > 0
+    _check_ranges(kafka, topic, 3)
+
+
+@pytest.mark.timeout(180)
+def test_a_compressed_object_streams_whole_to_partition_0(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=bucket, Key="big.csv.gz", Body=gzip.compress(_csv(), 1))
+    topic = unique_topic("rangegz")
+    args = (f"s3://{bucket}/big.csv.gz", "--topic", topic, "-o", "ranges=3")
+    out = summary(cli(tmp_path, kafka, *args, "-o", "topic_partitions=3"))
+    assert out["rows"] == ROWS
+    first, second, third = _partitions(kafka, topic, 3)
+    assert [int(json.loads(r.value)["n"]) for r in first] == list(range(ROWS))
+    assert second == third == []
+    assert "s3.range" not in first[0].headers
+
+
+def test_ranges_need_single_partitioning_and_enough_partitions(
+    kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    bad = cli(tmp_path, kafka, "s3://b/k.csv", "--topic", "t", "-o", "ranges=4")
+    assert bad.returncode == 2
+    assert "ranges = 4 needs topic_partitions >= 4" in bad.stderr
