@@ -19,7 +19,7 @@ from s3flow import __version__
 from s3flow.errors import S3flowError
 from s3flow.logs import setup_logging
 from s3flow.metrics import peak_rss_mb as peak_rss_mb_now
-from s3flow.settings import CONFIG_ENV, Settings, load_settings
+from s3flow.settings import CONFIG_ENV, PipelineSettings, Settings, load_settings
 
 app = typer.Typer(
     name="s3flow",
@@ -437,14 +437,20 @@ def files_show(
     console.print(table)
 
 
+def _pipeline_of(settings: Settings, record: Any, processor: str) -> PipelineSettings | None:
+    """The configured pipeline a record belongs to, if it runs ``processor`` (else None)."""
+    p = next((p for p in settings.pipelines if p.name == record.pipeline), None)
+    return p if p is not None and p.processor == processor else None
+
+
 def _manifest_tracking(settings: Settings, record: Any) -> tuple[str, str] | None:
     """(dataset, date) an ndjson-manifest pipeline tracks a record's file under, if known.
 
     Known when the date comes from the key (the default); a date read from the
     file's first record is not kept, so such files are not looked up.
     """
-    pipeline = next((p for p in settings.pipelines if p.name == record.pipeline), None)
-    if pipeline is None or pipeline.processor != "ndjson-manifest":
+    pipeline = _pipeline_of(settings, record, "ndjson-manifest")
+    if pipeline is None:
         return None
     from s3flow.manifests import date_from_key
     from s3flow.processors.ndjson_manifest import NdjsonManifestOptions
@@ -458,8 +464,8 @@ def _manifest_tracking(settings: Settings, record: Any) -> tuple[str, str] | Non
 
 def _checkpoint_name(settings: Settings, record: Any) -> str | None:
     """The state-store checkpoint a record's pipeline mirrors (csv-to-kafka), if any."""
-    pipeline = next((p for p in settings.pipelines if p.name == record.pipeline), None)
-    if pipeline is None or pipeline.processor != "csv-to-kafka" or "topic" not in pipeline.options:
+    pipeline = _pipeline_of(settings, record, "csv-to-kafka")
+    if pipeline is None or "topic" not in pipeline.options:
         return None
     from s3flow.csvkafka.checkpoint import ObjectRef, mirror_name
 

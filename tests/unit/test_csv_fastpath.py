@@ -114,13 +114,13 @@ def test_the_raw_block_check_spots_every_value_needing_an_escape() -> None:
         assert [v.decode() for v in got[0]] == exact(block), block
         lines = [r for r in csv.reader(io.StringIO(block.decode(), newline="")) if r]
         table = pa.table({f"c{i}": [r[i] for r in lines] for i in range(3)})
-        assert fast._clean(block, table) is clean, block
+        assert fast._clean(block, table, lines_of(block)) is clean, block
     tsv = ArrowJsonBlocks(COLS, delimiter="\t", quotechar='"', key_index=None)
-    assert tsv._clean(b"1\tx\ty\n", pa.table({"a": ["1"], "b": ["x"], "c": ["y"]})) is True
+    assert tsv._clean(b"1\tx\ty\n", pa.table({"a": ["1"], "b": ["x"], "c": ["y"]}), 1) is True
     block = b'1\tx\t"a\tb"\n'  # a tab inside a quoted value: escaped, so not clean
-    assert tsv._clean(block, pa.table({"a": ["1"], "b": ["x"], "c": ["a\tb"]})) is False
+    assert tsv._clean(block, pa.table({"a": ["1"], "b": ["x"], "c": ["a\tb"]}), 1) is False
     got = tsv.encode(block, 1)
     assert got is not None and got[0] == [b'{"a":"1","b":"x","c\\"%s":"a\\tb"}']
     other_quote = ArrowJsonBlocks(COLS, delimiter=",", quotechar="'", key_index=None)
     block = b"1,x,'y, z'\n"
-    assert other_quote._clean(block, pa.table({"a": ["1"], "b": ["x"], "c": ["y, z"]})) is False
+    assert other_quote._clean(block, pa.table({"a": ["1"], "b": ["x"], "c": ["y, z"]}), 1) is False

@@ -97,7 +97,7 @@ class ArrowJsonBlocks:
             return None
         if invalid or table.num_rows != lines:
             return None
-        clean = not has_cr and self._clean(block, table)
+        clean = not has_cr and self._clean(block, table, lines)
         parts: list[Any] = []
         for i in range(len(self.columns)):
             col = table.column(i)
@@ -117,7 +117,7 @@ class ArrowJsonBlocks:
         keys = table.column(self.key_index).to_pylist() if self.key_index is not None else None
         return values, keys
 
-    def _clean(self, block: bytes, table: Any) -> bool:
+    def _clean(self, block: bytes, table: Any, lines: int) -> bool:
         """True when no value of ``block`` holds a character JSON must escape.
 
         Decided on the raw block, which is much cheaper than a regex per column:
@@ -127,11 +127,12 @@ class ArrowJsonBlocks:
         ``""`` or a literal quote inside an unquoted field), so the bytes the parse
         dropped - the raw length less the values, the delimiters and the line
         feeds - equal the number of raw quotes exactly when no value holds one.
-        (Rows are one line each, all with every column, no CR: checked before.)
+        (Rows are one line each, all with every column, no CR: checked before; so
+        the line feeds are the ``lines`` records, less one without a final one.)
         """
         if self._quotechar != '"' or b"\\" in block:
             return False
-        newlines = block.count(b"\n")
+        newlines = lines if block.endswith(b"\n") else lines - 1
         delimiters = (table.num_columns - 1) * table.num_rows
         controls = newlines + (delimiters if ord(self._delimiter) < 32 else 0)  # TSV: tabs
         if len(block) - len(block.translate(None, _CONTROL_BYTES)) != controls:

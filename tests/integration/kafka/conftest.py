@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -28,3 +30,11 @@ def kafka() -> Iterator[KafkaBroker]:
         yield broker
     finally:
         broker.close()
+
+
+@pytest.fixture()
+def bucket(s3: Any) -> str:
+    """A new, empty bucket on the test's S3 endpoint."""
+    name = f"csv-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=name)
+    return name

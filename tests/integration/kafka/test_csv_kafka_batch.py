@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,6 @@ from s3flow.kafka_broker import KafkaBroker
 from s3flow.local import LocalEndpoint
 
 pytestmark = [pytest.mark.integration]
-
-
-@pytest.fixture()
-def bucket(s3: Any) -> str:
-    name = f"batch-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=name)
-    return name
 
 
 def test_batch_run_then_rerun_is_a_no_op(

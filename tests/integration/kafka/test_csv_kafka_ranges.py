@@ -7,7 +7,6 @@ import gzip
 import json
 import signal
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,17 @@ pytestmark = [pytest.mark.integration]
 ROWS = 300_000  # ~7 MB: three ranges of > 1 MiB
 
 
-@pytest.fixture()
-def bucket(s3: Any) -> str:
-    name = f"ranges-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=name)
-    return name
-
-
 def _csv() -> bytes:
     return ("n,word\n" + "".join(f"{i},w{i % 977}\n" for i in range(ROWS))).encode()
+
+
+def _ranged(bucket: str, topic: str, *extra: str) -> tuple[str, ...]:
+    """Batch-command arguments: big.csv in 3 ranges to a 3-partition topic."""
+    return (
+        f"s3://{bucket}/big.csv",
+        *("--topic", topic, "-o", "ranges=3", "-o", "topic_partitions=3"),
+        *extra,
+    )
 
 
 def _partitions(kafka: KafkaBroker, topic: str, n: int) -> list[list[Any]]:
@@ -57,8 +58,7 @@ def test_three_ranges_to_three_partitions_exactly_once_then_a_no_op(
 ) -> None:
     s3.put_object(Bucket=bucket, Key="big.csv", Body=_csv())
     topic = unique_topic("ranges")
-    args = (f"s3://{bucket}/big.csv", "--topic", topic, "-o", "ranges=3")
-    args += ("-o", "topic_partitions=3")
+    args = _ranged(bucket, topic)
     out = summary(cli(tmp_path, kafka, *args))
     assert (out["rows"], out["records"], out["already_done"]) == (ROWS, ROWS, False)
     parts = _check_ranges(kafka, topic, 3)
@@ -78,8 +78,7 @@ def test_sigkill_mid_run_then_every_range_resumes_exactly_once(
 ) -> None:
     s3.put_object(Bucket=bucket, Key="big.csv", Body=_csv())
     topic = unique_topic("rangekill")
-    args = (f"s3://{bucket}/big.csv", "--topic", topic, "-o", "ranges=3")
-    args += ("-o", "topic_partitions=3", "--checkpoint-rows", "5000")
+    args = _ranged(bucket, topic, "--checkpoint-rows", "5000")
     watcher = CheckpointWatcher(kafka.bootstrap, f"{topic}.checkpoints")
     proc = subprocess.Popen(
         command(tmp_path, kafka, *args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
