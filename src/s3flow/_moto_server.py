@@ -2,7 +2,7 @@
 
 Run as ``python -m s3flow._moto_server --host 127.0.0.1 --port N``. This is a
 separate process (never imported by the worker) so the emulator does not share
-the worker's GIL.
+the worker's GIL. It never outlives the process that started it (``$S3FLOW_OWNER_PID``).
 
 The patch (see shared EMULATORS.md): moto recomputes every queue attribute,
 including the three ``ApproximateNumberOf*`` counts that scan the whole queue,
@@ -143,7 +143,15 @@ def patch_moto_dynamodb() -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Start moto server (patched unless S3FLOW_MOTO_UNPATCHED=1)."""
+    """Start moto server (patched unless S3FLOW_MOTO_UNPATCHED=1).
+
+    Started by :class:`s3flow.local.LocalEndpoint`, it exits by itself as soon as that
+    owner process is gone, even when the owner was SIGKILLed (see
+    :func:`s3flow.local.die_with_parent`).
+    """
+    from s3flow.local import die_with_parent
+
+    die_with_parent()
     if os.environ.get("S3FLOW_MOTO_UNPATCHED") != "1":
         patch_moto_sqs()
         patch_moto_dynamodb()

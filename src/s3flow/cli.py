@@ -685,26 +685,34 @@ def local(
         str, typer.Option("--host", help="Bind address; keep it on loopback.")
     ] = "127.0.0.1",
 ) -> None:
-    """Run the embedded AWS endpoint (moto server: S3, SQS, DynamoDB) until Ctrl-C."""
-    from s3flow.local import LocalEndpoint
+    """Run the embedded AWS endpoint (moto server: S3, SQS, DynamoDB) until Ctrl-C or SIGTERM."""
+    from s3flow.local import LocalEndpoint, interrupt_on_signals
 
-    try:
-        endpoint = LocalEndpoint(host, port).start()
-    except S3flowError as exc:
-        raise _fail(exc) from exc
-    console.print(f"local AWS endpoint running at [bold]{endpoint.url}[/]")
-    console.print(f"  export AWS_ENDPOINT_URL={endpoint.url}")
-    for k, v in endpoint.env().items():
-        if k != "AWS_ENDPOINT_URL":
-            console.print(f"  export {k}={v}")
-    console.print("press Ctrl-C to stop")
-    try:
-        while endpoint.pid is not None:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        endpoint.stop()
+    # SIGTERM and SIGINT: stop the server, wait for it, exit 0. If this process dies
+    # without cleaning up (SIGKILL) the server notices and exits by itself.
+    with interrupt_on_signals():
+        endpoint = LocalEndpoint(host, port)
+        try:
+            endpoint.start()
+        except KeyboardInterrupt:  # start() has stopped the server already
+            console.print("stopped")
+            return
+        except S3flowError as exc:
+            raise _fail(exc) from exc
+        try:
+            console.print(f"local AWS endpoint running at [bold]{endpoint.url}[/]")
+            console.print(f"  export AWS_ENDPOINT_URL={endpoint.url}")
+            for k, v in endpoint.env().items():
+                if k != "AWS_ENDPOINT_URL":
+                    console.print(f"  export {k}={v}")
+            console.print("press Ctrl-C to stop")
+            while endpoint.pid is not None:
+                time.sleep(0.5)
+            raise _fail(RuntimeError("the local AWS endpoint exited unexpectedly"))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            endpoint.stop()
         console.print("stopped")
 
 

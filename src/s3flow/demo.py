@@ -36,7 +36,7 @@ from s3flow.app import run_worker
 from s3flow.aws import open_clients
 from s3flow.errors import S3flowError
 from s3flow.events import ObjectEvent
-from s3flow.local import LocalEndpoint
+from s3flow.local import LocalEndpoint, interrupt_on_signals
 from s3flow.metrics import WorkerMetrics
 from s3flow.objects import zstd
 from s3flow.processors.base import Result
@@ -209,8 +209,21 @@ async def _results(settings: Settings, keys: list[str]) -> dict[str, dict[str, A
 
 
 def run_demo(console: Console | None = None, *, endpoint_url: str | None = None) -> int:
-    """Run the demo; return the process exit code."""
+    """Run the demo; return the process exit code.
+
+    SIGTERM is handled like Ctrl-C (SIGINT): the demo stops, its local servers (the
+    embedded endpoint, the Kafka broker) are stopped and waited for, and 0 is returned.
+    """
     console = console or Console()
+    with interrupt_on_signals():
+        try:
+            _run_demo(console, endpoint_url)
+        except KeyboardInterrupt:
+            console.print("interrupted: the demo's local servers are stopped")
+    return 0
+
+
+def _run_demo(console: Console, endpoint_url: str | None) -> None:
     files = sample_files()
     endpoint: LocalEndpoint | None = None
     if endpoint_url is None:
@@ -248,7 +261,6 @@ def run_demo(console: Console | None = None, *, endpoint_url: str | None = None)
     finally:
         if endpoint is not None:
             endpoint.stop()
-    return 0
 
 
 @contextmanager
@@ -269,6 +281,9 @@ def _kafka_broker(console: Console) -> Iterator[str | None]:
         broker.close()
         yield None
         return
+    except BaseException:  # interrupted while starting
+        broker.close()
+        raise
     console.print(f"      Kafka: {broker.bootstrap}")
     try:
         yield broker.bootstrap

@@ -55,6 +55,7 @@ from types import TracebackType
 from typing import IO
 
 from s3flow.errors import S3flowError
+from s3flow.local import popen_owned
 
 #: The Kafka release the broker runs; keep equal to ``kafka.version`` in scripts/kafka/pom.xml.
 KAFKA_VERSION = "4.4.0"
@@ -383,7 +384,10 @@ class KafkaBroker:
     a broker already running from that directory (``reused`` is then True) and formats the
     log dir only the first time. ``port=0`` picks a free port (or the one used last time in
     that ``run_dir``). ``detach=True`` starts the JVM in its own session so it outlives this
-    process (``scripts/services``); otherwise an owned broker is stopped at interpreter exit.
+    process (``scripts/services``); otherwise the broker is owned by this process: stopped
+    at interpreter exit, and started with :func:`s3flow.local.popen_owned` so that the
+    kernel sends it SIGTERM (a clean shutdown) when this process dies without cleaning up
+    (SIGKILL, an unhandled SIGTERM).
     """
 
     def __init__(
@@ -493,7 +497,11 @@ class KafkaBroker:
             if not (self.data_dir / "meta.properties").is_file():
                 self._format(java, libs, props)
             self._launch(java, libs, props)
-        self._wait_ready(started + timeout_s, fresh_log=True)
+        try:
+            self._wait_ready(started + timeout_s, fresh_log=True)
+        except BaseException:  # also KeyboardInterrupt: leave no half-started broker behind
+            self.stop(timeout_s=10)
+            raise
         self.start_seconds = time.monotonic() - started
         return self
 
@@ -691,15 +699,25 @@ class KafkaBroker:
     def _launch(self, java: str, libs: Path, props: Path) -> None:
         if self.log_path.exists():
             self.log_path.replace(self.run_dir / "broker.log.1")
+        cmd = [*self._jvm_args(java, libs), _MAIN_CLASS, str(props)]
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [*self._jvm_args(java, libs), _MAIN_CLASS, str(props)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.run_dir,
-                start_new_session=self.detach,
-            )
+            if self.detach:  # the shared broker of scripts/services: outlives this process
+                self._proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.run_dir,
+                    start_new_session=True,
+                )
+            else:  # owned: SIGTERM from the kernel if this process dies, even by SIGKILL
+                self._proc = popen_owned(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.run_dir,
+                )
         self._pid = self._proc.pid
         self._pid_file.write_text(f"{self._proc.pid}\n")
         self._state_file.write_text(
