@@ -90,17 +90,36 @@ async def build_runtimes(
         processor = create_processor(p.processor, p.options)
         url = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
         dlq = await dlq_url(clients.sqs, p, url)
+        for what, u in (("queue", url), ("dead-letter queue", dlq)):
+            await _check_queue(clients.sqs, u, f"pipeline {p.name!r} {what}")
+        sink = open_sink(p.output, clients.s3)
+        try:
+            await sink.check()
+        except ConfigError as exc:
+            raise ConfigError(f"pipeline {p.name!r}: {exc}") from exc
         out.append(
             PipelineRuntime(
                 settings=p,
                 queue_url=url,
                 dlq_url=dlq,
                 processor=processor,
-                sink=open_sink(p.output, clients.s3),
+                sink=sink,
                 route=Route.from_settings(p),
             )
         )
     return out
+
+
+async def _check_queue(sqs: Any, url: str, what: str) -> None:
+    """Start-up check: the queue exists and we may read its attributes."""
+    try:
+        await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    except Exception as exc:
+        err = translate_aws_error(exc, "GetQueueAttributes")
+        code = getattr(err, "code", "") or ""
+        if "NonExistentQueue" in code or "QueueDoesNotExist" in code:
+            raise ConfigError(f"{what} {url} does not exist; run `s3flow provision` first") from exc
+        raise ConfigError(f"{what} {url} cannot be read: {err}") from exc
 
 
 def pool_size(settings: Settings) -> int:

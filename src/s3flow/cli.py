@@ -144,9 +144,10 @@ def worker(
     else:
         for name, m in metrics.pipelines.items():
             err_console.print(
-                f"[bold]{name}[/]: processed {m.objects_processed}, skipped {m.objects_skipped}, "
-                f"dead-lettered {m.dead_lettered}, retried {m.retried}, released {m.released}, "
-                f"ack failures {m.ack_failures}",
+                f"[bold]{name}[/]: processed {m.objects_processed}, "
+                f"duplicates {m.duplicates}, skipped {m.objects_skipped}, "
+                f"quarantined {m.quarantined}, dead-lettered {m.dead_lettered}, "
+                f"retried {m.retried}, released {m.released}, ack failures {m.ack_failures}",
                 highlight=False,
             )
         err_console.print(f"peak RSS {peak_rss_mb} MB", highlight=False)
@@ -214,6 +215,8 @@ def status(
                 indent=2,
             )
         )
+        if any(r.error for r in rows):
+            raise typer.Exit(1)
         return
     table = Table(title="s3flow status")
     for col in ("pipeline", "queue", "visible", "in flight", "delayed", "DLQ", "DLQ depth"):
@@ -269,6 +272,8 @@ def status(
     for r in rows:
         if r.error:
             err_console.print(f"[red]{r.pipeline}:[/] {escape(str(r.error))}", highlight=False)
+    if any(r.error for r in rows):
+        raise typer.Exit(1)
 
 
 files_app = typer.Typer(
@@ -476,16 +481,20 @@ def _checkpoint_name(settings: Settings, record: Any) -> str | None:
 @files_app.command("release")
 def files_release(
     ctx: typer.Context,
-    key: Annotated[str, typer.Argument(help="The quarantined object key.")],
+    key: Annotated[str, typer.Argument(help="The object key.")],
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline.")],
     config: ConfigOpt = None,
     version: Annotated[
-        str | None, typer.Option("--version", help="Only this version/eTag.")
+        str | None, typer.Option("--version", help="Only this recorded version.")
     ] = None,
 ) -> None:
-    """Release a quarantined object: remove its tags and enqueue it for reprocessing."""
+    """Release an object whatever its state (quarantined, dead, failed, completed).
+
+    Removes the quarantine tags, resets its records to 'received' and enqueues
+    it again, so its current upload is processed anew.
+    """
     from s3flow.app import open_store
-    from s3flow.ops import release_quarantined
+    from s3flow.ops import release
 
     config = config or (ctx.obj or {}).get("config")
 
@@ -494,17 +503,12 @@ def files_release(
         async with open_store(settings) as store:
             if store is None:
                 raise S3flowError("no state store configured (state.url = 'none')")
-            return await release_quarantined(
-                settings, settings.pipeline(pipeline), store, key, version
-            )
+            return await release(settings, settings.pipeline(pipeline), store, key, version)
 
     try:
         released = asyncio.run(go())
     except S3flowError as exc:
         raise _fail(exc) from exc
-    if not released:
-        err_console.print(f"{key!r} is not quarantined in pipeline {pipeline!r}")
-        raise typer.Exit(1)
     for oid in released:
         console.print(f"released s3://{oid.bucket}/{oid.key} ({oid.version}): enqueued again")
 
@@ -526,6 +530,14 @@ def _one_pipeline(settings: Settings, name: str | None) -> Any:
     return settings.pipelines[0]
 
 
+async def _list_dlq(settings: Settings, p: Any, max_n: int) -> list[Any]:
+    from s3flow.app import open_store
+    from s3flow.ops import list_dlq
+
+    async with open_store(settings) as store:
+        return await list_dlq(settings, p, max_n=max_n, store=store)
+
+
 @dlq_app.command("list")
 def dlq_list(
     config: ConfigOpt = None,
@@ -534,11 +546,9 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List dead-lettered messages with their error class and reason."""
-    from s3flow.ops import list_dlq
-
     try:
         settings = _settings(config)
-        msgs = asyncio.run(list_dlq(settings, _one_pipeline(settings, pipeline), max_n=max_n))
+        msgs = asyncio.run(_list_dlq(settings, _one_pipeline(settings, pipeline), max_n))
     except S3flowError as exc:
         raise _fail(exc) from exc
     if as_json:
@@ -552,7 +562,7 @@ def dlq_list(
             m.message_id,
             "\n".join(m.keys) or m.body[:60],
             m.error_class or "-",
-            (m.error or "-")[:80],
+            (m.error or m.state_note or "-")[:160],
             m.sent_at or "-",
         )
     console.print(table)
@@ -565,11 +575,9 @@ def dlq_show(
     pipeline: PipelineOpt = None,
 ) -> None:
     """Show one dead-lettered message: body and error attributes."""
-    from s3flow.ops import list_dlq
-
     try:
         settings = _settings(config)
-        msgs = asyncio.run(list_dlq(settings, _one_pipeline(settings, pipeline), max_n=1000))
+        msgs = asyncio.run(_list_dlq(settings, _one_pipeline(settings, pipeline), 1000))
     except S3flowError as exc:
         raise _fail(exc) from exc
     for m in msgs:
@@ -586,10 +594,21 @@ def dlq_redrive(
     pipeline: PipelineOpt = None,
     max_n: Annotated[int | None, typer.Option("--max", help="Move at most this many.")] = None,
     lease_s: Annotated[
-        int, typer.Option("--lease-s", help="How long a message being moved stays hidden.")
-    ] = 60,
+        int,
+        typer.Option(
+            "--lease-s",
+            min=1,
+            max=43200,
+            help="How long a message being moved stays hidden (an interrupted run's "
+            "messages come back after it; the next run waits for them).",
+        ),
+    ] = 30,
 ) -> None:
-    """Move dead-lettered messages back to the source queue (never losing one)."""
+    """Move dead-lettered messages back to the source queue (never losing one).
+
+    Restartable: stop it (Ctrl-C) or kill it at any moment and run it again;
+    every message ends up on the source queue, none stays behind on the DLQ.
+    """
     from rich.progress import Progress
 
     from s3flow.app import open_store
@@ -607,6 +626,11 @@ def dlq_redrive(
                 store=store,
                 lease_s=lease_s,
                 on_moved=lambda n: progress.advance(task, n),
+                on_wait=lambda n, secs: err_console.print(
+                    f"{n} DLQ message(s) are held by an earlier, interrupted redrive or a "
+                    f"`dlq list`; waiting up to {secs:.0f}s for them to come back",
+                    highlight=False,
+                ),
             )
 
     try:
@@ -617,7 +641,10 @@ def dlq_redrive(
     if report.method == "message-move-task":
         console.print("started an SQS message move task (DLQ -> source queue)")
     else:
-        console.print(f"moved {report.moved} message(s) back to the source queue")
+        if report.note:
+            err_console.print(report.note, highlight=False)
+        extra = f" ({report.waited_for} left by an interrupted run)" if report.waited_for else ""
+        console.print(f"moved {report.moved} message(s) back to the source queue{extra}")
 
 
 @app.command()
@@ -631,8 +658,43 @@ def backfill(
         str | None,
         typer.Option("--since", help="Only objects modified at/after (YYYY-MM-DD[THH:MM])."),
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Enqueue completed objects too: process them anew."),
+    ] = False,
 ) -> None:
     """Enqueue notifications for existing objects not yet completed (safe to run twice)."""
+    _run_backfill(config, pipeline, prefix=prefix, keys=None, since=since, force=force)
+
+
+@app.command()
+def reprocess(
+    keys: Annotated[
+        list[str] | None, typer.Argument(help="Object keys to process again.", show_default=False)
+    ] = None,
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline.")] = "",
+    config: ConfigOpt = None,
+    prefix: Annotated[
+        str | None, typer.Option("--prefix", help="Every object under this prefix.")
+    ] = None,
+) -> None:
+    """Process objects again on purpose, completed or not (KEY... or --prefix)."""
+    if not pipeline:
+        raise typer.BadParameter("name the pipeline", param_hint="--pipeline/-p")
+    if bool(keys) == (prefix is not None):
+        raise typer.BadParameter("give object keys or --prefix (one of the two)")
+    _run_backfill(config, pipeline, prefix=prefix, keys=keys or None, since=None, force=True)
+
+
+def _run_backfill(
+    config: Path | None,
+    pipeline: str,
+    *,
+    prefix: str | None,
+    keys: list[str] | None,
+    since: str | None,
+    force: bool,
+) -> None:
     from datetime import UTC, datetime
 
     from rich.progress import Progress
@@ -660,8 +722,10 @@ def backfill(
                 settings,
                 p,
                 prefix=prefix,
+                keys=keys,
                 since=since_dt,
                 store=store,
+                force=force,
                 on_progress=lambda listed, enq: progress.update(
                     task, completed=listed, description=f"listed {listed}, enqueued {enq}"
                 ),
@@ -672,9 +736,10 @@ def backfill(
             r = asyncio.run(go(progress))
     except S3flowError as exc:
         raise _fail(exc) from exc
+    busy = f", being processed now {r.busy}" if r.busy else ""
     console.print(
         f"listed {r.listed}: enqueued {r.enqueued}, already completed {r.already_done}, "
-        f"already queued {r.already_queued}, filtered {r.filtered}"
+        f"already queued {r.already_queued}, filtered {r.filtered}{busy}"
     )
 
 

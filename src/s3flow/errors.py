@@ -112,6 +112,18 @@ class OutputPathError(PermanentError):
     """An output location derived from the input key is not acceptable."""
 
 
+class TooLargeError(PermanentError):
+    """An object decompresses to more than the pipeline's ``max_uncompressed_bytes``."""
+
+
+class OutputUnavailableError(RetryableError):
+    """An output location (bucket, directory) is missing or not writable right now.
+
+    Retried with an error log, never dead-lettered per object: the fix is the
+    operator's (re-create the bucket), not the file's.
+    """
+
+
 class ObjectMissingError(S3flowError):
     """The object named by the event no longer exists (deleted or overwritten)."""
 
@@ -162,6 +174,10 @@ def translate_aws_error(exc: BaseException, operation: str) -> S3flowError:
         text = f"{operation} failed: {code or status}: {msg}"
         if code in _MISSING:
             return ObjectMissingError(text)
+        if code == "NoSuchBucket":
+            return OutputUnavailableError(
+                f"{text} (the bucket does not exist: create it or run `s3flow provision`)"
+            )
         if code in _THROTTLING or status >= 500 or status == 429:
             return AwsError(text, code=code, operation=operation)
         return AwsPermanentError(text, code=code, operation=operation)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -38,6 +39,9 @@ class ObjectEvent:
     event_time: str | None = None
     region: str | None = None
     source: str = "s3"
+    #: The notification record this event came from (S3/SNS bodies), so one record
+    #: of a multi-record message can be re-sent or dead-lettered on its own.
+    raw: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_created(self) -> bool:
@@ -50,13 +54,42 @@ class ObjectEvent:
         return self.event_name.startswith("ObjectRemoved") or self.event_name == "Object Deleted"
 
     @property
-    def identity(self) -> tuple[str, str, str]:
-        """(bucket, key, versionId or eTag): what identifies this object version."""
-        return (self.bucket, self.key, self.version_id or self.etag or "")
+    def event_version(self) -> str | None:
+        """This event's identity within its key, when the event alone tells it.
+
+        The versionId in a versioned bucket; else ``<eTag>@<sequencer>`` (S3 gives
+        every PUT of a key a new, increasing sequencer); else None: the caller
+        reads the object's (eTag, LastModified) instead (:func:`content_version`).
+        """
+        if self.version_id and self.version_id != "null":
+            return self.version_id
+        if self.sequencer:
+            return f"{self.etag or ''}@{self.sequencer}"
+        return None
 
     def uri(self) -> str:
         """``s3://bucket/key``."""
         return f"s3://{self.bucket}/{self.key}"
+
+    def record_body(self) -> str:
+        """A direct S3 notification body holding only this event's record."""
+        if self.raw is None:
+            raise ValueError(f"event for {self.uri()} has no raw record to re-send")
+        return json.dumps({"Records": [self.raw]}, separators=(",", ":"))
+
+
+def content_version(etag: str | None, last_modified: datetime | float | int) -> str:
+    """An upload's identity when events carry neither versionId nor sequencer.
+
+    ``<eTag>@<LastModified in whole unix seconds>``: a new upload of the same
+    bytes gets a new LastModified. Whole seconds because HeadObject's
+    Last-Modified header has no finer resolution than ListObjects gives.
+    """
+    if isinstance(last_modified, datetime):
+        ts = int(last_modified.timestamp())
+    else:
+        ts = int(last_modified)
+    return f"{(etag or '').strip(chr(34))}@t{ts}"
 
 
 @dataclass(slots=True)
@@ -98,10 +131,10 @@ def _opt_size(value: Any) -> int | None:
     raise EnvelopeError(f"object size is not an integer: {value!r}"[:200])
 
 
-def _decode_key(raw: Any) -> str:
-    key = unquote_plus(_str(raw, "object key"))
+def _decode_key(raw: Any, what: str) -> str:
+    key = unquote_plus(_str(raw, what))
     if not key:
-        raise EnvelopeError("object key is empty after URL-decoding")
+        raise EnvelopeError(f"{what} is empty after URL-decoding")
     return key
 
 
@@ -125,7 +158,7 @@ def _record(rec: Any, index: int) -> ObjectEvent:
     etag = _opt_str(obj.get("eTag"))
     return ObjectEvent(
         bucket=_str(bucket.get("name"), f"Records[{index}].s3.bucket.name"),
-        key=_decode_key(obj.get("key")),
+        key=_decode_key(obj.get("key"), f"Records[{index}].s3.object.key"),
         event_name=_str(rec.get("eventName"), f"Records[{index}].eventName"),
         size=_opt_size(obj.get("size")),
         etag=etag.strip('"') if etag else None,
@@ -134,6 +167,7 @@ def _record(rec: Any, index: int) -> ObjectEvent:
         event_time=_opt_str(rec.get("eventTime")),
         region=_opt_str(rec.get("awsRegion")),
         source="s3",
+        raw=rec,
     )
 
 
@@ -158,7 +192,7 @@ def _eventbridge(doc: dict[str, Any]) -> Envelope:
     etag = _opt_str(obj.get("etag"))
     event = ObjectEvent(
         bucket=_str(bucket.get("name"), "detail.bucket.name"),
-        key=_decode_key(obj.get("key")),
+        key=_decode_key(obj.get("key"), "detail.object.key"),
         event_name=_str(doc.get("detail-type"), "detail-type"),
         size=_opt_size(obj.get("size")),
         etag=etag.strip('"') if etag else None,

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from s3flow.errors import CorruptDataError, S3flowError, translate_aws_error
+from s3flow.errors import CorruptDataError, S3flowError, TooLargeError, translate_aws_error
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -250,8 +250,10 @@ class ObjectReader:
         chunk_bytes: int = CHUNK_BYTES,
         *,
         encoding: str | None = None,
+        max_uncompressed_bytes: int | None = None,
     ) -> None:
         self.info = info
+        self._max_out = max_uncompressed_bytes
         self._body = body
         self._chunk = chunk_bytes
         self._forced = encoding  # a byte range has no magic bytes of its own
@@ -285,6 +287,7 @@ class ObjectReader:
                 decoder = self._start(raw)
             async for piece in self._decode(decoder, raw):
                 self.uncompressed_bytes += len(piece)
+                self._check_size()
                 yield piece
         if decoder is None and head:
             decoder = self._start(head)
@@ -293,6 +296,16 @@ class ObjectReader:
                 yield piece
         if decoder is not None:
             decoder.finish()
+
+    def _check_size(self) -> None:
+        limit = self._max_out
+        if limit is not None and self.encoding != "identity" and self.uncompressed_bytes > limit:
+            raise TooLargeError(
+                f"s3://{self.info.bucket}/{self.info.key} ({self.encoding}, "
+                f"{self.compressed_bytes:,} compressed bytes read) decompresses to more than "
+                f"max_uncompressed_bytes = {limit:,}; raise the pipeline's "
+                "max_uncompressed_bytes if this object is legitimate"
+            )
 
     def _start(self, head: bytes) -> Decoder:
         self.encoding = self._forced or detect_encoding(
@@ -332,10 +345,13 @@ async def open_object(
     version_id: str | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     byte_range: tuple[int, int] | None = None,
+    max_uncompressed_bytes: int | None = None,
 ) -> ObjectReader:
     """GetObject as a stream. Missing object -> ObjectMissingError; errors translated.
 
     ``byte_range``: only bytes ``[start, end)``, as stored (no decompression).
+    ``max_uncompressed_bytes``: a compressed object that decompresses to more
+    raises :class:`~s3flow.errors.TooLargeError` (permanent).
     """
     kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if version_id:
@@ -364,4 +380,10 @@ async def open_object(
         metadata=dict(resp.get("Metadata") or {}),
     )
     encoding = "identity" if byte_range is not None else None
-    return ObjectReader(info, resp["Body"], chunk_bytes, encoding=encoding)
+    return ObjectReader(
+        info,
+        resp["Body"],
+        chunk_bytes,
+        encoding=encoding,
+        max_uncompressed_bytes=max_uncompressed_bytes,
+    )

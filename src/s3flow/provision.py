@@ -151,6 +151,8 @@ class Provisioner:
                 ).get("Attributes", {})
             except Exception as exc:
                 raise translate_aws_error(exc, f"GetQueueAttributes {name}") from exc
+            if "Policy" in wanted:  # merge by Sid: an operator's statements stay
+                wanted = {**wanted, "Policy": merge_policy(attrs.get("Policy"), wanted["Policy"])}
             diff = {k: v for k, v in wanted.items() if not _same_attr(k, attrs.get(k), v)}
             self._record(kind, name, True, bool(diff), ", ".join(sorted(diff)))
             if diff and not self.dry_run:
@@ -228,8 +230,15 @@ def _norm_notification(q: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def queue_policy(queue_arn: str, bucket: str) -> str:
-    """Queue policy that lets S3 (only for ``bucket``) send notifications."""
+def queue_policy(queue_arn: str, bucket: str, account: str | None = None) -> str:
+    """Queue policy that lets S3 (only for ``bucket`` of ``account``) send notifications.
+
+    ``aws:SourceAccount`` guards against a bucket of the same name in another
+    account (bucket ARNs carry no account id).
+    """
+    condition: dict[str, Any] = {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}}
+    if account:
+        condition["StringEquals"] = {"aws:SourceAccount": account}
     return json.dumps(
         {
             "Version": "2012-10-17",
@@ -240,12 +249,32 @@ def queue_policy(queue_arn: str, bucket: str) -> str:
                     "Principal": {"Service": "s3.amazonaws.com"},
                     "Action": "sqs:SendMessage",
                     "Resource": queue_arn,
-                    "Condition": {"ArnLike": {"aws:SourceArn": f"arn:aws:s3:::{bucket}"}},
+                    "Condition": condition,
                 }
             ],
         },
         sort_keys=True,
     )
+
+
+def merge_policy(current: str | None, ours: str) -> str:
+    """``current`` with s3flow's statements (matched by Sid) replaced or added.
+
+    An operator's own statements are kept as they are.
+    """
+    mine = json.loads(ours)
+    try:
+        doc = json.loads(current) if current else None
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("Statement"), list | dict):
+        return ours
+    statements = doc["Statement"] if isinstance(doc["Statement"], list) else [doc["Statement"]]
+    sids = {st.get("Sid") for st in mine["Statement"]}
+    kept = [st for st in statements if not (isinstance(st, dict) and st.get("Sid") in sids)]
+    merged = {**doc, "Statement": kept + mine["Statement"]}
+    merged.setdefault("Version", "2012-10-17")
+    return json.dumps(merged, sort_keys=True)
 
 
 def _check_pipeline(p: PipelineSettings) -> None:
@@ -275,14 +304,20 @@ async def provision(settings: Settings, *, dry_run: bool = False) -> list[Change
         for p in settings.pipelines:
             _, dlq_arn = await prov.queue("dlq", p.dlq_name, {"MessageRetentionPeriod": "1209600"})
             name = p.queue.rstrip("/").rsplit("/", 1)[-1]
-            arn_guess = f"arn:aws:sqs:{settings.aws.region}:{dlq_arn.split(':')[4]}:{name}"
+            account = dlq_arn.split(":")[4]
+            arn_guess = f"arn:aws:sqs:{settings.aws.region}:{account}:{name}"
             wanted = {
                 "VisibilityTimeout": str(p.visibility_timeout_s),
                 "ReceiveMessageWaitTimeSeconds": str(p.wait_time_s),
+                # The worker dead-letters after max_receive_count failures itself; the
+                # queue's redrive is only the safety net (a message that kills workers).
                 "RedrivePolicy": json.dumps(
-                    {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": p.max_receive_count}
+                    {
+                        "deadLetterTargetArn": dlq_arn,
+                        "maxReceiveCount": p.redrive_max_receive_count,
+                    }
                 ),
-                "Policy": queue_policy(arn_guess, p.bucket),
+                "Policy": queue_policy(arn_guess, p.bucket, account),
             }
             _, arn = await prov.queue("queue", p.queue, wanted)
             rules = []

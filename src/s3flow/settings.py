@@ -159,7 +159,29 @@ class PipelineSettings(_Model):
         default=3,
         ge=1,
         le=1000,
-        description="Receives before the queue moves a message to the DLQ.",
+        description=(
+            "Failed attempts of an object before the worker dead-letters it with the reason. "
+            "Counted in the state store (a crash or a claim held elsewhere spends nothing); "
+            "without a store, the message's receive count."
+        ),
+    )
+    queue_max_receive_count: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description=(
+            "maxReceiveCount of the queue's redrive policy: a safety net for messages that "
+            "kill the worker itself, kept above max_receive_count so crashes never move a "
+            "good file to the DLQ. None = max_receive_count + 10."
+        ),
+    )
+    max_uncompressed_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1,
+        description=(
+            "Largest decompressed size of one compressed object (gzip, zstd, bz2); beyond it "
+            "the object fails permanently with the reason (a decompression bomb)."
+        ),
     )
     retry_base_s: float = Field(
         default=2.0, ge=0, description="First retry delay; doubles per receive (with jitter)."
@@ -231,7 +253,23 @@ class PipelineSettings(_Model):
     def _check_timeouts(self) -> PipelineSettings:
         if self.retry_max_s < self.retry_base_s:
             raise ValueError("retry_max_s must be >= retry_base_s")
+        if (
+            self.queue_max_receive_count is not None
+            and self.queue_max_receive_count <= self.max_receive_count
+        ):
+            raise ValueError(
+                f"queue_max_receive_count ({self.queue_max_receive_count}) must be greater "
+                f"than max_receive_count ({self.max_receive_count}): the queue's redrive is "
+                "the safety net behind the worker's own limit"
+            )
         return self
+
+    @property
+    def redrive_max_receive_count(self) -> int:
+        """The queue redrive policy's maxReceiveCount (the safety net)."""
+        if self.queue_max_receive_count is not None:
+            return self.queue_max_receive_count
+        return min(1000, self.max_receive_count + 10)
 
     @property
     def dlq_name(self) -> str:
@@ -298,7 +336,10 @@ class StateSettings(_Model):
     claim_ttl_s: float = Field(
         default=0,
         ge=0,
-        description="How long a claim lives without renewal; 0 = 1.5 x visibility_timeout_s.",
+        description=(
+            "How long a claim lives without renewal; 0 = the pipeline's visibility_timeout_s "
+            "(claims are renewed with the visibility heartbeat, at about half of it)."
+        ),
     )
 
     @field_validator("url")

@@ -178,8 +178,21 @@ class Harness:
         self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
 
 
-def s3_event(bucket: str, key_encoded: str, size: int = 1, etag: str = "x") -> dict[str, Any]:
-    """An S3 notification record with an already URL-encoded key."""
+def s3_event(
+    bucket: str,
+    key_encoded: str,
+    size: int = 1,
+    etag: str = "x",
+    sequencer: str | None = "0A1B",
+) -> dict[str, Any]:
+    """An S3 notification record with an already URL-encoded key.
+
+    With ``sequencer=None`` it looks like moto's (no sequencer): the worker then
+    identifies the upload by the object's (eTag, LastModified).
+    """
+    obj: dict[str, Any] = {"key": key_encoded, "size": size, "eTag": etag}
+    if sequencer is not None:
+        obj["sequencer"] = sequencer
     return {
         "eventVersion": "2.1",
         "eventSource": "aws:s3",
@@ -189,7 +202,7 @@ def s3_event(bucket: str, key_encoded: str, size: int = 1, etag: str = "x") -> d
         "s3": {
             "s3SchemaVersion": "1.0",
             "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-            "object": {"key": key_encoded, "size": size, "eTag": etag, "sequencer": "0A1B"},
+            "object": obj,
         },
     }
 

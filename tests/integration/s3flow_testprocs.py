@@ -73,3 +73,22 @@ class AlwaysFails(BaseProcessor):
     async def process(self, ctx: ProcessContext) -> Result:
         type(self).calls += 1
         raise RuntimeError("boom: simulated processor bug")
+
+
+class FailOnceWhileFlag(BaseProcessor):
+    """line-count, but the object ``key`` fails (retryably) once while the file ``flag`` exists.
+
+    The failure removes the flag, so the next attempt succeeds.
+    """
+
+    name: ClassVar[str] = "test-fail-once"
+
+    async def process(self, ctx: ProcessContext) -> Result:
+        if ctx.event.key == self.options["key"]:
+            try:
+                os.unlink(str(self.options["flag"]))
+            except FileNotFoundError:
+                pass
+            else:
+                raise RuntimeError("simulated transient failure of one record")
+        return await LineCountProcessor({}).process(ctx)

@@ -17,6 +17,7 @@ import pytest
 from itest_support import Harness, s3_event, wait_for
 
 from s3flow.app import open_store
+from s3flow.events import content_version
 from s3flow.ops import backfill, list_dlq, redrive
 from s3flow.state.base import FileStatus, ObjectId
 
@@ -157,13 +158,9 @@ def test_backfill_status_is_recorded(harness: Harness) -> None:
         async with open_store(settings) as store:
             assert store is not None
             await backfill(settings, settings.pipelines[0], store=store)
-            rec = await store.get(
-                ObjectId(
-                    harness.bucket,
-                    "x.txt",
-                    harness.s3.head_object(Bucket=harness.bucket, Key="x.txt")["ETag"].strip('"'),
-                )
-            )
+            head = harness.s3.head_object(Bucket=harness.bucket, Key="x.txt")
+            version = content_version(head["ETag"], head["LastModified"])
+            rec = await store.get(ObjectId(harness.bucket, "x.txt", version))
             assert rec is not None
             return rec.status
 

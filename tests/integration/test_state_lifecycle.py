@@ -37,17 +37,21 @@ def test_second_delivery_of_completed_object_is_a_duplicate(harness: Harness) ->
     harness.put("dup.txt", b"1\n2\n")
     m1 = harness.run()
     assert m1.pipelines["p"].objects_processed == 1
-    harness.send_raw(json.dumps({"Records": [s3_event(harness.bucket, "dup.txt")]}))
     etag = harness.s3.head_object(Bucket=harness.bucket, Key="dup.txt")["ETag"].strip('"')
-    harness.send_raw(json.dumps({"Records": [s3_event(harness.bucket, "dup.txt", etag=etag)]}))
+    # moto's event again (no sequencer): the same upload, identified by (eTag, LastModified).
+    again = s3_event(harness.bucket, "dup.txt", etag=etag, sequencer=None)
+    harness.send_raw(json.dumps({"Records": [again]}))
+    # An event with a sequencer is its own identity: processed once, then a duplicate.
+    with_seq = json.dumps({"Records": [s3_event(harness.bucket, "dup.txt", etag=etag)]})
+    harness.send_raw(with_seq)
+    harness.send_raw(with_seq)
     m2 = harness.run()
     p = m2.pipelines["p"]
-    # The event with the real eTag is the same version: no work. The one with a
-    # different eTag is another version of the key: processed.
-    assert p.duplicates == 1 and p.objects_processed == 1
-    (rec,) = [r for r in records(harness) if r.version == etag]
-    assert rec.status is FileStatus.COMPLETED and rec.attempts == 1
-    assert rec.outputs == [f"s3://{harness.out_bucket}/res/dup.txt.json"]
+    assert p.duplicates == 2 and p.objects_processed == 1
+    recs = records(harness)
+    assert {r.version.split("@")[0] for r in recs} == {etag}
+    assert all(r.status is FileStatus.COMPLETED and r.attempts == 1 for r in recs)
+    assert all(r.outputs == [f"s3://{harness.out_bucket}/res/dup.txt.json"] for r in recs)
 
 
 def test_two_workers_same_object_processed_exactly_once(harness: Harness, tmp_path: Path) -> None:
@@ -62,8 +66,9 @@ def test_two_workers_same_object_processed_exactly_once(harness: Harness, tmp_pa
     cfg = harness.write_config()
     harness.put("once.txt", b"a\nb\n")
     etag = harness.s3.head_object(Bucket=harness.bucket, Key="once.txt")["ETag"].strip('"')
-    body = json.dumps({"Records": [s3_event(harness.bucket, "once.txt", etag=etag)]})
-    for _ in range(3):  # the same object delivered again: three deliveries in all
+    event = s3_event(harness.bucket, "once.txt", etag=etag, sequencer=None)  # as moto sends it
+    body = json.dumps({"Records": [event]})
+    for _ in range(3):  # the same upload delivered again: four deliveries in all
         harness.send_raw(body)
     w1 = spawn_worker(cfg, tmp_path / "w1.log", "--burst")
     w2 = spawn_worker(cfg, tmp_path / "w2.log", "--burst")
@@ -204,7 +209,8 @@ def test_dynamodb_backend_provisioned_and_deduplicating(harness: Harness) -> Non
     harness.put("d.txt", b"1\n")
     assert harness.run().pipelines["p"].objects_processed == 1
     etag = harness.s3.head_object(Bucket=harness.bucket, Key="d.txt")["ETag"].strip('"')
-    harness.send_raw(json.dumps({"Records": [s3_event(harness.bucket, "d.txt", etag=etag)]}))
+    dup = s3_event(harness.bucket, "d.txt", etag=etag, sequencer=None)  # moto's event again
+    harness.send_raw(json.dumps({"Records": [dup]}))
     m = harness.run()
     assert m.pipelines["p"].duplicates == 1 and m.pipelines["p"].objects_processed == 0
     (rec,) = records(harness)

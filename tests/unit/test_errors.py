@@ -11,6 +11,7 @@ from s3flow.errors import (
     Disposition,
     InvalidInputError,
     ObjectMissingError,
+    OutputUnavailableError,
     PermanentError,
     RetryableError,
     S3flowError,
@@ -59,9 +60,7 @@ def test_retryable(code: str, status: int) -> None:
     assert err.operation == "GetObject"
 
 
-@pytest.mark.parametrize(
-    ("code", "status"), [("AccessDenied", 403), ("InvalidRequest", 400), ("NoSuchBucket", 404)]
-)
+@pytest.mark.parametrize(("code", "status"), [("AccessDenied", 403), ("InvalidRequest", 400)])
 def test_permanent(code: str, status: int) -> None:
     err = translate_aws_error(client_error(code, status, "nope"), "PutObject")
     assert type(err) is AwsPermanentError
@@ -104,3 +103,9 @@ def test_invalid_input_is_permanent_and_always_quarantined() -> None:
     err = InvalidInputError("first record is a JSON list, not an object")
     assert isinstance(err, PermanentError)
     assert err.disposition is Disposition.QUARANTINE
+
+
+def test_missing_bucket_is_retryable_output_unavailable() -> None:
+    err = translate_aws_error(client_error("NoSuchBucket", 404, "nope"), "PutObject")
+    assert isinstance(err, OutputUnavailableError) and err.disposition is Disposition.RETRYABLE
+    assert "s3flow provision" in str(err)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s3flow.errors import Disposition, EnvelopeError
-from s3flow.events import Envelope, ObjectEvent, parse_body, parse_document
+from s3flow.events import Envelope, ObjectEvent, content_version, parse_body, parse_document
 
 
 def s3_record(
@@ -110,7 +111,7 @@ def test_direct_notification_one_record() -> None:
     ]
     ev = env.events[0]
     assert ev.is_created and not ev.is_removed
-    assert ev.identity == ("incoming", "logs/a.txt", "v1")
+    assert ev.event_version == "v1"
     assert ev.uri() == "s3://incoming/logs/a.txt"
 
 
@@ -134,12 +135,38 @@ def test_direct_notification_several_records_keep_order() -> None:
     assert env.events[2].event_name == "ObjectCreated:CompleteMultipartUpload"
 
 
-def test_identity_falls_back_to_etag_then_empty() -> None:
-    with_etag = parse_body(notification(s3_record(eTag="e1"))).events[0]
-    assert with_etag.identity == ("incoming", "logs/a.txt", "e1")
-    bare = parse_body(notification(s3_record())).events[0]
-    assert bare.identity == ("incoming", "logs/a.txt", "")
-    assert bare.size is None and bare.etag is None and bare.version_id is None
+def test_event_version_is_version_id_then_etag_at_sequencer_then_unknown() -> None:
+    seq = parse_body(notification(s3_record(eTag="e1", sequencer="00A1"))).events[0]
+    assert seq.event_version == "e1@00A1"
+    null_version = parse_body(
+        notification(s3_record(eTag="e1", versionId="null", sequencer="00A2"))
+    ).events[0]
+    assert null_version.event_version == "e1@00A2"  # unversioned buckets may say "null"
+    # Neither: the worker reads (eTag, LastModified) with the object instead.
+    bare = parse_body(notification(s3_record(eTag="e1"))).events[0]
+    assert bare.event_version is None
+    assert bare.size is None and bare.version_id is None
+
+
+def test_content_version_is_etag_at_whole_seconds() -> None:
+    t = datetime(2026, 11, 30, 6, 0, 1, 900_000, tzinfo=UTC)
+    assert content_version('"abc"', t) == f"abc@t{int(t.timestamp())}"
+    assert content_version("abc", t) == content_version("abc", int(t.timestamp()))
+    assert content_version("abc", t) != content_version("abc", int(t.timestamp()) + 1)
+
+
+def test_record_body_resends_one_record_alone() -> None:
+    body = notification(s3_record(key="a.txt", size=1), s3_record(key="b%2Fc+d.txt", size=2))
+    second = parse_body(body).events[1]
+    again = parse_body(second.record_body()).events
+    assert [(e.key, e.size) for e in again] == [("b/c d.txt", 2)]
+
+
+def test_missing_key_names_the_record() -> None:
+    rec = s3_record(key="a.txt")
+    del rec["s3"]["object"]["key"]
+    with pytest.raises(EnvelopeError, match=r"Records\[1\]\.s3\.object\.key"):
+        parse_body(notification(s3_record(key="ok.txt"), rec))
 
 
 def test_size_as_digit_string_is_accepted() -> None:

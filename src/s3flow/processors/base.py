@@ -38,11 +38,21 @@ class ProcessContext:
     #: The worker's state store (None when ``state.url = "none"``): checkpoints,
     #: locks and records a processor keeps beyond the engine's own file lifecycle.
     store: StateStore | None = None
+    #: The pipeline's ``max_uncompressed_bytes`` (None: no limit).
+    max_uncompressed_bytes: int | None = None
 
     async def open(self) -> ObjectReader:
-        """Open the event's object as a decompressing stream (iterate it with ``async for``)."""
+        """Open the event's object as a decompressing stream (iterate it with ``async for``).
+
+        A compressed object that decompresses to more than ``max_uncompressed_bytes``
+        raises :class:`~s3flow.errors.TooLargeError` while it is read.
+        """
         return await open_object(
-            self.s3, self.event.bucket, self.event.key, version_id=self.event.version_id
+            self.s3,
+            self.event.bucket,
+            self.event.key,
+            version_id=self.event.version_id,
+            max_uncompressed_bytes=self.max_uncompressed_bytes,
         )
 
 

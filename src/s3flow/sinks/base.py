@@ -28,3 +28,10 @@ class Sink(Protocol):
     async def exists(self, relative_key: str) -> bool:
         """Whether an output exists at ``relative_key``."""
         ...
+
+    async def check(self) -> None:
+        """Verify the location exists and is writable now (start-up check).
+
+        Raises :class:`~s3flow.errors.ConfigError` naming what is missing.
+        """
+        ...

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from s3flow.errors import OutputPathError, RetryableError
+from s3flow.errors import ConfigError, OutputPathError, RetryableError
 
 
 class LocalDirSink:
@@ -79,3 +79,17 @@ class LocalDirSink:
 
     async def exists(self, relative_key: str) -> bool:
         return self.path_for(relative_key).is_file()
+
+    async def check(self) -> None:
+        """Create the directory if needed and write (then remove) a probe file."""
+
+        def probe() -> None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".s3flow-check-", dir=self.directory)
+            os.close(fd)
+            os.unlink(tmp)
+
+        try:
+            await asyncio.to_thread(probe)
+        except OSError as exc:
+            raise ConfigError(f"output directory {self.directory} is not writable: {exc}") from exc

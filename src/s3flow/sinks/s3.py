@@ -83,3 +83,22 @@ class S3Sink:
                 return False
             raise err from exc
         return True
+
+    async def check(self) -> None:
+        """Write (then delete) a small probe object: the bucket exists and takes writes."""
+        key = f"{self.prefix}.s3flow-write-check"
+        try:
+            await self._s3.put_object(Bucket=self.bucket, Key=key, Body=b"s3flow start-up check")
+        except Exception as exc:
+            err = translate_aws_error(exc, f"PutObject s3://{self.bucket}/{key}")
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code == "NoSuchBucket":
+                raise ConfigError(
+                    f"output bucket {self.bucket!r} ({self.root}) does not exist: create it "
+                    "or run `s3flow provision`"
+                ) from exc
+            raise ConfigError(f"output {self.root} is not writable: {err}") from exc
+        try:  # the worker may lack s3:DeleteObject: then the probe stays (a few bytes)
+            await self._s3.delete_object(Bucket=self.bucket, Key=key)
+        except Exception:
+            pass

@@ -10,7 +10,7 @@ Lifecycle::
                            -> failed (retryable; attempts counted) -> processing | dead
                            -> dead (sent to the DLQ)
                            -> quarantined (validation / permanent content error)
-    dead | quarantined | failed -> received   (redrive / release for reprocessing)
+    dead | quarantined | failed | completed -> received   (redrive, release, reprocess)
 
 Claims give idempotency: :meth:`StateStore.claim` returns ``acquired`` with
 a fencing token, ``done`` for a completed version, or ``busy`` while another
@@ -86,7 +86,7 @@ ALLOWED: dict[FileStatus, frozenset[FileStatus]] = {
     ),
     FileStatus.DEAD: frozenset({FileStatus.RECEIVED}),
     FileStatus.QUARANTINED: frozenset({FileStatus.RECEIVED}),
-    FileStatus.COMPLETED: frozenset(),
+    FileStatus.COMPLETED: frozenset({FileStatus.RECEIVED}),  # reprocess on purpose
 }
 
 
@@ -102,7 +102,7 @@ class ObjectId:
 
     bucket: str
     key: str
-    version: str  # versionId, else eTag, else "" (unknown)
+    version: str  # versionId, else "<eTag>@<sequencer>", else "<eTag>@t<LastModified>"
 
 
 class ClaimOutcome(enum.StrEnum):
@@ -136,6 +136,10 @@ class FileRecord:
     timestamps: dict[str, float] = field(default_factory=dict)  # status -> unix time (latest)
     created_at: float = 0.0
     updated_at: float = 0.0
+    #: Attempts that ended in a retryable failure since the version was first seen or
+    #: last released by an operator: what the worker's ``max_receive_count`` counts.
+    #: A crash (an expired claim taken over) or a shutdown release is not a failure.
+    failures: int = 0
 
     @property
     def id(self) -> ObjectId:
@@ -203,8 +207,10 @@ class StateStore(Protocol):
         """Extend a held claim; False if the token is stale."""
         ...
 
-    async def complete(self, oid: ObjectId, *, token: int, outputs: list[str]) -> bool:
-        """processing -> completed (fenced). False if the token is stale."""
+    async def complete(
+        self, oid: ObjectId, *, token: int, outputs: list[str], detail: str = ""
+    ) -> bool:
+        """processing -> completed (fenced), ``detail`` in its history. False if stale."""
         ...
 
     async def fail(
@@ -239,6 +245,10 @@ class StateStore(Protocol):
 
     async def history(self, bucket: str, key: str) -> list[HistoryEntry]:
         """Every transition of every version of one key, oldest first."""
+        ...
+
+    async def versions(self, bucket: str, key: str) -> list[FileRecord]:
+        """The records of every version (upload) of one key, most recently updated first."""
         ...
 
     async def list_files(

@@ -185,6 +185,7 @@ def _encode(rec: FileRecord, rev: int) -> Item:
         "pipeline": {"S": rec.pipeline},
         "status": {"S": rec.status.value},
         "attempts": {"N": str(rec.attempts)},
+        "failures": {"N": str(rec.failures)},
         "outputs": {"L": [{"S": o} for o in rec.outputs]},
         "fencing_token": {"N": str(rec.fencing_token)},
         "timestamps": {"M": {k: {"N": _num(v)} for k, v in rec.timestamps.items()}},
@@ -224,6 +225,7 @@ def _decode(item: Item) -> tuple[FileRecord, int]:
         size=None if size is None else int(size["N"]),
         sequencer=_str(item, "sequencer"),
         attempts=int(item["attempts"]["N"]),
+        failures=int(item.get("failures", {"N": "0"})["N"]),
         last_error_class=_str(item, "last_error_class"),
         last_error=_str(item, "last_error"),
         outputs=[o["S"] for o in item.get("outputs", {}).get("L", [])],
@@ -699,6 +701,9 @@ class DynamoStateStore(FencedFinishMixin):
         if error is not None:
             sets.append("last_error = :er")
             values[":er"] = {"S": clip(error)}
+        adds = "ADD #rev :one"
+        if status is FileStatus.FAILED:  # as plan_finish: a retryable failure is counted
+            adds += ", failures :one"
         try:
             resp = await self._api(
                 "UpdateItem",
@@ -706,7 +711,7 @@ class DynamoStateStore(FencedFinishMixin):
                 TableName=self.files_table,
                 Key=_key(oid),
                 UpdateExpression=(
-                    f"SET {', '.join(sets)} REMOVE claim_owner, claim_expires_at ADD #rev :one"
+                    f"SET {', '.join(sets)} REMOVE claim_owner, claim_expires_at {adds}"
                 ),
                 ConditionExpression="#st = :p AND fencing_token = :t",
                 ExpressionAttributeNames=names,
@@ -746,6 +751,18 @@ class DynamoStateStore(FencedFinishMixin):
     async def get(self, oid: ObjectId) -> FileRecord | None:
         """One version's record."""
         return (await self._read(oid))[0]
+
+    async def versions(self, bucket: str, key: str) -> list[FileRecord]:
+        """The records of every version of one key, most recently updated first (a Query)."""
+        items = await self._items(
+            "Query",
+            self.files_table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": _pk(bucket, key)}},
+            ConsistentRead=True,
+        )
+        recs = [_decode(i)[0] for i in items]
+        return sorted(recs, key=lambda r: r.updated_at, reverse=True)
 
     async def history(self, bucket: str, key: str) -> list[HistoryEntry]:
         """Every transition of every version of one key, oldest first."""

@@ -136,6 +136,7 @@ def plan_finish(
         outputs=list(rec.outputs) if outputs is None else list(outputs),
         last_error_class=rec.last_error_class if error_class is None else error_class,
         last_error=rec.last_error if error is None else clip(error),
+        failures=rec.failures + (1 if status is FileStatus.FAILED else 0),
         claim_owner=None,
         claim_expires_at=None,
         timestamps=timestamps,
@@ -195,8 +196,10 @@ def plan_set_status(
     new = replace(
         rec,
         status=status,
-        outputs=list(rec.outputs),
+        outputs=[] if status is FileStatus.RECEIVED else list(rec.outputs),
         last_error=note if note is not None else rec.last_error,
+        # An operator release (redrive, reprocess) gives the version a fresh budget.
+        failures=0 if status is FileStatus.RECEIVED else rec.failures,
         claim_owner=None,
         claim_expires_at=None,
         fencing_token=rec.fencing_token + 1 if leaving else rec.fencing_token,
@@ -227,9 +230,13 @@ class FencedFinishMixin:
     ) -> bool:  # pragma: no cover - provided by the backend
         raise NotImplementedError
 
-    async def complete(self, oid: ObjectId, *, token: int, outputs: list[str]) -> bool:
+    async def complete(
+        self, oid: ObjectId, *, token: int, outputs: list[str], detail: str = ""
+    ) -> bool:
         """processing -> completed (fenced). False if the token is stale."""
-        return await self._finish(oid, token=token, status=FileStatus.COMPLETED, outputs=outputs)
+        return await self._finish(
+            oid, token=token, status=FileStatus.COMPLETED, outputs=outputs, detail=detail
+        )
 
     async def fail(
         self,

@@ -84,6 +84,7 @@ _SCHEMA = (
         timestamps TEXT NOT NULL DEFAULT '{}',
         created_at REAL NOT NULL,
         updated_at REAL NOT NULL,
+        failures INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (bucket, key, version)
     )""",
     "CREATE INDEX IF NOT EXISTS files_status ON files (status, updated_at)",
@@ -164,18 +165,19 @@ _M_UPSERT = (
 _COLS = (
     "bucket, key, version, pipeline, status, size, sequencer, attempts, last_error_class, "
     "last_error, outputs, worker_id, claim_owner, claim_expires_at, fencing_token, "
-    "timestamps, created_at, updated_at"
+    "timestamps, created_at, updated_at, failures"
 )
 _SELECT_ONE = f"SELECT {_COLS} FROM files WHERE bucket = ? AND key = ? AND version = ?"
 _UPSERT = (
-    f"INSERT INTO files ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO files ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (bucket, key, version) DO UPDATE SET pipeline = excluded.pipeline, "
     "status = excluded.status, size = excluded.size, sequencer = excluded.sequencer, "
     "attempts = excluded.attempts, last_error_class = excluded.last_error_class, "
     "last_error = excluded.last_error, outputs = excluded.outputs, "
     "worker_id = excluded.worker_id, claim_owner = excluded.claim_owner, "
     "claim_expires_at = excluded.claim_expires_at, fencing_token = excluded.fencing_token, "
-    "timestamps = excluded.timestamps, updated_at = excluded.updated_at"
+    "timestamps = excluded.timestamps, updated_at = excluded.updated_at, "
+    "failures = excluded.failures"
 )
 _INSERT_HISTORY = (
     "INSERT INTO history (bucket, key, version, at, old, new, worker_id, detail) "
@@ -215,6 +217,7 @@ def _record(r: tuple[Any, ...]) -> FileRecord:
         json.loads(r[15]),
         r[16],
         r[17],
+        r[18],
     )
 
 
@@ -238,6 +241,7 @@ def _row(rec: FileRecord) -> tuple[Any, ...]:
         json.dumps(rec.timestamps),
         rec.created_at,
         rec.updated_at,
+        rec.failures,
     )
 
 
@@ -430,6 +434,10 @@ class SqliteStateStore(FencedFinishMixin):
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         for stmt in _SCHEMA:
             conn.execute(stmt)
+        # Columns added after a database was created (additive, default-valued).
+        have = {r[1] for r in conn.execute("PRAGMA table_info(files)")}
+        if "failures" not in have:
+            conn.execute("ALTER TABLE files ADD COLUMN failures INTEGER NOT NULL DEFAULT 0")
         row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
         found = row[0] if row else None
         if found is None:
@@ -557,6 +565,18 @@ class SqliteStateStore(FencedFinishMixin):
     async def get(self, oid: ObjectId) -> FileRecord | None:
         """One version's record."""
         return await self._run(lambda conn: _select(conn, oid))
+
+    async def versions(self, bucket: str, key: str) -> list[FileRecord]:
+        """The records of every version of one key, most recently updated first."""
+
+        def run(conn: sqlite3.Connection) -> list[FileRecord]:
+            rows = conn.execute(
+                f"SELECT {_COLS} FROM files WHERE bucket = ? AND key = ? ORDER BY updated_at DESC",
+                (bucket, key),
+            ).fetchall()
+            return [_record(r) for r in rows]
+
+        return await self._run(run)
 
     async def history(self, bucket: str, key: str) -> list[HistoryEntry]:
         """Every transition of every version of one key, oldest first."""

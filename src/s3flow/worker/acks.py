@@ -1,9 +1,17 @@
-"""Batched acknowledgements: DeleteMessageBatch and ChangeMessageVisibilityBatch.
+"""Settling messages: batched acknowledgements and the outcome -> SQS calls.
 
-Requests are queued and sent in batches of up to 10 (unique entry ids) as soon
-as a batch is full or ``window_s`` has passed. Every entry of every response
-is checked: a ``Failed`` entry is logged, counted and reported back to the
-caller as ``False``.
+:class:`AckBatcher` queues DeleteMessageBatch and ChangeMessageVisibilityBatch
+requests and sends them in batches of up to 10 (unique entry ids) as soon as a
+batch is full or ``window_s`` has passed. Every entry of every response is
+checked: a ``Failed`` entry is logged, counted and reported back to the caller
+as ``False``. Visibility changes go out in the order they were asked for (one
+batch at a time), so a heartbeat's extension can never overtake the release
+(visibility 0) that followed it.
+
+:class:`Settler` applies an :data:`~s3flow.worker.outcomes.Outcome`: ack,
+retry (visibility = backoff), dead-letter (SendMessage to the DLQ with the
+reason as message attributes, then delete), release, or split (each failed
+record re-sent or dead-lettered alone, then the original deleted).
 """
 
 from __future__ import annotations
@@ -14,11 +22,25 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from s3flow.errors import translate_aws_error
+from s3flow.errors import S3flowError, translate_aws_error
 from s3flow.metrics import PipelineMetrics
+from s3flow.settings import PipelineSettings
+from s3flow.state.base import FileStatus, StateStore
+from s3flow.worker.outcomes import (
+    Ack,
+    DeadLetter,
+    Outcome,
+    RecordPart,
+    Release,
+    Retry,
+    Split,
+    backoff_s,
+)
+from s3flow.worker.source import ReceivedMessage
 
 log = logging.getLogger("s3flow.acks")
 MAX_BATCH = 10
+MAX_DELAY_S = 900  # SendMessage DelaySeconds limit
 
 
 @dataclass
@@ -48,6 +70,7 @@ class AckBatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
+        self._change_order = asyncio.Lock()  # visibility batches go out one at a time
         self._closed = False
 
     async def __aenter__(self) -> AckBatcher:
@@ -131,9 +154,10 @@ class AckBatcher:
             if delete:
                 resp = await self._sqs.delete_message_batch(QueueUrl=self._url, Entries=entries)
             else:
-                resp = await self._sqs.change_message_visibility_batch(
-                    QueueUrl=self._url, Entries=entries
-                )
+                async with self._change_order:
+                    resp = await self._sqs.change_message_visibility_batch(
+                        QueueUrl=self._url, Entries=entries
+                    )
         except Exception as exc:
             err = translate_aws_error(exc, op)
             log.warning("%s of %d entries failed: %s", op, len(batch), err)
@@ -173,3 +197,135 @@ class AckBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+_ATTR_MAX = 1024
+
+
+def _attr(value: object) -> dict[str, str]:
+    return {"DataType": "String", "StringValue": (str(value) or "-")[:_ATTR_MAX]}
+
+
+class Settler:
+    """Applies outcomes to the messages of one pipeline's queue."""
+
+    def __init__(
+        self,
+        acks: AckBatcher,
+        sqs: Any,
+        *,
+        pipeline: PipelineSettings,
+        queue_url: str,
+        dlq_url: str,
+        worker_id: str,
+        store: StateStore | None = None,
+        metrics: PipelineMetrics | None = None,
+    ) -> None:
+        self._acks = acks
+        self._sqs = sqs
+        self.p = pipeline
+        self._queue_url = queue_url
+        self._dlq_url = dlq_url
+        self._worker_id = worker_id
+        self._store = store
+        self._metrics = metrics or PipelineMetrics()
+
+    def _fallback(self, msg: ReceivedMessage, outcome: DeadLetter | Split) -> Retry:
+        # A DLQ / re-send that failed: the message is retried, never lost.
+        delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
+        if isinstance(outcome, DeadLetter):
+            return Retry(delay, outcome.error_class, outcome.error)
+        return Retry(delay, "SplitFailed", "could not re-send a failed record alone")
+
+    async def settle(self, msg: ReceivedMessage, outcome: Outcome) -> Outcome:
+        """Apply ``outcome`` to ``msg``; return what was really done."""
+        if isinstance(outcome, DeadLetter):
+            if await self._dead_letter(msg.body, outcome, msg=msg):
+                await self._mark_dead(outcome)
+            else:
+                outcome = self._fallback(msg, outcome)
+        elif isinstance(outcome, Split) and not await self._split(msg, outcome):
+            outcome = self._fallback(msg, outcome)
+        if isinstance(outcome, Ack | DeadLetter | Split):
+            if await self._acks.delete(msg.receipt_handle):
+                self._metrics.acked += int(isinstance(outcome, Ack | Split))
+            else:
+                log.warning("delete of message %s failed; it will be redelivered", msg.message_id)
+        elif isinstance(outcome, Retry):
+            self._metrics.retried += 1
+            await self._acks.change_visibility(msg.receipt_handle, outcome.delay_s)
+        elif isinstance(outcome, Release):
+            self._metrics.released += 1
+            await self._acks.change_visibility(msg.receipt_handle, 0)
+        return outcome
+
+    async def _split(self, msg: ReceivedMessage, split: Split) -> bool:
+        ok = True
+        for part in split.parts:
+            if isinstance(part.outcome, DeadLetter):
+                sent = await self._dead_letter(part.body, part.outcome, msg=msg)
+                if sent:
+                    await self._mark_dead(part.outcome)
+            else:
+                sent = await self._resend(msg, part)
+            ok = ok and sent
+        return ok
+
+    async def _resend(self, msg: ReceivedMessage, part: RecordPart) -> bool:
+        assert isinstance(part.outcome, Retry)
+        try:
+            await self._sqs.send_message(
+                QueueUrl=self._queue_url,
+                MessageBody=part.body,
+                DelaySeconds=min(MAX_DELAY_S, max(0, part.outcome.delay_s)),
+                MessageAttributes={
+                    "s3flow.failures": _attr(part.failures),
+                    "s3flow.split-from": _attr(msg.message_id),
+                    "s3flow.error-class": _attr(part.outcome.error_class),
+                    "s3flow.error": _attr(part.outcome.error),
+                },
+            )
+        except Exception as exc:
+            log.error(
+                "could not re-send a failed record of message %s alone (%s); "
+                "retrying the whole message instead",
+                msg.message_id,
+                translate_aws_error(exc, "SendMessage"),
+            )
+            return False
+        self._metrics.retried += 1
+        return True
+
+    async def _dead_letter(self, body: str, outcome: DeadLetter, *, msg: ReceivedMessage) -> bool:
+        try:
+            await self._sqs.send_message(
+                QueueUrl=self._dlq_url,
+                MessageBody=body or "(empty body)",
+                MessageAttributes={
+                    "s3flow.error-class": _attr(outcome.error_class),
+                    "s3flow.error": _attr(outcome.error),
+                    "s3flow.pipeline": _attr(self.p.name),
+                    "s3flow.source-queue": _attr(self._queue_url),
+                    "s3flow.source-message-id": _attr(msg.message_id),
+                    "s3flow.receive-count": _attr(msg.receive_count),
+                    "s3flow.worker-id": _attr(self._worker_id),
+                },
+            )
+        except Exception as exc:
+            log.error(
+                "could not dead-letter message %s (%s); retrying it instead",
+                msg.message_id,
+                translate_aws_error(exc, "SendMessage (DLQ)"),
+            )
+            return False
+        self._metrics.dead_lettered += 1
+        return True
+
+    async def _mark_dead(self, outcome: DeadLetter) -> None:
+        if self._store is None:
+            return
+        for oid in outcome.objects:
+            try:
+                await self._store.set_status(oid, FileStatus.DEAD, detail=outcome.error)
+            except S3flowError as exc:
+                log.warning("could not mark s3://%s/%s dead: %s", oid.bucket, oid.key, exc)

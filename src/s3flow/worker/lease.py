@@ -6,6 +6,11 @@ gets extended by another full timeout, batched through
 extension stops at the message's job deadline (``job_timeout_s`` after it was
 received, never beyond SQS's 12 h limit): a stuck job then becomes visible
 again and is retried or dead-lettered by the queue.
+
+The same beat renews the state-store claims of the objects being worked on
+(``renew_claims``): one heartbeat, so a claim lives exactly as long as its
+message stays leased, and a dead worker's claims expire about when its
+messages become visible again.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from s3flow.metrics import PipelineMetrics
@@ -42,8 +48,10 @@ class LeaseKeeper:
         visibility_timeout_s: int,
         job_timeout_s: int,
         metrics: PipelineMetrics | None = None,
+        renew_claims: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._acks = acks
+        self._renew_claims = renew_claims
         self._timeout = visibility_timeout_s
         self._job_timeout = min(job_timeout_s, SQS_MAX_VISIBILITY_S)
         self._metrics = metrics or PipelineMetrics()
@@ -82,7 +90,10 @@ class LeaseKeeper:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.tick_s)
-            await self.beat()
+            try:
+                await self.beat()
+            except Exception:  # a heartbeat must never die of one bad beat
+                log.exception("visibility heartbeat failed; trying again next tick")
 
     async def beat(self) -> None:
         """Extend every lease that is due now (called by the loop; public for tests)."""
@@ -107,4 +118,7 @@ class LeaseKeeper:
             elif not ok:
                 log.warning("could not extend visibility of message %s", mid)
 
-        await asyncio.gather(*(one(mid, lease, ext) for mid, lease, ext in due))
+        beats: list[Awaitable[None]] = [one(mid, lease, ext) for mid, lease, ext in due]
+        if self._renew_claims is not None:
+            beats.append(self._renew_claims([mid for mid, _, _ in due]))
+        await asyncio.gather(*beats)

@@ -6,6 +6,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from s3flow.state.base import ObjectId
+
 SQS_MAX_VISIBILITY_S = 43200  # 12 hours
 
 
@@ -27,10 +29,14 @@ class Retry:
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """Permanent failure or poison message: send to the DLQ with the reason, then delete."""
+    """Permanent failure or poison message: send to the DLQ with the reason, then delete.
+
+    ``objects`` are the state-store versions to mark dead once the DLQ has it.
+    """
 
     error_class: str
     error: str
+    objects: tuple[ObjectId, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,34 @@ class Release:
     reason: str = "shutdown"
 
 
-Outcome = Ack | Retry | DeadLetter | Release
+@dataclass(frozen=True)
+class RecordPart:
+    """One record of a multi-record message that settles on its own.
+
+    ``body`` is a notification holding only that record; ``outcome`` says where
+    it goes: ``Retry`` = back to the source queue (delayed), ``DeadLetter`` = the
+    DLQ with its reason. ``failures`` travels with a re-sent record
+    (``s3flow.failures`` message attribute) for workers without a state store.
+    """
+
+    body: str
+    outcome: Retry | DeadLetter
+    failures: int = 0
+
+
+@dataclass(frozen=True)
+class Split:
+    """Some records of a message are done, the others settle alone (``parts``).
+
+    The original message is deleted only once every part is on a queue; if any
+    send fails the whole message is retried instead (done records are then
+    acknowledged as duplicates).
+    """
+
+    parts: tuple[RecordPart, ...]
+
+
+Outcome = Ack | Retry | DeadLetter | Release | Split
 
 
 def backoff_s(

@@ -115,10 +115,14 @@ class QueueSource:
         self._backoff_base = backoff_base_s
         self._backoff_max = backoff_max_s
         self.empty_receives = 0  # consecutive receives that returned nothing
+        #: True while a ReceiveMessage call is on the wire: cancelling it then could
+        #: leave messages the server already handed out invisible for a whole timeout.
+        self.receiving = False
 
     async def receive_once(self) -> int:
         """Reserve slots, receive up to that many messages, dispatch them. Returns the count."""
         k = await self._slots.acquire_up_to(10)
+        self.receiving = True
         try:
             resp = await self._sqs.receive_message(
                 QueueUrl=self.queue_url,
@@ -128,8 +132,10 @@ class QueueSource:
                 MessageAttributeNames=["All"],
             )
         except BaseException:
+            self.receiving = False
             await self._slots.release(k)
             raise
+        self.receiving = False
         now = time.monotonic()
         messages = resp.get("Messages") or []
         # Dispatch before the next await so a cancellation cannot strand a message.
@@ -143,7 +149,11 @@ class QueueSource:
         return len(messages)
 
     async def run(self, stop: asyncio.Event, on_empty: Callable[[], Awaitable[None]]) -> None:
-        """Poll until ``stop`` is set. ``on_empty`` is awaited after each empty receive."""
+        """Poll until ``stop`` is set. ``on_empty`` is awaited after each empty receive.
+
+        A receive already on the wire when ``stop`` is set is finished (its
+        messages are dispatched, and the owner releases them): see ``receiving``.
+        """
         failures = 0
         while not stop.is_set():
             try:

@@ -294,8 +294,9 @@ async def test_set_status(store: StateStore, clock: FakeClock) -> None:
     assert await store.complete(oid(), token=c.token, outputs=[])
     with pytest.raises(TransitionError, match="completed -> processing"):
         await store.set_status(oid(), FileStatus.PROCESSING)
-    with pytest.raises(TransitionError):
-        await store.set_status(oid(), FileStatus.RECEIVED)
+    # Reprocessing on purpose: an operator may send a completed version back.
+    again = await store.set_status(oid(), FileStatus.RECEIVED, detail="reprocess")
+    assert again.status is FileStatus.RECEIVED and again.outputs == []
     backfill = await store.set_status(
         oid(version="v0"), FileStatus.COMPLETED, detail="backfill", pipeline="p"
     )
@@ -326,6 +327,39 @@ async def test_release(store: StateStore) -> None:
     assert not await store.release(oid(), token=c.token)
     again = await store.claim(oid(), pipeline="p", owner="w2", ttl_s=60)
     assert (again.outcome, again.token) == (ClaimOutcome.ACQUIRED, 2)
+
+
+@backends
+async def test_failures_count_retryable_failures_only(store: StateStore, clock: FakeClock) -> None:
+    c = await store.claim(oid(), pipeline="p", owner="w1", ttl_s=60)
+    assert c.record.failures == 0
+    await store.fail(oid(), token=c.token, status=FileStatus.FAILED, error_class="E", error="x")
+    c = await store.claim(oid(), pipeline="p", owner="w1", ttl_s=60)
+    assert c.record.failures == 1
+    clock.advance(61)  # the holder died: a takeover is not a failure
+    c = await store.claim(oid(), pipeline="p", owner="w2", ttl_s=60)
+    assert (c.outcome, c.record.failures, c.record.attempts) == (ClaimOutcome.ACQUIRED, 1, 3)
+    assert await store.release(oid(), token=c.token)  # a shutdown release is not one either
+    c = await store.claim(oid(), pipeline="p", owner="w2", ttl_s=60)
+    await store.fail(oid(), token=c.token, status=FileStatus.FAILED, error_class="E", error="y")
+    rec = await store.get(oid())
+    assert rec is not None and rec.failures == 2
+    await store.set_status(oid(), FileStatus.DEAD, detail="gave up")
+    released = await store.set_status(oid(), FileStatus.RECEIVED, detail="redriven")
+    assert released.failures == 0  # an operator's release gives a fresh budget
+
+
+@paged_backends
+async def test_versions_lists_every_upload_of_a_key(store: StateStore, clock: FakeClock) -> None:
+    assert await store.versions(B, "k") == []
+    for v in ("e1@t1", "e2@t2", "e1@t3"):
+        c = await store.claim(oid("k", v), pipeline="p", owner="w", ttl_s=60)
+        await store.complete(oid("k", v), token=c.token, outputs=[f"out-{v}"])
+        clock.advance(1)
+    await store.claim(oid("k2", "e9@t9"), pipeline="p", owner="w", ttl_s=60)
+    got = await store.versions(B, "k")
+    assert [r.version for r in got] == ["e1@t3", "e2@t2", "e1@t1"]
+    assert all(r.status is FileStatus.COMPLETED for r in got)
 
 
 @paged_backends
