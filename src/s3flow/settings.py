@@ -61,7 +61,13 @@ class AwsSettings(_Model):
     )
     profile: str | None = Field(default=None, description="Named profile from ~/.aws/config.")
     max_attempts: int = Field(
-        default=5, ge=1, le=20, description="SDK attempts per call (standard retry mode)."
+        default=5,
+        ge=1,
+        le=20,
+        description=(
+            "SDK retries per call after the first attempt (botocore's retries.max_attempts, "
+            "standard retry mode): a call is tried at most max_attempts + 1 times."
+        ),
     )
     connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP connect timeout.")
     read_timeout_s: float = Field(
