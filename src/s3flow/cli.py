@@ -17,6 +17,7 @@ from rich.table import Table
 
 from s3flow import __version__
 from s3flow.errors import S3flowError
+from s3flow.events import content_part
 from s3flow.logs import setup_logging
 from s3flow.metrics import peak_rss_mb as peak_rss_mb_now
 from s3flow.settings import CONFIG_ENV, PipelineSettings, Settings, load_settings
@@ -392,7 +393,9 @@ def files_show(
             for i, r in enumerate(recs):
                 where = _manifest_tracking(settings, r)
                 if where is not None:
-                    t = await store.get_tracked(*where, ObjectId(r.bucket, r.key, r.version))
+                    t = await store.get_tracked(
+                        *where, ObjectId(r.bucket, r.key, content_part(r.version))
+                    )
                     if t is not None:
                         tracked[i] = t
             return recs, hist, checkpoints, tracked
@@ -474,7 +477,7 @@ def _checkpoint_name(settings: Settings, record: Any) -> str | None:
         return None
     from s3flow.csvkafka.checkpoint import ObjectRef, mirror_name
 
-    ref = ObjectRef(record.bucket, record.key, record.version)
+    ref = ObjectRef(record.bucket, record.key, content_part(record.version))
     return mirror_name(str(pipeline.options["topic"]), ref)
 
 

@@ -78,6 +78,14 @@ class ObjectEvent:
         return json.dumps({"Records": [self.raw]}, separators=(",", ":"))
 
 
+def content_part(version: str) -> str:
+    """The versionId or eTag of a state-store identity (without ``@sequencer`` / ``@t...``).
+
+    What the pipelines' own bookkeeping (manifests, checkpoints) keys files by.
+    """
+    return version.split("@", 1)[0]
+
+
 def content_version(etag: str | None, last_modified: datetime | float | int) -> str:
     """An upload's identity when events carry neither versionId nor sequencer.
 

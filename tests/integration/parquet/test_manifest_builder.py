@@ -325,7 +325,7 @@ def test_four_builders_on_one_queue_dynamodb(harness: Harness, tmp_path: Path) -
 @pytest.mark.timeout(90)
 def test_burst_worker_without_new_files_seals_batches_due_by_age(harness: Harness) -> None:
     """The sealer starts with the worker, not with the first file it sees."""
-    opts = options(manifest_max_wait_s=1.5, seal_interval_s=0.2, manifest_bucket=harness.out_bucket)
+    opts = options(manifest_max_wait_s=4, seal_interval_s=0.2, manifest_bucket=harness.out_bucket)
     harness.configure(processor="ndjson-manifest", options=opts)
     for i in range(2):
         harness.put(f"{DAY}/part-{i:03d}.ndjson", body(2))
@@ -338,7 +338,7 @@ def test_burst_worker_without_new_files_seals_batches_due_by_age(harness: Harnes
             oldest = (await store.pending("events", DAY)).oldest_at
         return 0.0 if oldest is None else time.time() - oldest
 
-    wait_for(lambda: asyncio.run(oldest_age_s()) > 1.5, 30, "the batch to be due")
+    wait_for(lambda: asyncio.run(oldest_age_s()) > 4, 30, "the batch to be due")
     metrics = harness.run()  # an empty queue: no file to trigger anything
     assert metrics.pipelines["p"].objects_processed == 0
     (m,) = manifests(harness)

@@ -1,0 +1,301 @@
+"""End-to-end engine tests against a second emulator, MiniStack, so s3flow is not tuned to moto.
+
+MiniStack (PyPI ``ministack``) is a pure-Python S3 + SQS emulator whose event
+notifications look like AWS's: unlike moto's they carry ``s3.object.sequencer``, so
+here the worker identifies each upload as ``<etag>@<sequencer>``.
+
+The server runs as a subprocess on a free 127.0.0.1 port, in a working directory of its
+own under pytest's tmp dir (its log is ``ministack.log`` there). Settings point at it
+through ``[aws] endpoint_url`` (which beats the ``AWS_ENDPOINT_URL`` env var the moto
+session fixture sets). If MiniStack is missing or will not start, the tests are skipped,
+or fail when ``CI`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import boto3
+import pytest
+from itest_support import Harness
+
+from s3flow.app import open_store, run_worker
+from s3flow.local import free_port
+from s3flow.metrics import WorkerMetrics
+from s3flow.provision import provision
+from s3flow.settings import Settings, load_settings
+from s3flow.state.base import FileRecord, FileStatus
+
+pytestmark = pytest.mark.integration
+
+_START_TIMEOUT_S = 30.0
+_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """Skip locally, but fail under CI, where a missing emulator is a broken setup."""
+    msg = f"MiniStack unavailable: {reason}"
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def _log_tail(log: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _answers(url: str) -> bool:
+    """Whether an HTTP server answers at ``url`` (any status counts)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        # The whole session: it may have children of its own.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def ministack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MiniStack server on a free 127.0.0.1 port for this module; yields its URL."""
+    if importlib.util.find_spec("ministack") is None:
+        _unavailable("the 'ministack' package is not installed (pip install -e '.[dev]')")
+    workdir = tmp_path_factory.mktemp("ministack")
+    log = workdir / "ministack.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "BIND_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "EDGE_PORT": str(port),
+        "IOT_MTLS_ENABLED": "0",
+        "SFTP_ENABLED": "0",
+        "PERSIST_STATE": "0",
+        "S3_PERSIST": "0",
+        # Keep everything it writes (pid file, state, S3 data) in its own directory.
+        "TMPDIR": str(workdir),
+        "STATE_DIR": str(workdir / "state"),
+        "S3_DATA_DIR": str(workdir / "s3"),
+    }
+    with log.open("wb") as log_fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ministack"],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not _answers(f"{url}/_ministack/health"):
+            if proc.poll() is not None:
+                _unavailable(f"it exited with {proc.returncode}; log {log}:\n{_log_tail(log)}")
+            if time.monotonic() > deadline:
+                _unavailable(
+                    f"no answer at {url} within {_START_TIMEOUT_S:.0f}s; log {log}:\n"
+                    f"{_log_tail(log)}"
+                )
+            time.sleep(0.1)
+        old = {k: os.environ.get(k) for k in _CREDENTIALS}
+        for k, v in _CREDENTIALS.items():
+            os.environ.setdefault(k, v)
+        try:
+            yield url
+        finally:
+            for k, prev in old.items():
+                if prev is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = prev
+    finally:
+        _stop(proc)
+
+
+class MiniHarness(Harness):
+    """One isolated pipeline (own buckets and queues) on the MiniStack server."""
+
+    def __init__(self, url: str, tmp_path: Path) -> None:
+        kw: dict[str, Any] = {
+            "endpoint_url": url,
+            "region_name": "us-east-1",
+            "aws_access_key_id": _CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": _CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        }
+        s3 = boto3.client("s3", **kw)
+        sqs = boto3.client("sqs", **kw)
+        super().__init__(None, s3, sqs, tmp_path)  # type: ignore[arg-type]
+        self.url = url
+
+    def configure(self, provision_it: bool = True, **pipeline: Any) -> Settings:
+        p: dict[str, Any] = {
+            "name": "p",
+            "processor": "line-count",
+            "bucket": self.bucket,
+            "queue": self.queue,
+            "output": f"s3://{self.out_bucket}/res/",
+            "concurrency": 8,
+            "visibility_timeout_s": 30,
+            "wait_time_s": 1,
+            "retry_base_s": 1,
+        }
+        p.update(pipeline)
+        data = {
+            "aws": {"endpoint_url": self.url, "region": "us-east-1"},
+            "pipelines": [p],
+            "worker": {"shutdown_grace_s": 10, "ack_batch_window_s": 0.02},
+            "state": {"url": self.state_url},
+        }
+        self.settings = load_settings(None, data)
+        if provision_it:
+            asyncio.run(provision(self.settings))
+            self.purge()  # an s3:TestEvent, if MiniStack sends one
+        return self.settings
+
+    def receive_all(self, expected: int, timeout_s: float = 15.0) -> list[dict[str, Any]]:
+        """Receive (and delete) ``expected`` messages from the main queue."""
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while len(out) < expected and time.monotonic() < deadline:
+            resp = self.sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+            )
+            for m in resp.get("Messages", []):
+                out.append(m)
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
+        assert len(out) == expected, f"expected {expected} notifications, got {len(out)}"
+        return out
+
+    def wait_depth(self, visible: int, timeout_s: float = 15.0) -> None:
+        """Wait until the main queue holds ``visible`` messages (notifications are async)."""
+        deadline = time.monotonic() + timeout_s
+        while self.depth()[0] < visible:
+            assert time.monotonic() < deadline, f"queue depth {self.depth()} != {visible}"
+            time.sleep(0.05)
+
+    def versions(self, key: str) -> list[FileRecord]:
+        assert self.settings is not None
+        settings = self.settings
+
+        async def go() -> list[FileRecord]:
+            async with open_store(settings) as store:
+                assert store is not None
+                return await store.versions(self.bucket, key)
+
+        return asyncio.run(go())
+
+    def run_burst(self, timeout_s: float = 60.0) -> WorkerMetrics:
+        assert self.settings is not None
+        return asyncio.run(asyncio.wait_for(run_worker(self.settings, burst=True), timeout_s))
+
+
+@pytest.fixture()
+def mh(ministack: str, tmp_path: Path) -> MiniHarness:
+    return MiniHarness(ministack, tmp_path)
+
+
+def test_line_count_end_to_end(mh: MiniHarness) -> None:
+    mh.configure()
+    expected: dict[str, int] = {}
+    for i in range(17):
+        key = f"data/f{i:02d}.txt"
+        n = i % 5 + 1
+        mh.put(key, b"".join(b"line %d\n" % j for j in range(n)))
+        expected[key] = n
+    mh.put("data/zipped.txt.gz", gzip.compress(b"a\nb\nc\nd\n"))
+    expected["data/zipped.txt.gz"] = 4
+    mh.put("data/with space.txt", b"x\ny\n")
+    expected["data/with space.txt"] = 2
+    mh.put("data/plus+sign.txt", b"1\n2\n3\n")
+    expected["data/plus+sign.txt"] = 3
+    mh.wait_depth(len(expected))
+
+    m = mh.run_burst()
+
+    p = m.pipelines["p"]
+    assert p.objects_processed == len(expected)
+    assert p.dead_lettered == 0
+    for key, n in expected.items():
+        res = mh.result(key)
+        assert res is not None, f"no result for {key!r}; outputs: {mh.output_keys()}"
+        assert res["lines"] == n, (key, res)
+    assert mh.dlq_messages() == []
+    assert mh.depth() == (0, 0)
+
+
+def test_identity_per_event_uses_real_sequencer(mh: MiniHarness) -> None:
+    mh.configure()
+    key = "doc.txt"
+    bodies = [b"a\nb\n", b"a\nb\nc\n", b"a\nb\n"]
+    for body in bodies:
+        mh.put(key, body)
+        mh.wait_depth(1)
+        m = mh.run_burst()
+        assert m.pipelines["p"].objects_processed == 1
+        assert m.pipelines["p"].duplicates == 0
+    res = mh.result(key)
+    assert res is not None and res["lines"] == 2, res
+
+    recs = mh.versions(key)
+    assert len(recs) == 3, [r.version for r in recs]
+    etag_a = mh.s3.head_object(Bucket=mh.bucket, Key=key)["ETag"].strip('"')
+    for r in recs:
+        assert r.status == FileStatus.COMPLETED, r
+        etag, _, seq = r.version.partition("@")
+        assert seq and not seq.startswith("t"), f"not a sequencer identity: {r.version!r}"
+        assert r.sequencer == seq, r
+        assert etag, r.version
+    # A and the second A share the eTag but are told apart by the sequencer.
+    assert sum(r.version.startswith(f"{etag_a}@") for r in recs) == 2, [r.version for r in recs]
+    assert len({r.sequencer for r in recs}) == 3
+
+
+def test_duplicate_delivery_of_a_real_notification(mh: MiniHarness) -> None:
+    mh.configure()
+    mh.put("dup.txt", b"1\n2\n3\n")
+    (msg,) = mh.receive_all(1)
+    body = msg["Body"]
+    record = json.loads(body)["Records"][0]
+    assert record["s3"]["object"].get("sequencer"), record
+    mh.send_raw(body)
+    mh.send_raw(body)
+
+    m = mh.run_burst()
+
+    p = m.pipelines["p"]
+    assert p.objects_processed == 1
+    assert p.duplicates == 1
+    assert p.dead_lettered == 0
+    res = mh.result("dup.txt")
+    assert res is not None and res["lines"] == 3, res
+    assert mh.depth() == (0, 0)
