@@ -46,6 +46,8 @@ class Harness:
         self.queue = f"q-{n}"
         self.settings: Settings | None = None
         self.state_url = f"sqlite:{tmp_path}/state-{n}.db"
+        #: ``[aws]`` settings (None: the environment's endpoint, the session's moto server).
+        self.aws: dict[str, Any] | None = None
 
     def configure(self, provision_it: bool = True, **pipeline: Any) -> Settings:
         """Build settings for one pipeline (overrides as keyword args) and provision it."""
@@ -66,6 +68,8 @@ class Harness:
             "worker": {"shutdown_grace_s": 10, "ack_batch_window_s": 0.02},
             "state": {"url": self.state_url},
         }
+        if self.aws is not None:
+            data["aws"] = self.aws
         self.settings = load_settings(None, data)
         if provision_it:
             asyncio.run(provision(self.settings))

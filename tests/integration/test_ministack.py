@@ -35,8 +35,6 @@ from itest_support import Harness
 from s3flow.app import open_store, run_worker
 from s3flow.local import free_port
 from s3flow.metrics import WorkerMetrics
-from s3flow.provision import provision
-from s3flow.settings import Settings, load_settings
 from s3flow.state.base import FileRecord, FileStatus
 
 pytestmark = pytest.mark.integration
@@ -156,31 +154,7 @@ class MiniHarness(Harness):
         sqs = boto3.client("sqs", **kw)
         super().__init__(None, s3, sqs, tmp_path)  # type: ignore[arg-type]
         self.url = url
-
-    def configure(self, provision_it: bool = True, **pipeline: Any) -> Settings:
-        p: dict[str, Any] = {
-            "name": "p",
-            "processor": "line-count",
-            "bucket": self.bucket,
-            "queue": self.queue,
-            "output": f"s3://{self.out_bucket}/res/",
-            "concurrency": 8,
-            "visibility_timeout_s": 30,
-            "wait_time_s": 1,
-            "retry_base_s": 1,
-        }
-        p.update(pipeline)
-        data = {
-            "aws": {"endpoint_url": self.url, "region": "us-east-1"},
-            "pipelines": [p],
-            "worker": {"shutdown_grace_s": 10, "ack_batch_window_s": 0.02},
-            "state": {"url": self.state_url},
-        }
-        self.settings = load_settings(None, data)
-        if provision_it:
-            asyncio.run(provision(self.settings))
-            self.purge()  # an s3:TestEvent, if MiniStack sends one
-        return self.settings
+        self.aws = {"endpoint_url": url, "region": "us-east-1"}
 
     def receive_all(self, expected: int, timeout_s: float = 15.0) -> list[dict[str, Any]]:
         """Receive (and delete) ``expected`` messages from the main queue."""

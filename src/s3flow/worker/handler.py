@@ -408,14 +408,7 @@ class MessageHandler:
             return Retry(delay, exc.error_class, str(exc))
         if exc.disposition is Disposition.RETRYABLE:
             n = self._failures_now(msg, failures_before if token is not None else None)
-            if store is not None and oid is not None and token is not None:
-                await store.fail(
-                    oid,
-                    token=token,
-                    status=FileStatus.FAILED,
-                    error_class=exc.error_class,
-                    error=str(exc),
-                )
+            await self._record_failure(oid, token, exc)
             if n >= self.p.max_receive_count:
                 log.error(
                     "%s failed %d times (max_receive_count), dead-lettering: %s", where, n, exc
@@ -441,18 +434,23 @@ class MessageHandler:
                 await self._quarantine(event, oid, token, str(exc), exc.error_class)
             return None
         log.error("%s failed permanently (%s), dead-lettering: %s", where, exc.error_class, exc)
-        if store is not None and oid is not None and token is not None:
-            # Recorded as failed now; marked dead only once the DLQ has the message.
-            await store.fail(
+        # Recorded as failed now; marked dead only once the DLQ has the message.
+        await self._record_failure(oid, token, exc)
+        return DeadLetter(
+            exc.error_class, str(exc), (oid,) if store is not None and oid is not None else ()
+        )
+
+    async def _record_failure(
+        self, oid: ObjectId | None, token: int | None, exc: S3flowError
+    ) -> None:
+        if self._store is not None and oid is not None and token is not None:
+            await self._store.fail(
                 oid,
                 token=token,
                 status=FileStatus.FAILED,
                 error_class=exc.error_class,
                 error=str(exc),
             )
-        return DeadLetter(
-            exc.error_class, str(exc), (oid,) if store is not None and oid is not None else ()
-        )
 
     # --- heartbeat ---------------------------------------------------------------------
 
