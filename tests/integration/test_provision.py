@@ -14,11 +14,15 @@ from s3flow.provision import provision
 pytestmark = pytest.mark.integration
 
 
+def bucket_names(harness: Harness) -> set[str]:
+    return {b["Name"] for b in harness.s3.list_buckets()["Buckets"]}
+
+
 def test_provision_creates_then_is_idempotent(harness: Harness) -> None:
     settings = harness.configure(provision_it=False, prefix="logs/", suffix=".gz")
     dry = asyncio.run(provision(settings, dry_run=True))
     assert {c.action for c in dry} == {"would create"}
-    assert harness.s3.list_buckets()["Buckets"] is not None
+    assert harness.bucket not in bucket_names(harness)
     with pytest.raises(harness.s3.exceptions.ClientError):
         harness.s3.head_bucket(Bucket=harness.bucket)  # dry run created nothing
 
@@ -29,6 +33,7 @@ def test_provision_creates_then_is_idempotent(harness: Harness) -> None:
         ("queue", "created"),
         ("notification", "created"),
     }
+    assert harness.bucket in bucket_names(harness)
     second = asyncio.run(provision(settings))
     assert {c.action for c in second} == {"unchanged"}, second
 

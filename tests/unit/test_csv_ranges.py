@@ -73,8 +73,17 @@ async def test_small_or_compressed_objects_stream_whole() -> None:
     assert all(end - start >= MIN_RANGE_BYTES for start, end in bounds)
 
 
-@pytest.mark.parametrize("n", [2, 3, 7])
-async def test_no_line_feed_after_the_middle_means_fewer_ranges(n: int) -> None:
+# 4.4 MiB: at most 4 ranges. Line feeds end before 1.5 MB, so a nominal cut after that
+# finds none and is dropped: n=2 (cut near 2.3 MB) and n=3 (1.55 MB, 3.1 MB) keep no cut
+# and stream whole; n=7 (4 ranges: 1.16, 2.3, 3.5 MB) keeps only the first cut.
+@pytest.mark.parametrize(("n", "ranges"), [(2, None), (3, None), (7, 2)])
+async def test_no_line_feed_after_the_middle_means_fewer_ranges(n: int, ranges: int | None) -> None:
     data = lines(15_000, 100) + b"y" * (3 * MIN_RANGE_BYTES)  # a last line with no end
     bounds = await plan(data, n)
-    assert bounds is None or all(data[s - 1 : s] == b"\n" for s, _ in bounds[1:])
+    if ranges is None:
+        assert bounds is None
+        return
+    assert bounds is not None and len(bounds) == ranges
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(data)
+    for (_, end), (start, _) in itertools.pairwise(bounds):
+        assert end == start and data[start - 1 : start] == b"\n"
