@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 import time
@@ -92,3 +93,22 @@ class FailOnceWhileFlag(BaseProcessor):
             else:
                 raise RuntimeError("simulated transient failure of one record")
         return await LineCountProcessor({}).process(ctx)
+
+
+class SlowWhenContentStartsWith(BaseProcessor):
+    """line-count that reads the object first, then sleeps before writing when its content
+    starts with ``prefix`` (a slow, stale reader); writes a ``read-*`` marker once read."""
+
+    name: ClassVar[str] = "test-slow-content"
+
+    async def process(self, ctx: ProcessContext) -> Result:
+        reader = await ctx.open()
+        data = b"".join([chunk async for chunk in reader])
+        marker = Path(str(self.options["marker_dir"])) / f"read-{time.monotonic_ns()}"
+        await asyncio.to_thread(marker.write_bytes, data)
+        if data.startswith(str(self.options["prefix"]).encode()):
+            await asyncio.sleep(float(self.options.get("sleep_s", 3)))
+        lines = data.count(b"\n")
+        doc = {"key": ctx.event.key, "lines": lines, "bytes": len(data)}
+        uri = await ctx.sink.write(f"{ctx.event.key}.json", json.dumps(doc).encode())
+        return Result(outputs=[uri])

@@ -128,8 +128,9 @@ class MessageHandler:
         self._observer = observer
         self._stop = stop
         self.claim_ttl_s = claim_ttl_s or float(self.p.visibility_timeout_s)
-        # message id -> claims held for it (renewed with its visibility heartbeat)
+        # message id -> claims and key locks held for it (renewed with its heartbeat)
         self._claims: dict[str, dict[ObjectId, int]] = {}
+        self._locks: dict[str, dict[str, tuple[str, int]]] = {}
 
     # --- the message ----------------------------------------------------------------
 
@@ -202,9 +203,39 @@ class MessageHandler:
                 return await self._failed(msg, event, None, None, err, 0)
             version = content_version(head.get("ETag"), head["LastModified"])
         oid = ObjectId(event.bucket, event.key, version)
+        store = self._store
+        if store is None:
+            return await self._claimed(msg, event, oid, head)
+        # One upload of a key at a time (across workers): each reads the object as it
+        # is then, so the last one to run reads the newest upload.
+        name = f"key:{self.p.name}:{event.bucket}/{event.key}"
+        owner = f"{self._worker.worker_id}:{msg.message_id}"
+        lock = await self._lock_key(msg, event, name, owner)
+        if not isinstance(lock, int):
+            return lock
+        held = self._locks.setdefault(msg.message_id, {})
+        held[name] = (owner, lock)
+        try:
+            return await self._claimed(msg, event, oid, head)
+        finally:
+            held.pop(name, None)
+            if not held:
+                self._locks.pop(msg.message_id, None)
+            with contextlib.suppress(S3flowError):
+                await asyncio.shield(store.release_lock(name, owner=owner, token=lock))
+
+    async def _claimed(
+        self,
+        msg: ReceivedMessage,
+        event: ObjectEvent,
+        oid: ObjectId,
+        head: dict[str, Any] | None,
+    ) -> RecordOutcome | None:
+        """Claim the upload, then validate, process and record it."""
         token: int | None = None
         failures_before = 0
         store = self._store
+        version = oid.version
         if store is not None:
             got = await self._claim(msg, event, oid)
             if not isinstance(got, Claim):
@@ -232,6 +263,21 @@ class MessageHandler:
                 return None
             token, failures_before = got.token, got.record.failures
             self._claims.setdefault(msg.message_id, {})[oid] = token
+            newer = await self._newer_upload_done(event, oid)
+            if newer is not None:
+                await store.complete(
+                    oid, token=token, outputs=[], detail=f"superseded by upload {newer}"
+                )
+                self._claims.get(msg.message_id, {}).pop(oid, None)
+                self.metrics.objects_skipped += 1
+                log.info(
+                    "%s: event %s is older than upload %s, already processed: acknowledged "
+                    "without work",
+                    event.uri(),
+                    version,
+                    newer,
+                )
+                return None
         try:
             if self.p.validation.active:
                 reason = await self._validate(event, head)
@@ -250,6 +296,53 @@ class MessageHandler:
                 held.pop(oid, None)
                 if not held:
                     self._claims.pop(msg.message_id, None)
+
+    async def _newer_upload_done(self, event: ObjectEvent, oid: ObjectId) -> str | None:
+        """A completed upload of the same key with a later sequencer, if any (its version)."""
+        if self._store is None or not event.sequencer:
+            return None
+        for rec in await self._store.versions(event.bucket, event.key):
+            if (
+                rec.status is FileStatus.COMPLETED
+                and rec.version != oid.version
+                and rec.sequencer
+                and sequencer_after(rec.sequencer, event.sequencer)
+            ):
+                return rec.version
+        return None
+
+    async def _lock_key(
+        self, msg: ReceivedMessage, event: ObjectEvent, name: str, owner: str
+    ) -> int | RecordOutcome:
+        """Take the key's lock; while another upload of the key is worked on, wait leased."""
+        assert self._store is not None
+        wait_s = _WAIT_FIRST_S
+        logged = False
+        while True:
+            token = await self._store.acquire_lock(name, owner=owner, ttl_s=self.claim_ttl_s)
+            if token is not None:
+                return token
+            if self._stop.is_set():
+                return Release("shutdown while waiting for another upload of the key")
+            if time.monotonic() - msg.received_at > self.p.job_timeout_s:
+                delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
+                return Retry(
+                    delay,
+                    "KeyBusy",
+                    f"another upload of {event.uri()} was worked on for longer than "
+                    f"job_timeout_s ({self.p.job_timeout_s}s)",
+                )
+            if not logged:
+                logged = True
+                log.info(
+                    "%s (message %s): another upload of this key is being processed; "
+                    "waiting with the message leased",
+                    event.uri(),
+                    msg.message_id,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=wait_s)
+            wait_s = min(wait_s * 2, _WAIT_MAX_S)
 
     async def _claim(
         self, msg: ReceivedMessage, event: ObjectEvent, oid: ObjectId
@@ -460,6 +553,14 @@ class MessageHandler:
         if store is None:
             return
         for mid in message_ids:
+            for name, (owner, lock) in list(self._locks.get(mid, {}).items()):
+                try:
+                    if not await store.renew_lock(
+                        name, owner=owner, token=lock, ttl_s=self.claim_ttl_s
+                    ) and self._locks.get(mid, {}).get(name) == (owner, lock):
+                        log.warning("lock %s was lost (expired and taken over)", name)
+                except S3flowError as exc:
+                    log.warning("renewing lock %s failed: %s", name, exc)
             for oid, token in list(self._claims.get(mid, {}).items()):
                 try:
                     ok = await store.renew(oid, token=token, ttl_s=self.claim_ttl_s)
@@ -475,6 +576,16 @@ class MessageHandler:
                         oid.bucket,
                         oid.key,
                     )
+
+
+def sequencer_after(a: str, b: str) -> bool:
+    """Whether S3 sequencer ``a`` is later than ``b`` (same key only).
+
+    AWS: pad the shorter with leading zeros, then compare as strings.
+    """
+    a, b = a.upper(), b.upper()
+    width = max(len(a), len(b))
+    return a.rjust(width, "0") > b.rjust(width, "0")
 
 
 def _merge(failed: list[tuple[ObjectEvent, RecordOutcome]]) -> RecordOutcome:
