@@ -5,7 +5,7 @@ vs a bare confluent-kafka produce loop (the ceiling). One broker, one file, one 
     .venv/bin/python bench/csv_kafka.py --rows 200000 --skip-baseline   # quicker
 
 Every system runs as its own child process (its CPU and peak RSS are its own); the
-broker is a private :class:`s3flow.kafka_broker.KafkaBroker` and the object lives in a
+broker is a private :class:`s3flow.local.kafka_broker.KafkaBroker` and the object lives in a
 moto server (:class:`s3flow.local.LocalEndpoint`). Each system writes to its own topic,
 which is read back with ``read_committed`` and checked (count, order) before a figure
 counts. Results: ``bench/results/csv_kafka.json``.
@@ -338,8 +338,8 @@ def main() -> int:
 
     import boto3
 
-    from s3flow.kafka_broker import KafkaBroker
-    from s3flow.local import LocalEndpoint
+    from s3flow.local.endpoint import LocalEndpoint
+    from s3flow.local.kafka_broker import KafkaBroker
 
     info = machine_info()
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-csv-kafka-{uuid.uuid4().hex[:6]}"

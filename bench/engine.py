@@ -961,7 +961,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from rich.console import Console
 
-    from s3flow.local import LocalEndpoint
+    from s3flow.local.endpoint import LocalEndpoint
     from s3flow.provision import provision
     from s3flow.settings import load_settings
 

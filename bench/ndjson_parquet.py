@@ -9,7 +9,7 @@ objects in the service, minus the GetObject).
 
 - **s3flow**: one manifest per date, the three compacted concurrently on one
   ``local`` executor (a process pool, one process per core) with
-  :func:`s3flow.compaction.job.compact_manifest` - what a worker with
+  :func:`s3flow.pipelines.ndjson_parquet.compaction.job.compact_manifest` - what a worker with
   ``concurrency >= 3`` does with three sealed manifests.
 - **duckdb**: per date ``COPY (SELECT * FROM read_json_auto('date=D/*.ndjson')) TO
   'part.parquet' (FORMAT parquet)`` (DuckDB's default threads = cores, snappy).
@@ -149,11 +149,11 @@ def generate(root: Path, total_bytes: int) -> dict[str, Any]:
 def child_s3flow(cfg: dict[str, Any]) -> dict[str, Any]:
     import asyncio
 
-    from s3flow.compaction.convert import Storage, Target
-    from s3flow.compaction.executors import LocalExecutor
-    from s3flow.compaction.job import compact_manifest
-    from s3flow.compaction.manifest import parse_manifest
-    from s3flow.compaction.options import parse_options
+    from s3flow.pipelines.ndjson_parquet.compaction.convert import Storage, Target
+    from s3flow.pipelines.ndjson_parquet.compaction.executors import LocalExecutor
+    from s3flow.pipelines.ndjson_parquet.compaction.job import compact_manifest
+    from s3flow.pipelines.ndjson_parquet.compaction.manifest import parse_manifest
+    from s3flow.pipelines.ndjson_parquet.compaction.options import parse_options
 
     data = Path(cfg["data"])
     opts = parse_options(cfg.get("options") or {})

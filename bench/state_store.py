@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import RESULTS_DIR, BenchError, ProcessCpu, machine_info, write_json
-from s3flow.local import LocalEndpoint
+from s3flow.local.endpoint import LocalEndpoint
 from s3flow.settings import AwsSettings
 from s3flow.state import ClaimOutcome, DynamoStateStore, ObjectId, SqliteStateStore, StateStore
 

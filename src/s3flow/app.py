@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from s3flow.aws import AwsClients, open_clients
-from s3flow.errors import ConfigError, S3flowError, translate_aws_error
+from s3flow.errors import ConfigError, translate_aws_error
 from s3flow.memory import set_mmap_threshold
 from s3flow.metrics import WorkerMetrics
 from s3flow.processors import create_processor
@@ -166,88 +164,6 @@ async def open_store(settings: Settings) -> AsyncIterator[StateStore | None]:
 
     async with open_state_store(settings.state.url, settings.aws) as store:
         yield store
-
-
-@dataclass
-class QueueStatus:
-    """Depth of one pipeline's queue and DLQ."""
-
-    pipeline: str
-    queue: str
-    visible: int | None
-    in_flight: int | None
-    delayed: int | None
-    dlq: str
-    dlq_depth: int | None
-    error: str | None = None
-
-
-async def _depths(sqs: Any, url: str) -> tuple[int, int, int]:
-    attrs = (
-        await sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-                "ApproximateNumberOfMessagesDelayed",
-            ],
-        )
-    ).get("Attributes", {})
-    return (
-        int(attrs.get("ApproximateNumberOfMessages", 0)),
-        int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
-        int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
-    )
-
-
-async def queue_status(settings: Settings, names: list[str] | None = None) -> list[QueueStatus]:
-    """Per pipeline: messages visible / in flight / delayed and DLQ depth."""
-    out: list[QueueStatus] = []
-    async with open_clients(settings.aws) as clients:
-        for p in select_pipelines(settings, names):
-            st = QueueStatus(p.name, p.queue, None, None, None, p.dlq_name, None)
-            try:
-                url = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
-                st.visible, st.in_flight, st.delayed = await _depths(clients.sqs, url)
-                dlq = await dlq_url(clients.sqs, p, url)
-                st.dlq = dlq.rsplit("/", 1)[-1]
-                st.dlq_depth = sum(await _depths(clients.sqs, dlq))
-            except S3flowError as exc:
-                st.error = str(exc)
-            except Exception as exc:
-                st.error = str(translate_aws_error(exc, "GetQueueAttributes"))
-            out.append(st)
-    return out
-
-
-@dataclass
-class StateSummary:
-    """What the state store knows about one pipeline."""
-
-    pipeline: str
-    counts: dict[str, int]
-    oldest_in_flight_s: float | None
-    duplicates: int
-
-
-async def state_summary(settings: Settings, names: list[str] | None = None) -> list[StateSummary]:
-    """Per pipeline: records by status, oldest in-flight age, duplicates seen."""
-    out: list[StateSummary] = []
-    async with open_store(settings) as store:
-        if store is None:
-            return out
-        now = time.time()
-        for p in select_pipelines(settings, names):
-            oldest = await store.oldest_processing_at(p.name)
-            out.append(
-                StateSummary(
-                    pipeline=p.name,
-                    counts=await store.counts(p.name),
-                    oldest_in_flight_s=round(now - oldest, 1) if oldest else None,
-                    duplicates=await store.counter(f"duplicates:{p.name}"),
-                )
-            )
-    return out
 
 
 async def provision_all(settings: Settings, *, dry_run: bool = False) -> list[Change]:

@@ -11,7 +11,7 @@ import boto3
 import pytest
 from itest_support import Harness
 
-from s3flow.local import LocalEndpoint
+from s3flow.local.endpoint import LocalEndpoint
 
 
 @pytest.fixture(scope="session")

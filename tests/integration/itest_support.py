@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from s3flow.app import run_worker
-from s3flow.local import LocalEndpoint
+from s3flow.local.endpoint import LocalEndpoint
 from s3flow.metrics import WorkerMetrics
 from s3flow.provision import provision
 from s3flow.settings import Settings, load_settings

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+from s3flow.pipelines.line_count import LineCountProcessor
 from s3flow.processors import BaseProcessor, ProcessContext, Result
-from s3flow.processors.line_count import LineCountProcessor
 
 
 class MixedSpeedProcessor(BaseProcessor):

@@ -134,7 +134,7 @@ def test_version_and_help_everywhere() -> None:
 
 @pytest.mark.timeout(300)
 def test_demo_runs_end_to_end() -> None:
-    from s3flow.kafka_broker import java_available
+    from s3flow.local.kafka_broker import java_available
 
     run = s3flow("demo", timeout=280)
     assert run.returncode == 0, run.stderr
@@ -156,7 +156,7 @@ def test_local_runs_until_interrupted(tmp_path: Path) -> None:
 
     from itest_support import wait_for
 
-    from s3flow.local import free_port
+    from s3flow.local.endpoint import free_port
 
     port = free_port()
     log = tmp_path / "local.log"

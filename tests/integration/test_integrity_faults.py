@@ -25,7 +25,7 @@ from fault_proxy import Fault, FaultProxy
 from integrity_support import attempts_histogram, integrity_problems, upload_corpus
 from itest_support import Harness, spawn_worker
 
-from s3flow.local import LocalEndpoint
+from s3flow.local.endpoint import LocalEndpoint
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,7 @@
 
 Each owner runs in its own session (so a signal reaches its pid only), is stopped by
 SIGTERM, SIGINT, SIGKILL or an exception, and then its server process (the embedded
-AWS endpoint, ``python -m s3flow._moto_server``; the Kafka broker, a JVM) must be gone
+AWS endpoint, ``python -m s3flow.local.moto_server``; the Kafka broker, a JVM) must be gone
 and its port free within a few seconds.
 """
 
@@ -22,8 +22,8 @@ import psutil
 import pytest
 from itest_support import wait_for
 
-from s3flow.kafka_broker import java_available, maven_available, port_free
-from s3flow.local import free_port
+from s3flow.local.endpoint import free_port
+from s3flow.local.kafka_broker import java_available, maven_available, port_free
 
 pytestmark = pytest.mark.integration
 
@@ -38,10 +38,10 @@ LIBRARY_OWNER = r"""
 import os, sys, threading, time
 kind, how = sys.argv[1], sys.argv[2]
 if kind == "endpoint":
-    from s3flow.local import LocalEndpoint
+    from s3flow.local.endpoint import LocalEndpoint
     server = LocalEndpoint()
 else:
-    from s3flow.kafka_broker import KafkaBroker
+    from s3flow.local.kafka_broker import KafkaBroker
     server = KafkaBroker()
 if how == "thread":
     starter = threading.Thread(target=server.start)

@@ -33,7 +33,7 @@ import pytest
 from itest_support import Harness
 
 from s3flow.app import open_store, run_worker
-from s3flow.local import free_port
+from s3flow.local.endpoint import free_port
 from s3flow.metrics import WorkerMetrics
 from s3flow.state.base import FileRecord, FileStatus
 

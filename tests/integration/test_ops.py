@@ -18,7 +18,8 @@ from itest_support import Harness, s3_event, wait_for
 
 from s3flow.app import open_store
 from s3flow.events import content_version
-from s3flow.ops import backfill, list_dlq, redrive
+from s3flow.ops.backfill import backfill
+from s3flow.ops.dlq import list_dlq, redrive
 from s3flow.state.base import FileStatus, ObjectId
 
 pytestmark = pytest.mark.integration

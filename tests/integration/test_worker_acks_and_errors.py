@@ -10,7 +10,7 @@ from itest_support import Harness, wait_for
 
 from s3flow.app import build_runtimes
 from s3flow.aws import open_clients
-from s3flow.local import LocalEndpoint
+from s3flow.local.endpoint import LocalEndpoint
 from s3flow.metrics import PipelineMetrics
 from s3flow.provision import provision
 from s3flow.settings import load_settings

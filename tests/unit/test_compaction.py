@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from s3flow.compaction.convert import (
+from s3flow.errors import ConfigError, Disposition
+from s3flow.pipelines.ndjson_parquet.compaction.convert import (
     FileTask,
     MalformedDataError,
     Storage,
@@ -22,16 +23,19 @@ from s3flow.compaction.convert import (
     part_number,
     scan_file,
 )
-from s3flow.compaction.job import compact_manifest, plan_parts
-from s3flow.compaction.manifest import InputFile, ManifestError, parse_manifest
-from s3flow.compaction.options import parse_options
-from s3flow.compaction.schema import (
+from s3flow.pipelines.ndjson_parquet.compaction.job import compact_manifest, plan_parts
+from s3flow.pipelines.ndjson_parquet.compaction.manifest import (
+    InputFile,
+    ManifestError,
+    parse_manifest,
+)
+from s3flow.pipelines.ndjson_parquet.compaction.options import parse_options
+from s3flow.pipelines.ndjson_parquet.compaction.schema import (
     cast_table,
     strings_for_timestamps,
     unify_schemas,
     unify_types,
 )
-from s3flow.errors import ConfigError, Disposition
 
 pytestmark = pytest.mark.timeout(60)
 T = TypeVar("T")
@@ -470,7 +474,7 @@ def _one_file_manifest() -> Any:
 
 
 def test_set_status_records_quarantined_files_by_identity() -> None:
-    from s3flow.processors.parquet_compact import _set_status
+    from s3flow.pipelines.ndjson_parquet.compact_processor import _set_status
     from s3flow.state import ObjectId
 
     manifest = _one_file_manifest()
@@ -483,7 +487,7 @@ def test_set_status_records_quarantined_files_by_identity() -> None:
 
 
 def test_set_status_unknown_manifest_and_refused_transitions_are_not_errors() -> None:
-    from s3flow.processors.parquet_compact import _set_status
+    from s3flow.pipelines.ndjson_parquet.compact_processor import _set_status
     from s3flow.state import TransitionError, UnknownManifestError
 
     manifest = _one_file_manifest()
@@ -495,12 +499,15 @@ def test_set_status_unknown_manifest_and_refused_transitions_are_not_errors() ->
 
 def test_set_status_store_failures_are_retryable(caplog: pytest.LogCaptureFixture) -> None:
     from s3flow.errors import RetryableError
-    from s3flow.processors.parquet_compact import _set_status
+    from s3flow.pipelines.ndjson_parquet.compact_processor import _set_status
     from s3flow.state import StateError
 
     manifest = _one_file_manifest()
     tracker = FakeTracker(StateError("gave up on manifest m-1 after 8 conflicting writes"))
-    with caplog.at_level("WARNING", "s3flow.compaction"), pytest.raises(RetryableError) as info:
+    with (
+        caplog.at_level("WARNING", "s3flow.pipelines.ndjson_parquet.compaction"),
+        pytest.raises(RetryableError) as info,
+    ):
         asyncio.run(_set_status(tracker, manifest, "completed"))
     assert "conflicting writes" in str(info.value)
     assert info.value.disposition is Disposition.RETRYABLE
@@ -517,7 +524,7 @@ async def test_workers_get_the_settings_with_endpoints_pinned_not_credentials(
     import pickle
 
     from s3flow.aws import pin_endpoints
-    from s3flow.processors.parquet_compact import storage_for
+    from s3flow.pipelines.ndjson_parquet.compact_processor import storage_for
     from s3flow.settings import AwsSettings
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDPARENT")
@@ -537,7 +544,7 @@ def test_worker_client_is_built_by_the_factory_once_per_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from s3flow.aws import sync_client_config
-    from s3flow.compaction.convert import s3_client
+    from s3flow.pipelines.ndjson_parquet.compaction.convert import s3_client
     from s3flow.settings import AwsSettings
 
     aws = AwsSettings(region="sa-east-1", endpoint_url_s3="http://127.0.0.1:7002", max_attempts=11)

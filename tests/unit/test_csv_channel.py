@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from s3flow.csvkafka.channel import ChannelClosed, ChunkChannel
+from s3flow.pipelines.csv_kafka.channel import ChannelClosed, ChunkChannel
 
 
 class CountingLoop:

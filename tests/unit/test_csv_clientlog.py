@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from s3flow.csvkafka.clientlog import client_log
+from s3flow.pipelines.csv_kafka.clientlog import client_log
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3flow.csvkafka.fastpath import ArrowJsonBlocks
-from s3flow.csvkafka.rows import RowEncoder
+from s3flow.pipelines.csv_kafka.fastpath import ArrowJsonBlocks
+from s3flow.pipelines.csv_kafka.rows import RowEncoder
 
 COLS = ["a", "b", 'c"%s']
 field = st.text(alphabet=st.sampled_from(list('ab ,"\\\t\n\r\x01é€;')), max_size=6)

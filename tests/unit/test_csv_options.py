@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from s3flow.csvkafka.options import parse_options
 from s3flow.errors import ConfigError
+from s3flow.pipelines.csv_kafka.options import parse_options
 from s3flow.processors import create_processor
 
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from s3flow.csvkafka.checkpoint import ObjectRef
-from s3flow.csvkafka.ranges import MIN_RANGE_BYTES, WINDOW_BYTES, plan_ranges
+from s3flow.pipelines.csv_kafka.checkpoint import ObjectRef
+from s3flow.pipelines.csv_kafka.ranges import MIN_RANGE_BYTES, WINDOW_BYTES, plan_ranges
 
 REF = ObjectRef("b", "k.csv", "v1")
 

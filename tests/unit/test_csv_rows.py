@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3flow.csvkafka.checkpoint import Checkpoint, ObjectRef, checkpoint_partition
-from s3flow.csvkafka.rows import (
+from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef, checkpoint_partition
+from s3flow.pipelines.csv_kafka.rows import (
     LineTooLongError,
     PieceSplitter,
     RecordEnds,

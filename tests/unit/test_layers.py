@@ -1,4 +1,15 @@
-"""Layers import downward only (DESIGN.md): checked on every module's imports."""
+"""Layers import downward only (DESIGN.md, "Layers and layout"), checked on every import.
+
+Every ``import`` / ``from ... import`` of an ``s3flow`` module counts, including
+those inside functions; README's "Layout" lists the same layers (checked). A
+module belongs to the layer of the longest entry of ``LAYERS`` that prefixes its
+dotted name. Rules:
+
+* a module imports its own layer and the ones below, never one above;
+* the core (everything below ``pipelines``) never imports a pipeline: it finds
+  them by name through the processor registry (``processors/registry.py``);
+* a pipeline never imports another pipeline.
+"""
 
 from __future__ import annotations
 
@@ -17,39 +28,45 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "settings",
             "errors",
             "aws",
-            "local",
-            "_moto_server",
             "provision",
             "metrics",
             "memory",
             "logs",
-            "kafka_broker",
+            "local",  # the embedded endpoint, its moto wrapper, the Kafka broker
         ),
     ),
     ("storage", ("objects", "state")),
-    (
-        "domain",
-        (
-            "events",
-            "routing",
-            "processors",
-            "sinks",
-            "validation",
-            "quarantine",
-            "manifests",
-            "csvkafka",
-            "compaction",
-        ),
-    ),
+    ("domain", ("events", "routing", "processors", "sinks", "validation", "quarantine")),
     ("engine", ("worker",)),
-    ("assembly", ("app", "demo", "ops", "docs")),
-    ("faces", ("cli", "cli_kafka", "cli_parquet", "cli_compact", "__main__", "__init__")),
+    ("assembly", ("app", "ops", "docs", "local.demo")),
+    ("faces", ("cli",)),
+    ("pipelines", ("pipelines",)),
+    ("entry", ("__main__", "__init__")),
 ]
-RANK = {top: rank for rank, (_, tops) in enumerate(LAYERS) for top in tops}
+RANK = {name: rank for rank, (_, names) in enumerate(LAYERS) for name in names}
+PIPELINES = RANK["pipelines"]
 
 
-def _top(module: str) -> str:
-    return module.split(".")[1] if module.count(".") else "__init__"
+def _dotted(path: Path) -> str:
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"] or ["__init__"]
+    return ".".join(parts)
+
+
+def layer_of(module: str) -> int | None:
+    """The layer rank of ``module`` (dotted, without the ``s3flow.`` prefix)."""
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        rank = RANK.get(".".join(parts[:n]))
+        if rank is not None:
+            return rank
+    return None
+
+
+def pipeline_of(module: str) -> str | None:
+    """``pipelines.csv_kafka.rows`` -> ``csv_kafka``; None outside pipelines."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "pipelines" and len(parts) > 1 else None
 
 
 def _modules() -> list[Path]:
@@ -65,28 +82,45 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             names = [a.name for a in node.names]
         else:
             continue
-        out += [(node.lineno, n) for n in names if n.startswith("s3flow.")]
+        out += [(node.lineno, n.removeprefix("s3flow.")) for n in names if n.startswith("s3flow.")]
     return out
 
 
-def _own_top(path: Path) -> str:
-    rel = path.relative_to(SRC)
-    return rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 else rel.stem
-
-
 def test_every_module_has_a_layer() -> None:
-    missing = {_own_top(p) for p in _modules()} - set(RANK)
+    missing = {_dotted(p) for p in _modules() if layer_of(_dotted(p)) is None}
     assert not missing, f"add these modules to a layer in {__file__}: {sorted(missing)}"
+
+
+def test_the_readme_layout_lists_these_layers_in_order() -> None:
+    # README's "Layout" carries DESIGN.md's layers (DESIGN.md lives outside the repo).
+    readme = (SRC.parents[1] / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    listed = [line.split()[0] for line in block.splitlines() if line and not line[0].isspace()]
+    assert listed == [name for name, _ in reversed(LAYERS)]
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(SRC)))
 def test_imports_go_downward_only(path: Path) -> None:
-    own = _own_top(path)
+    own = _dotted(path)
+    rank = layer_of(own)
+    assert rank is not None
     if own == "__init__":
-        return  # the package's public API re-exports every layer
-    bad = [
-        f"line {line}: {name} ({LAYERS[RANK[_top(name)]][0]})"
-        for line, name in _imports(path)
-        if _top(name) in RANK and RANK[_top(name)] > RANK[own]
-    ]
-    assert not bad, f"{path.name} is in layer {LAYERS[RANK[own]][0]!r} but imports upward: {bad}"
+        return  # the package's public API re-exports (lazily) every layer
+    bad = []
+    for line, name in _imports(path):
+        theirs = layer_of(name)
+        if theirs is None:
+            continue
+        if theirs > rank:
+            bad.append(f"line {line}: {name} ({LAYERS[theirs][0]}) from {LAYERS[rank][0]}")
+        elif pipeline_of(name) and pipeline_of(own) and pipeline_of(name) != pipeline_of(own):
+            bad.append(f"line {line}: {name} (another pipeline)")
+    assert not bad, f"{own} imports upward or across: {bad}"
+
+
+def test_the_check_can_fail() -> None:
+    assert layer_of("worker.engine") == RANK["worker"]
+    assert layer_of("local.demo") == RANK["local.demo"] > RANK["local"]
+    assert layer_of("pipelines.csv_kafka.rows") == PIPELINES > RANK["cli"]
+    assert pipeline_of("pipelines.csv_kafka.rows") == "csv_kafka"
+    assert pipeline_of("pipelines.line_count") == "line_count"

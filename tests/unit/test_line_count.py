@@ -12,7 +12,7 @@ import pytest
 
 from s3flow.errors import UndecodableContentError
 from s3flow.objects import zstd
-from s3flow.processors import LineCountProcessor
+from s3flow.pipelines.line_count import LineCountProcessor
 
 MakeCtx = Callable[..., Any]
 

@@ -8,7 +8,11 @@ import re
 import pytest
 
 from s3flow.errors import ConfigError
-from s3flow.manifests import (
+from s3flow.pipelines.ndjson_parquet.manifest_processor import (
+    NdjsonManifestOptions,
+    NdjsonManifestProcessor,
+)
+from s3flow.pipelines.ndjson_parquet.manifests import (
     Triggers,
     date_from_key,
     date_from_record,
@@ -19,7 +23,6 @@ from s3flow.manifests import (
     valid_date,
 )
 from s3flow.processors import create_processor
-from s3flow.processors.ndjson_manifest import NdjsonManifestOptions, NdjsonManifestProcessor
 from s3flow.state.base import (
     ManifestFile,
     ManifestFileStatus,
@@ -152,7 +155,7 @@ def test_manifest_document_follows_the_contract() -> None:
 
 
 def test_the_compaction_reader_accepts_the_document() -> None:
-    reader = pytest.importorskip("s3flow.compaction.manifest")
+    reader = pytest.importorskip("s3flow.pipelines.ndjson_parquet.compaction.manifest")
     parsed = reader.parse_manifest(json.dumps(manifest_document(_record())).encode())
     assert parsed.manifest_id == "events-2025-12-23-000042-0003"
     assert [(f.key, f.size, f.etag) for f in parsed.files] == [("2025-12-23/a.ndjson", 10, "e1")]
@@ -206,7 +209,7 @@ def test_empty_manifest_prefix_in_the_source_bucket_is_refused() -> None:
 def test_a_date_pattern_that_is_not_a_regex_is_refused_with_the_reason() -> None:
     from pydantic import ValidationError
 
-    from s3flow.processors.ndjson_manifest import NdjsonManifestOptions
+    from s3flow.pipelines.ndjson_parquet.manifest_processor import NdjsonManifestOptions
 
     with pytest.raises(ValidationError, match=r"(?s)date_pattern.*not a valid regular expression"):
         NdjsonManifestOptions(dataset="events", date_pattern="(")

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from s3flow import local
-from s3flow.local import OWNER_PID_ENV, interrupt_on_signals, popen_owned
+from s3flow.local import endpoint as local
+from s3flow.local.endpoint import OWNER_PID_ENV, interrupt_on_signals, popen_owned
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux prctl")
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 # prints the sleeper's pid and waits to be killed.
 OWNER = r"""
 import os, sys, threading, time
-from s3flow.local import popen_owned
+from s3flow.local.endpoint import popen_owned
 box = []
 if sys.argv[1] == "thread":
     starter = threading.Thread(target=lambda: box.append(popen_owned(["sleep", "300"])))
@@ -40,14 +40,14 @@ sys.stdin.readline()
 # disabled so that only the getppid() watch can notice the owner is gone.
 WATCHER = r"""
 import sys, time
-from s3flow import local
+from s3flow.local import endpoint as local
 local.set_parent_death_signal = lambda sig=15: False
 print(local.die_with_parent(), flush=True)
 time.sleep(300)
 """
 WATCHER_OWNER = r"""
 import subprocess, sys
-from s3flow.local import popen_owned
+from s3flow.local.endpoint import popen_owned
 child = popen_owned([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE)
 assert child.stdout is not None
 print(child.pid, child.stdout.readline().decode().strip(), flush=True)
@@ -120,7 +120,9 @@ def test_python_child_notices_a_killed_owner_by_watching_getppid(spawned: list[i
 def test_die_with_parent_exits_at_once_when_the_owner_is_already_gone() -> None:
     # The owner named in the environment is not our parent any more: it died (and we
     # were reparented) before the death signal was armed.
-    code = "from s3flow.local import die_with_parent; die_with_parent(); print('still here')"
+    code = (
+        "from s3flow.local.endpoint import die_with_parent; die_with_parent(); print('still here')"
+    )
     env = {**os.environ, OWNER_PID_ENV: "1"}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60

@@ -6,11 +6,11 @@ from typing import Any, ClassVar
 
 import pytest
 
-import s3flow.processors as registry
+import s3flow.processors.registry as registry
 from s3flow.errors import ConfigError
+from s3flow.pipelines.line_count import LineCountProcessor
 from s3flow.processors import (
     BaseProcessor,
-    LineCountProcessor,
     ProcessContext,
     Processor,
     Result,
@@ -57,13 +57,13 @@ def test_unknown_name_lists_available() -> None:
 
 
 def test_module_attr_path() -> None:
-    proc = create_processor("s3flow.processors.line_count:LineCountProcessor")
+    proc = create_processor("s3flow.pipelines.line_count:LineCountProcessor")
     assert isinstance(proc, LineCountProcessor)
 
 
 def test_module_attr_path_passes_options() -> None:
     with pytest.raises(ConfigError, match="unknown option"):
-        create_processor("s3flow.processors.line_count:LineCountProcessor", {"x": 1})
+        create_processor("s3flow.pipelines.line_count:LineCountProcessor", {"x": 1})
 
 
 def test_bad_module_path() -> None:
@@ -74,7 +74,7 @@ def test_bad_module_path() -> None:
 
 def test_missing_attribute_in_module() -> None:
     with pytest.raises(ConfigError) as info:
-        create_processor("s3flow.processors.line_count:NoSuchClass")
+        create_processor("s3flow.pipelines.line_count:NoSuchClass")
     assert "has no 'NoSuchClass'" in str(info.value)
 
 

@@ -11,9 +11,9 @@ from pydantic import BaseModel, ValidationError
 from s3flow.errors import ConfigError
 from s3flow.events import ObjectEvent
 from s3flow.objects import ObjectReader, open_object
-from s3flow.settings import AwsSettings
+from s3flow.settings import AwsSettings, PipelineSettings
 from s3flow.sinks.base import Sink
-from s3flow.state.base import StateStore
+from s3flow.state.base import FileRecord, StateStore
 
 
 @dataclass
@@ -134,3 +134,14 @@ class BaseProcessor:
 
     async def stop(self) -> None:
         """Called once at shutdown."""
+
+    @classmethod
+    async def describe_file(
+        cls, pipeline: PipelineSettings, record: FileRecord, store: StateStore
+    ) -> list[str]:
+        """Lines ``s3flow files show`` prints under one of this pipeline's files.
+
+        For state a pipeline keeps beyond the engine's lifecycle (a checkpoint, the
+        manifest a file is in). Plain text, one item a line; none by default.
+        """
+        return []

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from s3flow.kafka_broker import KafkaBroker, java_available, maven_available
+from s3flow.local.kafka_broker import KafkaBroker, java_available, maven_available
 
 
 @pytest.fixture(scope="session")

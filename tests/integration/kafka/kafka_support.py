@@ -13,8 +13,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from s3flow.csvkafka.checkpoint import Checkpoint
-from s3flow.kafka_broker import KafkaBroker
+from s3flow.local.kafka_broker import KafkaBroker
+from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint
 
 
 def unique_topic(prefix: str) -> str:

@@ -23,9 +23,9 @@ from kafka_support import (
     unique_topic,
 )
 
-from s3flow.csvkafka.checkpoint import Checkpoint
-from s3flow.kafka_broker import KafkaBroker
-from s3flow.local import LocalEndpoint
+from s3flow.local.endpoint import LocalEndpoint
+from s3flow.local.kafka_broker import KafkaBroker
+from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint
 
 pytestmark = [pytest.mark.integration]
 

@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 from itest_support import Harness, spawn_worker
 from kafka_support import CheckpointWatcher, latest_checkpoint, read_topic, unique_topic
 
-from s3flow.kafka_broker import KafkaBroker
+from s3flow.local.kafka_broker import KafkaBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from kafka_support import CheckpointWatcher, cli, command, read_topic, summary, unique_topic
 
-from s3flow.kafka_broker import KafkaBroker
-from s3flow.local import LocalEndpoint
+from s3flow.local.endpoint import LocalEndpoint
+from s3flow.local.kafka_broker import KafkaBroker
 
 pytestmark = [pytest.mark.integration]
 

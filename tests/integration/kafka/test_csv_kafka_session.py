@@ -10,13 +10,13 @@ from typing import Any, cast
 import pytest
 from kafka_support import read_topic, unique_topic
 
-from s3flow.csvkafka.channel import ChunkChannel
-from s3flow.csvkafka.checkpoint import Checkpoint, ObjectRef
-from s3flow.csvkafka.options import CsvKafkaOptions, parse_options
-from s3flow.csvkafka.session import TxnSession
-from s3flow.csvkafka.topics import ensure_topics
 from s3flow.errors import PermanentError, UndecodableContentError
-from s3flow.kafka_broker import KafkaBroker
+from s3flow.local.kafka_broker import KafkaBroker
+from s3flow.pipelines.csv_kafka.channel import ChunkChannel
+from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef
+from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions, parse_options
+from s3flow.pipelines.csv_kafka.session import TxnSession
+from s3flow.pipelines.csv_kafka.topics import ensure_topics
 
 pytestmark = [pytest.mark.integration]
 

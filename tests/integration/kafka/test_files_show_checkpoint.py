@@ -10,7 +10,7 @@ import pytest
 from itest_support import Harness
 from kafka_support import unique_topic
 
-from s3flow.kafka_broker import KafkaBroker
+from s3flow.local.kafka_broker import KafkaBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -12,8 +12,8 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from kafka_support import Row, read_topic, unique_topic
 
-from s3flow import kafka_broker
-from s3flow.kafka_broker import KAFKA_VERSION, KafkaBroker, ServiceError
+from s3flow.local import kafka_broker
+from s3flow.local.kafka_broker import KAFKA_VERSION, KafkaBroker, ServiceError
 
 pytestmark = pytest.mark.integration
 

@@ -382,7 +382,7 @@ def seal_tracked(h: Harness, manifest_id: str, day: str, files: list[Any]) -> di
     (as the builder does); return the manifest document to upload."""
     import asyncio
 
-    from s3flow.manifests import manifest_document
+    from s3flow.pipelines.ndjson_parquet.manifests import manifest_document
     from s3flow.state import ManifestStatus, open_state_store
     from s3flow.state.base import ManifestRecord
 

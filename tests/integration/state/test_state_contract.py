@@ -70,7 +70,7 @@ def make_store(
     real DynamoDB's per-item writes are: moto's threaded server checks a condition and
     then writes without a lock, so two racing writes can both win now and then (~1 in
     600 contended rounds). The shared endpoint's moto runs s3flow's patch that
-    serialises DynamoDB writes (``s3flow._moto_server.patch_moto_dynamodb``); moto as
+    serialises DynamoDB writes (``s3flow.local.moto_server.patch_moto_dynamodb``); moto as
     shipped (``S3FLOW_MOTO_UNPATCHED=1``) cannot run these races.
     """
     backend = request.param if hasattr(request, "param") else "sqlite"

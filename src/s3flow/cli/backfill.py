@@ -1,0 +1,115 @@
+"""`s3flow backfill` and `s3flow reprocess`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from s3flow.cli.common import (
+    ConfigOpt,
+    app,
+    console,
+    err_console,
+    fail,
+    settings_from,
+)
+from s3flow.errors import S3flowError
+
+
+@app.command()
+def backfill(
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline to backfill.")],
+    config: ConfigOpt = None,
+    prefix: Annotated[
+        str | None, typer.Option("--prefix", help="Only keys with this prefix.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only objects modified at/after (YYYY-MM-DD[THH:MM])."),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Enqueue completed objects too: process them anew."),
+    ] = False,
+) -> None:
+    """Enqueue notifications for existing objects not yet completed (safe to run twice)."""
+    _run_backfill(config, pipeline, prefix=prefix, keys=None, since=since, force=force)
+
+
+@app.command()
+def reprocess(
+    keys: Annotated[
+        list[str] | None, typer.Argument(help="Object keys to process again.", show_default=False)
+    ] = None,
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline.")] = "",
+    config: ConfigOpt = None,
+    prefix: Annotated[
+        str | None, typer.Option("--prefix", help="Every object under this prefix.")
+    ] = None,
+) -> None:
+    """Process objects again on purpose, completed or not (KEY... or --prefix)."""
+    if not pipeline:
+        raise typer.BadParameter("name the pipeline", param_hint="--pipeline/-p")
+    if bool(keys) == (prefix is not None):
+        raise typer.BadParameter("give object keys or --prefix (one of the two)")
+    _run_backfill(config, pipeline, prefix=prefix, keys=keys or None, since=None, force=True)
+
+
+def _run_backfill(
+    config: Path | None,
+    pipeline: str,
+    *,
+    prefix: str | None,
+    keys: list[str] | None,
+    since: str | None,
+    force: bool,
+) -> None:
+    from datetime import UTC, datetime
+
+    from rich.progress import Progress
+
+    from s3flow.app import open_store
+    from s3flow.ops.backfill import backfill as do_backfill
+
+    since_dt = None
+    if since:
+        try:
+            since_dt = datetime.fromisoformat(since)
+        except ValueError as exc:
+            raise typer.BadParameter(
+                "use YYYY-MM-DD or YYYY-MM-DDTHH:MM", param_hint="--since"
+            ) from exc
+        if since_dt.tzinfo is None:
+            since_dt = since_dt.replace(tzinfo=UTC)
+
+    async def go(progress: Progress) -> Any:
+        settings = settings_from(config)
+        p = settings.pipeline(pipeline)
+        task = progress.add_task("listing and enqueueing", total=None)
+        async with open_store(settings) as store:
+            return await do_backfill(
+                settings,
+                p,
+                prefix=prefix,
+                keys=keys,
+                since=since_dt,
+                store=store,
+                force=force,
+                on_progress=lambda listed, enq: progress.update(
+                    task, completed=listed, description=f"listed {listed}, enqueued {enq}"
+                ),
+            )
+
+    try:
+        with Progress(console=err_console) as progress:
+            r = asyncio.run(go(progress))
+    except S3flowError as exc:
+        raise fail(exc) from exc
+    busy = f", being processed now {r.busy}" if r.busy else ""
+    console.print(
+        f"listed {r.listed}: enqueued {r.enqueued}, already completed {r.already_done}, "
+        f"already queued {r.already_queued}, filtered {r.filtered}{busy}"
+    )

@@ -1,0 +1,117 @@
+"""What every command shares: the Typer apps, consoles, the config option, errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from s3flow import __version__
+from s3flow.errors import S3flowError
+from s3flow.logs import setup_logging
+from s3flow.settings import CONFIG_ENV, PipelineSettings, Settings, load_settings
+
+app = typer.Typer(
+    name="s3flow",
+    help="Turn files landing in S3 into processed outputs: S3 -> SQS -> s3flow worker -> outputs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+log = logging.getLogger("s3flow.cli")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar=CONFIG_ENV,
+        help=f"Path to s3flow.toml (or ${CONFIG_ENV}).",
+        show_default=False,
+    ),
+]
+state: dict[str, Any] = {"log_format": None, "log_level": None}
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"s3flow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log-format", help="Log format: text or json (default from settings: text)."
+        ),
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """s3flow: reliable, fast S3 -> SQS file processing."""
+    if log_format is not None and log_format not in ("text", "json"):
+        raise typer.BadParameter("must be 'text' or 'json'", param_hint="--log-format")
+    if log_level is not None and log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise typer.BadParameter("must be DEBUG, INFO, WARNING or ERROR", param_hint="--log-level")
+    state["log_format"] = log_format
+    state["log_level"] = log_level.upper() if log_level else None
+
+
+def settings_from(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    worker_over: dict[str, Any] = {}
+    if state["log_format"]:
+        worker_over["log_format"] = state["log_format"]
+    if state["log_level"]:
+        worker_over["log_level"] = state["log_level"]
+    over = dict(overrides or {})
+    if worker_over:
+        over["worker"] = {**over.get("worker", {}), **worker_over}
+    settings = load_settings(config, over)
+    setup_logging(settings.worker.log_format, settings.worker.log_level)
+    return settings
+
+
+def fail(exc: BaseException) -> typer.Exit:
+    # Escaped: messages quote config keys like [pipelines.options], which Rich
+    # would take for markup; not wrapped, so they stay greppable.
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2 if isinstance(exc, S3flowError) else 1)
+
+
+PipelineOpt = Annotated[
+    str | None, typer.Option("--pipeline", "-p", help="Pipeline (default: the only one).")
+]
+
+run_app = typer.Typer(
+    help="Run one job to completion (batch mode): exit 0 on success, non-zero with the reason.",
+    no_args_is_help=True,
+)
+app.add_typer(run_app, name="run")
+
+
+def one_pipeline(settings: Settings, name: str | None) -> PipelineSettings:
+    """The pipeline called ``name``, or the only one configured."""
+    if name:
+        return settings.pipeline(name)
+    if len(settings.pipelines) != 1:
+        raise S3flowError("several pipelines are configured: choose one with --pipeline")
+    return settings.pipelines[0]
+
+
+def ts(t: float | None) -> str:
+    """A unix time as local 'YYYY-MM-DD HH:MM:SS' ('-' for None)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"

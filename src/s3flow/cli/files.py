@@ -1,0 +1,215 @@
+"""`s3flow files`: per-object lifecycles (list, show, release)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from s3flow.cli.common import (
+    ConfigOpt,
+    app,
+    console,
+    err_console,
+    fail,
+    settings_from,
+    ts,
+)
+from s3flow.errors import ConfigError, S3flowError
+from s3flow.processors.registry import processor_class
+from s3flow.settings import Settings
+from s3flow.state.base import FileRecord, StateStore
+
+files_app = typer.Typer(
+    help="Per-object lifecycles from the state store (list, show history, release).",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(files_app, name="files")
+
+
+@files_app.callback()
+def files_list(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    status_: Annotated[
+        str | None,
+        typer.Option("--status", help="received|processing|completed|failed|dead|quarantined"),
+    ] = None,
+    pipeline: Annotated[
+        str | None, typer.Option("--pipeline", "-p", help="Only this pipeline.")
+    ] = None,
+    key_prefix: Annotated[
+        str | None, typer.Option("--key-prefix", help="Only keys with this prefix.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List object lifecycles (most recently updated first)."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"config": config}
+        return
+    from s3flow.app import open_store
+    from s3flow.state.base import FileStatus
+
+    try:
+        settings = settings_from(config)
+        st = FileStatus(status_) if status_ else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--status") from exc
+    except S3flowError as exc:
+        raise fail(exc) from exc
+
+    async def go() -> list[Any]:
+        async with open_store(settings) as store:
+            if store is None:
+                raise S3flowError("no state store configured (state.url = 'none')")
+            return await store.list_files(
+                status=st, pipeline=pipeline, key_prefix=key_prefix, limit=limit
+            )
+
+    try:
+        rows = asyncio.run(go())
+    except S3flowError as exc:
+        raise fail(exc) from exc
+    if as_json:
+        print(json.dumps([{**r.__dict__, "status": r.status.value} for r in rows], indent=2))
+        return
+    table = Table(title=f"s3flow files ({len(rows)})")
+    for col in ("pipeline", "bucket", "key", "version", "status", "attempts", "updated", "error"):
+        table.add_column(col)
+    for r in rows:
+        err = f"{r.last_error_class}: {r.last_error}" if r.last_error_class else ""
+        table.add_row(
+            r.pipeline,
+            r.bucket,
+            r.key,
+            r.version[:12],
+            r.status.value,
+            str(r.attempts),
+            ts(r.updated_at),
+            err[:80],
+        )
+    console.print(table)
+
+
+@files_app.command("show")
+def files_show(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The object key.")],
+    config: ConfigOpt = None,
+    bucket: Annotated[str | None, typer.Option("--bucket", help="Bucket (default: any).")] = None,
+) -> None:
+    """One object's full history: every version, every transition."""
+    from s3flow.app import open_store
+
+    config = config or (ctx.obj or {}).get("config")
+    try:
+        settings = settings_from(config)
+    except S3flowError as exc:
+        raise fail(exc) from exc
+
+    async def go() -> tuple[list[Any], list[Any], dict[int, list[str]]]:
+        async with open_store(settings) as store:
+            if store is None:
+                raise S3flowError("no state store configured (state.url = 'none')")
+            recs = [
+                r
+                for r in await store.list_files(key_prefix=key, limit=10000)
+                if r.key == key and (bucket is None or r.bucket == bucket)
+            ]
+            hist = []
+            for b in sorted({r.bucket for r in recs}):
+                hist += [(b, h) for h in await store.history(b, key)]
+            details = {i: await _pipeline_details(settings, r, store) for i, r in enumerate(recs)}
+            return recs, hist, details
+
+    try:
+        recs, hist, details = asyncio.run(go())
+    except S3flowError as exc:
+        raise fail(exc) from exc
+    if not recs:
+        err_console.print(f"no record of {key!r} in the state store")
+        raise typer.Exit(1)
+    for i, r in enumerate(recs):
+        console.print(
+            f"[bold]s3://{r.bucket}/{r.key}[/] version {r.version or '-'}: "
+            f"[bold]{r.status.value}[/], attempts {r.attempts}, pipeline {r.pipeline}"
+            + (f", failures {r.failures}" if r.failures else ""),
+            highlight=False,
+        )
+        if r.last_error_class:
+            console.print(f"  last error: {r.last_error_class}: {r.last_error}", highlight=False)
+        for o in r.outputs:
+            console.print(f"  output: {o}", highlight=False)
+        for line in details[i]:
+            console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
+    table = Table(title="history")
+    for col in ("at", "bucket", "version", "from", "to", "worker", "detail"):
+        table.add_column(col)
+    for b, h in hist:
+        table.add_row(
+            ts(h.at),
+            b,
+            h.version[:12],
+            h.old.value if h.old else "-",
+            h.new.value,
+            h.worker_id or "-",
+            h.detail[:80],
+        )
+    console.print(table)
+
+
+@files_app.command("release")
+def files_release(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The object key.")],
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline.")],
+    config: ConfigOpt = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Only this recorded version.")
+    ] = None,
+) -> None:
+    """Release an object whatever its state (quarantined, dead, failed, completed).
+
+    Removes the quarantine tags, resets its records to 'received' and enqueues
+    it again, so its current upload is processed anew.
+    """
+    from s3flow.app import open_store
+    from s3flow.ops.files import release
+
+    config = config or (ctx.obj or {}).get("config")
+
+    async def go() -> list[Any]:
+        settings = settings_from(config)
+        async with open_store(settings) as store:
+            if store is None:
+                raise S3flowError("no state store configured (state.url = 'none')")
+            return await release(settings, settings.pipeline(pipeline), store, key, version)
+
+    try:
+        released = asyncio.run(go())
+    except S3flowError as exc:
+        raise fail(exc) from exc
+    for oid in released:
+        console.print(f"released s3://{oid.bucket}/{oid.key} ({oid.version}): enqueued again")
+
+
+async def _pipeline_details(settings: Settings, record: FileRecord, store: StateStore) -> list[str]:
+    """What the record's pipeline keeps about the file beyond the lifecycle (its hook)."""
+    pipeline = next((p for p in settings.pipelines if p.name == record.pipeline), None)
+    if pipeline is None:
+        return []
+    try:
+        cls = processor_class(pipeline.processor)
+    except ConfigError:
+        return []
+    describe = getattr(cls, "describe_file", None)
+    if describe is None:
+        return []
+    lines: list[str] = await describe(pipeline, record, store)
+    return lines

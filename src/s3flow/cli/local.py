@@ -1,0 +1,75 @@
+"""`s3flow local` and `s3flow demo`: zero-setup tooling."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from s3flow.cli.common import (
+    app,
+    console,
+    fail,
+    state,
+)
+from s3flow.errors import S3flowError
+from s3flow.logs import setup_logging
+
+
+@app.command()
+def local(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0 = a free one).")] = 4566,
+    host: Annotated[
+        str, typer.Option("--host", help="Bind address; keep it on loopback.")
+    ] = "127.0.0.1",
+) -> None:
+    """Run the embedded AWS endpoint (moto server: S3, SQS, DynamoDB) until Ctrl-C or SIGTERM."""
+    from s3flow.local.endpoint import LocalEndpoint, interrupt_on_signals
+
+    # SIGTERM and SIGINT: stop the server, wait for it, exit 0. If this process dies
+    # without cleaning up (SIGKILL) the server notices and exits by itself.
+    with interrupt_on_signals():
+        endpoint = LocalEndpoint(host, port)
+        try:
+            endpoint.start()
+        except KeyboardInterrupt:  # start() has stopped the server already
+            console.print("stopped")
+            return
+        except S3flowError as exc:
+            raise fail(exc) from exc
+        try:
+            console.print(f"local AWS endpoint running at [bold]{endpoint.url}[/]")
+            console.print(f"  export AWS_ENDPOINT_URL={endpoint.url}")
+            for k, v in endpoint.env().items():
+                if k != "AWS_ENDPOINT_URL":
+                    console.print(f"  export {k}={v}")
+            console.print("press Ctrl-C to stop")
+            while endpoint.pid is not None:
+                time.sleep(0.5)
+            raise fail(RuntimeError("the local AWS endpoint exited unexpectedly"))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            endpoint.stop()
+        console.print("stopped")
+
+
+@app.command()
+def demo(
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint-url", help="Use this endpoint instead of starting an embedded one."
+        ),
+    ] = None,
+) -> None:
+    """Zero-setup end to end: embedded endpoint, provision, upload samples, process, summary."""
+    from s3flow.local.demo import run_demo
+
+    setup_logging("text", state["log_level"] or "WARNING")
+    try:
+        code = run_demo(console, endpoint_url=endpoint_url)
+    except S3flowError as exc:
+        raise fail(exc) from exc
+    raise typer.Exit(code)

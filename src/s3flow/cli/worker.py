@@ -1,0 +1,79 @@
+"""`s3flow worker`: run the pipelines."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import typer
+
+from s3flow.cli.common import (
+    ConfigOpt,
+    app,
+    err_console,
+    fail,
+    log,
+    settings_from,
+)
+from s3flow.errors import S3flowError
+from s3flow.metrics import peak_rss_mb as peak_rss_mb_now
+
+
+@app.command()
+def worker(
+    config: ConfigOpt = None,
+    burst: Annotated[
+        bool,
+        typer.Option(
+            "--burst", help="Exit 0 once the queues are drained and nothing is in flight."
+        ),
+    ] = False,
+    pipeline: Annotated[
+        list[str] | None,
+        typer.Option("--pipeline", "-p", help="Run only this pipeline (repeatable)."),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", help="Override every pipeline's concurrency.")
+    ] = None,
+    shutdown_grace_s: Annotated[
+        float | None, typer.Option("--shutdown-grace-s", help="Override worker.shutdown_grace_s.")
+    ] = None,
+) -> None:
+    """Run the worker: consume S3 notifications from SQS and process each object.
+
+    SIGTERM/SIGINT stop polling at once, give in-flight objects shutdown_grace_s to
+    finish, release the rest (visibility 0), flush acks and exit 0.
+    """
+    from s3flow.app import run_worker
+
+    try:
+        settings = settings_from(config, _worker_overrides(shutdown_grace_s))
+        if concurrency is not None:
+            for p in settings.pipelines:
+                p.concurrency = concurrency
+        metrics = asyncio.run(
+            run_worker(settings, burst=burst, pipelines=pipeline or None, handle_signals=True)
+        )
+    except S3flowError as exc:
+        raise fail(exc) from exc
+    summary = {name: m.as_dict() for name, m in metrics.pipelines.items()}
+    peak_rss_mb = peak_rss_mb_now()
+    if settings.worker.log_format == "json":
+        log.info(
+            "worker summary",
+            extra={"event": "worker-summary", "pipelines": summary, "peak_rss_mb": peak_rss_mb},
+        )
+    else:
+        for name, m in metrics.pipelines.items():
+            err_console.print(
+                f"[bold]{name}[/]: processed {m.objects_processed}, "
+                f"duplicates {m.duplicates}, skipped {m.objects_skipped}, "
+                f"quarantined {m.quarantined}, dead-lettered {m.dead_lettered}, "
+                f"retried {m.retried}, released {m.released}, ack failures {m.ack_failures}",
+                highlight=False,
+            )
+        err_console.print(f"peak RSS {peak_rss_mb} MB", highlight=False)
+
+
+def _worker_overrides(grace: float | None) -> dict[str, Any]:
+    return {"worker": {"shutdown_grace_s": grace}} if grace is not None else {}

@@ -1,0 +1,1 @@
+"""Operator tools, one module per task: status, files, dlq, backfill."""

@@ -1,0 +1,198 @@
+"""Backfill and reprocess: enqueue notifications for objects already in the bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import quote_plus
+
+from s3flow.app import queue_url
+from s3flow.aws import open_clients
+from s3flow.errors import S3flowError, translate_aws_error
+from s3flow.events import content_version
+from s3flow.quarantine import untag
+from s3flow.routing import Route
+from s3flow.settings import PipelineSettings, Settings
+from s3flow.state.base import FileRecord, FileStatus, ObjectId, StateStore
+
+log = logging.getLogger("s3flow.ops")
+
+
+def s3_notification_body(bucket: str, key: str, size: int, etag: str, region: str) -> str:
+    """An S3 ObjectCreated notification body, as S3 would send it (key URL-encoded)."""
+    return json.dumps(
+        {
+            "Records": [
+                {
+                    "eventVersion": "2.1",
+                    "eventSource": "aws:s3",
+                    "awsRegion": region,
+                    "eventTime": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                    "eventName": "ObjectCreated:Backfill",
+                    "s3": {
+                        "s3SchemaVersion": "1.0",
+                        "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+                        "object": {
+                            "key": quote_plus(key, safe="/"),
+                            "size": size,
+                            "eTag": etag,
+                        },
+                    },
+                }
+            ]
+        }
+    )
+
+
+@dataclass
+class BackfillReport:
+    """What a backfill did."""
+
+    listed: int = 0
+    enqueued: int = 0
+    already_done: int = 0
+    already_queued: int = 0
+    filtered: int = 0
+    busy: int = 0  # being processed right now (left alone, even with force)
+
+
+def current_upload_state(
+    records: list[FileRecord], etag: str, last_modified: datetime
+) -> FileRecord | None:
+    """The record of the object's current upload, if the state store has one.
+
+    The upload is the one identified by (eTag, LastModified), or one identified
+    by an event of the same eTag recorded no earlier than the upload itself
+    (a sequencer or versionId identity: same bytes, processed after they landed).
+    """
+    version = content_version(etag, last_modified)
+    uploaded = last_modified.timestamp()
+    for r in records:  # most recently updated first
+        if r.version == version:
+            return r
+    for r in records:
+        if r.version.split("@", 1)[0] == etag and r.created_at >= uploaded - 1:
+            return r
+    return None
+
+
+async def backfill(
+    settings: Settings,
+    p: PipelineSettings,
+    *,
+    prefix: str | None = None,
+    keys: list[str] | None = None,
+    since: datetime | None = None,
+    store: StateStore | None = None,
+    force: bool = False,
+    on_progress: Callable[[int, int], None] = lambda listed, enqueued: None,
+) -> BackfillReport:
+    """Enqueue notifications for existing objects whose current upload is not done yet.
+
+    Safe to run twice: an object whose current upload is completed, or enqueued
+    by an earlier backfill and not yet processed (``received``), is skipped.
+    With ``force`` every listed object is enqueued again and its record reset,
+    so it is processed anew (``s3flow reprocess``); objects being processed
+    right now are left alone either way. ``keys`` names objects instead of
+    listing a prefix.
+    """
+    route = Route.from_settings(p)
+    report = BackfillReport()
+    async with open_clients(settings.aws) as clients:
+        src = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
+        batch: list[tuple[ObjectId, str]] = []
+
+        async def flush() -> None:
+            if not batch:
+                return
+            entries = [{"Id": str(i), "MessageBody": body} for i, (_, body) in enumerate(batch)]
+            for _attempt in range(3):
+                resp = await clients.sqs.send_message_batch(QueueUrl=src, Entries=entries)
+                ok = {e["Id"] for e in resp.get("Successful") or []}
+                report.enqueued += len(ok)
+                entries = [e for e in entries if e["Id"] not in ok]
+                if not entries:
+                    break
+                await asyncio.sleep(0.5)
+            if entries:
+                raise S3flowError(f"backfill: {len(entries)} notifications could not be sent")
+            batch.clear()
+
+        async def consider(key: str, etag: str, size: int, modified: datetime) -> None:
+            report.listed += 1
+            if (since and modified < since) or (
+                not keys
+                and (
+                    (p.suffix and not key.endswith(p.suffix))
+                    or (route.key_regex is not None and not route.key_regex.search(key))
+                )
+            ):
+                report.filtered += 1
+                return
+            oid = ObjectId(p.bucket, key, content_version(etag, modified))
+            if store is not None:
+                rec = current_upload_state(await store.versions(p.bucket, key), etag, modified)
+                status = rec.status if rec is not None else None
+                if status is FileStatus.PROCESSING:
+                    report.busy += 1
+                    return
+                if not force:
+                    if status is FileStatus.COMPLETED:
+                        report.already_done += 1
+                        return
+                    if status is FileStatus.RECEIVED:
+                        report.already_queued += 1
+                        return
+                    if status is FileStatus.QUARANTINED:
+                        report.filtered += 1
+                        return
+                if rec is not None and rec.status is FileStatus.QUARANTINED:
+                    await untag(clients.s3, p.bucket, key)
+                # The worker identifies a backfilled upload by (eTag, LastModified):
+                # that record is the one it will claim, so it must not say "done".
+                detail = "reprocess" if force else "backfill"
+                current = await store.get(oid)
+                if current is None or current.status is not FileStatus.RECEIVED:
+                    await store.set_status(oid, FileStatus.RECEIVED, detail=detail, pipeline=p.name)
+            body = s3_notification_body(p.bucket, key, size, etag, settings.aws.region)
+            batch.append((oid, body))
+            if len(batch) == 10:
+                await flush()
+            on_progress(report.listed, report.enqueued)
+
+        try:
+            if keys:
+                for key in keys:
+                    try:
+                        head = await clients.s3.head_object(Bucket=p.bucket, Key=key)
+                    except Exception as exc:
+                        raise translate_aws_error(exc, f"HeadObject s3://{p.bucket}/{key}") from exc
+                    await consider(
+                        key,
+                        str(head.get("ETag", "")).strip('"'),
+                        int(head.get("ContentLength", 0)),
+                        head["LastModified"],
+                    )
+            else:
+                paginator = clients.s3.get_paginator("list_objects_v2")
+                async for page in paginator.paginate(Bucket=p.bucket, Prefix=prefix or p.prefix):
+                    for obj in page.get("Contents") or []:
+                        await consider(
+                            obj["Key"],
+                            str(obj.get("ETag", "")).strip('"'),
+                            int(obj.get("Size", 0)),
+                            obj["LastModified"],
+                        )
+            await flush()
+            on_progress(report.listed, report.enqueued)
+        except S3flowError:
+            raise
+        except Exception as exc:
+            raise translate_aws_error(
+                exc, f"backfill of s3://{p.bucket}/{prefix or p.prefix}"
+            ) from exc
+    return report

@@ -1,0 +1,202 @@
+"""Parallel mode (``ranges > 1``): one large uncompressed object as several byte ranges.
+
+The object is cut at line starts near ``i * size / ranges``; range ``i`` is produced to
+partition ``i`` by its own transactional producer with its own checkpoint (its
+:class:`~s3flow.pipelines.csv_kafka.checkpoint.ObjectRef` carries the range as ``part``), all
+ranges at once, each through :func:`~s3flow.pipelines.csv_kafka.runner.run_object`: exactly once
+and resumable per range. The trade-offs (docs/pipelines/csv-to-kafka.md):
+
+* order holds within a range (a partition), not across ranges;
+* a cut is the byte after a line feed, so records must not contain line breaks (a
+  quoted field with a newline can be cut in two: both halves become bad rows);
+* ``s3.line`` counts lines within the range; the ``s3.range`` header names the range;
+* a compressed object cannot be cut (no random access): it streams as one range, like
+  an object smaller than ``ranges`` MiB;
+* the cuts depend on the object and ``ranges``: changing ``ranges`` while an object is
+  half done starts it again under new checkpoints (rows of the first run stay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from s3flow.objects import detect_encoding, open_object
+from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef
+from s3flow.pipelines.csv_kafka.errors import BadRowError
+from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
+from s3flow.pipelines.csv_kafka.rows import UTF8_BOM
+from s3flow.pipelines.csv_kafka.runner import READ_CHUNK_BYTES, RunReport, open_stream, run_object
+from s3flow.state.base import StateStore
+
+log = logging.getLogger("s3flow.pipelines.csv_kafka")
+
+#: Bytes read around a nominal cut to find the next line start (and for the header).
+WINDOW_BYTES = 64 * 1024
+#: No range is smaller than this: smaller objects get fewer ranges.
+MIN_RANGE_BYTES = 1024 * 1024
+
+
+async def read_bytes(
+    s3: Any, bucket: str, key: str, version_id: str | None, start: int, end: int
+) -> bytes:
+    """Bytes ``[start, end)`` of the object as stored."""
+    reader = await open_object(s3, bucket, key, version_id=version_id, byte_range=(start, end))
+    try:
+        return b"".join([chunk async for chunk in reader])
+    finally:
+        reader.close()
+
+
+async def plan_ranges(
+    s3: Any, ref: ObjectRef, version_id: str | None, size: int, ranges: int
+) -> list[tuple[int, int]] | None:
+    """``[start, end)`` of each range, cut at line starts; None: stream the object whole.
+
+    None when the object is compressed or too small for two ranges.
+    """
+    n = min(ranges, size // MIN_RANGE_BYTES)
+    if n < 2:
+        return None
+    head = await read_bytes(s3, ref.bucket, ref.key, version_id, 0, 8)
+    if detect_encoding(head) != "identity":
+        log.info("%s: compressed (%s): streamed as one range", ref.uri, detect_encoding(head))
+        return None
+    starts = [0]
+    for i in range(1, n):
+        pos = i * size // n - 1  # a cut right after a line feed at pos
+        cut = None
+        while pos < size and cut is None:
+            window = await read_bytes(
+                s3, ref.bucket, ref.key, version_id, pos, min(size, pos + WINDOW_BYTES)
+            )
+            nl = window.find(b"\n")
+            if nl >= 0:
+                cut = pos + nl + 1
+            pos += len(window)
+        if cut is not None and starts[-1] < cut < size:
+            starts.append(cut)
+    if len(starts) < 2:
+        return None
+    return list(zip(starts, [*starts[1:], size], strict=True))
+
+
+async def header_columns(
+    s3: Any, opts: CsvKafkaOptions, ref: ObjectRef, version_id: str | None, size: int
+) -> list[str]:
+    """The header row's column names (read from the object's first bytes)."""
+    head = await read_bytes(s3, ref.bucket, ref.key, version_id, 0, min(size, MIN_RANGE_BYTES))
+    line = head.split(b"\n", 1)[0].rstrip(b"\r")
+    if opts.encoding == "utf-8" and line.startswith(UTF8_BOM):
+        line = line[len(UTF8_BOM) :]
+    try:
+        text = line.decode(opts.encoding)
+    except UnicodeDecodeError as exc:
+        raise BadRowError(f"{ref.uri}: the header row is not valid {opts.encoding}") from exc
+    rows = list(
+        csv.reader(
+            [text],
+            delimiter=opts.delimiter,
+            quotechar=opts.quotechar,
+            escapechar=opts.escapechar,
+        )
+    )
+    if not rows or not rows[0]:
+        raise BadRowError(f"{ref.uri}: no header row in the first line")
+    return rows[0]
+
+
+async def run_csv_object(
+    opts: CsvKafkaOptions,
+    ref: ObjectRef,
+    s3: Any,
+    version_id: str | None,
+    size: int | None,
+    *,
+    executor: Executor,
+    store: StateStore | None = None,
+    report_progress: Callable[[int], None] = lambda n: None,
+) -> RunReport:
+    """Produce one object: as byte ranges in parallel when ``opts.ranges > 1`` allows,
+    else as one ordered stream (:func:`run_object`)."""
+    bounds = None
+    if opts.ranges > 1 and size:
+        bounds = await plan_ranges(s3, ref, version_id, size, opts.ranges)
+    if bounds is None:
+        return await run_object(
+            opts,
+            ref,
+            lambda: open_stream(s3, ref.bucket, ref.key, version_id),
+            executor=executor,
+            store=store,
+            report_progress=report_progress,
+        )
+    started = time.monotonic()
+    later: dict[str, Any] = {}
+    if opts.header and opts.columns is None:
+        columns = await header_columns(s3, opts, ref, version_id, size or 0)
+        later = {"header": False, "columns": columns}
+    n = len(bounds)
+    log.info("%s: %d ranges to partitions 0-%d of %s", ref.uri, n, n - 1, opts.topic)
+
+    async def one(i: int, start: int, end: int) -> RunReport:
+        part = ObjectRef(ref.bucket, ref.key, ref.version, f"{i}/{n}@{start}-{end}")
+        update: dict[str, Any] = {"partition": i, "ranges": 1, **(later if i else {})}
+
+        def opener() -> Any:
+            return open_object(
+                s3,
+                ref.bucket,
+                ref.key,
+                version_id=version_id,
+                chunk_bytes=READ_CHUNK_BYTES,
+                byte_range=(start, end),
+            )
+
+        return await run_object(
+            opts.model_copy(update=update),
+            part,
+            opener,
+            executor=executor,
+            store=store,
+            report_progress=report_progress,
+        )
+
+    # A TaskGroup: one range failing cancels the others (their open transactions are
+    # aborted); a rerun resumes every range from its own checkpoint.
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(one(i, a, b)) for i, (a, b) in enumerate(bounds)]
+    return combine(ref, [t.result() for t in tasks], time.monotonic() - started)
+
+
+def combine(ref: ObjectRef, reports: list[RunReport], seconds: float) -> RunReport:
+    """One report for the ranges of an object (sums; done when every range is)."""
+    cks = [r.checkpoint for r in reports]
+    total = Checkpoint(
+        object=ref.name,
+        offset=sum(c.offset for c in cks),
+        row=sum(c.row for c in cks),
+        line=sum(c.line for c in cks),
+        sent=sum(c.sent for c in cks),
+        bad=sum(c.bad for c in cks),
+        columns=cks[0].columns,
+        ncols=cks[0].ncols,
+        done=all(c.done for c in cks),
+        transactions=sum(c.transactions for c in cks),
+    )
+    return RunReport(
+        checkpoint=total,
+        resumed_from_row=sum(r.resumed_from_row for r in reports),
+        resumed_sent=sum(r.resumed_sent for r in reports),
+        already_done=all(r.already_done for r in reports),
+        attempts=max(r.attempts for r in reports),
+        seconds=seconds,
+        bytes_read=sum(r.bytes_read for r in reports),
+        compressed_bytes=sum(r.compressed_bytes for r in reports),
+        commit_seconds=sum(r.commit_seconds for r in reports),
+    )

@@ -1,0 +1,261 @@
+"""The asyncio side of ``csv-to-kafka``: feed one object to its session, resume, retry.
+
+The event loop reads (and decompresses) the object and hands chunks to the session's
+thread through a bounded :class:`~s3flow.pipelines.csv_kafka.channel.ChunkChannel`; parsing,
+encoding and producing run in that thread (confluent-kafka is synchronous), so the
+worker's heartbeats and other objects keep going. A transient failure (broker down,
+a transaction the broker aborted, an S3 read error) restarts the object from its last
+committed checkpoint until ``retry_timeout_s`` runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+from s3flow.errors import ObjectMissingError, RetryableError
+from s3flow.objects import ObjectReader, open_object
+from s3flow.pipelines.csv_kafka.channel import ChannelClosed, ChunkChannel
+from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef, mirror_name
+from s3flow.pipelines.csv_kafka.errors import ProducerFencedError
+from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
+from s3flow.pipelines.csv_kafka.session import TxnSession
+from s3flow.state.base import StateStore
+
+log = logging.getLogger("s3flow.pipelines.csv_kafka")
+
+#: Decompressed bytes buffered between the event loop and the produce thread.
+CHANNEL_BYTES = 4 * 1024 * 1024
+#: S3 read size. Small on purpose: the reader decompresses one read at a time and keeps
+#: all of its output at once, so with a 100:1 gzip a 1 MB read would be 100 MB in memory.
+READ_CHUNK_BYTES = 64 * 1024
+
+
+async def open_stream(s3: Any, bucket: str, key: str, version_id: str | None) -> ObjectReader:
+    """The object as a decompressing stream, read in :data:`READ_CHUNK_BYTES` reads."""
+    return await open_object(s3, bucket, key, version_id=version_id, chunk_bytes=READ_CHUNK_BYTES)
+
+
+@dataclass
+class RunReport:
+    """What one ``run_object`` call did."""
+
+    checkpoint: Checkpoint
+    resumed_from_row: int
+    resumed_sent: int
+    already_done: bool
+    attempts: int
+    seconds: float
+    bytes_read: int
+    compressed_bytes: int
+    commit_seconds: float
+
+
+class _Mirror:
+    """Writes the latest checkpoint to the state store, in order, from any thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, store: StateStore | None, name: str):
+        self._loop = loop
+        self._store = store
+        self._name = name
+        self._latest: Checkpoint | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._store is not None:
+            self._task = asyncio.create_task(self._run(), name=f"mirror:{self._name}")
+
+    def offer(self, ckpt: Checkpoint) -> None:
+        """Called in the session thread after each commit."""
+        if self._store is None:
+            return
+        self._latest = ckpt
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _run(self) -> None:
+        assert self._store is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        latest, self._latest = self._latest, None
+        if latest is None or self._store is None:
+            return
+        try:
+            await self._store.put_checkpoint(self._name, latest.encode().decode())
+        except Exception as exc:  # a mirror only: Kafka holds the truth
+            log.warning("mirroring checkpoint %s failed: %s", self._name, exc)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._flush()
+
+
+async def mirrored_hint(store: StateStore | None, name: str) -> int:
+    """The ``scan_from`` of the mirrored checkpoint (0 when there is none)."""
+    if store is None:
+        return 0
+    try:
+        text = await store.get_checkpoint(name)
+    except Exception as exc:
+        log.warning("reading mirrored checkpoint %s failed: %s", name, exc)
+        return 0
+    if not text:
+        return 0
+    try:
+        return max(0, int(Checkpoint.decode(text).scan_from))
+    except (ValueError, TypeError):
+        return 0
+
+
+async def run_object(
+    opts: CsvKafkaOptions,
+    ref: ObjectRef,
+    open_stream: Callable[[], Awaitable[ObjectReader]],
+    *,
+    executor: Executor,
+    store: StateStore | None = None,
+    report_progress: Callable[[int], None] = lambda n: None,
+) -> RunReport:
+    """Produce the rows of ``ref`` exactly once (resuming from its checkpoint)."""
+    loop = asyncio.get_running_loop()
+    name = mirror_name(opts.topic, ref)
+    mirror = _Mirror(loop, store, name)
+    mirror.start()
+    started = time.monotonic()
+    deadline = started + opts.retry_timeout_s
+    attempt = 0
+    try:
+        while True:
+            attempt += 1
+            try:
+                report = await _attempt(
+                    opts, ref, open_stream, executor, store, mirror, report_progress
+                )
+            except ProducerFencedError:
+                raise  # a newer producer owns this object now: do not fight it
+            except RetryableError as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                delay = min(left, 10.0, 0.5 * 2 ** min(attempt, 5))
+                log.warning(
+                    "%s: %s (attempt %d); resuming from the last checkpoint in %.1fs",
+                    ref.uri,
+                    exc,
+                    attempt,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            report.attempts = attempt
+            report.seconds = time.monotonic() - started
+            return report
+    finally:
+        await mirror.stop()
+
+
+async def _attempt(
+    opts: CsvKafkaOptions,
+    ref: ObjectRef,
+    open_stream: Callable[[], Awaitable[ObjectReader]],
+    executor: Executor,
+    store: StateStore | None,
+    mirror: _Mirror,
+    report_progress: Callable[[int], None],
+) -> RunReport:
+    loop = asyncio.get_running_loop()
+    session = TxnSession(opts, ref, on_checkpoint=mirror.offer)
+    try:
+        hint = await mirrored_hint(store, mirror_name(opts.topic, ref))
+        ckpt = await loop.run_in_executor(executor, session.prepare, hint)
+        if ckpt is not None and ckpt.done:
+            log.info("%s: already in %s (%d rows): nothing to do", ref.uri, opts.topic, ckpt.sent)
+            mirror.offer(ckpt)
+            return RunReport(ckpt, ckpt.row, ckpt.sent, True, 0, 0.0, 0, 0, 0.0)
+        if ckpt is not None:
+            log.info(
+                "%s: resuming at row %d (byte %d, %d rows already in %s)",
+                ref.uri,
+                ckpt.row,
+                ckpt.offset,
+                ckpt.sent,
+                opts.topic,
+            )
+        reader = await open_stream()
+        try:
+            _check_version(ref, reader)
+            channel = ChunkChannel(loop, CHANNEL_BYTES)
+            work = loop.run_in_executor(executor, session.run, channel, ckpt)
+            try:
+                await _feed(reader, channel, ckpt.offset if ckpt else 0, report_progress)
+            except ChannelClosed:
+                pass  # the session stopped early: its outcome says why
+            except BaseException:
+                channel.abort()
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(work)
+                raise
+            final = await work
+        finally:
+            reader.close()
+        return RunReport(
+            checkpoint=final,
+            resumed_from_row=ckpt.row if ckpt else 0,
+            resumed_sent=ckpt.sent if ckpt else 0,
+            already_done=False,
+            attempts=0,
+            seconds=0.0,
+            bytes_read=reader.uncompressed_bytes,
+            compressed_bytes=reader.compressed_bytes,
+            commit_seconds=session.commit_seconds,
+        )
+    finally:
+        await asyncio.shield(loop.run_in_executor(executor, session.close))
+
+
+def _check_version(ref: ObjectRef, reader: ObjectReader) -> None:
+    """The object read must be the version the checkpoint belongs to."""
+    info = reader.info
+    if info.version_id:
+        if ref.version not in (info.version_id, info.etag):
+            raise ObjectMissingError(
+                f"{ref.uri}: version {ref.version} is gone (now {info.version_id})"
+            )
+    elif info.etag and ref.version and ref.version != info.etag:
+        raise ObjectMissingError(
+            f"{ref.uri} was overwritten (eTag {info.etag}, expected {ref.version}); "
+            "the new version has its own notification"
+        )
+
+
+async def _feed(
+    reader: ObjectReader,
+    channel: ChunkChannel,
+    skip: int,
+    report_progress: Callable[[int], None],
+) -> None:
+    """Hand the decompressed object to the session, from byte ``skip`` on."""
+    async for chunk in reader:
+        report_progress(len(chunk))
+        if skip:
+            if len(chunk) <= skip:
+                skip -= len(chunk)
+                continue
+            chunk, skip = chunk[skip:], 0
+        await channel.put(chunk)
+    channel.close()

@@ -1,0 +1,245 @@
+"""One compaction: a manifest's NDJSON files -> Parquet parts, on an executor.
+
+1. **Scan** every file in parallel (:func:`~.convert.scan_file`):
+   parse with pyarrow, apply the malformed-line policy, spill Arrow tables to
+   scratch (local executor).
+2. **Unify** the files' schemas in manifest order (:mod:`~.schema`).
+3. **Plan** parts: whole units in manifest order, cut when the estimated
+   Parquet size reaches ``parquet_target_mb``. The estimate is the input size
+   times the Parquet/input ratio measured on the first 8 MiB of input
+   (:func:`~.convert.calibrate`); a manifest whose input is
+   no bigger than the target is one part. The plan depends only on the
+   manifest's content, so a rerun produces the same parts.
+4. **Write** the parts in parallel, each uploaded once complete, as
+   ``<dataset>/date=<date>/part-<manifest_id>-<nnnnn>.parquet``.
+5. **Delete** this manifest's parts numbered beyond the new count (left by an
+   earlier run with another plan), so no row is ever present twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from s3flow.pipelines.ndjson_parquet.compaction.convert import (
+    MIB,
+    CalibrateTask,
+    FileScan,
+    FileTask,
+    PartResult,
+    PartTask,
+    Storage,
+    Target,
+    UnitRef,
+    WriteSettings,
+    calibrate,
+    delete_stale_parts,
+    scan_file,
+    write_part,
+)
+from s3flow.pipelines.ndjson_parquet.compaction.executors import Executor
+from s3flow.pipelines.ndjson_parquet.compaction.manifest import InputFile, Manifest
+from s3flow.pipelines.ndjson_parquet.compaction.options import CompactionOptions
+from s3flow.pipelines.ndjson_parquet.compaction.schema import unify_schemas
+
+__all__ = ["CompactionReport", "compact_manifest", "plan_parts"]
+
+CALIBRATION_BYTES = 8 * MIB
+
+
+@dataclass
+class CompactionReport:
+    """What one compaction did."""
+
+    manifest_id: str
+    dataset: str
+    date: str
+    parts: list[PartResult]
+    stale_deleted: list[str]
+    schema: pa.Schema
+    files: int
+    rows: int
+    compressed_bytes: int
+    uncompressed_bytes: int
+    malformed_lines: int
+    malformed_samples: list[str]
+    quarantined: list[tuple[InputFile, str]] = field(default_factory=list)
+    executor: str = "local"
+    seconds: float = 0.0
+    ratio: float | None = None
+
+    @property
+    def outputs(self) -> list[str]:
+        """URIs of the parts, in order."""
+        return [p.uri for p in self.parts]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        return {
+            "manifest_id": self.manifest_id,
+            "dataset": self.dataset,
+            "date": self.date,
+            "executor": self.executor,
+            "files": self.files,
+            "rows": self.rows,
+            "compressed_bytes": self.compressed_bytes,
+            "uncompressed_bytes": self.uncompressed_bytes,
+            "parquet_bytes": sum(p.bytes for p in self.parts),
+            "parts": [
+                {"uri": p.uri, "rows": p.rows, "bytes": p.bytes, "row_groups": p.row_groups}
+                for p in self.parts
+            ],
+            "stale_parts_deleted": self.stale_deleted,
+            "malformed_lines": self.malformed_lines,
+            "malformed_samples": self.malformed_samples,
+            "quarantined": [{"uri": f.uri(), "reason": why} for f, why in self.quarantined],
+            "columns": [f"{f.name}: {f.type}" for f in self.schema],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def plan_parts(
+    units: list[UnitRef], target_bytes: float, ratio: float | None
+) -> list[list[UnitRef]]:
+    """Group units (in order) into parts of about ``target_bytes`` of Parquet.
+
+    ``ratio`` = Parquet bytes per input byte; None = everything in one part.
+    A part always gets at least one unit.
+    """
+    units = [u for u in units if u.rows]
+    if not units:
+        return []
+    if ratio is None:
+        return [units]
+    parts: list[list[UnitRef]] = [[]]
+    size = 0.0
+    for u in units:
+        est = u.input_bytes * ratio
+        if parts[-1] and size + est > target_bytes:
+            parts.append([])
+            size = 0.0
+        parts[-1].append(u)
+        size += est
+    return parts
+
+
+def _make_job_dir(tmp_dir: str | None, manifest_id: str) -> str:
+    root = tmp_dir or tempfile.gettempdir()
+    os.makedirs(root, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f"s3flow-compact-{manifest_id[:40]}-", dir=root)
+
+
+async def compact_manifest(
+    manifest: Manifest,
+    options: CompactionOptions,
+    *,
+    storage: Storage,
+    target: Target,
+    executor: Executor,
+) -> CompactionReport:
+    """Compact ``manifest`` into Parquet parts under ``target``; see the module doc."""
+    started = time.perf_counter()
+    job_dir = await asyncio.to_thread(_make_job_dir, options.tmp_dir, manifest.manifest_id)
+    try:
+        spill_dir = None
+        if executor.shares_disk:
+            spill_dir = str(Path(job_dir, "spill"))
+            await asyncio.to_thread(os.mkdir, spill_dir)
+        hint_key = f"{manifest.manifest_id}/{uuid.uuid4().hex}" if executor.shares_disk else None
+        tasks = [
+            FileTask(
+                index=i,
+                file=f,
+                storage=storage,
+                scratch_dir=job_dir,
+                unit_bytes=int(options.unit_mb * MIB),
+                malformed=options.malformed_lines,
+                spill_dir=spill_dir,
+                hint_key=hint_key,
+            )
+            for i, f in enumerate(manifest.files)
+        ]
+        scans: list[FileScan] = await executor.map(scan_file, tasks, priority=started)
+        units = [
+            UnitRef(s.index, u.unit, u.rows, u.input_bytes, u.spill)
+            for s in scans
+            if s.quarantine is None
+            for u in s.units
+            if u.rows
+        ]
+        schema = unify_schemas(
+            u.schema for s in scans if s.quarantine is None for u in s.units if u.rows
+        )
+        files = {t.index: t for t in tasks}
+        ws = WriteSettings(
+            compression=options.compression,
+            compression_level=options.compression_level,
+            row_group_bytes=int(options.row_group_mb * MIB),
+        )
+        target_bytes = options.parquet_target_mb * MIB
+        total_in = sum(u.input_bytes for u in units)
+        ratio = None
+        if total_in > target_bytes:
+            sample: list[UnitRef] = []
+            for u in units:
+                sample.append(u)
+                if sum(x.input_bytes for x in sample) >= CALIBRATION_BYTES:
+                    break
+            cal = CalibrateTask(tuple(sample), schema, files, ws)
+            ratio = (await executor.map(calibrate, [cal], priority=started))[0]
+        plan = plan_parts(units, target_bytes, ratio)
+        part_tasks = [
+            PartTask(
+                n=n,
+                relative_key=manifest.partition + manifest.part_name(n),
+                units=tuple(group),
+                schema=schema,
+                files={u.file_index: files[u.file_index] for u in group},
+                writer=ws,
+                target=target,
+                storage=storage,
+                scratch_dir=job_dir,
+            )
+            for n, group in enumerate(plan)
+        ]
+        parts: list[PartResult] = await executor.map(write_part, part_tasks, priority=started)
+        stale = await asyncio.to_thread(
+            delete_stale_parts,
+            storage,
+            target,
+            manifest.partition,
+            manifest.manifest_id,
+            len(parts),
+        )
+    finally:
+        await asyncio.to_thread(shutil.rmtree, job_dir, True)
+    samples = [x for s in scans for x in s.samples][:20]
+    return CompactionReport(
+        manifest_id=manifest.manifest_id,
+        dataset=manifest.dataset,
+        date=manifest.date,
+        parts=parts,
+        stale_deleted=stale,
+        schema=schema,
+        files=len(manifest.files),
+        rows=sum(p.rows for p in parts),
+        compressed_bytes=sum(s.compressed_bytes for s in scans),
+        uncompressed_bytes=sum(s.uncompressed_bytes for s in scans),
+        malformed_lines=sum(s.malformed_lines for s in scans),
+        malformed_samples=samples,
+        quarantined=[
+            (manifest.files[s.index], s.quarantine) for s in scans if s.quarantine is not None
+        ],
+        executor="local" if executor.shares_disk else "spark",
+        seconds=time.perf_counter() - started,
+        ratio=ratio,
+    )

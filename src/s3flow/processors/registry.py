@@ -1,0 +1,121 @@
+"""Processor registry: built-ins, ``s3flow.processors`` entry points, a decorator, import paths.
+
+The core never imports a pipeline: built-in processors are named here by their
+import path and loaded on first use, like any ``module:attribute`` a user gives.
+A pipeline's extras (CLI commands, ``files show`` details) hang off its
+processor class (see :mod:`s3flow.processors.base`) and its ``CLI`` modules
+listed in :data:`CLI_EXTENSIONS` / the ``s3flow.cli`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, TypeVar
+
+from s3flow.errors import ConfigError
+from s3flow.processors.base import Processor
+
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+T = TypeVar("T")
+
+#: Built-in processors, by import path (loaded lazily: the core never imports a pipeline).
+BUILTINS: dict[str, str] = {
+    "line-count": "s3flow.pipelines.line_count:LineCountProcessor",
+    "csv-to-kafka": "s3flow.pipelines.csv_kafka.processor:CsvToKafkaProcessor",
+    "ndjson-manifest": "s3flow.pipelines.ndjson_parquet.manifest_processor:NdjsonManifestProcessor",
+    "parquet-compact": "s3flow.pipelines.ndjson_parquet.compact_processor:ParquetCompactProcessor",
+}
+
+#: Built-in CLI extensions: ``register(app, run_app)`` functions of the pipelines.
+CLI_EXTENSIONS: tuple[str, ...] = (
+    "s3flow.pipelines.csv_kafka.cli:register",
+    "s3flow.pipelines.ndjson_parquet.cli:register",
+)
+
+
+def register_processor(name: str) -> Callable[[T], T]:
+    """Class decorator: make a processor available under ``name`` in settings."""
+
+    def deco(cls: T) -> T:
+        _REGISTRY[name] = cls  # type: ignore[assignment]
+        return cls
+
+    return deco
+
+
+def _load_entry_point(group: str, name: str) -> Callable[..., Any] | None:
+    for ep in entry_points(group=group):
+        if ep.name == name:
+            loaded: Callable[..., Any] = ep.load()
+            return loaded
+    return None
+
+
+def load_path(path: str) -> Any:
+    """Import ``module:attribute`` (ConfigError naming what is missing)."""
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{path!r}: cannot import module {module_name!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise ConfigError(f"{path!r}: module {module_name!r} has no {attr!r}") from exc
+
+
+def available_processors() -> list[str]:
+    """Names usable in ``processor = ...`` (besides ``module:attr`` paths)."""
+    names = set(_REGISTRY) | set(BUILTINS)
+    names.update(ep.name for ep in entry_points(group="s3flow.processors"))
+    return sorted(names)
+
+
+def builtin_processors() -> dict[str, Callable[..., Any]]:
+    """Every built-in processor (loaded) and the ones registered by decorator, by name."""
+    out = {name: load_path(path) for name, path in BUILTINS.items()}
+    out.update(_REGISTRY)
+    return out
+
+
+def processor_class(spec: str) -> Callable[..., Any] | None:
+    """The class (factory) a ``processor = spec`` setting names, without instantiating it."""
+    if ":" in spec:
+        found: Callable[..., Any] = load_path(spec)
+        return found
+    if spec in _REGISTRY:
+        return _REGISTRY[spec]
+    if spec in BUILTINS:
+        return load_path(BUILTINS[spec])  # type: ignore[no-any-return]
+    return _load_entry_point("s3flow.processors", spec)
+
+
+def create_processor(spec: str, options: dict[str, Any] | None = None) -> Processor:
+    """Instantiate the processor named ``spec`` with its options."""
+    try:
+        factory = processor_class(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"processor {exc}") from exc
+    if factory is None:
+        known = ", ".join(available_processors()) or "none"
+        raise ConfigError(
+            f"unknown processor {spec!r}; available: {known} (or give 'module:attribute')"
+        )
+    try:
+        proc = factory(options or {})
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"processor {spec!r}: bad options: {exc}") from exc
+    if not hasattr(proc, "process"):
+        raise ConfigError(f"processor {spec!r} has no process() method")
+    return proc  # type: ignore[no-any-return]
+
+
+def cli_extensions() -> list[Callable[..., Any]]:
+    """The pipelines' ``register(app, run_app)`` functions: built-ins, then entry points."""
+    out = [load_path(path) for path in CLI_EXTENSIONS]
+    out += [ep.load() for ep in entry_points(group="s3flow.cli")]
+    return out
