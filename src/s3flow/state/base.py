@@ -169,18 +169,12 @@ class Claim:
 
 
 @runtime_checkable
-class StateStore(Protocol):
-    """Where s3flow remembers what it has seen and done. Use ``async with``.
+class FileStore(Protocol):
+    """File lifecycles and idempotency claims (what the engine needs).
 
     Every method is safe to call from several processes (and, for DynamoDB,
     machines) at once. Times are unix seconds.
     """
-
-    async def __aenter__(self) -> StateStore: ...
-
-    async def __aexit__(self, *exc: object) -> None: ...
-
-    # --- files and idempotency -------------------------------------------------
 
     async def claim(
         self,
@@ -270,7 +264,10 @@ class StateStore(Protocol):
         """When the oldest record still in ``processing`` entered it (None if none)."""
         ...
 
-    # --- counters ------------------------------------------------------------------
+
+@runtime_checkable
+class MetaStore(Protocol):
+    """Named counters, checkpoints and fenced locks (what processors and the engine share)."""
 
     async def incr(self, name: str, by: int = 1) -> int:
         """Increment a named counter (e.g. 'duplicates:<pipeline>'); return the new value."""
@@ -304,7 +301,10 @@ class StateStore(Protocol):
         """Release a held lock; False if it was not ours any more."""
         ...
 
-    # --- manifests ----------------------------------------------------------------------
+
+@runtime_checkable
+class ManifestStore(Protocol):
+    """Files tracked into manifests and the manifests themselves (ndjson-to-parquet)."""
 
     async def add_pending(self, dataset: str, date: str, file: ManifestFile) -> bool:
         """Track ``file`` as pending for ``(dataset, date)``.
@@ -389,6 +389,20 @@ class StateStore(Protocol):
         quarantined with their reason as detail instead.
         """
         ...
+
+
+@runtime_checkable
+class StateStore(FileStore, MetaStore, ManifestStore, Protocol):
+    """Where s3flow remembers what it has seen and done: every part above. Use ``async with``.
+
+    Backends (``sqlite.py``, ``dynamodb.py``) implement all of it and pass one
+    contract suite per part (``tests/integration/state/test_*_contract.py``);
+    callers that need one part take that protocol.
+    """
+
+    async def __aenter__(self) -> StateStore: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...
 
 
 # --- manifests ----------------------------------------------------------------------

@@ -21,8 +21,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from s3flow.errors import (
     Disposition,
@@ -54,6 +55,7 @@ from s3flow.worker.outcomes import (
 from s3flow.worker.source import ReceivedMessage
 
 log = logging.getLogger("s3flow.worker")
+T = TypeVar("T")
 
 #: Message attribute carrying a re-sent record's failures so far.
 FAILURES_ATTR = "s3flow.failures"
@@ -315,44 +317,23 @@ class MessageHandler:
         self, msg: ReceivedMessage, event: ObjectEvent, name: str, owner: str
     ) -> int | RecordOutcome:
         """Take the key's lock; while another upload of the key is worked on, wait leased."""
-        assert self._store is not None
-        wait_s = _WAIT_FIRST_S
-        logged = False
-        while True:
-            token = await self._store.acquire_lock(name, owner=owner, ttl_s=self.claim_ttl_s)
-            if token is not None:
-                return token
-            if self._stop.is_set():
-                return Release("shutdown while waiting for another upload of the key")
-            if time.monotonic() - msg.received_at > self.p.job_timeout_s:
-                delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
-                return Retry(
-                    delay,
-                    "KeyBusy",
-                    f"another upload of {event.uri()} was worked on for longer than "
-                    f"job_timeout_s ({self.p.job_timeout_s}s)",
-                )
-            if not logged:
-                logged = True
-                log.info(
-                    "%s (message %s): another upload of this key is being processed; "
-                    "waiting with the message leased",
-                    event.uri(),
-                    msg.message_id,
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=wait_s)
-            wait_s = min(wait_s * 2, _WAIT_MAX_S)
+        store = self._store
+        assert store is not None
+
+        async def attempt() -> tuple[int | None, float | None]:
+            return await store.acquire_lock(name, owner=owner, ttl_s=self.claim_ttl_s), None
+
+        return await self._until_free(msg, event, "KeyBusy", "another upload of the key", attempt)
 
     async def _claim(
         self, msg: ReceivedMessage, event: ObjectEvent, oid: ObjectId
     ) -> Claim | RecordOutcome:
         """Claim ``oid``; while another worker holds it, wait with the message leased."""
-        assert self._store is not None
-        wait_s = _WAIT_FIRST_S
-        logged = False
-        while True:
-            claim = await self._store.claim(
+        store = self._store
+        assert store is not None
+
+        async def attempt() -> tuple[Claim | None, float | None]:
+            claim = await store.claim(
                 oid,
                 pipeline=self.p.name,
                 owner=self._worker.worker_id,
@@ -361,32 +342,52 @@ class MessageHandler:
                 sequencer=event.sequencer,
             )
             if claim.outcome is not ClaimOutcome.BUSY:
-                return claim
+                return claim, None
+            return None, (claim.record.claim_expires_at or 0) - time.time()
+
+        return await self._until_free(msg, event, "ClaimBusy", "another worker's claim", attempt)
+
+    async def _until_free(
+        self,
+        msg: ReceivedMessage,
+        event: ObjectEvent,
+        error_class: str,
+        what: str,
+        attempt: Callable[[], Awaitable[tuple[T | None, float | None]]],
+    ) -> T | RecordOutcome:
+        """Call ``attempt`` until it gets something, waiting between tries with the message
+        leased (its heartbeat keeps it invisible: no receive is spent).
+
+        ``attempt`` returns (the thing, None) or (None, seconds until the holder's hold
+        expires, if known). Gives up at shutdown (release) or after ``job_timeout_s``.
+        """
+        wait_s = _WAIT_FIRST_S
+        logged = False
+        while True:
+            got, expires_in = await attempt()
+            if got is not None:
+                return got
             if self._stop.is_set():
-                return Release("shutdown while waiting for another worker's claim")
+                return Release(f"shutdown while waiting for {what}")
             if time.monotonic() - msg.received_at > self.p.job_timeout_s:
                 delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
                 return Retry(
                     delay,
-                    "ClaimBusy",
-                    f"{event.uri()} was held by {claim.record.claim_owner} for longer than "
-                    f"job_timeout_s ({self.p.job_timeout_s}s)",
+                    error_class,
+                    f"{event.uri()}: waited for {what} for longer than job_timeout_s "
+                    f"({self.p.job_timeout_s}s)",
                 )
-            expires_in = (claim.record.claim_expires_at or 0) - time.time()
             if not logged:
                 logged = True
                 log.info(
-                    "%s (message %s) is being processed by %s (claim for %.0fs more); "
-                    "waiting with the message leased",
+                    "%s (message %s): waiting for %s with the message leased",
                     event.uri(),
                     msg.message_id,
-                    claim.record.claim_owner,
-                    max(0.0, expires_in),
+                    what,
                 )
+            timeout = wait_s if expires_in is None else min(wait_s, max(0.05, expires_in + 0.05))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._stop.wait(), timeout=min(wait_s, max(0.05, expires_in + 0.05))
-                )
+                await asyncio.wait_for(self._stop.wait(), timeout=timeout)
             wait_s = min(wait_s * 2, _WAIT_MAX_S)
 
     async def _run_processor(
