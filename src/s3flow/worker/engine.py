@@ -170,6 +170,9 @@ class PipelineRunner:
         left = sum(int(v) for v in attrs.values())
         if left == 0 and not self._handlers:
             log.info("pipeline %s: queue drained (burst mode)", self.p.name)
+            # Halt first: this poller must not start another receive that the stop
+            # would then have to wait out.
+            self._halt.set()
             self.drained.set()
 
     def _dispatch(self, msg: ReceivedMessage) -> None:
