@@ -401,6 +401,14 @@ class Settings(BaseSettings):
                         "by one and skipped as done by the other; make the prefixes or "
                         "suffixes disjoint, or give both a key_regex"
                     )
+            ttl = self.state.claim_ttl_s
+            if ttl and ttl < p.visibility_timeout_s:
+                raise ValueError(
+                    f"state.claim_ttl_s ({ttl}) is shorter than pipeline {p.name!r}'s "
+                    f"visibility_timeout_s ({p.visibility_timeout_s}): claims are renewed with "
+                    "the visibility heartbeat and would expire mid-job; use 0 (the default: "
+                    "the visibility timeout) or a longer value"
+                )
             if p.wait_time_s >= self.aws.read_timeout_s:
                 raise ValueError(
                     f"pipeline {p.name!r}: wait_time_s ({p.wait_time_s}) must be shorter than "

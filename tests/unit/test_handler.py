@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from s3flow.worker.handler import FAILURES_ATTR, prior_failures, sequencer_after
+import asyncio
+import json
+
+from s3flow.metrics import PipelineMetrics
+from s3flow.pipelines.line_count import LineCountProcessor
+from s3flow.routing import Route
+from s3flow.settings import PipelineSettings, WorkerSettings
+from s3flow.worker.handler import (
+    FAILURES_ATTR,
+    MessageHandler,
+    PipelineRuntime,
+    WorkerObserver,
+    prior_failures,
+    sequencer_after,
+)
+from s3flow.worker.outcomes import DeadLetter
 from s3flow.worker.source import ReceivedMessage
 
 
@@ -23,3 +38,45 @@ def test_prior_failures_come_from_the_message_attribute() -> None:
     assert prior_failures(_msg({FAILURES_ATTR: {"StringValue": "2"}})) == 2
     assert prior_failures(_msg({FAILURES_ATTR: {"StringValue": "junk"}})) == 0
     assert prior_failures(_msg({FAILURES_ATTR: {"StringValue": "-3"}})) == 0
+
+
+class _DenyingS3:
+    async def head_object(self, **kw: object) -> dict[str, object]:
+        from botocore.exceptions import ClientError
+
+        raise ClientError(
+            {"Error": {"Code": "AccessDenied", "Message": "no"}, "ResponseMetadata": {}},
+            "HeadObject",
+        )
+
+
+async def test_an_unreadable_object_is_dead_lettered_not_acked_in_quarantine_mode() -> None:
+    # No identity without a HEAD, and the HEAD is refused: nothing to quarantine, so
+    # the message must reach the DLQ with the reason (an ack would lose it).
+    p = PipelineSettings(
+        name="p", bucket="b", queue="q", output="s3://o/", on_permanent_error="quarantine"
+    )
+    proc = LineCountProcessor({})
+    rt = PipelineRuntime(p, "q-url", "dlq-url", proc, None, Route.from_settings(p))  # type: ignore[arg-type]
+    handler = MessageHandler(
+        rt,
+        s3=_DenyingS3(),
+        store=None,
+        worker=WorkerSettings(),
+        metrics=PipelineMetrics(),
+        observer=WorkerObserver(),
+        stop=asyncio.Event(),
+    )
+    body = json.dumps(
+        {
+            "Records": [
+                {
+                    "eventSource": "aws:s3",
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": "b"}, "object": {"key": "k.txt", "eTag": "e"}},
+                }
+            ]
+        }
+    )
+    outcome = await handler.handle(ReceivedMessage("m", "h", body, 1, 0.0))
+    assert isinstance(outcome, DeadLetter) and "AccessDenied" in outcome.error

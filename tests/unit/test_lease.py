@@ -74,3 +74,19 @@ async def test_untracked_and_failed_extensions() -> None:
 def test_tick_is_a_quarter_timeout_within_bounds() -> None:
     assert keeper(FakeAcks(), timeout=2)[0].tick_s == 0.5
     assert keeper(FakeAcks(), timeout=3600)[0].tick_s == 5.0
+
+
+async def test_a_message_settled_while_the_beat_runs_is_not_extended() -> None:
+    class SettlingAcks(FakeAcks):
+        async def change_visibility(self, handle: str, timeout_s: int) -> bool:
+            lk.untrack("m2")  # m2 is settled (say, released) while the beat is under way
+            return await super().change_visibility(handle, timeout_s)
+
+    acks = SettlingAcks()
+    lk, m = keeper(acks)
+    now = time.monotonic()
+    lk.track("m1", "h1", now - 6)
+    lk.track("m2", "h2", now - 6)
+    await lk.beat()
+    # m2's release must not be overridden by an extension queued after it.
+    assert acks.calls == [("h1", 10)] and m.visibility_extensions == 1

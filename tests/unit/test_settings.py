@@ -287,3 +287,12 @@ def test_overlapping_pipelines_on_one_bucket_are_refused() -> None:
         {"state": {"url": "none"}, "pipelines": [{"name": "a", **base}, {"name": "c", **base}]},
     )
     assert len(stateless.pipelines) == 2
+
+
+def test_a_claim_ttl_shorter_than_the_visibility_timeout_is_refused() -> None:
+    pipe = {"name": "p", "bucket": "b", "queue": "q", "output": "s3://o/"}
+    data = {"pipelines": [{**pipe, "visibility_timeout_s": 60}], "state": {"claim_ttl_s": 20}}
+    with pytest.raises(ConfigError, match="claim_ttl_s"):
+        load_settings(None, data)
+    assert load_settings(None, {**data, "state": {"claim_ttl_s": 90}}).state.claim_ttl_s == 90
+    assert load_settings(None, {**data, "state": {"claim_ttl_s": 0}}).state.claim_ttl_s == 0

@@ -203,7 +203,7 @@ class MessageHandler:
             except Exception as exc:
                 err = translate_aws_error(exc, f"HeadObject {event.uri()}")
                 return await self._failed(msg, event, None, None, err, 0)
-            version = content_version(head.get("ETag"), head["LastModified"])
+            version = content_version(head.get("ETag"), head.get("LastModified") or 0)
         oid = ObjectId(event.bucket, event.key, version)
         store = self._store
         if store is None:
@@ -264,30 +264,35 @@ class MessageHandler:
                 )
                 return None
             token, failures_before = got.token, got.record.failures
-            self._claims.setdefault(msg.message_id, {})[oid] = token
-            newer = await self._newer_upload_done(event, oid)
-            if newer is not None:
-                await store.complete(
-                    oid, token=token, outputs=[], detail=f"superseded by upload {newer}"
-                )
-                self._claims.get(msg.message_id, {}).pop(oid, None)
-                self.metrics.objects_skipped += 1
-                log.info(
-                    "%s: event %s is older than upload %s, already processed: acknowledged "
-                    "without work",
-                    event.uri(),
-                    version,
-                    newer,
-                )
-                return None
         try:
-            if self.p.validation.active:
-                reason = await self._validate(event, head)
-                if reason is not None:
-                    await self._quarantine(event, oid, token, reason, "ValidationFailed")
+            if store is not None and token is not None:
+                self._claims.setdefault(msg.message_id, {})[oid] = token
+                newer = await self._newer_upload_done(event, oid)
+                if newer is not None:
+                    await store.complete(
+                        oid, token=token, outputs=[], detail=f"superseded by upload {newer}"
+                    )
+                    self.metrics.objects_skipped += 1
+                    log.info(
+                        "%s: event %s is older than upload %s, already processed: "
+                        "acknowledged without work",
+                        event.uri(),
+                        version,
+                        newer,
+                    )
                     return None
+            if self.p.validation.active:
+                try:
+                    reason = await self._validate(event, head)
+                    if reason is not None:
+                        await self._quarantine(event, oid, token, reason, "ValidationFailed")
+                        return None
+                except S3flowError as exc:
+                    return await self._failed(msg, event, oid, token, exc, failures_before)
             return await self._run_processor(msg, event, oid, token, failures_before)
-        except asyncio.CancelledError:
+        except BaseException:
+            # Cancelled (shutdown) or an unexpected error: never leave the claim held.
+            # A claim already finished (completed, failed) makes this a fenced no-op.
             if store is not None and token is not None:
                 with contextlib.suppress(S3flowError):
                     await asyncio.shield(store.release(oid, token=token))
@@ -523,9 +528,11 @@ class MessageHandler:
                 exc,
             )
             return Retry(delay, exc.error_class, str(exc))
-        if exc.disposition is Disposition.QUARANTINE or self.p.on_permanent_error == "quarantine":
-            if oid is not None:
-                await self._quarantine(event, oid, token, str(exc), exc.error_class)
+        quarantine = (
+            exc.disposition is Disposition.QUARANTINE or self.p.on_permanent_error == "quarantine"
+        )
+        if quarantine and oid is not None:
+            await self._quarantine(event, oid, token, str(exc), exc.error_class)
             return None
         log.error("%s failed permanently (%s), dead-lettering: %s", where, exc.error_class, exc)
         # Recorded as failed now; marked dead only once the DLQ has the message.

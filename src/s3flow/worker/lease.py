@@ -111,6 +111,10 @@ class LeaseKeeper:
             return
 
         async def one(mid: str, lease: _Lease, extend: int) -> None:
+            if self._leases.get(mid) is not lease:
+                # Settled since `due` was built: its release/retry visibility must not be
+                # overridden (the check and the enqueue below run in one step).
+                return
             ok = await self._acks.change_visibility(lease.handle, extend)
             if ok and mid in self._leases:
                 lease.visible_at = time.monotonic() + extend
