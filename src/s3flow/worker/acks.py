@@ -271,55 +271,58 @@ class Settler:
             ok = ok and sent
         return ok
 
-    async def _resend(self, msg: ReceivedMessage, part: RecordPart) -> bool:
-        assert isinstance(part.outcome, Retry)
+    async def _send(
+        self, url: str, body: str, attrs: dict[str, object], failed: str, delay_s: int = 0
+    ) -> bool:
+        """SendMessage with s3flow's attributes; False (and ``failed`` logged) on error."""
+        extra = {"DelaySeconds": min(MAX_DELAY_S, delay_s)} if delay_s > 0 else {}
         try:
             await self._sqs.send_message(
-                QueueUrl=self._queue_url,
-                MessageBody=part.body,
-                DelaySeconds=min(MAX_DELAY_S, max(0, part.outcome.delay_s)),
-                MessageAttributes={
-                    "s3flow.failures": _attr(part.failures),
-                    "s3flow.split-from": _attr(msg.message_id),
-                    "s3flow.error-class": _attr(part.outcome.error_class),
-                    "s3flow.error": _attr(part.outcome.error),
-                },
+                QueueUrl=url,
+                MessageBody=body,
+                MessageAttributes={k: _attr(v) for k, v in attrs.items()},
+                **extra,
             )
         except Exception as exc:
-            log.error(
-                "could not re-send a failed record of message %s alone (%s); "
-                "retrying the whole message instead",
-                msg.message_id,
-                translate_aws_error(exc, "SendMessage"),
-            )
+            log.error("%s (%s)", failed, translate_aws_error(exc, "SendMessage"))
             return False
-        self._metrics.retried += 1
         return True
 
+    async def _resend(self, msg: ReceivedMessage, part: RecordPart) -> bool:
+        assert isinstance(part.outcome, Retry)
+        sent = await self._send(
+            self._queue_url,
+            part.body,
+            {
+                "s3flow.failures": part.failures,
+                "s3flow.split-from": msg.message_id,
+                "s3flow.error-class": part.outcome.error_class,
+                "s3flow.error": part.outcome.error,
+            },
+            f"could not re-send a failed record of message {msg.message_id} alone; "
+            "retrying the whole message instead",
+            delay_s=part.outcome.delay_s,
+        )
+        self._metrics.retried += int(sent)
+        return sent
+
     async def _dead_letter(self, body: str, outcome: DeadLetter, *, msg: ReceivedMessage) -> bool:
-        try:
-            await self._sqs.send_message(
-                QueueUrl=self._dlq_url,
-                MessageBody=body or "(empty body)",
-                MessageAttributes={
-                    "s3flow.error-class": _attr(outcome.error_class),
-                    "s3flow.error": _attr(outcome.error),
-                    "s3flow.pipeline": _attr(self.p.name),
-                    "s3flow.source-queue": _attr(self._queue_url),
-                    "s3flow.source-message-id": _attr(msg.message_id),
-                    "s3flow.receive-count": _attr(msg.receive_count),
-                    "s3flow.worker-id": _attr(self._worker_id),
-                },
-            )
-        except Exception as exc:
-            log.error(
-                "could not dead-letter message %s (%s); retrying it instead",
-                msg.message_id,
-                translate_aws_error(exc, "SendMessage (DLQ)"),
-            )
-            return False
-        self._metrics.dead_lettered += 1
-        return True
+        sent = await self._send(
+            self._dlq_url,
+            body or "(empty body)",
+            {
+                "s3flow.error-class": outcome.error_class,
+                "s3flow.error": outcome.error,
+                "s3flow.pipeline": self.p.name,
+                "s3flow.source-queue": self._queue_url,
+                "s3flow.source-message-id": msg.message_id,
+                "s3flow.receive-count": msg.receive_count,
+                "s3flow.worker-id": self._worker_id,
+            },
+            f"could not dead-letter message {msg.message_id}; retrying it instead",
+        )
+        self._metrics.dead_lettered += int(sent)
+        return sent
 
     async def _mark_dead(self, outcome: DeadLetter) -> None:
         if self._store is None:
