@@ -10,15 +10,16 @@ from typing import Any
 
 from s3flow.aws import AwsClients, open_clients
 from s3flow.errors import ConfigError, translate_aws_error
+from s3flow.jobs.runner import JobHandler
 from s3flow.memory import set_mmap_threshold
 from s3flow.metrics import WorkerMetrics
 from s3flow.processors import create_processor
 from s3flow.provision import Change, provision
 from s3flow.routing import Route
-from s3flow.settings import PipelineSettings, Settings
+from s3flow.settings import JOBS_BRIDGE, PipelineSettings, Settings, processing_pipeline
 from s3flow.sinks import open_sink
 from s3flow.state.base import StateStore
-from s3flow.worker.engine import PipelineRuntime, Worker, WorkerObserver
+from s3flow.worker.engine import PipelineRuntime, QueueRuntime, Worker, WorkerObserver
 
 log = logging.getLogger("s3flow.app")
 
@@ -142,6 +143,9 @@ async def run_worker(
         open_store(settings) as store,
     ):
         runtimes = await build_runtimes(settings, clients, pipelines)
+        queues = []
+        if settings.jobs is not None and (not pipelines or JOBS_BRIDGE in pipelines):
+            queues.append(await build_job_queue(settings, clients, store))
         worker = Worker(
             clients,
             runtimes,
@@ -150,8 +154,40 @@ async def run_worker(
             burst=burst,
             store=store,
             claim_ttl_s=settings.state.claim_ttl_s,
+            queues=queues,
         )
         return await worker.run(handle_signals=handle_signals)
+
+
+async def build_job_queue(
+    settings: Settings, clients: AwsClients, store: StateStore | None
+) -> QueueRuntime:
+    """The job worker on the processing FIFO queue (whenever ``[jobs]`` is set)."""
+    assert settings.jobs is not None
+    if store is None:
+        raise ConfigError("upload jobs need a state store: state.url must not be 'none'")
+    jobs = settings.jobs
+    for t in settings.templates:
+        for step in t.steps:
+            if create_processor(step.processor, step.options) is None:
+                raise ConfigError(f"template {t.name!r}: unknown processor {step.processor!r}")
+    p = processing_pipeline(jobs)
+    url = await queue_url(clients.sqs, p.queue, what="upload jobs' processing")
+    dlq = await queue_url(clients.sqs, p.dlq_name, what="upload jobs' processing dead-letter")
+    progress = await queue_url(
+        clients.sqs, jobs.resource("progress.fifo"), what="upload jobs' progress"
+    )
+    for what, u in (("queue", url), ("dead-letter queue", dlq), ("progress queue", progress)):
+        await _check_queue(clients.sqs, u, f"upload jobs' {what}")
+    handler = JobHandler(
+        settings,
+        s3=clients.s3,
+        sqs=clients.sqs,
+        store=store,
+        progress_queue_url=progress,
+        worker_id=settings.worker.worker_id,
+    )
+    return QueueRuntime(settings=p, queue_url=url, dlq_url=dlq, handler=handler)
 
 
 @asynccontextmanager

@@ -15,10 +15,14 @@ from pydantic_core import PydanticUndefined
 
 from s3flow.settings import (
     AwsSettings,
+    JobsSettings,
     LocalSettings,
     PipelineSettings,
     StateSettings,
+    StepSettings,
+    TemplateSettings,
     ValidationSettings,
+    WebSettings,
     WorkerSettings,
 )
 
@@ -29,6 +33,10 @@ _SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("[state]", StateSettings, "S3FLOW_STATE__"),
     ("[[pipelines]]", PipelineSettings, ""),
     ("[pipelines.validation]", ValidationSettings, ""),
+    ("[jobs]", JobsSettings, "S3FLOW_JOBS__"),
+    ("[[templates]]", TemplateSettings, ""),
+    ("[[templates]] steps = [{...}]", StepSettings, ""),
+    ("[web]", WebSettings, "S3FLOW_WEB__"),
 ]
 
 
@@ -52,7 +60,13 @@ def _processor_sections() -> list[tuple[str, type[BaseModel], str]]:
     for name, cls in sorted(builtin_processors().items()):
         model = getattr(cls, "options_model", None)
         # Only s3flow's own processors: user-registered ones document themselves.
-        if model is not None and getattr(cls, "__module__", "").startswith("s3flow."):
+        # The jobs bridge's options come from [jobs], never from a user.
+        internal = name == "jobs-bridge"
+        if (
+            model is not None
+            and not internal
+            and getattr(cls, "__module__", "").startswith("s3flow.")
+        ):
             out.append((f'[pipelines.options] of processor = "{name}"', model, ""))
     return out
 

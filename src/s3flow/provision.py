@@ -13,7 +13,7 @@ from typing import Any
 
 from s3flow.aws import open_clients
 from s3flow.errors import ConfigError, translate_aws_error
-from s3flow.settings import PipelineSettings, Settings
+from s3flow.settings import JobsSettings, PipelineSettings, Settings
 
 NOTIFICATION_ID_PREFIX = "s3flow-"
 
@@ -116,6 +116,64 @@ class Provisioner:
                 )
         except Exception as exc:
             raise translate_aws_error(exc, f"provisioning bucket {name}") from exc
+
+    async def cors(self, name: str, origins: list[str]) -> None:
+        """Let browsers on ``origins`` POST uploads straight to the bucket."""
+        wanted = [
+            {
+                "AllowedOrigins": sorted(origins),
+                "AllowedMethods": ["GET", "POST"],
+                "AllowedHeaders": ["*"],
+                "ExposeHeaders": ["ETag"],
+                "MaxAgeSeconds": 3000,
+            }
+        ]
+        have: list[dict[str, Any]] = []
+        try:
+            have = (await self.s3.get_bucket_cors(Bucket=name)).get("CORSRules", [])
+        except Exception as exc:
+            if _code(exc) not in ("NoSuchCORSConfiguration", "NoSuchBucket", "404"):
+                raise translate_aws_error(exc, f"GetBucketCors {name}") from exc
+        norm = [
+            {k: (sorted(v) if isinstance(v, list) else v) for k, v in r.items() if k != "ID"}
+            for r in have
+        ]
+        self._record("cors", name, bool(have), norm != wanted, ", ".join(sorted(origins)))
+        if norm == wanted or self.dry_run:
+            return
+        try:
+            await self.s3.put_bucket_cors(Bucket=name, CORSConfiguration={"CORSRules": wanted})
+        except Exception as exc:
+            raise translate_aws_error(exc, f"PutBucketCors {name}") from exc
+
+    async def expire_prefix(self, name: str, prefix: str, days: int) -> None:
+        """A lifecycle rule expiring objects under ``prefix`` after ``days`` (kept: other rules)."""
+        rule_id = f"{NOTIFICATION_ID_PREFIX}expire-{prefix.strip('/') or 'all'}"
+        wanted = {
+            "ID": rule_id,
+            "Filter": {"Prefix": prefix},
+            "Status": "Enabled",
+            "Expiration": {"Days": days},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+        }
+        rules: list[dict[str, Any]] = []
+        try:
+            rules = (await self.s3.get_bucket_lifecycle_configuration(Bucket=name)).get("Rules", [])
+        except Exception as exc:
+            if _code(exc) not in ("NoSuchLifecycleConfiguration", "NoSuchBucket", "404"):
+                raise translate_aws_error(exc, f"GetBucketLifecycleConfiguration {name}") from exc
+        mine = [r for r in rules if r.get("ID") == rule_id]
+        same = bool(mine) and all(mine[0].get(k) == v for k, v in wanted.items())
+        self._record("lifecycle", f"{name}/{prefix}", bool(mine), not same, f"expire after {days}d")
+        if same or self.dry_run:
+            return
+        others = [r for r in rules if r.get("ID") != rule_id]
+        try:
+            await self.s3.put_bucket_lifecycle_configuration(
+                Bucket=name, LifecycleConfiguration={"Rules": [*others, wanted]}
+            )
+        except Exception as exc:
+            raise translate_aws_error(exc, f"PutBucketLifecycleConfiguration {name}") from exc
 
     # --- queues --------------------------------------------------------------
 
@@ -335,4 +393,32 @@ async def provision(settings: Settings, *, dry_run: bool = False) -> list[Change
             per_bucket.setdefault(p.bucket, []).append(config)
         for bucket, configs in per_bucket.items():
             await prov.notifications(bucket, configs)
+        if settings.jobs is not None:
+            await _provision_jobs(prov, settings.jobs)
         return prov.changes
+
+
+async def _provision_jobs(prov: Provisioner, jobs: JobsSettings) -> None:
+    """The upload-jobs extras: bucket CORS and lifecycle, the processing and progress FIFOs.
+
+    The uploads bucket, the intake queue, its DLQ and the notification on
+    ``uploads/`` come with the ``jobs-intake`` pipeline that ``[jobs]`` adds.
+    """
+    await prov.cors(jobs.bucket, jobs.cors_origins)
+    await prov.expire_prefix(jobs.bucket, "uploads/", jobs.abandoned_upload_days)
+    fifo = {"FifoQueue": "true", "ContentBasedDeduplication": "false"}
+    _, dlq_arn = await prov.queue(
+        "dlq", jobs.resource("processing-dlq.fifo"), {**fifo, "MessageRetentionPeriod": "1209600"}
+    )
+    await prov.queue(
+        "queue",
+        jobs.resource("processing.fifo"),
+        {
+            **fifo,
+            "VisibilityTimeout": str(jobs.visibility_timeout_s),
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": jobs.max_receive_count}
+            ),
+        },
+    )
+    await prov.queue("queue", jobs.resource("progress.fifo"), {**fifo, "VisibilityTimeout": "30"})

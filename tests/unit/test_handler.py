@@ -9,15 +9,10 @@ from s3flow.metrics import PipelineMetrics
 from s3flow.pipelines.line_count import LineCountProcessor
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, WorkerSettings
-from s3flow.worker.handler import (
-    FAILURES_ATTR,
-    MessageHandler,
-    PipelineRuntime,
-    WorkerObserver,
-    prior_failures,
-    sequencer_after,
-)
+from s3flow.worker.handler import MessageHandler, PipelineRuntime, WorkerObserver
+from s3flow.worker.identity import sequencer_after
 from s3flow.worker.outcomes import DeadLetter
+from s3flow.worker.policy import FAILURES_ATTR, prior_failures
 from s3flow.worker.source import ReceivedMessage
 
 

@@ -37,9 +37,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("storage", ("objects", "state")),
     ("domain", ("events", "routing", "processors", "sinks", "validation", "quarantine")),
-    ("engine", ("worker",)),
+    ("engine", ("worker", "jobs")),
     ("assembly", ("app", "ops", "docs", "local.demo")),
-    ("faces", ("cli",)),
+    ("faces", ("cli", "web")),
     ("pipelines", ("pipelines",)),
     ("entry", ("__main__", "__init__")),
 ]

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from s3flow.state.sqlite import _enable_wal
+from s3flow.state.sqlite.schema import enable_wal
 
 
 class FlakyConn:
@@ -44,7 +44,7 @@ class FakeClock:
 
 def test_locked_journal_switch_is_retried_until_it_succeeds() -> None:
     conn, clock = FlakyConn(fails=3), FakeClock()
-    _enable_wal(conn, timeout_s=10, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+    enable_wal(conn, timeout_s=10, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
     assert conn.calls == 4
     assert clock.sleeps == [0.005, 0.01, 0.02]  # backs off
 
@@ -52,7 +52,7 @@ def test_locked_journal_switch_is_retried_until_it_succeeds() -> None:
 def test_lock_held_past_the_timeout_raises_the_sqlite_error() -> None:
     conn, clock = FlakyConn(fails=10_000), FakeClock()
     with pytest.raises(sqlite3.OperationalError, match="locked"):
-        _enable_wal(conn, timeout_s=1, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+        enable_wal(conn, timeout_s=1, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
     assert 1 <= clock.now < 1.5
     assert max(clock.sleeps) <= 0.2
 
@@ -60,14 +60,14 @@ def test_lock_held_past_the_timeout_raises_the_sqlite_error() -> None:
 def test_other_errors_are_not_retried() -> None:
     conn, clock = FlakyConn(fails=1, message="disk I/O error"), FakeClock()
     with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
-        _enable_wal(conn, timeout_s=10, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
+        enable_wal(conn, timeout_s=10, clock=clock, sleep=clock.sleep)  # type: ignore[arg-type]
     assert conn.calls == 1
 
 
 def test_real_file_ends_in_wal_mode(tmp_path: Any) -> None:
     conn = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
     try:
-        _enable_wal(conn)
+        enable_wal(conn)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         conn.close()

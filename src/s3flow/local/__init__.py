@@ -2,5 +2,5 @@
 
 :mod:`.endpoint` starts servers that never outlive their owner; :mod:`.moto_server`
 is the patched moto server it runs; :mod:`.kafka_broker` installs and runs Kafka
-from Maven Central; :mod:`.demo` is ``s3flow demo``.
+from Maven Central (its parts are in :mod:`.kafka`); :mod:`.demo` is ``s3flow demo``.
 """

@@ -57,6 +57,26 @@ class ProcessContext:
 
 
 @dataclass
+class BundleContext:
+    """Everything a bundling step of an upload job gets: all of the step's inputs at once.
+
+    A processor with an ``async def bundle(self, ctx: BundleContext) -> Result``
+    method (the built-in ``zip``) is called once per job step with every input,
+    instead of once per object.
+    """
+
+    job_id: str
+    inputs: list[ObjectEvent]
+    s3: Any
+    sink: Sink
+    report_progress: Callable[[int], None] = lambda n: None
+
+    async def open(self, event: ObjectEvent) -> ObjectReader:
+        """Open one input as a decompressing stream."""
+        return await open_object(self.s3, event.bucket, event.key, version_id=event.version_id)
+
+
+@dataclass
 class PipelineContext:
     """A pipeline's live parts, given once to :meth:`BaseProcessor.start`.
 
@@ -71,6 +91,7 @@ class PipelineContext:
     sink: Sink
     store: StateStore | None = None
     aws: AwsSettings | None = None  # the settings ``s3`` was built from (None: defaults)
+    sqs: Any = None  # the worker's SQS client (the jobs bridge queues jobs with it)
 
 
 @runtime_checkable

@@ -26,6 +26,8 @@ BUILTINS: dict[str, str] = {
     "csv-to-kafka": "s3flow.pipelines.csv_kafka.processor:CsvToKafkaProcessor",
     "ndjson-manifest": "s3flow.pipelines.ndjson_parquet.manifest_processor:NdjsonManifestProcessor",
     "parquet-compact": "s3flow.pipelines.ndjson_parquet.compact_processor:ParquetCompactProcessor",
+    "zip": "s3flow.pipelines.zip_bundle:ZipProcessor",
+    "jobs-bridge": "s3flow.jobs.bridge:BridgeProcessor",
 }
 
 #: Built-in CLI extensions: ``register(app, run_app)`` functions of the pipelines.

@@ -1,4 +1,4 @@
-"""State store: file lifecycles, idempotency claims, checkpoints, locks.
+"""State store: file lifecycles, idempotency claims, checkpoints, locks, upload jobs.
 
 :func:`open_state_store` builds the store a ``state.url`` names; use the
 result with ``async with``::
@@ -38,18 +38,44 @@ from s3flow.state.base import (
     check_transition,
 )
 from s3flow.state.dynamodb import DynamoStateStore
+from s3flow.state.jobs import (
+    TERMINAL_EVENTS,
+    TERMINAL_STATUSES,
+    EventType,
+    JobEvent,
+    JobFile,
+    JobOutput,
+    JobRecord,
+    JobStatus,
+    JobStep,
+    JobStore,
+    StepStatus,
+    apply_event,
+    job_from_json,
+    job_to_json,
+)
 from s3flow.state.sqlite import SqliteStateStore
 
 __all__ = [
     "ALLOWED",
     "FILE_STATUS_OF",
     "MANIFEST_ALLOWED",
+    "TERMINAL_EVENTS",
+    "TERMINAL_STATUSES",
     "Claim",
     "ClaimOutcome",
     "DynamoStateStore",
+    "EventType",
     "FileRecord",
     "FileStatus",
     "HistoryEntry",
+    "JobEvent",
+    "JobFile",
+    "JobOutput",
+    "JobRecord",
+    "JobStatus",
+    "JobStep",
+    "JobStore",
     "LockLostError",
     "ManifestFile",
     "ManifestFileStatus",
@@ -60,11 +86,15 @@ __all__ = [
     "SqliteStateStore",
     "StateError",
     "StateStore",
+    "StepStatus",
     "TrackedFile",
     "TransitionError",
     "UnknownManifestError",
+    "apply_event",
     "check_manifest_transition",
     "check_transition",
+    "job_from_json",
+    "job_to_json",
     "open_state_store",
     "sqlite_path",
 ]

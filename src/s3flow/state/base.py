@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from s3flow.errors import S3flowError
+from s3flow.state.jobs import JobStore
 
 
 class StateError(S3flowError):
@@ -392,7 +393,7 @@ class ManifestStore(Protocol):
 
 
 @runtime_checkable
-class StateStore(FileStore, MetaStore, ManifestStore, Protocol):
+class StateStore(FileStore, MetaStore, ManifestStore, JobStore, Protocol):
     """Where s3flow remembers what it has seen and done: every part above. Use ``async with``.
 
     Backends (``sqlite.py``, ``dynamodb.py``) implement all of it and pass one

@@ -34,12 +34,18 @@ from s3flow.processors.base import PipelineContext
 from s3flow.settings import WorkerSettings
 from s3flow.state.base import StateStore
 from s3flow.worker.acks import AckBatcher, Settler
-from s3flow.worker.handler import MessageHandler, PipelineRuntime, WorkerObserver
+from s3flow.worker.handler import (
+    Handler,
+    MessageHandler,
+    PipelineRuntime,
+    QueueRuntime,
+    WorkerObserver,
+)
 from s3flow.worker.lease import LeaseKeeper
 from s3flow.worker.outcomes import Outcome, Release, Retry, backoff_s
 from s3flow.worker.source import QueueSource, ReceivedMessage, Slots
 
-__all__ = ["PipelineRunner", "PipelineRuntime", "Worker", "WorkerObserver"]
+__all__ = ["PipelineRunner", "PipelineRuntime", "QueueRuntime", "Worker", "WorkerObserver"]
 
 log = logging.getLogger("s3flow.worker")
 
@@ -52,12 +58,12 @@ class PipelineRunner:
 
     def __init__(
         self,
-        rt: PipelineRuntime,
+        rt: PipelineRuntime | QueueRuntime,
         *,
         sqs: Any,
         acks: AckBatcher,
         lease: LeaseKeeper,
-        handler: MessageHandler,
+        handler: Handler,
         settler: Settler,
         metrics: PipelineMetrics,
         observer: WorkerObserver,
@@ -260,11 +266,13 @@ class Worker:
         burst: bool = False,
         store: StateStore | None = None,
         claim_ttl_s: float = 0,
+        queues: list[QueueRuntime] | None = None,
     ) -> None:
         self._clients = clients
         self._store = store
         self._claim_ttl_s = claim_ttl_s
         self._runtimes = runtimes
+        self._queues = list(queues or [])
         self._ws = worker
         self._observer = observer or WorkerObserver()
         self._burst = burst
@@ -287,23 +295,29 @@ class Worker:
             log.warning("%s received again: releasing in-flight work now", signame)
             self._grace_cut.set()
 
-    async def _runner(self, stack: AsyncExitStack, rt: PipelineRuntime) -> PipelineRunner:
+    async def _runner(
+        self, stack: AsyncExitStack, rt: PipelineRuntime | QueueRuntime
+    ) -> PipelineRunner:
         m = self.metrics.for_pipeline(rt.settings.name)
         acks = await stack.enter_async_context(
             AckBatcher(
                 self._clients.sqs, rt.queue_url, window_s=self._ws.ack_batch_window_s, metrics=m
             )
         )
-        handler = MessageHandler(
-            rt,
-            s3=self._clients.s3,
-            store=self._store,
-            worker=self._ws,
-            metrics=m,
-            observer=self._observer,
-            stop=self._stop,
-            claim_ttl_s=self._claim_ttl_s,
-        )
+        handler: Handler
+        if isinstance(rt, QueueRuntime):
+            handler = rt.handler
+        else:
+            handler = MessageHandler(
+                rt,
+                s3=self._clients.s3,
+                store=self._store,
+                worker=self._ws,
+                metrics=m,
+                observer=self._observer,
+                stop=self._stop,
+                claim_ttl_s=self._claim_ttl_s,
+            )
         lease = await stack.enter_async_context(
             LeaseKeeper(
                 acks,
@@ -323,8 +337,8 @@ class Worker:
             store=self._store,
             metrics=m,
         )
-        start = getattr(rt.processor, "start", None)
-        if start is not None:
+        start = getattr(rt.processor, "start", None) if isinstance(rt, PipelineRuntime) else None
+        if isinstance(rt, PipelineRuntime) and start is not None:
             await start(
                 PipelineContext(
                     pipeline=rt.settings.name,
@@ -334,6 +348,7 @@ class Worker:
                     sink=rt.sink,
                     store=self._store,
                     aws=self._clients.aws,
+                    sqs=self._clients.sqs,
                 )
             )
         return PipelineRunner(
@@ -359,8 +374,14 @@ class Worker:
                 loop.add_signal_handler(sig, self._on_signal, sig.name)
         try:
             async with AsyncExitStack() as stack:
-                for rt in self._runtimes:
+                every: list[PipelineRuntime | QueueRuntime] = [*self._runtimes, *self._queues]
+                for rt in every:
                     self.runners.append(await self._runner(stack, rt))
+                log.info(
+                    "worker %s running: %s",
+                    self._ws.worker_id,
+                    ", ".join(f"{rt.settings.name} ({rt.queue_url})" for rt in every),
+                )
                 started = time.monotonic()
                 await asyncio.gather(*(r.run() for r in self.runners))
                 # Polling has stopped (signal, or every queue drained).

@@ -5,14 +5,14 @@ identify the upload, claim it, validate, process, record the result. It
 decides, never settles: the engine passes the :mod:`~s3flow.worker.outcomes`
 value to :class:`~s3flow.worker.acks.Settler`.
 
-Identity is per event (see docs/operations.md, "Identity"): the versionId in a
-versioned bucket, else ``<eTag>@<sequencer>``, else the object's
-``<eTag>@t<LastModified>`` read with a HEAD. A duplicate delivery of the same
-event is acknowledged without work and counted; a new upload is processed.
+Identity is per event (:mod:`~s3flow.worker.identity`). A duplicate delivery of
+the same event is acknowledged without work and counted; a new upload is
+processed.
 
 A claim held by another worker never spends the message's retry budget: the
-handler waits for it with the message still leased (the heartbeat keeps it
-invisible), and the worker counts failures in the state store, not receives.
+handler waits for it with the message still leased (:mod:`~s3flow.worker.waiting`),
+and the worker counts failures in the state store, not receives. What a failed
+record becomes is the failure policy's call (:mod:`~s3flow.worker.policy`).
 """
 
 from __future__ import annotations
@@ -21,47 +21,40 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol
 
 from s3flow.errors import (
     Disposition,
     EnvelopeError,
-    OutputUnavailableError,
     ProcessorError,
     S3flowError,
     translate_aws_error,
 )
-from s3flow.events import ObjectEvent, content_version, parse_body
+from s3flow.events import ObjectEvent, parse_body
 from s3flow.metrics import PipelineMetrics
 from s3flow.processors.base import ProcessContext, Processor, Result
-from s3flow.quarantine import tag_quarantined
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, WorkerSettings
 from s3flow.sinks.base import Sink
-from s3flow.state.base import Claim, ClaimOutcome, FileStatus, ObjectId, StateStore
+from s3flow.state.base import Claim, ClaimOutcome, ObjectId, StateStore
 from s3flow.validation import validate
+from s3flow.worker.identity import identify, newer_upload_done
 from s3flow.worker.outcomes import (
     Ack,
     DeadLetter,
     Outcome,
+    RecordOutcome,
     RecordPart,
     Release,
     Retry,
     Split,
-    backoff_s,
 )
+from s3flow.worker.policy import FailurePolicy, merge_failures
 from s3flow.worker.source import ReceivedMessage
+from s3flow.worker.waiting import until_free
 
 log = logging.getLogger("s3flow.worker")
-T = TypeVar("T")
-
-#: Message attribute carrying a re-sent record's failures so far.
-FAILURES_ATTR = "s3flow.failures"
-
-_WAIT_FIRST_S = 0.5  # first look again at a busy claim; doubles up to _WAIT_MAX_S
-_WAIT_MAX_S = 5.0
 
 
 class WorkerObserver:
@@ -82,6 +75,32 @@ class WorkerObserver:
         """A message was acked, retried, dead-lettered, split or released."""
 
 
+class Handler(Protocol):
+    """What a :class:`~s3flow.worker.engine.PipelineRunner` drives: message -> outcome."""
+
+    async def handle(self, msg: ReceivedMessage) -> Outcome:
+        """Work on ``msg``; return how to settle it (never raise for a message's fault)."""
+        ...
+
+    async def renew_claims(self, message_ids: list[str]) -> None:
+        """Extend what is held for these messages (called with their visibility beat)."""
+        ...
+
+
+@dataclass
+class QueueRuntime:
+    """A queue whose messages are not S3 events, with its own handler (upload jobs).
+
+    ``settings`` gives the runner its concurrency, visibility, wait and retry
+    settings; its processor, bucket and output are not used.
+    """
+
+    settings: PipelineSettings
+    queue_url: str
+    dlq_url: str
+    handler: Handler
+
+
 @dataclass
 class PipelineRuntime:
     """A pipeline's settings resolved into live parts (see ``s3flow.app``)."""
@@ -92,18 +111,6 @@ class PipelineRuntime:
     processor: Processor
     sink: Sink
     route: Route
-
-
-RecordOutcome = Retry | DeadLetter | Release
-
-
-def prior_failures(msg: ReceivedMessage) -> int:
-    """Failures a re-sent record carried in its ``s3flow.failures`` attribute (0 if none)."""
-    attr = msg.message_attributes.get(FAILURES_ATTR) or {}
-    try:
-        return max(0, int(str(attr.get("StringValue", "0"))))
-    except ValueError:
-        return 0
 
 
 class MessageHandler:
@@ -130,6 +137,7 @@ class MessageHandler:
         self._observer = observer
         self._stop = stop
         self.claim_ttl_s = claim_ttl_s or float(self.p.visibility_timeout_s)
+        self._policy = FailurePolicy(self.p, s3=s3, store=store, metrics=metrics)
         # message id -> claims and key locks held for it (renewed with its heartbeat)
         self._claims: dict[str, dict[ObjectId, int]] = {}
         self._locks: dict[str, dict[str, tuple[str, int]]] = {}
@@ -174,12 +182,12 @@ class MessageHandler:
         if not failed:
             return Ack()
         if len(env.events) == 1 or any(e.raw is None for e, _ in failed):
-            return failed[0][1] if len(failed) == 1 else _merge(failed)
+            return failed[0][1] if len(failed) == 1 else merge_failures(failed)
         # Several records, some failed: each failed record settles alone.
         parts = []
         for event, outcome in failed:
             assert not isinstance(outcome, Release)
-            failures = self._failures_now(msg, None) if isinstance(outcome, Retry) else 0
+            failures = self._policy.failures_now(msg, None) if isinstance(outcome, Retry) else 0
             parts.append(RecordPart(event.record_body(), outcome, failures))
         log.info(
             "message %s: %d of %d records failed; they settle alone, the rest is done",
@@ -193,18 +201,10 @@ class MessageHandler:
 
     async def _record(self, msg: ReceivedMessage, event: ObjectEvent) -> RecordOutcome | None:
         """Identify, claim, validate, process, record. None = done (ack-able)."""
-        head: dict[str, Any] | None = None
-        version = event.event_version
-        if version is None:
-            try:
-                head = await self._s3.head_object(Bucket=event.bucket, Key=event.key)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                err = translate_aws_error(exc, f"HeadObject {event.uri()}")
-                return await self._failed(msg, event, None, None, err, 0)
-            version = content_version(head.get("ETag"), head.get("LastModified") or 0)
-        oid = ObjectId(event.bucket, event.key, version)
+        try:
+            oid, head = await identify(self._s3, event)
+        except S3flowError as err:
+            return await self._failed(msg, event, None, None, err, 0)
         store = self._store
         if store is None:
             return await self._claimed(msg, event, oid, head)
@@ -267,7 +267,7 @@ class MessageHandler:
         try:
             if store is not None and token is not None:
                 self._claims.setdefault(msg.message_id, {})[oid] = token
-                newer = await self._newer_upload_done(event, oid)
+                newer = await newer_upload_done(store, event, oid)
                 if newer is not None:
                     await store.complete(
                         oid, token=token, outputs=[], detail=f"superseded by upload {newer}"
@@ -285,7 +285,7 @@ class MessageHandler:
                 try:
                     reason = await self._validate(event, head)
                     if reason is not None:
-                        await self._quarantine(event, oid, token, reason, "ValidationFailed")
+                        await self._policy.quarantine(event, oid, token, reason, "ValidationFailed")
                         return None
                 except S3flowError as exc:
                     return await self._failed(msg, event, oid, token, exc, failures_before)
@@ -304,20 +304,6 @@ class MessageHandler:
                 if not held:
                     self._claims.pop(msg.message_id, None)
 
-    async def _newer_upload_done(self, event: ObjectEvent, oid: ObjectId) -> str | None:
-        """A completed upload of the same key with a later sequencer, if any (its version)."""
-        if self._store is None or not event.sequencer:
-            return None
-        for rec in await self._store.versions(event.bucket, event.key):
-            if (
-                rec.status is FileStatus.COMPLETED
-                and rec.version != oid.version
-                and rec.sequencer
-                and sequencer_after(rec.sequencer, event.sequencer)
-            ):
-                return rec.version
-        return None
-
     async def _lock_key(
         self, msg: ReceivedMessage, event: ObjectEvent, name: str, owner: str
     ) -> int | RecordOutcome:
@@ -328,7 +314,15 @@ class MessageHandler:
         async def attempt() -> tuple[int | None, float | None]:
             return await store.acquire_lock(name, owner=owner, ttl_s=self.claim_ttl_s), None
 
-        return await self._until_free(msg, event, "KeyBusy", "another upload of the key", attempt)
+        return await until_free(
+            attempt,
+            msg=msg,
+            event=event,
+            settings=self.p,
+            stop=self._stop,
+            error_class="KeyBusy",
+            what="another upload of the key",
+        )
 
     async def _claim(
         self, msg: ReceivedMessage, event: ObjectEvent, oid: ObjectId
@@ -350,50 +344,15 @@ class MessageHandler:
                 return claim, None
             return None, (claim.record.claim_expires_at or 0) - time.time()
 
-        return await self._until_free(msg, event, "ClaimBusy", "another worker's claim", attempt)
-
-    async def _until_free(
-        self,
-        msg: ReceivedMessage,
-        event: ObjectEvent,
-        error_class: str,
-        what: str,
-        attempt: Callable[[], Awaitable[tuple[T | None, float | None]]],
-    ) -> T | RecordOutcome:
-        """Call ``attempt`` until it gets something, waiting between tries with the message
-        leased (its heartbeat keeps it invisible: no receive is spent).
-
-        ``attempt`` returns (the thing, None) or (None, seconds until the holder's hold
-        expires, if known). Gives up at shutdown (release) or after ``job_timeout_s``.
-        """
-        wait_s = _WAIT_FIRST_S
-        logged = False
-        while True:
-            got, expires_in = await attempt()
-            if got is not None:
-                return got
-            if self._stop.is_set():
-                return Release(f"shutdown while waiting for {what}")
-            if time.monotonic() - msg.received_at > self.p.job_timeout_s:
-                delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
-                return Retry(
-                    delay,
-                    error_class,
-                    f"{event.uri()}: waited for {what} for longer than job_timeout_s "
-                    f"({self.p.job_timeout_s}s)",
-                )
-            if not logged:
-                logged = True
-                log.info(
-                    "%s (message %s): waiting for %s with the message leased",
-                    event.uri(),
-                    msg.message_id,
-                    what,
-                )
-            timeout = wait_s if expires_in is None else min(wait_s, max(0.05, expires_in + 0.05))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=timeout)
-            wait_s = min(wait_s * 2, _WAIT_MAX_S)
+        return await until_free(
+            attempt,
+            msg=msg,
+            event=event,
+            settings=self.p,
+            stop=self._stop,
+            error_class="ClaimBusy",
+            what="another worker's claim",
+        )
 
     async def _run_processor(
         self,
@@ -455,29 +414,6 @@ class MessageHandler:
             size, ctype = int(head.get("ContentLength", 0)), head.get("ContentType")
         return validate(self.p.validation, event.key, size, ctype)
 
-    async def _quarantine(
-        self, event: ObjectEvent, oid: ObjectId, token: int | None, reason: str, error_class: str
-    ) -> None:
-        """Tag the object and record it as quarantined; its record is then done."""
-        await tag_quarantined(self._s3, event.bucket, event.key, reason, event.version_id)
-        if self._store is not None and token is not None:
-            await self._store.fail(
-                oid,
-                token=token,
-                status=FileStatus.QUARANTINED,
-                error_class=error_class,
-                error=reason,
-            )
-        self.metrics.quarantined += 1
-        log.warning("%s quarantined (%s): %s", event.uri(), error_class, reason)
-
-    def _failures_now(self, msg: ReceivedMessage, failures_before: int | None) -> int:
-        """Failures of this record including the one just seen."""
-        if failures_before is not None and self._store is not None:
-            return failures_before + 1
-        # No store: what the message says (re-sent records carry their count).
-        return prior_failures(msg) + msg.receive_count
-
     async def _failed(
         self,
         msg: ReceivedMessage,
@@ -487,71 +423,9 @@ class MessageHandler:
         exc: S3flowError,
         failures_before: int,
     ) -> RecordOutcome | None:
+        """Report the failure, then let the failure policy decide the record's outcome."""
         self._observer.object_finished(self.p.name, event, None, exc)
-        where = f"{event.uri()} (message {msg.message_id}, receive #{msg.receive_count})"
-        store = self._store if oid is not None and token is not None else None
-        if exc.disposition is Disposition.SKIP:
-            self.metrics.objects_skipped += 1
-            log.warning("%s: %s; acknowledging without output", where, exc)
-            if store is not None and oid is not None and token is not None:
-                await store.complete(
-                    oid, token=token, outputs=[], detail=f"object no longer exists: {exc}"
-                )
-            return None
-        if isinstance(exc, OutputUnavailableError):
-            # The operator's problem, not the file's: no failure counted.
-            delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
-            log.error("%s: output unavailable, retrying in %ds: %s", where, delay, exc)
-            if store is not None and oid is not None and token is not None:
-                await store.release(oid, token=token)
-            return Retry(delay, exc.error_class, str(exc))
-        if exc.disposition is Disposition.RETRYABLE:
-            n = self._failures_now(msg, failures_before if token is not None else None)
-            await self._record_failure(oid, token, exc)
-            if n >= self.p.max_receive_count:
-                log.error(
-                    "%s failed %d times (max_receive_count), dead-lettering: %s", where, n, exc
-                )
-                return DeadLetter(
-                    f"RetriesExhausted.{exc.error_class}",
-                    f"failed {n} times; last error: {exc}",
-                    (oid,) if store is not None and oid is not None else (),
-                )
-            delay = backoff_s(n, self.p.retry_base_s, self.p.retry_max_s)
-            log.warning(
-                "%s failed (%s, failure %d of %d), retrying in %ds: %s",
-                where,
-                exc.error_class,
-                n,
-                self.p.max_receive_count,
-                delay,
-                exc,
-            )
-            return Retry(delay, exc.error_class, str(exc))
-        quarantine = (
-            exc.disposition is Disposition.QUARANTINE or self.p.on_permanent_error == "quarantine"
-        )
-        if quarantine and oid is not None:
-            await self._quarantine(event, oid, token, str(exc), exc.error_class)
-            return None
-        log.error("%s failed permanently (%s), dead-lettering: %s", where, exc.error_class, exc)
-        # Recorded as failed now; marked dead only once the DLQ has the message.
-        await self._record_failure(oid, token, exc)
-        return DeadLetter(
-            exc.error_class, str(exc), (oid,) if store is not None and oid is not None else ()
-        )
-
-    async def _record_failure(
-        self, oid: ObjectId | None, token: int | None, exc: S3flowError
-    ) -> None:
-        if self._store is not None and oid is not None and token is not None:
-            await self._store.fail(
-                oid,
-                token=token,
-                status=FileStatus.FAILED,
-                error_class=exc.error_class,
-                error=str(exc),
-            )
+        return await self._policy.failed(msg, event, oid, token, exc, failures_before)
 
     # --- heartbeat ---------------------------------------------------------------------
 
@@ -584,23 +458,3 @@ class MessageHandler:
                         oid.bucket,
                         oid.key,
                     )
-
-
-def sequencer_after(a: str, b: str) -> bool:
-    """Whether S3 sequencer ``a`` is later than ``b`` (same key only).
-
-    AWS: pad the shorter with leading zeros, then compare as strings.
-    """
-    a, b = a.upper(), b.upper()
-    width = max(len(a), len(b))
-    return a.rjust(width, "0") > b.rjust(width, "0")
-
-
-def _merge(failed: list[tuple[ObjectEvent, RecordOutcome]]) -> RecordOutcome:
-    """One outcome for a message whose records cannot be split (no raw records)."""
-    dead = [o for _, o in failed if isinstance(o, DeadLetter)]
-    if dead:
-        objects = tuple(oid for d in dead for oid in d.objects)
-        return DeadLetter(dead[0].error_class, "; ".join(d.error for d in dead), objects)
-    retries = [o for _, o in failed if isinstance(o, Retry)]
-    return min(retries, key=lambda r: r.delay_s)

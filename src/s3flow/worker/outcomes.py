@@ -74,6 +74,8 @@ class Split:
 
 
 Outcome = Ack | Retry | DeadLetter | Release | Split
+#: How one record of a message did not finish (``None`` stands for done).
+RecordOutcome = Retry | DeadLetter | Release
 
 
 def backoff_s(

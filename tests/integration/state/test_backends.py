@@ -82,11 +82,13 @@ async def test_dynamodb_tables(endpoint: object) -> None:
             (f"{prefix}-history", "created"),
             (f"{prefix}-meta", "created"),
             (f"{prefix}-manifests", "created"),
+            (f"{prefix}-jobs", "created"),
+            (f"{prefix}-job-events", "created"),
         ]
         assert await s.get(oid()) is None
     # Idempotent, and usable on a store that is not open.
     again = await DynamoStateStore(prefix, aws).ensure_tables()
-    assert [c for _, c in again] == ["unchanged"] * 4
+    assert [c for _, c in again] == ["unchanged"] * 6
     wrong = DynamoStateStore(f"{prefix}-x", aws)
     async with wrong:
         await wrong._client.create_table(  # a table of that name with another key schema

@@ -1,0 +1,217 @@
+"""The bridge: groups arriving upload files into jobs and queues complete jobs.
+
+It runs as an ordinary pipeline (processor ``jobs-bridge``) on the intake
+queue, so it gets the engine's claims, retries, quarantine and shutdown. For
+each object under ``uploads/<upload_id>/``:
+
+* no such upload, an index it did not declare, or a size over the limit ->
+  quarantined with the reason (``InvalidInputError``);
+* otherwise ``file.received`` is appended to the job's log (idempotent);
+  when no declared file is missing, ``job.queued`` is appended and one message
+  goes to the processing FIFO queue (``MessageGroupId`` = upload id,
+  ``MessageDeduplicationId`` = job id). A crash between the two re-runs both:
+  the append dedups and so does the queue.
+
+A background sweep expires jobs whose files did not all arrive within
+``[jobs] job_timeout_s`` (``job.expired`` naming them). Every worker sweeps;
+the conditional append makes that harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from s3flow.errors import InvalidInputError, S3flowError, translate_aws_error
+from s3flow.jobs.uploads import parse_upload_key
+from s3flow.processors.base import (
+    BaseProcessor,
+    PipelineContext,
+    ProcessContext,
+    Result,
+    parse_options,
+)
+from s3flow.state.jobs import EventType, JobRecord, JobStatus, JobStore
+
+__all__ = ["BridgeOptions", "BridgeProcessor", "JobMessage", "expire_overdue"]
+
+log = logging.getLogger("s3flow.jobs.bridge")
+
+_QUEUEABLE = frozenset({JobStatus.WAITING_FOR_FILES, JobStatus.QUEUED})
+
+
+class BridgeOptions(BaseModel):
+    """Options of ``jobs-bridge`` (set by s3flow from ``[jobs]``; not written by hand)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    processing_queue: str = Field(description="Name or URL of the processing FIFO queue.")
+    max_file_bytes: int = Field(gt=0, description="Largest accepted upload.")
+    sweep_interval_s: float = Field(
+        default=30.0, gt=0, description="How often to expire overdue jobs."
+    )
+
+
+class JobMessage(BaseModel):
+    """The body of a message on the processing queue."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    upload_id: str
+    template: str
+
+
+async def expire_overdue(store: JobStore, *, now: float | None = None) -> list[str]:
+    """Expire every waiting job past its deadline; returns their ids."""
+    at = time.time() if now is None else now
+    expired = []
+    for job in await store.list_jobs(status=JobStatus.WAITING_FOR_FILES, limit=1000):
+        if job.expires_at > at:
+            continue
+        missing = job.missing
+        event, new = await store.append_event(
+            job.job_id,
+            event_id=f"{job.job_id}:{EventType.JOB_EXPIRED}",
+            type=EventType.JOB_EXPIRED,
+            data={
+                "missing": missing,
+                "error": "these files never arrived before the job's deadline: "
+                + ", ".join(missing),
+            },
+            if_status=frozenset({JobStatus.WAITING_FOR_FILES}),
+        )
+        if event is not None and new:
+            log.info("job %s expired: %d declared file(s) never arrived", job.job_id, len(missing))
+            expired.append(job.job_id)
+    return expired
+
+
+class BridgeProcessor(BaseProcessor):
+    """Records upload files and queues a job once all of its files are there."""
+
+    name: ClassVar[str] = "jobs-bridge"
+    cpu_bound: ClassVar[bool] = False
+    options_model = BridgeOptions
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        super().__init__(options)
+        self.opts = parse_options(self.name, BridgeOptions, self.options)
+        self._sqs: Any = None
+        self._queue_url = ""
+        self._store: JobStore | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self, pipeline: PipelineContext) -> None:
+        if pipeline.store is None or pipeline.sqs is None:
+            raise S3flowError(
+                "upload jobs need a state store and SQS (state.url must not be 'none')"
+            )
+        self._store = pipeline.store
+        self._sqs = pipeline.sqs
+        q = self.opts.processing_queue
+        if q.startswith(("http://", "https://")):
+            self._queue_url = q
+        else:
+            try:
+                self._queue_url = (await self._sqs.get_queue_url(QueueName=q))["QueueUrl"]
+            except Exception as exc:
+                raise translate_aws_error(exc, "GetQueueUrl") from exc
+        self._sweeper = asyncio.create_task(self._sweep(), name="s3flow-jobs-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def _sweep(self) -> None:
+        assert self._store is not None
+        while True:
+            try:
+                await expire_overdue(self._store)
+            except S3flowError as exc:
+                log.warning("expiring overdue jobs failed (will try again): %s", exc)
+            await asyncio.sleep(self.opts.sweep_interval_s)
+
+    async def process(self, ctx: ProcessContext) -> Result:
+        store = self._store
+        if store is None:
+            raise S3flowError("jobs-bridge used before start()")
+        key = ctx.event.key
+        parsed = parse_upload_key(key)
+        if parsed is None:
+            raise InvalidInputError(
+                f"{key!r} is not an upload file (expected uploads/<upload_id>/<index>-<name>, "
+                "written through POST /api/uploads)"
+            )
+        upload_id, index = parsed
+        job = await store.job_for_upload(upload_id)
+        if job is None:
+            raise InvalidInputError(f"{key!r} belongs to no upload: upload {upload_id} is unknown")
+        if index >= len(job.files) or job.files[index].key != key:
+            raise InvalidInputError(
+                f"{key!r} was not declared by upload {upload_id} (job {job.job_id})"
+            )
+        size = ctx.event.size
+        if size is not None and size > self.opts.max_file_bytes:
+            await self._fail(
+                store, job, f"{job.files[index].name!r} is {size} bytes, over the limit"
+            )
+            raise InvalidInputError(
+                f"{key!r} is {size} bytes, more than max_file_bytes ({self.opts.max_file_bytes})"
+            )
+        name = job.files[index].name
+        await store.append_event(
+            job.job_id,
+            event_id=f"{job.job_id}:{EventType.FILE_RECEIVED}:{index}",
+            type=EventType.FILE_RECEIVED,
+            data={"index": index, "name": name, "key": key, "size": size},
+        )
+        job = await store.get_job(job.job_id) or job
+        detail: dict[str, Any] = {"job_id": job.job_id, "upload_id": upload_id, "file": name}
+        if job.missing:
+            detail["waiting_for"] = job.missing
+            return Result(counters={"files_received": 1}, detail=detail)
+        if job.status not in _QUEUEABLE:
+            detail["note"] = f"job is already {job.status}"
+            return Result(counters={"files_received": 1}, detail=detail)
+        event, _ = await store.append_event(
+            job.job_id,
+            event_id=f"{job.job_id}:{EventType.JOB_QUEUED}",
+            type=EventType.JOB_QUEUED,
+            data={"files": len(job.files)},
+            if_status=_QUEUEABLE,
+        )
+        if event is None:
+            detail["note"] = "job ended before its last file arrived"
+            return Result(counters={"files_received": 1}, detail=detail)
+        await self._enqueue(job)
+        detail["queued"] = True
+        return Result(counters={"files_received": 1, "jobs_queued": 1}, detail=detail)
+
+    async def _enqueue(self, job: JobRecord) -> None:
+        body = JobMessage(job_id=job.job_id, upload_id=job.upload_id, template=job.template)
+        try:
+            await self._sqs.send_message(
+                QueueUrl=self._queue_url,
+                MessageBody=json.dumps(body.model_dump()),
+                MessageGroupId=job.upload_id,
+                MessageDeduplicationId=job.job_id,
+            )
+        except Exception as exc:
+            raise translate_aws_error(exc, "SendMessage") from exc
+
+    async def _fail(self, store: JobStore, job: JobRecord, error: str) -> None:
+        await store.append_event(
+            job.job_id,
+            event_id=f"{job.job_id}:{EventType.JOB_FAILED}",
+            type=EventType.JOB_FAILED,
+            data={"error": error},
+        )

@@ -1,0 +1,273 @@
+"""Progress events: the job worker publishes them, the web's consumer stores and fans them out.
+
+The job worker sends each event as one message on the progress FIFO queue
+(``MessageGroupId`` = job id, so one job's events stay in order;
+``MessageDeduplicationId`` from the event id). :class:`ProgressConsumer`
+reads that queue in order, appends each event to the job's log in the state
+store (idempotent by event id, which also assigns the SSE sequence number),
+calls ``on_event`` for live fan-out, and only then deletes the messages.
+
+Bridge and web write their events (``job.created``, ``file.received``,
+``job.queued``, ``job.expired``) straight to the store: they already hold it,
+and the bridge must know the job's state before it queues it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from s3flow.errors import S3flowError, translate_aws_error
+from s3flow.state.jobs import EventType, JobEvent, JobStore
+
+__all__ = ["ProgressConsumer", "ProgressMessage", "ProgressPublisher", "StepProgress"]
+
+log = logging.getLogger("s3flow.jobs.progress")
+
+#: Long-poll wait of the consumer; short, so a stopping web process lets an
+#: on-wire receive finish instead of leaving a job's messages (and, in a FIFO
+#: queue, the rest of that job's events) invisible.
+_WAIT_S = 2
+
+
+@dataclass(frozen=True)
+class ProgressMessage:
+    """One event on the progress queue."""
+
+    job_id: str
+    event_id: str
+    type: EventType
+    data: dict[str, Any]
+
+    def to_body(self) -> str:
+        """The message body (JSON)."""
+        return json.dumps(
+            {
+                "job_id": self.job_id,
+                "event_id": self.event_id,
+                "type": str(self.type),
+                "data": self.data,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_body(cls, body: str) -> ProgressMessage:
+        """Parse a body; :class:`S3flowError` saying what is wrong for anything else."""
+        try:
+            doc = json.loads(body)
+            return cls(
+                job_id=str(doc["job_id"]),
+                event_id=str(doc["event_id"]),
+                type=EventType(doc["type"]),
+                data=dict(doc.get("data") or {}),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise S3flowError(f"not a progress event ({exc}): {body[:200]!r}") from exc
+
+
+def _dedup_id(event_id: str) -> str:
+    # FIFO dedup ids: at most 128 characters of a limited alphabet.
+    return hashlib.sha256(event_id.encode("utf-8")).hexdigest()
+
+
+class ProgressPublisher:
+    """Sends one job's events to the progress FIFO queue, in order."""
+
+    def __init__(self, sqs: Any, queue_url: str, job_id: str) -> None:
+        self._sqs = sqs
+        self._queue_url = queue_url
+        self.job_id = job_id
+
+    async def publish(self, event_id: str, type_: EventType, data: dict[str, Any]) -> None:
+        """Send one event; returns once SQS has it (retries are botocore's)."""
+        msg = ProgressMessage(job_id=self.job_id, event_id=event_id, type=type_, data=data)
+        try:
+            await self._sqs.send_message(
+                QueueUrl=self._queue_url,
+                MessageBody=msg.to_body(),
+                MessageGroupId=self.job_id,
+                MessageDeduplicationId=_dedup_id(event_id),
+            )
+        except Exception as exc:
+            raise translate_aws_error(exc, "SendMessage") from exc
+
+
+class StepProgress:
+    """``step.progress`` for one step, at most once per ``interval_s`` (the last one always).
+
+    ``add`` is called from a processor's ``report_progress`` (sync, cheap);
+    :meth:`maybe_publish` sends when the interval has passed.
+    """
+
+    def __init__(
+        self,
+        publisher: ProgressPublisher,
+        *,
+        step: int,
+        attempt: int,
+        interval_s: float,
+        bytes_total: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pub = publisher
+        self._step = step
+        self._attempt = attempt
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last = clock()
+        self._n = 0
+        self.bytes_done = 0
+        self.files_done = 0
+        self.bytes_total = bytes_total
+        self._dirty = False
+
+    def add(self, nbytes: int) -> None:
+        """Count bytes read (a processor's ``report_progress``)."""
+        self.bytes_done += nbytes
+        self._dirty = True
+
+    def file_done(self) -> None:
+        """Count one input file finished."""
+        self.files_done += 1
+        self._dirty = True
+
+    def data(self) -> dict[str, Any]:
+        """The event's data."""
+        return {
+            "step": self._step,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "files_done": self.files_done,
+        }
+
+    async def maybe_publish(self, *, force: bool = False) -> bool:
+        """Publish if something changed and the interval passed (or ``force``)."""
+        now = self._clock()
+        if not self._dirty or (not force and now - self._last < self._interval_s):
+            return False
+        self._n += 1
+        self._last = now
+        self._dirty = False
+        await self._pub.publish(
+            f"{self._pub.job_id}:step.progress:{self._step}:{self._attempt}:{self._n}",
+            EventType.STEP_PROGRESS,
+            self.data(),
+        )
+        return True
+
+
+class ProgressConsumer:
+    """Progress queue -> the job's event log in the store -> ``on_event`` (live fan-out).
+
+    Use as ``async with``; it reads until the block exits. Messages are
+    appended in the order received (FIFO per job) and deleted only after the
+    store has them, so a crash re-delivers and the append dedups.
+    """
+
+    def __init__(
+        self,
+        *,
+        sqs: Any,
+        queue_url: str,
+        store: JobStore,
+        on_event: Callable[[JobEvent], None] = lambda e: None,
+        wait_time_s: int = _WAIT_S,
+    ) -> None:
+        self._sqs = sqs
+        self._queue_url = queue_url
+        self._store = store
+        self._on_event = on_event
+        self._wait_s = wait_time_s
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.consumed = 0
+        self.idle = asyncio.Event()  # set after a receive that found nothing
+
+    async def __aenter__(self) -> ProgressConsumer:
+        self._task = asyncio.create_task(self._run(), name="s3flow-progress-consumer")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            # The receive on the wire is short (_WAIT_S): let it finish and settle.
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=self._wait_s + 10)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                n = await self.poll_once()
+                delay = 0.5
+            except S3flowError as exc:
+                log.warning("progress queue: %s; retrying in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if n == 0:
+                self.idle.set()
+            else:
+                self.idle.clear()
+
+    async def poll_once(self) -> int:
+        """One receive -> store -> delete round; returns how many messages it handled."""
+        try:
+            resp = await self._sqs.receive_message(
+                QueueUrl=self._queue_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=self._wait_s,
+            )
+        except Exception as exc:
+            raise translate_aws_error(exc, "ReceiveMessage") from exc
+        messages = resp.get("Messages") or []
+        done: list[dict[str, str]] = []
+        for i, raw in enumerate(messages):
+            try:
+                msg = ProgressMessage.from_body(str(raw.get("Body", "")))
+            except S3flowError as exc:
+                log.error(
+                    "progress queue: dropping a message that is not a progress event: %s", exc
+                )
+                done.append({"Id": str(i), "ReceiptHandle": raw["ReceiptHandle"]})
+                continue
+            try:
+                event, new = await self._store.append_event(
+                    msg.job_id, event_id=msg.event_id, type=msg.type, data=msg.data
+                )
+            except S3flowError as exc:
+                # Leave it (and, FIFO, the rest of its job) for a later receive.
+                log.warning(
+                    "progress event %s for %s not stored yet: %s", msg.event_id, msg.job_id, exc
+                )
+                break
+            if event is None:
+                log.info(
+                    "progress event %s (%s) ignored: job %s is unknown or already finished",
+                    msg.event_id,
+                    msg.type,
+                    msg.job_id,
+                )
+            elif new:
+                self.consumed += 1
+                self._on_event(event)
+            done.append({"Id": str(i), "ReceiptHandle": raw["ReceiptHandle"]})
+        if done:
+            try:
+                await self._sqs.delete_message_batch(QueueUrl=self._queue_url, Entries=done)
+            except Exception as exc:
+                raise translate_aws_error(exc, "DeleteMessageBatch") from exc
+        return len(messages)

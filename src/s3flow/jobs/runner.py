@@ -1,0 +1,249 @@
+"""The job worker: one message of the processing FIFO queue -> a job's template run -> outcome.
+
+Steps run in order. Step 0 reads the job's files, each later step the
+previous step's outputs; a processor with a ``bundle`` method (``zip``) gets
+all of its inputs at once, any other processor runs once per input. The last
+step writes to ``<output_prefix><job_id>/``, earlier ones under
+``<output_prefix><job_id>/.steps/<n>-<processor>/``. Outputs are idempotent
+(same keys on a re-run), so a job that is re-delivered after a crash simply
+runs again and ends with one ``job.completed`` (its event id is fixed).
+
+Progress goes to the progress FIFO queue (:mod:`s3flow.jobs.progress`):
+``step.started``, ``step.progress`` (at most every ``progress_interval_s``),
+``step.completed``, then ``job.completed``; a permanent error or the last
+allowed attempt gives ``job.failed`` with the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from s3flow.errors import PermanentError, S3flowError
+from s3flow.events import ObjectEvent
+from s3flow.jobs.bridge import JobMessage
+from s3flow.jobs.progress import ProgressPublisher, StepProgress
+from s3flow.processors.base import BundleContext, ProcessContext, Result
+from s3flow.processors.registry import create_processor
+from s3flow.settings import JobsSettings, Settings, TemplateSettings
+from s3flow.sinks.s3 import S3Sink, parse_s3_uri
+from s3flow.state.jobs import EventType, JobRecord, JobStore
+from s3flow.worker.outcomes import Ack, Outcome, Retry, backoff_s
+from s3flow.worker.source import ReceivedMessage
+
+__all__ = ["JobHandler"]
+
+log = logging.getLogger("s3flow.jobs.runner")
+
+
+class _StepSink:
+    """An S3 sink that names outputs by the input's path below its own prefix."""
+
+    def __init__(self, inner: S3Sink, strip: tuple[str, ...]) -> None:
+        self._inner = inner
+        self._strip = strip
+        self.root = inner.root
+
+    def _rel(self, key: str) -> str:
+        for prefix in self._strip:
+            if key.startswith(prefix):
+                return key[len(prefix) :]
+        return key
+
+    async def write(
+        self, relative_key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> str:
+        return await self._inner.write(self._rel(relative_key), data, content_type)
+
+    async def read(self, relative_key: str) -> bytes | None:
+        return await self._inner.read(self._rel(relative_key))
+
+    async def exists(self, relative_key: str) -> bool:
+        return await self._inner.exists(self._rel(relative_key))
+
+    async def check(self) -> None:
+        await self._inner.check()
+
+
+class JobHandler:
+    """Turns one processing-queue message into an outcome (see the module doc)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        s3: Any,
+        sqs: Any,
+        store: JobStore,
+        progress_queue_url: str,
+        worker_id: str,
+    ) -> None:
+        if settings.jobs is None:
+            raise S3flowError("JobHandler needs [jobs] settings")
+        self._settings = settings
+        self._jobs: JobsSettings = settings.jobs
+        self._s3 = s3
+        self._sqs = sqs
+        self._store = store
+        self._progress_url = progress_queue_url
+        self._worker_id = worker_id
+        self._processors: dict[tuple[str, int], Any] = {}
+
+    async def renew_claims(self, message_ids: list[str]) -> None:
+        """Nothing to renew: a job is guarded by its FIFO message group, not a claim."""
+
+    def _processor(self, template: TemplateSettings, index: int) -> Any:
+        key = (template.name, index)
+        if key not in self._processors:
+            step = template.steps[index]
+            self._processors[key] = create_processor(step.processor, step.options)
+        return self._processors[key]
+
+    async def handle(self, msg: ReceivedMessage) -> Outcome:
+        """Run the job ``msg`` names; Ack when it completed or failed for good."""
+        try:
+            body = JobMessage.model_validate_json(msg.body)
+        except ValidationError as exc:
+            # Poison: leave it to the queue's redrive (FIFO DLQ) after max receives.
+            log.error("processing queue: message %s is not a job message: %s", msg.message_id, exc)
+            return Retry(0, "EnvelopeError", f"not a job message: {exc.errors()[0]['msg']}")
+        job = await self._store.get_job(body.job_id)
+        if job is None:
+            log.error("processing queue: job %s is unknown to the state store", body.job_id)
+            return Retry(0, "UnknownJob", f"job {body.job_id} is not in the state store")
+        if job.status.terminal:
+            log.info("job %s is already %s; acking the duplicate", job.job_id, job.status)
+            return Ack("duplicate")
+        pub = ProgressPublisher(self._sqs, self._progress_url, job.job_id)
+        template = self._settings.template(job.template)
+        if template is None:
+            await self._failed(
+                pub, job, f"template {job.template!r} is not configured on this worker"
+            )
+            return Ack("failed")
+        try:
+            outputs = await self._run(job, template, pub, attempt=msg.receive_count)
+        except PermanentError as exc:
+            await self._failed(pub, job, str(exc))
+            return Ack("failed")
+        except Exception as exc:  # retryable: the queue re-delivers
+            error = f"{type(exc).__name__}: {exc}"
+            if msg.receive_count >= self._jobs.max_receive_count:
+                await self._failed(
+                    pub, job, f"failed {msg.receive_count} times; last error: {error}"
+                )
+                # The queue's redrive moves it to the processing DLQ on the next receive.
+                return Retry(0, type(exc).__name__, error)
+            log.warning(
+                "job %s attempt %d failed, will retry: %s", job.job_id, msg.receive_count, error
+            )
+            return Retry(backoff_s(msg.receive_count, 1.0, 60.0), type(exc).__name__, error)
+        await pub.publish(
+            f"{job.job_id}:{EventType.JOB_COMPLETED}",
+            EventType.JOB_COMPLETED,
+            {"outputs": outputs},
+        )
+        return Ack("processed")
+
+    async def _failed(self, pub: ProgressPublisher, job: JobRecord, error: str) -> None:
+        log.error("job %s failed: %s", job.job_id, error)
+        await pub.publish(
+            f"{job.job_id}:{EventType.JOB_FAILED}", EventType.JOB_FAILED, {"error": error}
+        )
+
+    async def _run(
+        self, job: JobRecord, template: TemplateSettings, pub: ProgressPublisher, *, attempt: int
+    ) -> list[dict[str, Any]]:
+        bucket = self._jobs.bucket
+        base = f"{template.output_prefix}{job.job_id}/"
+        inputs = [ObjectEvent(bucket=bucket, key=f.key, size=f.size) for f in job.files]
+        strip = (f"uploads/{job.upload_id}/", base)
+        results: list[Result] = []
+        last = len(template.steps) - 1
+        for i, step in enumerate(template.steps):
+            prefix = base if i == last else f"{base}.steps/{i}-{step.processor}/"
+            sink = _StepSink(S3Sink(self._s3, f"s3://{bucket}/{prefix}"), strip)
+            await pub.publish(
+                f"{job.job_id}:{EventType.STEP_STARTED}:{i}:{attempt}",
+                EventType.STEP_STARTED,
+                {"step": i, "name": step.processor, "inputs": len(inputs), "attempt": attempt},
+            )
+            progress = StepProgress(
+                pub,
+                step=i,
+                attempt=attempt,
+                interval_s=self._jobs.progress_interval_s,
+                bytes_total=sum(e.size or 0 for e in inputs),
+            )
+            results = await self._step(job, template, i, inputs, sink, progress)
+            await progress.maybe_publish(force=True)
+            uris = [u for r in results for u in r.outputs]
+            await pub.publish(
+                f"{job.job_id}:{EventType.STEP_COMPLETED}:{i}:{attempt}",
+                EventType.STEP_COMPLETED,
+                {**progress.data(), "outputs": len(uris)},
+            )
+            inputs = [ObjectEvent(bucket=b, key=k) for b, k in (parse_s3_uri(u) for u in uris)]
+        out = []
+        for e in inputs:
+            head = await self._s3.head_object(Bucket=e.bucket, Key=e.key)
+            name = e.key[len(base) :] if e.key.startswith(base) else e.key.rsplit("/", 1)[-1]
+            out.append(
+                {"name": name, "key": e.key, "bucket": e.bucket, "size": int(head["ContentLength"])}
+            )
+        return out
+
+    async def _step(
+        self,
+        job: JobRecord,
+        template: TemplateSettings,
+        index: int,
+        inputs: list[ObjectEvent],
+        sink: _StepSink,
+        progress: StepProgress,
+    ) -> list[Result]:
+        processor = self._processor(template, index)
+        ticker = asyncio.create_task(self._tick(progress))
+        try:
+            bundle = getattr(processor, "bundle", None)
+            if bundle is not None:
+                ctx = BundleContext(
+                    job_id=job.job_id,
+                    inputs=inputs,
+                    s3=self._s3,
+                    sink=sink,
+                    report_progress=progress.add,
+                )
+                result: Result = await bundle(ctx)
+                progress.files_done = len(inputs)
+                return [result]
+            results = []
+            for event in inputs:
+                pctx = ProcessContext(
+                    event=event,
+                    pipeline=f"job:{template.name}",
+                    worker_id=self._worker_id,
+                    s3=self._s3,
+                    sink=sink,
+                    report_progress=progress.add,
+                )
+                results.append(await processor.process(pctx))
+                progress.file_done()
+            return results
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+    async def _tick(self, progress: StepProgress) -> None:
+        interval = self._jobs.progress_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await progress.maybe_publish()
+            except S3flowError as exc:  # progress is best effort; the step goes on
+                log.warning("progress event not sent: %s", exc)

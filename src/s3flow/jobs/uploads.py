@@ -1,0 +1,277 @@
+"""Creating an upload: check the request, store the job, presign one POST per file.
+
+:class:`UploadRequest` is what a client sends to ``POST /api/uploads``;
+:func:`plan_upload` checks it against ``[jobs]`` and the templates (pure, every
+refusal a :class:`BadUploadError` a person can act on); :func:`create_upload`
+stores the job with its ``job.created`` event and presigns the POSTs. Each
+policy pins the exact key, the content type and ``content-length-range``
+[1, declared size capped at ``max_file_bytes``].
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from s3flow.errors import S3flowError, translate_aws_error
+from s3flow.settings import JobsSettings, Settings
+from s3flow.state.jobs import EventType, JobFile, JobRecord, JobStatus, JobStep, JobStore
+
+__all__ = [
+    "UPLOADS_PREFIX",
+    "BadUploadError",
+    "DeclaredFile",
+    "PresignedPost",
+    "UploadCreated",
+    "UploadRequest",
+    "create_upload",
+    "parse_upload_key",
+    "plan_upload",
+    "safe_name",
+]
+
+#: Every upload's objects live under ``uploads/<upload_id>/``.
+UPLOADS_PREFIX = "uploads/"
+_KEY = re.compile(r"^uploads/(?P<upload>[0-9a-f]{32})/(?P<index>\d{1,4})-(?P<name>[^/]+)$")
+_MAX_NAME = 200
+
+
+class BadUploadError(S3flowError):
+    """An upload request that cannot be accepted (the HTTP API answers 400 with it)."""
+
+
+@dataclass(frozen=True)
+class DeclaredFile:
+    """One file a client says it will upload."""
+
+    name: str
+    size: int
+    content_type: str
+
+
+@dataclass(frozen=True)
+class UploadRequest:
+    """The body of ``POST /api/uploads``."""
+
+    template: str
+    files: tuple[DeclaredFile, ...]
+
+    @classmethod
+    def from_json(cls, body: Any) -> UploadRequest:
+        """Parse a decoded JSON body; a wrong shape is a :class:`BadUploadError`."""
+        if not isinstance(body, dict):
+            raise BadUploadError(
+                'the body must be a JSON object: {"template": ..., "files": [...]}'
+            )
+        template = body.get("template")
+        if not isinstance(template, str) or not template:
+            raise BadUploadError('"template" is missing: name one of the configured templates')
+        files = body.get("files")
+        if not isinstance(files, list) or not files:
+            raise BadUploadError(
+                '"files" must be a non-empty list of {"name", "size", "content_type"}'
+            )
+        out = []
+        for i, f in enumerate(files):
+            if not isinstance(f, dict):
+                raise BadUploadError(
+                    f"files[{i}] must be an object with name, size and content_type"
+                )
+            name, size, ctype = f.get("name"), f.get("size"), f.get("content_type")
+            if not isinstance(name, str):
+                raise BadUploadError(f'files[{i}]: "name" must be a string')
+            if not isinstance(size, int) or isinstance(size, bool):
+                raise BadUploadError(
+                    f'files[{i}] ({name!r}): "size" must be an integer number of bytes'
+                )
+            if ctype is None:
+                ctype = "application/octet-stream"
+            if not isinstance(ctype, str):
+                raise BadUploadError(f'files[{i}] ({name!r}): "content_type" must be a string')
+            out.append(DeclaredFile(name=name, size=size, content_type=ctype))
+        return cls(template=template, files=tuple(out))
+
+
+@dataclass(frozen=True)
+class PresignedPost:
+    """Where and how to POST one file straight to S3."""
+
+    name: str
+    key: str
+    url: str
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True)
+class UploadCreated:
+    """The answer to ``POST /api/uploads`` (201)."""
+
+    upload_id: str
+    job_id: str
+    files: tuple[PresignedPost, ...]
+    expires_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented JSON body."""
+        return {
+            "upload_id": self.upload_id,
+            "job_id": self.job_id,
+            "files": [
+                {"name": f.name, "key": f.key, "url": f.url, "fields": f.fields} for f in self.files
+            ],
+            "expires_at": self.expires_at,
+        }
+
+
+def safe_name(name: str) -> str:
+    """The client's file name made safe for a key: refuses paths and control characters.
+
+    Letters (any script), digits, ``.``, ``-``, ``_`` stay; spaces and other
+    characters become ``_``. Raises :class:`BadUploadError` for names that
+    are empty, have a path separator, a control character, or are ``.``/``..``.
+    """
+    if not name or name in {".", ".."}:
+        raise BadUploadError(f"file name {name!r} is not a file name")
+    if "/" in name or "\\" in name:
+        raise BadUploadError(f"file name {name!r} has a path separator: send the bare file name")
+    if any(unicodedata.category(c) == "Cc" or c == "\x7f" for c in name):
+        raise BadUploadError(f"file name {name!r} has a control character")
+    if len(name) > _MAX_NAME:
+        raise BadUploadError(f"file name {name[:40]!r}... is longer than {_MAX_NAME} characters")
+    cleaned = re.sub(r"[^\w.\-]", "_", unicodedata.normalize("NFC", name))
+    return cleaned.lstrip(".") or "file"
+
+
+def _extension(name: str) -> str:
+    dot = name.rfind(".")
+    return name[dot:].lower() if dot > 0 else ""
+
+
+def plan_upload(settings: Settings, request: UploadRequest) -> list[JobFile]:
+    """The files of a new job, or :class:`BadUploadError` saying what is wrong."""
+    jobs = _jobs(settings)
+    template = settings.template(request.template)
+    if template is None:
+        known = ", ".join(t.name for t in settings.templates) or "(none configured)"
+        raise BadUploadError(f"unknown template {request.template!r}; templates: {known}")
+    if len(request.files) > jobs.max_files:
+        raise BadUploadError(
+            f"{len(request.files)} files is more than the {jobs.max_files} one upload may have"
+        )
+    seen: set[str] = set()
+    planned: list[JobFile] = []
+    for index, f in enumerate(request.files):
+        safe = safe_name(f.name)
+        ext = _extension(f.name)
+        if jobs.allowed_extensions and ext not in jobs.allowed_extensions:
+            allowed = ", ".join(jobs.allowed_extensions)
+            raise BadUploadError(
+                f"{f.name!r}: extension {ext or '(none)'!r} is not allowed; allowed: {allowed}"
+            )
+        ctype = f.content_type.split(";")[0].strip().lower()
+        if jobs.allowed_content_types and ctype not in jobs.allowed_content_types:
+            allowed = ", ".join(jobs.allowed_content_types)
+            raise BadUploadError(
+                f"{f.name!r}: content type {ctype!r} is not allowed; allowed: {allowed}"
+            )
+        if f.size < 1:
+            raise BadUploadError(f"{f.name!r}: size {f.size} - empty files cannot be uploaded")
+        if f.size > jobs.max_file_bytes:
+            raise BadUploadError(
+                f"{f.name!r}: {f.size} bytes is more than the {jobs.max_file_bytes} bytes "
+                "allowed per file"
+            )
+        if f.name in seen:
+            raise BadUploadError(f"{f.name!r} is listed twice")
+        seen.add(f.name)
+        # key: relative to uploads/<upload_id>/, filled in by create_upload
+        planned.append(JobFile(name=f.name, key=f"{index}-{safe}", size=f.size, content_type=ctype))
+    return planned
+
+
+def parse_upload_key(key: str) -> tuple[str, int] | None:
+    """``uploads/<upload_id>/<index>-<name>`` -> (upload_id, index); None for other keys."""
+    m = _KEY.match(key)
+    return (m["upload"], int(m["index"])) if m else None
+
+
+def _jobs(settings: Settings) -> JobsSettings:
+    if settings.jobs is None:
+        raise BadUploadError("upload jobs are not configured on this server (no [jobs] table)")
+    return settings.jobs
+
+
+async def create_upload(
+    settings: Settings,
+    store: JobStore,
+    s3: Any,
+    request: UploadRequest,
+    *,
+    now: float | None = None,
+) -> UploadCreated:
+    """Check ``request``, store its job (``job.created``) and presign one POST per file."""
+    jobs = _jobs(settings)
+    planned = plan_upload(settings, request)
+    template = settings.template(request.template)
+    assert template is not None  # plan_upload checked it
+    upload_id = uuid.uuid4().hex
+    job_id = f"job-{uuid.uuid4().hex}"
+    at = time.time() if now is None else now
+    files = tuple(
+        JobFile(
+            name=f.name,
+            key=f"{UPLOADS_PREFIX}{upload_id}/{f.key}",
+            size=f.size,
+            content_type=f.content_type,
+        )
+        for f in planned
+    )
+    job = JobRecord(
+        job_id=job_id,
+        upload_id=upload_id,
+        template=template.name,
+        status=JobStatus.WAITING_FOR_FILES,
+        files=files,
+        steps=tuple(JobStep(name=s.processor) for s in template.steps),
+        created_at=at,
+        updated_at=at,
+        expires_at=at + jobs.job_timeout_s,
+    )
+    posts = []
+    for f in files:
+        try:
+            post = await s3.generate_presigned_post(
+                Bucket=jobs.bucket,
+                Key=f.key,
+                Fields={"Content-Type": f.content_type},
+                Conditions=[
+                    {"Content-Type": f.content_type},
+                    ["content-length-range", 1, jobs.max_file_bytes],
+                ],
+                ExpiresIn=jobs.presign_expiry_s,
+            )
+        except Exception as exc:  # botocore errors: credentials, bad endpoint
+            raise translate_aws_error(exc, "GeneratePresignedPost") from exc
+        posts.append(
+            PresignedPost(name=f.name, key=f.key, url=post["url"], fields=dict(post["fields"]))
+        )
+    await store.create_job(
+        job,
+        event_id=f"{job_id}:{EventType.JOB_CREATED}",
+        data={
+            "upload_id": upload_id,
+            "template": template.name,
+            "files": [{"name": f.name, "key": f.key, "size": f.size} for f in files],
+            "expires_at": job.expires_at,
+        },
+    )
+    return UploadCreated(
+        upload_id=upload_id,
+        job_id=job_id,
+        files=tuple(posts),
+        expires_at=at + jobs.presign_expiry_s,
+    )

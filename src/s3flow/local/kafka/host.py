@@ -1,0 +1,107 @@
+"""What the Kafka modules need from the machine: ports, processes, file locks, messages.
+
+Also :class:`ServiceError`, the one error they all raise. Everything is on 127.0.0.1
+(:data:`HOST`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from s3flow.errors import S3flowError
+
+HOST = "127.0.0.1"
+
+
+class ServiceError(S3flowError):
+    """A local service (the Kafka broker) could not be installed, started or stopped."""
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = HOST, timeout_s: float = 0.5) -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def port_free(port: int, host: str = HOST) -> bool:
+    """True when ``host:port`` can be bound (nobody listens there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def cmdline(pid: int) -> str:
+    """The command line of process ``pid``, arguments joined by spaces ("" when unknown)."""
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def flock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if needed) for the ``with`` body."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def mkdir(path: Path) -> Path:
+    """Create ``path`` (and its parents) if needed; return it."""
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    """The last ``lines`` lines of a text file ("" when it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def log(msg: str) -> None:
+    """A ``kafka: ...`` progress line on stderr."""
+    print(f"kafka: {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,104 @@
+"""Operator actions on upload jobs: cancel one, or retry it as a new job over the same files."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from s3flow.errors import S3flowError, translate_aws_error
+from s3flow.settings import Settings
+from s3flow.state.jobs import EventType, JobRecord, JobStatus, JobStep, JobStore
+
+__all__ = ["cancel_job", "retry_job"]
+
+
+async def cancel_job(store: JobStore, job_id: str, *, reason: str = "") -> JobRecord:
+    """End a job that has not ended yet with ``job.failed`` ("cancelled by an operator")."""
+    job = await store.get_job(job_id)
+    if job is None:
+        raise S3flowError(f"no job {job_id!r}")
+    if job.status.terminal:
+        raise S3flowError(f"job {job_id} is already {job.status}; nothing to cancel")
+    error = "cancelled by an operator" + (f": {reason}" if reason else "")
+    await store.append_event(
+        job_id,
+        event_id=f"{job_id}:{EventType.JOB_FAILED}",
+        type=EventType.JOB_FAILED,
+        data={"error": error, "cancelled": True},
+    )
+    return await store.get_job(job_id) or job
+
+
+async def retry_job(settings: Settings, store: JobStore, sqs: Any, job_id: str) -> JobRecord:
+    """Run a failed job again as a new job over the same uploaded files, queued at once.
+
+    The old job keeps its history; the new one names it (``retry_of`` in its
+    ``job.created`` event). A job whose files did not all arrive cannot be
+    retried: upload them again as a new job.
+    """
+    if settings.jobs is None:
+        raise S3flowError("upload jobs are not configured (no [jobs] table)")
+    old = await store.get_job(job_id)
+    if old is None:
+        raise S3flowError(f"no job {job_id!r}")
+    if old.status not in (JobStatus.FAILED, JobStatus.EXPIRED):
+        raise S3flowError(f"job {job_id} is {old.status}: only failed or expired jobs are retried")
+    template = settings.template(old.template)
+    if template is None:
+        raise S3flowError(f"template {old.template!r} of job {job_id} is no longer configured")
+    if old.missing:
+        raise S3flowError(
+            f"job {job_id}: {', '.join(old.missing)} never arrived; upload the files again "
+            "as a new job (s3flow upload)"
+        )
+    now = time.time()
+    new_id = f"job-{uuid.uuid4().hex}"
+    job = replace(
+        old,
+        job_id=new_id,
+        upload_id=uuid.uuid4().hex,
+        status=JobStatus.WAITING_FOR_FILES,
+        steps=tuple(JobStep(name=s.processor) for s in template.steps),
+        outputs=(),
+        error=None,
+        created_at=now,
+        updated_at=now,
+        expires_at=now + settings.jobs.job_timeout_s,
+        last_seq=0,
+    )
+    await store.create_job(
+        job,
+        event_id=f"{new_id}:{EventType.JOB_CREATED}",
+        data={"retry_of": job_id, "template": template.name, "files": [f.name for f in job.files]},
+    )
+    for i, f in enumerate(job.files):
+        await store.append_event(
+            new_id,
+            event_id=f"{new_id}:{EventType.FILE_RECEIVED}:{i}",
+            type=EventType.FILE_RECEIVED,
+            data={"index": i, "name": f.name, "key": f.key, "size": f.size},
+        )
+    await store.append_event(
+        new_id,
+        event_id=f"{new_id}:{EventType.JOB_QUEUED}",
+        type=EventType.JOB_QUEUED,
+        data={"files": len(job.files), "retry_of": job_id},
+    )
+    try:
+        url = (await sqs.get_queue_url(QueueName=settings.jobs.resource("processing.fifo")))[
+            "QueueUrl"
+        ]
+        await sqs.send_message(
+            QueueUrl=url,
+            MessageBody=json.dumps(
+                {"job_id": new_id, "upload_id": job.upload_id, "template": job.template}
+            ),
+            MessageGroupId=job.upload_id,
+            MessageDeduplicationId=new_id,
+        )
+    except Exception as exc:
+        raise translate_aws_error(exc, "SendMessage") from exc
+    return await store.get_job(new_id) or job

@@ -1,0 +1,360 @@
+"""DynamoDB items <-> state records: keys, file records, history, tracked files, manifests, jobs.
+
+Pure functions, no I/O. The key layout of each table is described in
+:mod:`s3flow.state.dynamodb`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from s3flow.state.base import (
+    FileRecord,
+    FileStatus,
+    HistoryEntry,
+    ManifestFile,
+    ManifestFileStatus,
+    ManifestRecord,
+    ManifestStatus,
+    ObjectId,
+    TrackedFile,
+)
+from s3flow.state.jobs import EventType, JobEvent, JobRecord, job_from_json, job_to_json
+from s3flow.state.lifecycle import files_from_text, files_to_text
+
+Item = dict[str, Any]
+
+# --- values and keys ---------------------------------------------------------------------
+
+
+def num(v: float) -> str:
+    """A number attribute's text (never in exponent notation)."""
+    text = repr(v)
+    if "e" in text or "E" in text:
+        text = format(v, "f")
+    return text
+
+
+def opt_str(item: Item, name: str) -> str | None:
+    """The string attribute ``name`` of ``item`` (None when absent)."""
+    v = item.get(name)
+    return None if v is None else str(v["S"])
+
+
+def opt_float(item: Item, name: str) -> float | None:
+    """The number attribute ``name`` of ``item`` as a float (None when absent)."""
+    v = item.get(name)
+    return None if v is None else float(v["N"])
+
+
+def object_pk(bucket: str, key: str) -> str:
+    """The ``pk`` of an object's items in the files and history tables."""
+    return json.dumps([bucket, key], ensure_ascii=False, separators=(",", ":"))
+
+
+def record_key(oid: ObjectId) -> Item:
+    """The key of one version's item in the files table."""
+    return {"pk": {"S": object_pk(oid.bucket, oid.key)}, "sk": {"S": "v:" + oid.version}}
+
+
+def json_key(*parts: str) -> str:
+    """``parts`` as a JSON list: a key of the manifests table."""
+    return json.dumps(list(parts), ensure_ascii=False, separators=(",", ":"))
+
+
+def tracked_key(dataset: str, date: str, oid: ObjectId) -> Item:
+    """The key of a tracked file in the manifests table."""
+    return {
+        "pk": {"S": json_key("file", dataset, date)},
+        "sk": {"S": json_key(oid.bucket, oid.key, oid.version)},
+    }
+
+
+def manifest_key(manifest_id: str) -> Item:
+    """The key of a manifest in the manifests table."""
+    return {"pk": {"S": json_key("manifest", manifest_id)}, "sk": {"S": "m"}}
+
+
+def marker_key(dataset: str, manifest_id: str) -> Item:
+    """The key of an unfinished seal's marker in the manifests table."""
+    return {"pk": {"S": json_key("unfinished", dataset)}, "sk": {"S": manifest_id}}
+
+
+# --- file records and history ------------------------------------------------------------
+
+_OPT_STR = ("sequencer", "last_error_class", "last_error", "worker_id", "claim_owner")
+
+
+def encode_record(rec: FileRecord, rev: int) -> Item:
+    """The files-table item of ``rec`` at revision ``rev``."""
+    item: Item = {
+        "pk": {"S": object_pk(rec.bucket, rec.key)},
+        "sk": {"S": "v:" + rec.version},
+        "bucket": {"S": rec.bucket},
+        "key": {"S": rec.key},
+        "version": {"S": rec.version},
+        "pipeline": {"S": rec.pipeline},
+        "status": {"S": rec.status.value},
+        "attempts": {"N": str(rec.attempts)},
+        "failures": {"N": str(rec.failures)},
+        "outputs": {"L": [{"S": o} for o in rec.outputs]},
+        "fencing_token": {"N": str(rec.fencing_token)},
+        "timestamps": {"M": {k: {"N": num(v)} for k, v in rec.timestamps.items()}},
+        "created_at": {"N": num(rec.created_at)},
+        "updated_at": {"N": num(rec.updated_at)},
+        "rev": {"N": str(rev)},
+    }
+    for name in _OPT_STR:
+        value = getattr(rec, name)
+        if value is not None:
+            item[name] = {"S": value}
+    if rec.size is not None:
+        item["size"] = {"N": str(rec.size)}
+    if rec.claim_expires_at is not None:
+        item["claim_expires_at"] = {"N": num(rec.claim_expires_at)}
+    return item
+
+
+def decode_record(item: Item) -> tuple[FileRecord, int]:
+    """A files-table item as ``(record, revision)``."""
+    size = item.get("size")
+    rec = FileRecord(
+        bucket=item["bucket"]["S"],
+        key=item["key"]["S"],
+        version=item["version"]["S"],
+        pipeline=item["pipeline"]["S"],
+        status=FileStatus(item["status"]["S"]),
+        size=None if size is None else int(size["N"]),
+        sequencer=opt_str(item, "sequencer"),
+        attempts=int(item["attempts"]["N"]),
+        failures=int(item.get("failures", {"N": "0"})["N"]),
+        last_error_class=opt_str(item, "last_error_class"),
+        last_error=opt_str(item, "last_error"),
+        outputs=[o["S"] for o in item.get("outputs", {}).get("L", [])],
+        worker_id=opt_str(item, "worker_id"),
+        claim_owner=opt_str(item, "claim_owner"),
+        claim_expires_at=opt_float(item, "claim_expires_at"),
+        fencing_token=int(item["fencing_token"]["N"]),
+        timestamps={k: float(v["N"]) for k, v in item.get("timestamps", {}).get("M", {}).items()},
+        created_at=float(item["created_at"]["N"]),
+        updated_at=float(item["updated_at"]["N"]),
+    )
+    return rec, int(item.get("rev", {}).get("N", "0"))
+
+
+def encode_history(rec: FileRecord, entry: HistoryEntry, rev: int) -> Item:
+    """The history-table item of ``entry`` (a transition of ``rec`` to revision ``rev``)."""
+    micros = max(0, round(entry.at * 1_000_000))
+    item: Item = {
+        "pk": {"S": object_pk(rec.bucket, rec.key)},
+        "sk": {"S": f"{micros:017d}#{rev:010d}#{uuid.uuid4().hex[:8]}"},
+        "version": {"S": entry.version},
+        "at": {"N": num(entry.at)},
+        "new": {"S": entry.new.value},
+    }
+    if entry.old is not None:
+        item["old"] = {"S": entry.old.value}
+    if entry.worker_id is not None:
+        item["worker_id"] = {"S": entry.worker_id}
+    if entry.detail:
+        item["detail"] = {"S": entry.detail}
+    return item
+
+
+def decode_history(item: Item) -> HistoryEntry:
+    """A history-table item as a HistoryEntry."""
+    old = opt_str(item, "old")
+    return HistoryEntry(
+        at=float(item["at"]["N"]),
+        version=item["version"]["S"],
+        old=None if old is None else FileStatus(old),
+        new=FileStatus(item["new"]["S"]),
+        worker_id=opt_str(item, "worker_id"),
+        detail=opt_str(item, "detail") or "",
+    )
+
+
+# --- tracked files and manifests ---------------------------------------------------------
+
+
+def encode_pending(dataset: str, date: str, file: ManifestFile, now: float) -> Item:
+    """The item of ``file`` newly tracked as pending, in the ``pending`` index."""
+    key = tracked_key(dataset, date, file.id)
+    item: Item = {
+        **key,
+        "kind": {"S": "file"},
+        "dataset": {"S": dataset},
+        "date": {"S": date},
+        "bucket": {"S": file.bucket},
+        "key": {"S": file.key},
+        "version": {"S": file.version},
+        "size": {"N": str(file.size)},
+        "etag": {"S": file.etag},
+        "status": {"S": ManifestFileStatus.PENDING.value},
+        "added_at": {"N": num(now)},
+        "updated_at": {"N": num(now)},
+        "pending_ds": {"S": dataset},
+        "pending_sk": {"S": f"{date}#{max(0, round(now * 1_000_000)):017d}#{key['sk']['S']}"},
+    }
+    if file.version_id is not None:
+        item["version_id"] = {"S": file.version_id}
+    return item
+
+
+def decode_tracked(item: Item) -> TrackedFile:
+    """A tracked file's item as a TrackedFile."""
+    return TrackedFile(
+        dataset=item["dataset"]["S"],
+        date=item["date"]["S"],
+        file=ManifestFile(
+            bucket=item["bucket"]["S"],
+            key=item["key"]["S"],
+            size=int(item["size"]["N"]),
+            etag=item["etag"]["S"],
+            version_id=opt_str(item, "version_id"),
+        ),
+        status=ManifestFileStatus(item["status"]["S"]),
+        manifest_id=opt_str(item, "manifest_id"),
+        added_at=float(item["added_at"]["N"]),
+        updated_at=float(item["updated_at"]["N"]),
+        detail=opt_str(item, "detail") or "",
+    )
+
+
+def encode_manifest(m: ManifestRecord, rev: int) -> Item:
+    """The item of manifest ``m`` at revision ``rev``."""
+    item: Item = {
+        **manifest_key(m.manifest_id),
+        "kind": {"S": "manifest"},
+        "manifest_id": {"S": m.manifest_id},
+        "dataset": {"S": m.dataset},
+        "date": {"S": m.date},
+        "status": {"S": m.status.value},
+        "files": {"S": files_to_text(m.files)},
+        "trigger": {"S": m.trigger},
+        "fencing_token": {"N": str(m.fencing_token)},
+        "sealed_by": {"S": m.sealed_by},
+        "created_at": {"N": num(m.created_at)},
+        "updated_at": {"N": num(m.updated_at)},
+        "attempts": {"N": str(m.attempts)},
+        "rev": {"N": str(rev)},
+    }
+    if m.location is not None:
+        item["location"] = {"S": m.location}
+    if m.detail:
+        item["detail"] = {"S": m.detail}
+    return item
+
+
+def decode_manifest(item: Item) -> tuple[ManifestRecord, int]:
+    """A manifest's item as ``(record, revision)``."""
+    rec = ManifestRecord(
+        manifest_id=item["manifest_id"]["S"],
+        dataset=item["dataset"]["S"],
+        date=item["date"]["S"],
+        status=ManifestStatus(item["status"]["S"]),
+        files=files_from_text(item["files"]["S"]),
+        trigger=item["trigger"]["S"],
+        fencing_token=int(item["fencing_token"]["N"]),
+        sealed_by=item["sealed_by"]["S"],
+        created_at=float(item["created_at"]["N"]),
+        updated_at=float(item["updated_at"]["N"]),
+        location=opt_str(item, "location"),
+        detail=opt_str(item, "detail") or "",
+        attempts=int(item["attempts"]["N"]),
+    )
+    return rec, int(item.get("rev", {}).get("N", "0"))
+
+
+# --- upload jobs and their event logs ----------------------------------------------------
+
+
+def job_key(job_id: str) -> Item:
+    """The key of a job's item in the jobs table."""
+    return {"pk": {"S": "job#" + job_id}}
+
+
+def upload_key(upload_id: str) -> Item:
+    """The key of the item naming an upload's job in the jobs table."""
+    return {"pk": {"S": "upload#" + upload_id}}
+
+
+def event_marker_key(job_id: str, event_id: str) -> Item:
+    """The key of the item recording that ``event_id`` is in ``job_id``'s log (jobs table)."""
+    return {"pk": {"S": "event#" + json_key(job_id, event_id)}}
+
+
+def job_event_key(job_id: str, seq: int) -> Item:
+    """The key of event ``seq`` of a job in the job-events table."""
+    return {"job_id": {"S": job_id}, "seq": {"N": str(seq)}}
+
+
+def job_listed(job: JobRecord) -> str:
+    """The sort key of ``job`` in the ``status`` index: newest last, ties by job id.
+
+    ``<created_at in microseconds, 17 digits>#<job_id>`` compares as
+    ``(created_at, job_id)``, the order SQLite lists jobs by (descending).
+    """
+    return f"{max(0, round(job.created_at * 1_000_000)):017d}#{job.job_id}"
+
+
+def encode_job(job: JobRecord) -> Item:
+    """The jobs-table item of ``job``: the record as JSON, plus what it is found and listed by."""
+    return {
+        **job_key(job.job_id),
+        "kind": {"S": "job"},
+        "job_id": {"S": job.job_id},
+        "upload_id": {"S": job.upload_id},
+        "status": {"S": job.status.value},
+        "listed": {"S": job_listed(job)},
+        "created_at": {"N": num(job.created_at)},
+        "updated_at": {"N": num(job.updated_at)},
+        "last_seq": {"N": str(job.last_seq)},
+        "record": {"S": job_to_json(job)},
+    }
+
+
+def decode_job(item: Item) -> JobRecord:
+    """A job's item as its record."""
+    return job_from_json(item["record"]["S"])
+
+
+def encode_upload(upload_id: str, job_id: str) -> Item:
+    """The item naming the job of ``upload_id``."""
+    return {**upload_key(upload_id), "kind": {"S": "upload"}, "job_id": {"S": job_id}}
+
+
+def encode_event_marker(event: JobEvent) -> Item:
+    """The idempotency marker of ``event`` (its job, event id and seq)."""
+    return {
+        **event_marker_key(event.job_id, event.event_id),
+        "kind": {"S": "event"},
+        "job_id": {"S": event.job_id},
+        "event_id": {"S": event.event_id},
+        "seq": {"N": str(event.seq)},
+    }
+
+
+def encode_job_event(event: JobEvent, data: str) -> Item:
+    """The job-events item of ``event``; ``data`` is its data as JSON text."""
+    return {
+        **job_event_key(event.job_id, event.seq),
+        "event_id": {"S": event.event_id},
+        "type": {"S": event.type.value},
+        "data": {"S": data},
+        "at": {"N": num(event.at)},
+    }
+
+
+def decode_job_event(item: Item) -> JobEvent:
+    """A job-events item as a JobEvent."""
+    return JobEvent(
+        job_id=item["job_id"]["S"],
+        seq=int(item["seq"]["N"]),
+        event_id=item["event_id"]["S"],
+        type=EventType(item["type"]["S"]),
+        data=json.loads(item["data"]["S"]),
+        at=float(item["at"]["N"]),
+    )

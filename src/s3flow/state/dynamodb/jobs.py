@@ -1,0 +1,364 @@
+"""The jobs part of the DynamoDB store: upload jobs and their event logs, without a Scan.
+
+Two tables (the layout is in :mod:`s3flow.state.dynamodb`): ``<prefix>-jobs``
+holds each job's record, an item per upload naming its job and an idempotency
+marker per event id; ``<prefix>-job-events`` holds the logs (``job_id``,
+``seq``). Every write is one ``TransactWriteItems``, so a job's record, its
+log and its markers never disagree, whatever number of machines append:
+
+- :meth:`JobsMixin.create_job` puts the job, its upload item, event 1 and its
+  marker, each on condition that it does not exist (1 call).
+- :meth:`JobsMixin.append_event` reads the job, folds the event into it
+  (:func:`s3flow.state.jobs.apply_event`) and puts the record on condition that
+  ``last_seq`` and ``status`` are still the ones read, with the event
+  (``seq = last_seq + 1``) and its marker on condition that they do not exist
+  (1 GetItem + 1 transaction). A writer that lost the race gets the current
+  record back with the cancellation (``ALL_OLD``) and folds again on it; an
+  event id already logged comes back as its marker, and the event it names is
+  returned.
+
+Reads are strongly consistent GetItem / Query / BatchGetItem calls except the
+``status`` index, which only picks the keys of a listing: a job that just
+changed status can be missing from a listing, or listed once under its old
+status, for the index's propagation delay (well under a second); the records
+listed are always current, and a status filter is checked on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from s3flow.state.base import StateError
+from s3flow.state.dynamodb.client import (
+    MAX_CONFLICT_RETRIES,
+    DynamoClient,
+    TransactionCanceled,
+)
+from s3flow.state.dynamodb.codec import (
+    Item,
+    decode_job,
+    decode_job_event,
+    encode_event_marker,
+    encode_job,
+    encode_job_event,
+    encode_upload,
+    event_marker_key,
+    job_event_key,
+    job_key,
+    upload_key,
+)
+from s3flow.state.dynamodb.tables import JOBS_STATUS_INDEX
+from s3flow.state.jobs import (
+    EventType,
+    JobEvent,
+    JobRecord,
+    JobStatus,
+    apply_event,
+)
+
+# Cancellation codes that mean "decide again": a condition another writer changed, a
+# concurrent transaction on the same item, throttling. Any other (ValidationError,
+# ItemCollectionSizeLimitExceeded...) is an error.
+_RETRY_CODES = frozenset(
+    {
+        "None",
+        "ConditionalCheckFailed",
+        "TransactionConflict",
+        "ThrottlingError",
+        "ProvisionedThroughputExceeded",
+        "RequestLimitExceeded",
+    }
+)
+_BATCH_GET_MAX = 100  # keys per BatchGetItem request
+_MARKER_READS = 5  # tries to read the event an idempotency marker names
+
+
+def _dump(data: dict[str, Any]) -> str:
+    """``data`` as the JSON text stored (TypeError/ValueError before any write)."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+
+def _put(table: str, item: Item, condition: str, **extra: Any) -> Item:
+    """A ``Put`` action of a transaction, with its condition (and optional extra fields)."""
+    return {"Put": {"TableName": table, "Item": item, "ConditionExpression": condition, **extra}}
+
+
+async def _backoff(attempt: int) -> None:
+    """Sleep a little (random, growing) before the third and later retries of a lost race."""
+    if attempt >= 2:
+        await asyncio.sleep(random.uniform(0, min(0.01 * attempt, 0.2)))
+
+
+class JobsMixin(DynamoClient):
+    """The JobStore protocol on the jobs and job-events tables (see :mod:`.jobs`)."""
+
+    # --- writes ------------------------------------------------------------------------------
+
+    async def _transact(self, actions: list[Item]) -> None:
+        """One TransactWriteItems; TransactionCanceled when it may be decided again.
+
+        A cancellation for any other reason is a StateError. Each call carries
+        a fresh ClientRequestToken, so the SDK's own retry of a request whose
+        answer was lost is not applied twice (nor reported as a lost race).
+        """
+        try:
+            await self._api(
+                "TransactWriteItems",
+                self.jobs_table,
+                TransactItems=actions,
+                ClientRequestToken=uuid.uuid4().hex,
+            )
+        except TransactionCanceled as exc:
+            codes = [exc.code(i) for i in range(len(actions))]
+            if any(c not in _RETRY_CODES for c in codes):
+                raise StateError(
+                    f"state store dynamodb://{self.table_prefix}: transaction on "
+                    f"{self.jobs_table} cancelled: {', '.join(codes)}"
+                ) from exc
+            raise
+
+    async def create_job(self, job: JobRecord, *, event_id: str, data: dict[str, Any]) -> JobEvent:
+        """Store ``job`` (``last_seq`` 1) with its ``job.created`` event (seq 1), atomically.
+
+        Idempotent by ``job_id``: if the job exists, its event 1 is returned and
+        nothing is written. StateError if another job already has its upload id.
+        """
+        payload = _dump(data)
+        event = JobEvent(
+            job_id=job.job_id,
+            seq=1,
+            event_id=event_id,
+            type=EventType.JOB_CREATED,
+            data=json.loads(payload),
+            at=self._clock(),
+        )
+        absent = "attribute_not_exists(pk)"
+        actions = [
+            _put(self.jobs_table, encode_job(replace(job, last_seq=1)), absent),
+            _put(
+                self.jobs_table,
+                encode_upload(job.upload_id, job.job_id),
+                absent,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            ),
+            _put(
+                self.job_events_table,
+                encode_job_event(event, payload),
+                "attribute_not_exists(job_id)",
+            ),
+            _put(self.jobs_table, encode_event_marker(event), absent),
+        ]
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            try:
+                await self._transact(actions)
+            except TransactionCanceled as exc:
+                if exc.failed(0):  # the job exists: its first event
+                    first = await self._event_at(job.job_id, 1)
+                    if first is None:
+                        raise StateError(f"job {job.job_id} has no job.created event") from exc
+                    return first
+                if exc.failed(1):
+                    owner = exc.current(1)
+                    other = "another job" if owner is None else f"job {owner['job_id']['S']}"
+                    raise StateError(f"upload {job.upload_id} already belongs to {other}") from exc
+                await _backoff(attempt)
+                continue
+            return event
+        raise self._gave_up(job.job_id)
+
+    async def append_event(
+        self,
+        job_id: str,
+        *,
+        event_id: str,
+        type: EventType,
+        data: dict[str, Any],
+        if_status: frozenset[JobStatus] | None = None,
+    ) -> tuple[JobEvent | None, bool]:
+        """Append one event and fold it into the job, atomically (see :class:`JobStore`).
+
+        ``(event, True)`` when appended; ``(existing, False)`` when ``event_id``
+        is already in this job's log (whatever the job's status now);
+        ``(None, False)`` when the job is unknown, terminal, or its status is not
+        in ``if_status``. Concurrent appenders on any number of machines get
+        consecutive sequence numbers: see :mod:`s3flow.state.dynamodb.jobs`.
+        """
+        type_ = EventType(type)
+        payload = _dump(data)
+        decoded: dict[str, Any] = json.loads(payload)
+        known: Item | None = None  # the job's current item, when a cancellation returned it
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            item = (
+                known
+                if known is not None
+                else await self._get_item(self.jobs_table, job_key(job_id))
+            )
+            known = None
+            if item is None:
+                return None, False
+            job = decode_job(item)
+            if job.status.terminal or (if_status is not None and job.status not in if_status):
+                return await self._logged(job_id, event_id), False
+            event = JobEvent(
+                job_id=job_id,
+                seq=job.last_seq + 1,
+                event_id=event_id,
+                type=type_,
+                data=decoded,
+                at=self._clock(),
+            )
+            new = replace(apply_event(job, type_, decoded, event.at), last_seq=event.seq)
+            all_old = {"ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
+            actions = [
+                _put(
+                    self.jobs_table,
+                    encode_job(new),
+                    "last_seq = :seq AND #st = :st",
+                    ExpressionAttributeNames={"#st": "status"},
+                    ExpressionAttributeValues={
+                        ":seq": {"N": str(job.last_seq)},
+                        ":st": {"S": job.status.value},
+                    },
+                    **all_old,
+                ),
+                _put(
+                    self.job_events_table,
+                    encode_job_event(event, payload),
+                    "attribute_not_exists(job_id)",
+                ),
+                _put(
+                    self.jobs_table,
+                    encode_event_marker(event),
+                    "attribute_not_exists(pk)",
+                    **all_old,
+                ),
+            ]
+            try:
+                await self._transact(actions)
+            except TransactionCanceled as exc:
+                marker = exc.current(2)
+                if marker is not None:  # event_id is in the log already
+                    existing = await self._event_at(job_id, int(marker["seq"]["N"]))
+                    if existing is not None and existing.event_id == event_id:
+                        return existing, False
+                known = exc.current(0)  # the record that won (None: read it again)
+                await _backoff(attempt)
+                continue
+            return event, True
+        raise self._gave_up(job_id)
+
+    def _gave_up(self, job_id: str) -> StateError:
+        return StateError(
+            f"state store dynamodb://{self.table_prefix}: gave up on job {job_id} after "
+            f"{MAX_CONFLICT_RETRIES} conflicting writes"
+        )
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def _event_at(self, job_id: str, seq: int) -> JobEvent | None:
+        """Event ``seq`` of a job's log (None when absent)."""
+        item = await self._get_item(self.job_events_table, job_event_key(job_id, seq))
+        return None if item is None else decode_job_event(item)
+
+    async def _logged(self, job_id: str, event_id: str) -> JobEvent | None:
+        """The event ``event_id`` of a job's log, by its marker (None when not logged).
+
+        The marker and its event are written by one transaction, so they agree;
+        an emulator that shows a transaction's writes before it is rolled back
+        (moto) can make them disagree for an instant, hence the few re-reads.
+        """
+        for _ in range(_MARKER_READS):
+            marker = await self._get_item(self.jobs_table, event_marker_key(job_id, event_id))
+            if marker is None:
+                return None
+            event = await self._event_at(job_id, int(marker["seq"]["N"]))
+            if event is not None and event.event_id == event_id:
+                return event
+            await asyncio.sleep(0.01)
+        raise StateError(
+            f"state store dynamodb://{self.table_prefix}: event {event_id} of job {job_id} "
+            "has a marker but is not in the log"
+        )
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        """The job, or None (one strongly consistent GetItem)."""
+        item = await self._get_item(self.jobs_table, job_key(job_id))
+        return None if item is None else decode_job(item)
+
+    async def job_for_upload(self, upload_id: str) -> JobRecord | None:
+        """The job an upload id belongs to, or None (the upload's item, then the job's)."""
+        item = await self._get_item(self.jobs_table, upload_key(upload_id))
+        return None if item is None else await self.get_job(item["job_id"]["S"])
+
+    async def list_jobs(
+        self, *, status: JobStatus | None = None, limit: int = 50
+    ) -> list[JobRecord]:
+        """Jobs, newest first (by ``created_at``, then ``job_id``), optionally with one status.
+
+        Queries the ``status`` index, newest first, for the first ``limit``
+        keys (with no status: each of the six statuses at once, merged), then
+        reads those records (BatchGetItem, strongly consistent). No Scan: the
+        cost follows ``limit``, not the number of jobs.
+        """
+        if limit <= 0:
+            return []
+        wanted = list(JobStatus) if status is None else [JobStatus(status)]
+        found = await asyncio.gather(*(self._listed(s, limit) for s in wanted))
+        keys = sorted({k for ks in found for k in ks}, reverse=True)[:limit]
+        jobs = await self._get_jobs([job_id for _, job_id in keys])
+        if status is not None:  # the index may lag a status change; the record does not
+            jobs = [j for j in jobs if j.status is JobStatus(status)]
+        jobs.sort(key=lambda j: (j.created_at, j.job_id), reverse=True)
+        return jobs[:limit]
+
+    async def _listed(self, status: JobStatus, limit: int) -> list[tuple[str, str]]:
+        """The newest ``limit`` entries of ``status`` in the index: ``(listed, job_id)``."""
+        items = await self._first_items(
+            self.jobs_table,
+            limit,
+            IndexName=JOBS_STATUS_INDEX,
+            KeyConditionExpression="#st = :st",
+            ExpressionAttributeNames={"#st": "status"},
+            ExpressionAttributeValues={":st": {"S": status.value}},
+            ScanIndexForward=False,
+        )
+        return [(i["listed"]["S"], i["pk"]["S"][len("job#") :]) for i in items]
+
+    async def _get_jobs(self, job_ids: list[str]) -> list[JobRecord]:
+        """The records of ``job_ids`` that exist (BatchGetItem, strongly consistent, any order)."""
+        out: list[JobRecord] = []
+        for start in range(0, len(job_ids), _BATCH_GET_MAX):
+            pending: Item = {
+                self.jobs_table: {
+                    "Keys": [job_key(j) for j in job_ids[start : start + _BATCH_GET_MAX]],
+                    "ConsistentRead": True,
+                }
+            }
+            attempt = 0
+            while pending:
+                resp = await self._api("BatchGetItem", self.jobs_table, RequestItems=pending)
+                out += [decode_job(i) for i in resp.get("Responses", {}).get(self.jobs_table, [])]
+                pending = resp.get("UnprocessedKeys") or {}
+                attempt += 1
+                if pending:
+                    await asyncio.sleep(random.uniform(0, min(0.05 * attempt, 1.0)))
+        return out
+
+    async def events(self, job_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[JobEvent]:
+        """Events with ``seq > after_seq``, in order (at most ``limit``; a consistent Query)."""
+        if limit <= 0:
+            return []
+        items = await self._first_items(
+            self.job_events_table,
+            limit,
+            KeyConditionExpression="job_id = :j AND #seq > :a",
+            ExpressionAttributeNames={"#seq": "seq"},
+            ExpressionAttributeValues={":j": {"S": job_id}, ":a": {"N": str(after_seq)}},
+            ConsistentRead=True,
+        )
+        return [decode_job_event(i) for i in items]

@@ -1,0 +1,455 @@
+"""The manifests part of the DynamoDB store: pending files, sealing, manifest statuses.
+
+Everything lives in the manifests table (layout in :mod:`s3flow.state.dynamodb`);
+the ``pending`` index holds exactly the pending files. Every move out of
+pending is a conditional write (``status = pending``), so reading the index,
+which may lag, is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from s3flow.state.base import (
+    FILE_STATUS_OF,
+    LockLostError,
+    ManifestFile,
+    ManifestFileStatus,
+    ManifestRecord,
+    ManifestStatus,
+    ObjectId,
+    PendingSummary,
+    StateError,
+    TrackedFile,
+    UnknownManifestError,
+)
+from s3flow.state.dynamodb.client import MAX_CONFLICT_RETRIES, Conflict, DynamoClient
+from s3flow.state.dynamodb.codec import (
+    Item,
+    decode_manifest,
+    decode_tracked,
+    encode_manifest,
+    encode_pending,
+    json_key,
+    manifest_key,
+    marker_key,
+    num,
+    tracked_key,
+)
+from s3flow.state.dynamodb.tables import PENDING_INDEX
+from s3flow.state.lifecycle import clip, plan_manifest_status
+
+log = logging.getLogger(__name__)
+_MOVE_PARALLEL = 16  # concurrent conditional file moves while sealing
+
+
+async def _bounded(n: int, coros: list[Any]) -> list[Any]:
+    """Await ``coros`` with at most ``n`` running at once; results in order."""
+    sem = asyncio.Semaphore(n)
+
+    async def one(c: Any) -> Any:
+        async with sem:
+            return await c
+
+    return list(await asyncio.gather(*(one(c) for c in coros)))
+
+
+class ManifestsMixin(DynamoClient):
+    """The ManifestStore protocol on the manifests table (fenced by a lock in the meta table)."""
+
+    # --- pending files ---------------------------------------------------------------------
+
+    async def add_pending(self, dataset: str, date: str, file: ManifestFile) -> bool:
+        """Track ``file`` as pending (one conditional PutItem)."""
+        item = encode_pending(dataset, date, file, self._clock())
+        return await self._put_if(self.manifests_table, item, "attribute_not_exists(pk)")
+
+    async def get_tracked(self, dataset: str, date: str, oid: ObjectId) -> TrackedFile | None:
+        """One tracked file."""
+        resp = await self._api(
+            "GetItem",
+            self.manifests_table,
+            TableName=self.manifests_table,
+            Key=tracked_key(dataset, date, oid),
+            ConsistentRead=True,
+        )
+        item = resp.get("Item")
+        return None if item is None else decode_tracked(item)
+
+    async def _pending_items(self, dataset: str, date: str | None) -> list[TrackedFile]:
+        values: Item = {":ds": {"S": dataset}}
+        cond = "#pds = :ds"
+        names = {"#pds": "pending_ds"}
+        if date is not None:
+            cond += " AND begins_with(#psk, :d)"
+            names["#psk"] = "pending_sk"
+            values[":d"] = {"S": date + "#"}
+        items = await self._items(
+            "Query",
+            self.manifests_table,
+            IndexName=PENDING_INDEX,
+            KeyConditionExpression=cond,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+        # The index may lag the table: keep what is (still) pending.
+        out = [decode_tracked(i) for i in items]
+        return [t for t in out if t.status is ManifestFileStatus.PENDING]
+
+    async def pending_files(
+        self, dataset: str, date: str, *, limit: int | None = None
+    ) -> list[TrackedFile]:
+        """The pending files of one (dataset, date), oldest first (index Query)."""
+        files = await self._pending_items(dataset, date)
+        files.sort(key=lambda t: (t.added_at, t.file.bucket, t.file.key, t.file.version))
+        return files if limit is None else files[: max(0, limit)]
+
+    async def pending(self, dataset: str, date: str) -> PendingSummary:
+        """Count, bytes and oldest add time of one (dataset, date)'s pending files."""
+        files = await self._pending_items(dataset, date)
+        return PendingSummary(
+            dataset,
+            date,
+            len(files),
+            sum(t.file.size for t in files),
+            min((t.added_at for t in files), default=None),
+        )
+
+    async def pending_dates(self, dataset: str) -> list[PendingSummary]:
+        """One summary per date that has pending files, by date."""
+        by_date: dict[str, list[TrackedFile]] = {}
+        for t in await self._pending_items(dataset, None):
+            by_date.setdefault(t.date, []).append(t)
+        return [
+            PendingSummary(
+                dataset,
+                d,
+                len(fs),
+                sum(t.file.size for t in fs),
+                min(t.added_at for t in fs),
+            )
+            for d, fs in sorted(by_date.items())
+        ]
+
+    # --- sealing ---------------------------------------------------------------------------
+
+    async def _read_manifest(self, manifest_id: str) -> tuple[ManifestRecord | None, int]:
+        item = await self._get_item(self.manifests_table, manifest_key(manifest_id))
+        return (None, 0) if item is None else decode_manifest(item)
+
+    async def _fence(self, lock: str, owner: str, token: int) -> None:
+        now = self._clock()
+        try:
+            await self._api(
+                "UpdateItem",
+                self.meta_table,
+                TableName=self.meta_table,
+                Key={"pk": {"S": f"lock#{lock}"}},
+                UpdateExpression="SET #fa = :now",
+                ConditionExpression="#o = :o AND #t = :t AND #ex > :now",
+                ExpressionAttributeNames={
+                    "#o": "owner",
+                    "#t": "token",
+                    "#ex": "expires_at",
+                    "#fa": "fenced_at",
+                },
+                ExpressionAttributeValues={
+                    ":o": {"S": owner},
+                    ":t": {"N": str(token)},
+                    ":now": {"N": num(now)},
+                },
+            )
+        except Conflict as exc:
+            raise LockLostError(
+                f"lock {lock!r} is no longer held by {owner} with token {token}"
+            ) from exc
+
+    async def _move_file(self, m: ManifestRecord, f: ManifestFile, now: float) -> bool:
+        try:
+            await self._api(
+                "UpdateItem",
+                self.manifests_table,
+                TableName=self.manifests_table,
+                Key=tracked_key(m.dataset, m.date, f.id),
+                UpdateExpression=("SET #st = :m, #mid = :id, #up = :now REMOVE #pds, #psk"),
+                ConditionExpression="#st = :p OR (#st = :m AND #mid = :id)",
+                ExpressionAttributeNames={
+                    "#st": "status",
+                    "#mid": "manifest_id",
+                    "#up": "updated_at",
+                    "#pds": "pending_ds",
+                    "#psk": "pending_sk",
+                },
+                ExpressionAttributeValues={
+                    ":m": {"S": ManifestFileStatus.MANIFESTED.value},
+                    ":p": {"S": ManifestFileStatus.PENDING.value},
+                    ":id": {"S": m.manifest_id},
+                    ":now": {"N": num(now)},
+                },
+            )
+        except Conflict:
+            return False
+        return True
+
+    async def _delete(self, key: Item, **cond: Any) -> bool:
+        try:
+            await self._api(
+                "DeleteItem",
+                self.manifests_table,
+                TableName=self.manifests_table,
+                Key=key,
+                **cond,
+            )
+        except Conflict:
+            return False
+        return True
+
+    async def seal_manifest(
+        self, draft: ManifestRecord, *, lock: str, owner: str, token: int
+    ) -> ManifestRecord | None:
+        """Seal ``draft``: record + marker, conditional moves, then sealed.
+
+        See :mod:`s3flow.state.dynamodb` for why this is not one transaction.
+        """
+        await self._fence(lock, owner, token)
+        base, rev = await self._read_manifest(draft.manifest_id)
+        if base is not None and base.status is not ManifestStatus.SEALING:
+            return base
+        if base is None:
+            now = self._clock()
+            base = replace(
+                draft,
+                status=ManifestStatus.SEALING,
+                files=list(draft.files),
+                created_at=draft.created_at or now,
+                updated_at=now,
+            )
+            await self._api(
+                "PutItem",
+                self.manifests_table,
+                TableName=self.manifests_table,
+                Item={**marker_key(base.dataset, base.manifest_id), "at": {"N": num(now)}},
+            )
+            if await self._put_if(
+                self.manifests_table, encode_manifest(base, 1), "attribute_not_exists(pk)"
+            ):
+                rev = 1
+            else:
+                found, rev = await self._read_manifest(draft.manifest_id)
+                if found is None:
+                    raise StateError(f"manifest {draft.manifest_id} vanished while being sealed")
+                if found.status is not ManifestStatus.SEALING:
+                    return found
+                base = found
+        now = self._clock()
+        moved_flags = await _bounded(
+            _MOVE_PARALLEL, [self._move_file(base, f, now) for f in base.files]
+        )
+        moved = [f for f, ok in zip(base.files, moved_flags, strict=True) if ok]
+        if not moved:
+            await self._delete(
+                manifest_key(base.manifest_id),
+                ConditionExpression="#st = :s",
+                ExpressionAttributeNames={"#st": "status"},
+                ExpressionAttributeValues={":s": {"S": ManifestStatus.SEALING.value}},
+            )
+            await self._delete(marker_key(base.dataset, base.manifest_id))
+            return None
+        sealed = replace(base, status=ManifestStatus.SEALED, files=moved, updated_at=now)
+        if not await self._put_if(
+            self.manifests_table,
+            encode_manifest(sealed, rev + 1),
+            "#st = :s",
+            {"#st": "status"},
+            {":s": {"S": ManifestStatus.SEALING.value}},
+        ):
+            found, _ = await self._read_manifest(base.manifest_id)
+            if found is None:
+                raise StateError(f"manifest {base.manifest_id} vanished while sealed")
+            return found  # finished by another holder of the lock: the same files
+        return sealed
+
+    async def mark_published(self, manifest_id: str, location: str) -> ManifestRecord:
+        """Record where the sealed manifest's JSON was written; drop its marker."""
+        try:
+            resp = await self._api(
+                "UpdateItem",
+                self.manifests_table,
+                TableName=self.manifests_table,
+                Key=manifest_key(manifest_id),
+                UpdateExpression="SET #loc = :l, #up = :now ADD #rev :one",
+                ConditionExpression="attribute_exists(pk) AND #st <> :s",
+                ExpressionAttributeNames={
+                    "#loc": "location",
+                    "#st": "status",
+                    "#rev": "rev",
+                    "#up": "updated_at",
+                },
+                ExpressionAttributeValues={
+                    ":l": {"S": location},
+                    ":now": {"N": num(self._clock())},
+                    ":s": {"S": ManifestStatus.SEALING.value},
+                    ":one": {"N": "1"},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except Conflict:
+            found, _ = await self._read_manifest(manifest_id)
+            if found is None:
+                raise UnknownManifestError(f"no manifest {manifest_id!r}") from None
+            raise StateError(f"manifest {manifest_id} is not sealed yet") from None
+        rec, _ = decode_manifest(resp["Attributes"])
+        await self._delete(marker_key(rec.dataset, manifest_id))
+        return rec
+
+    # --- reads and statuses ----------------------------------------------------------------
+
+    async def unfinished_manifests(self, dataset: str) -> list[ManifestRecord]:
+        """Manifests still sealing, or sealed but not yet published (marker Query)."""
+        markers = await self._items(
+            "Query",
+            self.manifests_table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": json_key("unfinished", dataset)}},
+            ConsistentRead=True,
+        )
+        out: list[ManifestRecord] = []
+        for marker in markers:
+            mid = marker["sk"]["S"]
+            rec, _ = await self._read_manifest(mid)
+            if rec is not None and (
+                rec.status is ManifestStatus.SEALING
+                or (rec.status is ManifestStatus.SEALED and rec.location is None)
+            ):
+                out.append(rec)
+            elif rec is not None or self._clock() - float(marker["at"]["N"]) > 3600:
+                # Done (or never created: a marker older than any seal can take).
+                await self._delete(marker_key(dataset, mid))
+        out.sort(key=lambda m: (m.created_at, m.manifest_id))
+        return out
+
+    async def get_manifest(self, manifest_id: str) -> ManifestRecord | None:
+        """One manifest."""
+        return (await self._read_manifest(manifest_id))[0]
+
+    async def list_manifests(
+        self,
+        *,
+        dataset: str | None = None,
+        status: ManifestStatus | None = None,
+        limit: int = 1000,
+    ) -> list[ManifestRecord]:
+        """Manifests matching the filters, newest first (a filtered Scan)."""
+        cond = ["#kind = :k"]
+        names: dict[str, str] = {"#kind": "kind"}
+        values: Item = {":k": {"S": "manifest"}}
+        if dataset is not None:
+            cond.append("#ds = :ds")
+            names["#ds"] = "dataset"
+            values[":ds"] = {"S": dataset}
+        if status is not None:
+            cond.append("#st = :st")
+            names["#st"] = "status"
+            values[":st"] = {"S": ManifestStatus(status).value}
+        items = await self._items(
+            "Scan",
+            self.manifests_table,
+            ConsistentRead=True,
+            FilterExpression=" AND ".join(cond),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+        recs = [decode_manifest(i)[0] for i in items]
+        recs.sort(key=lambda m: (m.created_at, m.manifest_id), reverse=True)
+        return recs[: max(0, limit)]
+
+    async def set_manifest_status(
+        self,
+        manifest_id: str,
+        status: ManifestStatus,
+        *,
+        detail: str = "",
+        expect: ManifestStatus | None = None,
+        quarantined: Mapping[ObjectId, str] | None = None,
+    ) -> ManifestRecord:
+        """Move a manifest (revision-conditioned Put), then each of its files."""
+        held = dict(quarantined or {})
+        for attempt in range(MAX_CONFLICT_RETRIES):
+            rec, rev = await self._read_manifest(manifest_id)
+            new = plan_manifest_status(
+                rec, manifest_id, status, detail=detail, expect=expect, now=self._clock()
+            )
+            if not await self._put_if(
+                self.manifests_table,
+                encode_manifest(new, rev + 1),
+                "#rev = :rev",
+                {"#rev": "rev"},
+                {":rev": {"N": str(rev)}},
+            ):
+                if attempt >= 2:
+                    await asyncio.sleep(random.uniform(0, min(0.01 * attempt, 0.2)))
+                continue
+            await _bounded(
+                _MOVE_PARALLEL,
+                [
+                    self._set_file_status(new, f)
+                    if f.id not in held
+                    else self._set_file_status(
+                        new, f, ManifestFileStatus.QUARANTINED, clip(held[f.id])
+                    )
+                    for f in new.files
+                ],
+            )
+            return new
+        raise StateError(
+            f"state store dynamodb://{self.table_prefix}: gave up on manifest {manifest_id} "
+            f"after {MAX_CONFLICT_RETRIES} conflicting writes"
+        )
+
+    async def _set_file_status(
+        self,
+        m: ManifestRecord,
+        f: ManifestFile,
+        status: ManifestFileStatus | None = None,
+        detail: str | None = None,
+    ) -> None:
+        # A file's status follows its manifest's (or ``status``: quarantined); a
+        # crash between the two is repaired by the next status change (the
+        # manifest is the truth).
+        detail = m.detail if detail is None else detail
+        values: Item = {
+            ":st": {"S": (status or FILE_STATUS_OF[m.status]).value},
+            ":now": {"N": num(m.updated_at)},
+            ":id": {"S": m.manifest_id},
+        }
+        update = "SET #st = :st, #up = :now"
+        if detail:
+            update += ", #dt = :d"
+            values[":d"] = {"S": detail}
+        else:
+            update += " REMOVE #dt"
+        try:
+            await self._api(
+                "UpdateItem",
+                self.manifests_table,
+                TableName=self.manifests_table,
+                Key=tracked_key(m.dataset, m.date, f.id),
+                UpdateExpression=update,
+                ConditionExpression="#mid = :id",
+                ExpressionAttributeNames={
+                    "#st": "status",
+                    "#dt": "detail",
+                    "#mid": "manifest_id",
+                    "#up": "updated_at",
+                },
+                ExpressionAttributeValues=values,
+            )
+        except Conflict:
+            log.warning(
+                "manifest %s: file s3://%s/%s is not tracked in it", m.manifest_id, f.bucket, f.key
+            )

@@ -1,0 +1,366 @@
+"""Upload jobs in the state store: the job record, its event log, and the JobStore protocol.
+
+A job groups the files of one upload and runs a template over them. Its
+history is an append-only event log with a sequence number per job (1, 2, 3…
+without gaps) that the SSE stream serves as event ids. Appending an event is
+idempotent by ``event_id`` and folds the event into the job record in the same
+write (:func:`apply_event`), so the record and its log never disagree::
+
+    waiting_for_files -> queued -> running -> completed | failed
+    waiting_for_files -> expired            (declared files never arrived)
+    waiting_for_files | queued | running -> failed
+
+Status only moves forward; nothing is appended after a terminal event.
+
+:func:`job_to_json` / :func:`job_from_json` are the one encoding of a
+:class:`JobRecord` every backend stores.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is."""
+
+    WAITING_FOR_FILES = "waiting_for_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        """True for completed, failed and expired."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.EXPIRED})
+_RANK = {
+    JobStatus.WAITING_FOR_FILES: 0,
+    JobStatus.QUEUED: 1,
+    JobStatus.RUNNING: 2,
+    JobStatus.COMPLETED: 3,
+    JobStatus.FAILED: 3,
+    JobStatus.EXPIRED: 3,
+}
+
+
+class EventType(enum.StrEnum):
+    """The events of a job's log (the SSE ``event:`` field)."""
+
+    JOB_CREATED = "job.created"
+    FILE_RECEIVED = "file.received"
+    JOB_QUEUED = "job.queued"
+    STEP_STARTED = "step.started"
+    STEP_PROGRESS = "step.progress"
+    STEP_COMPLETED = "step.completed"
+    JOB_COMPLETED = "job.completed"
+    JOB_FAILED = "job.failed"
+    JOB_EXPIRED = "job.expired"
+
+    @property
+    def terminal(self) -> bool:
+        """True for the events that end a job (and its stream)."""
+        return self in TERMINAL_EVENTS
+
+
+TERMINAL_EVENTS = frozenset({EventType.JOB_COMPLETED, EventType.JOB_FAILED, EventType.JOB_EXPIRED})
+
+
+class StepStatus(enum.StrEnum):
+    """Where one step of a job is."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class JobFile:
+    """One declared file of an upload."""
+
+    name: str  # the client's file name
+    key: str  # uploads/<upload_id>/<index>-<safe name>
+    size: int  # declared bytes
+    content_type: str
+    received: bool = False
+
+
+@dataclass(frozen=True)
+class JobStep:
+    """One step of the job's template and its live state."""
+
+    name: str  # the processor
+    status: StepStatus = StepStatus.PENDING
+    progress: dict[str, int] = field(default_factory=dict)  # bytes_done, records_done, files_done
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    """One output object of a finished job."""
+
+    name: str
+    key: str
+    bucket: str
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as the API shows it (folded from its events)."""
+
+    job_id: str
+    upload_id: str
+    template: str
+    status: JobStatus
+    files: tuple[JobFile, ...]
+    steps: tuple[JobStep, ...]
+    created_at: float
+    updated_at: float
+    expires_at: float  # deadline for the declared files
+    outputs: tuple[JobOutput, ...] = ()
+    error: str | None = None
+    last_seq: int = 0
+
+    @property
+    def missing(self) -> list[str]:
+        """Names of the declared files that have not arrived."""
+        return [f.name for f in self.files if not f.received]
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One entry of a job's event log."""
+
+    job_id: str
+    seq: int  # 1, 2, 3... per job, no gaps
+    event_id: str  # idempotency key given by the producer
+    type: EventType
+    data: dict[str, Any]
+    at: float
+
+
+def apply_event(job: JobRecord, type_: EventType, data: dict[str, Any], at: float) -> JobRecord:
+    """``job`` after ``type_``; pure, used by every backend inside the append.
+
+    Status never moves backwards, and a terminal job is returned unchanged (a
+    late ``step.started`` after ``job.completed`` changes nothing: not the
+    status, steps, outputs, error nor ``updated_at``); ``data`` keys follow
+    docs/jobs.md.
+    """
+    if job.status.terminal:
+        return job
+
+    def status(new: JobStatus) -> JobStatus:
+        return new if _RANK[new] >= _RANK[job.status] and not job.status.terminal else job.status
+
+    steps = list(job.steps)
+
+    def set_step(index: Any, **changes: Any) -> None:
+        if isinstance(index, int) and 0 <= index < len(steps):
+            steps[index] = replace(steps[index], **changes)
+
+    files = list(job.files)
+    new_status = job.status
+    outputs = job.outputs
+    error = job.error
+    if type_ is EventType.FILE_RECEIVED:
+        i = data.get("index")
+        if isinstance(i, int) and 0 <= i < len(files):
+            files[i] = replace(files[i], received=True)
+    elif type_ is EventType.JOB_QUEUED:
+        new_status = status(JobStatus.QUEUED)
+    elif type_ is EventType.STEP_STARTED:
+        new_status = status(JobStatus.RUNNING)
+        set_step(data.get("step"), status=StepStatus.RUNNING)
+    elif type_ is EventType.STEP_PROGRESS:
+        progress = {
+            k: int(v) for k, v in data.items() if k.endswith("_done") or k.endswith("_total")
+        }
+        set_step(data.get("step"), progress=progress)
+    elif type_ is EventType.STEP_COMPLETED:
+        progress = {
+            k: int(v) for k, v in data.items() if k.endswith("_done") or k.endswith("_total")
+        }
+        set_step(
+            data.get("step"),
+            status=StepStatus.COMPLETED,
+            **({"progress": progress} if progress else {}),
+        )
+    elif type_ is EventType.JOB_COMPLETED:
+        new_status = status(JobStatus.COMPLETED)
+        outputs = tuple(
+            JobOutput(
+                name=str(o["name"]),
+                key=str(o["key"]),
+                bucket=str(o["bucket"]),
+                size=int(o.get("size", 0)),
+            )
+            for o in data.get("outputs", [])
+        )
+    elif type_ is EventType.JOB_FAILED:
+        new_status = status(JobStatus.FAILED)
+        error = str(data.get("error") or "the job failed")
+        set_step(data.get("step"), status=StepStatus.FAILED)
+    elif type_ is EventType.JOB_EXPIRED:
+        new_status = status(JobStatus.EXPIRED)
+        error = str(data.get("error") or "the job expired")
+    return replace(
+        job,
+        status=new_status,
+        files=tuple(files),
+        steps=tuple(steps),
+        outputs=outputs,
+        error=error,
+        updated_at=at,
+    )
+
+
+# --- the stored form of a record -------------------------------------------------------------
+
+#: Format of :func:`job_to_json`'s document (``"v"``); bumped only by an incompatible change.
+JOB_JSON_VERSION = 1
+
+
+def job_to_json(job: JobRecord) -> str:
+    """``job`` as compact JSON text: every field, the inverse of :func:`job_from_json`."""
+    doc: dict[str, Any] = {
+        "v": JOB_JSON_VERSION,
+        "job_id": job.job_id,
+        "upload_id": job.upload_id,
+        "template": job.template,
+        "status": job.status.value,
+        "files": [
+            {
+                "name": f.name,
+                "key": f.key,
+                "size": f.size,
+                "content_type": f.content_type,
+                "received": f.received,
+            }
+            for f in job.files
+        ],
+        "steps": [
+            {"name": s.name, "status": s.status.value, "progress": dict(s.progress)}
+            for s in job.steps
+        ],
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "expires_at": job.expires_at,
+        "outputs": [
+            {"name": o.name, "key": o.key, "bucket": o.bucket, "size": o.size} for o in job.outputs
+        ],
+        "error": job.error,
+        "last_seq": job.last_seq,
+    }
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False)
+
+
+def job_from_json(text: str | bytes) -> JobRecord:
+    """The record :func:`job_to_json` wrote; ValueError if ``text`` is not one.
+
+    Optional fields (``received``, ``progress``, ``outputs``, ``error``,
+    ``last_seq``) may be absent; a document of a newer format is refused.
+    """
+    try:
+        doc = json.loads(text)
+        version = doc.get("v", JOB_JSON_VERSION)
+        if version > JOB_JSON_VERSION:
+            raise ValueError(f"format version {version} is newer than {JOB_JSON_VERSION}")
+        error = doc.get("error")
+        return JobRecord(
+            job_id=str(doc["job_id"]),
+            upload_id=str(doc["upload_id"]),
+            template=str(doc["template"]),
+            status=JobStatus(doc["status"]),
+            files=tuple(
+                JobFile(
+                    name=str(f["name"]),
+                    key=str(f["key"]),
+                    size=int(f["size"]),
+                    content_type=str(f["content_type"]),
+                    received=bool(f.get("received", False)),
+                )
+                for f in doc["files"]
+            ),
+            steps=tuple(
+                JobStep(
+                    name=str(s["name"]),
+                    status=StepStatus(s.get("status", StepStatus.PENDING.value)),
+                    progress={str(k): int(v) for k, v in s.get("progress", {}).items()},
+                )
+                for s in doc["steps"]
+            ),
+            created_at=float(doc["created_at"]),
+            updated_at=float(doc["updated_at"]),
+            expires_at=float(doc["expires_at"]),
+            outputs=tuple(
+                JobOutput(
+                    name=str(o["name"]),
+                    key=str(o["key"]),
+                    bucket=str(o["bucket"]),
+                    size=int(o.get("size", 0)),
+                )
+                for o in doc.get("outputs", [])
+            ),
+            error=None if error is None else str(error),
+            last_seq=int(doc.get("last_seq", 0)),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"not a stored job record: {type(exc).__name__}: {exc}") from exc
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    """Jobs and their event logs; every state backend implements it.
+
+    The store stamps each event's ``at`` (and the folded record's
+    ``updated_at``) with its own clock. A stored job's ``last_seq`` is the seq
+    of its newest event (1 right after :meth:`create_job`).
+    """
+
+    async def create_job(self, job: JobRecord, *, event_id: str, data: dict[str, Any]) -> JobEvent:
+        """Store a new job with its ``job.created`` event (seq 1); idempotent by ``job_id``."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        """The job, or None."""
+        ...
+
+    async def job_for_upload(self, upload_id: str) -> JobRecord | None:
+        """The job an upload id belongs to, or None."""
+        ...
+
+    async def list_jobs(
+        self, *, status: JobStatus | None = None, limit: int = 50
+    ) -> list[JobRecord]:
+        """Jobs, newest first, optionally with one status."""
+        ...
+
+    async def append_event(
+        self,
+        job_id: str,
+        *,
+        event_id: str,
+        type: EventType,
+        data: dict[str, Any],
+        if_status: frozenset[JobStatus] | None = None,
+    ) -> tuple[JobEvent | None, bool]:
+        """Append one event and fold it into the job, atomically.
+
+        Returns ``(event, True)`` when appended, ``(existing, False)`` when
+        ``event_id`` is already in the log, and ``(None, False)`` when the job
+        is unknown, already terminal, or its status is not in ``if_status``.
+        """
+        ...
+
+    async def events(self, job_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[JobEvent]:
+        """Events with ``seq > after_seq``, in order."""
+        ...

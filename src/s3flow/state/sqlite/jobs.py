@@ -1,0 +1,167 @@
+"""Upload jobs on SQLite: the JobStore half of the state store.
+
+A job is one ``jobs`` row (the whole record as JSON, plus the columns it is
+looked up and listed by) and its log is ``job_events``, keyed by ``(job_id,
+seq)`` with ``event_id`` unique per job. :meth:`JobsMixin.append_event` reads
+the job, assigns ``last_seq + 1``, inserts the event and writes the folded
+record (:func:`s3flow.state.jobs.apply_event`) in one ``BEGIN IMMEDIATE``
+transaction, so concurrent appenders in any number of processes get
+consecutive sequence numbers and the record never disagrees with its log.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import replace
+from typing import Any
+
+from s3flow.state.base import StateError
+from s3flow.state.jobs import (
+    EventType,
+    JobEvent,
+    JobRecord,
+    JobStatus,
+    apply_event,
+    job_from_json,
+    job_to_json,
+)
+from s3flow.state.sqlite.codec import JOB_COLS, JOB_EVENT_COLS, job_event, job_row
+from s3flow.state.sqlite.connection import SqliteStoreBase, in_tx
+
+_INSERT_JOB = f"INSERT INTO jobs ({JOB_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPDATE_JOB = (
+    "UPDATE jobs SET status = ?, updated_at = ?, last_seq = ?, record = ? WHERE job_id = ?"
+)
+_INSERT_EVENT = f"INSERT INTO job_events ({JOB_EVENT_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
+_EVENT_BY_ID = f"SELECT {JOB_EVENT_COLS} FROM job_events WHERE job_id = ? AND event_id = ?"
+_EVENT_BY_SEQ = f"SELECT {JOB_EVENT_COLS} FROM job_events WHERE job_id = ? AND seq = ?"
+_EVENTS_AFTER = (
+    f"SELECT {JOB_EVENT_COLS} FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+
+
+def _dump(data: dict[str, Any]) -> str:
+    """``data`` as the JSON text stored (TypeError/ValueError before any write)."""
+    return json.dumps(data, separators=(",", ":"), allow_nan=False)
+
+
+def _select_job(conn: sqlite3.Connection, where: str, value: str) -> JobRecord | None:
+    r = conn.execute(f"SELECT record FROM jobs WHERE {where} = ?", (value,)).fetchone()
+    return None if r is None else job_from_json(r[0])
+
+
+class JobsMixin(SqliteStoreBase):
+    """The JobStore protocol: jobs, their append-only event logs, and listings."""
+
+    async def create_job(self, job: JobRecord, *, event_id: str, data: dict[str, Any]) -> JobEvent:
+        """Store ``job`` (``last_seq`` 1) with its ``job.created`` event (seq 1), atomically.
+
+        Idempotent by ``job_id``: if the job exists, its event 1 is returned and
+        nothing is written. StateError if another job already has its upload id.
+        """
+        payload = _dump(data)
+
+        def tx(conn: sqlite3.Connection) -> JobEvent:
+            if _select_job(conn, "job_id", job.job_id) is not None:
+                r = conn.execute(_EVENT_BY_SEQ, (job.job_id, 1)).fetchone()
+                if r is None:
+                    raise StateError(f"job {job.job_id} has no job.created event")
+                return job_event(r)
+            other = _select_job(conn, "upload_id", job.upload_id)
+            if other is not None:
+                raise StateError(f"upload {job.upload_id} already belongs to job {other.job_id}")
+            event = JobEvent(
+                job_id=job.job_id,
+                seq=1,
+                event_id=event_id,
+                type=EventType.JOB_CREATED,
+                data=json.loads(payload),
+                at=self._clock(),
+            )
+            conn.execute(_INSERT_JOB, job_row(replace(job, last_seq=1)))
+            conn.execute(
+                _INSERT_EVENT,
+                (job.job_id, 1, event_id, event.type.value, payload, event.at),
+            )
+            return event
+
+        return await self._run(lambda conn: in_tx(conn, tx))
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        """The job, or None."""
+        return await self._run(lambda conn: _select_job(conn, "job_id", job_id))
+
+    async def job_for_upload(self, upload_id: str) -> JobRecord | None:
+        """The job an upload id belongs to, or None."""
+        return await self._run(lambda conn: _select_job(conn, "upload_id", upload_id))
+
+    async def list_jobs(
+        self, *, status: JobStatus | None = None, limit: int = 50
+    ) -> list[JobRecord]:
+        """Jobs, newest first (by ``created_at``, then ``job_id``), optionally with one status."""
+        sql = "SELECT record FROM jobs"
+        args: list[Any] = []
+        if status is not None:
+            sql += " WHERE status = ?"
+            args.append(JobStatus(status).value)
+        sql += " ORDER BY created_at DESC, job_id DESC LIMIT ?"
+        args.append(max(0, limit))
+        return await self._run(lambda conn: [job_from_json(r[0]) for r in conn.execute(sql, args)])
+
+    async def append_event(
+        self,
+        job_id: str,
+        *,
+        event_id: str,
+        type: EventType,
+        data: dict[str, Any],
+        if_status: frozenset[JobStatus] | None = None,
+    ) -> tuple[JobEvent | None, bool]:
+        """Append one event and fold it into the job, atomically (see :class:`JobStore`).
+
+        ``(event, True)`` when appended; ``(existing, False)`` when ``event_id``
+        is already in this job's log (whatever the job's status now);
+        ``(None, False)`` when the job is unknown, terminal, or its status is not
+        in ``if_status``.
+        """
+        type_ = EventType(type)
+        payload = _dump(data)
+        decoded: dict[str, Any] = json.loads(payload)
+
+        def tx(conn: sqlite3.Connection) -> tuple[JobEvent | None, bool]:
+            r = conn.execute(_EVENT_BY_ID, (job_id, event_id)).fetchone()
+            if r is not None:
+                return job_event(r), False
+            job = _select_job(conn, "job_id", job_id)
+            if job is None or job.status.terminal:
+                return None, False
+            if if_status is not None and job.status not in if_status:
+                return None, False
+            event = JobEvent(
+                job_id=job_id,
+                seq=job.last_seq + 1,
+                event_id=event_id,
+                type=type_,
+                data=decoded,
+                at=self._clock(),
+            )
+            conn.execute(
+                _INSERT_EVENT,
+                (job_id, event.seq, event_id, type_.value, payload, event.at),
+            )
+            new = replace(apply_event(job, type_, decoded, event.at), last_seq=event.seq)
+            conn.execute(
+                _UPDATE_JOB,
+                (new.status.value, new.updated_at, new.last_seq, job_to_json(new), job_id),
+            )
+            return event, True
+
+        return await self._run(lambda conn: in_tx(conn, tx))
+
+    async def events(self, job_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[JobEvent]:
+        """Events with ``seq > after_seq``, in order (at most ``limit``)."""
+        args = (job_id, after_seq, max(0, limit))
+        return await self._run(
+            lambda conn: [job_event(r) for r in conn.execute(_EVENTS_AFTER, args)]
+        )

@@ -1,0 +1,177 @@
+"""The SQLite database's format: schema version, tables, additive migrations, WAL.
+
+:func:`create_schema` runs on every open (inside the opening transaction): it
+creates what is missing, adds columns introduced after a database was created,
+and refuses a database written by a newer s3flow.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+from s3flow.state.base import StateError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS files (
+        bucket TEXT NOT NULL,
+        key TEXT NOT NULL,
+        version TEXT NOT NULL,
+        pipeline TEXT NOT NULL,
+        status TEXT NOT NULL,
+        size INTEGER,
+        sequencer TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error_class TEXT,
+        last_error TEXT,
+        outputs TEXT NOT NULL DEFAULT '[]',
+        worker_id TEXT,
+        claim_owner TEXT,
+        claim_expires_at REAL,
+        fencing_token INTEGER NOT NULL DEFAULT 0,
+        timestamps TEXT NOT NULL DEFAULT '{}',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        failures INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (bucket, key, version)
+    )""",
+    "CREATE INDEX IF NOT EXISTS files_status ON files (status, updated_at)",
+    "CREATE INDEX IF NOT EXISTS files_pipeline ON files (pipeline, status, updated_at)",
+    "CREATE INDEX IF NOT EXISTS files_updated ON files (updated_at)",
+    """CREATE TABLE IF NOT EXISTS history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        bucket TEXT NOT NULL,
+        key TEXT NOT NULL,
+        version TEXT NOT NULL,
+        at REAL NOT NULL,
+        old TEXT,
+        new TEXT NOT NULL,
+        worker_id TEXT,
+        detail TEXT NOT NULL DEFAULT ''
+    )""",
+    "CREATE INDEX IF NOT EXISTS history_key ON history (bucket, key, id)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+        name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS locks (
+        name TEXT PRIMARY KEY, owner TEXT, token INTEGER NOT NULL, expires_at REAL
+    )""",
+    # Manifests (additive tables: an older database gains them on open).
+    """CREATE TABLE IF NOT EXISTS manifest_files (
+        dataset TEXT NOT NULL,
+        date TEXT NOT NULL,
+        bucket TEXT NOT NULL,
+        key TEXT NOT NULL,
+        version TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        etag TEXT NOT NULL,
+        version_id TEXT,
+        status TEXT NOT NULL,
+        manifest_id TEXT,
+        added_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (dataset, date, bucket, key, version)
+    )""",
+    "CREATE INDEX IF NOT EXISTS mfiles_status ON manifest_files (dataset, status, date, added_at)",
+    "CREATE INDEX IF NOT EXISTS mfiles_manifest ON manifest_files (manifest_id)",
+    """CREATE TABLE IF NOT EXISTS manifests (
+        manifest_id TEXT PRIMARY KEY,
+        dataset TEXT NOT NULL,
+        date TEXT NOT NULL,
+        status TEXT NOT NULL,
+        files TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        fencing_token INTEGER NOT NULL,
+        sealed_by TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        location TEXT,
+        detail TEXT NOT NULL DEFAULT '',
+        attempts INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS manifests_dataset ON manifests (dataset, status, created_at)",
+    "CREATE INDEX IF NOT EXISTS manifests_created ON manifests (created_at)",
+    # Upload jobs and their event logs (additive tables: an older database gains them on
+    # open). ``record`` is the whole JobRecord (``s3flow.state.jobs.job_to_json``); the
+    # other columns repeat the fields that are looked up or listed by, written with it.
+    """CREATE TABLE IF NOT EXISTS jobs (
+        job_id TEXT PRIMARY KEY,
+        upload_id TEXT NOT NULL UNIQUE,
+        template TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        last_seq INTEGER NOT NULL,
+        record TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)",
+    """CREATE TABLE IF NOT EXISTS job_events (
+        job_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        data TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (job_id, seq),
+        UNIQUE (job_id, event_id)
+    )""",
+)
+
+
+def enable_wal(
+    conn: sqlite3.Connection,
+    *,
+    timeout_s: float = BUSY_TIMEOUT_MS / 1000,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Switch the file to WAL, retrying while another process holds it.
+
+    When several processes open a new database at once, ``PRAGMA journal_mode``
+    can fail with "database is locked" at once, without calling the busy
+    handler (seen about once in 1,200 simultaneous first opens), so the
+    busy timeout alone does not cover it.
+    """
+    deadline = clock() + timeout_s
+    delay_s = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            return
+        except sqlite3.OperationalError as exc:
+            transient = "locked" in str(exc) or "busy" in str(exc)
+            if not transient or clock() >= deadline:
+                raise
+        sleep(delay_s)
+        delay_s = min(delay_s * 2, 0.2)
+
+
+def create_schema(conn: sqlite3.Connection, path: str) -> None:
+    """Create missing tables, add newer columns, check the version (in a transaction).
+
+    ``path`` only names the store in the error raised for a newer database.
+    """
+    for stmt in SCHEMA:
+        conn.execute(stmt)
+    # Columns added after a database was created (additive, default-valued).
+    have = {r[1] for r in conn.execute("PRAGMA table_info(files)")}
+    if "failures" not in have:
+        conn.execute("ALTER TABLE files ADD COLUMN failures INTEGER NOT NULL DEFAULT 0")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    found = row[0] if row else None
+    if found is None:
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+    elif found > SCHEMA_VERSION:
+        raise StateError(
+            f"state store {path} has schema version {found}; this s3flow "
+            f"understands up to {SCHEMA_VERSION} (upgrade s3flow)"
+        )

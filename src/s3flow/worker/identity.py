@@ -1,0 +1,61 @@
+"""Which upload an event is about (see docs/operations.md, "Identity").
+
+Identity is per event: the versionId in a versioned bucket, else
+``<eTag>@<sequencer>``, else the object's ``<eTag>@t<LastModified>`` read with a
+HEAD. Sequencers also order two uploads of the same key, so an event older than
+an upload already processed is recognised as superseded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from s3flow.errors import translate_aws_error
+from s3flow.events import ObjectEvent, content_version
+from s3flow.state.base import FileStatus, ObjectId, StateStore
+
+
+async def identify(s3: Any, event: ObjectEvent) -> tuple[ObjectId, dict[str, Any] | None]:
+    """The upload ``event`` is about, and the HEAD response when one was needed.
+
+    Raises the translated :class:`~s3flow.errors.S3flowError` when that HEAD fails.
+    """
+    head: dict[str, Any] | None = None
+    version = event.event_version
+    if version is None:
+        try:
+            head = await s3.head_object(Bucket=event.bucket, Key=event.key)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise translate_aws_error(exc, f"HeadObject {event.uri()}") from exc
+        version = content_version(head.get("ETag"), head.get("LastModified") or 0)
+    return ObjectId(event.bucket, event.key, version), head
+
+
+async def newer_upload_done(
+    store: StateStore | None, event: ObjectEvent, oid: ObjectId
+) -> str | None:
+    """A completed upload of the same key with a later sequencer, if any (its version)."""
+    if store is None or not event.sequencer:
+        return None
+    for rec in await store.versions(event.bucket, event.key):
+        if (
+            rec.status is FileStatus.COMPLETED
+            and rec.version != oid.version
+            and rec.sequencer
+            and sequencer_after(rec.sequencer, event.sequencer)
+        ):
+            return rec.version
+    return None
+
+
+def sequencer_after(a: str, b: str) -> bool:
+    """Whether S3 sequencer ``a`` is later than ``b`` (same key only).
+
+    AWS: pad the shorter with leading zeros, then compare as strings.
+    """
+    a, b = a.upper(), b.upper()
+    width = max(len(a), len(b))
+    return a.rjust(width, "0") > b.rjust(width, "0")

@@ -1,0 +1,166 @@
+"""The failure policy: what a record that did not succeed becomes, and what is recorded.
+
+By the error's disposition: a vanished object is done without output; an
+unavailable output is retried without counting a failure; a retryable error is
+retried with backoff until ``max_receive_count`` failures, then dead-lettered; a
+permanent one is quarantined (when the error or ``on_permanent_error`` says so)
+or dead-lettered. Failures are counted in the state store, else carried by the
+message (receives plus the ``s3flow.failures`` attribute of a re-sent record).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from s3flow.errors import Disposition, OutputUnavailableError, S3flowError
+from s3flow.events import ObjectEvent
+from s3flow.metrics import PipelineMetrics
+from s3flow.quarantine import tag_quarantined
+from s3flow.settings import PipelineSettings
+from s3flow.state.base import FileStatus, ObjectId, StateStore
+from s3flow.worker.outcomes import DeadLetter, RecordOutcome, Retry, backoff_s
+from s3flow.worker.source import ReceivedMessage
+
+log = logging.getLogger("s3flow.worker")
+
+#: Message attribute carrying a re-sent record's failures so far.
+FAILURES_ATTR = "s3flow.failures"
+
+
+def prior_failures(msg: ReceivedMessage) -> int:
+    """Failures a re-sent record carried in its ``s3flow.failures`` attribute (0 if none)."""
+    attr = msg.message_attributes.get(FAILURES_ATTR) or {}
+    try:
+        return max(0, int(str(attr.get("StringValue", "0"))))
+    except ValueError:
+        return 0
+
+
+def merge_failures(failed: list[tuple[ObjectEvent, RecordOutcome]]) -> RecordOutcome:
+    """One outcome for a message whose records cannot be split (no raw records)."""
+    dead = [o for _, o in failed if isinstance(o, DeadLetter)]
+    if dead:
+        objects = tuple(oid for d in dead for oid in d.objects)
+        return DeadLetter(dead[0].error_class, "; ".join(d.error for d in dead), objects)
+    retries = [o for _, o in failed if isinstance(o, Retry)]
+    return min(retries, key=lambda r: r.delay_s)
+
+
+class FailurePolicy:
+    """Turns one record's classified error into its outcome, recording it in the store."""
+
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        *,
+        s3: Any,
+        store: StateStore | None,
+        metrics: PipelineMetrics,
+    ) -> None:
+        self.p = settings
+        self._s3 = s3
+        self._store = store
+        self.metrics = metrics
+
+    def failures_now(self, msg: ReceivedMessage, failures_before: int | None) -> int:
+        """Failures of this record including the one just seen."""
+        if failures_before is not None and self._store is not None:
+            return failures_before + 1
+        # No store: what the message says (re-sent records carry their count).
+        return prior_failures(msg) + msg.receive_count
+
+    async def failed(
+        self,
+        msg: ReceivedMessage,
+        event: ObjectEvent,
+        oid: ObjectId | None,
+        token: int | None,
+        exc: S3flowError,
+        failures_before: int,
+    ) -> RecordOutcome | None:
+        """The outcome of ``event``'s record after ``exc`` (None = done, ack-able).
+
+        ``oid`` and ``token`` are the claim, when one was taken; ``failures_before``
+        is the failure count the claim's record had.
+        """
+        where = f"{event.uri()} (message {msg.message_id}, receive #{msg.receive_count})"
+        store = self._store if oid is not None and token is not None else None
+        if exc.disposition is Disposition.SKIP:
+            self.metrics.objects_skipped += 1
+            log.warning("%s: %s; acknowledging without output", where, exc)
+            if store is not None and oid is not None and token is not None:
+                await store.complete(
+                    oid, token=token, outputs=[], detail=f"object no longer exists: {exc}"
+                )
+            return None
+        if isinstance(exc, OutputUnavailableError):
+            # The operator's problem, not the file's: no failure counted.
+            delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
+            log.error("%s: output unavailable, retrying in %ds: %s", where, delay, exc)
+            if store is not None and oid is not None and token is not None:
+                await store.release(oid, token=token)
+            return Retry(delay, exc.error_class, str(exc))
+        if exc.disposition is Disposition.RETRYABLE:
+            n = self.failures_now(msg, failures_before if token is not None else None)
+            await self._record_failure(oid, token, exc)
+            if n >= self.p.max_receive_count:
+                log.error(
+                    "%s failed %d times (max_receive_count), dead-lettering: %s", where, n, exc
+                )
+                return DeadLetter(
+                    f"RetriesExhausted.{exc.error_class}",
+                    f"failed {n} times; last error: {exc}",
+                    (oid,) if store is not None and oid is not None else (),
+                )
+            delay = backoff_s(n, self.p.retry_base_s, self.p.retry_max_s)
+            log.warning(
+                "%s failed (%s, failure %d of %d), retrying in %ds: %s",
+                where,
+                exc.error_class,
+                n,
+                self.p.max_receive_count,
+                delay,
+                exc,
+            )
+            return Retry(delay, exc.error_class, str(exc))
+        quarantine = (
+            exc.disposition is Disposition.QUARANTINE or self.p.on_permanent_error == "quarantine"
+        )
+        if quarantine and oid is not None:
+            await self.quarantine(event, oid, token, str(exc), exc.error_class)
+            return None
+        log.error("%s failed permanently (%s), dead-lettering: %s", where, exc.error_class, exc)
+        # Recorded as failed now; marked dead only once the DLQ has the message.
+        await self._record_failure(oid, token, exc)
+        return DeadLetter(
+            exc.error_class, str(exc), (oid,) if store is not None and oid is not None else ()
+        )
+
+    async def _record_failure(
+        self, oid: ObjectId | None, token: int | None, exc: S3flowError
+    ) -> None:
+        if self._store is not None and oid is not None and token is not None:
+            await self._store.fail(
+                oid,
+                token=token,
+                status=FileStatus.FAILED,
+                error_class=exc.error_class,
+                error=str(exc),
+            )
+
+    async def quarantine(
+        self, event: ObjectEvent, oid: ObjectId, token: int | None, reason: str, error_class: str
+    ) -> None:
+        """Tag the object and record it as quarantined; its record is then done."""
+        await tag_quarantined(self._s3, event.bucket, event.key, reason, event.version_id)
+        if self._store is not None and token is not None:
+            await self._store.fail(
+                oid,
+                token=token,
+                status=FileStatus.QUARANTINED,
+                error_class=error_class,
+                error=reason,
+            )
+        self.metrics.quarantined += 1
+        log.warning("%s quarantined (%s): %s", event.uri(), error_class, reason)

@@ -1,0 +1,205 @@
+"""Upload jobs end to end on the emulator: presigned POSTs -> bridge -> FIFO job worker ->
+progress queue -> event log. The worker is a real `s3flow worker` subprocess."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from itest_support import wait_for
+from jobs_support import FAILS, SLOW, JobsProject
+
+from s3flow.state.jobs import EventType, JobStatus
+
+pytestmark = pytest.mark.integration
+
+
+def _stop(proc: Any) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except Exception:
+            proc.kill()
+            proc.wait()
+
+
+def _contiguous(events: list[Any]) -> None:
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+def test_three_files_one_job_zip_bundle(tmp_path: Path, s3: Any, sqs: Any) -> None:
+    project = JobsProject(tmp_path, s3, sqs)
+    files = {"a.txt": b"1\n2\n3\n", "b.log": b"x\n", "c.csv": b"h\nr1\nr2\nr3\n"}
+    created = project.create("bundle", files)
+    job_id = created["job_id"]
+    assert [f["key"].rsplit("/", 1)[-1] for f in created["files"]] == [
+        "0-a.txt",
+        "1-b.log",
+        "2-c.csv",
+    ]
+    worker = project.worker()
+    try:
+        project.post_files(created, files)
+        done = project.consume_until([job_id], timeout_s=90)
+    finally:
+        _stop(worker)
+    job = done[job_id]
+    assert job.status is JobStatus.COMPLETED, job.error
+    assert [s.status for s in job.steps] == ["completed", "completed"]
+    assert [o.name for o in job.outputs] == [f"{job_id}.zip"]
+    body = s3.get_object(Bucket=job.outputs[0].bucket, Key=job.outputs[0].key)["Body"].read()
+    with zipfile.ZipFile(io.BytesIO(body)) as zf:
+        names = sorted(zf.namelist())
+        counts = {n: json.loads(zf.read(n))["lines"] for n in names}
+    assert counts == {"0-a.txt.json": 3, "1-b.log.json": 1, "2-c.csv.json": 4}
+    events = project.events(job_id)
+    _contiguous(events)
+    types = [e.type for e in events]
+    assert types[0] is EventType.JOB_CREATED
+    assert types.count(EventType.FILE_RECEIVED) == 3
+    assert types.index(EventType.JOB_QUEUED) > max(
+        i for i, t in enumerate(types) if t is EventType.FILE_RECEIVED
+    )
+    assert [e.data["step"] for e in events if e.type is EventType.STEP_STARTED] == [0, 1]
+    assert types[-1] is EventType.JOB_COMPLETED and types.count(EventType.JOB_COMPLETED) == 1
+    # Nothing left anywhere: every queue drained, nothing dead-lettered.
+    for role in ("intake", "intake-dlq", "processing.fifo", "processing-dlq.fifo", "progress.fifo"):
+        assert project.depth(role) == 0, role
+
+
+def test_object_of_no_upload_is_quarantined_and_others_go_on(
+    tmp_path: Path, s3: Any, sqs: Any
+) -> None:
+    project = JobsProject(tmp_path, s3, sqs)
+    stray = "uploads/0123456789abcdef0123456789abcdef/0-stray.txt"
+    s3.put_object(Bucket=project.bucket, Key=stray, Body=b"x\n")
+    s3.put_object(Bucket=project.bucket, Key="uploads/not-an-upload.txt", Body=b"x\n")
+    files = {"a.txt": b"a\n"}
+    created = project.create("count", files)
+    worker = project.worker()
+    try:
+        project.post_files(created, files)
+        done = project.consume_until([created["job_id"]], timeout_s=60)
+    finally:
+        _stop(worker)
+    assert done[created["job_id"]].status is JobStatus.COMPLETED
+    log = (tmp_path / "worker.log").read_text()
+    assert "belongs to no upload" in log and "is not an upload file" in log
+    assert project.depth("intake-dlq") == 0
+
+
+def test_declared_files_that_never_arrive_expire_the_job(tmp_path: Path, s3: Any, sqs: Any) -> None:
+    project = JobsProject(tmp_path, s3, sqs, jobs={"job_timeout_s": 4, "expiry_check_s": 0.5})
+    files = {"a.txt": b"a\n", "late.txt": b"b\n"}
+    worker = project.worker()
+    try:
+        project.wait_running()
+        created = project.create("count", files)
+        job_id = created["job_id"]
+        project.post_files({**created, "files": created["files"][:1]}, files)
+        job = wait_for(lambda: project.job(job_id), 10, "job")
+        wait_for(lambda: (j := project.job(job_id)) and j.files[0].received, 10, "a.txt")
+        wait_for(lambda: (j := project.job(job_id)) and j.status.terminal, 60, "expiry")
+    finally:
+        _stop(worker)
+    job = project.job(job_id)
+    assert job is not None and job.status is JobStatus.EXPIRED
+    assert "late.txt" in (job.error or "")
+    last = project.events(job_id)[-1]
+    assert last.type is EventType.JOB_EXPIRED and last.data["missing"] == ["late.txt"]
+
+
+def test_twenty_concurrent_uploads_all_complete(tmp_path: Path, s3: Any, sqs: Any) -> None:
+    project = JobsProject(tmp_path, s3, sqs)
+    created = []
+    for i in range(20):
+        files = {f"f{i}-{j}.txt": f"{i}\n{j}\n".encode() for j in range(2)}
+        created.append((project.create("count", files), files))
+    worker = project.worker()
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda cf: project.post_files(*cf), created))
+        done = project.consume_until([c["job_id"] for c, _ in created], timeout_s=120)
+    finally:
+        _stop(worker)
+    assert {j.status for j in done.values()} == {JobStatus.COMPLETED}
+    for job in done.values():
+        assert len(job.outputs) == 2
+        _contiguous(project.events(job.job_id))
+    assert project.depth("processing-dlq.fifo") == 0
+
+
+def test_failing_step_fails_the_job_after_max_receives(tmp_path: Path, s3: Any, sqs: Any) -> None:
+    project = JobsProject(
+        tmp_path,
+        s3,
+        sqs,
+        extra_templates=[{"name": "broken", "steps": [{"processor": FAILS}]}],
+    )
+    files = {"a.txt": b"a\n"}
+    created = project.create("broken", files)
+    worker = project.worker()
+    try:
+        project.post_files(created, files)
+        done = project.consume_until([created["job_id"]], timeout_s=120)
+        # The queue's redrive moves the message to the FIFO DLQ on its next receive.
+        wait_for(lambda: project.depth("processing-dlq.fifo") == 1, 60, "processing DLQ")
+    finally:
+        _stop(worker)
+    job = done[created["job_id"]]
+    assert job.status is JobStatus.FAILED
+    assert "failed 3 times" in (job.error or "") and "boom" in (job.error or "")
+
+
+def test_sigkill_of_the_job_worker_mid_step_completes_once(
+    tmp_path: Path, s3: Any, sqs: Any
+) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    project = JobsProject(
+        tmp_path,
+        s3,
+        sqs,
+        extra_templates=[
+            {
+                "name": "slow",
+                "steps": [
+                    {"processor": SLOW, "options": {"sleep_s": 3, "marker_dir": str(markers)}}
+                ],
+            }
+        ],
+    )
+    files = {"a.txt": b"a\nb\n", "b.txt": b"c\n"}
+    created = project.create("slow", files)
+    job_id = created["job_id"]
+    first = project.worker("worker1.log")
+    try:
+        project.post_files(created, files)
+        wait_for(lambda: any(p.name.startswith("started-") for p in markers.iterdir()), 60, "step")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+    finally:
+        _stop(first)
+    assert not any(p.name.startswith("done-") for p in markers.iterdir())
+    second = project.worker("worker2.log")
+    try:
+        done = project.consume_until([job_id], timeout_s=120)
+    finally:
+        _stop(second)
+    job = done[job_id]
+    assert job.status is JobStatus.COMPLETED, job.error
+    events = project.events(job_id)
+    _contiguous(events)
+    assert [e.type for e in events].count(EventType.JOB_COMPLETED) == 1
+    assert sorted(o.name for o in job.outputs) == ["0-a.txt.json", "1-b.txt.json"]
+    for role in ("intake", "intake-dlq", "processing.fifo", "processing-dlq.fifo"):
+        assert project.depth(role) == 0, role

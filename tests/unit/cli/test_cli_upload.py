@@ -1,0 +1,41 @@
+"""The upload client's pure parts: the SSE parser and where it finds the API."""
+
+from __future__ import annotations
+
+import pytest
+
+from s3flow.cli.upload import api_url, parse_sse
+
+
+def test_parse_sse_events_comments_and_multiline_data() -> None:
+    lines = [
+        ": heartbeat",
+        "",
+        "id: 1",
+        "event: job.created",
+        'data: {"a": 1}',
+        "",
+        "id: 2",
+        "event: step.progress",
+        'data: {"b":',
+        "data: 2}",
+        "",
+        "id: 3",
+        "event: x",
+        "data: not json",
+        "",
+    ]
+    events = list(parse_sse(iter(lines)))
+    assert [(e.id, e.event) for e in events] == [(1, "job.created"), (2, "step.progress"), (3, "x")]
+    assert events[0].data == {"a": 1}
+    assert events[1].data == {"b": 2}
+    assert events[2].data == {"raw": "not json"}
+
+
+def test_api_url_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("S3FLOW_WEB_URL", raising=False)
+    assert api_url(None, None) == "http://127.0.0.1:8080"
+    assert api_url(None, "http://cfg:1/") == "http://cfg:1"
+    monkeypatch.setenv("S3FLOW_WEB_URL", "http://env:2")
+    assert api_url(None, "http://cfg:1") == "http://env:2"
+    assert api_url("http://flag:3", "http://cfg:1") == "http://flag:3"

@@ -1,0 +1,139 @@
+"""Upload requests: parsing, the refusals a person reads, safe keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from s3flow.jobs.uploads import (
+    BadUploadError,
+    UploadRequest,
+    parse_upload_key,
+    plan_upload,
+    safe_name,
+)
+from s3flow.settings import Settings, load_settings
+
+
+def settings(**jobs: Any) -> Settings:
+    base = {
+        "project": "acme",
+        "branch": "dev",
+        "max_file_bytes": 1000,
+        "max_files": 3,
+        "allowed_extensions": [".txt", ".csv"],
+    }
+    return load_settings(
+        overrides={
+            "jobs": {**base, **jobs},
+            "templates": [{"name": "count", "steps": [{"processor": "line-count"}]}],
+        }
+    )
+
+
+def req(*files: tuple[str, int, str], template: str = "count") -> UploadRequest:
+    return UploadRequest.from_json(
+        {
+            "template": template,
+            "files": [{"name": n, "size": s, "content_type": c} for n, s, c in files],
+        }
+    )
+
+
+def test_plan_names_keys_by_index_and_safe_name() -> None:
+    planned = plan_upload(
+        settings(), req(("a report.txt", 10, "text/plain"), ("b.csv", 5, "text/csv"))
+    )
+    assert [f.key for f in planned] == ["0-a_report.txt", "1-b.csv"]
+    assert [f.content_type for f in planned] == ["text/plain", "text/csv"]
+
+
+@pytest.mark.parametrize(
+    ("files", "template", "needle"),
+    [
+        ([("a.txt", 1, "text/plain")], "nope", "unknown template 'nope'; templates: count"),
+        ([("a.exe", 1, "application/x")], "count", "extension '.exe' is not allowed"),
+        ([("a", 1, "text/plain")], "count", "extension '(none)' is not allowed"),
+        ([("a.txt", 1001, "text/plain")], "count", "more than the 1000 bytes allowed"),
+        ([("a.txt", 0, "text/plain")], "count", "empty files cannot be uploaded"),
+        ([(f"{i}.txt", 1, "text/plain") for i in range(4)], "count", "4 files is more than the 3"),
+        ([("../a.txt", 1, "text/plain")], "count", "path separator"),
+        ([("dir\\a.txt", 1, "text/plain")], "count", "path separator"),
+        ([("a\x00.txt", 1, "text/plain")], "count", "control character"),
+        ([("a\n.txt", 1, "text/plain")], "count", "control character"),
+        ([("a.txt", 1, "text/plain"), ("a.txt", 2, "text/plain")], "count", "listed twice"),
+    ],
+)
+def test_refusals_say_what_is_wrong(
+    files: list[tuple[str, int, str]], template: str, needle: str
+) -> None:
+    with pytest.raises(BadUploadError, match=None) as err:
+        plan_upload(settings(), req(*files, template=template))
+    assert needle in str(err.value)
+
+
+def test_content_types_are_enforced_when_configured() -> None:
+    s = settings(allowed_content_types=["text/plain"])
+    assert plan_upload(s, req(("a.txt", 1, "text/plain; charset=utf-8")))[0].content_type == (
+        "text/plain"
+    )
+    with pytest.raises(BadUploadError, match="content type 'text/csv' is not allowed"):
+        plan_upload(s, req(("a.txt", 1, "text/csv")))
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ([], "must be a JSON object"),
+        ({"files": []}, '"template" is missing'),
+        ({"template": "count"}, '"files" must be a non-empty list'),
+        ({"template": "count", "files": ["a"]}, "files[0] must be an object"),
+        ({"template": "count", "files": [{"name": 1, "size": 1}]}, '"name" must be a string'),
+        ({"template": "count", "files": [{"name": "a", "size": "1"}]}, '"size" must be an integer'),
+        (
+            {"template": "count", "files": [{"name": "a", "size": True}]},
+            '"size" must be an integer',
+        ),
+    ],
+)
+def test_wrong_shapes_are_refused(body: Any, needle: str) -> None:
+    with pytest.raises(BadUploadError) as err:
+        UploadRequest.from_json(body)
+    assert needle in str(err.value)
+
+
+def test_safe_name_keeps_letters_of_any_script() -> None:
+    assert safe_name("Отчёт 2026.txt") == "Отчёт_2026.txt"
+    assert safe_name(".hidden.txt") == "hidden.txt"
+    for bad in ("", ".", ".."):
+        with pytest.raises(BadUploadError):
+            safe_name(bad)
+
+
+def test_parse_upload_key() -> None:
+    uid = "0123456789abcdef0123456789abcdef"
+    assert parse_upload_key(f"uploads/{uid}/2-a.txt") == (uid, 2)
+    assert parse_upload_key(f"uploads/{uid}/a.txt") is None
+    assert parse_upload_key("uploads/xyz/0-a.txt") is None
+    assert parse_upload_key(f"other/{uid}/0-a.txt") is None
+
+
+def test_jobs_settings_names_and_bridge_pipeline() -> None:
+    s = settings()
+    assert s.jobs is not None
+    assert s.jobs.bucket == "acme-dev-uploads"
+    assert s.jobs.resource("processing.fifo") == "acme-dev-processing.fifo"
+    bridge = s.pipeline("jobs-intake")
+    assert (bridge.queue, bridge.dlq, bridge.prefix) == (
+        "acme-dev-intake",
+        "acme-dev-intake-dlq",
+        "uploads/",
+    )
+    assert bridge.options["processing_queue"] == "acme-dev-processing.fifo"
+
+
+def test_branch_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("S3FLOW_BRANCH", "Feature/Upload_Jobs")
+    s = load_settings(overrides={"jobs": {"project": "acme"}})
+    assert s.jobs is not None and s.jobs.branch == "feature-upload-jobs"
