@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,9 @@ def test_demo_runs_end_to_end() -> None:
     # csv-to-kafka runs wherever Java 17+ is (CI installs it: scripts/install).
     if java_available() or os.environ.get("CI"):
         assert "(read_committed): 20,000 messages" in out
+    # The upload job: three files through `s3flow web`, its events in order, one ZIP out.
+    assert "file.received orders.csv received" in out
+    assert re.search(r"\b12 job\.completed job-[0-9a-f]{32}\.zip", out), out[-2000:]
 
 
 def test_local_runs_until_interrupted(tmp_path: Path) -> None:

@@ -15,7 +15,18 @@ from s3flow.processors.registry import cli_extensions
 __all__ = ["app", "main"]
 
 # Each module registers its commands on import; this order is the order of `--help`.
-for _name in ("worker", "setup", "status", "files", "dlq", "backfill", "local", "jobs", "upload"):
+for _name in (
+    "worker",
+    "setup",
+    "status",
+    "files",
+    "dlq",
+    "backfill",
+    "local",
+    "jobs",
+    "upload",
+    "web",
+):
     importlib.import_module(f"s3flow.cli.{_name}")
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from s3flow.errors import PermanentError, S3flowError
+from s3flow.errors import PermanentError, ProcessorError, S3flowError, translate_aws_error
 from s3flow.events import ObjectEvent
 from s3flow.jobs.bridge import JobMessage
 from s3flow.jobs.progress import ProgressPublisher, StepProgress
@@ -187,15 +187,29 @@ class JobHandler:
                 EventType.STEP_COMPLETED,
                 {**progress.data(), "outputs": len(uris)},
             )
-            inputs = [ObjectEvent(bucket=b, key=k) for b, k in (parse_s3_uri(u) for u in uris)]
-        out = []
-        for e in inputs:
-            head = await self._s3.head_object(Bucket=e.bucket, Key=e.key)
-            name = e.key[len(base) :] if e.key.startswith(base) else e.key.rsplit("/", 1)[-1]
-            out.append(
-                {"name": name, "key": e.key, "bucket": e.bucket, "size": int(head["ContentLength"])}
-            )
-        return out
+            inputs = [await self._output(*parse_s3_uri(u)) for u in uris]
+        return [
+            {
+                "name": e.key[len(base) :] if e.key.startswith(base) else e.key.rsplit("/", 1)[-1],
+                "key": e.key,
+                "bucket": e.bucket,
+                "size": e.size or 0,
+            }
+            for e in inputs
+        ]
+
+    async def _output(self, bucket: str, key: str) -> ObjectEvent:
+        """A step's output as the next step's input; a missing or empty one is an error."""
+        try:
+            head = await self._s3.head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            raise translate_aws_error(exc, f"HeadObject s3://{bucket}/{key}") from exc
+        size = int(head.get("ContentLength", 0))
+        if size <= 0:
+            raise ProcessorError(f"output s3://{bucket}/{key} is empty")
+        return ObjectEvent(
+            bucket=bucket, key=key, size=size, etag=str(head.get("ETag", "")).strip('"')
+        )
 
     async def _step(
         self,

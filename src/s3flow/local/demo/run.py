@@ -10,7 +10,9 @@ results table:
    quarantined) -> manifests -> Parquet parts, read back and counted;
 3. ``csv-to-kafka`` (when Java 17+ is present: a private Kafka broker on
    127.0.0.1): a gzip CSV streamed into a topic exactly once, read back with
-   ``read_committed``.
+   ``read_committed``;
+4. an upload job (:mod:`.jobs`): three files through `s3flow web`'s API and a
+   template, its live event stream printed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -36,6 +39,7 @@ from s3flow.app import run_worker
 from s3flow.aws import open_clients
 from s3flow.errors import S3flowError
 from s3flow.events import ObjectEvent
+from s3flow.local.demo.jobs import jobs_stage
 from s3flow.local.endpoint import LocalEndpoint, interrupt_on_signals
 from s3flow.metrics import WorkerMetrics
 from s3flow.objects import zstd
@@ -258,6 +262,11 @@ def _run_demo(console: Console, endpoint_url: str | None) -> None:
             _ndjson_stage(console, settings)
             if bootstrap:
                 _kafka_stage(console, settings, bootstrap)
+            console.print(
+                "\n[bold]upload job[/]: three files through the HTTP API as one job "
+                "(template count-and-zip), its events live"
+            )
+            jobs_stage(console, Path(state_dir))
     finally:
         if endpoint is not None:
             endpoint.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from s3flow.cli.upload import api_url, parse_sse
+from s3flow.jobs.client import api_url, parse_sse
 
 
 def test_parse_sse_events_comments_and_multiline_data() -> None:

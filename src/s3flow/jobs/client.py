@@ -1,0 +1,194 @@
+"""A client of the upload-jobs HTTP API (what `s3flow upload` and the demo use).
+
+Plain httpx, synchronous: ``POST /api/uploads``, one presigned POST per file
+straight to S3, then the job's server-sent events, resumed with
+``Last-Event-ID`` when the connection drops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+import httpx
+
+from s3flow.errors import S3flowError
+
+__all__ = [
+    "DEFAULT_URL",
+    "TERMINAL_EXIT",
+    "SseEvent",
+    "api_url",
+    "create_upload",
+    "describe",
+    "error_of",
+    "parse_sse",
+    "post_file",
+    "read_events",
+]
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+#: Exit code of `s3flow upload` per terminal event.
+TERMINAL_EXIT = {"job.completed": 0, "job.failed": 1, "job.expired": 1}
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    """One server-sent event."""
+
+    id: int
+    event: str
+    data: dict[str, Any]
+
+
+def api_url(flag: str | None, configured: str | None) -> str:
+    """``--url``, else ``$S3FLOW_WEB_URL``, else ``[web] url``, else the default."""
+    return (flag or os.environ.get("S3FLOW_WEB_URL") or configured or DEFAULT_URL).rstrip("/")
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[SseEvent]:
+    """Events from an SSE line stream (comments and heartbeats skipped)."""
+    fields: dict[str, str] = {}
+    for line in lines:
+        if line == "":
+            if "data" in fields:
+                try:
+                    data = json.loads(fields["data"])
+                except ValueError:
+                    data = {"raw": fields["data"]}
+                yield SseEvent(
+                    id=int(fields.get("id", "0") or 0),
+                    event=fields.get("event", "message"),
+                    data=data if isinstance(data, dict) else {"value": data},
+                )
+            fields = {}
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        fields[name] = fields[name] + "\n" + value if name == "data" and name in fields else value
+
+
+def read_events(
+    client: httpx.Client, url: str, job_id: str, *, headers: dict[str, str], retries: int = 20
+) -> Iterator[SseEvent]:
+    """The job's events from 1 to the terminal one, resuming after a dropped connection."""
+    last = 0
+    failures = 0
+    while True:
+        h = dict(headers)
+        if last:
+            h["Last-Event-ID"] = str(last)
+        try:
+            with client.stream(
+                "GET",
+                f"{url}/api/jobs/{job_id}/events",
+                headers=h,
+                timeout=httpx.Timeout(10, read=60),
+            ) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    raise S3flowError(f"GET events: HTTP {resp.status_code}: {error_of(resp)}")
+                for ev in parse_sse(resp.iter_lines()):
+                    failures = 0
+                    if ev.id <= last:
+                        continue
+                    last = ev.id
+                    yield ev
+                    if ev.event in TERMINAL_EXIT:
+                        return
+        except httpx.TransportError as exc:
+            failures += 1
+            if failures > retries:
+                raise S3flowError(f"the event stream of {job_id} keeps failing: {exc}") from exc
+            time.sleep(min(5.0, 0.2 * failures))
+
+
+def error_of(resp: httpx.Response) -> str:
+    try:
+        doc = resp.json()
+    except ValueError:
+        return resp.text[:300]
+    return str(doc.get("error", doc)) if isinstance(doc, dict) else str(doc)
+
+
+class _Counting:
+    """A file object that reports how much of it has been read (upload progress)."""
+
+    def __init__(self, fh: IO[bytes], advance: Callable[[int], None]) -> None:
+        self._fh = fh
+        self._advance = advance
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._fh.read(n)
+        self._advance(len(chunk))
+        return chunk
+
+    # httpx sizes the multipart body from these (no chunked upload to S3).
+    def fileno(self) -> int:
+        return self._fh.fileno()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+
+def create_upload(
+    client: httpx.Client,
+    base: str,
+    headers: dict[str, str],
+    template: str,
+    files: list[Path],
+    content_type: Callable[[Path], str],
+) -> dict[str, Any]:
+    """``POST /api/uploads`` for ``files``: the 201 body, or S3flowError with the reason."""
+    declared = [
+        {"name": f.name, "size": f.stat().st_size, "content_type": content_type(f)} for f in files
+    ]
+    resp = client.post(
+        f"{base}/api/uploads", json={"template": template, "files": declared}, headers=headers
+    )
+    if resp.status_code != 201:
+        raise S3flowError(f"upload refused (HTTP {resp.status_code}): {error_of(resp)}")
+    return dict(resp.json())
+
+
+def post_file(
+    client: httpx.Client, post: dict[str, Any], path: Path, advance: Callable[[int], None]
+) -> None:
+    """Send one file straight to S3 with its presigned POST; ``advance`` gets bytes sent."""
+    with path.open("rb") as fh:
+        counted = cast(IO[bytes], _Counting(fh, advance))
+        r = client.post(
+            post["url"],
+            data=post["fields"],
+            files={"file": (path.name, counted, post["fields"].get("Content-Type"))},
+            timeout=httpx.Timeout(30.0, write=300.0),
+        )
+    if r.status_code >= 300:
+        raise S3flowError(f"S3 refused {path.name} (HTTP {r.status_code}): {r.text[:300]}")
+
+
+def describe(ev: SseEvent) -> str:
+    """A short human line for one event (what `s3flow upload` prints)."""
+    d = ev.data
+    if ev.event == "file.received":
+        return f"{d.get('name')} received"
+    if ev.event in ("step.started", "step.completed"):
+        extra = f" ({d.get('outputs')} outputs)" if ev.event == "step.completed" else ""
+        return f"step {d.get('step')}{' ' + str(d['name']) if d.get('name') else ''}{extra}"
+    if ev.event == "step.progress":
+        return f"step {d.get('step')}: {d.get('bytes_done', 0)}/{d.get('bytes_total', '?')} bytes"
+    if ev.event == "job.completed":
+        return ", ".join(str(o.get("name")) for o in d.get("outputs", []))
+    if ev.event in ("job.failed", "job.expired"):
+        return str(d.get("error", ""))
+    return ""

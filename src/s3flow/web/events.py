@@ -1,0 +1,117 @@
+"""``GET /api/jobs/{job_id}/events``: the one route that stays open, served ahead of FastAPI.
+
+A thousand viewers of one job hold a thousand requests open for minutes, so
+what each holds must be small. Routed through FastAPI's middleware, router
+and dependency machinery, a request keeps about 15 KB of frames and objects
+for as long as the stream lives; :func:`serve_events`, called by the app
+before that stack (see :class:`s3flow.web.app.WebApp`, which checks the
+token first), keeps this function's frame, the stream and its
+:class:`~s3flow.web.hub.Subscription` on top of what uvicorn holds for any
+connection.
+
+Without ``Last-Event-ID`` (header, or ``?last_event_id=`` for clients that
+cannot set headers) the stream replays from event 1, then goes live; it ends
+after ``job.completed``, ``job.failed`` or ``job.expired``, and a client
+that already has the terminal event (EventSource reconnects after every
+close) gets 204 No Content, which tells EventSource to stop. An unknown job
+is a 404, a bad ``Last-Event-ID`` a 400, a store failure a 503, each with a
+JSON ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import parse_qsl
+
+from starlette.types import Receive, Scope, Send
+
+from s3flow.errors import S3flowError
+from s3flow.web.auth import EVENTS_PATH
+from s3flow.web.runtime import WebRuntime
+from s3flow.web.sse import EventStreamResponse, LastEventIdError, parse_last_event_id
+
+__all__ = ["match_events", "serve_events"]
+
+log = logging.getLogger("s3flow.web")
+
+
+async def _json_error(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def _last_event_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"last-event-id":
+            return bytes(value).decode("latin-1")
+    query: bytes = scope.get("query_string", b"")
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if name == "last_event_id":
+            return value
+    return None
+
+
+def match_events(scope: Scope) -> str | None:
+    """The job id if ``scope`` is an HTTP request for ``/api/jobs/{job_id}/events``, else None."""
+    if scope["type"] != "http":
+        return None
+    match = EVENTS_PATH.match(scope["path"])
+    return None if match is None else match["job_id"]
+
+
+async def serve_events(
+    runtime: WebRuntime, job_id: str, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Answer one events request: the stream, or a JSON error."""
+    if scope["method"] != "GET":
+        await _json_error(send, 405, f"{scope['method']} is not allowed on {scope['path']}")
+        return
+    try:
+        after = parse_last_event_id(_last_event_id(scope))
+    except LastEventIdError as exc:
+        await _json_error(send, 400, str(exc))
+        return
+    try:
+        head = await _head(runtime, job_id)
+    except S3flowError as exc:
+        log.warning("GET %s failed: %s", scope["path"], exc)
+        await _json_error(send, 503, f"the service cannot answer right now: {exc}")
+        return
+    except Exception:
+        log.exception("GET %s failed", scope["path"])
+        await _json_error(send, 500, "internal error: the server log has the details")
+        return
+    if head is None:
+        await _json_error(
+            send, 404, f"no job {job_id[:100]!r}: check the job_id POST /api/uploads returned"
+        )
+        return
+    last_seq, finished = head
+    if finished and after >= last_seq:
+        # The client has the whole log, terminal event included (EventSource reconnects
+        # after every close): 204 tells it to stop.
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    stream = runtime.hub.stream(job_id, after_seq=after, head=last_seq)
+    await EventStreamResponse(stream.frames(), stream.stop)(scope, receive, send)
+
+
+async def _head(runtime: WebRuntime, job_id: str) -> tuple[int, bool] | None:
+    """The seq of the job's latest event and whether the job is finished; None if unknown.
+
+    Only these two, not the record: the caller's frame lives as long as the stream.
+    """
+    job = await runtime.store.get_job(job_id)
+    return None if job is None else (job.last_seq, job.status.terminal)

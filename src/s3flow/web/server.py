@@ -1,0 +1,173 @@
+"""Running the web app: bind, serve with uvicorn, stop cleanly on SIGTERM/SIGINT.
+
+:func:`serve` checks the bind rule (no tokens: loopback only), opens the
+runtime first (a missing store or queue is a clean :class:`ConfigError`, not
+a traceback from inside uvicorn), binds the socket itself (so ``--port 0``
+knows its port and a port in use is a plain error), and runs a
+:class:`WebServer`: a ``uvicorn.Server`` that ends every SSE stream before
+draining connections (they would otherwise hold shutdown open forever) and
+that, after a signal, returns instead of re-raising it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import re
+import signal
+import socket
+import threading
+from collections.abc import Callable, Generator
+
+import uvicorn
+from fastapi import FastAPI
+
+from s3flow.errors import ConfigError
+from s3flow.settings import Settings
+from s3flow.web.app import create_app
+from s3flow.web.auth import check_bind
+from s3flow.web.runtime import WebRuntime, open_runtime
+
+__all__ = ["WebServer", "bind_socket", "serve", "web_url"]
+
+log = logging.getLogger("s3flow.web")
+#: Seconds connections get to finish after a stop, before uvicorn cancels them.
+GRACEFUL_S = 10.0
+_TOKEN_IN_QUERY = re.compile(r"(?<=[?&]token=)[^&\s]*")
+
+
+def web_url(host: str, port: int) -> str:
+    """``http://host:port`` (IPv6 literals in brackets)."""
+    name = host.strip("[]")
+    return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (not yet listening); ConfigError if impossible."""
+    name = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host!r}: {exc.strerror}") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        hint = (
+            ": another server is using the port; choose another with --port"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
+        raise ConfigError(f"cannot listen on {web_url(host, port)}: {exc.strerror}{hint}") from exc
+    return sock
+
+
+class _RedactTokens(logging.Filter):
+    """Access-log lines never show a ``?token=`` (the events route accepts one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _TOKEN_IN_QUERY.sub("***", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
+
+
+_access_log = logging.getLogger("uvicorn.access")
+if not any(isinstance(f, _RedactTokens) for f in _access_log.filters):
+    _access_log.addFilter(_RedactTokens())
+
+
+class WebServer(uvicorn.Server):
+    """``uvicorn.Server`` for the web app.
+
+    :meth:`stop` (any thread) or SIGTERM/SIGINT end it: the hub closes every
+    SSE stream (clients reconnect elsewhere with their ``Last-Event-ID``),
+    connections drain, the lifespan closes. ``on_started(server)`` is
+    called once it accepts connections; :attr:`url` says where.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        app: FastAPI,
+        url: str,
+        on_started: Callable[[WebServer], None] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.app = app
+        self.url = url
+        self._on_started = on_started
+
+    def stop(self) -> None:
+        """Ask the server to shut down (thread-safe: uvicorn checks the flag every 0.1 s)."""
+        self.should_exit = True
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """SIGTERM/SIGINT stop the server; unlike uvicorn's, the signal is not re-raised after."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {
+            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start serving, then call ``on_started``."""
+        await super().startup(sockets=sockets)
+        if self.started and self._on_started is not None:
+            self._on_started(self)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """End the SSE streams first, then uvicorn's graceful shutdown."""
+        runtime: WebRuntime | None = getattr(self.app.state, "runtime", None)
+        if runtime is not None:
+            runtime.hub.close()
+        await super().shutdown(sockets=sockets)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    consume_progress: bool = True,
+    on_started: Callable[[WebServer], None] | None = None,
+) -> None:
+    """Serve the web app until stopped (signal or :meth:`WebServer.stop`).
+
+    ``host``/``port`` default to ``[web]``. Raises :class:`ConfigError`
+    before serving anything when the bind is refused or impossible, or the
+    store or progress queue is missing.
+    """
+    host = host if host is not None else settings.web.host
+    port = port if port is not None else settings.web.port
+    check_bind(host, settings.web.tokens)
+    async with open_runtime(settings, consume_progress=consume_progress) as runtime:
+        sock = bind_socket(host, port)
+        try:
+            url = web_url(host, sock.getsockname()[1])
+            app = create_app(settings, runtime=runtime)
+            config = uvicorn.Config(
+                app,
+                lifespan="on",
+                log_config=None,
+                access_log=True,
+                server_header=False,
+                timeout_graceful_shutdown=int(GRACEFUL_S),
+            )
+            server = WebServer(config, app=app, url=url, on_started=on_started)
+            await server.serve(sockets=[sock])
+        finally:
+            sock.close()

@@ -1,0 +1,184 @@
+"""POST /api/uploads and the job routes on a real server, files POSTed straight to the emulator."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from web_support import JobsEnv, SseReader, WebThread, append
+
+from s3flow.local.endpoint import LocalEndpoint
+from s3flow.state.jobs import EventType
+from s3flow.state.sqlite import SqliteStateStore
+
+pytestmark = pytest.mark.integration
+
+
+def declared(*files: tuple[str, bytes, str]) -> list[dict[str, Any]]:
+    return [{"name": n, "size": len(b), "content_type": t} for n, b, t in files]
+
+
+async def test_an_upload_is_presigned_posted_to_the_emulator_and_becomes_a_job(
+    web: WebThread, client: httpx.AsyncClient, jobs_env: JobsEnv, s3: Any, endpoint: LocalEndpoint
+) -> None:
+    files = [("a.txt", b"one\ntwo\n", "text/plain"), ("b c.csv", b"x,y\n1,2\n3,4\n", "text/csv")]
+    r = await client.post(
+        f"{web.url}/api/uploads", json={"template": "count", "files": declared(*files)}
+    )
+    assert r.status_code == 201, r.text
+    created = r.json()
+    upload_id, job_id = created["upload_id"], created["job_id"]
+    assert [f["key"] for f in created["files"]] == [
+        f"uploads/{upload_id}/0-a.txt",
+        f"uploads/{upload_id}/1-b_c.csv",
+    ]
+    for (name, body, ctype), post in zip(files, created["files"], strict=True):
+        assert post["name"] == name
+        assert urlsplit(post["url"]).netloc == urlsplit(endpoint.url).netloc
+        assert post["fields"]["key"] == post["key"]
+        assert post["fields"]["Content-Type"] == ctype
+        up = await client.post(
+            post["url"], data=post["fields"], files={"file": (name, body, ctype)}
+        )
+        assert up.status_code in (200, 201, 204), up.text
+        head = s3.head_object(Bucket=jobs_env.bucket, Key=post["key"])
+        assert head["ContentLength"] == len(body) and head["ContentType"] == ctype
+        stored = s3.get_object(Bucket=jobs_env.bucket, Key=post["key"])["Body"].read()
+        assert stored == body
+
+    job = (await client.get(f"{web.url}/api/jobs/{job_id}")).json()
+    assert job["job_id"] == job_id and job["upload_id"] == upload_id
+    assert job["template"] == "count" and job["status"] == "waiting_for_files"
+    assert [(f["name"], f["received"]) for f in job["files"]] == [
+        ("a.txt", False),
+        ("b c.csv", False),
+    ]  # no bridge runs here: nothing marks them received
+    assert job["steps"] == [{"name": "line-count", "status": "pending", "progress": {}}]
+    assert job["outputs"] == [] and job["error"] is None
+
+    listed = (
+        await client.get(f"{web.url}/api/jobs", params={"status": "waiting_for_files"})
+    ).json()
+    assert job_id in [j["job_id"] for j in listed["jobs"]]
+    none = (await client.get(f"{web.url}/api/jobs", params={"status": "completed"})).json()
+    assert job_id not in [j["job_id"] for j in none["jobs"]]
+
+    async with SseReader(client, f"{web.url}/api/jobs/{job_id}/events") as events:
+        (first,) = await events.take(1)
+    assert (first.id, first.event) == (1, "job.created")
+    assert first.data["upload_id"] == upload_id and first.data["template"] == "count"
+
+
+BAD = [
+    (
+        "unknown template",
+        {"template": "nope", "files": [("a.txt", 5, "text/plain")]},
+        "unknown template",
+    ),
+    ("extension", {"template": "count", "files": [("a.exe", 5, "text/plain")]}, "extension '.exe'"),
+    ("content type", {"template": "count", "files": [("a.txt", 5, "image/png")]}, "content type"),
+    ("too large", {"template": "count", "files": [("a.txt", 1001, "text/plain")]}, "1001 bytes"),
+    (
+        "too many",
+        {"template": "count", "files": [(f"{i}.txt", 5, "text/plain") for i in range(4)]},
+        "4 files is more than the 3",
+    ),
+    ("slash", {"template": "count", "files": [("../a.txt", 5, "text/plain")]}, "path separator"),
+    (
+        "backslash",
+        {"template": "count", "files": [("c:\\a.txt", 5, "text/plain")]},
+        "path separator",
+    ),
+    (
+        "control",
+        {"template": "count", "files": [("a\x1b.txt", 5, "text/plain")]},
+        "control character",
+    ),
+    ("shape", {"template": "count", "files": "a.txt"}, '"files" must be a non-empty list'),
+    ("size", {"template": "count", "files": [("a.txt", "5", "text/plain")]}, '"size" must be'),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "says"), BAD, ids=[b[0] for b in BAD])
+async def test_the_bad_request_table(
+    shared_web: WebThread, client: httpx.AsyncClient, case: str, body: dict[str, Any], says: str
+) -> None:
+    if isinstance(body["files"], list):
+        body = {
+            **body,
+            "files": [{"name": n, "size": s, "content_type": t} for n, s, t in body["files"]],
+        }
+    url = shared_web.url
+    r = await client.post(f"{url}/api/uploads", json=body)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert says in r.json()["error"]
+    assert (await client.get(f"{url}/api/jobs")).json() == {"jobs": []}
+
+
+async def test_not_json_unknown_jobs_and_bad_statuses_are_json_errors(
+    shared_web: WebThread, client: httpx.AsyncClient
+) -> None:
+    url = shared_web.url
+    r = await client.post(
+        f"{url}/api/uploads", content=b"template=count", headers={"Content-Type": "text/plain"}
+    )
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    for path in ("/api/jobs/job-0000", "/api/jobs/job-0000/events"):
+        r = await client.get(f"{url}{path}")
+        assert r.status_code == 404 and "no job 'job-0000'" in r.json()["error"]
+    r = await client.get(f"{url}/api/jobs", params={"status": "finished"})
+    assert r.status_code == 400
+    assert "waiting_for_files, queued, running, completed, failed, expired" in r.json()["error"]
+    r = await client.get(f"{url}/nope")
+    assert r.status_code == 404 and "error" in r.json()
+
+
+async def test_outputs_are_downloadable_through_their_presigned_urls(
+    web: WebThread,
+    client: httpx.AsyncClient,
+    jobs_env: JobsEnv,
+    s3: Any,
+    store: SqliteStateStore,
+) -> None:
+    r = await client.post(
+        f"{web.url}/api/uploads",
+        json={
+            "template": "count",
+            "files": [{"name": "a.txt", "size": 4, "content_type": "text/plain"}],
+        },
+    )
+    job_id = r.json()["job_id"]
+    key = f"outputs/{job_id}/a.counts.json"
+    s3.put_object(Bucket=jobs_env.bucket, Key=key, Body=b'{"lines": 1}')
+    await append(store, job_id, EventType.JOB_QUEUED)
+    await append(
+        store,
+        job_id,
+        EventType.JOB_COMPLETED,
+        outputs=[{"name": "a.counts.json", "key": key, "bucket": jobs_env.bucket, "size": 12}],
+    )
+    job = (await client.get(f"{web.url}/api/jobs/{job_id}")).json()
+    assert job["status"] == "completed"
+    (output,) = job["outputs"]
+    assert output["name"] == "a.counts.json" and output["size"] == 12
+    got = await client.get(output["url"])
+    assert got.status_code == 200 and got.content == b'{"lines": 1}'
+    assert "a.counts.json" in got.headers.get("content-disposition", "")
+    listed = (await client.get(f"{web.url}/api/jobs", params={"status": "completed"})).json()
+    assert [j["job_id"] for j in listed["jobs"]] == [job_id]
+
+
+async def test_config_and_health(shared_web: WebThread, client: httpx.AsyncClient) -> None:
+    url = shared_web.url
+    config = (await client.get(f"{url}/api/config")).json()
+    assert config["templates"] == [
+        {"name": "count", "description": "Count lines", "steps": [{"name": "line-count"}]}
+    ]
+    assert config["max_file_bytes"] == 1000 and config["max_files"] == 3
+    assert config["allowed_extensions"] == [".txt", ".csv"]
+    assert config["allowed_content_types"] == ["text/plain", "text/csv"]
+    assert config["auth"] is False
+    assert (await client.get(f"{url}/healthz")).json() == {"status": "ok"}

@@ -1,0 +1,238 @@
+"""The event hub: one reader per job, every subscriber gets every event once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from web_fakes import FakeJobStore
+
+from s3flow.state.jobs import EventType
+from s3flow.web.hub import EventHub, EventStream, Frame
+from s3flow.web.sse import HEARTBEAT
+
+JOB = "job-1"
+
+
+def parse(raw: bytes) -> list[int | str]:
+    """Event ids of the frames in ``raw``; ``"hb"`` for each heartbeat."""
+    out: list[int | str] = []
+    for block in raw.split(b"\n\n"):
+        if not block:
+            continue
+        if block.startswith(b":"):
+            out.append("hb")
+            continue
+        fields = dict(line.split(": ", 1) for line in block.decode().split("\n"))
+        out.append(int(fields["id"]))
+    return out
+
+
+class Reader:
+    """Iterates one stream in a task, keeping what it got."""
+
+    def __init__(self, stream: EventStream) -> None:
+        self.stream = stream
+        self.raw = b""
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for chunk in self.stream.frames():
+            self.raw += chunk
+
+    @property
+    def ids(self) -> list[int]:
+        return [x for x in parse(self.raw) if isinstance(x, int)]
+
+    @property
+    def heartbeats(self) -> int:
+        return parse(self.raw).count("hb")
+
+
+async def until(cond: Callable[[], object], timeout_s: float = 5.0, what: str = "it") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture()
+async def store() -> FakeJobStore:
+    s = FakeJobStore()
+    await s.new_job(JOB)
+    return s
+
+
+@pytest.fixture()
+async def hub(store: FakeJobStore) -> AsyncIterator[EventHub]:
+    async with EventHub(store, poll_s=0.02, heartbeat_s=60) as h:
+        yield h
+
+
+async def test_every_subscriber_gets_every_event_in_order_from_one_reader(
+    store: FakeJobStore, hub: EventHub
+) -> None:
+    readers = [Reader(hub.stream(JOB, head=1)) for _ in range(50)]
+    await until(lambda: hub.subscriber_count(JOB) == 50, what="50 subscribers")
+    assert hub.channel_count() == 1
+    for i in range(20):
+        await store.add(JOB, EventType.STEP_PROGRESS, step=0, bytes_done=i)
+        if i % 3 == 0:
+            hub.notify(JOB)
+        if i % 5 == 0:
+            await asyncio.sleep(0.01)
+    await until(lambda: all(len(r.ids) == 21 for r in readers), what="21 events each")
+    assert all(r.ids == list(range(1, 22)) for r in readers)
+    # Idle: one reader polls the store for the job, not one per subscriber.
+    before = store.reads
+    await asyncio.sleep(0.4)
+    assert store.reads - before <= 0.4 / 0.02 + 5
+    await store.add(JOB, EventType.JOB_COMPLETED, outputs=[])
+    hub.notify(JOB)
+    await asyncio.wait_for(asyncio.gather(*(r.task for r in readers)), 5)
+    assert all(r.ids == list(range(1, 23)) for r in readers)
+    assert hub.channel_count() == 0
+
+
+async def test_a_subscriber_catches_up_from_its_last_event_id_then_goes_live(
+    store: FakeJobStore, hub: EventHub
+) -> None:
+    for _ in range(4):
+        await store.add(JOB, EventType.FILE_RECEIVED, index=0)
+    reader = Reader(hub.stream(JOB, after_seq=3, head=5))
+    await until(lambda: reader.ids == [4, 5], what="the catch-up")
+    await store.add(JOB, EventType.JOB_QUEUED)
+    hub.notify(JOB)
+    await until(lambda: reader.ids == [4, 5, 6], what="the live event")
+
+
+async def test_notify_reads_at_once_and_the_poll_finds_what_nobody_notified(
+    store: FakeJobStore,
+) -> None:
+    async with EventHub(store, poll_s=30) as slow:
+        reader = Reader(slow.stream(JOB, head=1))
+        await until(lambda: reader.ids == [1], what="event 1")
+        await store.add(JOB, EventType.JOB_QUEUED)
+        await asyncio.sleep(0.3)
+        assert reader.ids == [1], "delivered without a notification or a poll"
+        slow.notify(JOB)
+        await until(lambda: reader.ids == [1, 2], timeout_s=1, what="the notified event")
+    async with EventHub(store, poll_s=0.05) as polling:
+        reader = Reader(polling.stream(JOB, head=2))
+        await until(lambda: reader.ids == [1, 2], what="the history")
+        await store.add(JOB, EventType.STEP_STARTED, step=0)  # appended elsewhere: no notify
+        await until(lambda: reader.ids == [1, 2, 3], timeout_s=2, what="the polled event")
+
+
+async def test_a_terminal_event_ends_every_stream_and_later_ones_replay_and_end(
+    store: FakeJobStore, hub: EventHub
+) -> None:
+    readers = [Reader(hub.stream(JOB, head=1)) for _ in range(3)]
+    await until(lambda: hub.subscriber_count(JOB) == 3, what="subscribers")
+    await store.add(JOB, EventType.JOB_EXPIRED, error="a.txt never arrived")
+    hub.notify(JOB)
+    await asyncio.wait_for(asyncio.gather(*(r.task for r in readers)), 5)
+    assert [r.ids for r in readers] == [[1, 2]] * 3
+    assert hub.channel_count() == 0
+    late = Reader(hub.stream(JOB, head=2))
+    await asyncio.wait_for(late.task, 5)
+    assert late.ids == [1, 2]
+
+
+async def test_stop_ends_the_stream_and_releases_the_channel(
+    store: FakeJobStore, hub: EventHub
+) -> None:
+    reader = Reader(hub.stream(JOB, head=1))
+    await until(lambda: reader.ids == [1], what="event 1")
+    reader.stream.stop()
+    await asyncio.wait_for(reader.task, 5)
+    assert hub.channel_count() == 0 and hub.subscriber_count() == 0
+    never = hub.stream(JOB)
+    never.stop()  # stopped before it started: holds nothing, yields nothing
+    assert [c async for c in never.frames()] == []
+    assert hub.channel_count() == 0
+
+
+async def test_close_ends_every_stream_and_refuses_new_ones(
+    store: FakeJobStore, hub: EventHub
+) -> None:
+    readers = [Reader(hub.stream(JOB, head=1)) for _ in range(3)]
+    await until(lambda: all(r.ids == [1] for r in readers), what="event 1")
+    hub.close()
+    await asyncio.wait_for(asyncio.gather(*(r.task for r in readers)), 5)
+    late = Reader(hub.stream(JOB))
+    await asyncio.wait_for(late.task, 5)
+    assert late.raw == b""
+    assert hub.channel_count() == 0
+
+
+async def test_a_subscriber_too_far_behind_is_closed_and_the_others_carry_on(
+    store: FakeJobStore,
+) -> None:
+    async with EventHub(store, poll_s=0.02, max_pending=5, batch=2) as hub:
+        good = Reader(hub.stream(JOB, head=1))
+        stuck = hub.stream(JOB, head=1)
+        frames = stuck.frames()
+        assert parse(await anext(frames)) == [1]  # caught up, then never reads again
+        await until(lambda: good.ids == [1], what="the good reader's catch-up")
+        for i in range(10):
+            await store.add(JOB, EventType.STEP_PROGRESS, step=0, bytes_done=i)
+        hub.notify(JOB)
+        await until(lambda: len(good.ids) == 11, what="the good reader's events")
+        sub = stuck.subscription
+        assert sub is not None and sub.overflowed and sub.closed
+        with pytest.raises(StopAsyncIteration):
+            await anext(frames)  # it ends; the client reconnects with Last-Event-ID 1
+        assert hub.subscriber_count(JOB) == 1
+
+
+async def test_a_failing_store_is_retried(store: FakeJobStore, hub: EventHub) -> None:
+    reader = Reader(hub.stream(JOB, head=1))
+    await until(lambda: reader.ids == [1], what="event 1")
+    store.fail_reads = 3
+    await store.add(JOB, EventType.JOB_QUEUED)
+    await until(lambda: reader.ids == [1, 2], what="the event after the failures")
+    assert store.fail_reads == 0
+
+
+async def test_a_gap_is_filled_from_the_store_and_nothing_is_sent_twice(
+    store: FakeJobStore,
+) -> None:
+    async with EventHub(store, poll_s=30) as hub:
+        reader = Reader(hub.stream(JOB, head=1))
+        await until(lambda: reader.ids == [1], what="event 1")
+        sub = reader.stream.subscription
+        assert sub is not None
+        e2 = await store.add(JOB, EventType.FILE_RECEIVED, index=0)
+        await store.add(JOB, EventType.JOB_QUEUED)
+        e4 = await store.add(JOB, EventType.STEP_STARTED, step=0)
+        sub.push(Frame.of(e4))  # 2 and 3 never reached this subscriber live
+        await until(lambda: reader.ids == [1, 2, 3, 4], what="the gap filled")
+        sub.push(Frame.of(e2))  # already sent
+        e5 = await store.add(JOB, EventType.STEP_COMPLETED, step=0)
+        sub.push(Frame.of(e5))
+        await until(lambda: reader.ids == [1, 2, 3, 4, 5], what="event 5")
+        assert reader.ids == [1, 2, 3, 4, 5]
+
+
+async def test_idle_streams_get_heartbeats(store: FakeJobStore) -> None:
+    async with EventHub(store, poll_s=0.01, heartbeat_s=0.05) as hub:
+        reader = Reader(hub.stream(JOB, head=1))
+        await until(lambda: reader.heartbeats >= 3, what="three heartbeats")
+        assert reader.ids == [1]
+        assert HEARTBEAT in reader.raw
+
+
+async def test_a_client_ahead_of_the_log_still_sees_the_stream_end(
+    store: FakeJobStore, hub: EventHub
+) -> None:
+    reader = Reader(hub.stream(JOB, after_seq=50, head=1))  # ids this job never had
+    await until(lambda: hub.subscriber_count(JOB) == 1, what="the subscriber")
+    await store.add(JOB, EventType.JOB_QUEUED)
+    await store.add(JOB, EventType.JOB_FAILED, error="boom")
+    hub.notify(JOB)
+    await asyncio.wait_for(reader.task, 5)
+    assert reader.ids == []
