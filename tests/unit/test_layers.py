@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "errors",
             "aws",
             "provision",
+            "deploy",  # the CloudFormation export (tables are handed in, not imported)
             "metrics",
             "memory",
             "logs",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
-from typing import Any
 
+from s3flow.settings import AwsSettings
 from s3flow.state.base import StateError
 from s3flow.state.dynamodb.client import DynamoClient, error_code
 from s3flow.state.dynamodb.codec import Item
@@ -72,6 +73,46 @@ _JOB_EVENTS_SCHEMA = (
 )
 
 
+_Spec = tuple[str, tuple[list[dict[str, str]], list[dict[str, str]]], list[Item] | None]
+
+
+def _specs(names: DynamoClient) -> list[_Spec]:
+    """(table, (key schema, attribute definitions), global secondary indexes or None)."""
+    return [
+        (names.files_table, _PK_SK, None),
+        (names.history_table, _PK_SK, None),
+        (names.meta_table, _PK_ONLY, None),
+        (names.manifests_table, _MANIFESTS_SCHEMA, _MANIFESTS_GSI),
+        (names.jobs_table, _JOBS_SCHEMA, _JOBS_GSI),
+        (names.job_events_table, _JOB_EVENTS_SCHEMA, None),
+    ]
+
+
+def _create_table_args(spec: _Spec) -> Item:
+    table, (keys, attrs), gsi = spec
+    extra: Item = {} if gsi is None else {"GlobalSecondaryIndexes": copy.deepcopy(gsi)}
+    return {
+        "TableName": table,
+        "KeySchema": copy.deepcopy(keys),
+        "AttributeDefinitions": copy.deepcopy(attrs),
+        "BillingMode": "PAY_PER_REQUEST",
+        **extra,
+    }
+
+
+def table_definitions(table_prefix: str) -> list[Item]:
+    """The CreateTable arguments of every table of ``dynamodb://TABLE_PREFIX``.
+
+    The same definitions :meth:`TablesMixin.ensure_tables` creates (``TableName``,
+    ``KeySchema``, ``AttributeDefinitions``, ``BillingMode`` and, where the table has
+    them, ``GlobalSecondaryIndexes``); ``s3flow provision --export cloudformation``
+    writes them into its template. Fresh copies: callers may change them. Raises
+    :class:`~s3flow.errors.ConfigError` for an invalid prefix.
+    """
+    names = DynamoClient(table_prefix, AwsSettings(region="us-east-1"))
+    return [_create_table_args(spec) for spec in _specs(names)]
+
+
 class TablesMixin(DynamoClient):
     """Creates the store's tables and waits until they are ACTIVE."""
 
@@ -85,24 +126,11 @@ class TablesMixin(DynamoClient):
             async with self:
                 return await self.ensure_tables()
         out: list[tuple[str, str]] = []
-        specs: list[tuple[str, Any, list[Any] | None]] = [
-            (self.files_table, _PK_SK, None),
-            (self.history_table, _PK_SK, None),
-            (self.meta_table, _PK_ONLY, None),
-            (self.manifests_table, _MANIFESTS_SCHEMA, _MANIFESTS_GSI),
-            (self.jobs_table, _JOBS_SCHEMA, _JOBS_GSI),
-            (self.job_events_table, _JOB_EVENTS_SCHEMA, None),
-        ]
-        for table, (keys, attrs), gsi in specs:
-            extra: Item = {} if gsi is None else {"GlobalSecondaryIndexes": gsi}
+        specs = _specs(self)
+        for spec in specs:
+            table = spec[0]
             try:
-                await self._client.create_table(
-                    TableName=table,
-                    KeySchema=keys,
-                    AttributeDefinitions=attrs,
-                    BillingMode="PAY_PER_REQUEST",
-                    **extra,
-                )
+                await self._client.create_table(**_create_table_args(spec))
                 out.append((table, "created"))
             except Exception as exc:
                 if error_code(exc) != "ResourceInUseException":

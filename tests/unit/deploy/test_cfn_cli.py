@@ -1,0 +1,103 @@
+"""`s3flow provision --export cloudformation [-o FILE]`, and the table definitions it uses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from s3flow.cli import app
+from s3flow.settings import AwsSettings
+from s3flow.state.dynamodb import DynamoStateStore
+from s3flow.state.dynamodb.tables import table_definitions
+
+CONFIG = """
+[state]
+url = "dynamodb://acme-dev-state"
+
+[jobs]
+project = "acme"
+branch = "dev"
+
+[[pipelines]]
+name = "counts"
+processor = "line-count"
+bucket = "incoming"
+queue = "counts-events"
+output = "s3://results/counts/"
+"""
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "s3flow.toml"
+    path.write_text(CONFIG)
+    return path
+
+
+def test_export_to_a_file(config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "stack.json"
+    result = CliRunner().invoke(
+        app, ["provision", "-c", str(config), "--export", "cloudformation", "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    template = json.loads(out.read_text())
+    tables = [r for r in template["Resources"].values() if r["Type"] == "AWS::DynamoDB::Table"]
+    assert len(tables) == len(table_definitions("acme-dev-state"))
+    assert f"wrote {out}" in result.output
+    assert "web.tokens" in result.output  # the warning (on stderr, mixed in by CliRunner)
+
+
+def test_export_to_stdout(config: Path) -> None:
+    result = CliRunner().invoke(app, ["provision", "-c", str(config), "--export", "cloudformation"])
+    assert result.exit_code == 0, result.output
+    start = result.stdout.index("{")
+    assert json.loads(result.stdout[start:])["Resources"]["QueueCountsEvents"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-o", "x.json"], "goes with --export"),
+        (["--export", "cloudformation", "--dry-run"], "leave out --dry-run"),
+        (["--export", "terraform"], "terraform"),
+    ],
+)
+def test_refused(config: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["provision", "-c", str(config), *args])
+    assert result.exit_code != 0
+    assert message in result.output
+
+
+class _FakeDynamo:
+    """Records CreateTable calls; every table is ACTIVE."""
+
+    def __init__(self) -> None:
+        self.created: list[dict[str, Any]] = []
+        self.schemas: dict[str, Any] = {}
+
+    async def create_table(self, **kwargs: Any) -> dict[str, Any]:
+        self.created.append(kwargs)
+        self.schemas[kwargs["TableName"]] = kwargs["KeySchema"]
+        return {}
+
+    async def describe_table(self, TableName: str) -> dict[str, Any]:
+        return {"Table": {"KeySchema": self.schemas[TableName], "TableStatus": "ACTIVE"}}
+
+
+def test_ensure_tables_creates_exactly_the_definitions() -> None:
+    store = DynamoStateStore("acme-dev-state", AwsSettings(region="us-east-1"))
+    fake = _FakeDynamo()
+    store._client = fake  # the store's calls go through _client (no network here)
+    out = asyncio.run(store.ensure_tables())
+    assert fake.created == table_definitions("acme-dev-state")
+    assert [t for t, _ in out] == [d["TableName"] for d in fake.created]
+    assert {a for _, a in out} == {"created"}
+    # Fresh copies: changing one does not change the next call's.
+    defs = table_definitions("x")
+    defs[0]["KeySchema"].clear()
+    assert table_definitions("x")[0]["KeySchema"]

@@ -1,0 +1,500 @@
+"""The CloudFormation export: what it declares, how it names things, what it grants."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from cfn_support import CONFIGS, LINE_COUNT, ROOT, defaults, export, resolve, settings_of
+
+from s3flow.deploy import (
+    TEMPLATE_BODY_LIMIT,
+    dynamodb_table_prefix,
+    export_cloudformation,
+    render_template,
+)
+from s3flow.deploy.iam import MANIFEST_PREFIX_DEFAULT
+from s3flow.errors import ConfigError
+from s3flow.provision import queue_policy
+from s3flow.settings import PipelineSettings, Settings, load_settings
+from s3flow.state.dynamodb.client import DynamoClient
+from s3flow.state.dynamodb.tables import table_definitions
+
+
+def _template(name: str) -> dict[str, Any]:
+    return export(settings_of(name)).template
+
+
+def _of_type(t: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
+    return {k: r for k, r in t["Resources"].items() if r["Type"] == type_}
+
+
+def _statements(t: dict[str, Any], role: str) -> dict[str, dict[str, Any]]:
+    (policy,) = t["Resources"][role]["Properties"]["Policies"]
+    return {st["Sid"]: st for st in policy["PolicyDocument"]["Statement"]}
+
+
+def _actions(t: dict[str, Any], role: str) -> set[str]:
+    return {a for st in _statements(t, role).values() for a in st["Action"]}
+
+
+# --- parameters and conditions -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_parameter_has_a_default(name: str) -> None:
+    t = _template(name)
+    assert {"Image", "Project", "Branch", "DesiredTasks", "MaxTasks", "Autoscaling"} <= set(
+        t["Parameters"]
+    )
+    for key, p in t["Parameters"].items():
+        assert "Default" in p, key
+    assert t["Parameters"]["Autoscaling"]["Default"] == "true"
+
+
+def test_autoscaling_sits_behind_its_condition() -> None:
+    t = _template("jobs-dynamodb")
+    scaling = {
+        k: r
+        for k, r in t["Resources"].items()
+        if r["Type"].startswith("AWS::ApplicationAutoScaling")
+    }
+    assert len(scaling) == 4  # target + policy for the pipeline and for the jobs group
+    assert all(r.get("Condition") == "UseAutoscaling" for r in scaling.values())
+    assert t["Conditions"]["UseAutoscaling"] == {"Fn::Equals": [{"Ref": "Autoscaling"}, "true"]}
+    # Nothing unconditional refers to them.
+    others = {k: r for k, r in t["Resources"].items() if k not in scaling}
+    assert not any(name in json.dumps(others) for name in scaling)
+    # With autoscaling the service count is the scaler's; without, DesiredTasks.
+    for service in _of_type(t, "AWS::ECS::Service").values():
+        assert service["Properties"]["DesiredCount"] == {
+            "Fn::If": ["UseAutoscaling", {"Ref": "AWS::NoValue"}, {"Ref": "DesiredTasks"}]
+        }
+
+
+def test_backlog_per_task_metric_math() -> None:
+    t = _template("jobs-dynamodb")
+    policy = t["Resources"]["ScalingPolicyJobsIntake"]["Properties"]
+    config = policy["TargetTrackingScalingPolicyConfiguration"]
+    metrics = {m["Id"]: m for m in config["CustomizedMetricSpecification"]["Metrics"]}
+    assert metrics["backlogPerTask"]["Expression"] == "(q1 + q2) / tasks"
+    assert [m["ReturnData"] for m in metrics.values()] == [False, False, False, True]
+    queues = [
+        metrics[q]["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
+        for q in ("q1", "q2")
+    ]
+    assert queues == ["QueueIntake", "QueueProcessingFifo"]
+    tasks = metrics["tasks"]["MetricStat"]["Metric"]
+    assert (tasks["Namespace"], tasks["MetricName"]) == (
+        "ECS/ContainerInsights",
+        "RunningTaskCount",
+    )
+    assert config["TargetValue"] == settings_of("jobs-dynamodb").jobs.concurrency  # type: ignore[union-attr]
+    cluster = t["Resources"]["Cluster"]["Properties"]
+    assert {"Name": "containerInsights", "Value": "enabled"} in cluster["ClusterSettings"]
+    counts = t["Resources"]["ScalingPolicyCounts"]["Properties"]
+    assert counts["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] == 32
+
+
+# --- buckets, queues, notifications ---------------------------------------------------------
+
+
+def test_buckets_are_encrypted_private_and_tls_only() -> None:
+    t = _template("jobs-dynamodb")
+    buckets = _of_type(t, "AWS::S3::Bucket")
+    assert set(buckets) == {"BucketIncoming", "BucketResults", "BucketUploads"}
+    for logical, b in buckets.items():
+        p = b["Properties"]
+        rule = p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+        assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+        assert all(p["PublicAccessBlockConfiguration"].values())
+        assert len(p["PublicAccessBlockConfiguration"]) == 4
+        assert b["DeletionPolicy"] == b["UpdateReplacePolicy"] == "Retain"
+        policy = t["Resources"][f"{logical}Policy"]["Properties"]
+        assert policy["Bucket"] == {"Ref": logical}
+        (deny,) = policy["PolicyDocument"]["Statement"]
+        assert deny["Effect"] == "Deny" and deny["Action"] == "s3:*"
+        assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        assert deny["Resource"][1] == {"Fn::Sub": "${" + logical + ".Arn}/*"}
+    assert "LifecycleConfiguration" not in buckets["BucketIncoming"]["Properties"]
+    uploads = buckets["BucketUploads"]["Properties"]
+    (rule,) = uploads["LifecycleConfiguration"]["Rules"]
+    assert rule["Prefix"] == "uploads/" and rule["ExpirationInDays"] == 1
+    assert uploads["CorsConfiguration"]["CorsRules"][0]["AllowedOrigins"] == [
+        "https://app.example.com"
+    ]
+
+
+def test_queues_dlqs_and_fifos() -> None:
+    t = _template("jobs-dynamodb")
+    queues = {
+        resolve(r["Properties"]["QueueName"], defaults(t)): r["Properties"]
+        for r in _of_type(t, "AWS::SQS::Queue").values()
+    }
+    assert set(queues) == {
+        "counts-events",
+        "counts-events-dlq",
+        "acme-dev-intake",
+        "acme-dev-intake-dlq",
+        "acme-dev-processing.fifo",
+        "acme-dev-processing-dlq.fifo",
+        "acme-dev-progress.fifo",
+    }
+    assert all(q["SqsManagedSseEnabled"] is True for q in queues.values())
+    counts = queues["counts-events"]
+    p = settings_of("jobs-dynamodb").pipeline("counts")
+    assert counts["VisibilityTimeout"] == p.visibility_timeout_s
+    assert counts["ReceiveMessageWaitTimeSeconds"] == p.wait_time_s
+    assert counts["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["QueueCountsEventsDlq", "Arn"]},
+        "maxReceiveCount": p.redrive_max_receive_count,
+    }
+    assert queues["counts-events-dlq"]["MessageRetentionPeriod"] == 1_209_600
+    for fifo in ("processing.fifo", "processing-dlq.fifo", "progress.fifo"):
+        q = queues[f"acme-dev-{fifo}"]
+        assert q["FifoQueue"] is True and q["ContentBasedDeduplication"] is False
+    assert queues["acme-dev-processing.fifo"]["RedrivePolicy"]["maxReceiveCount"] == 3
+    assert "FifoQueue" not in counts
+
+
+def test_notifications_wait_for_the_queue_policies() -> None:
+    t = _template("jobs-dynamodb")
+    incoming = t["Resources"]["BucketIncoming"]
+    assert incoming["DependsOn"] == ["QueueCountsEventsPolicy"]
+    (config,) = incoming["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    assert config == {
+        "Event": "s3:ObjectCreated:*",
+        "Queue": {"Fn::GetAtt": ["QueueCountsEvents", "Arn"]},
+        "Filter": {
+            "S3Key": {
+                "Rules": [{"Name": "prefix", "Value": "logs/"}, {"Name": "suffix", "Value": ".log"}]
+            }
+        },
+    }
+    # The policy names the bucket by ARN, not by reference: no cycle.
+    policy = t["Resources"]["QueueCountsEventsPolicy"]
+    assert "BucketIncoming" not in json.dumps(policy)
+    assert t["Resources"]["BucketUploads"]["DependsOn"] == ["QueueIntakePolicy"]
+
+
+def test_the_queue_policy_is_provisions_with_references() -> None:
+    t = _template("line-count")
+    (st,) = t["Resources"]["QueueCountsEventsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    arn = "arn:aws:sqs:eu-west-1:123456789012:counts-events"
+    want = json.loads(queue_policy(arn, "incoming", "123456789012"))["Statement"][0]
+    got = resolve(st, {})
+    got["Resource"] = arn if got["Resource"] == {"Fn::GetAtt": ["QueueCountsEvents", "Arn"]} else 0
+    assert got == want
+    assert st["Condition"]["StringEquals"]["aws:SourceAccount"] == {"Ref": "AWS::AccountId"}
+
+
+def test_two_pipelines_share_a_dlq_and_a_bucket() -> None:
+    t = _template("ndjson-dynamodb")
+    names = [r["Properties"]["QueueName"] for r in _of_type(t, "AWS::SQS::Queue").values()]
+    assert sorted(names) == ["lake-dlq", "lake-events", "lake-manifests"]
+    raw = t["Resources"]["BucketLakeRaw"]
+    assert raw["DependsOn"] == ["QueueLakeEventsPolicy", "QueueLakeManifestsPolicy"]
+    configs = raw["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    assert len(configs) == 2
+    assert len(_of_type(t, "AWS::CloudWatch::Alarm")) == 3  # one DLQ, two queues
+
+
+# --- the state store --------------------------------------------------------------------------
+
+
+def test_tables_are_the_stores_own_definitions() -> None:
+    t = _template("jobs-dynamodb")
+    tables = _of_type(t, "AWS::DynamoDB::Table")
+    want = {d["TableName"]: d for d in table_definitions("acme-dev-state")}
+    got = {resolve(r["Properties"]["TableName"], defaults(t)): r for r in tables.values()}
+    assert set(got) == set(want)
+    for name, r in got.items():
+        props = r["Properties"]
+        for key in ("KeySchema", "AttributeDefinitions", "BillingMode"):
+            assert props[key] == want[name][key], (name, key)
+        assert props.get("GlobalSecondaryIndexes") == want[name].get("GlobalSecondaryIndexes")
+        assert r["DeletionPolicy"] == "Retain"
+    assert not _of_type(_template("line-count"), "AWS::DynamoDB::Table")
+
+
+def test_a_dynamodb_store_needs_its_table_definitions() -> None:
+    with pytest.raises(ValueError, match="table_definitions"):
+        export_cloudformation(settings_of("jobs-dynamodb"))
+
+
+def test_the_job_tables_are_the_clients_names() -> None:
+    # iam.py gives the web app the "-jobs" and "-job-events" tables by name.
+    names = DynamoClient("p", load_settings().aws)
+    assert (names.jobs_table, names.job_events_table) == ("p-jobs", "p-job-events")
+
+
+# --- IAM ------------------------------------------------------------------------------------------
+
+
+def test_worker_role_is_least_privilege() -> None:
+    t = _template("jobs-dynamodb")
+    st = _statements(t, "WorkerTaskRole")
+    assert set(st) == {
+        "ConsumeQueues",
+        "SendToQueues",
+        "ReadSources",
+        "ListBuckets",
+        "WriteOutputs",
+        "TagQuarantined",
+        "StateStore",
+    }
+    p = defaults(t)
+    res = {sid: resolve(s["Resource"], p) for sid, s in st.items()}
+    assert res["ReadSources"] == [
+        "arn:aws:s3:::incoming/logs/*",
+        "arn:aws:s3:::acme-dev-uploads/uploads/*",
+    ]
+    assert res["WriteOutputs"] == [
+        "arn:aws:s3:::results/counts/*",
+        "arn:aws:s3:::acme-dev-uploads/outputs/*",  # the bridge's output and a template's
+        "arn:aws:s3:::acme-dev-uploads/bundles/*",  # the other template's output_prefix
+    ]
+    assert st["WriteOutputs"]["Action"] == ["s3:DeleteObject", "s3:GetObject", "s3:PutObject"]
+    # Only the bridge quarantines (on_permanent_error = "quarantine").
+    assert res["TagQuarantined"] == ["arn:aws:s3:::acme-dev-uploads/uploads/*"]
+    assert [r["Fn::GetAtt"][0] for r in st["ConsumeQueues"]["Resource"]] == [
+        "QueueCountsEvents",
+        "QueueIntake",
+        "QueueProcessingFifo",
+    ]
+    assert [r["Fn::GetAtt"][0] for r in st["SendToQueues"]["Resource"]] == [
+        "QueueCountsEventsDlq",
+        "QueueIntakeDlq",
+        "QueueProcessingDlqFifo",
+        "QueueProgressFifo",
+    ]
+    assert "dynamodb:Scan" not in st["StateStore"]["Action"]  # operators' listings only
+    assert len(st["StateStore"]["Resource"]) == 8  # six tables, two indexes
+    for s in st.values():
+        assert all(":*" not in a and a != "*" for a in s["Action"]), s
+        assert "*" not in s["Resource"], s
+
+
+def test_the_worker_of_a_sqlite_config_has_no_table_access() -> None:
+    t = _template("line-count")
+    assert not any(a.startswith("dynamodb:") for a in _actions(t, "WorkerTaskRole"))
+    assert "WebTaskRole" not in t["Resources"]  # no [jobs]: no web app
+    assert "TagQuarantined" not in _statements(t, "WorkerTaskRole")
+
+
+def test_processor_extras() -> None:
+    t = _template("ndjson-dynamodb")
+    st = _statements(t, "WorkerTaskRole")
+    p = defaults(t)
+    assert resolve(st["WriteManifests"]["Resource"], p) == [
+        f"arn:aws:s3:::lake-raw/{MANIFEST_PREFIX_DEFAULT}*"
+    ]
+    assert st["WriteManifests"]["Action"] == ["s3:PutObject"]
+    assert resolve(st["AbortUploads"]["Resource"], p) == ["arn:aws:s3:::lake-parquet/events/*"]
+    # Validation (events) and quarantine (compact) tag their sources; compaction also
+    # tags the NDJSON files its manifests list.
+    assert resolve(st["TagQuarantined"]["Resource"], p) == [
+        "arn:aws:s3:::lake-raw/events/*",
+        "arn:aws:s3:::lake-raw/manifests/*",
+    ]
+
+
+@pytest.mark.skipif(
+    "routes" not in PipelineSettings.model_fields, reason="settings without [[pipelines.routes]]"
+)
+def test_routes_on_tags_read_tags_and_container_executors_are_named() -> None:
+    cfg = json.loads(json.dumps(LINE_COUNT))
+    cfg["pipelines"][0]["routes"] = [
+        {"tags": {"kind": "big"}, "executor": "ecs"},
+        {"processor": "my.module:Thing"},
+    ]
+    cfg["pipelines"][0]["executors"] = {
+        "ecs": {"cluster": "c", "task_definition": "td", "container": "main"}
+    }
+    result = export(Settings(**cfg))
+    st = _statements(result.template, "WorkerTaskRole")
+    assert st["ReadTags"]["Action"] == ["s3:GetObjectTagging"]
+    assert resolve(st["ReadTags"]["Resource"], {}) == ["arn:aws:s3:::incoming/logs/*"]
+    assert any("'ecs' executor" in w for w in result.warnings)
+    assert any("'my.module:Thing' is not built in" in w for w in result.warnings)
+
+
+def test_the_manifest_prefix_default_is_the_processors() -> None:
+    from s3flow.pipelines.ndjson_parquet.manifest_processor import NdjsonManifestOptions
+
+    assert NdjsonManifestOptions.model_fields["manifest_prefix"].default == MANIFEST_PREFIX_DEFAULT
+
+
+def test_web_role() -> None:
+    t = _template("jobs-dynamodb")
+    st = _statements(t, "WebTaskRole")
+    p = defaults(t)
+    assert resolve(st["PresignUploads"]["Resource"], p) == [
+        "arn:aws:s3:::acme-dev-uploads/uploads/*"
+    ]
+    assert st["PresignUploads"]["Action"] == ["s3:PutObject"]
+    assert resolve(st["PresignDownloads"]["Resource"], p) == [
+        "arn:aws:s3:::acme-dev-uploads/outputs/*",
+        "arn:aws:s3:::acme-dev-uploads/bundles/*",
+    ]
+    assert [r["Fn::GetAtt"][0] for r in st["ConsumeProgress"]["Resource"]] == ["QueueProgressFifo"]
+    assert st["JobStore"]["Action"] == [
+        "dynamodb:BatchGetItem",
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:Query",
+    ]
+    tables = json.dumps(st["JobStore"]["Resource"])
+    assert "TableStateJobs" in tables and "TableStateJobEvents" in tables
+    assert "TableStateFiles" not in tables
+    trust = t["Resources"]["WebTaskRole"]["Properties"]["AssumeRolePolicyDocument"]
+    assert trust["Statement"][0]["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
+    assert trust["Statement"][0]["Condition"]["StringEquals"] == {
+        "aws:SourceAccount": {"Ref": "AWS::AccountId"}
+    }
+
+
+def test_the_docs_iam_table_lists_every_action() -> None:
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    for name in CONFIGS:
+        t = _template(name)
+        roles = [r for r in ("WorkerTaskRole", "WebTaskRole") if r in t["Resources"]]
+        for action in set().union(*(_actions(t, r) for r in roles)):
+            assert f"`{action}`" in doc, action
+
+
+# --- the container's configuration ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_the_task_environment_is_the_config(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_of(name)
+    t = _template(name)
+    task = next(iter(_of_type(t, "AWS::ECS::TaskDefinition").values()))
+    (container,) = task["Properties"]["ContainerDefinitions"]
+    for var in resolve(container["Environment"], defaults(t)):
+        monkeypatch.setenv(var["Name"], var["Value"])
+    rebuilt = load_settings()
+    exclude = {"worker": {"worker_id"}, "aws": {"region"}}
+    assert rebuilt.model_dump(exclude=exclude) == settings.model_dump(exclude=exclude)
+    assert rebuilt.aws.region == "eu-west-1"  # the task's own region
+
+
+def test_another_branch_renames_what_follows_the_pattern(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    t = _template("jobs-dynamodb")
+    params = {**defaults(t), "Branch": "feature-x"}
+    names = {
+        resolve(r["Properties"]["QueueName"], params)
+        for r in _of_type(t, "AWS::SQS::Queue").values()
+    }
+    assert "acme-feature-x-intake" in names and "counts-events" in names
+    (container,) = t["Resources"]["TaskDefinitionJobsIntake"]["Properties"]["ContainerDefinitions"]
+    for var in resolve(container["Environment"], params):
+        monkeypatch.setenv(var["Name"], var["Value"])
+    rebuilt = load_settings()
+    assert rebuilt.jobs is not None and rebuilt.jobs.branch == "feature-x"
+    assert rebuilt.state.url == "dynamodb://acme-feature-x-state"
+    assert rebuilt.pipeline("jobs-intake").queue == "acme-feature-x-intake"
+    assert container["Command"] == ["worker", "--pipeline", "jobs-intake"]
+
+
+def test_a_literal_dollar_brace_survives_substitution(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = json.loads(json.dumps(LINE_COUNT))
+    cfg["pipelines"][0]["options"] = {"note": "${not-a-parameter}"}
+    settings = Settings(**cfg)
+    t = export(settings).template
+    (container,) = t["Resources"]["TaskDefinitionCounts"]["Properties"]["ContainerDefinitions"]
+    for var in resolve(container["Environment"], defaults(t)):
+        monkeypatch.setenv(var["Name"], var["Value"])
+    assert load_settings().pipeline("counts").options == {"note": "${not-a-parameter}"}
+
+
+def test_one_service_per_worker_group() -> None:
+    t = _template("jobs-dynamodb")
+    commands = sorted(
+        r["Properties"]["ContainerDefinitions"][0]["Command"]
+        for r in _of_type(t, "AWS::ECS::TaskDefinition").values()
+    )
+    assert commands == [
+        ["web", "--host", "0.0.0.0", "--port", "8080"],
+        ["worker", "--pipeline", "counts"],
+        ["worker", "--pipeline", "jobs-intake"],
+    ]
+    assert set(_of_type(t, "AWS::ECS::Service")) == {"ServiceCounts", "ServiceJobsIntake"}
+    task = t["Resources"]["TaskDefinitionCounts"]["Properties"]
+    assert task["RequiresCompatibilities"] == ["FARGATE"]
+    assert task["TaskRoleArn"] == {"Fn::GetAtt": ["WorkerTaskRole", "Arn"]}
+    assert task["ContainerDefinitions"][0]["Image"] == {"Ref": "Image"}
+    assert task["ContainerDefinitions"][0]["StopTimeout"] == 40  # grace 30 s + 10
+
+
+def test_alarms() -> None:
+    t = _template("jobs-dynamodb")
+    alarms = _of_type(t, "AWS::CloudWatch::Alarm")
+    depth = {k: a["Properties"] for k, a in alarms.items() if k.endswith("DepthAlarm")}
+    age = {k: a["Properties"] for k, a in alarms.items() if k.endswith("AgeAlarm")}
+    assert set(depth) == {
+        "QueueCountsEventsDlqDepthAlarm",
+        "QueueIntakeDlqDepthAlarm",
+        "QueueProcessingDlqFifoDepthAlarm",
+    }
+    assert len(age) == 4  # counts, intake, processing, progress
+    for a in depth.values():
+        assert a["MetricName"] == "ApproximateNumberOfMessagesVisible"
+        assert (a["Threshold"], a["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    for a in age.values():
+        assert a["MetricName"] == "ApproximateAgeOfOldestMessage"
+        assert a["Threshold"] == {"Ref": "MaxMessageAgeSeconds"}
+        assert a["AlarmActions"]["Fn::If"][0] == "HasAlarmTopic"
+
+
+# --- refusals, warnings, rendering -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"queue": "https://sqs.us-east-1.amazonaws.com/1/q"}, "is a URL"),
+        ({"queue": "q.fifo"}, "FIFO"),
+    ],
+)
+def test_what_cannot_be_exported(change: dict[str, str], message: str) -> None:
+    cfg = json.loads(json.dumps(LINE_COUNT))
+    cfg["pipelines"][0].update(change)
+    with pytest.raises(ConfigError, match=message):
+        export(Settings(**cfg))
+    with pytest.raises(ConfigError, match="no pipelines"):
+        export(Settings())
+
+
+def test_warnings() -> None:
+    assert any("SQLite" in w for w in export(settings_of("line-count")).warnings)
+    assert export(settings_of("jobs-dynamodb")).warnings == []
+    cfg = json.loads(json.dumps(LINE_COUNT))
+    cfg["pipelines"][0].update({"output": "/tmp/out", "processor": "my.module:Thing"})
+    warnings = export(Settings(**cfg)).warnings
+    assert any("local directory" in w for w in warnings)
+    assert any("not built in" in w for w in warnings)
+
+
+def test_the_export_is_deterministic_and_fits_inline() -> None:
+    for name in CONFIGS:
+        a = render_template(_template(name))
+        assert a == render_template(_template(name))
+        assert len(a.encode()) <= TEMPLATE_BODY_LIMIT
+        assert json.loads(a)["AWSTemplateFormatVersion"] == "2010-09-09"
+
+
+def test_a_big_template_is_written_compact() -> None:
+    big = {"Resources": {f"R{i}": {"Type": "AWS::SQS::Queue"} for i in range(1500)}}
+    text = render_template(big)
+    assert "\n" not in text.rstrip("\n") and json.loads(text) == big
+    assert "\n " in render_template({"Resources": {}})
+
+
+def test_dynamodb_table_prefix() -> None:
+    assert dynamodb_table_prefix(settings_of("jobs-dynamodb")) == "acme-dev-state"
+    assert dynamodb_table_prefix(settings_of("line-count")) is None
