@@ -3,7 +3,9 @@
 Its lifespan opens (or is given) a :class:`~s3flow.web.runtime.WebRuntime`:
 AWS clients, the state store, the event hub and the progress consumer. The
 API's routes are in :mod:`s3flow.web.api`, the event stream in
-:mod:`s3flow.web.events`; ``/healthz`` answers without a token. FastAPI's
+:mod:`s3flow.web.events`, the browser pages and their static files in
+:mod:`s3flow.web.pages`, the no-JavaScript ``POST /upload`` in
+:mod:`s3flow.web.form`; ``/healthz`` answers without a token. FastAPI's
 own documentation pages are off (they load scripts from a CDN); the OpenAPI
 schema is at ``/api/openapi.json``.
 """
@@ -25,6 +27,8 @@ from s3flow.web.api import router
 from s3flow.web.auth import TokenAuthMiddleware, TokenChecker, request_token, send_unauthorized
 from s3flow.web.errors import install_error_handlers
 from s3flow.web.events import match_events, serve_events
+from s3flow.web.form import router as form_router
+from s3flow.web.pages import install_pages
 from s3flow.web.runtime import WebRuntime, open_runtime
 
 __all__ = ["WebApp", "create_app"]
@@ -105,6 +109,8 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(TokenAuthMiddleware, checker=checker)
     app.include_router(router)
+    app.include_router(form_router)
+    install_pages(app)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:

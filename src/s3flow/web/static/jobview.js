@@ -1,0 +1,466 @@
+// The job view: a job's files, steps (live status and progress), outputs and event log.
+//
+// The state comes from GET /api/jobs/{id}, then from the job's event stream (EventSource).
+// Every event received is kept in sessionStorage, so a reload shows the history at once
+// and resumes the stream after the last event it has (?last_event_id=N); a dropped
+// connection resumes the same way (the browser sends Last-Event-ID itself, and when it
+// gives up the view reconnects with ?last_event_id=). Events are applied once, in order:
+// an id at or below the last one applied is a duplicate and ignored.
+
+import { api, el, errorMessage, eventsUrl, formatBytes } from "./common.js";
+
+const EVENT_TYPES = [
+  "job.created",
+  "file.received",
+  "job.queued",
+  "step.started",
+  "step.progress",
+  "step.completed",
+  "job.completed",
+  "job.failed",
+  "job.expired",
+];
+const TERMINAL = new Set(["completed", "failed", "expired"]);
+const TERMINAL_EVENTS = new Set(["job.completed", "job.failed", "job.expired"]);
+const STATUS_RANK = {
+  waiting_for_files: 0,
+  queued: 1,
+  running: 2,
+  completed: 3,
+  failed: 3,
+  expired: 3,
+};
+const STEP_RANK = { pending: 0, running: 1, completed: 2, failed: 2 };
+const STATUS_TEXT = {
+  waiting_for_files: "waiting for files",
+  queued: "queued",
+  running: "running",
+  completed: "completed",
+  failed: "failed",
+  expired: "expired",
+};
+const CACHE_PREFIX = "s3flow.events.";
+const MAX_CACHED = 5000;
+
+function loadCache(jobId) {
+  try {
+    const raw = sessionStorage.getItem(CACHE_PREFIX + jobId);
+    if (!raw) return [];
+    const events = JSON.parse(raw);
+    if (!Array.isArray(events)) return [];
+    // Only a gapless 1, 2, 3... prefix is usable; anything else starts from event 1.
+    for (let i = 0; i < events.length; i += 1) {
+      if (!events[i] || events[i].seq !== i + 1 || typeof events[i].type !== "string") return [];
+    }
+    return events;
+  } catch {
+    return [];
+  }
+}
+
+function saveCache(jobId, events) {
+  try {
+    if (events.length > MAX_CACHED) {
+      sessionStorage.removeItem(CACHE_PREFIX + jobId);
+      return;
+    }
+    sessionStorage.setItem(CACHE_PREFIX + jobId, JSON.stringify(events));
+  } catch {
+    // full or disabled: a reload then replays from event 1 (still shown once)
+  }
+}
+
+function describe(type, data, stepNames) {
+  const stepName = (i) => `step ${Number(i) + 1}${stepNames[i] ? ` (${stepNames[i]})` : ""}`;
+  switch (type) {
+    case "job.created":
+      return `job created: template ${data.template}, ${(data.files || []).length} file(s)`;
+    case "file.received":
+      return `received ${data.name} (${formatBytes(data.size)})`;
+    case "job.queued":
+      return "every file is here: job queued";
+    case "step.started":
+      return `${stepName(data.step)} started on ${data.inputs} input(s)${
+        data.attempt > 1 ? `, attempt ${data.attempt}` : ""
+      }`;
+    case "step.progress":
+      return `${stepName(data.step)}: ${formatBytes(data.bytes_done)} of ${formatBytes(
+        data.bytes_total,
+      )}, ${data.files_done} file(s) done`;
+    case "step.completed":
+      return `${stepName(data.step)} completed: ${data.outputs} output(s)`;
+    case "job.completed":
+      return `job completed: ${(data.outputs || []).length} output(s)`;
+    case "job.failed":
+      return `job failed: ${data.error}`;
+    case "job.expired":
+      return `job expired: ${data.error || ""}`;
+    default:
+      return type;
+  }
+}
+
+/**
+ * Render the job `jobId` into `root` and keep it live; `level` is the heading level of its
+ * title (its sections get the next one). Returns the view (close() stops the stream).
+ */
+export function mountJobView(root, jobId, { level = 2 } = {}) {
+  const view = new JobView(root, jobId, level);
+  view.start();
+  return view;
+}
+
+class JobView {
+  constructor(root, jobId, level) {
+    this.root = root;
+    this.level = level;
+    this.jobId = jobId;
+    this.events = [];
+    this.lastSeq = 0;
+    this.status = null;
+    this.stepNames = [];
+    this.source = null;
+    this.retryMs = 1000;
+    this.retryTimer = null;
+    this.closed = false;
+    this.saveTimer = null;
+    this.outputsShown = false;
+    this.build();
+    window.addEventListener("pagehide", () => this.flush());
+  }
+
+  build() {
+    const id = this.jobId;
+    const title = `h${Math.min(6, this.level)}`;
+    const sub = `h${Math.min(6, this.level + 1)}`;
+    this.statusEl = el("span", {
+      class: "status",
+      id: "job-status",
+      role: "status",
+      dataset: { status: "loading" },
+      text: "loading…",
+    });
+    this.templateEl = el("span", { id: "job-template" });
+    this.connEl = el("span", { id: "job-connection", class: "muted", text: "not connected" });
+    this.errorEl = el("p", { class: "error", id: "job-error", role: "alert", hidden: true });
+    this.filesEl = el("ul", { class: "files", id: "job-files" });
+    this.stepsEl = el("ol", { class: "steps", id: "job-steps" });
+    this.outputsEl = el("ul", { class: "outputs", id: "job-outputs" });
+    this.outputsNote = el("p", {
+      class: "muted",
+      id: "job-outputs-note",
+      text: "The outputs appear here when the job completes.",
+    });
+    // Scrollable, so focusable: keyboard users can scroll the log too.
+    this.eventsEl = el("ol", { class: "events", id: "job-events", tabindex: 0 });
+    const section = el(
+      "section",
+      { class: "job", "aria-labelledby": "job-title", dataset: { jobId: id } },
+      el(title, { id: "job-title" }, "Job ", el("code", { text: id })),
+      el(
+        "dl",
+        { class: "summary" },
+        el("dt", { text: "Status" }),
+        el("dd", {}, this.statusEl),
+        el("dt", { text: "Template" }),
+        el("dd", {}, this.templateEl),
+        el("dt", { text: "Live updates" }),
+        el("dd", {}, this.connEl),
+      ),
+      this.errorEl,
+      el(sub, { text: "Files" }),
+      this.filesEl,
+      el(sub, { text: "Steps" }),
+      this.stepsEl,
+      el(sub, { text: "Outputs" }),
+      this.outputsNote,
+      this.outputsEl,
+      el(sub, { id: "events-title", text: "Events" }),
+      this.eventsEl,
+    );
+    this.eventsEl.setAttribute("aria-labelledby", "events-title");
+    this.root.replaceChildren(section);
+  }
+
+  async start() {
+    let response;
+    try {
+      response = await api(`/api/jobs/${encodeURIComponent(this.jobId)}`);
+    } catch (err) {
+      this.showError(`The server did not answer: ${err}`);
+      return;
+    }
+    if (!response.ok) {
+      this.showError(await errorMessage(response));
+      this.setStatus("unknown", "not found");
+      return;
+    }
+    const job = await response.json();
+    this.applySnapshot(job);
+    for (const event of loadCache(this.jobId)) this.apply(event.seq, event.type, event.data);
+    if (TERMINAL.has(job.status) && this.lastSeq >= job.last_seq) {
+      this.connEl.textContent = "ended (the job is finished)";
+      return;
+    }
+    this.connect();
+  }
+
+  applySnapshot(job) {
+    this.templateEl.textContent = job.template;
+    this.stepNames = job.steps.map((s) => s.name);
+    this.filesEl.replaceChildren(
+      ...job.files.map((f, i) =>
+        el(
+          "li",
+          { dataset: { index: i, received: f.received ? "yes" : "no" } },
+          el("span", { class: "file-name", text: f.name }),
+          " ",
+          el("span", { class: "muted", text: formatBytes(f.size) }),
+          " ",
+          el("span", { class: "file-state", text: f.received ? "received" : "waiting" }),
+        ),
+      ),
+    );
+    this.stepsEl.replaceChildren(
+      ...job.steps.map((s, i) => {
+        const bar = el("progress", {
+          max: 100,
+          value: 0,
+          "aria-label": `Step ${i + 1} (${s.name}) progress`,
+        });
+        return el(
+          "li",
+          { class: "step", dataset: { step: i, status: "pending" } },
+          el("span", { class: "step-name", text: s.name }),
+          " ",
+          el("span", { class: "step-status", text: "pending" }),
+          bar,
+          el("span", { class: "step-detail muted" }),
+        );
+      }),
+    );
+    job.steps.forEach((s, i) => this.setStep(i, s.status, s.progress));
+    this.setStatus(job.status);
+    if (job.error) this.showError(job.error);
+    if (job.outputs && job.outputs.length) this.showOutputs(job.outputs);
+  }
+
+  setStatus(status, text) {
+    if (this.status && STATUS_RANK[status] !== undefined) {
+      if (STATUS_RANK[status] < STATUS_RANK[this.status]) return; // status only moves forward
+    }
+    this.status = status;
+    this.statusEl.dataset.status = status;
+    this.statusEl.textContent = text || STATUS_TEXT[status] || status;
+  }
+
+  setStep(index, status, progress) {
+    const li = this.stepsEl.children[index];
+    if (!li) return;
+    const current = li.dataset.status;
+    if (status && STEP_RANK[status] !== undefined && STEP_RANK[status] >= STEP_RANK[current]) {
+      li.dataset.status = status;
+      li.querySelector(".step-status").textContent = status;
+    }
+    const bar = li.querySelector("progress");
+    const detail = li.querySelector(".step-detail");
+    const p = progress || {};
+    if (li.dataset.status === "completed") {
+      bar.value = 100;
+    } else if (p.bytes_total > 0) {
+      bar.value = Math.min(100, Math.floor((100 * p.bytes_done) / p.bytes_total));
+    } else if (li.dataset.status === "running") {
+      bar.removeAttribute("value"); // indeterminate until the first progress figures
+    }
+    if (p.bytes_total !== undefined) {
+      detail.textContent = `${formatBytes(p.bytes_done)} of ${formatBytes(p.bytes_total)}${
+        p.files_done !== undefined ? `, ${p.files_done} file(s) done` : ""
+      }`;
+    }
+  }
+
+  showError(message) {
+    this.errorEl.hidden = false;
+    this.errorEl.textContent = message;
+  }
+
+  showOutputs(outputs) {
+    this.outputsShown = true;
+    this.outputsNote.hidden = true;
+    this.outputsEl.replaceChildren(
+      ...outputs.map((o) =>
+        el(
+          "li",
+          {},
+          o.url
+            ? el("a", { href: o.url, download: o.name, class: "download", text: o.name })
+            : el("span", { text: o.name }),
+          " ",
+          el("span", { class: "muted", text: formatBytes(o.size) }),
+        ),
+      ),
+    );
+  }
+
+  async refreshOutputs() {
+    const response = await api(`/api/jobs/${encodeURIComponent(this.jobId)}`);
+    if (!response.ok) {
+      this.showError(await errorMessage(response));
+      return;
+    }
+    const job = await response.json();
+    if (job.outputs && job.outputs.length) this.showOutputs(job.outputs);
+    else {
+      this.outputsNote.hidden = false;
+      this.outputsNote.textContent = "This job has no outputs.";
+    }
+  }
+
+  /** Apply one event (seq > last applied; the caller checks) to the view and the log. */
+  apply(seq, type, data) {
+    this.lastSeq = seq;
+    this.events.push({ seq, type, data });
+    this.eventsEl.append(
+      el(
+        "li",
+        { dataset: { seq, type } },
+        el("span", { class: "seq", text: `#${seq}` }),
+        " ",
+        el("span", { class: "type", text: type }),
+        " ",
+        el("span", { class: "desc", text: describe(type, data, this.stepNames) }),
+      ),
+    );
+    switch (type) {
+      case "file.received": {
+        const li = this.filesEl.children[data.index];
+        if (li) {
+          li.dataset.received = "yes";
+          li.querySelector(".file-state").textContent = "received";
+        }
+        break;
+      }
+      case "job.queued":
+        this.setStatus("queued");
+        break;
+      case "step.started":
+        this.setStatus("running");
+        this.setStep(data.step, "running", {});
+        break;
+      case "step.progress":
+        this.setStep(data.step, "running", data);
+        break;
+      case "step.completed":
+        this.setStep(data.step, "completed", data);
+        break;
+      case "job.completed":
+        this.setStatus("completed");
+        break;
+      case "job.failed":
+        this.setStatus("failed");
+        this.showError(data.error || "the job failed");
+        break;
+      case "job.expired":
+        this.setStatus("expired");
+        this.showError(data.error || "the job expired");
+        break;
+      default:
+        break;
+    }
+  }
+
+  onEvent(message) {
+    const seq = Number(message.lastEventId);
+    if (!Number.isInteger(seq) || seq <= this.lastSeq) return; // a duplicate: already shown
+    if (seq !== this.lastSeq + 1) {
+      // A gap should not happen (the server replays in order); resume from what we have.
+      this.reconnect(0);
+      return;
+    }
+    let data = {};
+    try {
+      data = JSON.parse(message.data);
+    } catch {
+      data = { raw: message.data };
+    }
+    this.apply(seq, message.type, data);
+    this.retryMs = 1000;
+    this.scheduleSave();
+    if (TERMINAL_EVENTS.has(message.type)) {
+      this.finish();
+      if (message.type === "job.completed") this.refreshOutputs();
+    }
+  }
+
+  connect() {
+    if (this.closed) return;
+    this.connEl.textContent = "connecting…";
+    const source = new EventSource(eventsUrl(this.jobId, this.lastSeq));
+    this.source = source;
+    source.onopen = () => {
+      this.connEl.textContent = "live";
+    };
+    for (const type of EVENT_TYPES) source.addEventListener(type, (m) => this.onEvent(m));
+    source.onerror = () => {
+      if (this.closed || this.source !== source) return;
+      if (source.readyState === EventSource.CONNECTING) {
+        this.connEl.textContent = "reconnecting…"; // the browser retries with Last-Event-ID
+        return;
+      }
+      // The browser gave up (an error status, 204, or a refused connection): check the
+      // job (this also asks for a token after a 401) and reconnect from the last event.
+      this.reconnect(this.retryMs);
+      this.retryMs = Math.min(this.retryMs * 2, 15000);
+    };
+  }
+
+  reconnect(delayMs) {
+    if (this.source) this.source.close();
+    this.source = null;
+    if (this.closed) return;
+    this.connEl.textContent = "reconnecting…";
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(async () => {
+      try {
+        const response = await api(`/api/jobs/${encodeURIComponent(this.jobId)}`);
+        if (response.ok) {
+          const job = await response.json();
+          if (TERMINAL.has(job.status) && this.lastSeq >= job.last_seq) {
+            this.finish();
+            return;
+          }
+        }
+      } catch {
+        // the server is away: try again later
+      }
+      this.connect();
+    }, delayMs);
+  }
+
+  finish() {
+    this.closed = true;
+    if (this.source) this.source.close();
+    this.source = null;
+    clearTimeout(this.retryTimer);
+    this.connEl.textContent = "ended (the job is finished)";
+    this.flush();
+  }
+
+  scheduleSave() {
+    if (this.saveTimer) return;
+    this.saveTimer = setTimeout(() => this.flush(), 300);
+  }
+
+  flush() {
+    clearTimeout(this.saveTimer);
+    this.saveTimer = null;
+    saveCache(this.jobId, this.events);
+  }
+
+  close() {
+    this.closed = true;
+    if (this.source) this.source.close();
+    clearTimeout(this.retryTimer);
+    this.flush();
+  }
+}
