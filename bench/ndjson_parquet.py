@@ -149,11 +149,11 @@ def generate(root: Path, total_bytes: int) -> dict[str, Any]:
 def child_s3flow(cfg: dict[str, Any]) -> dict[str, Any]:
     import asyncio
 
-    from s3flow.pipelines.ndjson_parquet.compaction.convert import Storage, Target
     from s3flow.pipelines.ndjson_parquet.compaction.executors import LocalExecutor
     from s3flow.pipelines.ndjson_parquet.compaction.job import compact_manifest
     from s3flow.pipelines.ndjson_parquet.compaction.manifest import parse_manifest
     from s3flow.pipelines.ndjson_parquet.compaction.options import parse_options
+    from s3flow.pipelines.ndjson_parquet.compaction.tasks import Storage, Target
 
     data = Path(cfg["data"])
     opts = parse_options(cfg.get("options") or {})

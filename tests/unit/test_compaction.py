@@ -14,15 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from s3flow.errors import ConfigError, Disposition
-from s3flow.pipelines.ndjson_parquet.compaction.convert import (
-    FileTask,
-    MalformedDataError,
-    Storage,
-    Target,
-    UnitRef,
-    part_number,
-    scan_file,
-)
 from s3flow.pipelines.ndjson_parquet.compaction.job import compact_manifest, plan_parts
 from s3flow.pipelines.ndjson_parquet.compaction.manifest import (
     InputFile,
@@ -30,12 +21,21 @@ from s3flow.pipelines.ndjson_parquet.compaction.manifest import (
     parse_manifest,
 )
 from s3flow.pipelines.ndjson_parquet.compaction.options import parse_options
+from s3flow.pipelines.ndjson_parquet.compaction.scan import scan_file
 from s3flow.pipelines.ndjson_parquet.compaction.schema import (
     cast_table,
     strings_for_timestamps,
     unify_schemas,
     unify_types,
 )
+from s3flow.pipelines.ndjson_parquet.compaction.tasks import (
+    FileTask,
+    MalformedDataError,
+    Storage,
+    Target,
+    UnitRef,
+)
+from s3flow.pipelines.ndjson_parquet.compaction.write import part_number
 
 pytestmark = pytest.mark.timeout(60)
 T = TypeVar("T")
@@ -544,7 +544,7 @@ def test_worker_client_is_built_by_the_factory_once_per_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from s3flow.aws import sync_client_config
-    from s3flow.pipelines.ndjson_parquet.compaction.convert import s3_client
+    from s3flow.pipelines.ndjson_parquet.compaction.tasks import s3_client
     from s3flow.settings import AwsSettings
 
     aws = AwsSettings(region="sa-east-1", endpoint_url_s3="http://127.0.0.1:7002", max_attempts=11)

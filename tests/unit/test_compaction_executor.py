@@ -9,8 +9,8 @@ import time
 import pytest
 
 from s3flow.errors import Disposition, RetryableError, S3flowError
-from s3flow.pipelines.ndjson_parquet.compaction.convert import InputChangedError
 from s3flow.pipelines.ndjson_parquet.compaction.executors import LocalExecutor
+from s3flow.pipelines.ndjson_parquet.compaction.tasks import InputChangedError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -1,4 +1,4 @@
-"""csv-to-kafka building blocks: pieces, record ends, decoding, row encoding, checkpoints."""
+"""csv-to-kafka building blocks: pieces, record ends, decoding, row batches, checkpoints."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from s3flow.pipelines.csv_kafka.blocks import LineTooLongError, PieceSplitter, RecordEnds
 from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef, checkpoint_partition
+from s3flow.pipelines.csv_kafka.errors import BadRowError
+from s3flow.pipelines.csv_kafka.options import parse_options
 from s3flow.pipelines.csv_kafka.rows import (
-    LineTooLongError,
-    PieceSplitter,
-    RecordEnds,
+    Block,
+    BlockEncoder,
+    RowBatch,
+    RowBatches,
     RowEncoder,
     decode_piece,
     original_bytes,
@@ -165,3 +169,60 @@ def test_checkpoint_round_trip_and_identity() -> None:
     assert tid != ObjectRef("b", "k", "v2").transactional_id("s3flow-csv", "t")
     assert tid != ref.transactional_id("s3flow-csv", "other-topic")
     assert 0 <= checkpoint_partition(ref.name, 6) < 6
+
+
+def as_blocks(*blocks: bytes) -> list[Block]:
+    """(block, end offset, physical lines, not encoded ahead), as the session's reader gives."""
+    out: list[Block] = []
+    end = 0
+    for b in blocks:
+        end += len(b)
+        out.append((b, end, b.count(b"\n") + (0 if b.endswith(b"\n") else 1), None))
+    return out
+
+
+def test_row_batches_header_bad_rows_then_the_vectorised_path() -> None:
+    opts = parse_options({"topic": "t", "key_column": "id"})
+    state = Checkpoint(object="s3://b/k@v")
+    rows = RowBatches(opts, "s3://b/k", state)
+    handed: list[BlockEncoder] = []
+    blocks = as_blocks(b"id,name\n1,a\n\n2\n3,c\n", b"4,d\n5,e\n", b"6,f")
+    first, second, third = rows.batches(blocks, handed.append)
+
+    # The header's block: the csv module, a blank line, a row with too few columns.
+    assert (state.columns, state.ncols) == (["id", "name"], 2)
+    enc = RowEncoder(["id", "name"])
+    assert list(first.values) == [enc.json(["1", "a"]), enc.json(["3", "c"])]
+    assert (list(first.keys or []), list(first.lines)) == (["1", "3"], [2, 5])
+    assert (first.rows, first.bad, first.line, first.end) == (3, 1, 5, 19)
+    assert [(d.line, d.reason, d.fields) for d in first.dead] == [
+        (4, "expected 2 columns, got 1", ["2"])
+    ]
+    # Later blocks: pyarrow, and its encoder is handed over for reading ahead.
+    assert len(handed) == 1
+    assert [bytes(v) for v in second.values] == [
+        enc.json(["4", "d"]).encode(),
+        enc.json(["5", "e"]).encode(),
+    ]
+    assert (list(second.keys or []), list(second.lines), second.rows) == (["4", "5"], [6, 7], 2)
+    assert (list(third.lines), third.line, third.end, third.size) == ([8], 8, 30, 3)
+    assert not third.dead
+
+
+def test_row_batches_follow_bad_rows_and_resume_from_a_checkpoint() -> None:
+    skip = RowBatches(
+        parse_options({"topic": "t", "bad_rows": "skip", "format": "raw"}),
+        "s3://b/k",
+        Checkpoint(object="x", offset=8, line=1, columns=["a", "b"], ncols=2),
+    )
+    (batch,) = skip.batches(as_blocks(b'1,2\n3\n"4",5\n'))
+    assert isinstance(batch, RowBatch)
+    assert (list(batch.values), list(batch.lines), batch.keys) == (["1,2", '"4",5'], [2, 4], None)
+    assert (batch.rows, batch.bad, batch.dead, batch.line) == (3, 1, [], 4)
+
+    fail = parse_options({"topic": "t", "bad_rows": "fail"})
+    with pytest.raises(BadRowError, match="s3://b/k line 3: expected 2 columns, got 3"):
+        list(RowBatches(fail, "s3://b/k", Checkpoint("x")).batches(as_blocks(b"a,b\n1,2\n1,2,3\n")))
+    keyed = parse_options({"topic": "t", "key_column": "id"})
+    with pytest.raises(BadRowError, match="key_column 'id' is not a column"):
+        list(RowBatches(keyed, "s3://b/k", Checkpoint("x")).batches(as_blocks(b"a,b\n1,2\n")))

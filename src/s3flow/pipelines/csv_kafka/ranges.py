@@ -27,10 +27,10 @@ from concurrent.futures import Executor
 from typing import Any
 
 from s3flow.objects import detect_encoding, open_object
+from s3flow.pipelines.csv_kafka.blocks import UTF8_BOM
 from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef
 from s3flow.pipelines.csv_kafka.errors import BadRowError
 from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
-from s3flow.pipelines.csv_kafka.rows import UTF8_BOM
 from s3flow.pipelines.csv_kafka.runner import READ_CHUNK_BYTES, RunReport, open_stream, run_object
 from s3flow.state.base import StateStore
 

@@ -1,82 +1,39 @@
-"""From decompressed bytes to CSV records to message values.
+"""From blocks of CSV to message values, one batch per block.
 
-The path of one object::
+The path of one block (blocks: :mod:`.blocks`)::
 
-    chunks (any size) --PieceSplitter--> pieces (~256 KB, each ending with b"\\n")
-      --RecordEnds--> blocks (~1 MiB, ending where a record ends)
-      --decode_piece--> text --LineFeed--> lines --csv.reader--> records --RowEncoder--> values
+    block --RowBatches--> a RowBatch of message values, either
+      --ArrowJsonBlocks--> values (one-line records, vectorised: :mod:`.fastpath`) or
+      --decode_piece--> text --LineFeed--> lines --csv.reader--> records
+      --RowEncoder--> values (any other block, record by record)
 
-Pieces end at line breaks, so a piece decodes on its own in any ASCII-compatible
-encoding. :class:`RecordEnds` follows the quote state of ``csv.reader`` across pieces,
-so the session groups pieces into blocks that end where a record ends: blocks are
-parsed on their own and a block's end is a safe place to resume.
+A block ends where a record ends, so it is parsed on its own.
 """
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import json.encoder
-import re
-from collections.abc import Iterator
-from itertools import islice
-from typing import Any, TypeVar
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from s3flow.errors import PermanentError
+from s3flow.errors import UndecodableContentError
+from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint
+from s3flow.pipelines.csv_kafka.errors import BadRowError
+from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
 
-PIECE_BYTES = 256 * 1024
-#: Pieces are grouped into blocks of about this size (ending outside quotes): the unit of
-#: parsing and of checkpoints.
-BLOCK_BYTES = 1024 * 1024
-#: A block closes here even inside an (unbalanced) quote.
-MAX_BLOCK_BYTES = 32 * 1024 * 1024
-#: A "line" (bytes without a line break) longer than this is refused: memory stays bounded.
-MAX_LINE_BYTES = 64 * 1024 * 1024
-UTF8_BOM = b"\xef\xbb\xbf"
+try:
+    from s3flow.pipelines.csv_kafka.fastpath import ArrowJsonBlocks
 
-_S = TypeVar("_S", str, bytes)
+    _FAST = True
+except ImportError:  # pragma: no cover - pyarrow is a dependency; the exact path still works
+    _FAST = False
 
-
-class LineTooLongError(PermanentError):
-    """A single line is longer than :data:`MAX_LINE_BYTES`."""
-
-
-class PieceSplitter:
-    """Cuts a byte stream into pieces of about ``piece_bytes`` that end with ``b"\\n"``.
-
-    The last piece (from :meth:`finish`) may lack the final line break.
-    """
-
-    def __init__(self, piece_bytes: int = PIECE_BYTES, max_line_bytes: int = MAX_LINE_BYTES):
-        self._size = piece_bytes
-        self._max_line = max_line_bytes
-        self._rest = b""
-
-    def feed(self, chunk: bytes) -> Iterator[bytes]:
-        """Yield the complete pieces ``chunk`` finishes (the remainder is kept)."""
-        data = self._rest + chunk if self._rest else chunk
-        size, start, n = self._size, 0, len(data)
-        while n - start > size:
-            cut = data.find(b"\n", start + size - 1)
-            if cut < 0:
-                break
-            yield data[start : cut + 1]
-            start = cut + 1
-        last = data.rfind(b"\n", start)
-        if last >= 0:
-            yield data[start : last + 1]
-            start = last + 1
-        self._rest = data[start:]
-        if len(self._rest) > self._max_line:
-            raise LineTooLongError(
-                f"a line longer than {self._max_line // (1024 * 1024)} MB (no line break)"
-            )
-
-    def finish(self) -> Iterator[bytes]:
-        """Yield what is left (a last line without a line break)."""
-        if self._rest:
-            rest, self._rest = self._rest, b""
-            yield rest
+log = logging.getLogger("s3flow.pipelines.csv_kafka")
 
 
 def decode_piece(piece: bytes, encoding: str) -> tuple[str, list[int]]:
@@ -133,135 +90,6 @@ class LineFeed:
             yield line
 
 
-#: Quote states of :class:`RecordEnds` (what ``csv`` is doing at a position).
-_FIELD_START, _IN_FIELD, _QUOTED, _QUOTE_IN_QUOTED = 0, 1, 2, 3
-
-
-class RecordEnds:
-    """Tells whether a piece ends where ``csv.reader`` ends a record (a safe block end).
-
-    Follows the quote rules of ``csv.reader`` (``doublequote=True``, ``strict=False``):
-    a quote opens a quoted field only at the start of a field (start of a line or right
-    after the delimiter) - elsewhere it is an ordinary character (``1,12" pipe``); inside
-    a quoted field a doubled quote is a quote and a single one closes the field; the
-    escape character, if any, makes the next character ordinary (an escaped line break
-    continues the record). Feed the pieces of an object in order, each ending with a
-    line break (except the last).
-
-    The common case (UTF-8, no escape character) works on bytes: ``split`` at the quotes
-    and one step per quote, about 0.1 us per quoted field. Other encodings (whose
-    multi-byte characters may contain ASCII bytes) and escape characters work on the
-    decoded text.
-    """
-
-    def __init__(
-        self,
-        *,
-        delimiter: str = ",",
-        quotechar: str = '"',
-        escapechar: str | None = None,
-        encoding: str = "utf-8",
-    ) -> None:
-        self._encoding = encoding
-        self._escape = escapechar
-        self._bytes = (
-            encoding == "utf-8" and escapechar is None and (delimiter + quotechar).isascii()
-        )
-        seps = (delimiter, "\n", "\r")
-        self._seps_s = frozenset(seps)
-        self._quote_s = quotechar
-        self._seps_b = frozenset(ord(c) for c in seps if c.isascii())
-        self._quote_b = quotechar.encode("utf-8")
-        self._special = re.compile("[" + re.escape(quotechar + (escapechar or "")) + "]")
-        self._state = _FIELD_START
-
-    @property
-    def inside(self) -> bool:
-        """Whether the last piece ended inside a record (not a record boundary)."""
-        return self._state != _FIELD_START
-
-    def reset(self) -> None:
-        """Back to the start of a record (where a resumed object starts)."""
-        self._state = _FIELD_START
-
-    def feed(self, piece: bytes) -> bool:
-        """Advance over ``piece``; true when a record ends at its end."""
-        if self._bytes:
-            if self._quote_b in piece:
-                self._state = _scan_quotes(piece, self._state, self._quote_b, self._seps_b)
-            elif self._state != _QUOTED:
-                self._state = _after_plain(piece, self._seps_b)
-        else:
-            text = piece.decode(self._encoding, "surrogateescape")
-            if self._escape is None:
-                self._state = _scan_quotes(text, self._state, self._quote_s, self._seps_s)
-            else:
-                self._state = _scan_escaped(
-                    text, self._state, self._special, self._quote_s, self._escape, self._seps_s
-                )
-        return self._state == _FIELD_START
-
-
-def _after_plain(piece: bytes, seps: frozenset[int]) -> int:
-    """The state after a piece without quotes, read outside a quoted field."""
-    return _FIELD_START if piece and piece[-1] in seps else _IN_FIELD
-
-
-def _scan_quotes(piece: _S, state: int, quote: _S, seps: frozenset[Any]) -> int:
-    """The state after ``piece`` (no escape character): one step per quote character."""
-    parts = piece.split(quote)
-    first = parts[0]
-    if first and state != _QUOTED:
-        state = _FIELD_START if first[-1] in seps else _IN_FIELD
-    for part in islice(parts, 1, None):
-        # the quote before ``part``
-        if state == _FIELD_START:
-            state = _QUOTED  # opens a quoted field
-        elif state == _QUOTED:
-            state = _QUOTE_IN_QUOTED  # closes it, or the first of a doubled quote
-        elif state == _QUOTE_IN_QUOTED:
-            state = _QUOTED  # the second of a doubled quote
-        # (in an unquoted field a quote is an ordinary character)
-        if part and state != _QUOTED:
-            state = _FIELD_START if part[-1] in seps else _IN_FIELD
-    return _IN_FIELD if state == _QUOTE_IN_QUOTED else state
-
-
-def _scan_escaped(
-    text: str, state: int, special: re.Pattern[str], quote: str, escape: str, seps: frozenset[str]
-) -> int:
-    """The state after ``text`` with an escape character: one step per quote or escape."""
-    pos, n = 0, len(text)
-    while True:
-        m = special.search(text, pos)
-        if m is None:
-            break
-        j = m.start()
-        c = text[j]
-        if state == _QUOTED:
-            if c == escape:
-                pos = j + 2  # an escaped character, whatever it is
-            elif text[j + 1 : j + 2] == quote:
-                pos = j + 2  # a doubled quote
-            elif j + 1 < n and text[j + 1] not in seps:
-                state, pos = _IN_FIELD, j + 2  # closed; the next character is ordinary
-            else:
-                state, pos = _IN_FIELD, j + 1  # closed before a delimiter or line break
-            continue
-        at_start = state == _FIELD_START if j == pos else text[j - 1] in seps
-        if c == quote and at_start:
-            state, pos = _QUOTED, j + 1
-        elif c == escape:
-            state, pos = _IN_FIELD, j + 2  # an escaped line break continues the record
-        else:
-            state, pos = _IN_FIELD, j + 1  # a quote inside an unquoted field
-    if state == _QUOTED:
-        return state
-    if pos < n:
-        return _FIELD_START if text[n - 1] in seps else _IN_FIELD
-    return state if pos == n else _IN_FIELD
-
-
 _encode_str = json.encoder.c_encode_basestring or json.encoder.py_encode_basestring  # type: ignore[attr-defined]
 
 
@@ -293,3 +121,240 @@ class RowEncoder:
         elif text.endswith("\r"):
             text = text[:-1]
         return text
+
+
+# --- blocks to messages ----------------------------------------------------------------
+
+#: (values, keys) of a block's records, as :meth:`ArrowJsonBlocks.encode` gives them.
+Encoded = tuple[list[bytes], list[Any] | None]
+#: Encodes a block of ``lines`` one-line records (``None``: the block takes the exact path).
+BlockEncoder = Callable[[bytes, int], Encoded | None]
+#: A block as :meth:`RowBatches.batches` reads it: (block, end offset, lines, encoded).
+Block = tuple[bytes, int, int, Encoded | None]
+
+
+class BadRow(NamedTuple):
+    """A record for the dead-letter topic: its first line, why, its fields and raw text."""
+
+    line: int
+    reason: str
+    fields: list[str] | None  # None: the record did not parse
+    raw: str | None  # with ``format = "raw"``
+
+
+@dataclass(slots=True)
+class RowBatch:
+    """One block's records as messages ready to produce, and where the block ends.
+
+    ``values[i]`` (key ``keys[i]``; no keys: ``keys`` is None) is the record that starts
+    at physical line ``lines[i]`` of the object. ``rows`` counts the block's records,
+    good and bad; ``bad`` the bad ones, of which ``dead`` are to be dead-lettered.
+    """
+
+    values: Sequence[str | bytes]
+    keys: Sequence[Any] | None
+    lines: Sequence[int]
+    end: int  # object offset after the block
+    line: int  # physical lines of the object up to ``end``
+    size: int  # the block's bytes
+    rows: int
+    bad: int = 0
+    dead: Sequence[BadRow] = ()
+
+
+class RowBatches:
+    """The records of one object (from ``state``'s position on) as one batch per block.
+
+    A block of one-line records in UTF-8 (``format = "json"``, known columns) is parsed
+    and encoded by pyarrow (:class:`ArrowJsonBlocks`: no Python call per record); any
+    other block record by record with ``csv.reader`` (header, bad rows, multi-line
+    records, other encodings). The columns and their count are learned from the header
+    row or the first record, and set in ``state`` (``columns``, ``ncols``) at once.
+    Bad records follow ``bad_rows``: ``fail`` raises :class:`BadRowError`.
+    """
+
+    def __init__(self, opts: CsvKafkaOptions, uri: str, state: Checkpoint) -> None:
+        self._opts = opts
+        self._uri = uri
+        self._state = state
+        columns = list(opts.columns) if opts.columns else state.columns
+        #: Whether the header row is still to come (it is the first record of the object).
+        self.header_pending = opts.header and state.offset == 0
+        self._columns = columns
+        self._encoder = RowEncoder(columns)
+        # The expected column count: the columns', else the one a previous run of this
+        # object learned from its first data row (kept in the checkpoint).
+        self._ncols = len(columns) if columns else state.ncols
+        self._key_idx = self._key_index(columns) if columns is not None else None
+        if columns is not None:
+            state.columns = columns
+        state.ncols = self._ncols
+        self._fast_ok = (
+            opts.format == "json" and opts.encoding == "utf-8" and opts.escapechar is None and _FAST
+        )
+        self._fast: ArrowJsonBlocks | None = None
+        self._offset = state.offset
+        self._line = state.line
+
+    def batches(
+        self, blocks: Iterable[Block], use_encoder: Callable[[BlockEncoder], None] | None = None
+    ) -> Iterator[RowBatch]:
+        """One :class:`RowBatch` per block of ``blocks``, in order.
+
+        A block arrives encoded when the reader of ``blocks`` encoded it ahead: once the
+        vectorised path can take the blocks, its encoder is handed to ``use_encoder``.
+        """
+        opts = self._opts
+        for block, end, nlines, encoded in blocks:
+            if (
+                encoded is None
+                and self._fast_ok
+                and self._columns is not None
+                and not self.header_pending
+            ):
+                if self._fast is None:
+                    self._fast = ArrowJsonBlocks(
+                        self._columns,
+                        delimiter=opts.delimiter,
+                        quotechar=opts.quotechar,
+                        key_index=self._key_idx,
+                    )
+                    if use_encoder is not None:
+                        use_encoder(self._fast.encode)  # later blocks are encoded ahead
+                encoded = self._fast.encode(block, nlines)
+            if encoded is not None:
+                values, keys = encoded
+                first = self._line + 1
+                n = len(values)
+                batch = RowBatch(
+                    values, keys, range(first, first + n), end, self._line + nlines, len(block), n
+                )
+            else:
+                batch = self._exact(block, end)
+            self._offset, self._line = end, batch.line
+            yield batch
+        if self.header_pending and opts.header:
+            log.info("%s: empty object (no header row)", self._uri)
+
+    def _exact(self, block: bytes, end: int) -> RowBatch:
+        """The records of ``block`` by the ``csv`` module, one by one."""
+        opts, state = self._opts, self._state
+        raw_mode = opts.format == "raw"
+        encoding = opts.encoding
+        lines_done = self._line
+        header_pending, encoder = self.header_pending, self._encoder
+        ncols, key_idx = self._ncols, self._key_idx
+        text, bad_idx = decode_piece(block, encoding)
+        feed = LineFeed(text, bad_idx, keep_raw=raw_mode, start_line=lines_done)
+        raw_lines = feed.raw
+        bad_lines = feed.bad_lines
+        reader = csv.reader(
+            feed,
+            delimiter=opts.delimiter,
+            quotechar=opts.quotechar,
+            escapechar=opts.escapechar,
+            doublequote=True,
+            strict=False,
+        )
+        values: list[str | bytes] = []
+        keys: list[Any] = []
+        lines: list[int] = []
+        dead: list[BadRow] = []
+        rows = bad = 0
+        prev_end = lines_done
+        while True:
+            try:
+                for fields in reader:
+                    line_end = lines_done + reader.line_num
+                    line_start = prev_end + 1
+                    prev_end = line_end
+                    if not fields:
+                        pass  # a blank line: no record
+                    elif header_pending:
+                        header_pending = self.header_pending = False
+                        if bad_lines and _touches(bad_lines, line_start, line_end):
+                            raise _bad_header(self._uri, encoding, text, block, self._offset, end)
+                        if self._columns is None:
+                            columns = self._columns = state.columns = fields
+                            encoder = self._encoder = RowEncoder(columns)
+                            ncols = self._ncols = state.ncols = len(columns)
+                            key_idx = self._key_idx = self._key_index(columns)
+                    else:
+                        if ncols is None:
+                            ncols = self._ncols = state.ncols = len(fields)
+                        raw = RowEncoder.raw(raw_lines) if raw_mode else None
+                        if len(fields) != ncols:
+                            reason = f"expected {ncols} columns, got {len(fields)}"
+                            bad += self._bad(dead, line_start, reason, fields, raw)
+                        elif bad_lines and _touches(bad_lines, line_start, line_end):
+                            reason = f"undecodable bytes (not {encoding})"
+                            bad += self._bad(dead, line_start, reason, fields, raw)
+                        else:
+                            values.append(raw if raw is not None else encoder.json(fields))
+                            if key_idx is not None:
+                                keys.append(fields[key_idx])
+                            lines.append(line_start)
+                        rows += 1
+                    if raw_mode:
+                        raw_lines.clear()
+                break
+            except csv.Error as exc:
+                line_end = lines_done + reader.line_num
+                line_start = prev_end + 1
+                prev_end = line_end
+                raw = RowEncoder.raw(raw_lines) if raw_mode else None
+                bad += self._bad(dead, line_start, f"unparseable CSV: {exc}", None, raw)
+                rows += 1
+                if raw_mode:
+                    raw_lines.clear()
+        return RowBatch(
+            values,
+            keys if key_idx is not None else None,
+            lines,
+            end,
+            lines_done + reader.line_num,
+            len(block),
+            rows,
+            bad,
+            dead,
+        )
+
+    def _bad(
+        self, dead: list[BadRow], line: int, reason: str, fields: list[str] | None, raw: str | None
+    ) -> int:
+        """Apply ``bad_rows`` to one bad record (``fail``: raise); 1, the bad rows it makes."""
+        if self._opts.bad_rows == "fail":
+            raise BadRowError(f"{self._uri} line {line}: {reason} (bad_rows = 'fail')")
+        if self._opts.bad_rows == "dead-letter":
+            dead.append(BadRow(line, reason, fields, raw))
+        return 1
+
+    def _key_index(self, columns: list[str]) -> int | None:
+        name = self._opts.key_column
+        if not name:
+            return None
+        if name not in columns:
+            raise BadRowError(
+                f"{self._uri}: key_column {name!r} is not a column (columns: {columns})"
+            )
+        return columns.index(name)
+
+
+def _touches(bad_lines: set[int], first: int, last: int) -> bool:
+    """Whether any undecodable line lies in [first, last] (and forget the older ones)."""
+    hit = False
+    for n in list(bad_lines):
+        if n <= last:
+            bad_lines.discard(n)
+            hit = hit or n >= first
+    return hit
+
+
+def _bad_header(
+    uri: str, encoding: str, text: str, block: bytes, block_start: int, block_end: int
+) -> UndecodableContentError:
+    """The error for a header row with undecodable bytes (column names must be text)."""
+    first = next((i for i, c in enumerate(text) if "\udc80" <= c <= "\udcff"), 0)
+    skipped = block_end - block_start - len(block)  # a UTF-8 BOM dropped from the block
+    at = block_start + skipped + len(original_bytes(text[:first], encoding))
+    return UndecodableContentError(f"{uri}: header row is not valid {encoding} at byte {at}")

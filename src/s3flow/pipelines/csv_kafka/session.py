@@ -8,17 +8,18 @@ Lifecycle (each call blocks; the runner calls them off the event loop)::
     session.close()                # aborts an open transaction, purges, destroys the producer
 
 The object is cut into blocks (~1 MiB of line-aligned pieces ending where ``csv.reader``
-ends a record: see :class:`~s3flow.pipelines.csv_kafka.rows.RecordEnds`). A block of one-line
-records in UTF-8 is parsed and encoded by pyarrow (:mod:`.fastpath`), any other block
-by the ``csv`` module; a helper thread prepares the next block meanwhile. After the
-block that completes ``checkpoint_rows`` rows (or ``checkpoint_s`` seconds, or
-``checkpoint_bytes``), the open transaction gets the checkpoint record and is
-committed: the rows and the position after them become visible together.
+ends a record: see :class:`~s3flow.pipelines.csv_kafka.blocks.RecordEnds`), and
+:class:`~s3flow.pipelines.csv_kafka.rows.RowBatches` turns each block into the messages
+of its rows: a block of one-line records in UTF-8 is parsed and encoded by pyarrow
+(:mod:`.fastpath`), any other block by the ``csv`` module; a helper thread prepares the
+next block meanwhile. After the block that completes ``checkpoint_rows`` rows (or
+``checkpoint_s`` seconds, or ``checkpoint_bytes``), the open transaction gets the
+checkpoint record and is committed: the rows and the position after them become
+visible together.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import queue
@@ -26,11 +27,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from itertools import repeat
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
 
 from s3flow.errors import UndecodableContentError
+from s3flow.pipelines.csv_kafka.blocks import (
+    BLOCK_BYTES,
+    MAX_BLOCK_BYTES,
+    PIECE_BYTES,
+    UTF8_BOM,
+    PieceSplitter,
+    RecordEnds,
+)
 from s3flow.pipelines.csv_kafka.channel import ChunkChannel
 from s3flow.pipelines.csv_kafka.checkpoint import (
     Checkpoint,
@@ -39,31 +49,15 @@ from s3flow.pipelines.csv_kafka.checkpoint import (
     read_checkpoint,
 )
 from s3flow.pipelines.csv_kafka.clientlog import client_log
-from s3flow.pipelines.csv_kafka.errors import (
-    BadRowError,
-    KafkaUnavailableError,
-    translate_kafka_error,
-)
+from s3flow.pipelines.csv_kafka.errors import KafkaUnavailableError, translate_kafka_error
 from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
 from s3flow.pipelines.csv_kafka.rows import (
-    BLOCK_BYTES,
-    MAX_BLOCK_BYTES,
-    PIECE_BYTES,
-    UTF8_BOM,
-    LineFeed,
-    PieceSplitter,
-    RecordEnds,
-    RowEncoder,
-    decode_piece,
+    BadRow,
+    Block,
+    BlockEncoder,
+    RowBatches,
     original_bytes,
 )
-
-try:
-    from s3flow.pipelines.csv_kafka.fastpath import ArrowJsonBlocks
-
-    _FAST = True
-except ImportError:  # pragma: no cover - pyarrow is a dependency; the exact path still works
-    _FAST = False
 
 log = logging.getLogger("s3flow.pipelines.csv_kafka")
 
@@ -241,30 +235,12 @@ class TxnSession:
         opts, ref = self.opts, self.ref
         topic = opts.topic
         partition = opts.partition if opts.partitioning == "single" else _PARTITION_ANY
-        encoding = opts.encoding
-        raw_mode = opts.format == "raw"
         ckpt_rows, ckpt_s, ckpt_bytes = (
             opts.checkpoint_rows,
             opts.checkpoint_s,
             opts.checkpoint_bytes,
         )
-        fast_ok = (
-            opts.format == "json" and encoding == "utf-8" and opts.escapechar is None and _FAST
-        )
-
-        # --- columns -------------------------------------------------------------------
-        columns = list(opts.columns) if opts.columns else state.columns
-        header_pending = opts.header and state.offset == 0
-        encoder = RowEncoder(columns)
-        # The expected column count: the columns', else the one a previous run of this
-        # object learned from its first data row (kept in the checkpoint).
-        ncols = len(columns) if columns else state.ncols
-        key_idx = self._key_index(columns) if columns is not None else None
-        if columns is not None:
-            state.columns = columns
-        state.ncols = ncols
-        fast: ArrowJsonBlocks | None = None
-
+        records = RowBatches(opts, ref.uri, state)
         const_headers: list[tuple[str, str | bytes | None]] | None = None
         if opts.headers:
             const_headers = [
@@ -276,193 +252,54 @@ class TxnSession:
                 const_headers.append(("s3.range", ref.part))
 
         produce = producer.produce
-        lines_done = state.line  # physical lines before the current block
         row, sent, bad = state.row, state.sent, state.bad
         txn_rows = txn_bytes = 0
         last_commit = time.monotonic()
         self._begin(producer)
-
-        def handle_bad(
-            first_line: int, reason: str, fields: list[str] | None, raw: str | None
-        ) -> None:
-            nonlocal bad
-            where = f"{ref.uri} line {first_line}"
-            if opts.bad_rows == "fail":
-                raise BadRowError(f"{where}: {reason} (bad_rows = 'fail')")
-            bad += 1
-            if opts.bad_rows == "skip":
-                return
-            doc = {
-                "bucket": ref.bucket,
-                "key": ref.key,
-                "version": ref.version,
-                "line": first_line,
-                "reason": reason,
-                "fields": [_printable(f, encoding) for f in fields] if fields is not None else None,
-                "raw": _printable(raw, encoding) if raw is not None else None,
-            }
-            self._produce(
-                producer,
-                opts.dlq_topic_name,
-                json.dumps(doc, ensure_ascii=False),
-                None,
-                _PARTITION_ANY,
-                [*(const_headers or []), ("s3.line", str(first_line)), ("error", reason)],
-            )
-
         ahead = _Prefetch(self._blocks(channel, state))
         try:
-            for block, end, nlines, encoded in ahead:
-                block_start = state.offset
-                if encoded is None and fast_ok and columns is not None and not header_pending:
-                    if fast is None:
-                        fast = ArrowJsonBlocks(
-                            columns,
-                            delimiter=opts.delimiter,
-                            quotechar=opts.quotechar,
-                            key_index=key_idx,
-                        )
-                        ahead.encoder = fast.encode  # later blocks are encoded ahead
-                    encoded = fast.encode(block, nlines)
-                if encoded is not None:
-                    # --- vectorised: one record per line --------------------------------
-                    values, keys = encoded
-                    line = lines_done
-                    for i, value in enumerate(values):
-                        line += 1
-                        key = keys[i] if keys is not None else None
-                        headers = (
-                            [*const_headers, ("s3.line", str(line))]
-                            if const_headers is not None
-                            else None
-                        )
-                        try:
-                            produce(topic, value, key, partition, headers=headers)
-                        except BufferError:
-                            self._produce(producer, topic, value, key, partition, headers)
-                        except KafkaException as exc:
-                            raise translate_kafka_error(exc, f"produce to {topic}") from exc
-                        except UnicodeEncodeError as exc:
-                            raise self._not_text(topic, exc) from exc
-                    n = len(values)
-                    row += n
-                    sent += n
-                    txn_rows += n
-                    lines_done += nlines
-                else:
-                    # --- exact: the csv module, record by record ------------------------
-                    text, bad_idx = decode_piece(block, encoding)
-                    feed = LineFeed(text, bad_idx, keep_raw=raw_mode, start_line=lines_done)
-                    raw_lines = feed.raw
-                    bad_lines = feed.bad_lines
-                    reader = csv.reader(
-                        feed,
-                        delimiter=opts.delimiter,
-                        quotechar=opts.quotechar,
-                        escapechar=opts.escapechar,
-                        doublequote=True,
-                        strict=False,
+            for batch in records.batches(ahead, ahead.encode_with):
+                values = batch.values
+                keys = batch.keys if batch.keys is not None else repeat(None, len(values))
+                for value, key, line in zip(values, keys, batch.lines, strict=True):
+                    headers = (
+                        [*const_headers, ("s3.line", str(line))]
+                        if const_headers is not None
+                        else None
                     )
-                    prev_end = lines_done
-                    while True:
-                        try:
-                            for fields in reader:
-                                line_end = lines_done + reader.line_num
-                                line_start = prev_end + 1
-                                prev_end = line_end
-                                if not fields:
-                                    pass  # a blank line: no record
-                                elif header_pending:
-                                    header_pending = False
-                                    if bad_lines and _touches(bad_lines, line_start, line_end):
-                                        raise self._bad_header(text, block, block_start, end)
-                                    if columns is None:
-                                        columns = fields
-                                        state.columns = columns
-                                        encoder = RowEncoder(columns)
-                                        ncols = state.ncols = len(columns)
-                                        key_idx = self._key_index(columns)
-                                else:
-                                    if ncols is None:
-                                        ncols = state.ncols = len(fields)
-                                    raw = RowEncoder.raw(raw_lines) if raw_mode else None
-                                    if len(fields) != ncols:
-                                        handle_bad(
-                                            line_start,
-                                            f"expected {ncols} columns, got {len(fields)}",
-                                            fields,
-                                            raw,
-                                        )
-                                    elif bad_lines and _touches(bad_lines, line_start, line_end):
-                                        handle_bad(
-                                            line_start,
-                                            f"undecodable bytes (not {encoding})",
-                                            fields,
-                                            raw,
-                                        )
-                                    else:
-                                        text_value = (
-                                            raw if raw is not None else encoder.json(fields)
-                                        )
-                                        key = fields[key_idx] if key_idx is not None else None
-                                        headers = (
-                                            [*const_headers, ("s3.line", str(line_start))]
-                                            if const_headers is not None
-                                            else None
-                                        )
-                                        self._produce(
-                                            producer, topic, text_value, key, partition, headers
-                                        )
-                                        sent += 1
-                                    row += 1
-                                    txn_rows += 1
-                                if raw_mode:
-                                    raw_lines.clear()
-                            break
-                        except csv.Error as exc:
-                            line_end = lines_done + reader.line_num
-                            line_start = prev_end + 1
-                            prev_end = line_end
-                            raw = RowEncoder.raw(raw_lines) if raw_mode else None
-                            handle_bad(line_start, f"unparseable CSV: {exc}", None, raw)
-                            row += 1
-                            txn_rows += 1
-                            if raw_mode:
-                                raw_lines.clear()
-                    lines_done = lines_done + reader.line_num
-                txn_bytes += len(block)
+                    try:
+                        produce(topic, value, key, partition, headers=headers)
+                    except BufferError:
+                        self._produce(producer, topic, value, key, partition, headers)
+                    except KafkaException as exc:
+                        raise translate_kafka_error(exc, f"produce to {topic}") from exc
+                    except UnicodeEncodeError as exc:
+                        raise self._not_text(topic, exc) from exc
+                for dead in batch.dead:
+                    self._dead_letter(producer, dead, const_headers)
+                row += batch.rows
+                sent += len(batch.values)
+                bad += batch.bad
+                txn_rows += batch.rows
+                txn_bytes += batch.size
                 if (
                     txn_rows >= ckpt_rows
                     or txn_bytes >= ckpt_bytes
                     or time.monotonic() - last_commit >= ckpt_s
                 ):
                     producer.poll(0)
-                    state.offset, state.row, state.line = end, row, lines_done
+                    state.offset, state.row, state.line = batch.end, row, batch.line
                     state.sent, state.bad = sent, bad
                     self._commit(producer, state, final=False)
                     txn_rows = txn_bytes = 0
                     last_commit = time.monotonic()
-                state.offset, state.line = end, lines_done
+                state.offset, state.line = batch.end, batch.line
         finally:
             ahead.close()
-        if header_pending and opts.header:
-            log.info("%s: empty object (no header row)", ref.uri)
-        state.row, state.line = row, lines_done
-        state.sent, state.bad, state.done = sent, bad, True
+        state.row, state.sent, state.bad, state.done = row, sent, bad, True
         self._commit(producer, state, final=True)
 
     # --- helpers ---------------------------------------------------------------------------
-
-    def _key_index(self, columns: list[str] | None) -> int | None:
-        name = self.opts.key_column
-        if not name:
-            return None
-        if columns is None or name not in columns:
-            raise BadRowError(
-                f"{self.ref.uri}: key_column {name!r} is not a column "
-                f"(columns: {columns if columns is not None else 'none'})"
-            )
-        return columns.index(name)
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         try:
@@ -502,15 +339,32 @@ class TxnSession:
             f"(undecodable bytes, not {self.opts.encoding}): {exc}"
         )
 
-    def _bad_header(
-        self, text: str, block: bytes, block_start: int, block_end: int
-    ) -> UndecodableContentError:
-        """The error for a header row with undecodable bytes (column names must be text)."""
-        first = next((i for i, c in enumerate(text) if "\udc80" <= c <= "\udcff"), 0)
-        skipped = block_end - block_start - len(block)  # a UTF-8 BOM dropped from the block
-        at = block_start + skipped + len(original_bytes(text[:first], self.opts.encoding))
-        return UndecodableContentError(
-            f"{self.ref.uri}: header row is not valid {self.opts.encoding} at byte {at}"
+    def _dead_letter(
+        self,
+        producer: Producer,
+        bad: BadRow,
+        const_headers: list[tuple[str, str | bytes | None]] | None,
+    ) -> None:
+        """Send a bad row to the dead-letter topic: where it is, why, and its content."""
+        ref, encoding = self.ref, self.opts.encoding
+        doc = {
+            "bucket": ref.bucket,
+            "key": ref.key,
+            "version": ref.version,
+            "line": bad.line,
+            "reason": bad.reason,
+            "fields": (
+                [_printable(f, encoding) for f in bad.fields] if bad.fields is not None else None
+            ),
+            "raw": _printable(bad.raw, encoding) if bad.raw is not None else None,
+        }
+        self._produce(
+            producer,
+            self.opts.dlq_topic_name,
+            json.dumps(doc, ensure_ascii=False),
+            None,
+            _PARTITION_ANY,
+            [*(const_headers or []), ("s3.line", str(bad.line)), ("error", bad.reason)],
         )
 
     def _commit(self, producer: Producer, state: Checkpoint, *, final: bool) -> None:
@@ -550,7 +404,6 @@ class TxnSession:
             self._begin(producer)
 
 
-_Encoded = tuple[list[bytes], list[Any] | None]
 _END = object()
 
 
@@ -563,7 +416,7 @@ class _Prefetch:
     """
 
     def __init__(self, blocks: Iterator[tuple[bytes, int]], depth: int = 1) -> None:
-        self.encoder: Callable[[bytes, int], _Encoded | None] | None = None
+        self.encoder: BlockEncoder | None = None
         self._blocks = blocks
         self._queue: queue.Queue[Any] = queue.Queue(depth)
         self._stop = threading.Event()
@@ -591,7 +444,11 @@ class _Prefetch:
         except BaseException as exc:  # handed to the consuming thread
             self._put(exc)
 
-    def __iter__(self) -> Iterator[tuple[bytes, int, int, _Encoded | None]]:
+    def encode_with(self, encoder: BlockEncoder) -> None:
+        """Encode the blocks read from now on with ``encoder`` (on the helper thread)."""
+        self.encoder = encoder
+
+    def __iter__(self) -> Iterator[Block]:
         try:
             while True:
                 item = self._queue.get()
@@ -606,16 +463,6 @@ class _Prefetch:
     def close(self) -> None:
         """Stop the helper (it exits at its next block or channel read)."""
         self._stop.set()
-
-
-def _touches(bad_lines: set[int], first: int, last: int) -> bool:
-    """Whether any undecodable line lies in [first, last] (and forget the older ones)."""
-    hit = False
-    for n in list(bad_lines):
-        if n <= last:
-            bad_lines.discard(n)
-            hit = hit or n >= first
-    return hit
 
 
 def _printable(text: str, encoding: str) -> str:

@@ -37,9 +37,9 @@ from s3flow.sinks.local import LocalDirSink
 from s3flow.sinks.s3 import S3Sink
 
 if TYPE_CHECKING:  # pyarrow and friends load on first use, not at import
-    from s3flow.pipelines.ndjson_parquet.compaction.convert import Storage, Target
     from s3flow.pipelines.ndjson_parquet.compaction.executors import Executor
     from s3flow.pipelines.ndjson_parquet.compaction.job import CompactionReport
+    from s3flow.pipelines.ndjson_parquet.compaction.tasks import Storage, Target
 
 log = logging.getLogger("s3flow.pipelines.ndjson_parquet.compaction")
 
@@ -65,16 +65,16 @@ def storage_for(aws: AwsSettings | None) -> Storage:
 
     The endpoints are resolved here, where the environment chose them. No
     credentials are passed: each worker process resolves its own from the
-    standard chain, see :class:`s3flow.pipelines.ndjson_parquet.compaction.convert.Storage`.
+    standard chain, see :class:`s3flow.pipelines.ndjson_parquet.compaction.tasks.Storage`.
     """
-    from s3flow.pipelines.ndjson_parquet.compaction.convert import Storage
+    from s3flow.pipelines.ndjson_parquet.compaction.tasks import Storage
 
     return Storage(kind="s3", aws=pin_endpoints(aws or AwsSettings()))
 
 
 def target_for_sink(sink: Any) -> Target:
     """Where the parts go, from the pipeline's sink (S3 prefix or local directory)."""
-    from s3flow.pipelines.ndjson_parquet.compaction.convert import Target
+    from s3flow.pipelines.ndjson_parquet.compaction.tasks import Target
 
     if isinstance(sink, S3Sink):
         return Target(kind="s3", bucket=sink.bucket, prefix=sink.prefix)

@@ -1,10 +1,12 @@
 """Where the compaction's CPU work runs: a local process pool, or Spark.
 
-Both run the same functions of :mod:`s3flow.pipelines.ndjson_parquet.compaction.convert` on the same
-task objects, so the output is the same either way. Spark is used as a
-distributed scheduler of those tasks (``sc.parallelize(tasks).map(fn)``):
-each task reads its files from S3 itself, so no executor needs the whole
-manifest, and nothing passes through the driver but schemas and counts.
+Both run the same functions of :mod:`s3flow.pipelines.ndjson_parquet.compaction.scan`
+and :mod:`s3flow.pipelines.ndjson_parquet.compaction.write` on the same task objects
+(:mod:`s3flow.pipelines.ndjson_parquet.compaction.tasks`), so the output is the same
+either way. Spark is used as a distributed scheduler of those tasks
+(``sc.parallelize(tasks).map(fn)``): each task reads its files from S3 itself, so no
+executor needs the whole manifest, and nothing passes through the driver but schemas
+and counts.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar
 
 from s3flow.errors import ConfigError, RetryableError
-from s3flow.pipelines.ndjson_parquet.compaction.convert import RemoteError, TaskError, capture
+from s3flow.pipelines.ndjson_parquet.compaction.tasks import RemoteError, TaskError, capture
 
 log = logging.getLogger("s3flow.pipelines.ndjson_parquet.compaction")
 T = TypeVar("T")
@@ -66,7 +68,8 @@ def _warm(_: int) -> int:
     import boto3  # noqa: F401  (the S3 client, built by s3flow.aws.sync_client on first use)
 
     import s3flow.aws
-    import s3flow.pipelines.ndjson_parquet.compaction.convert  # noqa: F401  (pyarrow)
+    import s3flow.pipelines.ndjson_parquet.compaction.scan
+    import s3flow.pipelines.ndjson_parquet.compaction.write  # noqa: F401  (pyarrow)
 
     time.sleep(0.05)  # keep this worker busy so the next task starts another one
     return os.getpid()

@@ -1,13 +1,13 @@
 """One compaction: a manifest's NDJSON files -> Parquet parts, on an executor.
 
-1. **Scan** every file in parallel (:func:`~.convert.scan_file`):
+1. **Scan** every file in parallel (:func:`~.scan.scan_file`):
    parse with pyarrow, apply the malformed-line policy, spill Arrow tables to
    scratch (local executor).
 2. **Unify** the files' schemas in manifest order (:mod:`~.schema`).
 3. **Plan** parts: whole units in manifest order, cut when the estimated
    Parquet size reaches ``parquet_target_mb``. The estimate is the input size
    times the Parquet/input ratio measured on the first 8 MiB of input
-   (:func:`~.convert.calibrate`); a manifest whose input is
+   (:func:`~.write.calibrate`); a manifest whose input is
    no bigger than the target is one part. The plan depends only on the
    manifest's content, so a rerun produces the same parts.
 4. **Write** the parts in parallel, each uploaded once complete, as
@@ -30,7 +30,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from s3flow.pipelines.ndjson_parquet.compaction.convert import (
+from s3flow.pipelines.ndjson_parquet.compaction.executors import Executor
+from s3flow.pipelines.ndjson_parquet.compaction.manifest import InputFile, Manifest
+from s3flow.pipelines.ndjson_parquet.compaction.options import CompactionOptions
+from s3flow.pipelines.ndjson_parquet.compaction.scan import scan_file
+from s3flow.pipelines.ndjson_parquet.compaction.schema import unify_schemas
+from s3flow.pipelines.ndjson_parquet.compaction.tasks import (
     MIB,
     CalibrateTask,
     FileScan,
@@ -41,15 +46,12 @@ from s3flow.pipelines.ndjson_parquet.compaction.convert import (
     Target,
     UnitRef,
     WriteSettings,
+)
+from s3flow.pipelines.ndjson_parquet.compaction.write import (
     calibrate,
     delete_stale_parts,
-    scan_file,
     write_part,
 )
-from s3flow.pipelines.ndjson_parquet.compaction.executors import Executor
-from s3flow.pipelines.ndjson_parquet.compaction.manifest import InputFile, Manifest
-from s3flow.pipelines.ndjson_parquet.compaction.options import CompactionOptions
-from s3flow.pipelines.ndjson_parquet.compaction.schema import unify_schemas
 
 __all__ = ["CompactionReport", "compact_manifest", "plan_parts"]
 

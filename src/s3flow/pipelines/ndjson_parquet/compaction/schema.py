@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 __all__ = [
     "cast_array",
     "cast_table",
+    "hint_fits",
     "hint_schema",
     "strings_for_timestamps",
     "unify_schemas",
@@ -115,6 +116,43 @@ def hint_schema(schema: pa.Schema) -> pa.Schema:
     to inference.
     """
     return pa.schema([f for f in schema if _hintable(f.type)])
+
+
+def _value_fits(value: Any, t: pa.DataType) -> bool:
+    if pa.types.is_struct(t):
+        return (
+            isinstance(value, dict)
+            and list(value) == [f.name for f in t]
+            and all(_value_fits(value[f.name], f.type) for f in t)
+        )
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        if not isinstance(value, list):
+            return False
+        if not value:  # an empty list says nothing about nested element order
+            return not (pa.types.is_struct(t.value_type) or pa.types.is_list(t.value_type))
+        return _value_fits(value[0], t.value_type)
+    if pa.types.is_floating(t):  # an int64 column would be read as double
+        return isinstance(value, float)
+    return True
+
+
+def hint_fits(hint: pa.Schema, first: Any) -> bool:
+    """Whether reading with ``hint`` gives the columns (and order) of a read without it.
+
+    A hint is another unit's schema: used as the explicit schema, its fields
+    come first, in its order, and fields the unit lacks are added as nulls.
+    That is only the same as the unit's own inferred schema when the unit's
+    first record has exactly the hint's fields, in the hint's order (nested
+    objects too); pyarrow then appends later fields in order of appearance,
+    as it does without a hint, and a type it accepts under the hint is the
+    unit's own type or its widening (``int64`` read as ``double``), which
+    unification reaches anyway. Otherwise the unit is read without the hint,
+    so the manifest's column order never depends on which file a worker
+    process happened to read before (the hint is a parsing speed-up only).
+    """
+    if not isinstance(first, dict) or list(first) != hint.names:
+        return False
+    return all(_value_fits(first[f.name], f.type) for f in hint)
 
 
 # --- casts -------------------------------------------------------------------
