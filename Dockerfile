@@ -28,6 +28,10 @@ FROM python:${PYTHON_VERSION}-slim
 ENV PATH=/opt/s3flow/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
+# text-to-pdf sets text in DejaVu (Latin, Greek, Cyrillic): the fonts come from Debian.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends fonts-dejavu-core \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 s3flow \
  && useradd --system --uid 10001 --gid s3flow --create-home --home-dir /home/s3flow s3flow
 COPY --from=build /opt/s3flow /opt/s3flow

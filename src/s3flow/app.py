@@ -10,12 +10,17 @@ from typing import Any
 
 from s3flow.aws import AwsClients, open_clients
 from s3flow.errors import ConfigError, translate_aws_error
+from s3flow.executors import processor_key
+from s3flow.executors.one import check_runs_on
 from s3flow.jobs.runner import JobHandler
 from s3flow.memory import set_mmap_threshold
 from s3flow.metrics import WorkerMetrics
+from s3flow.ops.exporter import MetricsServer, QueueRef
 from s3flow.processors import create_processor
+from s3flow.processors.base import Processor, parse_options
+from s3flow.processors.registry import default_executor_for, portable_spec, processor_class
 from s3flow.provision import Change, provision
-from s3flow.routing import Route
+from s3flow.routing import Route, RoutingTable
 from s3flow.settings import JOBS_BRIDGE, PipelineSettings, Settings, processing_pipeline
 from s3flow.sinks import open_sink
 from s3flow.state.base import StateStore
@@ -87,6 +92,7 @@ async def build_runtimes(
     out = []
     for p in select_pipelines(settings, names):
         processor = create_processor(p.processor, p.options)
+        routes, processors = _routes_of(p, processor)
         url = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
         dlq = await dlq_url(clients.sqs, p, url)
         for what, u in (("queue", url), ("dead-letter queue", dlq)):
@@ -104,9 +110,40 @@ async def build_runtimes(
                 processor=processor,
                 sink=sink,
                 route=Route.from_settings(p),
+                routes=routes,
+                processors=processors,
             )
         )
     return out
+
+
+def _routes_of(p: PipelineSettings, main: Processor) -> tuple[RoutingTable, dict[str, Processor]]:
+    """The pipeline's routing table, checked (every processor exists, takes its options
+    and can run on its executor), and the instances its inline routes use."""
+    try:
+        table = RoutingTable.from_settings(p, default_executor_for)
+    except ConfigError as exc:
+        raise ConfigError(f"pipeline {p.name!r}: {exc}") from exc
+    processors: dict[str, Processor] = {processor_key(portable_spec(p.processor), p.options): main}
+    for rule in table.rules:
+        where = f"pipeline {p.name!r}, route {rule.name!r}"
+        key = processor_key(portable_spec(rule.processor), rule.options)
+        try:
+            check_runs_on(rule.processor, rule.executor)
+            if rule.executor == "inline":
+                if key not in processors:
+                    processors[key] = create_processor(rule.processor, dict(rule.options))
+                continue
+            # Runs elsewhere: only its options are checked here (no instance in the worker).
+            cls = processor_class(rule.processor)
+            model = getattr(cls, "options_model", None)
+            if model is not None:
+                parse_options(rule.processor, model, dict(rule.options))
+            elif key not in processors:
+                create_processor(rule.processor, dict(rule.options))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+    return table, processors
 
 
 async def _check_queue(sqs: Any, url: str, what: str) -> None:
@@ -143,7 +180,7 @@ async def run_worker(
         open_store(settings) as store,
     ):
         runtimes = await build_runtimes(settings, clients, pipelines)
-        queues = []
+        queues: list[QueueRuntime] = []
         if settings.jobs is not None and (not pipelines or JOBS_BRIDGE in pipelines):
             queues.append(await build_job_queue(settings, clients, store))
         worker = Worker(
@@ -156,7 +193,21 @@ async def run_worker(
             claim_ttl_s=settings.state.claim_ttl_s,
             queues=queues,
         )
-        return await worker.run(handle_signals=handle_signals)
+        ws = settings.worker
+        if ws.metrics_port is None:
+            return await worker.run(handle_signals=handle_signals)
+        refs = [QueueRef(rt.settings.name, rt.queue_url) for rt in runtimes]
+        refs += [QueueRef(q.settings.name, q.queue_url) for q in queues]
+        async with MetricsServer(
+            worker.metrics,
+            sqs=clients.sqs,
+            queues=refs,
+            store=store,
+            host=ws.metrics_host,
+            port=ws.metrics_port,
+            sample_interval_s=ws.metrics_sample_s,
+        ):
+            return await worker.run(handle_signals=handle_signals)
 
 
 async def build_job_queue(
@@ -192,18 +243,27 @@ async def build_job_queue(
 
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[StateStore | None]:
-    """The configured state store (None when ``state.url = "none"``), opened and closed."""
+    """The configured state store (None when ``state.url = "none"``), opened and closed.
+
+    Records expire after ``[state] retention_days``; a SQLite store prunes them
+    in the background while it is open (see :func:`s3flow.state.open_state_store`).
+    """
     if settings.state.url == "none":
         yield None
         return
     from s3flow.state import open_state_store
 
-    async with open_state_store(settings.state.url, settings.aws) as store:
+    async with open_state_store(
+        settings.state.url, settings.aws, retention_days=settings.state.retention_days
+    ) as store:
         yield store
 
 
 async def provision_all(settings: Settings, *, dry_run: bool = False) -> list[Change]:
-    """Provision queues, buckets and notifications, plus the DynamoDB state tables if used."""
+    """Provision queues, buckets and notifications, plus the DynamoDB state tables if used.
+
+    The tables get their indexes and TTL (``purge_at``: how records expire).
+    """
     changes = await provision(settings, dry_run=dry_run)
     url = settings.state.url
     if url.startswith("dynamodb://"):
@@ -215,4 +275,6 @@ async def provision_all(settings: Settings, *, dry_run: bool = False) -> list[Ch
         else:
             for table, action in await store.ensure_tables():
                 changes.append(Change("table", table, action))
+            for table, action in await store.ensure_ttl():
+                changes.append(Change("table TTL", table, action))
     return changes

@@ -7,6 +7,7 @@ processor registry).
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, get_args
 
 from pydantic import BaseModel
@@ -15,11 +16,16 @@ from pydantic_core import PydanticUndefined
 
 from s3flow.settings import (
     AwsSettings,
+    BatchExecutorSettings,
+    EcsExecutorSettings,
     JobsSettings,
     LocalSettings,
     PipelineSettings,
+    PoolExecutorSettings,
+    RouteSettings,
     StateSettings,
     StepSettings,
+    SubprocessExecutorSettings,
     TemplateSettings,
     ValidationSettings,
     WebSettings,
@@ -33,6 +39,11 @@ _SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("[state]", StateSettings, "S3FLOW_STATE__"),
     ("[[pipelines]]", PipelineSettings, ""),
     ("[pipelines.validation]", ValidationSettings, ""),
+    ("[[pipelines.routes]]", RouteSettings, ""),
+    ("[pipelines.executors.pool]", PoolExecutorSettings, ""),
+    ("[pipelines.executors.subprocess]", SubprocessExecutorSettings, ""),
+    ("[pipelines.executors.ecs]", EcsExecutorSettings, ""),
+    ("[pipelines.executors.batch]", BatchExecutorSettings, ""),
     ("[jobs]", JobsSettings, "S3FLOW_JOBS__"),
     ("[[templates]]", TemplateSettings, ""),
     ("[[templates]] steps = [{...}]", StepSettings, ""),
@@ -83,7 +94,7 @@ def settings_reference() -> str:
         "",
     ]
     for title, model, env in [*_SECTIONS, *_processor_sections()]:
-        out += [f"## `{title}`", "", (model.__doc__ or "").strip(), ""]
+        out += [f"## `{title}`", "", inspect.cleandoc(model.__doc__ or ""), ""]
         if env:
             out += [f"Environment: `{env}<KEY>`.", ""]
         out += ["| key | type | default | meaning |", "|---|---|---|---|"]

@@ -124,6 +124,18 @@ class OutputUnavailableError(RetryableError):
     """
 
 
+class ExecutorUnavailableError(RetryableError):
+    """The executor cannot take work (an ECS cluster, task definition or Batch queue that
+    does not exist, access denied): retried with an error log without counting a failure
+    of the object; the fix is the operator's, not the file's."""
+
+
+class OutputVerificationError(RetryableError):
+    """A declared output is missing or wrong after the processor returned (checked before
+    the ack): retried with the reason, never acknowledged; after ``max_receive_count``
+    failures the message is dead-lettered."""
+
+
 class ObjectMissingError(S3flowError):
     """The object named by the event no longer exists (deleted or overwritten)."""
 

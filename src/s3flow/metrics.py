@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import asdict, dataclass, field
+
+#: Upper bounds of the processing-time histogram's buckets (seconds).
+PROCESSING_BUCKETS_S: tuple[float, ...] = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+)
 
 
 @dataclass
@@ -25,10 +44,25 @@ class PipelineMetrics:
     bytes_in: int = 0
     bytes_out: int = 0
     max_in_flight: int = 0
+    in_flight: int = 0  # a gauge: messages received and not yet settled
+    #: Receive-to-settle seconds per message: counts per bucket of PROCESSING_BUCKETS_S
+    #: (the last is +Inf), their sum.
+    processing_counts: list[int] = field(
+        default_factory=lambda: [0] * (len(PROCESSING_BUCKETS_S) + 1)
+    )
+    processing_seconds_sum: float = 0.0
+
+    def observe_processing(self, seconds: float) -> None:
+        """Count one settled message's receive-to-settle time."""
+        self.processing_seconds_sum += seconds
+        self.processing_counts[bisect_left(PROCESSING_BUCKETS_S, seconds)] += 1
 
     def as_dict(self) -> dict[str, int]:
-        """Plain dict, for JSON output."""
-        return asdict(self)
+        """Plain dict of the counters, for JSON output."""
+        out = asdict(self)
+        out.pop("processing_counts")
+        out.pop("processing_seconds_sum")
+        return out
 
 
 @dataclass

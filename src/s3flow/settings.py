@@ -130,6 +130,295 @@ class ValidationSettings(_Model):
         )
 
 
+#: Where a processor runs (see docs/routing.md): the worker's event loop, a process pool
+#: on this machine, a ``s3flow run`` subprocess, an ECS task or an AWS Batch job.
+ExecutorName = Literal["inline", "pool", "subprocess", "ecs", "batch"]
+EXECUTOR_NAMES: tuple[str, ...] = ("inline", "pool", "subprocess", "ecs", "batch")
+#: The container command that runs one object (the image's entry point is ``s3flow``);
+#: ``{processor}``, ``{source}`` and ``{output}`` are filled in per object.
+DEFAULT_CONTAINER_COMMAND = ["run", "{processor}", "{source}", "--output", "{output}"]
+_PLACEHOLDERS = frozenset({"processor", "source", "output"})
+
+
+def _check_command(v: list[str] | None) -> list[str] | None:
+    """Each ``{name}`` in a command template is one of the known placeholders."""
+    for arg in v or []:
+        for name in re.findall(r"\{([^{}]*)\}", arg):
+            if name not in _PLACEHOLDERS:
+                raise ValueError(
+                    f"unknown placeholder {{{name}}} in {arg!r}; use {{processor}}, "
+                    "{source} or {output}"
+                )
+    return v
+
+
+def _check_env_names(v: dict[str, str]) -> dict[str, str]:
+    for name in v:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"{name!r} is not a valid environment variable name")
+    return v
+
+
+class PoolExecutorSettings(_Model):
+    """The ``pool`` executor: a process pool on this machine (one per pipeline, started on
+    first use, shut down with the worker)."""
+
+    processes: int = Field(
+        default=0, ge=0, le=256, description="Worker processes; 0 = one per CPU."
+    )
+
+
+class SubprocessExecutorSettings(_Model):
+    """The ``subprocess`` executor: one ``s3flow run PROCESSOR s3://bucket/key --output URI``
+    process per object (the same one-object contract a container uses)."""
+
+    command: list[str] = Field(
+        default_factory=list,
+        description=(
+            "How to start s3flow, e.g. ['/opt/s3flow/bin/s3flow']; the run arguments are "
+            "appended. Empty = this worker's interpreter (`python -m s3flow`)."
+        ),
+    )
+    environment: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables for the process."
+    )
+    kill_after_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A cancelled process gets SIGTERM, then SIGKILL after this long.",
+    )
+
+    @field_validator("environment")
+    @classmethod
+    def _check_env(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_env_names(v)
+
+
+def _command_field() -> Any:
+    return Field(
+        default_factory=lambda: list(DEFAULT_CONTAINER_COMMAND),
+        description=(
+            "Container command override (the image's entry point is `s3flow`); placeholders "
+            "{processor}, {source}, {output}. None = the image's own command, e.g. "
+            "`s3flow run text-to-pdf` (the object and output then come from SOURCE_BUCKET, "
+            "OBJECT_KEY and DEST_BUCKET in the environment)."
+        ),
+    )
+
+
+def _environment_field() -> Any:
+    return Field(
+        default_factory=dict,
+        description="Extra environment variables (besides the one-object contract's).",
+    )
+
+
+def _poll_field(default: float) -> Any:
+    return Field(
+        default=default,
+        gt=0,
+        le=300,
+        description="How often the worker asks for the state of its running tasks/jobs "
+        "(one batched Describe call for all of them).",
+    )
+
+
+def _stop_field(what: str) -> Any:
+    return Field(
+        default=True,
+        description=(
+            f"When the worker stops before a {what} ends (shutdown_grace_s over, or a second "
+            f"signal), stop the {what} too; false = leave it running (the released message "
+            f"is delivered again and starts another {what}; outputs are overwritten, not "
+            "doubled)."
+        ),
+    )
+
+
+def _results_field() -> Any:
+    return Field(
+        default=None,
+        description=(
+            "s3:// prefix where each run writes its one-line JSON result document "
+            "(S3FLOW_RESULT_URI; read and deleted by the worker). Default: "
+            "s3://<output bucket>/.s3flow/results/<pipeline>/."
+        ),
+    )
+
+
+class _ContainerChecks(_Model):
+    """Checks of what ECS and Batch settings share (command, environment, results)."""
+
+    @field_validator("command", check_fields=False)
+    @classmethod
+    def _check_cmd(cls, v: list[str] | None) -> list[str] | None:
+        return _check_command(v)
+
+    @field_validator("environment", check_fields=False)
+    @classmethod
+    def _check_env(cls, v: dict[str, str]) -> dict[str, str]:
+        return _check_env_names(v)
+
+    @field_validator("results", check_fields=False)
+    @classmethod
+    def _check_results(cls, v: str | None) -> str | None:
+        if v is not None and not (v.startswith("s3://") and v[5:].split("/", 1)[0]):
+            raise ValueError("must be an s3://bucket/prefix/ URL")
+        return v
+
+
+class EcsExecutorSettings(_ContainerChecks):
+    """The ``ecs`` executor: one ECS task per object (RunTask with the object in the
+    container's environment; the worker waits for STOPPED and maps the exit code)."""
+
+    cluster: str = Field(description="ECS cluster name or ARN.")
+    task_definition: str = Field(description="Task definition: family, family:revision or ARN.")
+    container: str = Field(description="Name of the container (in the task definition) to run.")
+    launch_type: Literal["FARGATE", "EC2", "EXTERNAL"] | None = Field(
+        default="FARGATE",
+        description="Launch type; None = the cluster's default capacity provider strategy.",
+    )
+    platform_version: str | None = Field(default=None, description="Fargate platform version.")
+    subnets: list[str] = Field(
+        default_factory=list,
+        description="awsvpc subnets (required by Fargate on AWS); empty = no network config.",
+    )
+    security_groups: list[str] = Field(default_factory=list, description="awsvpc security groups.")
+    assign_public_ip: bool = Field(
+        default=False, description="Give the task a public IP (a public subnet without NAT)."
+    )
+    started_by: str = Field(
+        default="s3flow", max_length=36, description="RunTask startedBy (find s3flow's tasks)."
+    )
+    command: list[str] | None = _command_field()
+    environment: dict[str, str] = _environment_field()
+    poll_interval_s: float = _poll_field(5.0)
+    results: str | None = _results_field()
+    stop_on_shutdown: bool = _stop_field("task")
+
+
+class BatchExecutorSettings(_ContainerChecks):
+    """The ``batch`` executor: one AWS Batch job per object (SubmitJob with the object in the
+    container's environment; the worker waits for SUCCEEDED/FAILED and maps the exit code)."""
+
+    job_queue: str = Field(description="Batch job queue name or ARN.")
+    job_definition: str = Field(description="Job definition: name, name:revision or ARN.")
+    job_name_prefix: str = Field(
+        default="s3flow",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        description="Job names are '<prefix>-<pipeline>-<route>' (cut to Batch's 128 chars).",
+    )
+    command: list[str] | None = _command_field()
+    environment: dict[str, str] = _environment_field()
+    poll_interval_s: float = _poll_field(10.0)
+    results: str | None = _results_field()
+    stop_on_shutdown: bool = _stop_field("job")
+
+
+class ExecutorsSettings(_Model):
+    """Settings of each executor a pipeline's routes may use (``[pipelines.executors.*]``)."""
+
+    pool: PoolExecutorSettings = Field(
+        default_factory=PoolExecutorSettings, description="[pipelines.executors.pool]"
+    )
+    subprocess: SubprocessExecutorSettings = Field(
+        default_factory=SubprocessExecutorSettings,
+        description="[pipelines.executors.subprocess]",
+    )
+    ecs: EcsExecutorSettings | None = Field(
+        default=None, description="[pipelines.executors.ecs]: needed by executor = 'ecs'."
+    )
+    batch: BatchExecutorSettings | None = Field(
+        default=None, description="[pipelines.executors.batch]: needed by executor = 'batch'."
+    )
+
+
+class RouteSettings(_Model):
+    """One routing rule of a pipeline (``[[pipelines.routes]]``): what it matches and where
+    matching objects go. Rules are tried in order, the first match wins; a rule without
+    match keys is the default (it must be last). No match: the object is quarantined."""
+
+    name: str | None = Field(
+        default=None,
+        description="Shown in the file's history and the result; default 'default' for the "
+        "default rule, else 'route-<n>' (n from 1).",
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "User metadata to match (x-amz-meta-*; names case-insensitive, with or without the "
+            "prefix), e.g. {'processor-type' = 'pool'}. Values match exactly, or as a glob "
+            "(*, ?, [...]). Needs a HEAD of the object."
+        ),
+    )
+    key_glob: str | None = Field(
+        default=None, description="Glob the whole key must match ('*' also matches '/')."
+    )
+    key_regex: str | None = Field(
+        default=None, description="Regular expression the key must match (re.search)."
+    )
+    min_bytes: int | None = Field(default=None, ge=0, description="Smallest size (inclusive).")
+    max_bytes: int | None = Field(default=None, ge=0, description="Largest size (inclusive).")
+    content_type: str | None = Field(
+        default=None,
+        description="Content-Type glob, e.g. 'text/*' (parameters ignored, case-insensitive). "
+        "Needs a HEAD.",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Object tags to match (values exact or glob). Needs GetObjectTagging.",
+    )
+    processor: str | None = Field(
+        default=None, description="Processor for matching objects; None = the pipeline's."
+    )
+    executor: ExecutorName | None = Field(
+        default=None,
+        description="Where it runs; None = the pipeline's executor setting.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Processor options: merged over the pipeline's [pipelines.options] when the route "
+            "runs the pipeline's processor; a route naming another processor gets only these."
+        ),
+    )
+
+    @field_validator("key_regex")
+    @classmethod
+    def _check_regex(cls, v: str | None) -> str | None:
+        return None if v is None else check_regex(v)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME_RE.match(v):
+            raise ValueError("use 1-64 letters, digits, '_', '-' or '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _check_range(self) -> RouteSettings:
+        if (
+            self.min_bytes is not None
+            and self.max_bytes is not None
+            and self.max_bytes < self.min_bytes
+        ):
+            raise ValueError("max_bytes must be >= min_bytes")
+        return self
+
+    @property
+    def is_default(self) -> bool:
+        """Whether this rule has no match keys (it takes every object that reaches it)."""
+        return not (
+            self.metadata
+            or self.key_glob
+            or self.key_regex
+            or self.min_bytes is not None
+            or self.max_bytes is not None
+            or self.content_type
+            or self.tags
+        )
+
+
 class PipelineSettings(_Model):
     """One pipeline: a queue of S3 notifications, a filter, a processor and an output."""
 
@@ -218,6 +507,34 @@ class PipelineSettings(_Model):
             "the DLQ, or quarantine the object (tag + state record) and ack."
         ),
     )
+    executor: ExecutorName | None = Field(
+        default=None,
+        description=(
+            "Where the processor runs: inline (the worker's event loop), pool (a process "
+            "pool on this machine), subprocess (`s3flow run`), ecs or batch. None = pool for "
+            "CPU-bound processors (cpu_bound = True), else inline. See docs/routing.md."
+        ),
+    )
+    executors: ExecutorsSettings = Field(
+        default_factory=ExecutorsSettings,
+        description="Executor settings ([pipelines.executors.pool|subprocess|ecs|batch]).",
+    )
+    routes: list[RouteSettings] = Field(
+        default_factory=list,
+        description=(
+            "Routing rules ([[pipelines.routes]]): by metadata, key, size, content type or "
+            "tags to a processor + executor; first match wins; no match = quarantined. "
+            "Empty = every object goes to the pipeline's processor."
+        ),
+    )
+    verify_outputs: bool = Field(
+        default=True,
+        description=(
+            "Before the ack, HEAD every declared output (exists, size > 0, the processor's "
+            "declared content type; PDFs: %PDF- and %%EOF by ranged reads); a missing or "
+            "wrong output is retried, never acknowledged."
+        ),
+    )
 
     @field_validator("name")
     @classmethod
@@ -270,6 +587,60 @@ class PipelineSettings(_Model):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_routes(self) -> PipelineSettings:
+        seen: set[str] = set()
+        default_at: int | None = None
+        for i, r in enumerate(self.routes):
+            name = self.route_name(i)
+            if name in seen:
+                raise ValueError(f"route name {name!r} is used twice")
+            seen.add(name)
+            if default_at is not None:
+                raise ValueError(
+                    f"route {name!r} comes after the default route "
+                    f"{self.route_name(default_at)!r} (a route without match keys takes every "
+                    "object): it could never match; put the default route last"
+                )
+            if r.is_default:
+                default_at = i
+        for executor, where in self.executor_uses():
+            if executor not in ("ecs", "batch"):
+                continue
+            if getattr(self.executors, executor) is None:
+                needs = (
+                    "cluster, task_definition, container"
+                    if executor == "ecs"
+                    else "job_queue, job_definition"
+                )
+                raise ValueError(
+                    f"{where} uses executor {executor!r} but [pipelines.executors.{executor}] "
+                    f"is not set ({needs})"
+                )
+            if not self.output.startswith("s3://"):
+                raise ValueError(
+                    f"{where} uses executor {executor!r}: a container cannot write to this "
+                    f"machine's directory {self.output!r}; the output must be s3://bucket/prefix/"
+                )
+        return self
+
+    def route_name(self, index: int) -> str:
+        """The name of ``routes[index]``: its own, else 'default' or 'route-<n>'."""
+        r = self.routes[index]
+        if r.name:
+            return r.name
+        return "default" if r.is_default else f"route-{index + 1}"
+
+    def executor_uses(self) -> list[tuple[str, str]]:
+        """(executor, where it is set) for every explicit executor setting."""
+        out: list[tuple[str, str]] = []
+        if self.executor is not None:
+            out.append((self.executor, "the pipeline"))
+        for i, r in enumerate(self.routes):
+            if r.executor is not None:
+                out.append((r.executor, f"route {self.route_name(i)!r}"))
+        return out
+
     @property
     def redrive_max_receive_count(self) -> int:
         """The queue redrive policy's maxReceiveCount (the safety net)."""
@@ -296,6 +667,20 @@ class WorkerSettings(_Model):
     )
     shutdown_grace_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM/SIGINT, time in-flight objects get to finish."
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus /metrics, /healthz and /readyz on this port (0 = any free "
+        "port, logged); None = off.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Bind address of the metrics port ('0.0.0.0' in a container).",
+    )
+    metrics_sample_s: float = Field(
+        default=15.0, gt=0, description="How often queue depths and the oldest record are sampled."
     )
     pollers_per_pipeline: int = Field(
         default=0,
@@ -347,6 +732,27 @@ class StateSettings(_Model):
             "(claims are renewed with the visibility heartbeat, at about half of it)."
         ),
     )
+    retention_days: float = Field(
+        default=30,
+        ge=0,
+        description=(
+            "Days a finished file record (completed, dead, quarantined) and history lines, "
+            "checkpoints, idle locks, completed manifests and finished upload jobs are kept "
+            "before they expire (SQLite: pruned by the worker; DynamoDB: TTL). Must exceed "
+            "the queues' message retention (14 days at most), or a late duplicate delivery "
+            "would be processed again; 0 keeps everything forever."
+        ),
+    )
+
+    @field_validator("retention_days")
+    @classmethod
+    def _check_retention(cls, v: float) -> float:
+        if 0 < v <= 14:
+            raise ValueError(
+                "must exceed 14 (the longest SQS message retention: a duplicate delivery "
+                "must still find its record), or be 0 to keep records forever"
+            )
+        return v
 
     @field_validator("url")
     @classmethod

@@ -157,7 +157,36 @@ def integrity_problems(
         over = [f"{r.key}={r.attempts}" for r in rows if r.attempts > max_attempts]
         if over:
             problems.append(f"records with attempts > {max_attempts}: {len(over)} ({_some(over)})")
+    drift = counter_drift(harness)
+    if drift:
+        problems.append(f"status counters differ from a recount of the records: {drift}")
     return problems
+
+
+def counter_drift(harness: Harness) -> dict[tuple[str, str], tuple[int, int]]:
+    """(pipeline, status) -> (counter, records) where ``s3flow status``'s counters are wrong.
+
+    The SQLite store keeps them in the transaction of every transition, so
+    they match a full recount whatever process was killed when.
+    """
+    path = harness.state_url[len("sqlite:") :]
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        counters = conn.execute("SELECT pipeline, status, n FROM file_counts")
+        have = {(p, s): n for p, s, n in counters if n}
+        want = {
+            (p, s): n
+            for p, s, n in conn.execute(
+                "SELECT pipeline, status, count(*) FROM files GROUP BY pipeline, status"
+            )
+        }
+    finally:
+        conn.close()
+    return {
+        k: (have.get(k, 0), want.get(k, 0))
+        for k in sorted(set(have) | set(want))
+        if have.get(k, 0) != want.get(k, 0)
+    }
 
 
 def attempts_histogram(harness: Harness) -> dict[int, int]:

@@ -91,7 +91,7 @@ class Harness:
         ]
         lines.append("[[pipelines]]")
         for key, value in p.model_dump(exclude_none=True).items():
-            if key in ("options", "validation"):
+            if key in ("options", "validation", "executors", "routes"):
                 continue
             if isinstance(value, bool):
                 lines.append(f"{key} = {str(value).lower()}")

@@ -112,3 +112,58 @@ class SlowWhenContentStartsWith(BaseProcessor):
         doc = {"key": ctx.event.key, "lines": lines, "bytes": len(data)}
         uri = await ctx.sink.write(f"{ctx.event.key}.json", json.dumps(doc).encode())
         return Result(outputs=[uri])
+
+
+# --- executors, routing and output verification (issue 13) ------------------------------
+
+
+class PidLineCount(BaseProcessor):
+    """Counts lines; its ``<key>.json`` also names the process that ran it (``pid``)."""
+
+    name: ClassVar[str] = "test-pid"
+
+    async def process(self, ctx: ProcessContext) -> Result:
+        await asyncio.sleep(float(self.options.get("sleep_s", 0)))
+        reader = await ctx.open()
+        data = b"".join([chunk async for chunk in reader])
+        doc = {"key": ctx.event.key, "lines": data.count(b"\n"), "pid": os.getpid()}
+        uri = await ctx.sink.write(
+            f"{ctx.event.key}.json", json.dumps(doc).encode(), "application/json"
+        )
+        return Result(outputs=[uri], counters={"bytes_in": len(data)}, detail={"pid": os.getpid()})
+
+
+class CpuBoundPidLineCount(PidLineCount):
+    """:class:`PidLineCount` declared CPU-bound: the pool executor is its default."""
+
+    name: ClassVar[str] = "test-cpu-pid"
+    cpu_bound: ClassVar[bool] = True
+
+
+class WriteThenDelete(BaseProcessor):
+    """Writes ``<key>.json``, then deletes it before returning: the worker's output
+    verification must catch the missing output (retry, never ack)."""
+
+    name: ClassVar[str] = "test-write-then-delete"
+    calls: ClassVar[int] = 0
+
+    async def process(self, ctx: ProcessContext) -> Result:
+        type(self).calls += 1
+        uri = await ctx.sink.write(f"{ctx.event.key}.json", b'{"ok": true}', "application/json")
+        bucket, _, key = uri[len("s3://") :].partition("/")
+        await ctx.s3.delete_object(Bucket=bucket, Key=key)
+        return Result(outputs=[uri])
+
+
+class FakePdf(BaseProcessor):
+    """Writes ``<key>.pdf``: a minimal PDF, or (``truncated = true``) one without ``%%EOF``."""
+
+    name: ClassVar[str] = "test-fake-pdf"
+    output_content_type: ClassVar[str | None] = "application/pdf"
+
+    async def process(self, ctx: ProcessContext) -> Result:
+        body = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n"
+        if not self.options.get("truncated"):
+            body += b"%%EOF\n"
+        uri = await ctx.sink.write(f"{ctx.event.key}.pdf", body, "application/pdf")
+        return Result(outputs=[uri])

@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ),
     ("storage", ("objects", "state")),
     ("domain", ("events", "routing", "processors", "sinks", "validation", "quarantine")),
-    ("engine", ("worker", "jobs")),
+    ("engine", ("worker", "jobs", "executors")),
     ("assembly", ("app", "ops", "docs", "local.demo")),
     ("faces", ("cli", "web")),
     ("pipelines", ("pipelines",)),

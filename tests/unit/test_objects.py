@@ -24,7 +24,7 @@ PIECE_MAX = 4 * MiB
 
 # --- detect_encoding -----------------------------------------------------------
 
-GZ = gzip.compress(b"hello\n")
+GZ = gzip.compress(b"hello\n", mtime=0)  # stable test ids (pytest-xdist compares them)
 ZST = zstd.compress(b"hello\n")
 BZ = bz2.compress(b"hello\n")
 

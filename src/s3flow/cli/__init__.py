@@ -20,12 +20,14 @@ for _name in (
     "setup",
     "status",
     "files",
+    "state",
     "dlq",
     "backfill",
     "local",
     "jobs",
     "upload",
     "web",
+    "run",
 ):
     importlib.import_module(f"s3flow.cli.{_name}")
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from s3flow import __version__
 from s3flow.errors import S3flowError
@@ -96,8 +97,32 @@ PipelineOpt = Annotated[
     str | None, typer.Option("--pipeline", "-p", help="Pipeline (default: the only one).")
 ]
 
+
+class RunGroup(TyperGroup):
+    """``s3flow run``: a pipeline's own commands (``csv-to-kafka``, ``compact``) first; any
+    other name is a processor, run on one object by the generic command
+    (:mod:`s3flow.cli.run` sets :attr:`generic`)."""
+
+    #: A click command (typer vendors its own click: kept untyped here).
+    generic: ClassVar[Any] = None
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        """The named command, else (a processor name) the generic one-object command."""
+        found = super().get_command(ctx, cmd_name)
+        if found is None and RunGroup.generic is not None and not cmd_name.startswith("-"):
+            return RunGroup.generic
+        return found
+
+
 run_app = typer.Typer(
-    help="Run one job to completion (batch mode): exit 0 on success, non-zero with the reason.",
+    cls=RunGroup,
+    help=(
+        "Run one job to completion (batch mode): exit 0 on success, non-zero with the reason. "
+        "Besides the commands below, `s3flow run PROCESSOR s3://bucket/key --output URI` runs "
+        "any registered processor on one object (the subprocess/container contract: exit 0 "
+        "done, 2 permanent, 1 retryable; one JSON result line on stdout; see "
+        "`s3flow run line-count --help`)."
+    ),
     no_args_is_help=True,
 )
 app.add_typer(run_app, name="run")

@@ -102,7 +102,9 @@ def files_show(
     ctx: typer.Context,
     key: Annotated[str, typer.Argument(help="The object key.")],
     config: ConfigOpt = None,
-    bucket: Annotated[str | None, typer.Option("--bucket", help="Bucket (default: any).")] = None,
+    bucket: Annotated[
+        str | None, typer.Option("--bucket", help="Bucket (default: every pipeline's).")
+    ] = None,
 ) -> None:
     """One object's full history: every version, every transition."""
     from s3flow.app import open_store
@@ -117,11 +119,7 @@ def files_show(
         async with open_store(settings) as store:
             if store is None:
                 raise S3flowError("no state store configured (state.url = 'none')")
-            recs = [
-                r
-                for r in await store.list_files(key_prefix=key, limit=10000)
-                if r.key == key and (bucket is None or r.bucket == bucket)
-            ]
+            recs = [r for b in _buckets(settings, bucket) for r in await store.versions(b, key)]
             hist = []
             for b in sorted({r.bucket for r in recs}):
                 hist += [(b, h) for h in await store.history(b, key)]
@@ -197,6 +195,16 @@ def files_release(
         raise fail(exc) from exc
     for oid in released:
         console.print(f"released s3://{oid.bucket}/{oid.key} ({oid.version}): enqueued again")
+
+
+def _buckets(settings: Settings, bucket: str | None) -> list[str]:
+    """The buckets ``files show`` looks in: ``--bucket``, else every pipeline's (no scan)."""
+    if bucket is not None:
+        return [bucket]
+    found = [p.bucket for p in settings.pipelines]
+    if settings.jobs is not None:  # the uploads bucket (the jobs bridge's records)
+        found.append(settings.jobs.bucket)
+    return sorted(set(found))
 
 
 async def _pipeline_details(settings: Settings, record: FileRecord, store: StateStore) -> list[str]:

@@ -93,6 +93,17 @@ def _store_tables(settings: Settings) -> list[dict[str, Any]] | None:
     return table_definitions(prefix)
 
 
+def _ttl_attribute(settings: Settings) -> str | None:
+    """The DynamoDB store's TTL attribute when it expires records, else None."""
+    from s3flow.deploy import dynamodb_table_prefix
+
+    if dynamodb_table_prefix(settings) is None or not settings.state.retention_days:
+        return None
+    from s3flow.state.dynamodb.tables import TTL_ATTRIBUTE
+
+    return TTL_ATTRIBUTE
+
+
 def _export(config: Path | None, output: Path | None, dry_run: bool) -> None:
     """``provision --export cloudformation``: the template to stdout or ``output``."""
     from s3flow.deploy import TEMPLATE_BODY_LIMIT, export_cloudformation, render_template
@@ -101,7 +112,9 @@ def _export(config: Path | None, output: Path | None, dry_run: bool) -> None:
         if dry_run:
             raise ConfigError("--export changes nothing already: leave out --dry-run")
         settings = settings_from(config)
-        result = export_cloudformation(settings, tables=_store_tables(settings))
+        result = export_cloudformation(
+            settings, tables=_store_tables(settings), ttl_attribute=_ttl_attribute(settings)
+        )
     except S3flowError as exc:
         raise fail(exc) from exc
     text = render_template(result.template)

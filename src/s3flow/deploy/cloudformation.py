@@ -72,7 +72,10 @@ def dynamodb_table_prefix(settings: Settings) -> str | None:
 
 
 def export_cloudformation(
-    settings: Settings, *, tables: Sequence[Mapping[str, Any]] | None = None
+    settings: Settings,
+    *,
+    tables: Sequence[Mapping[str, Any]] | None = None,
+    ttl_attribute: str | None = None,
 ) -> CloudFormationExport:
     """The CloudFormation template for ``settings`` (see the module's docstring).
 
@@ -81,13 +84,15 @@ def export_cloudformation(
     sits below the state package and does not import it). Raises
     :class:`~s3flow.errors.ConfigError` for what cannot be exported (no pipelines,
     queue URLs instead of names, a FIFO queue as a notification target).
+    ``ttl_attribute``: the store's expiry attribute (``[state] retention_days``), declared
+    as each table's ``TimeToLiveSpecification``.
     """
     if dynamodb_table_prefix(settings) is not None and tables is None:
         raise ValueError(
             "the state store is DynamoDB: pass tables=table_definitions(prefix) "
             "(s3flow.state.dynamodb.tables)"
         )
-    return _Builder(settings, list(tables or [])).build()
+    return _Builder(settings, list(tables or []), ttl_attribute).build()
 
 
 def _queue_names(p: PipelineSettings) -> None:
@@ -105,13 +110,16 @@ def _queue_names(p: PipelineSettings) -> None:
 
 
 class _Builder:
-    def __init__(self, settings: Settings, tables: list[Mapping[str, Any]]) -> None:
+    def __init__(
+        self, settings: Settings, tables: list[Mapping[str, Any]], ttl_attribute: str | None
+    ) -> None:
         if not settings.pipelines:
             raise ConfigError("no pipelines configured: nothing to export")
         for p in settings.pipelines:
             _queue_names(p)
         self.settings = settings
         self.tables = tables
+        self.ttl_attribute = ttl_attribute
         jobs = settings.jobs
         self.naming = Naming(
             jobs.project if jobs else DEFAULT_PROJECT,
@@ -400,6 +408,11 @@ class _Builder:
                 props[key] = definition[key]
             if definition.get("GlobalSecondaryIndexes"):
                 props["GlobalSecondaryIndexes"] = definition["GlobalSecondaryIndexes"]
+            if self.ttl_attribute:
+                props["TimeToLiveSpecification"] = {
+                    "AttributeName": self.ttl_attribute,
+                    "Enabled": True,
+                }
             self.t.add(logical, "AWS::DynamoDB::Table", props, deletion="Retain")
             self.t.output(f"{logical}Name", ref(logical), f"state store table {name}")
             mine = [get_att(logical, "Arn")]

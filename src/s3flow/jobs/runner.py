@@ -55,9 +55,22 @@ class _StepSink:
         return key
 
     async def write(
-        self, relative_key: str, data: bytes, content_type: str = "application/octet-stream"
+        self,
+        relative_key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
     ) -> str:
-        return await self._inner.write(self._rel(relative_key), data, content_type)
+        return await self._inner.write(self._rel(relative_key), data, content_type, metadata)
+
+    async def write_file(
+        self,
+        relative_key: str,
+        path: str,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        return await self._inner.write_file(self._rel(relative_key), path, content_type, metadata)
 
     async def read(self, relative_key: str) -> bytes | None:
         return await self._inner.read(self._rel(relative_key))

@@ -129,6 +129,16 @@ def _owned_preexec(owner: int) -> Callable[[], None]:
     return preexec
 
 
+def owned_preexec() -> Callable[[], None]:
+    """A ``preexec_fn`` that gives a child ``PR_SET_PDEATHSIG`` = SIGTERM towards this process.
+
+    For children started some other way than :func:`popen_owned` (an asyncio
+    subprocess). Call it in the thread that starts the child: the kernel ties the
+    signal to the forking thread.
+    """
+    return _owned_preexec(os.getpid())
+
+
 _SpawnJob = tuple[Callable[[], "subprocess.Popen[bytes]"], "concurrent.futures.Future[Any]"]
 _spawn_lock = threading.Lock()
 _spawn_jobs: queue.SimpleQueue[_SpawnJob] | None = None

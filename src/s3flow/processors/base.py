@@ -103,6 +103,11 @@ class Processor(Protocol):
     only after its outputs are durable; it raises an :mod:`s3flow.errors`
     exception (classified retryable / permanent) on failure. Any other
     exception is treated as retryable.
+
+    ``cpu_bound = True`` makes the ``pool`` executor (a process pool) the
+    processor's default. Optional class attributes (see :class:`BaseProcessor`):
+    ``executors`` (where it can run) and ``output_content_type`` (checked by the
+    worker's output verification).
     """
 
     name: ClassVar[str]
@@ -142,7 +147,17 @@ class BaseProcessor:
     """Convenience base: stores options, not CPU-bound, no-op lifecycle hooks."""
 
     name: ClassVar[str] = "base"
+    #: CPU-bound processors run on the ``pool`` executor unless a setting says otherwise
+    #: (the worker's event loop stays free for I/O).
     cpu_bound: ClassVar[bool] = False
+    #: Executors this processor can run on (``inline``, ``pool``, ``subprocess``, ``ecs``,
+    #: ``batch``). None = derived: a processor with its own ``start``/``stop`` hooks keeps
+    #: pipeline-level state that lives in the worker, so it runs only ``inline``; any
+    #: other runs anywhere (each run builds it afresh from its options).
+    executors: ClassVar[tuple[str, ...] | None] = None
+    #: The Content-Type every output of this processor has (e.g. ``application/pdf``):
+    #: the worker's output verification checks it. None = not checked.
+    output_content_type: ClassVar[str | None] = None
     #: The pydantic model of this processor's ``[pipelines.options]`` (documented in
     #: docs/configuration.md by ``s3flow config-reference``); None = no options.
     options_model: ClassVar[type[BaseModel] | None] = None

@@ -15,7 +15,8 @@ from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 from s3flow.errors import ConfigError
-from s3flow.processors.base import Processor
+from s3flow.processors.base import BaseProcessor, Processor
+from s3flow.settings import EXECUTOR_NAMES
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 T = TypeVar("T")
@@ -28,6 +29,7 @@ BUILTINS: dict[str, str] = {
     "parquet-compact": "s3flow.pipelines.ndjson_parquet.compact_processor:ParquetCompactProcessor",
     "zip": "s3flow.pipelines.zip_bundle:ZipProcessor",
     "jobs-bridge": "s3flow.jobs.bridge:BridgeProcessor",
+    "text-to-pdf": "s3flow.pipelines.text_to_pdf.processor:TextToPdfProcessor",
 }
 
 #: Built-in CLI extensions: ``register(app, run_app)`` functions of the pipelines.
@@ -114,6 +116,49 @@ def create_processor(spec: str, options: dict[str, Any] | None = None) -> Proces
     if not hasattr(proc, "process"):
         raise ConfigError(f"processor {spec!r} has no process() method")
     return proc  # type: ignore[no-any-return]
+
+
+def _has_lifecycle(cls: Any) -> bool:
+    """Whether ``cls`` has its own ``start``/``stop`` hooks (pipeline-level state)."""
+    for hook in ("start", "stop"):
+        mine = getattr(cls, hook, None)
+        if mine is not None and mine is not getattr(BaseProcessor, hook):
+            return True
+    return False
+
+
+def supported_executors(cls: Any) -> tuple[str, ...]:
+    """The executors processor class ``cls`` can run on (see ``BaseProcessor.executors``)."""
+    declared = getattr(cls, "executors", None)
+    if declared is not None:
+        return tuple(declared)
+    return ("inline",) if _has_lifecycle(cls) else EXECUTOR_NAMES
+
+
+def default_executor(cls: Any) -> str:
+    """``pool`` for a CPU-bound processor that can run there, else ``inline``."""
+    if getattr(cls, "cpu_bound", False) and "pool" in supported_executors(cls):
+        return "pool"
+    return "inline"
+
+
+def default_executor_for(spec: str) -> str:
+    """The default executor of the processor ``spec`` names (``inline`` when unknown)."""
+    cls = processor_class(spec)
+    return default_executor(cls) if cls is not None else "inline"
+
+
+def portable_spec(spec: str) -> str:
+    """A ``processor = spec`` another process can resolve.
+
+    Built-in names, entry-point names and ``module:attribute`` paths resolve anywhere
+    s3flow is installed; a name registered with the decorator only exists in a process
+    that imported its module, so it becomes that class's ``module:qualname``.
+    """
+    if ":" in spec or spec in BUILTINS or spec not in _REGISTRY:
+        return spec
+    cls = _REGISTRY[spec]
+    return f"{getattr(cls, '__module__', '')}:{getattr(cls, '__qualname__', spec)}"
 
 
 def cli_extensions() -> list[Callable[..., Any]]:

@@ -16,9 +16,17 @@ class Sink(Protocol):
     root: str
 
     async def write(
-        self, relative_key: str, data: bytes, content_type: str = "application/octet-stream"
+        self,
+        relative_key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
     ) -> str:
-        """Write ``data`` at ``relative_key``; return the output's URI."""
+        """Write ``data`` at ``relative_key``; return the output's URI.
+
+        ``metadata``: object metadata (ASCII names and values; S3 user metadata,
+        ``x-amz-meta-*``). Sinks that have nowhere to keep it ignore it.
+        """
         ...
 
     async def read(self, relative_key: str) -> bytes | None:
@@ -34,4 +42,24 @@ class Sink(Protocol):
 
         Raises :class:`~s3flow.errors.ConfigError` naming what is missing.
         """
+        ...
+
+
+@runtime_checkable
+class FileSink(Sink, Protocol):
+    """A sink that can also write an output straight from a local file.
+
+    For outputs too big to hold in memory: the file is streamed (S3: a multipart
+    upload). Optional: a processor checks ``isinstance(sink, FileSink)`` and
+    falls back to :meth:`Sink.write` with the bytes otherwise.
+    """
+
+    async def write_file(
+        self,
+        relative_key: str,
+        path: str,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """Write the file at ``path`` as the output ``relative_key``; return its URI."""
         ...

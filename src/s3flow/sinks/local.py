@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from s3flow.errors import ConfigError, OutputPathError, RetryableError
 
@@ -37,12 +40,14 @@ class LocalDirSink:
             )
         return self.directory.joinpath(*parts)
 
-    def _write_sync(self, path: Path, data: bytes) -> None:
+    @staticmethod
+    def _replace_atomically(path: Path, fill: Callable[[BinaryIO], object]) -> None:
+        """Write a temporary file next to ``path`` with ``fill``, fsync, rename, fsync the dir."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".s3flow-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                fill(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -58,12 +63,40 @@ class LocalDirSink:
         finally:
             os.close(dir_fd)
 
+    def _write_sync(self, path: Path, data: bytes) -> None:
+        self._replace_atomically(path, lambda fh: fh.write(data))
+
+    def _copy_sync(self, source: str, path: Path) -> None:
+        with open(source, "rb") as src:
+            self._replace_atomically(path, lambda fh: shutil.copyfileobj(src, fh, 1024 * 1024))
+
     async def write(
-        self, relative_key: str, data: bytes, content_type: str = "application/octet-stream"
+        self,
+        relative_key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
     ) -> str:
+        """Write ``data`` to the file for ``relative_key`` (files have no metadata: ignored)."""
         path = self.path_for(relative_key)
+        return await self._write_off_loop(path, lambda: self._write_sync(path, data))
+
+    async def write_file(
+        self,
+        relative_key: str,
+        path: str,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """Copy a local file in as the output (streamed; atomic and fsynced like ``write``)."""
+        target = self.path_for(relative_key)
+        return await self._write_off_loop(target, lambda: self._copy_sync(path, target))
+
+    @staticmethod
+    async def _write_off_loop(path: Path, write: Callable[[], None]) -> str:
+        """Run a blocking write on a thread; OSError -> OutputPathError / RetryableError."""
         try:
-            await asyncio.to_thread(self._write_sync, path, data)
+            await asyncio.to_thread(write)
         except OSError as exc:
             if len(path.name.encode()) > 255:
                 raise OutputPathError(f"file name too long for {path}") from exc

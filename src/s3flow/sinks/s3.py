@@ -1,11 +1,18 @@
-"""S3 sink: PutObject under ``s3://bucket/prefix/``."""
+"""S3 sink: PutObject (multipart for big files) under ``s3://bucket/prefix/``."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 from typing import Any
 
 from s3flow.errors import ConfigError, S3flowError, translate_aws_error
+
+#: Files up to this size are uploaded with one PutObject; bigger ones in parts.
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+PART_BYTES = 8 * 1024 * 1024  # part size (grown for files over MAX_PARTS parts)
+MAX_PARTS = 10_000
 
 
 def split_s3_url(url: str) -> tuple[str, str]:
@@ -46,12 +53,17 @@ class S3Sink:
         return self.prefix + relative_key
 
     async def write(
-        self, relative_key: str, data: bytes, content_type: str = "application/octet-stream"
+        self,
+        relative_key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
     ) -> str:
         key = self.key_for(relative_key)
+        extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
         try:
             await self._s3.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **extra
             )
         except asyncio.CancelledError:
             raise
@@ -60,6 +72,64 @@ class S3Sink:
         except Exception as exc:
             raise translate_aws_error(exc, f"PutObject s3://{self.bucket}/{key}") from exc
         return f"s3://{self.bucket}/{key}"
+
+    async def write_file(
+        self,
+        relative_key: str,
+        path: str,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """Upload a local file: PutObject up to :data:`MULTIPART_THRESHOLD`, else multipart.
+
+        Memory holds one part at a time. A failed multipart upload is aborted
+        (best effort: a bucket lifecycle rule for incomplete uploads covers the rest).
+        """
+        size = await asyncio.to_thread(os.path.getsize, path)
+        if size <= MULTIPART_THRESHOLD:
+            data = await asyncio.to_thread(Path(path).read_bytes)
+            return await self.write(relative_key, data, content_type, metadata)
+        key = self.key_for(relative_key)
+        where = f"s3://{self.bucket}/{key}"
+        extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
+        try:
+            created = await self._s3.create_multipart_upload(
+                Bucket=self.bucket, Key=key, ContentType=content_type, **extra
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise translate_aws_error(exc, f"CreateMultipartUpload {where}") from exc
+        upload_id = created["UploadId"]
+        part_size = max(PART_BYTES, -(-size // MAX_PARTS))
+        try:
+            parts = await self._upload_parts(key, upload_id, path, size, part_size)
+            await self._s3.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException as exc:
+            try:
+                await asyncio.shield(
+                    self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                )
+            except Exception:
+                pass
+            if isinstance(exc, S3flowError) or not isinstance(exc, Exception):
+                raise
+            raise translate_aws_error(exc, f"multipart upload {where}") from exc
+        return where
+
+    async def _upload_parts(
+        self, key: str, upload_id: str, path: str, size: int, part_size: int
+    ) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = []
+        for number, offset in enumerate(range(0, size, part_size), start=1):
+            chunk = await asyncio.to_thread(_read_range, path, offset, part_size)
+            resp = await self._s3.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+            )
+            parts.append({"ETag": resp["ETag"], "PartNumber": number})
+        return parts
 
     async def read(self, relative_key: str) -> bytes | None:
         key = self.key_for(relative_key)
@@ -102,3 +172,9 @@ class S3Sink:
             await self._s3.delete_object(Bucket=self.bucket, Key=key)
         except Exception:
             pass
+
+
+def _read_range(path: str, offset: int, size: int) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(size)

@@ -5,6 +5,10 @@ result with ``async with``::
 
     async with open_state_store("sqlite:.s3flow/state.db") as store:
         claim = await store.claim(oid, pipeline="p", owner="w1", ttl_s=90)
+
+Retention: finished records expire ``retention_days`` after they finished
+(SQLite: a background prune while the store is open; DynamoDB: TTL). See
+``docs/operations.md`` ("Retention") for what expires when.
 """
 
 from __future__ import annotations
@@ -17,18 +21,22 @@ from s3flow.state.base import (
     ALLOWED,
     FILE_STATUS_OF,
     MANIFEST_ALLOWED,
+    TERMINAL_FILE_STATUSES,
     Claim,
     ClaimOutcome,
     FileRecord,
     FileStatus,
     HistoryEntry,
     LockLostError,
+    MaintenanceStore,
     ManifestFile,
     ManifestFileStatus,
     ManifestRecord,
     ManifestStatus,
     ObjectId,
     PendingSummary,
+    PruneReport,
+    RecountReport,
     StateError,
     StateStore,
     TrackedFile,
@@ -54,13 +62,16 @@ from s3flow.state.jobs import (
     job_from_json,
     job_to_json,
 )
+from s3flow.state.lifecycle import DEFAULT_RETENTION_DAYS, retention_seconds
 from s3flow.state.sqlite import SqliteStateStore
+from s3flow.state.sqlite.retention import PRUNE_EVERY_S
 
 __all__ = [
     "ALLOWED",
     "FILE_STATUS_OF",
     "MANIFEST_ALLOWED",
     "TERMINAL_EVENTS",
+    "TERMINAL_FILE_STATUSES",
     "TERMINAL_STATUSES",
     "Claim",
     "ClaimOutcome",
@@ -77,12 +88,15 @@ __all__ = [
     "JobStep",
     "JobStore",
     "LockLostError",
+    "MaintenanceStore",
     "ManifestFile",
     "ManifestFileStatus",
     "ManifestRecord",
     "ManifestStatus",
     "ObjectId",
     "PendingSummary",
+    "PruneReport",
+    "RecountReport",
     "SqliteStateStore",
     "StateError",
     "StateStore",
@@ -122,20 +136,38 @@ def sqlite_path(url: str) -> str | None:
     return None
 
 
-def open_state_store(url: str, aws: AwsSettings | None = None) -> StateStore:
+def open_state_store(
+    url: str,
+    aws: AwsSettings | None = None,
+    *,
+    retention_days: float = DEFAULT_RETENTION_DAYS,
+    prune: bool = True,
+) -> StateStore:
     """The store ``url`` names, not yet opened (enter it with ``async with``).
 
     ``sqlite:///abs/path.db``, ``sqlite:relative.db`` (relative to the working
     directory), a plain path ending in ``.db`` / ``.sqlite``, or
     ``dynamodb://TABLE_PREFIX`` (``aws`` gives region/endpoint; default settings
     otherwise). Anything else raises ConfigError.
+
+    ``retention_days`` (``[state] retention_days``; 0 keeps everything) is how
+    long finished records are kept. With ``prune`` a SQLite store prunes them in
+    the background while it is open (first after 30 s, then every 5 minutes:
+    a short command never does); DynamoDB expires them by TTL either way.
     """
+    retention_s = retention_seconds(retention_days)
     path = sqlite_path(url)
     if path is not None:
-        return SqliteStateStore(path if path == ":memory:" else Path(path))
+        return SqliteStateStore(
+            path if path == ":memory:" else Path(path),
+            retention_s=retention_s,
+            prune_every_s=PRUNE_EVERY_S if prune else None,
+        )
     if url.startswith("dynamodb://"):
         prefix = url[len("dynamodb://") :].strip("/")
         if not prefix:
             raise ConfigError(f"state url {url!r} names no table prefix: {_USAGE}")
-        return DynamoStateStore(prefix, aws if aws is not None else AwsSettings())
+        return DynamoStateStore(
+            prefix, aws if aws is not None else AwsSettings(), retention_s=retention_s
+        )
     raise ConfigError(f"unknown state store url {url!r}: {_USAGE}")

@@ -91,6 +91,12 @@ ALLOWED: dict[FileStatus, frozenset[FileStatus]] = {
 }
 
 
+#: The statuses a record rests in until an operator moves it: they expire after
+#: ``[state] retention_days`` (with their history). received, processing and failed
+#: records are work in progress and never expire.
+TERMINAL_FILE_STATUSES = frozenset({FileStatus.COMPLETED, FileStatus.DEAD, FileStatus.QUARANTINED})
+
+
 def check_transition(old: FileStatus, new: FileStatus) -> None:
     """Raise TransitionError unless ``old -> new`` is allowed."""
     if new not in ALLOWED[old]:
@@ -254,15 +260,30 @@ class FileStore(Protocol):
         key_prefix: str | None = None,
         limit: int = 1000,
     ) -> list[FileRecord]:
-        """Records matching the filters, most recently updated first."""
+        """Records matching the filters, most recently updated first.
+
+        Read from indexes ordered by update time, ``limit`` records at most per
+        (pipeline, status): the cost follows ``limit``, not the number of
+        records. ``key_prefix`` filters while reading (a rare prefix reads
+        further: combine it with ``status`` / ``pipeline``).
+        """
         ...
 
     async def counts(self, pipeline: str | None = None) -> dict[str, int]:
-        """Number of records per status (every status present, zeros included)."""
+        """Number of records per status (every status present, zeros included).
+
+        From counters kept with every transition (no scan). Terminal records
+        count until they expire (SQLite: until pruned; DynamoDB: until the end
+        of the UTC day their retention ends).
+        """
         ...
 
     async def oldest_processing_at(self, pipeline: str | None = None) -> float | None:
-        """When the oldest record still in ``processing`` entered it (None if none)."""
+        """When the oldest record still in ``processing`` entered it (None if none).
+
+        One index lookup: a processing record's ``updated_at`` is when it
+        entered processing (renewing a claim does not change it).
+        """
         ...
 
 
@@ -392,8 +413,103 @@ class ManifestStore(Protocol):
         ...
 
 
+@dataclass
+class PruneReport:
+    """What one :meth:`MaintenanceStore.prune` removed (rows / items), by kind."""
+
+    files: int = 0  # terminal file records past their retention
+    history: int = 0  # history lines older than the retention
+    checkpoints: int = 0  # checkpoints not written for the retention
+    locks: int = 0  # locks free (released or expired) for the retention
+    manifests: int = 0  # completed manifests past their retention...
+    manifest_files: int = 0  # ...and the files tracked for them
+    jobs: int = 0  # finished upload jobs past their retention...
+    job_events: int = 0  # ...and their event logs
+    vacuumed_pages: int = 0  # pages given back to the file system (SQLite)
+    complete: bool = True  # False: stopped at ``max_rows`` with more to prune
+    note: str = ""  # how this backend expires records (DynamoDB: TTL)
+
+    @property
+    def removed(self) -> int:
+        """Rows / items removed, every kind together."""
+        return (
+            self.files
+            + self.history
+            + self.checkpoints
+            + self.locks
+            + self.manifests
+            + self.manifest_files
+            + self.jobs
+            + self.job_events
+        )
+
+
+@dataclass
+class RecountReport:
+    """The per-pipeline status counters next to a full count of the records.
+
+    ``counted`` is the truth (every record read), ``counters`` what the
+    counters said before; both map pipeline -> status -> records. ``repaired``:
+    the counters were set to ``counted``.
+    """
+
+    counted: dict[str, dict[str, int]]
+    counters: dict[str, dict[str, int]]
+    items_read: int
+    repaired: bool = False
+
+    @property
+    def drift(self) -> dict[str, dict[str, int]]:
+        """``counters - counted`` where they differ (pipeline -> status -> difference)."""
+        out: dict[str, dict[str, int]] = {}
+        for p in sorted(set(self.counted) | set(self.counters)):
+            have = self.counters.get(p, {})
+            want = self.counted.get(p, {})
+            diff = {
+                s: have.get(s, 0) - want.get(s, 0)
+                for s in sorted(set(have) | set(want))
+                if have.get(s, 0) != want.get(s, 0)
+            }
+            if diff:
+                out[p] = diff
+        return out
+
+    @property
+    def consistent(self) -> bool:
+        """True when every counter equals the count of its records."""
+        return not self.drift
+
+
 @runtime_checkable
-class StateStore(FileStore, MetaStore, ManifestStore, JobStore, Protocol):
+class MaintenanceStore(Protocol):
+    """Retention and counter maintenance: what ``s3flow state prune | recount`` run.
+
+    ``retention_s`` (None: keep forever) is how long terminal file records
+    (:data:`TERMINAL_FILE_STATUSES`), history lines, checkpoints, free locks,
+    completed manifests and finished jobs are kept.
+    """
+
+    retention_s: float | None
+
+    async def prune(self, *, max_rows: int | None = None) -> PruneReport:
+        """Remove what outlived the retention, in bounded batches (at most ``max_rows``).
+
+        SQLite deletes (and gives freed pages back with an incremental vacuum);
+        DynamoDB expires items itself (TTL), so its prune removes nothing.
+        """
+        ...
+
+    async def recount(self, *, repair: bool = False) -> RecountReport:
+        """Count every record (a full read: a maintenance command) and compare the counters.
+
+        With ``repair`` the counters are corrected (and, on DynamoDB, index
+        attributes that items written by an older s3flow lack are added).
+        """
+        ...
+
+
+@runtime_checkable
+class StateStore(FileStore, MetaStore, ManifestStore, JobStore, MaintenanceStore, Protocol):
     """Where s3flow remembers what it has seen and done: every part above. Use ``async with``.
 
     Backends (``sqlite.py``, ``dynamodb.py``) implement all of it and pass one

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import overload
+from typing import TypeVar, overload
 
 from s3flow.state.base import (
+    TERMINAL_FILE_STATUSES,
     Claim,
     ClaimOutcome,
     FileRecord,
@@ -30,6 +31,7 @@ from s3flow.state.base import (
     check_transition,
 )
 
+K = TypeVar("K")
 MAX_TEXT = 2000  # error messages and details are truncated to this many characters
 _FAILURES = frozenset({FileStatus.FAILED, FileStatus.DEAD, FileStatus.QUARANTINED})
 
@@ -212,6 +214,44 @@ def plan_set_status(
 def zero_counts() -> dict[str, int]:
     """A counts dict with every status at zero."""
     return {s.value: 0 for s in FileStatus}
+
+
+# --- retention ------------------------------------------------------------------------
+
+DAY_S = 86_400.0
+#: ``[state] retention_days`` when nothing else says (the settings' default).
+DEFAULT_RETENTION_DAYS = 30.0
+
+
+def retention_seconds(days: float | None) -> float | None:
+    """``retention_days`` in seconds; None (keep forever) for 0 or None."""
+    return None if not days else float(days) * DAY_S
+
+
+def purge_time(status: FileStatus, updated_at: float, retention_s: float | None) -> float | None:
+    """When a record in ``status`` since ``updated_at`` expires (None: it does not).
+
+    Only terminal records expire (:data:`TERMINAL_FILE_STATUSES`); records in
+    received / processing / failed are work in progress and are kept.
+    """
+    if retention_s is None or status not in TERMINAL_FILE_STATUSES:
+        return None
+    return updated_at + retention_s
+
+
+def count_delta(old: K | None, new: K) -> dict[K, int]:
+    """The change a transition makes to the status counters.
+
+    ``old`` is the counter the record was counted in before the write (None:
+    the record is new), ``new`` the one after it, e.g. ``(pipeline, status)``;
+    empty when they are the same.
+    """
+    if old == new:
+        return {}
+    delta = {new: 1}
+    if old is not None:
+        delta[old] = -1
+    return delta
 
 
 class FencedFinishMixin:

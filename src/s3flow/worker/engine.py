@@ -28,7 +28,9 @@ import time
 from contextlib import AsyncExitStack
 from typing import Any
 
+from s3flow.aws import pin_endpoints
 from s3flow.errors import translate_aws_error
+from s3flow.executors import ExecutorSet
 from s3flow.metrics import PipelineMetrics, WorkerMetrics
 from s3flow.processors.base import PipelineContext
 from s3flow.settings import WorkerSettings
@@ -191,6 +193,7 @@ class PipelineRunner:
 
     async def _handle(self, msg: ReceivedMessage) -> None:
         self._in_flight += 1
+        self.metrics.in_flight = self._in_flight
         self.metrics.max_in_flight = max(self.metrics.max_in_flight, self._in_flight)
         try:
             if self._stop.is_set():
@@ -200,10 +203,12 @@ class PipelineRunner:
                 outcome = await self._work_on(msg)
             self._lease.untrack(msg.message_id)
             final = await self._settler.settle(msg, outcome)
+            self.metrics.observe_processing(time.monotonic() - msg.received_at)
             self._observer.message_settled(self.p.name, msg, final)
         finally:
             self._lease.untrack(msg.message_id)
             self._in_flight -= 1
+            self.metrics.in_flight = self._in_flight
             await self.slots.release(1)
 
     async def _work_on(self, msg: ReceivedMessage) -> Outcome:
@@ -308,6 +313,19 @@ class Worker:
         if isinstance(rt, QueueRuntime):
             handler = rt.handler
         else:
+            aws = pin_endpoints(self._clients.aws)
+            # Entered before the lease and acks: closed after them, once all work is over.
+            executors = await stack.enter_async_context(
+                ExecutorSet(
+                    rt.settings,
+                    s3=self._clients.s3,
+                    sink=rt.sink,
+                    store=self._store,
+                    processors=rt.processors,
+                    aws=aws,
+                    worker=self._ws,
+                )
+            )
             handler = MessageHandler(
                 rt,
                 s3=self._clients.s3,
@@ -317,6 +335,8 @@ class Worker:
                 observer=self._observer,
                 stop=self._stop,
                 claim_ttl_s=self._claim_ttl_s,
+                executors=executors,
+                aws=aws,
             )
         lease = await stack.enter_async_context(
             LeaseKeeper(
@@ -337,20 +357,8 @@ class Worker:
             store=self._store,
             metrics=m,
         )
-        start = getattr(rt.processor, "start", None) if isinstance(rt, PipelineRuntime) else None
-        if isinstance(rt, PipelineRuntime) and start is not None:
-            await start(
-                PipelineContext(
-                    pipeline=rt.settings.name,
-                    bucket=rt.settings.bucket,
-                    worker_id=self._ws.worker_id,
-                    s3=self._clients.s3,
-                    sink=rt.sink,
-                    store=self._store,
-                    aws=self._clients.aws,
-                    sqs=self._clients.sqs,
-                )
-            )
+        if isinstance(rt, PipelineRuntime):
+            await self._start_processors(rt)
         return PipelineRunner(
             rt,
             sqs=self._clients.sqs,
@@ -365,6 +373,24 @@ class Worker:
             burst=self._burst,
             pollers=self._ws.pollers_per_pipeline,
         )
+
+    async def _start_processors(self, rt: PipelineRuntime) -> None:
+        """Call the start hook of every processor instance of the pipeline."""
+        for proc in rt.all_processors():
+            start = getattr(proc, "start", None)
+            if start is not None:
+                await start(
+                    PipelineContext(
+                        pipeline=rt.settings.name,
+                        bucket=rt.settings.bucket,
+                        worker_id=self._ws.worker_id,
+                        s3=self._clients.s3,
+                        sink=rt.sink,
+                        store=self._store,
+                        aws=self._clients.aws,
+                        sqs=self._clients.sqs,
+                    )
+                )
 
     async def run(self, *, handle_signals: bool = False) -> WorkerMetrics:
         """Run until stopped; return the counters."""
@@ -387,9 +413,10 @@ class Worker:
                 # Polling has stopped (signal, or every queue drained).
                 await self._drain_all()
                 for rt in self._runtimes:
-                    stop = getattr(rt.processor, "stop", None)
-                    if stop is not None:
-                        await stop()
+                    for proc in rt.all_processors():
+                        stop = getattr(proc, "stop", None)
+                        if stop is not None:
+                            await stop()
                 log.info(
                     "worker stopped after %.1fs: %d objects processed, %d duplicates, "
                     "%d dead-lettered, %d retried, %d released",

@@ -13,6 +13,13 @@ A claim held by another worker never spends the message's retry budget: the
 handler waits for it with the message still leased (:mod:`~s3flow.worker.waiting`),
 and the worker counts failures in the state store, not receives. What a failed
 record becomes is the failure policy's call (:mod:`~s3flow.worker.policy`).
+
+After validation the pipeline's routing table picks the record's processor, executor
+and options (:mod:`~s3flow.routing`; a HEAD and the tags are looked up once, only when
+a rule needs them); no matching rule quarantines the object with the reason. The
+chosen executor runs it (:mod:`s3flow.executors`); before the record counts as done
+its declared outputs are verified (:mod:`~s3flow.worker.verify`); the route taken is
+recorded in the file's history and the Result's detail.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from s3flow.errors import (
@@ -29,13 +36,14 @@ from s3flow.errors import (
     EnvelopeError,
     ProcessorError,
     S3flowError,
-    translate_aws_error,
 )
 from s3flow.events import ObjectEvent, parse_body
+from s3flow.executors import ExecutorSet, ObjectJob, processor_key
 from s3flow.metrics import PipelineMetrics
-from s3flow.processors.base import ProcessContext, Processor, Result
-from s3flow.routing import Route
-from s3flow.settings import PipelineSettings, WorkerSettings
+from s3flow.processors.base import Processor, Result
+from s3flow.processors.registry import default_executor_for, portable_spec, processor_class
+from s3flow.routing import NoRoute, Route, RouteRule, RoutingTable
+from s3flow.settings import AwsSettings, PipelineSettings, WorkerSettings
 from s3flow.sinks.base import Sink
 from s3flow.state.base import Claim, ClaimOutcome, ObjectId, StateStore
 from s3flow.validation import validate
@@ -51,7 +59,9 @@ from s3flow.worker.outcomes import (
     Split,
 )
 from s3flow.worker.policy import FailurePolicy, merge_failures
+from s3flow.worker.routes import ObjectLookup, choose_route
 from s3flow.worker.source import ReceivedMessage
+from s3flow.worker.verify import verify_outputs
 from s3flow.worker.waiting import until_free
 
 log = logging.getLogger("s3flow.worker")
@@ -103,7 +113,12 @@ class QueueRuntime:
 
 @dataclass
 class PipelineRuntime:
-    """A pipeline's settings resolved into live parts (see ``s3flow.app``)."""
+    """A pipeline's settings resolved into live parts (see ``s3flow.app``).
+
+    ``route`` is the pipeline's filter; ``routes`` its routing table (None: built from
+    the settings); ``processors`` the instances its routes run inline, by
+    :func:`~s3flow.executors.processor_key` (``processor`` is always among them).
+    """
 
     settings: PipelineSettings
     queue_url: str
@@ -111,6 +126,24 @@ class PipelineRuntime:
     processor: Processor
     sink: Sink
     route: Route
+    routes: RoutingTable | None = None
+    processors: dict[str, Processor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.routes is None:
+            self.routes = RoutingTable.from_settings(self.settings, default_executor_for)
+        p = self.settings
+        self.processors.setdefault(
+            processor_key(portable_spec(p.processor), p.options), self.processor
+        )
+
+    def all_processors(self) -> list[Processor]:
+        """Every distinct processor instance (for their start/stop hooks)."""
+        out: list[Processor] = []
+        for proc in [self.processor, *self.processors.values()]:
+            if not any(proc is seen for seen in out):
+                out.append(proc)
+        return out
 
 
 class MessageHandler:
@@ -127,10 +160,23 @@ class MessageHandler:
         observer: WorkerObserver,
         stop: asyncio.Event,
         claim_ttl_s: float = 0,
+        executors: ExecutorSet | None = None,
+        aws: AwsSettings | None = None,
     ) -> None:
+        """``executors`` run the records (default: this pipeline's, inline only unless the
+        routes name others; the caller then closes them); ``aws`` is what pool, subprocess
+        and container runs build their clients from."""
         self.rt = rt
         self.p = rt.settings
         self._s3 = s3
+        self._aws = aws or AwsSettings()
+        self.routes: RoutingTable = rt.routes or RoutingTable.from_settings(
+            self.p, default_executor_for
+        )
+        self.executors = executors or ExecutorSet(
+            self.p, s3=s3, sink=rt.sink, store=store, processors=rt.processors, aws=self._aws
+        )
+        self._declared: dict[str, str | None] = {}
         self._store = store
         self._worker = worker
         self.metrics = metrics
@@ -281,15 +327,23 @@ class MessageHandler:
                         newer,
                     )
                     return None
+            lookup = ObjectLookup(self._s3, event, head)
             if self.p.validation.active:
                 try:
-                    reason = await self._validate(event, head)
+                    reason = await self._validate(event, lookup)
                     if reason is not None:
                         await self._policy.quarantine(event, oid, token, reason, "ValidationFailed")
                         return None
                 except S3flowError as exc:
                     return await self._failed(msg, event, oid, token, exc, failures_before)
-            return await self._run_processor(msg, event, oid, token, failures_before)
+            try:
+                rule = await choose_route(self.routes, event, lookup)
+            except S3flowError as exc:
+                return await self._failed(msg, event, oid, token, exc, failures_before)
+            if isinstance(rule, NoRoute):
+                await self._policy.quarantine(event, oid, token, rule.reason, "NoRoute")
+                return None
+            return await self._run_processor(msg, event, oid, token, failures_before, rule)
         except BaseException:
             # Cancelled (shutdown) or an unexpected error: never leave the claim held.
             # A claim already finished (completed, failed) makes this a fenced no-op.
@@ -354,6 +408,16 @@ class MessageHandler:
             what="another worker's claim",
         )
 
+    def _declared_type(self, spec: str) -> str | None:
+        """The ``output_content_type`` processor ``spec`` declares (None: not checked)."""
+        if spec not in self._declared:
+            try:
+                cls = processor_class(spec)
+            except S3flowError:
+                cls = None
+            self._declared[spec] = getattr(cls, "output_content_type", None)
+        return self._declared[spec]
+
     async def _run_processor(
         self,
         msg: ReceivedMessage,
@@ -361,31 +425,51 @@ class MessageHandler:
         oid: ObjectId,
         token: int | None,
         failures_before: int,
+        rule: RouteRule,
     ) -> RecordOutcome | None:
-        ctx = ProcessContext(
+        job = ObjectJob(
+            processor=portable_spec(rule.processor),
+            options=dict(rule.options),
             event=event,
+            output=self.p.output,
+            aws=self._aws,
             pipeline=self.p.name,
+            route=rule.name,
             worker_id=self._worker.worker_id,
-            s3=self._s3,
-            sink=self.rt.sink,
-            report_progress=lambda n: self._observer.object_progress(self.p.name, event, n),
-            store=self._store,
             max_uncompressed_bytes=self.p.max_uncompressed_bytes,
         )
         self._observer.object_started(self.p.name, event)
         try:
-            result = await self.rt.processor.process(ctx)
+            result = await self.executors.run(
+                rule.executor,
+                job,
+                lambda n: self._observer.object_progress(self.p.name, event, n),
+            )
+            if self.p.verify_outputs:
+                await verify_outputs(
+                    self._s3, result.outputs, content_type=self._declared_type(rule.processor)
+                )
         except asyncio.CancelledError:
             raise
         except S3flowError as exc:
             return await self._failed(msg, event, oid, token, exc, failures_before)
         except Exception as exc:
-            log.exception("processor %s raised on %s", self.p.processor, event.uri())
+            log.exception("processor %s raised on %s", rule.processor, event.uri())
             err = ProcessorError(f"{type(exc).__name__}: {exc}".strip())
             return await self._failed(msg, event, oid, token, err, failures_before)
+        refs = {k: result.detail[k] for k in ("task_arn", "job_arn") if result.detail.get(k)}
+        result.detail["route"] = {
+            "name": rule.name,
+            "processor": rule.processor,
+            "executor": rule.executor,
+            **refs,
+        }
+        history = rule.describe() + "".join(f", {v}" for v in refs.values())
         stored = True
         if self._store is not None and token is not None:
-            stored = await self._store.complete(oid, token=token, outputs=result.outputs)
+            stored = await self._store.complete(
+                oid, token=token, outputs=result.outputs, detail=history
+            )
         if not stored:
             log.warning(
                 "%s: the claim expired while processing and another worker took it over; "
@@ -399,18 +483,17 @@ class MessageHandler:
         self._observer.object_finished(self.p.name, event, result, None)
         return None
 
-    async def _validate(self, event: ObjectEvent, head: dict[str, Any] | None) -> str | None:
+    async def _validate(self, event: ObjectEvent, lookup: ObjectLookup) -> str | None:
         size, ctype = event.size, None
-        if head is not None:
-            size, ctype = int(head.get("ContentLength", 0)), head.get("ContentType")
-        elif size is None or self.p.validation.content_types:
+        head = lookup.cached_head
+        if head is None and (size is None or self.p.validation.content_types):
             try:
-                head = await self._s3.head_object(Bucket=event.bucket, Key=event.key)
-            except Exception as exc:
-                err = translate_aws_error(exc, f"HeadObject {event.uri()}")
+                head = await lookup.head()
+            except S3flowError as err:
                 if err.disposition is Disposition.SKIP:
                     return None  # gone: the processor's read reports it
-                raise err from exc
+                raise
+        if head is not None:
             size, ctype = int(head.get("ContentLength", 0)), head.get("ContentType")
         return validate(self.p.validation, event.key, size, ctype)
 

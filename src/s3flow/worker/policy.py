@@ -13,7 +13,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from s3flow.errors import Disposition, OutputUnavailableError, S3flowError
+from s3flow.errors import (
+    Disposition,
+    ExecutorUnavailableError,
+    OutputUnavailableError,
+    S3flowError,
+)
 from s3flow.events import ObjectEvent
 from s3flow.metrics import PipelineMetrics
 from s3flow.quarantine import tag_quarantined
@@ -94,10 +99,11 @@ class FailurePolicy:
                     oid, token=token, outputs=[], detail=f"object no longer exists: {exc}"
                 )
             return None
-        if isinstance(exc, OutputUnavailableError):
+        if isinstance(exc, OutputUnavailableError | ExecutorUnavailableError):
             # The operator's problem, not the file's: no failure counted.
             delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
-            log.error("%s: output unavailable, retrying in %ds: %s", where, delay, exc)
+            what = "output" if isinstance(exc, OutputUnavailableError) else "executor"
+            log.error("%s: %s unavailable, retrying in %ds: %s", where, what, delay, exc)
             if store is not None and oid is not None and token is not None:
                 await store.release(oid, token=token)
             return Retry(delay, exc.error_class, str(exc))

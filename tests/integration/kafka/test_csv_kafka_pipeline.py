@@ -133,8 +133,42 @@ def test_bad_rows_dead_lettered_with_line_and_reason(harness: Harness, kafka: Ka
     ]
     assert dlq[2]["fields"] == ["4", "caf\\xe9"]
     assert dlq[0]["key"] == "in/bad.csv"
+    assert [(d["raw"], d["raw_truncated"]) for d in dlq] == [
+        ("2,too,many", False),
+        ("3", False),
+        ("4,caf\\xe9", False),
+    ]
     ckpt = latest_checkpoint(kafka.bootstrap, f"{topic}.checkpoints")
     assert ckpt is not None and (ckpt.sent, ckpt.bad, ckpt.row) == (2, 3, 5)
+
+
+@pytest.mark.parametrize("fmt", ["json", "raw"])
+def test_every_bad_row_kind_carries_raw_text_and_line(
+    harness: Harness, kafka: KafkaBroker, fmt: str
+) -> None:
+    """The issue's reproduction, a multi-line record and a field over csv's 128 KiB limit."""
+    from s3flow.pipelines.csv_kafka.rows import MAX_RAW_CHARS
+
+    topic = configure(harness, kafka, format=fmt)
+    big = "y" * 140_000
+    body = f'id,sku,qty\n1,A,3\n2,B\n3,C,1\n4,"multi\nline",1,extra\n5,"{big}",2\n6,F,6\n'
+    harness.put("in/bad.csv", body.encode())
+    harness.run()
+    good = read_topic(kafka.bootstrap, topic)
+    assert [int(r.headers["s3.line"]) for r in good] == [2, 4, 8]
+    dlq = [r.json() for r in read_topic(kafka.bootstrap, f"{topic}.dlq")]
+    assert [(d["line"], d["raw"], d["raw_truncated"]) for d in dlq[:2]] == [
+        (3, "2,B", False),
+        (5, '4,"multi\nline",1,extra', False),
+    ]
+    assert dlq[0]["fields"] == ["2", "B"]
+    csv_error = dlq[2]
+    assert csv_error["line"] == 7
+    assert csv_error["reason"].startswith("unparseable CSV: field larger than field limit")
+    assert csv_error["fields"] is None
+    assert csv_error["raw_truncated"] is True
+    assert csv_error["raw"] == f'5,"{big}'[:MAX_RAW_CHARS]
+    assert len(dlq) == 3
 
 
 def test_bad_rows_skipped_are_counted(harness: Harness, kafka: KafkaBroker) -> None:

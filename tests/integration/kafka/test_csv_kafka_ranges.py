@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from kafka_support import CheckpointWatcher, cli, command, read_topic, summary, unique_topic
 
@@ -90,13 +91,102 @@ def test_sigkill_mid_run_then_every_range_resumes_exactly_once(
             if watcher.poll(0.1) is not before:
                 committed += 1
         assert proc.poll() is None, "the run ended before it could be killed"
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert _range_processes(proc.pid), "no range process left to orphan"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait(30)
         watcher.close()
+    _assert_all_gone(family)  # no orphans: the range processes die with the parent
     final = summary(cli(tmp_path, kafka, *args))
     assert final["rows"] == ROWS and final["resumed_from_row"] > 0
+    _check_ranges(kafka, topic, 3)
+
+
+def _range_processes(pid: int) -> list[psutil.Process]:
+    """The range processes of run ``pid`` (children of its forkserver)."""
+    out = []
+    for child in psutil.Process(pid).children(recursive=True):
+        with_parent = child.parent()
+        if with_parent is not None and with_parent.pid != pid:
+            out.append(child)
+    return out
+
+
+def _assert_all_gone(procs: list[psutil.Process], timeout_s: float = 15) -> None:
+    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    assert not alive, [p.cmdline() for p in alive]
+
+
+def _wait_for_checkpoints(watcher: CheckpointWatcher, proc: Any, n: int) -> None:
+    committed = 0
+    while committed < n and proc.poll() is None:
+        before = watcher.latest
+        if watcher.poll(0.1) is not before:
+            committed += 1
+    assert proc.poll() is None, "the run ended too early"
+
+
+@pytest.mark.timeout(240)
+def test_sigkill_of_one_range_process_restarts_it_and_every_row_is_sent_once(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=bucket, Key="big.csv", Body=_csv())
+    topic = unique_topic("rangechild")
+    # Small transactions: every range is still running after the first commit.
+    args = _ranged(bucket, topic, "--checkpoint-rows", "1000")
+    watcher = CheckpointWatcher(kafka.bootstrap, f"{topic}.checkpoints")
+    proc = subprocess.Popen(
+        command(tmp_path, kafka, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_for_checkpoints(watcher, proc, 1)
+        victims = _range_processes(proc.pid)
+        assert victims, "every range ended before one could be killed"
+        seen = [(v.pid, v.ppid(), v.cmdline()[-3:]) for v in victims]
+        victims[-1].send_signal(signal.SIGKILL)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+        proc.wait(30)
+        watcher.close()
+    assert proc.returncode == 0, err[-3000:]
+    assert "starting it again from its checkpoint" in err, (
+        seen,
+        err[-3000:],
+    )
+    done = json.loads(out.strip().splitlines()[-1])
+    assert (done["rows"], done["records"]) == (ROWS, ROWS)
+    _check_ranges(kafka, topic, 3)
+    again = summary(cli(tmp_path, kafka, *args))
+    assert again["already_done"] is True
+    assert sum(len(p) for p in _partitions(kafka, topic, 3)) == ROWS
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_of_the_parent_leaves_no_range_process_and_a_rerun_completes(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=bucket, Key="big.csv", Body=_csv())
+    topic = unique_topic("rangeterm")
+    args = _ranged(bucket, topic, "--checkpoint-rows", "5000")
+    watcher = CheckpointWatcher(kafka.bootstrap, f"{topic}.checkpoints")
+    proc = subprocess.Popen(
+        command(tmp_path, kafka, *args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_for_checkpoints(watcher, proc, 1)
+        family = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        proc.kill()
+        proc.wait(30)
+        watcher.close()
+    _assert_all_gone(family)
+    final = summary(cli(tmp_path, kafka, *args))
+    assert final["rows"] == ROWS
     _check_ranges(kafka, topic, 3)
 
 

@@ -31,6 +31,7 @@ from s3flow.state import (
     StepStatus,
     apply_event,
 )
+from s3flow.state.sqlite.schema import SCHEMA_VERSION
 
 pytestmark = pytest.mark.integration
 
@@ -532,6 +533,7 @@ async def test_sqlite_database_without_job_tables_gains_them(tmp_path: Path) -> 
         assert [e.seq for e in await s.events("job-1")] == [1]
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 1
+        version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+        assert version == SCHEMA_VERSION
     finally:
         conn.close()

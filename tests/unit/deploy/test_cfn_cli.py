@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from s3flow.cli import app
 from s3flow.settings import AwsSettings
 from s3flow.state.dynamodb import DynamoStateStore
-from s3flow.state.dynamodb.tables import table_definitions
+from s3flow.state.dynamodb.tables import TTL_ATTRIBUTE, table_definitions
 
 CONFIG = """
 [state]
@@ -48,7 +48,10 @@ def test_export_to_a_file(config: Path, tmp_path: Path) -> None:
     template = json.loads(out.read_text())
     tables = [r for r in template["Resources"].values() if r["Type"] == "AWS::DynamoDB::Table"]
     assert len(tables) == len(table_definitions("acme-dev-state"))
-    assert f"wrote {out}" in result.output
+    # [state] retention_days (default 30): every table expires records through TTL.
+    ttl = {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+    assert all(t["Properties"]["TimeToLiveSpecification"] == ttl for t in tables)
+    assert f"wrote {out}" in " ".join(result.output.split())  # Rich may wrap long paths
     assert "web.tokens" in result.output  # the warning (on stderr, mixed in by CliRunner)
 
 

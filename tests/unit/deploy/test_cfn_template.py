@@ -270,7 +270,7 @@ def test_worker_role_is_least_privilege() -> None:
         "QueueProgressFifo",
     ]
     assert "dynamodb:Scan" not in st["StateStore"]["Action"]  # operators' listings only
-    assert len(st["StateStore"]["Resource"]) == 8  # six tables, two indexes
+    assert len(st["StateStore"]["Resource"]) == 9  # six tables, three with indexes
     for s in st.values():
         assert all(":*" not in a and a != "*" for a in s["Action"]), s
         assert "*" not in s["Resource"], s

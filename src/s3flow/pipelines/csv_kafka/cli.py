@@ -54,6 +54,10 @@ async def run_batch(
 
     set_mmap_threshold(settings.worker.malloc_mmap_threshold_bytes)
     processor = CsvToKafkaProcessor(options)
+    if processor.opts.ranges > 1:
+        from s3flow.pipelines.csv_kafka.procs import warm_up
+
+        warm_up()  # the range processes' forkserver imports while S3 and Kafka are set up
     started = time.monotonic()
     async with open_clients(settings.aws) as clients, open_store(settings) as store:
         try:

@@ -3,8 +3,9 @@
 The object is cut at line starts near ``i * size / ranges``; range ``i`` is produced to
 partition ``i`` by its own transactional producer with its own checkpoint (its
 :class:`~s3flow.pipelines.csv_kafka.checkpoint.ObjectRef` carries the range as ``part``), all
-ranges at once, each through :func:`~s3flow.pipelines.csv_kafka.runner.run_object`: exactly once
-and resumable per range. The trade-offs (docs/pipelines/csv-to-kafka.md):
+ranges at once, each in its own process (:mod:`.procs`) through
+:func:`~s3flow.pipelines.csv_kafka.runner.run_object`: exactly once and resumable per
+range. The trade-offs (docs/pipelines/csv-to-kafka.md):
 
 * order holds within a range (a partition), not across ranges;
 * a cut is the byte after a line feed, so records must not contain line breaks (a
@@ -31,7 +32,8 @@ from s3flow.pipelines.csv_kafka.blocks import UTF8_BOM
 from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef
 from s3flow.pipelines.csv_kafka.errors import BadRowError
 from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
-from s3flow.pipelines.csv_kafka.runner import READ_CHUNK_BYTES, RunReport, open_stream, run_object
+from s3flow.pipelines.csv_kafka.procs import run_range_process, warm_up
+from s3flow.pipelines.csv_kafka.runner import RunReport, open_stream, run_object
 from s3flow.state.base import StateStore
 
 log = logging.getLogger("s3flow.pipelines.csv_kafka")
@@ -126,6 +128,7 @@ async def run_csv_object(
     else as one ordered stream (:func:`run_object`)."""
     bounds = None
     if opts.ranges > 1 and size:
+        warm_up()  # the range processes' forkserver imports while the ranges are planned
         bounds = await plan_ranges(s3, ref, version_id, size, opts.ranges)
     if bounds is None:
         return await run_object(
@@ -147,28 +150,20 @@ async def run_csv_object(
     async def one(i: int, start: int, end: int) -> RunReport:
         part = ObjectRef(ref.bucket, ref.key, ref.version, f"{i}/{n}@{start}-{end}")
         update: dict[str, Any] = {"partition": i, "ranges": 1, **(later if i else {})}
-
-        def opener() -> Any:
-            return open_object(
-                s3,
-                ref.bucket,
-                ref.key,
-                version_id=version_id,
-                chunk_bytes=READ_CHUNK_BYTES,
-                byte_range=(start, end),
-            )
-
-        return await run_object(
+        return await run_range_process(
             opts.model_copy(update=update),
             part,
-            opener,
+            s3,
+            version_id,
+            (start, end),
             executor=executor,
             store=store,
             report_progress=report_progress,
         )
 
-    # A TaskGroup: one range failing cancels the others (their open transactions are
-    # aborted); a rerun resumes every range from its own checkpoint.
+    # Each range in its own process (:mod:`.procs`); a TaskGroup: one range failing
+    # cancels the others (their processes abort their open transactions and exit); a
+    # rerun resumes every range from its own checkpoint.
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(one(i, a, b)) for i, (a, b) in enumerate(bounds)]
     return combine(ref, [t.result() for t in tasks], time.monotonic() - started)

@@ -35,6 +35,11 @@ except ImportError:  # pragma: no cover - pyarrow is a dependency; the exact pat
 
 log = logging.getLogger("s3flow.pipelines.csv_kafka")
 
+#: A dead-lettered record's ``raw`` text is cut after this many characters (then
+#: ``raw_truncated`` is true): a DLQ message stays far below Kafka's 1 MB default limit
+#: even for a field over the ``csv`` module's 128 KiB field limit.
+MAX_RAW_CHARS = 16 * 1024
+
 
 def decode_piece(piece: bytes, encoding: str) -> tuple[str, list[int]]:
     """Decode one piece; also return the indexes of lines that did not decode.
@@ -123,6 +128,23 @@ class RowEncoder:
         return text
 
 
+def raw_excerpt(lines: list[str], limit: int = MAX_RAW_CHARS) -> tuple[str, bool]:
+    """A bad record's text for the dead-letter topic: (text, whether it was truncated).
+
+    The physical lines the record spans (without the final line break), cut after
+    ``limit`` characters. Only the first ``limit + 2`` characters are joined, so a
+    record of many MiB costs no more than a short one.
+    """
+    size = 0
+    for i, line in enumerate(lines):
+        size += len(line)
+        if size > limit + 2:
+            text = RowEncoder.raw(lines[: i + 1])
+            return (text[:limit], True) if len(text) > limit else (text, False)
+    text = RowEncoder.raw(lines)
+    return (text[:limit], True) if len(text) > limit else (text, False)
+
+
 # --- blocks to messages ----------------------------------------------------------------
 
 #: (values, keys) of a block's records, as :meth:`ArrowJsonBlocks.encode` gives them.
@@ -134,12 +156,18 @@ Block = tuple[bytes, int, int, Encoded | None]
 
 
 class BadRow(NamedTuple):
-    """A record for the dead-letter topic: its first line, why, its fields and raw text."""
+    """A record for the dead-letter topic: its first line, why, its fields and raw text.
+
+    ``raw`` is the text of the physical lines the record spans (for a CSV error: the
+    lines read up to and including the one the error is on), cut at
+    :data:`MAX_RAW_CHARS` characters (``raw_truncated``).
+    """
 
     line: int
     reason: str
     fields: list[str] | None  # None: the record did not parse
-    raw: str | None  # with ``format = "raw"``
+    raw: str | None  # None only for rows built without their text (never by RowBatches)
+    raw_truncated: bool = False
 
 
 @dataclass(slots=True)
@@ -240,12 +268,15 @@ class RowBatches:
         """The records of ``block`` by the ``csv`` module, one by one."""
         opts, state = self._opts, self._state
         raw_mode = opts.format == "raw"
+        # The lines of each record are kept for ``format = "raw"`` and for the text of
+        # dead-lettered records (any format).
+        keep_raw = raw_mode or opts.bad_rows == "dead-letter"
         encoding = opts.encoding
         lines_done = self._line
         header_pending, encoder = self.header_pending, self._encoder
         ncols, key_idx = self._ncols, self._key_idx
         text, bad_idx = decode_piece(block, encoding)
-        feed = LineFeed(text, bad_idx, keep_raw=raw_mode, start_line=lines_done)
+        feed = LineFeed(text, bad_idx, keep_raw=keep_raw, start_line=lines_done)
         raw_lines = feed.raw
         bad_lines = feed.bad_lines
         reader = csv.reader(
@@ -282,30 +313,30 @@ class RowBatches:
                     else:
                         if ncols is None:
                             ncols = self._ncols = state.ncols = len(fields)
-                        raw = RowEncoder.raw(raw_lines) if raw_mode else None
                         if len(fields) != ncols:
                             reason = f"expected {ncols} columns, got {len(fields)}"
-                            bad += self._bad(dead, line_start, reason, fields, raw)
+                            bad += self._bad(dead, line_start, reason, fields, raw_lines)
                         elif bad_lines and _touches(bad_lines, line_start, line_end):
                             reason = f"undecodable bytes (not {encoding})"
-                            bad += self._bad(dead, line_start, reason, fields, raw)
+                            bad += self._bad(dead, line_start, reason, fields, raw_lines)
                         else:
-                            values.append(raw if raw is not None else encoder.json(fields))
+                            values.append(
+                                RowEncoder.raw(raw_lines) if raw_mode else encoder.json(fields)
+                            )
                             if key_idx is not None:
                                 keys.append(fields[key_idx])
                             lines.append(line_start)
                         rows += 1
-                    if raw_mode:
+                    if keep_raw:
                         raw_lines.clear()
                 break
             except csv.Error as exc:
                 line_end = lines_done + reader.line_num
                 line_start = prev_end + 1
                 prev_end = line_end
-                raw = RowEncoder.raw(raw_lines) if raw_mode else None
-                bad += self._bad(dead, line_start, f"unparseable CSV: {exc}", None, raw)
+                bad += self._bad(dead, line_start, f"unparseable CSV: {exc}", None, raw_lines)
                 rows += 1
-                if raw_mode:
+                if keep_raw:
                     raw_lines.clear()
         return RowBatch(
             values,
@@ -320,13 +351,23 @@ class RowBatches:
         )
 
     def _bad(
-        self, dead: list[BadRow], line: int, reason: str, fields: list[str] | None, raw: str | None
+        self,
+        dead: list[BadRow],
+        line: int,
+        reason: str,
+        fields: list[str] | None,
+        raw_lines: list[str],
     ) -> int:
-        """Apply ``bad_rows`` to one bad record (``fail``: raise); 1, the bad rows it makes."""
+        """Apply ``bad_rows`` to one bad record (``fail``: raise); 1, the bad rows it makes.
+
+        ``raw_lines``: the physical lines of the record (for a CSV error, those read up
+        to the error), kept when the record is dead-lettered.
+        """
         if self._opts.bad_rows == "fail":
             raise BadRowError(f"{self._uri} line {line}: {reason} (bad_rows = 'fail')")
         if self._opts.bad_rows == "dead-letter":
-            dead.append(BadRow(line, reason, fields, raw))
+            raw, truncated = raw_excerpt(raw_lines)
+            dead.append(BadRow(line, reason, fields, raw, truncated))
         return 1
 
     def _key_index(self, columns: list[str]) -> int | None:

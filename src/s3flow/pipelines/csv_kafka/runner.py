@@ -60,10 +60,20 @@ class RunReport:
 class _Mirror:
     """Writes the latest checkpoint to the state store, in order, from any thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, store: StateStore | None, name: str):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        store: StateStore | None,
+        name: str,
+        forward: Callable[[Checkpoint], None] | None = None,
+        hint: int | None = None,
+    ):
         self._loop = loop
         self._store = store
         self._name = name
+        self._forward = forward
+        #: The checkpoint partition offset to start from, when known without the store.
+        self.hint = hint
         self._latest: Checkpoint | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -74,6 +84,8 @@ class _Mirror:
 
     def offer(self, ckpt: Checkpoint) -> None:
         """Called in the session thread after each commit."""
+        if self._forward is not None:
+            self._forward(ckpt)
         if self._store is None:
             return
         self._latest = ckpt
@@ -130,11 +142,18 @@ async def run_object(
     executor: Executor,
     store: StateStore | None = None,
     report_progress: Callable[[int], None] = lambda n: None,
+    hint: int | None = None,
+    on_checkpoint: Callable[[Checkpoint], None] | None = None,
 ) -> RunReport:
-    """Produce the rows of ``ref`` exactly once (resuming from its checkpoint)."""
+    """Produce the rows of ``ref`` exactly once (resuming from its checkpoint).
+
+    ``hint``: where to start reading the checkpoint partition, when the caller knows it
+    (else the store's mirrored checkpoint says); ``on_checkpoint``: also called (in the
+    produce thread) with each committed checkpoint (a range process reports them).
+    """
     loop = asyncio.get_running_loop()
     name = mirror_name(opts.topic, ref)
-    mirror = _Mirror(loop, store, name)
+    mirror = _Mirror(loop, store, name, on_checkpoint, hint)
     mirror.start()
     started = time.monotonic()
     deadline = started + opts.retry_timeout_s
@@ -181,7 +200,9 @@ async def _attempt(
     loop = asyncio.get_running_loop()
     session = TxnSession(opts, ref, on_checkpoint=mirror.offer)
     try:
-        hint = await mirrored_hint(store, mirror_name(opts.topic, ref))
+        hint = mirror.hint
+        if hint is None:
+            hint = await mirrored_hint(store, mirror_name(opts.topic, ref))
         ckpt = await loop.run_in_executor(executor, session.prepare, hint)
         if ckpt is not None and ckpt.done:
             log.info("%s: already in %s (%d rows): nothing to do", ref.uri, opts.topic, ckpt.sent)

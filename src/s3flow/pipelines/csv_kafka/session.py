@@ -62,6 +62,9 @@ from s3flow.pipelines.csv_kafka.rows import (
 log = logging.getLogger("s3flow.pipelines.csv_kafka")
 
 _COMMIT_ATTEMPTS = 5
+#: Blocks (~1 MiB each) read and encoded ahead of the produce loop: enough for the
+#: helper thread to keep parsing while ``commit_transaction`` waits for the broker.
+PREFETCH_BLOCKS = 3
 _PARTITION_ANY = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner decides
 
 
@@ -256,7 +259,7 @@ class TxnSession:
         txn_rows = txn_bytes = 0
         last_commit = time.monotonic()
         self._begin(producer)
-        ahead = _Prefetch(self._blocks(channel, state))
+        ahead = _Prefetch(self._blocks(channel, state), PREFETCH_BLOCKS)
         try:
             for batch in records.batches(ahead, ahead.encode_with):
                 values = batch.values
@@ -357,6 +360,7 @@ class TxnSession:
                 [_printable(f, encoding) for f in bad.fields] if bad.fields is not None else None
             ),
             "raw": _printable(bad.raw, encoding) if bad.raw is not None else None,
+            "raw_truncated": bad.raw_truncated,
         }
         self._produce(
             producer,

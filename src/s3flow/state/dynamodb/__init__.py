@@ -7,14 +7,20 @@ Six tables, PAY_PER_REQUEST, created by :meth:`DynamoStateStore.ensure_tables`
     One item per object version. ``pk`` = ``json.dumps([bucket, key])`` (no
     separator ambiguity), ``sk`` = ``"v:" + version`` (key attributes may not
     be empty strings; the version may be ""). Besides the FileRecord fields an
-    item carries ``rev``, a revision number increased by every write.
+    item carries ``rev``, a revision number increased by every write, and
+    ``lst`` = ``[pipeline, status]`` / ``lst_at`` = ``updated_at``: the global
+    secondary index ``listing`` (ALL) holds every record by pipeline and status,
+    ordered by update time (``list_files``, ``oldest_processing_at``).
 ``<prefix>-history``
     One item per transition. ``pk`` as above; ``sk`` =
     ``<microseconds, 17 digits>#<rev, 10 digits>#<random>``, so a Query
     returns a key's transitions oldest first (ties broken by revision).
 ``<prefix>-meta``
     ``pk`` = ``counter#<name>`` (attribute ``n``), ``checkpoint#<name>``
-    (``val``), ``lock#<name>`` (``owner``, ``token``, ``expires_at``).
+    (``val``), ``lock#<name>`` (``owner``, ``token``, ``expires_at``), and the
+    files' status counters: ``fcount#[pipeline]`` and
+    ``fcount#[pipeline, day]`` (a number per status) with their registry
+    ``fcounts`` (see :mod:`.files`).
 ``<prefix>-manifests``
     Manifests and the files tracked for them (``pk``/``sk``), keys JSON-encoded:
     a tracked file is ``pk = ["file", dataset, date]``, ``sk = [bucket, key,
@@ -29,7 +35,10 @@ Six tables, PAY_PER_REQUEST, created by :meth:`DynamoStateStore.ensure_tables`
     manifest 200+ files): the manifest is written first as ``sealing`` with the
     files chosen, each file is moved conditionally, then the manifest is
     ``sealed`` with exactly the files moved. A builder that dies midway leaves
-    the marker; the next lock holder finishes the same manifest.
+    the marker; the next lock holder finishes the same manifest. A second
+    sparse, KEYS_ONLY index ``listing`` (``mls = [dataset, status]``, ``mls_at
+    = <created micros>#<id>``) lists the manifests; ``pk = ["datasets"]``,
+    ``sk = dataset`` names the datasets.
 ``<prefix>-jobs``
     Upload jobs (``pk``): a job is ``job#<job_id>`` (the record as JSON in
     ``record``, plus ``status``, ``created_at``, ``last_seq``, ``upload_id``,
@@ -81,9 +90,16 @@ On moto this needs the patched server (writes serialised, see
 :func:`s3flow.local.moto_server.patch_moto_dynamodb`) for concurrent appends,
 and each transaction copies the two jobs tables (fine for tests and a dev box).
 
-``list_files``, ``counts`` and ``oldest_processing_at`` Scan the files table
-with filters (no GSI): fine for operator commands and dashboards on up to
-some hundred thousand records; add a GSI on (pipeline, status) if that grows.
+Nothing an operator runs routinely scans: ``counts`` reads the status
+counters (updated by an ``ADD`` after each transition; the crash window this
+leaves is described in :mod:`.files`), ``oldest_processing_at`` and
+``list_files`` the ``listing`` index, ``list_manifests`` the manifests table's
+``listing`` index. Only :meth:`~.maintenance.MaintenanceMixin.recount`
+(``s3flow state recount``) scans.
+
+Retention: every table has TTL on ``purge_at`` (:meth:`~.tables.TablesMixin.ensure_ttl`);
+finished records, history lines, checkpoints, free locks, completed manifests
+and finished jobs carry it (:mod:`.maintenance` lists the rules).
 
 Times come from ``clock`` on each client: machines sharing a table need
 synchronised clocks (claim TTLs should be much larger than the skew).
@@ -91,7 +107,8 @@ synchronised clocks (claim TTLs should be much larger than the skew).
 The store is split by concern: :mod:`.codec` (items <-> records, keys),
 :mod:`.client` (the client, error translation, paging, the conditional Put),
 :mod:`.tables`, :mod:`.files`, :mod:`.meta` (counters, checkpoints, locks),
-:mod:`.manifests`, :mod:`.jobs`; :mod:`.store` puts them together.
+:mod:`.manifests`, :mod:`.jobs`, :mod:`.maintenance` (prune, recount);
+:mod:`.store` puts them together.
 """
 
 from s3flow.state.dynamodb.store import DynamoStateStore

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Self
 
 from s3flow.aws import async_client
 from s3flow.errors import ConfigError, translate_aws_error
 from s3flow.settings import AwsSettings
-from s3flow.state.base import StateError
+from s3flow.state.base import ObjectId, StateError
 from s3flow.state.dynamodb.codec import Item
+from s3flow.state.lifecycle import DEFAULT_RETENTION_DAYS, retention_seconds
 
 MAX_CONFLICT_RETRIES = 100
 CONFLICT_CODES = frozenset({"ConditionalCheckFailedException", "TransactionConflictException"})
@@ -85,6 +88,7 @@ class DynamoClient:
         clock: Callable[[], float] = time.time,
         pool: int = 10,
         page_size: int | None = None,
+        retention_s: float | None = retention_seconds(DEFAULT_RETENTION_DAYS),
     ) -> None:
         if not _PREFIX_RE.match(table_prefix):
             raise ConfigError(
@@ -102,8 +106,14 @@ class DynamoClient:
         self._clock = clock
         self._pool = pool
         self._page_size = page_size
+        self.retention_s = retention_s
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
+        # What this instance has written to the files counters' registry (see .files).
+        self._registered_pipelines: set[str] = set()
+        self._registered_horizon = -1
+        # (object, token) -> pipeline of the claims this instance took, until finished.
+        self._claims: dict[tuple[ObjectId, int], str] = {}
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -192,6 +202,25 @@ class DynamoClient:
             return False
         return True
 
+    def _purge_at(self, since: float) -> float | None:
+        """When an item that starts its retention at ``since`` expires (None: retention off)."""
+        return None if self.retention_s is None else since + self.retention_s
+
+    async def _batch_get(self, table: str, keys: list[Item]) -> list[Item]:
+        """The items of ``keys`` that exist (BatchGetItem, strongly consistent, any order)."""
+        out: list[Item] = []
+        for start in range(0, len(keys), 100):
+            pending: Item = {table: {"Keys": keys[start : start + 100], "ConsistentRead": True}}
+            attempt = 0
+            while pending:
+                resp = await self._api("BatchGetItem", table, RequestItems=pending)
+                out += resp.get("Responses", {}).get(table, [])
+                pending = resp.get("UnprocessedKeys") or {}
+                attempt += 1
+                if pending:
+                    await asyncio.sleep(random.uniform(0, min(0.05 * attempt, 1.0)))
+        return out
+
     async def _items(self, op: str, table: str, **kwargs: Any) -> list[Item]:
         """Every item of a Query or Scan (``op``) on ``table``, page after page.
 
@@ -208,6 +237,19 @@ class DynamoClient:
             start = resp.get("LastEvaluatedKey")
             if not start:
                 return items
+            args["ExclusiveStartKey"] = start
+
+    async def _pages(self, op: str, table: str, **kwargs: Any) -> AsyncIterator[list[Item]]:
+        """The pages of a Query or Scan, one list of items at a time (what ``_items`` joins)."""
+        args = dict(kwargs, TableName=table)
+        if self._page_size is not None:
+            args["Limit"] = self._page_size
+        while True:
+            resp = await self._api(op, table, **args)
+            yield resp.get("Items") or []
+            start = resp.get("LastEvaluatedKey")
+            if not start:
+                return
             args["ExclusiveStartKey"] = start
 
     async def _first_items(self, table: str, n: int, **kwargs: Any) -> list[Item]:

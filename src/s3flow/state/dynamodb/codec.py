@@ -7,6 +7,7 @@ Pure functions, no I/O. The key layout of each table is described in
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from typing import Any
 
@@ -82,13 +83,51 @@ def marker_key(dataset: str, manifest_id: str) -> Item:
     return {"pk": {"S": json_key("unfinished", dataset)}, "sk": {"S": manifest_id}}
 
 
+def dataset_key(dataset: str) -> Item:
+    """The key of a dataset's entry in the manifests table's list of datasets."""
+    return {"pk": {"S": json_key("datasets")}, "sk": {"S": dataset}}
+
+
+def purge_seconds(purge_at: float) -> int:
+    """The TTL value stored for ``purge_at``: whole unix seconds, rounded up."""
+    return math.ceil(purge_at)
+
+
+def expiry_day(purge_at: float | None) -> int | None:
+    """The UTC day (days since the epoch) an item with this ``purge_at`` expires on."""
+    return None if purge_at is None else purge_seconds(purge_at) // 86_400
+
+
+def with_purge(item: Item, purge_at: float | None) -> Item:
+    """``item`` with its TTL attribute ``purge_at`` (unchanged when None)."""
+    if purge_at is not None:
+        item["purge_at"] = {"N": str(purge_seconds(purge_at))}
+    return item
+
+
+# --- the files' status counters (meta table) ---------------------------------------------
+
+#: The meta item listing the pipelines that have counters and the last day bucket written.
+COUNTS_REGISTRY_PK = "fcounts"
+
+
+def counts_pk(pipeline: str, day: int | None = None) -> str:
+    """The meta ``pk`` of a pipeline's live counters, or of its bucket of expiry ``day``."""
+    return "fcount#" + (json_key(pipeline) if day is None else json_key(pipeline, str(day)))
+
+
+def listing_key(pipeline: str, status: str) -> str:
+    """``lst``: the listing-index partition of a pipeline's records in one status."""
+    return json_key(pipeline, status)
+
+
 # --- file records and history ------------------------------------------------------------
 
 _OPT_STR = ("sequencer", "last_error_class", "last_error", "worker_id", "claim_owner")
 
 
-def encode_record(rec: FileRecord, rev: int) -> Item:
-    """The files-table item of ``rec`` at revision ``rev``."""
+def encode_record(rec: FileRecord, rev: int, purge_at: float | None = None) -> Item:
+    """The files-table item of ``rec`` at revision ``rev`` (expiring at ``purge_at``)."""
     item: Item = {
         "pk": {"S": object_pk(rec.bucket, rec.key)},
         "sk": {"S": "v:" + rec.version},
@@ -105,7 +144,10 @@ def encode_record(rec: FileRecord, rev: int) -> Item:
         "created_at": {"N": num(rec.created_at)},
         "updated_at": {"N": num(rec.updated_at)},
         "rev": {"N": str(rev)},
+        "lst": {"S": listing_key(rec.pipeline, rec.status.value)},
+        "lst_at": {"N": num(rec.updated_at)},
     }
+    with_purge(item, purge_at)
     for name in _OPT_STR:
         value = getattr(rec, name)
         if value is not None:
@@ -144,7 +186,9 @@ def decode_record(item: Item) -> tuple[FileRecord, int]:
     return rec, int(item.get("rev", {}).get("N", "0"))
 
 
-def encode_history(rec: FileRecord, entry: HistoryEntry, rev: int) -> Item:
+def encode_history(
+    rec: FileRecord, entry: HistoryEntry, rev: int, purge_at: float | None = None
+) -> Item:
     """The history-table item of ``entry`` (a transition of ``rec`` to revision ``rev``)."""
     micros = max(0, round(entry.at * 1_000_000))
     item: Item = {
@@ -160,7 +204,7 @@ def encode_history(rec: FileRecord, entry: HistoryEntry, rev: int) -> Item:
         item["worker_id"] = {"S": entry.worker_id}
     if entry.detail:
         item["detail"] = {"S": entry.detail}
-    return item
+    return with_purge(item, purge_at)
 
 
 def decode_history(item: Item) -> HistoryEntry:
@@ -223,8 +267,13 @@ def decode_tracked(item: Item) -> TrackedFile:
     )
 
 
-def encode_manifest(m: ManifestRecord, rev: int) -> Item:
-    """The item of manifest ``m`` at revision ``rev``."""
+def manifest_listed(m: ManifestRecord) -> str:
+    """``mls_at``: a manifest's sort key in the listing index, ``(created_at, id)`` order."""
+    return f"{max(0, round(m.created_at * 1_000_000)):017d}#{m.manifest_id}"
+
+
+def encode_manifest(m: ManifestRecord, rev: int, purge_at: float | None = None) -> Item:
+    """The item of manifest ``m`` at revision ``rev`` (expiring at ``purge_at``)."""
     item: Item = {
         **manifest_key(m.manifest_id),
         "kind": {"S": "manifest"},
@@ -240,12 +289,14 @@ def encode_manifest(m: ManifestRecord, rev: int) -> Item:
         "updated_at": {"N": num(m.updated_at)},
         "attempts": {"N": str(m.attempts)},
         "rev": {"N": str(rev)},
+        "mls": {"S": json_key(m.dataset, m.status.value)},
+        "mls_at": {"S": manifest_listed(m)},
     }
     if m.location is not None:
         item["location"] = {"S": m.location}
     if m.detail:
         item["detail"] = {"S": m.detail}
-    return item
+    return with_purge(item, purge_at)
 
 
 def decode_manifest(item: Item) -> tuple[ManifestRecord, int]:
@@ -300,9 +351,9 @@ def job_listed(job: JobRecord) -> str:
     return f"{max(0, round(job.created_at * 1_000_000)):017d}#{job.job_id}"
 
 
-def encode_job(job: JobRecord) -> Item:
+def encode_job(job: JobRecord, purge_at: float | None = None) -> Item:
     """The jobs-table item of ``job``: the record as JSON, plus what it is found and listed by."""
-    return {
+    item: Item = {
         **job_key(job.job_id),
         "kind": {"S": "job"},
         "job_id": {"S": job.job_id},
@@ -314,6 +365,7 @@ def encode_job(job: JobRecord) -> Item:
         "last_seq": {"N": str(job.last_seq)},
         "record": {"S": job_to_json(job)},
     }
+    return with_purge(item, purge_at)
 
 
 def decode_job(item: Item) -> JobRecord:
@@ -326,26 +378,28 @@ def encode_upload(upload_id: str, job_id: str) -> Item:
     return {**upload_key(upload_id), "kind": {"S": "upload"}, "job_id": {"S": job_id}}
 
 
-def encode_event_marker(event: JobEvent) -> Item:
+def encode_event_marker(event: JobEvent, purge_at: float | None = None) -> Item:
     """The idempotency marker of ``event`` (its job, event id and seq)."""
-    return {
+    item: Item = {
         **event_marker_key(event.job_id, event.event_id),
         "kind": {"S": "event"},
         "job_id": {"S": event.job_id},
         "event_id": {"S": event.event_id},
         "seq": {"N": str(event.seq)},
     }
+    return with_purge(item, purge_at)
 
 
-def encode_job_event(event: JobEvent, data: str) -> Item:
+def encode_job_event(event: JobEvent, data: str, purge_at: float | None = None) -> Item:
     """The job-events item of ``event``; ``data`` is its data as JSON text."""
-    return {
+    item: Item = {
         **job_event_key(event.job_id, event.seq),
         "event_id": {"S": event.event_id},
         "type": {"S": event.type.value},
         "data": {"S": data},
         "at": {"N": num(event.at)},
     }
+    return with_purge(item, purge_at)
 
 
 def decode_job_event(item: Item) -> JobEvent:

@@ -22,6 +22,11 @@ Reads are strongly consistent GetItem / Query / BatchGetItem calls except the
 changed status can be missing from a listing, or listed once under its old
 status, for the index's propagation delay (well under a second); the records
 listed are always current, and a status filter is checked on them.
+
+Retention (TTL ``purge_at``): the event that ends a job stamps the job's item and
+its upload's item to expire ``retention_s`` later (in the same transaction);
+events and their idempotency markers expire ``retention_s`` after they were
+appended (a log cannot be re-stamped in one write; a job is long finished by then).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from s3flow.state.dynamodb.codec import (
     job_event_key,
     job_key,
     upload_key,
+    with_purge,
 )
 from s3flow.state.dynamodb.tables import JOBS_STATUS_INDEX
 from s3flow.state.jobs import (
@@ -148,10 +154,10 @@ class JobsMixin(DynamoClient):
             ),
             _put(
                 self.job_events_table,
-                encode_job_event(event, payload),
+                encode_job_event(event, payload, self._purge_at(event.at)),
                 "attribute_not_exists(job_id)",
             ),
-            _put(self.jobs_table, encode_event_marker(event), absent),
+            _put(self.jobs_table, encode_event_marker(event, self._purge_at(event.at)), absent),
         ]
         for attempt in range(MAX_CONFLICT_RETRIES):
             try:
@@ -213,11 +219,12 @@ class JobsMixin(DynamoClient):
                 at=self._clock(),
             )
             new = replace(apply_event(job, type_, decoded, event.at), last_seq=event.seq)
+            purge = self._purge_at(event.at) if new.status.terminal else None
             all_old = {"ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
             actions = [
                 _put(
                     self.jobs_table,
-                    encode_job(new),
+                    encode_job(new, purge),
                     "last_seq = :seq AND #st = :st",
                     ExpressionAttributeNames={"#st": "status"},
                     ExpressionAttributeValues={
@@ -228,16 +235,20 @@ class JobsMixin(DynamoClient):
                 ),
                 _put(
                     self.job_events_table,
-                    encode_job_event(event, payload),
+                    encode_job_event(event, payload, self._purge_at(event.at)),
                     "attribute_not_exists(job_id)",
                 ),
                 _put(
                     self.jobs_table,
-                    encode_event_marker(event),
+                    encode_event_marker(event, self._purge_at(event.at)),
                     "attribute_not_exists(pk)",
                     **all_old,
                 ),
             ]
+            if purge is not None:  # the job ends: its upload's item expires with it
+                # (a Put of the whole item: the web app, which appends, may not UpdateItem)
+                upload = with_purge(encode_upload(job.upload_id, job_id), purge)
+                actions.append({"Put": {"TableName": self.jobs_table, "Item": upload}})
             try:
                 await self._transact(actions)
             except TransactionCanceled as exc:

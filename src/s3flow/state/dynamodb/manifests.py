@@ -4,6 +4,16 @@ Everything lives in the manifests table (layout in :mod:`s3flow.state.dynamodb`)
 the ``pending`` index holds exactly the pending files. Every move out of
 pending is a conditional write (``status = pending``), so reading the index,
 which may lag, is safe.
+
+``list_manifests`` reads the sparse, KEYS_ONLY ``listing`` index (``mls`` =
+[dataset, status], ``mls_at`` = <created micros>#<id>; one Query per dataset and
+status, newest first, ``limit`` keys each) and then the records (BatchGetItem):
+no Scan. The datasets are listed under ``pk = ["datasets"]`` (one item each,
+written when a manifest is sealed).
+
+Retention (TTL ``purge_at``): a manifest that completes, and every file tracked
+for it, expire ``retention_s`` after the completion. Unfinished manifests
+(sealing, sealed, processing, failed) and pending files never expire.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from s3flow.state.base import (
 from s3flow.state.dynamodb.client import MAX_CONFLICT_RETRIES, Conflict, DynamoClient
 from s3flow.state.dynamodb.codec import (
     Item,
+    dataset_key,
     decode_manifest,
     decode_tracked,
     encode_manifest,
@@ -39,9 +50,10 @@ from s3flow.state.dynamodb.codec import (
     manifest_key,
     marker_key,
     num,
+    purge_seconds,
     tracked_key,
 )
-from s3flow.state.dynamodb.tables import PENDING_INDEX
+from s3flow.state.dynamodb.tables import MANIFESTS_LISTING_INDEX, PENDING_INDEX
 from s3flow.state.lifecycle import clip, plan_manifest_status
 
 log = logging.getLogger(__name__)
@@ -235,6 +247,12 @@ class ManifestsMixin(DynamoClient):
                 TableName=self.manifests_table,
                 Item={**marker_key(base.dataset, base.manifest_id), "at": {"N": num(now)}},
             )
+            await self._api(
+                "PutItem",
+                self.manifests_table,
+                TableName=self.manifests_table,
+                Item={**dataset_key(base.dataset), "kind": {"S": "dataset"}},
+            )
             if await self._put_if(
                 self.manifests_table, encode_manifest(base, 1), "attribute_not_exists(pk)"
             ):
@@ -344,29 +362,48 @@ class ManifestsMixin(DynamoClient):
         status: ManifestStatus | None = None,
         limit: int = 1000,
     ) -> list[ManifestRecord]:
-        """Manifests matching the filters, newest first (a filtered Scan)."""
-        cond = ["#kind = :k"]
-        names: dict[str, str] = {"#kind": "kind"}
-        values: Item = {":k": {"S": "manifest"}}
-        if dataset is not None:
-            cond.append("#ds = :ds")
-            names["#ds"] = "dataset"
-            values[":ds"] = {"S": dataset}
-        if status is not None:
-            cond.append("#st = :st")
-            names["#st"] = "status"
-            values[":st"] = {"S": ManifestStatus(status).value}
-        items = await self._items(
-            "Scan",
-            self.manifests_table,
-            ConsistentRead=True,
-            FilterExpression=" AND ".join(cond),
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
+        """Manifests matching the filters, newest first (listing index, then the records)."""
+        if limit <= 0:
+            return []
+        datasets = [dataset] if dataset is not None else await self._datasets()
+        statuses = list(ManifestStatus) if status is None else [ManifestStatus(status)]
+        found = await asyncio.gather(
+            *(
+                self._first_items(
+                    self.manifests_table,
+                    limit,
+                    IndexName=MANIFESTS_LISTING_INDEX,
+                    KeyConditionExpression="mls = :l",
+                    ExpressionAttributeValues={":l": {"S": json_key(d, s.value)}},
+                    ScanIndexForward=False,
+                )
+                for d in datasets
+                for s in statuses
+            )
         )
-        recs = [decode_manifest(i)[0] for i in items]
+        newest = sorted({(i["mls_at"]["S"], i["pk"]["S"]) for f in found for i in f}, reverse=True)
+        pks = list(dict.fromkeys(k for _, k in newest))[:limit]
+        keys = [{"pk": {"S": pk}, "sk": {"S": "m"}} for pk in pks]
+        recs = [decode_manifest(i)[0] for i in await self._batch_get(self.manifests_table, keys)]
+        if status is not None:  # the index may lag a status change; the record does not
+            recs = [m for m in recs if m.status is ManifestStatus(status)]
         recs.sort(key=lambda m: (m.created_at, m.manifest_id), reverse=True)
-        return recs[: max(0, limit)]
+        return recs[:limit]
+
+    async def _datasets(self) -> list[str]:
+        """Every dataset a manifest was sealed for (one consistent Query)."""
+        items = await self._items(
+            "Query",
+            self.manifests_table,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": json_key("datasets")}},
+            ConsistentRead=True,
+        )
+        return [i["sk"]["S"] for i in items]
+
+    def _manifest_purge(self, m: ManifestRecord) -> float | None:
+        """When ``m`` and its files expire: one retention after it completed, else never."""
+        return self._purge_at(m.updated_at) if m.status is ManifestStatus.COMPLETED else None
 
     async def set_manifest_status(
         self,
@@ -386,7 +423,7 @@ class ManifestsMixin(DynamoClient):
             )
             if not await self._put_if(
                 self.manifests_table,
-                encode_manifest(new, rev + 1),
+                encode_manifest(new, rev + 1, self._manifest_purge(new)),
                 "#rev = :rev",
                 {"#rev": "rev"},
                 {":rev": {"N": str(rev)}},
@@ -428,6 +465,10 @@ class ManifestsMixin(DynamoClient):
             ":id": {"S": m.manifest_id},
         }
         update = "SET #st = :st, #up = :now"
+        purge = self._manifest_purge(m)
+        if purge is not None:
+            update += ", purge_at = :pa"
+            values[":pa"] = {"N": str(purge_seconds(purge))}
         if detail:
             update += ", #dt = :d"
             values[":d"] = {"S": detail}

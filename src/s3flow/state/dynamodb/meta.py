@@ -1,9 +1,15 @@
-"""The meta part of the DynamoDB store: counters, checkpoints and locks (the meta table)."""
+"""The meta part of the DynamoDB store: counters, checkpoints and locks (the meta table).
+
+Retention (TTL ``purge_at``): a checkpoint expires ``retention_s`` after its
+last write, a lock ``retention_s`` after it was released or its lease ran out
+(each acquire, renew and release moves ``purge_at``). The files' status
+counters live here too (:mod:`.files`).
+"""
 
 from __future__ import annotations
 
 from s3flow.state.dynamodb.client import Conflict, DynamoClient
-from s3flow.state.dynamodb.codec import Item, num, opt_str
+from s3flow.state.dynamodb.codec import Item, num, opt_str, purge_seconds, with_purge
 
 
 class MetaMixin(DynamoClient):
@@ -50,15 +56,19 @@ class MetaMixin(DynamoClient):
 
     async def put_checkpoint(self, name: str, value: str) -> None:
         """Store a position for ``name`` (last write wins)."""
+        now = self._clock()
         await self._api(
             "PutItem",
             self.meta_table,
             TableName=self.meta_table,
-            Item={
-                "pk": {"S": f"checkpoint#{name}"},
-                "val": {"S": value},
-                "updated_at": {"N": num(self._clock())},
-            },
+            Item=with_purge(
+                {
+                    "pk": {"S": f"checkpoint#{name}"},
+                    "val": {"S": value},
+                    "updated_at": {"N": num(now)},
+                },
+                self._purge_at(now),
+            ),
         )
 
     # --- leases / locks -------------------------------------------------------------------------
@@ -66,23 +76,29 @@ class MetaMixin(DynamoClient):
     async def acquire_lock(self, name: str, *, owner: str, ttl_s: float) -> int | None:
         """Take the lock if free or expired: return a fencing token (strictly increasing).
 
-        The item is kept on release (owner removed), so tokens keep increasing.
+        The item is kept on release (owner removed), so tokens keep increasing,
+        until it has been free for the retention: TTL removes it then and tokens
+        start again at 1 (no holder of an older token is alive).
         """
         now = self._clock()
+        update, names, values = self._lock_purge(
+            "SET #o = :o, expires_at = :e", now + ttl_s, {"#o": "owner", "#t": "token"}
+        )
         try:
             resp = await self._api(
                 "UpdateItem",
                 self.meta_table,
                 TableName=self.meta_table,
                 Key={"pk": {"S": f"lock#{name}"}},
-                UpdateExpression="SET #o = :o, expires_at = :e ADD #t :one",
+                UpdateExpression=update + " ADD #t :one",
                 ConditionExpression="attribute_not_exists(#o) OR expires_at <= :now",
-                ExpressionAttributeNames={"#o": "owner", "#t": "token"},
+                ExpressionAttributeNames=names,
                 ExpressionAttributeValues={
                     ":o": {"S": owner},
                     ":e": {"N": num(now + ttl_s)},
                     ":now": {"N": num(now)},
                     ":one": {"N": "1"},
+                    **values,
                 },
                 ReturnValues="UPDATED_NEW",
             )
@@ -90,20 +106,37 @@ class MetaMixin(DynamoClient):
             return None
         return int(resp["Attributes"]["token"]["N"])
 
-    async def _lock_update(self, name: str, owner: str, token: int, update: str, e: float) -> bool:
+    def _lock_purge(
+        self, update: str, free_at: float, names: dict[str, str]
+    ) -> tuple[str, dict[str, str], Item]:
+        """``update`` also moving the lock's ``purge_at`` to one retention after ``free_at``."""
+        purge = self._purge_at(free_at)
+        if purge is None:
+            return update, names, {}
+        return (
+            update + ", #pa = :pa",
+            {**names, "#pa": "purge_at"},
+            {":pa": {"N": str(purge_seconds(purge))}},
+        )
+
+    async def _lock_update(
+        self, name: str, owner: str, token: int, update: str, e: float, tail: str = ""
+    ) -> bool:
+        update, names, values = self._lock_purge(update, e, {"#o": "owner", "#t": "token"})
         try:
             await self._api(
                 "UpdateItem",
                 self.meta_table,
                 TableName=self.meta_table,
                 Key={"pk": {"S": f"lock#{name}"}},
-                UpdateExpression=update,
+                UpdateExpression=update + tail,
                 ConditionExpression="#o = :o AND #t = :t",
-                ExpressionAttributeNames={"#o": "owner", "#t": "token"},
+                ExpressionAttributeNames=names,
                 ExpressionAttributeValues={
                     ":o": {"S": owner},
                     ":t": {"N": str(token)},
                     ":e": {"N": num(e)},
+                    **values,
                 },
             )
         except Conflict:
@@ -117,5 +150,7 @@ class MetaMixin(DynamoClient):
         )
 
     async def release_lock(self, name: str, *, owner: str, token: int) -> bool:
-        """Release a held lock; False if it was not ours any more."""
-        return await self._lock_update(name, owner, token, "SET expires_at = :e REMOVE #o", 0.0)
+        """Release a held lock; False if it was not ours any more (``expires_at``: now)."""
+        return await self._lock_update(
+            name, owner, token, "SET expires_at = :e", self._clock(), " REMOVE #o"
+        )

@@ -1,4 +1,10 @@
-"""The store's tables: key schemas, the secondary indexes, creation (``s3flow provision``)."""
+"""The store's tables: key schemas, the secondary indexes, creation (``s3flow provision``).
+
+Every table expires items through DynamoDB's TTL on :data:`TTL_ATTRIBUTE`
+(``purge_at``, unix seconds), which :meth:`TablesMixin.ensure_ttl` switches on
+(``s3flow provision``; the CloudFormation export declares it with
+``TimeToLiveSpecification``). Items without the attribute never expire.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,12 @@ from s3flow.state.dynamodb.client import DynamoClient, error_code
 from s3flow.state.dynamodb.codec import Item
 
 PENDING_INDEX = "pending"
+#: The items' TTL attribute (unix seconds) on every table of the store.
+TTL_ATTRIBUTE = "purge_at"
+#: The files table's index of every record by (pipeline, status), newest last.
+FILES_LISTING_INDEX = "listing"
+#: The manifests table's index of the manifests by (dataset, status), newest last.
+MANIFESTS_LISTING_INDEX = "listing"
 _PK_SK = (
     [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
     [{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
@@ -20,12 +32,36 @@ _PK_ONLY = (
     [{"AttributeName": "pk", "KeyType": "HASH"}],
     [{"AttributeName": "pk", "AttributeType": "S"}],
 )
+_FILES_SCHEMA = (
+    _PK_SK[0],
+    [
+        *_PK_SK[1],
+        {"AttributeName": "lst", "AttributeType": "S"},
+        {"AttributeName": "lst_at", "AttributeType": "N"},
+    ],
+)
+# Every record, by ``lst`` = [pipeline, status] (JSON) and ``lst_at`` = updated_at: `files
+# --status/--pipeline` read partitions newest first, `status` the oldest processing record
+# (a processing record's updated_at is when it entered processing). ALL: a listing is one
+# Query (records are small); it is written with each transition anyway (lst_at changes).
+_FILES_GSI = [
+    {
+        "IndexName": FILES_LISTING_INDEX,
+        "KeySchema": [
+            {"AttributeName": "lst", "KeyType": "HASH"},
+            {"AttributeName": "lst_at", "KeyType": "RANGE"},
+        ],
+        "Projection": {"ProjectionType": "ALL"},
+    }
+]
 _MANIFESTS_SCHEMA = (
     _PK_SK[0],
     [
         *_PK_SK[1],
         {"AttributeName": "pending_ds", "AttributeType": "S"},
         {"AttributeName": "pending_sk", "AttributeType": "S"},
+        {"AttributeName": "mls", "AttributeType": "S"},
+        {"AttributeName": "mls_at", "AttributeType": "S"},
     ],
 )
 _MANIFESTS_GSI = [
@@ -36,7 +72,18 @@ _MANIFESTS_GSI = [
             {"AttributeName": "pending_sk", "KeyType": "RANGE"},
         ],
         "Projection": {"ProjectionType": "ALL"},
-    }
+    },
+    # Sparse (manifest items only): ``mls`` = [dataset, status] (JSON), ``mls_at`` =
+    # <created micros>#<id>. KEYS_ONLY: a manifest's file list is large; `manifests list`
+    # reads the records it lists (BatchGetItem).
+    {
+        "IndexName": MANIFESTS_LISTING_INDEX,
+        "KeySchema": [
+            {"AttributeName": "mls", "KeyType": "HASH"},
+            {"AttributeName": "mls_at", "KeyType": "RANGE"},
+        ],
+        "Projection": {"ProjectionType": "KEYS_ONLY"},
+    },
 ]
 
 JOBS_STATUS_INDEX = "status"
@@ -79,7 +126,7 @@ _Spec = tuple[str, tuple[list[dict[str, str]], list[dict[str, str]]], list[Item]
 def _specs(names: DynamoClient) -> list[_Spec]:
     """(table, (key schema, attribute definitions), global secondary indexes or None)."""
     return [
-        (names.files_table, _PK_SK, None),
+        (names.files_table, _FILES_SCHEMA, _FILES_GSI),
         (names.history_table, _PK_SK, None),
         (names.meta_table, _PK_ONLY, None),
         (names.manifests_table, _MANIFESTS_SCHEMA, _MANIFESTS_GSI),
@@ -117,10 +164,13 @@ class TablesMixin(DynamoClient):
     """Creates the store's tables and waits until they are ACTIVE."""
 
     async def ensure_tables(self) -> list[tuple[str, str]]:
-        """Create missing tables (idempotent), wait until ACTIVE.
+        """Create missing tables and indexes (idempotent), wait until ACTIVE.
 
-        Returns ``(table, "created" | "unchanged")`` pairs. An existing table
-        with another key schema is an error. Works on an open or closed store.
+        Returns ``(table, "created" | "unchanged" | "added index NAME")`` pairs:
+        a table created by an older s3flow gains the indexes it lacks (one at a
+        time, as DynamoDB requires; on AWS an index over a large table takes
+        minutes to build). An existing table with another key schema is an
+        error. Works on an open or closed store. TTL: :meth:`ensure_ttl`.
         """
         if self._client is None:
             async with self:
@@ -135,9 +185,72 @@ class TablesMixin(DynamoClient):
             except Exception as exc:
                 if error_code(exc) != "ResourceInUseException":
                     raise self._error(exc, "CreateTable", table) from exc
-                out.append((table, "unchanged"))
+                added = await self._add_missing_indexes(spec)
+                out.append((table, f"added index {', '.join(added)}" if added else "unchanged"))
         for table, (keys, _attrs), _gsi in specs:
             await self._wait_active(table, keys)
+        return out
+
+    async def _add_missing_indexes(self, spec: _Spec) -> list[str]:
+        """Create the global secondary indexes an existing table lacks; their names."""
+        table, (keys, attrs), gsi = spec
+        if not gsi:
+            return []
+        desc = (await self._api("DescribeTable", table, TableName=table))["Table"]
+        have = {g["IndexName"] for g in desc.get("GlobalSecondaryIndexes") or []}
+        # DynamoDB refuses attribute definitions no key uses yet: only the table's, the
+        # existing indexes' and the new index's.
+        used = {k["AttributeName"] for k in keys}
+        used |= {k["AttributeName"] for g in gsi if g["IndexName"] in have for k in g["KeySchema"]}
+        added: list[str] = []
+        for index in gsi:
+            if index["IndexName"] in have:
+                continue
+            used |= {k["AttributeName"] for k in index["KeySchema"]}
+            await self._wait_active(table, keys)  # one index change at a time
+            defined = [copy.deepcopy(a) for a in attrs if a["AttributeName"] in used]
+            await self._api(
+                "UpdateTable",
+                table,
+                TableName=table,
+                AttributeDefinitions=defined,
+                GlobalSecondaryIndexUpdates=[{"Create": copy.deepcopy(index)}],
+            )
+            added.append(str(index["IndexName"]))
+            await self._wait_active(table, keys, timeout_s=3600)
+        return added
+
+    async def ensure_ttl(self) -> list[tuple[str, str]]:
+        """Switch on TTL (:data:`TTL_ATTRIBUTE`) on every table (idempotent).
+
+        Returns ``(table, "enabled" | "unchanged")`` pairs. A table whose TTL
+        is on another attribute is an error (DynamoDB allows one). Works on an
+        open or closed store.
+        """
+        if self._client is None:
+            async with self:
+                return await self.ensure_ttl()
+        out: list[tuple[str, str]] = []
+        for table, _schema, _gsi in _specs(self):
+            desc = (await self._api("DescribeTimeToLive", table, TableName=table)).get(
+                "TimeToLiveDescription"
+            ) or {}
+            status = desc.get("TimeToLiveStatus", "DISABLED")
+            if status in ("ENABLED", "ENABLING"):
+                if desc.get("AttributeName") != TTL_ATTRIBUTE:
+                    raise StateError(
+                        f"DynamoDB table {table} has TTL on {desc.get('AttributeName')!r}; "
+                        f"s3flow expires items by {TTL_ATTRIBUTE!r}"
+                    )
+                out.append((table, "unchanged"))
+                continue
+            await self._api(
+                "UpdateTimeToLive",
+                table,
+                TableName=table,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": TTL_ATTRIBUTE},
+            )
+            out.append((table, "enabled"))
         return out
 
     async def _wait_active(
@@ -152,7 +265,10 @@ class TablesMixin(DynamoClient):
                     f"DynamoDB table {table} exists with key schema {found}; s3flow needs "
                     f"{[(k['AttributeName'], k['KeyType']) for k in keys]}"
                 )
-            if desc.get("TableStatus") == "ACTIVE":
+            indexes = desc.get("GlobalSecondaryIndexes") or []
+            if desc.get("TableStatus") == "ACTIVE" and all(
+                g.get("IndexStatus", "ACTIVE") == "ACTIVE" for g in indexes
+            ):
                 return
             if time.monotonic() > deadline:
                 raise StateError(f"DynamoDB table {table} did not become ACTIVE in {timeout_s}s")

@@ -12,17 +12,37 @@ failing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from s3flow.state.base import StateError
-from s3flow.state.sqlite.schema import BUSY_TIMEOUT_MS, create_schema, enable_wal
+from s3flow.state.lifecycle import DEFAULT_RETENTION_DAYS, retention_seconds
+from s3flow.state.sqlite.schema import BUSY_TIMEOUT_MS, create_schema, enable_wal, prepare_new
 
 T = TypeVar("T")
+
+#: Results handed back to the event loop per wake-up, at most.
+_BATCH = 16
+#: (future, its loop, result, exception) of one finished call.
+_Done = tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, Any, BaseException | None]
+
+
+def _settle(batch: list[_Done]) -> None:
+    """On the event loop: resolve the futures of finished calls (cancelled ones are left)."""
+    for fut, _, result, exc in batch:
+        if fut.cancelled():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
 
 
 def in_tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -44,14 +64,30 @@ class SqliteStoreBase:
     ``async with`` opens the file (see :meth:`__aenter__`); :meth:`_run` runs a
     function of the connection on the store's thread, turning SQLite errors
     into :class:`StateError`. ``clock`` returns unix seconds; tests pass a fake
-    one to expire claims.
+    one to expire claims. ``retention_s`` (None: keep forever) is how long
+    finished records are kept, ``prune_every_s`` (None: never) how often a
+    background task prunes them while the store is open (see :mod:`.retention`).
     """
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        retention_s: float | None = retention_seconds(DEFAULT_RETENTION_DAYS),
+        prune_every_s: float | None = None,
+    ) -> None:
         self.path = str(path)
         self._clock = clock
+        self.retention_s = retention_s
+        self._prune_every_s = prune_every_s
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # Calls waiting for the store's thread; _draining: a _drain pass is queued/running.
+        self._calls: deque[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], Any]]
+        self._calls = deque()
+        self._calls_lock = threading.Lock()
+        self._draining = False
 
     async def __aenter__(self) -> Self:
         """Open the file (creating it, its directory and the schema as needed)."""
@@ -88,6 +124,7 @@ class SqliteStoreBase:
             raise StateError(f"state store {self.path}: cannot open: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            prepare_new(conn)
             enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             in_tx(conn, self._create_schema)
@@ -100,7 +137,7 @@ class SqliteStoreBase:
         self._conn = conn
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
-        create_schema(conn, self.path)
+        create_schema(conn, self.path, self._clock())
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
@@ -108,10 +145,57 @@ class SqliteStoreBase:
             conn.close()
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` on the store's thread, after every call queued before it.
+
+        Calls queue up and one pass of the thread (:meth:`_drain`) runs them in order,
+        handing results back to the event loop in batches: under load a round trip costs
+        a fraction of a thread hop and of a loop wake-up instead of one each.
+        """
         executor = self._executor
         if executor is None:
             raise StateError(f"state store {self.path} is not open (use 'async with')")
-        return await asyncio.get_running_loop().run_in_executor(executor, self._call, fn)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        item = (fn, fut, loop)
+        self._calls.append(item)
+        with self._calls_lock:
+            start, self._draining = not self._draining, True
+        if start:
+            try:
+                executor.submit(self._drain)
+            except BaseException:  # the executor is shut down
+                with self._calls_lock:
+                    self._draining = False
+                with contextlib.suppress(ValueError):
+                    self._calls.remove(item)
+                raise
+        return await fut
+
+    def _drain(self) -> None:
+        """On the store's thread: run the queued calls in order, results back in batches."""
+        while True:
+            batch: list[_Done] = []
+            while len(batch) < _BATCH:
+                try:
+                    fn, fut, loop = self._calls.popleft()
+                except IndexError:
+                    break
+                if fut.cancelled():  # as run_in_executor: a call cancelled while queued never runs
+                    continue
+                try:
+                    batch.append((fut, loop, self._call(fn), None))
+                except BaseException as exc:
+                    batch.append((fut, loop, None, exc))
+            if batch:
+                for loop in {id(b[1]): b[1] for b in batch}.values():
+                    mine = [b for b in batch if b[1] is loop]
+                    with contextlib.suppress(RuntimeError):  # that loop is closed
+                        loop.call_soon_threadsafe(_settle, mine)
+                continue
+            with self._calls_lock:
+                if not self._calls:
+                    self._draining = False
+                    return
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn

@@ -3,8 +3,17 @@
 The lifecycle rules themselves (what a claim, a fenced finish or an operator
 transition does to a record) are backend-neutral functions in
 :mod:`s3flow.state.lifecycle`, shared with the DynamoDB backend; this module
-reads the record, applies the rule and writes the result (and its history
-entry) in one ``BEGIN IMMEDIATE`` transaction.
+reads the record, applies the rule and writes the result, its history entry
+and the change to ``file_counts`` (records per pipeline and status) in one
+``BEGIN IMMEDIATE`` transaction: the counters always agree with the records,
+whatever process dies when.
+
+Reads go through indexes: ``counts`` reads ``file_counts``;
+``oldest_processing_at`` takes the smallest ``updated_at`` of the processing
+records (``files_pipeline`` / ``files_status``: a processing record's
+``updated_at`` is when it entered processing); ``list_files`` walks the index
+of its filters newest first and stops at ``limit`` (one walk per status, merged,
+when only the pipeline is given).
 
 Claims return ``token == 0`` unless the outcome is ``ACQUIRED``.
 """
@@ -17,6 +26,7 @@ from typing import Any
 from s3flow.state.base import Claim, FileRecord, FileStatus, HistoryEntry, ObjectId
 from s3flow.state.lifecycle import (
     FencedFinishMixin,
+    count_delta,
     plan_claim,
     plan_finish,
     plan_set_status,
@@ -57,7 +67,24 @@ def _select(conn: sqlite3.Connection, oid: ObjectId) -> FileRecord | None:
     return None if r is None else file_record(r)
 
 
-def _write(conn: sqlite3.Connection, rec: FileRecord, entry: HistoryEntry) -> None:
+_COUNT = (
+    "INSERT INTO file_counts (pipeline, status, n) VALUES (?, ?, ?) "
+    "ON CONFLICT (pipeline, status) DO UPDATE SET n = n + excluded.n"
+)
+
+
+def add_counts(conn: sqlite3.Connection, delta: dict[tuple[str, FileStatus], int]) -> None:
+    """Apply a change to ``file_counts`` (inside the caller's transaction)."""
+    if delta:
+        conn.executemany(_COUNT, [(p, s.value, n) for (p, s), n in delta.items() if n])
+
+
+def _write(
+    conn: sqlite3.Connection, old: FileRecord | None, rec: FileRecord, entry: HistoryEntry
+) -> None:
+    """Write ``rec`` (which was ``old``), its history entry and the counters' change."""
+    before = None if old is None else (old.pipeline, old.status)
+    add_counts(conn, count_delta(before, (rec.pipeline, rec.status)))
     conn.execute(_UPSERT, file_row(rec))
     conn.execute(
         _INSERT_HISTORY,
@@ -90,8 +117,9 @@ class FilesMixin(FencedFinishMixin, SqliteStoreBase):
         """Claim a version for processing (see :meth:`StateStore.claim`)."""
 
         def tx(conn: sqlite3.Connection) -> Claim:
+            old = _select(conn, oid)
             claim, entry = plan_claim(
-                _select(conn, oid),
+                old,
                 oid,
                 pipeline=pipeline,
                 owner=owner,
@@ -101,7 +129,7 @@ class FilesMixin(FencedFinishMixin, SqliteStoreBase):
                 now=self._clock(),
             )
             if entry is not None:
-                _write(conn, claim.record, entry)
+                _write(conn, old, claim.record, entry)
             return claim
 
         return await self._run(lambda conn: in_tx(conn, tx))
@@ -128,8 +156,9 @@ class FilesMixin(FencedFinishMixin, SqliteStoreBase):
         detail: str = "",
     ) -> bool:
         def tx(conn: sqlite3.Connection) -> bool:
+            old = _select(conn, oid)
             plan = plan_finish(
-                _select(conn, oid),
+                old,
                 token=token,
                 status=status,
                 now=self._clock(),
@@ -140,7 +169,7 @@ class FilesMixin(FencedFinishMixin, SqliteStoreBase):
             )
             if plan is None:
                 return False
-            _write(conn, *plan)
+            _write(conn, old, *plan)
             return True
 
         return await self._run(lambda conn: in_tx(conn, tx))
@@ -151,15 +180,16 @@ class FilesMixin(FencedFinishMixin, SqliteStoreBase):
         """Unfenced operator transition (see :meth:`StateStore.set_status`)."""
 
         def tx(conn: sqlite3.Connection) -> FileRecord:
+            old = _select(conn, oid)
             new, entry = plan_set_status(
-                _select(conn, oid),
+                old,
                 oid,
                 status,
                 detail=detail,
                 pipeline=pipeline,
                 now=self._clock(),
             )
-            _write(conn, new, entry)
+            _write(conn, old, new, entry)
             return new
 
         return await self._run(lambda conn: in_tx(conn, tx))
@@ -207,48 +237,67 @@ class FilesMixin(FencedFinishMixin, SqliteStoreBase):
         key_prefix: str | None = None,
         limit: int = 1000,
     ) -> list[FileRecord]:
-        """Records matching the filters, most recently updated first."""
-        where: list[str] = []
-        args: list[Any] = []
-        if status is not None:
-            where.append("status = ?")
-            args.append(FileStatus(status).value)
-        if pipeline is not None:
-            where.append("pipeline = ?")
-            args.append(pipeline)
+        """Records matching the filters, most recently updated first (index walks)."""
+        limit = max(0, limit)
+        prefix: list[Any] = []
+        prefix_sql = ""
         if key_prefix:
-            where.append("substr(key, 1, ?) = ?")
-            args += [len(key_prefix), key_prefix]
-        sql = f"SELECT {FILE_COLS} FROM files"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY updated_at DESC, bucket, key, version LIMIT ?"
-        args.append(max(0, limit))
+            prefix_sql = " AND substr(key, 1, ?) = ?"
+            prefix = [len(key_prefix), key_prefix]
+        order = " ORDER BY updated_at DESC, bucket, key, version LIMIT ?"
+        if pipeline is not None and status is None:
+            # files_pipeline is (pipeline, status, updated_at): one walk per status, merged.
+            parts = []
+            args: list[Any] = []
+            for st in FileStatus:
+                parts.append(
+                    f"SELECT * FROM (SELECT {FILE_COLS} FROM files WHERE pipeline = ? "
+                    f"AND status = ?{prefix_sql}{order})"
+                )
+                args += [pipeline, st.value, *prefix, limit]
+            sql = " UNION ALL ".join(parts) + order
+            args.append(limit)
+        else:
+            where: list[str] = []
+            args = []
+            if status is not None:
+                where.append("status = ?")
+                args.append(FileStatus(status).value)
+            if pipeline is not None:
+                where.append("pipeline = ?")
+                args.append(pipeline)
+            sql = f"SELECT {FILE_COLS} FROM files"
+            if not where:  # newest first along files_updated (the planner may prefer a scan)
+                sql += " INDEXED BY files_updated"
+            if key_prefix:
+                where.append("substr(key, 1, ?) = ?")
+                args += prefix
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += order
+            args.append(limit)
         return await self._run(lambda conn: [file_record(r) for r in conn.execute(sql, args)])
 
     async def counts(self, pipeline: str | None = None) -> dict[str, int]:
-        """Number of records per status (every status present, zeros included)."""
+        """Number of records per status (every status present, zeros included): the counters."""
         args: tuple[str, ...] = ()
         if pipeline is None:
-            sql = "SELECT status, count(*) FROM files GROUP BY status"
+            sql = "SELECT status, sum(n) FROM file_counts GROUP BY status"
         else:
-            sql = "SELECT status, count(*) FROM files WHERE pipeline = ? GROUP BY status"
+            sql = "SELECT status, n FROM file_counts WHERE pipeline = ?"
             args = (pipeline,)
 
         def run(conn: sqlite3.Connection) -> dict[str, int]:
             out = zero_counts()
             for status, n in conn.execute(sql, args):
-                out[status] = n
+                out[status] = int(n)
             return out
 
         return await self._run(run)
 
     async def oldest_processing_at(self, pipeline: str | None = None) -> float | None:
-        """When the oldest record still in ``processing`` entered it (None if none)."""
-        sql = (
-            "SELECT min(json_extract(timestamps, '$.processing')) FROM files "
-            "WHERE status = 'processing'"
-        )
+        """When the oldest record still in ``processing`` entered it (one index lookup)."""
+        sql = "SELECT min(updated_at) FROM files WHERE status = 'processing'"
         args: tuple[str, ...] = ()
         if pipeline is not None:
             sql += " AND pipeline = ?"

@@ -63,7 +63,9 @@ class MetaMixin(SqliteStoreBase):
     async def acquire_lock(self, name: str, *, owner: str, ttl_s: float) -> int | None:
         """Take the lock if free or expired: return a fencing token (strictly increasing).
 
-        The row is kept on release, so tokens keep increasing across releases.
+        The row is kept on release, so tokens keep increasing across releases,
+        until the lock has been free for the retention: the prune then forgets
+        it and tokens start again at 1 (no holder of an older token is alive).
         """
 
         def tx(conn: sqlite3.Connection) -> int | None:
@@ -97,13 +99,16 @@ class MetaMixin(SqliteStoreBase):
         return await self._run(run)
 
     async def release_lock(self, name: str, *, owner: str, token: int) -> bool:
-        """Release a held lock; False if it was not ours any more."""
+        """Release a held lock; False if it was not ours any more.
+
+        ``expires_at`` becomes the release time (what the prune goes by).
+        """
 
         def run(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
-                "UPDATE locks SET owner = NULL, expires_at = NULL "
+                "UPDATE locks SET owner = NULL, expires_at = ? "
                 "WHERE name = ? AND owner = ? AND token = ?",
-                (name, owner, token),
+                (self._clock(), name, owner, token),
             )
             return cur.rowcount == 1
 

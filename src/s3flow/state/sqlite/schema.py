@@ -3,6 +3,18 @@
 :func:`create_schema` runs on every open (inside the opening transaction): it
 creates what is missing, adds columns introduced after a database was created,
 and refuses a database written by a newer s3flow.
+
+Version 2 (retention) added ``file_counts`` (records per pipeline and status,
+kept in the transaction of every transition: what ``s3flow status`` reads) and
+the indexes the prune walks. Opening a version-1 database upgrades it once: the
+counters are counted from the records (one full read of ``files``) and the
+locks released before the upgrade get a release time (the upgrade's). An older
+s3flow then refuses the database (it would not keep the counters).
+
+A new database is created with ``auto_vacuum = INCREMENTAL`` (:func:`prepare_new`,
+before WAL and the tables: SQLite only takes it then), so a prune can give freed
+pages back to the file system. An existing database keeps its mode: ``s3flow
+state prune --vacuum`` switches it with one ``VACUUM`` (a full rewrite).
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ from collections.abc import Callable
 
 from s3flow.state.base import StateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 
 SCHEMA = (
@@ -56,12 +68,21 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS history_key ON history (bucket, key, id)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    # Records per (pipeline, status), changed in the transaction of every transition and
+    # prune (schema version 2): `s3flow status` reads these rows, never `files`.
+    """CREATE TABLE IF NOT EXISTS file_counts (
+        pipeline TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (pipeline, status)
+    )""",
     """CREATE TABLE IF NOT EXISTS checkpoints (
         name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL
     )""",
+    "CREATE INDEX IF NOT EXISTS checkpoints_updated ON checkpoints (updated_at)",
+    # ``expires_at`` is when a held lock expires, or when a free one was released.
     """CREATE TABLE IF NOT EXISTS locks (
         name TEXT PRIMARY KEY, owner TEXT, token INTEGER NOT NULL, expires_at REAL
     )""",
+    "CREATE INDEX IF NOT EXISTS locks_expires ON locks (expires_at)",
     # Manifests (additive tables: an older database gains them on open).
     """CREATE TABLE IF NOT EXISTS manifest_files (
         dataset TEXT NOT NULL,
@@ -98,6 +119,7 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS manifests_dataset ON manifests (dataset, status, created_at)",
     "CREATE INDEX IF NOT EXISTS manifests_created ON manifests (created_at)",
+    "CREATE INDEX IF NOT EXISTS manifests_status ON manifests (status, created_at)",
     # Upload jobs and their event logs (additive tables: an older database gains them on
     # open). ``record`` is the whole JobRecord (``s3flow.state.jobs.job_to_json``); the
     # other columns repeat the fields that are looked up or listed by, written with it.
@@ -155,23 +177,53 @@ def enable_wal(
         delay_s = min(delay_s * 2, 0.2)
 
 
-def create_schema(conn: sqlite3.Connection, path: str) -> None:
+def prepare_new(conn: sqlite3.Connection) -> bool:
+    """Give a brand-new (empty) database file incremental auto-vacuum; True if it was new.
+
+    Must run before WAL is switched on and outside a transaction: SQLite fixes
+    the auto-vacuum mode when the file's first page is written.
+    """
+    if conn.execute("PRAGMA page_count").fetchone()[0] != 0:
+        return False
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    return True
+
+
+def create_schema(conn: sqlite3.Connection, path: str, now: float | None = None) -> None:
     """Create missing tables, add newer columns, check the version (in a transaction).
 
-    ``path`` only names the store in the error raised for a newer database.
+    ``path`` only names the store in the error raised for a newer database;
+    ``now`` (unix seconds) stamps locks released before an upgrade to version 2.
     """
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    found = None
+    if row is not None:
+        vrow = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        found = vrow[0] if vrow else None
+    if found is not None and found > SCHEMA_VERSION:
+        raise StateError(
+            f"state store {path} has schema version {found}; this s3flow "
+            f"understands up to {SCHEMA_VERSION} (upgrade s3flow)"
+        )
     for stmt in SCHEMA:
         conn.execute(stmt)
     # Columns added after a database was created (additive, default-valued).
     have = {r[1] for r in conn.execute("PRAGMA table_info(files)")}
     if "failures" not in have:
         conn.execute("ALTER TABLE files ADD COLUMN failures INTEGER NOT NULL DEFAULT 0")
-    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-    found = row[0] if row else None
-    if found is None:
-        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-    elif found > SCHEMA_VERSION:
-        raise StateError(
-            f"state store {path} has schema version {found}; this s3flow "
-            f"understands up to {SCHEMA_VERSION} (upgrade s3flow)"
-        )
+    if found == SCHEMA_VERSION:
+        return
+    # Version 2: the status counters, counted once from the records; free locks get a
+    # release time so that the prune can forget them one retention later.
+    conn.execute("DELETE FROM file_counts")
+    conn.execute(
+        "INSERT INTO file_counts (pipeline, status, n) "
+        "SELECT pipeline, status, count(*) FROM files GROUP BY pipeline, status"
+    )
+    conn.execute(
+        "UPDATE locks SET expires_at = ? WHERE expires_at IS NULL",
+        (time.time() if now is None else now,),
+    )
+    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))

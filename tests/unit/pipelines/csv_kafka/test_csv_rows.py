@@ -16,6 +16,7 @@ from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef, checkpo
 from s3flow.pipelines.csv_kafka.errors import BadRowError
 from s3flow.pipelines.csv_kafka.options import parse_options
 from s3flow.pipelines.csv_kafka.rows import (
+    MAX_RAW_CHARS,
     Block,
     BlockEncoder,
     RowBatch,
@@ -23,6 +24,7 @@ from s3flow.pipelines.csv_kafka.rows import (
     RowEncoder,
     decode_piece,
     original_bytes,
+    raw_excerpt,
 )
 
 
@@ -226,3 +228,48 @@ def test_row_batches_follow_bad_rows_and_resume_from_a_checkpoint() -> None:
     keyed = parse_options({"topic": "t", "key_column": "id"})
     with pytest.raises(BadRowError, match="key_column 'id' is not a column"):
         list(RowBatches(keyed, "s3://b/k", Checkpoint("x")).batches(as_blocks(b"a,b\n1,2\n")))
+
+
+def _dead(fmt: str, data: bytes) -> list[tuple[int, str, str | None, bool]]:
+    opts = parse_options({"topic": "t", "format": fmt})
+    batches = RowBatches(opts, "s3://b/k", Checkpoint("x")).batches(as_blocks(data))
+    return [(d.line, d.reason, d.raw, d.raw_truncated) for b in batches for d in b.dead]
+
+
+@pytest.mark.parametrize("fmt", ["json", "raw"])
+def test_every_dead_lettered_row_carries_its_raw_text(fmt: str) -> None:
+    # The issue's reproduction: the short row of line 3 keeps its text in any format.
+    assert _dead(fmt, b"id,sku,qty\n1,A,3\n2,B\n3,C,1\n") == [
+        (3, "expected 3 columns, got 2", "2,B", False)
+    ]
+    # Too many columns; a record over two physical lines (CRLF kept inside, final
+    # line break dropped); undecodable bytes (kept as surrogates, shown as \xNN later).
+    data = b'a,b\n1,2,3\r\n4,"x\r\ny",z\r\n5,caf\xe9\n6,ok\n'
+    assert _dead(fmt, data) == [
+        (2, "expected 2 columns, got 3", "1,2,3", False),
+        (3, "expected 2 columns, got 3", '4,"x\r\ny",z', False),
+        (5, "undecodable bytes (not utf-8)", "5,caf\udce9", False),
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["json", "raw"])
+def test_csv_error_carries_line_and_truncated_raw(fmt: str) -> None:
+    big = b"x" * 200_000  # over csv's 128 KiB field limit
+    data = b'id,v\n1,a\n2,"' + big + b'"\n3,c\n'
+    [(line, reason, raw, truncated)] = _dead(fmt, data)
+    assert (line, truncated) == (3, True)
+    assert reason.startswith("unparseable CSV: field larger than field limit")
+    assert raw == ('2,"' + "x" * 200_000)[:MAX_RAW_CHARS]
+
+
+def test_raw_excerpt_cuts_at_the_limit_without_joining_everything() -> None:
+    assert raw_excerpt(["ab\n"], 2) == ("ab", False)
+    assert raw_excerpt(["abc\r\n"], 2) == ("ab", True)
+    assert raw_excerpt(["a\n", "b" * 10, "c" * 10**6], 5) == ("a\nbbb", True)
+    assert raw_excerpt([], 5) == ("", False)
+
+
+def test_skip_and_fail_keep_no_raw_text() -> None:
+    opts = parse_options({"topic": "t", "bad_rows": "skip"})
+    (batch,) = RowBatches(opts, "s3://b/k", Checkpoint("x")).batches(as_blocks(b"a,b\n1\n"))
+    assert (batch.bad, list(batch.dead)) == (1, [])

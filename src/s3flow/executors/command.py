@@ -1,0 +1,138 @@
+"""The ``subprocess`` executor: ``s3flow run PROCESSOR s3://bucket/key --output URI``.
+
+One process per object, the same one-object contract a container follows (its
+environment also carries ``SOURCE_BUCKET``, ``OBJECT_KEY``, ``DEST_BUCKET``...; see
+:mod:`s3flow.executors.contract`). The process reports one JSON line on stdout and its
+exit code; its stderr is kept (the last few KiB) for the error message.
+
+The process runs in a session of its own (a Ctrl-C at the terminal reaches only the
+worker, which decides), gets ``PR_SET_PDEATHSIG`` (it dies with the worker) and the
+worker's ``[aws]`` settings as ``S3FLOW_AWS__*`` variables. A cancelled run (shutdown)
+gets SIGTERM, which ``s3flow run`` turns into a clean cancellation, then SIGKILL for
+its whole process group after ``kill_after_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from s3flow.executors.base import (
+    ObjectJob,
+    Progress,
+    error_for_exit,
+    error_from_doc,
+    parse_doc,
+    result_from_doc,
+)
+from s3flow.executors.contract import job_environment
+from s3flow.local.endpoint import OWNER_PID_ENV, owned_preexec
+from s3flow.processors.base import Result
+from s3flow.settings import AwsSettings, SubprocessExecutorSettings
+
+log = logging.getLogger("s3flow.executors")
+
+_STDOUT_LIMIT = 4 * 1024 * 1024
+_STDERR_TAIL = 4096
+
+
+def aws_environment(aws: AwsSettings) -> dict[str, str]:
+    """``[aws]`` as ``S3FLOW_AWS__*`` variables (what the settings loader reads back)."""
+    out = {}
+    for name, value in aws.model_dump(exclude_none=True).items():
+        out[f"S3FLOW_AWS__{name.upper()}"] = str(value)
+    return out
+
+
+async def _read_all(stream: asyncio.StreamReader, limit: int) -> bytes:
+    data = bytearray()
+    while chunk := await stream.read(65536):
+        if len(data) < limit:
+            data += chunk[: limit - len(data)]
+    return bytes(data)
+
+
+async def _read_tail(stream: asyncio.StreamReader, keep: int) -> bytes:
+    tail = b""
+    while chunk := await stream.read(65536):
+        tail = (tail + chunk)[-keep:]
+    return tail
+
+
+class SubprocessExecutor:
+    """Runs each object in its own ``s3flow run`` process."""
+
+    name = "subprocess"
+
+    def __init__(self, settings: SubprocessExecutorSettings) -> None:
+        self._settings = settings
+        self._base = list(settings.command) or [sys.executable, "-m", "s3flow"]
+        self._running: set[asyncio.subprocess.Process] = set()
+
+    def argv(self, job: ObjectJob) -> list[str]:
+        """The command line for ``job``."""
+        return [*self._base, "run", job.processor, job.source, "--output", job.output]
+
+    def environment(self, job: ObjectJob) -> dict[str, str]:
+        """The process's environment: the worker's, ``[aws]``, the contract, extras."""
+        env = dict(os.environ)
+        env.update(aws_environment(job.aws))
+        env.update(job_environment(job))
+        env.update(self._settings.environment)
+        env[OWNER_PID_ENV] = str(os.getpid())
+        return env
+
+    async def run(self, job: ObjectJob, progress: Progress | None = None) -> Result:
+        """Start the process, wait for it, map its JSON line / exit code."""
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv(job),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.environment(job),
+            start_new_session=True,
+            preexec_fn=owned_preexec(),
+        )
+        self._running.add(proc)
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            out, err = await asyncio.gather(
+                _read_all(proc.stdout, _STDOUT_LIMIT), _read_tail(proc.stderr, _STDERR_TAIL)
+            )
+            code = await proc.wait()
+        except asyncio.CancelledError:
+            await asyncio.shield(self._stop(proc))
+            raise
+        finally:
+            self._running.discard(proc)
+        doc = parse_doc(out.decode("utf-8", "replace"))
+        what = f"`s3flow run {job.processor} {job.source}` (pid {proc.pid})"
+        if doc is not None:
+            if doc["status"] == "done":
+                return result_from_doc(doc)
+            raise error_from_doc(doc)
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-3:]
+        raise error_for_exit(code if code >= 0 else None, what, " | ".join(tail))
+
+    async def _stop(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM (a clean cancellation), then SIGKILL the process group."""
+        if proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self._settings.kill_after_s)
+        except TimeoutError:
+            log.warning("s3flow run (pid %d) did not stop on SIGTERM: killing it", proc.pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # it leads its own session and group
+        with contextlib.suppress(Exception):
+            await proc.wait()
+
+    async def close(self) -> None:
+        """Stop processes still running (normally none: their runs were cancelled)."""
+        await asyncio.gather(*(self._stop(p) for p in list(self._running)))

@@ -1,0 +1,61 @@
+"""The ``inline`` executor: the worker's own event loop (s3flow's original behaviour).
+
+The processor instances are the pipeline's (built once at start, ``start()`` already
+called); they share the worker's S3 client, sink and state store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from s3flow.executors.base import ObjectJob, Progress
+from s3flow.executors.one import run_object
+from s3flow.processors.base import Processor, Result
+from s3flow.processors.registry import create_processor
+from s3flow.sinks.base import Sink
+from s3flow.state.base import StateStore
+
+
+def processor_key(spec: str, options: Mapping[str, Any]) -> str:
+    """One key per (processor, options): the instance to use for them."""
+    return spec + "|" + json.dumps(dict(options), sort_keys=True, default=str)
+
+
+class InlineExecutor:
+    """Runs the processor in the worker's event loop."""
+
+    name = "inline"
+
+    def __init__(
+        self,
+        *,
+        s3: Any,
+        sink: Sink,
+        store: StateStore | None = None,
+        processors: Mapping[str, Processor] | None = None,
+    ) -> None:
+        """``processors``: instances by :func:`processor_key` (others are built on use)."""
+        self._s3 = s3
+        self._sink = sink
+        self._store = store
+        self._processors: dict[str, Processor] = dict(processors or {})
+
+    def processor(self, spec: str, options: Mapping[str, Any]) -> Processor:
+        """The instance for ``spec`` with ``options`` (built once)."""
+        key = processor_key(spec, options)
+        proc = self._processors.get(key)
+        if proc is None:
+            proc = self._processors[key] = create_processor(spec, dict(options))
+        return proc
+
+    async def run(self, job: ObjectJob, progress: Progress | None = None) -> Result:
+        """Process ``job`` here, with the worker's clients and store."""
+        proc = self.processor(job.processor, job.options)
+        return await run_object(
+            proc, job, s3=self._s3, sink=self._sink, store=self._store, progress=progress
+        )
+
+    async def close(self) -> None:
+        """Nothing to release (the pipeline stops its processors)."""

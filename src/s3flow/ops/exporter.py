@@ -1,0 +1,250 @@
+"""Prometheus metrics and health for a running worker: ``/metrics``, ``/healthz``, ``/readyz``.
+
+Served on ``[worker] metrics_port`` (off by default) by a small asyncio HTTP
+server owned by the worker (``async with``). The counters are the worker's own
+(:class:`~s3flow.metrics.WorkerMetrics`), read at scrape time, so the hot path
+does no extra work; queue depths and the oldest in-flight record are sampled
+in the background every ``sample_interval_s`` (SQS' own "age of oldest
+message" is a CloudWatch metric, alarmed on by the CloudFormation export).
+
+``/readyz`` answers 200 only while every queue and the state store answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from s3flow.metrics import PROCESSING_BUCKETS_S, WorkerMetrics
+from s3flow.state.base import StateStore
+
+__all__ = ["MetricsServer", "QueueRef", "WorkerCollector"]
+
+log = logging.getLogger("s3flow.metrics")
+
+#: counter attribute of PipelineMetrics -> Prometheus name (without _total) and help.
+COUNTERS: dict[str, tuple[str, str]] = {
+    "messages_received": ("s3flow_messages_received", "Messages received from the queue."),
+    "objects_processed": ("s3flow_processed", "Objects processed and acknowledged."),
+    "duplicates": ("s3flow_duplicates", "Duplicate deliveries acknowledged without work."),
+    "retried": ("s3flow_retried", "Messages returned to the queue for a retry."),
+    "dead_lettered": ("s3flow_dead_lettered", "Messages sent to the dead-letter queue."),
+    "quarantined": ("s3flow_quarantined", "Objects quarantined (bad input)."),
+    "released": ("s3flow_released", "Messages released unprocessed (shutdown)."),
+    "objects_skipped": ("s3flow_skipped", "Events skipped (filtered, removed, missing)."),
+    "ack_failures": ("s3flow_ack_failures", "Deletes or visibility changes that failed."),
+    "bytes_in": ("s3flow_bytes_in", "Bytes read from objects."),
+}
+
+
+@dataclass(frozen=True)
+class QueueRef:
+    """A queue whose depth the exporter samples."""
+
+    pipeline: str
+    url: str
+
+
+@dataclass
+class _Samples:
+    """The latest background samples."""
+
+    queues: dict[str, tuple[int, int]] = field(default_factory=dict)  # visible, in flight
+    oldest_s: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    at: float = 0.0
+
+
+class WorkerCollector(Collector):
+    """Turns a worker's counters and the latest samples into Prometheus metrics."""
+
+    def __init__(self, metrics: WorkerMetrics, samples: _Samples) -> None:
+        self._metrics = metrics
+        self._samples = samples
+
+    def collect(self) -> Iterator[Metric]:
+        pipelines = sorted(self._metrics.pipelines.items())
+        for attr, (name, doc) in COUNTERS.items():
+            fam = CounterMetricFamily(name, doc, labels=["pipeline"])
+            for pipeline, m in pipelines:
+                fam.add_metric([pipeline], float(getattr(m, attr)))
+            yield fam
+        in_flight = GaugeMetricFamily(
+            "s3flow_in_flight", "Messages received and not yet settled.", labels=["pipeline"]
+        )
+        hist = HistogramMetricFamily(
+            "s3flow_processing_seconds",
+            "Receive-to-settle time per message.",
+            labels=["pipeline"],
+        )
+        for pipeline, m in pipelines:
+            in_flight.add_metric([pipeline], float(m.in_flight))
+            running = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, n in zip(
+                (*PROCESSING_BUCKETS_S, float("inf")), m.processing_counts, strict=True
+            ):
+                running += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+            hist.add_metric([pipeline], buckets, m.processing_seconds_sum)
+        yield in_flight
+        yield hist
+        visible = GaugeMetricFamily(
+            "s3flow_queue_visible_messages",
+            "Messages waiting in the queue (sampled).",
+            labels=["pipeline"],
+        )
+        invisible = GaugeMetricFamily(
+            "s3flow_queue_in_flight_messages",
+            "Messages received by any consumer (sampled).",
+            labels=["pipeline"],
+        )
+        for pipeline, (vis, inv) in sorted(self._samples.queues.items()):
+            visible.add_metric([pipeline], float(vis))
+            invisible.add_metric([pipeline], float(inv))
+        yield visible
+        yield invisible
+        oldest = GaugeMetricFamily(
+            "s3flow_oldest_in_flight_age_seconds",
+            "Age of the oldest record being processed, from the state store (sampled).",
+            labels=["pipeline"],
+        )
+        for pipeline, age in sorted(self._samples.oldest_s.items()):
+            oldest.add_metric([pipeline], age)
+        yield oldest
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz``, ``/readyz`` on ``host:port`` for one worker (``async with``)."""
+
+    def __init__(
+        self,
+        metrics: WorkerMetrics,
+        *,
+        sqs: Any,
+        queues: Sequence[QueueRef],
+        store: StateStore | None,
+        host: str = "127.0.0.1",
+        port: int = 9464,
+        sample_interval_s: float = 15.0,
+    ) -> None:
+        self._sqs = sqs
+        self._queues = list(queues)
+        self._store = store
+        self.host = host
+        self.port = port
+        self._interval = sample_interval_s
+        self._samples = _Samples()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(WorkerCollector(metrics, self._samples))
+        self._server: asyncio.Server | None = None
+        self._sampler: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> MetricsServer:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        await self.sample()
+        self._sampler = asyncio.create_task(self._sample_loop(), name="s3flow-metrics-sampler")
+        log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", self.host, self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _sample_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.sample()
+
+    async def sample(self) -> list[str]:
+        """Read queue depths and the oldest in-flight record now; returns the errors."""
+        errors: list[str] = []
+        for q in self._queues:
+            try:
+                attrs = (
+                    await self._sqs.get_queue_attributes(
+                        QueueUrl=q.url,
+                        AttributeNames=[
+                            "ApproximateNumberOfMessages",
+                            "ApproximateNumberOfMessagesNotVisible",
+                        ],
+                    )
+                ).get("Attributes", {})
+                self._samples.queues[q.pipeline] = (
+                    int(attrs.get("ApproximateNumberOfMessages", 0)),
+                    int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+                )
+            except Exception as exc:  # any failure makes the worker unready, with the reason
+                errors.append(f"queue of {q.pipeline}: {exc}")
+        if self._store is not None:
+            now = time.time()
+            for q in self._queues:
+                try:
+                    oldest = await self._store.oldest_processing_at(q.pipeline)
+                except Exception as exc:
+                    errors.append(f"state store: {exc}")
+                    break
+                self._samples.oldest_s[q.pipeline] = max(0.0, now - oldest) if oldest else 0.0
+        self._samples.errors = errors
+        self._samples.at = time.monotonic()
+        return errors
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), timeout=10)
+            while (await asyncio.wait_for(reader.readline(), timeout=10)) not in (
+                b"\r\n",
+                b"\n",
+                b"",
+            ):
+                pass
+            parts = request.decode("latin-1").split()
+            method, path = (parts[0], parts[1].split("?")[0]) if len(parts) >= 2 else ("", "")
+            status, ctype, body = await self._route(method, path)
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode("latin-1") + (b"" if method == "HEAD" else body))
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _route(self, method: str, path: str) -> tuple[str, str, bytes]:
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"GET only\n"
+        if path == "/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path == "/healthz":
+            return "200 OK", "application/json", b'{"status":"alive"}\n'
+        if path == "/readyz":
+            errors = await self.sample()
+            doc = {"status": "ready" if not errors else "not ready", "errors": errors}
+            status = "200 OK" if not errors else "503 Service Unavailable"
+            return status, "application/json", (json.dumps(doc) + "\n").encode()
+        return "404 Not Found", "text/plain", b"try /metrics, /healthz or /readyz\n"

@@ -1,0 +1,48 @@
+"""Bytes to text, chunk by chunk, with the byte offset of anything that does not decode."""
+
+from __future__ import annotations
+
+import codecs
+
+from s3flow.errors import UndecodableContentError
+
+_BOM = "\ufeff"
+
+
+class TextDecoder:
+    """An incremental decoder for one object that reports bad input by absolute byte offset.
+
+    A byte-order mark at the very start is dropped (a UTF-8 BOM would otherwise be
+    drawn as a character); characters split across chunks are carried over.
+    """
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+        self._offset = 0  # bytes fed so far
+        self._started = False
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        """Decode the next chunk (``final`` for the end of the object)."""
+        pending = self._pending()
+        try:
+            text = self._decoder.decode(data, final)
+        except UnicodeDecodeError as exc:
+            # The decoder saw its buffered bytes of the last chunk, then ``data``.
+            at = self._offset - pending + exc.start
+            what = "truncated character at the end" if final and not data else exc.reason
+            raise UndecodableContentError(
+                f"not {self.encoding} at byte {at}: {what} "
+                f"(bytes {exc.object[exc.start : exc.start + 4]!r})"
+            ) from exc
+        self._offset += len(data)
+        if not self._started and text:
+            self._started = True
+            if text.startswith(_BOM):
+                text = text[1:]
+        return text
+
+    def _pending(self) -> int:
+        state = self._decoder.getstate()
+        buffered = state[0] if isinstance(state, tuple) else b""
+        return len(buffered) if isinstance(buffered, bytes | bytearray) else 0

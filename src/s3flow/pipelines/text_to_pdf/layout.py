@@ -1,0 +1,251 @@
+"""Text to pages of display lines: line ends, tabs, wrapping, form feeds, pagination.
+
+Pure text logic, no PDF. Text arrives in chunks and leaves as complete pages
+(lists of display lines), so a document of any size is laid out with one page
+and one partial line in memory.
+
+Rules:
+
+* ``\\n``, ``\\r\\n`` and a lone ``\\r`` end a line;
+* tabs become spaces up to the next multiple of ``tab_size`` columns (counted
+  from the start of the line, or of the text after a form feed);
+* a line too wide for the page wraps at its last space that fits (the spaces at
+  the break are dropped), or mid-word when there is none;
+* a form feed (``\\f``) ends the page: text after it starts a new page, two in a
+  row leave a blank page, form feeds before any text are ignored, and an empty
+  line next to a form feed (``\\f\\n``, ``\\n\\f``) does not count as a line;
+* an empty text is one empty page.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from itertools import accumulate
+
+from s3flow.pipelines.text_to_pdf.fonts import CharWidths
+
+#: A line without a line end longer than this is wrapped and paged as it streams.
+LONG_LINE = 1 << 16
+
+Page = list[str]
+
+_START, _OPEN, _FULL, _FED = range(4)  # paginator states
+
+
+class Wrapper:
+    """Splits a line (tabs already expanded) into rows that fit the text width."""
+
+    def __init__(
+        self, widths: CharWidths, fixed_width: float | None, font_size: float, width_pt: float
+    ) -> None:
+        # Widths are in 1/1000 em: compare against the text width in the same unit.
+        self._limit = width_pt * 1000 / font_size + 1e-6
+        self._widths = widths
+        #: Columns per row when every glyph has the same advance (None: proportional).
+        self.columns: int | None = max(1, int(self._limit // fixed_width)) if fixed_width else None
+        ascii_max = max(widths[chr(c)] for c in range(32, 127))
+        self._quick = int(self._limit // ascii_max)  # ASCII lines this short always fit
+
+    def fits(self, line: str) -> bool:
+        """Whether ``line`` fits on one row."""
+        if self.columns is not None:
+            return len(line) <= self.columns
+        if len(line) <= self._quick and line.isascii():
+            return True
+        return sum(map(self._widths.__getitem__, line)) <= self._limit
+
+    def split(self, line: str) -> tuple[list[str], str]:
+        """Full rows of ``line`` and the rest that fits on a row (possibly empty)."""
+        columns, limit = self.columns, self._limit
+        # Proportional: cum[i] is the width of line[:i], measured once for the whole line.
+        cum = None if columns else [0.0, *accumulate(map(self._widths.__getitem__, line))]
+        rows: list[str] = []
+        start, end = 0, len(line)
+        while True:
+            if cum is None:
+                assert columns is not None
+                if end - start <= columns:
+                    break
+                k = columns  # characters that fit
+            else:
+                if cum[end] - cum[start] <= limit:
+                    break
+                k = max(1, bisect_right(cum, cum[start] + limit, start) - 1 - start)
+            cut = line.rfind(" ", start, start + k + 1)  # a space at <= k: break, drop it
+            head = line[start:cut].rstrip(" ") if cut > start else ""
+            if head:
+                rows.append(head)
+                start = cut + 1
+                while start < end and line[start] == " ":
+                    start += 1
+            else:  # no space to break at: break mid-word
+                rows.append(line[start : start + k])
+                start += k
+        return rows, line[start:]
+
+    def wrap(self, line: str) -> list[str]:
+        """The rows of one complete line (an empty line is one empty row)."""
+        if self.fits(line):
+            return [line]
+        return self.wrap_long(line)
+
+    def wrap_long(self, line: str) -> list[str]:
+        """:meth:`wrap` for a line known not to fit."""
+        rows, rest = self.split(line)
+        if rest:
+            rows.append(rest)
+        return rows
+
+
+def expand_tabs(text: str, tab_size: int, column: int = 0) -> str:
+    """``str.expandtabs`` for text whose first character sits at ``column``."""
+    if "\t" not in text:
+        return text
+    pad = column % tab_size
+    if not pad:
+        return text.expandtabs(tab_size)
+    return ("\0" * pad + text).expandtabs(tab_size)[pad:]
+
+
+class Paginator:
+    """Feeds text in; returns complete pages as they fill up."""
+
+    def __init__(self, wrapper: Wrapper, lines_per_page: int, tab_size: int = 8) -> None:
+        if lines_per_page < 1:
+            raise ValueError("a page needs room for at least one line")
+        self._wrap = wrapper
+        self._lpp = lines_per_page
+        self._tab = tab_size
+        self._carry = ""  # the start of a line whose end has not arrived (tabs unexpanded)
+        self._column = 0  # the carry's column in its line (after a long line was flushed)
+        self._cr = False  # the text so far ended with "\r" (maybe half of "\r\n")
+        self._page: Page = []
+        self._state = _START
+        self.pages = 0  # pages returned so far
+
+    def feed(self, text: str) -> list[Page]:
+        """Lay out the next piece of text; return the pages it completed."""
+        out: list[Page] = []
+        if not text:
+            return out
+        if self._cr:
+            text = "\r" + text
+            self._cr = False
+        if text.endswith("\r"):
+            self._cr = True
+            text = text[:-1]
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        nl = text.rfind("\n")
+        if nl < 0:
+            self._carry += text
+        else:
+            block = self._carry + text[:nl]
+            self._carry = text[nl + 1 :]
+            self._block(block, self._column, out)
+            self._column = 0
+        if len(self._carry) > LONG_LINE:
+            self._flush_long(out)
+        return out
+
+    def finish(self) -> list[Page]:
+        """End of text: the last page (one empty page for an empty text)."""
+        out: list[Page] = []
+        if self._carry or self._cr:  # "a\r" at the very end: the line "a" has ended
+            self._block(self._carry, self._column, out)
+        self._carry, self._cr = "", False
+        if self._state == _OPEN:
+            self._emit(self._page, out)
+            self._page = []
+            self._state = _FULL
+        if not self.pages:
+            self._emit([], out)
+        return out
+
+    # --- internals ---------------------------------------------------------------
+
+    def _block(self, block: str, column: int, out: list[Page]) -> None:
+        """Complete lines joined by ``\\n`` (the first starting at ``column``)."""
+        if "\f" in block:
+            for i, line in enumerate(block.split("\n")):
+                self._line_with_feeds(line, column if i == 0 else 0, out)
+            return
+        block = expand_tabs(block, self._tab, column)
+        lines = block.split("\n")
+        columns = self._wrap.columns
+        if columns is not None and max(map(len, lines)) <= columns:
+            self._add(lines, out)  # the common case: nothing to wrap
+            return
+        rows: list[str] = []
+        wrap = self._wrap.wrap_long
+        if columns is not None:
+            for line in lines:
+                if len(line) <= columns:
+                    rows.append(line)
+                else:
+                    rows += wrap(line)
+        else:
+            fits = self._wrap.fits
+            for line in lines:
+                if fits(line):
+                    rows.append(line)
+                else:
+                    rows += wrap(line)
+        self._add(rows, out)
+
+    def _line_with_feeds(self, line: str, column: int, out: list[Page]) -> None:
+        parts = line.split("\f")
+        for i, part in enumerate(parts):
+            if i:
+                self._form_feed(out)
+            if part or len(parts) == 1:
+                self._add(
+                    self._wrap.wrap(expand_tabs(part, self._tab, column if i == 0 else 0)), out
+                )
+
+    def _flush_long(self, out: list[Page]) -> None:
+        """Lay out the full rows of a very long unfinished line; keep its tail."""
+        carry, column = self._carry, self._column
+        feed = carry.rfind("\f")
+        if feed >= 0:
+            self._line_with_feeds(carry[: feed + 1], column, out)
+            carry, column = carry[feed + 1 :], 0
+        if len(carry) > LONG_LINE:
+            expanded = expand_tabs(carry, self._tab, column)
+            rows, tail = self._wrap.split(expanded)
+            self._add(rows, out)
+            column = (column + len(expanded) - len(tail)) % self._tab
+            carry = tail
+        self._carry, self._column = carry, column
+
+    def _add(self, rows: list[str], out: list[Page]) -> None:
+        if not rows:
+            return
+        page, lpp = self._page, self._lpp
+        room = lpp - len(page)
+        if len(rows) < room:
+            page += rows
+            self._state = _OPEN
+            return
+        page += rows[:room]
+        self._emit(page, out)
+        i = room
+        while len(rows) - i >= lpp:
+            self._emit(rows[i : i + lpp], out)
+            i += lpp
+        self._page = rows[i:]
+        self._state = _OPEN if self._page else _FULL
+
+    def _form_feed(self, out: list[Page]) -> None:
+        if self._state == _OPEN:
+            self._emit(self._page, out)
+            self._page = []
+        elif self._state == _FED:
+            self._emit([], out)  # \f\f: a blank page
+        elif self._state == _START:
+            return  # form feeds before any text
+        self._state = _FED
+
+    def _emit(self, page: Page, out: list[Page]) -> None:
+        out.append(page)
+        self.pages += 1

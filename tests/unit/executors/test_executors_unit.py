@@ -1,0 +1,507 @@
+"""Executors without servers: result documents, exit codes, the container state mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from s3flow.errors import (
+    CorruptDataError,
+    Disposition,
+    ExecutorUnavailableError,
+    ObjectMissingError,
+    OutputUnavailableError,
+    PermanentError,
+    RetryableError,
+)
+from s3flow.events import ObjectEvent
+from s3flow.executors.base import (
+    ExecutorError,
+    ObjectJob,
+    error_doc,
+    error_for_exit,
+    error_from_doc,
+    exit_code_for,
+    parse_doc,
+    result_doc,
+    result_from_doc,
+)
+from s3flow.executors.batch import BatchExecutor, batch_exit, job_name
+from s3flow.executors.command import SubprocessExecutor, aws_environment
+from s3flow.executors.contract import job_environment, output_from_env, run_arguments
+from s3flow.executors.ecs import EcsExecutor, ecs_exit
+from s3flow.executors.remote import Watcher
+from s3flow.processors.base import Result
+from s3flow.processors.registry import default_executor, portable_spec, supported_executors
+from s3flow.settings import (
+    DEFAULT_CONTAINER_COMMAND,
+    AwsSettings,
+    BatchExecutorSettings,
+    EcsExecutorSettings,
+    SubprocessExecutorSettings,
+)
+from s3flow.worker.verify import check_pdf_bytes
+
+
+async def _until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    for _ in range(int(timeout_s / 0.005)):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+def job(**kw: Any) -> ObjectJob:
+    data: dict[str, Any] = {
+        "processor": "line-count",
+        "options": {"text_encoding": "utf-8"},
+        "event": ObjectEvent(bucket="in", key="dir/a b.txt", version_id="v1"),
+        "output": "s3://out/res/",
+        "pipeline": "p",
+        "route": "heavy",
+        "worker_id": "w1",
+        "max_uncompressed_bytes": 1000,
+    }
+    data.update(kw)
+    return ObjectJob(**data)
+
+
+# --- result documents and exit codes ----------------------------------------------------
+
+
+def test_a_done_document_round_trips_to_the_result() -> None:
+    result = Result(outputs=["s3://out/a.json"], counters={"lines": 3}, detail={"x": [1]})
+    doc = result_doc(result, processor="line-count", source="s3://in/a", seconds=0.1234)
+    assert doc["status"] == "done" and doc["seconds"] == 0.123
+    back = result_from_doc(json.loads(json.dumps(doc)))
+    assert back.outputs == result.outputs and back.counters == {"lines": 3}
+    assert back.detail == {"x": [1]}
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        CorruptDataError("truncated gzip"),
+        ObjectMissingError("gone"),
+        OutputUnavailableError("no bucket"),
+        RetryableError("later"),
+    ],
+)
+def test_an_error_document_gives_back_the_same_class_and_disposition(err: Any) -> None:
+    doc = error_doc(err, processor="p", source="s3://b/k")
+    back = error_from_doc(json.loads(json.dumps(doc)))
+    assert type(back) is type(err)
+    assert back.disposition is err.disposition and str(back) == str(err)
+
+
+def test_an_unknown_error_class_keeps_its_name_and_disposition() -> None:
+    back = error_from_doc(
+        {"status": "error", "error_class": "StateError", "disposition": "permanent", "error": "x"}
+    )
+    assert isinstance(back, ExecutorError)
+    assert back.error_class == "StateError" and back.disposition is Disposition.PERMANENT
+
+
+def test_parse_doc_takes_the_last_result_line() -> None:
+    text = 'noise\n{"status": "done", "outputs": []}\n{"not": "a result"}\n'
+    assert parse_doc(text) == {"status": "done", "outputs": []}
+    assert parse_doc("no json here") is None
+
+
+def test_exit_codes() -> None:
+    assert exit_code_for(None) == 0
+    assert exit_code_for(RetryableError("x")) == 1
+    assert exit_code_for(CorruptDataError("x")) == 2
+    assert exit_code_for(ObjectMissingError("x")) == 2
+    assert isinstance(error_for_exit(2, "task t"), PermanentError)
+    for code in (0, 1, 137, None):
+        err = error_for_exit(code, "task t", "why")
+        assert err.disposition is Disposition.RETRYABLE and "task t" in str(err)
+    assert "exited 0 but reported no result" in str(error_for_exit(0, "task t"))
+    assert "without an exit code" in str(error_for_exit(None, "task t"))
+
+
+# --- the one-object contract ------------------------------------------------------------
+
+
+def test_the_contract_environment_tells_everything() -> None:
+    env = job_environment(job(), "s3://out/.s3flow/r.json")
+    assert env["SOURCE_BUCKET"] == "in" and env["OBJECT_KEY"] == "dir/a b.txt"
+    assert env["DEST_BUCKET"] == "out" and env["DEST_PREFIX"] == "res/"
+    assert env["S3FLOW_OUTPUT"] == "s3://out/res/"
+    assert env["OBJECT_VERSION_ID"] == "v1"
+    assert json.loads(env["S3FLOW_OPTIONS"]) == {"text_encoding": "utf-8"}
+    assert env["S3FLOW_RESULT_URI"] == "s3://out/.s3flow/r.json"
+    assert env["S3FLOW_MAX_UNCOMPRESSED_BYTES"] == "1000"
+    assert output_from_env({"DEST_BUCKET": "o", "DEST_PREFIX": "x"}) == "s3://o/x/"
+    assert output_from_env({"DEST_BUCKET": "o"}) == "s3://o/"
+    assert output_from_env({"S3FLOW_OUTPUT": "/tmp/x", "DEST_BUCKET": "o"}) == "/tmp/x"
+    assert output_from_env({}) is None
+
+
+def test_the_default_container_command_is_s3flow_run() -> None:
+    assert run_arguments(DEFAULT_CONTAINER_COMMAND, job()) == [
+        "run",
+        "line-count",
+        "s3://in/dir/a b.txt",
+        "--output",
+        "s3://out/res/",
+    ]
+
+
+def test_the_subprocess_command_line_and_environment() -> None:
+    ex = SubprocessExecutor(SubprocessExecutorSettings(environment={"EXTRA": "1"}))
+    argv = ex.argv(job())
+    assert argv[-5:] == ["run", "line-count", "s3://in/dir/a b.txt", "--output", "s3://out/res/"]
+    env = ex.environment(job(aws=AwsSettings(region="eu-west-1", endpoint_url_s3="http://x")))
+    assert env["S3FLOW_AWS__REGION"] == "eu-west-1"
+    assert env["S3FLOW_AWS__ENDPOINT_URL_S3"] == "http://x"
+    assert env["EXTRA"] == "1" and env["SOURCE_BUCKET"] == "in"
+    assert "S3FLOW_AWS__ENDPOINT_URL" not in aws_environment(AwsSettings())
+
+
+def test_command_templates_only_know_three_placeholders() -> None:
+    with pytest.raises(ValueError, match="unknown placeholder"):
+        BatchExecutorSettings(job_queue="q", job_definition="d", command=["run", "{bucket}"])
+
+
+# --- processors and executors ------------------------------------------------------------
+
+
+def test_cpu_bound_processors_default_to_the_pool() -> None:
+    from s3flow.pipelines.line_count import LineCountProcessor
+    from s3flow.processors.base import BaseProcessor
+
+    class Heavy(BaseProcessor):
+        cpu_bound = True
+
+    class Stateful(BaseProcessor):
+        cpu_bound = True
+
+        async def start(self, pipeline: Any) -> None:
+            return None
+
+    assert default_executor(LineCountProcessor) == "inline"
+    assert default_executor(Heavy) == "pool"
+    assert supported_executors(Heavy) == ("inline", "pool", "subprocess", "ecs", "batch")
+    # pipeline-level state (start/stop hooks) lives in the worker: inline only
+    assert supported_executors(Stateful) == ("inline",)
+    assert default_executor(Stateful) == "inline"
+
+
+def test_decorator_registered_processors_travel_as_import_paths() -> None:
+    from s3flow.processors.base import BaseProcessor
+    from s3flow.processors.registry import register_processor
+
+    @register_processor("unit-test-only")
+    class Mine(BaseProcessor):
+        pass
+
+    assert portable_spec("unit-test-only") == f"{__name__}:{Mine.__qualname__}"
+    assert portable_spec("line-count") == "line-count"
+    assert portable_spec("pkg.mod:Cls") == "pkg.mod:Cls"
+
+
+def test_pdf_markers() -> None:
+    assert check_pdf_bytes(b"%PDF-", b"...%%EOF\n", "o") is None
+    assert "not a PDF" in (check_pdf_bytes(b"<html", b"%%EOF", "o") or "")
+    assert "truncated PDF" in (check_pdf_bytes(b"%PDF-", b"stream...", "o") or "")
+
+
+# --- container state mapping ---------------------------------------------------------------
+
+
+def test_ecs_exit_of_a_stopped_task() -> None:
+    task = {
+        "lastStatus": "STOPPED",
+        "stopCode": "EssentialContainerExited",
+        "stoppedReason": "Essential container in task exited",
+        "containers": [
+            {"name": "sidecar", "exitCode": 0},
+            {"name": "s3flow", "exitCode": 2, "reason": "bad input"},
+        ],
+    }
+    code, reason = ecs_exit(task, "s3flow")
+    assert code == 2
+    assert (
+        reason
+        == "EssentialContainerExited; Essential container in task exited; container: bad input"
+    )
+    never = {
+        "lastStatus": "STOPPED",
+        "stopCode": "TaskFailedToStart",
+        "containers": [{"name": "s3flow"}],
+    }
+    assert ecs_exit(never, "s3flow") == (None, "TaskFailedToStart")
+
+
+def test_batch_exit_of_a_finished_job() -> None:
+    assert batch_exit({"status": "SUCCEEDED"}) == (0, "")
+    assert batch_exit(
+        {
+            "status": "FAILED",
+            "statusReason": "Essential container exited",
+            "container": {"exitCode": 1},
+        }
+    ) == (
+        1,
+        "Essential container exited",
+    )
+    from_attempt = {"status": "FAILED", "attempts": [{"container": {"exitCode": 2}}]}
+    assert batch_exit(from_attempt)[0] == 2
+    assert batch_exit({"status": "FAILED", "statusReason": "Host terminated"}) == (
+        None,
+        "Host terminated",
+    )
+    assert job_name("s3flow", "my pipeline", "heavy/x") == "s3flow-my-pipeline-heavy-x"
+    assert len(job_name("s" * 60, "p" * 64, "r" * 64)) == 128
+
+
+class _NoResultS3:
+    """An S3 client without any result document."""
+
+    async def get_object(self, **kw: Any) -> Any:
+        raise ClientError({"Error": {"Code": "NoSuchKey", "Message": "no"}}, "GetObject")
+
+
+class _FakeEcs:
+    """RunTask -> RUNNING; DescribeTasks answers from a script; StopTask is recorded."""
+
+    def __init__(self, states: list[dict[str, Any]]) -> None:
+        self.states = states
+        self.run_args: dict[str, Any] = {}
+        self.describes = 0
+        self.stopped: list[tuple[str, str]] = []
+
+    async def run_task(self, **kw: Any) -> dict[str, Any]:
+        self.run_args = kw
+        return {"tasks": [{"taskArn": "arn:task/1", "lastStatus": "PROVISIONING"}], "failures": []}
+
+    async def describe_tasks(self, **kw: Any) -> dict[str, Any]:
+        state = self.states[min(self.describes, len(self.states) - 1)]
+        self.describes += 1
+        return {"tasks": [{"taskArn": "arn:task/1", **state}]}
+
+    async def stop_task(self, **kw: Any) -> dict[str, Any]:
+        self.stopped.append((kw["task"], kw["reason"]))
+        return {}
+
+
+def _ecs(client: Any) -> EcsExecutor:
+    ex = EcsExecutor(
+        EcsExecutorSettings(
+            cluster="c",
+            task_definition="td",
+            container="s3flow",
+            poll_interval_s=0.01,
+            subnets=["subnet-1"],
+            security_groups=["sg-1"],
+        ),
+        aws=AwsSettings(),
+        s3=_NoResultS3(),
+        output="s3://out/res/",
+        pipeline="p",
+    )
+    ex._client = client
+    return ex
+
+
+async def test_ecs_run_task_arguments_and_a_permanent_exit() -> None:
+    client = _FakeEcs(
+        [
+            {"lastStatus": "RUNNING"},
+            {"lastStatus": "STOPPED", "containers": [{"name": "s3flow", "exitCode": 2}]},
+        ]
+    )
+    ex = _ecs(client)
+    with pytest.raises(PermanentError, match=r"ECS task arn:task/1 exited 2"):
+        await ex.run(job())
+    args = client.run_args
+    assert args["cluster"] == "c" and args["taskDefinition"] == "td"
+    assert args["launchType"] == "FARGATE" and args["startedBy"] == "s3flow"
+    net = args["networkConfiguration"]["awsvpcConfiguration"]
+    assert net == {
+        "subnets": ["subnet-1"],
+        "securityGroups": ["sg-1"],
+        "assignPublicIp": "DISABLED",
+    }
+    (override,) = args["overrides"]["containerOverrides"]
+    env = {e["name"]: e["value"] for e in override["environment"]}
+    assert override["name"] == "s3flow"
+    assert env["SOURCE_BUCKET"] == "in" and env["OBJECT_KEY"] == "dir/a b.txt"
+    assert env["S3FLOW_RESULT_URI"].startswith("s3://out/.s3flow/results/p/")
+    assert override["command"] == [
+        "run",
+        "line-count",
+        "s3://in/dir/a b.txt",
+        "--output",
+        "s3://out/res/",
+    ]
+    await ex.close()
+
+
+async def test_ecs_exit_0_without_a_result_document_is_retried() -> None:
+    client = _FakeEcs(
+        [{"lastStatus": "STOPPED", "containers": [{"name": "s3flow", "exitCode": 0}]}]
+    )
+    with pytest.raises(RetryableError, match="no result document"):
+        await _ecs(client).run(job())
+
+
+async def test_a_cancelled_ecs_run_stops_its_task() -> None:
+    client = _FakeEcs([{"lastStatus": "RUNNING"}])
+    ex = _ecs(client)
+    run = asyncio.create_task(ex.run(job()))
+    await _until(lambda: client.describes >= 2)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert client.stopped and client.stopped[0][0] == "arn:task/1"
+    await ex.close()
+
+
+async def test_run_task_failures_and_missing_clusters() -> None:
+    class NoCapacity(_FakeEcs):
+        async def run_task(self, **kw: Any) -> dict[str, Any]:
+            return {"tasks": [], "failures": [{"arn": "x", "reason": "RESOURCE:MEMORY"}]}
+
+    class NoCluster(_FakeEcs):
+        async def run_task(self, **kw: Any) -> dict[str, Any]:
+            raise ClientError(
+                {"Error": {"Code": "ClusterNotFoundException", "Message": "Cluster not found."}},
+                "RunTask",
+            )
+
+    with pytest.raises(RetryableError, match="RESOURCE:MEMORY"):
+        await _ecs(NoCapacity([])).run(job())
+    # the operator's problem: retried without counting a failure of the file
+    with pytest.raises(ExecutorUnavailableError, match="ClusterNotFoundException"):
+        await _ecs(NoCluster([])).run(job())
+
+
+class _FakeBatch:
+    def __init__(self, states: list[dict[str, Any]]) -> None:
+        self.states = states
+        self.submitted: dict[str, Any] = {}
+        self.describes = 0
+        self.terminated: list[str] = []
+
+    async def submit_job(self, **kw: Any) -> dict[str, Any]:
+        self.submitted = kw
+        return {"jobId": "j-1", "jobArn": "arn:job/j-1", "jobName": kw["jobName"]}
+
+    async def describe_jobs(self, **kw: Any) -> dict[str, Any]:
+        state = self.states[min(self.describes, len(self.states) - 1)]
+        self.describes += 1
+        return {"jobs": [{"jobId": "j-1", **state}]}
+
+    async def terminate_job(self, **kw: Any) -> dict[str, Any]:
+        self.terminated.append(kw["jobId"])
+        return {}
+
+
+def _batch(client: Any) -> BatchExecutor:
+    ex = BatchExecutor(
+        BatchExecutorSettings(job_queue="heavy", job_definition="jd", poll_interval_s=0.01),
+        aws=AwsSettings(),
+        s3=_NoResultS3(),
+        output="s3://out/res/",
+        pipeline="p",
+        job_timeout_s=30,
+    )
+    ex._client = client
+    return ex
+
+
+async def test_batch_submit_arguments_and_a_failed_job() -> None:
+    client = _FakeBatch(
+        [
+            {"status": "RUNNABLE"},
+            {
+                "status": "FAILED",
+                "statusReason": "Essential container exited",
+                "container": {"exitCode": 1},
+            },
+        ]
+    )
+    ex = _batch(client)
+    with pytest.raises(RetryableError, match=r"Batch job j-1 exited 1: Essential container exited"):
+        await ex.run(job())
+    args = client.submitted
+    assert args["jobName"] == "s3flow-p-heavy"
+    assert args["jobQueue"] == "heavy" and args["jobDefinition"] == "jd"
+    assert args["timeout"] == {"attemptDurationSeconds": 60}  # Batch's minimum
+    env = {e["name"]: e["value"] for e in args["containerOverrides"]["environment"]}
+    assert env["DEST_BUCKET"] == "out" and env["S3FLOW_PROCESSOR"] == "line-count"
+
+
+async def test_a_cancelled_batch_run_terminates_its_job() -> None:
+    client = _FakeBatch([{"status": "RUNNING"}])
+    ex = _batch(client)
+    run = asyncio.create_task(ex.run(job()))
+    await _until(lambda: client.describes >= 1)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert client.terminated == ["j-1"]
+
+
+async def test_the_watcher_batches_describe_calls() -> None:
+    seen: list[list[str]] = []
+    final: set[str] = set()
+
+    async def describe(ids: list[str]) -> dict[str, dict[str, Any]]:
+        seen.append(list(ids))
+        return {i: {"done": i in final} for i in ids}
+
+    w = Watcher(describe, lambda d: bool(d["done"]), interval_s=0.01, what="task", batch=100)
+    waits = [asyncio.create_task(w.wait(f"t{i}")) for i in range(250)]
+    await _until(lambda: len(seen) >= 3)
+    final.update(f"t{i}" for i in range(250))
+    results = await asyncio.gather(*waits)
+    assert all(r == {"done": True} for r in results)
+    # 250 waiting tasks: 3 calls per tick (100 + 100 + 50), never one per task
+    assert max(len(c) for c in seen) == 100
+    assert len(seen) < 250
+
+
+async def test_the_watcher_gives_up_on_a_task_that_never_shows_up() -> None:
+    async def describe(ids: list[str]) -> dict[str, dict[str, Any]]:
+        return {}
+
+    w = Watcher(describe, lambda d: True, interval_s=0.001, what="ECS task")
+    with pytest.raises(RetryableError, match="ECS task t1 is not found"):
+        await w.wait("t1")
+
+
+async def test_stop_on_shutdown_false_leaves_the_task_running() -> None:
+    client = _FakeEcs([{"lastStatus": "RUNNING"}])
+    ex = _ecs(client)
+    ex.settings = ex.settings.model_copy(update={"stop_on_shutdown": False})
+    run = asyncio.create_task(ex.run(job()))
+    await _until(lambda: client.describes >= 1)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert client.stopped == []
+    await ex.close()
+
+
+async def test_a_run_cancelled_while_run_task_is_on_the_wire_stops_what_it_started() -> None:
+    class SlowLaunch(_FakeEcs):
+        async def run_task(self, **kw: Any) -> dict[str, Any]:
+            await asyncio.sleep(0.2)
+            return await super().run_task(**kw)
+
+    client = SlowLaunch([{"lastStatus": "RUNNING"}])
+    run = asyncio.create_task(_ecs(client).run(job()))
+    await asyncio.sleep(0.05)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert client.stopped and client.stopped[0][0] == "arn:task/1"

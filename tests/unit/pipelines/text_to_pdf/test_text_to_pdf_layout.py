@@ -1,0 +1,153 @@
+"""Layout of text into pages: line ends, tabs, wrapping, form feeds, pagination, streaming."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from s3flow.pipelines.text_to_pdf.fonts import CharWidths
+from s3flow.pipelines.text_to_pdf.layout import LONG_LINE, Paginator, Wrapper, expand_tabs
+
+MONO = CharWidths({chr(c): 600.0 for c in range(32, 0x500)}, 600.0)
+# 10 pt glyphs of 600/1000 em = 6 pt each: 60 pt of text width = 10 columns.
+COLS = 10
+
+
+def mono(cols: int = COLS) -> Wrapper:
+    return Wrapper(MONO, 600.0, 10.0, cols * 6.0)
+
+
+def pages_of(
+    text: str, lines_per_page: int = 3, wrapper: Wrapper | None = None, tab: int = 8
+) -> list[list[str]]:
+    pag = Paginator(wrapper or mono(), lines_per_page, tab)
+    return pag.feed(text) + pag.finish()
+
+
+def test_empty_text_is_one_empty_page() -> None:
+    assert pages_of("") == [[]]
+
+
+@pytest.mark.parametrize(
+    ("text", "pages"),
+    [
+        ("a", [["a"]]),
+        ("a\n", [["a"]]),
+        ("a\nb", [["a", "b"]]),
+        ("a\n\n", [["a", ""]]),
+        ("\n", [[""]]),
+        ("1\n2\n3\n", [["1", "2", "3"]]),
+        ("1\n2\n3\n4\n", [["1", "2", "3"], ["4"]]),
+        ("1\n2\n3\n4\n5\n6\n7", [["1", "2", "3"], ["4", "5", "6"], ["7"]]),
+    ],
+)
+def test_page_counts(text: str, pages: list[list[str]]) -> None:
+    assert pages_of(text) == pages
+
+
+def test_crlf_and_lone_cr_end_lines() -> None:
+    assert pages_of("a\r\nb\rc\r\n", lines_per_page=9) == [["a", "b", "c"]]
+    assert pages_of("a\r", lines_per_page=9) == [["a"]]
+    assert pages_of("a\r\r", lines_per_page=9) == [["a", ""]]
+
+
+def test_crlf_split_across_chunks_is_one_line_end() -> None:
+    pag = Paginator(mono(), 9)
+    out = pag.feed("a\r") + pag.feed("\nb\r") + pag.feed("\n") + pag.finish()
+    assert out == [["a", "b"]]
+
+
+def test_tabs_expand_to_tab_stops() -> None:
+    assert pages_of("a\tb\n\tc", lines_per_page=9, wrapper=mono(40)) == [["a       b", "        c"]]
+    assert pages_of("ab\tc", tab=4) == [["ab  c"]]
+    assert expand_tabs("\tx", 4, column=3) == " x"
+    assert expand_tabs("no tabs", 8, column=5) == "no tabs"
+
+
+def test_wrapping_breaks_at_the_last_space_that_fits() -> None:
+    assert pages_of("the quick brown fox jumps", lines_per_page=9) == [
+        ["the quick", "brown fox", "jumps"]
+    ]
+
+
+def test_wrapping_without_spaces_breaks_mid_word() -> None:
+    assert pages_of("abcdefghijklmnopqrstuvwxy", lines_per_page=9) == [
+        ["abcdefghij", "klmnopqrst", "uvwxy"]
+    ]
+
+
+def test_wrapping_drops_spaces_at_the_break_and_keeps_indentation() -> None:
+    # Only leading spaces to break at: mid-word, not an empty row.
+    assert pages_of("    indented words here", lines_per_page=9) == [
+        ["    indent", "ed words", "here"]
+    ]
+    assert pages_of("  ab cd ef gh", lines_per_page=9) == [["  ab cd ef", "gh"]]
+    assert pages_of("0123456789     ", lines_per_page=9) == [["0123456789"]]
+
+
+def test_wrapped_rows_paginate() -> None:
+    # 25 characters -> 3 rows; 2 rows a page.
+    assert pages_of("x" * 25, lines_per_page=2) == [["x" * 10, "x" * 10], ["x" * 5]]
+
+
+def test_proportional_wrapping_measures_each_character() -> None:
+    widths = CharWidths({"i": 250.0, "m": 1000.0, " ": 250.0}, 500.0)
+    wrapper = Wrapper(widths, None, 10.0, 20.0)  # 20 pt = 2000 units: 8 i's or 2 m's
+    assert wrapper.columns is None
+    assert pages_of("iiiiiiii mm mmm", lines_per_page=9, wrapper=wrapper) == [
+        ["iiiiiiii", "mm", "mm", "m"]
+    ]
+
+
+def test_form_feed_starts_a_new_page() -> None:
+    assert pages_of("a\fb") == [["a"], ["b"]]
+    assert pages_of("a\n\fb\n") == [["a"], ["b"]]
+    assert pages_of("a\f\nb\n") == [["a"], ["b"]]
+
+
+def test_two_form_feeds_leave_a_blank_page() -> None:
+    assert pages_of("a\f\fb") == [["a"], [], ["b"]]
+
+
+def test_form_feeds_at_the_start_and_end_add_no_pages() -> None:
+    assert pages_of("\fa\f") == [["a"]]
+    assert pages_of("\f\n") == [[]]  # nothing at all: the one empty page
+
+
+def test_form_feed_after_a_full_page_adds_no_blank_page() -> None:
+    assert pages_of("1\n2\n3\n\f4") == [["1", "2", "3"], ["4"]]
+
+
+def test_tab_columns_restart_after_a_form_feed() -> None:
+    assert pages_of("abc\f\tx", wrapper=mono(40)) == [["abc"], ["        x"]]
+
+
+def test_long_line_without_newline_streams_in_bounded_memory() -> None:
+    pag = Paginator(mono(100), 50)
+    pages: list[list[str]] = []
+    piece = "word " * 20_000  # 100 kB, no newline
+    for _ in range(5):
+        pages += pag.feed(piece)
+        assert len(pag._carry) <= LONG_LINE
+    pages += pag.finish()
+    rows = [row for page in pages for row in page]
+    assert all(len(r) <= 100 for r in rows)
+    assert " ".join(rows).split() == piece.split() * 5
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    text=st.text(alphabet="ab \t\n\r\fαж", max_size=200),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+)
+def test_pages_do_not_depend_on_how_the_text_is_chunked(text: str, cuts: list[int]) -> None:
+    whole = pages_of(text, lines_per_page=4)
+    pag = Paginator(mono(), 4)
+    out: list[list[str]] = []
+    last = 0
+    for cut in sorted(cuts):
+        out += pag.feed(text[last:cut])
+        last = max(last, cut)
+    out += pag.feed(text[last:]) + pag.finish()
+    assert out == whole
