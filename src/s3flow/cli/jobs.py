@@ -163,7 +163,7 @@ def jobs_events(
         deadline = time.monotonic() + timeout_s
         while True:
             for ev in await store.events(job_id, after_seq=last):
-                console.print(_event_line(ev), highlight=False)
+                console.print(_event_line(ev), highlight=False, soft_wrap=True)
                 last = ev.seq
                 if ev.type.terminal:
                     return 0 if ev.type == "job.completed" else 1

@@ -1,0 +1,162 @@
+"""`s3flow upload` and `s3flow jobs` as a user runs them: real `s3flow web` and `s3flow worker`
+subprocesses on the emulator; `s3flow provision` of the jobs resources is idempotent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from itest_support import wait_for
+from jobs_support import JobsProject
+
+from s3flow.app import provision_all
+from s3flow.local.endpoint import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _s3flow(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "s3flow", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def _stop(procs: list[Any]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def test_provision_of_the_jobs_resources_is_idempotent(tmp_path: Path, s3: Any, sqs: Any) -> None:
+    project = JobsProject(tmp_path, s3, sqs)  # provisions once
+    again = asyncio.run(provision_all(project.settings))
+    assert {c.action for c in again} == {"unchanged"}, [(c.kind, c.name, c.action) for c in again]
+    names = {c.name for c in again}
+    for role in ("intake", "intake-dlq", "processing.fifo", "processing-dlq.fifo", "progress.fifo"):
+        assert project.resource(role) in names
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=project.url("processing.fifo"), AttributeNames=["All"]
+    )
+    redrive = json.loads(attrs["Attributes"]["RedrivePolicy"])
+    assert attrs["Attributes"]["FifoQueue"] == "true" and int(redrive["maxReceiveCount"]) == 3
+    cors = s3.get_bucket_cors(Bucket=project.bucket)["CORSRules"][0]
+    assert "POST" in cors["AllowedMethods"]
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=project.bucket)["Rules"]
+    assert any(
+        r["Filter"] == {"Prefix": "uploads/"} and r["Expiration"]["Days"] == 1 for r in rules
+    )
+    dry = _s3flow("provision", "-c", str(project.cfg), "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert project.resource("progress.fifo") in dry.stdout
+
+
+def test_upload_follows_the_job_and_jobs_commands_show_it(
+    tmp_path: Path, s3: Any, sqs: Any
+) -> None:
+    project = JobsProject(tmp_path, s3, sqs)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "s3flow"]
+    procs = [
+        project.worker(),
+        subprocess.Popen(
+            [*cmd, "web", "-c", str(project.cfg), "--port", str(port)],
+            stdout=(tmp_path / "web.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        ),
+    ]
+    try:
+        wait_for(lambda: _healthy(url), 60, "s3flow web")
+        a, b = tmp_path / "a.txt", tmp_path / "b.log"
+        a.write_bytes(b"1\n2\n3\n")
+        b.write_bytes(b"x\n")
+        up = _s3flow(
+            "upload", "-c", str(project.cfg), "--url", url, "--template", "bundle", "-q",
+            str(a), str(b),
+        )  # fmt: skip
+        assert up.returncode == 0, up.stdout + up.stderr
+        job_id = re.search(r"job (job-[0-9a-f]{32})", up.stdout).group(1)  # type: ignore[union-attr]
+        lines = [ln.split()[1] for ln in up.stdout.splitlines() if re.match(r"\s*\d+ \w", ln)]
+        assert lines[0] == "job.created" and lines[-1] == "job.completed"
+        assert lines.count("file.received") == 2
+        # The same log through the store, and the job in the listing.
+        shown = _s3flow("jobs", "show", job_id, "-c", str(project.cfg), "--json")
+        assert shown.returncode == 0, shown.stderr
+        doc = json.loads(shown.stdout)
+        assert doc["status"] == "completed" and doc["outputs"][0]["name"] == f"{job_id}.zip"
+        events = _s3flow("jobs", "events", job_id, "-c", str(project.cfg))
+        assert events.returncode == 0
+        logged = [ln.split() for ln in events.stdout.splitlines()]
+        assert [w[3] for w in logged if len(w) > 3 and w[0].isdigit()] == lines
+        listed = _s3flow("jobs", "list", "-c", str(project.cfg), "--status", "completed", "--json")
+        assert job_id in {j["job_id"] for j in json.loads(listed.stdout)}
+        bad = _s3flow("jobs", "list", "-c", str(project.cfg), "--status", "nope")
+        assert bad.returncode != 0 and "waiting_for_files" in bad.stdout + bad.stderr
+        # A refused upload: exit 2 with the server's reason.
+        exe = tmp_path / "x.exe"
+        exe.write_bytes(b"MZ")
+        refused = _s3flow("upload", "-c", str(project.cfg), "--url", url, "-t", "count", str(exe))
+        assert refused.returncode == 2
+        assert "extension '.exe' is not allowed" in " ".join(refused.stderr.split())
+        # Cancel a job still waiting for its files; retry needs a failed job with its files.
+        created = project.create("count", {"late.txt": b"l\n"})
+        cancel = _s3flow("jobs", "cancel", created["job_id"], "-c", str(project.cfg))
+        assert cancel.returncode == 0, cancel.stderr
+        assert "cancelled by an operator" in " ".join(cancel.stdout.split())
+        retry = _s3flow("jobs", "retry", created["job_id"], "-c", str(project.cfg))
+        assert retry.returncode == 2 and "never arrived" in " ".join(retry.stderr.split())
+        again = _s3flow("jobs", "retry", job_id, "-c", str(project.cfg))
+        assert again.returncode == 2 and "only failed or expired" in " ".join(again.stderr.split())
+    finally:
+        _stop(procs)
+
+
+def test_a_failed_job_is_retried_as_a_new_job(tmp_path: Path, s3: Any, sqs: Any) -> None:
+    project = JobsProject(tmp_path, s3, sqs)
+    files = {"a.txt": b"a\n"}
+    created = project.create("count", files)
+    project.post_files(created, files)
+    job_id = created["job_id"]
+    worker = project.worker()
+    try:
+        # Cancelled once every file is in: a failed job whose files all arrived.
+        wait_for(lambda: (j := project.job(job_id)) and not j.missing, 60, "the file")
+        cancel = _s3flow("jobs", "cancel", job_id, "-c", str(project.cfg))
+        assert cancel.returncode == 0, cancel.stderr
+        retry = _s3flow("jobs", "retry", job_id, "-c", str(project.cfg))
+        assert retry.returncode == 0, retry.stderr
+        new_id = re.search(r"retried as (job-[0-9a-f]{32})", retry.stdout).group(1)  # type: ignore[union-attr]
+        done = project.consume_until([new_id], timeout_s=90)
+    finally:
+        _stop([worker])
+    assert done[new_id].status == "completed"
+    assert project.events(new_id)[0].data["retry_of"] == job_id
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        time.sleep(0.2)
+        return False
