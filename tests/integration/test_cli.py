@@ -149,6 +149,9 @@ def test_demo_runs_end_to_end() -> None:
     # csv-to-kafka runs wherever Java 17+ is (CI installs it: scripts/install).
     if java_available() or os.environ.get("CI"):
         assert "(read_committed): 20,000 messages" in out
+    # text-to-pdf routed by metadata: one file in the process pool, one by `s3flow run`.
+    assert "docs/report.txt -> route 'heavy': processor text-to-pdf on pool" in out
+    assert "docs/note.txt -> route 'light': processor text-to-pdf on subprocess" in out
     # The upload job: three files through `s3flow web`, its events in order, one ZIP out.
     assert "file.received orders.csv received" in out
     assert re.search(r"\b12 job\.completed job-[0-9a-f]{32}\.zip", out), out[-2000:]

@@ -11,7 +11,9 @@ results table:
 3. ``csv-to-kafka`` (when Java 17+ is present: a private Kafka broker on
    127.0.0.1): a gzip CSV streamed into a topic exactly once, read back with
    ``read_committed``;
-4. an upload job (:mod:`.jobs`): three files through `s3flow web`'s API and a
+4. ``text-to-pdf`` with routing (:mod:`.pdf`): two files, one run in the process
+   pool and one by ``s3flow run`` in its own process, by their metadata;
+5. an upload job (:mod:`.jobs`): three files through `s3flow web`'s API and a
    template, its live event stream printed.
 """
 
@@ -40,6 +42,7 @@ from s3flow.aws import open_clients
 from s3flow.errors import S3flowError
 from s3flow.events import ObjectEvent
 from s3flow.local.demo.jobs import jobs_stage
+from s3flow.local.demo.pdf import pdf_stage
 from s3flow.local.endpoint import LocalEndpoint, interrupt_on_signals
 from s3flow.metrics import WorkerMetrics
 from s3flow.objects import zstd
@@ -262,6 +265,11 @@ def _run_demo(console: Console, endpoint_url: str | None) -> None:
             _ndjson_stage(console, settings)
             if bootstrap:
                 _kafka_stage(console, settings, bootstrap)
+            console.print(
+                "\n[bold]text-to-pdf[/]: two text files routed by their metadata "
+                "(processor-type: pool -> process pool, else `s3flow run` in its own process)"
+            )
+            pdf_stage(console, f"sqlite:{state_dir}/pdf-state.db")
             console.print(
                 "\n[bold]upload job[/]: three files through the HTTP API as one job "
                 "(template count-and-zip), its events live"
