@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -19,18 +19,30 @@ from s3flow.cli.common import (
     settings_from,
 )
 from s3flow.errors import S3flowError
+from s3flow.settings import Settings
 
 
 @app.command()
 def status(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", "-w", help="A live view: rates, in flight, depths (Ctrl-C ends)."),
+    ] = False,
+    interval_s: Annotated[
+        float, typer.Option("--interval", min=0.5, help="Seconds between refreshes (--watch).")
+    ] = 2.0,
+    rounds: Annotated[int, typer.Option("--rounds", hidden=True)] = 0,
 ) -> None:
     """Per pipeline: messages visible / in flight / delayed, and DLQ depth."""
     from s3flow.ops.status import queue_status, state_summary
 
     try:
         settings = settings_from(config)
+        if watch:
+            _watch(settings, interval_s, rounds)
+            return
         rows = asyncio.run(queue_status(settings))
         states = {s.pipeline: s for s in asyncio.run(state_summary(settings))}
     except S3flowError as exc:
@@ -107,3 +119,71 @@ def status(
             err_console.print(f"[red]{r.pipeline}:[/] {escape(str(r.error))}", highlight=False)
     if any(r.error for r in rows):
         raise typer.Exit(1)
+
+
+def _watch(settings: Settings, interval_s: float, rounds: int) -> None:
+    """Refresh a live table until Ctrl-C (or ``rounds`` refreshes, for tests)."""
+    import time
+
+    from rich.live import Live
+
+    from s3flow.ops.status import queue_status, state_summary
+
+    def snapshot() -> tuple[float, list[Any], dict[str, Any]]:
+        rows = asyncio.run(queue_status(settings))
+        states = {s.pipeline: s for s in asyncio.run(state_summary(settings))}
+        return time.monotonic(), rows, states
+
+    def render(
+        prev: tuple[float, dict[str, Any]] | None,
+        now: float,
+        rows: list[Any],
+        states: dict[str, Any],
+    ) -> Table:
+        table = Table(title=f"s3flow status --watch (every {interval_s:g}s, Ctrl-C to stop)")
+        for col in (
+            "pipeline",
+            "done/s",
+            "failed/s",
+            "in flight",
+            "visible",
+            "oldest in flight",
+            "DLQ",
+        ):
+            table.add_column(col, justify="right" if col != "pipeline" else "left")
+        for r in rows:
+            st = states.get(r.pipeline)
+            rate = fail_rate = "-"
+            if st is not None and prev is not None and r.pipeline in prev[1]:
+                dt = max(now - prev[0], 1e-6)
+                before = prev[1][r.pipeline].counts
+                rate = f"{(st.counts.get('completed', 0) - before.get('completed', 0)) / dt:.1f}"
+                failed = sum(st.counts.get(k, 0) - before.get(k, 0) for k in ("failed", "dead"))
+                fail_rate = f"{failed / dt:.1f}"
+            oldest = st.oldest_in_flight_s if st is not None else None
+            table.add_row(
+                r.pipeline,
+                rate,
+                fail_rate,
+                "?" if r.in_flight is None else str(r.in_flight),
+                "?" if r.visible is None else str(r.visible),
+                f"{oldest:.0f}s" if oldest is not None else "-",
+                ("[red]" if r.dlq_depth else "")
+                + ("?" if r.dlq_depth is None else str(r.dlq_depth)),
+            )
+        return table
+
+    prev: tuple[float, dict[str, Any]] | None = None
+    n = 0
+    try:
+        with Live(console=console, auto_refresh=False) as live:
+            while True:
+                now, rows, states = snapshot()
+                live.update(render(prev, now, rows, states), refresh=True)
+                prev = (now, states)
+                n += 1
+                if rounds and n >= rounds:
+                    return
+                time.sleep(interval_s)
+    except KeyboardInterrupt:
+        return

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from s3flow import __version__
@@ -28,6 +28,7 @@ from s3flow.web.auth import TokenAuthMiddleware, TokenChecker, request_token, se
 from s3flow.web.errors import install_error_handlers
 from s3flow.web.events import match_events, serve_events
 from s3flow.web.form import router as form_router
+from s3flow.web.metrics import PROMETHEUS_TYPE, web_metrics
 from s3flow.web.pages import install_pages
 from s3flow.web.runtime import WebRuntime, open_runtime
 
@@ -116,5 +117,11 @@ def create_app(
     async def healthz() -> JSONResponse:
         """Liveness: the process answers (no token needed)."""
         return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus text: SSE subscribers, jobs streamed, progress events consumed."""
+        opened = getattr(app.state, "runtime", None)
+        return Response(web_metrics(opened), media_type=PROMETHEUS_TYPE)
 
     return app

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from web_support import JobsEnv, SseReader, WebThread, append, until
 
 from s3flow.aws import open_clients
@@ -186,6 +187,14 @@ async def test_progress_queue_events_reach_the_stream_and_the_job(
         assert got[2].data == {"step": 0, "bytes_done": 2, "bytes_total": 4, "files_done": 0}
         job = (await client.get(f"{web.url}/api/jobs/{job_id}")).json()
         assert job["status"] == "running"
+        # /metrics (Prometheus text): this stream is open, the consumer moved the events.
+        scraped = (await client.get(f"{web.url}/metrics")).text
+        values = {
+            s.name: s.value for fam in text_string_to_metric_families(scraped) for s in fam.samples
+        }
+        assert values["s3flow_web_sse_subscribers"] >= 1
+        assert values["s3flow_web_streamed_jobs"] >= 1
+        assert values["s3flow_web_progress_events_total"] >= 3
         assert job["steps"] == [
             {
                 "name": "line-count",
