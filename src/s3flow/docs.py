@@ -8,6 +8,7 @@ processor registry).
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any, get_args
 
 from pydantic import BaseModel
@@ -55,6 +56,8 @@ def _type_name(info: FieldInfo) -> str:
     ann: Any = info.annotation
     text = str(ann) if get_args(ann) else (getattr(ann, "__name__", None) or str(ann))
     text = text.replace("typing.", "").replace("NoneType", "None")
+    # Models live in submodules of the package; name them by its public path.
+    text = re.sub(r"\bs3flow\.settings\.[a-z_]+\.(?=[A-Z])", "s3flow.settings.", text)
     return text.replace("|", "\\|")
 
 

@@ -19,7 +19,7 @@ import pytest
 from itest_support import HERE, Harness, s3_event, spawn_worker, wait_for
 
 from s3flow.app import open_store
-from s3flow.state.base import FileRecord, FileStatus
+from s3flow.state.records import FileRecord, FileStatus
 
 pytestmark = pytest.mark.integration
 

@@ -35,7 +35,7 @@ from itest_support import Harness
 from s3flow.app import open_store, run_worker
 from s3flow.local.endpoint import free_port
 from s3flow.metrics import WorkerMetrics
-from s3flow.state.base import FileRecord, FileStatus
+from s3flow.state.records import FileRecord, FileStatus
 
 pytestmark = pytest.mark.integration
 

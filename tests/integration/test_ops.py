@@ -20,7 +20,7 @@ from s3flow.app import open_store
 from s3flow.events import content_version
 from s3flow.ops.backfill import backfill
 from s3flow.ops.dlq import list_dlq, redrive
-from s3flow.state.base import FileStatus, ObjectId
+from s3flow.state.records import FileStatus, ObjectId
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from s3flow_testprocs import WriteThenDelete
 
 from s3flow.settings import load_settings
 from s3flow.state import open_state_store
-from s3flow.state.base import FileStatus, HistoryEntry
+from s3flow.state.records import FileStatus, HistoryEntry
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).parents[2] / "examples"

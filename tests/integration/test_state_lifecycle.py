@@ -16,7 +16,7 @@ from itest_support import Harness, s3_event, spawn_worker, wait_for
 
 from s3flow.app import open_store
 from s3flow.ops.files import release_quarantined
-from s3flow.state.base import FileRecord, FileStatus, ObjectId
+from s3flow.state.records import FileRecord, FileStatus, ObjectId
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent

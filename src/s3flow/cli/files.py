@@ -22,7 +22,8 @@ from s3flow.cli.common import (
 from s3flow.errors import ConfigError, S3flowError
 from s3flow.processors.registry import processor_class
 from s3flow.settings import Settings
-from s3flow.state.base import FileRecord, StateStore
+from s3flow.state.base import StateStore
+from s3flow.state.records import FileRecord
 
 files_app = typer.Typer(
     help="Per-object lifecycles from the state store (list, show history, release).",
@@ -54,7 +55,7 @@ def files_list(
         ctx.obj = {"config": config}
         return
     from s3flow.app import open_store
-    from s3flow.state.base import FileStatus
+    from s3flow.state.records import FileStatus
 
     try:
         settings = settings_from(config)

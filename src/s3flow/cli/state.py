@@ -19,7 +19,8 @@ from rich.table import Table
 from s3flow.cli.common import ConfigOpt, app, console, err_console, fail, settings_from
 from s3flow.errors import S3flowError
 from s3flow.settings import Settings
-from s3flow.state.base import FileStatus, RecountReport, StateStore
+from s3flow.state.base import StateStore
+from s3flow.state.records import FileStatus, RecountReport
 
 state_app = typer.Typer(
     help=(

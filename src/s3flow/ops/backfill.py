@@ -17,7 +17,8 @@ from s3flow.events import content_version
 from s3flow.quarantine import untag
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, Settings
-from s3flow.state.base import FileRecord, FileStatus, ObjectId, StateStore
+from s3flow.state.base import StateStore
+from s3flow.state.records import FileRecord, FileStatus, ObjectId
 
 log = logging.getLogger("s3flow.ops")
 

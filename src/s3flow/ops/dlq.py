@@ -16,7 +16,8 @@ from s3flow.aws import AwsClients, open_clients
 from s3flow.errors import EnvelopeError, S3flowError, translate_aws_error
 from s3flow.events import parse_body
 from s3flow.settings import PipelineSettings, Settings
-from s3flow.state.base import FileStatus, StateStore, TransitionError
+from s3flow.state.base import StateStore
+from s3flow.state.records import FileStatus, TransitionError
 
 log = logging.getLogger("s3flow.ops")
 

@@ -11,7 +11,8 @@ from s3flow.events import content_version
 from s3flow.ops.backfill import s3_notification_body
 from s3flow.quarantine import untag
 from s3flow.settings import PipelineSettings, Settings
-from s3flow.state.base import FileStatus, ObjectId, StateStore
+from s3flow.state.base import StateStore
+from s3flow.state.records import FileStatus, ObjectId
 
 log = logging.getLogger("s3flow.ops")
 

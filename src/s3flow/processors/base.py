@@ -13,7 +13,8 @@ from s3flow.events import ObjectEvent
 from s3flow.objects import ObjectReader, open_object
 from s3flow.settings import AwsSettings, PipelineSettings
 from s3flow.sinks.base import Sink
-from s3flow.state.base import FileRecord, StateStore
+from s3flow.state.base import StateStore
+from s3flow.state.records import FileRecord
 
 
 @dataclass

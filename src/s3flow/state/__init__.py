@@ -17,34 +17,7 @@ from pathlib import Path
 
 from s3flow.errors import ConfigError
 from s3flow.settings import AwsSettings
-from s3flow.state.base import (
-    ALLOWED,
-    FILE_STATUS_OF,
-    MANIFEST_ALLOWED,
-    TERMINAL_FILE_STATUSES,
-    Claim,
-    ClaimOutcome,
-    FileRecord,
-    FileStatus,
-    HistoryEntry,
-    LockLostError,
-    MaintenanceStore,
-    ManifestFile,
-    ManifestFileStatus,
-    ManifestRecord,
-    ManifestStatus,
-    ObjectId,
-    PendingSummary,
-    PruneReport,
-    RecountReport,
-    StateError,
-    StateStore,
-    TrackedFile,
-    TransitionError,
-    UnknownManifestError,
-    check_manifest_transition,
-    check_transition,
-)
+from s3flow.state.base import MaintenanceStore, StateStore
 from s3flow.state.dynamodb import DynamoStateStore
 from s3flow.state.jobs import (
     TERMINAL_EVENTS,
@@ -63,6 +36,32 @@ from s3flow.state.jobs import (
     job_to_json,
 )
 from s3flow.state.lifecycle import DEFAULT_RETENTION_DAYS, retention_seconds
+from s3flow.state.records import (
+    ALLOWED,
+    FILE_STATUS_OF,
+    MANIFEST_ALLOWED,
+    TERMINAL_FILE_STATUSES,
+    Claim,
+    ClaimOutcome,
+    FileRecord,
+    FileStatus,
+    HistoryEntry,
+    LockLostError,
+    ManifestFile,
+    ManifestFileStatus,
+    ManifestRecord,
+    ManifestStatus,
+    ObjectId,
+    PendingSummary,
+    PruneReport,
+    RecountReport,
+    StateError,
+    TrackedFile,
+    TransitionError,
+    UnknownManifestError,
+    check_manifest_transition,
+    check_transition,
+)
 from s3flow.state.sqlite import SqliteStateStore
 from s3flow.state.sqlite.retention import PRUNE_EVERY_S
 

@@ -13,7 +13,7 @@ import json
 from dataclasses import replace
 from typing import TypeVar, overload
 
-from s3flow.state.base import (
+from s3flow.state.records import (
     TERMINAL_FILE_STATUSES,
     Claim,
     ClaimOutcome,

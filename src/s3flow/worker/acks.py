@@ -25,7 +25,8 @@ from typing import Any
 from s3flow.errors import S3flowError, translate_aws_error
 from s3flow.metrics import PipelineMetrics
 from s3flow.settings import PipelineSettings
-from s3flow.state.base import FileStatus, StateStore
+from s3flow.state.base import StateStore
+from s3flow.state.records import FileStatus
 from s3flow.worker.outcomes import (
     Ack,
     DeadLetter,

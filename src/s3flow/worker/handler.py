@@ -45,7 +45,8 @@ from s3flow.processors.registry import default_executor_for, portable_spec, proc
 from s3flow.routing import NoRoute, Route, RouteRule, RoutingTable
 from s3flow.settings import AwsSettings, PipelineSettings, WorkerSettings
 from s3flow.sinks.base import Sink
-from s3flow.state.base import Claim, ClaimOutcome, ObjectId, StateStore
+from s3flow.state.base import StateStore
+from s3flow.state.records import Claim, ClaimOutcome, ObjectId
 from s3flow.validation import validate
 from s3flow.worker.identity import identify, newer_upload_done
 from s3flow.worker.outcomes import (

@@ -13,7 +13,8 @@ from typing import Any
 
 from s3flow.errors import translate_aws_error
 from s3flow.events import ObjectEvent, content_version
-from s3flow.state.base import FileStatus, ObjectId, StateStore
+from s3flow.state.base import StateStore
+from s3flow.state.records import FileStatus, ObjectId
 
 
 async def identify(s3: Any, event: ObjectEvent) -> tuple[ObjectId, dict[str, Any] | None]:

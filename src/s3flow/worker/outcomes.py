@@ -6,7 +6,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from s3flow.state.base import ObjectId
+from s3flow.state.records import ObjectId
 
 SQS_MAX_VISIBILITY_S = 43200  # 12 hours
 

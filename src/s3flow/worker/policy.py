@@ -23,7 +23,8 @@ from s3flow.events import ObjectEvent
 from s3flow.metrics import PipelineMetrics
 from s3flow.quarantine import tag_quarantined
 from s3flow.settings import PipelineSettings
-from s3flow.state.base import FileStatus, ObjectId, StateStore
+from s3flow.state.base import StateStore
+from s3flow.state.records import FileStatus, ObjectId
 from s3flow.worker.outcomes import DeadLetter, RecordOutcome, Retry, backoff_s
 from s3flow.worker.source import ReceivedMessage
 

@@ -384,7 +384,7 @@ def seal_tracked(h: Harness, manifest_id: str, day: str, files: list[Any]) -> di
 
     from s3flow.pipelines.ndjson_parquet.manifests import manifest_document
     from s3flow.state import ManifestStatus, open_state_store
-    from s3flow.state.base import ManifestRecord
+    from s3flow.state.records import ManifestRecord
 
     async def seal() -> dict[str, Any]:
         async with open_state_store(h.state_url) as store:
@@ -431,7 +431,7 @@ def tracked_state(
 @pytest.mark.timeout(120)
 def test_state_store_manifest_and_files_follow_the_compaction(harness: Harness) -> None:
     from s3flow.state import ManifestFileStatus, ManifestStatus
-    from s3flow.state.base import ManifestFile
+    from s3flow.state.records import ManifestFile
 
     h = harness
     configure(h)
@@ -469,7 +469,7 @@ def test_state_store_manifest_and_files_follow_the_compaction(harness: Harness) 
 @pytest.mark.timeout(120)
 def test_quarantined_files_are_recorded_quarantined_not_completed(harness: Harness) -> None:
     from s3flow.state import ManifestFileStatus, ManifestStatus
-    from s3flow.state.base import ManifestFile
+    from s3flow.state.records import ManifestFile
 
     h = harness
     configure(h, malformed_lines="quarantine")

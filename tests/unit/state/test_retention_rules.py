@@ -8,7 +8,6 @@ import pytest
 from pydantic import ValidationError
 
 from s3flow.settings import StateSettings
-from s3flow.state.base import TERMINAL_FILE_STATUSES, FileStatus, RecountReport
 from s3flow.state.dynamodb.codec import counts_pk, expiry_day, purge_seconds, with_purge
 from s3flow.state.lifecycle import (
     DAY_S,
@@ -16,6 +15,7 @@ from s3flow.state.lifecycle import (
     purge_time,
     retention_seconds,
 )
+from s3flow.state.records import TERMINAL_FILE_STATUSES, FileStatus, RecountReport
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 

@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -32,11 +31,11 @@ from s3flow.local.endpoint import popen_owned
 from s3flow.local.kafka.host import (
     HOST,
     ServiceError,
-    cmdline,
     free_port,
+    live_pid,
     mkdir,
-    pid_alive,
     port_free,
+    stop_process,
     tail,
 )
 from s3flow.local.kafka.install import default_cache_dir, require_java
@@ -175,12 +174,7 @@ class JvmServer:
         _live.discard(self)
         if pid is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        if not _wait_exit(proc, pid, timeout_s):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            _wait_exit(proc, pid, 10.0)
+        stop_process(proc, pid, timeout_s)
 
     def close(self) -> None:
         """Stop; a private server's run dir is deleted too."""
@@ -220,10 +214,7 @@ class JvmServer:
             pid = int(json.loads((self._run_dir / "server.json").read_text())["pid"])
         except (OSError, ValueError, KeyError):
             return None
-        cmd = cmdline(pid)
-        if pid_alive(pid) and self.main_class in cmd and str(self._run_dir) in cmd:
-            return pid
-        return None
+        return live_pid(pid, self.main_class, str(self._run_dir))
 
     def _pick_port(self) -> None:
         wanted = self._requested_port
@@ -343,18 +334,3 @@ def _answers(url: str) -> bool:
         return True
     except (OSError, ValueError):
         return False
-
-
-def _wait_exit(proc: subprocess.Popen[bytes] | None, pid: int, timeout_s: float) -> bool:
-    if proc is not None:
-        try:
-            proc.wait(timeout=timeout_s)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    deadline = time.monotonic() + timeout_s
-    while pid_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True

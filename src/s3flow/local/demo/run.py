@@ -49,7 +49,7 @@ from s3flow.objects import zstd
 from s3flow.processors.base import Result
 from s3flow.provision import provision
 from s3flow.settings import Settings, load_settings
-from s3flow.state.base import FileStatus
+from s3flow.state.records import FileStatus
 
 IN_BUCKET = "s3flow-demo-incoming"
 OUT_BUCKET = "s3flow-demo-results"

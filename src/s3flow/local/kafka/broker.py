@@ -36,15 +36,17 @@ from s3flow.local.kafka.config import (
 from s3flow.local.kafka.host import (
     HOST,
     ServiceError,
-    cmdline,
     flock,
     free_port,
+    live_pid,
     log,
     mkdir,
     pid_alive,
     port_free,
     port_open,
+    stop_process,
     tail,
+    wait_exit,
 )
 from s3flow.local.kafka.install import default_cache_dir, install, require_java
 
@@ -208,13 +210,12 @@ class KafkaBroker:
         if pid is None:
             self._clear_pid_file()
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        if not self._wait_exit(proc, pid, timeout_s):
-            log(f"broker pid {pid} still running {timeout_s:.0f}s after SIGTERM: SIGKILL")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            self._wait_exit(proc, pid, 10.0)
+        stop_process(
+            proc,
+            pid,
+            timeout_s,
+            kill_message=f"broker pid {pid} still running {timeout_s:.0f}s after SIGTERM: SIGKILL",
+        )
         self._clear_pid_file()
         _live.discard(self)
 
@@ -229,7 +230,7 @@ class KafkaBroker:
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            self._wait_exit(self._proc, pid, 10.0)
+            wait_exit(self._proc, pid, 10.0)
         self._proc, self._pid = None, None
         self._clear_pid_file()
 
@@ -289,10 +290,7 @@ class KafkaBroker:
             pid = int(self._pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        cmd = cmdline(pid)
-        if pid_alive(pid) and MAIN_CLASS in cmd and str(self.run_dir) in cmd:
-            return pid
-        return None
+        return live_pid(pid, MAIN_CLASS, str(self.run_dir))
 
     def _pick_ports(self, *, sticky: bool) -> None:
         """Broker and controller ports: asked for > S3FLOW_KAFKA_PORT > last used > free.
@@ -381,21 +379,6 @@ class KafkaBroker:
                     f"log {self.log_path}:\n{tail(self.log_path)}"
                 )
             time.sleep(0.1)
-
-    @staticmethod
-    def _wait_exit(proc: subprocess.Popen[bytes] | None, pid: int, timeout_s: float) -> bool:
-        if proc is not None:
-            try:
-                proc.wait(timeout=timeout_s)
-                return True
-            except subprocess.TimeoutExpired:
-                return False
-        deadline = time.monotonic() + timeout_s
-        while pid_alive(pid):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
-        return True
 
     def _clear_pid_file(self) -> None:
         if self._run_dir is not None:

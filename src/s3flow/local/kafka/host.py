@@ -9,8 +9,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +76,45 @@ def cmdline(pid: int) -> str:
         )
     except OSError:
         return ""
+
+
+def live_pid(pid: int, *markers: str) -> int | None:
+    """``pid`` if that process is alive and its command line holds every one of ``markers``
+    (a pid file outlives its process, and the pid may be reused), else None."""
+    cmd = cmdline(pid)
+    return pid if pid_alive(pid) and all(m in cmd for m in markers) else None
+
+
+def wait_exit(proc: subprocess.Popen[bytes] | None, pid: int, timeout_s: float) -> bool:
+    """True once process ``pid`` (``proc`` when it is our child) has exited; False after
+    ``timeout_s``."""
+    if proc is not None:
+        try:
+            proc.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes] | None, pid: int, timeout_s: float, *, kill_message: str = ""
+) -> None:
+    """SIGTERM ``pid``; SIGKILL if it still runs after ``timeout_s`` (``kill_message``, when
+    given, is logged first), then wait for it a little longer."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not wait_exit(proc, pid, timeout_s):
+        if kill_message:
+            log(kill_message)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        wait_exit(proc, pid, 10.0)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,8 @@ from s3flow.pipelines.csv_kafka.runner import RunReport
 from s3flow.pipelines.csv_kafka.topics import ensure_topics
 from s3flow.processors.base import BaseProcessor, PipelineContext, ProcessContext, Result
 from s3flow.settings import PipelineSettings
-from s3flow.state.base import FileRecord, StateStore
+from s3flow.state.base import StateStore
+from s3flow.state.records import FileRecord
 
 log = logging.getLogger("s3flow.pipelines.csv_kafka")
 

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from s3flow.errors import ConfigError, S3flowError
 from s3flow.settings import PipelineSettings, Settings
-from s3flow.state.base import ManifestRecord, ManifestStatus, StateStore
+from s3flow.state.base import StateStore
+from s3flow.state.records import ManifestRecord, ManifestStatus
 
 if TYPE_CHECKING:
     from s3flow.pipelines.ndjson_parquet.manifest_processor import NdjsonManifestProcessor

@@ -226,7 +226,7 @@ async def _set_status(
     """
     if tracker is None:
         return
-    from s3flow.state.base import (
+    from s3flow.state.records import (
         ManifestStatus,
         ObjectId,
         StateError,

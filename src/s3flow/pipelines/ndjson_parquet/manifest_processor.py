@@ -51,7 +51,8 @@ from s3flow.processors.base import (
     parse_options,
 )
 from s3flow.settings import PipelineSettings, check_regex
-from s3flow.state.base import FileRecord, ManifestFile, ObjectId, StateStore
+from s3flow.state.base import StateStore
+from s3flow.state.records import FileRecord, ManifestFile, ObjectId
 
 log = logging.getLogger("s3flow.pipelines.ndjson_parquet.manifest_processor")
 

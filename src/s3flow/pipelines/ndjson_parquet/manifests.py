@@ -35,13 +35,13 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from s3flow.errors import S3flowError, translate_aws_error
-from s3flow.state.base import (
+from s3flow.state.base import StateStore
+from s3flow.state.records import (
     LockLostError,
     ManifestFile,
     ManifestRecord,
     ManifestStatus,
     PendingSummary,
-    StateStore,
     TrackedFile,
 )
 

@@ -13,9 +13,9 @@ from typing import Any, Self
 from s3flow.aws import async_client
 from s3flow.errors import ConfigError, translate_aws_error
 from s3flow.settings import AwsSettings
-from s3flow.state.base import ObjectId, StateError
 from s3flow.state.dynamodb.codec import Item
 from s3flow.state.lifecycle import DEFAULT_RETENTION_DAYS, retention_seconds
+from s3flow.state.records import ObjectId, StateError
 
 MAX_CONFLICT_RETRIES = 100
 CONFLICT_CODES = frozenset({"ConditionalCheckFailedException", "TransactionConflictException"})

@@ -11,7 +11,9 @@ import math
 import uuid
 from typing import Any
 
-from s3flow.state.base import (
+from s3flow.state.jobs import EventType, JobEvent, JobRecord, job_from_json, job_to_json
+from s3flow.state.lifecycle import files_from_text, files_to_text
+from s3flow.state.records import (
     FileRecord,
     FileStatus,
     HistoryEntry,
@@ -22,8 +24,6 @@ from s3flow.state.base import (
     ObjectId,
     TrackedFile,
 )
-from s3flow.state.jobs import EventType, JobEvent, JobRecord, job_from_json, job_to_json
-from s3flow.state.lifecycle import files_from_text, files_to_text
 
 Item = dict[str, Any]
 

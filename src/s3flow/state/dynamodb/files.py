@@ -44,15 +44,6 @@ import random
 from collections.abc import Callable
 from typing import TypeVar
 
-from s3flow.state.base import (
-    Claim,
-    ClaimOutcome,
-    FileRecord,
-    FileStatus,
-    HistoryEntry,
-    ObjectId,
-    StateError,
-)
 from s3flow.state.dynamodb.client import MAX_CONFLICT_RETRIES, Conflict, DynamoClient
 from s3flow.state.dynamodb.codec import (
     COUNTS_REGISTRY_PK,
@@ -81,6 +72,15 @@ from s3flow.state.lifecycle import (
     plan_set_status,
     purge_time,
     zero_counts,
+)
+from s3flow.state.records import (
+    Claim,
+    ClaimOutcome,
+    FileRecord,
+    FileStatus,
+    HistoryEntry,
+    ObjectId,
+    StateError,
 )
 
 log = logging.getLogger(__name__)

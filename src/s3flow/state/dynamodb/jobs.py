@@ -38,7 +38,6 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from s3flow.state.base import StateError
 from s3flow.state.dynamodb.client import (
     MAX_CONFLICT_RETRIES,
     DynamoClient,
@@ -66,6 +65,7 @@ from s3flow.state.jobs import (
     JobStatus,
     apply_event,
 )
+from s3flow.state.records import StateError
 
 # Cancellation codes that mean "decide again": a condition another writer changed, a
 # concurrent transaction on the same item, throttling. Any other (ValidationError,

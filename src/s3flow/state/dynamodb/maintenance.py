@@ -19,13 +19,6 @@ twice.
 
 from __future__ import annotations
 
-from s3flow.state.base import (
-    TERMINAL_FILE_STATUSES,
-    FileStatus,
-    ManifestStatus,
-    PruneReport,
-    RecountReport,
-)
 from s3flow.state.dynamodb.client import Conflict
 from s3flow.state.dynamodb.codec import (
     Item,
@@ -42,6 +35,13 @@ from s3flow.state.dynamodb.codec import (
 from s3flow.state.dynamodb.files import CountKey, FilesMixin
 from s3flow.state.dynamodb.tables import TTL_ATTRIBUTE, table_definitions
 from s3flow.state.lifecycle import DAY_S, purge_time
+from s3flow.state.records import (
+    TERMINAL_FILE_STATUSES,
+    FileStatus,
+    ManifestStatus,
+    PruneReport,
+    RecountReport,
+)
 
 _FILE_FIELDS = "pk, sk, #pl, #st, purge_at, lst, #rev, updated_at"
 

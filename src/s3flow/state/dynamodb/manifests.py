@@ -25,19 +25,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from s3flow.state.base import (
-    FILE_STATUS_OF,
-    LockLostError,
-    ManifestFile,
-    ManifestFileStatus,
-    ManifestRecord,
-    ManifestStatus,
-    ObjectId,
-    PendingSummary,
-    StateError,
-    TrackedFile,
-    UnknownManifestError,
-)
 from s3flow.state.dynamodb.client import MAX_CONFLICT_RETRIES, Conflict, DynamoClient
 from s3flow.state.dynamodb.codec import (
     Item,
@@ -55,6 +42,19 @@ from s3flow.state.dynamodb.codec import (
 )
 from s3flow.state.dynamodb.tables import MANIFESTS_LISTING_INDEX, PENDING_INDEX
 from s3flow.state.lifecycle import clip, plan_manifest_status
+from s3flow.state.records import (
+    FILE_STATUS_OF,
+    LockLostError,
+    ManifestFile,
+    ManifestFileStatus,
+    ManifestRecord,
+    ManifestStatus,
+    ObjectId,
+    PendingSummary,
+    StateError,
+    TrackedFile,
+    UnknownManifestError,
+)
 
 log = logging.getLogger(__name__)
 _MOVE_PARALLEL = 16  # concurrent conditional file moves while sealing

@@ -13,9 +13,9 @@ import copy
 import time
 
 from s3flow.settings import AwsSettings
-from s3flow.state.base import StateError
 from s3flow.state.dynamodb.client import DynamoClient, error_code
 from s3flow.state.dynamodb.codec import Item
+from s3flow.state.records import StateError
 
 PENDING_INDEX = "pending"
 #: The items' TTL attribute (unix seconds) on every table of the store.

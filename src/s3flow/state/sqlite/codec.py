@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from s3flow.state.base import (
+from s3flow.state.jobs import EventType, JobEvent, JobRecord, job_to_json
+from s3flow.state.lifecycle import files_from_text, files_to_text
+from s3flow.state.records import (
     FileRecord,
     FileStatus,
     ManifestFile,
@@ -25,8 +27,6 @@ from s3flow.state.base import (
     ManifestStatus,
     TrackedFile,
 )
-from s3flow.state.jobs import EventType, JobEvent, JobRecord, job_to_json
-from s3flow.state.lifecycle import files_from_text, files_to_text
 
 FILE_COLS = (
     "bucket, key, version, pipeline, status, size, sequencer, attempts, last_error_class, "

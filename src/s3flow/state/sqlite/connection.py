@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from s3flow.state.base import StateError
 from s3flow.state.lifecycle import DEFAULT_RETENTION_DAYS, retention_seconds
+from s3flow.state.records import StateError
 from s3flow.state.sqlite.schema import BUSY_TIMEOUT_MS, create_schema, enable_wal, prepare_new
 
 T = TypeVar("T")

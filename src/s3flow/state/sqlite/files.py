@@ -23,7 +23,6 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from s3flow.state.base import Claim, FileRecord, FileStatus, HistoryEntry, ObjectId
 from s3flow.state.lifecycle import (
     FencedFinishMixin,
     count_delta,
@@ -32,6 +31,7 @@ from s3flow.state.lifecycle import (
     plan_set_status,
     zero_counts,
 )
+from s3flow.state.records import Claim, FileRecord, FileStatus, HistoryEntry, ObjectId
 from s3flow.state.sqlite.codec import FILE_COLS, file_record, file_row
 from s3flow.state.sqlite.connection import SqliteStoreBase, in_tx
 

@@ -16,7 +16,6 @@ import sqlite3
 from dataclasses import replace
 from typing import Any
 
-from s3flow.state.base import StateError
 from s3flow.state.jobs import (
     EventType,
     JobEvent,
@@ -26,6 +25,7 @@ from s3flow.state.jobs import (
     job_from_json,
     job_to_json,
 )
+from s3flow.state.records import StateError
 from s3flow.state.sqlite.codec import JOB_COLS, JOB_EVENT_COLS, job_event, job_row
 from s3flow.state.sqlite.connection import SqliteStoreBase, in_tx
 

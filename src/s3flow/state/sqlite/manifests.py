@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from s3flow.state.base import (
+from s3flow.state.lifecycle import clip, plan_manifest_status
+from s3flow.state.records import (
     FILE_STATUS_OF,
     LockLostError,
     ManifestFile,
@@ -25,7 +26,6 @@ from s3flow.state.base import (
     TrackedFile,
     UnknownManifestError,
 )
-from s3flow.state.lifecycle import clip, plan_manifest_status
 from s3flow.state.sqlite.codec import (
     MANIFEST_COLS,
     MANIFEST_FILE_COLS,

@@ -40,14 +40,14 @@ import sqlite3
 from collections.abc import Callable
 from typing import Self
 
-from s3flow.state.base import (
+from s3flow.state.jobs import TERMINAL_STATUSES
+from s3flow.state.records import (
     TERMINAL_FILE_STATUSES,
     FileStatus,
     PruneReport,
     RecountReport,
     StateError,
 )
-from s3flow.state.jobs import TERMINAL_STATUSES
 from s3flow.state.sqlite.connection import SqliteStoreBase, in_tx
 from s3flow.state.sqlite.files import add_counts
 

@@ -23,7 +23,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from s3flow.state.base import StateError
+from s3flow.state.records import StateError
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000

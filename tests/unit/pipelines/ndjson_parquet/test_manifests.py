@@ -23,7 +23,7 @@ from s3flow.pipelines.ndjson_parquet.manifests import (
     valid_date,
 )
 from s3flow.processors import create_processor
-from s3flow.state.base import (
+from s3flow.state.records import (
     ManifestFile,
     ManifestFileStatus,
     ManifestRecord,

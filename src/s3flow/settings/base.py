@@ -1,0 +1,176 @@
+"""The model base and shared validators; the process-wide [aws], [worker], [local], [state]."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def check_regex(v: str) -> str:
+    """A validator: ``v`` if it compiles as a Python regular expression."""
+    try:
+        re.compile(v)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression: {exc}") from exc
+    return v
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AwsSettings(_Model):
+    """Where and how to reach AWS (or any S3/SQS-compatible endpoint)."""
+
+    region: str = Field(
+        default_factory=lambda: (
+            os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        ),
+        description="AWS region. Defaults to AWS_REGION / AWS_DEFAULT_REGION, else us-east-1.",
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint for every service. When unset the SDK honours AWS_ENDPOINT_URL.",
+    )
+    endpoint_url_s3: str | None = Field(
+        default=None, description="S3 endpoint; overrides endpoint_url and AWS_ENDPOINT_URL_S3."
+    )
+    endpoint_url_sqs: str | None = Field(
+        default=None, description="SQS endpoint; overrides endpoint_url and AWS_ENDPOINT_URL_SQS."
+    )
+    profile: str | None = Field(default=None, description="Named profile from ~/.aws/config.")
+    max_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=20,
+        description=(
+            "SDK retries per call after the first attempt (botocore's retries.max_attempts, "
+            "standard retry mode): a call is tried at most max_attempts + 1 times."
+        ),
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP connect timeout.")
+    read_timeout_s: float = Field(
+        default=60.0, gt=0, description="Socket read timeout (must exceed wait_time_s)."
+    )
+    max_pool_connections: int = Field(
+        default=0,
+        ge=0,
+        description="HTTP connections per client; 0 = sized from the pipelines' concurrency.",
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto",
+        description="S3 addressing style; 'auto' uses path style for custom endpoints.",
+    )
+
+
+class WorkerSettings(_Model):
+    """Process-wide worker behaviour."""
+
+    worker_id: str = Field(
+        default_factory=lambda: f"{os.uname().nodename}-{os.getpid()}",
+        description="Identifies this worker in results and logs. Default: host-pid.",
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM/SIGINT, time in-flight objects get to finish."
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus /metrics, /healthz and /readyz on this port (0 = any free "
+        "port, logged); None = off.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Bind address of the metrics port ('0.0.0.0' in a container).",
+    )
+    metrics_sample_s: float = Field(
+        default=15.0, gt=0, description="How often queue depths and the oldest record are sampled."
+    )
+    pollers_per_pipeline: int = Field(
+        default=0,
+        ge=0,
+        le=32,
+        description="Concurrent receive loops; 0 = one per 10 slots (max 4).",
+    )
+    ack_batch_window_s: float = Field(
+        default=0.05, ge=0, le=5, description="How long deletes wait to fill a batch of 10."
+    )
+    malloc_mmap_threshold_bytes: int = Field(
+        default=1_048_576,
+        ge=0,
+        le=32 * 1024 * 1024,
+        description=(
+            "glibc malloc serves blocks from this size with mmap, so freed stream buffers "
+            "go back to the system (lower peak RSS); 0 = glibc's own dynamic threshold. "
+            "$MALLOC_MMAP_THRESHOLD_ wins when set."
+        ),
+    )
+    log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+
+
+class LocalSettings(_Model):
+    """The embedded local AWS endpoint (moto server) used by `s3flow local` and `demo`."""
+
+    host: str = Field(default="127.0.0.1", description="Bind address (keep it on loopback).")
+    port: int = Field(default=0, ge=0, le=65535, description="Port; 0 picks a free one.")
+
+
+class StateSettings(_Model):
+    """Where s3flow keeps file lifecycles, idempotency claims, checkpoints and locks."""
+
+    url: str = Field(
+        default="sqlite:.s3flow/state.db",
+        description=(
+            "'sqlite:PATH' (relative to the working directory), 'sqlite:///abs/path.db', "
+            "'dynamodb://TABLE_PREFIX' (multi-node), or 'none' to run without a store."
+        ),
+    )
+    claim_ttl_s: float = Field(
+        default=0,
+        ge=0,
+        description=(
+            "How long a claim lives without renewal; 0 = the pipeline's visibility_timeout_s "
+            "(claims are renewed with the visibility heartbeat, at about half of it)."
+        ),
+    )
+    retention_days: float = Field(
+        default=30,
+        ge=0,
+        description=(
+            "Days a finished file record (completed, dead, quarantined) and history lines, "
+            "checkpoints, idle locks, completed manifests and finished upload jobs are kept "
+            "before they expire (SQLite: pruned by the worker; DynamoDB: TTL). Must exceed "
+            "the queues' message retention (14 days at most), or a late duplicate delivery "
+            "would be processed again; 0 keeps everything forever."
+        ),
+    )
+
+    @field_validator("retention_days")
+    @classmethod
+    def _check_retention(cls, v: float) -> float:
+        if 0 < v <= 14:
+            raise ValueError(
+                "must exceed 14 (the longest SQS message retention: a duplicate delivery "
+                "must still find its record), or be 0 to keep records forever"
+            )
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        if (
+            v == "none"
+            or v.startswith(("sqlite:", "dynamodb://"))
+            or v.endswith((".db", ".sqlite"))
+        ):
+            return v
+        raise ValueError(
+            "use 'sqlite:PATH', 'sqlite:///abs/path.db', 'dynamodb://PREFIX' or 'none'"
+        )

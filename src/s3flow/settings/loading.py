@@ -1,0 +1,202 @@
+"""The root ``Settings`` model and ``load_settings``: TOML, environment and overrides merged."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from s3flow.errors import ConfigError
+from s3flow.settings.base import AwsSettings, LocalSettings, StateSettings, WorkerSettings
+from s3flow.settings.jobs import (
+    JOBS_BRIDGE,
+    JobsSettings,
+    TemplateSettings,
+    WebSettings,
+    bridge_pipeline,
+)
+from s3flow.settings.pipelines import PipelineSettings
+
+CONFIG_ENV = "S3FLOW_CONFIG"
+
+
+class Settings(BaseSettings):
+    """All of s3flow's configuration, validated once at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="S3FLOW_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    aws: AwsSettings = Field(default_factory=AwsSettings, description="AWS access.")
+    worker: WorkerSettings = Field(default_factory=WorkerSettings, description="Worker process.")
+    local: LocalSettings = Field(default_factory=LocalSettings, description="Embedded endpoint.")
+    state: StateSettings = Field(default_factory=StateSettings, description="State store.")
+    pipelines: list[PipelineSettings] = Field(
+        default_factory=list, description="The pipelines this worker runs."
+    )
+    jobs: JobsSettings | None = Field(
+        default=None, description="Upload jobs (presigned uploads, templates, live progress)."
+    )
+    templates: list[TemplateSettings] = Field(
+        default_factory=list, description="Job templates ([[templates]])."
+    )
+    web: WebSettings = Field(default_factory=WebSettings, description="HTTP API and page.")
+
+    @model_validator(mode="after")
+    def _jobs_bridge(self) -> Settings:
+        # [jobs] brings its own pipeline: the bridge on the intake queue. Being an
+        # ordinary pipeline, provision, status, files and dlq all cover it.
+        if self.jobs is not None and not any(p.name == JOBS_BRIDGE for p in self.pipelines):
+            self.pipelines.append(bridge_pipeline(self.jobs))
+        return self
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        names = [t.name for t in self.templates]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"template name {name!r} is used twice")
+        if self.templates and self.jobs is None:
+            raise ValueError(
+                "[[templates]] are set but [jobs] is not: add a [jobs] table with a project"
+            )
+        seen: set[str] = set()
+        for p in self.pipelines:
+            if p.name in seen:
+                raise ValueError(f"pipeline name {p.name!r} is used twice")
+            seen.add(p.name)
+        for p in self.pipelines:
+            for q in self.pipelines:
+                if q is p or q.bucket != p.bucket or q.name < p.name:
+                    continue
+                overlap = (q.prefix.startswith(p.prefix) or p.prefix.startswith(q.prefix)) and (
+                    q.suffix.endswith(p.suffix) or p.suffix.endswith(q.suffix)
+                )
+                if overlap and not (p.key_regex and q.key_regex) and self.state.url != "none":
+                    raise ValueError(
+                        f"pipelines {p.name!r} and {q.name!r} both take keys of bucket "
+                        f"{p.bucket!r} (prefix/suffix overlap): an object would be claimed "
+                        "by one and skipped as done by the other; make the prefixes or "
+                        "suffixes disjoint, or give both a key_regex"
+                    )
+            ttl = self.state.claim_ttl_s
+            if ttl and ttl < p.visibility_timeout_s:
+                raise ValueError(
+                    f"state.claim_ttl_s ({ttl}) is shorter than pipeline {p.name!r}'s "
+                    f"visibility_timeout_s ({p.visibility_timeout_s}): claims are renewed with "
+                    "the visibility heartbeat and would expire mid-job; use 0 (the default: "
+                    "the visibility timeout) or a longer value"
+                )
+            if p.wait_time_s >= self.aws.read_timeout_s:
+                raise ValueError(
+                    f"pipeline {p.name!r}: wait_time_s ({p.wait_time_s}) must be shorter than "
+                    f"aws.read_timeout_s ({self.aws.read_timeout_s}) or long polls time out"
+                )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # TOML is loaded by load_settings() and passed as init data, merged with
+        # overrides; the env then wins over the file, as documented.
+        return (env_settings, init_settings)
+
+    def pipeline(self, name: str) -> PipelineSettings:
+        """Return the pipeline called ``name`` or raise ConfigError listing the known ones."""
+        for p in self.pipelines:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.pipelines) or "(none configured)"
+        raise ConfigError(f"no pipeline named {name!r}; configured pipelines: {known}")
+
+    def template(self, name: str) -> TemplateSettings | None:
+        """The job template called ``name``, or None."""
+        return next((t for t in self.templates if t.name == name), None)
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _format_loc(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and 0 <= item < len(node):
+                node = node[item]
+                name = node.get("name") if isinstance(node, dict) else None
+                if name:
+                    label = f"[{item}] ({name!r})"
+            parts.append(label)
+        else:
+            parts.append(("." if parts else "") + item)
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts)
+
+
+def format_validation_error(exc: ValidationError, source: str, data: dict[str, Any]) -> str:
+    """Render a pydantic error as lines naming each bad key, its problem and the source."""
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        loc = _format_loc(tuple(err["loc"]), data)
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - {loc}: unknown key (check the spelling; see docs/configuration.md)")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            lines.append(f"  - {loc or '<top>'}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    config: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Load and validate settings from a TOML file, the environment and overrides.
+
+    ``config`` defaults to ``$S3FLOW_CONFIG``; with neither, only the
+    environment, overrides and defaults are used. Raises :class:`ConfigError`
+    with a message naming each bad key.
+    """
+    path = config if config is not None else os.environ.get(CONFIG_ENV)
+    data: dict[str, Any] = {}
+    source = "defaults and environment"
+    if path:
+        p = Path(path)
+        source = str(p)
+        try:
+            with p.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"config file {p} does not exist (given by -c/--config or {CONFIG_ENV})"
+            ) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc}") from exc
+    merged = _deep_merge(data, overrides or {})
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, merged)) from exc

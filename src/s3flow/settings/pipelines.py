@@ -1,0 +1,386 @@
+"""[[pipelines]]: a pipeline, its validation and its routes."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from s3flow.settings.base import _Model, check_regex
+from s3flow.settings.executors import ExecutorName, ExecutorsSettings
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# SQS queue names: 1-80 chars, alphanumerics, hyphens, underscores (+ ".fifo").
+_QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}(\.fifo)?$")
+
+
+class ValidationSettings(_Model):
+    """Per-pipeline checks made before an object is processed; failures are quarantined."""
+
+    min_bytes: int = Field(default=0, ge=0, description="Smallest acceptable object size.")
+    max_bytes: int | None = Field(
+        default=None, ge=0, description="Largest acceptable object size (None = no limit)."
+    )
+    suffixes: list[str] = Field(
+        default_factory=list, description="Allowed key suffixes (empty = any), e.g. ['.ndjson']."
+    )
+    content_types: list[str] = Field(
+        default_factory=list,
+        description="Allowed Content-Type values (empty = any), e.g. ['text/plain'].",
+    )
+    key_pattern: str | None = Field(
+        default=None, description="Regular expression every key must match (re.search)."
+    )
+
+    @field_validator("key_pattern")
+    @classmethod
+    def _check_pattern(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _check_range(self) -> ValidationSettings:
+        if self.max_bytes is not None and self.max_bytes < self.min_bytes:
+            raise ValueError("max_bytes must be >= min_bytes")
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Whether any rule is set."""
+        return bool(
+            self.min_bytes
+            or self.max_bytes is not None
+            or self.suffixes
+            or self.content_types
+            or self.key_pattern
+        )
+
+
+class RouteSettings(_Model):
+    """One routing rule of a pipeline (``[[pipelines.routes]]``): what it matches and where
+    matching objects go. Rules are tried in order, the first match wins; a rule without
+    match keys is the default (it must be last). No match: the object is quarantined."""
+
+    name: str | None = Field(
+        default=None,
+        description="Shown in the file's history and the result; default 'default' for the "
+        "default rule, else 'route-<n>' (n from 1).",
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "User metadata to match (x-amz-meta-*; names case-insensitive, with or without the "
+            "prefix), e.g. {'processor-type' = 'pool'}. Values match exactly, or as a glob "
+            "(*, ?, [...]). Needs a HEAD of the object."
+        ),
+    )
+    key_glob: str | None = Field(
+        default=None, description="Glob the whole key must match ('*' also matches '/')."
+    )
+    key_regex: str | None = Field(
+        default=None, description="Regular expression the key must match (re.search)."
+    )
+    min_bytes: int | None = Field(default=None, ge=0, description="Smallest size (inclusive).")
+    max_bytes: int | None = Field(default=None, ge=0, description="Largest size (inclusive).")
+    content_type: str | None = Field(
+        default=None,
+        description="Content-Type glob, e.g. 'text/*' (parameters ignored, case-insensitive). "
+        "Needs a HEAD.",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="Object tags to match (values exact or glob). Needs GetObjectTagging.",
+    )
+    processor: str | None = Field(
+        default=None, description="Processor for matching objects; None = the pipeline's."
+    )
+    executor: ExecutorName | None = Field(
+        default=None,
+        description="Where it runs; None = the pipeline's executor setting.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Processor options: merged over the pipeline's [pipelines.options] when the route "
+            "runs the pipeline's processor; a route naming another processor gets only these."
+        ),
+    )
+
+    @field_validator("key_regex")
+    @classmethod
+    def _check_regex(cls, v: str | None) -> str | None:
+        return None if v is None else check_regex(v)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME_RE.match(v):
+            raise ValueError("use 1-64 letters, digits, '_', '-' or '.'")
+        return v
+
+    @model_validator(mode="after")
+    def _check_range(self) -> RouteSettings:
+        if (
+            self.min_bytes is not None
+            and self.max_bytes is not None
+            and self.max_bytes < self.min_bytes
+        ):
+            raise ValueError("max_bytes must be >= min_bytes")
+        return self
+
+    @property
+    def is_default(self) -> bool:
+        """Whether this rule has no match keys (it takes every object that reaches it)."""
+        return not (
+            self.metadata
+            or self.key_glob
+            or self.key_regex
+            or self.min_bytes is not None
+            or self.max_bytes is not None
+            or self.content_type
+            or self.tags
+        )
+
+
+class PipelineSettings(_Model):
+    """One pipeline: a queue of S3 notifications, a filter, a processor and an output."""
+
+    name: str = Field(description="Unique pipeline name (letters, digits, '_', '-', '.').")
+    processor: str = Field(
+        default="line-count",
+        description="Processor name (built-in or entry point) or 'module:attribute' path.",
+    )
+    bucket: str = Field(description="Source bucket whose ObjectCreated events feed the queue.")
+    prefix: str = Field(default="", description="Only keys starting with this prefix.")
+    suffix: str = Field(default="", description="Only keys ending with this suffix.")
+    key_regex: str | None = Field(
+        default=None, description="Only keys matching this regular expression (re.search)."
+    )
+    queue: str = Field(description="SQS queue name or URL that receives the notifications.")
+    dlq: str | None = Field(
+        default=None, description="Dead-letter queue name or URL. Default: '<queue>-dlq'."
+    )
+    output: str = Field(
+        description="Where results go: 's3://bucket/prefix/' or a local directory path."
+    )
+    concurrency: int = Field(
+        default=16, ge=1, le=1000, description="Objects processed at once by this pipeline."
+    )
+    visibility_timeout_s: int = Field(
+        default=60,
+        ge=1,
+        le=43200,
+        description="Queue visibility timeout; the worker heartbeats at about half of it.",
+    )
+    wait_time_s: int = Field(default=20, ge=0, le=20, description="Long-poll wait per receive.")
+    max_receive_count: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description=(
+            "Failed attempts of an object before the worker dead-letters it with the reason. "
+            "Counted in the state store (a crash or a claim held elsewhere spends nothing); "
+            "without a store, the message's receive count."
+        ),
+    )
+    queue_max_receive_count: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description=(
+            "maxReceiveCount of the queue's redrive policy: a safety net for messages that "
+            "kill the worker itself, kept above max_receive_count so crashes never move a "
+            "good file to the DLQ. None = max_receive_count + 10."
+        ),
+    )
+    max_uncompressed_bytes: int = Field(
+        default=4 * 1024**3,
+        ge=1,
+        description=(
+            "Largest decompressed size of one compressed object (gzip, zstd, bz2); beyond it "
+            "the object fails permanently with the reason (a decompression bomb)."
+        ),
+    )
+    retry_base_s: float = Field(
+        default=2.0, ge=0, description="First retry delay; doubles per receive (with jitter)."
+    )
+    retry_max_s: float = Field(
+        default=900.0, ge=0, le=43200, description="Upper bound of a retry delay."
+    )
+    job_timeout_s: int = Field(
+        default=3600,
+        ge=1,
+        le=43200,
+        description="Longest an object may be worked on; the heartbeat stops extending after it.",
+    )
+    ignore_removed: bool = Field(
+        default=True, description="Acknowledge ObjectRemoved:* events without work."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Processor-specific options (a TOML table)."
+    )
+    validation: ValidationSettings = Field(
+        default_factory=ValidationSettings,
+        description="Checks before processing ([pipelines.validation]); failures are quarantined.",
+    )
+    on_permanent_error: Literal["dead-letter", "quarantine"] = Field(
+        default="dead-letter",
+        description=(
+            "Unreadable content (corrupt compression, undecodable text): send the message to "
+            "the DLQ, or quarantine the object (tag + state record) and ack."
+        ),
+    )
+    executor: ExecutorName | None = Field(
+        default=None,
+        description=(
+            "Where the processor runs: inline (the worker's event loop), pool (a process "
+            "pool on this machine), subprocess (`s3flow run`), ecs or batch. None = pool for "
+            "CPU-bound processors (cpu_bound = True), else inline. See docs/routing.md."
+        ),
+    )
+    executors: ExecutorsSettings = Field(
+        default_factory=ExecutorsSettings,
+        description="Executor settings ([pipelines.executors.pool|subprocess|ecs|batch]).",
+    )
+    routes: list[RouteSettings] = Field(
+        default_factory=list,
+        description=(
+            "Routing rules ([[pipelines.routes]]): by metadata, key, size, content type or "
+            "tags to a processor + executor; first match wins; no match = quarantined. "
+            "Empty = every object goes to the pipeline's processor."
+        ),
+    )
+    verify_outputs: bool = Field(
+        default=True,
+        description=(
+            "Before the ack, HEAD every declared output (exists, size > 0, the processor's "
+            "declared content type; PDFs: %PDF- and %%EOF by ranged reads); a missing or "
+            "wrong output is retried, never acknowledged."
+        ),
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use 1-64 letters, digits, '_', '-' or '.'")
+        return v
+
+    @field_validator("queue", "dlq")
+    @classmethod
+    def _check_queue(cls, v: str | None) -> str | None:
+        if v is None or v.startswith(("https://", "http://")):
+            return v
+        if not _QUEUE_NAME_RE.match(v):
+            raise ValueError(
+                "a queue name is 1-80 letters, digits, '-' or '_' (or a full https:// queue URL)"
+            )
+        return v
+
+    @field_validator("key_regex")
+    @classmethod
+    def _check_regex(cls, v: str | None) -> str | None:
+        return None if v is None else check_regex(v)
+
+    @field_validator("output")
+    @classmethod
+    def _check_output(cls, v: str) -> str:
+        if not v:
+            raise ValueError("must be 's3://bucket/prefix/' or a local directory")
+        if v.startswith("s3://"):
+            bucket = v[5:].split("/", 1)[0]
+            if not bucket:
+                raise ValueError("an s3:// output needs a bucket: 's3://bucket/prefix/'")
+        elif "://" in v:
+            raise ValueError("only s3:// URLs and local directories are supported")
+        return v
+
+    @model_validator(mode="after")
+    def _check_timeouts(self) -> PipelineSettings:
+        if self.retry_max_s < self.retry_base_s:
+            raise ValueError("retry_max_s must be >= retry_base_s")
+        if (
+            self.queue_max_receive_count is not None
+            and self.queue_max_receive_count <= self.max_receive_count
+        ):
+            raise ValueError(
+                f"queue_max_receive_count ({self.queue_max_receive_count}) must be greater "
+                f"than max_receive_count ({self.max_receive_count}): the queue's redrive is "
+                "the safety net behind the worker's own limit"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> PipelineSettings:
+        seen: set[str] = set()
+        default_at: int | None = None
+        for i, r in enumerate(self.routes):
+            name = self.route_name(i)
+            if name in seen:
+                raise ValueError(f"route name {name!r} is used twice")
+            seen.add(name)
+            if default_at is not None:
+                raise ValueError(
+                    f"route {name!r} comes after the default route "
+                    f"{self.route_name(default_at)!r} (a route without match keys takes every "
+                    "object): it could never match; put the default route last"
+                )
+            if r.is_default:
+                default_at = i
+        for executor, where in self.executor_uses():
+            if executor not in ("ecs", "batch"):
+                continue
+            if getattr(self.executors, executor) is None:
+                needs = (
+                    "cluster, task_definition, container"
+                    if executor == "ecs"
+                    else "job_queue, job_definition"
+                )
+                raise ValueError(
+                    f"{where} uses executor {executor!r} but [pipelines.executors.{executor}] "
+                    f"is not set ({needs})"
+                )
+            if not self.output.startswith("s3://"):
+                raise ValueError(
+                    f"{where} uses executor {executor!r}: a container cannot write to this "
+                    f"machine's directory {self.output!r}; the output must be s3://bucket/prefix/"
+                )
+        return self
+
+    def route_name(self, index: int) -> str:
+        """The name of ``routes[index]``: its own, else 'default' or 'route-<n>'."""
+        r = self.routes[index]
+        if r.name:
+            return r.name
+        return "default" if r.is_default else f"route-{index + 1}"
+
+    def executor_uses(self) -> list[tuple[str, str]]:
+        """(executor, where it is set) for every explicit executor setting."""
+        out: list[tuple[str, str]] = []
+        if self.executor is not None:
+            out.append((self.executor, "the pipeline"))
+        for i, r in enumerate(self.routes):
+            if r.executor is not None:
+                out.append((r.executor, f"route {self.route_name(i)!r}"))
+        return out
+
+    @property
+    def redrive_max_receive_count(self) -> int:
+        """The queue redrive policy's maxReceiveCount (the safety net)."""
+        if self.queue_max_receive_count is not None:
+            return self.queue_max_receive_count
+        return min(1000, self.max_receive_count + 10)
+
+    @property
+    def dlq_name(self) -> str:
+        """The DLQ name or URL, defaulting to '<queue>-dlq'."""
+        if self.dlq:
+            return self.dlq
+        if self.queue.startswith(("https://", "http://")):
+            return self.queue.rstrip("/") + "-dlq"
+        return f"{self.queue}-dlq"
