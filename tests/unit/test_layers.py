@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "metrics",
             "memory",
             "logs",
+            "closing",  # AsyncClosing: `async with` that awaits close()
             "local",  # the embedded endpoint, its moto wrapper, the Kafka broker
         ),
     ),

@@ -14,9 +14,9 @@ closed together when the worker stops (``async with``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
+from s3flow.closing import AsyncClosing
 from s3flow.errors import ConfigError
 from s3flow.executors.base import Executor, ObjectJob, Progress
 from s3flow.executors.inline import InlineExecutor, processor_key
@@ -28,7 +28,7 @@ from s3flow.state.base import StateStore
 __all__ = ["Executor", "ExecutorSet", "InlineExecutor", "ObjectJob", "processor_key"]
 
 
-class ExecutorSet:
+class ExecutorSet(AsyncClosing):
     """One pipeline's executors (created on first use; ``async with`` closes them)."""
 
     def __init__(
@@ -105,14 +105,3 @@ class ExecutorSet:
         executors, self._executors = self._executors, {"inline": self.inline}
         for ex in executors.values():
             await ex.close()
-
-    async def __aenter__(self) -> ExecutorSet:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

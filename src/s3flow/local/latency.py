@@ -21,8 +21,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
+
+from s3flow.closing import AsyncClosing
 
 HOST = "127.0.0.1"
 #: Defaults of the engine benchmark: one AWS region, SQS and S3.
@@ -31,7 +32,7 @@ S3_DELAY_S = 0.020
 _CHUNK = 256 * 1024
 
 
-class LatencyProxy:
+class LatencyProxy(AsyncClosing):
     """Forward ``127.0.0.1:port`` to ``upstream_host:upstream_port``, delaying requests."""
 
     def __init__(
@@ -51,13 +52,13 @@ class LatencyProxy:
         """``http://127.0.0.1:<port>``."""
         return f"http://{HOST}:{self.port}"
 
-    async def start(self) -> LatencyProxy:
+    async def start(self) -> Self:
         """Listen (on a free port unless one was given)."""
         self._server = await asyncio.start_server(self._serve, HOST, self.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         """Stop listening and close every connection."""
         if self._server is not None:
             self._server.close()
@@ -67,16 +68,9 @@ class LatencyProxy:
             await self._server.wait_closed()
             self._server = None
 
-    async def __aenter__(self) -> LatencyProxy:
+    async def __aenter__(self) -> Self:
+        """Start listening (:meth:`start`); leaving the block closes the proxy."""
         return await self.start()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def report(self) -> dict[str, Any]:
         """Set delay, requests seen, and the delay really added (mean, p50, p99, max; ms)."""
@@ -188,7 +182,7 @@ def run_in_thread(*proxies: LatencyProxy) -> Iterator[tuple[LatencyProxy, ...]]:
     finally:
         for proxy in proxies:
             with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(10)
+                asyncio.run_coroutine_threadsafe(proxy.close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
