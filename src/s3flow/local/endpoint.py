@@ -34,7 +34,7 @@ import urllib.request
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType, TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from s3flow.errors import S3flowError
 
@@ -247,6 +247,51 @@ def interrupt_on_signals() -> Iterator[None]:
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
+class OwnedServer:
+    """Base of the local servers this process owns (moto, the Kafka broker, the JVM endpoints).
+
+    ``with server:`` starts it and closes it on the way out; one still owned when the
+    interpreter exits is closed then (a subclass calls :meth:`_own` once its process
+    runs and :meth:`_disown` once it is stopped).
+    """
+
+    def start(self) -> Self:
+        """Start the server and wait until it is ready; defined by each subclass."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the server and remove what it leaves behind; defined by each subclass."""
+        raise NotImplementedError
+
+    def _own(self) -> None:
+        _owned.add(self)
+
+    def _disown(self) -> None:
+        _owned.discard(self)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+_owned: weakref.WeakSet[OwnedServer] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_owned_at_exit() -> None:
+    """Close (and wait for) the servers still owned when the interpreter exits."""
+    for server in list(_owned):
+        with contextlib.suppress(Exception):
+            server.close()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that is free on ``host`` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -262,7 +307,7 @@ def _moto_available() -> bool:
     return True
 
 
-class LocalEndpoint:
+class LocalEndpoint(OwnedServer):
     """A moto server child process bound to ``host:port`` (port 0 = pick one)."""
 
     def __init__(
@@ -286,7 +331,7 @@ class LocalEndpoint:
         """The endpoint URL to give as AWS_ENDPOINT_URL."""
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> LocalEndpoint:
+    def start(self) -> Self:
         """Start the server and wait until it answers HTTP."""
         if not _moto_available():
             raise LocalEndpointError(
@@ -315,7 +360,7 @@ class LocalEndpoint:
         finally:
             if self.log_path and not isinstance(out, int):
                 out.close()
-        _live.add(self)
+        self._own()
         try:
             self._wait_ready()
         except BaseException:  # also KeyboardInterrupt: never leave the server behind
@@ -344,7 +389,7 @@ class LocalEndpoint:
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after 5 s)."""
         proc, self._proc = self._proc, None
-        _live.discard(self)
+        self._disown()
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()
@@ -369,24 +414,6 @@ class LocalEndpoint:
             out["AWS_REGION"] = "us-east-1"
         return out
 
-    def __enter__(self) -> LocalEndpoint:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """Stop the server (:meth:`stop`: it leaves nothing else behind)."""
         self.stop()
-
-
-_live: weakref.WeakSet[LocalEndpoint] = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_live_at_exit() -> None:
-    """Stop (and wait for) endpoints still running when the interpreter exits."""
-    for endpoint in list(_live):
-        with contextlib.suppress(Exception):
-            endpoint.stop()

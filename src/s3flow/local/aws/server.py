@@ -11,56 +11,33 @@ later :meth:`JvmServer.start` on the same run directory reuses a running server.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
-import weakref
 from pathlib import Path
-from types import TracebackType
 from typing import ClassVar, Literal, Self
 
 from s3flow.local.aws.install import install
-from s3flow.local.endpoint import popen_owned
-from s3flow.local.kafka.host import (
-    HOST,
-    ServiceError,
-    free_port,
-    live_pid,
-    mkdir,
-    port_free,
-    stop_process,
-    tail,
-)
-from s3flow.local.kafka.install import default_cache_dir, require_java
+from s3flow.local.jvm import JvmProcess
+from s3flow.local.kafka.host import HOST, ServiceError, free_port, mkdir, port_free
+from s3flow.local.kafka.install import require_java
 
 #: Credentials both servers accept (S3Proxy checks signatures against them).
 ACCESS_KEY = "s3flow-local"
 SECRET_KEY = "s3flow-local"
 STOP_TIMEOUT_S = 20.0
 
-_live: weakref.WeakSet[JvmServer] = weakref.WeakSet()
 
+class JvmServer(JvmProcess):
+    """Base of the two servers: configuration, ports, readiness; see the module doc."""
 
-@atexit.register
-def _stop_owned_at_exit() -> None:
-    for server in list(_live):
-        with contextlib.suppress(Exception):
-            server.close()
-
-
-class JvmServer:
-    """Base of the two servers: lifecycle, pid/state files, readiness; see the module doc."""
-
-    #: Short name: run dirs, pid files, messages, ``S3FLOW_<NAME>_PORT``.
+    #: Short name: run dirs, pid files, messages (:attr:`title`), ``S3FLOW_<NAME>_PORT``.
     name: ClassVar[str] = ""
-    main_class: ClassVar[str] = ""
+    stop_timeout_s = STOP_TIMEOUT_S
 
     def __init__(
         self,
@@ -71,16 +48,7 @@ class JvmServer:
         heap: str = "256m",
         detach: bool = False,
     ) -> None:
-        self.cache_dir = (cache_dir or default_cache_dir()).resolve()
-        self.port = port
-        self._requested_port = port
-        self.heap = heap
-        self.detach = detach
-        self.reused = False
-        self.start_seconds: float | None = None
-        self._ephemeral = run_dir is None
-        self._run_dir = run_dir.resolve() if run_dir else None
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(cache_dir, port, run_dir=run_dir, heap=heap, detach=detach)
 
     # -- what a subclass provides -----------------------------------------------------
 
@@ -95,27 +63,19 @@ class JvmServer:
     # -- public ---------------------------------------------------------------------------
 
     @property
-    def run_dir(self) -> Path:
-        """The server's directory (config, log, pid, data); created on first use."""
-        if self._run_dir is None:
-            tmp = mkdir(self.cache_dir / "aws-tmp")
-            self._run_dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=tmp))
-        return mkdir(self._run_dir)
-
-    @property
     def url(self) -> str:
         """``http://127.0.0.1:<port>``."""
         return f"http://{HOST}:{self.port}"
 
     @property
+    def address(self) -> str:
+        """:attr:`url`."""
+        return self.url
+
+    @property
     def log_path(self) -> Path:
         """The JVM's stdout + stderr."""
         return self.run_dir / f"{self.name}.log"
-
-    @property
-    def pid(self) -> int | None:
-        """The server's pid while it runs (this process's child or a detached one)."""
-        return self._find_pid()
 
     def running(self) -> bool:
         """True when the server process of this run dir is alive."""
@@ -135,29 +95,10 @@ class JvmServer:
         libs = install(self.cache_dir, quiet=not self.detach)
         self._pick_port()
         args = self.write_config()
-        cmd = [java, f"-Xmx{self.heap}", "-XX:+UseSerialGC", "-cp", f"{libs}/*", *args]
-        if self.log_path.exists():
-            self.log_path.replace(self.log_path.with_suffix(".log.1"))
-        with self.log_path.open("ab") as out:
-            if self.detach:
-                self._proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.run_dir,
-                    start_new_session=True,
-                )
-            else:
-                self._proc = popen_owned(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.run_dir,
-                )
-                _live.add(self)
-        state = {"pid": self._proc.pid, "port": self.port, "url": self.url}
+        proc = self._spawn(
+            [java, f"-Xmx{self.heap}", "-XX:+UseSerialGC", "-cp", f"{libs}/*", *args]
+        )
+        state = {"pid": proc.pid, "port": self.port, "url": self.url}
         (self.run_dir / "server.json").write_text(json.dumps(state) + "\n")
         try:
             self._wait_ready(started + timeout_s)
@@ -167,54 +108,23 @@ class JvmServer:
         self.start_seconds = time.monotonic() - started
         return self
 
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM the server, SIGKILL after ``timeout_s``; the run dir stays."""
-        pid = self._find_pid()
-        proc, self._proc = self._proc, None
-        _live.discard(self)
-        if pid is None:
-            return
-        stop_process(proc, pid, timeout_s)
-
-    def close(self) -> None:
-        """Stop; a private server's run dir is deleted too."""
-        self.stop()
-        if self._ephemeral and self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            self._run_dir = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.url if self.port else 'not started'} pid={self.pid}>"
-
     # -- internals --------------------------------------------------------------------
+
+    def _new_run_dir(self) -> Path:
+        tmp = mkdir(self.cache_dir / "aws-tmp")
+        return Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=tmp))
+
+    def _saved_pid(self) -> int | None:
+        try:
+            return int(json.loads((self.run_dir / "server.json").read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
 
     def _load_state(self) -> None:
         if self._run_dir is None or self.port:
             return
         with contextlib.suppress(OSError, ValueError):
             self.port = int(json.loads((self.run_dir / "server.json").read_text())["port"])
-
-    def _find_pid(self) -> int | None:
-        if self._proc is not None:
-            return self._proc.pid if self._proc.poll() is None else None
-        if self._run_dir is None:
-            return None
-        try:
-            pid = int(json.loads((self._run_dir / "server.json").read_text())["pid"])
-        except (OSError, ValueError, KeyError):
-            return None
-        return live_pid(pid, self.main_class, str(self._run_dir))
 
     def _pick_port(self) -> None:
         wanted = self._requested_port
@@ -228,25 +138,13 @@ class JvmServer:
             self.port = free_port()
 
     def _wait_ready(self, deadline: float) -> None:
-        while True:
-            if self._find_pid() is None:
-                raise ServiceError(
-                    f"{self.name} exited during start; log {self.log_path}:\n{tail(self.log_path)}"
-                )
-            if _answers(self.url + self.probe_path()):
-                return
-            if time.monotonic() > deadline:
-                raise ServiceError(
-                    f"{self.name} did not answer on {self.url} in time; "
-                    f"log {self.log_path}:\n{tail(self.log_path)}"
-                )
-            time.sleep(0.1)
+        self._wait_until(lambda: _answers(self.url + self.probe_path()), deadline)
 
 
 class ElasticMQ(JvmServer):
     """ElasticMQ: an SQS endpoint, in memory, on 127.0.0.1 only (no stats listener)."""
 
-    name = "elasticmq"
+    name = title = "elasticmq"
     main_class = "org.elasticmq.server.Main"
 
     def __init__(self, *args: object, region: str = "us-east-1", **kwargs: object) -> None:
@@ -280,7 +178,7 @@ class S3Proxy(JvmServer):
     default checksum headers of current SDKs): see :func:`client_env`.
     """
 
-    name = "s3proxy"
+    name = title = "s3proxy"
     main_class = "org.gaul.s3proxy.Main"
 
     def __init__(

@@ -8,7 +8,6 @@ next one, when their owner died); a ``run_dir`` keeps a broker and its data.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import fcntl
 import json
@@ -16,16 +15,13 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import IO
+from typing import IO, Self
 
-from s3flow.local.endpoint import popen_owned
+from s3flow.local.jvm import JvmProcess
 from s3flow.local.kafka.config import (
     MAIN_CLASS,
     format_storage,
@@ -38,34 +34,21 @@ from s3flow.local.kafka.host import (
     ServiceError,
     flock,
     free_port,
-    live_pid,
     log,
     mkdir,
-    pid_alive,
     port_free,
     port_open,
-    stop_process,
-    tail,
     wait_exit,
 )
-from s3flow.local.kafka.install import default_cache_dir, install, require_java
+from s3flow.local.kafka.install import install, require_java
 
 DEFAULT_HEAP = "512m"
 STOP_TIMEOUT_S = 30.0
 
 _READY_LINE = "Kafka Server started"
 
-_live: weakref.WeakSet[KafkaBroker] = weakref.WeakSet()
 
-
-@atexit.register
-def _stop_owned_at_exit() -> None:
-    for broker in list(_live):
-        with contextlib.suppress(Exception):
-            broker.close()
-
-
-class KafkaBroker:
+class KafkaBroker(JvmProcess):
     """A single-node KRaft Kafka broker (broker + controller in one JVM) on 127.0.0.1.
 
     ``run_dir=None`` (the default) gives a private broker in a fresh directory under
@@ -80,6 +63,11 @@ class KafkaBroker:
     (SIGKILL, an unhandled SIGTERM).
     """
 
+    title = "the Kafka broker"
+    main_class = MAIN_CLASS
+    stop_timeout_s = STOP_TIMEOUT_S
+    kill_message = "broker pid {pid} still running {timeout_s:.0f}s after SIGTERM: SIGKILL"
+
     def __init__(
         self,
         cache_dir: Path | None = None,
@@ -90,19 +78,15 @@ class KafkaBroker:
         config: Mapping[str, str] | None = None,
         detach: bool = False,
     ) -> None:
-        self.cache_dir = (cache_dir or default_cache_dir()).resolve()
-        self.port = port
-        self._requested_port = port
+        super().__init__(
+            cache_dir,
+            port,
+            run_dir=run_dir,
+            heap=heap or os.environ.get("S3FLOW_KAFKA_HEAP") or DEFAULT_HEAP,
+            detach=detach,
+        )
         self.controller_port = 0
-        self.heap = heap or os.environ.get("S3FLOW_KAFKA_HEAP") or DEFAULT_HEAP
         self.config = dict(config or {})
-        self.detach = detach
-        self.reused = False
-        self.start_seconds: float | None = None
-        self._ephemeral = run_dir is None
-        self._run_dir = run_dir.resolve() if run_dir else None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._pid: int | None = None
         self._owner_lock: IO[str] | None = None
 
     # -- properties ---------------------------------------------------------------------
@@ -115,16 +99,9 @@ class KafkaBroker:
         return f"{HOST}:{self.port}"
 
     @property
-    def run_dir(self) -> Path:
-        """Directory with server.properties, data/ (the log dir), broker.log and broker.pid."""
-        if self._run_dir is None:
-            tmp_root = mkdir(self.cache_dir / "kafka-tmp")
-            _sweep_abandoned(tmp_root)
-            self._run_dir = Path(tempfile.mkdtemp(prefix="broker-", dir=tmp_root))
-            # Held while this object lives; a sweep removes dirs whose owner is gone.
-            self._owner_lock = (self._run_dir / "owner.lock").open("w")
-            fcntl.flock(self._owner_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return self._run_dir
+    def address(self) -> str:
+        """:attr:`bootstrap`."""
+        return self.bootstrap
 
     @property
     def log_path(self) -> Path:
@@ -135,15 +112,6 @@ class KafkaBroker:
     def data_dir(self) -> Path:
         """The KRaft log dir (topic partitions and the cluster metadata log)."""
         return self.run_dir / "data"
-
-    @property
-    def pid(self) -> int | None:
-        """The JVM's process id while it runs."""
-        if self._proc is not None and self._proc.poll() is None:
-            return self._proc.pid
-        if self._pid is not None and pid_alive(self._pid):
-            return self._pid
-        return None
 
     def env(self) -> dict[str, str]:
         """Environment variables pointing clients at this broker."""
@@ -160,7 +128,7 @@ class KafkaBroker:
         pid = self._find_pid()
         return pid is not None and bool(self.port) and port_open(self.port)
 
-    def start(self, timeout_s: float = 90.0, *, sticky: bool = False) -> KafkaBroker:
+    def start(self, timeout_s: float = 90.0, *, sticky: bool = False) -> Self:
         """Start the broker (or adopt the one running from ``run_dir``) and wait until ready.
 
         Ready means: the port accepts connections and a metadata request lists this broker.
@@ -177,7 +145,7 @@ class KafkaBroker:
                 self._load_state(force=True)  # the running broker's ports, whatever was asked
                 if asked and asked != self.port:
                     log(f"a broker already runs from {self.run_dir} on port {self.port}")
-                self._pid, self.reused = pid, True
+                self.reused = True
                 self._wait_ready(started + timeout_s, fresh_log=False)
                 self.start_seconds = time.monotonic() - started
                 return self
@@ -199,27 +167,15 @@ class KafkaBroker:
         self.start_seconds = time.monotonic() - started
         return self
 
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """Stop the broker: SIGTERM (a clean shutdown), SIGKILL after ``timeout_s``.
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop the broker: SIGTERM (a clean shutdown), SIGKILL after ``timeout_s`` (30 s).
 
         Keeps the run dir and its data: :meth:`start` afterwards brings the same data back.
         """
-        proc, self._proc = self._proc, None
-        pid = proc.pid if proc is not None else self._find_pid()
-        self._pid = None
-        if pid is None:
-            self._clear_pid_file()
-            return
-        stop_process(
-            proc,
-            pid,
-            timeout_s,
-            kill_message=f"broker pid {pid} still running {timeout_s:.0f}s after SIGTERM: SIGKILL",
-        )
+        super().stop(timeout_s)
         self._clear_pid_file()
-        _live.discard(self)
 
-    def restart(self, timeout_s: float = 90.0) -> KafkaBroker:
+    def restart(self, timeout_s: float = 90.0) -> Self:
         """Stop and start again on the same port, with the same log dir (data survives)."""
         self.stop()
         return self.start(timeout_s=timeout_s, sticky=True)
@@ -231,37 +187,28 @@ class KafkaBroker:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             wait_exit(self._proc, pid, 10.0)
-        self._proc, self._pid = None, None
+        self._proc = None
         self._clear_pid_file()
 
     def close(self) -> None:
         """Stop the broker; a private (``run_dir=None``) broker's directory is deleted too."""
-        self.stop()
-        _live.discard(self)
-        if self._ephemeral and self._run_dir is not None:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            self._run_dir = None
+        super().close()
+        if self._ephemeral:  # its run dir is gone: a new start picks new ports
             self.port = self.controller_port = 0
         if self._owner_lock is not None:
             self._owner_lock.close()
             self._owner_lock = None
 
-    def __enter__(self) -> KafkaBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        where = f"{HOST}:{self.port}" if self.port else "not started"
-        return f"<KafkaBroker {where} pid={self.pid} run_dir={self._run_dir}>"
-
     # -- internals ----------------------------------------------------------------------
+
+    def _new_run_dir(self) -> Path:
+        tmp_root = mkdir(self.cache_dir / "kafka-tmp")
+        _sweep_abandoned(tmp_root)
+        run_dir = Path(tempfile.mkdtemp(prefix="broker-", dir=tmp_root))
+        # Held while this object lives; a sweep removes dirs whose owner is gone.
+        self._owner_lock = (run_dir / "owner.lock").open("w")
+        fcntl.flock(self._owner_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return run_dir
 
     @property
     def _pid_file(self) -> Path:
@@ -282,15 +229,11 @@ class KafkaBroker:
         if force or not self.controller_port:
             self.controller_port = int(state.get("controller_port") or 0) or self.controller_port
 
-    def _find_pid(self) -> int | None:
-        """The pid of a live broker started from this run dir, if any."""
-        if self._proc is not None:
-            return self._proc.pid if self._proc.poll() is None else None
+    def _saved_pid(self) -> int | None:
         try:
-            pid = int(self._pid_file.read_text().strip())
+            return int(self._pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return live_pid(pid, MAIN_CLASS, str(self.run_dir))
 
     def _pick_ports(self, *, sticky: bool) -> None:
         """Broker and controller ports: asked for > S3FLOW_KAFKA_PORT > last used > free.
@@ -320,33 +263,12 @@ class KafkaBroker:
                 self.controller_port = free_port()
 
     def _launch(self, jvm: list[str], libs: Path, props: Path) -> None:
-        if self.log_path.exists():
-            self.log_path.replace(self.run_dir / "broker.log.1")
-        cmd = [*jvm, MAIN_CLASS, str(props)]
-        with self.log_path.open("ab") as out:
-            if self.detach:  # the shared broker of scripts/services: outlives this process
-                self._proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.run_dir,
-                    start_new_session=True,
-                )
-            else:  # owned: SIGTERM from the kernel if this process dies, even by SIGKILL
-                self._proc = popen_owned(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=self.run_dir,
-                )
-        self._pid = self._proc.pid
-        self._pid_file.write_text(f"{self._proc.pid}\n")
+        proc = self._spawn([*jvm, MAIN_CLASS, str(props)])
+        self._pid_file.write_text(f"{proc.pid}\n")
         self._state_file.write_text(
             json.dumps(
                 {
-                    "pid": self._proc.pid,
+                    "pid": proc.pid,
                     "port": self.port,
                     "controller_port": self.controller_port,
                     "bootstrap": self.bootstrap,
@@ -357,28 +279,16 @@ class KafkaBroker:
             )
             + "\n"
         )
-        if not self.detach:
-            _live.add(self)
 
     def _wait_ready(self, deadline: float, *, fresh_log: bool) -> None:
-        while True:
-            pid = self.pid
-            if pid is None:
-                code = self._proc.returncode if self._proc is not None else None
-                self._proc = None
-                raise ServiceError(
-                    f"the Kafka broker exited during start (code {code}); "
-                    f"log {self.log_path}:\n{tail(self.log_path)}"
-                )
-            if port_open(self.port) and _metadata_ok(self.port, self.log_path, fresh_log):
-                return
-            if time.monotonic() > deadline:
-                self.stop(timeout_s=5)
-                raise ServiceError(
-                    f"the Kafka broker did not become ready on {self.bootstrap} in time; "
-                    f"log {self.log_path}:\n{tail(self.log_path)}"
-                )
-            time.sleep(0.1)
+        try:
+            self._wait_until(
+                lambda: port_open(self.port) and _metadata_ok(self.port, self.log_path, fresh_log),
+                deadline,
+            )
+        except ServiceError:
+            self.stop(timeout_s=5)  # not ready in time (also a reused one): stop what runs
+            raise
 
     def _clear_pid_file(self) -> None:
         if self._run_dir is not None:
