@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -159,25 +160,55 @@ def install(cache_dir: Path | None = None, *, quiet: bool = False) -> Path:
     cache_dir = (cache_dir or default_cache_dir()).resolve()
     pom = repo_pom()
     version = pom_kafka_version(pom) if pom else KAFKA_VERSION
-    home = cache_dir / f"kafka-{version}"
-    libs = home / "libs"
+    return copy_jars(
+        cache_dir / f"kafka-{version}" / "libs",
+        label=f"Apache Kafka {version}",
+        pom=pom,
+        pom_text=_POM_TEMPLATE.format(kafka=version, log4j=LOG4J_VERSION),
+        wanted=[f"kafka_2.13-{version}"],
+        stamp=[version],
+        progress=log,
+        quiet=quiet,
+    )
+
+
+def copy_jars(
+    libs: Path,
+    *,
+    label: str,
+    pom: Path | None,
+    pom_text: str,
+    wanted: Sequence[str],
+    stamp: Sequence[str] = (),
+    progress: Callable[[str], None],
+    quiet: bool = False,
+) -> Path:
+    """Copy a pom's runtime jars from Maven Central into ``libs`` once; return ``libs``.
+
+    ``pom``: the checkout's pom, else ``pom_text`` is written to ``pom.xml`` beside
+    ``libs``. The jars are copied into a staging dir that becomes ``libs`` only when
+    every prefix in ``wanted`` names one of them; ``libs/.complete`` (``stamp``, then the
+    jar names) marks a full copy. Safe to call concurrently (a file lock beside the dir).
+    ``label`` names what is installed in messages; ``progress`` prints progress
+    lines (unless ``quiet``).
+    """
     if (libs / _COMPLETE).is_file():
         return libs
     require_java()
     mvn = shutil.which("mvn")
     if mvn is None:
         raise ServiceError(
-            "installing the Kafka broker needs Maven (mvn) to fetch its jars from Maven Central: "
+            f"installing {label} needs Maven (mvn) to fetch its jars from Maven Central: "
             "install Maven 3.6+ (Debian/Ubuntu: apt-get install maven)"
         )
-    with flock(cache_dir / f"kafka-{version}.lock"):
+    home = mkdir(libs.parent)
+    with flock(home.parent / f"{home.name}.lock"):
         if (libs / _COMPLETE).is_file():  # another process finished meanwhile
             return libs
         if pom is None:
             pom = home / "pom.xml"
-            home.mkdir(parents=True, exist_ok=True)
-            pom.write_text(_POM_TEMPLATE.format(kafka=version, log4j=LOG4J_VERSION))
-        staging = Path(tempfile.mkdtemp(prefix="libs.", dir=mkdir(home)))
+            pom.write_text(pom_text)
+        staging = Path(tempfile.mkdtemp(prefix="libs.", dir=home))
         cmd = [mvn, "-q", "-B", "-f", str(pom)]
         if os.environ.get("S3FLOW_MAVEN_REPO"):
             cmd.append(f"-Dmaven.repo.local={os.environ['S3FLOW_MAVEN_REPO']}")
@@ -187,21 +218,21 @@ def install(cache_dir: Path | None = None, *, quiet: bool = False) -> Path:
             "-DincludeScope=runtime",
         ]
         if not quiet:
-            log(f"installing Apache Kafka {version} (Maven Central) into {libs}")
+            progress(f"installing {label} (Maven Central) into {libs}")
         started = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         jars = sorted(p.name for p in staging.glob("*.jar"))
-        if proc.returncode != 0 or not any(j.startswith(f"kafka_2.13-{version}") for j in jars):
+        if proc.returncode != 0 or not all(any(j.startswith(w) for j in jars) for w in wanted):
             shutil.rmtree(staging, ignore_errors=True)
             out = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
             raise ServiceError(
-                f"mvn could not fetch Apache Kafka {version} (exit {proc.returncode}); "
+                f"mvn could not fetch {label} (exit {proc.returncode}); "
                 f"is Maven Central reachable?\n$ {' '.join(cmd)}\n{out}"
             )
-        (staging / _COMPLETE).write_text("\n".join([version, *jars]) + "\n")
+        (staging / _COMPLETE).write_text("\n".join([*stamp, *jars]) + "\n")
         if libs.exists():  # a partial copy from an older, interrupted layout
             shutil.rmtree(libs)
         staging.rename(libs)
         if not quiet:
-            log(f"installed {len(jars)} jars in {time.monotonic() - started:.1f}s")
+            progress(f"installed {len(jars)} jars in {time.monotonic() - started:.1f}s")
     return libs
