@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from s3flow.executors.base import ObjectJob
-from s3flow.executors.remote import ContainerExecutor, launch_error
+from s3flow.executors.remote import ContainerExecutor, container_overrides, launch_error
 from s3flow.settings import BatchExecutorSettings
 
 
@@ -56,16 +56,11 @@ class BatchExecutor(ContainerExecutor):
     ) -> dict[str, Any]:
         """The SubmitJob arguments for one object."""
         s = self.settings
-        overrides: dict[str, Any] = {
-            "environment": [{"name": k, "value": v} for k, v in sorted(env.items())]
-        }
-        if command is not None:
-            overrides["command"] = command
         args: dict[str, Any] = {
             "jobName": job_name(s.job_name_prefix, job.pipeline, job.route),
             "jobQueue": s.job_queue,
             "jobDefinition": s.job_definition,
-            "containerOverrides": overrides,
+            "containerOverrides": container_overrides(env, command),
         }
         if self.job_timeout_s:
             args["timeout"] = {"attemptDurationSeconds": max(60, self.job_timeout_s)}

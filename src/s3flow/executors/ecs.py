@@ -14,7 +14,7 @@ from typing import Any
 
 from s3flow.errors import RetryableError
 from s3flow.executors.base import ObjectJob
-from s3flow.executors.remote import ContainerExecutor, launch_error
+from s3flow.executors.remote import ContainerExecutor, container_overrides, launch_error
 from s3flow.settings import EcsExecutorSettings
 
 
@@ -48,12 +48,7 @@ class EcsExecutor(ContainerExecutor):
     ) -> dict[str, Any]:
         """The RunTask arguments for one object."""
         s = self.settings
-        override: dict[str, Any] = {
-            "name": s.container,
-            "environment": [{"name": k, "value": v} for k, v in sorted(env.items())],
-        }
-        if command is not None:
-            override["command"] = command
+        override = {"name": s.container, **container_overrides(env, command)}
         args: dict[str, Any] = {
             "cluster": s.cluster,
             "taskDefinition": s.task_definition,

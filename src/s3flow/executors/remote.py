@@ -151,6 +151,16 @@ def launch_error(exc: BaseException, operation: str) -> S3flowError:
     return err
 
 
+def container_overrides(env: Mapping[str, str], command: list[str] | None) -> dict[str, Any]:
+    """A container's overrides (RunTask, SubmitJob): its environment and, when set, command."""
+    overrides: dict[str, Any] = {
+        "environment": [{"name": k, "value": v} for k, v in sorted(env.items())]
+    }
+    if command is not None:
+        overrides["command"] = command
+    return overrides
+
+
 class ContainerExecutor:
     """Base of ``ecs`` and ``batch``: one container run per object, watched until it ends."""
 
