@@ -3,14 +3,16 @@
 What a claim, a fenced finish or an operator transition does to a record is
 decided here by pure functions (:func:`plan_claim`, :func:`plan_finish`,
 :func:`plan_set_status`); the SQLite and DynamoDB backends only store the
-result atomically, so both decide alike. :class:`FencedFinishMixin` gives
-both the same ``complete`` / ``fail`` / ``release`` on top of their ``_finish``.
+result atomically, so both decide alike. :class:`FileLifecycleMixin` is the
+one ``claim`` / ``complete`` / ``fail`` / ``release`` / ``set_status`` of both,
+on top of the backend's atomic read-decide-write (``_mutate``).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import TypeVar, overload
 
 from s3flow.state.records import (
@@ -32,6 +34,9 @@ from s3flow.state.records import (
 )
 
 K = TypeVar("K")
+R = TypeVar("R")
+#: What a transition writes: the new record and its history entry (None: nothing).
+Plan = tuple[FileRecord, HistoryEntry] | None
 MAX_TEXT = 2000  # error messages and details are truncated to this many characters
 _FAILURES = frozenset({FileStatus.FAILED, FileStatus.DEAD, FileStatus.QUARANTINED})
 
@@ -116,28 +121,36 @@ def plan_claim(
     return Claim(ClaimOutcome.ACQUIRED, token, new), entry
 
 
-def plan_finish(
-    rec: FileRecord | None,
-    *,
-    token: int,
-    status: FileStatus,
-    now: float,
-    outputs: list[str] | None = None,
-    error_class: str | None = None,
-    error: str | None = None,
-    detail: str = "",
-) -> tuple[FileRecord, HistoryEntry] | None:
-    """A fenced ``processing -> status`` (complete, fail, release); None if stale."""
-    if rec is None or rec.status is not FileStatus.PROCESSING or rec.fencing_token != token:
+@dataclass(frozen=True)
+class Finish:
+    """A fenced ``processing -> status`` as its claim holder asks it (complete, fail, release).
+
+    A field left None keeps the record's value.
+    """
+
+    token: int
+    status: FileStatus
+    outputs: list[str] | None = None
+    error_class: str | None = None
+    error: str | None = None
+    detail: str = ""
+
+
+def plan_finish(rec: FileRecord | None, finish: Finish, now: float) -> Plan:
+    """The record after ``finish`` and its history entry; None if the token is stale."""
+    status = finish.status
+    if rec is None or rec.status is not FileStatus.PROCESSING or rec.fencing_token != finish.token:
         return None
     timestamps = dict(rec.timestamps)
     timestamps[status.value] = now
     new = replace(
         rec,
         status=status,
-        outputs=list(rec.outputs) if outputs is None else list(outputs),
-        last_error_class=rec.last_error_class if error_class is None else error_class,
-        last_error=rec.last_error if error is None else clip(error),
+        outputs=list(rec.outputs if finish.outputs is None else finish.outputs),
+        last_error_class=(
+            rec.last_error_class if finish.error_class is None else finish.error_class
+        ),
+        last_error=rec.last_error if finish.error is None else clip(finish.error),
         failures=rec.failures + (1 if status is FileStatus.FAILED else 0),
         claim_owner=None,
         claim_expires_at=None,
@@ -145,7 +158,7 @@ def plan_finish(
         updated_at=now,
     )
     entry = HistoryEntry(
-        now, rec.version, FileStatus.PROCESSING, status, rec.claim_owner, clip(detail) or ""
+        now, rec.version, FileStatus.PROCESSING, status, rec.claim_owner, clip(finish.detail) or ""
     )
     return new, entry
 
@@ -254,28 +267,75 @@ def count_delta(old: K | None, new: K) -> dict[K, int]:
     return delta
 
 
-class FencedFinishMixin:
-    """``complete`` / ``fail`` / ``release`` for a backend that implements ``_finish``."""
+class FileLifecycleMixin:
+    """The FileStore's transitions, decided by the rules above, for every backend.
 
-    async def _finish(
+    The backend provides ``_mutate``: read the record, call ``decide(record,
+    now)`` and, when it returns a plan, write the plan's record and history
+    entry atomically, conditioned on what was read (deciding again after a lost
+    race). It may override ``_finish`` with a cheaper fenced write, and
+    ``_claimed`` to remember the claims it acquired.
+    """
+
+    async def _mutate(
+        self,
+        oid: ObjectId,
+        decide: Callable[[FileRecord | None, float], tuple[R, Plan]],
+        *,
+        assume_absent: bool = False,
+    ) -> R:  # pragma: no cover - provided by the backend
+        """Read, decide, write atomically; ``assume_absent``: a new record is likely."""
+        raise NotImplementedError
+
+    def _claimed(self, oid: ObjectId, claim: Claim) -> None:
+        """Called after ``claim`` acquired ``oid`` (nothing to do by default)."""
+
+    async def claim(
         self,
         oid: ObjectId,
         *,
-        token: int,
-        status: FileStatus,
-        outputs: list[str] | None = None,
-        error_class: str | None = None,
-        error: str | None = None,
-        detail: str = "",
-    ) -> bool:  # pragma: no cover - provided by the backend
-        raise NotImplementedError
+        pipeline: str,
+        owner: str,
+        ttl_s: float,
+        size: int | None = None,
+        sequencer: str | None = None,
+    ) -> Claim:
+        """Claim a version for processing (see :meth:`StateStore.claim`)."""
+
+        def decide(rec: FileRecord | None, now: float) -> tuple[Claim, Plan]:
+            claim, entry = plan_claim(
+                rec,
+                oid,
+                pipeline=pipeline,
+                owner=owner,
+                ttl_s=ttl_s,
+                size=size,
+                sequencer=sequencer,
+                now=now,
+            )
+            return claim, None if entry is None else (claim.record, entry)
+
+        # A new object is the common case of a claim.
+        claim = await self._mutate(oid, decide, assume_absent=True)
+        if claim.outcome is ClaimOutcome.ACQUIRED:
+            self._claimed(oid, claim)
+        return claim
+
+    async def _finish(self, oid: ObjectId, finish: Finish) -> bool:
+        """Apply ``finish`` (see :func:`plan_finish`); False if the token is stale."""
+
+        def decide(rec: FileRecord | None, now: float) -> tuple[bool, Plan]:
+            plan = plan_finish(rec, finish, now)
+            return plan is not None, plan
+
+        return await self._mutate(oid, decide)
 
     async def complete(
         self, oid: ObjectId, *, token: int, outputs: list[str], detail: str = ""
     ) -> bool:
         """processing -> completed (fenced). False if the token is stale."""
         return await self._finish(
-            oid, token=token, status=FileStatus.COMPLETED, outputs=outputs, detail=detail
+            oid, Finish(token, FileStatus.COMPLETED, outputs=outputs, detail=detail)
         )
 
     async def fail(
@@ -291,16 +351,31 @@ class FencedFinishMixin:
         check_fail_status(status)
         return await self._finish(
             oid,
-            token=token,
-            status=status,
-            error_class=error_class,
-            error=error,
-            detail=f"{error_class}: {error}",
+            Finish(
+                token,
+                status,
+                error_class=error_class,
+                error=error,
+                detail=f"{error_class}: {error}",
+            ),
         )
 
     async def release(self, oid: ObjectId, *, token: int) -> bool:
         """processing -> received, claim cleared (shutdown). False if stale."""
-        return await self._finish(oid, token=token, status=FileStatus.RECEIVED, detail="released")
+        return await self._finish(oid, Finish(token, FileStatus.RECEIVED, detail="released"))
+
+    async def set_status(
+        self, oid: ObjectId, status: FileStatus, *, detail: str = "", pipeline: str = ""
+    ) -> FileRecord:
+        """Unfenced operator transition (see :meth:`StateStore.set_status`)."""
+
+        def decide(rec: FileRecord | None, now: float) -> tuple[FileRecord, Plan]:
+            new, entry = plan_set_status(
+                rec, oid, status, detail=detail, pipeline=pipeline, now=now
+            )
+            return new, (new, entry)
+
+        return await self._mutate(oid, decide)
 
 
 # --- manifests ------------------------------------------------------------------------

@@ -7,7 +7,7 @@ within a few days of its expiry, and until then reads still return it), so
 
 :meth:`MaintenanceMixin.recount` **scans the whole files table** (and, with
 ``repair``, the manifests table) and compares the status counters with what the
-records say, by the same rule :meth:`~.files.FilesMixin.counts` reads them (a
+records say, by the same rule :meth:`~.counters.CountersMixin.counts` reads them (a
 terminal record counts until the end of its expiry day). ``repair`` adds the
 difference to each counter item, and gives items written by an s3flow without
 retention what they lack: the listing index attributes and, for terminal
@@ -32,7 +32,8 @@ from s3flow.state.dynamodb.codec import (
     opt_float,
     purge_seconds,
 )
-from s3flow.state.dynamodb.files import CountKey, FilesMixin
+from s3flow.state.dynamodb.counters import CountKey
+from s3flow.state.dynamodb.files import FilesMixin
 from s3flow.state.dynamodb.tables import TTL_ATTRIBUTE, table_definitions
 from s3flow.state.lifecycle import DAY_S, purge_time
 from s3flow.state.records import (

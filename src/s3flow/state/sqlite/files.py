@@ -1,12 +1,12 @@
 """Files and idempotency on SQLite: the FileStore half of the state store.
 
-The lifecycle rules themselves (what a claim, a fenced finish or an operator
-transition does to a record) are backend-neutral functions in
-:mod:`s3flow.state.lifecycle`, shared with the DynamoDB backend; this module
-reads the record, applies the rule and writes the result, its history entry
-and the change to ``file_counts`` (records per pipeline and status) in one
-``BEGIN IMMEDIATE`` transaction: the counters always agree with the records,
-whatever process dies when.
+The transitions themselves (claim, complete, fail, release, set_status) and
+their rules are backend-neutral, in :mod:`s3flow.state.lifecycle`, shared with
+the DynamoDB backend; this module's ``_mutate`` reads the record, applies the
+rule and writes the result, its history entry and the change to
+``file_counts`` (records per pipeline and status) in one ``BEGIN IMMEDIATE``
+transaction: the counters always agree with the records, whatever process
+dies when.
 
 Reads go through indexes: ``counts`` reads ``file_counts``;
 ``oldest_processing_at`` takes the smallest ``updated_at`` of the processing
@@ -21,17 +21,11 @@ Claims return ``token == 0`` unless the outcome is ``ACQUIRED``.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
-from s3flow.state.lifecycle import (
-    FencedFinishMixin,
-    count_delta,
-    plan_claim,
-    plan_finish,
-    plan_set_status,
-    zero_counts,
-)
-from s3flow.state.records import Claim, FileRecord, FileStatus, HistoryEntry, ObjectId
+from s3flow.state.lifecycle import FileLifecycleMixin, Plan, R, count_delta, zero_counts
+from s3flow.state.records import FileRecord, FileStatus, HistoryEntry, ObjectId
 from s3flow.state.sqlite.codec import FILE_COLS, file_record, file_row
 from s3flow.state.sqlite.connection import SqliteStoreBase, in_tx
 
@@ -101,36 +95,24 @@ def _write(
     )
 
 
-class FilesMixin(FencedFinishMixin, SqliteStoreBase):
+class FilesMixin(FileLifecycleMixin, SqliteStoreBase):
     """The FileStore protocol: claims, fenced finishes, operator moves and queries."""
 
-    async def claim(
+    async def _mutate(
         self,
         oid: ObjectId,
+        decide: Callable[[FileRecord | None, float], tuple[R, Plan]],
         *,
-        pipeline: str,
-        owner: str,
-        ttl_s: float,
-        size: int | None = None,
-        sequencer: str | None = None,
-    ) -> Claim:
-        """Claim a version for processing (see :meth:`StateStore.claim`)."""
+        assume_absent: bool = False,
+    ) -> R:
+        """Read, decide and write in one transaction (``assume_absent`` changes nothing)."""
 
-        def tx(conn: sqlite3.Connection) -> Claim:
+        def tx(conn: sqlite3.Connection) -> R:
             old = _select(conn, oid)
-            claim, entry = plan_claim(
-                old,
-                oid,
-                pipeline=pipeline,
-                owner=owner,
-                ttl_s=ttl_s,
-                size=size,
-                sequencer=sequencer,
-                now=self._clock(),
-            )
-            if entry is not None:
-                _write(conn, old, claim.record, entry)
-            return claim
+            result, plan = decide(old, self._clock())
+            if plan is not None:
+                _write(conn, old, *plan)
+            return result
 
         return await self._run(lambda conn: in_tx(conn, tx))
 
@@ -143,56 +125,6 @@ class FilesMixin(FencedFinishMixin, SqliteStoreBase):
             return cur.rowcount == 1
 
         return await self._run(run)
-
-    async def _finish(
-        self,
-        oid: ObjectId,
-        *,
-        token: int,
-        status: FileStatus,
-        outputs: list[str] | None = None,
-        error_class: str | None = None,
-        error: str | None = None,
-        detail: str = "",
-    ) -> bool:
-        def tx(conn: sqlite3.Connection) -> bool:
-            old = _select(conn, oid)
-            plan = plan_finish(
-                old,
-                token=token,
-                status=status,
-                now=self._clock(),
-                outputs=outputs,
-                error_class=error_class,
-                error=error,
-                detail=detail,
-            )
-            if plan is None:
-                return False
-            _write(conn, old, *plan)
-            return True
-
-        return await self._run(lambda conn: in_tx(conn, tx))
-
-    async def set_status(
-        self, oid: ObjectId, status: FileStatus, *, detail: str = "", pipeline: str = ""
-    ) -> FileRecord:
-        """Unfenced operator transition (see :meth:`StateStore.set_status`)."""
-
-        def tx(conn: sqlite3.Connection) -> FileRecord:
-            old = _select(conn, oid)
-            new, entry = plan_set_status(
-                old,
-                oid,
-                status,
-                detail=detail,
-                pipeline=pipeline,
-                now=self._clock(),
-            )
-            _write(conn, old, new, entry)
-            return new
-
-        return await self._run(lambda conn: in_tx(conn, tx))
 
     async def get(self, oid: ObjectId) -> FileRecord | None:
         """One version's record."""
