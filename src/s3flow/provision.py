@@ -8,6 +8,7 @@ settings ask for, so a second run reports ``unchanged`` everywhere. With
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,37 +59,52 @@ class Provisioner:
             action = "unchanged"
         self.changes.append(Change(kind, name, action, detail))
 
+    async def _read(
+        self,
+        call: Callable[..., Awaitable[dict[str, Any]]],
+        operation: str,
+        bucket: str,
+        *,
+        absent: tuple[str, ...],
+    ) -> dict[str, Any] | None:
+        """``call(Bucket=bucket)``'s response; None when the error says there is none.
+
+        ``absent`` are the error codes that say so; a code counts when it starts
+        with one of them (AWS names one ``ServerSideEncryptionConfigurationNotFoundError``).
+        """
+        try:
+            return await call(Bucket=bucket)
+        except Exception as exc:
+            if _code(exc).startswith(absent):
+                return None
+            raise translate_aws_error(exc, f"{operation} {bucket}") from exc
+
     # --- buckets -----------------------------------------------------------
 
     async def bucket(self, name: str) -> None:
         """Bucket with default encryption (SSE-S3) and all public access blocked."""
-        exists = True
-        try:
-            await self.s3.head_bucket(Bucket=name)
-        except Exception as exc:
-            if _code(exc) not in ("404", "NoSuchBucket", "NotFound"):
-                raise translate_aws_error(exc, f"HeadBucket {name}") from exc
-            exists = False
+        head = await self._read(
+            self.s3.head_bucket, "HeadBucket", name, absent=("404", "NoSuchBucket", "NotFound")
+        )
+        exists = head is not None
         fixes: list[str] = []
         if exists:
-            try:
-                enc = await self.s3.get_bucket_encryption(Bucket=name)
-                rules = enc.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
-                if not rules:
-                    fixes.append("encryption")
-            except Exception as exc:
-                if "ServerSideEncryptionConfigurationNotFound" not in _code(exc):
-                    raise translate_aws_error(exc, f"GetBucketEncryption {name}") from exc
+            enc = await self._read(
+                self.s3.get_bucket_encryption,
+                "GetBucketEncryption",
+                name,
+                absent=("ServerSideEncryptionConfigurationNotFound",),
+            )
+            if not (enc or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules", []):
                 fixes.append("encryption")
-            try:
-                pab = (await self.s3.get_public_access_block(Bucket=name)).get(
-                    "PublicAccessBlockConfiguration", {}
-                )
-                if not all(pab.get(k) for k in _PAB):
-                    fixes.append("public access block")
-            except Exception as exc:
-                if "NoSuchPublicAccessBlockConfiguration" not in _code(exc):
-                    raise translate_aws_error(exc, f"GetPublicAccessBlock {name}") from exc
+            pab = await self._read(
+                self.s3.get_public_access_block,
+                "GetPublicAccessBlock",
+                name,
+                absent=("NoSuchPublicAccessBlockConfiguration",),
+            )
+            flags = (pab or {}).get("PublicAccessBlockConfiguration", {})
+            if not all(flags.get(k) for k in _PAB):
                 fixes.append("public access block")
         else:
             fixes = ["encryption", "public access block"]
@@ -128,12 +144,13 @@ class Provisioner:
                 "MaxAgeSeconds": 3000,
             }
         ]
-        have: list[dict[str, Any]] = []
-        try:
-            have = (await self.s3.get_bucket_cors(Bucket=name)).get("CORSRules", [])
-        except Exception as exc:
-            if _code(exc) not in ("NoSuchCORSConfiguration", "NoSuchBucket", "404"):
-                raise translate_aws_error(exc, f"GetBucketCors {name}") from exc
+        cors = await self._read(
+            self.s3.get_bucket_cors,
+            "GetBucketCors",
+            name,
+            absent=("NoSuchCORSConfiguration", "NoSuchBucket", "404"),
+        )
+        have: list[dict[str, Any]] = (cors or {}).get("CORSRules", [])
         norm = [
             {k: (sorted(v) if isinstance(v, list) else v) for k, v in r.items() if k != "ID"}
             for r in have
@@ -156,12 +173,13 @@ class Provisioner:
             "Expiration": {"Days": days},
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
         }
-        rules: list[dict[str, Any]] = []
-        try:
-            rules = (await self.s3.get_bucket_lifecycle_configuration(Bucket=name)).get("Rules", [])
-        except Exception as exc:
-            if _code(exc) not in ("NoSuchLifecycleConfiguration", "NoSuchBucket", "404"):
-                raise translate_aws_error(exc, f"GetBucketLifecycleConfiguration {name}") from exc
+        lifecycle = await self._read(
+            self.s3.get_bucket_lifecycle_configuration,
+            "GetBucketLifecycleConfiguration",
+            name,
+            absent=("NoSuchLifecycleConfiguration", "NoSuchBucket", "404"),
+        )
+        rules: list[dict[str, Any]] = (lifecycle or {}).get("Rules", [])
         mine = [r for r in rules if r.get("ID") == rule_id]
         same = bool(mine) and all(mine[0].get(k) == v for k, v in wanted.items())
         self._record("lifecycle", f"{name}/{prefix}", bool(mine), not same, f"expire after {days}d")
