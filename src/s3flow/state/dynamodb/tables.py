@@ -24,100 +24,57 @@ TTL_ATTRIBUTE = "purge_at"
 FILES_LISTING_INDEX = "listing"
 #: The manifests table's index of the manifests by (dataset, status), newest last.
 MANIFESTS_LISTING_INDEX = "listing"
-_PK_SK = (
-    [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-    [{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
-)
-_PK_ONLY = (
-    [{"AttributeName": "pk", "KeyType": "HASH"}],
-    [{"AttributeName": "pk", "AttributeType": "S"}],
-)
-_FILES_SCHEMA = (
-    _PK_SK[0],
-    [
-        *_PK_SK[1],
-        {"AttributeName": "lst", "AttributeType": "S"},
-        {"AttributeName": "lst_at", "AttributeType": "N"},
-    ],
-)
+
+
+def _keys(hash_key: str, range_key: str | None = None) -> list[dict[str, str]]:
+    """A ``KeySchema``: ``hash_key``, then ``range_key`` when there is one."""
+    schema = [{"AttributeName": hash_key, "KeyType": "HASH"}]
+    if range_key is not None:
+        schema.append({"AttributeName": range_key, "KeyType": "RANGE"})
+    return schema
+
+
+def _attributes(**types: str) -> list[dict[str, str]]:
+    """``AttributeDefinitions``: each key attribute's name and type ("S", "N")."""
+    return [{"AttributeName": name, "AttributeType": t} for name, t in types.items()]
+
+
+def _index(name: str, hash_key: str, range_key: str, projection: str) -> Item:
+    """A global secondary index: its keys and ``ProjectionType``."""
+    return {
+        "IndexName": name,
+        "KeySchema": _keys(hash_key, range_key),
+        "Projection": {"ProjectionType": projection},
+    }
+
+
+_PK_SK = (_keys("pk", "sk"), _attributes(pk="S", sk="S"))
+_PK_ONLY = (_keys("pk"), _attributes(pk="S"))
+_FILES_SCHEMA = (_keys("pk", "sk"), _attributes(pk="S", sk="S", lst="S", lst_at="N"))
 # Every record, by ``lst`` = [pipeline, status] (JSON) and ``lst_at`` = updated_at: `files
 # --status/--pipeline` read partitions newest first, `status` the oldest processing record
 # (a processing record's updated_at is when it entered processing). ALL: a listing is one
 # Query (records are small); it is written with each transition anyway (lst_at changes).
-_FILES_GSI = [
-    {
-        "IndexName": FILES_LISTING_INDEX,
-        "KeySchema": [
-            {"AttributeName": "lst", "KeyType": "HASH"},
-            {"AttributeName": "lst_at", "KeyType": "RANGE"},
-        ],
-        "Projection": {"ProjectionType": "ALL"},
-    }
-]
+_FILES_GSI = [_index(FILES_LISTING_INDEX, "lst", "lst_at", "ALL")]
 _MANIFESTS_SCHEMA = (
-    _PK_SK[0],
-    [
-        *_PK_SK[1],
-        {"AttributeName": "pending_ds", "AttributeType": "S"},
-        {"AttributeName": "pending_sk", "AttributeType": "S"},
-        {"AttributeName": "mls", "AttributeType": "S"},
-        {"AttributeName": "mls_at", "AttributeType": "S"},
-    ],
+    _keys("pk", "sk"),
+    _attributes(pk="S", sk="S", pending_ds="S", pending_sk="S", mls="S", mls_at="S"),
 )
 _MANIFESTS_GSI = [
-    {
-        "IndexName": PENDING_INDEX,
-        "KeySchema": [
-            {"AttributeName": "pending_ds", "KeyType": "HASH"},
-            {"AttributeName": "pending_sk", "KeyType": "RANGE"},
-        ],
-        "Projection": {"ProjectionType": "ALL"},
-    },
+    _index(PENDING_INDEX, "pending_ds", "pending_sk", "ALL"),
     # Sparse (manifest items only): ``mls`` = [dataset, status] (JSON), ``mls_at`` =
     # <created micros>#<id>. KEYS_ONLY: a manifest's file list is large; `manifests list`
     # reads the records it lists (BatchGetItem).
-    {
-        "IndexName": MANIFESTS_LISTING_INDEX,
-        "KeySchema": [
-            {"AttributeName": "mls", "KeyType": "HASH"},
-            {"AttributeName": "mls_at", "KeyType": "RANGE"},
-        ],
-        "Projection": {"ProjectionType": "KEYS_ONLY"},
-    },
+    _index(MANIFESTS_LISTING_INDEX, "mls", "mls_at", "KEYS_ONLY"),
 ]
 
 JOBS_STATUS_INDEX = "status"
-_JOBS_SCHEMA = (
-    _PK_ONLY[0],
-    [
-        *_PK_ONLY[1],
-        {"AttributeName": "status", "AttributeType": "S"},
-        {"AttributeName": "listed", "AttributeType": "S"},
-    ],
-)
+_JOBS_SCHEMA = (_keys("pk"), _attributes(pk="S", status="S", listed="S"))
 # Sparse (only job items have a status) and KEYS_ONLY: the index is written when a job is
 # created and when its status changes, not by every event; listings read the records
 # themselves (BatchGetItem, strongly consistent).
-_JOBS_GSI = [
-    {
-        "IndexName": JOBS_STATUS_INDEX,
-        "KeySchema": [
-            {"AttributeName": "status", "KeyType": "HASH"},
-            {"AttributeName": "listed", "KeyType": "RANGE"},
-        ],
-        "Projection": {"ProjectionType": "KEYS_ONLY"},
-    }
-]
-_JOB_EVENTS_SCHEMA = (
-    [
-        {"AttributeName": "job_id", "KeyType": "HASH"},
-        {"AttributeName": "seq", "KeyType": "RANGE"},
-    ],
-    [
-        {"AttributeName": "job_id", "AttributeType": "S"},
-        {"AttributeName": "seq", "AttributeType": "N"},
-    ],
-)
+_JOBS_GSI = [_index(JOBS_STATUS_INDEX, "status", "listed", "KEYS_ONLY")]
+_JOB_EVENTS_SCHEMA = (_keys("job_id", "seq"), _attributes(job_id="S", seq="N"))
 
 
 _Spec = tuple[str, tuple[list[dict[str, str]], list[dict[str, str]]], list[Item] | None]
