@@ -223,6 +223,44 @@ def apply_event(job: JobRecord, type_: EventType, data: dict[str, Any], at: floa
     )
 
 
+@dataclass(frozen=True)
+class EventDraft:
+    """An event on its way into a log, before the store gives it a seq and a time.
+
+    ``payload`` is ``data`` as the JSON text stored, made first so that data
+    JSON cannot hold fails before any write; ``data`` is that text read back
+    (what the logged event carries).
+    """
+
+    event_id: str
+    type: EventType
+    payload: str
+    data: dict[str, Any]
+
+    @classmethod
+    def of(cls, event_id: str, type_: EventType | str, data: dict[str, Any]) -> EventDraft:
+        """The draft of ``type_`` with ``data`` (TypeError / ValueError if not storable)."""
+        payload = json.dumps(data, separators=(",", ":"), allow_nan=False)
+        return cls(event_id, EventType(type_), payload, json.loads(payload))
+
+    def logged(self, job_id: str, seq: int, at: float) -> JobEvent:
+        """The event as logged at ``seq`` of ``job_id``'s log, at ``at``."""
+        return JobEvent(job_id, seq, self.event_id, self.type, self.data, at)
+
+
+def plan_append(
+    job: JobRecord, draft: EventDraft, at: float, if_status: frozenset[JobStatus] | None
+) -> tuple[JobEvent, JobRecord] | None:
+    """The next event of ``job``'s log and the job folded with it (:func:`apply_event`).
+
+    None when the job takes no more events: terminal, or its status not in ``if_status``.
+    """
+    if job.status.terminal or (if_status is not None and job.status not in if_status):
+        return None
+    event = draft.logged(job.job_id, job.last_seq + 1, at)
+    return event, replace(apply_event(job, draft.type, draft.data, at), last_seq=event.seq)
+
+
 # --- the stored form of a record -------------------------------------------------------------
 
 #: Format of :func:`job_to_json`'s document (``"v"``); bumped only by an incompatible change.
@@ -364,3 +402,47 @@ class JobStore(Protocol):
     async def events(self, job_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[JobEvent]:
         """Events with ``seq > after_seq``, in order."""
         ...
+
+
+class JobLogMixin:
+    """``create_job`` and ``append_event`` for every backend, on its ``_create`` / ``_append``.
+
+    Both check the event's data (:class:`EventDraft`) before the backend writes
+    anything; the backend writes atomically what :func:`plan_append` decides.
+    """
+
+    async def _create(
+        self, job: JobRecord, draft: EventDraft
+    ) -> JobEvent:  # pragma: no cover - provided by the backend
+        raise NotImplementedError
+
+    async def _append(
+        self, job_id: str, draft: EventDraft, if_status: frozenset[JobStatus] | None
+    ) -> tuple[JobEvent | None, bool]:  # pragma: no cover - provided by the backend
+        raise NotImplementedError
+
+    async def create_job(self, job: JobRecord, *, event_id: str, data: dict[str, Any]) -> JobEvent:
+        """Store ``job`` (``last_seq`` 1) with its ``job.created`` event (seq 1), atomically.
+
+        Idempotent by ``job_id``: if the job exists, its event 1 is returned and
+        nothing is written. StateError if another job already has its upload id.
+        """
+        return await self._create(job, EventDraft.of(event_id, EventType.JOB_CREATED, data))
+
+    async def append_event(
+        self,
+        job_id: str,
+        *,
+        event_id: str,
+        type: EventType,
+        data: dict[str, Any],
+        if_status: frozenset[JobStatus] | None = None,
+    ) -> tuple[JobEvent | None, bool]:
+        """Append one event and fold it into the job, atomically (see :class:`JobStore`).
+
+        ``(event, True)`` when appended; ``(existing, False)`` when ``event_id``
+        is already in this job's log (whatever the job's status now);
+        ``(None, False)`` when the job is unknown, terminal, or its status is not
+        in ``if_status``.
+        """
+        return await self._append(job_id, EventDraft.of(event_id, type, data), if_status)

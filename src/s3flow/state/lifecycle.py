@@ -5,13 +5,14 @@ decided here by pure functions (:func:`plan_claim`, :func:`plan_finish`,
 :func:`plan_set_status`); the SQLite and DynamoDB backends only store the
 result atomically, so both decide alike. :class:`FileLifecycleMixin` is the
 one ``claim`` / ``complete`` / ``fail`` / ``release`` / ``set_status`` of both,
-on top of the backend's atomic read-decide-write (``_mutate``).
+on top of the backend's atomic read-decide-write (``_mutate``), and
+:class:`ManifestStatusMixin` their one ``set_manifest_status``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar, overload
 
@@ -416,3 +417,39 @@ def plan_manifest_status(
         attempts=rec.attempts + (1 if status is ManifestStatus.PROCESSING else 0),
         updated_at=now,
     )
+
+
+class ManifestStatusMixin:
+    """``set_manifest_status`` for every backend, on its ``_move_manifest``."""
+
+    async def _move_manifest(
+        self,
+        manifest_id: str,
+        decide: Callable[[ManifestRecord | None, float], ManifestRecord],
+        held: dict[ObjectId, str],
+    ) -> ManifestRecord:  # pragma: no cover - provided by the backend
+        """Write the manifest ``decide`` returns, conditioned on what it was given.
+
+        Then its files: those in ``held`` quarantined with their reason as
+        detail, the others in :data:`FILE_STATUS_OF` its status with its detail.
+        """
+        raise NotImplementedError
+
+    async def set_manifest_status(
+        self,
+        manifest_id: str,
+        status: ManifestStatus,
+        *,
+        detail: str = "",
+        expect: ManifestStatus | None = None,
+        quarantined: Mapping[ObjectId, str] | None = None,
+    ) -> ManifestRecord:
+        """Move a manifest and its files (see :meth:`StateStore.set_manifest_status`)."""
+
+        def decide(rec: ManifestRecord | None, now: float) -> ManifestRecord:
+            return plan_manifest_status(
+                rec, manifest_id, status, detail=detail, expect=expect, now=now
+            )
+
+        held = {oid: clip(reason) for oid, reason in (quarantined or {}).items()}
+        return await self._move_manifest(manifest_id, decide, held)

@@ -68,6 +68,12 @@ def error_code(exc: BaseException) -> str:
     return ""
 
 
+async def backoff(attempt: int) -> None:
+    """Sleep a little (random, growing) before the third and later retries of a lost race."""
+    if attempt >= 2:
+        await asyncio.sleep(random.uniform(0, min(0.01 * attempt, 0.2)))
+
+
 def _snake(op: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower()
 
@@ -159,6 +165,13 @@ class DynamoClient:
         err = translate_aws_error(exc, f"DynamoDB {op} on {table}")
         return StateError(f"state store dynamodb://{self.table_prefix}: {err}")
 
+    def _gave_up(self, what: str) -> StateError:
+        """The error to raise after :data:`MAX_CONFLICT_RETRIES` lost races on ``what``."""
+        return StateError(
+            f"state store dynamodb://{self.table_prefix}: gave up on {what} after "
+            f"{MAX_CONFLICT_RETRIES} conflicting writes"
+        )
+
     async def _api(self, op: str, table: str, **kwargs: Any) -> dict[str, Any]:
         client = self._client
         if client is None:
@@ -201,6 +214,13 @@ class DynamoClient:
         except Conflict:
             return False
         return True
+
+    async def _update_if(self, table: str, key: Item, **kwargs: Any) -> Item | None:
+        """UpdateItem ``key`` with ``kwargs``: the response, or None if its condition failed."""
+        try:
+            return await self._api("UpdateItem", table, TableName=table, Key=key, **kwargs)
+        except Conflict:
+            return None
 
     def _purge_at(self, since: float) -> float | None:
         """When an item that starts its retention at ``since`` expires (None: retention off)."""

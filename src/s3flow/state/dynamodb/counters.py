@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from s3flow.state.dynamodb.client import Conflict, DynamoClient
+from s3flow.state.dynamodb.client import DynamoClient
 from s3flow.state.dynamodb.codec import COUNTS_REGISTRY_PK, Item, counts_pk, expiry_day
 from s3flow.state.lifecycle import DAY_S, count_delta, zero_counts
 from s3flow.state.records import FileRecord, FileStatus, StateError
@@ -131,19 +131,15 @@ class CountersMixin(DynamoClient):
             )
             self._registered_pipelines |= pipelines
         if horizon > self._registered_horizon:
-            try:
-                await self._api(
-                    "UpdateItem",
-                    self.meta_table,
-                    TableName=self.meta_table,
-                    Key=key,
-                    UpdateExpression="SET #h = :h",
-                    ConditionExpression="attribute_not_exists(#h) OR #h < :h",
-                    ExpressionAttributeNames={"#h": "horizon"},
-                    ExpressionAttributeValues={":h": {"N": str(horizon)}},
-                )
-            except Conflict:
-                pass  # another writer went further already
+            # None: another writer went further already.
+            await self._update_if(
+                self.meta_table,
+                key,
+                UpdateExpression="SET #h = :h",
+                ConditionExpression="attribute_not_exists(#h) OR #h < :h",
+                ExpressionAttributeNames={"#h": "horizon"},
+                ExpressionAttributeValues={":h": {"N": str(horizon)}},
+            )
             self._registered_horizon = horizon
 
     async def _registry(self) -> tuple[list[str], int]:

@@ -18,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import random
 from collections.abc import Callable
 
-from s3flow.state.dynamodb.client import MAX_CONFLICT_RETRIES, Conflict
+from s3flow.state.dynamodb.client import MAX_CONFLICT_RETRIES, Conflict, backoff
 from s3flow.state.dynamodb.codec import (
     Item,
     decode_history,
@@ -136,14 +135,10 @@ class FilesMixin(CountersMixin, FileLifecycleMixin):
                 await self._write(read, *plan)
             except Conflict as conflict:
                 known = None if conflict.item is None else _decode(conflict.item)
-                if attempt >= 2:
-                    await asyncio.sleep(random.uniform(0, min(0.01 * attempt, 0.2)))
+                await backoff(attempt)
                 continue
             return result
-        raise StateError(
-            f"state store dynamodb://{self.table_prefix}: gave up on "
-            f"s3://{oid.bucket}/{oid.key} after {MAX_CONFLICT_RETRIES} conflicting writes"
-        )
+        raise self._gave_up(f"s3://{oid.bucket}/{oid.key}")
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -156,25 +151,20 @@ class FilesMixin(CountersMixin, FileLifecycleMixin):
 
     async def renew(self, oid: ObjectId, *, token: int, ttl_s: float) -> bool:
         """Extend a held claim; False if the token is stale."""
-        try:
-            await self._api(
-                "UpdateItem",
-                self.files_table,
-                TableName=self.files_table,
-                Key=record_key(oid),
-                UpdateExpression="SET claim_expires_at = :e ADD #rev :one",
-                ConditionExpression="#st = :p AND fencing_token = :t",
-                ExpressionAttributeNames={"#rev": "rev", "#st": "status"},
-                ExpressionAttributeValues={
-                    ":e": {"N": num(self._clock() + ttl_s)},
-                    ":one": {"N": "1"},
-                    ":p": {"S": FileStatus.PROCESSING.value},
-                    ":t": {"N": str(token)},
-                },
-            )
-        except Conflict:
-            return False
-        return True
+        renewed = await self._update_if(
+            self.files_table,
+            record_key(oid),
+            UpdateExpression="SET claim_expires_at = :e ADD #rev :one",
+            ConditionExpression="#st = :p AND fencing_token = :t",
+            ExpressionAttributeNames={"#rev": "rev", "#st": "status"},
+            ExpressionAttributeValues={
+                ":e": {"N": num(self._clock() + ttl_s)},
+                ":one": {"N": "1"},
+                ":p": {"S": FileStatus.PROCESSING.value},
+                ":t": {"N": str(token)},
+            },
+        )
+        return renewed is not None
 
     async def _finish(self, oid: ObjectId, finish: Finish) -> bool:
         """A fenced ``processing -> status``: one conditional UpdateItem, then history + counters.

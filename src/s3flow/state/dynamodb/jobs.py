@@ -6,10 +6,10 @@ marker per event id; ``<prefix>-job-events`` holds the logs (``job_id``,
 ``seq``). Every write is one ``TransactWriteItems``, so a job's record, its
 log and its markers never disagree, whatever number of machines append:
 
-- :meth:`JobsMixin.create_job` puts the job, its upload item, event 1 and its
+- creating a job puts the job, its upload item, event 1 and its
   marker, each on condition that it does not exist (1 call).
-- :meth:`JobsMixin.append_event` reads the job, folds the event into it
-  (:func:`s3flow.state.jobs.apply_event`) and puts the record on condition that
+- appending an event reads the job, folds the event into it
+  (:func:`s3flow.state.jobs.plan_append`) and puts the record on condition that
   ``last_seq`` and ``status`` are still the ones read, with the event
   (``seq = last_seq + 1``) and its marker on condition that they do not exist
   (1 GetItem + 1 transaction). A writer that lost the race gets the current
@@ -32,8 +32,6 @@ appended (a log cannot be re-stamped in one write; a job is long finished by the
 from __future__ import annotations
 
 import asyncio
-import json
-import random
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -42,6 +40,7 @@ from s3flow.state.dynamodb.client import (
     MAX_CONFLICT_RETRIES,
     DynamoClient,
     TransactionCanceled,
+    backoff,
 )
 from s3flow.state.dynamodb.codec import (
     Item,
@@ -58,13 +57,7 @@ from s3flow.state.dynamodb.codec import (
     with_purge,
 )
 from s3flow.state.dynamodb.tables import JOBS_STATUS_INDEX
-from s3flow.state.jobs import (
-    EventType,
-    JobEvent,
-    JobRecord,
-    JobStatus,
-    apply_event,
-)
+from s3flow.state.jobs import EventDraft, JobEvent, JobLogMixin, JobRecord, JobStatus, plan_append
 from s3flow.state.records import StateError
 
 # Cancellation codes that mean "decide again": a condition another writer changed, a
@@ -80,13 +73,7 @@ _RETRY_CODES = frozenset(
         "RequestLimitExceeded",
     }
 )
-_BATCH_GET_MAX = 100  # keys per BatchGetItem request
 _MARKER_READS = 5  # tries to read the event an idempotency marker names
-
-
-def _dump(data: dict[str, Any]) -> str:
-    """``data`` as the JSON text stored (TypeError/ValueError before any write)."""
-    return json.dumps(data, separators=(",", ":"), allow_nan=False)
 
 
 def _put(table: str, item: Item, condition: str, **extra: Any) -> Item:
@@ -94,13 +81,7 @@ def _put(table: str, item: Item, condition: str, **extra: Any) -> Item:
     return {"Put": {"TableName": table, "Item": item, "ConditionExpression": condition, **extra}}
 
 
-async def _backoff(attempt: int) -> None:
-    """Sleep a little (random, growing) before the third and later retries of a lost race."""
-    if attempt >= 2:
-        await asyncio.sleep(random.uniform(0, min(0.01 * attempt, 0.2)))
-
-
-class JobsMixin(DynamoClient):
+class JobsMixin(JobLogMixin, DynamoClient):
     """The JobStore protocol on the jobs and job-events tables (see :mod:`.jobs`)."""
 
     # --- writes ------------------------------------------------------------------------------
@@ -128,21 +109,9 @@ class JobsMixin(DynamoClient):
                 ) from exc
             raise
 
-    async def create_job(self, job: JobRecord, *, event_id: str, data: dict[str, Any]) -> JobEvent:
-        """Store ``job`` (``last_seq`` 1) with its ``job.created`` event (seq 1), atomically.
-
-        Idempotent by ``job_id``: if the job exists, its event 1 is returned and
-        nothing is written. StateError if another job already has its upload id.
-        """
-        payload = _dump(data)
-        event = JobEvent(
-            job_id=job.job_id,
-            seq=1,
-            event_id=event_id,
-            type=EventType.JOB_CREATED,
-            data=json.loads(payload),
-            at=self._clock(),
-        )
+    async def _create(self, job: JobRecord, draft: EventDraft) -> JobEvent:
+        """The job, its upload's item, event 1 and its marker: one transaction."""
+        event = draft.logged(job.job_id, 1, self._clock())
         absent = "attribute_not_exists(pk)"
         actions = [
             _put(self.jobs_table, encode_job(replace(job, last_seq=1)), absent),
@@ -154,7 +123,7 @@ class JobsMixin(DynamoClient):
             ),
             _put(
                 self.job_events_table,
-                encode_job_event(event, payload, self._purge_at(event.at)),
+                encode_job_event(event, draft.payload, self._purge_at(event.at)),
                 "attribute_not_exists(job_id)",
             ),
             _put(self.jobs_table, encode_event_marker(event, self._purge_at(event.at)), absent),
@@ -172,31 +141,19 @@ class JobsMixin(DynamoClient):
                     owner = exc.current(1)
                     other = "another job" if owner is None else f"job {owner['job_id']['S']}"
                     raise StateError(f"upload {job.upload_id} already belongs to {other}") from exc
-                await _backoff(attempt)
+                await backoff(attempt)
                 continue
             return event
-        raise self._gave_up(job.job_id)
+        raise self._gave_up(f"job {job.job_id}")
 
-    async def append_event(
-        self,
-        job_id: str,
-        *,
-        event_id: str,
-        type: EventType,
-        data: dict[str, Any],
-        if_status: frozenset[JobStatus] | None = None,
+    async def _append(
+        self, job_id: str, draft: EventDraft, if_status: frozenset[JobStatus] | None
     ) -> tuple[JobEvent | None, bool]:
-        """Append one event and fold it into the job, atomically (see :class:`JobStore`).
+        """Read the job, fold, write conditioned on what was read (see the module).
 
-        ``(event, True)`` when appended; ``(existing, False)`` when ``event_id``
-        is already in this job's log (whatever the job's status now);
-        ``(None, False)`` when the job is unknown, terminal, or its status is not
-        in ``if_status``. Concurrent appenders on any number of machines get
-        consecutive sequence numbers: see :mod:`s3flow.state.dynamodb.jobs`.
+        Concurrent appenders on any number of machines get consecutive sequence
+        numbers; an event id already logged returns that event.
         """
-        type_ = EventType(type)
-        payload = _dump(data)
-        decoded: dict[str, Any] = json.loads(payload)
         known: Item | None = None  # the job's current item, when a cancellation returned it
         for attempt in range(MAX_CONFLICT_RETRIES):
             item = (
@@ -208,17 +165,10 @@ class JobsMixin(DynamoClient):
             if item is None:
                 return None, False
             job = decode_job(item)
-            if job.status.terminal or (if_status is not None and job.status not in if_status):
-                return await self._logged(job_id, event_id), False
-            event = JobEvent(
-                job_id=job_id,
-                seq=job.last_seq + 1,
-                event_id=event_id,
-                type=type_,
-                data=decoded,
-                at=self._clock(),
-            )
-            new = replace(apply_event(job, type_, decoded, event.at), last_seq=event.seq)
+            planned = plan_append(job, draft, self._clock(), if_status)
+            if planned is None:
+                return await self._logged(job_id, draft.event_id), False
+            event, new = planned
             purge = self._purge_at(event.at) if new.status.terminal else None
             all_old = {"ReturnValuesOnConditionCheckFailure": "ALL_OLD"}
             actions = [
@@ -235,7 +185,7 @@ class JobsMixin(DynamoClient):
                 ),
                 _put(
                     self.job_events_table,
-                    encode_job_event(event, payload, self._purge_at(event.at)),
+                    encode_job_event(event, draft.payload, self._purge_at(event.at)),
                     "attribute_not_exists(job_id)",
                 ),
                 _put(
@@ -255,19 +205,13 @@ class JobsMixin(DynamoClient):
                 marker = exc.current(2)
                 if marker is not None:  # event_id is in the log already
                     existing = await self._event_at(job_id, int(marker["seq"]["N"]))
-                    if existing is not None and existing.event_id == event_id:
+                    if existing is not None and existing.event_id == draft.event_id:
                         return existing, False
                 known = exc.current(0)  # the record that won (None: read it again)
-                await _backoff(attempt)
+                await backoff(attempt)
                 continue
             return event, True
-        raise self._gave_up(job_id)
-
-    def _gave_up(self, job_id: str) -> StateError:
-        return StateError(
-            f"state store dynamodb://{self.table_prefix}: gave up on job {job_id} after "
-            f"{MAX_CONFLICT_RETRIES} conflicting writes"
-        )
+        raise self._gave_up(f"job {job_id}")
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -342,23 +286,8 @@ class JobsMixin(DynamoClient):
 
     async def _get_jobs(self, job_ids: list[str]) -> list[JobRecord]:
         """The records of ``job_ids`` that exist (BatchGetItem, strongly consistent, any order)."""
-        out: list[JobRecord] = []
-        for start in range(0, len(job_ids), _BATCH_GET_MAX):
-            pending: Item = {
-                self.jobs_table: {
-                    "Keys": [job_key(j) for j in job_ids[start : start + _BATCH_GET_MAX]],
-                    "ConsistentRead": True,
-                }
-            }
-            attempt = 0
-            while pending:
-                resp = await self._api("BatchGetItem", self.jobs_table, RequestItems=pending)
-                out += [decode_job(i) for i in resp.get("Responses", {}).get(self.jobs_table, [])]
-                pending = resp.get("UnprocessedKeys") or {}
-                attempt += 1
-                if pending:
-                    await asyncio.sleep(random.uniform(0, min(0.05 * attempt, 1.0)))
-        return out
+        items = await self._batch_get(self.jobs_table, [job_key(j) for j in job_ids])
+        return [decode_job(i) for i in items]
 
     async def events(self, job_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[JobEvent]:
         """Events with ``seq > after_seq``, in order (at most ``limit``; a consistent Query)."""

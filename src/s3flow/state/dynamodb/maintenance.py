@@ -19,7 +19,6 @@ twice.
 
 from __future__ import annotations
 
-from s3flow.state.dynamodb.client import Conflict
 from s3flow.state.dynamodb.codec import (
     Item,
     counts_pk,
@@ -120,6 +119,21 @@ class MaintenanceMixin(FilesMixin):
             await self._stamp_manifests()
         return RecountReport(_flat(truth), _flat(current), read, repaired=repair)
 
+    async def _stamp(self, table: str, item: Item, sets: str, values: Item) -> bool:
+        """UpdateItem ``sets`` on ``item`` if its revision is still ``values[":rev"]``.
+
+        False when it is not (the item was written meanwhile).
+        """
+        stamped = await self._update_if(
+            table,
+            {"pk": item["pk"], "sk": item["sk"]},
+            UpdateExpression=sets,
+            ConditionExpression="#rev = :rev",
+            ExpressionAttributeNames={"#rev": "rev"},
+            ExpressionAttributeValues=values,
+        )
+        return stamped is not None
+
     async def _stamp_record(
         self, item: Item, pipeline: str, status: FileStatus, purge: float | None
     ) -> float | None:
@@ -141,18 +155,7 @@ class MaintenanceMixin(FilesMixin):
             if new_purge is not None:
                 sets += ", purge_at = :pa"
                 values[":pa"] = {"N": str(purge_seconds(new_purge))}
-        try:
-            await self._api(
-                "UpdateItem",
-                self.files_table,
-                TableName=self.files_table,
-                Key={"pk": item["pk"], "sk": item["sk"]},
-                UpdateExpression=sets,
-                ConditionExpression="#rev = :rev",
-                ExpressionAttributeNames={"#rev": "rev"},
-                ExpressionAttributeValues=values,
-            )
-        except Conflict:
+        if not await self._stamp(self.files_table, item, sets, values):
             return purge  # rewritten meanwhile, by a writer that sets them
         return new_purge
 
@@ -184,19 +187,8 @@ class MaintenanceMixin(FilesMixin):
                     TableName=self.manifests_table,
                     Item={**dataset_key(m.dataset), "kind": {"S": "dataset"}},
                 )
-                try:
-                    await self._api(
-                        "UpdateItem",
-                        self.manifests_table,
-                        TableName=self.manifests_table,
-                        Key={"pk": item["pk"], "sk": item["sk"]},
-                        UpdateExpression=sets,
-                        ConditionExpression="#rev = :rev",
-                        ExpressionAttributeNames={"#rev": "rev"},
-                        ExpressionAttributeValues=values,
-                    )
-                except Conflict:
-                    pass  # rewritten meanwhile, with its listing attributes
+                # False: rewritten meanwhile, with its listing attributes.
+                await self._stamp(self.manifests_table, item, sets, values)
 
 
 def _flat(counts: dict[CountKey, int]) -> dict[str, dict[str, int]]:

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from s3flow.state.dynamodb.client import MAX_CONFLICT_RETRIES, Conflict, DynamoClient
+from s3flow.state.dynamodb.client import MAX_CONFLICT_RETRIES, Conflict, DynamoClient, backoff
 from s3flow.state.dynamodb.codec import (
     Item,
     dataset_key,
@@ -41,7 +40,7 @@ from s3flow.state.dynamodb.codec import (
     tracked_key,
 )
 from s3flow.state.dynamodb.tables import MANIFESTS_LISTING_INDEX, PENDING_INDEX
-from s3flow.state.lifecycle import clip, plan_manifest_status
+from s3flow.state.lifecycle import ManifestStatusMixin
 from s3flow.state.records import (
     FILE_STATUS_OF,
     LockLostError,
@@ -71,7 +70,7 @@ async def _bounded(n: int, coros: list[Any]) -> list[Any]:
     return list(await asyncio.gather(*(one(c) for c in coros)))
 
 
-class ManifestsMixin(DynamoClient):
+class ManifestsMixin(ManifestStatusMixin, DynamoClient):
     """The ManifestStore protocol on the manifests table (fenced by a lock in the meta table)."""
 
     # --- pending files ---------------------------------------------------------------------
@@ -83,14 +82,7 @@ class ManifestsMixin(DynamoClient):
 
     async def get_tracked(self, dataset: str, date: str, oid: ObjectId) -> TrackedFile | None:
         """One tracked file."""
-        resp = await self._api(
-            "GetItem",
-            self.manifests_table,
-            TableName=self.manifests_table,
-            Key=tracked_key(dataset, date, oid),
-            ConsistentRead=True,
-        )
-        item = resp.get("Item")
+        item = await self._get_item(self.manifests_table, tracked_key(dataset, date, oid))
         return None if item is None else decode_tracked(item)
 
     async def _pending_items(self, dataset: str, date: str | None) -> list[TrackedFile]:
@@ -155,58 +147,47 @@ class ManifestsMixin(DynamoClient):
         return (None, 0) if item is None else decode_manifest(item)
 
     async def _fence(self, lock: str, owner: str, token: int) -> None:
-        now = self._clock()
-        try:
-            await self._api(
-                "UpdateItem",
-                self.meta_table,
-                TableName=self.meta_table,
-                Key={"pk": {"S": f"lock#{lock}"}},
-                UpdateExpression="SET #fa = :now",
-                ConditionExpression="#o = :o AND #t = :t AND #ex > :now",
-                ExpressionAttributeNames={
-                    "#o": "owner",
-                    "#t": "token",
-                    "#ex": "expires_at",
-                    "#fa": "fenced_at",
-                },
-                ExpressionAttributeValues={
-                    ":o": {"S": owner},
-                    ":t": {"N": str(token)},
-                    ":now": {"N": num(now)},
-                },
-            )
-        except Conflict as exc:
-            raise LockLostError(
-                f"lock {lock!r} is no longer held by {owner} with token {token}"
-            ) from exc
+        fenced = await self._update_if(
+            self.meta_table,
+            {"pk": {"S": f"lock#{lock}"}},
+            UpdateExpression="SET #fa = :now",
+            ConditionExpression="#o = :o AND #t = :t AND #ex > :now",
+            ExpressionAttributeNames={
+                "#o": "owner",
+                "#t": "token",
+                "#ex": "expires_at",
+                "#fa": "fenced_at",
+            },
+            ExpressionAttributeValues={
+                ":o": {"S": owner},
+                ":t": {"N": str(token)},
+                ":now": {"N": num(self._clock())},
+            },
+        )
+        if fenced is None:
+            raise LockLostError(f"lock {lock!r} is no longer held by {owner} with token {token}")
 
     async def _move_file(self, m: ManifestRecord, f: ManifestFile, now: float) -> bool:
-        try:
-            await self._api(
-                "UpdateItem",
-                self.manifests_table,
-                TableName=self.manifests_table,
-                Key=tracked_key(m.dataset, m.date, f.id),
-                UpdateExpression=("SET #st = :m, #mid = :id, #up = :now REMOVE #pds, #psk"),
-                ConditionExpression="#st = :p OR (#st = :m AND #mid = :id)",
-                ExpressionAttributeNames={
-                    "#st": "status",
-                    "#mid": "manifest_id",
-                    "#up": "updated_at",
-                    "#pds": "pending_ds",
-                    "#psk": "pending_sk",
-                },
-                ExpressionAttributeValues={
-                    ":m": {"S": ManifestFileStatus.MANIFESTED.value},
-                    ":p": {"S": ManifestFileStatus.PENDING.value},
-                    ":id": {"S": m.manifest_id},
-                    ":now": {"N": num(now)},
-                },
-            )
-        except Conflict:
-            return False
-        return True
+        moved = await self._update_if(
+            self.manifests_table,
+            tracked_key(m.dataset, m.date, f.id),
+            UpdateExpression="SET #st = :m, #mid = :id, #up = :now REMOVE #pds, #psk",
+            ConditionExpression="#st = :p OR (#st = :m AND #mid = :id)",
+            ExpressionAttributeNames={
+                "#st": "status",
+                "#mid": "manifest_id",
+                "#up": "updated_at",
+                "#pds": "pending_ds",
+                "#psk": "pending_sk",
+            },
+            ExpressionAttributeValues={
+                ":m": {"S": ManifestFileStatus.MANIFESTED.value},
+                ":p": {"S": ManifestFileStatus.PENDING.value},
+                ":id": {"S": m.manifest_id},
+                ":now": {"N": num(now)},
+            },
+        )
+        return moved is not None
 
     async def _delete(self, key: Item, **cond: Any) -> bool:
         try:
@@ -294,33 +275,30 @@ class ManifestsMixin(DynamoClient):
 
     async def mark_published(self, manifest_id: str, location: str) -> ManifestRecord:
         """Record where the sealed manifest's JSON was written; drop its marker."""
-        try:
-            resp = await self._api(
-                "UpdateItem",
-                self.manifests_table,
-                TableName=self.manifests_table,
-                Key=manifest_key(manifest_id),
-                UpdateExpression="SET #loc = :l, #up = :now ADD #rev :one",
-                ConditionExpression="attribute_exists(pk) AND #st <> :s",
-                ExpressionAttributeNames={
-                    "#loc": "location",
-                    "#st": "status",
-                    "#rev": "rev",
-                    "#up": "updated_at",
-                },
-                ExpressionAttributeValues={
-                    ":l": {"S": location},
-                    ":now": {"N": num(self._clock())},
-                    ":s": {"S": ManifestStatus.SEALING.value},
-                    ":one": {"N": "1"},
-                },
-                ReturnValues="ALL_NEW",
-            )
-        except Conflict:
+        resp = await self._update_if(
+            self.manifests_table,
+            manifest_key(manifest_id),
+            UpdateExpression="SET #loc = :l, #up = :now ADD #rev :one",
+            ConditionExpression="attribute_exists(pk) AND #st <> :s",
+            ExpressionAttributeNames={
+                "#loc": "location",
+                "#st": "status",
+                "#rev": "rev",
+                "#up": "updated_at",
+            },
+            ExpressionAttributeValues={
+                ":l": {"S": location},
+                ":now": {"N": num(self._clock())},
+                ":s": {"S": ManifestStatus.SEALING.value},
+                ":one": {"N": "1"},
+            },
+            ReturnValues="ALL_NEW",
+        )
+        if resp is None:
             found, _ = await self._read_manifest(manifest_id)
             if found is None:
-                raise UnknownManifestError(f"no manifest {manifest_id!r}") from None
-            raise StateError(f"manifest {manifest_id} is not sealed yet") from None
+                raise UnknownManifestError(f"no manifest {manifest_id!r}")
+            raise StateError(f"manifest {manifest_id} is not sealed yet")
         rec, _ = decode_manifest(resp["Attributes"])
         await self._delete(marker_key(rec.dataset, manifest_id))
         return rec
@@ -405,22 +383,16 @@ class ManifestsMixin(DynamoClient):
         """When ``m`` and its files expire: one retention after it completed, else never."""
         return self._purge_at(m.updated_at) if m.status is ManifestStatus.COMPLETED else None
 
-    async def set_manifest_status(
+    async def _move_manifest(
         self,
         manifest_id: str,
-        status: ManifestStatus,
-        *,
-        detail: str = "",
-        expect: ManifestStatus | None = None,
-        quarantined: Mapping[ObjectId, str] | None = None,
+        decide: Callable[[ManifestRecord | None, float], ManifestRecord],
+        held: dict[ObjectId, str],
     ) -> ManifestRecord:
-        """Move a manifest (revision-conditioned Put), then each of its files."""
-        held = dict(quarantined or {})
+        """The manifest (revision-conditioned Put), then each of its files."""
         for attempt in range(MAX_CONFLICT_RETRIES):
             rec, rev = await self._read_manifest(manifest_id)
-            new = plan_manifest_status(
-                rec, manifest_id, status, detail=detail, expect=expect, now=self._clock()
-            )
+            new = decide(rec, self._clock())
             if not await self._put_if(
                 self.manifests_table,
                 encode_manifest(new, rev + 1, self._manifest_purge(new)),
@@ -428,25 +400,19 @@ class ManifestsMixin(DynamoClient):
                 {"#rev": "rev"},
                 {":rev": {"N": str(rev)}},
             ):
-                if attempt >= 2:
-                    await asyncio.sleep(random.uniform(0, min(0.01 * attempt, 0.2)))
+                await backoff(attempt)
                 continue
             await _bounded(
                 _MOVE_PARALLEL,
                 [
                     self._set_file_status(new, f)
                     if f.id not in held
-                    else self._set_file_status(
-                        new, f, ManifestFileStatus.QUARANTINED, clip(held[f.id])
-                    )
+                    else self._set_file_status(new, f, ManifestFileStatus.QUARANTINED, held[f.id])
                     for f in new.files
                 ],
             )
             return new
-        raise StateError(
-            f"state store dynamodb://{self.table_prefix}: gave up on manifest {manifest_id} "
-            f"after {MAX_CONFLICT_RETRIES} conflicting writes"
-        )
+        raise self._gave_up(f"manifest {manifest_id}")
 
     async def _set_file_status(
         self,
@@ -474,23 +440,20 @@ class ManifestsMixin(DynamoClient):
             values[":d"] = {"S": detail}
         else:
             update += " REMOVE #dt"
-        try:
-            await self._api(
-                "UpdateItem",
-                self.manifests_table,
-                TableName=self.manifests_table,
-                Key=tracked_key(m.dataset, m.date, f.id),
-                UpdateExpression=update,
-                ConditionExpression="#mid = :id",
-                ExpressionAttributeNames={
-                    "#st": "status",
-                    "#dt": "detail",
-                    "#mid": "manifest_id",
-                    "#up": "updated_at",
-                },
-                ExpressionAttributeValues=values,
-            )
-        except Conflict:
+        updated = await self._update_if(
+            self.manifests_table,
+            tracked_key(m.dataset, m.date, f.id),
+            UpdateExpression=update,
+            ConditionExpression="#mid = :id",
+            ExpressionAttributeNames={
+                "#st": "status",
+                "#dt": "detail",
+                "#mid": "manifest_id",
+                "#up": "updated_at",
+            },
+            ExpressionAttributeValues=values,
+        )
+        if updated is None:
             log.warning(
                 "manifest %s: file s3://%s/%s is not tracked in it", m.manifest_id, f.bucket, f.key
             )

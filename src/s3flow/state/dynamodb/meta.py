@@ -8,7 +8,7 @@ counters live here too (:mod:`.files`).
 
 from __future__ import annotations
 
-from s3flow.state.dynamodb.client import Conflict, DynamoClient
+from s3flow.state.dynamodb.client import DynamoClient
 from s3flow.state.dynamodb.codec import Item, num, opt_str, purge_seconds, with_purge
 
 
@@ -16,15 +16,7 @@ class MetaMixin(DynamoClient):
     """The MetaStore protocol on the meta table: one item per counter, checkpoint, lock."""
 
     async def _meta_get(self, pk: str) -> Item | None:
-        resp = await self._api(
-            "GetItem",
-            self.meta_table,
-            TableName=self.meta_table,
-            Key={"pk": {"S": pk}},
-            ConsistentRead=True,
-        )
-        item: Item | None = resp.get("Item")
-        return item
+        return await self._get_item(self.meta_table, {"pk": {"S": pk}})
 
     # --- counters ---------------------------------------------------------------------------
 
@@ -84,27 +76,22 @@ class MetaMixin(DynamoClient):
         update, names, values = self._lock_purge(
             "SET #o = :o, expires_at = :e", now + ttl_s, {"#o": "owner", "#t": "token"}
         )
-        try:
-            resp = await self._api(
-                "UpdateItem",
-                self.meta_table,
-                TableName=self.meta_table,
-                Key={"pk": {"S": f"lock#{name}"}},
-                UpdateExpression=update + " ADD #t :one",
-                ConditionExpression="attribute_not_exists(#o) OR expires_at <= :now",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues={
-                    ":o": {"S": owner},
-                    ":e": {"N": num(now + ttl_s)},
-                    ":now": {"N": num(now)},
-                    ":one": {"N": "1"},
-                    **values,
-                },
-                ReturnValues="UPDATED_NEW",
-            )
-        except Conflict:
-            return None
-        return int(resp["Attributes"]["token"]["N"])
+        resp = await self._update_if(
+            self.meta_table,
+            {"pk": {"S": f"lock#{name}"}},
+            UpdateExpression=update + " ADD #t :one",
+            ConditionExpression="attribute_not_exists(#o) OR expires_at <= :now",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={
+                ":o": {"S": owner},
+                ":e": {"N": num(now + ttl_s)},
+                ":now": {"N": num(now)},
+                ":one": {"N": "1"},
+                **values,
+            },
+            ReturnValues="UPDATED_NEW",
+        )
+        return None if resp is None else int(resp["Attributes"]["token"]["N"])
 
     def _lock_purge(
         self, update: str, free_at: float, names: dict[str, str]
@@ -123,25 +110,20 @@ class MetaMixin(DynamoClient):
         self, name: str, owner: str, token: int, update: str, e: float, tail: str = ""
     ) -> bool:
         update, names, values = self._lock_purge(update, e, {"#o": "owner", "#t": "token"})
-        try:
-            await self._api(
-                "UpdateItem",
-                self.meta_table,
-                TableName=self.meta_table,
-                Key={"pk": {"S": f"lock#{name}"}},
-                UpdateExpression=update + tail,
-                ConditionExpression="#o = :o AND #t = :t",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues={
-                    ":o": {"S": owner},
-                    ":t": {"N": str(token)},
-                    ":e": {"N": num(e)},
-                    **values,
-                },
-            )
-        except Conflict:
-            return False
-        return True
+        updated = await self._update_if(
+            self.meta_table,
+            {"pk": {"S": f"lock#{name}"}},
+            UpdateExpression=update + tail,
+            ConditionExpression="#o = :o AND #t = :t",
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues={
+                ":o": {"S": owner},
+                ":t": {"N": str(token)},
+                ":e": {"N": num(e)},
+                **values,
+            },
+        )
+        return updated is not None
 
     async def renew_lock(self, name: str, *, owner: str, token: int, ttl_s: float) -> bool:
         """Extend a held lock; False if it was lost (token stale)."""

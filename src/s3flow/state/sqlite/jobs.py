@@ -2,28 +2,28 @@
 
 A job is one ``jobs`` row (the whole record as JSON, plus the columns it is
 looked up and listed by) and its log is ``job_events``, keyed by ``(job_id,
-seq)`` with ``event_id`` unique per job. :meth:`JobsMixin.append_event` reads
-the job, assigns ``last_seq + 1``, inserts the event and writes the folded
-record (:func:`s3flow.state.jobs.apply_event`) in one ``BEGIN IMMEDIATE``
+seq)`` with ``event_id`` unique per job. Appending an event reads the job,
+assigns ``last_seq + 1``, inserts the event and writes the folded record
+(:func:`s3flow.state.jobs.plan_append`) in one ``BEGIN IMMEDIATE``
 transaction, so concurrent appenders in any number of processes get
 consecutive sequence numbers and the record never disagrees with its log.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from dataclasses import replace
 from typing import Any
 
 from s3flow.state.jobs import (
-    EventType,
+    EventDraft,
     JobEvent,
+    JobLogMixin,
     JobRecord,
     JobStatus,
-    apply_event,
     job_from_json,
     job_to_json,
+    plan_append,
 )
 from s3flow.state.records import StateError
 from s3flow.state.sqlite.codec import JOB_COLS, JOB_EVENT_COLS, job_event, job_row
@@ -41,26 +41,23 @@ _EVENTS_AFTER = (
 )
 
 
-def _dump(data: dict[str, Any]) -> str:
-    """``data`` as the JSON text stored (TypeError/ValueError before any write)."""
-    return json.dumps(data, separators=(",", ":"), allow_nan=False)
-
-
 def _select_job(conn: sqlite3.Connection, where: str, value: str) -> JobRecord | None:
     r = conn.execute(f"SELECT record FROM jobs WHERE {where} = ?", (value,)).fetchone()
     return None if r is None else job_from_json(r[0])
 
 
-class JobsMixin(SqliteStoreBase):
+def _insert_event(conn: sqlite3.Connection, event: JobEvent, payload: str) -> None:
+    conn.execute(
+        _INSERT_EVENT,
+        (event.job_id, event.seq, event.event_id, event.type.value, payload, event.at),
+    )
+
+
+class JobsMixin(JobLogMixin, SqliteStoreBase):
     """The JobStore protocol: jobs, their append-only event logs, and listings."""
 
-    async def create_job(self, job: JobRecord, *, event_id: str, data: dict[str, Any]) -> JobEvent:
-        """Store ``job`` (``last_seq`` 1) with its ``job.created`` event (seq 1), atomically.
-
-        Idempotent by ``job_id``: if the job exists, its event 1 is returned and
-        nothing is written. StateError if another job already has its upload id.
-        """
-        payload = _dump(data)
+    async def _create(self, job: JobRecord, draft: EventDraft) -> JobEvent:
+        """The job, its upload id checked, and event 1 in one transaction."""
 
         def tx(conn: sqlite3.Connection) -> JobEvent:
             if _select_job(conn, "job_id", job.job_id) is not None:
@@ -71,19 +68,9 @@ class JobsMixin(SqliteStoreBase):
             other = _select_job(conn, "upload_id", job.upload_id)
             if other is not None:
                 raise StateError(f"upload {job.upload_id} already belongs to job {other.job_id}")
-            event = JobEvent(
-                job_id=job.job_id,
-                seq=1,
-                event_id=event_id,
-                type=EventType.JOB_CREATED,
-                data=json.loads(payload),
-                at=self._clock(),
-            )
+            event = draft.logged(job.job_id, 1, self._clock())
             conn.execute(_INSERT_JOB, job_row(replace(job, last_seq=1)))
-            conn.execute(
-                _INSERT_EVENT,
-                (job.job_id, 1, event_id, event.type.value, payload, event.at),
-            )
+            _insert_event(conn, event, draft.payload)
             return event
 
         return await self._run(lambda conn: in_tx(conn, tx))
@@ -109,48 +96,21 @@ class JobsMixin(SqliteStoreBase):
         args.append(max(0, limit))
         return await self._run(lambda conn: [job_from_json(r[0]) for r in conn.execute(sql, args)])
 
-    async def append_event(
-        self,
-        job_id: str,
-        *,
-        event_id: str,
-        type: EventType,
-        data: dict[str, Any],
-        if_status: frozenset[JobStatus] | None = None,
+    async def _append(
+        self, job_id: str, draft: EventDraft, if_status: frozenset[JobStatus] | None
     ) -> tuple[JobEvent | None, bool]:
-        """Append one event and fold it into the job, atomically (see :class:`JobStore`).
-
-        ``(event, True)`` when appended; ``(existing, False)`` when ``event_id``
-        is already in this job's log (whatever the job's status now);
-        ``(None, False)`` when the job is unknown, terminal, or its status is not
-        in ``if_status``.
-        """
-        type_ = EventType(type)
-        payload = _dump(data)
-        decoded: dict[str, Any] = json.loads(payload)
+        """The event and the folded record in one transaction (see the module)."""
 
         def tx(conn: sqlite3.Connection) -> tuple[JobEvent | None, bool]:
-            r = conn.execute(_EVENT_BY_ID, (job_id, event_id)).fetchone()
+            r = conn.execute(_EVENT_BY_ID, (job_id, draft.event_id)).fetchone()
             if r is not None:
                 return job_event(r), False
             job = _select_job(conn, "job_id", job_id)
-            if job is None or job.status.terminal:
+            planned = None if job is None else plan_append(job, draft, self._clock(), if_status)
+            if planned is None:
                 return None, False
-            if if_status is not None and job.status not in if_status:
-                return None, False
-            event = JobEvent(
-                job_id=job_id,
-                seq=job.last_seq + 1,
-                event_id=event_id,
-                type=type_,
-                data=decoded,
-                at=self._clock(),
-            )
-            conn.execute(
-                _INSERT_EVENT,
-                (job_id, event.seq, event_id, type_.value, payload, event.at),
-            )
-            new = replace(apply_event(job, type_, decoded, event.at), last_seq=event.seq)
+            event, new = planned
+            _insert_event(conn, event, draft.payload)
             conn.execute(
                 _UPDATE_JOB,
                 (new.status.value, new.updated_at, new.last_seq, job_to_json(new), job_id),

@@ -8,11 +8,11 @@ writes the manifest in one transaction, under the caller's lock.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from s3flow.state.lifecycle import clip, plan_manifest_status
+from s3flow.state.lifecycle import ManifestStatusMixin
 from s3flow.state.records import (
     FILE_STATUS_OF,
     LockLostError,
@@ -50,7 +50,7 @@ def _select_manifest(conn: sqlite3.Connection, manifest_id: str) -> ManifestReco
     return None if r is None else manifest_record(r)
 
 
-class ManifestsMixin(SqliteStoreBase):
+class ManifestsMixin(ManifestStatusMixin, SqliteStoreBase):
     """The ManifestStore protocol: pending files, sealing, publishing, operator moves."""
 
     async def add_pending(self, dataset: str, date: str, file: ManifestFile) -> bool:
@@ -236,39 +236,29 @@ class ManifestsMixin(SqliteStoreBase):
         args.append(max(0, limit))
         return await self._run(lambda conn: [manifest_record(r) for r in conn.execute(sql, args)])
 
-    async def set_manifest_status(
+    async def _move_manifest(
         self,
         manifest_id: str,
-        status: ManifestStatus,
-        *,
-        detail: str = "",
-        expect: ManifestStatus | None = None,
-        quarantined: Mapping[ObjectId, str] | None = None,
+        decide: Callable[[ManifestRecord | None, float], ManifestRecord],
+        held: dict[ObjectId, str],
     ) -> ManifestRecord:
-        """Move a manifest and its files to ``status`` (one transaction)."""
+        """The manifest and its files in one transaction."""
 
         def tx(conn: sqlite3.Connection) -> ManifestRecord:
-            new = plan_manifest_status(
-                _select_manifest(conn, manifest_id),
-                manifest_id,
-                status,
-                detail=detail,
-                expect=expect,
-                now=self._clock(),
-            )
+            new = decide(_select_manifest(conn, manifest_id), self._clock())
             conn.execute(_M_UPSERT, manifest_row(new))
             conn.execute(
                 "UPDATE manifest_files SET status = ?, detail = ?, updated_at = ? "
                 "WHERE manifest_id = ?",
-                (FILE_STATUS_OF[status].value, clip(detail), new.updated_at, manifest_id),
+                (FILE_STATUS_OF[new.status].value, new.detail, new.updated_at, manifest_id),
             )
-            for oid, reason in (quarantined or {}).items():
+            for oid, reason in held.items():
                 conn.execute(
                     "UPDATE manifest_files SET status = ?, detail = ?, updated_at = ? "
                     "WHERE manifest_id = ? AND bucket = ? AND key = ? AND version = ?",
                     (
                         ManifestFileStatus.QUARANTINED.value,
-                        clip(reason),
+                        reason,
                         new.updated_at,
                         manifest_id,
                         oid.bucket,
