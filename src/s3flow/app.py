@@ -242,11 +242,12 @@ async def build_job_queue(
 
 
 @asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[StateStore | None]:
+async def open_store(settings: Settings, *, prune: bool = True) -> AsyncIterator[StateStore | None]:
     """The configured state store (None when ``state.url = "none"``), opened and closed.
 
-    Records expire after ``[state] retention_days``; a SQLite store prunes them
-    in the background while it is open (see :func:`s3flow.state.open_state_store`).
+    Records expire after ``[state] retention_days``; with ``prune`` a SQLite store
+    prunes them in the background while it is open (see
+    :func:`s3flow.state.open_state_store`).
     """
     if settings.state.url == "none":
         yield None
@@ -254,7 +255,10 @@ async def open_store(settings: Settings) -> AsyncIterator[StateStore | None]:
     from s3flow.state import open_state_store
 
     async with open_state_store(
-        settings.state.url, settings.aws, retention_days=settings.state.retention_days
+        settings.state.url,
+        settings.aws,
+        retention_days=settings.state.retention_days,
+        prune=prune,
     ) as store:
         yield store
 

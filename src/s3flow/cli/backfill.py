@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from s3flow.cli.common import (
-    ConfigOpt,
-    app,
-    console,
-    err_console,
-    fail,
-    settings_from,
-)
-from s3flow.errors import S3flowError
+from s3flow.cli.common import ConfigOpt, app, console, settings_from, with_progress
 
 
 @app.command()
@@ -103,11 +94,7 @@ def _run_backfill(
                 ),
             )
 
-    try:
-        with Progress(console=err_console) as progress:
-            r = asyncio.run(go(progress))
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    r = with_progress(go)
     busy = f", being processed now {r.busy}" if r.busy else ""
     console.print(
         f"listed {r.listed}: enqueued {r.enqueued}, already completed {r.already_done}, "

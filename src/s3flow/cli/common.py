@@ -1,21 +1,38 @@
-"""What every command shares: the Typer apps, consoles, the config option, errors."""
+"""What every command shares: the Typer apps, consoles, shared options, errors, running.
+
+A command's usual course: :func:`settings_or_exit`, then its work in
+:func:`exit_on_error` (or :func:`with_store` / :func:`with_progress`, which
+include it), then print; an s3flow error ends it with its message and exit 2.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 from typer.core import TyperGroup
 
 from s3flow import __version__
 from s3flow.errors import S3flowError
 from s3flow.logs import setup_logging
 from s3flow.settings import CONFIG_ENV, PipelineSettings, Settings, load_settings
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from s3flow.state.base import StateStore
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="s3flow",
@@ -38,6 +55,7 @@ ConfigOpt = Annotated[
         show_default=False,
     ),
 ]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 state: dict[str, Any] = {"log_format": None, "log_level": None}
 
 
@@ -91,6 +109,78 @@ def fail(exc: BaseException) -> typer.Exit:
     # would take for markup; not wrapped, so they stay greppable.
     err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2 if isinstance(exc, S3flowError) else 1)
+
+
+@contextmanager
+def exit_on_error() -> Iterator[None]:
+    """An s3flow error raised in the block ends the command (:func:`fail`: message, exit 2)."""
+    try:
+        yield
+    except S3flowError as exc:
+        raise fail(exc) from exc
+
+
+def settings_or_exit(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    """:func:`settings_from`; a bad configuration ends the command."""
+    with exit_on_error():
+        return settings_from(config, overrides)
+
+
+NO_STORE = "no state store configured (state.url = 'none')"
+
+
+def with_store(
+    settings: Settings,
+    fn: Callable[[StateStore], Awaitable[T]],
+    *,
+    missing: str = NO_STORE,
+    prune: bool = True,
+) -> T:
+    """Run ``fn`` on the opened state store; an s3flow error ends the command.
+
+    ``missing`` is the error when no store is configured; ``prune=False`` keeps
+    a SQLite store from pruning in the background while it is open.
+    """
+    from s3flow.app import open_store
+
+    async def go() -> T:
+        async with open_store(settings, prune=prune) as store:
+            if store is None:
+                raise S3flowError(missing)
+            return await fn(store)
+
+    with exit_on_error():
+        return asyncio.run(go())
+
+
+def with_progress(main: Callable[[Progress], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main`` with a progress display on stderr; an s3flow error ends the command."""
+    from rich.progress import Progress
+
+    # The display stops before an error is printed.
+    with exit_on_error(), Progress(console=err_console) as progress:
+        return asyncio.run(main(progress))
+
+
+async def cancel_on_signals(main: Coroutine[Any, Any, T]) -> T:
+    """Await ``main`` as a task that SIGTERM/SIGINT cancel (so it can still report)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(main)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def new_table(title: str, columns: Iterable[str]) -> Table:
+    """A Rich table with these column headings."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    return table
 
 
 PipelineOpt = Annotated[

@@ -7,19 +7,20 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from s3flow.cli.common import (
     ConfigOpt,
+    JsonOpt,
     PipelineOpt,
     app,
     console,
     err_console,
-    fail,
+    exit_on_error,
+    new_table,
     one_pipeline,
     settings_from,
+    with_progress,
 )
-from s3flow.errors import S3flowError
 from s3flow.settings import PipelineSettings, Settings
 
 dlq_app = typer.Typer(
@@ -41,20 +42,18 @@ def dlq_list(
     config: ConfigOpt = None,
     pipeline: PipelineOpt = None,
     max_n: Annotated[int, typer.Option("--max", help="At most this many messages.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """List dead-lettered messages with their error class and reason."""
-    try:
+    with exit_on_error():
         settings = settings_from(config)
         msgs = asyncio.run(_list_dlq(settings, one_pipeline(settings, pipeline), max_n))
-    except S3flowError as exc:
-        raise fail(exc) from exc
     if as_json:
         print(json.dumps([m.__dict__ for m in msgs], indent=2))
         return
-    table = Table(title=f"DLQ messages ({len(msgs)})")
-    for col in ("message id", "objects", "error class", "error", "sent"):
-        table.add_column(col)
+    table = new_table(
+        f"DLQ messages ({len(msgs)})", ("message id", "objects", "error class", "error", "sent")
+    )
     for m in msgs:
         table.add_row(
             m.message_id,
@@ -73,11 +72,9 @@ def dlq_show(
     pipeline: PipelineOpt = None,
 ) -> None:
     """Show one dead-lettered message: body and error attributes."""
-    try:
+    with exit_on_error():
         settings = settings_from(config)
         msgs = asyncio.run(_list_dlq(settings, one_pipeline(settings, pipeline), 1000))
-    except S3flowError as exc:
-        raise fail(exc) from exc
     for m in msgs:
         if m.message_id == message_id:
             print(json.dumps(m.__dict__, indent=2))
@@ -131,11 +128,7 @@ def dlq_redrive(
                 ),
             )
 
-    try:
-        with Progress(console=err_console) as progress:
-            report = asyncio.run(go(progress))
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    report = with_progress(go)
     if report.method == "message-move-task":
         console.print("started an SQS message move task (DLQ -> source queue)")
     else:

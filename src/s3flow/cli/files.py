@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from s3flow.cli.common import (
     ConfigOpt,
+    JsonOpt,
     app,
     console,
     err_console,
-    fail,
-    settings_from,
+    new_table,
+    settings_or_exit,
     ts,
+    with_store,
 )
-from s3flow.errors import ConfigError, S3flowError
+from s3flow.errors import ConfigError
 from s3flow.processors.registry import processor_class
 from s3flow.settings import Settings
 from s3flow.state.base import StateStore
@@ -48,41 +48,32 @@ def files_list(
         str | None, typer.Option("--key-prefix", help="Only keys with this prefix.")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """List object lifecycles (most recently updated first)."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"config": config}
         return
-    from s3flow.app import open_store
     from s3flow.state.records import FileStatus
 
     try:
-        settings = settings_from(config)
+        settings = settings_or_exit(config)
         st = FileStatus(status_) if status_ else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--status") from exc
-    except S3flowError as exc:
-        raise fail(exc) from exc
-
-    async def go() -> list[Any]:
-        async with open_store(settings) as store:
-            if store is None:
-                raise S3flowError("no state store configured (state.url = 'none')")
-            return await store.list_files(
-                status=st, pipeline=pipeline, key_prefix=key_prefix, limit=limit
-            )
-
-    try:
-        rows = asyncio.run(go())
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    rows = with_store(
+        settings,
+        lambda store: store.list_files(
+            status=st, pipeline=pipeline, key_prefix=key_prefix, limit=limit
+        ),
+    )
     if as_json:
         print(json.dumps([{**r.__dict__, "status": r.status.value} for r in rows], indent=2))
         return
-    table = Table(title=f"s3flow files ({len(rows)})")
-    for col in ("pipeline", "bucket", "key", "version", "status", "attempts", "updated", "error"):
-        table.add_column(col)
+    table = new_table(
+        f"s3flow files ({len(rows)})",
+        ("pipeline", "bucket", "key", "version", "status", "attempts", "updated", "error"),
+    )
     for r in rows:
         err = f"{r.last_error_class}: {r.last_error}" if r.last_error_class else ""
         table.add_row(
@@ -108,29 +99,18 @@ def files_show(
     ] = None,
 ) -> None:
     """One object's full history: every version, every transition."""
-    from s3flow.app import open_store
-
     config = config or (ctx.obj or {}).get("config")
-    try:
-        settings = settings_from(config)
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    settings = settings_or_exit(config)
 
-    async def go() -> tuple[list[Any], list[Any], dict[int, list[str]]]:
-        async with open_store(settings) as store:
-            if store is None:
-                raise S3flowError("no state store configured (state.url = 'none')")
-            recs = [r for b in _buckets(settings, bucket) for r in await store.versions(b, key)]
-            hist = []
-            for b in sorted({r.bucket for r in recs}):
-                hist += [(b, h) for h in await store.history(b, key)]
-            details = {i: await _pipeline_details(settings, r, store) for i, r in enumerate(recs)}
-            return recs, hist, details
+    async def go(store: StateStore) -> tuple[list[Any], list[Any], dict[int, list[str]]]:
+        recs = [r for b in _buckets(settings, bucket) for r in await store.versions(b, key)]
+        hist = []
+        for b in sorted({r.bucket for r in recs}):
+            hist += [(b, h) for h in await store.history(b, key)]
+        details = {i: await _pipeline_details(settings, r, store) for i, r in enumerate(recs)}
+        return recs, hist, details
 
-    try:
-        recs, hist, details = asyncio.run(go())
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    recs, hist, details = with_store(settings, go)
     if not recs:
         err_console.print(f"no record of {key!r} in the state store")
         raise typer.Exit(1)
@@ -147,9 +127,7 @@ def files_show(
             console.print(f"  output: {o}", highlight=False)
         for line in details[i]:
             console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
-    table = Table(title="history")
-    for col in ("at", "bucket", "version", "from", "to", "worker", "detail"):
-        table.add_column(col)
+    table = new_table("history", ("at", "bucket", "version", "from", "to", "worker", "detail"))
     for b, h in hist:
         table.add_row(
             ts(h.at),
@@ -178,22 +156,13 @@ def files_release(
     Removes the quarantine tags, resets its records to 'received' and enqueues
     it again, so its current upload is processed anew.
     """
-    from s3flow.app import open_store
     from s3flow.ops.files import release
 
     config = config or (ctx.obj or {}).get("config")
-
-    async def go() -> list[Any]:
-        settings = settings_from(config)
-        async with open_store(settings) as store:
-            if store is None:
-                raise S3flowError("no state store configured (state.url = 'none')")
-            return await release(settings, settings.pipeline(pipeline), store, key, version)
-
-    try:
-        released = asyncio.run(go())
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    settings = settings_or_exit(config)
+    released = with_store(
+        settings, lambda store: release(settings, settings.pipeline(pipeline), store, key, version)
+    )
     for oid in released:
         console.print(f"released s3://{oid.bucket}/{oid.key} ({oid.version}): enqueued again")
 

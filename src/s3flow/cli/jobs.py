@@ -5,17 +5,25 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from s3flow.cli.common import ConfigOpt, app, console, fail, settings_from, ts
+from s3flow.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    app,
+    console,
+    fail,
+    new_table,
+    settings_or_exit,
+    ts,
+    with_store,
+)
 from s3flow.errors import S3flowError
-from s3flow.settings import Settings
 from s3flow.state.jobs import JobEvent, JobRecord, JobStatus, JobStore
+from s3flow.web.render import job_fields
 
 jobs_app = typer.Typer(
     help="Upload jobs: list, show one, print its events, retry or cancel it.",
@@ -23,37 +31,17 @@ jobs_app = typer.Typer(
 )
 app.add_typer(jobs_app, name="jobs")
 
-T = TypeVar("T")
 _POLL_S = 0.5
-
-
-def _with_store(settings: Settings, fn: Callable[[JobStore], Awaitable[T]]) -> T:
-    from s3flow.app import open_store
-
-    async def go() -> T:
-        async with open_store(settings) as store:
-            if store is None:
-                raise S3flowError("upload jobs need a state store (state.url is 'none')")
-            return await fn(store)
-
-    return asyncio.run(go())
+#: The error when no state store is configured.
+_NO_STORE = "upload jobs need a state store (state.url is 'none')"
 
 
 def _job_json(job: JobRecord) -> dict[str, Any]:
-    return {
-        "job_id": job.job_id,
-        "upload_id": job.upload_id,
-        "template": job.template,
-        "status": str(job.status),
-        "files": [{"name": f.name, "key": f.key, "received": f.received} for f in job.files],
-        "steps": [
-            {"name": s.name, "status": str(s.status), "progress": s.progress} for s in job.steps
-        ],
-        "outputs": [{"name": o.name, "bucket": o.bucket, "key": o.key} for o in job.outputs],
-        "error": job.error,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-    }
+    return job_fields(
+        job,
+        files=[{"name": f.name, "key": f.key, "received": f.received} for f in job.files],
+        outputs=[{"name": o.name, "bucket": o.bucket, "key": o.key} for o in job.outputs],
+    )
 
 
 def _event_line(ev: JobEvent) -> str:
@@ -69,7 +57,7 @@ def jobs_list(
         typer.Option("--status", help="|".join(s.value for s in JobStatus)),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many jobs.")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Recent jobs, newest first."""
     try:
@@ -77,17 +65,14 @@ def jobs_list(
     except ValueError as exc:
         allowed = ", ".join(s.value for s in JobStatus)
         raise typer.BadParameter(f"must be one of {allowed}", param_hint="--status") from exc
-    try:
-        settings = settings_from(config)
-        jobs = _with_store(settings, lambda s: s.list_jobs(status=st, limit=limit))
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    settings = settings_or_exit(config)
+    jobs = with_store(settings, lambda s: s.list_jobs(status=st, limit=limit), missing=_NO_STORE)
     if as_json:
         print(json.dumps([_job_json(j) for j in jobs], indent=2))
         return
-    table = Table(title=f"s3flow jobs ({len(jobs)})")
-    for col in ("job", "template", "status", "files", "created", "error"):
-        table.add_column(col)
+    table = new_table(
+        f"s3flow jobs ({len(jobs)})", ("job", "template", "status", "files", "created", "error")
+    )
     for j in jobs:
         got = sum(f.received for f in j.files)
         table.add_row(
@@ -105,14 +90,11 @@ def jobs_list(
 def jobs_show(
     job_id: Annotated[str, typer.Argument(help="The job id.")],
     config: ConfigOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """One job: its files, steps, outputs and error."""
-    try:
-        settings = settings_from(config)
-        job = _with_store(settings, lambda s: s.get_job(job_id))
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    settings = settings_or_exit(config)
+    job = with_store(settings, lambda s: s.get_job(job_id), missing=_NO_STORE)
     if job is None:
         raise fail(S3flowError(f"no job {job_id!r}"))
     if as_json:
@@ -151,10 +133,7 @@ def jobs_events(
     ] = 3600,
 ) -> None:
     """A job's event log (the same events, ids and order as its SSE stream)."""
-    try:
-        settings = settings_from(config)
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    settings = settings_or_exit(config)
 
     async def go(store: JobStore) -> int:
         if await store.get_job(job_id) is None:
@@ -171,10 +150,7 @@ def jobs_events(
                 return 0
             await asyncio.sleep(_POLL_S)
 
-    try:
-        code = _with_store(settings, go)
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    code = with_store(settings, go, missing=_NO_STORE)
     raise typer.Exit(code if follow else 0)
 
 
@@ -187,11 +163,8 @@ def jobs_cancel(
     """End a job that has not finished: it fails with "cancelled by an operator"."""
     from s3flow.ops.jobs import cancel_job
 
-    try:
-        settings = settings_from(config)
-        job = _with_store(settings, lambda s: cancel_job(s, job_id, reason=reason))
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    settings = settings_or_exit(config)
+    job = with_store(settings, lambda s: cancel_job(s, job_id, reason=reason), missing=_NO_STORE)
     console.print(f"job {job.job_id}: {job.status} ({escape(job.error or '')})")
 
 
@@ -204,14 +177,11 @@ def jobs_retry(
     from s3flow.aws import open_clients
     from s3flow.ops.jobs import retry_job
 
-    try:
-        settings = settings_from(config)
+    settings = settings_or_exit(config)
 
-        async def go(store: JobStore) -> JobRecord:
-            async with open_clients(settings.aws) as clients:
-                return await retry_job(settings, store, clients.sqs, job_id)
+    async def go(store: JobStore) -> JobRecord:
+        async with open_clients(settings.aws) as clients:
+            return await retry_job(settings, store, clients.sqs, job_id)
 
-        job = _with_store(settings, go)
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    job = with_store(settings, go, missing=_NO_STORE)
     console.print(f"job {job_id} retried as [bold]{job.job_id}[/] ({job.status})")

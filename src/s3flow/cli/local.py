@@ -7,12 +7,7 @@ from typing import Annotated
 
 import typer
 
-from s3flow.cli.common import (
-    app,
-    console,
-    fail,
-    state,
-)
+from s3flow.cli.common import app, console, exit_on_error, fail, state
 from s3flow.errors import S3flowError
 from s3flow.logs import setup_logging
 
@@ -68,8 +63,6 @@ def demo(
     from s3flow.local.demo import run_demo
 
     setup_logging("text", state["log_level"] or "WARNING")
-    try:
+    with exit_on_error():
         code = run_demo(console, endpoint_url=endpoint_url)
-    except S3flowError as exc:
-        raise fail(exc) from exc
     raise typer.Exit(code)

@@ -18,14 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import time
 from dataclasses import replace
 from typing import Annotated, Any
 
 import typer
 
-from s3flow.cli.common import ConfigOpt, RunGroup, settings_from
+from s3flow.cli.common import ConfigOpt, RunGroup, cancel_on_signals, settings_from
 from s3flow.errors import ConfigError, S3flowError, translate_aws_error
 from s3flow.events import ObjectEvent
 from s3flow.executors.base import (
@@ -150,19 +149,6 @@ async def run_one(settings: Settings, job: ObjectJob, result_uri: str | None) ->
     return doc
 
 
-async def _main_task(settings: Settings, job: ObjectJob, result_uri: str | None) -> Any:
-    """Run it; SIGTERM/SIGINT cancel the run (it still reports)."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(run_one(settings, job, result_uri))
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    try:
-        return await task
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-
-
 @generic_app.command()
 def run_processor(
     ctx: typer.Context,
@@ -236,7 +222,8 @@ def run_processor(
             worker_id=os.environ.get(WORKER_ID) or f"run-{os.uname().nodename}-{os.getpid()}",
             max_uncompressed_bytes=max_uncompressed_bytes or 4 * 1024**3,
         )
-        doc = asyncio.run(_main_task(settings, job, result_uri))
+        # SIGTERM/SIGINT cancel the run; it still reports.
+        doc = asyncio.run(cancel_on_signals(run_one(settings, job, result_uri)))
     except S3flowError as exc:
         doc = error_doc(exc, processor=processor, source=source or "")
         print(dump_doc(doc), flush=True)

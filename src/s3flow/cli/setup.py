@@ -9,17 +9,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from s3flow.cli.common import (
     ConfigOpt,
     app,
     console,
     err_console,
+    exit_on_error,
     fail,
+    new_table,
     settings_from,
 )
-from s3flow.errors import ConfigError, S3flowError
+from s3flow.errors import ConfigError
 
 if TYPE_CHECKING:
     from s3flow.settings import Settings
@@ -63,16 +64,12 @@ def provision(
         raise fail(ConfigError("-o/--output goes with --export (there is nothing to write)"))
     from s3flow.app import provision_all as do_provision
 
-    try:
+    with exit_on_error():
         settings = settings_from(config)
         changes = asyncio.run(do_provision(settings, dry_run=dry_run))
-    except S3flowError as exc:
-        raise fail(exc) from exc
-    table = Table(title="provision (dry run)" if dry_run else "provision")
-    table.add_column("resource")
-    table.add_column("name")
-    table.add_column("action")
-    table.add_column("detail")
+    table = new_table(
+        "provision (dry run)" if dry_run else "provision", ("resource", "name", "action", "detail")
+    )
     for c in changes:
         style = "green" if c.action == "unchanged" else "yellow"
         table.add_row(c.kind, c.name, f"[{style}]{c.action}[/]", c.detail)
@@ -108,15 +105,13 @@ def _export(config: Path | None, output: Path | None, dry_run: bool) -> None:
     """``provision --export cloudformation``: the template to stdout or ``output``."""
     from s3flow.deploy import TEMPLATE_BODY_LIMIT, export_cloudformation, render_template
 
-    try:
+    with exit_on_error():
         if dry_run:
             raise ConfigError("--export changes nothing already: leave out --dry-run")
         settings = settings_from(config)
         result = export_cloudformation(
             settings, tables=_store_tables(settings), ttl_attribute=_ttl_attribute(settings)
         )
-    except S3flowError as exc:
-        raise fail(exc) from exc
     text = render_template(result.template)
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)

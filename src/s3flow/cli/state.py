@@ -7,18 +7,23 @@ every record.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from s3flow.cli.common import ConfigOpt, app, console, err_console, fail, settings_from
+from s3flow.cli.common import (
+    ConfigOpt,
+    JsonOpt,
+    app,
+    console,
+    err_console,
+    settings_or_exit,
+    with_store,
+)
 from s3flow.errors import S3flowError
-from s3flow.settings import Settings
 from s3flow.state.base import StateStore
 from s3flow.state.records import FileStatus, RecountReport
 
@@ -30,30 +35,6 @@ state_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(state_app, name="state")
-
-T = TypeVar("T")
-
-
-def _with_store(settings: Settings, fn: Callable[[StateStore], Awaitable[T]]) -> T:
-    """Run ``fn`` on the configured store (no background prune of its own)."""
-    from s3flow.state import open_state_store
-
-    async def go() -> T:
-        if settings.state.url == "none":
-            raise S3flowError("no state store configured (state.url = 'none')")
-        store = open_state_store(
-            settings.state.url,
-            settings.aws,
-            retention_days=settings.state.retention_days,
-            prune=False,
-        )
-        async with store:
-            return await fn(store)
-
-    try:
-        return asyncio.run(go())
-    except S3flowError as exc:
-        raise fail(exc) from exc
 
 
 @state_app.command("prune")
@@ -74,7 +55,7 @@ def state_prune(
             ),
         ),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Delete now what outlived \\[state] retention_days (a worker does it in the background).
 
@@ -85,10 +66,7 @@ def state_prune(
     """
     from s3flow.state import SqliteStateStore
 
-    try:
-        settings = settings_from(config)
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    settings = settings_or_exit(config)
 
     async def go(store: StateStore) -> tuple[dict[str, object], tuple[int, int] | None]:
         report = await store.prune(max_rows=max_rows)
@@ -99,7 +77,7 @@ def state_prune(
             sizes = await store.vacuum()
         return {**asdict(report), "removed": report.removed}, sizes
 
-    doc, sizes = _with_store(settings, go)
+    doc, sizes = with_store(settings, go, prune=False)  # no background prune alongside
     if sizes is not None:
         doc["size_before_vacuum"], doc["size_after_vacuum"] = sizes
     if as_json:
@@ -136,7 +114,7 @@ def state_recount(
     repair: Annotated[
         bool, typer.Option("--repair", help="Set the counters to what the records say.")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Count every record and compare with the status counters `s3flow status` shows.
 
@@ -147,12 +125,11 @@ def state_recount(
     the pipelines are quiet: transitions during the scan may be seen on one side
     only. Exits 1 when the counters drift and `--repair` was not given.
     """
-    try:
-        settings = settings_from(config)
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    settings = settings_or_exit(config)
     err_console.print("counting every record (a full read of the files table)...")
-    report: RecountReport = _with_store(settings, lambda s: s.recount(repair=repair))
+    report: RecountReport = with_store(
+        settings, lambda s: s.recount(repair=repair), prune=False
+    )  # a maintenance read: no background prune alongside
     if as_json:
         print(
             json.dumps(

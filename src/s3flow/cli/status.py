@@ -15,11 +15,24 @@ from s3flow.cli.common import (
     app,
     console,
     err_console,
-    fail,
+    exit_on_error,
+    new_table,
     settings_from,
 )
-from s3flow.errors import S3flowError
 from s3flow.settings import Settings
+
+#: The state store's status counts, in the order ``status`` shows them.
+_COUNTS = ("completed", "processing", "failed", "dead", "quarantined", "received")
+
+
+def _count(n: int | None) -> str:
+    """A queue count ('?' when SQS did not say)."""
+    return "?" if n is None else str(n)
+
+
+def _age(seconds: float | None) -> str:
+    """The age of the oldest record in flight ('-' when none is)."""
+    return f"{seconds:.0f}s" if seconds is not None else "-"
 
 
 @app.command()
@@ -38,15 +51,13 @@ def status(
     """Per pipeline: messages visible / in flight / delayed, and DLQ depth."""
     from s3flow.ops.status import queue_status, state_summary
 
-    try:
+    with exit_on_error():
         settings = settings_from(config)
         if watch:
             _watch(settings, interval_s, rounds)
             return
         rows = asyncio.run(queue_status(settings))
         states = {s.pipeline: s for s in asyncio.run(state_summary(settings))}
-    except S3flowError as exc:
-        raise fail(exc) from exc
     if as_json:
         print(
             json.dumps(
@@ -63,55 +74,29 @@ def status(
         if any(r.error for r in rows):
             raise typer.Exit(1)
         return
-    table = Table(title="s3flow status")
-    for col in ("pipeline", "queue", "visible", "in flight", "delayed", "DLQ", "DLQ depth"):
-        table.add_column(col)
+    table = new_table(
+        "s3flow status",
+        ("pipeline", "queue", "visible", "in flight", "delayed", "DLQ", "DLQ depth"),
+    )
     for r in rows:
-
-        def n(v: int | None) -> str:
-            return "?" if v is None else str(v)
-
         table.add_row(
             r.pipeline,
             r.queue,
-            n(r.visible),
-            n(r.in_flight),
-            n(r.delayed),
+            _count(r.visible),
+            _count(r.in_flight),
+            _count(r.delayed),
             r.dlq,
-            ("[red]" if r.dlq_depth else "") + n(r.dlq_depth),
+            ("[red]" if r.dlq_depth else "") + _count(r.dlq_depth),
         )
     console.print(table)
     if states:
-        st = Table(title="state store")
-        for col in (
-            "pipeline",
-            "completed",
-            "processing",
-            "failed",
-            "dead",
-            "quarantined",
-            "received",
-            "duplicates",
-            "oldest in flight",
-        ):
-            st.add_column(col)
+        st = new_table("state store", ("pipeline", *_COUNTS, "duplicates", "oldest in flight"))
         for s_ in states.values():
-            c = s_.counts
             st.add_row(
                 s_.pipeline,
-                *(
-                    str(c.get(k, 0))
-                    for k in (
-                        "completed",
-                        "processing",
-                        "failed",
-                        "dead",
-                        "quarantined",
-                        "received",
-                    )
-                ),
+                *(str(s_.counts.get(k, 0)) for k in _COUNTS),
                 str(s_.duplicates),
-                f"{s_.oldest_in_flight_s:.0f}s" if s_.oldest_in_flight_s is not None else "-",
+                _age(s_.oldest_in_flight_s),
             )
         console.print(st)
     for r in rows:
@@ -160,16 +145,14 @@ def _watch(settings: Settings, interval_s: float, rounds: int) -> None:
                 rate = f"{(st.counts.get('completed', 0) - before.get('completed', 0)) / dt:.1f}"
                 failed = sum(st.counts.get(k, 0) - before.get(k, 0) for k in ("failed", "dead"))
                 fail_rate = f"{failed / dt:.1f}"
-            oldest = st.oldest_in_flight_s if st is not None else None
             table.add_row(
                 r.pipeline,
                 rate,
                 fail_rate,
-                "?" if r.in_flight is None else str(r.in_flight),
-                "?" if r.visible is None else str(r.visible),
-                f"{oldest:.0f}s" if oldest is not None else "-",
-                ("[red]" if r.dlq_depth else "")
-                + ("?" if r.dlq_depth is None else str(r.dlq_depth)),
+                _count(r.in_flight),
+                _count(r.visible),
+                _age(st.oldest_in_flight_s if st is not None else None),
+                ("[red]" if r.dlq_depth else "") + _count(r.dlq_depth),
             )
         return table
 

@@ -26,7 +26,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from s3flow.cli.common import ConfigOpt, app, console, err_console, fail, settings_from
+from s3flow.cli.common import ConfigOpt, app, console, err_console, fail, settings_or_exit
 from s3flow.errors import S3flowError
 from s3flow.jobs.client import (
     TERMINAL_EXIT,
@@ -57,10 +57,7 @@ def upload(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Upload FILES as one job run by TEMPLATE, then follow its progress to the end."""
-    try:
-        settings = settings_from(config) if config or os.environ.get("S3FLOW_CONFIG") else None
-    except S3flowError as exc:
-        raise fail(exc) from exc
+    settings = settings_or_exit(config) if config or os.environ.get("S3FLOW_CONFIG") else None
     base = api_url(url, settings.web.url if settings else None)
     for f in files:
         if not f.is_file():

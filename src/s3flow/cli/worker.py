@@ -7,15 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from s3flow.cli.common import (
-    ConfigOpt,
-    app,
-    err_console,
-    fail,
-    log,
-    settings_from,
-)
-from s3flow.errors import S3flowError
+from s3flow.cli.common import ConfigOpt, app, err_console, exit_on_error, log, settings_from
 from s3flow.metrics import peak_rss_mb as peak_rss_mb_now
 
 
@@ -46,7 +38,7 @@ def worker(
     """
     from s3flow.app import run_worker
 
-    try:
+    with exit_on_error():
         settings = settings_from(config, _worker_overrides(shutdown_grace_s))
         if concurrency is not None:
             for p in settings.pipelines:
@@ -54,8 +46,6 @@ def worker(
         metrics = asyncio.run(
             run_worker(settings, burst=burst, pipelines=pipeline or None, handle_signals=True)
         )
-    except S3flowError as exc:
-        raise fail(exc) from exc
     summary = {name: m.as_dict() for name, m in metrics.pipelines.items()}
     peak_rss_mb = peak_rss_mb_now()
     if settings.worker.log_format == "json":

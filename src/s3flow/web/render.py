@@ -8,7 +8,32 @@ from typing import Any
 from s3flow.settings import Settings
 from s3flow.state.jobs import JobRecord
 
-__all__ = ["config_json", "job_json"]
+__all__ = ["config_json", "job_fields", "job_json"]
+
+
+def job_fields(
+    job: JobRecord, *, files: list[dict[str, Any]], outputs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What every JSON view of a job shows, in this order (the API's and ``s3flow jobs``').
+
+    Each view gives its own entries for the job's ``files`` and ``outputs``: the
+    API shows sizes and presigned URLs, the CLI object keys.
+    """
+    return {
+        "job_id": job.job_id,
+        "upload_id": job.upload_id,
+        "template": job.template,
+        "status": str(job.status),
+        "files": files,
+        "steps": [
+            {"name": s.name, "status": str(s.status), "progress": dict(s.progress)}
+            for s in job.steps
+        ],
+        "outputs": outputs,
+        "error": job.error,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+    }
 
 
 def job_json(job: JobRecord, output_urls: Sequence[str | None]) -> dict[str, Any]:
@@ -18,26 +43,15 @@ def job_json(job: JobRecord, output_urls: Sequence[str | None]) -> dict[str, Any
     ``files``, ``steps``, ``outputs``, ``error``) plus the times and
     ``last_seq`` (the id of the job's latest event).
     """
-    return {
-        "job_id": job.job_id,
-        "upload_id": job.upload_id,
-        "template": job.template,
-        "status": str(job.status),
-        "files": [{"name": f.name, "received": f.received, "size": f.size} for f in job.files],
-        "steps": [
-            {"name": s.name, "status": str(s.status), "progress": dict(s.progress)}
-            for s in job.steps
-        ],
-        "outputs": [
+    doc = job_fields(
+        job,
+        files=[{"name": f.name, "received": f.received, "size": f.size} for f in job.files],
+        outputs=[
             {"name": o.name, "url": url, "size": o.size}
             for o, url in zip(job.outputs, output_urls, strict=True)
         ],
-        "error": job.error,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-        "expires_at": job.expires_at,
-        "last_seq": job.last_seq,
-    }
+    )
+    return {**doc, "expires_at": job.expires_at, "last_seq": job.last_seq}
 
 
 def config_json(settings: Settings) -> dict[str, Any]:

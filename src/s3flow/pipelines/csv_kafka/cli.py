@@ -7,7 +7,6 @@ otherwise. Rerunning after a crash resumes from the object's committed checkpoin
 
 import asyncio
 import json
-import signal
 import time
 from typing import Annotated, Any
 
@@ -104,22 +103,16 @@ async def run_batch(
     }
 
 
-async def _main_task(settings: Any, options: dict[str, Any], bucket: str, key: str) -> Any:
-    """Run the batch job; SIGTERM/SIGINT cancel it (its open transaction is aborted)."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(run_batch(settings, options, bucket, key))
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    try:
-        return await task
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-
-
 def register(app: typer.Typer, run_app: typer.Typer) -> None:
     """Attach this pipeline's commands to the ``s3flow`` app and its ``run`` group."""
-    from s3flow.cli.common import ConfigOpt, console, err_console, fail, settings_from
+    from s3flow.cli.common import (
+        ConfigOpt,
+        cancel_on_signals,
+        console,
+        err_console,
+        fail,
+        settings_from,
+    )
     from s3flow.errors import S3flowError
     from s3flow.metrics import peak_rss_mb
 
@@ -190,7 +183,8 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
             )
             if "topic" not in options:
                 raise ConfigError("csv-to-kafka: --topic is required")
-            summary = asyncio.run(_main_task(settings, options, bucket, key))
+            # SIGTERM/SIGINT cancel the job (its open transaction is aborted).
+            summary = asyncio.run(cancel_on_signals(run_batch(settings, options, bucket, key)))
         except S3flowError as exc:
             raise fail(exc) from exc
         except asyncio.CancelledError:

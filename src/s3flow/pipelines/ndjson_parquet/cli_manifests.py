@@ -3,14 +3,11 @@
 ``s3flow manifests list | show | pending | seal | retry``.
 """
 
-import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from s3flow.errors import ConfigError, S3flowError
 from s3flow.settings import PipelineSettings, Settings
@@ -20,59 +17,25 @@ from s3flow.state.records import ManifestRecord, ManifestStatus
 if TYPE_CHECKING:
     from s3flow.pipelines.ndjson_parquet.manifest_processor import NdjsonManifestProcessor
 
-T = TypeVar("T")
-
 manifests_app = typer.Typer(
     help="Manifests of ndjson-to-parquet pipelines: list, show, pending, seal, retry.",
     no_args_is_help=True,
 )
 
 
-def _ts(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
-
-
-def _run(settings: Settings, fn: Callable[[StateStore], Awaitable[T]]) -> T:
-    """Run ``fn`` on the opened state store; errors become a clean exit."""
-    from s3flow.app import open_store
-    from s3flow.cli.common import fail
-
-    async def go() -> T:
-        async with open_store(settings) as store:
-            if store is None:
-                raise S3flowError("no state store configured (state.url = 'none')")
-            return await fn(store)
-
-    try:
-        return asyncio.run(go())
-    except S3flowError as exc:
-        raise fail(exc) from exc
-
-
-def _load(config: Any) -> Settings:
-    from s3flow.cli.common import fail, settings_from
-
-    try:
-        return settings_from(config)
-    except S3flowError as exc:
-        raise fail(exc) from exc
-
-
 def _builder(settings: Settings, name: str) -> "tuple[PipelineSettings, NdjsonManifestProcessor]":
     """The named pipeline and its ndjson-manifest processor (errors: a clean exit)."""
-    from s3flow.cli.common import fail
+    from s3flow.cli.common import exit_on_error
     from s3flow.pipelines.ndjson_parquet.manifest_processor import NdjsonManifestProcessor
     from s3flow.processors import create_processor
 
-    try:
+    with exit_on_error():
         p = settings.pipeline(name)
         proc = create_processor(p.processor, p.options)
         if not isinstance(proc, NdjsonManifestProcessor):
             raise ConfigError(
                 f"pipeline {name!r} runs {p.processor!r}, not the ndjson-manifest builder"
             )
-    except S3flowError as exc:
-        raise fail(exc) from exc
     return p, proc
 
 
@@ -137,7 +100,15 @@ def _doc(m: ManifestRecord) -> dict[str, Any]:
 
 def register(app: typer.Typer, run_app: typer.Typer) -> None:
     """Attach this pipeline's commands to the ``s3flow`` app and its ``run`` group."""
-    from s3flow.cli.common import ConfigOpt, console
+    from s3flow.cli.common import (
+        ConfigOpt,
+        JsonOpt,
+        console,
+        new_table,
+        settings_or_exit,
+        ts,
+        with_store,
+    )
 
     @manifests_app.command("list")
     def manifests_list(
@@ -150,21 +121,24 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
             typer.Option("--status", help="sealing|sealed|processing|completed|failed"),
         ] = None,
         limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 100,
-        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+        as_json: JsonOpt = False,
     ) -> None:
         """List manifests, newest first."""
         try:
             st = ManifestStatus(status_) if status_ else None
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--status") from exc
-        settings = _load(config)
-        rows = _run(settings, lambda s: s.list_manifests(dataset=dataset, status=st, limit=limit))
+        settings = settings_or_exit(config)
+        rows = with_store(
+            settings, lambda s: s.list_manifests(dataset=dataset, status=st, limit=limit)
+        )
         if as_json:
             print(json.dumps([{**_doc(m), "files": len(m.files)} for m in rows], indent=2))
             return
-        table = Table(title=f"manifests ({len(rows)})")
-        for col in ("id", "date", "status", "trigger", "files", "bytes", "created", "detail"):
-            table.add_column(col)
+        table = new_table(
+            f"manifests ({len(rows)})",
+            ("id", "date", "status", "trigger", "files", "bytes", "created", "detail"),
+        )
         for m in rows:
             table.add_row(
                 m.manifest_id,
@@ -173,7 +147,7 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
                 m.trigger,
                 str(m.total_files),
                 str(m.total_bytes),
-                _ts(m.created_at),
+                ts(m.created_at),
                 m.detail[:60],
             )
         console.print(table)
@@ -182,10 +156,10 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
     def manifests_show(
         manifest_id: Annotated[str, typer.Argument(help="The manifest id.")],
         config: ConfigOpt = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+        as_json: JsonOpt = False,
     ) -> None:
         """One manifest: status, location and its files with their statuses."""
-        settings = _load(config)
+        settings = settings_or_exit(config)
 
         async def go(store: StateStore) -> tuple[ManifestRecord | None, list[str]]:
             m = await store.get_manifest(manifest_id)
@@ -197,7 +171,7 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
                 states.append(t.status.value if t is not None else "?")
             return m, states
 
-        m, states = _run(settings, go)
+        m, states = with_store(settings, go)
         if m is None:
             console.print(f"no manifest {manifest_id!r}", highlight=False)
             raise typer.Exit(1)
@@ -213,15 +187,13 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
             highlight=False,
         )
         console.print(
-            f"  sealed by {m.sealed_by} (token {m.fencing_token}) at {_ts(m.created_at)}; "
+            f"  sealed by {m.sealed_by} (token {m.fencing_token}) at {ts(m.created_at)}; "
             f"attempts {m.attempts}; location {m.location or '(not published yet)'}",
             highlight=False,
         )
         if m.detail:
             console.print(f"  detail: {m.detail}", highlight=False)
-        table = Table(title="files")
-        for col in ("bucket", "key", "size", "etag", "status"):
-            table.add_column(col)
+        table = new_table("files", ("bucket", "key", "size", "etag", "status"))
         for f, st in zip(m.files, states, strict=True):
             table.add_row(f.bucket, f.key, str(f.size), f.etag[:12], st)
         console.print(table)
@@ -232,20 +204,20 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """Pending (not yet manifested) files per date, and which trigger is due."""
-        settings = _load(config)
+        settings = settings_or_exit(config)
         p, proc = _builder(settings, pipeline)
         dataset = proc.opts.dataset or p.name
-        rows = _run(settings, lambda s: s.pending_dates(dataset))
+        rows = with_store(settings, lambda s: s.pending_dates(dataset))
         now = time.time()
-        table = Table(title=f"pending files of {dataset}")
-        for col in ("date", "files", "bytes", "oldest", "due"):
-            table.add_column(col)
+        table = new_table(
+            f"pending files of {dataset}", ("date", "files", "bytes", "oldest", "due")
+        )
         for r in rows:
             table.add_row(
                 r.date,
                 str(r.count),
                 str(r.bytes),
-                _ts(r.oldest_at),
+                ts(r.oldest_at),
                 proc.triggers.due(r, now) or "-",
             )
         console.print(table)
@@ -262,7 +234,7 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
         """Seal due batches now (``--all``: everything pending), e.g. after a burst run."""
         from s3flow.aws import open_clients
 
-        settings = _load(config)
+        settings = settings_or_exit(config)
         p, proc = _builder(settings, pipeline)
 
         async def go(store: StateStore) -> list[ManifestRecord]:
@@ -277,7 +249,7 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
                 out: list[ManifestRecord] = await sealer.seal_due(force=all_)
                 return out
 
-        sealed = _run(settings, go)
+        sealed = with_store(settings, go)
         for m in sealed:
             console.print(
                 f"sealed {m.manifest_id} ({m.trigger}): {m.total_files} files -> {m.location}",
@@ -298,13 +270,13 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
         """
         from s3flow.aws import open_clients
 
-        settings = _load(config)
+        settings = settings_or_exit(config)
 
         async def go(store: StateStore) -> ManifestRecord:
             async with open_clients(settings.aws) as clients:
                 return await retry_manifest(store, clients.s3, manifest_id)
 
-        m = _run(settings, go)
+        m = with_store(settings, go)
         console.print(
             f"{m.manifest_id} is sealed again and republished to {m.location}", highlight=False
         )
