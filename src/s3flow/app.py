@@ -15,7 +15,6 @@ from s3flow.executors.one import check_runs_on
 from s3flow.jobs.runner import JobHandler
 from s3flow.memory import set_mmap_threshold
 from s3flow.metrics import WorkerMetrics
-from s3flow.ops.exporter import MetricsServer, QueueRef
 from s3flow.processors import create_processor
 from s3flow.processors.base import Processor, parse_options
 from s3flow.processors.registry import default_executor_for, portable_spec, processor_class
@@ -196,6 +195,10 @@ async def run_worker(
         ws = settings.worker
         if ws.metrics_port is None:
             return await worker.run(handle_signals=handle_signals)
+        # Only here: the exporter brings prometheus_client, which a worker without
+        # metrics need not load.
+        from s3flow.ops.exporter import MetricsServer, QueueRef
+
         refs = [QueueRef(rt.settings.name, rt.queue_url) for rt in runtimes]
         refs += [QueueRef(q.settings.name, q.queue_url) for q in queues]
         async with MetricsServer(

@@ -1,0 +1,45 @@
+"""``s3flow.app``: what building a worker loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# Builds and "runs" a worker in a fresh interpreter, with nothing to reach: no
+# queues to resolve (build_runtimes) and a run that returns at once.
+_BUILD_A_WORKER = """
+import asyncio, sys
+from s3flow import app
+from s3flow.settings import load_settings
+
+async def no_runtimes(settings, clients, names=None):
+    return []
+
+async def run_nothing(self, *, handle_signals=False):
+    return self.metrics
+
+app.build_runtimes = no_runtimes
+app.Worker.run = run_nothing
+settings = load_settings(None, {"state": {"url": "none"}, "aws": {"region": "us-east-1"}})
+assert settings.worker.metrics_port is None
+asyncio.run(app.run_worker(settings))
+print(sorted(m for m in sys.modules if m.split(".")[0] == "prometheus_client"))
+"""
+
+
+def _python(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_worker_without_metrics_does_not_import_prometheus_client() -> None:
+    assert _python(_BUILD_A_WORKER) == "[]"
+
+
+def test_the_check_would_see_prometheus_client() -> None:
+    # The metrics exporter does import it: the test above looks for the right name.
+    code = "import sys, s3flow.ops.exporter; print('prometheus_client' in sys.modules)"
+    assert _python(code) == "True"
