@@ -40,46 +40,23 @@ __all__ = ["JobHandler"]
 log = logging.getLogger("s3flow.jobs.runner")
 
 
-class _StepSink:
-    """An S3 sink that names outputs by the input's path below its own prefix."""
+class _StepSink(S3Sink):
+    """An S3 sink that names outputs by the input's path below its own prefix.
 
-    def __init__(self, inner: S3Sink, strip: tuple[str, ...]) -> None:
-        self._inner = inner
+    Processors name an output after their input's whole key (``uploads/<id>/a.csv``,
+    or an earlier step's output key): the first of ``strip`` that prefixes it is cut
+    off before the sink's own prefix goes in front.
+    """
+
+    def __init__(self, s3: Any, url: str, strip: tuple[str, ...]) -> None:
+        super().__init__(s3, url)
         self._strip = strip
-        self.root = inner.root
 
-    def _rel(self, key: str) -> str:
+    def key_for(self, relative_key: str) -> str:
         for prefix in self._strip:
-            if key.startswith(prefix):
-                return key[len(prefix) :]
-        return key
-
-    async def write(
-        self,
-        relative_key: str,
-        data: bytes,
-        content_type: str = "application/octet-stream",
-        metadata: dict[str, str] | None = None,
-    ) -> str:
-        return await self._inner.write(self._rel(relative_key), data, content_type, metadata)
-
-    async def write_file(
-        self,
-        relative_key: str,
-        path: str,
-        content_type: str = "application/octet-stream",
-        metadata: dict[str, str] | None = None,
-    ) -> str:
-        return await self._inner.write_file(self._rel(relative_key), path, content_type, metadata)
-
-    async def read(self, relative_key: str) -> bytes | None:
-        return await self._inner.read(self._rel(relative_key))
-
-    async def exists(self, relative_key: str) -> bool:
-        return await self._inner.exists(self._rel(relative_key))
-
-    async def check(self) -> None:
-        await self._inner.check()
+            if relative_key.startswith(prefix):
+                return super().key_for(relative_key[len(prefix) :])
+        return super().key_for(relative_key)
 
 
 class JobHandler:
@@ -179,7 +156,7 @@ class JobHandler:
         last = len(template.steps) - 1
         for i, step in enumerate(template.steps):
             prefix = base if i == last else f"{base}.steps/{i}-{step.processor}/"
-            sink = _StepSink(S3Sink(self._s3, f"s3://{bucket}/{prefix}"), strip)
+            sink = _StepSink(self._s3, f"s3://{bucket}/{prefix}", strip)
             await pub.publish(
                 f"{job.job_id}:{EventType.STEP_STARTED}:{i}:{attempt}",
                 EventType.STEP_STARTED,
