@@ -23,6 +23,8 @@ Library errors (botocore, zlib, ...) are translated at the boundary with
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -65,8 +67,11 @@ class RetryableError(S3flowError):
     disposition = Disposition.RETRYABLE
 
 
-class AwsError(RetryableError):
-    """An AWS call failed in a way that is worth retrying (throttling, 5xx, network)."""
+class AwsCallError(S3flowError):
+    """An AWS call failed: AWS's error ``code`` and the ``operation``, when known.
+
+    Raised as one of its two kinds, :class:`AwsError` or :class:`AwsPermanentError`.
+    """
 
     def __init__(self, message: str, *, code: str | None = None, operation: str | None = None):
         super().__init__(message)
@@ -74,15 +79,14 @@ class AwsError(RetryableError):
         self.operation = operation
 
 
-class AwsPermanentError(S3flowError):
+class AwsError(AwsCallError, RetryableError):
+    """An AWS call failed in a way that is worth retrying (throttling, 5xx, network)."""
+
+
+class AwsPermanentError(AwsCallError):
     """An AWS call failed in a way retries will not fix (access denied, bad request)."""
 
     disposition = Disposition.PERMANENT
-
-    def __init__(self, message: str, *, code: str | None = None, operation: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.operation = operation
 
 
 class PermanentError(S3flowError):
@@ -195,3 +199,18 @@ def translate_aws_error(exc: BaseException, operation: str) -> S3flowError:
         return AwsPermanentError(text, code=code, operation=operation)
     # Connection errors, read timeouts, endpoint unreachable: transient.
     return AwsError(f"{operation} failed: {type(exc).__name__}: {exc}", operation=operation)
+
+
+@contextmanager
+def aws_errors(operation: str) -> Iterator[None]:
+    """Translate what an AWS call in the block raises (:func:`translate_aws_error`).
+
+    ``with aws_errors(f"GetObject {uri}"): resp = await s3.get_object(...)``. An
+    s3flow error passes unchanged (it is classified already), as does cancellation.
+    """
+    try:
+        yield
+    except S3flowError:
+        raise
+    except Exception as exc:
+        raise translate_aws_error(exc, operation) from exc

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from s3flow.errors import CorruptDataError, S3flowError, TooLargeError, translate_aws_error
+from s3flow.errors import CorruptDataError, TooLargeError, aws_errors, translate_aws_error
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -121,8 +121,12 @@ class _MultiMemberDecoder:
         return b""
 
     def _more_output(self, last_out: int) -> bool:
-        """Whether the decompressor may still hold output without new input."""
-        return False
+        """Whether the decompressor may still hold output without new input.
+
+        bz2's and zstd's decompressors say so themselves (``needs_input``); gzip's
+        does not and overrides this.
+        """
+        return not self._d.needs_input
 
     def _after_step(self) -> bytes:
         """Input left over for the next step; starts a new member after an end."""
@@ -186,9 +190,6 @@ class Bz2Decoder(_MultiMemberDecoder):
     def _new(self) -> Any:
         return bz2.BZ2Decompressor()
 
-    def _more_output(self, last_out: int) -> bool:
-        return not self._d.needs_input
-
 
 class ZstdDecoder(_MultiMemberDecoder):
     """zstd, including several concatenated frames."""
@@ -197,9 +198,6 @@ class ZstdDecoder(_MultiMemberDecoder):
 
     def _new(self) -> Any:
         return zstd.ZstdDecompressor()
-
-    def _more_output(self, last_out: int) -> bool:
-        return not self._d.needs_input
 
 
 def make_decoder(encoding: str) -> Decoder:
@@ -361,14 +359,8 @@ async def open_object(
         if not 0 <= start < end:
             raise ValueError(f"empty or negative byte range {byte_range}")
         kwargs["Range"] = f"bytes={start}-{end - 1}"
-    try:
+    with aws_errors(f"GetObject s3://{bucket}/{key}"):
         resp = await s3.get_object(**kwargs)
-    except asyncio.CancelledError:
-        raise
-    except S3flowError:
-        raise
-    except Exception as exc:
-        raise translate_aws_error(exc, f"GetObject s3://{bucket}/{key}") from exc
     info = ObjectInfo(
         bucket=bucket,
         key=key,

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from s3flow.errors import ConfigError, S3flowError, translate_aws_error
+from s3flow.errors import ConfigError, S3flowError, aws_errors, translate_aws_error
 
 #: Files up to this size are uploaded with one PutObject; bigger ones in parts.
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
@@ -61,16 +61,10 @@ class S3Sink:
     ) -> str:
         key = self.key_for(relative_key)
         extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
-        try:
+        with aws_errors(f"PutObject s3://{self.bucket}/{key}"):
             await self._s3.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **extra
             )
-        except asyncio.CancelledError:
-            raise
-        except S3flowError:
-            raise
-        except Exception as exc:
-            raise translate_aws_error(exc, f"PutObject s3://{self.bucket}/{key}") from exc
         return f"s3://{self.bucket}/{key}"
 
     async def write_file(
