@@ -10,9 +10,10 @@ the same event is acknowledged without work and counted; a new upload is
 processed.
 
 A claim held by another worker never spends the message's retry budget: the
-handler waits for it with the message still leased (:mod:`~s3flow.worker.waiting`),
-and the worker counts failures in the state store, not receives. What a failed
-record becomes is the failure policy's call (:mod:`~s3flow.worker.policy`).
+handler waits for it with the message still leased (:mod:`~s3flow.worker.holds`
+takes, tracks and renews the key locks and claims), and the worker counts
+failures in the state store, not receives. What a failed record becomes is the
+failure policy's call (:mod:`~s3flow.worker.policy`).
 
 After validation the pipeline's routing table picks the record's processor, executor
 and options (:mod:`~s3flow.routing`; a HEAD and the tags are looked up once, only when
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,6 +48,7 @@ from s3flow.sinks.base import Sink
 from s3flow.state.base import StateStore
 from s3flow.state.records import Claim, ClaimOutcome, ObjectId
 from s3flow.validation import validate
+from s3flow.worker.holds import Holds, KeyLock
 from s3flow.worker.identity import identify, newer_upload_done
 from s3flow.worker.outcomes import (
     Ack,
@@ -63,7 +64,6 @@ from s3flow.worker.policy import FailurePolicy, merge_failures
 from s3flow.worker.routes import ObjectLookup, choose_route
 from s3flow.worker.source import ReceivedMessage
 from s3flow.worker.verify import verify_outputs
-from s3flow.worker.waiting import until_free
 
 log = logging.getLogger("s3flow.worker")
 
@@ -182,12 +182,10 @@ class MessageHandler:
         self._worker = worker
         self.metrics = metrics
         self._observer = observer
-        self._stop = stop
-        self.claim_ttl_s = claim_ttl_s or float(self.p.visibility_timeout_s)
+        self._holds = Holds(
+            store, self.p, worker_id=worker.worker_id, stop=stop, claim_ttl_s=claim_ttl_s
+        )
         self._policy = FailurePolicy(self.p, s3=s3, store=store, metrics=metrics)
-        # message id -> claims and key locks held for it (renewed with its heartbeat)
-        self._claims: dict[str, dict[ObjectId, int]] = {}
-        self._locks: dict[str, dict[str, tuple[str, int]]] = {}
 
     # --- the message ----------------------------------------------------------------
 
@@ -252,26 +250,17 @@ class MessageHandler:
             oid, head = await identify(self._s3, event)
         except S3flowError as err:
             return await self._failed(msg, event, None, None, err, 0)
-        store = self._store
-        if store is None:
+        if self._store is None:
             return await self._claimed(msg, event, oid, head)
         # One upload of a key at a time (across workers): each reads the object as it
         # is then, so the last one to run reads the newest upload.
-        name = f"key:{self.p.name}:{event.bucket}/{event.key}"
-        owner = f"{self._worker.worker_id}:{msg.message_id}"
-        lock = await self._lock_key(msg, event, name, owner)
-        if not isinstance(lock, int):
+        lock = await self._holds.lock_key(msg, event)
+        if not isinstance(lock, KeyLock):
             return lock
-        held = self._locks.setdefault(msg.message_id, {})
-        held[name] = (owner, lock)
         try:
             return await self._claimed(msg, event, oid, head)
         finally:
-            held.pop(name, None)
-            if not held:
-                self._locks.pop(msg.message_id, None)
-            with contextlib.suppress(S3flowError):
-                await asyncio.shield(store.release_lock(name, owner=owner, token=lock))
+            await self._holds.unlock(msg.message_id, lock)
 
     async def _claimed(
         self,
@@ -286,7 +275,7 @@ class MessageHandler:
         store = self._store
         version = oid.version
         if store is not None:
-            got = await self._claim(msg, event, oid)
+            got = await self._holds.claim(msg, event, oid)
             if not isinstance(got, Claim):
                 return got
             if got.outcome is ClaimOutcome.DONE:
@@ -313,7 +302,7 @@ class MessageHandler:
             token, failures_before = got.token, got.record.failures
         try:
             if store is not None and token is not None:
-                self._claims.setdefault(msg.message_id, {})[oid] = token
+                self._holds.track_claim(msg.message_id, oid, token)
                 newer = await newer_upload_done(store, event, oid)
                 if newer is not None:
                     await store.complete(
@@ -353,61 +342,7 @@ class MessageHandler:
                     await asyncio.shield(store.release(oid, token=token))
             raise
         finally:
-            held = self._claims.get(msg.message_id)
-            if held is not None:
-                held.pop(oid, None)
-                if not held:
-                    self._claims.pop(msg.message_id, None)
-
-    async def _lock_key(
-        self, msg: ReceivedMessage, event: ObjectEvent, name: str, owner: str
-    ) -> int | RecordOutcome:
-        """Take the key's lock; while another upload of the key is worked on, wait leased."""
-        store = self._store
-        assert store is not None
-
-        async def attempt() -> tuple[int | None, float | None]:
-            return await store.acquire_lock(name, owner=owner, ttl_s=self.claim_ttl_s), None
-
-        return await until_free(
-            attempt,
-            msg=msg,
-            event=event,
-            settings=self.p,
-            stop=self._stop,
-            error_class="KeyBusy",
-            what="another upload of the key",
-        )
-
-    async def _claim(
-        self, msg: ReceivedMessage, event: ObjectEvent, oid: ObjectId
-    ) -> Claim | RecordOutcome:
-        """Claim ``oid``; while another worker holds it, wait with the message leased."""
-        store = self._store
-        assert store is not None
-
-        async def attempt() -> tuple[Claim | None, float | None]:
-            claim = await store.claim(
-                oid,
-                pipeline=self.p.name,
-                owner=self._worker.worker_id,
-                ttl_s=self.claim_ttl_s,
-                size=event.size,
-                sequencer=event.sequencer,
-            )
-            if claim.outcome is not ClaimOutcome.BUSY:
-                return claim, None
-            return None, (claim.record.claim_expires_at or 0) - time.time()
-
-        return await until_free(
-            attempt,
-            msg=msg,
-            event=event,
-            settings=self.p,
-            stop=self._stop,
-            error_class="ClaimBusy",
-            what="another worker's claim",
-        )
+            self._holds.forget_claim(msg.message_id, oid)
 
     def _declared_type(self, spec: str) -> str | None:
         """The ``output_content_type`` processor ``spec`` declares (None: not checked)."""
@@ -514,31 +449,5 @@ class MessageHandler:
     # --- heartbeat ---------------------------------------------------------------------
 
     async def renew_claims(self, message_ids: list[str]) -> None:
-        """Extend the claims held for these messages (called with their visibility beat)."""
-        store = self._store
-        if store is None:
-            return
-        for mid in message_ids:
-            for name, (owner, lock) in list(self._locks.get(mid, {}).items()):
-                try:
-                    if not await store.renew_lock(
-                        name, owner=owner, token=lock, ttl_s=self.claim_ttl_s
-                    ) and self._locks.get(mid, {}).get(name) == (owner, lock):
-                        log.warning("lock %s was lost (expired and taken over)", name)
-                except S3flowError as exc:
-                    log.warning("renewing lock %s failed: %s", name, exc)
-            for oid, token in list(self._claims.get(mid, {}).items()):
-                try:
-                    ok = await store.renew(oid, token=token, ttl_s=self.claim_ttl_s)
-                except S3flowError as exc:
-                    log.warning(
-                        "renewing the claim on s3://%s/%s failed: %s", oid.bucket, oid.key, exc
-                    )
-                    continue
-                # A claim that finished meanwhile is not "lost".
-                if not ok and self._claims.get(mid, {}).get(oid) == token:
-                    log.warning(
-                        "claim on s3://%s/%s was lost (expired and taken over elsewhere)",
-                        oid.bucket,
-                        oid.key,
-                    )
+        """Extend the locks and claims held for these messages (with their visibility beat)."""
+        await self._holds.renew(message_ids)

@@ -1,0 +1,182 @@
+"""What a message holds in the state store while its records run: key locks and claims.
+
+A record first takes its key's lock (one upload of a key at a time, across
+workers), then claims its upload. One held elsewhere is waited for with the
+message still leased (:mod:`~s3flow.worker.waiting`). Both are kept by message id
+so the heartbeat renews exactly what each in-flight message holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from s3flow.errors import S3flowError
+from s3flow.events import ObjectEvent
+from s3flow.settings import PipelineSettings
+from s3flow.state.base import StateStore
+from s3flow.state.records import Claim, ClaimOutcome, ObjectId
+from s3flow.worker.outcomes import RecordOutcome
+from s3flow.worker.source import ReceivedMessage
+from s3flow.worker.waiting import until_free
+
+log = logging.getLogger("s3flow.worker")
+K = TypeVar("K")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class KeyLock:
+    """A key lock taken for one message: its name, owner and fencing token."""
+
+    name: str
+    owner: str
+    token: int
+
+
+def _forget(held: dict[str, dict[K, T]], message_id: str, key: K) -> None:
+    """Drop ``key`` from what ``message_id`` holds (and the message once it holds nothing)."""
+    mine = held.get(message_id)
+    if mine is not None:
+        mine.pop(key, None)
+        if not mine:
+            held.pop(message_id, None)
+
+
+class Holds:
+    """Takes, tracks and renews the key locks and claims of one pipeline's messages.
+
+    Both last ``claim_ttl_s`` (0: the pipeline's visibility timeout) unless renewed.
+    Without a state store nothing is held: :meth:`renew` does nothing and the
+    handler takes neither locks nor claims.
+    """
+
+    def __init__(
+        self,
+        store: StateStore | None,
+        settings: PipelineSettings,
+        *,
+        worker_id: str,
+        stop: asyncio.Event,
+        claim_ttl_s: float = 0,
+    ) -> None:
+        self._store = store
+        self.p = settings
+        self._worker_id = worker_id
+        self.ttl_s = claim_ttl_s or float(settings.visibility_timeout_s)
+        self._stop = stop
+        # message id -> claims and key locks held for it (renewed with its heartbeat)
+        self._claims: dict[str, dict[ObjectId, int]] = {}
+        self._locks: dict[str, dict[str, tuple[str, int]]] = {}
+
+    async def _until_free(
+        self,
+        attempt: Callable[[], Awaitable[tuple[T | None, float | None]]],
+        msg: ReceivedMessage,
+        event: ObjectEvent,
+        *,
+        error_class: str,
+        what: str,
+    ) -> T | RecordOutcome:
+        return await until_free(
+            attempt,
+            msg=msg,
+            event=event,
+            settings=self.p,
+            stop=self._stop,
+            error_class=error_class,
+            what=what,
+        )
+
+    async def lock_key(self, msg: ReceivedMessage, event: ObjectEvent) -> KeyLock | RecordOutcome:
+        """Take the key's lock; while another upload of the key is worked on, wait leased."""
+        store = self._store
+        assert store is not None
+        name = f"key:{self.p.name}:{event.bucket}/{event.key}"
+        owner = f"{self._worker_id}:{msg.message_id}"
+
+        async def attempt() -> tuple[int | None, float | None]:
+            return await store.acquire_lock(name, owner=owner, ttl_s=self.ttl_s), None
+
+        token = await self._until_free(
+            attempt, msg, event, error_class="KeyBusy", what="another upload of the key"
+        )
+        if not isinstance(token, int):
+            return token
+        self._locks.setdefault(msg.message_id, {})[name] = (owner, token)
+        return KeyLock(name, owner, token)
+
+    async def unlock(self, message_id: str, lock: KeyLock) -> None:
+        """Stop renewing ``lock`` and release it (best effort: it expires otherwise)."""
+        store = self._store
+        assert store is not None
+        _forget(self._locks, message_id, lock.name)
+        with contextlib.suppress(S3flowError):
+            await asyncio.shield(store.release_lock(lock.name, owner=lock.owner, token=lock.token))
+
+    async def claim(
+        self, msg: ReceivedMessage, event: ObjectEvent, oid: ObjectId
+    ) -> Claim | RecordOutcome:
+        """Claim ``oid``; while another worker holds it, wait with the message leased."""
+        store = self._store
+        assert store is not None
+
+        async def attempt() -> tuple[Claim | None, float | None]:
+            claim = await store.claim(
+                oid,
+                pipeline=self.p.name,
+                owner=self._worker_id,
+                ttl_s=self.ttl_s,
+                size=event.size,
+                sequencer=event.sequencer,
+            )
+            if claim.outcome is not ClaimOutcome.BUSY:
+                return claim, None
+            return None, (claim.record.claim_expires_at or 0) - time.time()
+
+        return await self._until_free(
+            attempt, msg, event, error_class="ClaimBusy", what="another worker's claim"
+        )
+
+    def track_claim(self, message_id: str, oid: ObjectId, token: int) -> None:
+        """Renew the claim on ``oid`` with ``message_id``'s heartbeat from now on."""
+        self._claims.setdefault(message_id, {})[oid] = token
+
+    def forget_claim(self, message_id: str, oid: ObjectId) -> None:
+        """Stop renewing the claim on ``oid`` (it is finished or released)."""
+        _forget(self._claims, message_id, oid)
+
+    async def renew(self, message_ids: list[str]) -> None:
+        """Extend the locks and claims held for these messages (with their visibility beat)."""
+        store = self._store
+        if store is None:
+            return
+        for mid in message_ids:
+            for name, (owner, lock) in list(self._locks.get(mid, {}).items()):
+                try:
+                    if not await store.renew_lock(
+                        name, owner=owner, token=lock, ttl_s=self.ttl_s
+                    ) and self._locks.get(mid, {}).get(name) == (owner, lock):
+                        log.warning("lock %s was lost (expired and taken over)", name)
+                except S3flowError as exc:
+                    log.warning("renewing lock %s failed: %s", name, exc)
+            for oid, token in list(self._claims.get(mid, {}).items()):
+                try:
+                    ok = await store.renew(oid, token=token, ttl_s=self.ttl_s)
+                except S3flowError as exc:
+                    log.warning(
+                        "renewing the claim on s3://%s/%s failed: %s", oid.bucket, oid.key, exc
+                    )
+                    continue
+                # A claim that finished meanwhile is not "lost".
+                if not ok and self._claims.get(mid, {}).get(oid) == token:
+                    log.warning(
+                        "claim on s3://%s/%s was lost (expired and taken over elsewhere)",
+                        oid.bucket,
+                        oid.key,
+                    )
