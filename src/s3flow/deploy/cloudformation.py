@@ -19,10 +19,12 @@ What ``s3flow provision`` creates for the config, declared instead of made:
 and what running it takes: least-privilege task roles for the worker and the web
 app (:mod:`.iam`), an ECS cluster with one Fargate service per worker group with
 queue-backlog-per-task autoscaling (:mod:`.ecs`), and CloudWatch alarms (a DLQ
-holds messages; a queue's oldest message is too old).
+holds messages; a queue's oldest message is too old: :mod:`.alarms`).
 
-Every parameter has a default, so a stack can be created without passing any.
-The template is deterministic: the same config gives the same bytes.
+Every parameter has a default, so a stack can be created without passing any
+(:mod:`.parameters`); what the template cannot do for a config comes back as
+warnings (:mod:`.caveats`). The template is deterministic: the same config gives
+the same bytes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from s3flow.deploy.alarms import add_queue_alarms
+from s3flow.deploy.caveats import deployment_warnings
 from s3flow.deploy.ecs import (
     WorkerGroup,
     add_cluster,
@@ -41,8 +45,9 @@ from s3flow.deploy.ecs import (
     task_trust_policy,
 )
 from s3flow.deploy.environment import container_environment
-from s3flow.deploy.iam import KNOWN_PROCESSORS, Arns, Statements, web_statements, worker_statements
-from s3flow.deploy.naming import NO_VALUE, Json, Naming, get_att, if_, ref, sub
+from s3flow.deploy.iam import Arns, Statements, web_statements, worker_statements
+from s3flow.deploy.naming import Json, Naming, get_att, ref, sub
+from s3flow.deploy.parameters import add_parameters
 from s3flow.deploy.template import Template
 from s3flow.errors import ConfigError
 from s3flow.provision import NOTIFICATION_ID_PREFIX, queue_policy
@@ -52,7 +57,6 @@ DLQ_RETENTION_S = 1_209_600  # 14 days, as `s3flow provision`
 QUEUE_RETENTION_S = 345_600  # 4 days: SQS's default, written out
 DEFAULT_PROJECT = "s3flow"
 DEFAULT_BRANCH = "main"
-_NAME_PATTERN = "^[a-z0-9][a-z0-9-]{0,30}$"
 _QUEUE_ARN = "@@S3FLOW-QUEUE-ARN@@"
 _ACCOUNT = "@@S3FLOW-ACCOUNT@@"
 
@@ -131,109 +135,20 @@ class _Builder:
                 f"s3flow: pipelines {names}"[:900] + " (s3flow provision --export cloudformation)"
             )
         )
-        self.warnings: list[str] = []
         self.queues: dict[str, str] = {}  # queue name -> logical id
         self.buckets: dict[str, str] = {}  # bucket name -> logical id
 
     # --- the whole template ----------------------------------------------------------------
 
     def build(self) -> CloudFormationExport:
-        self._parameters()
+        add_parameters(self.t, self.naming)
         self._buckets()
         self._queues()
         self._notifications()
         arns = self._tables()
-        self._alarms()
+        add_queue_alarms(self.t, self.naming, self.settings, self.queues)
         self._services(arns)
-        self._warn()
-        return CloudFormationExport(self.t.to_dict(), self.warnings)
-
-    def _parameters(self) -> None:
-        p = self.t.parameters
-        p["Image"] = {
-            "Type": "String",
-            "Default": "s3flow:latest",
-            "Description": "Container image of s3flow (the repository's Dockerfile), "
-            "e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/s3flow:0.1.0",
-        }
-        p["Project"] = {
-            "Type": "String",
-            "Default": self.naming.project,
-            "AllowedPattern": _NAME_PATTERN,
-            "Description": "First part of resource names ({project}-{branch}-{role})",
-        }
-        p["Branch"] = {
-            "Type": "String",
-            "Default": self.naming.branch,
-            "AllowedPattern": _NAME_PATTERN,
-            "Description": "Second part of resource names: one stack per branch",
-        }
-        p["DesiredTasks"] = {
-            "Type": "Number",
-            "Default": 1,
-            "MinValue": 0,
-            "MaxValue": 1000,
-            "Description": "Tasks per worker group; with autoscaling, the minimum",
-        }
-        p["MaxTasks"] = {
-            "Type": "Number",
-            "Default": 4,
-            "MinValue": 1,
-            "MaxValue": 1000,
-            "Description": "Most tasks per worker group (autoscaling)",
-        }
-        p["Autoscaling"] = {
-            "Type": "String",
-            "Default": "true",
-            "AllowedValues": ["true", "false"],
-            "Description": "Scale each worker group on its queue backlog per task",
-        }
-        p["WorkerCpu"] = {
-            "Type": "String",
-            "Default": "1024",
-            "AllowedValues": ["256", "512", "1024", "2048", "4096", "8192", "16384"],
-            "Description": "CPU units of a worker task (Fargate: 1024 = 1 vCPU)",
-        }
-        p["WorkerMemory"] = {
-            "Type": "String",
-            "Default": "2048",
-            "Description": "Memory of a worker task in MiB (a valid Fargate size for the CPU)",
-        }
-        p["Subnets"] = {
-            "Type": "CommaDelimitedList",
-            "Default": "",
-            "Description": "Subnets of the tasks; empty: a new VPC with two public subnets",
-        }
-        p["SecurityGroups"] = {
-            "Type": "CommaDelimitedList",
-            "Default": "",
-            "Description": "Security groups of the tasks (with Subnets); empty: the default",
-        }
-        p["AssignPublicIp"] = {
-            "Type": "String",
-            "Default": "ENABLED",
-            "AllowedValues": ["ENABLED", "DISABLED"],
-            "Description": "ENABLED in public subnets; DISABLED behind NAT or VPC endpoints",
-        }
-        p["MaxMessageAgeSeconds"] = {
-            "Type": "Number",
-            "Default": 900,
-            "MinValue": 60,
-            "Description": "Alarm when a queue's oldest message is older than this",
-        }
-        p["AlarmTopicArn"] = {
-            "Type": "String",
-            "Default": "",
-            "Description": "SNS topic for alarm notifications (empty: none)",
-        }
-        c = self.t.conditions
-        c["UseAutoscaling"] = {"Fn::Equals": [ref("Autoscaling"), "true"]}
-        # The first member of an empty CommaDelimitedList is "".
-        c["CreateNetwork"] = {"Fn::Equals": [{"Fn::Select": [0, ref("Subnets")]}, ""]}
-        c["HasSecurityGroups"] = {
-            "Fn::Not": [{"Fn::Equals": [{"Fn::Select": [0, ref("SecurityGroups")]}, ""]}]
-        }
-        c["HasAlarmTopic"] = {"Fn::Not": [{"Fn::Equals": [ref("AlarmTopicArn"), ""]}]}
+        return CloudFormationExport(self.t.to_dict(), deployment_warnings(self.settings))
 
     # --- buckets and queues --------------------------------------------------------------
 
@@ -423,55 +338,6 @@ class _Builder:
                 arns.job_tables += mine
         return arns
 
-    # --- alarms -------------------------------------------------------------------------------
-
-    def _alarm(self, logical: str, queue: str, metric: str, threshold: Json, what: str) -> None:
-        actions = if_("HasAlarmTopic", [ref("AlarmTopicArn")], NO_VALUE)
-        self.t.add(
-            logical,
-            "AWS::CloudWatch::Alarm",
-            {
-                "AlarmDescription": self.naming.name(f"s3flow: {what} ({queue})"),
-                "Namespace": "AWS/SQS",
-                "MetricName": metric,
-                "Dimensions": [
-                    {"Name": "QueueName", "Value": get_att(self.queues[queue], "QueueName")}
-                ],
-                "Statistic": "Maximum",
-                "Period": 60,
-                "EvaluationPeriods": 1 if metric.endswith("Visible") else 3,
-                "Threshold": threshold,
-                "ComparisonOperator": "GreaterThanThreshold",
-                "TreatMissingData": "notBreaching",
-                "AlarmActions": actions,
-                "OKActions": actions,
-            },
-        )
-
-    def _alarms(self) -> None:
-        dlqs = [p.dlq_name for p in self.settings.pipelines]
-        mains = [p.queue for p in self.settings.pipelines]
-        jobs = self.settings.jobs
-        if jobs is not None:
-            dlqs.append(jobs.resource("processing-dlq.fifo"))
-            mains += [jobs.resource("processing.fifo"), jobs.resource("progress.fifo")]
-        for q in dict.fromkeys(dlqs):
-            self._alarm(
-                f"{self.queues[q]}DepthAlarm",
-                q,
-                "ApproximateNumberOfMessagesVisible",
-                0,
-                "messages in the dead-letter queue",
-            )
-        for q in dict.fromkeys(mains):
-            self._alarm(
-                f"{self.queues[q]}AgeAlarm",
-                q,
-                "ApproximateAgeOfOldestMessage",
-                ref("MaxMessageAgeSeconds"),
-                "the oldest message waits too long",
-            )
-
     # --- ECS ------------------------------------------------------------------------------------
 
     def _role(self, logical: str, description: str, statements: Statements) -> None:
@@ -518,63 +384,6 @@ class _Builder:
                 web_statements(s, n, arns),
             )
             add_web_task(self.t, n, environment=env)
-
-    # --- warnings ---------------------------------------------------------------------------------
-
-    def _warn(self) -> None:
-        s, w = self.settings, self.warnings
-        if s.state.url.startswith("sqlite:") or s.state.url.endswith((".db", ".sqlite")):
-            w.append(
-                "state.url is SQLite: each task keeps its own store on its disk (claims and "
-                "file records per task, gone when the task is replaced)"
-                + (", and the web app cannot see the workers' jobs" if s.jobs is not None else "")
-                + "; use 'dynamodb://PREFIX' for more than one task"
-            )
-        for p in s.pipelines:
-            if not p.output.startswith("s3://"):
-                w.append(
-                    f"pipeline {p.name!r} writes to the local directory {p.output!r} inside "
-                    "the container: it is lost with the task; use an s3:// output"
-                )
-            routes = getattr(p, "routes", None) or []
-            processors = [p.processor, *(r.processor for r in routes if r.processor)]
-            for name in dict.fromkeys(processors):
-                if name not in KNOWN_PROCESSORS:
-                    w.append(
-                        f"pipeline {p.name!r}: processor {name!r} is not built in; the "
-                        "worker role lets it read its source and write its output only: add "
-                        "what else it needs to WorkerTaskRole"
-                    )
-            uses = p.executor_uses() if hasattr(p, "executor_uses") else []
-            for executor in sorted({e for e, _ in uses} & {"ecs", "batch"}):
-                w.append(
-                    f"pipeline {p.name!r} runs objects with the {executor!r} executor: the "
-                    "template does not grant WorkerTaskRole the calls that start and watch "
-                    "those tasks (and iam:PassRole of their roles); add them"
-                )
-            if p.processor == "parquet-compact" and p.options.get("executor") == "spark":
-                w.append(
-                    f"pipeline {p.name!r}: the spark executor needs a Spark cluster and its "
-                    "own S3 access; the template covers the local executor"
-                )
-            if p.processor == "csv-to-kafka":
-                w.append(
-                    f"pipeline {p.name!r} produces to Kafka: give the tasks a route to the "
-                    "brokers (Subnets, SecurityGroups)"
-                )
-        if any(p.processor == "parquet-compact" for p in s.pipelines) and not any(
-            p.processor == "ndjson-manifest" for p in s.pipelines
-        ):
-            w.append(
-                "parquet-compact reads the NDJSON files its manifests list, but no "
-                "ndjson-manifest pipeline names them here: grant WorkerTaskRole s3:GetObject "
-                "(and tagging) on them"
-            )
-        if s.jobs is not None and not s.web.tokens:
-            w.append(
-                "the web task listens on 0.0.0.0, which needs web.tokens: without them "
-                "`s3flow web` refuses to start there"
-            )
 
 
 def _jobs_bucket(jobs: JobsSettings) -> dict[str, Json]:

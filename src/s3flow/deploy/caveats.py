@@ -1,0 +1,70 @@
+"""What a person should know before deploying the exported template.
+
+The warnings name what the template cannot do for a config: a store or output that
+lives on a task's disk, processors or executors whose permissions it does not know,
+network routes it does not make.
+"""
+
+from __future__ import annotations
+
+from s3flow.deploy.iam import KNOWN_PROCESSORS
+from s3flow.settings import Settings
+
+
+def deployment_warnings(settings: Settings) -> list[str]:
+    """The warnings of :class:`~s3flow.deploy.cloudformation.CloudFormationExport`."""
+    s = settings
+    w: list[str] = []
+    if s.state.url.startswith("sqlite:") or s.state.url.endswith((".db", ".sqlite")):
+        w.append(
+            "state.url is SQLite: each task keeps its own store on its disk (claims and "
+            "file records per task, gone when the task is replaced)"
+            + (", and the web app cannot see the workers' jobs" if s.jobs is not None else "")
+            + "; use 'dynamodb://PREFIX' for more than one task"
+        )
+    for p in s.pipelines:
+        if not p.output.startswith("s3://"):
+            w.append(
+                f"pipeline {p.name!r} writes to the local directory {p.output!r} inside "
+                "the container: it is lost with the task; use an s3:// output"
+            )
+        routes = getattr(p, "routes", None) or []
+        processors = [p.processor, *(r.processor for r in routes if r.processor)]
+        for name in dict.fromkeys(processors):
+            if name not in KNOWN_PROCESSORS:
+                w.append(
+                    f"pipeline {p.name!r}: processor {name!r} is not built in; the "
+                    "worker role lets it read its source and write its output only: add "
+                    "what else it needs to WorkerTaskRole"
+                )
+        uses = p.executor_uses() if hasattr(p, "executor_uses") else []
+        for executor in sorted({e for e, _ in uses} & {"ecs", "batch"}):
+            w.append(
+                f"pipeline {p.name!r} runs objects with the {executor!r} executor: the "
+                "template does not grant WorkerTaskRole the calls that start and watch "
+                "those tasks (and iam:PassRole of their roles); add them"
+            )
+        if p.processor == "parquet-compact" and p.options.get("executor") == "spark":
+            w.append(
+                f"pipeline {p.name!r}: the spark executor needs a Spark cluster and its "
+                "own S3 access; the template covers the local executor"
+            )
+        if p.processor == "csv-to-kafka":
+            w.append(
+                f"pipeline {p.name!r} produces to Kafka: give the tasks a route to the "
+                "brokers (Subnets, SecurityGroups)"
+            )
+    if any(p.processor == "parquet-compact" for p in s.pipelines) and not any(
+        p.processor == "ndjson-manifest" for p in s.pipelines
+    ):
+        w.append(
+            "parquet-compact reads the NDJSON files its manifests list, but no "
+            "ndjson-manifest pipeline names them here: grant WorkerTaskRole s3:GetObject "
+            "(and tagging) on them"
+        )
+    if s.jobs is not None and not s.web.tokens:
+        w.append(
+            "the web task listens on 0.0.0.0, which needs web.tokens: without them "
+            "`s3flow web` refuses to start there"
+        )
+    return w
