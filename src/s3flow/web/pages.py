@@ -2,11 +2,12 @@
 
 ``GET /`` (choose a template and files, upload them straight to S3 with the
 presigned POSTs, then watch the job), ``GET /jobs`` (recent jobs, filtered by
-status) and ``GET /jobs/{job_id}`` (one job, live) are static HTML from
-``html/``; their scripts and styles are served from ``static/`` under
-``/static/`` (both ship as package data). Nothing is loaded from another
-origin, and everything the pages show comes from the ``/api`` routes, with
-the token the page asks for when ``[web] tokens`` are set.
+status) and ``GET /jobs/{job_id}`` (one job, live) are static HTML: one
+layout here (head, navigation) around each page's ``<main>`` from ``html/``;
+their scripts and styles are served from ``static/`` under ``/static/``
+(both ship as package data). Nothing is loaded from another origin, and
+everything the pages show comes from the ``/api`` routes, with the token the
+page asks for when ``[web] tokens`` are set.
 
 Every page carries a Content-Security-Policy: scripts, styles and images
 from the app only; ``connect-src`` adds the origin of the uploads bucket's
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -43,11 +45,65 @@ _BASE_HEADERS = {
 }
 
 
+#: Every page's frame around its ``<main>``; the content comes from ``html/<name>``.
+_LAYOUT = """\
+<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · s3flow</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="/static/s3flow.css?v={version}">
+<script type="module" src="/static/{script}?v={version}"></script>
+</head>
+<body>
+<a class="skip" href="#main">Skip to the content</a>
+<header class="top">
+  <nav aria-label="Main">
+    <span class="brand">s3flow</span>
+{nav}
+  </nav>
+</header>
+<main id="main" tabindex="-1">
+{main}</main>
+</body>
+</html>
+"""
+#: The links of the main navigation: (path, text).
+_NAV = (("/", "Upload"), ("/jobs", "Jobs"))
+
+
+@dataclass(frozen=True)
+class _Page:
+    title: str
+    script: str  # its module in static/
+    nav: str | None  # the path of the navigation link that is this page
+
+
+_PAGES = {
+    "index.html": _Page("Upload files", "upload.js", "/"),
+    "jobs.html": _Page("Jobs", "jobs.js", "/jobs"),
+    "job.html": _Page("Job", "job.js", None),
+}
+
+
 @functools.cache
 def _page(name: str) -> bytes:
-    """One page's HTML, with ``{{version}}`` (the static files' cache key) filled in."""
-    text = (HTML_DIR / name).read_text(encoding="utf-8")
-    return text.replace("{{version}}", __version__).encode()
+    """One page's HTML: the layout (title, script, the version as the static files' cache
+    key, the navigation with the current page marked) around ``html/<name>``."""
+    page = _PAGES[name]
+    nav = "\n".join(
+        f'    <a href="{path}"'
+        + (' aria-current="page"' if path == page.nav else "")
+        + f">{text}</a>"
+        for path, text in _NAV
+    )
+    main = (HTML_DIR / name).read_text(encoding="utf-8")
+    html = _LAYOUT.format(
+        title=page.title, script=page.script, version=__version__, nav=nav, main=main
+    )
+    return html.encode()
 
 
 async def storage_origin(runtime: WebRuntime) -> str | None:
