@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import itertools
+import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from s3flow.app import run_worker
-from s3flow.local.endpoint import LocalEndpoint
+from s3flow.local.endpoint import LocalEndpoint, free_port
 from s3flow.metrics import WorkerMetrics
 from s3flow.provision import provision
 from s3flow.settings import Settings, load_settings
@@ -228,3 +238,106 @@ def spawn_worker(cfg: Path, log: Path, *args: str) -> Any:
         stderr=subprocess.STDOUT,
         env=env,
     )
+
+
+# --- MiniStack: a second emulator (S3, SQS, CloudFormation...) -----------------------------
+
+#: How ``python -c`` starts MiniStack unchanged (callers may pass a patched start).
+MINISTACK_MAIN = "import runpy; runpy.run_module('ministack', run_name='__main__')"
+
+
+class MiniStackUnavailable(Exception):
+    """MiniStack is not installed or did not start."""
+
+
+@contextlib.contextmanager
+def ministack_server(
+    workdir: Path, *, start_code: str = MINISTACK_MAIN, start_timeout_s: float = 30.0
+) -> Iterator[str]:
+    """Run MiniStack in ``workdir`` on a free loopback port; yields its URL.
+
+    MiniStack binds 0.0.0.0 unless told otherwise: it gets ``BIND_HOST=127.0.0.1``, its
+    extra listeners off, and keeps everything it writes (pid file, state, S3 data, its
+    log ``ministack.log``) in ``workdir``. Raises :class:`MiniStackUnavailable`.
+    """
+    if importlib.util.find_spec("ministack") is None:
+        raise MiniStackUnavailable("the 'ministack' package is not installed (scripts/install dev)")
+    log = workdir / "ministack.log"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "BIND_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "EDGE_PORT": str(port),
+        "IOT_MTLS_ENABLED": "0",
+        "SFTP_ENABLED": "0",
+        "PERSIST_STATE": "0",
+        "S3_PERSIST": "0",
+        "TMPDIR": str(workdir),
+        "STATE_DIR": str(workdir / "state"),
+        "S3_DATA_DIR": str(workdir / "s3"),
+    }
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", start_code],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not _http_answers(f"{url}/_ministack/health"):
+            if proc.poll() is not None:
+                raise MiniStackUnavailable(
+                    f"it exited with {proc.returncode}; log {log}:\n{_log_tail(log)}"
+                )
+            if time.monotonic() > deadline:
+                raise MiniStackUnavailable(
+                    f"no answer at {url} within {start_timeout_s:.0f}s; log {log}:\n"
+                    f"{_log_tail(log)}"
+                )
+            time.sleep(0.1)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the whole session: it may have children
+                proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def ministack_or_skip(workdir: Path, **kwargs: Any) -> Iterator[str]:
+    """:func:`ministack_server`, or skip the tests when MiniStack is unavailable (fail
+    them under ``CI``, where a missing emulator is a broken setup)."""
+    try:
+        with ministack_server(workdir, **kwargs) as url:
+            yield url
+    except MiniStackUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"MiniStack unavailable: {exc}")
+        pytest.skip(f"MiniStack unavailable: {exc}")
+
+
+def _http_answers(url: str) -> bool:
+    """Whether an HTTP server answers at ``url`` (any status counts)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:  # URLError included
+        return False
+
+
+def _log_tail(log: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"

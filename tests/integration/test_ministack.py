@@ -15,116 +15,30 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import importlib.util
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import boto3
 import pytest
-from itest_support import Harness
+from itest_support import Harness, ministack_or_skip
 
 from s3flow.app import open_store, run_worker
-from s3flow.local.endpoint import free_port
 from s3flow.metrics import WorkerMetrics
 from s3flow.state.records import FileRecord, FileStatus
 
 pytestmark = pytest.mark.integration
 
-_START_TIMEOUT_S = 30.0
 _CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-
-
-def _unavailable(reason: str) -> NoReturn:
-    """Skip locally, but fail under CI, where a missing emulator is a broken setup."""
-    msg = f"MiniStack unavailable: {reason}"
-    if os.environ.get("CI"):
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
-def _log_tail(log: Path, n: int = 40) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
-
-
-def _answers(url: str) -> bool:
-    """Whether an HTTP server answers at ``url`` (any status counts)."""
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        # The whole session: it may have children of its own.
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def ministack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A MiniStack server on a free 127.0.0.1 port for this module; yields its URL."""
-    if importlib.util.find_spec("ministack") is None:
-        _unavailable("the 'ministack' package is not installed (pip install -e '.[dev]')")
-    workdir = tmp_path_factory.mktemp("ministack")
-    log = workdir / "ministack.log"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "BIND_HOST": "127.0.0.1",
-        "GATEWAY_PORT": str(port),
-        "EDGE_PORT": str(port),
-        "IOT_MTLS_ENABLED": "0",
-        "SFTP_ENABLED": "0",
-        "PERSIST_STATE": "0",
-        "S3_PERSIST": "0",
-        # Keep everything it writes (pid file, state, S3 data) in its own directory.
-        "TMPDIR": str(workdir),
-        "STATE_DIR": str(workdir / "state"),
-        "S3_DATA_DIR": str(workdir / "s3"),
-    }
-    with log.open("wb") as log_fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ministack"],
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while not _answers(f"{url}/_ministack/health"):
-            if proc.poll() is not None:
-                _unavailable(f"it exited with {proc.returncode}; log {log}:\n{_log_tail(log)}")
-            if time.monotonic() > deadline:
-                _unavailable(
-                    f"no answer at {url} within {_START_TIMEOUT_S:.0f}s; log {log}:\n"
-                    f"{_log_tail(log)}"
-                )
-            time.sleep(0.1)
+    with ministack_or_skip(tmp_path_factory.mktemp("ministack")) as url:
         old = {k: os.environ.get(k) for k in _CREDENTIALS}
         for k, v in _CREDENTIALS.items():
             os.environ.setdefault(k, v)
@@ -136,8 +50,6 @@ def ministack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = prev
-    finally:
-        _stop(proc)
 
 
 class MiniHarness(Harness):

@@ -1,28 +1,19 @@
 """Helpers of the deploy tests: a MiniStack server (CloudFormation-capable) on 127.0.0.1.
 
-MiniStack (PyPI ``ministack``) binds 0.0.0.0 unless told otherwise: it is started with
-``BIND_HOST=127.0.0.1``, its extra listeners off, on a free port, in a working directory
-of its own (``ministack.log`` there). See ../shared/EMULATORS.md.
+MiniStack (PyPI ``ministack``) is started by :func:`itest_support.ministack_server`
+(bound to 127.0.0.1, in a working directory of its own). See ../shared/EMULATORS.md.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import boto3
-
-from s3flow.local.endpoint import free_port
+from itest_support import ministack_or_skip
 
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
@@ -52,75 +43,14 @@ runpy.run_module("ministack", run_name="__main__")
 REGION = "us-east-1"
 
 
-class Unavailable(Exception):
-    """MiniStack is not installed or did not start."""
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _tail(log: Path, n: int = 40) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
-
-
 @contextmanager
 def ministack(workdir: Path, start_timeout_s: float = 30.0) -> Iterator[str]:
-    """Run MiniStack in ``workdir`` on a free loopback port; yields its URL."""
-    if importlib.util.find_spec("ministack") is None:
-        raise Unavailable("the 'ministack' package is not installed (scripts/install dev)")
-    log = workdir / "ministack.log"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "BIND_HOST": "127.0.0.1",
-        "GATEWAY_PORT": str(port),
-        "EDGE_PORT": str(port),
-        "IOT_MTLS_ENABLED": "0",
-        "SFTP_ENABLED": "0",
-        "PERSIST_STATE": "0",
-        "S3_PERSIST": "0",
-        "TMPDIR": str(workdir),
-        "STATE_DIR": str(workdir / "state"),
-        "S3_DATA_DIR": str(workdir / "s3"),
-    }
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _START],
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while not _answers(f"{url}/_ministack/health"):
-            if proc.poll() is not None:
-                raise Unavailable(f"it exited with {proc.returncode}; log:\n{_tail(log)}")
-            if time.monotonic() > deadline:
-                raise Unavailable(f"no answer at {url} in {start_timeout_s:.0f}s:\n{_tail(log)}")
-            time.sleep(0.1)
+    """MiniStack (with the ``DesiredCount`` conversion above) in ``workdir``; yields its URL.
+
+    Skips the test (fails it under ``CI``) when MiniStack is unavailable.
+    """
+    with ministack_or_skip(workdir, start_code=_START, start_timeout_s=start_timeout_s) as url:
         yield url
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
 
 
 def client(url: str, service: str) -> Any:
