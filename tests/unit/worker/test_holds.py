@@ -1,0 +1,84 @@
+"""Key locks and claims a message holds: taken, renewed with its heartbeat, let go."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from s3flow.events import ObjectEvent
+from s3flow.settings import PipelineSettings
+from s3flow.state.records import ObjectId
+from s3flow.worker.holds import Holds, KeyLock
+from s3flow.worker.outcomes import Release
+from s3flow.worker.source import ReceivedMessage
+
+
+class _Store:
+    """The lock and renew calls of a state store, recorded; ``busy`` refuses every lock."""
+
+    def __init__(self, *, busy: bool = False) -> None:
+        self.busy = busy
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def acquire_lock(self, name: str, *, owner: str, ttl_s: float) -> int | None:
+        self.calls.append(("acquire", name, owner, ttl_s))
+        return None if self.busy else 7
+
+    async def renew_lock(self, name: str, *, owner: str, token: int, ttl_s: float) -> bool:
+        self.calls.append(("renew_lock", name, owner, token, ttl_s))
+        return True
+
+    async def release_lock(self, name: str, *, owner: str, token: int) -> bool:
+        self.calls.append(("release_lock", name, owner, token))
+        return True
+
+    async def renew(self, oid: ObjectId, *, token: int, ttl_s: float) -> bool:
+        self.calls.append(("renew", oid, token, ttl_s))
+        return True
+
+
+def _holds(store: _Store, stop: asyncio.Event | None = None) -> Holds:
+    p = PipelineSettings(name="p", bucket="b", queue="q", output="s3://o/")
+    return Holds(store, p, worker_id="w1", stop=stop or asyncio.Event(), claim_ttl_s=30)  # type: ignore[arg-type]
+
+
+MSG = ReceivedMessage("m1", "h", "{}", 1, 0.0)
+EVENT = ObjectEvent(bucket="b", key="k.txt")
+
+
+async def test_a_key_lock_is_renewed_while_held_and_released_after() -> None:
+    store = _Store()
+    holds = _holds(store)
+    lock = await holds.lock_key(MSG, EVENT)
+    assert lock == KeyLock("key:p:b/k.txt", "w1:m1", 7)
+    await holds.renew(["m1"])
+    assert store.calls[-1] == ("renew_lock", "key:p:b/k.txt", "w1:m1", 7, 30)
+    await holds.unlock("m1", lock)
+    assert store.calls[-1] == ("release_lock", "key:p:b/k.txt", "w1:m1", 7)
+    n = len(store.calls)
+    await holds.renew(["m1"])
+    assert len(store.calls) == n  # nothing held any more
+
+
+async def test_a_busy_key_is_waited_for_until_shutdown() -> None:
+    stop = asyncio.Event()
+    holds = _holds(_Store(busy=True), stop)
+    msg = ReceivedMessage("m1", "h", "{}", 1, time.monotonic())  # within job_timeout_s
+    waiting = asyncio.create_task(holds.lock_key(msg, EVENT))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    stop.set()
+    assert isinstance(await waiting, Release)
+
+
+async def test_only_tracked_claims_are_renewed() -> None:
+    store = _Store()
+    holds = _holds(store)
+    oid = ObjectId("b", "k.txt", "v1")
+    holds.track_claim("m1", oid, 3)
+    await holds.renew(["m1", "m2"])
+    assert store.calls == [("renew", oid, 3, 30)]
+    holds.forget_claim("m1", oid)
+    await holds.renew(["m1"])
+    assert store.calls == [("renew", oid, 3, 30)]
