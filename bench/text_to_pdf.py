@@ -1,9 +1,11 @@
-"""text-to-pdf side by side: s3flow's processor vs a naive ReportLab canvas script, one run.
+"""text-to-pdf side by side: s3flow (its processor, its pool executor) vs a naive ReportLab
+canvas script, one run.
 
 Every system converts the same generated text files (ASCII access-log lines of
-~110 bytes, wider than an A4 text column, so s3flow wraps them) from **local
-files**, each in its own child process; figures are measured inside the child
-after its imports. Pages/s and MB/s of text (MB = 10^6 bytes).
+~110 bytes, wider than an A4 text column, so s3flow wraps them). All but
+``s3flow_pool`` read **local files**, each in its own child process, and their figures
+are measured inside the child after its imports. Pages/s and MB/s of text (MB = 10^6
+bytes).
 
 - **naive**: the script as it is usually written: a ReportLab canvas, the
   default font (Helvetica 12), one ``drawString`` per line, ``showPage`` when the
@@ -15,10 +17,17 @@ after its imports. Pages/s and MB/s of text (MB = 10^6 bytes).
 - **s3flow_x2**: two such processes at once, one file each: what a two-process
   pool does on two cores. Aggregate MB/s = both files' bytes / (last end - first
   start), on the shared monotonic clock.
+- **s3flow_pool**: the worker's own ``PoolExecutor`` (``processes = 2``: the 2
+  cores) converting both files, read from S3 and written back to S3 through S3Proxy
+  (a local JVM S3 endpoint, transient store): one ``ObjectJob`` per file, built as the
+  worker's handler builds them, both submitted at once (as the worker does with
+  concurrency >= processes). Wall = first submit to last Result, in this process.
+  The pool is started and warmed before the first timed round (``child_pids()``
+  spawns every child, then one small job per child imports the processor, loads the
+  font and builds the child's S3 client) and lives through every round, as a
+  worker's pool does. MB/s = both files' bytes / wall; pages/s from the Results;
+  peak RSS = the larger child ``VmHWM``. S3Proxy runs on the same 2 cores.
 - **s3flow_sans**: s3flow with ``monospace = false`` (proportional wrapping).
-
-The pool executor of the worker is not measured here (it is being built
-separately): ``s3flow_x2`` stands in for it.
 
 Also, once per run:
 
@@ -31,6 +40,7 @@ Also, once per run:
 
     .venv/bin/python bench/text_to_pdf.py            # ~3 min on 2 cores
     .venv/bin/python bench/text_to_pdf.py --quick    # smoke run
+    .venv/bin/python bench/text_to_pdf.py --no-pool  # without S3Proxy (needs Java)
 
 Writes ``bench/results/text_to_pdf.json``.
 """
@@ -56,6 +66,7 @@ from _common import (
     MIB,
     RESULTS_DIR,
     BenchError,
+    ProcessCpu,
     log_lines,
     machine_info,
     machine_load,
@@ -328,9 +339,200 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return med
 
 
+def child_vm_hwm_mb(pid: int) -> float | None:
+    """Peak RSS (``VmHWM``, MiB) of another live process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        return None
+    return None
+
+
+class PoolBench:
+    """s3flow's ``PoolExecutor`` converting the throughput files from S3 to S3 (S3Proxy).
+
+    One pool of ``processes`` spawned children lives through every round, as a worker's
+    pool does; it is started and warmed (every child imported, one small job each, the
+    S3 client built) before the first timed round. A round submits one
+    :class:`ObjectJob` per file at once, built as the worker's handler builds them, and
+    waits for every Result: wall = first submit to last result.
+    """
+
+    IN, OUT = "bench-t2p-pool-in", "bench-t2p-pool-out"
+
+    def __init__(self, files: list[Path], processes: int) -> None:
+        self.files = files
+        self.processes = processes
+        self.output = f"s3://{self.OUT}/pdf/"
+        self.pids: set[int] = set()
+        self.warmup_s: float | None = None
+        self.last_pages: list[int] = []
+        self.warmup_cpu_s: list[float] = []
+        self._env = dict(os.environ)
+        self._server: Any = None
+        self._runner: asyncio.Runner | None = None
+        self._executor: Any = None
+        self._s3: Any = None
+        self._aws: Any = None
+        self._server_cpu: Any = None
+
+    def start(self) -> PoolBench:
+        """Start S3Proxy, upload the files, start and warm the pool (not timed)."""
+        import boto3
+        from botocore.config import Config
+
+        from s3flow.executors.pool import PoolExecutor
+        from s3flow.local.aws.server import S3Proxy, client_env
+        from s3flow.settings import AwsSettings, PoolExecutorSettings, WorkerSettings
+
+        self._server = S3Proxy(heap="1g").start()
+        # Credentials and S3Proxy's checksum settings reach the spawned children by the
+        # environment they inherit; the endpoint goes in the job's [aws] settings.
+        os.environ.update(client_env(s3_url=self._server.url))
+        os.environ["AWS_REGION"] = "us-east-1"
+        self._aws = AwsSettings(region="us-east-1", endpoint_url_s3=self._server.url)
+        self._s3 = boto3.client(
+            "s3",
+            endpoint_url=self._server.url,
+            config=Config(
+                region_name="us-east-1",
+                s3={"addressing_style": "path"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+        self._server_cpu = ProcessCpu(self._server.pid)
+        self._s3.create_bucket(Bucket=self.IN)
+        self._s3.create_bucket(Bucket=self.OUT)
+        for f in self.files:
+            self._s3.upload_file(str(f), self.IN, f.name)
+        warm = self.files[0].read_bytes()[: 64 * 1024]
+        self._s3.put_object(Bucket=self.IN, Key="warmup.log", Body=warm[: warm.rfind(b"\n") + 1])
+        self._executor = PoolExecutor(
+            PoolExecutorSettings(processes=self.processes),
+            WorkerSettings(worker_id="bench-pool"),
+        )
+        self._runner = asyncio.Runner()
+        started = time.perf_counter()
+        self.pids = self._runner.run(self._warm_up())
+        self.warmup_s = round(time.perf_counter() - started, 3)
+        return self
+
+    def job(self, key: str) -> Any:
+        """The ObjectJob the worker's handler builds for ``key`` (pool route, defaults)."""
+        from s3flow.events import ObjectEvent
+        from s3flow.executors.base import ObjectJob
+
+        size = self._s3.head_object(Bucket=self.IN, Key=key)["ContentLength"]
+        return ObjectJob(
+            processor="text-to-pdf",
+            options={},
+            event=ObjectEvent(bucket=self.IN, key=key, size=size),
+            output=self.output,
+            aws=self._aws,
+            pipeline="bench-text-to-pdf",
+            route="default",
+            worker_id="bench-pool",
+            max_uncompressed_bytes=4 * 1024**3,
+        )
+
+    async def _warm_up(self) -> set[int]:
+        """Spawn every child, then one small job per child at once (imports, font, client).
+
+        ``child_pids()`` spawns every child, but the pids it returns are those of the
+        children that ran its probes: a child that is up first may take them all while
+        another is still importing. So it is asked again until every child has answered.
+        """
+        pids: set[int] = set()
+        for _ in range(20):
+            pids |= await self._executor.child_pids()
+            if len(pids) == self.processes:
+                break
+        else:
+            raise BenchError(f"only {len(pids)} of {self.processes} pool children answered")
+        cpu = {pid: ProcessCpu(pid) for pid in pids}
+        before = {pid: c.read() for pid, c in cpu.items()}
+        warm = self.job("warmup.log")
+        await asyncio.gather(*(self._executor.run(warm) for _ in range(self.processes)))
+        self.warmup_cpu_s = [round(c.read() - before[pid], 3) for pid, c in cpu.items()]
+        return pids
+
+    async def _round(self, jobs: list[Any]) -> tuple[float, float, list[Any]]:
+        started = time.perf_counter()
+        results = await asyncio.gather(*(self._executor.run(job) for job in jobs))
+        return started, time.perf_counter(), list(results)
+
+    def run_round(self) -> dict[str, Any]:
+        """Every file through the pool at once; the round's figures."""
+        assert self._runner is not None
+        jobs = [self.job(f.name) for f in self.files]
+        cpu = {pid: ProcessCpu(pid) for pid in self.pids}
+        cpu_before = {pid: c.read() for pid, c in cpu.items()}
+        server_before = self._server_cpu.read()
+        before = proc_stat()
+        started, ended, results = self._runner.run(self._round(jobs))
+        wall = ended - started
+        load = machine_load(before, wall)
+        sizes = [f.stat().st_size for f in self.files]
+        text = [int(r.counters["text_bytes"]) for r in results]
+        if text != sizes:
+            raise BenchError(f"the pool converted {text} bytes of text, the files have {sizes}")
+        for f, r in zip(self.files, results, strict=True):
+            want = f"{self.output}{f.name}.pdf"
+            if r.outputs != [want]:
+                raise BenchError(f"the pool wrote {r.outputs}, expected {want}")
+            head = self._s3.head_object(Bucket=self.OUT, Key=f"pdf/{f.name}.pdf")
+            if head["ContentLength"] != r.counters["bytes_out"]:
+                raise BenchError(f"{want}: {head['ContentLength']} bytes, reported {r.counters}")
+        self.last_pages = [int(r.counters["pages"]) for r in results]
+        pages = sum(self.last_pages)
+        total = sum(sizes)
+        hwm = [child_vm_hwm_mb(pid) for pid in self.pids]
+        if None in hwm:
+            raise BenchError("a pool child is gone (the pool restarted?)")
+        return {
+            "processes": self.processes,
+            "files": len(jobs),
+            "jobs_submitted_at_once": len(jobs),
+            "wall_s": round(wall, 3),
+            "text_bytes": total,
+            "pages": pages,
+            "pdf_bytes": sum(int(r.counters["bytes_out"]) for r in results),
+            "mb_per_s": round(total / MB / wall, 3),
+            "pages_per_s": round(pages / wall, 1),
+            "peak_rss_mb": round(max(h for h in hwm if h is not None), 1),
+            "per_job_processing_s": [round(r.detail["processing_ms"] / 1000, 3) for r in results],
+            "cpu_s": round(sum(cpu[p].read() - cpu_before[p] for p in self.pids), 3),
+            "s3proxy_cpu_s": round(self._server_cpu.read() - server_before, 3),
+            **load,
+        }
+
+    def check_output(self, path: Path) -> None:
+        """Download the last round's PDF of the first file and check it (complete, pages)."""
+        self._s3.download_file(self.OUT, f"pdf/{self.files[0].name}.pdf", str(path))
+        check_pdf(path, self.last_pages[0])
+
+    def close(self) -> None:
+        """Shut the pool down, stop S3Proxy, restore the environment."""
+        try:
+            if self._runner is not None:
+                if self._executor is not None:
+                    self._runner.run(self._executor.close())
+                self._runner.close()
+        finally:
+            if self._server is not None:
+                self._server.close()
+            os.environ.clear()
+            os.environ.update(self._env)
+
+
 def run_throughput(
-    files: list[Path], work: Path, rounds: int, systems: list[str]
+    files: list[Path], work: Path, rounds: int, systems: list[str], pool: PoolBench | None
 ) -> dict[str, Any]:
+    """``rounds`` rounds of every system in rotating order; the median run of each."""
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
     out = work / "out"
     out.mkdir(exist_ok=True)
@@ -339,7 +541,12 @@ def run_throughput(
         order = systems[rnd % len(systems) :] + systems[: rnd % len(systems)]
         for system in order:
             before = proc_stat()
-            if system == "s3flow_x2":
+            if system == "s3flow_pool":
+                if pool is None:
+                    raise BenchError("s3flow_pool needs the pool bench")
+                r = pool.run_round()  # machine load over its own timed span
+                target = out / "pool.pdf"
+            elif system == "s3flow_x2":
                 pairs = [(f, out / f"{f.name}.x2.pdf") for f in files[:2]]
                 docs = parallel(
                     lambda p: run(
@@ -371,7 +578,8 @@ def run_throughput(
                     "s3flow_sans": ["s3flow", str(a), str(target), '{"monospace": false}'],
                 }[system]
                 r = run(args, work / f"{system}.log")
-            r.update(machine_load(before, r["wall_s"]))
+            if system != "s3flow_pool":
+                r.update(machine_load(before, r["wall_s"]))
             r["round"] = rnd + 1
             runs[system].append(r)
             print(
@@ -379,7 +587,10 @@ def run_throughput(
                 f"{r['pages_per_s']} pages/s, peak RSS {r['peak_rss_mb']} MB",
                 flush=True,
             )
-            if rnd == rounds - 1 and system != "s3flow_x2":
+            if rnd == rounds - 1 and system == "s3flow_pool":
+                assert pool is not None
+                pool.check_output(target)
+            elif rnd == rounds - 1 and system != "s3flow_x2":
                 check_pdf(target, r["pages"])
     return {s: median_run(rs) for s, rs in runs.items()}
 
@@ -473,6 +684,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="4 MB files, 1 round, 20 MB object")
     parser.add_argument("--no-libraries", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--no-pool", action="store_true", help="skip the s3flow_pool system")
+    parser.add_argument("--processes", type=int, default=2, help="s3flow_pool's processes")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "text_to_pdf.json")
     parser.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -501,7 +714,10 @@ def main() -> int:
             info[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             info[dist] = None
-    systems = ["naive", "s3flow", "s3flow_x2", "s3flow_sans"]
+    systems = ["naive", "s3flow", "s3flow_x2", "s3flow_pool", "s3flow_sans"]
+    if args.no_pool:
+        systems.remove("s3flow_pool")
+    pool: PoolBench | None = None
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="s3flow-bench-t2p-") as tmp:
         work = Path(tmp)
@@ -509,10 +725,23 @@ def main() -> int:
         for i, f in enumerate(files):
             make_logs(f, args.mb * MB, seed=11 + i)
         print(f"files: 2 x {files[0].stat().st_size / MIB:.1f} MiB of log lines", flush=True)
-        results = run_throughput(files, work, args.rounds, systems)
+        if not args.no_pool:
+            pool = PoolBench(files, args.processes)
+            try:
+                pool.start()
+                print(
+                    f"pool: {args.processes} processes started and warmed in {pool.warmup_s} s",
+                    flush=True,
+                )
+                results = run_throughput(files, work, args.rounds, systems, pool)
+            finally:
+                pool.close()
+        else:
+            results = run_throughput(files, work, args.rounds, systems, None)
         memory = None if args.no_memory else run_memory(files[0], args.memory_mb * MB, work)
         libraries = None if args.no_libraries else run_libraries(work, args.lib_mb)
 
+    info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     naive = results["naive"]["mb_per_s"]
     ratios = {
         f"{s}_vs_naive_mb_per_s": round(results[s]["mb_per_s"] / naive, 2)
@@ -522,15 +751,19 @@ def main() -> int:
     goals: dict[str, Any] = {
         "at_least_3x_naive_mb_per_s_two_processes": ratios["s3flow_x2_vs_naive_mb_per_s"] >= 3,
         "at_least_3x_naive_mb_per_s_one_process": ratios["s3flow_vs_naive_mb_per_s"] >= 3,
-        "pool_executor_measured": False,
     }
+    if "s3flow_pool" in results:
+        goals["at_least_3x_naive_mb_per_s_pool_executor"] = (
+            ratios["s3flow_pool_vs_naive_mb_per_s"] >= 3
+        )
     if memory is not None:
         goals["peak_rss_at_most_300mb_on_200mb"] = memory["peak_rss_mb"] <= 300
     doc = {
         "benchmark": "text_to_pdf",
-        "description": "text -> PDF from local files: s3flow's text-to-pdf processor (1 process; "
-        "2 processes on 2 files at once) vs a naive ReportLab canvas script (Helvetica, one "
-        "drawString per line, one process); each system in its own child process",
+        "description": "text -> PDF: s3flow's text-to-pdf processor from local files (1 process; "
+        "2 processes on 2 files at once), s3flow's pool executor (2 processes, the same 2 files "
+        "from S3 to S3 through S3Proxy) vs a naive ReportLab canvas script from local files "
+        "(Helvetica, one drawString per line, one process)",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - started, 1),
         "machine": info,
@@ -541,6 +774,18 @@ def main() -> int:
             "on A4; the naive script draws them unwrapped, past the page edge)",
             "rounds": args.rounds,
         },
+        "pool_executor": None
+        if pool is None
+        else {
+            "processes": pool.processes,
+            "endpoint": "S3Proxy 2.6.0 (transient store, JVM -Xmx1g) on 127.0.0.1, no added "
+            "latency; GetObject stream in, PutObject out (PDFs under 16 MiB)",
+            "warm_up_s": pool.warmup_s,
+            "warm_up_job_cpu_s_per_child": pool.warmup_cpu_s,
+            "warm_up": "before the first timed round: child_pids() (every child spawned and "
+            "started), then one 64 KB text-to-pdf job per child at once (imports, font, the "
+            "child's S3 client); the pool then lives through every round, as a worker's does",
+        },
         "systems": results,
         "ratios": ratios,
         "memory_200mb": memory,
@@ -550,8 +795,14 @@ def main() -> int:
             "mb_per_s = text bytes / 10^6 / wall_s, wall_s measured inside the child after "
             "its imports; pages_per_s likewise (pages differ: layouts differ)",
             "peak_rss_mb = the child's VmHWM",
-            "the >= 3x goal is for s3flow on its pool executor on 2 cores; the pool executor "
-            "is not measured here: s3flow_x2 (two processes, one file each) stands in for it",
+            "s3flow_pool: the worker's PoolExecutor with 2 processes; both files submitted "
+            "at once as ObjectJobs (as the worker does with concurrency >= processes), read "
+            "from S3Proxy and written back to it; wall_s = first submit to last Result in the "
+            "parent, pool warm-up (children spawned and imported, one small job each) done "
+            "before timing; mb_per_s = both files' bytes / wall_s; S3Proxy shares the 2 cores "
+            "(s3proxy_cpu_s); peak_rss_mb = the larger child VmHWM over the pool's life",
+            "the >= 3x goal is for s3flow on its pool executor on 2 cores: "
+            "at_least_3x_naive_mb_per_s_pool_executor (s3flow_pool vs naive)",
             "the machine is shared: compare ratios, and look at machine_cores_busy",
         ],
     }
