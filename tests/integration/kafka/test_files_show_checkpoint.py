@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from itest_support import Harness, wait_for
+from itest_support import Harness
 from kafka_support import unique_topic
 
 from s3flow.local.kafka_broker import KafkaBroker
@@ -24,22 +24,17 @@ def test_files_show_prints_the_checkpoint(harness: Harness, kafka: KafkaBroker) 
     harness.put("in/show.csv", body.encode())
     assert harness.run().pipelines["p"].objects_processed == 1
 
+    # The run returns only after its final checkpoint is mirrored into the state store.
     cfg = harness.write_config()
-
-    def show() -> list[str]:
-        run = subprocess.run(
-            [sys.executable, "-m", "s3flow", "files", "show", "in/show.csv", "-c", str(cfg)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert run.returncode == 0, run.stderr
-        return [x for x in run.stdout.splitlines() if x.strip().startswith("checkpoint:")]
-
-    # The processor mirrors its Kafka checkpoint into the state store; under a loaded
-    # suite that write can land just after the burst worker returns.
-    (line,) = wait_for(show, 20, "the mirrored checkpoint in `files show`")
+    run = subprocess.run(
+        [sys.executable, "-m", "s3flow", "files", "show", "in/show.csv", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    (line,) = [x for x in run.stdout.splitlines() if x.strip().startswith("checkpoint:")]
     checkpoint = json.loads(line.split("checkpoint:", 1)[1])
     assert checkpoint["done"] is True
     assert (checkpoint["sent"], checkpoint["row"]) == (30, 30)

@@ -50,8 +50,8 @@ from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef, mirror_
 from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
 from s3flow.pipelines.csv_kafka.runner import (
     READ_CHUNK_BYTES,
+    CheckpointMirror,
     RunReport,
-    _Mirror,
     mirrored_hint,
     run_object,
 )
@@ -292,16 +292,13 @@ async def run_range_process(
     report_progress: Callable[[int], None],
 ) -> RunReport:
     """Run one range in its own process until it is done (restarting it if it dies)."""
-    loop = asyncio.get_running_loop()
     name = mirror_name(opts.topic, ref)
-    mirror = _Mirror(loop, store, name)
-    mirror.start()
     started = time.monotonic()
     deadline = started + opts.retry_timeout_s
     fmt, level = _log_settings()
     access = await S3Access.of(s3)
     deaths = 0
-    try:
+    async with CheckpointMirror(store, name) as mirror:
         while True:
             job = RangeJob(
                 options=opts.model_dump(),
@@ -324,14 +321,12 @@ async def run_range_process(
                 continue
             report.seconds = time.monotonic() - started
             return report
-    finally:
-        await mirror.stop()
 
 
 async def _supervise(
     job: RangeJob,
     executor: Executor,
-    mirror: _Mirror,
+    mirror: CheckpointMirror,
     report_progress: Callable[[int], None],
 ) -> RunReport:
     """Start one range process and follow it to its result (stop it when cancelled)."""

@@ -57,18 +57,22 @@ class RunReport:
     commit_seconds: float
 
 
-class _Mirror:
-    """Writes the latest checkpoint to the state store, in order, from any thread."""
+class CheckpointMirror:
+    """Writes the latest checkpoint to the state store, in order, from any thread.
+
+    An async context manager: on exit every checkpoint offered so far is in the store
+    (a run's result is returned only after its final checkpoint is mirrored, so
+    ``s3flow files show`` sees it as soon as the run is over).
+    """
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
         store: StateStore | None,
         name: str,
         forward: Callable[[Checkpoint], None] | None = None,
         hint: int | None = None,
     ):
-        self._loop = loop
+        self._loop = asyncio.get_running_loop()
         self._store = store
         self._name = name
         self._forward = forward
@@ -76,11 +80,16 @@ class _Mirror:
         self.hint = hint
         self._latest: Checkpoint | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    async def __aenter__(self) -> CheckpointMirror:
         if self._store is not None:
             self._task = asyncio.create_task(self._run(), name=f"mirror:{self._name}")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stop()
 
     def offer(self, ckpt: Checkpoint) -> None:
         """Called in the session thread after each commit."""
@@ -93,8 +102,7 @@ class _Mirror:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     async def _run(self) -> None:
-        assert self._store is not None
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
             await self._flush()
@@ -108,12 +116,14 @@ class _Mirror:
         except Exception as exc:  # a mirror only: Kafka holds the truth
             log.warning("mirroring checkpoint %s failed: %s", self._name, exc)
 
-    async def stop(self) -> None:
+    async def _stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            # Let the task finish the write it may be in (cancelling it would drop a
+            # queued write, or let a started one land after the run has returned).
+            self._stopping = True
+            self._wake.set()
+            task, self._task = self._task, None
+            await asyncio.shield(task)
         await self._flush()
 
 
@@ -151,14 +161,11 @@ async def run_object(
     (else the store's mirrored checkpoint says); ``on_checkpoint``: also called (in the
     produce thread) with each committed checkpoint (a range process reports them).
     """
-    loop = asyncio.get_running_loop()
     name = mirror_name(opts.topic, ref)
-    mirror = _Mirror(loop, store, name, on_checkpoint, hint)
-    mirror.start()
     started = time.monotonic()
     deadline = started + opts.retry_timeout_s
     attempt = 0
-    try:
+    async with CheckpointMirror(store, name, on_checkpoint, hint) as mirror:
         while True:
             attempt += 1
             try:
@@ -184,8 +191,6 @@ async def run_object(
             report.attempts = attempt
             report.seconds = time.monotonic() - started
             return report
-    finally:
-        await mirror.stop()
 
 
 async def _attempt(
@@ -194,7 +199,7 @@ async def _attempt(
     open_stream: Callable[[], Awaitable[ObjectReader]],
     executor: Executor,
     store: StateStore | None,
-    mirror: _Mirror,
+    mirror: CheckpointMirror,
     report_progress: Callable[[int], None],
 ) -> RunReport:
     loop = asyncio.get_running_loop()
