@@ -24,24 +24,10 @@ from typing import Any
 _UNDEFINED = "\ufffe"  # a charmap table's "no character at this code"
 
 
-def escape(data: bytes) -> bytes:
-    """Escape the bytes a PDF literal string cannot hold as they are."""
-    if b"\\" in data:
-        data = data.replace(b"\\", b"\\\\")
-    if b"(" in data:
-        data = data.replace(b"(", b"\\(")
-    if b")" in data:
-        data = data.replace(b")", b"\\)")
-    if b"\n" in data:
-        data = data.replace(b"\n", b"\\n")
-    if b"\r" in data:
-        data = data.replace(b"\r", b"\\r")
-    return data
-
-
 def escape_rows(data: bytes) -> bytes:
-    """:func:`escape` for subset-0 bytes whose ``\\n`` separate rows (and stay)."""
-    if b"\\" in data:
+    """Escape the bytes a PDF literal string cannot hold as they are, except ``\\n``:
+    for subset-0 bytes whose ``\\n`` separate rows (and stay)."""
+    if b"\\" in data:  # first: the escapes below add backslashes
         data = data.replace(b"\\", b"\\\\")
     if b"(" in data:
         data = data.replace(b"(", b"\\(")
@@ -50,6 +36,12 @@ def escape_rows(data: bytes) -> bytes:
     if b"\r" in data:
         data = data.replace(b"\r", b"\\r")
     return data
+
+
+def escape(data: bytes) -> bytes:
+    """Escape the bytes a PDF literal string cannot hold as they are (``\\n`` too)."""
+    data = escape_rows(data)
+    return data.replace(b"\n", b"\\n") if b"\n" in data else data
 
 
 class SubsetEncoder:
