@@ -88,6 +88,12 @@ def _req(doc: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
+def _text(doc: dict[str, Any], name: str) -> str | None:
+    """An optional field as text; None when it is absent or empty."""
+    value = doc.get(name)
+    return str(value) if value else None
+
+
 def _file(i: int, item: Any) -> InputFile:
     if not isinstance(item, dict):
         raise ManifestError(f"manifest: files[{i}] is not an object")
@@ -97,14 +103,13 @@ def _file(i: int, item: Any) -> InputFile:
     size = item.get("size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
         raise ManifestError(f"manifest: files[{i}].size is not a non-negative integer")
-    etag = item.get("etag")
-    version_id = item.get("version_id")
+    etag = _text(item, "etag")
     return InputFile(
         bucket=bucket,
         key=key,
         size=size,
-        etag=str(etag).strip('"') if etag else None,
-        version_id=str(version_id) if version_id else None,
+        etag=etag.strip('"') if etag else None,
+        version_id=_text(item, "version_id"),
     )
 
 
@@ -152,10 +157,10 @@ def parse_manifest(data: bytes) -> Manifest:
         date=day,
         files=files,
         version=version,
-        created_at=str(doc["created_at"]) if doc.get("created_at") else None,
-        sealed_by=str(doc["sealed_by"]) if doc.get("sealed_by") else None,
+        created_at=_text(doc, "created_at"),
+        sealed_by=_text(doc, "sealed_by"),
         fencing_token=token if isinstance(token, int) else None,
-        trigger=str(doc["trigger"]) if doc.get("trigger") else None,
+        trigger=_text(doc, "trigger"),
         total_bytes=total_bytes if isinstance(total_bytes, int) else None,
         raw=doc,
     )
