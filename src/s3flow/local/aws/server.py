@@ -67,10 +67,7 @@ class JvmServer(JvmProcess):
         """``http://127.0.0.1:<port>``."""
         return f"http://{HOST}:{self.port}"
 
-    @property
-    def address(self) -> str:
-        """:attr:`url`."""
-        return self.url
+    address = url  # where messages and repr say the server is
 
     @property
     def log_path(self) -> Path:

@@ -98,10 +98,7 @@ class KafkaBroker(JvmProcess):
             raise ServiceError("the Kafka broker has no port yet: call start() first")
         return f"{HOST}:{self.port}"
 
-    @property
-    def address(self) -> str:
-        """:attr:`bootstrap`."""
-        return self.bootstrap
+    address = bootstrap  # where messages and repr say the broker is
 
     @property
     def log_path(self) -> Path:
