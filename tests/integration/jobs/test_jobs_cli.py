@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from itest_support import wait_for
-from jobs_support import JobsProject
+from jobs_support import JobsProject, stop_process
 
 from s3flow.app import provision_all
 from s3flow.local.endpoint import free_port
@@ -34,18 +33,6 @@ def _s3flow(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
         timeout=timeout,
         env=env,
     )
-
-
-def _stop(procs: list[Any]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def test_provision_of_the_jobs_resources_is_idempotent(tmp_path: Path, s3: Any, sqs: Any) -> None:
@@ -129,7 +116,7 @@ def test_upload_follows_the_job_and_jobs_commands_show_it(
         again = _s3flow("jobs", "retry", job_id, "-c", str(project.cfg))
         assert again.returncode == 2 and "only failed or expired" in " ".join(again.stderr.split())
     finally:
-        _stop(procs)
+        stop_process(*procs)
 
 
 def test_a_failed_job_is_retried_as_a_new_job(tmp_path: Path, s3: Any, sqs: Any) -> None:
@@ -149,7 +136,7 @@ def test_a_failed_job_is_retried_as_a_new_job(tmp_path: Path, s3: Any, sqs: Any)
         new_id = re.search(r"retried as (job-[0-9a-f]{32})", retry.stdout).group(1)  # type: ignore[union-attr]
         done = project.consume_until([new_id], timeout_s=90)
     finally:
-        _stop([worker])
+        stop_process(worker)
     assert done[new_id].status == "completed"
     assert project.events(new_id)[0].data["retry_of"] == job_id
 

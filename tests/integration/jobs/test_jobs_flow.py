@@ -13,21 +13,11 @@ from typing import Any
 
 import pytest
 from itest_support import wait_for
-from jobs_support import FAILS, SLOW, JobsProject
+from jobs_support import FAILS, SLOW, JobsProject, stop_process
 
 from s3flow.state.jobs import EventType, JobStatus
 
 pytestmark = pytest.mark.integration
-
-
-def _stop(proc: Any) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except Exception:
-            proc.kill()
-            proc.wait()
 
 
 def _contiguous(events: list[Any]) -> None:
@@ -49,7 +39,7 @@ def test_three_files_one_job_zip_bundle(tmp_path: Path, s3: Any, sqs: Any) -> No
         project.post_files(created, files)
         done = project.consume_until([job_id], timeout_s=90)
     finally:
-        _stop(worker)
+        stop_process(worker)
     job = done[job_id]
     assert job.status is JobStatus.COMPLETED, job.error
     assert [s.status for s in job.steps] == ["completed", "completed"]
@@ -88,7 +78,7 @@ def test_object_of_no_upload_is_quarantined_and_others_go_on(
         project.post_files(created, files)
         done = project.consume_until([created["job_id"]], timeout_s=60)
     finally:
-        _stop(worker)
+        stop_process(worker)
     assert done[created["job_id"]].status is JobStatus.COMPLETED
     log = (tmp_path / "worker.log").read_text()
     assert "belongs to no upload" in log and "is not an upload file" in log
@@ -108,7 +98,7 @@ def test_declared_files_that_never_arrive_expire_the_job(tmp_path: Path, s3: Any
         wait_for(lambda: (j := project.job(job_id)) and j.files[0].received, 10, "a.txt")
         wait_for(lambda: (j := project.job(job_id)) and j.status.terminal, 60, "expiry")
     finally:
-        _stop(worker)
+        stop_process(worker)
     job = project.job(job_id)
     assert job is not None and job.status is JobStatus.EXPIRED
     assert "late.txt" in (job.error or "")
@@ -130,7 +120,7 @@ def test_twenty_concurrent_uploads_all_complete(tmp_path: Path, s3: Any, sqs: An
             list(pool.map(lambda cf: project.post_files(*cf), created))
         done = project.consume_until([c["job_id"] for c, _ in created], timeout_s=120)
     finally:
-        _stop(worker)
+        stop_process(worker)
     assert {j.status for j in done.values()} == {JobStatus.COMPLETED}
     for job in done.values():
         assert len(job.outputs) == 2
@@ -154,7 +144,7 @@ def test_failing_step_fails_the_job_after_max_receives(tmp_path: Path, s3: Any, 
         # The queue's redrive moves the message to the FIFO DLQ on its next receive.
         wait_for(lambda: project.depth("processing-dlq.fifo") == 1, 60, "processing DLQ")
     finally:
-        _stop(worker)
+        stop_process(worker)
     job = done[created["job_id"]]
     assert job.status is JobStatus.FAILED
     assert "failed 3 times" in (job.error or "") and "boom" in (job.error or "")
@@ -188,13 +178,13 @@ def test_sigkill_of_the_job_worker_mid_step_completes_once(
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
     finally:
-        _stop(first)
+        stop_process(first)
     assert not any(p.name.startswith("done-") for p in markers.iterdir())
     second = project.worker("worker2.log")
     try:
         done = project.consume_until([job_id], timeout_s=120)
     finally:
-        _stop(second)
+        stop_process(second)
     job = done[job_id]
     assert job.status is JobStatus.COMPLETED, job.error
     events = project.events(job_id)
@@ -209,4 +199,4 @@ def test_sigkill_of_the_job_worker_mid_step_completes_once(
         for role in ("intake", "intake-dlq", "processing.fifo", "processing-dlq.fifo"):
             wait_for(lambda r=role: project.depth(r) == 0, 60, f"{role} to be empty")
     finally:
-        _stop(second)
+        stop_process(second)

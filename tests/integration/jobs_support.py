@@ -1,8 +1,15 @@
-"""Upload-jobs test helpers: an isolated [jobs] project per test on the shared emulator."""
+"""Upload-jobs test helpers: an isolated [jobs] project per test on the shared emulator.
+
+The one home of the jobs-project helpers (the web tests import them too): the TOML
+writer, stopping the ``s3flow`` subprocesses, :class:`JobsProject`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -61,7 +68,7 @@ class JobsProject:
         }
         self.data = data
         self.settings: Settings = load_settings(None, data)
-        self.cfg.write_text(_toml(data))
+        self.cfg.write_text(toml_text(data))
         asyncio.run(provision_all(self.settings))
         self.bucket = self.resource("uploads")
         # The notification's s3:TestEvent.
@@ -176,9 +183,8 @@ class JobsProject:
         return asyncio.run(go())
 
 
-def _toml(data: dict[str, Any]) -> str:
-    """Just enough TOML for the test configs (tables, arrays of tables, inline tables)."""
-    import json
+def toml_text(data: dict[str, Any]) -> str:
+    """Just enough TOML for the test configs: tables, arrays of tables, inline tables."""
 
     def val(v: Any) -> str:
         if isinstance(v, bool):
@@ -202,3 +208,16 @@ def _toml(data: dict[str, Any]) -> str:
             out += [f"{k} = {val(v)}" for k, v in body.items()]
         out.append("")
     return "\n".join(out)
+
+
+def stop_process(*procs: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    """SIGTERM each (all at once, so they stop side by side), wait; SIGKILL one that stays."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
