@@ -38,6 +38,10 @@ K = TypeVar("K")
 R = TypeVar("R")
 #: What a transition writes: the new record and its history entry (None: nothing).
 Plan = tuple[FileRecord, HistoryEntry] | None
+#: ``decide(record or None, now)``: a transition's result and what it writes.
+Decide = Callable[[FileRecord | None, float], tuple[R, Plan]]
+#: ``decide(manifest or None, now)``: the manifest to write (raises if refused).
+DecideManifest = Callable[[ManifestRecord | None, float], ManifestRecord]
 MAX_TEXT = 2000  # error messages and details are truncated to this many characters
 _FAILURES = frozenset({FileStatus.FAILED, FileStatus.DEAD, FileStatus.QUARANTINED})
 
@@ -281,7 +285,7 @@ class FileLifecycleMixin:
     async def _mutate(
         self,
         oid: ObjectId,
-        decide: Callable[[FileRecord | None, float], tuple[R, Plan]],
+        decide: Decide[R],
         *,
         assume_absent: bool = False,
     ) -> R:  # pragma: no cover - provided by the backend
@@ -425,7 +429,7 @@ class ManifestStatusMixin:
     async def _move_manifest(
         self,
         manifest_id: str,
-        decide: Callable[[ManifestRecord | None, float], ManifestRecord],
+        decide: DecideManifest,
         held: dict[ObjectId, str],
     ) -> ManifestRecord:  # pragma: no cover - provided by the backend
         """Write the manifest ``decide`` returns, conditioned on what it was given.

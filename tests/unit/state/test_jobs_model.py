@@ -1,4 +1,4 @@
-"""The upload-job model: the pure fold (``apply_event``) and the stored JSON form."""
+"""The upload-job model: the pure folds (``apply_event``, ``plan_append``), the stored JSON."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from s3flow.state.jobs import (
     JOB_JSON_VERSION,
     TERMINAL_EVENTS,
     TERMINAL_STATUSES,
+    EventDraft,
     EventType,
     JobFile,
     JobOutput,
@@ -22,6 +23,7 @@ from s3flow.state.jobs import (
     apply_event,
     job_from_json,
     job_to_json,
+    plan_append,
 )
 
 T0 = 1_700_000_000.0
@@ -251,3 +253,31 @@ def test_json_refuses_what_is_not_a_record(text: str) -> None:
 def test_json_refuses_non_finite_numbers() -> None:
     with pytest.raises(ValueError):
         job_to_json(job(expires_at=float("inf")))
+
+
+def test_event_draft_checks_the_data_before_any_write() -> None:
+    draft = EventDraft.of("e1", "step.progress", {"step": 0, "bytes_done": 5})
+    assert draft.type is EventType.STEP_PROGRESS
+    assert draft.payload == '{"step":0,"bytes_done":5}'
+    assert draft.logged("job-1", 3, T0).data == {"step": 0, "bytes_done": 5}
+    with pytest.raises(ValueError):
+        EventDraft.of("e2", EventType.STEP_PROGRESS, {"x": float("nan")})
+    with pytest.raises(TypeError):
+        EventDraft.of("e3", EventType.STEP_PROGRESS, {"x": object()})
+
+
+def test_plan_append_gives_the_next_seq_and_the_folded_job() -> None:
+    draft = EventDraft.of("e1", EventType.JOB_QUEUED, {})
+    planned = plan_append(job(last_seq=2), draft, T0 + 1, None)
+    assert planned is not None
+    event, new = planned
+    assert (event.job_id, event.seq, event.event_id, event.at) == ("job-1", 3, "e1", T0 + 1)
+    assert (new.status, new.last_seq, new.updated_at) == (JobStatus.QUEUED, 3, T0 + 1)
+
+
+def test_plan_append_refuses_a_terminal_job_or_another_status() -> None:
+    draft = EventDraft.of("e1", EventType.STEP_STARTED, {"step": 0})
+    assert plan_append(job(JobStatus.COMPLETED), draft, T0, None) is None
+    queued = frozenset({JobStatus.QUEUED})
+    assert plan_append(job(JobStatus.WAITING_FOR_FILES), draft, T0, queued) is None
+    assert plan_append(job(JobStatus.QUEUED), draft, T0, queued) is not None

@@ -20,7 +20,7 @@ Six tables, PAY_PER_REQUEST, created by :meth:`DynamoStateStore.ensure_tables`
     (``val``), ``lock#<name>`` (``owner``, ``token``, ``expires_at``), and the
     files' status counters: ``fcount#[pipeline]`` and
     ``fcount#[pipeline, day]`` (a number per status) with their registry
-    ``fcounts`` (see :mod:`.files`).
+    ``fcounts`` (see :mod:`.counters`).
 ``<prefix>-manifests``
     Manifests and the files tracked for them (``pk``/``sk``), keys JSON-encoded:
     a tracked file is ``pk = ["file", dataset, date]``, ``sk = [bucket, key,
@@ -92,7 +92,7 @@ and each transaction copies the two jobs tables (fine for tests and a dev box).
 
 Nothing an operator runs routinely scans: ``counts`` reads the status
 counters (updated by an ``ADD`` after each transition; the crash window this
-leaves is described in :mod:`.files`), ``oldest_processing_at`` and
+leaves is described in :mod:`.counters`), ``oldest_processing_at`` and
 ``list_files`` the ``listing`` index, ``list_manifests`` the manifests table's
 ``listing`` index. Only :meth:`~.maintenance.MaintenanceMixin.recount`
 (``s3flow state recount``) scans.

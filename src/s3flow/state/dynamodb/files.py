@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from collections.abc import Callable
 
 from s3flow.state.dynamodb.client import MAX_CONFLICT_RETRIES, Conflict, backoff
 from s3flow.state.dynamodb.codec import (
@@ -37,9 +36,9 @@ from s3flow.state.dynamodb.codec import (
 from s3flow.state.dynamodb.counters import CountersMixin, count_key
 from s3flow.state.dynamodb.tables import FILES_LISTING_INDEX
 from s3flow.state.lifecycle import (
+    Decide,
     FileLifecycleMixin,
     Finish,
-    Plan,
     R,
     clip,
     plan_finish,
@@ -116,7 +115,7 @@ class FilesMixin(CountersMixin, FileLifecycleMixin):
     async def _mutate(
         self,
         oid: ObjectId,
-        decide: Callable[[FileRecord | None, float], tuple[R, Plan]],
+        decide: Decide[R],
         *,
         assume_absent: bool = False,
     ) -> R:

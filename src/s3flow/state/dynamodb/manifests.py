@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -40,7 +39,7 @@ from s3flow.state.dynamodb.codec import (
     tracked_key,
 )
 from s3flow.state.dynamodb.tables import MANIFESTS_LISTING_INDEX, PENDING_INDEX
-from s3flow.state.lifecycle import ManifestStatusMixin
+from s3flow.state.lifecycle import DecideManifest, ManifestStatusMixin
 from s3flow.state.records import (
     FILE_STATUS_OF,
     LockLostError,
@@ -386,7 +385,7 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
     async def _move_manifest(
         self,
         manifest_id: str,
-        decide: Callable[[ManifestRecord | None, float], ManifestRecord],
+        decide: DecideManifest,
         held: dict[ObjectId, str],
     ) -> ManifestRecord:
         """The manifest (revision-conditioned Put), then each of its files."""

@@ -21,10 +21,9 @@ Claims return ``token == 0`` unless the outcome is ``ACQUIRED``.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 from typing import Any
 
-from s3flow.state.lifecycle import FileLifecycleMixin, Plan, R, count_delta, zero_counts
+from s3flow.state.lifecycle import Decide, FileLifecycleMixin, R, count_delta, zero_counts
 from s3flow.state.records import FileRecord, FileStatus, HistoryEntry, ObjectId
 from s3flow.state.sqlite.codec import FILE_COLS, file_record, file_row
 from s3flow.state.sqlite.connection import SqliteStoreBase, in_tx
@@ -101,7 +100,7 @@ class FilesMixin(FileLifecycleMixin, SqliteStoreBase):
     async def _mutate(
         self,
         oid: ObjectId,
-        decide: Callable[[FileRecord | None, float], tuple[R, Plan]],
+        decide: Decide[R],
         *,
         assume_absent: bool = False,
     ) -> R:

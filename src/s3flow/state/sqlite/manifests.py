@@ -8,11 +8,10 @@ writes the manifest in one transaction, under the caller's lock.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from s3flow.state.lifecycle import ManifestStatusMixin
+from s3flow.state.lifecycle import DecideManifest, ManifestStatusMixin
 from s3flow.state.records import (
     FILE_STATUS_OF,
     LockLostError,
@@ -239,7 +238,7 @@ class ManifestsMixin(ManifestStatusMixin, SqliteStoreBase):
     async def _move_manifest(
         self,
         manifest_id: str,
-        decide: Callable[[ManifestRecord | None, float], ManifestRecord],
+        decide: DecideManifest,
         held: dict[ObjectId, str],
     ) -> ManifestRecord:
         """The manifest and its files in one transaction."""
