@@ -14,7 +14,7 @@ compared with a full recount (``recount``, what ``s3flow state recount`` runs).
 
 SQLite: the counters equal the recount every time (one transaction). DynamoDB:
 a transition whose ``ADD`` was not sent is missing from the counters (the crash
-window, see :mod:`s3flow.state.dynamodb.files`): at most one per task in
+window, see :mod:`s3flow.state.dynamodb.counters`): at most one per task in
 flight; ``recount(repair=True)`` then makes them exact again.
 """
 
