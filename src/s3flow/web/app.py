@@ -12,7 +12,7 @@ schema is at ``/api/openapi.json``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,6 +31,7 @@ from s3flow.web.form import router as form_router
 from s3flow.web.metrics import PROMETHEUS_TYPE, web_metrics
 from s3flow.web.pages import install_pages
 from s3flow.web.runtime import WebRuntime, open_runtime
+from s3flow.web.sse import DisconnectPoller
 
 __all__ = ["WebApp", "create_app"]
 
@@ -45,18 +46,25 @@ class WebApp(FastAPI):
 
     checker: TokenChecker = TokenChecker([])
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve an event stream directly; everything else goes through FastAPI."""
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Ends the event streams whose clients left (one task for all of them).
+        self.disconnects = DisconnectPoller()
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        """Serve an event stream directly; everything else goes through FastAPI.
+
+        Not a coroutine itself: it returns the one that answers, so an open
+        stream does not keep a frame of this method too.
+        """
         job_id = match_events(scope)
         if job_id is None:
-            await super().__call__(scope, receive, send)
-            return
+            return super().__call__(scope, receive, send)
         if self.checker.enabled:
             token = request_token(scope)
             if not self.checker.check(token):
-                await send_unauthorized(send, token)
-                return
-        await serve_events(self.state.runtime, job_id, scope, receive, send)
+                return send_unauthorized(send, token)
+        return serve_events(self.state.runtime, self.disconnects, job_id, scope, receive, send)
 
 
 def create_app(

@@ -5,9 +5,11 @@ what each holds must be small. Routed through FastAPI's middleware, router
 and dependency machinery, a request keeps about 15 KB of frames and objects
 for as long as the stream lives; :func:`serve_events`, called by the app
 before that stack (see :class:`s3flow.web.app.WebApp`, which checks the
-token first), keeps this function's frame, the stream and its
-:class:`~s3flow.web.hub.Subscription` on top of what uvicorn holds for any
-connection.
+token first and returns this coroutine rather than awaiting it), keeps this
+function's frame, its :class:`~s3flow.web.hub.EventStream` (a future while
+it waits) and an entry in the app's
+:class:`~s3flow.web.sse.DisconnectPoller` on top of what uvicorn holds for
+any connection: no response object, no generator, no task of its own.
 
 Without ``Last-Event-ID`` (header, or ``?last_event_id=`` for clients that
 cannot set headers) the stream replays from event 1, then goes live; it ends
@@ -20,6 +22,7 @@ JSON ``{"error": ...}``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from urllib.parse import parse_qsl
@@ -28,8 +31,9 @@ from starlette.types import Receive, Scope, Send
 
 from s3flow.errors import S3flowError
 from s3flow.web.auth import EVENTS_PATH
+from s3flow.web.hub import EventStream
 from s3flow.web.runtime import WebRuntime
-from s3flow.web.sse import EventStreamResponse, LastEventIdError, parse_last_event_id
+from s3flow.web.sse import HEADERS, DisconnectPoller, LastEventIdError, parse_last_event_id
 
 __all__ = ["match_events", "serve_events"]
 
@@ -71,41 +75,82 @@ def match_events(scope: Scope) -> str | None:
 
 
 async def serve_events(
-    runtime: WebRuntime, job_id: str, scope: Scope, receive: Receive, send: Send
+    runtime: WebRuntime,
+    disconnects: DisconnectPoller,
+    job_id: str,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
 ) -> None:
-    """Answer one events request: the stream, or a JSON error."""
+    """Answer one events request: the stream, or a JSON error.
+
+    The stream is sent from this coroutine itself (no response object, no
+    generator, no second task): while a subscriber waits, its request holds
+    this frame, its :class:`~s3flow.web.hub.EventStream` with one future,
+    and an entry in ``disconnects``, which ends the stream when the client
+    leaves.
+    """
+    stream = await _open_stream(runtime, job_id, scope, send)
+    if stream is None:
+        return
+    disconnects.watch(stream, receive, stream.stop)
+    try:
+        await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+        while (chunk := await stream.read()) is not None:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            elif (waiter := stream.wait()) is not None:
+                await waiter
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    except OSError:
+        pass  # the client is gone (ASGI spec 2.4 servers raise on send)
+    except Exception as exc:  # the store failed mid-stream: end it, the client resumes
+        log.warning("an event stream ended early (the client will resume): %s", exc)
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        disconnects.unwatch(stream)
+        stream.stop()
+
+
+async def _open_stream(
+    runtime: WebRuntime, job_id: str, scope: Scope, send: Send
+) -> EventStream | None:
+    """The stream to send, or None once an error (or 204) has been answered.
+
+    Keeps only the stream: what it looked up dies with this frame.
+    """
     if scope["method"] != "GET":
         await _json_error(send, 405, f"{scope['method']} is not allowed on {scope['path']}")
-        return
+        return None
     try:
         after = parse_last_event_id(_last_event_id(scope))
     except LastEventIdError as exc:
         await _json_error(send, 400, str(exc))
-        return
+        return None
     try:
         head = await _head(runtime, job_id)
     except S3flowError as exc:
         log.warning("GET %s failed: %s", scope["path"], exc)
         await _json_error(send, 503, f"the service cannot answer right now: {exc}")
-        return
+        return None
     except Exception:
         log.exception("GET %s failed", scope["path"])
         await _json_error(send, 500, "internal error: the server log has the details")
-        return
+        return None
     if head is None:
         await _json_error(
             send, 404, f"no job {job_id[:100]!r}: check the job_id POST /api/uploads returned"
         )
-        return
+        return None
     last_seq, finished = head
     if finished and after >= last_seq:
         # The client has the whole log, terminal event included (EventSource reconnects
         # after every close): 204 tells it to stop.
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
-        return
-    stream = runtime.hub.stream(job_id, after_seq=after, head=last_seq)
-    await EventStreamResponse(stream.frames(), stream.stop)(scope, receive, send)
+        return None
+    return runtime.hub.stream(job_id, after_seq=after, head=last_seq)
 
 
 async def _head(runtime: WebRuntime, job_id: str) -> tuple[int, bool] | None:

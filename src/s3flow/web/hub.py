@@ -5,9 +5,9 @@ events from the state store when :meth:`EventHub.notify` says there are some
 (the progress consumer calls it) and every ``poll_s`` otherwise — so a web
 instance that did not consume an event still sees it in the store, and any
 instance serves any job's stream. Each event is encoded once and the same
-frame is handed to every subscriber's small queue; a subscriber costs a
-:class:`Subscription` (a cursor, a list, a future while it waits), never a
-task or a query of its own.
+frame is handed to every subscriber's small queue; a subscriber costs its
+:class:`EventStream` (a cursor and, while it waits, one future; frames only
+until it takes them), never a task or a query of its own.
 
 A subscriber first catches up from the store after its own ``Last-Event-ID``
 (a first connection replays from event 1), then takes live frames, skipping
@@ -53,65 +53,6 @@ class Frame:
 _HEARTBEAT = Frame(0, HEARTBEAT, False)
 
 
-class Subscription:
-    """One subscriber's place in a job's channel: what it has sent and what waits.
-
-    Deliberately small (slots, a list, no task): a thousand of them on one
-    job cost a thousand short lists and, while idle, a thousand futures.
-    """
-
-    __slots__ = ("_closed", "_pending", "_waiter", "cursor", "job_id", "max_pending", "overflowed")
-
-    def __init__(self, job_id: str, cursor: int, max_pending: int) -> None:
-        self.job_id = job_id
-        self.cursor = cursor  # the seq of the last event this subscriber has sent
-        self.max_pending = max_pending
-        self.overflowed = False
-        self._pending: list[Frame] = []
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        """True once the stream must end."""
-        return self._closed
-
-    def push(self, frame: Frame) -> None:
-        """Queue ``frame``; a subscriber ``max_pending`` frames behind is closed instead."""
-        if self._closed:
-            return
-        if len(self._pending) >= self.max_pending:
-            self.overflowed = True
-            self._pending = []
-            self.close()
-            return
-        self._pending.append(frame)
-        self._wake()
-
-    def close(self) -> None:
-        """End the stream (frames already queued are still taken)."""
-        self._closed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def take(self) -> list[Frame]:
-        """Every queued frame, waiting for one; ``[]`` once closed and drained."""
-        while not self._pending:
-            if self._closed:
-                return []
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        frames, self._pending = self._pending, []
-        return frames
-
-
 class _Channel:
     """The one reader of one job's new events and the set of its subscribers."""
 
@@ -127,100 +68,193 @@ class _Channel:
         self.done = False  # a terminal event was handed out: nothing can follow
 
 
-class EventStream:
-    """One subscriber's SSE stream: :meth:`frames` to send, :meth:`stop` when the client leaves.
+class Subscription:
+    """One subscriber's place in a job's channel: what it has sent and what waits.
 
-    The subscription is made when :meth:`frames` starts and dropped when it
-    ends, so a stream that is never iterated holds nothing.
+    Deliberately small (slots, no task): while idle a subscriber holds its
+    cursor and, while its stream waits, one future; frames handed to it
+    live in a short list only until it takes them.
     """
 
-    def __init__(self, hub: EventHub, job_id: str, after_seq: int, head: int | None) -> None:
-        self._hub = hub
+    __slots__ = ("_closed", "_pending", "_waiter", "cursor", "job_id", "max_pending", "overflowed")
+
+    def __init__(self, job_id: str, cursor: int, max_pending: int) -> None:
         self.job_id = job_id
-        self._after_seq = after_seq
+        self.cursor = cursor  # the seq of the last event this subscriber has sent
+        self.max_pending = max_pending
+        self.overflowed = False
+        self._pending: list[Frame] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream must end."""
+        return self._closed
+
+    def push(self, frame: Frame) -> None:
+        """Queue ``frame``; a subscriber ``max_pending`` frames behind is closed instead."""
+        if self._closed:
+            return
+        pending = self._pending
+        if pending is None:
+            self._pending = [frame]
+        elif len(pending) >= self.max_pending:
+            self.overflowed = True
+            self._pending = None
+            self.close()
+            return
+        else:
+            pending.append(frame)
+        self._wake()
+
+    def close(self) -> None:
+        """End the stream (frames already queued are still taken)."""
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def wait(self) -> asyncio.Future[None] | None:
+        """A future done when there is something to take or the stream closed; None if now."""
+        if self._pending or self._closed:
+            return None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
+    def take_nowait(self) -> list[Frame]:
+        """Every queued frame (``[]`` if none)."""
+        frames, self._pending = self._pending, None
+        return frames or []
+
+    async def take(self) -> list[Frame]:
+        """Every queued frame, waiting for one; ``[]`` once closed and drained."""
+        while (waiter := self.wait()) is not None:
+            await waiter
+        return self.take_nowait()
+
+
+# The phases of an EventStream.
+_NEW, _CATCHING_UP, _LIVE, _ENDED = range(4)
+
+
+class EventStream(Subscription):
+    """One subscriber's SSE stream; it is its own :class:`Subscription`.
+
+    The server calls :meth:`read` for the next chunk to send and, when it
+    says nothing is ready (``b""``), awaits :meth:`wait`; :meth:`stop` when
+    the client leaves. The subscription is made by the first :meth:`read`,
+    so a stream that is never read holds nothing. Between chunks the stream
+    keeps nothing of what it read or sent (no replayed events, no frames):
+    an idle subscriber costs this object and, while waiting, one future.
+    :meth:`frames` is the same as an async iterator.
+    """
+
+    __slots__ = ("_head", "_hub", "_phase")
+
+    def __init__(self, hub: EventHub, job_id: str, after_seq: int, head: int | None) -> None:
+        super().__init__(job_id, after_seq, hub.max_pending)
+        self._hub = hub
         self._head = head
-        self._sub: Subscription | None = None
-        self._stopped = False
+        self._phase = _NEW
 
     @property
     def subscription(self) -> Subscription | None:
-        """The subscription while :meth:`frames` runs."""
-        return self._sub
+        """The subscription (this stream) once :meth:`read` has started it."""
+        return None if self._phase == _NEW else self
 
     def stop(self) -> None:
-        """Make :meth:`frames` finish (the client disconnected)."""
-        self._stopped = True
-        if self._sub is not None:
-            self._sub.close()
+        """End the stream and leave the job's channel (the client disconnected)."""
+        self.close()
+        if self._phase == _NEW:
+            self._phase = _ENDED  # stopped before it started: it never subscribes
+        else:
+            self._hub.unsubscribe(self)
+
+    async def read(self) -> bytes | None:
+        """The next chunk of whole frames to send; ``b""`` when none is ready, None at the end.
+
+        The first call subscribes, then the stream catches up from the store
+        after its cursor (a batch per call), then takes the live frames,
+        skipping what it already sent and filling a gap from the store. It
+        ends after a terminal event or once closed (queued frames are still
+        sent). After ``b""`` await :meth:`wait` before reading again.
+        """
+        if self._phase == _NEW:
+            if self._closed:
+                self._phase = _ENDED
+                return None
+            # Subscribe before reading anything: what the channel hands out from now on is
+            # queued here, what it handed out before is in the store.
+            self._hub.attach(self, self._head)
+            self._phase = _CATCHING_UP
+        while self._phase == _CATCHING_UP:
+            if self._closed:
+                self._phase = _LIVE
+                break
+            events = await self._hub.read(self.job_id, self.cursor)
+            chunk, ended = self._encode(events)
+            if ended:
+                self._phase = _ENDED
+            elif len(events) < self._hub.batch:
+                self._phase = _LIVE
+            if chunk:
+                return chunk
+        if self._phase == _ENDED:
+            return None
+        frames = self.take_nowait()
+        if not frames:
+            return None if self._closed else b""
+        out: list[bytes] = []
+        for frame in frames:
+            if frame is _HEARTBEAT:
+                out.append(HEARTBEAT)
+                continue
+            if frame.seq <= self.cursor:  # sent during the catch-up
+                if frame.terminal:  # (or the client claimed ids the job never had)
+                    self._phase = _ENDED
+                    break
+                continue
+            if frame.seq > self.cursor + 1:  # never expected; the store has the gap
+                gap = await self._hub.read(self.job_id, self.cursor, frame.seq - self.cursor - 1)
+                chunk, ended = self._encode(gap)
+                out.append(chunk)
+                if ended:
+                    self._phase = _ENDED
+                    break
+            out.append(frame.data)
+            self.cursor = frame.seq
+            if frame.terminal:
+                self._phase = _ENDED
+                break
+        if not out and self._phase == _ENDED:
+            return None
+        return b"".join(out)
 
     async def frames(self) -> AsyncGenerator[bytes, None]:
-        """Catch up from the store after the subscriber's cursor, then go live.
-
-        Yields chunks of whole frames (several events at once when they
-        come in a burst) and heartbeats; returns after a terminal event or
-        when the subscription closes.
-        """
-        if self._stopped:
-            return
-        # Subscribe before reading anything: what the channel hands out from
-        # now on is queued here, what it handed out before is in the store.
-        sub = self._sub = self._hub.subscribe(
-            self.job_id, after_seq=self._after_seq, head=self._head
-        )
+        """Every chunk of :meth:`read`, waiting between them; leaves the channel when done."""
         try:
-            while not sub.closed:
-                events = await self._hub.read(sub.job_id, sub.cursor)
-                chunk, ended = self._encode(sub, events)
+            while (chunk := await self.read()) is not None:
                 if chunk:
                     yield chunk
-                if ended:
-                    return
-                if len(events) < self._hub.batch:
-                    break
-            while True:
-                frames = await sub.take()
-                if not frames:
-                    return
-                out: list[bytes] = []
-                ended = False
-                for frame in frames:
-                    if frame is _HEARTBEAT:
-                        out.append(HEARTBEAT)
-                        continue
-                    if frame.seq <= sub.cursor:  # sent during the catch-up
-                        if frame.terminal:  # (or the client claimed ids the job never had)
-                            ended = True
-                            break
-                        continue
-                    if frame.seq > sub.cursor + 1:  # never expected; the store has the gap
-                        gap = await self._hub.read(
-                            sub.job_id, sub.cursor, frame.seq - sub.cursor - 1
-                        )
-                        chunk, ended = self._encode(sub, gap)
-                        out.append(chunk)
-                        if ended:
-                            break
-                    out.append(frame.data)
-                    sub.cursor = frame.seq
-                    if frame.terminal:
-                        ended = True
-                        break
-                if out:
-                    yield b"".join(out)
-                if ended:
-                    return
+                elif (waiter := self.wait()) is not None:
+                    await waiter
         finally:
-            self._hub.unsubscribe(sub)
+            self.stop()
 
-    @staticmethod
-    def _encode(sub: Subscription, events: list[JobEvent]) -> tuple[bytes, bool]:
+    def _encode(self, events: list[JobEvent]) -> tuple[bytes, bool]:
         """The frames of the events past the cursor (advancing it), and whether one ended."""
         out: list[bytes] = []
         for event in events:
-            if event.seq <= sub.cursor:
+            if event.seq <= self.cursor:
                 continue
             out.append(format_event(event))
-            sub.cursor = event.seq
+            self.cursor = event.seq
             if event.type.terminal:
                 return b"".join(out), True
         return b"".join(out), False
@@ -317,21 +351,28 @@ class EventHub:
 
         Starts the job's channel (at ``head``, else ``after_seq``) if it has
         none. After :meth:`close` the subscription is closed at once. Pair
-        with :meth:`unsubscribe` (:meth:`EventStream.frames` does both).
+        with :meth:`unsubscribe` (:class:`EventStream` does both).
         """
         sub = Subscription(job_id, after_seq, self.max_pending)
+        self.attach(sub, head)
+        return sub
+
+    def attach(self, sub: Subscription, head: int | None = None) -> None:
+        """Add ``sub`` to its job's channel, starting the channel (at ``head``) if needed.
+
+        After :meth:`close`, ``sub`` is closed instead.
+        """
         if self._closed:
             sub.close()
-            return sub
-        channel = self._channels.get(job_id)
+            return
+        channel = self._channels.get(sub.job_id)
         if channel is None:
             loop = asyncio.get_running_loop()
-            start = after_seq if head is None else max(head, 0)
-            channel = _Channel(job_id, start, loop.time())
-            self._channels[job_id] = channel
-            channel.task = loop.create_task(self._run(channel), name=f"s3flow-hub-{job_id}")
+            start = sub.cursor if head is None else max(head, 0)
+            channel = _Channel(sub.job_id, start, loop.time())
+            self._channels[sub.job_id] = channel
+            channel.task = loop.create_task(self._run(channel), name=f"s3flow-hub-{sub.job_id}")
         channel.subscribers.add(sub)
-        return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Forget ``sub``; the job's channel stops with its last subscriber."""

@@ -161,6 +161,7 @@ async def serve(
             app = create_app(settings, runtime=runtime)
             config = uvicorn.Config(
                 app,
+                interface="asgi3",  # WebApp.__call__ returns its coroutine: no guessing
                 lifespan="on",
                 log_config=None,
                 access_log=True,

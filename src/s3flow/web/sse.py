@@ -11,29 +11,30 @@ Every job event is one frame::
 keys depend on the type; see docs/jobs.md). Heartbeats are comment lines
 (``: heartbeat``), which EventSource ignores. :func:`format_event` builds a
 frame, :func:`parse_last_event_id` reads where a reconnecting client
-stopped, and :class:`EventStreamResponse` sends frames over ASGI, ending
-the stream promptly when the client goes away.
+stopped, and :class:`DisconnectPoller` tells a stream that its client went
+away.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive
 
 from s3flow.errors import S3flowError
 from s3flow.state.jobs import JobEvent
 
 __all__ = [
+    "HEADERS",
     "HEARTBEAT",
     "MEDIA_TYPE",
-    "EventStreamResponse",
+    "DisconnectPoller",
     "LastEventIdError",
+    "client_gone",
     "format_event",
     "parse_last_event_id",
 ]
@@ -75,50 +76,97 @@ def parse_last_event_id(value: str | None) -> int:
     return int(text)
 
 
-_HEADERS = (
+#: The response headers of every event stream (no Content-Length: the body ends with the stream).
+HEADERS = (
     (b"content-type", MEDIA_TYPE.encode() + b"; charset=utf-8"),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
 )
 
 
-class EventStreamResponse:
-    """An ASGI response streaming ``frames`` as ``text/event-stream`` (no Content-Length).
+def client_gone(receive: Receive) -> bool:
+    """Whether ``receive()`` says ``http.disconnect`` right now, without waiting for it.
 
-    ``frames`` is iterated in the request's own task; a small watcher task
-    waits for ``http.disconnect`` and calls ``stop`` (which must make the
-    iterator finish), so a stream whose client went away is released at once
-    instead of at its next write (uvicorn drops writes to a closed
-    connection silently). Nothing is buffered: each chunk is sent as it comes.
+    Starts ``receive()`` and runs it up to its first wait: a client that is
+    gone is answered at once (ASGI servers return ``http.disconnect`` from
+    then on), one still there is not, and the pending ``receive()`` is closed
+    again (as when a task awaiting it is cancelled). Request body messages
+    are read past.
+    """
+    for _ in range(_MAX_BODY_MESSAGES):
+        awaitable = receive()
+        running = (
+            cast(Coroutine[Any, None, Message], awaitable)
+            if isinstance(awaitable, Coroutine)
+            else awaitable.__await__()
+        )
+        try:
+            running.send(None)
+        except StopIteration as stop:
+            message: Message = stop.value
+            if message["type"] == "http.disconnect":
+                return True
+            continue  # the request body: read on
+        running.close()
+        return False
+    return False
+
+
+#: Request body messages :func:`client_gone` reads past in one look (a GET has one, empty).
+_MAX_BODY_MESSAGES = 8
+
+
+class DisconnectPoller:
+    """Notices every ``every_s`` which event streams' clients went away, from one task.
+
+    A stream must end when its client leaves (uvicorn drops writes to a
+    closed connection silently), and only ``receive()`` says so. Awaiting
+    it for each stream would keep a waiting ``receive()`` (two coroutines, a
+    future, and a task to run them) per subscriber; instead one task looks
+    at every watched stream with :func:`client_gone` every ``every_s`` and
+    calls the stream's ``on_disconnect``. A watched stream costs one entry
+    here. The task runs only while something is watched.
     """
 
-    __slots__ = ("_frames", "_stop")
+    __slots__ = ("_task", "_watched", "every_s")
 
-    def __init__(self, frames: AsyncGenerator[bytes, None], stop: Callable[[], None]) -> None:
-        self._frames = frames
-        self._stop = stop
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.every_s = every_s
+        self._watched: dict[object, tuple[Receive, Callable[[], None]]] = {}
+        self._task: asyncio.Task[None] | None = None
 
-    async def _watch(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self._stop()
-                return
+    def __len__(self) -> int:
+        return len(self._watched)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Send the headers, then every chunk, then the end of the body."""
-        watcher = asyncio.create_task(self._watch(receive))
+    @property
+    def running(self) -> bool:
+        """True while the polling task runs (only while something is watched)."""
+        return self._task is not None and not self._task.done()
+
+    def watch(self, key: object, receive: Receive, on_disconnect: Callable[[], None]) -> None:
+        """Call ``on_disconnect`` (once) when the client of ``receive`` is gone; until unwatched."""
+        self._watched[key] = (receive, on_disconnect)
+        task = self._task
+        loop = asyncio.get_running_loop()
+        if task is None or task.done() or task.get_loop() is not loop:
+            self._task = loop.create_task(self._run(), name="s3flow-sse-disconnects")
+
+    def unwatch(self, key: object) -> None:
+        """Stop watching ``key`` (its stream ended)."""
+        self._watched.pop(key, None)
+
+    async def _run(self) -> None:
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-            async with aclosing(self._frames) as frames:
-                async for chunk in frames:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            self._stop()  # the client is gone (ASGI spec 2.4 servers raise on send)
-        except Exception as exc:  # the store failed mid-stream: end it, the client resumes
-            log.warning("an event stream ended early (the client will resume): %s", exc)
-            with contextlib.suppress(Exception):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            while self._watched:
+                await asyncio.sleep(self.every_s)
+                for key, (receive, on_disconnect) in list(self._watched.items()):
+                    try:
+                        gone = client_gone(receive)
+                    except Exception as exc:  # the server's receive() failed: the stream is over
+                        log.debug("receive() failed while looking for a disconnect: %r", exc)
+                        gone = True
+                    if gone and self._watched.pop(key, None) is not None:
+                        on_disconnect()
         finally:
-            watcher.cancel()
+            if self._task is asyncio.current_task():
+                self._task = None

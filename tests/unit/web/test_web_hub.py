@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 from web_fakes import FakeJobStore
 
-from s3flow.state.jobs import EventType
+from s3flow.state.jobs import EventType, JobEvent
 from s3flow.web.hub import EventHub, EventStream, Frame
 from s3flow.web.sse import HEARTBEAT
 
@@ -236,3 +238,39 @@ async def test_a_client_ahead_of_the_log_still_sees_the_stream_end(
     hub.notify(JOB)
     await asyncio.wait_for(reader.task, 5)
     assert reader.ids == []
+
+
+class _EventList(list[JobEvent]):
+    """A list of events a weak reference can follow."""
+
+
+class RecordingStore(FakeJobStore):
+    """Hands out every read as an :class:`_EventList` and keeps a weak reference to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handed_out: list[weakref.ref[_EventList]] = []
+
+    async def events(self, job_id: str, *, after_seq: int = 0, limit: int = 1000) -> list[JobEvent]:
+        out = _EventList(await super().events(job_id, after_seq=after_seq, limit=limit))
+        self.handed_out.append(weakref.ref(out))
+        return out
+
+
+async def test_a_caught_up_stream_keeps_nothing_it_replayed() -> None:
+    store = RecordingStore()
+    await store.new_job(JOB)
+    for i in range(299):
+        await store.add(JOB, EventType.STEP_PROGRESS, step=0, bytes_done=i)
+    async with EventHub(store, poll_s=0.02, heartbeat_s=60, batch=100, max_pending=100) as hub:
+        reader = Reader(hub.stream(JOB, head=300))
+        await until(lambda: len(reader.ids) == 300, what="the replay of 300 events")
+        await until(lambda: len(store.handed_out) >= 5, what="the channel's polls")
+        gc.collect()
+        # Waiting for live events, the stream holds none of the events it read to catch up
+        # (they were ~300 KB per subscriber with a 300-event history).
+        assert [ref for ref in store.handed_out if ref() is not None] == []
+        await store.add(JOB, EventType.JOB_COMPLETED, outputs=[])
+        hub.notify(JOB)
+        await asyncio.wait_for(reader.task, 5)
+    assert reader.ids == list(range(1, 302))

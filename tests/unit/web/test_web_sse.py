@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
 from s3flow.state.jobs import EventType, JobEvent
-from s3flow.web.sse import HEARTBEAT, LastEventIdError, format_event, parse_last_event_id
+from s3flow.web.sse import (
+    HEARTBEAT,
+    DisconnectPoller,
+    LastEventIdError,
+    client_gone,
+    format_event,
+    parse_last_event_id,
+)
 
 
 def event(seq: int, type_: EventType, data: dict[str, object]) -> JobEvent:
@@ -44,3 +52,53 @@ def test_last_event_id(raw: str | None, expected: int) -> None:
 def test_a_last_event_id_that_is_not_a_seq_is_refused_with_the_reason(raw: str) -> None:
     with pytest.raises(LastEventIdError, match=r"Last-Event-ID .* is not an event id"):
         parse_last_event_id(raw)
+
+
+class FakeConnection:
+    """``receive`` of one request (a GET: one empty body message), then waits for a disconnect."""
+
+    def __init__(self) -> None:
+        self.gone = asyncio.Event()
+        self.body_read = False
+        self.pending = 0  # receive() calls started and not finished
+
+    async def receive(self) -> dict[str, object]:
+        if not self.body_read:
+            self.body_read = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        self.pending += 1
+        try:
+            await self.gone.wait()
+        finally:
+            self.pending -= 1
+        return {"type": "http.disconnect"}
+
+
+async def test_client_gone_looks_without_waiting_and_leaves_nothing_pending() -> None:
+    conn = FakeConnection()
+    assert not client_gone(conn.receive)  # reads past the request body
+    assert conn.body_read and conn.pending == 0
+    assert not client_gone(conn.receive)
+    conn.gone.set()
+    assert client_gone(conn.receive)
+
+
+async def test_the_poller_ends_streams_whose_client_left_from_one_task() -> None:
+    poller = DisconnectPoller(every_s=0.01)
+    conns = [FakeConnection() for _ in range(3)]
+    ended: list[int] = []
+    for i, conn in enumerate(conns):
+        poller.watch(i, conn.receive, lambda i=i: ended.append(i))
+    conns[1].gone.set()
+    conns[2].gone.set()
+    poller.unwatch(2)  # its stream ended on its own first
+    deadline = asyncio.get_running_loop().time() + 5
+    while not ended:
+        assert asyncio.get_running_loop().time() < deadline, "the disconnect went unnoticed"
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert ended == [1] and len(poller) == 1
+    assert all(c.pending == 0 for c in conns)
+    poller.unwatch(0)
+    await asyncio.sleep(0.05)  # nothing watched: the task ends
+    assert not poller.running
