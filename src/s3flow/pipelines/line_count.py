@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from s3flow.errors import UndecodableContentError
 from s3flow.processors.base import BaseProcessor, ProcessContext, Result, parse_options
+from s3flow.settings import codec_info
 
 
 class LineCountOptions(BaseModel):
@@ -40,10 +41,7 @@ class LineCountOptions(BaseModel):
     @classmethod
     def _known_codec(cls, v: str | None) -> str | None:
         if v:
-            try:
-                codecs.lookup(v)
-            except LookupError as exc:
-                raise ValueError(f"unknown text encoding {v!r}") from exc
+            codec_info(v)
         return v or None
 
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 from s3flow.errors import ConfigError
 from s3flow.events import ObjectEvent
 from s3flow.objects import ObjectReader, open_object
-from s3flow.settings import AwsSettings, PipelineSettings
+from s3flow.settings import AwsSettings, PipelineSettings, error_lines
 from s3flow.sinks.base import Sink
 from s3flow.state.base import StateStore
 from s3flow.state.records import FileRecord
@@ -131,17 +131,13 @@ def parse_options(processor: str, model: type[OptionsT], options: dict[str, Any]
     try:
         return model.model_validate(options)
     except ValidationError as exc:
-        known = ", ".join(sorted(model.model_fields))
-        lines = [f"processor {processor!r}: invalid [pipelines.options]:"]
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "<options>"
-            if err["type"] == "extra_forbidden":
-                lines.append(f"  - {loc}: unknown option (known: {known})")
-            else:
-                got = err.get("input")
-                shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-                lines.append(f"  - {loc}: {err['msg']}{shown}")
-        raise ConfigError("\n".join(lines)) from exc
+        lines = error_lines(
+            exc,
+            lambda loc: ".".join(str(p) for p in loc) or "<options>",
+            f"unknown option (known: {', '.join(sorted(model.model_fields))})",
+        )
+        header = f"processor {processor!r}: invalid [pipelines.options]:"
+        raise ConfigError("\n".join([header, *lines])) from exc
 
 
 class BaseProcessor:

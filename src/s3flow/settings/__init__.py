@@ -20,7 +20,9 @@ from s3flow.settings.base import (
     LocalSettings,
     StateSettings,
     WorkerSettings,
+    check_byte_range,
     check_regex,
+    codec_info,
 )
 from s3flow.settings.executors import (
     DEFAULT_CONTAINER_COMMAND,
@@ -42,7 +44,13 @@ from s3flow.settings.jobs import (
     name_part,
     processing_pipeline,
 )
-from s3flow.settings.loading import CONFIG_ENV, Settings, format_validation_error, load_settings
+from s3flow.settings.loading import (
+    CONFIG_ENV,
+    Settings,
+    error_lines,
+    format_validation_error,
+    load_settings,
+)
 from s3flow.settings.pipelines import PipelineSettings, RouteSettings, ValidationSettings
 
 __all__ = [
@@ -69,7 +77,10 @@ __all__ = [
     "WebSettings",
     "WorkerSettings",
     "bridge_pipeline",
+    "check_byte_range",
     "check_regex",
+    "codec_info",
+    "error_lines",
     "format_validation_error",
     "load_settings",
     "name_part",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from typing import Literal
@@ -16,6 +17,20 @@ def check_regex(v: str) -> str:
     except re.error as exc:
         raise ValueError(f"not a valid regular expression: {exc}") from exc
     return v
+
+
+def codec_info(name: str) -> codecs.CodecInfo:
+    """A validator's codec lookup: the codec called ``name``; ValueError if there is none."""
+    try:
+        return codecs.lookup(name)
+    except LookupError as exc:
+        raise ValueError(f"unknown text encoding {name!r}") from exc
+
+
+def check_byte_range(min_bytes: int | None, max_bytes: int | None) -> None:
+    """A validator: ValueError when ``max_bytes < min_bytes`` (None is no bound)."""
+    if min_bytes is not None and max_bytes is not None and max_bytes < min_bytes:
+        raise ValueError("max_bytes must be >= min_bytes")
 
 
 class _Model(BaseModel):

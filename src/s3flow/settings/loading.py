@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,18 +156,34 @@ def _format_loc(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def format_validation_error(exc: ValidationError, source: str, data: dict[str, Any]) -> str:
-    """Render a pydantic error as lines naming each bad key, its problem and the source."""
-    lines = [f"invalid configuration ({source}):"]
+def error_lines(
+    exc: ValidationError, where: Callable[[tuple[int | str, ...]], str], unknown: str
+) -> list[str]:
+    """One ``  - <key>: <problem>`` line per error of ``exc``.
+
+    ``where(loc)`` names the key of an error; ``unknown`` is the problem of a key the
+    model does not know. Any other problem shows the bad value, unless it is a table.
+    """
+    lines = []
     for err in exc.errors():
-        loc = _format_loc(tuple(err["loc"]), data)
+        key = where(tuple(err["loc"]))
         if err["type"] == "extra_forbidden":
-            lines.append(f"  - {loc}: unknown key (check the spelling; see docs/configuration.md)")
+            lines.append(f"  - {key}: {unknown}")
         else:
             got = err.get("input")
             shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            lines.append(f"  - {loc or '<top>'}: {err['msg']}{shown}")
-    return "\n".join(lines)
+            lines.append(f"  - {key}: {err['msg']}{shown}")
+    return lines
+
+
+def format_validation_error(exc: ValidationError, source: str, data: dict[str, Any]) -> str:
+    """Render a pydantic error as lines naming each bad key, its problem and the source."""
+    lines = error_lines(
+        exc,
+        lambda loc: _format_loc(loc, data) or "<top>",
+        "unknown key (check the spelling; see docs/configuration.md)",
+    )
+    return "\n".join([f"invalid configuration ({source}):", *lines])
 
 
 def load_settings(

@@ -7,12 +7,19 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from s3flow.settings.base import _Model, check_regex
+from s3flow.settings.base import _Model, check_byte_range, check_regex
 from s3flow.settings.executors import ExecutorName, ExecutorsSettings
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # SQS queue names: 1-80 chars, alphanumerics, hyphens, underscores (+ ".fifo").
 _QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}(\.fifo)?$")
+
+
+def _valid_name(v: str) -> str:
+    """A validator of pipeline and route names."""
+    if not _NAME_RE.match(v):
+        raise ValueError("use 1-64 letters, digits, '_', '-' or '.'")
+    return v
 
 
 class ValidationSettings(_Model):
@@ -36,17 +43,11 @@ class ValidationSettings(_Model):
     @field_validator("key_pattern")
     @classmethod
     def _check_pattern(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return v
+        return None if v is None else check_regex(v)
 
     @model_validator(mode="after")
     def _check_range(self) -> ValidationSettings:
-        if self.max_bytes is not None and self.max_bytes < self.min_bytes:
-            raise ValueError("max_bytes must be >= min_bytes")
+        check_byte_range(self.min_bytes, self.max_bytes)
         return self
 
     @property
@@ -119,18 +120,11 @@ class RouteSettings(_Model):
     @field_validator("name")
     @classmethod
     def _check_name(cls, v: str | None) -> str | None:
-        if v is not None and not _NAME_RE.match(v):
-            raise ValueError("use 1-64 letters, digits, '_', '-' or '.'")
-        return v
+        return None if v is None else _valid_name(v)
 
     @model_validator(mode="after")
     def _check_range(self) -> RouteSettings:
-        if (
-            self.min_bytes is not None
-            and self.max_bytes is not None
-            and self.max_bytes < self.min_bytes
-        ):
-            raise ValueError("max_bytes must be >= min_bytes")
+        check_byte_range(self.min_bytes, self.max_bytes)
         return self
 
     @property
@@ -267,9 +261,7 @@ class PipelineSettings(_Model):
     @field_validator("name")
     @classmethod
     def _check_name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
-            raise ValueError("use 1-64 letters, digits, '_', '-' or '.'")
-        return v
+        return _valid_name(v)
 
     @field_validator("queue", "dlq")
     @classmethod

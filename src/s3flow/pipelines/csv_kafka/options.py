@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import codecs
 import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from s3flow.errors import ConfigError
+from s3flow.settings import codec_info
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP"
 
@@ -142,10 +142,7 @@ class CsvKafkaOptions(BaseModel):
     @field_validator("encoding")
     @classmethod
     def _ascii_compatible(cls, v: str) -> str:
-        try:
-            info = codecs.lookup(v)
-        except LookupError as exc:
-            raise ValueError(f"unknown encoding {v!r}") from exc
+        info = codec_info(v)
         if '\n,"\r'.encode(info.name) != b'\n,"\r' or info.name.startswith(("utf-16", "utf-32")):
             raise ValueError(f"{v!r} is not ASCII-compatible (line breaks are split as bytes)")
         return info.name

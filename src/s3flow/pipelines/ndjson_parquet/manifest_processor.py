@@ -50,7 +50,7 @@ from s3flow.processors.base import (
     Result,
     parse_options,
 )
-from s3flow.settings import PipelineSettings, check_regex
+from s3flow.settings import PipelineSettings, check_byte_range, check_regex
 from s3flow.state.base import StateStore
 from s3flow.state.records import FileRecord, ManifestFile, ObjectId
 
@@ -130,8 +130,7 @@ class NdjsonManifestOptions(BaseModel):
 
     @model_validator(mode="after")
     def _range(self) -> NdjsonManifestOptions:
-        if self.max_bytes < self.min_bytes:
-            raise ValueError("max_bytes must be >= min_bytes")
+        check_byte_range(self.min_bytes, self.max_bytes)
         return self
 
 

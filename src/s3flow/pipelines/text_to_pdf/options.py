@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import codecs
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from s3flow.settings import codec_info
 
 MM = 72 / 25.4  # points per millimetre
 
@@ -53,11 +54,7 @@ class TextToPdfOptions(BaseModel):
     @field_validator("encoding")
     @classmethod
     def _known_codec(cls, v: str) -> str:
-        try:
-            info = codecs.lookup(v)
-        except LookupError as exc:
-            raise ValueError(f"unknown text encoding {v!r}") from exc
-        if not info._is_text_encoding:
+        if not codec_info(v)._is_text_encoding:
             raise ValueError(f"{v!r} is not a text encoding")
         return v
 

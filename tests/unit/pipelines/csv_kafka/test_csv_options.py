@@ -24,7 +24,7 @@ def test_defaults() -> None:
         ({}, "topic: Field required"),
         ({"topic": "t", "delimiter": ";;"}, "delimiter: "),
         ({"topic": "t", "encoding": "utf-16"}, "not ASCII-compatible"),
-        ({"topic": "t", "encoding": "klingon"}, "unknown encoding"),
+        ({"topic": "t", "encoding": "klingon"}, "unknown text encoding"),
         ({"topic": "t", "partitioning": "key-hash"}, "needs key_column"),
         ({"topic": "t", "header": False, "key_column": "id"}, "needs column names"),
         ({"topic": "t", "bad_rows": "ignore"}, "bad_rows: "),
