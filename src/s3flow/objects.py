@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from s3flow.errors import CorruptDataError, TooLargeError, aws_errors, translate_aws_error
+from s3flow.errors import CorruptDataError, TooLargeError, aws_errors
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -261,12 +261,8 @@ class ObjectReader:
 
     async def _raw_chunks(self) -> AsyncIterator[bytes]:
         while True:
-            try:
+            with aws_errors("GetObject (reading body)"):
                 chunk = await self._body.read(self._chunk)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                raise translate_aws_error(exc, "GetObject (reading body)") from exc
             if not chunk:
                 return
             self.compressed_bytes += len(chunk)

@@ -15,6 +15,7 @@ from s3flow.errors import (
     PermanentError,
     RetryableError,
     S3flowError,
+    aws_errors,
     translate_aws_error,
 )
 
@@ -109,3 +110,17 @@ def test_missing_bucket_is_retryable_output_unavailable() -> None:
     err = translate_aws_error(client_error("NoSuchBucket", 404, "nope"), "PutObject")
     assert isinstance(err, OutputUnavailableError) and err.disposition is Disposition.RETRYABLE
     assert "s3flow provision" in str(err)
+
+
+def test_aws_errors_translates_what_the_block_raises() -> None:
+    denied = pytest.raises(AwsPermanentError, match="HeadObject s3://b/k failed")
+    with denied as info, aws_errors("HeadObject s3://b/k"):
+        raise client_error("AccessDenied", 403)
+    assert isinstance(info.value.__cause__, ClientError)
+    classified = InvalidInputError("bad first line")
+    # Classified already: it passes unchanged.
+    with pytest.raises(InvalidInputError) as passed, aws_errors("GetObject"):
+        raise classified
+    assert passed.value is classified
+    with aws_errors("GetObject"):
+        pass  # nothing raised, nothing to translate

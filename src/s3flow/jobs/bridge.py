@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from s3flow.errors import InvalidInputError, S3flowError, translate_aws_error
+from s3flow.errors import InvalidInputError, S3flowError, aws_errors
 from s3flow.jobs.uploads import parse_upload_key
 from s3flow.processors.base import (
     BaseProcessor,
@@ -119,10 +119,8 @@ class BridgeProcessor(BaseProcessor):
         if q.startswith(("http://", "https://")):
             self._queue_url = q
         else:
-            try:
+            with aws_errors("GetQueueUrl"):
                 self._queue_url = (await self._sqs.get_queue_url(QueueName=q))["QueueUrl"]
-            except Exception as exc:
-                raise translate_aws_error(exc, "GetQueueUrl") from exc
         self._sweeper = asyncio.create_task(self._sweep(), name="s3flow-jobs-sweeper")
 
     async def stop(self) -> None:
@@ -198,15 +196,13 @@ class BridgeProcessor(BaseProcessor):
 
     async def _enqueue(self, job: JobRecord) -> None:
         body = JobMessage(job_id=job.job_id, upload_id=job.upload_id, template=job.template)
-        try:
+        with aws_errors("SendMessage"):
             await self._sqs.send_message(
                 QueueUrl=self._queue_url,
                 MessageBody=json.dumps(body.model_dump()),
                 MessageGroupId=job.upload_id,
                 MessageDeduplicationId=job.job_id,
             )
-        except Exception as exc:
-            raise translate_aws_error(exc, "SendMessage") from exc
 
     async def _fail(self, store: JobStore, job: JobRecord, error: str) -> None:
         await store.append_event(

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from s3flow.errors import S3flowError, translate_aws_error
+from s3flow.errors import S3flowError, aws_errors
 from s3flow.state.jobs import EventType, JobEvent, JobStore
 
 __all__ = ["ProgressConsumer", "ProgressMessage", "ProgressPublisher", "StepProgress"]
@@ -89,15 +89,13 @@ class ProgressPublisher:
     async def publish(self, event_id: str, type_: EventType, data: dict[str, Any]) -> None:
         """Send one event; returns once SQS has it (retries are botocore's)."""
         msg = ProgressMessage(job_id=self.job_id, event_id=event_id, type=type_, data=data)
-        try:
+        with aws_errors("SendMessage"):
             await self._sqs.send_message(
                 QueueUrl=self._queue_url,
                 MessageBody=msg.to_body(),
                 MessageGroupId=self.job_id,
                 MessageDeduplicationId=_dedup_id(event_id),
             )
-        except Exception as exc:
-            raise translate_aws_error(exc, "SendMessage") from exc
 
 
 class StepProgress:
@@ -225,14 +223,12 @@ class ProgressConsumer:
 
     async def poll_once(self) -> int:
         """One receive -> store -> delete round; returns how many messages it handled."""
-        try:
+        with aws_errors("ReceiveMessage"):
             resp = await self._sqs.receive_message(
                 QueueUrl=self._queue_url,
                 MaxNumberOfMessages=10,
                 WaitTimeSeconds=self._wait_s,
             )
-        except Exception as exc:
-            raise translate_aws_error(exc, "ReceiveMessage") from exc
         messages = resp.get("Messages") or []
         done: list[dict[str, str]] = []
         for i, raw in enumerate(messages):
@@ -266,8 +262,6 @@ class ProgressConsumer:
                 self._on_event(event)
             done.append({"Id": str(i), "ReceiptHandle": raw["ReceiptHandle"]})
         if done:
-            try:
+            with aws_errors("DeleteMessageBatch"):
                 await self._sqs.delete_message_batch(QueueUrl=self._queue_url, Entries=done)
-            except Exception as exc:
-                raise translate_aws_error(exc, "DeleteMessageBatch") from exc
         return len(messages)

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from s3flow.errors import PermanentError, ProcessorError, S3flowError, translate_aws_error
+from s3flow.errors import PermanentError, ProcessorError, S3flowError, aws_errors
 from s3flow.events import ObjectEvent
 from s3flow.jobs.bridge import JobMessage
 from s3flow.jobs.progress import ProgressPublisher, StepProgress
@@ -190,10 +190,8 @@ class JobHandler:
 
     async def _output(self, bucket: str, key: str) -> ObjectEvent:
         """A step's output as the next step's input; a missing or empty one is an error."""
-        try:
+        with aws_errors(f"HeadObject s3://{bucket}/{key}"):
             head = await self._s3.head_object(Bucket=bucket, Key=key)
-        except Exception as exc:
-            raise translate_aws_error(exc, f"HeadObject s3://{bucket}/{key}") from exc
         size = int(head.get("ContentLength", 0))
         if size <= 0:
             raise ProcessorError(f"output s3://{bucket}/{key} is empty")

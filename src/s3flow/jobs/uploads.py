@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from s3flow.errors import S3flowError, translate_aws_error
+from s3flow.errors import S3flowError, aws_errors
 from s3flow.settings import JobsSettings, Settings
 from s3flow.state.jobs import EventType, JobFile, JobRecord, JobStatus, JobStep, JobStore
 
@@ -243,7 +243,7 @@ async def create_upload(
     )
     posts = []
     for f in files:
-        try:
+        with aws_errors("GeneratePresignedPost"):
             post = await s3.generate_presigned_post(
                 Bucket=jobs.bucket,
                 Key=f.key,
@@ -254,8 +254,6 @@ async def create_upload(
                 ],
                 ExpiresIn=jobs.presign_expiry_s,
             )
-        except Exception as exc:  # botocore errors: credentials, bad endpoint
-            raise translate_aws_error(exc, "GeneratePresignedPost") from exc
         posts.append(
             PresignedPost(name=f.name, key=f.key, url=post["url"], fields=dict(post["fields"]))
         )

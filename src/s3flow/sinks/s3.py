@@ -86,14 +86,10 @@ class S3Sink:
         key = self.key_for(relative_key)
         where = f"s3://{self.bucket}/{key}"
         extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
-        try:
+        with aws_errors(f"CreateMultipartUpload {where}"):
             created = await self._s3.create_multipart_upload(
                 Bucket=self.bucket, Key=key, ContentType=content_type, **extra
             )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise translate_aws_error(exc, f"CreateMultipartUpload {where}") from exc
         upload_id = created["UploadId"]
         part_size = max(PART_BYTES, -(-size // MAX_PARTS))
         try:

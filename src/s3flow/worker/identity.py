@@ -8,10 +8,9 @@ an upload already processed is recognised as superseded.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from s3flow.errors import translate_aws_error
+from s3flow.errors import aws_errors
 from s3flow.events import ObjectEvent, content_version
 from s3flow.state.base import StateStore
 from s3flow.state.records import FileStatus, ObjectId
@@ -25,12 +24,8 @@ async def identify(s3: Any, event: ObjectEvent) -> tuple[ObjectId, dict[str, Any
     head: dict[str, Any] | None = None
     version = event.event_version
     if version is None:
-        try:
+        with aws_errors(f"HeadObject {event.uri()}"):
             head = await s3.head_object(Bucket=event.bucket, Key=event.key)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise translate_aws_error(exc, f"HeadObject {event.uri()}") from exc
         version = content_version(head.get("ETag"), head.get("LastModified") or 0)
     return ObjectId(event.bucket, event.key, version), head
 

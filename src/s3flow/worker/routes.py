@@ -7,10 +7,9 @@ what the pipeline's :class:`~s3flow.routing.RoutingTable` needs for this event.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from s3flow.errors import translate_aws_error
+from s3flow.errors import aws_errors
 from s3flow.events import ObjectEvent
 from s3flow.routing import NoRoute, ObjectFacts, RouteRule, RoutingTable
 
@@ -35,24 +34,16 @@ class ObjectLookup:
         """The object's HeadObject response (translated errors: a missing object is SKIP)."""
         if self.cached_head is None:
             self.calls += 1
-            try:
+            with aws_errors(f"HeadObject {self._event.uri()}"):
                 self.cached_head = dict(await self._s3.head_object(**self._args()))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                raise translate_aws_error(exc, f"HeadObject {self._event.uri()}") from exc
         return self.cached_head
 
     async def tags(self) -> dict[str, str]:
         """The object's tags (GetObjectTagging)."""
         if self.cached_tags is None:
             self.calls += 1
-            try:
+            with aws_errors(f"GetObjectTagging {self._event.uri()}"):
                 resp = await self._s3.get_object_tagging(**self._args())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                raise translate_aws_error(exc, f"GetObjectTagging {self._event.uri()}") from exc
             self.cached_tags = {t["Key"]: t["Value"] for t in resp.get("TagSet") or []}
         return self.cached_tags
 
