@@ -91,9 +91,10 @@ async def serve_events(
     leaves.
     """
     stream = await _open_stream(runtime, job_id, scope, send)
+    del job_id  # the stream holds its channel's copy: one string per job, not per request
     if stream is None:
         return
-    disconnects.watch(stream, receive, stream.stop)
+    disconnects.watch(stream, receive)
     try:
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
         while (chunk := await stream.read()) is not None:
@@ -156,7 +157,13 @@ async def _open_stream(
 async def _head(runtime: WebRuntime, job_id: str) -> tuple[int, bool] | None:
     """The seq of the job's latest event and whether the job is finished; None if unknown.
 
-    Only these two, not the record: the caller's frame lives as long as the stream.
+    A job this instance already streams answers from its channel (no query:
+    a thousand viewers opening one job cost one lookup); any other from the
+    store. The channel's seq may be behind the store's, which only means the
+    newest events arrive live rather than in the replay.
     """
+    known = runtime.hub.head(job_id)
+    if known is not None:
+        return known
     job = await runtime.store.get_job(job_id)
     return None if job is None else (job.last_seq, job.status.terminal)

@@ -9,10 +9,14 @@ frame is handed to every subscriber's small queue; a subscriber costs its
 :class:`EventStream` (a cursor and, while it waits, one future; frames only
 until it takes them), never a task or a query of its own.
 
-A subscriber first catches up from the store after its own ``Last-Event-ID``
-(a first connection replays from event 1), then takes live frames, skipping
-what it already sent and filling any gap from the store, so it sees every
-event exactly once, in order. A stream ends after a terminal event, when the
+A subscriber first catches up after its own ``Last-Event-ID`` (a first
+connection replays from event 1): from the channel's memory of the job's
+latest frames (its *history*, kept from what it handed out and what its
+first subscribers read) when that reaches back far enough, else from the
+store; so the thousandth viewer of a job costs no query and shares the
+frames already encoded. Then it takes live frames, skipping what it already
+sent and filling any gap from the store, so it sees every event exactly
+once, in order. A stream ends after a terminal event, when the
 client leaves (:meth:`EventStream.stop`), when it falls ``max_pending``
 frames behind (the client reconnects with its ``Last-Event-ID``), or when
 the hub closes (server shutdown).
@@ -21,7 +25,9 @@ the hub closes (server shutdown).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+from collections import deque
 from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import Self
@@ -54,13 +60,25 @@ _HEARTBEAT = Frame(0, HEARTBEAT, False)
 
 
 class _Channel:
-    """The one reader of one job's new events and the set of its subscribers."""
+    """The one reader of one job's new events, the set of its subscribers, its last frames."""
 
-    __slots__ = ("cursor", "done", "job_id", "last_heartbeat", "subscribers", "task", "wake")
+    __slots__ = (
+        "cursor",
+        "done",
+        "history",
+        "job_id",
+        "last_heartbeat",
+        "subscribers",
+        "task",
+        "wake",
+    )
 
-    def __init__(self, job_id: str, cursor: int, now: float) -> None:
+    def __init__(self, job_id: str, cursor: int, now: float, history: int) -> None:
         self.job_id = job_id
         self.cursor = cursor  # the seq of the last event handed to the subscribers
+        # The frames of the events up to the cursor, without gaps, as far back as known
+        # (at most ``history``): empty, or ending with the frame of event ``cursor``.
+        self.history: deque[Frame] = deque(maxlen=history)
         self.subscribers: set[Subscription] = set()
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -197,12 +215,17 @@ class EventStream(Subscription):
             if self._closed:
                 self._phase = _LIVE
                 break
-            events = await self._hub.read(self.job_id, self.cursor)
-            chunk, ended = self._encode(events)
-            if ended:
-                self._phase = _ENDED
-            elif len(events) < self._hub.batch:
-                self._phase = _LIVE
+            replayed = self._hub.replay(self)
+            if replayed is not None:  # from the channel's memory: no query
+                chunk, ended = replayed
+                self._phase = _ENDED if ended else _LIVE
+            else:
+                events = await self._hub.read(self.job_id, self.cursor)
+                chunk, ended = self._encode(events)
+                if ended:
+                    self._phase = _ENDED
+                elif len(events) < self._hub.batch:
+                    self._phase = _LIVE
             if chunk:
                 return chunk
         if self._phase == _ENDED:
@@ -248,16 +271,22 @@ class EventStream(Subscription):
             self.stop()
 
     def _encode(self, events: list[JobEvent]) -> tuple[bytes, bool]:
-        """The frames of the events past the cursor (advancing it), and whether one ended."""
-        out: list[bytes] = []
+        """The frames of the events past the cursor (advancing it), and whether one ended.
+
+        The frames are offered to the channel's history, so the subscribers
+        after this one replay them from memory.
+        """
+        frames: list[Frame] = []
         for event in events:
             if event.seq <= self.cursor:
                 continue
-            out.append(format_event(event))
+            frame = Frame.of(event)
+            frames.append(frame)
             self.cursor = event.seq
-            if event.type.terminal:
-                return b"".join(out), True
-        return b"".join(out), False
+            if frame.terminal:
+                break
+        self._hub.remember(self.job_id, frames)
+        return b"".join(f.data for f in frames), bool(frames) and frames[-1].terminal
 
 
 class EventHub:
@@ -267,7 +296,11 @@ class EventHub:
     ``heartbeat_s``: how often subscribers get a comment heartbeat;
     ``max_pending``: frames a subscriber may fall behind before its stream
     is closed (at least ``batch``: one read's frames are handed out without
-    a pause); ``batch``: events read from the store at once.
+    a pause); ``batch``: events read from the store at once; ``history``:
+    frames a channel keeps of its job's latest events, so that a new
+    subscriber whose cursor is among them replays from memory (and its
+    request needs no query at all, see :meth:`head`) — a few hundred bytes
+    a frame, per job with subscribers, not per subscriber.
     """
 
     def __init__(
@@ -278,14 +311,18 @@ class EventHub:
         heartbeat_s: float = 15.0,
         max_pending: int = 10_000,
         batch: int = 500,
+        history: int = 500,
     ) -> None:
         if max_pending < batch:
             raise ValueError(f"max_pending ({max_pending}) must be at least batch ({batch})")
+        if history < 1:
+            raise ValueError(f"history ({history}) must be at least 1")
         self._store = store
         self.poll_s = poll_s
         self.heartbeat_s = heartbeat_s
         self.max_pending = max_pending
         self.batch = batch
+        self.history = history
         self._channels: dict[str, _Channel] = {}
         self._closed = False
 
@@ -369,9 +406,10 @@ class EventHub:
         if channel is None:
             loop = asyncio.get_running_loop()
             start = sub.cursor if head is None else max(head, 0)
-            channel = _Channel(sub.job_id, start, loop.time())
+            channel = _Channel(sub.job_id, start, loop.time(), self.history)
             self._channels[sub.job_id] = channel
             channel.task = loop.create_task(self._run(channel), name=f"s3flow-hub-{sub.job_id}")
+        sub.job_id = channel.job_id  # one string per job, however many subscribers
         channel.subscribers.add(sub)
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -385,6 +423,54 @@ class EventHub:
             del self._channels[sub.job_id]
             if channel.task is not None:
                 channel.task.cancel()
+
+    def head(self, job_id: str) -> tuple[int, bool] | None:
+        """``(seq, terminal)`` of the last event handed out for ``job_id`` if it has a channel here.
+
+        None without a channel: ask the store. A job with a channel exists,
+        and its channel knows where it is, so a subscriber joining a job
+        that is already streamed needs no lookup of its own.
+        """
+        channel = self._channels.get(job_id)
+        return None if channel is None else (channel.cursor, channel.done)
+
+    def replay(self, sub: Subscription) -> tuple[bytes, bool] | None:
+        """The frames after ``sub``'s cursor from its channel's history, and whether they end.
+
+        Advances the cursor to the channel's. None when the history does not
+        reach back to the cursor (the store has those events).
+        """
+        channel = self._channels.get(sub.job_id)
+        if channel is None:
+            return None
+        if sub.cursor >= channel.cursor:
+            return b"", False  # nothing handed out that this subscriber has not sent
+        history = channel.history
+        if not history or history[0].seq > sub.cursor + 1:
+            return None
+        frames = itertools.islice(history, sub.cursor + 1 - history[0].seq, None)
+        sub.cursor = channel.cursor
+        return b"".join(f.data for f in frames), channel.done
+
+    def remember(self, job_id: str, frames: list[Frame]) -> None:
+        """Add ``frames`` (read from the store, consecutive) to the front of the job's history.
+
+        Only the ones just before what the channel holds, and only while it
+        has room: the history stays one run of consecutive events.
+        """
+        channel = self._channels.get(job_id)
+        if channel is None or not frames:
+            return
+        history = channel.history
+        start = history[0].seq if history else channel.cursor + 1
+        older = [f for f in frames if f.seq < start]
+        room = self.history - len(history)
+        if not older or room <= 0 or older[-1].seq != start - 1:
+            return
+        older = older[-room:]
+        if older[-1].seq - older[0].seq != len(older) - 1:
+            return  # not consecutive: keep the history as it is
+        history.extendleft(reversed(older))
 
     async def read(self, job_id: str, after_seq: int, limit: int | None = None) -> list[JobEvent]:
         """Events of ``job_id`` after ``after_seq`` from the store (at most ``limit``/``batch``)."""
@@ -431,7 +517,10 @@ class EventHub:
                 frame = Frame.of(event)
                 for sub in channel.subscribers:
                     sub.push(frame)
+                if event.seq != channel.cursor + 1:  # never expected: keep no run with a hole
+                    channel.history.clear()
                 channel.cursor = event.seq
+                channel.history.append(frame)
                 if frame.terminal:
                     channel.done = True
                     return

@@ -18,10 +18,13 @@ import re
 import signal
 import socket
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, cast
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from s3flow.errors import ConfigError
 from s3flow.settings import Settings
@@ -29,7 +32,7 @@ from s3flow.web.app import create_app
 from s3flow.web.auth import check_bind
 from s3flow.web.runtime import WebRuntime, open_runtime
 
-__all__ = ["WebServer", "bind_socket", "serve", "web_url"]
+__all__ = ["ForwardedHeaders", "WebServer", "bind_socket", "serve", "web_url"]
 
 log = logging.getLogger("s3flow.web")
 #: Seconds connections get to finish after a stop, before uvicorn cancels them.
@@ -80,6 +83,46 @@ class _RedactTokens(logging.Filter):
 _access_log = logging.getLogger("uvicorn.access")
 if not any(isinstance(f, _RedactTokens) for f in _access_log.filters):
     _access_log.addFilter(_RedactTokens())
+
+
+_ASGICall = Callable[[Scope, Receive, Send], Coroutine[Any, Any, None]]
+
+
+async def _answered(scope: Scope, receive: Receive, send: Send) -> None:
+    """The app of :class:`ForwardedHeaders`' rewrite: nothing to do."""
+
+
+class ForwardedHeaders:
+    """uvicorn's ``X-Forwarded-For``/``-Proto`` handling, without a frame under every request.
+
+    uvicorn wraps the app in its ``ProxyHeadersMiddleware``, a coroutine that
+    awaits the app: an open event stream keeps that frame (~320 bytes) for
+    its whole life. This runs the same middleware (same trusted hosts,
+    ``forwarded_allow_ips``) on a no-op app, which rewrites the scope and
+    finishes without waiting, then returns the app's own coroutine.
+    """
+
+    __slots__ = ("_app", "_middleware", "_rewrite")
+
+    def __init__(self, app: ASGIApp, trusted_hosts: list[str] | str) -> None:
+        self._app = app
+        # uvicorn types ASGI messages more narrowly than Starlette: the same callables.
+        self._rewrite: _ASGICall = cast(
+            Any, ProxyHeadersMiddleware(cast(Any, _answered), trusted_hosts=trusted_hosts)
+        )
+        self._middleware: _ASGICall = cast(
+            Any, ProxyHeadersMiddleware(cast(Any, app), trusted_hosts=trusted_hosts)
+        )
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        rewrite = self._rewrite(scope, receive, send)
+        try:
+            rewrite.send(None)
+        except StopIteration:
+            return self._app(scope, receive, send)
+        # A middleware that waits before calling the app (not uvicorn's so far): use it as is.
+        rewrite.close()
+        return self._middleware(scope, receive, send)
 
 
 class WebServer(uvicorn.Server):
@@ -167,7 +210,9 @@ async def serve(
                 access_log=True,
                 server_header=False,
                 timeout_graceful_shutdown=int(GRACEFUL_S),
+                proxy_headers=False,  # ForwardedHeaders does it, with the same trusted hosts
             )
+            config.app = ForwardedHeaders(app, config.forwarded_allow_ips)
             server = WebServer(config, app=app, url=url, on_started=on_started)
             await server.serve(sockets=[sock])
         finally:

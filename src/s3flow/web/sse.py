@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from collections.abc import Coroutine
+from typing import Any, Protocol, cast
 
 from starlette.types import Message, Receive
 
@@ -34,6 +34,7 @@ __all__ = [
     "MEDIA_TYPE",
     "DisconnectPoller",
     "LastEventIdError",
+    "Stoppable",
     "client_gone",
     "format_event",
     "parse_last_event_id",
@@ -116,6 +117,13 @@ def client_gone(receive: Receive) -> bool:
 _MAX_BODY_MESSAGES = 8
 
 
+class Stoppable(Protocol):
+    """What :class:`DisconnectPoller` watches: something to stop when its client leaves."""
+
+    def stop(self) -> None:
+        """End (the client went away)."""
+
+
 class DisconnectPoller:
     """Notices every ``every_s`` which event streams' clients went away, from one task.
 
@@ -124,7 +132,7 @@ class DisconnectPoller:
     it for each stream would keep a waiting ``receive()`` (two coroutines, a
     future, and a task to run them) per subscriber; instead one task looks
     at every watched stream with :func:`client_gone` every ``every_s`` and
-    calls the stream's ``on_disconnect``. A watched stream costs one entry
+    calls the stream's ``stop()``. A watched stream costs one dict entry
     here. The task runs only while something is watched.
     """
 
@@ -132,7 +140,7 @@ class DisconnectPoller:
 
     def __init__(self, every_s: float = 1.0) -> None:
         self.every_s = every_s
-        self._watched: dict[object, tuple[Receive, Callable[[], None]]] = {}
+        self._watched: dict[Stoppable, Receive] = {}
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -143,30 +151,30 @@ class DisconnectPoller:
         """True while the polling task runs (only while something is watched)."""
         return self._task is not None and not self._task.done()
 
-    def watch(self, key: object, receive: Receive, on_disconnect: Callable[[], None]) -> None:
-        """Call ``on_disconnect`` (once) when the client of ``receive`` is gone; until unwatched."""
-        self._watched[key] = (receive, on_disconnect)
+    def watch(self, stream: Stoppable, receive: Receive) -> None:
+        """Call ``stream.stop()`` (once) when the client of ``receive`` is gone; until unwatched."""
+        self._watched[stream] = receive
         task = self._task
         loop = asyncio.get_running_loop()
         if task is None or task.done() or task.get_loop() is not loop:
             self._task = loop.create_task(self._run(), name="s3flow-sse-disconnects")
 
-    def unwatch(self, key: object) -> None:
-        """Stop watching ``key`` (its stream ended)."""
-        self._watched.pop(key, None)
+    def unwatch(self, stream: Stoppable) -> None:
+        """Stop watching ``stream`` (it ended)."""
+        self._watched.pop(stream, None)
 
     async def _run(self) -> None:
         try:
             while self._watched:
                 await asyncio.sleep(self.every_s)
-                for key, (receive, on_disconnect) in list(self._watched.items()):
+                for stream, receive in list(self._watched.items()):
                     try:
                         gone = client_gone(receive)
                     except Exception as exc:  # the server's receive() failed: the stream is over
                         log.debug("receive() failed while looking for a disconnect: %r", exc)
                         gone = True
-                    if gone and self._watched.pop(key, None) is not None:
-                        on_disconnect()
+                    if gone and self._watched.pop(stream, None) is not None:
+                        stream.stop()
         finally:
             if self._task is asyncio.current_task():
                 self._task = None

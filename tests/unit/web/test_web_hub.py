@@ -274,3 +274,30 @@ async def test_a_caught_up_stream_keeps_nothing_it_replayed() -> None:
         hub.notify(JOB)
         await asyncio.wait_for(reader.task, 5)
     assert reader.ids == list(range(1, 302))
+
+
+async def test_later_subscribers_replay_from_the_channel_and_query_nothing(
+    store: FakeJobStore,
+) -> None:
+    for i in range(5):
+        await store.add(JOB, EventType.STEP_PROGRESS, step=0, bytes_done=i)
+    async with EventHub(store, poll_s=30, history=4) as hub:  # reads only when notified
+        assert hub.head(JOB) is None  # no channel: the route asks the store
+        first = Reader(hub.stream(JOB, head=6))
+        await until(lambda: first.ids == list(range(1, 7)), what="the first replay")
+        assert hub.head(JOB) == (6, False)
+        reads = store.reads
+        # The history holds events 3-6 (the last 4): those after them need no query...
+        late = [Reader(hub.stream(JOB, after_seq=after, head=6)) for after in (2, 4, 6)]
+        await until(lambda: [r.ids for r in late] == [[3, 4, 5, 6], [5, 6], []], what="replays")
+        assert store.reads == reads
+        # ...one from further back reads the store for what the history lacks.
+        early = Reader(hub.stream(JOB, after_seq=1, head=6))
+        await until(lambda: early.ids == [2, 3, 4, 5, 6], what="the store replay")
+        assert store.reads > reads
+        await store.add(JOB, EventType.JOB_COMPLETED, outputs=[])
+        hub.notify(JOB)
+        readers = [first, early, *late]
+        await asyncio.wait_for(asyncio.gather(*(r.task for r in readers)), 5)
+        assert [r.ids[-1] for r in readers] == [7] * 5
+        assert all(r.ids == list(range(r.ids[0], 8)) for r in readers)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
 
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 from s3flow.errors import ConfigError
-from s3flow.web.server import bind_socket, web_url
+from s3flow.web.server import ForwardedHeaders, bind_socket, web_url
 
 
 def test_web_url_brackets_ipv6() -> None:
@@ -63,3 +65,29 @@ def test_sockets_are_ipv6_capable_when_the_host_is() -> None:
         pytest.skip("::1 is not configured here")
     with sock:
         assert sock.family == socket.AF_INET6
+
+
+async def test_forwarded_headers_are_uvicorns_and_leave_no_frame_under_the_app() -> None:
+    seen: list[tuple[object, object]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append((scope["client"], scope["scheme"]))
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        pass
+
+    wrapped = ForwardedHeaders(app, "127.0.0.1")
+
+    def scope(client: str) -> Scope:
+        headers = [(b"x-forwarded-for", b"203.0.113.7"), (b"x-forwarded-proto", b"https")]
+        return {"type": "http", "client": (client, 5000), "scheme": "http", "headers": headers}
+
+    answer = wrapped(scope("127.0.0.1"), receive, send)
+    # The app's own coroutine, not a middleware's awaiting it (whose frame an open stream keeps).
+    assert inspect.iscoroutine(answer) and answer.cr_code is app.__code__
+    await answer
+    await wrapped(scope("198.51.100.1"), receive, send)  # not a trusted proxy: as it came
+    assert seen == [(("203.0.113.7", 0), "https"), (("198.51.100.1", 5000), "http")]

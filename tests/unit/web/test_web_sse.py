@@ -87,11 +87,20 @@ async def test_the_poller_ends_streams_whose_client_left_from_one_task() -> None
     poller = DisconnectPoller(every_s=0.01)
     conns = [FakeConnection() for _ in range(3)]
     ended: list[int] = []
-    for i, conn in enumerate(conns):
-        poller.watch(i, conn.receive, lambda i=i: ended.append(i))
+
+    class Stream:
+        def __init__(self, i: int) -> None:
+            self.i = i
+
+        def stop(self) -> None:
+            ended.append(self.i)
+
+    streams = [Stream(i) for i in range(3)]
+    for stream, conn in zip(streams, conns, strict=True):
+        poller.watch(stream, conn.receive)
     conns[1].gone.set()
     conns[2].gone.set()
-    poller.unwatch(2)  # its stream ended on its own first
+    poller.unwatch(streams[2])  # it ended on its own first
     deadline = asyncio.get_running_loop().time() + 5
     while not ended:
         assert asyncio.get_running_loop().time() < deadline, "the disconnect went unnoticed"
@@ -99,6 +108,6 @@ async def test_the_poller_ends_streams_whose_client_left_from_one_task() -> None
     await asyncio.sleep(0.05)
     assert ended == [1] and len(poller) == 1
     assert all(c.pending == 0 for c in conns)
-    poller.unwatch(0)
+    poller.unwatch(streams[0])
     await asyncio.sleep(0.05)  # nothing watched: the task ends
     assert not poller.running
