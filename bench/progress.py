@@ -308,6 +308,8 @@ class FanoutTarget:
     publish: Callable[[int, float], Awaitable[None]]  # (n, sent_at)
     finish: Callable[[], Awaitable[None]]  # a terminal event: every stream ends
     moto_pid: int | None = None
+    # Open streams the server still holds (None: it cannot say); the baseline waits for 0.
+    open_streams: Callable[[], Awaitable[int]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -322,6 +324,14 @@ async def measure_fanout(
     warm, _ = await open_subscribers(20, target.port, target.warm_path, target.replay)
     close_all(warm)
     await asyncio.sleep(1.0)
+    if target.open_streams is not None:
+        # The baseline is without subscribers: the server notices a client that left within
+        # a second or so (s3flow.web.sse.DisconnectPoller), not at once.
+        t0 = time.monotonic()
+        while (left := await target.open_streams()) > 0:
+            if time.monotonic() - t0 > 30:
+                raise BenchError(f"{target.name}: {left} warm-up streams still open after 30 s")
+            await asyncio.sleep(0.1)
     rss_base = await probe.settled_rss()
     cpu_connect0 = probe.cpu_s()
     subs, connect_s = await open_subscribers(n, target.port, target.path, target.replay)
@@ -661,6 +671,14 @@ class S3flowFanout:
                 )
 
             path = f"/api/jobs/{job_id}/events"
+
+            async def open_streams() -> int:
+                text = (await http.get("/metrics")).text
+                found = re.search(r"^s3flow_web_sse_subscribers (\S+)$", text, re.M)
+                if found is None:
+                    raise BenchError("GET /metrics has no s3flow_web_sse_subscribers")
+                return int(float(found[1]))
+
             target = FanoutTarget(
                 name=f"s3flow web ({n})",
                 pid=self.web_pid,
@@ -671,6 +689,7 @@ class S3flowFanout:
                 publish=publish,
                 finish=finish,
                 moto_pid=self.moto_pid,
+                open_streams=open_streams,
                 extra={"job_id": job_id, "history_events_replayed": history},
             )
             return await measure_fanout(target, n, events, interval_s, console)
@@ -883,7 +902,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "client_gc": "the client's garbage collector is off during the event phase",
             "rss": (
                 "RSS of the server process (psutil), median of 5 samples; baseline after 20 "
-                f"warm-up connections were opened and closed; MB = {MB:,} bytes"
+                "warm-up connections were opened and closed (and, for s3flow web, once its "
+                f"/metrics shows no open stream); MB = {MB:,} bytes; per 100 subscribers = "
+                "(RSS with them connected - baseline) / (subscribers / 100)"
             ),
         },
     }
