@@ -1031,6 +1031,14 @@ def finish_doc(doc: dict[str, Any], args: argparse.Namespace) -> None:
         "client_cpu_us_per_delivery x subscribers is the part of a per-event spread the client "
         "itself can account for",
     ]
+    if floor is not None and cmp["rss_mb_per_100_ours"] < 0:
+        notes.append(
+            "rss_mb_per_100_ours < 0: under an open stream s3flow web keeps its route's "
+            "coroutine, its EventStream with one future and an entry in the disconnect poller, "
+            "but not uvicorn's ProxyHeadersMiddleware frame (s3flow.web.server.ForwardedHeaders), "
+            "which the floor app keeps; the rest of the difference is the two processes' "
+            "allocator state, not a saving"
+        )
     if n < GOAL_SUBSCRIBERS:
         notes.append(
             f"run with {n} subscribers (fewer than {GOAL_SUBSCRIBERS}): "
