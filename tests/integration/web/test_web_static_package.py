@@ -67,6 +67,8 @@ async def test_pages_and_their_files_are_served(
             for ref in references(r.text):
                 if ref.startswith("data:"):
                     continue
+                # The served page, head included (pages.py builds it): nothing from elsewhere.
+                assert not urlsplit(ref).scheme and not urlsplit(ref).netloc, f"{path} loads {ref}"
                 target = urlsplit(str(httpx.URL(f"{shared_web.url}{path}").join(ref))).path
                 if target not in seen and target.startswith("/static/"):
                     todo.append(target)
