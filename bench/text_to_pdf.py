@@ -442,16 +442,10 @@ class PoolBench:
     async def _warm_up(self) -> set[int]:
         """Spawn every child, then one small job per child at once (imports, font, client).
 
-        ``child_pids()`` spawns every child, but the pids it returns are those of the
-        children that ran its probes: a child that is up first may take them all while
-        another is still importing. So it is asked again until every child has answered.
+        ``child_pids()`` spawns every child and waits until each one has answered.
         """
-        pids: set[int] = set()
-        for _ in range(20):
-            pids |= await self._executor.child_pids()
-            if len(pids) == self.processes:
-                break
-        else:
+        pids = await self._executor.child_pids()
+        if len(pids) != self.processes:
             raise BenchError(f"only {len(pids)} of {self.processes} pool children answered")
         cpu = {pid: ProcessCpu(pid) for pid in pids}
         before = {pid: c.read() for pid, c in cpu.items()}

@@ -123,14 +123,23 @@ class PoolExecutor:
             )
         return self._pool
 
-    async def child_pids(self) -> set[int]:
-        """Start every child (if not yet) and return their pids (tests, warm-up)."""
+    async def child_pids(self, timeout_s: float = 60.0) -> set[int]:
+        """Start every child (if not yet) and return their pids (tests, warm-up).
+
+        A child that is up first may answer every probe while another still imports,
+        so it asks again until each child has answered (or ``timeout_s`` passes).
+        """
         pool = self._ensure()
         loop = asyncio.get_running_loop()
-        pids = await asyncio.gather(
-            *(loop.run_in_executor(pool, _child_pid, i) for i in range(self.processes))
-        )
-        return set(pids)
+        deadline = loop.time() + timeout_s
+        pids: set[int] = set()
+        while len(pids) < self.processes and loop.time() < deadline:
+            pids.update(
+                await asyncio.gather(
+                    *(loop.run_in_executor(pool, _child_pid, i) for i in range(self.processes))
+                )
+            )
+        return pids
 
     async def run(self, job: ObjectJob, progress: Progress | None = None) -> Result:
         """Run ``job`` in a child process."""

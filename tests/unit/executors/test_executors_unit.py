@@ -35,6 +35,7 @@ from s3flow.executors.batch import BatchExecutor, batch_exit, job_name
 from s3flow.executors.command import SubprocessExecutor, aws_environment
 from s3flow.executors.contract import job_environment, output_from_env, run_arguments
 from s3flow.executors.ecs import EcsExecutor, ecs_exit
+from s3flow.executors.pool import PoolExecutor
 from s3flow.executors.remote import Watcher
 from s3flow.processors.base import Result
 from s3flow.processors.registry import default_executor, portable_spec, supported_executors
@@ -43,6 +44,7 @@ from s3flow.settings import (
     AwsSettings,
     BatchExecutorSettings,
     EcsExecutorSettings,
+    PoolExecutorSettings,
     SubprocessExecutorSettings,
 )
 from s3flow.worker.verify import check_pdf_bytes
@@ -505,3 +507,14 @@ async def test_a_run_cancelled_while_run_task_is_on_the_wire_stops_what_it_start
     with pytest.raises(asyncio.CancelledError):
         await run
     assert client.stopped and client.stopped[0][0] == "arn:task/1"
+
+
+async def test_pool_child_pids_names_every_child() -> None:
+    """Each of the pool's processes answers, also when the first one up could take every probe."""
+    pool = PoolExecutor(PoolExecutorSettings(processes=2))
+    try:
+        pids = await pool.child_pids()
+        assert len(pids) == 2
+        assert await pool.child_pids() == pids  # the same children, no new ones
+    finally:
+        await pool.close()
