@@ -17,18 +17,21 @@ taken here when that is certain; otherwise :meth:`ArrowJsonBlocks.encode` return
 from __future__ import annotations
 
 import json
+from array import array
+from itertools import accumulate
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
+from s3flow.pipelines.csv_kafka.blocks import count_byte, count_controls
+
 #: The system allocator: mimalloc (pyarrow's default) kept tens of MB of freed blocks
 #: per thread here, which the memory bound of a streaming pipeline cannot afford.
 _POOL = pa.system_memory_pool()
 _NEEDS_ESCAPE = r'[\\"\x00-\x1f]'
 _CONTROL = r"[\x00-\x08\x0a-\x1f]"
-_CONTROL_BYTES = bytes(range(32))
 
 
 class ArrowJsonBlocks:
@@ -57,11 +60,15 @@ class ArrowJsonBlocks:
             null_values=[],
             check_utf8=True,
         )
-        self._prefixes = [
-            pa.scalar(("{" if i == 0 else '",') + json.dumps(c, ensure_ascii=False) + ':"')
+        texts = [
+            ("{" if i == 0 else '",') + json.dumps(c, ensure_ascii=False) + ':"'
             for i, c in enumerate(columns)
         ]
-        self._suffix = pa.scalar('"}')
+        scalars = _string_scalars([*texts, '"}', ""])
+        self._prefixes = scalars[: len(columns)]
+        self._suffix, self._sep = scalars[-2], scalars[-1]
+        #: The bytes a JSON object adds to its values: the prefixes and the suffix.
+        self._frame_bytes = sum(len(t.encode("utf-8")) for t in texts) + 2
 
     def encode(self, block: bytes, lines: int) -> tuple[list[bytes], list[Any] | None] | None:
         """(values, keys) of the ``lines`` records of ``block``, or ``None`` (exact path)."""
@@ -97,49 +104,94 @@ class ArrowJsonBlocks:
             return None
         if invalid or table.num_rows != lines:
             return None
-        clean = not has_cr and self._clean(block, table, lines)
-        parts: list[Any] = []
-        for i in range(len(self.columns)):
-            col = table.column(i)
-            if clean:
-                pass  # no value holds a character JSON escapes: nothing to check
-            elif pc.any(pc.match_substring_regex(col, _NEEDS_ESCAPE, memory_pool=_POOL)).as_py():
-                if pc.any(pc.match_substring_regex(col, _CONTROL, memory_pool=_POOL)).as_py():
-                    return None
-                col = pc.replace_substring(col, "\\", "\\\\", memory_pool=_POOL)
-                col = pc.replace_substring(col, '"', '\\"', memory_pool=_POOL)
-                col = pc.replace_substring(col, "\t", "\\t", memory_pool=_POOL)
-            parts.append(self._prefixes[i])
-            parts.append(col)
-        parts.append(self._suffix)
-        joined = pc.binary_join_element_wise(*parts, "", memory_pool=_POOL)
+        columns = [table.column(i) for i in range(len(self.columns))]
+        joined = None
+        if not has_cr and self._clean_raw(block, table, lines):
+            joined = self._join(columns)
+            if not self._clean_values(block, table, lines, joined):
+                joined = None  # a quote in a value: escape below
+        if joined is None:
+            escaped = []
+            for col in columns:
+                if pc.any(pc.match_substring_regex(col, _NEEDS_ESCAPE, memory_pool=_POOL)).as_py():
+                    if pc.any(pc.match_substring_regex(col, _CONTROL, memory_pool=_POOL)).as_py():
+                        return None
+                    col = pc.replace_substring(col, "\\", "\\\\", memory_pool=_POOL)
+                    col = pc.replace_substring(col, '"', '\\"', memory_pool=_POOL)
+                    col = pc.replace_substring(col, "\t", "\\t", memory_pool=_POOL)
+                escaped.append(col)
+            joined = self._join(escaped)
         values: list[bytes] = pc.cast(joined, pa.binary(), memory_pool=_POOL).to_pylist()
-        keys = table.column(self.key_index).to_pylist() if self.key_index is not None else None
+        keys = columns[self.key_index].to_pylist() if self.key_index is not None else None
         return values, keys
 
-    def _clean(self, block: bytes, table: Any, lines: int) -> bool:
-        """True when no value of ``block`` holds a character JSON must escape.
+    def _join(self, columns: list[Any]) -> Any:
+        """The JSON objects of the rows: prefix, value, prefix, value, ..., suffix."""
+        parts: list[Any] = []
+        for prefix, col in zip(self._prefixes, columns, strict=True):
+            parts.append(prefix)
+            parts.append(col)
+        parts.append(self._suffix)
+        return pc.binary_join_element_wise(*parts, self._sep, memory_pool=_POOL)
 
-        Decided on the raw block, which is much cheaper than a regex per column:
-        no backslash; no control byte but the line feeds; and no quote character
-        inside a value. For the last: every raw quote either delimits a quoted
-        field (it is then not in the value) or yields a value character (a doubled
-        ``""`` or a literal quote inside an unquoted field), so the bytes the parse
-        dropped - the raw length less the values, the delimiters and the line
-        feeds - equal the number of raw quotes exactly when no value holds one.
-        (Rows are one line each, all with every column, no CR: checked before; so
-        the line feeds are the ``lines`` records, less one without a final one.)
+    def _clean(self, block: bytes, table: Any, lines: int) -> bool:
+        """True when no value of ``block`` holds a character JSON must escape."""
+        if not self._clean_raw(block, table, lines):
+            return False
+        columns = [table.column(i) for i in range(table.num_columns)]
+        return self._clean_values(block, table, lines, self._join(columns))
+
+    def _clean_raw(self, block: bytes, table: Any, lines: int) -> bool:
+        """False when a value of ``block`` may hold a backslash or a control character.
+
+        Decided on the raw block: no backslash, and no control byte but the line feeds
+        (and, for a TSV, the delimiters). Rows are one line each, all with every column,
+        no CR: checked before; so the line feeds are the ``lines`` records, less one
+        without a final one.
         """
         if self._quotechar != '"' or b"\\" in block:
             return False
         newlines = lines if block.endswith(b"\n") else lines - 1
         delimiters = (table.num_columns - 1) * table.num_rows
         controls = newlines + (delimiters if ord(self._delimiter) < 32 else 0)  # TSV: tabs
-        if len(block) - len(block.translate(None, _CONTROL_BYTES)) != controls:
-            return False  # a tab or another control character in a value
-        values = sum(
-            pc.sum(pc.binary_length(table.column(i), memory_pool=_POOL)).as_py() or 0
-            for i in range(table.num_columns)
-        )
+        return count_controls(block) == controls
+
+    def _clean_values(self, block: bytes, table: Any, lines: int, joined: Any) -> bool:
+        """True when no value holds a quote (after :meth:`_clean_raw`): ``joined`` is final.
+
+        Every raw quote either delimits a quoted field (it is then not in the value) or
+        yields a value character (a doubled ``""`` or a literal quote inside an unquoted
+        field), so the bytes the parse dropped - the raw length less the values, the
+        delimiters and the line feeds - equal the number of raw quotes exactly when no
+        value holds one. The values' length is the joined objects' less their frames.
+        """
+        newlines = lines if block.endswith(b"\n") else lines - 1
+        delimiters = (table.num_columns - 1) * table.num_rows
+        values = _data_bytes(joined) - self._frame_bytes * table.num_rows
         dropped = len(block) - values - delimiters - newlines
-        return bool(dropped == block.count(b'"'))
+        return bool(dropped == count_byte(block, ord(self._quotechar)))
+
+
+def _string_scalars(texts: list[str]) -> list[Any]:
+    """Arrow string scalars of ``texts``, built from buffers.
+
+    ``pa.scalar`` / ``pa.array`` of Python objects make pyarrow import pandas (its check
+    for pandas objects: about 0.25 s, once per process, in the middle of the first block).
+    """
+    data = [t.encode("utf-8") for t in texts]
+    offsets = array("i", [0, *accumulate(len(d) for d in data)])
+    arr = pa.Array.from_buffers(
+        pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))]
+    )
+    return [arr[i] for i in range(len(data))]
+
+
+def _data_bytes(joined: Any) -> int:
+    """The bytes of all strings of a (chunked) string array, from its offsets."""
+    chunks = joined.chunks if isinstance(joined, pa.ChunkedArray) else [joined]
+    total = 0
+    for chunk in chunks:
+        if len(chunk):
+            offsets = memoryview(chunk.buffers()[1]).cast("i")
+            total += offsets[chunk.offset + len(chunk)] - offsets[chunk.offset]
+    return total

@@ -25,9 +25,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from itertools import repeat
+from operator import length_hint
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
@@ -40,6 +42,7 @@ from s3flow.pipelines.csv_kafka.blocks import (
     UTF8_BOM,
     PieceSplitter,
     RecordEnds,
+    count_byte,
 )
 from s3flow.pipelines.csv_kafka.channel import ChunkChannel
 from s3flow.pipelines.csv_kafka.checkpoint import (
@@ -247,15 +250,17 @@ class TxnSession:
         records = RowBatches(opts, ref.uri, state)
         const_headers: list[tuple[str, str | bytes | None]] | None = None
         if opts.headers:
+            # Header values as UTF-8 bytes: the same bytes on the wire as ``str`` values,
+            # without an encode per header and message in the client.
             const_headers = [
-                ("s3.bucket", ref.bucket),
-                ("s3.key", ref.key),
-                ("s3.version", ref.version),
+                ("s3.bucket", ref.bucket.encode()),
+                ("s3.key", ref.key.encode()),
+                ("s3.version", ref.version.encode()),
             ]
             if ref.part:
-                const_headers.append(("s3.range", ref.part))
+                const_headers.append(("s3.range", ref.part.encode()))
 
-        produce = producer.produce
+        send = self._sender(producer, topic, partition, const_headers)
         row, sent, bad = state.row, state.sent, state.bad
         txn_rows = txn_bytes = 0
         last_commit = time.monotonic()
@@ -263,22 +268,7 @@ class TxnSession:
         ahead = _Prefetch(self._blocks(channel, state), PREFETCH_BLOCKS)
         try:
             for batch in records.batches(ahead, ahead.encode_with):
-                values = batch.values
-                keys = batch.keys if batch.keys is not None else repeat(None, len(values))
-                for value, key, line in zip(values, keys, batch.lines, strict=True):
-                    headers = (
-                        [*const_headers, ("s3.line", str(line))]
-                        if const_headers is not None
-                        else None
-                    )
-                    try:
-                        produce(topic, value, key, partition, headers=headers)
-                    except BufferError:
-                        self._produce(producer, topic, value, key, partition, headers)
-                    except KafkaException as exc:
-                        raise translate_kafka_error(exc, f"produce to {topic}") from exc
-                    except UnicodeEncodeError as exc:
-                        raise self._not_text(topic, exc) from exc
+                send(batch.values, batch.keys, batch.lines)
                 for dead in batch.dead:
                     self._dead_letter(producer, dead, const_headers)
                 row += batch.rows
@@ -304,6 +294,68 @@ class TxnSession:
         self._commit(producer, state, final=True)
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def _sender(
+        self,
+        producer: Producer,
+        topic: str,
+        partition: int,
+        const_headers: list[tuple[str, str | bytes | None]] | None,
+    ) -> Callable[[Sequence[str | bytes], Sequence[Any] | None, Sequence[int]], None]:
+        """A function producing a batch's messages, in order, each with its headers.
+
+        The per-message work runs in C (``map`` over the batch, ``produce`` called with
+        positional arguments, each message's header list built by ``map`` and ``zip``):
+        no Python bytecode per row. When the producer's queue is full (``BufferError``),
+        the rest of the batch goes one message at a time, waiting for room.
+        """
+        produce = producer.produce
+        none, zero = repeat(None), repeat(0)
+        topics, partitions = repeat(topic), repeat(partition)
+        line_name = repeat("s3.line")
+        add_const = const_headers.__add__ if const_headers is not None else None
+
+        def headers_of(lines: Sequence[int]) -> Iterator[Any]:
+            if add_const is None:
+                return none
+            # [*const_headers, ("s3.line", b"<line>")] for each message
+            return map(
+                add_const, map(list, zip(zip(line_name, map(b"%d".__mod__, lines), strict=False)))
+            )
+
+        def send(
+            values: Sequence[str | bytes], keys: Sequence[Any] | None, lines: Sequence[int]
+        ) -> None:
+            pending = iter(values)
+            try:
+                deque(
+                    map(
+                        produce,
+                        topics,
+                        pending,
+                        none if keys is None else keys,
+                        partitions,
+                        none,  # on_delivery
+                        none,  # callback
+                        zero,  # timestamp: now
+                        headers_of(lines),
+                    ),
+                    0,
+                )
+            except BufferError:
+                # the message that did not fit, and every one after it: one at a time
+                for i in range(len(values) - length_hint(pending) - 1, len(values)):
+                    headers = (
+                        None if add_const is None else add_const([("s3.line", b"%d" % lines[i])])
+                    )
+                    key = None if keys is None else keys[i]
+                    self._produce(producer, topic, values[i], key, partition, headers)
+            except KafkaException as exc:
+                raise translate_kafka_error(exc, f"produce to {topic}") from exc
+            except UnicodeEncodeError as exc:
+                raise self._not_text(topic, exc) from exc
+
+        return send
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         try:
@@ -440,7 +492,7 @@ class _Prefetch:
     def _run(self) -> None:
         try:
             for block, end in self._blocks:
-                lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+                lines = count_byte(block, 10) + (0 if block.endswith(b"\n") else 1)
                 encoder = self.encoder
                 encoded = encoder(block, lines) if encoder is not None else None
                 if not self._put((block, end, lines, encoded)):
