@@ -4,11 +4,8 @@ real `s3flow worker` (subprocesses) on the emulator, and Debian's Chromium for P
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,8 +15,10 @@ from typing import Any
 
 import httpx
 from itest_support import HERE, spawn_worker
+from jobs_support import stop_process, toml_text
 
 from s3flow.app import provision_all
+from s3flow.local.endpoint import free_port as free_port  # re-exported: test_web_page
 from s3flow.settings import Settings, load_settings
 
 SLOW = "s3flow_testprocs:SlowProcessor"
@@ -40,51 +39,6 @@ def chromium_executable() -> str | None:
         if path and os.access(path, os.X_OK):
             return path
     return None
-
-
-def free_port() -> int:
-    """A port nothing listens on right now (the server binds it with SO_REUSEADDR)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def toml_text(data: dict[str, Any]) -> str:
-    """Just enough TOML for these configs: tables, arrays of tables, inline tables."""
-
-    def val(v: Any) -> str:
-        if isinstance(v, bool):
-            return str(v).lower()
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
-        return str(v)
-
-    out: list[str] = []
-    for section, body in data.items():
-        if isinstance(body, list):
-            for item in body:
-                out.append(f"[[{section}]]")
-                out += [f"{k} = {val(v)}" for k, v in item.items()]
-        else:
-            out.append(f"[{section}]")
-            out += [f"{k} = {val(v)}" for k, v in body.items()]
-        out.append("")
-    return "\n".join(out)
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    """SIGTERM, wait; SIGKILL if it does not go."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class PageProject:
