@@ -33,30 +33,11 @@ from types import TracebackType
 from typing import Self
 
 from s3flow.state.jobs import JobEvent, JobStore
-from s3flow.web.sse import HEARTBEAT, format_event
+from s3flow.web.subscription import HEARTBEAT_FRAME, Frame, Subscription
 
 __all__ = ["EventHub", "EventStream", "Frame", "Subscription"]
 
 log = logging.getLogger("s3flow.web.hub")
-
-
-class Frame:
-    """One encoded event, shared by every subscriber of its job."""
-
-    __slots__ = ("data", "seq", "terminal")
-
-    def __init__(self, seq: int, data: bytes, terminal: bool) -> None:
-        self.seq = seq
-        self.data = data
-        self.terminal = terminal
-
-    @classmethod
-    def of(cls, event: JobEvent) -> Frame:
-        """The frame of ``event``."""
-        return cls(event.seq, format_event(event), event.type.terminal)
-
-
-_HEARTBEAT = Frame(0, HEARTBEAT, False)
 
 
 class _Channel:
@@ -84,77 +65,6 @@ class _Channel:
         self.task: asyncio.Task[None] | None = None
         self.last_heartbeat = now
         self.done = False  # a terminal event was handed out: nothing can follow
-
-
-class Subscription:
-    """One subscriber's place in a job's channel: what it has sent and what waits.
-
-    Deliberately small (slots, no task): while idle a subscriber holds its
-    cursor and, while its stream waits, one future; frames handed to it
-    live in a short list only until it takes them.
-    """
-
-    __slots__ = ("_closed", "_pending", "_waiter", "cursor", "job_id", "max_pending", "overflowed")
-
-    def __init__(self, job_id: str, cursor: int, max_pending: int) -> None:
-        self.job_id = job_id
-        self.cursor = cursor  # the seq of the last event this subscriber has sent
-        self.max_pending = max_pending
-        self.overflowed = False
-        self._pending: list[Frame] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        """True once the stream must end."""
-        return self._closed
-
-    def push(self, frame: Frame) -> None:
-        """Queue ``frame``; a subscriber ``max_pending`` frames behind is closed instead."""
-        if self._closed:
-            return
-        pending = self._pending
-        if pending is None:
-            self._pending = [frame]
-        elif len(pending) >= self.max_pending:
-            self.overflowed = True
-            self._pending = None
-            self.close()
-            return
-        else:
-            pending.append(frame)
-        self._wake()
-
-    def close(self) -> None:
-        """End the stream (frames already queued are still taken)."""
-        self._closed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def wait(self) -> asyncio.Future[None] | None:
-        """A future done when there is something to take or the stream closed; None if now."""
-        if self._pending or self._closed:
-            return None
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-        return waiter
-
-    def take_nowait(self) -> list[Frame]:
-        """Every queued frame (``[]`` if none)."""
-        frames, self._pending = self._pending, None
-        return frames or []
-
-    async def take(self) -> list[Frame]:
-        """Every queued frame, waiting for one; ``[]`` once closed and drained."""
-        while (waiter := self.wait()) is not None:
-            await waiter
-        return self.take_nowait()
 
 
 # The phases of an EventStream.
@@ -235,8 +145,8 @@ class EventStream(Subscription):
             return None if self._closed else b""
         out: list[bytes] = []
         for frame in frames:
-            if frame is _HEARTBEAT:
-                out.append(HEARTBEAT)
+            if frame is HEARTBEAT_FRAME:
+                out.append(frame.data)
                 continue
             if frame.seq <= self.cursor:  # sent during the catch-up
                 if frame.terminal:  # (or the client claimed ids the job never had)
@@ -505,7 +415,7 @@ class EventHub:
             if now - channel.last_heartbeat >= self.heartbeat_s:
                 channel.last_heartbeat = now
                 for sub in channel.subscribers:
-                    sub.push(_HEARTBEAT)
+                    sub.push(HEARTBEAT_FRAME)
 
     async def _pull(self, channel: _Channel) -> None:
         """Hand every event after the channel's cursor to every subscriber, in order."""
