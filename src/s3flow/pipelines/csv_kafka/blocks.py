@@ -2,7 +2,7 @@
 
 The path of one object (the session groups the pieces into blocks)::
 
-    chunks (any size) --PieceSplitter--> pieces (~256 KB, each ending with b"\\n")
+    chunks (any size) --PieceSplitter--> pieces (~64 KB, each ending with b"\\n")
       --RecordEnds--> blocks (~1 MiB, ending where a record ends)
 
 Pieces end at line breaks, so a piece decodes on its own in any ASCII-compatible
@@ -26,7 +26,10 @@ except ImportError:  # pragma: no cover - the stdlib counts below
 from s3flow.errors import PermanentError
 
 #: Pieces of about this size, each ending with a line break: what :class:`RecordEnds` reads.
-PIECE_BYTES = 256 * 1024
+#: 64 KiB: a block then ends within 64 KiB after BLOCK_BYTES (the session hands over
+#: runs of >= 256 KiB of reads; the pieces keep the blocks, and so the transactions,
+#: as they were with one 64 KiB read per piece).
+PIECE_BYTES = 64 * 1024
 #: Pieces are grouped into blocks of about this size (ending outside quotes): the unit of
 #: parsing and of checkpoints.
 BLOCK_BYTES = 1024 * 1024

@@ -58,19 +58,21 @@ async def run_batch(
 
         warm_up()  # the range processes' forkserver imports while S3 and Kafka are set up
     started = time.monotonic()
-    async with open_clients(settings.aws) as clients, open_store(settings) as store:
-        try:
-            head = await clients.s3.head_object(Bucket=bucket, Key=key)
-        except Exception as exc:
-            raise translate_aws_error(exc, f"HeadObject s3://{bucket}/{key}") from exc
-        version_id = head.get("VersionId")
-        if version_id == "null":
-            version_id = None
-        etag = str(head.get("ETag") or "").strip('"')
-        ref = ObjectRef(bucket, key, version_id or etag)
-
-        try:
-            await processor.ensure_topics()
+    # The topics are created (a Kafka round trip, in a thread) while the S3 client is
+    # built (loading botocore's models: CPU) and the object's head is read.
+    topics = asyncio.ensure_future(processor.ensure_topics())
+    try:
+        async with open_clients(settings.aws) as clients, open_store(settings) as store:
+            try:
+                head = await clients.s3.head_object(Bucket=bucket, Key=key)
+            except Exception as exc:
+                raise translate_aws_error(exc, f"HeadObject s3://{bucket}/{key}") from exc
+            version_id = head.get("VersionId")
+            if version_id == "null":
+                version_id = None
+            etag = str(head.get("ETag") or "").strip('"')
+            ref = ObjectRef(bucket, key, version_id or etag)
+            await topics
             report = await run_csv_object(
                 processor.opts,
                 ref,
@@ -80,8 +82,12 @@ async def run_batch(
                 executor=processor.executor,
                 store=store,
             )
-        finally:
-            await processor.stop()
+    finally:
+        if not topics.done():
+            topics.cancel()  # the head failed first
+        elif not topics.cancelled():
+            topics.exception()  # retrieved: raised by ``await topics`` above, or moot
+        await processor.stop()
     ckpt = report.checkpoint
     seconds = time.monotonic() - started
     new_rows = 0 if report.already_done else ckpt.sent - report.resumed_sent

@@ -32,6 +32,8 @@ log = logging.getLogger("s3flow.pipelines.csv_kafka")
 
 #: Decompressed bytes buffered between the event loop and the produce thread.
 CHANNEL_BYTES = 4 * 1024 * 1024
+#: Reads are handed to the session thread in runs of at least this many bytes.
+HANDOVER_BYTES = 256 * 1024
 #: S3 read size. Small on purpose: the reader decompresses one read at a time and keeps
 #: all of its output at once, so with a 100:1 gzip a 1 MB read would be 100 MB in memory.
 READ_CHUNK_BYTES = 64 * 1024
@@ -275,7 +277,14 @@ async def _feed(
     skip: int,
     report_progress: Callable[[int], None],
 ) -> None:
-    """Hand the decompressed object to the session, from byte ``skip`` on."""
+    """Hand the decompressed object to the session, from byte ``skip`` on.
+
+    Reads (~64 KiB each) are handed over in runs of at least :data:`HANDOVER_BYTES`:
+    a quarter of the hand-overs (each a lock, a wake-up of the session's reader thread
+    and a GIL switch) and no re-copying of a short remainder per read in the splitter.
+    """
+    run: list[bytes] = []
+    size = 0
     async for chunk in reader:
         report_progress(len(chunk))
         if skip:
@@ -283,5 +292,11 @@ async def _feed(
                 skip -= len(chunk)
                 continue
             chunk, skip = chunk[skip:], 0
-        await channel.put(chunk)
+        run.append(chunk)
+        size += len(chunk)
+        if size >= HANDOVER_BYTES:
+            await channel.put(run[0] if len(run) == 1 else b"".join(run))
+            run, size = [], 0
+    if run:
+        await channel.put(b"".join(run))
     channel.close()
