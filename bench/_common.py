@@ -8,6 +8,7 @@ that need them.
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import itertools
 import json
@@ -336,6 +337,24 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     """Write ``doc`` as indented JSON, creating the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+def run_and_write(
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    args: argparse.Namespace,
+    report: Callable[[dict[str, Any]], None],
+) -> int:
+    """Run a benchmark, write its JSON to ``args.output`` and print ``report``; the exit code."""
+    try:
+        doc = run(args)
+    except BenchError as exc:
+        print(f"BENCHMARK FAILED: {exc}", file=sys.stderr)
+        return 1
+    out: Path = args.output
+    doc["output_path"] = str(out)
+    write_json(out, doc)
+    report(doc)
+    return 0
 
 
 def python() -> str:

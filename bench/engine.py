@@ -50,12 +50,12 @@ from _common import (
     python,
     queue_depth,
     region,
+    run_and_write,
     run_child,
     self_cpu_s,
     self_peak_rss_mb,
     small_log_objects,
     wait_for_depth,
-    write_json,
 )
 
 SMALL_BYTES = 1024
@@ -1094,16 +1094,7 @@ def main(argv: list[str] | None = None) -> int:
         return child_main("naive", args.naive_consumer)
     if args.s3flow_consumer:
         return child_main("s3flow", args.s3flow_consumer)
-    try:
-        doc = run(args)
-    except BenchError as exc:
-        print(f"BENCHMARK FAILED: {exc}", file=sys.stderr)
-        return 1
-    out: Path = args.output
-    doc["output_path"] = str(out)
-    write_json(out, doc)
-    print_report(doc)
-    return 0
+    return run_and_write(run, args, print_report)
 
 
 if __name__ == "__main__":

@@ -75,8 +75,8 @@ from _common import (
     machine_load,
     proc_stat,
     python,
+    run_and_write,
     self_cpu_s,
-    write_json,
 )
 
 MB = 1_000_000  # RSS figures are decimal MB (the goal's unit); bytes are given too
@@ -1132,16 +1132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.floor_server is not None:
         return floor_server(args.floor_server)
-    try:
-        doc = run(args)
-    except BenchError as exc:
-        print(f"BENCHMARK FAILED: {exc}", file=sys.stderr)
-        return 1
-    out: Path = args.output
-    doc["output_path"] = str(out)
-    write_json(out, doc)
-    print_report(doc)
-    return 0
+    return run_and_write(run, args, print_report)
 
 
 if __name__ == "__main__":
