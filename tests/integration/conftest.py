@@ -7,11 +7,29 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.abc
 import boto3
 import pytest
 from itest_support import Harness
 
 from s3flow.local.endpoint import LocalEndpoint
+
+
+def _resolve_lazy_imports() -> None:
+    """Import anyio's lazily imported names now, in the main thread.
+
+    pytest rewrites the asserts of every pytest plugin's distribution, anyio included, so a
+    lazy ``anyio.open_file`` first touched in a server thread (Starlette's FileResponse) runs
+    ``ast.parse`` there while the main thread may be parsing a test module: CPython 3.11
+    then fails with "AST constructor recursion depth mismatch" and the request gets no body.
+    """
+    for module in (anyio, anyio.abc):
+        for name in dir(module):
+            getattr(module, name)
+
+
+_resolve_lazy_imports()
 
 
 @pytest.fixture(scope="session")
