@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 
@@ -63,3 +65,47 @@ class FileSink(Sink, Protocol):
     ) -> str:
         """Write the file at ``path`` as the output ``relative_key``; return its URI."""
         ...
+
+
+@dataclass(frozen=True)
+class OutputAttrs:
+    """What an output is stored with besides its bytes (see :meth:`Sink.write`)."""
+
+    content_type: str = "application/octet-stream"
+    metadata: dict[str, str] | None = None
+
+
+class SinkBase(FileSink):
+    """The built-in sinks' ``write`` and ``write_file``, expressed once.
+
+    Both take the content type and metadata as :class:`OutputAttrs`; a sink stores
+    bytes with :meth:`_put` and a local file with :meth:`_put_file` its own way.
+    """
+
+    async def write(
+        self,
+        relative_key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """See :meth:`Sink.write`: the bytes are stored by :meth:`_put`."""
+        return await self._put(relative_key, data, OutputAttrs(content_type, metadata))
+
+    async def write_file(
+        self,
+        relative_key: str,
+        path: str,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """See :meth:`FileSink.write_file`: the file is stored by :meth:`_put_file`."""
+        return await self._put_file(relative_key, path, OutputAttrs(content_type, metadata))
+
+    @abstractmethod
+    async def _put(self, relative_key: str, data: bytes, attrs: OutputAttrs) -> str:
+        """Store ``data`` as the output ``relative_key``, durably; return its URI."""
+
+    @abstractmethod
+    async def _put_file(self, relative_key: str, path: str, attrs: OutputAttrs) -> str:
+        """Store the local file at ``path`` as the output ``relative_key``; return its URI."""

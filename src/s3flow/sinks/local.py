@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from s3flow.errors import ConfigError, OutputPathError, RetryableError
+from s3flow.sinks.base import OutputAttrs, SinkBase
 
 
-class LocalDirSink:
+class LocalDirSink(SinkBase):
     """Writes outputs under a local directory.
 
     Each write goes to a temporary file in the target directory, is fsynced,
@@ -70,24 +71,12 @@ class LocalDirSink:
         with open(source, "rb") as src:
             self._replace_atomically(path, lambda fh: shutil.copyfileobj(src, fh, 1024 * 1024))
 
-    async def write(
-        self,
-        relative_key: str,
-        data: bytes,
-        content_type: str = "application/octet-stream",
-        metadata: dict[str, str] | None = None,
-    ) -> str:
+    async def _put(self, relative_key: str, data: bytes, attrs: OutputAttrs) -> str:
         """Write ``data`` to the file for ``relative_key`` (files have no metadata: ignored)."""
         path = self.path_for(relative_key)
         return await self._write_off_loop(path, lambda: self._write_sync(path, data))
 
-    async def write_file(
-        self,
-        relative_key: str,
-        path: str,
-        content_type: str = "application/octet-stream",
-        metadata: dict[str, str] | None = None,
-    ) -> str:
+    async def _put_file(self, relative_key: str, path: str, attrs: OutputAttrs) -> str:
         """Copy a local file in as the output (streamed; atomic and fsynced like ``write``)."""
         target = self.path_for(relative_key)
         return await self._write_off_loop(target, lambda: self._copy_sync(path, target))

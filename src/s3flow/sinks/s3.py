@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from s3flow.errors import ConfigError, S3flowError, aws_errors, translate_aws_error
+from s3flow.sinks.base import OutputAttrs, SinkBase
 
 #: Files up to this size are uploaded with one PutObject; bigger ones in parts.
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
@@ -38,7 +39,15 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-class S3Sink:
+def _object_args(attrs: OutputAttrs) -> dict[str, Any]:
+    """PutObject / CreateMultipartUpload arguments for the content type and metadata."""
+    args: dict[str, Any] = {"ContentType": attrs.content_type}
+    if attrs.metadata:
+        args["Metadata"] = attrs.metadata
+    return args
+
+
+class S3Sink(SinkBase):
     """Writes outputs as S3 objects. PutObject is durable when it returns."""
 
     def __init__(self, s3: Any, url: str) -> None:
@@ -52,28 +61,14 @@ class S3Sink:
         """The full output key of ``relative_key``."""
         return self.prefix + relative_key
 
-    async def write(
-        self,
-        relative_key: str,
-        data: bytes,
-        content_type: str = "application/octet-stream",
-        metadata: dict[str, str] | None = None,
-    ) -> str:
+    async def _put(self, relative_key: str, data: bytes, attrs: OutputAttrs) -> str:
+        """One PutObject (durable when it returns)."""
         key = self.key_for(relative_key)
-        extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
         with aws_errors(f"PutObject s3://{self.bucket}/{key}"):
-            await self._s3.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **extra
-            )
+            await self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, **_object_args(attrs))
         return f"s3://{self.bucket}/{key}"
 
-    async def write_file(
-        self,
-        relative_key: str,
-        path: str,
-        content_type: str = "application/octet-stream",
-        metadata: dict[str, str] | None = None,
-    ) -> str:
+    async def _put_file(self, relative_key: str, path: str, attrs: OutputAttrs) -> str:
         """Upload a local file: PutObject up to :data:`MULTIPART_THRESHOLD`, else multipart.
 
         Memory holds one part at a time. A failed multipart upload is aborted
@@ -82,13 +77,12 @@ class S3Sink:
         size = await asyncio.to_thread(os.path.getsize, path)
         if size <= MULTIPART_THRESHOLD:
             data = await asyncio.to_thread(Path(path).read_bytes)
-            return await self.write(relative_key, data, content_type, metadata)
+            return await self._put(relative_key, data, attrs)
         key = self.key_for(relative_key)
         where = f"s3://{self.bucket}/{key}"
-        extra: dict[str, Any] = {"Metadata": metadata} if metadata else {}
         with aws_errors(f"CreateMultipartUpload {where}"):
             created = await self._s3.create_multipart_upload(
-                Bucket=self.bucket, Key=key, ContentType=content_type, **extra
+                Bucket=self.bucket, Key=key, **_object_args(attrs)
             )
         upload_id = created["UploadId"]
         part_size = max(PART_BYTES, -(-size // MAX_PARTS))
