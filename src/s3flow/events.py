@@ -146,6 +146,51 @@ def _decode_key(raw: Any, what: str) -> str:
     return key
 
 
+@dataclass(frozen=True, slots=True)
+class _Format:
+    """Where one notification format keeps an event's fields: the event-level ones in
+    its top document (an S3 record, an EventBridge event), the object's in its
+    ``object`` section."""
+
+    source: str
+    event_name: str
+    event_time: str
+    region: str
+    etag: str
+    version_id: str
+
+    def event(
+        self,
+        top: dict[str, Any],
+        bucket: dict[str, Any],
+        obj: dict[str, Any],
+        top_at: str,
+        at: str,
+        raw: dict[str, Any] | None = None,
+    ) -> ObjectEvent:
+        """The event of ``top`` with its ``bucket`` and ``obj`` sections. Error messages
+        name a bad field by ``top_at`` (what prefixes ``top``'s keys) or ``at`` (the path
+        of the sections)."""
+        etag = _opt_str(obj.get(self.etag))
+        return ObjectEvent(
+            bucket=_str(bucket.get("name"), f"{at}.bucket.name"),
+            key=_decode_key(obj.get("key"), f"{at}.object.key"),
+            event_name=_str(top.get(self.event_name), f"{top_at}{self.event_name}"),
+            size=_opt_size(obj.get("size")),
+            etag=etag.strip('"') if etag else None,
+            version_id=_opt_str(obj.get(self.version_id)),
+            sequencer=_opt_str(obj.get("sequencer")),
+            event_time=_opt_str(top.get(self.event_time)),
+            region=_opt_str(top.get(self.region)),
+            source=self.source,
+            raw=raw,
+        )
+
+
+_S3_RECORD = _Format("s3", "eventName", "eventTime", "awsRegion", "eTag", "versionId")
+_EVENTBRIDGE = _Format("eventbridge", "detail-type", "time", "region", "etag", "version-id")
+
+
 def _record(rec: Any, index: int) -> ObjectEvent:
     if not isinstance(rec, dict):
         raise EnvelopeError(f"Records[{index}] is not an object")
@@ -163,20 +208,7 @@ def _record(rec: Any, index: int) -> ObjectEvent:
     obj = s3.get("object")
     if not isinstance(bucket, dict) or not isinstance(obj, dict):
         raise EnvelopeError(f"Records[{index}].s3 lacks 'bucket' or 'object'")
-    etag = _opt_str(obj.get("eTag"))
-    return ObjectEvent(
-        bucket=_str(bucket.get("name"), f"Records[{index}].s3.bucket.name"),
-        key=_decode_key(obj.get("key"), f"Records[{index}].s3.object.key"),
-        event_name=_str(rec.get("eventName"), f"Records[{index}].eventName"),
-        size=_opt_size(obj.get("size")),
-        etag=etag.strip('"') if etag else None,
-        version_id=_opt_str(obj.get("versionId")),
-        sequencer=_opt_str(obj.get("sequencer")),
-        event_time=_opt_str(rec.get("eventTime")),
-        region=_opt_str(rec.get("awsRegion")),
-        source="s3",
-        raw=rec,
-    )
+    return _S3_RECORD.event(rec, bucket, obj, f"Records[{index}].", f"Records[{index}].s3", raw=rec)
 
 
 def _s3_notification(doc: dict[str, Any], kind: str) -> Envelope:
@@ -197,19 +229,7 @@ def _eventbridge(doc: dict[str, Any]) -> Envelope:
     obj = detail.get("object")
     if not isinstance(bucket, dict) or not isinstance(obj, dict):
         raise EnvelopeError("EventBridge detail lacks 'bucket' or 'object'")
-    etag = _opt_str(obj.get("etag"))
-    event = ObjectEvent(
-        bucket=_str(bucket.get("name"), "detail.bucket.name"),
-        key=_decode_key(obj.get("key"), "detail.object.key"),
-        event_name=_str(doc.get("detail-type"), "detail-type"),
-        size=_opt_size(obj.get("size")),
-        etag=etag.strip('"') if etag else None,
-        version_id=_opt_str(obj.get("version-id")),
-        sequencer=_opt_str(obj.get("sequencer")),
-        event_time=_opt_str(doc.get("time")),
-        region=_opt_str(doc.get("region")),
-        source="eventbridge",
-    )
+    event = _EVENTBRIDGE.event(doc, bucket, obj, "", "detail")
     return Envelope(events=[event], kind="eventbridge")
 
 
