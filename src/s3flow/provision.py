@@ -79,6 +79,20 @@ class Provisioner:
                 return None
             raise translate_aws_error(exc, f"{operation} {bucket}") from exc
 
+    async def _read_rules(
+        self,
+        call: Callable[..., Awaitable[dict[str, Any]]],
+        operation: str,
+        bucket: str,
+        absent: str,
+        field: str,
+    ) -> list[dict[str, Any]]:
+        """The rules listed under ``field`` in ``call(Bucket=bucket)``'s response; none
+        when the bucket, or its configuration (error code ``absent``), does not exist."""
+        response = await self._read(call, operation, bucket, absent=(absent, "NoSuchBucket", "404"))
+        rules: list[dict[str, Any]] = (response or {}).get(field, [])
+        return rules
+
     # --- buckets -----------------------------------------------------------
 
     async def bucket(self, name: str) -> None:
@@ -144,13 +158,9 @@ class Provisioner:
                 "MaxAgeSeconds": 3000,
             }
         ]
-        cors = await self._read(
-            self.s3.get_bucket_cors,
-            "GetBucketCors",
-            name,
-            absent=("NoSuchCORSConfiguration", "NoSuchBucket", "404"),
+        have = await self._read_rules(
+            self.s3.get_bucket_cors, "GetBucketCors", name, "NoSuchCORSConfiguration", "CORSRules"
         )
-        have: list[dict[str, Any]] = (cors or {}).get("CORSRules", [])
         norm = [
             {k: (sorted(v) if isinstance(v, list) else v) for k, v in r.items() if k != "ID"}
             for r in have
@@ -173,13 +183,13 @@ class Provisioner:
             "Expiration": {"Days": days},
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
         }
-        lifecycle = await self._read(
+        rules = await self._read_rules(
             self.s3.get_bucket_lifecycle_configuration,
             "GetBucketLifecycleConfiguration",
             name,
-            absent=("NoSuchLifecycleConfiguration", "NoSuchBucket", "404"),
+            "NoSuchLifecycleConfiguration",
+            "Rules",
         )
-        rules: list[dict[str, Any]] = (lifecycle or {}).get("Rules", [])
         mine = [r for r in rules if r.get("ID") == rule_id]
         same = bool(mine) and all(mine[0].get(k) == v for k, v in wanted.items())
         self._record("lifecycle", f"{name}/{prefix}", bool(mine), not same, f"expire after {days}d")
