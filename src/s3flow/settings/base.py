@@ -5,9 +5,9 @@ from __future__ import annotations
 import codecs
 import os
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def check_regex(v: str) -> str:
@@ -31,6 +31,30 @@ def check_byte_range(min_bytes: int | None, max_bytes: int | None) -> None:
     """A validator: ValueError when ``max_bytes < min_bytes`` (None is no bound)."""
     if min_bytes is not None and max_bytes is not None and max_bytes < min_bytes:
         raise ValueError("max_bytes must be >= min_bytes")
+
+
+def _check_optional_regex(v: str | None) -> str | None:
+    return None if v is None else check_regex(v)
+
+
+#: A setting holding a Python regular expression (checked to compile).
+Regex = Annotated[str, AfterValidator(check_regex)]
+#: A setting holding a Python regular expression (checked to compile), or None.
+OptionalRegex = Annotated[str | None, AfterValidator(_check_optional_regex)]
+
+
+class ByteRangeChecked(BaseModel):
+    """Mixin of models with ``min_bytes`` and ``max_bytes`` fields (None: no bound):
+    validation fails when ``max_bytes < min_bytes``."""
+
+    if TYPE_CHECKING:
+        min_bytes: int | None
+        max_bytes: int | None
+
+    @model_validator(mode="after")
+    def _check_byte_range(self) -> Self:
+        check_byte_range(self.min_bytes, self.max_bytes)
+        return self
 
 
 class _Model(BaseModel):

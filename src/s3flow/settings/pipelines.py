@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from s3flow.settings.base import _Model, check_byte_range, check_regex
+from s3flow.settings.base import ByteRangeChecked, OptionalRegex, _Model
 from s3flow.settings.executors import ExecutorName, ExecutorsSettings
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -22,7 +22,16 @@ def _valid_name(v: str) -> str:
     return v
 
 
-class ValidationSettings(_Model):
+def _valid_optional_name(v: str | None) -> str | None:
+    return None if v is None else _valid_name(v)
+
+
+#: A pipeline's or a route's name (checked by :func:`_valid_name`).
+_Name = Annotated[str, AfterValidator(_valid_name)]
+_OptionalName = Annotated[str | None, AfterValidator(_valid_optional_name)]
+
+
+class ValidationSettings(_Model, ByteRangeChecked):
     """Per-pipeline checks made before an object is processed; failures are quarantined."""
 
     min_bytes: int = Field(default=0, ge=0, description="Smallest acceptable object size.")
@@ -36,19 +45,9 @@ class ValidationSettings(_Model):
         default_factory=list,
         description="Allowed Content-Type values (empty = any), e.g. ['text/plain'].",
     )
-    key_pattern: str | None = Field(
+    key_pattern: OptionalRegex = Field(
         default=None, description="Regular expression every key must match (re.search)."
     )
-
-    @field_validator("key_pattern")
-    @classmethod
-    def _check_pattern(cls, v: str | None) -> str | None:
-        return None if v is None else check_regex(v)
-
-    @model_validator(mode="after")
-    def _check_range(self) -> ValidationSettings:
-        check_byte_range(self.min_bytes, self.max_bytes)
-        return self
 
     @property
     def active(self) -> bool:
@@ -62,12 +61,12 @@ class ValidationSettings(_Model):
         )
 
 
-class RouteSettings(_Model):
+class RouteSettings(_Model, ByteRangeChecked):
     """One routing rule of a pipeline (``[[pipelines.routes]]``): what it matches and where
     matching objects go. Rules are tried in order, the first match wins; a rule without
     match keys is the default (it must be last). No match: the object is quarantined."""
 
-    name: str | None = Field(
+    name: _OptionalName = Field(
         default=None,
         description="Shown in the file's history and the result; default 'default' for the "
         "default rule, else 'route-<n>' (n from 1).",
@@ -83,7 +82,7 @@ class RouteSettings(_Model):
     key_glob: str | None = Field(
         default=None, description="Glob the whole key must match ('*' also matches '/')."
     )
-    key_regex: str | None = Field(
+    key_regex: OptionalRegex = Field(
         default=None, description="Regular expression the key must match (re.search)."
     )
     min_bytes: int | None = Field(default=None, ge=0, description="Smallest size (inclusive).")
@@ -112,21 +111,6 @@ class RouteSettings(_Model):
         ),
     )
 
-    @field_validator("key_regex")
-    @classmethod
-    def _check_regex(cls, v: str | None) -> str | None:
-        return None if v is None else check_regex(v)
-
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, v: str | None) -> str | None:
-        return None if v is None else _valid_name(v)
-
-    @model_validator(mode="after")
-    def _check_range(self) -> RouteSettings:
-        check_byte_range(self.min_bytes, self.max_bytes)
-        return self
-
     @property
     def is_default(self) -> bool:
         """Whether this rule has no match keys (it takes every object that reaches it)."""
@@ -144,7 +128,7 @@ class RouteSettings(_Model):
 class PipelineSettings(_Model):
     """One pipeline: a queue of S3 notifications, a filter, a processor and an output."""
 
-    name: str = Field(description="Unique pipeline name (letters, digits, '_', '-', '.').")
+    name: _Name = Field(description="Unique pipeline name (letters, digits, '_', '-', '.').")
     processor: str = Field(
         default="line-count",
         description="Processor name (built-in or entry point) or 'module:attribute' path.",
@@ -152,7 +136,7 @@ class PipelineSettings(_Model):
     bucket: str = Field(description="Source bucket whose ObjectCreated events feed the queue.")
     prefix: str = Field(default="", description="Only keys starting with this prefix.")
     suffix: str = Field(default="", description="Only keys ending with this suffix.")
-    key_regex: str | None = Field(
+    key_regex: OptionalRegex = Field(
         default=None, description="Only keys matching this regular expression (re.search)."
     )
     queue: str = Field(description="SQS queue name or URL that receives the notifications.")
@@ -258,11 +242,6 @@ class PipelineSettings(_Model):
         ),
     )
 
-    @field_validator("name")
-    @classmethod
-    def _check_name(cls, v: str) -> str:
-        return _valid_name(v)
-
     @field_validator("queue", "dlq")
     @classmethod
     def _check_queue(cls, v: str | None) -> str | None:
@@ -273,11 +252,6 @@ class PipelineSettings(_Model):
                 "a queue name is 1-80 letters, digits, '-' or '_' (or a full https:// queue URL)"
             )
         return v
-
-    @field_validator("key_regex")
-    @classmethod
-    def _check_regex(cls, v: str | None) -> str | None:
-        return None if v is None else check_regex(v)
 
     @field_validator("output")
     @classmethod

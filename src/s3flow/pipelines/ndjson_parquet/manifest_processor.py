@@ -31,7 +31,7 @@ import logging
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from s3flow.errors import ConfigError, CorruptDataError, InvalidInputError
 from s3flow.events import content_part
@@ -50,7 +50,7 @@ from s3flow.processors.base import (
     Result,
     parse_options,
 )
-from s3flow.settings import PipelineSettings, check_byte_range, check_regex
+from s3flow.settings import ByteRangeChecked, PipelineSettings, Regex
 from s3flow.state.base import StateStore
 from s3flow.state.records import FileRecord, ManifestFile, ObjectId
 
@@ -61,7 +61,7 @@ class InvalidNdjsonError(InvalidInputError):
     """The file is not acceptable NDJSON (size, readability, first record, date)."""
 
 
-class NdjsonManifestOptions(BaseModel):
+class NdjsonManifestOptions(ByteRangeChecked):
     """Options of the ``ndjson-manifest`` processor."""
 
     model_config = ConfigDict(extra="forbid")
@@ -75,7 +75,7 @@ class NdjsonManifestOptions(BaseModel):
     date_source: Literal["key", "field"] = Field(
         default="key", description="Where a file's date comes from: its key or its first record."
     )
-    date_pattern: str = Field(
+    date_pattern: Regex = Field(
         default=r"(?:^|/)(?:date=|dt=)?(\d{4}-\d{2}-\d{2})",
         description="Regex finding the date in the key (first group), for date_source='key'.",
     )
@@ -122,16 +122,6 @@ class NdjsonManifestOptions(BaseModel):
         if v is not None and not DATASET_RE.match(v):
             raise ValueError("use 1-64 of A-Z a-z 0-9 '_' '-' '.', starting with a letter/digit")
         return v
-
-    @field_validator("date_pattern")
-    @classmethod
-    def _regex(cls, v: str) -> str:
-        return check_regex(v)
-
-    @model_validator(mode="after")
-    def _range(self) -> NdjsonManifestOptions:
-        check_byte_range(self.min_bytes, self.max_bytes)
-        return self
 
 
 class NdjsonManifestProcessor(BaseProcessor):
