@@ -43,6 +43,15 @@ Regex = Annotated[str, AfterValidator(check_regex)]
 OptionalRegex = Annotated[str | None, AfterValidator(_check_optional_regex)]
 
 
+# Bounds SQS sets on the queue settings of [[pipelines]] and [jobs].
+#: Seconds SQS keeps a received message invisible, in all (at most 12 hours).
+SqsSeconds = Annotated[int, Field(le=43200)]
+#: Long-poll wait of one receive in seconds (SQS: 0 to 20).
+WaitTime = Annotated[int, Field(ge=0, le=20)]
+#: Receives of a message before it is dead-lettered (SQS maxReceiveCount: 1 to 1000).
+ReceiveCount = Annotated[int, Field(ge=1, le=1000)]
+
+
 class ByteRangeChecked(BaseModel):
     """Mixin of models with ``min_bytes`` and ``max_bytes`` fields (None: no bound):
     validation fails when ``max_bytes < min_bytes``."""

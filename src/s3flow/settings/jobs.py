@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from s3flow.settings.base import _Model
+from s3flow.settings.base import ReceiveCount, SqsSeconds, WaitTime, _Model
 from s3flow.settings.pipelines import PipelineSettings
 
 _NAME_PART = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
@@ -115,20 +115,19 @@ class JobsSettings(_Model):
         description="Lifecycle rule: objects under uploads/ expire after this many days.",
     )
     concurrency: int = Field(default=4, ge=1, le=256, description="Jobs run at once per worker.")
-    visibility_timeout_s: int = Field(
+    visibility_timeout_s: SqsSeconds = Field(
         default=120,
         ge=10,
-        le=43200,
         description="Visibility timeout of the intake and processing queues (heartbeated).",
     )
-    max_receive_count: int = Field(
-        default=3, ge=1, le=1000, description="Attempts per job before it fails (processing DLQ)."
+    max_receive_count: ReceiveCount = Field(
+        default=3, description="Attempts per job before it fails (processing DLQ)."
     )
     progress_interval_s: float = Field(
         default=0.5, gt=0, description="At most one step.progress event per step this often."
     )
-    wait_time_s: int = Field(
-        default=20, ge=0, le=20, description="Long-poll wait of the intake and processing queues."
+    wait_time_s: WaitTime = Field(
+        default=20, description="Long-poll wait of the intake and processing queues."
     )
     expiry_check_s: float = Field(
         default=30.0, gt=0, description="How often the bridge looks for overdue jobs to expire."

@@ -7,7 +7,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from s3flow.settings.base import ByteRangeChecked, OptionalRegex, _Model
+from s3flow.settings.base import (
+    ByteRangeChecked,
+    OptionalRegex,
+    ReceiveCount,
+    SqsSeconds,
+    WaitTime,
+    _Model,
+)
 from s3flow.settings.executors import ExecutorName, ExecutorsSettings
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -149,17 +156,14 @@ class PipelineSettings(_Model):
     concurrency: int = Field(
         default=16, ge=1, le=1000, description="Objects processed at once by this pipeline."
     )
-    visibility_timeout_s: int = Field(
+    visibility_timeout_s: SqsSeconds = Field(
         default=60,
         ge=1,
-        le=43200,
         description="Queue visibility timeout; the worker heartbeats at about half of it.",
     )
-    wait_time_s: int = Field(default=20, ge=0, le=20, description="Long-poll wait per receive.")
-    max_receive_count: int = Field(
+    wait_time_s: WaitTime = Field(default=20, description="Long-poll wait per receive.")
+    max_receive_count: ReceiveCount = Field(
         default=3,
-        ge=1,
-        le=1000,
         description=(
             "Failed attempts of an object before the worker dead-letters it with the reason. "
             "Counted in the state store (a crash or a claim held elsewhere spends nothing); "
@@ -190,10 +194,9 @@ class PipelineSettings(_Model):
     retry_max_s: float = Field(
         default=900.0, ge=0, le=43200, description="Upper bound of a retry delay."
     )
-    job_timeout_s: int = Field(
+    job_timeout_s: SqsSeconds = Field(
         default=3600,
         ge=1,
-        le=43200,
         description="Longest an object may be worked on; the heartbeat stops extending after it.",
     )
     ignore_removed: bool = Field(
