@@ -6,13 +6,14 @@ decided here by pure functions (:func:`plan_claim`, :func:`plan_finish`,
 result atomically, so both decide alike. :class:`FileLifecycleMixin` is the
 one ``claim`` / ``complete`` / ``fail`` / ``release`` / ``set_status`` of both,
 on top of the backend's atomic read-decide-write (``_mutate``), and
-:class:`ManifestStatusMixin` their one ``set_manifest_status``.
+:class:`ManifestStatusMixin` their one ``set_manifest_status``; both mixins also
+check the filters of ``list_files`` / ``list_manifests`` once for the backends.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar, overload
 
@@ -272,14 +273,25 @@ def count_delta(old: K | None, new: K) -> dict[K, int]:
     return delta
 
 
+@dataclass(frozen=True)
+class FileFilter:
+    """What a ``list_files`` call asks a backend for: ``limit`` > 0, ``status`` a FileStatus."""
+
+    status: FileStatus | None
+    pipeline: str | None
+    key_prefix: str | None
+    limit: int
+
+
 class FileLifecycleMixin:
-    """The FileStore's transitions, decided by the rules above, for every backend.
+    """The FileStore's transitions, decided by the rules above, and its listing, for every backend.
 
     The backend provides ``_mutate``: read the record, call ``decide(record,
     now)`` and, when it returns a plan, write the plan's record and history
     entry atomically, conditioned on what was read (deciding again after a lost
     race). It may override ``_finish`` with a cheaper fenced write, and
-    ``_claimed`` to remember the claims it acquired.
+    ``_claimed`` to remember the claims it acquired. It provides
+    ``_list_files`` for :meth:`list_files`.
     """
 
     async def _mutate(
@@ -291,6 +303,10 @@ class FileLifecycleMixin:
     ) -> R:  # pragma: no cover - provided by the backend
         """Read, decide, write atomically; ``assume_absent``: a new record is likely."""
         raise NotImplementedError
+
+    #: Provided by the backend: the records a filter matches, most recently updated
+    #: first (``limit`` at most).
+    _list_files: Callable[[FileFilter], Awaitable[list[FileRecord]]]
 
     def _claimed(self, oid: ObjectId, claim: Claim) -> None:
         """Called after ``claim`` acquired ``oid`` (nothing to do by default)."""
@@ -382,6 +398,20 @@ class FileLifecycleMixin:
 
         return await self._mutate(oid, decide)
 
+    async def list_files(
+        self,
+        *,
+        status: FileStatus | None = None,
+        pipeline: str | None = None,
+        key_prefix: str | None = None,
+        limit: int = 1000,
+    ) -> list[FileRecord]:
+        """Records matching the filters, newest first (see :meth:`StateStore.list_files`)."""
+        if limit <= 0:
+            return []
+        checked = None if status is None else FileStatus(status)
+        return await self._list_files(FileFilter(checked, pipeline, key_prefix, limit))
+
 
 # --- manifests ------------------------------------------------------------------------
 
@@ -423,8 +453,24 @@ def plan_manifest_status(
     )
 
 
+@dataclass(frozen=True)
+class ManifestFilter:
+    """What ``list_manifests`` asks a backend for: ``limit`` > 0, ``status`` a ManifestStatus."""
+
+    dataset: str | None
+    status: ManifestStatus | None
+    limit: int
+
+
 class ManifestStatusMixin:
-    """``set_manifest_status`` for every backend, on its ``_move_manifest``."""
+    """``set_manifest_status`` and ``list_manifests`` for every backend.
+
+    On its ``_move_manifest`` and ``_list_manifests``.
+    """
+
+    #: Provided by the backend: the manifests a filter matches, newest first
+    #: (``limit`` at most).
+    _list_manifests: Callable[[ManifestFilter], Awaitable[list[ManifestRecord]]]
 
     async def _move_manifest(
         self,
@@ -457,3 +503,16 @@ class ManifestStatusMixin:
 
         held = {oid: clip(reason) for oid, reason in (quarantined or {}).items()}
         return await self._move_manifest(manifest_id, decide, held)
+
+    async def list_manifests(
+        self,
+        *,
+        dataset: str | None = None,
+        status: ManifestStatus | None = None,
+        limit: int = 1000,
+    ) -> list[ManifestRecord]:
+        """Manifests matching the filters, newest first (see :meth:`StateStore.list_manifests`)."""
+        if limit <= 0:
+            return []
+        checked = None if status is None else ManifestStatus(status)
+        return await self._list_manifests(ManifestFilter(dataset, checked, limit))

@@ -15,8 +15,10 @@ import pytest
 from s3flow.state.lifecycle import (
     Decide,
     DecideManifest,
+    FileFilter,
     FileLifecycleMixin,
     Finish,
+    ManifestFilter,
     ManifestStatusMixin,
     plan_finish,
 )
@@ -45,6 +47,7 @@ class DictFiles(FileLifecycleMixin):
         self.records: dict[ObjectId, FileRecord] = {}
         self.history: list[HistoryEntry] = []
         self.claimed: list[Claim] = []
+        self.queries: list[FileFilter] = []
         self.now = T0
 
     async def _mutate(self, oid: ObjectId, decide: Decide[R], *, assume_absent: bool = False) -> R:
@@ -56,6 +59,10 @@ class DictFiles(FileLifecycleMixin):
 
     def _claimed(self, oid: ObjectId, claim: Claim) -> None:
         self.claimed.append(claim)
+
+    async def _list_files(self, query: FileFilter) -> list[FileRecord]:
+        self.queries.append(query)
+        return list(self.records.values())[: query.limit]
 
 
 def test_claim_then_complete_writes_records_and_history() -> None:
@@ -121,6 +128,7 @@ class DictManifests(ManifestStatusMixin):
     def __init__(self, m: ManifestRecord) -> None:
         self.manifests = {m.manifest_id: m}
         self.held: dict[ObjectId, str] = {}
+        self.queries: list[ManifestFilter] = []
 
     async def _move_manifest(
         self, manifest_id: str, decide: DecideManifest, held: dict[ObjectId, str]
@@ -129,6 +137,10 @@ class DictManifests(ManifestStatusMixin):
         self.manifests[manifest_id] = new
         self.held = held
         return new
+
+    async def _list_manifests(self, query: ManifestFilter) -> list[ManifestRecord]:
+        self.queries.append(query)
+        return list(self.manifests.values())[: query.limit]
 
 
 def test_set_manifest_status_plans_and_clips_the_reasons() -> None:
@@ -151,3 +163,21 @@ def test_set_manifest_status_plans_and_clips_the_reasons() -> None:
         asyncio.run(
             store.set_manifest_status("m1", ManifestStatus.SEALED, expect=ManifestStatus.FAILED)
         )
+
+
+def test_listings_check_the_filters_once_for_every_backend() -> None:
+    files = DictFiles()
+    asyncio.run(files.claim(OID, pipeline="p", owner="w1", ttl_s=30))
+    assert asyncio.run(files.list_files(limit=0)) == []
+    assert files.queries == []  # no rows asked for: the backend is not asked
+    got = asyncio.run(files.list_files(status="processing", key_prefix="k"))  # type: ignore[arg-type]
+    assert [r.id for r in got] == [OID]
+    assert files.queries == [FileFilter(FileStatus.PROCESSING, None, "k", 1000)]
+    assert files.queries[0].status is FileStatus.PROCESSING
+
+    m = ManifestRecord("m1", "ds", "2024-01-01", ManifestStatus.SEALED, [], "count", 1, "w", T0)
+    manifests = DictManifests(m)
+    assert asyncio.run(manifests.list_manifests(dataset="ds", limit=-1)) == []
+    assert manifests.queries == []
+    assert asyncio.run(manifests.list_manifests(status="sealed", limit=5)) == [m]  # type: ignore[arg-type]
+    assert manifests.queries == [ManifestFilter(None, ManifestStatus.SEALED, 5)]

@@ -37,6 +37,7 @@ from s3flow.state.dynamodb.counters import CountersMixin, count_key
 from s3flow.state.dynamodb.tables import FILES_LISTING_INDEX
 from s3flow.state.lifecycle import (
     Decide,
+    FileFilter,
     FileLifecycleMixin,
     Finish,
     R,
@@ -285,26 +286,18 @@ class FilesMixin(CountersMixin, FileLifecycleMixin):
         """Every transition of every version of one key, oldest first."""
         return [decode_history(i) for i in await self._of_key(self.history_table, bucket, key)]
 
-    async def list_files(
-        self,
-        *,
-        status: FileStatus | None = None,
-        pipeline: str | None = None,
-        key_prefix: str | None = None,
-        limit: int = 1000,
-    ) -> list[FileRecord]:
+    async def _list_files(self, query: FileFilter) -> list[FileRecord]:
         """Records matching the filters, most recently updated first (listing index).
 
         One Query per (pipeline, status) partition, newest first, stopping at
         ``limit`` matches (no pipeline: every pipeline in the counters'
         registry), merged. ``key_prefix`` is a filter on those Queries.
         """
-        if limit <= 0:
-            return []
-        statuses = list(FileStatus) if status is None else [FileStatus(status)]
-        parts = [(p, st) for p in await self._pipelines(pipeline) for st in statuses]
+        status, limit = query.status, query.limit
+        statuses = list(FileStatus) if status is None else [status]
+        parts = [(p, st) for p in await self._pipelines(query.pipeline) for st in statuses]
         found = await asyncio.gather(
-            *(self._listing(p, st, limit, key_prefix=key_prefix) for p, st in parts)
+            *(self._listing(p, st, limit, key_prefix=query.key_prefix) for p, st in parts)
         )
         newest: dict[ObjectId, FileRecord] = {}
         for items in found:

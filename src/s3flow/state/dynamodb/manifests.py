@@ -39,7 +39,7 @@ from s3flow.state.dynamodb.codec import (
     tracked_key,
 )
 from s3flow.state.dynamodb.tables import MANIFESTS_LISTING_INDEX, PENDING_INDEX
-from s3flow.state.lifecycle import DecideManifest, ManifestStatusMixin
+from s3flow.state.lifecycle import DecideManifest, ManifestFilter, ManifestStatusMixin
 from s3flow.state.records import (
     FILE_STATUS_OF,
     LockLostError,
@@ -332,18 +332,11 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
         """One manifest."""
         return (await self._read_manifest(manifest_id))[0]
 
-    async def list_manifests(
-        self,
-        *,
-        dataset: str | None = None,
-        status: ManifestStatus | None = None,
-        limit: int = 1000,
-    ) -> list[ManifestRecord]:
+    async def _list_manifests(self, query: ManifestFilter) -> list[ManifestRecord]:
         """Manifests matching the filters, newest first (listing index, then the records)."""
-        if limit <= 0:
-            return []
+        dataset, status, limit = query.dataset, query.status, query.limit
         datasets = [dataset] if dataset is not None else await self._datasets()
-        statuses = list(ManifestStatus) if status is None else [ManifestStatus(status)]
+        statuses = list(ManifestStatus) if status is None else [status]
         found = await asyncio.gather(
             *(
                 self._first_items(
@@ -363,7 +356,7 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
         keys = [{"pk": {"S": pk}, "sk": {"S": "m"}} for pk in pks]
         recs = [decode_manifest(i)[0] for i in await self._batch_get(self.manifests_table, keys)]
         if status is not None:  # the index may lag a status change; the record does not
-            recs = [m for m in recs if m.status is ManifestStatus(status)]
+            recs = [m for m in recs if m.status is status]
         recs.sort(key=lambda m: (m.created_at, m.manifest_id), reverse=True)
         return recs[:limit]
 

@@ -23,7 +23,14 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from s3flow.state.lifecycle import Decide, FileLifecycleMixin, R, count_delta, zero_counts
+from s3flow.state.lifecycle import (
+    Decide,
+    FileFilter,
+    FileLifecycleMixin,
+    R,
+    count_delta,
+    zero_counts,
+)
 from s3flow.state.records import FileRecord, FileStatus, HistoryEntry, ObjectId
 from s3flow.state.sqlite.codec import FILE_COLS, file_record, file_row
 from s3flow.state.sqlite.connection import SqliteStoreBase, in_tx
@@ -160,23 +167,15 @@ class FilesMixin(FileLifecycleMixin, SqliteStoreBase):
 
         return await self._run(run)
 
-    async def list_files(
-        self,
-        *,
-        status: FileStatus | None = None,
-        pipeline: str | None = None,
-        key_prefix: str | None = None,
-        limit: int = 1000,
-    ) -> list[FileRecord]:
+    async def _list_files(self, query: FileFilter) -> list[FileRecord]:
         """Records matching the filters, most recently updated first (index walks)."""
-        limit = max(0, limit)
         prefix: list[Any] = []
         prefix_sql = ""
-        if key_prefix:
+        if query.key_prefix:
             prefix_sql = " AND substr(key, 1, ?) = ?"
-            prefix = [len(key_prefix), key_prefix]
+            prefix = [len(query.key_prefix), query.key_prefix]
         order = " ORDER BY updated_at DESC, bucket, key, version LIMIT ?"
-        if pipeline is not None and status is None:
+        if query.pipeline is not None and query.status is None:
             # files_pipeline is (pipeline, status, updated_at): one walk per status, merged.
             parts = []
             args: list[Any] = []
@@ -185,28 +184,28 @@ class FilesMixin(FileLifecycleMixin, SqliteStoreBase):
                     f"SELECT * FROM (SELECT {FILE_COLS} FROM files WHERE pipeline = ? "
                     f"AND status = ?{prefix_sql}{order})"
                 )
-                args += [pipeline, st.value, *prefix, limit]
+                args += [query.pipeline, st.value, *prefix, query.limit]
             sql = " UNION ALL ".join(parts) + order
-            args.append(limit)
+            args.append(query.limit)
         else:
             where: list[str] = []
             args = []
-            if status is not None:
+            if query.status is not None:
                 where.append("status = ?")
-                args.append(FileStatus(status).value)
-            if pipeline is not None:
+                args.append(query.status.value)
+            if query.pipeline is not None:
                 where.append("pipeline = ?")
-                args.append(pipeline)
+                args.append(query.pipeline)
             sql = f"SELECT {FILE_COLS} FROM files"
             if not where:  # newest first along files_updated (the planner may prefer a scan)
                 sql += " INDEXED BY files_updated"
-            if key_prefix:
+            if query.key_prefix:
                 where.append("substr(key, 1, ?) = ?")
                 args += prefix
             if where:
                 sql += " WHERE " + " AND ".join(where)
             sql += order
-            args.append(limit)
+            args.append(query.limit)
         return await self._run(lambda conn: [file_record(r) for r in conn.execute(sql, args)])
 
     async def counts(self, pipeline: str | None = None) -> dict[str, int]:

@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import replace
 from typing import Any
 
-from s3flow.state.lifecycle import DecideManifest, ManifestStatusMixin
+from s3flow.state.lifecycle import DecideManifest, ManifestFilter, ManifestStatusMixin
 from s3flow.state.records import (
     FILE_STATUS_OF,
     LockLostError,
@@ -212,27 +212,21 @@ class ManifestsMixin(ManifestStatusMixin, SqliteStoreBase):
         """One manifest."""
         return await self._run(lambda conn: _select_manifest(conn, manifest_id))
 
-    async def list_manifests(
-        self,
-        *,
-        dataset: str | None = None,
-        status: ManifestStatus | None = None,
-        limit: int = 1000,
-    ) -> list[ManifestRecord]:
+    async def _list_manifests(self, query: ManifestFilter) -> list[ManifestRecord]:
         """Manifests matching the filters, newest first."""
         where: list[str] = []
         args: list[Any] = []
-        if dataset is not None:
+        if query.dataset is not None:
             where.append("dataset = ?")
-            args.append(dataset)
-        if status is not None:
+            args.append(query.dataset)
+        if query.status is not None:
             where.append("status = ?")
-            args.append(ManifestStatus(status).value)
+            args.append(query.status.value)
         sql = f"SELECT {MANIFEST_COLS} FROM manifests"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, manifest_id DESC LIMIT ?"
-        args.append(max(0, limit))
+        args.append(query.limit)
         return await self._run(lambda conn: [manifest_record(r) for r in conn.execute(sql, args)])
 
     async def _move_manifest(
