@@ -60,7 +60,7 @@ from s3flow.worker.outcomes import (
     Retry,
     Split,
 )
-from s3flow.worker.policy import FailurePolicy, merge_failures
+from s3flow.worker.policy import Attempt, FailurePolicy, merge_failures
 from s3flow.worker.routes import ObjectLookup, choose_route
 from s3flow.worker.source import ReceivedMessage
 from s3flow.worker.verify import verify_outputs
@@ -249,7 +249,7 @@ class MessageHandler:
         try:
             oid, head = await identify(self._s3, event)
         except S3flowError as err:
-            return await self._failed(msg, event, None, None, err, 0)
+            return await self._failed(Attempt(msg, event), err)
         if self._store is None:
             return await self._claimed(msg, event, oid, head)
         # One upload of a key at a time (across workers): each reads the object as it
@@ -300,6 +300,7 @@ class MessageHandler:
                 )
                 return None
             token, failures_before = got.token, got.record.failures
+        attempt = Attempt(msg, event, oid, token, failures_before)
         try:
             if store is not None and token is not None:
                 self._holds.track_claim(msg.message_id, oid, token)
@@ -325,15 +326,15 @@ class MessageHandler:
                         await self._policy.quarantine(event, oid, token, reason, "ValidationFailed")
                         return None
                 except S3flowError as exc:
-                    return await self._failed(msg, event, oid, token, exc, failures_before)
+                    return await self._failed(attempt, exc)
             try:
                 rule = await choose_route(self.routes, event, lookup)
             except S3flowError as exc:
-                return await self._failed(msg, event, oid, token, exc, failures_before)
+                return await self._failed(attempt, exc)
             if isinstance(rule, NoRoute):
                 await self._policy.quarantine(event, oid, token, rule.reason, "NoRoute")
                 return None
-            return await self._run_processor(msg, event, oid, token, failures_before, rule)
+            return await self._run_processor(attempt, rule)
         except BaseException:
             # Cancelled (shutdown) or an unexpected error: never leave the claim held.
             # A claim already finished (completed, failed) makes this a fenced no-op.
@@ -354,15 +355,8 @@ class MessageHandler:
             self._declared[spec] = getattr(cls, "output_content_type", None)
         return self._declared[spec]
 
-    async def _run_processor(
-        self,
-        msg: ReceivedMessage,
-        event: ObjectEvent,
-        oid: ObjectId,
-        token: int | None,
-        failures_before: int,
-        rule: RouteRule,
-    ) -> RecordOutcome | None:
+    async def _run_processor(self, attempt: Attempt, rule: RouteRule) -> RecordOutcome | None:
+        event, oid, token = attempt.event, attempt.oid, attempt.token
         job = ObjectJob(
             processor=portable_spec(rule.processor),
             options=dict(rule.options),
@@ -388,11 +382,11 @@ class MessageHandler:
         except asyncio.CancelledError:
             raise
         except S3flowError as exc:
-            return await self._failed(msg, event, oid, token, exc, failures_before)
+            return await self._failed(attempt, exc)
         except Exception as exc:
             log.exception("processor %s raised on %s", rule.processor, event.uri())
             err = ProcessorError(f"{type(exc).__name__}: {exc}".strip())
-            return await self._failed(msg, event, oid, token, err, failures_before)
+            return await self._failed(attempt, err)
         refs = {k: result.detail[k] for k in ("task_arn", "job_arn") if result.detail.get(k)}
         result.detail["route"] = {
             "name": rule.name,
@@ -402,7 +396,7 @@ class MessageHandler:
         }
         history = rule.describe() + "".join(f", {v}" for v in refs.values())
         stored = True
-        if self._store is not None and token is not None:
+        if self._store is not None and oid is not None and token is not None:
             stored = await self._store.complete(
                 oid, token=token, outputs=result.outputs, detail=history
             )
@@ -433,18 +427,10 @@ class MessageHandler:
             size, ctype = int(head.get("ContentLength", 0)), head.get("ContentType")
         return validate(self.p.validation, event.key, size, ctype)
 
-    async def _failed(
-        self,
-        msg: ReceivedMessage,
-        event: ObjectEvent,
-        oid: ObjectId | None,
-        token: int | None,
-        exc: S3flowError,
-        failures_before: int,
-    ) -> RecordOutcome | None:
+    async def _failed(self, attempt: Attempt, exc: S3flowError) -> RecordOutcome | None:
         """Report the failure, then let the failure policy decide the record's outcome."""
-        self._observer.object_finished(self.p.name, event, None, exc)
-        return await self._policy.failed(msg, event, oid, token, exc, failures_before)
+        self._observer.object_finished(self.p.name, attempt.event, None, exc)
+        return await self._policy.failed(attempt, exc)
 
     # --- heartbeat ---------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ message (receives plus the ``s3flow.failures`` attribute of a re-sent record).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from s3flow.errors import (
@@ -53,6 +54,21 @@ def merge_failures(failed: list[tuple[ObjectEvent, RecordOutcome]]) -> RecordOut
     return min(retries, key=lambda r: r.delay_s)
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One record being worked on: its message, its event and the claim held on it.
+
+    ``oid`` and ``token`` are the claim, when one was taken; ``failures_before``
+    is the failure count the claim's record had.
+    """
+
+    msg: ReceivedMessage
+    event: ObjectEvent
+    oid: ObjectId | None = None
+    token: int | None = None
+    failures_before: int = 0
+
+
 class FailurePolicy:
     """Turns one record's classified error into its outcome, recording it in the store."""
 
@@ -76,20 +92,9 @@ class FailurePolicy:
         # No store: what the message says (re-sent records carry their count).
         return prior_failures(msg) + msg.receive_count
 
-    async def failed(
-        self,
-        msg: ReceivedMessage,
-        event: ObjectEvent,
-        oid: ObjectId | None,
-        token: int | None,
-        exc: S3flowError,
-        failures_before: int,
-    ) -> RecordOutcome | None:
-        """The outcome of ``event``'s record after ``exc`` (None = done, ack-able).
-
-        ``oid`` and ``token`` are the claim, when one was taken; ``failures_before``
-        is the failure count the claim's record had.
-        """
+    async def failed(self, attempt: Attempt, exc: S3flowError) -> RecordOutcome | None:
+        """The outcome of ``attempt``'s record after ``exc`` (None = done, ack-able)."""
+        msg, event, oid, token = attempt.msg, attempt.event, attempt.oid, attempt.token
         where = f"{event.uri()} (message {msg.message_id}, receive #{msg.receive_count})"
         store = self._store if oid is not None and token is not None else None
         if exc.disposition is Disposition.SKIP:
@@ -109,7 +114,7 @@ class FailurePolicy:
                 await store.release(oid, token=token)
             return Retry(delay, exc.error_class, str(exc))
         if exc.disposition is Disposition.RETRYABLE:
-            n = self.failures_now(msg, failures_before if token is not None else None)
+            n = self.failures_now(msg, attempt.failures_before if token is not None else None)
             await self._record_failure(oid, token, exc)
             if n >= self.p.max_receive_count:
                 log.error(
