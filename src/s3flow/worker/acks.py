@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from s3flow.errors import S3flowError, translate_aws_error
@@ -207,33 +207,23 @@ def _attr(value: object) -> dict[str, str]:
     return {"DataType": "String", "StringValue": (str(value) or "-")[:_ATTR_MAX]}
 
 
+@dataclass(eq=False)
 class Settler:
     """Applies outcomes to the messages of one pipeline's queue."""
 
-    def __init__(
-        self,
-        acks: AckBatcher,
-        sqs: Any,
-        *,
-        pipeline: PipelineSettings,
-        queue_url: str,
-        dlq_url: str,
-        worker_id: str,
-        store: StateStore | None = None,
-        metrics: PipelineMetrics | None = None,
-    ) -> None:
-        self._acks = acks
-        self._sqs = sqs
-        self.p = pipeline
-        self._queue_url = queue_url
-        self._dlq_url = dlq_url
-        self._worker_id = worker_id
-        self._store = store
-        self._metrics = metrics or PipelineMetrics()
+    acks: AckBatcher
+    sqs: Any
+    _: KW_ONLY
+    pipeline: PipelineSettings
+    queue_url: str
+    dlq_url: str
+    worker_id: str
+    store: StateStore | None = None
+    metrics: PipelineMetrics = field(default_factory=PipelineMetrics)
 
     def _fallback(self, msg: ReceivedMessage, outcome: DeadLetter | Split) -> Retry:
         # A DLQ / re-send that failed: the message is retried, never lost.
-        delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
+        delay = backoff_s(msg.receive_count, self.pipeline.retry_base_s, self.pipeline.retry_max_s)
         if isinstance(outcome, DeadLetter):
             return Retry(delay, outcome.error_class, outcome.error)
         return Retry(delay, "SplitFailed", "could not re-send a failed record alone")
@@ -248,16 +238,16 @@ class Settler:
         elif isinstance(outcome, Split) and not await self._split(msg, outcome):
             outcome = self._fallback(msg, outcome)
         if isinstance(outcome, Ack | DeadLetter | Split):
-            if await self._acks.delete(msg.receipt_handle):
-                self._metrics.acked += int(isinstance(outcome, Ack | Split))
+            if await self.acks.delete(msg.receipt_handle):
+                self.metrics.acked += int(isinstance(outcome, Ack | Split))
             else:
                 log.warning("delete of message %s failed; it will be redelivered", msg.message_id)
         elif isinstance(outcome, Retry):
-            self._metrics.retried += 1
-            await self._acks.change_visibility(msg.receipt_handle, outcome.delay_s)
+            self.metrics.retried += 1
+            await self.acks.change_visibility(msg.receipt_handle, outcome.delay_s)
         elif isinstance(outcome, Release):
-            self._metrics.released += 1
-            await self._acks.change_visibility(msg.receipt_handle, 0)
+            self.metrics.released += 1
+            await self.acks.change_visibility(msg.receipt_handle, 0)
         return outcome
 
     async def _split(self, msg: ReceivedMessage, split: Split) -> bool:
@@ -278,7 +268,7 @@ class Settler:
         """SendMessage with s3flow's attributes; False (and ``failed`` logged) on error."""
         extra = {"DelaySeconds": min(MAX_DELAY_S, delay_s)} if delay_s > 0 else {}
         try:
-            await self._sqs.send_message(
+            await self.sqs.send_message(
                 QueueUrl=url,
                 MessageBody=body,
                 MessageAttributes={k: _attr(v) for k, v in attrs.items()},
@@ -292,7 +282,7 @@ class Settler:
     async def _resend(self, msg: ReceivedMessage, part: RecordPart) -> bool:
         assert isinstance(part.outcome, Retry)
         sent = await self._send(
-            self._queue_url,
+            self.queue_url,
             part.body,
             {
                 "s3flow.failures": part.failures,
@@ -304,32 +294,32 @@ class Settler:
             "retrying the whole message instead",
             delay_s=part.outcome.delay_s,
         )
-        self._metrics.retried += int(sent)
+        self.metrics.retried += int(sent)
         return sent
 
     async def _dead_letter(self, body: str, outcome: DeadLetter, *, msg: ReceivedMessage) -> bool:
         sent = await self._send(
-            self._dlq_url,
+            self.dlq_url,
             body or "(empty body)",
             {
                 "s3flow.error-class": outcome.error_class,
                 "s3flow.error": outcome.error,
-                "s3flow.pipeline": self.p.name,
-                "s3flow.source-queue": self._queue_url,
+                "s3flow.pipeline": self.pipeline.name,
+                "s3flow.source-queue": self.queue_url,
                 "s3flow.source-message-id": msg.message_id,
                 "s3flow.receive-count": msg.receive_count,
-                "s3flow.worker-id": self._worker_id,
+                "s3flow.worker-id": self.worker_id,
             },
             f"could not dead-letter message {msg.message_id}; retrying it instead",
         )
-        self._metrics.dead_lettered += int(sent)
+        self.metrics.dead_lettered += int(sent)
         return sent
 
     async def _mark_dead(self, outcome: DeadLetter) -> None:
-        if self._store is None:
+        if self.store is None:
             return
         for oid in outcome.objects:
             try:
-                await self._store.set_status(oid, FileStatus.DEAD, detail=outcome.error)
+                await self.store.set_status(oid, FileStatus.DEAD, detail=outcome.error)
             except S3flowError as exc:
                 log.warning("could not mark s3://%s/%s dead: %s", oid.bucket, oid.key, exc)
