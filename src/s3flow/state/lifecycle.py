@@ -58,50 +58,47 @@ def clip(text: str | None) -> str | None:
     return text[: MAX_TEXT - 1] + "…"
 
 
+def unseen_record(oid: ObjectId, pipeline: str, now: float) -> FileRecord:
+    """The record of a version that has none yet, before its first transition (at ``now``)."""
+    return FileRecord(
+        bucket=oid.bucket,
+        key=oid.key,
+        version=oid.version,
+        pipeline=pipeline,
+        status=FileStatus.RECEIVED,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    """What a :meth:`FileStore.claim` asks for (``size`` / ``sequencer`` None: keep)."""
+
+    pipeline: str
+    owner: str
+    ttl_s: float
+    size: int | None = None
+    sequencer: str | None = None
+
+
 def plan_claim(
-    rec: FileRecord | None,
-    oid: ObjectId,
-    *,
-    pipeline: str,
-    owner: str,
-    ttl_s: float,
-    size: int | None,
-    sequencer: str | None,
-    now: float,
+    rec: FileRecord | None, oid: ObjectId, request: ClaimRequest, now: float
 ) -> tuple[Claim, HistoryEntry | None]:
-    """Decide a claim on ``rec`` (None = no record yet).
+    """Decide a claim on ``rec`` (None = no record yet: claimed as a new received one).
 
     Returns the claim and, when it is ACQUIRED, the history entry to write
     together with ``claim.record`` (the new record). Otherwise nothing changes.
     """
-    expires = now + ttl_s
+    old = None if rec is None else rec.status
     if rec is None:
-        new = FileRecord(
-            bucket=oid.bucket,
-            key=oid.key,
-            version=oid.version,
-            pipeline=pipeline,
-            status=FileStatus.PROCESSING,
-            size=size,
-            sequencer=sequencer,
-            attempts=1,
-            worker_id=owner,
-            claim_owner=owner,
-            claim_expires_at=expires,
-            fencing_token=1,
-            timestamps={FileStatus.PROCESSING.value: now},
-            created_at=now,
-            updated_at=now,
-        )
-        entry = HistoryEntry(now, oid.version, None, FileStatus.PROCESSING, owner, "claimed")
-        return Claim(ClaimOutcome.ACQUIRED, 1, new), entry
-    status = rec.status
-    if status is FileStatus.COMPLETED:
+        rec = unseen_record(oid, request.pipeline, now)
+    if old is FileStatus.COMPLETED:
         return Claim(ClaimOutcome.DONE, 0, rec), None
-    if status is FileStatus.DEAD or status is FileStatus.QUARANTINED:
+    if old is FileStatus.DEAD or old is FileStatus.QUARANTINED:
         return Claim(ClaimOutcome.PARKED, 0, rec), None
     detail = "claimed"
-    if status is FileStatus.PROCESSING:
+    if old is FileStatus.PROCESSING:
         if rec.claim_expires_at is not None and rec.claim_expires_at > now:
             return Claim(ClaimOutcome.BUSY, 0, rec), None
         detail = f"claim of {rec.claim_owner or '?'} expired: taken over"
@@ -110,20 +107,20 @@ def plan_claim(
     timestamps[FileStatus.PROCESSING.value] = now
     new = replace(
         rec,
-        pipeline=pipeline or rec.pipeline,
+        pipeline=request.pipeline or rec.pipeline,
         status=FileStatus.PROCESSING,
-        size=rec.size if size is None else size,
-        sequencer=rec.sequencer if sequencer is None else sequencer,
+        size=rec.size if request.size is None else request.size,
+        sequencer=rec.sequencer if request.sequencer is None else request.sequencer,
         attempts=rec.attempts + 1,
         outputs=list(rec.outputs),
-        worker_id=owner,
-        claim_owner=owner,
-        claim_expires_at=expires,
+        worker_id=request.owner,
+        claim_owner=request.owner,
+        claim_expires_at=now + request.ttl_s,
         fencing_token=token,
         timestamps=timestamps,
         updated_at=now,
     )
-    entry = HistoryEntry(now, oid.version, status, FileStatus.PROCESSING, owner, detail)
+    entry = HistoryEntry(now, oid.version, old, FileStatus.PROCESSING, request.owner, detail)
     return Claim(ClaimOutcome.ACQUIRED, token, new), entry
 
 
@@ -198,16 +195,11 @@ def plan_set_status(
                 f"no record of s3://{oid.bucket}/{oid.key} version {oid.version!r} "
                 "(give pipeline= to create one)"
             )
-        new = FileRecord(
-            bucket=oid.bucket,
-            key=oid.key,
-            version=oid.version,
-            pipeline=pipeline,
+        new = replace(
+            unseen_record(oid, pipeline, now),
             status=status,
             last_error=note,
             timestamps={status.value: now},
-            created_at=now,
-            updated_at=now,
         )
         return new, HistoryEntry(now, oid.version, None, status, None, clip(detail) or "")
     check_transition(rec.status, status)
@@ -323,17 +315,10 @@ class FileLifecycleMixin:
     ) -> Claim:
         """Claim a version for processing (see :meth:`StateStore.claim`)."""
 
+        request = ClaimRequest(pipeline, owner, ttl_s, size, sequencer)
+
         def decide(rec: FileRecord | None, now: float) -> tuple[Claim, Plan]:
-            claim, entry = plan_claim(
-                rec,
-                oid,
-                pipeline=pipeline,
-                owner=owner,
-                ttl_s=ttl_s,
-                size=size,
-                sequencer=sequencer,
-                now=now,
-            )
+            claim, entry = plan_claim(rec, oid, request, now)
             return claim, None if entry is None else (claim.record, entry)
 
         # A new object is the common case of a claim.
