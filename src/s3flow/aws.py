@@ -15,7 +15,7 @@ credentials themselves).
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +25,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 
+from s3flow.s3fast import Credentials, FastS3Client
 from s3flow.settings import AwsSettings
 
 
@@ -134,13 +135,59 @@ class AwsClients:
     aws: AwsSettings  # what they were built from (processors hand it on, see sync_client)
 
 
+def session_credentials(session: AioSession) -> Callable[[], Awaitable[Credentials | None]]:
+    """The session's current credentials, frozen (temporary ones refresh as the SDK's do)."""
+    resolved: list[Any] = []
+    last: list[tuple[Any, Credentials]] = []
+
+    async def current() -> Credentials | None:
+        if not resolved:
+            resolved.append(await session.get_credentials())
+        if resolved[0] is None:
+            return None
+        frozen = await resolved[0].get_frozen_credentials()
+        if not last or last[0][0] is not frozen:
+            last[:] = [(frozen, Credentials(frozen.access_key, frozen.secret_key, frozen.token))]
+        return last[0][1]
+
+    return current
+
+
+def fast_s3(sdk: Any, session: AioSession, aws: AwsSettings, *, pool: int) -> FastS3Client:
+    """:class:`~s3flow.s3fast.FastS3Client` around the aiobotocore S3 client ``sdk``."""
+    config = sdk.meta.config
+    return FastS3Client(
+        sdk,
+        session_credentials(session),
+        region=sdk.meta.region_name,
+        endpoint_url=sdk.meta.endpoint_url,
+        path_style=(config.s3 or {}).get("addressing_style") == "path",
+        max_attempts=aws.max_attempts,
+        connect_timeout_s=aws.connect_timeout_s,
+        read_timeout_s=aws.read_timeout_s,
+        pool=pool,
+        checksum_crc32=config.request_checksum_calculation == "when_supported",
+    )
+
+
 @asynccontextmanager
 async def open_clients(aws: AwsSettings, *, pool: int = 10) -> AsyncIterator[AwsClients]:
-    """Open S3 and SQS clients for the lifetime of the ``async with`` block."""
+    """Open S3 and SQS clients for the lifetime of the ``async with`` block.
+
+    With ``aws.s3_fast_path`` (the default) the S3 client is a
+    :class:`~s3flow.s3fast.FastS3Client` around the SDK's.
+    """
+    session = _session(aws)
     async with AsyncExitStack() as stack:
         clients = {}
         for service in ("s3", "sqs"):
             clients[service] = await stack.enter_async_context(
-                async_client(aws, service, pool=pool)
+                session.create_client(
+                    service, **_create_args(aws, service, client_config(aws, service, pool))
+                )
+            )
+        if aws.s3_fast_path:
+            clients["s3"] = await stack.enter_async_context(
+                fast_s3(clients["s3"], session, aws, pool=pool)
             )
         yield AwsClients(s3=clients["s3"], sqs=clients["sqs"], aws=aws)

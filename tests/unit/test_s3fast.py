@@ -1,0 +1,331 @@
+"""The S3 fast path's pure parts: Signature V4 (against AWS's published example and
+botocore's own signer), response fields, error bodies, what goes to the SDK, retries
+(against a local aiohttp server on a real socket)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+from aiohttp import web
+from botocore.config import Config
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from s3flow.s3fast import (
+    EMPTY_SHA256,
+    Credentials,
+    FastS3Client,
+    SigV4Signer,
+    error_code,
+    object_location,
+    response_fields,
+)
+
+# AWS's example: https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-header-based-auth.html
+DOC_CREDS = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+DOC_TIME = datetime(2013, 5, 24, tzinfo=UTC)
+
+
+def test_signature_matches_the_aws_documentation_example() -> None:
+    headers = SigV4Signer("us-east-1").sign(
+        "GET",
+        "examplebucket.s3.amazonaws.com",
+        "/test.txt",
+        {},
+        {"Range": "bytes=0-9"},
+        EMPTY_SHA256,
+        DOC_CREDS,
+        DOC_TIME,
+    )
+    assert headers["authorization"] == (
+        "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+        "SignedHeaders=host;range;x-amz-content-sha256;x-amz-date, "
+        "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
+    )
+    assert headers["x-amz-date"] == "20130524T000000Z"
+    assert "host" not in headers
+
+
+def _botocore_request(call: Callable[[Any], Any], *, endpoint: str | None, region: str) -> Any:
+    """The request botocore would send for ``call(client)`` (captured, not sent)."""
+    client = boto3.client(
+        "s3",
+        region_name=region,
+        endpoint_url=endpoint,
+        aws_access_key_id=DOC_CREDS.access_key,
+        aws_secret_access_key=DOC_CREDS.secret_key,
+        aws_session_token="the-token",
+        config=Config(
+            s3={"addressing_style": "path" if endpoint else "virtual"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+    captured: list[Any] = []
+
+    class Sent(Exception):
+        pass
+
+    def grab(request: Any, **_: Any) -> None:
+        captured.append(request)
+        raise Sent
+
+    client.meta.events.register("before-send.s3", grab)
+    with pytest.raises(Sent):
+        call(client)
+    return captured[0]
+
+
+@pytest.mark.parametrize(
+    ("method", "call", "params", "extra"),
+    [
+        (
+            "GET",
+            lambda c: c.get_object(Bucket="in-bucket", Key="a dir/ü+x=1.txt", Range="bytes=0-9"),
+            {"Bucket": "in-bucket", "Key": "a dir/ü+x=1.txt"},
+            {"Range": "bytes=0-9"},
+        ),
+        (
+            "HEAD",
+            lambda c: c.head_object(Bucket="in-bucket", Key="k~1", VersionId="v/1+2"),
+            {"Bucket": "in-bucket", "Key": "k~1", "VersionId": "v/1+2"},
+            {},
+        ),
+        (
+            "PUT",
+            lambda c: c.put_object(
+                Bucket="out-bucket",
+                Key="x/y.pdf",
+                Body=b"%PDF-1.4 ...",
+                ContentType="application/pdf",
+                Metadata={"route": "pool", "Source": "s3://b/k"},
+            ),
+            {"Bucket": "out-bucket", "Key": "x/y.pdf"},
+            {
+                "Content-Type": "application/pdf",
+                "x-amz-meta-route": "pool",
+                "x-amz-meta-Source": "s3://b/k",
+            },
+        ),
+    ],
+    ids=["get", "head", "put"],
+)
+@pytest.mark.parametrize("endpoint", [None, "http://127.0.0.1:9000"], ids=["aws", "local"])
+def test_url_and_signature_equal_botocores(
+    method: str,
+    call: Callable[[Any], Any],
+    params: dict[str, str],
+    extra: dict[str, str],
+    endpoint: str | None,
+) -> None:
+    sent = _botocore_request(call, endpoint=endpoint, region="eu-west-1")
+    base = endpoint or "https://s3.eu-west-1.amazonaws.com"
+    scheme, endpoint_host = base.split("://")
+    host, path = object_location(
+        endpoint_host, params["Bucket"], params["Key"], path_style=endpoint is not None
+    )
+    query = {"versionId": params["VersionId"]} if "VersionId" in params else {}
+    assert sent.url.split("?")[0] == f"{scheme}://{host}{path}"
+    botocore_headers = {
+        k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in sent.headers.items()
+    }
+    payload = botocore_headers["x-amz-content-sha256"]
+    when = datetime.strptime(botocore_headers["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    creds = Credentials(DOC_CREDS.access_key, DOC_CREDS.secret_key, "the-token")
+    ours = SigV4Signer("eu-west-1").sign(method, host, path, query, extra, payload, creds, when)
+    signed_by_botocore = botocore_headers["authorization"].split("SignedHeaders=")[1].split(",")[0]
+    assert ours["authorization"].split("SignedHeaders=")[1].split(",")[0] == signed_by_botocore
+    assert ours["authorization"] == botocore_headers["authorization"]
+
+
+async def _no_credentials() -> Credentials | None:
+    return None
+
+
+def test_response_fields_have_botocores_keys_and_types() -> None:
+    fields = response_fields(
+        {
+            "Content-Length": "12",
+            "Content-Type": "text/plain",
+            "ETag": '"abc"',
+            "Last-Modified": "Mon, 30 Nov 2026 15:24:01 GMT",
+            "x-amz-version-id": "v1",
+            "x-amz-meta-route": "pool",
+            "X-Amz-Meta-Owner": "me",
+            "x-amz-delete-marker": "false",
+            "x-amz-tagging-count": "2",
+            "Server": "ignored",
+        }
+    )
+    assert fields == {
+        "ContentLength": 12,
+        "ContentType": "text/plain",
+        "ETag": '"abc"',
+        "LastModified": datetime(2026, 11, 30, 15, 24, 1, tzinfo=UTC),
+        "VersionId": "v1",
+        "Metadata": {"route": "pool", "owner": "me"},
+        "DeleteMarker": False,
+        "TagCount": 2,
+    }
+
+
+def test_error_code_reads_the_xml_body_or_names_the_status() -> None:
+    body = b"<?xml version='1.0'?><Error><Code>NoSuchKey</Code><Message>gone</Message></Error>"
+    assert error_code(404, body) == ("NoSuchKey", "gone")
+    assert error_code(404, b"") == ("404", "Not Found")
+    assert error_code(503, b"<html>busy</html") == ("503", "Service Unavailable")
+
+
+class _RecordingSdk:
+    """Stands in for the SDK client: records the calls that reach it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.exceptions = boto3.client("s3", region_name="us-east-1").exceptions
+
+    def __getattr__(self, name: str) -> Callable[..., Awaitable[dict[str, Any]]]:
+        async def call(**params: Any) -> dict[str, Any]:
+            self.calls.append((name, params))
+            return {"via": "sdk"}
+
+        return call
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[str, list[str]]]:
+    """A local HTTP server on 127.0.0.1: 503 twice, then 200 with an object."""
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(f"{request.method} {request.raw_path}")
+        if request.path.startswith("/flaky/") and len(seen) <= 2:
+            return web.Response(status=503, body=b"<Error><Code>SlowDown</Code></Error>")
+        if request.path.startswith("/denied/"):
+            return web.Response(status=403, body=b"<Error><Code>AccessDenied</Code></Error>")
+        return web.Response(body=b"hello", headers={"ETag": '"e"', "Content-Type": "text/plain"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        await runner.cleanup()
+
+
+async def _creds() -> Credentials | None:
+    return Credentials("AK", "SK")
+
+
+def _client(sdk: Any, url: str, *, retries: int = 3) -> FastS3Client:
+    return FastS3Client(
+        sdk,
+        _creds,
+        region="us-east-1",
+        endpoint_url=url,
+        path_style=True,
+        max_attempts=retries,
+        connect_timeout_s=2,
+        read_timeout_s=2,
+        pool=4,
+        backoff_base_s=0.001,
+    )
+
+
+async def test_throttling_and_5xx_are_retried(server: tuple[str, list[str]]) -> None:
+    url, seen = server
+    async with _client(_RecordingSdk(), url) as s3:
+        resp = await s3.get_object(Bucket="flaky", Key="k")
+        assert await resp["Body"].read() == b"hello"
+    assert seen == ["GET /flaky/k"] * 3
+
+
+async def test_a_permanent_error_raises_the_sdks_class_at_once(
+    server: tuple[str, list[str]],
+) -> None:
+    url, seen = server
+    async with _client(_RecordingSdk(), url) as s3:
+        with pytest.raises(ClientError) as info:
+            await s3.put_object(Bucket="denied", Key="k", Body=b"x")
+    assert info.value.response["Error"]["Code"] == "AccessDenied"
+    assert info.value.operation_name == "PutObject"
+    assert seen == ["PUT /denied/k"]
+
+
+async def test_retries_give_up_after_max_attempts(server: tuple[str, list[str]]) -> None:
+    url, seen = server
+    async with _client(_RecordingSdk(), url, retries=1) as s3:
+        with pytest.raises(ClientError) as info:
+            await s3.head_object(Bucket="flaky", Key="k")
+    assert info.value.response["Error"]["Code"] == "503"
+    assert info.value.response["ResponseMetadata"]["RetryAttempts"] == 1
+    assert len(seen) == 2
+
+
+async def test_an_unreachable_endpoint_raises_endpoint_connection_error() -> None:
+    async with _client(_RecordingSdk(), "http://127.0.0.1:9", retries=1) as s3:
+        with pytest.raises(EndpointConnectionError):
+            await s3.head_object(Bucket="b", Key="k")
+
+
+@pytest.mark.parametrize(
+    ("op", "params"),
+    [
+        ("get_object", {"Bucket": "b", "Key": "k", "IfMatch": '"e"'}),
+        ("get_object", {"Bucket": "b", "Key": "a//b"}),
+        ("head_object", {"Bucket": "b", "Key": "a/../b"}),
+        ("head_object", {"Bucket": "arn:aws:s3:us-east-1:1:accesspoint/ap", "Key": "k"}),
+        ("put_object", {"Bucket": "b", "Key": "k", "Body": open(__file__, "rb")}),  # noqa: SIM115
+        ("put_object", {"Bucket": "b", "Key": "k", "Body": b"x", "Metadata": {"n": "é"}}),
+        ("put_object", {"Bucket": "b", "Key": "k", "Body": b"x", "Tagging": "a=b"}),
+        ("list_objects_v2", {"Bucket": "b"}),
+    ],
+    ids=[
+        "if-match",
+        "double-slash",
+        "dot-dot",
+        "access-point",
+        "file-body",
+        "utf8-meta",
+        "tag",
+        "list",
+    ],
+)
+async def test_what_the_fast_path_does_not_handle_goes_to_the_sdk(
+    server: tuple[str, list[str]], op: str, params: dict[str, Any]
+) -> None:
+    url, seen = server
+    sdk = _RecordingSdk()
+    async with _client(sdk, url) as s3:
+        assert await getattr(s3, op)(**params) == {"via": "sdk"}
+    assert sdk.calls == [(op, params)] and seen == []
+    if hasattr(params.get("Body"), "close"):
+        params["Body"].close()
+
+
+async def test_without_credentials_every_call_goes_to_the_sdk(
+    server: tuple[str, list[str]],
+) -> None:
+    url, seen = server
+    sdk = _RecordingSdk()
+    s3 = FastS3Client(
+        sdk,
+        _no_credentials,
+        region="us-east-1",
+        endpoint_url=url,
+        path_style=True,
+        max_attempts=0,
+        connect_timeout_s=1,
+        read_timeout_s=1,
+        pool=1,
+    )
+    async with s3:
+        assert await s3.get_object(Bucket="b", Key="k") == {"via": "sdk"}
+    assert seen == [] and s3.fast_calls == 0
