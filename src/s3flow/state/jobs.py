@@ -111,6 +111,16 @@ class JobOutput:
     bucket: str
     size: int = 0
 
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> JobOutput:
+        """An output as a ``job.completed`` event and a stored job list it (``size`` optional)."""
+        return cls(
+            name=str(doc["name"]),
+            key=str(doc["key"]),
+            bucket=str(doc["bucket"]),
+            size=int(doc.get("size", 0)),
+        )
+
 
 @dataclass(frozen=True)
 class JobRecord:
@@ -196,15 +206,7 @@ def apply_event(job: JobRecord, type_: EventType, data: dict[str, Any], at: floa
         )
     elif type_ is EventType.JOB_COMPLETED:
         new_status = status(JobStatus.COMPLETED)
-        outputs = tuple(
-            JobOutput(
-                name=str(o["name"]),
-                key=str(o["key"]),
-                bucket=str(o["bucket"]),
-                size=int(o.get("size", 0)),
-            )
-            for o in data.get("outputs", [])
-        )
+        outputs = tuple(JobOutput.from_json(o) for o in data.get("outputs", []))
     elif type_ is EventType.JOB_FAILED:
         new_status = status(JobStatus.FAILED)
         error = str(data.get("error") or "the job failed")
@@ -339,15 +341,7 @@ def job_from_json(text: str | bytes) -> JobRecord:
             created_at=float(doc["created_at"]),
             updated_at=float(doc["updated_at"]),
             expires_at=float(doc["expires_at"]),
-            outputs=tuple(
-                JobOutput(
-                    name=str(o["name"]),
-                    key=str(o["key"]),
-                    bucket=str(o["bucket"]),
-                    size=int(o.get("size", 0)),
-                )
-                for o in doc.get("outputs", [])
-            ),
+            outputs=tuple(JobOutput.from_json(o) for o in doc.get("outputs", [])),
             error=None if error is None else str(error),
             last_seq=int(doc.get("last_seq", 0)),
         )
