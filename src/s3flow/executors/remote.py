@@ -26,6 +26,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from s3flow.aws import async_client
@@ -58,35 +59,28 @@ _MAX_MISSING = 5
 Describe = Callable[[list[str]], Awaitable[dict[str, dict[str, Any]]]]
 
 
+@dataclass(eq=False)
 class Watcher:
     """Waits for many tasks/jobs at once: one Describe call per tick per ``batch`` ids."""
 
-    def __init__(
-        self,
-        describe: Describe,
-        is_final: Callable[[Mapping[str, Any]], bool],
-        *,
-        interval_s: float,
-        what: str,
-        batch: int = 100,
-    ) -> None:
-        self._describe = describe
-        self._is_final = is_final
-        self._interval = interval_s
-        self._what = what
-        self._batch = batch
-        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._missing: dict[str, int] = {}
-        self._failures = 0
-        self._task: asyncio.Task[None] | None = None
-        self.describe_calls = 0
+    describe: Describe
+    is_final: Callable[[Mapping[str, Any]], bool]
+    _: KW_ONLY
+    interval_s: float
+    what: str
+    batch: int = 100
+    describe_calls: int = field(default=0, init=False)
+    _waiting: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict, init=False)
+    _missing: dict[str, int] = field(default_factory=dict, init=False)
+    _failures: int = field(default=0, init=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def wait(self, ident: str) -> dict[str, Any]:
         """The description of ``ident`` once it is final."""
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[ident] = fut
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=f"watch:{self._what}")
+            self._task = asyncio.create_task(self._run(), name=f"watch:{self.what}")
         try:
             return await fut
         finally:
@@ -96,7 +90,7 @@ class Watcher:
     async def _run(self) -> None:
         try:
             while self._waiting:
-                await asyncio.sleep(self._interval)
+                await asyncio.sleep(self.interval_s)
                 await self.tick()
         finally:
             self._task = None
@@ -104,18 +98,18 @@ class Watcher:
     async def tick(self) -> None:
         """One round of Describe calls (public for tests)."""
         ids = list(self._waiting)
-        for start in range(0, len(ids), self._batch):
-            chunk = ids[start : start + self._batch]
+        for start in range(0, len(ids), self.batch):
+            chunk = ids[start : start + self.batch]
             try:
                 self.describe_calls += 1
-                found = await self._describe(chunk)
+                found = await self.describe(chunk)
             except Exception as exc:
                 err = exc if isinstance(exc, S3flowError) else RetryableError(str(exc))
                 self._failures += 1
-                log.warning("describing %d %s(s) failed: %s", len(chunk), self._what, err)
+                log.warning("describing %d %s(s) failed: %s", len(chunk), self.what, err)
                 if self._failures >= _MAX_DESCRIBE_FAILURES:
                     for ident in chunk:
-                        self._fail(ident, RetryableError(f"cannot watch {self._what}: {err}"))
+                        self._fail(ident, RetryableError(f"cannot watch {self.what}: {err}"))
                 continue
             self._failures = 0
             for ident in chunk:
@@ -123,8 +117,8 @@ class Watcher:
                 if desc is None:
                     self._missing[ident] = self._missing.get(ident, 0) + 1
                     if self._missing[ident] >= _MAX_MISSING:
-                        self._fail(ident, RetryableError(f"{self._what} {ident} is not found"))
-                elif self._is_final(desc):
+                        self._fail(ident, RetryableError(f"{self.what} {ident} is not found"))
+                elif self.is_final(desc):
                     fut = self._waiting.get(ident)
                     if fut is not None and not fut.done():
                         fut.set_result(desc)
