@@ -37,6 +37,7 @@ from s3flow.state.records import (
 
 K = TypeVar("K")
 R = TypeVar("R")
+S = TypeVar("S", FileStatus, ManifestStatus)
 #: What a transition writes: the new record and its history entry (None: nothing).
 Plan = tuple[FileRecord, HistoryEntry] | None
 #: ``decide(record or None, now)``: a transition's result and what it writes.
@@ -265,6 +266,11 @@ def count_delta(old: K | None, new: K) -> dict[K, int]:
     return delta
 
 
+def as_status(kind: type[S], status: S | None) -> S | None:
+    """``status`` as a member of ``kind`` (a caller may give its string value); None stays."""
+    return None if status is None else kind(status)
+
+
 @dataclass(frozen=True)
 class FileFilter:
     """What a ``list_files`` call asks a backend for: ``limit`` > 0, ``status`` a FileStatus."""
@@ -392,10 +398,8 @@ class FileLifecycleMixin:
         limit: int = 1000,
     ) -> list[FileRecord]:
         """Records matching the filters, newest first (see :meth:`StateStore.list_files`)."""
-        if limit <= 0:
-            return []
-        checked = None if status is None else FileStatus(status)
-        return await self._list_files(FileFilter(checked, pipeline, key_prefix, limit))
+        query = FileFilter(as_status(FileStatus, status), pipeline, key_prefix, limit)
+        return await self._list_files(query) if limit > 0 else []
 
 
 # --- manifests ------------------------------------------------------------------------
@@ -497,7 +501,5 @@ class ManifestStatusMixin:
         limit: int = 1000,
     ) -> list[ManifestRecord]:
         """Manifests matching the filters, newest first (see :meth:`StateStore.list_manifests`)."""
-        if limit <= 0:
-            return []
-        checked = None if status is None else ManifestStatus(status)
-        return await self._list_manifests(ManifestFilter(dataset, checked, limit))
+        query = ManifestFilter(dataset, as_status(ManifestStatus, status), limit)
+        return await self._list_manifests(query) if limit > 0 else []
