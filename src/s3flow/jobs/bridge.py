@@ -31,11 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from s3flow.errors import InvalidInputError, S3flowError, aws_errors
 from s3flow.jobs.uploads import parse_upload_key
 from s3flow.processors.base import (
-    BaseProcessor,
+    OptionsProcessor,
     PipelineContext,
     ProcessContext,
     Result,
-    parse_options,
 )
 from s3flow.state.jobs import EventType, JobRecord, JobStatus, JobStore
 
@@ -93,16 +92,13 @@ async def expire_overdue(store: JobStore, *, now: float | None = None) -> list[s
     return expired
 
 
-class BridgeProcessor(BaseProcessor):
+class BridgeProcessor(OptionsProcessor[BridgeOptions]):
     """Records upload files and queues a job once all of its files are there."""
 
     name: ClassVar[str] = "jobs-bridge"
-    cpu_bound: ClassVar[bool] = False
-    options_model = BridgeOptions
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
-        self.opts = parse_options(self.name, BridgeOptions, self.options)
         self._sqs: Any = None
         self._queue_url = ""
         self._store: JobStore | None = None

@@ -15,12 +15,12 @@ import codecs
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from s3flow.errors import UndecodableContentError
-from s3flow.processors.base import BaseProcessor, ProcessContext, Result, parse_options
+from s3flow.processors.base import OptionsProcessor, ProcessContext, Result
 from s3flow.settings import codec_info
 
 
@@ -45,17 +45,15 @@ class LineCountOptions(BaseModel):
         return v or None
 
 
-class LineCountProcessor(BaseProcessor):
+class LineCountProcessor(OptionsProcessor[LineCountOptions]):
     """Counts lines/bytes of (possibly compressed) objects."""
 
     name: ClassVar[str] = "line-count"
-    cpu_bound: ClassVar[bool] = False
-    options_model = LineCountOptions
 
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
-        super().__init__(options)
-        opts = parse_options(self.name, LineCountOptions, self.options)
-        self.text_encoding: str | None = opts.text_encoding
+    @property
+    def text_encoding(self) -> str | None:
+        """The ``text_encoding`` option: the codec the content must decode in (None: any)."""
+        return self.opts.text_encoding
 
     async def process(self, ctx: ProcessContext) -> Result:
         started = time.perf_counter()

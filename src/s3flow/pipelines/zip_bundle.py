@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import io
 import zipfile
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from s3flow.errors import PermanentError
 from s3flow.processors.base import (
-    BaseProcessor,
     BundleContext,
+    OptionsProcessor,
     ProcessContext,
     Result,
-    parse_options,
 )
 
 
@@ -37,16 +36,10 @@ class ZipOptions(BaseModel):
     compresslevel: int = Field(default=6, ge=0, le=9, description="Deflate level (0 = store).")
 
 
-class ZipProcessor(BaseProcessor):
+class ZipProcessor(OptionsProcessor[ZipOptions]):
     """Bundles a job step's inputs into one ZIP (upload jobs only)."""
 
     name: ClassVar[str] = "zip"
-    cpu_bound: ClassVar[bool] = False
-    options_model = ZipOptions
-
-    def __init__(self, options: dict[str, Any] | None = None) -> None:
-        super().__init__(options)
-        self.opts = parse_options(self.name, ZipOptions, self.options)
 
     async def process(self, ctx: ProcessContext) -> Result:
         raise PermanentError(

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import (
+    Any,
+    ClassVar,
+    Generic,
+    Protocol,
+    TypeVar,
+    cast,
+    get_args,
+    get_origin,
+    runtime_checkable,
+)
 
 from pydantic import BaseModel, ValidationError
 
@@ -157,6 +167,7 @@ class BaseProcessor:
     output_content_type: ClassVar[str | None] = None
     #: The pydantic model of this processor's ``[pipelines.options]`` (documented in
     #: docs/configuration.md by ``s3flow config-reference``); None = no options.
+    #: :class:`OptionsProcessor` sets it from its type argument and validates it.
     options_model: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
@@ -178,3 +189,29 @@ class BaseProcessor:
         manifest a file is in). Plain text, one item a line; none by default.
         """
         return []
+
+
+class OptionsProcessor(BaseProcessor, Generic[OptionsT]):
+    """Base of a processor with an options model: ``class P(OptionsProcessor[MyOptions])``.
+
+    The type argument becomes the class's ``options_model``, and ``__init__``
+    validates the ``options`` table against it into ``self.opts`` (typed as that
+    model; ConfigError naming every bad key), so a subclass declares only what
+    differs: its ``name``, ``cpu_bound`` when it is, and more set-up in its own
+    ``__init__`` when it needs any.
+    """
+
+    opts: OptionsT
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            if get_origin(base) is OptionsProcessor:
+                (cls.options_model,) = get_args(base)
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        super().__init__(options)
+        model = self.options_model
+        if model is None:
+            raise TypeError(f"{type(self).__name__}: give OptionsProcessor its options model")
+        self.opts = cast(OptionsT, parse_options(self.name, model, self.options))

@@ -21,11 +21,11 @@ from typing import Any, ClassVar
 from s3flow.errors import RetryableError
 from s3flow.events import content_part
 from s3flow.pipelines.csv_kafka.checkpoint import ObjectRef, mirror_name
-from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions, parse_options
+from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
 from s3flow.pipelines.csv_kafka.ranges import run_csv_object
 from s3flow.pipelines.csv_kafka.runner import RunReport
 from s3flow.pipelines.csv_kafka.topics import ensure_topics
-from s3flow.processors.base import BaseProcessor, PipelineContext, ProcessContext, Result
+from s3flow.processors.base import OptionsProcessor, PipelineContext, ProcessContext, Result
 from s3flow.settings import PipelineSettings
 from s3flow.state.base import StateStore
 from s3flow.state.records import FileRecord
@@ -36,16 +36,13 @@ log = logging.getLogger("s3flow.pipelines.csv_kafka")
 MAX_THREADS = 32
 
 
-class CsvToKafkaProcessor(BaseProcessor):
+class CsvToKafkaProcessor(OptionsProcessor[CsvKafkaOptions]):
     """Streams CSV rows to Kafka with transactional, checkpointed, resumable writes."""
 
     name: ClassVar[str] = "csv-to-kafka"
-    cpu_bound: ClassVar[bool] = False
-    options_model = CsvKafkaOptions
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
-        self.opts: CsvKafkaOptions = parse_options(self.options)
         self.opts.bootstrap()  # fail at configuration time when Kafka cannot be found
         self._executor: ThreadPoolExecutor | None = None
         self._topics_ready = False

@@ -29,8 +29,8 @@ from s3flow.pipelines.ndjson_parquet.compaction.manifest import (
     ManifestError,
     parse_manifest,
 )
-from s3flow.pipelines.ndjson_parquet.compaction.options import CompactionOptions, parse_options
-from s3flow.processors.base import BaseProcessor, PipelineContext, ProcessContext, Result
+from s3flow.pipelines.ndjson_parquet.compaction.options import CompactionOptions
+from s3flow.processors.base import OptionsProcessor, PipelineContext, ProcessContext, Result
 from s3flow.quarantine import tag_quarantined
 from s3flow.settings import AwsSettings
 from s3flow.sinks.local import LocalDirSink
@@ -99,16 +99,14 @@ async def read_manifest(ctx: ProcessContext) -> Manifest:
     return parse_manifest(b"".join(chunks))
 
 
-class ParquetCompactProcessor(BaseProcessor):
+class ParquetCompactProcessor(OptionsProcessor[CompactionOptions]):
     """Compacts the NDJSON files listed by a sealed manifest into Parquet parts."""
 
     name: ClassVar[str] = "parquet-compact"
     cpu_bound: ClassVar[bool] = True
-    options_model = CompactionOptions
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
-        self.opts = parse_options(self.options)
         self._executor: Executor | None = None
         self._aws: AwsSettings | None = None
 

@@ -27,7 +27,7 @@ from urllib.parse import quote
 from s3flow.pipelines.text_to_pdf.fonts import find_font, load_font
 from s3flow.pipelines.text_to_pdf.options import TextToPdfOptions
 from s3flow.pipelines.text_to_pdf.render import TextDocument
-from s3flow.processors.base import BaseProcessor, ProcessContext, Result, parse_options
+from s3flow.processors.base import OptionsProcessor, ProcessContext, Result
 from s3flow.sinks.base import FileSink, Sink
 
 CONTENT_TYPE = "application/pdf"
@@ -37,17 +37,15 @@ FEED_BYTES = 1024 * 1024
 _SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 
 
-class TextToPdfProcessor(BaseProcessor):
+class TextToPdfProcessor(OptionsProcessor[TextToPdfOptions]):
     """Converts text objects to PDF documents, page by page."""
 
     name: ClassVar[str] = "text-to-pdf"
     cpu_bound: ClassVar[bool] = True
     output_content_type: ClassVar[str | None] = "application/pdf"
-    options_model = TextToPdfOptions
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
-        self.opts = parse_options(self.name, TextToPdfOptions, self.options)
         # A missing font is a ConfigError now, at start-up, not on the first object.
         self.font = load_font(find_font(self.opts.monospace, self.opts.font_file))
 
