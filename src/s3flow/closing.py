@@ -1,4 +1,8 @@
-"""``async with`` for objects whose only exit work is ``await close()``: :class:`AsyncClosing`."""
+"""``async with`` for objects whose only exit work is ``await close()``: :class:`AsyncClosing`.
+
+:class:`AsyncExit` is the same for an object whose ``close()`` is not a coroutine
+and whose async exit work is ``aclose()``.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,14 @@ from types import TracebackType
 from typing import Self
 
 
-class AsyncClosing:
-    """Mixin: ``async with obj`` gives ``obj`` and awaits ``obj.close()`` on the way out.
+class AsyncExit:
+    """Mixin: ``async with obj`` gives ``obj`` and awaits ``obj.aclose()`` on the way out.
 
-    A subclass defines ``async def close()``; one that must open something on entry
-    overrides ``__aenter__`` too.
+    A subclass defines ``async def aclose()``; one that must open something on
+    entry overrides ``__aenter__`` too.
     """
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Release what the object holds; defined by each subclass."""
         raise NotImplementedError
 
@@ -26,4 +30,20 @@ class AsyncClosing:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self.aclose()
+
+
+class AsyncClosing(AsyncExit):
+    """Mixin: ``async with obj`` gives ``obj`` and awaits ``obj.close()`` on the way out.
+
+    A subclass defines ``async def close()``; one that must open something on entry
+    overrides ``__aenter__`` too.
+    """
+
+    async def close(self) -> None:
+        """Release what the object holds; defined by each subclass."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """:meth:`close`."""
         await self.close()

@@ -29,9 +29,9 @@ import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator
-from types import TracebackType
-from typing import Self
+from dataclasses import KW_ONLY, dataclass, field
 
+from s3flow.closing import AsyncExit
 from s3flow.state.jobs import JobEvent, JobStore
 from s3flow.web.subscription import HEARTBEAT_FRAME, Frame, Subscription
 
@@ -199,8 +199,11 @@ class EventStream(Subscription):
         return b"".join(f.data for f in frames), bool(frames) and frames[-1].terminal
 
 
-class EventHub:
+@dataclass(eq=False)
+class EventHub(AsyncExit):
     """Fans each job's new events out to its SSE subscribers. Use ``async with``.
+
+    Nothing to open on entry: channels start with their first subscriber.
 
     ``poll_s``: how often a channel reads the store without a notification;
     ``heartbeat_s``: how often subscribers get a comment heartbeat;
@@ -213,40 +216,26 @@ class EventHub:
     a frame, per job with subscribers, not per subscriber.
     """
 
-    def __init__(
-        self,
-        store: JobStore,
-        *,
-        poll_s: float = 0.25,
-        heartbeat_s: float = 15.0,
-        max_pending: int = 10_000,
-        batch: int = 500,
-        history: int = 500,
-    ) -> None:
-        if max_pending < batch:
-            raise ValueError(f"max_pending ({max_pending}) must be at least batch ({batch})")
-        if history < 1:
-            raise ValueError(f"history ({history}) must be at least 1")
-        self._store = store
-        self.poll_s = poll_s
-        self.heartbeat_s = heartbeat_s
-        self.max_pending = max_pending
-        self.batch = batch
-        self.history = history
-        self._channels: dict[str, _Channel] = {}
-        self._closed = False
+    store: JobStore
+    _: KW_ONLY
+    poll_s: float = 0.25
+    heartbeat_s: float = 15.0
+    max_pending: int = 10_000
+    batch: int = 500
+    history: int = 500
+    _channels: dict[str, _Channel] = field(init=False, default_factory=dict)
+    _closed: bool = field(init=False, default=False)
 
-    async def __aenter__(self) -> Self:
-        """Nothing to open: channels start with their first subscriber."""
-        return self
+    def __post_init__(self) -> None:
+        if self.max_pending < self.batch:
+            raise ValueError(
+                f"max_pending ({self.max_pending}) must be at least batch ({self.batch})"
+            )
+        if self.history < 1:
+            raise ValueError(f"history ({self.history}) must be at least 1")
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """End every stream and stop every channel."""
+    async def aclose(self) -> None:
+        """End every stream and stop every channel (the end of ``async with``)."""
         self.close()
         tasks = [ch.task for ch in self._channels.values() if ch.task is not None]
         for task in tasks:
@@ -384,7 +373,7 @@ class EventHub:
 
     async def read(self, job_id: str, after_seq: int, limit: int | None = None) -> list[JobEvent]:
         """Events of ``job_id`` after ``after_seq`` from the store (at most ``limit``/``batch``)."""
-        return await self._store.events(job_id, after_seq=after_seq, limit=limit or self.batch)
+        return await self.store.events(job_id, after_seq=after_seq, limit=limit or self.batch)
 
     async def _run(self, channel: _Channel) -> None:
         """The channel's loop: wait for a notification or ``poll_s``, read, hand out."""
