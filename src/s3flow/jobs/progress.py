@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from s3flow.errors import S3flowError, aws_errors
@@ -78,26 +78,27 @@ def _dedup_id(event_id: str) -> str:
     return hashlib.sha256(event_id.encode("utf-8")).hexdigest()
 
 
+@dataclass(eq=False)
 class ProgressPublisher:
     """Sends one job's events to the progress FIFO queue, in order."""
 
-    def __init__(self, sqs: Any, queue_url: str, job_id: str) -> None:
-        self._sqs = sqs
-        self._queue_url = queue_url
-        self.job_id = job_id
+    sqs: Any
+    queue_url: str
+    job_id: str
 
     async def publish(self, event_id: str, type_: EventType, data: dict[str, Any]) -> None:
         """Send one event; returns once SQS has it (retries are botocore's)."""
         msg = ProgressMessage(job_id=self.job_id, event_id=event_id, type=type_, data=data)
         with aws_errors("SendMessage"):
-            await self._sqs.send_message(
-                QueueUrl=self._queue_url,
+            await self.sqs.send_message(
+                QueueUrl=self.queue_url,
                 MessageBody=msg.to_body(),
                 MessageGroupId=self.job_id,
                 MessageDeduplicationId=_dedup_id(event_id),
             )
 
 
+@dataclass(eq=False)
 class StepProgress:
     """``step.progress`` for one step, at most once per ``interval_s`` (the last one always).
 
@@ -105,27 +106,21 @@ class StepProgress:
     :meth:`maybe_publish` sends when the interval has passed.
     """
 
-    def __init__(
-        self,
-        publisher: ProgressPublisher,
-        *,
-        step: int,
-        attempt: int,
-        interval_s: float,
-        bytes_total: int,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._pub = publisher
-        self._step = step
-        self._attempt = attempt
-        self._interval_s = interval_s
-        self._clock = clock
-        self._last = clock()
-        self._n = 0
-        self.bytes_done = 0
-        self.files_done = 0
-        self.bytes_total = bytes_total
-        self._dirty = False
+    publisher: ProgressPublisher
+    _: KW_ONLY
+    step: int
+    attempt: int
+    interval_s: float
+    bytes_total: int
+    clock: Callable[[], float] = time.monotonic
+    bytes_done: int = field(init=False, default=0)
+    files_done: int = field(init=False, default=0)
+    _last: float = field(init=False)
+    _n: int = field(init=False, default=0)
+    _dirty: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self._last = self.clock()
 
     def add(self, nbytes: int) -> None:
         """Count bytes read (a processor's ``report_progress``)."""
@@ -140,7 +135,7 @@ class StepProgress:
     def data(self) -> dict[str, Any]:
         """The event's data."""
         return {
-            "step": self._step,
+            "step": self.step,
             "bytes_done": self.bytes_done,
             "bytes_total": self.bytes_total,
             "files_done": self.files_done,
@@ -148,20 +143,21 @@ class StepProgress:
 
     async def maybe_publish(self, *, force: bool = False) -> bool:
         """Publish if something changed and the interval passed (or ``force``)."""
-        now = self._clock()
-        if not self._dirty or (not force and now - self._last < self._interval_s):
+        now = self.clock()
+        if not self._dirty or (not force and now - self._last < self.interval_s):
             return False
         self._n += 1
         self._last = now
         self._dirty = False
-        await self._pub.publish(
-            f"{self._pub.job_id}:step.progress:{self._step}:{self._attempt}:{self._n}",
+        await self.publisher.publish(
+            f"{self.publisher.job_id}:step.progress:{self.step}:{self.attempt}:{self._n}",
             EventType.STEP_PROGRESS,
             self.data(),
         )
         return True
 
 
+@dataclass(eq=False)
 class ProgressConsumer:
     """Progress queue -> the job's event log in the store -> ``on_event`` (live fan-out).
 
@@ -170,24 +166,17 @@ class ProgressConsumer:
     store has them, so a crash re-delivers and the append dedups.
     """
 
-    def __init__(
-        self,
-        *,
-        sqs: Any,
-        queue_url: str,
-        store: JobStore,
-        on_event: Callable[[JobEvent], None] = lambda e: None,
-        wait_time_s: int = _WAIT_S,
-    ) -> None:
-        self._sqs = sqs
-        self._queue_url = queue_url
-        self._store = store
-        self._on_event = on_event
-        self._wait_s = wait_time_s
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self.consumed = 0
-        self.idle = asyncio.Event()  # set after a receive that found nothing
+    _: KW_ONLY
+    sqs: Any
+    queue_url: str
+    store: JobStore
+    on_event: Callable[[JobEvent], None] = lambda e: None
+    wait_time_s: int = _WAIT_S
+    consumed: int = field(init=False, default=0)
+    #: Set after a receive that found nothing.
+    idle: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _stop: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = field(init=False, default=None)
 
     async def __aenter__(self) -> ProgressConsumer:
         self._task = asyncio.create_task(self._run(), name="s3flow-progress-consumer")
@@ -198,7 +187,7 @@ class ProgressConsumer:
         if self._task is not None:
             # The receive on the wire is short (_WAIT_S): let it finish and settle.
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout=self._wait_s + 10)
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=self.wait_time_s + 10)
             except TimeoutError:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -224,10 +213,10 @@ class ProgressConsumer:
     async def poll_once(self) -> int:
         """One receive -> store -> delete round; returns how many messages it handled."""
         with aws_errors("ReceiveMessage"):
-            resp = await self._sqs.receive_message(
-                QueueUrl=self._queue_url,
+            resp = await self.sqs.receive_message(
+                QueueUrl=self.queue_url,
                 MaxNumberOfMessages=10,
-                WaitTimeSeconds=self._wait_s,
+                WaitTimeSeconds=self.wait_time_s,
             )
         messages = resp.get("Messages") or []
         done: list[dict[str, str]] = []
@@ -241,7 +230,7 @@ class ProgressConsumer:
                 done.append({"Id": str(i), "ReceiptHandle": raw["ReceiptHandle"]})
                 continue
             try:
-                event, new = await self._store.append_event(
+                event, new = await self.store.append_event(
                     msg.job_id, event_id=msg.event_id, type=msg.type, data=msg.data
                 )
             except S3flowError as exc:
@@ -259,9 +248,9 @@ class ProgressConsumer:
                 )
             elif new:
                 self.consumed += 1
-                self._on_event(event)
+                self.on_event(event)
             done.append({"Id": str(i), "ReceiptHandle": raw["ReceiptHandle"]})
         if done:
             with aws_errors("DeleteMessageBatch"):
-                await self._sqs.delete_message_batch(QueueUrl=self._queue_url, Entries=done)
+                await self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=done)
         return len(messages)
