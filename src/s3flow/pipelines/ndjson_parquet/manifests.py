@@ -30,7 +30,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -207,6 +207,7 @@ async def publish(
 # --- the sealer ---------------------------------------------------------------------------
 
 
+@dataclass(eq=False)
 class Sealer:
     """Seals one dataset's due pending files into manifests and publishes them.
 
@@ -216,30 +217,21 @@ class Sealer:
     serialised by an asyncio lock, so a caller that waits sees the work done.
     """
 
-    def __init__(
-        self,
-        store: StateStore,
-        s3: Any,
-        *,
-        dataset: str,
-        owner: str,
-        triggers: Triggers,
-        bucket: str,
-        prefix: str,
-        lock_ttl_s: float = 60.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.store = store
-        self.s3 = s3
-        self.dataset = dataset
-        self.owner = owner
-        self.triggers = triggers
-        self.bucket = bucket
-        self.prefix = prefix
-        self.lock = f"manifests:{dataset}"
-        self.lock_ttl_s = lock_ttl_s
-        self._clock = clock
-        self._serial = asyncio.Lock()
+    store: StateStore
+    s3: Any
+    _: KW_ONLY
+    dataset: str
+    owner: str
+    triggers: Triggers
+    bucket: str
+    prefix: str
+    lock_ttl_s: float = 60.0
+    clock: Callable[[], float] = time.time
+    lock: str = field(init=False)
+    _serial: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.lock = f"manifests:{self.dataset}"
 
     async def seal_due(
         self, *, dates: list[str] | None = None, force: bool = False
@@ -290,7 +282,7 @@ class Sealer:
             if dates is not None and s.date not in dates:
                 continue
             while True:
-                now = self._clock()
+                now = self.clock()
                 trigger = self.triggers.due(s, now) or ("forced" if force and s.count else None)
                 if trigger is None:
                     break
