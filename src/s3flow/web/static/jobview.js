@@ -30,6 +30,14 @@ const STATUS_RANK = {
   failed: 3,
   expired: 3,
 };
+/** The job status an event moves the job to (other events leave it as it is). */
+const STATUS_OF_EVENT = new Map([
+  ["job.queued", "queued"],
+  ["step.started", "running"],
+  ["job.completed", "completed"],
+  ["job.failed", "failed"],
+  ["job.expired", "expired"],
+]);
 const STEP_RANK = { pending: 0, running: 1, completed: 2, failed: 2 };
 const STATUS_TEXT = {
   waiting_for_files: "waiting for files",
@@ -331,6 +339,8 @@ class JobView {
         el("span", { class: "desc", text: describe(type, data, this.stepNames) }),
       ),
     );
+    const status = STATUS_OF_EVENT.get(type);
+    if (status) this.setStatus(status);
     switch (type) {
       case "file.received": {
         const li = this.filesEl.children[data.index];
@@ -340,11 +350,7 @@ class JobView {
         }
         break;
       }
-      case "job.queued":
-        this.setStatus("queued");
-        break;
       case "step.started":
-        this.setStatus("running");
         this.setStep(data.step, "running", {});
         break;
       case "step.progress":
@@ -353,15 +359,10 @@ class JobView {
       case "step.completed":
         this.setStep(data.step, "completed", data);
         break;
-      case "job.completed":
-        this.setStatus("completed");
-        break;
       case "job.failed":
-        this.setStatus("failed");
         this.showError(data.error || "the job failed");
         break;
       case "job.expired":
-        this.setStatus("expired");
         this.showError(data.error || "the job expired");
         break;
       default:
