@@ -155,6 +155,31 @@ def container_overrides(env: Mapping[str, str], command: list[str] | None) -> di
     return overrides
 
 
+class ServiceClient:
+    """One AWS service's client: opened on first use (once, under a lock), closed by close()."""
+
+    def __init__(self, aws: AwsSettings, service: str) -> None:
+        self._aws = aws
+        self._service = service
+        self._stack = AsyncExitStack()
+        self._client: Any = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Any:
+        """The client (opened on the first call)."""
+        async with self._lock:
+            if self._client is None:
+                self._client = await self._stack.enter_async_context(
+                    async_client(self._aws, self._service)
+                )
+        return self._client
+
+    async def close(self) -> None:
+        """Close the client (a later :meth:`get` opens a new one)."""
+        await self._stack.aclose()
+        self._client = None
+
+
 class ContainerExecutor:
     """Base of ``ecs`` and ``batch``: one container run per object, watched until it ends."""
 
@@ -174,11 +199,8 @@ class ContainerExecutor:
     ) -> None:
         self.settings = settings
         self.job_timeout_s = job_timeout_s
-        self._aws = aws
         self._s3 = s3
-        self._stack = AsyncExitStack()
-        self._client: Any = None
-        self._client_lock = asyncio.Lock()
+        self._service_client = ServiceClient(aws, self.service)
         if settings.results:
             results = settings.results
         else:
@@ -217,12 +239,7 @@ class ContainerExecutor:
 
     async def client(self) -> Any:
         """The service's client (opened on first use)."""
-        async with self._client_lock:
-            if self._client is None:
-                self._client = await self._stack.enter_async_context(
-                    async_client(self._aws, self.service)
-                )
-        return self._client
+        return await self._service_client.get()
 
     async def _describe_ids(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         return await self._describe(await self.client(), ids)
@@ -310,5 +327,4 @@ class ContainerExecutor:
     async def close(self) -> None:
         """Stop watching and close the client."""
         await self.watcher.close()
-        await self._stack.aclose()
-        self._client = None
+        await self._service_client.close()

@@ -309,7 +309,7 @@ def _ecs(client: Any) -> EcsExecutor:
         output="s3://out/res/",
         pipeline="p",
     )
-    ex._client = client
+    ex._service_client._client = client
     return ex
 
 
@@ -416,7 +416,7 @@ def _batch(client: Any) -> BatchExecutor:
         pipeline="p",
         job_timeout_s=30,
     )
-    ex._client = client
+    ex._service_client._client = client
     return ex
 
 
