@@ -25,7 +25,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 
-from s3flow.s3fast import Credentials, FastS3Client
+from s3flow.fastpath import Credentials, FastS3Client, FastSqsClient
 from s3flow.settings import AwsSettings
 
 
@@ -153,20 +153,28 @@ def session_credentials(session: AioSession) -> Callable[[], Awaitable[Credentia
     return current
 
 
-def fast_s3(sdk: Any, session: AioSession, aws: AwsSettings, *, pool: int) -> FastS3Client:
-    """:class:`~s3flow.s3fast.FastS3Client` around the aiobotocore S3 client ``sdk``."""
-    config = sdk.meta.config
+def fast_client(
+    sdk: Any, session: AioSession, aws: AwsSettings, *, pool: int
+) -> FastS3Client | FastSqsClient:
+    """The fast-path client (:mod:`s3flow.fastpath`) around the aiobotocore client ``sdk``."""
+    meta = sdk.meta
+    common: dict[str, Any] = {
+        "region": meta.region_name,
+        "endpoint_url": meta.endpoint_url,
+        "max_attempts": aws.max_attempts,
+        "connect_timeout_s": aws.connect_timeout_s,
+        "read_timeout_s": aws.read_timeout_s,
+        "pool": pool,
+    }
+    credentials = session_credentials(session)
+    if meta.service_model.service_name == "sqs":
+        return FastSqsClient(sdk, credentials, **common)
     return FastS3Client(
         sdk,
-        session_credentials(session),
-        region=sdk.meta.region_name,
-        endpoint_url=sdk.meta.endpoint_url,
-        path_style=(config.s3 or {}).get("addressing_style") == "path",
-        max_attempts=aws.max_attempts,
-        connect_timeout_s=aws.connect_timeout_s,
-        read_timeout_s=aws.read_timeout_s,
-        pool=pool,
-        checksum_crc32=config.request_checksum_calculation == "when_supported",
+        credentials,
+        path_style=(meta.config.s3 or {}).get("addressing_style") == "path",
+        checksum_crc32=meta.config.request_checksum_calculation == "when_supported",
+        **common,
     )
 
 
@@ -174,8 +182,8 @@ def fast_s3(sdk: Any, session: AioSession, aws: AwsSettings, *, pool: int) -> Fa
 async def open_clients(aws: AwsSettings, *, pool: int = 10) -> AsyncIterator[AwsClients]:
     """Open S3 and SQS clients for the lifetime of the ``async with`` block.
 
-    With ``aws.s3_fast_path`` (the default) the S3 client is a
-    :class:`~s3flow.s3fast.FastS3Client` around the SDK's.
+    With ``aws.fast_path`` (the default) each is a fast-path client
+    (:mod:`s3flow.fastpath`) around the SDK's.
     """
     session = _session(aws)
     async with AsyncExitStack() as stack:
@@ -186,8 +194,9 @@ async def open_clients(aws: AwsSettings, *, pool: int = 10) -> AsyncIterator[Aws
                     service, **_create_args(aws, service, client_config(aws, service, pool))
                 )
             )
-        if aws.s3_fast_path:
-            clients["s3"] = await stack.enter_async_context(
-                fast_s3(clients["s3"], session, aws, pool=pool)
-            )
+        if aws.fast_path:
+            for service, sdk in list(clients.items()):
+                clients[service] = await stack.enter_async_context(
+                    fast_client(sdk, session, aws, pool=pool)
+                )
         yield AwsClients(s3=clients["s3"], sqs=clients["sqs"], aws=aws)

@@ -1,5 +1,5 @@
-"""The S3 fast path against three real S3 emulators (moto, S3Proxy — which checks
-signatures — and MiniStack): every answer equals the SDK's for the same call."""
+"""The fast path against real emulators — S3: moto, S3Proxy (which checks signatures),
+MiniStack; SQS: moto, ElasticMQ, MiniStack — every answer equals the SDK's."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from itest_support import ministack_or_skip
 
 from s3flow.aws import AwsClients, open_clients
 from s3flow.errors import ObjectMissingError, OutputUnavailableError, aws_errors
-from s3flow.local.aws.server import S3Proxy, client_env
+from s3flow.fastpath import FastS3Client, FastSqsClient
+from s3flow.local.aws.server import ElasticMQ, S3Proxy, client_env
 from s3flow.local.endpoint import LocalEndpoint
 from s3flow.local.kafka.install import java_available, maven_available
-from s3flow.s3fast import FastS3Client
 from s3flow.settings import AwsSettings
 
 KEYS = ["plain.txt", "dir/with space+plus=eq&amp%25~tilde.txt", "ünï/cödé €.txt", "a/b/c/d"]
@@ -36,6 +36,13 @@ def _env(values: dict[str, str]) -> Iterator[str]:
                 os.environ[k] = v
 
 
+def _need_java() -> None:
+    if not (java_available() and maven_available()):
+        if os.environ.get("CI"):
+            pytest.fail("ElasticMQ and S3Proxy need Java 17+ and Maven (scripts/install)")
+        pytest.skip("needs Java 17+ and Maven")
+
+
 @pytest.fixture(scope="module", params=["moto", "s3proxy", "ministack"])
 def s3_url(
     request: pytest.FixtureRequest,
@@ -46,10 +53,7 @@ def s3_url(
     if request.param == "moto":
         yield endpoint.url
     elif request.param == "s3proxy":
-        if not (java_available() and maven_available()):
-            if os.environ.get("CI"):
-                pytest.fail("S3Proxy needs Java 17+ and Maven (scripts/install)")
-            pytest.skip("needs Java 17+ and Maven")
+        _need_java()
         with S3Proxy() as server:
             yield from _env(client_env(s3_url=server.url))
     else:
@@ -57,13 +61,43 @@ def s3_url(
             yield url
 
 
+@pytest.fixture(scope="module", params=["moto", "elasticmq", "ministack"])
+def sqs_url(
+    request: pytest.FixtureRequest,
+    endpoint: LocalEndpoint,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """An SQS endpoint URL, with the environment its clients need."""
+    if request.param == "moto":
+        yield endpoint.url
+    elif request.param == "elasticmq":
+        _need_java()
+        with ElasticMQ() as server:
+            env = client_env(sqs_url=server.url)
+            env["AWS_ENDPOINT_URL_S3"] = server.url  # _env yields this one
+            yield from _env(env)
+    else:
+        with ministack_or_skip(tmp_path_factory.mktemp("ministack-sqs")) as url:
+            yield url
+
+
 @pytest.fixture
 async def clients(s3_url: str) -> AsyncIterator[tuple[AwsClients, AwsClients]]:
     """(fast path on, fast path off) on the same endpoint."""
     fast = AwsSettings(endpoint_url_s3=s3_url, endpoint_url_sqs=s3_url)
-    slow = fast.model_copy(update={"s3_fast_path": False})
+    slow = fast.model_copy(update={"fast_path": False})
     async with open_clients(fast) as on, open_clients(slow) as off:
         assert isinstance(on.s3, FastS3Client) and not isinstance(off.s3, FastS3Client)
+        yield on, off
+
+
+@pytest.fixture
+async def queues(sqs_url: str) -> AsyncIterator[tuple[AwsClients, AwsClients]]:
+    """(fast path on, fast path off) SQS on the same endpoint."""
+    fast = AwsSettings(endpoint_url_s3=sqs_url, endpoint_url_sqs=sqs_url)
+    slow = fast.model_copy(update={"fast_path": False})
+    async with open_clients(fast) as on, open_clients(slow) as off:
+        assert isinstance(on.sqs, FastSqsClient) and not isinstance(off.sqs, FastSqsClient)
         yield on, off
 
 
@@ -146,3 +180,79 @@ async def _error(call: Any) -> Exception:
     except Exception as exc:
         return exc
     raise AssertionError("the call did not fail")
+
+
+async def test_receive_delete_and_visibility_answer_as_the_sdk_does(
+    queues: tuple[AwsClients, AwsClients],
+) -> None:
+    on, off = queues
+    url = (await off.sqs.create_queue(QueueName=f"fast-{uuid.uuid4().hex[:12]}"))["QueueUrl"]
+    sent = {}
+    for i in range(5):
+        body = f"body {i} ünï"
+        await off.sqs.send_message(
+            QueueUrl=url,
+            MessageBody=body,
+            MessageAttributes={
+                "text": {"DataType": "String", "StringValue": f"t{i}"},
+                "blob": {"DataType": "Binary", "BinaryValue": bytes([0, i, 255])},
+            },
+        )
+        sent[body] = i
+    got: dict[str, Any] = {}
+    for _ in range(20):
+        resp = await on.sqs.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=1,
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+            MessageAttributeNames=["All"],
+        )
+        assert resp["ResponseMetadata"]["HTTPStatusCode"] == 200
+        got.update({m["Body"]: m for m in resp.get("Messages") or []})
+        if len(got) == len(sent):
+            break
+    assert set(got) == set(sent)
+    for body, m in got.items():
+        i = sent[body]
+        assert m["MessageAttributes"]["text"]["StringValue"] == f"t{i}"
+        assert m["MessageAttributes"]["blob"]["BinaryValue"] == bytes([0, i, 255])
+        assert m["Attributes"]["ApproximateReceiveCount"] == "1"
+        assert m["MD5OfBody"] and m["ReceiptHandle"] and m["MessageId"]
+    messages = list(got.values())
+    back = await on.sqs.change_message_visibility_batch(
+        QueueUrl=url,
+        Entries=[
+            {"Id": "r0", "ReceiptHandle": messages[0]["ReceiptHandle"], "VisibilityTimeout": 0}
+        ],
+    )
+    assert [e["Id"] for e in back.get("Successful") or []] == ["r0"]
+    done = await on.sqs.delete_message_batch(
+        QueueUrl=url,
+        Entries=[
+            *(
+                {"Id": f"d{k}", "ReceiptHandle": m["ReceiptHandle"]}
+                for k, m in enumerate(messages[1:])
+            ),
+            {"Id": "bogus", "ReceiptHandle": "not-a-receipt-handle"},
+        ],
+    )
+    assert sorted(e["Id"] for e in done.get("Successful") or []) == ["d0", "d1", "d2", "d3"]
+    failed = done.get("Failed") or []
+    assert [f["Id"] for f in failed] == ["bogus"] and failed[0]["Code"]
+    again = await on.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=2)
+    assert [m["Body"] for m in again.get("Messages") or []] == [messages[0]["Body"]]
+    assert on.sqs.fast_calls >= 4
+
+
+async def test_a_missing_queue_fails_with_the_sdks_code(
+    queues: tuple[AwsClients, AwsClients],
+) -> None:
+    on, off = queues
+    real = (await off.sqs.create_queue(QueueName=f"fast-{uuid.uuid4().hex[:12]}"))["QueueUrl"]
+    url = real.rsplit("/", 1)[0] + "/no-such-queue-" + uuid.uuid4().hex[:8]
+    fast_error = await _error(on.sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0))
+    sdk_error = await _error(off.sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0))
+    assert type(fast_error).__name__ == type(sdk_error).__name__
+    fast_detail = fast_error.response["Error"]  # type: ignore[attr-defined]
+    assert fast_detail == sdk_error.response["Error"]  # type: ignore[attr-defined]

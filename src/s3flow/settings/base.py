@@ -112,12 +112,13 @@ class AwsSettings(_Model):
         default="auto",
         description="S3 addressing style; 'auto' uses path style for custom endpoints.",
     )
-    s3_fast_path: bool = Field(
+    fast_path: bool = Field(
         default=True,
         description=(
-            "Serve GetObject, PutObject and HeadObject with s3flow's own signed HTTP "
-            "requests (a sixth of the SDK's CPU per call); other calls, and these with "
-            "parameters it does not handle, go through the SDK. false: every call "
+            "Serve the hot calls (S3 GetObject, PutObject, HeadObject; SQS ReceiveMessage, "
+            "DeleteMessageBatch, ChangeMessageVisibilityBatch) with s3flow's own signed "
+            "HTTP requests (a sixth of the SDK's CPU per call); other calls, and these "
+            "with parameters it does not handle, go through the SDK. false: every call "
             "through the SDK."
         ),
     )

@@ -1,4 +1,4 @@
-"""The S3 fast path's pure parts: Signature V4 (against AWS's published example and
+"""The S3 fast path's parts: Signature V4 (against AWS's published example and
 botocore's own signer), response fields, error bodies, what goes to the SDK, retries
 (against a local aiohttp server on a real socket)."""
 
@@ -14,15 +14,8 @@ from aiohttp import web
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from s3flow.s3fast import (
-    EMPTY_SHA256,
-    Credentials,
-    FastS3Client,
-    SigV4Signer,
-    error_code,
-    object_location,
-    response_fields,
-)
+from s3flow.fastpath.s3 import FastS3Client, error_code, object_location, response_fields
+from s3flow.fastpath.signing import EMPTY_SHA256, Credentials, SigV4Signer
 
 # AWS's example: https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-header-based-auth.html
 DOC_CREDS = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
@@ -30,7 +23,7 @@ DOC_TIME = datetime(2013, 5, 24, tzinfo=UTC)
 
 
 def test_signature_matches_the_aws_documentation_example() -> None:
-    headers = SigV4Signer("us-east-1").sign(
+    headers = SigV4Signer("us-east-1", "s3").sign(
         "GET",
         "examplebucket.s3.amazonaws.com",
         "/test.txt",
@@ -135,7 +128,9 @@ def test_url_and_signature_equal_botocores(
     payload = botocore_headers["x-amz-content-sha256"]
     when = datetime.strptime(botocore_headers["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     creds = Credentials(DOC_CREDS.access_key, DOC_CREDS.secret_key, "the-token")
-    ours = SigV4Signer("eu-west-1").sign(method, host, path, query, extra, payload, creds, when)
+    ours = SigV4Signer("eu-west-1", "s3").sign(
+        method, host, path, query, extra, payload, creds, when
+    )
     signed_by_botocore = botocore_headers["authorization"].split("SignedHeaders=")[1].split(",")[0]
     assert ours["authorization"].split("SignedHeaders=")[1].split(",")[0] == signed_by_botocore
     assert ours["authorization"] == botocore_headers["authorization"]
@@ -174,9 +169,9 @@ def test_response_fields_have_botocores_keys_and_types() -> None:
 
 def test_error_code_reads_the_xml_body_or_names_the_status() -> None:
     body = b"<?xml version='1.0'?><Error><Code>NoSuchKey</Code><Message>gone</Message></Error>"
-    assert error_code(404, body) == ("NoSuchKey", "gone")
-    assert error_code(404, b"") == ("404", "Not Found")
-    assert error_code(503, b"<html>busy</html") == ("503", "Service Unavailable")
+    assert error_code(404, {}, body) == ("NoSuchKey", "gone")
+    assert error_code(404, {}, b"") == ("404", "Not Found")
+    assert error_code(503, {}, b"<html>busy</html") == ("503", "Service Unavailable")
 
 
 class _RecordingSdk:

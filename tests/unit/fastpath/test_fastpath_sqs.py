@@ -1,0 +1,124 @@
+"""The SQS fast path's parts: the request equals botocore's (signature included), error
+codes are read as botocore reads them, binary attributes are decoded."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+
+from s3flow.fastpath.signing import Credentials, SigV4Signer
+from s3flow.fastpath.sqs import _HEADERS, OPERATIONS, decode_binary_attributes, read_error
+
+CALLS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "receive_message",
+        {
+            "QueueUrl": "http://127.0.0.1:9/123/q",
+            "MaxNumberOfMessages": 10,
+            "WaitTimeSeconds": 20,
+            "MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"],
+            "MessageAttributeNames": ["All"],
+        },
+    ),
+    (
+        "delete_message_batch",
+        {"QueueUrl": "http://127.0.0.1:9/123/q", "Entries": [{"Id": "m0", "ReceiptHandle": "h"}]},
+    ),
+    (
+        "change_message_visibility_batch",
+        {
+            "QueueUrl": "http://127.0.0.1:9/123/q",
+            "Entries": [{"Id": "m0", "ReceiptHandle": "h", "VisibilityTimeout": 0}],
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "params"), CALLS, ids=[c[0] for c in CALLS])
+def test_request_and_signature_equal_botocores(method: str, params: dict[str, Any]) -> None:
+    client = boto3.client(
+        "sqs",
+        region_name="eu-west-1",
+        endpoint_url="http://127.0.0.1:9",
+        aws_access_key_id="AK",
+        aws_secret_access_key="SK",
+    )
+    captured: list[Any] = []
+
+    class Sent(Exception):
+        pass
+
+    def grab(request: Any, **_: Any) -> None:
+        captured.append(request)
+        raise Sent
+
+    client.meta.events.register("before-send.sqs", grab)
+    with pytest.raises(Sent):
+        getattr(client, method)(**params)
+    sent = captured[0]
+    headers = {
+        k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in sent.headers.items()
+    }
+    body = json.dumps(params).encode()
+    assert sent.body == body
+    assert sent.url == "http://127.0.0.1:9/" and sent.method == "POST"
+    ours = {**_HEADERS, "x-amz-target": f"AmazonSQS.{OPERATIONS[method]}"}
+    assert {k: headers[k] for k in ours} == ours
+    when = datetime.strptime(headers["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    signed = SigV4Signer("eu-west-1", "sqs").sign(
+        "POST",
+        "127.0.0.1:9",
+        "/",
+        {},
+        ours,
+        hashlib.sha256(body).hexdigest(),
+        Credentials("AK", "SK"),
+        when,
+    )
+    assert signed["authorization"] == headers["authorization"]
+
+
+def test_errors_read_as_botocore_reads_them() -> None:
+    body = b'{"__type": "com.amazonaws.sqs#QueueDoesNotExist", "message": "no queue"}'
+    query = {"x-amzn-query-error": "AWS.SimpleQueueService.NonExistentQueue;Sender"}
+    assert read_error(400, query, body) == (
+        {
+            "Code": "AWS.SimpleQueueService.NonExistentQueue",
+            "Message": "no queue",
+            "QueryErrorCode": "QueueDoesNotExist",
+            "Type": "Sender",
+        },
+        "QueueDoesNotExist",
+    )
+    assert read_error(400, {}, body) == (
+        {"Code": "QueueDoesNotExist", "Message": "no queue"},
+        "QueueDoesNotExist",
+    )
+    assert read_error(503, {}, b"") == ({"Code": "503", "Message": "Service Unavailable"}, "503")
+    assert read_error(500, {}, b"<html>")[1] == "500"
+
+
+def test_binary_attribute_values_are_decoded() -> None:
+    raw = base64.b64encode(b"\x00\x01bin").decode()
+    out = decode_binary_attributes(
+        {
+            "Messages": [
+                {
+                    "Body": "b",
+                    "MessageAttributes": {
+                        "s": {"DataType": "String", "StringValue": "v"},
+                        "b": {"DataType": "Binary", "BinaryValue": raw},
+                    },
+                }
+            ]
+        }
+    )
+    attrs = out["Messages"][0]["MessageAttributes"]
+    assert attrs["b"]["BinaryValue"] == b"\x00\x01bin"
+    assert attrs["s"] == {"DataType": "String", "StringValue": "v"}
