@@ -245,8 +245,30 @@ def test_concurrency_bound_is_never_exceeded(harness: Harness) -> None:
     m = harness.run()
     assert len(ConcurrencyProbe.calls) == 15
     assert ConcurrencyProbe.peak == 3  # reached, and never more
-    assert m.pipelines["p"].max_in_flight <= 3
+    # received and not yet settled: the working ones plus at most as many settling
+    assert m.pipelines["p"].max_in_flight <= 6
     assert len(harness.output_keys()) == 15
+
+
+def test_a_message_waiting_for_its_batched_delete_does_not_hold_a_slot(
+    harness: Harness,
+) -> None:
+    ConcurrencyProbe.reset()
+    settings = harness.configure(
+        processor="s3flow_testprocs:ConcurrencyProbe", concurrency=1, options={"sleep_s": 0.05}
+    )
+    # Deletes wait a whole second to fill a batch: with the slot held until the delete
+    # was confirmed, the second object could not start before the first was settled.
+    worker = settings.worker.model_copy(update={"ack_batch_window_s": 1.0})
+    harness.settings = settings.model_copy(update={"worker": worker})
+    for i in range(4):
+        harness.put(f"k{i}.txt", b"z\n")
+    m = harness.run()
+    p = m.pipelines["p"]
+    assert ConcurrencyProbe.peak == 1 and len(ConcurrencyProbe.calls) == 4
+    assert p.max_in_flight == 2  # one worked on while another waited for its delete
+    assert p.acked == 4 and len(harness.output_keys()) == 4
+    assert harness.depth() == (0, 0)
 
 
 def test_local_directory_output(harness: Harness, tmp_path) -> None:

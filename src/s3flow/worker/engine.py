@@ -7,8 +7,12 @@ outcome (:mod:`s3flow.worker.outcomes`) and the
 :class:`~s3flow.worker.acks.Settler` applies it (ack, retry, dead-letter,
 split, release).
 
-A message's slot is held from receive until it is settled, so at most
-``concurrency`` messages (and objects) are in flight per pipeline.
+A message's slot is held from receive until its work is done, so at most
+``concurrency`` objects are worked on per pipeline. Settling then holds a
+second budget of the same size instead: an ack waits up to
+``ack_batch_window_s`` for its batched delete, and that wait must not keep the
+next object from starting. So at most ``2 × concurrency`` messages are
+received and not yet settled.
 
 Shutdown (SIGTERM/SIGINT, or ``stop()``): polling stops at once, but a
 ReceiveMessage already on the wire is allowed to finish (cancelling it could
@@ -88,6 +92,7 @@ class PipelineRunner:
         self._burst = burst
         self._halt = asyncio.Event()  # pollers stop: worker stopping, or drained (burst)
         self.slots = Slots(self.p.concurrency)
+        self._settling = asyncio.Semaphore(self.p.concurrency)
         self.drained = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
         self._work: dict[str, asyncio.Task[Outcome]] = {}
@@ -195,6 +200,7 @@ class PipelineRunner:
         self._in_flight += 1
         self.metrics.in_flight = self._in_flight
         self.metrics.max_in_flight = max(self.metrics.max_in_flight, self._in_flight)
+        holds_slot = True
         try:
             if self._stop.is_set():
                 # Brought by a receive that finished after shutdown began: not started.
@@ -202,14 +208,18 @@ class PipelineRunner:
             else:
                 outcome = await self._work_on(msg)
             self._lease.untrack(msg.message_id)
-            final = await self._settler.settle(msg, outcome)
+            async with self._settling:
+                await self.slots.release(1)
+                holds_slot = False
+                final = await self._settler.settle(msg, outcome)
             self.metrics.observe_processing(time.monotonic() - msg.received_at)
             self._observer.message_settled(self.p.name, msg, final)
         finally:
             self._lease.untrack(msg.message_id)
             self._in_flight -= 1
             self.metrics.in_flight = self._in_flight
-            await self.slots.release(1)
+            if holds_slot:
+                await self.slots.release(1)
 
     async def _work_on(self, msg: ReceivedMessage) -> Outcome:
         work = asyncio.create_task(self.handler.handle(msg))
