@@ -102,6 +102,7 @@ class SignedTransport(AsyncClosing):
             timeout=aiohttp.ClientTimeout(connect=connect_timeout_s, sock_read=read_timeout_s),
             auto_decompress=False,  # Content-Encoding belongs to the object, not the transfer
             skip_auto_headers=("User-Agent", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),  # AWS sets no cookies worth keeping
         )
         self.calls = 0  # calls answered with 2xx
 
