@@ -25,7 +25,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 
-from s3flow.fastpath import Credentials, FastS3Client, FastSqsClient
+from s3flow.fastpath import Connection, Credentials, FastClient, FastS3Client, FastSqsClient
 from s3flow.settings import AwsSettings
 
 
@@ -153,28 +153,26 @@ def session_credentials(session: AioSession) -> Callable[[], Awaitable[Credentia
     return current
 
 
-def fast_client(
-    sdk: Any, session: AioSession, aws: AwsSettings, *, pool: int
-) -> FastS3Client | FastSqsClient:
+def fast_client(sdk: Any, session: AioSession, aws: AwsSettings, *, pool: int) -> FastClient:
     """The fast-path client (:mod:`s3flow.fastpath`) around the aiobotocore client ``sdk``."""
     meta = sdk.meta
-    common: dict[str, Any] = {
-        "region": meta.region_name,
-        "endpoint_url": meta.endpoint_url,
-        "max_attempts": aws.max_attempts,
-        "connect_timeout_s": aws.connect_timeout_s,
-        "read_timeout_s": aws.read_timeout_s,
-        "pool": pool,
-    }
+    conn = Connection(
+        endpoint_url=meta.endpoint_url,
+        region=meta.region_name,
+        max_attempts=aws.max_attempts,
+        connect_timeout_s=aws.connect_timeout_s,
+        read_timeout_s=aws.read_timeout_s,
+        pool=pool,
+    )
     credentials = session_credentials(session)
     if meta.service_model.service_name == "sqs":
-        return FastSqsClient(sdk, credentials, **common)
+        return FastSqsClient(sdk, credentials, conn)
     return FastS3Client(
         sdk,
         credentials,
+        conn,
         path_style=(meta.config.s3 or {}).get("addressing_style") == "path",
         checksum_crc32=meta.config.request_checksum_calculation == "when_supported",
-        **common,
     )
 
 

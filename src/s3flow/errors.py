@@ -152,27 +152,31 @@ class ProcessorError(RetryableError):
 
 # --- botocore translation ----------------------------------------------------
 
-_THROTTLING = {
-    "Throttling",
-    "ThrottlingException",
-    "ThrottledException",
-    "RequestThrottledException",
-    "TooManyRequestsException",
-    "ProvisionedThroughputExceededException",
-    "TransactionInProgressException",
-    "RequestLimitExceeded",
-    "BandwidthLimitExceeded",
-    "LimitExceededException",
-    "RequestThrottled",
-    "SlowDown",
-    "EC2ThrottledException",
-    "PriorBatchNotFinished",
-    "RequestTimeout",
-    "RequestTimeoutException",
-    "InternalError",
-    "ServiceUnavailable",
-    "InternalFailure",
-}
+#: Error codes worth another try (botocore's standard retry mode retries these too).
+RETRYABLE_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "EC2ThrottledException",
+        "PriorBatchNotFinished",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "PriorRequestNotComplete",
+    }
+)
 _MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 
 
@@ -194,7 +198,7 @@ def translate_aws_error(exc: BaseException, operation: str) -> S3flowError:
             return OutputUnavailableError(
                 f"{text} (the bucket does not exist: create it or run `s3flow provision`)"
             )
-        if code in _THROTTLING or status >= 500 or status == 429:
+        if code in RETRYABLE_CODES or status >= 500 or status == 429:
             return AwsError(text, code=code, operation=operation)
         return AwsPermanentError(text, code=code, operation=operation)
     # Connection errors, read timeouts, endpoint unreachable: transient.

@@ -8,5 +8,13 @@ clients :func:`s3flow.aws.open_clients` builds, when ``[aws] fast_path`` is on.
 from s3flow.fastpath.s3 import FastS3Client
 from s3flow.fastpath.signing import Credentials, SigV4Signer
 from s3flow.fastpath.sqs import FastSqsClient
+from s3flow.fastpath.transport import Connection, FastClient
 
-__all__ = ["Credentials", "FastS3Client", "FastSqsClient", "SigV4Signer"]
+__all__ = [
+    "Connection",
+    "Credentials",
+    "FastClient",
+    "FastS3Client",
+    "FastSqsClient",
+    "SigV4Signer",
+]

@@ -34,14 +34,13 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 from xml.etree import ElementTree
 
 from aiobotocore.response import AioStreamingBody
 
-from s3flow.closing import AsyncClosing
 from s3flow.fastpath.signing import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials
-from s3flow.fastpath.transport import Request, SignedTransport, metadata
+from s3flow.fastpath.transport import Connection, FastClient, Request, metadata
 
 # The parameters each fast call handles; a call with any other goes to the SDK.
 GET_PARAMS = frozenset({"Bucket", "Key", "VersionId", "Range"})
@@ -159,7 +158,7 @@ def object_location(host: str, bucket: str, key: str, *, path_style: bool) -> tu
     return host, f"/{quote(bucket, safe='~')}/{path}"
 
 
-class FastS3Client(AsyncClosing):
+class FastS3Client(FastClient):
     """An S3 client: GetObject / PutObject / HeadObject served by signed aiohttp requests,
     everything else by the wrapped SDK client (see the module docstring).
 
@@ -167,57 +166,22 @@ class FastS3Client(AsyncClosing):
     ``None`` makes every call go through the SDK (anonymous access).
     """
 
+    service = "s3"
+    read_error = staticmethod(read_error)
+
     def __init__(
         self,
         sdk: Any,
         credentials: Callable[[], Awaitable[Credentials | None]],
+        conn: Connection,
         *,
-        region: str,
-        endpoint_url: str,
         path_style: bool,
-        max_attempts: int,
-        connect_timeout_s: float,
-        read_timeout_s: float,
-        pool: int,
         checksum_crc32: bool = False,
-        backoff_base_s: float = 1.0,
     ) -> None:
-        self._sdk = sdk
-        parts = urlsplit(endpoint_url)
-        scheme = parts.scheme or "https"
-        self._host = parts.netloc
+        super().__init__(sdk, credentials, conn)
         self._path_style = path_style
-        self._payload_hash = scheme != "https"  # over plain HTTP, sign the body
+        self._payload_hash = self._http.scheme != "https"  # over plain HTTP, sign the body
         self._checksum = checksum_crc32
-        self._http = SignedTransport(
-            sdk,
-            credentials,
-            read_error,
-            service="s3",
-            region=region,
-            scheme=scheme,
-            max_attempts=max_attempts,
-            connect_timeout_s=connect_timeout_s,
-            read_timeout_s=read_timeout_s,
-            pool=pool,
-            backoff_base_s=backoff_base_s,
-        )
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sdk, name)
-
-    @property
-    def sdk(self) -> Any:
-        """The wrapped SDK client."""
-        return self._sdk
-
-    @property
-    def fast_calls(self) -> int:
-        """Calls served here (not by the SDK)."""
-        return self._http.calls
-
-    async def close(self) -> None:
-        await self._http.close()
 
     async def get_object(self, **params: Any) -> dict[str, Any]:
         """GetObject; ``Body`` streams (aiobotocore's body class)."""
@@ -288,7 +252,7 @@ class FastS3Client(AsyncClosing):
         body: bytes,
     ) -> Request:
         host, path = object_location(
-            self._host, params["Bucket"], params["Key"], path_style=self._path_style
+            self._http.host, params["Bucket"], params["Key"], path_style=self._path_style
         )
         if method != "PUT":
             payload = EMPTY_SHA256

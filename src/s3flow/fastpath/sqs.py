@@ -15,14 +15,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit
 
-from s3flow.closing import AsyncClosing
-from s3flow.fastpath.signing import Credentials
-from s3flow.fastpath.transport import Request, SignedTransport, metadata
+from s3flow.fastpath.transport import FastClient, Request, metadata
 
 #: The calls served here (botocore's method name -> the API's operation name).
 OPERATIONS = {
@@ -76,56 +73,12 @@ def decode_binary_attributes(output: dict[str, Any]) -> dict[str, Any]:
     return output
 
 
-class FastSqsClient(AsyncClosing):
+class FastSqsClient(FastClient):
     """An SQS client: the calls in :data:`OPERATIONS` served by signed aiohttp requests,
     everything else by the wrapped SDK client."""
 
-    def __init__(
-        self,
-        sdk: Any,
-        credentials: Callable[[], Awaitable[Credentials | None]],
-        *,
-        region: str,
-        endpoint_url: str,
-        max_attempts: int,
-        connect_timeout_s: float,
-        read_timeout_s: float,
-        pool: int,
-        backoff_base_s: float = 1.0,
-    ) -> None:
-        self._sdk = sdk
-        parts = urlsplit(endpoint_url)
-        self._host = parts.netloc
-        self._path = parts.path or "/"
-        self._http = SignedTransport(
-            sdk,
-            credentials,
-            read_error,
-            service="sqs",
-            region=region,
-            scheme=parts.scheme or "https",
-            max_attempts=max_attempts,
-            connect_timeout_s=connect_timeout_s,
-            read_timeout_s=read_timeout_s,
-            pool=pool,
-            backoff_base_s=backoff_base_s,
-        )
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sdk, name)
-
-    @property
-    def sdk(self) -> Any:
-        """The wrapped SDK client."""
-        return self._sdk
-
-    @property
-    def fast_calls(self) -> int:
-        """Calls served here (not by the SDK)."""
-        return self._http.calls
-
-    async def close(self) -> None:
-        await self._http.close()
+    service = "sqs"
+    read_error = staticmethod(read_error)
 
     async def receive_message(self, **params: Any) -> dict[str, Any]:
         """ReceiveMessage."""
@@ -150,8 +103,8 @@ class FastSqsClient(AsyncClosing):
         request = Request(
             operation,
             "POST",
-            self._host,
-            self._path,
+            self._http.host,
+            self._http.path,
             {},
             headers,
             body,

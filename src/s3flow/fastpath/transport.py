@@ -12,14 +12,15 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import quote
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
 from yarl import URL
 
 from s3flow.closing import AsyncClosing
+from s3flow.errors import RETRYABLE_CODES
 from s3flow.fastpath.signing import Credentials, SigV4Signer
 
 #: ``(status, headers, body) -> (botocore's "Error" dict, the code naming the exception
@@ -28,30 +29,22 @@ ErrorReader = Callable[[int, Mapping[str, str], bytes], tuple[dict[str, str], st
 
 # botocore's standard retry mode: what is retried besides connection errors.
 RETRY_STATUSES = frozenset({500, 502, 503, 504, 429})
-RETRY_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "ProvisionedThroughputExceededException",
-        "TransactionInProgressException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "LimitExceededException",
-        "RequestThrottled",
-        "SlowDown",
-        "PriorRequestNotComplete",
-        "EC2ThrottledException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "InternalError",
-    }
-)
 # Answers that mean "ask again elsewhere": the SDK follows them (region redirects).
 REDIRECT_STATUSES = frozenset({301, 307})
 REDIRECT_CODES = frozenset({"AuthorizationHeaderMalformed", "PermanentRedirect"})
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """Where and how a fast client talks: endpoint, region, retries, timeouts, pool size."""
+
+    endpoint_url: str
+    region: str
+    max_attempts: int  # retries after the first try, as botocore's retries.max_attempts
+    connect_timeout_s: float
+    read_timeout_s: float
+    pool: int
+    backoff_base_s: float = 1.0  # botocore's standard back-off base
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,26 +73,25 @@ class SignedTransport(AsyncClosing):
         sdk: Any,
         credentials: Callable[[], Awaitable[Credentials | None]],
         read_error: ErrorReader,
+        conn: Connection,
         *,
         service: str,
-        region: str,
-        scheme: str,
-        max_attempts: int,
-        connect_timeout_s: float,
-        read_timeout_s: float,
-        pool: int,
-        backoff_base_s: float = 1.0,
     ) -> None:
         self._sdk = sdk
         self._credentials = credentials
         self._read_error = read_error
-        self._signer = SigV4Signer(region, service)
-        self.scheme = scheme
-        self._retries = max_attempts
-        self._backoff_base_s = backoff_base_s
+        self._signer = SigV4Signer(conn.region, service)
+        parts = urlsplit(conn.endpoint_url)
+        self.scheme = parts.scheme or "https"
+        self.host = parts.netloc
+        self.path = parts.path or "/"
+        self._retries = conn.max_attempts
+        self._backoff_base_s = conn.backoff_base_s
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(pool, 10)),
-            timeout=aiohttp.ClientTimeout(connect=connect_timeout_s, sock_read=read_timeout_s),
+            connector=aiohttp.TCPConnector(limit=max(conn.pool, 10)),
+            timeout=aiohttp.ClientTimeout(
+                connect=conn.connect_timeout_s, sock_read=conn.read_timeout_s
+            ),
             auto_decompress=False,  # Content-Encoding belongs to the object, not the transfer
             skip_auto_headers=("User-Agent", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),  # AWS sets no cookies worth keeping
@@ -149,7 +141,7 @@ class SignedTransport(AsyncClosing):
                 codes = {error["Code"], class_code}
                 if resp.status in REDIRECT_STATUSES or codes & REDIRECT_CODES:
                     return None
-                retryable = resp.status in RETRY_STATUSES or bool(codes & RETRY_CODES)
+                retryable = resp.status in RETRY_STATUSES or bool(codes & RETRYABLE_CODES)
                 if not retryable or attempt >= self._retries:
                     raise self._client_error(resp, error, class_code, req.operation, attempt)
             attempt += 1
@@ -167,6 +159,48 @@ class SignedTransport(AsyncClosing):
         error_class = self._sdk.exceptions.from_code(class_code)
         exc: Exception = error_class(response, operation)
         return exc
+
+
+class FastClient(AsyncClosing):
+    """A fast-path client: wraps an SDK client and serves a few of its calls itself.
+
+    Anything not defined on the subclass is the SDK client's (``__getattr__``),
+    so callers use it as they would the SDK client.
+    """
+
+    service: ClassVar[str]
+
+    @staticmethod
+    def read_error(
+        status: int, headers: Mapping[str, str], body: bytes
+    ) -> tuple[dict[str, str], str]:
+        """botocore's ``Error`` dict of an error response, and the code naming its class."""
+        raise NotImplementedError
+
+    def __init__(
+        self,
+        sdk: Any,
+        credentials: Callable[[], Awaitable[Credentials | None]],
+        conn: Connection,
+    ) -> None:
+        self._sdk = sdk
+        self._http = SignedTransport(sdk, credentials, self.read_error, conn, service=self.service)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sdk, name)
+
+    @property
+    def sdk(self) -> Any:
+        """The wrapped SDK client."""
+        return self._sdk
+
+    @property
+    def fast_calls(self) -> int:
+        """Calls served here (not by the SDK)."""
+        return self._http.calls
+
+    async def close(self) -> None:
+        await self._http.close()
 
 
 def metadata(resp: aiohttp.ClientResponse, attempts: int = 0) -> dict[str, Any]:

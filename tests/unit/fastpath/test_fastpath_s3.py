@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from s3flow.fastpath.s3 import FastS3Client, error_code, object_location, response_fields
 from s3flow.fastpath.signing import EMPTY_SHA256, Credentials, SigV4Signer
+from s3flow.fastpath.transport import Connection
 
 # AWS's example: https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-header-based-auth.html
 DOC_CREDS = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
@@ -219,19 +220,12 @@ async def _creds() -> Credentials | None:
     return Credentials("AK", "SK")
 
 
+def _conn(url: str, retries: int = 3) -> Connection:
+    return Connection(url, "us-east-1", retries, 2, 2, 4, backoff_base_s=0.001)
+
+
 def _client(sdk: Any, url: str, *, retries: int = 3) -> FastS3Client:
-    return FastS3Client(
-        sdk,
-        _creds,
-        region="us-east-1",
-        endpoint_url=url,
-        path_style=True,
-        max_attempts=retries,
-        connect_timeout_s=2,
-        read_timeout_s=2,
-        pool=4,
-        backoff_base_s=0.001,
-    )
+    return FastS3Client(sdk, _creds, _conn(url, retries), path_style=True)
 
 
 async def test_throttling_and_5xx_are_retried(server: tuple[str, list[str]]) -> None:
@@ -310,17 +304,7 @@ async def test_without_credentials_every_call_goes_to_the_sdk(
 ) -> None:
     url, seen = server
     sdk = _RecordingSdk()
-    s3 = FastS3Client(
-        sdk,
-        _no_credentials,
-        region="us-east-1",
-        endpoint_url=url,
-        path_style=True,
-        max_attempts=0,
-        connect_timeout_s=1,
-        read_timeout_s=1,
-        pool=1,
-    )
+    s3 = FastS3Client(sdk, _no_credentials, _conn(url), path_style=True)
     async with s3:
         assert await s3.get_object(Bucket="b", Key="k") == {"via": "sdk"}
     assert seen == [] and s3.fast_calls == 0
