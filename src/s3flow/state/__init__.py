@@ -17,6 +17,7 @@ from pathlib import Path
 
 from s3flow.errors import ConfigError
 from s3flow.settings import AwsSettings
+from s3flow.state import records
 from s3flow.state.base import MaintenanceStore, StateStore
 from s3flow.state.dynamodb import DynamoStateStore
 from s3flow.state.jobs import (
@@ -36,49 +37,15 @@ from s3flow.state.jobs import (
     job_to_json,
 )
 from s3flow.state.lifecycle import DEFAULT_RETENTION_DAYS, retention_seconds
-from s3flow.state.records import (
-    ALLOWED,
-    FILE_STATUS_OF,
-    MANIFEST_ALLOWED,
-    TERMINAL_FILE_STATUSES,
-    Claim,
-    ClaimOutcome,
-    FileRecord,
-    FileStatus,
-    HistoryEntry,
-    LockLostError,
-    ManifestFile,
-    ManifestFileStatus,
-    ManifestRecord,
-    ManifestStatus,
-    ObjectId,
-    PendingSummary,
-    PruneReport,
-    RecountReport,
-    StateError,
-    TrackedFile,
-    TransitionError,
-    UnknownManifestError,
-    check_manifest_transition,
-    check_transition,
-)
+from s3flow.state.records import *  # noqa: F403 (its __all__: records, statuses, errors)
 from s3flow.state.sqlite import SqliteStateStore
 from s3flow.state.sqlite.retention import PRUNE_EVERY_S
 
 __all__ = [
-    "ALLOWED",
-    "FILE_STATUS_OF",
-    "MANIFEST_ALLOWED",
     "TERMINAL_EVENTS",
-    "TERMINAL_FILE_STATUSES",
     "TERMINAL_STATUSES",
-    "Claim",
-    "ClaimOutcome",
     "DynamoStateStore",
     "EventType",
-    "FileRecord",
-    "FileStatus",
-    "HistoryEntry",
     "JobEvent",
     "JobFile",
     "JobOutput",
@@ -86,31 +53,18 @@ __all__ = [
     "JobStatus",
     "JobStep",
     "JobStore",
-    "LockLostError",
     "MaintenanceStore",
-    "ManifestFile",
-    "ManifestFileStatus",
-    "ManifestRecord",
-    "ManifestStatus",
-    "ObjectId",
-    "PendingSummary",
-    "PruneReport",
-    "RecountReport",
     "SqliteStateStore",
-    "StateError",
     "StateStore",
     "StepStatus",
-    "TrackedFile",
-    "TransitionError",
-    "UnknownManifestError",
     "apply_event",
-    "check_manifest_transition",
-    "check_transition",
     "job_from_json",
     "job_to_json",
     "open_state_store",
     "sqlite_path",
 ]
+# ... and every name of the records module (statuses, transition tables, records, errors).
+__all__ += records.__all__
 
 _USAGE = "use 'sqlite:PATH', 'sqlite:///abs/path.db', a path ending in .db/.sqlite or 'dynamodb://PREFIX'"
 

@@ -8,6 +8,34 @@ from dataclasses import asdict, dataclass, field
 
 from s3flow.errors import S3flowError
 
+#: Every public name (what :mod:`s3flow.state` re-exports).
+__all__ = [
+    "ALLOWED",
+    "FILE_STATUS_OF",
+    "MANIFEST_ALLOWED",
+    "TERMINAL_FILE_STATUSES",
+    "Claim",
+    "ClaimOutcome",
+    "FileRecord",
+    "FileStatus",
+    "HistoryEntry",
+    "LockLostError",
+    "ManifestFile",
+    "ManifestFileStatus",
+    "ManifestRecord",
+    "ManifestStatus",
+    "ObjectId",
+    "PendingSummary",
+    "PruneReport",
+    "RecountReport",
+    "StateError",
+    "TrackedFile",
+    "TransitionError",
+    "UnknownManifestError",
+    "check_manifest_transition",
+    "check_transition",
+]
+
 
 class StateError(S3flowError):
     """The state store failed or refused an operation."""
