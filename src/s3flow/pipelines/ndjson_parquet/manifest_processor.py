@@ -31,7 +31,7 @@ import logging
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, NonNegativeInt, PositiveFloat, field_validator
 
 from s3flow.errors import ConfigError, CorruptDataError, InvalidInputError
 from s3flow.events import content_part
@@ -44,11 +44,10 @@ from s3flow.pipelines.ndjson_parquet.manifests import (
     is_manifest_key,
 )
 from s3flow.processors.base import (
-    BaseProcessor,
+    OptionsProcessor,
     PipelineContext,
     ProcessContext,
     Result,
-    parse_options,
 )
 from s3flow.settings import ByteRangeChecked, PipelineSettings, Regex
 from s3flow.state.base import StateStore
@@ -70,7 +69,7 @@ class NdjsonManifestOptions(ByteRangeChecked):
         default=None,
         description="Dataset name in manifests and their keys (default: the pipeline name).",
     )
-    min_bytes: int = Field(default=100_000, ge=0, description="Smallest valid file (bytes).")
+    min_bytes: NonNegativeInt = Field(default=100_000, description="Smallest valid file (bytes).")
     max_bytes: int = Field(default=20_000_000, ge=1, description="Largest valid file (bytes).")
     date_source: Literal["key", "field"] = Field(
         default="key", description="Where a file's date comes from: its key or its first record."
@@ -90,8 +89,8 @@ class NdjsonManifestOptions(ByteRangeChecked):
     manifest_max_bytes: int = Field(
         default=700_000_000, ge=1, description="Seal when pending files reach this many bytes."
     )
-    manifest_max_wait_s: float = Field(
-        default=900.0, gt=0, description="Seal when the oldest pending file waited this long."
+    manifest_max_wait_s: PositiveFloat = Field(
+        default=900.0, description="Seal when the oldest pending file waited this long."
     )
     manifest_bucket: str | None = Field(
         default=None, description="Bucket of the manifest JSON objects (default: the source's)."
@@ -104,7 +103,7 @@ class NdjsonManifestOptions(ByteRangeChecked):
         gt=0,
         description="Background sealing period (default min(manifest_max_wait_s / 4, 5)).",
     )
-    lock_ttl_s: float = Field(default=60.0, gt=0, description="TTL of the sealing lock.")
+    lock_ttl_s: PositiveFloat = Field(default=60.0, description="TTL of the sealing lock.")
     seal_on_stop: bool = Field(
         default=False,
         description=(
@@ -124,12 +123,10 @@ class NdjsonManifestOptions(ByteRangeChecked):
         return v
 
 
-class NdjsonManifestProcessor(BaseProcessor):
+class NdjsonManifestProcessor(OptionsProcessor[NdjsonManifestOptions]):
     """Validates NDJSON files, tracks them per date and seals manifests."""
 
     name: ClassVar[str] = "ndjson-manifest"
-    cpu_bound: ClassVar[bool] = False
-    options_model = NdjsonManifestOptions
 
     @classmethod
     async def describe_file(
@@ -160,7 +157,6 @@ class NdjsonManifestProcessor(BaseProcessor):
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
-        self.opts = parse_options(self.name, NdjsonManifestOptions, self.options)
         self.triggers = Triggers(
             max_files=self.opts.manifest_max_files,
             max_bytes=self.opts.manifest_max_bytes,
