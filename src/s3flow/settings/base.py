@@ -50,6 +50,8 @@ SqsSeconds = Annotated[int, Field(le=43200)]
 WaitTime = Annotated[int, Field(ge=0, le=20)]
 #: Receives of a message before it is dead-lettered (SQS maxReceiveCount: 1 to 1000).
 ReceiveCount = Annotated[int, Field(ge=1, le=1000)]
+#: Worker processes of a process pool on this machine: 0 = one per CPU, at most 256.
+ProcessCount = Annotated[int, Field(ge=0, le=256)]
 
 
 class ByteRangeChecked(BaseModel):

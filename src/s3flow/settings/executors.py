@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from s3flow.settings.base import _Model
+from s3flow.settings.base import ProcessCount, _Model
 
 #: Where a processor runs (see docs/routing.md): the worker's event loop, a process pool
 #: on this machine, a ``s3flow run`` subprocess, an ECS task or an AWS Batch job.
@@ -42,9 +42,7 @@ class PoolExecutorSettings(_Model):
     """The ``pool`` executor: a process pool on this machine (one per pipeline, started on
     first use, shut down with the worker)."""
 
-    processes: int = Field(
-        default=0, ge=0, le=256, description="Worker processes; 0 = one per CPU."
-    )
+    processes: ProcessCount = Field(default=0, description="Worker processes; 0 = one per CPU.")
 
 
 class SubprocessExecutorSettings(_Model):

@@ -5,7 +5,16 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    field_validator,
+    model_validator,
+)
 
 from s3flow.errors import ConfigError
 from s3flow.settings import codec_info
@@ -53,7 +62,9 @@ class CsvKafkaOptions(BaseModel):
         description="'single': every row to `partition` (strict order); "
         "'key-hash': by murmur2 hash of the key (order per key).",
     )
-    partition: int = Field(default=0, ge=0, description="The partition of 'single' partitioning.")
+    partition: NonNegativeInt = Field(
+        default=0, description="The partition of 'single' partitioning."
+    )
     # --- producer ------------------------------------------------------------------------
     compression: Literal["lz4", "gzip", "zstd", "snappy", "none"] = Field(
         default="lz4", description="Producer batch compression."
@@ -82,8 +93,8 @@ class CsvKafkaOptions(BaseModel):
     checkpoint_rows: int = Field(
         default=10_000, ge=1, description="Commit a transaction (rows + checkpoint) this often."
     )
-    checkpoint_s: float = Field(
-        default=5.0, gt=0, description="... or after this many seconds, whichever comes first."
+    checkpoint_s: PositiveFloat = Field(
+        default=5.0, description="... or after this many seconds, whichever comes first."
     )
     checkpoint_bytes: int = Field(
         default=4 * 1024 * 1024,
@@ -119,9 +130,8 @@ class CsvKafkaOptions(BaseModel):
             "Compressed or small objects stream as one range. 1 = off."
         ),
     )
-    retry_timeout_s: float = Field(
+    retry_timeout_s: NonNegativeFloat = Field(
         default=120.0,
-        ge=0,
         description="Keep resuming from the last checkpoint after transient Kafka/S3 errors "
         "for this long before giving the object back to the engine.",
     )

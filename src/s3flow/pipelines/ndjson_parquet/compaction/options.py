@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+
+from s3flow.settings import ProcessCount
 
 __all__ = ["CompactionOptions", "parse_options"]
 
@@ -25,12 +27,11 @@ class CompactionOptions(BaseModel):
     compression_level: int | None = Field(
         default=None, description="Codec level (zstd: 1-22); None = the codec's default."
     )
-    parquet_target_mb: float = Field(
-        default=128, gt=0, description="Target size of one Parquet part (approximate)."
+    parquet_target_mb: PositiveFloat = Field(
+        default=128, description="Target size of one Parquet part (approximate)."
     )
-    row_group_mb: float = Field(
+    row_group_mb: PositiveFloat = Field(
         default=128,
-        gt=0,
         description="Arrow (in-memory) bytes gathered per Parquet row group; bounds memory.",
     )
     malformed_lines: Literal["skip", "quarantine", "fail"] = Field(
@@ -40,12 +41,11 @@ class CompactionOptions(BaseModel):
             "the whole file (tagged, left out of the output), or 'fail' the manifest."
         ),
     )
-    processes: int = Field(
-        default=0, ge=0, le=256, description="Worker processes (local); 0 = CPU count."
+    processes: ProcessCount = Field(
+        default=0, description="Worker processes (local); 0 = CPU count."
     )
-    unit_mb: float = Field(
+    unit_mb: PositiveFloat = Field(
         default=64,
-        gt=0,
         description="Large files are parsed in line-aligned pieces of at most this size.",
     )
     spark_master: str = Field(default="local[2]", description="Spark master URL (spark).")
