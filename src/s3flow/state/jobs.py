@@ -66,11 +66,21 @@ class EventType(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
-        """True for the events that end a job (and its stream)."""
-        return self in TERMINAL_EVENTS
+        """True for the events that end a job (and its stream): those setting a terminal status."""
+        status = _STATUS_AFTER.get(self)
+        return status is not None and status.terminal
 
 
-TERMINAL_EVENTS = frozenset({EventType.JOB_COMPLETED, EventType.JOB_FAILED, EventType.JOB_EXPIRED})
+#: The status an event moves a job to (when its rank is not below the job's: see
+#: :func:`apply_event`); the other events leave it.
+_STATUS_AFTER: dict[EventType, JobStatus] = {
+    EventType.JOB_QUEUED: JobStatus.QUEUED,
+    EventType.STEP_STARTED: JobStatus.RUNNING,
+    EventType.JOB_COMPLETED: JobStatus.COMPLETED,
+    EventType.JOB_FAILED: JobStatus.FAILED,
+    EventType.JOB_EXPIRED: JobStatus.EXPIRED,
+}
+TERMINAL_EVENTS = frozenset(e for e in EventType if e.terminal)
 
 
 class StepStatus(enum.StrEnum):
@@ -157,6 +167,11 @@ class JobEvent:
     at: float
 
 
+def _progress(data: dict[str, Any]) -> dict[str, int]:
+    """The counters (``*_done``, ``*_total``) a step event's ``data`` reports."""
+    return {k: int(v) for k, v in data.items() if k.endswith("_done") or k.endswith("_total")}
+
+
 def apply_event(job: JobRecord, type_: EventType, data: dict[str, Any], at: float) -> JobRecord:
     """``job`` after ``type_``; pure, used by every backend inside the append.
 
@@ -178,41 +193,30 @@ def apply_event(job: JobRecord, type_: EventType, data: dict[str, Any], at: floa
             steps[index] = replace(steps[index], **changes)
 
     files = list(job.files)
-    new_status = job.status
+    new_status = status(_STATUS_AFTER[type_]) if type_ in _STATUS_AFTER else job.status
     outputs = job.outputs
     error = job.error
     if type_ is EventType.FILE_RECEIVED:
         i = data.get("index")
         if isinstance(i, int) and 0 <= i < len(files):
             files[i] = replace(files[i], received=True)
-    elif type_ is EventType.JOB_QUEUED:
-        new_status = status(JobStatus.QUEUED)
     elif type_ is EventType.STEP_STARTED:
-        new_status = status(JobStatus.RUNNING)
         set_step(data.get("step"), status=StepStatus.RUNNING)
     elif type_ is EventType.STEP_PROGRESS:
-        progress = {
-            k: int(v) for k, v in data.items() if k.endswith("_done") or k.endswith("_total")
-        }
-        set_step(data.get("step"), progress=progress)
+        set_step(data.get("step"), progress=_progress(data))
     elif type_ is EventType.STEP_COMPLETED:
-        progress = {
-            k: int(v) for k, v in data.items() if k.endswith("_done") or k.endswith("_total")
-        }
+        progress = _progress(data)
         set_step(
             data.get("step"),
             status=StepStatus.COMPLETED,
             **({"progress": progress} if progress else {}),
         )
     elif type_ is EventType.JOB_COMPLETED:
-        new_status = status(JobStatus.COMPLETED)
         outputs = tuple(JobOutput.from_json(o) for o in data.get("outputs", []))
     elif type_ is EventType.JOB_FAILED:
-        new_status = status(JobStatus.FAILED)
         error = str(data.get("error") or "the job failed")
         set_step(data.get("step"), status=StepStatus.FAILED)
     elif type_ is EventType.JOB_EXPIRED:
-        new_status = status(JobStatus.EXPIRED)
         error = str(data.get("error") or "the job expired")
     return replace(
         job,
