@@ -192,6 +192,14 @@ class BatchExecutorSettings(_ContainerChecks):
     stop_on_shutdown: bool = _stop_field("job")
 
 
+def _container_section(executor: str) -> Any:
+    """The optional section of a container executor: unset until a route uses it."""
+    return Field(
+        default=None,
+        description=f"[pipelines.executors.{executor}]: needed by executor = '{executor}'.",
+    )
+
+
 class ExecutorsSettings(_Model):
     """Settings of each executor a pipeline's routes may use (``[pipelines.executors.*]``)."""
 
@@ -202,9 +210,5 @@ class ExecutorsSettings(_Model):
         default_factory=SubprocessExecutorSettings,
         description="[pipelines.executors.subprocess]",
     )
-    ecs: EcsExecutorSettings | None = Field(
-        default=None, description="[pipelines.executors.ecs]: needed by executor = 'ecs'."
-    )
-    batch: BatchExecutorSettings | None = Field(
-        default=None, description="[pipelines.executors.batch]: needed by executor = 'batch'."
-    )
+    ecs: EcsExecutorSettings | None = _container_section("ecs")
+    batch: BatchExecutorSettings | None = _container_section("batch")
