@@ -296,3 +296,29 @@ def test_a_claim_ttl_shorter_than_the_visibility_timeout_is_refused() -> None:
         load_settings(None, data)
     assert load_settings(None, {**data, "state": {"claim_ttl_s": 90}}).state.claim_ttl_s == 90
     assert load_settings(None, {**data, "state": {"claim_ttl_s": 0}}).state.claim_ttl_s == 0
+
+
+@pytest.mark.parametrize(
+    ("executors", "message"),
+    [
+        ({"pool": {"processes": -1}}, "greater than or equal to 0"),
+        ({"pool": {"processes": 257}}, "less than or equal to 256"),
+    ],
+)
+def test_pool_processes_bounds(executors: dict[str, object], message: str) -> None:
+    from pydantic import ValidationError
+
+    base = {"name": "p", "bucket": "b", "queue": "q", "output": "/tmp/out"}
+    with pytest.raises(ValidationError, match=f"(?s)executors.pool.processes.*{message}"):
+        PipelineSettings.model_validate({**base, "executors": executors})
+
+
+def test_container_executor_sections_are_optional_and_documented() -> None:
+    from s3flow.settings import ExecutorsSettings
+
+    fields = ExecutorsSettings.model_fields
+    for name in ("ecs", "batch"):
+        assert ExecutorsSettings().model_dump()[name] is None
+        assert fields[name].description == (
+            f"[pipelines.executors.{name}]: needed by executor = '{name}'."
+        )

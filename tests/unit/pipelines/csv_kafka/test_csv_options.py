@@ -29,6 +29,9 @@ def test_defaults() -> None:
         ({"topic": "t", "header": False, "key_column": "id"}, "needs column names"),
         ({"topic": "t", "bad_rows": "ignore"}, "bad_rows: "),
         ({"topic": "t", "compression": "brotli"}, "compression: "),
+        ({"topic": "t", "partition": -1}, "partition: Input should be greater than or equal to 0"),
+        ({"topic": "t", "checkpoint_s": 0}, "checkpoint_s: Input should be greater than 0"),
+        ({"topic": "t", "retry_timeout_s": -1}, "retry_timeout_s: .* greater than or equal to 0"),
     ],
 )
 def test_invalid_options_name_the_key(options: dict[str, object], message: str) -> None:

@@ -215,6 +215,21 @@ def test_options_unknown_key_and_bad_value() -> None:
     assert opts.parquet_target_mb == 128
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"processes": -1}, "processes: Input should be greater than or equal to 0"),
+        ({"processes": 257}, "processes: Input should be less than or equal to 256"),
+        ({"parquet_target_mb": 0}, "parquet_target_mb: Input should be greater than 0"),
+        ({"row_group_mb": -1}, "row_group_mb: Input should be greater than 0"),
+        ({"unit_mb": 0}, "unit_mb: Input should be greater than 0"),
+    ],
+)
+def test_options_out_of_bounds_name_the_key(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_options(options)
+
+
 def test_plan_parts() -> None:
     units = [UnitRef(i, 0, 10, 100, None) for i in range(10)] + [UnitRef(10, 0, 0, 5, None)]
     assert plan_parts(units, 1000, None) == [units[:10]]

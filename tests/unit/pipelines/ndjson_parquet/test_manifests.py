@@ -213,3 +213,17 @@ def test_a_date_pattern_that_is_not_a_regex_is_refused_with_the_reason() -> None
 
     with pytest.raises(ValidationError, match=r"(?s)date_pattern.*not a valid regular expression"):
         NdjsonManifestOptions(dataset="events", date_pattern="(")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_bytes": -1}, "min_bytes: Input should be greater than or equal to 0"),
+        ({"manifest_max_wait_s": 0}, "manifest_max_wait_s: Input should be greater than 0"),
+        ({"lock_ttl_s": 0}, "lock_ttl_s: Input should be greater than 0"),
+        ({"min_bytes": 10, "max_bytes": 5}, "max_bytes must be >= min_bytes"),
+    ],
+)
+def test_out_of_bounds_options_name_the_key(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        NdjsonManifestProcessor(options)
