@@ -1,13 +1,29 @@
 """``async with`` for objects whose only exit work is ``await close()``: :class:`AsyncClosing`.
 
 :class:`AsyncExit` is the same for an object whose ``close()`` is not a coroutine
-and whose async exit work is ``aclose()``.
+and whose async exit work is ``aclose()``. :func:`cancel_and_wait` stops a background
+task on the way out.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
+
+
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` and wait until it has ended (None: nothing to do).
+
+    The task's own :class:`asyncio.CancelledError` is swallowed; any other exception
+    it ends with is raised here.
+    """
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class AsyncExit:

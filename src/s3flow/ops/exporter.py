@@ -30,6 +30,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from s3flow.closing import cancel_and_wait
 from s3flow.metrics import PROCESSING_BUCKETS_S, WorkerMetrics
 from s3flow.state.base import StateStore
 
@@ -164,10 +165,7 @@ class MetricsServer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._sampler is not None:
-            self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sampler
+        await cancel_and_wait(self._sampler)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

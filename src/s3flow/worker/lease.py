@@ -16,13 +16,13 @@ messages become visible again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from s3flow.closing import cancel_and_wait
 from s3flow.metrics import PipelineMetrics
 from s3flow.worker.acks import AckBatcher
 from s3flow.worker.outcomes import SQS_MAX_VISIBILITY_S
@@ -65,11 +65,8 @@ class LeaseKeeper:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def track(self, message_id: str, receipt_handle: str, received_at: float) -> None:
         """Start heartbeating a message received at ``received_at`` (time.monotonic())."""
