@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -56,6 +57,26 @@ from s3flow.state.records import (
 
 log = logging.getLogger(__name__)
 _MOVE_PARALLEL = 16  # concurrent conditional file moves while sealing
+#: The attribute each ``#name`` of this module's expressions stands for.
+_ATTRIBUTES = {
+    "#dt": "detail",
+    "#ex": "expires_at",
+    "#fa": "fenced_at",
+    "#loc": "location",
+    "#mid": "manifest_id",
+    "#o": "owner",
+    "#pds": "pending_ds",
+    "#psk": "pending_sk",
+    "#rev": "rev",
+    "#st": "status",
+    "#t": "token",
+    "#up": "updated_at",
+}
+
+
+def _names(*expressions: str) -> dict[str, str]:
+    """The ExpressionAttributeNames of ``expressions``: each ``#name`` they use, no other."""
+    return {n: _ATTRIBUTES[n] for e in expressions for n in re.findall(r"#\w+", e)}
 
 
 async def _bounded(n: int, coros: list[Any]) -> list[Any]:
@@ -87,17 +108,15 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
     async def _pending_items(self, dataset: str, date: str | None) -> list[TrackedFile]:
         values: Item = {":ds": {"S": dataset}}
         cond = "#pds = :ds"
-        names = {"#pds": "pending_ds"}
         if date is not None:
             cond += " AND begins_with(#psk, :d)"
-            names["#psk"] = "pending_sk"
             values[":d"] = {"S": date + "#"}
         items = await self._items(
             "Query",
             self.manifests_table,
             IndexName=PENDING_INDEX,
             KeyConditionExpression=cond,
-            ExpressionAttributeNames=names,
+            ExpressionAttributeNames=_names(cond),
             ExpressionAttributeValues=values,
         )
         # The index may lag the table: keep what is (still) pending.
@@ -146,40 +165,23 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
         return (None, 0) if item is None else decode_manifest(item)
 
     async def _fence(self, lock: str, owner: str, token: int) -> None:
-        fenced = await self._update_if(
+        fenced = await self._update_where(
             self.meta_table,
             {"pk": {"S": f"lock#{lock}"}},
-            UpdateExpression="SET #fa = :now",
-            ConditionExpression="#o = :o AND #t = :t AND #ex > :now",
-            ExpressionAttributeNames={
-                "#o": "owner",
-                "#t": "token",
-                "#ex": "expires_at",
-                "#fa": "fenced_at",
-            },
-            ExpressionAttributeValues={
-                ":o": {"S": owner},
-                ":t": {"N": str(token)},
-                ":now": {"N": num(self._clock())},
-            },
+            "SET #fa = :now",
+            "#o = :o AND #t = :t AND #ex > :now",
+            {":o": {"S": owner}, ":t": {"N": str(token)}, ":now": {"N": num(self._clock())}},
         )
         if fenced is None:
             raise LockLostError(f"lock {lock!r} is no longer held by {owner} with token {token}")
 
     async def _move_file(self, m: ManifestRecord, f: ManifestFile, now: float) -> bool:
-        moved = await self._update_if(
+        moved = await self._update_where(
             self.manifests_table,
             tracked_key(m.dataset, m.date, f.id),
-            UpdateExpression="SET #st = :m, #mid = :id, #up = :now REMOVE #pds, #psk",
-            ConditionExpression="#st = :p OR (#st = :m AND #mid = :id)",
-            ExpressionAttributeNames={
-                "#st": "status",
-                "#mid": "manifest_id",
-                "#up": "updated_at",
-                "#pds": "pending_ds",
-                "#psk": "pending_sk",
-            },
-            ExpressionAttributeValues={
+            "SET #st = :m, #mid = :id, #up = :now REMOVE #pds, #psk",
+            "#st = :p OR (#st = :m AND #mid = :id)",
+            {
                 ":m": {"S": ManifestFileStatus.MANIFESTED.value},
                 ":p": {"S": ManifestFileStatus.PENDING.value},
                 ":id": {"S": m.manifest_id},
@@ -187,6 +189,20 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
             },
         )
         return moved is not None
+
+    async def _update_where(
+        self, table: str, key: Item, update: str, condition: str, values: Item, **kwargs: Any
+    ) -> Item | None:
+        """``update`` of ``key`` if ``condition`` holds (see ``_update_if``), with their names."""
+        return await self._update_if(
+            table,
+            key,
+            UpdateExpression=update,
+            ConditionExpression=condition,
+            ExpressionAttributeNames=_names(update, condition),
+            ExpressionAttributeValues=values,
+            **kwargs,
+        )
 
     async def _delete(self, key: Item, **cond: Any) -> bool:
         try:
@@ -253,7 +269,7 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
             await self._delete(
                 manifest_key(base.manifest_id),
                 ConditionExpression="#st = :s",
-                ExpressionAttributeNames={"#st": "status"},
+                ExpressionAttributeNames=_names("#st"),
                 ExpressionAttributeValues={":s": {"S": ManifestStatus.SEALING.value}},
             )
             await self._delete(marker_key(base.dataset, base.manifest_id))
@@ -263,7 +279,7 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
             self.manifests_table,
             encode_manifest(sealed, rev + 1),
             "#st = :s",
-            {"#st": "status"},
+            _names("#st"),
             {":s": {"S": ManifestStatus.SEALING.value}},
         ):
             found, _ = await self._read_manifest(base.manifest_id)
@@ -274,18 +290,12 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
 
     async def mark_published(self, manifest_id: str, location: str) -> ManifestRecord:
         """Record where the sealed manifest's JSON was written; drop its marker."""
-        resp = await self._update_if(
+        resp = await self._update_where(
             self.manifests_table,
             manifest_key(manifest_id),
-            UpdateExpression="SET #loc = :l, #up = :now ADD #rev :one",
-            ConditionExpression="attribute_exists(pk) AND #st <> :s",
-            ExpressionAttributeNames={
-                "#loc": "location",
-                "#st": "status",
-                "#rev": "rev",
-                "#up": "updated_at",
-            },
-            ExpressionAttributeValues={
+            "SET #loc = :l, #up = :now ADD #rev :one",
+            "attribute_exists(pk) AND #st <> :s",
+            {
                 ":l": {"S": location},
                 ":now": {"N": num(self._clock())},
                 ":s": {"S": ManifestStatus.SEALING.value},
@@ -389,7 +399,7 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
                 self.manifests_table,
                 encode_manifest(new, rev + 1, self._manifest_purge(new)),
                 "#rev = :rev",
-                {"#rev": "rev"},
+                _names("#rev"),
                 {":rev": {"N": str(rev)}},
             ):
                 await backoff(attempt)
@@ -432,18 +442,8 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
             values[":d"] = {"S": detail}
         else:
             update += " REMOVE #dt"
-        updated = await self._update_if(
-            self.manifests_table,
-            tracked_key(m.dataset, m.date, f.id),
-            UpdateExpression=update,
-            ConditionExpression="#mid = :id",
-            ExpressionAttributeNames={
-                "#st": "status",
-                "#dt": "detail",
-                "#mid": "manifest_id",
-                "#up": "updated_at",
-            },
-            ExpressionAttributeValues=values,
+        updated = await self._update_where(
+            self.manifests_table, tracked_key(m.dataset, m.date, f.id), update, "#mid = :id", values
         )
         if updated is None:
             log.warning(
