@@ -413,16 +413,21 @@ class ApiCalls:
     """Counts SDK calls per operation (and messages per receive) via botocore events.
 
     Works for boto3 and aiobotocore clients: ``attach(client)`` registers a
-    synchronous ``after-call`` handler.
+    synchronous ``after-call`` handler. Calls an s3flow fast-path client serves
+    itself (``fast_calls_by_operation``) are added at :meth:`report`; its
+    received messages are not seen, so pass ``messages_received`` then.
     """
 
     def __init__(self) -> None:
         self.calls: dict[str, int] = {}
         self.messages_received = 0
+        self._fast: list[Any] = []
 
     def attach(self, client: Any) -> None:
         """Count every call ``client`` makes from now on."""
         client.meta.events.register("after-call", self._after)
+        if hasattr(client, "fast_calls_by_operation"):
+            self._fast.append(client)
 
     def _after(self, model: Any = None, parsed: Any = None, **_: Any) -> None:
         if model is None:
@@ -432,18 +437,22 @@ class ApiCalls:
         if model.name == "ReceiveMessage" and isinstance(parsed, dict):
             self.messages_received += len(parsed.get("Messages") or [])
 
-    def report(self, objects: int) -> dict[str, Any]:
+    def report(self, objects: int, messages_received: int | None = None) -> dict[str, Any]:
         """Calls per operation, per object, and the mean receive batch."""
-        receives = sum(v for k, v in self.calls.items() if k.endswith(".ReceiveMessage"))
-        total = sum(self.calls.values())
+        calls = dict(self.calls)
+        for client in self._fast:
+            service = client.meta.service_model.endpoint_prefix
+            for op, n in client.fast_calls_by_operation.items():
+                calls[f"{service}.{op}"] = calls.get(f"{service}.{op}", 0) + n
+        receives = sum(v for k, v in calls.items() if k.endswith(".ReceiveMessage"))
+        total = sum(calls.values())
+        received = self.messages_received if messages_received is None else messages_received
         return {
-            "calls": dict(sorted(self.calls.items())),
+            "calls": dict(sorted(calls.items())),
             "total": total,
             "per_object": round(total / objects, 2) if objects else None,
             "receive_calls": receives,
-            "messages_per_receive": round(self.messages_received / receives, 2)
-            if receives
-            else None,
+            "messages_per_receive": round(received / receives, 2) if receives else None,
         }
 
 

@@ -261,7 +261,7 @@ def s3flow_consumer(cfg: dict[str, Any]) -> dict[str, Any]:
         "concurrency": settings.pipelines[0].concurrency,
         "metrics": m.as_dict(),
         "stopped": "drained",
-        "api": api.report(m.objects_processed) if api else None,
+        "api": api.report(m.objects_processed, m.messages_received) if api else None,
         "phases": clock.report(),
     }
 
@@ -767,10 +767,10 @@ def notes_for(workload: str, res: dict[str, Any], ceilings: dict[str, Any]) -> l
             held = ph["finished_to_settled"]["mean_ms"]
             slot = ph["received_to_settled"]["mean_ms"]
             notes.append(
-                f"s3flow time per message in a slot: {slot} ms mean, of which "
+                f"s3flow time per message from receive to settled: {slot} ms mean, of which "
                 f"{ph['started_to_finished']['mean_ms']} ms processing (GetObject + PutObject) "
                 f"and {held} ms ({held / slot:.0%}) waiting for the batched delete "
-                "(ack window + DeleteMessageBatch) while still holding the slot"
+                "(ack window + DeleteMessageBatch; the slot is already free by then)"
             )
         api = s.get("api_calls") or {}
         deletes = (api.get("calls") or {}).get("sqs.DeleteMessageBatch")

@@ -137,6 +137,8 @@ async def test_put_head_get_answer_as_the_sdk_does(clients: tuple[AwsClients, Aw
             body
         )
     assert on.s3.fast_calls == len(KEYS) * 5
+    n = len(KEYS)
+    assert on.s3.fast_calls_by_operation == {"PutObject": n, "HeadObject": n, "GetObject": 3 * n}
 
 
 async def test_failures_translate_as_the_sdks_do(clients: tuple[AwsClients, AwsClients]) -> None:

@@ -96,7 +96,7 @@ class SignedTransport(AsyncClosing):
             skip_auto_headers=("User-Agent", "Content-Type"),
             cookie_jar=aiohttp.DummyCookieJar(),  # AWS sets no cookies worth keeping
         )
-        self.calls = 0  # calls answered with 2xx
+        self.calls: dict[str, int] = {}  # operation -> calls answered with 2xx
 
     async def close(self) -> None:
         await self._session.close()
@@ -133,7 +133,7 @@ class SignedTransport(AsyncClosing):
                     raise _connection_error(exc, url) from exc
             else:
                 if 200 <= resp.status < 300:
-                    self.calls += 1
+                    self.calls[req.operation] = self.calls.get(req.operation, 0) + 1
                     return resp
                 body = b"" if req.method == "HEAD" else await resp.read()
                 resp.release()
@@ -197,7 +197,12 @@ class FastClient(AsyncClosing):
     @property
     def fast_calls(self) -> int:
         """Calls served here (not by the SDK)."""
-        return self._http.calls
+        return sum(self._http.calls.values())
+
+    @property
+    def fast_calls_by_operation(self) -> dict[str, int]:
+        """Calls served here, by operation name (``{"GetObject": 12}``)."""
+        return dict(self._http.calls)
 
     async def close(self) -> None:
         await self._http.close()
