@@ -3,6 +3,7 @@ MiniStack; SQS: moto, ElasticMQ, MiniStack — every answer equals the SDK's."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,24 +24,30 @@ KEYS = ["plain.txt", "dir/with space+plus=eq&amp%25~tilde.txt", "ünï/cödé �
 COMPARED = ("ETag", "ContentLength", "ContentType", "Metadata", "VersionId", "LastModified")
 
 
-def _env(values: dict[str, str]) -> Iterator[str]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield values["AWS_ENDPOINT_URL_S3"]
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _need_java() -> None:
     if not (java_available() and maven_available()):
         if os.environ.get("CI"):
             pytest.fail("ElasticMQ and S3Proxy need Java 17+ and Maven (scripts/install)")
         pytest.skip("needs Java 17+ and Maven")
+
+
+@contextlib.contextmanager
+def _emulator(
+    kind: str, endpoint: LocalEndpoint, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The URL of a running ``kind`` emulator, with the environment its clients need."""
+    if kind == "moto":
+        yield endpoint.url
+    elif kind == "ministack":
+        with ministack_or_skip(tmp_path_factory.mktemp(kind)) as url:
+            yield url
+    else:
+        _need_java()
+        server = S3Proxy() if kind == "s3proxy" else ElasticMQ()
+        with server, pytest.MonkeyPatch.context() as mp:
+            for name, value in client_env().items():
+                mp.setenv(name, value)
+            yield server.url
 
 
 @pytest.fixture(scope="module", params=["moto", "s3proxy", "ministack"])
@@ -49,16 +56,9 @@ def s3_url(
     endpoint: LocalEndpoint,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    """An S3 endpoint URL, with the environment its clients need."""
-    if request.param == "moto":
-        yield endpoint.url
-    elif request.param == "s3proxy":
-        _need_java()
-        with S3Proxy() as server:
-            yield from _env(client_env(s3_url=server.url))
-    else:
-        with ministack_or_skip(tmp_path_factory.mktemp("ministack")) as url:
-            yield url
+    """An S3 endpoint URL."""
+    with _emulator(request.param, endpoint, tmp_path_factory) as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=["moto", "elasticmq", "ministack"])
@@ -67,36 +67,32 @@ def sqs_url(
     endpoint: LocalEndpoint,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    """An SQS endpoint URL, with the environment its clients need."""
-    if request.param == "moto":
-        yield endpoint.url
-    elif request.param == "elasticmq":
-        _need_java()
-        with ElasticMQ() as server:
-            env = client_env(sqs_url=server.url)
-            env["AWS_ENDPOINT_URL_S3"] = server.url  # _env yields this one
-            yield from _env(env)
-    else:
-        with ministack_or_skip(tmp_path_factory.mktemp("ministack-sqs")) as url:
-            yield url
+    """An SQS endpoint URL."""
+    with _emulator(request.param, endpoint, tmp_path_factory) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def _on_and_off(url: str) -> AsyncIterator[tuple[AwsClients, AwsClients]]:
+    """(fast path on, fast path off) clients of the same endpoint."""
+    fast = AwsSettings(endpoint_url_s3=url, endpoint_url_sqs=url)
+    slow = fast.model_copy(update={"fast_path": False})
+    async with open_clients(fast) as on, open_clients(slow) as off:
+        yield on, off
 
 
 @pytest.fixture
 async def clients(s3_url: str) -> AsyncIterator[tuple[AwsClients, AwsClients]]:
-    """(fast path on, fast path off) on the same endpoint."""
-    fast = AwsSettings(endpoint_url_s3=s3_url, endpoint_url_sqs=s3_url)
-    slow = fast.model_copy(update={"fast_path": False})
-    async with open_clients(fast) as on, open_clients(slow) as off:
+    """S3 with the fast path on and off."""
+    async with _on_and_off(s3_url) as (on, off):
         assert isinstance(on.s3, FastS3Client) and not isinstance(off.s3, FastS3Client)
         yield on, off
 
 
 @pytest.fixture
 async def queues(sqs_url: str) -> AsyncIterator[tuple[AwsClients, AwsClients]]:
-    """(fast path on, fast path off) SQS on the same endpoint."""
-    fast = AwsSettings(endpoint_url_s3=sqs_url, endpoint_url_sqs=sqs_url)
-    slow = fast.model_copy(update={"fast_path": False})
-    async with open_clients(fast) as on, open_clients(slow) as off:
+    """SQS with the fast path on and off."""
+    async with _on_and_off(sqs_url) as (on, off):
         assert isinstance(on.sqs, FastSqsClient) and not isinstance(off.sqs, FastSqsClient)
         yield on, off
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -41,7 +41,9 @@ CALLS: list[tuple[str, dict[str, Any]]] = [
 
 
 @pytest.mark.parametrize(("method", "params"), CALLS, ids=[c[0] for c in CALLS])
-def test_request_and_signature_equal_botocores(method: str, params: dict[str, Any]) -> None:
+def test_request_and_signature_equal_botocores(
+    method: str, params: dict[str, Any], botocore_request: Callable[..., Any]
+) -> None:
     client = boto3.client(
         "sqs",
         region_name="eu-west-1",
@@ -49,28 +51,12 @@ def test_request_and_signature_equal_botocores(method: str, params: dict[str, An
         aws_access_key_id="AK",
         aws_secret_access_key="SK",
     )
-    captured: list[Any] = []
-
-    class Sent(Exception):
-        pass
-
-    def grab(request: Any, **_: Any) -> None:
-        captured.append(request)
-        raise Sent
-
-    client.meta.events.register("before-send.sqs", grab)
-    with pytest.raises(Sent):
-        getattr(client, method)(**params)
-    sent = captured[0]
-    headers = {
-        k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in sent.headers.items()
-    }
+    sent, headers, when = botocore_request(client, lambda c: getattr(c, method)(**params))
     body = json.dumps(params).encode()
     assert sent.body == body
     assert sent.url == "http://127.0.0.1:9/" and sent.method == "POST"
     ours = {**_HEADERS, "x-amz-target": f"AmazonSQS.{OPERATIONS[method]}"}
     assert {k: headers[k] for k in ours} == ours
-    when = datetime.strptime(headers["x-amz-date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     signed = SigV4Signer("eu-west-1", "sqs").sign(
         "POST",
         "127.0.0.1:9",
