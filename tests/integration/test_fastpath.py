@@ -50,26 +50,23 @@ def _emulator(
             yield server.url
 
 
-@pytest.fixture(scope="module", params=["moto", "s3proxy", "ministack"])
-def s3_url(
+@pytest.fixture(scope="module")
+def emulator_url(
     request: pytest.FixtureRequest,
     endpoint: LocalEndpoint,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    """An S3 endpoint URL."""
+    """The URL of the emulator a test is parametrized with (``S3_EMULATORS``, ...)."""
     with _emulator(request.param, endpoint, tmp_path_factory) as url:
         yield url
 
 
-@pytest.fixture(scope="module", params=["moto", "elasticmq", "ministack"])
-def sqs_url(
-    request: pytest.FixtureRequest,
-    endpoint: LocalEndpoint,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[str]:
-    """An SQS endpoint URL."""
-    with _emulator(request.param, endpoint, tmp_path_factory) as url:
-        yield url
+S3_EMULATORS = pytest.mark.parametrize(
+    "emulator_url", ["moto", "s3proxy", "ministack"], indirect=True
+)
+SQS_EMULATORS = pytest.mark.parametrize(
+    "emulator_url", ["moto", "elasticmq", "ministack"], indirect=True
+)
 
 
 @contextlib.asynccontextmanager
@@ -82,17 +79,17 @@ async def _on_and_off(url: str) -> AsyncIterator[tuple[AwsClients, AwsClients]]:
 
 
 @pytest.fixture
-async def clients(s3_url: str) -> AsyncIterator[tuple[AwsClients, AwsClients]]:
+async def clients(emulator_url: str) -> AsyncIterator[tuple[AwsClients, AwsClients]]:
     """S3 with the fast path on and off."""
-    async with _on_and_off(s3_url) as (on, off):
+    async with _on_and_off(emulator_url) as (on, off):
         assert isinstance(on.s3, FastS3Client) and not isinstance(off.s3, FastS3Client)
         yield on, off
 
 
 @pytest.fixture
-async def queues(sqs_url: str) -> AsyncIterator[tuple[AwsClients, AwsClients]]:
+async def queues(emulator_url: str) -> AsyncIterator[tuple[AwsClients, AwsClients]]:
     """SQS with the fast path on and off."""
-    async with _on_and_off(sqs_url) as (on, off):
+    async with _on_and_off(emulator_url) as (on, off):
         assert isinstance(on.sqs, FastSqsClient) and not isinstance(off.sqs, FastSqsClient)
         yield on, off
 
@@ -101,6 +98,7 @@ def _same(resp: dict[str, Any]) -> dict[str, Any]:
     return {k: resp.get(k) for k in COMPARED}
 
 
+@S3_EMULATORS
 async def test_put_head_get_answer_as_the_sdk_does(clients: tuple[AwsClients, AwsClients]) -> None:
     on, off = clients
     bucket = f"fast-{uuid.uuid4().hex[:12]}"
@@ -137,6 +135,7 @@ async def test_put_head_get_answer_as_the_sdk_does(clients: tuple[AwsClients, Aw
     assert on.s3.fast_calls_by_operation == {"PutObject": n, "HeadObject": n, "GetObject": 3 * n}
 
 
+@S3_EMULATORS
 async def test_failures_translate_as_the_sdks_do(clients: tuple[AwsClients, AwsClients]) -> None:
     on, off = clients
     bucket = f"fast-{uuid.uuid4().hex[:12]}"
@@ -155,10 +154,11 @@ async def test_failures_translate_as_the_sdks_do(clients: tuple[AwsClients, AwsC
     assert fast_error.response["Error"]["Code"] == sdk_error.response["Error"]["Code"]  # type: ignore[attr-defined]
 
 
+@S3_EMULATORS
 async def test_versions_are_read_by_id(
     request: pytest.FixtureRequest, clients: tuple[AwsClients, AwsClients]
 ) -> None:
-    if request.node.callspec.params["s3_url"] == "s3proxy":
+    if request.node.callspec.params["emulator_url"] == "s3proxy":
         pytest.skip("S3Proxy's transient store keeps no versions")
     on, off = clients
     bucket = f"fast-{uuid.uuid4().hex[:12]}"
@@ -180,6 +180,7 @@ async def _error(call: Any) -> Exception:
     raise AssertionError("the call did not fail")
 
 
+@SQS_EMULATORS
 async def test_receive_delete_and_visibility_answer_as_the_sdk_does(
     queues: tuple[AwsClients, AwsClients],
 ) -> None:
@@ -243,6 +244,7 @@ async def test_receive_delete_and_visibility_answer_as_the_sdk_does(
     assert on.sqs.fast_calls >= 4
 
 
+@SQS_EMULATORS
 async def test_a_missing_queue_fails_with_the_sdks_code(
     queues: tuple[AwsClients, AwsClients],
 ) -> None:
