@@ -3,7 +3,9 @@
 Each ``*_COLS`` list is the column order its converters read and write: a
 ``SELECT {COLS}`` row goes to ``file_record`` / ``tracked_file`` /
 ``manifest_record``, and ``file_row`` / ``manifest_row`` give the parameters
-for an ``INSERT ({COLS})``. Lists and dicts are stored as JSON text.
+for an ``INSERT ({COLS})``. Lists and dicts are stored as JSON text. Where the
+columns are the record's fields by name and in order (files, manifests, job
+events), the converters follow the column list itself.
 
 A job is stored whole as ``record`` (:func:`s3flow.state.jobs.job_to_json`, the
 encoding every backend shares) next to the columns it is looked up by
@@ -13,8 +15,11 @@ encoding every backend shares) next to the columns it is looked up by
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+import operator
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from s3flow.state.jobs import EventType, JobEvent, JobRecord, job_to_json
 from s3flow.state.lifecycle import files_from_text, files_to_text
@@ -46,55 +51,44 @@ JOB_COLS = (
 )
 JOB_EVENT_COLS = "job_id, seq, event_id, type, data, at"
 
+T = TypeVar("T")
+#: Converts one column between its stored form and its field's.
+Convert = Callable[[Any], Any]
+
+
+@functools.cache
+def _names(cols: str) -> tuple[str, ...]:
+    """The column names of a ``*_COLS`` list."""
+    return tuple(c.strip() for c in cols.split(","))
+
+
+def _from_row(cls: Callable[..., T], cols: str, r: tuple[Any, ...], **read: Convert) -> T:
+    """A row in ``cols`` order, each column a field of ``cls`` by its name, as a ``cls``.
+
+    ``read`` converts the columns not stored as the field holds them (JSON, enums).
+    """
+    return cls(**{n: read[n](v) if n in read else v for n, v in zip(_names(cols), r, strict=True)})
+
+
+def _to_row(obj: object, cols: str, **write: Convert) -> tuple[Any, ...]:
+    """Inverse of :func:`_from_row`: ``obj``'s fields in ``cols`` order (``write`` converts)."""
+    values = ((n, getattr(obj, n)) for n in _names(cols))
+    return tuple(write[n](v) if n in write else v for n, v in values)
+
+
+_value = operator.attrgetter("value")  # an enum member as stored
+
 
 def file_record(r: tuple[Any, ...]) -> FileRecord:
     """A ``files`` row (``FILE_COLS`` order) as a record."""
-    return FileRecord(
-        r[0],
-        r[1],
-        r[2],
-        r[3],
-        FileStatus(r[4]),
-        r[5],
-        r[6],
-        r[7],
-        r[8],
-        r[9],
-        json.loads(r[10]),
-        r[11],
-        r[12],
-        r[13],
-        r[14],
-        json.loads(r[15]),
-        r[16],
-        r[17],
-        r[18],
+    return _from_row(
+        FileRecord, FILE_COLS, r, status=FileStatus, outputs=json.loads, timestamps=json.loads
     )
 
 
 def file_row(rec: FileRecord) -> tuple[Any, ...]:
     """Inverse of :func:`file_record`."""
-    return (
-        rec.bucket,
-        rec.key,
-        rec.version,
-        rec.pipeline,
-        rec.status.value,
-        rec.size,
-        rec.sequencer,
-        rec.attempts,
-        rec.last_error_class,
-        rec.last_error,
-        json.dumps(rec.outputs),
-        rec.worker_id,
-        rec.claim_owner,
-        rec.claim_expires_at,
-        rec.fencing_token,
-        json.dumps(rec.timestamps),
-        rec.created_at,
-        rec.updated_at,
-        rec.failures,
-    )
+    return _to_row(rec, FILE_COLS, status=_value, outputs=json.dumps, timestamps=json.dumps)
 
 
 def tracked_file(r: tuple[Any, ...]) -> TrackedFile:
@@ -113,40 +107,12 @@ def tracked_file(r: tuple[Any, ...]) -> TrackedFile:
 
 def manifest_record(r: tuple[Any, ...]) -> ManifestRecord:
     """A ``manifests`` row (``MANIFEST_COLS`` order) as a record."""
-    return ManifestRecord(
-        manifest_id=r[0],
-        dataset=r[1],
-        date=r[2],
-        status=ManifestStatus(r[3]),
-        files=files_from_text(r[4]),
-        trigger=r[5],
-        fencing_token=r[6],
-        sealed_by=r[7],
-        created_at=r[8],
-        updated_at=r[9],
-        location=r[10],
-        detail=r[11],
-        attempts=r[12],
-    )
+    return _from_row(ManifestRecord, MANIFEST_COLS, r, status=ManifestStatus, files=files_from_text)
 
 
 def manifest_row(m: ManifestRecord) -> tuple[Any, ...]:
     """Inverse of :func:`manifest_record`."""
-    return (
-        m.manifest_id,
-        m.dataset,
-        m.date,
-        m.status.value,
-        files_to_text(m.files),
-        m.trigger,
-        m.fencing_token,
-        m.sealed_by,
-        m.created_at,
-        m.updated_at,
-        m.location,
-        m.detail,
-        m.attempts,
-    )
+    return _to_row(m, MANIFEST_COLS, status=_value, files=files_to_text)
 
 
 def job_row(job: JobRecord) -> tuple[Any, ...]:
@@ -166,11 +132,4 @@ def job_row(job: JobRecord) -> tuple[Any, ...]:
 
 def job_event(r: tuple[Any, ...]) -> JobEvent:
     """A ``job_events`` row (``JOB_EVENT_COLS`` order) as an event."""
-    return JobEvent(
-        job_id=r[0],
-        seq=r[1],
-        event_id=r[2],
-        type=EventType(r[3]),
-        data=json.loads(r[4]),
-        at=r[5],
-    )
+    return _from_row(JobEvent, JOB_EVENT_COLS, r, type=EventType, data=json.loads)
