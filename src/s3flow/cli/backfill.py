@@ -7,7 +7,14 @@ from typing import Annotated, Any
 
 import typer
 
-from s3flow.cli.common import ConfigOpt, app, console, settings_from, with_progress
+from s3flow.cli.common import (
+    ConfigOpt,
+    PipelineNameOpt,
+    app,
+    console,
+    settings_from,
+    with_progress,
+)
 
 
 @app.command()
@@ -35,7 +42,7 @@ def reprocess(
     keys: Annotated[
         list[str] | None, typer.Argument(help="Object keys to process again.", show_default=False)
     ] = None,
-    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline.")] = "",
+    pipeline: PipelineNameOpt = "",
     config: ConfigOpt = None,
     prefix: Annotated[
         str | None, typer.Option("--prefix", help="Every object under this prefix.")

@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, TypeVar
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from s3flow.state.base import StateStore
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Enum)
 
 app = typer.Typer(
     name="s3flow",
@@ -56,6 +58,7 @@ ConfigOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+LimitOpt = Annotated[int, typer.Option("--limit", help="At most this many rows.")]
 state: dict[str, Any] = {"log_format": None, "log_level": None}
 
 
@@ -186,6 +189,16 @@ def new_table(title: str, columns: Iterable[str]) -> Table:
 PipelineOpt = Annotated[
     str | None, typer.Option("--pipeline", "-p", help="Pipeline (default: the only one).")
 ]
+#: A pipeline the command must be told (no default pipeline).
+PipelineNameOpt = Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline.")]
+
+
+def status_option(statuses: type[E], value: str | None) -> E | None:
+    """``--status`` as one of ``statuses`` (None when not given); a bad value is a usage error."""
+    try:
+        return statuses(value) if value else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--status") from exc
 
 
 class RunGroup(TyperGroup):

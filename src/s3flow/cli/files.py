@@ -11,11 +11,14 @@ from rich.markup import escape
 from s3flow.cli.common import (
     ConfigOpt,
     JsonOpt,
+    LimitOpt,
+    PipelineNameOpt,
     app,
     console,
     err_console,
     new_table,
     settings_or_exit,
+    status_option,
     ts,
     with_store,
 )
@@ -32,6 +35,8 @@ files_app = typer.Typer(
 )
 app.add_typer(files_app, name="files")
 
+ObjectKeyArg = Annotated[str, typer.Argument(help="The object key.")]
+
 
 @files_app.callback()
 def files_list(
@@ -47,7 +52,7 @@ def files_list(
     key_prefix: Annotated[
         str | None, typer.Option("--key-prefix", help="Only keys with this prefix.")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 100,
+    limit: LimitOpt = 100,
     as_json: JsonOpt = False,
 ) -> None:
     """List object lifecycles (most recently updated first)."""
@@ -56,11 +61,8 @@ def files_list(
         return
     from s3flow.state.records import FileStatus
 
-    try:
-        settings = settings_or_exit(config)
-        st = FileStatus(status_) if status_ else None
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--status") from exc
+    settings = settings_or_exit(config)
+    st = status_option(FileStatus, status_)
     rows = with_store(
         settings,
         lambda store: store.list_files(
@@ -92,7 +94,7 @@ def files_list(
 @files_app.command("show")
 def files_show(
     ctx: typer.Context,
-    key: Annotated[str, typer.Argument(help="The object key.")],
+    key: ObjectKeyArg,
     config: ConfigOpt = None,
     bucket: Annotated[
         str | None, typer.Option("--bucket", help="Bucket (default: every pipeline's).")
@@ -144,8 +146,8 @@ def files_show(
 @files_app.command("release")
 def files_release(
     ctx: typer.Context,
-    key: Annotated[str, typer.Argument(help="The object key.")],
-    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline.")],
+    key: ObjectKeyArg,
+    pipeline: PipelineNameOpt,
     config: ConfigOpt = None,
     version: Annotated[
         str | None, typer.Option("--version", help="Only this recorded version.")

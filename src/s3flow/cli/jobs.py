@@ -31,6 +31,7 @@ jobs_app = typer.Typer(
 )
 app.add_typer(jobs_app, name="jobs")
 
+JobIdArg = Annotated[str, typer.Argument(help="The job id.")]
 _POLL_S = 0.5
 #: The error when no state store is configured.
 _NO_STORE = "upload jobs need a state store (state.url is 'none')"
@@ -88,7 +89,7 @@ def jobs_list(
 
 @jobs_app.command("show")
 def jobs_show(
-    job_id: Annotated[str, typer.Argument(help="The job id.")],
+    job_id: JobIdArg,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -120,7 +121,7 @@ def jobs_show(
 
 @jobs_app.command("events")
 def jobs_events(
-    job_id: Annotated[str, typer.Argument(help="The job id.")],
+    job_id: JobIdArg,
     config: ConfigOpt = None,
     after: Annotated[
         int, typer.Option("--after", help="Only events after this sequence number.")
@@ -156,7 +157,7 @@ def jobs_events(
 
 @jobs_app.command("cancel")
 def jobs_cancel(
-    job_id: Annotated[str, typer.Argument(help="The job id.")],
+    job_id: JobIdArg,
     config: ConfigOpt = None,
     reason: Annotated[str, typer.Option("--reason", help="Shown in the job's error.")] = "",
 ) -> None:

@@ -21,6 +21,7 @@ manifests_app = typer.Typer(
     help="Manifests of ndjson-to-parquet pipelines: list, show, pending, seal, retry.",
     no_args_is_help=True,
 )
+BuilderPipelineOpt = Annotated[str, typer.Option("--pipeline", "-p", help="The builder pipeline.")]
 
 
 def _builder(settings: Settings, name: str) -> "tuple[PipelineSettings, NdjsonManifestProcessor]":
@@ -103,9 +104,11 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
     from s3flow.cli.common import (
         ConfigOpt,
         JsonOpt,
+        LimitOpt,
         console,
         new_table,
         settings_or_exit,
+        status_option,
         ts,
         with_store,
     )
@@ -120,14 +123,11 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
             str | None,
             typer.Option("--status", help="sealing|sealed|processing|completed|failed"),
         ] = None,
-        limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 100,
+        limit: LimitOpt = 100,
         as_json: JsonOpt = False,
     ) -> None:
         """List manifests, newest first."""
-        try:
-            st = ManifestStatus(status_) if status_ else None
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--status") from exc
+        st = status_option(ManifestStatus, status_)
         settings = settings_or_exit(config)
         rows = with_store(
             settings, lambda s: s.list_manifests(dataset=dataset, status=st, limit=limit)
@@ -200,7 +200,7 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
 
     @manifests_app.command("pending")
     def manifests_pending(
-        pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The builder pipeline.")],
+        pipeline: BuilderPipelineOpt,
         config: ConfigOpt = None,
     ) -> None:
         """Pending (not yet manifested) files per date, and which trigger is due."""
@@ -224,7 +224,7 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
 
     @manifests_app.command("seal")
     def manifests_seal(
-        pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The builder pipeline.")],
+        pipeline: BuilderPipelineOpt,
         config: ConfigOpt = None,
         all_: Annotated[
             bool,
