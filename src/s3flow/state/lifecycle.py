@@ -24,6 +24,7 @@ from s3flow.state.records import (
     FileRecord,
     FileStatus,
     HistoryEntry,
+    LockLostError,
     ManifestFile,
     ManifestRecord,
     ManifestStatus,
@@ -415,6 +416,23 @@ def files_from_text(text: str) -> list[ManifestFile]:
     return [ManifestFile.from_json(d) for d in json.loads(text)]
 
 
+def lock_lost(lock: str, owner: str, token: int) -> LockLostError:
+    """The refusal of a fenced write: ``lock`` is no longer held by ``owner`` with ``token``."""
+    return LockLostError(f"lock {lock!r} is no longer held by {owner} with token {token}")
+
+
+def unknown_manifest(manifest_id: str) -> UnknownManifestError:
+    """The error for a ``manifest_id`` that no manifest has."""
+    return UnknownManifestError(f"no manifest {manifest_id!r}")
+
+
+def not_publishable(rec: ManifestRecord | None, manifest_id: str) -> StateError:
+    """Why ``mark_published`` refuses: no manifest (``rec`` None), else one still sealing."""
+    if rec is None:
+        return unknown_manifest(manifest_id)
+    return StateError(f"manifest {manifest_id} is not sealed yet")
+
+
 def plan_manifest_status(
     rec: ManifestRecord | None,
     manifest_id: str,
@@ -426,7 +444,7 @@ def plan_manifest_status(
 ) -> ManifestRecord:
     """The manifest after an operator / compaction status change (raises if refused)."""
     if rec is None:
-        raise UnknownManifestError(f"no manifest {manifest_id!r}")
+        raise unknown_manifest(manifest_id)
     if expect is not None and rec.status is not expect:
         raise TransitionError(
             f"manifest {manifest_id} is {rec.status.value}, not {expect.value} as expected"

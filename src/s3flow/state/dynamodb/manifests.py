@@ -40,10 +40,15 @@ from s3flow.state.dynamodb.codec import (
     tracked_key,
 )
 from s3flow.state.dynamodb.tables import MANIFESTS_LISTING_INDEX, PENDING_INDEX
-from s3flow.state.lifecycle import DecideManifest, ManifestFilter, ManifestStatusMixin
+from s3flow.state.lifecycle import (
+    DecideManifest,
+    ManifestFilter,
+    ManifestStatusMixin,
+    lock_lost,
+    not_publishable,
+)
 from s3flow.state.records import (
     FILE_STATUS_OF,
-    LockLostError,
     ManifestFile,
     ManifestFileStatus,
     ManifestRecord,
@@ -52,7 +57,6 @@ from s3flow.state.records import (
     PendingSummary,
     StateError,
     TrackedFile,
-    UnknownManifestError,
 )
 
 log = logging.getLogger(__name__)
@@ -173,7 +177,7 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
             {":o": {"S": owner}, ":t": {"N": str(token)}, ":now": {"N": num(self._clock())}},
         )
         if fenced is None:
-            raise LockLostError(f"lock {lock!r} is no longer held by {owner} with token {token}")
+            raise lock_lost(lock, owner, token)
 
     async def _move_file(self, m: ManifestRecord, f: ManifestFile, now: float) -> bool:
         moved = await self._update_where(
@@ -304,10 +308,9 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
             ReturnValues="ALL_NEW",
         )
         if resp is None:
+            # Not there, or still sealing (the condition failed).
             found, _ = await self._read_manifest(manifest_id)
-            if found is None:
-                raise UnknownManifestError(f"no manifest {manifest_id!r}")
-            raise StateError(f"manifest {manifest_id} is not sealed yet")
+            raise not_publishable(found, manifest_id)
         rec, _ = decode_manifest(resp["Attributes"])
         await self._delete(marker_key(rec.dataset, manifest_id))
         return rec

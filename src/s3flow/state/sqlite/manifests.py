@@ -11,19 +11,22 @@ import sqlite3
 from dataclasses import replace
 from typing import Any
 
-from s3flow.state.lifecycle import DecideManifest, ManifestFilter, ManifestStatusMixin
+from s3flow.state.lifecycle import (
+    DecideManifest,
+    ManifestFilter,
+    ManifestStatusMixin,
+    lock_lost,
+    not_publishable,
+)
 from s3flow.state.records import (
     FILE_STATUS_OF,
-    LockLostError,
     ManifestFile,
     ManifestFileStatus,
     ManifestRecord,
     ManifestStatus,
     ObjectId,
     PendingSummary,
-    StateError,
     TrackedFile,
-    UnknownManifestError,
 )
 from s3flow.state.sqlite.codec import (
     MANIFEST_COLS,
@@ -134,7 +137,7 @@ class ManifestsMixin(ManifestStatusMixin, SqliteStoreBase):
             "SELECT owner, token, expires_at FROM locks WHERE name = ?", (lock,)
         ).fetchone()
         if row is None or row[0] != owner or row[1] != token or (row[2] or 0) <= self._clock():
-            raise LockLostError(f"lock {lock!r} is no longer held by {owner} with token {token}")
+            raise lock_lost(lock, owner, token)
 
     async def seal_manifest(
         self, draft: ManifestRecord, *, lock: str, owner: str, token: int
@@ -188,10 +191,8 @@ class ManifestsMixin(ManifestStatusMixin, SqliteStoreBase):
 
         def tx(conn: sqlite3.Connection) -> ManifestRecord:
             rec = _select_manifest(conn, manifest_id)
-            if rec is None:
-                raise UnknownManifestError(f"no manifest {manifest_id!r}")
-            if rec.status is ManifestStatus.SEALING:
-                raise StateError(f"manifest {manifest_id} is not sealed yet")
+            if rec is None or rec.status is ManifestStatus.SEALING:
+                raise not_publishable(rec, manifest_id)
             new = replace(rec, location=location, updated_at=self._clock())
             conn.execute(_M_UPSERT, manifest_row(new))
             return new
