@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -101,8 +102,7 @@ def files_show(
     ] = None,
 ) -> None:
     """One object's full history: every version, every transition."""
-    config = config or (ctx.obj or {}).get("config")
-    settings = settings_or_exit(config)
+    settings = _subcommand_settings(ctx, config)
 
     async def go(store: StateStore) -> tuple[list[Any], list[Any], dict[int, list[str]]]:
         recs = [r for b in _buckets(settings, bucket) for r in await store.versions(b, key)]
@@ -160,13 +160,18 @@ def files_release(
     """
     from s3flow.ops.files import release
 
-    config = config or (ctx.obj or {}).get("config")
-    settings = settings_or_exit(config)
+    settings = _subcommand_settings(ctx, config)
     released = with_store(
         settings, lambda store: release(settings, settings.pipeline(pipeline), store, key, version)
     )
     for oid in released:
         console.print(f"released s3://{oid.bucket}/{oid.key} ({oid.version}): enqueued again")
+
+
+def _subcommand_settings(ctx: typer.Context, config: Path | None) -> Settings:
+    """The settings of a ``files`` subcommand: its ``--config``, else the one given to
+    ``s3flow files`` before the subcommand's name."""
+    return settings_or_exit(config or (ctx.obj or {}).get("config"))
 
 
 def _buckets(settings: Settings, bucket: str | None) -> list[str]:
