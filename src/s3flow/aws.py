@@ -14,11 +14,15 @@ credentials themselves).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import botocore.session
 from aiobotocore.config import AioConfig
@@ -27,6 +31,8 @@ from botocore.config import Config
 
 from s3flow.fastpath import Connection, Credentials, FastClient, FastS3Client, FastSqsClient
 from s3flow.settings import AwsSettings
+
+log = logging.getLogger("s3flow.aws")
 
 
 def endpoint_for(service: str, aws: AwsSettings) -> str | None:
@@ -139,10 +145,13 @@ def session_credentials(session: AioSession) -> Callable[[], Awaitable[Credentia
     """The session's current credentials, frozen (temporary ones refresh as the SDK's do)."""
     resolved: list[Any] = []
     last: list[tuple[Any, Credentials]] = []
+    first = asyncio.Lock()  # the chain is resolved once, not by every early caller
 
     async def current() -> Credentials | None:
         if not resolved:
-            resolved.append(await session.get_credentials())
+            async with first:
+                if not resolved:
+                    resolved.append(await session.get_credentials())
         if resolved[0] is None:
             return None
         frozen = await resolved[0].get_frozen_credentials()
@@ -153,9 +162,33 @@ def session_credentials(session: AioSession) -> Callable[[], Awaitable[Credentia
     return current
 
 
-def fast_client(sdk: Any, session: AioSession, aws: AwsSettings, *, pool: int) -> FastClient:
-    """The fast-path client (:mod:`s3flow.fastpath`) around the aiobotocore client ``sdk``."""
+def sdk_only_reason(sdk: Any, session: AioSession) -> str | None:
+    """Why ``sdk``'s calls must all go through the SDK, if they must: the fast path does
+    not speak through proxies nor with client certificates or a custom CA bundle."""
     meta = sdk.meta
+    host = urlsplit(meta.endpoint_url).hostname or ""
+    scheme = urlsplit(meta.endpoint_url).scheme
+    if meta.config.proxies or (
+        urllib.request.getproxies().get(scheme) and not urllib.request.proxy_bypass(host)
+    ):
+        return "an HTTP proxy is configured"
+    if meta.config.client_cert:
+        return "a client certificate is configured"
+    if scheme == "https" and (
+        os.environ.get("AWS_CA_BUNDLE") or session.get_config_variable("ca_bundle")
+    ):
+        return "a custom CA bundle is configured"
+    return None
+
+
+def fast_client(sdk: Any, session: AioSession, aws: AwsSettings, *, pool: int) -> Any:
+    """The fast-path client (:mod:`s3flow.fastpath`) around the aiobotocore client ``sdk``,
+    or ``sdk`` itself where the fast path cannot serve it (:func:`sdk_only_reason`)."""
+    meta = sdk.meta
+    why = sdk_only_reason(sdk, session)
+    if why:
+        log.info("%s: every call through the SDK (%s)", meta.service_model.service_name, why)
+        return sdk
     conn = Connection(
         endpoint_url=meta.endpoint_url,
         region=meta.region_name,
@@ -194,7 +227,7 @@ async def open_clients(aws: AwsSettings, *, pool: int = 10) -> AsyncIterator[Aws
             )
         if aws.fast_path:
             for service, sdk in list(clients.items()):
-                clients[service] = await stack.enter_async_context(
-                    fast_client(sdk, session, aws, pool=pool)
-                )
+                fast = fast_client(sdk, session, aws, pool=pool)
+                if isinstance(fast, FastClient):
+                    clients[service] = await stack.enter_async_context(fast)
         yield AwsClients(s3=clients["s3"], sqs=clients["sqs"], aws=aws)

@@ -30,7 +30,7 @@ import hashlib
 import re
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any
@@ -38,9 +38,10 @@ from urllib.parse import quote
 from xml.etree import ElementTree
 
 from aiobotocore.response import AioStreamingBody
+from botocore.utils import parse_timestamp
 
 from s3flow.fastpath.signing import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials
-from s3flow.fastpath.transport import Connection, FastClient, Request, metadata
+from s3flow.fastpath.transport import Answer, Connection, FastClient, Request, metadata
 
 # The parameters each fast call handles; a call with any other goes to the SDK.
 GET_PARAMS = frozenset({"Bucket", "Key", "VersionId", "Range"})
@@ -64,59 +65,72 @@ _PUT_HEADERS = {
     "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
 }
 
-# Response headers -> botocore's keys (GetObject / HeadObject / PutObject outputs).
-_TEXT_FIELDS = {
-    "accept-ranges": "AcceptRanges",
-    "cache-control": "CacheControl",
-    "content-disposition": "ContentDisposition",
-    "content-encoding": "ContentEncoding",
-    "content-language": "ContentLanguage",
-    "content-range": "ContentRange",
-    "content-type": "ContentType",
-    "etag": "ETag",
-    "expires": "ExpiresString",
-    "x-amz-expiration": "Expiration",
-    "x-amz-restore": "Restore",
-    "x-amz-replication-status": "ReplicationStatus",
-    "x-amz-server-side-encryption": "ServerSideEncryption",
-    "x-amz-server-side-encryption-aws-kms-key-id": "SSEKMSKeyId",
-    "x-amz-storage-class": "StorageClass",
-    "x-amz-version-id": "VersionId",
-    "x-amz-website-redirect-location": "WebsiteRedirectLocation",
-    "x-amz-checksum-crc32": "ChecksumCRC32",
-}
-_INT_FIELDS = {
-    "content-length": "ContentLength",
-    "x-amz-mp-parts-count": "PartsCount",
-    "x-amz-tagging-count": "TagCount",
-}
-_BOOL_FIELDS = {
-    "x-amz-delete-marker": "DeleteMarker",
-    "x-amz-bucket-key-enabled": "BucketKeyEnabled",
-}
 _META_PREFIX = "x-amz-meta-"
+OPERATIONS = ("GetObject", "HeadObject", "PutObject")
 
 _DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
 
-def response_fields(headers: Mapping[str, str]) -> dict[str, Any]:
-    """botocore's output keys from an S3 object response's headers."""
-    out: dict[str, Any] = {}
-    metadata: dict[str, str] = {}
-    for raw_name, value in headers.items():
-        name = raw_name.lower()
-        if name.startswith(_META_PREFIX):
-            metadata[name[len(_META_PREFIX) :]] = value
-        elif name in _TEXT_FIELDS:
-            out[_TEXT_FIELDS[name]] = value
-        elif name in _INT_FIELDS:
-            out[_INT_FIELDS[name]] = int(value)
-        elif name in _BOOL_FIELDS:
-            out[_BOOL_FIELDS[name]] = value.lower() == "true"
-        elif name == "last-modified":
-            out["LastModified"] = parsedate_to_datetime(value).astimezone(UTC)
-    out["Metadata"] = metadata
-    return out
+class HeaderFields:
+    """One operation's output headers as botocore parses them, read from the SDK's model:
+    header name -> (output key, type), and the metadata map's prefix."""
+
+    def __init__(self, output_shape: Any) -> None:
+        self.fields: dict[str, tuple[str, str]] = {}
+        self.meta_key: str | None = None
+        for key, member in output_shape.members.items():
+            where = member.serialization.get("location")
+            name = str(member.serialization.get("name", key)).lower()
+            if where == "header":
+                self.fields[name] = (key, member.type_name)
+            elif where == "headers" and name == _META_PREFIX:
+                self.meta_key = key
+
+    def parse(self, headers: Mapping[str, str]) -> dict[str, Any]:
+        """botocore's output keys of a response's headers."""
+        out: dict[str, Any] = {}
+        meta: dict[str, str] = {}
+        for raw_name, value in headers.items():
+            name = raw_name.lower()
+            if name.startswith(_META_PREFIX):
+                meta[name[len(_META_PREFIX) :]] = value
+                continue
+            field = self.fields.get(name)
+            if field is None:
+                continue
+            key, kind = field
+            if kind in ("integer", "long"):
+                out[key] = int(value)
+            elif kind == "boolean":
+                out[key] = value.lower() == "true"
+            elif kind == "timestamp":
+                if key == "Expires":  # botocore keeps the raw text too (it may not parse)
+                    out["ExpiresString"] = value
+                try:
+                    out[key] = _timestamp(value)
+                except (ValueError, TypeError):
+                    if key != "Expires":
+                        raise
+            else:
+                out[key] = value
+        if self.meta_key is not None:
+            out[self.meta_key] = meta
+        return out
+
+
+def _timestamp(value: str) -> datetime:
+    """A header date, tz-aware in UTC as botocore gives it."""
+    try:
+        return parsedate_to_datetime(value).astimezone(UTC)
+    except (ValueError, TypeError):
+        parsed: datetime = parse_timestamp(value)
+        return parsed
+
+
+def header_fields(sdk: Any) -> dict[str, HeaderFields]:
+    """:class:`HeaderFields` of each fast operation, from the S3 client's service model."""
+    model = sdk.meta.service_model
+    return {op: HeaderFields(model.operation_model(op).output_shape) for op in OPERATIONS}
 
 
 def error_code(status: int, headers: Mapping[str, str], body: bytes) -> tuple[str, str]:
@@ -180,56 +194,58 @@ class FastS3Client(FastClient):
     ) -> None:
         super().__init__(sdk, credentials, conn)
         self._path_style = path_style
-        self._payload_hash = self._http.scheme != "https"  # over plain HTTP, sign the body
+        self._fields = header_fields(sdk)
+        # Like botocore: a PUT body is hashed into the signature unless HTTPS carries
+        # it and a checksum header protects it.
+        self._unsigned_put = self._http.scheme == "https" and checksum_crc32
         self._checksum = checksum_crc32
+        self._sdk_buckets: set[str] = set()  # redirected to another region: the SDK's
 
     async def get_object(self, **params: Any) -> dict[str, Any]:
         """GetObject; ``Body`` streams (aiobotocore's body class)."""
-        if not self._handles(params, GET_PARAMS):
-            return dict(await self._sdk.get_object(**params))
-        headers = {"range": params["Range"]} if "Range" in params else {}
-        resp = await self._http.send(self._request("GET", "GetObject", params, headers, b""))
-        if resp is None:
-            return dict(await self._sdk.get_object(**params))
-        out = _output(resp)
-        out["Body"] = AioStreamingBody(resp, out.get("ContentLength"))
+        req = None
+        if self._handles(params, GET_PARAMS):
+            headers = {"range": params["Range"]} if "Range" in params else {}
+            req = self._request("GET", "GetObject", params, headers, b"")
+        got = await self._serve("get_object", params, req)
+        if isinstance(got, dict):
+            return got
+        try:
+            out = self._output("GetObject", got)
+            out["Body"] = AioStreamingBody(got.response, out.get("ContentLength"))
+        except BaseException:
+            got.response.close()
+            raise
         return out
 
     async def head_object(self, **params: Any) -> dict[str, Any]:
         """HeadObject."""
-        if not self._handles(params, HEAD_PARAMS):
-            return dict(await self._sdk.head_object(**params))
-        resp = await self._http.send(self._request("HEAD", "HeadObject", params, {}, b""))
-        if resp is None:
-            return dict(await self._sdk.head_object(**params))
-        resp.release()
-        return _output(resp)
+        req = None
+        if self._handles(params, HEAD_PARAMS):
+            req = self._request("HEAD", "HeadObject", params, {}, b"")
+        got = await self._serve("head_object", params, req, read=True)
+        return got if isinstance(got, dict) else self._output("HeadObject", got)
 
     async def put_object(self, **params: Any) -> dict[str, Any]:
         """PutObject of a bytes-like ``Body``."""
         body = params.get("Body", b"")
-        metadata_ = params.get("Metadata") or {}
+        meta = params.get("Metadata") or {}
+        req = None
         if (
-            not self._handles(params, PUT_PARAMS)
-            or not isinstance(body, bytes | bytearray | memoryview)
-            or not all(f"{k}{v}".isascii() for k, v in metadata_.items())
+            self._handles(params, PUT_PARAMS)
+            and isinstance(body, bytes | bytearray | memoryview)
+            and all(f"{k}{v}".isascii() for k, v in meta.items())
         ):
-            return dict(await self._sdk.put_object(**params))
-        data = bytes(body)
-        headers = {header: params[name] for name, header in _PUT_HEADERS.items() if name in params}
-        headers.update({f"{_META_PREFIX}{k}": v for k, v in metadata_.items()})
-        if self._checksum:
-            crc = zlib.crc32(data).to_bytes(4, "big")
-            headers["x-amz-checksum-crc32"] = base64.b64encode(crc).decode()
-            headers["x-amz-sdk-checksum-algorithm"] = "CRC32"
-        resp = await self._http.send(self._request("PUT", "PutObject", params, headers, data))
-        if resp is None:
-            return dict(await self._sdk.put_object(**params))
-        resp.release()
-        out = _output(resp)
-        for name in ("ContentLength", "ContentType", "Metadata", "LastModified"):
-            out.pop(name, None)
-        return out
+            data = bytes(body)
+            headers = {h: params[name] for name, h in _PUT_HEADERS.items() if name in params}
+            headers.update({f"{_META_PREFIX}{k}": v for k, v in meta.items()})
+            if self._checksum:
+                crc = zlib.crc32(data).to_bytes(4, "big")
+                headers["x-amz-checksum-crc32"] = base64.b64encode(crc).decode()
+                headers["x-amz-sdk-checksum-algorithm"] = "CRC32"
+            req = self._request("PUT", "PutObject", params, headers, data)
+        got = await self._serve("put_object", params, req, read=True)
+        return got if isinstance(got, dict) else self._output("PutObject", got)
 
     def _handles(self, params: Mapping[str, Any], allowed: frozenset[str]) -> bool:
         bucket = params.get("Bucket")
@@ -239,9 +255,18 @@ class FastS3Client(FastClient):
             and isinstance(bucket, str)
             and isinstance(key, str)
             and _plain_key(key)
+            and bucket not in self._sdk_buckets
             and not bucket.startswith("arn:")
             and not bucket.endswith(("--x-s3", "--ol-s3", "--op-s3"))
         )
+
+    def _redirected(self, params: Mapping[str, Any]) -> None:
+        self._sdk_buckets.add(params["Bucket"])
+
+    def _output(self, operation: str, got: Answer) -> dict[str, Any]:
+        out = self._fields[operation].parse(got.response.headers)
+        out["ResponseMetadata"] = metadata(got.response, got.attempts)
+        return out
 
     def _request(
         self,
@@ -256,15 +281,9 @@ class FastS3Client(FastClient):
         )
         if method != "PUT":
             payload = EMPTY_SHA256
-        elif self._payload_hash:
-            payload = hashlib.sha256(body).hexdigest()
-        else:
+        elif self._unsigned_put:
             payload = UNSIGNED_PAYLOAD
+        else:
+            payload = hashlib.sha256(body).hexdigest()
         query = {"versionId": params["VersionId"]} if params.get("VersionId") else {}
         return Request(operation, method, host, path, query, headers, body, payload)
-
-
-def _output(resp: Any) -> dict[str, Any]:
-    out = response_fields(resp.headers)
-    out["ResponseMetadata"] = metadata(resp)
-    return out

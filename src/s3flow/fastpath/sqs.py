@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+from botocore.parsers import ResponseParserError
+
 from s3flow.fastpath.transport import FastClient, Request, metadata
 
 #: The calls served here (botocore's method name -> the API's operation name).
@@ -47,11 +49,16 @@ def read_error(status: int, headers: Mapping[str, str], body: bytes) -> tuple[di
     message = str(doc.get("message") or doc.get("Message") or "")
     code = str(doc.get("__type") or "").split(":", 1)[0].rsplit("#", 1)[-1]
     if not code:
-        try:
-            phrase = HTTPStatus(status).phrase
-        except ValueError:
-            phrase = ""
-        return {"Code": str(status), "Message": message or phrase}, str(status)
+        # botocore: a body that is not an error document is the message; a bodiless
+        # 5xx is named by its status phrase, a bodiless 4xx has none.
+        if not doc and body:
+            message = body.decode("utf-8", "replace")
+        elif not message and status >= 500:
+            try:
+                message = HTTPStatus(status).phrase
+            except ValueError:
+                message = ""
+        return {"Code": str(status), "Message": message}, str(status)
     query_code, _, fault = (headers.get("x-amzn-query-error") or "").partition(";")
     if query_code and fault:
         error = {"Code": query_code, "Message": message, "QueryErrorCode": code, "Type": fault}
@@ -97,26 +104,27 @@ class FastSqsClient(FastClient):
         operation = OPERATIONS[method]
         try:
             body = json.dumps(params).encode()
-        except (TypeError, ValueError):  # not JSON (the SDK will say what is wrong)
-            return dict(await getattr(self._sdk, method)(**params))
-        headers = {**_HEADERS, "x-amz-target": f"AmazonSQS.{operation}"}
-        request = Request(
-            operation,
-            "POST",
-            self._http.host,
-            self._http.path,
-            {},
-            headers,
-            body,
-            hashlib.sha256(body).hexdigest(),
-        )
-        resp = await self._http.send(request)
-        if resp is None:
-            return dict(await getattr(self._sdk, method)(**params))
+        except (TypeError, ValueError):  # not JSON: the SDK will say what is wrong
+            req = None
+        else:
+            headers = {**_HEADERS, "x-amz-target": f"AmazonSQS.{operation}"}
+            req = Request(
+                operation,
+                "POST",
+                self._http.host,
+                self._http.path,
+                {},
+                headers,
+                body,
+                hashlib.sha256(body).hexdigest(),
+            )
+        got = await self._serve(method, params, req, read=True)
+        if isinstance(got, dict):
+            return got
+        raw = got.body or b""
         try:
-            raw = await resp.read()
-        finally:
-            resp.release()
-        out: dict[str, Any] = json.loads(raw) if raw.strip() else {}
-        out["ResponseMetadata"] = metadata(resp)
+            out: dict[str, Any] = json.loads(raw) if raw.strip() else {}
+        except ValueError as exc:
+            raise ResponseParserError(f"{operation}: the answer is not JSON: {exc}") from exc
+        out["ResponseMetadata"] = metadata(got.response, got.attempts)
         return out

@@ -16,7 +16,13 @@ from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import (
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+)
 from yarl import URL
 
 from s3flow.closing import AsyncClosing
@@ -29,9 +35,21 @@ ErrorReader = Callable[[int, Mapping[str, str], bytes], tuple[dict[str, str], st
 
 # botocore's standard retry mode: what is retried besides connection errors.
 RETRY_STATUSES = frozenset({500, 502, 503, 504, 429})
-# Answers that mean "ask again elsewhere": the SDK follows them (region redirects).
-REDIRECT_STATUSES = frozenset({301, 307})
-REDIRECT_CODES = frozenset({"AuthorizationHeaderMalformed", "PermanentRedirect"})
+# Answers that mean "ask again elsewhere": the SDK follows them (region redirects; a
+# HEAD signed for the wrong region gets a bodiless 400).
+REDIRECT_STATUSES = frozenset({301, 302, 307})
+REDIRECT_CODES = frozenset(
+    {"AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException"}
+)
+_USER_AGENT = "s3flow-fastpath/1"
+
+
+class UseSdk(Exception):
+    """The SDK must make this call: no credentials, or the service redirected it."""
+
+    def __init__(self, *, redirect: bool) -> None:
+        super().__init__("redirect" if redirect else "no credentials")
+        self.redirect = redirect
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +79,27 @@ class Request:
     payload_sha256: str
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A 2xx response: the body already read when asked for (else unread), and the
+    retries it took."""
+
+    response: aiohttp.ClientResponse
+    body: bytes | None
+    attempts: int
+
+
+def host_header(endpoint_url: str) -> str:
+    """The Host an endpoint URL is reached at (lower-case, no default port), as signed."""
+    return URL(endpoint_url).host_port_subcomponent or ""
+
+
 class SignedTransport(AsyncClosing):
     """Sends :class:`Request` s signed for one service, retried as botocore's standard mode.
 
-    ``credentials`` returns the current frozen credentials; ``None`` means the SDK
-    must make the call (``send`` returns ``None``), as do region redirects.
+    ``credentials`` returns the current frozen credentials (read again for each
+    attempt); ``None`` means the SDK must make the call (:class:`UseSdk`), as
+    must region redirects.
     """
 
     def __init__(
@@ -83,14 +117,15 @@ class SignedTransport(AsyncClosing):
         self._signer = SigV4Signer(conn.region, service)
         parts = urlsplit(conn.endpoint_url)
         self.scheme = parts.scheme or "https"
-        self.host = parts.netloc
+        self.host = host_header(conn.endpoint_url)
         self.path = parts.path or "/"
         self._retries = conn.max_attempts
         self._backoff_base_s = conn.backoff_base_s
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max(conn.pool, 10)),
+            # sock_connect, not connect: waiting for a pooled connection is not a timeout
             timeout=aiohttp.ClientTimeout(
-                connect=conn.connect_timeout_s, sock_read=conn.read_timeout_s
+                sock_connect=conn.connect_timeout_s, sock_read=conn.read_timeout_s
             ),
             auto_decompress=False,  # Content-Encoding belongs to the object, not the transfer
             skip_auto_headers=("User-Agent", "Content-Type"),
@@ -101,12 +136,9 @@ class SignedTransport(AsyncClosing):
     async def close(self) -> None:
         await self._session.close()
 
-    async def send(self, req: Request) -> aiohttp.ClientResponse | None:
-        """The 2xx response (its body unread), or ``None`` where the SDK must make the
-        call; other failures raise the SDK's exception after the retries."""
-        creds = await self._credentials()
-        if creds is None:
-            return None
+    async def send(self, req: Request, *, read: bool = False) -> Answer:
+        """The 2xx answer (with its body when ``read``); raises :class:`UseSdk` where the
+        SDK must make the call, else the SDK's exception after the retries."""
         query = "&".join(
             f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(req.query.items())
         )
@@ -116,6 +148,9 @@ class SignedTransport(AsyncClosing):
         data = req.body if req.body or req.method in ("PUT", "POST") else None
         attempt = 0
         while True:
+            creds = await self._credentials()
+            if creds is None:
+                raise UseSdk(redirect=False)
             signed = self._signer.sign(
                 req.method,
                 req.host,
@@ -126,26 +161,59 @@ class SignedTransport(AsyncClosing):
                 creds,
                 datetime.now(UTC),
             )
+            # Not signed (botocore signs neither): no compressed answers, who is calling.
+            signed["accept-encoding"] = "identity"
+            signed["user-agent"] = _USER_AGENT
             try:
-                resp = await self._session.request(req.method, url, headers=signed, data=data)
-            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                answer = await self._attempt(req, url, signed, data, read, attempt)
+            except aiohttp.ClientError as exc:
                 if attempt >= self._retries:
-                    raise _connection_error(exc, url) from exc
+                    raise transport_error(exc, url) from exc
+            except TimeoutError as exc:
+                if attempt >= self._retries:
+                    raise transport_error(exc, url) from exc
             else:
-                if 200 <= resp.status < 300:
-                    self.calls[req.operation] = self.calls.get(req.operation, 0) + 1
-                    return resp
-                body = b"" if req.method == "HEAD" else await resp.read()
-                resp.release()
-                error, class_code = self._read_error(resp.status, resp.headers, body)
-                codes = {error["Code"], class_code}
-                if resp.status in REDIRECT_STATUSES or codes & REDIRECT_CODES:
-                    return None
-                retryable = resp.status in RETRY_STATUSES or bool(codes & RETRYABLE_CODES)
-                if not retryable or attempt >= self._retries:
-                    raise self._client_error(resp, error, class_code, req.operation, attempt)
+                if answer is not None:
+                    return answer
             attempt += 1
-            await asyncio.sleep(random.random() * min(20.0, self._backoff_base_s * 2**attempt))
+            delay = self._backoff_base_s * 2 ** (attempt - 1)
+            await asyncio.sleep(random.random() * min(20.0, delay))
+
+    async def _attempt(
+        self,
+        req: Request,
+        url: URL,
+        headers: dict[str, str],
+        data: bytes | None,
+        read: bool,
+        attempt: int,
+    ) -> Answer | None:
+        """One try: the answer, ``None`` to retry, or the error to raise."""
+        resp = await self._session.request(req.method, url, headers=headers, data=data)
+        try:
+            if 200 <= resp.status < 300:
+                body = await resp.read() if read else None
+                self.calls[req.operation] = self.calls.get(req.operation, 0) + 1
+                return Answer(resp, body, attempt)
+            body = b"" if req.method == "HEAD" else await resp.read()
+        except BaseException:
+            resp.close()
+            raise
+        finally:
+            if read or resp.status >= 300:
+                resp.release()
+        error, class_code = self._read_error(resp.status, resp.headers, body)
+        codes = {error["Code"], class_code}
+        if (
+            resp.status in REDIRECT_STATUSES
+            or codes & REDIRECT_CODES
+            or (req.method == "HEAD" and resp.status == 400)
+        ):
+            raise UseSdk(redirect=True)
+        retryable = resp.status in RETRY_STATUSES or bool(codes & RETRYABLE_CODES)
+        if retryable and attempt < self._retries:
+            return None
+        raise self._client_error(resp, error, class_code, req.operation, attempt)
 
     def _client_error(
         self,
@@ -155,7 +223,10 @@ class SignedTransport(AsyncClosing):
         operation: str,
         attempts: int,
     ) -> Exception:
-        response = {"Error": error, "ResponseMetadata": metadata(resp, attempts)}
+        meta = metadata(resp, attempts)
+        if attempts >= self._retries:
+            meta["MaxAttemptsReached"] = True
+        response = {"Error": error, "ResponseMetadata": meta}
         error_class = self._sdk.exceptions.from_code(class_code)
         exc: Exception = error_class(response, operation)
         return exc
@@ -207,27 +278,56 @@ class FastClient(AsyncClosing):
     async def close(self) -> None:
         await self._http.close()
 
+    async def _serve(
+        self, method: str, params: dict[str, Any], req: Request | None, *, read: bool = False
+    ) -> Answer | dict[str, Any]:
+        """The fast answer to ``req``, or the SDK's answer to ``method(**params)`` when
+        ``req`` is ``None`` (not handled here) or the SDK must make the call."""
+        if req is not None:
+            try:
+                return await self._http.send(req, read=read)
+            except UseSdk as why:
+                if why.redirect:
+                    self._redirected(params)
+        return dict(await getattr(self._sdk, method)(**params))
+
+    def _redirected(self, params: Mapping[str, Any]) -> None:
+        """The service sent ``params``' call elsewhere (subclasses remember where)."""
+
 
 def metadata(resp: aiohttp.ClientResponse, attempts: int = 0) -> dict[str, Any]:
-    """botocore's ``ResponseMetadata`` of a response."""
+    """botocore's ``ResponseMetadata`` of a response (ids only where the service sent them)."""
     headers = resp.headers
-    return {
-        "RequestId": headers.get("x-amz-request-id") or headers.get("x-amzn-requestid", ""),
-        "HostId": headers.get("x-amz-id-2", ""),
-        "HTTPStatusCode": resp.status,
-        "HTTPHeaders": {k.lower(): v for k, v in headers.items()},
-        "RetryAttempts": attempts,
-    }
+    meta: dict[str, Any] = {}
+    request_id = headers.get("x-amz-request-id") or headers.get("x-amzn-requestid")
+    if request_id:
+        meta["RequestId"] = request_id
+    if "x-amz-id-2" in headers:
+        meta["HostId"] = headers["x-amz-id-2"]
+    meta["HTTPStatusCode"] = resp.status
+    meta["HTTPHeaders"] = {k.lower(): v for k, v in headers.items()}
+    meta["RetryAttempts"] = attempts
+    return meta
 
 
-def _connection_error(exc: BaseException, url: URL) -> Exception:
-    """botocore's exception for a request that never got an answer."""
+def transport_error(exc: BaseException, url: URL) -> Exception:
+    """botocore's exception for a request that got no (whole) answer, as aiobotocore maps
+    aiohttp's: a connect timeout, a read timeout, a dropped connection, any other."""
     endpoint = str(url.with_query(None))
     error: Exception
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         error = ConnectTimeoutError(endpoint_url=endpoint, error=exc)
+    elif isinstance(exc, aiohttp.ClientConnectorError):  # refused, unreachable, DNS
+        error = EndpointConnectionError(endpoint_url=endpoint, error=exc)
     elif isinstance(exc, TimeoutError):
         error = ReadTimeoutError(endpoint_url=endpoint, error=exc)
-    else:
+    elif isinstance(
+        exc,
+        aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | aiohttp.ClientOSError,
+    ):
+        error = ConnectionClosedError(endpoint_url=endpoint, error=exc)
+    elif isinstance(exc, aiohttp.ClientConnectionError):
         error = EndpointConnectionError(endpoint_url=endpoint, error=exc)
+    else:
+        error = HTTPClientError(error=exc)
     return error

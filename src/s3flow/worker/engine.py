@@ -207,10 +207,12 @@ class PipelineRunner:
                 outcome: Outcome = Release("received during shutdown")
             else:
                 outcome = await self._work_on(msg)
-            self._lease.untrack(msg.message_id)
             async with self._settling:
                 await self.slots.release(1)
                 holds_slot = False
+                # Leased (heartbeat) until here: waiting for a settling permit must not
+                # let the message's visibility run out.
+                self._lease.untrack(msg.message_id)
                 final = await self._settler.settle(msg, outcome)
             self.metrics.observe_processing(time.monotonic() - msg.received_at)
             self._observer.message_settled(self.p.name, msg, final)

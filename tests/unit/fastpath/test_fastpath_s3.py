@@ -14,9 +14,9 @@ from aiohttp import web
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from s3flow.fastpath.s3 import FastS3Client, error_code, object_location, response_fields
+from s3flow.fastpath.s3 import FastS3Client, error_code, header_fields, object_location
 from s3flow.fastpath.signing import EMPTY_SHA256, Credentials, SigV4Signer
-from s3flow.fastpath.transport import Connection
+from s3flow.fastpath.transport import Connection, host_header
 
 # AWS's example: https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-header-based-auth.html
 DOC_CREDS = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
@@ -124,8 +124,9 @@ async def _no_credentials() -> Credentials | None:
     return None
 
 
-def test_response_fields_have_botocores_keys_and_types() -> None:
-    fields = response_fields(
+def test_header_fields_come_from_the_sdks_model() -> None:
+    fields = header_fields(boto3.client("s3", region_name="us-east-1"))
+    got = fields["HeadObject"].parse(
         {
             "Content-Length": "12",
             "Content-Type": "text/plain",
@@ -136,10 +137,13 @@ def test_response_fields_have_botocores_keys_and_types() -> None:
             "X-Amz-Meta-Owner": "me",
             "x-amz-delete-marker": "false",
             "x-amz-tagging-count": "2",
+            "x-amz-server-side-encryption-bucket-key-enabled": "true",
+            "x-amz-checksum-type": "FULL_OBJECT",
+            "Expires": "not a date",
             "Server": "ignored",
         }
     )
-    assert fields == {
+    assert got == {
         "ContentLength": 12,
         "ContentType": "text/plain",
         "ETag": '"abc"',
@@ -148,7 +152,12 @@ def test_response_fields_have_botocores_keys_and_types() -> None:
         "Metadata": {"route": "pool", "owner": "me"},
         "DeleteMarker": False,
         "TagCount": 2,
+        "BucketKeyEnabled": True,
+        "ChecksumType": "FULL_OBJECT",
+        "ExpiresString": "not a date",
     }
+    put = fields["PutObject"].parse({"ETag": '"e"', "x-amz-object-size": "5"})
+    assert put == {"ETag": '"e"', "Size": 5}  # PutObject has no Metadata / ContentLength
 
 
 def test_error_code_reads_the_xml_body_or_names_the_status() -> None:
@@ -163,7 +172,9 @@ class _RecordingSdk:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.exceptions = boto3.client("s3", region_name="us-east-1").exceptions
+        client = boto3.client("s3", region_name="us-east-1")
+        self.exceptions = client.exceptions
+        self.meta = client.meta
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[dict[str, Any]]]:
         async def call(**params: Any) -> dict[str, Any]:
@@ -173,28 +184,53 @@ class _RecordingSdk:
         return call
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[tuple[str, list[str]]]:
-    """A local HTTP server on 127.0.0.1: 503 twice, then 200 with an object."""
-    seen: list[str] = []
+class Server:
+    """A local HTTP server on 127.0.0.1 standing in for S3's failure modes, by bucket:
+    ``flaky`` 503 twice then 200, ``denied`` 403, ``moved`` 301 (400 to a HEAD),
+    ``drop`` a 200 whose connection dies mid-body the first time, else 200 "hello"."""
 
-    async def handle(request: web.Request) -> web.Response:
-        seen.append(f"{request.method} {request.raw_path}")
-        if request.path.startswith("/flaky/") and len(seen) <= 2:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.headers: list[dict[str, str]] = []
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(f"{request.method} {request.raw_path}")
+        self.headers.append({k.lower(): v for k, v in request.headers.items()})
+        await request.read()
+        bucket = request.path.split("/")[1]
+        if bucket == "flaky" and len(self.seen) <= 2:
             return web.Response(status=503, body=b"<Error><Code>SlowDown</Code></Error>")
-        if request.path.startswith("/denied/"):
+        if bucket == "denied":
             return web.Response(status=403, body=b"<Error><Code>AccessDenied</Code></Error>")
+        if bucket == "moved":
+            if request.method == "HEAD":
+                return web.Response(status=400)
+            body = b"<Error><Code>PermanentRedirect</Code></Error>"
+            return web.Response(status=301, body=body)
+        if bucket == "drop" and len(self.seen) == 1:
+            resp = web.StreamResponse(headers={"Content-Length": "100"})
+            await resp.prepare(request)
+            await resp.write(b"0123456789")
+            assert request.transport is not None
+            request.transport.close()
+            return resp
         return web.Response(body=b"hello", headers={"ETag": '"e"', "Content-Type": "text/plain"})
 
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = Server()
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_route("*", "/{tail:.*}", srv.handle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    srv.url = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}", seen
+        yield srv
     finally:
         await runner.cleanup()
 
@@ -211,34 +247,42 @@ def _client(sdk: Any, url: str, *, retries: int = 3) -> FastS3Client:
     return FastS3Client(sdk, _creds, _conn(url, retries), path_style=True)
 
 
-async def test_throttling_and_5xx_are_retried(server: tuple[str, list[str]]) -> None:
-    url, seen = server
-    async with _client(_RecordingSdk(), url) as s3:
+async def test_throttling_and_5xx_are_retried(server: Server) -> None:
+    reads = 0
+
+    async def counted() -> Credentials | None:
+        nonlocal reads
+        reads += 1
+        return Credentials("AK", "SK")
+
+    s3 = FastS3Client(_RecordingSdk(), counted, _conn(server.url), path_style=True)
+    async with s3:
         resp = await s3.get_object(Bucket="flaky", Key="k")
         assert await resp["Body"].read() == b"hello"
-    assert seen == ["GET /flaky/k"] * 3
+        assert resp["ResponseMetadata"]["RetryAttempts"] == 2
+    assert server.seen == ["GET /flaky/k"] * 3
+    assert reads == 3  # credentials read again for every attempt (they may have rotated)
+    assert all(h["accept-encoding"] == "identity" for h in server.headers)
+    assert all(h["user-agent"].startswith("s3flow") for h in server.headers)
 
 
-async def test_a_permanent_error_raises_the_sdks_class_at_once(
-    server: tuple[str, list[str]],
-) -> None:
-    url, seen = server
-    async with _client(_RecordingSdk(), url) as s3:
+async def test_a_permanent_error_raises_the_sdks_class_at_once(server: Server) -> None:
+    async with _client(_RecordingSdk(), server.url) as s3:
         with pytest.raises(ClientError) as info:
             await s3.put_object(Bucket="denied", Key="k", Body=b"x")
     assert info.value.response["Error"]["Code"] == "AccessDenied"
     assert info.value.operation_name == "PutObject"
-    assert seen == ["PUT /denied/k"]
+    assert server.seen == ["PUT /denied/k"]
 
 
-async def test_retries_give_up_after_max_attempts(server: tuple[str, list[str]]) -> None:
-    url, seen = server
-    async with _client(_RecordingSdk(), url, retries=1) as s3:
+async def test_retries_give_up_after_max_attempts(server: Server) -> None:
+    async with _client(_RecordingSdk(), server.url, retries=1) as s3:
         with pytest.raises(ClientError) as info:
             await s3.head_object(Bucket="flaky", Key="k")
     assert info.value.response["Error"]["Code"] == "503"
     assert info.value.response["ResponseMetadata"]["RetryAttempts"] == 1
-    assert len(seen) == 2
+    assert info.value.response["ResponseMetadata"]["MaxAttemptsReached"] is True
+    assert len(server.seen) == 2
 
 
 async def test_an_unreachable_endpoint_raises_endpoint_connection_error() -> None:
@@ -271,23 +315,83 @@ async def test_an_unreachable_endpoint_raises_endpoint_connection_error() -> Non
     ],
 )
 async def test_what_the_fast_path_does_not_handle_goes_to_the_sdk(
-    server: tuple[str, list[str]], op: str, params: dict[str, Any]
+    server: Server, op: str, params: dict[str, Any]
 ) -> None:
-    url, seen = server
     sdk = _RecordingSdk()
-    async with _client(sdk, url) as s3:
+    async with _client(sdk, server.url) as s3:
         assert await getattr(s3, op)(**params) == {"via": "sdk"}
-    assert sdk.calls == [(op, params)] and seen == []
+    assert sdk.calls == [(op, params)] and server.seen == []
     if hasattr(params.get("Body"), "close"):
         params["Body"].close()
 
 
-async def test_without_credentials_every_call_goes_to_the_sdk(
-    server: tuple[str, list[str]],
-) -> None:
-    url, seen = server
+async def test_without_credentials_every_call_goes_to_the_sdk(server: Server) -> None:
     sdk = _RecordingSdk()
-    s3 = FastS3Client(sdk, _no_credentials, _conn(url), path_style=True)
+    s3 = FastS3Client(sdk, _no_credentials, _conn(server.url), path_style=True)
     async with s3:
         assert await s3.get_object(Bucket="b", Key="k") == {"via": "sdk"}
-    assert seen == [] and s3.fast_calls == 0
+    assert server.seen == [] and s3.fast_calls == 0
+
+
+async def test_a_region_redirect_sends_the_bucket_to_the_sdk_for_good(server: Server) -> None:
+    sdk = _RecordingSdk()
+    async with _client(sdk, server.url) as s3:
+        assert await s3.head_object(Bucket="moved", Key="k") == {"via": "sdk"}
+        assert await s3.get_object(Bucket="moved", Key="k") == {"via": "sdk"}
+    assert server.seen == ["HEAD /moved/k"]  # asked once; the SDK follows redirects
+    assert [name for name, _ in sdk.calls] == ["head_object", "get_object"]
+
+
+async def test_a_connection_dropped_mid_answer_is_retried(server: Server) -> None:
+    async with _client(_RecordingSdk(), server.url) as s3:
+        out = await s3.put_object(Bucket="drop", Key="k", Body=b"x")
+    assert out["ETag"] == '"e"' and out["ResponseMetadata"]["RetryAttempts"] == 1
+    assert server.seen == ["PUT /drop/k"] * 2
+
+
+async def test_no_connection_stays_checked_out(server: Server) -> None:
+    async with _client(_RecordingSdk(), server.url) as s3:
+        partly = await s3.get_object(Bucket="b", Key="k")
+        await partly["Body"].read(2)
+        partly["Body"].close()
+        await s3.head_object(Bucket="b", Key="k")
+        await s3.put_object(Bucket="b", Key="k", Body=b"x")
+        with pytest.raises(ClientError):
+            await s3.get_object(Bucket="denied", Key="k")
+        whole = await s3.get_object(Bucket="b", Key="k")
+        assert await whole["Body"].read() == b"hello"
+        assert not s3._http._session.connector._acquired  # type: ignore[union-attr]
+
+
+def test_the_signed_host_is_the_one_sent() -> None:
+    assert host_header("https://S3.Example.com:443/") == "s3.example.com"
+    assert host_header("http://127.0.0.1:9000") == "127.0.0.1:9000"
+    assert host_header("http://host:80") == "host"
+
+
+@pytest.mark.parametrize(
+    ("checksum", "calculation"), [(False, "when_required"), (True, "when_supported")]
+)
+async def test_an_https_put_body_is_signed_as_botocore_signs_it(
+    checksum: bool, calculation: str, botocore_request: Callable[..., Any]
+) -> None:
+    client = boto3.client(
+        "s3",
+        region_name="eu-west-1",
+        aws_access_key_id="AK",
+        aws_secret_access_key="SK",
+        config=Config(request_checksum_calculation=calculation),
+    )
+    _, headers, _ = botocore_request(
+        client, lambda c: c.put_object(Bucket="b", Key="k", Body=b"data")
+    )
+    conn = Connection("https://s3.eu-west-1.amazonaws.com", "eu-west-1", 0, 1, 1, 1)
+    async with FastS3Client(
+        _RecordingSdk(), _creds, conn, path_style=False, checksum_crc32=checksum
+    ) as fast:
+        ours = fast._request("PUT", "PutObject", {"Bucket": "b", "Key": "k"}, {}, b"data")
+    if checksum:  # botocore streams a trailer checksum; the fast path sends it as a header
+        assert ours.payload_sha256 == "UNSIGNED-PAYLOAD"
+        assert headers["x-amz-content-sha256"].startswith("STREAMING-UNSIGNED-PAYLOAD")
+    else:
+        assert ours.payload_sha256 == headers["x-amz-content-sha256"]

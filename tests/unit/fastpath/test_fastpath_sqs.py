@@ -87,7 +87,8 @@ def test_errors_read_as_botocore_reads_them() -> None:
         "QueueDoesNotExist",
     )
     assert read_error(503, {}, b"") == ({"Code": "503", "Message": "Service Unavailable"}, "503")
-    assert read_error(500, {}, b"<html>")[1] == "500"
+    assert read_error(500, {}, b"<html>") == ({"Code": "500", "Message": "<html>"}, "500")
+    assert read_error(400, {}, b"") == ({"Code": "400", "Message": ""}, "400")
 
 
 def test_binary_attribute_values_are_decoded() -> None:
