@@ -15,6 +15,7 @@ from s3flow.aws import (
     endpoint_for,
     open_clients,
     pin_endpoints,
+    sdk_only_reason,
     sync_client,
     sync_client_config,
 )
@@ -197,3 +198,52 @@ def test_pinned_endpoints_survive_another_environment(monkeypatch: pytest.Monkey
     assert client.meta.config.s3 == {"addressing_style": "path"}
     assert client.meta.config.retries["total_max_attempts"] == 4
     assert pin_endpoints(AwsSettings()) == AwsSettings()  # nothing to pin: real AWS
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "env", "config", "reason"),
+    [
+        ("https://s3.eu-west-1.amazonaws.com", {}, {}, None),
+        ("http://127.0.0.1:9000", {}, {}, None),
+        ("https://s3.eu-west-1.amazonaws.com", {"HTTPS_PROXY": "http://proxy:3128"}, {}, "proxy"),
+        (
+            "https://s3.eu-west-1.amazonaws.com",
+            {"HTTPS_PROXY": "http://proxy:3128", "NO_PROXY": "amazonaws.com"},
+            {},
+            None,
+        ),
+        ("https://s3.eu-west-1.amazonaws.com", {}, {"proxies": {"https": "http://p"}}, "proxy"),
+        ("https://s3.eu-west-1.amazonaws.com", {}, {"client_cert": "/c.pem"}, "certificate"),
+        ("https://s3.eu-west-1.amazonaws.com", {"AWS_CA_BUNDLE": "/ca.pem"}, {}, "CA bundle"),
+        ("http://127.0.0.1:9000", {"AWS_CA_BUNDLE": "/ca.pem"}, {}, None),
+    ],
+    ids=["aws", "local", "proxy-env", "no-proxy", "proxy-config", "client-cert", "ca", "ca-http"],
+)
+def test_what_leaves_a_client_to_the_sdk(
+    monkeypatch: pytest.MonkeyPatch,
+    endpoint: str,
+    env: dict[str, str],
+    config: dict[str, Any],
+    reason: str | None,
+) -> None:
+    import boto3
+    import botocore.session
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    client = boto3.client(
+        "s3",
+        region_name="eu-west-1",
+        endpoint_url=endpoint,
+        aws_access_key_id="a",
+        aws_secret_access_key="b",
+        config=Config(**config),
+    )
+    why = sdk_only_reason(client, botocore.session.get_session())
+    if reason is None:
+        assert why is None
+    else:
+        assert why is not None and reason in why
