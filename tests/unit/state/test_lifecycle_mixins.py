@@ -12,16 +12,8 @@ from typing import TypeVar
 
 import pytest
 
-from s3flow.state.lifecycle import (
-    Decide,
-    DecideManifest,
-    FileFilter,
-    FileLifecycleMixin,
-    Finish,
-    ManifestFilter,
-    ManifestStatusMixin,
-    plan_finish,
-)
+from s3flow.state.lifecycle import Decide, FileFilter, FileLifecycleMixin, Finish, plan_finish
+from s3flow.state.manifest_lifecycle import DecideManifest, ManifestFilter, ManifestStatusMixin
 from s3flow.state.records import (
     Claim,
     ClaimOutcome,

@@ -12,7 +12,7 @@ import uuid
 from typing import Any
 
 from s3flow.state.jobs import EventType, JobEvent, JobRecord, job_from_json, job_to_json
-from s3flow.state.lifecycle import files_from_text, files_to_text
+from s3flow.state.manifest_lifecycle import files_from_text, files_to_text
 from s3flow.state.records import (
     FileRecord,
     FileStatus,

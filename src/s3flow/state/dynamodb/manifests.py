@@ -40,7 +40,7 @@ from s3flow.state.dynamodb.codec import (
     tracked_key,
 )
 from s3flow.state.dynamodb.tables import MANIFESTS_LISTING_INDEX, PENDING_INDEX
-from s3flow.state.lifecycle import (
+from s3flow.state.manifest_lifecycle import (
     DecideManifest,
     ManifestFilter,
     ManifestStatusMixin,

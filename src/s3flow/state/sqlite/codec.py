@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from s3flow.state.jobs import EventType, JobEvent, JobRecord, job_to_json
-from s3flow.state.lifecycle import files_from_text, files_to_text
+from s3flow.state.manifest_lifecycle import files_from_text, files_to_text
 from s3flow.state.records import (
     FileRecord,
     FileStatus,

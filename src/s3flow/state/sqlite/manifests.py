@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import replace
 from typing import Any
 
-from s3flow.state.lifecycle import (
+from s3flow.state.manifest_lifecycle import (
     DecideManifest,
     ManifestFilter,
     ManifestStatusMixin,
