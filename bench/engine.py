@@ -1080,12 +1080,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchError(f"{exc}\n(child logs and moto log kept in {tmp})") from exc
     finally:
         endpoint.stop()
+    doc["goals"] = goals_of(doc["workloads"])
     doc["duration_s"] = round(time.perf_counter() - started, 1)
     if args.keep_scratch:
         doc["scratch_dir"] = str(tmp)
     else:
         shutil.rmtree(tmp, ignore_errors=True)  # on failure it stays, for the child logs
     return doc
+
+
+def goals_of(workloads: dict[str, Any]) -> dict[str, bool]:
+    """The run's goals as booleans: the small-object ratio, and CPU per object lower
+    than the naive consumer's on every workload."""
+    goals: dict[str, bool] = {}
+    small = workloads.get("small")
+    if small and "goal" in small:
+        goals["small_5x_naive_objects_per_s"] = bool(small["goal"]["met"])
+    for name, w in workloads.items():
+        cpu = (w.get("ratio") or {}).get("cpu_ms_per_object")
+        goals[f"{name}_cpu_per_object_below_naive"] = cpu is not None and cpu < 1
+    return goals
 
 
 def main(argv: list[str] | None = None) -> int:
