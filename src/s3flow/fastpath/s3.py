@@ -15,12 +15,14 @@ exception classes, so callers cannot tell the two paths apart.
 What the SDK does that this module does too: credentials from the same chain
 (refreshed when temporary), retries in botocore's "standard" mode (connection
 errors, 5xx, throttling; ``max_attempts`` retries after the first try, jittered
-exponential back-off), path- or virtual-hosted addressing as configured, and the
-request checksum botocore sends when ``request_checksum_calculation`` is
-``when_supported`` (CRC32). What it leaves to the SDK: redirects to another
-region (the call is made again through the SDK), directory and access-point
-buckets, keys the URL layer could normalise (``//``, ``.`` and ``..`` segments),
-non-ASCII metadata, bodies that are not bytes.
+exponential back-off), path- or virtual-hosted addressing as configured, the
+body hashed into the signature as botocore does, and a CRC32 checksum when
+``request_checksum_calculation`` is ``when_supported`` (sent as a header where
+botocore streams a trailer; S3 takes both). What it leaves to the SDK:
+redirects to another region (the call is made again through the SDK, and that
+bucket stays with the SDK), directory and access-point buckets, keys the URL
+layer could normalise (``//``, ``.`` and ``..`` segments), non-ASCII metadata,
+bodies that are not bytes.
 """
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ class SignedTransport(AsyncClosing):
         retryable = resp.status in RETRY_STATUSES or bool(codes & RETRYABLE_CODES)
         if retryable and attempt < self._retries:
             return None
-        raise self._client_error(resp, error, class_code, req.operation, attempt)
+        raise self._client_error(resp, error, class_code, req.operation, attempt, retryable)
 
     def _client_error(
         self,
@@ -222,9 +222,10 @@ class SignedTransport(AsyncClosing):
         class_code: str,
         operation: str,
         attempts: int,
+        exhausted: bool,
     ) -> Exception:
         meta = metadata(resp, attempts)
-        if attempts >= self._retries:
+        if exhausted:  # a retryable error that used up every attempt, as botocore marks it
             meta["MaxAttemptsReached"] = True
         response = {"Error": error, "ResponseMetadata": meta}
         error_class = self._sdk.exceptions.from_code(class_code)

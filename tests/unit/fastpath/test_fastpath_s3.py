@@ -271,6 +271,7 @@ async def test_a_permanent_error_raises_the_sdks_class_at_once(server: Server) -
         with pytest.raises(ClientError) as info:
             await s3.put_object(Bucket="denied", Key="k", Body=b"x")
     assert info.value.response["Error"]["Code"] == "AccessDenied"
+    assert "MaxAttemptsReached" not in info.value.response["ResponseMetadata"]
     assert info.value.operation_name == "PutObject"
     assert server.seen == ["PUT /denied/k"]
 
