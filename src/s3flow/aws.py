@@ -105,10 +105,12 @@ def _session(aws: AwsSettings) -> AioSession:
     return session
 
 
-def async_client(aws: AwsSettings, service: str, *, pool: int = 10) -> Any:
+def async_client(
+    aws: AwsSettings, service: str, *, pool: int = 10, session: AioSession | None = None
+) -> Any:
     """An aiobotocore client context manager for ``service`` (``async with``), configured
     as :func:`open_clients` does; for the clients it does not open (DynamoDB)."""
-    return _session(aws).create_client(
+    return (session or _session(aws)).create_client(
         service, **_create_args(aws, service, client_config(aws, service, pool))
     )
 
@@ -166,8 +168,8 @@ def sdk_only_reason(sdk: Any, session: AioSession) -> str | None:
     """Why ``sdk``'s calls must all go through the SDK, if they must: the fast path does
     not speak through proxies nor with client certificates or a custom CA bundle."""
     meta = sdk.meta
-    host = urlsplit(meta.endpoint_url).hostname or ""
-    scheme = urlsplit(meta.endpoint_url).scheme
+    endpoint = urlsplit(meta.endpoint_url)
+    host, scheme = endpoint.hostname or "", endpoint.scheme
     if meta.config.proxies or (
         urllib.request.getproxies().get(scheme) and not urllib.request.proxy_bypass(host)
     ):
@@ -221,9 +223,7 @@ async def open_clients(aws: AwsSettings, *, pool: int = 10) -> AsyncIterator[Aws
         clients = {}
         for service in ("s3", "sqs"):
             clients[service] = await stack.enter_async_context(
-                session.create_client(
-                    service, **_create_args(aws, service, client_config(aws, service, pool))
-                )
+                async_client(aws, service, pool=pool, session=session)
             )
         if aws.fast_path:
             for service, sdk in list(clients.items()):

@@ -34,7 +34,6 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
 from xml.etree import ElementTree
@@ -43,7 +42,14 @@ from aiobotocore.response import AioStreamingBody
 from botocore.utils import parse_timestamp
 
 from s3flow.fastpath.signing import EMPTY_SHA256, UNSIGNED_PAYLOAD, Credentials
-from s3flow.fastpath.transport import Answer, Connection, FastClient, Request, metadata
+from s3flow.fastpath.transport import (
+    Answer,
+    Connection,
+    FastClient,
+    Request,
+    metadata,
+    status_phrase,
+)
 
 # The parameters each fast call handles; a call with any other goes to the SDK.
 GET_PARAMS = frozenset({"Bucket", "Key", "VersionId", "Range"})
@@ -147,11 +153,7 @@ def error_code(status: int, headers: Mapping[str, str], body: bytes) -> tuple[st
             code = root.findtext("Code") or ""
             if code:
                 return code, root.findtext("Message") or ""
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    return str(status), phrase
+    return str(status), status_phrase(status)
 
 
 def read_error(status: int, headers: Mapping[str, str], body: bytes) -> tuple[dict[str, str], str]:

@@ -16,12 +16,11 @@ import base64
 import hashlib
 import json
 from collections.abc import Mapping
-from http import HTTPStatus
 from typing import Any
 
 from botocore.parsers import ResponseParserError
 
-from s3flow.fastpath.transport import FastClient, Request, metadata
+from s3flow.fastpath.transport import FastClient, Request, metadata, status_phrase
 
 #: The calls served here (botocore's method name -> the API's operation name).
 OPERATIONS = {
@@ -54,10 +53,7 @@ def read_error(status: int, headers: Mapping[str, str], body: bytes) -> tuple[di
         if not doc and body:
             message = body.decode("utf-8", "replace")
         elif not message and status >= 500:
-            try:
-                message = HTTPStatus(status).phrase
-            except ValueError:
-                message = ""
+            message = status_phrase(status)
         return {"Code": str(status), "Message": message}, str(status)
     query_code, _, fault = (headers.get("x-amzn-query-error") or "").partition(";")
     if query_code and fault:

@@ -12,6 +12,7 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
@@ -166,10 +167,7 @@ class SignedTransport(AsyncClosing):
             signed["user-agent"] = _USER_AGENT
             try:
                 answer = await self._attempt(req, url, signed, data, read, attempt)
-            except aiohttp.ClientError as exc:
-                if attempt >= self._retries:
-                    raise transport_error(exc, url) from exc
-            except TimeoutError as exc:
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 if attempt >= self._retries:
                     raise transport_error(exc, url) from exc
             else:
@@ -294,6 +292,14 @@ class FastClient(AsyncClosing):
 
     def _redirected(self, params: Mapping[str, Any]) -> None:
         """The service sent ``params``' call elsewhere (subclasses remember where)."""
+
+
+def status_phrase(status: int) -> str:
+    """The HTTP reason phrase of ``status`` ("Not Found"), or "" for an unknown one."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def metadata(resp: aiohttp.ClientResponse, attempts: int = 0) -> dict[str, Any]:
