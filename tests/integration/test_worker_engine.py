@@ -268,7 +268,8 @@ def test_a_message_waiting_for_its_batched_delete_does_not_hold_a_slot(
     assert ConcurrencyProbe.peak == 1 and len(ConcurrencyProbe.calls) == 4
     assert p.max_in_flight == 2  # one worked on while another waited for its delete
     assert p.acked == 4 and len(harness.output_keys()) == 4
-    assert harness.depth() == (0, 0)
+    assert harness.depth() == (0, 0)  # nothing visible, nothing in flight
+    assert harness.depth(harness.dlq_url) == (0, 0) and harness.dlq_messages() == []
 
 
 def test_local_directory_output(harness: Harness, tmp_path) -> None:
