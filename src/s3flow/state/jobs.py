@@ -67,8 +67,7 @@ class EventType(enum.StrEnum):
     @property
     def terminal(self) -> bool:
         """True for the events that end a job (and its stream): those setting a terminal status."""
-        status = _STATUS_AFTER.get(self)
-        return status is not None and status.terminal
+        return self in TERMINAL_EVENTS
 
 
 #: The status an event moves a job to (when its rank is not below the job's: see
@@ -80,7 +79,7 @@ _STATUS_AFTER: dict[EventType, JobStatus] = {
     EventType.JOB_FAILED: JobStatus.FAILED,
     EventType.JOB_EXPIRED: JobStatus.EXPIRED,
 }
-TERMINAL_EVENTS = frozenset(e for e in EventType if e.terminal)
+TERMINAL_EVENTS = frozenset(e for e, status in _STATUS_AFTER.items() if status.terminal)
 
 
 class StepStatus(enum.StrEnum):

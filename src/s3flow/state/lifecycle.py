@@ -79,14 +79,34 @@ class ClaimRequest:
 def plan_claim(
     rec: FileRecord | None, oid: ObjectId, request: ClaimRequest, now: float
 ) -> tuple[Claim, HistoryEntry | None]:
-    """Decide a claim on ``rec`` (None = no record yet: claimed as a new received one).
+    """Decide a claim on ``rec`` (None = no record yet).
 
     Returns the claim and, when it is ACQUIRED, the history entry to write
     together with ``claim.record`` (the new record). Otherwise nothing changes.
     """
-    old = None if rec is None else rec.status
-    if rec is None:
-        rec = unseen_record(oid, request.pipeline, now)
+    if rec is None:  # the common case, built at once (it runs for every new object)
+        new = FileRecord(
+            bucket=oid.bucket,
+            key=oid.key,
+            version=oid.version,
+            pipeline=request.pipeline,
+            status=FileStatus.PROCESSING,
+            size=request.size,
+            sequencer=request.sequencer,
+            attempts=1,
+            worker_id=request.owner,
+            claim_owner=request.owner,
+            claim_expires_at=now + request.ttl_s,
+            fencing_token=1,
+            timestamps={FileStatus.PROCESSING.value: now},
+            created_at=now,
+            updated_at=now,
+        )
+        entry = HistoryEntry(
+            now, oid.version, None, FileStatus.PROCESSING, request.owner, "claimed"
+        )
+        return Claim(ClaimOutcome.ACQUIRED, 1, new), entry
+    old = rec.status
     if old is FileStatus.COMPLETED:
         return Claim(ClaimOutcome.DONE, 0, rec), None
     if old is FileStatus.DEAD or old is FileStatus.QUARANTINED:

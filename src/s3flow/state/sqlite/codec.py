@@ -80,15 +80,56 @@ _value = operator.attrgetter("value")  # an enum member as stored
 
 
 def file_record(r: tuple[Any, ...]) -> FileRecord:
-    """A ``files`` row (``FILE_COLS`` order) as a record."""
-    return _from_row(
-        FileRecord, FILE_COLS, r, status=FileStatus, outputs=json.loads, timestamps=json.loads
+    """A ``files`` row (``FILE_COLS`` order) as a record.
+
+    Positional, unlike the generic :func:`_from_row`: it runs for every object's
+    claim and completion, where the generic form costs twice the CPU."""
+    return FileRecord(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        FileStatus(r[4]),
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        json.loads(r[10]),
+        r[11],
+        r[12],
+        r[13],
+        r[14],
+        json.loads(r[15]),
+        r[16],
+        r[17],
+        r[18],
     )
 
 
 def file_row(rec: FileRecord) -> tuple[Any, ...]:
     """Inverse of :func:`file_record`."""
-    return _to_row(rec, FILE_COLS, status=_value, outputs=json.dumps, timestamps=json.dumps)
+    return (
+        rec.bucket,
+        rec.key,
+        rec.version,
+        rec.pipeline,
+        rec.status.value,
+        rec.size,
+        rec.sequencer,
+        rec.attempts,
+        rec.last_error_class,
+        rec.last_error,
+        json.dumps(rec.outputs),
+        rec.worker_id,
+        rec.claim_owner,
+        rec.claim_expires_at,
+        rec.fencing_token,
+        json.dumps(rec.timestamps),
+        rec.created_at,
+        rec.updated_at,
+        rec.failures,
+    )
 
 
 def tracked_file(r: tuple[Any, ...]) -> TrackedFile:
