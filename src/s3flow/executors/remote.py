@@ -30,6 +30,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from s3flow.aws import async_client
+from s3flow.closing import cancel_and_wait
 from s3flow.errors import (
     AwsPermanentError,
     ExecutorUnavailableError,
@@ -130,10 +131,7 @@ class Watcher:
 
     async def close(self) -> None:
         """Stop watching (runs still waiting are cancelled by their callers)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
 
 def launch_error(exc: BaseException, operation: str) -> S3flowError:

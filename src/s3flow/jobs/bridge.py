@@ -20,7 +20,6 @@ the conditional append makes that harmless.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -28,6 +27,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from s3flow.closing import cancel_and_wait
 from s3flow.errors import InvalidInputError, S3flowError, aws_errors
 from s3flow.jobs.uploads import parse_upload_key
 from s3flow.processors.base import (
@@ -120,10 +120,7 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
         self._sweeper = asyncio.create_task(self._sweep(), name="s3flow-jobs-sweeper")
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
 
     async def _sweep(self) -> None:
         assert self._store is not None

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
+from s3flow.closing import cancel_and_wait
 from s3flow.errors import S3flowError, aws_errors
 from s3flow.state.jobs import EventType, JobEvent, JobStore
 
@@ -189,9 +190,7 @@ class ProgressConsumer:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout=self.wait_time_s + 10)
             except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         delay = 0.5

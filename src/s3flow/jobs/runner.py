@@ -17,12 +17,12 @@ allowed attempt gives ``job.failed`` with the error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 from pydantic import ValidationError
 
+from s3flow.closing import cancel_and_wait
 from s3flow.errors import PermanentError, ProcessorError, S3flowError, aws_errors
 from s3flow.events import ObjectEvent
 from s3flow.jobs.bridge import JobMessage
@@ -237,9 +237,7 @@ class JobHandler:
                 progress.file_done()
             return results
         finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            await cancel_and_wait(ticker)
 
     async def _tick(self, progress: StepProgress) -> None:
         interval = self._jobs.progress_interval_s

@@ -17,11 +17,11 @@ record re-sent or dead-lettered alone, then the original deleted).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
+from s3flow.closing import cancel_and_wait
 from s3flow.errors import S3flowError, translate_aws_error
 from s3flow.metrics import PipelineMetrics
 from s3flow.settings import PipelineSettings
@@ -193,11 +193,8 @@ class AckBatcher:
         """Flush pending requests and stop the background task."""
         await self.flush()
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 _ATTR_MAX = 1024

@@ -40,6 +40,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Self
 
+from s3flow.closing import cancel_and_wait
 from s3flow.state.jobs import TERMINAL_STATUSES
 from s3flow.state.records import (
     TERMINAL_FILE_STATUSES,
@@ -198,10 +199,7 @@ class RetentionMixin(SqliteStoreBase):
     async def __aexit__(self, *exc: object) -> None:
         """Stop the background prune, then close."""
         task, self._prune_task = self._prune_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         await super().__aexit__(*exc)
 
     async def _prune_loop(self, first_s: float, every_s: float) -> None:
