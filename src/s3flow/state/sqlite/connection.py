@@ -32,6 +32,12 @@ T = TypeVar("T")
 _BATCH = 16
 #: (future, its loop, result, exception) of one finished call.
 _Done = tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, Any, BaseException | None]
+#: A queued call: (function of the connection, its future, its loop, run alone).
+_Call = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], Any, bool]
+
+
+class _Regroup(Exception):
+    """A group transaction failed as a whole: its calls run again, one at a time."""
 
 
 def _settle(batch: list[_Done]) -> None:
@@ -46,7 +52,22 @@ def _settle(batch: list[_Done]) -> None:
 
 
 def in_tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction (write lock taken up front)."""
+    """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction (write lock taken up front).
+
+    Inside the store thread's group transaction (see :meth:`SqliteStoreBase._drain`)
+    ``fn`` runs in a savepoint instead: its changes are undone alone if it raises.
+    """
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT in_tx")
+        try:
+            result = fn(conn)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO in_tx")
+                conn.execute("RELEASE in_tx")
+            raise
+        conn.execute("RELEASE in_tx")
+        return result
     conn.execute("BEGIN IMMEDIATE")
     try:
         result = fn(conn)
@@ -84,8 +105,7 @@ class SqliteStoreBase:
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         # Calls waiting for the store's thread; _draining: a _drain pass is queued/running.
-        self._calls: deque[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], Any]]
-        self._calls = deque()
+        self._calls: deque[_Call] = deque()
         self._calls_lock = threading.Lock()
         self._draining = False
 
@@ -144,19 +164,22 @@ class SqliteStoreBase:
         if conn is not None:
             conn.close()
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, alone: bool = False) -> T:
         """Run ``fn(conn)`` on the store's thread, after every call queued before it.
 
         Calls queue up and one pass of the thread (:meth:`_drain`) runs them in order,
         handing results back to the event loop in batches: under load a round trip costs
-        a fraction of a thread hop and of a loop wake-up instead of one each.
+        a fraction of a thread hop and of a loop wake-up instead of one each. Calls
+        queued together also share one transaction (group commit, see
+        :meth:`_group`); ``alone`` keeps ``fn`` out of it (``VACUUM``, long batches
+        other processes must not wait behind).
         """
         executor = self._executor
         if executor is None:
             raise StateError(f"state store {self.path} is not open (use 'async with')")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        item = (fn, fut, loop)
+        item: _Call = (fn, fut, loop, alone)
         self._calls.append(item)
         with self._calls_lock:
             start, self._draining = not self._draining, True
@@ -174,19 +197,16 @@ class SqliteStoreBase:
     def _drain(self) -> None:
         """On the store's thread: run the queued calls in order, results back in batches."""
         while True:
-            batch: list[_Done] = []
-            while len(batch) < _BATCH:
+            items: list[_Call] = []
+            while len(items) < _BATCH:
                 try:
-                    fn, fut, loop = self._calls.popleft()
+                    item = self._calls.popleft()
                 except IndexError:
                     break
-                if fut.cancelled():  # as run_in_executor: a call cancelled while queued never runs
-                    continue
-                try:
-                    batch.append((fut, loop, self._call(fn), None))
-                except BaseException as exc:
-                    batch.append((fut, loop, None, exc))
-            if batch:
+                if not item[1].cancelled():  # as run_in_executor: cancelled while queued
+                    items.append(item)
+            if items:
+                batch = self._run_calls(items)
                 for loop in {id(b[1]): b[1] for b in batch}.values():
                     mine = [b for b in batch if b[1] is loop]
                     with contextlib.suppress(RuntimeError):  # that loop is closed
@@ -196,6 +216,67 @@ class SqliteStoreBase:
                 if not self._calls:
                     self._draining = False
                     return
+
+    def _run_calls(self, items: list[_Call]) -> list[_Done]:
+        """Run ``items`` in order: each run of two or more groupable calls as one group."""
+        done: list[_Done] = []
+        group: list[_Call] = []
+        for item in [*items, None]:
+            if item is not None and not item[3]:
+                group.append(item)
+                continue
+            if len(group) > 1:
+                grouped = self._group(group)
+                done.extend(grouped if grouped is not None else map(self._one, group))
+            else:
+                done.extend(map(self._one, group))
+            group = []
+            if item is not None:
+                done.append(self._one(item))
+        return done
+
+    def _group(self, items: list[_Call]) -> list[_Done] | None:
+        """Run ``items`` in one ``BEGIN IMMEDIATE`` transaction, committed once.
+
+        Each call's :func:`in_tx` becomes a savepoint, so a call that raises undoes
+        only its own changes and reports its own error. Results are handed back only
+        after the ``COMMIT``. On a database error (or a lost transaction) everything
+        is rolled back and None returned: the caller then runs each call alone, as if
+        the group had never been tried.
+        """
+        conn = self._conn
+        if conn is None or conn.in_transaction:
+            return None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            return None
+        done: list[_Done] = []
+        try:
+            for fn, fut, loop, _ in items:
+                try:
+                    done.append((fut, loop, fn(conn), None))
+                except sqlite3.Error as exc:
+                    raise _Regroup from exc
+                except Exception as exc:
+                    if not conn.in_transaction:
+                        raise _Regroup from exc
+                    done.append((fut, loop, None, exc))
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            return None
+        return done
+
+    def _one(self, item: _Call) -> _Done:
+        """Run one call in its own transaction(s), its result or error as a :data:`_Done`."""
+        fn, fut, loop, _ = item
+        try:
+            return (fut, loop, self._call(fn), None)
+        except BaseException as exc:
+            return (fut, loop, None, exc)
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn

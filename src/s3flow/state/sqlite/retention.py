@@ -240,7 +240,7 @@ class RetentionMixin(SqliteStoreBase):
                 ) -> Removed:
                     return in_tx(conn, lambda cx: s(cx, c, n))
 
-                removed = await self._run(batch)
+                removed = await self._run(batch, alone=True)
                 for kind, n in removed.items():
                     setattr(report, kind, getattr(report, kind) + n)
                 used = sum(removed.values())
@@ -251,7 +251,7 @@ class RetentionMixin(SqliteStoreBase):
                 await asyncio.sleep(0)  # let the worker's own store calls in between
             if not report.complete:
                 break
-        report.vacuumed_pages = await self._run(_incremental_vacuum)
+        report.vacuumed_pages = await self._run(_incremental_vacuum, alone=True)
         return report
 
     async def recount(self, *, repair: bool = False) -> RecountReport:
@@ -281,7 +281,7 @@ class RetentionMixin(SqliteStoreBase):
                 )
             return RecountReport(counted, counters, total, repaired=repair)
 
-        return await self._run(lambda conn: in_tx(conn, tx))
+        return await self._run(lambda conn: in_tx(conn, tx), alone=True)
 
     async def vacuum(self) -> tuple[int, int]:
         """Rewrite the whole file (``VACUUM``) in incremental auto-vacuum mode.
@@ -298,7 +298,7 @@ class RetentionMixin(SqliteStoreBase):
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             return before, self._size(conn)
 
-        return await self._run(run)
+        return await self._run(run, alone=True)  # VACUUM cannot run inside a transaction
 
     def _size(self, conn: sqlite3.Connection) -> int:
         """Bytes of the database file plus its WAL (0 for ``:memory:``)."""
