@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from s3flow.errors import UndecodableContentError
+from s3flow.pipelines.csv_kafka.blocks import Block, BlockEncoder
 from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint
 from s3flow.pipelines.csv_kafka.errors import BadRowError
 from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
@@ -146,13 +147,6 @@ def raw_excerpt(lines: list[str], limit: int = MAX_RAW_CHARS) -> tuple[str, bool
 
 
 # --- blocks to messages ----------------------------------------------------------------
-
-#: (values, keys) of a block's records, as :meth:`ArrowJsonBlocks.encode` gives them.
-Encoded = tuple[list[bytes], list[Any] | None]
-#: Encodes a block of ``lines`` one-line records (``None``: the block takes the exact path).
-BlockEncoder = Callable[[bytes, int], Encoded | None]
-#: A block as :meth:`RowBatches.batches` reads it: (block, end offset, lines, encoded).
-Block = tuple[bytes, int, int, Encoded | None]
 
 
 class BadRow(NamedTuple):

@@ -37,12 +37,13 @@ from confluent_kafka import KafkaException, Producer
 from s3flow.errors import UndecodableContentError
 from s3flow.pipelines.csv_kafka.blocks import (
     BLOCK_BYTES,
-    MAX_BLOCK_BYTES,
     PIECE_BYTES,
     UTF8_BOM,
+    Block,
+    BlockCutter,
+    BlockEncoder,
     PieceSplitter,
     RecordEnds,
-    count_byte,
 )
 from s3flow.pipelines.csv_kafka.channel import ChunkChannel
 from s3flow.pipelines.csv_kafka.checkpoint import (
@@ -54,13 +55,7 @@ from s3flow.pipelines.csv_kafka.checkpoint import (
 from s3flow.pipelines.csv_kafka.clientlog import client_log
 from s3flow.pipelines.csv_kafka.errors import KafkaUnavailableError, translate_kafka_error
 from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
-from s3flow.pipelines.csv_kafka.rows import (
-    BadRow,
-    Block,
-    BlockEncoder,
-    RowBatches,
-    original_bytes,
-)
+from s3flow.pipelines.csv_kafka.rows import BadRow, RowBatches, original_bytes
 
 log = logging.getLogger("s3flow.pipelines.csv_kafka")
 
@@ -193,55 +188,37 @@ class TxnSession:
             log.info("%s: %d bad rows skipped", self.ref.uri, state.bad)
         return state
 
-    def _blocks(self, channel: ChunkChannel, state: Checkpoint) -> Iterator[tuple[bytes, int]]:
-        """(block, end offset): line-aligned runs of pieces that end where a record ends.
-
-        A block closes at the first piece end after ``block_bytes`` where ``csv.reader``
-        ends a record (:class:`RecordEnds` follows its quote rules), so records never span
-        blocks and a checkpoint is always at a record start. A block also closes at
-        MAX_BLOCK_BYTES inside a record (a quoted field left open to the end of the
-        object cannot make memory grow without bound); that record is then split.
-        """
-        opts = self.opts
+    def _pieces(self, channel: ChunkChannel, state: Checkpoint) -> Iterator[tuple[bytes, int]]:
+        """(piece, object offset after it): the line-aligned pieces of the channel's data."""
         splitter = PieceSplitter(self._piece_bytes)
+        pos = state.offset
+        bom = state.offset == 0 and self.opts.encoding == "utf-8"
+        for chunk in iter(channel.get, None):
+            for piece in splitter.feed(chunk):
+                pos += len(piece)
+                if bom:
+                    bom = False
+                    if piece.startswith(UTF8_BOM):
+                        piece = piece[len(UTF8_BOM) :]
+                yield piece, pos
+        for piece in splitter.finish():
+            pos += len(piece)
+            if bom:
+                bom = False
+                if piece.startswith(UTF8_BOM):
+                    piece = piece[len(UTF8_BOM) :]
+            yield piece, pos
+
+    def _cutter(self) -> BlockCutter:
+        """Groups the pieces into blocks ending where ``csv.reader`` ends a record."""
+        opts = self.opts
         ends = RecordEnds(
             delimiter=opts.delimiter,
             quotechar=opts.quotechar,
             escapechar=opts.escapechar,
             encoding=opts.encoding,
         )
-        target = max(self._block_bytes, 1)
-        buf: list[bytes] = []
-        size, pos = 0, state.offset
-        first = state.offset == 0
-
-        def pieces() -> Iterator[bytes]:
-            for chunk in iter(channel.get, None):
-                yield from splitter.feed(chunk)
-            yield from splitter.finish()
-
-        for piece in pieces():
-            pos += len(piece)
-            if first:
-                first = False
-                if opts.encoding == "utf-8" and piece.startswith(UTF8_BOM):
-                    piece = piece[len(UTF8_BOM) :]
-            at_end = ends.feed(piece)
-            buf.append(piece)
-            size += len(piece)
-            if (size >= target and at_end) or size >= MAX_BLOCK_BYTES:
-                if not at_end:
-                    log.warning(
-                        "%s: a record longer than %d MiB (an unclosed quote?) is split at byte %d",
-                        self.ref.uri,
-                        MAX_BLOCK_BYTES // (1024 * 1024),
-                        pos,
-                    )
-                    ends.reset()
-                yield b"".join(buf), pos
-                buf, size = [], 0
-        if buf:
-            yield b"".join(buf), pos
+        return BlockCutter(ends, self._block_bytes, self.ref.uri)
 
     def _run(self, producer: Producer, channel: ChunkChannel, state: Checkpoint) -> None:
         opts, ref = self.opts, self.ref
@@ -270,7 +247,7 @@ class TxnSession:
         txn_rows = txn_bytes = 0
         last_commit = time.monotonic()
         self._begin(producer)
-        ahead = _Prefetch(self._blocks(channel, state), PREFETCH_BLOCKS)
+        ahead = _Prefetch(self._cutter(), self._pieces(channel, state), PREFETCH_BLOCKS)
         try:
             for batch in records.batches(ahead, ahead.encode_with):
                 send(batch.values, batch.keys, batch.lines)
@@ -470,16 +447,18 @@ _END = object()
 
 
 class _Prefetch:
-    """Reads (and, once ``encoder`` is set, encodes) the next blocks on a helper thread.
+    """Cuts (and, once an encoder is set, encodes) the next blocks on a helper thread.
 
     pyarrow releases the GIL, so the next block is parsed while this one is produced and
     while ``commit_transaction`` waits for the broker. Yields
     ``(block, end_offset, lines, encoded or None)``; errors of the helper are re-raised.
     """
 
-    def __init__(self, blocks: Iterator[tuple[bytes, int]], depth: int = 1) -> None:
-        self.encoder: BlockEncoder | None = None
-        self._blocks = blocks
+    def __init__(
+        self, cutter: BlockCutter, pieces: Iterator[tuple[bytes, int]], depth: int = 1
+    ) -> None:
+        self._cutter = cutter
+        self._pieces = pieces
         self._queue: queue.Queue[Any] = queue.Queue(depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="csv-kafka-prefetch", daemon=True)
@@ -496,19 +475,16 @@ class _Prefetch:
 
     def _run(self) -> None:
         try:
-            for block, end in self._blocks:
-                lines = count_byte(block, 10) + (0 if block.endswith(b"\n") else 1)
-                encoder = self.encoder
-                encoded = encoder(block, lines) if encoder is not None else None
-                if not self._put((block, end, lines, encoded)):
+            for block in self._cutter.blocks(self._pieces):
+                if not self._put(block):
                     return
             self._put(_END)
         except BaseException as exc:  # handed to the consuming thread
             self._put(exc)
 
     def encode_with(self, encoder: BlockEncoder) -> None:
-        """Encode the blocks read from now on with ``encoder`` (on the helper thread)."""
-        self.encoder = encoder
+        """Encode the blocks cut from now on with ``encoder`` (on the helper thread)."""
+        self._cutter.encoder = encoder
 
     def __iter__(self) -> Iterator[Block]:
         try:
