@@ -500,7 +500,13 @@ class Bench:
         self.ps.reset()
         stat0 = proc_stat()
         profiler = None
-        if self.args.profile and system == "s3flow" and size == SMALL and conc == self.args.profile:
+        profiled_size = LARGE if self.args.profile_large else SMALL
+        if (
+            self.args.profile
+            and system == "s3flow"
+            and size == profiled_size
+            and conc == self.args.profile
+        ):
             spy = str(Path(sys.executable).parent / "py-spy")
             out = self.tmp.parent / "engine_fast_profile.raw.txt"
             cmd = [
@@ -687,6 +693,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--profile", type=int, default=0, help="py-spy the s3flow small run at this concurrency"
     )
+    p.add_argument(
+        "--profile-large", action="store_true", help="with --profile: the 1 MiB run instead"
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "engine_fast.json")
     p.add_argument("--child", nargs=2, metavar=("MODE", "CFG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -718,8 +727,8 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
     }
     systems = args.systems.split(",")
-    concs = [int(c) for c in args.concurrency.split(",")]
-    lconcs = [int(c) for c in args.large_concurrency.split(",")]
+    concs = [int(c) for c in args.concurrency.split(",") if c]
+    lconcs = [int(c) for c in args.large_concurrency.split(",") if c]
     with (
         tempfile.TemporaryDirectory(prefix="engine-fast-") as tmpdir,
         ElasticMQ(heap="512m") as mq,
