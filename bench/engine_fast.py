@@ -602,8 +602,9 @@ def goals(doc: dict[str, Any]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     naive = pick(small, "naive")
-    best = max((r for r in small if r["system"] == "s3flow"), key=lambda r: r["objects_per_s"])
-    if naive:
+    ours = [r for r in small if r["system"] == "s3flow"]
+    best = max(ours, key=lambda r: r["objects_per_s"]) if ours else None
+    if naive and best:
         x = best["objects_per_s"] / naive["objects_per_s"]
         out["small_20x_naive"] = {
             "met": x >= 20,
@@ -622,7 +623,7 @@ def goals(doc: dict[str, Any]) -> dict[str, Any]:
     }
     cpu = {str(r["concurrency"]): r["cpu_ms_per_object"] for r in small if r["system"] == "s3flow"}
     out["small_cpu_le_3ms_per_object"] = {
-        "met": all(v <= 3.0 for v in cpu.values()),
+        "met": bool(cpu) and all(v <= 3.0 for v in cpu.values()),
         "cpu_ms_by_concurrency": cpu,
     }
     curve = sorted(
@@ -633,7 +634,7 @@ def goals(doc: dict[str, Any]) -> dict[str, Any]:
     # Grows by > 5 % per step, or the worker already used >= 85 % of a core at the last step.
     grows = all(b[1] > a[1] * 1.05 or a[2] >= 0.85 for a, b in itertools.pairwise(curve))
     out["small_throughput_grows_until_cpu_bound"] = {
-        "met": grows,
+        "met": bool(curve) and grows,
         "curve": [
             {"concurrency": c, "objects_per_s": o, "worker_cpu_util": u, "machine_cores_busy": m}
             for c, o, u, m in curve
