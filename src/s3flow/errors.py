@@ -146,6 +146,10 @@ class ObjectMissingError(S3flowError):
     disposition = Disposition.SKIP
 
 
+class ReceiveFailedError(S3flowError):
+    """A queue could not be read, again and again (burst mode gives up: nothing to drain)."""
+
+
 class ProcessorError(RetryableError):
     """A processor raised an unexpected exception; treated as retryable."""
 

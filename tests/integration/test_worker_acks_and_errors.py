@@ -10,12 +10,13 @@ from itest_support import Harness, wait_for
 
 from s3flow.app import build_runtimes
 from s3flow.aws import open_clients
+from s3flow.errors import ReceiveFailedError
 from s3flow.local.endpoint import LocalEndpoint
 from s3flow.metrics import PipelineMetrics
 from s3flow.provision import provision
 from s3flow.settings import load_settings
 from s3flow.worker.acks import AckBatcher
-from s3flow.worker.engine import Worker
+from s3flow.worker.engine import BURST_RECEIVE_ATTEMPTS, Worker
 
 pytestmark = pytest.mark.integration
 
@@ -89,6 +90,46 @@ def test_receive_errors_back_off_instead_of_spinning(tmp_path) -> None:
         # Backoff doubles from 0.5 s with equal jitter: 3 errors need >= 0.5 + 1.0 s.
         assert elapsed >= 1.4, elapsed
         assert errors < 10
+    finally:
+        ep.stop()
+
+
+def test_burst_mode_gives_up_on_a_queue_it_cannot_read(tmp_path) -> None:
+    """The endpoint dies under a burst worker: a clear error after a few tries, not forever."""
+    ep = LocalEndpoint().start()
+    try:
+        settings = load_settings(
+            None,
+            {
+                "aws": {"endpoint_url": ep.url, "max_attempts": 1, "connect_timeout_s": 1},
+                "pipelines": [
+                    {
+                        "name": "p",
+                        "bucket": "gone-bucket",
+                        "queue": "gone-q",
+                        "output": str(tmp_path),
+                        "wait_time_s": 1,
+                    }
+                ],
+            },
+        )
+        asyncio.run(provision(settings))
+
+        async def go() -> tuple[BaseException | None, int]:
+            async with open_clients(settings.aws) as clients:
+                runtimes = await build_runtimes(settings, clients)
+                worker = Worker(clients, runtimes, settings.worker, burst=True)
+                task = asyncio.create_task(worker.run())
+                await asyncio.sleep(0)  # let the worker start polling
+                ep.stop()
+                done, _ = await asyncio.wait({task}, timeout=60)
+                assert done, "the burst worker did not give up"
+                return task.exception(), worker.metrics.for_pipeline("p").receive_errors
+
+        err, errors = asyncio.run(go())
+        assert isinstance(err, ReceiveFailedError), err
+        assert "gone-q" in str(err) and "4 attempts in a row" in str(err)
+        assert errors >= BURST_RECEIVE_ATTEMPTS  # each poller counts its own
     finally:
         ep.stop()
 

@@ -33,7 +33,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from s3flow.aws import pin_endpoints
-from s3flow.errors import translate_aws_error
+from s3flow.errors import ReceiveFailedError, translate_aws_error
 from s3flow.executors import ExecutorSet
 from s3flow.metrics import PipelineMetrics, WorkerMetrics
 from s3flow.processors.base import PipelineContext
@@ -57,6 +57,8 @@ log = logging.getLogger("s3flow.worker")
 
 #: Longest a stopping runner waits for receives on the wire beyond their wait time.
 _RECEIVE_MARGIN_S = 5.0
+#: Burst mode: failed receives in a row after which the worker gives up with an error.
+BURST_RECEIVE_ATTEMPTS = 4
 
 
 class PipelineRunner:
@@ -111,13 +113,20 @@ class PipelineRunner:
             for _ in range(n)
         ]
         self._pollers: list[asyncio.Task[None]] = []
+        # Burst mode gives up on a queue it cannot read (there is nothing to drain).
+        self._give_up_after = BURST_RECEIVE_ATTEMPTS if burst else None
+        #: Why polling ended early (burst mode: the queue could not be read), else None.
+        self.failure: ReceiveFailedError | None = None
 
     # --- polling -----------------------------------------------------------
 
     async def run(self) -> None:
         """Poll until stopped (or, in burst mode, until the queue is drained)."""
         self._pollers = [
-            asyncio.create_task(src.run(self._halt, self._on_empty), name=f"poll:{self.p.name}:{i}")
+            asyncio.create_task(
+                src.run(self._halt, self._on_empty, give_up_after=self._give_up_after),
+                name=f"poll:{self.p.name}:{i}",
+            )
             for i, src in enumerate(self._sources)
         ]
         stop_wait = asyncio.create_task(self._stop.wait())
@@ -156,6 +165,9 @@ class PipelineRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 try:
                     await t
+                except ReceiveFailedError as exc:
+                    log.error("pipeline %s: %s", self.p.name, exc)
+                    self.failure = self.failure or exc
                 except Exception:
                     log.exception("poller of %s failed", self.p.name)
 
@@ -429,6 +441,9 @@ class Worker:
                         stop = getattr(proc, "stop", None)
                         if stop is not None:
                             await stop()
+                failed = [r.failure for r in self.runners if r.failure is not None]
+                if failed:
+                    raise failed[0]
                 log.info(
                     "worker stopped after %.1fs: %d objects processed, %d duplicates, "
                     "%d dead-lettered, %d retried, %d released",

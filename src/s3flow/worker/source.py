@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from s3flow.errors import translate_aws_error
+from s3flow.errors import ReceiveFailedError, translate_aws_error
 from s3flow.metrics import PipelineMetrics
 
 log = logging.getLogger("s3flow.source")
@@ -148,11 +148,19 @@ class QueueSource:
         self.empty_receives = 0 if messages else self.empty_receives + 1
         return len(messages)
 
-    async def run(self, stop: asyncio.Event, on_empty: Callable[[], Awaitable[None]]) -> None:
+    async def run(
+        self,
+        stop: asyncio.Event,
+        on_empty: Callable[[], Awaitable[None]],
+        *,
+        give_up_after: int | None = None,
+    ) -> None:
         """Poll until ``stop`` is set. ``on_empty`` is awaited after each empty receive.
 
         A receive already on the wire when ``stop`` is set is finished (its
         messages are dispatched, and the owner releases them): see ``receiving``.
+        A failed receive is retried with back-off; after ``give_up_after`` failures
+        in a row (None: never) :class:`~s3flow.errors.ReceiveFailedError` is raised.
         """
         failures = 0
         while not stop.is_set():
@@ -165,6 +173,12 @@ class QueueSource:
                 failures += 1
                 self._metrics.receive_errors += 1
                 err = translate_aws_error(exc, "ReceiveMessage")
+                if give_up_after is not None and failures >= give_up_after:
+                    raise ReceiveFailedError(
+                        f"cannot receive from {self.queue_url}: {failures} attempts in a row "
+                        f"failed, the last with: {err}. Check that the queue exists, the "
+                        "endpoint is reachable and the credentials may read it"
+                    ) from exc
                 delay = min(self._backoff_max, self._backoff_base * 2 ** min(failures, 10))
                 delay = delay / 2 + random.random() * delay / 2
                 log.warning(
