@@ -37,6 +37,9 @@ HANDOVER_BYTES = 256 * 1024
 #: S3 read size. Small on purpose: the reader decompresses one read at a time and keeps
 #: all of its output at once, so with a 100:1 gzip a 1 MB read would be 100 MB in memory.
 READ_CHUNK_BYTES = 64 * 1024
+#: The object is opened while the producer starts; if that took longer than this, the
+#: response left unread is dropped and the object opened again.
+EARLY_OPEN_MAX_IDLE_S = 5.0
 
 
 async def open_stream(s3: Any, bucket: str, key: str, version_id: str | None) -> ObjectReader:
@@ -206,10 +209,15 @@ async def _attempt(
 ) -> RunReport:
     loop = asyncio.get_running_loop()
     session = TxnSession(opts, ref, on_checkpoint=mirror.offer)
+    opening: asyncio.Task[ObjectReader] | None = None
     try:
         hint = mirror.hint
         if hint is None:
             hint = await mirrored_hint(store, mirror_name(opts.topic, ref))
+        # The object is opened (GetObject) while the producer starts and the checkpoint
+        # is read: two round trips at once instead of one after the other.
+        opening = asyncio.ensure_future(open_stream())
+        opened_at = time.monotonic()
         ckpt = await loop.run_in_executor(executor, session.prepare, hint)
         if ckpt is not None and ckpt.done:
             log.info("%s: already in %s (%d rows): nothing to do", ref.uri, opts.topic, ckpt.sent)
@@ -224,7 +232,13 @@ async def _attempt(
                 ckpt.sent,
                 opts.topic,
             )
-        reader = await open_stream()
+        pending, opening = opening, None
+        if time.monotonic() - opened_at > EARLY_OPEN_MAX_IDLE_S:
+            # prepare() waited long (an open transaction of a zombie): a connection left
+            # unread that long may have been dropped by the server. Open it again.
+            _discard(pending)
+            pending = asyncio.ensure_future(open_stream())
+        reader = await pending
         try:
             _check_version(ref, reader)
             channel = ChunkChannel(loop, CHANNEL_BYTES)
@@ -253,7 +267,20 @@ async def _attempt(
             commit_seconds=session.commit_seconds,
         )
     finally:
+        if opening is not None:
+            _discard(opening)
         await asyncio.shield(loop.run_in_executor(executor, session.close))
+
+
+def _discard(opening: asyncio.Task[ObjectReader]) -> None:
+    """Close an object opened for nothing (the producer failed, or the object is done)."""
+
+    def close(task: asyncio.Task[ObjectReader]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            task.result().close()
+
+    opening.cancel()
+    opening.add_done_callback(close)
 
 
 def _check_version(ref: ObjectRef, reader: ObjectReader) -> None:
