@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 from itest_support import Harness, wait_for
@@ -14,7 +15,7 @@ from s3flow.errors import ReceiveFailedError
 from s3flow.local.endpoint import LocalEndpoint
 from s3flow.metrics import PipelineMetrics
 from s3flow.provision import provision
-from s3flow.settings import load_settings
+from s3flow.settings import Settings, load_settings
 from s3flow.worker.acks import AckBatcher
 from s3flow.worker.engine import BURST_RECEIVE_ATTEMPTS, Worker
 
@@ -48,26 +49,32 @@ def test_delete_batch_checks_every_entry(harness: Harness) -> None:
     assert harness.depth() == (0, 0)
 
 
+def _provisioned(ep: LocalEndpoint, tmp_path: Path, name: str) -> Settings:
+    """One pipeline on ``ep`` (queue ``NAME-q``), provisioned; AWS calls tried once."""
+    settings = load_settings(
+        None,
+        {
+            "aws": {"endpoint_url": ep.url, "max_attempts": 1, "connect_timeout_s": 1},
+            "pipelines": [
+                {
+                    "name": "p",
+                    "bucket": f"{name}-bucket",
+                    "queue": f"{name}-q",
+                    "output": str(tmp_path),
+                    "wait_time_s": 1,
+                }
+            ],
+        },
+    )
+    asyncio.run(provision(settings))
+    return settings
+
+
 def test_receive_errors_back_off_instead_of_spinning(tmp_path) -> None:
     """The endpoint dies under a running worker: polling backs off, then shuts down cleanly."""
     ep = LocalEndpoint().start()
     try:
-        settings = load_settings(
-            None,
-            {
-                "aws": {"endpoint_url": ep.url, "max_attempts": 1, "connect_timeout_s": 1},
-                "pipelines": [
-                    {
-                        "name": "p",
-                        "bucket": "dying-bucket",
-                        "queue": "dying-q",
-                        "output": str(tmp_path),
-                        "wait_time_s": 1,
-                    }
-                ],
-            },
-        )
-        asyncio.run(provision(settings))
+        settings = _provisioned(ep, tmp_path, "dying")
 
         async def go() -> tuple[int, float]:
             async with open_clients(settings.aws) as clients:
@@ -98,22 +105,7 @@ def test_burst_mode_gives_up_on_a_queue_it_cannot_read(tmp_path) -> None:
     """The endpoint dies under a burst worker: a clear error after a few tries, not forever."""
     ep = LocalEndpoint().start()
     try:
-        settings = load_settings(
-            None,
-            {
-                "aws": {"endpoint_url": ep.url, "max_attempts": 1, "connect_timeout_s": 1},
-                "pipelines": [
-                    {
-                        "name": "p",
-                        "bucket": "gone-bucket",
-                        "queue": "gone-q",
-                        "output": str(tmp_path),
-                        "wait_time_s": 1,
-                    }
-                ],
-            },
-        )
-        asyncio.run(provision(settings))
+        settings = _provisioned(ep, tmp_path, "gone")
 
         async def go() -> tuple[BaseException | None, int]:
             async with open_clients(settings.aws) as clients:

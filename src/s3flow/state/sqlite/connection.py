@@ -51,31 +51,27 @@ def _settle(batch: list[_Done]) -> None:
             fut.set_result(result)
 
 
+#: (begin, undo on error, end) of a transaction, and of a savepoint inside a group.
+_TRANSACTION = ("BEGIN IMMEDIATE", ("ROLLBACK",), "COMMIT")
+_SAVEPOINT = ("SAVEPOINT in_tx", ("ROLLBACK TO in_tx", "RELEASE in_tx"), "RELEASE in_tx")
+
+
 def in_tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
     """Run ``fn`` in a ``BEGIN IMMEDIATE`` transaction (write lock taken up front).
 
-    Inside the store thread's group transaction (see :meth:`SqliteStoreBase._drain`)
+    Inside the store thread's group transaction (see :meth:`SqliteStoreBase._group`)
     ``fn`` runs in a savepoint instead: its changes are undone alone if it raises.
     """
-    if conn.in_transaction:
-        conn.execute("SAVEPOINT in_tx")
-        try:
-            result = fn(conn)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK TO in_tx")
-                conn.execute("RELEASE in_tx")
-            raise
-        conn.execute("RELEASE in_tx")
-        return result
-    conn.execute("BEGIN IMMEDIATE")
+    begin, undo, done = _SAVEPOINT if conn.in_transaction else _TRANSACTION
+    conn.execute(begin)
     try:
         result = fn(conn)
     except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        if conn.in_transaction:  # else SQLite has already rolled the whole transaction back
+            for sql in undo:
+                conn.execute(sql)
         raise
-    conn.execute("COMMIT")
+    conn.execute(done)
     return result
 
 
