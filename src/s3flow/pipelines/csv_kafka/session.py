@@ -7,7 +7,7 @@ Lifecycle (each call blocks; the runner calls them off the event loop)::
     final = session.run(channel, ckpt)   # rows in transactions of ~checkpoint_rows rows
     session.close()                # aborts an open transaction, purges, destroys the producer
 
-The object is cut into blocks (~1 MiB of line-aligned pieces ending where ``csv.reader``
+The object is cut into blocks (~512 KiB of line-aligned pieces ending where ``csv.reader``
 ends a record: see :class:`~s3flow.pipelines.csv_kafka.blocks.RecordEnds`), and
 :class:`~s3flow.pipelines.csv_kafka.rows.RowBatches` turns each block into the messages
 of its rows: a block of one-line records in UTF-8 is parsed and encoded by pyarrow
@@ -60,10 +60,11 @@ from s3flow.pipelines.csv_kafka.rows import BadRow, RowBatches, original_bytes
 log = logging.getLogger("s3flow.pipelines.csv_kafka")
 
 _COMMIT_ATTEMPTS = 5
-#: Blocks (~1 MiB each) read and encoded ahead of the produce loop. 3 was tried (parsing
-#: while ``commit_transaction`` waits) but lifted the 2 GiB run's peak RSS over its
-#: 250 MB bound (255.8 MB in a fresh clone) for a gain too small to measure here.
-PREFETCH_BLOCKS = 1
+#: Blocks (~512 KiB each) read and encoded ahead of the produce loop: the same bytes
+#: ahead as one block of 1 MiB before. 3 blocks of 1 MiB were tried (parsing while
+#: ``commit_transaction`` waits) but lifted the 2 GiB run's peak RSS over its 250 MB
+#: bound (255.8 MB in a fresh clone) for a gain too small to measure here.
+PREFETCH_BLOCKS = 2
 #: Messages produced per ``map`` run (~1.3 ms): a thread waiting for the GIL gets it
 #: between two runs (a run holds it throughout; a whole block's, ~13 ms, left the
 #: prefetch thread waiting that long for each of its ~15 GIL acquisitions per block, and
