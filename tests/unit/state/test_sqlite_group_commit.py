@@ -134,3 +134,53 @@ async def test_results_are_committed_when_they_arrive(tmp_path: Path, n: int) ->
             assert committed(path)[f"k{i}"] == i
         await asyncio.gather(*(store._run(put(f"g{i}", i)) for i in range(n)))
         assert len(committed(path)) == 2 * n
+
+
+async def test_reads_take_no_part_in_a_group(tmp_path: Path) -> None:
+    """A read never holds the write lock: it runs between groups, outside a transaction."""
+    seen: list[bool] = []
+
+    def probe(conn: sqlite3.Connection) -> None:
+        seen.append(conn.in_transaction)
+
+    async with Store(tmp_path / "s.db") as store:
+        futures = [
+            asyncio.ensure_future(store._run(put("a", 1))),
+            asyncio.ensure_future(store._run(probe, read=True)),
+            asyncio.ensure_future(store._run(put("b", 2))),
+        ]
+        await asyncio.gather(*futures)
+        _, sql = await queued_together(store, [(put("c", 3), False), (put("d", 4), False)])
+    assert seen == [False]
+    assert sql.count("BEGIN IMMEDIATE") == 1  # c and d together
+
+
+async def test_a_plain_write_rerun_after_a_group_rollback_counts_once(tmp_path: Path) -> None:
+    """A write outside in_tx is part of the group: rolled back with it, run again once."""
+    path = tmp_path / "s.db"
+
+    def bump(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t (k, v) VALUES ('n', 1) ON CONFLICT(k) DO UPDATE SET v = v + 1")
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    async with Store(path) as store:
+        await queued_together(store, [(bump, False), (broken, False), (bump, False)])
+    assert committed(path) == {"n": 2}
+
+
+async def test_a_call_that_commits_by_itself_is_not_applied_twice(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+
+    def rogue(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO t (k, v) VALUES ('r', 9)")
+        conn.execute("COMMIT")  # a call must not do this; the store copes
+        return "done"
+
+    async with Store(path) as store:
+        results, _ = await queued_together(
+            store, [(put("a", 1), False), (rogue, False), (put("c", 3), False)]
+        )
+    assert results == [1, "done", 3]
+    assert committed(path) == {"a": 1, "r": 9, "c": 3}

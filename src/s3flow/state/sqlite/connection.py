@@ -6,13 +6,16 @@ from many tasks are serialised without a lock. Several worker *processes* may
 share one database file: every read-modify-write runs in a ``BEGIN IMMEDIATE``
 transaction (:func:`in_tx`: the database write lock is taken before the row is
 read), and ``busy_timeout`` makes a process wait for another's write instead of
-failing.
+failing. Writes queued together share one transaction (group commit:
+:meth:`SqliteStoreBase._group`); reads run on their own, outside any transaction,
+so they never take the write lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
@@ -27,13 +30,16 @@ from s3flow.state.records import StateError
 from s3flow.state.sqlite.schema import BUSY_TIMEOUT_MS, create_schema, enable_wal, prepare_new
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: Results handed back to the event loop per wake-up, at most.
 _BATCH = 16
 #: (future, its loop, result, exception) of one finished call.
 _Done = tuple[asyncio.Future[Any], asyncio.AbstractEventLoop, Any, BaseException | None]
-#: A queued call: (function of the connection, its future, its loop, run alone).
+#: A queued call: (function of the connection, its future, its loop, may join a group).
 _Call = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], Any, bool]
+#: ``active`` while the store's thread runs a group transaction (see ``_group``).
+_GROUP = threading.local()
 
 
 class _Regroup(Exception):
@@ -61,8 +67,11 @@ def in_tx(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
 
     Inside the store thread's group transaction (see :meth:`SqliteStoreBase._group`)
     ``fn`` runs in a savepoint instead: its changes are undone alone if it raises.
+    Outside a group, a transaction left open is an error (``BEGIN`` fails), never
+    silently joined.
     """
-    begin, undo, done = _SAVEPOINT if conn.in_transaction else _TRANSACTION
+    grouped = getattr(_GROUP, "active", False) and conn.in_transaction
+    begin, undo, done = _SAVEPOINT if grouped else _TRANSACTION
     conn.execute(begin)
     try:
         result = fn(conn)
@@ -160,7 +169,9 @@ class SqliteStoreBase:
         if conn is not None:
             conn.close()
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, alone: bool = False) -> T:
+    async def _run(
+        self, fn: Callable[[sqlite3.Connection], T], *, alone: bool = False, read: bool = False
+    ) -> T:
         """Run ``fn(conn)`` on the store's thread, after every call queued before it.
 
         Calls queue up and one pass of the thread (:meth:`_drain`) runs them in order,
@@ -168,14 +179,15 @@ class SqliteStoreBase:
         a fraction of a thread hop and of a loop wake-up instead of one each. Calls
         queued together also share one transaction (group commit, see
         :meth:`_group`); ``alone`` keeps ``fn`` out of it (``VACUUM``, long batches
-        other processes must not wait behind).
+        other processes must not wait behind), and so does ``read`` (a read in WAL
+        mode takes no lock; in a group it would hold the write lock).
         """
         executor = self._executor
         if executor is None:
             raise StateError(f"state store {self.path} is not open (use 'async with')")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        item: _Call = (fn, fut, loop, alone)
+        item: _Call = (fn, fut, loop, not (alone or read))
         self._calls.append(item)
         with self._calls_lock:
             start, self._draining = not self._draining, True
@@ -218,7 +230,7 @@ class SqliteStoreBase:
         done: list[_Done] = []
         group: list[_Call] = []
         for item in [*items, None]:
-            if item is not None and not item[3]:
+            if item is not None and item[3]:
                 group.append(item)
                 continue
             if len(group) > 1:
@@ -236,9 +248,10 @@ class SqliteStoreBase:
 
         Each call's :func:`in_tx` becomes a savepoint, so a call that raises undoes
         only its own changes and reports its own error. Results are handed back only
-        after the ``COMMIT``. On a database error (or a lost transaction) everything
-        is rolled back and None returned: the caller then runs each call alone, as if
-        the group had never been tried.
+        after the ``COMMIT``. On a database error everything is rolled back and None
+        returned: the caller then runs each call alone, as if the group had never been
+        tried. A call must not end the transaction itself; one that does is logged,
+        nothing before it is run again (it may be committed) and the rest run alone.
         """
         conn = self._conn
         if conn is None or conn.in_transaction:
@@ -248,22 +261,30 @@ class SqliteStoreBase:
         except sqlite3.Error:
             return None
         done: list[_Done] = []
+        _GROUP.active = True
         try:
-            for fn, fut, loop, _ in items:
+            for i, (fn, fut, loop, _) in enumerate(items):
                 try:
                     done.append((fut, loop, fn(conn), None))
                 except sqlite3.Error as exc:
                     raise _Regroup from exc
-                except Exception as exc:
+                except BaseException as exc:
                     if not conn.in_transaction:
                         raise _Regroup from exc
                     done.append((fut, loop, None, exc))
+                    continue
+                if not conn.in_transaction:
+                    log.error("state store %s: a call ended its group's transaction", self.path)
+                    _GROUP.active = False
+                    return done + [self._one(item) for item in items[i + 1 :]]
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
             return None
+        finally:
+            _GROUP.active = False
         return done
 
     def _one(self, item: _Call) -> _Done:

@@ -134,7 +134,7 @@ class FilesMixin(FileLifecycleMixin, SqliteStoreBase):
 
     async def get(self, oid: ObjectId) -> FileRecord | None:
         """One version's record."""
-        return await self._run(lambda conn: _select(conn, oid))
+        return await self._run(lambda conn: _select(conn, oid), read=True)
 
     async def versions(self, bucket: str, key: str) -> list[FileRecord]:
         """The records of every version of one key, most recently updated first."""
@@ -147,7 +147,7 @@ class FilesMixin(FileLifecycleMixin, SqliteStoreBase):
             ).fetchall()
             return [file_record(r) for r in rows]
 
-        return await self._run(run)
+        return await self._run(run, read=True)
 
     async def history(self, bucket: str, key: str) -> list[HistoryEntry]:
         """Every transition of every version of one key, oldest first."""
@@ -165,7 +165,7 @@ class FilesMixin(FileLifecycleMixin, SqliteStoreBase):
                 for at, version, old, new, worker, detail in conn.execute(_HISTORY, (bucket, key))
             ]
 
-        return await self._run(run)
+        return await self._run(run, read=True)
 
     async def _list_files(self, query: FileFilter) -> list[FileRecord]:
         """Records matching the filters, most recently updated first (index walks)."""
@@ -206,7 +206,9 @@ class FilesMixin(FileLifecycleMixin, SqliteStoreBase):
                 sql += " WHERE " + " AND ".join(where)
             sql += order
             args.append(query.limit)
-        return await self._run(lambda conn: [file_record(r) for r in conn.execute(sql, args)])
+        return await self._run(
+            lambda conn: [file_record(r) for r in conn.execute(sql, args)], read=True
+        )
 
     async def counts(self, pipeline: str | None = None) -> dict[str, int]:
         """Number of records per status (every status present, zeros included): the counters."""
@@ -223,7 +225,7 @@ class FilesMixin(FileLifecycleMixin, SqliteStoreBase):
                 out[status] = int(n)
             return out
 
-        return await self._run(run)
+        return await self._run(run, read=True)
 
     async def oldest_processing_at(self, pipeline: str | None = None) -> float | None:
         """When the oldest record still in ``processing`` entered it (one index lookup)."""
@@ -237,4 +239,4 @@ class FilesMixin(FileLifecycleMixin, SqliteStoreBase):
             row = conn.execute(sql, args).fetchone()
             return None if row is None or row[0] is None else float(row[0])
 
-        return await self._run(run)
+        return await self._run(run, read=True)

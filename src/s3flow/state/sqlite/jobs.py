@@ -77,11 +77,11 @@ class JobsMixin(JobLogMixin, SqliteStoreBase):
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         """The job, or None."""
-        return await self._run(lambda conn: _select_job(conn, "job_id", job_id))
+        return await self._run(lambda conn: _select_job(conn, "job_id", job_id), read=True)
 
     async def job_for_upload(self, upload_id: str) -> JobRecord | None:
         """The job an upload id belongs to, or None."""
-        return await self._run(lambda conn: _select_job(conn, "upload_id", upload_id))
+        return await self._run(lambda conn: _select_job(conn, "upload_id", upload_id), read=True)
 
     async def list_jobs(
         self, *, status: JobStatus | None = None, limit: int = 50
@@ -94,7 +94,9 @@ class JobsMixin(JobLogMixin, SqliteStoreBase):
             args.append(JobStatus(status).value)
         sql += " ORDER BY created_at DESC, job_id DESC LIMIT ?"
         args.append(max(0, limit))
-        return await self._run(lambda conn: [job_from_json(r[0]) for r in conn.execute(sql, args)])
+        return await self._run(
+            lambda conn: [job_from_json(r[0]) for r in conn.execute(sql, args)], read=True
+        )
 
     async def _append(
         self, job_id: str, draft: EventDraft, if_status: frozenset[JobStatus] | None
@@ -123,5 +125,5 @@ class JobsMixin(JobLogMixin, SqliteStoreBase):
         """Events with ``seq > after_seq``, in order (at most ``limit``)."""
         args = (job_id, after_seq, max(0, limit))
         return await self._run(
-            lambda conn: [job_event(r) for r in conn.execute(_EVENTS_AFTER, args)]
+            lambda conn: [job_event(r) for r in conn.execute(_EVENTS_AFTER, args)], read=True
         )

@@ -92,7 +92,7 @@ class ManifestsMixin(ManifestStatusMixin, SqliteStoreBase):
             ).fetchone()
             return None if r is None else tracked_file(r)
 
-        return await self._run(run)
+        return await self._run(run, read=True)
 
     async def pending_files(
         self, dataset: str, date: str, *, limit: int | None = None
@@ -104,7 +104,9 @@ class ManifestsMixin(ManifestStatusMixin, SqliteStoreBase):
             "AND date = ? ORDER BY added_at, bucket, key, version LIMIT ?"
         )
         args = (dataset, date, -1 if limit is None else max(0, limit))
-        return await self._run(lambda conn: [tracked_file(r) for r in conn.execute(sql, args)])
+        return await self._run(
+            lambda conn: [tracked_file(r) for r in conn.execute(sql, args)], read=True
+        )
 
     async def pending(self, dataset: str, date: str) -> PendingSummary:
         """Count, bytes and oldest add time of one (dataset, date)'s pending files."""
@@ -117,7 +119,7 @@ class ManifestsMixin(ManifestStatusMixin, SqliteStoreBase):
             ).fetchone()
             return PendingSummary(dataset, date, int(n), int(total), oldest)
 
-        return await self._run(run)
+        return await self._run(run, read=True)
 
     async def pending_dates(self, dataset: str) -> list[PendingSummary]:
         """One summary per date that has pending files, by date."""
@@ -130,7 +132,7 @@ class ManifestsMixin(ManifestStatusMixin, SqliteStoreBase):
             )
             return [PendingSummary(dataset, d, int(n), int(b), a) for d, n, b, a in rows]
 
-        return await self._run(run)
+        return await self._run(run, read=True)
 
     def _check_lock(self, conn: sqlite3.Connection, lock: str, owner: str, token: int) -> None:
         row = conn.execute(
@@ -206,12 +208,12 @@ class ManifestsMixin(ManifestStatusMixin, SqliteStoreBase):
             "(status = 'sealed' AND location IS NULL)) ORDER BY created_at, manifest_id"
         )
         return await self._run(
-            lambda conn: [manifest_record(r) for r in conn.execute(sql, (dataset,))]
+            lambda conn: [manifest_record(r) for r in conn.execute(sql, (dataset,))], read=True
         )
 
     async def get_manifest(self, manifest_id: str) -> ManifestRecord | None:
         """One manifest."""
-        return await self._run(lambda conn: _select_manifest(conn, manifest_id))
+        return await self._run(lambda conn: _select_manifest(conn, manifest_id), read=True)
 
     async def _list_manifests(self, query: ManifestFilter) -> list[ManifestRecord]:
         """Manifests matching the filters, newest first."""
@@ -228,7 +230,9 @@ class ManifestsMixin(ManifestStatusMixin, SqliteStoreBase):
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, manifest_id DESC LIMIT ?"
         args.append(query.limit)
-        return await self._run(lambda conn: [manifest_record(r) for r in conn.execute(sql, args)])
+        return await self._run(
+            lambda conn: [manifest_record(r) for r in conn.execute(sql, args)], read=True
+        )
 
     async def _move_manifest(
         self,

@@ -32,7 +32,7 @@ class MetaMixin(SqliteStoreBase):
             row = conn.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
             return 0 if row is None else int(row[0])
 
-        return await self._run(run)
+        return await self._run(run, read=True)
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -43,7 +43,7 @@ class MetaMixin(SqliteStoreBase):
             row = conn.execute("SELECT value FROM checkpoints WHERE name = ?", (name,)).fetchone()
             return None if row is None else str(row[0])
 
-        return await self._run(run)
+        return await self._run(run, read=True)
 
     async def put_checkpoint(self, name: str, value: str) -> None:
         """Store a position for ``name`` (last write wins)."""
