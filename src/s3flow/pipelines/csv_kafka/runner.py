@@ -232,13 +232,14 @@ async def _attempt(
                 ckpt.sent,
                 opts.topic,
             )
-        pending, opening = opening, None
         if time.monotonic() - opened_at > EARLY_OPEN_MAX_IDLE_S:
             # prepare() waited long (an open transaction of a zombie): a connection left
             # unread that long may have been dropped by the server. Open it again.
-            _discard(pending)
-            pending = asyncio.ensure_future(open_stream())
-        reader = await pending
+            _discard(opening)
+            opening = asyncio.ensure_future(open_stream())
+        # Still ``opening`` while awaited: a cancellation here has it closed (finally).
+        reader = await opening
+        opening = None
         try:
             _check_version(ref, reader)
             channel = ChunkChannel(loop, CHANNEL_BYTES)
