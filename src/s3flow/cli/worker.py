@@ -17,7 +17,12 @@ def worker(
     burst: Annotated[
         bool,
         typer.Option(
-            "--burst", help="Exit 0 once the queues are drained and nothing is in flight."
+            "--burst",
+            help=(
+                "Exit 0 once the queues are drained and nothing is in flight; exit 2 with "
+                "the reason if a queue cannot be read (4 failed receives in a row, 12 once "
+                "it has been read)."
+            ),
         ),
     ] = False,
     pipeline: Annotated[

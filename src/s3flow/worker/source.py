@@ -160,20 +160,25 @@ class QueueSource:
         A receive already on the wire when ``stop`` is set is finished (its
         messages are dispatched, and the owner releases them): see ``receiving``.
         A failed receive is retried with back-off; after ``give_up_after`` failures
-        in a row (None: never) :class:`~s3flow.errors.ReceiveFailedError` is raised.
+        in a row (None: never) :class:`~s3flow.errors.ReceiveFailedError` is raised,
+        or three times as many once a receive has worked (a blip mid-drain is no
+        reason to stop).
         """
         failures = 0
+        limit = give_up_after
         while not stop.is_set():
             try:
                 got = await self.receive_once()
                 failures = 0
+                if give_up_after is not None:
+                    limit = 3 * give_up_after
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 failures += 1
                 self._metrics.receive_errors += 1
                 err = translate_aws_error(exc, "ReceiveMessage")
-                if give_up_after is not None and failures >= give_up_after:
+                if limit is not None and failures >= limit:
                     raise ReceiveFailedError(
                         f"cannot receive from {self.queue_url}: {failures} attempts in a row "
                         f"failed, the last with: {err}. Check that the queue exists, the "

@@ -63,3 +63,20 @@ async def test_without_a_limit_it_keeps_trying_until_stopped() -> None:
     stop.set()
     await asyncio.wait_for(task, 5)  # returns normally: no error raised
     assert sqs.calls >= 10
+
+
+class _FlakySqs(_FailingSqs):
+    """Answers the first receive (empty), then fails every time."""
+
+    async def receive_message(self, **kwargs: Any) -> dict[str, Any]:
+        if self.calls == 0:
+            self.calls += 1
+            return {}
+        return await super().receive_message(**kwargs)
+
+
+async def test_after_a_good_receive_it_tries_three_times_as_long() -> None:
+    sqs, metrics = _FlakySqs(), PipelineMetrics()
+    with pytest.raises(ReceiveFailedError, match="9 attempts in a row"):
+        await _source(sqs, metrics).run(asyncio.Event(), _nothing, give_up_after=3)
+    assert metrics.receive_errors == 9
