@@ -20,6 +20,7 @@ visible together.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
@@ -194,15 +195,8 @@ class TxnSession:
         splitter = PieceSplitter(self._piece_bytes)
         pos = state.offset
         bom = state.offset == 0 and self.opts.encoding == "utf-8"
-        for chunk in iter(channel.get, None):
-            for piece in splitter.feed(chunk):
-                pos += len(piece)
-                if bom:
-                    bom = False
-                    if piece.startswith(UTF8_BOM):
-                        piece = piece[len(UTF8_BOM) :]
-                yield piece, pos
-        for piece in splitter.finish():
+        fed = (piece for chunk in iter(channel.get, None) for piece in splitter.feed(chunk))
+        for piece in itertools.chain(fed, splitter.finish()):
             pos += len(piece)
             if bom:
                 bom = False
