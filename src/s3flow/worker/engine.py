@@ -441,9 +441,6 @@ class Worker:
                         stop = getattr(proc, "stop", None)
                         if stop is not None:
                             await stop()
-                failed = [r.failure for r in self.runners if r.failure is not None]
-                if failed:
-                    raise failed[0]
                 log.info(
                     "worker stopped after %.1fs: %d objects processed, %d duplicates, "
                     "%d dead-lettered, %d retried, %d released",
@@ -454,6 +451,9 @@ class Worker:
                     self.metrics.total("retried"),
                     self.metrics.total("released"),
                 )
+                failed = [r.failure for r in self.runners if r.failure is not None]
+                if failed:
+                    raise failed[0]
         finally:
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):

@@ -150,7 +150,7 @@ async def test_invalid_utf8_without_text_encoding_is_counted(make_ctx: MakeCtx) 
 @pytest.mark.parametrize("with_numpy", [True, False])
 @pytest.mark.parametrize(
     "chunk",
-    [b"", b"\n", b"a", b"a\nb", b"x" * 5000, b"a\nb\n" * 3000, bytes(range(256)) * 64],
+    [b"", b"\n", b"a", b"a\nb", b"x" * 5000, b"a\nb\n" * 3000, bytes(range(256)) * 5000],
 )
 def test_line_feeds_are_counted_with_and_without_numpy(
     chunk: bytes, with_numpy: bool, monkeypatch: pytest.MonkeyPatch
