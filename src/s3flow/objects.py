@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bz2
+import functools
 import itertools
 import sys
 import zlib
@@ -34,15 +35,41 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 BZ2_MAGIC = b"BZh"
 
 ENCODINGS = ("identity", "gzip", "zstd", "bz2")
+#: Bytes compared at a time by :func:`count_byte`: its mask stays well under the 1 MiB
+#: mmap threshold the worker fixes (a larger one would be a fresh mapping each time).
+_COUNT_SLICE_BYTES = 256 * 1024
 __all__ = [
     "ENCODINGS",
     "ObjectInfo",
     "ObjectReader",
+    "count_byte",
     "detect_encoding",
     "make_decoder",
     "open_object",
     "zstd",
 ]
+
+
+@functools.cache
+def _numpy() -> Any:
+    """numpy, imported on first use (not at start-up), or None when it is not installed."""
+    try:  # optional: byte counts ~5x faster than bytes.count (0.07 vs 0.34 ms a MiB)
+        import numpy
+    except ImportError:  # pragma: no cover - numpy comes with most installs
+        return None
+    return numpy
+
+
+def count_byte(data: bytes, value: int) -> int:
+    """How many bytes of ``data`` equal ``value`` (with numpy when it is installed)."""
+    np = _numpy() if len(data) >= 4096 else None
+    if np is None:
+        return data.count(bytes((value,)))
+    array = np.frombuffer(data, np.uint8)
+    return sum(
+        int(np.count_nonzero(array[i : i + _COUNT_SLICE_BYTES] == value))
+        for i in range(0, len(array), _COUNT_SLICE_BYTES)
+    )
 
 
 def detect_encoding(head: bytes, content_encoding: str | None = None, key: str = "") -> str:

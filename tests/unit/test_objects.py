@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from s3flow import objects
 from s3flow.errors import CorruptDataError
 from s3flow.objects import (
     ObjectInfo,
@@ -314,3 +315,18 @@ async def test_reader_detects_gzip_when_first_read_is_short(fake_body: type) -> 
     reader = ObjectReader(info(key="x.txt"), fake_body(data, step=1))
     assert await read_all(reader) == b"hello\n"
     assert reader.encoding == "gzip"
+
+
+@pytest.mark.parametrize("with_numpy", [True, False])
+@pytest.mark.parametrize(
+    "chunk",
+    [b"", b"\n", b"a", b"a\nb", b"x" * 5000, b"a\nb\n" * 3000, bytes(range(256)) * 5000],
+)
+def test_line_feeds_are_counted_with_and_without_numpy(
+    chunk: bytes, with_numpy: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if with_numpy:
+        assert objects._numpy() is not None  # a dev install has numpy
+    else:
+        monkeypatch.setattr(objects, "_numpy", lambda: None)
+    assert objects.count_byte(chunk, 10) == chunk.count(b"\n")

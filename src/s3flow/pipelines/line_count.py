@@ -15,34 +15,14 @@ import codecs
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from s3flow.errors import UndecodableContentError
+from s3flow.objects import count_byte
 from s3flow.processors.base import OptionsProcessor, ProcessContext, Result
 from s3flow.settings import codec_info
-
-np: Any
-try:  # optional: counts line feeds ~5x faster than bytes.count (0.07 vs 0.34 ms a MiB)
-    import numpy as np
-except ImportError:  # pragma: no cover - numpy comes with most installs
-    np = None
-
-
-#: Bytes compared at a time: the mask stays well under the 1 MiB mmap threshold.
-_SLICE_BYTES = 256 * 1024
-
-
-def count_line_feeds(chunk: bytes) -> int:
-    """How many ``\n`` bytes ``chunk`` holds."""
-    if np is None or len(chunk) < 4096:
-        return chunk.count(b"\n")
-    data = np.frombuffer(chunk, np.uint8)
-    return sum(
-        int(np.count_nonzero(data[i : i + _SLICE_BYTES] == 10))
-        for i in range(0, len(data), _SLICE_BYTES)
-    )
 
 
 class LineCountOptions(BaseModel):
@@ -85,7 +65,7 @@ class LineCountProcessor(OptionsProcessor[LineCountOptions]):
         offset = 0
         try:
             async for chunk in reader:
-                lines += count_line_feeds(chunk)
+                lines += count_byte(chunk, 10)
                 last = chunk[-1:]
                 if decoder is not None:
                     try:

@@ -12,7 +12,6 @@ import pytest
 
 from s3flow.errors import UndecodableContentError
 from s3flow.objects import zstd
-from s3flow.pipelines import line_count
 from s3flow.pipelines.line_count import LineCountProcessor
 
 MakeCtx = Callable[..., Any]
@@ -145,18 +144,3 @@ async def test_truncated_utf8_character_at_end(make_ctx: MakeCtx) -> None:
 async def test_invalid_utf8_without_text_encoding_is_counted(make_ctx: MakeCtx) -> None:
     _, result = await run(make_ctx, b"\xff\xfe\n\x80")
     assert result.detail["lines"] == 2
-
-
-@pytest.mark.parametrize("with_numpy", [True, False])
-@pytest.mark.parametrize(
-    "chunk",
-    [b"", b"\n", b"a", b"a\nb", b"x" * 5000, b"a\nb\n" * 3000, bytes(range(256)) * 5000],
-)
-def test_line_feeds_are_counted_with_and_without_numpy(
-    chunk: bytes, with_numpy: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if with_numpy:
-        assert line_count.np is not None  # a dev install has numpy
-    else:
-        monkeypatch.setattr(line_count, "np", None)
-    assert line_count.count_line_feeds(chunk) == chunk.count(b"\n")

@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - the stdlib counts below
     np = None  # type: ignore[assignment]
 
 from s3flow.errors import PermanentError
+from s3flow.objects import count_byte
 
 #: Pieces of about this size, each ending with a line break: what :class:`RecordEnds` reads.
 #: 64 KiB: a block then ends within 64 KiB after BLOCK_BYTES (the session hands over
@@ -103,17 +104,6 @@ class PieceSplitter:
 
 
 _CONTROL = bytes(range(32))
-
-
-def count_byte(data: bytes, value: int) -> int:
-    """How many bytes of ``data`` equal ``value``.
-
-    With numpy about 5x faster than ``bytes.count`` (0.1 vs 0.5 ms per MiB),
-    most of it without the GIL the produce thread needs.
-    """
-    if np is not None:
-        return int(np.count_nonzero(np.frombuffer(data, np.uint8) == value))
-    return data.count(bytes((value,)))
 
 
 def count_lines(block: bytes) -> int:

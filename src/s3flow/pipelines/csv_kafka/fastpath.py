@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from s3flow.pipelines.csv_kafka.blocks import UTF8_BOM, count_byte, count_controls
+from s3flow.objects import count_byte
+from s3flow.pipelines.csv_kafka.blocks import UTF8_BOM, count_controls
 
 #: The system allocator: mimalloc (pyarrow's default) kept tens of MB of freed blocks
 #: per thread here, which the memory bound of a streaming pipeline cannot afford.
