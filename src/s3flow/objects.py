@@ -15,7 +15,7 @@ import functools
 import itertools
 import sys
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -285,6 +285,8 @@ class ObjectReader:
         self.encoding = "identity"
         self.compressed_bytes = 0
         self.uncompressed_bytes = 0
+        #: Called once, by :meth:`close` (the worker's "input read" signal).
+        self.on_close: Callable[[], None] | None = None
 
     async def _raw_chunks(self) -> AsyncIterator[bytes]:
         while True:
@@ -351,11 +353,14 @@ class ObjectReader:
                 yield piece
 
     def close(self) -> None:
-        """Release the HTTP connection."""
+        """Release the HTTP connection (then call :attr:`on_close`, once)."""
         try:
             self._body.close()
         except Exception:
             pass
+        hook, self.on_close = self.on_close, None
+        if hook is not None:
+            hook()
 
 
 async def open_object(

@@ -65,6 +65,49 @@ class ConcurrencyProbe(BaseProcessor):
         cls.calls = []
 
 
+class ReadThenSlowWrite(BaseProcessor):
+    """Reads its object, then "writes" for ``write_s``: peaks of each phase, in-process."""
+
+    name: ClassVar[str] = "test-read-then-write"
+    lock = threading.Lock()
+    reading: ClassVar[int] = 0
+    writing: ClassVar[int] = 0
+    peak_reading: ClassVar[int] = 0
+    peak_writing: ClassVar[int] = 0
+    peak_total: ClassVar[int] = 0
+
+    def _step(self, reading: int, writing: int) -> None:
+        cls = type(self)
+        with cls.lock:
+            cls.reading += reading
+            cls.writing += writing
+            cls.peak_reading = max(cls.peak_reading, cls.reading)
+            cls.peak_writing = max(cls.peak_writing, cls.writing)
+            cls.peak_total = max(cls.peak_total, cls.reading + cls.writing)
+
+    async def process(self, ctx: ProcessContext) -> Result:
+        self._step(1, 0)
+        reader = await ctx.open()
+        try:
+            async for _ in reader:
+                pass
+            await asyncio.sleep(float(self.options.get("read_s", 0.05)))
+        finally:
+            self._step(-1, 1)
+            reader.close()  # the worker may start the next object now
+        try:
+            await asyncio.sleep(float(self.options.get("write_s", 0.5)))
+            uri = await ctx.sink.write(ctx.event.key + ".json", b"{}", "application/json")
+        finally:
+            self._step(0, -1)
+        return Result(outputs=[uri])
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.reading = cls.writing = 0
+        cls.peak_reading = cls.peak_writing = cls.peak_total = 0
+
+
 class AlwaysFails(BaseProcessor):
     """Raises an unexpected exception (a processor bug: retryable)."""
 

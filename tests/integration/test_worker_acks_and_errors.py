@@ -55,6 +55,8 @@ def _provisioned(ep: LocalEndpoint, tmp_path: Path, name: str) -> Settings:
         None,
         {
             "aws": {"endpoint_url": ep.url, "max_attempts": 1, "connect_timeout_s": 1},
+            # One poller: the back-off and the give-up count are each poller's own.
+            "worker": {"pollers_per_pipeline": 1},
             "pipelines": [
                 {
                     "name": "p",

@@ -10,7 +10,7 @@ from urllib.parse import quote_plus
 
 import pytest
 from itest_support import Harness, s3_event
-from s3flow_testprocs import AlwaysFails, ConcurrencyProbe
+from s3flow_testprocs import AlwaysFails, ConcurrencyProbe, ReadThenSlowWrite
 
 pytestmark = pytest.mark.integration
 
@@ -245,8 +245,9 @@ def test_concurrency_bound_is_never_exceeded(harness: Harness) -> None:
     m = harness.run()
     assert len(ConcurrencyProbe.calls) == 15
     assert ConcurrencyProbe.peak == 3  # reached, and never more
-    # received and not yet settled: the working ones plus at most as many settling
-    assert m.pipelines["p"].max_in_flight <= 6
+    # received and not yet settled: the working ones, at most as many settling, and
+    # the one prefetched (concurrency // 2)
+    assert m.pipelines["p"].max_in_flight <= 7
     assert len(harness.output_keys()) == 15
 
 
@@ -266,9 +267,32 @@ def test_a_message_waiting_for_its_batched_delete_does_not_hold_a_slot(
     m = harness.run()
     p = m.pipelines["p"]
     assert ConcurrencyProbe.peak == 1 and len(ConcurrencyProbe.calls) == 4
-    assert p.max_in_flight == 2  # one worked on while another waited for its delete
+    # one worked on while two waited for their delete (settling: 2 x concurrency)
+    assert p.max_in_flight == 3
     assert p.acked == 4 and len(harness.output_keys()) == 4
     assert harness.depth() == (0, 0)  # nothing visible, nothing in flight
+    assert harness.depth(harness.dlq_url) == (0, 0) and harness.dlq_messages() == []
+
+
+def test_an_object_writing_its_outputs_gives_its_slot_to_the_next(harness: Harness) -> None:
+    ReadThenSlowWrite.reset()
+    harness.configure(
+        processor="s3flow_testprocs:ReadThenSlowWrite",
+        concurrency=2,
+        options={"read_s": 0.05, "write_s": 0.6},
+    )
+    for i in range(10):
+        harness.put(f"k{i}.txt", b"z\n" * 100)
+    m = harness.run()
+    p = m.pipelines["p"]
+    # Reading is bounded by the slots; writes go on beside it, under the second budget.
+    assert ReadThenSlowWrite.peak_reading <= 2
+    assert ReadThenSlowWrite.peak_writing > 2  # slots were handed over mid-object
+    # 2 reading, at most 2 x 2 writing with a settling permit (a message finding none
+    # free keeps its slot); received: 3 x concurrency + the one prefetched at most
+    assert ReadThenSlowWrite.peak_total <= 6 and p.max_in_flight <= 7
+    assert p.objects_processed == 10 and p.acked == 10 and len(harness.output_keys()) == 10
+    assert harness.depth() == (0, 0)
     assert harness.depth(harness.dlq_url) == (0, 0) and harness.dlq_messages() == []
 
 

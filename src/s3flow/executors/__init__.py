@@ -13,7 +13,7 @@ closed together when the worker stops (``async with``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from s3flow.closing import AsyncClosing
@@ -96,9 +96,24 @@ class ExecutorSet(AsyncClosing):
         assert isinstance(found, InlineExecutor)
         return found
 
-    async def run(self, name: str, job: ObjectJob, progress: Progress | None = None) -> Result:
-        """Run ``job`` on executor ``name``."""
-        return await self.get(name).run(job, progress)
+    async def run(
+        self,
+        name: str,
+        job: ObjectJob,
+        progress: Progress | None = None,
+        *,
+        reading_done: Callable[[], None] | None = None,
+    ) -> Result:
+        """Run ``job`` on executor ``name``.
+
+        ``reading_done`` is called when an inline processor has finished reading its
+        input (see :attr:`~s3flow.processors.base.ProcessContext.reading_done`); other
+        executors read elsewhere and never call it.
+        """
+        ex = self.get(name)
+        if reading_done is not None and isinstance(ex, InlineExecutor):
+            return await ex.run(job, progress, reading_done=reading_done)
+        return await ex.run(job, progress)
 
     async def close(self) -> None:
         """Close every executor created (pools shut down, processes/tasks stopped)."""

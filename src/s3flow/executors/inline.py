@@ -7,7 +7,7 @@ called); they share the worker's S3 client, sink and state store.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from s3flow.executors.base import ObjectJob, Progress
@@ -50,11 +50,27 @@ class InlineExecutor:
             proc = self._processors[key] = create_processor(spec, dict(options))
         return proc
 
-    async def run(self, job: ObjectJob, progress: Progress | None = None) -> Result:
-        """Process ``job`` here, with the worker's clients and store."""
+    async def run(
+        self,
+        job: ObjectJob,
+        progress: Progress | None = None,
+        *,
+        reading_done: Callable[[], None] | None = None,
+    ) -> Result:
+        """Process ``job`` here, with the worker's clients and store.
+
+        ``reading_done``: called once the processor has read its input (the engine
+        then lets the next object start while this one writes its outputs).
+        """
         proc = self.processor(job.processor, job.options)
         return await run_object(
-            proc, job, s3=self._s3, sink=self._sink, store=self._store, progress=progress
+            proc,
+            job,
+            s3=self._s3,
+            sink=self._sink,
+            store=self._store,
+            progress=progress,
+            reading_done=reading_done,
         )
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from s3flow.errors import ConfigError, ProcessorError, S3flowError
@@ -31,9 +32,13 @@ async def run_object(
     sink: Sink,
     store: StateStore | None = None,
     progress: Progress | None = None,
+    reading_done: Callable[[], None] | None = None,
 ) -> Result:
     """``processor.process`` on ``job``'s object; any non-s3flow exception becomes a
-    (retryable) :class:`~s3flow.errors.ProcessorError`, logged with its traceback."""
+    (retryable) :class:`~s3flow.errors.ProcessorError`, logged with its traceback.
+
+    ``reading_done``: see :attr:`~s3flow.processors.base.ProcessContext.reading_done`.
+    """
     ctx = ProcessContext(
         event=job.event,
         pipeline=job.pipeline,
@@ -43,6 +48,7 @@ async def run_object(
         report_progress=progress or (lambda n: None),
         store=store,
         max_uncompressed_bytes=job.max_uncompressed_bytes,
+        reading_done=reading_done or (lambda: None),
     )
     try:
         return await processor.process(ctx)

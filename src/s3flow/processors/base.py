@@ -51,20 +51,30 @@ class ProcessContext:
     store: StateStore | None = None
     #: The pipeline's ``max_uncompressed_bytes`` (None: no limit).
     max_uncompressed_bytes: int | None = None
+    #: Tells the worker the input is read and only output writes are left: the object
+    #: then gives its processing slot to the next message (it stays leased and is
+    #: settled as before). A reader from :meth:`open` calls it when closed; a processor
+    #: reading its input otherwise may call it itself. Calling it again does nothing.
+    reading_done: Callable[[], None] = lambda: None
 
-    async def open(self) -> ObjectReader:
+    async def open(self, *, final: bool = True) -> ObjectReader:
         """Open the event's object as a decompressing stream (iterate it with ``async for``).
 
         A compressed object that decompresses to more than ``max_uncompressed_bytes``
-        raises :class:`~s3flow.errors.TooLargeError` while it is read.
+        raises :class:`~s3flow.errors.TooLargeError` while it is read. Closing the
+        reader calls :attr:`reading_done`, unless ``final=False``: for a processor
+        whose main work comes after this read (a manifest read before a compaction).
         """
-        return await open_object(
+        reader = await open_object(
             self.s3,
             self.event.bucket,
             self.event.key,
             version_id=self.event.version_id,
             max_uncompressed_bytes=self.max_uncompressed_bytes,
         )
+        if final:
+            reader.on_close = self.reading_done
+        return reader
 
 
 @dataclass

@@ -154,7 +154,10 @@ class WorkerSettings(_Model):
         default=0,
         ge=0,
         le=32,
-        description="Concurrent receive loops; 0 = one per 10 slots (max 4).",
+        description=(
+            "Concurrent receive loops per pipeline; 0 = one per 10 messages of "
+            "concurrency + prefetch_messages, rounded up (at most 4)."
+        ),
     )
     ack_batch_window_s: float = Field(
         default=0.05, ge=0, le=5, description="How long deletes wait to fill a batch of 10."

@@ -156,6 +156,18 @@ class PipelineSettings(_Model):
     concurrency: int = Field(
         default=16, ge=1, le=1000, description="Objects processed at once by this pipeline."
     )
+    prefetch_messages: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description=(
+            "Messages received ahead of a free slot, so that a slot freed starts its next "
+            "object at once instead of after a receive round trip; they stay leased while "
+            "they wait, and a stopping worker releases them. None = concurrency // 2, at most "
+            "10 (so 0 at concurrency 1: a slow one-at-a-time pipeline holds no message "
+            "another worker could take). 0 = receive only for free slots."
+        ),
+    )
     visibility_timeout_s: SqsSeconds = Field(
         default=60,
         ge=1,
@@ -337,6 +349,13 @@ class PipelineSettings(_Model):
             if r.executor is not None:
                 out.append((r.executor, f"route {self.route_name(i)!r}"))
         return out
+
+    @property
+    def prefetch(self) -> int:
+        """Messages received ahead of a free slot (``prefetch_messages`` resolved)."""
+        if self.prefetch_messages is not None:
+            return self.prefetch_messages
+        return min(10, self.concurrency // 2)
 
     @property
     def redrive_max_receive_count(self) -> int:

@@ -7,12 +7,26 @@ outcome (:mod:`s3flow.worker.outcomes`) and the
 :class:`~s3flow.worker.acks.Settler` applies it (ack, retry, dead-letter,
 split, release).
 
-A message's slot is held from receive until its work is done, so at most
-``concurrency`` objects are worked on per pipeline. Settling then holds a
-second budget of the same size instead: an ack waits up to
-``ack_batch_window_s`` for its batched delete, and that wait must not keep the
-next object from starting. So at most ``2 × concurrency`` messages are
-received and not yet settled.
+Three budgets bound what a pipeline holds:
+
+* **received**, ``concurrency + prefetch_messages``: a poller reserves permits
+  before it asks SQS for that many messages, so it never receives more than the
+  worker can start soon. A message holds its permit until it starts settling.
+  The ``prefetch_messages`` beyond ``concurrency`` wait, leased, for a slot: a
+  slot freed starts the next object at once instead of after a receive round trip.
+* **slots**, ``concurrency``: held while the object's input is read and
+  processed, so at most ``concurrency`` objects are worked on at once.
+* **settling**, ``2 × concurrency``: what is left after that waits on the
+  network, not on this worker: writing the outputs, verifying them, recording
+  the result, and settling (an ack waits up to ``ack_batch_window_s`` for its
+  batched delete). Two round trips or more where reading took about one, hence
+  twice the slots. The processor says when its input is read
+  (``ProcessContext.reading_done``); the message then trades its slot for a
+  settling permit, if one is free at that moment, so that the next object can
+  start; otherwise it keeps the slot until its work is done.
+
+So at most ``3 × concurrency + prefetch_messages`` messages are received and
+not yet settled.
 
 Shutdown (SIGTERM/SIGINT, or ``stop()``): polling stops at once, but a
 ReceiveMessage already on the wire is allowed to finish (cancelling it could
@@ -30,6 +44,7 @@ import logging
 import signal
 import time
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any
 
 from s3flow.aws import pin_endpoints
@@ -93,22 +108,30 @@ class PipelineRunner:
         self._cut = cut
         self._burst = burst
         self._halt = asyncio.Event()  # pollers stop: worker stopping, or drained (burst)
+        #: Received and not yet settling (reserved by the pollers before each receive).
+        self.received = Slots(self.p.concurrency + self.p.prefetch)
         self.slots = Slots(self.p.concurrency)
-        self._settling = asyncio.Semaphore(self.p.concurrency)
+        self._settling = Slots(2 * self.p.concurrency)
         self.drained = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
         self._work: dict[str, asyncio.Task[Outcome]] = {}
         self._in_flight = 0
-        n = pollers or max(1, min(4, self.p.concurrency // 10))
+        # One receive brings at most 10: enough pollers to refill every permit at once.
+        n = pollers or max(1, min(4, -(-self.received.capacity // 10)))
         self._wait_s = min(self.p.wait_time_s, 1) if burst else self.p.wait_time_s
         self._sources = [
             QueueSource(
                 sqs,
                 rt.queue_url,
-                self.slots,
+                self.received,
                 self._dispatch,
                 wait_time_s=self._wait_s,
                 metrics=metrics,
+                # With messages prefetched, a receive waits for half a batch of free
+                # permits (as Broadway's min_demand): a receive costs a round trip
+                # whether it brings one message or ten, and the prefetched messages
+                # keep the slots busy meanwhile.
+                min_batch=max(1, min(5, self.p.prefetch)),
             )
             for _ in range(n)
         ]
@@ -212,28 +235,28 @@ class PipelineRunner:
         self._in_flight += 1
         self.metrics.in_flight = self._in_flight
         self.metrics.max_in_flight = max(self.metrics.max_in_flight, self._in_flight)
-        holds_slot = True
+        permits = MessagePermits(self.received, self.slots, self._settling)
+        msg.reading_done = permits.hand_over
         try:
-            if self._stop.is_set():
-                # Brought by a receive that finished after shutdown began: not started.
+            if self._stop.is_set() or not await permits.start(self._stop):
+                # Brought by a receive that finished after shutdown began, or still
+                # waiting for a slot when it began: not started.
                 outcome: Outcome = Release("received during shutdown")
             else:
                 outcome = await self._work_on(msg)
-            async with self._settling:
-                await self.slots.release(1)
-                holds_slot = False
-                # Leased (heartbeat) until here: waiting for a settling permit must not
-                # let the message's visibility run out.
-                self._lease.untrack(msg.message_id)
-                final = await self._settler.settle(msg, outcome)
+            # Leased (heartbeat) until here: waiting for a settling permit must not
+            # let the message's visibility run out.
+            await permits.to_settling()
+            self._lease.untrack(msg.message_id)
+            final = await self._settler.settle(msg, outcome)
+            permits.release()
             self.metrics.observe_processing(time.monotonic() - msg.received_at)
             self._observer.message_settled(self.p.name, msg, final)
         finally:
             self._lease.untrack(msg.message_id)
             self._in_flight -= 1
             self.metrics.in_flight = self._in_flight
-            if holds_slot:
-                await self.slots.release(1)
+            permits.release()
 
     async def _work_on(self, msg: ReceivedMessage) -> Outcome:
         work = asyncio.create_task(self.handler.handle(msg))
@@ -264,6 +287,77 @@ class PipelineRunner:
             work.cancel()
         while self._handlers:
             await asyncio.wait(set(self._handlers))
+
+
+@dataclass
+class MessagePermits:
+    """One message's place in its runner's three budgets (see the module docstring).
+
+    The received permit (reserved by the poller) from receive until it starts
+    settling; a slot while its input is read and processed; then a settling permit
+    while its outputs are written and verified and it is settled. The slot and the
+    received permit go back as soon as the settling permit is held.
+    """
+
+    received: Slots
+    slots: Slots
+    settling: Slots
+    receive: bool = True
+    slot: bool = False
+    settle: bool = False
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        """Wait for a slot; False if ``stop`` is set first (then no slot is held)."""
+        if self.slots.try_acquire():
+            self.slot = True
+            return True
+        if stop.is_set():
+            return False
+        take = asyncio.ensure_future(self.slots.acquire_up_to(1))
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({take, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not take.done():
+                take.cancel()
+                await asyncio.gather(take, return_exceptions=True)
+        if take.cancelled() or take.exception() is not None:
+            return False
+        self.slot = True  # a slot taken as the stop came: used, the work starts
+        return True
+
+    def hand_over(self) -> None:
+        """The input is read: trade the slot for a settling permit if one is free now.
+
+        Synchronous (a reader's ``close`` calls it); with none free the message keeps
+        its slot until its work is done, as if this were never called.
+        """
+        if self.slot and not self.settle and self.settling.try_acquire():
+            self.settle = True
+            self._free_work()
+
+    async def to_settling(self) -> None:
+        """Work is done: hold a settling permit (waiting for one), then free the rest."""
+        if not self.settle:
+            await self.settling.acquire_up_to(1)
+            self.settle = True
+        self._free_work()
+
+    def _free_work(self) -> None:
+        if self.slot:
+            self.slot = False
+            self.slots.release(1)
+        if self.receive:
+            self.receive = False
+            self.received.release(1)
+
+    def release(self) -> None:
+        """Give back whatever is still held (idempotent)."""
+        self._free_work()
+        if self.settle:
+            self.settle = False
+            self.settling.release(1)
 
 
 async def _wait_any_cut(

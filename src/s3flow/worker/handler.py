@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -219,7 +220,9 @@ class MessageHandler:
                 self.metrics.objects_skipped += 1
                 log.debug("pipeline %s skips %s: %s", self.p.name, event.uri(), reason)
                 continue
-            outcome = await self._record(msg, event)
+            # Only the last record hands the slot over: an earlier one has more to read.
+            last = event is env.events[-1]
+            outcome = await self._record(msg, event, msg.reading_done if last else None)
             if isinstance(outcome, Release):
                 return outcome  # shutdown: the whole message comes back; done records dedupe
             if outcome is not None:
@@ -244,21 +247,26 @@ class MessageHandler:
 
     # --- one record ----------------------------------------------------------------
 
-    async def _record(self, msg: ReceivedMessage, event: ObjectEvent) -> RecordOutcome | None:
+    async def _record(
+        self,
+        msg: ReceivedMessage,
+        event: ObjectEvent,
+        reading_done: Callable[[], None] | None = None,
+    ) -> RecordOutcome | None:
         """Identify, claim, validate, process, record. None = done (ack-able)."""
         try:
             oid, head = await identify(self._s3, event)
         except S3flowError as err:
             return await self._failed(Attempt(msg, event), err)
         if self._store is None:
-            return await self._claimed(msg, event, oid, head)
+            return await self._claimed(msg, event, oid, head, reading_done)
         # One upload of a key at a time (across workers): each reads the object as it
         # is then, so the last one to run reads the newest upload.
         lock = await self._holds.lock_key(msg, event)
         if not isinstance(lock, KeyLock):
             return lock
         try:
-            return await self._claimed(msg, event, oid, head)
+            return await self._claimed(msg, event, oid, head, reading_done)
         finally:
             await self._holds.unlock(msg.message_id, lock)
 
@@ -268,6 +276,7 @@ class MessageHandler:
         event: ObjectEvent,
         oid: ObjectId,
         head: dict[str, Any] | None,
+        reading_done: Callable[[], None] | None = None,
     ) -> RecordOutcome | None:
         """Claim the upload, then validate, process and record it."""
         token: int | None = None
@@ -334,7 +343,7 @@ class MessageHandler:
             if isinstance(rule, NoRoute):
                 await self._policy.quarantine(event, oid, token, rule.reason, "NoRoute")
                 return None
-            return await self._run_processor(attempt, rule)
+            return await self._run_processor(attempt, rule, reading_done)
         except BaseException:
             # Cancelled (shutdown) or an unexpected error: never leave the claim held.
             # A claim already finished (completed, failed) makes this a fenced no-op.
@@ -355,7 +364,9 @@ class MessageHandler:
             self._declared[spec] = getattr(cls, "output_content_type", None)
         return self._declared[spec]
 
-    async def _run_processor(self, attempt: Attempt, rule: RouteRule) -> RecordOutcome | None:
+    async def _run_processor(
+        self, attempt: Attempt, rule: RouteRule, reading_done: Callable[[], None] | None = None
+    ) -> RecordOutcome | None:
         event, oid, token = attempt.event, attempt.oid, attempt.token
         job = ObjectJob(
             processor=portable_spec(rule.processor),
@@ -374,6 +385,7 @@ class MessageHandler:
                 rule.executor,
                 job,
                 lambda n: self._observer.object_progress(self.p.name, event, n),
+                reading_done=reading_done,
             )
             if self.p.verify_outputs:
                 await verify_outputs(

@@ -1,17 +1,19 @@
 """Demand-driven SQS polling.
 
 A poller first reserves free processing slots, then asks SQS for exactly that
-many messages (at most 10) with long polling; with no free slot it does not
-poll at all. Unused reservations are returned at once. Receive errors back off
-exponentially with jitter instead of spinning.
+many messages (at most 10) with long polling; with fewer than ``min_batch``
+free slots it does not poll at all. Unused reservations are returned at once.
+Receive errors back off exponentially with jitter instead of spinning.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,38 +25,62 @@ log = logging.getLogger("s3flow.source")
 
 
 class Slots:
-    """A counting semaphore that can hand out several permits at once."""
+    """A counting semaphore that can hand out several permits at once.
+
+    Releasing and :meth:`try_acquire` never wait, so a synchronous callback (a
+    processor closing its input) can hand a permit over.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._free = capacity
-        self._cond = asyncio.Condition()
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def in_use(self) -> int:
         """Permits currently held."""
         return self.capacity - self._free
 
-    async def acquire_up_to(self, n: int) -> int:
-        """Wait until at least one permit is free, then take up to ``n``."""
-        async with self._cond:
-            await self._cond.wait_for(lambda: self._free > 0)
-            k = min(n, self._free)
-            self._free -= k
-            return k
+    async def _changed(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if not fut.done():
+                fut.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
 
-    async def release(self, n: int = 1) -> None:
+    async def acquire_up_to(self, n: int, *, at_least: int = 1) -> int:
+        """Wait until ``at_least`` permits are free (at most all), then take up to ``n``."""
+        need = max(1, min(at_least, n, self.capacity))
+        while self._free < need:
+            await self._changed()
+        k = min(n, self._free)
+        self._free -= k
+        return k
+
+    def try_acquire(self) -> bool:
+        """Take one permit if one is free now; never waits."""
+        if self._free <= 0:
+            return False
+        self._free -= 1
+        return True
+
+    def release(self, n: int = 1) -> None:
         """Return ``n`` permits."""
         if n <= 0:
             return
-        async with self._cond:
-            self._free = min(self.capacity, self._free + n)
-            self._cond.notify_all()
+        self._free = min(self.capacity, self._free + n)
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     async def wait_idle(self) -> None:
         """Wait until every permit is free."""
-        async with self._cond:
-            await self._cond.wait_for(lambda: self._free == self.capacity)
+        while self._free < self.capacity:
+            await self._changed()
 
 
 @dataclass
@@ -68,6 +94,9 @@ class ReceivedMessage:
     received_at: float  # time.monotonic()
     attributes: dict[str, Any] = field(default_factory=dict)
     message_attributes: dict[str, Any] = field(default_factory=dict)
+    #: Set by the engine: the handler calls it when the message's input is read and
+    #: only output writes are left, so the next message may start (see the engine).
+    reading_done: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
 
     @classmethod
     def from_sqs(cls, raw: dict[str, Any], received_at: float) -> ReceivedMessage:
@@ -105,7 +134,9 @@ class QueueSource:
         metrics: PipelineMetrics | None = None,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        min_batch: int = 1,
     ) -> None:
+        """``min_batch``: free slots to wait for before a receive (see the engine)."""
         self._sqs = sqs
         self.queue_url = queue_url
         self._slots = slots
@@ -114,6 +145,7 @@ class QueueSource:
         self._metrics = metrics or PipelineMetrics()
         self._backoff_base = backoff_base_s
         self._backoff_max = backoff_max_s
+        self.min_batch = min_batch
         self.empty_receives = 0  # consecutive receives that returned nothing
         #: True while a ReceiveMessage call is on the wire: cancelling it then could
         #: leave messages the server already handed out invisible for a whole timeout.
@@ -121,7 +153,7 @@ class QueueSource:
 
     async def receive_once(self) -> int:
         """Reserve slots, receive up to that many messages, dispatch them. Returns the count."""
-        k = await self._slots.acquire_up_to(10)
+        k = await self._slots.acquire_up_to(10, at_least=self.min_batch)
         self.receiving = True
         try:
             resp = await self._sqs.receive_message(
@@ -133,7 +165,7 @@ class QueueSource:
             )
         except BaseException:
             self.receiving = False
-            await self._slots.release(k)
+            self._slots.release(k)
             raise
         self.receiving = False
         now = time.monotonic()
@@ -144,7 +176,7 @@ class QueueSource:
             self._dispatch(ReceivedMessage.from_sqs(raw, now))
         unused = k - len(messages)
         if unused > 0:
-            await self._slots.release(unused)
+            self._slots.release(unused)
         self.empty_receives = 0 if messages else self.empty_receives + 1
         return len(messages)
 

@@ -7,11 +7,12 @@ import json
 
 from s3flow.metrics import PipelineMetrics
 from s3flow.pipelines.line_count import LineCountProcessor
+from s3flow.processors.base import Result
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, WorkerSettings
 from s3flow.worker.handler import MessageHandler, PipelineRuntime, WorkerObserver
 from s3flow.worker.identity import sequencer_after
-from s3flow.worker.outcomes import DeadLetter
+from s3flow.worker.outcomes import Ack, DeadLetter
 from s3flow.worker.policy import FAILURES_ATTR, prior_failures
 from s3flow.worker.source import ReceivedMessage
 
@@ -75,3 +76,51 @@ async def test_an_unreadable_object_is_dead_lettered_not_acked_in_quarantine_mod
     )
     outcome = await handler.handle(ReceivedMessage("m", "h", body, 1, 0.0))
     assert isinstance(outcome, DeadLetter) and "AccessDenied" in outcome.error
+
+
+class _RecordingExecutors:
+    """Stands in for the ExecutorSet: records the hand-over hook each run got."""
+
+    def __init__(self) -> None:
+        self.hooks: list[object] = []
+
+    async def run(
+        self, name: str, job: object, progress: object, *, reading_done: object = None
+    ) -> Result:
+        self.hooks.append(reading_done)
+        return Result()
+
+
+async def test_only_the_last_record_of_a_message_hands_its_slot_over() -> None:
+    p = PipelineSettings(name="p", bucket="b", queue="q", output="s3://o/", verify_outputs=False)
+    proc = LineCountProcessor({})
+    rt = PipelineRuntime(p, "q-url", "dlq-url", proc, None, Route.from_settings(p))  # type: ignore[arg-type]
+    executors = _RecordingExecutors()
+    handler = MessageHandler(
+        rt,
+        s3=_DenyingS3(),  # never asked: every event has an eTag and a sequencer
+        store=None,
+        worker=WorkerSettings(),
+        metrics=PipelineMetrics(),
+        observer=WorkerObserver(),
+        stop=asyncio.Event(),
+        executors=executors,  # type: ignore[arg-type]
+    )
+    records = [
+        {
+            "eventSource": "aws:s3",
+            "eventName": "ObjectCreated:Put",
+            "s3": {
+                "bucket": {"name": "b"},
+                "object": {"key": f"k{i}.txt", "eTag": "e", "sequencer": f"0{i}"},
+            },
+        }
+        for i in range(3)
+    ]
+    msg = ReceivedMessage("m", "h", json.dumps({"Records": records}), 1, 0.0)
+    handed: list[int] = []
+    msg.reading_done = lambda: handed.append(1)
+    outcome = await handler.handle(msg)
+    assert isinstance(outcome, Ack)
+    assert executors.hooks[:2] == [None, None]  # earlier records have more to read
+    assert executors.hooks[2] is msg.reading_done

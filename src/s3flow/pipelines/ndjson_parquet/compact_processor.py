@@ -85,7 +85,8 @@ def target_for_sink(sink: Any) -> Target:
 
 async def read_manifest(ctx: ProcessContext) -> Manifest:
     """Read and parse the event's manifest object."""
-    reader = await ctx.open()
+    # Not final: the compaction it lists is the work, and keeps the slot.
+    reader = await ctx.open(final=False)
     chunks: list[bytes] = []
     size = 0
     try:

@@ -1,0 +1,122 @@
+"""Slots and a message's permits: the engine's two budgets, as pure logic."""
+
+from __future__ import annotations
+
+import asyncio
+
+from s3flow.worker.engine import MessagePermits
+from s3flow.worker.source import Slots
+
+
+async def test_acquire_up_to_takes_what_is_free_and_waits_for_one() -> None:
+    slots = Slots(3)
+    assert await slots.acquire_up_to(10) == 3 and slots.in_use == 3
+    waiter = asyncio.create_task(slots.acquire_up_to(5))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    slots.release(2)
+    assert await asyncio.wait_for(waiter, 1) == 2
+    assert slots.in_use == 3
+
+
+async def test_try_acquire_never_waits_and_release_caps_at_capacity() -> None:
+    slots = Slots(1)
+    assert slots.try_acquire() and not slots.try_acquire()
+    slots.release(5)
+    assert slots.in_use == 0
+    slots.release(0)
+    assert slots.try_acquire()
+
+
+async def test_a_cancelled_waiter_takes_nothing() -> None:
+    slots = Slots(1)
+    assert slots.try_acquire()
+    waiter = asyncio.create_task(slots.acquire_up_to(1))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    slots.release(1)
+    assert slots.in_use == 0
+    await asyncio.wait_for(slots.wait_idle(), 1)
+
+
+def _permits(slots: Slots, settling: Slots) -> tuple[MessagePermits, Slots]:
+    received = Slots(slots.capacity + 1)
+    assert received.try_acquire()  # what the poller reserved for this message
+    return MessagePermits(received, slots, settling), received
+
+
+async def test_a_message_starts_with_a_free_slot_or_waits_for_one() -> None:
+    slots, settling = Slots(1), Slots(1)
+    first, _ = _permits(slots, settling)
+    second, _ = _permits(slots, settling)
+    stop = asyncio.Event()
+    assert await first.start(stop) and first.slot and slots.in_use == 1
+    waiting = asyncio.create_task(second.start(stop))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    first.hand_over()  # the first has read its input: the second starts at once
+    assert await asyncio.wait_for(waiting, 1) and second.slot
+
+
+async def test_a_message_waiting_for_a_slot_gives_up_when_the_worker_stops() -> None:
+    slots, settling = Slots(1), Slots(1)
+    assert slots.try_acquire()
+    permits, received = _permits(slots, settling)
+    stop = asyncio.Event()
+    waiting = asyncio.create_task(permits.start(stop))
+    await asyncio.sleep(0)
+    stop.set()
+    assert await asyncio.wait_for(waiting, 1) is False
+    assert not permits.slot and slots.in_use == 1
+    await permits.to_settling()  # then released like any message
+    permits.release()
+    assert received.in_use == 0 and settling.in_use == 0
+    assert await permits.start(stop) is False  # stopped before it began
+
+
+async def test_hand_over_trades_the_slot_for_a_settling_permit() -> None:
+    slots, settling = Slots(1), Slots(1)
+    permits, received = _permits(slots, settling)
+    assert await permits.start(asyncio.Event())
+    permits.hand_over()
+    assert (permits.slot, permits.settle, permits.receive) == (False, True, False)
+    assert slots.in_use == 0 and settling.in_use == 1 and received.in_use == 0
+    permits.hand_over()  # again: nothing changes
+    assert slots.in_use == 0 and settling.in_use == 1
+    await permits.to_settling()  # already holds its permit: no wait
+    permits.release()
+    permits.release()
+    assert slots.in_use == 0 and settling.in_use == 0
+
+
+async def test_with_no_settling_permit_free_the_message_keeps_its_slot() -> None:
+    slots, settling = Slots(1), Slots(1)
+    assert settling.try_acquire()  # another message settles
+    permits, received = _permits(slots, settling)
+    assert await permits.start(asyncio.Event())
+    permits.hand_over()
+    assert (permits.slot, permits.settle) == (True, False) and slots.in_use == 1
+    moving = asyncio.create_task(permits.to_settling())
+    await asyncio.sleep(0)
+    assert not moving.done() and slots.in_use == 1  # the slot is kept while it waits
+    settling.release(1)
+    await asyncio.wait_for(moving, 1)
+    assert (permits.slot, permits.settle) == (False, True)
+    assert slots.in_use == 0 and settling.in_use == 1 and received.in_use == 0
+    permits.release()
+    assert settling.in_use == 0
+
+
+async def test_release_while_waiting_for_settling_gives_the_rest_back() -> None:
+    slots, settling = Slots(1), Slots(1)
+    assert settling.try_acquire()
+    permits, received = _permits(slots, settling)
+    assert await permits.start(asyncio.Event())
+    moving = asyncio.create_task(permits.to_settling())
+    await asyncio.sleep(0)
+    moving.cancel()  # shutdown cut
+    await asyncio.gather(moving, return_exceptions=True)
+    permits.release()
+    assert slots.in_use == 0 and received.in_use == 0
+    assert settling.in_use == 1  # only the other message's permit
