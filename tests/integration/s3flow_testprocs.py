@@ -37,7 +37,11 @@ class SlowProcessor(BaseProcessor):
 
 
 class ConcurrencyProbe(BaseProcessor):
-    """Tracks how many objects are processed at once (class-level, in-process)."""
+    """Tracks how many objects are processed at once (class-level, in-process).
+
+    An object counts until its input is read (``reading_done``): the worker gives
+    its slot to the next object then, while this one writes its output.
+    """
 
     name: ClassVar[str] = "test-probe"
     lock = threading.Lock()
@@ -51,12 +55,25 @@ class ConcurrencyProbe(BaseProcessor):
             cls.current += 1
             cls.peak = max(cls.peak, cls.current)
             cls.calls.append(ctx.event.key)
+        counted = [True]
+        handed = ctx.reading_done
+
+        def leave() -> None:
+            if counted[0]:
+                counted[0] = False
+                with cls.lock:
+                    cls.current -= 1
+
+        def reading_done() -> None:
+            leave()  # before the worker may start the next object
+            handed()
+
+        ctx.reading_done = reading_done
         try:
             await asyncio.sleep(float(self.options.get("sleep_s", 0.2)))
             return await LineCountProcessor({}).process(ctx)
         finally:
-            with cls.lock:
-                cls.current -= 1
+            leave()
 
     @classmethod
     def reset(cls) -> None:

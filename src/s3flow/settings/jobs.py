@@ -236,4 +236,6 @@ def processing_pipeline(jobs: JobsSettings) -> PipelineSettings:
         max_receive_count=jobs.max_receive_count,
         retry_base_s=1.0,
         retry_max_s=60.0,
+        # Jobs run for long: a job waiting here could run on an idle worker now.
+        prefetch_messages=0,
     )

@@ -113,6 +113,8 @@ class PipelineRunner:
         self.slots = Slots(self.p.concurrency)
         self._settling = Slots(2 * self.p.concurrency)
         self.drained = asyncio.Event()
+        #: Set when the runner drains: a prefetched message not yet started is released.
+        self._draining = asyncio.Event()
         self._handlers: set[asyncio.Task[None]] = set()
         self._work: dict[str, asyncio.Task[Outcome]] = {}
         self._in_flight = 0
@@ -127,11 +129,11 @@ class PipelineRunner:
                 self._dispatch,
                 wait_time_s=self._wait_s,
                 metrics=metrics,
-                # With messages prefetched, a receive waits for half a batch of free
-                # permits (as Broadway's min_demand): a receive costs a round trip
-                # whether it brings one message or ten, and the prefetched messages
-                # keep the slots busy meanwhile.
-                min_batch=max(1, min(5, self.p.prefetch)),
+                # With messages prefetched, a receive waits for up to half a batch of
+                # free permits (as Broadway's min_demand; half the prefetch when that is
+                # smaller): a receive costs a round trip whether it brings one message
+                # or ten, and the prefetched messages left keep the slots busy meanwhile.
+                min_batch=max(1, min(5, (self.p.prefetch + 1) // 2)),
             )
             for _ in range(n)
         ]
@@ -238,11 +240,14 @@ class PipelineRunner:
         permits = MessagePermits(self.received, self.slots, self._settling)
         msg.reading_done = permits.hand_over
         try:
-            if self._stop.is_set() or not await permits.start(self._stop):
+            if not await permits.start(self._stop, self._draining):
                 # Brought by a receive that finished after shutdown began, or still
-                # waiting for a slot when it began: not started.
+                # waiting for a slot when it (or a drain) began: not started.
                 outcome: Outcome = Release("received during shutdown")
             else:
+                # Waiting for the slot does not count against job_timeout_s.
+                msg.started_at = time.monotonic()
+                self._lease.restart(msg.message_id, msg.started_at)
                 outcome = await self._work_on(msg)
             # Leased (heartbeat) until here: waiting for a settling permit must not
             # let the message's visibility run out.
@@ -280,7 +285,11 @@ class PipelineRunner:
     # --- shutdown -------------------------------------------------------------
 
     async def drain(self, grace_s: float) -> None:
-        """Give in-flight messages ``grace_s`` to finish, then release the rest."""
+        """Give in-flight messages ``grace_s`` to finish, then release the rest.
+
+        Messages still waiting for a slot are released at once, started or not.
+        """
+        self._draining.set()
         if self._handlers:
             await asyncio.wait(set(self._handlers), timeout=grace_s)
         for work in list(self._work.values()):
@@ -305,27 +314,29 @@ class MessagePermits:
     receive: bool = True
     slot: bool = False
     settle: bool = False
+    done: bool = False  # the work is over (to_settling called)
 
-    async def start(self, stop: asyncio.Event) -> bool:
-        """Wait for a slot; False if ``stop`` is set first (then no slot is held)."""
+    async def start(self, *stops: asyncio.Event) -> bool:
+        """Wait for a slot; False if one of ``stops`` is set first (then no slot is held)."""
+        if any(s.is_set() for s in stops):
+            return False
         if self.slots.try_acquire():
             self.slot = True
             return True
-        if stop.is_set():
-            return False
         take = asyncio.ensure_future(self.slots.acquire_up_to(1))
-        stopped = asyncio.ensure_future(stop.wait())
+        stopped = [asyncio.ensure_future(s.wait()) for s in stops]
         try:
-            await asyncio.wait({take, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({take, *stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stopped.cancel()
+            for waiter in stopped:
+                waiter.cancel()
             if not take.done():
                 take.cancel()
                 await asyncio.gather(take, return_exceptions=True)
-        if take.cancelled() or take.exception() is not None:
-            return False
-        self.slot = True  # a slot taken as the stop came: used, the work starts
-        return True
+            if take.done() and not take.cancelled() and take.exception() is None:
+                # Taken (also when this task is being cancelled): held, so released.
+                self.slot = True
+        return self.slot  # a slot taken as the stop came: used, the work starts
 
     def hand_over(self) -> None:
         """The input is read: trade the slot for a settling permit if one is free now.
@@ -333,12 +344,13 @@ class MessagePermits:
         Synchronous (a reader's ``close`` calls it); with none free the message keeps
         its slot until its work is done, as if this were never called.
         """
-        if self.slot and not self.settle and self.settling.try_acquire():
+        if self.slot and not self.settle and not self.done and self.settling.try_acquire():
             self.settle = True
             self._free_work()
 
     async def to_settling(self) -> None:
         """Work is done: hold a settling permit (waiting for one), then free the rest."""
+        self.done = True  # a late hand_over (reading_done after the work) is a no-op
         if not self.settle:
             await self.settling.acquire_up_to(1)
             self.settle = True

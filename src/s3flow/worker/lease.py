@@ -77,6 +77,13 @@ class LeaseKeeper:
             deadline=received_at + self._job_timeout,
         )
 
+    def restart(self, message_id: str, started_at: float) -> None:
+        """The message's work starts now: ``job_timeout_s`` counts from ``started_at``
+        (time spent waiting for a slot, prefetched, does not use it up)."""
+        lease = self._leases.get(message_id)
+        if lease is not None:
+            lease.deadline = started_at + self._job_timeout
+
     def untrack(self, message_id: str) -> None:
         """Stop heartbeating (the message is being settled)."""
         self._leases.pop(message_id, None)

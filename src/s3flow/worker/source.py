@@ -1,8 +1,9 @@
 """Demand-driven SQS polling.
 
-A poller first reserves free processing slots, then asks SQS for exactly that
-many messages (at most 10) with long polling; with fewer than ``min_batch``
-free slots it does not poll at all. Unused reservations are returned at once.
+A poller first reserves free permits (the runner's "received" budget: its
+processing slots plus the messages it may prefetch), then asks SQS for exactly
+that many messages (at most 10) with long polling; with fewer than
+``min_batch`` free permits it does not poll at all. Unused reservations are returned at once.
 Receive errors back off exponentially with jitter instead of spinning.
 """
 
@@ -94,6 +95,8 @@ class ReceivedMessage:
     received_at: float  # time.monotonic()
     attributes: dict[str, Any] = field(default_factory=dict)
     message_attributes: dict[str, Any] = field(default_factory=dict)
+    #: When the message got its processing slot (time.monotonic(); None: not yet).
+    started_at: float | None = field(default=None, compare=False)
     #: Set by the engine: the handler calls it when the message's input is read and
     #: only output writes are left, so the next message may start (see the engine).
     reading_done: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
@@ -136,7 +139,8 @@ class QueueSource:
         backoff_max_s: float = 30.0,
         min_batch: int = 1,
     ) -> None:
-        """``min_batch``: free slots to wait for before a receive (see the engine)."""
+        """``slots``: the permits reserved before each receive (one per message);
+        ``min_batch``: how many must be free before a receive (see the engine)."""
         self._sqs = sqs
         self.queue_url = queue_url
         self._slots = slots
@@ -152,7 +156,7 @@ class QueueSource:
         self.receiving = False
 
     async def receive_once(self) -> int:
-        """Reserve slots, receive up to that many messages, dispatch them. Returns the count."""
+        """Reserve permits, receive up to that many messages, dispatch them; the count."""
         k = await self._slots.acquire_up_to(10, at_least=self.min_batch)
         self.receiving = True
         try:

@@ -52,7 +52,7 @@ async def until_free(
             return got
         if stop.is_set():
             return Release(f"shutdown while waiting for {what}")
-        if time.monotonic() - msg.received_at > p.job_timeout_s:
+        if time.monotonic() - (msg.started_at or msg.received_at) > p.job_timeout_s:
             delay = backoff_s(msg.receive_count, p.retry_base_s, p.retry_max_s)
             return Retry(
                 delay,

@@ -90,3 +90,13 @@ async def test_a_message_settled_while_the_beat_runs_is_not_extended() -> None:
     await lk.beat()
     # m2's release must not be overridden by an extension queued after it.
     assert acks.calls == [("h1", 10)] and m.visibility_extensions == 1
+
+
+async def test_the_job_timeout_counts_from_the_start_of_work_not_the_receive() -> None:
+    acks = FakeAcks()
+    lk, _ = keeper(acks, timeout=10, job=5)
+    lk.track("m1", "h1", time.monotonic() - 6)  # waited 6 s for a slot, prefetched
+    lk.restart("m1", time.monotonic())  # its work starts now: 5 s of job time left
+    lk.restart("gone", time.monotonic())  # not tracked: nothing to do
+    await lk.beat()
+    assert acks.calls == [("h1", 5)]

@@ -120,3 +120,44 @@ async def test_release_while_waiting_for_settling_gives_the_rest_back() -> None:
     permits.release()
     assert slots.in_use == 0 and received.in_use == 0
     assert settling.in_use == 1  # only the other message's permit
+
+
+async def test_a_hand_over_while_waiting_for_settling_keeps_one_permit_only() -> None:
+    slots, settling = Slots(1), Slots(1)
+    assert settling.try_acquire()  # another message settles
+    permits, _ = _permits(slots, settling)
+    assert await permits.start(asyncio.Event())
+    moving = asyncio.create_task(permits.to_settling())
+    await asyncio.sleep(0)
+    settling.release(1)  # the other message is settled...
+    permits.hand_over()  # ...and a late reading_done (after the work) does nothing
+    await asyncio.wait_for(moving, 1)
+    permits.release()
+    assert settling.in_use == 0 and slots.in_use == 0
+
+
+async def test_a_drain_releases_a_message_still_waiting_for_a_slot() -> None:
+    slots, settling = Slots(1), Slots(1)
+    assert slots.try_acquire()
+    permits, _ = _permits(slots, settling)
+    stop, draining = asyncio.Event(), asyncio.Event()
+    waiting = asyncio.create_task(permits.start(stop, draining))
+    await asyncio.sleep(0)
+    draining.set()  # burst mode gave up: no stop, but nothing new may start
+    assert await asyncio.wait_for(waiting, 1) is False
+    slots.release(1)
+    assert await permits.start(stop, draining) is False and slots.in_use == 0
+
+
+async def test_a_slot_taken_as_the_task_is_cancelled_is_given_back() -> None:
+    slots, settling = Slots(1), Slots(1)
+    assert slots.try_acquire()
+    permits, _ = _permits(slots, settling)
+    waiting = asyncio.create_task(permits.start(asyncio.Event()))
+    await asyncio.sleep(0)
+    slots.release(1)
+    await asyncio.sleep(0)  # the acquire completes; the outer task is not resumed yet
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    permits.release()
+    assert slots.in_use == 0
