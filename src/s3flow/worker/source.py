@@ -3,8 +3,9 @@
 A poller first reserves free permits (the runner's "received" budget: its
 processing slots plus the messages it may prefetch), then asks SQS for exactly
 that many messages (at most 10) with long polling; with fewer than
-``min_batch`` free permits it does not poll at all. Unused reservations are returned at once.
-Receive errors back off exponentially with jitter instead of spinning.
+``min_batch`` free permits it does not poll at all. Unused reservations are
+returned at once. Receive errors back off exponentially with jitter instead of
+spinning.
 """
 
 from __future__ import annotations
@@ -78,11 +79,6 @@ class Slots:
             if not fut.done():
                 fut.set_result(None)
 
-    async def wait_idle(self) -> None:
-        """Wait until every permit is free."""
-        while self._free < self.capacity:
-            await self._changed()
-
 
 @dataclass
 class ReceivedMessage:
@@ -124,13 +120,13 @@ Handler = Callable[[ReceivedMessage], Awaitable[None]]
 
 
 class QueueSource:
-    """Receives messages for one queue and hands each to ``dispatch`` (one slot each)."""
+    """Receives messages for one queue and hands each to ``dispatch`` (one permit each)."""
 
     def __init__(
         self,
         sqs: Any,
         queue_url: str,
-        slots: Slots,
+        permits: Slots,
         dispatch: Callable[[ReceivedMessage], None],
         *,
         wait_time_s: int,
@@ -139,11 +135,11 @@ class QueueSource:
         backoff_max_s: float = 30.0,
         min_batch: int = 1,
     ) -> None:
-        """``slots``: the permits reserved before each receive (one per message);
+        """``permits``: reserved before each receive, one per message asked for;
         ``min_batch``: how many must be free before a receive (see the engine)."""
         self._sqs = sqs
         self.queue_url = queue_url
-        self._slots = slots
+        self._permits = permits
         self._dispatch = dispatch
         self.wait_time_s = wait_time_s
         self._metrics = metrics or PipelineMetrics()
@@ -157,7 +153,7 @@ class QueueSource:
 
     async def receive_once(self) -> int:
         """Reserve permits, receive up to that many messages, dispatch them; the count."""
-        k = await self._slots.acquire_up_to(10, at_least=self.min_batch)
+        k = await self._permits.acquire_up_to(10, at_least=self.min_batch)
         self.receiving = True
         try:
             resp = await self._sqs.receive_message(
@@ -169,7 +165,7 @@ class QueueSource:
             )
         except BaseException:
             self.receiving = False
-            self._slots.release(k)
+            self._permits.release(k)
             raise
         self.receiving = False
         now = time.monotonic()
@@ -180,7 +176,7 @@ class QueueSource:
             self._dispatch(ReceivedMessage.from_sqs(raw, now))
         unused = k - len(messages)
         if unused > 0:
-            self._slots.release(unused)
+            self._permits.release(unused)
         self.empty_receives = 0 if messages else self.empty_receives + 1
         return len(messages)
 
