@@ -55,6 +55,7 @@ from s3flow.processors.base import PipelineContext
 from s3flow.settings import WorkerSettings
 from s3flow.state.base import StateStore
 from s3flow.worker.acks import AckBatcher, Settler
+from s3flow.worker.drain import queue_drained
 from s3flow.worker.handler import (
     Handler,
     MessageHandler,
@@ -118,6 +119,7 @@ class PipelineRunner:
         self._handlers: set[asyncio.Task[None]] = set()
         self._work: dict[str, asyncio.Task[Outcome]] = {}
         self._in_flight = 0
+        self._dispatched = 0  # messages received so far (burst mode's drain check)
         # One receive brings at most 10: enough pollers to refill every permit at once.
         n = pollers or max(1, min(4, -(-self.received.capacity // 10)))
         self._wait_s = min(self.p.wait_time_s, 1) if burst else self.p.wait_time_s
@@ -198,9 +200,23 @@ class PipelineRunner:
 
     async def _on_empty(self) -> None:
         # Slots reserved by a poller that is mid-receive do not count: a message
-        # it is about to get is invisible, so the depth check below sees it.
+        # it is about to get is invisible, so the depth check sees it.
         if not self._burst or self._handlers:
             return
+        seen = self._dispatched
+
+        def busy() -> bool:
+            return bool(self._handlers) or self._dispatched != seen
+
+        if await queue_drained(self._queue_depth, busy, self._halt):
+            log.info("pipeline %s: queue drained (burst mode)", self.p.name)
+            # Halt first: this poller must not start another receive that the stop
+            # would then have to wait out.
+            self._halt.set()
+            self.drained.set()
+
+    async def _queue_depth(self) -> int | None:
+        """Messages left on the queue (visible + in flight + delayed); None if unknown."""
         try:
             attrs = (
                 await self._sqs.get_queue_attributes(
@@ -216,16 +232,11 @@ class PipelineRunner:
             log.warning(
                 "cannot read queue depth: %s", translate_aws_error(exc, "GetQueueAttributes")
             )
-            return
-        left = sum(int(v) for v in attrs.values())
-        if left == 0 and not self._handlers:
-            log.info("pipeline %s: queue drained (burst mode)", self.p.name)
-            # Halt first: this poller must not start another receive that the stop
-            # would then have to wait out.
-            self._halt.set()
-            self.drained.set()
+            return None
+        return sum(int(v) for v in attrs.values())
 
     def _dispatch(self, msg: ReceivedMessage) -> None:
+        self._dispatched += 1
         self._lease.track(msg.message_id, msg.receipt_handle, msg.received_at)
         task = asyncio.create_task(self._handle(msg), name=f"msg:{msg.message_id}")
         self._handlers.add(task)
