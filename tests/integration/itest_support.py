@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
-from s3flow.app import run_worker
+from s3flow.app import open_store, run_worker
 from s3flow.local.endpoint import LocalEndpoint, free_port
 from s3flow.metrics import WorkerMetrics
 from s3flow.provision import provision
 from s3flow.settings import Settings, load_settings
+from s3flow.state.records import FileRecord
 from s3flow.worker.engine import WorkerObserver
 
 _counter = itertools.count()
@@ -190,6 +191,19 @@ class Harness:
 
     def send_raw(self, body: str) -> None:
         self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
+
+    def records(self, key: str | None = None) -> list[FileRecord]:
+        """The state store's file records: every version of ``key``, or all of them."""
+
+        async def go() -> list[FileRecord]:
+            assert self.settings is not None
+            async with open_store(self.settings) as store:
+                assert store is not None
+                if key is not None:
+                    return await store.versions(self.bucket, key)
+                return await store.list_files(limit=100_000)
+
+        return asyncio.run(go())
 
 
 def s3_event(

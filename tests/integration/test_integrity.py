@@ -5,7 +5,6 @@ Real moto server, real SQLite state; the CLI tests run s3flow as a subprocess.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import os
@@ -18,22 +17,13 @@ from pathlib import Path
 import pytest
 from itest_support import HERE, Harness, s3_event, spawn_worker, wait_for
 
-from s3flow.app import open_store
 from s3flow.state.records import FileRecord, FileStatus
 
 pytestmark = pytest.mark.integration
 
 
 def records(h: Harness, key: str | None = None) -> list[FileRecord]:
-    async def go() -> list[FileRecord]:
-        assert h.settings is not None
-        async with open_store(h.settings) as store:
-            assert store is not None
-            if key is not None:
-                return await store.versions(h.bucket, key)
-            return await store.list_files(limit=100_000)
-
-    return asyncio.run(go())
+    return h.records(key)
 
 
 def s3flow(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from itest_support import Harness, spawn_worker, wait_for
 
+from s3flow.state.records import FileStatus
+
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
 
@@ -76,6 +78,11 @@ def test_sigterm_releases_unfinished_work_and_nothing_is_lost(
     wait_for(lambda: harness.depth() == (5, 0), 10, "all 5 messages visible again")
     log = (tmp_path / "worker.log").read_text()
     assert "released 4" in log  # the 3 started and the prefetched one
+    # The prefetched message took its key lock and claim while it waited for a slot:
+    # both were given back with it, so no record is left claimed.
+    recs = harness.records()
+    assert len(recs) >= 3
+    assert all(r.status is FileStatus.RECEIVED and r.claim_owner is None for r in recs), recs
 
     # A second worker picks everything up; each object is completed exactly once.
     harness.configure(

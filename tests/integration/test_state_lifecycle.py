@@ -23,13 +23,7 @@ HERE = Path(__file__).parent
 
 
 def records(h: Harness) -> list[FileRecord]:
-    async def go() -> list[FileRecord]:
-        assert h.settings is not None
-        async with open_store(h.settings) as store:
-            assert store is not None
-            return await store.list_files(limit=10000)
-
-    return asyncio.run(go())
+    return h.records()
 
 
 def test_second_delivery_of_completed_object_is_a_duplicate(harness: Harness) -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
+import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
 from itest_support import Harness, s3_event
 from s3flow_testprocs import AlwaysFails, ConcurrencyProbe, ReadThenSlowWrite
+
+from s3flow.worker.engine import WorkerObserver
+from s3flow.worker.outcomes import Outcome
+from s3flow.worker.source import ReceivedMessage
 
 pytestmark = pytest.mark.integration
 
@@ -191,17 +196,8 @@ def test_processor_exception_retries_then_dead_letters(harness: Harness) -> None
     dlq = harness.dlq_messages()
     assert _attr(dlq[0], "s3flow.error-class") == "RetriesExhausted.ProcessorError"
     assert "boom" in _attr(dlq[0], "s3flow.error")
-    (rec,) = asyncio.run(_records(harness))
+    (rec,) = harness.records()
     assert rec.status.value == "dead" and rec.attempts == 2 and "boom" in (rec.last_error or "")
-
-
-async def _records(h: Harness) -> list[Any]:
-    from s3flow.app import open_store
-
-    assert h.settings is not None
-    async with open_store(h.settings) as store:
-        assert store is not None
-        return await store.list_files()
 
 
 def test_filters_skip_non_matching_keys(harness: Harness) -> None:
@@ -294,6 +290,86 @@ def test_an_object_writing_its_outputs_gives_its_slot_to_the_next(harness: Harne
     assert p.objects_processed == 10 and p.acked == 10 and len(harness.output_keys()) == 10
     assert harness.depth() == (0, 0)
     assert harness.depth(harness.dlq_url) == (0, 0) and harness.dlq_messages() == []
+
+
+class _SettleTimes(WorkerObserver):
+    """Wall-clock time at which each message was settled, by the keys it named."""
+
+    def __init__(self) -> None:
+        self.at: list[tuple[float, list[str]]] = []
+
+    def message_settled(self, pipeline: str, message: ReceivedMessage, outcome: Outcome) -> None:
+        keys = [r["s3"]["object"]["key"] for r in json.loads(message.body)["Records"]]
+        self.at.append((time.time(), keys))
+
+
+def _markers(marker: Path, kind: str, key: str) -> list[Path]:
+    return list(marker.glob(f"{kind}-{key}-*"))
+
+
+def test_a_duplicate_delivery_is_acknowledged_without_waiting_for_a_slot(
+    harness: Harness, tmp_path: Path
+) -> None:
+    marker = tmp_path / "m"
+    marker.mkdir()
+    opts = {"concurrency": 1, "prefetch_messages": 3}
+    harness.configure(
+        processor="s3flow_testprocs:SlowProcessor",
+        options={"sleep_s": 0.01, "marker_dir": str(marker)},
+        **opts,
+    )
+    harness.put("old.txt", b"a\n")
+    harness.put("slow.txt", b"a\n")
+    harness.purge()
+    old = json.dumps({"Records": [s3_event(harness.bucket, "old.txt", sequencer="0100")]})
+    harness.send_raw(old)
+    harness.run()  # old.txt is done
+    harness.configure(
+        provision_it=False,
+        processor="s3flow_testprocs:SlowProcessor",
+        options={"sleep_s": 2.0, "marker_dir": str(marker)},
+        **opts,
+    )
+    harness.send_raw(json.dumps({"Records": [s3_event(harness.bucket, "slow.txt")]}))
+    for _ in range(3):
+        harness.send_raw(old)
+    settled = _SettleTimes()
+    p = harness.run(observer=settled).pipelines["p"]
+    assert p.objects_processed == 1 and p.duplicates == 3
+    # The one slot was busy with slow.txt for 2 s: the duplicates, received beside
+    # it, were acknowledged at once instead of waiting for it.
+    (slow_done,) = _markers(marker, "done", "slow.txt")
+    dup_times = [t for t, keys in settled.at if keys == ["old.txt"]]
+    assert len(dup_times) == 3 and max(dup_times) < slow_done.stat().st_mtime
+    assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
+
+
+def test_a_record_waiting_for_a_key_held_by_a_prefetched_message_does_not_deadlock(
+    harness: Harness, tmp_path: Path
+) -> None:
+    # M = [a, b] takes the one slot for a; N = [b] is prefetched and holds b's key
+    # lock while it waits for a slot. M must give its slot back between a and b, or
+    # M waits for N's lock while N waits for M's slot.
+    marker = tmp_path / "m"
+    marker.mkdir()
+    harness.configure(
+        processor="s3flow_testprocs:SlowProcessor",
+        options={"sleep_s": 0.5, "marker_dir": str(marker)},
+        concurrency=1,
+        prefetch_messages=1,
+    )
+    harness.put("a.txt", b"a\n")
+    harness.put("b.txt", b"b\n")
+    harness.purge()
+    a = s3_event(harness.bucket, "a.txt", sequencer="0200")
+    b = s3_event(harness.bucket, "b.txt", sequencer="0201")
+    harness.send_raw(json.dumps({"Records": [a, b]}))
+    harness.send_raw(json.dumps({"Records": [b]}))
+    p = harness.run(timeout_s=30).pipelines["p"]
+    assert len(_markers(marker, "done", "a.txt")) == 1
+    assert len(_markers(marker, "done", "b.txt")) == 1  # once: the other is a duplicate
+    assert p.objects_processed == 2 and p.duplicates == 1 and p.acked == 2
+    assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
 
 
 def test_local_directory_output(harness: Harness, tmp_path) -> None:

@@ -83,6 +83,9 @@ class JobHandler:
         self._worker_id = worker_id
         self._processors: dict[tuple[str, int], Any] = {}
 
+    #: The runner takes the slot before :meth:`handle` (a job is all work).
+    takes_slot = False
+
     async def renew_claims(self, message_ids: list[str]) -> None:
         """Nothing to renew: a job is guarded by its FIFO message group, not a claim."""
 

@@ -163,7 +163,9 @@ class PipelineSettings(_Model):
         description=(
             "Messages received ahead of a free slot, so that a slot freed starts its next "
             "object at once instead of after a receive round trip; they stay leased while "
-            "they wait, and a stopping worker releases them. None = concurrency // 2, at most "
+            "they wait and take their key lock and claim meanwhile (a duplicate is "
+            "acknowledged without a slot), and a stopping worker releases them and what they "
+            "hold. None = concurrency // 2, at most "
             "10 (so 0 at concurrency 1: a slow one-at-a-time pipeline holds no message "
             "another worker could take). 0 = receive only for free slots."
         ),

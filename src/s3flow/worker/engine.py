@@ -14,6 +14,10 @@ Three budgets bound what a pipeline holds:
   worker can start soon. A message holds its permit until it starts settling.
   The ``prefetch_messages`` beyond ``concurrency`` wait, leased, for a slot: a
   slot freed starts the next object at once instead of after a receive round trip.
+  Meanwhile a message takes what only waits on the state store (key lock, claim,
+  superseded check): the handler asks for its slot (``msg.begin_work()``) just
+  before the work, so a duplicate never takes one. Between two records of one
+  message the slot is given back, so that no slot is held while waiting for a lock.
 * **slots**, ``concurrency``: held while the object's input is read and
   processed, so at most ``concurrency`` objects are worked on at once.
 * **settling**, ``2 × concurrency``: what is left after that waits on the
@@ -250,15 +254,30 @@ class PipelineRunner:
         self.metrics.max_in_flight = max(self.metrics.max_in_flight, self._in_flight)
         permits = MessagePermits(self.received, self.slots, self._settling)
         msg.reading_done = permits.hand_over
-        try:
+        msg.pause_work = permits.pause
+
+        async def begin_work() -> bool:
+            if permits.slot:
+                return True
             if not await permits.start(self._stop, self._draining):
-                # Brought by a receive that finished after shutdown began, or still
-                # waiting for a slot when it (or a drain) began: not started.
-                outcome: Outcome = Release("received during shutdown")
-            else:
+                return False
+            if msg.started_at is None:
                 # Waiting for the slot does not count against job_timeout_s.
                 msg.started_at = time.monotonic()
                 self._lease.restart(msg.message_id, msg.started_at)
+            return True
+
+        msg.begin_work = begin_work
+        try:
+            outcome: Outcome
+            if self._stop.is_set() or self._draining.is_set():
+                # Brought by a receive that finished after shutdown began: not started
+                # (no lock, no claim taken).
+                outcome = Release("received during shutdown")
+            elif not self.handler.takes_slot and not await begin_work():
+                # Still waiting for a slot when shutdown (or a drain) began.
+                outcome = Release("received during shutdown")
+            else:
                 outcome = await self._work_on(msg)
             # Leased (heartbeat) until here: waiting for a settling permit must not
             # let the message's visibility run out.
@@ -348,6 +367,12 @@ class MessagePermits:
                 # Taken (also when this task is being cancelled): held, so released.
                 self.slot = True
         return self.slot  # a slot taken as the stop came: used, the work starts
+
+    def pause(self) -> None:
+        """Give the slot back until the next :meth:`start` (between two records)."""
+        if self.slot and not self.done:
+            self.slot = False
+            self.slots.release(1)
 
     def hand_over(self) -> None:
         """The input is read: trade the slot for a settling permit if one is free now.

@@ -88,7 +88,15 @@ class WorkerObserver:
 
 
 class Handler(Protocol):
-    """What a :class:`~s3flow.worker.engine.PipelineRunner` drives: message -> outcome."""
+    """What a :class:`~s3flow.worker.engine.PipelineRunner` drives: message -> outcome.
+
+    ``takes_slot``: False, the runner waits for a processing slot before
+    :meth:`handle`; True, the handler awaits ``msg.begin_work()`` itself once what
+    is left needs a slot (what comes before only waits on the state store), and
+    releases the message if it returns False.
+    """
+
+    takes_slot: bool
 
     async def handle(self, msg: ReceivedMessage) -> Outcome:
         """Work on ``msg``; return how to settle it (never raise for a message's fault)."""
@@ -149,7 +157,15 @@ class PipelineRuntime:
 
 
 class MessageHandler:
-    """Turns one received message into an :data:`~s3flow.worker.outcomes.Outcome`."""
+    """Turns one received message into an :data:`~s3flow.worker.outcomes.Outcome`.
+
+    A record's key lock, claim and superseded check are taken before its processing
+    slot (``msg.begin_work()``): those are state-store round trips, and a prefetched
+    message does them while it waits, so a slot freed starts reading at once. A
+    duplicate or superseded delivery never takes a slot.
+    """
+
+    takes_slot = True
 
     def __init__(
         self,
@@ -225,6 +241,11 @@ class MessageHandler:
             outcome = await self._record(msg, event, msg.reading_done if last else None)
             if isinstance(outcome, Release):
                 return outcome  # shutdown: the whole message comes back; done records dedupe
+            if not last:
+                # No slot is held while the next record waits for its lock and claim
+                # (a slot held there could wait on a prefetched message that waits
+                # for a slot).
+                msg.pause_work()
             if outcome is not None:
                 failed.append((event, outcome))
         if not failed:
@@ -343,6 +364,12 @@ class MessageHandler:
             if isinstance(rule, NoRoute):
                 await self._policy.quarantine(event, oid, token, rule.reason, "NoRoute")
                 return None
+            if not await msg.begin_work():
+                # Stopping while waiting for a slot: nothing was done, give it all back.
+                if store is not None and token is not None:
+                    with contextlib.suppress(S3flowError):
+                        await asyncio.shield(store.release(oid, token=token))
+                return Release("stopping: the work had not started")
             return await self._run_processor(attempt, rule, reading_done)
         except BaseException:
             # Cancelled (shutdown) or an unexpected error: never leave the claim held.

@@ -80,6 +80,10 @@ class Slots:
                 fut.set_result(None)
 
 
+async def _always_true() -> bool:
+    return True
+
+
 @dataclass
 class ReceivedMessage:
     """One SQS message, with what is needed to settle it."""
@@ -96,6 +100,15 @@ class ReceivedMessage:
     #: Set by the engine: the handler calls it when the message's input is read and
     #: only output writes are left, so the next message may start (see the engine).
     reading_done: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
+    #: Set by the engine for a handler that takes its own slot (``Handler.takes_slot``):
+    #: awaited just before the work that reads the object; False when the worker stops
+    #: first (the handler then gives back what it holds and releases the message).
+    begin_work: Callable[[], Awaitable[bool]] = field(
+        default=_always_true, repr=False, compare=False
+    )
+    #: Set by the engine: between two records of one message the slot is given back,
+    #: so that no slot is held while the next record waits for its key lock or claim.
+    pause_work: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
 
     @classmethod
     def from_sqs(cls, raw: dict[str, Any], received_at: float) -> ReceivedMessage:

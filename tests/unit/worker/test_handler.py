@@ -12,7 +12,7 @@ from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, WorkerSettings
 from s3flow.worker.handler import MessageHandler, PipelineRuntime, WorkerObserver
 from s3flow.worker.identity import sequencer_after
-from s3flow.worker.outcomes import Ack, DeadLetter
+from s3flow.worker.outcomes import Ack, DeadLetter, Release
 from s3flow.worker.policy import FAILURES_ATTR, prior_failures
 from s3flow.worker.source import ReceivedMessage
 
@@ -81,22 +81,23 @@ async def test_an_unreadable_object_is_dead_lettered_not_acked_in_quarantine_mod
 class _RecordingExecutors:
     """Stands in for the ExecutorSet: records the hand-over hook each run got."""
 
-    def __init__(self) -> None:
+    def __init__(self, trace: list[str] | None = None) -> None:
         self.hooks: list[object] = []
+        self.trace = trace if trace is not None else []
 
     async def run(
         self, name: str, job: object, progress: object, *, reading_done: object = None
     ) -> Result:
         self.hooks.append(reading_done)
+        self.trace.append("run")
         return Result()
 
 
-async def test_only_the_last_record_of_a_message_hands_its_slot_over() -> None:
+def _handler(executors: _RecordingExecutors) -> MessageHandler:
     p = PipelineSettings(name="p", bucket="b", queue="q", output="s3://o/", verify_outputs=False)
     proc = LineCountProcessor({})
     rt = PipelineRuntime(p, "q-url", "dlq-url", proc, None, Route.from_settings(p))  # type: ignore[arg-type]
-    executors = _RecordingExecutors()
-    handler = MessageHandler(
+    return MessageHandler(
         rt,
         s3=_DenyingS3(),  # never asked: every event has an eTag and a sequencer
         store=None,
@@ -106,6 +107,9 @@ async def test_only_the_last_record_of_a_message_hands_its_slot_over() -> None:
         stop=asyncio.Event(),
         executors=executors,  # type: ignore[arg-type]
     )
+
+
+def _three_records() -> str:
     records = [
         {
             "eventSource": "aws:s3",
@@ -117,10 +121,46 @@ async def test_only_the_last_record_of_a_message_hands_its_slot_over() -> None:
         }
         for i in range(3)
     ]
-    msg = ReceivedMessage("m", "h", json.dumps({"Records": records}), 1, 0.0)
+    return json.dumps({"Records": records})
+
+
+async def test_only_the_last_record_of_a_message_hands_its_slot_over() -> None:
+    executors = _RecordingExecutors()
+    handler = _handler(executors)
+    msg = ReceivedMessage("m", "h", _three_records(), 1, 0.0)
     handed: list[int] = []
     msg.reading_done = lambda: handed.append(1)
     outcome = await handler.handle(msg)
     assert isinstance(outcome, Ack)
     assert executors.hooks[:2] == [None, None]  # earlier records have more to read
     assert executors.hooks[2] is msg.reading_done
+
+
+async def test_each_record_takes_the_slot_just_before_its_work_and_gives_it_back_after() -> None:
+    # No slot is held between two records: the next record's key lock and claim may
+    # wait on a prefetched message that itself waits for a slot.
+    trace: list[str] = []
+    handler = _handler(_RecordingExecutors(trace))
+    msg = ReceivedMessage("m", "h", _three_records(), 1, 0.0)
+
+    async def begin_work() -> bool:
+        trace.append("begin")
+        return True
+
+    msg.begin_work = begin_work
+    msg.pause_work = lambda: trace.append("pause")
+    assert isinstance(await handler.handle(msg), Ack)
+    assert trace == ["begin", "run", "pause"] * 2 + ["begin", "run"]
+
+
+async def test_a_stop_before_the_slot_releases_the_message_without_work() -> None:
+    executors = _RecordingExecutors()
+    handler = _handler(executors)
+    msg = ReceivedMessage("m", "h", _three_records(), 1, 0.0)
+
+    async def stopped() -> bool:
+        return False
+
+    msg.begin_work = stopped
+    outcome = await handler.handle(msg)
+    assert isinstance(outcome, Release) and executors.trace == []
