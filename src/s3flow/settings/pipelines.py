@@ -211,7 +211,10 @@ class PipelineSettings(_Model):
     job_timeout_s: SqsSeconds = Field(
         default=3600,
         ge=1,
-        description="Longest an object may be worked on; the heartbeat stops extending after it.",
+        description=(
+            "Longest an object may be worked on, counted from when its work starts (a "
+            "message waiting for a slot stays leased); the heartbeat stops extending after it."
+        ),
     )
     ignore_removed: bool = Field(
         default=True, description="Acknowledge ObjectRemoved:* events without work."

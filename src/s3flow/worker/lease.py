@@ -3,9 +3,12 @@
 Every tracked message whose visibility ends within half the visibility timeout
 gets extended by another full timeout, batched through
 :class:`~s3flow.worker.acks.AckBatcher` (ChangeMessageVisibilityBatch). The
-extension stops at the message's job deadline (``job_timeout_s`` after it was
-received, never beyond SQS's 12 h limit): a stuck job then becomes visible
-again and is retried or dead-lettered by the queue.
+extension stops at the message's job deadline (``job_timeout_s`` after its work
+started, never beyond SQS's 12 h limit): a stuck job then becomes visible
+again and is retried or dead-lettered by the queue. A message not started yet
+(prefetched, waiting for a slot, possibly holding its claim) is extended
+without a deadline: the wait is not its job's time, and letting it lapse would
+hand its object to another worker while this one still means to process it.
 
 The same beat renews the state-store claims of the objects being worked on
 (``renew_claims``): one heartbeat, so a claim lives exactly as long as its
@@ -36,6 +39,7 @@ class _Lease:
     received_at: float
     visible_at: float  # monotonic time at which SQS makes it visible again
     deadline: float
+    started: bool = False  # restart() called: the deadline counts
 
 
 class LeaseKeeper:
@@ -69,7 +73,10 @@ class LeaseKeeper:
         self._task = None
 
     def track(self, message_id: str, receipt_handle: str, received_at: float) -> None:
-        """Start heartbeating a message received at ``received_at`` (time.monotonic())."""
+        """Start heartbeating a message received at ``received_at`` (time.monotonic()).
+
+        Until :meth:`restart` says its work started, it is extended without a deadline.
+        """
         self._leases[message_id] = _Lease(
             handle=receipt_handle,
             received_at=received_at,
@@ -83,6 +90,7 @@ class LeaseKeeper:
         lease = self._leases.get(message_id)
         if lease is not None:
             lease.deadline = started_at + self._job_timeout
+            lease.started = True
 
     def untrack(self, message_id: str) -> None:
         """Stop heartbeating (the message is being settled)."""
@@ -106,7 +114,8 @@ class LeaseKeeper:
         for mid, lease in self._leases.items():
             if lease.visible_at - now > self._timeout / 2:
                 continue
-            remaining_job = lease.deadline - now
+            # Not started: waiting for a slot does not use up the job's time.
+            remaining_job = lease.deadline - now if lease.started else self._timeout
             if remaining_job <= 0:
                 continue  # past the job timeout: let it become visible
             extend = int(min(self._timeout, max(1, math.ceil(remaining_job))))

@@ -46,7 +46,8 @@ async def test_due_at_half_timeout_extends_by_a_full_timeout() -> None:
 async def test_extension_is_capped_by_the_job_timeout() -> None:
     acks = FakeAcks()
     lk, _ = keeper(acks, timeout=10, job=8)
-    lk.track("m1", "h1", time.monotonic() - 6)  # 2 s of job time left
+    lk.track("m1", "h1", time.monotonic() - 6)
+    lk.restart("m1", time.monotonic() - 6)  # 2 s of job time left
     await lk.beat()
     assert acks.calls == [("h1", 2)]
 
@@ -55,8 +56,20 @@ async def test_past_the_job_timeout_is_left_to_expire() -> None:
     acks = FakeAcks()
     lk, _ = keeper(acks, timeout=10, job=5)
     lk.track("m1", "h1", time.monotonic() - 6)
+    lk.restart("m1", time.monotonic() - 6)
     await lk.beat()
     assert acks.calls == []
+
+
+async def test_a_message_waiting_for_a_slot_is_leased_past_the_job_timeout() -> None:
+    # Prefetched and holding its claim: letting its visibility (and so its claim)
+    # lapse would give its object to another worker while this one still means to
+    # process it.
+    acks = FakeAcks()
+    lk, _ = keeper(acks, timeout=10, job=5)
+    lk.track("m1", "h1", time.monotonic() - 6)  # waited 6 s for a slot so far
+    await lk.beat()
+    assert acks.calls == [("h1", 10)]
 
 
 async def test_untracked_and_failed_extensions() -> None:
