@@ -279,9 +279,14 @@ class PipelineRunner:
                 outcome = Release("received during shutdown")
             else:
                 outcome = await self._work_on(msg)
-            # Leased (heartbeat) until here: waiting for a settling permit must not
-            # let the message's visibility run out.
-            await permits.to_settling()
+            if isinstance(outcome, Release):
+                # One batched visibility change: a stopping worker gives its messages
+                # back at once, not after a settling permit frees up.
+                permits.settle_now()
+            else:
+                # Leased (heartbeat) until here: waiting for a settling permit must not
+                # let the message's visibility run out.
+                await permits.to_settling()
             self._lease.untrack(msg.message_id)
             final = await self._settler.settle(msg, outcome)
             permits.release()
@@ -390,6 +395,11 @@ class MessagePermits:
         if not self.settle:
             await self.settling.acquire_up_to(1)
             self.settle = True
+        self._free_work()
+
+    def settle_now(self) -> None:
+        """Work is done and settling needs no permit (a release): free the rest now."""
+        self.done = True
         self._free_work()
 
     def _free_work(self) -> None:

@@ -160,3 +160,15 @@ async def test_a_slot_taken_as_the_task_is_cancelled_is_given_back() -> None:
     await asyncio.gather(waiting, return_exceptions=True)
     permits.release()
     assert slots.in_use == 0
+
+
+async def test_a_release_settles_without_waiting_for_a_settling_permit() -> None:
+    slots, settling = Slots(1), Slots(1)
+    assert settling.try_acquire()  # every settling permit is taken
+    permits, received = _permits(slots, settling)
+    assert await permits.start(asyncio.Event())
+    permits.settle_now()  # does not wait: a stopping worker releases at once
+    assert slots.in_use == 0 and received.in_use == 0 and settling.in_use == 1
+    permits.hand_over()  # a late hand-over after the work is a no-op
+    permits.release()
+    assert settling.in_use == 1 and slots.in_use == 0
