@@ -764,7 +764,9 @@ def main(argv: list[str] | None = None) -> int:
     with (
         tempfile.TemporaryDirectory(prefix="engine-fast-") as tmpdir,
         ElasticMQ(heap="512m") as mq,
-        S3Proxy(heap="1g") as s3p,
+        # Its transient store keeps every object in the heap: room for one run's 1 MiB
+        # objects twice over (a 1 GiB heap refused PutObject with 500s at --large 1024).
+        S3Proxy(heap=f"{max(1024, 2 * args.large + 256)}m") as s3p,
     ):
         tmp = Path(tmpdir)
         sqs_px = LatencyProxy(mq.port, args.sqs_delay_ms / 1000)
