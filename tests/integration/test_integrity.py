@@ -17,13 +17,9 @@ from pathlib import Path
 import pytest
 from itest_support import HERE, Harness, s3_event, spawn_worker, wait_for
 
-from s3flow.state.records import FileRecord, FileStatus
+from s3flow.state.records import FileStatus
 
 pytestmark = pytest.mark.integration
-
-
-def records(h: Harness, key: str | None = None) -> list[FileRecord]:
-    return h.records(key)
 
 
 def s3flow(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -53,7 +49,7 @@ def test_a_then_b_then_a_again_leaves_the_result_of_the_last_upload(harness: Har
         result = harness.result("abc.txt")
         assert result is not None and result["lines"] == lines
         time.sleep(1.01)  # moto has no sequencer: uploads differ by LastModified (seconds)
-    recs = records(harness, "abc.txt")
+    recs = harness.records("abc.txt")
     assert len(recs) == 3 and all(r.status is FileStatus.COMPLETED for r in recs)
 
 
@@ -125,7 +121,7 @@ def test_a_bad_record_in_the_middle_settles_alone(harness: Harness) -> None:
     attrs = {k: v["StringValue"] for k, v in dead["MessageAttributes"].items()}
     assert attrs["s3flow.error-class"] == "CorruptDataError"
     assert harness.depth() == (0, 0)
-    (rec,) = records(harness, "m/4.gz")
+    (rec,) = harness.records("m/4.gz")
     assert rec.status is FileStatus.DEAD
 
 
@@ -151,7 +147,7 @@ def test_a_retryable_record_is_resent_alone_and_succeeds_later(
     assert p.objects_processed == 4 and p.dead_lettered == 0 and p.duplicates == 0
     assert all(harness.result(k) is not None for k in keys)
     assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
-    (rec,) = records(harness, "r/2.txt")
+    (rec,) = harness.records("r/2.txt")
     assert rec.status is FileStatus.COMPLETED and rec.failures == 1 and rec.attempts == 2
 
 
@@ -171,7 +167,7 @@ def test_retries_exhausted_are_dead_lettered_by_the_worker_with_the_reason(
     attrs = {k: v["StringValue"] for k, v in dead["MessageAttributes"].items()}
     assert attrs["s3flow.error-class"].startswith("RetriesExhausted.")
     assert "failed 2 times" in attrs["s3flow.error"]
-    (rec,) = records(harness, "f.txt")
+    (rec,) = harness.records("f.txt")
     assert rec.status is FileStatus.DEAD and rec.failures == 2
 
 
@@ -230,7 +226,7 @@ def test_an_output_bucket_that_disappears_is_retried_not_dead_lettered(
         w.wait(timeout=60)
     assert "does not exist" in log.read_text()
     assert harness.depth(harness.dlq_url) == (0, 0)
-    (rec,) = records(harness, "late.txt")
+    (rec,) = harness.records("late.txt")
     assert rec.status is FileStatus.COMPLETED and rec.failures == 0
 
 
@@ -258,7 +254,7 @@ def test_reprocess_release_and_forced_backfill(harness: Harness) -> None:
     assert "released s3://" in released.stdout
     assert harness.run().pipelines["p"].objects_processed == 1
     for k in ("a.txt", "b.txt", "c/d.txt"):
-        assert all(r.status is FileStatus.COMPLETED for r in records(harness, k)), k
+        assert all(r.status is FileStatus.COMPLETED for r in harness.records(k)), k
     missing = s3flow("files", "release", "nope.txt", "-c", cfg, "-p", "p")
     assert missing.returncode != 0 and "no record" in missing.stderr
 

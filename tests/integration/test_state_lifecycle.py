@@ -16,14 +16,10 @@ from itest_support import Harness, s3_event, spawn_worker, wait_for
 
 from s3flow.app import open_store
 from s3flow.ops.files import release_quarantined
-from s3flow.state.records import FileRecord, FileStatus, ObjectId
+from s3flow.state.records import FileStatus, ObjectId
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
-
-
-def records(h: Harness) -> list[FileRecord]:
-    return h.records()
 
 
 def test_second_delivery_of_completed_object_is_a_duplicate(harness: Harness) -> None:
@@ -42,7 +38,7 @@ def test_second_delivery_of_completed_object_is_a_duplicate(harness: Harness) ->
     m2 = harness.run()
     p = m2.pipelines["p"]
     assert p.duplicates == 2 and p.objects_processed == 1
-    recs = records(harness)
+    recs = harness.records()
     assert {r.version.split("@")[0] for r in recs} == {etag}
     assert all(r.status is FileStatus.COMPLETED and r.attempts == 1 for r in recs)
     assert all(r.outputs == [f"s3://{harness.out_bucket}/res/dup.txt.json"] for r in recs)
@@ -75,7 +71,7 @@ def test_two_workers_same_object_processed_exactly_once(harness: Harness, tmp_pa
                 w.kill()
     assert len(list(marker.glob("done-*"))) == 1  # one processing, whatever the deliveries
     assert harness.output_keys() == ["res/once.txt.json"]
-    (rec,) = records(harness)
+    (rec,) = harness.records()
     assert rec.status is FileStatus.COMPLETED and rec.attempts == 1
     assert harness.depth() == (0, 0)
 
@@ -151,7 +147,7 @@ def test_quarantine_bad_files_and_keep_running(harness: Harness) -> None:
     p = m.pipelines["p"]
     assert p.quarantined == 4 and p.objects_processed == 1 and p.dead_lettered == 0
     assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
-    by_key = {r.key: r for r in records(harness)}
+    by_key = {r.key: r for r in harness.records()}
     assert by_key["good.txt"].status is FileStatus.COMPLETED
     for key, needle in [
         ("too-big.txt", "above the maximum"),
@@ -171,7 +167,7 @@ def test_quarantined_file_can_be_released(harness: Harness) -> None:
     settings = harness.configure(validation={"max_bytes": 3})
     harness.put("big.txt", b"1\n2\n3\n")
     harness.run()
-    assert records(harness)[0].status is FileStatus.QUARANTINED
+    assert harness.records()[0].status is FileStatus.QUARANTINED
     settings = harness.configure(provision_it=False, validation={"max_bytes": 100})
 
     async def release() -> list[ObjectId]:
@@ -185,7 +181,7 @@ def test_quarantined_file_can_be_released(harness: Harness) -> None:
     assert "s3flow-status" not in _tags(harness, "big.txt")
     m = harness.run()
     assert m.pipelines["p"].objects_processed == 1
-    (rec,) = records(harness)
+    (rec,) = harness.records()
     assert rec.status is FileStatus.COMPLETED
     wait_for(lambda: harness.result("big.txt") is not None, 5, "result")
 
@@ -207,5 +203,5 @@ def test_dynamodb_backend_provisioned_and_deduplicating(harness: Harness) -> Non
     harness.send_raw(json.dumps({"Records": [dup]}))
     m = harness.run()
     assert m.pipelines["p"].duplicates == 1 and m.pipelines["p"].objects_processed == 0
-    (rec,) = records(harness)
+    (rec,) = harness.records()
     assert rec.status is FileStatus.COMPLETED

@@ -270,12 +270,11 @@ class PipelineRunner:
         msg.begin_work = begin_work
         try:
             outcome: Outcome
-            if self._stop.is_set() or self._draining.is_set():
-                # Brought by a receive that finished after shutdown began: not started
-                # (no lock, no claim taken).
-                outcome = Release("received during shutdown")
-            elif not self.handler.takes_slot and not await begin_work():
-                # Still waiting for a slot when shutdown (or a drain) began.
+            stopping = self._stop.is_set() or self._draining.is_set()
+            if stopping or (not self.handler.takes_slot and not await begin_work()):
+                # Brought by a receive that finished after shutdown began (nothing
+                # taken: no lock, no claim), or still waiting for a slot when shutdown
+                # (or a drain) began: not started.
                 outcome = Release("received during shutdown")
             else:
                 outcome = await self._work_on(msg)

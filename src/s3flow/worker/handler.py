@@ -366,20 +366,24 @@ class MessageHandler:
                 return None
             if not await msg.begin_work():
                 # Stopping while waiting for a slot: nothing was done, give it all back.
-                if store is not None and token is not None:
-                    with contextlib.suppress(S3flowError):
-                        await asyncio.shield(store.release(oid, token=token))
+                await self._give_back(oid, token)
                 return Release("stopping: the work had not started")
             return await self._run_processor(attempt, rule, reading_done)
         except BaseException:
             # Cancelled (shutdown) or an unexpected error: never leave the claim held.
-            # A claim already finished (completed, failed) makes this a fenced no-op.
-            if store is not None and token is not None:
-                with contextlib.suppress(S3flowError):
-                    await asyncio.shield(store.release(oid, token=token))
+            await self._give_back(oid, token)
             raise
         finally:
             self._holds.forget_claim(msg.message_id, oid)
+
+    async def _give_back(self, oid: ObjectId, token: int | None) -> None:
+        """Release the claim ``token`` on ``oid``, if any (best effort, never cancelled).
+
+        A claim already finished (completed, failed) makes this a fenced no-op.
+        """
+        if self._store is not None and token is not None:
+            with contextlib.suppress(S3flowError):
+                await asyncio.shield(self._store.release(oid, token=token))
 
     def _declared_type(self, spec: str) -> str | None:
         """The ``output_content_type`` processor ``spec`` declares (None: not checked)."""
