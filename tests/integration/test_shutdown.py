@@ -96,3 +96,6 @@ def test_sigterm_releases_unfinished_work_and_nothing_is_lost(
     done = sorted(p.read_text() for p in marker.glob("done-*"))
     assert done == [f"k{i}.txt" for i in range(5)]
     assert harness.depth() == (0, 0)
+    assert harness.depth(harness.dlq_url) == (0, 0)  # a shutdown is no failure
+    recs = harness.records()
+    assert len(recs) == 5 and all(r.status is FileStatus.COMPLETED for r in recs), recs
