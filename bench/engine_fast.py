@@ -82,6 +82,17 @@ def result_doc(bucket: str, key: str, etag: str, data: bytes) -> bytes:
     ).encode()
 
 
+def _setting(kv: str) -> tuple[str, Any]:
+    """``key=value`` of ``--s3flow-set``: the value as JSON, else as a string."""
+    key, sep, raw = kv.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--s3flow-set {kv!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
 def aio_config(pool: int) -> Any:
     """aiobotocore config for S3Proxy/ElasticMQ (path style, checksums when required)."""
     from aiobotocore.config import AioConfig
@@ -398,6 +409,8 @@ class Bench:
         from botocore.config import Config
 
         self.args, self.tmp = args, tmp
+        #: ``--s3flow-set key=value``: pipeline settings of the s3flow runs (A/B trials).
+        self.pipeline_extra = dict(_setting(kv) for kv in args.s3flow_set)
         self.mq, self.s3p = mq, s3p
         self.pq, self.ps = px
         conf = Config(
@@ -505,6 +518,7 @@ class Bench:
                         "output": f"s3://{out_bucket}/results/",
                         "concurrency": conc,
                         "wait_time_s": 1,
+                        **self.pipeline_extra,
                     }
                 ],
             },
@@ -722,6 +736,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--naive-budget-s", type=float, help="naive consumer time box (default 20; quick 8)"
     )
     p.add_argument("--systems", default="naive,asyncio,s3flow,download")
+    p.add_argument(
+        "--s3flow-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a pipeline setting for the s3flow runs (VALUE as JSON, else a string)",
+    )
     p.add_argument(
         "--profile", type=int, default=0, help="py-spy the s3flow small run at this concurrency"
     )

@@ -11,7 +11,7 @@ Three budgets bound what a pipeline holds:
 
 * **received**, ``concurrency + prefetch_messages``: a poller reserves permits
   before it asks SQS for that many messages, so it never receives more than the
-  worker can start soon. A message holds its permit until it starts settling.
+  worker can start soon. A message holds its permit until its input is read.
   The ``prefetch_messages`` beyond ``concurrency`` wait, leased, for a slot: a
   slot freed starts the next object at once instead of after a receive round trip.
   Meanwhile a message takes what only waits on the state store (key lock, claim,
@@ -20,17 +20,19 @@ Three budgets bound what a pipeline holds:
   message the slot is given back, so that no slot is held while waiting for a lock.
 * **slots**, ``concurrency``: held while the object's input is read and
   processed, so at most ``concurrency`` objects are worked on at once.
-* **settling**, ``2 × concurrency``: what is left after that waits on the
-  network, not on this worker: writing the outputs, verifying them, recording
-  the result, and settling (an ack waits up to ``ack_batch_window_s`` for its
-  batched delete). Two round trips or more where reading took about one, hence
-  twice the slots. The processor says when its input is read
+* **settling**, ``2 × concurrency``: what is left of the work after that waits
+  on the network, not on this worker: writing the outputs, verifying them,
+  recording the result. Two round trips or more where reading took about one,
+  hence twice the slots. The processor says when its input is read
   (``ProcessContext.reading_done``); the message then trades its slot for a
   settling permit, if one is free at that moment, so that the next object can
   start; otherwise it keeps the slot until its work is done.
 
-So at most ``3 × concurrency + prefetch_messages`` messages are received and
-not yet settled.
+So at most ``3 × concurrency + prefetch_messages`` messages are being worked
+on. A message whose work is over holds no permit while it is settled (its
+delete waits up to ``ack_batch_window_s`` to fill a batch, then one SQS round
+trip): a settlement is bounded in time, not in number, and waiting for it
+must not hold back the next object's outputs.
 
 Shutdown (SIGTERM/SIGINT, or ``stop()``): polling stops at once, but a
 ReceiveMessage already on the wire is allowed to finish (cancelling it could
@@ -278,17 +280,13 @@ class PipelineRunner:
                 outcome = Release("received during shutdown")
             else:
                 outcome = await self._work_on(msg)
-            if isinstance(outcome, Release):
-                # One batched visibility change: a stopping worker gives its messages
-                # back at once, not after a settling permit frees up.
-                permits.settle_now()
-            else:
-                # Leased (heartbeat) until here: waiting for a settling permit must not
-                # let the message's visibility run out.
-                await permits.to_settling()
+            # The work is over: what is left (a batched delete or visibility change, a
+            # dead-letter send) waits on SQS alone and holds no permit, so that an ack
+            # waiting up to ack_batch_window_s for its batch does not hold back the next
+            # object's outputs.
+            permits.release()
             self._lease.untrack(msg.message_id)
             final = await self._settler.settle(msg, outcome)
-            permits.release()
             self.metrics.observe_processing(time.monotonic() - msg.received_at)
             self._observer.message_settled(self.p.name, msg, final)
         finally:
@@ -336,10 +334,11 @@ class PipelineRunner:
 class MessagePermits:
     """One message's place in its runner's three budgets (see the module docstring).
 
-    The received permit (reserved by the poller) from receive until it starts
-    settling; a slot while its input is read and processed; then a settling permit
-    while its outputs are written and verified and it is settled. The slot and the
-    received permit go back as soon as the settling permit is held.
+    The received permit (reserved by the poller) from receive until its input is
+    read; a slot while its input is read and processed; then a settling permit while
+    its outputs are written, verified and recorded. The slot and the received permit
+    go back as soon as the settling permit is held; everything goes back when the
+    work is over (:meth:`release`), before the message is settled.
     """
 
     received: Slots
@@ -348,7 +347,7 @@ class MessagePermits:
     receive: bool = True
     slot: bool = False
     settle: bool = False
-    done: bool = False  # the work is over (to_settling called)
+    done: bool = False  # the work is over (release called)
 
     async def start(self, *stops: asyncio.Event) -> bool:
         """Wait for a slot; False if one of ``stops`` is set first (then no slot is held)."""
@@ -388,19 +387,6 @@ class MessagePermits:
             self.settle = True
             self._free_work()
 
-    async def to_settling(self) -> None:
-        """Work is done: hold a settling permit (waiting for one), then free the rest."""
-        self.done = True  # a late hand_over (reading_done after the work) is a no-op
-        if not self.settle:
-            await self.settling.acquire_up_to(1)
-            self.settle = True
-        self._free_work()
-
-    def settle_now(self) -> None:
-        """Work is done and settling needs no permit (a release): free the rest now."""
-        self.done = True
-        self._free_work()
-
     def _free_work(self) -> None:
         if self.slot:
             self.slot = False
@@ -410,7 +396,8 @@ class MessagePermits:
             self.received.release(1)
 
     def release(self) -> None:
-        """Give back whatever is still held (idempotent)."""
+        """The work is over: give back whatever is still held (idempotent)."""
+        self.done = True  # a late hand_over (reading_done after the work) is a no-op
         self._free_work()
         if self.settle:
             self.settle = False

@@ -68,8 +68,7 @@ async def test_a_message_waiting_for_a_slot_gives_up_when_the_worker_stops() -> 
     stop.set()
     assert await asyncio.wait_for(waiting, 1) is False
     assert not permits.slot and slots.in_use == 1
-    await permits.to_settling()  # then released like any message
-    permits.release()
+    permits.release()  # then released like any message
     assert received.in_use == 0 and settling.in_use == 0
     assert await permits.start(stop) is False  # stopped before it began
 
@@ -83,7 +82,6 @@ async def test_hand_over_trades_the_slot_for_a_settling_permit() -> None:
     assert slots.in_use == 0 and settling.in_use == 1 and received.in_use == 0
     permits.hand_over()  # again: nothing changes
     assert slots.in_use == 0 and settling.in_use == 1
-    await permits.to_settling()  # already holds its permit: no wait
     permits.release()
     permits.release()
     assert slots.in_use == 0 and settling.in_use == 0
@@ -91,48 +89,25 @@ async def test_hand_over_trades_the_slot_for_a_settling_permit() -> None:
 
 async def test_with_no_settling_permit_free_the_message_keeps_its_slot() -> None:
     slots, settling = Slots(1), Slots(1)
-    assert settling.try_acquire()  # another message settles
+    assert settling.try_acquire()  # another message writes its outputs
     permits, received = _permits(slots, settling)
     assert await permits.start(asyncio.Event())
     permits.hand_over()
     assert (permits.slot, permits.settle) == (True, False) and slots.in_use == 1
-    moving = asyncio.create_task(permits.to_settling())
-    await asyncio.sleep(0)
-    assert not moving.done() and slots.in_use == 1  # the slot is kept while it waits
-    settling.release(1)
-    await asyncio.wait_for(moving, 1)
-    assert (permits.slot, permits.settle) == (False, True)
-    assert slots.in_use == 0 and settling.in_use == 1 and received.in_use == 0
-    permits.release()
-    assert settling.in_use == 0
-
-
-async def test_release_while_waiting_for_settling_gives_the_rest_back() -> None:
-    slots, settling = Slots(1), Slots(1)
-    assert settling.try_acquire()
-    permits, received = _permits(slots, settling)
-    assert await permits.start(asyncio.Event())
-    moving = asyncio.create_task(permits.to_settling())
-    await asyncio.sleep(0)
-    moving.cancel()  # shutdown cut
-    await asyncio.gather(moving, return_exceptions=True)
-    permits.release()
+    assert received.in_use == 1  # nothing traded: the message keeps all it held
+    permits.release()  # its work is over: all of it goes back, no wait for a permit
+    assert (permits.slot, permits.settle, permits.receive) == (False, False, False)
     assert slots.in_use == 0 and received.in_use == 0
     assert settling.in_use == 1  # only the other message's permit
 
 
-async def test_a_hand_over_while_waiting_for_settling_keeps_one_permit_only() -> None:
+async def test_a_hand_over_after_the_work_is_a_no_op() -> None:
     slots, settling = Slots(1), Slots(1)
-    assert settling.try_acquire()  # another message settles
     permits, _ = _permits(slots, settling)
     assert await permits.start(asyncio.Event())
-    moving = asyncio.create_task(permits.to_settling())
-    await asyncio.sleep(0)
-    settling.release(1)  # the other message is settled...
-    permits.hand_over()  # ...and a late reading_done (after the work) does nothing
-    await asyncio.wait_for(moving, 1)
-    permits.release()
-    assert settling.in_use == 0 and slots.in_use == 0
+    permits.release()  # the work ended before the reader was closed
+    permits.hand_over()  # a late reading_done takes nothing
+    assert settling.in_use == 0 and slots.in_use == 0 and not permits.settle
 
 
 async def test_a_drain_releases_a_message_still_waiting_for_a_slot() -> None:
@@ -162,13 +137,11 @@ async def test_a_slot_taken_as_the_task_is_cancelled_is_given_back() -> None:
     assert slots.in_use == 0
 
 
-async def test_a_release_settles_without_waiting_for_a_settling_permit() -> None:
+async def test_a_settled_message_holds_no_permit() -> None:
     slots, settling = Slots(1), Slots(1)
-    assert settling.try_acquire()  # every settling permit is taken
     permits, received = _permits(slots, settling)
     assert await permits.start(asyncio.Event())
-    permits.settle_now()  # does not wait: a stopping worker releases at once
-    assert slots.in_use == 0 and received.in_use == 0 and settling.in_use == 1
-    permits.hand_over()  # a late hand-over after the work is a no-op
-    permits.release()
-    assert settling.in_use == 1 and slots.in_use == 0
+    permits.hand_over()  # input read: the slot goes to the next object
+    assert slots.in_use == 0 and settling.in_use == 1
+    permits.release()  # outputs written and recorded: the ack holds nothing
+    assert slots.in_use == 0 and settling.in_use == 0 and received.in_use == 0
