@@ -727,7 +727,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer objects (~1-2 min)")
     p.add_argument("--small", type=int, help="1 KiB objects per run (default 2000; quick 600)")
-    p.add_argument("--large", type=int, help="1 MiB objects per run (default 128; quick 48)")
+    p.add_argument("--large", type=int, help="1 MiB objects per run (default 384; quick 48)")
     p.add_argument("--concurrency", default="16,64,256", help="s3flow/asyncio concurrencies")
     p.add_argument("--large-concurrency", default="16,64", help="concurrencies for 1 MiB")
     p.add_argument("--sqs-delay-ms", type=float, default=10.0)
@@ -753,7 +753,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--child", nargs=2, metavar=("MODE", "CFG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.small = args.small or (600 if args.quick else 2000)
-    args.large = args.large or (48 if args.quick else 128)
+    args.large = args.large or (48 if args.quick else 384)
     args.naive_budget_s = args.naive_budget_s or (8.0 if args.quick else 20.0)
     return args
 

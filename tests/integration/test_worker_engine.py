@@ -256,17 +256,18 @@ def test_a_message_waiting_for_its_batched_delete_does_not_hold_a_slot(
     settings = harness.configure(
         processor="s3flow_testprocs:ConcurrencyProbe", concurrency=1, options={"sleep_s": 0.05}
     )
-    # Deletes wait a whole second to fill a batch: with the slot held until the delete
-    # was confirmed, the second object could not start before the first was settled.
-    worker = settings.worker.model_copy(update={"ack_batch_window_s": 1.0})
+    # Deletes wait 5 s to fill a batch: with the slot held until the delete was
+    # confirmed, the second object could not start before the first was settled; with
+    # a settling permit held, at most 1 + 2 (settling: 2 x concurrency) could.
+    worker = settings.worker.model_copy(update={"ack_batch_window_s": 5.0})
     harness.settings = settings.model_copy(update={"worker": worker})
     for i in range(4):
         harness.put(f"k{i}.txt", b"z\n")
     m = harness.run()
     p = m.pipelines["p"]
     assert ConcurrencyProbe.peak == 1 and len(ConcurrencyProbe.calls) == 4
-    # one worked on while at least two waited for their delete, which holds no permit
-    assert p.max_in_flight >= 3
+    # all four done (~0.2 s each) and waiting for their delete together: it holds no permit
+    assert p.max_in_flight == 4
     assert p.acked == 4 and len(harness.output_keys()) == 4
     assert harness.depth() == (0, 0)  # nothing visible, nothing in flight
     assert harness.depth(harness.dlq_url) == (0, 0) and harness.dlq_messages() == []
