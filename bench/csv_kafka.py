@@ -196,7 +196,8 @@ def _report(started: float, rows: int) -> None:
 
 
 def profile_s3flow(cmd: list[str], workdir: Path) -> dict[str, Any] | None:
-    """Run s3flow once more under py-spy (if installed): where the produce thread's time goes."""
+    """Run s3flow once more under py-spy (if installed): where the produce and prefetch
+    threads spend their time."""
     spy = Path(python()).with_name("py-spy")
     if not spy.exists():
         return None
@@ -220,22 +221,35 @@ def profile_s3flow(cmd: list[str], workdir: Path) -> dict[str, Any] | None:
     )
     if child.returncode != 0 or not raw.exists():
         return {"error": child.log_tail(10)}
-    own: dict[str, int] = {}
-    total = 0
+    # py-spy names a thread "thread (<tid>): <name>": the session's produce thread is
+    # the runner's executor thread (csv-kafka_<n>), the helper csv-kafka-prefetch.
+    own: dict[str, dict[str, int]] = {"produce": {}, "prefetch": {}}
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
-        if "csv-kafka" not in frames[0]:
-            continue  # only the produce thread (parse, encode, produce, commit)
-        n = int(count)
-        total += n
+        thread = frames[0].rpartition(": ")[2]
+        kind = (
+            "prefetch"
+            if thread.startswith("csv-kafka-prefetch")
+            else "produce"
+            if thread.startswith("csv-kafka_")
+            else None
+        )
+        if kind is None:
+            continue  # the event loop, the state store, librdkafka's threads
         frame = frames[-1].split(" (")[0]
-        own[frame] = own.get(frame, 0) + n
-    top = sorted(own.items(), key=lambda kv: -kv[1])[:12]
+        own[kind][frame] = own[kind].get(frame, 0) + int(count)
+    threads: dict[str, Any] = {}
+    for kind, counts in own.items():
+        total = sum(counts.values())
+        top = sorted(counts.items(), key=lambda kv: -kv[1])[:12]
+        threads[kind] = {
+            "samples": total,
+            "top": [{"function": f, "share": round(n / total, 3)} for f, n in top],
+        }
     return {
-        "tool": "py-spy record -r 200 (produce thread, own time by function)",
-        "samples": total,
-        "top": [{"function": f, "share": round(n / total, 3)} for f, n in top] if total else [],
+        "tool": "py-spy record -r 200 (own time by function, per thread)",
+        "threads": threads,
     }
 
 
