@@ -347,7 +347,6 @@ class MessagePermits:
     receive: bool = True
     slot: bool = False
     settle: bool = False
-    done: bool = False  # the work is over (release called)
 
     async def start(self, *stops: asyncio.Event) -> bool:
         """Wait for a slot; False if one of ``stops`` is set first (then no slot is held)."""
@@ -373,7 +372,7 @@ class MessagePermits:
 
     def pause(self) -> None:
         """Give the slot back until the next :meth:`start` (between two records)."""
-        if self.slot and not self.done:
+        if self.slot:
             self.slot = False
             self.slots.release(1)
 
@@ -383,7 +382,7 @@ class MessagePermits:
         Synchronous (a reader's ``close`` calls it); with none free the message keeps
         its slot until its work is done, as if this were never called.
         """
-        if self.slot and not self.settle and not self.done and self.settling.try_acquire():
+        if self.slot and not self.settle and self.settling.try_acquire():
             self.settle = True
             self._free_work()
 
@@ -396,8 +395,11 @@ class MessagePermits:
             self.received.release(1)
 
     def release(self) -> None:
-        """The work is over: give back whatever is still held (idempotent)."""
-        self.done = True  # a late hand_over (reading_done after the work) is a no-op
+        """The work is over: give back whatever is still held (idempotent).
+
+        A late :meth:`hand_over` (``reading_done`` after the work) then finds no slot
+        to trade and does nothing.
+        """
         self._free_work()
         if self.settle:
             self.settle = False

@@ -38,8 +38,9 @@ class _Lease:
     handle: str
     received_at: float
     visible_at: float  # monotonic time at which SQS makes it visible again
-    deadline: float
-    started: bool = False  # restart() called: the deadline counts
+    #: The job deadline, set when its work starts (:meth:`LeaseKeeper.restart`);
+    #: None before: the message is extended without one.
+    deadline: float | None = None
 
 
 class LeaseKeeper:
@@ -81,7 +82,6 @@ class LeaseKeeper:
             handle=receipt_handle,
             received_at=received_at,
             visible_at=received_at + self._timeout,
-            deadline=received_at + self._job_timeout,
         )
 
     def restart(self, message_id: str, started_at: float) -> None:
@@ -90,7 +90,6 @@ class LeaseKeeper:
         lease = self._leases.get(message_id)
         if lease is not None:
             lease.deadline = started_at + self._job_timeout
-            lease.started = True
 
     def untrack(self, message_id: str) -> None:
         """Stop heartbeating (the message is being settled)."""
@@ -115,7 +114,7 @@ class LeaseKeeper:
             if lease.visible_at - now > self._timeout / 2:
                 continue
             # Not started: waiting for a slot does not use up the job's time.
-            remaining_job = lease.deadline - now if lease.started else self._timeout
+            remaining_job = self._timeout if lease.deadline is None else lease.deadline - now
             if remaining_job <= 0:
                 continue  # past the job timeout: let it become visible
             extend = int(min(self._timeout, max(1, math.ceil(remaining_job))))
