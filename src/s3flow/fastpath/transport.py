@@ -1,8 +1,10 @@
 """Signed requests with botocore's "standard" retries: :class:`SignedTransport`.
 
-One per fast client: an aiohttp session, the credentials, a Signature V4
-signer, and the retry loop. Failures become the SDK client's own exception
-classes (``sdk.exceptions.from_code``), with botocore's ``response`` shape.
+One per fast client: the credentials, a Signature V4 signer, the retry loop, and
+a pool of keep-alive connections per host (:mod:`s3flow.fastpath.http`, s3flow's
+own HTTP/1.1 client: about a sixth of aiohttp's CPU per call). Failures become the
+SDK client's own exception classes (``sdk.exceptions.from_code``), with botocore's
+``response`` shape.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
-import aiohttp
 from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
@@ -28,6 +29,14 @@ from yarl import URL
 
 from s3flow.closing import AsyncClosing
 from s3flow.errors import RETRYABLE_CODES
+from s3flow.fastpath.http import (
+    HttpConnectError,
+    HttpConnectTimeout,
+    HttpDisconnected,
+    HttpError,
+    HttpPool,
+    HttpResponse,
+)
 from s3flow.fastpath.signing import Credentials, SigV4Signer
 
 #: ``(status, headers, body) -> (botocore's "Error" dict, the code naming the exception
@@ -85,7 +94,7 @@ class Answer:
     """A 2xx response: the body already read when asked for (else unread), and the
     retries it took."""
 
-    response: aiohttp.ClientResponse
+    response: HttpResponse
     body: bytes | None
     attempts: int
 
@@ -122,20 +131,33 @@ class SignedTransport(AsyncClosing):
         self.path = parts.path or "/"
         self._retries = conn.max_attempts
         self._backoff_base_s = conn.backoff_base_s
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max(conn.pool, 10)),
-            # sock_connect, not connect: waiting for a pooled connection is not a timeout
-            timeout=aiohttp.ClientTimeout(
-                sock_connect=conn.connect_timeout_s, sock_read=conn.read_timeout_s
-            ),
-            auto_decompress=False,  # Content-Encoding belongs to the object, not the transfer
-            skip_auto_headers=("User-Agent", "Content-Type"),
-            cookie_jar=aiohttp.DummyCookieJar(),  # AWS sets no cookies worth keeping
-        )
+        self._conn = conn
+        self._pools: dict[str, HttpPool] = {}  # Host header -> its connections
         self.calls: dict[str, int] = {}  # operation -> calls answered with 2xx
 
     async def close(self) -> None:
-        await self._session.close()
+        for pool in self._pools.values():
+            await pool.close()
+
+    @property
+    def connections_in_use(self) -> int:
+        """Connections a request or an unread GetObject body holds now."""
+        return sum(pool.in_use for pool in self._pools.values())
+
+    def _pool(self, host: str) -> HttpPool:
+        pool = self._pools.get(host)
+        if pool is None:
+            url = URL(f"{self.scheme}://{host}")
+            pool = HttpPool(
+                self.scheme,
+                url.host or host,
+                url.port or (443 if self.scheme == "https" else 80),
+                limit=max(self._conn.pool, 10),
+                connect_timeout_s=self._conn.connect_timeout_s,
+                read_timeout_s=self._conn.read_timeout_s,
+            )
+            self._pools[host] = pool
+        return pool
 
     async def send(self, req: Request, *, read: bool = False) -> Answer:
         """The 2xx answer (with its body when ``read``); raises :class:`UseSdk` where the
@@ -146,7 +168,6 @@ class SignedTransport(AsyncClosing):
         url = URL(
             f"{self.scheme}://{req.host}{req.path}" + (f"?{query}" if query else ""), encoded=True
         )
-        data = req.body if req.body or req.method in ("PUT", "POST") else None
         attempt = 0
         while True:
             creds = await self._credentials()
@@ -166,8 +187,8 @@ class SignedTransport(AsyncClosing):
             signed["accept-encoding"] = "identity"
             signed["user-agent"] = _USER_AGENT
             try:
-                answer = await self._attempt(req, url, signed, data, read, attempt)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                answer = await self._attempt(req, url, signed, attempt, read=read)
+            except (HttpError, TimeoutError) as exc:
                 if attempt >= self._retries:
                     raise transport_error(exc, url) from exc
             else:
@@ -178,28 +199,27 @@ class SignedTransport(AsyncClosing):
             await asyncio.sleep(random.random() * min(20.0, delay))
 
     async def _attempt(
+        self, req: Request, url: URL, headers: dict[str, str], attempt: int, *, read: bool
+    ) -> Answer | None:
+        """One try: the answer (its body read, or streaming when not ``read``), ``None``
+        to retry, or the error to raise."""
+        headers["host"] = req.host
+        resp = await self._pool(req.host).request(
+            req.method, url.raw_path_qs, headers, req.body, stream=not read
+        )
+        if 200 <= resp.status < 300:
+            self.calls[req.operation] = self.calls.get(req.operation, 0) + 1
+            return Answer(resp, None if resp.stream else resp.body, attempt)
+        return self._refused(req, resp, resp.body, attempt)
+
+    def _refused(
         self,
         req: Request,
-        url: URL,
-        headers: dict[str, str],
-        data: bytes | None,
-        read: bool,
+        resp: HttpResponse,
+        body: bytes,
         attempt: int,
     ) -> Answer | None:
-        """One try: the answer, ``None`` to retry, or the error to raise."""
-        resp = await self._session.request(req.method, url, headers=headers, data=data)
-        try:
-            if 200 <= resp.status < 300:
-                body = await resp.read() if read else None
-                self.calls[req.operation] = self.calls.get(req.operation, 0) + 1
-                return Answer(resp, body, attempt)
-            body = b"" if req.method == "HEAD" else await resp.read()
-        except BaseException:
-            resp.close()
-            raise
-        finally:
-            if read or resp.status >= 300:
-                resp.release()
+        """A non-2xx answer: ``None`` to retry; raises UseSdk or the SDK's error."""
         error, class_code = self._read_error(resp.status, resp.headers, body)
         codes = {error["Code"], class_code}
         if (
@@ -215,7 +235,7 @@ class SignedTransport(AsyncClosing):
 
     def _client_error(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: HttpResponse,
         error: dict[str, str],
         class_code: str,
         operation: str,
@@ -302,7 +322,7 @@ def status_phrase(status: int) -> str:
         return ""
 
 
-def metadata(resp: aiohttp.ClientResponse, attempts: int = 0) -> dict[str, Any]:
+def metadata(resp: HttpResponse, attempts: int = 0) -> dict[str, Any]:
     """botocore's ``ResponseMetadata`` of a response (ids only where the service sent them)."""
     headers = resp.headers
     meta: dict[str, Any] = {}
@@ -319,22 +339,18 @@ def metadata(resp: aiohttp.ClientResponse, attempts: int = 0) -> dict[str, Any]:
 
 def transport_error(exc: BaseException, url: URL) -> Exception:
     """botocore's exception for a request that got no (whole) answer, as aiobotocore maps
-    aiohttp's: a connect timeout, a read timeout, a dropped connection, any other."""
+    aiohttp's: a connect timeout, a refused connection, a read timeout, a dropped
+    connection, any other."""
     endpoint = str(url.with_query(None))
     error: Exception
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, HttpConnectTimeout):
         error = ConnectTimeoutError(endpoint_url=endpoint, error=exc)
-    elif isinstance(exc, aiohttp.ClientConnectorError):  # refused, unreachable, DNS
+    elif isinstance(exc, HttpConnectError):  # refused, unreachable, DNS, TLS handshake
         error = EndpointConnectionError(endpoint_url=endpoint, error=exc)
     elif isinstance(exc, TimeoutError):
         error = ReadTimeoutError(endpoint_url=endpoint, error=exc)
-    elif isinstance(
-        exc,
-        aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | aiohttp.ClientOSError,
-    ):
+    elif isinstance(exc, HttpDisconnected):
         error = ConnectionClosedError(endpoint_url=endpoint, error=exc)
-    elif isinstance(exc, aiohttp.ClientConnectionError):
-        error = EndpointConnectionError(endpoint_url=endpoint, error=exc)
     else:
         error = HTTPClientError(error=exc)
     return error
