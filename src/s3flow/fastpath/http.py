@@ -609,9 +609,12 @@ class HttpPool(AsyncClosing):
             self._waiters.append(waiter)
             try:
                 await waiter
-            finally:
+            except BaseException:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+                elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._wake()  # woken, then cancelled before it ran: pass the turn on
+                raise
             if self._idle:
                 return await self._acquire()
         self._open += 1
