@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from botocore.exceptions import (
     HTTPClientError,
     ReadTimeoutError,
 )
+from botocore.httpsession import get_cert_path
 from yarl import URL
 
 from s3flow.closing import AsyncClosing
@@ -133,6 +135,7 @@ class SignedTransport(AsyncClosing):
         self._backoff_base_s = conn.backoff_base_s
         self._conn = conn
         self._pools: dict[str, HttpPool] = {}  # Host header -> its connections
+        self._ssl: ssl.SSLContext | None = None
         self.calls: dict[str, int] = {}  # operation -> calls answered with 2xx
 
     async def close(self) -> None:
@@ -143,6 +146,14 @@ class SignedTransport(AsyncClosing):
     def connections_in_use(self) -> int:
         """Connections a request or an unread GetObject body holds now."""
         return sum(pool.in_use for pool in self._pools.values())
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """HTTPS: the CA bundle botocore itself verifies with (certifi's, else its own)."""
+        if self.scheme != "https":
+            return None
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context(cafile=get_cert_path(True))
+        return self._ssl
 
     def _pool(self, host: str) -> HttpPool:
         pool = self._pools.get(host)
@@ -155,6 +166,7 @@ class SignedTransport(AsyncClosing):
                 limit=max(self._conn.pool, 10),
                 connect_timeout_s=self._conn.connect_timeout_s,
                 read_timeout_s=self._conn.read_timeout_s,
+                ssl_context=self._tls(),
             )
             self._pools[host] = pool
         return pool
