@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "settings",
             "errors",
             "aws",
-            "fastpath",  # the hot S3/SQS calls as signed aiohttp requests
+            "fastpath",  # the hot S3/SQS calls as signed requests on its own HTTP client
             "provision",
             "deploy",  # the CloudFormation export (tables are handed in, not imported)
             "metrics",
