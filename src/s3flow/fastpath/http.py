@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -103,7 +104,8 @@ class BodyStream:
     def __del__(self) -> None:
         # Dropped unread and unclosed: give the connection's place in its pool back.
         if not self._finished:
-            self.close()
+            with contextlib.suppress(Exception):  # the loop may be gone at exit
+                self.close()
 
     @property
     def at_eof(self) -> bool:
@@ -310,9 +312,15 @@ class _Conn(asyncio.Protocol):
                     if self._paused:
                         self._drained = self.loop.create_future()
                         await self._drained
-                    if self.closed:
+                    if self.closed or self._answer.done():
+                        # Answered before the whole body was sent (an early error): the
+                        # rest must not reach the server as the start of a request.
+                        self._keep_alive = False
+                        self.reusable = False
                         break
                     self.transport.write(view[i : i + _WRITE_CHUNK])
+                    # The read timeout counts from the last byte sent, not the first.
+                    self.last_data = self.loop.time()
             return await self._answer
         finally:
             self._cancel_timer()
@@ -343,6 +351,12 @@ class _Conn(asyncio.Protocol):
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(exc)
         self._close()
+        self._stop_sending()
+
+    def _stop_sending(self) -> None:
+        """The answer is in (or failed): a body still waiting to be sent stops waiting."""
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     def _close(self) -> None:
         self.closed = True
@@ -499,6 +513,7 @@ class _Conn(asyncio.Protocol):
     def _finish(self) -> None:
         assert self._answer is not None and self._headers is not None
         self.reusable = self._keep_alive and not self._buf and not self.closed
+        self._stop_sending()
         if not self._answer.done():
             self._answer.set_result(
                 HttpResponse(

@@ -830,3 +830,48 @@ async def test_a_request_after_the_pool_is_closed_raises_http_disconnected(
         await pool.request("GET", "/k", host(server))
     await until(lambda: server.open == 0)  # the idle connection was closed
     assert server.connections == 1
+
+
+# request bodies ---------------------------------------------------------------------------
+
+
+async def test_an_answer_before_the_whole_body_was_sent_drops_the_connection(
+    servers: Servers,
+) -> None:
+    async def early(
+        server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the head only: the body is never read
+        writer.write(answer(b"too big", status="413 Payload Too Large"))
+        await writer.drain()
+        await asyncio.sleep(30)  # keeps the connection open, unread
+
+    server = await servers.start(early)
+    async with pool_for(server, read_timeout_s=5.0) as pool:
+        resp = await pool.request("PUT", "/b/k", host(server), random_bytes(16 * 1024 * 1024))
+        assert (resp.status, resp.body) == (413, b"too big")
+        # The unsent rest of the body must not reach the server as a new request.
+        assert pool.in_use == 0 and not pool._idle
+
+
+async def test_an_upload_slower_than_the_read_timeout_does_not_time_out(
+    servers: Servers,
+) -> None:
+    async def slow_reader(
+        server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        got = 0
+        while got < length:  # ~8 MiB at about 16 MiB/s: longer than the 0.3 s timeout
+            got += len(await reader.read(256 * 1024))
+            await asyncio.sleep(0.015)
+        writer.write(answer(b"stored"))
+        await writer.drain()
+
+    server = await servers.start(slow_reader)
+    async with pool_for(server, read_timeout_s=0.3) as pool:
+        started = time.monotonic()
+        resp = await pool.request("PUT", "/b/k", host(server), random_bytes(8 * 1024 * 1024))
+        assert (resp.status, resp.body) == (200, b"stored")
+        assert time.monotonic() - started > 0.3  # the upload really outlasted the timeout
