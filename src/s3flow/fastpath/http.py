@@ -58,6 +58,10 @@ class HttpConnectTimeout(HttpConnectError, TimeoutError):
     """No connection within the connect timeout."""
 
 
+class HttpTlsError(HttpConnectError):
+    """The TLS handshake failed (an untrusted certificate, a protocol mismatch)."""
+
+
 class HttpReadTimeout(HttpError, TimeoutError):
     """No byte of the answer for the read timeout."""
 
@@ -91,6 +95,7 @@ class BodyStream:
         self._conn = conn
         self.length = length
         self._chunks: collections.deque[bytes] = collections.deque()
+        self._offset = 0  # bytes of the first chunk already read
         self._buffered = 0
         self._received = 0
         self._error: HttpError | None = None
@@ -131,14 +136,19 @@ class BodyStream:
             if self._received >= self.length or self.closed:
                 return b""
             await self._wait()
-        first = self._chunks[0]
-        if len(first) <= n:
-            out = self._chunks.popleft()
-            while self._chunks and len(out) + len(self._chunks[0]) <= n:
-                out += self._chunks.popleft()
+        first, off = self._chunks[0], self._offset
+        if len(first) - off > n:  # part of the first chunk: only what is taken is copied
+            out = first[off : off + n]
+            self._offset = off + n
         else:
-            out = first[:n]
-            self._chunks[0] = first[n:]
+            parts = [first[off:] if off else first]
+            self._chunks.popleft()
+            self._offset = 0
+            taken = len(parts[0])
+            while self._chunks and taken + len(self._chunks[0]) <= n:
+                parts.append(self._chunks.popleft())
+                taken += len(parts[-1])
+            out = parts[0] if len(parts) == 1 else b"".join(parts)
         self._buffered -= len(out)
         self._conn.consumed(self._buffered)
         if self.at_eof:
@@ -151,9 +161,11 @@ class BodyStream:
             return
         self.closed = True
         self._chunks.clear()
+        self._offset = 0
         self._buffered = 0
         if self._received < self.length or self._error is not None:
             self._conn.reusable = False
+        self._wake()  # a reader waiting in another task sees the end
         self._finish()
 
     async def _wait(self) -> None:
@@ -206,7 +218,7 @@ class BodyStream:
         if self._finished:
             return
         self._finished = True
-        self._conn.stream_done()
+        self._conn.stream_done(self)
         done, self._done = self._done, None
         if done is not None:
             done(self._conn)
@@ -240,6 +252,7 @@ class _Conn(asyncio.Protocol):
         self._stream: BodyStream | None = None
         self._reading_paused = False
         self.reusable = False
+        self.answered = False  # a byte of the current request's answer has arrived
 
     # asyncio.Protocol ------------------------------------------------------------------
 
@@ -250,15 +263,14 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_exception(HttpDisconnected("connection closed while sending"))
+        self._stop_sending()  # the sender then finds the connection closed
         if self._stream is not None:
             self._stream.fail(HttpDisconnected("the server closed the connection mid-body"))
         if self._answer is not None and not self._answer.done():
-            if self._headers is not None and self._body_mode == "close":
-                self._body = self._buf[:]  # the body was "everything until the server closes"
+            if self._headers is not None and self._body_mode == "close" and exc is None:
+                body = bytes(self._buf)  # the body was "everything until the server closes"
                 self._buf.clear()
-                self._finish()
+                self._finish(body)
             else:
                 why = f" ({exc})" if exc else ""
                 self._fail(HttpDisconnected(f"the server closed the connection{why}"))
@@ -273,6 +285,7 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_data = self.loop.time()
+        self.answered = True
         if self._stream is not None:
             self._stream_data(data)
             return
@@ -300,6 +313,7 @@ class _Conn(asyncio.Protocol):
         self._stream = None
         self._headers = None
         self.reusable = False
+        self.answered = False
         self.last_data = self.loop.time()
         self._timer = self.loop.call_later(self.read_timeout_s, self._check_timeout)
         try:
@@ -322,6 +336,11 @@ class _Conn(asyncio.Protocol):
                     # The read timeout counts from the last byte sent, not the first.
                     self.last_data = self.loop.time()
             return await self._answer
+        except BaseException:
+            if self._stream is not None:  # answered, but nobody will read it: drop it
+                self._stream = None
+                self.reusable = False
+            raise
         finally:
             self._cancel_timer()
             self._drained = None
@@ -361,7 +380,9 @@ class _Conn(asyncio.Protocol):
     def _close(self) -> None:
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            # abort, not close: a request body still waiting to be sent is dropped (a
+            # server that stopped reading would otherwise keep the socket open forever)
+            self.transport.abort()
 
     # streaming -------------------------------------------------------------------------
 
@@ -400,9 +421,16 @@ class _Conn(asyncio.Protocol):
             self.transport.resume_reading()
             self._reading_paused = False
 
-    def stream_done(self) -> None:
-        """The streamed answer is over (read to its end, or closed early)."""
+    def stream_done(self, stream: BodyStream) -> None:
+        """The streamed answer ``stream`` is over (read to its end, or closed early)."""
+        if self._stream is not stream:
+            return  # detached from this connection already (see exchange)
         self._stream = None
+        if self._reading_paused and self.reusable and not self.closed:
+            # Every byte is in: reading resumes, or the next answer would never be read.
+            assert self.transport is not None
+            self.transport.resume_reading()
+            self._reading_paused = False
         if not self.reusable:
             self._close()
 
@@ -421,9 +449,10 @@ class _Conn(asyncio.Protocol):
             self._start_stream()
         elif self._body_mode == "length":
             if len(self._buf) >= self._remaining:
-                self._body = self._buf[: self._remaining]
+                with memoryview(self._buf) as view:
+                    body = bytes(view[: self._remaining])
                 del self._buf[: self._remaining]
-                self._finish()
+                self._finish(body)
         elif self._body_mode == "chunked":
             self._parse_chunks()
         elif len(self._buf) > MAX_BODY_BYTES:  # "close": wait for the end
@@ -507,18 +536,18 @@ class _Conn(asyncio.Protocol):
                     return
                 del buf[: end + 2]
                 if end == 0:
-                    self._finish()
+                    body = bytes(self._body)
+                    self._body = bytearray()
+                    self._finish(body)
                     return
 
-    def _finish(self) -> None:
+    def _finish(self, body: bytes) -> None:
         assert self._answer is not None and self._headers is not None
         self.reusable = self._keep_alive and not self._buf and not self.closed
         self._stop_sending()
         if not self._answer.done():
             self._answer.set_result(
-                HttpResponse(
-                    self._status, self._reason, CIMultiDictProxy(self._headers), bytes(self._body)
-                )
+                HttpResponse(self._status, self._reason, CIMultiDictProxy(self._headers), body)
             )
 
 
@@ -588,36 +617,51 @@ class HttpPool(AsyncClosing):
             lines.append(f"{name}: {value}")
         if body or method in ("PUT", "POST"):
             lines.append(f"content-length: {len(body)}")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        conn = await self._acquire()
-        streaming = False
         try:
-            resp = await conn.exchange(head, body, head_only=method == "HEAD", stream=stream)
-            if resp.stream is not None:
-                resp.stream._done = self._release
-                streaming = True
-            return resp
-        finally:
-            if not streaming:
-                self._release(conn)
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"a header that is not ASCII: {exc}") from exc
+        fresh = False
+        while True:
+            conn, reused = await self._acquire(fresh=fresh)
+            streaming = False
+            try:
+                resp = await conn.exchange(head, body, head_only=method == "HEAD", stream=stream)
+            except HttpDisconnected as exc:
+                if reused and not conn.answered and not isinstance(exc, HttpProtocolError):
+                    # A kept-alive connection the server closed as the request went out
+                    # (no byte of an answer came): once more at once, on a new one.
+                    fresh = True
+                    continue
+                raise
+            else:
+                if resp.stream is not None:
+                    resp.stream._done = self._release
+                    streaming = True
+                return resp
+            finally:
+                if not streaming:
+                    self._release(conn)
 
     async def close(self) -> None:
         """Close every idle connection; those in use close when their answer is in."""
         self._closed = True
         while self._idle:
-            self._idle.pop()._close()
+            self._drop(self._idle.pop())
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(HttpDisconnected("the pool is closed"))
 
-    async def _acquire(self) -> _Conn:
+    async def _acquire(self, *, fresh: bool = False) -> tuple[_Conn, bool]:
+        """A connection, and whether it was kept alive from an earlier request
+        (``fresh``: a new one, unless the limit leaves only kept-alive ones)."""
         if self._closed:
             raise HttpDisconnected("the pool is closed")
         now = time.monotonic()
-        while self._idle:
+        while self._idle and (not fresh or self._open >= self.limit):
             conn = self._idle.pop()  # the most recently used: the least likely to be stale
             if not conn.closed and now - conn.idle_since < self.keepalive_s:
-                return conn
+                return conn, True
             self._drop(conn)
         while self._open >= self.limit:
             waiter = asyncio.get_running_loop().create_future()
@@ -631,10 +675,10 @@ class HttpPool(AsyncClosing):
                     self._wake()  # woken, then cancelled before it ran: pass the turn on
                 raise
             if self._idle:
-                return await self._acquire()
+                return await self._acquire(fresh=fresh)
         self._open += 1
         try:
-            return await self._connect()
+            return await self._connect(), False
         except BaseException:
             self._open -= 1
             self._wake()
@@ -655,7 +699,9 @@ class HttpPool(AsyncClosing):
             raise HttpConnectTimeout(
                 f"no connection to {self.host}:{self.port} within {self.connect_timeout_s:g} s"
             ) from exc
-        except OSError as exc:  # refused, unreachable, DNS, TLS handshake
+        except ssl.SSLError as exc:  # the certificate or the handshake
+            raise HttpTlsError(f"TLS with {self.host}:{self.port} failed: {exc}") from exc
+        except OSError as exc:  # refused, unreachable, DNS
             raise HttpConnectError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         self.connections_made += 1
         return conn

@@ -21,7 +21,7 @@ body hashed into the signature as botocore does, and a CRC32 checksum when
 botocore streams a trailer; S3 takes both). What it leaves to the SDK:
 redirects to another region (the call is made again through the SDK, and that
 bucket stays with the SDK), directory and access-point buckets, keys the URL
-layer could normalise (``//``, ``.`` and ``..`` segments), non-ASCII metadata,
+layer could normalise (``//``, ``.`` and ``..`` segments), non-ASCII metadata or header values,
 bodies that are not bytes.
 """
 
@@ -262,7 +262,7 @@ class FastS3Client(FastClient):
     async def get_object(self, **params: Any) -> dict[str, Any]:
         """GetObject; ``Body`` streams (aiobotocore's async body API)."""
         req = None
-        if self._handles(params, GET_PARAMS):
+        if self._handles(params, GET_PARAMS) and str(params.get("Range", "")).isascii():
             headers = {"range": params["Range"]} if "Range" in params else {}
             req = self._request("GET", "GetObject", params, headers, b"")
         got = await self._serve("get_object", params, req)
@@ -300,6 +300,7 @@ class FastS3Client(FastClient):
             self._handles(params, PUT_PARAMS)
             and isinstance(body, bytes | bytearray | memoryview)
             and all(f"{k}{v}".isascii() for k, v in meta.items())
+            and all(str(params[name]).isascii() for name in _PUT_HEADERS if name in params)
         ):
             data = bytes(body)
             headers = {h: params[name] for name, h in _PUT_HEADERS.items() if name in params}

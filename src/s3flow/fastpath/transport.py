@@ -25,6 +25,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     HTTPClientError,
     ReadTimeoutError,
+    SSLError,
 )
 from botocore.httpsession import get_cert_path
 from yarl import URL
@@ -38,6 +39,7 @@ from s3flow.fastpath.http import (
     HttpError,
     HttpPool,
     HttpResponse,
+    HttpTlsError,
 )
 from s3flow.fastpath.signing import Credentials, SigV4Signer
 
@@ -357,6 +359,8 @@ def transport_error(exc: BaseException, url: URL) -> Exception:
     error: Exception
     if isinstance(exc, HttpConnectTimeout):
         error = ConnectTimeoutError(endpoint_url=endpoint, error=exc)
+    elif isinstance(exc, HttpTlsError):
+        error = SSLError(endpoint_url=endpoint, error=exc)
     elif isinstance(exc, HttpConnectError):  # refused, unreachable, DNS, TLS handshake
         error = EndpointConnectionError(endpoint_url=endpoint, error=exc)
     elif isinstance(exc, TimeoutError):

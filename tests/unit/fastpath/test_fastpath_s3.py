@@ -302,6 +302,8 @@ async def test_an_unreachable_endpoint_raises_endpoint_connection_error() -> Non
         ("put_object", {"Bucket": "b", "Key": "k", "Body": open(__file__, "rb")}),  # noqa: SIM115
         ("put_object", {"Bucket": "b", "Key": "k", "Body": b"x", "Metadata": {"n": "é"}}),
         ("put_object", {"Bucket": "b", "Key": "k", "Body": b"x", "Tagging": "a=b"}),
+        ("put_object", {"Bucket": "b", "Key": "k", "Body": b"x", "ContentType": "text/é"}),
+        ("get_object", {"Bucket": "b", "Key": "k", "Range": "bytes=0-é"}),
         ("list_objects_v2", {"Bucket": "b"}),
     ],
     ids=[
@@ -312,6 +314,8 @@ async def test_an_unreachable_endpoint_raises_endpoint_connection_error() -> Non
         "file-body",
         "utf8-meta",
         "tag",
+        "utf8-content-type",
+        "utf8-range",
         "list",
     ],
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import gc
 import ipaddress
 import random
 import socket
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import pytest
 from aiobotocore.response import AioReadTimeoutError
-from botocore.exceptions import ResponseStreamingError
+from botocore.exceptions import ResponseStreamingError, SSLError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from yarl import URL
 
 from s3flow.fastpath.http import (
     HIGH_WATER_BYTES,
@@ -35,8 +37,10 @@ from s3flow.fastpath.http import (
     HttpProtocolError,
     HttpReadTimeout,
     HttpResponse,
+    HttpTlsError,
 )
 from s3flow.fastpath.s3 import FastStreamingBody
+from s3flow.fastpath.transport import transport_error
 
 # the test servers ------------------------------------------------------------------------
 
@@ -863,15 +867,131 @@ async def test_an_upload_slower_than_the_read_timeout_does_not_time_out(
         head = await reader.readuntil(b"\r\n\r\n")
         length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
         got = 0
-        while got < length:  # ~8 MiB at about 16 MiB/s: longer than the 0.3 s timeout
-            got += len(await reader.read(256 * 1024))
-            await asyncio.sleep(0.015)
+        while got < length:  # 8 MiB at most 128 KiB / 20 ms: longer than the 1 s timeout
+            got += len(await reader.read(128 * 1024))
+            await asyncio.sleep(0.02)
         writer.write(answer(b"stored"))
         await writer.drain()
 
     server = await servers.start(slow_reader)
-    async with pool_for(server, read_timeout_s=0.3) as pool:
+    async with pool_for(server, read_timeout_s=1.0) as pool:
         started = time.monotonic()
         resp = await pool.request("PUT", "/b/k", host(server), random_bytes(8 * 1024 * 1024))
         assert (resp.status, resp.body) == (200, b"stored")
-        assert time.monotonic() - started > 0.3  # the upload really outlasted the timeout
+        assert time.monotonic() - started > 1.0  # the upload really outlasted the timeout
+
+
+# what the review of this client found -----------------------------------------------------
+
+
+async def test_a_stream_closed_early_after_its_body_arrived_leaves_a_working_connection(
+    servers: Servers,
+) -> None:
+    # Exactly the high-water mark: reading pauses with the last byte, all of it unread.
+    body = random_bytes(HIGH_WATER_BYTES)
+
+    def respond(req: Request) -> bytes:
+        return answer(body if req.method == "GET" else b"")
+
+    server = await servers.start(each_request(respond))
+    async with pool_for(server, read_timeout_s=1.0) as pool:
+        stream = stream_of(await pool.request("GET", "/big", host(server), stream=True))
+        await until(lambda: stream._received >= stream.length)
+        assert stream._conn._reading_paused
+        stream.close()
+        assert pool.in_use == 0 and len(pool._idle) == 1  # whole: it is kept alive
+        started = time.monotonic()
+        again = await pool.request("HEAD", "/big", host(server))  # the same connection
+        assert again.status == 200
+        assert time.monotonic() - started < 0.5  # not after the 1 s read timeout
+        assert pool.connections_made == 1
+
+
+async def test_many_small_reads_of_a_stream_return_every_byte_in_order(servers: Servers) -> None:
+    body = random_bytes(3 * 1024 * 1024 + 17)
+    server = await servers.start(each_request(lambda _: answer(body)))
+    async with pool_for(server) as pool:
+        stream = stream_of(await pool.request("GET", "/k", host(server), stream=True))
+        parts = []
+        sizes = [1, 1000, 1024, 7, 65_536, 300_000]
+        i = 0
+        while chunk := await stream.read(sizes[i % len(sizes)]):
+            assert len(chunk) <= sizes[i % len(sizes)]
+            parts.append(chunk)
+            i += 1
+        assert b"".join(parts) == body
+        assert pool.in_use == 0
+
+
+async def test_a_connection_dropped_during_an_upload_raises_http_disconnected_cleanly(
+    servers: Servers, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def drop_after_head(
+        server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.read(64 * 1024)
+        writer.transport.abort()
+
+    server = await servers.start(drop_after_head)
+    async with pool_for(server) as pool:
+        with pytest.raises(HttpDisconnected):
+            await pool.request("PUT", "/b/k", host(server), random_bytes(32 * 1024 * 1024))
+        assert pool.in_use == 0
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def test_a_kept_alive_connection_closed_as_the_request_goes_out_is_retried_at_once(
+    servers: Servers,
+) -> None:
+    async def one_answer_then_close(
+        server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if await server.read_request(reader) is None:
+            return
+        writer.write(answer(b"first"))  # keep-alive, as far as the client knows
+        await writer.drain()
+        await server.read_request(reader)  # the second request arrives: no answer, close
+
+    server = await servers.start(one_answer_then_close)
+    async with pool_for(server) as pool:
+        assert (await pool.request("GET", "/1", host(server))).body == b"first"
+        started = time.monotonic()
+        assert (await pool.request("GET", "/2", host(server))).body == b"first"
+        assert time.monotonic() - started < 0.5  # no back-off sleep
+        assert server.connections == 2
+
+
+async def test_a_new_connection_closed_without_an_answer_is_not_retried_here(
+    servers: Servers,
+) -> None:
+    async def close_at_once(
+        server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await server.read_request(reader)
+
+    server = await servers.start(close_at_once)
+    async with pool_for(server) as pool:
+        with pytest.raises(HttpDisconnected):
+            await pool.request("GET", "/k", host(server))
+        assert server.connections == 1  # the caller's retry loop decides, not the pool
+
+
+async def test_a_header_that_is_not_ascii_raises_value_error(servers: Servers) -> None:
+    server = await servers.start(each_request(lambda _: answer()))
+    async with pool_for(server) as pool:
+        with pytest.raises(ValueError, match="not ASCII"):
+            await pool.request("PUT", "/k", {**host(server), "content-type": "text/é"}, b"x")
+    assert server.connections == 0
+
+
+async def test_an_untrusted_certificate_maps_to_botocores_ssl_error(
+    servers: Servers, tls_files: tuple[Path, Path]
+) -> None:
+    server = await start_tls_server(servers, tls_files)
+    async with pool_for(server, scheme="https") as pool:
+        with pytest.raises(HttpTlsError) as caught:
+            await pool.request("GET", "/k", host(server))
+    assert isinstance(transport_error(caught.value, URL("https://x/k")), SSLError)
