@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 keep-alive client for the fast path's whole-body calls: :class:`HttpPool`.
+"""A small HTTP/1.1 keep-alive client for the fast path's calls: :class:`HttpPool`.
 
 The fast path's GetObject, PutObject, HeadObject and SQS calls send one small
 request and read its answer, thousands of times a second. Through an aiohttp
@@ -7,19 +7,25 @@ header multidicts, timers, payload writers); written as one ``transport.write``
 and parsed from a ``Protocol``'s buffer it costs about 25 µs (both measured
 against S3Proxy on the 2-core development VM, 6,400 HEADs at concurrency 64).
 
-What it does: one pool of keep-alive connections per endpoint (``limit`` open at
-most; waiting for a free one is not a timeout), connect and read timeouts as
-aiohttp's ``sock_connect`` / ``sock_read`` (the read timeout runs while an answer
-is awaited and restarts with every byte that arrives), TLS with the default
-context, ``Content-Length``, chunked and read-until-close bodies, bodiless
-answers (HEAD, 1xx, 204, 304), a 2xx body streamed with flow control when asked
-(:class:`BodyStream`: reading pauses while ``high_water_bytes`` wait unread),
-``Connection: close``, and idle connections
-dropped after ``keepalive_s`` (servers close theirs after some seconds; a request
-on a connection the server has just closed fails as a dropped connection, which
-the caller retries like any other). Its errors derive from :class:`HttpError`;
-they never leave the fast path (:func:`s3flow.fastpath.transport.transport_error`
-maps them to botocore's).
+What it does:
+
+* one pool of keep-alive connections per host, ``limit`` open at most (waiting
+  for a free one is not a timeout); idle ones are dropped after ``keepalive_s``;
+* addresses looked up at most every ``DNS_TTL_S`` and taken in turn by new
+  connections; the connect timeout covers the connection and TLS, not the lookup;
+* a read timeout that restarts with every byte received or sent (a slow upload
+  is not a silent server);
+* ``Content-Length``, chunked and read-until-close bodies; bodiless answers
+  (HEAD, 1xx, 204, 304); ``Connection: close``; an answer that arrives before the
+  whole request body was sent stops the upload and drops the connection;
+* a 2xx body streamed with flow control when asked (:class:`BodyStream`: reading
+  pauses while ``HIGH_WATER_BYTES`` wait unread);
+* a kept-alive connection that the server closed just as a request went out (no
+  byte of an answer came) is replaced at once and the request sent once more;
+  any other failure is the caller's to retry.
+
+Its errors derive from :class:`HttpError`; they never leave the fast path
+(:func:`s3flow.fastpath.transport.transport_error` maps them to botocore's).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +49,8 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 _MAX_HEAD_BYTES = 64 * 1024
 _WRITE_CHUNK = 256 * 1024
 _BODILESS = frozenset({204, 304})
+#: How long a host's looked-up addresses are used (aiohttp's default DNS cache time).
+DNS_TTL_S = 10.0
 #: A streamed body stops reading from the socket while this much waits unread.
 HIGH_WATER_BYTES = 1024 * 1024
 
@@ -588,6 +597,9 @@ class HttpPool(AsyncClosing):
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
+        self._dns: tuple[float, list[tuple[str, int]]] | None = None  # (expires, addresses)
+        self._next_address = -1
+        self._dns_lock = asyncio.Lock()
         self.connections_made = 0
 
     @property
@@ -684,14 +696,37 @@ class HttpPool(AsyncClosing):
             self._wake()
             raise
 
+    async def _addresses(self) -> list[tuple[str, int]]:
+        """The host's addresses, looked up at most every ``DNS_TTL_S`` (like aiohttp's
+        cache; the lookup runs in the loop's executor and is not part of the connect
+        timeout, as with aiohttp's ``sock_connect``)."""
+        if self._dns is None or time.monotonic() >= self._dns[0]:
+            async with self._dns_lock:  # one lookup for every connection opening now
+                if self._dns is None or time.monotonic() >= self._dns[0]:
+                    try:
+                        infos = await asyncio.get_running_loop().getaddrinfo(
+                            self.host, self.port, type=socket.SOCK_STREAM
+                        )
+                    except OSError as exc:
+                        raise HttpConnectError(f"cannot resolve {self.host}: {exc}") from exc
+                    found = dict.fromkeys((str(i[4][0]), int(i[4][1])) for i in infos)
+                    if not found:
+                        raise HttpConnectError(f"{self.host} has no address")
+                    self._dns = (time.monotonic() + DNS_TTL_S, list(found))
+        return self._dns[1]
+
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
+        addresses = await self._addresses()
+        # New connections take the addresses in turn (a host with several spreads them).
+        self._next_address = (self._next_address + 1) % len(addresses)
+        ip, port = addresses[self._next_address]
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, conn = await loop.create_connection(
                     lambda: _Conn(loop, self.read_timeout_s),
-                    self.host,
-                    self.port,
+                    ip,
+                    port,
                     ssl=self._ssl,
                     server_hostname=self.host if self._ssl else None,
                 )

@@ -995,3 +995,36 @@ async def test_an_untrusted_certificate_maps_to_botocores_ssl_error(
         with pytest.raises(HttpTlsError) as caught:
             await pool.request("GET", "/k", host(server))
     assert isinstance(transport_error(caught.value, URL("https://x/k")), SSLError)
+
+
+async def test_a_host_is_looked_up_once_for_many_new_connections(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def slow(
+        server: RawServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        while await server.read_request(reader) is not None:
+            await asyncio.sleep(0.05)  # keeps each connection busy: the next needs a new one
+            writer.write(answer(b"ok"))
+            await writer.drain()
+
+    server = await servers.start(slow)
+    loop = asyncio.get_running_loop()
+    lookups: list[str] = []
+    real = loop.getaddrinfo
+
+    async def counting(host: str, *args: object, **kwargs: object) -> object:
+        lookups.append(host)
+        return await real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "getaddrinfo", counting)
+    pool = HttpPool(
+        "http", "localhost", server.port, limit=4, connect_timeout_s=5, read_timeout_s=5
+    )
+    async with pool:
+        answers = await asyncio.gather(
+            *(pool.request("GET", "/k", {"host": f"localhost:{server.port}"}) for _ in range(4))
+        )
+    assert [a.body for a in answers] == [b"ok"] * 4
+    assert server.connections == 4
+    assert lookups == ["localhost"]
