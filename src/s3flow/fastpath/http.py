@@ -289,6 +289,7 @@ class _Conn(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        self.last_data = self.loop.time()  # the server took bytes: the upload is moving
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
