@@ -253,7 +253,7 @@ class _Conn(asyncio.Protocol):
         self._status = 0
         self._reason = ""
         self._headers: CIMultiDict[str] | None = None
-        self._body_mode = ""  # "length" | "chunked" | "close"
+        self._body_mode = ""  # "length" | "chunked" | "close" | "stream"
         self._remaining = 0
         self._body = bytearray()
         self._keep_alive = True

@@ -3,9 +3,10 @@
 The worker makes a GetObject, a PutObject and a HeadObject (output verification)
 for every object. Through botocore each costs about 1 ms of CPU in event hooks,
 parameter validation, serialisation and response parsing; as a Signature V4
-signed aiohttp request it costs about 0.15 ms (measured against S3Proxy on the
-2-core development VM: 3.0–3.5 ms for the three calls through aiobotocore,
-0.35–0.6 ms here). :class:`FastS3Client` wraps the SDK client and serves those
+signed request it cost about 0.15 ms through aiohttp (measured against S3Proxy
+on the 2-core development VM: 3.0–3.5 ms for the three calls through
+aiobotocore, 0.35–0.6 ms here), and less again on s3flow's own HTTP client
+(:mod:`s3flow.fastpath.http`). :class:`FastS3Client` wraps the SDK client and serves those
 three calls itself when their parameters are among the few it handles; every
 other call, and any call with another parameter, goes to the SDK client
 unchanged. Responses have botocore's shape (the same keys, a streaming ``Body``
@@ -21,8 +22,8 @@ body hashed into the signature as botocore does, and a CRC32 checksum when
 botocore streams a trailer; S3 takes both). What it leaves to the SDK:
 redirects to another region (the call is made again through the SDK, and that
 bucket stays with the SDK), directory and access-point buckets, keys the URL
-layer could normalise (``//``, ``.`` and ``..`` segments), non-ASCII metadata or header values,
-bodies that are not bytes.
+layer could normalise (``//``, ``.`` and ``..`` segments), non-ASCII metadata
+or header values, bodies that are not bytes.
 """
 
 from __future__ import annotations

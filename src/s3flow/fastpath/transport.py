@@ -361,7 +361,7 @@ def transport_error(exc: BaseException, url: URL) -> Exception:
         error = ConnectTimeoutError(endpoint_url=endpoint, error=exc)
     elif isinstance(exc, HttpTlsError):
         error = SSLError(endpoint_url=endpoint, error=exc)
-    elif isinstance(exc, HttpConnectError):  # refused, unreachable, DNS, TLS handshake
+    elif isinstance(exc, HttpConnectError):  # refused, unreachable, DNS
         error = EndpointConnectionError(endpoint_url=endpoint, error=exc)
     elif isinstance(exc, TimeoutError):
         error = ReadTimeoutError(endpoint_url=endpoint, error=exc)
