@@ -36,7 +36,6 @@ log = logging.getLogger("s3flow.lease")
 @dataclass
 class _Lease:
     handle: str
-    received_at: float
     visible_at: float  # monotonic time at which SQS makes it visible again
     #: The job deadline, set when its work starts (:meth:`LeaseKeeper.restart`);
     #: None before: the message is extended without one.
@@ -80,7 +79,6 @@ class LeaseKeeper:
         """
         self._leases[message_id] = _Lease(
             handle=receipt_handle,
-            received_at=received_at,
             visible_at=received_at + self._timeout,
         )
 
