@@ -426,7 +426,11 @@ class _Conn(asyncio.Protocol):
 
     def consumed(self, buffered: int) -> None:
         """The stream's reader took bytes; ``buffered`` are left unread."""
-        if self._reading_paused and buffered < HIGH_WATER_BYTES // 2 and not self.closed:
+        if buffered < HIGH_WATER_BYTES // 2:
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self.closed:
             assert self.transport is not None
             self.transport.resume_reading()
             self._reading_paused = False
@@ -436,11 +440,9 @@ class _Conn(asyncio.Protocol):
         if self._stream is not stream:
             return  # detached from this connection already (see exchange)
         self._stream = None
-        if self._reading_paused and self.reusable and not self.closed:
+        if self.reusable:
             # Every byte is in: reading resumes, or the next answer would never be read.
-            assert self.transport is not None
-            self.transport.resume_reading()
-            self._reading_paused = False
+            self._resume_reading()
         if not self.reusable:
             self._close()
 
@@ -496,7 +498,6 @@ class _Conn(asyncio.Protocol):
         self._body = bytearray()
         if self._head_only or status in _BODILESS:
             self._body_mode, self._remaining = "length", 0
-            return
         elif "chunked" in headers.get("transfer-encoding", "").lower():
             self._body_mode, self._remaining = "chunked", -1
         elif "content-length" in headers:
