@@ -227,3 +227,11 @@ class FakePdf(BaseProcessor):
             body += b"%%EOF\n"
         uri = await ctx.sink.write(f"{ctx.event.key}.pdf", body, "application/pdf")
         return Result(outputs=[uri])
+
+
+class VouchedWriteThenDelete(WriteThenDelete):
+    """:class:`WriteThenDelete` that (wrongly) vouches for its writes: run inline, the
+    worker takes S3's answer to the write as the verification and makes no HEAD."""
+
+    name: ClassVar[str] = "test-vouched-write-then-delete"
+    verified_by_write: ClassVar[bool] = True

@@ -20,7 +20,7 @@ from container_sim import (
     hold_ecs_tasks,
 )
 from itest_support import Harness, spawn_worker, wait_for
-from s3flow_testprocs import WriteThenDelete
+from s3flow_testprocs import VouchedWriteThenDelete, WriteThenDelete
 
 from s3flow.settings import load_settings
 from s3flow.state import open_state_store
@@ -153,6 +153,43 @@ def test_pdf_outputs_are_read_back(harness: Harness, truncated: bool) -> None:
     (dead,) = harness.dlq_messages()
     error = dead["MessageAttributes"]["s3flow.error"]["StringValue"]
     assert "res/doc.txt.pdf is a truncated PDF: no %%EOF in its last 1024 bytes" in error
+
+
+def test_a_processor_vouching_for_its_writes_is_verified_by_their_answers(
+    harness: Harness,
+) -> None:
+    """``verified_by_write``: inline, the PutObject's answer is the check (no HEAD), so
+    an output the processor removed afterwards goes unnoticed: the processor vouched."""
+    VouchedWriteThenDelete.calls = 0
+    harness.configure(processor="s3flow_testprocs:VouchedWriteThenDelete", max_receive_count=3)
+    harness.put("gone.txt", b"x\n")
+    m = harness.run()
+    p = m.pipelines["p"]
+    assert VouchedWriteThenDelete.calls == 1
+    assert p.objects_processed == 1 and p.acked == 1 and p.retried == 0
+    assert harness.output_keys() == []  # removed, and yet acked: no HEAD was made
+    assert status(harness, "gone.txt") is FileStatus.COMPLETED
+    assert harness.depth() == (0, 0)
+
+
+def test_writes_made_in_another_process_are_fetched_even_when_vouched_for(
+    harness: Harness,
+) -> None:
+    """On the pool executor the worker never saw the write's answer: HEAD, as always."""
+    harness.configure(
+        processor="s3flow_testprocs:VouchedWriteThenDelete",
+        routes=[{"name": "all", "executor": "pool"}],
+        executors={"pool": {"processes": 1}},
+        max_receive_count=1,
+    )
+    harness.put("gone.txt", b"x\n")
+    m = harness.run()
+    p = m.pipelines["p"]
+    assert p.objects_processed == 0 and p.dead_lettered == 1
+    (dead,) = harness.dlq_messages()
+    error = dead["MessageAttributes"]["s3flow.error"]["StringValue"]
+    assert "res/gone.txt.json does not exist" in error
+    assert harness.depth() == (0, 0)
 
 
 def test_verification_can_be_turned_off(harness: Harness) -> None:

@@ -15,6 +15,7 @@ from s3flow.local.endpoint import LocalEndpoint
 from s3flow.settings import AwsSettings
 from s3flow.sinks import s3 as s3_sink
 from s3flow.sinks.base import FileSink
+from s3flow.sinks.receipts import ReceiptSink, WriteReceipt
 from s3flow.sinks.s3 import S3Sink
 
 pytestmark = pytest.mark.integration
@@ -84,3 +85,25 @@ def test_failed_multipart_upload_is_aborted(
         _run(lambda sink: sink.write_file("failed.pdf", str(path), "application/pdf"))
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="out/failed")
+
+
+def test_a_write_receipt_shows_what_a_head_of_the_output_shows(
+    s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """What output verification takes from a receipt instead of a HEAD (docs/routing.md)."""
+    path = tmp_path / "f.csv"
+    path.write_bytes(b"a,b\n1,2\n")
+    receipts: dict[str, WriteReceipt] = {}
+
+    async def write(sink: S3Sink) -> list[str]:
+        vouched = ReceiptSink(sink, receipts)
+        return [
+            await vouched.write("r/doc.json", b'{"lines": 3}', "application/json"),
+            await vouched.write_file("r/f.csv", str(path), "text/csv"),
+        ]
+
+    uris = _run(write)
+    assert sorted(receipts) == sorted(uris)
+    for uri in uris:
+        head = s3.head_object(Bucket=bucket, Key=uri.removeprefix(f"s3://{bucket}/"))
+        assert receipts[uri] == WriteReceipt(head["ContentLength"], head["ContentType"])

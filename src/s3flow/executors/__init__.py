@@ -23,6 +23,7 @@ from s3flow.executors.inline import InlineExecutor, processor_key
 from s3flow.processors.base import Processor, Result
 from s3flow.settings import AwsSettings, PipelineSettings, WorkerSettings
 from s3flow.sinks.base import Sink
+from s3flow.sinks.receipts import WriteReceipt
 from s3flow.state.base import StateStore
 
 __all__ = ["Executor", "ExecutorSet", "InlineExecutor", "ObjectJob", "processor_key"]
@@ -103,16 +104,19 @@ class ExecutorSet(AsyncClosing):
         progress: Progress | None = None,
         *,
         reading_done: Callable[[], None] | None = None,
+        receipts: dict[str, WriteReceipt] | None = None,
     ) -> Result:
         """Run ``job`` on executor ``name``.
 
         ``reading_done`` is called when an inline processor has finished reading its
-        input (see :attr:`~s3flow.processors.base.ProcessContext.reading_done`); other
-        executors read elsewhere and never call it.
+        input (see :attr:`~s3flow.processors.base.ProcessContext.reading_done`);
+        ``receipts`` gets the write receipts of an inline processor's sink (see
+        :mod:`s3flow.sinks.receipts`). Other executors read and write elsewhere: they
+        never call the one nor fill the other.
         """
         ex = self.get(name)
-        if reading_done is not None and isinstance(ex, InlineExecutor):
-            return await ex.run(job, progress, reading_done=reading_done)
+        if isinstance(ex, InlineExecutor):
+            return await ex.run(job, progress, reading_done=reading_done, receipts=receipts)
         return await ex.run(job, progress)
 
     async def close(self) -> None:

@@ -15,6 +15,7 @@ from s3flow.executors.one import run_object
 from s3flow.processors.base import Processor, Result
 from s3flow.processors.registry import create_processor
 from s3flow.sinks.base import Sink
+from s3flow.sinks.receipts import ReceiptSink, WriteReceipt
 from s3flow.state.base import StateStore
 
 
@@ -56,18 +57,21 @@ class InlineExecutor:
         progress: Progress | None = None,
         *,
         reading_done: Callable[[], None] | None = None,
+        receipts: dict[str, WriteReceipt] | None = None,
     ) -> Result:
         """Process ``job`` here, with the worker's clients and store.
 
         ``reading_done``: called once the processor has read its input (the engine
         then lets the next object start while this one writes its outputs).
+        ``receipts``: given, it gets a receipt for every write of this job's sink.
         """
         proc = self.processor(job.processor, job.options)
+        sink = self._sink if receipts is None else ReceiptSink(self._sink, receipts)
         return await run_object(
             proc,
             job,
             s3=self._s3,
-            sink=self._sink,
+            sink=sink,
             store=self._store,
             progress=progress,
             reading_done=reading_done,

@@ -50,6 +50,9 @@ class LineCountProcessor(OptionsProcessor[LineCountOptions]):
     """Counts lines/bytes of (possibly compressed) objects."""
 
     name: ClassVar[str] = "line-count"
+    #: One ``ctx.sink.write`` per object, never touched again: S3's answer to it is
+    #: the verification (no HEAD before the ack).
+    verified_by_write: ClassVar[bool] = True
 
     @property
     def text_encoding(self) -> str | None:

@@ -127,8 +127,9 @@ class Processor(Protocol):
 
     ``cpu_bound = True`` makes the ``pool`` executor (a process pool) the
     processor's default. Optional class attributes (see :class:`BaseProcessor`):
-    ``executors`` (where it can run) and ``output_content_type`` (checked by the
-    worker's output verification).
+    ``executors`` (where it can run), ``output_content_type`` (checked by the
+    worker's output verification) and ``verified_by_write`` (its own writes need no
+    read-back).
     """
 
     name: ClassVar[str]
@@ -175,6 +176,11 @@ class BaseProcessor:
     #: The Content-Type every output of this processor has (e.g. ``application/pdf``):
     #: the worker's output verification checks it. None = not checked.
     output_content_type: ClassVar[str | None] = None
+    #: True: an output this processor writes through ``ctx.sink`` on the ``inline``
+    #: executor is verified by the write's own answer (S3 acknowledged it: its size and
+    #: Content-Type), not by a HEAD. Set it only if the processor never changes or
+    #: removes an output once written. Outputs written any other way are still fetched.
+    verified_by_write: ClassVar[bool] = False
     #: The pydantic model of this processor's ``[pipelines.options]`` (documented in
     #: docs/configuration.md by ``s3flow config-reference``); None = no options.
     #: :class:`OptionsProcessor` sets it from its type argument and validates it.

@@ -258,7 +258,9 @@ class PipelineSettings(_Model):
         description=(
             "Before the ack, HEAD every declared output (exists, size > 0, the processor's "
             "declared content type; PDFs: %PDF- and %%EOF by ranged reads); a missing or "
-            "wrong output is retried, never acknowledged."
+            "wrong output is retried, never acknowledged. A processor with "
+            "verified_by_write (line-count) running inline is verified by S3's answer to "
+            "its own write instead (docs/routing.md)."
         ),
     )
 

@@ -46,6 +46,7 @@ from s3flow.processors.registry import default_executor_for, portable_spec, proc
 from s3flow.routing import NoRoute, Route, RouteRule, RoutingTable
 from s3flow.settings import AwsSettings, PipelineSettings, WorkerSettings
 from s3flow.sinks.base import Sink
+from s3flow.sinks.receipts import WriteReceipt
 from s3flow.state.base import StateStore
 from s3flow.state.records import Claim, ClaimOutcome, ObjectId
 from s3flow.validation import validate
@@ -194,7 +195,7 @@ class MessageHandler:
         self.executors = executors or ExecutorSet(
             self.p, s3=s3, sink=rt.sink, store=store, processors=rt.processors, aws=self._aws
         )
-        self._declared: dict[str, str | None] = {}
+        self._declared_by_spec: dict[str, tuple[str | None, bool]] = {}
         self._store = store
         self._worker = worker
         self.metrics = metrics
@@ -385,15 +386,19 @@ class MessageHandler:
             with contextlib.suppress(S3flowError):
                 await asyncio.shield(self._store.release(oid, token=token))
 
-    def _declared_type(self, spec: str) -> str | None:
-        """The ``output_content_type`` processor ``spec`` declares (None: not checked)."""
-        if spec not in self._declared:
+    def _declared(self, spec: str) -> tuple[str | None, bool]:
+        """What processor ``spec`` declares for output verification: its
+        ``output_content_type`` (None: not checked) and ``verified_by_write``."""
+        if spec not in self._declared_by_spec:
             try:
                 cls = processor_class(spec)
             except S3flowError:
                 cls = None
-            self._declared[spec] = getattr(cls, "output_content_type", None)
-        return self._declared[spec]
+            self._declared_by_spec[spec] = (
+                getattr(cls, "output_content_type", None),
+                bool(getattr(cls, "verified_by_write", False)),
+            )
+        return self._declared_by_spec[spec]
 
     async def _run_processor(
         self, attempt: Attempt, rule: RouteRule, reading_done: Callable[[], None] | None = None
@@ -410,6 +415,11 @@ class MessageHandler:
             worker_id=self._worker.worker_id,
             max_uncompressed_bytes=self.p.max_uncompressed_bytes,
         )
+        content_type, by_write = self._declared(rule.processor)
+        # Filled by the inline executor's sink only: outputs written elsewhere are fetched.
+        receipts: dict[str, WriteReceipt] | None = (
+            {} if by_write and self.p.verify_outputs else None
+        )
         self._observer.object_started(self.p.name, event)
         try:
             result = await self.executors.run(
@@ -417,10 +427,11 @@ class MessageHandler:
                 job,
                 lambda n: self._observer.object_progress(self.p.name, event, n),
                 reading_done=reading_done,
+                receipts=receipts,
             )
             if self.p.verify_outputs:
                 await verify_outputs(
-                    self._s3, result.outputs, content_type=self._declared_type(rule.processor)
+                    self._s3, result.outputs, content_type=content_type, receipts=receipts
                 )
         except asyncio.CancelledError:
             raise

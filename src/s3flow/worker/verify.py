@@ -9,6 +9,12 @@ For each output a processor (wherever it ran) declared in its Result:
   of its first bytes (``%PDF-``) and one of its last KiB (``%%EOF``);
 * other schemes (``kafka://topic``) are not objects: not checked here.
 
+An ``s3://`` output with a write receipt (:mod:`s3flow.sinks.receipts`: the worker's
+own sink wrote it and S3 acknowledged the PutObject) that shows the same facts (size
+> 0, the declared content type, not a PDF) needs no HEAD: S3 answers a PutObject once
+the object is stored durably. Only processors that set ``verified_by_write`` get
+receipts (they promise never to change or remove an output once written).
+
 A problem raises :class:`~s3flow.errors.OutputVerificationError` naming the output and
 what is wrong: the record is retried (never acked) and dead-lettered after
 ``max_receive_count`` failures.
@@ -18,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from s3flow.errors import OutputVerificationError, S3flowError, translate_aws_error
+from s3flow.sinks.receipts import WriteReceipt
 from s3flow.sinks.s3 import split_s3_url
 
 PDF_TYPE = "application/pdf"
@@ -112,10 +119,37 @@ async def verify_one(s3: Any, location: str, content_type: str | None = None) ->
     return await asyncio.to_thread(_verify_local_sync, location)
 
 
+def receipt_shows_it(location: str, receipt: WriteReceipt | None, content_type: str | None) -> bool:
+    """Whether ``receipt`` proves what a HEAD of the ``s3://`` output would check.
+
+    Not for PDFs (their bytes are read back) nor for anything the receipt does not
+    show to be right: those are checked on the object itself, as without a receipt.
+    """
+    return (
+        receipt is not None
+        and location.startswith("s3://")
+        and receipt.size > 0
+        and (not content_type or _media_type(receipt.content_type) == _media_type(content_type))
+        and not _is_pdf(location, content_type, receipt.content_type)
+    )
+
+
 async def verify_outputs(
-    s3: Any, outputs: Sequence[str], *, content_type: str | None = None
+    s3: Any,
+    outputs: Sequence[str],
+    *,
+    content_type: str | None = None,
+    receipts: Mapping[str, WriteReceipt] | None = None,
 ) -> None:
-    """Raise :class:`OutputVerificationError` unless every output checks out."""
+    """Raise :class:`OutputVerificationError` unless every output checks out.
+
+    ``receipts``: acknowledged writes of the worker's own sink, by URI (see the module
+    docstring); an output one of them shows to be right is not fetched again.
+    """
+    if receipts:
+        outputs = [o for o in outputs if not receipt_shows_it(o, receipts.get(o), content_type)]
+        if not outputs:
+            return
     sem = asyncio.Semaphore(_CONCURRENCY)
 
     async def one(location: str) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from s3flow.metrics import PipelineMetrics
 from s3flow.pipelines.line_count import LineCountProcessor
 from s3flow.processors.base import Result
@@ -83,18 +85,35 @@ class _RecordingExecutors:
 
     def __init__(self, trace: list[str] | None = None) -> None:
         self.hooks: list[object] = []
+        self.receipts: list[object] = []
         self.trace = trace if trace is not None else []
 
     async def run(
-        self, name: str, job: object, progress: object, *, reading_done: object = None
+        self,
+        name: str,
+        job: object,
+        progress: object,
+        *,
+        reading_done: object = None,
+        receipts: object = None,
     ) -> Result:
         self.hooks.append(reading_done)
+        self.receipts.append(receipts)
         self.trace.append("run")
         return Result()
 
 
-def _handler(executors: _RecordingExecutors) -> MessageHandler:
-    p = PipelineSettings(name="p", bucket="b", queue="q", output="s3://o/", verify_outputs=False)
+def _handler(
+    executors: _RecordingExecutors, *, verify: bool = False, processor: str = "line-count"
+) -> MessageHandler:
+    p = PipelineSettings(
+        name="p",
+        bucket="b",
+        queue="q",
+        output="s3://o/",
+        verify_outputs=verify,
+        processor=processor,
+    )
     proc = LineCountProcessor({})
     rt = PipelineRuntime(p, "q-url", "dlq-url", proc, None, Route.from_settings(p))  # type: ignore[arg-type]
     return MessageHandler(
@@ -151,6 +170,28 @@ async def test_each_record_takes_the_slot_just_before_its_work_and_gives_it_back
     msg.pause_work = lambda: trace.append("pause")
     assert isinstance(await handler.handle(msg), Ack)
     assert trace == ["begin", "run", "pause"] * 2 + ["begin", "run"]
+
+
+@pytest.mark.parametrize(
+    ("verify", "processor", "collects"),
+    [
+        (True, "line-count", True),  # line-count vouches for its writes
+        (False, "line-count", False),  # nothing is verified: nothing to collect
+        (True, "text-to-pdf", False),  # no promise: every output is fetched
+    ],
+)
+async def test_write_receipts_are_collected_only_for_a_processor_that_vouches(
+    verify: bool, processor: str, collects: bool
+) -> None:
+    executors = _RecordingExecutors()
+    handler = _handler(executors, verify=verify, processor=processor)
+    msg = ReceivedMessage("m", "h", _three_records(), 1, 0.0)
+    assert isinstance(await handler.handle(msg), Ack)
+    if collects:
+        assert executors.receipts == [{}, {}, {}]  # one per record, not shared
+        assert len({id(r) for r in executors.receipts}) == 3
+    else:
+        assert executors.receipts == [None, None, None]
 
 
 async def test_a_stop_before_the_slot_releases_the_message_without_work() -> None:
