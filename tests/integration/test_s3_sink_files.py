@@ -87,19 +87,15 @@ def test_failed_multipart_upload_is_aborted(
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="out/failed")
 
 
-def test_a_write_receipt_shows_what_a_head_of_the_output_shows(
-    s3: Any, bucket: str, tmp_path: Path
-) -> None:
+def test_a_write_receipt_shows_what_a_head_of_the_output_shows(s3: Any, bucket: str) -> None:
     """What output verification takes from a receipt instead of a HEAD (docs/routing.md)."""
-    path = tmp_path / "f.csv"
-    path.write_bytes(b"a,b\n1,2\n")
     receipts: dict[str, WriteReceipt] = {}
 
     async def write(sink: S3Sink) -> list[str]:
         vouched = ReceiptSink(sink, receipts)
         return [
             await vouched.write("r/doc.json", b'{"lines": 3}', "application/json"),
-            await vouched.write_file("r/f.csv", str(path), "text/csv"),
+            await vouched.write("r/ü b+c.csv", b"a,b\n1,2\n", "text/csv; charset=utf-8"),
         ]
 
     uris = _run(write)

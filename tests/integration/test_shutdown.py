@@ -55,6 +55,7 @@ def test_sigterm_releases_unfinished_work_and_nothing_is_lost(
     harness.configure(
         processor="s3flow_testprocs:SlowProcessor",
         concurrency=3,
+        prefetch_messages=1,
         visibility_timeout_s=120,
         options={"sleep_s": 60.0, "marker_dir": str(marker)},
     )
@@ -65,7 +66,7 @@ def test_sigterm_releases_unfinished_work_and_nothing_is_lost(
     proc = spawn_worker(config, tmp_path / "worker.log")
     try:
         wait_for(lambda: _count(marker, "started") == 3, 30, "3 objects in flight")
-        # No more than `concurrency` worked on, and one message (concurrency // 2)
+        # No more than `concurrency` worked on, and one message (prefetch_messages)
         # prefetched, waiting for a slot: one message still waits in the queue.
         wait_for(lambda: harness.depth() == (1, 4), 10, "3 in flight and 1 prefetched")
         proc.send_signal(signal.SIGTERM)

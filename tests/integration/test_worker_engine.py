@@ -234,7 +234,10 @@ def test_slow_processor_outlives_visibility_timeout_once(harness: Harness, tmp_p
 def test_concurrency_bound_is_never_exceeded(harness: Harness) -> None:
     ConcurrencyProbe.reset()
     harness.configure(
-        processor="s3flow_testprocs:ConcurrencyProbe", concurrency=3, options={"sleep_s": 0.3}
+        processor="s3flow_testprocs:ConcurrencyProbe",
+        concurrency=3,
+        prefetch_messages=1,
+        options={"sleep_s": 0.3},
     )
     for i in range(15):
         harness.put(f"k{i}.txt", b"z\n")
@@ -242,7 +245,7 @@ def test_concurrency_bound_is_never_exceeded(harness: Harness) -> None:
     assert len(ConcurrencyProbe.calls) == 15
     assert ConcurrencyProbe.peak == 3  # reached, and never more
     # received and not yet settled: the working ones, at most twice as many writing
-    # their outputs, the one prefetched (concurrency // 2), and those done whose
+    # their outputs, the one prefetched, and those done whose
     # batched delete waits (a wave of three at most: they finish every 0.3 s and wait
     # ack_batch_window_s, 0.05 s)
     assert m.pipelines["p"].max_in_flight <= 13
@@ -278,6 +281,7 @@ def test_an_object_writing_its_outputs_gives_its_slot_to_the_next(harness: Harne
     harness.configure(
         processor="s3flow_testprocs:ReadThenSlowWrite",
         concurrency=2,
+        prefetch_messages=1,
         options={"read_s": 0.05, "write_s": 0.6},
     )
     for i in range(10):

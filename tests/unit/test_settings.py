@@ -322,3 +322,21 @@ def test_container_executor_sections_are_optional_and_documented() -> None:
         assert fields[name].description == (
             f"[pipelines.executors.{name}]: needed by executor = '{name}'."
         )
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "explicit", "prefetch"),
+    [(1, None, 0), (2, None, 2), (16, None, 16), (64, None, 16), (64, 3, 3), (1, 4, 4)],
+)
+def test_prefetch_default_covers_the_slots_up_to_16(
+    concurrency: int, explicit: int | None, prefetch: int
+) -> None:
+    p = PipelineSettings(
+        name="p",
+        bucket="b",
+        queue="q",
+        output="s3://o/",
+        concurrency=concurrency,
+        prefetch_messages=explicit,
+    )
+    assert p.prefetch == prefetch

@@ -165,9 +165,10 @@ class PipelineSettings(_Model):
             "object at once instead of after a receive round trip; they stay leased while "
             "they wait and take their key lock and claim meanwhile (a duplicate is "
             "acknowledged without a slot), and a stopping worker releases them and what they "
-            "hold. None = concurrency // 2, at most "
-            "10 (so 0 at concurrency 1: a slow one-at-a-time pipeline holds no message "
-            "another worker could take). 0 = receive only for free slots."
+            "hold. None = concurrency, at most 16 (enough to cover a receive round trip "
+            "and the state-store calls before the work while the slots empty), but 0 at "
+            "concurrency 1 (a slow one-at-a-time pipeline holds no message another worker "
+            "could take). 0 = receive only for free slots."
         ),
     )
     visibility_timeout_s: SqsSeconds = Field(
@@ -258,9 +259,9 @@ class PipelineSettings(_Model):
         description=(
             "Before the ack, HEAD every declared output (exists, size > 0, the processor's "
             "declared content type; PDFs: %PDF- and %%EOF by ranged reads); a missing or "
-            "wrong output is retried, never acknowledged. A processor with "
-            "verified_by_write (line-count) running inline is verified by S3's answer to "
-            "its own write instead (docs/routing.md)."
+            "wrong output is retried, never acknowledged. An output that a processor "
+            "with verified_by_write (line-count) wrote inline is checked by S3's answer "
+            "to that write instead, when it shows it right (docs/routing.md)."
         ),
     )
 
@@ -362,7 +363,9 @@ class PipelineSettings(_Model):
         """Messages received ahead of a free slot (``prefetch_messages`` resolved)."""
         if self.prefetch_messages is not None:
             return self.prefetch_messages
-        return min(10, self.concurrency // 2)
+        # Measured (bench/engine_fast.py, 20 ms per S3 request): at concurrency 16, half
+        # the slots' worth left slots idle while prefetched messages did their store calls.
+        return 0 if self.concurrency == 1 else min(16, self.concurrency)
 
     @property
     def redrive_max_receive_count(self) -> int:

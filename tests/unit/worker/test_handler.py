@@ -12,6 +12,7 @@ from s3flow.pipelines.line_count import LineCountProcessor
 from s3flow.processors.base import Result
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, WorkerSettings
+from s3flow.sinks.receipts import WriteReceipt
 from s3flow.worker.handler import MessageHandler, PipelineRuntime, WorkerObserver
 from s3flow.worker.identity import sequencer_after
 from s3flow.worker.outcomes import Ack, DeadLetter, Release
@@ -83,7 +84,10 @@ async def test_an_unreadable_object_is_dead_lettered_not_acked_in_quarantine_mod
 class _RecordingExecutors:
     """Stands in for the ExecutorSet: records the hand-over hook each run got."""
 
-    def __init__(self, trace: list[str] | None = None) -> None:
+    def __init__(self, trace: list[str] | None = None, *, writes: bool = False) -> None:
+        """``writes``: each run declares one output and, given a receipts dict, keeps
+        its receipt there as the inline executor's sink would."""
+        self.writes = writes
         self.hooks: list[object] = []
         self.receipts: list[object] = []
         self.trace = trace if trace is not None else []
@@ -100,7 +104,12 @@ class _RecordingExecutors:
         self.hooks.append(reading_done)
         self.receipts.append(receipts)
         self.trace.append("run")
-        return Result()
+        if not self.writes:
+            return Result()
+        uri = f"s3://o/out-{len(self.trace)}.json"
+        if isinstance(receipts, dict):
+            receipts[uri] = WriteReceipt(12, "application/json")
+        return Result(outputs=[uri])
 
 
 def _handler(
@@ -177,7 +186,7 @@ async def test_each_record_takes_the_slot_just_before_its_work_and_gives_it_back
     [
         (True, "line-count", True),  # line-count vouches for its writes
         (False, "line-count", False),  # nothing is verified: nothing to collect
-        (True, "text-to-pdf", False),  # no promise: every output is fetched
+        (True, "zip", False),  # no promise: every output is fetched
     ],
 )
 async def test_write_receipts_are_collected_only_for_a_processor_that_vouches(
@@ -192,6 +201,19 @@ async def test_write_receipts_are_collected_only_for_a_processor_that_vouches(
         assert len({id(r) for r in executors.receipts}) == 3
     else:
         assert executors.receipts == [None, None, None]
+
+
+@pytest.mark.parametrize("processor", ["line-count", "zip"])
+async def test_the_receipts_reach_the_verification(processor: str) -> None:
+    """This S3 refuses every HEAD: only outputs vouched for by a receipt pass."""
+    handler = _handler(_RecordingExecutors(writes=True), verify=True, processor=processor)
+    msg = ReceivedMessage("m", "h", _three_records(), 1, 0.0)
+    outcome = await handler.handle(msg)
+    if processor == "line-count":
+        assert isinstance(outcome, Ack)
+    else:
+        assert not isinstance(outcome, Ack)
+        assert "output verification failed" in str(outcome)
 
 
 async def test_a_stop_before_the_slot_releases_the_message_without_work() -> None:
