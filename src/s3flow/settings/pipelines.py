@@ -264,6 +264,15 @@ class PipelineSettings(_Model):
             "to that write instead, when it shows it right (docs/routing.md)."
         ),
     )
+    verify_outputs_by_write: bool = Field(
+        default=True,
+        description=(
+            "Take S3's answer to an output's PutObject as its verification when the "
+            "processor vouches for its writes (verified_by_write, e.g. line-count). False: "
+            "HEAD every output all the same (an S3-compatible store whose reads may not "
+            "see a write that was just answered)."
+        ),
+    )
 
     @field_validator("queue", "dlq")
     @classmethod

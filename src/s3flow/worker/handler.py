@@ -418,7 +418,7 @@ class MessageHandler:
         content_type, by_write = self._declared(rule.processor)
         # Filled by the inline executor's sink only: outputs written elsewhere are fetched.
         receipts: dict[str, WriteReceipt] | None = (
-            {} if by_write and self.p.verify_outputs else None
+            {} if by_write and self.p.verify_outputs and self.p.verify_outputs_by_write else None
         )
         self._observer.object_started(self.p.name, event)
         try:

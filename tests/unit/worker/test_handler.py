@@ -113,7 +113,11 @@ class _RecordingExecutors:
 
 
 def _handler(
-    executors: _RecordingExecutors, *, verify: bool = False, processor: str = "line-count"
+    executors: _RecordingExecutors,
+    *,
+    verify: bool = False,
+    processor: str = "line-count",
+    by_write: bool = True,
 ) -> MessageHandler:
     p = PipelineSettings(
         name="p",
@@ -121,6 +125,7 @@ def _handler(
         queue="q",
         output="s3://o/",
         verify_outputs=verify,
+        verify_outputs_by_write=by_write,
         processor=processor,
     )
     proc = LineCountProcessor({})
@@ -203,13 +208,18 @@ async def test_write_receipts_are_collected_only_for_a_processor_that_vouches(
         assert executors.receipts == [None, None, None]
 
 
-@pytest.mark.parametrize("processor", ["line-count", "zip"])
-async def test_the_receipts_reach_the_verification(processor: str) -> None:
-    """This S3 refuses every HEAD: only outputs vouched for by a receipt pass."""
-    handler = _handler(_RecordingExecutors(writes=True), verify=True, processor=processor)
+@pytest.mark.parametrize(
+    ("processor", "by_write"), [("line-count", True), ("zip", True), ("line-count", False)]
+)
+async def test_the_receipts_reach_the_verification(processor: str, by_write: bool) -> None:
+    """This S3 refuses every HEAD: only outputs vouched for by a receipt pass, and
+    ``verify_outputs_by_write = false`` makes the worker fetch them all the same."""
+    handler = _handler(
+        _RecordingExecutors(writes=True), verify=True, processor=processor, by_write=by_write
+    )
     msg = ReceivedMessage("m", "h", _three_records(), 1, 0.0)
     outcome = await handler.handle(msg)
-    if processor == "line-count":
+    if processor == "line-count" and by_write:
         assert isinstance(outcome, Ack)
     else:
         assert not isinstance(outcome, Ack)
