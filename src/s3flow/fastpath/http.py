@@ -443,7 +443,7 @@ class _Conn(asyncio.Protocol):
         if self.reusable:
             # Every byte is in: reading resumes, or the next answer would never be read.
             self._resume_reading()
-        if not self.reusable:
+        else:
             self._close()
 
     # parsing ---------------------------------------------------------------------------
