@@ -15,12 +15,12 @@ import codecs
 import json
 import time
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from s3flow.errors import UndecodableContentError
-from s3flow.objects import count_byte
+from s3flow.objects import count_byte, prepare_count_byte
 from s3flow.processors.base import OptionsProcessor, ProcessContext, Result
 from s3flow.settings import codec_info
 
@@ -53,6 +53,10 @@ class LineCountProcessor(OptionsProcessor[LineCountOptions]):
     #: One ``ctx.sink.write`` per object, never touched again: S3's answer to it is
     #: the verification (no HEAD before the ack).
     verified_by_write: ClassVar[bool] = True
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        super().__init__(options)
+        prepare_count_byte()
 
     @property
     def text_encoding(self) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -144,3 +146,19 @@ async def test_truncated_utf8_character_at_end(make_ctx: MakeCtx) -> None:
 async def test_invalid_utf8_without_text_encoding_is_counted(make_ctx: MakeCtx) -> None:
     _, result = await run(make_ctx, b"\xff\xfe\n\x80")
     assert result.detail["lines"] == 2
+
+
+def test_the_byte_counter_is_imported_when_the_processor_is_built() -> None:
+    """numpy is imported by the constructor (start-up), not by the first object's count
+    on the event loop; importing the module alone does not import it."""
+    code = (
+        "import sys\n"
+        "from s3flow.pipelines.line_count import LineCountProcessor\n"
+        "assert 'numpy' not in sys.modules, 'imported with the module'\n"
+        "LineCountProcessor({})\n"
+        "assert 'numpy' in sys.modules, 'not imported by the constructor'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
