@@ -15,7 +15,7 @@ from s3flow.local.endpoint import LocalEndpoint
 from s3flow.settings import AwsSettings
 from s3flow.sinks import s3 as s3_sink
 from s3flow.sinks.base import FileSink
-from s3flow.sinks.receipts import ReceiptSink, WriteReceipt
+from s3flow.sinks.receipts import WriteReceipt, receipt_sink
 from s3flow.sinks.s3 import S3Sink
 
 pytestmark = pytest.mark.integration
@@ -92,7 +92,7 @@ def test_a_write_receipt_shows_what_a_head_of_the_output_shows(s3: Any, bucket: 
     receipts: dict[str, WriteReceipt] = {}
 
     async def write(sink: S3Sink) -> list[str]:
-        vouched = ReceiptSink(sink, receipts)
+        vouched = receipt_sink(sink, receipts)
         return [
             await vouched.write("r/doc.json", b'{"lines": 3}', "application/json"),
             await vouched.write("r/ü b+c.csv", b"a,b\n1,2\n", "text/csv; charset=utf-8"),

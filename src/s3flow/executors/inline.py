@@ -15,7 +15,7 @@ from s3flow.executors.one import run_object
 from s3flow.processors.base import Processor, Result
 from s3flow.processors.registry import create_processor
 from s3flow.sinks.base import Sink
-from s3flow.sinks.receipts import ReceiptSink, WriteReceipt
+from s3flow.sinks.receipts import WriteReceipt, receipt_sink
 from s3flow.state.base import StateStore
 
 
@@ -66,7 +66,7 @@ class InlineExecutor:
         ``receipts``: given, it gets a receipt for every write of this job's sink.
         """
         proc = self.processor(job.processor, job.options)
-        sink = self._sink if receipts is None else ReceiptSink(self._sink, receipts)
+        sink = self._sink if receipts is None else receipt_sink(self._sink, receipts)
         return await run_object(
             proc,
             job,

@@ -1,4 +1,4 @@
-"""sinks.receipts.ReceiptSink: a receipt for every write that returned, nothing else."""
+"""sinks.receipts.receipt_sink: a receipt for every write that returned, nothing else."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from s3flow.errors import OutputPathError
 from s3flow.sinks.base import FileSink, Sink
 from s3flow.sinks.local import LocalDirSink
-from s3flow.sinks.receipts import ReceiptSink, WriteReceipt
+from s3flow.sinks.receipts import WriteReceipt, receipt_sink
 
 
 def read_file(path: str | Path) -> bytes:
@@ -24,7 +24,7 @@ async def test_each_write_leaves_its_receipt_and_the_bytes_where_the_sink_puts_t
     tmp_path: Path,
 ) -> None:
     receipts: dict[str, WriteReceipt] = {}
-    sink = ReceiptSink(LocalDirSink(tmp_path), receipts)
+    sink = receipt_sink(LocalDirSink(tmp_path), receipts)
     assert isinstance(sink, Sink) and isinstance(sink, FileSink)
     assert sink.root == resolved(tmp_path)
     uri = await sink.write("a/out.json", b'{"n": 1}', "application/json")
@@ -41,7 +41,7 @@ async def test_a_file_write_keeps_no_receipt(tmp_path: Path) -> None:
     src.write_bytes(b"z" * 5000)
     receipts: dict[str, WriteReceipt] = {}
     inner = LocalDirSink(tmp_path / "out")
-    sink = ReceiptSink(inner, receipts)
+    sink = receipt_sink(inner, receipts)
     assert sink.inner is inner
     uri = await sink.write_file("big.bin", str(src), "application/pdf")
     assert read_file(uri) == read_file(src)
@@ -50,14 +50,14 @@ async def test_a_file_write_keeps_no_receipt(tmp_path: Path) -> None:
 
 async def test_a_failed_write_leaves_no_receipt(tmp_path: Path) -> None:
     receipts: dict[str, WriteReceipt] = {}
-    sink = ReceiptSink(LocalDirSink(tmp_path), receipts)
+    sink = receipt_sink(LocalDirSink(tmp_path), receipts)
     with pytest.raises(OutputPathError):
         await sink.write("../escape.json", b"{}", "application/json")
     assert receipts == {}
 
 
 class BytesOnlySink:
-    """A sink with no ``write_file``: the receipt sink reads the file and writes bytes."""
+    """A sink with no ``write_file``."""
 
     def __init__(self) -> None:
         self.root = "mem://"
@@ -84,12 +84,15 @@ class BytesOnlySink:
         return None
 
 
-async def test_a_file_write_to_a_bytes_only_sink_writes_the_bytes(tmp_path: Path) -> None:
-    src = tmp_path / "f.txt"
-    src.write_bytes(b"hello")
+async def test_a_sink_without_write_file_is_offered_without_it() -> None:
+    """A processor checks ``isinstance(sink, FileSink)`` and writes bytes otherwise: the
+    wrapper must not offer what the wrapped sink cannot do."""
     inner = BytesOnlySink()
-    assert not isinstance(inner, FileSink)
+    assert isinstance(inner, Sink) and not isinstance(inner, FileSink)
     receipts: dict[str, WriteReceipt] = {}
-    uri = await ReceiptSink(inner, receipts).write_file("f.txt", str(src), "text/plain")
+    sink = receipt_sink(inner, receipts)
+    assert isinstance(sink, Sink) and not isinstance(sink, FileSink)
+    assert sink.inner is inner
+    uri = await sink.write("f.txt", b"hello", "text/plain")
     assert uri == "mem://f.txt" and inner.stored == {"f.txt": (b"hello", "text/plain")}
-    assert receipts == {}
+    assert receipts == {uri: WriteReceipt(5, "text/plain")}
