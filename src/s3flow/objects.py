@@ -46,6 +46,7 @@ __all__ = [
     "detect_encoding",
     "make_decoder",
     "open_object",
+    "prepare_count_byte",
     "zstd",
 ]
 
