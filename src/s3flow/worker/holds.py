@@ -21,6 +21,7 @@ from s3flow.events import ObjectEvent
 from s3flow.settings import PipelineSettings
 from s3flow.state.base import StateStore
 from s3flow.state.records import Claim, ClaimOutcome, ObjectId
+from s3flow.state.taking import take_claim, take_lock
 from s3flow.worker.outcomes import RecordOutcome
 from s3flow.worker.source import ReceivedMessage
 from s3flow.worker.waiting import until_free
@@ -101,7 +102,7 @@ class Holds:
         owner = f"{self._worker_id}:{msg.message_id}"
 
         async def attempt() -> tuple[int | None, float | None]:
-            return await store.acquire_lock(name, owner=owner, ttl_s=self.ttl_s), None
+            return await take_lock(store, name, owner=owner, ttl_s=self.ttl_s), None
 
         token = await self._until_free(
             attempt, msg, event, error_class="KeyBusy", what="another upload of the key"
@@ -127,7 +128,8 @@ class Holds:
         assert store is not None
 
         async def attempt() -> tuple[Claim | None, float | None]:
-            claim = await store.claim(
+            claim = await take_claim(
+                store,
                 oid,
                 pipeline=self.p.name,
                 owner=self._worker_id,

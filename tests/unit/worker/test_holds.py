@@ -6,6 +6,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from s3flow.events import ObjectEvent
 from s3flow.settings import PipelineSettings
 from s3flow.state.records import ObjectId
@@ -82,3 +84,35 @@ async def test_only_tracked_claims_are_renewed() -> None:
     holds.forget_claim("m1", oid)
     await holds.renew(["m1"])
     assert store.calls == [("renew", oid, 3, 30)]
+
+
+class _SlowLockStore(_Store):
+    """``acquire_lock`` answers (granting 7) only once ``answer`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def acquire_lock(self, name: str, *, owner: str, ttl_s: float) -> int | None:
+        self.asked.set()
+        await self.answer.wait()
+        return await super().acquire_lock(name, owner=owner, ttl_s=ttl_s)
+
+
+async def test_a_key_lock_granted_as_the_message_is_cancelled_is_released() -> None:
+    """Shutdown cancels a message waiting on the store: the lock it was being granted
+    is released, not left to block the key's next upload until its TTL."""
+    store = _SlowLockStore()
+    holds = _holds(store)
+    locking = asyncio.ensure_future(holds.lock_key(MSG, EVENT))
+    await store.asked.wait()
+    locking.cancel()
+    await asyncio.sleep(0)
+    store.answer.set()
+    with pytest.raises(asyncio.CancelledError):
+        await locking
+    assert store.calls == [
+        ("acquire", "key:p:b/k.txt", "w1:m1", 30),
+        ("release_lock", "key:p:b/k.txt", "w1:m1", 7),
+    ]

@@ -44,6 +44,7 @@ from s3flow.state.records import (
     PendingSummary,
     TrackedFile,
 )
+from s3flow.state.taking import take_lock
 
 log = logging.getLogger("s3flow.pipelines.ndjson_parquet.manifests")
 
@@ -242,9 +243,9 @@ class Sealer:
         pass, does the work). ``dates`` limits the pass to those dates.
         """
         async with self._serial:
-            token = await self.store.acquire_lock(
-                self.lock, owner=self.owner, ttl_s=self.lock_ttl_s
-            )
+            # Cancelled while asking (the background pass, at stop): a lock granted all
+            # the same is released, or every final pass would find it held until its TTL.
+            token = await take_lock(self.store, self.lock, owner=self.owner, ttl_s=self.lock_ttl_s)
             if token is None:
                 return []
             try:

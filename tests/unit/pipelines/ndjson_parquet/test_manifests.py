@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,7 @@ from s3flow.pipelines.ndjson_parquet.manifest_processor import (
     NdjsonManifestProcessor,
 )
 from s3flow.pipelines.ndjson_parquet.manifests import (
+    Sealer,
     Triggers,
     date_from_key,
     date_from_record,
@@ -227,3 +230,49 @@ def test_a_date_pattern_that_is_not_a_regex_is_refused_with_the_reason() -> None
 def test_out_of_bounds_options_name_the_key(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         NdjsonManifestProcessor(options)
+
+
+class _LockOnTheWire:
+    """The lock calls of a state store; ``acquire_lock`` answers once ``answer`` is set."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def acquire_lock(self, name: str, *, owner: str, ttl_s: float) -> int | None:
+        self.asked.set()
+        await self.answer.wait()
+        self.calls.append(("acquire_lock", name, owner))
+        return 4
+
+    async def release_lock(self, name: str, *, owner: str, token: int) -> bool:
+        self.calls.append(("release_lock", name, owner, token))
+        return True
+
+
+async def test_a_sealing_pass_cancelled_while_taking_the_lock_releases_it() -> None:
+    """A builder stopping cancels its background pass; had the store granted that pass
+    the lock, every builder's last pass (seal_on_stop) would find it held until its TTL
+    and skip: the last files of a burst would stay unsealed."""
+    store = _LockOnTheWire()
+    sealer = Sealer(
+        store,  # type: ignore[arg-type]
+        None,
+        dataset="events",
+        owner="w1",
+        triggers=Triggers(),
+        bucket="b",
+        prefix="manifests/",
+    )
+    passing = asyncio.ensure_future(sealer.seal_due())
+    await store.asked.wait()
+    passing.cancel()
+    await asyncio.sleep(0)
+    store.answer.set()
+    with pytest.raises(asyncio.CancelledError):
+        await passing
+    assert store.calls == [
+        ("acquire_lock", "manifests:events", "w1"),
+        ("release_lock", "manifests:events", "w1", 4),
+    ]

@@ -1,0 +1,70 @@
+"""Taking a lock or a claim in the state store, safe to cancel.
+
+A call cancelled while it waits may still reach the store: the request is on the
+wire (DynamoDB), or the store's thread has started it (SQLite). The store then
+grants the lock or the claim to a caller that is gone, and nobody releases it: it
+stays taken until its TTL runs out, and whoever needs it meanwhile waits or skips
+its work (a builder stopping at that moment skips its last sealing pass). These
+helpers let the call finish when their caller is cancelled, give back whatever it
+took, then let the cancellation go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from s3flow.state.base import StateStore
+from s3flow.state.records import Claim, ClaimOutcome, ObjectId
+
+T = TypeVar("T")
+
+
+async def _undone_if_cancelled(call: Awaitable[T], undo: Callable[[T], Awaitable[object]]) -> T:
+    """``await call``; cancelled meanwhile, wait for it to finish, ``undo`` its result
+    (errors of either are dropped: the caller is going away) and re-raise."""
+    asking = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(asking)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await undo(await asking)
+        raise
+
+
+async def take_lock(store: StateStore, name: str, *, owner: str, ttl_s: float) -> int | None:
+    """:meth:`~s3flow.state.base.MetaStore.acquire_lock`, released again if the caller
+    is cancelled before it gets the token."""
+
+    async def undo(token: int | None) -> None:
+        if token is not None:
+            await store.release_lock(name, owner=owner, token=token)
+
+    return await _undone_if_cancelled(store.acquire_lock(name, owner=owner, ttl_s=ttl_s), undo)
+
+
+async def take_claim(
+    store: StateStore,
+    oid: ObjectId,
+    *,
+    pipeline: str,
+    owner: str,
+    ttl_s: float,
+    size: int | None = None,
+    sequencer: str | None = None,
+) -> Claim:
+    """:meth:`~s3flow.state.base.FileStore.claim`, released again (the record back to
+    ``received``) if the caller is cancelled before it gets the claim."""
+
+    async def undo(claim: Claim) -> None:
+        if claim.outcome is ClaimOutcome.ACQUIRED:
+            await store.release(oid, token=claim.token)
+
+    return await _undone_if_cancelled(
+        store.claim(
+            oid, pipeline=pipeline, owner=owner, ttl_s=ttl_s, size=size, sequencer=sequencer
+        ),
+        undo,
+    )

@@ -1,0 +1,111 @@
+"""state.taking: a lock or claim granted to a cancelled caller is given back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from s3flow.state.records import Claim, ClaimOutcome, FileRecord, FileStatus, ObjectId
+from s3flow.state.taking import take_claim, take_lock
+
+OID = ObjectId("b", "k.txt", "v1")
+
+
+class SlowStore:
+    """acquire_lock / claim answer only once ``answer`` is set (a call on the wire)."""
+
+    def __init__(self, *, token: int | None = 5, outcome: ClaimOutcome = ClaimOutcome.ACQUIRED):
+        self.answer = asyncio.Event()
+        self.asked = asyncio.Event()
+        self.token = token
+        self.outcome = outcome
+        self.fail: Exception | None = None
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def _wait(self) -> None:
+        self.asked.set()
+        await self.answer.wait()
+        if self.fail is not None:
+            raise self.fail
+
+    async def acquire_lock(self, name: str, *, owner: str, ttl_s: float) -> int | None:
+        await self._wait()
+        self.calls.append(("acquire_lock", name, owner))
+        return self.token
+
+    async def release_lock(self, name: str, *, owner: str, token: int) -> bool:
+        self.calls.append(("release_lock", name, owner, token))
+        return True
+
+    async def claim(self, oid: ObjectId, **kw: Any) -> Claim:
+        await self._wait()
+        self.calls.append(("claim", oid))
+        return Claim(
+            self.outcome, 9, FileRecord(oid.bucket, oid.key, oid.version, "p", FileStatus.RECEIVED)
+        )
+
+    async def release(self, oid: ObjectId, *, token: int) -> bool:
+        self.calls.append(("release", oid, token))
+        return True
+
+
+async def _cancel_while_asking(store: SlowStore, call: Any) -> None:
+    task = asyncio.ensure_future(call)
+    await store.asked.wait()
+    task.cancel()
+    await asyncio.sleep(0)  # the cancellation reaches the caller first ...
+    store.answer.set()  # ... then the store answers all the same
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_an_answered_lock_is_returned_and_kept() -> None:
+    store = SlowStore()
+    store.answer.set()
+    assert await take_lock(store, "l", owner="w", ttl_s=30) == 5  # type: ignore[arg-type]
+    assert store.calls == [("acquire_lock", "l", "w")]
+
+
+async def test_a_lock_granted_to_a_cancelled_caller_is_released() -> None:
+    store = SlowStore()
+    await _cancel_while_asking(store, take_lock(store, "l", owner="w", ttl_s=30))  # type: ignore[arg-type]
+    assert store.calls == [("acquire_lock", "l", "w"), ("release_lock", "l", "w", 5)]
+
+
+async def test_a_lock_refused_to_a_cancelled_caller_needs_no_release() -> None:
+    store = SlowStore(token=None)
+    await _cancel_while_asking(store, take_lock(store, "l", owner="w", ttl_s=30))  # type: ignore[arg-type]
+    assert store.calls == [("acquire_lock", "l", "w")]
+
+
+async def test_a_failing_call_of_a_cancelled_caller_still_ends_in_the_cancellation() -> None:
+    store = SlowStore()
+    store.fail = RuntimeError("the store is down")
+    await _cancel_while_asking(store, take_lock(store, "l", owner="w", ttl_s=30))  # type: ignore[arg-type]
+    assert store.calls == []
+
+
+async def test_a_claim_granted_to_a_cancelled_caller_is_released() -> None:
+    store = SlowStore()
+    call = take_claim(store, OID, pipeline="p", owner="w", ttl_s=30)  # type: ignore[arg-type]
+    await _cancel_while_asking(store, call)
+    assert store.calls == [("claim", OID), ("release", OID, 9)]
+
+
+@pytest.mark.parametrize("outcome", [ClaimOutcome.BUSY, ClaimOutcome.DONE, ClaimOutcome.PARKED])
+async def test_a_claim_not_granted_needs_no_release(outcome: ClaimOutcome) -> None:
+    store = SlowStore(outcome=outcome)
+    call = take_claim(store, OID, pipeline="p", owner="w", ttl_s=30)  # type: ignore[arg-type]
+    await _cancel_while_asking(store, call)
+    assert store.calls == [("claim", OID)]
+
+
+async def test_an_answered_claim_is_returned_and_kept() -> None:
+    store = SlowStore()
+    store.answer.set()
+    got = await take_claim(store, OID, pipeline="p", owner="w", ttl_s=30)  # type: ignore[arg-type]
+    assert got.outcome is ClaimOutcome.ACQUIRED and got.token == 9
+    assert store.calls == [("claim", OID)]
+    assert got.record.status is FileStatus.RECEIVED
