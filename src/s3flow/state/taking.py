@@ -1,4 +1,4 @@
-"""Taking a lock or a claim in the state store, safe to cancel.
+"""Taking (and giving back) a lock or a claim in the state store, safe to cancel.
 
 A call cancelled while it waits may still reach the store: the request is on the
 wire (DynamoDB), or the store's thread has started it (SQLite). The store then
@@ -32,6 +32,17 @@ async def _undone_if_cancelled(call: Awaitable[T], undo: Callable[[T], Awaitable
         with contextlib.suppress(Exception):
             await undo(await asking)
         raise
+
+
+async def give_back_lock(store: StateStore, name: str, *, owner: str, token: int) -> bool:
+    """:meth:`~s3flow.state.base.MetaStore.release_lock`, finished even when the caller
+    is cancelled meanwhile (the cancellation goes on once the lock is free): a
+    release cut short would leave the lock held until its TTL."""
+
+    async def nothing(_: bool) -> None:
+        return None
+
+    return await _undone_if_cancelled(store.release_lock(name, owner=owner, token=token), nothing)
 
 
 async def take_lock(store: StateStore, name: str, *, owner: str, ttl_s: float) -> int | None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from s3flow.state.records import Claim, ClaimOutcome, FileRecord, FileStatus, ObjectId
-from s3flow.state.taking import take_claim, take_lock
+from s3flow.state.taking import give_back_lock, take_claim, take_lock
 
 OID = ObjectId("b", "k.txt", "v1")
 
@@ -109,3 +109,23 @@ async def test_an_answered_claim_is_returned_and_kept() -> None:
     assert got.outcome is ClaimOutcome.ACQUIRED and got.token == 9
     assert store.calls == [("claim", OID)]
     assert got.record.status is FileStatus.RECEIVED
+
+
+class SlowRelease(SlowStore):
+    """release_lock finishes only once ``answer`` is set."""
+
+    async def release_lock(self, name: str, *, owner: str, token: int) -> bool:
+        await self._wait()
+        return await super().release_lock(name, owner=owner, token=token)
+
+
+async def test_a_release_is_finished_before_the_cancellation_goes_on() -> None:
+    store = SlowRelease()
+    await _cancel_while_asking(store, give_back_lock(store, "l", owner="w", token=5))  # type: ignore[arg-type]
+    assert store.calls == [("release_lock", "l", "w", 5)]
+
+
+async def test_a_release_not_cancelled_answers_as_the_store_does() -> None:
+    store = SlowRelease()
+    store.answer.set()
+    assert await give_back_lock(store, "l", owner="w", token=5) is True  # type: ignore[arg-type]

@@ -44,7 +44,7 @@ from s3flow.state.records import (
     PendingSummary,
     TrackedFile,
 )
-from s3flow.state.taking import take_lock
+from s3flow.state.taking import give_back_lock, take_lock
 
 log = logging.getLogger("s3flow.pipelines.ndjson_parquet.manifests")
 
@@ -254,7 +254,7 @@ class Sealer:
                 log.warning("manifests of %s: %s; stopping this pass", self.dataset, exc)
                 return []
             finally:
-                await self.store.release_lock(self.lock, owner=self.owner, token=token)
+                await give_back_lock(self.store, self.lock, owner=self.owner, token=token)
 
     async def _renew(self, token: int) -> None:
         if not await self.store.renew_lock(
