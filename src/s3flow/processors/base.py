@@ -180,7 +180,8 @@ class BaseProcessor:
     #: executor is verified by the write's own answer (S3 acknowledged it: its size and
     #: Content-Type), not by a HEAD. Set it only if the processor never changes or
     #: removes an output once written. Outputs written any other way are still fetched.
-    #: ``ctx.sink`` is then a wrapper with only the sink protocol's members.
+    #: ``ctx.sink`` is then a wrapper with only the sink protocol's members (``write_file``
+    #: too when the sink has it).
     verified_by_write: ClassVar[bool] = False
     #: The pydantic model of this processor's ``[pipelines.options]`` (documented in
     #: docs/configuration.md by ``s3flow config-reference``); None = no options.

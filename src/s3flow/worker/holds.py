@@ -21,7 +21,7 @@ from s3flow.events import ObjectEvent
 from s3flow.settings import PipelineSettings
 from s3flow.state.base import StateStore
 from s3flow.state.records import Claim, ClaimOutcome, ObjectId
-from s3flow.state.taking import take_claim, take_lock
+from s3flow.state.taking import give_back_lock, take_claim, take_lock
 from s3flow.worker.outcomes import RecordOutcome
 from s3flow.worker.source import ReceivedMessage
 from s3flow.worker.waiting import until_free
@@ -118,7 +118,7 @@ class Holds:
         assert store is not None
         _forget(self._locks, message_id, lock.name)
         with contextlib.suppress(S3flowError):
-            await asyncio.shield(store.release_lock(lock.name, owner=lock.owner, token=lock.token))
+            await give_back_lock(store, lock.name, owner=lock.owner, token=lock.token)
 
     async def claim(
         self, msg: ReceivedMessage, event: ObjectEvent, oid: ObjectId
