@@ -18,6 +18,7 @@ the difference).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -108,9 +109,12 @@ def patch_moto_dynamodb() -> bool:
 
     moto's threaded server checks a ConditionExpression and then writes without
     a lock, so two concurrent conditional writes can both win (measured: about
-    1 in 600 contended rounds), and a failed TransactWriteItems restores a copy
-    of whole tables, undoing other requests' writes. Real DynamoDB has neither
-    problem; one lock around the write operations restores its semantics.
+    1 in 600 contended rounds); a failed TransactWriteItems restores a copy
+    of whole tables, undoing other requests' writes; and UpdateItem's ReturnValues
+    are read from the live item after the lock, so a racing write shows through
+    (two concurrent ADDs both answered with the second's value). Real DynamoDB has
+    none of these problems; one lock around the write operations, and a copy of
+    the updated item taken under it, restore its semantics.
     """
     try:
         from moto.dynamodb.models import DynamoDBBackend
@@ -124,7 +128,11 @@ def patch_moto_dynamodb() -> bool:
     def locked(fn: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             with lock:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+                # update_item returns the stored item itself, and moto's response reads
+                # it (ReturnValues) after the lock: a racing update would show through
+                # (two ADDs both answered 5). A copy taken under the lock is this write's.
+                return copy.deepcopy(result) if fn.__name__ == "update_item" else result
 
         wrapper.__name__ = fn.__name__
         return wrapper
