@@ -100,3 +100,53 @@ def test_sigterm_releases_unfinished_work_and_nothing_is_lost(
     assert harness.depth(harness.dlq_url) == (0, 0)  # a shutdown is no failure
     recs = harness.records()
     assert len(recs) == 5 and all(r.status is FileStatus.COMPLETED for r in recs), recs
+
+
+def test_sigterm_stops_both_copies_of_a_message_delivered_twice(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """One message in flight twice in one worker (same message id, two receipt handles).
+
+    SQS delivers at least once, and a job that overruns ``job_timeout_s`` is given
+    up on: the heartbeat stops extending its message, its key lock and its claim, so
+    the message comes back and this worker receives it a second time while the first
+    copy still runs (the second takes over the expired lock and claim). The worker
+    kept its in-flight work by message id, so the second copy took the first's place:
+    SIGTERM with no grace cancelled only the second, and the worker then waited for
+    the first copy's 60 s of work. Both must stop at once and be released.
+    """
+    marker = tmp_path / "m"
+    marker.mkdir()
+    harness.configure(
+        processor="s3flow_testprocs:SlowProcessor",
+        concurrency=2,
+        visibility_timeout_s=4,
+        job_timeout_s=1,
+        options={"sleep_s": 60.0, "marker_dir": str(marker)},
+    )
+    harness.settings.worker.shutdown_grace_s = 0.0  # type: ignore[union-attr]
+    config = harness.write_config()
+    harness.put("k.txt", b"a\n")
+    log = tmp_path / "worker.log"
+    proc = spawn_worker(config, log)
+    try:
+        wait_for(
+            lambda: _count(marker, "started") == 2,
+            30,
+            "the message received again and started while its first copy runs",
+        )
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0, log.read_text()
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert elapsed < 10, log.read_text()  # not the first copy's 60 s
+    assert _count(marker, "done") == 0
+    assert "released 2" in log.read_text()
+    wait_for(lambda: harness.depth() == (1, 0), 10, "the message visible again")
+    assert harness.depth(harness.dlq_url) == (0, 0)
+    recs = harness.records()
+    assert len(recs) == 1 and recs[0].status is FileStatus.RECEIVED, recs
+    assert recs[0].claim_owner is None, recs

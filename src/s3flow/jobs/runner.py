@@ -86,7 +86,7 @@ class JobHandler:
     #: The runner takes the slot before :meth:`handle` (a job is all work).
     takes_slot = False
 
-    async def renew_claims(self, message_ids: list[str]) -> None:
+    async def renew_claims(self, deliveries: list[str]) -> None:
         """Nothing to renew: a job is guarded by its FIFO message group, not a claim."""
 
     def _processor(self, template: TemplateSettings, index: int) -> Any:

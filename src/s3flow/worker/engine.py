@@ -243,7 +243,7 @@ class PipelineRunner:
 
     def _dispatch(self, msg: ReceivedMessage) -> None:
         self._dispatched += 1
-        self._lease.track(msg.message_id, msg.receipt_handle, msg.received_at)
+        self._lease.track(msg.delivery, msg.receipt_handle, msg.received_at)
         task = asyncio.create_task(self._handle(msg), name=f"msg:{msg.message_id}")
         self._handlers.add(task)
         task.add_done_callback(self._handlers.discard)
@@ -266,7 +266,7 @@ class PipelineRunner:
             if msg.started_at is None:
                 # Waiting for the slot does not count against job_timeout_s.
                 msg.started_at = time.monotonic()
-                self._lease.restart(msg.message_id, msg.started_at)
+                self._lease.restart(msg.delivery, msg.started_at)
             return True
 
         msg.begin_work = begin_work
@@ -285,19 +285,19 @@ class PipelineRunner:
             # waiting up to ack_batch_window_s for its batch does not hold back the next
             # object's outputs.
             permits.release()
-            self._lease.untrack(msg.message_id)
+            self._lease.untrack(msg.delivery)
             final = await self._settler.settle(msg, outcome)
             self.metrics.observe_processing(time.monotonic() - msg.received_at)
             self._observer.message_settled(self.p.name, msg, final)
         finally:
-            self._lease.untrack(msg.message_id)
+            self._lease.untrack(msg.delivery)
             self._in_flight -= 1
             self.metrics.in_flight = self._in_flight
             permits.release()
 
     async def _work_on(self, msg: ReceivedMessage) -> Outcome:
         work = asyncio.create_task(self.handler.handle(msg))
-        self._work[msg.message_id] = work
+        self._work[msg.delivery] = work
         try:
             return await work
         except asyncio.CancelledError:
@@ -312,7 +312,7 @@ class PipelineRunner:
                 str(exc),
             )
         finally:
-            self._work.pop(msg.message_id, None)
+            self._work.pop(msg.delivery, None)
 
     # --- shutdown -------------------------------------------------------------
 

@@ -103,8 +103,9 @@ class Handler(Protocol):
         """Work on ``msg``; return how to settle it (never raise for a message's fault)."""
         ...
 
-    async def renew_claims(self, message_ids: list[str]) -> None:
-        """Extend what is held for these messages (called with their visibility beat)."""
+    async def renew_claims(self, deliveries: list[str]) -> None:
+        """Extend what is held for these deliveries (``ReceivedMessage.delivery``),
+        called with their visibility beat."""
         ...
 
 
@@ -290,7 +291,7 @@ class MessageHandler:
         try:
             return await self._claimed(msg, event, oid, head, reading_done)
         finally:
-            await self._holds.unlock(msg.message_id, lock)
+            await self._holds.unlock(msg.delivery, lock)
 
     async def _claimed(
         self,
@@ -334,7 +335,7 @@ class MessageHandler:
         attempt = Attempt(msg, event, oid, token, failures_before)
         try:
             if store is not None and token is not None:
-                self._holds.track_claim(msg.message_id, oid, token)
+                self._holds.track_claim(msg.delivery, oid, token)
                 newer = await newer_upload_done(store, event, oid)
                 if newer is not None:
                     await store.complete(
@@ -375,7 +376,7 @@ class MessageHandler:
             await self._give_back(oid, token)
             raise
         finally:
-            self._holds.forget_claim(msg.message_id, oid)
+            self._holds.forget_claim(msg.delivery, oid)
 
     async def _give_back(self, oid: ObjectId, token: int | None) -> None:
         """Release the claim ``token`` on ``oid``, if any (best effort, never cancelled).
@@ -488,6 +489,6 @@ class MessageHandler:
 
     # --- heartbeat ---------------------------------------------------------------------
 
-    async def renew_claims(self, message_ids: list[str]) -> None:
-        """Extend the locks and claims held for these messages (with their visibility beat)."""
-        await self._holds.renew(message_ids)
+    async def renew_claims(self, deliveries: list[str]) -> None:
+        """Extend the locks and claims held for these deliveries (with their visibility beat)."""
+        await self._holds.renew(deliveries)

@@ -2,8 +2,9 @@
 
 A record first takes its key's lock (one upload of a key at a time, across
 workers), then claims its upload. One held elsewhere is waited for with the
-message still leased (:mod:`~s3flow.worker.waiting`). Both are kept by message id
-so the heartbeat renews exactly what each in-flight message holds.
+message still leased (:mod:`~s3flow.worker.waiting`). Both are kept by delivery
+(:attr:`~s3flow.worker.source.ReceivedMessage.delivery`, one per copy of a message in
+flight) so the heartbeat renews exactly what each in-flight copy holds.
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ class KeyLock:
     token: int
 
 
-def _forget(held: dict[str, dict[K, T]], message_id: str, key: K) -> None:
-    """Drop ``key`` from what ``message_id`` holds (and the message once it holds nothing)."""
-    mine = held.get(message_id)
+def _forget(held: dict[str, dict[K, T]], delivery: str, key: K) -> None:
+    """Drop ``key`` from what ``delivery`` holds (and the delivery once it holds nothing)."""
+    mine = held.get(delivery)
     if mine is not None:
         mine.pop(key, None)
         if not mine:
-            held.pop(message_id, None)
+            held.pop(delivery, None)
 
 
 class Holds:
@@ -109,14 +110,14 @@ class Holds:
         )
         if not isinstance(token, int):
             return token
-        self._locks.setdefault(msg.message_id, {})[name] = (owner, token)
+        self._locks.setdefault(msg.delivery, {})[name] = (owner, token)
         return KeyLock(name, owner, token)
 
-    async def unlock(self, message_id: str, lock: KeyLock) -> None:
+    async def unlock(self, delivery: str, lock: KeyLock) -> None:
         """Stop renewing ``lock`` and release it (best effort: it expires otherwise)."""
         store = self._store
         assert store is not None
-        _forget(self._locks, message_id, lock.name)
+        _forget(self._locks, delivery, lock.name)
         with contextlib.suppress(S3flowError):
             await give_back_lock(store, lock.name, owner=lock.owner, token=lock.token)
 
@@ -145,20 +146,20 @@ class Holds:
             attempt, msg, event, error_class="ClaimBusy", what="another worker's claim"
         )
 
-    def track_claim(self, message_id: str, oid: ObjectId, token: int) -> None:
-        """Renew the claim on ``oid`` with ``message_id``'s heartbeat from now on."""
-        self._claims.setdefault(message_id, {})[oid] = token
+    def track_claim(self, delivery: str, oid: ObjectId, token: int) -> None:
+        """Renew the claim on ``oid`` with ``delivery``'s heartbeat from now on."""
+        self._claims.setdefault(delivery, {})[oid] = token
 
-    def forget_claim(self, message_id: str, oid: ObjectId) -> None:
+    def forget_claim(self, delivery: str, oid: ObjectId) -> None:
         """Stop renewing the claim on ``oid`` (it is finished or released)."""
-        _forget(self._claims, message_id, oid)
+        _forget(self._claims, delivery, oid)
 
-    async def renew(self, message_ids: list[str]) -> None:
+    async def renew(self, deliveries: list[str]) -> None:
         """Extend the locks and claims held for these messages (with their visibility beat)."""
         store = self._store
         if store is None:
             return
-        for mid in message_ids:
+        for mid in deliveries:
             for name, (owner, lock) in list(self._locks.get(mid, {}).items()):
                 try:
                     if not await store.renew_lock(

@@ -72,26 +72,28 @@ class LeaseKeeper:
         await cancel_and_wait(self._task)
         self._task = None
 
-    def track(self, message_id: str, receipt_handle: str, received_at: float) -> None:
-        """Start heartbeating a message received at ``received_at`` (time.monotonic()).
+    def track(self, delivery: str, receipt_handle: str, received_at: float) -> None:
+        """Start heartbeating a message received at ``received_at`` (time.monotonic()),
+        kept by ``delivery`` (:attr:`~s3flow.worker.source.ReceivedMessage.delivery`:
+        two copies of one message in flight at once are two leases).
 
         Until :meth:`restart` says its work started, it is extended without a deadline.
         """
-        self._leases[message_id] = _Lease(
+        self._leases[delivery] = _Lease(
             handle=receipt_handle,
             visible_at=received_at + self._timeout,
         )
 
-    def restart(self, message_id: str, started_at: float) -> None:
+    def restart(self, delivery: str, started_at: float) -> None:
         """The message's work starts now: ``job_timeout_s`` counts from ``started_at``
         (time spent waiting for a slot, prefetched, does not use it up)."""
-        lease = self._leases.get(message_id)
+        lease = self._leases.get(delivery)
         if lease is not None:
             lease.deadline = started_at + self._job_timeout
 
-    def untrack(self, message_id: str) -> None:
+    def untrack(self, delivery: str) -> None:
         """Stop heartbeating (the message is being settled)."""
-        self._leases.pop(message_id, None)
+        self._leases.pop(delivery, None)
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -130,7 +132,10 @@ class LeaseKeeper:
                 lease.visible_at = time.monotonic() + extend
                 self._metrics.visibility_extensions += 1
             elif not ok:
-                log.warning("could not extend visibility of message %s", mid)
+                log.warning(
+                    "could not extend visibility of a message (receipt handle ...%s)",
+                    lease.handle[-12:],
+                )
 
         beats: list[Awaitable[None]] = [one(mid, lease, ext) for mid, lease, ext in due]
         if self._renew_claims is not None:

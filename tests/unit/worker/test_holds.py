@@ -54,13 +54,31 @@ async def test_a_key_lock_is_renewed_while_held_and_released_after() -> None:
     holds = _holds(store)
     lock = await holds.lock_key(MSG, EVENT)
     assert lock == KeyLock("key:p:b/k.txt", "w1:m1", 7)
-    await holds.renew(["m1"])
+    await holds.renew([MSG.delivery])
     assert store.calls[-1] == ("renew_lock", "key:p:b/k.txt", "w1:m1", 7, 30)
-    await holds.unlock("m1", lock)
+    await holds.unlock(MSG.delivery, lock)
     assert store.calls[-1] == ("release_lock", "key:p:b/k.txt", "w1:m1", 7)
     n = len(store.calls)
-    await holds.renew(["m1"])
+    await holds.renew([MSG.delivery])
     assert len(store.calls) == n  # nothing held any more
+
+
+async def test_two_deliveries_of_one_message_hold_apart() -> None:
+    """SQS may hand one message out twice at once (one id, two receipt handles): what
+    each copy holds is kept by its delivery, so one copy letting go of its lock does
+    not stop the other's renewal."""
+    store = _Store()
+    holds = _holds(store)
+    first, second = MSG, ReceivedMessage("m1", "h2", "{}", 2, 0.0)
+    assert first.delivery != second.delivery
+    lock = await holds.lock_key(first, EVENT)
+    assert isinstance(lock, KeyLock)
+    other = await holds.lock_key(second, ObjectEvent(bucket="b", key="other.txt"))
+    assert isinstance(other, KeyLock)
+    await holds.unlock(second.delivery, other)
+    await holds.renew([first.delivery, second.delivery])
+    assert store.calls[-1] == ("renew_lock", "key:p:b/k.txt", "w1:m1", 7, 30)
+    assert [c[1] for c in store.calls if c[0] == "renew_lock"] == ["key:p:b/k.txt"]
 
 
 async def test_a_busy_key_is_waited_for_until_shutdown() -> None:
