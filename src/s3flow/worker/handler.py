@@ -28,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from s3flow.errors import (
     Disposition,
@@ -68,6 +68,7 @@ from s3flow.worker.source import ReceivedMessage
 from s3flow.worker.verify import verify_outputs
 
 log = logging.getLogger("s3flow.worker")
+T = TypeVar("T")
 
 
 class WorkerObserver:
@@ -197,6 +198,9 @@ class MessageHandler:
             self.p, s3=s3, sink=rt.sink, store=store, processors=rt.processors, aws=self._aws
         )
         self._declared_by_spec: dict[str, tuple[str | None, bool]] = {}
+        #: Deliveries whose work was cancelled (shutdown) while a result was being
+        #: recorded: see :meth:`_recorded`.
+        self._cut_short: set[str] = set()
         self._store = store
         self._worker = worker
         self.metrics = metrics
@@ -210,6 +214,34 @@ class MessageHandler:
 
     async def handle(self, msg: ReceivedMessage) -> Outcome:
         """Run every record of ``msg``; return how to settle it."""
+        try:
+            return await self._handle(msg)
+        finally:
+            self._cut_short.discard(msg.delivery)
+
+    async def _recorded(self, msg: ReceivedMessage, call: Awaitable[T]) -> T:
+        """``await call`` (a write that records a result) to its end, even when the
+        message's work is cancelled meanwhile (shutdown).
+
+        Cancelled while the store completes a record, the record may be completed all
+        the same (the store's thread or the request had started): the message must
+        then be acknowledged, not released to be received again. So the call is
+        finished, the cancellation taken back, and the delivery marked cut short:
+        :meth:`_handle` settles what is done and releases what is left, instead of
+        working on its next record.
+        """
+        doing = asyncio.ensure_future(call)
+        try:
+            return await asyncio.shield(doing)
+        except asyncio.CancelledError:
+            result = await doing
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            self._cut_short.add(msg.delivery)
+            return result
+
+    async def _handle(self, msg: ReceivedMessage) -> Outcome:
         try:
             env = parse_body(msg.body)
         except EnvelopeError as exc:
@@ -243,6 +275,8 @@ class MessageHandler:
             outcome = await self._record(msg, event, msg.reading_done if last else None)
             if isinstance(outcome, Release):
                 return outcome  # shutdown: the whole message comes back; done records dedupe
+            if not last and msg.delivery in self._cut_short:
+                return Release("shutdown: not finished within shutdown_grace_s")
             if not last:
                 # No slot is held while the next record waits for its lock and claim
                 # (a slot held there could wait on a prefetched message that waits
@@ -289,9 +323,14 @@ class MessageHandler:
         if not isinstance(lock, KeyLock):
             return lock
         try:
-            return await self._claimed(msg, event, oid, head, reading_done)
-        finally:
+            outcome = await self._claimed(msg, event, oid, head, reading_done)
+        except BaseException:
             await self._holds.unlock(msg.delivery, lock)
+            raise
+        # The record's outcome is decided (it may be completed): a cancellation while
+        # the lock is given back does not undo it.
+        await self._recorded(msg, self._holds.unlock(msg.delivery, lock))
+        return outcome
 
     async def _claimed(
         self,
@@ -338,8 +377,11 @@ class MessageHandler:
                 self._holds.track_claim(msg.delivery, oid, token)
                 newer = await newer_upload_done(store, event, oid)
                 if newer is not None:
-                    await store.complete(
-                        oid, token=token, outputs=[], detail=f"superseded by upload {newer}"
+                    await self._recorded(
+                        msg,
+                        store.complete(
+                            oid, token=token, outputs=[], detail=f"superseded by upload {newer}"
+                        ),
                     )
                     self.metrics.objects_skipped += 1
                     log.info(
@@ -452,8 +494,9 @@ class MessageHandler:
         history = rule.describe() + "".join(f", {v}" for v in refs.values())
         stored = True
         if self._store is not None and oid is not None and token is not None:
-            stored = await self._store.complete(
-                oid, token=token, outputs=result.outputs, detail=history
+            stored = await self._recorded(
+                attempt.msg,
+                self._store.complete(oid, token=token, outputs=result.outputs, detail=history),
             )
         if not stored:
             log.warning(

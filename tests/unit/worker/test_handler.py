@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,8 @@ from s3flow.processors.base import Result
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, WorkerSettings
 from s3flow.sinks.receipts import WriteReceipt
+from s3flow.state.records import FileStatus, ObjectId
+from s3flow.state.sqlite import SqliteStateStore
 from s3flow.worker.handler import MessageHandler, PipelineRuntime, WorkerObserver
 from s3flow.worker.identity import sequencer_after
 from s3flow.worker.outcomes import Ack, DeadLetter, Release
@@ -237,3 +240,50 @@ async def test_a_stop_before_the_slot_releases_the_message_without_work() -> Non
     msg.begin_work = stopped
     outcome = await handler.handle(msg)
     assert isinstance(outcome, Release) and executors.trace == []
+
+
+class _GatedStore(SqliteStateStore):
+    """A real SQLite store whose ``complete`` waits for ``gate`` (after ``asked``)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.asked = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def complete(
+        self, oid: ObjectId, *, token: int, outputs: list[str], detail: str = ""
+    ) -> bool:
+        self.asked.set()
+        await self.gate.wait()
+        return await super().complete(oid, token=token, outputs=outputs, detail=detail)
+
+
+@pytest.mark.parametrize("records", [1, 3])
+async def test_a_shutdown_while_a_result_is_recorded_keeps_the_result(
+    tmp_path: Path, records: int
+) -> None:
+    """Cancelled (shutdown, no grace left) while the store completes its record, the
+    record is completed all the same: the message is acknowledged, not released to
+    come back; of a message with more records, the rest is released unstarted."""
+    executors = _RecordingExecutors()
+    handler = _handler(executors)
+    async with _GatedStore(tmp_path / "state.db") as store:
+        handler._store = store  # the handler's only state store
+        handler._holds._store = store
+        body = json.loads(_three_records())
+        body["Records"] = body["Records"][:records]
+        msg = ReceivedMessage("m", "h", json.dumps(body), 1, 0.0)
+        work = asyncio.create_task(handler.handle(msg))
+        await asyncio.wait_for(store.asked.wait(), 5)
+        work.cancel()
+        await asyncio.sleep(0)
+        store.gate.set()
+        outcome = await work
+        assert not work.cancelled()
+        assert isinstance(outcome, Ack if records == 1 else Release), outcome
+        assert executors.trace == ["run"]  # nothing more was started
+        first = await store.versions("b", "k0.txt")
+        assert [r.status for r in first] == [FileStatus.COMPLETED], first
+        for i in range(1, records):  # never claimed
+            assert await store.versions("b", f"k{i}.txt") == []
+        assert handler._cut_short == set()  # forgotten with the message
