@@ -34,15 +34,22 @@ async def _undone_if_cancelled(call: Awaitable[T], undo: Callable[[T], Awaitable
         raise
 
 
+async def _nothing(_: object) -> None:
+    return None
+
+
 async def give_back_lock(store: StateStore, name: str, *, owner: str, token: int) -> bool:
     """:meth:`~s3flow.state.base.MetaStore.release_lock`, finished even when the caller
     is cancelled meanwhile (the cancellation goes on once the lock is free): a
     release cut short would leave the lock held until its TTL."""
+    return await _undone_if_cancelled(store.release_lock(name, owner=owner, token=token), _nothing)
 
-    async def nothing(_: bool) -> None:
-        return None
 
-    return await _undone_if_cancelled(store.release_lock(name, owner=owner, token=token), nothing)
+async def give_back_claim(store: StateStore, oid: ObjectId, *, token: int) -> bool:
+    """:meth:`~s3flow.state.base.FileStore.release` (the record back to ``received``),
+    finished even when the caller is cancelled meanwhile: a release cut short would
+    leave the claim held until its TTL."""
+    return await _undone_if_cancelled(store.release(oid, token=token), _nothing)
 
 
 async def take_lock(store: StateStore, name: str, *, owner: str, ttl_s: float) -> int | None:

@@ -49,6 +49,7 @@ from s3flow.sinks.base import Sink
 from s3flow.sinks.receipts import WriteReceipt
 from s3flow.state.base import StateStore
 from s3flow.state.records import Claim, ClaimOutcome, ObjectId
+from s3flow.state.taking import give_back_claim
 from s3flow.validation import validate
 from s3flow.worker.holds import Holds, KeyLock
 from s3flow.worker.identity import identify, newer_upload_done
@@ -421,13 +422,14 @@ class MessageHandler:
             self._holds.forget_claim(msg.delivery, oid)
 
     async def _give_back(self, oid: ObjectId, token: int | None) -> None:
-        """Release the claim ``token`` on ``oid``, if any (best effort, never cancelled).
+        """Release the claim ``token`` on ``oid``, if any (best effort; finished before a
+        cancellation goes on, so the claim is free before the worker closes its store).
 
         A claim already finished (completed, failed) makes this a fenced no-op.
         """
         if self._store is not None and token is not None:
             with contextlib.suppress(S3flowError):
-                await asyncio.shield(self._store.release(oid, token=token))
+                await give_back_claim(self._store, oid, token=token)
 
     def _declared(self, spec: str) -> tuple[str | None, bool]:
         """What processor ``spec`` declares for output verification: its

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from s3flow.state.records import Claim, ClaimOutcome, FileRecord, FileStatus, ObjectId
-from s3flow.state.taking import give_back_lock, take_claim, take_lock
+from s3flow.state.taking import give_back_claim, give_back_lock, take_claim, take_lock
 
 OID = ObjectId("b", "k.txt", "v1")
 
@@ -112,17 +112,27 @@ async def test_an_answered_claim_is_returned_and_kept() -> None:
 
 
 class SlowRelease(SlowStore):
-    """release_lock finishes only once ``answer`` is set."""
+    """release_lock and release finish only once ``answer`` is set."""
 
     async def release_lock(self, name: str, *, owner: str, token: int) -> bool:
         await self._wait()
         return await super().release_lock(name, owner=owner, token=token)
+
+    async def release(self, oid: ObjectId, *, token: int) -> bool:
+        await self._wait()
+        return await super().release(oid, token=token)
 
 
 async def test_a_release_is_finished_before_the_cancellation_goes_on() -> None:
     store = SlowRelease()
     await _cancel_while_asking(store, give_back_lock(store, "l", owner="w", token=5))  # type: ignore[arg-type]
     assert store.calls == [("release_lock", "l", "w", 5)]
+
+
+async def test_a_claim_given_back_is_released_before_the_cancellation_goes_on() -> None:
+    store = SlowRelease()
+    await _cancel_while_asking(store, give_back_claim(store, OID, token=9))  # type: ignore[arg-type]
+    assert store.calls == [("release", OID, 9)]
 
 
 async def test_a_release_not_cancelled_answers_as_the_store_does() -> None:
