@@ -329,8 +329,8 @@ class MessageHandler:
             await self._holds.unlock(msg.delivery, lock)
             raise
         # The record's outcome is decided (it may be completed): a cancellation while
-        # the lock is given back does not undo it.
-        await self._recorded(msg, self._holds.unlock(msg.delivery, lock))
+        # the lock is given back does not undo it (and cannot cut the release short).
+        await self._recorded(msg, self._holds.unlock(msg.delivery, lock, shielded=False))
         return outcome
 
     async def _claimed(

@@ -113,13 +113,21 @@ class Holds:
         self._locks.setdefault(msg.delivery, {})[name] = (owner, token)
         return KeyLock(name, owner, token)
 
-    async def unlock(self, delivery: str, lock: KeyLock) -> None:
-        """Stop renewing ``lock`` and release it (best effort: it expires otherwise)."""
+    async def unlock(self, delivery: str, lock: KeyLock, *, shielded: bool = True) -> None:
+        """Stop renewing ``lock`` and release it (best effort: it expires otherwise).
+
+        The release is finished even when the caller is cancelled meanwhile; a caller
+        that already keeps the call from being cancelled passes ``shielded=False`` and
+        saves a task.
+        """
         store = self._store
         assert store is not None
         _forget(self._locks, delivery, lock.name)
         with contextlib.suppress(S3flowError):
-            await give_back_lock(store, lock.name, owner=lock.owner, token=lock.token)
+            if shielded:
+                await give_back_lock(store, lock.name, owner=lock.owner, token=lock.token)
+            else:
+                await store.release_lock(lock.name, owner=lock.owner, token=lock.token)
 
     async def claim(
         self, msg: ReceivedMessage, event: ObjectEvent, oid: ObjectId
