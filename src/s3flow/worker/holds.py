@@ -163,20 +163,20 @@ class Holds:
         _forget(self._claims, delivery, oid)
 
     async def renew(self, deliveries: list[str]) -> None:
-        """Extend the locks and claims held for these messages (with their visibility beat)."""
+        """Extend the locks and claims held for these deliveries (with their visibility beat)."""
         store = self._store
         if store is None:
             return
-        for mid in deliveries:
-            for name, (owner, lock) in list(self._locks.get(mid, {}).items()):
+        for delivery in deliveries:
+            for name, (owner, lock) in list(self._locks.get(delivery, {}).items()):
                 try:
                     if not await store.renew_lock(
                         name, owner=owner, token=lock, ttl_s=self.ttl_s
-                    ) and self._locks.get(mid, {}).get(name) == (owner, lock):
+                    ) and self._locks.get(delivery, {}).get(name) == (owner, lock):
                         log.warning("lock %s was lost (expired and taken over)", name)
                 except S3flowError as exc:
                     log.warning("renewing lock %s failed: %s", name, exc)
-            for oid, token in list(self._claims.get(mid, {}).items()):
+            for oid, token in list(self._claims.get(delivery, {}).items()):
                 try:
                     ok = await store.renew(oid, token=token, ttl_s=self.ttl_s)
                 except S3flowError as exc:
@@ -185,7 +185,7 @@ class Holds:
                     )
                     continue
                 # A claim that finished meanwhile is not "lost".
-                if not ok and self._claims.get(mid, {}).get(oid) == token:
+                if not ok and self._claims.get(delivery, {}).get(oid) == token:
                     log.warning(
                         "claim on s3://%s/%s was lost (expired and taken over elsewhere)",
                         oid.bucket,

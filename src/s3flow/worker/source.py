@@ -132,8 +132,9 @@ class ReceivedMessage:
     def delivery(self) -> str:
         """This delivery of the message: its receipt handle.
 
-        SQS may hand one message out twice at once (at-least-once delivery; moto's
-        threaded receive does it under load): one message id, two receipt handles.
+        SQS may hand one message out twice at once (at-least-once delivery; a job past
+        ``job_timeout_s`` comes back; seen against moto, whose concurrent receives are
+        not atomic): one message id, two receipt handles.
         What the worker keeps per in-flight message (its task, its lease, its locks
         and claims) is keyed by delivery, so the two copies never overwrite each
         other: the second waits for the first's key lock, then finds it done.

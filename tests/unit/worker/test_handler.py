@@ -121,6 +121,7 @@ def _handler(
     verify: bool = False,
     processor: str = "line-count",
     by_write: bool = True,
+    store: SqliteStateStore | None = None,
 ) -> MessageHandler:
     p = PipelineSettings(
         name="p",
@@ -136,7 +137,7 @@ def _handler(
     return MessageHandler(
         rt,
         s3=_DenyingS3(),  # never asked: every event has an eTag and a sequencer
-        store=None,
+        store=store,
         worker=WorkerSettings(),
         metrics=PipelineMetrics(),
         observer=WorkerObserver(),
@@ -266,10 +267,8 @@ async def test_a_shutdown_while_a_result_is_recorded_keeps_the_result(
     record is completed all the same: the message is acknowledged, not released to
     come back; of a message with more records, the rest is released unstarted."""
     executors = _RecordingExecutors()
-    handler = _handler(executors)
     async with _GatedStore(tmp_path / "state.db") as store:
-        handler._store = store  # the handler's only state store
-        handler._holds._store = store
+        handler = _handler(executors, store=store)
         body = json.loads(_three_records())
         body["Records"] = body["Records"][:records]
         msg = ReceivedMessage("m", "h", json.dumps(body), 1, 0.0)
