@@ -221,8 +221,8 @@ class MessageHandler:
             self._cut_short.discard(msg.delivery)
 
     async def _recorded(self, msg: ReceivedMessage, call: Awaitable[T]) -> T:
-        """``await call`` (a write that records a result) to its end, even when the
-        message's work is cancelled meanwhile (shutdown).
+        """``await call`` (a write that records a result, or gives back the record's key
+        lock) to its end, even when the message's work is cancelled meanwhile (shutdown).
 
         Cancelled while the store completes a record, the record may be completed all
         the same (the store's thread or the request had started): the message must
@@ -324,14 +324,12 @@ class MessageHandler:
         if not isinstance(lock, KeyLock):
             return lock
         try:
-            outcome = await self._claimed(msg, event, oid, head, reading_done)
-        except BaseException:
-            await self._holds.unlock(msg.delivery, lock)
-            raise
-        # The record's outcome is decided (it may be completed): a cancellation while
-        # the lock is given back does not undo it (and cannot cut the release short).
-        await self._recorded(msg, self._holds.unlock(msg.delivery, lock, shielded=False))
-        return outcome
+            return await self._claimed(msg, event, oid, head, reading_done)
+        finally:
+            # Finished even when cancelled meanwhile: a release cut short would leave the
+            # key locked until its TTL, and a decided outcome (the record may be
+            # completed) is not undone by a cancellation that comes during the release.
+            await self._recorded(msg, self._holds.unlock(msg.delivery, lock))
 
     async def _claimed(
         self,

@@ -22,7 +22,7 @@ from s3flow.events import ObjectEvent
 from s3flow.settings import PipelineSettings
 from s3flow.state.base import StateStore
 from s3flow.state.records import Claim, ClaimOutcome, ObjectId
-from s3flow.state.taking import give_back_lock, take_claim, take_lock
+from s3flow.state.taking import take_claim, take_lock
 from s3flow.worker.outcomes import RecordOutcome
 from s3flow.worker.source import ReceivedMessage
 from s3flow.worker.waiting import until_free
@@ -113,21 +113,17 @@ class Holds:
         self._locks.setdefault(msg.delivery, {})[name] = (owner, token)
         return KeyLock(name, owner, token)
 
-    async def unlock(self, delivery: str, lock: KeyLock, *, shielded: bool = True) -> None:
+    async def unlock(self, delivery: str, lock: KeyLock) -> None:
         """Stop renewing ``lock`` and release it (best effort: it expires otherwise).
 
-        The release is finished even when the caller is cancelled meanwhile; a caller
-        that already keeps the call from being cancelled passes ``shielded=False`` and
-        saves a task.
+        Not protected against the caller's cancellation: the handler runs it so that
+        it is finished (:meth:`~s3flow.worker.handler.MessageHandler._recorded`).
         """
         store = self._store
         assert store is not None
         _forget(self._locks, delivery, lock.name)
         with contextlib.suppress(S3flowError):
-            if shielded:
-                await give_back_lock(store, lock.name, owner=lock.owner, token=lock.token)
-            else:
-                await store.release_lock(lock.name, owner=lock.owner, token=lock.token)
+            await store.release_lock(lock.name, owner=lock.owner, token=lock.token)
 
     async def claim(
         self, msg: ReceivedMessage, event: ObjectEvent, oid: ObjectId
