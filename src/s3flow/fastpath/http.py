@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import re
 import socket
 import ssl
 import time
@@ -49,6 +50,9 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 _MAX_HEAD_BYTES = 64 * 1024
 _WRITE_CHUNK = 256 * 1024
 _BODILESS = frozenset({204, 304})
+#: A chunk size (RFC 9112 7.1): hex digits only; ``int(text, 16)`` would also take
+#: ``0x1f``, ``+1f`` or ``1_f``. 16 digits cover any size a server could mean.
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 #: How long a host's looked-up addresses are used (aiohttp's default DNS cache time).
 DNS_TTL_S = 10.0
 #: A streamed body stops reading from the socket while this much waits unread.
@@ -475,10 +479,10 @@ class _Conn(asyncio.Protocol):
             text = block.decode("latin-1")
             status_line, *lines = text.split("\r\n")
             version, status_text, *reason = status_line.split(" ", 2)
-            status = int(status_text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise HttpProtocolError(f"not an HTTP status line: {block[:80]!r}") from exc
-        if not version.startswith("HTTP/1.") or not 100 <= status <= 599:
+        status = _digits(status_text) if len(status_text) == 3 else None
+        if not version.startswith("HTTP/1.") or status is None or not 100 <= status <= 599:
             raise HttpProtocolError(f"not an HTTP/1.x status line: {block[:80]!r}")
         if status < 200:  # 1xx: an interim answer; the real one follows
             return
@@ -501,12 +505,7 @@ class _Conn(asyncio.Protocol):
         elif "chunked" in headers.get("transfer-encoding", "").lower():
             self._body_mode, self._remaining = "chunked", -1
         elif "content-length" in headers:
-            try:
-                self._remaining = int(headers["content-length"])
-            except ValueError as exc:
-                raise HttpProtocolError("a Content-Length that is not a number") from exc
-            if self._remaining < 0:
-                raise HttpProtocolError(f"a Content-Length of {self._remaining}")
+            self._remaining = _content_length(headers.getall("content-length"))
             self._body_mode = "length"
             if self._want_stream and 200 <= status < 300 and self._remaining > 0:
                 self._body_mode = "stream"
@@ -535,10 +534,11 @@ class _Conn(asyncio.Protocol):
                         raise HttpProtocolError("a chunk-size line over 1 KiB")
                     return
                 size_text = bytes(buf[:end]).split(b";", 1)[0].strip()
-                try:
-                    size = int(size_text, 16)
-                except ValueError as exc:
-                    raise HttpProtocolError(f"a chunk size of {size_text[:20]!r}") from exc
+                if not _CHUNK_SIZE.fullmatch(size_text):
+                    raise HttpProtocolError(f"a chunk size of {size_text[:20]!r}")
+                size = int(size_text, 16)
+                if len(self._body) + size > MAX_BODY_BYTES:  # before buffering it
+                    raise HttpProtocolError(f"the answer is over {MAX_BODY_BYTES} bytes")
                 del buf[: end + 2]
                 self._remaining = size if size > 0 else -2
             else:  # trailer lines after the last chunk, up to an empty line
@@ -763,3 +763,25 @@ class HttpPool(AsyncClosing):
             if not waiter.done():
                 waiter.set_result(None)
                 return
+
+
+def _digits(text: str) -> int | None:
+    """``text`` as a decimal number if it is one as HTTP writes numbers (ASCII digits
+    only: ``int`` would also take ``+5``, `` 5``, ``1_0`` or other scripts' digits)."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _content_length(values: list[str]) -> int:
+    """The body length of an answer's Content-Length header(s) (RFC 9110 8.6).
+
+    Several values (repeated headers, or a comma-separated list) are accepted only when
+    they are all the same number: otherwise where the body ends is ambiguous, and
+    guessing would read the next answer's bytes as this one's (or the reverse).
+    """
+    numbers = {_digits(v.strip()) for value in values for v in value.split(",")}
+    if len(numbers) != 1 or None in numbers:
+        shown = ", ".join(values)[:60]
+        raise HttpProtocolError(f"a Content-Length that is not one number: {shown!r}")
+    (length,) = numbers
+    assert length is not None
+    return length

@@ -29,6 +29,7 @@ from yarl import URL
 
 from s3flow.fastpath.http import (
     HIGH_WATER_BYTES,
+    MAX_BODY_BYTES,
     BodyStream,
     HttpConnectError,
     HttpConnectTimeout,
@@ -725,7 +726,14 @@ async def test_a_waiter_cancelled_just_after_being_woken_passes_the_free_slot_on
 
 @pytest.mark.parametrize(
     "status_line",
-    [b"HTTP/1.1 OK\r\n", b"SPDY/3 200 OK\r\n", b"hello\r\n", b"HTTP/1.1 999 Huh\r\n"],
+    [
+        b"HTTP/1.1 OK\r\n",
+        b"SPDY/3 200 OK\r\n",
+        b"hello\r\n",
+        b"HTTP/1.1 999 Huh\r\n",
+        b"HTTP/1.1 +20 OK\r\n",  # int() would take it
+        b"HTTP/1.1 2_00 OK\r\n",
+    ],
 )
 async def test_a_malformed_status_line_raises_http_protocol_error(
     servers: Servers, status_line: bytes
@@ -735,6 +743,70 @@ async def test_a_malformed_status_line_raises_http_protocol_error(
         with pytest.raises(HttpProtocolError):
             await pool.request("GET", "/k", host(server))
         assert pool._open == 0
+
+
+@pytest.mark.parametrize(
+    "length_headers",
+    [
+        "Content-Length: +5\r\n",  # int() would take these four
+        "Content-Length: 0_5\r\n",
+        "Content-Length: 5 5\r\n",
+        "Content-Length: -5\r\n",
+        "Content-Length: five\r\n",
+        "Content-Length: 5\r\nContent-Length: 7\r\n",  # where does the body end?
+        "Content-Length: 5, 7\r\n",
+    ],
+)
+async def test_a_content_length_that_is_not_one_number_raises_http_protocol_error(
+    servers: Servers, length_headers: str
+) -> None:
+    server = await servers.start(
+        each_request(lambda _: f"HTTP/1.1 200 OK\r\n{length_headers}\r\nhello12".encode())
+    )
+    async with pool_for(server) as pool:
+        with pytest.raises(HttpProtocolError, match="Content-Length"):
+            await pool.request("GET", "/k", host(server))
+        assert pool._open == 0  # a connection whose framing is unknown is not kept
+
+
+@pytest.mark.parametrize(
+    "length_headers", ["Content-Length: 5\r\nContent-Length: 5\r\n", "Content-Length: 5, 5\r\n"]
+)
+async def test_a_content_length_repeated_with_one_value_is_read(
+    servers: Servers, length_headers: str
+) -> None:
+    server = await servers.start(
+        each_request(lambda _: f"HTTP/1.1 200 OK\r\n{length_headers}\r\nhello".encode())
+    )
+    async with pool_for(server) as pool:
+        resp = await pool.request("GET", "/k", host(server))
+        assert (resp.status, resp.body) == (200, b"hello")
+
+
+@pytest.mark.parametrize("size_line", [b"0x5", b"+5", b"5_0", b"", b"12345678901234567"])
+async def test_a_chunk_size_that_is_not_hex_digits_raises_http_protocol_error(
+    servers: Servers, size_line: bytes
+) -> None:
+    answer_bytes = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + size_line
+        + b"\r\nhello\r\n0\r\n\r\n"
+    )
+    server = await servers.start(each_request(lambda _: answer_bytes))
+    async with pool_for(server) as pool:
+        with pytest.raises(HttpProtocolError, match="chunk size"):
+            await pool.request("GET", "/k", host(server))
+
+
+async def test_a_chunk_larger_than_the_body_limit_is_refused_before_it_is_buffered(
+    servers: Servers,
+) -> None:
+    size = b"%x" % (MAX_BODY_BYTES + 1)
+    answer_bytes = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + size + b"\r\nhello"
+    server = await servers.start(each_request(lambda _: answer_bytes))
+    async with pool_for(server) as pool:
+        with pytest.raises(HttpProtocolError, match="over"):
+            await pool.request("GET", "/k", host(server))
 
 
 @pytest.mark.parametrize("value", ["a\r\nx-injected: 1", "a\nb", "a\rb"])
