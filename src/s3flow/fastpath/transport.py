@@ -10,6 +10,7 @@ SDK client's own exception classes (``sdk.exceptions.from_code``), with botocore
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -56,6 +57,40 @@ REDIRECT_CODES = frozenset(
     {"AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException"}
 )
 _USER_AGENT = "s3flow-fastpath/1"
+
+log = logging.getLogger("s3flow.fastpath")
+
+
+class RetryQuota:
+    """botocore's standard-mode retry quota, one per client (``RetryQuotaChecker``).
+
+    A retry spends :attr:`RETRY_COST` tokens (:attr:`TIMEOUT_COST` after a timeout); an
+    answered call gives back what its last retry spent, or one token when it needed
+    none. With too few tokens left an error is raised at once instead of retried: in
+    an outage the client stops after about a hundred retries in all, instead of every
+    call retrying ``max_attempts`` times, and it recovers as calls succeed again.
+    """
+
+    CAPACITY = 500
+    RETRY_COST = 5
+    TIMEOUT_COST = 10
+    NO_RETRY_INCREMENT = 1
+
+    def __init__(self, capacity: int = CAPACITY) -> None:
+        self.capacity = capacity
+        self.available = capacity
+
+    def acquire(self, *, timeout: bool) -> int:
+        """Take the cost of one retry: the tokens taken, or 0 when too few are left."""
+        cost = self.TIMEOUT_COST if timeout else self.RETRY_COST
+        if cost > self.available:
+            return 0
+        self.available -= cost
+        return cost
+
+    def release(self, spent: int) -> None:
+        """A call was answered: give back ``spent`` (its last retry's cost; 0: none)."""
+        self.available = min(self.capacity, self.available + (spent or self.NO_RETRY_INCREMENT))
 
 
 class UseSdk(Exception):
@@ -134,6 +169,7 @@ class SignedTransport(AsyncClosing):
         self.host = host_header(conn.endpoint_url)
         self.path = parts.path or "/"
         self._retries = conn.max_attempts
+        self.quota = RetryQuota()
         self._backoff_base_s = conn.backoff_base_s
         self._conn = conn
         self._pools: dict[str, HttpPool] = {}  # Host header -> its connections
@@ -182,7 +218,7 @@ class SignedTransport(AsyncClosing):
         url = URL(
             f"{self.scheme}://{req.host}{req.path}" + (f"?{query}" if query else ""), encoded=True
         )
-        attempt = 0
+        attempt = spent = 0
         while True:
             creds = await self._credentials()
             if creds is None:
@@ -203,20 +239,24 @@ class SignedTransport(AsyncClosing):
             try:
                 answer = await self._attempt(req, url, signed, attempt, read=read)
             except (HttpError, TimeoutError) as exc:
-                if attempt >= self._retries:
+                timeout = isinstance(exc, (HttpConnectTimeout, TimeoutError))
+                spent = self.quota.acquire(timeout=timeout) if attempt < self._retries else 0
+                if not spent:
                     raise transport_error(exc, url) from exc
             else:
-                if answer is not None:
+                if isinstance(answer, Answer):
+                    self.quota.release(spent)
                     return answer
+                spent = answer
             attempt += 1
             delay = self._backoff_base_s * 2 ** (attempt - 1)
             await asyncio.sleep(random.random() * min(20.0, delay))
 
     async def _attempt(
         self, req: Request, url: URL, headers: dict[str, str], attempt: int, *, read: bool
-    ) -> Answer | None:
-        """One try: the answer (its body read, or streaming when not ``read``), ``None``
-        to retry, or the error to raise."""
+    ) -> Answer | int:
+        """One try: the answer (its body read, or streaming when not ``read``), the
+        retry quota taken to try again, or the error to raise."""
         headers["host"] = req.host
         resp = await self._pool(req.host).request(
             req.method, url.raw_path_qs, headers, req.body, stream=not read
@@ -232,8 +272,9 @@ class SignedTransport(AsyncClosing):
         resp: HttpResponse,
         body: bytes,
         attempt: int,
-    ) -> Answer | None:
-        """A non-2xx answer: ``None`` to retry; raises UseSdk or the SDK's error."""
+    ) -> int:
+        """A non-2xx answer: the retry quota taken to try again; raises UseSdk or the
+        SDK's error."""
         error, class_code = self._read_error(resp.status, resp.headers, body)
         codes = {error["Code"], class_code}
         if (
@@ -244,7 +285,11 @@ class SignedTransport(AsyncClosing):
             raise UseSdk(redirect=True)
         retryable = resp.status in RETRY_STATUSES or bool(codes & RETRYABLE_CODES)
         if retryable and attempt < self._retries:
-            return None
+            spent = self.quota.acquire(timeout=False)
+            if spent:
+                return spent
+            log.debug("%s: a retry is needed but the retry quota is used up", req.operation)
+            retryable = False  # not "reached max retries": botocore marks neither
         raise self._client_error(resp, error, class_code, req.operation, attempt, retryable)
 
     def _client_error(

@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from s3flow.fastpath.s3 import FastS3Client, error_code, header_fields, object_location
 from s3flow.fastpath.signing import EMPTY_SHA256, Credentials, SigV4Signer
-from s3flow.fastpath.transport import Connection, host_header
+from s3flow.fastpath.transport import Connection, RetryQuota, host_header
 
 # AWS's example: https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-header-based-auth.html
 DOC_CREDS = Credentials("AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
@@ -186,8 +186,9 @@ class _RecordingSdk:
 
 class Server:
     """A local HTTP server on 127.0.0.1 standing in for S3's failure modes, by bucket:
-    ``flaky`` 503 twice then 200, ``denied`` 403, ``moved`` 301 (400 to a HEAD),
-    ``drop`` a 200 whose connection dies mid-body the first time, else 200 "hello"."""
+    ``flaky`` 503 twice then 200, ``down`` 503 always, ``denied`` 403, ``moved`` 301
+    (400 to a HEAD), ``drop`` a 200 whose connection dies mid-body the first time,
+    else 200 "hello"."""
 
     def __init__(self) -> None:
         self.seen: list[str] = []
@@ -200,6 +201,8 @@ class Server:
         await request.read()
         bucket = request.path.split("/")[1]
         if bucket == "flaky" and len(self.seen) <= 2:
+            return web.Response(status=503, body=b"<Error><Code>SlowDown</Code></Error>")
+        if bucket == "down":
             return web.Response(status=503, body=b"<Error><Code>SlowDown</Code></Error>")
         if bucket == "denied":
             return web.Response(status=403, body=b"<Error><Code>AccessDenied</Code></Error>")
@@ -284,6 +287,47 @@ async def test_retries_give_up_after_max_attempts(server: Server) -> None:
     assert info.value.response["ResponseMetadata"]["RetryAttempts"] == 1
     assert info.value.response["ResponseMetadata"]["MaxAttemptsReached"] is True
     assert len(server.seen) == 2
+
+
+async def test_in_an_outage_retries_stop_when_the_retry_quota_is_spent(server: Server) -> None:
+    async with _client(_RecordingSdk(), server.url, retries=3) as s3:
+        quota = s3._http.quota
+        for _ in range(40):
+            with pytest.raises(ClientError):
+                await s3.head_object(Bucket="down", Key="k")
+        # 500 tokens, 5 per retry: 100 retries in all, not 3 for each of the 40 calls
+        assert len(server.seen) == 40 + 100
+        assert quota.available == 0
+        with pytest.raises(ClientError) as info:
+            await s3.get_object(Bucket="down", Key="k")
+        assert len(server.seen) == 141  # no retry left: one request, the error at once
+        meta = info.value.response["ResponseMetadata"]
+        assert meta["RetryAttempts"] == 0
+        assert "MaxAttemptsReached" not in meta  # as botocore: the quota, not max_attempts
+        # Calls answered give tokens back (one each): retries come back with them.
+        for _ in range(5):
+            await s3.head_object(Bucket="ok", Key="k")
+        assert quota.available == 5
+        server.seen.clear()
+        with pytest.raises(ClientError):
+            await s3.head_object(Bucket="down", Key="k")
+        assert len(server.seen) == 2
+
+
+def test_the_retry_quota_charges_timeouts_double_and_refunds_a_retried_success() -> None:
+    quota = RetryQuota(capacity=20)
+    assert quota.acquire(timeout=True) == 10
+    assert quota.acquire(timeout=False) == 5
+    assert quota.acquire(timeout=False) == 5
+    assert quota.available == 0
+    assert quota.acquire(timeout=False) == 0  # nothing left: no retry
+    quota.release(10)  # a call answered after a retry that cost 10
+    assert quota.available == 10
+    quota.release(0)  # a call answered at once
+    assert quota.available == 11
+    for _ in range(20):
+        quota.release(5)
+    assert quota.available == 20  # never above the capacity
 
 
 async def test_an_unreachable_endpoint_raises_endpoint_connection_error() -> None:
