@@ -119,7 +119,8 @@ class AwsSettings(_Model):
         description=(
             "Serve the hot calls (S3 GetObject, PutObject, HeadObject; SQS ReceiveMessage, "
             "DeleteMessageBatch, ChangeMessageVisibilityBatch) with s3flow's own signed "
-            "HTTP requests (a sixth of the SDK's CPU per call); other calls, and these "
+            "HTTP requests (a sixth of the SDK's CPU per call), retried as the SDK's "
+            "standard mode (max_attempts, back-off, retry quota); other calls, and these "
             "with parameters it does not handle, go through the SDK. false: every call "
             "through the SDK."
         ),
