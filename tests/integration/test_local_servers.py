@@ -103,10 +103,12 @@ def _start_owner(
         stderr=subprocess.STDOUT,
         env=env,
         start_new_session=True,  # signals for the owner reach its pid only
-        # As for `cmd &` in a script: a non-interactive shell starts it with SIGINT ignored.
-        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-        if sigint_ignored
-        else None,
+        # As for `cmd &` in a script: a non-interactive shell starts it with SIGINT
+        # ignored. Otherwise as from a terminal: SIGINT's default, whatever this pytest
+        # inherited (a suite started with `&` hands its SIG_IGN on to every child).
+        preexec_fn=lambda: signal.signal(
+            signal.SIGINT, signal.SIG_IGN if sigint_ignored else signal.SIG_DFL
+        ),
     )
     return Owner(proc, log)
 
