@@ -239,7 +239,7 @@ class SignedTransport(AsyncClosing):
             try:
                 answer = await self._attempt(req, url, signed, attempt, read=read)
             except (HttpError, TimeoutError) as exc:
-                timeout = isinstance(exc, (HttpConnectTimeout, TimeoutError))
+                timeout = isinstance(exc, TimeoutError)  # connect or read timeout
                 spent = self.quota.acquire(timeout=timeout) if attempt < self._retries else 0
                 if not spent:
                     raise transport_error(exc, url) from exc
@@ -289,7 +289,7 @@ class SignedTransport(AsyncClosing):
             if spent:
                 return spent
             log.debug("%s: a retry is needed but the retry quota is used up", req.operation)
-            retryable = False  # not "reached max retries": botocore marks neither
+            retryable = False  # botocore does not mark a quota stop MaxAttemptsReached
         raise self._client_error(resp, error, class_code, req.operation, attempt, retryable)
 
     def _client_error(
