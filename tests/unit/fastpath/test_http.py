@@ -748,7 +748,7 @@ async def test_a_malformed_status_line_raises_http_protocol_error(
 @pytest.mark.parametrize(
     "length_headers",
     [
-        "Content-Length: +5\r\n",  # int() would take these four
+        "Content-Length: +5\r\n",  # int() takes these two
         "Content-Length: 0_5\r\n",
         "Content-Length: 5 5\r\n",
         "Content-Length: -5\r\n",
