@@ -7,8 +7,12 @@ Understands the bodies S3 notifications arrive in:
 * EventBridge (``{"detail-type": "Object Created", "source": "aws.s3", ...}``);
 * ``s3:TestEvent`` (sent when a notification is configured: acknowledged, ignored).
 
-Keys are URL-decoded with :func:`urllib.parse.unquote_plus`: S3 writes a space
-as ``+`` and a literal ``+`` as ``%2B``; some emulators also encode ``/``.
+The keys of S3 notification records are URL-decoded with
+:func:`urllib.parse.unquote_plus`: S3 writes a space as ``+`` and a literal ``+`` as
+``%2B``; some emulators (MinIO) also encode ``/``. EventBridge events carry the key
+as it is (a real one shows ``raw/2023-08-08T14:03:40.zip``, where a notification
+record has ``%3A``): decoding it would turn ``c++`` into ``c  ``. Event names
+written ``s3:ObjectCreated:Put`` (MinIO, Ceph) are read as ``ObjectCreated:Put``.
 Anything else raises :class:`~s3flow.errors.EnvelopeError` (a poison message).
 """
 
@@ -146,6 +150,13 @@ def _decode_key(raw: Any, what: str) -> str:
     return key
 
 
+def _event_name(raw: Any, what: str) -> str:
+    """The event name without the ``s3:`` prefix some S3 servers write (MinIO, Ceph:
+    ``s3:ObjectCreated:Put``; AWS: ``ObjectCreated:Put``)."""
+    name = _str(raw, what)
+    return name[3:] if name.startswith("s3:") else name
+
+
 @dataclass(frozen=True, slots=True)
 class _Format:
     """Where one notification format keeps an event's fields: the event-level ones in
@@ -158,6 +169,8 @@ class _Format:
     region: str
     etag: str
     version_id: str
+    #: Whether the key is URL-encoded (S3 notification records) or as it is (EventBridge).
+    url_encoded_key: bool
 
     def event(
         self,
@@ -172,10 +185,15 @@ class _Format:
         name a bad field by ``top_at`` (what prefixes ``top``'s keys) or ``at`` (the path
         of the sections)."""
         etag = _opt_str(obj.get(self.etag))
+        key_at = f"{at}.object.key"
         return ObjectEvent(
             bucket=_str(bucket.get("name"), f"{at}.bucket.name"),
-            key=_decode_key(obj.get("key"), f"{at}.object.key"),
-            event_name=_str(top.get(self.event_name), f"{top_at}{self.event_name}"),
+            key=(
+                _decode_key(obj.get("key"), key_at)
+                if self.url_encoded_key
+                else _str(obj.get("key"), key_at)
+            ),
+            event_name=_event_name(top.get(self.event_name), f"{top_at}{self.event_name}"),
             size=_opt_size(obj.get("size")),
             etag=etag.strip('"') if etag else None,
             version_id=_opt_str(obj.get(self.version_id)),
@@ -187,8 +205,8 @@ class _Format:
         )
 
 
-_S3_RECORD = _Format("s3", "eventName", "eventTime", "awsRegion", "eTag", "versionId")
-_EVENTBRIDGE = _Format("eventbridge", "detail-type", "time", "region", "etag", "version-id")
+_S3_RECORD = _Format("s3", "eventName", "eventTime", "awsRegion", "eTag", "versionId", True)
+_EVENTBRIDGE = _Format("eventbridge", "detail-type", "time", "region", "etag", "version-id", False)
 
 
 def _record(rec: Any, index: int) -> ObjectEvent:

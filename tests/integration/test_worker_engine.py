@@ -117,6 +117,61 @@ def test_sns_wrapped_and_eventbridge_and_multi_record(harness: Harness) -> None:
     assert harness.depth() == (0, 0)
 
 
+def test_eventbridge_raw_keys_and_minio_records_are_processed(harness: Harness) -> None:
+    """An EventBridge key is the key as it is ('+' and ':' included); a MinIO-style
+    record (``s3:ObjectCreated:Put``, ``/`` encoded as ``%2F``) is a created object."""
+    harness.configure()
+    eb_key, minio_key = "raw/c++/10:47 a+b.txt", "users/x y+z.txt"
+    for k in (eb_key, minio_key):
+        harness.put(k, b"l\n" * 3)
+    harness.purge()
+    eb = {
+        "version": "0",
+        "id": "2",
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "time": "2026-11-23T00:00:00Z",
+        "region": "us-east-1",
+        "detail": {
+            "bucket": {"name": harness.bucket},
+            "object": {"key": eb_key, "size": 6, "etag": "e"},
+            "reason": "PutObject",
+        },
+    }
+    minio = s3_event(harness.bucket, quote_plus(minio_key, safe=""), sequencer=None)
+    minio["eventSource"], minio["eventName"] = "minio:s3", "s3:ObjectCreated:Put"
+    harness.send_raw(json.dumps(eb))
+    harness.send_raw(json.dumps({"Records": [minio]}))
+    m = harness.run()
+    for k in (eb_key, minio_key):
+        r = harness.result(k)
+        assert r is not None and r["key"] == k and r["lines"] == 3, (k, harness.output_keys())
+    p = m.pipelines["p"]
+    assert p.objects_processed == 2 and p.objects_skipped == 0 and p.acked == 2
+    assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
+
+
+def test_the_worker_asks_for_its_own_visibility_timeout(harness: Harness) -> None:
+    """A queue made by hand with a shorter timeout than the worker's setting: the
+    message must not come back while it is worked on (the lease counts from the
+    worker's ``visibility_timeout_s``, so the receive asks for exactly that)."""
+    harness.configure(
+        processor="s3flow_testprocs:ReadThenSlowWrite",
+        options={"read_s": 0.05, "write_s": 3.0},
+        visibility_timeout_s=30,
+    )
+    harness.sqs.set_queue_attributes(
+        QueueUrl=harness.queue_url, Attributes={"VisibilityTimeout": "1"}
+    )
+    harness.put("slow.txt", b"z\n" * 10)
+    m = harness.run()
+    p = m.pipelines["p"]
+    assert p.objects_processed == 1 and p.acked == 1
+    # Without asking, the copy handed out again after 1 s makes it 2 (or more).
+    assert p.messages_received == 1
+    assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
+
+
 def test_test_event_and_removed_event_are_acked(harness: Harness) -> None:
     harness.configure()
     harness.send_raw(

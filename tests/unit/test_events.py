@@ -246,7 +246,43 @@ def test_object_removed_events(event_name: str) -> None:
 )
 def test_keys_are_url_decoded_with_unquote_plus(raw: str, decoded: str) -> None:
     assert parse_body(notification(s3_record(key=raw))).events[0].key == decoded
-    assert parse_body(json.dumps(eventbridge(key=raw))).events[0].key == decoded
+    assert parse_body(sns_wrap(notification(s3_record(key=raw)))).events[0].key == decoded
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "raw/c++/10:47 a+b.csv",  # '+' is a plus, ':' unencoded as in a real EventBridge event
+        "100%25.txt",  # a key that happens to look encoded is still the key
+        "in/red flower.json",
+        "ünïcødé/日本語.txt",
+    ],
+)
+def test_eventbridge_keys_are_taken_as_they_are(key: str) -> None:
+    """EventBridge does not URL-encode keys (unlike notification records): decoding
+    them would turn a '+' into a space and name an object that does not exist."""
+    assert parse_body(json.dumps(eventbridge(key=key))).events[0].key == key
+
+
+@pytest.mark.parametrize(
+    ("name", "created", "removed"),
+    [
+        ("s3:ObjectCreated:Put", True, False),
+        ("s3:ObjectCreated:CompleteMultipartUpload", True, False),
+        ("s3:ObjectRemoved:Delete", False, True),
+    ],
+)
+def test_event_names_with_the_s3_prefix_minio_writes(
+    name: str, created: bool, removed: bool
+) -> None:
+    """MinIO (and Ceph) write ``s3:ObjectCreated:Put``: read as ``ObjectCreated:Put``,
+    not as an event with nothing to do."""
+    rec = s3_record(key="users%2Fa+b.csv", event_name=name)
+    rec["eventSource"] = "minio:s3"
+    ev = parse_body(notification(rec)).events[0]
+    assert ev.event_name == name.removeprefix("s3:")
+    assert (ev.is_created, ev.is_removed) == (created, removed)
+    assert ev.key == "users/a b.csv"
 
 
 def test_parse_document_accepts_decoded_dict() -> None:

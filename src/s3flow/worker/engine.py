@@ -142,6 +142,7 @@ class PipelineRunner:
                 # smaller): a receive costs a round trip whether it brings one message
                 # or ten, and the prefetched messages left keep the slots busy meanwhile.
                 min_batch=max(1, min(5, (self.p.prefetch + 1) // 2)),
+                visibility_timeout_s=rt.settings.visibility_timeout_s,
             )
             for _ in range(n)
         ]

@@ -160,9 +160,16 @@ class QueueSource:
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         min_batch: int = 1,
+        visibility_timeout_s: int | None = None,
     ) -> None:
         """``permits``: reserved before each receive, one per message asked for;
-        ``min_batch``: how many must be free before a receive (see the engine)."""
+        ``min_batch``: how many must be free before a receive (see the engine);
+        ``visibility_timeout_s``: asked for on every receive (None: the queue's own).
+
+        The lease that keeps a message invisible counts from the receive with the
+        worker's ``visibility_timeout_s``: asking for it on the receive makes that true
+        whatever the queue says (a queue made by hand with 30 s under a worker set to
+        300 s would hand a message out again long before its first extension)."""
         self._sqs = sqs
         self.queue_url = queue_url
         self._permits = permits
@@ -172,6 +179,9 @@ class QueueSource:
         self._backoff_base = backoff_base_s
         self._backoff_max = backoff_max_s
         self.min_batch = min_batch
+        self._visibility: dict[str, int] = (
+            {} if visibility_timeout_s is None else {"VisibilityTimeout": visibility_timeout_s}
+        )
         self.empty_receives = 0  # consecutive receives that returned nothing
         #: True while a ReceiveMessage call is on the wire: cancelling it then could
         #: leave messages the server already handed out invisible for a whole timeout.
@@ -188,6 +198,7 @@ class QueueSource:
                 WaitTimeSeconds=self.wait_time_s,
                 MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
                 MessageAttributeNames=["All"],
+                **self._visibility,
             )
         except BaseException:
             self.receiving = False
