@@ -9,6 +9,7 @@ Downstream readers can exclude quarantined objects by tag.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -17,6 +18,10 @@ from s3flow.errors import translate_aws_error
 STATUS_TAG = "s3flow-status"
 REASON_TAG = "s3flow-reason"
 _TAG_UNSAFE = re.compile(r"[^A-Za-z0-9 _.:/=+\-@]")
+#: S3 allows at most this many tags per object.
+MAX_TAGS = 10
+
+log = logging.getLogger("s3flow.quarantine")
 
 
 def tag_value(text: str) -> str:
@@ -41,19 +46,36 @@ async def _put(s3: Any, bucket: str, key: str, version_id: str | None, tags: lis
 
 async def tag_quarantined(
     s3: Any, bucket: str, key: str, reason: str, version_id: str | None = None
-) -> None:
-    """Add the quarantine tags (keeping the object's other tags)."""
+) -> int:
+    """Add the quarantine tags, keeping the object's own tags; return how many were set.
+
+    The object's tags come first: with 9 of them only the status tag fits (the reason
+    is in the state store), with 10 none does (logged; the state store still records
+    the quarantine). Dropping a user's tag to make room would lose their data.
+    """
     try:
         tags = [
             t
             for t in await _tags(s3, bucket, key, version_id)
             if t["Key"] not in (STATUS_TAG, REASON_TAG)
         ]
-        tags += [
+        marks = [
             {"Key": STATUS_TAG, "Value": "quarantined"},
             {"Key": REASON_TAG, "Value": tag_value(reason)},
-        ]
-        await _put(s3, bucket, key, version_id, tags[-10:])  # S3 allows 10 tags per object
+        ][: max(0, MAX_TAGS - len(tags))]
+        if len(marks) < 2:
+            log.warning(
+                "s3://%s/%s has %d tags of its own (S3 allows %d): %s; the state store "
+                "records the quarantine and its reason",
+                bucket,
+                key,
+                len(tags),
+                MAX_TAGS,
+                "only s3flow-status is set" if marks else "no quarantine tag is set",
+            )
+        if marks:
+            await _put(s3, bucket, key, version_id, tags + marks)
+        return len(marks)
     except Exception as exc:
         raise translate_aws_error(exc, f"tagging s3://{bucket}/{key} as quarantined") from exc
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 from itest_support import Harness, s3_event, spawn_worker, wait_for
@@ -161,6 +162,28 @@ def test_quarantine_bad_files_and_keep_running(harness: Harness) -> None:
         tags = _tags(harness, key)
         assert tags["s3flow-status"] == "quarantined"
         assert needle.split()[0] in tags["s3flow-reason"]
+
+
+def test_quarantine_keeps_the_objects_own_tags(harness: Harness) -> None:
+    """S3 allows 10 tags: the object's own are kept; the quarantine tags take the room
+    left (the state store records the quarantine whatever fits)."""
+    harness.configure(validation={"max_bytes": 3})
+    own = {n: {f"t{i}": f"v{i}" for i in range(n)} for n in (8, 9, 10)}
+    for n, tags in own.items():
+        harness.put(f"tagged-{n}.txt", b"1\n2\n3\n", Tagging=urlencode(tags))
+    m = harness.run()
+    assert m.pipelines["p"].quarantined == 3
+    assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
+    by_key = {r.key: r for r in harness.records()}
+    for n, tags in own.items():
+        key = f"tagged-{n}.txt"
+        assert by_key[key].status is FileStatus.QUARANTINED, key
+        assert "above the maximum" in (by_key[key].last_error or ""), key
+        now = _tags(harness, key)
+        assert {k: v for k, v in now.items() if k.startswith("t")} == tags, key
+        marks = {k: v for k, v in now.items() if k.startswith("s3flow-")}
+        assert list(marks) == ["s3flow-status", "s3flow-reason"][: 10 - n], key
+        assert all(v == "quarantined" for k, v in marks.items() if k == "s3flow-status")
 
 
 def test_quarantined_file_can_be_released(harness: Harness) -> None:
