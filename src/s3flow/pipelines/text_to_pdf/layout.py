@@ -56,21 +56,27 @@ class Wrapper:
 
     def split(self, line: str) -> tuple[list[str], str]:
         """Full rows of ``line`` and the rest that fits on a row (possibly empty)."""
-        columns, limit = self.columns, self._limit
-        # Proportional: cum[i] is the width of line[:i], measured once for the whole line.
-        cum = None if columns else [0.0, *accumulate(map(self._widths.__getitem__, line))]
+        columns, limit, widths = self.columns, self._limit, self._widths.__getitem__
         rows: list[str] = []
         start, end = 0, len(line)
+        # Proportional: the widths are summed over a window from ``start`` (widened while
+        # a row is longer): memory follows a row, not the line (a line of a million
+        # tabs is millions of spaces).
+        window = max(64, 2 * self._quick + 2)
         while True:
-            if cum is None:
-                assert columns is not None
+            if columns is not None:
                 if end - start <= columns:
                     break
                 k = columns  # characters that fit
             else:
-                if cum[end] - cum[start] <= limit:
-                    break
-                k = max(1, bisect_right(cum, cum[start] + limit, start) - 1 - start)
+                stop = min(end, start + window)
+                cum = [0.0, *accumulate(map(widths, line[start:stop]))]
+                if cum[-1] <= limit:
+                    if stop == end:
+                        break
+                    window *= 2  # a row longer than the window: look further
+                    continue
+                k = max(1, bisect_right(cum, limit) - 1)
             cut = line.rfind(" ", start, start + k + 1)  # a space at <= k: break, drop it
             head = line[start:cut].rstrip(" ") if cut > start else ""
             if head:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from bisect import bisect_right
+from itertools import accumulate
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -151,3 +155,52 @@ def test_pages_do_not_depend_on_how_the_text_is_chunked(text: str, cuts: list[in
         last = max(last, cut)
     out += pag.feed(text[last:]) + pag.finish()
     assert out == whole
+
+
+PROPORTIONAL = CharWidths({"i": 250.0, "m": 1000.0, " ": 250.0, "a": 500.0}, 500.0)
+
+
+def _split_reference(wrapper: Wrapper, line: str) -> tuple[list[str], str]:
+    """The proportional split measured over the whole line at once (the rule)."""
+    limit = wrapper._limit
+    cum = [0.0, *accumulate(map(PROPORTIONAL.__getitem__, line))]
+    rows: list[str] = []
+    start, end = 0, len(line)
+    while cum[end] - cum[start] > limit:
+        k = max(1, bisect_right(cum, cum[start] + limit, start) - 1 - start)
+        cut = line.rfind(" ", start, start + k + 1)
+        head = line[start:cut].rstrip(" ") if cut > start else ""
+        if head:
+            rows.append(head)
+            start = cut + 1
+            while start < end and line[start] == " ":
+                start += 1
+        else:
+            rows.append(line[start : start + k])
+            start += k
+    return rows, line[start:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    line=st.text(alphabet="im a", max_size=3000),
+    width_pt=st.sampled_from([2.0, 20.0, 100.0, 700.0]),
+)
+def test_proportional_split_in_windows_is_the_whole_line_rule(line: str, width_pt: float) -> None:
+    wrapper = Wrapper(PROPORTIONAL, None, 10.0, width_pt)
+    assert wrapper.split(line) == _split_reference(wrapper, line)
+
+
+def test_a_line_of_tabs_wraps_in_memory_that_follows_a_row() -> None:
+    """256 Ki tabs are 2 Mi spaces: measuring the whole expanded line at once took a
+    float per character (over 64 MB); a row's window takes almost nothing."""
+    pag = Paginator(Wrapper(PROPORTIONAL, None, 10.0, 400.0), 60, tab_size=8)
+    tracemalloc.start()
+    try:
+        pages = pag.feed("\t" * (256 * 1024) + "end\n") + pag.finish()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    rows = [row for page in pages for row in page]
+    assert rows[-1].endswith("end") and len(rows) > 100
+    assert peak < 40 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
