@@ -32,14 +32,21 @@ from s3flow.worker.outcomes import SQS_MAX_VISIBILITY_S
 
 log = logging.getLogger("s3flow.lease")
 
+#: How long before SQS's 12 h limit (counted by SQS from a moment before the worker's
+#: ``received_at``: the receive's answer took a round trip) extensions stop.
+RECEIVE_LIMIT_MARGIN_S = 60
+
 
 @dataclass
 class _Lease:
     handle: str
     visible_at: float  # monotonic time at which SQS makes it visible again
+    #: SQS refuses a visibility that ends more than 12 h after the receive.
+    limit_at: float
     #: The job deadline, set when its work starts (:meth:`LeaseKeeper.restart`);
     #: None before: the message is extended without one.
     deadline: float | None = None
+    at_limit: bool = False  # the 12 h limit was reached (logged once)
 
 
 class LeaseKeeper:
@@ -82,6 +89,7 @@ class LeaseKeeper:
         self._leases[delivery] = _Lease(
             handle=receipt_handle,
             visible_at=received_at + self._timeout,
+            limit_at=received_at + SQS_MAX_VISIBILITY_S - RECEIVE_LIMIT_MARGIN_S,
         )
 
     def restart(self, delivery: str, started_at: float) -> None:
@@ -118,6 +126,17 @@ class LeaseKeeper:
             if remaining_job <= 0:
                 continue  # past the job timeout: let it become visible
             extend = int(min(self._timeout, max(1, math.ceil(remaining_job))))
+            # SQS counts 12 h from the receive and refuses a change that goes beyond.
+            extend = min(extend, math.floor(lease.limit_at - now))
+            if extend < 1:
+                if not lease.at_limit:
+                    lease.at_limit = True
+                    log.warning(
+                        "a message (receipt handle ...%s) has been in flight for 12 h, "
+                        "SQS's limit: it becomes visible again and is delivered anew",
+                        lease.handle[-12:],
+                    )
+                continue
             due.append((mid, lease, extend))
         if not due:
             return

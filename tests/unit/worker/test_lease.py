@@ -113,3 +113,21 @@ async def test_the_job_timeout_counts_from_the_start_of_work_not_the_receive() -
     lk.restart("gone", time.monotonic())  # not tracked: nothing to do
     await lk.beat()
     assert acks.calls == [("h1", 5)]
+
+
+async def test_no_extension_reaches_past_12_hours_from_the_receive() -> None:
+    """SQS refuses a visibility ending more than 12 h after the receive: a message
+    waiting for a slot (no job deadline) is extended up to that limit, then left."""
+    acks = FakeAcks()
+    lk, m = keeper(acks, timeout=600)
+    received = time.monotonic() - (43_200 - 300)  # 5 min short of 12 h
+    lk.track("m1", "h1", received)
+    lk._leases["m1"].visible_at = time.monotonic() + 10  # due
+    await lk.beat()
+    # 300 s left, less the margin for the receive's round trip
+    (call,) = acks.calls
+    assert call[0] == "h1" and 230 <= call[1] <= 240
+    lk._leases["m1"].visible_at = time.monotonic() + 10
+    lk._leases["m1"].limit_at = time.monotonic() + 0.5  # the limit is reached
+    await lk.beat()
+    assert len(acks.calls) == 1 and m.visibility_extensions == 1
