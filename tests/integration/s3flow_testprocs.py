@@ -235,3 +235,37 @@ class VouchedWriteThenDelete(WriteThenDelete):
 
     name: ClassVar[str] = "test-vouched-write-then-delete"
     verified_by_write: ClassVar[bool] = True
+
+
+class KillsItsProcess(SlowProcessor):
+    """:class:`SlowProcessor`, but an object whose key starts with ``die_prefix`` kills
+    its own process (SIGKILL, as the OOM killer does) the first time, once every key in
+    ``wait_for`` has started (its ``started-`` marker). The other objects wait until a
+    process died, then take ``sleep_s``: they are running when it dies."""
+
+    name: ClassVar[str] = "test-kills-its-process"
+
+    async def process(self, ctx: ProcessContext) -> Result:
+        key = ctx.event.key
+        died = self.marker_dir / f"died-{key.replace('/', '_')}"
+        deadline = time.monotonic() + 30
+        if key.startswith(str(self.options.get("die_prefix", "die"))):
+            if died.exists():
+                return await self.inner.process(ctx)
+            for other in self.options.get("wait_for", []):
+                while not list(self.marker_dir.glob(f"started-{other}-*")):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{other} never started")
+                    await asyncio.sleep(0.05)
+            died.write_text(str(os.getpid()))
+            os.kill(os.getpid(), 9)
+        safe = key.replace("/", "_")
+        (self.marker_dir / f"started-{safe}-{os.getpid()}-{time.monotonic_ns()}").write_text(key)
+        while not list(self.marker_dir.glob("died-*")):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no process died")
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(self.sleep_s)
+        result = await self.inner.process(ctx)
+        (self.marker_dir / f"done-{safe}-{os.getpid()}-{time.monotonic_ns()}").write_text(key)
+        return result

@@ -10,6 +10,11 @@ systemd signals the whole cgroup): the worker decides. Its shutdown lets running
 finish within the grace period; a run that is cancelled (grace over, or a second
 signal) leaves its child working, so once no run is waited for any more the children
 are killed. Children also die with the worker (``PR_SET_PDEATHSIG`` and a watcher).
+
+A child that dies (killed, out of memory) breaks the whole pool: Python fails every
+run in it. Only the object whose child died is charged a failure (each run reports its
+child's pid when it starts); the others are stopped (their children killed, so none
+goes on writing for an object that is retried) and retried without one, on a fresh pool.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import multiprocessing
 import os
 import signal
 import time
+import weakref
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import AsyncExitStack
 from typing import Any
 
 from s3flow.aws import async_client
-from s3flow.errors import RetryableError, S3flowError
+from s3flow.errors import ExecutorUnavailableError, RetryableError, S3flowError
 from s3flow.executors.base import (
     ObjectJob,
     Progress,
@@ -44,14 +50,21 @@ from s3flow.settings import AwsSettings, PoolExecutorSettings, WorkerSettings
 
 log = logging.getLogger("s3flow.executors")
 
+#: How long a broken pool's first failed run waits to see which child died.
+DEATH_WAIT_S = 2.0
+
 # --- in a child ---------------------------------------------------------------------------
 
 #: Per child process: its event loop, and an S3 client per distinct [aws] settings.
 _child: dict[str, Any] = {}
 
 
-def _child_init(parent_pid: int, worker: WorkerSettings) -> None:
-    """Pool child start-up: signals, die with the worker, logging, malloc tuning."""
+def _child_init(parent_pid: int, worker: WorkerSettings, started: Any) -> None:
+    """Pool child start-up: signals, die with the worker, logging, malloc tuning.
+
+    ``started``: the queue on which each run tells the worker which child runs it.
+    """
+    _child["started"] = started
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent(parent_pid)
@@ -88,8 +101,9 @@ async def _child_async(job: ObjectJob) -> tuple[str, Any]:
         return "error", error_doc(err, processor=job.processor, source=job.source)
 
 
-def _child_run(job: ObjectJob) -> tuple[str, Any]:
+def _child_run(job: ObjectJob, run_id: int) -> tuple[str, Any]:
     """Run one job in this child: ("ok", Result) or ("error", error document)."""
+    _child["started"].put((run_id, os.getpid()))
     return _child_loop().run_until_complete(_child_async(job))
 
 
@@ -99,6 +113,47 @@ def _child_pid(_: int) -> int:
 
 
 # --- in the worker ------------------------------------------------------------------------
+
+
+def _wake_manager(pool: ProcessPoolExecutor) -> None:
+    """Have the pool's manager thread look at its children again.
+
+    ``submit`` wakes it before it starts a new child: a manager already waiting again
+    then watches the children it knew, and a death of the new one goes unseen (its run
+    waits) until some other run ends. Woken after the child is started, it watches all.
+    """
+    wakeup = getattr(pool, "_executor_manager_thread_wakeup", None)
+    if wakeup is not None:
+        with contextlib.suppress(Exception):  # closed: the pool is shutting down
+            wakeup.wakeup()
+
+
+async def _dying(procs: dict[int, Any], wait_s: float = DEATH_WAIT_S) -> frozenset[int]:
+    """The pids of ``procs`` that are dead, waiting up to ``wait_s`` for one.
+
+    The pool learns of a death when the child's end of a pipe closes, which the kernel
+    does a moment before the process is gone: looked at at once, it may still exist.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        dead = frozenset(
+            pid for pid, proc in procs.items() if proc.exitcode is not None or not _alive(pid)
+        )
+        if dead or loop.time() >= deadline:
+            return dead
+        await asyncio.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a dead, already reaped child does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 class PoolExecutor:
@@ -112,16 +167,41 @@ class PoolExecutor:
         self._pool: ProcessPoolExecutor | None = None
         self._waited = 0  # runs whose caller still waits for them
         self._abandoned = False  # a run was cancelled while its child may still work
+        self._started: Any = None  # the pool's queue of (run id, child pid)
+        self._runs = 0
+        self._run_pids: dict[int, int] = {}  # run id -> the pid of the child running it
+        #: The pids found dead when a pool broke, kept for each of its failed runs.
+        self._dead: weakref.WeakKeyDictionary[
+            ProcessPoolExecutor, asyncio.Future[frozenset[int]]
+        ] = weakref.WeakKeyDictionary()
 
     def _ensure(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._started = ctx.SimpleQueue()
             self._pool = ProcessPoolExecutor(
                 max_workers=self.processes,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=ctx,
                 initializer=_child_init,
-                initargs=(os.getpid(), self._worker),
+                initargs=(os.getpid(), self._worker, self._started),
             )
         return self._pool
+
+    def _read_started(self, started: Any) -> None:
+        """Take in the runs the children started since the last look."""
+        with contextlib.suppress(OSError, EOFError, ValueError):
+            while not started.empty():
+                run_id, pid = started.get()
+                self._run_pids[run_id] = pid
+
+    def _dead_pids(self, pool: ProcessPoolExecutor) -> asyncio.Future[frozenset[int]]:
+        """The pids of ``pool``'s children that died: looked for once per broken pool,
+        by its first failed run, before the living children are killed."""
+        found = self._dead.get(pool)
+        if found is None:
+            procs = dict(getattr(pool, "_processes", None) or {})
+            found = self._dead[pool] = asyncio.ensure_future(_dying(procs))
+        return found
 
     async def child_pids(self, timeout_s: float = 60.0) -> set[int]:
         """Start every child (if not yet) and return their pids (tests, warm-up).
@@ -144,19 +224,39 @@ class PoolExecutor:
     async def run(self, job: ObjectJob, progress: Progress | None = None) -> Result:
         """Run ``job`` in a child process."""
         pool = self._ensure()
+        started = self._started
         loop = asyncio.get_running_loop()
+        self._runs += 1
+        run_id = self._runs
         self._waited += 1
         try:
-            kind, value = await loop.run_in_executor(pool, _child_run, job)
+            future = loop.run_in_executor(pool, _child_run, job, run_id)
+            _wake_manager(pool)
+            kind, value = await future
         except BrokenProcessPool as exc:
-            self._discard(pool)
-            raise RetryableError(
-                f"a pool process died while running {job.source} (killed, out of memory?): {exc}"
+            self._read_started(started)
+            pid = self._run_pids.get(run_id)
+            try:
+                dead = await asyncio.shield(self._dead_pids(pool))
+            finally:
+                # The living children ignore SIGTERM: killed, so none goes on writing for
+                # an object about to be retried.
+                self._kill("a child died", pool)
+            if pid is not None and pid in dead:
+                raise RetryableError(
+                    f"the pool process running {job.source} died (pid {pid}: killed, out "
+                    "of memory?)"
+                ) from exc
+            raise ExecutorUnavailableError(
+                f"{job.source} was stopped: another object's pool process died, and the "
+                "pool starts afresh (retried without counting a failure)"
             ) from exc
         except asyncio.CancelledError:
             self._abandoned = True
             raise
         finally:
+            self._read_started(started)
+            self._run_pids.pop(run_id, None)
             self._waited -= 1
             if self._abandoned and self._waited == 0:
                 self._kill("cancelled runs")
@@ -165,15 +265,12 @@ class PoolExecutor:
         assert isinstance(value, Result)
         return value
 
-    def _discard(self, pool: ProcessPoolExecutor) -> None:
-        if self._pool is pool:
-            self._pool = None  # the next run starts a fresh pool
-        pool.shutdown(wait=False, cancel_futures=True)
-
-    def _kill(self, why: str) -> None:
-        """Kill every child now (their work was abandoned) and forget the pool."""
-        pool, self._pool = self._pool, None
-        self._abandoned = False
+    def _kill(self, why: str, pool: ProcessPoolExecutor | None = None) -> None:
+        """Kill every child of ``pool`` (the current one by default) now: their work was
+        abandoned. The next run starts a fresh pool."""
+        if pool is None or pool is self._pool:
+            pool, self._pool = self._pool, None
+            self._abandoned = False
         if pool is None:
             return
         procs = list((getattr(pool, "_processes", None) or {}).values())
