@@ -11,6 +11,7 @@ from typing import Any
 from s3flow.aws import AwsClients, open_clients
 from s3flow.errors import ConfigError, translate_aws_error
 from s3flow.executors import processor_key
+from s3flow.executors.command import check_command
 from s3flow.executors.one import check_runs_on
 from s3flow.jobs.runner import JobHandler
 from s3flow.memory import set_mmap_threshold
@@ -116,14 +117,22 @@ async def build_runtimes(
     return out
 
 
+#: Executors that run the processor on this machine, in another process: the worker builds
+#: such a route's processor once at start (and drops it) so that what its ``__init__``
+#: checks (a font file, a codec) fails the start, not every object in the child.
+_LOCAL_EXECUTORS = ("pool", "subprocess")
+
+
 def _routes_of(p: PipelineSettings, main: Processor) -> tuple[RoutingTable, dict[str, Processor]]:
     """The pipeline's routing table, checked (every processor exists, takes its options
-    and can run on its executor), and the instances its inline routes use."""
+    and can run on its executor; a processor run on this machine is built once, and the
+    ``subprocess`` command can be started), and the instances its inline routes use."""
     try:
         table = RoutingTable.from_settings(p, default_executor_for)
     except ConfigError as exc:
         raise ConfigError(f"pipeline {p.name!r}: {exc}") from exc
     processors: dict[str, Processor] = {processor_key(portable_spec(p.processor), p.options): main}
+    built: set[str] = set(processors)
     for rule in table.rules:
         where = f"pipeline {p.name!r}, route {rule.name!r}"
         key = processor_key(portable_spec(rule.processor), rule.options)
@@ -133,7 +142,17 @@ def _routes_of(p: PipelineSettings, main: Processor) -> tuple[RoutingTable, dict
                 if key not in processors:
                     processors[key] = create_processor(rule.processor, dict(rule.options))
                 continue
-            # Runs elsewhere: only its options are checked here (no instance in the worker).
+            if rule.executor == "subprocess":
+                check_command(p.executors.subprocess)
+            if rule.executor in _LOCAL_EXECUTORS:
+                # Built here too, to validate: the child builds it again from the same
+                # options on this machine, so what fails here would fail every object.
+                if key not in built:
+                    create_processor(rule.processor, dict(rule.options))
+                    built.add(key)
+                continue
+            # Runs in a container (ECS, Batch): its files and environment are the image's,
+            # not this machine's, so only its options are checked here.
             cls = processor_class(rule.processor)
             model = getattr(cls, "options_model", None)
             if model is not None:

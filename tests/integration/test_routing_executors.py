@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,13 @@ from container_sim import (
 from itest_support import Harness, spawn_worker, wait_for
 from s3flow_testprocs import VouchedWriteThenDelete, WriteThenDelete
 
+from s3flow.errors import ConfigError
 from s3flow.settings import load_settings
 from s3flow.state import open_state_store
 from s3flow.state.records import FileStatus, HistoryEntry
+from s3flow.worker.handler import WorkerObserver
+from s3flow.worker.outcomes import Outcome, Retry
+from s3flow.worker.source import ReceivedMessage
 
 pytestmark = pytest.mark.integration
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -197,6 +202,97 @@ def test_verification_can_be_turned_off(harness: Harness) -> None:
     harness.put("gone.txt", b"x\n")
     m = harness.run()
     assert m.pipelines["p"].objects_processed == 1  # the operator's choice
+
+
+def test_a_route_whose_processor_refuses_its_options_stops_the_worker_at_start(
+    harness: Harness,
+) -> None:
+    """text-to-pdf checks its font when built: a pool route with a font that does not
+    exist is refused at start, naming the route, instead of dead-lettering every file."""
+    harness.configure(
+        processor="text-to-pdf",
+        executor="pool",
+        executors={"pool": {"processes": 1}},
+        routes=[
+            {"name": "he", "key_glob": "he/*", "options": {"font_file": "/nonexistent.ttf"}},
+            {"name": "default"},
+        ],
+    )
+    harness.put("he/a.txt", b"shalom\n")
+    with pytest.raises(ConfigError) as info:
+        harness.run()
+    assert str(info.value) == (
+        "pipeline 'p', route 'he': text-to-pdf: font_file '/nonexistent.ttf' does not exist"
+    )
+    assert harness.depth() == (1, 0)  # never received: nothing failed, nothing dead-lettered
+    assert harness.depth(harness.dlq_url) == (0, 0)
+
+
+def test_a_subprocess_command_that_does_not_exist_stops_the_worker_at_start(
+    harness: Harness, tmp_path: Path
+) -> None:
+    missing = tmp_path / "venv" / "bin" / "s3flow"
+    harness.configure(executor="subprocess", executors={"subprocess": {"command": [str(missing)]}})
+    harness.put("a.txt", b"1\n")
+    with pytest.raises(ConfigError) as info:
+        harness.run()
+    assert str(info.value).startswith(
+        f"pipeline 'p', route 'default': [pipelines.executors.subprocess] command: "
+        f"'{missing}' does not exist; set it to the s3flow executable to run"
+    )
+    assert harness.depth() == (1, 0) and harness.depth(harness.dlq_url) == (0, 0)
+
+
+class _FixAfterRetries(WorkerObserver):
+    """Runs ``fix`` once the message has been retried ``n`` times."""
+
+    def __init__(self, n: int, fix: Any) -> None:
+        self.n, self.fix = n, fix
+        self.retries: list[Retry] = []
+
+    def message_settled(self, pipeline: str, message: ReceivedMessage, outcome: Outcome) -> None:
+        if isinstance(outcome, Retry):
+            self.retries.append(outcome)
+            if len(self.retries) == self.n:
+                self.fix()
+
+
+def test_a_subprocess_command_that_cannot_start_is_retried_without_counting(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The command passes the start check but its interpreter is gone (a virtualenv
+    removed under the worker): the launch fails with ENOENT. Not the file's failure:
+    retried more often than max_receive_count without being dead-lettered, and done once
+    the interpreter is back."""
+    shell = tmp_path / "venv" / "bin" / "sh"
+    command = tmp_path / "s3flow-here"
+    command.write_text(f'#!{shell}\nexec {sys.executable} -m s3flow "$@"\n')
+    command.chmod(0o755)
+    harness.configure(
+        executor="subprocess",
+        executors={"subprocess": {"command": [str(command)]}},
+        max_receive_count=2,
+        retry_base_s=1,
+        retry_max_s=1,
+    )
+    harness.put("a.txt", b"1\n2\n")
+
+    def fix() -> None:
+        shell.parent.mkdir(parents=True)
+        shell.symlink_to("/bin/sh")
+
+    observer = _FixAfterRetries(3, fix)
+    m = harness.run(observer=observer, timeout_s=60)
+    p = m.pipelines["p"]
+    assert p.objects_processed == 1 and p.dead_lettered == 0
+    assert [r.error_class for r in observer.retries] == ["ExecutorUnavailableError"] * 3
+    assert f"cannot start {str(command)!r} for s3://{harness.bucket}/a.txt" in (
+        observer.retries[0].error
+    )
+    assert harness.result("a.txt")["lines"] == 2  # type: ignore[index]
+    (rec,) = harness.records("a.txt")
+    assert rec.status is FileStatus.COMPLETED and rec.failures == 0
+    assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
 
 
 def test_ecs_route_with_a_simulated_container_and_a_long_task(harness: Harness) -> None:

@@ -6,9 +6,12 @@ import asyncio
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel, ValidationError
 
 from s3flow.cli.common import ConfigOpt, app, err_console, exit_on_error, log, settings_from
+from s3flow.errors import ConfigError
 from s3flow.metrics import peak_rss_mb as peak_rss_mb_now
+from s3flow.settings import PipelineSettings, Settings
 
 
 @app.command()
@@ -46,8 +49,7 @@ def worker(
     with exit_on_error():
         settings = settings_from(config, _worker_overrides(shutdown_grace_s))
         if concurrency is not None:
-            for p in settings.pipelines:
-                p.concurrency = concurrency
+            _override_concurrency(settings, concurrency)
         metrics = asyncio.run(
             run_worker(settings, burst=burst, pipelines=pipeline or None, handle_signals=True)
         )
@@ -68,6 +70,33 @@ def worker(
                 highlight=False,
             )
         err_console.print(f"peak RSS {peak_rss_mb} MB", highlight=False)
+
+
+def _override_concurrency(settings: Settings, value: int) -> None:
+    """``--concurrency``: every pipeline's ``concurrency`` (ConfigError naming the flag)."""
+    low, high = _field_bounds(PipelineSettings, "concurrency")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ConfigError(
+            f"--concurrency {value}: must be between {low} and {high} "
+            "(objects processed at once by each pipeline)"
+        )
+    for p in settings.pipelines:
+        try:
+            p.concurrency = value
+        except ValidationError as exc:
+            problems = "; ".join(str(e["msg"]) for e in exc.errors())
+            raise ConfigError(
+                f"--concurrency {value}: not valid for pipeline {p.name!r}: {problems}"
+            ) from exc
+
+
+def _field_bounds(model: type[BaseModel], name: str) -> tuple[int | None, int | None]:
+    """The inclusive (``ge``, ``le``) bounds of ``model``'s integer field ``name``."""
+    low = high = None
+    for item in model.model_fields[name].metadata:
+        low = getattr(item, "ge", low)
+        high = getattr(item, "le", high)
+    return low, high
 
 
 def _worker_overrides(grace: float | None) -> dict[str, Any]:

@@ -18,9 +18,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 
+from s3flow.errors import ConfigError, ExecutorUnavailableError
 from s3flow.executors.base import (
     ObjectJob,
     Progress,
@@ -38,6 +40,42 @@ log = logging.getLogger("s3flow.executors")
 
 _STDOUT_LIMIT = 4 * 1024 * 1024
 _STDERR_TAIL = 4096
+_SETTING = "[pipelines.executors.subprocess] command"
+
+
+def command_problem(settings: SubprocessExecutorSettings) -> str | None:
+    """Why the executor's ``command`` cannot be started, or None when it can.
+
+    Its program is looked up as the process will be started: a path as it is, a bare
+    name on the ``PATH`` of the process's environment (the worker's, with the
+    executor's ``environment`` over it). Empty: this worker's interpreter.
+    """
+    if not settings.command:
+        return None
+    program = settings.command[0]
+    if os.path.dirname(program):
+        if not os.path.exists(program):
+            return f"{program!r} does not exist"
+        if os.path.isdir(program):
+            return f"{program!r} is a directory, not a program"
+        if not os.access(program, os.X_OK):
+            return f"{program!r} is not executable (chmod +x it)"
+        return None
+    path = {**os.environ, **settings.environment}.get("PATH", os.defpath)
+    if shutil.which(program, path=path) is None:
+        return f"{program!r} is not an executable found on the PATH ({path})"
+    return None
+
+
+def check_command(settings: SubprocessExecutorSettings) -> None:
+    """Start-up check: ConfigError when the ``subprocess`` executor's command cannot start."""
+    problem = command_problem(settings)
+    if problem is not None:
+        raise ConfigError(
+            f"{_SETTING}: {problem}; set it to the s3flow executable to run, e.g. "
+            "['/opt/s3flow/bin/s3flow'], or leave it empty for this worker's interpreter "
+            "(`python -m s3flow`)"
+        )
 
 
 def aws_environment(aws: AwsSettings) -> dict[str, str]:
@@ -88,15 +126,26 @@ class SubprocessExecutor:
 
     async def run(self, job: ObjectJob, progress: Progress | None = None) -> Result:
         """Start the process, wait for it, map its JSON line / exit code."""
-        proc = await asyncio.create_subprocess_exec(
-            *self.argv(job),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.environment(job),
-            start_new_session=True,
-            preexec_fn=owned_preexec(),
-        )
+        argv = self.argv(job)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self.environment(job),
+                start_new_session=True,
+                preexec_fn=owned_preexec(),
+            )
+        except OSError as exc:
+            # The command is gone or not executable, or the machine cannot start a process
+            # now (no memory, too many open files): not the object's fault, no failure
+            # counted (checked at start too: this is a change since, or a passing shortage).
+            problem = command_problem(self._settings) or exc.strerror or str(exc)
+            raise ExecutorUnavailableError(
+                f"subprocess executor cannot start {argv[0]!r} for {job.source}: {problem} "
+                f"({type(exc).__name__}); check {_SETTING} and this machine"
+            ) from exc
         self._running.add(proc)
         assert proc.stdout is not None and proc.stderr is not None
         try:

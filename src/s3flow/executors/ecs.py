@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from s3flow.errors import RetryableError
+from s3flow.errors import ExecutorUnavailableError, RetryableError, S3flowError
 from s3flow.executors.base import ObjectJob
 from s3flow.executors.remote import ContainerExecutor, container_overrides, launch_error
 from s3flow.settings import EcsExecutorSettings
@@ -33,6 +33,62 @@ def ecs_exit(task: Mapping[str, Any], container: str) -> tuple[int | None, str]:
             if c.get("reason"):
                 reasons.append(f"container: {c['reason']}")
     return code, "; ".join(reasons)
+
+
+#: RunTask failure reasons saying the cluster has no room for the task now: the CPU, memory,
+#: ports, ENIs or GPUs of its instances are taken (``RESOURCE:*``), or Fargate has no
+#: capacity or the account's task quota is reached. They pass as running tasks end.
+_CAPACITY_PREFIXES = ("RESOURCE:",)
+_CAPACITY_WORDS = ("capacity", "try again later", "limit on the number of")
+#: Reasons saying the cluster cannot place the task at all until the operator changes it
+#: (its instances are missing, inactive or disconnected, or none meets the placement
+#: constraints).
+_PLACEMENT_REASONS = frozenset(
+    {"MISSING", "INACTIVE", "AGENT", "ATTRIBUTE", "DISTINCT_INSTANCE", "LOCATION", "MEMBEROF"}
+)
+
+
+def _failure_kind(failure: Mapping[str, Any]) -> str:
+    """``capacity``, ``placement`` or ``other`` for one entry of RunTask's ``failures``."""
+    reason = str(failure.get("reason") or "")
+    text = f"{reason} {failure.get('detail') or ''}".lower()
+    if reason.upper().startswith(_CAPACITY_PREFIXES) or any(w in text for w in _CAPACITY_WORDS):
+        return "capacity"
+    if reason.upper() in _PLACEMENT_REASONS:
+        return "placement"
+    return "other"
+
+
+def run_task_failure(failures: list[Mapping[str, Any]], cluster: str) -> S3flowError:
+    """The error for a RunTask call that started no task, by its ``failures``.
+
+    Capacity (``RESOURCE:MEMORY``, ``RESOURCE:CPU``, "Capacity is unavailable", the
+    task quota) and placement problems (instances missing, inactive or disconnected,
+    constraints nobody meets) are the cluster's, not the object's:
+    :class:`~s3flow.errors.ExecutorUnavailableError`, retried with backoff without
+    counting a failure, so a burst larger than the cluster never dead-letters good
+    files. Anything else (or no reason at all) is a plain retryable error: counted, so
+    after ``max_receive_count`` the message is dead-lettered as usual.
+    """
+    text = "; ".join(
+        f"{f.get('reason')}{': ' + str(f['detail']) if f.get('detail') else ''}"
+        + (f" ({f['arn']})" if f.get("arn") else "")
+        for f in failures
+    )
+    what = f"ECS RunTask on cluster {cluster} started no task: {text or 'no reason given'}"
+    kinds = {_failure_kind(f) for f in failures}
+    if kinds == {"capacity"}:
+        return ExecutorUnavailableError(
+            f"{what} (the cluster has no room for it now; retried without counting a failure "
+            "of the file: add capacity, or lower the pipeline's concurrency)"
+        )
+    if kinds and kinds <= {"capacity", "placement"}:
+        return ExecutorUnavailableError(
+            f"{what} (the cluster cannot place the task: check its container instances and "
+            "the task definition's placement constraints; retried without counting a "
+            "failure of the file)"
+        )
+    return RetryableError(what)
 
 
 class EcsExecutor(ContainerExecutor):
@@ -79,11 +135,7 @@ class EcsExecutor(ContainerExecutor):
             raise launch_error(exc, f"ECS RunTask on cluster {self.settings.cluster}") from exc
         tasks = resp.get("tasks") or []
         if not tasks:
-            failures = "; ".join(
-                f"{f.get('reason')}{': ' + f['detail'] if f.get('detail') else ''}"
-                for f in resp.get("failures") or []
-            )
-            raise RetryableError(f"ECS RunTask started no task: {failures or 'no reason given'}")
+            raise run_task_failure(list(resp.get("failures") or []), self.settings.cluster)
         arn = str(tasks[0]["taskArn"])
         return arn, {"task_arn": arn}
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
 
 from s3flow.errors import (
+    ConfigError,
     CorruptDataError,
     Disposition,
     ExecutorUnavailableError,
@@ -32,7 +35,7 @@ from s3flow.executors.base import (
     result_from_doc,
 )
 from s3flow.executors.batch import BatchExecutor, batch_exit, job_name
-from s3flow.executors.command import SubprocessExecutor, aws_environment
+from s3flow.executors.command import SubprocessExecutor, aws_environment, check_command
 from s3flow.executors.contract import job_environment, output_from_env, run_arguments
 from s3flow.executors.ecs import EcsExecutor, ecs_exit
 from s3flow.executors.pool import PoolExecutor
@@ -386,6 +389,76 @@ async def test_run_task_failures_and_missing_clusters() -> None:
         await _ecs(NoCluster([])).run(job())
 
 
+@pytest.mark.parametrize(
+    "failures",
+    [
+        [{"arn": "arn:ci/1", "reason": "RESOURCE:MEMORY"}],
+        [
+            {"arn": "arn:ci/1", "reason": "RESOURCE:CPU"},
+            {"arn": "arn:ci/2", "reason": "RESOURCE:MEMORY"},
+        ],
+        [{"reason": "RESOURCE:PORTS"}],
+        [
+            {
+                "arn": "arn:task-definition/td:1",
+                "reason": "Capacity is unavailable at this time. Please try again later or in a "
+                "different availability zone",
+            }
+        ],
+        [{"reason": "You've reached the limit on the number of tasks you can run concurrently"}],
+    ],
+)
+async def test_no_room_in_the_cluster_counts_no_failure_of_the_file(
+    failures: list[dict[str, Any]],
+) -> None:
+    """A burst larger than the cluster: RunTask starts nothing for lack of capacity. The
+    cluster's problem, not the file's: retried without counting (never dead-lettered)."""
+
+    class Full(_FakeEcs):
+        async def run_task(self, **kw: Any) -> dict[str, Any]:
+            return {"tasks": [], "failures": failures}
+
+    with pytest.raises(ExecutorUnavailableError) as info:
+        await _ecs(Full([])).run(job())
+    message = str(info.value)
+    assert "ECS RunTask on cluster c started no task" in message
+    assert str(failures[0]["reason"]) in message and "no room" in message
+
+
+@pytest.mark.parametrize("reason", ["MISSING", "INACTIVE", "AGENT", "ATTRIBUTE"])
+async def test_a_cluster_that_cannot_place_the_task_counts_no_failure_of_the_file(
+    reason: str,
+) -> None:
+    class Unplaceable(_FakeEcs):
+        async def run_task(self, **kw: Any) -> dict[str, Any]:
+            return {"tasks": [], "failures": [{"arn": "arn:ci/1", "reason": reason}]}
+
+    with pytest.raises(ExecutorUnavailableError, match=f"{reason} .arn:ci/1.*cannot place"):
+        await _ecs(Unplaceable([])).run(job())
+
+
+@pytest.mark.parametrize(
+    "failures",
+    [
+        [],  # moto's answer when an EC2 cluster has no room: no task, no reason
+        [{"arn": "arn:x", "reason": "Timeout waiting for network interface provisioning"}],
+        [{"reason": "RESOURCE:MEMORY"}, {"reason": "SomethingNew"}],
+    ],
+)
+async def test_other_run_task_failures_count_as_usual(failures: list[dict[str, Any]]) -> None:
+    """Unknown reasons (or none) stay counted: bounded by max_receive_count, then the DLQ."""
+
+    class Odd(_FakeEcs):
+        async def run_task(self, **kw: Any) -> dict[str, Any]:
+            return {"tasks": [], "failures": failures}
+
+    with pytest.raises(RetryableError, match="started no task") as info:
+        await _ecs(Odd([])).run(job())
+    assert not isinstance(info.value, ExecutorUnavailableError)
+    if not failures:
+        assert "no reason given" in str(info.value)
+
+
 class _FakeBatch:
     def __init__(self, states: list[dict[str, Any]]) -> None:
         self.states = states
@@ -518,3 +591,65 @@ async def test_pool_child_pids_names_every_child() -> None:
         assert await pool.child_pids() == pids  # the same children, no new ones
     finally:
         await pool.close()
+
+
+# --- the subprocess executor's command ---------------------------------------------------
+
+
+def _script(path: Path, mode: int = 0o755, body: str = "#!/bin/sh\nexit 0\n") -> Path:
+    path.write_text(body)
+    path.chmod(mode)
+    return path
+
+
+def test_the_subprocess_command_is_checked_at_start(tmp_path: Path) -> None:
+    check_command(SubprocessExecutorSettings())  # empty: this interpreter
+    check_command(SubprocessExecutorSettings(command=[str(_script(tmp_path / "ok"))]))
+    check_command(SubprocessExecutorSettings(command=["sh", "-c"]))  # on the PATH
+    cases = {
+        str(tmp_path / "nope"): "does not exist",
+        str(_script(tmp_path / "plain", 0o644)): r"is not executable \(chmod \+x it\)",
+        str(tmp_path): "is a directory",
+        "s3flow-not-installed-anywhere": "is not an executable found on the PATH",
+    }
+    for program, problem in cases.items():
+        with pytest.raises(ConfigError) as info:
+            check_command(SubprocessExecutorSettings(command=[program, "--flag"]))
+        message = str(info.value)
+        assert message.startswith("[pipelines.executors.subprocess] command: ")
+        assert re.search(problem, message), message
+        assert "leave it empty for this worker's interpreter" in message
+
+
+def test_a_bare_command_is_looked_up_on_the_processs_own_path(tmp_path: Path) -> None:
+    """The process gets the executor's ``environment``: its PATH is where the name is found."""
+    _script(tmp_path / "my-s3flow")
+    with pytest.raises(ConfigError, match="not an executable found on the PATH"):
+        check_command(SubprocessExecutorSettings(command=["my-s3flow"]))
+    check_command(
+        SubprocessExecutorSettings(command=["my-s3flow"], environment={"PATH": str(tmp_path)})
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda d: d / "gone", "does not exist"),
+        (lambda d: _script(d / "plain", 0o644), "is not executable"),
+        # exists and is executable, but its interpreter is gone (a removed virtualenv)
+        (lambda d: _script(d / "orphan", body=f"#!{d}/venv/bin/python\n"), "FileNotFoundError"),
+    ],
+)
+async def test_a_command_that_cannot_start_makes_the_executor_unavailable(
+    tmp_path: Path, make: Callable[[Path], Path], problem: str
+) -> None:
+    """Not the object's failure (none is counted): the operator's, like a missing cluster."""
+    program = make(tmp_path)
+    ex = SubprocessExecutor(SubprocessExecutorSettings(command=[str(program)]))
+    with pytest.raises(ExecutorUnavailableError) as info:
+        await ex.run(job())
+    message = str(info.value)
+    assert f"cannot start {str(program)!r} for s3://in/dir/a b.txt" in message
+    assert problem in message and "[pipelines.executors.subprocess] command" in message
+    assert info.value.disposition is Disposition.RETRYABLE
+    await ex.close()
