@@ -14,7 +14,7 @@ from typing import Any
 
 from s3flow.aws import open_clients
 from s3flow.errors import ConfigError, translate_aws_error
-from s3flow.settings import JobsSettings, PipelineSettings, Settings
+from s3flow.settings import JobsSettings, PipelineSettings, Settings, processing_pipeline
 
 NOTIFICATION_ID_PREFIX = "s3flow-"
 
@@ -445,7 +445,12 @@ async def _provision_jobs(prov: Provisioner, jobs: JobsSettings) -> None:
             **fifo,
             "VisibilityTimeout": str(jobs.visibility_timeout_s),
             "RedrivePolicy": json.dumps(
-                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": jobs.max_receive_count}
+                {
+                    "deadLetterTargetArn": dlq_arn,
+                    # Above max_receive_count: the job runner fails a job on the receive after
+                    # its last attempt (the worker died in it); the DLQ is only a safety net.
+                    "maxReceiveCount": processing_pipeline(jobs).redrive_max_receive_count,
+                }
             ),
         },
     )

@@ -33,6 +33,8 @@ app.add_typer(jobs_app, name="jobs")
 
 JobIdArg = Annotated[str, typer.Argument(help="The job id.")]
 _POLL_S = 0.5
+#: Events read from the store per call (`jobs events` pages until the log's end).
+_PAGE = 500
 #: The error when no state store is configured.
 _NO_STORE = "upload jobs need a state store (state.url is 'none')"
 
@@ -142,11 +144,15 @@ def jobs_events(
         last = after
         deadline = time.monotonic() + timeout_s
         while True:
-            for ev in await store.events(job_id, after_seq=last):
-                console.print(_event_line(ev), highlight=False, soft_wrap=True)
-                last = ev.seq
-                if ev.type.terminal:
-                    return 0 if ev.type == "job.completed" else 1
+            # Page through the whole log (the store returns at most _PAGE a call).
+            while batch := await store.events(job_id, after_seq=last, limit=_PAGE):
+                for ev in batch:
+                    console.print(_event_line(ev), highlight=False, soft_wrap=True)
+                    last = ev.seq
+                    if ev.type.terminal:
+                        return 0 if ev.type == "job.completed" else 1
+                if len(batch) < _PAGE:
+                    break
             if not follow or time.monotonic() > deadline:
                 return 0
             await asyncio.sleep(_POLL_S)

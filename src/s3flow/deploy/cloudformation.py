@@ -51,7 +51,13 @@ from s3flow.deploy.parameters import add_parameters
 from s3flow.deploy.template import Template
 from s3flow.errors import ConfigError
 from s3flow.provision import NOTIFICATION_ID_PREFIX, queue_policy
-from s3flow.settings import JOBS_BRIDGE, JobsSettings, PipelineSettings, Settings
+from s3flow.settings import (
+    JOBS_BRIDGE,
+    JobsSettings,
+    PipelineSettings,
+    Settings,
+    processing_pipeline,
+)
 
 DLQ_RETENTION_S = 1_209_600  # 14 days, as `s3flow provision`
 QUEUE_RETENTION_S = 345_600  # 4 days: SQS's default, written out
@@ -246,7 +252,9 @@ class _Builder:
                 },
                 fifo=True,
                 dlq=processing_dlq,
-                max_receive_count=jobs.max_receive_count,
+                # above the runner's limit: it fails the job on the receive after the last
+                # attempt (the worker died in it); the DLQ is a safety net (as provision)
+                max_receive_count=processing_pipeline(jobs).redrive_max_receive_count,
             )
             self._queue(
                 jobs.resource("progress.fifo"),

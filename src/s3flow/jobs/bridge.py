@@ -4,8 +4,9 @@ It runs as an ordinary pipeline (processor ``jobs-bridge``) on the intake
 queue, so it gets the engine's claims, retries, quarantine and shutdown. For
 each object under ``uploads/<upload_id>/``:
 
-* no such upload, an index it did not declare, or a size over the limit ->
-  quarantined with the reason (``InvalidInputError``);
+* no such upload, an index it did not declare, a size over the limit or other
+  than the declared one -> quarantined with the reason (``InvalidInputError``;
+  the last two also fail the job);
 * otherwise ``file.received`` is appended to the job's log (idempotent);
   when no declared file is missing, ``job.queued`` is appended and one message
   goes to the processing FIFO queue (``MessageGroupId`` = upload id,
@@ -67,29 +68,49 @@ class JobMessage(BaseModel):
     template: str
 
 
+#: Waiting jobs read from the store per page while looking for overdue ones.
+_EXPIRY_PAGE = 500
+
+
 async def expire_overdue(store: JobStore, *, now: float | None = None) -> list[str]:
-    """Expire every waiting job past its deadline; returns their ids."""
+    """Expire every waiting job past its deadline; returns their ids.
+
+    Pages through all waiting jobs, oldest first (a deadline is not always
+    ``created_at`` plus today's ``job_timeout_s``: the setting may have
+    changed since), so none is missed however many jobs are waiting.
+    """
     at = time.time() if now is None else now
-    expired = []
-    for job in await store.list_jobs(status=JobStatus.WAITING_FOR_FILES, limit=1000):
-        if job.expires_at > at:
-            continue
-        missing = job.missing
-        event, new = await store.append_event(
-            job.job_id,
-            event_id=f"{job.job_id}:{EventType.JOB_EXPIRED}",
-            type=EventType.JOB_EXPIRED,
-            data={
-                "missing": missing,
-                "error": "these files never arrived before the job's deadline: "
-                + ", ".join(missing),
-            },
-            if_status=frozenset({JobStatus.WAITING_FOR_FILES}),
+    expired: list[str] = []
+    after: JobRecord | None = None
+    while True:
+        page = await store.list_jobs(
+            status=JobStatus.WAITING_FOR_FILES, limit=_EXPIRY_PAGE, oldest_first=True, after=after
         )
-        if event is not None and new:
-            log.info("job %s expired: %d declared file(s) never arrived", job.job_id, len(missing))
-            expired.append(job.job_id)
-    return expired
+        if not page:
+            return expired
+        after = page[-1]
+        for job in page:
+            if job.expires_at <= at and await _expire(store, job):
+                expired.append(job.job_id)
+
+
+async def _expire(store: JobStore, job: JobRecord) -> bool:
+    """Append ``job.expired`` to a job still waiting for files; True if this call did."""
+    missing = job.missing
+    event, new = await store.append_event(
+        job.job_id,
+        event_id=f"{job.job_id}:{EventType.JOB_EXPIRED}",
+        type=EventType.JOB_EXPIRED,
+        data={
+            "missing": missing,
+            "error": "these files never arrived before the job's deadline: " + ", ".join(missing),
+        },
+        if_status=frozenset({JobStatus.WAITING_FOR_FILES}),
+    )
+    if event is not None and new:
+        log.info("job %s expired: %d declared file(s) never arrived", job.job_id, len(missing))
+        return True
+    return False
 
 
 class BridgeProcessor(OptionsProcessor[BridgeOptions]):
@@ -157,6 +178,19 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
             )
             raise InvalidInputError(
                 f"{key!r} is {size} bytes, more than max_file_bytes ({self.opts.max_file_bytes})"
+            )
+        declared = job.files[index].size
+        if size is not None and size != declared:
+            # The runner plans by the declared size (csv-to-kafka ranges): never run on another.
+            name = job.files[index].name
+            await self._fail(
+                store,
+                job,
+                f"{name!r} arrived with {size} bytes but the upload declared {declared}: "
+                "upload the file again, unchanged, as a new upload",
+            )
+            raise InvalidInputError(
+                f"{key!r} is {size} bytes, not the {declared} bytes upload {upload_id} declared"
             )
         name = job.files[index].name
         await store.append_event(

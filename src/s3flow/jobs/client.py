@@ -21,9 +21,11 @@ from s3flow.errors import S3flowError
 
 __all__ = [
     "DEFAULT_URL",
+    "MAX_BACKOFF_S",
     "TERMINAL_EXIT",
     "SseEvent",
     "api_url",
+    "backoff_s",
     "create_upload",
     "describe",
     "error_of",
@@ -75,16 +77,77 @@ def parse_sse(lines: Iterator[str]) -> Iterator[SseEvent]:
         fields[name] = fields[name] + "\n" + value if name == "data" and name in fields else value
 
 
+#: HTTP statuses of the events request worth another try: any 5xx (the server's 503 on a
+#: brief store failure, a load balancer's 502/503/504) and 429 (throttled).
+_RETRY_STATUS = frozenset({429})
+#: Longest wait between two tries of the event stream (and of a Retry-After honoured).
+MAX_BACKOFF_S = 10.0
+_FIRST_BACKOFF_S = 0.25
+
+
+def _retryable(status: int) -> bool:
+    return status >= 500 or status in _RETRY_STATUS
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    """The response's ``Retry-After`` in seconds (0 when absent or not a number of seconds)."""
+    try:
+        return max(0.0, float(resp.headers.get("retry-after", "0")))
+    except ValueError:
+        return 0.0
+
+
+def backoff_s(failures: int, retry_after: float = 0.0) -> float:
+    """Wait before try ``failures + 1``: doubling from 0.25 s, capped at :data:`MAX_BACKOFF_S`.
+
+    A server's ``Retry-After`` lengthens it (to the same cap).
+    """
+    doubled = _FIRST_BACKOFF_S * float(2 ** min(max(failures - 1, 0), 16))
+    return min(MAX_BACKOFF_S, max(doubled, retry_after))
+
+
+def _noting(lines: Iterator[str], seen: list[bool]) -> Iterator[str]:
+    """``lines``, appending to ``seen`` once the first one arrives."""
+    for line in lines:
+        if not seen:
+            seen.append(True)
+        yield line
+
+
+def _refused(url: str, job_id: str, resp: httpx.Response) -> S3flowError:
+    """The error for a 4xx (or other non-retryable) answer to the events request."""
+    status = resp.status_code
+    hint = {
+        401: "pass the API token with --token or $S3FLOW_TOKEN",
+        403: "pass the API token with --token or $S3FLOW_TOKEN",
+        404: f"check the job id and that {url} is the API that created the job",
+    }.get(status, "this request will not succeed as it is")
+    return S3flowError(
+        f"GET {url}/api/jobs/{job_id}/events was refused (HTTP {status}: {error_of(resp)}); "
+        f"{hint}. The job itself goes on: `s3flow jobs events {job_id} --follow` shows it "
+        "from the state store"
+    )
+
+
 def read_events(
     client: httpx.Client, url: str, job_id: str, *, headers: dict[str, str], retries: int = 20
 ) -> Iterator[SseEvent]:
-    """The job's events from 1 to the terminal one, resuming after a dropped connection."""
+    """The job's events from 1 to the terminal one, resuming after a dropped connection.
+
+    A transport error, a 5xx or 429 answer, or a stream that ends before the
+    terminal event is tried again with ``Last-Event-ID`` after a capped
+    exponential backoff (:func:`backoff_s`); after ``retries`` failures in a
+    row (any event received resets the count) it gives up with an
+    :class:`S3flowError`. A 4xx answer is that error at once.
+    """
     last = 0
     failures = 0
     while True:
         h = dict(headers)
         if last:
             h["Last-Event-ID"] = str(last)
+        wait_at_least = 0.0
+        alive: list[bool] = []  # not empty once the stream sent a line (event or heartbeat)
         try:
             with client.stream(
                 "GET",
@@ -94,20 +157,31 @@ def read_events(
             ) as resp:
                 if resp.status_code != 200:
                     resp.read()
-                    raise S3flowError(f"GET events: HTTP {resp.status_code}: {error_of(resp)}")
-                for ev in parse_sse(resp.iter_lines()):
-                    failures = 0
-                    if ev.id <= last:
-                        continue
-                    last = ev.id
-                    yield ev
-                    if ev.event in TERMINAL_EXIT:
-                        return
+                    if not _retryable(resp.status_code):
+                        raise _refused(url, job_id, resp)
+                    why = f"HTTP {resp.status_code}: {error_of(resp)}"
+                    wait_at_least = _retry_after(resp)
+                else:
+                    for ev in parse_sse(_noting(resp.iter_lines(), alive)):
+                        failures = 0
+                        if ev.id <= last:
+                            continue
+                        last = ev.id
+                        yield ev
+                        if ev.event in TERMINAL_EXIT:
+                            return
+                    why = "the stream ended before the job did"
         except httpx.TransportError as exc:
-            failures += 1
-            if failures > retries:
-                raise S3flowError(f"the event stream of {job_id} keeps failing: {exc}") from exc
-            time.sleep(min(5.0, 0.2 * failures))
+            why = f"{type(exc).__name__}: {exc}"
+        # A stream that was alive and then closed (a proxy's idle limit) starts counting anew.
+        failures = 1 if alive else failures + 1
+        if failures > retries:
+            raise S3flowError(
+                f"the event stream of {job_id} at {url} failed {failures} times in a row "
+                f"(last: {why}); the job goes on: `s3flow jobs events {job_id} --follow` "
+                "shows it from the state store"
+            )
+        time.sleep(backoff_s(failures, wait_at_least))
 
 
 def error_of(resp: httpx.Response) -> str:

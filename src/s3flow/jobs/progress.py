@@ -25,10 +25,16 @@ from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from s3flow.closing import cancel_and_wait
-from s3flow.errors import S3flowError, aws_errors
+from s3flow.errors import EnvelopeError, S3flowError, aws_errors
 from s3flow.state.jobs import EventType, JobEvent, JobStore
 
-__all__ = ["ProgressConsumer", "ProgressMessage", "ProgressPublisher", "StepProgress"]
+__all__ = [
+    "BadProgressMessageError",
+    "ProgressConsumer",
+    "ProgressMessage",
+    "ProgressPublisher",
+    "StepProgress",
+]
 
 log = logging.getLogger("s3flow.jobs.progress")
 
@@ -36,6 +42,17 @@ log = logging.getLogger("s3flow.jobs.progress")
 #: on-wire receive finish instead of leaving a job's messages (and, in a FIFO
 #: queue, the rest of that job's events) invisible.
 _WAIT_S = 2
+#: What a malformed message raises while it is parsed or folded into its job (a nesting
+#: too deep for the JSON parser is a RecursionError).
+_MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
+
+
+class BadProgressMessageError(EnvelopeError):
+    """A progress-queue message that is not a progress event s3flow can store (poison).
+
+    The consumer logs it and deletes it: retrying cannot fix it, and in a FIFO
+    queue it would hold back the events of its job that follow it.
+    """
 
 
 @dataclass(frozen=True)
@@ -70,8 +87,10 @@ class ProgressMessage:
                 type=EventType(doc["type"]),
                 data=dict(doc.get("data") or {}),
             )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise S3flowError(f"not a progress event ({exc}): {body[:200]!r}") from exc
+        except _MALFORMED as exc:
+            raise BadProgressMessageError(
+                f"not a progress event ({type(exc).__name__}: {str(exc)[:200]}): {body[:200]!r}"
+            ) from exc
 
 
 def _dedup_id(event_id: str) -> str:
@@ -198,8 +217,17 @@ class ProgressConsumer:
             try:
                 n = await self.poll_once()
                 delay = 0.5
-            except S3flowError as exc:
-                log.warning("progress queue: %s; retrying in %.1fs", exc, delay)
+            except Exception as exc:  # the consumer must outlive any one failure
+                if isinstance(exc, S3flowError):
+                    log.warning("progress queue: %s; retrying in %.1fs", exc, delay)
+                else:  # a bug, not the queue: say so, but keep every job updating
+                    log.error(
+                        "progress queue: unexpected %s while consuming (a bug: please report "
+                        "it with this log); retrying in %.1fs",
+                        type(exc).__name__,
+                        delay,
+                        exc_info=exc,
+                    )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
                 delay = min(delay * 2, 30.0)
@@ -220,18 +248,19 @@ class ProgressConsumer:
         messages = resp.get("Messages") or []
         done: list[dict[str, str]] = []
         for i, raw in enumerate(messages):
+            message_id = str(raw.get("MessageId", "?"))
             try:
                 msg = ProgressMessage.from_body(str(raw.get("Body", "")))
-            except S3flowError as exc:
-                log.error(
-                    "progress queue: dropping a message that is not a progress event: %s", exc
-                )
+            except BadProgressMessageError as exc:
+                self._poison(message_id, None, exc)
                 done.append({"Id": str(i), "ReceiptHandle": raw["ReceiptHandle"]})
                 continue
             try:
-                event, new = await self.store.append_event(
-                    msg.job_id, event_id=msg.event_id, type=msg.type, data=msg.data
-                )
+                event, new = await self._append(msg)
+            except BadProgressMessageError as exc:
+                self._poison(message_id, msg, exc)
+                done.append({"Id": str(i), "ReceiptHandle": raw["ReceiptHandle"]})
+                continue
             except S3flowError as exc:
                 # Leave it (and, FIFO, the rest of its job) for a later receive.
                 log.warning(
@@ -253,3 +282,35 @@ class ProgressConsumer:
             with aws_errors("DeleteMessageBatch"):
                 await self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=done)
         return len(messages)
+
+    async def _append(self, msg: ProgressMessage) -> tuple[JobEvent | None, bool]:
+        """Append ``msg`` to its job's log; :class:`BadProgressMessageError` if its data cannot be.
+
+        The store checks the data (JSON it can keep, counters that are numbers,
+        outputs with every field) before it writes anything, so a refusal
+        leaves the log and the job as they were.
+        """
+        try:
+            return await self.store.append_event(
+                msg.job_id, event_id=msg.event_id, type=msg.type, data=msg.data
+            )
+        except S3flowError:
+            raise
+        except _MALFORMED as exc:
+            raise BadProgressMessageError(
+                f"its data cannot be stored ({type(exc).__name__}: {str(exc)[:200]})"
+            ) from exc
+
+    def _poison(self, message_id: str, msg: ProgressMessage | None, exc: S3flowError) -> None:
+        """Log a message that will be deleted unstored: what, which message, what to do."""
+        what = "" if msg is None else f" (event {msg.event_id!r} of job {msg.job_id})"
+        log.error(
+            "progress queue %s: deleting message %s%s without storing it: %s. Retrying cannot "
+            "fix it; check the version of whatever sends to this queue (s3flow job workers "
+            "of the same release as the web app), and `s3flow jobs show` the job if it "
+            "stops updating",
+            self.queue_url,
+            message_id,
+            what,
+            exc,
+        )

@@ -11,7 +11,11 @@ runs again and ends with one ``job.completed`` (its event id is fixed).
 Progress goes to the progress FIFO queue (:mod:`s3flow.jobs.progress`):
 ``step.started``, ``step.progress`` (at most every ``progress_interval_s``),
 ``step.completed``, then ``job.completed``; a permanent error or the last
-allowed attempt gives ``job.failed`` with the error.
+allowed attempt (``[jobs] max_receive_count``) gives ``job.failed`` with the
+error, and so does a receive past the last attempt (its worker died in it:
+SIGKILL, out of memory), so a job never stays ``running`` for want of a
+worker. The processing queue's redrive count is above the limit (a safety
+net, as for pipelines), so SQS never takes the message before that receive.
 """
 
 from __future__ import annotations
@@ -112,6 +116,20 @@ class JobHandler:
             log.info("job %s is already %s; acking the duplicate", job.job_id, job.status)
             return Ack("duplicate")
         pub = ProgressPublisher(self._sqs, self._progress_url, job.job_id)
+        limit = self._jobs.max_receive_count
+        if msg.receive_count > limit:
+            # Every attempt ends in job.completed or job.failed, or the worker died in it
+            # (SIGKILL, out of memory): the last one did, so the job fails here, never
+            # left 'running' (the queue's redrive is above the limit: see provision).
+            await self._failed(
+                pub,
+                job,
+                f"the job's worker stopped during its last allowed attempt ({limit} of "
+                f"{limit}, [jobs] max_receive_count) without finishing it: killed or out of "
+                "memory? Check the job worker's log and memory limit, then "
+                f"`s3flow jobs retry {job.job_id}`",
+            )
+            return Ack("failed")
         template = self._settings.template(job.template)
         if template is None:
             await self._failed(
@@ -125,12 +143,11 @@ class JobHandler:
             return Ack("failed")
         except Exception as exc:  # retryable: the queue re-delivers
             error = f"{type(exc).__name__}: {exc}"
-            if msg.receive_count >= self._jobs.max_receive_count:
+            if msg.receive_count >= limit:
                 await self._failed(
                     pub, job, f"failed {msg.receive_count} times; last error: {error}"
                 )
-                # The queue's redrive moves it to the processing DLQ on the next receive.
-                return Retry(0, type(exc).__name__, error)
+                return Ack("failed")
             log.warning(
                 "job %s attempt %d failed, will retry: %s", job.job_id, msg.receive_count, error
             )

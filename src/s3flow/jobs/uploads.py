@@ -5,7 +5,8 @@
 refusal a :class:`BadUploadError` a person can act on); :func:`create_upload`
 stores the job with its ``job.created`` event and presigns the POSTs. Each
 policy pins the exact key, the content type and ``content-length-range``
-[1, declared size capped at ``max_file_bytes``].
+[declared size, declared size] (S3 enforces it; the bridge checks the size
+again, for endpoints that do not).
 """
 
 from __future__ import annotations
@@ -250,7 +251,8 @@ async def create_upload(
                 Fields={"Content-Type": f.content_type},
                 Conditions=[
                     {"Content-Type": f.content_type},
-                    ["content-length-range", 1, jobs.max_file_bytes],
+                    # exactly the declared size (checked in plan_upload: 1..max_file_bytes)
+                    ["content-length-range", f.size, f.size],
                 ],
                 ExpiresIn=jobs.presign_expiry_s,
             )

@@ -121,7 +121,11 @@ class JobsSettings(_Model):
         description="Visibility timeout of the intake and processing queues (heartbeated).",
     )
     max_receive_count: ReceiveCount = Field(
-        default=3, description="Attempts per job before it fails (processing DLQ)."
+        default=3,
+        description=(
+            "Attempts per job before it fails with job.failed (the processing queue's "
+            "redrive to its DLQ is 10 above: a safety net)."
+        ),
     )
     progress_interval_s: float = Field(
         default=0.5, gt=0, description="At most one step.progress event per step this often."

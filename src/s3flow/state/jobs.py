@@ -374,9 +374,19 @@ class JobStore(Protocol):
         ...
 
     async def list_jobs(
-        self, *, status: JobStatus | None = None, limit: int = 50
+        self,
+        *,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        oldest_first: bool = False,
+        after: JobRecord | None = None,
     ) -> list[JobRecord]:
-        """Jobs, newest first, optionally with one status."""
+        """Jobs, newest first (``oldest_first``: oldest first), optionally with one status.
+
+        The order is ``(created_at, job_id)``. ``after``: only the jobs that come
+        after this one in that order (the last job of the previous page), so a
+        caller can page through every job.
+        """
         ...
 
     async def append_event(

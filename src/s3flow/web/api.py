@@ -36,6 +36,11 @@ _DOWNLOAD_EXPIRY_S = 900
 router = APIRouter(prefix="/api")
 
 
+def _is_number(text: str, max_digits: int) -> bool:
+    """True for 1 to ``max_digits`` ASCII digits (what ``int()`` takes, unlike ``isdigit``)."""
+    return 0 < len(text) <= max_digits and text.isascii() and text.isdigit()
+
+
 def _runtime(request: Request) -> WebRuntime:
     runtime: WebRuntime = request.app.state.runtime
     return runtime
@@ -45,7 +50,7 @@ async def _json_body(request: Request) -> Any:
     """The request body decoded as JSON; 413 beyond :data:`MAX_BODY_BYTES`, 400 if not JSON."""
     declared = request.headers.get("content-length")
     too_large = ApiError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if declared is not None and _is_number(declared, 20) and int(declared) > MAX_BODY_BYTES:
         raise too_large
     body = bytearray()
     async for chunk in request.stream():
@@ -123,8 +128,13 @@ async def list_jobs(request: Request) -> JSONResponse:
     raw_limit = request.query_params.get("limit")
     limit = _DEFAULT_LIMIT
     if raw_limit:
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= _MAX_LIMIT:
-            raise ApiError(400, f"limit must be a whole number from 1 to {_MAX_LIMIT}")
+        # ASCII digits only: "²".isdigit() is True but int() refuses it.
+        if not _is_number(raw_limit, 3) or not 1 <= int(raw_limit) <= _MAX_LIMIT:
+            raise ApiError(
+                400,
+                f"limit {raw_limit[:20]!r} is not a whole number from 1 to {_MAX_LIMIT}: "
+                f"use digits 0-9, e.g. ?limit={_DEFAULT_LIMIT}",
+            )
         limit = int(raw_limit)
     jobs = await runtime.store.list_jobs(status=status, limit=limit)
     return JSONResponse({"jobs": [await _job_body(runtime, job) for job in jobs]})

@@ -283,7 +283,7 @@ async def read_form(request: Request, settings: Settings, checker: TokenChecker)
         raise ApiError(400, f"send the file as multipart/form-data (an HTML form, or {_EXAMPLE})")
     declared = request.headers.get("content-length")
     limit = jobs.max_file_bytes + FORM_OVERHEAD_BYTES
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise ApiError(
             413, f"the body is larger than the {jobs.max_file_bytes} bytes allowed per file"
         )

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from itest_support import wait_for
 from jobs_support import FAILS, SLOW, JobsProject, stop_process
@@ -106,6 +107,31 @@ def test_declared_files_that_never_arrive_expire_the_job(tmp_path: Path, s3: Any
     assert last.type is EventType.JOB_EXPIRED and last.data["missing"] == ["late.txt"]
 
 
+def test_a_file_of_another_size_than_declared_fails_the_job(
+    tmp_path: Path, s3: Any, sqs: Any
+) -> None:
+    project = JobsProject(tmp_path, s3, sqs)
+    created = project.create("count", {"a.txt": b"1\n"})  # declares 2 bytes
+    job_id = created["job_id"]
+    worker = project.worker()
+    try:
+        # The emulator does not enforce the policy's content-length-range: 9 bytes get in.
+        r = httpx.post(
+            created["files"][0]["url"],
+            data=created["files"][0]["fields"],
+            files={"file": ("a.txt", b"1\n2\n3\n4\n5", "text/plain")},
+        )
+        if r.status_code >= 300:  # an endpoint that enforces it: nothing else to check
+            assert "EntityTooLarge" in r.text or "content-length" in r.text.lower(), r.text
+            return
+        job = wait_for(lambda: (j := project.job(job_id)) and j.status.terminal and j, 60, "job")
+    finally:
+        stop_process(worker)
+    assert job.status is JobStatus.FAILED
+    assert "arrived with 9 bytes but the upload declared 2" in (job.error or ""), job.error
+    assert EventType.JOB_QUEUED not in [e.type for e in project.events(job_id)]
+
+
 def test_twenty_concurrent_uploads_all_complete(tmp_path: Path, s3: Any, sqs: Any) -> None:
     project = JobsProject(tmp_path, s3, sqs)
     created = []
@@ -141,13 +167,60 @@ def test_failing_step_fails_the_job_after_max_receives(tmp_path: Path, s3: Any, 
     try:
         project.post_files(created, files)
         done = project.consume_until([created["job_id"]], timeout_s=120)
-        # The queue's redrive moves the message to the FIFO DLQ on its next receive.
-        wait_for(lambda: project.depth("processing-dlq.fifo") == 1, 60, "processing DLQ")
+        # The last attempt published job.failed and deleted the message.
+        wait_for(lambda: project.depth("processing.fifo") == 0, 60, "the message's delete")
     finally:
         stop_process(worker)
     job = done[created["job_id"]]
     assert job.status is JobStatus.FAILED
     assert "failed 3 times" in (job.error or "") and "boom" in (job.error or "")
+    assert project.depth("processing-dlq.fifo") == 0
+
+
+def test_a_worker_killed_in_the_last_attempt_still_fails_the_job(
+    tmp_path: Path, s3: Any, sqs: Any
+) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    project = JobsProject(
+        tmp_path,
+        s3,
+        sqs,
+        jobs={"max_receive_count": 1},  # the first attempt is the last
+        extra_templates=[
+            {
+                "name": "slow",
+                "steps": [
+                    {"processor": SLOW, "options": {"sleep_s": 30, "marker_dir": str(markers)}}
+                ],
+            }
+        ],
+    )
+    files = {"a.txt": b"a\n"}
+    created = project.create("slow", files)
+    job_id = created["job_id"]
+    first = project.worker("worker1.log")
+    try:
+        project.post_files(created, files)
+        wait_for(lambda: any(p.name.startswith("started-") for p in markers.iterdir()), 60, "step")
+        os.kill(first.pid, signal.SIGKILL)  # OOM killer: no job.failed from this worker
+        first.wait()
+    finally:
+        stop_process(first)
+    second = project.worker("worker2.log")
+    try:
+        # The message comes back after its visibility timeout (10 s); the job must end.
+        done = project.consume_until([job_id], timeout_s=90)
+        wait_for(lambda: project.depth("processing.fifo") == 0, 60, "the message's delete")
+    finally:
+        stop_process(second)
+    job = done[job_id]
+    assert job.status is JobStatus.FAILED
+    assert "stopped during its last allowed attempt (1 of 1" in (job.error or ""), job.error
+    assert f"s3flow jobs retry {job_id}" in (job.error or "")
+    assert project.events(job_id)[-1].type is EventType.JOB_FAILED
+    assert project.depth("processing-dlq.fifo") == 0
+    assert len([p for p in markers.iterdir() if p.name.startswith("started-")]) == 1
 
 
 def test_sigkill_of_the_job_worker_mid_step_completes_once(

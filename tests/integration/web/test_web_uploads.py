@@ -136,6 +136,21 @@ async def test_not_json_unknown_jobs_and_bad_statuses_are_json_errors(
     assert r.status_code == 404 and "error" in r.json()
 
 
+@pytest.mark.parametrize(
+    "limit", ["\u00b2", "\u0663", "\uff11", "0", "501", "-1", "1.5", "x", "9" * 30]
+)
+async def test_a_limit_that_is_not_1_to_500_in_ascii_digits_is_a_400(
+    shared_web: WebThread, client: httpx.AsyncClient, limit: str
+) -> None:
+    # "²", Arabic-Indic 3 and fullwidth 1 pass str.isdigit() but not int() (was a 500).
+    r = await client.get(f"{shared_web.url}/api/jobs", params={"limit": limit})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert "not a whole number from 1 to 500" in error and "?limit=50" in error
+    ok = await client.get(f"{shared_web.url}/api/jobs", params={"limit": "500"})
+    assert ok.status_code == 200
+
+
 async def test_outputs_are_downloadable_through_their_presigned_urls(
     web: WebThread,
     client: httpx.AsyncClient,

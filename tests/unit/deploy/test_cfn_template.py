@@ -154,7 +154,9 @@ def test_queues_dlqs_and_fifos() -> None:
     for fifo in ("processing.fifo", "processing-dlq.fifo", "progress.fifo"):
         q = queues[f"acme-dev-{fifo}"]
         assert q["FifoQueue"] is True and q["ContentBasedDeduplication"] is False
-    assert queues["acme-dev-processing.fifo"]["RedrivePolicy"]["maxReceiveCount"] == 3
+    # 10 above [jobs] max_receive_count (3): the runner fails a job whose worker died in
+    # its last attempt on the next receive, before SQS would move the message away
+    assert queues["acme-dev-processing.fifo"]["RedrivePolicy"]["maxReceiveCount"] == 13
     assert "FifoQueue" not in counts
 
 

@@ -42,10 +42,21 @@ class FakeJobStore:
         return next((j for j in self.jobs.values() if j.upload_id == upload_id), None)
 
     async def list_jobs(
-        self, *, status: JobStatus | None = None, limit: int = 50
+        self,
+        *,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        oldest_first: bool = False,
+        after: JobRecord | None = None,
     ) -> list[JobRecord]:
+        def order(j: JobRecord) -> tuple[float, str]:
+            return (j.created_at, j.job_id)
+
         jobs = [j for j in self.jobs.values() if status is None or j.status is status]
-        return sorted(jobs, key=lambda j: j.created_at, reverse=True)[:limit]
+        if after is not None:
+            past = order(after)
+            jobs = [j for j in jobs if (order(j) > past if oldest_first else order(j) < past)]
+        return sorted(jobs, key=order, reverse=not oldest_first)[:limit]
 
     async def append_event(
         self,

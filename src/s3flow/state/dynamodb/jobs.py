@@ -53,6 +53,7 @@ from s3flow.state.dynamodb.codec import (
     event_marker_key,
     job_event_key,
     job_key,
+    job_listed,
     upload_key,
     with_purge,
 )
@@ -251,36 +252,59 @@ class JobsMixin(JobLogMixin, DynamoClient):
         return None if item is None else await self.get_job(item["job_id"]["S"])
 
     async def list_jobs(
-        self, *, status: JobStatus | None = None, limit: int = 50
+        self,
+        *,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        oldest_first: bool = False,
+        after: JobRecord | None = None,
     ) -> list[JobRecord]:
-        """Jobs, newest first (by ``created_at``, then ``job_id``), optionally with one status.
+        """Jobs by ``(created_at, job_id)``, newest first unless ``oldest_first``.
 
-        Queries the ``status`` index, newest first, for the first ``limit``
-        keys (with no status: each of the six statuses at once, merged), then
-        reads those records (BatchGetItem, strongly consistent). No Scan: the
-        cost follows ``limit``, not the number of jobs.
+        Optionally with one status; ``after``: only the jobs past that one in
+        this order (the last of the previous page). Queries the ``status``
+        index in that order for the first ``limit`` keys (with no status: each
+        of the six statuses at once, merged), then reads those records
+        (BatchGetItem, strongly consistent). No Scan: the cost follows
+        ``limit``, not the number of jobs.
         """
         if limit <= 0:
             return []
         wanted = list(JobStatus) if status is None else [JobStatus(status)]
-        found = await asyncio.gather(*(self._listed(s, limit) for s in wanted))
-        keys = sorted({k for ks in found for k in ks}, reverse=True)[:limit]
+        past = None if after is None else job_listed(after)
+        if oldest_first or past is not None:
+            found = await asyncio.gather(
+                *(self._listed(s, limit, oldest_first=oldest_first, past=past) for s in wanted)
+            )
+        else:  # the plain listing (its call is the one tests stand in for)
+            found = await asyncio.gather(*(self._listed(s, limit) for s in wanted))
+        keys = sorted({k for ks in found for k in ks}, reverse=not oldest_first)[:limit]
         jobs = await self._get_jobs([job_id for _, job_id in keys])
         if status is not None:  # the index may lag a status change; the record does not
             jobs = [j for j in jobs if j.status is JobStatus(status)]
-        jobs.sort(key=lambda j: (j.created_at, j.job_id), reverse=True)
+        jobs.sort(key=lambda j: (j.created_at, j.job_id), reverse=not oldest_first)
         return jobs[:limit]
 
-    async def _listed(self, status: JobStatus, limit: int) -> list[tuple[str, str]]:
-        """The newest ``limit`` entries of ``status`` in the index: ``(listed, job_id)``."""
+    async def _listed(
+        self, status: JobStatus, limit: int, *, oldest_first: bool = False, past: str | None = None
+    ) -> list[tuple[str, str]]:
+        """The first ``limit`` entries of ``status`` in the index: ``(listed, job_id)``.
+
+        Newest first unless ``oldest_first``; only those past the sort key ``past``.
+        """
+        condition = "#st = :st"
+        values: dict[str, Any] = {":st": {"S": status.value}}
+        if past is not None:
+            condition += f" AND listed {'>' if oldest_first else '<'} :past"
+            values[":past"] = {"S": past}
         items = await self._first_items(
             self.jobs_table,
             limit,
             IndexName=JOBS_STATUS_INDEX,
-            KeyConditionExpression="#st = :st",
+            KeyConditionExpression=condition,
             ExpressionAttributeNames={"#st": "status"},
-            ExpressionAttributeValues={":st": {"S": status.value}},
-            ScanIndexForward=False,
+            ExpressionAttributeValues=values,
+            ScanIndexForward=oldest_first,
         )
         return [(i["listed"]["S"], i["pk"]["S"][len("job#") :]) for i in items]
 

@@ -84,15 +84,30 @@ class JobsMixin(JobLogMixin, SqliteStoreBase):
         return await self._run(lambda conn: _select_job(conn, "upload_id", upload_id), read=True)
 
     async def list_jobs(
-        self, *, status: JobStatus | None = None, limit: int = 50
+        self,
+        *,
+        status: JobStatus | None = None,
+        limit: int = 50,
+        oldest_first: bool = False,
+        after: JobRecord | None = None,
     ) -> list[JobRecord]:
-        """Jobs, newest first (by ``created_at``, then ``job_id``), optionally with one status."""
+        """Jobs by ``(created_at, job_id)``, newest first unless ``oldest_first``.
+
+        Optionally with one status; ``after``: only the jobs past that one in this order.
+        """
         sql = "SELECT record FROM jobs"
+        where: list[str] = []
         args: list[Any] = []
         if status is not None:
-            sql += " WHERE status = ?"
+            where.append("status = ?")
             args.append(JobStatus(status).value)
-        sql += " ORDER BY created_at DESC, job_id DESC LIMIT ?"
+        if after is not None:
+            where.append(f"(created_at, job_id) {'>' if oldest_first else '<'} (?, ?)")
+            args += [after.created_at, after.job_id]
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        order = "ASC" if oldest_first else "DESC"
+        sql += f" ORDER BY created_at {order}, job_id {order} LIMIT ?"
         args.append(max(0, limit))
         return await self._run(
             lambda conn: [job_from_json(r[0]) for r in conn.execute(sql, args)], read=True

@@ -1,0 +1,71 @@
+"""`s3flow jobs events` on a real SQLite store: the whole log, however long it is."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from s3flow.state.jobs import EventType, JobFile, JobRecord, JobStatus, JobStep
+from s3flow.state.sqlite import SqliteStateStore
+
+pytestmark = pytest.mark.integration
+
+
+async def _long_log(db: Path, job_id: str, progress_events: int) -> None:
+    now = time.time()
+    job = JobRecord(
+        job_id=job_id,
+        upload_id=uuid.uuid4().hex,
+        template="count",
+        status=JobStatus.WAITING_FOR_FILES,
+        files=(JobFile(name="a.txt", key="uploads/x/0-a.txt", size=2, content_type="text/plain"),),
+        steps=(JobStep(name="line-count"),),
+        created_at=now,
+        updated_at=now,
+        expires_at=now + 3600,
+    )
+    async with SqliteStateStore(db) as store:
+        await store.create_job(job, event_id=f"{job_id}:created", data={})
+        for i in range(progress_events):
+            await store.append_event(
+                job_id,
+                event_id=f"{job_id}:p{i}",
+                type=EventType.STEP_PROGRESS,
+                data={"step": 0, "bytes_done": i},
+            )
+
+
+def test_events_prints_a_log_longer_than_one_page(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    cfg = tmp_path / "s3flow.toml"
+    cfg.write_text(f'[state]\nurl = "sqlite:///{db}"\n')
+    job_id = f"job-{uuid.uuid4().hex}"
+    asyncio.run(_long_log(db, job_id, 1204))  # 1205 events: more than the store's 1000 a call
+    out = subprocess.run(
+        [sys.executable, "-m", "s3flow", "jobs", "events", job_id, "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert out.returncode == 0, out.stderr
+    seqs = [int(ln.split()[0]) for ln in out.stdout.splitlines() if ln.strip()[:1].isdigit()]
+    assert seqs == list(range(1, 1206)), (len(seqs), seqs[-3:])
+    # --after starts past it, and still reaches the end.
+    after = subprocess.run(
+        [sys.executable, "-m", "s3flow", "jobs", "events", job_id, "-c", str(cfg), "--after", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert after.returncode == 0, after.stderr
+    seqs = [int(ln.split()[0]) for ln in after.stdout.splitlines() if ln.strip()[:1].isdigit()]
+    assert seqs == list(range(4, 1206))
