@@ -13,7 +13,9 @@ hand its object to another worker while this one still means to process it.
 The same beat renews the state-store claims of the objects being worked on
 (``renew_claims``): one heartbeat, so a claim lives exactly as long as its
 message stays leased, and a dead worker's claims expire about when its
-messages become visible again.
+messages become visible again. The renewals run beside the beat (one at a time,
+what falls due meanwhile batched): a slow state store (a busy SQLite file,
+DynamoDB throttling) must not hold back the next visibility extension.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class LeaseKeeper:
         self._metrics = metrics or PipelineMetrics()
         self._leases: dict[str, _Lease] = {}
         self._task: asyncio.Task[None] | None = None
+        #: Claim renewals run beside the beats (a slow state store must not hold back
+        #: the next visibility extension): the running one, and the deliveries due since.
+        self._renewing: asyncio.Task[None] | None = None
+        self._renew_next: dict[str, None] = {}
         # Wake up often enough to act at half the timeout, but not busily.
         self.tick_s = max(0.1, min(5.0, visibility_timeout_s / 4))
 
@@ -78,6 +84,8 @@ class LeaseKeeper:
     async def __aexit__(self, *exc: object) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+        await cancel_and_wait(self._renewing)
+        self._renewing = None
 
     def track(self, delivery: str, receipt_handle: str, received_at: float) -> None:
         """Start heartbeating a message received at ``received_at`` (time.monotonic()),
@@ -156,7 +164,22 @@ class LeaseKeeper:
                     lease.handle[-12:],
                 )
 
-        beats: list[Awaitable[None]] = [one(mid, lease, ext) for mid, lease, ext in due]
         if self._renew_claims is not None:
-            beats.append(self._renew_claims([mid for mid, _, _ in due]))
-        await asyncio.gather(*beats)
+            self._renew([mid for mid, _, _ in due])
+        await asyncio.gather(*(one(mid, lease, ext) for mid, lease, ext in due))
+
+    def _renew(self, deliveries: list[str]) -> None:
+        """Renew the claims of ``deliveries`` in the background: after the renewal under
+        way, if there is one (one at a time; what falls due meanwhile is batched)."""
+        self._renew_next.update(dict.fromkeys(deliveries))
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.create_task(self._renewals(), name="lease-claims")
+
+    async def _renewals(self) -> None:
+        assert self._renew_claims is not None
+        while self._renew_next:
+            batch, self._renew_next = list(self._renew_next), {}
+            try:
+                await self._renew_claims(batch)
+            except Exception:  # like a beat: never die of one bad renewal
+                log.exception("renewing claims failed; trying again with the next beat")

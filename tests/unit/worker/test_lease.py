@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -131,3 +132,31 @@ async def test_no_extension_reaches_past_12_hours_from_the_receive() -> None:
     lk._leases["m1"].limit_at = time.monotonic() + 0.5  # the limit is reached
     await lk.beat()
     assert len(acks.calls) == 1 and m.visibility_extensions == 1
+
+
+async def test_a_slow_claim_renewal_does_not_hold_back_the_next_extension() -> None:
+    """Claims renew beside the beat: with the state store stuck, the next beat still
+    extends what is due; what fell due meanwhile is renewed after, in one batch."""
+    acks = FakeAcks()
+    release = asyncio.Event()
+    renewed: list[list[str]] = []
+
+    async def renew(deliveries: list[str]) -> None:
+        renewed.append(deliveries)
+        await release.wait()
+
+    lk = LeaseKeeper(acks, visibility_timeout_s=10, job_timeout_s=3600, renew_claims=renew)
+    lk.track("m1", "h1", time.monotonic() - 6)
+    await asyncio.wait_for(lk.beat(), 2)  # the renewal hangs; the beat does not
+    lk.track("m2", "h2", time.monotonic() - 6)
+    lk.track("m3", "h3", time.monotonic() - 6)
+    await asyncio.wait_for(lk.beat(), 2)
+    assert [h for h, _ in acks.calls] == ["h1", "h2", "h3"]
+    assert renewed == [["m1"]]  # one renewal at a time
+    release.set()
+    for _ in range(100):
+        if len(renewed) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert renewed == [["m1"], ["m2", "m3"]]
+    await lk.__aexit__(None, None, None)
