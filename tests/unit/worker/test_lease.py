@@ -137,7 +137,7 @@ async def test_no_extension_reaches_past_12_hours_from_the_receive() -> None:
 async def test_a_slow_claim_renewal_does_not_hold_back_the_next_extension() -> None:
     """Claims renew beside the beat: with the state store stuck, the next beat still
     extends what is due; what fell due meanwhile is renewed after, in one batch."""
-    acks = FakeAcks()
+    acks: Any = FakeAcks()
     release = asyncio.Event()
     renewed: list[list[str]] = []
 
