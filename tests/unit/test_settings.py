@@ -204,6 +204,21 @@ def test_env_var_wins_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert s.pipelines[0].concurrency == 32
 
 
+def test_command_line_overrides_win_over_env_and_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flags (load_settings' overrides) > environment > file, as README and
+    docs/configuration.md say; the rest of each section still applies."""
+    path = write(tmp_path, DOCUMENTED_EXAMPLE + "\n[worker]\nshutdown_grace_s = 3\n")
+    monkeypatch.setenv("S3FLOW_WORKER__LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("S3FLOW_WORKER__SHUTDOWN_GRACE_S", "7")
+    s = load_settings(path, {"worker": {"log_level": "ERROR"}})
+    assert s.worker.log_level == "ERROR"
+    assert s.worker.shutdown_grace_s == 7.0  # the env over the file, untouched by the flag
+    assert load_settings(path).worker.log_level == "DEBUG"  # no override: the env
+    assert load_settings(path, {"worker": {"shutdown_grace_s": 9}}).worker.shutdown_grace_s == 9
+
+
 def test_env_var_applies_without_file_section(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

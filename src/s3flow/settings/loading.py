@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +112,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # TOML is loaded by load_settings() and passed as init data, merged with
-        # overrides; the env then wins over the file, as documented.
-        return (env_settings, init_settings)
+        # TOML is loaded by load_settings() and passed as init data; the env wins over
+        # the file, and the command line's overrides over both, as documented.
+        return (_Overrides(settings_cls), env_settings, init_settings)
 
     def pipeline(self, name: str) -> PipelineSettings:
         """Return the pipeline called ``name`` or raise ConfigError listing the known ones."""
@@ -126,6 +127,21 @@ class Settings(BaseSettings):
     def template(self, name: str) -> TemplateSettings | None:
         """The job template called ``name``, or None."""
         return next((t for t in self.templates if t.name == name), None)
+
+
+#: The command line's overrides while :func:`load_settings` builds a Settings.
+_OVERRIDES: ContextVar[dict[str, Any] | None] = ContextVar("s3flow_overrides", default=None)
+
+
+class _Overrides(PydanticBaseSettingsSource):
+    """The overrides given to :func:`load_settings` (command-line flags): the first source,
+    above the environment (pydantic-settings merges the sources' nested sections)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_OVERRIDES.get() or {})
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +229,10 @@ def load_settings(
         except OSError as exc:
             raise ConfigError(f"cannot read config file {p}: {exc}") from exc
     merged = _deep_merge(data, overrides or {})
+    token = _OVERRIDES.set(overrides or {})
     try:
-        return Settings(**merged)
+        return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, merged)) from exc
+    finally:
+        _OVERRIDES.reset(token)
