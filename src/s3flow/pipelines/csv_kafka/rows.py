@@ -212,7 +212,11 @@ class RowBatches:
             state.columns = columns
         state.ncols = self._ncols
         self._fast_ok = (
-            opts.format == "json" and opts.encoding == "utf-8" and opts.escapechar is None and _FAST
+            opts.format == "json"
+            and opts.encoding == "utf-8"
+            and opts.escapechar is None
+            and (opts.delimiter + opts.quotechar).isascii()  # pyarrow parses ASCII ones only
+            and _FAST
         )
         self._fast: ArrowJsonBlocks | None = None
         self._offset = state.offset

@@ -211,6 +211,21 @@ def test_row_batches_header_bad_rows_then_the_vectorised_path() -> None:
     assert not third.dead
 
 
+@pytest.mark.parametrize(("delimiter", "quotechar"), [("§", '"'), (",", "«"), (";", "'")])
+def test_non_ascii_delimiters_and_quotes_take_the_exact_path(
+    delimiter: str, quotechar: str
+) -> None:
+    """pyarrow parses ASCII delimiters and quote characters only: the blocks after the
+    header (where the vectorised path would start) must not fail on one that is not."""
+    opts = parse_options({"topic": "t", "delimiter": delimiter, "quotechar": quotechar})
+    d, q = delimiter.encode(), quotechar.encode()
+    blocks = as_blocks(b"id" + d + b"v\n1" + d + b"a\n", b"2" + d + q + b"b" + d + b"x" + q + b"\n")
+    batches = list(RowBatches(opts, "s3://b/k", Checkpoint("x")).batches(blocks))
+    enc = RowEncoder(["id", "v"])
+    values = [v if isinstance(v, str) else v.decode() for b in batches for v in b.values]
+    assert values == [enc.json(["1", "a"]), enc.json(["2", "b" + delimiter + "x"])]
+
+
 def test_row_batches_follow_bad_rows_and_resume_from_a_checkpoint() -> None:
     skip = RowBatches(
         parse_options({"topic": "t", "bad_rows": "skip", "format": "raw"}),
