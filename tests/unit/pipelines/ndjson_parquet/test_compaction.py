@@ -414,6 +414,50 @@ def test_compact_manifest_parts_drift_and_rerun(tmp_path: Path) -> None:
     assert pq.read_table(part_dir / "part-m-1-00000.parquet").to_pylist() == want
 
 
+def test_fields_that_are_empty_objects_everywhere_are_written_as_json_text(
+    tmp_path: Path,
+) -> None:
+    """Parquet cannot store a struct without fields: a field that is ``{}`` in every
+    file (or a list of them) becomes ``"{}"`` text, and the manifest is written; one
+    that is ``{}`` in one file and ``{"x": 1}`` in another stays a struct."""
+    root = tmp_path / "in"
+    (root / "b").mkdir(parents=True)
+    contents = [
+        [{"id": 1, "meta": {}, "tags": [{}], "o": {}}, {"id": 2, "meta": None, "tags": []}],
+        [{"id": 3, "meta": {}, "tags": [{}, {}], "o": {"x": 1}}],
+    ]
+    files = []
+    for i, rows in enumerate(contents):
+        (root / "b" / f"e{i}.ndjson").write_bytes(_lines(rows))
+        files.append({"bucket": "b", "key": f"e{i}.ndjson", "size": 1, "etag": "e"})
+    manifest = parse_manifest(
+        json.dumps(_manifest_doc(files=files, total_files=len(files))).encode()
+    )
+    out = tmp_path / "out"
+    report = asyncio.run(
+        compact_manifest(
+            manifest,
+            parse_options({}),
+            storage=Storage(kind="local", root=str(root)),
+            target=Target(kind="local", directory=str(out)),
+            executor=InlineExecutor(),
+        )
+    )
+    assert report.rows == 3
+    table = pq.read_table(out / "events" / "date=2026-11-23" / "part-m-1-00000.parquet")
+    assert [str(f.type) for f in table.schema] == [
+        "int64",
+        "string",
+        "list<element: string>",
+        "struct<x: int64>",
+    ]
+    assert table.to_pylist() == [
+        {"id": 1, "meta": "{}", "tags": ["{}"], "o": {"x": None}},
+        {"id": 2, "meta": None, "tags": [], "o": None},
+        {"id": 3, "meta": "{}", "tags": ["{}", "{}"], "o": {"x": 1}},
+    ]
+
+
 class ReversedExecutor(InlineExecutor):
     """Runs the tasks last first: another worker scheduling of the same manifest."""
 

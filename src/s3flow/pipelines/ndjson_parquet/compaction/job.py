@@ -34,7 +34,7 @@ from s3flow.pipelines.ndjson_parquet.compaction.executors import Executor
 from s3flow.pipelines.ndjson_parquet.compaction.manifest import InputFile, Manifest
 from s3flow.pipelines.ndjson_parquet.compaction.options import CompactionOptions
 from s3flow.pipelines.ndjson_parquet.compaction.scan import scan_file
-from s3flow.pipelines.ndjson_parquet.compaction.schema import unify_schemas
+from s3flow.pipelines.ndjson_parquet.compaction.schema import unify_schemas, writable_schema
 from s3flow.pipelines.ndjson_parquet.compaction.tasks import (
     MIB,
     CalibrateTask,
@@ -178,8 +178,10 @@ async def compact_manifest(
             for u in s.units
             if u.rows
         ]
-        schema = unify_schemas(
-            u.schema for s in scans if s.quarantine is None for u in s.units if u.rows
+        schema = writable_schema(
+            unify_schemas(
+                u.schema for s in scans if s.quarantine is None for u in s.units if u.rows
+            )
         )
         files = {t.index: t for t in tasks}
         ws = WriteSettings(

@@ -11,9 +11,11 @@ pyarrow's JSON reader infers, per file, one of: ``null``, ``bool``, ``int64``,
 * ``struct`` + ``struct`` -> a struct with the union of the fields (recursively);
 * ``list<A>`` + ``list<B>`` -> ``list<unify(A, B)>``;
 * any other mix (``bool`` + ``int64``, ``string`` + ``double``, ``struct`` +
-  ``string``...) -> ``string``. Scalars keep their JSON text in canonical form
-  (``true``, ``42``, ``1.5``; a double with an integral value prints without
-  ``.0``), objects and arrays become compact JSON text.
+  ``string``...) -> ``string``; so does a field that is ``{}`` everywhere (an
+  empty struct, which Parquet cannot store: :func:`writable_schema`). Scalars
+  keep their JSON text in canonical form (``true``, ``42``, ``1.5``; a double
+  with an integral value prints without ``.0``), objects and arrays become
+  compact JSON text.
 
 Column order is the order of first appearance (manifest file order, then the
 order in the file), so the result does not depend on how work was scheduled.
@@ -36,6 +38,7 @@ __all__ = [
     "strings_for_timestamps",
     "unify_schemas",
     "unify_types",
+    "writable_schema",
 ]
 
 
@@ -74,6 +77,23 @@ def _unify_fields(field_lists: Iterable[Iterable[pa.Field]]) -> list[pa.Field]:
 def unify_schemas(schemas: Iterable[pa.Schema]) -> pa.Schema:
     """Unify many schemas (in order) into one; every field nullable."""
     return pa.schema(_unify_fields(schemas))
+
+
+def _writable(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_struct(t):
+        if t.num_fields == 0:
+            return pa.string()
+        return pa.struct([pa.field(f.name, _writable(f.type), nullable=True) for f in t])
+    if pa.types.is_list(t):
+        return pa.list_(_writable(t.value_type))
+    return t
+
+
+def writable_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with every empty struct (a field that is ``{}`` in every file) as a
+    string of JSON text (``"{}"``): Parquet has no struct without fields. Applied to a
+    manifest's final schema only: a ``{}`` unified with ``{"x": 1}`` stays a struct."""
+    return pa.schema([pa.field(f.name, _writable(f.type), nullable=True) for f in schema])
 
 
 def _replace_timestamps(t: pa.DataType) -> pa.DataType:
