@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from itest_support import s3_event
 
+from s3flow.app import open_store
 from s3flow.local.aws.server import ElasticMQ, S3Proxy, client_env
 from s3flow.local.kafka.host import port_free
 from s3flow.local.kafka.install import java_available, maven_available
 from s3flow.local.latency import LatencyProxy, run_in_thread
+from s3flow.ops.dlq import redrive
+from s3flow.settings import load_settings
+from s3flow.state.records import FileStatus, ObjectId
 
 pytestmark = pytest.mark.skipif(
     not (java_available() and maven_available()), reason="needs Java 17+ and Maven"
@@ -71,3 +79,78 @@ def test_elasticmq_and_s3proxy_serve_boto3_and_stop() -> None:
             assert 18.0 <= rep_s["added_ms"]["p50"] <= 40.0
     assert mq.pid is None and s3p.pid is None
     assert all(port_free(p) for p in ports)
+
+
+def test_dlq_redrive_with_a_state_store_resets_what_it_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ElasticMQ runs StartMessageMoveTask (moto and MiniStack do not), as AWS does. A
+    move made by SQS cannot set the objects back from dead, and the worker would ack
+    their redriven messages without work: with a store, redrive moves each message
+    itself and resets its objects; without one, it leaves the move to SQS."""
+    env = client_env()
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(k, env[k])
+    with ElasticMQ() as mq:
+        sqs, _ = _clients(mq.url, mq.url)
+        name = f"rd{int(time.time() * 1000)}"
+        dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        src_url = sqs.create_queue(
+            QueueName=name,
+            Attributes={
+                "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 3})
+            },
+        )["QueueUrl"]
+        settings = load_settings(
+            None,
+            {
+                "aws": {"endpoint_url": mq.url, "region": "us-east-1"},
+                "pipelines": [
+                    {
+                        "name": "p",
+                        "processor": "line-count",
+                        "bucket": "b",
+                        "queue": name,
+                        "output": "s3://o/res/",
+                    }
+                ],
+                "state": {"url": f"sqlite:{tmp_path}/state.db"},
+            },
+        )
+        p = settings.pipelines[0]
+
+        def to_dlq(key: str) -> None:
+            body = {"Records": [s3_event("b", key)]}
+            sqs.send_message(QueueUrl=dlq_url, MessageBody=json.dumps(body))
+
+        async def with_store() -> tuple[Any, FileStatus | None]:
+            async with open_store(settings) as store:
+                assert store is not None
+                oid = ObjectId("b", "dead.txt", "v1")
+                claim = await store.claim(oid, pipeline="p", owner="w", ttl_s=60)
+                await store.fail(
+                    oid, token=claim.token, status=FileStatus.DEAD, error_class="X", error="x"
+                )
+                report = await redrive(settings, p, store=store, lease_s=2)
+                rec = await store.get(oid)
+                return report, rec.status if rec else None
+
+        to_dlq("dead.txt")
+        report, status = asyncio.run(with_store())
+        assert report.method == "receive-send-delete" and report.moved == 1
+        assert status is FileStatus.RECEIVED
+        # The endpoint can move messages itself: the store is why redrive did not ask it.
+        to_dlq("other.txt")
+        report = asyncio.run(redrive(settings, p, store=None))
+        assert report.method == "message-move-task"
+        got: list[str] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 2 and time.monotonic() < deadline:
+            for m in sqs.receive_message(QueueUrl=src_url, MaxNumberOfMessages=10).get(
+                "Messages", []
+            ):
+                got.append(json.loads(m["Body"])["Records"][0]["s3"]["object"]["key"])
+        assert sorted(got) == ["dead.txt", "other.txt"]

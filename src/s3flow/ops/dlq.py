@@ -13,7 +13,7 @@ from typing import Any
 
 from s3flow.app import dlq_url, queue_url
 from s3flow.aws import AwsClients, open_clients
-from s3flow.errors import EnvelopeError, S3flowError, translate_aws_error
+from s3flow.errors import EnvelopeError, S3flowError, aws_errors, translate_aws_error
 from s3flow.events import parse_body
 from s3flow.settings import PipelineSettings, Settings
 from s3flow.state.base import StateStore
@@ -94,39 +94,8 @@ async def list_dlq(
     async with open_clients(settings.aws) as clients:
         _, dlq = await _urls(clients, p)
         try:
-            while len(out) < max_n:
-                resp = await clients.sqs.receive_message(
-                    QueueUrl=dlq,
-                    MaxNumberOfMessages=min(10, max_n - len(out)),
-                    WaitTimeSeconds=1,
-                    VisibilityTimeout=30,
-                    MessageAttributeNames=["All"],
-                    MessageSystemAttributeNames=["SentTimestamp"],
-                )
-                msgs = resp.get("Messages") or []
-                if not msgs:
-                    break
-                for m in msgs:
-                    handles.append(m["ReceiptHandle"])
-                    sent = (m.get("Attributes") or {}).get("SentTimestamp")
-                    out[m["MessageId"]] = DlqMessage(
-                        message_id=m["MessageId"],
-                        body=m.get("Body", ""),
-                        error_class=_attr(m, "s3flow.error-class"),
-                        error=_attr(m, "s3flow.error"),
-                        pipeline=_attr(m, "s3flow.pipeline"),
-                        receive_count=_attr(m, "s3flow.receive-count"),
-                        sent_at=datetime.fromtimestamp(int(sent) / 1000, UTC).isoformat()
-                        if sent
-                        else None,
-                        keys=_keys(m.get("Body", "")),
-                    )
-                    if out[m["MessageId"]].error_class is None:
-                        note = await _state_note(store, m.get("Body", ""))
-                        out[m["MessageId"]].state_note = (
-                            "moved by the queue's redrive policy (maxReceiveCount), not by a "
-                            "worker" + (f"; state store: {note}" if note else "")
-                        )
+            with aws_errors(f"reading the DLQ {dlq}"):
+                await _peek(clients, dlq, max_n, store, out, handles)
         finally:
             for i in range(0, len(handles), 10):
                 entries = [
@@ -147,6 +116,48 @@ class RedriveReport:
     failed: int = 0
     waited_for: int = 0  # DLQ messages leased by an interrupted run that were waited for
     note: str = ""  # why the fallback was used
+
+
+async def _peek(
+    clients: Any,
+    dlq: str,
+    max_n: int,
+    store: StateStore | None,
+    out: dict[str, DlqMessage],
+    handles: list[str],
+) -> None:
+    """Receive up to ``max_n`` DLQ messages into ``out`` (their handles into ``handles``)."""
+    while len(out) < max_n:
+        resp = await clients.sqs.receive_message(
+            QueueUrl=dlq,
+            MaxNumberOfMessages=min(10, max_n - len(out)),
+            WaitTimeSeconds=1,
+            VisibilityTimeout=30,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["SentTimestamp"],
+        )
+        msgs = resp.get("Messages") or []
+        if not msgs:
+            break
+        for m in msgs:
+            handles.append(m["ReceiptHandle"])
+            sent = (m.get("Attributes") or {}).get("SentTimestamp")
+            out[m["MessageId"]] = DlqMessage(
+                message_id=m["MessageId"],
+                body=m.get("Body", ""),
+                error_class=_attr(m, "s3flow.error-class"),
+                error=_attr(m, "s3flow.error"),
+                pipeline=_attr(m, "s3flow.pipeline"),
+                receive_count=_attr(m, "s3flow.receive-count"),
+                sent_at=datetime.fromtimestamp(int(sent) / 1000, UTC).isoformat() if sent else None,
+                keys=_keys(m.get("Body", "")),
+            )
+            if out[m["MessageId"]].error_class is None:
+                note = await _state_note(store, m.get("Body", ""))
+                out[m["MessageId"]].state_note = (
+                    "moved by the queue's redrive policy (maxReceiveCount), not by a "
+                    "worker" + (f"; state store: {note}" if note else "")
+                )
 
 
 async def _reset_state(store: StateStore | None, body: str) -> None:
@@ -186,8 +197,11 @@ async def redrive(
 ) -> RedriveReport:
     """Move DLQ messages back to the source queue; restartable.
 
-    Uses SQS StartMessageMoveTask where the endpoint supports it (and no
-    ``max_n`` is given); otherwise receive -> send -> delete, deleting a DLQ
+    Uses SQS StartMessageMoveTask where the endpoint supports it (no ``max_n``
+    given and no state ``store``: a move made by SQS cannot set each message's
+    records back from ``dead`` to ``received``, and the worker would acknowledge
+    a redriven message of a dead object without processing it); otherwise
+    receive -> send -> delete, deleting a DLQ
     message only after its copy is on the source queue. Interrupted (SIGINT,
     an error), the batch in hand is settled first: sent copies are deleted from
     the DLQ, unsent ones made visible again. Killed outright, the DLQ messages
@@ -198,32 +212,53 @@ async def redrive(
     """
     async with open_clients(settings.aws) as clients:
         src, dlq = await _urls(clients, p)
-        if use_move_task and max_n is None:
+        if use_move_task and max_n is None and store is None:
             report, note = await _try_move_task(settings, src, dlq)
             if report is not None:
                 return report
+        elif store is not None:
+            note = (
+                "with a state store each message is moved by s3flow (receive + send + "
+                "delete), which sets its objects back to received; SQS's move task cannot"
+            )
         else:
             note = "a limited redrive (--max) moves messages itself"
         report = RedriveReport("receive-send-delete", note=note)
-        await _wait_for_leased(clients.sqs, dlq, lease_s, report, on_wait)
-        while max_n is None or report.moved < max_n:
-            want = 10 if max_n is None else min(10, max_n - report.moved)
-            resp = await clients.sqs.receive_message(
-                QueueUrl=dlq, MaxNumberOfMessages=want, WaitTimeSeconds=1, VisibilityTimeout=lease_s
-            )
-            msgs = resp.get("Messages") or []
-            if not msgs:
-                if await _leased(clients.sqs, dlq) == 0:
-                    break
-                await _wait_for_leased(clients.sqs, dlq, lease_s, report, on_wait)
-                continue
-            done = await _move_batch(clients.sqs, src, dlq, msgs, store, report)
-            on_moved(done)
-            if report.failed and not done:
-                raise S3flowError(
-                    f"could not send DLQ messages to {src}; {report.failed} left on the DLQ"
-                )
+        with aws_errors(f"moving messages from {dlq} to {src}"):
+            await _move_all(clients, src, dlq, max_n, store, lease_s, report, on_moved, on_wait)
         return report
+
+
+async def _move_all(
+    clients: Any,
+    src: str,
+    dlq: str,
+    max_n: int | None,
+    store: StateStore | None,
+    lease_s: int,
+    report: RedriveReport,
+    on_moved: Callable[[int], None],
+    on_wait: Callable[[int, float], None],
+) -> None:
+    """Receive -> send -> delete until the DLQ is empty or ``max_n`` are moved."""
+    await _wait_for_leased(clients.sqs, dlq, lease_s, report, on_wait)
+    while max_n is None or report.moved < max_n:
+        want = 10 if max_n is None else min(10, max_n - report.moved)
+        resp = await clients.sqs.receive_message(
+            QueueUrl=dlq, MaxNumberOfMessages=want, WaitTimeSeconds=1, VisibilityTimeout=lease_s
+        )
+        msgs = resp.get("Messages") or []
+        if not msgs:
+            if await _leased(clients.sqs, dlq) == 0:
+                break
+            await _wait_for_leased(clients.sqs, dlq, lease_s, report, on_wait)
+            continue
+        done = await _move_batch(clients.sqs, src, dlq, msgs, store, report)
+        on_moved(done)
+        if report.failed and not done:
+            raise S3flowError(
+                f"could not send DLQ messages to {src}; {report.failed} left on the DLQ"
+            )
 
 
 async def _wait_for_leased(

@@ -6,7 +6,7 @@ import logging
 
 from s3flow.app import queue_url
 from s3flow.aws import open_clients
-from s3flow.errors import S3flowError, translate_aws_error
+from s3flow.errors import S3flowError, aws_errors, translate_aws_error
 from s3flow.events import content_version
 from s3flow.ops.backfill import s3_notification_body
 from s3flow.quarantine import untag
@@ -63,7 +63,8 @@ async def release(
         body = s3_notification_body(
             p.bucket, key, int(head.get("ContentLength", 0)), etag, settings.aws.region
         )
-        await clients.sqs.send_message(QueueUrl=src, MessageBody=body)
+        with aws_errors(f"SendMessage to {src} (the released s3://{p.bucket}/{key})"):
+            await clients.sqs.send_message(QueueUrl=src, MessageBody=body)
     return [r.id for r in todo] or [current]
 
 
