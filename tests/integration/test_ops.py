@@ -17,6 +17,7 @@ import pytest
 from itest_support import Harness, s3_event, wait_for
 
 from s3flow.app import open_store
+from s3flow.errors import S3flowError
 from s3flow.events import content_version
 from s3flow.ops.backfill import backfill
 from s3flow.ops.dlq import list_dlq, redrive
@@ -166,3 +167,25 @@ def test_backfill_status_is_recorded(harness: Harness) -> None:
             return rec.status
 
     assert asyncio.run(go()) is FileStatus.RECEIVED
+
+
+def test_a_backfill_stopped_by_an_error_leaves_no_object_behind(harness: Harness) -> None:
+    """An object is only recorded as queued when its notification goes out: a run that
+    stops before (here: a key that does not exist) leaves the next backfill its work."""
+    settings = harness.configure()
+    harness.put("a.txt", b"1\n")
+    harness.purge()  # no notification: the object waits for a backfill
+
+    async def go(keys: list[str] | None, force: bool) -> Any:
+        async with open_store(settings) as store:
+            return await backfill(
+                settings, settings.pipelines[0], keys=keys, store=store, force=force
+            )
+
+    with pytest.raises(S3flowError, match=r"missing\.txt"):
+        asyncio.run(go(["a.txt", "missing.txt"], True))
+    assert harness.depth() == (0, 0)
+    report = asyncio.run(go(None, False))
+    assert (report.enqueued, report.already_queued) == (1, 0)
+    assert harness.run().pipelines["p"].objects_processed == 1
+    assert harness.result("a.txt") is not None

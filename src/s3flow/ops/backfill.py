@@ -81,6 +81,17 @@ def current_upload_state(
     return None
 
 
+def _unsent(p: PipelineSettings, keys: list[str], exc: BaseException | None) -> S3flowError:
+    """The error for notifications that could not be sent (their records say received)."""
+    why = f": {exc}" if exc is not None else ""
+    shown = " ".join(keys[:10]) + (" ..." if len(keys) > 10 else "")
+    return S3flowError(
+        f"backfill: {len(keys)} notification(s) could not be sent to pipeline {p.name!r}'s "
+        f"queue{why}. Their records say received, so a plain backfill skips them: "
+        f"`s3flow reprocess -p {p.name} {shown}` enqueues them"
+    )
+
+
 async def backfill(
     settings: Settings,
     p: PipelineSettings,
@@ -105,22 +116,35 @@ async def backfill(
     report = BackfillReport()
     async with open_clients(settings.aws) as clients:
         src = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
-        batch: list[tuple[ObjectId, str]] = []
+        # (object, notification body, the record to set to received first, or None)
+        batch: list[tuple[ObjectId, str, str | None]] = []
 
         async def flush() -> None:
             if not batch:
                 return
-            entries = [{"Id": str(i), "MessageBody": body} for i, (_, body) in enumerate(batch)]
-            for _attempt in range(3):
-                resp = await clients.sqs.send_message_batch(QueueUrl=src, Entries=entries)
-                ok = {e["Id"] for e in resp.get("Successful") or []}
-                report.enqueued += len(ok)
-                entries = [e for e in entries if e["Id"] not in ok]
-                if not entries:
-                    break
-                await asyncio.sleep(0.5)
+            # The records are set to received just before their notifications are sent
+            # (not as each object is listed): a backfill stopped before a batch goes out
+            # leaves no record saying "queued" for a notification never sent.
+            if store is not None:
+                for oid, _, detail in batch:
+                    if detail is not None:
+                        await store.set_status(
+                            oid, FileStatus.RECEIVED, detail=detail, pipeline=p.name
+                        )
+            entries = [{"Id": str(i), "MessageBody": b} for i, (_, b, _) in enumerate(batch)]
+            try:
+                for _attempt in range(3):
+                    resp = await clients.sqs.send_message_batch(QueueUrl=src, Entries=entries)
+                    ok = {e["Id"] for e in resp.get("Successful") or []}
+                    report.enqueued += len(ok)
+                    entries = [e for e in entries if e["Id"] not in ok]
+                    if not entries:
+                        break
+                    await asyncio.sleep(0.5)
+            except Exception as exc:
+                raise _unsent(p, [batch[int(e["Id"])][0].key for e in entries], exc) from exc
             if entries:
-                raise S3flowError(f"backfill: {len(entries)} notifications could not be sent")
+                raise _unsent(p, [batch[int(e["Id"])][0].key for e in entries], None)
             batch.clear()
 
         async def consider(key: str, etag: str, size: int, modified: datetime) -> None:
@@ -153,14 +177,15 @@ async def backfill(
                         return
                 if rec is not None and rec.status is FileStatus.QUARANTINED:
                     await untag(clients.s3, p.bucket, key)
-                # The worker identifies a backfilled upload by (eTag, LastModified):
-                # that record is the one it will claim, so it must not say "done".
-                detail = "reprocess" if force else "backfill"
+            # The worker identifies a backfilled upload by (eTag, LastModified): that
+            # record is the one it will claim, so it must not say "done" (set in flush).
+            mark: str | None = None
+            if store is not None:
                 current = await store.get(oid)
                 if current is None or current.status is not FileStatus.RECEIVED:
-                    await store.set_status(oid, FileStatus.RECEIVED, detail=detail, pipeline=p.name)
+                    mark = "reprocess" if force else "backfill"
             body = s3_notification_body(p.bucket, key, size, etag, settings.aws.region)
-            batch.append((oid, body))
+            batch.append((oid, body, mark))
             if len(batch) == 10:
                 await flush()
             on_progress(report.listed, report.enqueued)
