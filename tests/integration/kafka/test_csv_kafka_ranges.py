@@ -74,6 +74,20 @@ def test_three_ranges_to_three_partitions_exactly_once_then_a_no_op(
 
 
 @pytest.mark.timeout(240)
+def test_columns_given_with_a_header_row_lose_no_range_s_first_row(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """``columns`` override the header's names; the header row is still range 0's only:
+    a later range's first row is a row (it was dropped as a header)."""
+    s3.put_object(Bucket=bucket, Key="big.csv", Body=_csv())
+    topic = unique_topic("ranges-cols")
+    out = summary(cli(tmp_path, kafka, *_ranged(bucket, topic, "-o", 'columns=["n","word"]')))
+    assert (out["rows"], out["records"]) == (ROWS, ROWS)
+    parts = _check_ranges(kafka, topic, 3)
+    assert set(parts[2][0].json()) == {"n", "word"}
+
+
+@pytest.mark.timeout(240)
 def test_sigkill_mid_run_then_every_range_resumes_exactly_once(
     endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
 ) -> None:

@@ -140,10 +140,11 @@ async def run_csv_object(
             report_progress=report_progress,
         )
     started = time.monotonic()
-    later: dict[str, Any] = {}
+    # Only range 0 starts with the header row: the later ones must not take their first
+    # row for one (with ``columns`` given too: they override the header's names).
+    later: dict[str, Any] = {"header": False} if opts.header else {}
     if opts.header and opts.columns is None:
-        columns = await header_columns(s3, opts, ref, version_id, size or 0)
-        later = {"header": False, "columns": columns}
+        later["columns"] = await header_columns(s3, opts, ref, version_id, size or 0)
     n = len(bounds)
     log.info("%s: %d ranges to partitions 0-%d of %s", ref.uri, n, n - 1, opts.topic)
 
