@@ -186,6 +186,33 @@ def test_local_runs_until_interrupted(tmp_path: Path) -> None:
     assert "stopped" in log.read_text()
 
 
+def test_local_takes_its_port_from_the_local_settings(tmp_path: Path) -> None:
+    """`s3flow local` without --port: [local] port (here from S3FLOW_LOCAL__PORT)."""
+    import signal
+
+    from itest_support import wait_for
+
+    from s3flow.local.endpoint import free_port
+
+    port = free_port()
+    log = tmp_path / "local.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s3flow", "local"],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200", "S3FLOW_LOCAL__PORT": str(port)},
+        cwd=tmp_path,
+    )
+    try:
+        wait_for(lambda: "running at" in log.read_text(), 30, "the endpoint URL")
+        assert f"http://127.0.0.1:{port}" in log.read_text()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_operator_commands(harness: Harness) -> None:
     harness.configure(validation={"max_bytes": 5})
     cfg = harness.write_config()

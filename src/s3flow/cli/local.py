@@ -7,20 +7,38 @@ from typing import Annotated
 
 import typer
 
-from s3flow.cli.common import app, console, exit_on_error, fail, state
+from s3flow.cli.common import ConfigOpt, app, console, exit_on_error, fail, settings_from, state
 from s3flow.errors import S3flowError
 from s3flow.logs import setup_logging
 
 
 @app.command()
 def local(
-    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0 = a free one).")] = 4566,
+    config: ConfigOpt = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            "--port",
+            help="Port on 127.0.0.1 (0 = a free one); default: [local] port (4566).",
+            show_default=False,
+        ),
+    ] = None,
     host: Annotated[
-        str, typer.Option("--host", help="Bind address; keep it on loopback.")
-    ] = "127.0.0.1",
+        str | None,
+        typer.Option(
+            "--host",
+            help="Bind address; keep it on loopback. Default: [local] host (127.0.0.1).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the embedded AWS endpoint (moto server: S3, SQS, DynamoDB) until Ctrl-C or SIGTERM."""
     from s3flow.local.endpoint import LocalEndpoint, interrupt_on_signals
+
+    with exit_on_error():
+        settings = settings_from(config).local
+    port = settings.port if port is None else port
+    host = settings.host if host is None else host
 
     # SIGTERM and SIGINT: stop the server, wait for it, exit 0. If this process dies
     # without cleaning up (SIGKILL) the server notices and exits by itself.

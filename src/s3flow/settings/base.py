@@ -180,10 +180,11 @@ class WorkerSettings(_Model):
 
 
 class LocalSettings(_Model):
-    """The embedded local AWS endpoint (moto server) used by `s3flow local` and `demo`."""
+    """The embedded local AWS endpoint (moto server) that `s3flow local` runs (its
+    --host/--port win; `s3flow demo` starts its own on a free port)."""
 
     host: str = Field(default="127.0.0.1", description="Bind address (keep it on loopback).")
-    port: int = Field(default=0, ge=0, le=65535, description="Port; 0 picks a free one.")
+    port: int = Field(default=4566, ge=0, le=65535, description="Port; 0 picks a free one.")
 
 
 class StateSettings(_Model):
