@@ -309,6 +309,7 @@ def test_an_interrupted_redrive_run_again_moves_every_message_once(
     proc.wait(timeout=10)
     again = s3flow("dlq", "redrive", "-c", cfg, "--lease-s", "5")
     assert again.returncode == 0, again.stderr
+    # the one line on why s3flow moves the messages itself (a state store: it resets them)
     assert "StartMessageMoveTask" in again.stderr and "<html" not in again.stderr.lower()
     assert harness.depth(harness.dlq_url) == (0, 0)  # no stale copy left behind
     m = harness.run()

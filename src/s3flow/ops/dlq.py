@@ -219,7 +219,8 @@ async def redrive(
         elif store is not None:
             note = (
                 "with a state store each message is moved by s3flow (receive + send + "
-                "delete), which sets its objects back to received; SQS's move task cannot"
+                "delete), which sets its objects back to received; SQS's "
+                "StartMessageMoveTask cannot"
             )
         else:
             note = "a limited redrive (--max) moves messages itself"

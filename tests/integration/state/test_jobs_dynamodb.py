@@ -197,8 +197,8 @@ async def test_a_lagging_index_entry_is_checked_on_the_record(store: StateStore)
     assert running is not None and running.status is JobStatus.RUNNING
     real = store._listed
 
-    async def lagging(status: JobStatus, limit: int) -> list[tuple[str, str]]:
-        keys = await real(status, limit)
+    async def lagging(status: JobStatus, limit: int, **kw: Any) -> list[tuple[str, str]]:
+        keys = await real(status, limit, **kw)
         if status is JobStatus.QUEUED:  # job-2's old entry, not yet removed from the index
             keys.append((job_listed(running), "job-2"))
         return keys

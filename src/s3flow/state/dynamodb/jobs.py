@@ -272,12 +272,9 @@ class JobsMixin(JobLogMixin, DynamoClient):
             return []
         wanted = list(JobStatus) if status is None else [JobStatus(status)]
         past = None if after is None else job_listed(after)
-        if oldest_first or past is not None:
-            found = await asyncio.gather(
-                *(self._listed(s, limit, oldest_first=oldest_first, past=past) for s in wanted)
-            )
-        else:  # the plain listing (its call is the one tests stand in for)
-            found = await asyncio.gather(*(self._listed(s, limit) for s in wanted))
+        found = await asyncio.gather(
+            *(self._listed(s, limit, oldest_first=oldest_first, past=past) for s in wanted)
+        )
         keys = sorted({k for ks in found for k in ks}, reverse=not oldest_first)[:limit]
         jobs = await self._get_jobs([job_id for _, job_id in keys])
         if status is not None:  # the index may lag a status change; the record does not
