@@ -24,7 +24,7 @@ from s3flow.aws import open_clients
 from s3flow.jobs.progress import ProgressConsumer
 from s3flow.jobs.uploads import UploadRequest, create_upload
 from s3flow.settings import Settings, load_settings
-from s3flow.state.jobs import JobEvent, JobRecord
+from s3flow.state.jobs import JobEvent, JobFile, JobRecord, JobStatus, JobStep
 
 SLOW = "s3flow_testprocs:SlowProcessor"
 FAILS = "s3flow_testprocs:AlwaysFails"
@@ -181,6 +181,24 @@ class JobsProject:
                         await asyncio.sleep(0.1)
 
         return asyncio.run(go())
+
+
+def waiting_job(
+    job_id: str, created_at: float | None = None, expires_at: float | None = None
+) -> JobRecord:
+    """A job of one small file waiting for it (expiring in an hour unless told)."""
+    now = time.time() if created_at is None else created_at
+    return JobRecord(
+        job_id=job_id,
+        upload_id=uuid.uuid4().hex,
+        template="count",
+        status=JobStatus.WAITING_FOR_FILES,
+        files=(JobFile(name="a.txt", key="uploads/x/0-a.txt", size=2, content_type="text/plain"),),
+        steps=(JobStep(name="line-count"),),
+        created_at=now,
+        updated_at=now,
+        expires_at=now + 3600 if expires_at is None else expires_at,
+    )
 
 
 def toml_text(data: dict[str, Any]) -> str:

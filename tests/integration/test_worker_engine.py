@@ -81,6 +81,23 @@ def test_aws_style_encoded_key_in_sent_event(harness: Harness) -> None:
     assert harness.result(key) is not None
 
 
+def _eventbridge(bucket: str, key: str) -> dict[str, Any]:
+    """An EventBridge "Object Created" event (its key as it is: not URL-encoded)."""
+    return {
+        "version": "0",
+        "id": "1",
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "time": "2026-11-23T00:00:00Z",
+        "region": "us-east-1",
+        "detail": {
+            "bucket": {"name": bucket},
+            "object": {"key": key, "size": 6, "etag": "e"},
+            "reason": "PutObject",
+        },
+    }
+
+
 def test_sns_wrapped_and_eventbridge_and_multi_record(harness: Harness) -> None:
     harness.configure()
     for k in ("sns.txt", "eb.txt", "m1.txt", "m2.txt"):
@@ -92,19 +109,7 @@ def test_sns_wrapped_and_eventbridge_and_multi_record(harness: Harness) -> None:
         "TopicArn": "arn:aws:sns:us-east-1:123:t",
         "Message": json.dumps({"Records": [s3_event(harness.bucket, "sns.txt")]}),
     }
-    eb = {
-        "version": "0",
-        "id": "1",
-        "detail-type": "Object Created",
-        "source": "aws.s3",
-        "time": "2026-11-23T00:00:00Z",
-        "region": "us-east-1",
-        "detail": {
-            "bucket": {"name": harness.bucket},
-            "object": {"key": "eb.txt", "size": 6, "etag": "e"},
-            "reason": "PutObject",
-        },
-    }
+    eb = _eventbridge(harness.bucket, "eb.txt")
     multi = {"Records": [s3_event(harness.bucket, "m1.txt"), s3_event(harness.bucket, "m2.txt")]}
     for body in (sns, eb, multi):
         harness.send_raw(json.dumps(body))
@@ -125,19 +130,7 @@ def test_eventbridge_raw_keys_and_minio_records_are_processed(harness: Harness) 
     for k in (eb_key, minio_key):
         harness.put(k, b"l\n" * 3)
     harness.purge()
-    eb = {
-        "version": "0",
-        "id": "2",
-        "detail-type": "Object Created",
-        "source": "aws.s3",
-        "time": "2026-11-23T00:00:00Z",
-        "region": "us-east-1",
-        "detail": {
-            "bucket": {"name": harness.bucket},
-            "object": {"key": eb_key, "size": 6, "etag": "e"},
-            "reason": "PutObject",
-        },
-    }
+    eb = _eventbridge(harness.bucket, eb_key)
     minio = s3_event(harness.bucket, quote_plus(minio_key, safe=""), sequencer=None)
     minio["eventSource"], minio["eventName"] = "minio:s3", "s3:ObjectCreated:Put"
     harness.send_raw(json.dumps(eb))

@@ -6,31 +6,20 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from jobs_support import waiting_job
 
-from s3flow.state.jobs import EventType, JobFile, JobRecord, JobStatus, JobStep
+from s3flow.state.jobs import EventType
 from s3flow.state.sqlite import SqliteStateStore
 
 pytestmark = pytest.mark.integration
 
 
 async def _long_log(db: Path, job_id: str, progress_events: int) -> None:
-    now = time.time()
-    job = JobRecord(
-        job_id=job_id,
-        upload_id=uuid.uuid4().hex,
-        template="count",
-        status=JobStatus.WAITING_FOR_FILES,
-        files=(JobFile(name="a.txt", key="uploads/x/0-a.txt", size=2, content_type="text/plain"),),
-        steps=(JobStep(name="line-count"),),
-        created_at=now,
-        updated_at=now,
-        expires_at=now + 3600,
-    )
+    job = waiting_job(job_id)
     async with SqliteStateStore(db) as store:
         await store.create_job(job, event_id=f"{job_id}:created", data={})
         for i in range(progress_events):

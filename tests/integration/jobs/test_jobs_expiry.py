@@ -11,13 +11,14 @@ from pathlib import Path
 
 import boto3
 import pytest
+from jobs_support import waiting_job
 
 from s3flow.jobs.bridge import expire_overdue
 from s3flow.local.endpoint import LocalEndpoint
 from s3flow.settings import AwsSettings
 from s3flow.state import DynamoStateStore, SqliteStateStore, StateStore
 from s3flow.state.dynamodb.codec import encode_job
-from s3flow.state.jobs import EventType, JobFile, JobRecord, JobStatus, JobStep
+from s3flow.state.jobs import EventType, JobRecord, JobStatus
 
 pytestmark = pytest.mark.integration
 
@@ -34,20 +35,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await s.ensure_tables()
     async with s as opened:
         yield opened
-
-
-def _job(job_id: str, created_at: float, expires_at: float) -> JobRecord:
-    return JobRecord(
-        job_id=job_id,
-        upload_id=uuid.uuid4().hex,
-        template="count",
-        status=JobStatus.WAITING_FOR_FILES,
-        files=(JobFile(name="a.txt", key="uploads/x/0-a.txt", size=2, content_type="text/plain"),),
-        steps=(JobStep(name="line-count"),),
-        created_at=created_at,
-        updated_at=created_at,
-        expires_at=expires_at,
-    )
 
 
 async def _create(store: StateStore, jobs: list[JobRecord]) -> None:
@@ -72,9 +59,9 @@ async def test_overdue_jobs_are_expired_behind_a_thousand_waiting_ones(store: St
     now = 1_000.0
     # The oldest job is overdue; so is a newer one whose deadline was set by a shorter
     # job_timeout_s. A thousand and one newer jobs are waiting, not overdue.
-    old = _job("job-old", created_at=100.0, expires_at=200.0)
-    newer = _job("job-newer-short", created_at=50_000.0, expires_at=300.0)
-    waiting = [_job(f"job-w{i:04d}", 10_000.0 + i, 10**12) for i in range(1001)]
+    old = waiting_job("job-old", created_at=100.0, expires_at=200.0)
+    newer = waiting_job("job-newer-short", created_at=50_000.0, expires_at=300.0)
+    waiting = [waiting_job(f"job-w{i:04d}", 10_000.0 + i, 10**12) for i in range(1001)]
     await _create(store, [old, newer, *waiting])
     expired = await expire_overdue(store, now=now)
     assert sorted(expired) == ["job-newer-short", "job-old"]
@@ -88,7 +75,7 @@ async def test_overdue_jobs_are_expired_behind_a_thousand_waiting_ones(store: St
 
 
 async def test_list_jobs_pages_in_either_order(store: StateStore) -> None:
-    jobs = [_job(f"job-{i}", created_at=float(i // 2), expires_at=10**12) for i in range(7)]
+    jobs = [waiting_job(f"job-{i}", created_at=float(i // 2), expires_at=10**12) for i in range(7)]
     await _create(store, jobs)
     await store.append_event(
         "job-3", event_id="job-3:q", type=EventType.JOB_QUEUED, data={"files": 1}

@@ -12,30 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jobs_support import waiting_job
 
 from s3flow.aws import open_clients
 from s3flow.jobs.progress import ProgressConsumer, ProgressMessage
 from s3flow.local.endpoint import LocalEndpoint
 from s3flow.settings import AwsSettings
-from s3flow.state.jobs import EventType, JobFile, JobRecord, JobStatus, JobStep
+from s3flow.state.jobs import EventType, JobStatus
 from s3flow.state.sqlite import SqliteStateStore
 
 pytestmark = pytest.mark.integration
-
-
-def _job(job_id: str) -> JobRecord:
-    now = time.time()
-    return JobRecord(
-        job_id=job_id,
-        upload_id=uuid.uuid4().hex,
-        template="count",
-        status=JobStatus.WAITING_FOR_FILES,
-        files=(JobFile(name="a.txt", key="uploads/x/0-a.txt", size=2, content_type="text/plain"),),
-        steps=(JobStep(name="line-count"),),
-        created_at=now,
-        updated_at=now,
-        expires_at=now + 3600,
-    )
 
 
 def _body(job_id: str, event_id: str, type_: str, data_json: str) -> str:
@@ -90,7 +76,7 @@ async def test_malformed_progress_messages_are_dropped_and_consuming_goes_on(
     aws = AwsSettings(endpoint_url=endpoint.url, region="us-east-1")
     async with SqliteStateStore(tmp_path / "state.db") as store, open_clients(aws) as clients:
         for job_id in (a, b):
-            await store.create_job(_job(job_id), event_id=f"{job_id}:created", data={})
+            await store.create_job(waiting_job(job_id), event_id=f"{job_id}:created", data={})
 
         async def both_running() -> bool:
             jobs = [await store.get_job(j) for j in (a, b)]
