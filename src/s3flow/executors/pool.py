@@ -43,6 +43,7 @@ from s3flow.executors.base import (
 )
 from s3flow.executors.one import run_isolated
 from s3flow.local.endpoint import die_with_parent, set_parent_death_signal
+from s3flow.local.kafka.host import pid_alive
 from s3flow.logs import setup_logging
 from s3flow.memory import set_mmap_threshold
 from s3flow.processors.base import Result
@@ -138,22 +139,11 @@ async def _dying(procs: dict[int, Any], wait_s: float = DEATH_WAIT_S) -> frozens
     deadline = loop.time() + wait_s
     while True:
         dead = frozenset(
-            pid for pid, proc in procs.items() if proc.exitcode is not None or not _alive(pid)
+            pid for pid, proc in procs.items() if proc.exitcode is not None or not pid_alive(pid)
         )
         if dead or loop.time() >= deadline:
             return dead
         await asyncio.sleep(0.01)
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (a dead, already reaped child does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 class PoolExecutor:
