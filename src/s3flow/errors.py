@@ -140,6 +140,12 @@ class OutputVerificationError(RetryableError):
     failures the message is dead-lettered."""
 
 
+class JobTimeoutError(RetryableError):
+    """A run went on past the pipeline's ``job_timeout_s``: it was stopped where it ran
+    (task cancelled, process killed, container stopped) and counts as a failure, so an
+    object that always hangs ends in the dead-letter queue with this reason."""
+
+
 class ObjectMissingError(S3flowError):
     """The object named by the event no longer exists (deleted or overwritten)."""
 

@@ -113,7 +113,8 @@ class Harness:
         if p.options:
             lines.append("[pipelines.options]")
             for key, value in p.options.items():
-                lines.append(f"{key} = {value!r}".replace("'", '"'))
+                text = str(value).lower() if isinstance(value, bool) else repr(value)
+                lines.append(f"{key} = {text}".replace("'", '"'))
         path.write_text("\n".join(lines) + "\n")
         return path
 

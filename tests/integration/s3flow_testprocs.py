@@ -14,8 +14,24 @@ from s3flow.pipelines.line_count import LineCountProcessor
 from s3flow.processors import BaseProcessor, ProcessContext, Result
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie is gone for our purpose
+        return fh.read().split()[2] != "Z"
+
+
 class SlowProcessor(BaseProcessor):
-    """line-count after sleeping ``sleep_s``; records each call in ``marker_dir``."""
+    """line-count after sleeping ``sleep_s``; records each call in ``marker_dir``.
+
+    ``hang_prefix``: keys starting with it sleep ``hang_s`` (default 600) instead; with
+    ``wait_for_hang``, the other keys first wait until such a key's process has started
+    and is gone (killed: they are running when it is).
+    ``ignore_first_cancel``: the first cancellation of a call is swallowed (a processor
+    that does not stop when told to); a second one stops it.
+    """
 
     name: ClassVar[str] = "test-slow"
 
@@ -25,11 +41,38 @@ class SlowProcessor(BaseProcessor):
         self.marker_dir = Path(str(self.options.get("marker_dir", "/tmp")))
         self.inner = LineCountProcessor({})
 
+    async def _sleep(self, key: str) -> None:
+        hang = self.options.get("hang_prefix")
+        seconds = self.sleep_s
+        if hang is not None and key.startswith(str(hang)):
+            seconds = float(self.options.get("hang_s", 600.0))
+        elif hang is not None and self.options.get("wait_for_hang"):
+            deadline = time.monotonic() + 60
+            while not any(
+                not _alive(int(m.name.split("-")[-2]))
+                for m in self.marker_dir.glob(f"started-{hang}*")
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no hanging run was stopped")
+                await asyncio.sleep(0.05)
+        if not self.options.get("ignore_first_cancel"):
+            await asyncio.sleep(seconds)
+            return
+        until = time.monotonic() + seconds
+        ignored = False
+        while (left := until - time.monotonic()) > 0:
+            try:
+                await asyncio.sleep(left)
+            except asyncio.CancelledError:  # swallowed, as a careless `except` does
+                if ignored:
+                    raise
+                ignored = True
+
     async def process(self, ctx: ProcessContext) -> Result:
         safe = ctx.event.key.replace("/", "_")
         started = self.marker_dir / f"started-{safe}-{os.getpid()}-{time.monotonic_ns()}"
         started.write_text(ctx.event.key)
-        await asyncio.sleep(self.sleep_s)
+        await self._sleep(ctx.event.key)
         result = await self.inner.process(ctx)
         done = self.marker_dir / f"done-{safe}-{os.getpid()}-{time.monotonic_ns()}"
         done.write_text(ctx.event.key)

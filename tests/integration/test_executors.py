@@ -15,6 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from container_sim import (
 )
 
 from s3flow.aws import open_clients, pin_endpoints
-from s3flow.errors import Disposition, S3flowError
+from s3flow.errors import Disposition, JobTimeoutError, S3flowError
 from s3flow.events import ObjectEvent
 from s3flow.executors import ExecutorSet
 from s3flow.executors.base import ObjectJob
@@ -251,6 +252,73 @@ def test_a_cancelled_run_stops_where_it_runs(
         )["tasks"][0]
         assert desc["lastStatus"] == "STOPPED"
         assert "s3flow worker stopped" in desc["stoppedReason"]
+
+
+@pytest.mark.parametrize("name", EXECUTORS)
+def test_a_run_past_its_timeout_is_stopped_where_it_runs(
+    world: World, name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The job's ``timeout_s`` (what is left of ``job_timeout_s``): the run is stopped
+    where it runs (an ECS task too with ``stop_on_shutdown = false``) and fails with a
+    retryable JobTimeoutError that says what to change."""
+    contract(request, name)
+    if name == "ecs":
+        assert world.settings.executors.ecs is not None
+        world.settings.executors.ecs.stop_on_shutdown = False
+    marker = tmp_path / "m"
+    marker.mkdir()
+    event = world.put("hangs.txt", b"x\n")
+    job = replace(
+        world.job(event, "s3flow_testprocs:SlowProcessor", sleep_s=120, marker_dir=str(marker)),
+        timeout_s=8.0,  # room for a child's or container's start-up on a busy machine
+    )
+    t0 = time.monotonic()
+    with pytest.raises(JobTimeoutError) as info:
+        asyncio.run(run_on(world, name, job))
+    elapsed = time.monotonic() - t0
+    err = info.value
+    assert err.disposition is Disposition.RETRYABLE and err.error_class == "JobTimeoutError"
+    assert "hangs.txt" in str(err) and "job_timeout_s" in str(err) and "'ex'" in str(err)
+    assert 8 <= elapsed < 40, elapsed
+    (started,) = marker.glob("started-*")  # it ran: stopped, not refused
+    pid = int(started.name.split("-")[-2])
+    if name != "inline":
+        for _ in range(100):
+            if not _pid_alive(pid):
+                break
+            time.sleep(0.1)
+        assert not _pid_alive(pid), f"{name}: process {pid} still runs after its timeout"
+    assert not list(marker.glob("done-*"))
+    if name == "ecs":
+        sim: EcsContainerSim = request.getfixturevalue("ecs_sim")
+        (task,) = sim.tasks.values()
+        assert task.stopped_by_worker
+        desc = client(world.endpoint.url, "ecs").describe_tasks(
+            cluster=world.ecs.cluster, tasks=[task.arn]
+        )["tasks"][0]
+        assert "job_timeout_s" in desc["stoppedReason"]
+
+
+def test_the_pool_runs_the_next_object_after_a_timeout(world: World, tmp_path: Path) -> None:
+    """The timed-out run's child is killed, and the pool started afresh at once: the
+    next object is not failed by the broken pool."""
+    marker = tmp_path / "m"
+    marker.mkdir()
+    slow = world.put("hangs.txt", b"x\n")
+    quick = world.put("next.txt", b"1\n2\n")
+    hang = replace(
+        world.job(slow, "s3flow_testprocs:SlowProcessor", sleep_s=120, marker_dir=str(marker)),
+        timeout_s=8.0,
+    )
+
+    async def go() -> Any:
+        async with executors_for(world) as ex:
+            with pytest.raises(JobTimeoutError):
+                await ex.run("pool", hang)
+            return await ex.run("pool", world.job(quick))
+
+    result = asyncio.run(go())
+    assert result.counters["lines"] == 2
 
 
 def test_ecs_run_task_carries_the_one_object_contract(

@@ -107,10 +107,11 @@ def test_sigterm_stops_both_copies_of_a_message_delivered_twice(
 ) -> None:
     """One message in flight twice in one worker (same message id, two receipt handles).
 
-    SQS delivers at least once, and a job that overruns ``job_timeout_s`` is given
-    up on: the heartbeat stops extending its message, its key lock and its claim, so
-    the message comes back and this worker receives it a second time while the first
-    copy still runs (the second takes over the expired lock and claim). The worker
+    SQS delivers at least once, and a job that overruns ``job_timeout_s`` and does not
+    stop when cancelled (this processor swallows its first cancellation) is given up on:
+    after the stop grace the heartbeat stops extending its message, its key lock and its
+    claim, so the message comes back and this worker receives it a second time while
+    the first copy still runs (the second takes over the expired lock and claim). The worker
     kept its in-flight work by message id, so the second copy took the first's place:
     SIGTERM with no grace cancelled only the second, and the worker then waited for
     the first copy's 60 s of work. Both must stop at once and be released.
@@ -122,7 +123,7 @@ def test_sigterm_stops_both_copies_of_a_message_delivered_twice(
         concurrency=2,
         visibility_timeout_s=4,
         job_timeout_s=1,
-        options={"sleep_s": 60.0, "marker_dir": str(marker)},
+        options={"sleep_s": 60.0, "marker_dir": str(marker), "ignore_first_cancel": True},
     )
     harness.settings.worker.shutdown_grace_s = 0.0  # type: ignore[union-attr]
     config = harness.write_config()

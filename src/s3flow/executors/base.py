@@ -26,7 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from s3flow import errors
-from s3flow.errors import Disposition, PermanentError, RetryableError, S3flowError
+from s3flow.errors import (
+    Disposition,
+    JobTimeoutError,
+    PermanentError,
+    RetryableError,
+    S3flowError,
+)
 from s3flow.events import ObjectEvent
 from s3flow.processors.base import Result
 from s3flow.settings import AwsSettings
@@ -52,6 +58,10 @@ class ObjectJob:
     route: str = "default"
     worker_id: str = ""
     max_uncompressed_bytes: int | None = None
+    #: Seconds the run may take from its start (what is left of the pipeline's
+    #: ``job_timeout_s``); None: no limit. Every executor stops a run that goes on past
+    #: it where it runs and raises :func:`job_timed_out`'s error.
+    timeout_s: float | None = None
 
     @property
     def source(self) -> str:
@@ -71,6 +81,15 @@ class Executor(Protocol):
     async def close(self) -> None:
         """Stop what is left (processes, tasks) and release clients; idempotent."""
         ...
+
+
+def job_timed_out(job: ObjectJob, where: str, how: str) -> JobTimeoutError:
+    """The error of ``job``'s run on ``where`` stopped (``how``) at its ``timeout_s``."""
+    return JobTimeoutError(
+        f"{job.source}: the run on {where} went on past job_timeout_s (the "
+        f"{job.timeout_s:.0f} s left of it when the run started) and was {how}; if such "
+        f"files need longer, raise pipeline {job.pipeline!r}'s job_timeout_s"
+    )
 
 
 class ExecutorError(S3flowError):

@@ -9,7 +9,8 @@ The process runs in a session of its own (a Ctrl-C at the terminal reaches only 
 worker, which decides), gets ``PR_SET_PDEATHSIG`` (it dies with the worker) and the
 worker's ``[aws]`` settings as ``S3FLOW_AWS__*`` variables. A cancelled run (shutdown)
 gets SIGTERM, which ``s3flow run`` turns into a clean cancellation, then SIGKILL for
-its whole process group after ``kill_after_s``.
+its whole process group after ``kill_after_s``; so does a run still going at its job's
+``timeout_s`` (the pipeline's ``job_timeout_s``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from s3flow.executors.base import (
     Progress,
     error_for_exit,
     error_from_doc,
+    job_timed_out,
     parse_doc,
     result_from_doc,
 )
@@ -149,13 +151,17 @@ class SubprocessExecutor:
         self._running.add(proc)
         assert proc.stdout is not None and proc.stderr is not None
         try:
-            out, err = await asyncio.gather(
-                _read_all(proc.stdout, _STDOUT_LIMIT), _read_tail(proc.stderr, _STDERR_TAIL)
-            )
-            code = await proc.wait()
+            async with asyncio.timeout(job.timeout_s):
+                out, err = await asyncio.gather(
+                    _read_all(proc.stdout, _STDOUT_LIMIT), _read_tail(proc.stderr, _STDERR_TAIL)
+                )
+                code = await proc.wait()
         except asyncio.CancelledError:
             await asyncio.shield(self._stop(proc))
             raise
+        except TimeoutError as exc:
+            await asyncio.shield(self._stop(proc))
+            raise job_timed_out(job, f"pid {proc.pid}", "stopped (SIGTERM, then SIGKILL)") from exc
         finally:
             self._running.discard(proc)
         doc = parse_doc(out.decode("utf-8", "replace"))

@@ -6,11 +6,12 @@ called); they share the worker's S3 client, sink and state store.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from s3flow.executors.base import ObjectJob, Progress
+from s3flow.executors.base import ObjectJob, Progress, job_timed_out
 from s3flow.executors.one import run_object
 from s3flow.processors.base import Processor, Result
 from s3flow.processors.registry import create_processor
@@ -67,15 +68,21 @@ class InlineExecutor:
         """
         proc = self.processor(job.processor, job.options)
         sink = self._sink if receipts is None else receipt_sink(self._sink, receipts)
-        return await run_object(
-            proc,
-            job,
-            s3=self._s3,
-            sink=sink,
-            store=self._store,
-            progress=progress,
-            reading_done=reading_done,
-        )
+        try:
+            async with asyncio.timeout(job.timeout_s):
+                return await run_object(
+                    proc,
+                    job,
+                    s3=self._s3,
+                    sink=sink,
+                    store=self._store,
+                    progress=progress,
+                    reading_done=reading_done,
+                )
+        except TimeoutError as exc:
+            # Only the deadline's own TimeoutError comes out of `asyncio.timeout` as
+            # one: a processor's TimeoutError (a socket) is translated inside run_object.
+            raise job_timed_out(job, "the worker's event loop", "cancelled") from exc
 
     async def close(self) -> None:
         """Nothing to release (the pipeline stops its processors)."""

@@ -11,6 +11,9 @@ finish within the grace period; a run that is cancelled (grace over, or a second
 signal) leaves its child working, so once no run is waited for any more the children
 are killed. Children also die with the worker (``PR_SET_PDEATHSIG`` and a watcher).
 
+A run still going at its job's ``timeout_s`` (the pipeline's ``job_timeout_s``) has its
+child killed; the pool then breaks as below.
+
 A child that dies (killed, out of memory) breaks the whole pool: Python fails every
 run in it. Only the object whose child died is charged a failure (each run reports its
 child's pid when it starts); the others are stopped (their children killed, so none
@@ -40,6 +43,7 @@ from s3flow.executors.base import (
     Progress,
     error_doc,
     error_from_doc,
+    job_timed_out,
 )
 from s3flow.executors.one import run_isolated
 from s3flow.local.endpoint import die_with_parent, set_parent_death_signal
@@ -222,7 +226,14 @@ class PoolExecutor:
         try:
             future = loop.run_in_executor(pool, _child_run, job, run_id)
             _wake_manager(pool)
-            kind, value = await future
+            if job.timeout_s is None:
+                kind, value = await future
+            else:
+                kind, value = await asyncio.wait_for(asyncio.shield(future), job.timeout_s)
+        except TimeoutError as exc:
+            self._read_started(started)
+            how = self._stop_run(run_id, future, pool)
+            raise job_timed_out(job, "the pool", how) from exc
         except BrokenProcessPool as exc:
             self._read_started(started)
             pid = self._run_pids.get(run_id)
@@ -254,6 +265,27 @@ class PoolExecutor:
             raise error_from_doc(value)
         assert isinstance(value, Result)
         return value
+
+    def _stop_run(self, run_id: int, future: asyncio.Future[Any], pool: ProcessPoolExecutor) -> str:
+        """Stop run ``run_id`` (past its timeout): kill its child. The pool breaks: runs
+        in other children are retried without a failure (as when a child dies), and with
+        none, the pool is replaced now. Returns how it was stopped, for the error."""
+        # Its BrokenProcessPool (or result) is nobody's now: not "never retrieved".
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        pid = self._run_pids.get(run_id)
+        if pid is None:
+            if future.cancel():
+                return "taken back before a child started it"
+            # Handed to a child that has not said so yet: killed with the pool once no
+            # run waits any more, as a cancelled run's.
+            self._abandoned = True
+            return "abandoned (its child is killed with the pool)"
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        log.warning("pool: killed child %d: its run went on past job_timeout_s", pid)
+        if self._waited == 1:  # this run only: start afresh at once
+            self._kill("a run went on past job_timeout_s", pool)
+        return f"killed (pid {pid})"
 
     def _kill(self, why: str, pool: ProcessPoolExecutor | None = None) -> None:
         """Kill every child of ``pool`` (the current one by default) now: their work was

@@ -13,7 +13,10 @@ message's lease keeps heartbeating as for any other executor. When it has stoppe
   retryable; 0 without a document is retryable too (the run did not say what it wrote).
 
 A cancelled run (worker shutdown) stops its task/job (unless ``stop_on_shutdown`` is
-false: then it is left running and the released message starts another). The ARN goes
+false: then it is left running and the released message starts another). A run still
+going at the job's ``timeout_s`` (the pipeline's ``job_timeout_s``) is stopped whatever
+``stop_on_shutdown`` says: its message is retried, and a run left going would write
+beside the next one. The ARN goes
 into the Result's detail (so the file's history names it) and into every error message.
 """
 
@@ -43,6 +46,7 @@ from s3flow.executors.base import (
     Progress,
     error_for_exit,
     error_from_doc,
+    job_timed_out,
     result_from_doc,
 )
 from s3flow.executors.contract import job_environment, run_arguments
@@ -251,6 +255,8 @@ class ContainerExecutor:
             run_arguments(self.settings.command, job) if self.settings.command is not None else None
         )
         client = await self.client()
+        loop = asyncio.get_running_loop()
+        deadline = None if job.timeout_s is None else loop.time() + job.timeout_s
         # Shielded: a run cancelled while RunTask/SubmitJob is on the wire still learns the
         # id of what it started, and stops it.
         launch = asyncio.ensure_future(self._launch(client, job, env, command))
@@ -263,7 +269,19 @@ class ContainerExecutor:
         where = f"{self.what} {ident}"
         log.info("%s: %s started (route %s)", job.source, where, job.route)
         try:
-            final = await self.watcher.wait(ident)
+            async with asyncio.timeout_at(deadline):
+                final = await self.watcher.wait(ident)
+        except TimeoutError as exc:
+            # Stopped whatever stop_on_shutdown says: the message is retried, and a run
+            # left going would write beside the next one.
+            reason = "s3flow: the run went on past the pipeline's job_timeout_s"
+            try:
+                await asyncio.shield(self._stop(client, ident, reason))
+                how = "stopped"
+            except Exception as stop_exc:
+                log.warning("could not stop %s: %s", where, stop_exc)
+                how = f"could not be stopped ({stop_exc}): stop it by hand"
+            raise job_timed_out(job, where, how) from exc
         except asyncio.CancelledError:
             if self.settings.stop_on_shutdown:
                 await asyncio.shield(self._stop_quietly(client, ident))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -457,6 +458,7 @@ class MessageHandler:
             route=rule.name,
             worker_id=self._worker.worker_id,
             max_uncompressed_bytes=self.p.max_uncompressed_bytes,
+            timeout_s=self._time_left(attempt.msg),
         )
         content_type, by_write = self._declared(rule.processor)
         # Filled by the inline executor's sink only: outputs written elsewhere are fetched.
@@ -510,6 +512,12 @@ class MessageHandler:
         # Called after the state is recorded and before the ack (crash tests hook here).
         self._observer.object_finished(self.p.name, event, result, None)
         return None
+
+    def _time_left(self, msg: ReceivedMessage) -> float:
+        """What is left of ``job_timeout_s`` for ``msg``'s run (counted from when its work
+        started: an earlier record of the message used some), at least a second."""
+        started = msg.started_at if msg.started_at is not None else time.monotonic()
+        return max(1.0, started + self.p.job_timeout_s - time.monotonic())
 
     async def _validate(self, event: ObjectEvent, lookup: ObjectLookup) -> str | None:
         size, ctype = event.size, None

@@ -4,8 +4,11 @@ Every tracked message whose visibility ends within half the visibility timeout
 gets extended by another full timeout, batched through
 :class:`~s3flow.worker.acks.AckBatcher` (ChangeMessageVisibilityBatch). The
 extension stops at the message's job deadline (``job_timeout_s`` after its work
-started, never beyond SQS's 12 h limit): a stuck job then becomes visible
-again and is retried or dead-lettered by the queue. A message not started yet
+started, never beyond SQS's 12 h limit) plus a short grace (``JOB_STOP_GRACE_S``,
+at most ``job_timeout_s``): the run is stopped at ``job_timeout_s`` by its executor
+and its message settled (retried, counted as a failure) within the grace; a run that
+will not stop (a processor that ignores its cancellation) has its message become
+visible again then, and delivered anew. A message not started yet
 (prefetched, waiting for a slot, possibly holding its claim) is extended
 without a deadline: the wait is not its job's time, and letting it lapse would
 hand its object to another worker while this one still means to process it.
@@ -37,6 +40,9 @@ log = logging.getLogger("s3flow.lease")
 #: How long before SQS's 12 h limit (counted by SQS from a moment before the worker's
 #: ``received_at``: the receive's answer took a round trip) extensions stop.
 RECEIVE_LIMIT_MARGIN_S = 60
+#: How long past ``job_timeout_s`` a message stays leased (at most ``job_timeout_s``):
+#: time for its run to be stopped (SIGTERM then SIGKILL, StopTask) and its retry sent.
+JOB_STOP_GRACE_S = 60
 
 
 @dataclass
@@ -67,6 +73,7 @@ class LeaseKeeper:
         self._renew_claims = renew_claims
         self._timeout = visibility_timeout_s
         self._job_timeout = min(job_timeout_s, SQS_MAX_VISIBILITY_S)
+        self._stop_grace = min(JOB_STOP_GRACE_S, job_timeout_s)
         self._metrics = metrics or PipelineMetrics()
         self._leases: dict[str, _Lease] = {}
         self._task: asyncio.Task[None] | None = None
@@ -102,10 +109,11 @@ class LeaseKeeper:
 
     def restart(self, delivery: str, started_at: float) -> None:
         """The message's work starts now: ``job_timeout_s`` counts from ``started_at``
-        (time spent waiting for a slot, prefetched, does not use it up)."""
+        (time spent waiting for a slot, prefetched, does not use it up); the lease lasts
+        the stop grace longer."""
         lease = self._leases.get(delivery)
         if lease is not None:
-            lease.deadline = started_at + self._job_timeout
+            lease.deadline = started_at + self._job_timeout + self._stop_grace
 
     def untrack(self, delivery: str) -> None:
         """Stop heartbeating (the message is being settled)."""

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from s3flow.metrics import PipelineMetrics
-from s3flow.worker.lease import LeaseKeeper
+from s3flow.worker.lease import JOB_STOP_GRACE_S, LeaseKeeper
 
 
 class FakeAcks:
@@ -44,20 +44,41 @@ async def test_due_at_half_timeout_extends_by_a_full_timeout() -> None:
     assert len(acks.calls) == 1
 
 
-async def test_extension_is_capped_by_the_job_timeout() -> None:
+async def test_extension_is_capped_by_the_job_timeout_and_its_stop_grace() -> None:
     acks = FakeAcks()
-    lk, _ = keeper(acks, timeout=10, job=8)
-    lk.track("m1", "h1", time.monotonic() - 6)
-    lk.restart("m1", time.monotonic() - 6)  # 2 s of job time left
+    lk, _ = keeper(acks, timeout=10, job=8)  # grace: min(JOB_STOP_GRACE_S, 8) = 8
+    lk.track("m1", "h1", time.monotonic() - 14)
+    lk.restart("m1", time.monotonic() - 14)  # 8 + 8 - 14: 2 s left
     await lk.beat()
     assert acks.calls == [("h1", 2)]
 
 
-async def test_past_the_job_timeout_is_left_to_expire() -> None:
+async def test_within_the_stop_grace_the_message_stays_leased() -> None:
+    # The executor stops a run at job_timeout_s; its retry must be sent before the
+    # message is visible to another worker.
     acks = FakeAcks()
     lk, _ = keeper(acks, timeout=10, job=5)
     lk.track("m1", "h1", time.monotonic() - 6)
-    lk.restart("m1", time.monotonic() - 6)
+    lk.restart("m1", time.monotonic() - 6)  # 1 s past job_timeout_s, 4 s of grace left
+    await lk.beat()
+    assert acks.calls == [("h1", 4)]
+
+
+async def test_the_stop_grace_is_at_most_a_minute() -> None:
+    acks = FakeAcks()
+    lk, _ = keeper(acks, timeout=600, job=3600)
+    started = time.monotonic() - 3600 - JOB_STOP_GRACE_S - 1
+    lk.track("m1", "h1", started)
+    lk.restart("m1", started)
+    await lk.beat()
+    assert JOB_STOP_GRACE_S == 60 and acks.calls == []
+
+
+async def test_past_the_job_timeout_and_its_grace_is_left_to_expire() -> None:
+    acks = FakeAcks()
+    lk, _ = keeper(acks, timeout=10, job=5)
+    lk.track("m1", "h1", time.monotonic() - 11)
+    lk.restart("m1", time.monotonic() - 11)
     await lk.beat()
     assert acks.calls == []
 
@@ -108,12 +129,12 @@ async def test_a_message_settled_while_the_beat_runs_is_not_extended() -> None:
 
 async def test_the_job_timeout_counts_from_the_start_of_work_not_the_receive() -> None:
     acks = FakeAcks()
-    lk, _ = keeper(acks, timeout=10, job=5)
-    lk.track("m1", "h1", time.monotonic() - 6)  # waited 6 s for a slot, prefetched
-    lk.restart("m1", time.monotonic())  # its work starts now: 5 s of job time left
+    lk, _ = keeper(acks, timeout=20, job=5)
+    lk.track("m1", "h1", time.monotonic() - 16)  # waited 16 s for a slot, prefetched
+    lk.restart("m1", time.monotonic())  # its work starts now: 5 s + 5 s of grace left
     lk.restart("gone", time.monotonic())  # not tracked: nothing to do
     await lk.beat()
-    assert acks.calls == [("h1", 5)]
+    assert acks.calls == [("h1", 10)]
 
 
 async def test_no_extension_reaches_past_12_hours_from_the_receive() -> None:
