@@ -139,6 +139,16 @@ class JobsProject:
 
         return asyncio.run(go())
 
+    def jobs_list(self) -> list[JobRecord]:
+        """Every job of the store (newest first)."""
+
+        async def go() -> list[JobRecord]:
+            async with open_store(self.settings) as store:
+                assert store is not None
+                return await store.list_jobs(limit=1000)
+
+        return asyncio.run(go())
+
     def events(self, job_id: str) -> list[JobEvent]:
         async def go() -> list[JobEvent]:
             async with open_store(self.settings) as store:

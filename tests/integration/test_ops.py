@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 import pytest
 from itest_support import Harness, s3_event, wait_for
@@ -21,6 +22,7 @@ from s3flow.errors import S3flowError
 from s3flow.events import content_version
 from s3flow.ops.backfill import backfill
 from s3flow.ops.dlq import list_dlq, redrive
+from s3flow.quarantine import REASON_TAG, STATUS_TAG
 from s3flow.state.records import FileStatus, ObjectId
 
 pytestmark = pytest.mark.integration
@@ -189,3 +191,89 @@ def test_a_backfill_stopped_by_an_error_leaves_no_object_behind(harness: Harness
     assert (report.enqueued, report.already_queued) == (1, 0)
     assert harness.run().pipelines["p"].objects_processed == 1
     assert harness.result("a.txt") is not None
+
+
+def _enqueued_keys(h: Harness) -> list[str]:
+    """The keys of every notification on the pipeline's queue (each received once)."""
+    keys = []
+    for body in _all_bodies(h, h.queue_url):
+        keys += [unquote_plus(r["s3"]["object"]["key"]) for r in json.loads(body)["Records"]]
+    return sorted(keys)
+
+
+def test_backfill_prefix_narrows_the_pipelines_keys_and_its_filters_hold(
+    harness: Harness,
+) -> None:
+    """--prefix narrows the pipeline's prefix and never replaces it: one outside it is
+    refused (naming both); objects the suffix / key_regex reject are not enqueued, listed
+    or named (reprocess KEY: refused before anything is sent)."""
+    settings = harness.configure(prefix="in/", suffix=".txt", key_regex="keep")
+    taken = ["in/keep-a.txt", "in/sub/keep-b.txt"]
+    for k in [*taken, "in/keep-c.csv", "in/drop-d.txt", "other/keep-e.txt"]:
+        harness.put(k, b"1\n")
+    harness.purge()  # the notifications of the puts: the objects wait for a backfill
+
+    async def go(**kw: Any) -> Any:
+        async with open_store(settings) as store:
+            return await backfill(settings, settings.pipelines[0], store=store, **kw)
+
+    with pytest.raises(S3flowError) as outside:
+        asyncio.run(go(prefix="other/"))
+    assert "'other/'" in str(outside.value) and "'in/'" in str(outside.value)
+    assert "'in/other/'" in str(outside.value)  # what to give instead
+    assert harness.depth() == (0, 0)
+    narrowed = asyncio.run(go(prefix="in/sub/"))
+    assert (narrowed.listed, narrowed.enqueued) == (1, 1)
+    whole = asyncio.run(go())  # in/ only: the csv and drop-d are filtered
+    assert (whole.listed, whole.enqueued, whole.already_queued, whole.filtered) == (4, 1, 1, 2)
+    with pytest.raises(S3flowError, match=r"in/keep-c\.csv \(key does not end with '\.txt'\)"):
+        asyncio.run(go(keys=["in/keep-a.txt", "in/keep-c.csv"], force=True))
+    assert _enqueued_keys(harness) == taken
+
+
+def test_a_quarantined_object_is_untagged_only_as_its_notification_is_sent(
+    harness: Harness,
+) -> None:
+    """Reprocessing a quarantined object removes its quarantine tags with the batch that
+    sends its notification: a run stopped before (here: a key that does not exist)
+    leaves it tagged and quarantined, as it was, and the next run releases it."""
+    settings = harness.configure()
+    harness.put("q.txt", b"1\n")
+    harness.purge()
+    head = harness.s3.head_object(Bucket=harness.bucket, Key="q.txt")
+    oid = ObjectId(harness.bucket, "q.txt", content_version(head["ETag"], head["LastModified"]))
+    marks = [{"Key": STATUS_TAG, "Value": "quarantined"}, {"Key": REASON_TAG, "Value": "bad"}]
+
+    async def quarantine() -> None:  # as the worker does: the record, then the tags
+        async with open_store(settings) as store:
+            assert store is not None
+            claim = await store.claim(oid, pipeline="p", owner="w", ttl_s=60)
+            await store.fail(
+                oid, token=claim.token, status=FileStatus.QUARANTINED, error_class="E", error="bad"
+            )
+        harness.s3.put_object_tagging(
+            Bucket=harness.bucket,
+            Key="q.txt",
+            Tagging={"TagSet": [*marks, {"Key": "own", "Value": "1"}]},
+        )
+
+    def tags() -> list[dict[str, str]]:
+        return harness.s3.get_object_tagging(Bucket=harness.bucket, Key="q.txt")["TagSet"]  # type: ignore[no-any-return]
+
+    async def go(keys: list[str]) -> Any:
+        async with open_store(settings) as store:
+            return await backfill(
+                settings, settings.pipelines[0], keys=keys, store=store, force=True
+            )
+
+    asyncio.run(quarantine())
+    with pytest.raises(S3flowError, match=r"missing\.txt"):
+        asyncio.run(go(["q.txt", "missing.txt"]))
+    assert harness.depth() == (0, 0)
+    assert sorted(t["Key"] for t in tags()) == sorted([STATUS_TAG, REASON_TAG, "own"])
+    assert [r.status for r in harness.records("q.txt")] == [FileStatus.QUARANTINED]
+    report = asyncio.run(go(["q.txt"]))
+    assert report.enqueued == 1
+    assert tags() == [{"Key": "own", "Value": "1"}]
+    assert harness.run().pipelines["p"].objects_processed == 1
+    assert [r.status for r in harness.records("q.txt")] == [FileStatus.COMPLETED]

@@ -355,3 +355,149 @@ def test_prefetch_default_covers_the_slots_up_to_16(
         prefetch_messages=explicit,
     )
     assert p.prefetch == prefetch
+
+
+# --- the environment: where a bad value came from; pipelines by index ----------------------
+
+
+def test_a_bad_environment_value_names_its_variable_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, DOCUMENTED_EXAMPLE)
+    monkeypatch.setenv("S3FLOW_WORKER__SHUTDOWN_GRACE_S", "abc")
+    msg = config_error(path)
+    (line,) = [ln for ln in msg.splitlines() if "worker.shutdown_grace_s:" in ln]
+    assert "(got 'abc')" in line  # what is wrong
+    assert "from the environment variable S3FLOW_WORKER__SHUTDOWN_GRACE_S" in line  # where
+    assert "correct or unset it" in line  # what to do
+    assert str(path) not in line
+    assert msg.splitlines()[0] == (
+        f"invalid configuration ({path}; environment S3FLOW_WORKER__SHUTDOWN_GRACE_S):"
+    )
+
+
+def test_a_bad_pipeline_key_from_the_environment_names_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, DOCUMENTED_EXAMPLE)
+    monkeypatch.setenv("s3flow_pipelines__0__concurrency", "lots")  # any case, named as set
+    monkeypatch.setenv("S3FLOW_PIPELINES__0__VISIBILITY_TIMEOUTS", "60")
+    msg = config_error(path)
+    assert (
+        "pipelines[0] ('counts').concurrency: Input should be a valid integer, unable to parse "
+        "string as an integer (got 'lots'); from the environment variable "
+        "s3flow_pipelines__0__concurrency: correct or unset it"
+    ) in msg
+    assert (
+        "pipelines[0] ('counts').visibility_timeouts: unknown key (check the spelling; see "
+        "docs/configuration.md); from the environment variable "
+        "S3FLOW_PIPELINES__0__VISIBILITY_TIMEOUTS: correct or unset it"
+    ) in msg
+
+
+def test_with_the_environment_in_play_a_bad_file_value_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, DOCUMENTED_EXAMPLE.replace("concurrency = 32", "concurrency = 0"))
+    monkeypatch.setenv("S3FLOW_WORKER__LOG_LEVEL", "DEBUG")
+    assert f"(got 0); in {path}: correct it there" in config_error(path)
+    with pytest.raises(ConfigError, match=r"\(got 'nope'\); set by a command-line option"):
+        load_settings(write(tmp_path, DOCUMENTED_EXAMPLE), {"worker": {"log_level": "nope"}})
+
+
+def test_an_environment_table_that_is_not_json_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("S3FLOW_PIPELINES", '[{"name": "x"')
+    msg = config_error(write(tmp_path, DOCUMENTED_EXAMPLE))
+    assert msg.startswith("invalid configuration (environment): S3FLOW_PIPELINES: ")
+    assert "must be JSON" in msg and "correct or unset it" in msg
+
+
+def test_an_environment_key_of_pipeline_0_overrides_that_key_of_the_files_pipeline_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3FLOW_PIPELINES__0__KEY merges into the file's first [[pipelines]] (it used to
+    replace the whole list with a pipeline of that one key)."""
+    text = DOCUMENTED_EXAMPLE + '[pipelines.validation]\nsuffixes = [".log"]\n'
+    path = write(tmp_path, text)
+    from_file = load_settings(path).pipelines[0]
+    monkeypatch.setenv("S3FLOW_PIPELINES__0__CONCURRENCY", "4")
+    monkeypatch.setenv("S3FLOW_PIPELINES__0__VALIDATION__MAX_BYTES", "100")
+    p = load_settings(path).pipelines[0]
+    assert (p.concurrency, p.validation.max_bytes) == (4, 100)
+    assert p.validation.suffixes == [".log"]  # the rest of the table stays
+    assert p.model_copy(update={"concurrency": 32, "validation": from_file.validation}) == (
+        from_file
+    )
+    # An index one past the file's list adds a pipeline (all of its keys from the env).
+    for key, value in {
+        "NAME": "more",
+        "BUCKET": "other",
+        "QUEUE": "q2",
+        "OUTPUT": "s3://o/",
+    }.items():
+        monkeypatch.setenv(f"S3FLOW_PIPELINES__1__{key}", value)
+    more = load_settings(path).pipelines
+    assert [(q.name, q.bucket, q.concurrency) for q in more] == [
+        ("counts", "incoming", 4),
+        ("more", "other", 16),
+    ]
+    monkeypatch.delenv("S3FLOW_PIPELINES__1__BUCKET")
+    assert (
+        "pipelines[1] ('more').bucket: Field required; its table comes from the environment "
+        "(S3FLOW_PIPELINES__1__NAME, S3FLOW_PIPELINES__1__OUTPUT, S3FLOW_PIPELINES__1__QUEUE): "
+        "set S3FLOW_PIPELINES__1__BUCKET too"
+    ) in config_error(path)
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        (
+            {"S3FLOW_PIPELINES__CONCURRENCY": "4"},
+            "S3FLOW_PIPELINES__CONCURRENCY: pipelines is a list, so a variable below "
+            "S3FLOW_PIPELINES names an entry by its index first, e.g. "
+            "S3FLOW_PIPELINES__0__CONCURRENCY",
+        ),
+        (
+            {"S3FLOW_PIPELINES__2__CONCURRENCY": "4"},
+            "S3FLOW_PIPELINES__2__CONCURRENCY: there is no pipelines[2] to set a key of: the "
+            "list has 1 ([0] ('counts'))",
+        ),
+        (
+            {
+                "S3FLOW_PIPELINES": '[{"name": "x", "bucket": "b", "queue": "q", "output": "/o"}]',
+                "S3FLOW_PIPELINES__0__CONCURRENCY": "4",
+            },
+            "S3FLOW_PIPELINES__0__CONCURRENCY cannot change an entry of S3FLOW_PIPELINES, "
+            "which sets the whole list as JSON",
+        ),
+    ],
+    ids=["no-index", "gap", "under-json"],
+)
+def test_an_indexed_variable_that_cannot_apply_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], message: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    msg = config_error(write(tmp_path, DOCUMENTED_EXAMPLE))
+    assert msg.startswith("invalid configuration (environment): ")
+    assert message in msg
+
+
+def test_s3flow_pipelines_as_json_still_replaces_the_files_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The container form (docs/deploy.md): one variable holds the whole list."""
+    monkeypatch.setenv(
+        "S3FLOW_PIPELINES",
+        '[{"name": "x", "bucket": "b", "queue": "q", "output": "s3://o/", '
+        '"routes": [{"key_glob": "*.txt", "processor": "line-count"}]}]',
+    )
+    monkeypatch.setenv("S3FLOW_PIPELINES__0__ROUTES__0__PROCESSOR", "zip")
+    msg = config_error(write(tmp_path, DOCUMENTED_EXAMPLE))
+    assert "S3FLOW_PIPELINES__0__ROUTES__0__PROCESSOR cannot change an entry" in msg
+    monkeypatch.delenv("S3FLOW_PIPELINES__0__ROUTES__0__PROCESSOR")
+    (p,) = load_settings(write(tmp_path, DOCUMENTED_EXAMPLE)).pipelines
+    assert (p.name, p.prefix, p.routes[0].key_glob) == ("x", "", "*.txt")

@@ -22,7 +22,12 @@ def backfill(
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline to backfill.")],
     config: ConfigOpt = None,
     prefix: Annotated[
-        str | None, typer.Option("--prefix", help="Only keys with this prefix.")
+        str | None,
+        typer.Option(
+            "--prefix",
+            help="Only keys with this prefix; it narrows the pipeline's prefix, so it must "
+            "start with it.",
+        ),
     ] = None,
     since: Annotated[
         str | None,
@@ -45,10 +50,18 @@ def reprocess(
     pipeline: PipelineNameOpt = "",
     config: ConfigOpt = None,
     prefix: Annotated[
-        str | None, typer.Option("--prefix", help="Every object under this prefix.")
+        str | None,
+        typer.Option(
+            "--prefix",
+            help="Every object under this prefix (starting with the pipeline's prefix).",
+        ),
     ] = None,
 ) -> None:
-    """Process objects again on purpose, completed or not (KEY... or --prefix)."""
+    """Process objects again on purpose, completed or not (KEY... or --prefix).
+
+    Only keys the pipeline takes (its prefix, suffix and key_regex): a KEY it does not
+    take is refused, naming why, before anything is enqueued.
+    """
     if not pipeline:
         raise typer.BadParameter("name the pipeline", param_hint="--pipeline/-p")
     if bool(keys) == (prefix is not None):

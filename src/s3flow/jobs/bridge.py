@@ -72,19 +72,23 @@ class JobMessage(BaseModel):
 _EXPIRY_PAGE = 500
 
 
-async def expire_overdue(store: JobStore, *, now: float | None = None) -> list[str]:
+async def expire_overdue(
+    store: JobStore, *, now: float | None = None, page_size: int = _EXPIRY_PAGE
+) -> list[str]:
     """Expire every waiting job past its deadline; returns their ids.
 
     Pages through all waiting jobs, oldest first (a deadline is not always
     ``created_at`` plus today's ``job_timeout_s``: the setting may have
-    changed since), so none is missed however many jobs are waiting.
+    changed since), ``page_size`` jobs a read, until a page comes back empty
+    (the store's listing only does so at the end), so none is missed however
+    many jobs are waiting.
     """
     at = time.time() if now is None else now
     expired: list[str] = []
     after: JobRecord | None = None
     while True:
         page = await store.list_jobs(
-            status=JobStatus.WAITING_FOR_FILES, limit=_EXPIRY_PAGE, oldest_first=True, after=after
+            status=JobStatus.WAITING_FOR_FILES, limit=page_size, oldest_first=True, after=after
         )
         if not page:
             return expired

@@ -13,7 +13,7 @@ from urllib.parse import quote_plus
 from s3flow.app import queue_url
 from s3flow.aws import open_clients
 from s3flow.errors import S3flowError, translate_aws_error
-from s3flow.events import content_version
+from s3flow.events import ObjectEvent, content_version
 from s3flow.quarantine import untag
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, Settings
@@ -82,14 +82,62 @@ def current_upload_state(
 
 
 def _unsent(p: PipelineSettings, keys: list[str], exc: BaseException | None) -> S3flowError:
-    """The error for notifications that could not be sent (their records say received)."""
+    """The error for notifications that could not be sent (their records may say received,
+    their quarantine tags may be gone)."""
     why = f": {exc}" if exc is not None else ""
     shown = " ".join(keys[:10]) + (" ..." if len(keys) > 10 else "")
     return S3flowError(
         f"backfill: {len(keys)} notification(s) could not be sent to pipeline {p.name!r}'s "
-        f"queue{why}. Their records say received, so a plain backfill skips them: "
+        f"queue{why}. Their records may say received, so a plain backfill skips them: "
         f"`s3flow reprocess -p {p.name} {shown}` enqueues them"
     )
+
+
+def listing_prefix(p: PipelineSettings, prefix: str | None) -> str:
+    """The prefix a backfill of ``p`` lists: ``prefix`` narrows the pipeline's own.
+
+    ``prefix`` must start with the pipeline's prefix (it is used as is); any other
+    is refused (S3flowError naming both), since the worker would skip every
+    notification for a key outside the pipeline. None: the pipeline's prefix.
+    """
+    if prefix is None:
+        return p.prefix
+    if not prefix.startswith(p.prefix):
+        raise S3flowError(
+            f"backfill: --prefix {prefix!r} is outside pipeline {p.name!r}'s prefix "
+            f"{p.prefix!r}: --prefix narrows the pipeline's keys, it cannot replace them; "
+            f"give a prefix starting with {p.prefix!r} (e.g. {p.prefix + prefix!r}), or "
+            "leave it out to take all of the pipeline's keys"
+        )
+    return prefix
+
+
+def _refused_keys(p: PipelineSettings, route: Route, keys: list[str]) -> S3flowError | None:
+    """The error for named keys the pipeline does not take (None when it takes them all)."""
+    refused = [
+        f"{key} ({why})"
+        for key in keys
+        if (why := route.rejects(ObjectEvent(p.bucket, key))) is not None
+    ]
+    if not refused:
+        return None
+    shown = "; ".join(refused[:10]) + (" ..." if len(refused) > 10 else "")
+    return S3flowError(
+        f"reprocess: pipeline {p.name!r} does not take {len(refused)} of the keys given "
+        f"(its prefix {p.prefix!r}, suffix {p.suffix!r}, key_regex {p.key_regex!r}): "
+        f"{shown}. The worker would skip their notifications, so nothing was enqueued; "
+        "name only keys of this pipeline, or the pipeline that takes them"
+    )
+
+
+@dataclass
+class _Pending:
+    """One notification of a batch, with what is done just before the batch is sent."""
+
+    oid: ObjectId
+    body: str
+    mark: str | None  # set the record to received with this detail
+    untag: bool  # remove the object's quarantine tags
 
 
 async def backfill(
@@ -111,27 +159,40 @@ async def backfill(
     so it is processed anew (``s3flow reprocess``); objects being processed
     right now are left alone either way. ``keys`` names objects instead of
     listing a prefix.
+
+    Only objects the pipeline takes are enqueued (its prefix, suffix and
+    key_regex, as the worker checks them): ``prefix`` narrows the pipeline's
+    prefix (:func:`listing_prefix`), listed keys the filters reject are counted
+    as filtered, and named ``keys`` it rejects are refused before anything is sent.
     """
     route = Route.from_settings(p)
+    listed_prefix = listing_prefix(p, None if keys else prefix)
+    if keys and (refused := _refused_keys(p, route, keys)) is not None:
+        raise refused
     report = BackfillReport()
     async with open_clients(settings.aws) as clients:
         src = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
-        # (object, notification body, the record to set to received first, or None)
-        batch: list[tuple[ObjectId, str, str | None]] = []
+        batch: list[_Pending] = []
 
         async def flush() -> None:
             if not batch:
                 return
-            # The records are set to received just before their notifications are sent
-            # (not as each object is listed): a backfill stopped before a batch goes out
-            # leaves no record saying "queued" for a notification never sent.
-            if store is not None:
-                for oid, _, detail in batch:
-                    if detail is not None:
+            # Quarantine tags are removed and records set to received just before their
+            # notifications are sent (not as each object is listed): a backfill stopped
+            # before a batch goes out leaves no object untagged, nor a record saying
+            # "queued", for a notification never sent. Tags go first: a record left
+            # quarantined by a failure here makes the next reprocess untag again.
+            try:
+                for item in batch:
+                    if item.untag:
+                        await untag(clients.s3, p.bucket, item.oid.key)
+                    if store is not None and item.mark is not None:
                         await store.set_status(
-                            oid, FileStatus.RECEIVED, detail=detail, pipeline=p.name
+                            item.oid, FileStatus.RECEIVED, detail=item.mark, pipeline=p.name
                         )
-            entries = [{"Id": str(i), "MessageBody": b} for i, (_, b, _) in enumerate(batch)]
+            except Exception as exc:
+                raise _unsent(p, [item.oid.key for item in batch], exc) from exc
+            entries = [{"Id": str(i), "MessageBody": item.body} for i, item in enumerate(batch)]
             try:
                 for _attempt in range(3):
                     resp = await clients.sqs.send_message_batch(QueueUrl=src, Entries=entries)
@@ -142,23 +203,19 @@ async def backfill(
                         break
                     await asyncio.sleep(0.5)
             except Exception as exc:
-                raise _unsent(p, [batch[int(e["Id"])][0].key for e in entries], exc) from exc
+                raise _unsent(p, [batch[int(e["Id"])].oid.key for e in entries], exc) from exc
             if entries:
-                raise _unsent(p, [batch[int(e["Id"])][0].key for e in entries], None)
+                raise _unsent(p, [batch[int(e["Id"])].oid.key for e in entries], None)
             batch.clear()
 
         async def consider(key: str, etag: str, size: int, modified: datetime) -> None:
             report.listed += 1
-            if (since and modified < since) or (
-                not keys
-                and (
-                    (p.suffix and not key.endswith(p.suffix))
-                    or (route.key_regex is not None and not route.key_regex.search(key))
-                )
-            ):
+            # (named keys were checked against the route before anything was read)
+            if (since and modified < since) or route.rejects(ObjectEvent(p.bucket, key)):
                 report.filtered += 1
                 return
             oid = ObjectId(p.bucket, key, content_version(etag, modified))
+            quarantined = False
             if store is not None:
                 rec = current_upload_state(await store.versions(p.bucket, key), etag, modified)
                 status = rec.status if rec is not None else None
@@ -175,8 +232,8 @@ async def backfill(
                     if status is FileStatus.QUARANTINED:
                         report.filtered += 1
                         return
-                if rec is not None and rec.status is FileStatus.QUARANTINED:
-                    await untag(clients.s3, p.bucket, key)
+                # Untagged in flush, with the batch that sends its notification.
+                quarantined = rec is not None and rec.status is FileStatus.QUARANTINED
             # The worker identifies a backfilled upload by (eTag, LastModified): that
             # record is the one it will claim, so it must not say "done" (set in flush).
             mark: str | None = None
@@ -185,7 +242,7 @@ async def backfill(
                 if current is None or current.status is not FileStatus.RECEIVED:
                     mark = "reprocess" if force else "backfill"
             body = s3_notification_body(p.bucket, key, size, etag, settings.aws.region)
-            batch.append((oid, body, mark))
+            batch.append(_Pending(oid, body, mark, quarantined))
             if len(batch) == 10:
                 await flush()
             on_progress(report.listed, report.enqueued)
@@ -205,7 +262,7 @@ async def backfill(
                     )
             else:
                 paginator = clients.s3.get_paginator("list_objects_v2")
-                async for page in paginator.paginate(Bucket=p.bucket, Prefix=prefix or p.prefix):
+                async for page in paginator.paginate(Bucket=p.bucket, Prefix=listed_prefix):
                     for obj in page.get("Contents") or []:
                         await consider(
                             obj["Key"],
@@ -218,7 +275,5 @@ async def backfill(
         except S3flowError:
             raise
         except Exception as exc:
-            raise translate_aws_error(
-                exc, f"backfill of s3://{p.bucket}/{prefix or p.prefix}"
-            ) from exc
+            raise translate_aws_error(exc, f"backfill of s3://{p.bucket}/{listed_prefix}") from exc
     return report

@@ -38,6 +38,11 @@ async def retry_job(settings: Settings, store: JobStore, sqs: Any, job_id: str) 
     The old job keeps its history; the new one names it (``retry_of`` in its
     ``job.created`` event). A job whose files did not all arrive cannot be
     retried: upload them again as a new job.
+
+    The new job is recorded (queued) before its message is sent, so the runner
+    always finds it. If the send fails, the new job is ended with ``job.failed``
+    ("not queued: ...") so that no queued job is left without a message, and an
+    S3flowError says so; the old job can be retried again once the cause is fixed.
     """
     if settings.jobs is None:
         raise S3flowError("upload jobs are not configured (no [jobs] table)")
@@ -87,10 +92,9 @@ async def retry_job(settings: Settings, store: JobStore, sqs: Any, job_id: str) 
         type=EventType.JOB_QUEUED,
         data={"files": len(job.files), "retry_of": job_id},
     )
+    queue = settings.jobs.resource("processing.fifo")
     try:
-        url = (await sqs.get_queue_url(QueueName=settings.jobs.resource("processing.fifo")))[
-            "QueueUrl"
-        ]
+        url = (await sqs.get_queue_url(QueueName=queue))["QueueUrl"]
         await sqs.send_message(
             QueueUrl=url,
             MessageBody=json.dumps(
@@ -100,5 +104,42 @@ async def retry_job(settings: Settings, store: JobStore, sqs: Any, job_id: str) 
             MessageDeduplicationId=new_id,
         )
     except Exception as exc:
-        raise translate_aws_error(exc, "SendMessage") from exc
+        error = translate_aws_error(exc, f"SendMessage to the processing queue {queue}")
+        # Raises, unless the job runs after all (the message went out, its answer was lost).
+        return await _roll_back(store, job_id, new_id, error)
     return await store.get_job(new_id) or job
+
+
+async def _roll_back(store: JobStore, old_id: str, new_id: str, error: S3flowError) -> JobRecord:
+    """Undo the retry ``new_id`` of ``old_id``, whose message was not sent, and raise.
+
+    The new job, recorded as queued, is ended with ``job.failed`` ("not queued:
+    ...") so that the store holds no queued job without a message; the
+    S3flowError raised says so and what to do. Returns the job instead when it is
+    not queued any more: the runner has it, so the message did go out.
+    """
+    note = f"not queued: {error}"
+    try:
+        _, appended = await store.append_event(
+            new_id,
+            event_id=f"{new_id}:{EventType.JOB_FAILED}",
+            type=EventType.JOB_FAILED,
+            data={"error": note, "retry_of": old_id},
+            if_status=frozenset({JobStatus.QUEUED}),
+        )
+    except Exception as exc:
+        raise S3flowError(
+            f"retry of job {old_id}: {error}. Its new job {new_id} is recorded as queued but "
+            f"was not sent, and marking it failed failed too ({type(exc).__name__}: {exc}): "
+            f"end it with `s3flow jobs cancel {new_id}`, fix the cause, then "
+            f"`s3flow jobs retry {old_id}` again"
+        ) from error
+    if not appended:  # not queued any more, or failed by its runner: the message went out
+        now = await store.get_job(new_id)
+        if now is not None and now.status is not JobStatus.QUEUED:
+            return now
+    raise S3flowError(
+        f"retry of job {old_id}: {error}. Nothing was queued: its new job {new_id} is marked "
+        f"failed ({note!r}); fix the cause (`s3flow provision` creates missing queues), "
+        f"then `s3flow jobs retry {old_id}` again"
+    ) from error

@@ -9,8 +9,9 @@ and the CLI help (``s3flow config-reference``).
 Modules: ``base`` (the model base, [aws], [worker], [local], [state]),
 ``executors`` ([pipelines.executors.*]), ``pipelines`` ([[pipelines]], validation,
 routes), ``jobs`` ([jobs], [[templates]], [web] and the pipelines derived from
-[jobs]), ``loading`` (the root ``Settings`` and ``load_settings``). Import from
-``s3flow.settings``.
+[jobs]), ``environment`` (the ``S3FLOW_*`` source: lists by index, the variable
+named in errors), ``loading`` (the root ``Settings`` and ``load_settings``). Import
+from ``s3flow.settings``.
 """
 
 from __future__ import annotations

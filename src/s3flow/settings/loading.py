@@ -10,10 +10,26 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from s3flow.errors import ConfigError
 from s3flow.settings.base import AwsSettings, LocalSettings, StateSettings, WorkerSettings
+from s3flow.settings.environment import (
+    IndexedEnvSource,
+    Loc,
+    apply_env,
+    covering,
+    env_name,
+    env_variables,
+    owner,
+    read_env,
+    variables_inside,
+)
 from s3flow.settings.jobs import (
     JOBS_BRIDGE,
     JobsSettings,
@@ -113,8 +129,14 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # TOML is loaded by load_settings() and passed as init data; the env wins over
-        # the file, and the command line's overrides over both, as documented.
-        return (_Overrides(settings_cls), env_settings, init_settings)
+        # the file, and the command line's overrides over both, as documented. The env
+        # source merges S3FLOW_PIPELINES__0__KEY into the file's pipeline 0 (by index)
+        # instead of replacing the file's list.
+        return (
+            _Overrides(settings_cls),
+            IndexedEnvSource(settings_cls, env_settings, init_settings),
+            init_settings,
+        )
 
     def pipeline(self, name: str) -> PipelineSettings:
         """Return the pipeline called ``name`` or raise ConfigError listing the known ones."""
@@ -173,33 +195,99 @@ def _format_loc(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
 
 
 def error_lines(
-    exc: ValidationError, where: Callable[[tuple[int | str, ...]], str], unknown: str
+    exc: ValidationError,
+    where: Callable[[tuple[int | str, ...]], str],
+    unknown: str,
+    origin: Callable[[tuple[int | str, ...]], str | None] | None = None,
 ) -> list[str]:
     """One ``  - <key>: <problem>`` line per error of ``exc``.
 
     ``where(loc)`` names the key of an error; ``unknown`` is the problem of a key the
     model does not know. Any other problem shows the bad value, unless it is a table.
+    ``origin(loc)``, when given, says where the value came from and what to do
+    (appended after ``; ``), or None to say nothing.
     """
     lines = []
     for err in exc.errors():
-        key = where(tuple(err["loc"]))
+        loc = tuple(err["loc"])
+        key = where(loc)
         if err["type"] == "extra_forbidden":
-            lines.append(f"  - {key}: {unknown}")
+            line = f"  - {key}: {unknown}"
         else:
             got = err.get("input")
             shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            lines.append(f"  - {key}: {err['msg']}{shown}")
+            line = f"  - {key}: {err['msg']}{shown}"
+        came = origin(loc) if origin is not None else None
+        lines.append(f"{line}; {came}" if came else line)
     return lines
 
 
-def format_validation_error(exc: ValidationError, source: str, data: dict[str, Any]) -> str:
-    """Render a pydantic error as lines naming each bad key, its problem and the source."""
+def format_validation_error(
+    exc: ValidationError,
+    source: str,
+    data: dict[str, Any],
+    origin: Callable[[Loc], str | None] | None = None,
+) -> str:
+    """Render a pydantic error as lines naming each bad key, its problem and the source.
+
+    ``origin(loc)``: where a key's value came from (see :func:`error_lines`).
+    """
     lines = error_lines(
         exc,
         lambda loc: _format_loc(loc, data) or "<top>",
         "unknown key (check the spelling; see docs/configuration.md)",
+        origin,
     )
     return "\n".join([f"invalid configuration ({source}):", *lines])
+
+
+def _explain(
+    exc: ValidationError, path: Path | None, data: dict[str, Any], over: dict[str, Any]
+) -> str:
+    """The message of a settings error: each bad key with the source that gave its value.
+
+    A value set by an ``S3FLOW_*`` variable names the variable and says to correct
+    or unset it; one set on the command line says so; one from the file names the
+    file when other sources are in play too (else the heading names it alone).
+    """
+    names = env_variables(set(Settings.model_fields))
+    env = read_env(Settings, EnvSettingsSource(Settings)) if names else {}
+    shown = _deep_merge(_deep_merge(data, apply_env(Settings, data, env)), over)
+    sources = [str(path)] if path is not None else []
+    if names:
+        sources.append("environment " + ", ".join(sorted(names.values())))
+    if over:
+        sources.append("command-line options")
+    layers = [("command line", over), ("environment", env), ("file", data)]
+
+    def origin(loc: Loc) -> str | None:
+        if not loc:  # the whole configuration: its message names the keys
+            return None
+        found = owner(loc, layers)
+        if found is None or not found[1]:
+            # A key missing from its table: say where the table comes from.
+            table = found[0] if found is not None else (owner(loc[:-1], layers) or ("",))[0]
+            if table != "environment":
+                return None
+            whole = covering(loc, names)
+            if whole is not None:
+                return f"its table comes from the environment variable {whole}: add it there"
+            given = ", ".join(variables_inside(loc[:-1], names))
+            return f"its table comes from the environment ({given}): set {env_name(loc)} too"
+        layer = found[0]
+        if layer == "command line":
+            return "set by a command-line option"
+        inside = variables_inside(loc, names)
+        if layer == "environment":
+            var = covering(loc, names)
+            if var is None:  # a table the environment sets keys of
+                return f"the environment sets {', '.join(inside)} inside it"
+            return f"from the environment variable {var}: correct or unset it"
+        if inside:
+            return f"in {path}, with the environment setting {', '.join(inside)} inside it"
+        return f"in {path}: correct it there" if len(sources) > 1 else None
+
+    return format_validation_error(exc, "; ".join(sources) or "defaults", shown, origin)
 
 
 def load_settings(
@@ -213,10 +301,9 @@ def load_settings(
     """
     path = config if config is not None else os.environ.get(CONFIG_ENV)
     data: dict[str, Any] = {}
-    source = "defaults and environment"
+    p: Path | None = None
     if path:
         p = Path(path)
-        source = str(p)
         try:
             with p.open("rb") as fh:
                 data = tomllib.load(fh)
@@ -228,11 +315,10 @@ def load_settings(
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
         except OSError as exc:
             raise ConfigError(f"cannot read config file {p}: {exc}") from exc
-    merged = _deep_merge(data, overrides or {})
     token = _OVERRIDES.set(overrides or {})
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source, merged)) from exc
+        raise ConfigError(_explain(exc, p, data, overrides or {})) from exc
     finally:
         _OVERRIDES.reset(token)

@@ -133,7 +133,14 @@ class RouteSettings(_Model, ByteRangeChecked):
 
 
 class PipelineSettings(_Model):
-    """One pipeline: a queue of S3 notifications, a filter, a processor and an output."""
+    """One pipeline: a queue of S3 notifications, a filter, a processor and an output.
+
+    Environment: `S3FLOW_PIPELINES__<INDEX>__<KEY>` sets one key of the file's pipeline
+    INDEX (0 = the first `[[pipelines]]`), its other keys kept; tables go on down
+    (`S3FLOW_PIPELINES__0__VALIDATION__MAX_BYTES`). An INDEX one past the end adds a
+    pipeline (every required key then from the environment). `S3FLOW_PIPELINES` holding
+    a JSON list replaces the file's list (it cannot be combined with indexed variables).
+    """
 
     name: _Name = Field(description="Unique pipeline name (letters, digits, '_', '-', '.').")
     processor: str = Field(

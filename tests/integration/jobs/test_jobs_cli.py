@@ -10,16 +10,19 @@ import re
 import subprocess
 import sys
 import time
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from itest_support import wait_for
-from jobs_support import JobsProject, stop_process
+from jobs_support import JobsProject, stop_process, waiting_job
 
-from s3flow.app import provision_all
+from s3flow.app import open_store, provision_all
 from s3flow.local.endpoint import free_port
+from s3flow.state.jobs import JobStatus
 
 pytestmark = pytest.mark.integration
 
@@ -140,6 +143,44 @@ def test_a_failed_job_is_retried_as_a_new_job(tmp_path: Path, s3: Any, sqs: Any)
         stop_process(worker)
     assert done[new_id].status == "completed"
     assert project.events(new_id)[0].data["retry_of"] == job_id
+
+
+def test_a_retry_whose_message_cannot_be_sent_leaves_no_queued_job(
+    tmp_path: Path, s3: Any, sqs: Any
+) -> None:
+    """The new job is recorded before its message is sent; when the send fails for real
+    (the processing queue is gone), it is ended as failed ("not queued"), the error says
+    so and what to do, and once the queue is back the old job is retried again."""
+    project = JobsProject(tmp_path, s3, sqs)
+    old = waiting_job(f"job-{uuid.uuid4().hex}")
+    old = replace(
+        old,
+        status=JobStatus.FAILED,
+        files=tuple(replace(f, received=True) for f in old.files),
+        error="it failed",
+    )
+
+    async def store_job() -> None:
+        async with open_store(project.settings) as store:
+            assert store is not None
+            await store.create_job(old, event_id=f"{old.job_id}:created", data={})
+
+    asyncio.run(store_job())
+    sqs.delete_queue(QueueUrl=project.url("processing.fifo"))
+    failed = _s3flow("jobs", "retry", old.job_id, "-c", str(project.cfg))
+    assert failed.returncode == 2, failed.stdout + failed.stderr
+    retries = [j for j in project.jobs_list() if j.job_id != old.job_id]
+    assert [(j.status, (j.error or "")[:12]) for j in retries] == [
+        (JobStatus.FAILED, "not queued: ")
+    ]  # no job left queued without a message
+    said = " ".join(failed.stderr.split())
+    assert project.resource("processing.fifo") in said and "Nothing was queued" in said
+    assert f"s3flow jobs retry {old.job_id}" in said
+    asyncio.run(provision_all(project.settings))  # the queue is back: retried again
+    again = _s3flow("jobs", "retry", old.job_id, "-c", str(project.cfg))
+    assert again.returncode == 0, again.stderr
+    queued = [j for j in project.jobs_list() if j.status is JobStatus.QUEUED]
+    assert len(queued) == 1 and project.depth("processing.fifo") == 1
 
 
 def _healthy(url: str) -> bool:

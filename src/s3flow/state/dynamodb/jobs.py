@@ -267,20 +267,37 @@ class JobsMixin(JobLogMixin, DynamoClient):
         of the six statuses at once, merged), then reads those records
         (BatchGetItem, strongly consistent). No Scan: the cost follows
         ``limit``, not the number of jobs.
+
+        A key whose record no longer has ``status`` (the index lags a status
+        change) is dropped, and the index is read on past it: fewer than
+        ``limit`` jobs come back only when the index has no more, so a caller
+        paging until an empty page sees every job (not just those before a page
+        of lagging entries).
         """
         if limit <= 0:
             return []
         wanted = list(JobStatus) if status is None else [JobStatus(status)]
         past = None if after is None else job_listed(after)
-        found = await asyncio.gather(
-            *(self._listed(s, limit, oldest_first=oldest_first, past=past) for s in wanted)
+        jobs: dict[str, JobRecord] = {}
+        while True:
+            found = await asyncio.gather(
+                *(self._listed(s, limit, oldest_first=oldest_first, past=past) for s in wanted)
+            )
+            keys = sorted({k for ks in found for k in ks}, reverse=not oldest_first)[:limit]
+            for job in await self._get_jobs([job_id for _, job_id in keys]):
+                # The index may lag a status change; the record does not.
+                if status is None or job.status is JobStatus(status):
+                    jobs[job.job_id] = job
+            # Every status read fewer keys than asked: the index has no more. Otherwise
+            # the keys up to keys[-1] are all read (each status's first `limit` past
+            # `past` include its keys up to there): go on past it.
+            if len(jobs) >= limit or all(len(ks) < limit for ks in found):
+                break
+            past = keys[-1][0]
+        listed = sorted(
+            jobs.values(), key=lambda j: (j.created_at, j.job_id), reverse=not oldest_first
         )
-        keys = sorted({k for ks in found for k in ks}, reverse=not oldest_first)[:limit]
-        jobs = await self._get_jobs([job_id for _, job_id in keys])
-        if status is not None:  # the index may lag a status change; the record does not
-            jobs = [j for j in jobs if j.status is JobStatus(status)]
-        jobs.sort(key=lambda j: (j.created_at, j.job_id), reverse=not oldest_first)
-        return jobs[:limit]
+        return listed[:limit]
 
     async def _listed(
         self, status: JobStatus, limit: int, *, oldest_first: bool = False, past: str | None = None
