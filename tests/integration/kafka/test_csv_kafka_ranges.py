@@ -118,6 +118,58 @@ def test_sigkill_mid_run_then_every_range_resumes_exactly_once(
     _check_ranges(kafka, topic, 3)
 
 
+def _nominal_cuts(data: bytes, n: int) -> list[int]:
+    """Where the planner cuts ``data`` into ``n`` ranges: after the first line feed at or
+    after each nominal cut ``i * size / n - 1`` (ranges.plan_ranges)."""
+    return [data.index(b"\n", i * len(data) // n - 1) + 1 for i in range(1, n)]
+
+
+@pytest.mark.timeout(240)
+def test_no_header_and_a_short_first_row_of_a_range_only_that_row_is_bad(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """Without a header row every range expects the object's first row's column count:
+    a malformed row that happens to start a range is the only bad row (its range no
+    longer learns the count from it and dead-letters all its good rows)."""
+    rows = [f"{i},w{i % 977},x" for i in range(ROWS)]
+    data = "".join(f"{r}\n" for r in rows).encode()
+    cut = _nominal_cuts(data, 3)[0]
+    bad = data[:cut].count(b"\n")  # the row range 1 starts with
+    rows[bad] = rows[bad].replace(",x", "_x")  # one field short, same length: same cuts
+    s3.put_object(Bucket=bucket, Key="big.csv", Body="".join(f"{r}\n" for r in rows).encode())
+    topic = unique_topic("ranges-short")
+    out = summary(cli(tmp_path, kafka, *_ranged(bucket, topic, "--no-header")))
+    assert (out["rows"], out["bad_rows"], out["records"]) == (ROWS - 1, 1, ROWS)
+    seen: list[int] = []
+    for p, part in enumerate(_partitions(kafka, topic, 3)):
+        values = [r.json() for r in part]
+        assert all(len(v) == 3 for v in values), p
+        numbers = [int(v[0]) for v in values]
+        assert numbers == sorted(numbers), p  # in order within the range
+        seen += numbers
+    assert seen == [i for i in range(ROWS) if i != bad]  # every good row once, in order
+    dlq = read_topic(kafka.bootstrap, f"{topic}.dlq")
+    assert [(d.json()["line"], d.json()["raw"]) for d in dlq] == [(1, rows[bad])]
+    assert dlq[0].json()["reason"] == "expected 3 columns, got 2"
+    assert dlq[0].headers["s3.range"].startswith(b"1/3@%d-" % cut)
+
+
+@pytest.mark.timeout(240)
+def test_blank_lines_before_the_header_row_are_skipped_by_every_range(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """The later ranges read the header's names from the object's first record, blank
+    lines skipped as the single-range path skips them (the object failed: "no header
+    row in the first line")."""
+    s3.put_object(Bucket=bucket, Key="big.csv", Body=b"\r\n\n" + _csv())
+    topic = unique_topic("ranges-blank")
+    out = summary(cli(tmp_path, kafka, *_ranged(bucket, topic)))
+    assert (out["rows"], out["bad_rows"]) == (ROWS, 0)
+    parts = _check_ranges(kafka, topic, 3)
+    assert set(parts[2][0].json()) == {"n", "word"}
+    assert parts[0][0].headers["s3.line"] == b"4"  # two blank lines, the header, row 0
+
+
 def _range_processes(pid: int) -> list[psutil.Process]:
     """The range processes of run ``pid`` (children of its forkserver)."""
     out = []

@@ -63,7 +63,8 @@ class Checkpoint:
     the number of physical lines before it. ``sent``/``bad`` count rows produced to the
     topic / handled as bad rows so far; ``columns`` the names from the header row;
     ``ncols`` the expected column count once known (the header's, else the first data
-    row's: a resumed run judges rows as the first run did; absent in older checkpoints).
+    row's - in parallel mode the object's first row's for every range: a resumed run
+    judges rows as the first run did; absent in older checkpoints).
     ``done`` marks the final checkpoint. ``scan_from`` is an offset of the checkpoint
     partition before any checkpoint of this object (a hint for reading it back faster).
     """

@@ -159,6 +159,9 @@ class RangeJob:
     access: S3Access
     log_format: str
     log_level: str
+    #: The expected column count of every row, from the object's first record (no
+    #: header and no columns), else None: the range learns it as usual.
+    ncols: int | None = None
 
 
 # --- in a range process ---------------------------------------------------------------------
@@ -246,6 +249,7 @@ async def _run_range(job: RangeJob, send: _Sender) -> RunReport:
                 report_progress=progress,
                 hint=job.hint,
                 on_checkpoint=lambda c: send(("ckpt", c.encode())),
+                ncols=job.ncols,
             )
     if pending:
         send(("progress", pending))
@@ -290,8 +294,13 @@ async def run_range_process(
     executor: Executor,
     store: StateStore | None,
     report_progress: Callable[[int], None],
+    ncols: int | None = None,
 ) -> RunReport:
-    """Run one range in its own process until it is done (restarting it if it dies)."""
+    """Run one range in its own process until it is done (restarting it if it dies).
+
+    ``ncols``: the expected column count of the object's rows (from its first record),
+    when neither a header row nor ``columns`` give it.
+    """
     name = mirror_name(opts.topic, ref)
     started = time.monotonic()
     deadline = started + opts.retry_timeout_s
@@ -310,6 +319,7 @@ async def run_range_process(
                 access=access,
                 log_format=fmt,
                 log_level=level,
+                ncols=ncols,
             )
             try:
                 report = await _supervise(job, executor, mirror, report_progress)

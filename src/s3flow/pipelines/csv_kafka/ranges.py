@@ -11,6 +11,9 @@ range. The trade-offs (docs/pipelines/csv-to-kafka.md):
 * a cut is the byte after a line feed, so records must not contain line breaks (a
   quoted field with a newline can be cut in two: both halves become bad rows);
 * ``s3.line`` counts lines within the range; the ``s3.range`` header names the range;
+* every range judges rows by the object's first record (:func:`first_record`, one small
+  ranged GET): the header row's names, or without header and ``columns`` the first
+  row's column count - a malformed row that starts a range is just a bad row;
 * a compressed object cannot be cut (no random access): it streams as one range, like
   an object smaller than ``ranges`` MiB;
 * the cuts depend on the object and ``ranges``: changing ``ranges`` while an object is
@@ -21,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
@@ -88,29 +92,66 @@ async def plan_ranges(
     return list(zip(starts, [*starts[1:], size], strict=True))
 
 
+async def first_record(
+    s3: Any, opts: CsvKafkaOptions, ref: ObjectRef, version_id: str | None, size: int
+) -> list[str]:
+    """The fields of the object's first record, read from its first bytes (ranged GET).
+
+    Read as the exact path (:class:`~s3flow.pipelines.csv_kafka.rows.RowBatches`) reads
+    the start of the object: a UTF-8 BOM dropped, blank lines skipped, a line ending at
+    LF, CRLF or a lone CR (``csv`` over ``newline=""`` text), the same dialect.
+    Undecodable bytes are kept as surrogate escapes (the field count is what the exact
+    path counts). Every range judges its rows by this record (the header row's names,
+    or without one the first row's column count), not by its own first row.
+    """
+    window = min(size, MIN_RANGE_BYTES)
+    head = await read_bytes(s3, ref.bucket, ref.key, version_id, 0, window)
+    if opts.encoding == "utf-8" and head.startswith(UTF8_BOM):
+        head = head[len(UTF8_BOM) :]
+    lines = io.StringIO(head.decode(opts.encoding, "surrogateescape"), newline="").readlines()
+    read_all = False
+
+    def feed() -> Iterator[str]:
+        nonlocal read_all
+        yield from lines
+        read_all = True  # csv asked for more: a record ended by the end of the window
+
+    reader = csv.reader(
+        feed(),
+        delimiter=opts.delimiter,
+        quotechar=opts.quotechar,
+        escapechar=opts.escapechar,
+        doublequote=True,
+        strict=False,
+    )
+    try:
+        for fields in reader:
+            if not fields:
+                continue  # a blank line: no record (as in the exact path)
+            if window == size or (not read_all and lines[reader.line_num - 1][-1] in "\r\n"):
+                return fields
+            break  # cut by the end of the window: the record goes on after it
+    except csv.Error as exc:
+        raise BadRowError(
+            f"{ref.uri} line {reader.line_num}: the first record is not valid CSV ({exc}); "
+            "parallel mode (ranges > 1) reads it for every range: set ranges = 1"
+        ) from exc
+    raise BadRowError(
+        f"{ref.uri}: no complete record in the first {window} bytes (only blank lines, or "
+        "a first record longer than that); parallel mode (ranges > 1) reads the first "
+        "record for every range: set ranges = 1 for this object"
+        + ("" if opts.header else ", or give columns = [...]")
+    )
+
+
 async def header_columns(
     s3: Any, opts: CsvKafkaOptions, ref: ObjectRef, version_id: str | None, size: int
 ) -> list[str]:
-    """The header row's column names (read from the object's first bytes)."""
-    head = await read_bytes(s3, ref.bucket, ref.key, version_id, 0, min(size, MIN_RANGE_BYTES))
-    line = head.split(b"\n", 1)[0].rstrip(b"\r")
-    if opts.encoding == "utf-8" and line.startswith(UTF8_BOM):
-        line = line[len(UTF8_BOM) :]
-    try:
-        text = line.decode(opts.encoding)
-    except UnicodeDecodeError as exc:
-        raise BadRowError(f"{ref.uri}: the header row is not valid {opts.encoding}") from exc
-    rows = list(
-        csv.reader(
-            [text],
-            delimiter=opts.delimiter,
-            quotechar=opts.quotechar,
-            escapechar=opts.escapechar,
-        )
-    )
-    if not rows or not rows[0]:
-        raise BadRowError(f"{ref.uri}: no header row in the first line")
-    return rows[0]
+    """The header row's column names: the object's first record (blank lines skipped)."""
+    names = await first_record(s3, opts, ref, version_id, size)
+    if any("\udc80" <= c <= "\udcff" for name in names for c in name):
+        raise BadRowError(f"{ref.uri}: the header row is not valid {opts.encoding}")
+    return names
 
 
 async def run_csv_object(
@@ -143,8 +184,15 @@ async def run_csv_object(
     # Only range 0 starts with the header row: the later ones must not take their first
     # row for one (with ``columns`` given too: they override the header's names).
     later: dict[str, Any] = {"header": False} if opts.header else {}
-    if opts.header and opts.columns is None:
-        later["columns"] = await header_columns(s3, opts, ref, version_id, size or 0)
+    # Every range judges rows by the object's first record, not by its own first row
+    # (a malformed one would make it dead-letter its good rows): the header's names, or
+    # without header and columns the first row's column count.
+    ncols: int | None = None
+    if opts.columns is None:
+        if opts.header:
+            later["columns"] = await header_columns(s3, opts, ref, version_id, size or 0)
+        else:
+            ncols = len(await first_record(s3, opts, ref, version_id, size or 0))
     n = len(bounds)
     log.info("%s: %d ranges to partitions 0-%d of %s", ref.uri, n, n - 1, opts.topic)
 
@@ -160,6 +208,7 @@ async def run_csv_object(
             executor=executor,
             store=store,
             report_progress=report_progress,
+            ncols=ncols,
         )
 
     # Each range in its own process (:mod:`.procs`); a TaskGroup: one range failing

@@ -191,7 +191,9 @@ class RowBatches:
     and encoded by pyarrow (:class:`ArrowJsonBlocks`: no Python call per record); any
     other block record by record with ``csv.reader`` (header, bad rows, multi-line
     records, other encodings). The columns and their count are learned from the header
-    row or the first record, and set in ``state`` (``columns``, ``ncols``) at once.
+    row or the first record, and set in ``state`` (``columns``, ``ncols``) at once;
+    a count already in ``state`` is kept (a resumed object, or a range of one in
+    parallel mode: its object's first record's, not the range's own first row's).
     Bad records follow ``bad_rows``: ``fail`` raises :class:`BadRowError`.
     """
 
@@ -205,7 +207,8 @@ class RowBatches:
         self._columns = columns
         self._encoder = RowEncoder(columns)
         # The expected column count: the columns', else the one a previous run of this
-        # object learned from its first data row (kept in the checkpoint).
+        # object learned from its first data row (kept in the checkpoint), or the one
+        # parallel mode read from the object's first row for this range.
         self._ncols = len(columns) if columns else state.ncols
         self._key_idx = self._key_index(columns) if columns is not None else None
         if columns is not None:

@@ -159,12 +159,16 @@ async def run_object(
     report_progress: Callable[[int], None] = lambda n: None,
     hint: int | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
+    ncols: int | None = None,
 ) -> RunReport:
     """Produce the rows of ``ref`` exactly once (resuming from its checkpoint).
 
     ``hint``: where to start reading the checkpoint partition, when the caller knows it
     (else the store's mirrored checkpoint says); ``on_checkpoint``: also called (in the
-    produce thread) with each committed checkpoint (a range process reports them).
+    produce thread) with each committed checkpoint (a range process reports them);
+    ``ncols``: the expected column count of every row when the caller knows it (a range
+    of an object without header and columns: the object's first record's), else it is
+    learned from the first row read.
     """
     name = mirror_name(opts.topic, ref)
     started = time.monotonic()
@@ -175,7 +179,7 @@ async def run_object(
             attempt += 1
             try:
                 report = await _attempt(
-                    opts, ref, open_stream, executor, store, mirror, report_progress
+                    opts, ref, open_stream, executor, store, mirror, report_progress, ncols
                 )
             except ProducerFencedError:
                 raise  # a newer producer owns this object now: do not fight it
@@ -206,9 +210,10 @@ async def _attempt(
     store: StateStore | None,
     mirror: CheckpointMirror,
     report_progress: Callable[[int], None],
+    ncols: int | None = None,
 ) -> RunReport:
     loop = asyncio.get_running_loop()
-    session = TxnSession(opts, ref, on_checkpoint=mirror.offer)
+    session = TxnSession(opts, ref, on_checkpoint=mirror.offer, ncols=ncols)
     opening: asyncio.Task[ObjectReader] | None = None
     try:
         hint = mirror.hint

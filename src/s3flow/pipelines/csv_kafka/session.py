@@ -106,8 +106,13 @@ class TxnSession:
         on_checkpoint: Callable[[Checkpoint], None] | None = None,
         piece_bytes: int = PIECE_BYTES,
         block_bytes: int = BLOCK_BYTES,
+        ncols: int | None = None,
     ) -> None:
+        """``ncols``: the expected column count of every row, when known beforehand (a
+        range of an object without header and columns: its first record's); else the
+        column names' count, or the first row's (kept in the checkpoint)."""
         self.opts = opts
+        self._ncols = ncols
         self.ref = ref
         self._on_checkpoint = on_checkpoint or (lambda c: None)
         self._piece_bytes = piece_bytes
@@ -182,6 +187,8 @@ class TxnSession:
             if ckpt is not None
             else Checkpoint(object=self.ref.name, scan_from=self._scan_from)
         )
+        if self._ncols is not None:
+            state.ncols = self._ncols  # RowBatches judges the rows by it
         try:
             self._run(producer, channel, state)
         finally:

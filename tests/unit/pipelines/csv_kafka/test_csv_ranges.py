@@ -8,8 +8,17 @@ from typing import Any
 
 import pytest
 
-from s3flow.pipelines.csv_kafka.checkpoint import ObjectRef
-from s3flow.pipelines.csv_kafka.ranges import MIN_RANGE_BYTES, WINDOW_BYTES, plan_ranges
+from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef
+from s3flow.pipelines.csv_kafka.errors import BadRowError
+from s3flow.pipelines.csv_kafka.options import parse_options
+from s3flow.pipelines.csv_kafka.ranges import (
+    MIN_RANGE_BYTES,
+    WINDOW_BYTES,
+    first_record,
+    header_columns,
+    plan_ranges,
+)
+from s3flow.pipelines.csv_kafka.rows import RowBatches
 
 REF = ObjectRef("b", "k.csv", "v1")
 
@@ -87,3 +96,86 @@ async def test_no_line_feed_after_the_middle_means_fewer_ranges(n: int, ranges: 
     assert bounds[0][0] == 0 and bounds[-1][1] == len(data)
     for (_, end), (start, _) in itertools.pairwise(bounds):
         assert end == start and data[start - 1 : start] == b"\n"
+
+
+# --- the object's first record (the header's names, or the column count of every range) ---
+
+
+async def header_of(data: bytes, **options: Any) -> list[str]:
+    opts = parse_options({"topic": "t", **options})
+    return await header_columns(FakeS3(data), opts, REF, None, len(data))
+
+
+def exact_path_columns(data: bytes) -> list[str] | None:
+    """The columns the single-range (exact) path learns from the same object (the
+    session drops a UTF-8 BOM before its blocks)."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    state = Checkpoint(object="x")
+    batches = RowBatches(parse_options({"topic": "t"}), "s3://b/k.csv", state)
+    for _ in batches.batches([(data, len(data), data.count(b"\n"), None)]):
+        pass
+    return state.columns
+
+
+@pytest.mark.parametrize(
+    "prefix", [b"", b"\n", b"\r\n\n", b"\r", b"\n\r\n\r\n", b"\xef\xbb\xbf\n"], ids=repr
+)
+async def test_blank_lines_before_the_header_are_skipped_like_the_exact_path(
+    prefix: bytes,
+) -> None:
+    data = prefix + b"id,name\n1,a\n2,b\n"
+    assert await header_of(data) == ["id", "name"] == exact_path_columns(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"id,name\r1,a\r2,b\r",  # a lone CR ends a line (a csv.Error before)
+        b"id,name\r\n1,a\r\n",
+        b'"id","na\nme"\n1,a\n',  # a quoted line break inside the header
+        b'\xef\xbb\xbf"id",name\n1,a\n',
+    ],
+    ids=repr,
+)
+async def test_the_header_is_read_as_the_exact_path_reads_it(data: bytes) -> None:
+    assert await header_of(data) == exact_path_columns(data)
+
+
+async def test_the_first_row_gives_the_column_count_without_a_header() -> None:
+    data = b"\n\n1,caf\xe9,3\n4,5\n"  # undecodable bytes: still three fields
+    opts = parse_options({"topic": "t", "header": False, "encoding": "utf-8"})
+    fields = await first_record(FakeS3(data), opts, REF, None, len(data))
+    assert len(fields) == 3
+    tsv = parse_options({"topic": "t", "header": False, "delimiter": "tab"})
+    data = b"a\tb\n"
+    assert await first_record(FakeS3(data), tsv, REF, None, len(data)) == ["a", "b"]
+
+
+async def test_no_complete_first_record_in_the_window_is_a_clear_error() -> None:
+    blank = b"\n" * (MIN_RANGE_BYTES + 10) + b"id,name\n"
+    with pytest.raises(BadRowError, match=r"s3://b/k.csv: no complete record .*ranges = 1"):
+        await header_of(blank)
+    # a first record longer than the window: its names would be cut
+    long_header = b"id" + b",x" * MIN_RANGE_BYTES + b"\n1,2\n"
+    with pytest.raises(BadRowError, match="no complete record"):
+        await header_of(long_header)
+    # a quoted field open across the window's end (its last line ends with a line feed)
+    quoted = b"\n" * (MIN_RANGE_BYTES - 10) + b'"id\nx\nyyy\n",name\n1,2\n'
+    with pytest.raises(BadRowError, match="no complete record"):
+        await header_of(quoted)
+    assert await header_of(quoted[MIN_RANGE_BYTES // 2 :]) == ["id\nx\nyyy\n", "name"]
+    huge = b'"' + b"x" * 200_000 + b'",name\n1,2\n'  # over csv's field limit
+    with pytest.raises(BadRowError, match=r"line 1: the first record is not valid CSV"):
+        await header_of(huge)
+    opts = parse_options({"topic": "t", "header": False})
+    with pytest.raises(BadRowError, match=r"or give columns"):
+        await first_record(FakeS3(blank), opts, REF, None, len(blank))
+
+
+async def test_a_header_ending_right_at_the_window_counts_and_bad_bytes_do_not() -> None:
+    header = b"id" + b",x" * (MIN_RANGE_BYTES // 2 - 2) + b",\n"  # exactly the window
+    assert len(header) == MIN_RANGE_BYTES
+    data = header + b"1,2\n"
+    assert (await header_of(data))[0] == "id"
+    with pytest.raises(BadRowError, match="header row is not valid utf-8"):
+        await header_of(b"id,caf\xe9\n1,2\n")

@@ -11,7 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3flow.pipelines.csv_kafka.blocks import LineTooLongError, PieceSplitter, RecordEnds
+from s3flow.pipelines.csv_kafka.blocks import (
+    BlockCutter,
+    LineTooLongError,
+    PieceSplitter,
+    RecordEnds,
+)
 from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef, checkpoint_partition
 from s3flow.pipelines.csv_kafka.errors import BadRowError
 from s3flow.pipelines.csv_kafka.options import parse_options
@@ -288,3 +293,88 @@ def test_skip_and_fail_keep_no_raw_text() -> None:
     opts = parse_options({"topic": "t", "bad_rows": "skip"})
     (batch,) = RowBatches(opts, "s3://b/k", Checkpoint("x")).batches(as_blocks(b"a,b\n1\n"))
     assert (batch.bad, list(batch.dead)) == (1, [])
+
+
+# --- line numbers: the vectorised and the exact path count lines alike ---------------------
+
+#: (lines of good rows, lines of dead-lettered rows, the lines of the object, blocks encoded
+#: by the vectorised path)
+Lines = tuple[list[int], list[int], int, int]
+
+
+def line_numbers(data: bytes, encoding: str, piece: int, block: int) -> Lines:
+    """What the session reports for ``data``: the ``s3.line`` of each message, the dlq
+    ``line`` of each bad row and the checkpoint's ``line``, through the session's path
+    (pieces -> BlockCutter -> RowBatches, the encoder handed to the cutter)."""
+    opts = parse_options({"topic": "t", "encoding": encoding})
+    cutter = BlockCutter(RecordEnds(encoding=encoding), block)
+    splitter = PieceSplitter(piece)
+    pieces = [*splitter.feed(data), *splitter.finish()]
+    blocks = cutter.blocks(zip(pieces, accumulate(len(p) for p in pieces), strict=True))
+    good: list[int] = []
+    dead: list[int] = []
+    last = fast = 0
+
+    def use(encoder: BlockEncoder) -> None:
+        cutter.encoder = encoder
+
+    for batch in RowBatches(opts, "s3://b/k", Checkpoint("x")).batches(blocks, use):
+        good += batch.lines
+        dead += [d.line for d in batch.dead]
+        last = batch.line
+        fast += isinstance(batch.lines, range)  # the vectorised path's batches
+    return good, dead, last, fast
+
+
+def csv_module_lines(data: bytes) -> tuple[list[int], list[int], int]:
+    """The same by Python's csv module over the whole text (``newline=""``: a line ends
+    at LF, CRLF or a lone CR): each record's first line; the header sets the count."""
+    reader = csv.reader(io.StringIO(data.decode(), newline=""), strict=False)
+    good: list[int] = []
+    dead: list[int] = []
+    ncols, prev = None, 0
+    for fields in reader:
+        first, prev = prev + 1, reader.line_num
+        if not fields:
+            continue
+        if ncols is None:
+            ncols = len(fields)
+        else:
+            (good if len(fields) == ncols else dead).append(first)
+    return good, dead, reader.line_num
+
+
+line_end = st.sampled_from(["\n", "\r\n", "\r"])
+record = st.sampled_from(["1,2,3", "4,5,6", '7,"a\rb",9', '"x\r\ny",8,7', "1,2", "", "q,r,s"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(st.tuples(record, line_end), min_size=1, max_size=40),
+    piece=st.integers(1, 40),
+    block=st.integers(1, 120),
+)
+def test_both_paths_number_lines_like_the_csv_module(
+    rows: list[tuple[str, str]], piece: int, block: int
+) -> None:
+    """LF, CRLF and lone CR line ends, mixed: the vectorised path (taken where it can)
+    and the exact path alone give the same s3.line / dlq line / checkpoint line, the
+    csv module's (a lone CR is a line break, in or out of quotes)."""
+    data = ("a,b,c\n" + "".join(r + end for r, end in rows)).encode()
+    want = csv_module_lines(data)
+    mixed = line_numbers(data, "utf-8", piece, block)
+    exact_only = line_numbers(data, "latin-1", piece, block)  # the exact path only
+    assert exact_only[3] == 0
+    assert mixed[:3] == exact_only[:3] == want
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"], ids=repr)
+def test_line_numbers_with_each_line_end_on_both_paths(end: str) -> None:
+    rows = [f"{i},x{i},y" for i in range(300)]
+    rows[150] = "short,row"
+    data = end.join(["a,b,c", *rows, ""]).encode()
+    good = [i + 2 for i in range(300) if i != 150]  # the header is line 1
+    mixed = line_numbers(data, "utf-8", 64, 512)
+    assert mixed[:3] == line_numbers(data, "latin-1", 64, 512)[:3] == (good, [152], 301)
+    # LF and CRLF blocks are encoded by the vectorised path; a lone CR takes the exact one
+    assert (mixed[3] > 0) == (end != "\r")
