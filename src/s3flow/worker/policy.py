@@ -2,7 +2,9 @@
 
 By the error's disposition: a vanished object is done without output; an
 unavailable output is retried without counting a failure; a retryable error is
-retried with backoff until ``max_receive_count`` failures, then dead-lettered; a
+retried with backoff until ``max_receive_count`` failures, then dead-lettered (one that
+fails before its claim, with a state store, at the queue's ``redrive_max_receive_count``
+receives: its receives are not all failures); a
 permanent one is quarantined (when the error or ``on_permanent_error`` says so)
 or dead-lettered. Failures are counted in the state store, else carried by the
 message (receives plus the ``s3flow.failures`` attribute of a re-sent record).
@@ -116,10 +118,14 @@ class FailurePolicy:
         if exc.disposition is Disposition.RETRYABLE:
             n = self.failures_now(msg, attempt.failures_before if token is not None else None)
             await self._record_failure(oid, token, exc)
-            if n >= self.p.max_receive_count:
-                log.error(
-                    "%s failed %d times (max_receive_count), dead-lettering: %s", where, n, exc
-                )
+            limit, limit_name = self.p.max_receive_count, "max_receive_count"
+            if self._store is not None and token is None:
+                # Before its claim (the HEAD naming the upload failed) the store cannot count
+                # this file's failures, and the receives also count shutdown releases and
+                # crashed workers' deliveries: dead-lettered only at the queue's safety net.
+                limit, limit_name = self.p.redrive_max_receive_count, "receives before a claim"
+            if n >= limit:
+                log.error("%s failed %d times (%s), dead-lettering: %s", where, n, limit_name, exc)
                 return DeadLetter(
                     f"RetriesExhausted.{exc.error_class}",
                     f"failed {n} times; last error: {exc}",
@@ -131,7 +137,7 @@ class FailurePolicy:
                 where,
                 exc.error_class,
                 n,
-                self.p.max_receive_count,
+                limit,
                 delay,
                 exc,
             )

@@ -18,7 +18,7 @@ from s3flow.state.records import FileStatus, ObjectId
 from s3flow.state.sqlite import SqliteStateStore
 from s3flow.worker.handler import MessageHandler, PipelineRuntime, WorkerObserver
 from s3flow.worker.identity import sequencer_after
-from s3flow.worker.outcomes import Ack, DeadLetter, Release
+from s3flow.worker.outcomes import Ack, DeadLetter, Release, Retry
 from s3flow.worker.policy import FAILURES_ATTR, prior_failures
 from s3flow.worker.source import ReceivedMessage
 
@@ -286,3 +286,64 @@ async def test_a_shutdown_while_a_result_is_recorded_keeps_the_result(
         for i in range(1, records):  # never claimed
             assert await store.versions("b", f"k{i}.txt") == []
         assert handler._cut_short == set()  # forgotten with the message
+
+
+class _UnavailableS3:
+    """HeadObject answers 503 (what botocore gives up on after its own retries)."""
+
+    async def head_object(self, **kw: object) -> dict[str, object]:
+        from botocore.exceptions import ClientError
+
+        raise ClientError(
+            {
+                "Error": {"Code": "ServiceUnavailable", "Message": "slow down"},
+                "ResponseMetadata": {},
+            },
+            "HeadObject",
+        )
+
+
+@pytest.mark.parametrize(
+    ("with_store", "receives", "dead"),
+    [(True, 3, False), (True, 12, False), (True, 13, True), (False, 3, True)],
+)
+async def test_a_head_failure_before_the_claim_is_not_charged_receives_it_did_not_fail(
+    tmp_path: Path, with_store: bool, receives: int, dead: bool
+) -> None:
+    """No sequencer (MinIO, moto): the HEAD names the upload before its claim. Its
+    receives also count shutdown releases and crashed workers' deliveries, which the
+    store does not count as failures: with a store, a transient HEAD failure on the
+    third receive (max_receive_count = 3) is retried; it is dead-lettered at the queue's
+    safety net (max_receive_count + 10). Without a store the receives are all it has."""
+    p = PipelineSettings(name="p", bucket="b", queue="q", output="s3://o/", max_receive_count=3)
+    proc = LineCountProcessor({})
+    rt = PipelineRuntime(p, "q-url", "dlq-url", proc, None, Route.from_settings(p))  # type: ignore[arg-type]
+    body = json.dumps(
+        {
+            "Records": [
+                {
+                    "eventSource": "aws:s3",
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {"bucket": {"name": "b"}, "object": {"key": "k.txt"}},
+                }
+            ]
+        }
+    )
+    async with SqliteStateStore(tmp_path / "state.db") as store:
+        handler = MessageHandler(
+            rt,
+            s3=_UnavailableS3(),
+            store=store if with_store else None,
+            worker=WorkerSettings(),
+            metrics=PipelineMetrics(),
+            observer=WorkerObserver(),
+            stop=asyncio.Event(),
+        )
+        outcome = await handler.handle(ReceivedMessage("m", "h", body, receives, 0.0))
+    if dead:
+        assert isinstance(outcome, DeadLetter), outcome
+        assert outcome.error_class == "RetriesExhausted.AwsError"
+        assert "ServiceUnavailable" in outcome.error and "HeadObject" in outcome.error
+    else:
+        assert isinstance(outcome, Retry), outcome
+        assert "HeadObject" in outcome.error
