@@ -10,17 +10,9 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+from s3flow.local.endpoint import pid_alive
 from s3flow.pipelines.line_count import LineCountProcessor
 from s3flow.processors import BaseProcessor, ProcessContext, Result
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:  # a zombie is gone for our purpose
-        return fh.read().split()[2] != "Z"
 
 
 class SlowProcessor(BaseProcessor):
@@ -49,7 +41,7 @@ class SlowProcessor(BaseProcessor):
         elif hang is not None and self.options.get("wait_for_hang"):
             deadline = time.monotonic() + 60
             while not any(
-                not _alive(int(m.name.split("-")[-2]))
+                not pid_alive(int(m.name.split("-")[-2]))
                 for m in self.marker_dir.glob(f"started-{hang}*")
             ):
                 if time.monotonic() > deadline:

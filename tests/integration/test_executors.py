@@ -35,7 +35,7 @@ from s3flow.errors import Disposition, JobTimeoutError, S3flowError
 from s3flow.events import ObjectEvent
 from s3flow.executors import ExecutorSet
 from s3flow.executors.base import ObjectJob
-from s3flow.local.endpoint import LocalEndpoint
+from s3flow.local.endpoint import LocalEndpoint, pid_alive
 from s3flow.settings import AwsSettings, PipelineSettings, WorkerSettings
 from s3flow.sinks import open_sink
 
@@ -199,15 +199,6 @@ def test_a_vanished_object_is_skipped(
     assert info.value.disposition is Disposition.SKIP
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:  # a zombie is gone for our purpose
-        return fh.read().split()[2] != "Z"
-
-
 @pytest.mark.parametrize("name", ["pool", "subprocess", "ecs"])
 def test_a_cancelled_run_stops_where_it_runs(
     world: World, name: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -238,10 +229,10 @@ def test_a_cancelled_run_stops_where_it_runs(
     (started,) = marker.glob("started-*")
     pid = int(started.name.split("-")[-2])
     for _ in range(100):
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             break
         time.sleep(0.1)
-    assert not _pid_alive(pid), f"{name}: process {pid} still runs after the cancellation"
+    assert not pid_alive(pid), f"{name}: process {pid} still runs after the cancellation"
     assert not list(marker.glob("done-*"))
     if name == "ecs":
         sim: EcsContainerSim = request.getfixturevalue("ecs_sim")
@@ -284,10 +275,10 @@ def test_a_run_past_its_timeout_is_stopped_where_it_runs(
     pid = int(started.name.split("-")[-2])
     if name != "inline":
         for _ in range(100):
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 break
             time.sleep(0.1)
-        assert not _pid_alive(pid), f"{name}: process {pid} still runs after its timeout"
+        assert not pid_alive(pid), f"{name}: process {pid} still runs after its timeout"
     assert not list(marker.glob("done-*"))
     if name == "ecs":
         sim: EcsContainerSim = request.getfixturevalue("ecs_sim")

@@ -24,6 +24,7 @@ from itest_support import Harness, spawn_worker, wait_for
 from s3flow_testprocs import VouchedWriteThenDelete, WriteThenDelete
 
 from s3flow.errors import ConfigError
+from s3flow.local.endpoint import pid_alive
 from s3flow.settings import load_settings
 from s3flow.state import open_state_store
 from s3flow.state.records import FileStatus, HistoryEntry
@@ -374,15 +375,6 @@ def test_the_ecs_batch_example_on_the_emulator(harness: Harness) -> None:
     assert status(harness, "heavy.txt") is FileStatus.DEAD
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().split()[2] != "Z"
-
-
 @pytest.mark.parametrize("executor", ["pool", "subprocess"])
 def test_a_second_signal_kills_the_child_and_releases_the_message(
     harness: Harness, tmp_path: Path, executor: str
@@ -403,7 +395,7 @@ def test_a_second_signal_kills_the_child_and_releases_the_message(
     try:
         (started,) = wait_for(lambda: list(marker.glob("started-*")), 60, "the run started")
         child = int(started.name.split("-")[-2])
-        assert child != proc.pid and _alive(child)
+        assert child != proc.pid and pid_alive(child)
         proc.send_signal(signal.SIGTERM)
         wait_for(lambda: "finishing in-flight work" in log.read_text(), 10, "first signal")
         time.sleep(0.5)
@@ -415,7 +407,7 @@ def test_a_second_signal_kills_the_child_and_releases_the_message(
     finally:
         if proc.poll() is None:
             proc.kill()
-    wait_for(lambda: not _alive(child), 10, f"{executor} child {child} gone")
+    wait_for(lambda: not pid_alive(child), 10, f"{executor} child {child} gone")
     assert not list(marker.glob("done-*"))
     assert "released 1" in log.read_text()
     wait_for(lambda: harness.depth() == (1, 0), 10, "the message visible again")

@@ -46,8 +46,7 @@ from s3flow.executors.base import (
     job_timed_out,
 )
 from s3flow.executors.one import run_isolated
-from s3flow.local.endpoint import die_with_parent, set_parent_death_signal
-from s3flow.local.kafka.host import pid_alive
+from s3flow.local.endpoint import die_with_parent, pid_alive, set_parent_death_signal
 from s3flow.logs import setup_logging
 from s3flow.memory import set_mmap_threshold
 from s3flow.processors.base import Result

@@ -33,6 +33,7 @@ import urllib.error
 import urllib.request
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any, Self
 
@@ -290,6 +291,21 @@ def _close_owned_at_exit() -> None:
     for server in list(_owned):
         with contextlib.suppress(Exception):
             server.close()
+
+
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from s3flow.errors import S3flowError
+from s3flow.local.endpoint import pid_alive
 
 HOST = "127.0.0.1"
 
@@ -51,21 +52,6 @@ def port_free(port: int, host: str = HOST) -> bool:
         except OSError:
             return False
     return True
-
-
-def pid_alive(pid: int) -> bool:
-    """True when process ``pid`` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def cmdline(pid: int) -> str:
