@@ -91,8 +91,8 @@ async def build_runtimes(
     """Resolve queues, processors, sinks and routes of the selected pipelines."""
     out = []
     for p in select_pipelines(settings, names):
-        processor = create_processor(p.processor, p.options)
-        routes, processors = _routes_of(p, processor)
+        routes, processors = _routes_of(p)
+        processor = processors.get(processor_key(portable_spec(p.processor), p.options))
         url = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
         dlq = await dlq_url(clients.sqs, p, url)
         for what, u in (("queue", url), ("dead-letter queue", dlq)):
@@ -121,17 +121,31 @@ async def build_runtimes(
 #: such a route's processor once at start (and drops it) so that what its ``__init__``
 #: checks (a font file, a codec) fails the start, not every object in the child.
 _LOCAL_EXECUTORS = ("pool", "subprocess")
+#: Executors that run the processor in a container image (only its options are checked).
+_CONTAINER_EXECUTORS = ("ecs", "batch")
 
 
-def _routes_of(p: PipelineSettings, main: Processor) -> tuple[RoutingTable, dict[str, Processor]]:
+def _routes_of(p: PipelineSettings) -> tuple[RoutingTable, dict[str, Processor]]:
     """The pipeline's routing table, checked (every processor exists, takes its options
     and can run on its executor; a processor run on this machine is built once, and the
-    ``subprocess`` command can be started), and the instances its inline routes use."""
+    ``subprocess`` command can be started), and the instances its inline routes use.
+
+    The pipeline's own processor is among them when a route runs it on this machine;
+    a pipeline whose objects all run in containers (ECS, Batch) does not build it here:
+    its files (a font) may exist only in the image.
+    """
     try:
         table = RoutingTable.from_settings(p, default_executor_for)
     except ConfigError as exc:
         raise ConfigError(f"pipeline {p.name!r}: {exc}") from exc
-    processors: dict[str, Processor] = {processor_key(portable_spec(p.processor), p.options): main}
+    main_key = processor_key(portable_spec(p.processor), p.options)
+    processors: dict[str, Processor] = {}
+    if any(
+        processor_key(portable_spec(r.processor), r.options) == main_key
+        and r.executor not in _CONTAINER_EXECUTORS
+        for r in table.rules
+    ):
+        processors[main_key] = create_processor(p.processor, p.options)
     built: set[str] = set(processors)
     for rule in table.rules:
         where = f"pipeline {p.name!r}, route {rule.name!r}"

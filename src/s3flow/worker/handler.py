@@ -132,13 +132,14 @@ class PipelineRuntime:
 
     ``route`` is the pipeline's filter; ``routes`` its routing table (None: built from
     the settings); ``processors`` the instances its routes run inline, by
-    :func:`~s3flow.executors.processor_key` (``processor`` is always among them).
+    :func:`~s3flow.executors.processor_key` (``processor`` is always among them);
+    ``processor`` is None when every route runs the pipeline's processor in a container.
     """
 
     settings: PipelineSettings
     queue_url: str
     dlq_url: str
-    processor: Processor
+    processor: Processor | None
     sink: Sink
     route: Route
     routes: RoutingTable | None = None
@@ -148,15 +149,16 @@ class PipelineRuntime:
         if self.routes is None:
             self.routes = RoutingTable.from_settings(self.settings, default_executor_for)
         p = self.settings
-        self.processors.setdefault(
-            processor_key(portable_spec(p.processor), p.options), self.processor
-        )
+        if self.processor is not None:
+            self.processors.setdefault(
+                processor_key(portable_spec(p.processor), p.options), self.processor
+            )
 
     def all_processors(self) -> list[Processor]:
         """Every distinct processor instance (for their start/stop hooks)."""
         out: list[Processor] = []
         for proc in [self.processor, *self.processors.values()]:
-            if not any(proc is seen for seen in out):
+            if proc is not None and not any(proc is seen for seen in out):
                 out.append(proc)
         return out
 

@@ -9,7 +9,6 @@ import pytest
 
 from s3flow.app import _routes_of
 from s3flow.errors import ConfigError
-from s3flow.processors import create_processor
 from s3flow.processors.base import BaseProcessor, ProcessContext, Result
 from s3flow.settings import PipelineSettings
 
@@ -56,7 +55,7 @@ def test_a_route_whose_processor_refuses_its_options_stops_the_start(
         ],
     )
     with pytest.raises(ConfigError) as info:
-        _routes_of(p, create_processor("text-to-pdf", {}))
+        _routes_of(p)
     assert str(info.value) == (
         "pipeline 'docs', route 'he': text-to-pdf: font_file '/nonexistent.ttf' does not exist"
     )
@@ -73,7 +72,7 @@ def test_container_routes_only_check_options(tmp_path: Path) -> None:
         executors={"batch": {"job_queue": "q", "job_definition": "d"}},
         output="s3://out/pdf/",
     )
-    table, _ = _routes_of(p, create_processor("text-to-pdf", {}))
+    table, _ = _routes_of(p)
     assert [r.executor for r in table.rules] == ["batch"]
 
 
@@ -92,11 +91,11 @@ def test_each_processor_is_built_once_and_only_to_check_it(tmp_path: Path) -> No
     )
     Counted.built = 0
     with pytest.raises(ConfigError, match="route 'bad': counted: cannot use 'this'"):
-        _routes_of(p, Counted({}))
+        _routes_of(p)
     assert Counted.built == 1 + 2  # the main one, then 'a' and 'bad'
     p = p.model_copy(update={"routes": p.routes[:3]})
     Counted.built = 0
-    _, inline = _routes_of(p, Counted({}))
+    _, inline = _routes_of(p)
     assert Counted.built == 2 and len(inline) == 1  # pool routes keep no instance here
 
 
@@ -107,7 +106,7 @@ def test_a_subprocess_route_whose_command_is_missing_stops_the_start(tmp_path: P
         executors={"subprocess": {"command": [str(tmp_path / "bin" / "s3flow")]}},
     )
     with pytest.raises(ConfigError) as info:
-        _routes_of(p, create_processor("line-count", {}))
+        _routes_of(p)
     message = str(info.value)
     assert message.startswith(
         "pipeline 'docs', route 'light': [pipelines.executors.subprocess] command: "
@@ -115,4 +114,29 @@ def test_a_subprocess_route_whose_command_is_missing_stops_the_start(tmp_path: P
     )
     # a pipeline not using it is not held up by it
     p = p.model_copy(update={"routes": []})
-    _routes_of(p, create_processor("line-count", {}))
+    _routes_of(p)
+
+
+@pytest.mark.parametrize("executor", ["ecs", "batch", "pool"])
+def test_the_pipelines_processor_is_built_here_only_when_it_runs_here(
+    tmp_path: Path, executor: str
+) -> None:
+    """A pipeline whose objects all run in a container does not build its processor on
+    the worker's machine: its font exists in the image only. Run here, it must."""
+    p = pipeline(
+        tmp_path,
+        processor="text-to-pdf",
+        executor=executor,
+        options={"font_file": "/in/the/image.ttf"},
+        executors={
+            "ecs": {"cluster": "c", "task_definition": "t", "container": "app"},
+            "batch": {"job_queue": "q", "job_definition": "d"},
+        },
+        output="s3://out/pdf/",
+    )
+    if executor == "pool":
+        with pytest.raises(ConfigError, match=r"font_file '/in/the/image\.ttf' does not exist"):
+            _routes_of(p)
+        return
+    table, inline = _routes_of(p)
+    assert [r.executor for r in table.rules] == [executor] and inline == {}

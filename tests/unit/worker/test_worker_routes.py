@@ -152,7 +152,7 @@ def test_routes_are_checked_at_start(tmp_path: Path) -> None:
 
     p = settings(tmp_path, processor=f"{__name__}:Stateful", executor="pool")
     with pytest.raises(ConfigError, match="cannot run on executor 'pool'"):
-        _routes_of(p, Stateful({}))
+        _routes_of(p)
     p = settings(
         tmp_path,
         routes=[
@@ -161,7 +161,7 @@ def test_routes_are_checked_at_start(tmp_path: Path) -> None:
         ],
     )
     with pytest.raises(ConfigError, match=r"(?s)route .route-1.*bogus: unknown option"):
-        _routes_of(p, Recorder({}))
+        _routes_of(p)
     p = settings(tmp_path, routes=[{"key_glob": "*.csv", "processor": "nope"}, {}])
     with pytest.raises(ConfigError, match="unknown processor 'nope'"):
-        _routes_of(p, Recorder({}))
+        _routes_of(p)
