@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from s3flow.worker.outcomes import (
     Retry,
     Split,
     backoff_s,
+    visibility_left_s,
 )
 from s3flow.worker.source import ReceivedMessage
 
@@ -241,7 +243,10 @@ class Settler:
                 log.warning("delete of message %s failed; it will be redelivered", msg.message_id)
         elif isinstance(outcome, Retry):
             self.metrics.retried += 1
-            await self.acks.change_visibility(msg.receipt_handle, outcome.delay_s)
+            # SQS refuses a visibility ending more than 12 h after the receive (the whole
+            # change fails: the retry would come when the last extension ends, early).
+            delay = min(outcome.delay_s, visibility_left_s(msg.received_at, time.monotonic()))
+            await self.acks.change_visibility(msg.receipt_handle, delay)
         elif isinstance(outcome, Release):
             self.metrics.released += 1
             await self.acks.change_visibility(msg.receipt_handle, 0)

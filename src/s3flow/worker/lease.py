@@ -33,13 +33,10 @@ from dataclasses import dataclass
 from s3flow.closing import cancel_and_wait
 from s3flow.metrics import PipelineMetrics
 from s3flow.worker.acks import AckBatcher
-from s3flow.worker.outcomes import SQS_MAX_VISIBILITY_S
+from s3flow.worker.outcomes import RECEIVE_LIMIT_MARGIN_S, SQS_MAX_VISIBILITY_S
 
 log = logging.getLogger("s3flow.lease")
 
-#: How long before SQS's 12 h limit (counted by SQS from a moment before the worker's
-#: ``received_at``: the receive's answer took a round trip) extensions stop.
-RECEIVE_LIMIT_MARGIN_S = 60
 #: How long past ``job_timeout_s`` a message stays leased (at most ``job_timeout_s``):
 #: time for its run to be stopped (SIGTERM then SIGKILL, StopTask) and its retry sent.
 JOB_STOP_GRACE_S = 60

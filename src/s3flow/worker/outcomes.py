@@ -9,6 +9,15 @@ from dataclasses import dataclass
 from s3flow.state.records import ObjectId
 
 SQS_MAX_VISIBILITY_S = 43200  # 12 hours
+#: How long before SQS's 12 h limit (counted by SQS from a moment before the worker's
+#: ``received_at``: the receive's answer took a round trip) visibility changes stop.
+RECEIVE_LIMIT_MARGIN_S = 60
+
+
+def visibility_left_s(received_at: float, now: float) -> int:
+    """The longest visibility SQS still accepts for a message received at ``received_at``
+    (``time.monotonic()``): it refuses one ending more than 12 h after the receive."""
+    return max(0, math.floor(received_at + SQS_MAX_VISIBILITY_S - RECEIVE_LIMIT_MARGIN_S - now))
 
 
 @dataclass(frozen=True)

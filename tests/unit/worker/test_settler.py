@@ -1,0 +1,49 @@
+"""Pure rules of the settler: what an outcome asks of SQS."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from s3flow.settings import PipelineSettings
+from s3flow.worker.acks import AckBatcher, Settler
+from s3flow.worker.outcomes import SQS_MAX_VISIBILITY_S, Retry
+from s3flow.worker.source import ReceivedMessage
+
+
+class FakeAcks:
+    """Records the visibility changes asked for (the batching is not under test)."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, int]] = []
+
+    async def change_visibility(self, receipt_handle: str, timeout_s: int) -> bool:
+        self.changes.append((receipt_handle, timeout_s))
+        return True
+
+
+def settler(acks: FakeAcks) -> Settler:
+    p = PipelineSettings(name="p", bucket="b", queue="q", output="s3://o/")
+    fake: AckBatcher = acks  # type: ignore[assignment]
+    return Settler(fake, None, pipeline=p, queue_url="q", dlq_url="d", worker_id="w")
+
+
+@pytest.mark.parametrize(
+    ("in_flight_s", "asked", "expected"),
+    [
+        (10, 900, (900, 900)),  # far from the limit: as asked
+        (SQS_MAX_VISIBILITY_S - 300, 900, (239, 240)),  # 5 min left, less the margin
+        (SQS_MAX_VISIBILITY_S - 30, 900, (0, 0)),  # past the margin: visible now
+    ],
+)
+async def test_a_retry_never_asks_for_a_visibility_past_12_hours_from_the_receive(
+    in_flight_s: int, asked: int, expected: tuple[int, int]
+) -> None:
+    """SQS refuses the whole change otherwise, and the retry would come whenever the
+    last extension ends instead."""
+    acks = FakeAcks()
+    msg = ReceivedMessage("m", "h", "{}", 1, time.monotonic() - in_flight_s)
+    await settler(acks).settle(msg, Retry(asked, "X", "boom"))
+    ((handle, delay),) = acks.changes
+    assert handle == "h" and expected[0] <= delay <= expected[1], delay
