@@ -71,6 +71,7 @@ class UploadRequest:
         template = body.get("template")
         if not isinstance(template, str) or not template:
             raise BadUploadError('"template" is missing: name one of the configured templates')
+        _unicode(template, '"template"')
         files = body.get("files")
         if not isinstance(files, list) or not files:
             raise BadUploadError(
@@ -93,6 +94,8 @@ class UploadRequest:
                 ctype = "application/octet-stream"
             if not isinstance(ctype, str):
                 raise BadUploadError(f'files[{i}] ({name!r}): "content_type" must be a string')
+            _unicode(name, f'files[{i}]: "name"')
+            _unicode(ctype, f'files[{i}]: "content_type"')
             out.append(DeclaredFile(name=name, size=size, content_type=ctype))
         return cls(template=template, files=tuple(out))
 
@@ -128,6 +131,18 @@ class UploadCreated:
         }
 
 
+def _unicode(text: str, what: str) -> None:
+    """Refuse text JSON decodes but UTF-8 cannot hold (a lone surrogate, ``"\\ud800"``):
+    stored, it would make every answer that lists it fail to encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadUploadError(
+            f"{what} is not valid Unicode text (a lone surrogate at character {exc.start}): "
+            "send it as UTF-8"
+        ) from exc
+
+
 def safe_name(name: str) -> str:
     """The client's file name made safe for a key: refuses paths and control characters.
 
@@ -139,7 +154,7 @@ def safe_name(name: str) -> str:
         raise BadUploadError(f"file name {name!r} is not a file name")
     if "/" in name or "\\" in name:
         raise BadUploadError(f"file name {name!r} has a path separator: send the bare file name")
-    if any(unicodedata.category(c) == "Cc" or c == "\x7f" for c in name):
+    if any(unicodedata.category(c) in ("Cc", "Cs") or c == "\x7f" for c in name):
         raise BadUploadError(f"file name {name!r} has a control character")
     if len(name) > _MAX_NAME:
         raise BadUploadError(f"file name {name[:40]!r}... is longer than {_MAX_NAME} characters")

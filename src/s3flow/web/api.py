@@ -67,6 +67,8 @@ async def _json_body(request: Request) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # [[[[... within the size limit
+        raise ApiError(400, "the body is not valid JSON: nested too deeply") from exc
 
 
 async def _download_url(runtime: WebRuntime, output: JobOutput) -> str:

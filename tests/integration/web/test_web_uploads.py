@@ -118,6 +118,45 @@ async def test_the_bad_request_table(
     assert (await client.get(f"{url}/api/jobs")).json() == {"jobs": []}
 
 
+UNENCODABLE = [
+    ("name", '{"template": "count", "files": [{"name": "\\ud800.txt", "size": 5}]}', "name"),
+    (
+        "content type",
+        '{"template": "count", "files": '
+        '[{"name": "a.txt", "size": 5, "content_type": "text/\\udfff"}]}',
+        "content_type",
+    ),
+    ("template", '{"template": "\\ud800", "files": [{"name": "a.txt", "size": 5}]}', "template"),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "says"), UNENCODABLE, ids=[u[0] for u in UNENCODABLE])
+async def test_text_utf8_cannot_hold_is_refused_and_breaks_no_listing(
+    shared_web: WebThread, client: httpx.AsyncClient, case: str, body: str, says: str
+) -> None:
+    """JSON decodes a lone surrogate (``"\\ud800"``) that UTF-8 cannot hold: stored, it
+    made every later answer listing the job a 500 (``GET /api/jobs`` for everyone)."""
+    url = shared_web.url
+    r = await client.post(
+        f"{url}/api/uploads", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 400, r.text
+    assert says in r.json()["error"] and "not valid Unicode" in r.json()["error"]
+    listed = await client.get(f"{url}/api/jobs")
+    assert listed.status_code == 200 and listed.json() == {"jobs": []}
+
+
+async def test_json_nested_too_deeply_is_a_400(
+    shared_web: WebThread, client: httpx.AsyncClient
+) -> None:
+    r = await client.post(
+        f"{shared_web.url}/api/uploads",
+        content=b"[" * 100_000,
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
+
+
 async def test_not_json_unknown_jobs_and_bad_statuses_are_json_errors(
     shared_web: WebThread, client: httpx.AsyncClient
 ) -> None:
