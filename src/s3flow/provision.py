@@ -15,8 +15,20 @@ from typing import Any
 from s3flow.aws import open_clients
 from s3flow.errors import ConfigError, translate_aws_error
 from s3flow.settings import JobsSettings, PipelineSettings, Settings, processing_pipeline
+from s3flow.settings.loading import describe_filters, filters_overlap
 
 NOTIFICATION_ID_PREFIX = "s3flow-"
+
+#: The event type of every notification s3flow sets.
+NOTIFICATION_EVENT = "s3:ObjectCreated:*"
+
+#: Why S3 refuses overlapping notification configurations (the end of the errors).
+_S3_RULE = (
+    "S3 filters notifications by key prefix and suffix only (key_regex is applied by the "
+    "worker) and refuses two configurations for the same event type on one bucket whose "
+    "prefixes and suffixes both overlap (PutBucketNotificationConfiguration: "
+    '"Configurations overlap"; some emulators accept them)'
+)
 
 
 @dataclass
@@ -271,6 +283,12 @@ class Provisioner:
         queues = current.get("QueueConfigurations", [])
         others = [q for q in queues if not str(q.get("Id", "")).startswith(NOTIFICATION_ID_PREFIX)]
         ours = [q for q in queues if str(q.get("Id", "")).startswith(NOTIFICATION_ID_PREFIX)]
+        foreign = [
+            *others,
+            *current.get("TopicConfigurations", []),
+            *current.get("LambdaFunctionConfigurations", []),
+        ]
+        _check_foreign(bucket, configs, foreign)
         same = sorted(map(_norm_notification, ours)) == sorted(map(_norm_notification, configs))
         names = ", ".join(c["Id"] for c in configs)
         self._record("notification", f"{bucket} -> {names}", bool(ours), not same)
@@ -304,6 +322,75 @@ def _same_attr(name: str, have: Any, want: str) -> bool:
             )
         return bool(a == b)
     return str(have) == str(want)
+
+
+def _filter_value(config: dict[str, Any], name: str) -> str:
+    """A notification configuration's prefix or suffix rule ('' when it has none)."""
+    rules = config.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+    return next((str(r["Value"]) for r in rules if str(r["Name"]).lower() == name), "")
+
+
+def _events_overlap(a: list[str], b: list[str]) -> bool:
+    """Whether two event lists share an event type (``s3:ObjectCreated:*`` covers
+    ``s3:ObjectCreated:Put``)."""
+
+    def covers(x: str, y: str) -> bool:
+        return x == y or (x.endswith("*") and y.startswith(x[:-1]))
+
+    return any(covers(x, y) or covers(y, x) for x in a for y in b)
+
+
+def _check_foreign(
+    bucket: str, configs: list[dict[str, Any]], foreign: list[dict[str, Any]]
+) -> None:
+    """ConfigError when one of s3flow's ``configs`` overlaps a notification configuration
+    that is not s3flow's (an operator's queue, topic or Lambda one): S3 would refuse the
+    whole configuration, and s3flow keeps the others as they are."""
+    for ours in configs:
+        prefix, suffix = _filter_value(ours, "prefix"), _filter_value(ours, "suffix")
+        for theirs in foreign:
+            p, s = _filter_value(theirs, "prefix"), _filter_value(theirs, "suffix")
+            if (
+                _events_overlap(ours.get("Events", []), theirs.get("Events", []))
+                and (prefix.startswith(p) or p.startswith(prefix))
+                and (suffix.endswith(s) or s.endswith(suffix))
+            ):
+                raise ConfigError(
+                    f"bucket {bucket!r}: s3flow's notification {ours['Id']!r} (prefix "
+                    f"{prefix!r} suffix {suffix!r}) overlaps the bucket's own notification "
+                    f"{theirs.get('Id', '?')!r} (events {', '.join(theirs.get('Events', []))}, "
+                    f"prefix {p!r} suffix {s!r}): {_S3_RULE}. Nothing was changed on the "
+                    "bucket's notifications; make the pipeline's prefix or suffix disjoint "
+                    "from that configuration's, or remove or narrow that configuration"
+                )
+
+
+def notification_overlaps(settings: Settings) -> list[tuple[PipelineSettings, PipelineSettings]]:
+    """The pairs of pipelines whose bucket notifications S3 would refuse together: one
+    bucket, overlapping prefix/suffix filters (:func:`~s3flow.settings.loading.filters_overlap`;
+    each sets one ``s3:ObjectCreated:*`` configuration), whatever their key_regex."""
+    ps = settings.pipelines
+    return [(p, q) for i, p in enumerate(ps) for q in ps[i + 1 :] if filters_overlap(p, q)]
+
+
+def check_notifications(settings: Settings) -> None:
+    """ConfigError naming every pair of pipelines whose notifications overlap (see
+    :func:`notification_overlaps`): raised before anything is created or exported."""
+    pairs = notification_overlaps(settings)
+    if not pairs:
+        return
+    shown = "; ".join(
+        f"{p.name!r} and {q.name!r} on bucket {p.bucket!r} ({describe_filters(p)}; "
+        f"{describe_filters(q)})"
+        for p, q in pairs
+    )
+    raise ConfigError(
+        f"the bucket notifications of these pipelines overlap: {shown}. {_S3_RULE}, so "
+        "they cannot be provisioned (nothing was created). Make their prefixes or suffixes "
+        "disjoint (e.g. prefix 'in/a/' and 'in/b/', or suffix '.csv' and '.json'), or make "
+        "them one pipeline whose [[pipelines.routes]] send each kind of object to its "
+        "processor (key_regex / key_glob per route, see docs/routing.md)"
+    )
 
 
 def _norm_notification(q: dict[str, Any]) -> tuple[Any, ...]:
@@ -377,6 +464,9 @@ async def provision(settings: Settings, *, dry_run: bool = False) -> list[Change
         raise ConfigError("no pipelines configured: nothing to provision")
     for p in settings.pipelines:
         _check_pipeline(p)
+    # One notification configuration per pipeline, filtered by its prefix and suffix:
+    # S3 would refuse overlapping ones after the buckets and queues were made.
+    check_notifications(settings)
     async with open_clients(settings.aws) as clients:
         prov = Provisioner(clients.s3, clients.sqs, settings.aws.region, dry_run=dry_run)
         buckets: list[str] = []
@@ -414,7 +504,7 @@ async def provision(settings: Settings, *, dry_run: bool = False) -> list[Change
             config: dict[str, Any] = {
                 "Id": f"{NOTIFICATION_ID_PREFIX}{p.name}",
                 "QueueArn": arn,
-                "Events": ["s3:ObjectCreated:*"],
+                "Events": [NOTIFICATION_EVENT],
             }
             if rules:
                 config["Filter"] = {"Key": {"FilterRules": rules}}

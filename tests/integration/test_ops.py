@@ -1,4 +1,5 @@
-"""Operator tools against a real endpoint: DLQ list/redrive (crash-safe), backfill."""
+"""Operator tools against a real endpoint: DLQ list/redrive (crash-safe), backfill,
+files release."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from s3flow.errors import S3flowError
 from s3flow.events import content_version
 from s3flow.ops.backfill import backfill
 from s3flow.ops.dlq import list_dlq, redrive
+from s3flow.ops.files import release
 from s3flow.quarantine import REASON_TAG, STATUS_TAG
 from s3flow.state.records import FileStatus, ObjectId
 
@@ -277,3 +279,102 @@ def test_a_quarantined_object_is_untagged_only_as_its_notification_is_sent(
     assert tags() == [{"Key": "own", "Value": "1"}]
     assert harness.run().pipelines["p"].objects_processed == 1
     assert [r.status for r in harness.records("q.txt")] == [FileStatus.COMPLETED]
+
+
+# --- files release ------------------------------------------------------------------------
+
+
+def _quarantine(h: Harness, key: str) -> ObjectId:
+    """Quarantine ``key``'s current upload as the worker does: the record, then the tags."""
+    head = h.s3.head_object(Bucket=h.bucket, Key=key)
+    oid = ObjectId(h.bucket, key, content_version(head["ETag"], head["LastModified"]))
+
+    async def go() -> None:
+        assert h.settings is not None
+        async with open_store(h.settings) as store:
+            assert store is not None
+            claim = await store.claim(oid, pipeline="p", owner="w", ttl_s=60)
+            await store.fail(
+                oid, token=claim.token, status=FileStatus.QUARANTINED, error_class="E", error="bad"
+            )
+
+    asyncio.run(go())
+    h.s3.put_object_tagging(
+        Bucket=h.bucket,
+        Key=key,
+        Tagging={
+            "TagSet": [{"Key": STATUS_TAG, "Value": "quarantined"}, {"Key": "own", "Value": "1"}]
+        },
+    )
+    return oid
+
+
+def _release(settings: Any, key: str) -> list[ObjectId]:
+    async def go() -> list[ObjectId]:
+        async with open_store(settings) as store:
+            assert store is not None
+            return await release(settings, settings.pipelines[0], store, key, None)
+
+    return asyncio.run(go())
+
+
+def test_a_release_whose_notification_cannot_be_sent_names_the_command_to_run_again(
+    harness: Harness,
+) -> None:
+    """The records are reset (and the tags removed) before the notification is sent, so the
+    worker finds the upload received when it arrives; a send that fails (here: the queue
+    was deleted) says so and names the command that sends it again, which then works."""
+    settings = harness.configure()
+    harness.put("dir/q 1.txt", b"1\n")
+    harness.purge()
+    oid = _quarantine(harness, "dir/q 1.txt")
+    url = harness.queue_url
+    by_url = harness.configure(provision_it=False, queue=url)  # no GetQueueUrl first
+    harness.sqs.delete_queue(QueueUrl=url)
+
+    with pytest.raises(S3flowError) as failed:
+        _release(by_url, "dir/q 1.txt")
+    text = str(failed.value)
+    assert f"s3://{harness.bucket}/dir/q 1.txt was not enqueued for pipeline 'p'" in text
+    assert f"SendMessage to {url} failed" in text and "NonExistentQueue" in text
+    assert "`s3flow files release 'dir/q 1.txt' -p p`" in text
+    assert "`s3flow reprocess -p p 'dir/q 1.txt'`" in text
+    assert "s3flow backfill" in text  # why a plain backfill will not do
+    # As the error says: untagged and received, with nothing queued.
+    tags = harness.s3.get_object_tagging(Bucket=harness.bucket, Key="dir/q 1.txt")["TagSet"]
+    assert tags == [{"Key": "own", "Value": "1"}]
+    assert [r.status for r in harness.records("dir/q 1.txt")] == [FileStatus.RECEIVED]
+
+    settings = harness.configure()  # the queue again
+    assert harness.depth() == (0, 0)
+
+    async def plain_backfill() -> Any:
+        async with open_store(settings) as store:
+            return await backfill(settings, settings.pipelines[0], store=store)
+
+    report = asyncio.run(plain_backfill())
+    assert (report.enqueued, report.already_queued) == (0, 1)
+    assert _release(settings, "dir/q 1.txt") == [oid]  # the command the error named
+    assert harness.run().pipelines["p"].objects_processed == 1
+    assert [r.status for r in harness.records("dir/q 1.txt")] == [FileStatus.COMPLETED]
+
+
+def test_release_refuses_a_key_the_pipeline_does_not_take(harness: Harness) -> None:
+    """A key outside the pipeline's filters (they changed since it was recorded) is refused
+    before anything changes: the worker would skip its notification, and its record would
+    say received forever."""
+    harness.configure()
+    harness.put("in/old.csv", b"1\n")
+    harness.purge()
+    _quarantine(harness, "in/old.csv")
+    settings = harness.configure(provision_it=False, prefix="in/", suffix=".txt")
+
+    with pytest.raises(S3flowError) as refused:
+        _release(settings, "in/old.csv")
+    text = str(refused.value)
+    assert "pipeline 'p' does not take s3://" in text
+    assert "key does not end with '.txt'" in text and "nothing was changed" in text
+    assert harness.depth() == (0, 0)
+    assert [r.status for r in harness.records("in/old.csv")] == [FileStatus.QUARANTINED]
+    tags = harness.s3.get_object_tagging(Bucket=harness.bucket, Key="in/old.csv")["TagSet"]
+    assert {t["Key"] for t in tags} == {STATUS_TAG, "own"}

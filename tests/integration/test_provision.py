@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
+from urllib.parse import unquote_plus
 
 import pytest
-from itest_support import Harness
+from itest_support import Harness, wait_for
 
 from s3flow.errors import ConfigError
 from s3flow.provision import provision
+from s3flow.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -122,3 +125,116 @@ def test_provision_refuses_fifo_queue(harness: Harness) -> None:
     settings = harness.configure(provision_it=False, queue=f"{harness.queue}.fifo")
     with pytest.raises(ConfigError, match="FIFO"):
         asyncio.run(provision(settings))
+
+
+# --- several pipelines on one bucket ------------------------------------------------------
+
+
+def _two_pipelines(h: Harness, a: dict[str, Any], b: dict[str, Any]) -> Settings:
+    """Settings of pipelines 'a' and 'b' on the harness's bucket, each with its own queue."""
+    base = {"processor": "line-count", "bucket": h.bucket, "output": f"s3://{h.out_bucket}/r/"}
+    return load_settings(
+        None,
+        {
+            "state": {"url": h.state_url},
+            "pipelines": [
+                {"name": "a", "queue": f"{h.queue}-a", **base, **a},
+                {"name": "b", "queue": f"{h.queue}-b", **base, **b},
+            ],
+        },
+    )
+
+
+def _keys_on(h: Harness, queue: str) -> list[str]:
+    """The object keys of the notifications on ``queue`` (the test event dropped)."""
+    url = h.sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    keys = []
+    for m in h.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        keys += [
+            unquote_plus(r["s3"]["object"]["key"]) for r in json.loads(m["Body"]).get("Records", [])
+        ]
+    return sorted(keys)
+
+
+def test_pipelines_with_disjoint_filters_get_one_notification_each(harness: Harness) -> None:
+    """One configuration per pipeline, filtered by its prefix and suffix: each queue gets
+    only its pipeline's objects."""
+    settings = _two_pipelines(
+        harness, {"prefix": "in/", "suffix": ".csv"}, {"prefix": "in/", "suffix": ".json"}
+    )
+    asyncio.run(provision(settings))
+    notif = harness.s3.get_bucket_notification_configuration(Bucket=harness.bucket)
+    rules = {
+        q["Id"]: {r["Name"].lower(): r["Value"] for r in q["Filter"]["Key"]["FilterRules"]}
+        for q in notif["QueueConfigurations"]
+    }
+    assert rules == {
+        "s3flow-a": {"prefix": "in/", "suffix": ".csv"},
+        "s3flow-b": {"prefix": "in/", "suffix": ".json"},
+    }
+    for k in ("in/x.csv", "in/y.json", "in/z.txt"):
+        harness.put(k, b"1\n")
+    assert wait_for(lambda: _keys_on(harness, f"{harness.queue}-a"), 5, "a's event") == ["in/x.csv"]
+    assert wait_for(lambda: _keys_on(harness, f"{harness.queue}-b"), 5, "b's event") == [
+        "in/y.json"
+    ]
+
+
+def test_provision_refuses_overlapping_notifications_before_creating_anything(
+    harness: Harness,
+) -> None:
+    """Two pipelines whose key_regex keep them apart pass the settings check, but their
+    notifications overlap (S3 filters by prefix and suffix only): real S3 refuses them
+    ("Configurations overlap"; moto accepts them), so provision refuses them first, naming
+    both and what to do, dry run or not, before any bucket or queue exists."""
+    settings = _two_pipelines(
+        harness,
+        {"prefix": "in/", "key_regex": "^in/orders-"},
+        {"prefix": "in/", "suffix": ".csv", "key_regex": "^in/refunds-"},
+    )
+    for dry_run in (True, False):
+        with pytest.raises(ConfigError) as refused:
+            asyncio.run(provision(settings, dry_run=dry_run))
+        text = str(refused.value)
+        assert f"'a' and 'b' on bucket '{harness.bucket}'" in text
+        assert "'a' prefix 'in/' suffix '' key_regex '^in/orders-'" in text
+        assert "'b' prefix 'in/' suffix '.csv' key_regex '^in/refunds-'" in text
+        assert "Configurations overlap" in text and "by key prefix and suffix only" in text
+        assert "disjoint" in text and "[[pipelines.routes]]" in text
+    with pytest.raises(harness.s3.exceptions.ClientError):
+        harness.s3.head_bucket(Bucket=harness.bucket)
+    with pytest.raises(harness.sqs.exceptions.QueueDoesNotExist):
+        harness.sqs.get_queue_url(QueueName=f"{harness.queue}-a")
+
+
+def test_provision_refuses_a_notification_overlapping_one_it_does_not_own(
+    harness: Harness,
+) -> None:
+    """An operator's own configuration on the bucket is kept as it is: one of s3flow's that
+    overlaps it (same event type, overlapping prefix and suffix) would make S3 refuse the
+    whole configuration, so provision says which and changes no notification."""
+    harness.s3.create_bucket(Bucket=harness.bucket)
+    arn = harness.sqs.get_queue_attributes(
+        QueueUrl=harness.sqs.create_queue(QueueName=f"{harness.queue}-ops")["QueueUrl"],
+        AttributeNames=["QueueArn"],
+    )["Attributes"]["QueueArn"]
+    theirs = {
+        "Id": "ops-audit",
+        "QueueArn": arn,
+        "Events": ["s3:ObjectCreated:Put"],
+        "Filter": {"Key": {"FilterRules": [{"Name": "suffix", "Value": ".csv"}]}},
+    }
+    harness.s3.put_bucket_notification_configuration(
+        Bucket=harness.bucket, NotificationConfiguration={"QueueConfigurations": [theirs]}
+    )
+    settings = harness.configure(provision_it=False, prefix="in/", suffix="s.csv")
+    with pytest.raises(ConfigError) as refused:
+        asyncio.run(provision(settings))
+    text = str(refused.value)
+    assert "'s3flow-p'" in text and "'ops-audit'" in text and "Configurations overlap" in text
+    notif = harness.s3.get_bucket_notification_configuration(Bucket=harness.bucket)
+    assert [q["Id"] for q in notif["QueueConfigurations"]] == ["ops-audit"]
+    disjoint = harness.configure(provision_it=False, prefix="in/", suffix=".json")
+    asyncio.run(provision(disjoint))
+    notif = harness.s3.get_bucket_notification_configuration(Bucket=harness.bucket)
+    assert sorted(q["Id"] for q in notif["QueueConfigurations"]) == ["ops-audit", "s3flow-p"]

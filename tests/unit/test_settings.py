@@ -8,6 +8,7 @@ import pytest
 
 from s3flow.errors import ConfigError
 from s3flow.settings import CONFIG_ENV, PipelineSettings, Settings, load_settings
+from s3flow.settings.loading import filters_overlap
 
 DOCUMENTED_EXAMPLE = """\
 [aws]
@@ -302,6 +303,66 @@ def test_overlapping_pipelines_on_one_bucket_are_refused() -> None:
         {"state": {"url": "none"}, "pipelines": [{"name": "a", **base}, {"name": "c", **base}]},
     )
     assert len(stateless.pipelines) == 2
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "overlap"),
+    [
+        # S3's examples (notification-how-to-filtering): an empty prefix or suffix overlaps
+        # every other; 'jpg' and 'pg' overlap (a key can end with both), '.jpg' and '.png'
+        # do not; a common prefix is fine when the suffixes do not overlap.
+        ({}, {"prefix": "images"}, True),
+        ({"suffix": "jpg"}, {"suffix": "pg"}, True),
+        ({"suffix": ".jpg"}, {"suffix": ".png"}, False),
+        ({"prefix": "images", "suffix": ".jpg"}, {"prefix": "images", "suffix": ".png"}, False),
+        ({"prefix": "images", "suffix": "jpg"}, {"suffix": "jpg"}, True),
+        ({"prefix": "logs/"}, {"prefix": "images/"}, False),
+        ({"prefix": "in/"}, {"prefix": "in/sub/", "suffix": ".csv"}, True),
+        ({"bucket": "other"}, {}, False),  # another bucket: its own notifications
+        # key_regex is no notification filter: it changes nothing here.
+        ({"key_regex": "^a"}, {"key_regex": "^b"}, True),
+    ],
+)
+def test_filters_overlap_follows_s3s_notification_rule(
+    a: dict[str, str], b: dict[str, str], overlap: bool
+) -> None:
+    base = {"bucket": "b", "queue": "q", "output": "/tmp/x"}
+    pa = PipelineSettings.model_validate({**base, "name": "a", **a})
+    pb = PipelineSettings.model_validate({**base, "name": "c", **b})
+    assert filters_overlap(pa, pb) is overlap and filters_overlap(pb, pa) is overlap
+
+
+def test_the_overlap_refusal_names_the_filters_and_what_to_do() -> None:
+    """The message shows each pipeline's filters and offers routes, and says that a
+    key_regex on both (accepted here) is refused by provision: S3 cannot filter by it."""
+    base = {"bucket": "b", "queue": "q", "output": "/tmp/x"}
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            None,
+            {
+                "pipelines": [
+                    {"name": "a", "prefix": "in/", **base},
+                    {"name": "c", "suffix": ".csv", "key_regex": "x", **base},
+                ]
+            },
+        )
+    text = str(info.value)
+    assert (
+        "'a' prefix 'in/' suffix ''" in text and "'c' prefix '' suffix '.csv' key_regex 'x'" in text
+    )
+    assert "[[pipelines.routes]]" in text and "docs/routing.md" in text
+    assert "`s3flow provision` refuses them" in text
+    both = {"key_regex": "y"}
+    ok = load_settings(
+        None,
+        {
+            "pipelines": [
+                {"name": "a", "prefix": "in/", **base, **both},
+                {"name": "c", "suffix": ".csv", **base, "key_regex": "x"},
+            ]
+        },
+    )
+    assert [p.name for p in ok.pipelines] == ["a", "c"]
 
 
 def test_a_claim_ttl_shorter_than_the_visibility_timeout_is_refused() -> None:

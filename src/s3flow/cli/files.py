@@ -156,7 +156,9 @@ def files_release(
     """Release an object whatever its state (quarantined, dead, failed, completed).
 
     Removes the quarantine tags, resets its records to 'received' and enqueues
-    it again, so its current upload is processed anew.
+    it again, so its current upload is processed anew. A key the pipeline does not
+    take (prefix, suffix, key_regex) is refused before anything changes; if the
+    notification cannot be sent, the error names the command to run again.
     """
     from s3flow.ops.files import release
 

@@ -42,6 +42,27 @@ from s3flow.settings.pipelines import PipelineSettings
 CONFIG_ENV = "S3FLOW_CONFIG"
 
 
+def filters_overlap(a: PipelineSettings, b: PipelineSettings) -> bool:
+    """Whether one key could pass both pipelines' prefix/suffix filters on one bucket.
+
+    S3's rule for notification configurations: two prefixes overlap when a key can
+    start with both (one starts with the other; an empty prefix overlaps every one),
+    two suffixes when a key can end with both. Filters overlap when their prefixes
+    and their suffixes do. ``key_regex`` is no part of it (S3 cannot filter by it).
+    """
+    return (
+        a.bucket == b.bucket
+        and (a.prefix.startswith(b.prefix) or b.prefix.startswith(a.prefix))
+        and (a.suffix.endswith(b.suffix) or b.suffix.endswith(a.suffix))
+    )
+
+
+def describe_filters(p: PipelineSettings) -> str:
+    """``'name' prefix 'in/' suffix ''`` (plus its key_regex when it has one)."""
+    text = f"{p.name!r} prefix {p.prefix!r} suffix {p.suffix!r}"
+    return text + (f" key_regex {p.key_regex!r}" if p.key_regex is not None else "")
+
+
 class Settings(BaseSettings):
     """All of s3flow's configuration, validated once at start."""
 
@@ -92,17 +113,24 @@ class Settings(BaseSettings):
             seen.add(p.name)
         for p in self.pipelines:
             for q in self.pipelines:
-                if q is p or q.bucket != p.bucket or q.name < p.name:
+                if q is p or q.name < p.name:
                     continue
-                overlap = (q.prefix.startswith(p.prefix) or p.prefix.startswith(q.prefix)) and (
-                    q.suffix.endswith(p.suffix) or p.suffix.endswith(q.suffix)
-                )
+                # The state store keys a record by object, not by pipeline: two pipelines
+                # taking one object would share its record. Two key_regex are trusted to
+                # keep them apart here; their bucket notifications still overlap, which
+                # S3 refuses (`s3flow provision` says so: s3flow.provision).
+                overlap = filters_overlap(p, q)
                 if overlap and not (p.key_regex and q.key_regex) and self.state.url != "none":
                     raise ValueError(
                         f"pipelines {p.name!r} and {q.name!r} both take keys of bucket "
-                        f"{p.bucket!r} (prefix/suffix overlap): an object would be claimed "
-                        "by one and skipped as done by the other; make the prefixes or "
-                        "suffixes disjoint, or give both a key_regex"
+                        f"{p.bucket!r} (prefix/suffix overlap: {describe_filters(p)}; "
+                        f"{describe_filters(q)}): an object would be claimed by one and "
+                        "skipped as done by the other; make the prefixes or suffixes "
+                        "disjoint, or make them one pipeline whose [[pipelines.routes]] "
+                        "tell the objects apart (docs/routing.md). A key_regex on both would "
+                        "pass this check, but S3 refuses overlapping notifications on one "
+                        "bucket, so `s3flow provision` refuses them (docs/operations.md, "
+                        '"Several pipelines on one bucket")'
                     )
             ttl = self.state.claim_ttl_s
             if ttl and ttl < p.visibility_timeout_s:

@@ -76,6 +76,27 @@ def test_refused(config: Path, args: list[str], message: str) -> None:
     assert message in result.output
 
 
+def test_export_refuses_overlapping_notifications(tmp_path: Path) -> None:
+    """The template declares the notifications provision would set: two pipelines that
+    only their key_regex keep apart would make the stack fail in S3 ("Configurations
+    overlap"), so the export refuses them, naming both, and writes nothing."""
+    path = tmp_path / "s3flow.toml"
+    second = CONFIG.split("[[pipelines]]")[1].replace('"counts', '"refunds')
+    path.write_text(
+        CONFIG.replace('queue = "counts-events"', 'queue = "counts-events"\nkey_regex = "^c"')
+        + "\n[[pipelines]]"
+        + second.replace('queue = "refunds-events"', 'queue = "refunds-events"\nkey_regex = "^r"')
+    )
+    out = tmp_path / "stack.json"
+    result = CliRunner().invoke(
+        app, ["provision", "-c", str(path), "--export", "cloudformation", "-o", str(out)]
+    )
+    assert result.exit_code != 0
+    text = " ".join(result.output.split())  # Rich wraps long lines
+    assert "'counts' and 'refunds' on bucket 'incoming'" in text
+    assert "Configurations overlap" in text and not out.exists()
+
+
 class _FakeDynamo:
     """Records CreateTable calls; every table is ACTIVE."""
 
