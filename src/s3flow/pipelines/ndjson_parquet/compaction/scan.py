@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from s3flow.errors import CorruptDataError, Disposition, translate_aws_error
@@ -260,25 +263,128 @@ class _Parsed:
 
 
 def _parse_unit(task: FileTask, unit: _Unit) -> _Parsed:
+    """Read the unit in one pyarrow call, or (a line pyarrow must not or cannot read
+    as it stands) take the slow path, :func:`_parse_slowly`."""
+    if not _is_utf8(unit):
+        # pyarrow does not validate UTF-8 inside strings: it would store the bytes
+        # as they are, and one bad byte makes the whole Parquet part unreadable.
+        return _parse_slowly(task, unit)
     block = _block_for(unit.size)
     src = unit.source()
     hint = _HINTS.get(task.hint_key) if task.hint_key else None
     if hint is not None and not hint_fits(hint, _first_record(unit)):
         hint = None  # the hinted read could order (or type) columns differently
+    table = None
     if hint is not None:
         try:
             table = _read_fixed(src, hint, block)
         except _ARROW_ERRORS:
             table = None
-        if table is not None:
-            _remember_hint(task, table)
-            return _Parsed(table)
-    try:
-        table = _read_fixed(src, None, block)
-    except _ARROW_ERRORS:
+    if table is None:
+        try:
+            table = _read_fixed(src, None, block)
+        except _ARROW_ERRORS:
+            return _parse_slowly(task, unit)
+    if _beyond_int64(table) and _has_big_integer(unit):
+        # pyarrow read an integer beyond int64 as a double (losing digits, and
+        # widening every integer of its column): such a value is kept as text.
         return _parse_slowly(task, unit)
     _remember_hint(task, table)
     return _Parsed(table)
+
+
+# --- cheap checks of a unit's bytes (C speed; no Python objects per line) ---------
+
+#: Bytes a check looks at at once (cut at a newline): a UTF-8 check decodes a piece
+#: to a str, up to four times its size, so a 64 MiB unit is never decoded whole.
+_CHECK_BYTES = MIB
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+# An integer literal that may be beyond int64: 20 or more digits, or 19 starting
+# with 9 (int64 ends at 9223372036854775807), not part of a fraction, exponent or
+# word. pyarrow's RE2 (linear, C++) looks for one; Python's ``re`` (much slower)
+# then checks the values, only where RE2 found a candidate. A match inside a
+# string is possible: the slow path, which parses every line with ``json``, decides.
+_BIG_INT_RE2 = r"(?:^|[^\w.+-])-?(?:\d{20,}|9\d{18})(?:$|[^\w.])"
+_BIG_INT = re.compile(rb"(?<![\w.+-])-?\d{19,}(?![\w.])")
+
+
+def _line_chunks(unit: _Unit) -> Iterator[bytes]:
+    """The unit's bytes in pieces of about ``_CHECK_BYTES`` that end at a newline (or
+    the unit's end; a longer line is one longer piece)."""
+    if unit.path is None:
+        data, start = unit.data, 0
+        while start < len(data):
+            end = start + _CHECK_BYTES
+            if end < len(data):
+                cut = data.rfind(b"\n", start, end)
+                end = cut + 1 if cut >= start else (data.find(b"\n", end) + 1 or len(data))
+            yield data[start:end]
+            start = end
+        return
+    rest = b""
+    with open(unit.path, "rb") as fh:
+        while block := fh.read(_CHECK_BYTES):
+            block = rest + block
+            cut = block.rfind(b"\n") + 1
+            rest = block[cut:]
+            if cut:
+                yield block[:cut]
+    if rest:
+        yield rest
+
+
+def _is_utf8(unit: _Unit) -> bool:
+    """Whether the unit's bytes are valid UTF-8 (a newline never splits a character)."""
+    for chunk in _line_chunks(unit):
+        if chunk.isascii():
+            continue
+        try:
+            chunk.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
+def _float_arrays(arr: pa.Array) -> Iterator[pa.Array]:
+    t = arr.type
+    if pa.types.is_floating(t):
+        yield arr
+    elif pa.types.is_list(t) or pa.types.is_large_list(t):
+        yield from _float_arrays(arr.flatten())
+    elif pa.types.is_struct(t):
+        for child in arr.flatten():
+            yield from _float_arrays(child)
+
+
+def _beyond_int64(table: pa.Table) -> bool:
+    """Whether a double (at any depth) is outside int64's range: the only way an
+    integer literal beyond int64 can show in a table pyarrow read."""
+    for column in table.columns:
+        for chunk in column.chunks:
+            for arr in _float_arrays(chunk):
+                bounds = pc.min_max(arr)
+                lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+                if hi is not None and (hi >= 2**63 or lo <= _INT64_MIN):
+                    return True
+    return False
+
+
+def _is_big(digits: bytes) -> bool:
+    n = len(digits.lstrip(b"-"))
+    return n > 19 or not _INT64_MIN <= int(digits) <= _INT64_MAX
+
+
+def _has_big_integer(unit: _Unit) -> bool:
+    """Whether the unit holds an integer literal beyond int64 (or text that looks so)."""
+    for chunk in _line_chunks(unit):
+        offsets = pa.array([0, len(chunk)], pa.int64()).buffers()[1]
+        blob = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(chunk)])
+        if not pc.match_substring_regex(blob, _BIG_INT_RE2)[0].as_py():
+            continue
+        if any(_is_big(m.group()) for m in _BIG_INT.finditer(chunk)):
+            return True
+    return False
 
 
 def _first_record(unit: _Unit) -> Any:
@@ -306,57 +412,213 @@ def _remember_hint(task: FileTask, table: pa.Table) -> None:
         _HINTS.pop(next(iter(_HINTS)))
 
 
-def _parse_slowly(task: FileTask, unit: _Unit) -> _Parsed:
-    """The unit failed to parse as a whole: find bad lines, and read the rest in pieces.
+# --- the slow path: every line through ``json`` ---------------------------------
 
-    A line is malformed when it is not UTF-8 JSON, or not a JSON object. Pieces
-    of good lines that still fail together (a field that changes type inside
-    the file) are bisected until each piece reads; one line that pyarrow
-    cannot read on its own (e.g. a key given twice) is malformed too.
+# A value's type as pyarrow's JSON reader infers it: a scalar kind, ("l", item)
+# for a list, ("d", ((key, type), ...)) for an object (keys in order).
+_Sig = Any
+_NULL, _BOOL, _INT, _FLOAT, _STR = "null", "bool", "int", "float", "str"
+_NUMBERS = (_INT, _FLOAT)
+
+
+def _merge(a: _Sig, b: _Sig) -> _Sig | None:
+    """The type pyarrow infers for values of types ``a`` and ``b`` in one column
+    (or one array), or None where it refuses the mix (e.g. number and string)."""
+    if a == b:
+        return a
+    if a == _NULL:
+        return b
+    if b == _NULL:
+        return a
+    if a in _NUMBERS and b in _NUMBERS:
+        return _FLOAT
+    if type(a) is not tuple or type(b) is not tuple or a[0] != b[0]:
+        return None
+    if a[0] == "l":
+        item = _merge(a[1], b[1])
+        return None if item is None else ("l", item)
+    fields = dict(a[1])
+    for key, t in b[1]:
+        if key in fields:
+            merged = _merge(fields[key], t)
+            if merged is None:
+                return None
+            fields[key] = merged
+        else:
+            fields[key] = t
+    return ("d", tuple(fields.items()))
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _shape(value: Any) -> tuple[_Sig, Any]:
+    """``value``'s type, and the value pyarrow is to read (``value`` itself unless
+    changed): an integer beyond int64 becomes the string of its digits, an array
+    whose elements pyarrow cannot read together (``[1, "a"]``) its JSON text."""
+    t = type(value)
+    if t is str:
+        return _STR, value
+    if t is int:
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return _INT, value
+        return _STR, str(value)
+    if t is float:
+        return _FLOAT, value
+    if value is None:
+        return _NULL, value
+    if t is bool:
+        return _BOOL, value
+    if t is dict:
+        fields = []
+        out: dict[str, Any] | None = None
+        for key, v in value.items():
+            sig, shaped = _shape(v)
+            fields.append((key, sig))
+            if shaped is not v:
+                if out is None:
+                    out = dict(value)
+                out[key] = shaped
+        return ("d", tuple(fields)), value if out is None else out
+    item: _Sig = _NULL
+    items: list[Any] | None = None
+    for n, v in enumerate(value):
+        sig, shaped = _shape(v)
+        merged = _merge(item, sig)
+        if merged is None:
+            return _STR, _json_text(value)
+        item = merged
+        if shaped is not v:
+            if items is None:
+                items = list(value)
+            items[n] = shaped
+    return ("l", item), value if items is None else items
+
+
+@dataclass
+class _Order:
+    """The order in which keys first appear, at each depth (pyarrow's column order)."""
+
+    fields: dict[str, _Order] = field(default_factory=dict)
+    item: _Order | None = None
+
+    def add(self, sig: _Sig) -> None:
+        if type(sig) is not tuple:
+            return
+        if sig[0] == "l":
+            if self.item is None:
+                self.item = _Order()
+            self.item.add(sig[1])
+            return
+        for key, t in sig[1]:
+            child = self.fields.get(key)
+            if child is None:
+                child = self.fields[key] = _Order()
+            child.add(t)
+
+    def arrange(self, fields: Iterable[pa.Field]) -> list[pa.Field]:
+        rank = {key: n for n, key in enumerate(self.fields)}
+        ordered = sorted(fields, key=lambda f: rank.get(f.name, len(rank)))
+        return [f.with_type(self.arrange_type(f.type, self.fields.get(f.name))) for f in ordered]
+
+    @staticmethod
+    def arrange_type(t: pa.DataType, order: _Order | None) -> pa.DataType:
+        if order is None:
+            return t
+        if pa.types.is_struct(t):
+            return pa.struct(order.arrange(t))
+        if pa.types.is_list(t):
+            value = t.value_field
+            return pa.list_(value.with_type(_Order.arrange_type(value.type, order.item)))
+        return t
+
+
+def _parse_slowly(task: FileTask, unit: _Unit) -> _Parsed:
+    """Parse every line with ``json``: find bad lines, and read the rest by type.
+
+    A line is malformed when it is not UTF-8 JSON, or not a JSON object. The
+    good lines are grouped by their types (a field that changes type inside the
+    unit puts its lines in different groups); each group is read with one
+    pyarrow call, and the tables are unified and put back in line order. A
+    group that pyarrow still refuses is bisected until each piece reads; one
+    line that pyarrow cannot read on its own (e.g. a key given twice) is
+    malformed too. Integers beyond int64 and arrays mixing types are read as
+    text (:func:`_shape`).
     """
     data = unit.read_bytes()
-    good: list[tuple[int, bytes]] = []
     parsed = _Parsed(None)
+    lines: list[bytes] = []  # the good lines, as pyarrow is to read them
+    numbers: list[int] = []  # their line numbers
+    groups: list[list[int]] = []  # indexes into ``lines``, per group
+    group_types: list[_Sig] = []  # the merged type of each group
+    group_of: dict[_Sig, int] = {}
+    order = _Order()
     line_no = unit.first_line
     for raw in data.split(b"\n"):
         line_no += 1
         line = raw.strip()
         if not line:
             continue
-        reason = None
+        value: Any = None
+        reason: str | None = None
         try:
-            value = json.loads(line)
+            value = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            reason = f"not UTF-8 ({exc})"
         except ValueError as exc:
             reason = f"not JSON ({exc})"
         else:
             if not isinstance(value, dict):
                 reason = f"a JSON {type(value).__name__}, not an object"
-        if reason is None:
-            good.append((line_no, line))
-        elif _malformed(task, parsed, line_no, reason):
-            return parsed
-    del data
-    tables: list[pa.Table] = []
-    stack = [good]
-    while stack:
-        lines = stack.pop()
-        if not lines:
+        if reason is not None:
+            if _malformed(task, parsed, line_no, reason):
+                return parsed
             continue
-        blob = b"\n".join(line for _, line in lines) + b"\n"
-        try:
-            tables.append(_read_fixed(blob, None, _block_for(len(blob))))
-        except _ARROW_ERRORS as exc:
-            if len(lines) == 1:
-                msg = str(exc).splitlines()[0][:200]
-                if _malformed(task, parsed, lines[0][0], f"unreadable ({msg})"):
-                    return parsed
-                continue
-            mid = len(lines) // 2
-            stack.append(lines[mid:])  # popped after the first half: order kept
-            stack.append(lines[:mid])
-    if tables:
-        schema = unify_schemas(t.schema for t in tables)
-        parsed.table = pa.concat_tables([cast_table(t, schema) for t in tables])
+        sig, shaped = _shape(value)
+        if shaped is not value:
+            line = json.dumps(shaped, separators=(",", ":")).encode()
+        g = group_of.get(sig)
+        if g is None:
+            order.add(sig)
+            for g, group_type in enumerate(group_types):
+                merged = _merge(group_type, sig)
+                if merged is not None:
+                    group_types[g] = merged
+                    break
+            else:
+                g = len(groups)
+                groups.append([])
+                group_types.append(sig)
+            group_of[sig] = g
+        groups[g].append(len(lines))
+        lines.append(line)
+        numbers.append(line_no)
+    del data
+    pieces: list[tuple[pa.Table, list[int]]] = []
+    for group in groups:
+        stack = [group]
+        while stack:
+            part = stack.pop()
+            blob = b"\n".join(lines[i] for i in part) + b"\n"
+            try:
+                pieces.append((_read_fixed(blob, None, _block_for(len(blob))), part))
+            except _ARROW_ERRORS as exc:
+                if len(part) == 1:
+                    msg = str(exc).splitlines()[0][:200]
+                    if _malformed(task, parsed, numbers[part[0]], f"unreadable ({msg})"):
+                        return parsed
+                    continue
+                mid = len(part) // 2
+                stack.append(part[mid:])  # popped after the first half: order kept
+                stack.append(part[:mid])
+    if pieces:
+        schema = pa.schema(order.arrange(unify_schemas(t.schema for t, _ in pieces)))
+        table = pa.concat_tables([cast_table(t, schema) for t, _ in pieces])
+        where = [i for _, part in pieces for i in part]
+        if any(a > b for a, b in pairwise(where)):
+            table = table.take(pc.sort_indices(pa.array(where)))
+        parsed.table = table
     return parsed
 
 

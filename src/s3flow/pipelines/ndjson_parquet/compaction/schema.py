@@ -17,6 +17,10 @@ pyarrow's JSON reader infers, per file, one of: ``null``, ``bool``, ``int64``,
   with an integral value prints without ``.0``), objects and arrays become
   compact JSON text.
 
+Before these rules apply, :mod:`.scan` reads an integer beyond int64 as the string
+of its exact digits (pyarrow would make it a lossy ``double``) and an array whose
+elements pyarrow cannot read together (``[1, "a"]``) as its compact JSON text.
+
 Column order is the order of first appearance (manifest file order, then the
 order in the file), so the result does not depend on how work was scheduled.
 """

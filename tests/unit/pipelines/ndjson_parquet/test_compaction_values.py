@@ -1,0 +1,256 @@
+"""Compaction of awkward values, in this process with local storage: bytes that are not
+UTF-8, integers beyond int64, arrays mixing types, and a field whose type changes on
+every line (the slow path must read such a unit by type group, not line by line)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from s3flow.pipelines.ndjson_parquet.compaction import scan
+from s3flow.pipelines.ndjson_parquet.compaction.job import CompactionReport, compact_manifest
+from s3flow.pipelines.ndjson_parquet.compaction.manifest import parse_manifest
+from s3flow.pipelines.ndjson_parquet.compaction.options import parse_options
+from s3flow.pipelines.ndjson_parquet.compaction.tasks import MalformedDataError, Storage, Target
+
+pytestmark = pytest.mark.timeout(60)
+T = TypeVar("T")
+R = TypeVar("R")
+
+TINY_UNITS = 0.0002  # unit_mb: ~200-byte units, kept in scratch files (not in memory)
+
+
+class InlineExecutor:
+    """Runs tasks one after the other in this process (the local executor's semantics)."""
+
+    shares_disk = True
+
+    async def map(
+        self, fn: Callable[[T], R], tasks: Sequence[T], *, priority: float = 0.0
+    ) -> list[R]:
+        return [fn(t) for t in tasks]
+
+    async def close(self) -> None:
+        return None
+
+
+def _lines(rows: list[Any]) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+
+def _compact(
+    tmp_path: Path, contents: list[bytes], options: dict[str, Any] | None = None
+) -> tuple[CompactionReport, pa.Table | None]:
+    """Compact one manifest of ``contents`` (one file each); the report and the
+    output read back (validated in full: what a query engine would refuse fails)."""
+    scan._HINTS.clear()  # each test starts as a fresh worker process would
+    root = tmp_path / "in"
+    (root / "b").mkdir(parents=True)
+    files = []
+    for i, data in enumerate(contents):
+        (root / "b" / f"f{i}.ndjson").write_bytes(data)
+        files.append({"bucket": "b", "key": f"f{i}.ndjson", "size": len(data), "etag": "e"})
+    doc = {
+        "version": 1,
+        "manifest_id": "m-1",
+        "dataset": "events",
+        "date": "2026-11-23",
+        "files": files,
+        "total_files": len(files),
+    }
+    report = asyncio.run(
+        compact_manifest(
+            parse_manifest(json.dumps(doc).encode()),
+            parse_options(options or {}),
+            storage=Storage(kind="local", root=str(root)),
+            target=Target(kind="local", directory=str(tmp_path / "out")),
+            executor=InlineExecutor(),
+        )
+    )
+    if not report.outputs:
+        return report, None
+    table = pa.concat_tables([pq.read_table(p) for p in report.outputs])
+    table.validate(full=True)
+    return report, table
+
+
+# --- bytes that are not UTF-8 ----------------------------------------------------------
+
+NOT_UTF8 = [
+    pytest.param(b"caf\xe9 au lait", id="latin-1"),
+    pytest.param(b"\xed\xa0\x80", id="encoded-surrogate"),
+    pytest.param(b"ab\xc3", id="truncated"),
+]
+
+
+@pytest.mark.parametrize("unit_mb", [64, TINY_UNITS], ids=["in-memory", "scratch-units"])
+@pytest.mark.parametrize("bad", NOT_UTF8)
+def test_a_string_that_is_not_utf8_is_a_malformed_line(
+    tmp_path: Path, bad: bytes, unit_mb: float
+) -> None:
+    data = b'{"a":"ok"}\n{"a":"' + bad + b'"}\n{"a":"z"}\n'
+    report, table = _compact(tmp_path, [data], {"unit_mb": unit_mb})
+    assert report.rows == 2
+    assert report.malformed_lines == 1
+    assert report.malformed_samples[0].startswith("s3://b/f0.ndjson line 2: not UTF-8")
+    assert table is not None and table.to_pydict() == {"a": ["ok", "z"]}
+
+
+def test_a_string_that_is_not_utf8_quarantines_the_file(tmp_path: Path) -> None:
+    bad = b'{"a":"ok"}\n{"a":"caf\xe9 au lait"}\n{"a":"z"}\n'
+    report, table = _compact(
+        tmp_path, [bad, _lines([{"a": "kept"}])], {"malformed_lines": "quarantine"}
+    )
+    assert [(f.key, why.split(":")[0]) for f, why in report.quarantined] == [
+        ("f0.ndjson", "malformed line 2")
+    ]
+    assert "not UTF-8" in report.quarantined[0][1]
+    assert table is not None and table.to_pydict() == {"a": ["kept"]}
+
+
+def test_a_string_that_is_not_utf8_fails_the_manifest_naming_the_line(tmp_path: Path) -> None:
+    bad = b'{"a":"ok"}\n{"a":"caf\xe9 au lait"}\n{"a":"z"}\n'
+    with pytest.raises(MalformedDataError, match=r"s3://b/f0\.ndjson line 2: not UTF-8"):
+        _compact(tmp_path, [bad], {"malformed_lines": "fail"})
+
+
+# --- integers beyond int64 -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unit_mb", [64, TINY_UNITS], ids=["in-memory", "scratch-units"])
+def test_integers_beyond_int64_are_kept_as_their_exact_digits(
+    tmp_path: Path, unit_mb: float
+) -> None:
+    """pyarrow would read 18446744073709551615 as a double, and the column's other
+    integers with it (9007199254740993 -> 9007199254740992.0): the field is a type
+    conflict instead, a string of the exact digits, in every file of the manifest."""
+    first = (
+        b'{"id":9007199254740993,"s":{"h":1},"hs":[1]}\n'
+        b'{"id":18446744073709551615,"s":{"h":-9223372036854775809},"hs":[18446744073709551616,2]}\n'
+        b'{"id":-9223372036854775808,"s":{"h":3},"hs":[]}\n'
+    )
+    second = _lines([{"id": 5, "s": {"h": 2}, "hs": [4]}])
+    report, table = _compact(tmp_path, [first, second], {"unit_mb": unit_mb})
+    assert report.malformed_lines == 0
+    assert table is not None
+    assert [str(f.type) for f in table.schema] == ["string", "struct<h: string>", "string"]
+    assert table.to_pydict() == {
+        "id": ["9007199254740993", "18446744073709551615", "-9223372036854775808", "5"],
+        "s": [{"h": "1"}, {"h": "-9223372036854775809"}, {"h": "3"}, {"h": "2"}],
+        # an array mixing a number with an integer read as text is JSON text
+        "hs": ["[1]", "[18446744073709551616,2]", "[]", "[4]"],
+    }
+
+
+def test_large_doubles_and_int64_extremes_keep_their_types(tmp_path: Path) -> None:
+    """Only integer literals beyond int64 become text: 1e19, Infinity and the int64
+    limits do not."""
+    data = (
+        b'{"x":1e19,"y":1.5,"n":9223372036854775807}\n'
+        b'{"x":Infinity,"y":-1e300,"n":-9223372036854775808}\n'
+    )
+    report, table = _compact(tmp_path, [data])
+    assert report.malformed_lines == 0
+    assert table is not None
+    assert [str(f.type) for f in table.schema] == ["double", "double", "int64"]
+    assert table.to_pydict() == {
+        "x": [1e19, float("inf")],
+        "y": [1.5, -1e300],
+        "n": [2**63 - 1, -(2**63)],
+    }
+
+
+# --- arrays mixing types, and lines that really are unreadable ---------------------------
+
+
+@pytest.mark.parametrize("policy", ["skip", "quarantine", "fail"])
+def test_an_array_mixing_types_becomes_json_text(tmp_path: Path, policy: str) -> None:
+    data = _lines([{"id": 1, "tags": [1, "a"]}, {"id": 2, "tags": [2]}])
+    report, table = _compact(tmp_path, [data], {"malformed_lines": policy})
+    assert report.malformed_lines == 0
+    assert report.quarantined == []
+    assert report.rows == 2
+    assert table is not None
+    assert table.schema.field("tags").type == pa.string()
+    assert table.to_pydict() == {"id": [1, 2], "tags": ['[1,"a"]', "[2]"]}
+
+
+def test_nested_arrays_mixing_types_become_json_text_where_they_are(tmp_path: Path) -> None:
+    data = _lines(
+        [
+            {"s": {"l": [{"x": 1}, {"x": "a"}], "k": 1}},
+            {"s": {"l": [[1], [2.5]], "k": 2}},
+            {"s": {"l": [True, None], "k": 3}},
+        ]
+    )
+    report, table = _compact(tmp_path, [data])
+    assert report.malformed_lines == 0
+    assert table is not None
+    assert table.column("s").to_pylist() == [
+        {"l": '[{"x":1},{"x":"a"}]', "k": 1},
+        {"l": "[[1.0],[2.5]]", "k": 2},
+        {"l": "[true,null]", "k": 3},
+    ]
+
+
+def test_a_key_given_twice_is_still_unreadable(tmp_path: Path) -> None:
+    data = b'{"a":1}\n{"a":2,"a":3}\n{"a":4}\n'
+    report, table = _compact(tmp_path, [data])
+    assert report.malformed_lines == 1
+    assert report.malformed_samples[0].startswith("s3://b/f0.ndjson line 2: unreadable")
+    assert table is not None and table.to_pydict() == {"a": [1, 4]}
+
+
+# --- a field whose type changes on every line -----------------------------------------
+
+
+def test_a_type_that_alternates_line_by_line_is_read_by_group_not_by_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = 0
+    read = scan._read
+
+    def counting(src: Any, schema: pa.Schema | None, block: int) -> pa.Table:
+        nonlocal reads
+        reads += 1
+        return read(src, schema, block)
+
+    monkeypatch.setattr(scan, "_read", counting)
+    rows: list[dict[str, Any]] = [
+        {"id": i, "v": i} if i % 2 == 0 else {"id": i, "v": f"s{i}", "late": i} for i in range(2000)
+    ]
+    rows[10]["z"] = 1  # first seen after "late" (line 2), though in the first type group
+    report, table = _compact(tmp_path, [_lines(rows)])
+    assert reads <= 4  # the whole unit (fails), then one read per type group
+    assert report.malformed_lines == 0
+    assert table is not None
+    assert table.column_names == ["id", "v", "late", "z"]
+    assert table.column("id").to_pylist() == list(range(2000))
+    assert table.column("v").to_pylist() == [str(r["v"]) for r in rows]
+    assert table.column("late").to_pylist() == [r.get("late") for r in rows]
+    assert table.column("z").to_pylist() == [r.get("z") for r in rows]
+
+
+def test_slow_path_keeps_the_order_of_first_appearance(tmp_path: Path) -> None:
+    """Type groups are read apart, yet columns (and struct fields) keep the order in
+    which they first appear in the file, as pyarrow's own read would give them."""
+    rows: list[dict[str, Any]] = [
+        {"a": 1, "s": {"p": 1}},
+        {"c": "x", "a": "t", "s": {"q": 2, "p": 3}},
+        {"a": 2, "b": 1, "s": {"r": 1, "p": 4}},
+    ]
+    report, table = _compact(tmp_path, [_lines(rows)])
+    assert report.malformed_lines == 0
+    assert table is not None
+    assert table.column_names == ["a", "s", "c", "b"]
+    assert table.schema.field("s").type == pa.struct(
+        [("p", pa.int64()), ("q", pa.int64()), ("r", pa.int64())]
+    )
+    assert table.column("a").to_pylist() == ["1", "t", "2"]
