@@ -209,7 +209,7 @@ async def run_worker(
     set_mmap_threshold(settings.worker.malloc_mmap_threshold_bytes)
     async with (
         open_clients(settings.aws, pool=pool_size(settings)) as clients,
-        open_store(settings) as store,
+        open_store(settings, check=True) as store,
     ):
         runtimes = await build_runtimes(settings, clients, pipelines)
         queues: list[QueueRuntime] = []
@@ -278,17 +278,22 @@ async def build_job_queue(
 
 
 @asynccontextmanager
-async def open_store(settings: Settings, *, prune: bool = True) -> AsyncIterator[StateStore | None]:
+async def open_store(
+    settings: Settings, *, prune: bool = True, check: bool = False
+) -> AsyncIterator[StateStore | None]:
     """The configured state store (None when ``state.url = "none"``), opened and closed.
 
     Records expire after ``[state] retention_days``; with ``prune`` a SQLite store
     prunes them in the background while it is open (see
-    :func:`s3flow.state.open_state_store`).
+    :func:`s3flow.state.open_state_store`). With ``check`` (a worker's start) a
+    DynamoDB store's tables are checked first: missing ones are a ConfigError that
+    says to run ``s3flow provision``, not an error on every message (opening a SQLite
+    store creates its file and schema, or fails with the reason).
     """
     if settings.state.url == "none":
         yield None
         return
-    from s3flow.state import open_state_store
+    from s3flow.state import DynamoStateStore, open_state_store
 
     async with open_state_store(
         settings.state.url,
@@ -296,6 +301,8 @@ async def open_store(settings: Settings, *, prune: bool = True) -> AsyncIterator
         retention_days=settings.state.retention_days,
         prune=prune,
     ) as store:
+        if check and isinstance(store, DynamoStateStore):
+            await store.check_tables()
         yield store
 
 

@@ -29,8 +29,10 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 
+from s3flow.errors import ConfigError
 from s3flow.fastpath import Connection, Credentials, FastClient, FastS3Client, FastSqsClient
 from s3flow.settings import AwsSettings
+from s3flow.settings.base import endpoint_url_problem
 
 log = logging.getLogger("s3flow.aws")
 
@@ -42,10 +44,23 @@ def endpoint_for(service: str, aws: AwsSettings) -> str | None:
         return str(specific)
     if aws.endpoint_url:
         return aws.endpoint_url
-    env = os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}") or os.environ.get(
-        "AWS_ENDPOINT_URL"
-    )
-    return env or None
+    for var in (f"AWS_ENDPOINT_URL_{service.upper()}", "AWS_ENDPOINT_URL"):
+        env = os.environ.get(var)
+        if env:
+            return _checked_env_endpoint(var, env)
+    return None
+
+
+def _checked_env_endpoint(var: str, value: str) -> str:
+    """``value`` of the environment variable ``var``; ConfigError if it is no endpoint URL
+    (the SDK would fail every client with a bare ``ValueError: Invalid endpoint``)."""
+    problem = endpoint_url_problem(value)
+    if problem is not None:
+        raise ConfigError(
+            f"environment variable {var}={value!r} is not an endpoint URL: {problem}; "
+            f"correct it, or unset it to reach AWS itself"
+        )
+    return value
 
 
 def pin_endpoints(aws: AwsSettings) -> AwsSettings:

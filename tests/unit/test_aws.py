@@ -19,7 +19,9 @@ from s3flow.aws import (
     sync_client,
     sync_client_config,
 )
-from s3flow.settings import AwsSettings
+from s3flow.errors import ConfigError
+from s3flow.settings import AwsSettings, load_settings
+from s3flow.settings.base import endpoint_url_problem
 
 _CONFIG_FIELDS = (
     "region_name",
@@ -120,6 +122,56 @@ async def test_sync_clients_equal_the_async_clients(aws: AwsSettings) -> None:
     assert _meta(sync_client(CUSTOM, "sqs"))["endpoint"] == "http://127.0.0.1:9324"
     # botocore counts the first attempt too: max_attempts retries = max_attempts + 1 calls
     assert _meta(sync_client(CUSTOM, "s3"))["retries"]["total_max_attempts"] == 10
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:4566",
+        "http://localhost:4566/",
+        "https://sqs.us-east-1.amazonaws.com",
+        "http://[::1]:4566",
+        "HTTP://moto.local:1",
+        "http://s3.local:65535",
+    ],
+)
+def test_endpoint_urls_the_sdk_takes_are_accepted(url: str) -> None:
+    assert endpoint_url_problem(url) is None
+    assert AwsSettings(endpoint_url=url).endpoint_url == url
+    sync_client(AwsSettings(endpoint_url=url), "sqs")  # and so does the SDK
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("localhost:45661", "write 'http://localhost:45661'"),
+        ("127.0.0.1", "write 'http://127.0.0.1'"),
+        ("http://127.0.0.1:99999", "port is not a number from 1 to 65535"),
+        ("http://127.0.0.1:0", "port 0 is not from 1 to 65535"),
+        ("http://127.0.0.1:x", "port is not a number"),
+        ("ftp://127.0.0.1:21", "scheme 'ftp' is not http or https"),
+        ("http://", "names no host"),
+        ("http://bad_host:1", "'bad_host' is not a host name"),
+        ("http://local host:1", "whitespace"),
+        ("", "empty"),
+    ],
+)
+def test_endpoint_urls_the_sdk_refuses_are_named(
+    url: str, problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found = endpoint_url_problem(url)
+    assert found is not None and problem in found, found
+    for key in ("endpoint_url", "endpoint_url_s3", "endpoint_url_sqs"):
+        with pytest.raises(ConfigError, match=rf"aws\.{key}: .*not an endpoint URL"):
+            load_settings(None, {"aws": {key: url}})
+    if url:  # an empty variable is no endpoint: the next one (or AWS) is used
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", url)
+        with pytest.raises(ConfigError, match="environment variable AWS_ENDPOINT_URL_SQS="):
+            endpoint_for("sqs", AwsSettings())
+        # The variable of another service is not read, and a setting wins over it.
+        assert endpoint_for("s3", AwsSettings()) is None
+        pinned = AwsSettings(endpoint_url_sqs="http://127.0.0.1:1")
+        assert endpoint_for("sqs", pinned) == "http://127.0.0.1:1"
 
 
 def test_sync_client_endpoint_per_service_from_the_environment(

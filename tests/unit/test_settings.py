@@ -190,6 +190,23 @@ def test_invalid_toml(tmp_path: Path) -> None:
     assert str(path) in msg
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xfe\x00",  # a UTF-16 byte-order mark, then a NUL
+        '[aws]\nregion = "us-east-1"\n'.encode("utf-16"),
+        "# r\xe9gion\n[aws]\n".encode("latin-1"),
+    ],
+    ids=["bom-bytes", "utf-16", "latin-1"],
+)
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path, raw: bytes) -> None:
+    path = tmp_path / "s3flow.toml"
+    path.write_bytes(raw)
+    msg = config_error(path)
+    assert str(path) in msg
+    assert "must be UTF-8 TOML" in msg
+
+
 def test_config_is_a_directory(tmp_path: Path) -> None:
     msg = config_error(tmp_path)
     assert str(tmp_path) in msg

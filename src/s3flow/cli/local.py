@@ -19,7 +19,7 @@ def local(
         int | None,
         typer.Option(
             "--port",
-            help="Port on 127.0.0.1 (0 = a free one); default: [local] port (4566).",
+            help="Port on 127.0.0.1 (0 = a free one); default: \\[local] port (4566).",
             show_default=False,
         ),
     ] = None,
@@ -27,7 +27,7 @@ def local(
         str | None,
         typer.Option(
             "--host",
-            help="Bind address; keep it on loopback. Default: [local] host (127.0.0.1).",
+            help="Bind address; keep it on loopback. Default: \\[local] host (127.0.0.1).",
             show_default=False,
         ),
     ] = None,

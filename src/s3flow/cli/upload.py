@@ -49,7 +49,7 @@ def upload(
     config: ConfigOpt = None,
     url: Annotated[
         str | None,
-        typer.Option("--url", help="API base URL (default $S3FLOW_WEB_URL, [web] url, :8080)."),
+        typer.Option("--url", help="API base URL (default $S3FLOW_WEB_URL, \\[web] url, :8080)."),
     ] = None,
     token: Annotated[
         str | None, typer.Option("--token", envvar="S3FLOW_TOKEN", help="API bearer token.")

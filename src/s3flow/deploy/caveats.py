@@ -60,7 +60,7 @@ def deployment_warnings(settings: Settings) -> list[str]:
         w.append(
             "parquet-compact reads the NDJSON files its manifests list, but no "
             "ndjson-manifest pipeline names them here: grant WorkerTaskRole s3:GetObject "
-            "(and tagging) on them"
+            "and s3:GetObjectVersion (and tagging) on them"
         )
     if s.jobs is not None and not s.web.tokens:
         w.append(

@@ -7,7 +7,9 @@ Only the actions s3flow calls, only on the resources this config names:
   re-sent alone), send to its DLQ, read its source objects (``bucket/prefix*``),
   list its buckets (so a missing object answers 404, not 403), write, read and
   delete under its output prefix (the start-up probe is deleted), tag source
-  objects when the pipeline can quarantine;
+  objects when the pipeline can quarantine; sources are read and tagged by the
+  version their event names (``VersionId``), hence the ``*ObjectVersion*`` actions
+  next to the plain ones (AWS checks those on a versioned bucket);
 * built-in processors that touch more (``ndjson-manifest`` writes manifests,
   ``parquet-compact`` tags the NDJSON files it reads and uploads in parts), and
   ``[jobs]`` (the processing FIFO, its DLQ, the progress FIFO);
@@ -45,14 +47,27 @@ SQS_PROGRESS = (
     "sqs:ReceiveMessage",
 )
 S3_READ = ("s3:GetObject",)
+#: Reading (and HEAD-ing) source objects: the worker names the version an event carries
+#: (``VersionId``), which on a versioned bucket needs ``s3:GetObjectVersion`` as well.
+S3_READ_SOURCES = ("s3:GetObject", "s3:GetObjectVersion")
 S3_LIST = ("s3:ListBucket",)
 S3_WRITE = ("s3:DeleteObject", "s3:GetObject", "s3:PutObject")
 S3_MULTIPART = ("s3:AbortMultipartUpload",)
 S3_PUT = ("s3:PutObject",)
-S3_TAG = ("s3:DeleteObjectTagging", "s3:GetObjectTagging", "s3:PutObjectTagging")
+#: Tagging source objects (quarantine): the event's version is tagged, which on a
+#: versioned bucket takes the ``*ObjectVersionTagging`` actions.
+S3_TAG = (
+    "s3:DeleteObjectTagging",
+    "s3:DeleteObjectVersionTagging",
+    "s3:GetObjectTagging",
+    "s3:GetObjectVersionTagging",
+    "s3:PutObjectTagging",
+    "s3:PutObjectVersionTagging",
+)
 STORE_WORKER = (
     "dynamodb:BatchGetItem",
     "dynamodb:DeleteItem",
+    "dynamodb:DescribeTable",  # the start-up check: the tables exist (s3flow.app.run_worker)
     "dynamodb:GetItem",
     "dynamodb:PutItem",
     "dynamodb:Query",
@@ -76,7 +91,7 @@ KNOWN_PROCESSORS = frozenset(
         "jobs-bridge",
     }
 )
-S3_READ_TAGS = ("s3:GetObjectTagging",)
+S3_READ_TAGS = ("s3:GetObjectTagging", "s3:GetObjectVersionTagging")
 
 
 @dataclass
@@ -149,7 +164,7 @@ def worker_statements(settings: Settings, naming: Naming, arns: Arns) -> Stateme
     for p in settings.pipelines:
         st.allow("ConsumeQueues", SQS_CONSUME, [arns.queue(p.queue)])
         st.allow("SendToQueues", SQS_SEND, [arns.queue(p.dlq_name)])
-        st.allow("ReadSources", S3_READ, [naming.s3_arn(p.bucket, p.prefix + "*")])
+        st.allow("ReadSources", S3_READ_SOURCES, [naming.s3_arn(p.bucket, p.prefix + "*")])
         st.allow("ListBuckets", S3_LIST, [naming.s3_arn(p.bucket)])
         out_bucket: str | None = None
         out_prefix = ""

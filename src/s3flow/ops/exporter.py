@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from s3flow.closing import cancel_and_wait
+from s3flow.errors import ConfigError
 from s3flow.metrics import PROCESSING_BUCKETS_S, WorkerMetrics
 from s3flow.state.base import StateStore
 
@@ -157,12 +160,35 @@ class MetricsServer:
         self._sampler: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> MetricsServer:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        """Listen on ``host:port`` (ConfigError if impossible), then start sampling."""
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        except OSError as exc:
+            raise ConfigError(self._cannot_serve(exc)) from exc
         self.port = self._server.sockets[0].getsockname()[1]
         await self.sample()
         self._sampler = asyncio.create_task(self._sample_loop(), name="s3flow-metrics-sampler")
         log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", self.host, self.port)
         return self
+
+    def _cannot_serve(self, exc: OSError) -> str:
+        """Why the metrics port cannot be served, and which setting to change."""
+        where = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, socket.gaierror):
+            return (
+                f"cannot serve metrics on {where}: {reason}; set [worker] metrics_host to an "
+                "address of this host (127.0.0.1, or 0.0.0.0 in a container)"
+            )
+        if exc.errno == errno.EADDRINUSE:
+            return (
+                f"cannot serve metrics on {where}: {reason}; set [worker] metrics_port "
+                "(another worker on this host?)"
+            )
+        return (
+            f"cannot serve metrics on {where}: {reason}; set [worker] metrics_host and "
+            "metrics_port to an address and port this process may listen on"
+        )
 
     async def __aexit__(self, *exc: object) -> None:
         await cancel_and_wait(self._sampler)

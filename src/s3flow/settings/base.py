@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import codecs
+import ipaddress
 import os
 import re
 from typing import TYPE_CHECKING, Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -37,10 +39,66 @@ def _check_optional_regex(v: str | None) -> str | None:
     return None if v is None else check_regex(v)
 
 
+#: A DNS host name, as the SDK accepts one in an endpoint URL (labels of letters, digits
+#: and '-', not starting or ending with '-').
+_HOST_NAME = re.compile(r"^((?!-)[A-Z\d-]{1,63}(?<!-)\.)*((?!-)[A-Z\d-]{1,63}(?<!-))$", re.I)
+
+
+def _valid_host(host: str) -> bool:
+    """Whether ``host`` (as urlsplit gives it: no brackets) is a host name or an IP."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        name = host[:-1] if host.endswith(".") else host
+        return len(name) <= 255 and _HOST_NAME.match(name) is not None
+    return True
+
+
+def endpoint_url_problem(url: str) -> str | None:
+    """What keeps ``url`` from being an endpoint URL the SDK takes, with what to write
+    instead (None: nothing): an ``http``/``https`` scheme, a host, a port from 1 to 65535.
+
+    The SDK's own check fails every client with ``ValueError: Invalid endpoint``; this
+    one runs where the URL is read, to name the setting or variable it came from.
+    """
+    example = "write it as http://HOST:PORT or https://HOST, e.g. 'http://localhost:4566'"
+    if not url.strip():
+        return f"it is empty; {example}, or leave it unset for AWS"
+    if any(c.isspace() for c in url):
+        return f"it contains whitespace; {example}"
+    if "://" not in url:
+        return f"it has no scheme: write 'http://{url}' (or https://)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return f"its port is not a number from 1 to 65535; {example}"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"its scheme {parts.scheme!r} is not http or https; {example}"
+    host = parts.hostname
+    if not host:
+        return f"it names no host; {example}"
+    if not _valid_host(host):
+        return f"{host!r} is not a host name or IP address; {example}"
+    if port is not None and not 1 <= port <= 65535:
+        return f"its port {port} is not from 1 to 65535; {example}"
+    return None
+
+
+def _check_endpoint_url(v: str | None) -> str | None:
+    if v is not None:
+        problem = endpoint_url_problem(v)
+        if problem is not None:
+            raise ValueError(f"not an endpoint URL: {problem}")
+    return v
+
+
 #: A setting holding a Python regular expression (checked to compile).
 Regex = Annotated[str, AfterValidator(check_regex)]
 #: A setting holding a Python regular expression (checked to compile), or None.
 OptionalRegex = Annotated[str | None, AfterValidator(_check_optional_regex)]
+#: A setting holding an endpoint URL (http/https, a host, a port 1-65535), or None.
+EndpointUrl = Annotated[str | None, AfterValidator(_check_endpoint_url)]
 
 
 # Bounds SQS sets on the queue settings of [[pipelines]] and [jobs].
@@ -81,14 +139,17 @@ class AwsSettings(_Model):
         ),
         description="AWS region. Defaults to AWS_REGION / AWS_DEFAULT_REGION, else us-east-1.",
     )
-    endpoint_url: str | None = Field(
+    endpoint_url: EndpointUrl = Field(
         default=None,
-        description="Endpoint for every service. When unset the SDK honours AWS_ENDPOINT_URL.",
+        description=(
+            "Endpoint for every service, 'http://HOST:PORT' or 'https://HOST'. When unset "
+            "the SDK honours AWS_ENDPOINT_URL."
+        ),
     )
-    endpoint_url_s3: str | None = Field(
+    endpoint_url_s3: EndpointUrl = Field(
         default=None, description="S3 endpoint; overrides endpoint_url and AWS_ENDPOINT_URL_S3."
     )
-    endpoint_url_sqs: str | None = Field(
+    endpoint_url_sqs: EndpointUrl = Field(
         default=None, description="SQS endpoint; overrides endpoint_url and AWS_ENDPOINT_URL_SQS."
     )
     profile: str | None = Field(default=None, description="Named profile from ~/.aws/config.")

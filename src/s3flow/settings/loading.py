@@ -339,6 +339,13 @@ def load_settings(
             raise ConfigError(
                 f"config file {p} does not exist (given by -c/--config or {CONFIG_ENV})"
             ) from exc
+        except UnicodeDecodeError as exc:
+            # tomllib decodes the whole file first: a UTF-16 file (a BOM ff fe), Latin-1
+            # text or a binary file fails here, before any TOML is parsed.
+            raise ConfigError(
+                f"config file {p} is not UTF-8 text (byte {exc.start}: {exc.reason}): a "
+                "config file must be UTF-8 TOML; save it as UTF-8 (without a BOM)"
+            ) from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
         except OSError as exc:

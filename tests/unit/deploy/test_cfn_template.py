@@ -272,6 +272,7 @@ def test_worker_role_is_least_privilege() -> None:
         "QueueProgressFifo",
     ]
     assert "dynamodb:Scan" not in st["StateStore"]["Action"]  # operators' listings only
+    assert "dynamodb:DescribeTable" in st["StateStore"]["Action"]  # the start-up check
     assert len(st["StateStore"]["Resource"]) == 9  # six tables, three with indexes
     for s in st.values():
         assert all(":*" not in a and a != "*" for a in s["Action"]), s
@@ -316,10 +317,46 @@ def test_routes_on_tags_read_tags_and_container_executors_are_named() -> None:
     }
     result = export(Settings(**cfg))
     st = _statements(result.template, "WorkerTaskRole")
-    assert st["ReadTags"]["Action"] == ["s3:GetObjectTagging"]
+    assert st["ReadTags"]["Action"] == ["s3:GetObjectTagging", "s3:GetObjectVersionTagging"]
     assert resolve(st["ReadTags"]["Resource"], {}) == ["arn:aws:s3:::incoming/logs/*"]
     assert any("'ecs' executor" in w for w in result.warnings)
     assert any("'my.module:Thing' is not built in" in w for w in result.warnings)
+
+
+#: What S3 checks, on a versioned bucket, for a call that names a ``VersionId``.
+_VERSION_ACTION = {
+    "s3:GetObject": "s3:GetObjectVersion",
+    "s3:GetObjectTagging": "s3:GetObjectVersionTagging",
+    "s3:PutObjectTagging": "s3:PutObjectVersionTagging",
+    "s3:DeleteObjectTagging": "s3:DeleteObjectVersionTagging",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_the_worker_may_read_and_tag_the_version_an_event_names(name: str) -> None:
+    """The worker HEADs, reads and tags sources by the event's ``VersionId`` (objects,
+    routes, quarantine, compaction's scans): on a versioned bucket AWS checks the
+    ``*Version*`` actions for those calls, so each source statement grants both."""
+    st = _statements(_template(name), "WorkerTaskRole")
+    assert st["ReadSources"]["Action"] == ["s3:GetObject", "s3:GetObjectVersion"]
+    for sid in ("ReadSources", "ReadTags", "TagQuarantined"):
+        if sid not in st:
+            continue
+        actions = set(st[sid]["Action"])
+        wanted = {_VERSION_ACTION[a] for a in actions if a in _VERSION_ACTION}
+        assert wanted <= actions, (sid, sorted(wanted - actions))
+
+
+def test_quarantine_tags_the_events_version() -> None:
+    st = _statements(_template("ndjson-dynamodb"), "WorkerTaskRole")
+    assert st["TagQuarantined"]["Action"] == [
+        "s3:DeleteObjectTagging",
+        "s3:DeleteObjectVersionTagging",
+        "s3:GetObjectTagging",
+        "s3:GetObjectVersionTagging",
+        "s3:PutObjectTagging",
+        "s3:PutObjectVersionTagging",
+    ]
 
 
 def test_the_manifest_prefix_default_is_the_processors() -> None:

@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import time
 
+from s3flow.errors import ConfigError, translate_aws_error
 from s3flow.settings import AwsSettings
 from s3flow.state.dynamodb.client import DynamoClient, error_code
 from s3flow.state.dynamodb.codec import Item
 from s3flow.state.records import StateError
+
+log = logging.getLogger(__name__)
+
+#: Error codes of a DescribeTable the credentials may not make.
+_DENIED = frozenset({"AccessDeniedException", "AccessDenied", "UnauthorizedOperation"})
 
 PENDING_INDEX = "pending"
 #: The items' TTL attribute (unix seconds) on every table of the store.
@@ -147,6 +154,67 @@ class TablesMixin(DynamoClient):
         for table, (keys, _attrs), _gsi in specs:
             await self._wait_active(table, keys)
         return out
+
+    async def check_tables(self) -> None:
+        """Start-up check: every table exists, with its key schema and indexes.
+
+        One DescribeTable per table. Raises :class:`~s3flow.errors.ConfigError` naming
+        the missing tables (or indexes) and ``s3flow provision``, a table of another key
+        schema, or the error that stopped the check. Credentials without
+        ``dynamodb:DescribeTable`` skip it (logged): the store's own calls then say what
+        is missing. Works on an open or closed store.
+        """
+        if self._client is None:
+            async with self:
+                return await self.check_tables()
+        where = f"state store dynamodb://{self.table_prefix} ([state] url)"
+        missing: list[str] = []
+        lacking: list[str] = []
+        for table, (keys, _attrs), gsi in _specs(self):
+            try:
+                desc = (await self._client.describe_table(TableName=table))["Table"]
+            except Exception as exc:
+                code = error_code(exc)
+                if code == "ResourceNotFoundException":
+                    missing.append(table)
+                    continue
+                if code in _DENIED:
+                    log.warning(
+                        "%s: cannot check that its tables exist (%s on DescribeTable %s); "
+                        "grant dynamodb:DescribeTable to check them at start",
+                        where,
+                        code,
+                        table,
+                    )
+                    return
+                err = translate_aws_error(exc, f"DynamoDB DescribeTable {table}")
+                raise ConfigError(f"{where}: cannot check table {table}: {err}") from exc
+            found = sorted((k["AttributeName"], k["KeyType"]) for k in desc["KeySchema"])
+            wanted = sorted((k["AttributeName"], k["KeyType"]) for k in keys)
+            if found != wanted:
+                raise ConfigError(
+                    f"{where}: table {table} exists with key schema {found}, not s3flow's "
+                    f"{wanted}: another application's table? Choose another table prefix "
+                    "in [state] url, then run `s3flow provision`"
+                )
+            have = {g["IndexName"] for g in desc.get("GlobalSecondaryIndexes") or []}
+            lacking += [
+                f"{g['IndexName']!r} of table {table}"
+                for g in gsi or []
+                if g["IndexName"] not in have
+            ]
+        if missing:
+            tables = "table " if len(missing) == 1 else "tables "
+            raise ConfigError(
+                f"{where}: {tables}{', '.join(missing)} "
+                f"{'does' if len(missing) == 1 else 'do'} not exist; run `s3flow provision` "
+                "with this config to create them (or correct [state] url)"
+            )
+        if lacking:
+            raise ConfigError(
+                f"{where}: missing index {', '.join(lacking)} (tables of an older "
+                "s3flow); run `s3flow provision` with this config to add it"
+            )
 
     async def _add_missing_indexes(self, spec: _Spec) -> list[str]:
         """Create the global secondary indexes an existing table lacks; their names."""

@@ -137,6 +137,21 @@ class SqliteStoreBase:
         finally:
             executor.shutdown(wait=False)
 
+    def _cannot_open(self, exc: OSError | sqlite3.Error) -> StateError:
+        """The error of a store that cannot be opened: the reason, and what to set."""
+        reason = str(exc)
+        if isinstance(exc, FileExistsError | NotADirectoryError) and exc.filename:
+            reason = f"{exc.filename} is not a directory"  # a file where a directory goes
+        elif isinstance(exc, OSError) and exc.strerror and exc.filename:
+            reason = f"{exc.filename}: {exc.strerror}"
+        elif self.path != ":memory:" and Path(self.path).expanduser().is_dir():
+            reason = f"{reason} ({self.path} is a directory)"
+        return StateError(
+            f"state store {self.path} ([state] url): cannot open: {reason}; set [state] url "
+            "to a SQLite file in a directory this process can write "
+            "(e.g. 'sqlite:.s3flow/state.db')"
+        )
+
     def _open(self) -> None:
         path = self.path
         try:
@@ -146,7 +161,7 @@ class SqliteStoreBase:
                 path = str(file)
             conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
-            raise StateError(f"state store {self.path}: cannot open: {exc}") from exc
+            raise self._cannot_open(exc) from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             prepare_new(conn)
@@ -155,7 +170,7 @@ class SqliteStoreBase:
             in_tx(conn, self._create_schema)
         except sqlite3.Error as exc:
             conn.close()
-            raise StateError(f"state store {self.path}: cannot open: {exc}") from exc
+            raise self._cannot_open(exc) from exc
         except BaseException:
             conn.close()
             raise
