@@ -226,13 +226,22 @@ def test_a_cancelled_run_stops_where_it_runs(
 
     elapsed = asyncio.run(go())
     assert elapsed < 10
-    (started,) = marker.glob("started-*")
+    stopped_where_it_ran(world, name, request, marker, "s3flow worker stopped")
+
+
+def stopped_where_it_ran(
+    world: World, name: str, request: pytest.FixtureRequest, marker: Path, reason: str
+) -> None:
+    """The run started, then its process is gone (inline has none) without finishing;
+    an ECS task was stopped by the worker, with ``reason`` in its stoppedReason."""
+    (started,) = marker.glob("started-*")  # it ran: stopped, not refused
     pid = int(started.name.split("-")[-2])
-    for _ in range(100):
-        if not pid_alive(pid):
-            break
-        time.sleep(0.1)
-    assert not pid_alive(pid), f"{name}: process {pid} still runs after the cancellation"
+    if name != "inline":
+        for _ in range(100):
+            if not pid_alive(pid):
+                break
+            time.sleep(0.1)
+        assert not pid_alive(pid), f"{name}: process {pid} still runs after it was stopped"
     assert not list(marker.glob("done-*"))
     if name == "ecs":
         sim: EcsContainerSim = request.getfixturevalue("ecs_sim")
@@ -242,7 +251,7 @@ def test_a_cancelled_run_stops_where_it_runs(
             cluster=world.ecs.cluster, tasks=[task.arn]
         )["tasks"][0]
         assert desc["lastStatus"] == "STOPPED"
-        assert "s3flow worker stopped" in desc["stoppedReason"]
+        assert reason in desc["stoppedReason"]
 
 
 @pytest.mark.parametrize("name", EXECUTORS)
@@ -271,23 +280,7 @@ def test_a_run_past_its_timeout_is_stopped_where_it_runs(
     assert err.disposition is Disposition.RETRYABLE and err.error_class == "JobTimeoutError"
     assert "hangs.txt" in str(err) and "job_timeout_s" in str(err) and "'ex'" in str(err)
     assert 8 <= elapsed < 40, elapsed
-    (started,) = marker.glob("started-*")  # it ran: stopped, not refused
-    pid = int(started.name.split("-")[-2])
-    if name != "inline":
-        for _ in range(100):
-            if not pid_alive(pid):
-                break
-            time.sleep(0.1)
-        assert not pid_alive(pid), f"{name}: process {pid} still runs after its timeout"
-    assert not list(marker.glob("done-*"))
-    if name == "ecs":
-        sim: EcsContainerSim = request.getfixturevalue("ecs_sim")
-        (task,) = sim.tasks.values()
-        assert task.stopped_by_worker
-        desc = client(world.endpoint.url, "ecs").describe_tasks(
-            cluster=world.ecs.cluster, tasks=[task.arn]
-        )["tasks"][0]
-        assert "job_timeout_s" in desc["stoppedReason"]
+    stopped_where_it_ran(world, name, request, marker, "job_timeout_s")
 
 
 def test_the_pool_runs_the_next_object_after_a_timeout(world: World, tmp_path: Path) -> None:

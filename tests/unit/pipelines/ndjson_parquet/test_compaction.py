@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from compaction_support import InlineExecutor
 
 from s3flow.errors import ConfigError, Disposition
 from s3flow.pipelines.ndjson_parquet.compaction.job import compact_manifest, plan_parts
@@ -340,20 +341,6 @@ def test_scan_corrupt_gzip_is_quarantined(tmp_path: Path) -> None:
 
 
 # --- a whole compaction, in this process -------------------------------------------
-
-
-class InlineExecutor:
-    """Runs tasks one after the other in this process (the local executor's semantics)."""
-
-    shares_disk = True
-
-    async def map(
-        self, fn: Callable[[T], R], tasks: Sequence[T], *, priority: float = 0.0
-    ) -> list[R]:
-        return [fn(t) for t in tasks]
-
-    async def close(self) -> None:
-        return None
 
 
 def test_compact_manifest_parts_drift_and_rerun(tmp_path: Path) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from compaction_support import InlineExecutor
 
 from s3flow.pipelines.ndjson_parquet.compaction import scan
 from s3flow.pipelines.ndjson_parquet.compaction.job import CompactionReport, compact_manifest
@@ -21,24 +21,8 @@ from s3flow.pipelines.ndjson_parquet.compaction.options import parse_options
 from s3flow.pipelines.ndjson_parquet.compaction.tasks import MalformedDataError, Storage, Target
 
 pytestmark = pytest.mark.timeout(60)
-T = TypeVar("T")
-R = TypeVar("R")
 
 TINY_UNITS = 0.0002  # unit_mb: ~200-byte units, kept in scratch files (not in memory)
-
-
-class InlineExecutor:
-    """Runs tasks one after the other in this process (the local executor's semantics)."""
-
-    shares_disk = True
-
-    async def map(
-        self, fn: Callable[[T], R], tasks: Sequence[T], *, priority: float = 0.0
-    ) -> list[R]:
-        return [fn(t) for t in tasks]
-
-    async def close(self) -> None:
-        return None
 
 
 def _lines(rows: list[Any]) -> bytes:
