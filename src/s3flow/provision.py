@@ -15,7 +15,7 @@ from typing import Any
 from s3flow.aws import open_clients
 from s3flow.errors import ConfigError, translate_aws_error
 from s3flow.settings import JobsSettings, PipelineSettings, Settings, processing_pipeline
-from s3flow.settings.loading import describe_filters, filters_overlap
+from s3flow.settings.loading import describe_filters, filters_overlap, key_filters_overlap
 
 NOTIFICATION_ID_PREFIX = "s3flow-"
 
@@ -350,11 +350,9 @@ def _check_foreign(
         prefix, suffix = _filter_value(ours, "prefix"), _filter_value(ours, "suffix")
         for theirs in foreign:
             p, s = _filter_value(theirs, "prefix"), _filter_value(theirs, "suffix")
-            if (
-                _events_overlap(ours.get("Events", []), theirs.get("Events", []))
-                and (prefix.startswith(p) or p.startswith(prefix))
-                and (suffix.endswith(s) or s.endswith(suffix))
-            ):
+            if _events_overlap(
+                ours.get("Events", []), theirs.get("Events", [])
+            ) and key_filters_overlap((prefix, p), (suffix, s)):
                 raise ConfigError(
                     f"bucket {bucket!r}: s3flow's notification {ours['Id']!r} (prefix "
                     f"{prefix!r} suffix {suffix!r}) overlaps the bucket's own notification "

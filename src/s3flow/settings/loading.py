@@ -42,19 +42,22 @@ from s3flow.settings.pipelines import PipelineSettings
 CONFIG_ENV = "S3FLOW_CONFIG"
 
 
-def filters_overlap(a: PipelineSettings, b: PipelineSettings) -> bool:
-    """Whether one key could pass both pipelines' prefix/suffix filters on one bucket.
+def key_filters_overlap(prefixes: tuple[str, str], suffixes: tuple[str, str]) -> bool:
+    """Whether one key could pass two prefix/suffix filters.
 
     S3's rule for notification configurations: two prefixes overlap when a key can
     start with both (one starts with the other; an empty prefix overlaps every one),
     two suffixes when a key can end with both. Filters overlap when their prefixes
-    and their suffixes do. ``key_regex`` is no part of it (S3 cannot filter by it).
+    and their suffixes do.
     """
-    return (
-        a.bucket == b.bucket
-        and (a.prefix.startswith(b.prefix) or b.prefix.startswith(a.prefix))
-        and (a.suffix.endswith(b.suffix) or b.suffix.endswith(a.suffix))
-    )
+    (p, q), (s, t) = prefixes, suffixes
+    return (p.startswith(q) or q.startswith(p)) and (s.endswith(t) or t.endswith(s))
+
+
+def filters_overlap(a: PipelineSettings, b: PipelineSettings) -> bool:
+    """Whether one key could pass both pipelines' prefix/suffix filters on one bucket
+    (:func:`key_filters_overlap`; ``key_regex`` is no part of it: S3 cannot filter by it)."""
+    return a.bucket == b.bucket and key_filters_overlap((a.prefix, b.prefix), (a.suffix, b.suffix))
 
 
 def describe_filters(p: PipelineSettings) -> str:

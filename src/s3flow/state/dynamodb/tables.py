@@ -170,10 +170,17 @@ class TablesMixin(DynamoClient):
         where = f"state store dynamodb://{self.table_prefix} ([state] url)"
         missing: list[str] = []
         lacking: list[str] = []
-        for table, (keys, _attrs), gsi in _specs(self):
-            try:
-                desc = (await self._client.describe_table(TableName=table))["Table"]
-            except Exception as exc:
+        specs = _specs(self)
+        # Start-up: one DescribeTable per table, all at once.
+        answers = await asyncio.gather(
+            *(self._client.describe_table(TableName=table) for table, _, _ in specs),
+            return_exceptions=True,
+        )
+        for (table, (keys, _attrs), gsi), answer in zip(specs, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, Exception):
+                    raise answer  # a cancellation
+                exc = answer
                 code = error_code(exc)
                 if code == "ResourceNotFoundException":
                     missing.append(table)
@@ -189,6 +196,7 @@ class TablesMixin(DynamoClient):
                     return
                 err = translate_aws_error(exc, f"DynamoDB DescribeTable {table}")
                 raise ConfigError(f"{where}: cannot check table {table}: {err}") from exc
+            desc = answer["Table"]
             found = sorted((k["AttributeName"], k["KeyType"]) for k in desc["KeySchema"])
             wanted = sorted((k["AttributeName"], k["KeyType"]) for k in keys)
             if found != wanted:
