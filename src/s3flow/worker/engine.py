@@ -19,7 +19,9 @@ Three budgets bound what a pipeline holds:
   before the work, so a duplicate never takes one. Between two records of one
   message the slot is given back, so that no slot is held while waiting for a lock.
 * **slots**, ``concurrency``: held while the object's input is read and
-  processed, so at most ``concurrency`` objects are worked on at once.
+  processed, so at most ``concurrency`` objects are worked on at once. Messages
+  get their slots in the order they asked (first come, first served), so a
+  message waiting, leased, for a slot is never overtaken by newer ones.
 * **settling**, ``2 × concurrency``: what is left of the work after that waits
   on the network, not on this worker: writing the outputs, verifying them,
   recording the result. Two round trips or more where reading took about one,

@@ -27,57 +27,77 @@ log = logging.getLogger("s3flow.source")
 
 
 class Slots:
-    """A counting semaphore that can hand out several permits at once.
+    """A first-come-first-served counting semaphore that can hand out several permits
+    at once.
 
-    Releasing and :meth:`try_acquire` never wait, so a synchronous callback (a
-    processor closing its input) can hand a permit over.
+    Waiters are served in the order they came: a release hands its permits to the
+    oldest waiter directly, and :meth:`try_acquire` takes nothing while anyone waits,
+    so a message waiting for a slot is never overtaken by a newer one. Releasing and
+    :meth:`try_acquire` never wait, so a synchronous callback (a processor closing its
+    input) can hand a permit over.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._free = capacity
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        # (at least, at most, future of the number granted), oldest first.
+        self._waiters: deque[tuple[int, int, asyncio.Future[int]]] = deque()
 
     @property
     def in_use(self) -> int:
-        """Permits currently held."""
+        """Permits currently held (granted to a waiter counts as held)."""
         return self.capacity - self._free
 
-    async def _changed(self) -> None:
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        finally:
-            if not fut.done():
-                fut.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(fut)
-
     async def acquire_up_to(self, n: int, *, at_least: int = 1) -> int:
-        """Wait until ``at_least`` permits are free (at most all), then take up to ``n``."""
+        """Wait until ``at_least`` permits are free (at most all), then take up to ``n``.
+
+        Waits behind every earlier waiter, even when enough are free for this one.
+        """
         need = max(1, min(at_least, n, self.capacity))
-        while self._free < need:
-            await self._changed()
-        k = min(n, self._free)
-        self._free -= k
-        return k
+        if not self._waiters and self._free >= need:
+            k = min(n, self._free)
+            self._free -= k
+            return k
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        entry = (need, max(n, need), fut)
+        self._waiters.append(entry)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(fut.result())  # granted as this task was cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+                self._grant()  # the next waiter may fit now
+            raise
 
     def try_acquire(self) -> bool:
-        """Take one permit if one is free now; never waits."""
-        if self._free <= 0:
+        """Take one permit if one is free now and nobody waits; never waits."""
+        if self._free <= 0 or self._waiters:
             return False
         self._free -= 1
         return True
 
     def release(self, n: int = 1) -> None:
-        """Return ``n`` permits."""
+        """Return ``n`` permits; they go to the oldest waiters first."""
         if n <= 0:
             return
         self._free = min(self.capacity, self._free + n)
-        for fut in self._waiters:
-            if not fut.done():
-                fut.set_result(None)
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters:
+            need, most, fut = self._waiters[0]
+            if fut.done():  # cancelled before it was granted anything
+                self._waiters.popleft()
+                continue
+            if self._free < need:
+                return  # strict order: later waiters wait behind this one
+            self._waiters.popleft()
+            k = min(most, self._free)
+            self._free -= k
+            fut.set_result(k)
 
 
 async def _always_true() -> bool:

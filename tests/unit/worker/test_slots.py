@@ -39,6 +39,70 @@ async def test_a_cancelled_waiter_takes_nothing() -> None:
     assert slots.in_use == 0
 
 
+async def test_waiters_are_served_first_come_first_served() -> None:
+    slots = Slots(1)
+    assert slots.try_acquire()
+    first = asyncio.create_task(slots.acquire_up_to(1))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(slots.acquire_up_to(1))
+    await asyncio.sleep(0)
+    slots.release(1)
+    # A newcomer does not overtake the waiters, even before they run again.
+    assert not slots.try_acquire()
+    assert await asyncio.wait_for(first, 1) == 1
+    await asyncio.sleep(0)
+    assert not second.done()  # one release serves one waiter
+    slots.release(1)
+    assert await asyncio.wait_for(second, 1) == 1
+    assert slots.in_use == 1
+
+
+async def test_a_waiter_for_several_is_not_overtaken_by_a_smaller_one() -> None:
+    slots = Slots(4)
+    assert await slots.acquire_up_to(4) == 4
+    batch = asyncio.create_task(slots.acquire_up_to(10, at_least=3))
+    await asyncio.sleep(0)
+    one = asyncio.create_task(slots.acquire_up_to(1))
+    await asyncio.sleep(0)
+    slots.release(2)
+    await asyncio.sleep(0)
+    assert not batch.done() and not one.done()  # 2 free: the batch needs 3, first
+    slots.release(2)
+    assert await asyncio.wait_for(batch, 1) == 4
+    slots.release(1)
+    assert await asyncio.wait_for(one, 1) == 1
+
+
+async def test_a_waiter_cancelled_after_its_grant_hands_the_permit_on() -> None:
+    slots = Slots(1)
+    assert slots.try_acquire()
+    first = asyncio.create_task(slots.acquire_up_to(1))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(slots.acquire_up_to(1))
+    await asyncio.sleep(0)
+    slots.release(1)  # granted to the first, which is cancelled before it runs
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert first.cancelled()
+    assert await asyncio.wait_for(second, 1) == 1
+    assert slots.in_use == 1
+
+
+async def test_a_cancelled_head_waiter_lets_the_next_one_take_what_is_free() -> None:
+    slots = Slots(3)
+    assert await slots.acquire_up_to(3) == 3
+    big = asyncio.create_task(slots.acquire_up_to(3, at_least=3))
+    await asyncio.sleep(0)
+    small = asyncio.create_task(slots.acquire_up_to(1))
+    await asyncio.sleep(0)
+    slots.release(1)
+    await asyncio.sleep(0)
+    assert not small.done()  # behind the head, which needs 3
+    big.cancel()
+    await asyncio.gather(big, return_exceptions=True)
+    assert await asyncio.wait_for(small, 1) == 1
+
+
 def _permits(slots: Slots, settling: Slots) -> tuple[MessagePermits, Slots]:
     received = Slots(slots.capacity + 1)
     assert received.try_acquire()  # what the poller reserved for this message
