@@ -284,10 +284,15 @@ def test_a_quarantined_object_is_untagged_only_as_its_notification_is_sent(
 # --- files release ------------------------------------------------------------------------
 
 
-def _quarantine(h: Harness, key: str) -> ObjectId:
-    """Quarantine ``key``'s current upload as the worker does: the record, then the tags."""
-    head = h.s3.head_object(Bucket=h.bucket, Key=key)
-    oid = ObjectId(h.bucket, key, content_version(head["ETag"], head["LastModified"]))
+def _quarantine(h: Harness, key: str, version: str | None = None) -> ObjectId:
+    """Quarantine an upload of ``key`` as the worker does: the record, then the tags.
+
+    ``version``: the record's identity (default: the current upload's eTag@LastModified).
+    """
+    if version is None:
+        head = h.s3.head_object(Bucket=h.bucket, Key=key)
+        version = content_version(head["ETag"], head["LastModified"])
+    oid = ObjectId(h.bucket, key, version)
 
     async def go() -> None:
         assert h.settings is not None
@@ -309,11 +314,11 @@ def _quarantine(h: Harness, key: str) -> ObjectId:
     return oid
 
 
-def _release(settings: Any, key: str) -> list[ObjectId]:
+def _release(settings: Any, key: str, version: str | None = None) -> list[ObjectId]:
     async def go() -> list[ObjectId]:
         async with open_store(settings) as store:
             assert store is not None
-            return await release(settings, settings.pipelines[0], store, key, None)
+            return await release(settings, settings.pipelines[0], store, key, version)
 
     return asyncio.run(go())
 
@@ -378,3 +383,79 @@ def test_release_refuses_a_key_the_pipeline_does_not_take(harness: Harness) -> N
     assert [r.status for r in harness.records("in/old.csv")] == [FileStatus.QUARANTINED]
     tags = harness.s3.get_object_tagging(Bucket=harness.bucket, Key="in/old.csv")["TagSet"]
     assert {t["Key"] for t in tags} == {STATUS_TAG, "own"}
+
+
+def test_a_release_reaches_the_record_it_resets_whatever_its_identity(harness: Harness) -> None:
+    """Against AWS an upload is recorded as <eTag>@<sequencer> (the event's identity): the
+    release's notification carries that sequencer, so the worker claims that very record;
+    without it the worker read (eTag, LastModified), processed a new record and left the
+    released one received for ever."""
+    harness.configure()
+    harness.put("seq.txt", b"1\n2\n")
+    harness.purge()
+    etag = harness.s3.head_object(Bucket=harness.bucket, Key="seq.txt")["ETag"].strip('"')
+    oid = _quarantine(harness, "seq.txt", f"{etag}@0064A1B2C3D4E5F601")
+
+    assert _release(harness.settings, "seq.txt") == [oid]
+    assert harness.run().pipelines["p"].objects_processed == 1
+    assert [(r.id, r.status) for r in harness.records("seq.txt")] == [(oid, FileStatus.COMPLETED)]
+    assert harness.result("seq.txt") is not None
+    assert harness.depth() == (0, 0) and harness.dlq_messages() == []
+
+
+def test_a_replaced_upload_is_not_released_and_the_current_one_is(harness: Harness) -> None:
+    """An earlier upload whose bytes were overwritten cannot be processed again: --version
+    naming it is refused with the reason, nothing changed; a plain release leaves its
+    record as it was (it used to say received for ever) and enqueues the current upload."""
+    harness.configure()
+    harness.put("r.txt", b"1\n")
+    harness.purge()
+    old = _quarantine(harness, "r.txt")
+    harness.put("r.txt", b"1\n2\n3\n")  # replaced (new eTag)
+    harness.purge()
+
+    with pytest.raises(S3flowError) as refused:
+        _release(harness.settings, "r.txt", old.version)
+    text = str(refused.value)
+    assert f"version {old.version!r} of s3://{harness.bucket}/r.txt is an earlier upload" in text
+    assert "nothing was changed" in text and "`s3flow files release r.txt -p p`" in text
+    assert harness.depth() == (0, 0)
+    assert [r.status for r in harness.records("r.txt")] == [FileStatus.QUARANTINED]
+
+    head = harness.s3.head_object(Bucket=harness.bucket, Key="r.txt")
+    current = ObjectId(harness.bucket, "r.txt", content_version(head["ETag"], head["LastModified"]))
+    assert _release(harness.settings, "r.txt") == [current]
+    assert harness.run().pipelines["p"].objects_processed == 1
+    assert {r.id: r.status for r in harness.records("r.txt")} == {
+        old: FileStatus.QUARANTINED,
+        current: FileStatus.COMPLETED,
+    }
+    result = harness.result("r.txt")
+    assert result is not None and result["lines"] == 3
+    assert harness.depth() == (0, 0)
+
+
+def test_a_release_in_a_versioned_bucket_processes_the_version_it_names(
+    harness: Harness,
+) -> None:
+    """In a versioned bucket a record is a versionId: the release sends it, so the worker
+    reads and records that version, even after a newer one landed."""
+    harness.configure()
+    harness.s3.put_bucket_versioning(
+        Bucket=harness.bucket, VersioningConfiguration={"Status": "Enabled"}
+    )
+    first = harness.s3.put_object(Bucket=harness.bucket, Key="v.txt", Body=b"1\n")
+    harness.s3.put_object(Bucket=harness.bucket, Key="v.txt", Body=b"1\n2\n")
+    harness.purge()
+    oid = _quarantine(harness, "v.txt", first["VersionId"])
+
+    assert _release(harness.settings, "v.txt", first["VersionId"]) == [oid]
+    assert harness.run().pipelines["p"].objects_processed == 1
+    assert [(r.id, r.status) for r in harness.records("v.txt")] == [(oid, FileStatus.COMPLETED)]
+    result = harness.result("v.txt")
+    assert result is not None and result["lines"] == 1  # the version named, not the latest
+    assert harness.depth() == (0, 0)
+
+    harness.s3.delete_object(Bucket=harness.bucket, Key="v.txt", VersionId=first["VersionId"])
+    with pytest.raises(S3flowError, match="is an earlier upload whose bytes are gone"):
+        _release(harness.settings, "v.txt", first["VersionId"])

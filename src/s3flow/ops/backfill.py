@@ -23,8 +23,27 @@ from s3flow.state.records import FileRecord, FileStatus, ObjectId
 log = logging.getLogger("s3flow.ops")
 
 
-def s3_notification_body(bucket: str, key: str, size: int, etag: str, region: str) -> str:
-    """An S3 ObjectCreated notification body, as S3 would send it (key URL-encoded)."""
+def s3_notification_body(
+    bucket: str,
+    key: str,
+    size: int,
+    etag: str,
+    region: str,
+    *,
+    version_id: str | None = None,
+    sequencer: str | None = None,
+) -> str:
+    """An S3 ObjectCreated notification body, as S3 would send it (key URL-encoded).
+
+    ``version_id`` / ``sequencer`` give the event the identity of an upload already
+    recorded (the worker then claims that record); without them the worker reads the
+    object's (eTag, LastModified) as the upload's identity.
+    """
+    obj: dict[str, str | int] = {"key": quote_plus(key, safe="/"), "size": size, "eTag": etag}
+    if version_id is not None:
+        obj["versionId"] = version_id
+    if sequencer is not None:
+        obj["sequencer"] = sequencer
     return json.dumps(
         {
             "Records": [
@@ -37,11 +56,7 @@ def s3_notification_body(bucket: str, key: str, size: int, etag: str, region: st
                     "s3": {
                         "s3SchemaVersion": "1.0",
                         "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-                        "object": {
-                            "key": quote_plus(key, safe="/"),
-                            "size": size,
-                            "eTag": etag,
-                        },
+                        "object": obj,
                     },
                 }
             ]

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import re
 import shlex
+from dataclasses import dataclass
+from typing import Any
 
 from s3flow.app import queue_url
 from s3flow.aws import open_clients
-from s3flow.errors import S3flowError, translate_aws_error
+from s3flow.errors import ObjectMissingError, S3flowError, translate_aws_error
 from s3flow.events import ObjectEvent, content_version
 from s3flow.ops.backfill import s3_notification_body
 from s3flow.quarantine import untag
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, Settings
 from s3flow.state.base import StateStore
-from s3flow.state.records import FileStatus, ObjectId
+from s3flow.state.records import FileRecord, FileStatus, ObjectId
 
 log = logging.getLogger("s3flow.ops")
 
@@ -55,16 +58,78 @@ def _refused(p: PipelineSettings, key: str, why: str) -> S3flowError:
     )
 
 
+_CONTENT_VERSION = re.compile(r"@t\d+\Z")
+
+
+@dataclass
+class _Target:
+    """A record a notification can reach, and that notification's body."""
+
+    record: FileRecord
+    body: str
+
+
+async def _reachable(
+    s3: Any, p: PipelineSettings, region: str, r: FileRecord, current: ObjectId, head: Any
+) -> _Target | None:
+    """The notification that makes the worker claim ``r`` again, or None when the bytes
+    of ``r``'s upload are gone (the object was replaced since, or the version deleted).
+
+    Its identity decides (see :mod:`s3flow.worker.identity`): a versionId is read as
+    that version; ``<eTag>@<sequencer>`` is the current object if the eTag still is;
+    ``<eTag>@t<LastModified>`` is the current upload's only if it is its identity.
+    """
+    if "@" not in r.version:  # a versionId: that version, while the bucket keeps it
+        try:
+            got = await s3.head_object(Bucket=p.bucket, Key=r.key, VersionId=r.version)
+        except Exception as exc:
+            err = translate_aws_error(
+                exc, f"HeadObject s3://{p.bucket}/{r.key} version {r.version}"
+            )
+            if isinstance(err, ObjectMissingError):
+                return None  # that version was deleted
+            raise err from exc
+        etag = str(got.get("ETag", "")).strip('"')
+        size = int(got.get("ContentLength", 0))
+        return _Target(
+            r, s3_notification_body(p.bucket, r.key, size, etag, region, version_id=r.version)
+        )
+    etag = str(head.get("ETag", "")).strip('"')
+    size = int(head.get("ContentLength", 0))
+    if r.version == current.version:
+        return _Target(r, s3_notification_body(p.bucket, r.key, size, etag, region))
+    tag, sequencer = r.version.split("@", 1)
+    if _CONTENT_VERSION.search(r.version) or tag != etag:
+        return None  # an earlier upload: the object holds other bytes now
+    return _Target(
+        r, s3_notification_body(p.bucket, r.key, size, etag, region, sequencer=sequencer)
+    )
+
+
+def _replaced(p: PipelineSettings, key: str, version: str, current: ObjectId) -> S3flowError:
+    """The error for ``--version`` naming an upload whose bytes are gone."""
+    return S3flowError(
+        f"files release: version {version!r} of s3://{p.bucket}/{key} is an earlier upload "
+        f"whose bytes are gone (replaced or deleted since; the current upload is "
+        f"{current.version!r}), so it cannot be processed again and nothing was changed. "
+        f"`s3flow files release {shlex.quote(key)} -p {shlex.quote(p.name)}` (without "
+        "--version) releases the current upload"
+    )
+
+
 async def release(
     settings: Settings, p: PipelineSettings, store: StateStore, key: str, version: str | None
 ) -> list[ObjectId]:
     """Release ``key`` whatever its state: untag if quarantined, reset, enqueue again.
 
-    Every recorded version (or only ``version``) that is not being processed
-    right now goes back to ``received``; one notification is enqueued for the
-    object as it is now, so the worker processes its current upload. Raises
-    S3flowError when nothing could be released, saying why: a key the pipeline
-    does not take (its prefix, suffix, key_regex) is refused before anything
+    Every recorded upload (or only ``version``) whose bytes the bucket still holds and
+    that is not being processed right now goes back to ``received``, and gets a
+    notification with its own identity, so the worker claims that very record: the
+    current upload, and in a versioned bucket any version still there. Records of
+    earlier uploads whose bytes were replaced are left as they are (``version`` naming
+    one is refused); with none of the current upload, the object as it is now is
+    enqueued. Raises S3flowError when nothing could be released, saying why: a key the
+    pipeline does not take (its prefix, suffix, key_regex) is refused before anything
     changes, and a notification that could not be sent names the command that
     releases the object again.
     """
@@ -82,13 +147,7 @@ async def release(
             + (f" version {version!r}" if version else "")
             + f" in pipeline {p.name!r} (see `s3flow files --key-prefix {key}`)"
         )
-    busy = [r for r in records if r.status is FileStatus.PROCESSING]
-    todo = [r for r in records if r.status not in (FileStatus.PROCESSING, FileStatus.RECEIVED)]
-    if not todo and busy:
-        raise S3flowError(
-            f"s3://{p.bucket}/{key} is being processed right now by {busy[0].claim_owner}; "
-            "release it once that attempt ends"
-        )
+    region = settings.aws.region
     async with open_clients(settings.aws) as clients:
         src = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
         try:
@@ -97,10 +156,24 @@ async def release(
             raise translate_aws_error(exc, f"HeadObject s3://{p.bucket}/{key}") from exc
         etag = str(head.get("ETag", "")).strip('"')
         current = ObjectId(p.bucket, key, content_version(etag, head["LastModified"]))
-        body = s3_notification_body(
-            p.bucket, key, int(head.get("ContentLength", 0)), etag, settings.aws.region
-        )
-        # The records are reset (and the tags removed) BEFORE the notification is sent,
+        targets: list[_Target] = []
+        for r in records:
+            target = await _reachable(clients.s3, p, region, r, current, head)
+            if target is not None:
+                targets.append(target)
+            elif version is not None:
+                raise _replaced(p, key, version, current)
+        busy = [t.record for t in targets if t.record.status is FileStatus.PROCESSING]
+        targets = [t for t in targets if t.record.status is not FileStatus.PROCESSING]
+        if busy and not targets:
+            raise S3flowError(
+                f"s3://{p.bucket}/{key} is being processed right now by "
+                f"{busy[0].claim_owner}; release it once that attempt ends"
+            )
+        bodies = [t.body for t in targets] or [
+            s3_notification_body(p.bucket, key, int(head.get("ContentLength", 0)), etag, region)
+        ]
+        # The records are reset (and the tags removed) BEFORE the notifications are sent,
         # never after: the worker claims a received record, but acknowledges without
         # work a notification whose record says dead or quarantined (parked) or
         # completed (a duplicate). Sent first, it could be received before the reset
@@ -113,21 +186,20 @@ async def release(
         # untag again.
         step = "removing the quarantine tags"
         try:
-            if any(r.status is FileStatus.QUARANTINED for r in todo):
+            if any(t.record.status is FileStatus.QUARANTINED for t in targets):
                 await untag(clients.s3, p.bucket, key)
             step = "setting its records to received"
-            for r in todo:
-                await store.set_status(r.id, FileStatus.RECEIVED, detail="released by an operator")
-            rec = await store.get(current)
-            if rec is not None and rec.status not in (FileStatus.RECEIVED, FileStatus.PROCESSING):
-                await store.set_status(
-                    current, FileStatus.RECEIVED, detail="released by an operator"
-                )
+            for t in targets:
+                if t.record.status is not FileStatus.RECEIVED:
+                    await store.set_status(
+                        t.record.id, FileStatus.RECEIVED, detail="released by an operator"
+                    )
             step = f"SendMessage to {src}"
-            await clients.sqs.send_message(QueueUrl=src, MessageBody=body)
+            for body in bodies:
+                await clients.sqs.send_message(QueueUrl=src, MessageBody=body)
         except Exception as exc:
             raise _unsent(p, key, version, step, exc) from exc
-    return [r.id for r in todo] or [current]
+    return [t.record.id for t in targets] or [current]
 
 
 async def release_quarantined(
