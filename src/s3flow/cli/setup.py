@@ -104,15 +104,11 @@ def _ttl_attribute(settings: Settings) -> str | None:
 def _export(config: Path | None, output: Path | None, dry_run: bool) -> None:
     """``provision --export cloudformation``: the template to stdout or ``output``."""
     from s3flow.deploy import TEMPLATE_BODY_LIMIT, export_cloudformation, render_template
-    from s3flow.provision import check_notifications
 
     with exit_on_error():
         if dry_run:
             raise ConfigError("--export changes nothing already: leave out --dry-run")
         settings = settings_from(config)
-        # The template declares the notifications `s3flow provision` sets: S3 would
-        # refuse overlapping ones when the stack is created, so they are refused here.
-        check_notifications(settings)
         result = export_cloudformation(
             settings, tables=_store_tables(settings), ttl_attribute=_ttl_attribute(settings)
         )

@@ -50,7 +50,7 @@ from s3flow.deploy.naming import Json, Naming, get_att, ref, sub
 from s3flow.deploy.parameters import add_parameters
 from s3flow.deploy.template import Template
 from s3flow.errors import ConfigError
-from s3flow.provision import NOTIFICATION_ID_PREFIX, queue_policy
+from s3flow.provision import NOTIFICATION_ID_PREFIX, check_notifications, queue_policy
 from s3flow.settings import (
     JOBS_BRIDGE,
     JobsSettings,
@@ -93,7 +93,8 @@ def export_cloudformation(
     DynamoDB (``s3flow.state.dynamodb.tables.table_definitions(prefix)``; this module
     sits below the state package and does not import it). Raises
     :class:`~s3flow.errors.ConfigError` for what cannot be exported (no pipelines,
-    queue URLs instead of names, a FIFO queue as a notification target).
+    queue URLs instead of names, a FIFO queue as a notification target, overlapping
+    bucket notifications: see :func:`~s3flow.provision.check_notifications`).
     ``ttl_attribute``: the store's expiry attribute (``[state] retention_days``), declared
     as each table's ``TimeToLiveSpecification``.
     """
@@ -102,6 +103,9 @@ def export_cloudformation(
             "the state store is DynamoDB: pass tables=table_definitions(prefix) "
             "(s3flow.state.dynamodb.tables)"
         )
+    # The template declares the notifications `s3flow provision` sets: S3 would refuse
+    # overlapping ones when the stack is created, so they are refused here.
+    check_notifications(settings)
     return _Builder(settings, list(tables or []), ttl_attribute).build()
 
 

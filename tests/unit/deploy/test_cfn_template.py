@@ -509,6 +509,17 @@ def test_what_cannot_be_exported(change: dict[str, str], message: str) -> None:
         export(Settings())
 
 
+def test_the_library_export_refuses_overlapping_notifications() -> None:
+    """export_cloudformation itself (not only the CLI) refuses two pipelines on one bucket
+    that only their key_regex keeps apart: the stack would fail in S3."""
+    cfg = json.loads(json.dumps(LINE_COUNT))
+    cfg["pipelines"][0]["key_regex"] = "^logs/c"
+    second = dict(cfg["pipelines"][0], name="errors", queue="errors-events", key_regex="^logs/e")
+    cfg["pipelines"].append(second)
+    with pytest.raises(ConfigError, match="'counts' and 'errors' on bucket 'incoming'"):
+        export(Settings(**cfg))
+
+
 def test_warnings() -> None:
     assert any("SQLite" in w for w in export(settings_of("line-count")).warnings)
     assert export(settings_of("jobs-dynamodb")).warnings == []
