@@ -245,3 +245,21 @@ def test_operator_commands(harness: Harness) -> None:
     bf = s3flow("backfill", "-p", "p", "-c", str(cfg))
     assert bf.returncode == 0, bf.stderr
     assert "listed 2: enqueued 0, already completed 1" in bf.stdout
+
+
+def test_keys_and_errors_are_shown_as_they_are_not_as_markup(harness: Harness) -> None:
+    """Keys and error texts are data, not Rich markup: `[/]` in a key crashed `files`
+    (MarkupError) and `[draft]` vanished from `files show`."""
+    harness.configure(validation={"max_bytes": 5})
+    cfg = harness.write_config()
+    harness.put("odd/[/]x.txt", b"1\n")
+    harness.put("reports/[draft]/a.txt", b"0123456789\n")  # quarantined: too big
+    harness.run()
+    table = s3flow("files", "-c", str(cfg))
+    assert table.returncode == 0, table.stderr
+    assert "odd/[/]x.txt" in table.stdout and "reports/[draft]/a.txt" in table.stdout
+    for key, status in (("odd/[/]x.txt", "completed"), ("reports/[draft]/a.txt", "quarantined")):
+        shown = s3flow("files", "show", key, "-c", str(cfg))
+        assert shown.returncode == 0, shown.stderr
+        assert f"s3://{harness.bucket}/{key} version" in shown.stdout
+        assert status in shown.stdout

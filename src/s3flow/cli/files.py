@@ -82,12 +82,12 @@ def files_list(
         table.add_row(
             r.pipeline,
             r.bucket,
-            r.key,
-            r.version[:12],
+            escape(r.key),
+            escape(r.version[:12]),
             r.status.value,
             str(r.attempts),
             ts(r.updated_at),
-            err[:80],
+            escape(err[:80]),
         )
     console.print(table)
 
@@ -114,19 +114,21 @@ def files_show(
 
     recs, hist, details = with_store(settings, go)
     if not recs:
-        err_console.print(f"no record of {key!r} in the state store")
+        err_console.print(f"no record of {escape(repr(key))} in the state store")
         raise typer.Exit(1)
     for i, r in enumerate(recs):
         console.print(
-            f"[bold]s3://{r.bucket}/{r.key}[/] version {r.version or '-'}: "
+            f"[bold]s3://{r.bucket}/{escape(r.key)}[/] version {escape(r.version or '-')}: "
             f"[bold]{r.status.value}[/], attempts {r.attempts}, pipeline {r.pipeline}"
             + (f", failures {r.failures}" if r.failures else ""),
             highlight=False,
         )
         if r.last_error_class:
-            console.print(f"  last error: {r.last_error_class}: {r.last_error}", highlight=False)
+            console.print(
+                f"  last error: {r.last_error_class}: {escape(r.last_error or '')}", highlight=False
+            )
         for o in r.outputs:
-            console.print(f"  output: {o}", highlight=False)
+            console.print(f"  output: {escape(o)}", highlight=False)
         for line in details[i]:
             console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
     table = new_table("history", ("at", "bucket", "version", "from", "to", "worker", "detail"))
@@ -134,11 +136,11 @@ def files_show(
         table.add_row(
             ts(h.at),
             b,
-            h.version[:12],
+            escape(h.version[:12]),
             h.old.value if h.old else "-",
             h.new.value,
-            h.worker_id or "-",
-            h.detail[:80],
+            escape(h.worker_id or "-"),
+            escape(h.detail[:80]),
         )
     console.print(table)
 
@@ -156,7 +158,9 @@ def files_release(
     """Release an object whatever its state (quarantined, dead, failed, completed).
 
     Removes the quarantine tags, resets its records to 'received' and enqueues
-    it again, so its current upload is processed anew. A key the pipeline does not
+    each again with its own identity, so the worker processes that very upload: the
+    current one, or in a versioned bucket the version named (--version). A record of
+    an earlier upload whose bytes were replaced is left as it is. A key the pipeline does not
     take (prefix, suffix, key_regex) is refused before anything changes; if the
     notification cannot be sent, the error names the command to run again.
     """
@@ -167,7 +171,10 @@ def files_release(
         settings, lambda store: release(settings, settings.pipeline(pipeline), store, key, version)
     )
     for oid in released:
-        console.print(f"released s3://{oid.bucket}/{oid.key} ({oid.version}): enqueued again")
+        console.print(
+            f"released s3://{oid.bucket}/{escape(oid.key)} ({escape(oid.version)}): enqueued again",
+            highlight=False,
+        )
 
 
 def _subcommand_settings(ctx: typer.Context, config: Path | None) -> Settings:

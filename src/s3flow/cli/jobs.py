@@ -80,11 +80,11 @@ def jobs_list(
         got = sum(f.received for f in j.files)
         table.add_row(
             j.job_id,
-            j.template,
+            escape(j.template),
             str(j.status),
             f"{got}/{len(j.files)}",
             ts(j.created_at),
-            (j.error or "")[:60],
+            escape((j.error or "")[:60]),
         )
     console.print(table)
 
@@ -103,7 +103,9 @@ def jobs_show(
     if as_json:
         print(json.dumps(_job_json(job), indent=2))
         return
-    console.print(f"[bold]{job.job_id}[/]  template {job.template}  status [bold]{job.status}[/]")
+    console.print(
+        f"[bold]{job.job_id}[/]  template {escape(job.template)}  status [bold]{job.status}[/]"
+    )
     console.print(
         f"upload {job.upload_id}, created {ts(job.created_at)}, updated {ts(job.updated_at)}"
     )
@@ -113,8 +115,8 @@ def jobs_show(
             f"  ({f.size} bytes)"
         )
     for i, s in enumerate(job.steps):
-        prog = ", ".join(f"{k}={v}" for k, v in s.progress.items())
-        console.print(f"  step {i} {s.name}: {s.status}{'  ' + prog if prog else ''}")
+        prog = escape(", ".join(f"{k}={v}" for k, v in s.progress.items()))
+        console.print(f"  step {i} {escape(s.name)}: {s.status}{'  ' + prog if prog else ''}")
     for o in job.outputs:
         console.print(f"  output s3://{o.bucket}/{escape(o.key)}")
     if job.error:
