@@ -22,15 +22,30 @@ from s3flow.state.records import Claim, ClaimOutcome, ObjectId
 T = TypeVar("T")
 
 
+async def _finished(work: asyncio.Future[T]) -> None:
+    """Wait until ``work`` is done, whatever cancellations reach the caller meanwhile
+    (a second Ctrl-C or a shutdown cutting every wait short must not cut it either)."""
+    while not work.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({work})  # a cancelled wait leaves ``work`` running
+
+
 async def _undone_if_cancelled(call: Awaitable[T], undo: Callable[[T], Awaitable[object]]) -> T:
     """``await call``; cancelled meanwhile, wait for it to finish, ``undo`` its result
-    (errors of either are dropped: the caller is going away) and re-raise."""
+    (errors of either are dropped: the caller is going away) and re-raise. Further
+    cancellations while that goes on wait for it too."""
     asking = asyncio.ensure_future(call)
     try:
         return await asyncio.shield(asking)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await undo(await asking)
+        await _finished(asking)
+        if not asking.cancelled() and asking.exception() is None:
+            undoing = asyncio.ensure_future(undo(asking.result()))
+            await _finished(undoing)
+            if not undoing.cancelled():
+                undoing.exception()  # retrieved: its error is dropped
+        elif not asking.cancelled():
+            asking.exception()
         raise
 
 

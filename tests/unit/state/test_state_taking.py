@@ -139,3 +139,55 @@ async def test_a_release_not_cancelled_answers_as_the_store_does() -> None:
     store = SlowRelease()
     store.answer.set()
     assert await give_back_lock(store, "l", owner="w", token=5) is True  # type: ignore[arg-type]
+
+
+async def _cancel_twice_while_asking(store: SlowStore, call: Any) -> None:
+    """Cancelled while the store call is on the wire, and again while it is finished."""
+    task = asyncio.ensure_future(call)
+    await store.asked.wait()
+    task.cancel()
+    await asyncio.sleep(0)
+    task.cancel()  # a second signal, a shutdown cutting every wait short
+    await asyncio.sleep(0)
+    store.answer.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_second_cancellation_does_not_skip_the_release_of_a_granted_lock() -> None:
+    store = SlowStore()
+    await _cancel_twice_while_asking(store, take_lock(store, "l", owner="w", ttl_s=30))  # type: ignore[arg-type]
+    assert store.calls == [("acquire_lock", "l", "w"), ("release_lock", "l", "w", 5)]
+
+
+async def test_a_second_cancellation_does_not_cut_a_release_short() -> None:
+    store = SlowRelease()
+    await _cancel_twice_while_asking(store, give_back_claim(store, OID, token=9))  # type: ignore[arg-type]
+    assert store.calls == [("release", OID, 9)]
+
+
+async def test_a_cancellation_during_the_undo_does_not_cut_it_short() -> None:
+    class SlowUndo(SlowStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.undo_asked = asyncio.Event()
+            self.undo_answer = asyncio.Event()
+
+        async def release_lock(self, name: str, *, owner: str, token: int) -> bool:
+            self.undo_asked.set()
+            await self.undo_answer.wait()
+            return await super().release_lock(name, owner=owner, token=token)
+
+    store = SlowUndo()
+    task = asyncio.ensure_future(take_lock(store, "l", owner="w", ttl_s=30))  # type: ignore[arg-type]
+    await store.asked.wait()
+    task.cancel()
+    await asyncio.sleep(0)
+    store.answer.set()
+    await store.undo_asked.wait()
+    task.cancel()  # again, while the lock is being given back
+    await asyncio.sleep(0)
+    store.undo_answer.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert store.calls == [("acquire_lock", "l", "w"), ("release_lock", "l", "w", 5)]
