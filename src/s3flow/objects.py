@@ -33,6 +33,10 @@ _THREAD_MIN = 256 * 1024  # decompress chunks at least this big off the event lo
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 BZ2_MAGIC = b"BZh"
+#: After "BZh" and the block size digit: a first block (pi) or the end of an empty stream.
+BZ2_BLOCK_MAGICS = (b"1AY&SY", b"\x17rE8P\x90")
+#: How many bytes of an object's start :func:`detect_encoding` needs.
+MAGIC_BYTES = 10
 
 ENCODINGS = ("identity", "gzip", "zstd", "bz2")
 #: Bytes compared at a time by :func:`count_byte`: its mask stays well under the 1 MiB
@@ -83,12 +87,22 @@ def count_byte(data: bytes, value: int) -> int:
 
 
 def detect_encoding(head: bytes, content_encoding: str | None = None, key: str = "") -> str:
-    """Pick the codec: magic bytes, then Content-Encoding, then key suffix."""
+    """Pick the codec: magic bytes, then Content-Encoding, then key suffix.
+
+    ``head``: the object's first :data:`MAGIC_BYTES` bytes (fewer for a shorter
+    object). The headers are checked beyond their first bytes so that text which
+    happens to start alike ("BZh9 is how ...") is not taken for compressed data: bz2
+    by its block magic, zstd by its frame header's reserved bit.
+    """
     if head.startswith(GZIP_MAGIC):
         return "gzip"
-    if head.startswith(ZSTD_MAGIC):
+    if head.startswith(ZSTD_MAGIC) and len(head) > 4 and not head[4] & 0x08:
         return "zstd"
-    if head.startswith(BZ2_MAGIC) and len(head) >= 4 and head[3:4] in b"123456789":
+    if (
+        head.startswith(BZ2_MAGIC)
+        and head[3:4] in b"123456789"
+        and head[4:MAGIC_BYTES] in BZ2_BLOCK_MAGICS
+    ):
         return "bz2"
     if head:
         # Data with no known magic is stored as-is, whatever the metadata says
@@ -312,9 +326,9 @@ class ObjectReader:
         head = b""
         async for raw in self._raw_chunks():
             if decoder is None:
-                # A read may return fewer bytes than asked: detect on >= 8 bytes.
+                # A read may return fewer bytes than asked: detect on MAGIC_BYTES.
                 head += raw
-                if len(head) < 8:
+                if len(head) < MAGIC_BYTES:
                     continue
                 raw, head = head, b""
                 decoder = self._start(raw)
@@ -342,7 +356,7 @@ class ObjectReader:
 
     def _start(self, head: bytes) -> Decoder:
         self.encoding = self._forced or detect_encoding(
-            head[:8], self.info.content_encoding, self.info.key
+            head[:MAGIC_BYTES], self.info.content_encoding, self.info.key
         )
         return make_decoder(self.encoding)
 

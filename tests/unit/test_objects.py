@@ -34,17 +34,23 @@ BZ = bz2.compress(b"hello\n")
     ("head", "content_encoding", "key", "expected"),
     [
         # magic bytes win over everything
-        (GZ[:8], None, "x.txt", "gzip"),
-        (GZ[:8], "zstd", "x.bz2", "gzip"),
-        (ZST[:8], None, "x.txt", "zstd"),
-        (ZST[:8], "gzip", "x.gz", "zstd"),
-        (BZ[:8], None, "x.txt", "bz2"),
-        (BZ[:8], "gzip", "x.gz", "bz2"),
+        (GZ[:10], None, "x.txt", "gzip"),
+        (GZ[:10], "zstd", "x.bz2", "gzip"),
+        (ZST[:10], None, "x.txt", "zstd"),
+        (ZST[:10], "gzip", "x.gz", "zstd"),
+        (BZ[:10], None, "x.txt", "bz2"),
+        (bz2.compress(b"")[:10], None, "x.txt", "bz2"),  # an empty stream
+        (BZ[:10], "gzip", "x.gz", "bz2"),
         # data with no magic is identity, whatever metadata and suffix say
         (b"plain text", "gzip", "x.txt", "identity"),
         (b"plain text", None, "x.gz", "identity"),
         (b"BZh", None, "x.bz2", "identity"),  # 'BZh' + non-digit is not bz2
         (b"BZhx rest", None, "x.txt", "identity"),
+        # text that starts like a header is text: the header is checked further
+        (b"BZh9 is how a bzip2 stream starts.\n"[:10], None, "x.txt", "identity"),
+        (b"BZh91AY&SY"[:8], None, "x.txt", "identity"),  # too short to be bz2
+        (b"(\xb5/\xfd\x08caf\xe9 ", None, "x.txt", "identity"),  # reserved bit set
+        (b"(\xb5/\xfd", None, "x.txt", "identity"),
         (b"\x1f", None, "x.txt", "identity"),
         # no data: Content-Encoding, then suffix
         (b"", "gzip", "a.txt", "gzip"),
@@ -315,6 +321,24 @@ async def test_reader_detects_gzip_when_first_read_is_short(fake_body: type) -> 
     reader = ObjectReader(info(key="x.txt"), fake_body(data, step=1))
     assert await read_all(reader) == b"hello\n"
     assert reader.encoding == "gzip"
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding"),
+    [
+        (bz2.compress(b"hello\n"), "bz2"),
+        (b"BZh9 is how a bzip2 stream starts.\n", "identity"),
+        (b"BZh9", "identity"),  # shorter than any bz2 stream
+    ],
+)
+async def test_reader_tells_bz2_from_text_that_starts_alike(
+    fake_body: type, data: bytes, encoding: str
+) -> None:
+    """A text object starting with "BZh9" was taken for bz2 and dead-lettered as corrupt."""
+    reader = ObjectReader(info(key="x.txt"), fake_body(data, step=1))
+    out = await read_all(reader)
+    assert reader.encoding == encoding
+    assert out == (b"hello\n" if encoding == "bz2" else data)
 
 
 @pytest.mark.parametrize("with_numpy", [True, False])

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
-from s3flow.objects import detect_encoding, open_object
+from s3flow.objects import MAGIC_BYTES, detect_encoding, open_object
 from s3flow.pipelines.csv_kafka.blocks import UTF8_BOM
 from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef
 from s3flow.pipelines.csv_kafka.errors import BadRowError
@@ -69,7 +69,7 @@ async def plan_ranges(
     n = min(ranges, size // MIN_RANGE_BYTES)
     if n < 2:
         return None
-    head = await read_bytes(s3, ref.bucket, ref.key, version_id, 0, 8)
+    head = await read_bytes(s3, ref.bucket, ref.key, version_id, 0, MAGIC_BYTES)
     if detect_encoding(head) != "identity":
         log.info("%s: compressed (%s): streamed as one range", ref.uri, detect_encoding(head))
         return None

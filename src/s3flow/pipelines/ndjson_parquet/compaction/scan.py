@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from s3flow.errors import CorruptDataError, Disposition, translate_aws_error
-from s3flow.objects import detect_encoding, make_decoder
+from s3flow.objects import MAGIC_BYTES, detect_encoding, make_decoder
 from s3flow.pipelines.ndjson_parquet.compaction.manifest import InputFile
 from s3flow.pipelines.ndjson_parquet.compaction.schema import (
     cast_table,
@@ -141,14 +141,14 @@ class _Splitter:
             self.compressed += len(raw)
             if decoder is None:
                 head += raw
-                if len(head) < 8:
+                if len(head) < MAGIC_BYTES:
                     continue
                 raw, head = head, b""
-                self.encoding = detect_encoding(raw[:8], None, t.file.key)
+                self.encoding = detect_encoding(raw[:MAGIC_BYTES], None, t.file.key)
                 decoder = make_decoder(self.encoding)
             yield from decoder.feed(raw)
         if decoder is None and head:
-            self.encoding = detect_encoding(head[:8], None, t.file.key)
+            self.encoding = detect_encoding(head[:MAGIC_BYTES], None, t.file.key)
             decoder = make_decoder(self.encoding)
             yield from decoder.feed(head)
         if decoder is not None:
