@@ -236,6 +236,9 @@ def test_describe_names_route_processor_and_executor() -> None:
         ([{"min_bytes": 5, "max_bytes": 1}], "max_bytes must be >= min_bytes"),
         ([{"key_regex": "("}], "not a valid regular expression"),
         ([{"executor": "lambda"}], "Input should be 'inline', 'pool'"),
+        ([{"key_glob": "", "processor": "line-count"}], "key_glob\n.*is empty"),
+        ([{"content_type": " "}, {}], "content_type\n.*is empty"),
+        ([{"key_regex": ""}], "key_regex\n.*is empty"),
     ],
 )
 def test_bad_routes_are_refused_with_the_reason(routes: list[dict[str, Any]], message: str) -> None:

@@ -118,6 +118,18 @@ class RouteSettings(_Model, ByteRangeChecked):
         ),
     )
 
+    @field_validator("key_glob", "content_type", "key_regex")
+    @classmethod
+    def _not_empty(cls, v: str | None) -> str | None:
+        # "" would count as no match key (the default rule) yet match no object (a glob)
+        # or every one (a regex): either way not what was meant.
+        if v is not None and not v.strip():
+            raise ValueError(
+                "is empty: it would match nothing (or everything); leave it out "
+                "(a rule without match keys is the default rule) or give a pattern"
+            )
+        return v
+
     @property
     def is_default(self) -> bool:
         """Whether this rule has no match keys (it takes every object that reaches it)."""
