@@ -133,6 +133,15 @@ class WorkerCollector(Collector):
         yield oldest
 
 
+#: Header lines a request may have (a scrape sends a handful).
+_MAX_HEADER_LINES = 100
+_TOO_LARGE = (
+    "431 Request Header Fields Too Large",
+    "text/plain",
+    b"request line or headers too large\n",
+)
+
+
 class MetricsServer:
     """``/metrics``, ``/healthz``, ``/readyz`` on ``host:port`` for one worker (``async with``)."""
 
@@ -236,16 +245,21 @@ class MetricsServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readline(), timeout=10)
-            while (await asyncio.wait_for(reader.readline(), timeout=10)) not in (
-                b"\r\n",
-                b"\n",
-                b"",
-            ):
-                pass
-            parts = request.decode("latin-1").split()
-            method, path = (parts[0], parts[1].split("?")[0]) if len(parts) >= 2 else ("", "")
-            status, ctype, body = await self._route(method, path)
+            try:
+                request = await asyncio.wait_for(reader.readline(), timeout=10)
+                for _ in range(_MAX_HEADER_LINES + 1):
+                    line = await asyncio.wait_for(reader.readline(), timeout=10)
+                    if line in (b"\r\n", b"\n", b""):
+                        break
+                else:
+                    raise ValueError("too many header lines")
+            except ValueError:  # a line over the reader's limit (64 KiB), or too many
+                status, ctype, body = _TOO_LARGE
+                method = ""
+            else:
+                parts = request.decode("latin-1").split()
+                method, path = (parts[0], parts[1].split("?")[0]) if len(parts) >= 2 else ("", "")
+                status, ctype, body = await self._route(method, path)
             head = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
