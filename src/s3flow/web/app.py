@@ -24,7 +24,14 @@ from s3flow import __version__
 from s3flow.settings import Settings
 from s3flow.state.jobs import JobStore
 from s3flow.web.api import router
-from s3flow.web.auth import TokenAuthMiddleware, TokenChecker, request_token, send_unauthorized
+from s3flow.web.auth import (
+    TokenAuthMiddleware,
+    TokenChecker,
+    loopback_refusal,
+    request_token,
+    send_forbidden,
+    send_unauthorized,
+)
 from s3flow.web.errors import install_error_handlers
 from s3flow.web.events import match_events, serve_events
 from s3flow.web.form import router as form_router
@@ -54,9 +61,16 @@ class WebApp(FastAPI):
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
         """Serve an event stream directly; everything else goes through FastAPI.
 
+        Without tokens, a request not addressed to a loopback name, or a change from
+        a page that is not on one, is refused first (:func:`loopback_refusal`).
+
         Not a coroutine itself: it returns the one that answers, so an open
         stream does not keep a frame of this method too.
         """
+        if scope["type"] == "http" and not self.checker.enabled:
+            refused = loopback_refusal(scope)
+            if refused is not None:
+                return send_forbidden(send, refused)
         job_id = match_events(scope)
         if job_id is None:
             return super().__call__(scope, receive, send)

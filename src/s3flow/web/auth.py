@@ -5,7 +5,9 @@ every ``/api`` request needs ``Authorization: Bearer <token>``; the events
 route also takes ``?token=`` because a browser's EventSource cannot send
 headers. A wrong or missing token is a 401 with ``WWW-Authenticate: Bearer``
 and a JSON ``{"error": ...}``. Without tokens the server must not listen
-beyond loopback (:func:`check_bind`).
+beyond loopback (:func:`check_bind`), and it answers only requests addressed to a
+loopback name from a loopback page (:func:`loopback_refusal`): a web page elsewhere
+cannot reach it by DNS rebinding, nor post to it from the user's browser.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import re
 import secrets
 from collections.abc import Sequence
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -31,7 +33,9 @@ __all__ = [
     "generate_token",
     "hash_token",
     "is_loopback",
+    "loopback_refusal",
     "request_token",
+    "send_forbidden",
     "send_unauthorized",
 ]
 
@@ -113,6 +117,68 @@ def check_bind(host: str, tokens: Sequence[str]) -> None:
         '[web] tokens = ["sha256:…"] and give the token to clients '
         "(Authorization: Bearer <token>)"
     )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _host_name(authority: str) -> str:
+    """The host of ``host[:port]`` (``[::1]:8000`` → ``::1``)."""
+    try:
+        return urlsplit(f"//{authority}").hostname or ""
+    except ValueError:
+        return ""
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def loopback_refusal(scope: Scope) -> str | None:
+    """Why a request to a server without tokens is refused (None: it is served).
+
+    Such a server listens on loopback only, yet a browser on the same machine can
+    still be made to reach it: a page whose name resolves to 127.0.0.1 (DNS rebinding)
+    sends its own name as ``Host``, and a page elsewhere may POST to it (a form or a
+    ``text/plain`` fetch needs no CORS preflight) with its own ``Origin``. So the
+    ``Host`` must be a loopback name, and a state-changing request that carries an
+    ``Origin`` must come from a loopback page.
+    """
+    host = _header(scope, b"host")
+    if host is not None and not is_loopback(_host_name(host)):
+        return (
+            f"this server has no API tokens, so it answers only requests to a loopback "
+            f"name (localhost, 127.0.0.1, [::1]), not to {host!r}; to serve it under "
+            "another name, configure [web] tokens (`s3flow web hash-token --generate`)"
+        )
+    origin = _header(scope, b"origin")
+    changes = scope.get("method", "GET") not in _SAFE_METHODS
+    if changes and origin is not None and not is_loopback(_host_name(origin.partition("://")[2])):
+        return (
+            f"this server has no API tokens, so it takes changes only from its own "
+            f"pages on a loopback name, not from {origin!r}; configure [web] tokens "
+            "to take requests from other pages"
+        )
+    return None
+
+
+async def send_forbidden(send: Send, message: str) -> None:
+    """Answer 403 with a JSON ``{"error": message}``."""
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 403,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _bearer(scope: Scope) -> str | None:

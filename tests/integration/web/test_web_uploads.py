@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -155,6 +156,35 @@ async def test_json_nested_too_deeply_is_a_400(
         headers={"Content-Type": "application/json"},
     )
     assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
+
+
+async def test_without_tokens_only_loopback_names_and_pages_are_served(
+    shared_web: WebThread, client: httpx.AsyncClient
+) -> None:
+    """A server without tokens listens on loopback, but a browser on this machine could
+    still be made to reach it: by DNS rebinding (a foreign name in Host), or by a foreign
+    page posting to it (a text/plain POST needs no CORS preflight). Both are refused."""
+    url = shared_web.url
+    body = {"template": "count", "files": declared(("a.txt", b"1\n", "text/plain"))}
+    before = (await client.get(f"{url}/api/jobs")).json()
+    for path in ("/api/jobs", "/api/jobs/x/events", "/jobs"):
+        r = await client.get(f"{url}{path}", headers={"Host": "rebound.example:80"})
+        assert r.status_code == 403, path
+        assert "not to 'rebound.example:80'" in r.json()["error"]
+        assert "[web] tokens" in r.json()["error"]
+    r = await client.post(
+        f"{url}/api/uploads",
+        content=json.dumps(body),
+        headers={"Content-Type": "text/plain", "Origin": "https://evil.example"},
+    )
+    assert r.status_code == 403 and "'https://evil.example'" in r.json()["error"]
+    assert (await client.get(f"{url}/api/jobs")).json() == before  # nothing was created
+    # Its own page (a loopback origin) and clients without an Origin are served.
+    own = await client.post(f"{url}/api/uploads", json=body, headers={"Origin": url})
+    assert own.status_code == 201, own.text
+    assert (await client.post(f"{url}/api/uploads", json=body)).status_code == 201
+    local = await client.get(f"{url}/api/jobs", headers={"Host": "localhost"})
+    assert local.status_code == 200
 
 
 async def test_not_json_unknown_jobs_and_bad_statuses_are_json_errors(

@@ -53,7 +53,7 @@ async def client(store: FakeJobStore, s3: FakeS3) -> AsyncIterator[httpx.AsyncCl
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://t") as c,
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c,
     ):
         yield c
 
@@ -280,7 +280,7 @@ async def test_backend_failures_are_503_and_bugs_500_without_details(
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://t") as c,
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c,
     ):
         r = await c.get("/api/jobs/x")
         assert r.status_code == 503 and "unreachable" in r.json()["error"]
@@ -298,7 +298,7 @@ async def test_fastapi_validation_errors_are_400_in_the_same_shape() -> None:
         return {"count": count}
 
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
         r = await c.get("/n", params={"count": "many"})
         assert r.status_code == 400
         assert r.json()["error"].startswith("bad request: query parameter 'count'")
@@ -315,7 +315,7 @@ async def test_with_tokens_the_api_needs_one(store: FakeJobStore, s3: FakeS3) ->
     transport = httpx.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=transport, base_url="http://t") as c,
+        httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c,
     ):
         assert (await c.get("/api/config")).status_code == 401
         r = await c.get("/api/config", headers={"Authorization": "Bearer t0k"})
