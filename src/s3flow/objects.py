@@ -396,10 +396,12 @@ async def open_object(
     chunk_bytes: int = CHUNK_BYTES,
     byte_range: tuple[int, int] | None = None,
     max_uncompressed_bytes: int | None = None,
+    raw: bool = False,
 ) -> ObjectReader:
     """GetObject as a stream. Missing object -> ObjectMissingError; errors translated.
 
     ``byte_range``: only bytes ``[start, end)``, as stored (no decompression).
+    ``raw``: the bytes as stored, never decompressed (no sniffing at all).
     ``max_uncompressed_bytes``: a compressed object that decompresses to more
     raises :class:`~s3flow.errors.TooLargeError` (permanent).
     """
@@ -423,7 +425,7 @@ async def open_object(
         content_type=resp.get("ContentType"),
         metadata=dict(resp.get("Metadata") or {}),
     )
-    encoding = "identity" if byte_range is not None else None
+    encoding = "identity" if byte_range is not None or raw else None
     return ObjectReader(
         info,
         resp["Body"],

@@ -2,9 +2,19 @@
 
 A job step (``steps = [{ processor = "line-count" }, { processor = "zip" }]``)
 gets all of the previous step's outputs (or the job's files) at once and
-writes ``<job_id>.zip`` with one entry per input, named by the input's last
-path part (duplicates get ``-1``, ``-2``...). The archive is built in memory:
-upload jobs are bounded by ``[jobs] max_file_bytes x max_files``.
+writes ``<job_id>.zip`` with one entry per input. Each entry holds the input's
+bytes as stored, never decompressed (``data.csv.gz`` stays that gzip file).
+
+Entry names are the input key's last path part, made safe to extract: a
+backslash counts as a path separator too, control characters and ``:`` become
+``_``, and a name that is empty or only dots (``..``) becomes ``file``; no entry
+name can reach outside the directory it is extracted to. A name already taken
+(compared case-insensitively) gets ``-1``, ``-2``... before its extension:
+``r.txt``, ``r-1.txt``, ``data.csv.gz``, ``data-1.csv.gz``.
+
+Every entry is written with ZIP64 headers, so members past 2/4 GiB work. The
+archive is built in memory: it takes about the inputs' stored bytes, which upload
+jobs bound by ``[jobs] max_file_bytes x max_files``.
 
 Options: ``name`` - the archive's file name (default ``<job_id>.zip``);
 ``compresslevel`` - 0-9 (default 6).
@@ -13,18 +23,23 @@ Options: ``name`` - the archive's file name (default ``<job_id>.zip``);
 from __future__ import annotations
 
 import io
+import unicodedata
 import zipfile
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from s3flow.errors import PermanentError
+from s3flow.events import ObjectEvent
 from s3flow.processors.base import (
     BundleContext,
     OptionsProcessor,
     ProcessContext,
     Result,
 )
+
+#: Suffixes kept with the extension when a duplicate name gets its ``-n``.
+_COMPRESSED_SUFFIXES = (".gz", ".gzip", ".bz2", ".zst", ".zstd", ".xz", ".lz4", ".br")
 
 
 class ZipOptions(BaseModel):
@@ -34,6 +49,51 @@ class ZipOptions(BaseModel):
 
     name: str | None = Field(default=None, description="Archive file name; default <job_id>.zip.")
     compresslevel: int = Field(default=6, ge=0, le=9, description="Deflate level (0 = store).")
+
+
+def entry_base(key: str) -> str:
+    """The entry name of an input key: its last path part, safe to extract anywhere.
+
+    ``/`` and ``\\`` both separate path parts (Windows unzippers treat a backslash
+    as one), control characters and ``:`` (a drive to Windows) become ``_``, and
+    ``""``, ``.``, ``..`` (any name of only dots and spaces) become ``file``.
+    """
+    name = key.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join("_" if c == ":" or unicodedata.category(c) in ("Cc", "Cs") else c for c in name)
+    return name if name.strip(". ") else "file"
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    """Stem and extension: ``r.txt`` -> ``r`` + ``.txt``, ``a.csv.gz`` -> ``a`` + ``.csv.gz``.
+
+    A compression suffix stays with the extension before it; a dot file (``.env``)
+    or a name without a dot is all stem.
+    """
+    outer = ""
+    lowered = name.lower()
+    for suffix in _COMPRESSED_SUFFIXES:
+        if lowered.endswith(suffix) and len(name) > len(suffix):
+            name, outer = name[: -len(suffix)], name[-len(suffix) :]
+            break
+    dot = name.rfind(".")
+    if dot <= 0:  # no extension, or a dot file
+        return name, outer
+    return name[:dot], name[dot:] + outer
+
+
+def unique_entry(base: str, used: set[str]) -> str:
+    """``base``, or ``<stem>-<n><ext>`` with the smallest ``n`` not in ``used`` (casefolded).
+
+    The name returned is added to ``used``.
+    """
+    name = base
+    if name.casefold() in used:
+        stem, ext = _split_extension(base)
+        n = 1
+        while (name := f"{stem}-{n}{ext}").casefold() in used:
+            n += 1
+    used.add(name.casefold())
+    return name
 
 
 class ZipProcessor(OptionsProcessor[ZipOptions]):
@@ -48,31 +108,43 @@ class ZipProcessor(OptionsProcessor[ZipOptions]):
         )
 
     async def bundle(self, ctx: BundleContext) -> Result:
-        """Write one archive holding every input."""
+        """Write one archive holding every input, each as stored."""
+        name = self.opts.name or f"{ctx.job_id}.zip"
         buf = io.BytesIO()
-        used: dict[str, int] = {}
+        used: set[str] = set()
         total = 0
         with zipfile.ZipFile(
             buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=self.opts.compresslevel
         ) as zf:
             for event in ctx.inputs:
-                base = event.key.rsplit("/", 1)[-1] or "file"
-                n = used.get(base, 0)
-                used[base] = n + 1
-                entry = base if n == 0 else f"{base}-{n}"
-                reader = await ctx.open(event)
+                entry = unique_entry(entry_base(event.key), used)
+                reader = await ctx.open_raw(event)
                 try:
-                    with zf.open(entry, "w") as out:
+                    # ZIP64 always: the size is only known once read, and without it a
+                    # member past 2 GiB fails at the end ("File size too large").
+                    with zf.open(entry, "w", force_zip64=True) as out:
                         async for chunk in reader:
                             out.write(chunk)
                             total += len(chunk)
                             ctx.report_progress(len(chunk))
+                except (RuntimeError, zipfile.LargeZipFile) as exc:
+                    raise _cannot_store(ctx, event, entry, name, exc) from exc
                 finally:
                     reader.close()
         body = buf.getvalue()
-        name = self.opts.name or f"{ctx.job_id}.zip"
         uri = await ctx.sink.write(name, body, "application/zip")
         return Result(
             outputs=[uri],
             counters={"files": len(ctx.inputs), "bytes_in": total, "bytes_out": len(body)},
         )
+
+
+def _cannot_store(
+    ctx: BundleContext, event: ObjectEvent, entry: str, archive: str, exc: BaseException
+) -> PermanentError:
+    """zipfile refused an entry: the same input fails the same way every time."""
+    return PermanentError(
+        f"zip step of job {ctx.job_id}: s3://{event.bucket}/{event.key} cannot be stored as "
+        f"entry {entry!r} of {archive}: {exc}. Retrying gives the same result: leave this file "
+        "out of the job (or split it), and report it as an s3flow bug if it is an ordinary file"
+    )

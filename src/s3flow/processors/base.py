@@ -96,6 +96,18 @@ class BundleContext:
         """Open one input as a decompressing stream."""
         return await open_object(self.s3, event.bucket, event.key, version_id=event.version_id)
 
+    async def open_raw(self, event: ObjectEvent) -> ObjectReader:
+        """Open one input as stored: its bytes exactly as they are, never decompressed.
+
+        For a step that keeps its inputs' content as it is (``zip`` stores ``a.csv.gz``
+        as that gzip file). The read is of the event's version; ``reader.info.size`` is
+        the stored size. A missing object raises ObjectMissingError, other errors are
+        translated like :func:`~s3flow.objects.open_object`'s.
+        """
+        return await open_object(
+            self.s3, event.bucket, event.key, version_id=event.version_id, raw=True
+        )
+
 
 @dataclass
 class PipelineContext:
