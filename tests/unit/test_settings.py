@@ -207,6 +207,13 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path, raw: b
     assert "must be UTF-8 TOML" in msg
 
 
+def test_a_utf8_config_file_with_a_bom_is_read(tmp_path: Path) -> None:
+    """Windows editors save UTF-8 with a BOM: it was a TOML error at line 1, column 1."""
+    path = tmp_path / "s3flow.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + b'[aws]\nregion = "eu-west-1"\n')
+    assert load_settings(path).aws.region == "eu-west-1"
+
+
 def test_config_is_a_directory(tmp_path: Path) -> None:
     msg = config_error(tmp_path)
     assert str(tmp_path) in msg

@@ -336,18 +336,19 @@ def load_settings(
     if path:
         p = Path(path)
         try:
-            with p.open("rb") as fh:
-                data = tomllib.load(fh)
+            raw = p.read_bytes()
+            # A UTF-8 BOM (Windows editors write one) is no part of TOML: dropped.
+            data = tomllib.loads(raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
         except FileNotFoundError as exc:
             raise ConfigError(
                 f"config file {p} does not exist (given by -c/--config or {CONFIG_ENV})"
             ) from exc
         except UnicodeDecodeError as exc:
-            # tomllib decodes the whole file first: a UTF-16 file (a BOM ff fe), Latin-1
+            # The whole file is decoded first: a UTF-16 file (a BOM ff fe), Latin-1
             # text or a binary file fails here, before any TOML is parsed.
             raise ConfigError(
                 f"config file {p} is not UTF-8 text (byte {exc.start}: {exc.reason}): a "
-                "config file must be UTF-8 TOML; save it as UTF-8 (without a BOM)"
+                "config file must be UTF-8 TOML; save it as UTF-8"
             ) from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
