@@ -20,6 +20,7 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, cast
+from urllib.parse import unquote_plus
 
 import uvicorn
 from fastapi import FastAPI
@@ -37,7 +38,20 @@ __all__ = ["ForwardedHeaders", "WebServer", "bind_socket", "serve", "web_url"]
 log = logging.getLogger("s3flow.web")
 #: Seconds connections get to finish after a stop, before uvicorn cancels them.
 GRACEFUL_S = 10.0
-_TOKEN_IN_QUERY = re.compile(r"(?<=[?&]token=)[^&\s]*")
+#: One query parameter: its name and value, as sent (still percent-encoded).
+_QUERY_PARAM = re.compile(r"(?<=[?&])(?P<name>[^=&\s]*)=(?P<value>[^&\s]*)")
+
+
+def _redacted(text: str) -> str:
+    """``text`` with the value of every ``token`` query parameter as ``***``, however its
+    name is spelled (``%74oken`` is ``token`` to the server too)."""
+
+    def one(m: re.Match[str]) -> str:
+        if unquote_plus(m["name"]) != "token":
+            return m[0]
+        return f"{m['name']}=***"
+
+    return _QUERY_PARAM.sub(one, text) if "=" in text else text
 
 
 def web_url(host: str, port: int) -> str:
@@ -74,9 +88,7 @@ class _RedactTokens(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(
-                _TOKEN_IN_QUERY.sub("***", a) if isinstance(a, str) else a for a in record.args
-            )
+            record.args = tuple(_redacted(a) if isinstance(a, str) else a for a in record.args)
         return True
 
 
