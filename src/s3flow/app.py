@@ -279,7 +279,11 @@ async def build_job_queue(
 
 @asynccontextmanager
 async def open_store(
-    settings: Settings, *, prune: bool = True, check: bool = False
+    settings: Settings,
+    *,
+    prune: bool = True,
+    check: bool = False,
+    check_jobs: bool = False,
 ) -> AsyncIterator[StateStore | None]:
     """The configured state store (None when ``state.url = "none"``), opened and closed.
 
@@ -288,7 +292,8 @@ async def open_store(
     :func:`s3flow.state.open_state_store`). With ``check`` (a worker's start) a
     DynamoDB store's tables are checked first: missing ones are a ConfigError that
     says to run ``s3flow provision``, not an error on every message (opening a SQLite
-    store creates its file and schema, or fails with the reason).
+    store creates its file and schema, or fails with the reason). ``check_jobs``
+    checks only the upload jobs' tables (the web app's start: its role reads no other).
     """
     if settings.state.url == "none":
         yield None
@@ -301,8 +306,8 @@ async def open_store(
         retention_days=settings.state.retention_days,
         prune=prune,
     ) as store:
-        if check and isinstance(store, DynamoStateStore):
-            await store.check_tables()
+        if isinstance(store, DynamoStateStore) and (check or check_jobs):
+            await store.check_tables(None if check else (store.jobs_table, store.job_events_table))
         yield store
 
 

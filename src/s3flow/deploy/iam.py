@@ -73,7 +73,13 @@ STORE_WORKER = (
     "dynamodb:Query",
     "dynamodb:UpdateItem",
 )
-STORE_WEB = ("dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query")
+STORE_WEB = (
+    "dynamodb:BatchGetItem",
+    "dynamodb:DescribeTable",  # the start-up check: the job tables exist (s3flow web)
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:Query",
+)
 
 #: Where ``ndjson-manifest`` writes manifests unless its options say otherwise
 #: (``manifest_prefix``; ``manifest_bucket`` defaults to the source bucket). A unit

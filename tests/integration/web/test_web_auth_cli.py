@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 from web_support import JobsEnv, SseReader, WebThread, wait_until
 
 from s3flow.errors import ConfigError
+from s3flow.settings import load_settings
 from s3flow.web.auth import hash_token
 from s3flow.web.server import serve
 
@@ -75,6 +77,19 @@ def test_a_busy_port_is_a_plain_error(jobs_env: JobsEnv) -> None:
         port = busy.getsockname()[1]
         with pytest.raises(ConfigError, match="another server is using the port"):
             asyncio.run(serve(jobs_env.settings(), host="127.0.0.1", port=port))
+
+
+def test_a_dynamodb_store_without_its_job_tables_stops_the_server(jobs_env: JobsEnv) -> None:
+    """The web app checks the job tables at start (as the worker checks its own): it used
+    to serve, then answer every request with an error about a missing table."""
+    prefix = f"nosuch-{uuid.uuid4().hex[:8]}"
+    data = jobs_env.data()
+    data["state"] = {"url": f"dynamodb://{prefix}"}
+    with pytest.raises(ConfigError) as stopped:
+        asyncio.run(serve(load_settings(None, data), host="127.0.0.1", port=0))
+    text = str(stopped.value)
+    assert f"{prefix}-jobs, {prefix}-job-events do not exist" in text
+    assert "s3flow provision" in text and f"{prefix}-files" not in text
 
 
 def s3flow(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -380,6 +380,7 @@ def test_web_role() -> None:
     assert [r["Fn::GetAtt"][0] for r in st["ConsumeProgress"]["Resource"]] == ["QueueProgressFifo"]
     assert st["JobStore"]["Action"] == [
         "dynamodb:BatchGetItem",
+        "dynamodb:DescribeTable",
         "dynamodb:GetItem",
         "dynamodb:PutItem",
         "dynamodb:Query",

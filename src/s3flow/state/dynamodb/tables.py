@@ -12,6 +12,7 @@ import asyncio
 import copy
 import logging
 import time
+from collections.abc import Collection
 
 from s3flow.errors import ConfigError, translate_aws_error
 from s3flow.settings import AwsSettings
@@ -155,8 +156,9 @@ class TablesMixin(DynamoClient):
             await self._wait_active(table, keys)
         return out
 
-    async def check_tables(self) -> None:
-        """Start-up check: every table exists, with its key schema and indexes.
+    async def check_tables(self, only: Collection[str] | None = None) -> None:
+        """Start-up check: every table (or those named in ``only``) exists, with its key
+        schema and indexes.
 
         One DescribeTable per table. Raises :class:`~s3flow.errors.ConfigError` naming
         the missing tables (or indexes) and ``s3flow provision``, a table of another key
@@ -166,11 +168,11 @@ class TablesMixin(DynamoClient):
         """
         if self._client is None:
             async with self:
-                return await self.check_tables()
+                return await self.check_tables(only)
         where = f"state store dynamodb://{self.table_prefix} ([state] url)"
         missing: list[str] = []
         lacking: list[str] = []
-        specs = _specs(self)
+        specs = [spec for spec in _specs(self) if only is None or spec[0] in only]
         # Start-up: one DescribeTable per table, all at once.
         answers = await asyncio.gather(
             *(self._client.describe_table(TableName=table) for table, _, _ in specs),
