@@ -12,12 +12,17 @@ _BOM = "\ufeff"
 class TextDecoder:
     """An incremental decoder for one object that reports bad input by absolute byte offset.
 
+    Every decoding failure is an :class:`~s3flow.errors.UndecodableContentError` (permanent):
+    a codec's bare ``UnicodeError`` too, with ``source`` (the object's key) and the option
+    to change.
+
     A byte-order mark at the very start is dropped (a UTF-8 BOM would otherwise be
     drawn as a character); characters split across chunks are carried over.
     """
 
-    def __init__(self, encoding: str) -> None:
+    def __init__(self, encoding: str, source: str = "") -> None:
         self.encoding = encoding
+        self.source = source  # the object's key, for messages
         self._decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
         self._offset = 0  # bytes fed so far
         self._started = False
@@ -34,6 +39,13 @@ class TextDecoder:
             raise UndecodableContentError(
                 f"not {self.encoding} at byte {at}: {what} "
                 f"(bytes {exc.object[exc.start : exc.start + 4]!r})"
+            ) from exc
+        except UnicodeError as exc:  # a codec that fails without saying where
+            of = f" {self.source}" if self.source else ""
+            raise UndecodableContentError(
+                f"cannot decode{of} as {self.encoding}: {exc or type(exc).__name__} (in the "
+                f"bytes from offset {self._offset - pending}); set [pipelines.options] "
+                "encoding to the text encoding of the objects"
             ) from exc
         self._offset += len(data)
         if not self._started and text:

@@ -102,7 +102,8 @@ def find_font(monospace: bool, font_file: str | None = None) -> str:
 
 
 def load_font(path: str) -> Font:
-    """Parse ``path`` once per process (ConfigError when it is not a usable TrueType font)."""
+    """Parse ``path`` once per process (ConfigError naming ``font_file`` and the file when
+    it is not a usable TrueType font: not one at all, truncated, unreadable)."""
     with _FONTS_LOCK:
         font = _FONTS.get(path)
         if font is None:
@@ -111,12 +112,17 @@ def load_font(path: str) -> Font:
 
 
 def _parse(path: str) -> Font:
-    from reportlab.pdfbase.ttfonts import TTFError, TTFontFace
+    from reportlab.pdfbase.ttfonts import TTFontFace
 
     try:
         face = TTFontFace(path)
-    except (TTFError, OSError, ValueError) as exc:
-        raise ConfigError(f"text-to-pdf: cannot use font {path}: {exc}") from exc
+    except Exception as exc:  # TTFError, OSError; struct.error, IndexError... when truncated
+        detail = str(exc) or type(exc).__name__
+        raise ConfigError(
+            f"text-to-pdf: cannot use font {path}: not a complete TrueType font ({detail}); "
+            "set [pipelines.options] font_file to a .ttf file that is, or leave font_file "
+            f"out to use DejaVu ({FONT_PACKAGE})"
+        ) from exc
     char_widths: dict[int, float] = face.charWidths
     widths = CharWidths({chr(cp): w for cp, w in char_widths.items()}, face.defaultWidth)
     advances = set(char_widths.values()) | {face.defaultWidth}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,9 +19,13 @@ PAGE_SIZES: dict[str, tuple[float, float]] = {
 
 
 class TextToPdfOptions(BaseModel):
-    """How text becomes PDF pages. Unknown keys are an error naming the key."""
+    """How text becomes PDF pages. Unknown keys are an error naming the key.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Types are strict: ``title = "yes"`` or ``tab_size = true`` are refused, not
+    converted (a whole number is still accepted where a number is).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     page_size: Literal["A4", "Letter"] = Field(default="A4", description="Paper size (portrait).")
     margin_mm: float = Field(
@@ -56,6 +61,22 @@ class TextToPdfOptions(BaseModel):
     def _known_codec(cls, v: str) -> str:
         if not codec_info(v)._is_text_encoding:
             raise ValueError(f"{v!r} is not a text encoding")
+        # A trial decode: some codecs are text encodings by name only ("undefined"
+        # refuses everything) and would fail every object.
+        try:
+            codecs.getincrementaldecoder(v)(errors="strict").decode(b"", final=True)
+        except Exception as exc:
+            raise ValueError(f"{v!r} cannot decode text ({exc})") from exc
+        return v
+
+    @field_validator("font_file")
+    @classmethod
+    def _font_file_named(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError(
+                "must not be empty: give the path of a TrueType (.ttf) file, or leave "
+                "font_file out for DejaVu"
+            )
         return v
 
     @model_validator(mode="after")

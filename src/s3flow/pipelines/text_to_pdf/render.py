@@ -93,7 +93,7 @@ class TextDocument:
         self._title = title
         self._geo = geo = Geometry.of(opts)
         self._level = opts.compress_level
-        self._decoder = TextDecoder(opts.encoding)
+        self._decoder = TextDecoder(opts.encoding, title)
         self._layout = Paginator(
             Wrapper(font.widths, font.fixed_width, opts.font_size, geo.text_width),
             geo.lines_per_page,

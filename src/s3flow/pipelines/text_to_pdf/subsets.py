@@ -10,9 +10,13 @@ first use, so the same text always gives the same bytes:
 * later subsets give codes 1-255 (code 0 is the font's .notdef glyph).
 
 Encoding goes through the codecs machinery's charmap (C) with one table per
-subset. A character the font has no glyph for still gets a code: it is drawn
-as the font's .notdef box, and the ToUnicode map still names it, so text
-extraction and search find it.
+subset, each kept at its subset's index; a subset holding characters beyond
+U+FFFF (which charmap tables cannot hold) is encoded through its own
+character-to-code dict, kept up to date as codes are given.
+
+A character the font has no glyph for still gets a code: it is drawn as the
+font's .notdef box, and the ToUnicode map still names it, so text extraction
+and search find it.
 """
 
 from __future__ import annotations
@@ -51,7 +55,13 @@ class SubsetEncoder:
         #: Per subset: the code point each code stands for (index = code).
         self.subsets: list[list[int]] = [list(range(128))]
         self._subset_of: dict[str, int] = {chr(c): 0 for c in range(128)}
-        self._maps: list[Any] = []  # per subset: codecs.charmap_build() of its table
+        #: Per subset (index = subset): codecs.charmap_build() of its table.
+        self._maps: list[Any] = [None]
+        #: Per subset (index = subset): its characters and their codes, kept up to date as
+        #: characters are assigned - for runs beyond U+FFFF, where the charmap tables stop.
+        self._codes: list[dict[str, int]] = [{chr(c): c for c in range(128)}]
+        #: The subsets with characters beyond U+FFFF (encoded through ``_codes``).
+        self._astral: set[int] = set()
         self._rebuild(0)
 
     def encode_rows(self, text: str) -> bytes | None:
@@ -80,11 +90,10 @@ class SubsetEncoder:
         out: list[tuple[int, bytes]] = []
         for subset, chars in groupby(text, key=self._subset_of.__getitem__):
             run = "".join(chars)
-            try:
+            if subset in self._astral:  # characters beyond U+FFFF: not in the fast table
+                data = bytes(map(self._codes[subset].__getitem__, run))
+            else:
                 data = codecs.charmap_encode(run, "strict", self._maps[subset])[0]
-            except UnicodeEncodeError:  # beyond U+FFFF: not in the fast table
-                codes = {cp: code for code, cp in enumerate(self.subsets[subset])}
-                data = bytes(codes[ord(c)] for c in run)
             out.append((subset, escape(data)))
         return out
 
@@ -104,10 +113,17 @@ class SubsetEncoder:
                 subset += 1
                 codes = [0]
                 self.subsets.append(codes)
+                self._maps.append(None)  # built below: every subset has its slot
+                self._codes.append({})
+            self._codes[subset][char] = len(codes)
             codes.append(ord(char))
+            if codes[-1] > 0xFFFF:
+                self._astral.add(subset)
             known[char] = subset
             changed.add(subset)
-        for subset in changed:
+        # Each table goes to its own subset's slot, so the order of the rebuilds does not
+        # matter (one page can open several subsets at once).
+        for subset in sorted(changed):
             self._rebuild(subset)
         return bool(changed)
 
@@ -116,11 +132,7 @@ class SubsetEncoder:
         if subset:
             table[0] = _UNDEFINED  # .notdef: never a character
         table += [_UNDEFINED] * (256 - len(table))
-        charmap = codecs.charmap_build("".join(table))
-        if subset < len(self._maps):
-            self._maps[subset] = charmap
-        else:
-            self._maps.append(charmap)
+        self._maps[subset] = codecs.charmap_build("".join(table))
 
 
 def to_unicode_cmap(codepoints: list[int]) -> bytes:

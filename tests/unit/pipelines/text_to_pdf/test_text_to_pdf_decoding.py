@@ -47,3 +47,15 @@ def test_other_encodings() -> None:
     assert TextDecoder("latin-1").decode("café".encode("latin-1")) == "café"
     assert TextDecoder("cp1251").decode("щука".encode("cp1251")) == "щука"
     assert TextDecoder("utf-16").decode("ω".encode("utf-16")) == "ω"
+
+
+def test_a_bare_unicode_error_is_permanent_and_names_the_file_and_the_option() -> None:
+    """The "undefined" codec (refused by the options now) raises a plain UnicodeError:
+    it was retried until dead-lettered; it is a permanent error saying what to do."""
+    dec = TextDecoder("undefined", "in/notes.txt")
+    with pytest.raises(UndecodableContentError) as info:
+        dec.decode(b"hello")
+    message = str(info.value)
+    assert "in/notes.txt" in message and "undefined" in message
+    assert "set [pipelines.options] encoding" in message
+    assert info.value.disposition is Disposition.PERMANENT

@@ -5,13 +5,21 @@ from __future__ import annotations
 import tracemalloc
 from bisect import bisect_right
 from itertools import accumulate
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from s3flow.pipelines.text_to_pdf import layout
 from s3flow.pipelines.text_to_pdf.fonts import CharWidths
-from s3flow.pipelines.text_to_pdf.layout import LONG_LINE, Paginator, Wrapper, expand_tabs
+from s3flow.pipelines.text_to_pdf.layout import (
+    LONG_LINE,
+    MAX_ROW_CHARS,
+    Paginator,
+    Wrapper,
+    expand_tabs,
+)
 
 MONO = CharWidths({chr(c): 600.0 for c in range(32, 0x500)}, 600.0)
 # 10 pt glyphs of 600/1000 em = 6 pt each: 60 pt of text width = 10 columns.
@@ -204,3 +212,106 @@ def test_a_line_of_tabs_wraps_in_memory_that_follows_a_row() -> None:
     rows = [row for page in pages for row in page]
     assert rows[-1].endswith("end") and len(rows) > 100
     assert peak < 40 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"
+
+
+# --- chunking, form feeds at the end, rows of characters without width -----------------
+
+ZERO = CharWidths({"a": 500.0, " ": 250.0, "m": 1000.0, "\u200b": 0.0, "\u0301": 0.0}, 500.0)
+
+
+def _chunked(text: str, cuts: list[int], wrapper: Wrapper, tab: int = 4) -> list[list[str]]:
+    pag = Paginator(wrapper, 4, tab)
+    out: list[list[str]] = []
+    last = 0
+    for cut in sorted(cuts):
+        out += pag.feed(text[last:cut])
+        last = max(last, cut)
+    return out + pag.feed(text[last:]) + pag.finish()
+
+
+#: Text made of runs: long words, runs of spaces (row breaks), zero-width characters, tabs,
+#: line ends (CRLF too) and form feeds.
+_RUNS = st.lists(
+    st.one_of(
+        st.sampled_from(["\n", "\r\n", "\r", "\f", "\f\f", "\t"]),
+        st.builds(lambda c, n: c * n, st.sampled_from("ab \u200b\u0301"), st.integers(1, 25)),
+    ),
+    max_size=25,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    text=_RUNS,
+    data=st.data(),
+    long_line=st.sampled_from([4, 11, 25, 60]),
+    proportional=st.booleans(),
+)
+def test_pages_do_not_depend_on_chunks_even_when_long_lines_are_flushed(
+    text: str, data: st.DataObject, long_line: int, proportional: bool
+) -> None:
+    """Lines longer than LONG_LINE (made short here) are laid out before their end
+    arrives: a break whose spaces continue in the next chunk, a form feed at the end of
+    a flushed piece, CRLF split in two, tabs after a flush - none may change a row."""
+    cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=8), label="cuts")
+
+    def wrapper() -> Wrapper:
+        return Wrapper(ZERO, None, 10.0, 20.0) if proportional else mono()
+
+    whole = _chunked(text, [], wrapper())
+    with patch.object(layout, "LONG_LINE", long_line):
+        assert _chunked(text, cuts, wrapper()) == whole
+
+
+@pytest.mark.parametrize(
+    ("text", "cut"),
+    [
+        ("a" * 30 + " " * 20 + "b" * 3, 35),  # the spaces of a break, cut in two
+        ("a" * 30 + " " * 20 + "\n" + "b", 35),  # ... then the line ends
+        ("a" * 30 + " " * 5 + "\t\tb", 35),  # tabs at a break are spaces too
+        ("x" * 30 + "\f" + "\nnext line\n", 31),  # "\f\n" after a flush is no line
+        ("x" * 30 + "\f" + "  indented\n", 31),  # text after "\f" keeps its spaces
+    ],
+)
+def test_long_line_flushed_at_a_break_or_form_feed(text: str, cut: int) -> None:
+    whole = _chunked(text, [], mono())
+    with patch.object(layout, "LONG_LINE", 25):
+        assert _chunked(text, [cut], mono()) == whole
+
+
+def test_form_feeds_at_the_very_end_add_no_blank_page() -> None:
+    assert pages_of("a\f\f") == [["a"]]
+    assert pages_of("a\f\f\f\n") == [["a"]]
+    assert pages_of("1\n2\n3\n\f\f") == [["1", "2", "3"]]
+    assert pages_of("a\f\f\fb") == [["a"], [], [], ["b"]]  # between text: still blank pages
+
+
+def test_rows_of_characters_without_width_are_capped() -> None:
+    """U+200B has no width: a row of them never fills. Rows hold MAX_ROW_CHARS at most,
+    and the widths are summed once per row, not over the whole growing line per chunk
+    (8 M characters took 52 s and 730 MB)."""
+    wrapper = Wrapper(ZERO, None, 10.0, 200.0)
+    assert wrapper.columns is None
+    pag = Paginator(wrapper, 60)
+    n = 600_000  # 1.8 MB of UTF-8
+    chunk = "\u200b" * 150_000
+    tracemalloc.start()
+    try:
+        pages = []
+        for _ in range(n // len(chunk)):
+            pages += pag.feed(chunk)
+            assert len(pag._carry) <= LONG_LINE
+        pages += pag.finish()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    rows = [row for page in pages for row in page]
+    assert [len(r) for r in rows] == [MAX_ROW_CHARS] * (n // MAX_ROW_CHARS) + [n % MAX_ROW_CHARS]
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB"  # it was 37 MiB
+
+
+def test_row_cap_breaks_at_a_space_like_the_width_does() -> None:
+    wrapper = Wrapper(ZERO, None, 10.0, 200.0, max_chars=10)
+    line = "\u200b" * 6 + " " + "\u200b" * 12
+    assert wrapper.wrap(line) == ["\u200b" * 6, "\u200b" * 10, "\u200b" * 2]
+    assert not wrapper.fits("\u200b" * 11) and wrapper.fits("\u200b" * 10)

@@ -213,11 +213,38 @@ def test_registered_and_cpu_bound() -> None:
         ({"encoding": "base64"}, "not a text encoding"),
         ({"margin_mm": 80, "font_size": 48}, "leaves no room"),
         ({"font_size": 2}, "font_size"),
+        # A text encoding by name that decodes nothing: every object failed (retried).
+        ({"encoding": "undefined"}, r"encoding: .*'undefined' cannot decode text"),
+        # Strict types: not converted to True / 1 / "use DejaVu".
+        ({"title": "yes"}, r"title: .*valid boolean"),
+        ({"page_numbers": 1}, r"page_numbers: .*valid boolean"),
+        ({"tab_size": True}, r"tab_size: .*valid integer"),
+        ({"compress_level": "6"}, r"compress_level: .*valid integer"),
+        ({"font_size": "9"}, r"font_size: .*valid number"),
+        ({"font_file": ""}, r"font_file: .*must not be empty"),
+        ({"font_file": "  "}, r"font_file: .*must not be empty"),
     ],
 )
 def test_bad_options_are_config_errors(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         TextToPdfProcessor(options)
+
+
+def test_whole_numbers_are_still_numbers() -> None:
+    opts = TextToPdfProcessor({"margin_mm": 20, "font_size": 10, "encoding": "utf-16"}).opts
+    assert (opts.margin_mm, opts.font_size) == (20.0, 10.0)
+
+
+@pytest.mark.parametrize("keep", [0.02, 0.3, 0.9])
+def test_a_truncated_font_file_is_a_config_error_naming_option_and_file(
+    tmp_path: Path, keep: float
+) -> None:
+    """A cut-off .ttf raised struct.error out of create_processor."""
+    data = Path(fonts.find_font(True)).read_bytes()
+    cut = tmp_path / f"cut-{keep}.ttf"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(ConfigError, match=rf"cannot use font {cut}: .*font_file"):
+        create_processor("text-to-pdf", {"font_file": str(cut)})
 
 
 def test_missing_font_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

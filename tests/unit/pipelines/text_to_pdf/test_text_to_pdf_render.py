@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 from typing import Any
 
 import pypdf
@@ -10,6 +11,7 @@ import pytest
 
 from s3flow.errors import UndecodableContentError
 from s3flow.pipelines.text_to_pdf.fonts import find_font, load_font
+from s3flow.pipelines.text_to_pdf.layout import MAX_ROW_CHARS
 from s3flow.pipelines.text_to_pdf.options import TextToPdfOptions
 from s3flow.pipelines.text_to_pdf.render import Geometry, TextDocument
 
@@ -156,3 +158,82 @@ def test_undecodable_input_is_an_error_with_the_byte_offset() -> None:
     data = "ok ñ\n".encode() * 10 + b"bad \xff here"
     with pytest.raises(UndecodableContentError, match=r"not utf-8 at byte 64\b"):
         render(data, chunk=5)
+
+
+def test_cjk_text_opening_several_subsets_on_one_page_round_trips() -> None:
+    """3000 lines of CJK (not in DejaVu: drawn as boxes, but in the text layer). A page
+    brings hundreds of new characters, so several subsets open at once: each must get
+    its own table (one was lost: IndexError, retried until dead-lettered)."""
+    rng = random.Random(2500)
+    common = [chr(c) for c in range(0x4E00, 0x58C4)]
+    lines = ["".join(rng.choices(common, k=rng.randint(8, 30))) for _ in range(3000)]
+    # 6 pt: ~100 rows a page, ~1900 characters (the first pages bring 1000+ new ones).
+    pdf = render(("\n".join(lines) + "\n").encode(), chunk=1 << 20, font_size=6)
+    assert pdf.count(b"/Subtype /TrueType") > 9  # 2500 characters: 10+ subsets
+    assert [row for page in page_texts(pdf) for row in body_lines(page)] == lines
+
+
+def _cut_everywhere(data: bytes, cuts: list[int], **opts: Any) -> bytes:
+    options = TextToPdfOptions(**opts)
+    font = load_font(find_font(options.monospace, options.font_file))
+    out = io.BytesIO()
+    doc = TextDocument(out, options, font, "docs/sample.txt")
+    last = 0
+    for cut in [*sorted(cuts), len(data)]:
+        doc.feed(data[last:cut])
+        last = cut
+    doc.finish()
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("monospace", [True, False])
+def test_the_same_pdf_however_the_bytes_are_chunked(monospace: bool) -> None:
+    """Lines over 64 Ki characters are laid out before they end; where the chunks are
+    cut must not matter, even inside such a line, a run of spaces at a row break, a
+    form feed, CRLF or a UTF-8 character."""
+    pieces = [
+        b"a" * 70_000 + b" " * 300 + b"b" * 10 + b"\n",  # spaces at a break, in two chunks
+        b"x" * 70_000 + b"\f" + b"\nnext line\n",  # "\f\n" across a flush: no empty row
+        b"words and " * 8_000 + b"\t\tindented\r\n",
+        "\u03b1\u03b2\u03b3 ".encode() * 20_000 + b"\r\n\f\f" + b"   \f after\r\n",
+        b"short\r\nlines\r\n" * 200,
+    ]
+    data = b"".join(pieces)
+    whole = _cut_everywhere(data, [], monospace=monospace)
+    rng = random.Random(7)
+    after_feed = len(pieces[0]) + 70_001
+    assert data[after_feed - 1 : after_feed + 1] == b"\f\n"
+    breaks = [70_100, after_feed, len(data) - 1]  # the reviewer's cuts, and inside a CRLF
+    cut_sets = [breaks, *(rng.sample(range(1, len(data)), 6) for _ in range(6))]
+    # Cuts inside space runs, next to form feeds and inside CRLF pairs.
+    specials = [i for i in range(len(data)) if data[i : i + 1] in b" \f\r"]
+    cut_sets += [rng.sample(specials, 8) for _ in range(4)]
+    for cuts in cut_sets:
+        assert _cut_everywhere(data, cuts, monospace=monospace) == whole, cuts
+    rows = [row for page in page_texts(whole) for row in body_lines(page)]
+    assert "next line" in rows and "" not in rows[: rows.index("next line")]
+    assert not any(row.startswith(" ") and row.strip() == "b" * 10 for row in rows)
+
+
+def test_form_feeds_at_the_very_end_add_no_page() -> None:
+    assert len(page_texts(render(b"one\n\f\f"))) == 1
+    assert len(page_texts(render(b"one\n\f\ftwo\n"))) == 3  # between text: a blank page
+
+
+def test_zero_width_characters_fill_rows_of_at_most_max_row_chars() -> None:
+    """A row of U+200B never fills by width: rows hold MAX_ROW_CHARS characters at most,
+    so pages come out as the text streams (before, 8 M characters took 52 s, 730 MB)."""
+    n = 1_000_000  # 3 MB of UTF-8
+    pdf = render(("\u200b" * n).encode(), chunk=1 << 20, monospace=False)
+    rows = -(-n // MAX_ROW_CHARS)
+    assert len(page_texts(pdf)) == -(-rows // per_page())
+
+
+def test_a_codec_failing_without_an_offset_is_a_permanent_error_naming_the_file() -> None:
+    """A bare UnicodeError from the codec (here "undefined", which the options refuse
+    now) is UndecodableContentError, not a retryable crash."""
+    options = TextToPdfOptions().model_copy(update={"encoding": "undefined"})
+    font = load_font(find_font(True))
+    doc = TextDocument(io.BytesIO(), options, font, "in/notes.txt")
+    with pytest.raises(UndecodableContentError, match=r"in/notes\.txt.*encoding"):
+        doc.feed(b"hello\n")
