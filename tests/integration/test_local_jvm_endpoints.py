@@ -129,7 +129,9 @@ def test_dlq_redrive_with_a_state_store_resets_what_it_moves(
         async def with_store() -> tuple[Any, FileStatus | None]:
             async with open_store(settings) as store:
                 assert store is not None
-                oid = ObjectId("b", "dead.txt", "v1")
+                # The upload the DLQ message names (eTag "x", sequencer "0A1B"): a redrive
+                # resets that record only.
+                oid = ObjectId("b", "dead.txt", "x@0A1B")
                 claim = await store.claim(oid, pipeline="p", owner="w", ttl_s=60)
                 await store.fail(
                     oid, token=claim.token, status=FileStatus.DEAD, error_class="X", error="x"

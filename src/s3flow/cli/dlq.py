@@ -7,6 +7,7 @@ import json
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from s3flow.cli.common import (
     ConfigOpt,
@@ -16,17 +17,48 @@ from s3flow.cli.common import (
     console,
     err_console,
     exit_on_error,
+    fail,
     new_table,
     one_pipeline,
     settings_from,
     with_progress,
 )
-from s3flow.settings import PipelineSettings, Settings
+from s3flow.errors import S3flowError
+from s3flow.settings import PipelineSettings, Settings, processing_pipeline
 
 dlq_app = typer.Typer(
     help="Inspect dead-lettered messages and move them back.", no_args_is_help=True
 )
 app.add_typer(dlq_app, name="dlq")
+
+
+def _at_least_one(ctx: typer.Context, value: int | None) -> int | None:
+    """``--max``: a count of messages, 1 or more (left out: the command's default)."""
+    if value is not None and value < 1:
+        default = "to move them all" if ctx.info_name == "redrive" else "for the default (50)"
+        raise typer.BadParameter(
+            f"must be at least 1 (got {value}): it is how many DLQ messages "
+            f"`s3flow dlq {ctx.info_name}` takes; leave --max out {default}"
+        )
+    return value
+
+
+def dlq_pipeline(settings: Settings, name: str | None) -> PipelineSettings:
+    """The pipeline whose DLQ ``-p`` names: a configured one, or with ``[jobs]`` the
+    job worker's ``jobs-processing`` (the processing FIFO queue and its DLQ)."""
+    jobs = settings.jobs
+    processing = processing_pipeline(jobs) if jobs is not None else None
+    if processing is not None and name == processing.name:
+        return processing
+    try:
+        return one_pipeline(settings, name)
+    except S3flowError as exc:
+        if processing is None:
+            raise
+        raise S3flowError(
+            f"{exc}; `-p {processing.name}` names the jobs processing queue "
+            f"{processing.queue!r} (its DLQ {processing.dlq!r})"
+        ) from exc
 
 
 async def _list_dlq(settings: Settings, p: PipelineSettings, max_n: int) -> list[Any]:
@@ -41,13 +73,21 @@ async def _list_dlq(settings: Settings, p: PipelineSettings, max_n: int) -> list
 def dlq_list(
     config: ConfigOpt = None,
     pipeline: PipelineOpt = None,
-    max_n: Annotated[int, typer.Option("--max", help="At most this many messages.")] = 50,
+    max_n: Annotated[
+        int,
+        typer.Option(
+            "--max", callback=_at_least_one, help="At most this many messages (1 or more)."
+        ),
+    ] = 50,
     as_json: JsonOpt = False,
 ) -> None:
-    """List dead-lettered messages with their error class and reason."""
+    """List dead-lettered messages with their error class and reason.
+
+    ``-p jobs-processing`` lists the jobs processing queue's DLQ.
+    """
     with exit_on_error():
         settings = settings_from(config)
-        msgs = asyncio.run(_list_dlq(settings, one_pipeline(settings, pipeline), max_n))
+        msgs = asyncio.run(_list_dlq(settings, dlq_pipeline(settings, pipeline), max_n))
     if as_json:
         print(json.dumps([m.__dict__ for m in msgs], indent=2))
         return
@@ -55,12 +95,14 @@ def dlq_list(
         f"DLQ messages ({len(msgs)})", ("message id", "objects", "error class", "error", "sent")
     )
     for m in msgs:
+        # Keys, bodies and reasons are data: "[/data/x]" is no Rich markup.
         table.add_row(
-            m.message_id,
-            "\n".join(m.keys) or m.body[:60],
-            m.error_class or "-",
-            (m.error or m.state_note or "-")[:160],
-            m.sent_at or "-",
+            escape(m.message_id),
+            escape("\n".join(m.keys) or m.body[:60]),
+            escape(m.error_class or "-"),
+            # Long enough for a state note's last error (`dlq show` has it all).
+            escape((m.error or m.state_note or "-")[:300]),
+            escape(m.sent_at or "-"),
         )
     console.print(table)
 
@@ -74,12 +116,18 @@ def dlq_show(
     """Show one dead-lettered message: body and error attributes."""
     with exit_on_error():
         settings = settings_from(config)
-        msgs = asyncio.run(_list_dlq(settings, one_pipeline(settings, pipeline), 1000))
+        p = dlq_pipeline(settings, pipeline)
+        msgs = asyncio.run(_list_dlq(settings, p, 1000))
     for m in msgs:
         if m.message_id == message_id:
             print(json.dumps(m.__dict__, indent=2))
             return
-    err_console.print(f"message {message_id} is not on the DLQ")
+    err_console.print(
+        f"message {escape(message_id)} is not on the DLQ of pipeline {escape(p.name)!r} "
+        f"(among the {len(msgs)} looked at; `s3flow dlq list -p {escape(p.name)}` lists "
+        "them)",
+        highlight=False,
+    )
     raise typer.Exit(1)
 
 
@@ -87,7 +135,12 @@ def dlq_show(
 def dlq_redrive(
     config: ConfigOpt = None,
     pipeline: PipelineOpt = None,
-    max_n: Annotated[int | None, typer.Option("--max", help="Move at most this many.")] = None,
+    max_n: Annotated[
+        int | None,
+        typer.Option(
+            "--max", callback=_at_least_one, help="Move at most this many (1 or more; default all)."
+        ),
+    ] = None,
     lease_s: Annotated[
         int,
         typer.Option(
@@ -103,36 +156,44 @@ def dlq_redrive(
 
     Restartable: stop it (Ctrl-C) or kill it at any moment and run it again;
     every message ends up on the source queue, none stays behind on the DLQ.
+    A message that cannot be moved stays on the DLQ: the command says which and
+    why, and exits 2. ``-p jobs-processing`` redrives the jobs processing queue's DLQ.
     """
     from rich.progress import Progress
 
     from s3flow.app import open_store
-    from s3flow.ops.dlq import redrive
+    from s3flow.ops.dlq import RedriveError, RedriveReport, redrive
 
-    async def go(progress: Progress) -> Any:
+    async def go(progress: Progress) -> RedriveReport | RedriveError:
         settings = settings_from(config)
-        p = one_pipeline(settings, pipeline)
+        p = dlq_pipeline(settings, pipeline)
         task = progress.add_task("redriving", total=max_n)
         async with open_store(settings) as store:
-            return await redrive(
-                settings,
-                p,
-                max_n=max_n,
-                store=store,
-                lease_s=lease_s,
-                on_moved=lambda n: progress.advance(task, n),
-                on_wait=lambda n, secs: err_console.print(
-                    f"{n} DLQ message(s) are held by an earlier, interrupted redrive or a "
-                    f"`dlq list`; waiting up to {secs:.0f}s for them to come back",
-                    highlight=False,
-                ),
-            )
+            try:
+                return await redrive(
+                    settings,
+                    p,
+                    max_n=max_n,
+                    store=store,
+                    lease_s=lease_s,
+                    on_moved=lambda n: progress.advance(task, n),
+                    on_wait=lambda n, secs: err_console.print(
+                        f"{n} DLQ message(s) are held by an earlier, interrupted redrive or "
+                        f"a `dlq list`; waiting up to {secs:.0f}s for them to come back",
+                        highlight=False,
+                    ),
+                )
+            except RedriveError as exc:
+                return exc  # what was moved is printed before the error
 
-    report = with_progress(go)
+    result = with_progress(go)
+    report = result.report if isinstance(result, RedriveError) else result
     if report.method == "message-move-task":
         console.print("started an SQS message move task (DLQ -> source queue)")
     else:
         if report.note:
-            err_console.print(report.note, highlight=False)
+            err_console.print(escape(report.note), highlight=False)
         extra = f" ({report.waited_for} left by an interrupted run)" if report.waited_for else ""
         console.print(f"moved {report.moved} message(s) back to the source queue{extra}")
+    if isinstance(result, RedriveError):
+        raise fail(result)

@@ -4,22 +4,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+
 from s3flow.app import dlq_url, queue_url
 from s3flow.aws import AwsClients, open_clients
-from s3flow.errors import EnvelopeError, S3flowError, aws_errors, translate_aws_error
-from s3flow.events import parse_body
+from s3flow.errors import (
+    EnvelopeError,
+    ObjectMissingError,
+    S3flowError,
+    aws_errors,
+    translate_aws_error,
+)
+from s3flow.events import ObjectEvent, parse_body
+from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, Settings
 from s3flow.state.base import StateStore
-from s3flow.state.records import FileStatus, TransitionError
+from s3flow.state.records import FileRecord, FileStatus, ObjectId, TransitionError
+from s3flow.worker.identity import identify
 
 log = logging.getLogger("s3flow.ops")
+
+#: SQS's limit on the total size of one SendMessageBatch (bodies + message attributes).
+MAX_BATCH_BYTES = 1_048_576
+#: SQS's limit on the entries of one batch call.
+MAX_BATCH_ENTRIES = 10
+#: How long a FIFO queue remembers a deduplication id (plus a minute of clock skew).
+_DEDUP_WINDOW_MS = (5 * 60 + 60) * 1000
+#: The system attributes a redrive reads: FIFO messages keep their group and dedup id.
+_SYSTEM_ATTRIBUTES = ["SentTimestamp", "MessageGroupId", "MessageDeduplicationId"]
+#: Message attributes s3flow writes (a DLQ reason, a retry's failure count): a redriven
+#: message starts afresh without them; any other attribute travels with it.
+_OWN_ATTRIBUTE_PREFIX = "s3flow."
 
 
 @dataclass
@@ -37,6 +61,8 @@ class DlqMessage:
     #: From the state store when the message has no s3flow attributes (the queue's
     #: redrive policy moved it, e.g. after the worker itself kept dying on it).
     state_note: str | None = None
+    #: A FIFO queue's message group (None on a standard queue).
+    group_id: str | None = None
 
 
 def _attr(msg: dict[str, Any], name: str) -> str | None:
@@ -51,13 +77,41 @@ def _keys(body: str) -> list[str]:
         return []
 
 
+def _at_least_one(max_n: int | None) -> None:
+    if max_n is not None and max_n < 1:
+        raise ValueError(f"max_n must be at least 1 (got {max_n}); None means no limit")
+
+
 async def _urls(clients: AwsClients, p: PipelineSettings) -> tuple[str, str]:
     src = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
     return src, await dlq_url(clients.sqs, p, src)
 
 
-async def _state_note(store: StateStore | None, body: str) -> str | None:
-    """What the state store last recorded for the objects of a DLQ message body."""
+async def _upload_of(s3: Any, event: ObjectEvent) -> ObjectId | None:
+    """The upload the worker will take ``event`` for (its identity, as the worker reads
+    it: :func:`~s3flow.worker.identity.identify`), or None when the object is gone.
+
+    Raises the translated S3flowError when the HEAD it may need fails otherwise.
+    """
+    try:
+        oid, _ = await identify(s3, event)
+    except ObjectMissingError:
+        return None
+    return oid
+
+
+def _describe(r: FileRecord) -> str:
+    err = f"; last error {r.last_error_class}: {r.last_error}" if r.last_error else ""
+    return f"upload {r.version} {r.status.value} after {r.attempts} attempt(s){err}"
+
+
+async def _state_note(s3: Any, store: StateStore | None, body: str) -> str | None:
+    """What the state store last recorded for the uploads a DLQ message body names.
+
+    The record of the very upload each event names (its identity, as the worker
+    reads it); when that cannot be told (the object is gone, its HEAD failed) the
+    most recently updated record of the key, saying so.
+    """
     if store is None:
         return None
     try:
@@ -70,9 +124,27 @@ async def _state_note(store: StateStore | None, body: str) -> str | None:
         if not recs:
             notes.append(f"{e.uri()}: no record (never started)")
             continue
-        r = recs[0]
-        err = f"; last error {r.last_error_class}: {r.last_error}" if r.last_error else ""
-        notes.append(f"{e.uri()}: {r.status.value} after {r.attempts} attempt(s){err}")
+        try:
+            oid = await _upload_of(s3, e)
+        except S3flowError as exc:
+            notes.append(
+                f"{e.uri()}: which upload the message names is unknown ({_short_reason(exc)}); "
+                f"latest record: {_describe(recs[0])}"
+            )
+            continue
+        if oid is None:
+            notes.append(
+                f"{e.uri()}: the object no longer exists; latest record: {_describe(recs[0])}"
+            )
+            continue
+        rec = next((r for r in recs if r.version == oid.version), None)
+        if rec is None:
+            notes.append(
+                f"{e.uri()}: no record of upload {oid.version} (never started); "
+                f"{len(recs)} record(s) of other uploads"
+            )
+        else:
+            notes.append(f"{e.uri()}: {_describe(rec)}")
     return "; ".join(notes) or None
 
 
@@ -83,12 +155,13 @@ async def list_dlq(
     max_n: int = 100,
     store: StateStore | None = None,
 ) -> list[DlqMessage]:
-    """Peek at up to ``max_n`` DLQ messages (they become visible again right after).
+    """Peek at up to ``max_n`` (at least 1) DLQ messages (visible again right after).
 
     A message without s3flow's attributes was moved by the queue's redrive
     policy, not by a worker: its ``state_note`` says what the state store last
-    recorded for its objects.
+    recorded for the uploads it names.
     """
+    _at_least_one(max_n)
     out: dict[str, DlqMessage] = {}
     handles: list[str] = []
     async with open_clients(settings.aws) as clients:
@@ -97,10 +170,10 @@ async def list_dlq(
             with aws_errors(f"reading the DLQ {dlq}"):
                 await _peek(clients, dlq, max_n, store, out, handles)
         finally:
-            for i in range(0, len(handles), 10):
+            for i in range(0, len(handles), MAX_BATCH_ENTRIES):
                 entries = [
                     {"Id": str(j), "ReceiptHandle": h, "VisibilityTimeout": 0}
-                    for j, h in enumerate(handles[i : i + 10])
+                    for j, h in enumerate(handles[i : i + MAX_BATCH_ENTRIES])
                 ]
                 with contextlib.suppress(Exception):
                     await clients.sqs.change_message_visibility_batch(QueueUrl=dlq, Entries=entries)
@@ -113,9 +186,24 @@ class RedriveReport:
 
     method: str  # "message-move-task" | "receive-send-delete"
     moved: int = 0
-    failed: int = 0
+    failed: int = 0  # messages that could not be moved (still on the DLQ): len(unsent)
     waited_for: int = 0  # DLQ messages leased by an interrupted run that were waited for
     note: str = ""  # why the fallback was used
+    #: DLQ message id -> why it could not be moved (it is still on the DLQ).
+    unsent: dict[str, str] = field(default_factory=dict)
+    #: Why the run stopped before the DLQ was empty ("" when it did not).
+    stopped: str = ""
+
+
+class RedriveError(S3flowError):
+    """Some DLQ messages could not be moved and are still on the DLQ.
+
+    ``report`` says what was moved and why each of the others was not.
+    """
+
+    def __init__(self, message: str, report: RedriveReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 async def _peek(
@@ -130,18 +218,19 @@ async def _peek(
     while len(out) < max_n:
         resp = await clients.sqs.receive_message(
             QueueUrl=dlq,
-            MaxNumberOfMessages=min(10, max_n - len(out)),
+            MaxNumberOfMessages=min(MAX_BATCH_ENTRIES, max_n - len(out)),
             WaitTimeSeconds=1,
             VisibilityTimeout=30,
             MessageAttributeNames=["All"],
-            MessageSystemAttributeNames=["SentTimestamp"],
+            MessageSystemAttributeNames=_SYSTEM_ATTRIBUTES,
         )
         msgs = resp.get("Messages") or []
         if not msgs:
             break
         for m in msgs:
             handles.append(m["ReceiptHandle"])
-            sent = (m.get("Attributes") or {}).get("SentTimestamp")
+            system = m.get("Attributes") or {}
+            sent = system.get("SentTimestamp")
             out[m["MessageId"]] = DlqMessage(
                 message_id=m["MessageId"],
                 body=m.get("Body", ""),
@@ -151,37 +240,109 @@ async def _peek(
                 receive_count=_attr(m, "s3flow.receive-count"),
                 sent_at=datetime.fromtimestamp(int(sent) / 1000, UTC).isoformat() if sent else None,
                 keys=_keys(m.get("Body", "")),
+                group_id=system.get("MessageGroupId"),
             )
             if out[m["MessageId"]].error_class is None:
-                note = await _state_note(store, m.get("Body", ""))
+                note = await _state_note(clients.s3, store, m.get("Body", ""))
                 out[m["MessageId"]].state_note = (
                     "moved by the queue's redrive policy (maxReceiveCount), not by a "
                     "worker" + (f"; state store: {note}" if note else "")
                 )
 
 
-async def _reset_state(store: StateStore | None, body: str) -> None:
-    """Give the objects of a redriven body a fresh start (dead/failed -> received)."""
+@dataclass(frozen=True)
+class _Reset:
+    """A record a redrive set to received, and what it was before."""
+
+    oid: ObjectId
+    was: FileStatus
+    error: str | None
+
+
+async def _reset_state(
+    s3: Any, store: StateStore | None, route: Route, body: str, resets: list[_Reset]
+) -> None:
+    """Give the uploads a redriven body names a fresh start (dead/failed -> received).
+
+    Only the record of the upload each event names, found as the worker will find it
+    (:func:`~s3flow.worker.identity.identify`): a record of another upload of the key
+    set to received would have no message behind it and stay received for ever. An
+    object that is gone has nothing to reset (the worker acknowledges its message as
+    vanished). Each record reset is appended to ``resets``; raises S3flowError when
+    the upload cannot be told (a HEAD refused) or the store fails.
+    """
     if store is None:
         return
     try:
         events = parse_body(body).events
     except EnvelopeError:
-        return
+        return  # a poison body: the worker dead-letters it again, touching no record
     for e in events:
-        for rec in await store.versions(e.bucket, e.key):
-            if rec.status in (FileStatus.DEAD, FileStatus.FAILED):
-                with contextlib.suppress(TransitionError):
-                    await store.set_status(rec.id, FileStatus.RECEIVED, detail="redriven")
+        if not e.is_created or route.rejects(e) is not None:
+            continue  # the worker claims no record for it
+        recs = await store.versions(e.bucket, e.key)
+        if not any(r.status in (FileStatus.DEAD, FileStatus.FAILED) for r in recs):
+            continue  # nothing to reset (and no HEAD needed)
+        oid = await _upload_of(s3, e)
+        rec = next((r for r in recs if oid is not None and r.version == oid.version), None)
+        if rec is None or rec.status not in (FileStatus.DEAD, FileStatus.FAILED):
+            continue
+        try:
+            await store.set_status(rec.id, FileStatus.RECEIVED, detail="redriven")
+        except TransitionError:
+            continue  # it moved on meanwhile (claimed, completed): the worker decides
+        resets.append(_Reset(rec.id, rec.status, rec.last_error))
+
+
+async def _restore(store: StateStore | None, resets: list[_Reset]) -> None:
+    """Put back the records of a message that surely was not sent.
+
+    A record that was dead goes back to dead. One that was failed goes to dead too:
+    the store allows no received -> failed transition, and dead ("its message is on
+    the DLQ") is where it now is; `dlq redrive` and `backfill` both take it again.
+    Its last error is kept.
+    """
+    if store is None:
+        return
+    for r in resets:
+        try:
+            rec = await store.get(r.oid)
+            if rec is None or rec.status is not FileStatus.RECEIVED:
+                continue  # moved on meanwhile (a new notification was claimed): leave it
+            await store.set_status(
+                r.oid, FileStatus.DEAD, detail=r.error or "its DLQ message could not be redriven"
+            )
+        except Exception as exc:
+            log.warning(
+                "s3://%s/%s (upload %s) says received although its message stayed on the DLQ "
+                "(it could not be set back to %s: %s); `s3flow dlq redrive` moves it again",
+                r.oid.bucket,
+                r.oid.key,
+                r.oid.version,
+                r.was.value,
+                exc,
+            )
+
+
+async def _depth(sqs: Any, url: str) -> tuple[int, int]:
+    """A queue's (visible, leased) message counts (approximate)."""
+    attrs = (
+        await sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+            ],
+        )
+    ).get("Attributes", {})
+    return (
+        int(attrs.get("ApproximateNumberOfMessages", 0)),
+        int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+    )
 
 
 async def _leased(sqs: Any, url: str) -> int:
-    attrs = (
-        await sqs.get_queue_attributes(
-            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
-        )
-    ).get("Attributes", {})
-    return int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0))
+    return (await _depth(sqs, url))[1]
 
 
 async def redrive(
@@ -195,21 +356,31 @@ async def redrive(
     on_moved: Callable[[int], None] = lambda n: None,
     on_wait: Callable[[int, float], None] = lambda n, s: None,
 ) -> RedriveReport:
-    """Move DLQ messages back to the source queue; restartable.
+    """Move DLQ messages (at most ``max_n``, at least 1) back to the source queue;
+    restartable.
 
     Uses SQS StartMessageMoveTask where the endpoint supports it (no ``max_n``
     given and no state ``store``: a move made by SQS cannot set each message's
     records back from ``dead`` to ``received``, and the worker would acknowledge
     a redriven message of a dead object without processing it); otherwise
-    receive -> send -> delete, deleting a DLQ
-    message only after its copy is on the source queue. Interrupted (SIGINT,
-    an error), the batch in hand is settled first: sent copies are deleted from
-    the DLQ, unsent ones made visible again. Killed outright, the DLQ messages
-    it held come back after ``lease_s``: the next run waits for them (calling
-    ``on_wait(count, seconds)``) and moves them too, so no stale copy with an
-    old reason is left behind; a message moved twice is processed once (the
-    second copy is a duplicate for the state store).
+    receive -> send -> delete, deleting a DLQ message only after its copy is on
+    the source queue. Sends are packed by size (SQS takes at most 1 MiB per
+    batch); a batch SQS refuses is sent one message at a time. A FIFO queue's
+    messages keep their message group (and get a deduplication id the source
+    queue does not remember). Interrupted (SIGINT, an error), the batch in hand
+    is settled first: sent copies are deleted from the DLQ, unsent ones made
+    visible again. Killed outright, the DLQ messages it held come back after
+    ``lease_s``: the next run waits for them (calling ``on_wait(count,
+    seconds)``) and moves them too, so no stale copy with an old reason is left
+    behind; a message moved twice is processed once (the second copy is a
+    duplicate for the state store).
+
+    Raises :class:`RedriveError` (its ``report`` says what was moved) when some
+    messages could not be moved: they stay on the DLQ, and the records set to
+    received for them are put back to dead, unless the send may have arrived
+    (see :func:`_settle_batch`).
     """
+    _at_least_one(max_n)
     async with open_clients(settings.aws) as clients:
         src, dlq = await _urls(clients, p)
         if use_move_task and max_n is None and store is None:
@@ -222,16 +393,42 @@ async def redrive(
                 "delete), which sets its objects back to received; SQS's "
                 "StartMessageMoveTask cannot"
             )
-        else:
+        elif max_n is not None:
             note = "a limited redrive (--max) moves messages itself"
+        else:
+            note = ""  # the caller asked for receive + send + delete
         report = RedriveReport("receive-send-delete", note=note)
+        route = Route.from_settings(p)
         with aws_errors(f"moving messages from {dlq} to {src}"):
-            await _move_all(clients, src, dlq, max_n, store, lease_s, report, on_moved, on_wait)
+            await _move_all(
+                clients, route, src, dlq, max_n, store, lease_s, report, on_moved, on_wait
+            )
+        if report.unsent:
+            raise RedriveError(_unsent_text(p, src, dlq, report), report)
         return report
+
+
+def _unsent_text(p: PipelineSettings, src: str, dlq: str, report: RedriveReport) -> str:
+    """What could not be moved, why, and what to do."""
+    shown = [f"{mid}: {why}" for mid, why in list(report.unsent.items())[:5]]
+    more = len(report.unsent) - len(shown)
+    stopped = f"; stopped early: {report.stopped}" if report.stopped else ""
+    return (
+        f"dlq redrive of pipeline {p.name!r}: {len(report.unsent)} message(s) could not be "
+        f"moved to {src} and are still on the DLQ {dlq} ({report.moved} moved{stopped}). "
+        + "; ".join(shown)
+        + (f"; and {more} more" if more else "")
+        + ". Their objects' records are as before the redrive (one that was failed now "
+        "says dead; a message whose send may have arrived left its records received). "
+        "Fix the cause (`s3flow provision` creates a missing queue; a message larger than "
+        "the source queue's MaximumMessageSize needs a larger limit) and run "
+        f"`s3flow dlq redrive -p {p.name}` again"
+    )
 
 
 async def _move_all(
     clients: Any,
+    route: Route,
     src: str,
     dlq: str,
     max_n: int | None,
@@ -242,24 +439,47 @@ async def _move_all(
     on_wait: Callable[[int, float], None],
 ) -> None:
     """Receive -> send -> delete until the DLQ is empty or ``max_n`` are moved."""
-    await _wait_for_leased(clients.sqs, dlq, lease_s, report, on_wait)
-    while max_n is None or report.moved < max_n:
-        want = 10 if max_n is None else min(10, max_n - report.moved)
-        resp = await clients.sqs.receive_message(
-            QueueUrl=dlq, MaxNumberOfMessages=want, WaitTimeSeconds=1, VisibilityTimeout=lease_s
-        )
-        msgs = resp.get("Messages") or []
-        if not msgs:
-            if await _leased(clients.sqs, dlq) == 0:
-                break
-            await _wait_for_leased(clients.sqs, dlq, lease_s, report, on_wait)
-            continue
-        done = await _move_batch(clients.sqs, src, dlq, msgs, store, report)
-        on_moved(done)
-        if report.failed and not done:
-            raise S3flowError(
-                f"could not send DLQ messages to {src}; {report.failed} left on the DLQ"
+    # Messages that could not be moved stay leased until the run ends (so they are not
+    # tried again and again), then are made visible.
+    held: dict[str, dict[str, Any]] = {}
+    try:
+        await _wait_for_leased(clients.sqs, dlq, lease_s, report, on_wait)
+        while max_n is None or report.moved < max_n:
+            want = (
+                MAX_BATCH_ENTRIES if max_n is None else min(MAX_BATCH_ENTRIES, max_n - report.moved)
             )
+            resp = await clients.sqs.receive_message(
+                QueueUrl=dlq,
+                MaxNumberOfMessages=want,
+                WaitTimeSeconds=1,
+                VisibilityTimeout=lease_s,
+                MessageAttributeNames=["All"],
+                MessageSystemAttributeNames=_SYSTEM_ATTRIBUTES,
+            )
+            msgs = resp.get("Messages") or []
+            if not msgs:
+                if await _leased(clients.sqs, dlq) <= len(held):
+                    break
+                await _wait_for_leased(clients.sqs, dlq, lease_s, report, on_wait, own=len(held))
+                continue
+            kept = await _move_batch(clients, route, src, dlq, msgs, store, report)
+            fresh = [m for m in kept if m["MessageId"] not in held]
+            for m in msgs:
+                held.pop(m["MessageId"], None)
+            held.update((m["MessageId"], m) for m in kept)
+            on_moved(len(msgs) - len(kept))
+            if fresh and len(kept) == len(msgs):
+                # Nothing of a batch could be sent (a missing queue, no permission...):
+                # the rest would fail alike.
+                left = sum(await _depth(clients.sqs, dlq)) - len(held)
+                if left > 0:
+                    report.stopped = (
+                        f"no message of a batch could be sent, so {left} more were not tried"
+                    )
+                break
+    finally:
+        await asyncio.shield(_release(clients.sqs, dlq, list(held.values())))
+        report.failed = len(report.unsent)
 
 
 async def _wait_for_leased(
@@ -268,54 +488,233 @@ async def _wait_for_leased(
     lease_s: int,
     report: RedriveReport,
     on_wait: Callable[[int, float], None],
+    own: int = 0,
 ) -> None:
-    """Wait (at most a lease and a bit) for DLQ messages someone else holds."""
-    held = await _leased(sqs, dlq)
-    if not held:
+    """Wait (at most a lease and a bit) for DLQ messages someone else holds (``own``:
+    how many this run holds itself)."""
+    held = await _leased(sqs, dlq) - own
+    if held <= 0:
         return
     # Held by an interrupted redrive or a `dlq list` peek: they come back soon.
     limit = max(lease_s, 30) + 5
     on_wait(held, limit)
     report.waited_for = max(report.waited_for, held)
     deadline = time.monotonic() + limit
-    while held and time.monotonic() < deadline:
+    while held > 0 and time.monotonic() < deadline:
         await asyncio.sleep(1.0)
-        held = await _leased(sqs, dlq)
-    if held:
+        held = await _leased(sqs, dlq) - own
+    if held > 0:
         log.warning("%d DLQ messages are still leased by someone else; not waiting longer", held)
 
 
+class _Sent(enum.Enum):
+    """Whether a message's copy is on the source queue."""
+
+    NO = "no"  # surely not (not tried, or SQS refused it)
+    MAYBE = "maybe"  # the send failed in a way that may have delivered it (a timeout)
+    YES = "yes"
+
+
+@dataclass
+class _Outgoing:
+    """One received DLQ message on its way to the source queue."""
+
+    msg: dict[str, Any]
+    entry: dict[str, Any]  # SendMessage's arguments but QueueUrl
+    size: int
+    resets: list[_Reset] = field(default_factory=list)
+    sent: _Sent = _Sent.NO
+    reason: str = ""
+
+    @property
+    def group(self) -> str | None:
+        """Its FIFO message group (None on a standard queue)."""
+        group = self.entry.get("MessageGroupId")
+        return str(group) if group is not None else None
+
+
+def _dedup_id(msg: dict[str, Any]) -> str:
+    """The deduplication id a FIFO message is sent back with.
+
+    The source queue drops, for 5 minutes, a message whose id it has seen: the
+    message's own id was last sent to it no later than the message's SentTimestamp
+    (kept when the queue's redrive policy moves a message; every redrive sends a
+    new message), so that id is reused only once that is more than 5 minutes (and a
+    minute for the clocks) ago. Otherwise a new id is derived from the DLQ message:
+    a run that sent it and was killed before the delete sends the same id again,
+    which the source queue deduplicates.
+    """
+    attrs = msg.get("Attributes") or {}
+    own = str(attrs.get("MessageDeduplicationId") or "")
+    sent_ms = int(attrs.get("SentTimestamp") or 0)
+    if own and sent_ms and time.time() * 1000 - sent_ms > _DEDUP_WINDOW_MS:
+        return own
+    seed = f"{msg['MessageId']}|{own}|{sent_ms}".encode()
+    return "redrive-" + hashlib.sha256(seed).hexdigest()[:48]
+
+
+def _outgoing(msg: dict[str, Any], fifo: bool) -> _Outgoing:
+    """The SendMessage of a DLQ message: its body, its attributes but s3flow's own (a
+    fresh start), and on a FIFO queue its message group and a deduplication id."""
+    entry: dict[str, Any] = {"MessageBody": msg["Body"]}
+    attrs = {
+        name: {k: v[k] for k in ("DataType", "StringValue", "BinaryValue") if k in v}
+        for name, v in (msg.get("MessageAttributes") or {}).items()
+        if not name.startswith(_OWN_ATTRIBUTE_PREFIX)
+    }
+    if attrs:
+        entry["MessageAttributes"] = attrs
+    if fifo:
+        system = msg.get("Attributes") or {}
+        entry["MessageGroupId"] = system.get("MessageGroupId") or "s3flow-redrive"
+        entry["MessageDeduplicationId"] = _dedup_id(msg)
+    return _Outgoing(msg, entry, _entry_size(entry))
+
+
+def _entry_size(entry: dict[str, Any]) -> int:
+    """What SQS counts of a message against its size limits: the body and each
+    attribute's name, type and value, in bytes."""
+    size = len(str(entry["MessageBody"]).encode())
+    for name, v in (entry.get("MessageAttributes") or {}).items():
+        size += len(name.encode()) + len(str(v.get("DataType", "")).encode())
+        value = v.get("StringValue", v.get("BinaryValue", b""))
+        size += len(value.encode()) if isinstance(value, str) else len(bytes(value))
+    return size
+
+
+def _pack(outgoing: list[_Outgoing]) -> Iterator[list[_Outgoing]]:
+    """Batches of at most 10 messages and 1 MiB in all, in order (a larger message
+    alone: SQS refuses it, and it is reported)."""
+    batch: list[_Outgoing] = []
+    size = 0
+    for o in outgoing:
+        if batch and (len(batch) == MAX_BATCH_ENTRIES or size + o.size > MAX_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(o)
+        size += o.size
+    if batch:
+        yield batch
+
+
+def _surely_not_sent(exc: BaseException) -> bool:
+    """Whether a failed send surely delivered nothing: SQS answered with a client error
+    (4xx: refused, throttled), or no connection was made. A timeout, a dropped
+    connection or a 5xx may follow a delivery."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+        return 400 <= status < 500
+    return isinstance(exc, EndpointConnectionError | ConnectTimeoutError)
+
+
+def _failed(o: _Outgoing, exc: BaseException, operation: str) -> None:
+    o.sent = _Sent.NO if _surely_not_sent(exc) else _Sent.MAYBE
+    reason = _short_reason(translate_aws_error(exc, operation))
+    o.reason = reason if o.sent is _Sent.NO else f"{reason} (it may have arrived all the same)"
+
+
+async def _send_all(sqs: Any, src: str, outgoing: list[_Outgoing]) -> None:
+    """Send ``outgoing`` to the source queue, setting each one's ``sent`` and ``reason``."""
+    failed_groups: set[str] = set()
+
+    def held_back(o: _Outgoing) -> bool:
+        # A FIFO message is not sent ahead of an earlier one of its group left behind.
+        if o.group is not None and o.group in failed_groups:
+            o.reason = "an earlier message of its FIFO group could not be moved"
+            return True
+        return False
+
+    def note_failure(o: _Outgoing) -> None:
+        if o.sent is not _Sent.YES and o.group is not None:
+            failed_groups.add(o.group)
+
+    for packed in _pack(outgoing):
+        batch = [o for o in packed if not held_back(o)]
+        if not batch:
+            continue
+        for o in batch:
+            o.sent = _Sent.MAYBE  # until SQS answers (a cancellation leaves it so)
+        alone: list[_Outgoing] = []
+        try:
+            resp = await sqs.send_message_batch(
+                QueueUrl=src,
+                Entries=[{"Id": str(i), **o.entry} for i, o in enumerate(batch)],
+            )
+        except Exception as exc:
+            if not _surely_not_sent(exc):
+                # Unreachable or timed out after the SDK's retries: one at a time would fail
+                # alike, ten times slower.
+                for o in batch:
+                    _failed(o, exc, "SendMessageBatch")
+                    note_failure(o)
+                continue
+            alone = batch  # refused as a whole (too long, one bad entry): each alone
+        else:
+            ok = {int(s["Id"]) for s in resp.get("Successful") or []}
+            for i, o in enumerate(batch):
+                if i in ok:
+                    o.sent = _Sent.YES
+                else:
+                    alone.append(o)
+        for o in alone:
+            if held_back(o):
+                o.sent = _Sent.NO
+                continue
+            o.sent = _Sent.MAYBE
+            try:
+                await sqs.send_message(QueueUrl=src, **o.entry)
+            except Exception as exc:
+                _failed(o, exc, "SendMessage")
+            else:
+                o.sent = _Sent.YES
+            note_failure(o)
+
+
 async def _move_batch(
-    sqs: Any,
+    clients: Any,
+    route: Route,
     src: str,
     dlq: str,
     msgs: list[dict[str, Any]],
     store: StateStore | None,
     report: RedriveReport,
-) -> int:
-    """Send one received batch to the source queue, then delete it from the DLQ."""
-    sent_ok: list[dict[str, Any]] = []
+) -> list[dict[str, Any]]:
+    """Send one received batch to the source queue, then delete what was sent from the
+    DLQ. Returns the messages not moved (still leased; the caller releases them)."""
+    fifo = src.endswith(".fifo")
+    outgoing = [_outgoing(m, fifo) for m in msgs]
+    finished = False
     try:
-        for m in msgs:  # state first: a redriven object must not be parked as dead
-            await _reset_state(store, m["Body"])
-        sent = await sqs.send_message_batch(
-            QueueUrl=src,
-            Entries=[{"Id": str(i), "MessageBody": m["Body"]} for i, m in enumerate(msgs)],
-        )
-        ok = {int(s["Id"]) for s in sent.get("Successful") or []}
-        report.failed += len(msgs) - len(ok)
-        sent_ok = [msgs[i] for i in sorted(ok)]
+        ready: list[_Outgoing] = []
+        for o in outgoing:  # state first: a redriven object must not be parked as dead
+            try:
+                await _reset_state(clients.s3, store, route, o.msg["Body"], o.resets)
+            except S3flowError as exc:
+                o.reason = f"its objects' records could not be set to received: {exc}"
+                continue
+            ready.append(o)
+        await _send_all(clients.sqs, src, ready)
+        finished = True
     finally:
         # Also on SIGINT / cancellation: what was sent is deleted, the rest released.
-        unsent = [m for m in msgs if m not in sent_ok]
-        await asyncio.shield(_settle_batch(sqs, dlq, sent_ok, unsent))
-    report.moved += len(sent_ok)
-    return len(sent_ok)
+        await asyncio.shield(_settle_batch(clients.sqs, store, dlq, outgoing, finished))
+    moved = [o for o in outgoing if o.sent is _Sent.YES]
+    report.moved += len(moved)
+    for o in outgoing:
+        if o.sent is _Sent.YES:
+            report.unsent.pop(o.msg["MessageId"], None)  # came back and moved this time
+        else:
+            report.unsent[o.msg["MessageId"]] = o.reason or "not sent"
+    return [o.msg for o in outgoing if o.sent is not _Sent.YES]
 
 
 async def _settle_batch(
-    sqs: Any, dlq: str, delete: list[dict[str, Any]], release: list[dict[str, Any]]
+    sqs: Any, store: StateStore | None, dlq: str, outgoing: list[_Outgoing], finished: bool
 ) -> None:
+    """Delete the sent messages from the DLQ, put back the records of those surely not
+    sent, and (when interrupted: ``finished`` False) release the unsent ones."""
+    delete = [o.msg for o in outgoing if o.sent is _Sent.YES]
     if delete:
         dele = await sqs.delete_message_batch(
             QueueUrl=dlq,
@@ -325,13 +724,27 @@ async def _settle_batch(
         )
         for f in dele.get("Failed") or []:
             log.warning("DLQ delete failed (the message may be redriven twice): %s", f)
-    if release:
+    # A message whose send may have arrived (a timeout, a 5xx, an interruption during the
+    # call) leaves its records received: put back to dead, its copy, if it arrived, would
+    # be acknowledged by the worker without work (dead is parked). Received, it is
+    # processed if it arrived; if not, its DLQ copy, which stays, is moved by the next
+    # redrive (a duplicate is processed once).
+    for o in outgoing:
+        if o.sent is _Sent.NO:
+            await _restore(store, o.resets)
+    if not finished:
+        await _release(sqs, dlq, [o.msg for o in outgoing if o.sent is not _Sent.YES])
+
+
+async def _release(sqs: Any, dlq: str, msgs: list[dict[str, Any]]) -> None:
+    """Make ``msgs`` visible on the DLQ again (best effort: their lease ends anyway)."""
+    for i in range(0, len(msgs), MAX_BATCH_ENTRIES):
         with contextlib.suppress(Exception):
             await sqs.change_message_visibility_batch(
                 QueueUrl=dlq,
                 Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-                    for i, m in enumerate(release)
+                    {"Id": str(j), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                    for j, m in enumerate(msgs[i : i + MAX_BATCH_ENTRIES])
                 ],
             )
 

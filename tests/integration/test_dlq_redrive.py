@@ -1,0 +1,387 @@
+"""`s3flow dlq` against the real moto server: redrive of large messages, records put back
+when a send fails, the upload a message names, Rich markup in data, the jobs processing
+FIFO DLQ, and --max checked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from itest_support import Harness, s3_event
+
+from s3flow.app import open_store
+from s3flow.events import content_version
+from s3flow.ops.backfill import backfill
+from s3flow.ops.dlq import list_dlq, redrive
+from s3flow.settings import Settings
+from s3flow.state.records import FileStatus, ObjectId
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`s3flow ARGS` in a subprocess (wide output: Rich truncates nothing)."""
+    env = dict(os.environ, COLUMNS="250")
+    return subprocess.run(
+        [sys.executable, "-m", "s3flow", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def _flat(text: str) -> str:
+    """Text without Rich's panel borders and line wrapping."""
+    return " ".join(re.sub(r"[│╭╮╰╯─┃┏┓┗┛━┡┩╇┳┻┠┨╂┯┷┼├┤┬┴]", " ", text).split())
+
+
+def _record(
+    h: Harness,
+    key: str,
+    version: str,
+    status: FileStatus = FileStatus.DEAD,
+    error: str = "boom",
+) -> ObjectId:
+    """A record of ``key``'s upload ``version`` that ended ``status`` (as the worker ends it)."""
+    assert h.settings is not None
+    oid = ObjectId(h.bucket, key, version)
+
+    async def go() -> None:
+        assert h.settings is not None
+        async with open_store(h.settings) as store:
+            assert store is not None
+            claim = await store.claim(oid, pipeline="p", owner="w", ttl_s=60)
+            await store.fail(oid, token=claim.token, status=status, error_class="E", error=error)
+
+    asyncio.run(go())
+    return oid
+
+
+def _current(h: Harness, key: str) -> tuple[str, str]:
+    """The object's eTag and its (eTag, LastModified) identity."""
+    head = h.s3.head_object(Bucket=h.bucket, Key=key)
+    return head["ETag"].strip('"'), content_version(head["ETag"], head["LastModified"])
+
+
+def _to_dlq(h: Harness, body: dict[str, Any], **kwargs: Any) -> str:
+    """Put ``body`` on the pipeline's DLQ; its message id."""
+    sent = h.sqs.send_message(QueueUrl=h.dlq_url, MessageBody=json.dumps(body), **kwargs)
+    return str(sent["MessageId"])
+
+
+def _statuses(h: Harness, key: str) -> dict[str, FileStatus]:
+    return {r.version: r.status for r in h.records(key)}
+
+
+def _redrive(settings: Settings, **kwargs: Any) -> Any:
+    async def go() -> Any:
+        async with open_store(settings) as store:
+            return await redrive(settings, settings.pipelines[0], store=store, **kwargs)
+
+    return asyncio.run(go())
+
+
+# --- 1: batches packed by size ---------------------------------------------------------
+
+
+def test_ten_large_messages_are_sent_in_batches_under_the_size_limit(harness: Harness) -> None:
+    """Ten 150 KiB messages (1.5 MiB) do not fit one SendMessageBatch (1 MiB in all): they
+    used to fail as a whole on every run and nothing ever moved."""
+    settings = harness.configure()
+    keys = [f"big{i}.txt" for i in range(10)]
+    oids = []
+    for key in keys:
+        harness.put(key, b"1\n2\n")
+    harness.purge()
+    for i, key in enumerate(keys):
+        etag, _ = _current(harness, key)
+        oids.append(_record(harness, key, f"{etag}@0{i}"))
+        event = s3_event(harness.bucket, key, etag=etag, sequencer=f"0{i}")
+        _to_dlq(harness, {"Records": [event], "pad": "x" * 150 * 1024})
+    assert harness.depth(harness.dlq_url) == (10, 0)
+
+    report = _redrive(settings)
+
+    assert report.moved == 10 and report.failed == 0 and report.unsent == {}
+    assert harness.depth(harness.dlq_url) == (0, 0)
+    assert harness.depth() == (10, 0)
+    assert {r.id: r.status for r in harness.records()} == {o: FileStatus.RECEIVED for o in oids}
+    assert harness.run().pipelines["p"].objects_processed == 10
+    assert {r.id: r.status for r in harness.records()} == {o: FileStatus.COMPLETED for o in oids}
+    assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
+
+
+# --- 2: a refused send leaves the message on the DLQ and its records as they were ------
+
+
+def test_a_message_the_source_queue_refuses_stays_on_the_dlq_with_its_records_put_back(
+    harness: Harness,
+) -> None:
+    """The source queue takes at most 1024 bytes a message: the batch is refused as a
+    whole, so each message is sent alone; the three small ones move, the two large ones
+    stay on the DLQ and the command says which, why and what to do. Their records used
+    to say received for ever (a backfill skipped them as already queued)."""
+    settings = harness.configure()
+    harness.sqs.set_queue_attributes(
+        QueueUrl=harness.queue_url, Attributes={"MaximumMessageSize": "1024"}
+    )
+    small = [f"s{i}.txt" for i in range(3)]
+    large = {"dead.txt": FileStatus.DEAD, "failed.txt": FileStatus.FAILED}
+    for key in [*small, *large]:
+        harness.put(key, b"1\n")
+    harness.purge()
+    ids: dict[str, str] = {}
+    for key in [*small, *large]:
+        etag, version = _current(harness, key)
+        _record(harness, key, version, large.get(key, FileStatus.DEAD), error=f"{key} broke")
+        body: dict[str, Any] = {
+            "Records": [s3_event(harness.bucket, key, etag=etag, sequencer=None)]
+        }
+        if key in large:
+            body["pad"] = "x" * 2000
+        ids[key] = _to_dlq(harness, body)
+    cfg = harness.write_config()
+
+    run = _cli("dlq", "redrive", "-c", str(cfg))
+
+    err = _flat(run.stderr)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "moved 3 message(s) back to the source queue" in run.stdout
+    assert "2 message(s) could not be moved" in err and "still on the DLQ" in err
+    assert f"{ids['dead.txt']}: SendMessage failed" in err
+    assert f"{ids['failed.txt']}: SendMessage failed" in err
+    assert "Message must be shorter than 1024 bytes" in err
+    assert "MaximumMessageSize" in err and "`s3flow dlq redrive -p p` again" in err
+    assert harness.depth(harness.dlq_url) == (2, 0)  # visible again: the next run takes them
+    assert harness.depth() == (3, 0)
+    for key in small:
+        assert list(_statuses(harness, key).values()) == [FileStatus.RECEIVED]
+    for key in large:
+        # Back to dead (a failed record too: received -> failed is no transition), error kept.
+        (rec,) = harness.records(key)
+        assert (rec.status, rec.last_error) == (FileStatus.DEAD, f"{key} broke")
+
+    async def bf() -> Any:
+        async with open_store(settings) as store:
+            return await backfill(settings, settings.pipelines[0], store=store)
+
+    filled = asyncio.run(bf())
+    assert (filled.enqueued, filled.already_queued) == (2, 3)
+    assert harness.depth() == (5, 0)
+
+
+# --- 3: the upload the message names ---------------------------------------------------
+
+
+def test_redrive_resets_only_the_upload_its_message_names(harness: Harness) -> None:
+    """An earlier upload's dead record, with no message on the DLQ, stays dead (it used to
+    become received for ever); `dlq list` describes the named upload, not whichever
+    record of the key changed last."""
+    settings = harness.configure()
+    harness.put("k.txt", b"1\n2\n3\n")
+    harness.purge()
+    etag, _ = _current(harness, "k.txt")
+    named = _record(harness, "k.txt", f"{etag}@02", error="named upload broke")
+    earlier = _record(harness, "k.txt", "aaa@01", error="earlier upload broke")  # newest record
+    _to_dlq(harness, {"Records": [s3_event(harness.bucket, "k.txt", etag=etag, sequencer="02")]})
+
+    async def listed() -> Any:
+        async with open_store(settings) as store:
+            return await list_dlq(settings, settings.pipelines[0], store=store)
+
+    (msg,) = asyncio.run(listed())
+    assert msg.state_note is not None
+    assert f"upload {named.version} dead after 1 attempt(s)" in msg.state_note
+    assert "named upload broke" in msg.state_note and "earlier upload broke" not in msg.state_note
+
+    assert _redrive(settings).moved == 1
+    assert _statuses(harness, "k.txt") == {
+        named.version: FileStatus.RECEIVED,
+        earlier.version: FileStatus.DEAD,
+    }
+    assert harness.run().pipelines["p"].objects_processed == 1
+    assert _statuses(harness, "k.txt") == {
+        named.version: FileStatus.COMPLETED,
+        earlier.version: FileStatus.DEAD,
+    }
+    result = harness.result("k.txt")
+    assert result is not None and result["lines"] == 3
+    assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
+
+
+def test_a_message_of_a_deleted_object_moves_and_its_record_stays_dead(
+    harness: Harness,
+) -> None:
+    """Without a sequencer the upload is the object's (eTag, LastModified): once the
+    object is gone no record is the one the worker will take (it acknowledges the
+    message as vanished), so none is set to received (one used to stay received)."""
+    settings = harness.configure()
+    harness.put("gone.txt", b"1\n")
+    harness.purge()
+    etag, version = _current(harness, "gone.txt")
+    oid = _record(harness, "gone.txt", version)
+    harness.s3.delete_object(Bucket=harness.bucket, Key="gone.txt")
+    harness.purge()
+    event = s3_event(harness.bucket, "gone.txt", etag=etag, sequencer=None)
+    _to_dlq(harness, {"Records": [event]})
+
+    async def listed() -> Any:
+        async with open_store(settings) as store:
+            return await list_dlq(settings, settings.pipelines[0], store=store)
+
+    (msg,) = asyncio.run(listed())
+    assert msg.state_note is not None
+    assert "the object no longer exists; latest record: upload" in msg.state_note
+
+    assert _redrive(settings).moved == 1
+    assert _statuses(harness, "gone.txt") == {oid.version: FileStatus.DEAD}
+    assert harness.depth() == (1, 0) and harness.depth(harness.dlq_url) == (0, 0)
+    assert harness.run().pipelines["p"].objects_processed == 0
+    assert _statuses(harness, "gone.txt") == {oid.version: FileStatus.DEAD}
+    assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
+
+
+# --- 4: data is not Rich markup ----------------------------------------------------------
+
+
+def test_dlq_list_shows_keys_and_reasons_as_they_are(harness: Harness) -> None:
+    """A reason "cannot read [/data/x]" crashed `dlq list` (MarkupError); "[bold]" in a
+    key or "[red]...[/red]" in a recorded error would vanish as styles."""
+    harness.configure()
+    cfg = harness.write_config()
+    _to_dlq(
+        harness,
+        {"Records": [s3_event(harness.bucket, "reports/%5Bdraft%5D/a.txt")]},
+        MessageAttributes={
+            "s3flow.error-class": {"DataType": "String", "StringValue": "CorruptDataError"},
+            "s3flow.error": {"DataType": "String", "StringValue": "cannot read [/data/x]"},
+        },
+    )
+    _record(harness, "reports/[bold]/b.txt", "x@0A1B", error="[red]bad[/red] line")
+    _to_dlq(harness, {"Records": [s3_event(harness.bucket, "reports/%5Bbold%5D/b.txt")]})
+
+    run = _cli("dlq", "list", "-c", str(cfg))
+
+    out = _flat(run.stdout)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "DLQ messages (2)" in out
+    assert f"s3://{harness.bucket}/reports/[draft]/a.txt" in out
+    assert "cannot read [/data/x]" in out
+    assert f"s3://{harness.bucket}/reports/[bold]/b.txt" in out
+    assert "[red]bad[/red] line" in out
+    assert harness.depth(harness.dlq_url) == (2, 0)
+
+
+# --- 5: the jobs processing FIFO DLQ ---------------------------------------------------
+
+
+def _jobs_config(tmp_path: Path) -> tuple[Path, str]:
+    """A [jobs] configuration of its own (resources named t<random>-dev-...)."""
+    project = f"t{uuid.uuid4().hex[:10]}"
+    cfg = tmp_path / "jobs.toml"
+    cfg.write_text(
+        "[jobs]\n"
+        f'project = "{project}"\n'
+        'branch = "dev"\n'
+        "[[templates]]\n"
+        'name = "count"\n'
+        'steps = [{ processor = "line-count" }]\n'
+        "[state]\n"
+        f'url = "sqlite:{tmp_path}/jobs-state.db"\n'
+    )
+    return cfg, f"{project}-dev"
+
+
+def test_the_jobs_processing_fifo_dlq_is_listed_and_redriven(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """`-p jobs-processing` names the job worker's queue (it was "no pipeline named"); its
+    FIFO messages go back with their message group, in order, and with a deduplication
+    id the source queue has not seen (the original one, still remembered there, would
+    have dropped the copy and the DLQ message with it)."""
+    cfg, prefix = _jobs_config(tmp_path)
+    fifo = {"FifoQueue": "true", "ContentBasedDeduplication": "false"}
+    sqs = harness.sqs
+    dlq = sqs.create_queue(QueueName=f"{prefix}-processing-dlq.fifo", Attributes=fifo)["QueueUrl"]
+    src = sqs.create_queue(QueueName=f"{prefix}-processing.fifo", Attributes=fifo)["QueueUrl"]
+    # job-1 was sent to the source queue moments ago (it is being worked on there).
+    sqs.send_message(
+        QueueUrl=src, MessageBody='{"job_id": "job-1"}', MessageGroupId="u1",
+        MessageDeduplicationId="job-1",
+    )  # fmt: skip
+    (original,) = sqs.receive_message(QueueUrl=src, VisibilityTimeout=600)["Messages"]
+    sent = [("u1", "job-1"), ("u2", "job-2a"), ("u2", "job-2b")]
+    for group, job in sent:
+        sqs.send_message(
+            QueueUrl=dlq, MessageBody=json.dumps({"job_id": job}), MessageGroupId=group,
+            MessageDeduplicationId=job,
+        )  # fmt: skip
+
+    wrong = _cli("dlq", "list", "-c", str(cfg), "-p", "nope")
+    assert wrong.returncode == 2
+    text = _flat(wrong.stderr)
+    assert "no pipeline named 'nope'" in text
+    queue = f"{prefix}-processing.fifo"
+    assert f"`-p jobs-processing` names the jobs processing queue '{queue}'" in text
+
+    listed = _cli("dlq", "list", "-c", str(cfg), "-p", "jobs-processing", "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    got = json.loads(listed.stdout)
+    assert sorted((m["group_id"], json.loads(m["body"])["job_id"]) for m in got) == sent
+    assert harness.depth(dlq) == (3, 0)
+
+    run = _cli("dlq", "redrive", "-c", str(cfg), "-p", "jobs-processing")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "moved 3 message(s) back to the source queue" in run.stdout
+    assert harness.depth(dlq) == (0, 0)
+    assert harness.depth(src) == (3, 1)  # the three copies, and job-1's original in flight
+    sqs.delete_message(QueueUrl=src, ReceiptHandle=original["ReceiptHandle"])  # u1 goes on
+    moved: list[tuple[str, str]] = []
+    for _ in range(5):
+        for m in sqs.receive_message(
+            QueueUrl=src,
+            MaxNumberOfMessages=10,
+            MessageSystemAttributeNames=["MessageGroupId"],
+        ).get("Messages", []):
+            moved.append((m["Attributes"]["MessageGroupId"], json.loads(m["Body"])["job_id"]))
+    assert sorted(moved) == sent
+    assert [job for group, job in moved if group == "u2"] == ["job-2a", "job-2b"]
+
+
+# --- 6: --max is a count ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "value"),
+    [
+        (("dlq", "redrive", "--max", "0"), "0"),
+        (("dlq", "redrive", "--max", "-1"), "-1"),
+        (("dlq", "list", "--max", "-3"), "-3"),
+    ],
+)
+def test_max_below_one_is_refused_and_nothing_moves(
+    harness: Harness, args: tuple[str, ...], value: str
+) -> None:
+    """`--max 0` moved nothing and said "moved 0", `--max -1` the same, `list --max -3`
+    listed nothing: each is a usage error now, saying what --max is."""
+    harness.configure()
+    cfg = harness.write_config()
+    _to_dlq(harness, {"Records": [s3_event(harness.bucket, "m.txt")]})
+
+    run = _cli(*args, "-c", str(cfg))
+
+    err = _flat(run.stderr)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"Invalid value for '--max': must be at least 1 (got {value})" in err
+    assert f"how many DLQ messages `s3flow dlq {args[1]}` takes; leave --max out" in err
+    assert "moved" not in run.stdout
+    assert harness.depth(harness.dlq_url) == (1, 0) and harness.depth() == (0, 0)
