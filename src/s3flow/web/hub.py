@@ -2,10 +2,13 @@
 
 A job with subscribers has one *channel*: a task that reads the job's new
 events from the state store when :meth:`EventHub.notify` says there are some
-(the progress consumer calls it) and every ``poll_s`` otherwise — so a web
+(the progress consumer calls it) and by polling otherwise — so a web
 instance that did not consume an event still sees it in the store, and any
-instance serves any job's stream. Each event is encoded once and the same
-frame is handed to every subscriber's small queue; a subscriber costs its
+instance serves any job's stream. A channel polls every ``poll_s`` while its job
+moves, and less and less often (down to every ``poll_max_s``) while it is quiet: a
+job waiting for its files costs a query every few seconds, not four a second.
+Each event is encoded once and the same frame is handed to every subscriber's
+small queue; a subscriber costs its
 :class:`EventStream` (a cursor and, while it waits, one future; frames only
 until it takes them), never a task or a query of its own.
 
@@ -205,7 +208,9 @@ class EventHub(AsyncExit):
 
     Nothing to open on entry: channels start with their first subscriber.
 
-    ``poll_s``: how often a channel reads the store without a notification;
+    ``poll_s``: how often a channel reads the store without a notification while
+    its job moves; ``poll_max_s``: how seldom while it is quiet (the wait doubles
+    after each read that finds nothing; default ``8 × poll_s``);
     ``heartbeat_s``: how often subscribers get a comment heartbeat;
     ``max_pending``: frames a subscriber may fall behind before its stream
     is closed (at least ``batch``: one read's frames are handed out without
@@ -219,6 +224,7 @@ class EventHub(AsyncExit):
     store: JobStore
     _: KW_ONLY
     poll_s: float = 0.25
+    poll_max_s: float | None = None
     heartbeat_s: float = 15.0
     max_pending: int = 10_000
     batch: int = 500
@@ -376,18 +382,24 @@ class EventHub(AsyncExit):
         return await self.store.events(job_id, after_seq=after_seq, limit=limit or self.batch)
 
     async def _run(self, channel: _Channel) -> None:
-        """The channel's loop: wait for a notification or ``poll_s``, read, hand out."""
+        """The channel's loop: wait for a notification or the poll, read, hand out."""
         loop = asyncio.get_running_loop()
         failing = False
+        poll_max_s = self.poll_max_s if self.poll_max_s is not None else 8 * self.poll_s
+        wait_s = self.poll_s
         while not channel.done:
+            heartbeat_in = channel.last_heartbeat + self.heartbeat_s - loop.time()
+            notified = False
             try:
-                async with asyncio.timeout(self.poll_s):
+                async with asyncio.timeout(max(0.0, min(wait_s, heartbeat_in))):
                     await channel.wake.wait()
+                    notified = True
             except TimeoutError:
                 pass
             channel.wake.clear()
+            found = 0
             try:
-                await self._pull(channel)
+                found = await self._pull(channel)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the store may be briefly unreachable: keep polling
@@ -400,19 +412,24 @@ class EventHub(AsyncExit):
                 if failing:
                     log.info("reading the events of %s works again", channel.job_id)
                 failing = False
+            # A job that moves is read every poll_s; a quiet one less and less often.
+            wait_s = self.poll_s if found or notified else min(2 * wait_s, poll_max_s)
             now = loop.time()
             if now - channel.last_heartbeat >= self.heartbeat_s:
                 channel.last_heartbeat = now
                 for sub in channel.subscribers:
                     sub.push(HEARTBEAT_FRAME)
 
-    async def _pull(self, channel: _Channel) -> None:
-        """Hand every event after the channel's cursor to every subscriber, in order."""
+    async def _pull(self, channel: _Channel) -> int:
+        """Hand every event after the channel's cursor to every subscriber, in order;
+        how many there were."""
+        found = 0
         while True:
             events = await self.read(channel.job_id, channel.cursor)
             for event in events:
                 if event.seq <= channel.cursor:
                     continue
+                found += 1
                 frame = Frame.of(event)
                 for sub in channel.subscribers:
                     sub.push(frame)
@@ -422,6 +439,6 @@ class EventHub(AsyncExit):
                 channel.history.append(frame)
                 if frame.terminal:
                     channel.done = True
-                    return
+                    return found
             if len(events) < self.batch:
-                return
+                return found

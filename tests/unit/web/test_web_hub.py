@@ -301,3 +301,23 @@ async def test_later_subscribers_replay_from_the_channel_and_query_nothing(
         await asyncio.wait_for(asyncio.gather(*(r.task for r in readers)), 5)
         assert [r.ids[-1] for r in readers] == [7] * 5
         assert all(r.ids == list(range(r.ids[0], 8)) for r in readers)
+
+
+async def test_a_quiet_job_is_polled_less_and_less_and_a_moving_one_at_once(
+    store: FakeJobStore,
+) -> None:
+    """A job waiting for its files was read every poll_s for as long as anyone watched it
+    (on DynamoDB four consistent queries a second per viewed job): the wait doubles while
+    nothing comes, up to poll_max_s, and is back to poll_s once events do."""
+    async with EventHub(store, poll_s=0.01, poll_max_s=0.32, heartbeat_s=60) as hub:
+        reader = Reader(hub.stream(JOB, head=1))
+        await until(lambda: reader.ids == [1], what="event 1")
+        start = store.reads
+        await asyncio.sleep(1.5)  # quiet: every 0.01 s would be about 150 reads
+        assert store.reads - start <= 12, store.reads - start
+        # Still found without a notification, within poll_max_s of its arrival ...
+        await store.add(JOB, EventType.JOB_QUEUED)
+        await until(lambda: reader.ids == [1, 2], timeout_s=2, what="the polled event")
+        # ... and polled at once again while the job moves.
+        await store.add(JOB, EventType.STEP_STARTED, step=0)
+        await until(lambda: reader.ids == [1, 2, 3], timeout_s=0.3, what="the next event")
