@@ -41,6 +41,7 @@ SQS_CONSUME = (
 )
 SQS_SEND = ("sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:SendMessage")
 SQS_PROGRESS = (
+    "sqs:ChangeMessageVisibility",  # an event the store did not take comes back soon
     "sqs:DeleteMessage",
     "sqs:GetQueueAttributes",
     "sqs:GetQueueUrl",

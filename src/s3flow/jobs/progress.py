@@ -10,6 +10,12 @@ calls ``on_event`` for live fan-out, and only then deletes the messages.
 Bridge and web write their events (``job.created``, ``file.received``,
 ``job.queued``, ``job.expired``) straight to the store: they already hold it,
 and the bridge must know the job's state before it queues it.
+
+An event the store cannot take right now (:class:`~s3flow.errors.S3flowError`:
+the store is busy or away) holds back only its own job: the rest of that job's
+messages in the batch are left too (their order must hold) and made visible
+again after a short, growing delay (ChangeMessageVisibilityBatch), while the
+other jobs' messages of the batch are stored and deleted as usual.
 """
 
 from __future__ import annotations
@@ -45,6 +51,11 @@ _WAIT_S = 2
 #: What a malformed message raises while it is parsed or folded into its job (a nesting
 #: too deep for the JSON parser is a RecursionError).
 _MALFORMED = (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
+#: A message whose event could not be stored (and the rest of its job's messages of the
+#: batch) is visible again after this many seconds times 2 ** (its receives - 1), at most
+#: _HOLD_MAX_S: soon, not after the queue's visibility timeout (30 s).
+_HOLD_BASE_S = 1
+_HOLD_MAX_S = 30
 
 
 class BadProgressMessageError(EnvelopeError):
@@ -105,6 +116,9 @@ class ProgressPublisher:
     sqs: Any
     queue_url: str
     job_id: str
+    #: The step of the last ``step.started`` sent and not completed since (None: none):
+    #: the step a ``job.failed`` of this attempt names.
+    running_step: int | None = field(init=False, default=None)
 
     async def publish(self, event_id: str, type_: EventType, data: dict[str, Any]) -> None:
         """Send one event; returns once SQS has it (retries are botocore's)."""
@@ -116,6 +130,11 @@ class ProgressPublisher:
                 MessageGroupId=self.job_id,
                 MessageDeduplicationId=_dedup_id(event_id),
             )
+        step = data.get("step")
+        if type_ is EventType.STEP_STARTED and isinstance(step, int):
+            self.running_step = step
+        elif type_ is EventType.STEP_COMPLETED and step == self.running_step:
+            self.running_step = None
 
 
 @dataclass(eq=False)
@@ -244,16 +263,30 @@ class ProgressConsumer:
                 QueueUrl=self.queue_url,
                 MaxNumberOfMessages=10,
                 WaitTimeSeconds=self.wait_time_s,
+                MessageSystemAttributeNames=["MessageGroupId", "ApproximateReceiveCount"],
             )
         messages = resp.get("Messages") or []
         done: list[dict[str, str]] = []
+        # FIFO message groups (a job's id: see ProgressPublisher) with an event the store
+        # did not take: their later messages of this batch wait too, so that each job's
+        # events stay in order; the other groups go on.
+        held_groups: set[str] = set()
+        held: list[tuple[str, dict[str, Any]]] = []
         for i, raw in enumerate(messages):
             message_id = str(raw.get("MessageId", "?"))
+            group = (raw.get("Attributes") or {}).get("MessageGroupId")
+            if group is not None and group in held_groups:
+                held.append((group, raw))
+                continue
             try:
                 msg = ProgressMessage.from_body(str(raw.get("Body", "")))
             except BadProgressMessageError as exc:
                 self._poison(message_id, None, exc)
                 done.append({"Id": str(i), "ReceiptHandle": raw["ReceiptHandle"]})
+                continue
+            group = msg.job_id if group is None else group
+            if group in held_groups:
+                held.append((group, raw))
                 continue
             try:
                 event, new = await self._append(msg)
@@ -262,11 +295,17 @@ class ProgressConsumer:
                 done.append({"Id": str(i), "ReceiptHandle": raw["ReceiptHandle"]})
                 continue
             except S3flowError as exc:
-                # Leave it (and, FIFO, the rest of its job) for a later receive.
+                # Leave it and the rest of its job for a later receive; other jobs go on.
                 log.warning(
-                    "progress event %s for %s not stored yet: %s", msg.event_id, msg.job_id, exc
+                    "progress event %s for %s not stored yet (its job's events wait; "
+                    "other jobs go on): %s",
+                    msg.event_id,
+                    msg.job_id,
+                    exc,
                 )
-                break
+                held_groups.add(group)
+                held.append((group, raw))
+                continue
             if event is None:
                 log.info(
                     "progress event %s (%s) ignored: job %s is unknown or already finished",
@@ -278,10 +317,64 @@ class ProgressConsumer:
                 self.consumed += 1
                 self.on_event(event)
             done.append({"Id": str(i), "ReceiptHandle": raw["ReceiptHandle"]})
-        if done:
-            with aws_errors("DeleteMessageBatch"):
-                await self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=done)
+        try:
+            if done:
+                with aws_errors("DeleteMessageBatch"):
+                    await self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=done)
+        finally:
+            if held:
+                await self._retry_soon(held)
         return len(messages)
+
+    async def _retry_soon(self, held: list[tuple[str, dict[str, Any]]]) -> None:
+        """Make ``held`` ((group, message) left unstored) visible again soon, in order.
+
+        The first held message of each group comes back after a short delay, growing
+        with its receives; the group's later ones at once: they stay behind it, since a
+        FIFO queue gives out nothing of a group while one of its messages is in flight
+        (and the emulator would hand out the last of several that come back together
+        first). A failure is logged, not raised: the messages then come back after the
+        queue's visibility timeout, as they would without this call.
+        """
+        entries = []
+        delayed: set[str] = set()
+        for i, (group, raw) in enumerate(held):
+            delay = 0
+            if group not in delayed:
+                delayed.add(group)
+                attrs = raw.get("Attributes") or {}
+                try:
+                    receives = max(int(attrs.get("ApproximateReceiveCount", 1)), 1)
+                except (TypeError, ValueError):
+                    receives = 1
+                delay = min(_HOLD_MAX_S, _HOLD_BASE_S * 2 ** min(receives - 1, 10))
+            entries.append(
+                {"Id": str(i), "ReceiptHandle": raw["ReceiptHandle"], "VisibilityTimeout": delay}
+            )
+        try:
+            with aws_errors("ChangeMessageVisibilityBatch"):
+                resp = await self.sqs.change_message_visibility_batch(
+                    QueueUrl=self.queue_url, Entries=entries
+                )
+        except S3flowError as exc:
+            log.warning(
+                "progress queue %s: %d unstored message(s) come back after the queue's "
+                "visibility timeout instead of in a few seconds (does the web app's role "
+                "allow sqs:ChangeMessageVisibility on it?): %s",
+                self.queue_url,
+                len(entries),
+                exc,
+            )
+            return
+        failed = resp.get("Failed") or []
+        if failed:
+            log.warning(
+                "progress queue %s: %d unstored message(s) come back after the queue's "
+                "visibility timeout instead of in a few seconds: %s",
+                self.queue_url,
+                len(failed),
+                failed[0].get("Message") or failed[0].get("Code"),
+            )
 
     async def _append(self, msg: ProgressMessage) -> tuple[JobEvent | None, bool]:
         """Append ``msg`` to its job's log; :class:`BadProgressMessageError` if its data cannot be.

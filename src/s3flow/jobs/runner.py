@@ -35,7 +35,7 @@ from s3flow.processors.base import BundleContext, ProcessContext, Result
 from s3flow.processors.registry import create_processor
 from s3flow.settings import JobsSettings, Settings, TemplateSettings
 from s3flow.sinks.s3 import S3Sink, parse_s3_uri
-from s3flow.state.jobs import EventType, JobRecord, JobStore
+from s3flow.state.jobs import EventType, JobRecord, JobStore, StepStatus
 from s3flow.worker.outcomes import Ack, Outcome, Retry, backoff_s
 from s3flow.worker.source import ReceivedMessage
 
@@ -160,10 +160,22 @@ class JobHandler:
         return Ack("processed")
 
     async def _failed(self, pub: ProgressPublisher, job: JobRecord, error: str) -> None:
+        """Publish ``job.failed`` with the error and the step it failed in (``step``).
+
+        The step is the one this attempt started and did not complete; without one (the
+        worker died in the last attempt) the step the job record shows running, if any.
+        The store and the job view mark that step failed.
+        """
         log.error("job %s failed: %s", job.job_id, error)
-        await pub.publish(
-            f"{job.job_id}:{EventType.JOB_FAILED}", EventType.JOB_FAILED, {"error": error}
-        )
+        data: dict[str, Any] = {"error": error}
+        step = pub.running_step
+        if step is None:
+            step = next(
+                (i for i, s in enumerate(job.steps) if s.status is StepStatus.RUNNING), None
+            )
+        if step is not None:
+            data["step"] = step
+        await pub.publish(f"{job.job_id}:{EventType.JOB_FAILED}", EventType.JOB_FAILED, data)
 
     async def _run(
         self, job: JobRecord, template: TemplateSettings, pub: ProgressPublisher, *, attempt: int

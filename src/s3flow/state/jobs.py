@@ -177,7 +177,10 @@ def apply_event(job: JobRecord, type_: EventType, data: dict[str, Any], at: floa
     Status never moves backwards, and a terminal job is returned unchanged (a
     late ``step.started`` after ``job.completed`` changes nothing: not the
     status, steps, outputs, error nor ``updated_at``); ``data`` keys follow
-    docs/jobs.md.
+    docs/jobs.md. ``step.started`` starts its step over (no figures yet) and sets
+    the later steps pending (left from an earlier attempt); ``job.failed`` marks the
+    step it names (``step``) and every step still running failed, so a failed job
+    shows no running step.
     """
     if job.status.terminal:
         return job
@@ -200,7 +203,13 @@ def apply_event(job: JobRecord, type_: EventType, data: dict[str, Any], at: floa
         if isinstance(i, int) and 0 <= i < len(files):
             files[i] = replace(files[i], received=True)
     elif type_ is EventType.STEP_STARTED:
-        set_step(data.get("step"), status=StepStatus.RUNNING)
+        # Steps run in order, so a later step that shows a status now is left from an
+        # earlier attempt (the job runs again after a crash): not started in this one.
+        index = data.get("step")
+        set_step(index, status=StepStatus.RUNNING, progress={})
+        if isinstance(index, int) and 0 <= index < len(steps):
+            for later in range(index + 1, len(steps)):
+                set_step(later, status=StepStatus.PENDING, progress={})
     elif type_ is EventType.STEP_PROGRESS:
         set_step(data.get("step"), progress=_progress(data))
     elif type_ is EventType.STEP_COMPLETED:
@@ -214,7 +223,10 @@ def apply_event(job: JobRecord, type_: EventType, data: dict[str, Any], at: floa
         outputs = tuple(JobOutput.from_json(o) for o in data.get("outputs", []))
     elif type_ is EventType.JOB_FAILED:
         error = str(data.get("error") or "the job failed")
-        set_step(data.get("step"), status=StepStatus.FAILED)
+        set_step(data.get("step"), status=StepStatus.FAILED)  # the step it failed in
+        for i, step in enumerate(steps):  # and what still runs (a cancel names no step)
+            if step.status is StepStatus.RUNNING:
+                set_step(i, status=StepStatus.FAILED)
     elif type_ is EventType.JOB_EXPIRED:
         error = str(data.get("error") or "the job expired")
     return replace(

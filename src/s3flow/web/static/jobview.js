@@ -6,6 +6,12 @@
 // connection resumes the same way (the browser sends Last-Event-ID itself, and when it
 // gives up the view reconnects with ?last_event_id=). Events are applied once, in order:
 // an id at or below the last one applied is a duplicate and ignored.
+//
+// A step's status only moves forward within one attempt of the job (pending, running,
+// then completed or failed); a step.started of a later attempt starts the step over,
+// as the job record does. A hidden tab closes its stream (a browser opens at most six
+// HTTP/1.1 connections per host, and each open stream holds one) and resumes after the
+// last event it has when it is shown again.
 
 import { api, el, errorMessage, eventsUrl, formatBytes } from "./common.js";
 
@@ -38,7 +44,8 @@ const STATUS_OF_EVENT = new Map([
   ["job.failed", "failed"],
   ["job.expired", "expired"],
 ]);
-const STEP_RANK = { pending: 0, running: 1, completed: 2, failed: 2 };
+const STEP_RANK = { pending: 0, running: 1, completed: 2, failed: 2, stopped: 2 };
+const MAX_RETRY_MS = 15000;
 const STATUS_TEXT = {
   waiting_for_files: "waiting for files",
   queued: "queued",
@@ -133,8 +140,13 @@ class JobView {
     this.closed = false;
     this.saveTimer = null;
     this.outputsShown = false;
+    this.streaming = false; // start() got the job and may open the stream
+    this.paused = false; // the stream is closed while the tab is hidden
+    this.onVisibility = () => this.visibilityChanged();
+    this.onPageHide = () => this.flush();
     this.build();
-    window.addEventListener("pagehide", () => this.flush());
+    window.addEventListener("pagehide", this.onPageHide);
+    document.addEventListener("visibilitychange", this.onVisibility);
   }
 
   build() {
@@ -190,26 +202,51 @@ class JobView {
     this.root.replaceChildren(section);
   }
 
+  /**
+   * Load the job, then follow its stream. A 404 (or another refusal) is final; a server
+   * that does not answer or answers 5xx is asked again after 1 s, 2 s, 4 s… (at most 15 s).
+   */
   async start() {
-    let response;
-    try {
-      response = await api(`/api/jobs/${encodeURIComponent(this.jobId)}`);
-    } catch (err) {
-      this.showError(`The server did not answer: ${err}`);
-      return;
+    let job = null;
+    while (!job) {
+      if (this.closed) return;
+      let response = null;
+      let problem = "";
+      try {
+        response = await api(`/api/jobs/${encodeURIComponent(this.jobId)}`);
+        if (response.ok) {
+          job = await response.json();
+          break;
+        }
+        problem = await errorMessage(response);
+      } catch (err) {
+        problem = `the server did not answer: ${err}`;
+      }
+      if (response && !response.ok && !retryable(response.status)) {
+        this.showError(problem);
+        this.setStatus("unknown", response.status === 404 ? "not found" : "unavailable");
+        this.connEl.textContent = "not connected";
+        return;
+      }
+      const wait = this.retryMs;
+      this.retryMs = Math.min(this.retryMs * 2, MAX_RETRY_MS);
+      this.showError(`Could not load the job (${problem}); trying again in ${wait / 1000} s.`);
+      this.connEl.textContent = "waiting for the server…";
+      await new Promise((resolve) => {
+        this.retryTimer = setTimeout(resolve, wait);
+      });
     }
-    if (!response.ok) {
-      this.showError(await errorMessage(response));
-      this.setStatus("unknown", "not found");
-      return;
-    }
-    const job = await response.json();
+    if (this.closed) return;
+    this.retryMs = 1000;
+    this.errorEl.hidden = true;
+    this.errorEl.textContent = "";
     this.applySnapshot(job);
     for (const event of loadCache(this.jobId)) this.apply(event.seq, event.type, event.data);
     if (TERMINAL.has(job.status) && this.lastSeq >= job.last_seq) {
-      this.connEl.textContent = "ended (the job is finished)";
+      this.finish();
       return;
     }
+    this.streaming = true;
     this.connect();
   }
 
@@ -280,11 +317,45 @@ class JobView {
     } else if (li.dataset.status === "running") {
       bar.removeAttribute("value"); // indeterminate until the first progress figures
     }
+    if (li.dataset.status !== "running" && !bar.hasAttribute("value")) {
+      bar.value = 0; // a step that ended without figures: no endless animation
+    }
     if (p.bytes_total !== undefined) {
       detail.textContent = `${formatBytes(p.bytes_done)} of ${formatBytes(p.bytes_total)}${
         p.files_done !== undefined ? `, ${p.files_done} file(s) done` : ""
       }`;
     }
+  }
+
+  /**
+   * step.started of `attempt`: a later attempt than the step's (0 for a step known only
+   * from the job's snapshot) starts it over, and the later steps it ran before are
+   * pending again (steps run in order), as in the job record; within one attempt a
+   * step's status only moves on.
+   */
+  startStep(index, attempt) {
+    const steps = [...this.stepsEl.children];
+    const li = steps[index];
+    if (!li) return;
+    if (attempt > Number(li.dataset.attempt || 0)) {
+      steps.forEach((other, i) => {
+        if (i === index || (i > index && Number(other.dataset.attempt || 0) < attempt)) {
+          other.dataset.status = "pending";
+          other.querySelector(".step-status").textContent = "pending";
+          other.querySelector(".step-detail").textContent = "";
+          other.querySelector("progress").value = 0;
+        }
+      });
+      li.dataset.attempt = String(attempt);
+    }
+    this.setStep(index, "running", {});
+  }
+
+  /** The job ended while steps ran: they end `status` (failed, stopped), and so does `named`. */
+  endSteps(status, named) {
+    [...this.stepsEl.children].forEach((li, i) => {
+      if (i === named || li.dataset.status === "running") this.setStep(i, status, {});
+    });
   }
 
   showError(message) {
@@ -310,17 +381,42 @@ class JobView {
     );
   }
 
+  /**
+   * After job.completed: the outputs with their download links. A server that does not
+   * answer or answers 5xx is asked again (1 s, 2 s, 4 s…, five times), then the page says so.
+   */
   async refreshOutputs() {
-    const response = await api(`/api/jobs/${encodeURIComponent(this.jobId)}`);
-    if (!response.ok) {
-      this.showError(await errorMessage(response));
-      return;
-    }
-    const job = await response.json();
-    if (job.outputs && job.outputs.length) this.showOutputs(job.outputs);
-    else {
+    let wait = 1000;
+    for (let attempt = 1; ; attempt += 1) {
+      let response = null;
+      let problem = "";
+      try {
+        response = await api(`/api/jobs/${encodeURIComponent(this.jobId)}`);
+        if (response.ok) {
+          const job = await response.json();
+          if (job.outputs && job.outputs.length) this.showOutputs(job.outputs);
+          else {
+            this.outputsNote.hidden = false;
+            this.outputsNote.textContent = "This job has no outputs.";
+          }
+          return;
+        }
+        problem = await errorMessage(response);
+      } catch (err) {
+        problem = `the server did not answer: ${err}`;
+      }
+      if ((response && !response.ok && !retryable(response.status)) || attempt >= 5) {
+        this.showError(`The outputs could not be loaded (${problem}). Reload the page to try again.`);
+        this.outputsNote.hidden = false;
+        this.outputsNote.textContent = "The outputs could not be loaded: reload the page.";
+        return;
+      }
       this.outputsNote.hidden = false;
-      this.outputsNote.textContent = "This job has no outputs.";
+      this.outputsNote.textContent = `Loading the outputs… (${problem}; trying again in ${
+        wait / 1000
+      } s)`;
+      await new Promise((resolve) => setTimeout(resolve, wait));
+      wait = Math.min(wait * 2, MAX_RETRY_MS);
     }
   }
 
@@ -351,7 +447,7 @@ class JobView {
         break;
       }
       case "step.started":
-        this.setStep(data.step, "running", {});
+        this.startStep(data.step, Number(data.attempt) || 1);
         break;
       case "step.progress":
         this.setStep(data.step, "running", data);
@@ -361,9 +457,11 @@ class JobView {
         break;
       case "job.failed":
         this.showError(data.error || "the job failed");
+        this.endSteps("failed", data.step);
         break;
       case "job.expired":
         this.showError(data.error || "the job expired");
+        this.endSteps("stopped");
         break;
       default:
         break;
@@ -395,6 +493,12 @@ class JobView {
 
   connect() {
     if (this.closed) return;
+    if (this.source) this.source.close();
+    this.source = null;
+    if (document.hidden) {
+      this.pause();
+      return;
+    }
     this.connEl.textContent = "connecting…";
     const source = new EventSource(eventsUrl(this.jobId, this.lastSeq));
     this.source = source;
@@ -411,7 +515,7 @@ class JobView {
       // The browser gave up (an error status, 204, or a refused connection): check the
       // job (this also asks for a token after a 401) and reconnect from the last event.
       this.reconnect(this.retryMs);
-      this.retryMs = Math.min(this.retryMs * 2, 15000);
+      this.retryMs = Math.min(this.retryMs * 2, MAX_RETRY_MS);
     };
   }
 
@@ -424,6 +528,11 @@ class JobView {
     this.retryTimer = setTimeout(async () => {
       try {
         const response = await api(`/api/jobs/${encodeURIComponent(this.jobId)}`);
+        if (this.closed || this.paused) return;
+        if (response.status === 404) {
+          this.gone(await errorMessage(response));
+          return;
+        }
         if (response.ok) {
           const job = await response.json();
           if (TERMINAL.has(job.status) && this.lastSeq >= job.last_seq) {
@@ -439,11 +548,42 @@ class JobView {
   }
 
   finish() {
+    this.stop();
+    this.connEl.textContent = "ended (the job is finished)";
+  }
+
+  /** The job is gone (a 404 while reconnecting: removed after its retention): stop for good. */
+  gone(message) {
+    this.stop();
+    this.connEl.textContent = "ended (this job no longer exists)";
+    this.showError(`This job no longer exists (${message}).`);
+  }
+
+  /** The tab is hidden: close the stream (it holds one of the host's few connections). */
+  pause() {
+    if (this.source) this.source.close();
+    this.source = null;
+    clearTimeout(this.retryTimer);
+    this.paused = true;
+    this.connEl.textContent = "paused while this tab is hidden";
+  }
+
+  visibilityChanged() {
+    if (this.closed || !this.streaming) return; // start() connects (or pauses) itself
+    if (document.hidden) this.pause();
+    else if (this.paused) {
+      this.paused = false;
+      this.reconnect(0); // checks the job, then resumes after the last event shown
+    }
+  }
+
+  /** No more stream, timers nor listeners; the history is saved. */
+  stop() {
     this.closed = true;
     if (this.source) this.source.close();
     this.source = null;
     clearTimeout(this.retryTimer);
-    this.connEl.textContent = "ended (the job is finished)";
+    document.removeEventListener("visibilitychange", this.onVisibility);
     this.flush();
   }
 
@@ -459,9 +599,12 @@ class JobView {
   }
 
   close() {
-    this.closed = true;
-    if (this.source) this.source.close();
-    clearTimeout(this.retryTimer);
-    this.flush();
+    this.stop();
+    window.removeEventListener("pagehide", this.onPageHide);
   }
+}
+
+/** A status worth asking again for: the server is busy, restarting or behind a proxy's 5xx. */
+function retryable(status) {
+  return status >= 500 || status === 429 || status === 408;
 }
