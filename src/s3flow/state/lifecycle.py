@@ -200,8 +200,15 @@ def plan_set_status(
     """An unfenced operator transition; creates the record when missing and ``pipeline``.
 
     Leaving ``processing`` this way clears the claim and increases the fencing
-    token, so the former holder can no longer complete, fail or renew.
+    token, so the former holder can no longer complete, fail or renew. Entering it
+    is refused: only a claim does that (with a new token and an owner), else a
+    holder's stale token would be good again and the record processing with no claim.
     """
+    if status is FileStatus.PROCESSING:
+        raise TransitionError(
+            f"s3://{oid.bucket}/{oid.key} version {oid.version!r}: only a claim moves a "
+            "record to processing, not an operator's status change"
+        )
     note = clip(detail) if detail and status in _FAILURES else None
     if rec is None:
         if not pipeline:

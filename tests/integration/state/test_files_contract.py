@@ -158,7 +158,7 @@ async def test_set_status(store: StateStore, clock: FakeClock) -> None:
     c = await store.claim(oid(), pipeline="p", owner="w1", ttl_s=60)
     assert c.outcome is ClaimOutcome.ACQUIRED and c.record.attempts == 1
     assert await store.complete(oid(), token=c.token, outputs=[])
-    with pytest.raises(TransitionError, match="completed -> processing"):
+    with pytest.raises(TransitionError, match="only a claim moves a record to processing"):
         await store.set_status(oid(), FileStatus.PROCESSING)
     # Reprocessing on purpose: an operator may send a completed version back.
     again = await store.set_status(oid(), FileStatus.RECEIVED, detail="reprocess")
@@ -167,6 +167,27 @@ async def test_set_status(store: StateStore, clock: FakeClock) -> None:
         oid(version="v0"), FileStatus.COMPLETED, detail="backfill", pipeline="p"
     )
     assert backfill.status is FileStatus.COMPLETED
+
+
+@backends
+async def test_set_status_never_enters_processing_so_a_stale_token_stays_stale(
+    store: StateStore,
+) -> None:
+    """Only a claim enters processing: an operator's set_status into it made the failed
+    holder's token good again (its complete succeeded) and left a record processing with
+    no claim."""
+    c = await store.claim(oid(), pipeline="p", owner="w1", ttl_s=60)
+    assert await store.fail(
+        oid(), token=c.token, status=FileStatus.FAILED, error_class="E", error="boom"
+    )
+    with pytest.raises(TransitionError, match="only a claim moves a record to processing"):
+        await store.set_status(oid(), FileStatus.PROCESSING)
+    assert not await store.complete(oid(), token=c.token, outputs=[])
+    with pytest.raises(TransitionError, match="only a claim"):
+        await store.set_status(oid(version="new"), FileStatus.PROCESSING, pipeline="p")
+    rec = await store.get(oid())
+    assert rec is not None and rec.status is FileStatus.FAILED and rec.claim_owner is None
+    assert await store.get(oid(version="new")) is None
 
 
 @backends
