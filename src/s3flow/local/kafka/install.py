@@ -193,7 +193,9 @@ def copy_jars(
             pom = home / "pom.xml"
             pom.write_text(pom_text)
         staging = Path(tempfile.mkdtemp(prefix="libs.", dir=home))
-        cmd = [mvn, "-q", "-B", "-f", str(pom)]
+        # -C: a download whose checksum does not match fails (by default Maven only
+        # warns, -q hides the warning, and the bad jar would be kept for good).
+        cmd = [mvn, "-q", "-B", "-C", "-f", str(pom)]
         if os.environ.get("S3FLOW_MAVEN_REPO"):
             cmd.append(f"-Dmaven.repo.local={os.environ['S3FLOW_MAVEN_REPO']}")
         cmd += [
