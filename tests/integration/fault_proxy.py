@@ -11,6 +11,10 @@ injects one fault instead, chosen with the same seeded generator:
 * ``reset``: the connection is reset (SO_LINGER 0, no answer, not forwarded);
 * ``stall``: ``stall_s`` of silence, then the request is forwarded normally.
 
+Besides, :meth:`FaultProxy.lose_answer` picks requests by their operation and body:
+each is forwarded, the server applies it, and the client's connection is reset
+instead of answering (the SDK then retries a request that already happened).
+
 Faults are only ever decided per request, after its body has been read;
 responses are relayed unchanged. Error bodies follow the request's protocol:
 AWS XML (``<Error><Code>InternalError</Code>...``) for REST/query requests and
@@ -36,7 +40,7 @@ import socket
 import struct
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -90,6 +94,14 @@ class _Request:
         if self.body or self.method in ("POST", "PUT", "PATCH") or self.chunked:
             lines.append(f"Content-Length: {len(self.body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Reset the client's connection (SO_LINGER 0): no answer at all."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 def _parse_headers(lines: list[bytes]) -> list[tuple[str, str]]:
@@ -177,8 +189,23 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._lose: list[tuple[Callable[[str, bytes], bool], list[int]]] = []
 
     # --- public ------------------------------------------------------------------
+
+    def lose_answer(self, match: Callable[[str, bytes], bool], times: int = 1) -> None:
+        """The next ``times`` requests ``match(operation, body)`` picks reach the server
+        (and are applied), but their answer is lost: the connection is reset."""
+        with self._lock:
+            self._lose.append((match, [times]))
+
+    def _answer_lost(self, req: _Request) -> bool:
+        with self._lock:
+            for match, left in self._lose:
+                if left[0] > 0 and match(req.operation, req.body):
+                    left[0] -= 1
+                    return True
+        return False
 
     @property
     def url(self) -> str:
@@ -294,16 +321,20 @@ class FaultProxy:
                 if req is None:
                     return
                 self._count("requests")
+                if self._answer_lost(req):
+                    if upstream is None:
+                        upstream = await asyncio.open_connection(*self.upstream, limit=_MAX_HEAD)
+                    upstream[1].write(req.upstream_bytes())
+                    await upstream[1].drain()
+                    await upstream[0].readuntil(b"\r\n\r\n")  # answered: it was applied
+                    self._count("lost-answer", req.operation)
+                    _reset(writer)
+                    return
                 fault = self._decide()
                 if fault is not None:
                     self._count(fault.value, req.operation)
                 if fault is Fault.RESET:
-                    sock = writer.get_extra_info("socket")
-                    if sock is not None:
-                        sock.setsockopt(
-                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                        )
-                    writer.transport.abort()
+                    _reset(writer)
                     return
                 if fault in (Fault.ERROR_500, Fault.ERROR_503):
                     status = 500 if fault is Fault.ERROR_500 else 503

@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import uuid
+from dataclasses import replace
 
 from s3flow.state.dynamodb.client import MAX_CONFLICT_RETRIES, Conflict, backoff
 from s3flow.state.dynamodb.codec import (
@@ -60,6 +62,21 @@ def _decode(item: Item) -> Read:
     return rec, rev, opt_float(item, "purge_at")
 
 
+#: The attribute holding the id of the write that last changed a record.
+_WID = "wid"
+
+
+def _write_id() -> str:
+    """A new write's id: a conditional write that fails on the record it wrote itself
+    (the SDK retried it after the answer was lost) knows it by this id."""
+    return uuid.uuid4().hex
+
+
+def _ours(conflict: Conflict, wid: str) -> bool:
+    """Whether the item a failed condition returned was written by write ``wid``."""
+    return conflict.item is not None and conflict.item.get(_WID, {}).get("S") == wid
+
+
 class FilesMixin(CountersMixin, FileLifecycleMixin):
     """The FileStore protocol on the files and history tables (see :mod:`s3flow.state.dynamodb`)."""
 
@@ -76,7 +93,11 @@ class FilesMixin(CountersMixin, FileLifecycleMixin):
         old_rec, old_rev, old_purge = old
         rev = old_rev + 1
         purge = purge_time(rec.status, rec.updated_at, self.retention_s)
-        put: Item = {"TableName": self.files_table, "Item": encode_record(rec, rev, purge)}
+        wid = _write_id()
+        put: Item = {
+            "TableName": self.files_table,
+            "Item": {**encode_record(rec, rev, purge), _WID: {"S": wid}},
+        }
         if old_rec is None:
             put["ConditionExpression"] = "attribute_not_exists(pk)"
         else:
@@ -85,7 +106,13 @@ class FilesMixin(CountersMixin, FileLifecycleMixin):
             put["ExpressionAttributeValues"] = {":rev": {"N": str(old_rev)}}
         # On a failed condition the current item comes back with the error.
         put["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
-        await self._api("PutItem", self.files_table, **put)
+        try:
+            await self._api("PutItem", self.files_table, **put)
+        except Conflict as conflict:
+            if not _ours(conflict, wid):
+                raise
+            # This very write, applied by an attempt whose answer was lost: the SDK's
+            # retry then failed the condition the first attempt had used up.
         await asyncio.gather(
             self._put_history(rec, entry, rev),
             self._count(
@@ -224,6 +251,9 @@ class FilesMixin(CountersMixin, FileLifecycleMixin):
         if finish.error is not None:
             sets.append("last_error = :er")
             values[":er"] = {"S": clip(finish.error)}
+        wid = _write_id()
+        sets.append(f"{_WID} = :wid")
+        values[":wid"] = {"S": wid}
         adds = "ADD #rev :one"
         if status is FileStatus.FAILED:  # as plan_finish: a retryable failure is counted
             adds += ", failures :one"
@@ -243,7 +273,21 @@ class FilesMixin(CountersMixin, FileLifecycleMixin):
         except Conflict as conflict:
             if conflict.item is None:
                 return False
-            current, _, _ = _decode(conflict.item)
+            current, current_rev, _ = _decode(conflict.item)
+            if current is not None and _ours(conflict, wid):
+                # Applied by an attempt whose answer (the old item) was lost: the record
+                # was processing under this claim, so its history and counters follow.
+                entry = HistoryEntry(
+                    now, oid.version, FileStatus.PROCESSING, status, None, clip(finish.detail)
+                )
+                await asyncio.gather(
+                    self._put_history(current, entry, current_rev),
+                    self._count(
+                        count_key(replace(current, status=FileStatus.PROCESSING), None),
+                        count_key(current, purge),
+                    ),
+                )
+                return True
             held = (
                 current is not None
                 and current.status is FileStatus.PROCESSING
