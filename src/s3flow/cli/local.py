@@ -43,8 +43,8 @@ def local(
     # SIGTERM and SIGINT: stop the server, wait for it, exit 0. If this process dies
     # without cleaning up (SIGKILL) the server notices and exits by itself.
     with interrupt_on_signals():
-        endpoint = LocalEndpoint(host, port)
         try:
+            endpoint = LocalEndpoint(host, port)
             endpoint.start()
         except KeyboardInterrupt:  # start() has stopped the server already
             console.print("stopped")

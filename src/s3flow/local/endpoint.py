@@ -308,11 +308,36 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when a server could not bind ``host:port`` now (someone listens there).
+
+    ``SO_REUSEADDR`` as the servers set it: connections in TIME_WAIT do not count.
+    """
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def host_url(host: str, port: int) -> str:
+    """``http://host:port``, an IPv6 address in brackets."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def _moto_available() -> bool:
@@ -336,7 +361,10 @@ class LocalEndpoint(OwnedServer):
         start_timeout_s: float = 30.0,
     ) -> None:
         self.host = host
-        self.port = port or free_port(host)
+        try:
+            self.port = port or free_port(host)
+        except OSError as exc:  # socket.gaierror too: an unknown host name
+            raise LocalEndpointError(f"cannot bind {host!r}: {exc}") from exc
         self.patched = patched
         self.log_path = log_path
         self.start_timeout_s = start_timeout_s
@@ -345,7 +373,7 @@ class LocalEndpoint(OwnedServer):
     @property
     def url(self) -> str:
         """The endpoint URL to give as AWS_ENDPOINT_URL."""
-        return f"http://{self.host}:{self.port}"
+        return host_url(self.host, self.port)
 
     def start(self) -> Self:
         """Start the server and wait until it answers HTTP."""
@@ -353,6 +381,14 @@ class LocalEndpoint(OwnedServer):
             raise LocalEndpointError(
                 "the embedded endpoint needs moto server: run scripts/install "
                 "or pip install 's3flow[local]'"
+            )
+        try:
+            busy = port_in_use(self.host, self.port)
+        except OSError as exc:
+            raise LocalEndpointError(f"cannot bind {self.host!r}: {exc}") from exc
+        if busy:
+            raise LocalEndpointError(
+                f"port {self.port} on {self.host} is in use: choose another with --port"
             )
         env = dict(os.environ)
         if not self.patched:
@@ -395,9 +431,15 @@ class LocalEndpoint(OwnedServer):
                 )
             try:
                 with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):
-                    return
+                    pass
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
+                continue
+            # Ready only if the answer can be this child's: it must still be alive (a
+            # server that lost the port exits; the answer then came from another one).
+            time.sleep(0.1)
+            if self._proc.poll() is None:
+                return
         raise LocalEndpointError(
             f"moto server did not answer on {self.url} within {self.start_timeout_s:.0f}s"
         )

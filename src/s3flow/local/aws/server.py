@@ -12,18 +12,28 @@ later :meth:`JvmServer.start` on the same run directory reuses a running server.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import shutil
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import ClassVar, Literal, Self
+from typing import IO, ClassVar, Literal, Self
 
 from s3flow.local.aws.install import install
 from s3flow.local.jvm import JvmProcess
-from s3flow.local.kafka.host import HOST, ServiceError, free_port, mkdir, port_free
+from s3flow.local.kafka.host import (
+    HOST,
+    ServiceError,
+    flock,
+    free_port,
+    mkdir,
+    port_free,
+    tail,
+)
 from s3flow.local.kafka.install import require_java
 
 #: Credentials both servers accept (S3Proxy checks signatures against them).
@@ -49,6 +59,7 @@ class JvmServer(JvmProcess):
         detach: bool = False,
     ) -> None:
         super().__init__(cache_dir, port, run_dir=run_dir, heap=heap, detach=detach)
+        self._owner_lock: IO[str] | None = None
 
     # -- what a subclass provides -----------------------------------------------------
 
@@ -80,23 +91,30 @@ class JvmServer(JvmProcess):
         return self._find_pid() is not None
 
     def start(self, timeout_s: float = 60.0) -> Self:
-        """Start the server (or reuse the one running from this run dir) and wait for it."""
+        """Start the server (or reuse the one running from this run dir) and wait for it.
+
+        The check for a running server, the spawn and the state file are done under a
+        lock on ``run_dir/start.lock``: concurrent starts on one run dir give one server.
+        """
         started = time.monotonic()
-        self._load_state()
-        if self._find_pid() is not None:
-            self.reused = True
-            self._wait_ready(started + timeout_s)
-            self.start_seconds = time.monotonic() - started
-            return self
         java = require_java()
         libs = install(self.cache_dir, quiet=not self.detach)
-        self._pick_port()
-        args = self.write_config()
-        proc = self._spawn(
-            [java, f"-Xmx{self.heap}", "-XX:+UseSerialGC", "-cp", f"{libs}/*", *args]
-        )
-        state = {"pid": proc.pid, "port": self.port, "url": self.url}
-        (self.run_dir / "server.json").write_text(json.dumps(state) + "\n")
+        with flock(self.run_dir / "start.lock"):
+            self._load_state()
+            if self._find_pid() is not None:
+                self._load_state(force=True)  # the running server's port, whatever was asked
+                self.reused = True
+                self._wait_ready(started + timeout_s)
+                self.start_seconds = time.monotonic() - started
+                return self
+            self.reused = False
+            self._pick_port()
+            args = self.write_config()
+            proc = self._spawn(
+                [java, f"-Xmx{self.heap}", "-XX:+UseSerialGC", "-cp", f"{libs}/*", *args]
+            )
+            state = {"pid": proc.pid, "port": self.port, "url": self.url}
+            (self.run_dir / "server.json").write_text(json.dumps(state) + "\n")
         try:
             self._wait_ready(started + timeout_s)
         except BaseException:
@@ -109,7 +127,19 @@ class JvmServer(JvmProcess):
 
     def _new_run_dir(self) -> Path:
         tmp = mkdir(self.cache_dir / "aws-tmp")
-        return Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=tmp))
+        _sweep_abandoned(tmp)
+        run_dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=tmp))
+        # Held while this process lives; a sweep removes dirs whose owner is gone.
+        self._owner_lock = (run_dir / "owner.lock").open("w")
+        fcntl.flock(self._owner_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return run_dir
+
+    def close(self) -> None:
+        """Stop; a private server's run dir is deleted too (and its owner lock let go)."""
+        super().close()
+        if self._owner_lock is not None:
+            self._owner_lock.close()
+            self._owner_lock = None
 
     def _saved_pid(self) -> int | None:
         try:
@@ -117,8 +147,8 @@ class JvmServer(JvmProcess):
         except (OSError, ValueError, KeyError):
             return None
 
-    def _load_state(self) -> None:
-        if self._run_dir is None or self.port:
+    def _load_state(self, *, force: bool = False) -> None:
+        if self._run_dir is None or (self.port and not force):
             return
         with contextlib.suppress(OSError, ValueError):
             self.port = int(json.loads((self.run_dir / "server.json").read_text())["port"])
@@ -135,7 +165,23 @@ class JvmServer(JvmProcess):
             self.port = free_port()
 
     def _wait_ready(self, deadline: float) -> None:
-        self._wait_until(lambda: _answers(self.url + self.probe_path()), deadline)
+        self._wait_until(self._ready, deadline)
+
+    def _ready(self) -> bool:
+        """The port answers HTTP and the listener is this run dir's process (not another
+        server that holds the port while ours failed to bind)."""
+        if not _answers(self.url + self.probe_path()):
+            return False
+        pid = self._find_pid()
+        if pid is None:
+            return False  # _wait_until reports the exit
+        mine = _listens(pid, self.port)
+        if mine is False and _bind_failed(self.log_path):
+            raise ServiceError(
+                f"cannot start {self.name}: {HOST}:{self.port} is in use by another process; "
+                f"log {self.log_path}:\n{tail(self.log_path)}"
+            )
+        return mine is not False
 
 
 class ElasticMQ(JvmServer):
@@ -218,6 +264,60 @@ def client_env(sqs_url: str | None = None, s3_url: str | None = None) -> dict[st
     if s3_url:
         env["AWS_ENDPOINT_URL_S3"] = s3_url
     return env
+
+
+def _sweep_abandoned(tmp_root: Path) -> None:
+    """Remove private run dirs whose owning process is gone (stopping a leftover server)."""
+    for run in tmp_root.iterdir():
+        lock_path = run / "owner.lock"
+        if not lock_path.is_file():
+            continue  # not a run dir, or one from before owner locks: left alone
+        try:
+            fh = lock_path.open("a")
+        except OSError:
+            continue
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its owner is alive
+            cls = {c.name: c for c in (ElasticMQ, S3Proxy)}.get(run.name.split("-", 1)[0])
+            if cls is not None:
+                with contextlib.suppress(Exception):
+                    cls(tmp_root.parent, run_dir=run).stop(timeout_s=10)
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def _listens(pid: int, port: int) -> bool | None:
+    """True when process ``pid`` holds the socket listening on TCP ``port``; None when
+    that cannot be told (no /proc)."""
+    inodes: set[str] = set()
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    fields = line.split()
+                    local, state = fields[1], fields[3]
+                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                        inodes.add(fields[9])
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except (OSError, IndexError, ValueError):
+        return None
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                return True
+    return False
+
+
+def _bind_failed(log_path: Path) -> bool:
+    """True when the server's log says it could not bind its port."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return False
+    return "BindException" in text or "Address already in use" in text
 
 
 def _answers(url: str) -> bool:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from botocore.exceptions import ClientError
 from rich.console import Console
 
 from s3flow.app import run_worker
 from s3flow.aws import open_clients
+from s3flow.errors import ConfigError
+from s3flow.pipelines.text_to_pdf import fonts
 from s3flow.provision import provision
 from s3flow.settings import Settings, load_settings
 
@@ -53,6 +56,16 @@ TEXTS: dict[str, tuple[str, dict[str, str]]] = {
 
 def pdf_stage(console: Console, state_url: str) -> None:
     """Provision, upload two texts (one marked heavy), run the worker, print each route."""
+    try:  # both routes render with the default fonts
+        fonts.find_font(monospace=True)
+        fonts.find_font(monospace=False)
+    except ConfigError:
+        console.print(
+            f"      (no DejaVu fonts: the text-to-pdf stage is skipped; "
+            f"apt-get install {fonts.FONT_PACKAGE})",
+            highlight=False,
+        )
+        return
     settings = load_settings(None, {"pipelines": [PIPELINE], "state": {"url": state_url}})
     asyncio.run(provision(settings))
     asyncio.run(_upload(settings))
@@ -67,9 +80,13 @@ def pdf_stage(console: Console, state_url: str) -> None:
 
 async def _upload(settings: Settings) -> None:
     async with open_clients(settings.aws) as c:
-        await c.sqs.purge_queue(
-            QueueUrl=(await c.sqs.get_queue_url(QueueName="s3flow-demo-docs"))["QueueUrl"]
-        )
+        try:
+            await c.sqs.purge_queue(
+                QueueUrl=(await c.sqs.get_queue_url(QueueName="s3flow-demo-docs"))["QueueUrl"]
+            )
+        except ClientError as exc:  # a run < 60 s ago purged it: its leftovers are harmless
+            if "PurgeQueueInProgress" not in str(exc.response.get("Error", {}).get("Code")):
+                raise
         for key, (text, meta) in TEXTS.items():
             await c.s3.put_object(
                 Bucket=BUCKET, Key=key, Body=text.encode(), ContentType="text/plain", Metadata=meta

@@ -25,6 +25,8 @@ import gzip
 import io
 import json
 import os
+import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -43,7 +46,7 @@ from s3flow.errors import S3flowError
 from s3flow.events import ObjectEvent
 from s3flow.local.demo.jobs import jobs_stage
 from s3flow.local.demo.pdf import pdf_stage
-from s3flow.local.endpoint import LocalEndpoint, interrupt_on_signals
+from s3flow.local.endpoint import LOCAL_CREDENTIALS, LocalEndpoint, interrupt_on_signals
 from s3flow.metrics import WorkerMetrics
 from s3flow.objects import zstd
 from s3flow.processors.base import Result
@@ -110,6 +113,14 @@ KAFKA_PIPELINE: dict[str, Any] = {
 }
 NDJSON_DATES = ("2026-11-22", "2026-11-23")
 CSV_ROWS = 20_000
+#: The sample file that is dead-lettered (truncated gzip); every other one is written.
+BROKEN_KEY = "logs/broken.gz"
+#: Rows stage 2 must write to Parquet: 24 valid files of 100 lines.
+NDJSON_ROWS = 2400
+
+
+class DemoCheckError(S3flowError):
+    """The demo's results are not what it expects (wrong endpoint, lost outputs)."""
 
 
 def sample_files() -> dict[str, bytes]:
@@ -180,7 +191,12 @@ class DemoObserver:
 
 @contextmanager
 def _env(values: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
+    """``values`` in the environment; every ``AWS_ENDPOINT_URL_<SERVICE>`` cleared (they
+    would win over ``AWS_ENDPOINT_URL`` and send the demo to other servers)."""
+    cleared = [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL_") and k not in values]
+    old = {k: os.environ.get(k) for k in [*values, *cleared]}
+    for k in cleared:
+        del os.environ[k]
     os.environ.update(values)
     try:
         yield
@@ -208,26 +224,63 @@ async def _results(settings: Settings, keys: list[str]) -> dict[str, dict[str, A
         for key in keys:
             try:
                 resp = await clients.s3.get_object(Bucket=out_bucket, Key=f"{prefix}{key}.json")
-                async with resp["Body"] as body:
-                    found[key] = json.loads(await body.read())
-            except Exception:
-                continue
+            except ClientError as exc:
+                if _error_code(exc) not in ("NoSuchKey", "404"):
+                    raise
+                continue  # no output: the caller checks against what it expects
+            async with resp["Body"] as body:
+                found[key] = json.loads(await body.read())
     return found
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _external_env(endpoint_url: str) -> dict[str, str]:
+    """The environment for ``--endpoint-url``: the local credentials and region when none
+    are configured (an emulator accepts any)."""
+    env = {"AWS_ENDPOINT_URL": endpoint_url}
+    shared = Path(
+        os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or Path.home() / ".aws" / "credentials"
+    )
+    if not (
+        os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE") or shared.is_file()
+    ):
+        env.update(LOCAL_CREDENTIALS)
+    if not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
+        env["AWS_REGION"] = "us-east-1"
+    return env
 
 
 def run_demo(console: Console | None = None, *, endpoint_url: str | None = None) -> int:
     """Run the demo; return the process exit code.
 
     SIGTERM is handled like Ctrl-C (SIGINT): the demo stops, its local servers (the
-    embedded endpoint, the Kafka broker) are stopped and waited for, and 0 is returned.
+    embedded endpoint, the Kafka broker) are stopped and waited for, and 128 + the
+    signal's number is returned (130 for Ctrl-C), so ``scripts/demo && ...`` stops.
+    Results that are not what the demo expects: a message and 1.
     """
     console = console or Console()
     with interrupt_on_signals():
         try:
             _run_demo(console, endpoint_url)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             console.print("interrupted: the demo's local servers are stopped")
+            return 128 + _signum(exc)
+        except DemoCheckError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            return 1
     return 0
+
+
+def _signum(exc: KeyboardInterrupt) -> int:
+    """The signal behind ``exc`` (:func:`interrupt_on_signals` names it), else SIGINT."""
+    name = str(exc.args[0]) if exc.args else ""
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        return int(signal.SIGINT)
 
 
 def _run_demo(console: Console, endpoint_url: str | None) -> None:
@@ -239,10 +292,10 @@ def _run_demo(console: Console, endpoint_url: str | None) -> None:
         env = endpoint.env()
         console.print(f"      endpoint: {endpoint.url}")
     else:
-        env = {"AWS_ENDPOINT_URL": endpoint_url}
+        env = _external_env(endpoint_url)
+    state_dir = tempfile.mkdtemp(prefix="s3flow-demo-")
     try:
         with _env(env), _kafka_broker(console) as bootstrap:
-            state_dir = tempfile.mkdtemp(prefix="s3flow-demo-")
             config = dict(DEMO_CONFIG)
             if bootstrap:
                 pipeline = {**KAFKA_PIPELINE}
@@ -262,6 +315,7 @@ def _run_demo(console: Console, endpoint_url: str | None) -> None:
             console.print("[bold]5/5[/] results")
             results = asyncio.run(_results(settings, list(files)))
             _print_table(console, files, results, metrics)
+            _check_counts(files, results, metrics)
             _ndjson_stage(console, settings)
             if bootstrap:
                 _kafka_stage(console, settings, bootstrap)
@@ -278,6 +332,23 @@ def _run_demo(console: Console, endpoint_url: str | None) -> None:
     finally:
         if endpoint is not None:
             endpoint.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _check_counts(
+    files: dict[str, bytes], results: dict[str, dict[str, Any]], metrics: WorkerMetrics
+) -> None:
+    """:class:`DemoCheckError` unless every sample but :data:`BROKEN_KEY` has its output
+    and exactly that one was dead-lettered."""
+    missing = sorted(k for k in files if k != BROKEN_KEY and k not in results)
+    m = metrics.pipelines.get("counts")
+    dead = m.dead_lettered if m else 0
+    if missing or dead != 1:
+        raise DemoCheckError(
+            f"line-count results are not what the demo expects: {len(missing)} output(s) "
+            f"missing ({', '.join(missing) or 'none'}), {dead} file(s) dead-lettered "
+            f"(expected 1, {BROKEN_KEY}); is AWS_ENDPOINT_URL the endpoint the worker used?"
+        )
 
 
 @contextmanager
@@ -319,6 +390,8 @@ def _ndjson_stage(console: Console, settings: Settings) -> None:
         f"\n[bold]ndjson-to-parquet[/]: uploading {len(files)} NDJSON files over "
         f"{len(NDJSON_DATES)} dates (one invalid) ..."
     )
+    # An earlier run against the same endpoint: its parts would be counted (or overwritten).
+    asyncio.run(_delete_prefix(settings, OUT_BUCKET, "lake/"))
     asyncio.run(_upload(settings, files))
     _run_with_progress(console, settings, len(files), ["events"])
     manifests = asyncio.run(_manifests(settings))
@@ -343,6 +416,8 @@ def _ndjson_stage(console: Console, settings: Settings) -> None:
     for rec in asyncio.run(quarantined()):
         console.print(f"      quarantined [red]{rec.key}[/]: {rec.last_error}", highlight=False)
     console.print(f"      {total:,} rows in Parquet, one per valid NDJSON line.")
+    if total != NDJSON_ROWS:
+        raise DemoCheckError(f"ndjson-to-parquet wrote {total:,} rows, expected {NDJSON_ROWS:,}")
 
 
 def _kafka_stage(console: Console, settings: Settings, bootstrap: str) -> None:
@@ -361,6 +436,10 @@ def _kafka_stage(console: Console, settings: Settings, bootstrap: str) -> None:
         f"      topic {topic!r} (read_committed): {count:,} messages; the first: {first}",
         highlight=False,
     )
+    if count != CSV_ROWS:
+        raise DemoCheckError(
+            f"csv-to-kafka: {count:,} messages in {topic!r}, expected {CSV_ROWS:,}"
+        )
 
 
 def _read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> tuple[int, str]:
@@ -400,15 +479,35 @@ async def _manifests(settings: Settings) -> list[Any]:
         return await store.list_manifests()
 
 
-async def _objects(settings: Settings, bucket: str, prefix: str) -> list[tuple[str, bytes]]:
+async def _objects(
+    settings: Settings, bucket: str, prefix: str, *, read: bool = True
+) -> list[tuple[str, bytes]]:
+    """The objects under ``prefix`` (``read=False``: keys only, empty bodies)."""
     out: list[tuple[str, bytes]] = []
     async with open_clients(settings.aws) as clients:
-        resp = await clients.s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
-        for item in resp.get("Contents", []):
+        items: list[dict[str, Any]] = []
+        more: dict[str, str] = {}
+        while True:
+            resp = await clients.s3.list_objects_v2(Bucket=bucket, Prefix=prefix, **more)
+            items += resp.get("Contents", [])
+            if not resp.get("IsTruncated"):
+                break
+            more = {"ContinuationToken": resp["NextContinuationToken"]}
+        for item in items:
+            if not read:
+                out.append((item["Key"], b""))
+                continue
             obj = await clients.s3.get_object(Bucket=bucket, Key=item["Key"])
             async with obj["Body"] as body:
                 out.append((item["Key"], await body.read()))
     return out
+
+
+async def _delete_prefix(settings: Settings, bucket: str, prefix: str) -> None:
+    keys = [k for k, _ in await _objects(settings, bucket, prefix, read=False)]
+    async with open_clients(settings.aws) as clients:
+        for key in keys:
+            await clients.s3.delete_object(Bucket=bucket, Key=key)
 
 
 def _run_with_progress(
@@ -451,8 +550,9 @@ def _print_table(
                 f"{r['processing_ms']:.1f}",
                 "[green]written[/]",
             )
-        else:
-            table.add_row(key, "-", f"{len(files[key]):,}", "-", "-", "-", "[red]DLQ[/]")
+        else:  # the expected dead letter; anything else fails in _check_counts
+            outcome = "[red]DLQ[/]" if key == BROKEN_KEY else "[red]missing[/]"
+            table.add_row(key, "-", f"{len(files[key]):,}", "-", "-", "-", outcome)
     console.print(table)
     m = metrics.pipelines.get("counts")
     if m:
