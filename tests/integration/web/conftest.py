@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from page_support import chromium_executable
+from playwright.sync_api import Browser, sync_playwright
 from web_support import JobsEnv, WebThread
 
 from s3flow.local.endpoint import LocalEndpoint
 from s3flow.state.sqlite import SqliteStateStore
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium driven by Playwright, one per test module (a missing Chromium
+    fails the tests under ``CI``, else skips them)."""
+    exe = chromium_executable()
+    if exe is None:
+        message = "Chromium is not installed: run scripts/install dev (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=exe)
+        yield launched
+        launched.close()
 
 
 @pytest.fixture()

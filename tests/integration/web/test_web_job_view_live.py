@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import re
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -16,8 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from page_support import chromium_executable
-from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
 from web_support import JobsEnv, WebThread
 
 from s3flow.settings import load_settings
@@ -26,20 +24,6 @@ from s3flow.state.sqlite import SqliteStateStore
 
 pytestmark = pytest.mark.integration
 expect.set_options(timeout=10_000)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    exe = chromium_executable()
-    if exe is None:
-        message = "Chromium is not installed: run scripts/install dev (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    with sync_playwright() as pw:
-        launched = pw.chromium.launch(executable_path=exe)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture()

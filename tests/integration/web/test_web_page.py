@@ -27,12 +27,11 @@ import pytest
 from page_support import (
     PageProject,
     WebProcess,
-    chromium_executable,
     free_port,
     stop_process,
     toml_text,
 )
-from playwright.sync_api import Browser, FileChooser, Page, Request, expect, sync_playwright
+from playwright.sync_api import Browser, FileChooser, Page, Request, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from s3flow.local.endpoint import LocalEndpoint
@@ -85,20 +84,6 @@ def site(
     finally:
         site.web.stop()
         stop_process(worker)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    exe = chromium_executable()
-    if exe is None:
-        message = "Chromium is not installed: run scripts/install dev (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    with sync_playwright() as pw:
-        launched = pw.chromium.launch(executable_path=exe)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture()

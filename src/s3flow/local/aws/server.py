@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import tempfile
 import time
 import urllib.error
@@ -32,6 +31,7 @@ from s3flow.local.kafka.host import (
     free_port,
     mkdir,
     port_free,
+    sweep_abandoned,
     tail,
 )
 from s3flow.local.kafka.install import require_java
@@ -268,24 +268,13 @@ def client_env(sqs_url: str | None = None, s3_url: str | None = None) -> dict[st
 
 def _sweep_abandoned(tmp_root: Path) -> None:
     """Remove private run dirs whose owning process is gone (stopping a leftover server)."""
-    for run in tmp_root.iterdir():
-        lock_path = run / "owner.lock"
-        if not lock_path.is_file():
-            continue  # not a run dir, or one from before owner locks: left alone
-        try:
-            fh = lock_path.open("a")
-        except OSError:
-            continue
-        with fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # its owner is alive
-            cls = {c.name: c for c in (ElasticMQ, S3Proxy)}.get(run.name.split("-", 1)[0])
-            if cls is not None:
-                with contextlib.suppress(Exception):
-                    cls(tmp_root.parent, run_dir=run).stop(timeout_s=10)
-            shutil.rmtree(run, ignore_errors=True)
+
+    def stop(run: Path) -> None:
+        cls = {c.name: c for c in (ElasticMQ, S3Proxy)}.get(run.name.split("-", 1)[0])
+        if cls is not None:
+            cls(tmp_root.parent, run_dir=run).stop(timeout_s=10)
+
+    sweep_abandoned(tmp_root.iterdir(), stop)
 
 
 def _listens(pid: int, port: int) -> bool | None:

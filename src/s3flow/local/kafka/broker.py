@@ -13,7 +13,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import signal
 import tempfile
 import time
@@ -38,6 +37,7 @@ from s3flow.local.kafka.host import (
     mkdir,
     port_free,
     port_open,
+    sweep_abandoned,
     wait_exit,
 )
 from s3flow.local.kafka.install import install, require_java
@@ -316,19 +316,10 @@ def _metadata_ok(port: int, log_path: Path, fresh_log: bool) -> bool:
 
 def _sweep_abandoned(tmp_root: Path) -> None:
     """Remove private run dirs whose owning process is gone (stopping a leftover broker)."""
-    for run in tmp_root.glob("broker-*"):
-        lock_path = run / "owner.lock"
-        try:
-            fh = lock_path.open("a")
-        except OSError:
-            continue
-        with fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # its owner is alive
-            with contextlib.suppress(Exception):
-                orphan = KafkaBroker(run_dir=run)
-                orphan._ephemeral = False
-                orphan.stop(timeout_s=10)
-            shutil.rmtree(run, ignore_errors=True)
+
+    def stop(run: Path) -> None:
+        orphan = KafkaBroker(run_dir=run)
+        orphan._ephemeral = False
+        orphan.stop(timeout_s=10)
+
+    sweep_abandoned(tmp_root.glob("broker-*"), stop)

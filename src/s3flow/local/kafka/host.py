@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from s3flow.errors import S3flowError
@@ -113,6 +114,29 @@ def flock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def sweep_abandoned(runs: Iterable[Path], stop: Callable[[Path], object]) -> None:
+    """Remove the private run dirs among ``runs`` whose owner is gone: nobody holds
+    their ``owner.lock`` (their owner holds it while it lives). ``stop`` stops what
+    such a dir's server left running first (its errors are dropped). Dirs without an
+    ``owner.lock`` are left alone."""
+    for run in runs:
+        lock_path = run / "owner.lock"
+        if not lock_path.is_file():
+            continue
+        try:
+            fh = lock_path.open("a")
+        except OSError:
+            continue
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its owner is alive
+            with contextlib.suppress(Exception):
+                stop(run)
+            shutil.rmtree(run, ignore_errors=True)
 
 
 def mkdir(path: Path) -> Path:
