@@ -25,7 +25,7 @@ from s3flow.local.endpoint import LocalEndpoint, free_port
 from s3flow.metrics import WorkerMetrics
 from s3flow.provision import provision
 from s3flow.settings import Settings, load_settings
-from s3flow.state.records import FileRecord
+from s3flow.state.records import FileRecord, FileStatus, ObjectId
 from s3flow.worker.engine import WorkerObserver
 
 _counter = itertools.count()
@@ -192,6 +192,25 @@ class Harness:
 
     def send_raw(self, body: str) -> None:
         self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
+
+    def end_record(
+        self, key: str, version: str, status: FileStatus, *, error: str = "boom"
+    ) -> ObjectId:
+        """A record of ``key``'s upload ``version`` that ended ``status`` (claimed, then
+        failed as the worker fails it, by owner "w" of pipeline "p")."""
+        oid = ObjectId(self.bucket, key, version)
+
+        async def go() -> None:
+            assert self.settings is not None
+            async with open_store(self.settings) as store:
+                assert store is not None
+                claim = await store.claim(oid, pipeline="p", owner="w", ttl_s=60)
+                await store.fail(
+                    oid, token=claim.token, status=status, error_class="E", error=error
+                )
+
+        asyncio.run(go())
+        return oid
 
     def records(self, key: str | None = None) -> list[FileRecord]:
         """The state store's file records: every version of ``key``, or all of them."""

@@ -52,18 +52,7 @@ def _record(
     error: str = "boom",
 ) -> ObjectId:
     """A record of ``key``'s upload ``version`` that ended ``status`` (as the worker ends it)."""
-    assert h.settings is not None
-    oid = ObjectId(h.bucket, key, version)
-
-    async def go() -> None:
-        assert h.settings is not None
-        async with open_store(h.settings) as store:
-            assert store is not None
-            claim = await store.claim(oid, pipeline="p", owner="w", ttl_s=60)
-            await store.fail(oid, token=claim.token, status=status, error_class="E", error=error)
-
-    asyncio.run(go())
-    return oid
+    return h.end_record(key, version, status, error=error)
 
 
 def _current(h: Harness, key: str) -> tuple[str, str]:

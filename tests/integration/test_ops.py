@@ -292,18 +292,7 @@ def _quarantine(h: Harness, key: str, version: str | None = None) -> ObjectId:
     if version is None:
         head = h.s3.head_object(Bucket=h.bucket, Key=key)
         version = content_version(head["ETag"], head["LastModified"])
-    oid = ObjectId(h.bucket, key, version)
-
-    async def go() -> None:
-        assert h.settings is not None
-        async with open_store(h.settings) as store:
-            assert store is not None
-            claim = await store.claim(oid, pipeline="p", owner="w", ttl_s=60)
-            await store.fail(
-                oid, token=claim.token, status=FileStatus.QUARANTINED, error_class="E", error="bad"
-            )
-
-    asyncio.run(go())
+    oid = h.end_record(key, version, FileStatus.QUARANTINED, error="bad")
     h.s3.put_object_tagging(
         Bucket=h.bucket,
         Key=key,

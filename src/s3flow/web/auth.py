@@ -167,14 +167,22 @@ def loopback_refusal(scope: Scope) -> str | None:
 
 async def send_forbidden(send: Send, message: str) -> None:
     """Answer 403 with a JSON ``{"error": message}``."""
+    await _send_error(send, 403, message)
+
+
+async def _send_error(
+    send: Send, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer ``status`` with a JSON ``{"error": message}`` (and ``headers``)."""
     body = json.dumps({"error": message}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 403,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *headers,
             ],
         }
     )
@@ -220,19 +228,7 @@ async def send_unauthorized(send: Send, token: str | None) -> None:
         )
     else:
         message = "the API token was not accepted: check the token you were given"
-    body = json.dumps({"error": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="s3flow"'),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await _send_error(send, 401, message, [(b"www-authenticate", b'Bearer realm="s3flow"')])
 
 
 class TokenAuthMiddleware:
