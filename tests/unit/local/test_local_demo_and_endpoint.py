@@ -18,6 +18,7 @@ from rich.console import Console
 
 from s3flow.local import endpoint as ep
 from s3flow.local.demo import pdf, run
+from s3flow.pipelines.text_to_pdf import fonts
 
 
 class _MotoLike(http.server.BaseHTTPRequestHandler):
@@ -145,11 +146,12 @@ def test_demo_removes_its_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 
 def test_pdf_stage_skipped_without_fonts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(pdf.fonts, "FONT_DIRS", (str(tmp_path),))
+    monkeypatch.setattr(fonts, "FONT_DIRS", (str(tmp_path),))
     console = Console(record=True, width=200)
     pdf.pdf_stage(console, "sqlite:/nonexistent/dir/state.db")
     text = console.export_text().strip()
     assert len(text.splitlines()) == 1 and "skipped" in text
+    assert fonts.FONT_PACKAGE in text  # the reason says what to install
 
 
 def test_abandoned_jvm_run_dirs_are_swept(tmp_path: Path) -> None:

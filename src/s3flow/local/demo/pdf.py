@@ -13,11 +13,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 from rich.console import Console
+from rich.markup import escape
 
 from s3flow.app import run_worker
 from s3flow.aws import open_clients
 from s3flow.errors import ConfigError
-from s3flow.pipelines.text_to_pdf import fonts
+from s3flow.processors.registry import create_processor
 from s3flow.provision import provision
 from s3flow.settings import Settings, load_settings
 
@@ -56,14 +57,14 @@ TEXTS: dict[str, tuple[str, dict[str, str]]] = {
 
 def pdf_stage(console: Console, state_url: str) -> None:
     """Provision, upload two texts (one marked heavy), run the worker, print each route."""
-    try:  # both routes render with the default fonts
-        fonts.find_font(monospace=True)
-        fonts.find_font(monospace=False)
-    except ConfigError:
+    try:  # both routes render with the default fonts: building the processor finds them
+        for monospace in (True, False):
+            create_processor("text-to-pdf", {"monospace": monospace})
+    except ConfigError as exc:
         console.print(
-            f"      (no DejaVu fonts: the text-to-pdf stage is skipped; "
-            f"apt-get install {fonts.FONT_PACKAGE})",
+            f"      (the text-to-pdf stage is skipped: {escape(str(exc))})",
             highlight=False,
+            soft_wrap=True,
         )
         return
     settings = load_settings(None, {"pipelines": [PIPELINE], "state": {"url": state_url}})
