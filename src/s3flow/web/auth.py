@@ -35,6 +35,7 @@ __all__ = [
     "is_loopback",
     "loopback_refusal",
     "request_token",
+    "send_error",
     "send_forbidden",
     "send_unauthorized",
 ]
@@ -167,10 +168,10 @@ def loopback_refusal(scope: Scope) -> str | None:
 
 async def send_forbidden(send: Send, message: str) -> None:
     """Answer 403 with a JSON ``{"error": message}``."""
-    await _send_error(send, 403, message)
+    await send_error(send, 403, message)
 
 
-async def _send_error(
+async def send_error(
     send: Send, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
 ) -> None:
     """Answer ``status`` with a JSON ``{"error": message}`` (and ``headers``)."""
@@ -228,7 +229,7 @@ async def send_unauthorized(send: Send, token: str | None) -> None:
         )
     else:
         message = "the API token was not accepted: check the token you were given"
-    await _send_error(send, 401, message, [(b"www-authenticate", b'Bearer realm="s3flow"')])
+    await send_error(send, 401, message, [(b"www-authenticate", b'Bearer realm="s3flow"')])
 
 
 class TokenAuthMiddleware:

@@ -23,14 +23,13 @@ JSON ``{"error": ...}``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from urllib.parse import parse_qsl
 
 from starlette.types import Receive, Scope, Send
 
 from s3flow.errors import S3flowError
-from s3flow.web.auth import EVENTS_PATH
+from s3flow.web.auth import EVENTS_PATH, send_error
 from s3flow.web.hub import EventStream
 from s3flow.web.runtime import WebRuntime
 from s3flow.web.sse import HEADERS, DisconnectPoller, LastEventIdError, parse_last_event_id
@@ -38,21 +37,6 @@ from s3flow.web.sse import HEADERS, DisconnectPoller, LastEventIdError, parse_la
 __all__ = ["match_events", "serve_events"]
 
 log = logging.getLogger("s3flow.web")
-
-
-async def _json_error(send: Send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def _last_event_id(scope: Scope) -> str | None:
@@ -122,25 +106,25 @@ async def _open_stream(
     Keeps only the stream: what it looked up dies with this frame.
     """
     if scope["method"] != "GET":
-        await _json_error(send, 405, f"{scope['method']} is not allowed on {scope['path']}")
+        await send_error(send, 405, f"{scope['method']} is not allowed on {scope['path']}")
         return None
     try:
         after = parse_last_event_id(_last_event_id(scope))
     except LastEventIdError as exc:
-        await _json_error(send, 400, str(exc))
+        await send_error(send, 400, str(exc))
         return None
     try:
         head = await _head(runtime, job_id)
     except S3flowError as exc:
         log.warning("GET %s failed: %s", scope["path"], exc)
-        await _json_error(send, 503, f"the service cannot answer right now: {exc}")
+        await send_error(send, 503, f"the service cannot answer right now: {exc}")
         return None
     except Exception:
         log.exception("GET %s failed", scope["path"])
-        await _json_error(send, 500, "internal error: the server log has the details")
+        await send_error(send, 500, "internal error: the server log has the details")
         return None
     if head is None:
-        await _json_error(
+        await send_error(
             send, 404, f"no job {job_id[:100]!r}: check the job_id POST /api/uploads returned"
         )
         return None

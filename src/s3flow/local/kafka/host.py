@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from s3flow.errors import S3flowError
-from s3flow.local.endpoint import pid_alive
+from s3flow.local.endpoint import pid_alive, port_in_use
 
 HOST = "127.0.0.1"
 
@@ -46,13 +46,7 @@ def port_open(port: int, host: str = HOST, timeout_s: float = 0.5) -> bool:
 
 def port_free(port: int, host: str = HOST) -> bool:
     """True when ``host:port`` can be bound (nobody listens there)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+    return not port_in_use(host, port)
 
 
 def cmdline(pid: int) -> str:
