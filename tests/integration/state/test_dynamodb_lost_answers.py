@@ -4,7 +4,9 @@ Between the store and moto sits a proxy that forwards a chosen request, lets mot
 apply it, then resets the connection instead of answering. botocore retries the
 request, and its condition fails on the record the first attempt wrote: a claim came
 back busy (held by its own caller, who then waited out the claim's TTL), a complete
-came back refused, and the counters and history missed the transition.
+came back refused, and the counters and history missed the transition. A lock's
+acquire came back "held" (by its own caller), a release "not ours", and a manifest's
+status change was decided again on the status it had just written.
 """
 
 from __future__ import annotations
@@ -14,11 +16,18 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from fault_proxy import FaultProxy
+from state_support import draft, mfile
 
 from s3flow.local.endpoint import LocalEndpoint
 from s3flow.settings import AwsSettings
 from s3flow.state import DynamoStateStore
-from s3flow.state.records import ClaimOutcome, FileStatus, ObjectId
+from s3flow.state.records import (
+    ClaimOutcome,
+    FileStatus,
+    ManifestFileStatus,
+    ManifestStatus,
+    ObjectId,
+)
 
 pytestmark = pytest.mark.integration
 OID = ObjectId("b", "dir/a.txt", "e@01")
@@ -87,3 +96,50 @@ async def test_a_failed_set_status_whose_answer_was_lost_is_not_retried_into_an_
     stored = await store.get(OID)
     assert stored is not None and stored.status is FileStatus.RECEIVED
     assert not (await store.recount()).drift
+
+
+def _meta_lock(op: str, body: bytes) -> bool:
+    return op == "UpdateItem" and b'-meta"' in body and b"lock#" in body
+
+
+async def test_a_lock_acquired_or_released_whose_answer_was_lost_is_still_taken_or_free(
+    proxy: FaultProxy, store: DynamoStateStore
+) -> None:
+    proxy.lose_answer(_meta_lock)
+    token = await store.acquire_lock("seal:ds", owner="w1", ttl_s=300)
+    assert token == 1  # not None: the retry found the lock held by this very acquire
+    assert proxy.counts["lost-answer"] == 1
+    assert await store.acquire_lock("seal:ds", owner="w2", ttl_s=300) is None
+    assert await store.renew_lock("seal:ds", owner="w1", token=token, ttl_s=300)
+
+    proxy.lose_answer(_meta_lock)
+    assert await store.release_lock("seal:ds", owner="w1", token=token)
+    assert proxy.counts["lost-answer"] == 2
+    assert await store.acquire_lock("seal:ds", owner="w2", ttl_s=300) == 2
+    # Someone else's lock is not taken for ours because an answer was lost.
+    assert not await store.release_lock("seal:ds", owner="w1", token=token)
+
+
+async def test_a_manifest_move_whose_answer_was_lost_is_not_retried_into_an_error(
+    proxy: FaultProxy, store: DynamoStateStore
+) -> None:
+    fs = [mfile(f"2025-12-23/{i}.json") for i in range(3)]
+    for f in fs:
+        await store.add_pending("ds", "2025-12-23", f)
+    token = await store.acquire_lock("seal:ds", owner="w1", ttl_s=300)
+    assert token is not None
+    sealed = await store.seal_manifest(
+        draft("m1", fs, token), lock="seal:ds", owner="w1", token=token
+    )
+    assert sealed is not None
+
+    proxy.lose_answer(lambda op, body: op == "PutItem" and b"#rev = :rev" in body)
+    moved = await store.set_manifest_status(
+        "m1", ManifestStatus.PROCESSING, expect=ManifestStatus.SEALED
+    )
+    assert proxy.counts["lost-answer"] == 1
+    assert moved.status is ManifestStatus.PROCESSING and moved.attempts == 1
+    assert await store.get_manifest("m1") == moved
+    for f in fs:  # its files followed it
+        t = await store.get_tracked("ds", "2025-12-23", f.id)
+        assert t is not None and t.status is ManifestFileStatus.PROCESSING

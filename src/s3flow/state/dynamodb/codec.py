@@ -105,6 +105,23 @@ def with_purge(item: Item, purge_at: float | None) -> Item:
     return item
 
 
+# --- write ids ------------------------------------------------------------------------------
+
+#: The attribute holding the id of the conditional write that last changed an item.
+WID = "wid"
+
+
+def write_id() -> str:
+    """A new write's id: a conditional write that fails on the item it wrote itself
+    (the SDK retried it after the answer was lost) knows that item by this id."""
+    return uuid.uuid4().hex
+
+
+def ours(item: Item, wid: str) -> bool:
+    """Whether ``item`` (as a failed condition or a read returned it) was written by ``wid``."""
+    return bool(item.get(WID, {}).get("S") == wid)
+
+
 # --- the files' status counters (meta table) ---------------------------------------------
 
 #: The meta item listing the pipelines that have counters and the last day bucket written.

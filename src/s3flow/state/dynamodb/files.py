@@ -18,11 +18,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import uuid
 from dataclasses import replace
 
 from s3flow.state.dynamodb.client import MAX_CONFLICT_RETRIES, Conflict, backoff
 from s3flow.state.dynamodb.codec import (
+    WID,
     Item,
     decode_history,
     decode_record,
@@ -32,8 +32,10 @@ from s3flow.state.dynamodb.codec import (
     num,
     object_pk,
     opt_float,
+    ours,
     purge_seconds,
     record_key,
+    write_id,
 )
 from s3flow.state.dynamodb.counters import CountersMixin, count_key
 from s3flow.state.dynamodb.tables import FILES_LISTING_INDEX
@@ -62,19 +64,9 @@ def _decode(item: Item) -> Read:
     return rec, rev, opt_float(item, "purge_at")
 
 
-#: The attribute holding the id of the write that last changed a record.
-_WID = "wid"
-
-
-def _write_id() -> str:
-    """A new write's id: a conditional write that fails on the record it wrote itself
-    (the SDK retried it after the answer was lost) knows it by this id."""
-    return uuid.uuid4().hex
-
-
 def _ours(conflict: Conflict, wid: str) -> bool:
     """Whether the item a failed condition returned was written by write ``wid``."""
-    return conflict.item is not None and conflict.item.get(_WID, {}).get("S") == wid
+    return conflict.item is not None and ours(conflict.item, wid)
 
 
 class FilesMixin(CountersMixin, FileLifecycleMixin):
@@ -93,10 +85,10 @@ class FilesMixin(CountersMixin, FileLifecycleMixin):
         old_rec, old_rev, old_purge = old
         rev = old_rev + 1
         purge = purge_time(rec.status, rec.updated_at, self.retention_s)
-        wid = _write_id()
+        wid = write_id()
         put: Item = {
             "TableName": self.files_table,
-            "Item": {**encode_record(rec, rev, purge), _WID: {"S": wid}},
+            "Item": {**encode_record(rec, rev, purge), WID: {"S": wid}},
         }
         if old_rec is None:
             put["ConditionExpression"] = "attribute_not_exists(pk)"
@@ -251,8 +243,8 @@ class FilesMixin(CountersMixin, FileLifecycleMixin):
         if finish.error is not None:
             sets.append("last_error = :er")
             values[":er"] = {"S": clip(finish.error)}
-        wid = _write_id()
-        sets.append(f"{_WID} = :wid")
+        wid = write_id()
+        sets.append(f"{WID} = :wid")
         values[":wid"] = {"S": wid}
         adds = "ADD #rev :one"
         if status is FileStatus.FAILED:  # as plan_finish: a retryable failure is counted

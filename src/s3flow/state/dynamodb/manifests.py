@@ -26,6 +26,7 @@ from typing import Any
 
 from s3flow.state.dynamodb.client import MAX_CONFLICT_RETRIES, Conflict, DynamoClient, backoff
 from s3flow.state.dynamodb.codec import (
+    WID,
     Item,
     dataset_key,
     decode_manifest,
@@ -36,8 +37,10 @@ from s3flow.state.dynamodb.codec import (
     manifest_key,
     marker_key,
     num,
+    ours,
     purge_seconds,
     tracked_key,
+    write_id,
 )
 from s3flow.state.dynamodb.tables import MANIFESTS_LISTING_INDEX, PENDING_INDEX
 from s3flow.state.manifest_lifecycle import (
@@ -398,15 +401,27 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
         for attempt in range(MAX_CONFLICT_RETRIES):
             rec, rev = await self._read_manifest(manifest_id)
             new = decide(rec, self._clock())
-            if not await self._put_if(
-                self.manifests_table,
-                encode_manifest(new, rev + 1, self._manifest_purge(new)),
-                "#rev = :rev",
-                _names("#rev"),
-                {":rev": {"N": str(rev)}},
-            ):
-                await backoff(attempt)
-                continue
+            wid = write_id()
+            try:
+                await self._api(
+                    "PutItem",
+                    self.manifests_table,
+                    TableName=self.manifests_table,
+                    Item={
+                        **encode_manifest(new, rev + 1, self._manifest_purge(new)),
+                        WID: {"S": wid},
+                    },
+                    ConditionExpression="#rev = :rev",
+                    ExpressionAttributeNames=_names("#rev"),
+                    ExpressionAttributeValues={":rev": {"N": str(rev)}},
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+            except Conflict as conflict:
+                if conflict.item is None or not ours(conflict.item, wid):
+                    await backoff(attempt)
+                    continue
+                # This very write, applied by an attempt whose answer was lost (the SDK
+                # retried it and the retry failed the revision the first one used up).
             await _bounded(
                 _MOVE_PARALLEL,
                 [

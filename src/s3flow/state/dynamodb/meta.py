@@ -8,8 +8,17 @@ counters live here too (:mod:`.files`).
 
 from __future__ import annotations
 
-from s3flow.state.dynamodb.client import DynamoClient
-from s3flow.state.dynamodb.codec import Item, num, opt_str, purge_seconds, with_purge
+from s3flow.state.dynamodb.client import Conflict, DynamoClient
+from s3flow.state.dynamodb.codec import (
+    WID,
+    Item,
+    num,
+    opt_str,
+    ours,
+    purge_seconds,
+    with_purge,
+    write_id,
+)
 
 
 class MetaMixin(DynamoClient):
@@ -73,25 +82,39 @@ class MetaMixin(DynamoClient):
         start again at 1 (no holder of an older token is alive).
         """
         now = self._clock()
+        wid = write_id()
         update, names, values = self._lock_purge(
-            "SET #o = :o, expires_at = :e", now + ttl_s, {"#o": "owner", "#t": "token"}
+            "SET #o = :o, expires_at = :e, #w = :w",
+            now + ttl_s,
+            {"#o": "owner", "#t": "token", "#w": WID},
         )
-        resp = await self._update_if(
-            self.meta_table,
-            {"pk": {"S": f"lock#{name}"}},
-            UpdateExpression=update + " ADD #t :one",
-            ConditionExpression="attribute_not_exists(#o) OR expires_at <= :now",
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues={
-                ":o": {"S": owner},
-                ":e": {"N": num(now + ttl_s)},
-                ":now": {"N": num(now)},
-                ":one": {"N": "1"},
-                **values,
-            },
-            ReturnValues="UPDATED_NEW",
-        )
-        return None if resp is None else int(resp["Attributes"]["token"]["N"])
+        try:
+            resp = await self._api(
+                "UpdateItem",
+                self.meta_table,
+                TableName=self.meta_table,
+                Key={"pk": {"S": f"lock#{name}"}},
+                UpdateExpression=update + " ADD #t :one",
+                ConditionExpression="attribute_not_exists(#o) OR expires_at <= :now",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={
+                    ":o": {"S": owner},
+                    ":e": {"N": num(now + ttl_s)},
+                    ":now": {"N": num(now)},
+                    ":one": {"N": "1"},
+                    ":w": {"S": wid},
+                    **values,
+                },
+                ReturnValues="UPDATED_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except Conflict as conflict:
+            if conflict.item is None or not ours(conflict.item, wid):
+                return None
+            # This very acquire, applied by an attempt whose answer was lost (the SDK
+            # retried it and the retry found the lock held): it is ours.
+            return int(conflict.item["token"]["N"])
+        return int(resp["Attributes"]["token"]["N"])
 
     def _lock_purge(
         self, update: str, free_at: float, names: dict[str, str]
@@ -109,21 +132,33 @@ class MetaMixin(DynamoClient):
     async def _lock_update(
         self, name: str, owner: str, token: int, update: str, e: float, tail: str = ""
     ) -> bool:
-        update, names, values = self._lock_purge(update, e, {"#o": "owner", "#t": "token"})
-        updated = await self._update_if(
-            self.meta_table,
-            {"pk": {"S": f"lock#{name}"}},
-            UpdateExpression=update + tail,
-            ConditionExpression="#o = :o AND #t = :t",
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues={
-                ":o": {"S": owner},
-                ":t": {"N": str(token)},
-                ":e": {"N": num(e)},
-                **values,
-            },
+        wid = write_id()
+        update, names, values = self._lock_purge(
+            update + ", #w = :w", e, {"#o": "owner", "#t": "token", "#w": WID}
         )
-        return updated is not None
+        try:
+            await self._api(
+                "UpdateItem",
+                self.meta_table,
+                TableName=self.meta_table,
+                Key={"pk": {"S": f"lock#{name}"}},
+                UpdateExpression=update + tail,
+                ConditionExpression="#o = :o AND #t = :t",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={
+                    ":o": {"S": owner},
+                    ":t": {"N": str(token)},
+                    ":e": {"N": num(e)},
+                    ":w": {"S": wid},
+                    **values,
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except Conflict as conflict:
+            # A release whose answer was lost was retried, and the retry found the
+            # owner it had removed gone: done all the same.
+            return conflict.item is not None and ours(conflict.item, wid)
+        return True
 
     async def renew_lock(self, name: str, *, owner: str, token: int, ttl_s: float) -> bool:
         """Extend a held lock; False if it was lost (token stale)."""
