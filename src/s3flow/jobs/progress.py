@@ -175,6 +175,7 @@ class StepProgress:
         """The event's data."""
         return {
             "step": self.step,
+            "attempt": self.attempt,
             "bytes_done": self.bytes_done,
             "bytes_total": self.bytes_total,
             "files_done": self.files_done,

@@ -109,6 +109,8 @@ class JobStep:
     name: str  # the processor
     status: StepStatus = StepStatus.PENDING
     progress: dict[str, int] = field(default_factory=dict)  # bytes_done, records_done, files_done
+    #: The job attempt whose ``step.started`` this state follows (0: not started yet).
+    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,14 @@ def _progress(data: dict[str, Any]) -> dict[str, int]:
     return {k: int(v) for k, v in data.items() if k.endswith("_done") or k.endswith("_total")}
 
 
+def _stale(steps: list[JobStep], data: dict[str, Any]) -> bool:
+    """Whether a step event's ``data`` comes from an attempt older than its step's."""
+    index, attempt = data.get("step"), data.get("attempt")
+    if not (isinstance(index, int) and isinstance(attempt, int) and 0 <= index < len(steps)):
+        return False
+    return attempt < steps[index].attempt
+
+
 def apply_event(job: JobRecord, type_: EventType, data: dict[str, Any], at: float) -> JobRecord:
     """``job`` after ``type_``; pure, used by every backend inside the append.
 
@@ -206,10 +216,18 @@ def apply_event(job: JobRecord, type_: EventType, data: dict[str, Any], at: floa
         # Steps run in order, so a later step that shows a status now is left from an
         # earlier attempt (the job runs again after a crash): not started in this one.
         index = data.get("step")
-        set_step(index, status=StepStatus.RUNNING, progress={})
+        attempt = data.get("attempt")
+        set_step(
+            index,
+            status=StepStatus.RUNNING,
+            progress={},
+            **({"attempt": attempt} if isinstance(attempt, int) else {}),
+        )
         if isinstance(index, int) and 0 <= index < len(steps):
             for later in range(index + 1, len(steps)):
                 set_step(later, status=StepStatus.PENDING, progress={})
+    elif type_ in (EventType.STEP_PROGRESS, EventType.STEP_COMPLETED) and _stale(steps, data):
+        pass  # from an attempt the step has been started over since (a late worker)
     elif type_ is EventType.STEP_PROGRESS:
         set_step(data.get("step"), progress=_progress(data))
     elif type_ is EventType.STEP_COMPLETED:
@@ -303,7 +321,12 @@ def job_to_json(job: JobRecord) -> str:
             for f in job.files
         ],
         "steps": [
-            {"name": s.name, "status": s.status.value, "progress": dict(s.progress)}
+            {
+                "name": s.name,
+                "status": s.status.value,
+                "progress": dict(s.progress),
+                "attempt": s.attempt,
+            }
             for s in job.steps
         ],
         "created_at": job.created_at,
@@ -321,7 +344,7 @@ def job_to_json(job: JobRecord) -> str:
 def job_from_json(text: str | bytes) -> JobRecord:
     """The record :func:`job_to_json` wrote; ValueError if ``text`` is not one.
 
-    Optional fields (``received``, ``progress``, ``outputs``, ``error``,
+    Optional fields (``received``, ``progress``, a step's ``attempt``, ``outputs``, ``error``,
     ``last_seq``) may be absent; a document of a newer format is refused.
     """
     try:
@@ -350,6 +373,7 @@ def job_from_json(text: str | bytes) -> JobRecord:
                     name=str(s["name"]),
                     status=StepStatus(s.get("status", StepStatus.PENDING.value)),
                     progress={str(k): int(v) for k, v in s.get("progress", {}).items()},
+                    attempt=int(s.get("attempt", 0)),
                 )
                 for s in doc["steps"]
             ),

@@ -26,7 +26,12 @@ def job_fields(
         "status": str(job.status),
         "files": files,
         "steps": [
-            {"name": s.name, "status": str(s.status), "progress": dict(s.progress)}
+            {
+                "name": s.name,
+                "status": str(s.status),
+                "progress": dict(s.progress),
+                "attempt": s.attempt,
+            }
             for s in job.steps
         ],
         "outputs": outputs,

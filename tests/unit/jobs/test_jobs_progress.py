@@ -70,5 +70,11 @@ def test_step_progress_is_throttled_and_the_last_is_forced() -> None:
     assert asyncio.run(go()) == [False, True, False, True]
     bodies = [ProgressMessage.from_body(m["MessageBody"]) for m in sqs.sent]
     assert [b.data["bytes_done"] for b in bodies] == [10, 15]
-    assert bodies[-1].data == {"step": 1, "bytes_done": 15, "bytes_total": 100, "files_done": 1}
+    assert bodies[-1].data == {
+        "step": 1,
+        "attempt": 2,
+        "bytes_done": 15,
+        "bytes_total": 100,
+        "files_done": 1,
+    }
     assert len({b.event_id for b in bodies}) == 2

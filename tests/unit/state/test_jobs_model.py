@@ -142,6 +142,34 @@ def test_step_events_ignore_a_bad_step(step: Any) -> None:
     assert apply_event(rec, EventType.STEP_STARTED, data, T0).status is JobStatus.RUNNING
 
 
+def test_a_late_step_event_of_an_older_attempt_changes_nothing() -> None:
+    """A worker that lost its message while still running reports after the job was
+    started again: its figures and its completion are not the current attempt's."""
+    rec = fold(
+        job(),
+        (EventType.JOB_QUEUED, {}),
+        (EventType.STEP_STARTED, {"step": 0, "attempt": 1}),
+        (EventType.STEP_PROGRESS, {"step": 0, "attempt": 1, "bytes_done": 9, "bytes_total": 30}),
+        (EventType.STEP_STARTED, {"step": 0, "attempt": 2}),
+        (EventType.STEP_PROGRESS, {"step": 0, "attempt": 2, "bytes_done": 3, "bytes_total": 30}),
+    )
+    assert rec.steps[0] == JobStep(
+        "line-count", StepStatus.RUNNING, {"bytes_done": 3, "bytes_total": 30}, attempt=2
+    )
+    late = {"step": 0, "attempt": 1, "bytes_done": 30, "bytes_total": 30}
+    assert apply_event(rec, EventType.STEP_PROGRESS, late, T0 + 9).steps == rec.steps
+    assert apply_event(rec, EventType.STEP_COMPLETED, late, T0 + 9).steps == rec.steps
+    # The current attempt's (and an event that names no attempt) still count.
+    now = apply_event(rec, EventType.STEP_COMPLETED, {**late, "attempt": 2}, T0 + 9)
+    assert now.steps[0].status is StepStatus.COMPLETED
+    bare = apply_event(rec, EventType.STEP_PROGRESS, {"step": 0, "bytes_done": 4}, T0 + 9)
+    assert bare.steps[0].progress == {"bytes_done": 4}
+    # job.failed of any attempt still fails the job and its running step.
+    failed = apply_event(rec, EventType.JOB_FAILED, {"step": 0, "attempt": 1, "error": "x"}, T0)
+    assert failed.status is JobStatus.FAILED
+    assert failed.steps[0].status is StepStatus.FAILED
+
+
 def test_job_failed() -> None:
     rec = fold(
         job(),
@@ -194,8 +222,8 @@ def test_json_round_trip_of_every_field() -> None:
             JobFile('q"uote\\.log', "uploads/u1/1-q.log", 0, "text/x-log"),
         ),
         steps=(
-            JobStep("line-count", StepStatus.COMPLETED, {"bytes_done": 10, "records_done": 1}),
-            JobStep("zip", StepStatus.FAILED),
+            JobStep("line-count", StepStatus.COMPLETED, {"bytes_done": 10, "records_done": 1}, 2),
+            JobStep("zip", StepStatus.FAILED, attempt=2),
             JobStep("text-to-pdf"),
         ),
         updated_at=T0 + 0.123456789,
@@ -213,6 +241,7 @@ def test_json_round_trip_of_every_field() -> None:
         "name": "line-count",
         "status": "completed",
         "progress": {"bytes_done": 10, "records_done": 1},
+        "attempt": 2,
     }
 
 
@@ -228,7 +257,7 @@ def test_json_optional_fields_default() -> None:
     for f in doc["files"]:
         del f["received"]
     for s in doc["steps"]:
-        del s["progress"], s["status"]
+        del s["progress"], s["status"], s["attempt"]
     assert job_from_json(json.dumps(doc)) == job()
 
 

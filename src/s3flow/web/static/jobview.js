@@ -351,6 +351,13 @@ class JobView {
     this.setStep(index, "running", {});
   }
 
+  /** Whether a step event comes from an attempt older than the one its step shows. */
+  stale(data) {
+    const li = this.stepsEl.children[data.step];
+    const attempt = Number(data.attempt);
+    return Boolean(li) && Number.isInteger(attempt) && attempt < Number(li.dataset.attempt || 0);
+  }
+
   /** The job ended while steps ran: they end `status` (failed, stopped), and so does `named`. */
   endSteps(status, named) {
     [...this.stepsEl.children].forEach((li, i) => {
@@ -450,10 +457,10 @@ class JobView {
         this.startStep(data.step, Number(data.attempt) || 1);
         break;
       case "step.progress":
-        this.setStep(data.step, "running", data);
+        if (!this.stale(data)) this.setStep(data.step, "running", data);
         break;
       case "step.completed":
-        this.setStep(data.step, "completed", data);
+        if (!this.stale(data)) this.setStep(data.step, "completed", data);
         break;
       case "job.failed":
         this.showError(data.error || "the job failed");
