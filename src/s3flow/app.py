@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 from s3flow.aws import AwsClients, open_clients
 from s3flow.errors import ConfigError, translate_aws_error
@@ -209,7 +209,7 @@ async def run_worker(
     set_mmap_threshold(settings.worker.malloc_mmap_threshold_bytes)
     async with (
         open_clients(settings.aws, pool=pool_size(settings)) as clients,
-        open_store(settings, check=True) as store,
+        open_store(settings, check="all") as store,
     ):
         runtimes = await build_runtimes(settings, clients, pipelines)
         queues: list[QueueRuntime] = []
@@ -282,17 +282,16 @@ async def open_store(
     settings: Settings,
     *,
     prune: bool = True,
-    check: bool = False,
-    check_jobs: bool = False,
+    check: Literal["all", "jobs"] | None = None,
 ) -> AsyncIterator[StateStore | None]:
     """The configured state store (None when ``state.url = "none"``), opened and closed.
 
     Records expire after ``[state] retention_days``; with ``prune`` a SQLite store
     prunes them in the background while it is open (see
-    :func:`s3flow.state.open_state_store`). With ``check`` (a worker's start) a
+    :func:`s3flow.state.open_state_store`). With ``check="all"`` (a worker's start) a
     DynamoDB store's tables are checked first: missing ones are a ConfigError that
     says to run ``s3flow provision``, not an error on every message (opening a SQLite
-    store creates its file and schema, or fails with the reason). ``check_jobs``
+    store creates its file and schema, or fails with the reason). ``check="jobs"``
     checks only the upload jobs' tables (the web app's start: its role reads no other).
     """
     if settings.state.url == "none":
@@ -306,8 +305,9 @@ async def open_store(
         retention_days=settings.state.retention_days,
         prune=prune,
     ) as store:
-        if isinstance(store, DynamoStateStore) and (check or check_jobs):
-            await store.check_tables(None if check else (store.jobs_table, store.job_events_table))
+        if isinstance(store, DynamoStateStore) and check is not None:
+            jobs = (store.jobs_table, store.job_events_table)
+            await store.check_tables(None if check == "all" else jobs)
         yield store
 
 

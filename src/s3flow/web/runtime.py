@@ -62,7 +62,7 @@ async def open_runtime(
             s3 = s3 if s3 is not None else clients.s3
             sqs = sqs if sqs is not None else clients.sqs
         if store is None:
-            opened = await stack.enter_async_context(open_store(settings, check_jobs=True))
+            opened = await stack.enter_async_context(open_store(settings, check="jobs"))
             if opened is None:
                 raise ConfigError(
                     "the web app keeps jobs in the state store, but [state] url is 'none': "
