@@ -1,10 +1,13 @@
-"""More local-server checks: concurrent starts of a shared JVM endpoint, and the demo's
-PDF stage run twice against one endpoint."""
+"""More local-server checks: concurrent starts of a shared JVM endpoint, the demo's
+PDF stage run twice against one endpoint, and what ``s3proxy env`` prints."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -62,3 +65,41 @@ def test_pdf_upload_twice_within_60s(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         asyncio.run(provision(settings))
         asyncio.run(pdf._upload(settings))
         asyncio.run(pdf._upload(settings))
+
+
+def test_s3proxy_env_is_all_a_client_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``eval "$(scripts/services s3proxy env)"``, then an SDK client works: the endpoint,
+    S3Proxy's credentials and the checksum settings it needs (it printed only the URL)."""
+    from s3flow.local.aws import cli
+    from s3flow.local.aws.server import S3Proxy
+
+    server = S3Proxy(run_dir=tmp_path / "s3proxy-run", detach=True).start(timeout_s=90)
+    try:
+        monkeypatch.setattr(cli, "shared_server", lambda *a, **k: server)
+        assert cli.main(["s3proxy", "env"]) == 0
+        exports = capsys.readouterr().out
+        assert f"AWS_ENDPOINT_URL_S3={server.url}" in exports
+        client = (
+            "import boto3\n"
+            "from botocore.config import Config\n"
+            "s3 = boto3.client('s3', region_name='us-east-1',"
+            " config=Config(s3={'addressing_style': 'path'}))\n"
+            "s3.create_bucket(Bucket='envb')\n"
+            "s3.put_object(Bucket='envb', Key='k', Body=b'hello')\n"
+            "print(s3.get_object(Bucket='envb', Key='k')['Body'].read().decode())\n"
+        )
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        clean["HOME"] = str(tmp_path)  # no ~/.aws either
+        run = subprocess.run(
+            ["bash", "-c", f'eval "$1"; exec "{sys.executable}" -c "$2"', "-", exports, client],
+            env=clean,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.stdout.strip() == "hello"
+    finally:
+        server.stop(timeout_s=10)

@@ -7,17 +7,19 @@ the command; ``status``/``env`` exit 3 when the server is not running.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from s3flow.local.aws.install import install
-from s3flow.local.aws.server import ElasticMQ, JvmServer, S3Proxy
+from s3flow.local.aws.server import ElasticMQ, JvmServer, S3Proxy, client_env
 from s3flow.local.kafka.host import ServiceError
 from s3flow.local.kafka.install import default_cache_dir
 
 _NOT_RUNNING = 3
 _ENV = {"elasticmq": "AWS_ENDPOINT_URL_SQS", "s3proxy": "AWS_ENDPOINT_URL_S3"}
+_URL_ARG = {"elasticmq": "sqs_url", "s3proxy": "s3_url"}
 
 
 def shared_server(name: str, cache_dir: Path | None = None, port: int = 0) -> JvmServer:
@@ -65,8 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not server.running():
             print(f"{args.service}: not running", file=sys.stderr)
             return _NOT_RUNNING
-        prefix = "export " if args.command == "env" else ""
-        print(f"{prefix}{var}={server.url}")
+        if args.command == "status":
+            print(f"{var}={server.url}")
+            return 0
+        # env: all a client needs, not only the endpoint: the server's fixed credentials
+        # and the checksum settings it requires (``eval "$(scripts/services s3proxy env)"``).
+        for name, value in client_env(**{_URL_ARG[args.service]: server.url}).items():
+            print(f"export {name}={shlex.quote(value)}")
         return 0
     except ServiceError as exc:
         print(f"{args.service}: {exc}", file=sys.stderr)
