@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import shlex
@@ -67,6 +68,9 @@ class _Target:
 
     record: FileRecord
     body: str
+
+
+_HEADS_AT_ONCE = 16
 
 
 async def _reachable(
@@ -156,13 +160,16 @@ async def release(
             raise translate_aws_error(exc, f"HeadObject s3://{p.bucket}/{key}") from exc
         etag = str(head.get("ETag", "")).strip('"')
         current = ObjectId(p.bucket, key, content_version(etag, head["LastModified"]))
-        targets: list[_Target] = []
-        for r in records:
-            target = await _reachable(clients.s3, p, region, r, current, head)
-            if target is not None:
-                targets.append(target)
-            elif version is not None:
-                raise _replaced(p, key, version, current)
+        heads = asyncio.Semaphore(_HEADS_AT_ONCE)
+
+        async def reachable(r: FileRecord) -> _Target | None:
+            async with heads:  # a versioned key may have many versions, each a HEAD
+                return await _reachable(clients.s3, p, region, r, current, head)
+
+        reached = await asyncio.gather(*(reachable(r) for r in records))
+        if version is not None and None in reached:
+            raise _replaced(p, key, version, current)
+        targets = [t for t in reached if t is not None]
         busy = [t.record for t in targets if t.record.status is FileStatus.PROCESSING]
         targets = [t for t in targets if t.record.status is not FileStatus.PROCESSING]
         if busy and not targets:
