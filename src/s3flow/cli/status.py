@@ -35,6 +35,17 @@ def _age(seconds: float | None) -> str:
     return f"{seconds:.0f}s" if seconds is not None else "-"
 
 
+def _rate(delta: int, dt_s: float) -> str:
+    """Records per second that reached a status between two refreshes.
+
+    The counts are how many records are in each status now, so the difference also
+    drops when records leave it without a new one coming: retried (failed ->
+    processing), or expired and pruned. A drop is shown as '-' (unknown), not as a
+    negative rate.
+    """
+    return "-" if delta < 0 else f"{delta / max(dt_s, 1e-6):.1f}"
+
+
 @app.command()
 def status(
     config: ConfigOpt = None,
@@ -140,11 +151,11 @@ def _watch(settings: Settings, interval_s: float, rounds: int) -> None:
             st = states.get(r.pipeline)
             rate = fail_rate = "-"
             if st is not None and prev is not None and r.pipeline in prev[1]:
-                dt = max(now - prev[0], 1e-6)
+                dt = now - prev[0]
                 before = prev[1][r.pipeline].counts
-                rate = f"{(st.counts.get('completed', 0) - before.get('completed', 0)) / dt:.1f}"
+                rate = _rate(st.counts.get("completed", 0) - before.get("completed", 0), dt)
                 failed = sum(st.counts.get(k, 0) - before.get(k, 0) for k in ("failed", "dead"))
-                fail_rate = f"{failed / dt:.1f}"
+                fail_rate = _rate(failed, dt)
             table.add_row(
                 r.pipeline,
                 rate,

@@ -1,0 +1,19 @@
+"""``s3flow status --watch``: its rates from two snapshots of the status counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from s3flow.cli.status import _rate
+
+
+@pytest.mark.parametrize(
+    ("delta", "dt_s", "shown"),
+    [(10, 2.0, "5.0"), (0, 2.0, "0.0"), (3, 0.0, "3000000.0"), (-4, 2.0, "-")],
+)
+def test_a_rate_is_per_second_and_a_drop_is_unknown_not_negative(
+    delta: int, dt_s: float, shown: str
+) -> None:
+    # A drop: records left the status (retried, or expired and pruned) faster than
+    # others came; the counts cannot tell how many came, so no figure is made up.
+    assert _rate(delta, dt_s) == shown
