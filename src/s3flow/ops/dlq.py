@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
-import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
 
 from s3flow.app import dlq_url, queue_url
 from s3flow.aws import AwsClients, open_clients
@@ -25,6 +21,15 @@ from s3flow.errors import (
     translate_aws_error,
 )
 from s3flow.events import ObjectEvent, parse_body
+from s3flow.ops.dlq_send import (
+    MAX_BATCH_ENTRIES,
+    Outgoing,
+    Reset,
+    Sent,
+    outgoing_of,
+    send_all,
+    short_reason,
+)
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, Settings
 from s3flow.state.base import StateStore
@@ -33,17 +38,8 @@ from s3flow.worker.identity import identify
 
 log = logging.getLogger("s3flow.ops")
 
-#: SQS's limit on the total size of one SendMessageBatch (bodies + message attributes).
-MAX_BATCH_BYTES = 1_048_576
-#: SQS's limit on the entries of one batch call.
-MAX_BATCH_ENTRIES = 10
-#: How long a FIFO queue remembers a deduplication id (plus a minute of clock skew).
-_DEDUP_WINDOW_MS = (5 * 60 + 60) * 1000
 #: The system attributes a redrive reads: FIFO messages keep their group and dedup id.
 _SYSTEM_ATTRIBUTES = ["SentTimestamp", "MessageGroupId", "MessageDeduplicationId"]
-#: Message attributes s3flow writes (a DLQ reason, a retry's failure count): a redriven
-#: message starts afresh without them; any other attribute travels with it.
-_OWN_ATTRIBUTE_PREFIX = "s3flow."
 
 
 @dataclass
@@ -128,7 +124,7 @@ async def _state_note(s3: Any, store: StateStore | None, body: str) -> str | Non
             oid = await _upload_of(s3, e)
         except S3flowError as exc:
             notes.append(
-                f"{e.uri()}: which upload the message names is unknown ({_short_reason(exc)}); "
+                f"{e.uri()}: which upload the message names is unknown ({short_reason(exc)}); "
                 f"latest record: {_describe(recs[0])}"
             )
             continue
@@ -250,17 +246,8 @@ async def _peek(
                 )
 
 
-@dataclass(frozen=True)
-class _Reset:
-    """A record a redrive set to received, and what it was before."""
-
-    oid: ObjectId
-    was: FileStatus
-    error: str | None
-
-
 async def _reset_state(
-    s3: Any, store: StateStore | None, route: Route, body: str, resets: list[_Reset]
+    s3: Any, store: StateStore | None, route: Route, body: str, resets: list[Reset]
 ) -> None:
     """Give the uploads a redriven body names a fresh start (dead/failed -> received).
 
@@ -291,10 +278,10 @@ async def _reset_state(
             await store.set_status(rec.id, FileStatus.RECEIVED, detail="redriven")
         except TransitionError:
             continue  # it moved on meanwhile (claimed, completed): the worker decides
-        resets.append(_Reset(rec.id, rec.status, rec.last_error))
+        resets.append(Reset(rec.id, rec.status, rec.last_error))
 
 
-async def _restore(store: StateStore | None, resets: list[_Reset]) -> None:
+async def _restore(store: StateStore | None, resets: list[Reset]) -> None:
     """Put back the records of a message that surely was not sent.
 
     A record that was dead goes back to dead. One that was failed goes to dead too:
@@ -507,170 +494,6 @@ async def _wait_for_leased(
         log.warning("%d DLQ messages are still leased by someone else; not waiting longer", held)
 
 
-class _Sent(enum.Enum):
-    """Whether a message's copy is on the source queue."""
-
-    NO = "no"  # surely not (not tried, or SQS refused it)
-    MAYBE = "maybe"  # the send failed in a way that may have delivered it (a timeout)
-    YES = "yes"
-
-
-@dataclass
-class _Outgoing:
-    """One received DLQ message on its way to the source queue."""
-
-    msg: dict[str, Any]
-    entry: dict[str, Any]  # SendMessage's arguments but QueueUrl
-    size: int
-    resets: list[_Reset] = field(default_factory=list)
-    sent: _Sent = _Sent.NO
-    reason: str = ""
-
-    @property
-    def group(self) -> str | None:
-        """Its FIFO message group (None on a standard queue)."""
-        group = self.entry.get("MessageGroupId")
-        return str(group) if group is not None else None
-
-
-def _dedup_id(msg: dict[str, Any]) -> str:
-    """The deduplication id a FIFO message is sent back with.
-
-    The source queue drops, for 5 minutes, a message whose id it has seen: the
-    message's own id was last sent to it no later than the message's SentTimestamp
-    (kept when the queue's redrive policy moves a message; every redrive sends a
-    new message), so that id is reused only once that is more than 5 minutes (and a
-    minute for the clocks) ago. Otherwise a new id is derived from the DLQ message:
-    a run that sent it and was killed before the delete sends the same id again,
-    which the source queue deduplicates.
-    """
-    attrs = msg.get("Attributes") or {}
-    own = str(attrs.get("MessageDeduplicationId") or "")
-    sent_ms = int(attrs.get("SentTimestamp") or 0)
-    if own and sent_ms and time.time() * 1000 - sent_ms > _DEDUP_WINDOW_MS:
-        return own
-    seed = f"{msg['MessageId']}|{own}|{sent_ms}".encode()
-    return "redrive-" + hashlib.sha256(seed).hexdigest()[:48]
-
-
-def _outgoing(msg: dict[str, Any], fifo: bool) -> _Outgoing:
-    """The SendMessage of a DLQ message: its body, its attributes but s3flow's own (a
-    fresh start), and on a FIFO queue its message group and a deduplication id."""
-    entry: dict[str, Any] = {"MessageBody": msg["Body"]}
-    attrs = {
-        name: {k: v[k] for k in ("DataType", "StringValue", "BinaryValue") if k in v}
-        for name, v in (msg.get("MessageAttributes") or {}).items()
-        if not name.startswith(_OWN_ATTRIBUTE_PREFIX)
-    }
-    if attrs:
-        entry["MessageAttributes"] = attrs
-    if fifo:
-        system = msg.get("Attributes") or {}
-        entry["MessageGroupId"] = system.get("MessageGroupId") or "s3flow-redrive"
-        entry["MessageDeduplicationId"] = _dedup_id(msg)
-    return _Outgoing(msg, entry, _entry_size(entry))
-
-
-def _entry_size(entry: dict[str, Any]) -> int:
-    """What SQS counts of a message against its size limits: the body and each
-    attribute's name, type and value, in bytes."""
-    size = len(str(entry["MessageBody"]).encode())
-    for name, v in (entry.get("MessageAttributes") or {}).items():
-        size += len(name.encode()) + len(str(v.get("DataType", "")).encode())
-        value = v.get("StringValue", v.get("BinaryValue", b""))
-        size += len(value.encode()) if isinstance(value, str) else len(bytes(value))
-    return size
-
-
-def _pack(outgoing: list[_Outgoing]) -> Iterator[list[_Outgoing]]:
-    """Batches of at most 10 messages and 1 MiB in all, in order (a larger message
-    alone: SQS refuses it, and it is reported)."""
-    batch: list[_Outgoing] = []
-    size = 0
-    for o in outgoing:
-        if batch and (len(batch) == MAX_BATCH_ENTRIES or size + o.size > MAX_BATCH_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append(o)
-        size += o.size
-    if batch:
-        yield batch
-
-
-def _surely_not_sent(exc: BaseException) -> bool:
-    """Whether a failed send surely delivered nothing: SQS answered with a client error
-    (4xx: refused, throttled), or no connection was made. A timeout, a dropped
-    connection or a 5xx may follow a delivery."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
-        return 400 <= status < 500
-    return isinstance(exc, EndpointConnectionError | ConnectTimeoutError)
-
-
-def _failed(o: _Outgoing, exc: BaseException, operation: str) -> None:
-    o.sent = _Sent.NO if _surely_not_sent(exc) else _Sent.MAYBE
-    reason = _short_reason(translate_aws_error(exc, operation))
-    o.reason = reason if o.sent is _Sent.NO else f"{reason} (it may have arrived all the same)"
-
-
-async def _send_all(sqs: Any, src: str, outgoing: list[_Outgoing]) -> None:
-    """Send ``outgoing`` to the source queue, setting each one's ``sent`` and ``reason``."""
-    failed_groups: set[str] = set()
-
-    def held_back(o: _Outgoing) -> bool:
-        # A FIFO message is not sent ahead of an earlier one of its group left behind.
-        if o.group is not None and o.group in failed_groups:
-            o.reason = "an earlier message of its FIFO group could not be moved"
-            return True
-        return False
-
-    def note_failure(o: _Outgoing) -> None:
-        if o.sent is not _Sent.YES and o.group is not None:
-            failed_groups.add(o.group)
-
-    for packed in _pack(outgoing):
-        batch = [o for o in packed if not held_back(o)]
-        if not batch:
-            continue
-        for o in batch:
-            o.sent = _Sent.MAYBE  # until SQS answers (a cancellation leaves it so)
-        alone: list[_Outgoing] = []
-        try:
-            resp = await sqs.send_message_batch(
-                QueueUrl=src,
-                Entries=[{"Id": str(i), **o.entry} for i, o in enumerate(batch)],
-            )
-        except Exception as exc:
-            if not _surely_not_sent(exc):
-                # Unreachable or timed out after the SDK's retries: one at a time would fail
-                # alike, ten times slower.
-                for o in batch:
-                    _failed(o, exc, "SendMessageBatch")
-                    note_failure(o)
-                continue
-            alone = batch  # refused as a whole (too long, one bad entry): each alone
-        else:
-            ok = {int(s["Id"]) for s in resp.get("Successful") or []}
-            for i, o in enumerate(batch):
-                if i in ok:
-                    o.sent = _Sent.YES
-                else:
-                    alone.append(o)
-        for o in alone:
-            if held_back(o):
-                o.sent = _Sent.NO
-                continue
-            o.sent = _Sent.MAYBE
-            try:
-                await sqs.send_message(QueueUrl=src, **o.entry)
-            except Exception as exc:
-                _failed(o, exc, "SendMessage")
-            else:
-                o.sent = _Sent.YES
-            note_failure(o)
-
-
 async def _move_batch(
     clients: Any,
     route: Route,
@@ -683,10 +506,10 @@ async def _move_batch(
     """Send one received batch to the source queue, then delete what was sent from the
     DLQ. Returns the messages not moved (still leased; the caller releases them)."""
     fifo = src.endswith(".fifo")
-    outgoing = [_outgoing(m, fifo) for m in msgs]
+    outgoing = [outgoing_of(m, fifo) for m in msgs]
     finished = False
     try:
-        ready: list[_Outgoing] = []
+        ready: list[Outgoing] = []
         for o in outgoing:  # state first: a redriven object must not be parked as dead
             try:
                 await _reset_state(clients.s3, store, route, o.msg["Body"], o.resets)
@@ -694,27 +517,27 @@ async def _move_batch(
                 o.reason = f"its objects' records could not be set to received: {exc}"
                 continue
             ready.append(o)
-        await _send_all(clients.sqs, src, ready)
+        await send_all(clients.sqs, src, ready)
         finished = True
     finally:
         # Also on SIGINT / cancellation: what was sent is deleted, the rest released.
         await asyncio.shield(_settle_batch(clients.sqs, store, dlq, outgoing, finished))
-    moved = [o for o in outgoing if o.sent is _Sent.YES]
+    moved = [o for o in outgoing if o.sent is Sent.YES]
     report.moved += len(moved)
     for o in outgoing:
-        if o.sent is _Sent.YES:
+        if o.sent is Sent.YES:
             report.unsent.pop(o.msg["MessageId"], None)  # came back and moved this time
         else:
             report.unsent[o.msg["MessageId"]] = o.reason or "not sent"
-    return [o.msg for o in outgoing if o.sent is not _Sent.YES]
+    return [o.msg for o in outgoing if o.sent is not Sent.YES]
 
 
 async def _settle_batch(
-    sqs: Any, store: StateStore | None, dlq: str, outgoing: list[_Outgoing], finished: bool
+    sqs: Any, store: StateStore | None, dlq: str, outgoing: list[Outgoing], finished: bool
 ) -> None:
     """Delete the sent messages from the DLQ, put back the records of those surely not
     sent, and (when interrupted: ``finished`` False) release the unsent ones."""
-    delete = [o.msg for o in outgoing if o.sent is _Sent.YES]
+    delete = [o.msg for o in outgoing if o.sent is Sent.YES]
     if delete:
         dele = await sqs.delete_message_batch(
             QueueUrl=dlq,
@@ -730,10 +553,10 @@ async def _settle_batch(
     # processed if it arrived; if not, its DLQ copy, which stays, is moved by the next
     # redrive (a duplicate is processed once).
     for o in outgoing:
-        if o.sent is _Sent.NO:
+        if o.sent is Sent.NO:
             await _restore(store, o.resets)
     if not finished:
-        await _release(sqs, dlq, [o.msg for o in outgoing if o.sent is not _Sent.YES])
+        await _release(sqs, dlq, [o.msg for o in outgoing if o.sent is not Sent.YES])
 
 
 async def _release(sqs: Any, dlq: str, msgs: list[dict[str, Any]]) -> None:
@@ -747,14 +570,6 @@ async def _release(sqs: Any, dlq: str, msgs: list[dict[str, Any]]) -> None:
                     for j, m in enumerate(msgs[i : i + MAX_BATCH_ENTRIES])
                 ],
             )
-
-
-def _short_reason(err: S3flowError) -> str:
-    """An endpoint's error in one line (some answer with a whole HTML page)."""
-    text = " ".join(str(err).split())
-    if "<" in text:
-        text = text.split("<", 1)[0].rstrip(" :") + " (HTML error page)"
-    return text[:200]
 
 
 async def _try_move_task(
@@ -773,7 +588,7 @@ async def _try_move_task(
                 SourceArn=attrs[dlq], DestinationArn=attrs[src]
             )
         except Exception as exc:
-            reason = _short_reason(translate_aws_error(exc, "StartMessageMoveTask"))
+            reason = short_reason(translate_aws_error(exc, "StartMessageMoveTask"))
             note = (
                 "this endpoint does not support StartMessageMoveTask "
                 f"({reason}); moving messages with receive + send + delete instead"
