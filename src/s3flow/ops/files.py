@@ -166,7 +166,13 @@ async def release(
             async with heads:  # a versioned key may have many versions, each a HEAD
                 return await _reachable(clients.s3, p, region, r, current, head)
 
-        reached = await asyncio.gather(*(reachable(r) for r in records))
+        # Every HEAD ends before the clients close; then the first error is raised.
+        got = await asyncio.gather(*(reachable(r) for r in records), return_exceptions=True)
+        reached: list[_Target | None] = []
+        for g in got:
+            if isinstance(g, BaseException):
+                raise g
+            reached.append(g)
         if version is not None and None in reached:
             raise _replaced(p, key, version, current)
         targets = [t for t in reached if t is not None]

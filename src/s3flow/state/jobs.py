@@ -173,12 +173,16 @@ def _progress(data: dict[str, Any]) -> dict[str, int]:
     return {k: int(v) for k, v in data.items() if k.endswith("_done") or k.endswith("_total")}
 
 
+_STEP_EVENTS = (EventType.STEP_STARTED, EventType.STEP_PROGRESS, EventType.STEP_COMPLETED)
+
+
 def _stale(steps: list[JobStep], data: dict[str, Any]) -> bool:
-    """Whether a step event's ``data`` comes from an attempt older than its step's."""
+    """Whether a step event's ``data`` comes from an attempt older than the job's newest
+    (a worker that lost its message and kept running, maybe into the next steps)."""
     index, attempt = data.get("step"), data.get("attempt")
     if not (isinstance(index, int) and isinstance(attempt, int) and 0 <= index < len(steps)):
         return False
-    return attempt < steps[index].attempt
+    return attempt < max(s.attempt for s in steps)
 
 
 def apply_event(job: JobRecord, type_: EventType, data: dict[str, Any], at: float) -> JobRecord:
@@ -212,6 +216,8 @@ def apply_event(job: JobRecord, type_: EventType, data: dict[str, Any], at: floa
         i = data.get("index")
         if isinstance(i, int) and 0 <= i < len(files):
             files[i] = replace(files[i], received=True)
+    elif type_ in _STEP_EVENTS and _stale(steps, data):
+        pass  # from an attempt the job has been started over since (a late worker)
     elif type_ is EventType.STEP_STARTED:
         # Steps run in order, so a later step that shows a status now is left from an
         # earlier attempt (the job runs again after a crash): not started in this one.
@@ -226,8 +232,6 @@ def apply_event(job: JobRecord, type_: EventType, data: dict[str, Any], at: floa
         if isinstance(index, int) and 0 <= index < len(steps):
             for later in range(index + 1, len(steps)):
                 set_step(later, status=StepStatus.PENDING, progress={})
-    elif type_ in (EventType.STEP_PROGRESS, EventType.STEP_COMPLETED) and _stale(steps, data):
-        pass  # from an attempt the step has been started over since (a late worker)
     elif type_ is EventType.STEP_PROGRESS:
         set_step(data.get("step"), progress=_progress(data))
     elif type_ is EventType.STEP_COMPLETED:

@@ -26,12 +26,7 @@ def job_fields(
         "status": str(job.status),
         "files": files,
         "steps": [
-            {
-                "name": s.name,
-                "status": str(s.status),
-                "progress": dict(s.progress),
-                "attempt": s.attempt,
-            }
+            {"name": s.name, "status": str(s.status), "progress": dict(s.progress)}
             for s in job.steps
         ],
         "outputs": outputs,

@@ -159,8 +159,12 @@ def test_a_new_attempt_starts_the_step_over_live_and_after_a_reload(
     # The first attempt's worker, still running after it lost its message, reports late:
     # its figures and its completion are not the second attempt's.
     log.add(job_id, EventType.STEP_PROGRESS, step=0, attempt=1, bytes_done=3, bytes_total=3)
-    seq = log.add(job_id, EventType.STEP_COMPLETED, step=0, attempt=1, bytes_done=3, bytes_total=3)
+    log.add(job_id, EventType.STEP_COMPLETED, step=0, attempt=1, bytes_done=3, bytes_total=3)
+    # ... and goes on into step 2.
+    log.add(job_id, EventType.STEP_STARTED, step=1, name="line-count", inputs=1, attempt=1)
+    seq = log.add(job_id, EventType.STEP_PROGRESS, step=1, attempt=1, bytes_done=1, bytes_total=3)
     expect(page.locator(f"#job-events li[data-seq='{seq}']")).to_have_count(1)
+    expect(second).to_have_attribute("data-status", "pending")
     expect(step).to_have_attribute("data-status", "running")
     expect(step.locator("progress")).to_have_js_property("value", 33)
     assert api_steps(web.url, job_id) == ["running", "pending"]

@@ -164,6 +164,14 @@ def test_a_late_step_event_of_an_older_attempt_changes_nothing() -> None:
     assert now.steps[0].status is StepStatus.COMPLETED
     bare = apply_event(rec, EventType.STEP_PROGRESS, {"step": 0, "bytes_done": 4}, T0 + 9)
     assert bare.steps[0].progress == {"bytes_done": 4}
+    # The late worker goes on into the next step: still the first attempt's.
+    on = fold(
+        rec,
+        (EventType.STEP_STARTED, {"step": 1, "attempt": 1}),
+        (EventType.STEP_PROGRESS, {"step": 1, "attempt": 1, "bytes_done": 1}),
+        (EventType.STEP_COMPLETED, {"step": 1, "attempt": 1, "files_done": 1}),
+    )
+    assert on.steps == rec.steps
     # job.failed of any attempt still fails the job and its running step.
     failed = apply_event(rec, EventType.JOB_FAILED, {"step": 0, "attempt": 1, "error": "x"}, T0)
     assert failed.status is JobStatus.FAILED

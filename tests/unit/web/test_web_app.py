@@ -92,9 +92,7 @@ async def test_post_upload_creates_the_job_and_one_presigned_post_per_file(
         {"name": "a.txt", "received": False, "size": 10},
         {"name": "b c.csv", "received": False, "size": 10},
     ]
-    assert shown["steps"] == [
-        {"name": "line-count", "status": "pending", "progress": {}, "attempt": 0}
-    ]
+    assert shown["steps"] == [{"name": "line-count", "status": "pending", "progress": {}}]
     assert shown["outputs"] == []
 
 

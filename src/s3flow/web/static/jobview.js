@@ -351,11 +351,15 @@ class JobView {
     this.setStep(index, "running", {});
   }
 
-  /** Whether a step event comes from an attempt older than the one its step shows. */
+  /**
+   * Whether a step event comes from an attempt older than the newest one seen (a worker
+   * that lost its message and kept running, maybe into the next steps).
+   */
   stale(data) {
-    const li = this.stepsEl.children[data.step];
     const attempt = Number(data.attempt);
-    return Boolean(li) && Number.isInteger(attempt) && attempt < Number(li.dataset.attempt || 0);
+    if (!Number.isInteger(attempt)) return false;
+    const attempts = [...this.stepsEl.children].map((li) => Number(li.dataset.attempt || 0));
+    return attempt < Math.max(0, ...attempts);
   }
 
   /** The job ended while steps ran: they end `status` (failed, stopped), and so does `named`. */
@@ -454,7 +458,7 @@ class JobView {
         break;
       }
       case "step.started":
-        this.startStep(data.step, Number(data.attempt) || 1);
+        if (!this.stale(data)) this.startStep(data.step, Number(data.attempt) || 1);
         break;
       case "step.progress":
         if (!this.stale(data)) this.setStep(data.step, "running", data);
