@@ -40,6 +40,8 @@ class JvmProcess(OwnedServer):
     stop_timeout_s: ClassVar[float] = 20.0
     #: Logged (``{pid}``, ``{timeout_s}`` filled in) before a SIGKILL; "" logs nothing.
     kill_message: ClassVar[str] = ""
+    #: What the last readiness check found missing (said when the start times out).
+    not_ready: str = ""
 
     def __init__(
         self,
@@ -170,8 +172,9 @@ class JvmProcess(OwnedServer):
             if ready():
                 return
             if time.monotonic() > deadline:
+                why = f" ({self.not_ready})" if self.not_ready else ""
                 raise ServiceError(
-                    f"{self.title} did not become ready on {self.address} in time; "
+                    f"{self.title} did not become ready on {self.address} in time{why}; "
                     f"log {self.log_path}:\n{tail(self.log_path)}"
                 )
             time.sleep(0.1)

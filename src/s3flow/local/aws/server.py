@@ -171,11 +171,13 @@ class JvmServer(JvmProcess):
         """The port answers HTTP and the listener is this run dir's process (not another
         server that holds the port while ours failed to bind)."""
         if not _answers(self.url + self.probe_path()):
+            self.not_ready = f"no HTTP answer from {self.url}{self.probe_path()}"
             return False
         pid = self._find_pid()
         if pid is None:
             return False  # _wait_until reports the exit
         mine = _listens(pid, self.port)
+        self.not_ready = f"port {self.port} answers, but pid {pid} does not hold its listener"
         if mine is False and _bind_failed(self.log_path):
             raise ServiceError(
                 f"cannot start {self.name}: {HOST}:{self.port} is in use by another process; "
@@ -312,7 +314,7 @@ def _bind_failed(log_path: Path) -> bool:
 def _answers(url: str) -> bool:
     """True when ``url`` gives any HTTP response."""
     try:
-        with urllib.request.urlopen(url, timeout=1.0):
+        with urllib.request.urlopen(url, timeout=3.0):  # a loaded machine answers slowly
             return True
     except urllib.error.HTTPError:
         return True
