@@ -13,8 +13,11 @@ name can reach outside the directory it is extracted to. A name already taken
 ``r.txt``, ``r-1.txt``, ``data.csv.gz``, ``data-1.csv.gz``.
 
 Every entry is written with ZIP64 headers, so members past 2/4 GiB work. The
-archive is built in memory: it takes about the inputs' stored bytes, which upload
-jobs bound by ``[jobs] max_file_bytes x max_files``.
+archive is built in a temporary file (compressed on a worker thread, so the event
+loop stays free for other work, heartbeats and acks), then uploaded from it: S3
+streams it as a multipart upload. Memory holds about one read chunk and one upload
+part whatever the inputs' size; the temporary directory (``TMPDIR``) needs room for
+the archive, at most the inputs' stored bytes (``[jobs] max_file_bytes x max_files``).
 
 Options: ``name`` - the archive's file name (default ``<job_id>.zip``);
 ``compresslevel`` - 0-9 (default 6).
@@ -22,10 +25,12 @@ Options: ``name`` - the archive's file name (default ``<job_id>.zip``);
 
 from __future__ import annotations
 
-import io
+import asyncio
+import os
+import tempfile
 import unicodedata
 import zipfile
-from typing import ClassVar
+from typing import IO, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,6 +42,10 @@ from s3flow.processors.base import (
     ProcessContext,
     Result,
 )
+from s3flow.sinks.base import write_local_file
+
+#: Bytes handed to the compressing thread at once (smaller network reads are gathered).
+FEED_BYTES = 1024 * 1024
 
 #: Suffixes kept with the extension when a duplicate name gets its ``-n``.
 _COMPRESSED_SUFFIXES = (".gz", ".gzip", ".bz2", ".zst", ".zstd", ".xz", ".lz4", ".br")
@@ -110,33 +119,57 @@ class ZipProcessor(OptionsProcessor[ZipOptions]):
     async def bundle(self, ctx: BundleContext) -> Result:
         """Write one archive holding every input, each as stored."""
         name = self.opts.name or f"{ctx.job_id}.zip"
-        buf = io.BytesIO()
+        with tempfile.NamedTemporaryFile(prefix="s3flow-zip-", suffix=".zip") as fh:
+            total = await self._write_archive(ctx, fh, name)
+            size = await asyncio.to_thread(os.path.getsize, fh.name)
+            uri = await write_local_file(ctx.sink, name, fh.name, "application/zip")
+        return Result(
+            outputs=[uri],
+            counters={"files": len(ctx.inputs), "bytes_in": total, "bytes_out": size},
+        )
+
+    async def _write_archive(self, ctx: BundleContext, fh: IO[bytes], name: str) -> int:
+        """Compress every input into ``fh`` (a whole ZIP once this returns); bytes read."""
         used: set[str] = set()
         total = 0
-        with zipfile.ZipFile(
-            buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=self.opts.compresslevel
-        ) as zf:
+        zf = zipfile.ZipFile(
+            fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=self.opts.compresslevel
+        )
+        try:
             for event in ctx.inputs:
                 entry = unique_entry(entry_base(event.key), used)
                 reader = await ctx.open_raw(event)
                 try:
                     # ZIP64 always: the size is only known once read, and without it a
                     # member past 2 GiB fails at the end ("File size too large").
-                    with zf.open(entry, "w", force_zip64=True) as out:
+                    out = zf.open(entry, "w", force_zip64=True)
+                    try:
+                        pending: list[bytes] = []
+                        size = 0
                         async for chunk in reader:
-                            out.write(chunk)
-                            total += len(chunk)
-                            ctx.report_progress(len(chunk))
+                            pending.append(chunk)
+                            size += len(chunk)
+                            if size >= FEED_BYTES:
+                                await asyncio.to_thread(out.write, b"".join(pending))
+                                total += size
+                                ctx.report_progress(size)
+                                pending, size = [], 0
+                        if pending:
+                            await asyncio.to_thread(out.write, b"".join(pending))
+                            total += size
+                            ctx.report_progress(size)
+                    finally:
+                        # the entry's sizes and CRC go into its header (a seek back)
+                        await asyncio.to_thread(out.close)
                 except (RuntimeError, zipfile.LargeZipFile) as exc:
                     raise _cannot_store(ctx, event, entry, name, exc) from exc
                 finally:
                     reader.close()
-        body = buf.getvalue()
-        uri = await ctx.sink.write(name, body, "application/zip")
-        return Result(
-            outputs=[uri],
-            counters={"files": len(ctx.inputs), "bytes_in": total, "bytes_out": len(body)},
-        )
+        finally:
+            # the central directory; on an error too, so the file is closed
+            await asyncio.to_thread(zf.close)
+        await asyncio.to_thread(fh.flush)
+        return total
 
 
 def _cannot_store(

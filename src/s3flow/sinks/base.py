@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from abc import abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 
@@ -109,3 +112,32 @@ class SinkBase(FileSink):
     @abstractmethod
     async def _put_file(self, relative_key: str, path: str, attrs: OutputAttrs) -> str:
         """Store the local file at ``path`` as the output ``relative_key``; return its URI."""
+
+
+async def write_local_file(
+    sink: Sink,
+    relative_key: str,
+    path: str,
+    content_type: str = "application/octet-stream",
+    metadata: dict[str, str] | None = None,
+) -> str:
+    """Write the local file at ``path`` through any sink; return the output's URI.
+
+    A :class:`FileSink` streams it (memory holds one part); any other sink gets the
+    file's bytes through :meth:`Sink.write`, with ``metadata`` when its ``write``
+    takes it (a sink written before metadata existed gets none).
+    """
+    if isinstance(sink, FileSink):
+        return await sink.write_file(relative_key, path, content_type, metadata)
+    body = await asyncio.to_thread(Path(path).read_bytes)
+    if metadata is not None and _takes_metadata(sink):
+        return await sink.write(relative_key, body, content_type, metadata=metadata)
+    return await sink.write(relative_key, body, content_type)
+
+
+def _takes_metadata(sink: Sink) -> bool:
+    try:
+        params = inspect.signature(sink.write).parameters
+    except (TypeError, ValueError):
+        return False
+    return "metadata" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

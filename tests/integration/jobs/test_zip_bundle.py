@@ -8,9 +8,12 @@ import bz2
 import gzip
 import io
 import itertools
+import os
 import shutil
 import struct
 import subprocess
+import tempfile
+import tracemalloc
 import uuid
 import warnings
 import zipfile
@@ -20,7 +23,7 @@ from typing import Any
 import pytest
 
 from s3flow.aws import open_clients
-from s3flow.errors import PermanentError
+from s3flow.errors import ObjectMissingError, PermanentError
 from s3flow.events import ObjectEvent
 from s3flow.objects import zstd
 from s3flow.pipelines.zip_bundle import ZipProcessor
@@ -146,6 +149,47 @@ def test_the_events_version_is_read(s3: Any) -> None:
     result = bundle(buckets, [first])
     with archive(buckets, result) as zf:
         assert zf.read("0-a.txt") == b"first version\n"
+
+
+# --- 1b. memory: the archive is built in a temporary file and streamed ---------------------
+
+
+def test_archive_of_big_inputs_is_never_held_in_memory(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 3 x 32 MiB of random bytes: a 96 MiB archive, past the sink's multipart threshold.
+    # Built in memory (as before), the traced allocations peaked above the archive's size
+    # (76 MiB for a 60 MiB one); from a file, at one read batch and one upload part (~30 MiB).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    buckets = Buckets(s3)
+    bodies = [os.urandom(32 << 20) for _ in range(3)]
+    events = [buckets.put(f"uploads/u/{i}-r.bin", body) for i, body in enumerate(bodies)]
+    tracemalloc.start()
+    try:
+        result = bundle(buckets, events)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 48 << 20, f"peak of traced allocations: {peak / 2**20:.1f} MiB"
+    with archive(buckets, result) as zf:
+        assert [zf.read(n) for n in zf.namelist()] == bodies
+    assert result.counters["bytes_in"] == 96 << 20
+    assert result.counters["bytes_out"] > 96 << 20  # random bytes do not compress
+    assert list(tmp_path.iterdir()) == []  # the temporary archive is gone
+
+
+def test_a_failed_bundle_leaves_no_temporary_file(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    buckets = Buckets(s3)
+    events = [
+        buckets.put("uploads/u/0-a.txt", b"a\n"),
+        ObjectEvent(bucket=buckets.inputs, key="uploads/u/1-gone.txt"),
+    ]
+    with pytest.raises(ObjectMissingError, match=r"1-gone\.txt"):
+        bundle(buckets, events)
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- 2. members past 2 GiB: ZIP64 -----------------------------------------------------------

@@ -18,7 +18,6 @@ Options: :class:`~s3flow.pipelines.text_to_pdf.options.TextToPdfOptions`.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import tempfile
 import time
 from typing import IO, Any, ClassVar
@@ -28,7 +27,7 @@ from s3flow.pipelines.text_to_pdf.fonts import find_font, load_font
 from s3flow.pipelines.text_to_pdf.options import TextToPdfOptions
 from s3flow.pipelines.text_to_pdf.render import TextDocument
 from s3flow.processors.base import OptionsProcessor, ProcessContext, Result
-from s3flow.sinks.base import FileSink, Sink
+from s3flow.sinks.base import write_local_file
 
 CONTENT_TYPE = "application/pdf"
 #: Bytes handed to the rendering thread at once (smaller network reads are gathered).
@@ -77,7 +76,9 @@ class TextToPdfProcessor(OptionsProcessor[TextToPdfOptions]):
             }
             if info.etag:
                 metadata["source-etag"] = info.etag
-            uri = await _upload(ctx.sink, info.key + ".pdf", fh, metadata)
+            uri = await write_local_file(
+                ctx.sink, info.key + ".pdf", fh.name, CONTENT_TYPE, metadata
+            )
         detail = {
             "bucket": info.bucket,
             "key": info.key,
@@ -109,29 +110,3 @@ def _finish(doc: TextDocument, fh: IO[bytes], data: bytes) -> None:
         doc.feed(data)
     doc.finish()
     fh.flush()
-
-
-async def _upload(sink: Sink, key: str, fh: IO[bytes], metadata: dict[str, str]) -> str:
-    """Write the finished file through ``sink``: streamed when it can, else as bytes.
-
-    The metadata goes along when the sink's ``write`` takes it.
-    """
-    if isinstance(sink, FileSink):
-        return await sink.write_file(key, fh.name, CONTENT_TYPE, metadata)
-    body = await asyncio.to_thread(_read_all, fh)
-    if _takes_metadata(sink):
-        return await sink.write(key, body, CONTENT_TYPE, metadata=metadata)
-    return await sink.write(key, body, CONTENT_TYPE)
-
-
-def _read_all(fh: IO[bytes]) -> bytes:
-    fh.seek(0)
-    return fh.read()
-
-
-def _takes_metadata(sink: Sink) -> bool:
-    try:
-        params = inspect.signature(sink.write).parameters
-    except (TypeError, ValueError):
-        return False
-    return "metadata" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
