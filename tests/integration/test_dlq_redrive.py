@@ -374,3 +374,42 @@ def test_max_below_one_is_refused_and_nothing_moves(
     assert f"how many DLQ messages `s3flow dlq {args[1]}` takes; leave --max out" in err
     assert "moved" not in run.stdout
     assert harness.depth(harness.dlq_url) == (1, 0) and harness.depth() == (0, 0)
+
+
+# --- 7: `dlq show` finds a message past the first thousand -----------------------------
+
+
+def test_dlq_show_finds_a_message_past_the_first_thousand_and_leaves_all_visible(
+    harness: Harness,
+) -> None:
+    """`dlq show` looked only among the first 1,000 messages it peeked: a message sent
+    after them was "not on the DLQ". It now peeks until the message comes up; the state
+    store is read for that one message only, and every message peeked is visible again."""
+    harness.configure()
+    cfg = harness.write_config()
+    for start in range(0, 1_050, 10):
+        harness.sqs.send_message_batch(
+            QueueUrl=harness.dlq_url,
+            Entries=[
+                {"Id": str(i), "MessageBody": json.dumps({"filler": start + i})} for i in range(10)
+            ],
+        )
+    _record(harness, "late.txt", "x@0A1B", error="the late one's error")
+    late = _to_dlq(harness, {"Records": [s3_event(harness.bucket, "late.txt")]})
+
+    shown = _cli("dlq", "show", late, "-c", str(cfg))
+
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    found = json.loads(shown.stdout)
+    assert found["message_id"] == late
+    assert found["keys"] == [f"s3://{harness.bucket}/late.txt"]
+    assert "the late one's error" in found["state_note"]
+    assert harness.depth(harness.dlq_url) == (1_051, 0)  # every peeked message visible
+
+    missing = _cli("dlq", "show", "no-such-id", "-c", str(cfg), "--max-scan", "20")
+
+    assert missing.returncode == 1, missing.stdout + missing.stderr
+    err = _flat(missing.stderr)
+    assert "message no-such-id is not on the DLQ of pipeline" in err
+    assert "looked at all 20 it gave; the DLQ may hold more: raise --max-scan (now 20)" in err
+    assert harness.depth(harness.dlq_url) == (1_051, 0)

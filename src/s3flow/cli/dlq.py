@@ -69,6 +69,16 @@ async def _list_dlq(settings: Settings, p: PipelineSettings, max_n: int) -> list
         return await list_dlq(settings, p, max_n=max_n, store=store)
 
 
+async def _find_dlq_message(
+    settings: Settings, p: PipelineSettings, message_id: str, max_scan: int
+) -> tuple[Any, int]:
+    from s3flow.app import open_store
+    from s3flow.ops.dlq import find_dlq_message
+
+    async with open_store(settings) as store:
+        return await find_dlq_message(settings, p, message_id, max_scan=max_scan, store=store)
+
+
 @dlq_app.command("list")
 def dlq_list(
     config: ConfigOpt = None,
@@ -112,20 +122,36 @@ def dlq_show(
     message_id: Annotated[str, typer.Argument(help="The DLQ message id.")],
     config: ConfigOpt = None,
     pipeline: PipelineOpt = None,
+    max_scan: Annotated[
+        int,
+        typer.Option(
+            "--max-scan",
+            min=1,
+            help="Look at up to this many DLQ messages for it (each is visible again right after).",
+        ),
+    ] = 10_000,
 ) -> None:
-    """Show one dead-lettered message: body and error attributes."""
+    """Show one dead-lettered message: body and error attributes.
+
+    The DLQ is peeked until the message comes up (or ``--max-scan`` messages were
+    looked at); the messages peeked are made visible again when it ends.
+    """
     with exit_on_error():
         settings = settings_from(config)
         p = dlq_pipeline(settings, pipeline)
-        msgs = asyncio.run(_list_dlq(settings, p, 1000))
-    for m in msgs:
-        if m.message_id == message_id:
-            print(json.dumps(m.__dict__, indent=2))
-            return
+        found, looked_at = asyncio.run(_find_dlq_message(settings, p, message_id, max_scan))
+    if found is not None:
+        print(json.dumps(found.__dict__, indent=2))
+        return
+    more = (
+        f"; the DLQ may hold more: raise --max-scan (now {max_scan})"
+        if looked_at >= max_scan
+        else ""
+    )
     err_console.print(
         f"message {escape(message_id)} is not on the DLQ of pipeline {escape(p.name)!r} "
-        f"(among the {len(msgs)} looked at; `s3flow dlq list -p {escape(p.name)}` lists "
-        "them)",
+        f"(looked at all {looked_at} it gave{escape(more)}; `s3flow dlq list -p "
+        f"{escape(p.name)}` lists them)",
         highlight=False,
     )
     raise typer.Exit(1)

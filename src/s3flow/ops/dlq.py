@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -159,21 +159,44 @@ async def list_dlq(
     """
     _at_least_one(max_n)
     out: dict[str, DlqMessage] = {}
-    handles: list[str] = []
     async with open_clients(settings.aws) as clients:
         _, dlq = await _urls(clients, p)
-        try:
-            with aws_errors(f"reading the DLQ {dlq}"):
-                await _peek(clients, dlq, max_n, store, out, handles)
-        finally:
-            for i in range(0, len(handles), MAX_BATCH_ENTRIES):
-                entries = [
-                    {"Id": str(j), "ReceiptHandle": h, "VisibilityTimeout": 0}
-                    for j, h in enumerate(handles[i : i + MAX_BATCH_ENTRIES])
-                ]
-                with contextlib.suppress(Exception):
-                    await clients.sqs.change_message_visibility_batch(QueueUrl=dlq, Entries=entries)
+        async with _peeking(clients, dlq) as peek:
+            async for msg in peek(max_n):
+                out[msg.message_id] = msg
+                await _note_state(clients, store, msg)
     return list(out.values())
+
+
+#: Most DLQ messages :func:`find_dlq_message` looks at by default.
+FIND_MAX_SCAN = 10_000
+
+
+async def find_dlq_message(
+    settings: Settings,
+    p: PipelineSettings,
+    message_id: str,
+    *,
+    max_scan: int = FIND_MAX_SCAN,
+    store: StateStore | None = None,
+) -> tuple[DlqMessage | None, int]:
+    """The DLQ message ``message_id`` (None when not found) and how many were looked at.
+
+    Peeks until it comes up, the DLQ has nothing more to give, or ``max_scan``
+    messages were seen; every message peeked is visible again right after. Only
+    the message found gets a state note (see :func:`list_dlq`).
+    """
+    _at_least_one(max_scan)
+    seen: set[str] = set()
+    async with open_clients(settings.aws) as clients:
+        _, dlq = await _urls(clients, p)
+        async with _peeking(clients, dlq) as peek:
+            async for msg in peek(max_scan):
+                seen.add(msg.message_id)
+                if msg.message_id == message_id:
+                    await _note_state(clients, store, msg)
+                    return msg, len(seen)
+    return None, len(seen)
 
 
 @dataclass
@@ -202,48 +225,81 @@ class RedriveError(S3flowError):
         self.report = report
 
 
-async def _peek(
-    clients: Any,
-    dlq: str,
-    max_n: int,
-    store: StateStore | None,
-    out: dict[str, DlqMessage],
-    handles: list[str],
-) -> None:
-    """Receive up to ``max_n`` DLQ messages into ``out`` (their handles into ``handles``)."""
-    while len(out) < max_n:
-        resp = await clients.sqs.receive_message(
-            QueueUrl=dlq,
-            MaxNumberOfMessages=min(MAX_BATCH_ENTRIES, max_n - len(out)),
-            WaitTimeSeconds=1,
-            VisibilityTimeout=30,
-            MessageAttributeNames=["All"],
-            MessageSystemAttributeNames=_SYSTEM_ATTRIBUTES,
-        )
-        msgs = resp.get("Messages") or []
-        if not msgs:
-            break
-        for m in msgs:
-            handles.append(m["ReceiptHandle"])
-            system = m.get("Attributes") or {}
-            sent = system.get("SentTimestamp")
-            out[m["MessageId"]] = DlqMessage(
-                message_id=m["MessageId"],
-                body=m.get("Body", ""),
-                error_class=_attr(m, "s3flow.error-class"),
-                error=_attr(m, "s3flow.error"),
-                pipeline=_attr(m, "s3flow.pipeline"),
-                receive_count=_attr(m, "s3flow.receive-count"),
-                sent_at=datetime.fromtimestamp(int(sent) / 1000, UTC).isoformat() if sent else None,
-                keys=_keys(m.get("Body", "")),
-                group_id=system.get("MessageGroupId"),
-            )
-            if out[m["MessageId"]].error_class is None:
-                note = await _state_note(clients.s3, store, m.get("Body", ""))
-                out[m["MessageId"]].state_note = (
-                    "moved by the queue's redrive policy (maxReceiveCount), not by a "
-                    "worker" + (f"; state store: {note}" if note else "")
+#: How long a peek holds each message it received (it is made visible again as soon as
+#: the peek ends). A redrive waits this long, and a bit, for messages a peek holds.
+_PEEK_HOLD_S = 30
+
+
+@contextlib.asynccontextmanager
+async def _peeking(
+    clients: Any, dlq: str
+) -> AsyncIterator[Callable[[int], AsyncIterator[DlqMessage]]]:
+    """``peek(n)``: up to ``n`` distinct DLQ messages, each held by this peek until
+    the block ends, when every one of them is made visible again.
+
+    A peek ends early when the DLQ is empty or gives only messages it already gave
+    (a scan longer than the hold comes round to its first messages again).
+    """
+    handles: list[str] = []
+
+    async def peek(n: int) -> AsyncIterator[DlqMessage]:
+        seen: set[str] = set()
+        while len(seen) < n:
+            with aws_errors(f"reading the DLQ {dlq}"):
+                resp = await clients.sqs.receive_message(
+                    QueueUrl=dlq,
+                    MaxNumberOfMessages=min(MAX_BATCH_ENTRIES, n - len(seen)),
+                    WaitTimeSeconds=1,
+                    VisibilityTimeout=_PEEK_HOLD_S,
+                    MessageAttributeNames=["All"],
+                    MessageSystemAttributeNames=_SYSTEM_ATTRIBUTES,
                 )
+            msgs = resp.get("Messages") or []
+            handles.extend(m["ReceiptHandle"] for m in msgs)
+            new = [m for m in msgs if m["MessageId"] not in seen]
+            if not new:
+                return
+            for m in new:
+                seen.add(m["MessageId"])
+                yield _message_of(m)
+
+    try:
+        yield peek
+    finally:
+        for i in range(0, len(handles), MAX_BATCH_ENTRIES):
+            entries = [
+                {"Id": str(j), "ReceiptHandle": h, "VisibilityTimeout": 0}
+                for j, h in enumerate(handles[i : i + MAX_BATCH_ENTRIES])
+            ]
+            with contextlib.suppress(Exception):
+                await clients.sqs.change_message_visibility_batch(QueueUrl=dlq, Entries=entries)
+
+
+def _message_of(m: dict[str, Any]) -> DlqMessage:
+    """A received DLQ message as s3flow shows it (no state note yet)."""
+    system = m.get("Attributes") or {}
+    sent = system.get("SentTimestamp")
+    return DlqMessage(
+        message_id=m["MessageId"],
+        body=m.get("Body", ""),
+        error_class=_attr(m, "s3flow.error-class"),
+        error=_attr(m, "s3flow.error"),
+        pipeline=_attr(m, "s3flow.pipeline"),
+        receive_count=_attr(m, "s3flow.receive-count"),
+        sent_at=datetime.fromtimestamp(int(sent) / 1000, UTC).isoformat() if sent else None,
+        keys=_keys(m.get("Body", "")),
+        group_id=system.get("MessageGroupId"),
+    )
+
+
+async def _note_state(clients: Any, store: StateStore | None, msg: DlqMessage) -> None:
+    """A message s3flow did not dead-letter gets what the state store knows of it."""
+    if msg.error_class is None:
+        note = await _state_note(clients.s3, store, msg.body)
+        msg.state_note = (
+            "moved by the queue's redrive policy (maxReceiveCount), not by a "
+            "worker" + (f"; state store: {note}" if note else "")
+        )
 
 
 async def _reset_state(
