@@ -58,6 +58,12 @@ Six tables, PAY_PER_REQUEST, created by :meth:`DynamoStateStore.ensure_tables`
     The event logs: ``job_id`` (hash), ``seq`` (number range), with
     ``event_id``, ``type``, ``data`` (JSON), ``at``. ``events`` is a Query.
 
+A key that holds an object key (``pk`` of files and history, a tracked file's ``sk``)
+and would exceed DynamoDB's limits (partition key 2,048 bytes, sort key 1,024, of a
+table or an index; S3 keys of 1,024 bytes grow when JSON-escaped) is stored as
+``sha256:<hex>`` of its text instead (:func:`.codec.fit_key`): lookups compute it the
+same way, and the items keep ``bucket`` and ``key`` as attributes.
+
 Every lifecycle change is decided by the same rules as the SQLite store
 (:mod:`s3flow.state.sqlite`) and written with a condition, so a stale token is
 refused and exactly one of several concurrent claims wins:

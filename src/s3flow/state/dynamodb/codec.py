@@ -6,6 +6,7 @@ Pure functions, no I/O. The key layout of each table is described in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import uuid
@@ -50,9 +51,32 @@ def opt_float(item: Item, name: str) -> float | None:
     return None if v is None else float(v["N"])
 
 
+#: DynamoDB's key limits in UTF-8 bytes: a partition key 2,048, a sort key 1,024 (of a
+#: table and of an index alike).
+PK_MAX_BYTES = 2048
+SK_MAX_BYTES = 1024
+
+
+def fit_key(text: str, max_bytes: int) -> str:
+    """``text`` as a key value: as it is when it fits in ``max_bytes``, else
+    ``sha256:<hex digest of its UTF-8 bytes>``.
+
+    Keys hold object keys JSON-escaped (a quote or backslash takes 2 bytes, a control
+    character 6), so S3's longest keys (1,024 bytes) can pass DynamoDB's limits. The
+    digest identifies the object as well (a lookup computes it again), the items keep
+    the bucket and key as attributes, and no JSON key starts with ``s``.
+    """
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def object_pk(bucket: str, key: str) -> str:
     """The ``pk`` of an object's items in the files and history tables."""
-    return json.dumps([bucket, key], ensure_ascii=False, separators=(",", ":"))
+    return fit_key(
+        json.dumps([bucket, key], ensure_ascii=False, separators=(",", ":")), PK_MAX_BYTES
+    )
 
 
 def record_key(oid: ObjectId) -> Item:
@@ -66,10 +90,15 @@ def json_key(*parts: str) -> str:
 
 
 def tracked_key(dataset: str, date: str, oid: ObjectId) -> Item:
-    """The key of a tracked file in the manifests table."""
+    """The key of a tracked file in the manifests table.
+
+    Its ``sk`` also ends the file's ``pending_sk`` (``<date>#<17 digits>#<sk>``), a sort
+    key of the pending index: it is kept short enough for both.
+    """
+    room = SK_MAX_BYTES - len(date.encode()) - len("#00000000000000000#")
     return {
         "pk": {"S": json_key("file", dataset, date)},
-        "sk": {"S": json_key(oid.bucket, oid.key, oid.version)},
+        "sk": {"S": fit_key(json_key(oid.bucket, oid.key, oid.version), room)},
     }
 
 

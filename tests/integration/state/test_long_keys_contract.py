@@ -1,0 +1,79 @@
+"""S3's longest keys, on every backend: a key of 1,024 bytes whose characters grow when
+escaped (quotes, backslashes, control characters, non-ASCII) is tracked like any other.
+
+DynamoDB limits a partition key to 2,048 bytes and a sort key (of the table or an index)
+to 1,024; the stores' keys hold the object key escaped, so such a key once made every
+write of its record or manifest entry fail with a ValidationException."""
+
+from __future__ import annotations
+
+import pytest
+from state_support import B, FakeClock, backends, draft, mfile
+
+from s3flow.state import FileStatus, ManifestFileStatus, ManifestStatus, ObjectId, StateStore
+from s3flow.state.records import ClaimOutcome
+
+pytestmark = pytest.mark.integration
+
+#: 1,024 bytes each (S3's limit); 1.5x, 6x and 2x that once JSON-escaped.
+QUOTED = "2025-12-23/" + 'é"\\' * 252 + ".json"
+CONTROL = "2025-12-23/" + "\x01" * 1008 + ".json"
+WIDE = "2025-12-23/" + "名" * 336 + ".json"
+KEYS = [QUOTED, CONTROL, WIDE]
+VERSION = "v" * 100
+
+
+def test_the_keys_are_s3s_longest() -> None:
+    assert [len(k.encode()) for k in KEYS] == [1024, 1024, 1024]
+
+
+@backends
+async def test_a_file_record_of_the_longest_key_goes_through_its_lifecycle(
+    store: StateStore, clock: FakeClock
+) -> None:
+    for key in KEYS:
+        oid = ObjectId(B, key, VERSION)
+        claim = await store.claim(oid, pipeline="p", owner="w1", ttl_s=30, size=5)
+        assert claim.outcome is ClaimOutcome.ACQUIRED
+        assert await store.renew(oid, token=claim.token, ttl_s=30)
+        assert await store.complete(oid, token=claim.token, outputs=["s3://o/x"])
+        rec = await store.get(oid)
+        assert rec is not None and rec.key == key and rec.status is FileStatus.COMPLETED
+        assert [r.key for r in await store.versions(B, key)] == [key]
+        assert [h.new for h in await store.history(B, key)][-1] is FileStatus.COMPLETED
+        listed = await store.list_files(status=FileStatus.COMPLETED)
+        assert key in {r.key for r in listed}
+
+
+@backends
+async def test_a_manifest_of_the_longest_keys_is_tracked_sealed_and_published(
+    store: StateStore, clock: FakeClock
+) -> None:
+    files = [mfile(key, 10 + i, "e1", VERSION) for i, key in enumerate(KEYS)]
+    for f in files:
+        assert await store.add_pending("ds", "2025-12-23", f)
+        assert not await store.add_pending("ds", "2025-12-23", f)  # once
+        clock.advance(1)
+    pending = await store.pending_files("ds", "2025-12-23")
+    assert [t.file for t in pending] == files
+    for f in files:
+        tracked = await store.get_tracked("ds", "2025-12-23", f.id)
+        assert tracked is not None and tracked.file == f
+    token = await store.acquire_lock("seal:ds", owner="w1", ttl_s=30)
+    assert token is not None
+    sealed = await store.seal_manifest(
+        draft("m1", files, token), lock="seal:ds", owner="w1", token=token
+    )
+    assert sealed.files == files
+    assert await store.pending_files("ds", "2025-12-23") == []
+    published = await store.mark_published("m1", "s3://out/m1.json")
+    assert published.status is ManifestStatus.SEALED and published.files == files
+    processing = await store.set_manifest_status("m1", ManifestStatus.PROCESSING)
+    assert processing.status is ManifestStatus.PROCESSING
+    await store.set_manifest_status("m1", ManifestStatus.COMPLETED)
+    for f in files:
+        tracked = await store.get_tracked("ds", "2025-12-23", f.id)
+        assert tracked is not None and tracked.manifest_id == "m1"
+        assert tracked.status is ManifestFileStatus.COMPLETED
+    got = await store.get_manifest("m1")
+    assert got is not None and got.files == files
