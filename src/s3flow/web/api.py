@@ -15,13 +15,13 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from s3flow.errors import translate_aws_error
 from s3flow.jobs.uploads import UploadRequest, create_upload
 from s3flow.state.jobs import JobOutput, JobRecord, JobStatus
 from s3flow.web.errors import ApiError
 from s3flow.web.render import config_json, job_json
+from s3flow.web.responses import SafeJSONResponse
 from s3flow.web.runtime import WebRuntime
 
 __all__ = ["MAX_BODY_BYTES", "router"]
@@ -105,16 +105,16 @@ async def _job_or_404(runtime: WebRuntime, job_id: str) -> JobRecord:
 
 
 @router.post("/uploads", status_code=201)
-async def post_upload(request: Request) -> JSONResponse:
+async def post_upload(request: Request) -> SafeJSONResponse:
     """Create a job and presign one POST per file: 201, or 400 saying what is wrong."""
     runtime = _runtime(request)
     upload = UploadRequest.from_json(await _json_body(request))
     created = await create_upload(runtime.settings, runtime.store, runtime.s3, upload)
-    return JSONResponse(created.to_json(), status_code=201)
+    return SafeJSONResponse(created.to_json(), status_code=201)
 
 
 @router.get("/jobs")
-async def list_jobs(request: Request) -> JSONResponse:
+async def list_jobs(request: Request) -> SafeJSONResponse:
     """Jobs, newest first: ``?status=`` filters, ``?limit=`` (1-500, default 50)."""
     runtime = _runtime(request)
     status: JobStatus | None = None
@@ -139,17 +139,17 @@ async def list_jobs(request: Request) -> JSONResponse:
             )
         limit = int(raw_limit)
     jobs = await runtime.store.list_jobs(status=status, limit=limit)
-    return JSONResponse({"jobs": [await _job_body(runtime, job) for job in jobs]})
+    return SafeJSONResponse({"jobs": [await _job_body(runtime, job) for job in jobs]})
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: str, request: Request) -> JSONResponse:
+async def get_job(job_id: str, request: Request) -> SafeJSONResponse:
     """One job with its files, steps and outputs (download URLs presigned); 404 if unknown."""
     runtime = _runtime(request)
-    return JSONResponse(await _job_body(runtime, await _job_or_404(runtime, job_id)))
+    return SafeJSONResponse(await _job_body(runtime, await _job_or_404(runtime, job_id)))
 
 
 @router.get("/config")
-async def get_config(request: Request) -> JSONResponse:
+async def get_config(request: Request) -> SafeJSONResponse:
     """Templates and upload limits, for clients that check files before sending them."""
-    return JSONResponse(config_json(_runtime(request).settings))
+    return SafeJSONResponse(config_json(_runtime(request).settings))

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from s3flow import __version__
@@ -37,6 +37,7 @@ from s3flow.web.events import match_events, serve_events
 from s3flow.web.form import router as form_router
 from s3flow.web.metrics import PROMETHEUS_TYPE, web_metrics
 from s3flow.web.pages import install_pages
+from s3flow.web.responses import SafeJSONResponse
 from s3flow.web.runtime import WebRuntime, open_runtime
 from s3flow.web.sse import DisconnectPoller
 
@@ -125,6 +126,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url="/api/openapi.json",
+        default_response_class=SafeJSONResponse,
     )
     app.checker = checker
     if runtime is not None:
@@ -136,9 +138,9 @@ def create_app(
     install_pages(app)
 
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> JSONResponse:
+    async def healthz() -> SafeJSONResponse:
         """Liveness: the process answers (no token needed)."""
-        return JSONResponse({"status": "ok"})
+        return SafeJSONResponse({"status": "ok"})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -42,6 +41,7 @@ from s3flow.settings import Settings
 from s3flow.state.jobs import EventType
 from s3flow.web.auth import TokenChecker, request_token
 from s3flow.web.errors import ApiError
+from s3flow.web.responses import SafeJSONResponse
 from s3flow.web.runtime import WebRuntime
 
 if TYPE_CHECKING:
@@ -148,7 +148,10 @@ class _Reader:
             "on_headers_finished": lambda: self.events.append(("headers_finished", b"")),
             "on_end": lambda: self.events.append(("end", b"")),
         }
-        self.parser = MultipartParser(boundary, callbacks)
+        try:
+            self.parser = MultipartParser(boundary, callbacks)
+        except FormParserError as exc:  # a boundary over 256 bytes (RFC 2046: at most 70)
+            raise ApiError(400, f"the multipart body is malformed: {exc}") from exc
 
     def close(self) -> None:
         """Drop the spooled file (after a refusal)."""
@@ -288,7 +291,8 @@ async def read_form(request: Request, settings: Settings, checker: TokenChecker)
             413, f"the body is larger than the {jobs.max_file_bytes} bytes allowed per file"
         )
     bearer = request_token(request.scope)
-    if bearer is not None and not checker.check(bearer):
+    # Without [web] tokens any token is ignored, as on every /api route.
+    if bearer is not None and checker.enabled and not checker.check(bearer):
         raise ApiError(
             401,
             "the API token was not accepted: check the token you were given",
@@ -337,7 +341,7 @@ async def _mark_failed(runtime: WebRuntime, job_id: str, error: str) -> None:
 
 
 @router.post("/upload", status_code=201)
-async def post_form_upload(request: Request) -> JSONResponse:
+async def post_form_upload(request: Request) -> SafeJSONResponse:
     """One file through the server: a one-file job, the file stored at the job's key.
 
     201 ``{"key", "bucket", "name", "size", "content_type", "template",
@@ -391,4 +395,4 @@ async def post_form_upload(request: Request) -> JSONResponse:
         "status_url": f"/api/jobs/{job_id}",
         "events_url": f"/api/jobs/{job_id}/events",
     }
-    return JSONResponse(body, status_code=201)
+    return SafeJSONResponse(body, status_code=201)

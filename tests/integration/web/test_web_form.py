@@ -6,13 +6,15 @@ upload key, refusals store nothing and create no job, limits hold while the body
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from web_support import JobsEnv, WebThread
+from web_support import JobsEnv, WebThread, until
 
 from s3flow.settings import load_settings
 from s3flow.web.auth import hash_token
@@ -215,3 +217,89 @@ async def test_with_tokens_a_bearer_or_a_token_field_before_the_file(
         r = await client.post(url, files=file, data={"token": TOKEN})  # the HTML form's way
         assert r.status_code == 201, r.text
         assert len(keys(s3, jobs_env.bucket)) == 2
+
+
+async def test_a_boundary_over_256_bytes_is_a_clear_400(
+    shared_web: WebThread, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """python-multipart refuses such a boundary when its parser is built, before any
+    byte is fed: that was answered 500 and logged as a server bug."""
+    boundary = "b" * 257
+    body = multipart(boundary, [("file", "a.txt", "text/plain", b"a\n")])
+    with caplog.at_level(logging.INFO):
+        r = await client.post(
+            f"{shared_web.url}/upload",
+            content=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+    assert r.status_code == 400, r.text
+    assert "the multipart body is malformed" in r.json()["error"]
+    assert "257" in r.json()["error"]
+    assert [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR] == []
+
+
+async def test_without_tokens_a_bearer_is_ignored_as_on_the_api(
+    web: WebThread, client: httpx.AsyncClient, jobs_env: JobsEnv, s3: Any
+) -> None:
+    """A client that always sends its token got 401 from /upload (and not from
+    /api/uploads) on a server without [web] tokens."""
+    auth = {"Authorization": "Bearer some-token-from-the-environment"}
+    r = await client.post(
+        f"{web.url}/upload", files={"file": ("a.txt", b"a\n", "text/plain")}, headers=auth
+    )
+    assert r.status_code == 201, r.text
+    r = await client.post(
+        f"{web.url}/api/uploads",
+        json={
+            "template": "count",
+            "files": [{"name": "b.txt", "size": 2, "content_type": "text/plain"}],
+        },
+        headers=auth,
+    )
+    assert r.status_code == 201, r.text
+    assert len(keys(s3, jobs_env.bucket)) == 1  # the form's file (the API's is presigned)
+
+
+async def _send_and_leave(url: str, head: bytes, part: bytes) -> None:
+    """Send a request's head and part of its body, then close the connection."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head + part)
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_a_client_that_leaves_mid_body_is_no_server_error(
+    shared_web: WebThread, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cancelled upload (the client closes the connection mid-body) was answered as a
+    bug: an ERROR with two tracebacks per request (s3flow's and uvicorn's)."""
+    form = (
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+        b"Content-Type: text/plain\r\n\r\nhello"
+    )
+    requests = [
+        (
+            b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: 900\r\n\r\n",
+            form,
+        ),
+        (
+            b"POST /api/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+            b'{"template":',
+        ),
+    ]
+
+    def left() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "left before sending" in r.getMessage()]
+
+    with caplog.at_level(logging.INFO):
+        for head, part in requests:
+            await _send_and_leave(shared_web.url, head, part)
+        await until(lambda: len(left()) == 2, what="both departures logged")
+        assert (await client.get(f"{shared_web.url}/healthz")).status_code == 200
+    assert {r.levelno for r in left()} == {logging.INFO}
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []

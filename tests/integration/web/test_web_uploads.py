@@ -147,6 +147,30 @@ async def test_text_utf8_cannot_hold_is_refused_and_breaks_no_listing(
     assert listed.status_code == 200 and listed.json() == {"jobs": []}
 
 
+async def test_an_event_whose_text_utf8_cannot_hold_breaks_no_answer(
+    web: WebThread, client: httpx.AsyncClient, store: SqliteStateStore
+) -> None:
+    """An event's text from elsewhere (a step's error with an undecodable byte, kept by
+    ``surrogateescape``) made the job's answer and every listing including it a 500."""
+    created = await client.post(
+        f"{web.url}/api/uploads",
+        json={
+            "template": "count",
+            "files": [{"name": "a.txt", "size": 5, "content_type": "text/plain"}],
+        },
+    )
+    assert created.status_code == 201, created.text
+    job_id = created.json()["job_id"]
+    error = "bad header 'col\udcff'"
+    await append(store, job_id, EventType.JOB_FAILED, error=error)
+    one = await client.get(f"{web.url}/api/jobs/{job_id}")
+    assert one.status_code == 200, one.text
+    assert one.json()["status"] == "failed" and one.json()["error"] == error
+    listed = await client.get(f"{web.url}/api/jobs")
+    assert listed.status_code == 200, listed.text
+    assert [j["error"] for j in listed.json()["jobs"]] == [error]
+
+
 async def test_json_nested_too_deeply_is_a_400(
     shared_web: WebThread, client: httpx.AsyncClient
 ) -> None:
