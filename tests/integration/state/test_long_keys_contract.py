@@ -77,3 +77,29 @@ async def test_a_manifest_of_the_longest_keys_is_tracked_sealed_and_published(
         assert tracked.status is ManifestFileStatus.COMPLETED
     got = await store.get_manifest("m1")
     assert got is not None and got.files == files
+
+
+@backends
+async def test_a_manifest_whose_file_list_is_past_an_items_400_kb_seals(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """400 files of 1,000-byte keys: ~460 KB of file list, past what one DynamoDB item
+    holds (400 KB): its seal failed with a ValidationException on every pass."""
+    files = [
+        mfile(f"2025-12-23/{i:04d}-" + "k" * 979 + ".json", 1000 + i, "e1", VERSION)
+        for i in range(400)
+    ]
+    assert {len(f.key.encode()) for f in files} == {1000}
+    for f in files:
+        assert await store.add_pending("ds", "2025-12-23", f)
+    token = await store.acquire_lock("seal:ds", owner="w1", ttl_s=60)
+    assert token is not None
+    sealed = await store.seal_manifest(
+        draft("big", files, token), lock="seal:ds", owner="w1", token=token
+    )
+    assert sealed is not None and sealed.files == files
+    assert (await store.pending("ds", "2025-12-23")).count == 0
+    published = await store.mark_published("big", "s3://out/big.json")
+    assert published.files == files
+    got = await store.get_manifest("big")
+    assert got is not None and got.files == files and got.location == "s3://out/big.json"

@@ -10,8 +10,10 @@ import hashlib
 import json
 import math
 import uuid
+import zlib
 from typing import Any
 
+from s3flow.errors import ConfigError
 from s3flow.state.jobs import EventType, JobEvent, JobRecord, job_from_json, job_to_json
 from s3flow.state.manifest_lifecycle import files_from_text, files_to_text
 from s3flow.state.records import (
@@ -318,6 +320,43 @@ def manifest_listed(m: ManifestRecord) -> str:
     return f"{max(0, round(m.created_at * 1_000_000)):017d}#{m.manifest_id}"
 
 
+#: A manifest's file list longer than this (UTF-8 bytes) is stored zlib-compressed, as
+#: ``files_z``: a DynamoDB item holds 400 KB, and lists of similar keys compress 5-20x.
+FILES_INLINE_MAX_BYTES = 64 * 1024
+#: The most a compressed file list may take (the item's other attributes need the rest).
+FILES_STORED_MAX_BYTES = 380 * 1024
+
+
+def encode_files(m: ManifestRecord) -> Item:
+    """A manifest's file list as item attributes: ``files`` (JSON text), or ``files_z``
+    (the JSON zlib-compressed) when longer than :data:`FILES_INLINE_MAX_BYTES`.
+
+    Raises ConfigError when even compressed it does not fit in one item.
+    """
+    text = files_to_text(m.files)
+    data = text.encode()
+    if len(data) <= FILES_INLINE_MAX_BYTES:
+        return {"files": {"S": text}}
+    packed = zlib.compress(data, 6)
+    if len(packed) > FILES_STORED_MAX_BYTES:
+        raise ConfigError(
+            f"manifest {m.manifest_id} of dataset {m.dataset!r} lists {len(m.files)} files: "
+            f"{len(data)} bytes of JSON, {len(packed)} compressed, more than one DynamoDB "
+            f"item holds ({FILES_STORED_MAX_BYTES} bytes for the list). Lower the "
+            "pipeline's manifest_max_files (or manifest_max_bytes) so manifests list "
+            "fewer files"
+        )
+    return {"files_z": {"B": packed}}
+
+
+def decode_files(item: Item) -> list[ManifestFile]:
+    """Inverse of :func:`encode_files`."""
+    packed = item.get("files_z")
+    if packed is not None:
+        return files_from_text(zlib.decompress(packed["B"]).decode())
+    return files_from_text(item["files"]["S"])
+
+
 def encode_manifest(m: ManifestRecord, rev: int, purge_at: float | None = None) -> Item:
     """The item of manifest ``m`` at revision ``rev`` (expiring at ``purge_at``)."""
     item: Item = {
@@ -327,7 +366,7 @@ def encode_manifest(m: ManifestRecord, rev: int, purge_at: float | None = None) 
         "dataset": {"S": m.dataset},
         "date": {"S": m.date},
         "status": {"S": m.status.value},
-        "files": {"S": files_to_text(m.files)},
+        **encode_files(m),
         "trigger": {"S": m.trigger},
         "fencing_token": {"N": str(m.fencing_token)},
         "sealed_by": {"S": m.sealed_by},
@@ -352,7 +391,7 @@ def decode_manifest(item: Item) -> tuple[ManifestRecord, int]:
         dataset=item["dataset"]["S"],
         date=item["date"]["S"],
         status=ManifestStatus(item["status"]["S"]),
-        files=files_from_text(item["files"]["S"]),
+        files=decode_files(item),
         trigger=item["trigger"]["S"],
         fencing_token=int(item["fencing_token"]["N"]),
         sealed_by=item["sealed_by"]["S"],
