@@ -269,7 +269,13 @@ class Provisioner:
     # --- notifications ---------------------------------------------------------
 
     async def notifications(self, bucket: str, configs: list[dict[str, Any]]) -> None:
-        """Make the bucket's s3flow-owned queue notifications equal ``configs``; keep others."""
+        """Make the bucket's notifications of this configuration's pipelines equal
+        ``configs``; keep every other one as it is.
+
+        Other ``s3flow-*`` notifications are kept too: another configuration's pipelines
+        on the same bucket (a second ``provision -c other.toml``), or one removed from
+        this configuration (named in the change's detail: delete it by hand if so).
+        """
         try:
             current = await self.s3.get_bucket_notification_configuration(Bucket=bucket)
         except Exception as exc:
@@ -281,8 +287,9 @@ class Provisioner:
                 ) from exc
         current.pop("ResponseMetadata", None)
         queues = current.get("QueueConfigurations", [])
-        others = [q for q in queues if not str(q.get("Id", "")).startswith(NOTIFICATION_ID_PREFIX)]
-        ours = [q for q in queues if str(q.get("Id", "")).startswith(NOTIFICATION_ID_PREFIX)]
+        mine = {c["Id"] for c in configs}
+        ours = [q for q in queues if q.get("Id") in mine]
+        others = [q for q in queues if q.get("Id") not in mine]
         foreign = [
             *others,
             *current.get("TopicConfigurations", []),
@@ -291,7 +298,16 @@ class Provisioner:
         _check_foreign(bucket, configs, foreign)
         same = sorted(map(_norm_notification, ours)) == sorted(map(_norm_notification, configs))
         names = ", ".join(c["Id"] for c in configs)
-        self._record("notification", f"{bucket} -> {names}", bool(ours), not same)
+        kept = sorted(
+            str(q["Id"]) for q in others if str(q.get("Id", "")).startswith(NOTIFICATION_ID_PREFIX)
+        )
+        detail = (
+            f"kept {', '.join(kept)}: not in this configuration (another configuration's "
+            "pipeline, or one removed from this one)"
+            if kept
+            else ""
+        )
+        self._record("notification", f"{bucket} -> {names}", bool(ours), not same, detail)
         if same or self.dry_run:
             return
         new = {k: v for k, v in current.items() if k != "QueueConfigurations"}
@@ -344,8 +360,9 @@ def _check_foreign(
     bucket: str, configs: list[dict[str, Any]], foreign: list[dict[str, Any]]
 ) -> None:
     """ConfigError when one of s3flow's ``configs`` overlaps a notification configuration
-    that is not s3flow's (an operator's queue, topic or Lambda one): S3 would refuse the
-    whole configuration, and s3flow keeps the others as they are."""
+    it does not manage (an operator's queue, topic or Lambda one, or another s3flow
+    configuration's): S3 would refuse the whole configuration, and s3flow keeps the
+    others as they are."""
     for ours in configs:
         prefix, suffix = _filter_value(ours, "prefix"), _filter_value(ours, "suffix")
         for theirs in foreign:
@@ -353,9 +370,14 @@ def _check_foreign(
             if _events_overlap(
                 ours.get("Events", []), theirs.get("Events", [])
             ) and key_filters_overlap((prefix, p), (suffix, s)):
+                whose = (
+                    "another s3flow configuration's notification"
+                    if str(theirs.get("Id", "")).startswith(NOTIFICATION_ID_PREFIX)
+                    else "the bucket's own notification"
+                )
                 raise ConfigError(
                     f"bucket {bucket!r}: s3flow's notification {ours['Id']!r} (prefix "
-                    f"{prefix!r} suffix {suffix!r}) overlaps the bucket's own notification "
+                    f"{prefix!r} suffix {suffix!r}) overlaps {whose} "
                     f"{theirs.get('Id', '?')!r} (events {', '.join(theirs.get('Events', []))}, "
                     f"prefix {p!r} suffix {s!r}): {_S3_RULE}. Nothing was changed on the "
                     "bucket's notifications; make the pipeline's prefix or suffix disjoint "

@@ -238,3 +238,41 @@ def test_provision_refuses_a_notification_overlapping_one_it_does_not_own(
     asyncio.run(provision(disjoint))
     notif = harness.s3.get_bucket_notification_configuration(Bucket=harness.bucket)
     assert sorted(q["Id"] for q in notif["QueueConfigurations"]) == ["ops-audit", "s3flow-p"]
+
+
+def test_a_second_configuration_on_the_bucket_keeps_the_firsts_notification(
+    harness: Harness,
+) -> None:
+    """`provision -c other.toml` for a pipeline on the same bucket made the bucket's
+    s3flow notifications equal to *its* pipelines: the first configuration's was deleted
+    and its pipeline silently received nothing more."""
+    first = harness.configure(provision_it=False, name="counts", prefix="logs/")
+    second = harness.configure(
+        provision_it=False, name="other", prefix="other/", queue=f"{harness.queue}-2"
+    )
+    asyncio.run(provision(first))
+    changes = asyncio.run(provision(second))
+    (notification,) = [c for c in changes if c.kind == "notification"]
+    assert notification.action == "created"
+    assert "kept s3flow-counts: not in this configuration" in notification.detail
+    notif = harness.s3.get_bucket_notification_configuration(Bucket=harness.bucket)
+    assert sorted(q["Id"] for q in notif["QueueConfigurations"]) == [
+        "s3flow-counts",
+        "s3flow-other",
+    ]
+    again = asyncio.run(provision(first))
+    assert {c.action for c in again} == {"unchanged"}, again
+    harness.put("logs/a.txt", b"1\n")
+    harness.put("other/b.txt", b"1\n")
+    assert wait_for(lambda: _keys_on(harness, harness.queue), 5, "counts' event") == ["logs/a.txt"]
+    assert wait_for(lambda: _keys_on(harness, f"{harness.queue}-2"), 5, "other's event") == [
+        "other/b.txt"
+    ]
+    overlapping = harness.configure(
+        provision_it=False, name="third", prefix="logs/x", queue=f"{harness.queue}-3"
+    )
+    with pytest.raises(ConfigError) as refused:
+        asyncio.run(provision(overlapping))
+    text = str(refused.value)
+    assert "'s3flow-third'" in text and "another s3flow configuration's notification" in text
+    assert "'s3flow-counts'" in text
