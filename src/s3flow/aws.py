@@ -18,12 +18,13 @@ import asyncio
 import logging
 import os
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import botocore.exceptions
 import botocore.session
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
@@ -120,14 +121,55 @@ def _session(aws: AwsSettings) -> AioSession:
     return session
 
 
-def async_client(
+#: What the SDK raises about its own configuration (profile, region, config files).
+_SDK_CONFIG_ERRORS = (
+    botocore.exceptions.ProfileNotFound,
+    botocore.exceptions.ConfigNotFound,
+    botocore.exceptions.ConfigParseError,
+    botocore.exceptions.InvalidRegionError,
+    botocore.exceptions.NoRegionError,
+    botocore.exceptions.InvalidConfigError,
+)
+
+
+@contextmanager
+def sdk_config_errors(aws: AwsSettings) -> Iterator[None]:
+    """The SDK's configuration errors (a profile that does not exist...) as ConfigError,
+    saying which setting to fix: they are no bug, and no retry mends them."""
+    try:
+        yield
+    except botocore.exceptions.ProfileNotFound as exc:
+        profile = exc.kwargs.get("profile", aws.profile)
+        raise ConfigError(
+            f"AWS profile {profile!r} not found in ~/.aws/config or ~/.aws/credentials "
+            "(AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE): set [aws] profile (or "
+            "AWS_PROFILE) to a profile that exists, or leave it out for the default "
+            "credential chain"
+        ) from exc
+    except _SDK_CONFIG_ERRORS as exc:
+        raise ConfigError(
+            f"the AWS SDK cannot be configured: {exc}. Check [aws] region and profile, "
+            "AWS_REGION / AWS_PROFILE, and ~/.aws/config"
+        ) from exc
+
+
+@asynccontextmanager
+async def async_client(
     aws: AwsSettings, service: str, *, pool: int = 10, session: AioSession | None = None
-) -> Any:
-    """An aiobotocore client context manager for ``service`` (``async with``), configured
-    as :func:`open_clients` does; for the clients it does not open (DynamoDB)."""
-    return (session or _session(aws)).create_client(
-        service, **_create_args(aws, service, client_config(aws, service, pool))
-    )
+) -> AsyncIterator[Any]:
+    """An aiobotocore client for ``service`` (``async with``), configured as
+    :func:`open_clients` does; for the clients it does not open (DynamoDB).
+
+    The SDK's configuration errors are raised as ConfigError (:func:`sdk_config_errors`).
+    """
+    async with AsyncExitStack() as stack:
+        with sdk_config_errors(aws):
+            client = await stack.enter_async_context(
+                (session or _session(aws)).create_client(
+                    service, **_create_args(aws, service, client_config(aws, service, pool))
+                )
+            )
+        yield client
 
 
 def sync_client(aws: AwsSettings, service: str, *, pool: int = 10) -> Any:
@@ -143,10 +185,11 @@ def sync_client(aws: AwsSettings, service: str, *, pool: int = 10) -> Any:
 
     core = botocore.session.get_session()
     _configure(core, aws)
-    session = boto3.session.Session(botocore_session=core)
-    return session.client(
-        service, **_create_args(aws, service, sync_client_config(aws, service, pool))
-    )
+    with sdk_config_errors(aws):
+        session = boto3.session.Session(botocore_session=core)
+        return session.client(
+            service, **_create_args(aws, service, sync_client_config(aws, service, pool))
+        )
 
 
 @dataclass

@@ -215,11 +215,20 @@ def test_sync_client_uses_the_profile_setting(no_credentials: Path) -> None:
     assert "Credential=AKIDDEFAULT/" in plain["Authorization"]
 
 
-def test_sync_client_unknown_profile_is_an_error(no_credentials: Path) -> None:
+def test_sync_client_unknown_profile_is_a_config_error(no_credentials: Path) -> None:
     from botocore.exceptions import ProfileNotFound
 
-    with pytest.raises(ProfileNotFound):
+    with pytest.raises(ConfigError, match="AWS profile 'missing' not found") as info:
         sync_client(AwsSettings(profile="missing"), "s3")
+    assert isinstance(info.value.__cause__, ProfileNotFound)
+
+
+async def test_async_client_unknown_profile_is_a_config_error(no_credentials: Path) -> None:
+    from s3flow.aws import async_client
+
+    with pytest.raises(ConfigError, match="AWS profile 'missing' not found"):
+        async with async_client(AwsSettings(profile="missing"), "dynamodb"):
+            pass
 
 
 @pytest.mark.parametrize("aws", [AwsSettings(), CUSTOM])

@@ -586,3 +586,19 @@ def test_s3flow_pipelines_as_json_still_replaces_the_files_list(
     monkeypatch.delenv("S3FLOW_PIPELINES__0__ROUTES__0__PROCESSOR")
     (p,) = load_settings(write(tmp_path, DOCUMENTED_EXAMPLE)).pipelines
     assert (p.name, p.prefix, p.routes[0].key_glob) == ("x", "", "*.txt")
+
+
+@pytest.mark.parametrize("region", ["us east 1", "", "-us-east-1", "us_east_1"])
+def test_a_region_that_is_no_region_name_is_refused_saying_so(region: str) -> None:
+    """botocore refused "us east 1" only when it built a client (a traceback), and "" got
+    as far as the endpoint (moto answered an HTML 500 page)."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"aws": {"region": region}})
+    message = str(info.value)
+    assert "aws.region" in message and f"{region!r} is not an AWS region name" in message
+    assert "us-east-1" in message
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-central-1", "us-gov-west-1", "local"])
+def test_region_names_are_accepted(region: str) -> None:
+    assert load_settings(None, {"aws": {"region": region}}).aws.region == region

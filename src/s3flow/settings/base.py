@@ -130,6 +130,10 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: A region name as botocore accepts it.
+_REGION = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?")
+
+
 class AwsSettings(_Model):
     """Where and how to reach AWS (or any S3/SQS-compatible endpoint)."""
 
@@ -153,6 +157,19 @@ class AwsSettings(_Model):
         default=None, description="SQS endpoint; overrides endpoint_url and AWS_ENDPOINT_URL_SQS."
     )
     profile: str | None = Field(default=None, description="Named profile from ~/.aws/config.")
+
+    @field_validator("region")
+    @classmethod
+    def _region_name(cls, value: str) -> str:
+        # botocore's own rule (it raises InvalidRegionError when it builds a client)
+        if not _REGION.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not an AWS region name: use one like us-east-1 or eu-west-2 "
+                "(letters, digits and inner hyphens), or leave it out for AWS_REGION, "
+                "AWS_DEFAULT_REGION, else us-east-1"
+            )
+        return value
+
     max_attempts: int = Field(
         default=5,
         ge=1,
