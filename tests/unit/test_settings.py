@@ -602,3 +602,36 @@ def test_a_region_that_is_no_region_name_is_refused_saying_so(region: str) -> No
 @pytest.mark.parametrize("region", ["us-east-1", "eu-central-1", "us-gov-west-1", "local"])
 def test_region_names_are_accepted(region: str) -> None:
     assert load_settings(None, {"aws": {"region": region}}).aws.region == region
+
+
+@pytest.mark.parametrize(
+    ("output", "says"),
+    [
+        ("s3:/results/counts/", "looks like a URL"),
+        ("S3://results/counts/", "looks like a URL"),
+        ("file:///tmp/out/", "looks like a URL"),
+        ("https://results.example/", "looks like a URL"),
+        ("s3://", "needs a bucket"),
+        ("", "must be 's3://bucket/prefix/' or a local directory"),
+    ],
+)
+def test_an_output_that_is_neither_s3_nor_a_directory_is_refused(output: str, says: str) -> None:
+    """`s3:/results/` (one slash) passed and the worker wrote into ./s3:/results/."""
+    data = {
+        "pipelines": [
+            {"name": "p", "processor": "line-count", "bucket": "b", "queue": "q", "output": output}
+        ]
+    }
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, data)
+    assert "pipelines[0] ('p').output" in str(info.value) and says in str(info.value)
+
+
+@pytest.mark.parametrize("output", ["s3://b/p/", "out/", "/tmp/out", "./a:b/"])
+def test_s3_urls_and_directories_are_outputs(output: str) -> None:
+    data = {
+        "pipelines": [
+            {"name": "p", "processor": "line-count", "bucket": "b", "queue": "q", "output": output}
+        ]
+    }
+    assert load_settings(None, data).pipelines[0].output == output

@@ -49,6 +49,7 @@ from s3flow.executors.contract import (
 from s3flow.executors.one import run_isolated
 from s3flow.local.endpoint import die_with_parent
 from s3flow.settings import Settings
+from s3flow.settings.pipelines import output_problem
 from s3flow.sinks.s3 import parse_s3_uri, split_s3_url
 
 generic_app = typer.Typer(add_completion=False)
@@ -209,6 +210,9 @@ def run_processor(
         out = output or output_from_env(os.environ)
         if not out:
             raise ConfigError("no output: give --output or set $S3FLOW_OUTPUT or $DEST_BUCKET")
+        problem = output_problem(out)
+        if problem:
+            raise ConfigError(f"output: {problem}")
         if result_uri is not None and not result_uri.startswith("s3://"):
             raise ConfigError(f"--result-uri must be s3://bucket/key, got {result_uri!r}")
         job = ObjectJob(

@@ -144,6 +144,29 @@ class RouteSettings(_Model, ByteRangeChecked):
         )
 
 
+#: A URL scheme at the start of an output (``s3:``, ``S3:``, ``file:``, ``https:``).
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def output_problem(output: str) -> str | None:
+    """What is wrong with an ``output`` (``s3://bucket/prefix/`` or a local directory),
+    or None. A typo of ``s3://`` (``s3:/b/``, ``S3://b/``) or another URL scheme is
+    refused: taken as a directory, it would write into ``./s3:/b/``."""
+    if not output:
+        return "must be 's3://bucket/prefix/' or a local directory"
+    if output.startswith("s3://"):
+        if not output[5:].split("/", 1)[0]:
+            return "an s3:// output needs a bucket: 's3://bucket/prefix/'"
+        return None
+    if _SCHEME_RE.match(output):
+        return (
+            f"{output!r} looks like a URL, and only s3://bucket/prefix/ URLs (lower case, "
+            "two slashes) are supported; for a local directory whose name has a ':', "
+            "write it as ./name"
+        )
+    return None
+
+
 class PipelineSettings(_Model):
     """One pipeline: a queue of S3 notifications, a filter, a processor and an output.
 
@@ -309,14 +332,9 @@ class PipelineSettings(_Model):
     @field_validator("output")
     @classmethod
     def _check_output(cls, v: str) -> str:
-        if not v:
-            raise ValueError("must be 's3://bucket/prefix/' or a local directory")
-        if v.startswith("s3://"):
-            bucket = v[5:].split("/", 1)[0]
-            if not bucket:
-                raise ValueError("an s3:// output needs a bucket: 's3://bucket/prefix/'")
-        elif "://" in v:
-            raise ValueError("only s3:// URLs and local directories are supported")
+        problem = output_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
