@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from s3flow.cli.common import ConfigOpt, app, console, exit_on_error, fail, settings_from, state
+from s3flow.cli.common import (
+    ConfigOpt,
+    app,
+    console,
+    err_console,
+    exit_on_error,
+    fail,
+    settings_from,
+    state,
+)
 from s3flow.errors import S3flowError
 from s3flow.logs import setup_logging
 
@@ -19,6 +28,8 @@ def local(
         int | None,
         typer.Option(
             "--port",
+            min=0,
+            max=65535,
             help="Port on 127.0.0.1 (0 = a free one); default: \\[local] port (4566).",
             show_default=False,
         ),
@@ -34,11 +45,19 @@ def local(
 ) -> None:
     """Run the embedded AWS endpoint (moto server: S3, SQS, DynamoDB) until Ctrl-C or SIGTERM."""
     from s3flow.local.endpoint import LocalEndpoint, interrupt_on_signals
+    from s3flow.web.auth import is_loopback
 
     with exit_on_error():
         settings = settings_from(config).local
     port = settings.port if port is None else port
     host = settings.host if host is None else host
+    if not is_loopback(host):
+        err_console.print(
+            f"warning: the endpoint listens on {host}: it has no authentication, so anyone "
+            "who can reach this machine can read and change its buckets, queues and "
+            "tables. Keep it on 127.0.0.1 unless other machines must reach it.",
+            highlight=False,
+        )
 
     # SIGTERM and SIGINT: stop the server, wait for it, exit 0. If this process dies
     # without cleaning up (SIGKILL) the server notices and exits by itself.
