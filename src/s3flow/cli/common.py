@@ -132,6 +132,33 @@ def settings_or_exit(config: Path | None, overrides: dict[str, Any] | None = Non
 NO_STORE = "no state store configured (state.url = 'none')"
 
 
+def note_new_store(settings: Settings) -> None:
+    """Say so on stderr when the SQLite store an operator command opens does not exist
+    yet: opening creates it empty, and the usual cause is a relative ``[state] url``
+    (``sqlite:.s3flow/state.db``) read from another directory than the worker's."""
+    from s3flow.state import sqlite_path
+
+    try:
+        path = sqlite_path(settings.state.url)
+    except S3flowError:
+        return  # opening the store says what is wrong with the URL
+    if path is None or Path(path).exists():
+        return
+    where = Path(path).resolve()
+    hint = (
+        f" [state] url {settings.state.url!r} is relative to the working directory "
+        f"({Path.cwd()}): run this where the worker runs, or give an absolute "
+        "'sqlite:///path' in the configuration."
+        if not Path(path).is_absolute()
+        else ""
+    )
+    err_console.print(
+        f"note: no state store at {where} yet: it is created now, empty.{hint}",
+        highlight=False,
+        markup=False,
+    )
+
+
 def with_store(
     settings: Settings,
     fn: Callable[[StateStore], Awaitable[T]],
@@ -145,6 +172,8 @@ def with_store(
     a SQLite store from pruning in the background while it is open.
     """
     from s3flow.app import open_store
+
+    note_new_store(settings)
 
     async def go() -> T:
         async with open_store(settings, prune=prune) as store:

@@ -17,6 +17,7 @@ from s3flow.cli.common import (
     err_console,
     exit_on_error,
     new_table,
+    note_new_store,
     settings_from,
 )
 from s3flow.settings import Settings
@@ -64,6 +65,7 @@ def status(
 
     with exit_on_error():
         settings = settings_from(config)
+        note_new_store(settings)
         if watch:
             _watch(settings, interval_s, rounds)
             return

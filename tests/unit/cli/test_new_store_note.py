@@ -1,0 +1,57 @@
+"""An operator command that opens a SQLite store that does not exist yet says so: it
+created an empty one, silently, when run from another directory than the worker's
+(``[state] url`` is relative to the working directory), and answered "no files"."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+CONFIG = """\
+[[pipelines]]
+name = "p"
+processor = "line-count"
+bucket = "b"
+queue = "q"
+output = "s3://o/r/"
+"""
+
+
+def files(cwd: Path, config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "s3flow", "files", "-c", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "300"},
+    )
+
+
+def test_a_relative_store_opened_from_another_directory_is_noted(tmp_path: Path) -> None:
+    config = tmp_path / "s3flow.toml"
+    config.write_text(CONFIG)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    first = files(elsewhere, config)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "[]"
+    store = elsewhere / ".s3flow" / "state.db"
+    assert f"note: no state store at {store} yet: it is created now, empty." in first.stderr
+    assert "'sqlite:.s3flow/state.db' is relative to the working directory" in first.stderr
+    assert str(elsewhere) in first.stderr and "sqlite:///path" in first.stderr
+    again = files(elsewhere, config)
+    assert again.returncode == 0 and "note:" not in again.stderr
+
+
+def test_an_absolute_store_that_is_new_is_noted_without_the_relative_hint(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "s3flow.toml"
+    store = tmp_path / "db" / "state.db"
+    config.write_text(CONFIG + f'[state]\nurl = "sqlite:///{store}"\n')
+    done = files(tmp_path, config)
+    assert done.returncode == 0, done.stderr
+    assert f"note: no state store at {store} yet" in done.stderr
+    assert "relative" not in done.stderr
