@@ -87,7 +87,9 @@ def count_byte(data: bytes, value: int) -> int:
 
 
 def detect_encoding(head: bytes, content_encoding: str | None = None, key: str = "") -> str:
-    """Pick the codec: magic bytes, then Content-Encoding, then key suffix.
+    """Pick the codec by the content's magic bytes; Content-Encoding, then the key's
+    suffix, decide only for an empty object (content without a known magic is read
+    as stored, whatever its name or metadata say).
 
     ``head``: the object's first :data:`MAGIC_BYTES` bytes (fewer for a shorter
     object). The headers are checked beyond their first bytes so that text which
