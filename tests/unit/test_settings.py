@@ -635,3 +635,22 @@ def test_s3_urls_and_directories_are_outputs(output: str) -> None:
         ]
     }
     assert load_settings(None, data).pipelines[0].output == output
+
+
+def test_an_environment_variable_of_no_section_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """S3FLOW_WORKR__SHUTDOWN_GRACE_S (a typo of the section) was ignored in silence, while
+    a typo of the key inside a section was refused."""
+    monkeypatch.setenv("S3FLOW_WORKR__SHUTDOWN_GRACE_S", "10")
+    monkeypatch.setenv("S3FLOW_OUTPUT", "s3://b/p/")  # no "__": not a setting, left alone
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    message = str(info.value)
+    assert "environment variable S3FLOW_WORKR__SHUTDOWN_GRACE_S names no settings section" in (
+        message
+    )
+    assert "S3FLOW_WORKER__..." in message and "correct or unset it" in message
+    monkeypatch.delenv("S3FLOW_WORKR__SHUTDOWN_GRACE_S")
+    monkeypatch.setenv("S3FLOW_WORKER__SHUTDOWN_GRACE_S", "10")
+    assert load_settings(None).worker.shutdown_grace_s == 10

@@ -182,6 +182,27 @@ class Settings(BaseSettings):
         return next((t for t in self.templates if t.name == name), None)
 
 
+def _check_env_sections() -> None:
+    """ConfigError naming each ``S3FLOW_<SECTION>__<KEY>`` variable whose section is
+    none of the settings' (``S3FLOW_WORKR__SHUTDOWN_GRACE_S``): pydantic-settings
+    ignores it, so the typo would go unnoticed. Variables without ``__`` are left
+    alone (``S3FLOW_CONFIG``, ``S3FLOW_OUTPUT`` mean other things)."""
+    sections = set(Settings.model_fields)
+    unknown = sorted(
+        name
+        for name in os.environ
+        if name.upper().startswith("S3FLOW_")
+        and "__" in name
+        and name[len("S3FLOW_") :].split("__", 1)[0].lower() not in sections
+    )
+    if unknown:
+        known = ", ".join(f"S3FLOW_{s.upper()}__..." for s in sorted(sections))
+        raise ConfigError(
+            f"environment variable {', '.join(unknown)} names no settings section: "
+            f"the sections are {known}; correct or unset it"
+        )
+
+
 #: The command line's overrides while :func:`load_settings` builds a Settings.
 _OVERRIDES: ContextVar[dict[str, Any] | None] = ContextVar("s3flow_overrides", default=None)
 
@@ -354,6 +375,7 @@ def load_settings(
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
         except OSError as exc:
             raise ConfigError(f"cannot read config file {p}: {exc}") from exc
+    _check_env_sections()
     token = _OVERRIDES.set(overrides or {})
     try:
         return Settings(**data)
