@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import typer
 
 from s3flow.cli.common import ConfigOpt, RunGroup, cancel_on_signals, settings_from
-from s3flow.errors import ConfigError, S3flowError, translate_aws_error
+from s3flow.errors import ConfigError, ObjectMissingError, S3flowError, translate_aws_error
 from s3flow.events import ObjectEvent
 from s3flow.executors.base import (
     ObjectJob,
@@ -91,6 +91,15 @@ def _source(source: str | None) -> tuple[str, str]:
     return bucket, key
 
 
+async def _bucket_exists(s3: Any, bucket: str) -> bool:
+    """False only when a HeadBucket says the bucket does not exist (404)."""
+    try:
+        await s3.head_bucket(Bucket=bucket)
+    except Exception as exc:
+        return not isinstance(translate_aws_error(exc, "HeadBucket"), ObjectMissingError)
+    return True
+
+
 async def _event(s3: Any, bucket: str, key: str, version_id: str | None) -> ObjectEvent:
     """The object's event, from a HEAD (size, eTag, version)."""
     args: dict[str, Any] = {"Bucket": bucket, "Key": key}
@@ -99,7 +108,15 @@ async def _event(s3: Any, bucket: str, key: str, version_id: str | None) -> Obje
     try:
         head = await s3.head_object(**args)
     except Exception as exc:
-        raise translate_aws_error(exc, f"HeadObject s3://{bucket}/{key}") from exc
+        error = translate_aws_error(exc, f"HeadObject s3://{bucket}/{key}")
+        if isinstance(error, ObjectMissingError) and not await _bucket_exists(s3, bucket):
+            # A HEAD's 404 has no body: it does not say whether the key or the bucket is
+            # missing, and "object missing" sent people looking for a key.
+            error = ObjectMissingError(
+                f"s3://{bucket}/{key}: the bucket {bucket!r} does not exist (HeadObject "
+                "answered 404): check the bucket's name, and the endpoint and region"
+            )
+        raise error from exc
     version = head.get("VersionId")
     return ObjectEvent(
         bucket=bucket,

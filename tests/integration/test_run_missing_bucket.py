@@ -1,0 +1,49 @@
+"""`s3flow run` on an object whose bucket does not exist says so (the HEAD's 404 said
+"object missing" and sent people looking for the key), against the moto server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s3flow.local.endpoint import LocalEndpoint
+
+pytestmark = pytest.mark.integration
+
+
+def run(tmp_path: Path, source: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "s3flow", "run", "line-count", source, "--output", "out/"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    assert result["disposition"] == "skip"  # a missing object: nothing to do, no retry
+    assert result["error_class"] == "ObjectMissingError"
+    return result
+
+
+def test_a_missing_bucket_is_named_as_the_bucket(
+    endpoint: LocalEndpoint, s3: Any, tmp_path: Path
+) -> None:
+    bucket = f"nobucket-{uuid.uuid4().hex[:8]}"
+    result = run(tmp_path, f"s3://{bucket}/x.txt")
+    assert f"the bucket '{bucket}' does not exist" in result["error"]
+
+
+def test_a_missing_key_in_a_bucket_is_still_the_object(
+    endpoint: LocalEndpoint, s3: Any, tmp_path: Path
+) -> None:
+    bucket = f"somebucket-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    result = run(tmp_path, f"s3://{bucket}/nokey.txt")
+    assert "does not exist" not in result["error"] and "HeadObject" in result["error"]
