@@ -150,6 +150,8 @@ def test_a_message_the_source_queue_refuses_stays_on_the_dlq_with_its_records_pu
     assert f"{ids['failed.txt']}: SendMessage failed" in err
     assert "Message must be shorter than 1024 bytes" in err
     assert "MaximumMessageSize" in err and "`s3flow dlq redrive -p p` again" in err
+    # why s3flow moves the messages itself (the sentence once stopped at "cannot")
+    assert "SQS's StartMessageMoveTask cannot do that, so it is not used" in err
     assert harness.depth(harness.dlq_url) == (2, 0)  # visible again: the next run takes them
     assert harness.depth() == (3, 0)
     for key in small:

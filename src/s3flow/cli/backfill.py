@@ -39,7 +39,9 @@ def backfill(
     ] = False,
 ) -> None:
     """Enqueue notifications for existing objects not yet completed (safe to run twice)."""
-    _run_backfill(config, pipeline, prefix=prefix, keys=None, since=since, force=force)
+    _run_backfill(
+        config, pipeline, prefix=prefix, keys=None, since=since, force=force, command="backfill"
+    )
 
 
 @app.command()
@@ -66,7 +68,15 @@ def reprocess(
         raise typer.BadParameter("name the pipeline", param_hint="--pipeline/-p")
     if bool(keys) == (prefix is not None):
         raise typer.BadParameter("give object keys or --prefix (one of the two)")
-    _run_backfill(config, pipeline, prefix=prefix, keys=keys or None, since=None, force=True)
+    _run_backfill(
+        config,
+        pipeline,
+        prefix=prefix,
+        keys=keys or None,
+        since=None,
+        force=True,
+        command="reprocess",
+    )
 
 
 def _run_backfill(
@@ -77,7 +87,9 @@ def _run_backfill(
     keys: list[str] | None,
     since: str | None,
     force: bool,
+    command: str,
 ) -> None:
+    """Run a backfill for ``command`` (``backfill`` or ``reprocess``, named in its errors)."""
     from datetime import UTC, datetime
 
     from rich.progress import Progress
@@ -109,6 +121,7 @@ def _run_backfill(
                 since=since_dt,
                 store=store,
                 force=force,
+                command=command,
                 on_progress=lambda listed, enq: progress.update(
                     task, completed=listed, description=f"listed {listed}, enqueued {enq}"
                 ),

@@ -104,6 +104,8 @@ def dlq_list(
     table = new_table(
         f"DLQ messages ({len(msgs)})", ("message id", "objects", "error class", "error", "sent")
     )
+    for column in table.columns:  # folded, not cut with "…": ids are copied into `dlq show`
+        column.overflow = "fold"
     for m in msgs:
         # Keys, bodies and reasons are data: "[/data/x]" is no Rich markup.
         table.add_row(
@@ -148,13 +150,14 @@ def dlq_show(
         if looked_at >= max_scan
         else ""
     )
-    err_console.print(
-        f"message {escape(message_id)} is not on the DLQ of pipeline {escape(p.name)!r} "
-        f"(looked at all {looked_at} it gave{escape(more)}; `s3flow dlq list -p "
-        f"{escape(p.name)}` lists them)",
-        highlight=False,
+    # Not found is exit 1 (an s3flow error would be 2), said as the other errors are.
+    raise fail(
+        LookupError(
+            f"message {message_id} is not on the DLQ of pipeline {p.name!r} "
+            f"(looked at all {looked_at} it gave{more}; `s3flow dlq list -p {p.name}` "
+            "lists them)"
+        )
     )
-    raise typer.Exit(1)
 
 
 @dlq_app.command("redrive")

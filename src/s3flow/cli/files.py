@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,14 +13,12 @@ from rich.markup import escape
 from s3flow.cli.common import (
     ConfigOpt,
     JsonOpt,
-    LimitOpt,
     PipelineNameOpt,
     app,
     console,
-    err_console,
+    fail,
     new_table,
     settings_or_exit,
-    status_option,
     ts,
     with_store,
 )
@@ -27,7 +26,7 @@ from s3flow.errors import ConfigError
 from s3flow.processors.registry import processor_class
 from s3flow.settings import Settings
 from s3flow.state.base import StateStore
-from s3flow.state.records import FileRecord
+from s3flow.state.records import FileRecord, FileStatus
 
 files_app = typer.Typer(
     help="Per-object lifecycles from the state store (list, show history, release).",
@@ -37,6 +36,28 @@ files_app = typer.Typer(
 app.add_typer(files_app, name="files")
 
 ObjectKeyArg = Annotated[str, typer.Argument(help="The object key.")]
+_DEFAULT_LIMIT = 100
+
+
+def _at_least_one(value: int) -> int:
+    """``--limit``: a count of rows, 1 or more."""
+    if value < 1:
+        raise typer.BadParameter(
+            f"must be at least 1 (got {value}): it is how many object lifecycles "
+            f"`s3flow files` lists; leave --limit out for the default ({_DEFAULT_LIMIT})"
+        )
+    return value
+
+
+def _file_status(value: str | None) -> FileStatus | None:
+    """``--status`` as a FileStatus (None when not given); a bad one names the valid ones."""
+    try:
+        return FileStatus(value) if value else None
+    except ValueError as exc:
+        allowed = ", ".join(s.value for s in FileStatus)
+        raise typer.BadParameter(
+            f"{value!r} is not a file status: use one of {allowed}", param_hint="--status"
+        ) from exc
 
 
 @files_app.callback()
@@ -45,7 +66,7 @@ def files_list(
     config: ConfigOpt = None,
     status_: Annotated[
         str | None,
-        typer.Option("--status", help="received|processing|completed|failed|dead|quarantined"),
+        typer.Option("--status", help="|".join(s.value for s in FileStatus)),
     ] = None,
     pipeline: Annotated[
         str | None, typer.Option("--pipeline", "-p", help="Only this pipeline.")
@@ -53,17 +74,18 @@ def files_list(
     key_prefix: Annotated[
         str | None, typer.Option("--key-prefix", help="Only keys with this prefix.")
     ] = None,
-    limit: LimitOpt = 100,
+    limit: Annotated[
+        int,
+        typer.Option("--limit", callback=_at_least_one, help="At most this many rows (1 or more)."),
+    ] = _DEFAULT_LIMIT,
     as_json: JsonOpt = False,
 ) -> None:
     """List object lifecycles (most recently updated first)."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"config": config}
         return
-    from s3flow.state.records import FileStatus
-
+    st = _file_status(status_)
     settings = settings_or_exit(config)
-    st = status_option(FileStatus, status_)
     rows = with_store(
         settings,
         lambda store: store.list_files(
@@ -77,6 +99,8 @@ def files_list(
         f"s3flow files ({len(rows)})",
         ("pipeline", "bucket", "key", "version", "status", "attempts", "updated", "error"),
     )
+    for column in table.columns:  # folded, not cut with "…": keys are copied into commands
+        column.overflow = "fold"
     for r in rows:
         err = f"{r.last_error_class}: {r.last_error}" if r.last_error_class else ""
         table.add_row(
@@ -103,9 +127,10 @@ def files_show(
 ) -> None:
     """One object's full history: every version, every transition."""
     settings = _subcommand_settings(ctx, config)
+    buckets = _buckets(settings, bucket)
 
     async def go(store: StateStore) -> tuple[list[Any], list[Any], dict[int, list[str]]]:
-        recs = [r for b in _buckets(settings, bucket) for r in await store.versions(b, key)]
+        recs = [r for b in buckets for r in await store.versions(b, key)]
         hist = []
         for b in sorted({r.bucket for r in recs}):
             hist += [(b, h) for h in await store.history(b, key)]
@@ -114,8 +139,19 @@ def files_show(
 
     recs, hist, details = with_store(settings, go)
     if not recs:
-        err_console.print(f"no record of {escape(repr(key))} in the state store")
-        raise typer.Exit(1)
+        # Not found is exit 1 (an s3flow error would be 2), said as the other errors are.
+        folder = key.rpartition("/")[0]
+        listing = (
+            f"s3flow files --key-prefix {shlex.quote(folder + '/')}" if folder else "s3flow files"
+        )
+        where = f"bucket{'s' if len(buckets) > 1 else ''} {', '.join(buckets)}"
+        raise fail(
+            LookupError(
+                f"no record of {key!r} in the state store (looked in "
+                f"{where if buckets else 'no bucket: name one with --bucket'}); "
+                f"`{listing}` lists the keys it has records of"
+            )
+        )
     for i, r in enumerate(recs):
         console.print(
             f"[bold]s3://{r.bucket}/{escape(r.key)}[/] version {escape(r.version or '-')}: "

@@ -9,8 +9,11 @@ job's event stream (``GET /api/jobs/<id>/events``), reconnecting with
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import os
+import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +29,15 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from s3flow.cli.common import ConfigOpt, app, console, err_console, fail, settings_or_exit
+from s3flow.cli.common import (
+    ConfigOpt,
+    app,
+    console,
+    err_console,
+    fail,
+    settings_or_exit,
+    state,
+)
 from s3flow.errors import S3flowError
 from s3flow.jobs.client import (
     TERMINAL_EXIT,
@@ -40,6 +51,34 @@ from s3flow.jobs.client import (
 
 def _content_type(path: Path) -> str:
     return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def _check_api_answer(base: str) -> Callable[[httpx.Response], None]:
+    """A response hook: an answer to ``POST /api/uploads`` that is not JSON comes from a
+    server other than the s3flow API (``--url`` wrong): an S3flowError saying so, with a
+    short excerpt of the page instead of all of it."""
+
+    def check(resp: httpx.Response) -> None:
+        request = resp.request
+        if request.method != "POST" or not request.url.path.endswith("/api/uploads"):
+            return
+        ctype = resp.headers.get("content-type", "")
+        if ctype.split(";")[0].strip().lower() == "application/json":
+            return
+        resp.read()
+        text = " ".join(resp.text.split())
+        excerpt = text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else "")
+        raise S3flowError(
+            f"the server at {base} did not answer as the s3flow API (POST /api/uploads: "
+            f"HTTP {resp.status_code}, {ctype or 'no content type'}; it began {excerpt!r}). "
+            "Point --url (or $S3FLOW_WEB_URL, [web] url) at the server `s3flow web` runs"
+        )
+
+    return check
+
+
+#: How much of a page that is not the API's answer is shown.
+_EXCERPT = 80
 
 
 @app.command("upload")
@@ -62,15 +101,35 @@ def upload(
     for f in files:
         if not f.is_file():
             raise fail(S3flowError(f"{f} is not a readable file"))
+    if state["log_level"] != "DEBUG":  # httpx logs every request at INFO
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    hooks = {"response": [_check_api_answer(base)]}
     try:
-        with httpx.Client(timeout=httpx.Timeout(30.0)) as client:
+        with httpx.Client(timeout=httpx.Timeout(30.0), event_hooks=hooks) as client:
             code = _run(client, base, headers, template, files, quiet)
     except httpx.TransportError as exc:
-        raise fail(S3flowError(f"cannot reach the s3flow API at {base}: {exc}")) from exc
+        raise fail(_unreachable(base, exc, config)) from exc
     except S3flowError as exc:
         raise fail(exc) from exc
     raise typer.Exit(code)
+
+
+def _unreachable(base: str, exc: httpx.TransportError, config: Path | None) -> S3flowError:
+    """The error for a request that got no answer: the API's (with how to start it), or
+    the storage's a file was being sent to."""
+    api = httpx.URL(base)
+    try:
+        url = exc.request.url
+    except RuntimeError:  # no request attached: the first one, to the API
+        url = api
+    if (url.scheme, url.host, url.port) != (api.scheme, api.host, api.port):
+        return S3flowError(f"cannot reach {url.copy_with(query=None)} to send a file: {exc}")
+    cfg = shlex.quote(str(config)) if config else "<config>"
+    return S3flowError(
+        f"cannot reach the s3flow API at {base}: {exc}. Is it running? Start it with "
+        f"`s3flow web -c {cfg}`, or point --url (or $S3FLOW_WEB_URL, [web] url) at it"
+    )
 
 
 def _run(

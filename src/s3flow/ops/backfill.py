@@ -96,30 +96,33 @@ def current_upload_state(
     return None
 
 
-def _unsent(p: PipelineSettings, keys: list[str], exc: BaseException | None) -> S3flowError:
+def _unsent(
+    p: PipelineSettings, keys: list[str], exc: BaseException | None, command: str = "backfill"
+) -> S3flowError:
     """The error for notifications that could not be sent (their records may say received,
-    their quarantine tags may be gone)."""
+    their quarantine tags may be gone); ``command``: the s3flow command that sent them."""
     why = f": {exc}" if exc is not None else ""
     shown = " ".join(keys[:10]) + (" ..." if len(keys) > 10 else "")
     return S3flowError(
-        f"backfill: {len(keys)} notification(s) could not be sent to pipeline {p.name!r}'s "
+        f"{command}: {len(keys)} notification(s) could not be sent to pipeline {p.name!r}'s "
         f"queue{why}. Their records may say received, so a plain backfill skips them: "
         f"`s3flow reprocess -p {p.name} {shown}` enqueues them"
     )
 
 
-def listing_prefix(p: PipelineSettings, prefix: str | None) -> str:
+def listing_prefix(p: PipelineSettings, prefix: str | None, command: str = "backfill") -> str:
     """The prefix a backfill of ``p`` lists: ``prefix`` narrows the pipeline's own.
 
     ``prefix`` must start with the pipeline's prefix (it is used as is); any other
-    is refused (S3flowError naming both), since the worker would skip every
-    notification for a key outside the pipeline. None: the pipeline's prefix.
+    is refused (S3flowError naming both, and ``command``, the s3flow command whose
+    ``--prefix`` it is), since the worker would skip every notification for a key
+    outside the pipeline. None: the pipeline's prefix.
     """
     if prefix is None:
         return p.prefix
     if not prefix.startswith(p.prefix):
         raise S3flowError(
-            f"backfill: --prefix {prefix!r} is outside pipeline {p.name!r}'s prefix "
+            f"{command}: --prefix {prefix!r} is outside pipeline {p.name!r}'s prefix "
             f"{p.prefix!r}: --prefix narrows the pipeline's keys, it cannot replace them; "
             f"give a prefix starting with {p.prefix!r} (e.g. {p.prefix + prefix!r}), or "
             "leave it out to take all of the pipeline's keys"
@@ -165,6 +168,7 @@ async def backfill(
     store: StateStore | None = None,
     force: bool = False,
     on_progress: Callable[[int, int], None] = lambda listed, enqueued: None,
+    command: str = "backfill",
 ) -> BackfillReport:
     """Enqueue notifications for existing objects whose current upload is not done yet.
 
@@ -179,9 +183,10 @@ async def backfill(
     key_regex, as the worker checks them): ``prefix`` narrows the pipeline's
     prefix (:func:`listing_prefix`), listed keys the filters reject are counted
     as filtered, and named ``keys`` it rejects are refused before anything is sent.
+    ``command`` is the s3flow command its errors name (``backfill`` or ``reprocess``).
     """
     route = Route.from_settings(p)
-    listed_prefix = listing_prefix(p, None if keys else prefix)
+    listed_prefix = listing_prefix(p, None if keys else prefix, command)
     if keys and (refused := _refused_keys(p, route, keys)) is not None:
         raise refused
     report = BackfillReport()
@@ -206,7 +211,7 @@ async def backfill(
                             item.oid, FileStatus.RECEIVED, detail=item.mark, pipeline=p.name
                         )
             except Exception as exc:
-                raise _unsent(p, [item.oid.key for item in batch], exc) from exc
+                raise _unsent(p, [item.oid.key for item in batch], exc, command) from exc
             entries = [{"Id": str(i), "MessageBody": item.body} for i, item in enumerate(batch)]
             try:
                 for _attempt in range(3):
@@ -218,9 +223,10 @@ async def backfill(
                         break
                     await asyncio.sleep(0.5)
             except Exception as exc:
-                raise _unsent(p, [batch[int(e["Id"])].oid.key for e in entries], exc) from exc
+                unsent = [batch[int(e["Id"])].oid.key for e in entries]
+                raise _unsent(p, unsent, exc, command) from exc
             if entries:
-                raise _unsent(p, [batch[int(e["Id"])].oid.key for e in entries], None)
+                raise _unsent(p, [batch[int(e["Id"])].oid.key for e in entries], None, command)
             batch.clear()
 
         async def consider(key: str, etag: str, size: int, modified: datetime) -> None:
@@ -290,5 +296,5 @@ async def backfill(
         except S3flowError:
             raise
         except Exception as exc:
-            raise translate_aws_error(exc, f"backfill of s3://{p.bucket}/{listed_prefix}") from exc
+            raise translate_aws_error(exc, f"{command} of s3://{p.bucket}/{listed_prefix}") from exc
     return report

@@ -434,7 +434,7 @@ async def redrive(
             note = (
                 "with a state store each message is moved by s3flow (receive + send + "
                 "delete), which sets its objects back to received; SQS's "
-                "StartMessageMoveTask cannot"
+                "StartMessageMoveTask cannot do that, so it is not used"
             )
         elif max_n is not None:
             note = "a limited redrive (--max) moves messages itself"
