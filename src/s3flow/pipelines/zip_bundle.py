@@ -26,16 +26,19 @@ Options: ``name`` - the archive's file name (default ``<job_id>.zip``);
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import unicodedata
 import zipfile
+from collections.abc import Callable
 from typing import IO, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from s3flow.errors import PermanentError
 from s3flow.events import ObjectEvent
+from s3flow.objects import ObjectReader
 from s3flow.processors.base import (
     BundleContext,
     OptionsProcessor,
@@ -129,7 +132,12 @@ class ZipProcessor(OptionsProcessor[ZipOptions]):
         )
 
     async def _write_archive(self, ctx: BundleContext, fh: IO[bytes], name: str) -> int:
-        """Compress every input into ``fh`` (a whole ZIP once this returns); bytes read."""
+        """Compress every input into ``fh`` (a whole ZIP once this returns); bytes read.
+
+        On an error or a cancellation (the step's timeout) the archive is abandoned:
+        its entry and the ZipFile are closed quietly, so that what is raised stays the
+        first error (a compressing thread may still be running: asyncio cannot stop it).
+        """
         used: set[str] = set()
         total = 0
         zf = zipfile.ZipFile(
@@ -144,32 +152,49 @@ class ZipProcessor(OptionsProcessor[ZipOptions]):
                     # member past 2 GiB fails at the end ("File size too large").
                     out = zf.open(entry, "w", force_zip64=True)
                     try:
-                        pending: list[bytes] = []
-                        size = 0
-                        async for chunk in reader:
-                            pending.append(chunk)
-                            size += len(chunk)
-                            if size >= FEED_BYTES:
-                                await asyncio.to_thread(out.write, b"".join(pending))
-                                total += size
-                                ctx.report_progress(size)
-                                pending, size = [], 0
-                        if pending:
-                            await asyncio.to_thread(out.write, b"".join(pending))
-                            total += size
-                            ctx.report_progress(size)
-                    finally:
-                        # the entry's sizes and CRC go into its header (a seek back)
-                        await asyncio.to_thread(out.close)
+                        total += await _write_entry(ctx, reader, out)
+                    except BaseException:
+                        await _quietly(out.close)
+                        raise
+                    # the entry's sizes and CRC go into its header (a seek back)
+                    await asyncio.to_thread(out.close)
                 except (RuntimeError, zipfile.LargeZipFile) as exc:
                     raise _cannot_store(ctx, event, entry, name, exc) from exc
                 finally:
                     reader.close()
-        finally:
-            # the central directory; on an error too, so the file is closed
-            await asyncio.to_thread(zf.close)
+        except BaseException:
+            await _quietly(zf.close)
+            raise
+        await asyncio.to_thread(zf.close)  # the central directory
         await asyncio.to_thread(fh.flush)
         return total
+
+
+async def _write_entry(ctx: BundleContext, reader: ObjectReader, out: IO[bytes]) -> int:
+    """Copy ``reader`` into the entry ``out``, compressed on a worker thread about
+    :data:`FEED_BYTES` at a time; the bytes copied."""
+    total = 0
+    pending: list[bytes] = []
+    size = 0
+    async for chunk in reader:
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= FEED_BYTES:
+            await asyncio.to_thread(out.write, b"".join(pending))
+            total += size
+            ctx.report_progress(size)
+            pending, size = [], 0
+    if pending:
+        await asyncio.to_thread(out.write, b"".join(pending))
+        total += size
+        ctx.report_progress(size)
+    return total
+
+
+async def _quietly(close: Callable[[], object]) -> None:
+    """``close()`` on a worker thread, any error of it dropped (the archive is abandoned)."""
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(close)
 
 
 def _cannot_store(
