@@ -17,7 +17,7 @@ from s3flow.local.endpoint import LocalEndpoint
 pytestmark = pytest.mark.integration
 
 
-def run(tmp_path: Path, source: str) -> dict[str, Any]:
+def run(tmp_path: Path, source: str, error_class: str, disposition: str) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "s3flow", "run", "line-count", source, "--output", "out/"],
         capture_output=True,
@@ -27,8 +27,7 @@ def run(tmp_path: Path, source: str) -> dict[str, Any]:
     )
     assert done.returncode == 2, done.stdout + done.stderr
     result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-    assert result["disposition"] == "skip"  # a missing object: nothing to do, no retry
-    assert result["error_class"] == "ObjectMissingError"
+    assert (result["error_class"], result["disposition"]) == (error_class, disposition)
     return result
 
 
@@ -36,7 +35,8 @@ def test_a_missing_bucket_is_named_as_the_bucket(
     endpoint: LocalEndpoint, s3: Any, tmp_path: Path
 ) -> None:
     bucket = f"nobucket-{uuid.uuid4().hex[:8]}"
-    result = run(tmp_path, f"s3://{bucket}/x.txt")
+    # a mistake to correct, not an object gone (skip: "nothing to do")
+    result = run(tmp_path, f"s3://{bucket}/x.txt", "ConfigError", "permanent")
     assert f"the bucket '{bucket}' does not exist" in result["error"]
 
 
@@ -45,5 +45,5 @@ def test_a_missing_key_in_a_bucket_is_still_the_object(
 ) -> None:
     bucket = f"somebucket-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
-    result = run(tmp_path, f"s3://{bucket}/nokey.txt")
+    result = run(tmp_path, f"s3://{bucket}/nokey.txt", "ObjectMissingError", "skip")
     assert "does not exist" not in result["error"] and "HeadObject" in result["error"]

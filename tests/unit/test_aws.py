@@ -308,3 +308,13 @@ def test_what_leaves_a_client_to_the_sdk(
         assert why is None
     else:
         assert why is not None and reason in why
+
+
+async def test_the_dynamodb_store_passes_a_profile_error_on_as_is(no_credentials: Path) -> None:
+    """The store wrapped it as a StateError (retryable): the web app's start and the
+    operator commands on a DynamoDB store then reported a backend error, not a setting."""
+    from s3flow.state import DynamoStateStore
+
+    with pytest.raises(ConfigError, match="AWS profile 'missing' not found"):
+        async with DynamoStateStore("t", AwsSettings(profile="missing")):
+            pass

@@ -111,8 +111,9 @@ async def _event(s3: Any, bucket: str, key: str, version_id: str | None) -> Obje
         error = translate_aws_error(exc, f"HeadObject s3://{bucket}/{key}")
         if isinstance(error, ObjectMissingError) and not await _bucket_exists(s3, bucket):
             # A HEAD's 404 has no body: it does not say whether the key or the bucket is
-            # missing, and "object missing" sent people looking for a key.
-            error = ObjectMissingError(
+            # missing, and "object missing" (disposition skip: nothing to do) sent people
+            # looking for a key. A bucket that is not there is a mistake to correct.
+            error = ConfigError(
                 f"s3://{bucket}/{key}: the bucket {bucket!r} does not exist (HeadObject "
                 "answered 404): check the bucket's name, and the endpoint and region"
             )

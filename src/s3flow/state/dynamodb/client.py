@@ -132,6 +132,9 @@ class DynamoClient:
             self._client = await stack.enter_async_context(
                 async_client(self._aws, "dynamodb", pool=self._pool)
             )
+        except ConfigError:  # the SDK's configuration (a profile that does not exist)
+            await stack.aclose()
+            raise
         except Exception as exc:
             await stack.aclose()
             raise StateError(
