@@ -413,5 +413,5 @@ def test_dlq_show_finds_a_message_past_the_first_thousand_and_leaves_all_visible
     assert missing.returncode == 1, missing.stdout + missing.stderr
     err = _flat(missing.stderr)
     assert "message no-such-id is not on the DLQ of pipeline" in err
-    assert "looked at all 20 it gave; the DLQ may hold more: raise --max-scan (now 20)" in err
+    assert "among the first 20; the DLQ may hold more: raise --max-scan (now 20)" in err
     assert harness.depth(harness.dlq_url) == (1_051, 0)

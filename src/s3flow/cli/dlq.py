@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -25,6 +25,9 @@ from s3flow.cli.common import (
 )
 from s3flow.errors import S3flowError
 from s3flow.settings import PipelineSettings, Settings, processing_pipeline
+
+if TYPE_CHECKING:
+    from s3flow.ops.dlq import DlqSearch
 
 dlq_app = typer.Typer(
     help="Inspect dead-lettered messages and move them back.", no_args_is_help=True
@@ -71,7 +74,7 @@ async def _list_dlq(settings: Settings, p: PipelineSettings, max_n: int) -> list
 
 async def _find_dlq_message(
     settings: Settings, p: PipelineSettings, message_id: str, max_scan: int
-) -> tuple[Any, int]:
+) -> DlqSearch:
     from s3flow.app import open_store
     from s3flow.ops.dlq import find_dlq_message
 
@@ -129,7 +132,8 @@ def dlq_show(
         typer.Option(
             "--max-scan",
             min=1,
-            help="Look at up to this many DLQ messages for it (each is visible again right after).",
+            help="Look at up to this many DLQ messages for it (each is hidden from other "
+            "readers until the search ends, 30 s at most).",
         ),
     ] = 10_000,
 ) -> None:
@@ -141,21 +145,27 @@ def dlq_show(
     with exit_on_error():
         settings = settings_from(config)
         p = dlq_pipeline(settings, pipeline)
-        found, looked_at = asyncio.run(_find_dlq_message(settings, p, message_id, max_scan))
-    if found is not None:
-        print(json.dumps(found.__dict__, indent=2))
+        search = asyncio.run(_find_dlq_message(settings, p, message_id, max_scan))
+    if search.found is not None:
+        print(json.dumps(search.found.__dict__, indent=2))
         return
-    more = (
-        f"; the DLQ may hold more: raise --max-scan (now {max_scan})"
-        if looked_at >= max_scan
-        else ""
-    )
+    if search.looked_at >= max_scan:
+        scope = (
+            f"among the first {search.looked_at}; the DLQ may hold more: raise --max-scan "
+            f"(now {max_scan})"
+        )
+    elif search.incomplete:
+        scope = (
+            f"among {search.looked_at}; the search outlasted the 30 s each message is held "
+            "and came round to messages already seen, so the DLQ may hold more: run it again"
+        )
+    else:
+        scope = f"looked at all {search.looked_at} it gave"
     # Not found is exit 1 (an s3flow error would be 2), said as the other errors are.
     raise fail(
         LookupError(
-            f"message {message_id} is not on the DLQ of pipeline {p.name!r} "
-            f"(looked at all {looked_at} it gave{more}; `s3flow dlq list -p {p.name}` "
-            "lists them)"
+            f"message {message_id} is not on the DLQ of pipeline {p.name!r} ({scope}; "
+            f"`s3flow dlq list -p {p.name}` lists them)"
         )
     )
 

@@ -162,7 +162,7 @@ async def list_dlq(
     async with open_clients(settings.aws) as clients:
         _, dlq = await _urls(clients, p)
         async with _peeking(clients, dlq) as peek:
-            async for msg in peek(max_n):
+            async for msg in peek.messages(max_n):
                 out[msg.message_id] = msg
                 await _note_state(clients, store, msg)
     return list(out.values())
@@ -172,6 +172,17 @@ async def list_dlq(
 FIND_MAX_SCAN = 10_000
 
 
+@dataclass
+class DlqSearch:
+    """What :func:`find_dlq_message` found, and how far it looked."""
+
+    found: DlqMessage | None
+    looked_at: int
+    #: Not every message was looked at: ``max_scan`` was reached, or the scan outlasted
+    #: the peek's hold and the DLQ gave back messages already seen.
+    incomplete: bool
+
+
 async def find_dlq_message(
     settings: Settings,
     p: PipelineSettings,
@@ -179,24 +190,24 @@ async def find_dlq_message(
     *,
     max_scan: int = FIND_MAX_SCAN,
     store: StateStore | None = None,
-) -> tuple[DlqMessage | None, int]:
-    """The DLQ message ``message_id`` (None when not found) and how many were looked at.
+) -> DlqSearch:
+    """Look for the DLQ message ``message_id`` among at most ``max_scan`` messages.
 
-    Peeks until it comes up, the DLQ has nothing more to give, or ``max_scan``
-    messages were seen; every message peeked is visible again right after. Only
-    the message found gets a state note (see :func:`list_dlq`).
+    Peeks until it comes up or the DLQ has nothing more to give; every message peeked
+    is visible again right after. Only the message found gets a state note (see
+    :func:`list_dlq`).
     """
     _at_least_one(max_scan)
-    seen: set[str] = set()
+    seen = 0
     async with open_clients(settings.aws) as clients:
         _, dlq = await _urls(clients, p)
         async with _peeking(clients, dlq) as peek:
-            async for msg in peek(max_scan):
-                seen.add(msg.message_id)
+            async for msg in peek.messages(max_scan):
+                seen += 1
                 if msg.message_id == message_id:
                     await _note_state(clients, store, msg)
-                    return msg, len(seen)
-    return None, len(seen)
+                    return DlqSearch(msg, seen, incomplete=False)
+            return DlqSearch(None, seen, incomplete=peek.came_round or seen >= max_scan)
 
 
 @dataclass
@@ -230,24 +241,26 @@ class RedriveError(S3flowError):
 _PEEK_HOLD_S = 30
 
 
-@contextlib.asynccontextmanager
-async def _peeking(
-    clients: Any, dlq: str
-) -> AsyncIterator[Callable[[int], AsyncIterator[DlqMessage]]]:
-    """``peek(n)``: up to ``n`` distinct DLQ messages, each held by this peek until
-    the block ends, when every one of them is made visible again.
+class _Peek:
+    """Peeks at a DLQ: :meth:`messages` gives each message once; every message it
+    received is held (hidden from other readers) until :func:`_peeking` ends."""
 
-    A peek ends early when the DLQ is empty or gives only messages it already gave
-    (a scan longer than the hold comes round to its first messages again).
-    """
-    handles: list[str] = []
+    def __init__(self, clients: Any, dlq: str) -> None:
+        self._clients = clients
+        self._dlq = dlq
+        self.handles: list[str] = []
+        #: The DLQ gave back only messages already seen: the scan outlasted the hold
+        #: (:data:`_PEEK_HOLD_S`), and messages not seen yet may still be there.
+        self.came_round = False
 
-    async def peek(n: int) -> AsyncIterator[DlqMessage]:
+    async def messages(self, n: int) -> AsyncIterator[DlqMessage]:
+        """Up to ``n`` distinct DLQ messages; ends early when the DLQ is empty or gives
+        only messages already seen (then :attr:`came_round` is set)."""
         seen: set[str] = set()
         while len(seen) < n:
-            with aws_errors(f"reading the DLQ {dlq}"):
-                resp = await clients.sqs.receive_message(
-                    QueueUrl=dlq,
+            with aws_errors(f"reading the DLQ {self._dlq}"):
+                resp = await self._clients.sqs.receive_message(
+                    QueueUrl=self._dlq,
                     MaxNumberOfMessages=min(MAX_BATCH_ENTRIES, n - len(seen)),
                     WaitTimeSeconds=1,
                     VisibilityTimeout=_PEEK_HOLD_S,
@@ -255,17 +268,27 @@ async def _peeking(
                     MessageSystemAttributeNames=_SYSTEM_ATTRIBUTES,
                 )
             msgs = resp.get("Messages") or []
-            handles.extend(m["ReceiptHandle"] for m in msgs)
+            self.handles.extend(m["ReceiptHandle"] for m in msgs)
+            if not msgs:
+                return
             new = [m for m in msgs if m["MessageId"] not in seen]
             if not new:
+                self.came_round = True
                 return
             for m in new:
                 seen.add(m["MessageId"])
                 yield _message_of(m)
 
+
+@contextlib.asynccontextmanager
+async def _peeking(clients: Any, dlq: str) -> AsyncIterator[_Peek]:
+    """A :class:`_Peek` of ``dlq``; when the block ends every message it received is
+    made visible again."""
+    peek = _Peek(clients, dlq)
     try:
         yield peek
     finally:
+        handles = peek.handles
         for i in range(0, len(handles), MAX_BATCH_ENTRIES):
             entries = [
                 {"Id": str(j), "ReceiptHandle": h, "VisibilityTimeout": 0}
