@@ -135,11 +135,13 @@ class ZipProcessor(OptionsProcessor[ZipOptions]):
         """Compress every input into ``fh`` (a whole ZIP once this returns); bytes read.
 
         On an error or a cancellation (the step's timeout) the archive is abandoned:
-        its entry and the ZipFile are closed quietly, so that what is raised stays the
-        first error (a compressing thread may still be running: asyncio cannot stop it).
+        the call still running on the worker thread is waited for (asyncio cannot stop
+        a thread), then the entry and the ZipFile are closed quietly, so that what is
+        raised stays the first error.
         """
         used: set[str] = set()
         total = 0
+        blocking = _OneThread()
         zf = zipfile.ZipFile(
             fh, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=self.opts.compresslevel
         )
@@ -152,25 +154,53 @@ class ZipProcessor(OptionsProcessor[ZipOptions]):
                     # member past 2 GiB fails at the end ("File size too large").
                     out = zf.open(entry, "w", force_zip64=True)
                     try:
-                        total += await _write_entry(ctx, reader, out)
+                        total += await _write_entry(ctx, reader, out, blocking)
                     except BaseException:
-                        await _quietly(out.close)
+                        await blocking.quietly(out.close)
                         raise
                     # the entry's sizes and CRC go into its header (a seek back)
-                    await asyncio.to_thread(out.close)
+                    await blocking(out.close)
                 except (RuntimeError, zipfile.LargeZipFile) as exc:
                     raise _cannot_store(ctx, event, entry, name, exc) from exc
                 finally:
                     reader.close()
         except BaseException:
-            await _quietly(zf.close)
+            await blocking.quietly(zf.close)
             raise
-        await asyncio.to_thread(zf.close)  # the central directory
-        await asyncio.to_thread(fh.flush)
+        await blocking(zf.close)  # the central directory
+        await blocking(fh.flush)
         return total
 
 
-async def _write_entry(ctx: BundleContext, reader: ObjectReader, out: IO[bytes]) -> int:
+class _OneThread:
+    """Runs blocking calls on a worker thread, one at a time, even after a cancellation:
+    a call cancelled while it runs goes on in its thread, and the next call (or
+    :meth:`quietly`) waits for it first, so no two threads use the archive at once."""
+
+    def __init__(self) -> None:
+        self._running: asyncio.Future[object] | None = None
+
+    async def __call__(self, fn: Callable[..., object], *args: object) -> object:
+        """``fn(*args)`` on a worker thread, after any call still running."""
+        await self._settle()
+        self._running = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        return await asyncio.shield(self._running)
+
+    async def quietly(self, fn: Callable[[], object]) -> None:
+        """``fn()`` as :meth:`__call__` does, any error of it dropped (the archive is
+        being abandoned: the first error is the one to raise)."""
+        with contextlib.suppress(Exception):
+            await self(fn)
+
+    async def _settle(self) -> None:
+        running, self._running = self._running, None
+        if running is not None and not running.done():
+            await asyncio.wait({running})  # not cancelled by our own cancellation
+
+
+async def _write_entry(
+    ctx: BundleContext, reader: ObjectReader, out: IO[bytes], blocking: _OneThread
+) -> int:
     """Copy ``reader`` into the entry ``out``, compressed on a worker thread about
     :data:`FEED_BYTES` at a time; the bytes copied."""
     total = 0
@@ -180,21 +210,15 @@ async def _write_entry(ctx: BundleContext, reader: ObjectReader, out: IO[bytes])
         pending.append(chunk)
         size += len(chunk)
         if size >= FEED_BYTES:
-            await asyncio.to_thread(out.write, b"".join(pending))
+            await blocking(out.write, b"".join(pending))
             total += size
             ctx.report_progress(size)
             pending, size = [], 0
     if pending:
-        await asyncio.to_thread(out.write, b"".join(pending))
+        await blocking(out.write, b"".join(pending))
         total += size
         ctx.report_progress(size)
     return total
-
-
-async def _quietly(close: Callable[[], object]) -> None:
-    """``close()`` on a worker thread, any error of it dropped (the archive is abandoned)."""
-    with contextlib.suppress(Exception):
-        await asyncio.to_thread(close)
 
 
 def _cannot_store(
