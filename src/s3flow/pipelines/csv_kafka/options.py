@@ -22,6 +22,37 @@ from s3flow.settings import codec_info
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP"
 
 
+#: producer_config keys s3flow sets itself: exactly-once needs them as they are, or
+#: they have an option of their own.
+_OWNED = {
+    "transactional.id": "exactly-once needs one per object version (s3flow sets it; "
+    "its prefix is the transactional_id_prefix option)",
+    "enable.idempotence": "exactly-once needs it on (s3flow sets it)",
+    "acks": "exactly-once needs acks=all (s3flow sets it)",
+    "bootstrap.servers": "use the bootstrap_servers option",
+    "transaction.timeout.ms": "use the transaction_timeout_ms option",
+    "compression.type": "use the compression option",
+    "linger.ms": "use the linger_ms option",
+    "batch.size": "use the batch_bytes option",
+    "queue.buffering.max.kbytes": "use the queue_buffer_kbytes option",
+}
+
+
+def librdkafka_config_problem(config: dict[str, Any]) -> str | None:
+    """What librdkafka says is wrong with producer settings ``config`` (an unknown
+    property, a value out of range), or None: a producer is built from them and
+    dropped, without connecting (it has no bootstrap servers)."""
+    from confluent_kafka import KafkaException, Producer
+
+    try:
+        Producer({**config, "log_level": 0})
+    except KafkaException as exc:
+        return str(exc.args[0].str() if exc.args else exc).strip()
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
 class CsvKafkaOptions(BaseModel):
     """How CSV rows become Kafka messages. Unknown keys are an error naming the key."""
 
@@ -148,6 +179,22 @@ class CsvKafkaOptions(BaseModel):
         if v in "\r\n":
             raise ValueError("cannot be a line break")
         return v
+
+    @field_validator("producer_config")
+    @classmethod
+    def _check_producer_config(
+        cls, value: dict[str, str | int | float | bool]
+    ) -> dict[str, str | int | float | bool]:
+        for key in value:
+            if key in _OWNED:
+                raise ValueError(f"{key!r} cannot be set here: {_OWNED[key]}")
+        problem = librdkafka_config_problem(value)
+        if problem:
+            raise ValueError(
+                f"librdkafka refuses it: {problem} (see librdkafka's CONFIGURATION.md for "
+                "the producer's settings)"
+            )
+        return value
 
     @field_validator("encoding")
     @classmethod

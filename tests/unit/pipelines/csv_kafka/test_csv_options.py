@@ -48,3 +48,30 @@ def test_bootstrap_from_option_env_or_a_clear_error(monkeypatch: pytest.MonkeyPa
     assert parse_options({"topic": "t", "bootstrap_servers": "h:1"}).bootstrap() == "h:1"
     proc = create_processor("csv-to-kafka", {"topic": "t"})
     assert proc.name == "csv-to-kafka"
+
+
+@pytest.mark.parametrize(
+    ("producer_config", "message"),
+    [
+        ({"bogus.setting": "1"}, 'No such configuration property: "bogus.setting"'),
+        ({"message.max.bytes": 100}, "outside allowed range"),
+        ({"transactional.id": "fixed"}, "'transactional.id' cannot be set here: exactly-once"),
+        ({"enable.idempotence": False}, "'enable.idempotence' cannot be set here"),
+        ({"acks": "0"}, "exactly-once needs acks=all"),
+        ({"linger.ms": 5}, "use the linger_ms option"),
+    ],
+)
+def test_producer_config_librdkafka_refuses_or_exactly_once_needs_is_refused(
+    producer_config: dict[str, object], message: str
+) -> None:
+    """A bad key was a KafkaException traceback on every object (the worker retried and
+    dead-lettered each); transactional.id overrode the per-object one (two objects then
+    fenced each other) and acks/idempotence could turn exactly-once off."""
+    with pytest.raises(ConfigError, match="producer_config") as info:
+        parse_options({"topic": "t", "producer_config": producer_config})
+    assert message in str(info.value)
+
+
+def test_producer_config_that_librdkafka_takes_is_kept() -> None:
+    extra = {"socket.keepalive.enable": True, "client.id": "mine"}
+    assert parse_options({"topic": "t", "producer_config": extra}).producer_config == extra
