@@ -53,6 +53,17 @@ def librdkafka_config_problem(config: dict[str, Any]) -> str | None:
     return None
 
 
+def column_names_problem(names: list[str]) -> str | None:
+    """What makes ``names`` unfit as JSON keys (a name twice, an empty name), or None."""
+    empty = [i + 1 for i, n in enumerate(names) if not n.strip()]
+    if empty:
+        return f"an empty column name (column {', '.join(map(str, empty))})"
+    twice = sorted({n for i, n in enumerate(names) if n in names[:i]})
+    if twice:
+        return f"a column name more than once ({', '.join(map(repr, twice))})"
+    return None
+
+
 class CsvKafkaOptions(BaseModel):
     """How CSV rows become Kafka messages. Unknown keys are an error naming the key."""
 
@@ -221,6 +232,8 @@ class CsvKafkaOptions(BaseModel):
             raise ValueError("key_column needs column names: header = true or columns = [...]")
         if self.columns is not None and not self.columns:
             raise ValueError("columns must not be empty")
+        if self.columns and (problem := column_names_problem(list(self.columns))):
+            raise ValueError(f"columns has {problem}: JSON rows need distinct names")
         if self.key_column and self.columns and self.key_column not in self.columns:
             raise ValueError(f"key_column {self.key_column!r} is not in columns")
         return self

@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from s3flow.errors import UndecodableContentError
+from s3flow.errors import PermanentError, UndecodableContentError
 from s3flow.pipelines.csv_kafka.blocks import Block, BlockEncoder
 from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint
 from s3flow.pipelines.csv_kafka.errors import BadRowError
-from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
+from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions, column_names_problem
 
 try:
     from s3flow.pipelines.csv_kafka.fastpath import ArrowJsonBlocks
@@ -307,6 +307,13 @@ class RowBatches:
                         if bad_lines and _touches(bad_lines, line_start, line_end):
                             raise _bad_header(self._uri, encoding, text, block, self._offset, end)
                         if self._columns is None:
+                            if not raw_mode and (problem := column_names_problem(fields)):
+                                raise PermanentError(
+                                    f"{self._uri}: the header row has {problem}: each row's "
+                                    "JSON would hold one value per name and lose the others. "
+                                    "Rename the columns in the file, or name them with the "
+                                    "columns option (the header row is then skipped)"
+                                )
                             columns = self._columns = state.columns = fields
                             encoder = self._encoder = RowEncoder(columns)
                             ncols = self._ncols = state.ncols = len(columns)

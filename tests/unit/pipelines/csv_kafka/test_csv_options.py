@@ -32,6 +32,8 @@ def test_defaults() -> None:
         ({"topic": "t", "partition": -1}, "partition: Input should be greater than or equal to 0"),
         ({"topic": "t", "checkpoint_s": 0}, "checkpoint_s: Input should be greater than 0"),
         ({"topic": "t", "retry_timeout_s": -1}, "retry_timeout_s: .* greater than or equal to 0"),
+        ({"topic": "t", "columns": ["a", "b", "a"]}, "a column name more than once"),
+        ({"topic": "t", "columns": ["a", ""]}, "an empty column name"),
     ],
 )
 def test_invalid_options_name_the_key(options: dict[str, object], message: str) -> None:

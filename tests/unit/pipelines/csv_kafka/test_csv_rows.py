@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from s3flow.errors import PermanentError
 from s3flow.pipelines.csv_kafka.blocks import (
     BlockCutter,
     LineTooLongError,
@@ -378,3 +379,40 @@ def test_line_numbers_with_each_line_end_on_both_paths(end: str) -> None:
     assert mixed[:3] == line_numbers(data, "latin-1", 64, 512)[:3] == (good, [152], 301)
     # LF and CRLF blocks are encoded by the vectorised path; a lone CR takes the exact one
     assert (mixed[3] > 0) == (end != "\r")
+
+
+@pytest.mark.parametrize(
+    ("header", "says"),
+    [
+        (b"id,val,val\n", "a column name more than once ('val')"),
+        (b"id,val,\n", "an empty column name (column 3)"),
+    ],
+)
+def test_a_header_whose_names_cannot_be_json_keys_is_a_permanent_error(
+    header: bytes, says: str
+) -> None:
+    """`id,val,val` gave {"id":"1","val":"a","val":"b"}: most JSON readers keep the last
+    "val" only, so "a" was lost without a word."""
+    opts = parse_options({"topic": "t"})
+    rows = RowBatches(opts, "s3://b/dup.csv", Checkpoint("x"))
+    with pytest.raises(PermanentError) as info:
+        list(rows.batches(as_blocks(header + b"1,a,b\n")))
+    message = str(info.value)
+    assert message.startswith("s3://b/dup.csv: the header row has " + says)
+    assert "columns option" in message
+
+
+def test_raw_format_keeps_any_header() -> None:
+    opts = parse_options({"topic": "t", "format": "raw"})
+    batches = RowBatches(opts, "s3://b/dup.csv", Checkpoint("x")).batches(
+        as_blocks(b"id,val,val\n1,a,b\n")
+    )
+    assert sum(b.rows for b in batches) == 1
+
+
+def test_named_columns_replace_a_header_with_duplicates() -> None:
+    opts = parse_options({"topic": "t", "columns": ["id", "v1", "v2"]})
+    (batch,) = RowBatches(opts, "s3://b/dup.csv", Checkpoint("x")).batches(
+        as_blocks(b"id,val,val\n1,a,b\n")
+    )
+    assert [json.loads(v) for v in batch.values] == [{"id": "1", "v1": "a", "v2": "b"}]
