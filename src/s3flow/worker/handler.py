@@ -53,7 +53,7 @@ from s3flow.state.records import Claim, ClaimOutcome, ObjectId
 from s3flow.state.taking import give_back_claim
 from s3flow.validation import validate
 from s3flow.worker.holds import Holds, KeyLock
-from s3flow.worker.identity import identify, newer_upload_done
+from s3flow.worker.identity import as_identified, identify, newer_upload_done
 from s3flow.worker.outcomes import (
     Ack,
     DeadLetter,
@@ -319,6 +319,7 @@ class MessageHandler:
             oid, head = await identify(self._s3, event)
         except S3flowError as err:
             return await self._failed(Attempt(msg, event), err)
+        event = as_identified(event, head)
         if self._store is None:
             return await self._claimed(msg, event, oid, head, reading_done)
         # One upload of a key at a time (across workers): each reads the object as it

@@ -8,6 +8,7 @@ an upload already processed is recognised as superseded.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from s3flow.errors import aws_errors
@@ -28,6 +29,25 @@ async def identify(s3: Any, event: ObjectEvent) -> tuple[ObjectId, dict[str, Any
             head = await s3.head_object(Bucket=event.bucket, Key=event.key)
         version = content_version(head.get("ETag"), head.get("LastModified") or 0)
     return ObjectId(event.bucket, event.key, version), head
+
+
+def as_identified(event: ObjectEvent, head: dict[str, Any] | None) -> ObjectEvent:
+    """``event`` as the processor must see it: the upload :func:`identify` took.
+
+    Identified by a HEAD (no versionId, no sequencer), the upload is the object as it
+    is now, which an overwrite may have made another than the notification's: the
+    event then carries the HEAD's eTag and size, so what a processor records or checks
+    (a manifest's eTag, a checkpoint's version) is the upload its record is about.
+    """
+    if head is None:
+        return event
+    etag = str(head.get("ETag") or "").strip('"') or None
+    size = head.get("ContentLength")
+    return dataclasses.replace(
+        event,
+        etag=etag or event.etag,
+        size=int(size) if size is not None else event.size,
+    )
 
 
 async def newer_upload_done(

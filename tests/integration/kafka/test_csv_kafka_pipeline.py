@@ -51,6 +51,23 @@ def test_happy_path_json_rows_in_order_with_headers(harness: Harness, kafka: Kaf
     assert ckpt.columns == ["id", "name", "city"]
 
 
+def test_an_object_overwritten_before_its_first_notification_is_produced_once(
+    harness: Harness, kafka: KafkaBroker
+) -> None:
+    """Two uploads of a key before the worker ran (moto: no sequencer, so the upload is
+    the object as a HEAD sees it). The first notification's eTag was checked against the
+    object read: "overwritten", the current upload's record completed with no row sent,
+    and its own notification then dropped as a duplicate: the new rows never came."""
+    topic = configure(harness, kafka)
+    harness.put("in/ow.csv", b"id,sku\n1,v1\n")
+    harness.put("in/ow.csv", b"id,sku\n1,v2\n2,v2\n")
+    metrics = harness.run()
+    assert metrics.pipelines["p"].objects_processed == 1
+    assert metrics.pipelines["p"].duplicates == 1  # the second notification: same upload
+    rows = read_topic(kafka.bootstrap, topic)
+    assert [r.json() for r in rows] == [{"id": "1", "sku": "v2"}, {"id": "2", "sku": "v2"}]
+
+
 def test_gzip_object_is_decompressed(harness: Harness, kafka: KafkaBroker) -> None:
     topic = configure(harness, kafka, header=False, columns=["n", "sq"])
     body = "".join(f"{i},{i * i}\n" for i in range(1000)).encode()

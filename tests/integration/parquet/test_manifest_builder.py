@@ -121,6 +121,25 @@ def test_count_trigger_seals_at_the_threshold(harness: Harness) -> None:
 
 
 @pytest.mark.timeout(90)
+def test_a_file_overwritten_before_its_first_notification_is_listed_as_it_is_now(
+    harness: Harness,
+) -> None:
+    """Without a versionId or sequencer (moto sends none) the worker takes a file's upload
+    from a HEAD: the object as it is now. The manifest listed the first notification's
+    eTag though: compaction of it then failed for good (PreconditionFailed), and the
+    second upload was dropped as a duplicate of the first's record."""
+    harness.configure(processor="ndjson-manifest", options=options(manifest_max_files=2))
+    harness.put(f"{DAY}/a.ndjson", body(3))
+    harness.put(f"{DAY}/a.ndjson", body(5))  # overwritten before the worker ran
+    harness.put(f"{DAY}/b.ndjson", body(2))
+    harness.run(timeout_s=60)
+    (m,) = manifests(harness)
+    assert sorted(f.key for f in m.files) == [f"{DAY}/a.ndjson", f"{DAY}/b.ndjson"]
+    check_document(harness, m)  # every file's eTag and size are the object's now
+    assert pending_count(harness) == 0
+
+
+@pytest.mark.timeout(90)
 def test_manifest_prefix_overlapping_the_inputs_skips_only_manifests(harness: Harness) -> None:
     # Inputs are 2025-12-23/...; manifests go to 2025-manifests/events/date=...: the
     # prefix "2025-" covers both, and only the manifest objects are skipped.
