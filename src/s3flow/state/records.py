@@ -24,6 +24,7 @@ __all__ = [
     "ManifestFileStatus",
     "ManifestRecord",
     "ManifestStatus",
+    "ManifestTooLargeError",
     "ObjectId",
     "PendingSummary",
     "PruneReport",
@@ -51,6 +52,11 @@ class UnknownManifestError(StateError):
 
 class LockLostError(StateError):
     """A fenced operation was refused: the lock is no longer held with that token."""
+
+
+class ManifestTooLargeError(StateError):
+    """The store cannot hold a manifest listing that many files (DynamoDB: one item of
+    400 KB): nothing was written; seal fewer files."""
 
 
 class FileStatus(enum.StrEnum):

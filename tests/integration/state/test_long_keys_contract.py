@@ -7,9 +7,16 @@ write of its record or manifest entry fail with a ValidationException."""
 
 from __future__ import annotations
 
+import os
+import uuid
+from typing import Any
+
 import pytest
 from state_support import B, FakeClock, backends, draft, mfile
 
+from s3flow.aws import open_clients
+from s3flow.pipelines.ndjson_parquet.manifests import Sealer, Triggers
+from s3flow.settings import AwsSettings
 from s3flow.state import FileStatus, ManifestFileStatus, ManifestStatus, ObjectId, StateStore
 from s3flow.state.records import ClaimOutcome
 
@@ -103,3 +110,38 @@ async def test_a_manifest_whose_file_list_is_past_an_items_400_kb_seals(
     assert published.files == files
     got = await store.get_manifest("big")
     assert got is not None and got.files == files and got.location == "s3://out/big.json"
+
+
+@pytest.mark.parametrize("make_store", ["dynamodb"], indirect=True)
+async def test_the_sealer_halves_a_manifest_the_store_cannot_hold(
+    store: StateStore, clock: FakeClock, s3: Any
+) -> None:
+    """900 files of 1,000 random hex digits: ~505 KB of file list even compressed. The
+    refusal escaped the sealer: every file of the date failed when it was added (the
+    count trigger seals in the file's own processing), and no manifest was ever made."""
+    bucket = f"manifests-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    files = [
+        mfile(f"2025-12-23/{os.urandom(494).hex()}.ndjson", 100 + i, "e1", VERSION)
+        for i in range(900)
+    ]
+    for f in files:
+        await store.add_pending("ds", "2025-12-23", f)
+    async with open_clients(AwsSettings()) as clients:
+        sealer = Sealer(
+            store,
+            clients.s3,
+            dataset="ds",
+            owner="w1",
+            triggers=Triggers(max_files=900),
+            bucket=bucket,
+            prefix="manifests/",
+            clock=clock,
+        )
+        sealed = await sealer.seal_due(force=True)
+    assert [m.total_files for m in sealed] == [450, 450]
+    assert sorted(f.key for m in sealed for f in m.files) == sorted(f.key for f in files)
+    assert (await store.pending("ds", "2025-12-23")).count == 0
+    for m in sealed:
+        got = await store.get_manifest(m.manifest_id)
+        assert got is not None and got.location is not None and got.files == m.files

@@ -6,14 +6,13 @@ import os
 
 import pytest
 
-from s3flow.errors import ConfigError
 from s3flow.state.dynamodb.codec import (
     FILES_INLINE_MAX_BYTES,
     decode_manifest,
     encode_files,
     encode_manifest,
 )
-from s3flow.state.records import ManifestFile, ManifestRecord, ManifestStatus
+from s3flow.state.records import ManifestFile, ManifestRecord, ManifestStatus, ManifestTooLargeError
 
 
 def manifest(keys: list[str]) -> ManifestRecord:
@@ -46,10 +45,10 @@ def test_a_long_list_is_compressed_and_reads_back() -> None:
     assert decode_manifest(item)[0].files == m.files
 
 
-def test_a_list_no_item_can_hold_is_a_config_error_saying_what_to_lower() -> None:
+def test_a_list_no_item_can_hold_is_refused_saying_what_to_lower() -> None:
     # 900 keys of 1,000 random hex digits: ~950 KB of JSON, ~520 KB compressed
     m = manifest([os.urandom(500).hex() for _ in range(900)])
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ManifestTooLargeError) as caught:
         encode_files(m)
     message = str(caught.value)
     assert "manifest m1 of dataset 'ds' lists 900 files" in message

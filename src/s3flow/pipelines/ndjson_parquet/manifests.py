@@ -30,7 +30,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -41,6 +41,7 @@ from s3flow.state.records import (
     ManifestFile,
     ManifestRecord,
     ManifestStatus,
+    ManifestTooLargeError,
     PendingSummary,
     TrackedFile,
 )
@@ -306,9 +307,7 @@ class Sealer:
                     sealed_by=self.owner,
                     created_at=now,
                 )
-                got = await self.store.seal_manifest(
-                    draft, lock=self.lock, owner=self.owner, token=token
-                )
+                got = await self._seal(draft, token)
                 if got is not None:
                     await self._publish(got)
                     sealed.append(got)
@@ -322,6 +321,22 @@ class Sealer:
                 await self._renew(token)
                 s = await self.store.pending(self.dataset, s.date)
         return sealed
+
+    async def _seal(self, draft: ManifestRecord, token: int) -> ManifestRecord | None:
+        """Seal ``draft``; a list of files the store cannot hold in one manifest (see
+        :class:`~s3flow.state.records.ManifestTooLargeError`) is halved until it can,
+        the rest staying pending for the next manifest."""
+        while True:
+            try:
+                return await self.store.seal_manifest(
+                    draft, lock=self.lock, owner=self.owner, token=token
+                )
+            except ManifestTooLargeError as exc:
+                if len(draft.files) <= 1:
+                    raise
+                half = draft.files[: len(draft.files) // 2]
+                log.warning("%s: sealing its first %d files instead", exc, len(half))
+                draft = replace(draft, files=half)
 
     async def _publish(self, m: ManifestRecord) -> None:
         uri = await publish(self.s3, self.bucket, self.prefix, m)

@@ -13,7 +13,6 @@ import uuid
 import zlib
 from typing import Any
 
-from s3flow.errors import ConfigError
 from s3flow.state.jobs import EventType, JobEvent, JobRecord, job_from_json, job_to_json
 from s3flow.state.manifest_lifecycle import files_from_text, files_to_text
 from s3flow.state.records import (
@@ -24,6 +23,7 @@ from s3flow.state.records import (
     ManifestFileStatus,
     ManifestRecord,
     ManifestStatus,
+    ManifestTooLargeError,
     ObjectId,
     TrackedFile,
 )
@@ -321,7 +321,8 @@ def manifest_listed(m: ManifestRecord) -> str:
 
 
 #: A manifest's file list longer than this (UTF-8 bytes) is stored zlib-compressed, as
-#: ``files_z``: a DynamoDB item holds 400 KB, and lists of similar keys compress 5-20x.
+#: ``files_z``: a DynamoDB item holds 400 KB (file lists compress about 5x: 5,000 entries
+#: of 30-byte keys and 32-hex eTags take 121 KB; about 16,000 such entries fit).
 FILES_INLINE_MAX_BYTES = 64 * 1024
 #: The most a compressed file list may take (the item's other attributes need the rest).
 FILES_STORED_MAX_BYTES = 380 * 1024
@@ -331,7 +332,7 @@ def encode_files(m: ManifestRecord) -> Item:
     """A manifest's file list as item attributes: ``files`` (JSON text), or ``files_z``
     (the JSON zlib-compressed) when longer than :data:`FILES_INLINE_MAX_BYTES`.
 
-    Raises ConfigError when even compressed it does not fit in one item.
+    Raises ManifestTooLargeError when even compressed it does not fit in one item.
     """
     text = files_to_text(m.files)
     data = text.encode()
@@ -339,10 +340,10 @@ def encode_files(m: ManifestRecord) -> Item:
         return {"files": {"S": text}}
     packed = zlib.compress(data, 6)
     if len(packed) > FILES_STORED_MAX_BYTES:
-        raise ConfigError(
+        raise ManifestTooLargeError(
             f"manifest {m.manifest_id} of dataset {m.dataset!r} lists {len(m.files)} files: "
             f"{len(data)} bytes of JSON, {len(packed)} compressed, more than one DynamoDB "
-            f"item holds ({FILES_STORED_MAX_BYTES} bytes for the list). Lower the "
+            f"item holds ({FILES_STORED_MAX_BYTES} bytes for the list); lower the "
             "pipeline's manifest_max_files (or manifest_max_bytes) so manifests list "
             "fewer files"
         )

@@ -244,6 +244,7 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
                 created_at=draft.created_at or now,
                 updated_at=now,
             )
+            item = encode_manifest(base, 1)  # too many files: refused before any write
             await self._api(
                 "PutItem",
                 self.manifests_table,
@@ -256,9 +257,7 @@ class ManifestsMixin(ManifestStatusMixin, DynamoClient):
                 TableName=self.manifests_table,
                 Item={**dataset_key(base.dataset), "kind": {"S": "dataset"}},
             )
-            if await self._put_if(
-                self.manifests_table, encode_manifest(base, 1), "attribute_not_exists(pk)"
-            ):
+            if await self._put_if(self.manifests_table, item, "attribute_not_exists(pk)"):
                 rev = 1
             else:
                 found, rev = await self._read_manifest(draft.manifest_id)
