@@ -290,6 +290,10 @@ class Provisioner:
         mine = {c["Id"] for c in configs}
         ours = [q for q in queues if q.get("Id") in mine]
         others = [q for q in queues if q.get("Id") not in mine]
+        # Another s3flow notification whose queue is gone can deliver nothing, and S3
+        # refuses a whole configuration with a destination that does not exist.
+        orphans = [q for q in others if await self._orphan(q)]
+        others = [q for q in others if q not in orphans]
         foreign = [
             *others,
             *current.get("TopicConfigurations", []),
@@ -301,14 +305,23 @@ class Provisioner:
         kept = sorted(
             str(q["Id"]) for q in others if str(q.get("Id", "")).startswith(NOTIFICATION_ID_PREFIX)
         )
-        detail = (
-            f"kept {', '.join(kept)}: not in this configuration (another configuration's "
-            "pipeline, or one removed from this one)"
-            if kept
-            else ""
+        notes = []
+        if kept:
+            notes.append(
+                f"kept {', '.join(kept)}: not in this configuration (another "
+                "configuration's pipeline, or one removed from this one)"
+            )
+        if orphans:
+            gone = ", ".join(str(q["Id"]) for q in orphans)
+            notes.append(f"{'would remove' if self.dry_run else 'removed'} {gone}: queue gone")
+        self._record(
+            "notification",
+            f"{bucket} -> {names}",
+            bool(ours),
+            not same or bool(orphans),
+            "; ".join(notes),
         )
-        self._record("notification", f"{bucket} -> {names}", bool(ours), not same, detail)
-        if same or self.dry_run:
+        if (same and not orphans) or self.dry_run:
             return
         new = {k: v for k, v in current.items() if k != "QueueConfigurations"}
         new["QueueConfigurations"] = others + configs
@@ -319,6 +332,22 @@ class Provisioner:
         except Exception as exc:
             raise translate_aws_error(exc, f"PutBucketNotificationConfiguration {bucket}") from exc
 
+    async def _orphan(self, config: dict[str, Any]) -> bool:
+        """Whether ``config`` is an s3flow notification whose queue no longer exists."""
+        if not str(config.get("Id", "")).startswith(NOTIFICATION_ID_PREFIX):
+            return False
+        parts = str(config.get("QueueArn", "")).split(":")
+        if len(parts) != 6:
+            return False
+        try:
+            await self.sqs.get_queue_url(QueueName=parts[5], QueueOwnerAWSAccountId=parts[4])
+        except Exception as exc:
+            return _code(exc) in _QUEUE_GONE
+        return False
+
+
+#: The error codes of a GetQueueUrl for a queue that does not exist.
+_QUEUE_GONE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 
 _PAB = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
 
@@ -371,7 +400,10 @@ def _check_foreign(
                 ours.get("Events", []), theirs.get("Events", [])
             ) and key_filters_overlap((prefix, p), (suffix, s)):
                 whose = (
-                    "another s3flow configuration's notification"
+                    "the s3flow notification of a pipeline this configuration does not have "
+                    "(another configuration's, or one renamed or removed here: if it is "
+                    "stale, delete it from the bucket's notifications and run provision "
+                    "again)"
                     if str(theirs.get("Id", "")).startswith(NOTIFICATION_ID_PREFIX)
                     else "the bucket's own notification"
                 )

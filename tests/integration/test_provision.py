@@ -274,5 +274,29 @@ def test_a_second_configuration_on_the_bucket_keeps_the_firsts_notification(
     with pytest.raises(ConfigError) as refused:
         asyncio.run(provision(overlapping))
     text = str(refused.value)
-    assert "'s3flow-third'" in text and "another s3flow configuration's notification" in text
-    assert "'s3flow-counts'" in text
+    assert "'s3flow-third'" in text and "'s3flow-counts'" in text
+    assert "the s3flow notification of a pipeline this configuration does not have" in text
+    assert "if it is stale, delete it" in text
+
+
+def test_another_configurations_notification_whose_queue_is_gone_is_removed(
+    harness: Harness,
+) -> None:
+    """A kept notification whose queue was deleted can deliver nothing, and S3 refuses a
+    whole configuration with a destination that does not exist."""
+    first = harness.configure(provision_it=False, name="counts", prefix="logs/")
+    second = harness.configure(
+        provision_it=False, name="other", prefix="other/", queue=f"{harness.queue}-2"
+    )
+    asyncio.run(provision(first))
+    harness.sqs.delete_queue(
+        QueueUrl=harness.sqs.get_queue_url(QueueName=harness.queue)["QueueUrl"]
+    )
+    dry = asyncio.run(provision(second, dry_run=True))
+    (planned,) = [c for c in dry if c.kind == "notification"]
+    assert "would remove s3flow-counts: queue gone" in planned.detail
+    changes = asyncio.run(provision(second))
+    (notification,) = [c for c in changes if c.kind == "notification"]
+    assert "removed s3flow-counts: queue gone" in notification.detail
+    notif = harness.s3.get_bucket_notification_configuration(Bucket=harness.bucket)
+    assert [q["Id"] for q in notif["QueueConfigurations"]] == ["s3flow-other"]
