@@ -246,6 +246,21 @@ async def run_worker(
             return await worker.run(handle_signals=handle_signals)
 
 
+def check_templates(settings: Settings) -> None:
+    """Build every job template step's processor once: a ConfigError (an unknown
+    processor, a bad option) names the template and the step, at start rather than
+    on the first job."""
+    for t in settings.templates:
+        for i, step in enumerate(t.steps, start=1):
+            where = f"template {t.name!r}, step {i} ({step.processor})"
+            try:
+                processor = create_processor(step.processor, step.options)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {exc}") from exc
+            if processor is None:
+                raise ConfigError(f"{where}: unknown processor {step.processor!r}")
+
+
 async def build_job_queue(
     settings: Settings, clients: AwsClients, store: StateStore | None
 ) -> QueueRuntime:
@@ -254,10 +269,7 @@ async def build_job_queue(
     if store is None:
         raise ConfigError("upload jobs need a state store: state.url must not be 'none'")
     jobs = settings.jobs
-    for t in settings.templates:
-        for step in t.steps:
-            if create_processor(step.processor, step.options) is None:
-                raise ConfigError(f"template {t.name!r}: unknown processor {step.processor!r}")
+    check_templates(settings)
     p = processing_pipeline(jobs)
     url = await queue_url(clients.sqs, p.queue, what="upload jobs' processing")
     dlq = await queue_url(clients.sqs, p.dlq_name, what="upload jobs' processing dead-letter")

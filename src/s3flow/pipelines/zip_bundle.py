@@ -34,7 +34,7 @@ import zipfile
 from collections.abc import Callable
 from typing import IO, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from s3flow.errors import PermanentError
 from s3flow.events import ObjectEvent
@@ -61,6 +61,18 @@ class ZipOptions(BaseModel):
 
     name: str | None = Field(default=None, description="Archive file name; default <job_id>.zip.")
     compresslevel: int = Field(default=6, ge=0, le=9, description="Deflate level (0 = store).")
+
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, value: str | None) -> str | None:
+        # A name is one key part: "../x.zip" made the output key outputs/<job>/../x.zip,
+        # which clients normalise (a broken download link) or skip.
+        if value is not None and entry_base(value) != value:
+            raise ValueError(
+                f"{value!r} is not a plain file name: no '/', '\\', ':' or control "
+                "characters, and not only dots (e.g. 'results.zip')"
+            )
+        return value
 
 
 def entry_base(key: str) -> str:

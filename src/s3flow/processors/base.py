@@ -169,7 +169,7 @@ def parse_options(processor: str, model: type[OptionsT], options: dict[str, Any]
             lambda loc: ".".join(str(p) for p in loc) or "<options>",
             f"unknown option (known: {', '.join(sorted(model.model_fields))})",
         )
-        header = f"processor {processor!r}: invalid [pipelines.options]:"
+        header = f"processor {processor!r}: invalid options:"
         raise ConfigError("\n".join([header, *lines])) from exc
 
 

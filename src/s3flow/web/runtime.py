@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from s3flow.app import open_store, queue_url
+from s3flow.app import check_templates, open_store, queue_url
 from s3flow.aws import open_clients
 from s3flow.errors import ConfigError
 from s3flow.jobs.progress import ProgressConsumer
@@ -56,6 +56,7 @@ async def open_runtime(
     consumer runs elsewhere. Raises :class:`ConfigError` for a missing store
     or progress queue before anything is served.
     """
+    check_templates(settings)  # a job of a template that cannot run is refused now
     async with AsyncExitStack() as stack:
         if s3 is None or (sqs is None and settings.jobs is not None and consume_progress):
             clients = await stack.enter_async_context(open_clients(settings.aws))
