@@ -139,10 +139,10 @@ class JobHandler:
         try:
             outputs = await self._run(job, template, pub, attempt=msg.receive_count)
         except PermanentError as exc:
-            await self._failed(pub, job, str(exc))
+            await self._failed(pub, job, _described(exc))
             return Ack("failed")
         except Exception as exc:  # retryable: the queue re-delivers
-            error = f"{type(exc).__name__}: {exc}"
+            error = _described(exc, f"{type(exc).__name__}: {exc}")
             if msg.receive_count >= limit:
                 await self._failed(
                     pub, job, f"failed {msg.receive_count} times; last error: {error}"
@@ -265,7 +265,11 @@ class JobHandler:
                     sink=sink,
                     report_progress=progress.add,
                 )
-                results.append(await processor.process(pctx))
+                try:
+                    results.append(await processor.process(pctx))
+                except Exception as exc:
+                    exc.add_note(_FILE_NOTE + _file_label(job, event))
+                    raise
                 progress.file_done()
             return results
         finally:
@@ -279,3 +283,24 @@ class JobHandler:
                 await progress.maybe_publish()
             except S3flowError as exc:  # progress is best effort; the step goes on
                 log.warning("progress event not sent: %s", exc)
+
+
+#: The note a step's error carries naming the file it failed on (see :func:`_described`).
+_FILE_NOTE = "s3flow job file: "
+
+
+def _file_label(job: JobRecord, event: ObjectEvent) -> str:
+    """The name a person knows an input by: the uploaded file's, else its key's last part."""
+    for f in job.files:
+        if f.key == event.key:
+            return f.name
+    return event.key.rsplit("/", 1)[-1]
+
+
+def _described(exc: BaseException, text: str | None = None) -> str:
+    """``text`` (default: ``exc``'s message) after the file it failed on, when a step
+    noted one."""
+    notes = getattr(exc, "__notes__", ())
+    files = [n.removeprefix(_FILE_NOTE) for n in notes if n.startswith(_FILE_NOTE)]
+    text = str(exc) if text is None else text
+    return f"{files[-1]}: {text}" if files else text

@@ -174,6 +174,7 @@ def test_failing_step_fails_the_job_after_max_receives(tmp_path: Path, s3: Any, 
     job = done[created["job_id"]]
     assert job.status is JobStatus.FAILED
     assert "failed 3 times" in (job.error or "") and "boom" in (job.error or "")
+    assert "last error: a.txt: " in (job.error or "")  # the file it failed on, by name
     assert project.depth("processing-dlq.fifo") == 0
 
 

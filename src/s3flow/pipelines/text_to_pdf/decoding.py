@@ -7,6 +7,8 @@ import codecs
 from s3flow.errors import UndecodableContentError
 
 _BOM = "\ufeff"
+#: Byte order marks of encodings other than UTF-8, and the encoding to set for them.
+_OTHER_BOMS = {b"\xff\xfe": "utf-16", b"\xfe\xff": "utf-16"}
 
 
 class TextDecoder:
@@ -36,16 +38,23 @@ class TextDecoder:
             # The decoder saw its buffered bytes of the last chunk, then ``data``.
             at = self._offset - pending + exc.start
             what = "truncated character at the end" if final and not data else exc.reason
+            bom = _OTHER_BOMS.get(bytes(exc.object[:4])[:2]) if at < 4 else None
+            hint = (
+                f"; it starts with a {bom} byte order mark: set the encoding option to {bom!r}"
+                if bom
+                else "; if the text is in another encoding, set the encoding option to it "
+                "(e.g. 'latin-1', 'cp1252')"
+            )
             raise UndecodableContentError(
                 f"not {self.encoding} at byte {at}: {what} "
-                f"(bytes {exc.object[exc.start : exc.start + 4]!r})"
+                f"(bytes {exc.object[exc.start : exc.start + 4]!r}){hint}"
             ) from exc
         except UnicodeError as exc:  # a codec that fails without saying where
             of = f" {self.source}" if self.source else ""
             raise UndecodableContentError(
                 f"cannot decode{of} as {self.encoding}: {exc or type(exc).__name__} (in the "
-                f"bytes from offset {self._offset - pending}); set [pipelines.options] "
-                "encoding to the text encoding of the objects"
+                f"bytes from offset {self._offset - pending}); set the encoding option "
+                "to the text encoding of the objects"
             ) from exc
         self._offset += len(data)
         if not self._started and text:

@@ -57,5 +57,19 @@ def test_a_bare_unicode_error_is_permanent_and_names_the_file_and_the_option() -
         dec.decode(b"hello")
     message = str(info.value)
     assert "in/notes.txt" in message and "undefined" in message
-    assert "set [pipelines.options] encoding" in message
+    assert "set the encoding option" in message
     assert info.value.disposition is Disposition.PERMANENT
+
+
+def test_the_error_says_to_set_the_encoding_option() -> None:
+    with pytest.raises(UndecodableContentError) as info:
+        TextDecoder("utf-8").decode(b"caf\xe9 cr\xe8me", final=True)
+    assert "set the encoding option to it (e.g. 'latin-1', 'cp1252')" in str(info.value)
+
+
+def test_a_utf16_byte_order_mark_is_named_with_the_encoding_to_set() -> None:
+    with pytest.raises(UndecodableContentError) as info:
+        TextDecoder("utf-8").decode("\ufeffHi".encode("utf-16-le"), final=True)
+    assert "starts with a utf-16 byte order mark: set the encoding option to 'utf-16'" in str(
+        info.value
+    )
