@@ -574,7 +574,7 @@ async def _provision_jobs(prov: Provisioner, jobs: JobsSettings) -> None:
     The uploads bucket, the intake queue, its DLQ and the notification on
     ``uploads/`` come with the ``jobs-intake`` pipeline that ``[jobs]`` adds.
     """
-    await prov.cors(jobs.bucket, jobs.cors_origins)
+    await prov.cors(jobs.bucket, jobs.origins())
     await prov.expire_prefix(jobs.bucket, "uploads/", jobs.abandoned_upload_days)
     fifo = {"FifoQueue": "true", "ContentBasedDeduplication": "false"}
     _, dlq_arn = await prov.queue(

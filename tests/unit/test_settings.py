@@ -654,3 +654,22 @@ def test_an_environment_variable_of_no_section_is_refused(
     monkeypatch.delenv("S3FLOW_WORKR__SHUTDOWN_GRACE_S")
     monkeypatch.setenv("S3FLOW_WORKER__SHUTDOWN_GRACE_S", "10")
     assert load_settings(None).worker.shutdown_grace_s == 10
+
+
+def test_upload_cors_origins_follow_the_web_page() -> None:
+    """They were always 127.0.0.1:8080 and localhost:8080: with another [web] port the
+    browser page could not upload (the bucket refused its preflight)."""
+    jobs = {"project": "acme", "branch": "dev"}
+    s = load_settings(None, {"jobs": jobs, "web": {"port": 18481}})
+    assert s.jobs is not None
+    assert s.jobs.origins() == ["http://127.0.0.1:18481", "http://localhost:18481"]
+    s = load_settings(None, {"jobs": jobs, "web": {"url": "https://app.example.com/jobs/"}})
+    assert s.jobs is not None
+    assert s.jobs.origins() == [
+        "https://app.example.com",
+        "http://127.0.0.1:8080",
+        "http://localhost:8080",
+    ]
+    mine = {**jobs, "cors_origins": ["https://mine.example.com"]}
+    s = load_settings(None, {"jobs": mine, "web": {"port": 18481}})
+    assert s.jobs is not None and s.jobs.origins() == ["https://mine.example.com"]

@@ -404,7 +404,7 @@ def _jobs_bucket(jobs: JobsSettings) -> dict[str, Json]:
         "CorsConfiguration": {
             "CorsRules": [
                 {
-                    "AllowedOrigins": sorted(jobs.cors_origins),
+                    "AllowedOrigins": sorted(jobs.origins()),
                     "AllowedMethods": ["GET", "POST"],
                     "AllowedHeaders": ["*"],
                     "ExposedHeaders": ["ETag"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -105,9 +106,11 @@ class JobsSettings(_Model):
         ge=1,
         description="A job whose declared files have not all arrived after this long is expired.",
     )
-    cors_origins: list[str] = Field(
-        default_factory=lambda: ["http://127.0.0.1:8080", "http://localhost:8080"],
-        description="Browser origins allowed to POST straight to the uploads bucket.",
+    cors_origins: list[str] | None = Field(
+        default=None,
+        description="Browser origins allowed to POST straight to the uploads bucket; "
+        "default: the web page's own ([web] url's, and http://127.0.0.1 and "
+        "http://localhost at [web] port).",
     )
     abandoned_upload_days: int = Field(
         default=1,
@@ -169,6 +172,11 @@ class JobsSettings(_Model):
     def bucket(self) -> str:
         """The uploads bucket's name."""
         return self.uploads_bucket or self.resource("uploads")
+
+    def origins(self) -> list[str]:
+        """``cors_origins``; unset, the page's at ``[web]``'s defaults (the root settings
+        fill it from their ``[web]``)."""
+        return self.cors_origins if self.cors_origins is not None else page_origins(WebSettings())
 
 
 class WebSettings(_Model):
@@ -243,3 +251,14 @@ def processing_pipeline(jobs: JobsSettings) -> PipelineSettings:
         # Jobs run for long: a job waiting here could run on an idle worker now.
         prefetch_messages=0,
     )
+
+
+def page_origins(web: WebSettings) -> list[str]:
+    """The origins the web page is served from: ``[web] url``'s, and 127.0.0.1 and
+    localhost at ``[web] port`` (the default of ``[jobs] cors_origins``)."""
+    origins = [f"http://127.0.0.1:{web.port}", f"http://localhost:{web.port}"]
+    if web.url:
+        parts = urlsplit(web.url)
+        if parts.scheme and parts.netloc:
+            origins.insert(0, f"{parts.scheme}://{parts.netloc}")
+    return list(dict.fromkeys(origins))

@@ -36,6 +36,7 @@ from s3flow.settings.jobs import (
     TemplateSettings,
     WebSettings,
     bridge_pipeline,
+    page_origins,
 )
 from s3flow.settings.pipelines import PipelineSettings
 
@@ -97,6 +98,9 @@ class Settings(BaseSettings):
         # ordinary pipeline, provision, status, files and dlq all cover it.
         if self.jobs is not None and not any(p.name == JOBS_BRIDGE for p in self.pipelines):
             self.pipelines.append(bridge_pipeline(self.jobs))
+        if self.jobs is not None and self.jobs.cors_origins is None:
+            # The page's own origins: a [web] port other than 8080 still uploads.
+            self.jobs.cors_origins = page_origins(self.web)
         return self
 
     @model_validator(mode="after")
