@@ -37,6 +37,7 @@ def test_a_killed_child_fails_only_its_own_object(harness: Harness, tmp_path: Pa
     assert "die.txt" in dead["Body"]
     error = dead["MessageAttributes"]["s3flow.error"]["StringValue"]
     assert "the pool process running" in error and "died" in error
+    assert "killed, out of memory?" in error  # SIGKILL, as the OOM killer sends
     # slow.txt was stopped with it, then retried without a failure: processed once.
     assert p.objects_processed == 1 and p.dead_lettered == 1
     r = harness.result("slow.txt")

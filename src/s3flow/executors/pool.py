@@ -132,8 +132,9 @@ def _wake_manager(pool: ProcessPoolExecutor) -> None:
             wakeup.wakeup()
 
 
-async def _dying(procs: dict[int, Any], wait_s: float = DEATH_WAIT_S) -> frozenset[int]:
-    """The pids of ``procs`` that are dead, waiting up to ``wait_s`` for one.
+async def _dying(procs: dict[int, Any], wait_s: float = DEATH_WAIT_S) -> dict[int, int | None]:
+    """The pids of ``procs`` that are dead, with their exit codes (None: not known yet),
+    waiting up to ``wait_s`` for one.
 
     The pool learns of a death when the child's end of a pipe closes, which the kernel
     does a moment before the process is gone: looked at at once, it may still exist.
@@ -141,12 +142,26 @@ async def _dying(procs: dict[int, Any], wait_s: float = DEATH_WAIT_S) -> frozens
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
-        dead = frozenset(
-            pid for pid, proc in procs.items() if proc.exitcode is not None or not pid_alive(pid)
-        )
+        dead = {
+            pid: proc.exitcode
+            for pid, proc in procs.items()
+            if proc.exitcode is not None or not pid_alive(pid)
+        }
         if dead or loop.time() >= deadline:
             return dead
         await asyncio.sleep(0.01)
+
+
+def _death(exitcode: int | None) -> str:
+    """How a child ended, from its exit code (negative: the signal that killed it)."""
+    if exitcode is None or exitcode == -signal.SIGKILL:
+        return "killed, out of memory?"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited {exitcode}"
 
 
 class PoolExecutor:
@@ -165,7 +180,7 @@ class PoolExecutor:
         self._run_pids: dict[int, int] = {}  # run id -> the pid of the child running it
         #: The pids found dead when a pool broke, kept for each of its failed runs.
         self._dead: weakref.WeakKeyDictionary[
-            ProcessPoolExecutor, asyncio.Future[frozenset[int]]
+            ProcessPoolExecutor, asyncio.Future[dict[int, int | None]]
         ] = weakref.WeakKeyDictionary()
 
     def _ensure(self) -> ProcessPoolExecutor:
@@ -187,7 +202,7 @@ class PoolExecutor:
                 run_id, pid = started.get()
                 self._run_pids[run_id] = pid
 
-    def _dead_pids(self, pool: ProcessPoolExecutor) -> asyncio.Future[frozenset[int]]:
+    def _dead_pids(self, pool: ProcessPoolExecutor) -> asyncio.Future[dict[int, int | None]]:
         """The pids of ``pool``'s children that died: looked for once per broken pool,
         by its first failed run, before the living children are killed."""
         found = self._dead.get(pool)
@@ -244,8 +259,7 @@ class PoolExecutor:
                 self._kill("a child died", pool)
             if pid is not None and pid in dead:
                 raise RetryableError(
-                    f"the pool process running {job.source} died (pid {pid}: killed, out "
-                    "of memory?)"
+                    f"the pool process running {job.source} died (pid {pid}: {_death(dead[pid])})"
                 ) from exc
             raise ExecutorUnavailableError(
                 f"{job.source} was stopped: another object's pool process died, and the "

@@ -653,3 +653,14 @@ async def test_a_command_that_cannot_start_makes_the_executor_unavailable(
     assert problem in message and "[pipelines.executors.subprocess] command" in message
     assert info.value.disposition is Disposition.RETRYABLE
     await ex.close()
+
+
+def test_a_pool_childs_death_is_told_by_its_exit_code() -> None:
+    """Every death read "killed, out of memory?", an os._exit(9) too (the subprocess
+    executor said "exited 9")."""
+    from s3flow.executors.pool import _death
+
+    assert _death(9) == "exited 9"
+    assert _death(-15) == "killed by SIGTERM"
+    assert _death(-9) == "killed, out of memory?"  # SIGKILL: what the OOM killer sends
+    assert _death(None) == "killed, out of memory?"  # gone before its code was read
