@@ -13,6 +13,7 @@ import logging
 import mimetypes
 import os
 import shlex
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -158,9 +159,35 @@ def _run(
                 bars.advance(t, n)
 
             post_file(client, post, path, advance)
-    for ev in read_events(client, base, job_id, headers=headers):
-        detail = describe(ev)
-        console.print(f"{ev.id:>4} {ev.event}{'  ' + escape(detail) if detail else ''}")
-        if ev.event in TERMINAL_EXIT:
-            return TERMINAL_EXIT[ev.event]
+    # Files are recorded, and jobs run, by `s3flow worker`: without one the job waits in
+    # silence, so say so once if nothing happens for a while.
+    hint = threading.Timer(NO_WORKER_HINT_S, _no_worker_hint, (job_id,))
+    hint.daemon = True
+    hint.start()
+    try:
+        for ev in read_events(client, base, job_id, headers=headers):
+            if ev.event != "job.created":
+                hint.cancel()
+            detail = describe(ev)
+            console.print(f"{ev.id:>4} {ev.event}{'  ' + escape(detail) if detail else ''}")
+            if ev.event in TERMINAL_EXIT:
+                return TERMINAL_EXIT[ev.event]
+    finally:
+        hint.cancel()
     return 1
+
+
+#: Seconds without any event after ``job.created`` before the "is a worker running?" hint.
+NO_WORKER_HINT_S = 30.0
+
+
+def _no_worker_hint(job_id: str) -> None:
+    err_console.print(
+        f"no event of job {job_id} for {NO_WORKER_HINT_S:.0f} s after its files were "
+        "sent: `s3flow worker` records their arrival and runs the job; is one running "
+        "against this configuration? (still waiting; Ctrl-C stops waiting, the job "
+        "goes on)",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
