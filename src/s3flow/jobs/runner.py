@@ -138,6 +138,9 @@ class JobHandler:
             return Ack("failed")
         try:
             outputs = await self._run(job, template, pub, attempt=msg.receive_count)
+        except _JobEnded as ended:
+            log.info("job %s: %s; its run is stopped", job.job_id, ended)
+            return Ack("ended elsewhere")
         except PermanentError as exc:
             await self._failed(pub, job, _described(exc))
             return Ack("failed")
@@ -187,6 +190,7 @@ class JobHandler:
         results: list[Result] = []
         last = len(template.steps) - 1
         for i, step in enumerate(template.steps):
+            await self._still_running(job.job_id)
             prefix = base if i == last else f"{base}.steps/{i}-{step.processor}/"
             sink = _StepSink(self._s3, f"s3://{bucket}/{prefix}", strip)
             await pub.publish(
@@ -210,6 +214,7 @@ class JobHandler:
                 {**progress.data(), "outputs": len(uris)},
             )
             inputs = [await self._output(*parse_s3_uri(u)) for u in uris]
+        await self._still_running(job.job_id)
         return [
             {
                 "name": e.key[len(base) :] if e.key.startswith(base) else e.key.rsplit("/", 1)[-1],
@@ -241,7 +246,10 @@ class JobHandler:
         progress: StepProgress,
     ) -> list[Result]:
         processor = self._processor(template, index)
-        ticker = asyncio.create_task(self._tick(progress))
+        this = asyncio.current_task()
+        assert this is not None
+        ended: list[str] = []  # why the job ended elsewhere, once the watcher saw it
+        ticker = asyncio.create_task(self._tick(progress, job.job_id, this, ended))
         try:
             bundle = getattr(processor, "bundle", None)
             if bundle is not None:
@@ -272,10 +280,19 @@ class JobHandler:
                     raise
                 progress.file_done()
             return results
+        except asyncio.CancelledError:
+            # The watcher's own cancellation (not a shutdown's too) stops the step.
+            if ended and this.uncancel() == 0:
+                raise _JobEnded(ended[0]) from None
+            raise
         finally:
             await cancel_and_wait(ticker)
 
-    async def _tick(self, progress: StepProgress) -> None:
+    async def _tick(
+        self, progress: StepProgress, job_id: str, step: asyncio.Task[Any], ended: list[str]
+    ) -> None:
+        """Every ``progress_interval_s``: publish the step's progress, and stop the step
+        (cancel ``step``, saying why in ``ended``) once the job ended elsewhere."""
         interval = self._jobs.progress_interval_s
         while True:
             await asyncio.sleep(interval)
@@ -283,6 +300,32 @@ class JobHandler:
                 await progress.maybe_publish()
             except S3flowError as exc:  # progress is best effort; the step goes on
                 log.warning("progress event not sent: %s", exc)
+            try:
+                why = await self._ended(job_id)
+            except S3flowError as exc:  # the store is unreachable: the step goes on
+                log.warning("job %s: its status could not be read: %s", job_id, exc)
+                continue
+            if why is not None:
+                ended.append(why)
+                step.cancel()
+                return
+
+    async def _ended(self, job_id: str) -> str | None:
+        """Why the job ended elsewhere (cancelled by an operator...), or None."""
+        job = await self._store.get_job(job_id)
+        if job is None or not job.status.terminal:
+            return None
+        return f"it ended while it ran ({job.status}: {job.error or 'no reason given'})"
+
+    async def _still_running(self, job_id: str) -> None:
+        """Raise _JobEnded when the job ended elsewhere (no further step is started)."""
+        why = await self._ended(job_id)
+        if why is not None:
+            raise _JobEnded(why)
+
+
+class _JobEnded(Exception):
+    """The job ended elsewhere while it ran (``s3flow jobs cancel``): stop, publish nothing."""
 
 
 #: The note a step's error carries naming the file it failed on (see :func:`_described`).

@@ -3,6 +3,7 @@ progress queue -> event log. The worker is a real `s3flow worker` subprocess."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -16,6 +17,8 @@ import pytest
 from itest_support import wait_for
 from jobs_support import FAILS, SLOW, JobsProject, stop_process
 
+from s3flow.app import open_store
+from s3flow.ops.jobs import cancel_job
 from s3flow.state.jobs import EventType, JobStatus
 
 pytestmark = pytest.mark.integration
@@ -274,3 +277,51 @@ def test_sigkill_of_the_job_worker_mid_step_completes_once(
             wait_for(lambda r=role: project.depth(r) == 0, 60, f"{role} to be empty")
     finally:
         stop_process(second)
+
+
+def test_a_job_cancelled_while_it_runs_stops_and_writes_no_output(
+    tmp_path: Path, s3: Any, sqs: Any
+) -> None:
+    """`s3flow jobs cancel` ended the job's record, but its worker went on: every step
+    ran, and the outputs of the cancelled job appeared in its final location."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    project = JobsProject(
+        tmp_path,
+        s3,
+        sqs,
+        extra_templates=[
+            {
+                "name": "slow",
+                "steps": [
+                    {"processor": SLOW, "options": {"sleep_s": 30, "marker_dir": str(markers)}}
+                ],
+            }
+        ],
+    )
+    files = {"a.txt": b"a\n", "b.txt": b"b\n"}
+    created = project.create("slow", files)
+    job_id = created["job_id"]
+    worker = project.worker()
+    try:
+        project.post_files(created, files)
+        wait_for(lambda: any(p.name.startswith("started-") for p in markers.iterdir()), 60, "step")
+
+        async def cancel() -> None:
+            async with open_store(project.settings) as store:
+                assert store is not None
+                await cancel_job(store, job_id, reason="test")
+
+        asyncio.run(cancel())
+        # Acknowledged within a progress interval or so, long before the 30 s step ends.
+        wait_for(lambda: project.depth("processing.fifo") == 0, 20, "the message's delete")
+        log = (tmp_path / "worker.log").read_text()
+        assert f"job {job_id}: it ended while it ran" in log, log[-2000:]
+    finally:
+        stop_process(worker)
+    job = project.job(job_id)
+    assert job is not None and job.status is JobStatus.FAILED
+    assert "cancelled by an operator" in (job.error or "")
+    listed = s3.list_objects_v2(Bucket=project.bucket, Prefix=f"outputs/{job_id}/")
+    assert listed.get("KeyCount", 0) == 0  # no output of the cancelled job
+    assert len([p for p in markers.iterdir() if p.name.startswith("started-")]) == 1
