@@ -15,7 +15,7 @@ import functools
 import itertools
 import sys
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -46,6 +46,7 @@ __all__ = [
     "ENCODINGS",
     "ObjectInfo",
     "ObjectReader",
+    "batched",
     "count_byte",
     "detect_encoding",
     "make_decoder",
@@ -285,6 +286,21 @@ _PIECES_PER_HOP = 2  # decompressed pieces (<= _OUT_MAX each) handed over per th
 
 def _next_pieces(pieces: Iterator[bytes]) -> list[bytes]:
     return list(itertools.islice(pieces, _PIECES_PER_HOP))
+
+
+async def batched(chunks: AsyncIterable[bytes], min_bytes: int) -> AsyncIterator[bytes]:
+    """``chunks`` joined into batches of at least ``min_bytes`` (the last one may be
+    shorter, none is empty): fewer hand-overs when each batch goes to a worker thread."""
+    pending: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        pending.append(chunk)
+        size += len(chunk)
+        if size >= min_bytes:
+            yield pending[0] if len(pending) == 1 else b"".join(pending)
+            pending, size = [], 0
+    if size:
+        yield b"".join(pending)
 
 
 class ObjectReader:

@@ -6,7 +6,7 @@ import bz2
 import gzip
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -354,3 +354,17 @@ def test_line_feeds_are_counted_with_and_without_numpy(
     else:
         monkeypatch.setattr(objects, "_numpy", lambda: None)
     assert objects.count_byte(chunk, 10) == chunk.count(b"\n")
+
+
+async def test_batched_joins_chunks_into_batches_of_at_least_the_size() -> None:
+    from s3flow.objects import batched
+
+    async def chunks(*sizes: int) -> AsyncIterator[bytes]:
+        for i, n in enumerate(sizes):
+            yield bytes([i]) * n
+
+    got = [b async for b in batched(chunks(3, 3, 5, 1, 2, 0), 6)]
+    assert [len(b) for b in got] == [6, 6, 2]  # the last one shorter
+    assert b"".join(got) == b"".join([bytes([i]) * n for i, n in enumerate((3, 3, 5, 1, 2))])
+    assert [b async for b in batched(chunks(), 6)] == []  # nothing: no empty batch
+    assert [len(b) async for b in batched(chunks(10), 6)] == [10]

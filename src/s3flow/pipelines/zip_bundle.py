@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from s3flow.errors import PermanentError
 from s3flow.events import ObjectEvent
-from s3flow.objects import ObjectReader
+from s3flow.objects import ObjectReader, batched
 from s3flow.processors.base import (
     BundleContext,
     OptionsProcessor,
@@ -216,20 +216,10 @@ async def _write_entry(
     """Copy ``reader`` into the entry ``out``, compressed on a worker thread about
     :data:`FEED_BYTES` at a time; the bytes copied."""
     total = 0
-    pending: list[bytes] = []
-    size = 0
-    async for chunk in reader:
-        pending.append(chunk)
-        size += len(chunk)
-        if size >= FEED_BYTES:
-            await blocking(out.write, b"".join(pending))
-            total += size
-            ctx.report_progress(size)
-            pending, size = [], 0
-    if pending:
-        await blocking(out.write, b"".join(pending))
-        total += size
-        ctx.report_progress(size)
+    async for batch in batched(reader, FEED_BYTES):
+        await blocking(out.write, batch)
+        total += len(batch)
+        ctx.report_progress(len(batch))
     return total
 
 

@@ -23,6 +23,7 @@ import time
 from typing import IO, Any, ClassVar
 from urllib.parse import quote
 
+from s3flow.objects import batched
 from s3flow.pipelines.text_to_pdf.fonts import find_font, load_font
 from s3flow.pipelines.text_to_pdf.options import TextToPdfOptions
 from s3flow.pipelines.text_to_pdf.render import TextDocument
@@ -56,17 +57,10 @@ class TextToPdfProcessor(OptionsProcessor[TextToPdfOptions]):
         with tempfile.NamedTemporaryFile(prefix="s3flow-text-to-pdf-", suffix=".pdf") as fh:
             doc = TextDocument(fh, self.opts, self.font, info.key, identity.encode("utf-8"))
             try:
-                pending: list[bytes] = []
-                size = 0
-                async for chunk in reader:
-                    pending.append(chunk)
-                    size += len(chunk)
-                    if size >= FEED_BYTES:
-                        await asyncio.to_thread(doc.feed, b"".join(pending))
-                        ctx.report_progress(size)
-                        pending, size = [], 0
-                await asyncio.to_thread(_finish, doc, fh, b"".join(pending))
-                ctx.report_progress(size)
+                async for batch in batched(reader, FEED_BYTES):
+                    await asyncio.to_thread(doc.feed, batch)
+                    ctx.report_progress(len(batch))
+                await asyncio.to_thread(_finish, doc, fh)
             finally:
                 reader.close()
             metadata = {
@@ -105,8 +99,6 @@ class TextToPdfProcessor(OptionsProcessor[TextToPdfOptions]):
         )
 
 
-def _finish(doc: TextDocument, fh: IO[bytes], data: bytes) -> None:
-    if data:
-        doc.feed(data)
+def _finish(doc: TextDocument, fh: IO[bytes]) -> None:
     doc.finish()
     fh.flush()
