@@ -57,7 +57,7 @@ def test_batch_failures_exit_non_zero_with_a_reason(
     assert "line 3" in bad.stderr and "expected 2 columns" in bad.stderr
     unknown = cli(tmp_path, kafka, f"s3://{bucket}/bad.csv", "--topic", topic, "-o", "colour=1")
     assert unknown.returncode == 2
-    assert "[pipelines.options]" in unknown.stderr
+    assert "processor 'csv-to-kafka': invalid options:" in unknown.stderr
     assert "colour: unknown option (known: " in unknown.stderr
 
 
