@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -375,3 +376,8 @@ def _log_tail(log: Path, n: int = 40) -> str:
         return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
     except OSError:
         return "(no log)"
+
+
+def flat(text: str) -> str:
+    """CLI output without Rich's table and panel borders and its line wrapping."""
+    return " ".join(re.sub(r"[│╭╮╰╯─┃┏┓┗┛━┡┩╇┳┻┠┨╂┯┷┼├┤┬┴]", " ", text).split())

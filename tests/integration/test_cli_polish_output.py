@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from itest_support import Harness, s3_event
+from itest_support import flat as _flat
 
 from s3flow.local.endpoint import free_port
 from s3flow.state.records import FileStatus
@@ -37,11 +37,6 @@ def _cli(*args: str, columns: int = 80) -> subprocess.CompletedProcess[str]:
         env=env,
         timeout=120,
     )
-
-
-def _flat(text: str) -> str:
-    """Text without Rich's borders and line wrapping."""
-    return " ".join(re.sub(r"[│╭╮╰╯─┃┏┓┗┛━┡┩╇┳┻┠┨╂┯┷┼├┤┬┴]", " ", text).split())
 
 
 def _column(table: str, index: int) -> str:

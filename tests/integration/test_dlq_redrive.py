@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
 import uuid
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 from itest_support import Harness, s3_event
+from itest_support import flat as _flat
 
 from s3flow.app import open_store
 from s3flow.events import content_version
@@ -37,11 +37,6 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         timeout=120,
     )
-
-
-def _flat(text: str) -> str:
-    """Text without Rich's panel borders and line wrapping."""
-    return " ".join(re.sub(r"[│╭╮╰╯─┃┏┓┗┛━┡┩╇┳┻┠┨╂┯┷┼├┤┬┴]", " ", text).split())
 
 
 def _record(

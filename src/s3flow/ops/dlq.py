@@ -158,14 +158,14 @@ async def list_dlq(
     recorded for the uploads it names.
     """
     _at_least_one(max_n)
-    out: dict[str, DlqMessage] = {}
+    out: list[DlqMessage] = []  # distinct: a peek gives each message once
     async with open_clients(settings.aws) as clients:
         _, dlq = await _urls(clients, p)
         async with _peeking(clients, dlq) as peek:
             async for msg in peek.messages(max_n):
-                out[msg.message_id] = msg
                 await _note_state(clients, store, msg)
-    return list(out.values())
+                out.append(msg)
+    return out
 
 
 #: Most DLQ messages :func:`find_dlq_message` looks at by default.

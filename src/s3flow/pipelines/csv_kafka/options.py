@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Literal
 
@@ -41,11 +42,17 @@ _OWNED = {
 def librdkafka_config_problem(config: dict[str, Any]) -> str | None:
     """What librdkafka says is wrong with producer settings ``config`` (an unknown
     property, a value out of range), or None: a producer is built from them and
-    dropped, without connecting (it has no bootstrap servers)."""
+    dropped, without connecting (it has no bootstrap servers). Once per distinct
+    ``config``: the options are parsed again for every object a pool child runs."""
+    return _librdkafka_problem(tuple(sorted(config.items()))) if config else None
+
+
+@functools.cache
+def _librdkafka_problem(items: tuple[tuple[str, Any], ...]) -> str | None:
     from confluent_kafka import KafkaException, Producer
 
     try:
-        Producer({**config, "log_level": 0})
+        Producer({**dict(items), "log_level": 0})
     except KafkaException as exc:
         return str(exc.args[0].str() if exc.args else exc).strip()
     except (TypeError, ValueError) as exc:
