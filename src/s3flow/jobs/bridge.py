@@ -15,7 +15,12 @@ each object under ``uploads/<upload_id>/``:
 
 A background sweep expires jobs whose files did not all arrive within
 ``[jobs] job_timeout_s`` (``job.expired`` naming them). Every worker sweeps;
-the conditional append makes that harmless.
+the conditional append makes that harmless. A file arrives when it is stored
+(its event's ``eventTime``, the object's ``LastModified``), not when its
+notification is handled: a file stored after the deadline expires its waiting
+job, and one stored before it whose notification still waits on the intake
+queue (files uploaded while no worker ran) is received by the sweep itself, as
+its notification would be.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from s3flow.closing import cancel_and_wait
-from s3flow.errors import InvalidInputError, S3flowError, aws_errors
+from s3flow.errors import InvalidInputError, ObjectMissingError, S3flowError, aws_errors
 from s3flow.jobs.uploads import parse_upload_key
 from s3flow.processors.base import (
     OptionsProcessor,
@@ -72,8 +79,17 @@ class JobMessage(BaseModel):
 _EXPIRY_PAGE = 500
 
 
+#: Given an overdue job, True when it must not expire: its missing files are in the
+#: bucket, stored before its deadline (the caller has received them).
+Rescue = Callable[[JobRecord], Awaitable[bool]]
+
+
 async def expire_overdue(
-    store: JobStore, *, now: float | None = None, page_size: int = _EXPIRY_PAGE
+    store: JobStore,
+    *,
+    now: float | None = None,
+    page_size: int = _EXPIRY_PAGE,
+    rescue: Rescue | None = None,
 ) -> list[str]:
     """Expire every waiting job past its deadline; returns their ids.
 
@@ -81,7 +97,8 @@ async def expire_overdue(
     ``created_at`` plus today's ``job_timeout_s``: the setting may have
     changed since), ``page_size`` jobs a read, until a page comes back empty
     (the store's listing only does so at the end), so none is missed however
-    many jobs are waiting.
+    many jobs are waiting. ``rescue`` is asked first about each overdue job;
+    one it cannot answer (an S3flowError) is left for the next sweep.
     """
     at = time.time() if now is None else now
     expired: list[str] = []
@@ -94,8 +111,29 @@ async def expire_overdue(
             return expired
         after = page[-1]
         for job in page:
-            if job.expires_at <= at and await _expire(store, job):
+            if job.expires_at > at:
+                continue
+            if rescue is not None:
+                try:
+                    if await rescue(job):
+                        continue
+                except S3flowError as exc:
+                    log.warning("job %s is overdue; not expired this time: %s", job.job_id, exc)
+                    continue
+            if await _expire(store, job):
                 expired.append(job.job_id)
+
+
+def _timestamp(event_time: str | None) -> float | None:
+    """An S3 event's ``eventTime`` (ISO 8601) as seconds since the epoch; None if absent
+    or not a time."""
+    if not event_time:
+        return None
+    try:
+        at = datetime.fromisoformat(event_time)
+    except ValueError:
+        return None
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
 
 async def _expire(store: JobStore, job: JobRecord) -> bool:
@@ -125,6 +163,8 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
         self._sqs: Any = None
+        self._s3: Any = None
+        self._bucket = ""
         self._queue_url = ""
         self._store: JobStore | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -136,6 +176,8 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
             )
         self._store = pipeline.store
         self._sqs = pipeline.sqs
+        self._s3 = pipeline.s3
+        self._bucket = pipeline.bucket
         q = self.opts.processing_queue
         if q.startswith(("http://", "https://")):
             self._queue_url = q
@@ -151,7 +193,7 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
         assert self._store is not None
         while True:
             try:
-                await expire_overdue(self._store)
+                await expire_overdue(self._store, rescue=self._arrived_in_time)
             except S3flowError as exc:
                 log.warning("expiring overdue jobs failed (will try again): %s", exc)
             await asyncio.sleep(self.opts.sweep_interval_s)
@@ -171,11 +213,74 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
         job = await store.job_for_upload(upload_id)
         if job is None:
             raise InvalidInputError(f"{key!r} belongs to no upload: upload {upload_id} is unknown")
+        stored = _timestamp(ctx.event.event_time)
+        if (
+            stored is not None
+            and stored > job.expires_at
+            and job.status is JobStatus.WAITING_FOR_FILES
+            and index < len(job.files)
+            and not job.files[index].received
+        ):
+            # Stored after the deadline: the job expires now, as the sweep would have
+            # had it run in between (a file's arrival is when it was stored).
+            await _expire(store, job)
+            return Result(
+                counters={"files_late": 1},
+                detail={
+                    "job_id": job.job_id,
+                    "upload_id": upload_id,
+                    "file": job.files[index].name,
+                    "note": "stored after the job's deadline: the job expired",
+                },
+            )
+        return await self._receive(store, job, index, key, ctx.event.size)
+
+    async def _arrived_in_time(self, job: JobRecord) -> bool:
+        """Receive an overdue job's missing files that are in the bucket, stored before its
+        deadline; True if all of them are (the job is then queued, or failed by a size).
+
+        Their notifications are late, not lost: while no worker ran they waited on the
+        intake queue, and the sweep runs at start, before the pollers have caught up.
+        """
+        assert self._store is not None
+        found: list[tuple[int, str, int | None]] = []
+        for index, file in enumerate(job.files):
+            if file.received:
+                continue
+            try:
+                with aws_errors(f"HeadObject s3://{self._bucket}/{file.key}"):
+                    head = await self._s3.head_object(Bucket=self._bucket, Key=file.key)
+            except ObjectMissingError:
+                return False  # not there: the job expires
+            stored = head.get("LastModified")
+            if not isinstance(stored, datetime) or stored.timestamp() > job.expires_at:
+                return False  # stored after the deadline: late, the job expires
+            found.append((index, file.key, head.get("ContentLength")))
+        log.info(
+            "job %s: %d file(s) stored before its deadline, their notifications not yet "
+            "handled: received by the expiry sweep",
+            job.job_id,
+            len(found),
+        )
+        for index, key, size in found:
+            try:
+                await self._receive(self._store, job, index, key, size)
+            except InvalidInputError as exc:  # a size refused: the job is failed already
+                log.warning("job %s: %s", job.job_id, exc)
+                return True
+            job = await self._store.get_job(job.job_id) or job
+        return True
+
+    async def _receive(
+        self, store: JobStore, job: JobRecord, index: int, key: str, size: int | None
+    ) -> Result:
+        """Record file ``index`` of ``job`` (stored at ``key``, ``size`` bytes) as received;
+        queue the job when it was the last one missing."""
+        upload_id = job.upload_id
         if index >= len(job.files) or job.files[index].key != key:
             raise InvalidInputError(
                 f"{key!r} was not declared by upload {upload_id} (job {job.job_id})"
             )
-        size = ctx.event.size
         if size is not None and size > self.opts.max_file_bytes:
             await self._fail(
                 store, job, f"{job.files[index].name!r} is {size} bytes, over the limit"

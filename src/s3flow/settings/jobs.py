@@ -104,7 +104,10 @@ class JobsSettings(_Model):
     job_timeout_s: int = Field(
         default=3600,
         ge=1,
-        description="A job whose declared files have not all arrived after this long is expired.",
+        description=(
+            "A job whose declared files have not all been stored in the bucket within this "
+            "long is expired."
+        ),
     )
     cors_origins: list[str] | None = Field(
         default=None,

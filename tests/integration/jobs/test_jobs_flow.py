@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,63 @@ def test_declared_files_that_never_arrive_expire_the_job(tmp_path: Path, s3: Any
     assert "late.txt" in (job.error or "")
     last = project.events(job_id)[-1]
     assert last.type is EventType.JOB_EXPIRED and last.data["missing"] == ["late.txt"]
+
+
+def test_files_stored_in_time_while_no_worker_ran_do_not_expire_the_job(
+    tmp_path: Path, s3: Any, sqs: Any
+) -> None:
+    """Every file is stored before the deadline, but no worker runs until after it: their
+    notifications wait on the intake queue. The job runs; it is not expired as "never
+    arrived" by the sweep a starting worker makes before its pollers catch up. A file
+    stored after its job's deadline still expires the job."""
+    project = JobsProject(tmp_path, s3, sqs, jobs={"job_timeout_s": 3, "expiry_check_s": 0.5})
+    files = {"a.txt": b"1\n2\n", "b.txt": b"3\n"}
+    in_time = project.create("count", files)
+    late = project.create("count", {"c.txt": b"4\n", "late.txt": b"5\n"})
+    project.post_files(in_time, files)
+    project.post_files({**late, "files": late["files"][:1]}, {"c.txt": b"4\n"})
+    deadline = max(project.job(c["job_id"]).expires_at for c in (in_time, late))  # type: ignore[union-attr]
+    wait_for(lambda: time.time() > deadline + 1.5, 30, "the jobs' deadlines")
+    project.post_files({**late, "files": late["files"][1:]}, {"late.txt": b"5\n"})
+    worker = project.worker()
+    try:
+        done = project.consume_until([in_time["job_id"], late["job_id"]], timeout_s=90)
+    finally:
+        stop_process(worker)
+    job = done[in_time["job_id"]]
+    assert job.status is JobStatus.COMPLETED, job.error
+    assert [f.received for f in job.files] == [True, True]
+    expired = done[late["job_id"]]
+    assert expired.status is JobStatus.EXPIRED, expired.status
+    assert "late.txt" in (expired.error or "")
+    for role in ("intake", "intake-dlq", "processing.fifo", "processing-dlq.fifo"):
+        assert project.depth(role) == 0, role
+
+
+def test_a_file_stored_after_the_deadline_expires_the_job_at_once(
+    tmp_path: Path, s3: Any, sqs: Any
+) -> None:
+    """The sweep is far off (an hour): the late file's own notification expires its job,
+    instead of queueing a job whose deadline has passed."""
+    project = JobsProject(tmp_path, s3, sqs, jobs={"job_timeout_s": 2, "expiry_check_s": 3600})
+    files = {"a.txt": b"1\n", "late.txt": b"2\n"}
+    worker = project.worker()
+    try:
+        project.wait_running()
+        created = project.create("count", files)
+        job_id = created["job_id"]
+        project.post_files({**created, "files": created["files"][:1]}, files)
+        wait_for(lambda: (j := project.job(job_id)) and j.files[0].received, 30, "a.txt")
+        deadline = project.job(job_id).expires_at  # type: ignore[union-attr]
+        wait_for(lambda: time.time() > deadline + 1.5, 30, "the job's deadline")
+        project.post_files({**created, "files": created["files"][1:]}, files)
+        job = wait_for(lambda: (j := project.job(job_id)) and j.status.terminal and j, 30, "end")
+    finally:
+        stop_process(worker)
+    assert job.status is JobStatus.EXPIRED, job.status
+    assert job.error and "late.txt" in job.error
+    assert EventType.JOB_QUEUED not in [e.type for e in project.events(job_id)]
+    assert project.depth("intake-dlq") == 0
 
 
 def test_a_file_of_another_size_than_declared_fails_the_job(
