@@ -15,7 +15,7 @@ from s3flow.executors.command import check_command
 from s3flow.executors.one import check_runs_on
 from s3flow.jobs.runner import JobHandler
 from s3flow.memory import set_mmap_threshold
-from s3flow.metrics import WorkerMetrics
+from s3flow.metrics import PipelineMetrics, WorkerMetrics
 from s3flow.processors import create_processor
 from s3flow.processors.base import Processor, parse_options
 from s3flow.processors.registry import default_executor_for, portable_spec, processor_class
@@ -278,6 +278,7 @@ async def build_job_queue(
     )
     for what, u in (("queue", url), ("dead-letter queue", dlq), ("progress queue", progress)):
         await _check_queue(clients.sqs, u, f"upload jobs' {what}")
+    metrics = PipelineMetrics()
     handler = JobHandler(
         settings,
         s3=clients.s3,
@@ -285,8 +286,9 @@ async def build_job_queue(
         store=store,
         progress_queue_url=progress,
         worker_id=settings.worker.worker_id,
+        metrics=metrics,
     )
-    return QueueRuntime(settings=p, queue_url=url, dlq_url=dlq, handler=handler)
+    return QueueRuntime(settings=p, queue_url=url, dlq_url=dlq, handler=handler, metrics=metrics)
 
 
 @asynccontextmanager

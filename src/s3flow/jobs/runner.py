@@ -31,6 +31,7 @@ from s3flow.errors import PermanentError, ProcessorError, S3flowError, aws_error
 from s3flow.events import ObjectEvent
 from s3flow.jobs.bridge import JobMessage
 from s3flow.jobs.progress import ProgressPublisher, StepProgress
+from s3flow.metrics import PipelineMetrics
 from s3flow.processors.base import BundleContext, ProcessContext, Result
 from s3flow.processors.registry import create_processor
 from s3flow.settings import JobsSettings, Settings, TemplateSettings
@@ -75,6 +76,7 @@ class JobHandler:
         store: JobStore,
         progress_queue_url: str,
         worker_id: str,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         if settings.jobs is None:
             raise S3flowError("JobHandler needs [jobs] settings")
@@ -85,6 +87,9 @@ class JobHandler:
         self._store = store
         self._progress_url = progress_queue_url
         self._worker_id = worker_id
+        #: Jobs run to the end count as processed (completed or failed), repeats as
+        #: duplicates: the worker's summary and /metrics show them.
+        self.metrics = metrics if metrics is not None else PipelineMetrics()
         self._processors: dict[tuple[str, int], Any] = {}
 
     #: The runner takes the slot before :meth:`handle` (a job is all work).
@@ -102,6 +107,15 @@ class JobHandler:
 
     async def handle(self, msg: ReceivedMessage) -> Outcome:
         """Run the job ``msg`` names; Ack when it completed or failed for good."""
+        outcome = await self._handle(msg)
+        if isinstance(outcome, Ack):
+            if outcome.reason == "duplicate":
+                self.metrics.duplicates += 1
+            elif outcome.reason in ("processed", "failed"):
+                self.metrics.objects_processed += 1
+        return outcome
+
+    async def _handle(self, msg: ReceivedMessage) -> Outcome:
         try:
             body = JobMessage.model_validate_json(msg.body)
         except ValidationError as exc:

@@ -470,7 +470,10 @@ class Worker:
     async def _runner(
         self, stack: AsyncExitStack, rt: PipelineRuntime | QueueRuntime
     ) -> PipelineRunner:
-        m = self.metrics.for_pipeline(rt.settings.name)
+        if isinstance(rt, QueueRuntime):
+            m = self.metrics.pipelines.setdefault(rt.settings.name, rt.metrics)
+        else:
+            m = self.metrics.for_pipeline(rt.settings.name)
         acks = await stack.enter_async_context(
             AckBatcher(
                 self._clients.sqs, rt.queue_url, window_s=self._ws.ack_batch_window_s, metrics=m

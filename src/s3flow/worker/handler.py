@@ -124,6 +124,8 @@ class QueueRuntime:
     queue_url: str
     dlq_url: str
     handler: Handler
+    #: The queue's counters, shared with ``handler`` (it counts what it processed).
+    metrics: PipelineMetrics = field(default_factory=PipelineMetrics)
 
 
 @dataclass

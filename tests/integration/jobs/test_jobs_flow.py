@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import signal
 import time
 import zipfile
@@ -64,6 +65,10 @@ def test_three_files_one_job_zip_bundle(tmp_path: Path, s3: Any, sqs: Any) -> No
     )
     assert [e.data["step"] for e in events if e.type is EventType.STEP_STARTED] == [0, 1]
     assert types[-1] is EventType.JOB_COMPLETED and types.count(EventType.JOB_COMPLETED) == 1
+    # The worker's exit summary counts the job (and the bridge its three files).
+    log = (tmp_path / "worker.log").read_text()
+    processed = dict(re.findall(r"(\S+): processed (\d+),", log))
+    assert processed == {"jobs-intake": "3", "jobs-processing": "1"}, processed
     # Nothing left anywhere: every queue drained, nothing dead-lettered.
     for role in ("intake", "intake-dlq", "processing.fifo", "processing-dlq.fifo", "progress.fifo"):
         assert project.depth(role) == 0, role
