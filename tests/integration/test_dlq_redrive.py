@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from itest_support import flat as _flat
 
 from s3flow.app import open_store
 from s3flow.events import content_version
+from s3flow.metrics import WorkerMetrics
 from s3flow.ops.backfill import backfill
 from s3flow.ops.dlq import list_dlq, redrive
 from s3flow.settings import Settings
@@ -234,6 +236,37 @@ def test_a_message_of_a_deleted_object_moves_and_its_record_stays_dead(
     assert harness.run().pipelines["p"].objects_processed == 0
     assert _statuses(harness, "gone.txt") == {oid.version: FileStatus.DEAD}
     assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
+
+
+def test_a_redrive_beside_a_running_worker_moves_what_was_there_and_ends(
+    harness: Harness,
+) -> None:
+    """A worker running beside the redrive fails the moved copy again (the cause is not
+    fixed): that new DLQ message is left for the operator, not moved again (the run used
+    to chase the worker for hundreds of rounds), and the record ends dead."""
+    settings = harness.configure()
+    harness.put("bad.gz", b"\x1f\x8b\x08\x00qq")  # a broken gzip: a permanent error
+    assert harness.run().pipelines["p"].dead_lettered == 1
+    (rec,) = harness.records("bad.gz")
+    assert rec.status is FileStatus.DEAD
+    rounds: list[WorkerMetrics] = []
+
+    def worker_round(_moved: int) -> None:
+        # The live worker, run in between two batches of the redrive (at most 3 times:
+        # without the bound the test would loop as the redrive did).
+        if len(rounds) < 3:
+            box: list[WorkerMetrics] = []
+            t = threading.Thread(target=lambda: box.append(harness.run()))
+            t.start()
+            t.join()
+            rounds.extend(box)
+
+    report = _redrive(settings, on_moved=worker_round)
+    assert (report.moved, report.arrived) == (1, 1), report
+    assert [r.pipelines["p"].dead_lettered for r in rounds] == [1]
+    (rec,) = harness.records("bad.gz")
+    assert rec.status is FileStatus.DEAD
+    assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (1, 0)
 
 
 # --- 4: data is not Rich markup ----------------------------------------------------------

@@ -234,5 +234,13 @@ def dlq_redrive(
             err_console.print(escape(report.note), highlight=False)
         extra = f" ({report.waited_for} left by an interrupted run)" if report.waited_for else ""
         console.print(f"moved {report.moved} message(s) back to the source queue{extra}")
+        if report.arrived:
+            err_console.print(
+                f"{report.arrived} message(s) were dead-lettered while this redrive ran (a "
+                "worker failed them, perhaps again) and were left on the DLQ: see why with "
+                f"`s3flow dlq list{f' -p {pipeline}' if pipeline else ''}` before you "
+                "redrive them",
+                highlight=False,
+            )
     if isinstance(result, RedriveError):
         raise fail(result)

@@ -223,6 +223,9 @@ class RedriveReport:
     unsent: dict[str, str] = field(default_factory=dict)
     #: Why the run stopped before the DLQ was empty ("" when it did not).
     stopped: str = ""
+    #: Messages dead-lettered while the run went on (a worker failed them again, perhaps
+    #: a copy this run moved): left on the DLQ, never moved by the run that saw them come.
+    arrived: int = 0
 
 
 class RedriveError(S3flowError):
@@ -504,10 +507,18 @@ async def _move_all(
     on_moved: Callable[[int], None],
     on_wait: Callable[[int, float], None],
 ) -> None:
-    """Receive -> send -> delete until the DLQ is empty or ``max_n`` are moved."""
+    """Receive -> send -> delete until the DLQ is empty or ``max_n`` are moved.
+
+    Only messages sent to the DLQ before the run started are moved: one sent since
+    (``SentTimestamp``) was dead-lettered meanwhile, maybe a copy this very run moved
+    that a running worker failed again. Moving it too would chase the worker for ever.
+    It is held until the run ends, then made visible, and counted in ``report.arrived``.
+    """
     # Messages that could not be moved stay leased until the run ends (so they are not
     # tried again and again), then are made visible.
     held: dict[str, dict[str, Any]] = {}
+    started_ms = int(time.time() * 1000)
+    arrived: set[str] = set()
     try:
         await _wait_for_leased(clients.sqs, dlq, lease_s, report, on_wait)
         while max_n is None or report.moved < max_n:
@@ -528,6 +539,14 @@ async def _move_all(
                     break
                 await _wait_for_leased(clients.sqs, dlq, lease_s, report, on_wait, own=len(held))
                 continue
+            late = [m for m in msgs if _sent_ms(m) >= started_ms]
+            if late:
+                arrived.update(m["MessageId"] for m in late)
+                report.arrived = len(arrived)
+                held.update((m["MessageId"], m) for m in late)  # the newest receipt handle
+                msgs = [m for m in msgs if _sent_ms(m) < started_ms]
+                if not msgs:
+                    continue
             kept = await _move_batch(clients, route, src, dlq, msgs, store, report)
             fresh = [m for m in kept if m["MessageId"] not in held]
             for m in msgs:
@@ -546,6 +565,15 @@ async def _move_all(
     finally:
         await asyncio.shield(_release(clients.sqs, dlq, list(held.values())))
         report.failed = len(report.unsent)
+
+
+def _sent_ms(msg: dict[str, Any]) -> int:
+    """When ``msg`` was sent to the queue (epoch ms; 0 when SQS did not say)."""
+    value = (msg.get("Attributes") or {}).get("SentTimestamp")
+    try:
+        return int(value) if value is not None else 0
+    except ValueError:
+        return 0
 
 
 async def _wait_for_leased(

@@ -35,7 +35,7 @@ The records, statuses, transition tables and errors are in :mod:`s3flow.state.re
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Protocol, runtime_checkable
 
 from s3flow.state.jobs import JobStore
@@ -111,12 +111,20 @@ class FileStore(Protocol):
         ...
 
     async def set_status(
-        self, oid: ObjectId, status: FileStatus, *, detail: str = "", pipeline: str = ""
+        self,
+        oid: ObjectId,
+        status: FileStatus,
+        *,
+        detail: str = "",
+        pipeline: str = "",
+        only_from: Collection[FileStatus] | None = None,
     ) -> FileRecord:
         """Unfenced operator transition (quarantine release, redrive, backfill mark).
 
         Creates the record (as ``status``) if it does not exist and
-        ``pipeline`` is given. Raises TransitionError if not allowed.
+        ``pipeline`` is given. Raises TransitionError if not allowed, or, with
+        ``only_from``, if the record is not in one of those states (checked in the same
+        atomic write: a change made meanwhile by someone else is never overwritten).
         """
         ...
 

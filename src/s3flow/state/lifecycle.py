@@ -12,7 +12,7 @@ are in :mod:`s3flow.state.manifest_lifecycle`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from typing import TypeVar, overload
 
@@ -397,11 +397,24 @@ class FileLifecycleMixin:
         return await self._finish(oid, Finish(token, FileStatus.RECEIVED, detail="released"))
 
     async def set_status(
-        self, oid: ObjectId, status: FileStatus, *, detail: str = "", pipeline: str = ""
+        self,
+        oid: ObjectId,
+        status: FileStatus,
+        *,
+        detail: str = "",
+        pipeline: str = "",
+        only_from: Collection[FileStatus] | None = None,
     ) -> FileRecord:
         """Unfenced operator transition (see :meth:`StateStore.set_status`)."""
 
         def decide(rec: FileRecord | None, now: float) -> tuple[FileRecord, Plan]:
+            if only_from is not None and (rec is None or rec.status not in only_from):
+                raise TransitionError(
+                    f"s3://{oid.bucket}/{oid.key} version {oid.version!r} is "
+                    f"{rec.status.value if rec else 'not recorded'}, not "
+                    + " or ".join(s.value for s in only_from)
+                    + f": left as it is (not set to {status.value})"
+                )
             new, entry = plan_set_status(
                 rec, oid, status, detail=detail, pipeline=pipeline, now=now
             )

@@ -27,7 +27,7 @@ from s3flow.errors import S3flowError, translate_aws_error
 from s3flow.metrics import PipelineMetrics
 from s3flow.settings import PipelineSettings
 from s3flow.state.base import StateStore
-from s3flow.state.records import FileStatus
+from s3flow.state.records import FileStatus, TransitionError
 from s3flow.worker.outcomes import (
     Ack,
     DeadLetter,
@@ -200,6 +200,8 @@ class AckBatcher:
 
 
 _ATTR_MAX = 1024
+#: The state a dead-lettered upload is left in by its handler, until the DLQ has it.
+_LEFT_FAILED = frozenset({FileStatus.FAILED})
 
 
 def _attr(value: object) -> dict[str, str]:
@@ -322,6 +324,12 @@ class Settler:
             return
         for oid in outcome.objects:
             try:
-                await self.store.set_status(oid, FileStatus.DEAD, detail=outcome.error)
+                # Only from failed, as the handler left it: an operator's `dlq redrive`
+                # may have set it to received meanwhile (its copy is on the way back).
+                await self.store.set_status(
+                    oid, FileStatus.DEAD, detail=outcome.error, only_from=_LEFT_FAILED
+                )
+            except TransitionError as exc:
+                log.info("not marked dead: %s", exc)
             except S3flowError as exc:
                 log.warning("could not mark s3://%s/%s dead: %s", oid.bucket, oid.key, exc)

@@ -191,6 +191,32 @@ async def test_set_status_never_enters_processing_so_a_stale_token_stays_stale(
 
 
 @backends
+async def test_set_status_only_from_leaves_a_record_someone_moved_on(store: StateStore) -> None:
+    """The worker marks a dead-lettered upload dead only from failed: an operator's redrive
+    may have set it to received meanwhile, and its copy on the queue must be processed."""
+    c = await store.claim(oid(), pipeline="p", owner="w1", ttl_s=60)
+    assert await store.fail(
+        oid(), token=c.token, status=FileStatus.FAILED, error_class="E", error="boom"
+    )
+    await store.set_status(oid(), FileStatus.RECEIVED, detail="redriven")
+    with pytest.raises(TransitionError, match="is received, not failed: left as it is"):
+        await store.set_status(oid(), FileStatus.DEAD, only_from={FileStatus.FAILED})
+    rec = await store.get(oid())
+    assert rec is not None and rec.status is FileStatus.RECEIVED
+    with pytest.raises(TransitionError, match="not recorded"):
+        await store.set_status(
+            oid(version="none"), FileStatus.DEAD, pipeline="p", only_from={FileStatus.FAILED}
+        )
+    assert await store.get(oid(version="none")) is None
+    c = await store.claim(oid(), pipeline="p", owner="w1", ttl_s=60)
+    assert await store.fail(
+        oid(), token=c.token, status=FileStatus.FAILED, error_class="E", error="boom"
+    )
+    dead = await store.set_status(oid(), FileStatus.DEAD, only_from={FileStatus.FAILED})
+    assert dead.status is FileStatus.DEAD
+
+
+@backends
 async def test_set_status_out_of_processing_fences_the_holder(store: StateStore) -> None:
     c = await store.claim(oid(), pipeline="p", owner="w1", ttl_s=60)
     rec = await store.set_status(oid(), FileStatus.DEAD, detail="operator")
