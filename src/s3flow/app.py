@@ -232,8 +232,8 @@ async def run_worker(
         # metrics need not load.
         from s3flow.ops.exporter import MetricsServer, QueueRef
 
-        refs = [QueueRef(rt.settings.name, rt.queue_url) for rt in runtimes]
-        refs += [QueueRef(q.settings.name, q.queue_url) for q in queues]
+        refs = [QueueRef(rt.settings.name, rt.queue_url, rt.dlq_url) for rt in runtimes]
+        refs += [QueueRef(q.settings.name, q.queue_url, q.dlq_url) for q in queues]
         async with MetricsServer(
             worker.metrics,
             sqs=clients.sqs,

@@ -58,12 +58,17 @@ def test_counters_match_the_work_done_and_readiness_follows_the_queue(
         wait_for(
             lambda: _scrape(port).get(("s3flow_queue_visible_messages", "p")) == 0, 30, "sample"
         )
+        assert m[("s3flow_dlq_visible_messages", "p")] == 0
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
+        harness.sqs.delete_queue(QueueUrl=harness.dlq_url)
+        not_ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+        assert not_ready.status_code == 503
+        assert not_ready.json()["errors"][0].startswith("dead-letter queue of p:"), not_ready.text
         harness.sqs.delete_queue(QueueUrl=harness.queue_url)
         not_ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
         assert not_ready.status_code == 503
-        assert "queue of p" in not_ready.json()["errors"][0]
+        assert not_ready.json()["errors"][0].startswith("queue of p:"), not_ready.text
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

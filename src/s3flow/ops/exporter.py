@@ -62,6 +62,7 @@ class QueueRef:
 
     pipeline: str
     url: str
+    dlq_url: str = ""  # its dead-letter queue ("": none sampled)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class _Samples:
     """The latest background samples."""
 
     queues: dict[str, tuple[int, int]] = field(default_factory=dict)  # visible, in flight
+    dlqs: dict[str, int] = field(default_factory=dict)  # visible on the dead-letter queue
     oldest_s: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     at: float = 0.0
@@ -123,6 +125,14 @@ class WorkerCollector(Collector):
             invisible.add_metric([pipeline], float(inv))
         yield visible
         yield invisible
+        dead = GaugeMetricFamily(
+            "s3flow_dlq_visible_messages",
+            "Messages waiting on the pipeline's dead-letter queue (sampled).",
+            labels=["pipeline"],
+        )
+        for pipeline, n in sorted(self._samples.dlqs.items()):
+            dead.add_metric([pipeline], float(n))
+        yield dead
         oldest = GaugeMetricFamily(
             "s3flow_oldest_in_flight_age_seconds",
             "Age of the oldest record being processed, from the state store (sampled).",
@@ -133,6 +143,9 @@ class WorkerCollector(Collector):
         yield oldest
 
 
+#: How long ``/readyz`` waits for its checks: under the usual probe timeouts (5 s), so
+#: an endpoint that does not answer gives a 503, not a probe timeout.
+READY_TIMEOUT_S = 4.0
 #: Header lines a request may have (a scrape sends a handful).
 _MAX_HEADER_LINES = 100
 _TOO_LARGE = (
@@ -230,6 +243,17 @@ class MetricsServer:
                 )
             except Exception as exc:  # any failure makes the worker unready, with the reason
                 errors.append(f"queue of {q.pipeline}: {exc}")
+            if not q.dlq_url:
+                continue
+            try:  # a DLQ gone: every dead-letter of the pipeline would fail (and retry)
+                attrs = (
+                    await self._sqs.get_queue_attributes(
+                        QueueUrl=q.dlq_url, AttributeNames=["ApproximateNumberOfMessages"]
+                    )
+                ).get("Attributes", {})
+                self._samples.dlqs[q.pipeline] = int(attrs.get("ApproximateNumberOfMessages", 0))
+            except Exception as exc:
+                errors.append(f"dead-letter queue of {q.pipeline}: {exc}")
         if self._store is not None:
             now = time.time()
             for q in self._queues:
@@ -281,7 +305,13 @@ class MetricsServer:
         if path == "/healthz":
             return "200 OK", "application/json", b'{"status":"alive"}\n'
         if path == "/readyz":
-            errors = await self.sample()
+            try:
+                errors = await asyncio.wait_for(self.sample(), READY_TIMEOUT_S)
+            except TimeoutError:
+                errors = [
+                    f"the queues and the state store did not all answer within "
+                    f"{READY_TIMEOUT_S:g}s (is the endpoint reachable?)"
+                ]
             doc = {"status": "ready" if not errors else "not ready", "errors": errors}
             status = "200 OK" if not errors else "503 Service Unavailable"
             return status, "application/json", (json.dumps(doc) + "\n").encode()

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from s3flow.aws import pin_endpoints
-from s3flow.errors import ReceiveFailedError, translate_aws_error
+from s3flow.errors import ReceiveFailedError, S3flowError, translate_aws_error
 from s3flow.executors import ExecutorSet
 from s3flow.metrics import PipelineMetrics, WorkerMetrics
 from s3flow.processors.base import PipelineContext
@@ -307,6 +307,17 @@ class PipelineRunner:
             if not work.cancelled():
                 raise
             return Release("shutdown: not finished within shutdown_grace_s")
+        except S3flowError as exc:
+            # Classified, so not a bug here (the state store gone, say): one line, no trace.
+            delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
+            log.error(
+                "message %s not handled, retrying it in %ds: %s: %s",
+                msg.message_id,
+                delay,
+                exc.error_class,
+                exc,
+            )
+            return Retry(delay, exc.error_class, str(exc))
         except Exception as exc:
             log.exception("internal error handling message %s", msg.message_id)
             return Retry(
