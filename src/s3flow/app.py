@@ -21,7 +21,13 @@ from s3flow.processors.base import Processor, parse_options
 from s3flow.processors.registry import default_executor_for, portable_spec, processor_class
 from s3flow.provision import Change, provision
 from s3flow.routing import Route, RoutingTable
-from s3flow.settings import JOBS_BRIDGE, PipelineSettings, Settings, processing_pipeline
+from s3flow.settings import (
+    CONFIG_ENV,
+    JOBS_BRIDGE,
+    PipelineSettings,
+    Settings,
+    processing_pipeline,
+)
 from s3flow.sinks import open_sink
 from s3flow.state.base import StateStore
 from s3flow.worker.engine import PipelineRuntime, QueueRuntime, Worker, WorkerObserver
@@ -79,8 +85,9 @@ def select_pipelines(settings: Settings, names: list[str] | None) -> list[Pipeli
         return [settings.pipeline(n) for n in names]
     if not settings.pipelines:
         raise ConfigError(
-            "no pipelines configured: add a [[pipelines]] table to s3flow.toml "
-            "(see docs/configuration.md) or pass -c/--config"
+            "no pipelines configured: add a [[pipelines]] table to the config file (see "
+            f"docs/configuration.md) and give it with -c/--config or ${CONFIG_ENV} "
+            "(./s3flow.toml is read when neither is given)"
         )
     return list(settings.pipelines)
 
@@ -145,7 +152,10 @@ def _routes_of(p: PipelineSettings) -> tuple[RoutingTable, dict[str, Processor]]
         and r.executor not in _CONTAINER_EXECUTORS
         for r in table.rules
     ):
-        processors[main_key] = create_processor(p.processor, p.options)
+        try:
+            processors[main_key] = create_processor(p.processor, p.options)
+        except ConfigError as exc:  # which pipeline, when several use one processor
+            raise ConfigError(f"pipeline {p.name!r} ([pipelines.options]): {exc}") from exc
     built: set[str] = set(processors)
     for rule in table.rules:
         where = f"pipeline {p.name!r}, route {rule.name!r}"

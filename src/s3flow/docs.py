@@ -92,8 +92,9 @@ def settings_reference() -> str:
         "",
         "Generated from `s3flow.settings` (`s3flow config-reference`). Sources, highest",
         "priority first: CLI flags, `S3FLOW_*` environment variables (nested with `__`,",
-        "e.g. `S3FLOW_WORKER__SHUTDOWN_GRACE_S=10`), the TOML file (`-c s3flow.toml` or",
-        "`S3FLOW_CONFIG`), defaults. Unknown keys are errors that name the key.",
+        "e.g. `S3FLOW_WORKER__SHUTDOWN_GRACE_S=10`), the TOML file (`-c s3flow.toml`, or",
+        "`S3FLOW_CONFIG`, else `./s3flow.toml` when it exists), defaults. Unknown keys are",
+        "errors that name the key.",
         "",
     ]
     for title, model, env in [*_SECTIONS, *_processor_sections()]:

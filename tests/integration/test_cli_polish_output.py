@@ -225,6 +225,28 @@ def test_upload_with_no_server_listening_says_how_to_start_it(tmp_path: Path) ->
     assert "Is it running? Start it with `s3flow web -c <config>`" in err
 
 
+def test_upload_goes_to_the_web_port_of_its_config_and_needs_a_scheme(tmp_path: Path) -> None:
+    """`upload -c jobs.toml` went to :8080 although the same file set [web] port (where
+    `s3flow web -c jobs.toml` listens); a --url without http:// was "unreachable"."""
+    f = tmp_path / "a.txt"
+    f.write_text("1\n")
+    port = free_port()
+    cfg = tmp_path / "jobs.toml"
+    cfg.write_text(f'[web]\nhost = "0.0.0.0"\nport = {port}\n')
+
+    run = _cli("upload", "-c", str(cfg), "-t", "count", str(f))
+
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert f"error: cannot reach the s3flow API at http://127.0.0.1:{port}:" in _flat(run.stderr)
+
+    bare = _cli("upload", "--url", f"127.0.0.1:{port}", "-t", "count", str(f))
+    assert bare.returncode == 2, bare.stdout + bare.stderr
+    assert (
+        f"error: API URL '127.0.0.1:{port}' has no scheme: write 'http://127.0.0.1:{port}'"
+        in _flat(bare.stderr)
+    )
+
+
 # --- 6: "not found" is an error like any other -------------------------------------------
 
 

@@ -43,3 +43,28 @@ def test_the_check_would_see_prometheus_client() -> None:
     # The metrics exporter does import it: the test above looks for the right name.
     code = "import sys, s3flow.ops.exporter; print('prometheus_client' in sys.modules)"
     assert _python(code) == "True"
+
+
+def test_a_pipelines_bad_options_name_the_pipeline() -> None:
+    """With several line-count pipelines, "processor 'line-count': invalid options" did not
+    say which one to fix."""
+    import pytest
+
+    from s3flow import app
+    from s3flow.errors import ConfigError
+    from s3flow.settings import PipelineSettings
+
+    p = PipelineSettings(
+        name="counts-b",
+        processor="line-count",
+        bucket="b",
+        queue="q",
+        output="s3://o/",
+        options={"text_encodng": "utf-8"},
+    )
+    with pytest.raises(ConfigError) as err:
+        app._routes_of(p)
+    assert str(err.value).startswith(
+        "pipeline 'counts-b' ([pipelines.options]): processor 'line-count': invalid options"
+    ), err.value
+    assert "text_encodng" in str(err.value)

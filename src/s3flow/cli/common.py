@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
@@ -24,9 +25,15 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from s3flow import __version__
-from s3flow.errors import S3flowError
+from s3flow.errors import ConfigError, S3flowError
 from s3flow.logs import setup_logging
-from s3flow.settings import CONFIG_ENV, PipelineSettings, Settings, load_settings
+from s3flow.settings import (
+    CONFIG_ENV,
+    PipelineSettings,
+    Settings,
+    StateSettings,
+    load_settings,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -53,13 +60,17 @@ ConfigOpt = Annotated[
         "--config",
         "-c",
         envvar=CONFIG_ENV,
-        help=f"Path to s3flow.toml (or ${CONFIG_ENV}).",
+        help=f"Config file (TOML); default ${CONFIG_ENV}, else ./s3flow.toml when present.",
         show_default=False,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 LimitOpt = Annotated[int, typer.Option("--limit", help="At most this many rows.")]
-state: dict[str, Any] = {"log_format": None, "log_level": None}
+state: dict[str, Any] = {"log_format": None, "log_level": None, "config_file": None}
+
+#: Read when neither -c/--config nor $S3FLOW_CONFIG names a config file.
+DEFAULT_CONFIG = Path("s3flow.toml")
+_DEFAULT_STATE_URL = StateSettings.model_fields["url"].default
 
 
 def _version(value: bool) -> None:
@@ -102,6 +113,9 @@ def settings_from(config: Path | None, overrides: dict[str, Any] | None = None) 
     over = dict(overrides or {})
     if worker_over:
         over["worker"] = {**over.get("worker", {}), **worker_over}
+    if config is None and not os.environ.get(CONFIG_ENV) and DEFAULT_CONFIG.is_file():
+        config = DEFAULT_CONFIG
+    state["config_file"] = config if config is not None else os.environ.get(CONFIG_ENV)
     settings = load_settings(config, over)
     setup_logging(settings.worker.log_format, settings.worker.log_level)
     return settings
@@ -145,6 +159,13 @@ def note_new_store(settings: Settings) -> None:
     if path is None or Path(path).exists():
         return
     where = Path(path).resolve()
+    if not state["config_file"] and settings.state.url == _DEFAULT_STATE_URL:
+        # Nothing configured at all: an empty store made here would only hide that.
+        raise ConfigError(
+            f"no config file (no -c/--config, no ${CONFIG_ENV}, no ./{DEFAULT_CONFIG} in "
+            f"{Path.cwd()}) and no state store at {where}: run this in the directory the "
+            "worker runs in, or pass the worker's config with -c"
+        )
     hint = (
         f" [state] url {settings.state.url!r} is relative to the working directory "
         f"({Path.cwd()}): run this where the worker runs, or give an absolute "
@@ -173,8 +194,6 @@ def with_store(
     """
     from s3flow.app import open_store
 
-    note_new_store(settings)
-
     async def go() -> T:
         async with open_store(settings, prune=prune) as store:
             if store is None:
@@ -182,6 +201,7 @@ def with_store(
             return await fn(store)
 
     with exit_on_error():
+        note_new_store(settings)
         return asyncio.run(go())
 
 
@@ -264,9 +284,13 @@ def one_pipeline(settings: Settings, name: str | None) -> PipelineSettings:
     """The pipeline called ``name``, or the only one configured."""
     if name:
         return settings.pipeline(name)
-    if len(settings.pipelines) != 1:
-        raise S3flowError("several pipelines are configured: choose one with --pipeline")
-    return settings.pipelines[0]
+    from s3flow.app import select_pipelines  # s3flow.app is heavy: not at CLI start
+
+    (first, *others) = select_pipelines(settings, None)  # ConfigError when there are none
+    if others:
+        names = ", ".join(p.name for p in settings.pipelines)
+        raise S3flowError(f"several pipelines are configured ({names}): choose one with --pipeline")
+    return first
 
 
 def ts(t: float | None) -> str:

@@ -92,6 +92,16 @@ def files_list(
             status=st, pipeline=pipeline, key_prefix=key_prefix, limit=limit
         ),
     )
+    known = {p.name for p in settings.pipelines}
+    if pipeline and not rows and pipeline not in known:
+        # A pipeline since removed from the config still lists its records; a typo not.
+        raise fail(
+            ConfigError(
+                f"no pipeline named {pipeline!r} is configured"
+                + (f" ({', '.join(sorted(known))})" if known else "")
+                + " and the state store has no record of one"
+            )
+        )
     if as_json:
         print(json.dumps([{**r.__dict__, "status": r.status.value} for r in rows], indent=2))
         return

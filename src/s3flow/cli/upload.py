@@ -31,6 +31,7 @@ from rich.progress import (
 )
 
 from s3flow.cli.common import (
+    DEFAULT_CONFIG,
     ConfigOpt,
     app,
     console,
@@ -48,6 +49,7 @@ from s3flow.jobs.client import (
     post_file,
     read_events,
 )
+from s3flow.settings import CONFIG_ENV, WebSettings
 
 
 def _content_type(path: Path) -> str:
@@ -89,7 +91,11 @@ def upload(
     config: ConfigOpt = None,
     url: Annotated[
         str | None,
-        typer.Option("--url", help="API base URL (default $S3FLOW_WEB_URL, \\[web] url, :8080)."),
+        typer.Option(
+            "--url",
+            help="API base URL (default $S3FLOW_WEB_URL, else \\[web] url, else "
+            "http://\\[web] host:port, 127.0.0.1:8080 by default).",
+        ),
     ] = None,
     token: Annotated[
         str | None, typer.Option("--token", envvar="S3FLOW_TOKEN", help="API bearer token.")
@@ -97,8 +103,16 @@ def upload(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Upload FILES as one job run by TEMPLATE, then follow its progress to the end."""
-    settings = settings_or_exit(config) if config or os.environ.get("S3FLOW_CONFIG") else None
-    base = api_url(url, settings.web.url if settings else None)
+    configured = config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG.is_file()
+    settings = settings_or_exit(config) if configured else None
+    base = api_url(url, _served_at(settings.web) if settings else None)
+    if "://" not in base:
+        raise fail(
+            S3flowError(
+                f"API URL {base!r} has no scheme: write 'http://{base}' (or https://) in "
+                "--url, $S3FLOW_WEB_URL or [web] url"
+            )
+        )
     for f in files:
         if not f.is_file():
             raise fail(S3flowError(f"{f} is not a readable file"))
@@ -114,6 +128,15 @@ def upload(
     except S3flowError as exc:
         raise fail(exc) from exc
     raise typer.Exit(code)
+
+
+def _served_at(web: WebSettings) -> str:
+    """Where ``s3flow web`` with these settings answers: ``[web] url``, else its host and
+    port (a wildcard bind address is reached on loopback)."""
+    if web.url:
+        return web.url
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(web.host, web.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{web.port}"
 
 
 def _unreachable(base: str, exc: httpx.TransportError, config: Path | None) -> S3flowError:

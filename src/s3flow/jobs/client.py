@@ -231,7 +231,8 @@ def create_upload(
         f"{base}/api/uploads", json={"template": template, "files": declared}, headers=headers
     )
     if resp.status_code != 201:
-        raise S3flowError(f"upload refused (HTTP {resp.status_code}): {error_of(resp)}")
+        hint = " (give the token with --token or $S3FLOW_TOKEN)" if resp.status_code == 401 else ""
+        raise S3flowError(f"upload refused (HTTP {resp.status_code}): {error_of(resp)}{hint}")
     return dict(resp.json())
 
 

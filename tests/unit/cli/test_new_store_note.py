@@ -55,3 +55,51 @@ def test_an_absolute_store_that_is_new_is_noted_without_the_relative_hint(
     assert done.returncode == 0, done.stderr
     assert f"note: no state store at {store} yet" in done.stderr
     assert "relative" not in done.stderr
+
+
+def s3flow(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``s3flow ARGS`` run in ``cwd`` with no S3FLOW_ variable set."""
+    return subprocess.run(
+        [sys.executable, "-m", "s3flow", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "300"},
+    )
+
+
+def test_with_no_config_at_all_nothing_is_created_and_the_command_says_why(
+    tmp_path: Path,
+) -> None:
+    """An empty store made in whatever directory the command ran in only hid the
+    mistake ("no files", exit 0)."""
+    for args in (["files"], ["manifests", "list"], ["state", "prune"], ["status"]):
+        done = s3flow(tmp_path, *args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert "error: no config file (no -c/--config, no $S3FLOW_CONFIG" in done.stderr, args
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / ".s3flow").exists()
+
+
+def test_s3flow_toml_in_the_working_directory_is_read_without_c(tmp_path: Path) -> None:
+    (tmp_path / "s3flow.toml").write_text(CONFIG)
+    (tmp_path / ".s3flow").mkdir()
+    store = tmp_path / ".s3flow" / "state.db"
+    store.touch()
+    listed = s3flow(tmp_path, "files", "-p", "p", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip() == "[]"
+    typo = s3flow(tmp_path, "files", "-p", "nope")
+    assert typo.returncode == 2
+    assert (
+        "error: no pipeline named 'nope' is configured (p) and the state store has no record"
+        in typo.stderr
+    )
+
+
+def test_dlq_commands_with_no_pipelines_say_there_are_none(tmp_path: Path) -> None:
+    (tmp_path / "s3flow.toml").write_text("[worker]\nlog_level = 'INFO'\n")
+    done = s3flow(tmp_path, "dlq", "list")
+    assert done.returncode == 2
+    assert "error: no pipelines configured" in done.stderr and "several" not in done.stderr
