@@ -144,6 +144,26 @@ def test_reprocess_prefix_outside_the_pipeline_names_reprocess(harness: Harness)
     assert "error: backfill: --prefix 'zzz/' is outside" in _flat(back.stderr)
 
 
+def test_reprocess_of_a_missing_key_enqueues_nothing_and_says_so(harness: Harness) -> None:
+    """A missing KEY was "HeadObject s3://b/k failed: 404: Not Found", after the keys
+    before it had been enqueued; -p was required although one pipeline is configured."""
+    harness.configure()
+    cfg = harness.write_config()
+    harness.put("here.txt", b"1\n")
+    harness.purge()
+
+    run = _cli("reprocess", "-c", str(cfg), "here.txt", "gone.txt")
+
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert (
+        f"error: reprocess: no object 'gone.txt' in bucket '{harness.bucket}'; nothing was enqueued"
+    ) in _flat(run.stderr)
+    assert harness.depth() == (0, 0)
+    ok = _cli("reprocess", "-c", str(cfg), "here.txt")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert harness.depth() == (1, 0)
+
+
 # --- 5: upload against the wrong server, or none -----------------------------------------
 
 

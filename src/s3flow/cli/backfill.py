@@ -12,6 +12,7 @@ from s3flow.cli.common import (
     PipelineNameOpt,
     app,
     console,
+    one_pipeline,
     settings_from,
     with_progress,
 )
@@ -19,7 +20,7 @@ from s3flow.cli.common import (
 
 @app.command()
 def backfill(
-    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline to backfill.")],
+    pipeline: PipelineNameOpt = None,
     config: ConfigOpt = None,
     prefix: Annotated[
         str | None,
@@ -49,7 +50,7 @@ def reprocess(
     keys: Annotated[
         list[str] | None, typer.Argument(help="Object keys to process again.", show_default=False)
     ] = None,
-    pipeline: PipelineNameOpt = "",
+    pipeline: PipelineNameOpt = None,
     config: ConfigOpt = None,
     prefix: Annotated[
         str | None,
@@ -64,8 +65,6 @@ def reprocess(
     Only keys the pipeline takes (its prefix, suffix and key_regex): a KEY it does not
     take is refused, naming why, before anything is enqueued.
     """
-    if not pipeline:
-        raise typer.BadParameter("name the pipeline", param_hint="--pipeline/-p")
     if bool(keys) == (prefix is not None):
         raise typer.BadParameter("give object keys or --prefix (one of the two)")
     _run_backfill(
@@ -81,7 +80,7 @@ def reprocess(
 
 def _run_backfill(
     config: Path | None,
-    pipeline: str,
+    pipeline: str | None,
     *,
     prefix: str | None,
     keys: list[str] | None,
@@ -110,7 +109,7 @@ def _run_backfill(
 
     async def go(progress: Progress) -> Any:
         settings = settings_from(config)
-        p = settings.pipeline(pipeline)
+        p = one_pipeline(settings, pipeline)
         task = progress.add_task("listing and enqueueing", total=None)
         async with open_store(settings) as store:
             return await do_backfill(

@@ -239,7 +239,10 @@ PipelineOpt = Annotated[
     str | None, typer.Option("--pipeline", "-p", help="Pipeline (default: the only one).")
 ]
 #: A pipeline the command must be told (no default pipeline).
-PipelineNameOpt = Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline.")]
+PipelineNameOpt = Annotated[
+    str | None,
+    typer.Option("--pipeline", "-p", help="The pipeline (default: the only one configured)."),
+]
 
 
 def status_option(statuses: type[E], value: str | None) -> E | None:

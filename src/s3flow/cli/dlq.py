@@ -96,7 +96,7 @@ def dlq_list(
 ) -> None:
     """List dead-lettered messages with their error class and reason.
 
-    ``-p jobs-processing`` lists the jobs processing queue's DLQ.
+    `-p jobs-processing` lists the jobs processing queue's DLQ.
     """
     with exit_on_error():
         settings = settings_from(config)
@@ -139,7 +139,7 @@ def dlq_show(
 ) -> None:
     """Show one dead-lettered message: body and error attributes.
 
-    The DLQ is peeked until the message comes up (or ``--max-scan`` messages were
+    The DLQ is peeked until the message comes up (or `--max-scan` messages were
     looked at); the messages peeked are made visible again when it ends.
     """
     with exit_on_error():
@@ -196,7 +196,9 @@ def dlq_redrive(
     Restartable: stop it (Ctrl-C) or kill it at any moment and run it again;
     every message ends up on the source queue, none stays behind on the DLQ.
     A message that cannot be moved stays on the DLQ: the command says which and
-    why, and exits 2. ``-p jobs-processing`` redrives the jobs processing queue's DLQ.
+    why, and exits 2. Messages dead-lettered while it runs (a worker failing a moved
+    copy again) are left on the DLQ and counted. `-p jobs-processing` redrives the jobs
+    processing queue's DLQ.
     """
     from rich.progress import Progress
 

@@ -18,6 +18,7 @@ from s3flow.cli.common import (
     console,
     fail,
     new_table,
+    one_pipeline,
     settings_or_exit,
     ts,
     with_store,
@@ -195,7 +196,7 @@ def files_show(
 def files_release(
     ctx: typer.Context,
     key: ObjectKeyArg,
-    pipeline: PipelineNameOpt,
+    pipeline: PipelineNameOpt = None,
     config: ConfigOpt = None,
     version: Annotated[
         str | None, typer.Option("--version", help="Only this recorded version.")
@@ -214,7 +215,8 @@ def files_release(
 
     settings = _subcommand_settings(ctx, config)
     released = with_store(
-        settings, lambda store: release(settings, settings.pipeline(pipeline), store, key, version)
+        settings,
+        lambda store: release(settings, one_pipeline(settings, pipeline), store, key, version),
     )
     for oid in released:
         console.print(

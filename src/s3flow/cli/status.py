@@ -56,18 +56,24 @@ def status(
         typer.Option("--watch", "-w", help="A live view: rates, in flight, depths (Ctrl-C ends)."),
     ] = False,
     interval_s: Annotated[
-        float, typer.Option("--interval", min=0.5, help="Seconds between refreshes (--watch).")
-    ] = 2.0,
+        float | None,
+        typer.Option("--interval", min=0.5, help="Seconds between refreshes (--watch; 2)."),
+    ] = None,
     rounds: Annotated[int, typer.Option("--rounds", hidden=True)] = 0,
 ) -> None:
     """Per pipeline: messages visible / in flight / delayed, and DLQ depth."""
     from s3flow.ops.status import queue_status, state_summary
 
+    if watch and as_json:
+        raise typer.BadParameter("--watch is a live table: leave out --json", param_hint="--json")
+    if interval_s is not None and not watch:
+        raise typer.BadParameter("only with --watch", param_hint="--interval")
+
     with exit_on_error():
         settings = settings_from(config)
         note_new_store(settings)
         if watch:
-            _watch(settings, interval_s, rounds)
+            _watch(settings, 2.0 if interval_s is None else interval_s, rounds)
             return
         rows = asyncio.run(queue_status(settings))
         states = {s.pipeline: s for s in asyncio.run(state_summary(settings))}

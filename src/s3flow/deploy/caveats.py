@@ -7,6 +7,7 @@ network routes it does not make.
 
 from __future__ import annotations
 
+from s3flow.deploy.ecs import FARGATE_MAX_STOP_TIMEOUT_S
 from s3flow.deploy.iam import KNOWN_PROCESSORS
 from s3flow.settings import Settings
 
@@ -61,6 +62,15 @@ def deployment_warnings(settings: Settings) -> list[str]:
             "parquet-compact reads the NDJSON files its manifests list, but no "
             "ndjson-manifest pipeline names them here: grant WorkerTaskRole s3:GetObject "
             "and s3:GetObjectVersion (and tagging) on them"
+        )
+    grace = s.worker.shutdown_grace_s
+    if grace + 10 > FARGATE_MAX_STOP_TIMEOUT_S:
+        w.append(
+            f"worker.shutdown_grace_s = {grace:g}: ECS kills a task at most "
+            f"{FARGATE_MAX_STOP_TIMEOUT_S} s after it asked it to stop (StopTimeout), so "
+            f"work still running {FARGATE_MAX_STOP_TIMEOUT_S - 10} s after SIGTERM is cut "
+            "off and its messages come back after their visibility timeout; keep "
+            f"shutdown_grace_s at or below {FARGATE_MAX_STOP_TIMEOUT_S - 10}"
         )
     if s.jobs is not None and not s.web.tokens:
         w.append(

@@ -21,7 +21,7 @@ from s3flow.deploy.naming import NO_VALUE, Json, Naming, camel, get_att, if_, re
 from s3flow.deploy.template import Template
 
 CONTAINER_PORT_WEB = 8080
-_FARGATE_MAX_STOP_TIMEOUT_S = 120
+FARGATE_MAX_STOP_TIMEOUT_S = 120
 _ECS_TRUST = "ecs-tasks.amazonaws.com"
 
 
@@ -211,7 +211,7 @@ def _container(
         "Essential": True,
         "Command": command,
         "Environment": environment,
-        "StopTimeout": min(_FARGATE_MAX_STOP_TIMEOUT_S, math.ceil(stop_timeout_s) + 10),
+        "StopTimeout": min(FARGATE_MAX_STOP_TIMEOUT_S, math.ceil(stop_timeout_s) + 10),
         "LogConfiguration": {
             "LogDriver": "awslogs",
             "Options": {

@@ -8,11 +8,18 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote_plus
 
 from s3flow.app import queue_url
 from s3flow.aws import open_clients
-from s3flow.errors import S3flowError, translate_aws_error
+from s3flow.errors import (
+    InvalidInputError,
+    ObjectMissingError,
+    S3flowError,
+    aws_errors,
+    translate_aws_error,
+)
 from s3flow.events import ObjectEvent, content_version
 from s3flow.quarantine import untag
 from s3flow.routing import Route
@@ -270,11 +277,24 @@ async def backfill(
 
         try:
             if keys:
+                # Every key is looked up first: one that does not exist enqueues nothing.
+                heads: list[tuple[str, dict[str, Any]]] = []
+                missing: list[str] = []
                 for key in keys:
                     try:
-                        head = await clients.s3.head_object(Bucket=p.bucket, Key=key)
-                    except Exception as exc:
-                        raise translate_aws_error(exc, f"HeadObject s3://{p.bucket}/{key}") from exc
+                        with aws_errors(f"HeadObject s3://{p.bucket}/{key}"):
+                            heads.append(
+                                (key, await clients.s3.head_object(Bucket=p.bucket, Key=key))
+                            )
+                    except ObjectMissingError:
+                        missing.append(key)
+                if missing:
+                    raise InvalidInputError(
+                        f"{command}: no object {', '.join(map(repr, missing[:5]))}"
+                        + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                        + f" in bucket {p.bucket!r}; nothing was enqueued"
+                    )
+                for key, head in heads:
                     await consider(
                         key,
                         str(head.get("ETag", "")).strip('"'),

@@ -93,3 +93,14 @@ def test_help_keeps_the_table_names_its_text_mentions(path: tuple[str, ...], cmd
         f"`s3flow {' '.join(path)} --help` drops {missing} (Rich markup: write them as "
         f"'\\\\[table]' in the help string):\n{result.output}"
     )
+
+
+def test_no_help_text_shows_rest_markup() -> None:
+    """``--help`` printed docstrings' reStructuredText literally: ````-p jobs-processing````."""
+    raw = sorted(
+        f"s3flow {' '.join(path)}: {text[:60]!r}"
+        for path, cmd in _all_commands()
+        for text in _texts(cmd)
+        if "``" in text or ":mod:" in text or ":class:" in text or ":func:" in text
+    )
+    assert not raw, raw

@@ -17,3 +17,21 @@ def test_a_rate_is_per_second_and_a_drop_is_unknown_not_negative(
     # A drop: records left the status (retried, or expired and pruned) faster than
     # others came; the counts cannot tell how many came, so no figure is made up.
     assert _rate(delta, dt_s) == shown
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--watch", "--json"], "Invalid value for --json: --watch is a live table"),
+        (["--interval", "3"], "Invalid value for --interval: only with --watch"),
+    ],
+)
+def test_flags_that_would_be_ignored_are_refused(args: list[str], said: str) -> None:
+    """`status --watch --json` printed the table; `--interval` alone did nothing."""
+    from typer.testing import CliRunner
+
+    from s3flow.cli import app
+
+    result = CliRunner().invoke(app, ["status", *args], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert said in " ".join(result.output.replace("│", " ").split())

@@ -529,6 +529,19 @@ def test_warnings() -> None:
     warnings = export(Settings(**cfg)).warnings
     assert any("local directory" in w for w in warnings)
     assert any("not built in" in w for w in warnings)
+    assert not any("shutdown_grace_s" in w for w in warnings)
+
+
+def test_a_shutdown_grace_past_what_ecs_allows_is_warned_about() -> None:
+    """StopTimeout is capped at 120 s: a grace of 200 s was cut ~80 s short, silently."""
+    cfg = json.loads(json.dumps(LINE_COUNT))
+    cfg.setdefault("worker", {})["shutdown_grace_s"] = 200
+    out = export(Settings(**cfg))
+    (said,) = [w for w in out.warnings if "shutdown_grace_s" in w]
+    assert said.startswith("worker.shutdown_grace_s = 200: ECS kills a task at most 120 s")
+    assert "keep shutdown_grace_s at or below 110" in said
+    cfg["worker"]["shutdown_grace_s"] = 110
+    assert not any("shutdown_grace_s" in w for w in export(Settings(**cfg)).warnings)
 
 
 def test_the_export_is_deterministic_and_fits_inline() -> None:

@@ -231,7 +231,7 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
             typer.Option("--all", help="Seal every pending file, not only the due batches."),
         ] = False,
     ) -> None:
-        """Seal due batches now (``--all``: everything pending), e.g. after a burst run."""
+        """Seal due batches now (`--all`: everything pending), e.g. after a burst run."""
         from s3flow.aws import open_clients
 
         settings = settings_or_exit(config)
