@@ -673,3 +673,26 @@ def test_upload_cors_origins_follow_the_web_page() -> None:
     mine = {**jobs, "cors_origins": ["https://mine.example.com"]}
     s = load_settings(None, {"jobs": mine, "web": {"port": 18481}})
     assert s.jobs is not None and s.jobs.origins() == ["https://mine.example.com"]
+
+
+def test_one_underscore_between_a_section_and_its_key_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """S3FLOW_WORKER_SHUTDOWN_GRACE_S=abc was ignored in silence (exit 0)."""
+    monkeypatch.setenv("S3FLOW_WORKER_SHUTDOWN_GRACE_S", "abc")
+    monkeypatch.setenv("S3FLOW_JOBS_JOB_TIMEOUT_S", "5")  # an optional section too
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    assert str(info.value) == (
+        "environment variable S3FLOW_JOBS_JOB_TIMEOUT_S (write S3FLOW_JOBS__JOB_TIMEOUT_S), "
+        "S3FLOW_WORKER_SHUTDOWN_GRACE_S (write S3FLOW_WORKER__SHUTDOWN_GRACE_S): a section "
+        "and its key are joined with two underscores; as written the variable is ignored"
+    )
+
+
+def test_s3flows_own_variables_that_look_like_settings_are_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("S3FLOW_WEB_URL", "S3FLOW_WORKER_ID", "S3FLOW_KAFKA_PORT", "S3FLOW_PIPELINES_0"):
+        monkeypatch.setenv(name, "1")
+    assert load_settings(None).worker.shutdown_grace_s > 0

@@ -7,7 +7,7 @@ import tomllib
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import (
@@ -186,6 +186,22 @@ class Settings(BaseSettings):
         return next((t for t in self.templates if t.name == name), None)
 
 
+#: s3flow's own variables that look like ``S3FLOW_<SECTION>_<KEY>``: the API URL of
+#: `s3flow upload` and the executor contract's worker id (see s3flow.executors.contract).
+_OWN_VARIABLES = frozenset({"S3FLOW_WEB_URL", "S3FLOW_WORKER_ID"})
+
+
+def _keys_of(annotation: Any) -> frozenset[str]:
+    """The keys of a settings section's model (``X | None`` too); none for a list."""
+    if get_origin(annotation) is list:
+        return frozenset()
+    for t in (annotation, *get_args(annotation)):
+        fields = getattr(t, "model_fields", None)
+        if isinstance(fields, dict):
+            return frozenset(fields)
+    return frozenset()
+
+
 def _check_env_sections() -> None:
     """ConfigError naming each ``S3FLOW_<SECTION>__<KEY>`` variable whose section is
     none of the settings' (``S3FLOW_WORKR__SHUTDOWN_GRACE_S``): pydantic-settings
@@ -204,6 +220,22 @@ def _check_env_sections() -> None:
         raise ConfigError(
             f"environment variable {', '.join(unknown)} names no settings section: "
             f"the sections are {known}; correct or unset it"
+        )
+    # One underscore where two belong (S3FLOW_WORKER_SHUTDOWN_GRACE_S): a section and one
+    # of its keys, so surely meant for it; other S3FLOW_ names are left alone.
+    single = []
+    for name in sorted(os.environ):
+        rest = name[len("S3FLOW_") :].lower() if name.upper().startswith("S3FLOW_") else ""
+        if not rest or "__" in rest or name.upper() in _OWN_VARIABLES:
+            continue
+        for section, info in Settings.model_fields.items():
+            key = rest.removeprefix(section + "_")
+            if rest.startswith(section + "_") and key in _keys_of(info.annotation):
+                single.append(f"{name} (write S3FLOW_{section.upper()}__{key.upper()})")
+    if single:
+        raise ConfigError(
+            f"environment variable {', '.join(single)}: a section and its key are "
+            "joined with two underscores; as written the variable is ignored"
         )
 
 
