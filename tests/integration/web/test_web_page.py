@@ -333,6 +333,40 @@ def _slow_upload(page: Page, site: Site, tmp_path: Path, name: str) -> str:
     return job_id_of(page)
 
 
+def test_a_reload_while_files_are_sent_asks_first_and_lands_on_the_job(
+    site: Site, page: Page, tmp_path: Path
+) -> None:
+    """The job's address was set only once every file was sent: a reload mid-upload came
+    back to an empty form, with no warning, and the job waited unseen until it expired."""
+    path = tmp_path / "held.txt"
+    path.write_bytes(b"a\nb\n")
+    held: list[Any] = []  # the storage POSTs, never answered: the upload stays under way
+    storage = re.compile(rf"/{re.escape(site.project.bucket)}/?$")
+
+    def hold(route: Any) -> None:
+        held.append(route)
+
+    page.route(storage, hold)
+    open_upload_page(page, site.url)
+    page.set_input_files("#files", str(path))
+    page.click("#upload")
+    expect(page).to_have_url(re.compile(r"/jobs/job-[0-9a-f]+$"))
+    expect(page.locator("#upload-form")).to_have_attribute("aria-busy", "true")
+    job_path = urlsplit(page.url).path
+    dialogs: list[str] = []
+
+    def answer(dialog: Any) -> None:
+        dialogs.append(dialog.type)
+        dialog.accept()  # leave anyway
+
+    page.on("dialog", answer)
+    page.reload()
+    assert dialogs == ["beforeunload"]
+    assert urlsplit(page.url).path == job_path
+    expect(page.locator("#job-status")).to_have_attribute("data-status", "waiting_for_files")
+    page.unroute(storage)
+
+
 def test_reloading_mid_job_shows_the_whole_history_once(
     site: Site, page: Page, shot: Shots, tmp_path: Path
 ) -> None:

@@ -290,6 +290,9 @@ async function upload(event) {
     return;
   }
   state.job = created.job_id;
+  // The job's address now, not once every file is sent: a reload (or a closed tab
+  // reopened) mid-upload shows the job instead of an empty form.
+  history.pushState({ job: created.job_id }, "", jobPath(created.job_id));
   setStatus(`Uploading ${state.entries.length} file(s) to storage…`);
   const results = await Promise.all(
     created.files.map((post, i) => sendFile(state.entries[i], post)),
@@ -321,10 +324,14 @@ async function upload(event) {
   showJob(created.job_id);
 }
 
+function jobPath(jobId) {
+  return `/jobs/${encodeURIComponent(jobId)}`;
+}
+
 function showJob(jobId) {
   const slot = $("job-slot");
   slot.hidden = false;
-  history.pushState({ job: jobId }, "", `/jobs/${encodeURIComponent(jobId)}`);
+  if (location.pathname !== jobPath(jobId)) history.pushState({ job: jobId }, "", jobPath(jobId));
   document.title = `Job ${jobId} · s3flow`;
   state.view = mountJobView(slot, jobId);
 }
@@ -404,6 +411,13 @@ async function init() {
     $("files").focus();
   });
   window.addEventListener("popstate", () => location.reload());
+  // Leaving while files are sent stops them: the job would wait for them until it expires.
+  window.addEventListener("beforeunload", (event) => {
+    if (state.busy && state.job) {
+      event.preventDefault();
+      event.returnValue = "";
+    }
+  });
   let response;
   try {
     response = await api("/api/config");
