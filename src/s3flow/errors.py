@@ -212,7 +212,19 @@ def translate_aws_error(exc: BaseException, operation: str) -> S3flowError:
             return AwsError(text, code=code, operation=operation)
         return AwsPermanentError(text, code=code, operation=operation)
     # Connection errors, read timeouts, endpoint unreachable: transient.
-    return AwsError(f"{operation} failed: {type(exc).__name__}: {exc}", operation=operation)
+    hint = ""
+    if type(exc).__name__ in _CONNECT_ERRORS:
+        hint = (
+            " (nothing answers at that address: is the endpoint running, e.g. `s3flow "
+            "local`, and are AWS_ENDPOINT_URL / [aws] endpoint_url and the region right?)"
+        )
+    return AwsError(f"{operation} failed: {type(exc).__name__}: {exc}{hint}", operation=operation)
+
+
+#: Errors that mean no connection could be made (botocore's, s3flow's own HTTP client's).
+_CONNECT_ERRORS = frozenset(
+    {"EndpointConnectionError", "ConnectTimeoutError", "HttpConnectError", "HttpConnectTimeout"}
+)
 
 
 @contextmanager

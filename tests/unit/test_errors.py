@@ -124,3 +124,20 @@ def test_aws_errors_translates_what_the_block_raises() -> None:
     assert passed.value is classified
     with aws_errors("GetObject"):
         pass  # nothing raised, nothing to translate
+
+
+def test_a_connection_refused_says_what_to_check() -> None:
+    """ "Could not connect to the endpoint URL" alone left a new user guessing."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from s3flow.errors import AwsError, Disposition, translate_aws_error
+
+    err = translate_aws_error(
+        EndpointConnectionError(endpoint_url="http://127.0.0.1:1/"), "GetQueueUrl q"
+    )
+    assert isinstance(err, AwsError) and err.disposition is Disposition.RETRYABLE
+    assert str(err).startswith("GetQueueUrl q failed: EndpointConnectionError: Could not connect")
+    assert "is the endpoint running, e.g. `s3flow local`" in str(err)
+    assert "AWS_ENDPOINT_URL" in str(err)
+    timeout = translate_aws_error(TimeoutError("read timed out"), "GetObject s3://b/k")
+    assert "endpoint running" not in str(timeout)  # it answered once: not this hint

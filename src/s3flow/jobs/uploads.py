@@ -194,8 +194,10 @@ def plan_upload(settings: Settings, request: UploadRequest) -> list[JobFile]:
             raise BadUploadError(
                 f"{f.name!r}: content type {ctype!r} is not allowed; allowed: {allowed}"
             )
-        if f.size < 1:
-            raise BadUploadError(f"{f.name!r}: size {f.size} - empty files cannot be uploaded")
+        if f.size < 0:
+            raise BadUploadError(f"{f.name!r}: size {f.size} is negative: give its size in bytes")
+        if f.size == 0:
+            raise BadUploadError(f"{f.name!r} is empty (0 bytes): empty files cannot be uploaded")
         if f.size > jobs.max_file_bytes:
             raise BadUploadError(
                 f"{f.name!r}: {f.size} bytes is more than the {jobs.max_file_bytes} bytes "
