@@ -114,7 +114,7 @@ def jobs_show(
             f"  file  {'received' if f.received else 'waiting '}  {escape(f.name)}"
             f"  ({f.size} bytes)"
         )
-    for i, s in enumerate(job.steps):
+    for i, s in enumerate(job.steps, start=1):  # counted from 1, as the web page does
         prog = escape(", ".join(f"{k}={v}" for k, v in s.progress.items()))
         console.print(f"  step {i} {escape(s.name)}: {s.status}{'  ' + prog if prog else ''}")
     for o in job.outputs:

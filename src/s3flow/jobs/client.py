@@ -252,6 +252,12 @@ def post_file(
         raise S3flowError(f"S3 refused {path.name} (HTTP {r.status_code}): {r.text[:300]}")
 
 
+def _ordinal(index: Any) -> Any:
+    """A step's number as people count (1 for the first), as the web page and the
+    template errors show it; the events' ``step`` field is its index (0 first)."""
+    return index + 1 if isinstance(index, int) else index
+
+
 def describe(ev: SseEvent) -> str:
     """A short human line for one event (what `s3flow upload` prints)."""
     d = ev.data
@@ -259,9 +265,12 @@ def describe(ev: SseEvent) -> str:
         return f"{d.get('name')} received"
     if ev.event in ("step.started", "step.completed"):
         extra = f" ({d.get('outputs')} outputs)" if ev.event == "step.completed" else ""
-        return f"step {d.get('step')}{' ' + str(d['name']) if d.get('name') else ''}{extra}"
+        return (
+            f"step {_ordinal(d.get('step'))}{' ' + str(d['name']) if d.get('name') else ''}{extra}"
+        )
     if ev.event == "step.progress":
-        return f"step {d.get('step')}: {d.get('bytes_done', 0)}/{d.get('bytes_total', '?')} bytes"
+        done, total = d.get("bytes_done", 0), d.get("bytes_total", "?")
+        return f"step {_ordinal(d.get('step'))}: {done}/{total} bytes"
     if ev.event == "job.completed":
         return ", ".join(str(o.get("name")) for o in d.get("outputs", []))
     if ev.event in ("job.failed", "job.expired"):

@@ -39,3 +39,15 @@ def test_api_url_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("S3FLOW_WEB_URL", "http://env:2")
     assert api_url(None, "http://cfg:1") == "http://env:2"
     assert api_url("http://flag:3", "http://cfg:1") == "http://flag:3"
+
+
+def test_steps_are_counted_from_one_as_on_the_web_page() -> None:
+    """`s3flow upload` said "step 0" where the page and the template errors say step 1."""
+    from s3flow.jobs.client import SseEvent, describe
+
+    started = SseEvent(3, "step.started", {"step": 0, "name": "line-count"})
+    done = SseEvent(5, "step.completed", {"step": 1, "name": "zip", "outputs": 1})
+    progress = SseEvent(4, "step.progress", {"step": 0, "bytes_done": 5, "bytes_total": 9})
+    assert describe(started) == "step 1 line-count"
+    assert describe(done) == "step 2 zip (1 outputs)"
+    assert describe(progress) == "step 1: 5/9 bytes"
