@@ -231,6 +231,8 @@ def web_statements(settings: Settings, naming: Naming, arns: Arns) -> Statements
         S3_READ,
         [naming.s3_arn(jobs.bucket, prefix + "*") for prefix in _job_outputs(settings)],
     )
+    # The start-up check that the page's origin may upload (s3flow.web.runtime).
+    st.allow("ReadUploadsCors", ("s3:GetBucketCORS",), [naming.s3_arn(jobs.bucket)])
     if arns.job_tables:
         st.allow("JobStore", STORE_WEB, arns.job_tables)
     return st

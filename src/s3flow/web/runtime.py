@@ -10,6 +10,7 @@ store and tells the hub.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -20,10 +21,13 @@ from s3flow.aws import open_clients
 from s3flow.errors import ConfigError
 from s3flow.jobs.progress import ProgressConsumer
 from s3flow.settings import Settings
+from s3flow.settings.jobs import page_origins
 from s3flow.state.jobs import JobEvent, JobStore
 from s3flow.web.hub import EventHub
 
-__all__ = ["WebRuntime", "open_runtime"]
+__all__ = ["WebRuntime", "open_runtime", "warn_if_page_cannot_upload"]
+
+log = logging.getLogger("s3flow.web")
 
 
 @dataclass
@@ -36,6 +40,42 @@ class WebRuntime:
     store: JobStore
     hub: EventHub
     consumer: ProgressConsumer | None = None
+
+
+async def warn_if_page_cannot_upload(s3: Any, settings: Settings) -> list[str]:
+    """Warn (and return the warning) when the uploads bucket's CORS rules allow none of
+    the origins this server's page is served at: browsers could not send files, each
+    upload failing with a vague network error while its job waits for files. The usual
+    cause is another port than the one `s3flow provision` was run with (``--port``).
+    Rules that cannot be read (no permission) are not judged."""
+    assert settings.jobs is not None
+    bucket = settings.jobs.bucket
+    try:
+        rules = (await s3.get_bucket_cors(Bucket=bucket)).get("CORSRules") or []
+    except Exception as exc:
+        code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
+        if code != "NoSuchCORSConfiguration":
+            log.debug("CORS rules of %s not checked: %s", bucket, exc)
+            return []
+        rules = []
+    allowed = {
+        origin
+        for rule in rules
+        if "POST" in (rule.get("AllowedMethods") or [])
+        for origin in rule.get("AllowedOrigins") or []
+    }
+    page = page_origins(settings.web)
+    if "*" in allowed or any(o in allowed for o in page):
+        return []
+    said = (
+        f"the uploads bucket {bucket!r} lets browsers POST from "
+        + (", ".join(sorted(allowed)) if allowed else "no origin")
+        + f", not from this page ({', '.join(page)}): the page cannot upload files. Run "
+        "`s3flow provision` with this [web] port / url (or list the origin in [jobs] "
+        "cors_origins), or serve the page where the bucket allows"
+    )
+    log.warning("%s", said)
+    return [said]
 
 
 @asynccontextmanager
@@ -70,6 +110,8 @@ async def open_runtime(
                     "set it to 'sqlite:PATH' or 'dynamodb://PREFIX'"
                 )
             store = opened
+        if settings.jobs is not None:
+            await warn_if_page_cannot_upload(s3, settings)
         hub = await stack.enter_async_context(
             EventHub(store, poll_s=poll_s, heartbeat_s=settings.web.heartbeat_s)
         )

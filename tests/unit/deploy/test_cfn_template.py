@@ -378,6 +378,8 @@ def test_web_role() -> None:
         "arn:aws:s3:::acme-dev-uploads/bundles/*",
     ]
     assert [r["Fn::GetAtt"][0] for r in st["ConsumeProgress"]["Resource"]] == ["QueueProgressFifo"]
+    assert st["ReadUploadsCors"]["Action"] == ["s3:GetBucketCORS"]
+    assert resolve(st["ReadUploadsCors"]["Resource"], p) == ["arn:aws:s3:::acme-dev-uploads"]
     assert st["JobStore"]["Action"] == [
         "dynamodb:BatchGetItem",
         "dynamodb:DescribeTable",
