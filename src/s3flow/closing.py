@@ -2,15 +2,18 @@
 
 :class:`AsyncExit` is the same for an object whose ``close()`` is not a coroutine
 and whose async exit work is ``aclose()``. :func:`cancel_and_wait` stops a background
-task on the way out.
+task on the way out; :func:`finish_despite_cancel` runs clean-up to its end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
+
+T = TypeVar("T")
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
@@ -24,6 +27,22 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def finish_despite_cancel(aw: Awaitable[T]) -> T:
+    """Await ``aw`` to its end even when this task is cancelled meanwhile, then re-raise
+    the cancellation.
+
+    ``asyncio.shield`` alone is not enough for clean-up on Ctrl-C: ``asyncio.run``
+    cancels every task still pending once its main task ends, the shielded one too, so
+    the clean-up stopped half-way. A second cancellation (a second Ctrl-C) cuts it short.
+    """
+    task = asyncio.ensure_future(aw)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
 
 
 class AsyncExit:

@@ -12,6 +12,7 @@ from s3flow.cli.common import (
     PipelineNameOpt,
     app,
     console,
+    err_console,
     one_pipeline,
     settings_from,
     with_progress,
@@ -121,12 +122,25 @@ def _run_backfill(
                 store=store,
                 force=force,
                 command=command,
-                on_progress=lambda listed, enq: progress.update(
-                    task, completed=listed, description=f"listed {listed}, enqueued {enq}"
-                ),
+                on_progress=lambda listed, enq: shown(progress, task, listed, enq),
             )
 
-    r = with_progress(go)
+    def shown(progress: Progress, task: Any, listed: int, enq: int) -> None:
+        seen.update(listed=listed, enqueued=enq)  # for the summary of an interrupted run
+        progress.update(task, completed=listed, description=f"listed {listed}, enqueued {enq}")
+
+    seen = {"listed": 0, "enqueued": 0}
+    try:
+        r = with_progress(go)
+    except KeyboardInterrupt:
+        # What was enqueued stays enqueued (running it again skips it: already queued).
+        err_console.print(
+            f"interrupted: listed {seen['listed']}, enqueued at least {seen['enqueued']} "
+            f"(a batch being sent may have gone too); run `s3flow {command}` again to go on: "
+            "what is already queued is not enqueued twice",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
     busy = f", being processed now {r.busy}" if r.busy else ""
     console.print(
         f"listed {r.listed}: enqueued {r.enqueued}, already completed {r.already_done}, "

@@ -196,8 +196,8 @@ def dlq_redrive(
     Restartable: stop it (Ctrl-C) or kill it at any moment and run it again;
     every message ends up on the source queue, none stays behind on the DLQ.
     A message that cannot be moved stays on the DLQ: the command says which and
-    why, and exits 2. Messages dead-lettered while it runs (a worker failing a moved
-    copy again) are left on the DLQ and counted. `-p jobs-processing` redrives the jobs
+    why, and exits 2. A moved copy that a worker fails again while it runs is left on
+    the DLQ and counted. `-p jobs-processing` redrives the jobs
     processing queue's DLQ.
     """
     from rich.progress import Progress
@@ -217,7 +217,7 @@ def dlq_redrive(
                     max_n=max_n,
                     store=store,
                     lease_s=lease_s,
-                    on_moved=lambda n: progress.advance(task, n),
+                    on_moved=lambda n: advance(progress, task, n),
                     on_wait=lambda n, secs: err_console.print(
                         f"{n} DLQ message(s) are held by an earlier, interrupted redrive or "
                         f"a `dlq list`; waiting up to {secs:.0f}s for them to come back",
@@ -227,7 +227,24 @@ def dlq_redrive(
             except RedriveError as exc:
                 return exc  # what was moved is printed before the error
 
-    result = with_progress(go)
+    moved: list[int] = []
+
+    def advance(progress: Progress, task: Any, n: int) -> None:
+        moved.append(n)  # for the summary of an interrupted run
+        progress.advance(task, n)
+
+    try:
+        result = with_progress(go)
+    except KeyboardInterrupt:
+        # The batch in hand was settled first (sent copies deleted from the DLQ, the
+        # rest made visible): nothing is lost, the next run moves what is left.
+        err_console.print(
+            f"interrupted: moved at least {sum(moved)} message(s) back to the source queue "
+            "(and the batch in hand, if it was sent); none is lost: run `s3flow dlq "
+            "redrive` again to move the rest",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
     report = result.report if isinstance(result, RedriveError) else result
     if report.method == "message-move-task":
         console.print("started an SQS message move task (DLQ -> source queue)")
@@ -238,8 +255,8 @@ def dlq_redrive(
         console.print(f"moved {report.moved} message(s) back to the source queue{extra}")
         if report.arrived:
             err_console.print(
-                f"{report.arrived} message(s) were dead-lettered while this redrive ran (a "
-                "worker failed them, perhaps again) and were left on the DLQ: see why with "
+                f"{report.arrived} message(s) this redrive moved came back to the DLQ (a "
+                "worker failed them again) and were left there: see why with "
                 f"`s3flow dlq list{f' -p {pipeline}' if pipeline else ''}` before you "
                 "redrive them",
                 highlight=False,

@@ -13,6 +13,7 @@ from typing import Any
 
 from s3flow.app import dlq_url, queue_url
 from s3flow.aws import AwsClients, open_clients
+from s3flow.closing import finish_despite_cancel
 from s3flow.errors import (
     EnvelopeError,
     ObjectMissingError,
@@ -223,8 +224,8 @@ class RedriveReport:
     unsent: dict[str, str] = field(default_factory=dict)
     #: Why the run stopped before the DLQ was empty ("" when it did not).
     stopped: str = ""
-    #: Messages dead-lettered while the run went on (a worker failed them again, perhaps
-    #: a copy this run moved): left on the DLQ, never moved by the run that saw them come.
+    #: Copies this run moved that came back to the DLQ while it went on (a worker failed
+    #: them again): left there, never moved twice by one run.
     arrived: int = 0
 
 
@@ -509,15 +510,16 @@ async def _move_all(
 ) -> None:
     """Receive -> send -> delete until the DLQ is empty or ``max_n`` are moved.
 
-    Only messages sent to the DLQ before the run started are moved: one sent since
-    (``SentTimestamp``) was dead-lettered meanwhile, maybe a copy this very run moved
-    that a running worker failed again. Moving it too would chase the worker for ever.
-    It is held until the run ends, then made visible, and counted in ``report.arrived``.
+    A copy this run sent that comes back to the DLQ (a worker beside it failed it
+    again: its ``s3flow.source-message-id`` is the copy's id; or the queue's redrive
+    policy moved the copy itself, keeping its id) is not moved again: that would chase
+    the worker for ever. It is held until the run ends, then made visible, and counted
+    in ``report.arrived``.
     """
     # Messages that could not be moved stay leased until the run ends (so they are not
     # tried again and again), then are made visible.
     held: dict[str, dict[str, Any]] = {}
-    started_ms = int(time.time() * 1000)
+    copies: set[str] = set()  # the ids of the copies this run put on the source queue
     arrived: set[str] = set()
     try:
         await _wait_for_leased(clients.sqs, dlq, lease_s, report, on_wait)
@@ -525,29 +527,21 @@ async def _move_all(
             want = (
                 MAX_BATCH_ENTRIES if max_n is None else min(MAX_BATCH_ENTRIES, max_n - report.moved)
             )
-            resp = await clients.sqs.receive_message(
-                QueueUrl=dlq,
-                MaxNumberOfMessages=want,
-                WaitTimeSeconds=1,
-                VisibilityTimeout=lease_s,
-                MessageAttributeNames=["All"],
-                MessageSystemAttributeNames=_SYSTEM_ATTRIBUTES,
-            )
-            msgs = resp.get("Messages") or []
+            msgs = await _receive(clients.sqs, dlq, want, lease_s)
             if not msgs:
                 if await _leased(clients.sqs, dlq) <= len(held):
                     break
                 await _wait_for_leased(clients.sqs, dlq, lease_s, report, on_wait, own=len(held))
                 continue
-            late = [m for m in msgs if _sent_ms(m) >= started_ms]
+            late = [m for m in msgs if _copy_of(m, copies)]
             if late:
                 arrived.update(m["MessageId"] for m in late)
                 report.arrived = len(arrived)
                 held.update((m["MessageId"], m) for m in late)  # the newest receipt handle
-                msgs = [m for m in msgs if _sent_ms(m) < started_ms]
+                msgs = [m for m in msgs if not _copy_of(m, copies)]
                 if not msgs:
                     continue
-            kept = await _move_batch(clients, route, src, dlq, msgs, store, report)
+            kept = await _move_batch(clients, route, src, dlq, msgs, store, report, copies)
             fresh = [m for m in kept if m["MessageId"] not in held]
             for m in msgs:
                 held.pop(m["MessageId"], None)
@@ -563,17 +557,41 @@ async def _move_all(
                     )
                 break
     finally:
-        await asyncio.shield(_release(clients.sqs, dlq, list(held.values())))
+        await finish_despite_cancel(_release(clients.sqs, dlq, list(held.values())))
         report.failed = len(report.unsent)
 
 
-def _sent_ms(msg: dict[str, Any]) -> int:
-    """When ``msg`` was sent to the queue (epoch ms; 0 when SQS did not say)."""
-    value = (msg.get("Attributes") or {}).get("SentTimestamp")
+def _copy_of(msg: dict[str, Any], copies: set[str]) -> bool:
+    """Whether DLQ message ``msg`` is one of ``copies`` come back: dead-lettered by a
+    worker (which names the message it failed), or moved by the queue's redrive policy
+    (which keeps the id)."""
+    return msg["MessageId"] in copies or _attr(msg, "s3flow.source-message-id") in copies
+
+
+async def _receive(sqs: Any, dlq: str, want: int, lease_s: int) -> list[dict[str, Any]]:
+    """Receive up to ``want`` DLQ messages, leased for ``lease_s``.
+
+    Interrupted while the call is on the wire, it lets the answer come (at most the
+    1 s wait) and makes what it brings visible again before the cancellation goes
+    on: cut short, those messages would stay hidden for the whole lease.
+    """
+    call = asyncio.ensure_future(
+        sqs.receive_message(
+            QueueUrl=dlq,
+            MaxNumberOfMessages=want,
+            WaitTimeSeconds=1,
+            VisibilityTimeout=lease_s,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=_SYSTEM_ATTRIBUTES,
+        )
+    )
     try:
-        return int(value) if value is not None else 0
-    except ValueError:
-        return 0
+        resp = await asyncio.shield(call)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await finish_despite_cancel(_release(sqs, dlq, (await call).get("Messages") or []))
+        raise
+    return list(resp.get("Messages") or [])
 
 
 async def _wait_for_leased(
@@ -609,9 +627,11 @@ async def _move_batch(
     msgs: list[dict[str, Any]],
     store: StateStore | None,
     report: RedriveReport,
+    copies: set[str],
 ) -> list[dict[str, Any]]:
     """Send one received batch to the source queue, then delete what was sent from the
-    DLQ. Returns the messages not moved (still leased; the caller releases them)."""
+    DLQ (the ids of the copies go to ``copies``). Returns the messages not moved (still
+    leased; the caller releases them)."""
     fifo = src.endswith(".fifo")
     outgoing = [outgoing_of(m, fifo) for m in msgs]
     finished = False
@@ -628,9 +648,10 @@ async def _move_batch(
         finished = True
     finally:
         # Also on SIGINT / cancellation: what was sent is deleted, the rest released.
-        await asyncio.shield(_settle_batch(clients.sqs, store, dlq, outgoing, finished))
+        await finish_despite_cancel(_settle_batch(clients.sqs, store, dlq, outgoing, finished))
     moved = [o for o in outgoing if o.sent is Sent.YES]
     report.moved += len(moved)
+    copies.update(o.copy_id for o in moved if o.copy_id)
     for o in outgoing:
         if o.sent is Sent.YES:
             report.unsent.pop(o.msg["MessageId"], None)  # came back and moved this time

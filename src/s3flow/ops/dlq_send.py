@@ -59,6 +59,8 @@ class Outgoing:
     resets: list[Reset] = field(default_factory=list)
     sent: Sent = Sent.NO
     reason: str = ""
+    #: The id SQS gave its copy on the source queue (once sent).
+    copy_id: str | None = None
 
     @property
     def group(self) -> str | None:
@@ -185,10 +187,10 @@ async def send_all(sqs: Any, src: str, outgoing: list[Outgoing]) -> None:
                 continue
             alone = batch  # refused as a whole (too long, one bad entry): each alone
         else:
-            ok = {int(s["Id"]) for s in resp.get("Successful") or []}
+            ok = {int(s["Id"]): s.get("MessageId") for s in resp.get("Successful") or []}
             for i, o in enumerate(batch):
                 if i in ok:
-                    o.sent = Sent.YES
+                    o.sent, o.copy_id = Sent.YES, ok[i]
                 else:
                     alone.append(o)
         for o in alone:
@@ -197,11 +199,11 @@ async def send_all(sqs: Any, src: str, outgoing: list[Outgoing]) -> None:
                 continue
             o.sent = Sent.MAYBE
             try:
-                await sqs.send_message(QueueUrl=src, **o.entry)
+                answer = await sqs.send_message(QueueUrl=src, **o.entry)
             except Exception as exc:
                 _failed(o, exc, "SendMessage")
             else:
-                o.sent = Sent.YES
+                o.sent, o.copy_id = Sent.YES, answer.get("MessageId")
             note_failure(o)
 
 
