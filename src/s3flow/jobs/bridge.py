@@ -16,11 +16,13 @@ each object under ``uploads/<upload_id>/``:
 A background sweep expires jobs whose files did not all arrive within
 ``[jobs] job_timeout_s`` (``job.expired`` naming them). Every worker sweeps;
 the conditional append makes that harmless. A file arrives when it is stored
-(its event's ``eventTime``, the object's ``LastModified``), not when its
-notification is handled: a file stored after the deadline expires its waiting
-job, and one stored before it whose notification still waits on the intake
-queue (files uploaded while no worker ran) is received by the sweep itself, as
-its notification would be.
+(the object's ``LastModified``, to the second; a notification's own time is not
+used, `s3flow backfill` stamps the time it ran), not when its notification is
+handled: a file stored after the deadline expires its waiting job, and one
+stored before it whose notification still waits on the intake queue (files
+uploaded while no worker ran) is received by the sweep itself, as its
+notification would be. A waiting job with no file missing (its queueing failed
+for good) is queued by the sweep.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -124,18 +126,6 @@ async def expire_overdue(
                 expired.append(job.job_id)
 
 
-def _timestamp(event_time: str | None) -> float | None:
-    """An S3 event's ``eventTime`` (ISO 8601) as seconds since the epoch; None if absent
-    or not a time."""
-    if not event_time:
-        return None
-    try:
-        at = datetime.fromisoformat(event_time)
-    except ValueError:
-        return None
-    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
-
-
 async def _expire(store: JobStore, job: JobRecord) -> bool:
     """Append ``job.expired`` to a job still waiting for files; True if this call did."""
     missing = job.missing
@@ -213,34 +203,30 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
         job = await store.job_for_upload(upload_id)
         if job is None:
             raise InvalidInputError(f"{key!r} belongs to no upload: upload {upload_id} is unknown")
-        stored = _timestamp(ctx.event.event_time)
-        if (
-            stored is not None
-            and stored > job.expires_at
-            and job.status is JobStatus.WAITING_FOR_FILES
-            and index < len(job.files)
-            and not job.files[index].received
-        ):
-            # Stored after the deadline: the job expires now, as the sweep would have
-            # had it run in between (a file's arrival is when it was stored).
-            await _expire(store, job)
-            return Result(
-                counters={"files_late": 1},
-                detail={
-                    "job_id": job.job_id,
-                    "upload_id": upload_id,
-                    "file": job.files[index].name,
-                    "note": "stored after the job's deadline: the job expired",
-                },
-            )
-        return await self._receive(store, job, index, key, ctx.event.size)
+        return await self._receive(store, job, index, key, ctx.event.size, check_time=True)
+
+    async def _stored(self, key: str) -> tuple[float, int | None]:
+        """When the upload file at ``key`` was stored (its ``LastModified``, to the second),
+        and its size.
+
+        Raises ObjectMissingError when it is gone, the translated error otherwise.
+        """
+        with aws_errors(f"HeadObject s3://{self._bucket}/{key}"):
+            head = await self._s3.head_object(Bucket=self._bucket, Key=key)
+        stored = head.get("LastModified")
+        if not isinstance(stored, datetime):
+            raise S3flowError(f"HeadObject s3://{self._bucket}/{key} gave no LastModified")
+        size = head.get("ContentLength")
+        return stored.timestamp(), size if isinstance(size, int) else None
 
     async def _arrived_in_time(self, job: JobRecord) -> bool:
         """Receive an overdue job's missing files that are in the bucket, stored before its
         deadline; True if all of them are (the job is then queued, or failed by a size).
 
         Their notifications are late, not lost: while no worker ran they waited on the
-        intake queue, and the sweep runs at start, before the pollers have caught up.
+        intake queue, and the sweep runs at start, before the pollers have caught up. A
+        job with no file missing that still waits (its queueing failed for good) is
+        queued here.
         """
         assert self._store is not None
         found: list[tuple[int, str, int | None]] = []
@@ -248,20 +234,25 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
             if file.received:
                 continue
             try:
-                with aws_errors(f"HeadObject s3://{self._bucket}/{file.key}"):
-                    head = await self._s3.head_object(Bucket=self._bucket, Key=file.key)
+                stored, size = await self._stored(file.key)
             except ObjectMissingError:
                 return False  # not there: the job expires
-            stored = head.get("LastModified")
-            if not isinstance(stored, datetime) or stored.timestamp() > job.expires_at:
+            if stored > job.expires_at:
                 return False  # stored after the deadline: late, the job expires
-            found.append((index, file.key, head.get("ContentLength")))
-        log.info(
-            "job %s: %d file(s) stored before its deadline, their notifications not yet "
-            "handled: received by the expiry sweep",
-            job.job_id,
-            len(found),
-        )
+            found.append((index, file.key, size))
+        if found:
+            log.info(
+                "job %s: %d file(s) stored before its deadline, their notifications not "
+                "yet handled: received by the expiry sweep",
+                job.job_id,
+                len(found),
+            )
+        else:
+            log.info(
+                "job %s: every file is received but it was never queued: queued now", job.job_id
+            )
+            await self._queue(self._store, job, {"job_id": job.job_id})
+            return True
         for index, key, size in found:
             try:
                 await self._receive(self._store, job, index, key, size)
@@ -272,26 +263,54 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
         return True
 
     async def _receive(
-        self, store: JobStore, job: JobRecord, index: int, key: str, size: int | None
+        self,
+        store: JobStore,
+        job: JobRecord,
+        index: int,
+        key: str,
+        size: int | None,
+        *,
+        check_time: bool = False,
     ) -> Result:
         """Record file ``index`` of ``job`` (stored at ``key``, ``size`` bytes) as received;
-        queue the job when it was the last one missing."""
+        queue the job when it was the last one missing.
+
+        ``check_time``: handled after the job's deadline, the file's ``LastModified``
+        decides: stored after it, the waiting job expires (as the sweep would have had it
+        run in between) and the file is not received. A notification's own time is not
+        used: `s3flow backfill` and `reprocess` stamp theirs with the time they ran.
+        """
         upload_id = job.upload_id
         if index >= len(job.files) or job.files[index].key != key:
             raise InvalidInputError(
                 f"{key!r} was not declared by upload {upload_id} (job {job.job_id})"
             )
-        if size is not None and size > self.opts.max_file_bytes:
-            await self._fail(
-                store, job, f"{job.files[index].name!r} is {size} bytes, over the limit"
+        name = job.files[index].name
+        if (
+            check_time
+            and job.status is JobStatus.WAITING_FOR_FILES
+            and not job.files[index].received
+            and time.time() > job.expires_at
+            and (await self._stored(key))[0] > job.expires_at
+        ):
+            await _expire(store, job)
+            return Result(
+                counters={"files_late": 1},
+                detail={
+                    "job_id": job.job_id,
+                    "upload_id": upload_id,
+                    "file": name,
+                    "note": "stored after the job's deadline: the job expired",
+                },
             )
+        if size is not None and size > self.opts.max_file_bytes:
+            await self._fail(store, job, f"{name!r} is {size} bytes, over the limit")
             raise InvalidInputError(
                 f"{key!r} is {size} bytes, more than max_file_bytes ({self.opts.max_file_bytes})"
             )
         declared = job.files[index].size
         if size is not None and size != declared:
             # The runner plans by the declared size (csv-to-kafka ranges): never run on another.
-            name = job.files[index].name
             await self._fail(
                 store,
                 job,
@@ -301,7 +320,6 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
             raise InvalidInputError(
                 f"{key!r} is {size} bytes, not the {declared} bytes upload {upload_id} declared"
             )
-        name = job.files[index].name
         await store.append_event(
             job.job_id,
             event_id=f"{job.job_id}:{EventType.FILE_RECEIVED}:{index}",
@@ -313,9 +331,15 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
         if job.missing:
             detail["waiting_for"] = job.missing
             return Result(counters={"files_received": 1}, detail=detail)
+        result = await self._queue(store, job, detail)
+        return Result(counters={"files_received": 1, **result.counters}, detail=result.detail)
+
+    async def _queue(self, store: JobStore, job: JobRecord, detail: dict[str, Any]) -> Result:
+        """Queue ``job``, every file of which is received (once: the append and the FIFO
+        queue both deduplicate)."""
         if job.status not in _QUEUEABLE:
             detail["note"] = f"job is already {job.status}"
-            return Result(counters={"files_received": 1}, detail=detail)
+            return Result(detail=detail)
         event, _ = await store.append_event(
             job.job_id,
             event_id=f"{job.job_id}:{EventType.JOB_QUEUED}",
@@ -325,10 +349,10 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
         )
         if event is None:
             detail["note"] = "job ended before its last file arrived"
-            return Result(counters={"files_received": 1}, detail=detail)
+            return Result(detail=detail)
         await self._enqueue(job)
         detail["queued"] = True
-        return Result(counters={"files_received": 1, "jobs_queued": 1}, detail=detail)
+        return Result(counters={"jobs_queued": 1}, detail=detail)
 
     async def _enqueue(self, job: JobRecord) -> None:
         body = JobMessage(job_id=job.job_id, upload_id=job.upload_id, template=job.template)

@@ -205,8 +205,10 @@ def _keys_of(annotation: Any) -> frozenset[str]:
 def _check_env_sections() -> None:
     """ConfigError naming each ``S3FLOW_<SECTION>__<KEY>`` variable whose section is
     none of the settings' (``S3FLOW_WORKR__SHUTDOWN_GRACE_S``): pydantic-settings
-    ignores it, so the typo would go unnoticed. Variables without ``__`` are left
-    alone (``S3FLOW_CONFIG``, ``S3FLOW_OUTPUT`` mean other things)."""
+    ignores it, so the typo would go unnoticed; likewise ``S3FLOW_<SECTION>_<KEY>``
+    with one underscore where a section and one of its keys meet. Other variables
+    without ``__`` are left alone (``S3FLOW_CONFIG``, ``S3FLOW_OUTPUT``,
+    ``S3FLOW_WEB_URL`` mean other things)."""
     sections = set(Settings.model_fields)
     unknown = sorted(
         name

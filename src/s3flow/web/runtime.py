@@ -21,7 +21,6 @@ from s3flow.aws import open_clients
 from s3flow.errors import ConfigError
 from s3flow.jobs.progress import ProgressConsumer
 from s3flow.settings import Settings
-from s3flow.settings.jobs import page_origins
 from s3flow.state.jobs import JobEvent, JobStore
 from s3flow.web.hub import EventHub
 
@@ -64,7 +63,9 @@ async def warn_if_page_cannot_upload(s3: Any, settings: Settings) -> list[str]:
         if "POST" in (rule.get("AllowedMethods") or [])
         for origin in rule.get("AllowedOrigins") or []
     }
-    page = page_origins(settings.web)
+    # [jobs] cors_origins: where people open the page (a proxy's address, say); unset,
+    # this server's own origins at its [web] port and url.
+    page = settings.jobs.origins()
     if "*" in allowed or any(o in allowed for o in page):
         return []
     said = (

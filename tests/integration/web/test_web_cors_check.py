@@ -10,6 +10,7 @@ import pytest
 from web_support import JobsEnv
 
 from s3flow.aws import open_clients
+from s3flow.settings import load_settings
 from s3flow.web.runtime import warn_if_page_cannot_upload
 
 pytestmark = pytest.mark.integration
@@ -43,3 +44,8 @@ async def test_a_page_origin_the_bucket_does_not_allow_is_warned_about(
         "(http://127.0.0.1:48581, http://localhost:48581)"
     ), said
     assert "Run `s3flow provision`" in said
+    # Behind a proxy the page is opened at [jobs] cors_origins: that is what must be allowed.
+    proxied = jobs_env.data(port=48581)
+    proxied["jobs"]["cors_origins"] = ["http://localhost:48580"]
+    async with open_clients(settings.aws) as clients:
+        assert await warn_if_page_cannot_upload(clients.s3, load_settings(None, proxied)) == []

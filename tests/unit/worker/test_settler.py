@@ -1,14 +1,17 @@
-"""Pure rules of the settler: what an outcome asks of SQS."""
+"""Rules of the settler: what an outcome asks of SQS, and of the state store (a real
+SQLite file)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
 from s3flow.settings import PipelineSettings
+from s3flow.state import FileStatus, ObjectId, SqliteStateStore
 from s3flow.worker.acks import AckBatcher, Settler
-from s3flow.worker.outcomes import SQS_MAX_VISIBILITY_S, Retry
+from s3flow.worker.outcomes import SQS_MAX_VISIBILITY_S, DeadLetter, Retry
 from s3flow.worker.source import ReceivedMessage
 
 
@@ -47,3 +50,42 @@ async def test_a_retry_never_asks_for_a_visibility_past_12_hours_from_the_receiv
     await settler(acks).settle(msg, Retry(asked, "X", "boom"))
     ((handle, delay),) = acks.changes
     assert handle == "h" and expected[0] <= delay <= expected[1], delay
+
+
+class FakeSqs:
+    """Takes every DLQ send (the settler's other calls are not under test)."""
+
+    async def send_message(self, **kwargs: object) -> dict[str, str]:
+        return {"MessageId": "dlq-copy"}
+
+
+class FakeDeletes(FakeAcks):
+    async def delete(self, receipt_handle: str) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("redriven", [False, True])
+async def test_a_dead_letter_marks_the_record_dead_only_from_failed(
+    tmp_path: Path, redriven: bool
+) -> None:
+    """An operator's `dlq redrive` may set the record to received between the handler's
+    failure and the settler's mark: the mark overwrote it, and the redriven copy was then
+    acknowledged without work ("is dead")."""
+    oid = ObjectId("b", "k", "v1")
+    async with SqliteStateStore(tmp_path / "state.db") as store:
+        claim = await store.claim(oid, pipeline="p", owner="w", ttl_s=60)
+        await store.fail(
+            oid, token=claim.token, status=FileStatus.FAILED, error_class="E", error="x"
+        )
+        if redriven:
+            await store.set_status(oid, FileStatus.RECEIVED, detail="redriven")
+        p = PipelineSettings(name="p", bucket="b", queue="q", output="s3://o/")
+        fake: AckBatcher = FakeDeletes()  # type: ignore[assignment]
+        settler = Settler(
+            fake, FakeSqs(), pipeline=p, queue_url="q", dlq_url="d", worker_id="w", store=store
+        )
+        msg = ReceivedMessage("m", "h", "{}", 1, time.monotonic())
+        await settler.settle(msg, DeadLetter("E", "x", (oid,)))
+        rec = await store.get(oid)
+    assert rec is not None
+    assert rec.status is (FileStatus.RECEIVED if redriven else FileStatus.DEAD)
