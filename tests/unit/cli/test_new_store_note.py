@@ -19,14 +19,7 @@ output = "s3://o/r/"
 
 
 def files(cwd: Path, config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "s3flow", "files", "-c", str(config), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "300"},
-    )
+    return s3flow(cwd, "files", "-c", str(config), "--json")
 
 
 def test_a_relative_store_opened_from_another_directory_is_noted(tmp_path: Path) -> None:
