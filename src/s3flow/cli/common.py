@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
@@ -246,11 +247,16 @@ PipelineNameOpt = Annotated[
 
 
 def status_option(statuses: type[E], value: str | None) -> E | None:
-    """``--status`` as one of ``statuses`` (None when not given); a bad value is a usage error."""
+    """``--status`` as one of ``statuses`` (None when not given); a bad value is a usage
+    error naming the valid ones ("'bogus' is not a file status: use one of ...")."""
     try:
         return statuses(value) if value else None
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--status") from exc
+        what = re.sub(r"(?<!^)(?=[A-Z])", " ", statuses.__name__).lower()  # "file status"
+        allowed = ", ".join(str(s.value) for s in statuses)
+        raise typer.BadParameter(
+            f"{value!r} is not a {what}: use one of {allowed}", param_hint="--status"
+        ) from exc
 
 
 class RunGroup(TyperGroup):

@@ -20,6 +20,7 @@ from s3flow.cli.common import (
     new_table,
     one_pipeline,
     settings_or_exit,
+    status_option,
     ts,
     with_store,
 )
@@ -52,13 +53,7 @@ def _at_least_one(value: int) -> int:
 
 def _file_status(value: str | None) -> FileStatus | None:
     """``--status`` as a FileStatus (None when not given); a bad one names the valid ones."""
-    try:
-        return FileStatus(value) if value else None
-    except ValueError as exc:
-        allowed = ", ".join(s.value for s in FileStatus)
-        raise typer.BadParameter(
-            f"{value!r} is not a file status: use one of {allowed}", param_hint="--status"
-        ) from exc
+    return status_option(FileStatus, value)
 
 
 @files_app.callback()

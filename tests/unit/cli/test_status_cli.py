@@ -35,3 +35,17 @@ def test_flags_that_would_be_ignored_are_refused(args: list[str], said: str) -> 
     result = CliRunner().invoke(app, ["status", *args], env={"COLUMNS": "200"})
     assert result.exit_code == 2, result.output
     assert said in " ".join(result.output.replace("│", " ").split())
+
+
+def test_a_bad_manifest_status_names_the_valid_ones() -> None:
+    """`manifests list --status bogus` said "'bogus' is not a valid ManifestStatus"."""
+    from typer.testing import CliRunner
+
+    from s3flow.cli import app
+
+    result = CliRunner().invoke(
+        app, ["manifests", "list", "--status", "bogus"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "'bogus' is not a manifest status: use one of sealing, sealed, processing" in said
