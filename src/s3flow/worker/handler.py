@@ -36,6 +36,7 @@ from typing import Any, Protocol, TypeVar
 from s3flow.errors import (
     Disposition,
     EnvelopeError,
+    ObjectMissingError,
     ProcessorError,
     S3flowError,
 )
@@ -53,7 +54,7 @@ from s3flow.state.records import Claim, ClaimOutcome, ObjectId
 from s3flow.state.taking import give_back_claim
 from s3flow.validation import validate
 from s3flow.worker.holds import Holds, KeyLock
-from s3flow.worker.identity import as_identified, identify, newer_upload_done
+from s3flow.worker.identity import as_identified, identify, newer_upload_done, settle_stale
 from s3flow.worker.outcomes import (
     Ack,
     DeadLetter,
@@ -320,7 +321,13 @@ class MessageHandler:
         try:
             oid, head = await identify(self._s3, event)
         except S3flowError as err:
+            if isinstance(err, ObjectMissingError):
+                await self._settle_stale(msg, event, None, "the object no longer exists")
             return await self._failed(Attempt(msg, event), err)
+        if head is not None:
+            await self._settle_stale(
+                msg, event, oid, f"superseded: the object is upload {oid.version} now"
+            )
         event = as_identified(event, head)
         if self._store is None:
             return await self._claimed(msg, event, oid, head, reading_done)
@@ -336,6 +343,28 @@ class MessageHandler:
             # key locked until its TTL, and a decided outcome (the record may be
             # completed) is not undone by a cancellation that comes during the release.
             await self._recorded(msg, self._holds.unlock(msg.delivery, lock))
+
+    async def _settle_stale(
+        self, msg: ReceivedMessage, event: ObjectEvent, current: ObjectId | None, why: str
+    ) -> None:
+        """Settle the records of the uploads ``event`` names that are no longer the object
+        (see :func:`~s3flow.worker.identity.settle_stale`); a store error is logged only:
+        the message's own work goes on."""
+        try:
+            done = await settle_stale(
+                self._store,
+                event,
+                current,
+                why=why,
+                pipeline=self.p.name,
+                owner=f"{self._worker.worker_id}:{msg.message_id}",
+                ttl_s=self._holds.ttl_s,
+            )
+        except S3flowError as exc:
+            log.warning("%s: earlier uploads' records not settled: %s", event.uri(), exc)
+            return
+        for version in done:
+            log.info("%s: upload %s settled without work: %s", event.uri(), version, why)
 
     async def _claimed(
         self,

@@ -14,7 +14,8 @@ from typing import Any
 from s3flow.errors import aws_errors
 from s3flow.events import ObjectEvent, content_version
 from s3flow.state.base import StateStore
-from s3flow.state.records import FileStatus, ObjectId
+from s3flow.state.records import ClaimOutcome, FileStatus, ObjectId
+from s3flow.state.taking import take_claim
 
 
 async def identify(s3: Any, event: ObjectEvent) -> tuple[ObjectId, dict[str, Any] | None]:
@@ -75,3 +76,42 @@ def sequencer_after(a: str, b: str) -> bool:
     a, b = a.upper(), b.upper()
     width = max(len(a), len(b))
     return a.rjust(width, "0") > b.rjust(width, "0")
+
+
+async def settle_stale(
+    store: StateStore | None,
+    event: ObjectEvent,
+    current: ObjectId | None,
+    *,
+    why: str,
+    pipeline: str,
+    owner: str,
+    ttl_s: float,
+) -> list[str]:
+    """Complete, without output, the records of an upload ``event`` names that the object
+    no longer is (``current``: the upload it is now; None: it is gone). Returns their
+    versions.
+
+    Only for an event identified by a HEAD (no versionId, no sequencer): its upload is
+    ``<eTag>@t<LastModified>``, and a record of the event's eTag that is not the current
+    upload can never be processed again. A worker that died holding it (processing),
+    or `s3flow backfill` (received), left it, and nothing else would ever settle it.
+    A record another worker holds now (a live claim) is left to that worker.
+    """
+    if store is None or event.event_version is not None or not event.etag:
+        return []
+    prefix = f"{event.etag.strip(chr(34))}@t"
+    settled = []
+    for rec in await store.versions(event.bucket, event.key):
+        if (
+            not rec.version.startswith(prefix)
+            or (current is not None and rec.version == current.version)
+            or rec.status not in (FileStatus.RECEIVED, FileStatus.PROCESSING)
+        ):
+            continue
+        claim = await take_claim(store, rec.id, pipeline=pipeline, owner=owner, ttl_s=ttl_s)
+        if claim.outcome is not ClaimOutcome.ACQUIRED:
+            continue
+        if await store.complete(rec.id, token=claim.token, outputs=[], detail=why):
+            settled.append(rec.version)
+    return settled
