@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +91,39 @@ def test_a_dead_worker_is_retryable_and_the_pool_recovers() -> None:
             await ex.close()
 
     asyncio.run(main())
+
+
+def test_the_pool_children_die_with_a_sigkilled_worker(tmp_path: Path) -> None:
+    """Each SIGKILL of a worker left its compaction children running (~120 MB apiece)."""
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import asyncio, time\n"
+        "from s3flow.pipelines.ndjson_parquet.compaction.executors import LocalExecutor\n"
+        "if __name__ == '__main__':\n"
+        "    ex = LocalExecutor(2)\n"
+        "    asyncio.run(ex.warm())\n"
+        "    print(' '.join(str(p) for p in ex._pool._processes), flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        pids = [int(p) for p in owner.stdout.readline().split()]
+        assert len(pids) == 2
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)  # polled: the kernel's signal or the watcher's exit
+        assert not [p for p in pids if _alive(p)], "pool children outlived the worker"
+    finally:
+        owner.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, reaped by init soon, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
