@@ -271,20 +271,46 @@ def test_quarantine_policy_tags_the_file_and_leaves_it_out(harness: Harness) -> 
     assert {"Key": "s3flow-status", "Value": "quarantined"} in tags
 
 
+def test_an_input_overwritten_or_deleted_since_sealing_is_left_out_not_fatal(
+    harness: Harness,
+) -> None:
+    """One file overwritten after its manifest was sealed failed the whole manifest for
+    good (InputChangedError, permanent): no row of the other files ever reached Parquet.
+    The newer upload has its own record and manifest; a deleted file is gone."""
+    h = harness
+    configure(h)
+    data = Data(h)
+    files = data.put_many(
+        [
+            ("o/a.ndjson", ndjson([{"id": 1}, {"id": 2}])),
+            ("o/b.ndjson", ndjson([{"id": 3}])),
+            ("o/c.ndjson", ndjson([{"id": 4}])),
+        ]
+    )
+    uri = data.manifest("o1", DATES[2], files)
+    h.s3.put_object(Bucket=data.bucket, Key="o/b.ndjson", Body=ndjson([{"id": 30}]))
+    h.s3.delete_object(Bucket=data.bucket, Key="o/c.ndjson")
+    h.purge()
+    res = run_cli(h, uri, "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    left = {s["uri"]: s["reason"] for s in report["superseded"]}
+    assert set(left) == {f"s3://{data.bucket}/o/b.ndjson", f"s3://{data.bucket}/o/c.ndjson"}
+    assert all(r.startswith("superseded: input s3://") for r in left.values()), left
+    assert "gone or changed since the manifest was sealed" in left[f"s3://{data.bucket}/o/b.ndjson"]
+    assert report["quarantined"] == []
+    assert sorted(read_parts(h, parts(h)).column("id").to_pylist()) == [1, 2]
+    tags = h.s3.get_object_tagging(Bucket=data.bucket, Key="o/b.ndjson")["TagSet"]
+    assert tags == []  # the newer upload is not the one left out: never tagged
+
+
 @pytest.mark.timeout(120)
 def test_cli_errors_are_clear(harness: Harness) -> None:
     h = harness
     configure(h)
-    data = Data(h)
     res = run_cli(h, f"s3://{h.bucket}/manifests/nope.json")
     assert res.returncode == 2
     assert "nope.json" in res.stderr
-    files = data.put_many([("x/a.ndjson", ndjson([{"id": 1}]))])
-    files.append({**files[0], "key": "x/missing.ndjson"})
-    uri = data.manifest("gone", DATES[0], files)
-    res = run_cli(h, uri)
-    assert res.returncode == 2
-    assert "x/missing.ndjson" in res.stderr and "gone or changed" in res.stderr
     res = run_cli(h, "not-a-uri")
     assert res.returncode == 2 and "s3://bucket/key" in res.stderr
     res = run_cli(h, f"s3://{h.bucket}/")
@@ -446,24 +472,20 @@ def test_state_store_manifest_and_files_follow_the_compaction(harness: Harness) 
     h.s3.put_object(Bucket=h.bucket, Key=key, Body=json.dumps(doc).encode())
     h.purge()
 
-    # An input deleted behind the manifest's back: failed, with the reason.
+    # An input deleted behind the manifest's back: left out, the rest compacted; the
+    # file is recorded held out, the others completed.
     h.s3.delete_object(Bucket=data.bucket, Key="st/f1.ndjson")
-    res = run_cli(h, f"s3://{h.bucket}/{key}")
-    assert res.returncode == 2
-    m, tracked = tracked_state(h, "st-1", day, files)
-    assert m.status is ManifestStatus.FAILED and "st/f1.ndjson" in m.detail
-    assert {t.status for t in tracked} == {ManifestFileStatus.FAILED}
-
-    # Put back, retried: processing -> completed, files too.
-    h.s3.put_object(Bucket=data.bucket, Key="st/f1.ndjson", Body=ndjson([{"id": 1}]))
-    doc["files"][1]["etag"] = h.s3.head_object(Bucket=data.bucket, Key="st/f1.ndjson")["ETag"]
-    h.s3.put_object(Bucket=h.bucket, Key=key, Body=json.dumps(doc).encode())
     res = run_cli(h, f"s3://{h.bucket}/{key}")
     assert res.returncode == 0, res.stderr
     m, tracked = tracked_state(h, "st-1", day, files)
-    assert m.status is ManifestStatus.COMPLETED and m.attempts == 2
-    assert {t.status for t in tracked} == {ManifestFileStatus.COMPLETED}
-    assert read_parts(h, parts(h)).column("id").to_pylist() == [0, 1, 2]
+    assert m.status is ManifestStatus.COMPLETED and m.attempts == 1
+    assert "1 files left out (changed or gone since sealing)" in m.detail, m.detail
+    assert [t.status for t in tracked] == [
+        ManifestFileStatus.COMPLETED,
+        ManifestFileStatus.QUARANTINED,
+        ManifestFileStatus.COMPLETED,
+    ]
+    assert read_parts(h, parts(h)).column("id").to_pylist() == [0, 2]
 
 
 @pytest.mark.timeout(120)

@@ -165,8 +165,14 @@ class ParquetCompactProcessor(OptionsProcessor[CompactionOptions]):
         except Exception as exc:
             await _set_status(tracker, manifest, "failed", f"{type(exc).__name__}: {exc}")
             raise
+        for _, reason in report.superseded:
+            log.info("left out of manifest %s: %s", manifest.manifest_id, reason)
         await _set_status(
-            tracker, manifest, "completed", _summary(report), quarantined=report.quarantined
+            tracker,
+            manifest,
+            "completed",
+            _summary(report),
+            quarantined=[*report.quarantined, *report.superseded],
         )
         ctx.report_progress(report.compressed_bytes)
         return result_of(report)
@@ -184,6 +190,7 @@ def result_of(report: CompactionReport) -> Result:
             "bytes_out": sum(p.bytes for p in report.parts),
             "malformed_lines": report.malformed_lines,
             "files_quarantined": len(report.quarantined),
+            "files_superseded": len(report.superseded),
             "stale_parts_deleted": len(report.stale_deleted),
         },
         detail=report.as_dict(),
@@ -196,6 +203,8 @@ def _summary(report: CompactionReport) -> str:
         text += f", {report.malformed_lines} malformed lines skipped"
     if report.quarantined:
         text += f", {len(report.quarantined)} files quarantined"
+    if report.superseded:
+        text += f", {len(report.superseded)} files left out (changed or gone since sealing)"
     return text
 
 

@@ -75,6 +75,8 @@ class CompactionReport:
     malformed_lines: int
     malformed_samples: list[str]
     quarantined: list[tuple[InputFile, str]] = field(default_factory=list)
+    #: Files held out because they changed or went since sealing (not tagged).
+    superseded: list[tuple[InputFile, str]] = field(default_factory=list)
     executor: str = "local"
     seconds: float = 0.0
     ratio: float | None = None
@@ -104,6 +106,7 @@ class CompactionReport:
             "malformed_lines": self.malformed_lines,
             "malformed_samples": self.malformed_samples,
             "quarantined": [{"uri": f.uri(), "reason": why} for f, why in self.quarantined],
+            "superseded": [{"uri": f.uri(), "reason": why} for f, why in self.superseded],
             "columns": [f"{f.name}: {f.type}" for f in self.schema],
             "seconds": round(self.seconds, 3),
         }
@@ -241,7 +244,14 @@ async def compact_manifest(
         malformed_lines=sum(s.malformed_lines for s in scans),
         malformed_samples=samples,
         quarantined=[
-            (manifest.files[s.index], s.quarantine) for s in scans if s.quarantine is not None
+            (manifest.files[s.index], s.quarantine)
+            for s in scans
+            if s.quarantine is not None and not s.superseded
+        ],
+        superseded=[
+            (manifest.files[s.index], s.quarantine)
+            for s in scans
+            if s.quarantine is not None and s.superseded
         ],
         executor="local" if executor.shares_disk else "spark",
         seconds=time.perf_counter() - started,

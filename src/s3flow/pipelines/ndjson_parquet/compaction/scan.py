@@ -653,6 +653,10 @@ def scan_units(task: FileTask, scan: FileScan) -> Iterator[tuple[int, int, pa.Ta
         if task.malformed == "fail":
             raise
         scan.quarantine = str(exc)
+    except InputChangedError as exc:
+        # Overwritten or deleted since sealing: the rest of the manifest goes on (its
+        # newer upload is tracked and compacted on its own; a deleted one is gone).
+        scan.quarantine, scan.superseded = f"superseded: {exc}", True
     finally:
         scan.compressed_bytes = splitter.compressed
         scan.uncompressed_bytes = splitter.uncompressed

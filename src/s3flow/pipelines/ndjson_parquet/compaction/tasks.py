@@ -147,6 +147,9 @@ class FileScan:
     malformed_lines: int = 0
     samples: list[str] = field(default_factory=list)
     quarantine: str | None = None  # reason, when the whole file is held out
+    #: Held out because it changed or went since the manifest was sealed (a newer upload
+    #: of the key has its own record and manifest): not the object's fault, not tagged.
+    superseded: bool = False
 
 
 @dataclass(frozen=True)
