@@ -109,3 +109,27 @@ def test_retry_whose_publish_failed_can_be_retried(harness: Harness, tmp_path: P
     assert retried.returncode == 0, retried.stderr
     doc = json.loads(harness.s3.get_object(Bucket=out, Key=key)["Body"].read())
     assert (doc["manifest_id"], doc["republish"]) == (mid, 2)
+
+
+@pytest.mark.timeout(120)
+def test_seal_waits_for_a_dead_builders_lock(harness: Harness, tmp_path: Path) -> None:
+    """After a SIGKILL the dead worker's sealing lock lives until its TTL: `seal --all`
+    said "nothing to seal (or another builder holds the lock)", exit 0, and sealed nothing
+    although every file was due."""
+    harness.configure(processor="ndjson-manifest", options=options())
+    cfg = write_config(harness, tmp_path / "s3flow.toml", options())
+    for i in range(2):
+        harness.put(f"{DAY}/part-{i}.ndjson", body(2))
+    harness.run(timeout_s=60)
+    assert pending_count(harness) == 2
+
+    async def dead_builder_lock() -> None:
+        async with store_of(harness) as store:
+            assert await store.acquire_lock("manifests:events", owner="dead", ttl_s=3) is not None
+
+    asyncio.run(dead_builder_lock())
+    sealed = s3flow("manifests", "seal", "-p", "p", "--all", "-c", str(cfg))
+    assert sealed.returncode == 0, sealed.stderr
+    assert "another builder holds the sealing lock of 'p'" in " ".join(sealed.stderr.split())
+    assert "(forced): 2 files" in sealed.stdout
+    assert pending_count(harness) == 0

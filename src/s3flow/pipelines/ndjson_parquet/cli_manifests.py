@@ -3,6 +3,7 @@
 ``s3flow manifests list | show | pending | seal | retry``.
 """
 
+import asyncio
 import json
 import time
 from typing import TYPE_CHECKING, Annotated, Any
@@ -106,6 +107,8 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
         JsonOpt,
         LimitOpt,
         console,
+        err_console,
+        fail,
         new_table,
         settings_or_exit,
         status_option,
@@ -246,17 +249,40 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
                     owner=f"{settings.worker.worker_id}-cli",
                     bucket=p.bucket,
                 )
+                # Another builder holds the lock: a running worker for a moment, one that
+                # died until the lock's TTL. Waited for, as long as that TTL (and a bit).
+                deadline = time.monotonic() + sealer.lock_ttl_s + 5
                 out: list[ManifestRecord] = await sealer.seal_due(force=all_)
+                if sealer.lock_busy:
+                    err_console.print(
+                        f"another builder holds the sealing lock of {p.name!r} (a running "
+                        "worker, or one that died: its lock lasts lock_ttl_s = "
+                        f"{sealer.lock_ttl_s:g}s); waiting for it",
+                        highlight=False,
+                    )
+                while sealer.lock_busy and time.monotonic() < deadline:
+                    await asyncio.sleep(1.0)
+                    out = await sealer.seal_due(force=all_)
+                busy[0] = sealer.lock_busy
                 return out
 
+        busy = [False]
         sealed = with_store(settings, go)
         for m in sealed:
             console.print(
                 f"sealed {m.manifest_id} ({m.trigger}): {m.total_files} files -> {m.location}",
                 highlight=False,
             )
+        if busy[0]:
+            raise fail(
+                S3flowError(
+                    "another builder still holds the sealing lock: nothing was sealed; "
+                    "run the command again later"
+                )
+            )
         if not sealed:
-            console.print("nothing to seal (or another builder holds the lock)")
+            hint = "" if all_ else " (no batch is due; --all seals every pending file)"
+            console.print(f"nothing to seal{hint}", highlight=False)
 
     @manifests_app.command("retry")
     def manifests_retry(

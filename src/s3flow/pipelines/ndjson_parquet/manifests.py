@@ -230,6 +230,8 @@ class Sealer:
     lock_ttl_s: float = 60.0
     clock: Callable[[], float] = time.time
     lock: str = field(init=False)
+    #: Whether the last :meth:`seal_due` found the lock held by another builder.
+    lock_busy: bool = field(init=False, default=False)
     _serial: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
@@ -247,6 +249,7 @@ class Sealer:
             # Cancelled while asking (the background pass, at stop): a lock granted all
             # the same is released, or every final pass would find it held until its TTL.
             token = await take_lock(self.store, self.lock, owner=self.owner, ttl_s=self.lock_ttl_s)
+            self.lock_busy = token is None
             if token is None:
                 return []
             try:
