@@ -60,3 +60,32 @@ def test_a_backfilled_upload_overwritten_or_deleted_before_its_turn_is_settled(
     else:
         assert records == {}
     assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
+
+
+def test_a_newer_upload_of_the_same_bytes_is_not_settled_as_stale(harness: Harness) -> None:
+    """Uploads A, B, then A's bytes again: a message naming the first A finds the object
+    with A's eTag but a later LastModified. Only the first A's record is settled; the
+    current upload (the same eTag) is processed, not completed empty."""
+    harness.configure()
+
+    def next_second() -> None:
+        second = int(time.time())
+        wait_for(lambda: int(time.time()) > second, 5, "the next second")
+
+    harness.put("k.txt", b"1\n")
+    harness.purge()
+    assert _backfill(harness).enqueued == 1  # the first A, received
+    next_second()
+    harness.put("k.txt", b"1\n2\n")
+    next_second()
+    harness.put("k.txt", b"1\n")  # A's bytes again: its own notification
+    harness.run()
+    records = harness.records("k.txt")
+    settled = [r for r in records if r.outputs == [] and r.status is FileStatus.COMPLETED]
+    processed = [r for r in records if r.outputs]
+    assert len(settled) == 1 and settled[0].attempts == 1
+    assert [r.version.split("@")[0] for r in processed] == [settled[0].version.split("@")[0]]
+    assert processed[0].version != settled[0].version
+    assert all(r.status is FileStatus.COMPLETED for r in records)
+    result = harness.result("k.txt")
+    assert result is not None and result["lines"] == 1

@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from s3flow.errors import (
@@ -54,7 +55,13 @@ from s3flow.state.records import Claim, ClaimOutcome, ObjectId
 from s3flow.state.taking import give_back_claim
 from s3flow.validation import validate
 from s3flow.worker.holds import Holds, KeyLock
-from s3flow.worker.identity import as_identified, identify, newer_upload_done, settle_stale
+from s3flow.worker.identity import (
+    as_identified,
+    identify,
+    is_stale,
+    newer_upload_done,
+    settle_stale,
+)
 from s3flow.worker.outcomes import (
     Ack,
     DeadLetter,
@@ -318,15 +325,18 @@ class MessageHandler:
         reading_done: Callable[[], None] | None = None,
     ) -> RecordOutcome | None:
         """Identify, claim, validate, process, record. None = done (ack-able)."""
+        asked_at = int(time.time())
         try:
             oid, head = await identify(self._s3, event)
         except S3flowError as err:
             if isinstance(err, ObjectMissingError):
-                await self._settle_stale(msg, event, None, "the object no longer exists")
+                await self._settle_stale(msg, event, asked_at, "the object no longer exists")
             return await self._failed(Attempt(msg, event), err)
-        if head is not None:
+        if is_stale(event, head):
+            modified = (head or {}).get("LastModified")
+            before = int(modified.timestamp()) if isinstance(modified, datetime) else asked_at
             await self._settle_stale(
-                msg, event, oid, f"superseded: the object is upload {oid.version} now"
+                msg, event, before, f"superseded: the object is upload {oid.version} now"
             )
         event = as_identified(event, head)
         if self._store is None:
@@ -345,7 +355,7 @@ class MessageHandler:
             await self._recorded(msg, self._holds.unlock(msg.delivery, lock))
 
     async def _settle_stale(
-        self, msg: ReceivedMessage, event: ObjectEvent, current: ObjectId | None, why: str
+        self, msg: ReceivedMessage, event: ObjectEvent, before: int, why: str
     ) -> None:
         """Settle the records of the uploads ``event`` names that are no longer the object
         (see :func:`~s3flow.worker.identity.settle_stale`); a store error is logged only:
@@ -354,7 +364,7 @@ class MessageHandler:
             done = await settle_stale(
                 self._store,
                 event,
-                current,
+                before,
                 why=why,
                 pipeline=self.p.name,
                 owner=f"{self._worker.worker_id}:{msg.message_id}",

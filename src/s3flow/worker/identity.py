@@ -8,7 +8,10 @@ an upload already processed is recognised as superseded.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from s3flow.errors import aws_errors
@@ -78,38 +81,81 @@ def sequencer_after(a: str, b: str) -> bool:
     return a.rjust(width, "0") > b.rjust(width, "0")
 
 
+#: How long settling waits for a dead worker's claim on a stale record to run out: the
+#: message it held reappears when its visibility ends, about when the claim does.
+STALE_CLAIM_WAIT_S = 15.0
+
+
+def _upload_second(version: str) -> int | None:
+    """The LastModified second of an ``<eTag>@t<seconds>`` identity (None otherwise)."""
+    _, sep, ts = version.rpartition("@t")
+    return int(ts) if sep and ts.isdigit() else None
+
+
+def is_stale(event: ObjectEvent, head: dict[str, Any] | None) -> bool:
+    """Whether a HEAD shows the object is no longer the upload ``event`` named: another
+    eTag, or a LastModified after the event's time (the same bytes uploaded again).
+    Only then may records of the named upload be left behind (see :func:`settle_stale`)."""
+    if head is None or event.event_version is not None or not event.etag:
+        return False
+    if str(head.get("ETag") or "").strip('"') != event.etag.strip('"'):
+        return True
+    modified = head.get("LastModified")
+    when = _event_second(event.event_time)
+    return isinstance(modified, datetime) and when is not None and modified.timestamp() >= when + 1
+
+
+def _event_second(event_time: str | None) -> int | None:
+    if not event_time:
+        return None
+    try:
+        at = datetime.fromisoformat(event_time)
+    except ValueError:
+        return None
+    return int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp())
+
+
 async def settle_stale(
     store: StateStore | None,
     event: ObjectEvent,
-    current: ObjectId | None,
+    before: int,
     *,
     why: str,
     pipeline: str,
     owner: str,
     ttl_s: float,
+    wait_s: float = STALE_CLAIM_WAIT_S,
 ) -> list[str]:
-    """Complete, without output, the records of an upload ``event`` names that the object
-    no longer is (``current``: the upload it is now; None: it is gone). Returns their
-    versions.
+    """Complete, without output, the records of the upload ``event`` names that the
+    object no longer is: those of its eTag stored before second ``before`` (the current
+    upload's LastModified, or the time of the HEAD that found the object gone). Returns
+    their versions.
 
     Only for an event identified by a HEAD (no versionId, no sequencer): its upload is
-    ``<eTag>@t<LastModified>``, and a record of the event's eTag that is not the current
-    upload can never be processed again. A worker that died holding it (processing),
-    or `s3flow backfill` (received), left it, and nothing else would ever settle it.
-    A record another worker holds now (a live claim) is left to that worker.
+    ``<eTag>@t<LastModified>``, and such a record can never be processed again. A
+    worker that died holding it (processing), a failure before the overwrite (failed)
+    or `s3flow backfill` (received) left it, and nothing else would ever settle it. A
+    record another worker holds is waited for up to ``wait_s`` (a dead worker's claim
+    runs out about when its message reappears), then left to that worker.
     """
     if store is None or event.event_version is not None or not event.etag:
         return []
     prefix = f"{event.etag.strip(chr(34))}@t"
     settled = []
     for rec in await store.versions(event.bucket, event.key):
+        second = _upload_second(rec.version)
         if (
             not rec.version.startswith(prefix)
-            or (current is not None and rec.version == current.version)
-            or rec.status not in (FileStatus.RECEIVED, FileStatus.PROCESSING)
+            or second is None
+            or second >= before
+            or rec.status not in (FileStatus.RECEIVED, FileStatus.PROCESSING, FileStatus.FAILED)
         ):
             continue
         claim = await take_claim(store, rec.id, pipeline=pipeline, owner=owner, ttl_s=ttl_s)
+        left = (claim.record.claim_expires_at or 0) - time.time()
+        if claim.outcome is ClaimOutcome.BUSY and 0 < left <= wait_s:
+            await asyncio.sleep(left + 0.5)
+            claim = await take_claim(store, rec.id, pipeline=pipeline, owner=owner, ttl_s=ttl_s)
         if claim.outcome is not ClaimOutcome.ACQUIRED:
             continue
         if await store.complete(rec.id, token=claim.token, outputs=[], detail=why):

@@ -304,6 +304,34 @@ def test_an_input_overwritten_or_deleted_since_sealing_is_left_out_not_fatal(
     assert tags == []  # the newer upload is not the one left out: never tagged
 
 
+def test_an_input_gone_after_a_run_wrote_parts_is_not_left_out_on_a_rerun(
+    harness: Harness,
+) -> None:
+    """A rerun of a manifest whose parts are written (its ack lost, say) must not rewrite
+    them without a file that went since: those rows were in the dataset. And a manifest
+    whose every input is gone has nothing to compact (a wrong root, not superseded files)."""
+    h = harness
+    configure(h)
+    data = Data(h)
+    files = data.put_many(
+        [("r/a.ndjson", ndjson([{"id": 1}])), ("r/b.ndjson", ndjson([{"id": 2}]))]
+    )
+    uri = data.manifest("r1", "2026-11-24", files)
+    h.purge()
+    assert run_cli(h, uri).returncode == 0
+    before = parts(h)
+    h.s3.delete_object(Bucket=data.bucket, Key="r/b.ndjson")
+    again = run_cli(h, uri)
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert "an earlier run wrote its parts" in " ".join(again.stderr.split())
+    assert parts(h) == before
+    assert sorted(read_parts(h, before).column("id").to_pylist()) == [1, 2]
+    h.s3.delete_object(Bucket=data.bucket, Key="r/a.ndjson")
+    gone = data.manifest("r2", "2026-11-24", files)
+    res = run_cli(h, gone)
+    assert res.returncode == 2 and "nothing to compact" in " ".join(res.stderr.split())
+
+
 @pytest.mark.timeout(120)
 def test_cli_errors_are_clear(harness: Harness) -> None:
     h = harness

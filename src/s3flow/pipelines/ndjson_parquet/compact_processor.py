@@ -5,13 +5,15 @@ manifests: ``ctx.event`` is the manifest object. The parts go to the
 pipeline's ``output`` as ``<prefix><dataset>/date=<YYYY-MM-DD>/part-<manifest_id>-<n>.parquet``.
 See :mod:`s3flow.pipelines.ndjson_parquet.compaction` and docs/pipelines/compaction.md.
 
-Errors: a manifest that is not a manifest, a listed file that is gone or
-changed, or malformed lines under ``malformed_lines = "fail"`` are permanent
-(the manifest is dead-lettered with the reason); S3 and worker-process
-failures are retryable. The manifest's record in the state store (when it
+Errors: a manifest that is not a manifest, or malformed lines under
+``malformed_lines = "fail"`` are permanent (the manifest is dead-lettered with
+the reason); S3 and worker-process failures are retryable. A listed file that
+is gone or changed since sealing is left out (``superseded``), unless an earlier
+run already wrote the manifest's parts or every file is gone: then that is
+permanent too. The manifest's record in the state store (when it
 has one) goes ``processing -> completed | failed`` and its files follow,
-except files held out under ``malformed_lines = "quarantine"``: they are
-recorded ``quarantined`` with the reason. A state-store failure other than
+except files held out (``malformed_lines = "quarantine"``, or superseded): they
+are recorded ``quarantined`` with the reason. A state-store failure other than
 "no such manifest" is retryable (the compaction runs again).
 """
 

@@ -40,6 +40,7 @@ from s3flow.pipelines.ndjson_parquet.compaction.tasks import (
     CalibrateTask,
     FileScan,
     FileTask,
+    InputChangedError,
     PartResult,
     PartTask,
     Storage,
@@ -51,6 +52,7 @@ from s3flow.pipelines.ndjson_parquet.compaction.write import (
     calibrate,
     delete_stale_parts,
     write_part,
+    written_parts,
 )
 
 __all__ = ["CompactionReport", "compact_manifest", "plan_parts"]
@@ -174,6 +176,7 @@ async def compact_manifest(
             for i, f in enumerate(manifest.files)
         ]
         scans: list[FileScan] = await executor.map(scan_file, tasks, priority=started)
+        await _check_left_out(manifest, scans, storage, target)
         units = [
             UnitRef(s.index, u.unit, u.rows, u.input_bytes, u.spill)
             for s in scans
@@ -257,3 +260,30 @@ async def compact_manifest(
         seconds=time.perf_counter() - started,
         ratio=ratio,
     )
+
+
+async def _check_left_out(
+    manifest: Manifest, scans: list[FileScan], storage: Storage, target: Target
+) -> None:
+    """Refuse (InputChangedError, permanent) to leave out inputs that changed or went
+    since sealing when that would lose rows: an earlier run of this manifest wrote parts
+    (the run would rewrite them without those files' rows, deleting the rest), or every
+    input is gone (nothing to compact: a wrong storage root, say, not a superseded file)."""
+    left = [s for s in scans if s.superseded]
+    if not left:
+        return
+    first = manifest.files[left[0].index].uri()
+    if len(left) == len(scans):
+        raise InputChangedError(
+            f"every input of manifest {manifest.manifest_id} is gone or changed since it was "
+            f"sealed (e.g. {first}): nothing to compact"
+        )
+    earlier = await asyncio.to_thread(
+        written_parts, storage, target, manifest.partition, manifest.manifest_id
+    )
+    if earlier:
+        raise InputChangedError(
+            f"{len(left)} input(s) of manifest {manifest.manifest_id} changed or went since it "
+            f"was sealed (e.g. {first}), and an earlier run wrote its parts ({earlier[0]}...): "
+            "compacting again without them would drop their rows from those parts; not done"
+        )

@@ -179,21 +179,45 @@ def part_number(name: str, manifest_id: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def written_parts(storage: Storage, target: Target, partition: str, manifest_id: str) -> list[str]:
+    """This manifest's parts already in the target (an earlier run's), as paths or URIs."""
+    return [where for where, _ in _parts(storage, target, partition, manifest_id)]
+
+
 def delete_stale_parts(
     storage: Storage, target: Target, partition: str, manifest_id: str, keep: int
 ) -> list[str]:
     """Delete this manifest's parts numbered ``keep`` and above (left by an earlier run)."""
     stale: list[str] = []
+    client = None if target.kind == "local" else s3_client(storage)
+    for where, n in _parts(storage, target, partition, manifest_id):
+        if n < keep:
+            continue
+        if client is None:
+            Path(where).unlink(missing_ok=True)
+        else:
+            key = where.removeprefix(f"s3://{target.bucket}/")
+            try:
+                client.delete_object(Bucket=target.bucket, Key=key)
+            except Exception as exc:
+                raise translate_aws_error(exc, f"removing stale part {where}") from exc
+        stale.append(where)
+    return stale
+
+
+def _parts(
+    storage: Storage, target: Target, partition: str, manifest_id: str
+) -> list[tuple[str, int]]:
+    """(path or URI, part number) of each part of the manifest in the target."""
     if target.kind == "local":
         directory = Path(target.key(partition))
         if not directory.is_dir():
             return []
-        for p in sorted(directory.iterdir()):
-            n = part_number(p.name, manifest_id)
-            if n is not None and n >= keep:
-                p.unlink(missing_ok=True)
-                stale.append(str(p))
-        return stale
+        return [
+            (str(p), n)
+            for p in sorted(directory.iterdir())
+            if (n := part_number(p.name, manifest_id)) is not None
+        ]
     client = s3_client(storage)
     prefix = target.key(partition) + f"part-{manifest_id}-"
     try:
@@ -201,11 +225,10 @@ def delete_stale_parts(
             Bucket=target.bucket, Prefix=prefix
         )
         keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
-        for key in keys:
-            n = part_number(key.rsplit("/", 1)[-1], manifest_id)
-            if n is not None and n >= keep:
-                client.delete_object(Bucket=target.bucket, Key=key)
-                stale.append(f"s3://{target.bucket}/{key}")
     except Exception as exc:
-        raise translate_aws_error(exc, f"removing stale parts under {prefix}") from exc
-    return stale
+        raise translate_aws_error(exc, f"listing parts under {prefix}") from exc
+    return [
+        (f"s3://{target.bucket}/{key}", n)
+        for key in keys
+        if (n := part_number(key.rsplit("/", 1)[-1], manifest_id)) is not None
+    ]
