@@ -9,7 +9,7 @@ import typer
 
 from s3flow.cli.common import (
     ConfigOpt,
-    PipelineNameOpt,
+    PipelineOpt,
     app,
     console,
     err_console,
@@ -21,7 +21,7 @@ from s3flow.cli.common import (
 
 @app.command()
 def backfill(
-    pipeline: PipelineNameOpt = None,
+    pipeline: PipelineOpt = None,
     config: ConfigOpt = None,
     prefix: Annotated[
         str | None,
@@ -51,7 +51,7 @@ def reprocess(
     keys: Annotated[
         list[str] | None, typer.Argument(help="Object keys to process again.", show_default=False)
     ] = None,
-    pipeline: PipelineNameOpt = None,
+    pipeline: PipelineOpt = None,
     config: ConfigOpt = None,
     prefix: Annotated[
         str | None,

@@ -147,6 +147,17 @@ def settings_or_exit(config: Path | None, overrides: dict[str, Any] | None = Non
 NO_STORE = "no state store configured (state.url = 'none')"
 
 
+def _configured_by_environment() -> bool:
+    """Whether an ``S3FLOW_<SECTION>...`` variable sets any setting (a container's whole
+    config may come that way, with no file)."""
+    sections = set(Settings.model_fields)
+    return any(
+        name.upper().startswith("S3FLOW_")
+        and name[len("S3FLOW_") :].split("__", 1)[0].lower() in sections
+        for name in os.environ
+    )
+
+
 def note_new_store(settings: Settings) -> None:
     """Say so on stderr when the SQLite store an operator command opens does not exist
     yet: opening creates it empty, and the usual cause is a relative ``[state] url``
@@ -160,7 +171,11 @@ def note_new_store(settings: Settings) -> None:
     if path is None or Path(path).exists():
         return
     where = Path(path).resolve()
-    if not state["config_file"] and settings.state.url == _DEFAULT_STATE_URL:
+    if (
+        not state["config_file"]
+        and not _configured_by_environment()
+        and settings.state.url == _DEFAULT_STATE_URL
+    ):
         # Nothing configured at all: an empty store made here would only hide that.
         raise ConfigError(
             f"no config file (no -c/--config, no ${CONFIG_ENV}, no ./{DEFAULT_CONFIG} in "
@@ -236,13 +251,9 @@ def new_table(title: str, columns: Iterable[str]) -> Table:
     return table
 
 
+#: ``-p``: a pipeline; left out, the only one configured (:func:`one_pipeline`).
 PipelineOpt = Annotated[
     str | None, typer.Option("--pipeline", "-p", help="Pipeline (default: the only one).")
-]
-#: A pipeline the command must be told (no default pipeline).
-PipelineNameOpt = Annotated[
-    str | None,
-    typer.Option("--pipeline", "-p", help="The pipeline (default: the only one configured)."),
 ]
 
 

@@ -13,7 +13,7 @@ from rich.markup import escape
 from s3flow.cli.common import (
     ConfigOpt,
     JsonOpt,
-    PipelineNameOpt,
+    PipelineOpt,
     app,
     console,
     fail,
@@ -191,7 +191,7 @@ def files_show(
 def files_release(
     ctx: typer.Context,
     key: ObjectKeyArg,
-    pipeline: PipelineNameOpt = None,
+    pipeline: PipelineOpt = None,
     config: ConfigOpt = None,
     version: Annotated[
         str | None, typer.Option("--version", help="Only this recorded version.")

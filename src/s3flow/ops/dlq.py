@@ -648,7 +648,13 @@ async def _move_batch(
         finished = True
     finally:
         # Also on SIGINT / cancellation: what was sent is deleted, the rest released.
-        await finish_despite_cancel(_settle_batch(clients.sqs, store, dlq, outgoing, finished))
+        try:
+            await finish_despite_cancel(_settle_batch(clients.sqs, store, dlq, outgoing, finished))
+        except asyncio.CancelledError:
+            if finished:  # the unsent were left leased for the caller, who never gets them
+                unsent = [o.msg for o in outgoing if o.sent is not Sent.YES]
+                await finish_despite_cancel(_release(clients.sqs, dlq, unsent))
+            raise
     moved = [o for o in outgoing if o.sent is Sent.YES]
     report.moved += len(moved)
     copies.update(o.copy_id for o in moved if o.copy_id)

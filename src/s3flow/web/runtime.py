@@ -10,6 +10,7 @@ store and tells the hub.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -66,7 +67,8 @@ async def warn_if_page_cannot_upload(s3: Any, settings: Settings) -> list[str]:
     # [jobs] cors_origins: where people open the page (a proxy's address, say); unset,
     # this server's own origins at its [web] port and url.
     page = settings.jobs.origins()
-    if "*" in allowed or any(o in allowed for o in page):
+    # S3 rules may hold one "*" wildcard in an origin ("https://*.example.com").
+    if any(fnmatch.fnmatchcase(o, rule) for o in page for rule in allowed):
         return []
     said = (
         f"the uploads bucket {bucket!r} lets browsers POST from "

@@ -49,3 +49,10 @@ async def test_a_page_origin_the_bucket_does_not_allow_is_warned_about(
     proxied["jobs"]["cors_origins"] = ["http://localhost:48580"]
     async with open_clients(settings.aws) as clients:
         assert await warn_if_page_cannot_upload(clients.s3, load_settings(None, proxied)) == []
+        s3.put_bucket_cors(  # an origin wildcard, as S3 allows
+            Bucket=jobs_env.bucket,
+            CORSConfiguration={
+                "CORSRules": [{"AllowedOrigins": ["http://*:48581"], "AllowedMethods": ["POST"]}]
+            },
+        )
+        assert await warn_if_page_cannot_upload(clients.s3, other) == []

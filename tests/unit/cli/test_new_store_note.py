@@ -96,3 +96,21 @@ def test_dlq_commands_with_no_pipelines_say_there_are_none(tmp_path: Path) -> No
     done = s3flow(tmp_path, "dlq", "list")
     assert done.returncode == 2
     assert "error: no pipelines configured" in done.stderr and "several" not in done.stderr
+
+
+def test_a_config_from_environment_variables_alone_is_a_config(tmp_path: Path) -> None:
+    """A container configured only by S3FLOW_* variables (docs/deploy.md) was refused as
+    having "no config file"."""
+    pipelines = (
+        '[{"name":"p","processor":"line-count","bucket":"b","queue":"q","output":"s3://o/"}]'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "s3flow", "files", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "300", "S3FLOW_PIPELINES": pipelines},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]" and "note: no state store at" in done.stderr
