@@ -33,6 +33,7 @@ from s3flow.settings import (
     PipelineSettings,
     Settings,
     StateSettings,
+    configured_by_environment,
     load_settings,
 )
 
@@ -147,17 +148,6 @@ def settings_or_exit(config: Path | None, overrides: dict[str, Any] | None = Non
 NO_STORE = "no state store configured (state.url = 'none')"
 
 
-def _configured_by_environment() -> bool:
-    """Whether an ``S3FLOW_<SECTION>...`` variable sets any setting (a container's whole
-    config may come that way, with no file)."""
-    sections = set(Settings.model_fields)
-    return any(
-        name.upper().startswith("S3FLOW_")
-        and name[len("S3FLOW_") :].split("__", 1)[0].lower() in sections
-        for name in os.environ
-    )
-
-
 def note_new_store(settings: Settings) -> None:
     """Say so on stderr when the SQLite store an operator command opens does not exist
     yet: opening creates it empty, and the usual cause is a relative ``[state] url``
@@ -173,7 +163,7 @@ def note_new_store(settings: Settings) -> None:
     where = Path(path).resolve()
     if (
         not state["config_file"]
-        and not _configured_by_environment()
+        and not configured_by_environment()
         and settings.state.url == _DEFAULT_STATE_URL
     ):
         # Nothing configured at all: an empty store made here would only hide that.

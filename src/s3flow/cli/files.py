@@ -51,11 +51,6 @@ def _at_least_one(value: int) -> int:
     return value
 
 
-def _file_status(value: str | None) -> FileStatus | None:
-    """``--status`` as a FileStatus (None when not given); a bad one names the valid ones."""
-    return status_option(FileStatus, value)
-
-
 @files_app.callback()
 def files_list(
     ctx: typer.Context,
@@ -80,7 +75,7 @@ def files_list(
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"config": config}
         return
-    st = _file_status(status_)
+    st = status_option(FileStatus, status_)
     settings = settings_or_exit(config)
     rows = with_store(
         settings,

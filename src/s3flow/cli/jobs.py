@@ -18,6 +18,7 @@ from s3flow.cli.common import (
     fail,
     new_table,
     settings_or_exit,
+    status_option,
     ts,
     with_store,
 )
@@ -63,11 +64,7 @@ def jobs_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Recent jobs, newest first."""
-    try:
-        st = JobStatus(status_) if status_ else None
-    except ValueError as exc:
-        allowed = ", ".join(s.value for s in JobStatus)
-        raise typer.BadParameter(f"must be one of {allowed}", param_hint="--status") from exc
+    st = status_option(JobStatus, status_)
     settings = settings_or_exit(config)
     jobs = with_store(settings, lambda s: s.list_jobs(status=st, limit=limit), missing=_NO_STORE)
     if as_json:

@@ -52,6 +52,7 @@ from s3flow.settings.jobs import (
 from s3flow.settings.loading import (
     CONFIG_ENV,
     Settings,
+    configured_by_environment,
     error_lines,
     format_validation_error,
     load_settings,
@@ -89,6 +90,7 @@ __all__ = [
     "check_byte_range",
     "check_regex",
     "codec_info",
+    "configured_by_environment",
     "error_lines",
     "format_validation_error",
     "load_settings",

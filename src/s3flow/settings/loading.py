@@ -202,6 +202,20 @@ def _keys_of(annotation: Any) -> frozenset[str]:
     return frozenset()
 
 
+def _env_section(name: str) -> str | None:
+    """The settings section an ``S3FLOW_<SECTION>...`` variable's name starts with (as
+    written, lower case), or None for a name not starting ``S3FLOW_``."""
+    if not name.upper().startswith("S3FLOW_"):
+        return None
+    return name[len("S3FLOW_") :].split("__", 1)[0].lower()
+
+
+def configured_by_environment() -> bool:
+    """Whether an ``S3FLOW_<SECTION>...`` variable sets a setting (a container's whole
+    config may come that way, with no file)."""
+    return any(_env_section(name) in Settings.model_fields for name in os.environ)
+
+
 def _check_env_sections() -> None:
     """ConfigError naming each ``S3FLOW_<SECTION>__<KEY>`` variable whose section is
     none of the settings' (``S3FLOW_WORKR__SHUTDOWN_GRACE_S``): pydantic-settings
@@ -211,11 +225,7 @@ def _check_env_sections() -> None:
     ``S3FLOW_WEB_URL`` mean other things)."""
     sections = set(Settings.model_fields)
     unknown = sorted(
-        name
-        for name in os.environ
-        if name.upper().startswith("S3FLOW_")
-        and "__" in name
-        and name[len("S3FLOW_") :].split("__", 1)[0].lower() not in sections
+        name for name in os.environ if "__" in name and _env_section(name) not in (None, *sections)
     )
     if unknown:
         known = ", ".join(f"S3FLOW_{s.upper()}__..." for s in sorted(sections))

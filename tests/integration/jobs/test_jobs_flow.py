@@ -30,6 +30,20 @@ def _contiguous(events: list[Any]) -> None:
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
 
 
+def _slow_project(
+    tmp_path: Path, s3: Any, sqs: Any, *, sleep_s: int, jobs: dict[str, Any] | None = None
+) -> tuple[JobsProject, Path]:
+    """A project with template "slow": one step that sleeps ``sleep_s`` and leaves
+    started-/done- markers in the returned directory."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    step = {"processor": SLOW, "options": {"sleep_s": sleep_s, "marker_dir": str(markers)}}
+    project = JobsProject(
+        tmp_path, s3, sqs, jobs=jobs or {}, extra_templates=[{"name": "slow", "steps": [step]}]
+    )
+    return project, markers
+
+
 def test_three_files_one_job_zip_bundle(tmp_path: Path, s3: Any, sqs: Any) -> None:
     project = JobsProject(tmp_path, s3, sqs)
     files = {"a.txt": b"1\n2\n3\n", "b.log": b"x\n", "c.csv": b"h\nr1\nr2\nr3\n"}
@@ -247,22 +261,8 @@ def test_failing_step_fails_the_job_after_max_receives(tmp_path: Path, s3: Any, 
 def test_a_worker_killed_in_the_last_attempt_still_fails_the_job(
     tmp_path: Path, s3: Any, sqs: Any
 ) -> None:
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    project = JobsProject(
-        tmp_path,
-        s3,
-        sqs,
-        jobs={"max_receive_count": 1},  # the first attempt is the last
-        extra_templates=[
-            {
-                "name": "slow",
-                "steps": [
-                    {"processor": SLOW, "options": {"sleep_s": 30, "marker_dir": str(markers)}}
-                ],
-            }
-        ],
-    )
+    # max_receive_count 1: the first attempt is the last
+    project, markers = _slow_project(tmp_path, s3, sqs, sleep_s=30, jobs={"max_receive_count": 1})
     files = {"a.txt": b"a\n"}
     created = project.create("slow", files)
     job_id = created["job_id"]
@@ -293,21 +293,7 @@ def test_a_worker_killed_in_the_last_attempt_still_fails_the_job(
 def test_sigkill_of_the_job_worker_mid_step_completes_once(
     tmp_path: Path, s3: Any, sqs: Any
 ) -> None:
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    project = JobsProject(
-        tmp_path,
-        s3,
-        sqs,
-        extra_templates=[
-            {
-                "name": "slow",
-                "steps": [
-                    {"processor": SLOW, "options": {"sleep_s": 3, "marker_dir": str(markers)}}
-                ],
-            }
-        ],
-    )
+    project, markers = _slow_project(tmp_path, s3, sqs, sleep_s=3)
     files = {"a.txt": b"a\nb\n", "b.txt": b"c\n"}
     created = project.create("slow", files)
     job_id = created["job_id"]
@@ -347,21 +333,7 @@ def test_a_job_cancelled_while_it_runs_stops_and_writes_no_output(
 ) -> None:
     """`s3flow jobs cancel` ended the job's record, but its worker went on: every step
     ran, and the outputs of the cancelled job appeared in its final location."""
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    project = JobsProject(
-        tmp_path,
-        s3,
-        sqs,
-        extra_templates=[
-            {
-                "name": "slow",
-                "steps": [
-                    {"processor": SLOW, "options": {"sleep_s": 30, "marker_dir": str(markers)}}
-                ],
-            }
-        ],
-    )
+    project, markers = _slow_project(tmp_path, s3, sqs, sleep_s=30)
     files = {"a.txt": b"a\n", "b.txt": b"b\n"}
     created = project.create("slow", files)
     job_id = created["job_id"]
