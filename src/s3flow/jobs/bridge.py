@@ -10,8 +10,9 @@ each object under ``uploads/<upload_id>/``:
 * otherwise ``file.received`` is appended to the job's log (idempotent);
   when no declared file is missing, ``job.queued`` is appended and one message
   goes to the processing FIFO queue (``MessageGroupId`` = upload id,
-  ``MessageDeduplicationId`` = job id). A crash between the two re-runs both:
-  the append dedups and so does the queue.
+  ``MessageDeduplicationId`` = job id), sent before the append. A crash or a
+  failed call between the two re-runs both: the queue dedups and so does the
+  append.
 
 A background sweep expires jobs whose files did not all arrive within
 ``[jobs] job_timeout_s`` (``job.expired`` naming them). Every worker sweeps;
@@ -335,11 +336,18 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
         return Result(counters={"files_received": 1, **result.counters}, detail=result.detail)
 
     async def _queue(self, store: JobStore, job: JobRecord, detail: dict[str, Any]) -> Result:
-        """Queue ``job``, every file of which is received (once: the append and the FIFO
-        queue both deduplicate)."""
+        """Queue ``job``, every file of which is received (once: the FIFO queue and the
+        append both deduplicate).
+
+        The message is sent before ``job.queued`` is appended: a send that fails leaves
+        the job waiting with no file missing, which the notification's retry and, after
+        it, the expiry sweep queue again. Appended first, a failed send would leave a
+        job that says queued with no message on its way, which nothing looks at again.
+        """
         if job.status not in _QUEUEABLE:
             detail["note"] = f"job is already {job.status}"
             return Result(detail=detail)
+        await self._enqueue(job)
         event, _ = await store.append_event(
             job.job_id,
             event_id=f"{job.job_id}:{EventType.JOB_QUEUED}",
@@ -348,9 +356,12 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
             if_status=_QUEUEABLE,
         )
         if event is None:
-            detail["note"] = "job ended before its last file arrived"
+            # Ended meanwhile (expired, failed), or its runner started it already: the
+            # message is a duplicate the runner acknowledges, or it runs the job as sent.
+            current = await store.get_job(job.job_id)
+            status = current.status if current is not None else "gone"
+            detail["note"] = f"job is already {status}"
             return Result(detail=detail)
-        await self._enqueue(job)
         detail["queued"] = True
         return Result(counters={"jobs_queued": 1}, detail=detail)
 

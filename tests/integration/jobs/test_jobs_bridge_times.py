@@ -2,7 +2,8 @@
 emulator and a real SQLite store: a notification made after the deadline by `s3flow
 reprocess` (its eventTime is when it ran) does not expire a job whose file was in time;
 a stray object after the deadline is refused, not taken as the job's late file; a job
-with every file received that still waits is queued by the expiry sweep."""
+with every file received that still waits is queued by the expiry sweep, and one whose
+message could not be sent is left waiting for it, never 'queued' with no message."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 from itest_support import wait_for
 
 from s3flow.aws import open_clients
-from s3flow.errors import InvalidInputError
+from s3flow.errors import InvalidInputError, S3flowError
 from s3flow.events import ObjectEvent
 from s3flow.jobs.bridge import BridgeProcessor, expire_overdue
 from s3flow.processors.base import PipelineContext, ProcessContext
@@ -160,6 +161,45 @@ async def test_a_waiting_job_with_every_file_received_is_queued_by_the_sweep(
     )
     expired = await expire_overdue(bridge.store, rescue=bridge.processor._arrived_in_time)
     assert expired == []
+    got = await bridge.store.get_job(job.job_id)
+    assert got is not None and got.status is JobStatus.QUEUED
+    assert _queued(sqs, bridge.queue_url) == 1
+
+
+async def test_a_job_whose_message_could_not_be_sent_is_not_left_queued(
+    bridge: Bridge, s3: Any, sqs: Any
+) -> None:
+    """The processing queue is unreachable when the last file arrives (here: a queue that
+    does not exist): the notification fails, the job still waits with no file missing
+    (not 'queued' with no message on its way), and the sweep after its deadline sends it."""
+    job = await bridge.job("unsent", ["a.txt"], expires_in_s=2)
+    s3.put_object(Bucket=bridge.bucket, Key=job.files[0].key, Body=b"1\n")
+    good_url = bridge.processor._queue_url
+    bridge.processor._queue_url = good_url.replace("/q-", "/gone-")
+    with pytest.raises(S3flowError):
+        await bridge.process(job.files[0].key, 2)
+    got = await bridge.store.get_job(job.job_id)
+    assert got is not None and got.status is JobStatus.WAITING_FOR_FILES
+    assert got.missing == []
+    assert _queued(sqs, good_url) == 0
+
+    bridge.processor._queue_url = good_url  # the queue is back (`s3flow provision`)
+    wait_for(lambda: time.time() > job.expires_at + 1.5, 30, "the deadline")
+    expired = await expire_overdue(bridge.store, rescue=bridge.processor._arrived_in_time)
+    assert expired == []
+    got = await bridge.store.get_job(job.job_id)
+    assert got is not None and got.status is JobStatus.QUEUED
+    assert _queued(sqs, good_url) == 1
+
+
+async def test_a_retried_notification_sends_the_job_once(bridge: Bridge, s3: Any, sqs: Any) -> None:
+    """A crash after the send and before `job.queued` was recorded: the notification's
+    retry sends again (the FIFO queue deduplicates by job id) and records it."""
+    job = await bridge.job("twice", ["a.txt"], expires_in_s=60)
+    s3.put_object(Bucket=bridge.bucket, Key=job.files[0].key, Body=b"1\n")
+    await bridge.processor._enqueue(job)  # the first attempt got this far
+    result = await bridge.process(job.files[0].key, 2)
+    assert result.counters == {"files_received": 1, "jobs_queued": 1}, result
     got = await bridge.store.get_job(job.job_id)
     assert got is not None and got.status is JobStatus.QUEUED
     assert _queued(sqs, bridge.queue_url) == 1
