@@ -30,7 +30,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 
-from s3flow.errors import ConfigError
+from s3flow.errors import UNREACHABLE_HINT, AwsError, ConfigError
 from s3flow.fastpath import Connection, Credentials, FastClient, FastS3Client, FastSqsClient
 from s3flow.settings import AwsSettings
 from s3flow.settings.base import endpoint_url_problem
@@ -269,13 +269,51 @@ def fast_client(sdk: Any, session: AioSession, aws: AwsSettings, *, pool: int) -
     )
 
 
+async def check_reachable(aws: AwsSettings) -> None:
+    """Raise :class:`AwsError` at once when a custom S3 or SQS endpoint refuses a TCP
+    connection (or none is made within ``connect_timeout_s``).
+
+    The SDK retries a refused connection with back-off (15-20 s with the default
+    ``max_attempts``) before it reports the same error; an operator command against an
+    endpoint that is not running should say so at once. AWS itself (no custom endpoint)
+    is not checked.
+    """
+    seen: set[tuple[str, int]] = set()
+    for service in ("s3", "sqs"):
+        url = endpoint_for(service, aws)
+        if not url:
+            continue
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if (host, port) in seen:
+            continue
+        seen.add((host, port))
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port), aws.connect_timeout_s
+            )
+        except (OSError, TimeoutError) as exc:
+            reason = str(exc) or f"no answer within {aws.connect_timeout_s:g} s"
+            raise AwsError(
+                f"cannot reach the {service.upper()} endpoint {url}: {reason} ({UNREACHABLE_HINT})",
+                operation="connect",
+            ) from exc
+        writer.close()
+
+
 @asynccontextmanager
-async def open_clients(aws: AwsSettings, *, pool: int = 10) -> AsyncIterator[AwsClients]:
+async def open_clients(
+    aws: AwsSettings, *, pool: int = 10, check_endpoints: bool = True
+) -> AsyncIterator[AwsClients]:
     """Open S3 and SQS clients for the lifetime of the ``async with`` block.
 
     With ``aws.fast_path`` (the default) each is a fast-path client
-    (:mod:`s3flow.fastpath`) around the SDK's.
+    (:mod:`s3flow.fastpath`) around the SDK's. A custom endpoint nothing answers at
+    fails at once (:func:`check_reachable`), unless ``check_endpoints`` is False.
     """
+    if check_endpoints:
+        await check_reachable(aws)
     session = _session(aws)
     async with AsyncExitStack() as stack:
         clients = {}

@@ -212,14 +212,15 @@ def translate_aws_error(exc: BaseException, operation: str) -> S3flowError:
             return AwsError(text, code=code, operation=operation)
         return AwsPermanentError(text, code=code, operation=operation)
     # Connection errors, read timeouts, endpoint unreachable: transient.
-    hint = ""
-    if type(exc).__name__ in _CONNECT_ERRORS:
-        hint = (
-            " (nothing answers at that address: is the endpoint running, e.g. `s3flow "
-            "local`, and are AWS_ENDPOINT_URL / [aws] endpoint_url and the region right?)"
-        )
+    hint = f" ({UNREACHABLE_HINT})" if type(exc).__name__ in _CONNECT_ERRORS else ""
     return AwsError(f"{operation} failed: {type(exc).__name__}: {exc}{hint}", operation=operation)
 
+
+#: What to check when nothing answers at an endpoint's address.
+UNREACHABLE_HINT = (
+    "nothing answers at that address: is the endpoint running, e.g. `s3flow local`, and "
+    "are AWS_ENDPOINT_URL / [aws] endpoint_url and the region right?"
+)
 
 #: Errors that mean no connection could be made (botocore's, s3flow's own HTTP client's).
 _CONNECT_ERRORS = frozenset(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from botocore.config import Config
 
 from s3flow.aws import (
+    check_reachable,
     client_config,
     endpoint_for,
     open_clients,
@@ -19,7 +21,8 @@ from s3flow.aws import (
     sync_client,
     sync_client_config,
 )
-from s3flow.errors import ConfigError
+from s3flow.errors import AwsError, ConfigError
+from s3flow.local.endpoint import free_port
 from s3flow.settings import AwsSettings, load_settings
 from s3flow.settings.base import endpoint_url_problem
 
@@ -114,7 +117,7 @@ def _meta(client: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("aws", [AwsSettings(), CUSTOM, AwsSettings(region="ap-south-1")])
 async def test_sync_clients_equal_the_async_clients(aws: AwsSettings) -> None:
-    async with open_clients(aws, pool=12) as clients:
+    async with open_clients(aws, pool=12, check_endpoints=False) as clients:
         for service, async_client in (("s3", clients.s3), ("sqs", clients.sqs)):
             client = sync_client(aws, service, pool=12)
             assert _meta(client) == _meta(async_client), service
@@ -243,7 +246,7 @@ async def test_the_dynamodb_client_is_configured_like_the_others(aws: AwsSetting
 
 
 async def test_the_clients_carry_the_settings_they_were_built_from() -> None:
-    async with open_clients(CUSTOM) as clients:
+    async with open_clients(CUSTOM, check_endpoints=False) as clients:
         assert clients.aws is CUSTOM
 
 
@@ -318,3 +321,27 @@ async def test_the_dynamodb_store_passes_a_profile_error_on_as_is(no_credentials
     with pytest.raises(ConfigError, match="AWS profile 'missing' not found"):
         async with DynamoStateStore("t", AwsSettings(profile="missing")):
             pass
+
+
+async def test_an_endpoint_nothing_answers_at_fails_at_once() -> None:
+    """The SDK would retry a refused connection with back-off for 15-20 s first."""
+    port = free_port()
+    aws = AwsSettings(endpoint_url=f"http://127.0.0.1:{port}")
+    with pytest.raises(AwsError, match=rf"cannot reach the S3 endpoint http://127.0.0.1:{port}: "):
+        await check_reachable(aws)
+    with pytest.raises(AwsError, match="is the endpoint running"):
+        async with open_clients(aws):
+            pass
+
+
+async def test_a_listening_endpoint_and_aws_itself_pass_the_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_SQS"):
+        monkeypatch.delenv(var, raising=False)
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        await check_reachable(AwsSettings(endpoint_url=f"http://127.0.0.1:{port}"))
+        # Only the SQS endpoint is custom (and listening); S3 is AWS itself: not checked.
+        await check_reachable(AwsSettings(endpoint_url_sqs=f"http://127.0.0.1:{port}"))

@@ -179,7 +179,14 @@ class AwsSettings(_Model):
             "standard retry mode): a call is tried at most max_attempts + 1 times."
         ),
     )
-    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP connect timeout.")
+    connect_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "TCP connect timeout. A custom endpoint that refuses a connection, or makes "
+            "none within it, fails a command or worker at start, without the SDK's retries."
+        ),
+    )
     read_timeout_s: float = Field(
         default=60.0, gt=0, description="Socket read timeout (must exceed wait_time_s)."
     )
