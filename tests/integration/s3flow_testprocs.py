@@ -190,6 +190,18 @@ class FailOnceWhileFlag(BaseProcessor):
         return await LineCountProcessor({}).process(ctx)
 
 
+class FailsForKey(BaseProcessor):
+    """line-count, but the object ``key`` fails every time (retryably: a message with
+    other records splits it off and re-sends it alone, until it is dead-lettered)."""
+
+    name: ClassVar[str] = "test-fails-for-key"
+
+    async def process(self, ctx: ProcessContext) -> Result:
+        if ctx.event.key == self.options["key"]:
+            raise RuntimeError(f"simulated failure of {ctx.event.key}, every time")
+        return await LineCountProcessor({}).process(ctx)
+
+
 class SlowWhenContentStartsWith(BaseProcessor):
     """line-count that reads the object first, then sleeps before writing when its content
     starts with ``prefix`` (a slow, stale reader); writes a ``read-*`` marker once read."""

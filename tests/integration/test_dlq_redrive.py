@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +240,23 @@ def test_a_message_of_a_deleted_object_moves_and_its_record_stays_dead(
     assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
 
 
+def _worker_beside(harness: Harness) -> tuple[list[WorkerMetrics], Callable[[int], None]]:
+    """A redrive's ``on_moved`` that runs the live worker in between two batches of the
+    redrive (at most 3 times: without the bound a test would loop as a redrive chasing
+    the worker did), and the metrics of each round."""
+    rounds: list[WorkerMetrics] = []
+
+    def worker_round(_moved: int) -> None:
+        if len(rounds) < 3:
+            box: list[WorkerMetrics] = []
+            t = threading.Thread(target=lambda: box.append(harness.run()))
+            t.start()
+            t.join()
+            rounds.extend(box)
+
+    return rounds, worker_round
+
+
 def test_a_redrive_beside_a_running_worker_moves_what_was_there_and_ends(
     harness: Harness,
 ) -> None:
@@ -250,24 +268,52 @@ def test_a_redrive_beside_a_running_worker_moves_what_was_there_and_ends(
     assert harness.run().pipelines["p"].dead_lettered == 1
     (rec,) = harness.records("bad.gz")
     assert rec.status is FileStatus.DEAD
-    rounds: list[WorkerMetrics] = []
-
-    def worker_round(_moved: int) -> None:
-        # The live worker, run in between two batches of the redrive (at most 3 times:
-        # without the bound the test would loop as the redrive did).
-        if len(rounds) < 3:
-            box: list[WorkerMetrics] = []
-            t = threading.Thread(target=lambda: box.append(harness.run()))
-            t.start()
-            t.join()
-            rounds.extend(box)
-
+    rounds, worker_round = _worker_beside(harness)
     report = _redrive(settings, on_moved=worker_round)
     assert (report.moved, report.arrived) == (1, 1), report
     assert [r.pipelines["p"].dead_lettered for r in rounds] == [1]
     (rec,) = harness.records("bad.gz")
     assert rec.status is FileStatus.DEAD
     assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (1, 0)
+
+
+def test_a_record_split_off_a_redriven_copy_and_dead_lettered_is_not_moved_again(
+    harness: Harness,
+) -> None:
+    """A redriven message with two records, one failing every time, beside a worker: the
+    worker processes the good record and re-sends the bad one alone (a new message),
+    then dead-letters that one, naming the re-sent message, not the redriven copy. It
+    carries the copy's s3flow.redrive-id, so the run knows it as its own copy come back:
+    left on the DLQ and counted, not moved again (the run chased the worker)."""
+    settings = harness.configure(
+        processor="s3flow_testprocs:FailsForKey",
+        options={"key": "bad.txt"},
+        retry_base_s=1,
+        retry_max_s=1,
+        max_receive_count=2,
+    )
+    keys = ["good.txt", "bad.txt"]
+    for key in keys:
+        harness.put(key, b"z\n")
+    harness.purge()  # the notifications: the message on the DLQ stands for them
+    records = [s3_event(harness.bucket, k, sequencer=f"01{i:02d}") for i, k in enumerate(keys)]
+    original = _to_dlq(harness, {"Records": records})
+    rounds, worker_round = _worker_beside(harness)
+    report = _redrive(settings, on_moved=worker_round)
+    assert (report.moved, report.arrived, report.unsent) == (1, 1, {}), report
+    assert [
+        (r.pipelines["p"].objects_processed, r.pipelines["p"].dead_lettered) for r in rounds
+    ] == [(1, 1)]
+    assert harness.result("good.txt") is not None and harness.result("bad.txt") is None
+    assert harness.depth() == (0, 0)
+    wait_for(lambda: harness.depth(harness.dlq_url) == (1, 0), what="the dead letter, visible")
+    (dead,) = harness.dlq_messages()
+    attrs = {k: v["StringValue"] for k, v in dead["MessageAttributes"].items()}
+    assert [r["s3"]["object"]["key"] for r in json.loads(dead["Body"])["Records"]] == ["bad.txt"]
+    assert attrs["s3flow.redrive-id"].endswith(f"/{original}")
+    assert attrs["s3flow.source-message-id"] != original
+    (rec,) = harness.records("bad.txt")
+    assert rec.status is FileStatus.DEAD
 
 
 # --- 4: data is not Rich markup ----------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, Settings
 from s3flow.state.base import StateStore
 from s3flow.state.records import FileRecord, FileStatus, ObjectId, TransitionError
+from s3flow.worker.acks import REDRIVE_ID_ATTR, SOURCE_MESSAGE_ID_ATTR
 from s3flow.worker.identity import identify
 
 log = logging.getLogger("s3flow.ops")
@@ -511,15 +513,15 @@ async def _move_all(
     """Receive -> send -> delete until the DLQ is empty or ``max_n`` are moved.
 
     A copy this run sent that comes back to the DLQ (a worker beside it failed it
-    again: its ``s3flow.source-message-id`` is the copy's id; or the queue's redrive
-    policy moved the copy itself, keeping its id) is not moved again: that would chase
-    the worker for ever. It is held until the run ends, then made visible, and counted
-    in ``report.arrived``.
+    again, or a record of it re-sent alone; or the queue's redrive policy moved it
+    itself: see :class:`_SentCopies`) is not moved again: that would chase the worker
+    for ever. It is held until the run ends, then made visible, and counted in
+    ``report.arrived``.
     """
     # Messages that could not be moved stay leased until the run ends (so they are not
     # tried again and again), then are made visible.
     held: dict[str, dict[str, Any]] = {}
-    copies: set[str] = set()  # the ids of the copies this run put on the source queue
+    copies = _SentCopies()
     arrived: set[str] = set()
     try:
         await _wait_for_leased(clients.sqs, dlq, lease_s, report, on_wait)
@@ -533,12 +535,12 @@ async def _move_all(
                     break
                 await _wait_for_leased(clients.sqs, dlq, lease_s, report, on_wait, own=len(held))
                 continue
-            late = [m for m in msgs if _copy_of(m, copies)]
+            late = [m for m in msgs if copies.came_back(m)]
             if late:
                 arrived.update(m["MessageId"] for m in late)
                 report.arrived = len(arrived)
                 held.update((m["MessageId"], m) for m in late)  # the newest receipt handle
-                msgs = [m for m in msgs if not _copy_of(m, copies)]
+                msgs = [m for m in msgs if not copies.came_back(m)]
                 if not msgs:
                     continue
             kept = await _move_batch(clients, route, src, dlq, msgs, store, report, copies)
@@ -561,11 +563,48 @@ async def _move_all(
         report.failed = len(report.unsent)
 
 
-def _copy_of(msg: dict[str, Any], copies: set[str]) -> bool:
-    """Whether DLQ message ``msg`` is one of ``copies`` come back: dead-lettered by a
-    worker (which names the message it failed), or moved by the queue's redrive policy
-    (which keeps the id)."""
-    return msg["MessageId"] in copies or _attr(msg, "s3flow.source-message-id") in copies
+class _SentCopies:
+    """The copies one redrive run put on the source queue, to know them when they come
+    back to the DLQ.
+
+    Each copy carries a redrive id, ``<run>/<DLQ message id>`` (``run``: random, one per
+    run), in its ``s3flow.redrive-id`` attribute, which the worker carries onto every
+    message it derives from it: the dead letter of the copy, and a record split off
+    and re-sent alone, then dead-lettered itself (whose ``s3flow.source-message-id``
+    names the re-sent message, not the copy). A DLQ message is one of this run's
+    copies come back when its MessageId is a copy's (the queue's redrive policy moved
+    the copy itself), its ``s3flow.source-message-id`` names a copy (a dead letter of
+    it; also for a copy without a redrive id: see
+    :func:`~s3flow.ops.dlq_send.outgoing_of`), or its ``s3flow.redrive-id`` is one
+    this run gave.
+    """
+
+    def __init__(self) -> None:
+        self.run = uuid.uuid4().hex[:12]
+        self._ids: set[str] = set()  # the ids SQS gave the copies
+        self._redrive_ids: set[str] = set()
+
+    def redrive_id(self, msg: dict[str, Any]) -> str:
+        """The redrive id of the copy of DLQ message ``msg``."""
+        return f"{self.run}/{msg['MessageId']}"
+
+    def add(self, o: Outgoing) -> None:
+        """Remember ``o``'s copy: sent, or maybe sent (a timeout; if it arrived and comes
+        back it is not moved again either, its DLQ message is still held)."""
+        if o.sent is Sent.NO:
+            return
+        if o.copy_id:
+            self._ids.add(o.copy_id)
+        if o.redrive_id:
+            self._redrive_ids.add(o.redrive_id)
+
+    def came_back(self, msg: dict[str, Any]) -> bool:
+        """Whether DLQ message ``msg`` is one of these copies come back."""
+        return (
+            msg["MessageId"] in self._ids
+            or _attr(msg, SOURCE_MESSAGE_ID_ATTR) in self._ids
+            or _attr(msg, REDRIVE_ID_ATTR) in self._redrive_ids
+        )
 
 
 async def _receive(sqs: Any, dlq: str, want: int, lease_s: int) -> list[dict[str, Any]]:
@@ -627,13 +666,13 @@ async def _move_batch(
     msgs: list[dict[str, Any]],
     store: StateStore | None,
     report: RedriveReport,
-    copies: set[str],
+    copies: _SentCopies,
 ) -> list[dict[str, Any]]:
     """Send one received batch to the source queue, then delete what was sent from the
-    DLQ (the ids of the copies go to ``copies``). Returns the messages not moved (still
-    leased; the caller releases them)."""
+    DLQ (the copies go to ``copies``). Returns the messages not moved (still leased; the
+    caller releases them)."""
     fifo = src.endswith(".fifo")
-    outgoing = [outgoing_of(m, fifo) for m in msgs]
+    outgoing = [outgoing_of(m, fifo, copies.redrive_id(m)) for m in msgs]
     finished = False
     try:
         ready: list[Outgoing] = []
@@ -655,9 +694,9 @@ async def _move_batch(
                 unsent = [o.msg for o in outgoing if o.sent is not Sent.YES]
                 await finish_despite_cancel(_release(clients.sqs, dlq, unsent))
             raise
-    moved = [o for o in outgoing if o.sent is Sent.YES]
-    report.moved += len(moved)
-    copies.update(o.copy_id for o in moved if o.copy_id)
+    report.moved += sum(o.sent is Sent.YES for o in outgoing)
+    for o in outgoing:
+        copies.add(o)
     for o in outgoing:
         if o.sent is Sent.YES:
             report.unsent.pop(o.msg["MessageId"], None)  # came back and moved this time

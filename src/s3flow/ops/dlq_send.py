@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+import aiohttp
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import ConnectTimeoutError
 
 from s3flow.errors import S3flowError, translate_aws_error
+from s3flow.fastpath.http import HttpConnectError
 from s3flow.state.records import FileStatus, ObjectId
+from s3flow.worker.acks import REDRIVE_ID_ATTR
 
 #: SQS's limit on the total size of one SendMessageBatch (bodies + message attributes).
 MAX_BATCH_BYTES = 1_048_576
@@ -30,6 +35,8 @@ _DEDUP_WINDOW_MS = (5 * 60 + 60) * 1000
 #: Message attributes s3flow writes (a DLQ reason, a retry's failure count): a redriven
 #: message starts afresh without them; any other attribute travels with it.
 _OWN_ATTRIBUTE_PREFIX = "s3flow."
+#: SQS's limit on the message attributes of one message.
+MAX_MESSAGE_ATTRIBUTES = 10
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,8 @@ class Outgoing:
     reason: str = ""
     #: The id SQS gave its copy on the source queue (once sent).
     copy_id: str | None = None
+    #: The ``s3flow.redrive-id`` its copy carries (None: not set, see :func:`outgoing_of`).
+    redrive_id: str | None = None
 
     @property
     def group(self) -> str | None:
@@ -89,22 +98,34 @@ def _dedup_id(msg: dict[str, Any]) -> str:
     return "redrive-" + hashlib.sha256(seed).hexdigest()[:48]
 
 
-def outgoing_of(msg: dict[str, Any], fifo: bool) -> Outgoing:
+def outgoing_of(msg: dict[str, Any], fifo: bool, redrive_id: str | None = None) -> Outgoing:
     """The SendMessage of a DLQ message: its body, its attributes but s3flow's own (a
-    fresh start), and on a FIFO queue its message group and a deduplication id."""
+    fresh start), and on a FIFO queue its message group and a deduplication id.
+
+    ``redrive_id`` goes on the copy as the ``s3flow.redrive-id`` attribute, which the
+    worker carries onto every message it derives from the copy (a record re-sent
+    alone, a dead letter): how a redrive knows its own copies when they come back. It
+    is left out when the message already has SQS's maximum of 10 attributes (such a
+    copy is known only by its own id and the ``s3flow.source-message-id`` of a dead
+    letter naming it).
+    """
     entry: dict[str, Any] = {"MessageBody": msg["Body"]}
     attrs = {
         name: {k: v[k] for k in ("DataType", "StringValue", "BinaryValue") if k in v}
         for name, v in (msg.get("MessageAttributes") or {}).items()
         if not name.startswith(_OWN_ATTRIBUTE_PREFIX)
     }
+    if redrive_id is not None and len(attrs) >= MAX_MESSAGE_ATTRIBUTES:
+        redrive_id = None
+    if redrive_id is not None:
+        attrs[REDRIVE_ID_ATTR] = {"DataType": "String", "StringValue": redrive_id}
     if attrs:
         entry["MessageAttributes"] = attrs
     if fifo:
         system = msg.get("Attributes") or {}
         entry["MessageGroupId"] = system.get("MessageGroupId") or "s3flow-redrive"
         entry["MessageDeduplicationId"] = _dedup_id(msg)
-    return Outgoing(msg, entry, _entry_size(entry))
+    return Outgoing(msg, entry, _entry_size(entry), redrive_id=redrive_id)
 
 
 def _entry_size(entry: dict[str, Any]) -> int:
@@ -134,14 +155,31 @@ def _pack(outgoing: list[Outgoing]) -> Iterator[list[Outgoing]]:
 
 
 def _surely_not_sent(exc: BaseException) -> bool:
-    """Whether a failed send surely delivered nothing: SQS answered with a client error
-    (4xx: refused, throttled), or no connection was made. A timeout, a dropped
-    connection or a 5xx may follow a delivery."""
+    """Whether a failed send surely delivered nothing: the request never reached SQS,
+    or SQS refused it.
+
+    That is SQS's client error (4xx: refused, throttled) when the SDK did not retry
+    (``RetryAttempts`` 0: an earlier attempt may have been a 5xx or a timeout), or no
+    connection was made. aiobotocore raises ``ConnectTimeoutError`` only for aiohttp's
+    timeout while connecting, and ``EndpointConnectionError`` both for a connection
+    that was never made (aiohttp's ``ClientConnectorError``: refused, DNS, TLS
+    handshake; ``socket.gaierror``; the fast path's ``HttpConnectError`` alike) and
+    for one that broke while the request was on the wire (a reset): only the former
+    counts. A read timeout, a dropped connection or a 5xx may follow a delivery. (The
+    SDK's retries of a connection failure are not told apart: only the last attempt's
+    failure is seen.)
+    """
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
-        status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
-        return 400 <= status < 500
-    return isinstance(exc, EndpointConnectionError | ConnectTimeoutError)
+        meta = response.get("ResponseMetadata") or {}
+        status = int(meta.get("HTTPStatusCode") or 0)
+        return 400 <= status < 500 and not int(meta.get("RetryAttempts") or 0)
+    if isinstance(exc, ConnectTimeoutError):
+        return True
+    if isinstance(exc, BotoConnectionError):  # EndpointConnectionError, SSLError, proxy
+        cause = exc.kwargs.get("error")
+        return isinstance(cause, aiohttp.ClientConnectorError | socket.gaierror | HttpConnectError)
+    return False
 
 
 def _failed(o: Outgoing, exc: BaseException, operation: str) -> None:

@@ -200,12 +200,25 @@ class AckBatcher:
 
 
 _ATTR_MAX = 1024
+#: The message attribute naming the message a dead-lettered one was received as.
+SOURCE_MESSAGE_ID_ATTR = "s3flow.source-message-id"
+#: The message attribute `s3flow dlq redrive` sets on each copy it sends back (see
+#: :func:`s3flow.ops.dlq_send.outgoing_of`). The worker carries it onto every message it
+#: derives from one that has it (a record re-sent alone, a dead letter), so the redrive
+#: knows a split-off record that comes back to the DLQ as one of its own copies.
+REDRIVE_ID_ATTR = "s3flow.redrive-id"
 #: The state a dead-lettered upload is left in by its handler, until the DLQ has it.
 _LEFT_FAILED = frozenset({FileStatus.FAILED})
 
 
 def _attr(value: object) -> dict[str, str]:
     return {"DataType": "String", "StringValue": (str(value) or "-")[:_ATTR_MAX]}
+
+
+def carried(msg: ReceivedMessage) -> dict[str, object]:
+    """The attributes every message derived from ``msg`` carries on: its redrive id."""
+    value = (msg.message_attributes.get(REDRIVE_ID_ATTR) or {}).get("StringValue")
+    return {REDRIVE_ID_ATTR: value} if value else {}
 
 
 @dataclass(eq=False)
@@ -293,6 +306,7 @@ class Settler:
                 "s3flow.split-from": msg.message_id,
                 "s3flow.error-class": part.outcome.error_class,
                 "s3flow.error": part.outcome.error,
+                **carried(msg),
             },
             f"could not re-send a failed record of message {msg.message_id} alone; "
             "retrying the whole message instead",
@@ -310,9 +324,10 @@ class Settler:
                 "s3flow.error": outcome.error,
                 "s3flow.pipeline": self.pipeline.name,
                 "s3flow.source-queue": self.queue_url,
-                "s3flow.source-message-id": msg.message_id,
+                SOURCE_MESSAGE_ID_ATTR: msg.message_id,
                 "s3flow.receive-count": msg.receive_count,
                 "s3flow.worker-id": self.worker_id,
+                **carried(msg),
             },
             f"could not dead-letter message {msg.message_id}; retrying it instead",
         )

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from s3flow.settings import PipelineSettings
 from s3flow.state import FileStatus, ObjectId, SqliteStateStore
-from s3flow.worker.acks import AckBatcher, Settler
-from s3flow.worker.outcomes import SQS_MAX_VISIBILITY_S, DeadLetter, Retry
+from s3flow.worker.acks import REDRIVE_ID_ATTR, AckBatcher, Settler
+from s3flow.worker.outcomes import (
+    SQS_MAX_VISIBILITY_S,
+    DeadLetter,
+    RecordPart,
+    Retry,
+    Split,
+)
 from s3flow.worker.source import ReceivedMessage
 
 
@@ -89,3 +96,40 @@ async def test_a_dead_letter_marks_the_record_dead_only_from_failed(
         rec = await store.get(oid)
     assert rec is not None
     assert rec.status is (FileStatus.RECEIVED if redriven else FileStatus.DEAD)
+
+
+class RecordingSqs:
+    """Takes every send and keeps its arguments."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send_message(self, **kwargs: Any) -> dict[str, str]:
+        self.sent.append(kwargs)
+        return {"MessageId": f"sent-{len(self.sent)}"}
+
+
+@pytest.mark.parametrize("redriven", [False, True])
+async def test_every_message_derived_from_a_redriven_copy_carries_its_redrive_id(
+    redriven: bool,
+) -> None:
+    """A record re-sent alone and a dead letter carry the received message's
+    s3flow.redrive-id: `dlq redrive` knows them by it when they come back to the DLQ
+    (a re-sent record's own dead letter names the re-sent message, not the copy)."""
+    sqs = RecordingSqs()
+    p = PipelineSettings(name="p", bucket="b", queue="q", output="s3://o/")
+    fake: AckBatcher = FakeDeletes()  # type: ignore[assignment]
+    settler = Settler(fake, sqs, pipeline=p, queue_url="q", dlq_url="d", worker_id="w")
+    attrs = {REDRIVE_ID_ATTR: {"DataType": "String", "StringValue": "run/dlq-1"}}
+    msg = ReceivedMessage(
+        "copy-1", "h", "{}", 1, time.monotonic(), message_attributes=attrs if redriven else {}
+    )
+    split = Split(
+        (RecordPart("{}", Retry(1, "X", "again")), RecordPart("{}", DeadLetter("Y", "bad")))
+    )
+    assert await settler.settle(msg, split) == split
+    await settler.settle(msg, DeadLetter("Z", "bad"))
+    assert [s["QueueUrl"] for s in sqs.sent] == ["q", "d", "d"]
+    for s in sqs.sent:
+        carried = s["MessageAttributes"].get(REDRIVE_ID_ATTR)
+        assert carried == (attrs[REDRIVE_ID_ATTR] if redriven else None), s
