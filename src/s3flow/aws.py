@@ -278,17 +278,17 @@ async def check_reachable(aws: AwsSettings) -> None:
     endpoint that is not running should say so at once. AWS itself (no custom endpoint)
     is not checked.
     """
-    seen: set[tuple[str, int]] = set()
+    services: dict[tuple[str, int], list[str]] = {}
+    urls: dict[tuple[str, int], str] = {}
     for service in ("s3", "sqs"):
         url = endpoint_for(service, aws)
         if not url:
             continue
         parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if (host, port) in seen:
-            continue
-        seen.add((host, port))
+        address = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        services.setdefault(address, []).append(service.upper())
+        urls.setdefault(address, url)
+    for (host, port), names in services.items():
         try:
             _, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port), aws.connect_timeout_s
@@ -296,7 +296,8 @@ async def check_reachable(aws: AwsSettings) -> None:
         except (OSError, TimeoutError) as exc:
             reason = str(exc) or f"no answer within {aws.connect_timeout_s:g} s"
             raise AwsError(
-                f"cannot reach the {service.upper()} endpoint {url}: {reason} ({UNREACHABLE_HINT})",
+                f"cannot reach the {' and '.join(names)} endpoint {urls[(host, port)]}: "
+                f"{reason} ({UNREACHABLE_HINT})",
                 operation="connect",
             ) from exc
         writer.close()

@@ -327,7 +327,8 @@ async def test_an_endpoint_nothing_answers_at_fails_at_once() -> None:
     """The SDK would retry a refused connection with back-off for 15-20 s first."""
     port = free_port()
     aws = AwsSettings(endpoint_url=f"http://127.0.0.1:{port}")
-    with pytest.raises(AwsError, match=rf"cannot reach the S3 endpoint http://127.0.0.1:{port}: "):
+    url = f"http://127.0.0.1:{port}"
+    with pytest.raises(AwsError, match=rf"cannot reach the S3 and SQS endpoint {url}: "):
         await check_reachable(aws)
     with pytest.raises(AwsError, match="is the endpoint running"):
         async with open_clients(aws):

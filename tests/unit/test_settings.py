@@ -145,6 +145,10 @@ def test_second_pipeline_error_names_its_index(tmp_path: Path) -> None:
         ('output = "s3://results/counts/"', 'output = ""', "output"),
         ('queue = "counts-events"', 'queue = "bad queue name!"', "queue"),
         ('name = "counts"', 'name = "has space"', "name"),
+        ('bucket = "incoming"', 'bucket = "in coming"', "bucket"),
+        ('bucket = "incoming"', 'bucket = "incoming."', "bucket"),
+        ('bucket = "incoming"', 'bucket = "-incoming"', "bucket"),
+        ('output = "s3://results/counts/"', 'output = "s3://res ults/counts/"', "output"),
     ],
 )
 def test_bad_value_names_the_key(tmp_path: Path, line: str, replacement: str, key: str) -> None:
@@ -696,3 +700,29 @@ def test_s3flows_own_variables_that_look_like_settings_are_left_alone(
     for name in ("S3FLOW_WEB_URL", "S3FLOW_WORKER_ID", "S3FLOW_KAFKA_PORT", "S3FLOW_PIPELINES_0"):
         monkeypatch.setenv(name, "1")
     assert load_settings(None).worker.shutdown_grace_s > 0
+
+
+def test_a_bucket_given_as_a_url_says_to_write_the_name_and_the_prefix(tmp_path: Path) -> None:
+    text = DOCUMENTED_EXAMPLE.replace('bucket = "incoming"', 'bucket = "s3://incoming/logs/"')
+    msg = config_error(write(tmp_path, text))
+    assert (
+        "bucket: Value error, 's3://incoming/logs/' is not a bucket name: write the name "
+        "alone, 'incoming'; the key prefix goes in `prefix = 'logs/'`"
+    ) in msg
+    text = DOCUMENTED_EXAMPLE.replace('bucket = "incoming"', 'bucket = "incoming/"')
+    assert "write the name alone, 'incoming' (got" in config_error(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("bucket", ["incoming", "a.b-c", "Legacy_Bucket_2017", "x" * 255])
+def test_bucket_names_older_buckets_and_other_stores_use_are_taken(
+    tmp_path: Path, bucket: str
+) -> None:
+    text = DOCUMENTED_EXAMPLE.replace('bucket = "incoming"', f'bucket = "{bucket}"')
+    assert load_settings(write(tmp_path, text)).pipelines[0].bucket == bucket
+
+
+def test_an_uploads_bucket_that_is_no_bucket_name_is_refused(tmp_path: Path) -> None:
+    msg = config_error(
+        write(tmp_path, '[jobs]\nproject = "acme"\nuploads_bucket = "s3://acme-uploads"\n')
+    )
+    assert "jobs.uploads_bucket: Value error, 's3://acme-uploads' is not a bucket name" in msg

@@ -54,6 +54,30 @@ def _valid_host(host: str) -> bool:
     return True
 
 
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,253}[A-Za-z0-9])?$")
+
+
+def bucket_name_problem(name: str) -> str | None:
+    """What is wrong with the S3 bucket name ``name``, or None.
+
+    Lenient on purpose: names AWS does not allow today (capitals, '_', up to 255
+    characters, shorter than 3) still name older buckets in us-east-1 and buckets of
+    S3-compatible stores and emulators; what no store takes (a URL, a path, spaces) is
+    refused.
+    """
+    if name.lower().startswith("s3://") or "/" in name:
+        bare = name[5:] if name.lower().startswith("s3://") else name
+        bucket, _, prefix = bare.partition("/")
+        hint = f"; the key prefix goes in `prefix = {prefix!r}`" if prefix.strip("/") else ""
+        return f"{name!r} is not a bucket name: write the name alone, {bucket!r}{hint}"
+    if not _BUCKET_RE.match(name):
+        return (
+            f"{name!r} is not a bucket name: up to 255 letters, digits, '.', '-' or '_', "
+            "beginning and ending with a letter or digit"
+        )
+    return None
+
+
 def endpoint_url_problem(url: str) -> str | None:
     """What keeps ``url`` from being an endpoint URL the SDK takes, with what to write
     instead (None: nothing): an ``http``/``https`` scheme, a host, a port from 1 to 65535.

@@ -14,6 +14,7 @@ from s3flow.settings.base import (
     SqsSeconds,
     WaitTime,
     _Model,
+    bucket_name_problem,
 )
 from s3flow.settings.executors import ExecutorName, ExecutorsSettings
 
@@ -155,9 +156,10 @@ def output_problem(output: str) -> str | None:
     if not output:
         return "must be 's3://bucket/prefix/' or a local directory"
     if output.startswith("s3://"):
-        if not output[5:].split("/", 1)[0]:
+        bucket = output[5:].split("/", 1)[0]
+        if not bucket:
             return "an s3:// output needs a bucket: 's3://bucket/prefix/'"
-        return None
+        return bucket_name_problem(bucket)
     if _SCHEME_RE.match(output):
         return (
             f"{output!r} looks like a URL, and only s3://bucket/prefix/ URLs (lower case, "
@@ -327,6 +329,14 @@ class PipelineSettings(_Model):
             raise ValueError(
                 "a queue name is 1-80 letters, digits, '-' or '_' (or a full https:// queue URL)"
             )
+        return v
+
+    @field_validator("bucket")
+    @classmethod
+    def _check_bucket(cls, v: str) -> str:
+        problem = bucket_name_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @field_validator("output")

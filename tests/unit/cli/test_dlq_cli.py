@@ -14,8 +14,9 @@ from s3flow.local.endpoint import free_port
 
 @pytest.mark.parametrize("command", [["list"], ["redrive", "--max", "5"]])
 def test_an_endpoint_that_is_down_is_a_clear_error(tmp_path: Path, command: list[str]) -> None:
-    """Queues given as URLs skip GetQueueUrl: the first call on the wire is the receive,
-    which must be translated like every other AWS call."""
+    """Queues given as URLs skip GetQueueUrl: the first call on the wire would be the
+    receive. Nothing answers at the endpoint, so the clients refuse to open, at once,
+    naming it (not after the SDK's retries, not with a traceback)."""
     down = f"http://127.0.0.1:{free_port()}"
     cfg = tmp_path / "s3flow.toml"
     cfg.write_text(
@@ -48,4 +49,5 @@ output = "s3://o/res/"
     )
     assert run.returncode == 2, (run.stdout, run.stderr)
     assert "Traceback" not in run.stderr and "error:" in run.stderr
-    assert "q-dlq" in run.stderr  # says which queue
+    flat = " ".join(run.stderr.split())
+    assert f"cannot reach the S3 and SQS endpoint {down}" in flat  # says which endpoint
