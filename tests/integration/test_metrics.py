@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import signal
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from itest_support import Harness, spawn_worker, wait_for
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from s3flow.local.endpoint import free_port
+from s3flow.aws import open_clients
+from s3flow.local.endpoint import LocalEndpoint, free_port
+from s3flow.local.latency import LatencyProxy
+from s3flow.metrics import WorkerMetrics
+from s3flow.ops.exporter import SAMPLE_CONCURRENCY, MetricsServer, QueueRef
+from s3flow.settings.base import AwsSettings
 
 pytestmark = pytest.mark.integration
 
@@ -72,3 +80,50 @@ def test_counters_match_the_work_done_and_readiness_follows_the_queue(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+async def test_queue_depths_are_sampled_concurrently_in_order(
+    endpoint: LocalEndpoint, sqs: Any
+) -> None:
+    """Every request of a sample waits ``delay`` at a latency proxy: one after another
+    a sample of 12 queues and their DLQs would take 24 delays, at most
+    SAMPLE_CONCURRENCY at a time it takes 3. The errors keep the pipelines' order."""
+    run = uuid.uuid4().hex[:6]
+    refs: list[QueueRef] = []
+    for i in range(12):
+        url = sqs.create_queue(QueueName=f"conc-{run}-{i:02d}")["QueueUrl"]
+        dlq = sqs.create_queue(QueueName=f"conc-{run}-{i:02d}-dlq")["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody="x" * (i + 1))
+        refs.append(QueueRef(f"p{i:02d}", url, dlq))
+    gone = sqs.create_queue(QueueName=f"conc-{run}-gone")["QueueUrl"]
+    sqs.delete_queue(QueueUrl=gone)
+    # the 4th pipeline's queue and the 8th's DLQ fail; the others are still sampled
+    refs[3] = QueueRef("p03", gone, refs[3].dlq_url)
+    refs[7] = QueueRef("p07", refs[7].url, gone)
+    delay = 0.5
+    async with (
+        LatencyProxy(endpoint.port, delay_s=delay) as proxy,
+        open_clients(AwsSettings(endpoint_url=proxy.url)) as clients,
+    ):
+        server = MetricsServer(WorkerMetrics(), sqs=clients.sqs, queues=refs, store=None)
+        await server.sample()  # warm up the connections
+        proxy.reset()
+        start = time.monotonic()
+        errors = await server.sample()
+        took = time.monotonic() - start
+    assert proxy.requests == 24
+    rounds = -(-24 // SAMPLE_CONCURRENCY)
+    assert took >= rounds * delay * 0.95, f"{took:.2f}s: more than the bound at a time"
+    assert took < 8 * delay, f"{took:.2f}s: the queues were not sampled concurrently"
+    assert [e.split(":")[0] for e in errors] == ["queue of p03", "dead-letter queue of p07"]
+    visible: dict[str, float] = {}
+    dead: dict[str, float] = {}
+    for fam in text_string_to_metric_families(generate_latest(server.registry).decode()):
+        for sample in fam.samples:
+            if sample.name == "s3flow_queue_visible_messages":
+                visible[sample.labels["pipeline"]] = sample.value
+            elif sample.name == "s3flow_dlq_visible_messages":
+                dead[sample.labels["pipeline"]] = sample.value
+    assert sorted(visible) == [f"p{i:02d}" for i in range(12) if i != 3]
+    assert set(visible.values()) == {1.0}
+    assert sorted(dead) == [f"p{i:02d}" for i in range(12) if i != 7]

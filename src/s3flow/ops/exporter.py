@@ -19,7 +19,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +143,8 @@ class WorkerCollector(Collector):
         yield oldest
 
 
+#: Queue-depth requests one sample has on the wire at a time.
+SAMPLE_CONCURRENCY = 8
 #: How long ``/readyz`` waits for its checks: under the usual probe timeouts (5 s), so
 #: an endpoint that does not answer gives a 503, not a probe timeout.
 READY_TIMEOUT_S = 4.0
@@ -224,36 +226,20 @@ class MetricsServer:
             await self.sample()
 
     async def sample(self) -> list[str]:
-        """Read queue depths and the oldest in-flight record now; returns the errors."""
-        errors: list[str] = []
-        for q in self._queues:
-            try:
-                attrs = (
-                    await self._sqs.get_queue_attributes(
-                        QueueUrl=q.url,
-                        AttributeNames=[
-                            "ApproximateNumberOfMessages",
-                            "ApproximateNumberOfMessagesNotVisible",
-                        ],
-                    )
-                ).get("Attributes", {})
-                self._samples.queues[q.pipeline] = (
-                    int(attrs.get("ApproximateNumberOfMessages", 0)),
-                    int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
-                )
-            except Exception as exc:  # any failure makes the worker unready, with the reason
-                errors.append(f"queue of {q.pipeline}: {exc}")
-            if not q.dlq_url:
-                continue
-            try:  # a DLQ gone: every dead-letter of the pipeline would fail (and retry)
-                attrs = (
-                    await self._sqs.get_queue_attributes(
-                        QueueUrl=q.dlq_url, AttributeNames=["ApproximateNumberOfMessages"]
-                    )
-                ).get("Attributes", {})
-                self._samples.dlqs[q.pipeline] = int(attrs.get("ApproximateNumberOfMessages", 0))
-            except Exception as exc:
-                errors.append(f"dead-letter queue of {q.pipeline}: {exc}")
+        """Read queue depths and the oldest in-flight record now; returns the errors.
+
+        The queues are read concurrently, at most :data:`SAMPLE_CONCURRENCY` requests
+        at a time (a worker of many pipelines would otherwise take a round trip per
+        queue and dead-letter queue); the errors keep the pipelines' order, a queue's
+        before its dead-letter queue's, and one failing queue does not stop the others.
+        """
+        limit = asyncio.Semaphore(SAMPLE_CONCURRENCY)
+        reads: list[Awaitable[str | None]] = []
+        for q in self._queues:  # gather keeps this order: a queue, then its DLQ
+            reads.append(self._sample_queue(q, limit))
+            if q.dlq_url:
+                reads.append(self._sample_dlq(q, limit))
+        errors = [err for err in await asyncio.gather(*reads) if err is not None]
         if self._store is not None:
             now = time.time()
             for q in self._queues:
@@ -266,6 +252,41 @@ class MetricsServer:
         self._samples.errors = errors
         self._samples.at = time.monotonic()
         return errors
+
+    async def _sample_queue(self, q: QueueRef, limit: asyncio.Semaphore) -> str | None:
+        """Sample one queue's depth; the error, if any."""
+        try:
+            async with limit:
+                attrs = (
+                    await self._sqs.get_queue_attributes(
+                        QueueUrl=q.url,
+                        AttributeNames=[
+                            "ApproximateNumberOfMessages",
+                            "ApproximateNumberOfMessagesNotVisible",
+                        ],
+                    )
+                ).get("Attributes", {})
+            self._samples.queues[q.pipeline] = (
+                int(attrs.get("ApproximateNumberOfMessages", 0)),
+                int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            )
+        except Exception as exc:  # any failure makes the worker unready, with the reason
+            return f"queue of {q.pipeline}: {exc}"
+        return None
+
+    async def _sample_dlq(self, q: QueueRef, limit: asyncio.Semaphore) -> str | None:
+        """Sample one dead-letter queue's depth; the error, if any."""
+        try:  # a DLQ gone: every dead-letter of the pipeline would fail (and retry)
+            async with limit:
+                attrs = (
+                    await self._sqs.get_queue_attributes(
+                        QueueUrl=q.dlq_url, AttributeNames=["ApproximateNumberOfMessages"]
+                    )
+                ).get("Attributes", {})
+            self._samples.dlqs[q.pipeline] = int(attrs.get("ApproximateNumberOfMessages", 0))
+        except Exception as exc:
+            return f"dead-letter queue of {q.pipeline}: {exc}"
+        return None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
