@@ -30,7 +30,13 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 
-from s3flow.errors import UNREACHABLE_HINT, AwsError, ConfigError
+from s3flow.errors import (
+    UNREACHABLE_HINT,
+    AwsError,
+    ConfigError,
+    aws_error_code,
+    translate_aws_error,
+)
 from s3flow.fastpath import Connection, Credentials, FastClient, FastS3Client, FastSqsClient
 from s3flow.settings import AwsSettings
 from s3flow.settings.base import endpoint_url_problem
@@ -199,6 +205,36 @@ class AwsClients:
     s3: Any
     sqs: Any
     aws: AwsSettings  # what they were built from (processors hand it on, see sync_client)
+
+
+#: What a HeadBucket of a bucket that does not exist answers (it has no body: "404").
+_NO_BUCKET = frozenset({"404", "NotFound", "NoSuchBucket"})
+
+
+async def bucket_exists(s3: Any, bucket: str) -> bool:
+    """Whether ``bucket`` exists at ``s3``'s endpoint (a HeadBucket).
+
+    False when the answer is 404 / NoSuchBucket; any other failure (access denied,
+    the endpoint unreachable...) raises, translated by
+    :func:`~s3flow.errors.translate_aws_error`.
+    """
+    try:
+        await s3.head_bucket(Bucket=bucket)
+    except Exception as exc:
+        if aws_error_code(exc) in _NO_BUCKET:
+            return False
+        raise translate_aws_error(exc, f"HeadBucket {bucket}") from exc
+    return True
+
+
+def missing_bucket_error(bucket: str, aws: AwsSettings, what: str = "bucket") -> ConfigError:
+    """The error for a ``bucket`` that does not exist: it names the bucket and the
+    endpoint asked (the region, on AWS itself), and says what to do."""
+    where = endpoint_for("s3", aws) or f"AWS S3 in {aws.region}"
+    return ConfigError(
+        f"{what} {bucket!r} does not exist at {where}: check the name (and the endpoint "
+        "and region), or create it with `s3flow provision`"
+    )
 
 
 def session_credentials(session: AioSession) -> Callable[[], Awaitable[Credentials | None]]:

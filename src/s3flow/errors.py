@@ -190,6 +190,14 @@ RETRYABLE_CODES = frozenset(
 _MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 
 
+def aws_error_code(exc: BaseException) -> str:
+    """The error code an SDK error carries (``NoSuchBucket``, ``404``...); "" for others."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return ""
+    return str((response.get("Error") or {}).get("Code") or "")
+
+
 def translate_aws_error(exc: BaseException, operation: str) -> S3flowError:
     """Translate a botocore/aiohttp exception into the s3flow hierarchy.
 

@@ -263,3 +263,22 @@ def test_keys_and_errors_are_shown_as_they_are_not_as_markup(harness: Harness) -
         assert shown.returncode == 0, shown.stderr
         assert f"s3://{harness.bucket}/{key} version" in shown.stdout
         assert status in shown.stdout
+
+
+def test_backfill_and_reprocess_name_a_bucket_that_does_not_exist(harness: Harness) -> None:
+    """A pipeline bucket that is not there is named, with the endpoint asked and what to
+    do: reprocess of a key said "no object 'k' in bucket ..." (a HEAD's 404 does not say
+    whether the key or the bucket is missing), backfill a bare NoSuchBucket."""
+    harness.configure()
+    cfg = harness.write_config()
+    gone = f"gone-{harness.bucket}"
+    cfg.write_text(cfg.read_text().replace(f'"{harness.bucket}"', f'"{gone}"'))
+    for args in (("backfill",), ("reprocess", "a.txt"), ("reprocess", "--prefix", "")):
+        run = s3flow(*args, "-p", "p", "-c", str(cfg))
+        assert run.returncode == 2, run.stdout + run.stderr
+        text = " ".join(run.stderr.split())  # as one line, however the console wrapped it
+        assert (
+            f"{args[0]}: bucket '{gone}' does not exist at {harness.endpoint.url}: check the "
+            "name (and the endpoint and region), or create it with `s3flow provision`"
+        ) in text, run.stderr
+        assert "Traceback" not in run.stderr

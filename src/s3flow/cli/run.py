@@ -91,13 +91,15 @@ def _source(source: str | None) -> tuple[str, str]:
     return bucket, key
 
 
-async def _bucket_exists(s3: Any, bucket: str) -> bool:
-    """False only when a HeadBucket says the bucket does not exist (404)."""
+async def _bucket_missing(s3: Any, bucket: str) -> bool:
+    """True only when a HeadBucket says the bucket does not exist (404): when it
+    cannot tell (access denied...), the error it explains stands."""
+    from s3flow.aws import bucket_exists
+
     try:
-        await s3.head_bucket(Bucket=bucket)
-    except Exception as exc:
-        return not isinstance(translate_aws_error(exc, "HeadBucket"), ObjectMissingError)
-    return True
+        return not await bucket_exists(s3, bucket)
+    except S3flowError:
+        return False
 
 
 async def _event(s3: Any, bucket: str, key: str, version_id: str | None) -> ObjectEvent:
@@ -109,7 +111,7 @@ async def _event(s3: Any, bucket: str, key: str, version_id: str | None) -> Obje
         head = await s3.head_object(**args)
     except Exception as exc:
         error = translate_aws_error(exc, f"HeadObject s3://{bucket}/{key}")
-        if isinstance(error, ObjectMissingError) and not await _bucket_exists(s3, bucket):
+        if isinstance(error, ObjectMissingError) and await _bucket_missing(s3, bucket):
             # A HEAD's 404 has no body: it does not say whether the key or the bucket is
             # missing, and "object missing" (disposition skip: nothing to do) sent people
             # looking for a key. A bucket that is not there is a mistake to correct.
