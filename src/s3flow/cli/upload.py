@@ -49,6 +49,7 @@ from s3flow.jobs.client import (
     post_file,
     read_events,
 )
+from s3flow.local.endpoint import connect_host, host_url
 from s3flow.settings import CONFIG_ENV, WebSettings
 
 
@@ -135,8 +136,7 @@ def _served_at(web: WebSettings) -> str:
     port (a wildcard bind address is reached on loopback)."""
     if web.url:
         return web.url
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(web.host, web.host)
-    return f"http://{f'[{host}]' if ':' in host else host}:{web.port}"
+    return host_url(connect_host(web.host), web.port)
 
 
 def _unreachable(base: str, exc: httpx.TransportError, config: Path | None) -> S3flowError:

@@ -21,6 +21,7 @@ import concurrent.futures
 import contextlib
 import ctypes
 import functools
+import ipaddress
 import os
 import queue
 import signal
@@ -333,6 +334,26 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def connect_host(host: str) -> str:
+    """The host a client on this machine connects to for a server bound to ``host``.
+
+    A wildcard bind address (``0.0.0.0``, ``::``, or "" for every address) is no
+    address to connect to: it gives loopback (``127.0.0.1``; ``::1`` for an IPv6 one),
+    so a printed URL can be clicked. Any other host is returned as it is. Use it for
+    the URLs a server prints or hands on, not for what it binds.
+    """
+    name = host.strip()
+    if not name:
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return host  # a host name
+    if not address.is_unspecified:
+        return host
+    return "::1" if address.version == 6 else "127.0.0.1"
+
+
 def host_url(host: str, port: int) -> str:
     """``http://host:port``, an IPv6 address in brackets."""
     if ":" in host and not host.startswith("["):
@@ -372,8 +393,8 @@ class LocalEndpoint(OwnedServer):
 
     @property
     def url(self) -> str:
-        """The endpoint URL to give as AWS_ENDPOINT_URL."""
-        return host_url(self.host, self.port)
+        """The endpoint URL to give as AWS_ENDPOINT_URL (loopback for a wildcard host)."""
+        return host_url(connect_host(self.host), self.port)
 
     def start(self) -> Self:
         """Start the server and wait until it answers HTTP."""

@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from s3flow.closing import cancel_and_wait
 from s3flow.errors import ConfigError
+from s3flow.local.endpoint import connect_host, host_url
 from s3flow.metrics import PROCESSING_BUCKETS_S, WorkerMetrics
 from s3flow.state.base import StateStore
 
@@ -192,7 +193,8 @@ class MetricsServer:
         self.port = self._server.sockets[0].getsockname()[1]
         await self.sample()
         self._sampler = asyncio.create_task(self._sample_loop(), name="s3flow-metrics-sampler")
-        log.info("metrics on http://%s:%d/metrics (/healthz, /readyz)", self.host, self.port)
+        url = host_url(connect_host(self.host), self.port)
+        log.info("metrics on %s/metrics (/healthz, /readyz)", url)
         return self
 
     def _cannot_serve(self, exc: OSError) -> str:

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from s3flow.errors import ConfigError
+from s3flow.local.endpoint import connect_host
 from s3flow.settings import Settings
 from s3flow.web.app import create_app
 from s3flow.web.auth import check_bind
@@ -212,7 +213,7 @@ async def serve(
     async with open_runtime(settings, consume_progress=consume_progress) as runtime:
         sock = bind_socket(host, port)
         try:
-            url = web_url(host, sock.getsockname()[1])
+            url = web_url(connect_host(host), sock.getsockname()[1])
             app = create_app(settings, runtime=runtime)
             config = uvicorn.Config(
                 app,

@@ -70,6 +70,15 @@ def test_without_tokens_the_server_refuses_to_listen_beyond_loopback(jobs_env: J
             asyncio.run(serve(jobs_env.settings(), host=host, port=0))
 
 
+def test_on_every_address_the_url_given_is_loopback(jobs_env: JobsEnv) -> None:
+    """A server bound to 0.0.0.0 gives (and `s3flow web` prints) a URL that can be
+    opened: http://0.0.0.0:PORT is no address to connect to."""
+    settings = jobs_env.settings(tokens=[hash_token(TOKEN)])
+    with WebThread(settings, consume_progress=False, host="0.0.0.0") as web:
+        assert web.url.startswith("http://127.0.0.1:"), web.url
+        assert httpx.get(f"{web.url}/healthz", timeout=10).status_code == 200
+
+
 def test_a_busy_port_is_a_plain_error(jobs_env: JobsEnv) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

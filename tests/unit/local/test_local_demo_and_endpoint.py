@@ -72,6 +72,30 @@ def test_ipv6_urls_have_brackets() -> None:
     assert ep.host_url("127.0.0.1", 80) == "http://127.0.0.1:80"
 
 
+@pytest.mark.parametrize(
+    ("bound", "connect"),
+    [
+        ("0.0.0.0", "127.0.0.1"),
+        ("", "127.0.0.1"),
+        ("::", "::1"),
+        ("[::]", "::1"),
+        ("0:0:0:0:0:0:0:0", "::1"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("::1", "::1"),
+        ("10.1.2.3", "10.1.2.3"),
+        ("localhost", "localhost"),
+    ],
+)
+def test_connect_host_is_loopback_for_a_wildcard_bind_address(bound: str, connect: str) -> None:
+    assert ep.connect_host(bound) == connect
+
+
+def test_the_endpoint_url_of_a_wildcard_bind_can_be_connected_to() -> None:
+    assert ep.LocalEndpoint("0.0.0.0", 4566).url == "http://127.0.0.1:4566"
+    assert ep.LocalEndpoint("::", 4566).url == "http://[::1]:4566"
+    assert ep.LocalEndpoint("127.0.0.2", 4566).url == "http://127.0.0.2:4566"
+
+
 def test_demo_env_clears_service_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", "http://127.0.0.1:1")
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:2")
