@@ -114,7 +114,9 @@ async def test_queue_depths_are_sampled_concurrently_in_order(
     assert proxy.requests == 24
     rounds = -(-24 // SAMPLE_CONCURRENCY)
     assert took >= rounds * delay * 0.95, f"{took:.2f}s: more than the bound at a time"
-    assert took < 8 * delay, f"{took:.2f}s: the queues were not sampled concurrently"
+    # One after another takes at least 24 delays; the bound is half that, so a loaded
+    # machine (the proxy's delay, not the work, sets the time) does not fail it.
+    assert took < 12 * delay, f"{took:.2f}s: the queues were not sampled concurrently"
     assert [e.split(":")[0] for e in errors] == ["queue of p03", "dead-letter queue of p07"]
     visible: dict[str, float] = {}
     dead: dict[str, float] = {}
