@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from s3flow.app import dlq_url, open_store, queue_url, select_pipelines
 from s3flow.aws import open_clients
 from s3flow.errors import S3flowError, translate_aws_error
-from s3flow.settings import Settings
+from s3flow.settings import PipelineSettings, Settings
 
 
 @dataclass
@@ -44,24 +45,32 @@ async def _depths(sqs: Any, url: str) -> tuple[int, int, int]:
     )
 
 
+#: Pipelines whose queues are read at once (each: GetQueueUrl, depths, DLQ, depths).
+STATUS_CONCURRENCY = 8
+
+
 async def queue_status(settings: Settings, names: list[str] | None = None) -> list[QueueStatus]:
-    """Per pipeline: messages visible / in flight / delayed and DLQ depth."""
-    out: list[QueueStatus] = []
+    """Per pipeline, in the config's order: messages visible / in flight / delayed and DLQ
+    depth; the pipelines are read concurrently (at most :data:`STATUS_CONCURRENCY`)."""
+    limit = asyncio.Semaphore(STATUS_CONCURRENCY)
     async with open_clients(settings.aws) as clients:
-        for p in select_pipelines(settings, names):
+
+        async def one(p: PipelineSettings) -> QueueStatus:
             st = QueueStatus(p.name, p.queue, None, None, None, p.dlq_name, None)
-            try:
-                url = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
-                st.visible, st.in_flight, st.delayed = await _depths(clients.sqs, url)
-                dlq = await dlq_url(clients.sqs, p, url)
-                st.dlq = dlq.rsplit("/", 1)[-1]
-                st.dlq_depth = sum(await _depths(clients.sqs, dlq))
-            except S3flowError as exc:
-                st.error = str(exc)
-            except Exception as exc:
-                st.error = str(translate_aws_error(exc, "GetQueueAttributes"))
-            out.append(st)
-    return out
+            async with limit:
+                try:
+                    url = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
+                    st.visible, st.in_flight, st.delayed = await _depths(clients.sqs, url)
+                    dlq = await dlq_url(clients.sqs, p, url)
+                    st.dlq = dlq.rsplit("/", 1)[-1]
+                    st.dlq_depth = sum(await _depths(clients.sqs, dlq))
+                except S3flowError as exc:
+                    st.error = str(exc)
+                except Exception as exc:
+                    st.error = str(translate_aws_error(exc, "GetQueueAttributes"))
+            return st
+
+        return list(await asyncio.gather(*(one(p) for p in select_pipelines(settings, names))))
 
 
 @dataclass
