@@ -349,8 +349,6 @@ async def open_clients(
     (:mod:`s3flow.fastpath`) around the SDK's. A custom endpoint nothing answers at
     fails at once (:func:`check_reachable`), unless ``check_endpoints`` is False.
     """
-    if check_endpoints:
-        await check_reachable(aws)
     session = _session(aws)
     async with AsyncExitStack() as stack:
         clients = {}
@@ -363,4 +361,6 @@ async def open_clients(
                 fast = fast_client(sdk, session, aws, pool=pool)
                 if isinstance(fast, FastClient):
                     clients[service] = await stack.enter_async_context(fast)
+        if check_endpoints:  # after the clients: a settings error (a profile) is named first
+            await check_reachable(aws)
         yield AwsClients(s3=clients["s3"], sqs=clients["sqs"], aws=aws)
