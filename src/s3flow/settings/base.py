@@ -125,6 +125,22 @@ OptionalRegex = Annotated[str | None, AfterValidator(_check_optional_regex)]
 EndpointUrl = Annotated[str | None, AfterValidator(_check_endpoint_url)]
 
 
+def _check_bucket_name(v: str) -> str:
+    problem = bucket_name_problem(v)
+    if problem:
+        raise ValueError(problem)
+    return v
+
+
+def _check_optional_bucket_name(v: str | None) -> str | None:
+    return None if v is None else _check_bucket_name(v)
+
+
+#: A setting holding an S3 bucket name (:func:`bucket_name_problem`), or None.
+BucketName = Annotated[str, AfterValidator(_check_bucket_name)]
+OptionalBucketName = Annotated[str | None, AfterValidator(_check_optional_bucket_name)]
+
+
 # Bounds SQS sets on the queue settings of [[pipelines]] and [jobs].
 #: Seconds SQS keeps a received message invisible, in all (at most 12 hours).
 SqsSeconds = Annotated[int, Field(le=43200)]

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from s3flow.settings.base import ReceiveCount, SqsSeconds, WaitTime, _Model, bucket_name_problem
+from s3flow.settings.base import OptionalBucketName, ReceiveCount, SqsSeconds, WaitTime, _Model
 from s3flow.settings.pipelines import PipelineSettings
 
 _NAME_PART = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
@@ -83,7 +83,7 @@ class JobsSettings(_Model):
         description="Branch part of resource names; default $S3FLOW_BRANCH, else the git "
         "branch of the working directory, else 'main'.",
     )
-    uploads_bucket: str | None = Field(
+    uploads_bucket: OptionalBucketName = Field(
         default=None,
         description="Bucket for uploads and outputs; default {project}-{branch}-uploads.",
     )
@@ -148,14 +148,6 @@ class JobsSettings(_Model):
     def _check_project(cls, v: str) -> str:
         if not _NAME_PART.fullmatch(v):
             raise ValueError("use lower-case letters, digits and '-' (at most 31), e.g. 'acme'")
-        return v
-
-    @field_validator("uploads_bucket")
-    @classmethod
-    def _check_uploads_bucket(cls, v: str | None) -> str | None:
-        problem = None if v is None else bucket_name_problem(v)
-        if problem:
-            raise ValueError(problem)
         return v
 
     @field_validator("allowed_extensions")

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from s3flow.settings.base import (
+    BucketName,
     ByteRangeChecked,
     OptionalRegex,
     ReceiveCount,
@@ -184,7 +185,9 @@ class PipelineSettings(_Model):
         default="line-count",
         description="Processor name (built-in or entry point) or 'module:attribute' path.",
     )
-    bucket: str = Field(description="Source bucket whose ObjectCreated events feed the queue.")
+    bucket: BucketName = Field(
+        description="Source bucket whose ObjectCreated events feed the queue."
+    )
     prefix: str = Field(default="", description="Only keys starting with this prefix.")
     suffix: str = Field(default="", description="Only keys ending with this suffix.")
     key_regex: OptionalRegex = Field(
@@ -329,14 +332,6 @@ class PipelineSettings(_Model):
             raise ValueError(
                 "a queue name is 1-80 letters, digits, '-' or '_' (or a full https:// queue URL)"
             )
-        return v
-
-    @field_validator("bucket")
-    @classmethod
-    def _check_bucket(cls, v: str) -> str:
-        problem = bucket_name_problem(v)
-        if problem:
-            raise ValueError(problem)
         return v
 
     @field_validator("output")
