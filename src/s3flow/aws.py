@@ -31,7 +31,6 @@ from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 
 from s3flow.errors import (
-    UNREACHABLE_HINT,
     AwsError,
     ConfigError,
     aws_error_code,
@@ -305,38 +304,71 @@ def fast_client(sdk: Any, session: AioSession, aws: AwsSettings, *, pool: int) -
     )
 
 
+#: What to check when a custom endpoint does not answer (see :func:`check_reachable`).
+ENDPOINT_HINT = (
+    "nothing answers at that address: is the endpoint running (e.g. `s3flow local`), and "
+    "is its setting right ([aws] endpoint_url / endpoint_url_s3 / endpoint_url_sqs, or "
+    "AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL_SQS)?"
+)
+
+#: Between two tries of an endpoint that refused a connection (it may be starting).
+_RETRY_REFUSED_S = 0.2
+
+
 async def check_reachable(aws: AwsSettings) -> None:
-    """Raise :class:`AwsError` at once when a custom S3 or SQS endpoint refuses a TCP
-    connection (or none is made within ``connect_timeout_s``).
+    """Raise :class:`AwsError` when a custom S3 or SQS endpoint accepts no TCP connection
+    within ``connect_timeout_s`` (one that refuses is tried again until then: it may be
+    starting, as `s3flow local &` is).
 
     The SDK retries a refused connection with back-off (15-20 s with the default
-    ``max_attempts``) before it reports the same error; an operator command against an
-    endpoint that is not running should say so at once. AWS itself (no custom endpoint)
-    is not checked.
+    ``max_attempts``) before it reports the same error. AWS itself (no custom endpoint)
+    and an endpoint reached through an HTTP proxy (the proxy connects, not s3flow) are
+    not checked.
     """
     services: dict[tuple[str, int], list[str]] = {}
     urls: dict[tuple[str, int], str] = {}
+    proxies = urllib.request.getproxies()
     for service in ("s3", "sqs"):
         url = endpoint_for(service, aws)
         if not url:
             continue
         parts = urlsplit(url)
-        address = (parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        host = parts.hostname or ""
+        if proxies.get(parts.scheme) and not urllib.request.proxy_bypass(host):
+            continue
+        address = (host, parts.port or (443 if parts.scheme == "https" else 80))
         services.setdefault(address, []).append(service.upper())
         urls.setdefault(address, url)
-    for (host, port), names in services.items():
+    for address, names in services.items():
+        problem = await _connect_problem(address, aws.connect_timeout_s)
+        if problem is not None:
+            raise AwsError(
+                f"cannot reach the {' and '.join(names)} endpoint {urls[address]}: "
+                f"{problem} ({ENDPOINT_HINT})",
+                operation="connect",
+            )
+
+
+async def _connect_problem(address: tuple[str, int], timeout_s: float) -> str | None:
+    """Why no TCP connection to ``address`` was made within ``timeout_s``, or None."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
         try:
             _, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port), aws.connect_timeout_s
+                asyncio.open_connection(*address), max(0.01, deadline - loop.time())
             )
-        except (OSError, TimeoutError) as exc:
-            reason = str(exc) or f"no answer within {aws.connect_timeout_s:g} s"
-            raise AwsError(
-                f"cannot reach the {' and '.join(names)} endpoint {urls[(host, port)]}: "
-                f"{reason} ({UNREACHABLE_HINT})",
-                operation="connect",
-            ) from exc
+        except ConnectionRefusedError as exc:
+            if loop.time() + _RETRY_REFUSED_S >= deadline:
+                return f"{exc} (for {timeout_s:g} s, aws.connect_timeout_s)"
+            await asyncio.sleep(_RETRY_REFUSED_S)
+            continue
+        except TimeoutError:
+            return f"no connection within {timeout_s:g} s (aws.connect_timeout_s)"
+        except OSError as exc:  # a name that does not resolve, no route: not worth waiting
+            return str(exc)
         writer.close()
+        return None
 
 
 @asynccontextmanager

@@ -220,12 +220,12 @@ def translate_aws_error(exc: BaseException, operation: str) -> S3flowError:
             return AwsError(text, code=code, operation=operation)
         return AwsPermanentError(text, code=code, operation=operation)
     # Connection errors, read timeouts, endpoint unreachable: transient.
-    hint = f" ({UNREACHABLE_HINT})" if type(exc).__name__ in _CONNECT_ERRORS else ""
+    hint = f" ({_UNREACHABLE_HINT})" if type(exc).__name__ in _CONNECT_ERRORS else ""
     return AwsError(f"{operation} failed: {type(exc).__name__}: {exc}{hint}", operation=operation)
 
 
 #: What to check when nothing answers at an endpoint's address.
-UNREACHABLE_HINT = (
+_UNREACHABLE_HINT = (
     "nothing answers at that address: is the endpoint running, e.g. `s3flow local`, and "
     "are AWS_ENDPOINT_URL / [aws] endpoint_url and the region right?"
 )

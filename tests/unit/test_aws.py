@@ -323,16 +323,48 @@ async def test_the_dynamodb_store_passes_a_profile_error_on_as_is(no_credentials
             pass
 
 
-async def test_an_endpoint_nothing_answers_at_fails_at_once() -> None:
+async def test_an_endpoint_nothing_answers_at_fails_within_the_connect_timeout() -> None:
     """The SDK would retry a refused connection with back-off for 15-20 s first."""
-    port = free_port()
-    aws = AwsSettings(endpoint_url=f"http://127.0.0.1:{port}")
-    url = f"http://127.0.0.1:{port}"
-    with pytest.raises(AwsError, match=rf"cannot reach the S3 and SQS endpoint {url}: "):
+    url = f"http://127.0.0.1:{free_port()}"
+    aws = AwsSettings(endpoint_url=url, connect_timeout_s=0.5)
+    with pytest.raises(AwsError) as info:
         await check_reachable(aws)
+    text = str(info.value)
+    assert text.startswith(f"cannot reach the S3 and SQS endpoint {url}: ")
+    assert "(for 0.5 s, aws.connect_timeout_s)" in text
+    assert "endpoint_url_sqs" in text and "AWS_ENDPOINT_URL_S3" in text
     with pytest.raises(AwsError, match="is the endpoint running"):
         async with open_clients(aws):
             pass
+
+
+async def test_an_endpoint_that_starts_within_the_connect_timeout_passes() -> None:
+    """`s3flow local &` then a command at once: the endpoint listens a moment later."""
+    port = free_port()
+    listening = asyncio.Event()
+
+    async def start_late() -> asyncio.Server:
+        await asyncio.sleep(0.6)
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
+        listening.set()
+        return server
+
+    late = asyncio.create_task(start_late())
+    await check_reachable(AwsSettings(endpoint_url=f"http://127.0.0.1:{port}"))
+    assert listening.is_set()
+    server = await late
+    server.close()
+    await server.wait_closed()
+
+
+async def test_an_endpoint_behind_an_http_proxy_is_not_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The proxy makes the connection, not s3flow (the SDK honours HTTP_PROXY)."""
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    await check_reachable(AwsSettings(endpoint_url="http://minio.internal:9000"))
 
 
 async def test_a_listening_endpoint_and_aws_itself_pass_the_check(

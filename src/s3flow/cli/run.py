@@ -49,6 +49,7 @@ from s3flow.executors.contract import (
 from s3flow.executors.one import run_isolated
 from s3flow.local.endpoint import die_with_parent
 from s3flow.settings import Settings
+from s3flow.settings.base import bucket_name_problem
 from s3flow.settings.pipelines import output_problem
 from s3flow.sinks.s3 import parse_s3_uri, split_s3_url
 
@@ -82,12 +83,18 @@ def _options(raw_json: str | None, flags: list[str] | None) -> dict[str, Any]:
 
 def _source(source: str | None) -> tuple[str, str]:
     if source:
-        return parse_s3_uri(source)
-    bucket, key = os.environ.get(SOURCE_BUCKET), os.environ.get(OBJECT_KEY)
-    if not bucket or not key:
-        raise ConfigError(
-            f"no object: give s3://bucket/key or set ${SOURCE_BUCKET} and ${OBJECT_KEY}"
-        )
+        bucket, key = parse_s3_uri(source)
+        where = f"in {source!r}"
+    else:
+        env_bucket, env_key = os.environ.get(SOURCE_BUCKET), os.environ.get(OBJECT_KEY)
+        if not env_bucket or not env_key:
+            raise ConfigError(
+                f"no object: give s3://bucket/key or set ${SOURCE_BUCKET} and ${OBJECT_KEY}"
+            )
+        bucket, key, where = env_bucket, env_key, f"in ${SOURCE_BUCKET}"
+    problem = bucket_name_problem(bucket)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
     return bucket, key
 
 

@@ -186,7 +186,10 @@ class PipelineSettings(_Model):
         description="Processor name (built-in or entry point) or 'module:attribute' path.",
     )
     bucket: BucketName = Field(
-        description="Source bucket whose ObjectCreated events feed the queue."
+        description=(
+            "Source bucket whose ObjectCreated events feed the queue: the name alone "
+            "(no s3://, the key prefix goes in prefix)."
+        )
     )
     prefix: str = Field(default="", description="Only keys starting with this prefix.")
     suffix: str = Field(default="", description="Only keys ending with this suffix.")
