@@ -37,6 +37,8 @@ _DEDUP_WINDOW_MS = (5 * 60 + 60) * 1000
 _OWN_ATTRIBUTE_PREFIX = "s3flow."
 #: SQS's limit on the message attributes of one message.
 MAX_MESSAGE_ATTRIBUTES = 10
+#: MaximumMessageSize of SQS queues: the default of queues made before 2025, and the most.
+_SIZE_LIMITS = (262_144, 1_048_576)
 
 
 @dataclass(frozen=True)
@@ -105,9 +107,10 @@ def outgoing_of(msg: dict[str, Any], fifo: bool, redrive_id: str | None = None) 
     ``redrive_id`` goes on the copy as the ``s3flow.redrive-id`` attribute, which the
     worker carries onto every message it derives from the copy (a record re-sent
     alone, a dead letter): how a redrive knows its own copies when they come back. It
-    is left out when the message already has SQS's maximum of 10 attributes (such a
-    copy is known only by its own id and the ``s3flow.source-message-id`` of a dead
-    letter naming it).
+    is left out when the message already has SQS's maximum of 10 attributes, or when
+    it would take a message that fits a queue's usual size limit (256 KiB, 1 MiB) over
+    it (such a copy is known only by its own id and the ``s3flow.source-message-id``
+    of a dead letter naming it).
     """
     entry: dict[str, Any] = {"MessageBody": msg["Body"]}
     attrs = {
@@ -117,10 +120,15 @@ def outgoing_of(msg: dict[str, Any], fifo: bool, redrive_id: str | None = None) 
     }
     if redrive_id is not None and len(attrs) >= MAX_MESSAGE_ATTRIBUTES:
         redrive_id = None
-    if redrive_id is not None:
-        attrs[REDRIVE_ID_ATTR] = {"DataType": "String", "StringValue": redrive_id}
     if attrs:
         entry["MessageAttributes"] = attrs
+    if redrive_id is not None:
+        tagged = {**attrs, REDRIVE_ID_ATTR: {"DataType": "String", "StringValue": redrive_id}}
+        before, after = _entry_size(entry), _entry_size({**entry, "MessageAttributes": tagged})
+        if any(before <= limit < after for limit in _SIZE_LIMITS):
+            redrive_id = None  # the id would push a message that fits over a queue's limit
+        else:
+            entry["MessageAttributes"] = tagged
     if fifo:
         system = msg.get("Attributes") or {}
         entry["MessageGroupId"] = system.get("MessageGroupId") or "s3flow-redrive"

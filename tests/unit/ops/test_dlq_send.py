@@ -210,3 +210,14 @@ async def test_what_aiobotocore_raises_is_classified_by_whether_the_request_left
         with pytest.raises(Exception) as caught:
             await sqs.send_message(QueueUrl=f"{url}/1/q", MessageBody="b")
     assert _surely_not_sent(caught.value) is surely, repr(caught.value)
+
+
+@pytest.mark.parametrize("limit", [262_144, 1_048_576])
+def test_a_redrive_id_never_takes_a_message_over_a_queue_s_size_limit(limit: int) -> None:
+    """A message the queue's own redrive moved (no s3flow attributes) that fits the
+    limit still fits as a copy: the id is left out rather than the send refused."""
+    exact = outgoing_of(_msg(1, "x" * limit), fifo=False, redrive_id="run/m1")
+    assert exact.redrive_id is None and exact.size == limit
+    assert "MessageAttributes" not in exact.entry
+    smaller = outgoing_of(_msg(2, "x" * (limit - 1000)), fifo=False, redrive_id="run/m2")
+    assert smaller.redrive_id == "run/m2"
