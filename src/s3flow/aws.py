@@ -33,6 +33,7 @@ from botocore.config import Config
 from s3flow.errors import (
     AwsError,
     ConfigError,
+    S3flowError,
     aws_error_code,
     translate_aws_error,
 )
@@ -226,6 +227,15 @@ async def bucket_exists(s3: Any, bucket: str) -> bool:
     return True
 
 
+async def bucket_surely_missing(s3: Any, bucket: str) -> bool:
+    """True only when a HeadBucket says ``bucket`` does not exist (404); False when it
+    exists or the HeadBucket cannot tell (access denied...): the error at hand stands."""
+    try:
+        return not await bucket_exists(s3, bucket)
+    except S3flowError:
+        return False
+
+
 def missing_bucket_error(bucket: str, aws: AwsSettings, what: str = "bucket") -> ConfigError:
     """The error for a ``bucket`` that does not exist: it names the bucket and the
     endpoint asked (the region, on AWS itself), and says what to do."""
@@ -257,15 +267,19 @@ def session_credentials(session: AioSession) -> Callable[[], Awaitable[Credentia
     return current
 
 
+def _proxied(scheme: str, host: str) -> bool:
+    """Whether the environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY) sends requests for
+    ``scheme://host`` through a proxy, as the SDK does."""
+    return bool(urllib.request.getproxies().get(scheme)) and not urllib.request.proxy_bypass(host)
+
+
 def sdk_only_reason(sdk: Any, session: AioSession) -> str | None:
     """Why ``sdk``'s calls must all go through the SDK, if they must: the fast path does
     not speak through proxies nor with client certificates or a custom CA bundle."""
     meta = sdk.meta
     endpoint = urlsplit(meta.endpoint_url)
     host, scheme = endpoint.hostname or "", endpoint.scheme
-    if meta.config.proxies or (
-        urllib.request.getproxies().get(scheme) and not urllib.request.proxy_bypass(host)
-    ):
+    if meta.config.proxies or _proxied(scheme, host):
         return "an HTTP proxy is configured"
     if meta.config.client_cert:
         return "a client certificate is configured"
@@ -327,14 +341,13 @@ async def check_reachable(aws: AwsSettings) -> None:
     """
     services: dict[tuple[str, int], list[str]] = {}
     urls: dict[tuple[str, int], str] = {}
-    proxies = urllib.request.getproxies()
     for service in ("s3", "sqs"):
         url = endpoint_for(service, aws)
         if not url:
             continue
         parts = urlsplit(url)
         host = parts.hostname or ""
-        if proxies.get(parts.scheme) and not urllib.request.proxy_bypass(host):
+        if _proxied(parts.scheme, host):
             continue
         address = (host, parts.port or (443 if parts.scheme == "https" else 80))
         services.setdefault(address, []).append(service.upper())

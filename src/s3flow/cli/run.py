@@ -98,17 +98,6 @@ def _source(source: str | None) -> tuple[str, str]:
     return bucket, key
 
 
-async def _bucket_missing(s3: Any, bucket: str) -> bool:
-    """True only when a HeadBucket says the bucket does not exist (404): when it
-    cannot tell (access denied...), the error it explains stands."""
-    from s3flow.aws import bucket_exists
-
-    try:
-        return not await bucket_exists(s3, bucket)
-    except S3flowError:
-        return False
-
-
 async def _event(s3: Any, bucket: str, key: str, version_id: str | None) -> ObjectEvent:
     """The object's event, from a HEAD (size, eTag, version)."""
     args: dict[str, Any] = {"Bucket": bucket, "Key": key}
@@ -118,7 +107,9 @@ async def _event(s3: Any, bucket: str, key: str, version_id: str | None) -> Obje
         head = await s3.head_object(**args)
     except Exception as exc:
         error = translate_aws_error(exc, f"HeadObject s3://{bucket}/{key}")
-        if isinstance(error, ObjectMissingError) and await _bucket_missing(s3, bucket):
+        from s3flow.aws import bucket_surely_missing  # imported late: --help stays quick
+
+        if isinstance(error, ObjectMissingError) and await bucket_surely_missing(s3, bucket):
             # A HEAD's 404 has no body: it does not say whether the key or the bucket is
             # missing, and "object missing" (disposition skip: nothing to do) sent people
             # looking for a key. A bucket that is not there is a mistake to correct.

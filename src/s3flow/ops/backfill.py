@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from s3flow.app import queue_url
-from s3flow.aws import bucket_exists, missing_bucket_error, open_clients
+from s3flow.aws import bucket_surely_missing, missing_bucket_error, open_clients
 from s3flow.errors import (
     InvalidInputError,
     ObjectMissingError,
@@ -202,14 +202,6 @@ async def backfill(
         src = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
         batch: list[_Pending] = []
 
-        async def bucket_missing() -> bool:
-            """Whether a HeadBucket says the pipeline's bucket does not exist (False when
-            it cannot tell: the error at hand stands)."""
-            try:
-                return not await bucket_exists(clients.s3, p.bucket)
-            except S3flowError:
-                return False
-
         async def flush() -> None:
             if not batch:
                 return
@@ -298,7 +290,8 @@ async def backfill(
                     except ObjectMissingError:
                         missing.append(key)
                 if missing:
-                    if await bucket_missing():  # a HEAD's 404 does not say which is
+                    # A HEAD's 404 does not say whether the key or the bucket is missing.
+                    if await bucket_surely_missing(clients.s3, p.bucket):
                         raise missing_bucket_error(p.bucket, settings.aws, f"{command}: bucket")
                     raise InvalidInputError(
                         f"{command}: no object {', '.join(map(repr, missing[:5]))}"
@@ -327,7 +320,8 @@ async def backfill(
         except S3flowError:
             raise
         except Exception as exc:
-            if aws_error_code(exc) == "NoSuchBucket" and await bucket_missing():
+            no_bucket = aws_error_code(exc) == "NoSuchBucket"
+            if no_bucket and await bucket_surely_missing(clients.s3, p.bucket):
                 raise missing_bucket_error(p.bucket, settings.aws, f"{command}: bucket") from exc
             raise translate_aws_error(exc, f"{command} of s3://{p.bucket}/{listed_prefix}") from exc
     return report

@@ -65,9 +65,9 @@ def bucket_name_problem(name: str) -> str | None:
     S3-compatible stores and emulators; what no store takes (a URL, a path, spaces) is
     refused.
     """
-    if name.lower().startswith("s3://") or "/" in name:
-        bare = name[5:] if name.lower().startswith("s3://") else name
-        bucket, _, prefix = bare.partition("/")
+    url = name.lower().startswith("s3://")
+    if url or "/" in name:
+        bucket, _, prefix = name[5 if url else 0 :].partition("/")
         hint = f"; the key prefix goes in `prefix = {prefix!r}`" if prefix.strip("/") else ""
         return f"{name!r} is not a bucket name: write the name alone, {bucket!r}{hint}"
     if not _BUCKET_RE.match(name):
