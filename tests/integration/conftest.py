@@ -64,3 +64,16 @@ def sqs(endpoint: LocalEndpoint) -> Any:
 @pytest.fixture()
 def harness(endpoint: LocalEndpoint, s3: Any, sqs: Any, tmp_path: Path) -> Harness:
     return Harness(endpoint, s3, sqs, tmp_path)
+
+
+@pytest.fixture()
+def one_poller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One receive loop per pipeline, for tests that count duplicates exactly.
+
+    moto's concurrent ReceiveMessage calls are not atomic: two pollers can both be
+    handed the same message. The worker then counts the second copy as a duplicate
+    (and its stale receipt handle as an ack failure), which is right for at-least-once
+    delivery but makes an exact count depend on the emulator's timing under load.
+    Set in the environment so that a worker started as a subprocess sees it too.
+    """
+    monkeypatch.setenv("S3FLOW_WORKER__POLLERS_PER_PIPELINE", "1")

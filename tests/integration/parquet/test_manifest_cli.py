@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -123,13 +125,42 @@ def test_seal_waits_for_a_dead_builders_lock(harness: Harness, tmp_path: Path) -
     harness.run(timeout_s=60)
     assert pending_count(harness) == 2
 
-    async def dead_builder_lock() -> None:
+    async def lock(token: int | None = None) -> int | None:
         async with store_of(harness) as store:
-            assert await store.acquire_lock("manifests:events", owner="dead", ttl_s=3) is not None
+            if token is None:
+                return await store.acquire_lock("manifests:events", owner="dead", ttl_s=3)
+            renewed = await store.renew_lock("manifests:events", owner="dead", token=token, ttl_s=3)
+            return token if renewed else None
 
-    asyncio.run(dead_builder_lock())
-    sealed = s3flow("manifests", "seal", "-p", "p", "--all", "-c", str(cfg))
-    assert sealed.returncode == 0, sealed.stderr
-    assert "another builder holds the sealing lock of 'p'" in " ".join(sealed.stderr.split())
-    assert "(forced): 2 files" in sealed.stdout
+    token = asyncio.run(lock())
+    assert token is not None
+    seal = subprocess.Popen(
+        [sys.executable, "-m", "s3flow", "manifests", "seal", "-p", "p", "--all", "-c", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    err: list[str] = []
+
+    def read_stderr() -> None:
+        assert seal.stderr is not None
+        for line in seal.stderr:
+            err.append(line)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    # The builder is alive (its lock renewed) until the command says it waits for it;
+    # then it dies, and its lock lapses 3 s later. Renewing until then keeps the test
+    # true however long the command takes to start on a loaded machine.
+    deadline = time.monotonic() + 90
+    while "another builder holds the sealing lock of 'p'" not in " ".join("".join(err).split()):
+        assert seal.poll() is None, "".join(err)
+        assert time.monotonic() < deadline, "".join(err)
+        assert asyncio.run(lock(token)) == token
+        time.sleep(0.5)
+    assert seal.wait(timeout=60) == 0, "".join(err)
+    reader.join(timeout=10)
+    assert seal.stdout is not None
+    assert "(forced): 2 files" in seal.stdout.read()
     assert pending_count(harness) == 0
