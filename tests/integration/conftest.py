@@ -66,14 +66,18 @@ def harness(endpoint: LocalEndpoint, s3: Any, sqs: Any, tmp_path: Path) -> Harne
     return Harness(endpoint, s3, sqs, tmp_path)
 
 
-@pytest.fixture()
-def one_poller(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One receive loop per pipeline, for tests that count duplicates exactly.
+@pytest.fixture(autouse=True)
+def _one_poller(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One receive loop per pipeline, unless the test is marked ``many_pollers``.
 
     moto's concurrent ReceiveMessage calls are not atomic: two pollers can both be
-    handed the same message. The worker then counts the second copy as a duplicate
-    (and its stale receipt handle as an ack failure), which is right for at-least-once
-    delivery but makes an exact count depend on the emulator's timing under load.
-    Set in the environment so that a worker started as a subprocess sees it too.
+    handed the same message. The worker counts the second copy as a duplicate (or
+    skips, dead-letters or releases it again when it takes no claim), which is right
+    for at-least-once delivery but makes every exact count depend on the emulator's
+    timing under load. The crash, fault, SIGTERM and end-to-end tests, which check
+    invariants rather than counts, keep the default pollers (``many_pollers``).
+    Set in the environment so that a worker started as a subprocess sees it too; a
+    test's own setting (config or environment) still wins.
     """
-    monkeypatch.setenv("S3FLOW_WORKER__POLLERS_PER_PIPELINE", "1")
+    if request.node.get_closest_marker("many_pollers") is None:
+        monkeypatch.setenv("S3FLOW_WORKER__POLLERS_PER_PIPELINE", "1")

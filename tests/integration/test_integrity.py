@@ -53,7 +53,6 @@ def test_a_then_b_then_a_again_leaves_the_result_of_the_last_upload(harness: Har
     assert len(recs) == 3 and all(r.status is FileStatus.COMPLETED for r in recs)
 
 
-@pytest.mark.usefixtures("one_poller")
 def test_same_bytes_uploaded_again_after_the_result_was_deleted_is_processed(
     harness: Harness,
 ) -> None:
@@ -68,7 +67,6 @@ def test_same_bytes_uploaded_again_after_the_result_was_deleted_is_processed(
     assert harness.result("same.txt") is not None
 
 
-@pytest.mark.usefixtures("one_poller")
 def test_duplicate_delivery_is_counted_in_the_summary_and_json(
     harness: Harness, tmp_path: Path
 ) -> None:
@@ -127,7 +125,6 @@ def test_a_bad_record_in_the_middle_settles_alone(harness: Harness) -> None:
     assert rec.status is FileStatus.DEAD
 
 
-@pytest.mark.usefixtures("one_poller")
 def test_a_retryable_record_is_resent_alone_and_succeeds_later(
     harness: Harness, tmp_path: Path
 ) -> None:

@@ -38,7 +38,7 @@ from integrity_support import (
 )
 from itest_support import Harness, spawn_worker, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.many_pollers]
 
 SEED = int(os.environ.get("S3FLOW_ITEST_CRASH_SEED", "20261130"))
 OBJECTS = 200

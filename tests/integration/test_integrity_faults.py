@@ -27,7 +27,7 @@ from itest_support import Harness, spawn_worker
 
 from s3flow.local.endpoint import LocalEndpoint
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.many_pollers]
 
 SEED = 5150
 OBJECTS = 300

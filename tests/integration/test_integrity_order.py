@@ -25,7 +25,7 @@ def test_two_uploads_of_one_key_at_once_leave_the_newest_result(
     harness.configure(
         processor="s3flow_testprocs:SlowWhenContentStartsWith",
         concurrency=4,
-        options={"prefix": "A", "sleep_s": 3, "marker_dir": str(tmp_path)},
+        options={"prefix": "A", "sleep_s": 6, "marker_dir": str(tmp_path)},
     )
     harness.put("k.txt", b"A\nA\n")
     harness.purge()

@@ -35,7 +35,7 @@ import pytest
 from integrity_support import fetch_results, state_rows
 from itest_support import Harness, spawn_worker, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.many_pollers]
 
 OBJECTS = 150
 SLOW_S = 60.0
@@ -49,7 +49,7 @@ class Scenario:
     slow_every: int  # every n-th object is slow (1 = all)
     wait_time_s: int = 1
     late: int = 0  # objects put 0.2 s after SIGTERM
-    pollers: int = 0  # worker.pollers_per_pipeline (0 = the default)
+    pollers: int = 0  # worker.pollers_per_pipeline (0 = the default; many_pollers keeps it)
 
     def __str__(self) -> str:
         return f"grace {self.grace_s}s, concurrency {self.concurrency}, late {self.late}"

@@ -23,7 +23,6 @@ pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
 
 
-@pytest.mark.usefixtures("one_poller")
 def test_second_delivery_of_completed_object_is_a_duplicate(harness: Harness) -> None:
     harness.configure()
     harness.put("dup.txt", b"1\n2\n")
@@ -95,7 +94,6 @@ CRASHER = textwrap.dedent(
 )
 
 
-@pytest.mark.usefixtures("one_poller")
 def test_kill_9_between_output_and_ack_is_recognised_as_done(
     harness: Harness, tmp_path: Path
 ) -> None:
@@ -211,7 +209,6 @@ def test_quarantined_file_can_be_released(harness: Harness) -> None:
     wait_for(lambda: harness.result("big.txt") is not None, 5, "result")
 
 
-@pytest.mark.usefixtures("one_poller")
 def test_dynamodb_backend_provisioned_and_deduplicating(harness: Harness) -> None:
     from s3flow.app import provision_all
 

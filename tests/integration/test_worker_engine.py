@@ -382,7 +382,7 @@ def test_a_duplicate_delivery_is_acknowledged_without_waiting_for_a_slot(
     harness.configure(
         provision_it=False,
         processor="s3flow_testprocs:SlowProcessor",
-        options={"sleep_s": 2.0, "marker_dir": str(marker)},
+        options={"sleep_s": 4.0, "marker_dir": str(marker)},
         **opts,
     )
     harness.send_raw(json.dumps({"Records": [s3_event(harness.bucket, "slow.txt")]}))
@@ -391,7 +391,7 @@ def test_a_duplicate_delivery_is_acknowledged_without_waiting_for_a_slot(
     settled = _SettleTimes()
     p = harness.run(observer=settled).pipelines["p"]
     assert p.objects_processed == 1 and p.duplicates == 3
-    # The one slot was busy with slow.txt for 2 s: the duplicates, received beside
+    # The one slot was busy with slow.txt for 4 s: the duplicates, received beside
     # it, were acknowledged at once instead of waiting for it.
     (slow_done,) = _markers(marker, "done", "slow.txt")
     dup_times = [t for t, keys in settled.at if keys == ["old.txt"]]

@@ -110,7 +110,7 @@ def test_object_of_no_upload_is_quarantined_and_others_go_on(
 
 
 def test_declared_files_that_never_arrive_expire_the_job(tmp_path: Path, s3: Any, sqs: Any) -> None:
-    project = JobsProject(tmp_path, s3, sqs, jobs={"job_timeout_s": 4, "expiry_check_s": 0.5})
+    project = JobsProject(tmp_path, s3, sqs, jobs={"job_timeout_s": 6, "expiry_check_s": 0.5})
     files = {"a.txt": b"a\n", "late.txt": b"b\n"}
     worker = project.worker()
     try:
@@ -137,7 +137,7 @@ def test_files_stored_in_time_while_no_worker_ran_do_not_expire_the_job(
     notifications wait on the intake queue. The job runs; it is not expired as "never
     arrived" by the sweep a starting worker makes before its pollers catch up. A file
     stored after its job's deadline still expires the job."""
-    project = JobsProject(tmp_path, s3, sqs, jobs={"job_timeout_s": 3, "expiry_check_s": 0.5})
+    project = JobsProject(tmp_path, s3, sqs, jobs={"job_timeout_s": 6, "expiry_check_s": 0.5})
     files = {"a.txt": b"1\n2\n", "b.txt": b"3\n"}
     in_time = project.create("count", files)
     late = project.create("count", {"c.txt": b"4\n", "late.txt": b"5\n"})
@@ -166,7 +166,7 @@ def test_a_file_stored_after_the_deadline_expires_the_job_at_once(
 ) -> None:
     """The sweep is far off (an hour): the late file's own notification expires its job,
     instead of queueing a job whose deadline has passed."""
-    project = JobsProject(tmp_path, s3, sqs, jobs={"job_timeout_s": 2, "expiry_check_s": 3600})
+    project = JobsProject(tmp_path, s3, sqs, jobs={"job_timeout_s": 5, "expiry_check_s": 3600})
     files = {"a.txt": b"1\n", "late.txt": b"2\n"}
     worker = project.worker()
     try:

@@ -51,7 +51,6 @@ def test_happy_path_json_rows_in_order_with_headers(harness: Harness, kafka: Kaf
     assert ckpt.columns == ["id", "name", "city"]
 
 
-@pytest.mark.usefixtures("one_poller")
 def test_an_object_overwritten_before_its_first_notification_is_produced_once(
     harness: Harness, kafka: KafkaBroker
 ) -> None:

@@ -29,7 +29,7 @@ from s3flow.provision import provision
 from s3flow.settings import Settings, load_settings
 from s3flow.state import ManifestStatus, open_state_store
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.many_pollers]
 
 DATES = ["2026-11-21", "2026-11-22", "2026-11-23"]
 FILES = 1000
