@@ -246,6 +246,36 @@ def missing_bucket_error(bucket: str, aws: AwsSettings, what: str = "bucket") ->
     )
 
 
+@dataclass(frozen=True, slots=True)
+class QueueDepths:
+    """A queue's approximate message counts, as GetQueueAttributes gives them."""
+
+    visible: int
+    in_flight: int  # received, not yet deleted (ApproximateNumberOfMessagesNotVisible)
+    delayed: int
+
+    @property
+    def total(self) -> int:
+        """Every message the queue still holds."""
+        return self.visible + self.in_flight + self.delayed
+
+
+_DEPTH_ATTRIBUTES = {
+    "visible": "ApproximateNumberOfMessages",
+    "in_flight": "ApproximateNumberOfMessagesNotVisible",
+    "delayed": "ApproximateNumberOfMessagesDelayed",
+}
+
+
+async def queue_depths(sqs: Any, url: str) -> QueueDepths:
+    """The message counts of the queue at ``url``; the SDK's error as it is raised."""
+    resp = await sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=list(_DEPTH_ATTRIBUTES.values())
+    )
+    attrs = resp.get("Attributes", {})
+    return QueueDepths(**{k: int(attrs.get(a, 0)) for k, a in _DEPTH_ATTRIBUTES.items()})
+
+
 def session_credentials(session: AioSession) -> Callable[[], Awaitable[Credentials | None]]:
     """The session's current credentials, frozen (temporary ones refresh as the SDK's do)."""
     resolved: list[Any] = []

@@ -12,11 +12,13 @@ import pytest
 from botocore.config import Config
 
 from s3flow.aws import (
+    QueueDepths,
     check_reachable,
     client_config,
     endpoint_for,
     open_clients,
     pin_endpoints,
+    queue_depths,
     sdk_only_reason,
     sync_client,
     sync_client_config,
@@ -378,3 +380,40 @@ async def test_a_listening_endpoint_and_aws_itself_pass_the_check(
         await check_reachable(AwsSettings(endpoint_url=f"http://127.0.0.1:{port}"))
         # Only the SQS endpoint is custom (and listening); S3 is AWS itself: not checked.
         await check_reachable(AwsSettings(endpoint_url_sqs=f"http://127.0.0.1:{port}"))
+
+
+class _AttributesSqs:
+    """GetQueueAttributes answering with the given attributes (strings, as SQS does)."""
+
+    def __init__(self, attrs: dict[str, str]) -> None:
+        self.attrs = attrs
+        self.asked: list[dict[str, Any]] = []
+
+    async def get_queue_attributes(self, **kwargs: Any) -> dict[str, Any]:
+        self.asked.append(kwargs)
+        return {"Attributes": self.attrs}
+
+
+async def test_queue_depths_reads_the_three_counts_in_one_call() -> None:
+    sqs = _AttributesSqs(
+        {
+            "ApproximateNumberOfMessages": "5",
+            "ApproximateNumberOfMessagesNotVisible": "3",
+            "ApproximateNumberOfMessagesDelayed": "2",
+        }
+    )
+    depths = await queue_depths(sqs, "http://q")
+    assert depths == QueueDepths(visible=5, in_flight=3, delayed=2)
+    assert depths.total == 10
+    (asked,) = sqs.asked
+    assert asked["QueueUrl"] == "http://q"
+    assert sorted(asked["AttributeNames"]) == [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesDelayed",
+        "ApproximateNumberOfMessagesNotVisible",
+    ]
+
+
+async def test_queue_depths_counts_an_attribute_left_out_as_zero() -> None:
+    depths = await queue_depths(_AttributesSqs({"ApproximateNumberOfMessages": "4"}), "u")
+    assert depths == QueueDepths(visible=4, in_flight=0, delayed=0)

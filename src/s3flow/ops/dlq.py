@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from s3flow.app import dlq_url, queue_url
-from s3flow.aws import AwsClients, open_clients
+from s3flow.aws import AwsClients, open_clients, queue_depths
 from s3flow.closing import finish_despite_cancel
 from s3flow.errors import (
     EnvelopeError,
@@ -396,25 +396,8 @@ async def _restore(store: StateStore | None, resets: list[Reset]) -> None:
             )
 
 
-async def _depth(sqs: Any, url: str) -> tuple[int, int]:
-    """A queue's (visible, leased) message counts (approximate)."""
-    attrs = (
-        await sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-            ],
-        )
-    ).get("Attributes", {})
-    return (
-        int(attrs.get("ApproximateNumberOfMessages", 0)),
-        int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
-    )
-
-
 async def _leased(sqs: Any, url: str) -> int:
-    return (await _depth(sqs, url))[1]
+    return (await queue_depths(sqs, url)).in_flight
 
 
 async def redrive(
@@ -552,7 +535,7 @@ async def _move_all(
             if fresh and len(kept) == len(msgs):
                 # Nothing of a batch could be sent (a missing queue, no permission...):
                 # the rest would fail alike.
-                left = sum(await _depth(clients.sqs, dlq)) - len(held)
+                left = (await queue_depths(clients.sqs, dlq)).total - len(held)
                 if left > 0:
                     report.stopped = (
                         f"no message of a batch could be sent, so {left} more were not tried"

@@ -32,6 +32,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from s3flow.aws import queue_depths
 from s3flow.closing import cancel_and_wait
 from s3flow.errors import ConfigError
 from s3flow.local.endpoint import connect_host, host_url
@@ -230,10 +231,11 @@ class MetricsServer:
     async def sample(self) -> list[str]:
         """Read queue depths and the oldest in-flight record now; returns the errors.
 
-        The queues are read concurrently, at most :data:`SAMPLE_CONCURRENCY` requests
-        at a time (a worker of many pipelines would otherwise take a round trip per
-        queue and dead-letter queue); the errors keep the pipelines' order, a queue's
-        before its dead-letter queue's, and one failing queue does not stop the others.
+        The queues and the state store are read concurrently, at most
+        :data:`SAMPLE_CONCURRENCY` requests at a time (a worker of many pipelines would
+        otherwise take a round trip per queue, dead-letter queue and oldest record); the
+        errors keep the pipelines' order, a queue's before its dead-letter queue's, then
+        the state store's first; one failing read does not stop the others.
         """
         limit = asyncio.Semaphore(SAMPLE_CONCURRENCY)
         reads: list[Awaitable[str | None]] = []
@@ -241,37 +243,36 @@ class MetricsServer:
             reads.append(self._sample_queue(q, limit))
             if q.dlq_url:
                 reads.append(self._sample_dlq(q, limit))
-        errors = [err for err in await asyncio.gather(*reads) if err is not None]
+        oldest: list[Awaitable[str | None]] = []
         if self._store is not None:
             now = time.time()
-            for q in self._queues:
-                try:
-                    oldest = await self._store.oldest_processing_at(q.pipeline)
-                except Exception as exc:
-                    errors.append(f"state store: {exc}")
-                    break
-                self._samples.oldest_s[q.pipeline] = max(0.0, now - oldest) if oldest else 0.0
+            oldest = [self._sample_oldest(self._store, q, limit, now) for q in self._queues]
+        results = await asyncio.gather(*reads, *oldest)
+        errors = [err for err in results[: len(reads)] if err is not None]
+        # One state store behind every pipeline: its first error says it all.
+        errors += [err for err in results[len(reads) :] if err is not None][:1]
         self._samples.errors = errors
         self._samples.at = time.monotonic()
         return errors
+
+    async def _sample_oldest(
+        self, store: StateStore, q: QueueRef, limit: asyncio.Semaphore, now: float
+    ) -> str | None:
+        """Sample the age of one pipeline's oldest in-flight record; the error, if any."""
+        try:
+            async with limit:
+                oldest = await store.oldest_processing_at(q.pipeline)
+        except Exception as exc:
+            return f"state store: {exc}"
+        self._samples.oldest_s[q.pipeline] = max(0.0, now - oldest) if oldest else 0.0
+        return None
 
     async def _sample_queue(self, q: QueueRef, limit: asyncio.Semaphore) -> str | None:
         """Sample one queue's depth; the error, if any."""
         try:
             async with limit:
-                attrs = (
-                    await self._sqs.get_queue_attributes(
-                        QueueUrl=q.url,
-                        AttributeNames=[
-                            "ApproximateNumberOfMessages",
-                            "ApproximateNumberOfMessagesNotVisible",
-                        ],
-                    )
-                ).get("Attributes", {})
-            self._samples.queues[q.pipeline] = (
-                int(attrs.get("ApproximateNumberOfMessages", 0)),
-                int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
-            )
+                depths = await queue_depths(self._sqs, q.url)
+            self._samples.queues[q.pipeline] = (depths.visible, depths.in_flight)
         except Exception as exc:  # any failure makes the worker unready, with the reason
             return f"queue of {q.pipeline}: {exc}"
         return None
@@ -280,12 +281,8 @@ class MetricsServer:
         """Sample one dead-letter queue's depth; the error, if any."""
         try:  # a DLQ gone: every dead-letter of the pipeline would fail (and retry)
             async with limit:
-                attrs = (
-                    await self._sqs.get_queue_attributes(
-                        QueueUrl=q.dlq_url, AttributeNames=["ApproximateNumberOfMessages"]
-                    )
-                ).get("Attributes", {})
-            self._samples.dlqs[q.pipeline] = int(attrs.get("ApproximateNumberOfMessages", 0))
+                depths = await queue_depths(self._sqs, q.dlq_url)
+            self._samples.dlqs[q.pipeline] = depths.visible
         except Exception as exc:
             return f"dead-letter queue of {q.pipeline}: {exc}"
         return None

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from s3flow.app import dlq_url, open_store, queue_url, select_pipelines
-from s3flow.aws import open_clients
+from s3flow.aws import open_clients, queue_depths
 from s3flow.errors import S3flowError, translate_aws_error
 from s3flow.settings import PipelineSettings, Settings
 
@@ -27,24 +26,6 @@ class QueueStatus:
     error: str | None = None
 
 
-async def _depths(sqs: Any, url: str) -> tuple[int, int, int]:
-    attrs = (
-        await sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-                "ApproximateNumberOfMessagesDelayed",
-            ],
-        )
-    ).get("Attributes", {})
-    return (
-        int(attrs.get("ApproximateNumberOfMessages", 0)),
-        int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
-        int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
-    )
-
-
 #: Pipelines whose queues are read at once (each: GetQueueUrl, depths, DLQ, depths).
 STATUS_CONCURRENCY = 8
 
@@ -60,10 +41,15 @@ async def queue_status(settings: Settings, names: list[str] | None = None) -> li
             async with limit:
                 try:
                     url = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
-                    st.visible, st.in_flight, st.delayed = await _depths(clients.sqs, url)
+                    depths = await queue_depths(clients.sqs, url)
+                    st.visible, st.in_flight, st.delayed = (
+                        depths.visible,
+                        depths.in_flight,
+                        depths.delayed,
+                    )
                     dlq = await dlq_url(clients.sqs, p, url)
                     st.dlq = dlq.rsplit("/", 1)[-1]
-                    st.dlq_depth = sum(await _depths(clients.sqs, dlq))
+                    st.dlq_depth = (await queue_depths(clients.sqs, dlq)).total
                 except S3flowError as exc:
                     st.error = str(exc)
                 except Exception as exc:

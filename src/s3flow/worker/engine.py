@@ -55,7 +55,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from s3flow.aws import pin_endpoints
+from s3flow.aws import pin_endpoints, queue_depths
 from s3flow.errors import ReceiveFailedError, S3flowError, translate_aws_error
 from s3flow.executors import ExecutorSet
 from s3flow.metrics import PipelineMetrics, WorkerMetrics
@@ -227,22 +227,13 @@ class PipelineRunner:
     async def _queue_depth(self) -> int | None:
         """Messages left on the queue (visible + in flight + delayed); None if unknown."""
         try:
-            attrs = (
-                await self._sqs.get_queue_attributes(
-                    QueueUrl=self.rt.queue_url,
-                    AttributeNames=[
-                        "ApproximateNumberOfMessages",
-                        "ApproximateNumberOfMessagesNotVisible",
-                        "ApproximateNumberOfMessagesDelayed",
-                    ],
-                )
-            ).get("Attributes", {})
+            depths = await queue_depths(self._sqs, self.rt.queue_url)
         except Exception as exc:
             log.warning(
                 "cannot read queue depth: %s", translate_aws_error(exc, "GetQueueAttributes")
             )
             return None
-        return sum(int(v) for v in attrs.values())
+        return depths.total
 
     def _dispatch(self, msg: ReceivedMessage) -> None:
         self._dispatched += 1

@@ -1,14 +1,17 @@
-"""The metrics server over a real socket: oversized requests get an answer, not a traceback."""
+"""The metrics server: oversized requests over a real socket get an answer, not a traceback;
+sampling (with fakes of SQS and the state store) reads concurrently."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import Any
 
 import pytest
 
 from s3flow.metrics import WorkerMetrics
-from s3flow.ops.exporter import MetricsServer
+from s3flow.ops.exporter import SAMPLE_CONCURRENCY, MetricsServer, QueueRef
 
 
 async def _ask(port: int, raw: bytes) -> bytes:
@@ -40,3 +43,39 @@ async def test_an_oversized_request_is_answered_431_and_the_server_goes_on(
         ok = await _ask(srv.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert ok.startswith(b"HTTP/1.1 200 OK\r\n") and b'"alive"' in ok
     assert not [r for r in caplog.records if r.exc_info]  # no traceback logged
+
+
+class _Sqs:
+    async def get_queue_attributes(self, **kwargs: Any) -> dict[str, Any]:
+        return {"Attributes": {"ApproximateNumberOfMessages": "1"}}
+
+
+class _SlowStore:
+    """oldest_processing_at takes ``delay_s``; pipelines in ``failing`` raise."""
+
+    def __init__(self, delay_s: float, failing: set[str]) -> None:
+        self.delay_s, self.failing = delay_s, failing
+        self.at_once = self.most_at_once = 0
+
+    async def oldest_processing_at(self, pipeline: str | None = None) -> float | None:
+        self.at_once += 1
+        self.most_at_once = max(self.most_at_once, self.at_once)
+        try:
+            await asyncio.sleep(self.delay_s)
+        finally:
+            self.at_once -= 1
+        if pipeline in self.failing:
+            raise RuntimeError(f"store down for {pipeline}")
+        return time.time() - 30
+
+
+async def test_the_oldest_records_are_sampled_concurrently_and_one_store_error_is_kept() -> None:
+    store = _SlowStore(0.2, failing={"p03", "p05"})
+    queues = [QueueRef(f"p{i:02d}", f"http://q/{i}") for i in range(12)]
+    server = MetricsServer(WorkerMetrics(), sqs=_Sqs(), queues=queues, store=store)  # type: ignore[arg-type]
+    errors = await server.sample()
+    assert store.most_at_once == SAMPLE_CONCURRENCY  # 12 reads, at most 8 at a time
+    assert errors == ["state store: store down for p03"]
+    ages = server._samples.oldest_s
+    assert sorted(ages) == [f"p{i:02d}" for i in range(12) if i not in (3, 5)]
+    assert all(29 <= age < 60 for age in ages.values())
