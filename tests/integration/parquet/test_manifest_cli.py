@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -134,33 +133,28 @@ def test_seal_waits_for_a_dead_builders_lock(harness: Harness, tmp_path: Path) -
 
     token = asyncio.run(lock())
     assert token is not None
-    seal = subprocess.Popen(
-        [sys.executable, "-m", "s3flow", "manifests", "seal", "-p", "p", "--all", "-c", str(cfg)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    err: list[str] = []
+    log = tmp_path / "seal.log"
+    command = ["manifests", "seal", "-p", "p", "--all", "-c", str(cfg)]
+    with log.open("wb") as out:
+        seal = subprocess.Popen(
+            [sys.executable, "-m", "s3flow", *command],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "200"},
+        )
 
-    def read_stderr() -> None:
-        assert seal.stderr is not None
-        for line in seal.stderr:
-            err.append(line)
+    def said() -> str:
+        return " ".join(log.read_text(errors="replace").split())
 
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
     # The builder is alive (its lock renewed) until the command says it waits for it;
     # then it dies, and its lock lapses 3 s later. Renewing until then keeps the test
     # true however long the command takes to start on a loaded machine.
     deadline = time.monotonic() + 90
-    while "another builder holds the sealing lock of 'p'" not in " ".join("".join(err).split()):
-        assert seal.poll() is None, "".join(err)
-        assert time.monotonic() < deadline, "".join(err)
+    while "another builder holds the sealing lock of 'p'" not in said():
+        assert seal.poll() is None, said()
+        assert time.monotonic() < deadline, said()
         assert asyncio.run(lock(token)) == token
         time.sleep(0.5)
-    assert seal.wait(timeout=60) == 0, "".join(err)
-    reader.join(timeout=10)
-    assert seal.stdout is not None
-    assert "(forced): 2 files" in seal.stdout.read()
+    assert seal.wait(timeout=60) == 0, said()
+    assert "(forced): 2 files" in said()
     assert pending_count(harness) == 0
