@@ -13,6 +13,7 @@ from botocore.config import Config
 
 from s3flow.aws import (
     QueueDepths,
+    _create_args,
     check_reachable,
     client_config,
     endpoint_for,
@@ -220,6 +221,47 @@ def test_sync_client_uses_the_profile_setting(no_credentials: Path) -> None:
     assert "Credential=AKIDDEFAULT/" in plain["Authorization"]
 
 
+def test_clients_share_one_model_loader_and_keep_their_own_credentials(
+    no_credentials: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every client the factories build reads the service models through one loader
+    (parsed once per process), while credentials still come from each new client's
+    own resolution: a change in the environment shows in the next client."""
+    from botocore.loaders import JSONFileLoader
+
+    import s3flow.aws
+
+    parsed: list[str] = []
+    original = JSONFileLoader.load_file
+
+    def counting(self: JSONFileLoader, file_path: str) -> Any:
+        parsed.append(file_path)
+        return original(self, file_path)
+
+    monkeypatch.setattr(JSONFileLoader, "load_file", counting)
+    monkeypatch.setattr(s3flow.aws, "_LOADERS", {})  # as in a new process
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFIRST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    first = sync_client(CUSTOM, "s3")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSECOND")
+    second = sync_client(CUSTOM, "s3")
+
+    async def loaders() -> list[Any]:
+        async with (
+            open_clients(CUSTOM, check_endpoints=False) as a,
+            open_clients(CUSTOM, check_endpoints=False) as b,
+        ):
+            return [c._loader for c in (a.s3, a.sqs, b.s3, b.sqs)]
+
+    shared = {id(first._loader), id(second._loader)} | {id(x) for x in asyncio.run(loaders())}
+    assert len(shared) == 1
+    # Each model once, however many sessions and clients (the cache is the loader's).
+    for model in ("sqs/2012-11-05/service-2", "s3/2006-03-01/service-2"):
+        assert len([p for p in parsed if p.endswith(model)]) == 1, (model, parsed)
+    assert "Credential=AKIDFIRST/" in _signed_headers(first)["Authorization"]
+    assert "Credential=AKIDSECOND/" in _signed_headers(second)["Authorization"]
+
+
 def test_sync_client_unknown_profile_is_a_config_error(no_credentials: Path) -> None:
     from botocore.exceptions import ProfileNotFound
 
@@ -417,3 +459,30 @@ async def test_queue_depths_reads_the_three_counts_in_one_call() -> None:
 async def test_queue_depths_counts_an_attribute_left_out_as_zero() -> None:
     depths = await queue_depths(_AttributesSqs({"ApproximateNumberOfMessages": "4"}), "u")
     assert depths == QueueDepths(visible=4, in_flight=0, delayed=0)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "proxy", "verify"),
+    [
+        ("http://127.0.0.1:4566", None, False),  # no TLS: nothing to verify
+        ("HTTP://localhost:9000", None, False),
+        ("https://s3.example.com", None, None),  # the SDK's default: verified
+        (None, None, None),  # AWS itself
+        ("http://127.0.0.1:4566", "https://proxy.example.com:3128", None),  # the proxy's TLS
+    ],
+)
+def test_only_a_client_without_tls_skips_the_ca_bundle(
+    endpoint: str | None, proxy: str | None, verify: bool | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    for var in ("HTTP_PROXY", "http_proxy"):
+        if proxy:
+            monkeypatch.setenv(var, proxy)
+        else:
+            monkeypatch.delenv(var, raising=False)
+    args = _create_args(AwsSettings(endpoint_url=endpoint), "s3", Config())
+    assert args.get("verify") is verify
+    if endpoint is not None and verify is False:
+        client = sync_client(AwsSettings(endpoint_url=endpoint), "s3")
+        assert client._endpoint.http_session._verify is False

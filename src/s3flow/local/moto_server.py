@@ -11,7 +11,8 @@ makes receive O(depth^2) and a 2,000-message backlog crawl at ~3 msg/s. We
 compute the counts only where they are asked for (GetQueueAttributes) and read
 the retention period directly. All SQS semantics stay as moto implements them.
 A second patch makes DynamoDB conditional writes atomic (see
-:func:`patch_moto_dynamodb`).
+:func:`patch_moto_dynamodb`); a third remembers which backend serves a host rather
+than listing moto's package directory on every request (:func:`patch_moto_dispatch`).
 ``S3FLOW_MOTO_UNPATCHED=1`` runs moto as shipped (benchmarks use it to measure
 the difference).
 """
@@ -150,6 +151,55 @@ def patch_moto_dynamodb() -> bool:
     return True
 
 
+#: At most this many distinct hosts have their backend remembered (the inferred hosts
+#: are ``<service>.<region>.amazonaws.com``: a handful in practice).
+_HOST_CACHE_MAX = 1024
+
+
+def patch_moto_dispatch() -> bool:
+    """Remember which backend serves a host instead of finding it again per request.
+
+    moto's server picks each request's backend under one global lock, and on every
+    request lists its own package directory and stats each entry
+    (``list_of_moto_modules``: some 200 ``isdir`` calls), then tries its URL regexes
+    in turn. A py-spy profile of the integration tests put about 30 % of the
+    server's CPU there. Both answers depend only on the host string and on the
+    installed package, so they are computed once. Returns True if applied.
+    """
+    try:
+        from moto import backends
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+    except ImportError:  # pragma: no cover - moto missing or reorganised
+        return False
+    app_cls: Any = DomainDispatcherApplication
+    if getattr(app_cls, "_s3flow_patched", False):
+        return True
+    if not callable(getattr(backends, "list_of_moto_modules", None)):
+        return False
+    modules = frozenset(backends.list_of_moto_modules())
+
+    def list_of_moto_modules() -> frozenset[str]:
+        return modules
+
+    backends_mod: Any = backends
+    backends_mod.list_of_moto_modules = list_of_moto_modules
+    original = app_cls.get_backend_for_host
+    found: dict[str | None, Any] = {}
+
+    def get_backend_for_host(self: Any, host: str | None) -> Any:
+        try:
+            return found[host]
+        except KeyError:
+            backend = original(self, host)
+            if len(found) < _HOST_CACHE_MAX:
+                found[host] = backend
+            return backend
+
+    app_cls.get_backend_for_host = get_backend_for_host
+    app_cls._s3flow_patched = True
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     """Start moto server (patched unless S3FLOW_MOTO_UNPATCHED=1).
 
@@ -163,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     if os.environ.get("S3FLOW_MOTO_UNPATCHED") != "1":
         patch_moto_sqs()
         patch_moto_dynamodb()
+        patch_moto_dispatch()
     from moto.server import main as moto_main
 
     moto_main(argv if argv is not None else sys.argv[1:])
