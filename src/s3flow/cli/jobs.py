@@ -15,6 +15,7 @@ from s3flow.cli.common import (
     JsonOpt,
     app,
     console,
+    err_console,
     fail,
     new_table,
     settings_or_exit,
@@ -23,7 +24,7 @@ from s3flow.cli.common import (
     with_store,
 )
 from s3flow.errors import S3flowError
-from s3flow.state.jobs import JobEvent, JobRecord, JobStatus, JobStore
+from s3flow.state.jobs import JobCursor, JobEvent, JobRecord, JobStatus, JobStore
 from s3flow.web.render import job_fields
 
 jobs_app = typer.Typer(
@@ -60,16 +61,54 @@ def jobs_list(
         str | None,
         typer.Option("--status", help="|".join(s.value for s in JobStatus)),
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many jobs.")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="At most this many jobs (a page).")
+    ] = 50,
+    cursor: Annotated[
+        str | None,
+        typer.Option(
+            "--cursor",
+            help="Start after the page that printed this cursor (the API's next_cursor too).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Recent jobs, newest first."""
+    """Recent jobs, newest first, a page at a time: when more follow, the command
+    prints (on stderr) the --cursor that lists the next page."""
     st = status_option(JobStatus, status_)
+    after = None
+    if cursor is not None:
+        after = JobCursor.from_token(cursor)
+        if after is None:
+            raise fail(
+                S3flowError(
+                    f"--cursor {cursor[:40]!r} is not a cursor s3flow printed: pass it as "
+                    "printed, or leave it out for the newest jobs"
+                )
+            )
     settings = settings_or_exit(config)
-    jobs = with_store(settings, lambda s: s.list_jobs(status=st, limit=limit), missing=_NO_STORE)
+    # One more than asked: whether another page follows.
+    listed = with_store(
+        settings,
+        lambda s: s.list_jobs(status=st, limit=limit + 1, after=after),
+        missing=_NO_STORE,
+    )
+    jobs = listed[:limit]
     if as_json:
         print(json.dumps([_job_json(j) for j in jobs], indent=2))
-        return
+    else:
+        _print_jobs(jobs)
+    if len(listed) > limit:
+        again = f"{f' -c {config}' if config else ''}{f' --status {st.value}' if st else ''}"
+        again += f" --limit {limit}"
+        err_console.print(
+            f"more jobs: s3flow jobs list{again} --cursor {JobCursor.of(jobs[-1]).token()}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _print_jobs(jobs: list[JobRecord]) -> None:
     table = new_table(
         f"s3flow jobs ({len(jobs)})", ("job", "template", "status", "files", "created", "error")
     )

@@ -18,8 +18,11 @@ Status only moves forward; nothing is appended after a terminal event.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import json
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -154,6 +157,68 @@ class JobRecord:
     def missing(self) -> list[str]:
         """Names of the declared files that have not arrived."""
         return [f.name for f in self.files if not f.received]
+
+
+class JobPosition(Protocol):
+    """A place in a job listing's order, ``(created_at, job_id)``.
+
+    A :class:`JobRecord` is one (the last job of a page); so is a :class:`JobCursor`.
+    """
+
+    @property
+    def created_at(self) -> float:
+        """When the job was created (the listing's first sort key)."""
+        ...
+
+    @property
+    def job_id(self) -> str:
+        """The job's id (the tie-break)."""
+        ...
+
+
+#: Longest cursor token taken (a job id is at most a few dozen characters).
+MAX_CURSOR_CHARS = 512
+
+
+@dataclass(frozen=True)
+class JobCursor:
+    """A position in a job listing, as an opaque token for API and CLI paging.
+
+    It holds the position itself, not a job to look up, so a page boundary stays
+    valid when that job is later removed (retention) or changes status.
+    """
+
+    created_at: float
+    job_id: str
+
+    @classmethod
+    def of(cls, job: JobPosition) -> JobCursor:
+        """The cursor just past ``job`` (the last job of a page)."""
+        return cls(job.created_at, job.job_id)
+
+    def token(self) -> str:
+        """URL-safe text: base64url of ``[created_at, job_id]``, no padding."""
+        raw = json.dumps([self.created_at, self.job_id], separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    @classmethod
+    def from_token(cls, token: str) -> JobCursor | None:
+        """The cursor ``token`` stands for, or None when it is not one :meth:`token` made."""
+        if not 0 < len(token) <= MAX_CURSOR_CHARS or not token.isascii():
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            doc = json.loads(raw)
+        except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+            return None
+        if not (isinstance(doc, list) and len(doc) == 2):
+            return None
+        at, job_id = doc
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+            return None
+        if not isinstance(job_id, str) or not job_id:
+            return None
+        return cls(float(at), job_id)
 
 
 @dataclass(frozen=True)
@@ -419,13 +484,13 @@ class JobStore(Protocol):
         status: JobStatus | None = None,
         limit: int = 50,
         oldest_first: bool = False,
-        after: JobRecord | None = None,
+        after: JobPosition | None = None,
     ) -> list[JobRecord]:
         """Jobs, newest first (``oldest_first``: oldest first), optionally with one status.
 
         The order is ``(created_at, job_id)``. ``after``: only the jobs that come
-        after this one in that order (the last job of the previous page), so a
-        caller can page through every job.
+        after this position in that order (the last job of the previous page, or a
+        :class:`JobCursor`), so a caller can page through every job.
         """
         ...
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 
 from s3flow.errors import translate_aws_error
 from s3flow.jobs.uploads import UploadRequest, create_upload
-from s3flow.state.jobs import JobOutput, JobRecord, JobStatus
+from s3flow.state.jobs import JobCursor, JobOutput, JobRecord, JobStatus
 from s3flow.web.errors import ApiError
 from s3flow.web.render import config_json, job_json
 from s3flow.web.responses import SafeJSONResponse
@@ -115,7 +115,11 @@ async def post_upload(request: Request) -> SafeJSONResponse:
 
 @router.get("/jobs")
 async def list_jobs(request: Request) -> SafeJSONResponse:
-    """Jobs, newest first: ``?status=`` filters, ``?limit=`` (1-500, default 50)."""
+    """Jobs, newest first: ``?status=`` filters, ``?limit=`` (1-500, default 50).
+
+    ``next_cursor`` is null on the last page; otherwise ``?cursor=<next_cursor>``
+    (with the same ``status``) gives the jobs after this page.
+    """
     runtime = _runtime(request)
     status: JobStatus | None = None
     raw_status = request.query_params.get("status")
@@ -138,8 +142,26 @@ async def list_jobs(request: Request) -> SafeJSONResponse:
                 f"use digits 0-9, e.g. ?limit={_DEFAULT_LIMIT}",
             )
         limit = int(raw_limit)
-    jobs = await runtime.store.list_jobs(status=status, limit=limit)
-    return SafeJSONResponse({"jobs": [await _job_body(runtime, job) for job in jobs]})
+    after: JobCursor | None = None
+    raw_cursor = request.query_params.get("cursor")
+    if raw_cursor:
+        after = JobCursor.from_token(raw_cursor)
+        if after is None:
+            raise ApiError(
+                400,
+                f"cursor {raw_cursor[:40]!r} is not one this API gave: pass the previous "
+                "page's next_cursor as it is, or leave cursor out for the newest jobs",
+            )
+    # One more than asked: whether another page follows, without an empty last page.
+    jobs = await runtime.store.list_jobs(status=status, limit=limit + 1, after=after)
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return SafeJSONResponse(
+        {
+            "jobs": [await _job_body(runtime, job) for job in jobs],
+            "next_cursor": JobCursor.of(jobs[-1]).token() if more else None,
+        }
+    )
 
 
 @router.get("/jobs/{job_id}")

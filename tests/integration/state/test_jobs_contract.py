@@ -19,6 +19,7 @@ from state_support import T0, FakeClock
 from s3flow.state import (
     DynamoStateStore,
     EventType,
+    JobCursor,
     JobEvent,
     JobFile,
     JobOutput,
@@ -423,6 +424,44 @@ async def test_list_jobs_by_status_newest_first_with_limit(store: StateStore) ->
     assert await store.list_jobs(status=JobStatus.COMPLETED) == []
     queued = await store.list_jobs(status=JobStatus.QUEUED)
     assert all(j.status is JobStatus.QUEUED and j.last_seq == 2 for j in queued)
+
+
+@paged_job_backends
+async def test_a_cursor_token_pages_like_the_record_it_was_made_from(store: StateStore) -> None:
+    """The API's and CLI's paging: ``after`` given a :class:`JobCursor` decoded from its
+    token, in both orders, with a status, ties in ``created_at`` broken by job id, and a
+    page's last job that changed status since (the cursor is a position, not a job)."""
+    created = [T0 + 0.000_001 * (n // 2) for n in range(7)]  # pairs share created_at
+    for n, at in enumerate(created):
+        await create(store, job(n, created_at=at))
+    for oldest_first in (False, True):
+        for status in (None, JobStatus.WAITING_FOR_FILES):
+            whole = await store.list_jobs(status=status, limit=100, oldest_first=oldest_first)
+            seen: list[JobRecord] = []
+            token: str | None = None
+            for _ in range(10):  # 4 pages and an empty one; a cursor ignored would loop
+                after = None if token is None else JobCursor.from_token(token)
+                assert token is None or after is not None
+                page = await store.list_jobs(
+                    status=status, limit=2, oldest_first=oldest_first, after=after
+                )
+                if not page:
+                    break
+                seen += page
+                token = JobCursor.of(page[-1]).token()
+            else:
+                pytest.fail(f"paging did not end: {[j.job_id for j in seen]}")
+            assert [j.job_id for j in seen] == [j.job_id for j in whole], (oldest_first, status)
+            assert len(whole) == 7
+    first = await store.list_jobs(status=JobStatus.WAITING_FOR_FILES, limit=3)
+    token = JobCursor.of(first[-1]).token()
+    await append(store, first[-1].job_id, EventType.JOB_QUEUED)  # the cursor's job moves on
+    rest = await store.list_jobs(
+        status=JobStatus.WAITING_FOR_FILES, limit=10, after=JobCursor.from_token(token)
+    )
+    assert [j.job_id for j in first + rest] == [f"job-{n}" for n in range(6, -1, -1)][:3] + [
+        f"job-{n}" for n in range(3, -1, -1)
+    ]
 
 
 @paged_job_backends

@@ -320,3 +320,31 @@ def web_bucket(web: WebThread) -> str:
     jobs = web.settings.jobs
     assert jobs is not None
     return jobs.bucket
+
+
+def test_the_jobs_page_pages_to_older_jobs_and_back_to_the_newest(
+    web: WebThread, page: Page
+) -> None:
+    made = [new_job(web.url) for _ in range(5)]  # newest last
+    page.goto(f"{web.url}/jobs?limit=2")
+    rows = page.locator("#jobs-body tr")
+    older, newest = page.locator("#jobs-older"), page.locator("#jobs-newest")
+    seen: list[str] = []
+    for shown in (2, 2, 1):
+        expect(rows).to_have_count(shown)
+        expect(page.locator("#jobs-message")).to_contain_text(f"{shown} job")
+        seen += [str(rows.nth(i).get_attribute("data-job-id")) for i in range(shown)]
+        if shown == 1:
+            break
+        expect(older).to_be_visible()
+        older.click()
+        expect(page).to_have_url(re.compile(r"/jobs\?limit=2&cursor=[\w-]+$"))
+        expect(newest).to_be_visible()
+    expect(older).to_be_hidden()
+    expect(page.locator("#jobs-message")).to_contain_text("older than the last page")
+    assert seen == made[::-1]
+    newest.click()
+    expect(page).to_have_url(re.compile(r"/jobs\?limit=2$"))
+    expect(rows).to_have_count(2)
+    assert rows.nth(0).get_attribute("data-job-id") == made[-1]
+    expect(newest).to_be_hidden()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import replace
 from typing import Any
@@ -14,6 +15,7 @@ from s3flow.state.jobs import (
     TERMINAL_STATUSES,
     EventDraft,
     EventType,
+    JobCursor,
     JobFile,
     JobOutput,
     JobRecord,
@@ -318,3 +320,37 @@ def test_plan_append_refuses_a_terminal_job_or_another_status() -> None:
     queued = frozenset({JobStatus.QUEUED})
     assert plan_append(job(JobStatus.WAITING_FOR_FILES), draft, T0, queued) is None
     assert plan_append(job(JobStatus.QUEUED), draft, T0, queued) is not None
+
+
+@pytest.mark.parametrize(
+    ("created_at", "job_id"),
+    [(1764547200.123456, "job-9f1d"), (0.0, "j"), (1e-7, 'job-é/€ "q"'), (17.0, "x" * 200)],
+)
+def test_a_cursor_token_gives_back_its_position_exactly(created_at: float, job_id: str) -> None:
+    cursor = JobCursor(created_at, job_id)
+    token = cursor.token()
+    assert token.isascii() and all(c.isalnum() or c in "-_" for c in token)  # URL-safe as is
+    assert JobCursor.from_token(token) == cursor
+    assert JobCursor.of(job(job_id=job_id, created_at=created_at)) == cursor
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "x" * 600,
+        "%%%",
+        "é",
+        JobCursor(1.0, "a").token()[:-3],  # cut: not JSON any more
+        base64.urlsafe_b64encode(b'{"created_at": 1, "job_id": "a"}').decode(),
+        base64.urlsafe_b64encode(b'[1, "a", 2]').decode(),
+        base64.urlsafe_b64encode(b'[true, "a"]').decode(),
+        base64.urlsafe_b64encode(b'["1", "a"]').decode(),
+        base64.urlsafe_b64encode(b'[1, ""]').decode(),
+        base64.urlsafe_b64encode(b"[1, 2]").decode(),
+        base64.urlsafe_b64encode(b'[Infinity, "a"]').decode(),
+        base64.urlsafe_b64encode(b'[1, "\xff"]').decode(),
+    ],
+)
+def test_a_token_this_code_did_not_make_is_no_cursor(token: str) -> None:
+    assert JobCursor.from_token(token) is None

@@ -210,6 +210,49 @@ async def test_jobs_are_listed_and_filtered_by_status(
         assert r.status_code == 400 and "limit" in r.json()["error"]
 
 
+async def test_jobs_are_paged_with_next_cursor_until_it_is_null(
+    client: httpx.AsyncClient, store: FakeJobStore
+) -> None:
+    for i in range(5):
+        await store.new_job(f"job-{i}")
+    await store.add("job-2", EventType.JOB_QUEUED)
+    for status, want in (
+        (None, ["job-4", "job-3", "job-2", "job-1", "job-0"]),
+        ("waiting_for_files", ["job-4", "job-3", "job-1", "job-0"]),
+    ):
+        seen: list[str] = []
+        pages = 0
+        params: dict[str, str] = {"limit": "2"} | ({"status": status} if status else {})
+        for _ in range(10):  # 3 pages; a cursor ignored would loop
+            r = await client.get("/api/jobs", params=params)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            pages += 1
+            seen += [j["job_id"] for j in body["jobs"]]
+            if body["next_cursor"] is None:
+                break
+            assert len(body["jobs"]) == 2  # a cursor only after a full page
+            params["cursor"] = body["next_cursor"]
+        else:
+            pytest.fail(f"paging did not end: {seen}")
+        assert seen == want, status
+        assert pages == (len(want) + 1) // 2  # no empty last page
+    # a page that holds exactly the rest says so: no cursor to an empty page
+    r = await client.get("/api/jobs", params={"limit": "5"})
+    assert len(r.json()["jobs"]) == 5 and r.json()["next_cursor"] is None
+
+
+@pytest.mark.parametrize("cursor", ["nope", "W10", "x" * 600])
+async def test_a_cursor_the_api_did_not_give_is_a_400(
+    client: httpx.AsyncClient, store: FakeJobStore, cursor: str
+) -> None:
+    await store.new_job("job-a")
+    r = await client.get("/api/jobs", params={"cursor": cursor})
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert "is not one this API gave" in error and "next_cursor" in error
+
+
 async def test_unknown_jobs_routes_and_methods_are_json_errors(client: httpx.AsyncClient) -> None:
     for path in ("/api/jobs/job-nope", "/api/jobs/job-nope/events"):
         r = await client.get(path)

@@ -11,6 +11,7 @@ from s3flow.state.jobs import (
     EventType,
     JobEvent,
     JobFile,
+    JobPosition,
     JobRecord,
     JobStatus,
     JobStep,
@@ -47,9 +48,9 @@ class FakeJobStore:
         status: JobStatus | None = None,
         limit: int = 50,
         oldest_first: bool = False,
-        after: JobRecord | None = None,
+        after: JobPosition | None = None,
     ) -> list[JobRecord]:
-        def order(j: JobRecord) -> tuple[float, str]:
+        def order(j: JobPosition) -> tuple[float, str]:
             return (j.created_at, j.job_id)
 
         jobs = [j for j in self.jobs.values() if status is None or j.status is status]

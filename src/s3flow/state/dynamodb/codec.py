@@ -13,7 +13,14 @@ import uuid
 import zlib
 from typing import Any
 
-from s3flow.state.jobs import EventType, JobEvent, JobRecord, job_from_json, job_to_json
+from s3flow.state.jobs import (
+    EventType,
+    JobEvent,
+    JobPosition,
+    JobRecord,
+    job_from_json,
+    job_to_json,
+)
 from s3flow.state.manifest_lifecycle import files_from_text, files_to_text
 from s3flow.state.records import (
     FileRecord,
@@ -428,7 +435,7 @@ def job_event_key(job_id: str, seq: int) -> Item:
     return {"job_id": {"S": job_id}, "seq": {"N": str(seq)}}
 
 
-def job_listed(job: JobRecord) -> str:
+def job_listed(job: JobPosition) -> str:
     """The sort key of ``job`` in the ``status`` index: newest last, ties by job id.
 
     ``<created_at in microseconds, 17 digits>#<job_id>`` compares as

@@ -58,7 +58,15 @@ from s3flow.state.dynamodb.codec import (
     with_purge,
 )
 from s3flow.state.dynamodb.tables import JOBS_STATUS_INDEX
-from s3flow.state.jobs import EventDraft, JobEvent, JobLogMixin, JobRecord, JobStatus, plan_append
+from s3flow.state.jobs import (
+    EventDraft,
+    JobEvent,
+    JobLogMixin,
+    JobPosition,
+    JobRecord,
+    JobStatus,
+    plan_append,
+)
 from s3flow.state.records import StateError
 
 # Cancellation codes that mean "decide again": a condition another writer changed, a
@@ -257,7 +265,7 @@ class JobsMixin(JobLogMixin, DynamoClient):
         status: JobStatus | None = None,
         limit: int = 50,
         oldest_first: bool = False,
-        after: JobRecord | None = None,
+        after: JobPosition | None = None,
     ) -> list[JobRecord]:
         """Jobs by ``(created_at, job_id)``, newest first unless ``oldest_first``.
 

@@ -19,6 +19,7 @@ from s3flow.state.jobs import (
     EventDraft,
     JobEvent,
     JobLogMixin,
+    JobPosition,
     JobRecord,
     JobStatus,
     job_from_json,
@@ -89,7 +90,7 @@ class JobsMixin(JobLogMixin, SqliteStoreBase):
         status: JobStatus | None = None,
         limit: int = 50,
         oldest_first: bool = False,
-        after: JobRecord | None = None,
+        after: JobPosition | None = None,
     ) -> list[JobRecord]:
         """Jobs by ``(created_at, job_id)``, newest first unless ``oldest_first``.
 

@@ -1,5 +1,6 @@
 // The jobs page (/jobs): recent jobs, newest first, filtered by ?status=, each linking to
-// its job view. The filter is a plain GET form, so the address can be bookmarked.
+// its job view. The filter is a plain GET form, so the address can be bookmarked. A page
+// holds ?limit= jobs (100 unless said); "Older jobs" follows the API's next_cursor.
 
 import { api, el, errorMessage } from "./common.js";
 
@@ -21,8 +22,9 @@ async function load() {
   );
   select.value = STATUSES.includes(status) ? status : "";
   select.addEventListener("change", () => $("filter").requestSubmit());
-  const query = new URLSearchParams({ limit: "100" });
+  const query = new URLSearchParams({ limit: params.get("limit") || "100" });
   if (select.value) query.set("status", select.value);
+  if (params.get("cursor")) query.set("cursor", params.get("cursor"));
   const response = await api(`/api/jobs?${query}`);
   const message = $("jobs-message");
   if (!response.ok) {
@@ -30,7 +32,21 @@ async function load() {
     message.classList.add("error-text");
     return;
   }
-  const { jobs } = await response.json();
+  const { jobs, next_cursor: nextCursor } = await response.json();
+  const older = $("jobs-older");
+  older.hidden = !nextCursor;
+  if (nextCursor) {
+    const next = new URLSearchParams(query);
+    next.set("cursor", nextCursor);
+    if (!params.get("limit")) next.delete("limit");
+    older.href = `/jobs?${next}`;
+  }
+  const newest = $("jobs-newest");
+  newest.hidden = !params.get("cursor");
+  const first = new URLSearchParams(query);
+  first.delete("cursor");
+  if (!params.get("limit")) first.delete("limit");
+  newest.href = first.toString() ? `/jobs?${first}` : "/jobs";
   $("jobs-body").replaceChildren(
     ...jobs.map((job) =>
       el(
@@ -53,9 +69,11 @@ async function load() {
     ),
   );
   $("jobs-table").hidden = jobs.length === 0;
+  const which = select.value ? ` ${select.value.replaceAll("_", " ")}` : "";
+  const past = params.get("cursor") ? " older than the last page" : "";
   message.textContent = jobs.length
-    ? `${jobs.length} job${jobs.length === 1 ? "" : "s"}${select.value ? ` ${select.value.replaceAll("_", " ")}` : ""}, newest first.`
-    : `No jobs${select.value ? ` ${select.value.replaceAll("_", " ")}` : ""}.`;
+    ? `${jobs.length} job${jobs.length === 1 ? "" : "s"}${which}${past}, newest first.`
+    : `No jobs${which}${past}.`;
 }
 
 load().catch((err) => {
