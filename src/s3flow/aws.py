@@ -135,6 +135,17 @@ def _no_tls(endpoint: str | None) -> bool:
     return parts.scheme.lower() == "http" and not _proxied("http", parts.hostname or "")
 
 
+#: What the SDK raises about its own configuration (profile, region, config files).
+_SDK_CONFIG_ERRORS = (
+    botocore.exceptions.ProfileNotFound,
+    botocore.exceptions.ConfigNotFound,
+    botocore.exceptions.ConfigParseError,
+    botocore.exceptions.InvalidRegionError,
+    botocore.exceptions.NoRegionError,
+    botocore.exceptions.InvalidConfigError,
+)
+
+
 def _configure(session: botocore.session.Session, aws: AwsSettings) -> None:
     """Apply the session-level settings (the profile) to a botocore/aiobotocore session,
     and give it the process's shared data loader (:func:`_share_loader`)."""
@@ -169,17 +180,6 @@ def _session(aws: AwsSettings) -> AioSession:
     session = get_session()
     _configure(session, aws)
     return session
-
-
-#: What the SDK raises about its own configuration (profile, region, config files).
-_SDK_CONFIG_ERRORS = (
-    botocore.exceptions.ProfileNotFound,
-    botocore.exceptions.ConfigNotFound,
-    botocore.exceptions.ConfigParseError,
-    botocore.exceptions.InvalidRegionError,
-    botocore.exceptions.NoRegionError,
-    botocore.exceptions.InvalidConfigError,
-)
 
 
 @contextmanager

@@ -488,7 +488,9 @@ class JobStore(Protocol):
     ) -> list[JobRecord]:
         """Jobs, newest first (``oldest_first``: oldest first), optionally with one status.
 
-        The order is ``(created_at, job_id)``. ``after``: only the jobs that come
+        The order is ``(created_at, job_id)`` (a backend may keep ``created_at`` to the
+        microsecond, as DynamoDB does: jobs created within one microsecond are then in
+        job id order, on every page alike). ``after``: only the jobs that come
         after this position in that order (the last job of the previous page, or a
         :class:`JobCursor`), so a caller can page through every job.
         """

@@ -465,6 +465,30 @@ async def test_a_cursor_token_pages_like_the_record_it_was_made_from(store: Stat
 
 
 @paged_job_backends
+async def test_jobs_created_within_one_microsecond_page_once_each(store: StateStore) -> None:
+    """Jobs whose ``created_at`` differ by less than a microsecond, their ids in the
+    other order: DynamoDB keeps the time to the microsecond, so a page boundary
+    between them must follow the order the store lists by, or the next page
+    repeats a job (or skips one)."""
+    ats = {"job-z": T0 + 1e-7, "job-y": T0 + 2e-7, "job-a": T0 + 4e-7, "job-m": T0 + 5.0}
+    for job_id, at in ats.items():
+        await create(store, job(job_id[4:], created_at=at))
+    for oldest_first in (False, True):
+        whole = [j.job_id for j in await store.list_jobs(limit=10, oldest_first=oldest_first)]
+        assert sorted(whole) == sorted(ats)
+        for limit in (1, 2, 3):
+            seen: list[str] = []
+            after: JobRecord | None = None
+            for _ in range(6):
+                page = await store.list_jobs(limit=limit, oldest_first=oldest_first, after=after)
+                if not page:
+                    break
+                seen += [j.job_id for j in page]
+                after = page[-1]
+            assert seen == whole, (oldest_first, limit)
+
+
+@paged_job_backends
 async def test_events_after_seq_and_limit(store: StateStore) -> None:
     await create(store, job())
     for i in range(9):

@@ -267,7 +267,8 @@ class JobsMixin(JobLogMixin, DynamoClient):
         oldest_first: bool = False,
         after: JobPosition | None = None,
     ) -> list[JobRecord]:
-        """Jobs by ``(created_at, job_id)``, newest first unless ``oldest_first``.
+        """Jobs by ``(created_at to the microsecond, job_id)``, newest first unless
+        ``oldest_first``.
 
         Optionally with one status; ``after``: only the jobs past that one in
         this order (the last of the previous page). Queries the ``status``
@@ -302,10 +303,10 @@ class JobsMixin(JobLogMixin, DynamoClient):
             if len(jobs) >= limit or all(len(ks) < limit for ks in found):
                 break
             past = keys[-1][0]
-        listed = sorted(
-            jobs.values(), key=lambda j: (j.created_at, j.job_id), reverse=not oldest_first
-        )
-        return listed[:limit]
+        # In the index's own order, (created_at to the microsecond, job_id): sorted by
+        # the exact float instead, two jobs created within one microsecond could swap,
+        # and the next page (past the last job's index key) would repeat one.
+        return sorted(jobs.values(), key=job_listed, reverse=not oldest_first)[:limit]
 
     async def _listed(
         self, status: JobStatus, limit: int, *, oldest_first: bool = False, past: str | None = None
