@@ -163,17 +163,29 @@ def test_bad_rows_dead_lettered_with_line_and_reason(harness: Harness, kafka: Ka
 def test_every_bad_row_kind_carries_raw_text_and_line(
     harness: Harness, kafka: KafkaBroker, fmt: str
 ) -> None:
-    """The issue's reproduction, a multi-line record and a field over csv's 128 KiB limit."""
+    """The issue's reproduction, a multi-line record and a field over csv's 128 KiB limit;
+    in a second object, an unclosed quote whose row has as many fields as the header."""
     from s3flow.pipelines.csv_kafka.rows import MAX_RAW_CHARS
 
     topic = configure(harness, kafka, format=fmt)
     big = "y" * 140_000
     body = f'id,sku,qty\n1,A,3\n2,B\n3,C,1\n4,"multi\nline",1,extra\n5,"{big}",2\n6,F,6\n'
     harness.put("in/bad.csv", body.encode())
+    harness.put("in/open.csv", b'id,v\n1,a\n2,"b\n3,c\n4,d\n')
     harness.run()
-    good = read_topic(kafka.bootstrap, topic)
+    by_key: dict[str, list[Any]] = {"in/bad.csv": [], "in/open.csv": []}
+    for r in read_topic(kafka.bootstrap, topic):
+        by_key[r.headers["s3.key"].decode()].append(r)
+    good = by_key["in/bad.csv"]
     assert [int(r.headers["s3.line"]) for r in good] == [2, 4, 8]
-    dlq = [r.json() for r in read_topic(kafka.bootstrap, f"{topic}.dlq")]
+    assert [int(r.headers["s3.line"]) for r in by_key["in/open.csv"]] == [2]
+    everything = [r.json() for r in read_topic(kafka.bootstrap, f"{topic}.dlq")]
+    [unclosed] = [d for d in everything if d["key"] == "in/open.csv"]
+    assert (unclosed["line"], unclosed["raw"]) == (3, '2,"b\n3,c\n4,d')
+    assert unclosed["reason"].startswith("unclosed quote: ")
+    assert unclosed["reason"].endswith("so lines 3-5 were read as this one row")
+    assert unclosed["fields"] == ["2", "b\n3,c\n4,d\n"]
+    dlq = [d for d in everything if d["key"] == "in/bad.csv"]
     assert [(d["line"], d["raw"], d["raw_truncated"]) for d in dlq[:2]] == [
         (3, "2,B", False),
         (5, '4,"multi\nline",1,extra', False),

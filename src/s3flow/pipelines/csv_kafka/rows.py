@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from s3flow.errors import PermanentError, UndecodableContentError
-from s3flow.pipelines.csv_kafka.blocks import Block, BlockEncoder
+from s3flow.pipelines.csv_kafka.blocks import MAX_BLOCK_BYTES, Block, BlockEncoder
 from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint
 from s3flow.pipelines.csv_kafka.errors import BadRowError
 from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions, column_names_problem
@@ -68,12 +68,19 @@ def original_bytes(text: str, encoding: str) -> bytes:
     return text.encode(encoding, "surrogateescape")
 
 
+#: A last line after a block's own (private-use characters, no newline): the csv module
+#: reads it as a record of its own when the block ends at a record end, as blocks do;
+#: a quoted field still open at the block's end swallows it instead (an unclosed quote).
+END_MARK = "\ue000\ue001\ue002\ue003"
+
+
 class LineFeed:
-    """The lines of one decoded block, for a ``csv.reader``.
+    """The lines of one decoded block, then :data:`END_MARK`, for a ``csv.reader``.
 
     ``bad_lines`` holds the 1-based numbers (counted from ``start_line``) of the
     undecodable lines not yet handled. With ``keep_raw`` the lines of the current record
-    are collected in ``raw`` (the caller clears it after each record).
+    are collected in ``raw`` (the caller clears it after each record; the mark is not
+    one of them).
     """
 
     def __init__(
@@ -85,9 +92,11 @@ class LineFeed:
         self.raw: list[str] = []
 
     def __iter__(self) -> Iterator[str]:
-        if not self.keep_raw:
-            return iter(self._lines)
-        return self._raw_lines()
+        if self.keep_raw:
+            yield from self._raw_lines()
+        else:
+            yield from self._lines
+        yield END_MARK
 
     def _raw_lines(self) -> Iterator[str]:
         raw = self.raw
@@ -297,6 +306,28 @@ class RowBatches:
         while True:
             try:
                 for fields in reader:
+                    if fields and fields[-1].endswith(END_MARK):
+                        if fields == [END_MARK]:
+                            break  # the block ended at a record end
+                        # A quoted field open at the block's end took in every line
+                        # after its opening quote, and the mark.
+                        fields[-1] = fields[-1][: -len(END_MARK)]
+                        line_start = prev_end + 1
+                        prev_end = lines_done + reader.line_num - 1
+                        if header_pending:
+                            raise PermanentError(
+                                f"{self._uri}: the header row has a quoted field that is "
+                                "never closed (an unclosed quote?): fix the header row"
+                            )
+                        reason = (
+                            "unclosed quote: a quoted field opened in this row is still "
+                            "open where the data read ends (the object's end, its range's "
+                            f"in parallel mode, or {MAX_BLOCK_BYTES // (1024 * 1024)} MiB "
+                            f"on), so lines {line_start}-{prev_end} were read as this one row"
+                        )
+                        bad += self._bad(dead, line_start, reason, fields, raw_lines)
+                        rows += 1
+                        break
                     line_end = lines_done + reader.line_num
                     line_start = prev_end + 1
                     prev_end = line_end
@@ -351,7 +382,7 @@ class RowBatches:
             keys if key_idx is not None else None,
             lines,
             end,
-            lines_done + reader.line_num,
+            lines_done + reader.line_num - 1,  # not the end mark's line
             len(block),
             rows,
             bad,

@@ -283,6 +283,51 @@ def test_csv_error_carries_line_and_truncated_raw(fmt: str) -> None:
     assert raw == ('2,"' + "x" * 200_000)[:MAX_RAW_CHARS]
 
 
+@pytest.mark.parametrize("fmt", ["json", "raw"])
+@pytest.mark.parametrize("eol", ["\n", ""], ids=["final-newline", "no-final-newline"])
+def test_an_unclosed_quote_is_a_dead_row_not_a_quiet_one(fmt: str, eol: str) -> None:
+    """With as many fields as columns, the row an unclosed quote makes (every line after
+    the quote inside one field) was sent as a good row and the lines after it vanished."""
+    data = f'id,name\n0,x\n1,"abc\n2,def\n3,ghi{eol}'.encode()
+    [(line, reason, raw, truncated)] = _dead(fmt, data)
+    assert (line, raw, truncated) == (3, '1,"abc\n2,def\n3,ghi', False)
+    assert reason.startswith("unclosed quote: a quoted field opened in this row is still open")
+    assert "lines 3-5 were read as this one row" in reason
+    opts = parse_options({"topic": "t", "format": fmt})
+    batches = list(RowBatches(opts, "s3://b/k", Checkpoint("x")).batches(as_blocks(data)))
+    assert [b.line for b in batches] == [5]  # the checkpoint's line: the object's lines
+    assert [len(b.values) for b in batches] == [1]  # only row 0 is sent
+    fail = parse_options({"topic": "t", "bad_rows": "fail"})
+    with pytest.raises(BadRowError, match=r"s3://b/k line 3: unclosed quote"):
+        list(RowBatches(fail, "s3://b/k", Checkpoint("x")).batches(as_blocks(data)))
+
+
+@pytest.mark.parametrize("piece", [7, 64])
+def test_an_unclosed_quote_after_vectorised_blocks_is_found_on_the_exact_path(
+    piece: int,
+) -> None:
+    """Through the session's path (the cutter, pyarrow for the clean blocks): the good
+    rows before the quote are sent, with their lines; the rest is one dead row."""
+    rows = [f"{i},v{i}" for i in range(200)]
+    rows[150] = '150,"open'
+    data = ("id,v\n" + "\n".join(rows) + "\n").encode()
+    good, dead, last, fast = line_numbers(data, "utf-8", piece, 256)
+    assert good == list(range(2, 152)) and dead == [152] and last == 201
+    assert fast > 0
+
+
+def test_a_header_with_an_unclosed_quote_is_a_permanent_error() -> None:
+    opts = parse_options({"topic": "t"})
+    with pytest.raises(PermanentError, match="header row has a quoted field that is never"):
+        list(RowBatches(opts, "s3://b/k", Checkpoint("x")).batches(as_blocks(b'id,"v\n1,2\n')))
+
+
+def test_balanced_quotes_across_lines_are_no_unclosed_quote() -> None:
+    data = b'id,v\n1,"a\nb"\n2,"c"\n'
+    assert _dead("json", data) == []
+    assert line_numbers(data, "utf-8", 64, 256)[:3] == ([2, 4], [], 4)
+
+
 def test_raw_excerpt_cuts_at_the_limit_without_joining_everything() -> None:
     assert raw_excerpt(["ab\n"], 2) == ("ab", False)
     assert raw_excerpt(["abc\r\n"], 2) == ("ab", True)
