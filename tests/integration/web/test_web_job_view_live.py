@@ -341,7 +341,7 @@ def test_the_jobs_page_pages_to_older_jobs_and_back_to_the_newest(
         expect(page).to_have_url(re.compile(r"/jobs\?limit=2&cursor=[\w-]+$"))
         expect(newest).to_be_visible()
     expect(older).to_be_hidden()
-    expect(page.locator("#jobs-message")).to_contain_text("older than the last page")
+    expect(page.locator("#jobs-message")).to_contain_text("older than the previous page")
     assert seen == made[::-1]
     newest.click()
     expect(page).to_have_url(re.compile(r"/jobs\?limit=2$"))

@@ -70,7 +70,7 @@ async function load() {
   );
   $("jobs-table").hidden = jobs.length === 0;
   const which = select.value ? ` ${select.value.replaceAll("_", " ")}` : "";
-  const past = params.get("cursor") ? " older than the last page" : "";
+  const past = params.get("cursor") ? " older than the previous page" : "";
   message.textContent = jobs.length
     ? `${jobs.length} job${jobs.length === 1 ? "" : "s"}${which}${past}, newest first.`
     : `No jobs${which}${past}.`;
