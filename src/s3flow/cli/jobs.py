@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import time
 from typing import Annotated, Any
 
@@ -99,10 +100,12 @@ def jobs_list(
     else:
         _print_jobs(jobs)
     if len(listed) > limit:
-        again = f"{f' -c {config}' if config else ''}{f' --status {st.value}' if st else ''}"
+        again = f"{f' -c {shlex.quote(str(config))}' if config else ''}"
+        again += f" --status {st.value}" if st else ""
         again += f" --limit {limit}"
         err_console.print(
             f"more jobs: s3flow jobs list{again} --cursor {JobCursor.of(jobs[-1]).token()}",
+            markup=False,
             highlight=False,
             soft_wrap=True,
         )

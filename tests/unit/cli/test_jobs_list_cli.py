@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,8 @@ def config(tmp_path: Path) -> Path:
                 await store.create_job(_job(n), event_id=f"job-{n}:created", data={})
 
     asyncio.run(fill())
-    cfg = tmp_path / "s3flow.toml"
+    cfg = tmp_path / "my [project]" / "s3flow.toml"  # the hint quotes it for a shell
+    cfg.parent.mkdir()
     cfg.write_text(
         f'[state]\nurl = "sqlite:///{db}"\n'
         '[jobs]\nproject = "acme"\nbranch = "dev"\n'
@@ -65,7 +67,7 @@ def test_pages_follow_the_printed_cursor_until_none_is_printed(config: Path) -> 
         more = re.search(r"more jobs: s3flow jobs list (.*) --cursor (\S+)", result.stderr)
         if more is None:
             break
-        assert more.group(1) == f"-c {config} --limit 2"
+        assert more.group(1) == f"-c {shlex.quote(str(config))} --limit 2"
         args = ["--limit", "2", "--cursor", more.group(2)]
     else:
         pytest.fail(f"paging did not end: {seen}")

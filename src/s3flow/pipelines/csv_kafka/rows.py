@@ -321,9 +321,10 @@ class RowBatches:
                             )
                         reason = (
                             "unclosed quote: a quoted field opened in this row is still "
-                            "open where the data read ends (the object's end, its range's "
-                            f"in parallel mode, or {MAX_BLOCK_BYTES // (1024 * 1024)} MiB "
-                            f"on), so lines {line_start}-{prev_end} were read as this one row"
+                            "open where the data read ends (the end of the object, of its "
+                            "range in parallel mode, or of a "
+                            f"{MAX_BLOCK_BYTES // (1024 * 1024)} MiB block), so lines "
+                            f"{line_start}-{prev_end} were read as this one row"
                         )
                         bad += self._bad(dead, line_start, reason, fields, raw_lines)
                         rows += 1
