@@ -25,7 +25,7 @@ from s3flow.cli.common import (
     with_store,
 )
 from s3flow.errors import S3flowError
-from s3flow.state.jobs import JobCursor, JobEvent, JobRecord, JobStatus, JobStore
+from s3flow.state.jobs import JobCursor, JobEvent, JobRecord, JobStatus, JobStore, job_page
 from s3flow.web.render import job_fields
 
 jobs_app = typer.Typer(
@@ -88,23 +88,19 @@ def jobs_list(
                 )
             )
     settings = settings_or_exit(config)
-    # One more than asked: whether another page follows.
-    listed = with_store(
-        settings,
-        lambda s: s.list_jobs(status=st, limit=limit + 1, after=after),
-        missing=_NO_STORE,
+    jobs, following = with_store(
+        settings, lambda s: job_page(s, status=st, limit=limit, after=after), missing=_NO_STORE
     )
-    jobs = listed[:limit]
     if as_json:
         print(json.dumps([_job_json(j) for j in jobs], indent=2))
     else:
         _print_jobs(jobs)
-    if len(listed) > limit:
+    if following is not None:
         again = f"{f' -c {shlex.quote(str(config))}' if config else ''}"
         again += f" --status {st.value}" if st else ""
         again += f" --limit {limit}"
         err_console.print(
-            f"more jobs: s3flow jobs list{again} --cursor {JobCursor.of(jobs[-1]).token()}",
+            f"more jobs: s3flow jobs list{again} --cursor {following.token()}",
             markup=False,
             highlight=False,
             soft_wrap=True,

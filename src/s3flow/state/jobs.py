@@ -560,3 +560,20 @@ class JobLogMixin:
         in ``if_status``.
         """
         return await self._append(job_id, EventDraft.of(event_id, type, data), if_status)
+
+
+async def job_page(
+    store: JobStore,
+    *,
+    status: JobStatus | None = None,
+    limit: int = 50,
+    after: JobPosition | None = None,
+) -> tuple[list[JobRecord], JobCursor | None]:
+    """One page of :meth:`JobStore.list_jobs` (newest first) and the cursor of the next.
+
+    The cursor is None when no job follows: the store is asked for one job more than
+    the page holds, so a page that ends the listing never leads to an empty one.
+    """
+    listed = await store.list_jobs(status=status, limit=limit + 1, after=after)
+    page = listed[:limit]
+    return page, JobCursor.of(page[-1]) if len(listed) > limit and page else None

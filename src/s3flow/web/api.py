@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 
 from s3flow.errors import translate_aws_error
 from s3flow.jobs.uploads import UploadRequest, create_upload
-from s3flow.state.jobs import JobCursor, JobOutput, JobRecord, JobStatus
+from s3flow.state.jobs import JobCursor, JobOutput, JobRecord, JobStatus, job_page
 from s3flow.web.errors import ApiError
 from s3flow.web.render import config_json, job_json
 from s3flow.web.responses import SafeJSONResponse
@@ -152,14 +152,11 @@ async def list_jobs(request: Request) -> SafeJSONResponse:
                 f"cursor {raw_cursor[:40]!r} is not one this API gave: pass the previous "
                 "page's next_cursor as it is, or leave cursor out for the newest jobs",
             )
-    # One more than asked: whether another page follows, without an empty last page.
-    jobs = await runtime.store.list_jobs(status=status, limit=limit + 1, after=after)
-    more = len(jobs) > limit
-    jobs = jobs[:limit]
+    jobs, following = await job_page(runtime.store, status=status, limit=limit, after=after)
     return SafeJSONResponse(
         {
             "jobs": [await _job_body(runtime, job) for job in jobs],
-            "next_cursor": JobCursor.of(jobs[-1]).token() if more else None,
+            "next_cursor": None if following is None else following.token(),
         }
     )
 

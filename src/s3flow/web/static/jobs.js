@@ -33,20 +33,20 @@ async function load() {
     return;
   }
   const { jobs, next_cursor: nextCursor } = await response.json();
+  // This page's address with another cursor (none: the newest jobs).
+  const pageHref = (cursor) => {
+    const page = new URLSearchParams(query);
+    if (cursor) page.set("cursor", cursor);
+    else page.delete("cursor");
+    if (!params.get("limit")) page.delete("limit");
+    return page.toString() ? `/jobs?${page}` : "/jobs";
+  };
   const older = $("jobs-older");
   older.hidden = !nextCursor;
-  if (nextCursor) {
-    const next = new URLSearchParams(query);
-    next.set("cursor", nextCursor);
-    if (!params.get("limit")) next.delete("limit");
-    older.href = `/jobs?${next}`;
-  }
+  if (nextCursor) older.href = pageHref(nextCursor);
   const newest = $("jobs-newest");
   newest.hidden = !params.get("cursor");
-  const first = new URLSearchParams(query);
-  first.delete("cursor");
-  if (!params.get("limit")) first.delete("limit");
-  newest.href = first.toString() ? `/jobs?${first}` : "/jobs";
+  newest.href = pageHref(null);
   $("jobs-body").replaceChildren(
     ...jobs.map((job) =>
       el(
