@@ -522,8 +522,14 @@ async def _move_all(
             if late:
                 arrived.update(m["MessageId"] for m in late)
                 report.arrived = len(arrived)
-                held.update((m["MessageId"], m) for m in late)  # the newest receipt handle
-                msgs = [m for m in msgs if not copies.came_back(m)]
+            # A held message whose lease ran out (a run longer than ``lease_s``) comes
+            # back too: it is not tried again in this run (one whose send may have
+            # arrived would be moved twice), only held under its new receipt handle.
+            again = [m for m in msgs if m["MessageId"] in held or copies.came_back(m)]
+            if again:
+                held.update((m["MessageId"], m) for m in again)  # the newest receipt handle
+                taken = {m["MessageId"] for m in again}
+                msgs = [m for m in msgs if m["MessageId"] not in taken]
                 if not msgs:
                     continue
             kept = await _move_batch(clients, route, src, dlq, msgs, store, report, copies)
