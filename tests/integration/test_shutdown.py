@@ -102,6 +102,50 @@ def test_sigterm_releases_unfinished_work_and_nothing_is_lost(
     assert len(recs) == 5 and all(r.status is FileStatus.COMPLETED for r in recs), recs
 
 
+def test_sigterm_during_a_long_poll_ends_within_the_grace_and_releases_the_work(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The grace period counts from the signal. A receive on the wire at the signal
+    (a 20 s long poll of an empty queue, a slot being free) is waited for only within
+    the grace plus 5 s, while the in-flight object goes on; then it is released. The
+    drain used to start once that receive had returned, so the worker ran up to
+    ``wait_time_s`` + 5 s past the grace: past the stop timeout ``s3flow deploy`` sets
+    (grace + 10 s), where it is killed with its message invisible and its record
+    processing."""
+    marker = tmp_path / "m"
+    marker.mkdir()
+    harness.configure(
+        processor="s3flow_testprocs:SlowProcessor",
+        concurrency=2,
+        visibility_timeout_s=120,
+        wait_time_s=20,
+        options={"sleep_s": 120.0, "marker_dir": str(marker)},
+    )
+    harness.settings.worker.shutdown_grace_s = 1  # type: ignore[union-attr]
+    config = harness.write_config()
+    harness.put("slow.txt", b"a\n")
+    log_path = tmp_path / "worker.log"
+    proc = spawn_worker(config, log_path)
+    try:
+        # Dispatched, so the poller is back on the wire for the free slot (long poll).
+        wait_for(lambda: _count(marker, "started") == 1, 30, "the object in flight")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log_path.read_text()
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = log_path.read_text()
+    assert "receive(s) on the wire" in log, log  # the case this test is about
+    assert elapsed < 14, (elapsed, log)  # grace 1 s + at most 5 s for the receive
+    assert "released 1" in log
+    assert harness.depth() == (1, 0)  # visible again at once, not after 120 s
+    assert harness.depth(harness.dlq_url) == (0, 0)
+    (rec,) = harness.records()
+    assert rec.status is FileStatus.RECEIVED and rec.claim_owner is None, rec
+
+
 def test_sigterm_stops_both_copies_of_a_message_delivered_twice(
     harness: Harness, tmp_path: Path
 ) -> None:

@@ -260,7 +260,12 @@ class WorkerSettings(_Model):
         description="Identifies this worker in results and logs. Default: host-pid.",
     )
     shutdown_grace_s: float = Field(
-        default=30.0, ge=0, description="On SIGTERM/SIGINT, time in-flight objects get to finish."
+        default=30.0,
+        ge=0,
+        description=(
+            "On SIGTERM/SIGINT, time in-flight objects get to finish, counted from the "
+            "signal; the worker exits within about this plus 5 s."
+        ),
     )
     metrics_port: int | None = Field(
         default=None,

@@ -40,8 +40,11 @@ Shutdown (SIGTERM/SIGINT, or ``stop()``): polling stops at once, but a
 ReceiveMessage already on the wire is allowed to finish (cancelling it could
 leave the messages the server handed out invisible for a whole visibility
 timeout); whatever it brings is released at once. In-flight work gets
-``shutdown_grace_s``, the rest is released with visibility 0, acks are
-flushed. A second signal cuts every wait short.
+``shutdown_grace_s``, counted from the signal (:class:`ShutdownClock`), the rest
+is released with visibility 0, acks are flushed. A receive still on the wire is
+waited for at most ``_RECEIVE_MARGIN_S`` past the grace, so the worker is done
+within about ``shutdown_grace_s + 5`` s: inside the stop timeout ``s3flow deploy``
+sets (grace + 10 s). A second signal cuts every wait short.
 """
 
 from __future__ import annotations
@@ -79,10 +82,36 @@ __all__ = ["PipelineRunner", "PipelineRuntime", "QueueRuntime", "Worker", "Worke
 
 log = logging.getLogger("s3flow.worker")
 
-#: Longest a stopping runner waits for receives on the wire beyond their wait time.
+#: Longest a stopping runner waits for receives on the wire beyond their wait time,
+#: and beyond what is left of the grace period.
 _RECEIVE_MARGIN_S = 5.0
 #: Burst mode: failed receives in a row after which the worker gives up with an error.
 BURST_RECEIVE_ATTEMPTS = 4
+
+
+class ShutdownClock:
+    """The grace period of a shutdown, counted from when it was asked for (the signal).
+
+    Waiting for receives on the wire and draining in-flight work share it: counted
+    from when polling had stopped, the drain could end up to a long poll (20 s) past
+    the grace, and past the stop timeout of the platform, which then kills the worker
+    before it releases its messages.
+    """
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self._started: float | None = None
+
+    def start(self) -> None:
+        """The shutdown begins now (later calls keep the first time)."""
+        if self._started is None:
+            self._started = time.monotonic()
+
+    def left(self) -> float:
+        """Seconds of the grace period left (all of it before :meth:`start`)."""
+        if self._started is None:
+            return self.grace_s
+        return max(0.0, self.grace_s - (time.monotonic() - self._started))
 
 
 class PipelineRunner:
@@ -103,6 +132,7 @@ class PipelineRunner:
         cut: asyncio.Event,
         burst: bool,
         pollers: int = 0,
+        clock: ShutdownClock | None = None,
     ) -> None:
         self.rt = rt
         self.p = rt.settings
@@ -115,6 +145,7 @@ class PipelineRunner:
         self._observer = observer
         self._stop = stop
         self._cut = cut
+        self._clock = clock or ShutdownClock(0.0)
         self._burst = burst
         self._halt = asyncio.Event()  # pollers stop: worker stopping, or drained (burst)
         #: Received and not yet settling (reserved by the pollers before each receive).
@@ -186,14 +217,18 @@ class PipelineRunner:
             else:
                 task.cancel()
         if on_wire:
+            # Not past the grace (and a margin): a receive cut short may leave what it
+            # brings invisible until its visibility timeout, but a worker killed at its
+            # stop timeout leaves every message it holds so.
+            wait_s = min(self._wait_s, self._clock.left()) + _RECEIVE_MARGIN_S
             log.info(
-                "pipeline %s: waiting up to %ds for %d receive(s) on the wire",
+                "pipeline %s: waiting up to %.0fs for %d receive(s) on the wire",
                 self.p.name,
-                self._wait_s,
+                wait_s,
                 len(on_wire),
             )
             cut = asyncio.create_task(self._cut.wait())
-            await _wait_any_cut(on_wire, cut, self._wait_s + _RECEIVE_MARGIN_S)
+            await _wait_any_cut(on_wire, cut, wait_s)
             cut.cancel()
         for t in self._pollers:
             t.cancel()
@@ -455,9 +490,12 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.runners: list[PipelineRunner] = []
         self._grace_cut = asyncio.Event()
+        self._clock = ShutdownClock(worker.shutdown_grace_s)
 
     def stop(self) -> None:
-        """Ask the worker to shut down gracefully (what SIGTERM/SIGINT do)."""
+        """Ask the worker to shut down gracefully (what SIGTERM/SIGINT do): the grace
+        period starts now."""
+        self._clock.start()
         self._stop.set()
 
     def _on_signal(self, signame: str) -> None:
@@ -544,6 +582,7 @@ class Worker:
             cut=self._grace_cut,
             burst=self._burst,
             pollers=self._ws.pollers_per_pipeline,
+            clock=self._clock,
         )
 
     async def _start_processors(self, rt: PipelineRuntime) -> None:
@@ -609,7 +648,7 @@ class Worker:
         return self.metrics
 
     async def _drain_all(self) -> None:
-        grace = 0.0 if self._grace_cut.is_set() else self._ws.shutdown_grace_s
+        grace = 0.0 if self._grace_cut.is_set() else self._clock.left()
         drains: asyncio.Future[Any] = asyncio.ensure_future(
             asyncio.gather(*(r.drain(grace) for r in self.runners))
         )
