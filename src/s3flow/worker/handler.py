@@ -441,8 +441,9 @@ class MessageHandler:
                 try:
                     reason = await self._validate(event, lookup)
                     if reason is not None:
-                        await self._policy.quarantine(event, oid, token, reason, "ValidationFailed")
-                        return None
+                        return await self._policy.quarantine(
+                            event, oid, token, reason, "ValidationFailed"
+                        )
                 except S3flowError as exc:
                     return await self._failed(attempt, exc)
             try:
@@ -450,8 +451,7 @@ class MessageHandler:
             except S3flowError as exc:
                 return await self._failed(attempt, exc)
             if isinstance(rule, NoRoute):
-                await self._policy.quarantine(event, oid, token, rule.reason, "NoRoute")
-                return None
+                return await self._policy.quarantine(event, oid, token, rule.reason, "NoRoute")
             if not await msg.begin_work():
                 # Stopping while waiting for a slot: nothing was done, give it all back.
                 await self._give_back(oid, token)

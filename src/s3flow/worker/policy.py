@@ -146,8 +146,7 @@ class FailurePolicy:
             exc.disposition is Disposition.QUARANTINE or self.p.on_permanent_error == "quarantine"
         )
         if quarantine and oid is not None:
-            await self.quarantine(event, oid, token, str(exc), exc.error_class)
-            return None
+            return await self.quarantine(event, oid, token, str(exc), exc.error_class)
         log.error("%s failed permanently (%s), dead-lettering: %s", where, exc.error_class, exc)
         # Recorded as failed now; marked dead only once the DLQ has the message.
         await self._record_failure(oid, token, exc)
@@ -169,9 +168,34 @@ class FailurePolicy:
 
     async def quarantine(
         self, event: ObjectEvent, oid: ObjectId, token: int | None, reason: str, error_class: str
-    ) -> None:
-        """Tag the object and record it as quarantined; its record is then done."""
-        await tag_quarantined(self._s3, event.bucket, event.key, reason, event.version_id)
+    ) -> RecordOutcome | None:
+        """Tag the object and record it as quarantined (None: its record is done).
+
+        When the tags cannot be set (no ``s3:PutObjectTagging`` on the bucket, say),
+        the message is dead-lettered with the reason instead: retried, it would fail
+        alike on every receive without a failure counted, its record left received.
+        """
+        try:
+            await tag_quarantined(self._s3, event.bucket, event.key, reason, event.version_id)
+        except S3flowError as exc:
+            log.error(
+                "%s could not be quarantined (%s), dead-lettering it instead: %s",
+                event.uri(),
+                exc,
+                reason,
+            )
+            tracked = self._store is not None and token is not None
+            if self._store is not None and token is not None:
+                await self._store.fail(
+                    oid,
+                    token=token,
+                    status=FileStatus.FAILED,
+                    error_class=error_class,
+                    error=reason,
+                )
+            return DeadLetter(
+                error_class, f"{reason} (not quarantined: {exc})", (oid,) if tracked else ()
+            )
         if self._store is not None and token is not None:
             await self._store.fail(
                 oid,
@@ -182,3 +206,4 @@ class FailurePolicy:
             )
         self.metrics.quarantined += 1
         log.warning("%s quarantined (%s): %s", event.uri(), error_class, reason)
+        return None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from s3flow.errors import InvalidInputError
 from s3flow.metrics import PipelineMetrics
 from s3flow.pipelines.line_count import LineCountProcessor
 from s3flow.processors.base import Result
@@ -122,6 +123,7 @@ def _handler(
     processor: str = "line-count",
     by_write: bool = True,
     store: SqliteStateStore | None = None,
+    s3: object | None = None,
 ) -> MessageHandler:
     p = PipelineSettings(
         name="p",
@@ -136,7 +138,7 @@ def _handler(
     rt = PipelineRuntime(p, "q-url", "dlq-url", proc, None, Route.from_settings(p))  # type: ignore[arg-type]
     return MessageHandler(
         rt,
-        s3=_DenyingS3(),  # never asked: every event has an eTag and a sequencer
+        s3=s3 or _DenyingS3(),  # HEAD never asked: every event has an eTag and a sequencer
         store=store,
         worker=WorkerSettings(),
         metrics=PipelineMetrics(),
@@ -347,3 +349,41 @@ async def test_a_head_failure_before_the_claim_is_not_charged_receives_it_did_no
     else:
         assert isinstance(outcome, Retry), outcome
         assert "HeadObject" in outcome.error
+
+
+class _TagRefusingS3(_DenyingS3):
+    """Tagging refused (a bucket without ``s3:PutObjectTagging`` for the worker)."""
+
+    async def get_object_tagging(self, **kw: object) -> dict[str, object]:
+        return {"TagSet": []}
+
+    async def put_object_tagging(self, **kw: object) -> dict[str, object]:
+        await self.head_object()  # raises AccessDenied
+        return {}
+
+
+class _InvalidExecutors(_RecordingExecutors):
+    """Every object fails validation (a QUARANTINE error)."""
+
+    async def run(self, name: str, job: object, progress: object, **kw: object) -> Result:
+        raise InvalidInputError("row 3 has 2 columns, not 3")
+
+
+async def test_an_object_that_cannot_be_tagged_is_dead_lettered_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    """A quarantine whose tags S3 refuses: the message is dead-lettered with the reason
+    and the record ends failed (dead once on the DLQ). The tagging error used to escape:
+    the claim was given back uncounted and the message retried on every receive."""
+    async with SqliteStateStore(tmp_path / "state.db") as store:
+        handler = _handler(_InvalidExecutors(), store=store, s3=_TagRefusingS3())
+        body = json.loads(_three_records())
+        body["Records"] = body["Records"][:1]
+        outcome = await handler.handle(ReceivedMessage("m", "h", json.dumps(body), 1, 0.0))
+        assert isinstance(outcome, DeadLetter), outcome
+        assert outcome.error_class == "InvalidInputError"
+        assert "row 3 has 2 columns" in outcome.error and "not quarantined" in outcome.error
+        assert "AccessDenied" in outcome.error
+        (rec,) = await store.versions("b", "k0.txt")
+        assert rec.status is FileStatus.FAILED and rec.claim_owner is None, rec
+        assert rec.last_error is not None and "row 3" in rec.last_error
