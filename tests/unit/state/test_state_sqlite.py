@@ -1,4 +1,5 @@
-"""SQLite state store: opening a database that other processes are opening too."""
+"""SQLite state store: opening a database that other processes are opening too; commits
+synced to disk."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from s3flow.state.sqlite import SqliteStateStore
 from s3flow.state.sqlite.schema import enable_wal
 
 
@@ -71,3 +73,11 @@ def test_real_file_ends_in_wal_mode(tmp_path: Any) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     finally:
         conn.close()
+
+
+async def test_the_store_syncs_each_commit(tmp_path: Any) -> None:
+    """``synchronous = FULL``: the worker deletes a message right after its record is
+    written, so a commit must survive a power loss (NORMAL in WAL mode does not)."""
+    async with SqliteStateStore(tmp_path / "s.db") as store:
+        mode = await store._run(lambda c: c.execute("PRAGMA synchronous").fetchone(), read=True)
+    assert mode == (2,)  # FULL

@@ -166,7 +166,12 @@ class SqliteStoreBase:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             prepare_new(conn)
             enable_wal(conn)
-            conn.execute("PRAGMA synchronous = NORMAL")
+            # FULL: a commit is on disk (the WAL synced) before the call returns. The
+            # worker deletes a message right after its record is written, so with
+            # NORMAL a power loss or an OS crash could roll back a completed record (or
+            # a file added to a manifest, never compacted then) whose message is gone.
+            # Measured here: 0.37 instead of 0.04 ms per commit.
+            conn.execute("PRAGMA synchronous = FULL")
             in_tx(conn, self._create_schema)
         except sqlite3.Error as exc:
             conn.close()
