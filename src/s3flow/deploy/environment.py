@@ -23,8 +23,16 @@ from s3flow.settings import JOBS_BRIDGE, Settings, bridge_pipeline
 _PROJECT = "@@S3FLOW-PROJECT@@"
 _BRANCH = "@@S3FLOW-BRANCH@@"
 _REGION = "@@S3FLOW-REGION@@"
-# AwsSettings fields a task keeps (the rest describes the exporting machine).
-_AWS_KEPT = {"max_attempts", "connect_timeout_s", "read_timeout_s", "max_pool_connections"}
+# AwsSettings fields a task keeps. The rest describes the exporting machine and its
+# endpoints: the region, the endpoint URLs, the profile, and ``s3_addressing_style``
+# (a choice for an endpoint such as MinIO; on AWS "auto" is virtual-hosted style).
+_AWS_KEPT = {
+    "max_attempts",
+    "connect_timeout_s",
+    "read_timeout_s",
+    "max_pool_connections",
+    "fast_path",
+}
 
 
 def _value(data: Any, naming: Naming) -> Json:

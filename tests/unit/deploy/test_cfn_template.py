@@ -423,6 +423,21 @@ def test_the_task_environment_is_the_config(name: str, monkeypatch: pytest.Monke
     assert rebuilt.aws.region == "eu-west-1"  # the task's own region
 
 
+def test_the_task_keeps_the_aws_settings_that_are_not_the_exporting_machines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``fast_path = false`` reaches the task (it used to be dropped, turning the fast
+    path back on in production); an endpoint's addressing style does not."""
+    cfg = json.loads(json.dumps(LINE_COUNT))
+    cfg["aws"] = {"fast_path": False, "max_attempts": 8, "s3_addressing_style": "path"}
+    t = export(Settings(**cfg)).template
+    (container,) = t["Resources"]["TaskDefinitionCounts"]["Properties"]["ContainerDefinitions"]
+    for var in resolve(container["Environment"], defaults(t)):
+        monkeypatch.setenv(var["Name"], var["Value"])
+    aws = load_settings().aws
+    assert (aws.fast_path, aws.max_attempts, aws.s3_addressing_style) == (False, 8, "auto")
+
+
 def test_another_branch_renames_what_follows_the_pattern(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
