@@ -245,6 +245,8 @@ def test_invalid_files_are_quarantined_and_the_worker_goes_on(harness: Harness) 
             "not readable: first record is not UTF-8",
         ),
         "undated/x.ndjson": (body(2), "no date in the key"),
+        # Deeper than Python's json reads (it raised RecursionError: retried, then the DLQ)
+        f"{DAY}/deep.ndjson": (b'{"x": ' + b"[" * 2000 + b"]" * 2000 + b"}\n", "too deeply"),
     }
     for key, (data, _) in bad.items():
         harness.put(key, data)

@@ -12,6 +12,7 @@ import asyncio
 import gzip
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -221,3 +222,28 @@ def test_files_show_tells_what_the_compaction_did_with_a_file(
     assert f"(events {DATES[0]}): quarantined: malformed line 2" in out
     assert "in manifest events-" in out
     assert f"(events {DATES[0]}): completed" in show(good)
+
+
+@pytest.mark.timeout(180)
+def test_the_worker_logs_which_malformed_lines_it_skipped(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under ``skip`` the manifest's record keeps only a count: the worker's log names
+    the lines (a record nested deeper than Arrow's limit among them: it used to fail
+    the whole manifest)."""
+    h = harness
+    settings = _settings(h)
+    asyncio.run(provision(settings))
+    _purge(h, f"{h.queue}-ndjson")
+    _purge(h, f"{h.queue}-compact")
+    deep = b'{"id": 3, "x": ' + b"[" * 100 + b"]" * 100 + b"}\n"
+    h.put(f"raw/{DATES[0]}/a.ndjson", b'{"id": 1}\nnot json\n' + deep + b'{"id": 4}\n')
+    caplog.set_level(logging.WARNING, logger="s3flow")
+    for pipeline in ("events", "compact"):
+        asyncio.run(asyncio.wait_for(run_worker(settings, burst=True, pipelines=[pipeline]), 120))
+    (warning,) = [r.getMessage() for r in caplog.records if "malformed lines" in r.getMessage()]
+    assert "2 malformed lines skipped" in warning, warning
+    assert f"s3://{h.bucket}/raw/{DATES[0]}/a.ndjson line 2: not JSON" in warning
+    assert "line 3: objects and arrays nested 100 levels deep" in warning
+    parts = [k for k in _list(h, "curated/") if k.endswith(".parquet")]
+    assert parts, _list(h, "")

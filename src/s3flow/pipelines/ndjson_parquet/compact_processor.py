@@ -169,6 +169,15 @@ class ParquetCompactProcessor(OptionsProcessor[CompactionOptions]):
             raise
         for _, reason in report.superseded:
             log.info("left out of manifest %s: %s", manifest.manifest_id, reason)
+        if report.malformed_lines:
+            # The Result's detail keeps the samples, but a worker stores only its summary:
+            # the log is where an operator finds which lines were dropped.
+            log.warning(
+                "manifest %s: %d malformed lines skipped, e.g. %s",
+                manifest.manifest_id,
+                report.malformed_lines,
+                "; ".join(report.malformed_samples),
+            )
         await _set_status(
             tracker,
             manifest,

@@ -301,6 +301,10 @@ class NdjsonManifestProcessor(OptionsProcessor[NdjsonManifestOptions]):
             record = json.loads(text)
         except ValueError as exc:
             raise InvalidNdjsonError(f"first record is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise InvalidNdjsonError(
+                "first record nests objects and arrays too deeply to read (hundreds of levels)"
+            ) from exc
         if not isinstance(record, dict):
             raise InvalidNdjsonError(
                 f"first record is a JSON {type(record).__name__}, not an object"

@@ -238,3 +238,44 @@ def test_slow_path_keeps_the_order_of_first_appearance(tmp_path: Path) -> None:
         [("p", pa.int64()), ("q", pa.int64()), ("r", pa.int64())]
     )
     assert table.column("a").to_pylist() == ["1", "t", "2"]
+
+
+# --- nesting deeper than Arrow's IPC files hold -------------------------------------------
+
+
+def _nested(levels: int) -> Any:
+    value: Any = 1
+    for i in range(levels):
+        value = {"a": value} if i % 2 else [value]
+    return value
+
+
+@pytest.mark.parametrize("unit_mb", [64, TINY_UNITS], ids=["in-memory", "scratch-units"])
+@pytest.mark.parametrize("levels", [61, 300, 5000])
+def test_a_record_nested_too_deeply_is_a_malformed_line(
+    tmp_path: Path, levels: int, unit_mb: float
+) -> None:
+    """Arrow's IPC reader (the spill between the stages) stops at 64 levels: such a
+    record failed its whole manifest on every retry, naming no file. It is now a
+    malformed line; the other lines and files are compacted."""
+    if levels < 500:
+        deep = json.dumps({"id": 2, "x": _nested(levels)}).encode() + b"\n"
+    else:  # beyond what json (and Python's recursion limit) write or read
+        deep = b'{"id": 2, "x": ' + b"[" * levels + b"1" + b"]" * levels + b"}\n"
+    data = _lines([{"id": 1, "x": _nested(60)}]) + deep + _lines([{"id": 3}])
+    report, table = _compact(tmp_path, [data, _lines([{"id": 4}])], {"unit_mb": unit_mb})
+    assert report.malformed_lines == 1
+    assert report.malformed_samples[0].startswith("s3://b/f0.ndjson line 2: objects and arrays")
+    assert "(at most 60)" in report.malformed_samples[0]
+    assert table is not None and table.column("id").to_pylist() == [1, 3, 4]
+
+
+def test_a_record_nested_too_deeply_quarantines_the_file_when_asked(tmp_path: Path) -> None:
+    deep = _lines([{"id": 1, "x": _nested(64)}])
+    report, table = _compact(
+        tmp_path, [deep, _lines([{"id": 2}])], {"malformed_lines": "quarantine"}
+    )
+    assert [(f.key, why) for f, why in report.quarantined] == [
+        ("f0.ndjson", "malformed line 1: objects and arrays nested 64 levels deep (at most 60)")
+    ]
+    assert table is not None and table.column("id").to_pylist() == [2]

@@ -49,6 +49,10 @@ from s3flow.pipelines.ndjson_parquet.compaction.tasks import (
 
 _READ_BYTES = 16 * MIB  # a typical 3-4 MB file arrives in one read (no copies to join)
 _SAMPLES = 5  # malformed-line examples kept per file
+#: Most levels of objects and arrays a field may nest. Arrow's IPC reader (the spill
+#: files between the two stages) stops at 64 ("Max recursion depth reached"), so a
+#: deeper record failed its whole manifest, on every retry; it is a malformed line.
+MAX_NESTING = 60
 
 
 # --- reading input --------------------------------------------------------------
@@ -227,7 +231,9 @@ class _Splitter:
 
 _HINTS: dict[str, pa.Schema] = {}
 _HINTS_MAX = 16
-_ARROW_ERRORS = (pa.ArrowException, UnicodeDecodeError)
+# RecursionError: pyarrow reads records nested thousands of levels deep, and the
+# schema's own (recursive) checks then give up; the slow path finds those lines.
+_ARROW_ERRORS = (pa.ArrowException, UnicodeDecodeError, RecursionError)
 
 
 def _read(src: Any, schema: pa.Schema | None, block: int) -> pa.Table:
@@ -289,6 +295,8 @@ def _parse_unit(task: FileTask, unit: _Unit) -> _Parsed:
         # pyarrow read an integer beyond int64 as a double (losing digits, and
         # widening every integer of its column): such a value is kept as text.
         return _parse_slowly(task, unit)
+    if max((_type_nesting(f.type) for f in table.schema), default=0) > MAX_NESTING:
+        return _parse_slowly(task, unit)  # finds the lines nested too deeply
     _remember_hint(task, table)
     return _Parsed(table)
 
@@ -397,9 +405,11 @@ def _first_record(unit: _Unit) -> Any:
     for line in head.split(b"\n"):
         if line.strip():
             try:
-                return json.loads(line)
-            except ValueError:
+                first = json.loads(line)
+            except (ValueError, RecursionError):
                 return None
+            # too deep: its lines go the slow way (and a hint's check need not recurse)
+            return first if isinstance(first, dict) and _nesting(first) <= MAX_NESTING else None
     return None
 
 
@@ -568,9 +578,13 @@ def _parse_slowly(task: FileTask, unit: _Unit) -> _Parsed:
             reason = f"not UTF-8 ({exc})"
         except ValueError as exc:
             reason = f"not JSON ({exc})"
+        except RecursionError:
+            reason = _too_deep("hundreds of")
         else:
             if not isinstance(value, dict):
                 reason = f"a JSON {type(value).__name__}, not an object"
+            elif (levels := _nesting(value)) > MAX_NESTING:
+                reason = _too_deep(str(levels))
         if reason is not None:
             if _malformed(task, parsed, line_no, reason):
                 return parsed
@@ -620,6 +634,35 @@ def _parse_slowly(task: FileTask, unit: _Unit) -> _Parsed:
             table = table.take(pc.sort_indices(pa.array(where)))
         parsed.table = table
     return parsed
+
+
+def _too_deep(levels: str) -> str:
+    return f"objects and arrays nested {levels} levels deep (at most {MAX_NESTING})"
+
+
+def _nesting(record: dict[str, Any]) -> int:
+    """The most levels of objects and arrays inside one of ``record``'s fields."""
+    deepest = 0
+    stack = [(v, 1) for v in record.values() if isinstance(v, dict | list)]
+    while stack:
+        value, level = stack.pop()
+        deepest = max(deepest, level)
+        inner = value.values() if isinstance(value, dict) else value
+        stack.extend((v, level + 1) for v in inner if isinstance(v, dict | list))
+    return deepest
+
+
+def _type_nesting(t: pa.DataType) -> int:
+    """Levels of structs and lists in Arrow type ``t`` (as :func:`_nesting` counts)."""
+    deepest, stack = 0, [(t, 0)]
+    while stack:
+        t, level = stack.pop()
+        deepest = max(deepest, level)
+        if pa.types.is_struct(t):
+            stack.extend((t.field(i).type, level + 1) for i in range(t.num_fields))
+        elif pa.types.is_list(t) or pa.types.is_large_list(t):
+            stack.append((t.value_type, level + 1))
+    return deepest
 
 
 def _malformed(task: FileTask, parsed: _Parsed, line_no: int, reason: str) -> bool:
