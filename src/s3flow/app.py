@@ -132,6 +132,42 @@ _LOCAL_EXECUTORS = ("pool", "subprocess")
 _CONTAINER_EXECUTORS = ("ecs", "batch")
 
 
+def _setting_of(spec: str) -> str:
+    """Which setting a processor's ConfigError is about: its name, or its options."""
+    try:
+        return "[pipelines.options]" if processor_class(spec) is not None else "processor"
+    except ConfigError:  # a module:attribute that cannot be imported
+        return "processor"
+
+
+def check_options(settings: Settings) -> None:
+    """Check every processor's options against its options model, building nothing.
+
+    What ``s3flow provision`` and its ``--export`` run, so that an option the worker
+    refuses at start (a typo) stops them too: exported, it would reach every task (and
+    the template's permissions, which read some options) before a worker refused it.
+    A processor this machine cannot import (a module only in the container image) is
+    left to the worker; the export warns about it.
+    """
+    for p in settings.pipelines:
+        try:
+            table = RoutingTable.from_settings(p, default_executor_for)
+        except ConfigError as exc:
+            raise ConfigError(f"pipeline {p.name!r}: {exc}") from exc
+        for rule in table.rules:
+            try:
+                cls = processor_class(rule.processor)
+            except ConfigError:
+                continue
+            model = getattr(cls, "options_model", None)
+            if model is None:
+                continue
+            try:
+                parse_options(rule.processor, model, dict(rule.options))
+            except ConfigError as exc:
+                raise ConfigError(f"pipeline {p.name!r}, route {rule.name!r}: {exc}") from exc
+
+
 def _routes_of(p: PipelineSettings) -> tuple[RoutingTable, dict[str, Processor]]:
     """The pipeline's routing table, checked (every processor exists, takes its options
     and can run on its executor; a processor run on this machine is built once, and the
@@ -155,7 +191,7 @@ def _routes_of(p: PipelineSettings) -> tuple[RoutingTable, dict[str, Processor]]
         try:
             processors[main_key] = create_processor(p.processor, p.options)
         except ConfigError as exc:  # which pipeline, when several use one processor
-            raise ConfigError(f"pipeline {p.name!r} ([pipelines.options]): {exc}") from exc
+            raise ConfigError(f"pipeline {p.name!r} ({_setting_of(p.processor)}): {exc}") from exc
     built: set[str] = set(processors)
     for rule in table.rules:
         where = f"pipeline {p.name!r}, route {rule.name!r}"

@@ -68,3 +68,19 @@ def test_a_pipelines_bad_options_name_the_pipeline() -> None:
         "pipeline 'counts-b' ([pipelines.options]): processor 'line-count': invalid options"
     ), err.value
     assert "text_encodng" in str(err.value)
+
+
+def test_an_unknown_processor_is_named_as_the_processor_setting() -> None:
+    """The name is wrong, not the options: it used to say "([pipelines.options])"."""
+    import pytest
+
+    from s3flow import app
+    from s3flow.errors import ConfigError
+    from s3flow.settings import PipelineSettings
+
+    p = PipelineSettings(
+        name="counts", processor="line-cnt", bucket="b", queue="q", output="s3://o/"
+    )
+    with pytest.raises(ConfigError) as err:
+        app._routes_of(p)
+    assert str(err.value).startswith("pipeline 'counts' (processor): unknown processor 'line-cnt'")

@@ -31,7 +31,10 @@ from s3flow.state.base import StateStore
 from s3flow.state.records import FileRecord, FileStatus
 
 files_app = typer.Typer(
-    help="Per-object lifecycles from the state store (list, show history, release).",
+    help=(
+        "Per-object lifecycles from the state store: `s3flow files [--status ...]` lists "
+        "them; `files show KEY` gives one's history, `files release KEY` queues it again."
+    ),
     invoke_without_command=True,
     no_args_is_help=False,
 )

@@ -62,10 +62,12 @@ def provision(
         return
     if output is not None:
         raise fail(ConfigError("-o/--output goes with --export (there is nothing to write)"))
+    from s3flow.app import check_options
     from s3flow.app import provision_all as do_provision
 
     with exit_on_error():
         settings = settings_from(config)
+        check_options(settings)
         changes = asyncio.run(do_provision(settings, dry_run=dry_run))
     table = new_table(
         "provision (dry run)" if dry_run else "provision", ("resource", "name", "action", "detail")
@@ -103,12 +105,14 @@ def _ttl_attribute(settings: Settings) -> str | None:
 
 def _export(config: Path | None, output: Path | None, dry_run: bool) -> None:
     """``provision --export cloudformation``: the template to stdout or ``output``."""
+    from s3flow.app import check_options
     from s3flow.deploy import TEMPLATE_BODY_LIMIT, export_cloudformation, render_template
 
     with exit_on_error():
         if dry_run:
             raise ConfigError("--export changes nothing already: leave out --dry-run")
         settings = settings_from(config)
+        check_options(settings)
         result = export_cloudformation(
             settings, tables=_store_tables(settings), ttl_attribute=_ttl_attribute(settings)
         )

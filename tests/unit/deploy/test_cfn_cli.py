@@ -97,6 +97,37 @@ def test_export_refuses_overlapping_notifications(tmp_path: Path) -> None:
     assert "Configurations overlap" in text and not out.exists()
 
 
+NDJSON = """
+[[pipelines]]
+name = "events"
+processor = "ndjson-manifest"
+bucket = "incoming"
+queue = "events-q"
+output = "s3://results/unused/"
+[pipelines.options]
+manifest_buckt = "lake"
+"""
+
+
+@pytest.mark.parametrize("args", [["--export", "cloudformation"], ["--dry-run"]])
+def test_an_option_the_worker_refuses_stops_provision_and_the_export(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """A typo in a processor's options: exported, it went into every task's
+    environment (and the template gave the manifest writes to the source bucket), where
+    each worker refused to start. Checked before anything is written or asked of AWS."""
+    path = tmp_path / "s3flow.toml"
+    path.write_text(NDJSON)
+    out = tmp_path / "stack.json"
+    extra = ["-o", str(out)] if "--export" in args else []
+    result = CliRunner().invoke(app, ["provision", "-c", str(path), *args, *extra])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "pipeline 'events', route 'default'" in text, text
+    assert "manifest_buckt: unknown option" in text and "manifest_bucket" in text
+    assert not out.exists()
+
+
 class _FakeDynamo:
     """Records CreateTable calls; every table is ACTIVE."""
 
