@@ -67,12 +67,22 @@ def test_counters_match_the_work_done_and_readiness_follows_the_queue(
             lambda: _scrape(port).get(("s3flow_queue_visible_messages", "p")) == 0, 30, "sample"
         )
         assert m[("s3flow_dlq_visible_messages", "p")] == 0
+        assert m[("s3flow_dlq_messages", "p")] == 0
+        assert m[("s3flow_sample_errors", "")] == 0
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
         harness.sqs.delete_queue(QueueUrl=harness.dlq_url)
         not_ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
         assert not_ready.status_code == 503
         assert not_ready.json()["errors"][0].startswith("dead-letter queue of p:"), not_ready.text
+        # The DLQ's gauges are left out (its last 0 would look healthy), and the failure
+        # is a metric of its own.
+        m = _scrape(port)
+        assert ("s3flow_dlq_messages", "p") not in m and (
+            "s3flow_dlq_visible_messages",
+            "p",
+        ) not in m
+        assert m[("s3flow_sample_errors", "")] == 1
         harness.sqs.delete_queue(QueueUrl=harness.queue_url)
         not_ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
         assert not_ready.status_code == 503

@@ -72,7 +72,8 @@ class _Samples:
     """The latest background samples."""
 
     queues: dict[str, tuple[int, int]] = field(default_factory=dict)  # visible, in flight
-    dlqs: dict[str, int] = field(default_factory=dict)  # visible on the dead-letter queue
+    #: On the dead-letter queue: (visible, all: visible, held by a reader, delayed).
+    dlqs: dict[str, tuple[int, int]] = field(default_factory=dict)
     oldest_s: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     at: float = 0.0
@@ -129,12 +130,27 @@ class WorkerCollector(Collector):
         yield invisible
         dead = GaugeMetricFamily(
             "s3flow_dlq_visible_messages",
-            "Messages waiting on the pipeline's dead-letter queue (sampled).",
+            "Messages visible on the pipeline's dead-letter queue (sampled).",
             labels=["pipeline"],
         )
-        for pipeline, n in sorted(self._samples.dlqs.items()):
-            dead.add_metric([pipeline], float(n))
+        dead_all = GaugeMetricFamily(
+            "s3flow_dlq_messages",
+            "Messages on the pipeline's dead-letter queue, also those a reader holds "
+            "(dlq list, an interrupted redrive) and delayed ones (sampled): alert above 0.",
+            labels=["pipeline"],
+        )
+        for pipeline, (vis, total) in sorted(self._samples.dlqs.items()):
+            dead.add_metric([pipeline], float(vis))
+            dead_all.add_metric([pipeline], float(total))
         yield dead
+        yield dead_all
+        failures = GaugeMetricFamily(
+            "s3flow_sample_errors",
+            "Reads of the last sample that failed (a queue, a dead-letter queue, the state "
+            "store): their gauges are left out until they answer again; /readyz says why.",
+        )
+        failures.add_metric([], float(len(self._samples.errors)))
+        yield failures
         oldest = GaugeMetricFamily(
             "s3flow_oldest_in_flight_age_seconds",
             "Age of the oldest record being processed, from the state store (sampled).",
@@ -263,6 +279,7 @@ class MetricsServer:
             async with limit:
                 oldest = await store.oldest_processing_at(q.pipeline)
         except Exception as exc:
+            self._samples.oldest_s.pop(q.pipeline, None)  # no stale age
             return f"state store: {exc}"
         self._samples.oldest_s[q.pipeline] = max(0.0, now - oldest) if oldest else 0.0
         return None
@@ -274,6 +291,7 @@ class MetricsServer:
                 depths = await queue_depths(self._sqs, q.url)
             self._samples.queues[q.pipeline] = (depths.visible, depths.in_flight)
         except Exception as exc:  # any failure makes the worker unready, with the reason
+            self._samples.queues.pop(q.pipeline, None)  # no stale depth
             return f"queue of {q.pipeline}: {exc}"
         return None
 
@@ -282,8 +300,9 @@ class MetricsServer:
         try:  # a DLQ gone: every dead-letter of the pipeline would fail (and retry)
             async with limit:
                 depths = await queue_depths(self._sqs, q.dlq_url)
-            self._samples.dlqs[q.pipeline] = depths.visible
+            self._samples.dlqs[q.pipeline] = (depths.visible, depths.total)
         except Exception as exc:
+            self._samples.dlqs.pop(q.pipeline, None)  # no stale depth (a 0 would look fine)
             return f"dead-letter queue of {q.pipeline}: {exc}"
         return None
 

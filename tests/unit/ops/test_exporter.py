@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from s3flow.metrics import WorkerMetrics
 from s3flow.ops.exporter import SAMPLE_CONCURRENCY, MetricsServer, QueueRef
@@ -82,3 +83,56 @@ async def test_the_oldest_records_are_sampled_concurrently_and_one_store_error_i
     # The sample starts after the store was made: each age is at least 30 s, whatever
     # the reads took (a loaded machine slows them, not the record's age).
     assert all(30 <= age < 60 for age in ages.values())
+
+
+class _Depths:
+    """Queue attributes by URL; URLs in ``failing`` raise."""
+
+    def __init__(self, attrs: dict[str, dict[str, str]]) -> None:
+        self.attrs, self.failing = attrs, set[str]()
+
+    async def get_queue_attributes(self, **kwargs: Any) -> dict[str, Any]:
+        if kwargs["QueueUrl"] in self.failing:
+            raise RuntimeError("NonExistentQueue")
+        return {"Attributes": self.attrs[kwargs["QueueUrl"]]}
+
+
+def _gauges(server: MetricsServer) -> dict[str, float]:
+    text = generate_latest(server.registry).decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(("s3flow_dlq", "s3flow_queue", "s3flow_sample"))
+    }
+
+
+async def test_a_dlq_whose_messages_a_reader_holds_is_not_reported_empty() -> None:
+    """``dlq list`` (30 s) or an interrupted redrive (its lease) hides the DLQ's
+    messages: the visible count is then 0, so an alert on it cleared while 28 waited."""
+    sqs = _Depths(
+        {
+            "q": {"ApproximateNumberOfMessages": "2"},
+            "d": {
+                "ApproximateNumberOfMessages": "0",
+                "ApproximateNumberOfMessagesNotVisible": "28",
+            },
+        }
+    )
+    server = MetricsServer(WorkerMetrics(), sqs=sqs, queues=[QueueRef("p", "q", "d")], store=None)  # type: ignore[arg-type]
+    assert await server.sample() == []
+    g = _gauges(server)
+    assert g['s3flow_dlq_visible_messages{pipeline="p"}'] == 0
+    assert g['s3flow_dlq_messages{pipeline="p"}'] == 28
+    assert g['s3flow_queue_visible_messages{pipeline="p"}'] == 2
+    assert g["s3flow_sample_errors"] == 0
+
+
+async def test_a_failed_read_leaves_its_gauge_out_instead_of_the_last_value() -> None:
+    sqs = _Depths({"q": {"ApproximateNumberOfMessages": "5"}, "d": {}})
+    server = MetricsServer(WorkerMetrics(), sqs=sqs, queues=[QueueRef("p", "q", "d")], store=None)  # type: ignore[arg-type]
+    await server.sample()
+    assert _gauges(server)['s3flow_queue_visible_messages{pipeline="p"}'] == 5
+    sqs.failing = {"q", "d"}  # both deleted while the worker runs
+    assert len(await server.sample()) == 2
+    g = _gauges(server)
+    assert g == {"s3flow_sample_errors": 2}, g
