@@ -392,6 +392,17 @@ def test_the_jobs_processing_fifo_dlq_is_listed_and_redriven(
             MessageDeduplicationId=job,
         )  # fmt: skip
 
+    # Without -p the intake pipeline (the only one configured) is not taken for granted.
+    unnamed = _cli("dlq", "list", "-c", str(cfg))
+    assert unnamed.returncode == 2, unnamed.stdout + unnamed.stderr
+    text = _flat(unnamed.stderr)
+    assert "several queues have a DLQ (jobs-intake, jobs-processing)" in text, text
+    # status shows the queue the job worker reads, and its DLQ's depth.
+    status = _cli("status", "-c", str(cfg), "--json")
+    rows = {r["pipeline"]: r for r in json.loads(status.stdout)}
+    assert rows["jobs-processing"]["queue"] == f"{prefix}-processing.fifo"
+    assert (rows["jobs-processing"]["visible"], rows["jobs-processing"]["dlq_depth"]) == (0, 3)
+
     wrong = _cli("dlq", "list", "-c", str(cfg), "-p", "nope")
     assert wrong.returncode == 2
     text = _flat(wrong.stderr)

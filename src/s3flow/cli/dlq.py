@@ -53,6 +53,13 @@ def dlq_pipeline(settings: Settings, name: str | None) -> PipelineSettings:
     processing = processing_pipeline(jobs) if jobs is not None else None
     if processing is not None and name == processing.name:
         return processing
+    if processing is not None and not name:
+        # The only configured pipeline is not the only DLQ: say so instead of picking it.
+        names = ", ".join([*(p.name for p in settings.pipelines), processing.name])
+        raise S3flowError(
+            f"several queues have a DLQ ({names}): choose one with --pipeline "
+            f"(`-p {processing.name}` for the jobs processing queue {processing.queue!r})"
+        )
     try:
         return one_pipeline(settings, name)
     except S3flowError as exc:

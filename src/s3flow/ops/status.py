@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from s3flow.app import dlq_url, open_store, queue_url, select_pipelines
 from s3flow.aws import open_clients, queue_depths
-from s3flow.errors import S3flowError, translate_aws_error
-from s3flow.settings import PipelineSettings, Settings
+from s3flow.errors import AwsError, S3flowError, translate_aws_error
+from s3flow.settings import PipelineSettings, Settings, processing_pipeline
 
 
 @dataclass
@@ -32,8 +32,32 @@ STATUS_CONCURRENCY = 8
 
 async def queue_status(settings: Settings, names: list[str] | None = None) -> list[QueueStatus]:
     """Per pipeline, in the config's order: messages visible / in flight / delayed and DLQ
-    depth; the pipelines are read concurrently (at most :data:`STATUS_CONCURRENCY`)."""
+    depth; the pipelines are read concurrently (at most :data:`STATUS_CONCURRENCY`).
+
+    With ``[jobs]`` and no ``names``, the job worker's processing FIFO queue and its DLQ
+    come last (``jobs-processing``): the worker reads them too.
+    """
     limit = asyncio.Semaphore(STATUS_CONCURRENCY)
+    pipelines = select_pipelines(settings, names)
+    if settings.jobs is not None and not names:
+        pipelines.append(processing_pipeline(settings.jobs))
+    try:
+        return await _read_queues(settings, pipelines, limit)
+    except AwsError as exc:
+        if exc.operation != "connect":
+            raise
+        # A local endpoint that accepts no connection (checked before any call): every
+        # queue is unreadable, each row says why (the exit code and --json as for any
+        # unreadable queue; against AWS the same fault comes from the calls).
+        return [
+            QueueStatus(p.name, p.queue, None, None, None, p.dlq_name, None, str(exc))
+            for p in pipelines
+        ]
+
+
+async def _read_queues(
+    settings: Settings, pipelines: list[PipelineSettings], limit: asyncio.Semaphore
+) -> list[QueueStatus]:
     async with open_clients(settings.aws) as clients:
 
         async def one(p: PipelineSettings) -> QueueStatus:
@@ -56,7 +80,7 @@ async def queue_status(settings: Settings, names: list[str] | None = None) -> li
                     st.error = str(translate_aws_error(exc, "GetQueueAttributes"))
             return st
 
-        return list(await asyncio.gather(*(one(p) for p in select_pipelines(settings, names))))
+        return list(await asyncio.gather(*(one(p) for p in pipelines)))
 
 
 @dataclass

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from s3flow.cli.status import _rate
@@ -49,3 +52,26 @@ def test_a_bad_manifest_status_names_the_valid_ones() -> None:
     assert result.exit_code == 2, result.output
     said = " ".join(result.output.replace("│", " ").split())
     assert "'bogus' is not a manifest status: use one of sealing, sealed, processing" in said
+
+
+def test_an_unreachable_endpoint_is_a_row_per_queue_and_exit_1(tmp_path: Path) -> None:
+    """As docs/operations.md says for a queue that cannot be read: exit 1 and --json rows
+    naming why. The local endpoint check failed before the rows (exit 2, no JSON), so
+    a script's answer depended on the kind of endpoint."""
+    from typer.testing import CliRunner
+
+    from s3flow.cli import app
+
+    cfg = tmp_path / "s3flow.toml"
+    cfg.write_text(
+        '[aws]\nendpoint_url = "http://127.0.0.1:1"\nconnect_timeout_s = 1\n'
+        f'[state]\nurl = "sqlite:{tmp_path}/state.db"\n'
+        '[[pipelines]]\nname = "counts"\nprocessor = "line-count"\nbucket = "incoming"\n'
+        'queue = "counts-q"\noutput = "s3://results/counts/"\n'
+    )
+    env = {"COLUMNS": "200", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
+    result = CliRunner().invoke(app, ["status", "-c", str(cfg), "--json"], env=env)
+    assert result.exit_code == 1, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["pipeline"] == "counts" and row["visible"] is None
+    assert "cannot reach the S3 and SQS endpoint http://127.0.0.1:1" in row["error"]
