@@ -148,6 +148,7 @@ def test_a_message_the_source_queue_refuses_stays_on_the_dlq_with_its_records_pu
     assert f"{ids['dead.txt']}: SendMessage failed" in err
     assert f"{ids['failed.txt']}: SendMessage failed" in err
     assert "Message must be shorter than 1024 bytes" in err
+    assert "1024 bytes. Their objects' records" in err  # one full stop ("bytes.. Their")
     assert "MaximumMessageSize" in err and "`s3flow dlq redrive -p p` again" in err
     # why s3flow moves the messages itself (the sentence once stopped at "cannot")
     assert "SQS's StartMessageMoveTask cannot do that, so it is not used" in err
@@ -345,6 +346,10 @@ def test_dlq_list_shows_keys_and_reasons_as_they_are(harness: Harness) -> None:
     assert f"s3://{harness.bucket}/reports/[bold]/b.txt" in out
     assert "[red]bad[/red] line" in out
     assert harness.depth(harness.dlq_url) == (2, 0)
+    assert "may hold more" not in run.stderr
+    first = _cli("dlq", "list", "-c", str(cfg), "--max", "1")
+    assert "DLQ messages (1)" in _flat(first.stdout)
+    assert "the first 1 shown: the DLQ may hold more (raise --max" in _flat(first.stderr)
 
 
 # --- 5: the jobs processing FIFO DLQ ---------------------------------------------------

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -228,6 +229,9 @@ def test_backfill_prefix_narrows_the_pipelines_keys_and_its_filters_hold(
     assert (narrowed.listed, narrowed.enqueued) == (1, 1)
     whole = asyncio.run(go())  # in/ only: the csv and drop-d are filtered
     assert (whole.listed, whole.enqueued, whole.already_queued, whole.filtered) == (4, 1, 1, 2)
+    # --since is no filter of the pipeline's: counted apart ("filtered 4" read like one)
+    later = asyncio.run(go(since=datetime.now(UTC) + timedelta(days=1)))
+    assert (later.listed, later.enqueued, later.older, later.filtered) == (4, 0, 4, 0)
     with pytest.raises(S3flowError, match=r"in/keep-c\.csv \(key does not end with '\.txt'\)"):
         asyncio.run(go(keys=["in/keep-a.txt", "in/keep-c.csv"], force=True))
     assert _enqueued_keys(harness) == taken

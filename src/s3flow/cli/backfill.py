@@ -33,7 +33,11 @@ def backfill(
     ] = None,
     since: Annotated[
         str | None,
-        typer.Option("--since", help="Only objects modified at/after (YYYY-MM-DD[THH:MM])."),
+        typer.Option(
+            "--since",
+            help="Only objects modified at or after this time: YYYY-MM-DD[THH:MM[:SS]], "
+            "with an offset (+02:00, Z) or, without one, UTC.",
+        ),
     ] = None,
     force: Annotated[
         bool,
@@ -142,7 +146,8 @@ def _run_backfill(
         )
         raise typer.Exit(130) from None
     busy = f", being processed now {r.busy}" if r.busy else ""
+    older = f", modified before --since {r.older}" if since else ""
     console.print(
         f"listed {r.listed}: enqueued {r.enqueued}, already completed {r.already_done}, "
-        f"already queued {r.already_queued}, filtered {r.filtered}{busy}"
+        f"already queued {r.already_queued}, filtered {r.filtered}{older}{busy}"
     )

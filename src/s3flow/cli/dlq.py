@@ -127,6 +127,12 @@ def dlq_list(
             escape(m.sent_at or "-"),
         )
     console.print(table)
+    if len(msgs) >= max_n:
+        err_console.print(
+            f"the first {max_n} shown: the DLQ may hold more (raise --max; "
+            "`s3flow status` gives its depth)",
+            highlight=False,
+        )
 
 
 @dlq_app.command("show")

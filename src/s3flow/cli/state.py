@@ -126,10 +126,13 @@ def state_recount(
     only. Exits 1 when the counters drift and `--repair` was not given.
     """
     settings = settings_or_exit(config)
-    err_console.print("counting every record (a full read of the files table)...")
-    report: RecountReport = with_store(
-        settings, lambda s: s.recount(repair=repair), prune=False
-    )  # a maintenance read: no background prune alongside
+
+    async def recount(store: StateStore) -> RecountReport:
+        err_console.print("counting every record (a full read of the files table)...")
+        return await store.recount(repair=repair)
+
+    # a maintenance read: no background prune alongside
+    report: RecountReport = with_store(settings, recount, prune=False)
     if as_json:
         print(
             json.dumps(

@@ -80,7 +80,8 @@ class BackfillReport:
     enqueued: int = 0
     already_done: int = 0
     already_queued: int = 0
-    filtered: int = 0
+    filtered: int = 0  # the pipeline's suffix / key_regex rejects them, or quarantined
+    older: int = 0  # modified before ``since``
     busy: int = 0  # being processed right now (left alone, even with force)
 
 
@@ -240,7 +241,10 @@ async def backfill(
         async def consider(key: str, etag: str, size: int, modified: datetime) -> None:
             report.listed += 1
             # (named keys were checked against the route before anything was read)
-            if (since and modified < since) or route.rejects(ObjectEvent(p.bucket, key)):
+            if since and modified < since:
+                report.older += 1
+                return
+            if route.rejects(ObjectEvent(p.bucket, key)):
                 report.filtered += 1
                 return
             oid = ObjectId(p.bucket, key, content_version(etag, modified))

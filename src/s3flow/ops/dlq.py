@@ -471,8 +471,7 @@ def _unsent_text(p: PipelineSettings, src: str, dlq: str, report: RedriveReport)
     return (
         f"dlq redrive of pipeline {p.name!r}: {len(report.unsent)} message(s) could not be "
         f"moved to {src} and are still on the DLQ {dlq} ({report.moved} moved{stopped}). "
-        + "; ".join(shown)
-        + (f"; and {more} more" if more else "")
+        + ("; ".join(shown) + (f"; and {more} more" if more else "")).rstrip(".")
         + ". Their objects' records are as before the redrive (one that was failed now "
         "says dead; a message whose send may have arrived left its records received). "
         "Fix the cause (`s3flow provision` creates a missing queue; a message larger than "

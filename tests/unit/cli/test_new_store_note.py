@@ -114,3 +114,12 @@ def test_a_config_from_environment_variables_alone_is_a_config(tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]" and "note: no state store at" in done.stderr
+
+
+def test_recount_without_a_store_says_only_that(tmp_path: Path) -> None:
+    """It printed "counting every record..." before "no state store configured"."""
+    config = tmp_path / "s3flow.toml"
+    config.write_text('[state]\nurl = "none"\n' + CONFIG)
+    run = s3flow(tmp_path, "state", "recount", "-c", str(config))
+    assert run.returncode != 0
+    assert "no state store configured" in run.stderr and "counting" not in run.stderr
