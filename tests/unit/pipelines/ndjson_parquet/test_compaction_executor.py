@@ -127,3 +127,21 @@ def _alive(pid: int) -> bool:
             return fh.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_an_unexpected_error_of_a_files_scan_names_the_file() -> None:
+    """A manifest failed with "ArrowInvalid: Max recursion depth reached" and no file
+    named: an operator could not tell which of its files to look at."""
+    from types import SimpleNamespace
+
+    from s3flow.pipelines.ndjson_parquet.compaction.manifest import InputFile
+    from s3flow.pipelines.ndjson_parquet.compaction.tasks import TaskError, capture
+
+    def scan(task: object) -> None:
+        raise ValueError("Max recursion depth reached")
+
+    err = capture(scan)(SimpleNamespace(file=InputFile("b", "raw/a.ndjson")))
+    assert isinstance(err, TaskError) and err.disposition == Disposition.RETRYABLE.value
+    assert err.message == "s3://b/raw/a.ndjson: ValueError: Max recursion depth reached"
+    other = capture(scan)(SimpleNamespace())  # a task of no one file
+    assert other.message == "ValueError: Max recursion depth reached"

@@ -236,8 +236,12 @@ class _Captured:
         except S3flowError as exc:
             return TaskError(exc.error_class, str(exc), exc.disposition.value)
         except Exception as exc:  # anything else: retryable, with its type in the message
+            file = getattr(task, "file", None)  # a file's scan: which file
+            where = f"{file.uri()}: " if isinstance(file, InputFile) else ""
             return TaskError(
-                "ProcessorError", f"{type(exc).__name__}: {exc}", Disposition.RETRYABLE.value
+                "ProcessorError",
+                f"{where}{type(exc).__name__}: {exc}",
+                Disposition.RETRYABLE.value,
             )
 
 
