@@ -226,7 +226,13 @@ class PipelineSettings(_Model):
         ge=1,
         description="Queue visibility timeout; the worker heartbeats at about half of it.",
     )
-    wait_time_s: WaitTime = Field(default=20, description="Long-poll wait per receive.")
+    wait_time_s: WaitTime = Field(
+        default=20,
+        description=(
+            "Long-poll wait per receive; at most [worker] shutdown_grace_s (at least 1), "
+            "so that a stop is not held up by a receive on the wire."
+        ),
+    )
     max_receive_count: ReceiveCount = Field(
         default=3,
         description=(

@@ -39,12 +39,13 @@ must not hold back the next object's outputs.
 Shutdown (SIGTERM/SIGINT, or ``stop()``): polling stops at once, but a
 ReceiveMessage already on the wire is allowed to finish (cancelling it could
 leave the messages the server handed out invisible for a whole visibility
-timeout); whatever it brings is released at once. In-flight work gets
-``shutdown_grace_s``, counted from the signal (:class:`ShutdownClock`), the rest
-is released with visibility 0, acks are flushed. A receive still on the wire is
-waited for at most ``_RECEIVE_MARGIN_S`` past the grace, so the worker is done
-within about ``shutdown_grace_s + 5`` s: inside the stop timeout ``s3flow deploy``
-sets (grace + 10 s). A second signal cuts every wait short.
+timeout); whatever it brings is released at once. A long poll waits at most
+``shutdown_grace_s`` (at least 1 s) for that reason. In-flight work gets
+``shutdown_grace_s``, counted from the signal (:class:`ShutdownClock`), while the
+receives return; the rest is released with visibility 0, acks are flushed. So the
+worker is done within about ``shutdown_grace_s + 5`` s (``_RECEIVE_MARGIN_S`` for a
+slow network): inside the stop timeout ``s3flow deploy`` sets (grace + 10 s). A
+second signal cuts every wait short.
 """
 
 from __future__ import annotations
@@ -131,8 +132,8 @@ class PipelineRunner:
         stop: asyncio.Event,
         cut: asyncio.Event,
         burst: bool,
+        clock: ShutdownClock,
         pollers: int = 0,
-        clock: ShutdownClock | None = None,
     ) -> None:
         self.rt = rt
         self.p = rt.settings
@@ -145,7 +146,7 @@ class PipelineRunner:
         self._observer = observer
         self._stop = stop
         self._cut = cut
-        self._clock = clock or ShutdownClock(0.0)
+        self._clock = clock
         self._burst = burst
         self._halt = asyncio.Event()  # pollers stop: worker stopping, or drained (burst)
         #: Received and not yet settling (reserved by the pollers before each receive).
@@ -161,7 +162,14 @@ class PipelineRunner:
         self._dispatched = 0  # messages received so far (burst mode's drain check)
         # One receive brings at most 10: enough pollers to refill every permit at once.
         n = pollers or max(1, min(4, -(-self.received.capacity // 10)))
-        self._wait_s = min(self.p.wait_time_s, 1) if burst else self.p.wait_time_s
+        # A long poll waits at most the shutdown grace (at least 1 s): a stop waits for
+        # the receives on the wire (one cut short would leave what the server hands out
+        # to it invisible until its visibility timeout), so they must end within it.
+        self._wait_s = (
+            min(self.p.wait_time_s, 1)
+            if burst
+            else min(self.p.wait_time_s, max(1, int(clock.grace_s)))
+        )
         self._sources = [
             QueueSource(
                 sqs,
@@ -217,10 +225,9 @@ class PipelineRunner:
             else:
                 task.cancel()
         if on_wire:
-            # Not past the grace (and a margin): a receive cut short may leave what it
-            # brings invisible until its visibility timeout, but a worker killed at its
-            # stop timeout leaves every message it holds so.
-            wait_s = min(self._wait_s, self._clock.left()) + _RECEIVE_MARGIN_S
+            # Its long poll is at most the grace (see ``_wait_s``): only a slow network
+            # makes it last longer, up to the margin.
+            wait_s = self._wait_s + _RECEIVE_MARGIN_S
             log.info(
                 "pipeline %s: waiting up to %.0fs for %d receive(s) on the wire",
                 self.p.name,
@@ -581,8 +588,8 @@ class Worker:
             stop=self._stop,
             cut=self._grace_cut,
             burst=self._burst,
-            pollers=self._ws.pollers_per_pipeline,
             clock=self._clock,
+            pollers=self._ws.pollers_per_pipeline,
         )
 
     async def _start_processors(self, rt: PipelineRuntime) -> None:
