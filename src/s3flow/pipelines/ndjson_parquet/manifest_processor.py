@@ -303,7 +303,7 @@ class NdjsonManifestProcessor(OptionsProcessor[NdjsonManifestOptions]):
             raise InvalidNdjsonError(f"first record is not valid JSON: {exc}") from exc
         except RecursionError as exc:
             raise InvalidNdjsonError(
-                "first record nests objects and arrays too deeply to read (hundreds of levels)"
+                "first record nests objects and arrays too deeply to read (over a thousand levels)"
             ) from exc
         if not isinstance(record, dict):
             raise InvalidNdjsonError(
