@@ -20,6 +20,7 @@ from s3flow.cli.common import (
     note_new_store,
     settings_from,
 )
+from s3flow.errors import S3flowError
 from s3flow.settings import Settings
 
 #: The state store's status counts, in the order ``status`` shows them.
@@ -76,7 +77,11 @@ def status(
             _watch(settings, 2.0 if interval_s is None else interval_s, rounds)
             return
         rows = asyncio.run(queue_status(settings))
+    store_error: str | None = None
+    try:  # the queues' rows are shown whatever the store does
         states = {s.pipeline: s for s in asyncio.run(state_summary(settings))}
+    except S3flowError as exc:
+        states, store_error = {}, f"state store: {exc}"
     if as_json:
         print(
             json.dumps(
@@ -84,13 +89,16 @@ def status(
                     {
                         **r.__dict__,
                         "state": states[r.pipeline].__dict__ if r.pipeline in states else None,
+                        **({"state_error": store_error} if store_error else {}),
                     }
                     for r in rows
                 ],
                 indent=2,
             )
         )
-        if any(r.error for r in rows):
+        if store_error:
+            err_console.print(f"[red]error:[/] {escape(store_error)}", highlight=False)
+        if store_error or any(r.error for r in rows):
             raise typer.Exit(1)
         return
     table = new_table(
@@ -121,7 +129,9 @@ def status(
     for r in rows:
         if r.error:
             err_console.print(f"[red]{r.pipeline}:[/] {escape(str(r.error))}", highlight=False)
-    if any(r.error for r in rows):
+    if store_error:
+        err_console.print(f"[red]error:[/] {escape(store_error)}", highlight=False)
+    if store_error or any(r.error for r in rows):
         raise typer.Exit(1)
 
 
@@ -135,7 +145,10 @@ def _watch(settings: Settings, interval_s: float, rounds: int) -> None:
 
     def snapshot() -> tuple[float, list[Any], dict[str, Any]]:
         rows = asyncio.run(queue_status(settings))
-        states = {s.pipeline: s for s in asyncio.run(state_summary(settings))}
+        try:  # a store that does not answer for a moment: its columns show "-"
+            states = {s.pipeline: s for s in asyncio.run(state_summary(settings))}
+        except S3flowError:
+            states = {}
         return time.monotonic(), rows, states
 
     def render(

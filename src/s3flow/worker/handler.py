@@ -451,7 +451,10 @@ class MessageHandler:
             except S3flowError as exc:
                 return await self._failed(attempt, exc)
             if isinstance(rule, NoRoute):
-                return await self._policy.quarantine(event, oid, token, rule.reason, "NoRoute")
+                try:
+                    return await self._policy.quarantine(event, oid, token, rule.reason, "NoRoute")
+                except S3flowError as exc:  # tagging: retryable, or the object gone
+                    return await self._failed(attempt, exc)
             if not await msg.begin_work():
                 # Stopping while waiting for a slot: nothing was done, give it all back.
                 await self._give_back(oid, token)

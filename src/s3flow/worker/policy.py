@@ -146,7 +146,10 @@ class FailurePolicy:
             exc.disposition is Disposition.QUARANTINE or self.p.on_permanent_error == "quarantine"
         )
         if quarantine and oid is not None:
-            return await self.quarantine(event, oid, token, str(exc), exc.error_class)
+            try:
+                return await self.quarantine(event, oid, token, str(exc), exc.error_class)
+            except S3flowError as tag_exc:  # retryable (counted), or the object gone
+                return await self.failed(attempt, tag_exc)
         log.error("%s failed permanently (%s), dead-lettering: %s", where, exc.error_class, exc)
         # Recorded as failed now; marked dead only once the DLQ has the message.
         await self._record_failure(oid, token, exc)
@@ -171,13 +174,16 @@ class FailurePolicy:
     ) -> RecordOutcome | None:
         """Tag the object and record it as quarantined (None: its record is done).
 
-        When the tags cannot be set (no ``s3:PutObjectTagging`` on the bucket, say),
-        the message is dead-lettered with the reason instead: retried, it would fail
-        alike on every receive without a failure counted, its record left received.
+        When S3 refuses the tags for good (no ``s3:PutObjectTagging`` on the bucket,
+        say), the message is dead-lettered with the reason instead: retried, it would
+        fail alike on every receive. Any other tagging error (throttled, a 5xx, the
+        object gone) is raised, for :meth:`failed` to retry (counted) or skip.
         """
         try:
             await tag_quarantined(self._s3, event.bucket, event.key, reason, event.version_id)
         except S3flowError as exc:
+            if exc.disposition not in (Disposition.PERMANENT, Disposition.QUARANTINE):
+                raise
             log.error(
                 "%s could not be quarantined (%s), dead-lettering it instead: %s",
                 event.uri(),

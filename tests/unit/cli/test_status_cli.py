@@ -54,19 +54,22 @@ def test_a_bad_manifest_status_names_the_valid_ones() -> None:
     assert "'bogus' is not a manifest status: use one of sealing, sealed, processing" in said
 
 
-def test_an_unreachable_endpoint_is_a_row_per_queue_and_exit_1(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "dynamodb"])
+def test_an_unreachable_endpoint_is_a_row_per_queue_and_exit_1(tmp_path: Path, store: str) -> None:
     """As docs/operations.md says for a queue that cannot be read: exit 1 and --json rows
     naming why. The local endpoint check failed before the rows (exit 2, no JSON), so
-    a script's answer depended on the kind of endpoint."""
+    a script's answer depended on the kind of endpoint; a DynamoDB store on the same
+    endpoint then failed the command the same way."""
     from typer.testing import CliRunner
 
     from s3flow.cli import app
 
     cfg = tmp_path / "s3flow.toml"
     cfg.write_text(
-        '[aws]\nendpoint_url = "http://127.0.0.1:1"\nconnect_timeout_s = 1\n'
-        f'[state]\nurl = "sqlite:{tmp_path}/state.db"\n'
-        '[[pipelines]]\nname = "counts"\nprocessor = "line-count"\nbucket = "incoming"\n'
+        '[aws]\nendpoint_url = "http://127.0.0.1:1"\nconnect_timeout_s = 1\nmax_attempts = 1\n'
+        + (f'[state]\nurl = "sqlite:{tmp_path}/state.db"\n' if store == "sqlite" else "")
+        + ('[state]\nurl = "dynamodb://rv"\n' if store == "dynamodb" else "")
+        + '[[pipelines]]\nname = "counts"\nprocessor = "line-count"\nbucket = "incoming"\n'
         'queue = "counts-q"\noutput = "s3://results/counts/"\n'
     )
     env = {"COLUMNS": "200", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
@@ -75,3 +78,4 @@ def test_an_unreachable_endpoint_is_a_row_per_queue_and_exit_1(tmp_path: Path) -
     (row,) = json.loads(result.stdout)
     assert row["pipeline"] == "counts" and row["visible"] is None
     assert "cannot reach the S3 and SQS endpoint http://127.0.0.1:1" in row["error"]
+    assert ("state_error" in row) == (store == "dynamodb"), row

@@ -15,7 +15,7 @@ from s3flow.processors.base import Result
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, WorkerSettings
 from s3flow.sinks.receipts import WriteReceipt
-from s3flow.state.records import FileStatus, ObjectId
+from s3flow.state.records import FileRecord, FileStatus, ObjectId
 from s3flow.state.sqlite import SqliteStateStore
 from s3flow.worker.handler import MessageHandler, PipelineRuntime, WorkerObserver
 from s3flow.worker.identity import sequencer_after
@@ -351,15 +351,26 @@ async def test_a_head_failure_before_the_claim_is_not_charged_receives_it_did_no
         assert "HeadObject" in outcome.error
 
 
-class _TagRefusingS3(_DenyingS3):
-    """Tagging refused (a bucket without ``s3:PutObjectTagging`` for the worker)."""
+class _TagRefusingS3:
+    """Tagging refused with ``code`` (AccessDenied: a bucket without
+    ``s3:PutObjectTagging`` for the worker; SlowDown: throttled, for a moment)."""
+
+    def __init__(self, code: str, status: int) -> None:
+        self.code, self.status = code, status
 
     async def get_object_tagging(self, **kw: object) -> dict[str, object]:
         return {"TagSet": []}
 
     async def put_object_tagging(self, **kw: object) -> dict[str, object]:
-        await self.head_object()  # raises AccessDenied
-        return {}
+        from botocore.exceptions import ClientError
+
+        raise ClientError(
+            {
+                "Error": {"Code": self.code, "Message": "no"},
+                "ResponseMetadata": {"HTTPStatusCode": self.status},
+            },
+            "PutObjectTagging",
+        )
 
 
 class _InvalidExecutors(_RecordingExecutors):
@@ -369,21 +380,34 @@ class _InvalidExecutors(_RecordingExecutors):
         raise InvalidInputError("row 3 has 2 columns, not 3")
 
 
-async def test_an_object_that_cannot_be_tagged_is_dead_lettered_with_its_reason(
-    tmp_path: Path,
-) -> None:
-    """A quarantine whose tags S3 refuses: the message is dead-lettered with the reason
-    and the record ends failed (dead once on the DLQ). The tagging error used to escape:
-    the claim was given back uncounted and the message retried on every receive."""
+async def _quarantine_refused(tmp_path: Path, code: str, status: int) -> tuple[object, FileRecord]:
     async with SqliteStateStore(tmp_path / "state.db") as store:
-        handler = _handler(_InvalidExecutors(), store=store, s3=_TagRefusingS3())
+        handler = _handler(_InvalidExecutors(), store=store, s3=_TagRefusingS3(code, status))
         body = json.loads(_three_records())
         body["Records"] = body["Records"][:1]
         outcome = await handler.handle(ReceivedMessage("m", "h", json.dumps(body), 1, 0.0))
-        assert isinstance(outcome, DeadLetter), outcome
-        assert outcome.error_class == "InvalidInputError"
-        assert "row 3 has 2 columns" in outcome.error and "not quarantined" in outcome.error
-        assert "AccessDenied" in outcome.error
         (rec,) = await store.versions("b", "k0.txt")
-        assert rec.status is FileStatus.FAILED and rec.claim_owner is None, rec
-        assert rec.last_error is not None and "row 3" in rec.last_error
+        return outcome, rec
+
+
+async def test_an_object_that_cannot_be_tagged_is_dead_lettered_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    """A quarantine whose tags S3 refuses for good: the message is dead-lettered with the
+    reason and the record ends failed (dead once on the DLQ). The tagging error used to
+    escape: the claim was given back uncounted and the message retried on every receive."""
+    outcome, rec = await _quarantine_refused(tmp_path, "AccessDenied", 403)
+    assert isinstance(outcome, DeadLetter), outcome
+    assert outcome.error_class == "InvalidInputError"
+    assert "row 3 has 2 columns" in outcome.error and "not quarantined" in outcome.error
+    assert "AccessDenied" in outcome.error
+    assert rec.status is FileStatus.FAILED and rec.claim_owner is None, rec
+    assert "row 3" in (rec.last_error or "")
+
+
+async def test_a_throttled_tagging_is_retried_and_counted(tmp_path: Path) -> None:
+    """Throttled for a moment: retried with back-off and its failure counted (it goes to
+    the DLQ only after max_receive_count failures), not dead-lettered at once."""
+    outcome, rec = await _quarantine_refused(tmp_path, "SlowDown", 503)
+    assert isinstance(outcome, Retry), outcome
+    assert rec.status is FileStatus.FAILED and rec.failures == 1, rec
