@@ -440,3 +440,34 @@ def test_subprocess_sigterm_is_a_clean_cancellation(world: World, tmp_path: Path
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 1
     assert '"disposition":"retryable"' in out and "cancelled" in out
+
+
+def test_a_pool_runs_timeout_counts_from_when_a_child_starts_it(
+    world: World, tmp_path: Path
+) -> None:
+    """One pool process, two runs of ~3 s each with 5 s left of ``job_timeout_s``: the
+    second waits ~3 s for the child, then runs 3 s. Its time used to count from the
+    submission, so it timed out (and was dead-lettered) having run 2 s of its 5."""
+    marker = tmp_path / "m"
+    marker.mkdir()
+    jobs = [
+        replace(
+            world.job(
+                world.put(f"slow{i}.txt", b"x\n"),
+                "s3flow_testprocs:SlowProcessor",
+                sleep_s=3.0,
+                marker_dir=str(marker),
+            ),
+            timeout_s=5.0,
+        )
+        for i in range(2)
+    ]
+
+    async def go() -> list[Any]:
+        async with executors_for(world) as ex:
+            await ex.run("pool", world.job(world.put("warm.txt", b"1\n")))  # a child is up
+            return await asyncio.gather(*(ex.run("pool", j) for j in jobs))
+
+    results = asyncio.run(go())
+    assert len(results) == 2
+    assert sorted(p.read_text() for p in marker.glob("done-*")) == ["slow0.txt", "slow1.txt"]

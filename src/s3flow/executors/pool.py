@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
@@ -53,6 +54,8 @@ from s3flow.processors.base import Result
 from s3flow.settings import AwsSettings, PoolExecutorSettings, WorkerSettings
 
 log = logging.getLogger("s3flow.executors")
+#: How often a run that waits for a free child looks whether one has started it.
+_START_POLL_S = 0.05
 
 #: How long a broken pool's first failed run waits to see which child died.
 DEATH_WAIT_S = 2.0
@@ -238,15 +241,16 @@ class PoolExecutor:
         run_id = self._runs
         self._waited += 1
         try:
-            future = loop.run_in_executor(pool, _child_run, job, run_id)
+            submitted = pool.submit(_child_run, job, run_id)
+            future = asyncio.wrap_future(submitted, loop=loop)
             _wake_manager(pool)
             if job.timeout_s is None:
                 kind, value = await future
             else:
-                kind, value = await asyncio.wait_for(asyncio.shield(future), job.timeout_s)
+                kind, value = await self._within(future, run_id, started, job.timeout_s)
         except TimeoutError as exc:
             self._read_started(started)
-            how = self._stop_run(run_id, future, pool)
+            how = self._stop_run(run_id, submitted, future, pool)
             raise job_timed_out(job, "the pool", how) from exc
         except BrokenProcessPool as exc:
             self._read_started(started)
@@ -279,7 +283,30 @@ class PoolExecutor:
         assert isinstance(value, Result)
         return value
 
-    def _stop_run(self, run_id: int, future: asyncio.Future[Any], pool: ProcessPoolExecutor) -> str:
+    async def _within(
+        self, future: asyncio.Future[Any], run_id: int, started: Any, timeout_s: float
+    ) -> Any:
+        """The run's answer; TimeoutError once it has run ``timeout_s`` in its child.
+
+        The time counts from when a child starts it (it says so on ``started``), as
+        the docs promise ("from when its work starts"): waiting for a free child, or
+        for a new pool's children to start, is not the run's (a burst of big objects
+        on a busy pool timed out in the queue, and was dead-lettered, never run).
+        """
+        while self._run_pids.get(run_id) is None:
+            done, _ = await asyncio.wait({future}, timeout=_START_POLL_S)
+            if done:
+                return future.result()
+            self._read_started(started)
+        return await asyncio.wait_for(asyncio.shield(future), timeout_s)
+
+    def _stop_run(
+        self,
+        run_id: int,
+        submitted: concurrent.futures.Future[Any],
+        future: asyncio.Future[Any],
+        pool: ProcessPoolExecutor,
+    ) -> str:
         """Stop run ``run_id`` (past its timeout): kill its child. The pool breaks: runs
         in other children are retried without a failure (as when a child dies), and with
         none, the pool is replaced now. Returns how it was stopped, for the error."""
@@ -287,7 +314,9 @@ class PoolExecutor:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         pid = self._run_pids.get(run_id)
         if pid is None:
-            if future.cancel():
+            # The pool's own future: the asyncio one says "cancelled" even when the
+            # run was already handed to a child (which then ran it to the end).
+            if submitted.cancel():
                 return "taken back before a child started it"
             # Handed to a child that has not said so yet: killed with the pool once no
             # run waits any more, as a cancelled run's.

@@ -270,7 +270,8 @@ class PipelineSettings(_Model):
         ge=1,
         description=(
             "Longest an object may be worked on, counted from when its work starts (a "
-            "message waiting for a slot stays leased). A run still going then is stopped "
+            "message waiting for a slot stays leased; on the pool, a run waiting for a "
+            "free child process). A run still going then is stopped "
             "where it runs (task cancelled, process killed, container stopped) and counts "
             "as a failure: retried, dead-lettered at max_receive_count."
         ),
