@@ -29,6 +29,7 @@ for good) is queued by the sweep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -129,6 +130,7 @@ async def expire_overdue(
 
 async def _expire(store: JobStore, job: JobRecord) -> bool:
     """Append ``job.expired`` to a job still waiting for files; True if this call did."""
+    job = await store.get_job(job.job_id) or job  # files received since it was listed
     missing = job.missing
     event, new = await store.append_event(
         job.job_id,
@@ -231,16 +233,27 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
         """
         assert self._store is not None
         found: list[tuple[int, str, int | None]] = []
+        complete = True
         for index, file in enumerate(job.files):
             if file.received:
                 continue
             try:
                 stored, size = await self._stored(file.key)
             except ObjectMissingError:
-                return False  # not there: the job expires
+                complete = False  # not there: the job expires
+                continue
             if stored > job.expires_at:
-                return False  # stored after the deadline: late, the job expires
+                complete = False  # stored after the deadline: late, the job expires
+                continue
             found.append((index, file.key, size))
+        if not complete:
+            # The job expires; the files that did arrive in time are received first, so
+            # that its record and its expiry name only the ones that did not.
+            for index, key, size in found:
+                with contextlib.suppress(InvalidInputError):  # a size refused: failed
+                    await self._receive(self._store, job, index, key, size)
+                job = await self._store.get_job(job.job_id) or job
+            return False
         if found:
             log.info(
                 "job %s: %d file(s) stored before its deadline, their notifications not "

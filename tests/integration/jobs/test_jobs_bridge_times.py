@@ -203,3 +203,20 @@ async def test_a_retried_notification_sends_the_job_once(bridge: Bridge, s3: Any
     got = await bridge.store.get_job(job.job_id)
     assert got is not None and got.status is JobStatus.QUEUED
     assert _queued(sqs, bridge.queue_url) == 1
+
+
+async def test_an_expiry_names_only_the_files_that_did_not_arrive(bridge: Bridge, s3: Any) -> None:
+    """a.txt was stored in time (its notification not handled yet: no worker ran), b.txt
+    never: the job expires naming b.txt only, with a.txt received. It named both."""
+    job = await bridge.job("half", ["a.txt", "b.txt"], expires_in_s=1)
+    s3.put_object(Bucket=bridge.bucket, Key=job.files[0].key, Body=b"1\n")
+    wait_for(lambda: time.time() > job.expires_at + 1.5, 30, "the deadline")
+    expired = await expire_overdue(bridge.store, rescue=bridge.processor._arrived_in_time)
+    assert expired == [job.job_id]
+    got = await bridge.store.get_job(job.job_id)
+    assert got is not None and got.status is JobStatus.EXPIRED
+    assert [f.received for f in got.files] == [True, False]
+    events = await bridge.store.events(job.job_id)
+    (last,) = [e for e in events if e.type is EventType.JOB_EXPIRED]
+    assert last.data["missing"] == ["b.txt"], last.data
+    assert last.data["error"].endswith("before the job's deadline: b.txt")
