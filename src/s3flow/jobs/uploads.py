@@ -69,8 +69,13 @@ class UploadRequest:
                 'the body must be a JSON object: {"template": ..., "files": [...]}'
             )
         template = body.get("template")
-        if not isinstance(template, str) or not template:
+        if template is None or template == "":
             raise BadUploadError('"template" is missing: name one of the configured templates')
+        if not isinstance(template, str):
+            raise BadUploadError(
+                '"template" must be a string, the name of a configured template (got '
+                f"{type(template).__name__} {str(template)[:40]})"
+            )
         _unicode(template, '"template"')
         files = body.get("files")
         if not isinstance(files, list) or not files:
@@ -90,7 +95,7 @@ class UploadRequest:
                 raise BadUploadError(
                     f'files[{i}] ({name!r}): "size" must be an integer number of bytes'
                 )
-            if ctype is None:
+            if ctype is None or ctype == "":  # as S3 itself takes a file without one
                 ctype = "application/octet-stream"
             if not isinstance(ctype, str):
                 raise BadUploadError(f'files[{i}] ({name!r}): "content_type" must be a string')
@@ -259,6 +264,9 @@ async def create_upload(
         updated_at=at,
         expires_at=at + jobs.job_timeout_s,
     )
+    # The upload URLs end with the job at the latest: a file sent after its deadline
+    # expires the job, so a URL good for longer would only invite a wasted upload.
+    url_ttl_s = min(jobs.presign_expiry_s, jobs.job_timeout_s)
     posts = []
     for f in files:
         with aws_errors("GeneratePresignedPost"):
@@ -271,7 +279,7 @@ async def create_upload(
                     # exactly the declared size (checked in plan_upload: 1..max_file_bytes)
                     ["content-length-range", f.size, f.size],
                 ],
-                ExpiresIn=jobs.presign_expiry_s,
+                ExpiresIn=url_ttl_s,
             )
         posts.append(
             PresignedPost(name=f.name, key=f.key, url=post["url"], fields=dict(post["fields"]))
@@ -290,5 +298,5 @@ async def create_upload(
         upload_id=upload_id,
         job_id=job_id,
         files=tuple(posts),
-        expires_at=at + jobs.presign_expiry_s,
+        expires_at=at + url_ttl_s,
     )

@@ -99,7 +99,10 @@ class JobsSettings(_Model):
         default_factory=list, description="Content types clients may declare; [] = any."
     )
     presign_expiry_s: int = Field(
-        default=900, ge=60, le=7 * 24 * 3600, description="How long presigned upload URLs live."
+        default=900,
+        ge=60,
+        le=7 * 24 * 3600,
+        description="How long presigned upload URLs live (at most job_timeout_s).",
     )
     job_timeout_s: int = Field(
         default=3600,

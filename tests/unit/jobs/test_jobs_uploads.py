@@ -96,6 +96,8 @@ def test_content_types_are_enforced_when_configured() -> None:
             {"template": "count", "files": [{"name": "a", "size": True}]},
             '"size" must be an integer',
         ),
+        # it said '"template" is missing' (it is there, of the wrong type)
+        ({"template": 5, "files": []}, '"template" must be a string, the name of a'),
     ],
 )
 def test_wrong_shapes_are_refused(body: Any, needle: str) -> None:
@@ -138,3 +140,45 @@ def test_branch_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("S3FLOW_BRANCH", "Feature/Upload_Jobs")
     s = load_settings(overrides={"jobs": {"project": "acme"}})
     assert s.jobs is not None and s.jobs.branch == "feature-upload-jobs"
+
+
+class _Presigner:
+    """Records what each presigned POST was asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, Any]] = []
+
+    async def generate_presigned_post(self, **kwargs: Any) -> dict[str, Any]:
+        self.asked.append(kwargs)
+        return {"url": "http://s3.test/b", "fields": {"key": kwargs["Key"]}}
+
+
+class _Jobs:
+    async def create_job(self, job: Any, *, event_id: str, data: Any) -> None:
+        self.job = job
+
+
+@pytest.mark.parametrize(("timeout_s", "url_s"), [(120, 120), (3600, 900)])
+async def test_upload_urls_end_with_the_job_at_the_latest(timeout_s: int, url_s: int) -> None:
+    """presign_expiry_s 900 and job_timeout_s 120: the URLs (and the answer's
+    expires_at) lived 900 s, so a client trusting them uploaded after its job had
+    expired."""
+    from s3flow.jobs.uploads import create_upload
+
+    s3, store = _Presigner(), _Jobs()
+    made = await create_upload(
+        settings(job_timeout_s=timeout_s, presign_expiry_s=900),
+        store,  # type: ignore[arg-type]
+        s3,
+        req(("a.txt", 10, "text/plain")),
+        now=1000.0,
+    )
+    assert [a["ExpiresIn"] for a in s3.asked] == [url_s]
+    assert made.expires_at == 1000.0 + url_s
+    assert store.job.expires_at == 1000.0 + timeout_s
+
+
+def test_an_empty_content_type_is_taken_as_none() -> None:
+    """``""`` went into the upload policy as ``Content-Type: ""``."""
+    (f,) = req(("a.txt", 10, "")).files
+    assert f.content_type == "application/octet-stream"
