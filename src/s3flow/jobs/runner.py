@@ -27,7 +27,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from s3flow.closing import cancel_and_wait
-from s3flow.errors import PermanentError, ProcessorError, S3flowError, aws_errors
+from s3flow.errors import (
+    ObjectMissingError,
+    PermanentError,
+    ProcessorError,
+    S3flowError,
+    aws_errors,
+)
 from s3flow.events import ObjectEvent
 from s3flow.jobs.bridge import JobMessage
 from s3flow.jobs.progress import ProgressPublisher, StepProgress
@@ -157,6 +163,20 @@ class JobHandler:
             return Ack("ended elsewhere")
         except PermanentError as exc:
             await self._failed(pub, job, _described(exc))
+            return Ack("failed")
+        except ObjectMissingError as exc:
+            # An uploaded file deleted (by hand, or by the bucket's lifecycle rule after
+            # abandoned_upload_days): no attempt would find it again.
+            await self._failed(
+                pub,
+                job,
+                _described(
+                    exc,
+                    f"{exc} (the uploaded file is gone: deleted, or removed by the bucket's "
+                    "lifecycle after [jobs] abandoned_upload_days); upload the files again "
+                    "as a new job",
+                ),
+            )
             return Ack("failed")
         except Exception as exc:  # retryable: the queue re-delivers
             error = _described(exc, f"{type(exc).__name__}: {exc}")

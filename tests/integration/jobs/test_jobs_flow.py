@@ -360,3 +360,29 @@ def test_a_job_cancelled_while_it_runs_stops_and_writes_no_output(
     listed = s3.list_objects_v2(Bucket=project.bucket, Prefix=f"outputs/{job_id}/")
     assert listed.get("KeyCount", 0) == 0  # no output of the cancelled job
     assert len([p for p in markers.iterdir() if p.name.startswith("started-")]) == 1
+
+
+def test_an_uploaded_file_deleted_before_its_step_fails_the_job_at_once(
+    tmp_path: Path, s3: Any, sqs: Any
+) -> None:
+    """b.txt is deleted (by hand, or the bucket's lifecycle rule) while the step runs:
+    no attempt can find it again, so the job fails on the first, naming the file and
+    what to do. It was retried max_receive_count times (minutes in production)."""
+    project, markers = _slow_project(tmp_path, s3, sqs, sleep_s=3)
+    files = {"a.txt": b"a\n", "b.txt": b"b\n"}
+    created = project.create("slow", files)
+    job_id = created["job_id"]
+    worker = project.worker()
+    try:
+        project.post_files(created, files)
+        wait_for(lambda: any(p.name.startswith("started-") for p in markers.iterdir()), 60, "step")
+        s3.delete_object(Bucket=project.bucket, Key=created["files"][1]["key"])
+        done = project.consume_until([job_id], timeout_s=120)
+    finally:
+        stop_process(worker)
+    job = done[job_id]
+    assert job.status is JobStatus.FAILED
+    assert job.error is not None and "the uploaded file is gone" in job.error, job.error
+    assert "b.txt" in job.error and not job.error.startswith("failed ")
+    started = [e for e in project.events(job_id) if e.type is EventType.STEP_STARTED]
+    assert len(started) == 1, started  # one attempt
