@@ -300,6 +300,14 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
                 f"{key!r} was not declared by upload {upload_id} (job {job.job_id})"
             )
         name = job.files[index].name
+        if job.status.terminal and not job.files[index].received:
+            # Not received by an ended job (cancelled, expired, failed): recorded as done
+            # it said the file was taken, while the job (and `jobs retry`) said it never
+            # arrived. Quarantined, the object says why.
+            raise InvalidInputError(
+                f"{name!r} arrived after its job {job.job_id} had ended ({job.status}): "
+                "not part of any job; upload it again as a new job"
+            )
         if (
             check_time
             and job.status is JobStatus.WAITING_FOR_FILES

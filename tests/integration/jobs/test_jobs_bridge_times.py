@@ -220,3 +220,20 @@ async def test_an_expiry_names_only_the_files_that_did_not_arrive(bridge: Bridge
     (last,) = [e for e in events if e.type is EventType.JOB_EXPIRED]
     assert last.data["missing"] == ["b.txt"], last.data
     assert last.data["error"].endswith("before the job's deadline: b.txt")
+
+
+async def test_a_file_of_a_cancelled_job_is_refused_not_recorded_as_taken(
+    bridge: Bridge, s3: Any
+) -> None:
+    """Uploaded after its job was cancelled: the file was recorded as done while the
+    job (and `jobs retry`) said it never arrived. It is refused (the worker quarantines
+    it with this reason), and the job is left as it was."""
+    from s3flow.ops.jobs import cancel_job
+
+    job = await bridge.job("cancelled", ["a.txt"], expires_in_s=600)
+    await cancel_job(bridge.store, job.job_id)
+    s3.put_object(Bucket=bridge.bucket, Key=job.files[0].key, Body=b"1\n")
+    with pytest.raises(InvalidInputError, match=r"'a.txt' arrived after its job .* had ended"):
+        await bridge.process(job.files[0].key, 2)
+    got = await bridge.store.get_job(job.job_id)
+    assert got is not None and got.status is JobStatus.FAILED and got.missing == ["a.txt"]
