@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import tempfile
 import unicodedata
 import zipfile
 from collections.abc import Callable
@@ -45,7 +44,7 @@ from s3flow.processors.base import (
     ProcessContext,
     Result,
 )
-from s3flow.sinks.base import write_local_file
+from s3flow.sinks.base import scratch_file, write_local_file
 
 #: Bytes handed to the compressing thread at once (smaller network reads are gathered).
 FEED_BYTES = 1024 * 1024
@@ -134,10 +133,10 @@ class ZipProcessor(OptionsProcessor[ZipOptions]):
     async def bundle(self, ctx: BundleContext) -> Result:
         """Write one archive holding every input, each as stored."""
         name = self.opts.name or f"{ctx.job_id}.zip"
-        with tempfile.NamedTemporaryFile(prefix="s3flow-zip-", suffix=".zip") as fh:
+        with scratch_file(prefix="s3flow-zip-", suffix=".zip") as (fh, path):
             total = await self._write_archive(ctx, fh, name)
-            size = await asyncio.to_thread(os.path.getsize, fh.name)
-            uri = await write_local_file(ctx.sink, name, fh.name, "application/zip")
+            size = await asyncio.to_thread(os.path.getsize, path)
+            uri = await write_local_file(ctx.sink, name, path, "application/zip")
         return Result(
             outputs=[uri],
             counters={"files": len(ctx.inputs), "bytes_in": total, "bytes_out": size},

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import os
+import tempfile
 from abc import abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import IO, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -112,6 +116,23 @@ class SinkBase(FileSink):
     @abstractmethod
     async def _put_file(self, relative_key: str, path: str, attrs: OutputAttrs) -> str:
         """Store the local file at ``path`` as the output ``relative_key``; return its URI."""
+
+
+@contextlib.contextmanager
+def scratch_file(prefix: str, suffix: str = "") -> Iterator[tuple[IO[bytes], str]]:
+    """A temporary file to build an output in, and a path that opens it.
+
+    Where the system allows (Linux: ``/proc/self/fd/N``) the file has no name in the
+    directory: a process killed outright (SIGKILL at a timeout, the OOM killer) leaves
+    nothing behind in ``$TMPDIR``, as a named temporary file it never closed would.
+    Elsewhere it is a named file, removed on close.
+    """
+    if os.path.isdir("/proc/self/fd"):
+        with tempfile.TemporaryFile(prefix=prefix, suffix=suffix) as fh:
+            yield fh, f"/proc/self/fd/{fh.fileno()}"
+    else:  # pragma: no cover - not Linux
+        with tempfile.NamedTemporaryFile(prefix=prefix, suffix=suffix) as named:
+            yield named, named.name
 
 
 async def write_local_file(

@@ -18,7 +18,6 @@ Options: :class:`~s3flow.pipelines.text_to_pdf.options.TextToPdfOptions`.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from typing import IO, Any, ClassVar
 from urllib.parse import quote
@@ -28,7 +27,7 @@ from s3flow.pipelines.text_to_pdf.fonts import find_font, load_font
 from s3flow.pipelines.text_to_pdf.options import TextToPdfOptions
 from s3flow.pipelines.text_to_pdf.render import TextDocument
 from s3flow.processors.base import OptionsProcessor, ProcessContext, Result
-from s3flow.sinks.base import write_local_file
+from s3flow.sinks.base import scratch_file, write_local_file
 
 CONTENT_TYPE = "application/pdf"
 #: Bytes handed to the rendering thread at once (smaller network reads are gathered).
@@ -54,7 +53,7 @@ class TextToPdfProcessor(OptionsProcessor[TextToPdfOptions]):
         reader = await ctx.open()
         info = reader.info
         identity = f"s3://{info.bucket}/{info.key}@{info.etag or info.version_id or ''}"
-        with tempfile.NamedTemporaryFile(prefix="s3flow-text-to-pdf-", suffix=".pdf") as fh:
+        with scratch_file(prefix="s3flow-text-to-pdf-", suffix=".pdf") as (fh, path):
             doc = TextDocument(fh, self.opts, self.font, info.key, identity.encode("utf-8"))
             try:
                 async for batch in batched(reader, FEED_BYTES):
@@ -70,9 +69,7 @@ class TextToPdfProcessor(OptionsProcessor[TextToPdfOptions]):
             }
             if info.etag:
                 metadata["source-etag"] = info.etag
-            uri = await write_local_file(
-                ctx.sink, info.key + ".pdf", fh.name, CONTENT_TYPE, metadata
-            )
+            uri = await write_local_file(ctx.sink, info.key + ".pdf", path, CONTENT_TYPE, metadata)
         detail = {
             "bucket": info.bucket,
             "key": info.key,
