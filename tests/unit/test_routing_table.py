@@ -231,7 +231,12 @@ def test_describe_names_route_processor_and_executor() -> None:
 @pytest.mark.parametrize(
     ("routes", "message"),
     [
-        ([{}, {"key_glob": "*.txt"}], "comes after the default route 'default'"),
+        (
+            [{}, {"key_glob": "*.txt"}],
+            "route 2 .'route-2'. comes after the default route 'default'",
+        ),
+        # it said "route name 'default' is used twice", naming no route so called
+        ([{"executor": "pool"}, {"executor": "inline"}], r"route 2 \('default'\) comes after"),
         ([{"name": "x", "min_bytes": 1}, {"name": "x"}], "route name 'x' is used twice"),
         ([{"min_bytes": 5, "max_bytes": 1}], "max_bytes must be >= min_bytes"),
         ([{"key_regex": "("}], "not a valid regular expression"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from s3flow.deploy.naming import NO_VALUE, Json, Naming, get_att, if_, ref
+from s3flow.deploy.naming import NO_VALUE, Naming, get_att, if_, ref
 from s3flow.deploy.template import Template
 from s3flow.settings import Settings
 
@@ -24,43 +24,73 @@ def add_queue_alarms(
         dlqs.append(jobs.resource("processing-dlq.fifo"))
         mains += [jobs.resource("processing.fifo"), jobs.resource("progress.fifo")]
     actions = if_("HasAlarmTopic", [ref("AlarmTopicArn")], NO_VALUE)
-    # (queues, logical id suffix, metric, threshold, evaluation periods of 60 s, description)
-    kinds: list[tuple[list[str], str, str, Json, int, str]] = [
-        (
-            dlqs,
-            "Depth",
-            "ApproximateNumberOfMessagesVisible",
-            0,
-            1,
-            "messages in the dead-letter queue",
-        ),
-        (
-            mains,
-            "Age",
-            "ApproximateAgeOfOldestMessage",
-            ref("MaxMessageAgeSeconds"),
-            3,
-            "the oldest message waits too long",
-        ),
-    ]
-    for names, suffix, metric, threshold, periods, what in kinds:
-        for queue in dict.fromkeys(names):
-            logical = queues[queue]
-            t.add(
-                f"{logical}{suffix}Alarm",
-                "AWS::CloudWatch::Alarm",
-                {
-                    "AlarmDescription": naming.name(f"s3flow: {what} ({queue})"),
-                    "Namespace": "AWS/SQS",
-                    "MetricName": metric,
-                    "Dimensions": [{"Name": "QueueName", "Value": get_att(logical, "QueueName")}],
-                    "Statistic": "Maximum",
+    common = {
+        "EvaluationPeriods": 1,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+        "AlarmActions": actions,
+        "OKActions": actions,
+    }
+    for queue in dict.fromkeys(dlqs):
+        logical = queues[queue]
+        dims = [{"Name": "QueueName", "Value": get_att(logical, "QueueName")}]
+        # Every message on the DLQ, also those a reader holds (`dlq list` for 30 s, an
+        # interrupted `dlq redrive` until its lease ends): on the visible count alone the
+        # alarm went OK, and notified a recovery, while they waited.
+        parts = [
+            {
+                "Id": f"m{i}",
+                "MetricStat": {
+                    "Metric": {"Namespace": "AWS/SQS", "MetricName": metric, "Dimensions": dims},
                     "Period": 60,
-                    "EvaluationPeriods": periods,
-                    "Threshold": threshold,
-                    "ComparisonOperator": "GreaterThanThreshold",
-                    "TreatMissingData": "notBreaching",
-                    "AlarmActions": actions,
-                    "OKActions": actions,
+                    "Stat": "Maximum",
                 },
-            )
+                "ReturnData": False,
+            }
+            for i, metric in enumerate(_DLQ_METRICS)
+        ]
+        total = {
+            "Id": "total",
+            "Expression": " + ".join(f"m{i}" for i in range(len(parts))),
+            "Label": "messages on the dead-letter queue",
+            "ReturnData": True,
+        }
+        t.add(
+            f"{logical}DepthAlarm",
+            "AWS::CloudWatch::Alarm",
+            {
+                "AlarmDescription": naming.name(
+                    f"s3flow: messages in the dead-letter queue ({queue})"
+                ),
+                "Metrics": [*parts, total],
+                "Threshold": 0,
+                **common,
+            },
+        )
+    for queue in dict.fromkeys(mains):
+        logical = queues[queue]
+        t.add(
+            f"{logical}AgeAlarm",
+            "AWS::CloudWatch::Alarm",
+            {
+                "AlarmDescription": naming.name(
+                    f"s3flow: the oldest message waits too long ({queue})"
+                ),
+                "Namespace": "AWS/SQS",
+                "MetricName": "ApproximateAgeOfOldestMessage",
+                "Dimensions": [{"Name": "QueueName", "Value": get_att(logical, "QueueName")}],
+                "Statistic": "Maximum",
+                "Period": 60,
+                "Threshold": ref("MaxMessageAgeSeconds"),
+                **common,
+                "EvaluationPeriods": 3,
+            },
+        )
+
+
+#: What a DLQ's depth alarm adds up: its messages visible, held by a reader, delayed.
+_DLQ_METRICS = (
+    "ApproximateNumberOfMessagesVisible",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+)

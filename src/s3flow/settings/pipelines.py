@@ -373,15 +373,17 @@ class PipelineSettings(_Model):
         default_at: int | None = None
         for i, r in enumerate(self.routes):
             name = self.route_name(i)
+            # First: two routes without match keys are both named 'default' unless named.
+            if default_at is not None:
+                raise ValueError(
+                    f"route {i + 1} ({name!r}) comes after the default route "
+                    f"{self.route_name(default_at)!r} (route {default_at + 1}: a route without "
+                    "match keys takes every object): it could never match; put the default "
+                    "route last, and only one"
+                )
             if name in seen:
                 raise ValueError(f"route name {name!r} is used twice")
             seen.add(name)
-            if default_at is not None:
-                raise ValueError(
-                    f"route {name!r} comes after the default route "
-                    f"{self.route_name(default_at)!r} (a route without match keys takes every "
-                    "object): it could never match; put the default route last"
-                )
             if r.is_default:
                 default_at = i
         for executor, where in self.executor_uses():

@@ -500,8 +500,16 @@ def test_alarms() -> None:
     }
     assert len(age) == 4  # counts, intake, processing, progress
     for a in depth.values():
-        assert a["MetricName"] == "ApproximateNumberOfMessagesVisible"
+        # every message on the DLQ: those a reader holds (dlq list, a redrive) too
+        parts = {m["Id"]: m for m in a["Metrics"]}
+        assert parts["total"]["Expression"] == "m0 + m1 + m2" and parts["total"]["ReturnData"]
+        assert [parts[f"m{i}"]["MetricStat"]["Metric"]["MetricName"] for i in range(3)] == [
+            "ApproximateNumberOfMessagesVisible",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
         assert (a["Threshold"], a["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+        assert a["AlarmActions"]["Fn::If"][0] == "HasAlarmTopic"
     for a in age.values():
         assert a["MetricName"] == "ApproximateAgeOfOldestMessage"
         assert a["Threshold"] == {"Ref": "MaxMessageAgeSeconds"}
