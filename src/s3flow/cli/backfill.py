@@ -107,7 +107,9 @@ def _run_backfill(
             since_dt = datetime.fromisoformat(since)
         except ValueError as exc:
             raise typer.BadParameter(
-                "use YYYY-MM-DD or YYYY-MM-DDTHH:MM", param_hint="--since"
+                "use YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS], with an offset (+02:00, Z) or, "
+                "without one, UTC",
+                param_hint="--since",
             ) from exc
         if since_dt.tzinfo is None:
             since_dt = since_dt.replace(tzinfo=UTC)

@@ -224,6 +224,14 @@ def create_upload(
     content_type: Callable[[Path], str],
 ) -> dict[str, Any]:
     """``POST /api/uploads`` for ``files``: the 201 body, or S3flowError with the reason."""
+    by_name: dict[str, Path] = {}
+    for f in files:  # the server refuses one name twice; here the paths can be named
+        if f.name in by_name:
+            raise S3flowError(
+                f"{by_name[f.name]} and {f} have the same file name {f.name!r}: the files "
+                "of one upload need different names (rename one, or upload them as two jobs)"
+            )
+        by_name[f.name] = f
     declared = [
         {"name": f.name, "size": f.stat().st_size, "content_type": content_type(f)} for f in files
     ]
@@ -264,7 +272,8 @@ def describe(ev: SseEvent) -> str:
     if ev.event == "file.received":
         return f"{d.get('name')} received"
     if ev.event in ("step.started", "step.completed"):
-        extra = f" ({d.get('outputs')} outputs)" if ev.event == "step.completed" else ""
+        n = d.get("outputs")
+        extra = f" ({n} output{'' if n == 1 else 's'})" if ev.event == "step.completed" else ""
         return (
             f"step {_ordinal(d.get('step'))}{' ' + str(d['name']) if d.get('name') else ''}{extra}"
         )

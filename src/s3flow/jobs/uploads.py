@@ -209,7 +209,9 @@ def plan_upload(settings: Settings, request: UploadRequest) -> list[JobFile]:
                 "allowed per file"
             )
         if f.name in seen:
-            raise BadUploadError(f"{f.name!r} is listed twice")
+            raise BadUploadError(
+                f"{f.name!r} is listed twice: the files of one upload need different names"
+            )
         seen.add(f.name)
         # key: relative to uploads/<upload_id>/, filled in by create_upload
         planned.append(JobFile(name=f.name, key=f"{index}-{safe}", size=f.size, content_type=ctype))

@@ -282,8 +282,14 @@ async def read_form(request: Request, settings: Settings, checker: TokenChecker)
         raise ApiError(400, "upload jobs are not configured on this server (no [jobs] table)")
     media, options = parse_options_header(request.headers.get("content-type"))
     boundary = options.get(b"boundary")
-    if media != b"multipart/form-data" or not boundary:
+    if media != b"multipart/form-data":
         raise ApiError(400, f"send the file as multipart/form-data (an HTML form, or {_EXAMPLE})")
+    if not boundary:
+        raise ApiError(
+            400,
+            "the Content-Type multipart/form-data has no boundary: let the client build the "
+            f"form and its header (an HTML form, or {_EXAMPLE}) rather than setting it by hand",
+        )
     declared = request.headers.get("content-length")
     limit = jobs.max_file_bytes + FORM_OVERHEAD_BYTES
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:

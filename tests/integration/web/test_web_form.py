@@ -150,6 +150,13 @@ async def test_two_files_or_no_multipart_are_refused(
     assert r.status_code == 400 and "one file per request" in r.json()["error"]
     r = await client.post(f"{shared_web.url}/upload", json={"file": "a.txt"})
     assert r.status_code == 400 and "multipart/form-data" in r.json()["error"]
+    # A Content-Type set by hand, without its boundary: said so (it advised multipart).
+    r = await client.post(
+        f"{shared_web.url}/upload",
+        content=b"x",
+        headers={"Content-Type": "multipart/form-data"},
+    )
+    assert r.status_code == 400 and "has no boundary" in r.json()["error"], r.text
 
 
 async def test_too_large_is_413_declared_or_while_streaming(

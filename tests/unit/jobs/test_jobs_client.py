@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from s3flow.jobs.client import api_url, parse_sse
@@ -49,5 +51,21 @@ def test_steps_are_counted_from_one_as_on_the_web_page() -> None:
     done = SseEvent(5, "step.completed", {"step": 1, "name": "zip", "outputs": 1})
     progress = SseEvent(4, "step.progress", {"step": 0, "bytes_done": 5, "bytes_total": 9})
     assert describe(started) == "step 1 line-count"
-    assert describe(done) == "step 2 zip (1 outputs)"
+    assert describe(done) == "step 2 zip (1 output)"
     assert describe(progress) == "step 1: 5/9 bytes"
+
+
+def test_two_files_of_one_name_are_named_by_their_paths(tmp_path: Path) -> None:
+    """The server refuses a name twice; it said "'a.txt' is listed twice", not which."""
+    import httpx
+
+    from s3flow.errors import S3flowError
+    from s3flow.jobs.client import create_upload
+
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "a.txt").write_bytes(b"x\n")
+    files = [tmp_path / "d1" / "a.txt", tmp_path / "d2" / "a.txt"]
+    with httpx.Client() as client, pytest.raises(S3flowError) as err:
+        create_upload(client, "http://127.0.0.1:9", {}, "zip", files, lambda p: "text/plain")
+    assert f"{files[0]} and {files[1]} have the same file name 'a.txt'" in str(err.value)
