@@ -160,14 +160,20 @@ class FailurePolicy:
     async def _record_failure(
         self, oid: ObjectId | None, token: int | None, exc: S3flowError
     ) -> None:
-        if self._store is not None and oid is not None and token is not None:
-            await self._store.fail(
-                oid,
-                token=token,
-                status=FileStatus.FAILED,
-                error_class=exc.error_class,
-                error=str(exc),
-            )
+        if oid is not None:
+            await self._end(oid, token, FileStatus.FAILED, exc.error_class, str(exc))
+
+    async def _end(
+        self, oid: ObjectId, token: int | None, status: FileStatus, error_class: str, error: str
+    ) -> bool:
+        """Record ``oid``'s claimed record as ``status`` with the error; False when there
+        is no record to end (no store, or no claim)."""
+        if self._store is None or token is None:
+            return False
+        await self._store.fail(
+            oid, token=token, status=status, error_class=error_class, error=error
+        )
+        return True
 
     async def quarantine(
         self, event: ObjectEvent, oid: ObjectId, token: int | None, reason: str, error_class: str
@@ -190,26 +196,11 @@ class FailurePolicy:
                 exc,
                 reason,
             )
-            tracked = self._store is not None and token is not None
-            if self._store is not None and token is not None:
-                await self._store.fail(
-                    oid,
-                    token=token,
-                    status=FileStatus.FAILED,
-                    error_class=error_class,
-                    error=reason,
-                )
+            tracked = await self._end(oid, token, FileStatus.FAILED, error_class, reason)
             return DeadLetter(
                 error_class, f"{reason} (not quarantined: {exc})", (oid,) if tracked else ()
             )
-        if self._store is not None and token is not None:
-            await self._store.fail(
-                oid,
-                token=token,
-                status=FileStatus.QUARANTINED,
-                error_class=error_class,
-                error=reason,
-            )
+        await self._end(oid, token, FileStatus.QUARANTINED, error_class, reason)
         self.metrics.quarantined += 1
         log.warning("%s quarantined (%s): %s", event.uri(), error_class, reason)
         return None
