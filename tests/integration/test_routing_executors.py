@@ -411,3 +411,35 @@ def test_a_second_signal_kills_the_child_and_releases_the_message(
     assert not list(marker.glob("done-*"))
     assert "released 1" in log.read_text()
     wait_for(lambda: harness.depth() == (1, 0), 10, "the message visible again")
+
+
+def test_pool_runs_that_wait_for_the_child_keep_their_lease_and_run_once(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """One pool process, four objects at once, each ~2 s of a 4 s job_timeout_s: the
+    last waits ~6 s for the child. Its timeout counts from when the child starts it,
+    and its lease (visibility and claim) must last as long: it lapsed at the slot's
+    deadline (4 s + the 4 s stop grace), the message came back, and a second delivery
+    ran the object again while the first still did. Before that the waiting runs timed
+    out in the pool's queue."""
+    marker = tmp_path / "m"
+    marker.mkdir()
+    harness.configure(
+        processor="s3flow_testprocs:SlowProcessor",
+        executor="pool",
+        executors={"pool": {"processes": 1}},
+        concurrency=4,
+        prefetch_messages=0,
+        job_timeout_s=4,
+        visibility_timeout_s=4,
+        options={"sleep_s": 2.0, "marker_dir": str(marker)},
+    )
+    keys = [f"k{i}.txt" for i in range(4)]
+    for key in keys:
+        harness.put(key, b"a\n")
+    m = harness.run(timeout_s=120)
+    started = sorted(p.read_text() for p in marker.glob("started-*"))
+    assert started == keys  # each run once
+    p = m.pipelines["p"]
+    assert (p.objects_processed, p.duplicates, p.retried, p.dead_lettered) == (4, 0, 0, 0)
+    assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)

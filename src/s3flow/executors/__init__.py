@@ -14,7 +14,7 @@ closed together when the worker stops (``async with``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol, cast
 
 from s3flow.closing import AsyncClosing
 from s3flow.errors import ConfigError
@@ -27,6 +27,18 @@ from s3flow.sinks.receipts import WriteReceipt
 from s3flow.state.base import StateStore
 
 __all__ = ["Executor", "ExecutorSet", "InlineExecutor", "ObjectJob", "processor_key"]
+
+
+class _WaitingExecutor(Protocol):
+    """The pool: it tells how long a run waited for a free child."""
+
+    async def run(
+        self,
+        job: ObjectJob,
+        progress: Progress | None = None,
+        *,
+        waited: Callable[[float], None] | None = None,
+    ) -> Result: ...
 
 
 class ExecutorSet(AsyncClosing):
@@ -105,6 +117,7 @@ class ExecutorSet(AsyncClosing):
         *,
         reading_done: Callable[[], None] | None = None,
         receipts: dict[str, WriteReceipt] | None = None,
+        waited: Callable[[float], None] | None = None,
     ) -> Result:
         """Run ``job`` on executor ``name``.
 
@@ -112,11 +125,15 @@ class ExecutorSet(AsyncClosing):
         input (see :attr:`~s3flow.processors.base.ProcessContext.reading_done`);
         ``receipts`` gets the write receipts of an inline processor's sink (see
         :mod:`s3flow.sinks.receipts`). Other executors read and write elsewhere: they
-        never call the one nor fill the other.
+        never call the one nor fill the other. ``waited`` is called with the seconds a
+        pool run waited for a free child before one started it (its ``timeout_s``
+        counts from then, so the caller's lease must last as much longer).
         """
         ex = self.get(name)
         if isinstance(ex, InlineExecutor):
             return await ex.run(job, progress, reading_done=reading_done, receipts=receipts)
+        if name == "pool":  # (the pool's module is imported on its first use only)
+            return await cast(_WaitingExecutor, ex).run(job, progress, waited=waited)
         return await ex.run(job, progress)
 
     async def close(self) -> None:

@@ -32,6 +32,7 @@ import os
 import signal
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import AsyncExitStack
@@ -232,8 +233,18 @@ class PoolExecutor:
             )
         return pids
 
-    async def run(self, job: ObjectJob, progress: Progress | None = None) -> Result:
-        """Run ``job`` in a child process."""
+    async def run(
+        self,
+        job: ObjectJob,
+        progress: Progress | None = None,
+        *,
+        waited: Callable[[float], None] | None = None,
+    ) -> Result:
+        """Run ``job`` in a child process.
+
+        Its ``timeout_s`` counts from when a child starts it; ``waited`` is then told how
+        long it waited for one (the caller's lease must last that much longer).
+        """
         pool = self._ensure()
         started = self._started
         loop = asyncio.get_running_loop()
@@ -247,7 +258,9 @@ class PoolExecutor:
             if job.timeout_s is None:
                 kind, value = await future
             else:
-                kind, value = await self._within(future, run_id, started, job.timeout_s)
+                kind, value = await self._within(
+                    future, run_id, started, job.timeout_s, waited or (lambda s: None)
+                )
         except TimeoutError as exc:
             self._read_started(started)
             how = self._stop_run(run_id, submitted, future, pool)
@@ -270,7 +283,11 @@ class PoolExecutor:
                 "pool starts afresh (retried without counting a failure)"
             ) from exc
         except asyncio.CancelledError:
-            self._abandoned = True
+            self._read_started(started)
+            # Taken back before a child started it: nothing to kill. Started (or handed
+            # to a child that has not said so yet): killed with the pool once no run waits.
+            if self._run_pids.get(run_id) is not None or not submitted.cancel():
+                self._abandoned = True
             raise
         finally:
             self._read_started(started)
@@ -284,7 +301,12 @@ class PoolExecutor:
         return value
 
     async def _within(
-        self, future: asyncio.Future[Any], run_id: int, started: Any, timeout_s: float
+        self,
+        future: asyncio.Future[Any],
+        run_id: int,
+        started: Any,
+        timeout_s: float,
+        waited: Callable[[float], None],
     ) -> Any:
         """The run's answer; TimeoutError once it has run ``timeout_s`` in its child.
 
@@ -293,11 +315,13 @@ class PoolExecutor:
         for a new pool's children to start, is not the run's (a burst of big objects
         on a busy pool timed out in the queue, and was dead-lettered, never run).
         """
+        submitted_at = time.monotonic()
         while self._run_pids.get(run_id) is None:
             done, _ = await asyncio.wait({future}, timeout=_START_POLL_S)
             if done:
                 return future.result()
             self._read_started(started)
+        waited(time.monotonic() - submitted_at)
         return await asyncio.wait_for(asyncio.shield(future), timeout_s)
 
     def _stop_run(

@@ -306,6 +306,13 @@ class PipelineRunner:
             return True
 
         msg.begin_work = begin_work
+
+        def work_waited(seconds: float) -> None:
+            if msg.started_at is not None and seconds > 0:
+                msg.started_at += seconds
+                self._lease.restart(msg.delivery, msg.started_at)
+
+        msg.work_waited = work_waited
         try:
             outcome: Outcome
             stopping = self._stop.is_set() or self._draining.is_set()

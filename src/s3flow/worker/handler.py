@@ -520,6 +520,7 @@ class MessageHandler:
                 lambda n: self._observer.object_progress(self.p.name, event, n),
                 reading_done=reading_done,
                 receipts=receipts,
+                waited=attempt.msg.work_waited,
             )
             if self.p.verify_outputs:
                 await verify_outputs(

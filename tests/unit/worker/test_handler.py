@@ -104,6 +104,7 @@ class _RecordingExecutors:
         *,
         reading_done: object = None,
         receipts: object = None,
+        waited: object = None,
     ) -> Result:
         self.hooks.append(reading_done)
         self.receipts.append(receipts)
