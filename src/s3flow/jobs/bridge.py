@@ -29,7 +29,6 @@ for good) is queued by the sweep.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -148,6 +147,20 @@ async def _expire(store: JobStore, job: JobRecord) -> bool:
     return False
 
 
+def _after_end(job: JobRecord, index: int) -> None:
+    """Refuse file ``index`` when ``job`` ended (cancelled, expired, failed) without it.
+
+    Recorded as done, it said the file was taken while the job (and `jobs retry`) said
+    it never arrived; refused (the worker quarantines it), the object says why.
+    """
+    if job.status.terminal and not job.files[index].received:
+        why = f"{job.status}: {job.error}" if job.error else str(job.status)
+        raise InvalidInputError(
+            f"{job.files[index].name!r} arrived after its job {job.job_id} had ended ({why}): "
+            "it is part of no job; upload it again as a new job"
+        )
+
+
 class BridgeProcessor(OptionsProcessor[BridgeOptions]):
     """Records upload files and queues a job once all of its files are there."""
 
@@ -250,8 +263,11 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
             # The job expires; the files that did arrive in time are received first, so
             # that its record and its expiry name only the ones that did not.
             for index, key, size in found:
-                with contextlib.suppress(InvalidInputError):  # a size refused: failed
+                try:
                     await self._receive(self._store, job, index, key, size)
+                except InvalidInputError as exc:  # a size refused: the job is failed
+                    log.warning("job %s: %s", job.job_id, exc)
+                    return True
                 job = await self._store.get_job(job.job_id) or job
             return False
         if found:
@@ -300,14 +316,6 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
                 f"{key!r} was not declared by upload {upload_id} (job {job.job_id})"
             )
         name = job.files[index].name
-        if job.status.terminal and not job.files[index].received:
-            # Not received by an ended job (cancelled, expired, failed): recorded as done
-            # it said the file was taken, while the job (and `jobs retry`) said it never
-            # arrived. Quarantined, the object says why.
-            raise InvalidInputError(
-                f"{name!r} arrived after its job {job.job_id} had ended ({job.status}): "
-                "not part of any job; upload it again as a new job"
-            )
         if (
             check_time
             and job.status is JobStatus.WAITING_FOR_FILES
@@ -342,13 +350,16 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
             raise InvalidInputError(
                 f"{key!r} is {size} bytes, not the {declared} bytes upload {upload_id} declared"
             )
-        await store.append_event(
+        _after_end(job, index)
+        event, _ = await store.append_event(
             job.job_id,
             event_id=f"{job.job_id}:{EventType.FILE_RECEIVED}:{index}",
             type=EventType.FILE_RECEIVED,
             data={"index": index, "name": name, "key": key, "size": size},
         )
         job = await store.get_job(job.job_id) or job
+        if event is None:  # the store refused it: the job ended since it was read
+            _after_end(job, index)
         detail: dict[str, Any] = {"job_id": job.job_id, "upload_id": upload_id, "file": name}
         if job.missing:
             detail["waiting_for"] = job.missing

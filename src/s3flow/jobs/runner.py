@@ -157,26 +157,24 @@ class JobHandler:
             )
             return Ack("failed")
         try:
-            outputs = await self._run(job, template, pub, attempt=msg.receive_count)
+            try:
+                outputs = await self._run(job, template, pub, attempt=msg.receive_count)
+            except ObjectMissingError as exc:
+                if not any(f.key in str(exc) for f in job.files):
+                    raise  # a step's own output or intermediate: a new attempt makes it
+                gone = PermanentError(
+                    f"{exc} (the uploaded file is gone: deleted, or removed by the bucket's "
+                    "lifecycle after [jobs] abandoned_upload_days); upload the files again "
+                    "as a new job"
+                )
+                for note in getattr(exc, "__notes__", ()):  # which file, for the job's error
+                    gone.add_note(note)
+                raise gone from exc
         except _JobEnded as ended:
             log.info("job %s: %s; its run is stopped", job.job_id, ended)
             return Ack("ended elsewhere")
         except PermanentError as exc:
             await self._failed(pub, job, _described(exc))
-            return Ack("failed")
-        except ObjectMissingError as exc:
-            # An uploaded file deleted (by hand, or by the bucket's lifecycle rule after
-            # abandoned_upload_days): no attempt would find it again.
-            await self._failed(
-                pub,
-                job,
-                _described(
-                    exc,
-                    f"{exc} (the uploaded file is gone: deleted, or removed by the bucket's "
-                    "lifecycle after [jobs] abandoned_upload_days); upload the files again "
-                    "as a new job",
-                ),
-            )
             return Ack("failed")
         except Exception as exc:  # retryable: the queue re-delivers
             error = _described(exc, f"{type(exc).__name__}: {exc}")

@@ -72,5 +72,6 @@ def config_json(settings: Settings) -> dict[str, Any]:
         "max_files": jobs.max_files if jobs else None,
         "allowed_extensions": list(jobs.allowed_extensions) if jobs else [],
         "allowed_content_types": list(jobs.allowed_content_types) if jobs else [],
-        "presign_expiry_s": jobs.presign_expiry_s if jobs else None,
+        # what the upload URLs get: at most the job's own time
+        "presign_expiry_s": min(jobs.presign_expiry_s, jobs.job_timeout_s) if jobs else None,
     }

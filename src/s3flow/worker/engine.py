@@ -83,8 +83,8 @@ __all__ = ["PipelineRunner", "PipelineRuntime", "QueueRuntime", "Worker", "Worke
 
 log = logging.getLogger("s3flow.worker")
 
-#: Longest a stopping runner waits for receives on the wire beyond their wait time,
-#: and beyond what is left of the grace period.
+#: Longest a stopping runner waits for receives on the wire beyond their wait time
+#: (which is at most the grace period: a slow network).
 _RECEIVE_MARGIN_S = 5.0
 #: Burst mode: failed receives in a row after which the worker gives up with an error.
 BURST_RECEIVE_ATTEMPTS = 4

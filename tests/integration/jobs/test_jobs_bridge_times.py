@@ -208,7 +208,9 @@ async def test_a_retried_notification_sends_the_job_once(bridge: Bridge, s3: Any
 async def test_an_expiry_names_only_the_files_that_did_not_arrive(bridge: Bridge, s3: Any) -> None:
     """a.txt was stored in time (its notification not handled yet: no worker ran), b.txt
     never: the job expires naming b.txt only, with a.txt received. It named both."""
-    job = await bridge.job("half", ["a.txt", "b.txt"], expires_in_s=1)
+    # 3 s: LastModified is in whole seconds, and a.txt must be stored in time on a loaded
+    # machine too.
+    job = await bridge.job("half", ["a.txt", "b.txt"], expires_in_s=3)
     s3.put_object(Bucket=bridge.bucket, Key=job.files[0].key, Body=b"1\n")
     wait_for(lambda: time.time() > job.expires_at + 1.5, 30, "the deadline")
     expired = await expire_overdue(bridge.store, rescue=bridge.processor._arrived_in_time)
