@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -156,16 +156,23 @@ def check_options(settings: Settings) -> None:
             raise ConfigError(f"pipeline {p.name!r}: {exc}") from exc
         for rule in table.rules:
             try:
-                cls = processor_class(rule.processor)
+                processor_class(rule.processor)
             except ConfigError:
                 continue
-            model = getattr(cls, "options_model", None)
-            if model is None:
-                continue
             try:
-                parse_options(rule.processor, model, dict(rule.options))
+                _check_options(rule.processor, rule.options)
             except ConfigError as exc:
                 raise ConfigError(f"pipeline {p.name!r}, route {rule.name!r}: {exc}") from exc
+
+
+def _check_options(spec: str, options: Mapping[str, Any]) -> bool:
+    """Check ``options`` against processor ``spec``'s options model, building nothing;
+    False when it has none (only building it checks them)."""
+    model = getattr(processor_class(spec), "options_model", None)
+    if model is None:
+        return False
+    parse_options(spec, model, dict(options))
+    return True
 
 
 def _routes_of(p: PipelineSettings) -> tuple[RoutingTable, dict[str, Processor]]:
@@ -213,11 +220,7 @@ def _routes_of(p: PipelineSettings) -> tuple[RoutingTable, dict[str, Processor]]
                 continue
             # Runs in a container (ECS, Batch): its files and environment are the image's,
             # not this machine's, so only its options are checked here.
-            cls = processor_class(rule.processor)
-            model = getattr(cls, "options_model", None)
-            if model is not None:
-                parse_options(rule.processor, model, dict(rule.options))
-            elif key not in processors:
+            if not _check_options(rule.processor, rule.options) and key not in processors:
                 create_processor(rule.processor, dict(rule.options))
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from exc

@@ -259,30 +259,21 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
                 complete = False  # stored after the deadline: late, the job expires
                 continue
             found.append((index, file.key, size))
-        if not complete:
-            # The job expires; the files that did arrive in time are received first, so
-            # that its record and its expiry name only the ones that did not.
-            for index, key, size in found:
-                try:
-                    await self._receive(self._store, job, index, key, size)
-                except InvalidInputError as exc:  # a size refused: the job is failed
-                    log.warning("job %s: %s", job.job_id, exc)
-                    return True
-                job = await self._store.get_job(job.job_id) or job
-            return False
+        if complete and not found:
+            log.info(
+                "job %s: every file is received but it was never queued: queued now", job.job_id
+            )
+            await self._queue(self._store, job, {"job_id": job.job_id})
+            return True
         if found:
+            # Incomplete, the job expires: received first, these files are not named
+            # in its expiry. Complete, the last one received queues it.
             log.info(
                 "job %s: %d file(s) stored before its deadline, their notifications not "
                 "yet handled: received by the expiry sweep",
                 job.job_id,
                 len(found),
             )
-        else:
-            log.info(
-                "job %s: every file is received but it was never queued: queued now", job.job_id
-            )
-            await self._queue(self._store, job, {"job_id": job.job_id})
-            return True
         for index, key, size in found:
             try:
                 await self._receive(self._store, job, index, key, size)
@@ -290,7 +281,7 @@ class BridgeProcessor(OptionsProcessor[BridgeOptions]):
                 log.warning("job %s: %s", job.job_id, exc)
                 return True
             job = await self._store.get_job(job.job_id) or job
-        return True
+        return complete
 
     async def _receive(
         self,

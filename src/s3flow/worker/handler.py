@@ -448,13 +448,10 @@ class MessageHandler:
                     return await self._failed(attempt, exc)
             try:
                 rule = await choose_route(self.routes, event, lookup)
-            except S3flowError as exc:
-                return await self._failed(attempt, exc)
-            if isinstance(rule, NoRoute):
-                try:
+                if isinstance(rule, NoRoute):
                     return await self._policy.quarantine(event, oid, token, rule.reason, "NoRoute")
-                except S3flowError as exc:  # tagging: retryable, or the object gone
-                    return await self._failed(attempt, exc)
+            except S3flowError as exc:  # the lookup, or the tagging (retryable, object gone)
+                return await self._failed(attempt, exc)
             if not await msg.begin_work():
                 # Stopping while waiting for a slot: nothing was done, give it all back.
                 await self._give_back(oid, token)
