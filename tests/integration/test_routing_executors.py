@@ -443,3 +443,5 @@ def test_pool_runs_that_wait_for_the_child_keep_their_lease_and_run_once(
     p = m.pipelines["p"]
     assert (p.objects_processed, p.duplicates, p.retried, p.dead_lettered) == (4, 0, 0, 0)
     assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
+    recs = harness.records()  # nothing left claimed or processing
+    assert len(recs) == 4 and all(r.status is FileStatus.COMPLETED for r in recs), recs
