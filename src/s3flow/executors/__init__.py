@@ -125,9 +125,9 @@ class ExecutorSet(AsyncClosing):
         input (see :attr:`~s3flow.processors.base.ProcessContext.reading_done`);
         ``receipts`` gets the write receipts of an inline processor's sink (see
         :mod:`s3flow.sinks.receipts`). Other executors read and write elsewhere: they
-        never call the one nor fill the other. ``waited`` is called with the seconds a
-        pool run waited for a free child before one started it (its ``timeout_s``
-        counts from then, so the caller's lease must last as much longer).
+        never call the one nor fill the other. ``waited`` is called, as it goes, with the
+        seconds a pool run has waited for a free child (its ``timeout_s`` counts from
+        the child's start, so the caller's lease must last as much longer).
         """
         ex = self.get(name)
         if isinstance(ex, InlineExecutor):

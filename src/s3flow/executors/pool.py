@@ -242,8 +242,8 @@ class PoolExecutor:
     ) -> Result:
         """Run ``job`` in a child process.
 
-        Its ``timeout_s`` counts from when a child starts it; ``waited`` is then told how
-        long it waited for one (the caller's lease must last that much longer).
+        Its ``timeout_s`` counts from when a child starts it; ``waited`` is told, as it
+        goes, how long it has waited for one (the caller's lease lasts that much longer).
         """
         pool = self._ensure()
         started = self._started
@@ -315,13 +315,17 @@ class PoolExecutor:
         for a new pool's children to start, is not the run's (a burst of big objects
         on a busy pool timed out in the queue, and was dead-lettered, never run).
         """
-        submitted_at = time.monotonic()
+        last = time.monotonic()
         while self._run_pids.get(run_id) is None:
             done, _ = await asyncio.wait({future}, timeout=_START_POLL_S)
             if done:
                 return future.result()
             self._read_started(started)
-        waited(time.monotonic() - submitted_at)
+            # Told as it goes: the caller's lease is paused while the run waits, so a
+            # wait longer than the lease's deadline never lets it lapse meanwhile.
+            now = time.monotonic()
+            waited(now - last)
+            last = now
         return await asyncio.wait_for(asyncio.shield(future), timeout_s)
 
     def _stop_run(

@@ -129,9 +129,9 @@ class ReceivedMessage:
     #: Set by the engine: between two records of one message the slot is given back,
     #: so that no slot is held while the next record waits for its key lock or claim.
     pause_work: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
-    #: Set by the engine: the run waited ``seconds`` for its executor (a free pool
-    #: process) before it started: ``job_timeout_s`` and the lease's deadline move on
-    #: by as much, as for a message waiting for its slot.
+    #: Set by the engine: the run has waited ``seconds`` more for its executor (a free
+    #: pool process; told as it goes): ``job_timeout_s`` and the lease's deadline move
+    #: on by as much, as for a message waiting for its slot.
     work_waited: Callable[[float], None] = field(
         default=lambda seconds: None, repr=False, compare=False
     )
