@@ -18,6 +18,7 @@ from typing import Any
 
 from s3flow.events import ObjectEvent
 from s3flow.settings import PipelineSettings
+from s3flow.settings.pipelines import metadata_name
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,6 @@ def _glob_match(pattern: str, value: str) -> bool:
     return fnmatch.fnmatchcase(value, pattern)
 
 
-def _meta_name(name: str) -> str:
-    """A metadata name as S3 reports it: lower case, without ``x-amz-meta-``."""
-    name = name.lower()
-    return name[len("x-amz-meta-") :] if name.startswith("x-amz-meta-") else name
-
-
 def _media_type(content_type: str) -> str:
     """``Text/Plain; charset=utf-8`` -> ``text/plain``."""
     return content_type.split(";", 1)[0].strip().lower()
@@ -93,7 +88,7 @@ class ObjectFacts:
         """Facts from a HeadObject response (and the tags, when fetched)."""
         if head is None:
             return cls(tags=tags)
-        meta = {_meta_name(str(k)): str(v) for k, v in (head.get("Metadata") or {}).items()}
+        meta = {metadata_name(str(k)): str(v) for k, v in (head.get("Metadata") or {}).items()}
         length = head.get("ContentLength")
         return cls(
             size=int(length) if length is not None else None,
@@ -181,11 +176,11 @@ class RouteRule:
             if not fnmatch.fnmatchcase(got, _media_type(self.content_type)):
                 return f"content type {got or 'none'!r} does not match {self.content_type!r}"
         for name, want in self.metadata.items():
-            got_meta = (facts.metadata or {}).get(_meta_name(name))
+            got_meta = (facts.metadata or {}).get(metadata_name(name))
             if got_meta is None:
-                return f"no metadata {_meta_name(name)!r}"
+                return f"no metadata {metadata_name(name)!r}"
             if not _glob_match(want, got_meta):
-                return f"metadata {_meta_name(name)!r} is {got_meta!r}, not {want!r}"
+                return f"metadata {metadata_name(name)!r} is {got_meta!r}, not {want!r}"
         for name, want in self.tags.items():
             got_tag = (facts.tags or {}).get(name)
             if got_tag is None:

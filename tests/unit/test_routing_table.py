@@ -244,6 +244,14 @@ def test_describe_names_route_processor_and_executor() -> None:
         ([{"key_glob": "", "processor": "line-count"}], "key_glob\n.*is empty"),
         ([{"content_type": " "}, {}], "content_type\n.*is empty"),
         ([{"key_regex": ""}], "key_regex\n.*is empty"),
+        # S3 lower-cases metadata names: these two could never both match
+        (
+            [{"metadata": {"Kind": "a", "x-amz-meta-kind": "b"}}],
+            "metadata names 'Kind' and 'x-amz-meta-kind' are the same name to S3",
+        ),
+        ([{"metadata": {"X-Amz-Meta-": "a"}}], "metadata name 'X-Amz-Meta-' is empty"),
+        ([{"metadata": {"": "a"}}], "metadata name '' is empty"),
+        ([{"tags": {"": "a"}}], "a tag key is empty"),
     ],
 )
 def test_bad_routes_are_refused_with_the_reason(routes: list[dict[str, Any]], message: str) -> None:

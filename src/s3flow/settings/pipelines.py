@@ -70,6 +70,12 @@ class ValidationSettings(_Model, ByteRangeChecked):
         )
 
 
+def metadata_name(name: str) -> str:
+    """A metadata name as S3 reports it: lower case, without ``x-amz-meta-``."""
+    name = name.lower()
+    return name[len("x-amz-meta-") :] if name.startswith("x-amz-meta-") else name
+
+
 class RouteSettings(_Model, ByteRangeChecked):
     """One routing rule of a pipeline (``[[pipelines.routes]]``): what it matches and where
     matching objects go. Rules are tried in order, the first match wins; a rule without
@@ -130,6 +136,35 @@ class RouteSettings(_Model, ByteRangeChecked):
                 "is empty: it would match nothing (or everything); leave it out "
                 "(a rule without match keys is the default rule) or give a pattern"
             )
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_names(cls, v: dict[str, str]) -> dict[str, str]:
+        # S3 reports metadata names lower-cased without the prefix: two names that become
+        # one, or an empty name, could never both match.
+        seen: dict[str, str] = {}
+        for name in v:
+            as_s3 = metadata_name(name)
+            if not as_s3.strip():
+                raise ValueError(
+                    f"metadata name {name!r} is empty once 'x-amz-meta-' is taken off; "
+                    "give the name after the prefix, e.g. {'processor-type' = 'pool'}"
+                )
+            if as_s3 in seen:
+                raise ValueError(
+                    f"metadata names {seen[as_s3]!r} and {name!r} are the same name to S3 "
+                    f"({as_s3!r}: names are case-insensitive, 'x-amz-meta-' optional); "
+                    "keep one of them"
+                )
+            seen[as_s3] = name
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        if any(not key for key in v):
+            raise ValueError("a tag key is empty: S3 tag keys have 1 to 128 characters")
         return v
 
     @property
