@@ -225,7 +225,7 @@ def jobs_retry(
 
     async def go(store: JobStore) -> JobRecord:
         async with open_clients(settings.aws) as clients:
-            return await retry_job(settings, store, clients.sqs, job_id)
+            return await retry_job(settings, store, clients.sqs, job_id, s3=clients.s3)
 
     job = with_store(settings, go, missing=_NO_STORE)
     console.print(f"job {job_id} retried as [bold]{job.job_id}[/] ({job.status})")

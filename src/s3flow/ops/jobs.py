@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from dataclasses import replace
 from typing import Any
 
-from s3flow.errors import S3flowError, translate_aws_error
+from s3flow.errors import ObjectMissingError, S3flowError, translate_aws_error
 from s3flow.settings import Settings
 from s3flow.state.jobs import EventType, JobRecord, JobStatus, JobStep, JobStore
 
@@ -32,11 +33,14 @@ async def cancel_job(store: JobStore, job_id: str, *, reason: str = "") -> JobRe
     return await store.get_job(job_id) or job
 
 
-async def retry_job(settings: Settings, store: JobStore, sqs: Any, job_id: str) -> JobRecord:
+async def retry_job(
+    settings: Settings, store: JobStore, sqs: Any, job_id: str, *, s3: Any
+) -> JobRecord:
     """Run a failed job again as a new job over the same uploaded files, queued at once.
 
     The old job keeps its history; the new one names it (``retry_of`` in its
-    ``job.created`` event). A job whose files did not all arrive cannot be
+    ``job.created`` event). A job whose files did not all arrive, or are no longer
+    in the uploads bucket (deleted, or expired by its lifecycle rule), cannot be
     retried: upload them again as a new job.
 
     The new job is recorded (queued) before its message is sent, so the runner
@@ -58,6 +62,13 @@ async def retry_job(settings: Settings, store: JobStore, sqs: Any, job_id: str) 
         raise S3flowError(
             f"job {job_id}: {', '.join(old.missing)} never arrived; upload the files again "
             "as a new job (s3flow upload)"
+        )
+    gone = await _gone_files(s3, settings.jobs.bucket, old)
+    if gone:
+        raise S3flowError(
+            f"job {job_id}: {', '.join(gone)} {'is' if len(gone) == 1 else 'are'} no longer "
+            f"in s3://{settings.jobs.bucket}/ (deleted, or expired by the uploads lifecycle "
+            "rule); upload the files again as a new job (s3flow upload)"
         )
     now = time.time()
     new_id = f"job-{uuid.uuid4().hex}"
@@ -108,6 +119,23 @@ async def retry_job(settings: Settings, store: JobStore, sqs: Any, job_id: str) 
         # Raises, unless the job runs after all (the message went out, its answer was lost).
         return await _roll_back(store, job_id, new_id, error)
     return await store.get_job(new_id) or job
+
+
+async def _gone_files(s3: Any, bucket: str, job: JobRecord) -> list[str]:
+    """The names of ``job``'s files no longer in ``bucket`` (a HEAD each)."""
+
+    async def gone(key: str) -> bool:
+        try:
+            await s3.head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            error = translate_aws_error(exc, f"HeadObject s3://{bucket}/{key}")
+            if isinstance(error, ObjectMissingError):
+                return True
+            raise error from exc
+        return False
+
+    found = await asyncio.gather(*(gone(f.key) for f in job.files))
+    return [f.name for f, is_gone in zip(job.files, found, strict=True) if is_gone]
 
 
 async def _roll_back(store: JobStore, old_id: str, new_id: str, error: S3flowError) -> JobRecord:

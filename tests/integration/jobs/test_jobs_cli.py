@@ -145,6 +145,33 @@ def test_a_failed_job_is_retried_as_a_new_job(tmp_path: Path, s3: Any, sqs: Any)
     assert project.events(new_id)[0].data["retry_of"] == job_id
 
 
+def test_a_job_whose_files_are_gone_is_not_retried(tmp_path: Path, s3: Any, sqs: Any) -> None:
+    """A failed job whose upload was deleted (or expired by the bucket's lifecycle rule)
+    is refused with the files' names and what to do; no new job is queued, which would
+    only fail on its first step."""
+    project = JobsProject(tmp_path, s3, sqs)
+    files = {"a.txt": b"a\n", "b.txt": b"b\n"}
+    created = project.create("count", files)
+    project.post_files(created, files)
+    job_id = created["job_id"]
+    worker = project.worker()
+    try:
+        wait_for(lambda: (j := project.job(job_id)) and not j.missing, 60, "the files")
+        cancel = _s3flow("jobs", "cancel", job_id, "-c", str(project.cfg))
+        assert cancel.returncode == 0, cancel.stderr
+    finally:
+        stop_process(worker)
+    job = project.job(job_id)
+    assert job is not None
+    s3.delete_object(Bucket=project.bucket, Key=job.files[1].key)
+    retry = _s3flow("jobs", "retry", job_id, "-c", str(project.cfg))
+    said = " ".join(retry.stderr.split())
+    assert retry.returncode == 2, retry.stdout + retry.stderr
+    assert f"job {job_id}: b.txt is no longer in s3://{project.bucket}/" in said
+    assert "upload the files again as a new job" in said
+    assert [j.job_id for j in project.jobs_list()] == [job_id]
+
+
 def test_a_retry_whose_message_cannot_be_sent_leaves_no_queued_job(
     tmp_path: Path, s3: Any, sqs: Any
 ) -> None:
@@ -166,6 +193,7 @@ def test_a_retry_whose_message_cannot_be_sent_leaves_no_queued_job(
             await store.create_job(old, event_id=f"{old.job_id}:created", data={})
 
     asyncio.run(store_job())
+    s3.put_object(Bucket=project.bucket, Key=old.files[0].key, Body=b"a\n")
     sqs.delete_queue(QueueUrl=project.url("processing.fifo"))
     failed = _s3flow("jobs", "retry", old.job_id, "-c", str(project.cfg))
     assert failed.returncode == 2, failed.stdout + failed.stderr
