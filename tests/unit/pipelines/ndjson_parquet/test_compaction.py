@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import socket
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,7 +18,11 @@ import pytest
 from compaction_support import InlineExecutor
 
 from s3flow.errors import ConfigError, Disposition
-from s3flow.pipelines.ndjson_parquet.compaction.job import compact_manifest, plan_parts
+from s3flow.pipelines.ndjson_parquet.compaction.job import (
+    compact_manifest,
+    plan_parts,
+    sweep_dead_job_dirs,
+)
 from s3flow.pipelines.ndjson_parquet.compaction.manifest import (
     InputFile,
     ManifestError,
@@ -399,6 +406,54 @@ def test_compact_manifest_parts_drift_and_rerun(tmp_path: Path) -> None:
     assert len(report2.parts) == 1
     assert len(report2.stale_deleted) == len(report.parts) - 1
     assert pq.read_table(part_dir / "part-m-1-00000.parquet").to_pylist() == want
+
+
+_HOLD_IN_SCRATCH = """
+import sys, time
+from pathlib import Path
+from s3flow.pipelines.ndjson_parquet.compaction import job
+path = job._make_job_dir(sys.argv[1], "m-1")
+Path(path, "spill").mkdir()
+Path(path, "spill", "000000-0000.arrow").write_bytes(b"x" * 4096)
+print(path, flush=True)
+time.sleep(120)
+"""
+
+
+def test_scratch_left_by_a_killed_compaction_is_removed_by_the_next(tmp_path: Path) -> None:
+    """A compaction SIGKILLed mid-work never runs its cleanup: its spilled data (about its
+    manifest's size) stayed for good. The next compaction on the host removes it, but not
+    a live process's scratch, nor another host's (a shared volume)."""
+    scratch = tmp_path / "scratch"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_IN_SCRATCH, str(scratch)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    left = Path(child.stdout.readline().strip())
+    assert (left / "spill" / "000000-0000.arrow").exists()
+    elsewhere = scratch / "s3flow-compact-m-2-abc"
+    elsewhere.mkdir()
+    (elsewhere / "owner").write_text(f"not-{socket.gethostname()} 1")
+    assert sweep_dead_job_dirs(str(scratch)) == []  # the child still runs
+    child.kill()
+    child.wait()
+
+    root = tmp_path / "in"
+    (root / "b").mkdir(parents=True)
+    (root / "b" / "f.ndjson").write_bytes(_lines([{"id": 1}]))
+    files = [{"bucket": "b", "key": "f.ndjson", "size": 1, "etag": "e"}]
+    manifest = parse_manifest(json.dumps(_manifest_doc(files=files, total_files=1)).encode())
+    report = asyncio.run(
+        compact_manifest(
+            manifest,
+            parse_options({"tmp_dir": str(scratch)}),
+            storage=Storage(kind="local", root=str(root)),
+            target=Target(kind="local", directory=str(tmp_path / "out")),
+            executor=InlineExecutor(),
+        )
+    )
+    assert report.rows == 1
+    assert sorted(p.name for p in scratch.iterdir()) == [elsewhere.name]
 
 
 def test_fields_that_are_empty_objects_everywhere_are_written_as_json_text(

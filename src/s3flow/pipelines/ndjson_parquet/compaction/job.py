@@ -19,8 +19,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -56,6 +59,8 @@ from s3flow.pipelines.ndjson_parquet.compaction.write import (
 )
 
 __all__ = ["CompactionReport", "compact_manifest", "plan_parts"]
+
+log = logging.getLogger("s3flow.pipelines.ndjson_parquet.compaction")
 
 CALIBRATION_BYTES = 8 * MIB
 
@@ -139,10 +144,68 @@ def plan_parts(
     return parts
 
 
+#: A compaction's scratch directory: ``<tmp_dir>/s3flow-compact-<manifest>-<random>``,
+#: holding an ``owner`` file (``<host> <pid>``) so that one left by a killed process
+#: can be told from one in use.
+_JOB_DIR_PREFIX = "s3flow-compact-"
+_OWNER_FILE = "owner"
+
+#: The scratch roots this process has swept already.
+_swept: set[str] = set()
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def _left_by_dead_process(job_dir: str) -> bool:
+    """Whether ``job_dir``'s owner ran on this host and is gone (SIGKILL, OOM kill, power
+    loss): its ``finally`` never removed it. Another host's (a shared volume), a live
+    process's or an unreadable owner: kept."""
+    try:
+        host, pid = Path(job_dir, _OWNER_FILE).read_text().split()
+        if host != socket.gethostname() or int(pid) == os.getpid():
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def sweep_dead_job_dirs(root: str) -> list[str]:
+    """Remove the scratch directories under ``root`` that killed compactions left (their
+    spilled Arrow data is about the size of their manifest); returns their paths."""
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(root) as entries:
+        for entry in entries:
+            if (
+                entry.name.startswith(_JOB_DIR_PREFIX)
+                and entry.is_dir(follow_symlinks=False)
+                and _left_by_dead_process(entry.path)
+            ):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.path)
+    if removed:
+        log.warning(
+            "removed %d scratch director%s left by killed compactions under %s",
+            len(removed),
+            "y" if len(removed) == 1 else "ies",
+            root,
+        )
+    return removed
+
+
 def _make_job_dir(tmp_dir: str | None, manifest_id: str) -> str:
     root = tmp_dir or tempfile.gettempdir()
     os.makedirs(root, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f"s3flow-compact-{manifest_id[:40]}-", dir=root)
+    if root not in _swept:
+        _swept.add(root)
+        sweep_dead_job_dirs(root)
+    job_dir = tempfile.mkdtemp(prefix=f"{_JOB_DIR_PREFIX}{manifest_id[:40]}-", dir=root)
+    Path(job_dir, _OWNER_FILE).write_text(_owner())
+    return job_dir
 
 
 async def compact_manifest(
