@@ -218,7 +218,10 @@ class JobHandler:
         bucket = self._jobs.bucket
         base = f"{template.output_prefix}{job.job_id}/"
         inputs = [ObjectEvent(bucket=bucket, key=f.key, size=f.size) for f in job.files]
-        strip = (f"uploads/{job.upload_id}/", base)
+        # The files' own upload directory: a retried job (a new upload id) reads the
+        # files its first job's upload stored.
+        uploaded = {f.key.rsplit("/", 1)[0] + "/" for f in job.files}
+        strip = (*sorted(uploaded), base)
         results: list[Result] = []
         last = len(template.steps) - 1
         for i, step in enumerate(template.steps):

@@ -88,7 +88,13 @@ async def retry_job(
     await store.create_job(
         job,
         event_id=f"{new_id}:{EventType.JOB_CREATED}",
-        data={"retry_of": job_id, "template": template.name, "files": [f.name for f in job.files]},
+        data={
+            "upload_id": job.upload_id,
+            "template": template.name,
+            "files": [{"name": f.name, "key": f.key, "size": f.size} for f in job.files],
+            "expires_at": job.expires_at,
+            "retry_of": job_id,
+        },
     )
     for i, f in enumerate(job.files):
         await store.append_event(

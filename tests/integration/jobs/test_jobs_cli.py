@@ -142,7 +142,16 @@ def test_a_failed_job_is_retried_as_a_new_job(tmp_path: Path, s3: Any, sqs: Any)
     finally:
         stop_process(worker)
     assert done[new_id].status == "completed"
-    assert project.events(new_id)[0].data["retry_of"] == job_id
+    created_event = project.events(new_id)[0].data
+    assert created_event["retry_of"] == job_id
+    # the documented job.created shape, the files under the first upload's keys
+    old_key = project.job(job_id).files[0].key  # type: ignore[union-attr]
+    assert created_event["files"] == [{"name": "a.txt", "key": old_key, "size": 2}]
+    assert created_event["upload_id"] == done[new_id].upload_id != created["upload_id"]
+    # outputs named as a first run names them, under the new job's prefix
+    names = [o.name for o in done[new_id].outputs]
+    assert names == [f"{old_key.rsplit('/', 1)[1]}.json"], names
+    assert all(o.key.startswith(f"outputs/{new_id}/") for o in done[new_id].outputs)
 
 
 def test_a_job_whose_files_are_gone_is_not_retried(tmp_path: Path, s3: Any, sqs: Any) -> None:
