@@ -23,6 +23,7 @@ from s3flow.settings import JobsSettings, Settings
 from s3flow.state.jobs import EventType, JobFile, JobRecord, JobStatus, JobStep, JobStore
 
 __all__ = [
+    "MAX_NAME_CHARS",
     "UPLOADS_PREFIX",
     "BadUploadError",
     "DeclaredFile",
@@ -38,7 +39,8 @@ __all__ = [
 #: Every upload's objects live under ``uploads/<upload_id>/``.
 UPLOADS_PREFIX = "uploads/"
 _KEY = re.compile(r"^uploads/(?P<upload>[0-9a-f]{32})/(?P<index>\d{1,4})-(?P<name>[^/]+)$")
-_MAX_NAME = 200
+#: Longest file name an upload takes, in characters (code points).
+MAX_NAME_CHARS = 200
 
 
 class BadUploadError(S3flowError):
@@ -161,8 +163,10 @@ def safe_name(name: str) -> str:
         raise BadUploadError(f"file name {name!r} has a path separator: send the bare file name")
     if any(unicodedata.category(c) in ("Cc", "Cs") or c == "\x7f" for c in name):
         raise BadUploadError(f"file name {name!r} has a control character")
-    if len(name) > _MAX_NAME:
-        raise BadUploadError(f"file name {name[:40]!r}... is longer than {_MAX_NAME} characters")
+    if len(name) > MAX_NAME_CHARS:
+        raise BadUploadError(
+            f"file name {name[:40]!r}... is longer than {MAX_NAME_CHARS} characters"
+        )
     cleaned = re.sub(r"[^\w.\-]", "_", unicodedata.normalize("NFC", name))
     return cleaned.lstrip(".") or "file"
 

@@ -40,7 +40,9 @@ router = APIRouter(include_in_schema=False)
 _BASE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not "no-referrer": under it a browser sends "Origin: null" on the page's own form
+    # POST, which a server without tokens must refuse (a sandboxed frame sends it too).
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
 }
 

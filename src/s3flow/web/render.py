@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from s3flow.jobs.uploads import MAX_NAME_CHARS
 from s3flow.settings import Settings
 from s3flow.state.jobs import JobRecord
 
@@ -70,6 +71,7 @@ def config_json(settings: Settings) -> dict[str, Any]:
         ],
         "max_file_bytes": jobs.max_file_bytes if jobs else None,
         "max_files": jobs.max_files if jobs else None,
+        "max_name_chars": MAX_NAME_CHARS,
         "allowed_extensions": list(jobs.allowed_extensions) if jobs else [],
         "allowed_content_types": list(jobs.allowed_content_types) if jobs else [],
         # what the upload URLs get: at most the job's own time

@@ -278,6 +278,7 @@ def test_disallowed_files_show_their_reason_and_nothing_is_uploaded(
         "evil.exe": b"MZ\n",
         "big.txt": b"x" * 100_001,
         "empty.txt": b"",
+        "L" * 197 + ".txt": b"long name\n",  # 201 characters: the server refuses it
     }
     paths = []
     for name, body in files.items():
@@ -296,12 +297,13 @@ def test_disallowed_files_show_their_reason_and_nothing_is_uploaded(
     )
     expect(reason["big.txt"]).to_contain_text("allowed per file")
     expect(reason["empty.txt"]).to_contain_text("empty files cannot be uploaded")
+    expect(reason["L" * 197 + ".txt"]).to_have_text("the name is longer than 200 characters")
     page.click("#upload")
-    expect(page.locator("#upload-error")).to_contain_text("3 files cannot be uploaded")
+    expect(page.locator("#upload-error")).to_contain_text("4 files cannot be uploaded")
     shot("refused-by-the-page")
 
     # The server's own refusals are shown too: a template it does not know.
-    for name in ("evil.exe", "big.txt", "empty.txt"):
+    for name in ("evil.exe", "big.txt", "empty.txt", "L" * 197 + ".txt"):
         page.locator(f'.file-row[data-name="{name}"] button.remove').click()
     expect(page.locator(".file-row")).to_have_count(1)
     page.evaluate(
@@ -430,6 +432,32 @@ def test_the_curl_form_path_runs_a_job(site: Site, page: Page, shot: Shots) -> N
     job = httpx.get(f"{site.url}/api/jobs/{job_id}").json()
     (output,) = job["outputs"]
     assert json.loads(httpx.get(output["url"]).content)["lines"] == 2
+
+
+def test_the_no_javascript_form_on_the_page_runs_a_job(
+    site: Site, page: Page, shot: Shots, tmp_path: Path
+) -> None:
+    """The page's own plain form, submitted by the browser (which sends its Origin, or
+    "null" under a no-referrer policy: a server without tokens refused that)."""
+    report = tmp_path / "plain.txt"
+    report.write_bytes(b"one\ntwo\nthree\n")
+    page.goto(site.url)
+    page.locator("details.plain-form summary").click()
+    page.locator("#plain-template").fill("count")
+    page.locator("#plain-file").set_input_files(str(report))
+    with page.expect_response(lambda r: r.url.endswith("/upload")) as answered:
+        page.locator("details.plain-form button[type=submit]").click()
+    response = answered.value
+    origin = response.request.all_headers().get("origin")
+    assert origin == site.url, origin
+    assert response.status == 201, response.text()
+    job_id = response.json()["job_id"]
+    shot("plain-form-answer")
+    page.goto(f"{site.url}/jobs/{job_id}")
+    wait_completed(page)
+    job = httpx.get(f"{site.url}/api/jobs/{job_id}").json()
+    (output,) = job["outputs"]
+    assert json.loads(httpx.get(output["url"]).content)["lines"] == 3
 
 
 def open_chooser_with_space(page: Page) -> FileChooser:

@@ -286,6 +286,7 @@ async def test_config_and_health(shared_web: WebThread, client: httpx.AsyncClien
         {"name": "count", "description": "Count lines", "steps": [{"name": "line-count"}]}
     ]
     assert config["max_file_bytes"] == 1000 and config["max_files"] == 3
+    assert config["max_name_chars"] == 200
     assert config["allowed_extensions"] == [".txt", ".csv"]
     assert config["allowed_content_types"] == ["text/plain", "text/csv"]
     assert config["auth"] is False

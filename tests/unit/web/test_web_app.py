@@ -303,6 +303,7 @@ async def test_config_tells_the_page_the_templates_and_limits(client: httpx.Asyn
         "templates": [{"name": "count", "description": "Lines", "steps": [{"name": "line-count"}]}],
         "max_file_bytes": 1000,
         "max_files": 3,
+        "max_name_chars": 200,
         "allowed_extensions": [".txt", ".csv"],
         "allowed_content_types": ["text/plain", "text/csv"],
         "presign_expiry_s": 900,

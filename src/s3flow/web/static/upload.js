@@ -45,7 +45,10 @@ function checkFile(entry) {
   if (!name || name === "." || name === "..") return "this is not a file name";
   if (/[\\/]/.test(name)) return "the name has a path separator";
   // eslint-disable-next-line no-control-regex
-  if (/[\u0000-\u001f\u007f]/.test(name)) return "the name has a control character";
+  if (/[\u0000-\u001f\u007f-\u009f]/.test(name)) return "the name has a control character";
+  // counted in characters (code points), as the server counts them
+  const maxName = cfg.max_name_chars || 200;
+  if ([...name].length > maxName) return `the name is longer than ${maxName} characters`;
   const allowedExt = cfg.allowed_extensions || [];
   const ext = extensionOf(name);
   if (allowedExt.length && !allowedExt.includes(ext)) {
