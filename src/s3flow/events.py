@@ -104,6 +104,20 @@ def content_version(etag: str | None, last_modified: datetime | float | int) -> 
     return f"{(etag or '').strip(chr(34))}@t{ts}"
 
 
+@dataclass(frozen=True, slots=True)
+class BadRecord:
+    """A record of a notification that is not an S3 object event, beside others that are:
+    it settles alone (dead-lettered with ``error``), the others are processed."""
+
+    index: int
+    raw: Any
+    error: EnvelopeError
+
+    def record_body(self) -> str:
+        """A notification body holding only this record."""
+        return json.dumps({"Records": [self.raw]}, separators=(",", ":"))
+
+
 @dataclass(slots=True)
 class Envelope:
     """What one SQS message contained."""
@@ -111,6 +125,8 @@ class Envelope:
     events: list[ObjectEvent] = field(default_factory=list)
     test_event: bool = False
     kind: str = "s3"  # s3 | sns | eventbridge | test
+    #: Records that are not object events, in a message with some that are.
+    bad_records: list[BadRecord] = field(default_factory=list)
 
 
 def _str(value: Any, what: str) -> str:
@@ -235,8 +251,16 @@ def _s3_notification(doc: dict[str, Any], kind: str) -> Envelope:
     records = doc.get("Records")
     if not isinstance(records, list) or not records:
         raise EnvelopeError("'Records' is missing, empty or not a list")
-    events = [_record(rec, i) for i, rec in enumerate(records)]
-    return Envelope(events=events, kind=kind)
+    events: list[ObjectEvent] = []
+    bad: list[BadRecord] = []
+    for i, rec in enumerate(records):
+        try:
+            events.append(_record(rec, i))
+        except EnvelopeError as exc:
+            bad.append(BadRecord(i, rec, exc))
+    if not events:
+        raise bad[0].error  # nothing in it is an object event: the message is bad
+    return Envelope(events=events, kind=kind, bad_records=bad)
 
 
 def _eventbridge(doc: dict[str, Any]) -> Envelope:

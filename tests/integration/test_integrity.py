@@ -125,6 +125,35 @@ def test_a_bad_record_in_the_middle_settles_alone(harness: Harness) -> None:
     assert rec.status is FileStatus.DEAD
 
 
+def test_a_record_that_is_no_object_event_is_dead_lettered_alone(harness: Harness) -> None:
+    """A malformed record (no key) or another service's record beside good ones: the
+    good ones are processed, each bad one goes to the DLQ alone with its reason (the
+    whole message went there, its good records never processed nor recorded)."""
+    harness.configure()
+    for key in ("g/1.txt", "g/2.txt"):
+        harness.put(key, b"a\nb\n")
+    harness.purge()
+    no_key = s3_event(harness.bucket, "x")
+    del no_key["s3"]["object"]["key"]
+    other = {"eventSource": "aws:sqs", "foo": 1}
+    recs = [s3_event(harness.bucket, "g/1.txt", sequencer="0201"), no_key, other]
+    recs.append(s3_event(harness.bucket, "g/2.txt", sequencer="0202"))
+    harness.send_raw(json.dumps({"Records": recs}))
+    m = harness.run()
+    p = m.pipelines["p"]
+    assert p.objects_processed == 2 and p.dead_lettered == 2
+    for key in ("g/1.txt", "g/2.txt"):
+        assert (harness.result(key) or {}).get("lines") == 2, key
+        assert [r.status for r in harness.records(key)] == [FileStatus.COMPLETED]
+    dead = harness.dlq_messages()
+    bodies = sorted((json.loads(d["Body"])["Records"] for d in dead), key=str)
+    assert bodies == sorted([[no_key], [other]], key=str)  # each alone, as it came
+    reasons = sorted(d["MessageAttributes"]["s3flow.error"]["StringValue"] for d in dead)
+    assert "Records[1].s3.object.key is missing" in reasons[0]
+    assert "Records[2].eventSource is 'aws:sqs'" in reasons[1]
+    assert harness.depth() == (0, 0)
+
+
 def test_a_retryable_record_is_resent_alone_and_succeeds_later(
     harness: Harness, tmp_path: Path
 ) -> None:

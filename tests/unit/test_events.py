@@ -165,8 +165,8 @@ def test_record_body_resends_one_record_alone() -> None:
 def test_missing_key_names_the_record() -> None:
     rec = s3_record(key="a.txt")
     del rec["s3"]["object"]["key"]
-    with pytest.raises(EnvelopeError, match=r"Records\[1\]\.s3\.object\.key"):
-        parse_body(notification(s3_record(key="ok.txt"), rec))
+    env = parse_body(notification(s3_record(key="ok.txt"), rec))
+    assert "Records[1].s3.object.key" in str(env.bad_records[0].error)
 
 
 def test_size_as_digit_string_is_accepted() -> None:
@@ -329,10 +329,20 @@ def test_record_without_s3() -> None:
     assert "Records[0]" in msg and "s3" in msg
 
 
-def test_second_record_bad_names_its_index() -> None:
+def test_a_bad_record_beside_good_ones_is_kept_apart_with_its_index() -> None:
     rec = s3_record()
     del rec["s3"]
-    assert "Records[1]" in _error(notification(s3_record(), rec))
+    env = parse_body(notification(s3_record(key="a.txt"), rec, s3_record(key="b.txt")))
+    assert [e.key for e in env.events] == ["a.txt", "b.txt"]
+    (bad,) = env.bad_records
+    assert bad.index == 1 and "Records[1]" in str(bad.error)
+    assert json.loads(bad.record_body()) == {"Records": [rec]}
+
+
+def test_only_bad_records_make_the_message_bad() -> None:
+    rec = s3_record()
+    del rec["s3"]
+    assert "Records[0]" in _error(notification(rec, {"eventSource": "aws:sqs"}))
 
 
 def test_bucket_name_missing() -> None:

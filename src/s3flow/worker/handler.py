@@ -298,21 +298,32 @@ class MessageHandler:
                 msg.pause_work()
             if outcome is not None:
                 failed.append((event, outcome))
-        if not failed:
+        if not failed and not env.bad_records:
             return Ack()
-        if len(env.events) == 1 or any(e.raw is None for e, _ in failed):
+        if not env.bad_records and (len(env.events) == 1 or any(e.raw is None for e, _ in failed)):
             return failed[0][1] if len(failed) == 1 else merge_failures(failed)
-        # Several records, some failed: each failed record settles alone.
+        # Several records, some failed or not object events: each settles alone.
         parts = []
         for event, outcome in failed:
             assert not isinstance(outcome, Release)
             failures = self._policy.failures_now(msg, None) if isinstance(outcome, Retry) else 0
             parts.append(RecordPart(event.record_body(), outcome, failures))
+        for bad in env.bad_records:
+            log.error(
+                "message %s on %s: Records[%d] is not an S3 object event, dead-lettering "
+                "it alone (the message's other records are processed): %s",
+                msg.message_id,
+                self.p.name,
+                bad.index,
+                bad.error,
+            )
+            dead = DeadLetter(bad.error.error_class, str(bad.error))
+            parts.append(RecordPart(bad.record_body(), dead))
         log.info(
             "message %s: %d of %d records failed; they settle alone, the rest is done",
             msg.message_id,
-            len(failed),
-            len(env.events),
+            len(parts),
+            len(env.events) + len(env.bad_records),
         )
         return Split(tuple(parts))
 
