@@ -44,6 +44,28 @@ def test_batch_run_then_rerun_is_a_no_op(
     assert [r.json()["a"] for r in rows] == [str(i) for i in range(5000)]
 
 
+def test_one_object_to_two_topics_sharing_a_checkpoint_topic_reaches_both(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """The second topic's run took the first's checkpoint ("already complete") and sent
+    nothing: the checkpoint key did not name the data topic."""
+    shared = unique_topic("ckpt")
+    body = "a,b\n" + "".join(f"{i},{i % 3}\n" for i in range(300))
+    s3.put_object(Bucket=bucket, Key="two.csv", Body=body.encode())
+    uri = f"s3://{bucket}/two.csv"
+    for topic in (unique_topic("one"), unique_topic("two")):
+        run = cli(tmp_path, kafka, uri, "--topic", topic, "-o", f"checkpoint_topic={shared}")
+        got = summary(run)
+        assert (got["rows"], got["already_done"]) == (300, False), topic
+        assert [r.json()["a"] for r in read_topic(kafka.bootstrap, topic)] == [
+            str(i) for i in range(300)
+        ]
+        again = summary(
+            cli(tmp_path, kafka, uri, "--topic", topic, "-o", f"checkpoint_topic={shared}")
+        )
+        assert (again["rows"], again["already_done"]) == (300, True)
+
+
 def test_batch_failures_exit_non_zero_with_a_reason(
     endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
 ) -> None:

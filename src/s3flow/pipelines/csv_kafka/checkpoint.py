@@ -48,6 +48,13 @@ class ObjectRef:
         base = f"{self.uri}@{self.version}"
         return f"{base}#{self.part}" if self.part else base
 
+    def checkpoint_key(self, topic: str) -> str:
+        """``<topic> <- s3://bucket/key@version``: the key of this object's checkpoints for
+        ``topic``. The data topic is part of it: two pipelines (or runs) sending one
+        object to two topics may share a checkpoint topic, and neither may take the
+        other's progress for its own."""
+        return f"{topic} <- {self.name}"
+
     def transactional_id(self, prefix: str, topic: str) -> str:
         """Stable per (topic, object version): a restarted producer fences its zombie."""
         digest = hashlib.sha256(f"{topic}\0{self.name}".encode()).hexdigest()[:32]

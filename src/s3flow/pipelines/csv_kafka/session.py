@@ -120,6 +120,7 @@ class TxnSession:
         self._producer: Producer | None = None
         self._in_txn = False
         self._ckpt_partition = 0
+        self._ckpt_key = ref.checkpoint_key(opts.topic)
         self._scan_from = 0
         self._timeout = opts.transaction_timeout_ms / 1000
         self.commit_seconds = 0.0
@@ -142,12 +143,12 @@ class TxnSession:
             raise KafkaUnavailableError(
                 f"checkpoint topic {topic!r} is not available: {info.error if info else 'missing'}"
             )
-        self._ckpt_partition = checkpoint_partition(self.ref.name, len(info.partitions))
+        self._ckpt_partition = checkpoint_partition(self._ckpt_key, len(info.partitions))
         ckpt, end = read_checkpoint(
             self.opts.bootstrap(),
             topic,
             self._ckpt_partition,
-            self.ref.name,
+            self._ckpt_key,
             start_offset=hint,
             timeout_s=self._timeout + 30,
         )
@@ -416,7 +417,7 @@ class TxnSession:
             producer,
             self.opts.checkpoint_topic_name,
             state.encode(),
-            self.ref.name,
+            self._ckpt_key,
             self._ckpt_partition,
             None,
         )
