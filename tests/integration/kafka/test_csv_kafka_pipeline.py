@@ -225,6 +225,26 @@ def test_bad_rows_fail_dead_letters_the_object(harness: Harness, kafka: KafkaBro
     assert read_topic(kafka.bootstrap, topic) == []
 
 
+@pytest.mark.timeout(240)
+def test_bad_rows_fail_in_one_range_dead_letters_the_object_at_once(
+    harness: Harness, kafka: KafkaBroker
+) -> None:
+    """With ranges, the failing range's error reached the worker as an ExceptionGroup: a
+    retryable ProcessorError, retried, then dead-lettered naming no row."""
+    configure(harness, kafka, bad_rows="fail", ranges=2, topic_partitions=2)
+    rows = [f"{i},w{i % 977}\n" for i in range(200_000)]
+    rows[190_000] = "190000\n"  # in the second range
+    harness.put("in/ranged-bad.csv", ("n,word\n" + "".join(rows)).encode())
+    metrics = harness.run()
+    p = metrics.pipelines["p"]
+    assert (p.dead_lettered, p.retried) == (1, 0)
+    (msg,) = harness.dlq_messages()
+    attrs = {k: v["StringValue"] for k, v in msg["MessageAttributes"].items()}
+    assert attrs["s3flow.error-class"] == "BadRowError"
+    said = attrs["s3flow.error"]
+    assert "ranged-bad.csv range 1/2 (bytes " in said and "expected 2 columns" in said, said
+
+
 @pytest.mark.timeout(180)
 def test_worker_sigkilled_mid_object_resumes_exactly_once(
     harness: Harness, kafka: KafkaBroker, tmp_path: Path

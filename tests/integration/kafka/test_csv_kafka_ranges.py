@@ -277,3 +277,15 @@ def test_ranges_need_single_partitioning_and_enough_partitions(
     bad = cli(tmp_path, kafka, "s3://b/k.csv", "--topic", "t", "-o", "ranges=4")
     assert bad.returncode == 2
     assert "ranges = 4 needs topic_partitions >= 4" in bad.stderr
+
+
+@pytest.mark.timeout(240)
+def test_a_failing_range_gives_its_own_error_not_a_traceback(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    body = _csv().replace(b"\n250000,w", b"\n250000;w", 1)  # one column: a bad row
+    s3.put_object(Bucket=bucket, Key="big.csv", Body=body)
+    run = cli(tmp_path, kafka, *_ranged(bucket, unique_topic("rfail"), "--bad-rows", "fail"))
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr and "ExceptionGroup" not in run.stderr, run.stderr
+    assert "error:" in run.stderr and "expected 2 columns" in run.stderr, run.stderr

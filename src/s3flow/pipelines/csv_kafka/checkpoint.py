@@ -43,6 +43,15 @@ class ObjectRef:
         return f"s3://{self.bucket}/{self.key}"
 
     @property
+    def where(self) -> str:
+        """What an error names: the URI, and in parallel mode the range (its lines are
+        counted from the range's start)."""
+        if not self.part:
+            return self.uri
+        which, _, span = self.part.partition("@")
+        return f"{self.uri} range {which} (bytes {span}, lines counted from its start)"
+
+    @property
     def name(self) -> str:
         """``s3://bucket/key@version`` (``#range`` in parallel mode): the checkpoint key."""
         base = f"{self.uri}@{self.version}"

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any
 
+from s3flow.errors import Disposition, S3flowError
 from s3flow.objects import MAGIC_BYTES, detect_encoding, open_object
 from s3flow.pipelines.csv_kafka.blocks import UTF8_BOM
 from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef
@@ -214,9 +215,35 @@ async def run_csv_object(
     # Each range in its own process (:mod:`.procs`); a TaskGroup: one range failing
     # cancels the others (their processes abort their open transactions and exit); a
     # rerun resumes every range from its own checkpoint.
-    async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(one(i, a, b)) for i, (a, b) in enumerate(bounds)]
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(one(i, a, b)) for i, (a, b) in enumerate(bounds)]
+    except Exception as group:
+        # The ranges' own errors, not an ExceptionGroup: the worker classifies the error
+        # (a bad row under 'fail' dead-letters at once) and the CLI prints its reason.
+        raise _decisive(group) from group
     return combine(ref, [t.result() for t in tasks], time.monotonic() - started)
+
+
+def _decisive(error: Exception) -> Exception:
+    """The error that settles an object whose ranges failed: the first that is not
+    worth a retry (a permanent one dooms the object whatever the others did), else
+    the first s3flow error, else the first error."""
+    leaves: list[Exception] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        elif isinstance(exc, Exception):
+            leaves.append(exc)
+
+    walk(error)
+    ours = [e for e in leaves if isinstance(e, S3flowError)]
+    for e in ours:
+        if e.disposition is not Disposition.RETRYABLE:
+            return e
+    return (ours or leaves or [error])[0]
 
 
 def combine(ref: ObjectRef, reports: list[RunReport], seconds: float) -> RunReport:

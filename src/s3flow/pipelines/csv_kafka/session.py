@@ -232,7 +232,7 @@ class TxnSession:
             opts.checkpoint_s,
             opts.checkpoint_bytes,
         )
-        records = RowBatches(opts, ref.uri, state)
+        records = RowBatches(opts, ref.where, state)
         const_headers: list[tuple[str, str | bytes | None]] | None = None
         if opts.headers:
             # Header values as UTF-8 bytes: the same bytes on the wire as ``str`` values,
