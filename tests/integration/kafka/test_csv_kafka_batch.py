@@ -66,6 +66,28 @@ def test_one_object_to_two_topics_sharing_a_checkpoint_topic_reaches_both(
         assert (again["rows"], again["already_done"]) == (300, True)
 
 
+def test_a_partition_the_topic_does_not_have_is_refused_at_once(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """It was retried for two minutes ("2 message(s) failed delivery"), naming no cause."""
+    topic = unique_topic("onepart")
+    s3.put_object(Bucket=bucket, Key="p.csv", Body=b"a,b\n1,2\n")
+    uri = f"s3://{bucket}/p.csv"
+    made = summary(cli(tmp_path, kafka, uri, "--topic", topic))  # a 1-partition topic
+    assert made["rows"] == 1
+    started = time.monotonic()
+    run = cli(tmp_path, kafka, uri, "--topic", topic, "-o", "partition=5")
+    said = " ".join(run.stderr.split())
+    assert run.returncode == 2, run.stderr
+    assert f"topic {topic!r} has 1 partition (0-0), and partition = 5" in said, said
+    assert "--partitions 6" in said
+    ranged = cli(
+        tmp_path, kafka, uri, "--topic", topic, "-o", "ranges=4", "-o", "topic_partitions=4"
+    )
+    assert ranged.returncode == 2 and "ranges = 4 sends range i" in " ".join(ranged.stderr.split())
+    assert time.monotonic() - started < 60
+
+
 def test_batch_failures_exit_non_zero_with_a_reason(
     endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
 ) -> None:

@@ -74,8 +74,9 @@ class CsvToKafkaProcessor(OptionsProcessor[CsvKafkaOptions]):
             log.warning("csv-to-kafka: Kafka not ready at start (%s); retrying per object", exc)
 
     async def ensure_topics(self) -> None:
-        """Create the data, checkpoint and DLQ topics if missing (``create_topics``)."""
-        if self.opts.create_topics and not self._topics_ready:
+        """Create the data, checkpoint and DLQ topics if missing (``create_topics``);
+        check the data topic's partitions (once)."""
+        if not self._topics_ready:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self.executor, ensure_topics, self.opts)
         self._topics_ready = True

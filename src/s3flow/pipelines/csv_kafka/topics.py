@@ -8,6 +8,7 @@ import socket
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from s3flow.errors import ConfigError
 from s3flow.pipelines.csv_kafka.clientlog import client_log
 from s3flow.pipelines.csv_kafka.errors import KafkaUnavailableError, translate_kafka_error
 from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
@@ -51,10 +52,34 @@ def check_brokers(servers: str, timeout_s: float = 5.0) -> None:
     )
 
 
-def ensure_topics(opts: CsvKafkaOptions, timeout_s: float = 30.0) -> list[str]:
-    """Create the data, checkpoint and DLQ topics when missing; return the ones created.
+def partitions_problem(opts: CsvKafkaOptions, partitions: int) -> str | None:
+    """Why a data topic of ``partitions`` partitions cannot take ``opts``' rows, or None.
 
-    A broker nothing answers at fails at once (:func:`check_brokers`)."""
+    librdkafka only says "failed delivery" (after retrying until the transaction
+    timeout) for a partition the topic does not have."""
+    if opts.ranges > 1:
+        need, what = opts.ranges, f"ranges = {opts.ranges} sends range i to partition i"
+    elif opts.partitioning == "single":
+        need, what = opts.partition + 1, f"partition = {opts.partition}"
+    else:
+        return None
+    if partitions >= need:
+        return None
+    return (
+        f"topic {opts.topic!r} has {partitions} partition{'s' if partitions != 1 else ''} "
+        f"(0-{partitions - 1}), and {what}: give the topic {need} partitions "
+        f"(kafka-topics.sh --alter --topic {opts.topic} --partitions {need}), or change "
+        "the option"
+    )
+
+
+def ensure_topics(opts: CsvKafkaOptions, timeout_s: float = 30.0) -> list[str]:
+    """Create the data, checkpoint and DLQ topics when missing (with ``create_topics``)
+    and check that the data topic has the partitions the options send to; return the
+    topics created.
+
+    A broker nothing answers at fails at once (:func:`check_brokers`); too few
+    partitions is a :class:`~s3flow.errors.ConfigError`."""
     check_brokers(opts.bootstrap())
     wanted = [
         NewTopic(opts.topic, num_partitions=opts.topic_partitions, replication_factor=-1),
@@ -69,11 +94,18 @@ def ensure_topics(opts: CsvKafkaOptions, timeout_s: float = 30.0) -> list[str]:
         wanted.append(NewTopic(opts.dlq_topic_name, num_partitions=1, replication_factor=-1))
     admin = AdminClient({"bootstrap.servers": opts.bootstrap()}, logger=client_log)
     try:
-        existing = set(admin.list_topics(timeout=timeout_s).topics)
+        existing = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
         raise translate_kafka_error(exc, "listing topics") from exc
+    data = existing.get(opts.topic)
+    if data is not None and data.error is None and data.partitions:
+        problem = partitions_problem(opts, len(data.partitions))
+    else:  # created below (or by the broker on first use) with topic_partitions
+        problem = partitions_problem(opts, opts.topic_partitions)
+    if problem is not None:
+        raise ConfigError(f"csv-to-kafka: {problem}")
     missing = [t for t in wanted if t.topic not in existing]
-    if not missing:
+    if not missing or not opts.create_topics:
         return []
     created = []
     for name, future in admin.create_topics(missing, operation_timeout=timeout_s).items():
