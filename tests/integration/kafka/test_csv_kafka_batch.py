@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -86,6 +87,24 @@ def test_a_partition_the_topic_does_not_have_is_refused_at_once(
     )
     assert ranged.returncode == 2 and "ranges = 4 sends range i" in " ".join(ranged.stderr.split())
     assert time.monotonic() - started < 60
+
+
+def test_an_unreachable_broker_exits_1_run_it_again(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """Retryable, as every `s3flow run` says it (docs: exit 1); it was 2, "not worth
+    retrying", for every error."""
+    s3.put_object(Bucket=bucket, Key="u.csv", Body=b"a,b\n1,2\n")
+    nobody = SimpleNamespace(bootstrap="127.0.0.1:1")  # where no broker listens
+    run = cli(
+        tmp_path,
+        nobody,  # type: ignore[arg-type]
+        f"s3://{bucket}/u.csv",
+        "--topic",
+        "t",
+    )
+    assert run.returncode == 1, run.stderr
+    assert "cannot reach any Kafka bootstrap server" in run.stderr
 
 
 def test_batch_failures_exit_non_zero_with_a_reason(

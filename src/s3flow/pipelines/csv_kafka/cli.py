@@ -120,6 +120,7 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
         settings_from,
     )
     from s3flow.errors import S3flowError
+    from s3flow.executors.base import exit_code_for
     from s3flow.metrics import peak_rss_mb
 
     @run_app.command("csv-to-kafka")
@@ -159,9 +160,10 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
     ) -> None:
         """Stream one CSV object into a Kafka topic, exactly once; rerun to resume after a crash.
 
-        Exit 0 when every row and the final checkpoint are committed; 2 with the reason when
-        the job failed (a bad row under --bad-rows fail, Kafka unreachable beyond
-        retry_timeout_s, a missing object...); 130 when interrupted.
+        Exit 0 when every row and the final checkpoint are committed; with the reason, 1
+        when running it again may succeed (Kafka unreachable beyond retry_timeout_s), 2
+        when it will not (a bad row under --bad-rows fail, a missing object, a bad
+        option...); 130 when interrupted.
         """
         try:
             settings = settings_from(config)
@@ -192,7 +194,9 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
             # SIGTERM/SIGINT cancel the job (its open transaction is aborted).
             summary = asyncio.run(cancel_on_signals(run_batch(settings, options, bucket, key)))
         except S3flowError as exc:
-            raise fail(exc) from exc
+            fail(exc)  # prints the reason
+            # as every `s3flow run`: 1 retryable (run it again), 2 retrying will not fix it
+            raise typer.Exit(exit_code_for(exc)) from exc
         except asyncio.CancelledError:
             err_console.print("interrupted: rerun the same command to resume", highlight=False)
             raise typer.Exit(130) from None
