@@ -37,6 +37,15 @@ class ObjectRef:
     version: str  # versionId, else eTag
     part: str = ""  # parallel mode: the byte range, "<i>/<n>@<start>-<end>"
 
+    @classmethod
+    def of(cls, bucket: str, key: str, version_id: str | None, etag: str | None) -> ObjectRef:
+        """The object's versionId, else its eTag. ``"null"`` (an object written while the
+        bucket's versioning was off or suspended) names no version: every overwrite has
+        it, and taken for one it made each later upload "already complete"."""
+        if version_id and version_id != "null":
+            return cls(bucket, key, version_id)
+        return cls(bucket, key, (etag or "").strip('"'))
+
     @property
     def uri(self) -> str:
         """``s3://bucket/key``."""

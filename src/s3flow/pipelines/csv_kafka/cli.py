@@ -70,8 +70,7 @@ async def run_batch(
             version_id = head.get("VersionId")
             if version_id == "null":
                 version_id = None
-            etag = str(head.get("ETag") or "").strip('"')
-            ref = ObjectRef(bucket, key, version_id or etag)
+            ref = ObjectRef.of(bucket, key, version_id, head.get("ETag"))
             await topics
             report = await run_csv_object(
                 processor.opts,

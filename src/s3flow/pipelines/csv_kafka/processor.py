@@ -91,7 +91,7 @@ class CsvToKafkaProcessor(OptionsProcessor[CsvKafkaOptions]):
         """Produce the object's rows (resuming from its checkpoint); durable on return."""
         await self.ensure_topics()
         event = ctx.event
-        ref = ObjectRef(event.bucket, event.key, event.version_id or event.etag or "")
+        ref = ObjectRef.of(event.bucket, event.key, event.version_id, event.etag)
         report = await run_csv_object(
             self.opts,
             ref,

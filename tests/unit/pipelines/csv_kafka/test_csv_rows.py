@@ -461,3 +461,19 @@ def test_named_columns_replace_a_header_with_duplicates() -> None:
         as_blocks(b"id,val,val\n1,a,b\n")
     )
     assert [json.loads(v) for v in batch.values] == [{"id": "1", "v1": "a", "v2": "b"}]
+
+
+@pytest.mark.parametrize(
+    ("version_id", "etag", "version"),
+    [
+        ("v1", '"e1"', "v1"),
+        (None, '"e1"', "e1"),
+        ("", "e1", "e1"),
+        # written while versioning was off or suspended: every overwrite is "null"
+        ("null", '"e2"', "e2"),
+    ],
+)
+def test_an_object_is_its_version_id_else_its_etag(
+    version_id: str | None, etag: str, version: str
+) -> None:
+    assert ObjectRef.of("b", "k", version_id, etag) == ObjectRef("b", "k", version)
