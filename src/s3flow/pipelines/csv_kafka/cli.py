@@ -13,18 +13,29 @@ from typing import Annotated, Any
 import typer
 
 from s3flow.errors import ConfigError
+from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
 from s3flow.sinks.s3 import parse_s3_uri
+
+#: Options whose value is text (``str`` or ``str | None``): an ``--option`` value is
+#: taken as it is for them, as JSON for the others (numbers, booleans, lists).
+_TEXT_OPTIONS = {
+    name: field.annotation in (str, str | None)
+    for name, field in CsvKafkaOptions.model_fields.items()
+}
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
     name, sep, raw = text.partition("=")
     if not sep or not name.strip():
         raise ConfigError(f"--option wants NAME=VALUE, got {text!r}")
+    name = name.strip()
+    if _TEXT_OPTIONS.get(name):
+        return name, raw  # a column or topic named 2024 stays text
     try:
         value: Any = json.loads(raw)
     except ValueError:
         value = raw
-    return name.strip(), value
+    return name, value
 
 
 def build_options(
@@ -150,7 +161,9 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
         checkpoint_rows: Annotated[
             int | None, typer.Option(help="Rows per transaction/checkpoint (10000).")
         ] = None,
-        compression: Annotated[str | None, typer.Option(help="lz4, gzip, zstd, none.")] = None,
+        compression: Annotated[
+            str | None, typer.Option(help="lz4, gzip, zstd, snappy, none.")
+        ] = None,
         option: Annotated[
             list[str] | None,
             typer.Option("--option", "-o", help="Any pipeline option as NAME=VALUE (repeatable)."),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from s3flow.errors import ConfigError
+from s3flow.pipelines.csv_kafka.cli import build_options
 from s3flow.pipelines.csv_kafka.options import parse_options
 from s3flow.processors import create_processor
 
@@ -77,3 +78,19 @@ def test_producer_config_librdkafka_refuses_or_exactly_once_needs_is_refused(
 def test_producer_config_that_librdkafka_takes_is_kept() -> None:
     extra = {"socket.keepalive.enable": True, "client.id": "mine"}
     assert parse_options({"topic": "t", "producer_config": extra}).producer_config == extra
+
+
+def test_option_values_are_json_except_for_text_options() -> None:
+    opts = build_options(
+        {},
+        {"topic": "t"},
+        ["key_column=2024", "checkpoint_topic=1", "ranges=2", "header=false", 'columns=["a"]'],
+    )
+    assert opts == {
+        "topic": "t",
+        "key_column": "2024",  # a column named 2024, not the number
+        "checkpoint_topic": "1",
+        "ranges": 2,
+        "header": False,
+        "columns": ["a"],
+    }
