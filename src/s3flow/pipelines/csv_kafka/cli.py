@@ -159,7 +159,10 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
         fmt: Annotated[str | None, typer.Option("--format", help="json or raw.")] = None,
         bad_rows: Annotated[str | None, typer.Option(help="dead-letter, skip or fail.")] = None,
         checkpoint_rows: Annotated[
-            int | None, typer.Option(help="Rows per transaction/checkpoint (10000).")
+            int | None,
+            typer.Option(
+                help="Rows per transaction/checkpoint (10000); at least one ~512 KiB block."
+            ),
         ] = None,
         compression: Annotated[
             str | None, typer.Option(help="lz4, gzip, zstd, snappy, none.")

@@ -140,7 +140,11 @@ class CsvKafkaOptions(BaseModel):
     )
     # --- exactly-once --------------------------------------------------------------------
     checkpoint_rows: int = Field(
-        default=10_000, ge=1, description="Commit a transaction (rows + checkpoint) this often."
+        default=10_000,
+        ge=1,
+        description="Commit a transaction (rows + checkpoint) once this many rows are sent; "
+        "commits fall at block ends (~512 KiB of CSV), so a transaction holds at least one "
+        "block whatever this says.",
     )
     checkpoint_s: PositiveFloat = Field(
         default=5.0, description="... or after this many seconds, whichever comes first."
