@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from s3flow.aws import AwsClients, open_clients
+from s3flow.aws import AwsClients, bucket_surely_missing, missing_bucket_error, open_clients
 from s3flow.errors import ConfigError, translate_aws_error
 from s3flow.executors import processor_key
 from s3flow.executors.command import check_command
@@ -104,6 +104,9 @@ async def build_runtimes(
         dlq = await dlq_url(clients.sqs, p, url)
         for what, u in (("queue", url), ("dead-letter queue", dlq)):
             await _check_queue(clients.sqs, u, f"pipeline {p.name!r} {what}")
+        # A misspelt bucket would only show as every event "skipped" (not its bucket).
+        if await bucket_surely_missing(clients.s3, p.bucket):
+            raise missing_bucket_error(p.bucket, settings.aws, f"pipeline {p.name!r} bucket")
         sink = open_sink(p.output, clients.s3)
         try:
             await sink.check()

@@ -9,6 +9,7 @@ cannot be served.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from itest_support import Harness, wait_for
+from itest_support import Harness, s3_event, wait_for
 
 from s3flow.settings import AwsSettings
 from s3flow.state import DynamoStateStore
@@ -112,3 +113,31 @@ def test_an_unknown_metrics_host_stops_the_worker(harness: Harness) -> None:
         env={"S3FLOW_WORKER__METRICS_PORT": "0", "S3FLOW_WORKER__METRICS_HOST": "nosuch.invalid"},
     )
     stopped_with(run, "cannot serve metrics on nosuch.invalid:0", "[worker] metrics_host")
+
+
+def test_a_misspelt_source_bucket_stops_the_worker(harness: Harness) -> None:
+    """The worker checked the queue and the output, not the bucket: with a misspelt one it
+    skipped every event ("skipped 2", at debug level) and deleted it, exit 0."""
+    harness.configure()
+    harness.put("a.txt", b"1\n")
+    wait_for(lambda: harness.depth() == (1, 0), 30, "the object's event on the queue")
+    cfg = harness.write_config()
+    cfg.write_text(cfg.read_text().replace(f'bucket = "{harness.bucket}"', 'bucket = "nosuch-in"'))
+    run = worker(cfg)
+    stopped_with(run, "pipeline 'p' bucket 'nosuch-in' does not exist", "s3flow provision")
+    assert harness.depth() == (1, 0)  # the event is still there
+
+
+def test_events_of_another_bucket_are_warned_about_once(harness: Harness) -> None:
+    """A queue fed by a bucket the pipeline does not name (a notification pointed at the
+    wrong queue): its events are skipped, said once at WARNING, not only at debug."""
+    harness.configure()
+    other = f"{harness.bucket}-other"
+    harness.s3.create_bucket(Bucket=other)
+    for key in ("x.txt", "y.txt"):
+        harness.send_raw(json.dumps({"Records": [s3_event(other, key)]}))
+    run = worker(harness.write_config())
+    assert run.returncode == 0, run.stderr
+    warned = [line for line in run.stderr.splitlines() if f"events of bucket {other!r}" in line]
+    assert len(warned) == 1 and "WARNING" in warned[0], run.stderr
+    assert f"not of its bucket {harness.bucket!r}" in warned[0]

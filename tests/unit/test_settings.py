@@ -310,27 +310,60 @@ def test_pipeline_lookup_unknown_lists_known(tmp_path: Path) -> None:
 
 
 def test_overlapping_pipelines_on_one_bucket_are_refused() -> None:
-    base = {"bucket": "b", "queue": "q", "output": "/tmp/x"}
+    base = {"bucket": "b", "output": "/tmp/x"}
     with pytest.raises(ConfigError, match="both take keys of bucket 'b'"):
         load_settings(
-            None, {"pipelines": [{"name": "a", **base}, {"name": "c", "prefix": "x/", **base}]}
+            None,
+            {
+                "pipelines": [
+                    {"name": "a", "queue": "qa", **base},
+                    {"name": "c", "queue": "qc", "prefix": "x/", **base},
+                ]
+            },
         )
     ok = load_settings(
         None,
         {
             "pipelines": [
-                {"name": "a", "prefix": "y/", **base},
-                {"name": "c", "prefix": "x/", **base},
-                {"name": "d", "suffix": ".csv", "prefix": "z/", **base},
+                {"name": "a", "queue": "qa", "prefix": "y/", **base},
+                {"name": "c", "queue": "qc", "prefix": "x/", **base},
+                {"name": "d", "queue": "qd", "suffix": ".csv", "prefix": "z/", **base},
             ]
         },
     )
     assert len(ok.pipelines) == 3
     stateless = load_settings(
         None,
-        {"state": {"url": "none"}, "pipelines": [{"name": "a", **base}, {"name": "c", **base}]},
+        {
+            "state": {"url": "none"},
+            "pipelines": [
+                {"name": "a", "queue": "qa", **base},
+                {"name": "c", "queue": "qc", **base},
+            ],
+        },
     )
     assert len(stateless.pipelines) == 2
+
+
+def test_two_pipelines_on_one_queue_are_refused() -> None:
+    """Each would receive the other's messages, skip their objects and delete them."""
+    base = {"bucket": "b", "output": "/tmp/x"}
+    with pytest.raises(ConfigError, match="pipelines 'a' and 'c' both read queue"):
+        load_settings(
+            None,
+            {
+                "pipelines": [
+                    {"name": "a", "queue": "q", "prefix": "x/", **base},
+                    {
+                        "name": "c",
+                        "prefix": "y/",
+                        **base,
+                        "bucket": "other",
+                        "queue": ("https://sqs.eu-west-1.amazonaws.com/123456789012/q"),
+                    },
+                ]
+            },
+        )
 
 
 @pytest.mark.parametrize(
@@ -363,14 +396,14 @@ def test_filters_overlap_follows_s3s_notification_rule(
 def test_the_overlap_refusal_names_the_filters_and_what_to_do() -> None:
     """The message shows each pipeline's filters and offers routes, and says that a
     key_regex on both (accepted here) is refused by provision: S3 cannot filter by it."""
-    base = {"bucket": "b", "queue": "q", "output": "/tmp/x"}
+    base = {"bucket": "b", "output": "/tmp/x"}
     with pytest.raises(ConfigError) as info:
         load_settings(
             None,
             {
                 "pipelines": [
-                    {"name": "a", "prefix": "in/", **base},
-                    {"name": "c", "suffix": ".csv", "key_regex": "x", **base},
+                    {"name": "a", "queue": "qa", "prefix": "in/", **base},
+                    {"name": "c", "queue": "qc", "suffix": ".csv", "key_regex": "x", **base},
                 ]
             },
         )
@@ -385,8 +418,8 @@ def test_the_overlap_refusal_names_the_filters_and_what_to_do() -> None:
         None,
         {
             "pipelines": [
-                {"name": "a", "prefix": "in/", **base, **both},
-                {"name": "c", "suffix": ".csv", **base, "key_regex": "x"},
+                {"name": "a", "queue": "qa", "prefix": "in/", **base, **both},
+                {"name": "c", "queue": "qc", "suffix": ".csv", **base, "key_regex": "x"},
             ]
         },
     )

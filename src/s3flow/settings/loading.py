@@ -126,6 +126,12 @@ class Settings(BaseSettings):
                 # taking one object would share its record. Two key_regex are trusted to
                 # keep them apart here; their bucket notifications still overlap, which
                 # S3 refuses (`s3flow provision` says so: s3flow.provision).
+                if p.queue.rstrip("/").rsplit("/", 1)[-1] == q.queue.rstrip("/").rsplit("/", 1)[-1]:
+                    raise ValueError(
+                        f"pipelines {p.name!r} and {q.name!r} both read queue {q.queue!r}: "
+                        "each would take the other's messages, skip their objects as not "
+                        "its own and delete them; give each pipeline its own queue"
+                    )
                 overlap = filters_overlap(p, q)
                 if overlap and not (p.key_regex and q.key_regex) and self.state.url != "none":
                     raise ValueError(

@@ -223,6 +223,7 @@ class MessageHandler:
             store, self.p, worker_id=worker.worker_id, stop=stop, claim_ttl_s=claim_ttl_s
         )
         self._policy = FailurePolicy(self.p, s3=s3, store=store, metrics=metrics)
+        self._foreign: set[str] = set()  # other buckets whose events were warned about
 
     # --- the message ----------------------------------------------------------------
 
@@ -282,6 +283,19 @@ class MessageHandler:
             reason = self.rt.route.rejects(event)
             if reason is not None:
                 self.metrics.objects_skipped += 1
+                if event.bucket != self.p.bucket and event.bucket not in self._foreign:
+                    # Not a filter doing its job: the queue gets another bucket's events
+                    # (a misspelt bucket, a notification pointed at the wrong queue).
+                    self._foreign.add(event.bucket)
+                    log.warning(
+                        "pipeline %s: queue %s holds events of bucket %r, not of its bucket "
+                        "%r; they are skipped and deleted (check the pipeline's bucket and "
+                        "the bucket notifications; said once per bucket)",
+                        self.p.name,
+                        self.p.queue,
+                        event.bucket,
+                        self.p.bucket,
+                    )
                 log.debug("pipeline %s skips %s: %s", self.p.name, event.uri(), reason)
                 continue
             # Only the last record hands the slot over: an earlier one has more to read.
