@@ -162,3 +162,17 @@ def test_a_message_that_is_not_text_is_a_permanent_error(kafka: KafkaBroker) -> 
     opts = options(kafka, columns=["id", "caf\udce9"], header=False, escapechar="\\")
     with pytest.raises(UndecodableContentError, match="not valid text"):
         run(opts, ObjectRef("bucket", "names.csv", "v1"), b"1,2\n")
+
+
+@pytest.mark.parametrize("bad_rows", ["dead-letter", "skip"])
+def test_a_header_over_the_field_limit_fails_the_object(kafka: KafkaBroker, bad_rows: str) -> None:
+    """A header the csv module cannot parse (a field over its 128 KiB limit) was
+    dead-lettered and the first data row taken as the header: the run succeeded with rows
+    {"1": "3", "2": "4"}, ... Now it fails like a header with an unclosed quote."""
+    data = b"id," + b"h" * 140_000 + b"\n1,2\n3,4\n5,6\n"
+    opts = options(kafka, bad_rows=bad_rows)
+    with pytest.raises(PermanentError, match="the header row is not valid CSV"):
+        run(opts, ObjectRef("bucket", "big-header.csv", "v1"), data)
+    assert values(kafka, opts.topic) == []
+    if bad_rows == "dead-letter":  # (skip: no DLQ topic)
+        assert values(kafka, opts.dlq_topic_name) == []

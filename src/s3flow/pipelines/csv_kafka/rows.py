@@ -371,6 +371,12 @@ class RowBatches:
                         raw_lines.clear()
                 break
             except csv.Error as exc:
+                if header_pending:
+                    # Like an unclosed quote in it: dead-lettering the header would make
+                    # the first data row the header (its values the column names).
+                    raise PermanentError(
+                        f"{self._uri}: the header row is not valid CSV ({exc}): fix the header row"
+                    ) from exc
                 line_end = lines_done + reader.line_num
                 line_start = prev_end + 1
                 prev_end = line_end

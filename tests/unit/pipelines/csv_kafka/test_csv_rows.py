@@ -322,6 +322,17 @@ def test_a_header_with_an_unclosed_quote_is_a_permanent_error() -> None:
         list(RowBatches(opts, "s3://b/k", Checkpoint("x")).batches(as_blocks(b'id,"v\n1,2\n')))
 
 
+@pytest.mark.parametrize("bad_rows", ["dead-letter", "skip", "fail"])
+def test_a_header_over_the_field_limit_is_a_permanent_error(bad_rows: str) -> None:
+    """The header was dead-lettered as a bad row and the first data row became the
+    header: {"1": "3", "2": "4"} for the rows after it."""
+    opts = parse_options({"topic": "t", "bad_rows": bad_rows})
+    data = b"id," + b"h" * 140_000 + b"\n1,2\n3,4\n5,6\n"
+    rows = RowBatches(opts, "s3://b/k", Checkpoint("x"))
+    with pytest.raises(PermanentError, match=r"s3://b/k: the header row is not valid CSV \("):
+        list(rows.batches(as_blocks(data)))
+
+
 def test_balanced_quotes_across_lines_are_no_unclosed_quote() -> None:
     data = b'id,v\n1,"a\nb"\n2,"c"\n'
     assert _dead("json", data) == []
