@@ -176,3 +176,23 @@ def test_a_header_over_the_field_limit_fails_the_object(kafka: KafkaBroker, bad_
     assert values(kafka, opts.topic) == []
     if bad_rows == "dead-letter":  # (skip: no DLQ topic)
         assert values(kafka, opts.dlq_topic_name) == []
+
+
+def test_a_csv_error_in_a_multi_line_record_is_one_bad_row(kafka: KafkaBroker) -> None:
+    """A quoted field over several lines and over the field limit: the inside of the
+    field ("more, stuff") was sent as a good row and rows 2-4 vanished into an
+    "unclosed quote" bad row. Now the record is one bad row and rows 2-4 are sent."""
+    from s3flow.pipelines.csv_kafka.rows import MAX_RAW_CHARS
+
+    big = "x" * 140_000
+    data = f'id,v\n1,"{big}\nmore, stuff\n"\n2,ok\n3,ok\n4,ok\n'.encode()
+    opts = options(kafka)
+    ckpts = run(opts, ObjectRef("bucket", "big-multiline.csv", "v1"), data)
+    assert values(kafka, opts.topic) == [{"id": str(i), "v": "ok"} for i in (2, 3, 4)]
+    [dead] = values(kafka, opts.dlq_topic_name)
+    assert (dead["line"], dead["fields"], dead["raw_truncated"]) == (2, None, True)
+    assert dead["reason"] == (
+        "unparseable CSV: field larger than field limit (131072) (lines 2-4, one record)"
+    )
+    assert dead["raw"] == f'1,"{big}'[:MAX_RAW_CHARS]
+    assert ckpts[-1].done and (ckpts[-1].sent, ckpts[-1].bad, ckpts[-1].line) == (3, 1, 7)

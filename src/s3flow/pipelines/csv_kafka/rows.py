@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from s3flow.errors import PermanentError, UndecodableContentError
-from s3flow.pipelines.csv_kafka.blocks import MAX_BLOCK_BYTES, Block, BlockEncoder
+from s3flow.pipelines.csv_kafka.blocks import MAX_BLOCK_BYTES, Block, BlockEncoder, RecordEnds
 from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint
 from s3flow.pipelines.csv_kafka.errors import BadRowError
 from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions, column_names_problem
@@ -80,13 +80,15 @@ class LineFeed:
     ``bad_lines`` holds the 1-based numbers (counted from ``start_line``) of the
     undecodable lines not yet handled. With ``keep_raw`` the lines of the current record
     are collected in ``raw`` (the caller clears it after each record; the mark is not
-    one of them).
+    one of them). :meth:`skip_record` takes lines out of the reader's way.
     """
 
     def __init__(
         self, text: str, bad: list[int], *, keep_raw: bool = False, start_line: int = 0
     ) -> None:
         self._lines = io.StringIO(text, newline="").readlines()
+        # One iterator shared by the reader's feed and skip_record.
+        self._next = iter(self._lines)
         self.keep_raw = keep_raw
         self.bad_lines: set[int] = {start_line + i + 1 for i in bad}
         self.raw: list[str] = []
@@ -95,14 +97,38 @@ class LineFeed:
         if self.keep_raw:
             yield from self._raw_lines()
         else:
-            yield from self._lines
+            yield from self._next
         yield END_MARK
 
     def _raw_lines(self) -> Iterator[str]:
         raw = self.raw
-        for line in self._lines:
+        for line in self._next:
             raw.append(line)
             yield line
+
+    def skip_record(self, first: int, taken: int, ends: RecordEnds, encoding: str) -> int:
+        """Skip the rest of the record on lines ``first``... (0-based) that the reader gave
+        up on after ``taken`` lines (a ``csv.Error``); return how many lines were skipped.
+
+        The reader starts again at the next line, which is still inside the record when a
+        quoted field spans lines: it would read the inside of the field as records. Where
+        the record ends is found by ``ends`` (the block cutter's quote rules); the block
+        ends at a record end, so at most its last line is skipped (never the end mark).
+        """
+        ends.reset()
+        at_end = True
+        for line in self._lines[first:taken]:
+            at_end = ends.feed(original_bytes(line, encoding))
+        skipped = 0
+        while not at_end:
+            line = next(self._next, "")
+            if not line:
+                break  # the block's end (a split record or an unclosed quote)
+            if self.keep_raw:
+                self.raw.append(line)
+            skipped += 1
+            at_end = ends.feed(original_bytes(line, encoding))
+        return skipped
 
 
 _encode_str = json.encoder.c_encode_basestring or json.encoder.py_encode_basestring  # type: ignore[attr-defined]
@@ -161,8 +187,8 @@ def raw_excerpt(lines: list[str], limit: int = MAX_RAW_CHARS) -> tuple[str, bool
 class BadRow(NamedTuple):
     """A record for the dead-letter topic: its first line, why, its fields and raw text.
 
-    ``raw`` is the text of the physical lines the record spans (for a CSV error: the
-    lines read up to and including the one the error is on), cut at
+    ``raw`` is the text of the physical lines the record spans (for a CSV error too:
+    up to where the quote rules end the record), cut at
     :data:`MAX_RAW_CHARS` characters (``raw_truncated``).
     """
 
@@ -303,6 +329,10 @@ class RowBatches:
         dead: list[BadRow] = []
         rows = bad = 0
         prev_end = lines_done
+        # ``base + reader.line_num``: the object's lines read, with those skip_record
+        # took past the reader after a CSV error.
+        base = lines_done
+        ends: RecordEnds | None = None
         while True:
             try:
                 for fields in reader:
@@ -313,7 +343,7 @@ class RowBatches:
                         # after its opening quote, and the mark.
                         fields[-1] = fields[-1][: -len(END_MARK)]
                         line_start = prev_end + 1
-                        prev_end = lines_done + reader.line_num - 1
+                        prev_end = base + reader.line_num - 1
                         if header_pending:
                             raise PermanentError(
                                 f"{self._uri}: the header row has a quoted field that is "
@@ -329,7 +359,7 @@ class RowBatches:
                         bad += self._bad(dead, line_start, reason, fields, raw_lines)
                         rows += 1
                         break
-                    line_end = lines_done + reader.line_num
+                    line_end = base + reader.line_num
                     line_start = prev_end + 1
                     prev_end = line_end
                     if not fields:
@@ -377,10 +407,22 @@ class RowBatches:
                     raise PermanentError(
                         f"{self._uri}: the header row is not valid CSV ({exc}): fix the header row"
                     ) from exc
-                line_end = lines_done + reader.line_num
+                if ends is None:
+                    ends = RecordEnds(
+                        delimiter=opts.delimiter,
+                        quotechar=opts.quotechar,
+                        escapechar=opts.escapechar,
+                        encoding=encoding,
+                    )
+                taken = base - lines_done + reader.line_num
+                base += feed.skip_record(prev_end - lines_done, taken, ends, encoding)
+                line_end = base + reader.line_num
                 line_start = prev_end + 1
                 prev_end = line_end
-                bad += self._bad(dead, line_start, f"unparseable CSV: {exc}", None, raw_lines)
+                reason = f"unparseable CSV: {exc}"
+                if line_end > line_start:
+                    reason += f" (lines {line_start}-{line_end}, one record)"
+                bad += self._bad(dead, line_start, reason, None, raw_lines)
                 rows += 1
                 if keep_raw:
                     raw_lines.clear()
@@ -389,7 +431,7 @@ class RowBatches:
             keys if key_idx is not None else None,
             lines,
             end,
-            lines_done + reader.line_num - 1,  # not the end mark's line
+            base + reader.line_num - 1,  # not the end mark's line
             len(block),
             rows,
             bad,
@@ -406,8 +448,8 @@ class RowBatches:
     ) -> int:
         """Apply ``bad_rows`` to one bad record (``fail``: raise); 1, the bad rows it makes.
 
-        ``raw_lines``: the physical lines of the record (for a CSV error, those read up
-        to the error), kept when the record is dead-lettered.
+        ``raw_lines``: the physical lines of the record, kept when the record is
+        dead-lettered.
         """
         if self._opts.bad_rows == "fail":
             raise BadRowError(f"{self._uri} line {line}: {reason} (bad_rows = 'fail')")

@@ -284,6 +284,46 @@ def test_csv_error_carries_line_and_truncated_raw(fmt: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["json", "raw"])
+@pytest.mark.parametrize("piece", [16, 64 * 1024])
+def test_a_csv_error_in_a_multi_line_record_makes_the_whole_record_one_bad_row(
+    fmt: str, piece: int
+) -> None:
+    """After the error csv.reader started again at the record's next line, inside the
+    quoted field: "more, stuff" became a good row, and the quote closing the field opened
+    an unclosed one that swallowed rows 2, 3 and 4."""
+    big = "x" * 140_000
+    data = f'id,v\n1,"{big}\nmore, stuff\n"\n2,ok\n3,ok\n4,ok\n'.encode()
+    [(line, reason, raw, truncated)] = _dead(fmt, data)
+    assert (line, truncated) == (2, True)
+    assert reason == (
+        "unparseable CSV: field larger than field limit (131072) (lines 2-4, one record)"
+    )
+    assert raw == f'1,"{big}'[:MAX_RAW_CHARS]
+    opts = parse_options({"topic": "t", "format": fmt})
+    batches = list(RowBatches(opts, "s3://b/k", Checkpoint("x")).batches(as_blocks(data)))
+    values = [v if isinstance(v, str) else v.decode() for b in batches for v in b.values]
+    want = [f"{i},ok" for i in (2, 3, 4)]
+    if fmt == "json":
+        want = [RowEncoder(["id", "v"]).json(w.split(",")) for w in want]
+    assert values == want
+    assert [n for b in batches for n in b.lines] == [5, 6, 7]
+    assert (sum(b.rows for b in batches), sum(b.bad for b in batches)) == (4, 1)
+    assert batches[-1].line == 7
+    # Through the session's path (the cutter; pyarrow where it can), to the same rows.
+    assert line_numbers(data, "utf-8", piece, 256)[:3] == ([5, 6, 7], [2], 7)
+    assert line_numbers(data, "latin-1", piece, 256)[:3] == ([5, 6, 7], [2], 7)
+    # skip mode has no raw lines to follow the record by
+    opts = parse_options({"topic": "t", "bad_rows": "skip"})
+    (batch,) = RowBatches(opts, "s3://b/k", Checkpoint("x")).batches(as_blocks(data))
+    assert (list(batch.lines), batch.rows, batch.bad, batch.line) == ([5, 6, 7], 4, 1, 7)
+    # The field crosses the limit on the record's second line: the same.
+    half = "y" * 70_000
+    data = f'id,v\n1,"{half}\n{half}\n"",z"\n2,ok\n'.encode()
+    [(line, reason, _, _)] = _dead(fmt, data)
+    assert (line, reason.endswith("(lines 2-4, one record)")) == (2, True)
+
+
+@pytest.mark.parametrize("fmt", ["json", "raw"])
 @pytest.mark.parametrize("eol", ["\n", ""], ids=["final-newline", "no-final-newline"])
 def test_an_unclosed_quote_is_a_dead_row_not_a_quiet_one(fmt: str, eol: str) -> None:
     """With as many fields as columns, the row an unclosed quote makes (every line after
