@@ -11,11 +11,14 @@ taken here when that is certain; otherwise :meth:`ArrowJsonBlocks.encode` return
 * valid UTF-8, one record per physical line (no blank lines, no line breaks inside
   quotes, no lone CR: the record count equals the count of line feeds), every record
   with the expected number of columns;
-* no control characters in a field other than tab (escaped here as ``\\t``).
+* no control characters in a field other than tab (escaped here as ``\\t``);
+* no field longer than the ``csv`` module's field limit (``csv.field_size_limit()``,
+  128 KiB): the exact path makes such a record a bad row.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from array import array
 from itertools import accumulate
@@ -122,6 +125,9 @@ class ArrowJsonBlocks:
                     col = pc.replace_substring(col, "\t", "\\t", memory_pool=_POOL)
                 escaped.append(col)
             joined = self._join(escaped)
+        limit = csv.field_size_limit()
+        if len(block) > limit and _over_limit(joined, columns, limit):
+            return None  # a field the csv module refuses: a bad row, as on the exact path
         values: list[bytes] = pc.cast(joined, pa.binary(), memory_pool=_POOL).to_pylist()
         keys = columns[self.key_index].to_pylist() if self.key_index is not None else None
         return values, keys
@@ -185,6 +191,17 @@ def _string_scalars(texts: list[str]) -> list[Any]:
         pa.string(), len(data), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))]
     )
     return [arr[i] for i in range(len(data))]
+
+
+def _over_limit(joined: Any, columns: list[Any], limit: int) -> bool:
+    """Whether a value of ``columns`` has more than ``limit`` characters.
+
+    The csv module counts characters; a value is never longer than its row's JSON
+    object (``joined``), so one length check of the objects settles the usual block.
+    """
+    if (pc.max(pc.binary_length(joined)).as_py() or 0) <= limit:
+        return False
+    return any((pc.max(pc.utf8_length(col)).as_py() or 0) > limit for col in columns)
 
 
 def _data_bytes(joined: Any) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pyarrow as pa
 from hypothesis import given, settings
@@ -25,18 +27,39 @@ def lines_of(block: bytes) -> int:
     return block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
 
 
+@contextmanager
+def field_limit(limit: int | None) -> Iterator[None]:
+    """The csv module's (process-wide) field limit set to ``limit`` for the block."""
+    old = csv.field_size_limit()
+    if limit is not None:
+        csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
 @settings(max_examples=300, deadline=None)
-@given(rows=st.lists(st.lists(field, min_size=3, max_size=3), min_size=1, max_size=8))
-def test_fast_path_equals_the_exact_path_or_declines(rows: list[list[str]]) -> None:
+@given(
+    rows=st.lists(st.lists(field, min_size=3, max_size=3), min_size=1, max_size=8),
+    limit=st.sampled_from([None, 1, 3, 5]),
+)
+def test_fast_path_equals_the_exact_path_or_declines(
+    rows: list[list[str]], limit: int | None
+) -> None:
+    """... with fields over the csv module's field limit too (a small limit stands in for
+    its 128 KiB): the exact path makes a bad row of their record, so they are declined."""
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows(rows)
     block = out.getvalue().encode()
     fast = ArrowJsonBlocks(COLS, delimiter=",", quotechar='"', key_index=1)
-    got = fast.encode(block, lines_of(block))
-    if got is None:
-        return  # declined: the exact path handles it
-    values, keys = got
-    assert [v.decode() for v in values] == exact(block)
+    with field_limit(limit):
+        got = fast.encode(block, lines_of(block))
+        if got is None:
+            return  # declined: the exact path handles it
+        values, keys = got
+        # (a csv.Error here: a field the exact path refuses was taken)
+        assert [v.decode() for v in values] == exact(block)
     assert keys == [r[1] for r in rows]
 
 
@@ -80,6 +103,12 @@ def test_declines_what_it_cannot_do_exactly() -> None:
     # bytes could cancel three doubled quotes / quoted line feeds in the raw check
     assert fast.encode(b'\xef\xbb\xbf"p""q",r,1\n"s""t",u,2\nv,"w",3\n', 3) is None
     assert fast.encode(b"\xef\xbb\xbf1,2,3\n", 1) is None
+    # a field over the csv module's 128 KiB field limit (in characters: 131,072 is fine)
+    limit = csv.field_size_limit()
+    assert fast.encode(b"1,2,%s\n" % (b"x" * (limit + 1)), 1) is None
+    assert fast.encode(b'1,"%s",3\n' % ("\u20ac" * (limit + 1)).encode(), 1) is None
+    ok = fast.encode(b"1,2,%s\n" % ("\u20ac" * limit).encode(), 1)
+    assert ok is not None and len(ok[0]) == 1
 
 
 @settings(max_examples=400, deadline=None)

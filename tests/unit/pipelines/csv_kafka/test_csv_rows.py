@@ -323,6 +323,19 @@ def test_a_csv_error_in_a_multi_line_record_makes_the_whole_record_one_bad_row(
     assert (line, reason.endswith("(lines 2-4, one record)")) == (2, True)
 
 
+@pytest.mark.parametrize("at", [0, 300])
+def test_a_field_over_the_limit_is_a_bad_row_wherever_it_is(at: int) -> None:
+    """After many rows (the vectorised path's blocks) it was sent as a good row; right
+    after the header (the exact path's block) it was dead-lettered."""
+    rows = [f"{i},v{i},{i % 7}" for i in range(at)]
+    rows += [f"{at},{'x' * 200_000},1", *(f"{i},w,2" for i in range(at + 1, at + 300))]
+    data = ("id,v,n\n" + "\n".join(rows) + "\n").encode()
+    good = [i + 2 for i in range(at + 300) if i != at]
+    for encoding in ("utf-8", "latin-1"):  # with the vectorised path, and the exact one only
+        assert line_numbers(data, encoding, 64, 512)[:3] == (good, [at + 2], at + 301)
+    assert line_numbers(data, "utf-8", 64, 512)[3] > 0
+
+
 @pytest.mark.parametrize("fmt", ["json", "raw"])
 @pytest.mark.parametrize("eol", ["\n", ""], ids=["final-newline", "no-final-newline"])
 def test_an_unclosed_quote_is_a_dead_row_not_a_quiet_one(fmt: str, eol: str) -> None:
