@@ -196,3 +196,26 @@ def test_a_csv_error_in_a_multi_line_record_is_one_bad_row(kafka: KafkaBroker) -
     )
     assert dead["raw"] == f'1,"{big}'[:MAX_RAW_CHARS]
     assert ckpts[-1].done and (ckpts[-1].sent, ckpts[-1].bad, ckpts[-1].line) == (3, 1, 7)
+
+
+def test_a_bad_row_of_large_fields_is_dead_lettered_and_the_rest_sent(
+    kafka: KafkaBroker,
+) -> None:
+    """10 fields of 110 KB in a bad row: its `fields` were copied in full into the DLQ
+    message, over the producer's message.max.bytes (MSG_SIZE_TOO_LARGE), and the object
+    failed with nothing sent. Now the fields are cut (`fields_truncated`)."""
+    big = [chr(ord("a") + i) * 110_000 for i in range(10)]
+    data = ("a,b\n1,2\n" + ",".join(big) + "\n3,4\n").encode()
+    opts = options(kafka)
+    ckpts = run(opts, ObjectRef("bucket", "wide-bad-row.csv", "v1"), data)
+    from s3flow.pipelines.csv_kafka.rows import MAX_FIELDS_CHARS, MAX_RAW_CHARS
+
+    assert values(kafka, opts.topic) == [{"a": "1", "b": "2"}, {"a": "3", "b": "4"}]
+    [dead] = read_topic(kafka.bootstrap, opts.dlq_topic_name)
+    doc = dead.json()
+    assert (doc["line"], doc["reason"]) == (3, "expected 2 columns, got 10")
+    assert (doc["raw_truncated"], doc["fields_truncated"]) == (True, True)
+    assert doc["raw"] == ",".join(big)[:MAX_RAW_CHARS]
+    assert sum(len(f) for f in doc["fields"]) <= MAX_FIELDS_CHARS
+    assert len(dead.value) < 100_000  # far below message.max.bytes (1 MB)
+    assert ckpts[-1].done and (ckpts[-1].sent, ckpts[-1].bad) == (2, 1)

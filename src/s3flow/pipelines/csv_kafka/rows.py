@@ -40,6 +40,13 @@ log = logging.getLogger("s3flow.pipelines.csv_kafka")
 #: ``raw_truncated`` is true): a DLQ message stays far below Kafka's 1 MB default limit
 #: even for a field over the ``csv`` module's 128 KiB field limit.
 MAX_RAW_CHARS = 16 * 1024
+#: A dead-lettered record's ``fields`` keep this many characters in all, each field
+#: counted with :data:`FIELD_OVERHEAD` more (then ``fields_truncated`` is true): with
+#: ``raw`` the message stays far below Kafka's 1 MB default limit, whatever the row.
+MAX_FIELDS_CHARS = 16 * 1024
+#: What a field adds to the JSON list besides its text (its quotes and ``", "``): a row
+#: of a million empty fields must be cut too.
+FIELD_OVERHEAD = 4
 
 
 def decode_piece(piece: bytes, encoding: str) -> tuple[str, list[int]]:
@@ -181,15 +188,36 @@ def raw_excerpt(lines: list[str], limit: int = MAX_RAW_CHARS) -> tuple[str, bool
     return (text[:limit], True) if len(text) > limit else (text, False)
 
 
+def fields_excerpt(
+    fields: list[str] | None, limit: int = MAX_FIELDS_CHARS
+) -> tuple[list[str] | None, bool]:
+    """A bad record's fields for the dead-letter topic: (fields, whether they were cut).
+
+    The fields are kept in order while their characters, plus :data:`FIELD_OVERHEAD`
+    each, stay within ``limit``: the field that crosses it is cut there (left out when
+    nothing of it fits), and the fields after it are left out.
+    """
+    if fields is None:
+        return None, False
+    total = 0
+    for i, field in enumerate(fields):
+        total += len(field) + FIELD_OVERHEAD
+        if total > limit:
+            room = limit - (total - len(field))  # for this field's text
+            return [*fields[:i], field[:room]] if room > 0 else fields[:i], True
+    return fields, False
+
+
 # --- blocks to messages ----------------------------------------------------------------
 
 
 class BadRow(NamedTuple):
     """A record for the dead-letter topic: its first line, why, its fields and raw text.
 
-    ``raw`` is the text of the physical lines the record spans (for a CSV error too:
-    up to where the quote rules end the record), cut at
-    :data:`MAX_RAW_CHARS` characters (``raw_truncated``).
+    ``fields`` is cut as :func:`fields_excerpt` does (``fields_truncated``); ``raw`` is
+    the text of the physical lines the record spans (for a CSV error too: up to where
+    the quote rules end the record), cut at :data:`MAX_RAW_CHARS` characters
+    (``raw_truncated``).
     """
 
     line: int
@@ -197,6 +225,7 @@ class BadRow(NamedTuple):
     fields: list[str] | None  # None: the record did not parse
     raw: str | None  # None only for rows built without their text (never by RowBatches)
     raw_truncated: bool = False
+    fields_truncated: bool = False
 
 
 @dataclass(slots=True)
@@ -455,7 +484,10 @@ class RowBatches:
             raise BadRowError(f"{self._uri} line {line}: {reason} (bad_rows = 'fail')")
         if self._opts.bad_rows == "dead-letter":
             raw, truncated = raw_excerpt(raw_lines)
-            dead.append(BadRow(line, reason, fields, raw, truncated))
+            # The fields too: a row of large fields made a DLQ message over Kafka's
+            # limit, and that failed the whole object.
+            kept, cut = fields_excerpt(fields)
+            dead.append(BadRow(line, reason, kept, raw, truncated, cut))
         return 1
 
     def _key_index(self, columns: list[str]) -> int | None:

@@ -399,6 +399,7 @@ class TxnSession:
             ),
             "raw": _printable(bad.raw, encoding) if bad.raw is not None else None,
             "raw_truncated": bad.raw_truncated,
+            "fields_truncated": bad.fields_truncated,
         }
         self._produce(
             producer,

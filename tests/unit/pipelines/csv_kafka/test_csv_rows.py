@@ -22,6 +22,8 @@ from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef, checkpo
 from s3flow.pipelines.csv_kafka.errors import BadRowError
 from s3flow.pipelines.csv_kafka.options import parse_options
 from s3flow.pipelines.csv_kafka.rows import (
+    FIELD_OVERHEAD,
+    MAX_FIELDS_CHARS,
     MAX_RAW_CHARS,
     Block,
     BlockEncoder,
@@ -29,6 +31,7 @@ from s3flow.pipelines.csv_kafka.rows import (
     RowBatches,
     RowEncoder,
     decode_piece,
+    fields_excerpt,
     original_bytes,
     raw_excerpt,
 )
@@ -397,6 +400,36 @@ def test_raw_excerpt_cuts_at_the_limit_without_joining_everything() -> None:
     assert raw_excerpt(["abc\r\n"], 2) == ("ab", True)
     assert raw_excerpt(["a\n", "b" * 10, "c" * 10**6], 5) == ("a\nbbb", True)
     assert raw_excerpt([], 5) == ("", False)
+
+
+def test_fields_excerpt_keeps_the_first_fields_up_to_the_limit() -> None:
+    assert fields_excerpt(None) == (None, False)
+    assert fields_excerpt(["ab", "c"], 11) == (["ab", "c"], False)  # (2 + 4) + (1 + 4)
+    assert fields_excerpt(["ab", "cd"], 11) == (["ab", "c"], True)
+    assert fields_excerpt(["ab", "cd"], 10) == (["ab"], True)  # nothing of "cd" fits
+    assert fields_excerpt(["abcdef"], 6) == (["ab"], True)
+    many = [""] * 1_000_000  # a line of commas: the count is cut too
+    kept, cut = fields_excerpt(many)
+    assert cut and kept is not None and len(kept) == MAX_FIELDS_CHARS // FIELD_OVERHEAD
+
+
+def test_a_bad_row_of_large_fields_is_dead_lettered_with_its_fields_cut() -> None:
+    """`fields` was copied in full into the DLQ message (10 fields of 110 KB: over
+    Kafka's 1 MB message limit, so the whole object failed)."""
+    big = [str(i) * 110_000 for i in range(10)]
+    data = ("a,b\n1,2\n" + ",".join(big) + "\n3,4\n").encode()
+    opts = parse_options({"topic": "t"})
+    (batch,) = RowBatches(opts, "s3://b/k", Checkpoint("x")).batches(as_blocks(data))
+    assert list(batch.lines) == [2, 4]
+    [dead] = batch.dead
+    assert (dead.line, dead.reason) == (3, "expected 2 columns, got 10")
+    assert (dead.raw_truncated, dead.fields_truncated) == (True, True)
+    assert dead.fields is not None
+    assert sum(len(f) + FIELD_OVERHEAD for f in dead.fields) == MAX_FIELDS_CHARS
+    assert dead.fields == [big[0][: MAX_FIELDS_CHARS - FIELD_OVERHEAD]]
+    # small fields are kept whole
+    (batch,) = RowBatches(opts, "s3://b/k", Checkpoint("x")).batches(as_blocks(b"a,b\n1\n"))
+    assert [(d.fields, d.fields_truncated) for d in batch.dead] == [(["1"], False)]
 
 
 def test_skip_and_fail_keep_no_raw_text() -> None:
