@@ -41,8 +41,10 @@ def worker(
 ) -> None:
     """Run the worker: consume S3 notifications from SQS and process each object.
 
-    SIGTERM/SIGINT stop polling at once, give in-flight objects shutdown_grace_s to
-    finish, release the rest (visibility 0), flush acks and exit 0.
+    SIGTERM/SIGINT stop polling (a receive on the wire is waited for, up to wait_time_s,
+    and what it brings put back), give in-flight objects shutdown_grace_s to finish,
+    release the rest (visibility 0), flush acks and exit 0; a second signal stops the
+    waits at once.
     """
     from s3flow.app import run_worker
 

@@ -265,7 +265,9 @@ class PipelineSettings(_Model):
         default=20,
         description=(
             "Long-poll wait per receive; at most [worker] shutdown_grace_s (at least 1), "
-            "so that a stop is not held up by a receive on the wire."
+            "so that a stop is not held up longer by a receive on the wire (a stop waits "
+            "for it: cut short, the poll the server still holds would take messages "
+            "out of sight)."
         ),
     )
     max_receive_count: ReceiveCount = Field(

@@ -228,8 +228,11 @@ class PipelineRunner:
             # Its long poll is at most the grace (see ``_wait_s``): only a slow network
             # makes it last longer, up to the margin.
             wait_s = self._wait_s + _RECEIVE_MARGIN_S
+            # Not cut short: the server would still hold the poll, and it takes the
+            # messages released next, or new ones, out of sight for a visibility timeout.
             log.info(
-                "pipeline %s: waiting up to %.0fs for %d receive(s) on the wire",
+                "pipeline %s: waiting up to %.0fs for %d receive(s) on the wire (what "
+                "they bring is put back at once)",
                 self.p.name,
                 wait_s,
                 len(on_wire),
@@ -515,7 +518,12 @@ class Worker:
     def _on_signal(self, signame: str) -> None:
         self._signals += 1
         if self._signals == 1:
-            log.info("%s received: stopping polling, finishing in-flight work", signame)
+            log.info(
+                "%s received: stopping polling, finishing in-flight work (%s again: stop "
+                "waiting now)",
+                signame,
+                signame,
+            )
             self.stop()
         else:
             log.warning("%s received again: releasing in-flight work now", signame)
