@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -18,7 +19,12 @@ from s3flow.memory import set_mmap_threshold
 from s3flow.metrics import PipelineMetrics, WorkerMetrics
 from s3flow.processors import create_processor
 from s3flow.processors.base import Processor, parse_options
-from s3flow.processors.registry import default_executor_for, portable_spec, processor_class
+from s3flow.processors.registry import (
+    available_processors,
+    default_executor_for,
+    portable_spec,
+    processor_class,
+)
 from s3flow.provision import Change, provision
 from s3flow.routing import Route, RoutingTable
 from s3flow.settings import (
@@ -158,14 +164,33 @@ def check_options(settings: Settings) -> None:
         except ConfigError as exc:
             raise ConfigError(f"pipeline {p.name!r}: {exc}") from exc
         for rule in table.rules:
-            try:
-                processor_class(rule.processor)
-            except ConfigError:
-                continue
-            try:
-                _check_options(rule.processor, rule.options)
-            except ConfigError as exc:
-                raise ConfigError(f"pipeline {p.name!r}, route {rule.name!r}: {exc}") from exc
+            _check_spec(rule.processor, rule.options, f"pipeline {p.name!r}, route {rule.name!r}")
+    for t in settings.templates:
+        for i, step in enumerate(t.steps, start=1):
+            _check_spec(step.processor, step.options, f"template {t.name!r}, step {i}")
+
+
+def _check_spec(spec: str, options: Mapping[str, Any], where: str) -> None:
+    """:func:`check_options` for one processor setting. An unknown name close to a known
+    one is a typo (``line_count``); any other may be a plugin installed only where the
+    worker runs, and is left to it, as is a module this machine cannot import."""
+    try:
+        cls = processor_class(spec)
+    except ConfigError:
+        return
+    if cls is None:
+        known = available_processors()
+        near = difflib.get_close_matches(spec, known, n=1, cutoff=0.75)
+        if near:
+            raise ConfigError(
+                f"{where}: unknown processor {spec!r}: did you mean {near[0]!r}? "
+                f"(available: {', '.join(known)}, or 'module:attribute')"
+            )
+        return
+    try:
+        _check_options(spec, options)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _check_options(spec: str, options: Mapping[str, Any]) -> bool:

@@ -84,3 +84,48 @@ def test_an_unknown_processor_is_named_as_the_processor_setting() -> None:
     with pytest.raises(ConfigError) as err:
         app._routes_of(p)
     assert str(err.value).startswith("pipeline 'counts' (processor): unknown processor 'line-cnt'")
+
+
+def _jobs_settings(processor: str, step: dict[str, object]) -> object:
+    from s3flow.settings import load_settings
+
+    return load_settings(
+        None,
+        {
+            "pipelines": [
+                {
+                    "name": "p",
+                    "processor": processor,
+                    "bucket": "b",
+                    "queue": "q",
+                    "output": "s3://o/",
+                }
+            ],
+            "jobs": {"project": "acme"},
+            "templates": [{"name": "bundle", "steps": [step]}],
+        },
+    )
+
+
+def test_provision_checks_processor_names_and_template_steps() -> None:
+    """`s3flow provision` accepted `line_count` (a typo of line-count) and a template
+    step's bad option, and created the resources; only the worker refused them."""
+    import pytest
+
+    from s3flow import app
+    from s3flow.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        app.check_options(_jobs_settings("line_count", {"processor": "zip"}))  # type: ignore[arg-type]
+    said = str(err.value)
+    assert "pipeline 'p', route 'default': unknown processor 'line_count'" in said
+    assert "did you mean 'line-count'?" in said
+    with pytest.raises(ConfigError) as err:
+        app.check_options(_jobs_settings("line-count", {"processor": "line_count"}))  # type: ignore[arg-type]
+    assert "template 'bundle', step 1: unknown processor 'line_count'" in str(err.value)
+    bad_option = {"processor": "zip", "options": {"compress": 9}}
+    with pytest.raises(ConfigError) as err:
+        app.check_options(_jobs_settings("line-count", bad_option))  # type: ignore[arg-type]
+    assert "template 'bundle', step 1: " in str(err.value) and "compress" in str(err.value)
+    # a name close to none: maybe a plugin installed only where the worker runs
+    app.check_options(_jobs_settings("acme-special", {"processor": "zip"}))  # type: ignore[arg-type]
