@@ -219,15 +219,36 @@ def translate_aws_error(exc: BaseException, operation: str) -> S3flowError:
         if code in RETRYABLE_CODES or status >= 500 or status == 429:
             return AwsError(text, code=code, operation=operation)
         return AwsPermanentError(text, code=code, operation=operation)
-    # Connection errors, read timeouts, endpoint unreachable: transient.
-    hint = f" ({_UNREACHABLE_HINT})" if type(exc).__name__ in _CONNECT_ERRORS else ""
-    return AwsError(f"{operation} failed: {type(exc).__name__}: {exc}{hint}", operation=operation)
+    name = type(exc).__name__
+    text = f"{operation} failed: {name}: {exc}"
+    # Connection errors, read timeouts, endpoint unreachable: transient. So are missing
+    # credentials: a role's may be a moment away (the instance metadata service).
+    hint = ""
+    if name in _NO_CREDENTIALS:
+        hint = f" ({_CREDENTIALS_HINT})"
+    elif name in _CONNECT_ERRORS:
+        hint = f" ({_UNREACHABLE_HINT})"
+    elif "WRONG_VERSION_NUMBER" in str(exc):
+        hint = f" ({_PLAIN_HTTP_HINT})"
+    return AwsError(f"{text}{hint}", operation=operation)
 
 
 #: What to check when nothing answers at an endpoint's address.
 _UNREACHABLE_HINT = (
     "nothing answers at that address: is the endpoint running, e.g. `s3flow local`, and "
     "are AWS_ENDPOINT_URL / [aws] endpoint_url and the region right?"
+)
+
+#: What to do when no credentials were found.
+_CREDENTIALS_HINT = (
+    "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
+    "or run where a role provides them; a local endpoint (`s3flow local`) takes any value"
+)
+_NO_CREDENTIALS = frozenset({"NoCredentialsError", "PartialCredentialsError"})
+
+#: A TLS handshake answered in plain HTTP.
+_PLAIN_HTTP_HINT = (
+    "the endpoint answers plain HTTP, not TLS: write its URL with http://, not https://"
 )
 
 #: Errors that mean no connection could be made (botocore's, s3flow's own HTTP client's).

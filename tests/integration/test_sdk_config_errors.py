@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from s3flow.local.endpoint import LocalEndpoint
+
 pytestmark = pytest.mark.integration
 
 CONFIG = """\
@@ -30,11 +32,17 @@ output = "s3://o/r/"
 """
 
 
-def s3flow(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def s3flow(
+    tmp_path: Path, *args: str, credentials: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """s3flow with no AWS_* variables (a config file naming the region only; with
+    ``credentials``, test ones too) and no instance metadata service to ask."""
     aws_config = tmp_path / "aws-config"
-    aws_config.write_text("[default]\nregion = us-east-1\n")
+    keys = "aws_access_key_id = x\naws_secret_access_key = x\n" if credentials else ""
+    aws_config.write_text(f"[default]\nregion = us-east-1\n{keys}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_CONFIG_FILE=str(aws_config), AWS_SHARED_CREDENTIALS_FILE=str(aws_config))
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
     return subprocess.run(
         [sys.executable, "-m", "s3flow", *args],
         capture_output=True,
@@ -74,3 +82,35 @@ def test_run_reports_it_as_a_permanent_error(tmp_path: Path) -> None:
     assert result["status"] == "error" and result["disposition"] == "permanent"
     assert result["error_class"] == "ConfigError"
     assert "AWS profile 'nosuchprofile' not found" in result["error"]
+
+
+NO_CREDENTIALS = """\
+[aws]
+endpoint_url = "{url}"
+[state]
+url = "none"
+[[pipelines]]
+name = "p"
+processor = "line-count"
+bucket = "b"
+queue = "q"
+output = "s3://o/r/"
+"""
+
+
+def test_no_credentials_and_https_to_a_plain_http_endpoint_say_what_to_do(
+    tmp_path: Path, endpoint: LocalEndpoint
+) -> None:
+    """ "Unable to locate credentials" and an SSL "wrong version number" named nothing a
+    new user could act on."""
+    (tmp_path / "s3flow.toml").write_text(NO_CREDENTIALS.format(url=endpoint.url))
+    done = s3flow(tmp_path, "provision", "--dry-run", "-c", "s3flow.toml")
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "Unable to locate credentials" in said and "set AWS_ACCESS_KEY_ID" in said, said
+    https = endpoint.url.replace("http://", "https://")
+    (tmp_path / "s3flow.toml").write_text(NO_CREDENTIALS.format(url=https))
+    done = s3flow(tmp_path, "provision", "--dry-run", "-c", "s3flow.toml", credentials=True)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "write its URL with http://, not https://" in said, said
