@@ -237,10 +237,11 @@ def test_upload_with_no_server_listening_says_how_to_start_it(tmp_path: Path) ->
     f.write_text("1\n")
     url = f"http://127.0.0.1:{free_port()}"
 
-    run = _cli("upload", "--url", url, "-t", "count", str(f))
+    run = _cli("upload", "--url", url, "-t", "count", "--api-wait-s", "1", str(f))
 
     err = _flat(run.stderr)
     assert run.returncode == 2, run.stdout + run.stderr
+    assert f"waiting up to 1 s for the s3flow API at {url}" in err
     assert f"error: cannot reach the s3flow API at {url}:" in err
     assert "Is it running? Start it with `s3flow web -c <config>`" in err
 
@@ -254,7 +255,7 @@ def test_upload_goes_to_the_web_port_of_its_config_and_needs_a_scheme(tmp_path: 
     cfg = tmp_path / "jobs.toml"
     cfg.write_text(f'[web]\nhost = "0.0.0.0"\nport = {port}\n')
 
-    run = _cli("upload", "-c", str(cfg), "-t", "count", str(f))
+    run = _cli("upload", "-c", str(cfg), "-t", "count", "--api-wait-s", "0", str(f))
 
     assert run.returncode == 2, run.stdout + run.stderr
     assert f"error: cannot reach the s3flow API at http://127.0.0.1:{port}:" in _flat(run.stderr)

@@ -14,6 +14,7 @@ import mimetypes
 import os
 import shlex
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -102,6 +103,15 @@ def upload(
         str | None, typer.Option("--token", envvar="S3FLOW_TOKEN", help="API bearer token.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    api_wait_s: Annotated[
+        float,
+        typer.Option(
+            "--api-wait-s",
+            min=0,
+            help="How long to wait for an API that nothing listens at yet (`s3flow web &` "
+            "just started).",
+        ),
+    ] = 15.0,
 ) -> None:
     """Upload FILES as one job run by TEMPLATE, then follow its progress to the end."""
     configured = config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG.is_file()
@@ -123,7 +133,7 @@ def upload(
     hooks = {"response": [_check_api_answer(base)]}
     try:
         with httpx.Client(timeout=httpx.Timeout(30.0), event_hooks=hooks) as client:
-            code = _run(client, base, headers, template, files, quiet)
+            code = _run(client, base, headers, template, files, quiet, api_wait_s)
     except httpx.TransportError as exc:
         raise fail(_unreachable(base, exc, config)) from exc
     except S3flowError as exc:
@@ -156,6 +166,30 @@ def _unreachable(base: str, exc: httpx.TransportError, config: Path | None) -> S
     )
 
 
+def _await_api(client: httpx.Client, base: str, wait_s: float) -> None:
+    """Wait while nothing listens at ``base`` yet, up to ``wait_s``: a ``s3flow web &``
+    started just before takes a few seconds to listen. Any answer (even an error) ends
+    the wait; still refused, the last ``ConnectError`` is raised."""
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            client.get(f"{base.rstrip('/')}/healthz", timeout=5.0)
+            return
+        except httpx.ConnectError:
+            if time.monotonic() >= deadline:
+                raise
+            if not said:
+                said = True
+                err_console.print(
+                    f"waiting up to {wait_s:.0f} s for the s3flow API at {base} "
+                    "(nothing listens there yet)",
+                    highlight=False,
+                    markup=False,
+                )
+            time.sleep(0.5)
+
+
 def _run(
     client: httpx.Client,
     base: str,
@@ -163,7 +197,9 @@ def _run(
     template: str,
     files: list[Path],
     quiet: bool,
+    api_wait_s: float,
 ) -> int:
+    _await_api(client, base, api_wait_s)
     created = create_upload(client, base, headers, template, files, _content_type)
     job_id = str(created["job_id"])
     console.print(f"job [bold]{job_id}[/] (upload {created['upload_id']}, template {template})")

@@ -78,15 +78,17 @@ def test_upload_follows_the_job_and_jobs_commands_show_it(
         ),
     ]
     try:
-        wait_for(lambda: _healthy(url), 60, "s3flow web")
+        # Right after `s3flow web &`, as the README's lines run: upload waits for the API
+        # to listen (it said "cannot reach the s3flow API" and gave up).
         a, b = tmp_path / "a.txt", tmp_path / "b.log"
         a.write_bytes(b"1\n2\n3\n")
         b.write_bytes(b"x\n")
         up = _s3flow(
             "upload", "-c", str(project.cfg), "--url", url, "--template", "bundle", "-q",
-            str(a), str(b),
+            "--api-wait-s", "60", str(a), str(b),
         )  # fmt: skip
         assert up.returncode == 0, up.stdout + up.stderr
+        assert _healthy(url)
         job_id = re.search(r"job (job-[0-9a-f]{32})", up.stdout).group(1)  # type: ignore[union-attr]
         lines = [ln.split()[1] for ln in up.stdout.splitlines() if re.match(r"\s*\d+ \w", ln)]
         assert lines[0] == "job.created" and lines[-1] == "job.completed"
