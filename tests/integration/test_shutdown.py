@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from pathlib import Path
 
 import pytest
-from itest_support import Harness, spawn_worker, wait_for
+from itest_support import Harness, s3_event, spawn_worker, wait_for
 
 from s3flow.state.records import FileStatus
 
@@ -196,3 +197,48 @@ def test_sigterm_stops_both_copies_of_a_message_delivered_twice(
     recs = harness.records()
     assert len(recs) == 1 and recs[0].status is FileStatus.RECEIVED, recs
     assert recs[0].claim_owner is None, recs
+
+
+def test_sigterm_releases_a_message_waiting_for_its_key_once_the_polls_are_over(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A copy of a message waiting for its key's lock (the other copy runs) was released
+    at the signal, while a receive was still on the wire: that poll took it again, and
+    it was released twice, one more receive spent of its redrive budget."""
+    marker = tmp_path / "m"
+    marker.mkdir()
+    harness.configure(
+        processor="s3flow_testprocs:SlowProcessor",
+        concurrency=4,
+        visibility_timeout_s=120,
+        wait_time_s=2,  # the queue's too: the purges below wait no longer
+        options={"sleep_s": 120.0, "marker_dir": str(marker)},
+    )
+    harness.settings.worker.shutdown_grace_s = 2  # type: ignore[union-attr]
+    config = harness.write_config()
+    harness.put("k.txt", b"a\n")
+    harness.purge()
+    etag = harness.s3.head_object(Bucket=harness.bucket, Key="k.txt")["ETag"].strip('"')
+    body = json.dumps({"Records": [s3_event(harness.bucket, "k.txt", etag=etag, sequencer="0A")]})
+    harness.send_raw(body)
+    harness.send_raw(body)
+    log_path = tmp_path / "worker.log"
+    proc = spawn_worker(config, log_path)
+    try:
+        wait_for(lambda: _count(marker, "started") == 1, 30, "one copy in flight")
+        wait_for(lambda: "with the message leased" in log_path.read_text(), 30, "the other waiting")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log_path.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = log_path.read_text()
+    assert "released 2" in log, log
+    got = harness.sqs.receive_message(
+        QueueUrl=harness.queue_url,
+        MaxNumberOfMessages=10,
+        AttributeNames=["ApproximateReceiveCount"],
+        WaitTimeSeconds=1,
+    ).get("Messages", [])
+    # each received once by the worker, once now
+    assert sorted(m["Attributes"]["ApproximateReceiveCount"] for m in got) == ["2", "2"], got

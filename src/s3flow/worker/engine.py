@@ -134,6 +134,7 @@ class PipelineRunner:
         burst: bool,
         clock: ShutdownClock,
         pollers: int = 0,
+        polls_over: asyncio.Event | None = None,
     ) -> None:
         self.rt = rt
         self.p = rt.settings
@@ -149,6 +150,9 @@ class PipelineRunner:
         self._clock = clock
         self._burst = burst
         self._halt = asyncio.Event()  # pollers stop: worker stopping, or drained (burst)
+        #: Set once the worker stops and no receive of this pipeline is on the wire: a
+        #: message released before would be taken again by a poll the server still holds.
+        self.polls_over = polls_over or asyncio.Event()
         #: Received and not yet settling (reserved by the pollers before each receive).
         self.received = Slots(self.p.concurrency + self.p.prefetch)
         self.slots = Slots(self.p.concurrency)
@@ -251,6 +255,8 @@ class PipelineRunner:
                     self.failure = self.failure or exc
                 except Exception:
                     log.exception("poller of %s failed", self.p.name)
+        if self._stop.is_set():
+            self.polls_over.set()
 
     async def _on_empty(self) -> None:
         # Slots reserved by a poller that is mid-receive do not count: a message
@@ -542,6 +548,7 @@ class Worker:
             )
         )
         handler: Handler
+        polls_over = asyncio.Event()
         if isinstance(rt, QueueRuntime):
             handler = rt.handler
         else:
@@ -565,7 +572,9 @@ class Worker:
                 worker=self._ws,
                 metrics=m,
                 observer=self._observer,
-                stop=self._stop,
+                # A message waiting for a key lock or claim is released once the polls
+                # on the wire are over, not at the signal (see PipelineRunner.polls_over).
+                stop=polls_over,
                 claim_ttl_s=self._claim_ttl_s,
                 executors=executors,
                 aws=aws,
@@ -605,6 +614,7 @@ class Worker:
             burst=self._burst,
             clock=self._clock,
             pollers=self._ws.pollers_per_pipeline,
+            polls_over=polls_over,
         )
 
     async def _start_processors(self, rt: PipelineRuntime) -> None:

@@ -198,9 +198,11 @@ class MessageHandler:
         executors: ExecutorSet | None = None,
         aws: AwsSettings | None = None,
     ) -> None:
-        """``executors`` run the records (default: this pipeline's, inline only unless the
-        routes name others; the caller then closes them); ``aws`` is what pool, subprocess
-        and container runs build their clients from."""
+        """``stop``: set when a message waiting for a key lock or claim is to be released
+        (the worker stops and no receive is on the wire). ``executors`` run the records
+        (default: this pipeline's, inline only unless the routes name others; the caller
+        then closes them); ``aws`` is what pool, subprocess and container runs build their
+        clients from."""
         self.rt = rt
         self.p = rt.settings
         self._s3 = s3
