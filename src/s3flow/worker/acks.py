@@ -125,10 +125,28 @@ class AckBatcher:
             self._spawn(self._take(self._changes), delete=False)
 
     def _flush_all(self) -> None:
+        deleted: set[str] = set()
         while self._deletes:
-            self._spawn(self._take(self._deletes), delete=True)
+            batch = self._take(self._deletes)
+            deleted.update(e.handle for e in batch)
+            self._spawn(batch, delete=True)
+        if deleted:
+            self._drop_moot_changes(deleted)
         while self._changes:
             self._spawn(self._take(self._changes), delete=False)
+
+    def _drop_moot_changes(self, deleted: set[str]) -> None:
+        """A visibility change (a heartbeat) queued in the window its message is deleted
+        in: sent beside the delete it would fail (ReceiptHandleIsInvalid, logged as a lost
+        lease) or extend nothing. It is done with, as the delete makes it moot."""
+        keep = []
+        for e in self._changes:
+            if e.handle in deleted and e.timeout_s:
+                if not e.future.done():
+                    e.future.set_result(True)
+            else:
+                keep.append(e)
+        self._changes[:] = keep
 
     def _spawn(self, batch: list[_Entry], *, delete: bool) -> None:
         if not batch:
