@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -209,18 +210,25 @@ def test_redrive_resets_only_the_upload_its_message_names(harness: Harness) -> N
     assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
 
 
-def test_a_message_of_a_deleted_object_moves_and_its_record_stays_dead(
-    harness: Harness,
+@pytest.mark.parametrize("then", ["deleted", "overwritten"])
+def test_a_message_of_an_object_deleted_or_overwritten_settles_its_dead_record(
+    harness: Harness, then: str
 ) -> None:
     """Without a sequencer the upload is the object's (eTag, LastModified): once the
-    object is gone no record is the one the worker will take (it acknowledges the
-    message as vanished), so none is set to received (one used to stay received)."""
+    object is gone or another upload, the message names the dead record of its eTag.
+    That record is reset and the worker settles it (gone, superseded): it stayed dead
+    for good, its message consumed, `status` counting a dead file the DLQ no longer
+    held."""
     settings = harness.configure()
     harness.put("gone.txt", b"1\n")
     harness.purge()
     etag, version = _current(harness, "gone.txt")
     oid = _record(harness, "gone.txt", version)
-    harness.s3.delete_object(Bucket=harness.bucket, Key="gone.txt")
+    if then == "deleted":
+        harness.s3.delete_object(Bucket=harness.bucket, Key="gone.txt")
+    else:
+        time.sleep(1.01)  # another LastModified second: another upload
+        harness.put("gone.txt", b"new\ncontent\n")
     harness.purge()
     event = s3_event(harness.bucket, "gone.txt", etag=etag, sequencer=None)
     _to_dlq(harness, {"Records": [event]})
@@ -231,13 +239,19 @@ def test_a_message_of_a_deleted_object_moves_and_its_record_stays_dead(
 
     (msg,) = asyncio.run(listed())
     assert msg.state_note is not None
-    assert "the object no longer exists; latest record: upload" in msg.state_note
+    if then == "deleted":
+        assert "the object no longer exists; latest record: upload" in msg.state_note
 
     assert _redrive(settings).moved == 1
-    assert _statuses(harness, "gone.txt") == {oid.version: FileStatus.DEAD}
+    assert _statuses(harness, "gone.txt") == {oid.version: FileStatus.RECEIVED}
     assert harness.depth() == (1, 0) and harness.depth(harness.dlq_url) == (0, 0)
-    assert harness.run().pipelines["p"].objects_processed == 0
-    assert _statuses(harness, "gone.txt") == {oid.version: FileStatus.DEAD}
+    processed = harness.run().pipelines["p"].objects_processed
+    statuses = _statuses(harness, "gone.txt")
+    assert statuses.pop(oid.version) is FileStatus.COMPLETED
+    if then == "deleted":
+        assert (processed, statuses) == (0, {})
+    else:  # the message's event is the key's: the upload there now is processed
+        assert processed == 1 and list(statuses.values()) == [FileStatus.COMPLETED]
     assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
 
 

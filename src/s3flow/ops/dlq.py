@@ -357,6 +357,8 @@ async def _reset_state(
             continue  # nothing to reset (and no HEAD needed)
         oid = await _upload_of(s3, e)
         rec = next((r for r in recs if oid is not None and r.version == oid.version), None)
+        if rec is None:
+            rec = _overwritten_upload(e, recs)
         if rec is None or rec.status not in (FileStatus.DEAD, FileStatus.FAILED):
             continue
         try:
@@ -364,6 +366,24 @@ async def _reset_state(
         except TransitionError:
             continue  # it moved on meanwhile (claimed, completed): the worker decides
         resets.append(Reset(rec.id, rec.status, rec.last_error))
+
+
+def _overwritten_upload(event: ObjectEvent, recs: list[FileRecord]) -> FileRecord | None:
+    """The dead or failed record of the upload an event without versionId or sequencer
+    names, when the key holds another upload now (or none): the newest of its eTag.
+
+    Such an upload is ``<eTag>@t<second>`` and is never processed again; reset, the
+    worker settles it as superseded (or gone). Left dead, it stayed dead for good with
+    its message consumed."""
+    if event.event_version is not None or not event.etag:
+        return None
+    prefix = f"{event.etag.strip(chr(34))}@t"
+    dead = [
+        r
+        for r in recs
+        if r.version.startswith(prefix) and r.status in (FileStatus.DEAD, FileStatus.FAILED)
+    ]
+    return max(dead, key=lambda r: r.updated_at, default=None)
 
 
 async def _restore(store: StateStore | None, resets: list[Reset]) -> None:
