@@ -75,6 +75,8 @@ class Holds:
         # message id -> claims and key locks held for it (renewed with its heartbeat)
         self._claims: dict[str, dict[ObjectId, int]] = {}
         self._locks: dict[str, dict[str, tuple[str, int]]] = {}
+        # key lock name -> set when this process releases it (its waiters look at once)
+        self._freed: dict[str, asyncio.Event] = {}
 
     async def _until_free(
         self,
@@ -84,6 +86,7 @@ class Holds:
         *,
         error_class: str,
         what: str,
+        wake: Callable[[], asyncio.Event] | None = None,
     ) -> T | RecordOutcome:
         return await until_free(
             attempt,
@@ -93,6 +96,7 @@ class Holds:
             stop=self._stop,
             error_class=error_class,
             what=what,
+            wake=wake,
         )
 
     async def lock_key(self, msg: ReceivedMessage, event: ObjectEvent) -> KeyLock | RecordOutcome:
@@ -106,7 +110,12 @@ class Holds:
             return await take_lock(store, name, owner=owner, ttl_s=self.ttl_s), None
 
         token = await self._until_free(
-            attempt, msg, event, error_class="KeyBusy", what="another upload of the key"
+            attempt,
+            msg,
+            event,
+            error_class="KeyBusy",
+            what="another upload of the key",
+            wake=lambda: self._freed.setdefault(name, asyncio.Event()),
         )
         if not isinstance(token, int):
             return token
@@ -124,6 +133,9 @@ class Holds:
         _forget(self._locks, delivery, lock.name)
         with contextlib.suppress(S3flowError):
             await store.release_lock(lock.name, owner=lock.owner, token=lock.token)
+        freed = self._freed.pop(lock.name, None)
+        if freed is not None:
+            freed.set()
 
     async def claim(
         self, msg: ReceivedMessage, event: ObjectEvent, oid: ObjectId

@@ -8,7 +8,6 @@ again after 0.5 s, doubling up to 5 s, or as soon as the holder's hold expires.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,18 +34,22 @@ async def until_free(
     stop: asyncio.Event,
     error_class: str,
     what: str,
+    wake: Callable[[], asyncio.Event] | None = None,
 ) -> T | Retry | Release:
     """Call ``attempt`` until it gets something, waiting between tries with the message
     leased (its heartbeat keeps it invisible: no receive is spent).
 
     ``attempt`` returns (the thing, None) or (None, seconds until the holder's hold
     expires, if known). Gives up at shutdown (release) or after ``job_timeout_s``
-    (a retry with ``error_class``); ``what`` names the holder in messages.
+    (a retry with ``error_class``); ``what`` names the holder in messages. ``wake``
+    gives an event set when the holder in this process lets go: the wait ends then,
+    not at the next look (up to 5 s later, each waiter in turn).
     """
     p = settings
     wait_s = _WAIT_FIRST_S
     logged = False
     while True:
+        freed = wake() if wake is not None else None  # before the attempt: no wake missed
         got, expires_in = await attempt()
         if got is not None:
             return got
@@ -69,6 +72,17 @@ async def until_free(
                 what,
             )
         timeout = wait_s if expires_in is None else min(wait_s, max(0.05, expires_in + 0.05))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=timeout)
+        await _first_of(stop, freed, wait_for_s=timeout)
         wait_s = min(wait_s * 2, _WAIT_MAX_S)
+
+
+async def _first_of(stop: asyncio.Event, freed: asyncio.Event | None, *, wait_for_s: float) -> None:
+    """Wait until ``stop`` or ``freed`` is set, at most ``wait_for_s`` seconds."""
+    waits = [asyncio.ensure_future(stop.wait())]
+    if freed is not None:
+        waits.append(asyncio.ensure_future(freed.wait()))
+    try:
+        await asyncio.wait(waits, timeout=wait_for_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

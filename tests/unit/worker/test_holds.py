@@ -134,3 +134,39 @@ async def test_a_key_lock_granted_as_the_message_is_cancelled_is_released() -> N
         ("acquire", "key:p:b/k.txt", "w1:m1", 30),
         ("release_lock", "key:p:b/k.txt", "w1:m1", 7),
     ]
+
+
+class _OneHolderStore(_Store):
+    """A key lock one owner holds at a time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holder: str | None = None
+
+    async def acquire_lock(self, name: str, *, owner: str, ttl_s: float) -> int | None:
+        if self.holder is not None:
+            return None
+        self.holder = owner
+        return 7
+
+    async def release_lock(self, name: str, *, owner: str, token: int) -> bool:
+        self.holder = None
+        return True
+
+
+async def test_a_waiter_takes_the_key_as_soon_as_this_process_lets_it_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each waiter looked again on its own backoff (up to 5 s): duplicates of one object
+    were acknowledged one by one, 5 s apart. Here the first look back is 60 s away."""
+    monkeypatch.setattr("s3flow.worker.waiting._WAIT_FIRST_S", 60.0)
+    holds = _holds(_OneHolderStore())
+    first = await holds.lock_key(MSG, EVENT)
+    assert isinstance(first, KeyLock)
+    second = ReceivedMessage("m2", "h2", "{}", 1, time.monotonic())
+    waiting = asyncio.create_task(holds.lock_key(second, EVENT))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await holds.unlock(MSG.delivery, first)
+    lock = await asyncio.wait_for(waiting, timeout=5)
+    assert lock == KeyLock("key:p:b/k.txt", "w1:m2", 7)
