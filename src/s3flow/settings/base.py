@@ -305,8 +305,13 @@ class WorkerSettings(_Model):
     )
     log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Log level."
+        default="INFO", description="Log level (any case, as --log-level takes it)."
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
 
 
 class LocalSettings(_Model):
