@@ -764,5 +764,5 @@ def test_an_uploads_bucket_that_is_no_bucket_name_is_refused(tmp_path: Path) -> 
 def test_log_level_takes_any_case_as_the_cli_does() -> None:
     """`--log-level debug` worked, `log_level = "debug"` in the file was refused."""
     assert load_settings(None, {"worker": {"log_level": "debug"}}).worker.log_level == "DEBUG"
-    with pytest.raises(ConfigError, match="worker.log_level"):
+    with pytest.raises(ConfigError, match=r"worker\.log_level"):
         load_settings(None, {"worker": {"log_level": "loud"}})
