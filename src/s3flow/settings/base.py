@@ -311,7 +311,10 @@ class WorkerSettings(_Model):
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, v: object) -> object:
-        return v.upper() if isinstance(v, str) else v
+        # Only a known level is changed: an error then quotes what was written.
+        if isinstance(v, str) and v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            return v.upper()
+        return v
 
 
 class LocalSettings(_Model):
