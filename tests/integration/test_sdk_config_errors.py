@@ -84,18 +84,10 @@ def test_run_reports_it_as_a_permanent_error(tmp_path: Path) -> None:
     assert "AWS profile 'nosuchprofile' not found" in result["error"]
 
 
-NO_CREDENTIALS = """\
-[aws]
-endpoint_url = "{url}"
-[state]
-url = "none"
-[[pipelines]]
-name = "p"
-processor = "line-count"
-bucket = "b"
-queue = "q"
-output = "s3://o/r/"
-"""
+#: CONFIG with no profile, at a real endpoint (``url``).
+NO_CREDENTIALS = CONFIG.replace('profile = "nosuchprofile"\n', "").replace(
+    "http://127.0.0.1:9", "{url}"
+)
 
 
 def test_no_credentials_and_https_to_a_plain_http_endpoint_say_what_to_do(
@@ -103,13 +95,13 @@ def test_no_credentials_and_https_to_a_plain_http_endpoint_say_what_to_do(
 ) -> None:
     """ "Unable to locate credentials" and an SSL "wrong version number" named nothing a
     new user could act on."""
-    (tmp_path / "s3flow.toml").write_text(NO_CREDENTIALS.format(url=endpoint.url))
+    (tmp_path / "s3flow.toml").write_text(NO_CREDENTIALS.format(url=endpoint.url, tmp=tmp_path))
     done = s3flow(tmp_path, "provision", "--dry-run", "-c", "s3flow.toml")
     said = " ".join(done.stderr.split())
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "Unable to locate credentials" in said and "set AWS_ACCESS_KEY_ID" in said, said
     https = endpoint.url.replace("http://", "https://")
-    (tmp_path / "s3flow.toml").write_text(NO_CREDENTIALS.format(url=https))
+    (tmp_path / "s3flow.toml").write_text(NO_CREDENTIALS.format(url=https, tmp=tmp_path))
     done = s3flow(tmp_path, "provision", "--dry-run", "-c", "s3flow.toml", credentials=True)
     said = " ".join(done.stderr.split())
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
