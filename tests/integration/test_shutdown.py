@@ -199,17 +199,20 @@ def test_sigterm_stops_both_copies_of_a_message_delivered_twice(
     assert recs[0].claim_owner is None, recs
 
 
-def test_sigterm_releases_a_message_waiting_for_its_key_once_the_polls_are_over(
-    harness: Harness, tmp_path: Path
+@pytest.mark.parametrize("waits_for", ["its key", "a slot"])
+def test_sigterm_releases_a_waiting_message_once_the_polls_are_over(
+    harness: Harness, tmp_path: Path, waits_for: str
 ) -> None:
-    """A copy of a message waiting for its key's lock (the other copy runs) was released
-    at the signal, while a receive was still on the wire: that poll took it again, and
-    it was released twice, one more receive spent of its redrive budget."""
+    """A message waiting for its key's lock (another copy runs), or prefetched and
+    waiting for a slot, was released at the signal while a receive was still on the
+    wire: that poll took it again, and it was released twice, one more receive spent of
+    its redrive budget."""
     marker = tmp_path / "m"
     marker.mkdir()
     harness.configure(
         processor="s3flow_testprocs:SlowProcessor",
-        concurrency=4,
+        concurrency=4 if waits_for == "its key" else 1,
+        prefetch_messages=4,
         visibility_timeout_s=120,
         wait_time_s=2,  # the queue's too: the purges below wait no longer
         options={"sleep_s": 120.0, "marker_dir": str(marker)},
@@ -221,12 +224,20 @@ def test_sigterm_releases_a_message_waiting_for_its_key_once_the_polls_are_over(
     etag = harness.s3.head_object(Bucket=harness.bucket, Key="k.txt")["ETag"].strip('"')
     body = json.dumps({"Records": [s3_event(harness.bucket, "k.txt", etag=etag, sequencer="0A")]})
     harness.send_raw(body)
-    harness.send_raw(body)
+    if waits_for == "its key":
+        harness.send_raw(body)
+    else:
+        harness.put("other.txt", b"b\n")  # its own event: prefetched, no slot free
     log_path = tmp_path / "worker.log"
     proc = spawn_worker(config, log_path)
     try:
         wait_for(lambda: _count(marker, "started") == 1, 30, "one copy in flight")
-        wait_for(lambda: "with the message leased" in log_path.read_text(), 30, "the other waiting")
+        if waits_for == "its key":
+            wait_for(
+                lambda: "with the message leased" in log_path.read_text(), 30, "the other waiting"
+            )
+        else:
+            wait_for(lambda: harness.depth() == (0, 2), 30, "the other received, waiting")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log_path.read_text()
     finally:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
@@ -252,6 +253,9 @@ class Settler:
     worker_id: str
     store: StateStore | None = None
     metrics: PipelineMetrics = field(default_factory=PipelineMetrics)
+    #: Awaited before a message is released (the worker holds releases back while a
+    #: receive is on the wire at a stop).
+    before_release: Callable[[], Awaitable[None]] | None = None
 
     def _fallback(self, msg: ReceivedMessage, outcome: DeadLetter | Split) -> Retry:
         # A DLQ / re-send that failed: the message is retried, never lost.
@@ -282,6 +286,8 @@ class Settler:
             await self.acks.change_visibility(msg.receipt_handle, delay)
         elif isinstance(outcome, Release):
             self.metrics.released += 1
+            if self.before_release is not None:
+                await self.before_release()
             await self.acks.change_visibility(msg.receipt_handle, 0)
         return outcome
 

@@ -153,6 +153,7 @@ class PipelineRunner:
         #: Set once the worker stops and no receive of this pipeline is on the wire: a
         #: message released before would be taken again by a poll the server still holds.
         self.polls_over = polls_over or asyncio.Event()
+        self._polling_over = False
         #: Received and not yet settling (reserved by the pollers before each receive).
         self.received = Slots(self.p.concurrency + self.p.prefetch)
         self.slots = Slots(self.p.concurrency)
@@ -255,7 +256,14 @@ class PipelineRunner:
                     self.failure = self.failure or exc
                 except Exception:
                     log.exception("poller of %s failed", self.p.name)
+        self._polling_over = True
         if self._stop.is_set():
+            self.polls_over.set()
+
+    def stopping(self) -> None:
+        """The worker stops: with its polling over already (burst mode drained or gave
+        up), nothing on the wire holds back the releases."""
+        if self._polling_over:
             self.polls_over.set()
 
     async def _on_empty(self) -> None:
@@ -469,6 +477,16 @@ class MessagePermits:
             self.settling.release(1)
 
 
+async def _first_set(*events: asyncio.Event) -> None:
+    """Wait until one of ``events`` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
 async def _wait_any_cut(
     tasks: list[asyncio.Task[None]], cut: asyncio.Task[Any], timeout_s: float
 ) -> None:
@@ -520,6 +538,8 @@ class Worker:
         period starts now."""
         self._clock.start()
         self._stop.set()
+        for runner in self.runners:
+            runner.stopping()
 
     def _on_signal(self, signame: str) -> None:
         self._signals += 1
@@ -572,9 +592,7 @@ class Worker:
                 worker=self._ws,
                 metrics=m,
                 observer=self._observer,
-                # A message waiting for a key lock or claim is released once the polls
-                # on the wire are over, not at the signal (see PipelineRunner.polls_over).
-                stop=polls_over,
+                stop=self._stop,
                 claim_ttl_s=self._claim_ttl_s,
                 executors=executors,
                 aws=aws,
@@ -588,6 +606,14 @@ class Worker:
                 renew_claims=handler.renew_claims,
             )
         )
+
+        async def before_release() -> None:
+            # At a stop, a message is put back once no receive of the pipeline is on
+            # the wire: a poll the server still held would take it again (one more
+            # receive of its budget, released twice), or a second signal.
+            if self._stop.is_set() and not polls_over.is_set():
+                await _first_set(polls_over, self._grace_cut)
+
         settler = Settler(
             acks,
             self._clients.sqs,
@@ -597,6 +623,7 @@ class Worker:
             worker_id=self._ws.worker_id,
             store=self._store,
             metrics=m,
+            before_release=before_release,
         )
         if isinstance(rt, PipelineRuntime):
             await self._start_processors(rt)

@@ -198,8 +198,8 @@ class MessageHandler:
         executors: ExecutorSet | None = None,
         aws: AwsSettings | None = None,
     ) -> None:
-        """``stop``: set when a message waiting for a key lock or claim is to be released
-        (the worker stops and no receive is on the wire). ``executors`` run the records
+        """``stop``: set when the worker stops (a message waiting for a key lock or claim
+        then gives up, released). ``executors`` run the records
         (default: this pipeline's, inline only unless the routes name others; the caller
         then closes them); ``aws`` is what pool, subprocess and container runs build their
         clients from."""
