@@ -66,11 +66,16 @@ class ObjectRef:
         base = f"{self.uri}@{self.version}"
         return f"{base}#{self.part}" if self.part else base
 
-    def checkpoint_key(self, topic: str) -> str:
-        """``<topic> <- s3://bucket/key@version``: the key of this object's checkpoints for
-        ``topic``. The data topic is part of it: two pipelines (or runs) sending one
-        object to two topics may share a checkpoint topic, and neither may take the
-        other's progress for its own."""
+    def checkpoint_key(self, topic: str, checkpoint_topic: str) -> str:
+        """The key of this object's checkpoints for data topic ``topic``.
+
+        In the default checkpoint topic (``<topic>.checkpoints``, only ever ``topic``'s)
+        it is :attr:`name`, as it always was: checkpoints written before stay found.
+        In another one, which pipelines (or runs) sending one object to different
+        topics may share, the data topic is part of it (``<topic> <- name``): neither
+        may take the other's progress for its own."""
+        if checkpoint_topic == f"{topic}.checkpoints":
+            return self.name
         return f"{topic} <- {self.name}"
 
     def transactional_id(self, prefix: str, topic: str) -> str:

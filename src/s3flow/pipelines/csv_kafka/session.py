@@ -120,7 +120,7 @@ class TxnSession:
         self._producer: Producer | None = None
         self._in_txn = False
         self._ckpt_partition = 0
-        self._ckpt_key = ref.checkpoint_key(opts.topic)
+        self._ckpt_key = ref.checkpoint_key(opts.topic, opts.checkpoint_topic_name)
         self._scan_from = 0
         self._timeout = opts.transaction_timeout_ms / 1000
         self.commit_seconds = 0.0

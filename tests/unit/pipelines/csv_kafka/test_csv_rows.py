@@ -574,3 +574,12 @@ def test_an_object_is_its_version_id_else_its_etag(
     version_id: str | None, etag: str, version: str
 ) -> None:
     assert ObjectRef.of("b", "k", version_id, etag) == ObjectRef("b", "k", version)
+
+
+def test_the_checkpoint_key_names_the_topic_only_in_a_shared_checkpoint_topic() -> None:
+    """Keys in the default checkpoint topic are as they always were (checkpoints written
+    before an upgrade are found); a shared one tells the data topics apart."""
+    ref = ObjectRef("b", "k", "v1")
+    assert ref.checkpoint_key("t", "t.checkpoints") == "s3://b/k@v1"
+    assert ref.checkpoint_key("t", "shared") == "t <- s3://b/k@v1"
+    assert ref.checkpoint_key("u", "shared") != ref.checkpoint_key("t", "shared")
