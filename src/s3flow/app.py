@@ -171,21 +171,29 @@ def check_options(settings: Settings) -> None:
 
 
 def _check_spec(spec: str, options: Mapping[str, Any], where: str) -> None:
-    """:func:`check_options` for one processor setting. An unknown name close to a known
-    one is a typo (``line_count``); any other may be a plugin installed only where the
-    worker runs, and is left to it, as is a module this machine cannot import."""
+    """:func:`check_options` for one processor setting. An unknown name that is a known
+    one but for case and ``_`` is a typo (``line_count``); any other may be a plugin
+    installed only where the worker runs: left to it with a warning, as is a module
+    this machine cannot import."""
     try:
         cls = processor_class(spec)
     except ConfigError:
         return
     if cls is None:
         known = available_processors()
-        near = difflib.get_close_matches(spec, known, n=1, cutoff=0.75)
-        if near:
+        spelt = spec.lower().replace("_", "-")
+        if spelt in known:  # line_count, Line-Count: surely that one
             raise ConfigError(
-                f"{where}: unknown processor {spec!r}: did you mean {near[0]!r}? "
+                f"{where}: unknown processor {spec!r}: did you mean {spelt!r}? "
                 f"(available: {', '.join(known)}, or 'module:attribute')"
             )
+        near = difflib.get_close_matches(spec, known, n=1, cutoff=0.75)
+        log.warning(
+            "%s: processor %r is not installed here%s; the worker must have it",
+            where,
+            spec,
+            f" (did you mean {near[0]!r}?)" if near else "",
+        )
         return
     try:
         _check_options(spec, options)

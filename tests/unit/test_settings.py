@@ -345,6 +345,21 @@ def test_overlapping_pipelines_on_one_bucket_are_refused() -> None:
     assert len(stateless.pipelines) == 2
 
 
+def test_queues_of_one_name_in_two_accounts_are_two_queues() -> None:
+    base = {"bucket": "b", "output": "/tmp/x"}
+    a, b = (f"https://sqs.us-east-1.amazonaws.com/{n}/events" for n in ("111", "222"))
+    ok = load_settings(
+        None,
+        {
+            "pipelines": [
+                {"name": "a", "queue": a, "prefix": "x/", **base},
+                {"name": "c", "queue": b, "prefix": "y/", **base},
+            ]
+        },
+    )
+    assert len(ok.pipelines) == 2
+
+
 def test_two_pipelines_on_one_queue_are_refused() -> None:
     """Each would receive the other's messages, skip their objects and delete them."""
     base = {"bucket": "b", "output": "/tmp/x"}

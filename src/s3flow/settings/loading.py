@@ -61,6 +61,16 @@ def filters_overlap(a: PipelineSettings, b: PipelineSettings) -> bool:
     return a.bucket == b.bucket and key_filters_overlap((a.prefix, b.prefix), (a.suffix, b.suffix))
 
 
+def same_queue(a: str, b: str) -> bool:
+    """Whether two ``queue`` settings (names or URLs) surely name one queue: two URLs
+    when they are equal; else the names (a name is resolved in the worker's account
+    and region, so a URL of another account or region with that name is taken as the
+    same: the rare setup that does that can give both as URLs)."""
+    if "://" in a and "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return a.rstrip("/").rsplit("/", 1)[-1] == b.rstrip("/").rsplit("/", 1)[-1]
+
+
 def describe_filters(p: PipelineSettings) -> str:
     """``'name' prefix 'in/' suffix ''`` (plus its key_regex when it has one)."""
     text = f"{p.name!r} prefix {p.prefix!r} suffix {p.suffix!r}"
@@ -126,7 +136,7 @@ class Settings(BaseSettings):
                 # taking one object would share its record. Two key_regex are trusted to
                 # keep them apart here; their bucket notifications still overlap, which
                 # S3 refuses (`s3flow provision` says so: s3flow.provision).
-                if p.queue.rstrip("/").rsplit("/", 1)[-1] == q.queue.rstrip("/").rsplit("/", 1)[-1]:
+                if same_queue(p.queue, q.queue):
                     raise ValueError(
                         f"pipelines {p.name!r} and {q.name!r} both read queue {q.queue!r}: "
                         "each would take the other's messages, skip their objects as not "

@@ -98,10 +98,13 @@ def ensure_topics(opts: CsvKafkaOptions, timeout_s: float = 30.0) -> list[str]:
     except KafkaException as exc:
         raise translate_kafka_error(exc, "listing topics") from exc
     data = existing.get(opts.topic)
+    problem = None
     if data is not None and data.error is None and data.partitions:
         problem = partitions_problem(opts, len(data.partitions))
-    else:  # created below (or by the broker on first use) with topic_partitions
+    elif data is None and opts.create_topics:  # created below, with topic_partitions
         problem = partitions_problem(opts, opts.topic_partitions)
+    # else the count is not known (an error in its metadata, or a topic someone else
+    # creates): librdkafka finds out
     if problem is not None:
         raise ConfigError(f"csv-to-kafka: {problem}")
     missing = [t for t in wanted if t.topic not in existing]
