@@ -573,3 +573,18 @@ def test_ctrl_c_during_a_redrive_says_what_was_moved_and_loses_nothing(
             keys += [json.loads(m["Body"])["Records"][0]["s3"]["object"]["key"] for m in msgs]
     assert set(keys) == {f"k{i}" for i in range(n)}
     assert n <= len(keys) <= n + 10, len(keys)
+
+
+def test_an_earlier_dead_upload_of_the_same_bytes_is_not_reset(harness: Harness) -> None:
+    """The key holds the upload the message names (no record yet) and an earlier upload
+    of the same bytes is dead: which one the message names cannot be told from the
+    eTag, so the earlier is not reset (it would stay received, no message behind it)."""
+    settings = harness.configure()
+    harness.put("same.txt", b"1\n")
+    harness.purge()
+    etag, version = _current(harness, "same.txt")
+    second = int(version.rsplit("@t", 1)[1])
+    earlier = _record(harness, "same.txt", f"{etag}@t{second - 100}")
+    _to_dlq(harness, {"Records": [s3_event(harness.bucket, "same.txt", etag=etag, sequencer=None)]})
+    assert _redrive(settings).moved == 1
+    assert _statuses(harness, "same.txt") == {earlier.version: FileStatus.DEAD}

@@ -37,7 +37,7 @@ from s3flow.settings import PipelineSettings, Settings
 from s3flow.state.base import StateStore
 from s3flow.state.records import FileRecord, FileStatus, ObjectId, TransitionError
 from s3flow.worker.acks import REDRIVE_ID_ATTR, SOURCE_MESSAGE_ID_ATTR
-from s3flow.worker.identity import identify
+from s3flow.worker.identity import event_second, identify, upload_second
 
 log = logging.getLogger("s3flow.ops")
 
@@ -358,7 +358,7 @@ async def _reset_state(
         oid = await _upload_of(s3, e)
         rec = next((r for r in recs if oid is not None and r.version == oid.version), None)
         if rec is None:
-            rec = _overwritten_upload(e, recs)
+            rec = _overwritten_upload(e, recs, oid)
         if rec is None or rec.status not in (FileStatus.DEAD, FileStatus.FAILED):
             continue
         try:
@@ -368,22 +368,35 @@ async def _reset_state(
         resets.append(Reset(rec.id, rec.status, rec.last_error))
 
 
-def _overwritten_upload(event: ObjectEvent, recs: list[FileRecord]) -> FileRecord | None:
+def _overwritten_upload(
+    event: ObjectEvent, recs: list[FileRecord], current: ObjectId | None
+) -> FileRecord | None:
     """The dead or failed record of the upload an event without versionId or sequencer
-    names, when the key holds another upload now (or none): the newest of its eTag.
+    names, when the key holds an upload of other bytes now (``current``), or none: of
+    its eTag, the one uploaded nearest the event's time (else the newest).
 
     Such an upload is ``<eTag>@t<second>`` and is never processed again; reset, the
     worker settles it as superseded (or gone). Left dead, it stayed dead for good with
-    its message consumed."""
+    its message consumed. With the same bytes there now, which upload the message
+    names cannot be told: none is reset."""
     if event.event_version is not None or not event.etag:
         return None
     prefix = f"{event.etag.strip(chr(34))}@t"
+    if current is not None and current.version.startswith(prefix):
+        return None
     dead = [
         r
         for r in recs
         if r.version.startswith(prefix) and r.status in (FileStatus.DEAD, FileStatus.FAILED)
     ]
-    return max(dead, key=lambda r: r.updated_at, default=None)
+    when = event_second(event.event_time)
+
+    def nearest(r: FileRecord) -> tuple[float, float]:
+        second = upload_second(r.version)
+        off = abs(second - when) if second is not None and when is not None else 0
+        return (off, -r.updated_at)
+
+    return min(dead, key=nearest, default=None)
 
 
 async def _restore(store: StateStore | None, resets: list[Reset]) -> None:

@@ -86,7 +86,7 @@ def sequencer_after(a: str, b: str) -> bool:
 STALE_CLAIM_WAIT_S = 15.0
 
 
-def _upload_second(version: str) -> int | None:
+def upload_second(version: str) -> int | None:
     """The LastModified second of an ``<eTag>@t<seconds>`` identity (None otherwise)."""
     _, sep, ts = version.rpartition("@t")
     return int(ts) if sep and ts.isdigit() else None
@@ -101,11 +101,12 @@ def is_stale(event: ObjectEvent, head: dict[str, Any] | None) -> bool:
     if str(head.get("ETag") or "").strip('"') != event.etag.strip('"'):
         return True
     modified = head.get("LastModified")
-    when = _event_second(event.event_time)
+    when = event_second(event.event_time)
     return isinstance(modified, datetime) and when is not None and modified.timestamp() >= when + 1
 
 
-def _event_second(event_time: str | None) -> int | None:
+def event_second(event_time: str | None) -> int | None:
+    """An event's ``eventTime`` in whole unix seconds (None when absent or unreadable)."""
     if not event_time:
         return None
     try:
@@ -143,7 +144,7 @@ async def settle_stale(
     prefix = f"{event.etag.strip(chr(34))}@t"
     settled = []
     for rec in await store.versions(event.bucket, event.key):
-        second = _upload_second(rec.version)
+        second = upload_second(rec.version)
         if (
             not rec.version.startswith(prefix)
             or second is None
