@@ -78,6 +78,7 @@ from s3flow.worker.handler import (
 from s3flow.worker.lease import LeaseKeeper
 from s3flow.worker.outcomes import Outcome, Release, Retry, backoff_s
 from s3flow.worker.source import QueueSource, ReceivedMessage, Slots
+from s3flow.worker.waiting import first_set
 
 __all__ = ["PipelineRunner", "PipelineRuntime", "QueueRuntime", "Worker", "WorkerObserver"]
 
@@ -477,16 +478,6 @@ class MessagePermits:
             self.settling.release(1)
 
 
-async def _first_set(*events: asyncio.Event) -> None:
-    """Wait until one of ``events`` is set."""
-    waits = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
-
-
 async def _wait_any_cut(
     tasks: list[asyncio.Task[None]], cut: asyncio.Task[Any], timeout_s: float
 ) -> None:
@@ -612,7 +603,7 @@ class Worker:
             # the wire: a poll the server still held would take it again (one more
             # receive of its budget, released twice), or a second signal.
             if self._stop.is_set() and not polls_over.is_set():
-                await _first_set(polls_over, self._grace_cut)
+                await first_set(polls_over, self._grace_cut)
 
         settler = Settler(
             acks,

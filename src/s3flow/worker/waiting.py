@@ -72,15 +72,13 @@ async def until_free(
                 what,
             )
         timeout = wait_s if expires_in is None else min(wait_s, max(0.05, expires_in + 0.05))
-        await _first_of(stop, freed, wait_for_s=timeout)
+        await first_set(stop, *([freed] if freed is not None else []), wait_for_s=timeout)
         wait_s = min(wait_s * 2, _WAIT_MAX_S)
 
 
-async def _first_of(stop: asyncio.Event, freed: asyncio.Event | None, *, wait_for_s: float) -> None:
-    """Wait until ``stop`` or ``freed`` is set, at most ``wait_for_s`` seconds."""
-    waits = [asyncio.ensure_future(stop.wait())]
-    if freed is not None:
-        waits.append(asyncio.ensure_future(freed.wait()))
+async def first_set(*events: asyncio.Event, wait_for_s: float | None = None) -> None:
+    """Wait until one of ``events`` is set (at most ``wait_for_s`` seconds, if given)."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
     try:
         await asyncio.wait(waits, timeout=wait_for_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
