@@ -219,3 +219,25 @@ def test_a_bad_row_of_large_fields_is_dead_lettered_and_the_rest_sent(
     assert sum(len(f) for f in doc["fields"]) <= MAX_FIELDS_CHARS
     assert len(dead.value) < 100_000  # far below message.max.bytes (1 MB)
     assert ckpts[-1].done and (ckpts[-1].sent, ckpts[-1].bad) == (2, 1)
+
+
+@pytest.mark.parametrize("block_bytes", [64 * 1024, 4 * 1024 * 1024])
+def test_a_good_row_over_message_max_bytes_is_a_bad_row_and_the_rest_sent(
+    kafka: KafkaBroker, block_bytes: int
+) -> None:
+    """A good row of 10 fields of 110 KB makes a 1.1 MB message, over the producer's
+    1 MB message.max.bytes: MSG_SIZE_TOO_LARGE failed the object on every attempt at
+    that row, and no row after it was ever sent. It is a bad row now."""
+    big = [chr(ord("a") + i) * 110_000 for i in range(10)]
+    header = ",".join(f"c{i}" for i in range(10))
+    small = ",".join("x" * 10)
+    data = f"{header}\n{small}\n{','.join(big)}\n{small}\n{small}\n".encode()
+    opts = options(kafka)
+    ckpts = run(opts, ObjectRef("bucket", "huge-row.csv", "v1"), data, block_bytes=block_bytes)
+    assert [row["c0"] for row in values(kafka, opts.topic)] == ["x", "x", "x"]
+    [dead] = read_topic(kafka.bootstrap, opts.dlq_topic_name)
+    doc = dead.json()
+    assert doc["line"] == 3
+    assert "over the producer's message.max.bytes (1000000)" in doc["reason"], doc["reason"]
+    assert doc["raw_truncated"] is True and len(dead.value) < 100_000
+    assert ckpts[-1].done and (ckpts[-1].sent, ckpts[-1].bad) == (3, 1)

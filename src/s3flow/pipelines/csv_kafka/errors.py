@@ -59,3 +59,9 @@ def translate_kafka_error(exc: BaseException, operation: str) -> S3flowError:
     # Retriable, abortable (txn_requires_abort), transport, timeouts, unknown: try again
     # from the last committed checkpoint.
     return KafkaUnavailableError(text)
+
+
+def is_too_large(exc: BaseException) -> bool:
+    """Whether ``exc`` is librdkafka refusing one message over ``message.max.bytes``."""
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE

@@ -467,6 +467,19 @@ class RowBatches:
             dead,
         )
 
+    def unsendable(self, line: int, value: str | bytes, max_bytes: int) -> list[BadRow]:
+        """A row whose message the producer refused as over ``message.max.bytes``: a bad
+        row (``bad_rows`` applies; ``fail`` raises), its ``raw`` the message's start."""
+        text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+        size = len(value if isinstance(value, bytes) else value.encode("utf-8", "replace"))
+        dead: list[BadRow] = []
+        reason = (
+            f"its message of {size} bytes is over the producer's message.max.bytes "
+            f"({max_bytes}): raise it in producer_config (and the topic's max.message.bytes)"
+        )
+        self._bad(dead, line, reason, None, [text])
+        return dead
+
     def _bad(
         self,
         dead: list[BadRow],

@@ -54,7 +54,11 @@ from s3flow.pipelines.csv_kafka.checkpoint import (
     read_checkpoint,
 )
 from s3flow.pipelines.csv_kafka.clientlog import client_log
-from s3flow.pipelines.csv_kafka.errors import KafkaUnavailableError, translate_kafka_error
+from s3flow.pipelines.csv_kafka.errors import (
+    KafkaUnavailableError,
+    is_too_large,
+    translate_kafka_error,
+)
 from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
 from s3flow.pipelines.csv_kafka.rows import BadRow, RowBatches, original_bytes
 
@@ -246,6 +250,7 @@ class TxnSession:
                 const_headers.append(("s3.range", ref.part.encode()))
 
         send = self._sender(producer, topic, partition, const_headers)
+        max_bytes = int(opts.producer_config.get("message.max.bytes", 1_000_000))
         row, sent, bad = state.row, state.sent, state.bad
         txn_rows = txn_bytes = 0
         last_commit = time.monotonic()
@@ -253,12 +258,15 @@ class TxnSession:
         ahead = _Prefetch(self._cutter(), self._pieces(channel, state), PREFETCH_BLOCKS)
         try:
             for batch in records.batches(ahead, ahead.encode_with):
-                send(batch.values, batch.keys, batch.lines)
+                too_large = send(batch.values, batch.keys, batch.lines)
                 for dead in batch.dead:
                     self._dead_letter(producer, dead, const_headers)
+                for i in too_large:  # a bad row too: the rest of the object goes on
+                    for dead in records.unsendable(batch.lines[i], batch.values[i], max_bytes):
+                        self._dead_letter(producer, dead, const_headers)
                 row += batch.rows
-                sent += len(batch.values)
-                bad += batch.bad
+                sent += len(batch.values) - len(too_large)
+                bad += batch.bad + len(too_large)
                 txn_rows += batch.rows
                 txn_bytes += batch.size
                 if (
@@ -286,8 +294,9 @@ class TxnSession:
         topic: str,
         partition: int,
         const_headers: list[tuple[str, str | bytes | None]] | None,
-    ) -> Callable[[Sequence[str | bytes], Sequence[Any] | None, Sequence[int]], None]:
-        """A function producing a batch's messages, in order, each with its headers.
+    ) -> Callable[[Sequence[str | bytes], Sequence[Any] | None, Sequence[int]], list[int]]:
+        """A function producing a batch's messages, in order, each with its headers; it
+        returns the indexes of those over the producer's ``message.max.bytes`` (not sent).
 
         The per-message work runs in C (``map`` over the batch, ``produce`` called with
         positional arguments, each message's header list built by ``map`` and ``zip``):
@@ -310,7 +319,7 @@ class TxnSession:
 
         def send(
             values: Sequence[str | bytes], keys: Sequence[Any] | None, lines: Sequence[int]
-        ) -> None:
+        ) -> list[int]:
             pending = iter(values)
             calls = map(
                 produce,
@@ -327,18 +336,22 @@ class TxnSession:
                 for _ in range(0, len(values), SEND_SLICE):
                     # a bytecode between slices: a thread waiting for the GIL gets it
                     deque(islice(calls, SEND_SLICE), 0)
+                return []
             except BufferError:
-                # the message that did not fit, and every one after it: one at a time
-                for i in range(len(values) - length_hint(pending) - 1, len(values)):
-                    headers = (
-                        None if add_const is None else add_const([("s3.line", b"%d" % lines[i])])
-                    )
-                    key = None if keys is None else keys[i]
-                    self._produce(producer, topic, values[i], key, partition, headers)
+                pass  # the queue is full
             except KafkaException as exc:
-                raise translate_kafka_error(exc, f"produce to {topic}") from exc
+                if not is_too_large(exc):
+                    raise translate_kafka_error(exc, f"produce to {topic}") from exc
             except UnicodeEncodeError as exc:
                 raise self._not_text(topic, exc) from exc
+            # The message that did not go, and every one after it: one at a time.
+            too_large = []
+            for i in range(len(values) - length_hint(pending) - 1, len(values)):
+                headers = None if add_const is None else add_const([("s3.line", b"%d" % lines[i])])
+                key = None if keys is None else keys[i]
+                if not self._produce(producer, topic, values[i], key, partition, headers, True):
+                    too_large.append(i)
+            return too_large
 
         return send
 
@@ -360,15 +373,19 @@ class TxnSession:
         key: str | None,
         partition: int,
         headers: list[tuple[str, str | bytes | None]] | None,
-    ) -> None:
-        """produce(), waiting for room while the producer's queue is full."""
+        too_large_ok: bool = False,
+    ) -> bool:
+        """produce(), waiting for room while the producer's queue is full. False: the
+        message is over ``message.max.bytes`` and ``too_large_ok`` (not sent)."""
         while True:
             try:
                 producer.produce(topic, value, key, partition, headers=headers)
-                return
+                return True
             except BufferError:
                 producer.poll(0.05)
             except KafkaException as exc:
+                if too_large_ok and is_too_large(exc):
+                    return False
                 raise translate_kafka_error(exc, f"produce to {topic}") from exc
             except UnicodeEncodeError as exc:
                 raise self._not_text(topic, exc) from exc
