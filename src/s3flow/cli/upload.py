@@ -197,7 +197,7 @@ def _run(
     template: str,
     files: list[Path],
     quiet: bool,
-    api_wait_s: float,
+    api_wait_s: float = 15.0,
 ) -> int:
     _await_api(client, base, api_wait_s)
     created = create_upload(client, base, headers, template, files, _content_type)
