@@ -85,6 +85,9 @@ def _check_api_answer(base: str) -> Callable[[httpx.Response], None]:
 #: How much of a page that is not the API's answer is shown.
 _EXCERPT = 80
 
+#: How long `s3flow upload` waits by default for an API nothing listens at yet.
+API_WAIT_S = 15.0
+
 
 @app.command("upload")
 def upload(
@@ -111,7 +114,7 @@ def upload(
             help="How long to wait for an API that nothing listens at yet (`s3flow web &` "
             "just started).",
         ),
-    ] = 15.0,
+    ] = API_WAIT_S,
 ) -> None:
     """Upload FILES as one job run by TEMPLATE, then follow its progress to the end."""
     configured = config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG.is_file()
@@ -197,7 +200,7 @@ def _run(
     template: str,
     files: list[Path],
     quiet: bool,
-    api_wait_s: float = 15.0,
+    api_wait_s: float = API_WAIT_S,
 ) -> int:
     _await_api(client, base, api_wait_s)
     created = create_upload(client, base, headers, template, files, _content_type)
