@@ -79,7 +79,12 @@ class ObjectEvent:
         """A direct S3 notification body holding only this event's record."""
         if self.raw is None:
             raise ValueError(f"event for {self.uri()} has no raw record to re-send")
-        return json.dumps({"Records": [self.raw]}, separators=(",", ":"))
+        return record_body(self.raw)
+
+
+def record_body(raw: Any) -> str:
+    """A direct S3 notification body holding only the record ``raw``."""
+    return json.dumps({"Records": [raw]}, separators=(",", ":"))
 
 
 def content_part(version: str) -> str:
@@ -115,7 +120,7 @@ class BadRecord:
 
     def record_body(self) -> str:
         """A notification body holding only this record."""
-        return json.dumps({"Records": [self.raw]}, separators=(",", ":"))
+        return record_body(self.raw)
 
 
 @dataclass(slots=True)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import httpx
 import typer
@@ -84,6 +84,8 @@ def _check_api_answer(base: str) -> Callable[[httpx.Response], None]:
 
 #: How much of a page that is not the API's answer is shown.
 _EXCERPT = 80
+
+T = TypeVar("T")
 
 #: How long `s3flow upload` waits by default for an API nothing listens at yet.
 API_WAIT_S = 15.0
@@ -169,16 +171,16 @@ def _unreachable(base: str, exc: httpx.TransportError, config: Path | None) -> S
     )
 
 
-def _await_api(client: httpx.Client, base: str, wait_s: float) -> None:
-    """Wait while nothing listens at ``base`` yet, up to ``wait_s``: a ``s3flow web &``
-    started just before takes a few seconds to listen. Any answer (even an error) ends
-    the wait; still refused, the last ``ConnectError`` is raised."""
+def _when_listening(call: Callable[[], T], base: str, wait_s: float) -> T:
+    """``call()`` (the first request to the API), again while nothing listens at
+    ``base`` yet, up to ``wait_s``: a ``s3flow web &`` started just before takes a few
+    seconds to listen. A refused connection sent nothing, so trying again is safe;
+    still refused at the end, the last ``ConnectError`` is raised."""
     deadline = time.monotonic() + wait_s
     said = False
     while True:
         try:
-            client.get(f"{base.rstrip('/')}/healthz", timeout=5.0)
-            return
+            return call()
         except httpx.ConnectError:
             if time.monotonic() >= deadline:
                 raise
@@ -202,8 +204,11 @@ def _run(
     quiet: bool,
     api_wait_s: float = API_WAIT_S,
 ) -> int:
-    _await_api(client, base, api_wait_s)
-    created = create_upload(client, base, headers, template, files, _content_type)
+    created = _when_listening(
+        lambda: create_upload(client, base, headers, template, files, _content_type),
+        base,
+        api_wait_s,
+    )
     job_id = str(created["job_id"])
     console.print(f"job [bold]{job_id}[/] (upload {created['upload_id']}, template {template})")
     with Progress(

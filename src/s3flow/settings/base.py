@@ -6,7 +6,7 @@ import codecs
 import ipaddress
 import os
 import re
-from typing import TYPE_CHECKING, Annotated, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Literal, Self, get_args
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -252,6 +252,10 @@ class AwsSettings(_Model):
     )
 
 
+#: The levels ``log_level`` takes.
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
 class WorkerSettings(_Model):
     """Process-wide worker behaviour."""
 
@@ -304,7 +308,7 @@ class WorkerSettings(_Model):
         ),
     )
     log_format: Literal["text", "json"] = Field(default="text", description="Log line format.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+    log_level: LogLevel = Field(
         default="INFO", description="Log level (any case, as --log-level takes it)."
     )
 
@@ -312,7 +316,7 @@ class WorkerSettings(_Model):
     @classmethod
     def _upper_level(cls, v: object) -> object:
         # Only a known level is changed: an error then quotes what was written.
-        if isinstance(v, str) and v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        if isinstance(v, str) and v.upper() in get_args(LogLevel):
             return v.upper()
         return v
 

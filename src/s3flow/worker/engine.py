@@ -151,10 +151,10 @@ class PipelineRunner:
         self._clock = clock
         self._burst = burst
         self._halt = asyncio.Event()  # pollers stop: worker stopping, or drained (burst)
-        #: Set once the worker stops and no receive of this pipeline is on the wire: a
-        #: message released before would be taken again by a poll the server still holds.
+        #: Set once polling has ended and no receive of this pipeline is on the wire: a
+        #: message released at a stop before that would be taken again by a poll the
+        #: server still holds.
         self.polls_over = polls_over or asyncio.Event()
-        self._polling_over = False
         #: Received and not yet settling (reserved by the pollers before each receive).
         self.received = Slots(self.p.concurrency + self.p.prefetch)
         self.slots = Slots(self.p.concurrency)
@@ -257,15 +257,7 @@ class PipelineRunner:
                     self.failure = self.failure or exc
                 except Exception:
                     log.exception("poller of %s failed", self.p.name)
-        self._polling_over = True
-        if self._stop.is_set():
-            self.polls_over.set()
-
-    def stopping(self) -> None:
-        """The worker stops: with its polling over already (burst mode drained or gave
-        up), nothing on the wire holds back the releases."""
-        if self._polling_over:
-            self.polls_over.set()
+        self.polls_over.set()
 
     async def _on_empty(self) -> None:
         # Slots reserved by a poller that is mid-receive do not count: a message
@@ -529,8 +521,6 @@ class Worker:
         period starts now."""
         self._clock.start()
         self._stop.set()
-        for runner in self.runners:
-            runner.stopping()
 
     def _on_signal(self, signame: str) -> None:
         self._signals += 1

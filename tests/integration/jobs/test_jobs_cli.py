@@ -125,18 +125,24 @@ def test_upload_follows_the_job_and_jobs_commands_show_it(
         stop_process(*procs)
 
 
-def test_a_failed_job_is_retried_as_a_new_job(tmp_path: Path, s3: Any, sqs: Any) -> None:
-    project = JobsProject(tmp_path, s3, sqs)
-    files = {"a.txt": b"a\n"}
+def _cancelled_with_its_files(project: JobsProject, files: dict[str, bytes]) -> dict[str, Any]:
+    """A job (its creation answer) cancelled once every file is in, a worker running:
+    a failed job whose files all arrived."""
     created = project.create("count", files)
     project.post_files(created, files)
     job_id = created["job_id"]
+    wait_for(lambda: (j := project.job(job_id)) and not j.missing, 60, "the files")
+    cancel = _s3flow("jobs", "cancel", job_id, "-c", str(project.cfg))
+    assert cancel.returncode == 0, cancel.stderr
+    return created
+
+
+def test_a_failed_job_is_retried_as_a_new_job(tmp_path: Path, s3: Any, sqs: Any) -> None:
+    project = JobsProject(tmp_path, s3, sqs)
     worker = project.worker()
     try:
-        # Cancelled once every file is in: a failed job whose files all arrived.
-        wait_for(lambda: (j := project.job(job_id)) and not j.missing, 60, "the file")
-        cancel = _s3flow("jobs", "cancel", job_id, "-c", str(project.cfg))
-        assert cancel.returncode == 0, cancel.stderr
+        created = _cancelled_with_its_files(project, {"a.txt": b"a\n"})
+        job_id = created["job_id"]
         retry = _s3flow("jobs", "retry", job_id, "-c", str(project.cfg))
         assert retry.returncode == 0, retry.stderr
         new_id = re.search(r"retried as (job-[0-9a-f]{32})", retry.stdout).group(1)  # type: ignore[union-attr]
@@ -161,15 +167,9 @@ def test_a_job_whose_files_are_gone_is_not_retried(tmp_path: Path, s3: Any, sqs:
     is refused with the files' names and what to do; no new job is queued, which would
     only fail on its first step."""
     project = JobsProject(tmp_path, s3, sqs)
-    files = {"a.txt": b"a\n", "b.txt": b"b\n"}
-    created = project.create("count", files)
-    project.post_files(created, files)
-    job_id = created["job_id"]
     worker = project.worker()
     try:
-        wait_for(lambda: (j := project.job(job_id)) and not j.missing, 60, "the files")
-        cancel = _s3flow("jobs", "cancel", job_id, "-c", str(project.cfg))
-        assert cancel.returncode == 0, cancel.stderr
+        job_id = _cancelled_with_its_files(project, {"a.txt": b"a\n", "b.txt": b"b\n"})["job_id"]
     finally:
         stop_process(worker)
     job = project.job(job_id)
