@@ -245,6 +245,12 @@ def test_sigterm_releases_a_waiting_message_once_the_polls_are_over(
             proc.kill()
     log = log_path.read_text()
     assert "released 2" in log, log
+    assert harness.depth() == (2, 0)  # both visible again, none in flight
+    assert harness.depth(harness.dlq_url) == (0, 0)  # a shutdown is no failure
+    recs = harness.records()
+    assert recs and all(r.status is FileStatus.RECEIVED and r.claim_owner is None for r in recs), (
+        recs
+    )
     got = harness.sqs.receive_message(
         QueueUrl=harness.queue_url,
         MaxNumberOfMessages=10,
