@@ -44,11 +44,12 @@ from s3flow.cli.common import (
 from s3flow.errors import S3flowError
 from s3flow.jobs.client import (
     TERMINAL_EXIT,
+    UploadUrls,
     api_url,
     create_upload,
     describe,
-    post_file,
     read_events,
+    send_file,
 )
 from s3flow.local.endpoint import connect_host, host_url
 from s3flow.settings import CONFIG_ENV, WebSettings
@@ -204,11 +205,13 @@ def _run(
     quiet: bool,
     api_wait_s: float = API_WAIT_S,
 ) -> int:
+    asked_at = time.monotonic()
     created = _when_listening(
         lambda: create_upload(client, base, headers, template, files, _content_type),
         base,
         api_wait_s,
     )
+    urls = UploadUrls(client, base, headers, created, asked_at=asked_at)
     job_id = str(created["job_id"])
     console.print(f"job [bold]{job_id}[/] (upload {created['upload_id']}, template {template})")
     with Progress(
@@ -225,7 +228,10 @@ def _run(
             def advance(n: int, t: TaskID = task) -> None:
                 bars.advance(t, n)
 
-            post_file(client, post, path, advance)
+            def restart(t: TaskID = task) -> None:
+                bars.reset(t)
+
+            send_file(client, urls, post["key"], path, advance, restart)
     # Files are recorded, and jobs run, by `s3flow worker`: without one the job waits in
     # silence, so say so once if nothing happens for a while.
     hint = threading.Timer(NO_WORKER_HINT_S, _no_worker_hint, (job_id,))

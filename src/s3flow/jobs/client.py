@@ -22,8 +22,11 @@ from s3flow.errors import S3flowError
 __all__ = [
     "DEFAULT_URL",
     "MAX_BACKOFF_S",
+    "RENEW_MARGIN_MAX_S",
     "TERMINAL_EXIT",
+    "ExpiredUrlError",
     "SseEvent",
+    "UploadUrls",
     "api_url",
     "backoff_s",
     "create_upload",
@@ -32,6 +35,7 @@ __all__ = [
     "parse_sse",
     "post_file",
     "read_events",
+    "send_file",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -244,10 +248,76 @@ def create_upload(
     return dict(resp.json())
 
 
+#: A file starts with fresh upload URLs when less than a quarter of their life, and at
+#: most this, is left.
+RENEW_MARGIN_MAX_S = 60.0
+
+
+class ExpiredUrlError(S3flowError):
+    """Storage refused a presigned POST as expired (ask for fresh URLs and send again)."""
+
+
+class UploadUrls:
+    """A job's presigned POSTs, asked for again when little of their life is left.
+
+    They live ``expires_in_s`` from when they were asked for (this process's
+    clock, so the server's clock does not matter); :meth:`post_for` gets fresh
+    ones (``POST /api/jobs/{job_id}/uploads``) first when a file would start
+    with less than the margin left, or when told to after storage refused one
+    as expired (:class:`ExpiredUrlError`).
+    """
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        base: str,
+        headers: dict[str, str],
+        created: dict[str, Any],
+        *,
+        asked_at: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._base = base
+        self._headers = headers
+        self._clock = clock
+        self.job_id = str(created["job_id"])
+        self._take(created, asked_at)
+
+    def _take(self, body: dict[str, Any], asked_at: float) -> None:
+        self._posts: dict[str, dict[str, Any]] = {p["key"]: p for p in body["files"]}
+        life_s = float(body["expires_in_s"])
+        self.deadline = asked_at + life_s
+        self._margin_s = min(RENEW_MARGIN_MAX_S, life_s / 4)
+
+    def post_for(self, key: str, *, renew: bool = False) -> dict[str, Any] | None:
+        """The POST for ``key`` (renewed first if due, or ``renew``); None once the job
+        has the file already."""
+        if renew or self._clock() > self.deadline - self._margin_s:
+            self.renew()
+        return self._posts.get(key)
+
+    def renew(self) -> None:
+        """Ask the API for fresh URLs for the files the job still waits for."""
+        asked_at = self._clock()
+        resp = self._client.post(
+            f"{self._base}/api/jobs/{self.job_id}/uploads", headers=self._headers
+        )
+        if resp.status_code != 200:
+            raise S3flowError(
+                f"fresh upload URLs for job {self.job_id} were refused "
+                f"(HTTP {resp.status_code}): {error_of(resp)}"
+            )
+        self._take(dict(resp.json()), asked_at)
+
+
 def post_file(
     client: httpx.Client, post: dict[str, Any], path: Path, advance: Callable[[int], None]
 ) -> None:
-    """Send one file straight to S3 with its presigned POST; ``advance`` gets bytes sent."""
+    """Send one file straight to S3 with its presigned POST; ``advance`` gets bytes sent.
+
+    A refusal is an :class:`S3flowError`; an expired URL, :class:`ExpiredUrlError`.
+    """
     with path.open("rb") as fh:
         counted = cast(IO[bytes], _Counting(fh, advance))
         r = client.post(
@@ -256,8 +326,32 @@ def post_file(
             files={"file": (path.name, counted, post["fields"].get("Content-Type"))},
             timeout=httpx.Timeout(30.0, write=300.0),
         )
+    if r.status_code == 403 and "expired" in r.text.lower():
+        raise ExpiredUrlError(f"S3 refused {path.name}: its upload URL expired ({r.text[:200]})")
     if r.status_code >= 300:
         raise S3flowError(f"S3 refused {path.name} (HTTP {r.status_code}): {r.text[:300]}")
+
+
+def send_file(
+    client: httpx.Client,
+    urls: UploadUrls,
+    key: str,
+    path: Path,
+    advance: Callable[[int], None],
+    restart: Callable[[], None],
+) -> None:
+    """Send ``path`` with a live URL from ``urls`` (renewed first when due), and once more
+    with fresh ones if storage refuses it as expired (``restart`` resets its progress)."""
+    post = urls.post_for(key)
+    if post is None:
+        return  # the job has it already
+    try:
+        post_file(client, post, path, advance)
+    except ExpiredUrlError:
+        restart()
+        post = urls.post_for(key, renew=True)
+        if post is not None:
+            post_file(client, post, path, advance)
 
 
 def _ordinal(index: Any) -> Any:

@@ -28,11 +28,13 @@ __all__ = [
     "BadUploadError",
     "DeclaredFile",
     "PresignedPost",
+    "UploadClosedError",
     "UploadCreated",
     "UploadRequest",
     "create_upload",
     "parse_upload_key",
     "plan_upload",
+    "resign_upload",
     "safe_name",
 ]
 
@@ -45,6 +47,10 @@ MAX_NAME_CHARS = 200
 
 class BadUploadError(S3flowError):
     """An upload request that cannot be accepted (the HTTP API answers 400 with it)."""
+
+
+class UploadClosedError(S3flowError):
+    """A job that takes no more files: not waiting for them, or past its deadline (409)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +130,8 @@ class UploadCreated:
     upload_id: str
     job_id: str
     files: tuple[PresignedPost, ...]
-    expires_at: float
+    expires_at: float  # when the URLs expire (server clock, Unix seconds)
+    expires_in_s: int  # how long they live from now (for clients whose clock differs)
 
     def to_json(self) -> dict[str, Any]:
         """The documented JSON body."""
@@ -135,6 +142,7 @@ class UploadCreated:
                 {"name": f.name, "key": f.key, "url": f.url, "fields": f.fields} for f in self.files
             ],
             "expires_at": self.expires_at,
+            "expires_in_s": self.expires_in_s,
         }
 
 
@@ -273,23 +281,7 @@ async def create_upload(
     # The upload URLs end with the job at the latest: a file sent after its deadline
     # expires the job, so a URL good for longer would only invite a wasted upload.
     url_ttl_s = min(jobs.presign_expiry_s, jobs.job_timeout_s)
-    posts = []
-    for f in files:
-        with aws_errors("GeneratePresignedPost"):
-            post = await s3.generate_presigned_post(
-                Bucket=jobs.bucket,
-                Key=f.key,
-                Fields={"Content-Type": f.content_type},
-                Conditions=[
-                    {"Content-Type": f.content_type},
-                    # exactly the declared size (checked in plan_upload: 1..max_file_bytes)
-                    ["content-length-range", f.size, f.size],
-                ],
-                ExpiresIn=url_ttl_s,
-            )
-        posts.append(
-            PresignedPost(name=f.name, key=f.key, url=post["url"], fields=dict(post["fields"]))
-        )
+    posts = await _presign(s3, jobs, files, url_ttl_s)
     await store.create_job(
         job,
         event_id=f"{job_id}:{EventType.JOB_CREATED}",
@@ -303,6 +295,72 @@ async def create_upload(
     return UploadCreated(
         upload_id=upload_id,
         job_id=job_id,
-        files=tuple(posts),
+        files=posts,
         expires_at=at + url_ttl_s,
+        expires_in_s=url_ttl_s,
+    )
+
+
+async def _presign(
+    s3: Any, jobs: JobsSettings, files: tuple[JobFile, ...], ttl_s: int
+) -> tuple[PresignedPost, ...]:
+    """One presigned POST per file, pinning its key, content type and exact size."""
+    posts = []
+    for f in files:
+        with aws_errors("GeneratePresignedPost"):
+            post = await s3.generate_presigned_post(
+                Bucket=jobs.bucket,
+                Key=f.key,
+                Fields={"Content-Type": f.content_type},
+                Conditions=[
+                    {"Content-Type": f.content_type},
+                    # exactly the declared size (checked in plan_upload: 1..max_file_bytes)
+                    ["content-length-range", f.size, f.size],
+                ],
+                ExpiresIn=ttl_s,
+            )
+        posts.append(
+            PresignedPost(name=f.name, key=f.key, url=post["url"], fields=dict(post["fields"]))
+        )
+    return tuple(posts)
+
+
+async def resign_upload(
+    settings: Settings, store: JobStore, s3: Any, job_id: str, *, now: float | None = None
+) -> UploadCreated | None:
+    """Fresh presigned POSTs for the files ``job_id`` still waits for (None: no such job).
+
+    Upload URLs live ``presign_expiry_s``; a client sending many files over a slow
+    link starts its last ones later than that, and S3 refuses them ("Policy
+    expired"). It asks for new ones here, for the job's files not yet received,
+    living as long as the first ones but never past the job's deadline. A job
+    that takes no more files (all received, ended, or past its deadline) is an
+    :class:`UploadClosedError` saying so.
+    """
+    jobs = _jobs(settings)
+    job = await store.get_job(job_id)
+    if job is None:
+        return None
+    if job.status is not JobStatus.WAITING_FOR_FILES:
+        hint = (
+            "create a new upload for its files"
+            if job.status in (JobStatus.FAILED, JobStatus.EXPIRED)
+            else "every file it declared has been stored"
+        )
+        raise UploadClosedError(f"job {job_id} is {job.status}, not waiting for files: {hint}")
+    at = time.time() if now is None else now
+    left_s = int(job.expires_at - at)
+    if left_s < 1:
+        raise UploadClosedError(
+            f"job {job_id} is past its deadline (job_timeout_s = {jobs.job_timeout_s}): it "
+            "expires without the files it still waits for; create a new upload"
+        )
+    ttl_s = min(jobs.presign_expiry_s, left_s)
+    waiting = tuple(f for f in job.files if not f.received)
+    return UploadCreated(
+        upload_id=job.upload_id,
+        job_id=job.job_id,
+        files=await _presign(s3, jobs, waiting, ttl_s),
+        expires_at=at + ttl_s,
+        expires_in_s=ttl_s,
     )

@@ -102,7 +102,10 @@ class JobsSettings(_Model):
         default=900,
         ge=60,
         le=7 * 24 * 3600,
-        description="How long presigned upload URLs live (at most job_timeout_s).",
+        description=(
+            "How long presigned upload URLs live (at most job_timeout_s); clients ask for "
+            "fresh ones for the files not sent yet (POST /api/jobs/{job_id}/uploads)."
+        ),
     )
     job_timeout_s: int = Field(
         default=3600,

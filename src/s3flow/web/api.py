@@ -1,11 +1,11 @@
 """The routes under ``/api`` (issue 11, part 3).
 
-``POST /api/uploads``, ``GET /api/jobs/{job_id}``, ``GET /api/jobs`` and
-``GET /api/config``; the event stream ``GET /api/jobs/{job_id}/events`` is
-served before routing, by :mod:`s3flow.web.events`. They read the
-:class:`~s3flow.web.runtime.WebRuntime` from ``app.state.runtime``;
-authentication happens before them (:mod:`s3flow.web.auth`), errors become
-``{"error": ...}`` (:mod:`s3flow.web.errors`).
+``POST /api/uploads``, ``POST /api/jobs/{job_id}/uploads`` (fresh upload URLs),
+``GET /api/jobs/{job_id}``, ``GET /api/jobs`` and ``GET /api/config``; the event
+stream ``GET /api/jobs/{job_id}/events`` is served before routing, by
+:mod:`s3flow.web.events`. They read the :class:`~s3flow.web.runtime.WebRuntime`
+from ``app.state.runtime``; authentication happens before them
+(:mod:`s3flow.web.auth`), errors become ``{"error": ...}`` (:mod:`s3flow.web.errors`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Request
 
 from s3flow.errors import translate_aws_error
-from s3flow.jobs.uploads import UploadRequest, create_upload
+from s3flow.jobs.uploads import UploadClosedError, UploadRequest, create_upload, resign_upload
 from s3flow.state.jobs import JobCursor, JobOutput, JobRecord, JobStatus, job_page
 from s3flow.web.errors import ApiError
 from s3flow.web.render import config_json, job_json
@@ -100,8 +100,12 @@ async def _job_body(runtime: WebRuntime, job: JobRecord) -> dict[str, Any]:
 async def _job_or_404(runtime: WebRuntime, job_id: str) -> JobRecord:
     job = await runtime.store.get_job(job_id)
     if job is None:
-        raise ApiError(404, f"no job {job_id[:100]!r}: check the job_id POST /api/uploads returned")
+        raise _no_job(job_id)
     return job
+
+
+def _no_job(job_id: str) -> ApiError:
+    return ApiError(404, f"no job {job_id[:100]!r}: check the job_id POST /api/uploads returned")
 
 
 @router.post("/uploads", status_code=201)
@@ -111,6 +115,23 @@ async def post_upload(request: Request) -> SafeJSONResponse:
     upload = UploadRequest.from_json(await _json_body(request))
     created = await create_upload(runtime.settings, runtime.store, runtime.s3, upload)
     return SafeJSONResponse(created.to_json(), status_code=201)
+
+
+@router.post("/jobs/{job_id}/uploads")
+async def post_resign(job_id: str, request: Request) -> SafeJSONResponse:
+    """Fresh presigned POSTs for the files the job still waits for (its first ones expired).
+
+    200 with the body of ``POST /api/uploads`` (``files`` lists only files not yet
+    received); 404 for an unknown job; 409 when the job takes no more files.
+    """
+    runtime = _runtime(request)
+    try:
+        again = await resign_upload(runtime.settings, runtime.store, runtime.s3, job_id)
+    except UploadClosedError as exc:
+        raise ApiError(409, str(exc)) from exc
+    if again is None:
+        raise _no_job(job_id)
+    return SafeJSONResponse(again.to_json())
 
 
 @router.get("/jobs")

@@ -31,7 +31,7 @@ from page_support import (
     stop_process,
     toml_text,
 )
-from playwright.sync_api import Browser, FileChooser, Page, Request, expect
+from playwright.sync_api import Browser, FileChooser, Page, Request, Route, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from s3flow.local.endpoint import LocalEndpoint
@@ -411,6 +411,64 @@ def test_a_dropped_connection_resumes_from_last_event_id(
     # Chromium's own reconnect carries the id of the last event the page had.
     resumed = [r.all_headers().get("last-event-id", "") for r in streams]
     assert any(v.isdigit() and int(v) >= 4 for v in resumed), resumed
+
+
+def test_upload_urls_near_their_end_are_renewed_before_files_start(
+    site: Site, page: Page, shot: Shots, tmp_path: Path
+) -> None:
+    """The page signed each file's URL once: files that started after
+    ``presign_expiry_s`` (a slow link, many files) were refused by storage and the job
+    expired. Now a file that would start with little of its URL's life left gets a fresh
+    URL first. The page's clock jumps 14.5 minutes while the job is created."""
+    paths = []
+    for name, text in [("late-a.txt", "1\n2\n"), ("late-b.txt", "3\n")]:
+        paths.append(tmp_path / name)
+        paths[-1].write_text(text)
+    posts: list[Request] = []
+    page.on("request", lambda r: posts.append(r) if r.method == "POST" else None)
+    page.clock.install()
+    open_upload_page(page, site.url)
+    page.select_option("#template", "count")
+    page.set_input_files("#files", [str(p) for p in paths])
+
+    def late_answer(route: Route) -> None:
+        answer = route.fetch()
+        page.clock.fast_forward(870_000)  # 900 s URLs: 30 s left when the files start
+        route.fulfill(response=answer)
+
+    page.route("**/api/uploads", late_answer)
+    with page.expect_response(re.compile(r"/api/jobs/[^/]+/uploads$")) as renewal:
+        page.click("#upload")
+    fresh = renewal.value.json()
+    expect(page.locator(".file-row .pct")).to_have_text(["100 %", "100 %"])
+    wait_completed(page)
+    shot("renewed-and-completed")
+    job_id = job_id_of(page)
+    assert fresh["job_id"] == job_id and len(fresh["files"]) == 2
+    web = urlsplit(site.url).netloc
+    assert [urlsplit(r.url).path for r in posts if urlsplit(r.url).netloc == web] == [
+        "/api/uploads",
+        f"/api/jobs/{job_id}/uploads",
+    ]  # one renewal for both files
+    to_storage = [r for r in posts if urlsplit(r.url).netloc != web]
+    assert len(to_storage) == 2
+    sent_policies = {
+        next(v for k, v in _form_fields(r).items() if k.lower() == "policy") for r in to_storage
+    }
+    assert sent_policies == {f["fields"]["policy"] for f in fresh["files"]}
+
+
+def _form_fields(request: Request) -> dict[str, str]:
+    """The text fields of a multipart/form-data request (the file part left out)."""
+    body = request.post_data_buffer or b""
+    boundary = request.headers["content-type"].split("boundary=")[1].encode()
+    fields = {}
+    for part in body.split(b"--" + boundary):
+        head, _, value = part.partition(b"\r\n\r\n")
+        name = re.search(rb'name="([^"]+)"', head)
+        if name and b"filename=" not in head:
+            fields[name[1].decode()] = value.rstrip(b"\r\n").decode()
+    return fields
 
 
 def test_the_curl_form_path_runs_a_job(site: Site, page: Page, shot: Shots) -> None:

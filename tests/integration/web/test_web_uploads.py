@@ -291,3 +291,75 @@ async def test_config_and_health(shared_web: WebThread, client: httpx.AsyncClien
     assert config["allowed_content_types"] == ["text/plain", "text/csv"]
     assert config["auth"] is False
     assert (await client.get(f"{url}/healthz")).json() == {"status": "ok"}
+
+
+async def test_fresh_upload_urls_for_the_files_not_yet_received(
+    web: WebThread,
+    client: httpx.AsyncClient,
+    jobs_env: JobsEnv,
+    s3: Any,
+    store: SqliteStateStore,
+) -> None:
+    """Upload URLs were signed once: a client whose later files started after
+    ``presign_expiry_s`` had nothing to ask for new ones with."""
+    files = [("a.txt", b"one\n", "text/plain"), ("b.txt", b"two\n2\n", "text/plain")]
+    r = await client.post(
+        f"{web.url}/api/uploads", json={"template": "count", "files": declared(*files)}
+    )
+    created = r.json()
+    assert created["expires_in_s"] == 900
+    job_id = created["job_id"]
+    await append(store, job_id, EventType.FILE_RECEIVED, index=0, name="a.txt")
+
+    r = await client.post(f"{web.url}/api/jobs/{job_id}/uploads")
+    assert r.status_code == 200, r.text
+    again = r.json()
+    assert (again["job_id"], again["upload_id"]) == (job_id, created["upload_id"])
+    assert [f["key"] for f in again["files"]] == [created["files"][1]["key"]]
+    assert 0 < again["expires_in_s"] <= 900
+    (post,) = again["files"]
+    up = await client.post(post["url"], data=post["fields"], files={"file": ("b.txt", files[1][1])})
+    assert up.status_code in (200, 201, 204), up.text
+    stored = s3.get_object(Bucket=jobs_env.bucket, Key=post["key"])["Body"].read()
+    assert stored == files[1][1]
+
+    r = await client.post(f"{web.url}/api/jobs/job-0000/uploads")
+    assert r.status_code == 404 and "no job 'job-0000'" in r.json()["error"]
+    await append(store, job_id, EventType.JOB_EXPIRED, error="b.txt never arrived")
+    r = await client.post(f"{web.url}/api/jobs/{job_id}/uploads")
+    assert r.status_code == 409, r.text
+    assert "is expired, not waiting for files: create a new upload" in r.json()["error"]
+
+
+def test_the_upload_client_renews_urls_near_their_end_and_sends_with_them(
+    web: WebThread, jobs_env: JobsEnv, s3: Any, tmp_path: Any
+) -> None:
+    """`s3flow upload` sends files one by one: with many files over a slow link, the
+    last ones started after their URLs had expired."""
+    from s3flow.jobs.client import UploadUrls, create_upload, send_file
+
+    paths = []
+    for name, body in [("a.txt", b"1\n"), ("b.txt", b"2\n2\n")]:
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(body)
+    asked: list[str] = []
+    now = [100.0]
+    with httpx.Client(
+        timeout=10, event_hooks={"request": [lambda r: asked.append(f"{r.method} {r.url.path}")]}
+    ) as sync:
+        created = create_upload(sync, web.url, {}, "count", paths, lambda p: "text/plain")
+        urls = UploadUrls(sync, web.url, {}, created, asked_at=100.0, clock=lambda: now[0])
+        assert urls.deadline == 100.0 + created["expires_in_s"]
+        for i, path in enumerate(paths):
+            if i == 1:
+                now[0] = urls.deadline - 30  # less than a minute left: renewed first
+            send_file(sync, urls, created["files"][i]["key"], path, lambda n: None, lambda: None)
+    job_id = created["job_id"]
+    assert [a for a in asked if "/api/" in a] == [
+        "POST /api/uploads",
+        f"POST /api/jobs/{job_id}/uploads",
+    ]
+    assert urls.deadline > now[0]
+    for path, post in zip(paths, created["files"], strict=True):
+        got = s3.get_object(Bucket=jobs_env.bucket, Key=post["key"])["Body"].read()
+        assert got == path.read_bytes()

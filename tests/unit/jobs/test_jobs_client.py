@@ -69,3 +69,63 @@ def test_two_files_of_one_name_are_named_by_their_paths(tmp_path: Path) -> None:
     with httpx.Client() as client, pytest.raises(S3flowError) as err:
         create_upload(client, "http://127.0.0.1:9", {}, "zip", files, lambda p: "text/plain")
     assert f"{files[0]} and {files[1]} have the same file name 'a.txt'" in str(err.value)
+
+
+def test_a_file_refused_as_expired_is_sent_again_with_fresh_urls(tmp_path: Path) -> None:
+    """Storage's "Policy expired" (a clock ahead of ours, a slow start) failed the file
+    for good; now the client asks for fresh URLs once and sends it again."""
+    import httpx
+
+    from s3flow.jobs.client import UploadUrls, send_file
+
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        if request.url.path == "/api/jobs/job-1/uploads":
+            body = {"job_id": "job-1", "expires_in_s": 900}
+            return httpx.Response(
+                200,
+                json={
+                    **body,
+                    "files": [{"key": "k", "url": "http://s3/b", "fields": {"policy": "new"}}],
+                },
+            )
+        if b"old" in request.content:
+            return httpx.Response(
+                403, text="<Error><Message>Invalid according to Policy: Policy expired.</Message>"
+            )
+        return httpx.Response(204)
+
+    created = {
+        "job_id": "job-1",
+        "expires_in_s": 900,
+        "files": [{"key": "k", "url": "http://s3/b", "fields": {"policy": "old"}}],
+    }
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"x\n")
+    restarts: list[bool] = []
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        urls = UploadUrls(client, "http://api", {}, created, asked_at=0.0, clock=lambda: 1.0)
+        send_file(client, urls, "k", path, lambda n: None, lambda: restarts.append(True))
+    assert seen == ["POST /b", "POST /api/jobs/job-1/uploads", "POST /b"]
+    assert restarts == [True]
+
+
+def test_fresh_urls_refused_say_why() -> None:
+    import httpx
+
+    from s3flow.errors import S3flowError
+    from s3flow.jobs.client import UploadUrls
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, json={"error": "job job-1 is expired, not waiting for files"})
+
+    created = {"job_id": "job-1", "expires_in_s": 60, "files": []}
+    with httpx.Client(transport=httpx.MockTransport(answer)) as client:
+        # 60 s URLs: renewed when less than 15 s (a quarter) is left
+        urls = UploadUrls(client, "http://api", {}, created, asked_at=0.0, clock=lambda: 44.0)
+        assert urls.post_for("k") is None  # 16 s left: not renewed (and not a file of the job)
+        urls = UploadUrls(client, "http://api", {}, created, asked_at=0.0, clock=lambda: 46.0)
+        with pytest.raises(S3flowError, match=r"refused \(HTTP 409\): job job-1 is expired"):
+            urls.post_for("k")

@@ -182,3 +182,84 @@ def test_an_empty_content_type_is_taken_as_none() -> None:
     """``""`` went into the upload policy as ``Content-Type: ""``."""
     (f,) = req(("a.txt", 10, "")).files
     assert f.content_type == "application/octet-stream"
+
+
+class _OneJob:
+    """A job store holding at most one job."""
+
+    def __init__(self, job: Any = None) -> None:
+        self.job = job
+
+    async def create_job(self, job: Any, *, event_id: str, data: Any) -> None:
+        self.job = job
+
+    async def get_job(self, job_id: str) -> Any:
+        return self.job if self.job is not None and self.job.job_id == job_id else None
+
+
+async def _created(store: _OneJob, **jobs: Any) -> Any:
+    from s3flow.jobs.uploads import create_upload
+
+    return await create_upload(
+        settings(**jobs),
+        store,  # type: ignore[arg-type]
+        _Presigner(),
+        req(("a.txt", 10, "text/plain"), ("b.txt", 20, "text/plain")),
+        now=1000.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("at", "url_s"),
+    [(1000.0, 900), (3000.0, 900), (4000.0, 600)],  # job deadline 4600
+)
+async def test_fresh_urls_for_the_files_not_received_never_past_the_deadline(
+    at: float, url_s: int
+) -> None:
+    """Upload URLs were signed once, at creation: a client that started its last files
+    after presign_expiry_s had S3 refuse them ("Policy expired") and its job expired."""
+    from dataclasses import replace
+
+    from s3flow.jobs.uploads import resign_upload
+
+    store = _OneJob()
+    made = await _created(store)
+    assert made.expires_in_s == 900 and made.to_json()["expires_in_s"] == 900
+    first, second = store.job.files
+    store.job = replace(store.job, files=(replace(first, received=True), second))
+    s3 = _Presigner()
+    again = await resign_upload(settings(), store, s3, made.job_id, now=at)  # type: ignore[arg-type]
+    assert again is not None
+    assert [f.key for f in again.files] == [second.key]
+    assert (again.job_id, again.upload_id) == (made.job_id, made.upload_id)
+    assert [a["Key"] for a in s3.asked] == [second.key]
+    assert s3.asked[0]["ExpiresIn"] == url_s
+    assert s3.asked[0]["Conditions"] == [
+        {"Content-Type": "text/plain"},
+        ["content-length-range", 20, 20],
+    ]
+    assert (again.expires_at, again.expires_in_s) == (at + url_s, url_s)
+
+
+async def test_no_fresh_urls_for_an_unknown_ended_or_overdue_job() -> None:
+    from dataclasses import replace
+
+    from s3flow.jobs.uploads import UploadClosedError, resign_upload
+    from s3flow.state.jobs import JobStatus
+
+    store = _OneJob()
+    made = await _created(store)
+    s3 = _Presigner()
+    assert await resign_upload(settings(), store, s3, "job-nope", now=1000.0) is None  # type: ignore[arg-type]
+    with pytest.raises(UploadClosedError, match=r"past its deadline.*create a new upload"):
+        await resign_upload(settings(), store, s3, made.job_id, now=4600.0)  # type: ignore[arg-type]
+    waiting = store.job
+    for status, says in [
+        (JobStatus.QUEUED, "is queued, not waiting for files: every file it declared"),
+        (JobStatus.EXPIRED, "is expired, not waiting for files: create a new upload"),
+        (JobStatus.COMPLETED, "is completed, not waiting"),
+    ]:
+        store.job = replace(waiting, status=status)
+        with pytest.raises(UploadClosedError, match=says):
+            await resign_upload(settings(), store, s3, made.job_id, now=1000.0)  # type: ignore[arg-type]
+    assert s3.asked == []

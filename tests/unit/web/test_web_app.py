@@ -70,7 +70,7 @@ async def test_post_upload_creates_the_job_and_one_presigned_post_per_file(
     )
     assert r.status_code == 201, r.text
     body = r.json()
-    assert set(body) == {"upload_id", "job_id", "files", "expires_at"}
+    assert set(body) == {"upload_id", "job_id", "files", "expires_at", "expires_in_s"}
     upload_id = body["upload_id"]
     keys = [f["key"] for f in body["files"]]
     assert keys == [f"uploads/{upload_id}/0-a.txt", f"uploads/{upload_id}/1-b_c.csv"]

@@ -192,7 +192,8 @@ function storageError(xhr) {
   return `storage refused the file (${xhr.status}${match ? `: ${match[1]}` : ""})`;
 }
 
-/** POST one file to S3 with its presigned POST; resolves with "" or the reason it failed. */
+/** POST one file to S3 with its presigned POST; resolves with "" or the reason it failed
+ * (``expired`` is true when storage refused the POST's policy as expired). */
 function sendFile(entry, post) {
   return new Promise((resolve) => {
     const form = new FormData();
@@ -206,22 +207,99 @@ function sendFile(entry, post) {
     xhr.addEventListener("load", () => {
       if (xhr.status >= 200 && xhr.status < 300) {
         setProgress(entry, 1);
-        resolve("");
+        resolve({ reason: "" });
       } else {
-        resolve(storageError(xhr));
+        setProgress(entry, 0);
+        resolve({
+          reason: storageError(xhr),
+          expired: xhr.status === 403 && /expired/i.test(xhr.responseText || ""),
+        });
       }
     });
     xhr.addEventListener("error", () =>
-      resolve(
-        "the storage endpoint did not answer (or refused this page's origin: check the " +
+      resolve({
+        reason:
+          "the storage endpoint did not answer (or refused this page's origin: check the " +
           "bucket's CORS, [jobs] cors_origins)",
-      ),
+      }),
     );
-    xhr.addEventListener("abort", () => resolve("the upload was cancelled"));
+    xhr.addEventListener("abort", () => resolve({ reason: "the upload was cancelled" }));
     entry.status = "uploading";
     entry.stateEl.textContent = "uploading…";
     xhr.send(form);
   });
+}
+
+// Files sent at once; the rest wait their turn (so each starts with a URL still good).
+const PARALLEL_UPLOADS = 4;
+
+/**
+ * The job's upload URLs. They live ``expires_in_s`` (``[jobs] presign_expiry_s``); a file
+ * that starts with less than a quarter of that (at most a minute) left gets fresh ones
+ * first (POST /api/jobs/{id}/uploads), as does a file storage refused as expired.
+ * Times are this page's clock, counted from when the URLs were asked for.
+ */
+class UploadUrls {
+  constructor(jobId, created, askedAt) {
+    this.jobId = jobId;
+    this.fresh = null; // the request for new URLs under way, shared by every file
+    this.take(created, askedAt);
+  }
+
+  take(body, askedAt) {
+    this.posts = new Map(body.files.map((post) => [post.key, post]));
+    const lifeMs = 1000 * body.expires_in_s;
+    this.deadline = askedAt + lifeMs;
+    this.marginMs = Math.min(60_000, lifeMs / 4);
+  }
+
+  /** The POST for ``key``, signed again first when its life is nearly over (or ``force``). */
+  async postFor(key, force = false) {
+    if (force || Date.now() > this.deadline - this.marginMs) await this.renew();
+    return this.posts.get(key);
+  }
+
+  renew() {
+    if (!this.fresh) {
+      const askedAt = Date.now();
+      this.fresh = (async () => {
+        const path = `/api/jobs/${encodeURIComponent(this.jobId)}/uploads`;
+        const response = await api(path, { method: "POST" });
+        if (!response.ok) {
+          throw new Error(`new upload URLs were refused: ${await errorMessage(response)}`);
+        }
+        this.take(await response.json(), askedAt);
+      })().finally(() => {
+        this.fresh = null;
+      });
+    }
+    return this.fresh;
+  }
+}
+
+/** Send one chosen file with a live URL; "" or the reason it did not reach storage. */
+async function sendEntry(urls, entry, key) {
+  try {
+    let result = await sendFile(entry, await urls.postFor(key));
+    if (result.expired) result = await sendFile(entry, await urls.postFor(key, true));
+    return result.reason;
+  } catch (err) {
+    return String(err.message || err);
+  }
+}
+
+/** Send every file, :data:`PARALLEL_UPLOADS` at a time; the reasons, in file order. */
+async function sendAll(urls, keys) {
+  const reasons = new Array(keys.length).fill("");
+  let next = 0;
+  const lane = async () => {
+    while (next < keys.length) {
+      const i = next++;
+      reasons[i] = await sendEntry(urls, state.entries[i], keys[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(PARALLEL_UPLOADS, keys.length) }, lane));
+  return reasons;
 }
 
 function setBusy(busy) {
@@ -261,6 +339,7 @@ async function upload(event) {
   setBusy(true);
   setStatus("Creating the job…");
   let created;
+  const askedAt = Date.now();
   try {
     const response = await api("/api/uploads", {
       method: "POST",
@@ -297,8 +376,10 @@ async function upload(event) {
   // reopened) mid-upload shows the job instead of an empty form.
   history.pushState({ job: created.job_id }, "", jobPath(created.job_id));
   setStatus(`Uploading ${state.entries.length} file(s) to storage…`);
-  const results = await Promise.all(
-    created.files.map((post, i) => sendFile(state.entries[i], post)),
+  const urls = new UploadUrls(created.job_id, created, askedAt);
+  const results = await sendAll(
+    urls,
+    created.files.map((post) => post.key),
   );
   let failed = 0;
   results.forEach((reason, i) => {
