@@ -21,6 +21,7 @@ and its exit code: 0 done, 2 permanent (bad input: not worth retrying), 1 retrya
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -202,10 +203,17 @@ def exit_code_for(err: S3flowError | None) -> int:
 def error_for_exit(code: int | None, what: str, reason: str = "") -> S3flowError:
     """The error a run that left no result document implies by its exit code.
 
-    2 is permanent; any other code, and none at all (killed, never started), retryable.
+    2 is permanent; any other code, a signal (a negative code: killed by ``-code``) and
+    none at all (never started), retryable.
     An exit 0 without a document is retryable too: the run did not say what it wrote.
     """
     why = f": {reason}" if reason else ""
+    if code is not None and code < 0:  # killed by signal -code (asyncio's returncode)
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return RetryableError(f"{what} was killed by {name}{why}")
     if code == EXIT_PERMANENT:
         return PermanentError(f"{what} exited 2 (permanent error){why}")
     if code is None:

@@ -10,7 +10,9 @@ worker, which decides), gets ``PR_SET_PDEATHSIG`` (it dies with the worker) and 
 worker's ``[aws]`` settings as ``S3FLOW_AWS__*`` variables. A cancelled run (shutdown)
 gets SIGTERM, which ``s3flow run`` turns into a clean cancellation, then SIGKILL for
 its whole process group after ``kill_after_s``; so does a run still going at its job's
-``timeout_s`` (the pipeline's ``job_timeout_s``).
+``timeout_s`` (the pipeline's ``job_timeout_s``). A run is over when its process exits:
+processes it left behind in its group (a wrapper script's background child holding
+stdout) are killed then, and what the pipes held is read.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import os
 import shutil
 import signal
 import sys
+from typing import Any
 
 from s3flow.errors import ConfigError, ExecutorUnavailableError
 from s3flow.executors.base import (
@@ -88,19 +91,33 @@ def aws_environment(aws: AwsSettings) -> dict[str, str]:
     return out
 
 
-async def _read_all(stream: asyncio.StreamReader, limit: int) -> bytes:
-    data = bytearray()
+async def _read_all(stream: asyncio.StreamReader, limit: int, into: bytearray) -> None:
+    """Read ``stream`` to its end into ``into`` (its first ``limit`` bytes)."""
     while chunk := await stream.read(65536):
-        if len(data) < limit:
-            data += chunk[: limit - len(data)]
-    return bytes(data)
+        if len(into) < limit:
+            into += chunk[: limit - len(into)]
 
 
-async def _read_tail(stream: asyncio.StreamReader, keep: int) -> bytes:
-    tail = b""
+async def _read_tail(stream: asyncio.StreamReader, keep: int, into: bytearray) -> None:
+    """Read ``stream`` to its end, keeping its last ``keep`` bytes in ``into``."""
     while chunk := await stream.read(65536):
-        tail = (tail + chunk)[-keep:]
-    return tail
+        into += chunk
+        del into[:-keep]
+
+
+async def _exit_code(proc: asyncio.subprocess.Process, pipes: asyncio.Future[Any]) -> int:
+    """``proc``'s exit code as soon as it exits. ``proc.wait()`` (in ``pipes``) also
+    waits for its pipes to close, which a process it left behind may keep open."""
+    while proc.returncode is None:
+        if pipes.done():
+            return await proc.wait()
+        await asyncio.wait({pipes}, timeout=0.05)
+    return proc.returncode
+
+
+#: After the process exits, how long its pipes may stay open (data in flight) before
+#: what still holds them (processes it left behind) is killed.
+_DRAIN_S = 2.0
 
 
 class SubprocessExecutor:
@@ -111,7 +128,7 @@ class SubprocessExecutor:
     def __init__(self, settings: SubprocessExecutorSettings) -> None:
         self._settings = settings
         self._base = list(settings.command) or [sys.executable, "-m", "s3flow"]
-        self._running: set[asyncio.subprocess.Process] = set()
+        self._running: dict[asyncio.subprocess.Process, asyncio.Future[Any]] = {}
 
     def argv(self, job: ObjectJob) -> list[str]:
         """The command line for ``job``."""
@@ -148,22 +165,28 @@ class SubprocessExecutor:
                 f"subprocess executor cannot start {argv[0]!r} for {job.source}: {problem} "
                 f"({type(exc).__name__}); check {_SETTING} and this machine"
             ) from exc
-        self._running.add(proc)
         assert proc.stdout is not None and proc.stderr is not None
+        out, err = bytearray(), bytearray()
+        pipes = asyncio.gather(
+            _read_all(proc.stdout, _STDOUT_LIMIT, out),
+            _read_tail(proc.stderr, _STDERR_TAIL, err),
+            proc.wait(),  # asyncio's wait: the exit and both pipes closed
+        )
+        self._running[proc] = pipes
         try:
             async with asyncio.timeout(job.timeout_s):
-                out, err = await asyncio.gather(
-                    _read_all(proc.stdout, _STDOUT_LIMIT), _read_tail(proc.stderr, _STDERR_TAIL)
-                )
-                code = await proc.wait()
+                code = await _exit_code(proc, pipes)
         except asyncio.CancelledError:
-            await asyncio.shield(self._stop(proc))
+            await asyncio.shield(self._stop(proc, pipes))
             raise
         except TimeoutError as exc:
-            await asyncio.shield(self._stop(proc))
+            await asyncio.shield(self._stop(proc, pipes))
             raise job_timed_out(job, f"pid {proc.pid}", "stopped (SIGTERM, then SIGKILL)") from exc
         finally:
-            self._running.discard(proc)
+            self._running.pop(proc, None)
+        # The run is over when its process exits, even if something it started still
+        # holds the pipes: that is ended, and the result is what the process wrote.
+        await self._end_group(proc, pipes)
         doc = parse_doc(out.decode("utf-8", "replace"))
         what = f"`s3flow run {job.processor} {job.source}` (pid {proc.pid})"
         if doc is not None:
@@ -171,23 +194,42 @@ class SubprocessExecutor:
                 return result_from_doc(doc)
             raise error_from_doc(doc)
         tail = err.decode("utf-8", "replace").strip().splitlines()[-3:]
-        raise error_for_exit(code if code >= 0 else None, what, " | ".join(tail))
+        raise error_for_exit(code, what, " | ".join(tail))
 
-    async def _stop(self, proc: asyncio.subprocess.Process) -> None:
-        """SIGTERM (a clean cancellation), then SIGKILL the process group."""
-        if proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self._settings.kill_after_s)
-        except TimeoutError:
-            log.warning("s3flow run (pid %d) did not stop on SIGTERM: killing it", proc.pid)
+    async def _end_group(
+        self, proc: asyncio.subprocess.Process, pipes: asyncio.Future[Any]
+    ) -> None:
+        """Once ``proc`` has exited: let the pipes drain, then SIGKILL what is left of its
+        process group (it leads its own) and stop reading."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(pipes), _DRAIN_S)
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # it leads its own session and group
-        with contextlib.suppress(Exception):
-            await proc.wait()
+            os.killpg(proc.pid, signal.SIGKILL)
+            log.warning(
+                "s3flow run (pid %d) exited leaving processes in its group: killed them",
+                proc.pid,
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(pipes), _DRAIN_S)
+        pipes.cancel()  # a pipe held by a process that left the group: stop reading it
+        with contextlib.suppress(BaseException):
+            await pipes
+
+    async def _stop(self, proc: asyncio.subprocess.Process, pipes: asyncio.Future[Any]) -> None:
+        """SIGTERM (a clean cancellation), then SIGKILL the process group."""
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self._settings.kill_after_s)
+            except TimeoutError:
+                log.warning("s3flow run (pid %d) did not stop on SIGTERM: killing it", proc.pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # it leads its own session and group
+            with contextlib.suppress(Exception):
+                await proc.wait()
+        await self._end_group(proc, pipes)
 
     async def close(self) -> None:
         """Stop processes still running (normally none: their runs were cancelled)."""
-        await asyncio.gather(*(self._stop(p) for p in list(self._running)))
+        await asyncio.gather(*(self._stop(p, pipes) for p, pipes in list(self._running.items())))

@@ -1,0 +1,90 @@
+"""The ``subprocess`` executor with real processes: commands that are scripts standing in
+for ``s3flow run`` (they ignore their arguments and print a result line)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from s3flow.errors import Disposition
+from s3flow.events import ObjectEvent
+from s3flow.executors.base import ObjectJob
+from s3flow.executors.command import SubprocessExecutor
+from s3flow.settings import SubprocessExecutorSettings
+
+DONE = json.dumps({"status": "done", "outputs": ["s3://out/a.json"], "counters": {"lines": 3}})
+
+
+def script(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "fake-s3flow"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def job(timeout_s: float) -> ObjectJob:
+    return ObjectJob(
+        processor="line-count",
+        options={},
+        event=ObjectEvent(bucket="in", key="a.txt"),
+        output="s3://out/",
+        pipeline="p",
+        route="default",
+        worker_id="w1",
+        max_uncompressed_bytes=1000,
+        timeout_s=timeout_s,
+    )
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, killed but not reaped yet, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+async def test_a_run_that_exits_is_done_though_a_child_it_left_holds_stdout(
+    tmp_path: Path,
+) -> None:
+    """A wrapper whose background child inherited stdout: the run waited for stdout to
+    close, went past job_timeout_s and was dead-lettered, and the child (ignoring
+    SIGTERM) lived on, since the stop skipped the group kill of an exited process."""
+    pid_file = tmp_path / "child.pid"
+    command = script(
+        tmp_path, f"(trap '' TERM; exec sleep 300) &\necho $! > {pid_file}\necho '{DONE}'\nexit 0"
+    )
+    ex = SubprocessExecutor(SubprocessExecutorSettings(command=[str(command)], kill_after_s=1))
+    started = time.monotonic()
+    result = await ex.run(job(timeout_s=20))
+    assert time.monotonic() - started < 10
+    assert result.outputs == ["s3://out/a.json"] and result.counters == {"lines": 3}
+    child = int(pid_file.read_text())
+    for _ in range(100):  # up to 5 s
+        if not alive(child):
+            break
+        await asyncio.sleep(0.05)
+    assert not alive(child), "the process the run left behind was not killed"
+    await ex.close()
+
+
+@pytest.mark.parametrize(
+    ("sig", "name"), [(signal.SIGSEGV, "SIGSEGV"), (signal.SIGKILL, "SIGKILL")]
+)
+async def test_a_run_killed_by_a_signal_is_named_by_it(
+    tmp_path: Path, sig: signal.Signals, name: str
+) -> None:
+    """It said "ended without an exit code", whatever the signal."""
+    command = script(tmp_path, f"echo 'about to crash' >&2\nkill -{sig.name[3:]} $$")
+    ex = SubprocessExecutor(SubprocessExecutorSettings(command=[str(command)]))
+    with pytest.raises(Exception) as caught:
+        await ex.run(job(timeout_s=20))
+    assert f"was killed by {name}: about to crash" in str(caught.value)
+    assert caught.value.disposition is Disposition.RETRYABLE  # type: ignore[attr-defined]
+    await ex.close()
