@@ -17,9 +17,11 @@ from s3flow.local.endpoint import LocalEndpoint
 pytestmark = pytest.mark.integration
 
 
-def run(tmp_path: Path, source: str, error_class: str, disposition: str) -> dict[str, Any]:
+def run(
+    tmp_path: Path, source: str, error_class: str, disposition: str, processor: str = "line-count"
+) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "s3flow", "run", "line-count", source, "--output", "out/"],
+        [sys.executable, "-m", "s3flow", "run", processor, source, "--output", "out/"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -47,3 +49,15 @@ def test_a_missing_key_in_a_bucket_is_still_the_object(
     s3.create_bucket(Bucket=bucket)
     result = run(tmp_path, f"s3://{bucket}/nokey.txt", "ObjectMissingError", "skip")
     assert "does not exist" not in result["error"] and "HeadObject" in result["error"]
+
+
+def test_a_misspelt_processor_is_the_error_whatever_the_object(
+    endpoint: LocalEndpoint, s3: Any, tmp_path: Path
+) -> None:
+    """With a missing object it said ObjectMissingError, "skip": a container with a typo in
+    its processor name reported deleted objects as skipped, not its own mistake."""
+    bucket = f"somebucket-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    result = run(tmp_path, f"s3://{bucket}/nokey.txt", "ConfigError", "permanent", "line-cuont")
+    assert "unknown processor 'line-cuont'; available: " in result["error"]
+    assert "line-count" in result["error"]

@@ -48,6 +48,7 @@ from s3flow.executors.contract import (
 )
 from s3flow.executors.one import run_isolated
 from s3flow.local.endpoint import die_with_parent
+from s3flow.processors.registry import known_processor
 from s3flow.settings import Settings
 from s3flow.settings.base import bucket_name_problem
 from s3flow.settings.pipelines import output_problem
@@ -224,6 +225,7 @@ def run_processor(
     processor = ctx.info_name or ""
     try:
         settings = settings_from(config)
+        known_processor(processor)  # a misspelt name is the error, whatever the object
         bucket, key = _source(source)
         out = output or output_from_env(os.environ)
         if not out:

@@ -96,8 +96,8 @@ def processor_class(spec: str) -> Callable[..., Any] | None:
     return _load_entry_point("s3flow.processors", spec)
 
 
-def create_processor(spec: str, options: dict[str, Any] | None = None) -> Processor:
-    """Instantiate the processor named ``spec`` with its options."""
+def known_processor(spec: str) -> Callable[..., Any]:
+    """The factory ``spec`` names; :class:`ConfigError` naming the available ones if none."""
     try:
         factory = processor_class(spec)
     except ConfigError as exc:
@@ -107,6 +107,12 @@ def create_processor(spec: str, options: dict[str, Any] | None = None) -> Proces
         raise ConfigError(
             f"unknown processor {spec!r}; available: {known} (or give 'module:attribute')"
         )
+    return factory
+
+
+def create_processor(spec: str, options: dict[str, Any] | None = None) -> Processor:
+    """Instantiate the processor named ``spec`` with its options."""
+    factory = known_processor(spec)
     try:
         proc = factory(options or {})
     except ConfigError:

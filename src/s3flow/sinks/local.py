@@ -14,6 +14,17 @@ from s3flow.errors import ConfigError, OutputPathError, RetryableError
 from s3flow.sinks.base import OutputAttrs, SinkBase
 
 
+def _umask() -> int:
+    """This process's umask (read by setting it, so once, at import)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Mode of the files written: what ``open()`` would give (``mkstemp`` makes them 0600).
+_FILE_MODE = 0o666 & ~_umask()
+
+
 class LocalDirSink(SinkBase):
     """Writes outputs under a local directory.
 
@@ -47,6 +58,7 @@ class LocalDirSink(SinkBase):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".s3flow-", dir=path.parent)
         try:
+            os.fchmod(fd, _FILE_MODE)
             with os.fdopen(fd, "wb") as fh:
                 fill(fh)
                 fh.flush()

@@ -115,3 +115,20 @@ async def test_too_long_file_name_is_permanent(tmp_path: Path) -> None:
     sink = LocalDirSink(tmp_path)
     with pytest.raises(OutputPathError, match="too long"):
         await sink.write("x" * 300 + ".json", b"x")
+
+
+async def test_outputs_get_the_mode_the_umask_gives(tmp_path: Path) -> None:
+    """Outputs were 0600 (``mkstemp``'s mode, kept by the rename): other users and
+    services could not read them. Now they get what ``open()`` gives under the umask."""
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    sink = LocalDirSink(tmp_path)
+    uri = await sink.write("a/b.json", b"{}", "application/json")
+    source = tmp_path / "src.bin"
+    source.write_bytes(b"x")
+    copied = await sink.write_file("a/c.bin", str(source), "application/octet-stream")
+    for path in (uri, copied):
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~mask
