@@ -196,6 +196,125 @@ def test_a_backfill_stopped_by_an_error_leaves_no_object_behind(harness: Harness
     assert harness.result("a.txt") is not None
 
 
+class _Hooked:
+    """A real state store whose ``set_status`` / ``get`` call a hook after they answer:
+    faults at an exact moment of a backfill (a Ctrl-C, a worker's claim)."""
+
+    def __init__(self, store: Any, **hooks: Any) -> None:
+        self._store, self._hooks = store, hooks
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def set_status(self, *args: Any, **kw: Any) -> Any:
+        done = await self._store.set_status(*args, **kw)
+        if "set_status" in self._hooks:
+            await self._hooks["set_status"](args[0])
+        return done
+
+    async def get(self, oid: ObjectId) -> Any:
+        rec = await self._store.get(oid)
+        if "get" in self._hooks:
+            await self._hooks["get"](oid)
+        return rec
+
+
+def _version(h: Harness, key: str) -> str:
+    head = h.s3.head_object(Bucket=h.bucket, Key=key)
+    return content_version(head["ETag"], head["LastModified"])
+
+
+def test_a_backfill_stopped_mid_batch_sends_what_it_marked(harness: Harness) -> None:
+    """Ctrl-C between setting a batch's records to received and sending its notifications
+    left records saying "queued" with nothing queued: never processed, and every later
+    backfill skipped them as already queued. Now the batch under way is finished first."""
+    settings = harness.configure()
+    keys = [f"dead{i}.txt" for i in range(5)]
+    for key in keys:
+        harness.put(key, b"1\n")
+    harness.purge()
+    for key in keys:  # dead-lettered long ago: a plain backfill enqueues them again
+        harness.end_record(key, _version(harness, key), FileStatus.DEAD)
+
+    async def go() -> None:
+        async with open_store(settings) as store:
+            run = asyncio.current_task()
+            assert run is not None
+
+            async def stop_now(oid: ObjectId) -> None:
+                if not run.cancelling():
+                    run.cancel()  # what asyncio.run does on Ctrl-C (once)
+
+            hooked = _Hooked(store, set_status=stop_now)
+            with pytest.raises(asyncio.CancelledError):
+                await backfill(settings, settings.pipelines[0], store=hooked)  # type: ignore[arg-type]
+
+    asyncio.run(go())
+    assert _enqueued_keys(harness) == keys  # the marked batch went out whole
+
+    async def statuses() -> set[FileStatus]:
+        async with open_store(settings) as store:
+            assert store is not None
+            recs = [
+                await store.get(ObjectId(harness.bucket, k, _version(harness, k))) for k in keys
+            ]
+            return {r.status for r in recs if r is not None}
+
+    assert asyncio.run(statuses()) == {FileStatus.RECEIVED}
+
+
+def test_a_backfill_never_takes_an_object_from_a_worker_that_claimed_it(
+    harness: Harness,
+) -> None:
+    """A worker's claim made between the listing and the batch's send was overwritten
+    (processing -> received, the fencing token bumped): the worker's run was cut off as
+    "claim expired" and the object processed twice."""
+    settings = harness.configure()
+    harness.put("new.txt", b"1\n")
+    harness.purge()
+    oid = ObjectId(harness.bucket, "new.txt", _version(harness, "new.txt"))
+    tokens: list[int] = []
+
+    async def go() -> Any:
+        async with open_store(settings) as store:
+            assert store is not None
+
+            async def worker_claims(seen: ObjectId) -> None:
+                if seen == oid and not tokens:
+                    claim = await store.claim(oid, pipeline="p", owner="w1", ttl_s=60)
+                    tokens.append(claim.token)
+
+            hooked = _Hooked(store, get=worker_claims)
+            report = await backfill(settings, settings.pipelines[0], store=hooked)  # type: ignore[arg-type]
+            return report, await store.get(oid)
+
+    report, rec = asyncio.run(go())
+    assert rec.status is FileStatus.PROCESSING and rec.claim_owner == "w1"
+    assert rec.fencing_token == tokens[0]  # the worker's claim still holds
+    assert report.enqueued == 1  # its notification: the worker acknowledges it as a duplicate
+
+
+def test_a_plain_backfill_leaves_a_failed_record_to_its_retry(harness: Harness) -> None:
+    """A failed record (its notification comes back for the next try) was enqueued again
+    with its failure count reset: two notifications, and a file that always fails never
+    reached the DLQ under a backfill run on a schedule."""
+    settings = harness.configure()
+    harness.put("flaky.txt", b"1\n")
+    harness.purge()
+    oid = harness.end_record("flaky.txt", _version(harness, "flaky.txt"), FileStatus.FAILED)
+
+    async def go() -> Any:
+        async with open_store(settings) as store:
+            assert store is not None
+            report = await backfill(settings, settings.pipelines[0], store=store)
+            return report, await store.get(oid)
+
+    report, rec = asyncio.run(go())
+    assert (report.enqueued, report.already_queued) == (0, 1)
+    assert rec.status is FileStatus.FAILED and rec.failures == 1
+    assert harness.depth() == (0, 0)
+
+
 def _enqueued_keys(h: Harness) -> list[str]:
     """The keys of every notification on the pipeline's queue (each received once)."""
     keys = []

@@ -26,7 +26,7 @@ from s3flow.quarantine import untag
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, Settings
 from s3flow.state.base import StateStore
-from s3flow.state.records import FileRecord, FileStatus, ObjectId
+from s3flow.state.records import FileRecord, FileStatus, ObjectId, TransitionError
 
 log = logging.getLogger("s3flow.ops")
 
@@ -164,6 +164,7 @@ class _Pending:
     oid: ObjectId
     body: str
     mark: str | None  # set the record to received with this detail
+    was: FileStatus | None  # the record's status when listed (None: no record yet)
     untag: bool  # remove the object's quarantine tags
 
 
@@ -203,27 +204,46 @@ async def backfill(
         src = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
         batch: list[_Pending] = []
 
-        async def flush() -> None:
-            if not batch:
-                return
-            # Quarantine tags are removed and records set to received just before their
+        async def mark(item: _Pending) -> bool:
+            """Set the item's record to received unless it changed since it was listed
+            (a worker claimed or completed it meanwhile): then False, and it is left."""
+            assert store is not None and item.mark is not None
+            try:
+                await store.set_status(
+                    item.oid,
+                    FileStatus.RECEIVED,
+                    detail=item.mark,
+                    pipeline=p.name,
+                    only_from=(item.was,),
+                )
+            except TransitionError:
+                return False
+            return True
+
+        async def send_batch() -> None:
+            # Quarantine tags are removed and records the worker would not process
+            # (dead, quarantined, completed) set to received just before their
             # notifications are sent (not as each object is listed): a backfill stopped
             # before a batch goes out leaves no object untagged, nor a record saying
             # "queued", for a notification never sent. Tags go first: a record left
-            # quarantined by a failure here makes the next reprocess untag again.
+            # quarantined by a failure here makes the next reprocess untag again. A new
+            # object's record is made after the send: the worker takes its notification
+            # either way, and a stop in between only lets the next run enqueue it again.
             try:
-                for item in batch:
+                for item in list(batch):
                     if item.untag:
                         await untag(clients.s3, p.bucket, item.oid.key)
-                    if store is not None and item.mark is not None:
-                        await store.set_status(
-                            item.oid, FileStatus.RECEIVED, detail=item.mark, pipeline=p.name
-                        )
+                    premark = store is not None and item.mark is not None and item.was is not None
+                    if premark and not await mark(item):
+                        batch.remove(item)
+                        report.busy += 1
             except Exception as exc:
                 raise _unsent(p, [item.oid.key for item in batch], exc, command) from exc
             entries = [{"Id": str(i), "MessageBody": item.body} for i, item in enumerate(batch)]
             try:
                 for _attempt in range(3):
+                    if not entries:  # every item changed meanwhile: nothing to send
+                        break
                     resp = await clients.sqs.send_message_batch(QueueUrl=src, Entries=entries)
                     ok = {e["Id"] for e in resp.get("Successful") or []}
                     report.enqueued += len(ok)
@@ -236,7 +256,22 @@ async def backfill(
                 raise _unsent(p, unsent, exc, command) from exc
             if entries:
                 raise _unsent(p, [batch[int(e["Id"])].oid.key for e in entries], None, command)
+            for item in batch:
+                if store is not None and item.mark is not None and item.was is None:
+                    await mark(item)  # False: the worker has it already
             batch.clear()
+
+        async def flush() -> None:
+            """Send the batch; a stop (Ctrl-C) meanwhile lets it finish first, so no record
+            says received for a notification that was never sent."""
+            if not batch:
+                return
+            sending = asyncio.ensure_future(send_batch())
+            try:
+                await asyncio.shield(sending)
+            except asyncio.CancelledError:
+                await sending
+                raise
 
         async def consider(key: str, etag: str, size: int, modified: datetime) -> None:
             report.listed += 1
@@ -259,7 +294,8 @@ async def backfill(
                     if status is FileStatus.COMPLETED:
                         report.already_done += 1
                         return
-                    if status is FileStatus.RECEIVED:
+                    if status in (FileStatus.RECEIVED, FileStatus.FAILED):
+                        # failed: its notification comes back for the next try
                         report.already_queued += 1
                         return
                     if status is FileStatus.QUARANTINED:
@@ -270,12 +306,14 @@ async def backfill(
             # The worker identifies a backfilled upload by (eTag, LastModified): that
             # record is the one it will claim, so it must not say "done" (set in flush).
             mark: str | None = None
+            was: FileStatus | None = None
             if store is not None:
                 current = await store.get(oid)
-                if current is None or current.status is not FileStatus.RECEIVED:
+                was = current.status if current is not None else None
+                if was is not FileStatus.RECEIVED:
                     mark = "reprocess" if force else "backfill"
             body = s3_notification_body(p.bucket, key, size, etag, settings.aws.region)
-            batch.append(_Pending(oid, body, mark, quarantined))
+            batch.append(_Pending(oid, body, mark, was, quarantined))
             if len(batch) == 10:
                 await flush()
             on_progress(report.listed, report.enqueued)

@@ -362,7 +362,9 @@ async def _reset_state(
         if rec is None or rec.status not in (FileStatus.DEAD, FileStatus.FAILED):
             continue
         try:
-            await store.set_status(rec.id, FileStatus.RECEIVED, detail="redriven")
+            await store.set_status(
+                rec.id, FileStatus.RECEIVED, detail="redriven", only_from=(rec.status,)
+            )
         except TransitionError:
             continue  # it moved on meanwhile (claimed, completed): the worker decides
         resets.append(Reset(rec.id, rec.status, rec.last_error))
@@ -411,12 +413,14 @@ async def _restore(store: StateStore | None, resets: list[Reset]) -> None:
         return
     for r in resets:
         try:
-            rec = await store.get(r.oid)
-            if rec is None or rec.status is not FileStatus.RECEIVED:
-                continue  # moved on meanwhile (a new notification was claimed): leave it
             await store.set_status(
-                r.oid, FileStatus.DEAD, detail=r.error or "its DLQ message could not be redriven"
+                r.oid,
+                FileStatus.DEAD,
+                detail=r.error or "its DLQ message could not be redriven",
+                only_from=(FileStatus.RECEIVED,),
             )
+        except TransitionError:
+            continue  # moved on meanwhile (a new notification was claimed): leave it
         except Exception as exc:
             log.warning(
                 "s3://%s/%s (upload %s) says received although its message stayed on the DLQ "

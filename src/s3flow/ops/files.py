@@ -18,7 +18,7 @@ from s3flow.quarantine import untag
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, Settings
 from s3flow.state.base import StateStore
-from s3flow.state.records import FileRecord, FileStatus, ObjectId
+from s3flow.state.records import FileRecord, FileStatus, ObjectId, TransitionError
 
 log = logging.getLogger("s3flow.ops")
 
@@ -202,13 +202,21 @@ async def release(
             if any(t.record.status is FileStatus.QUARANTINED for t in targets):
                 await untag(clients.s3, p.bucket, key)
             step = "setting its records to received"
+            released = []
             for t in targets:
                 if t.record.status is not FileStatus.RECEIVED:
-                    await store.set_status(
-                        t.record.id, FileStatus.RECEIVED, detail="released by an operator"
-                    )
+                    try:
+                        await store.set_status(
+                            t.record.id,
+                            FileStatus.RECEIVED,
+                            detail="released by an operator",
+                            only_from=(t.record.status,),
+                        )
+                    except TransitionError:
+                        continue  # a worker claimed it meanwhile: it is processed now
+                released.append(t.body)
             step = f"SendMessage to {src}"
-            for body in bodies:
+            for body in released if targets else bodies:
                 await clients.sqs.send_message(QueueUrl=src, MessageBody=body)
         except Exception as exc:
             raise _unsent(p, key, version, step, exc) from exc

@@ -117,14 +117,15 @@ class FileStore(Protocol):
         *,
         detail: str = "",
         pipeline: str = "",
-        only_from: Collection[FileStatus] | None = None,
+        only_from: Collection[FileStatus | None] | None = None,
     ) -> FileRecord:
         """Unfenced operator transition (quarantine release, redrive, backfill mark).
 
         Creates the record (as ``status``) if it does not exist and
         ``pipeline`` is given. Raises TransitionError if not allowed, or, with
-        ``only_from``, if the record is not in one of those states (checked in the same
-        atomic write: a change made meanwhile by someone else is never overwritten).
+        ``only_from``, if the record is not in one of those states (None in it: no
+        record yet), checked in the same atomic write: a change made meanwhile by
+        someone else is never overwritten.
         """
         ...
 

@@ -403,16 +403,16 @@ class FileLifecycleMixin:
         *,
         detail: str = "",
         pipeline: str = "",
-        only_from: Collection[FileStatus] | None = None,
+        only_from: Collection[FileStatus | None] | None = None,
     ) -> FileRecord:
         """Unfenced operator transition (see :meth:`StateStore.set_status`)."""
 
         def decide(rec: FileRecord | None, now: float) -> tuple[FileRecord, Plan]:
-            if only_from is not None and (rec is None or rec.status not in only_from):
+            if only_from is not None and (rec.status if rec else None) not in only_from:
                 raise TransitionError(
                     f"s3://{oid.bucket}/{oid.key} version {oid.version!r} is "
                     f"{rec.status.value if rec else 'not recorded'}, not "
-                    + " or ".join(s.value for s in only_from)
+                    + " or ".join(s.value if s else "unrecorded" for s in only_from)
                     + f": left as it is (not set to {status.value})"
                 )
             new, entry = plan_set_status(
