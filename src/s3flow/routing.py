@@ -235,8 +235,7 @@ class RoutingTable:
             )
         rules = []
         for i, r in enumerate(p.routes):
-            processor = r.processor or p.processor
-            options = {**p.options, **r.options} if processor == p.processor else dict(r.options)
+            processor, options = p.route_run(i)
             rules.append(
                 RouteRule(
                     name=p.route_name(i),

@@ -10,8 +10,9 @@ Only the actions s3flow calls, only on the resources this config names:
   objects when the pipeline can quarantine; sources are read and tagged by the
   version their event names (``VersionId``), hence the ``*ObjectVersion*`` actions
   next to the plain ones (AWS checks those on a versioned bucket);
-* built-in processors that touch more (``ndjson-manifest`` writes manifests,
-  ``parquet-compact`` tags the NDJSON files it reads and uploads in parts), and
+* built-in processors that touch more, run by the pipeline or by one of its routes
+  (with the options that run gets): ``ndjson-manifest`` writes manifests,
+  ``parquet-compact`` tags the NDJSON files it reads and uploads in parts; and
   ``[jobs]`` (the processing FIFO, its DLQ, the progress FIFO);
 * the state store's DynamoDB tables (and their indexes) when the store is DynamoDB.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from s3flow.deploy.naming import Json, Naming
 from s3flow.settings import PipelineSettings, Settings
@@ -164,38 +166,57 @@ def _can_quarantine(p: PipelineSettings) -> bool:
     return p.validation.active or p.on_permanent_error == "quarantine"
 
 
+def _runs(p: PipelineSettings, processor: str) -> bool:
+    """Whether ``p`` or one of its routes runs ``processor``."""
+    return any(name == processor for name, _ in p.processor_runs())
+
+
+def _processor_extras(
+    st: Statements,
+    naming: Naming,
+    p: PipelineSettings,
+    run: tuple[str, dict[str, Any]],
+    output: tuple[str, str] | None,
+) -> None:
+    """What the built-in ``processor`` of ``run`` (pipeline ``p``'s or a route's) needs
+    beyond reading the source and writing the output."""
+    processor, options = run
+    if processor == "ndjson-manifest":
+        bucket = str(options.get("manifest_bucket") or p.bucket)
+        prefix = str(options.get("manifest_prefix", MANIFEST_PREFIX_DEFAULT))
+        st.allow("WriteManifests", S3_PUT, [naming.s3_arn(bucket, prefix + "*")])
+    if processor == "parquet-compact" and output is not None:
+        # Parquet parts go up in multipart uploads (boto3's transfer manager).
+        out_bucket, out_prefix = output
+        st.allow("AbortUploads", S3_MULTIPART, [naming.s3_arn(out_bucket, out_prefix + "*")])
+
+
 def worker_statements(settings: Settings, naming: Naming, arns: Arns) -> Statements:
     """The worker task role's policy for ``settings`` (see the module's docstring)."""
     st = Statements()
-    manifest_sources: list[PipelineSettings] = []
     for p in settings.pipelines:
         st.allow("ConsumeQueues", SQS_CONSUME, [arns.queue(p.queue)])
         st.allow("SendToQueues", SQS_SEND, [arns.queue(p.dlq_name)])
         st.allow("ReadSources", S3_READ_SOURCES, [naming.s3_arn(p.bucket, p.prefix + "*")])
         st.allow("ListBuckets", S3_LIST, [naming.s3_arn(p.bucket)])
-        out_bucket: str | None = None
-        out_prefix = ""
+        output: tuple[str, str] | None = None
         if p.output.startswith("s3://"):
-            out_bucket, out_prefix = _split_s3(p.output)
+            output = _split_s3(p.output)
+            out_bucket, out_prefix = output
             st.allow("WriteOutputs", S3_WRITE, [naming.s3_arn(out_bucket, out_prefix + "*")])
             st.allow("ListBuckets", S3_LIST, [naming.s3_arn(out_bucket)])
-        if any(getattr(r, "tags", None) for r in getattr(p, "routes", None) or []):
+        if any(r.tags for r in p.routes):
             # Routing on object tags reads them.
             st.allow("ReadTags", S3_READ_TAGS, [naming.s3_arn(p.bucket, p.prefix + "*")])
         if _can_quarantine(p):
             st.allow("TagQuarantined", S3_TAG, [naming.s3_arn(p.bucket, p.prefix + "*")])
-        if p.processor == "ndjson-manifest":
-            manifest_sources.append(p)
-            bucket = str(p.options.get("manifest_bucket") or p.bucket)
-            prefix = str(p.options.get("manifest_prefix", MANIFEST_PREFIX_DEFAULT))
-            st.allow("WriteManifests", S3_PUT, [naming.s3_arn(bucket, prefix + "*")])
-        if p.processor == "parquet-compact" and out_bucket is not None:
-            # Parquet parts go up in multipart uploads (boto3's transfer manager).
-            st.allow("AbortUploads", S3_MULTIPART, [naming.s3_arn(out_bucket, out_prefix + "*")])
-    if any(p.processor == "parquet-compact" for p in settings.pipelines):
+        for run in p.processor_runs():
+            _processor_extras(st, naming, p, run, output)
+    if any(_runs(p, "parquet-compact") for p in settings.pipelines):
         # Compaction quarantines the NDJSON files a manifest lists that it cannot read.
-        for p in manifest_sources:
-            st.allow("TagQuarantined", S3_TAG, [naming.s3_arn(p.bucket, p.prefix + "*")])
+        for p in settings.pipelines:
+            if _runs(p, "ndjson-manifest"):
+                st.allow("TagQuarantined", S3_TAG, [naming.s3_arn(p.bucket, p.prefix + "*")])
     jobs = settings.jobs
     if jobs is not None:
         # Each template's steps write under its output_prefix of the uploads bucket.

@@ -450,6 +450,22 @@ class PipelineSettings(_Model):
             return r.name
         return "default" if r.is_default else f"route-{index + 1}"
 
+    def route_run(self, index: int) -> tuple[str, dict[str, Any]]:
+        """(processor, options) that ``routes[index]`` runs: its processor, else the
+        pipeline's; its options over the pipeline's when it runs the pipeline's
+        processor, else its own alone."""
+        r = self.routes[index]
+        processor = r.processor or self.processor
+        if processor == self.processor:
+            return processor, {**self.options, **r.options}
+        return processor, dict(r.options)
+
+    def processor_runs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(processor, options) of each route, or of the pipeline when it has none."""
+        if not self.routes:
+            return [(self.processor, dict(self.options))]
+        return [self.route_run(i) for i in range(len(self.routes))]
+
     def executor_uses(self) -> list[tuple[str, str]]:
         """(executor, where it is set) for every explicit executor setting."""
         out: list[tuple[str, str]] = []

@@ -303,6 +303,38 @@ def test_processor_extras() -> None:
     ]
 
 
+def test_a_routes_processor_gets_its_grants_with_the_routes_options() -> None:
+    """A route running ndjson-manifest writes manifests (where its own options say, or
+    the pipeline's merged under them when it runs the pipeline's processor), and a
+    route running parquet-compact uploads in parts: iam.py looked at the pipeline's
+    processor only."""
+    cfg = json.loads(json.dumps(LINE_COUNT))
+    cfg["pipelines"][0]["options"] = {"manifest_prefix": "pipeline-level/"}
+    cfg["pipelines"][0]["routes"] = [
+        {"key_glob": "*.ndjson", "processor": "ndjson-manifest", "options": {"dataset": "e"}},
+        {"key_glob": "*.jsonl", "processor": "parquet-compact"},
+        {"processor": "ndjson-manifest", "options": {"manifest_prefix": "m2/", "dataset": "f"}},
+    ]
+    cfg["pipelines"].append(
+        dict(
+            cfg["pipelines"][0],
+            name="merged",
+            processor="ndjson-manifest",
+            queue="merged-events",
+            prefix="merged/",
+            options={"manifest_bucket": "manifests", "dataset": "g"},
+            routes=[{"key_glob": "*.ndjson", "options": {"manifest_prefix": "own/"}}],
+        )
+    )
+    st = _statements(export(Settings(**cfg)).template, "WorkerTaskRole")
+    assert resolve(st["WriteManifests"]["Resource"], {}) == [
+        f"arn:aws:s3:::incoming/{MANIFEST_PREFIX_DEFAULT}*",  # another processor: own options
+        "arn:aws:s3:::incoming/m2/*",
+        "arn:aws:s3:::manifests/own/*",  # the pipeline's bucket, the route's prefix
+    ]
+    assert resolve(st["AbortUploads"]["Resource"], {}) == ["arn:aws:s3:::results/counts/*"]
+
+
 @pytest.mark.skipif(
     "routes" not in PipelineSettings.model_fields, reason="settings without [[pipelines.routes]]"
 )
