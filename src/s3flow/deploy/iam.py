@@ -7,7 +7,10 @@ Only the actions s3flow calls, only on the resources this config names:
   re-sent alone), send to its DLQ, read its source objects (``bucket/prefix*``),
   list its buckets (so a missing object answers 404, not 403), write, read and
   delete under its output prefix (the start-up probe is deleted), tag source
-  objects when the pipeline can quarantine; sources are read and tagged by the
+  objects when the pipeline can quarantine (validation, ``on_permanent_error =
+  "quarantine"``, a processor that quarantines what it refuses: ``ndjson-manifest``
+  (whose files compaction quarantines too) and ``jobs-bridge``; routes without a default
+  route quarantine what matches none); sources are read and tagged by the
   version their event names (``VersionId``), hence the ``*ObjectVersion*`` actions
   next to the plain ones (AWS checks those on a versioned bucket);
 * built-in processors that touch more, run by the pipeline or by one of its routes
@@ -100,6 +103,9 @@ KNOWN_PROCESSORS = frozenset(
         "jobs-bridge",
     }
 )
+#: Built-in processors that quarantine the objects they refuse (``InvalidInputError``),
+#: whatever the pipeline's validation and ``on_permanent_error`` say.
+QUARANTINING_PROCESSORS = frozenset({"ndjson-manifest", "jobs-bridge"})
 S3_READ_TAGS = ("s3:GetObjectTagging", "s3:GetObjectVersionTagging")
 
 
@@ -163,12 +169,15 @@ def _job_outputs(settings: Settings) -> list[str]:
 
 
 def _can_quarantine(p: PipelineSettings) -> bool:
-    return p.validation.active or p.on_permanent_error == "quarantine"
-
-
-def _runs(p: PipelineSettings, processor: str) -> bool:
-    """Whether ``p`` or one of its routes runs ``processor``."""
-    return any(name == processor for name, _ in p.processor_runs())
+    """Whether the worker may quarantine (tag) ``p``'s sources: its validation, its
+    ``on_permanent_error``, a processor it runs that quarantines what it refuses, or
+    routes without a default one (an object matching none is quarantined)."""
+    return (
+        p.validation.active
+        or p.on_permanent_error == "quarantine"
+        or any(name in QUARANTINING_PROCESSORS for name, _ in p.processor_runs())
+        or (bool(p.routes) and not any(r.is_default for r in p.routes))
+    )
 
 
 def _processor_extras(
@@ -212,11 +221,6 @@ def worker_statements(settings: Settings, naming: Naming, arns: Arns) -> Stateme
             st.allow("TagQuarantined", S3_TAG, [naming.s3_arn(p.bucket, p.prefix + "*")])
         for run in p.processor_runs():
             _processor_extras(st, naming, p, run, output)
-    if any(_runs(p, "parquet-compact") for p in settings.pipelines):
-        # Compaction quarantines the NDJSON files a manifest lists that it cannot read.
-        for p in settings.pipelines:
-            if _runs(p, "ndjson-manifest"):
-                st.allow("TagQuarantined", S3_TAG, [naming.s3_arn(p.bucket, p.prefix + "*")])
     jobs = settings.jobs
     if jobs is not None:
         # Each template's steps write under its output_prefix of the uploads bucket.

@@ -14,7 +14,7 @@ from s3flow.deploy import (
     export_cloudformation,
     render_template,
 )
-from s3flow.deploy.iam import MANIFEST_PREFIX_DEFAULT
+from s3flow.deploy.iam import KNOWN_PROCESSORS, MANIFEST_PREFIX_DEFAULT, QUARANTINING_PROCESSORS
 from s3flow.errors import ConfigError
 from s3flow.provision import queue_policy
 from s3flow.settings import PipelineSettings, Settings, load_settings
@@ -301,6 +301,32 @@ def test_processor_extras() -> None:
         "arn:aws:s3:::lake-raw/events/*",
         "arn:aws:s3:::lake-raw/manifests/*",
     ]
+
+
+@pytest.mark.parametrize(
+    ("change", "quarantines"),
+    [
+        ({}, False),
+        ({"processor": "ndjson-manifest", "options": {"dataset": "d"}}, True),
+        ({"processor": "jobs-bridge"}, True),
+        ({"routes": [{"key_glob": "*.ndjson", "processor": "ndjson-manifest"}]}, True),
+        ({"routes": [{"key_glob": "*.log"}]}, True),  # no default route: the rest
+        ({"routes": [{"key_glob": "*.log"}, {"processor": "line-count"}]}, False),
+    ],
+)
+def test_what_quarantines_may_tag(change: dict[str, Any], quarantines: bool) -> None:
+    """Beyond validation and on_permanent_error, objects are quarantined by processors
+    that refuse them (InvalidInputError) and by routes that match nothing: without the
+    tagging grant AWS refused the tags and the object was dead-lettered instead."""
+    cfg = json.loads(json.dumps(LINE_COUNT))
+    cfg["pipelines"][0].update(change)
+    st = _statements(export(Settings(**cfg)).template, "WorkerTaskRole")
+    tagged = resolve(st["TagQuarantined"]["Resource"], {}) if "TagQuarantined" in st else []
+    assert tagged == (["arn:aws:s3:::incoming/logs/*"] if quarantines else [])
+
+
+def test_the_quarantining_processors_are_built_in() -> None:
+    assert QUARANTINING_PROCESSORS <= KNOWN_PROCESSORS
 
 
 def test_a_routes_processor_gets_its_grants_with_the_routes_options() -> None:
