@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from s3flow.deploy.ecs import FARGATE_MAX_STOP_TIMEOUT_S
 from s3flow.deploy.iam import KNOWN_PROCESSORS
-from s3flow.settings import Settings
+from s3flow.settings import Settings, results_prefix
 
 
 def deployment_warnings(settings: Settings) -> list[str]:
@@ -38,12 +38,14 @@ def deployment_warnings(settings: Settings) -> list[str]:
                     "worker role lets it read its source and write its output only: add "
                     "what else it needs to WorkerTaskRole"
                 )
-        uses = p.executor_uses() if hasattr(p, "executor_uses") else []
-        for executor in sorted({e for e, _ in uses} & {"ecs", "batch"}):
+        for executor in sorted({e for e, _ in p.executor_uses()} & {"ecs", "batch"}):
             w.append(
                 f"pipeline {p.name!r} runs objects with the {executor!r} executor: the "
                 "template does not grant WorkerTaskRole the calls that start and watch "
-                "those tasks (and iam:PassRole of their roles); add them"
+                "those tasks (and iam:PassRole of their roles); add them. Their containers' "
+                "own role needs s3:PutObject on their outputs and on "
+                f"{results_prefix(getattr(p.executors, executor), p.output, p.name)}* "
+                "(each run's result document, which WorkerTaskRole may read and delete)"
             )
         if p.processor == "parquet-compact" and p.options.get("executor") == "spark":
             w.append(

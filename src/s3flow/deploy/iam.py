@@ -12,7 +12,9 @@ Only the actions s3flow calls, only on the resources this config names:
   (whose files compaction quarantines too) and ``jobs-bridge``; routes without a default
   route quarantine what matches none); sources are read and tagged by the
   version their event names (``VersionId``), hence the ``*ObjectVersion*`` actions
-  next to the plain ones (AWS checks those on a versioned bucket);
+  next to the plain ones (AWS checks those on a versioned bucket); with the ``ecs`` or
+  ``batch`` executor, read and delete each run's result document (under the
+  executor's ``results``, default ``s3://<output bucket>/.s3flow/results/<pipeline>/``);
 * built-in processors that touch more, run by the pipeline or by one of its routes
   (with the options that run gets): ``ndjson-manifest`` writes manifests,
   ``parquet-compact`` tags the NDJSON files it reads and uploads in parts; and
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from s3flow.deploy.naming import Json, Naming
-from s3flow.settings import PipelineSettings, Settings
+from s3flow.settings import PipelineSettings, Settings, results_prefix
 
 SQS_CONSUME = (
     "sqs:ChangeMessageVisibility",
@@ -59,6 +61,8 @@ S3_READ_SOURCES = ("s3:GetObject", "s3:GetObjectVersion")
 S3_LIST = ("s3:ListBucket",)
 S3_WRITE = ("s3:DeleteObject", "s3:GetObject", "s3:PutObject")
 S3_MULTIPART = ("s3:AbortMultipartUpload",)
+#: A container run's result document: read, then deleted (the container writes it).
+S3_RUN_RESULTS = ("s3:DeleteObject", "s3:GetObject")
 S3_PUT = ("s3:PutObject",)
 #: Tagging source objects (quarantine): the event's version is tagged, which on a
 #: versioned bucket takes the ``*ObjectVersionTagging`` actions.
@@ -180,6 +184,17 @@ def _can_quarantine(p: PipelineSettings) -> bool:
     )
 
 
+def _run_results(p: PipelineSettings) -> list[str]:
+    """Where ``p``'s runs on the ``ecs`` and ``batch`` executors leave their result
+    documents (``s3://bucket/prefix/``), for the worker to read and delete."""
+    out = []
+    for executor in dict.fromkeys(e for e, _ in p.executor_uses()):
+        section = getattr(p.executors, executor) if executor in ("ecs", "batch") else None
+        if section is not None:
+            out.append(results_prefix(section, p.output, p.name))
+    return out
+
+
 def _processor_extras(
     st: Statements,
     naming: Naming,
@@ -219,6 +234,10 @@ def worker_statements(settings: Settings, naming: Naming, arns: Arns) -> Stateme
             st.allow("ReadTags", S3_READ_TAGS, [naming.s3_arn(p.bucket, p.prefix + "*")])
         if _can_quarantine(p):
             st.allow("TagQuarantined", S3_TAG, [naming.s3_arn(p.bucket, p.prefix + "*")])
+        for results in _run_results(p):
+            bucket, prefix = _split_s3(results)
+            st.allow("ReadRunResults", S3_RUN_RESULTS, [naming.s3_arn(bucket, prefix + "*")])
+            st.allow("ListBuckets", S3_LIST, [naming.s3_arn(bucket)])
         for run in p.processor_runs():
             _processor_extras(st, naming, p, run, output)
     jobs = settings.jobs

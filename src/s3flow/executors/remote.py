@@ -51,7 +51,12 @@ from s3flow.executors.base import (
 )
 from s3flow.executors.contract import job_environment, run_arguments
 from s3flow.processors.base import Result
-from s3flow.settings import AwsSettings, BatchExecutorSettings, EcsExecutorSettings
+from s3flow.settings import (
+    AwsSettings,
+    BatchExecutorSettings,
+    EcsExecutorSettings,
+    results_prefix,
+)
 from s3flow.sinks.s3 import split_s3_url
 
 log = logging.getLogger("s3flow.executors")
@@ -203,12 +208,7 @@ class ContainerExecutor:
         self.job_timeout_s = job_timeout_s
         self._s3 = s3
         self._service_client = ServiceClient(aws, self.service)
-        if settings.results:
-            results = settings.results
-        else:
-            bucket, _ = split_s3_url(output)
-            results = f"s3://{bucket}/.s3flow/results/"
-        self.results = (results if results.endswith("/") else results + "/") + f"{pipeline}/"
+        self.results = results_prefix(settings, output, pipeline)
         self.watcher = Watcher(
             self._describe_ids,
             self._is_final,

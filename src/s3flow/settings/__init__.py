@@ -38,6 +38,7 @@ from s3flow.settings.executors import (
     ExecutorsSettings,
     PoolExecutorSettings,
     SubprocessExecutorSettings,
+    results_prefix,
 )
 from s3flow.settings.jobs import (
     JOBS_BRIDGE,
@@ -96,4 +97,5 @@ __all__ = [
     "load_settings",
     "name_part",
     "processing_pipeline",
+    "results_prefix",
 ]

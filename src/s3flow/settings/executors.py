@@ -192,6 +192,16 @@ class BatchExecutorSettings(_ContainerChecks):
     stop_on_shutdown: bool = _stop_field("job")
 
 
+def results_prefix(
+    section: EcsExecutorSettings | BatchExecutorSettings, output: str, pipeline: str
+) -> str:
+    """Where the runs of ``pipeline`` on a container executor write their result documents:
+    the section's ``results``, else ``s3://<output bucket>/.s3flow/results/``, then
+    ``<pipeline>/``."""
+    base = section.results or f"s3://{output[len('s3://') :].split('/', 1)[0]}/.s3flow/results/"
+    return (base if base.endswith("/") else base + "/") + f"{pipeline}/"
+
+
 def _container_section(executor: str) -> Any:
     """The optional section of a container executor: unset until a route uses it."""
     return Field(

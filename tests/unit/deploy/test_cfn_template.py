@@ -381,6 +381,29 @@ def test_routes_on_tags_read_tags_and_container_executors_are_named() -> None:
     assert any("'my.module:Thing' is not built in" in w for w in result.warnings)
 
 
+def test_container_runs_results_are_read_and_deleted_by_the_worker() -> None:
+    """The worker reads and deletes each ecs/batch run's result document under the
+    executor's results prefix: WriteOutputs (the output prefix) did not cover it."""
+    cfg = json.loads(json.dumps(LINE_COUNT))
+    cfg["pipelines"][0]["routes"] = [{"key_glob": "*.big", "executor": "ecs"}, {}]
+    cfg["pipelines"][0]["executor"] = "batch"
+    cfg["pipelines"][0]["executors"] = {
+        "ecs": {"cluster": "c", "task_definition": "td", "container": "main"},
+        "batch": {"job_queue": "q", "job_definition": "jd", "results": "s3://runs/docs"},
+    }
+    result = export(Settings(**cfg))
+    st = _statements(result.template, "WorkerTaskRole")
+    assert st["ReadRunResults"]["Action"] == ["s3:DeleteObject", "s3:GetObject"]
+    assert resolve(st["ReadRunResults"]["Resource"], {}) == [
+        "arn:aws:s3:::runs/docs/counts/*",  # batch: its own results setting
+        "arn:aws:s3:::results/.s3flow/results/counts/*",  # ecs: the output bucket's
+    ]
+    assert "arn:aws:s3:::runs" in resolve(st["ListBuckets"]["Resource"], {})  # 404, not 403
+    (ecs,) = [w for w in result.warnings if "'ecs' executor" in w]
+    assert "s3://results/.s3flow/results/counts/*" in ecs
+    assert "ReadRunResults" not in _statements(_template("line-count"), "WorkerTaskRole")
+
+
 #: What S3 checks, on a versioned bucket, for a call that names a ``VersionId``.
 _VERSION_ACTION = {
     "s3:GetObject": "s3:GetObjectVersion",
