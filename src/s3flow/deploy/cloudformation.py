@@ -3,7 +3,8 @@
 What ``s3flow provision`` creates for the config, declared instead of made:
 
 * buckets: SSE-S3, every public-access block, a TLS-only bucket policy, bucket-owner
-  object ownership, and where the config asks (``[jobs]``) CORS and a lifecycle rule
+  object ownership, a lifecycle rule aborting multipart uploads left incomplete
+  after 7 days, and where the config asks (``[jobs]``) CORS and a lifecycle rule
   expiring abandoned uploads;
 * per pipeline a DLQ (14 days) and a queue (visibility timeout, long poll, redrive
   policy) with SSE-SQS, and a queue policy that lets only the source bucket of this
@@ -61,6 +62,7 @@ from s3flow.settings import (
 
 DLQ_RETENTION_S = 1_209_600  # 14 days, as `s3flow provision`
 QUEUE_RETENTION_S = 345_600  # 4 days: SQS's default, written out
+ABORT_INCOMPLETE_UPLOAD_DAYS = 7  # every bucket's rule (uploads/ of [jobs]: 1 day)
 DEFAULT_PROJECT = "s3flow"
 DEFAULT_BRANCH = "main"
 _QUEUE_ARN = "@@S3FLOW-QUEUE-ARN@@"
@@ -192,6 +194,8 @@ class _Builder:
             }
             if jobs is not None and name == jobs.bucket:
                 props.update(_jobs_bucket(jobs))
+            lifecycle = props.setdefault("LifecycleConfiguration", {"Rules": []})
+            lifecycle["Rules"].append(_abort_incomplete_uploads())
             self.t.add(logical, "AWS::S3::Bucket", props, deletion="Retain")
             self.buckets[name] = logical
             self.t.add(
@@ -423,6 +427,15 @@ def _jobs_bucket(jobs: JobsSettings) -> dict[str, Json]:
                 }
             ]
         },
+    }
+
+
+def _abort_incomplete_uploads() -> dict[str, Json]:
+    """The rule aborting multipart uploads left incomplete (a worker killed mid-upload)."""
+    return {
+        "Id": f"{NOTIFICATION_ID_PREFIX}abort-incomplete-uploads",
+        "Status": "Enabled",
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_INCOMPLETE_UPLOAD_DAYS},
     }
 
 

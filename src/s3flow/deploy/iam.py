@@ -6,7 +6,8 @@ Only the actions s3flow calls, only on the resources this config names:
   read attributes, and send: a failed record of a multi-record message is
   re-sent alone), send to its DLQ, read its source objects (``bucket/prefix*``),
   list its buckets (so a missing object answers 404, not 403), write, read and
-  delete under its output prefix (the start-up probe is deleted), tag source
+  delete under its output prefix (the start-up probe is deleted) and abort the
+  multipart uploads of big outputs there (job outputs alike), tag source
   objects when the pipeline can quarantine (validation, ``on_permanent_error =
   "quarantine"``, a processor that quarantines what it refuses: ``ndjson-manifest``
   (whose files compaction quarantines too) and ``jobs-bridge``; routes without a default
@@ -17,7 +18,7 @@ Only the actions s3flow calls, only on the resources this config names:
   executor's ``results``, default ``s3://<output bucket>/.s3flow/results/<pipeline>/``);
 * built-in processors that touch more, run by the pipeline or by one of its routes
   (with the options that run gets): ``ndjson-manifest`` writes manifests,
-  ``parquet-compact`` tags the NDJSON files it reads and uploads in parts; and
+  ``parquet-compact`` tags the NDJSON files it reads; and
   ``[jobs]`` (the processing FIFO, its DLQ, the progress FIFO);
 * the state store's DynamoDB tables (and their indexes) when the store is DynamoDB.
 
@@ -59,8 +60,9 @@ S3_READ = ("s3:GetObject",)
 #: (``VersionId``), which on a versioned bucket needs ``s3:GetObjectVersion`` as well.
 S3_READ_SOURCES = ("s3:GetObject", "s3:GetObjectVersion")
 S3_LIST = ("s3:ListBucket",)
-S3_WRITE = ("s3:DeleteObject", "s3:GetObject", "s3:PutObject")
-S3_MULTIPART = ("s3:AbortMultipartUpload",)
+#: Writing outputs: an output over the sink's multipart threshold (a zip, a big PDF,
+#: Parquet) goes up in parts, and a failed one is aborted.
+S3_WRITE = ("s3:AbortMultipartUpload", "s3:DeleteObject", "s3:GetObject", "s3:PutObject")
 #: A container run's result document: read, then deleted (the container writes it).
 S3_RUN_RESULTS = ("s3:DeleteObject", "s3:GetObject")
 S3_PUT = ("s3:PutObject",)
@@ -196,11 +198,7 @@ def _run_results(p: PipelineSettings) -> list[str]:
 
 
 def _processor_extras(
-    st: Statements,
-    naming: Naming,
-    p: PipelineSettings,
-    run: tuple[str, dict[str, Any]],
-    output: tuple[str, str] | None,
+    st: Statements, naming: Naming, p: PipelineSettings, run: tuple[str, dict[str, Any]]
 ) -> None:
     """What the built-in ``processor`` of ``run`` (pipeline ``p``'s or a route's) needs
     beyond reading the source and writing the output."""
@@ -209,10 +207,6 @@ def _processor_extras(
         bucket = str(options.get("manifest_bucket") or p.bucket)
         prefix = str(options.get("manifest_prefix", MANIFEST_PREFIX_DEFAULT))
         st.allow("WriteManifests", S3_PUT, [naming.s3_arn(bucket, prefix + "*")])
-    if processor == "parquet-compact" and output is not None:
-        # Parquet parts go up in multipart uploads (boto3's transfer manager).
-        out_bucket, out_prefix = output
-        st.allow("AbortUploads", S3_MULTIPART, [naming.s3_arn(out_bucket, out_prefix + "*")])
 
 
 def worker_statements(settings: Settings, naming: Naming, arns: Arns) -> Statements:
@@ -223,10 +217,8 @@ def worker_statements(settings: Settings, naming: Naming, arns: Arns) -> Stateme
         st.allow("SendToQueues", SQS_SEND, [arns.queue(p.dlq_name)])
         st.allow("ReadSources", S3_READ_SOURCES, [naming.s3_arn(p.bucket, p.prefix + "*")])
         st.allow("ListBuckets", S3_LIST, [naming.s3_arn(p.bucket)])
-        output: tuple[str, str] | None = None
         if p.output.startswith("s3://"):
-            output = _split_s3(p.output)
-            out_bucket, out_prefix = output
+            out_bucket, out_prefix = _split_s3(p.output)
             st.allow("WriteOutputs", S3_WRITE, [naming.s3_arn(out_bucket, out_prefix + "*")])
             st.allow("ListBuckets", S3_LIST, [naming.s3_arn(out_bucket)])
         if any(r.tags for r in p.routes):
@@ -239,7 +231,7 @@ def worker_statements(settings: Settings, naming: Naming, arns: Arns) -> Stateme
             st.allow("ReadRunResults", S3_RUN_RESULTS, [naming.s3_arn(bucket, prefix + "*")])
             st.allow("ListBuckets", S3_LIST, [naming.s3_arn(bucket)])
         for run in p.processor_runs():
-            _processor_extras(st, naming, p, run, output)
+            _processor_extras(st, naming, p, run)
     jobs = settings.jobs
     if jobs is not None:
         # Each template's steps write under its output_prefix of the uploads bucket.
