@@ -147,13 +147,15 @@ class _Builder:
                 f"s3flow: pipelines {names}"[:900] + " (s3flow provision --export cloudformation)"
             )
         )
+        # A store on the task's disk (SQLite): one task per worker group.
+        self.single_task = dynamodb_table_prefix(settings) is None
         self.queues: dict[str, str] = {}  # queue name -> logical id
         self.buckets: dict[str, str] = {}  # bucket name -> logical id
 
     # --- the whole template ----------------------------------------------------------------
 
     def build(self) -> CloudFormationExport:
-        add_parameters(self.t, self.naming)
+        add_parameters(self.t, self.naming, single_task=self.single_task)
         self._buckets()
         self._queues()
         self._notifications()
@@ -389,6 +391,7 @@ class _Builder:
                 network=network,
                 queue_name=queue_name,
                 stop_timeout_s=s.worker.shutdown_grace_s,
+                single_task=self.single_task,
             )
             self.t.output(
                 f"{service}Name", get_att(service, "Name"), f"ECS service of {group.name}"

@@ -258,10 +258,13 @@ def add_worker_group(
     network: tuple[Json, Json],
     queue_name: dict[str, Json],
     stop_timeout_s: float,
+    single_task: bool = False,
 ) -> str:
     """Task definition, service and (conditional) autoscaling of one group; the service's id.
 
     ``queue_name`` maps a queue's name to its ``QueueName`` attribute in the template.
+    ``single_task``: never two tasks at once, not even during a deployment (the state
+    store is on the task's disk): the old task stops before the new one starts.
     """
     base = camel(group.name) or "Group"
     task = _task_definition(
@@ -284,8 +287,8 @@ def add_worker_group(
             # With autoscaling the count belongs to it: an update must not reset it.
             "DesiredCount": if_("UseAutoscaling", NO_VALUE, ref("DesiredTasks")),
             "DeploymentConfiguration": {
-                "MinimumHealthyPercent": 100,
-                "MaximumPercent": 200,
+                "MinimumHealthyPercent": 0 if single_task else 100,
+                "MaximumPercent": 100 if single_task else 200,
                 "DeploymentCircuitBreaker": {"Enable": True, "Rollback": True},
             },
             "NetworkConfiguration": {

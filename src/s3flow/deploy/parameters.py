@@ -17,8 +17,12 @@ def parameter(type_: str, default: Json, description: str, **constraints: Json) 
     return {"Type": type_, "Default": default, **constraints, "Description": description}
 
 
-def add_parameters(t: Template, naming: Naming) -> None:
-    """Add the parameters (names, sizes, network, alarms) and their conditions to ``t``."""
+def add_parameters(t: Template, naming: Naming, *, single_task: bool = False) -> None:
+    """Add the parameters (names, sizes, network, alarms) and their conditions to ``t``.
+
+    ``single_task``: the state store lives on a task's disk (SQLite), so a worker group
+    runs one task: ``MaxTasks`` defaults to 1 and ``Autoscaling`` to ``false``.
+    """
     p = t.parameters
     p["Image"] = parameter(
         "String",
@@ -46,11 +50,15 @@ def add_parameters(t: Template, naming: Naming) -> None:
         MaxValue=1000,
     )
     p["MaxTasks"] = parameter(
-        "Number", 4, "Most tasks per worker group (autoscaling)", MinValue=1, MaxValue=1000
+        "Number",
+        1 if single_task else 4,
+        "Most tasks per worker group (autoscaling)",
+        MinValue=1,
+        MaxValue=1000,
     )
     p["Autoscaling"] = parameter(
         "String",
-        "true",
+        "false" if single_task else "true",
         "Scale each worker group on its queue backlog per task",
         AllowedValues=["true", "false"],
     )

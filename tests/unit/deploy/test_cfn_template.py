@@ -50,7 +50,23 @@ def test_every_parameter_has_a_default(name: str) -> None:
     )
     for key, p in t["Parameters"].items():
         assert "Default" in p, key
-    assert t["Parameters"]["Autoscaling"]["Default"] == "true"
+
+
+def test_a_sqlite_store_runs_one_task_per_group_even_while_deploying() -> None:
+    """Each task keeps its own SQLite store: the defaults used to scale to 4 tasks, and
+    a rolling deployment ran the old and the new task side by side."""
+    sqlite = _template("line-count")
+    assert sqlite["Parameters"]["MaxTasks"]["Default"] == 1
+    assert sqlite["Parameters"]["Autoscaling"]["Default"] == "false"
+    (service,) = _of_type(sqlite, "AWS::ECS::Service").values()
+    deployment = service["Properties"]["DeploymentConfiguration"]
+    assert (deployment["MaximumPercent"], deployment["MinimumHealthyPercent"]) == (100, 0)
+    dynamodb = _template("jobs-dynamodb")
+    assert dynamodb["Parameters"]["MaxTasks"]["Default"] == 4
+    assert dynamodb["Parameters"]["Autoscaling"]["Default"] == "true"
+    for service in _of_type(dynamodb, "AWS::ECS::Service").values():
+        deployment = service["Properties"]["DeploymentConfiguration"]
+        assert (deployment["MaximumPercent"], deployment["MinimumHealthyPercent"]) == (200, 100)
 
 
 def test_autoscaling_sits_behind_its_condition() -> None:
