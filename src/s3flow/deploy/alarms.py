@@ -56,7 +56,7 @@ def add_queue_alarms(
             "ReturnData": True,
         }
         t.add(
-            f"{logical}DepthAlarm",
+            naming.logical_id("Queue", queue, "Queue{}DepthAlarm"),
             "AWS::CloudWatch::Alarm",
             {
                 "AlarmDescription": naming.name(
@@ -70,7 +70,7 @@ def add_queue_alarms(
     for queue in dict.fromkeys(mains):
         logical = queues[queue]
         t.add(
-            f"{logical}AgeAlarm",
+            naming.logical_id("Queue", queue, "Queue{}AgeAlarm"),
             "AWS::CloudWatch::Alarm",
             {
                 "AlarmDescription": naming.name(

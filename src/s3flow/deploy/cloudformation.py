@@ -38,6 +38,7 @@ from typing import Any
 from s3flow.deploy.alarms import add_queue_alarms
 from s3flow.deploy.caveats import deployment_warnings
 from s3flow.deploy.ecs import (
+    WEB_TASK_DEFINITION,
     WorkerGroup,
     add_cluster,
     add_network,
@@ -201,7 +202,7 @@ class _Builder:
             self.t.add(logical, "AWS::S3::Bucket", props, deletion="Retain")
             self.buckets[name] = logical
             self.t.add(
-                f"{logical}Policy",
+                n.logical_id("Bucket", name, "Bucket{}Policy"),
                 "AWS::S3::BucketPolicy",
                 {"Bucket": ref(logical), "PolicyDocument": _tls_only(logical)},
             )
@@ -285,7 +286,7 @@ class _Builder:
             logical = self.queues[queue]
             statements = [st for b in buckets for st in self._queue_policy(logical, b)]
             policies[queue] = self.t.add(
-                f"{logical}Policy",
+                self.naming.logical_id("Queue", queue, "Queue{}Policy"),
                 "AWS::SQS::QueuePolicy",
                 {
                     "Queues": [ref(logical)],
@@ -381,6 +382,8 @@ class _Builder:
         self.t.output("ClusterName", ref("Cluster"), "ECS cluster")
         self.t.output("LogGroupName", ref("LogGroup"), "container logs")
         env = container_environment(s, n)
+        if s.jobs is not None:
+            n.reserve(WEB_TASK_DEFINITION)  # before a pipeline named "web" takes it
         queue_name = {q: get_att(logical, "QueueName") for q, logical in self.queues.items()}
         for group in _worker_groups(s):
             service = add_worker_group(

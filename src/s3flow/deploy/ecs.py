@@ -17,12 +17,14 @@ import math
 import re
 from dataclasses import dataclass
 
-from s3flow.deploy.naming import NO_VALUE, Json, Naming, camel, get_att, if_, ref, sub
+from s3flow.deploy.naming import NO_VALUE, Json, Naming, get_att, if_, ref, sub
 from s3flow.deploy.template import Template
 
 CONTAINER_PORT_WEB = 8080
 FARGATE_MAX_STOP_TIMEOUT_S = 120
 _ECS_TRUST = "ecs-tasks.amazonaws.com"
+#: The web app's task definition: a fixed id, kept out of the worker groups' ids.
+WEB_TASK_DEFINITION = "TaskDefinitionWeb"
 
 
 @dataclass(frozen=True)
@@ -266,10 +268,10 @@ def add_worker_group(
     ``single_task``: never two tasks at once, not even during a deployment (the state
     store is on the task's disk): the old task stops before the new one starts.
     """
-    base = camel(group.name) or "Group"
+    base = naming.stem("WorkerGroup", group.name)
     task = _task_definition(
         t,
-        f"TaskDefinition{base}",
+        naming.logical_id("WorkerGroup", group.name, "TaskDefinition{}"),
         _family(naming, f"worker-{group.name}"),
         "WorkerTaskRole",
         _container("worker", ["worker", "--pipeline", group.pipeline], environment, stop_timeout_s),
@@ -278,7 +280,7 @@ def add_worker_group(
     )
     subnets, security_groups = network
     service = t.add(
-        f"Service{base}",
+        naming.logical_id("WorkerGroup", group.name),
         "AWS::ECS::Service",
         {
             "Cluster": ref("Cluster"),
@@ -303,7 +305,7 @@ def add_worker_group(
         },
     )
     target = t.add(
-        f"ScalableTarget{base}",
+        naming.logical_id("WorkerGroup", group.name, "ScalableTarget{}"),
         "AWS::ApplicationAutoScaling::ScalableTarget",
         {
             "ServiceNamespace": "ecs",
@@ -359,7 +361,7 @@ def add_worker_group(
         }
     )
     t.add(
-        f"ScalingPolicy{base}",
+        naming.logical_id("WorkerGroup", group.name, "ScalingPolicy{}"),
         "AWS::ApplicationAutoScaling::ScalingPolicy",
         {
             "PolicyName": sub("${AWS::StackName}-" + base + "-backlog-per-task"),
@@ -392,5 +394,5 @@ def add_web_task(
     )
     container["PortMappings"] = [{"ContainerPort": CONTAINER_PORT_WEB, "Protocol": "tcp"}]
     return _task_definition(
-        t, "TaskDefinitionWeb", _family(naming, "web"), "WebTaskRole", container, "512", "1024"
+        t, WEB_TASK_DEFINITION, _family(naming, "web"), "WebTaskRole", container, "512", "1024"
     )

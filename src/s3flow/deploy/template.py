@@ -55,7 +55,9 @@ class Template:
     def output(
         self, name: str, value: Json, description: str, *, condition: str | None = None
     ) -> None:
-        """Add an output."""
+        """Add an output (a name used twice is refused, as for :meth:`add`)."""
+        if name in self.outputs:
+            raise ValueError(f"output {name!r} is used twice")
         out: dict[str, Json] = {"Description": description, "Value": value}
         if condition is not None:
             out["Condition"] = condition

@@ -228,6 +228,52 @@ def test_two_pipelines_share_a_dlq_and_a_bucket() -> None:
     assert len(_of_type(t, "AWS::CloudWatch::Alarm")) == 3  # one DLQ, two queues
 
 
+def _pipeline(name: str, **change: Any) -> dict[str, Any]:
+    queue = name.replace(".", "-") + "-events"
+    return {**LINE_COUNT["pipelines"][0], "name": name, "queue": queue, "prefix": name, **change}
+
+
+@pytest.mark.parametrize(
+    "pipelines",
+    [
+        # a bucket's policy id was another bucket's id
+        [_pipeline("a", bucket="acme-data", output="s3://acme-data-policy/out/")],
+        [_pipeline("a", bucket="acme-data-policy", output="s3://acme-data/out/")],
+        # a DLQ's alarm id was another queue's id, in either order
+        [_pipeline("a", queue="orders"), _pipeline("b", queue="orders-dlq-depth-alarm")],
+        [_pipeline("b", queue="orders-dlq-depth-alarm"), _pipeline("a", queue="orders")],
+        # pipeline names that are one name in camel case
+        [_pipeline("a-b", queue="q1"), _pipeline("a.b", queue="q2")],
+    ],
+)
+def test_distinct_names_never_share_a_logical_id(pipelines: list[dict[str, Any]]) -> None:
+    """Ids appended to (a policy, alarms) could be another name's id: the export
+    stopped with a traceback ("logical id ... is used twice")."""
+    t = export(Settings(pipelines=pipelines)).template
+    assert len(_of_type(t, "AWS::S3::BucketPolicy")) == len(_of_type(t, "AWS::S3::Bucket"))
+    queues = _of_type(t, "AWS::SQS::Queue")
+    assert len(_of_type(t, "AWS::CloudWatch::Alarm")) == len(queues)
+    assert len(_of_type(t, "AWS::ECS::Service")) == len(pipelines)
+
+
+def test_a_pipeline_named_web_keeps_clear_of_the_web_task() -> None:
+    cfg = json.loads(json.dumps(CONFIGS["jobs-dynamodb"]))
+    cfg["pipelines"][0]["name"] = "web"
+    t = export(Settings(**cfg)).template
+    assert t["Resources"]["TaskDefinitionWeb"]["Properties"]["TaskRoleArn"] == {
+        "Fn::GetAtt": ["WebTaskRole", "Arn"]
+    }
+    assert len(_of_type(t, "AWS::ECS::TaskDefinition")) == 3
+
+
+def test_logical_ids_of_names_that_clash_nowhere_stay() -> None:
+    t = _template("jobs-dynamodb")
+    assert {"BucketIncoming", "BucketIncomingPolicy", "QueueCountsEventsDlqDepthAlarm"} <= set(
+        t["Resources"]
+    )
+    assert {"ServiceCounts", "TaskDefinitionCounts", "ScalingPolicyCounts"} <= set(t["Resources"])
+
+
 # --- the state store --------------------------------------------------------------------------
 
 
