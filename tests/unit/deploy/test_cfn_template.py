@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -564,6 +565,25 @@ def test_the_docs_iam_table_lists_every_action() -> None:
         roles = [r for r in ("WorkerTaskRole", "WebTaskRole") if r in t["Resources"]]
         for action in set().union(*(_actions(t, r) for r in roles)):
             assert f"`{action}`" in doc, action
+
+
+def test_the_docs_name_settings_by_their_own_table() -> None:
+    """deploy.md put cors_origins under [web] (where it is an unknown key)."""
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    named = re.findall(r"`\[(\w+)\] (\w+)`", doc)
+    assert ("jobs", "cors_origins") in named
+    for table, key in named:
+        section = Settings.model_fields[table].annotation
+        models = [a for a in getattr(section, "__args__", (section,)) if a is not type(None)]
+        assert any(key in m.model_fields for m in models), f"[{table}] {key}"
+
+
+def test_the_docs_describe_what_they_point_to() -> None:
+    doc = (ROOT / "docs" / "deploy.md").read_text()
+    for option in re.findall(r"`(--[a-z0-9-]+)[^`]*` below", doc):
+        later = doc[doc.index(option) + len(option) :]
+        assert option in later, f"{option} is pointed to but not described below"
+    assert "--s3-bucket BUCKET" in doc
 
 
 # --- the container's configuration ----------------------------------------------------------
