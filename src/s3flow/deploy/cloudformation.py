@@ -50,7 +50,7 @@ from s3flow.deploy.environment import container_environment
 from s3flow.deploy.iam import Arns, Statements, web_statements, worker_statements
 from s3flow.deploy.naming import Json, Naming, get_att, ref, sub
 from s3flow.deploy.parameters import add_parameters
-from s3flow.deploy.template import Template
+from s3flow.deploy.template import Template, check_limits
 from s3flow.errors import ConfigError
 from s3flow.provision import NOTIFICATION_ID_PREFIX, check_notifications, queue_policy
 from s3flow.settings import (
@@ -97,7 +97,8 @@ def export_cloudformation(
     sits below the state package and does not import it). Raises
     :class:`~s3flow.errors.ConfigError` for what cannot be exported (no pipelines,
     queue URLs instead of names, a FIFO queue as a notification target, overlapping
-    bucket notifications: see :func:`~s3flow.provision.check_notifications`).
+    bucket notifications: see :func:`~s3flow.provision.check_notifications`; a
+    template over CloudFormation's limits: see :func:`.template.check_limits`).
     ``ttl_attribute``: the store's expiry attribute (``[state] retention_days``), declared
     as each table's ``TimeToLiveSpecification``.
     """
@@ -109,7 +110,9 @@ def export_cloudformation(
     # The template declares the notifications `s3flow provision` sets: S3 would refuse
     # overlapping ones when the stack is created, so they are refused here.
     check_notifications(settings)
-    return _Builder(settings, list(tables or []), ttl_attribute).build()
+    export = _Builder(settings, list(tables or []), ttl_attribute).build()
+    check_limits(export.template)
+    return export
 
 
 def _queue_names(p: PipelineSettings) -> None:

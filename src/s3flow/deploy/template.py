@@ -7,10 +7,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from s3flow.deploy.naming import Json
+from s3flow.errors import ConfigError
 
 #: CloudFormation's limit for a template passed inline (``TemplateBody``); a bigger one
 #: must be uploaded to S3 first (``aws cloudformation deploy --s3-bucket ...``).
 TEMPLATE_BODY_LIMIT = 51_200
+#: CloudFormation's limit for a template uploaded to S3 (``TemplateURL``), in bytes.
+TEMPLATE_S3_LIMIT = 1_048_576
+#: CloudFormation's quotas per template: resources, outputs, parameters.
+SECTION_LIMITS = {"Resources": 500, "Outputs": 200, "Parameters": 200}
 
 
 @dataclass
@@ -91,3 +96,23 @@ def render_template(template: dict[str, Any]) -> str:
     if len(pretty.encode()) <= TEMPLATE_BODY_LIMIT:
         return pretty
     return json.dumps(template, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+def check_limits(template: dict[str, Any]) -> None:
+    """Raise :class:`~s3flow.errors.ConfigError` when CloudFormation would refuse
+    ``template``: more resources, outputs or parameters than a stack may have, or a
+    body over :data:`TEMPLATE_S3_LIMIT` even written compact and uploaded to S3."""
+    split = "split the pipelines across several configs, one stack each"
+    for section, limit in SECTION_LIMITS.items():
+        count = len(template.get(section, {}))
+        if count > limit:
+            raise ConfigError(
+                f"the template has {count} {section.lower()}, over CloudFormation's limit "
+                f"of {limit} per stack: {split}"
+            )
+    size = len(render_template(template).encode())
+    if size > TEMPLATE_S3_LIMIT:
+        raise ConfigError(
+            f"the template is {size} bytes, over CloudFormation's limit of "
+            f"{TEMPLATE_S3_LIMIT} bytes even from S3: {split}"
+        )

@@ -16,6 +16,7 @@ from s3flow.deploy import (
     render_template,
 )
 from s3flow.deploy.iam import KNOWN_PROCESSORS, MANIFEST_PREFIX_DEFAULT, QUARANTINING_PROCESSORS
+from s3flow.deploy.template import TEMPLATE_S3_LIMIT, check_limits
 from s3flow.errors import ConfigError
 from s3flow.provision import queue_policy
 from s3flow.settings import PipelineSettings, Settings, load_settings
@@ -755,6 +756,36 @@ def test_the_export_is_deterministic_and_fits_inline() -> None:
         assert a == render_template(_template(name))
         assert len(a.encode()) <= TEMPLATE_BODY_LIMIT
         assert json.loads(a)["AWSTemplateFormatVersion"] == "2010-09-09"
+
+
+def test_a_template_cloudformation_would_refuse_is_not_exported() -> None:
+    """54 pipelines made 514 resources (the limit is 500): exported all the same."""
+    pipelines = [_pipeline(f"p{i:02}", queue=f"q{i:02}") for i in range(54)]
+    with pytest.raises(ConfigError, match=r"has 5\d\d resources, over .* limit of 500 per"):
+        export(Settings(pipelines=pipelines))
+    export(Settings(pipelines=pipelines[:40]))  # within every limit
+
+
+@pytest.mark.parametrize(
+    ("section", "count", "message"),
+    [
+        ("Outputs", 201, "has 201 outputs, over CloudFormation's limit of 200"),
+        ("Parameters", 201, "has 201 parameters, over CloudFormation's limit of 200"),
+        ("Resources", 501, "has 501 resources, over CloudFormation's limit of 500"),
+    ],
+)
+def test_each_limit_is_checked(section: str, count: int, message: str) -> None:
+    template = {section: {f"X{i}": {} for i in range(count)}}
+    with pytest.raises(ConfigError, match=message + ".*split the pipelines"):
+        check_limits(template)
+    check_limits({section: {f"X{i}": {} for i in range(count - 1)}})
+
+
+def test_a_body_over_the_s3_limit_is_refused() -> None:
+    big = {"Description": "x" * TEMPLATE_S3_LIMIT}
+    with pytest.raises(ConfigError, match=f"over CloudFormation's limit of {TEMPLATE_S3_LIMIT}"):
+        check_limits(big)
+    check_limits({"Description": "x" * (TEMPLATE_S3_LIMIT - 100)})
 
 
 def test_a_big_template_is_written_compact() -> None:
