@@ -135,7 +135,7 @@ async def _open_stream(
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
         return None
-    return runtime.hub.stream(job_id, after_seq=after, head=last_seq)
+    return runtime.hub.stream(job_id, after_seq=after, head=last_seq, finished=finished)
 
 
 async def _head(runtime: WebRuntime, job_id: str) -> tuple[int, bool] | None:

@@ -86,12 +86,15 @@ class EventStream(Subscription):
     :meth:`frames` is the same as an async iterator.
     """
 
-    __slots__ = ("_head", "_hub", "_phase")
+    __slots__ = ("_finished", "_head", "_hub", "_phase")
 
-    def __init__(self, hub: EventHub, job_id: str, after_seq: int, head: int | None) -> None:
+    def __init__(
+        self, hub: EventHub, job_id: str, after_seq: int, head: int | None, finished: bool
+    ) -> None:
         super().__init__(job_id, after_seq, hub.max_pending)
         self._hub = hub
         self._head = head
+        self._finished = finished
         self._phase = _NEW
 
     @property
@@ -122,7 +125,7 @@ class EventStream(Subscription):
                 return None
             # Subscribe before reading anything: what the channel hands out from now on is
             # queued here, what it handed out before is in the store.
-            self._hub.attach(self, self._head)
+            self._hub.attach(self, self._head, finished=self._finished)
             self._phase = _CATCHING_UP
         while self._phase == _CATCHING_UP:
             if self._closed:
@@ -278,13 +281,16 @@ class EventHub(AsyncExit):
         if channel is not None:
             channel.wake.set()
 
-    def stream(self, job_id: str, *, after_seq: int = 0, head: int | None = None) -> EventStream:
+    def stream(
+        self, job_id: str, *, after_seq: int = 0, head: int | None = None, finished: bool = False
+    ) -> EventStream:
         """A stream of ``job_id``'s events after ``after_seq`` (0: from event 1).
 
         ``head``: the job's last seq when the caller looked it up; the
         channel starts there if this is the job's first subscriber.
+        ``finished``: the job had ended then (event ``head`` is its terminal one).
         """
-        return EventStream(self, job_id, after_seq, head)
+        return EventStream(self, job_id, after_seq, head, finished)
 
     def subscribe(
         self, job_id: str, *, after_seq: int = 0, head: int | None = None
@@ -299,10 +305,12 @@ class EventHub(AsyncExit):
         self.attach(sub, head)
         return sub
 
-    def attach(self, sub: Subscription, head: int | None = None) -> None:
+    def attach(self, sub: Subscription, head: int | None = None, *, finished: bool = False) -> None:
         """Add ``sub`` to its job's channel, starting the channel (at ``head``) if needed.
 
-        After :meth:`close`, ``sub`` is closed instead.
+        A channel started at the head of a ``finished`` job is done: its terminal
+        event is the head, which its reader will never read. After :meth:`close`,
+        ``sub`` is closed instead.
         """
         if self._closed:
             sub.close()
@@ -312,6 +320,7 @@ class EventHub(AsyncExit):
             loop = asyncio.get_running_loop()
             start = sub.cursor if head is None else max(head, 0)
             channel = _Channel(sub.job_id, start, loop.time(), self.history)
+            channel.done = finished and head is not None
             self._channels[sub.job_id] = channel
             channel.task = loop.create_task(self._run(channel), name=f"s3flow-hub-{sub.job_id}")
         sub.job_id = channel.job_id  # one string per job, however many subscribers
@@ -349,7 +358,8 @@ class EventHub(AsyncExit):
         if channel is None:
             return None
         if sub.cursor >= channel.cursor:
-            return b"", False  # nothing handed out that this subscriber has not sent
+            # nothing handed out that this subscriber has not sent (and nothing follows)
+            return b"", channel.done
         history = channel.history
         if not history or history[0].seq > sub.cursor + 1:
             return None

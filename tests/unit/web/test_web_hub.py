@@ -321,3 +321,28 @@ async def test_a_quiet_job_is_polled_less_and_less_and_a_moving_one_at_once(
         # ... and polled at once again while the job moves.
         await store.add(JOB, EventType.STEP_STARTED, step=0)
         await until(lambda: reader.ids == [1, 2, 3], timeout_s=0.3, what="the next event")
+
+
+async def test_streams_of_a_finished_job_end_when_its_channel_starts_at_the_end(
+    store: FakeJobStore,
+) -> None:
+    """A channel started at the head of a finished job never read its terminal event, so
+    it never ended: a stream that replayed the end from the channel's history stayed open
+    after the terminal event (heartbeats for ever), as did one that had every event."""
+    for i in range(60):
+        await store.add(JOB, EventType.STEP_PROGRESS, step=0, bytes_done=i)
+    await store.add(JOB, EventType.JOB_COMPLETED, outputs=[])  # event 62
+    async with EventHub(store, poll_s=0.02, batch=20, history=20, heartbeat_s=0.05) as hub:
+        # A slow first reader keeps the channel (started at the end) while others join.
+        slow = hub.stream(JOB, head=62, finished=True)
+        assert await slow.read()
+        # This one reads 56-62 from the store, and the channel keeps them as its history...
+        first = Reader(hub.stream(JOB, after_seq=55, head=62, finished=True))
+        await asyncio.wait_for(first.task, 5)
+        assert first.ids == list(range(56, 63))
+        # ...from which these replay, the end included: and end.
+        late = [Reader(hub.stream(JOB, after_seq=a, head=62, finished=True)) for a in (58, 62)]
+        await asyncio.wait_for(asyncio.gather(*(r.task for r in late)), 5)
+        assert [r.ids for r in late] == [[59, 60, 61, 62], []]
+        assert hub.head(JOB) == (62, True)
+        slow.stop()
