@@ -5,6 +5,7 @@ every line (the slow path must read such a unit by type group, not line by line)
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 from pathlib import Path
 from typing import Any
@@ -280,3 +281,35 @@ def test_a_record_nested_too_deeply_quarantines_the_file_when_asked(tmp_path: Pa
         ("f0.ndjson", "malformed line 1: objects and arrays nested 64 levels deep (at most 60)")
     ]
     assert table is not None and table.column("id").to_pylist() == [2]
+
+
+# --- a UTF-8 BOM -------------------------------------------------------------------------
+
+# The second file's type change sends its unit the slow way (every line through ``json``).
+BOM_FILES = [
+    pytest.param(b'{"id":1}\n{"id":2}\n', ["1", "2"], id="fast-path"),
+    pytest.param(b'{"id":1}\n{"id":"two"}\n', ["1", "two"], id="slow-path"),
+]
+
+
+@pytest.mark.parametrize("unit_mb", [64, TINY_UNITS], ids=["in-memory", "scratch-units"])
+@pytest.mark.parametrize("policy", ["skip", "quarantine", "fail"])
+@pytest.mark.parametrize(("body", "ids"), BOM_FILES)
+def test_a_bom_at_the_start_of_a_file_is_dropped_whatever_the_rest_of_the_file(
+    tmp_path: Path, body: bytes, ids: list[str], policy: str, unit_mb: float
+) -> None:
+    report, table = _compact(
+        tmp_path, [codecs.BOM_UTF8 + body], {"malformed_lines": policy, "unit_mb": unit_mb}
+    )
+    assert (report.rows, report.malformed_lines, report.quarantined) == (2, 0, [])
+    assert table is not None
+    assert [str(v) for v in table.column("id").to_pylist()] == ids
+
+
+@pytest.mark.parametrize("unit_mb", [64, TINY_UNITS], ids=["in-memory", "scratch-units"])
+def test_a_bom_after_the_first_line_is_a_malformed_line(tmp_path: Path, unit_mb: float) -> None:
+    data = b'{"id":1}\n' + codecs.BOM_UTF8 + b'{"id":2}\n{"id":3}\n'
+    report, table = _compact(tmp_path, [data], {"unit_mb": unit_mb})
+    assert (report.rows, report.malformed_lines) == (2, 1)
+    assert report.malformed_samples[0].startswith("s3://b/f0.ndjson line 2: not JSON")
+    assert table is not None and table.column("id").to_pylist() == [1, 3]

@@ -11,6 +11,7 @@ See :mod:`s3flow.pipelines.ndjson_parquet.compaction.job` for the stages.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
@@ -150,6 +151,22 @@ class _Splitter:
         return Path(name), os.fdopen(fd, "wb")
 
     def _pieces(self) -> Iterator[bytes]:
+        """The decompressed bytes, without a UTF-8 BOM at the start of the file (the
+        builder ignores one too; anywhere else it makes its line malformed)."""
+        pieces = self._decoded()
+        head = b""
+        for piece in pieces:
+            head = head + piece if head else piece
+            if len(head) >= len(codecs.BOM_UTF8):
+                break
+        if head.startswith(codecs.BOM_UTF8):
+            self.uncompressed += len(codecs.BOM_UTF8)
+            head = head[len(codecs.BOM_UTF8) :]
+        if head:
+            yield head
+        yield from pieces
+
+    def _decoded(self) -> Iterator[bytes]:
         t = self.task
         decoder = None
         head = b""
