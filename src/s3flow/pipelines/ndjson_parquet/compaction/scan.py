@@ -322,6 +322,8 @@ def _parse_unit(task: FileTask, unit: _Unit) -> _Parsed:
             table = _read_fixed(src, None, block)
         except _ARROW_ERRORS:
             return _parse_slowly(task, unit)
+    if not _one_object_per_line(unit, table.num_rows):
+        return _parse_slowly(task, unit)  # finds the lines holding no or several values
     if _beyond_int64(table) and _has_big_integer(unit):
         # pyarrow read an integer beyond int64 as a double (losing digits, and
         # widening every integer of its column): such a value is kept as text.
@@ -373,6 +375,35 @@ def _line_chunks(unit: _Unit) -> Iterator[bytes]:
         yield rest
 
 
+def _blob(chunk: bytes, type: pa.DataType) -> pa.Array:
+    """``chunk`` as a one-value array of ``type`` (no copy, no validation)."""
+    offsets = pa.array([0, len(chunk)], pa.int64()).buffers()[1]
+    return pa.Array.from_buffers(type, 1, [None, offsets, pa.py_buffer(chunk)])
+
+
+def _one_object_per_line(unit: _Unit, rows: int) -> bool:
+    """Whether each non-blank line of the (UTF-8) unit holds one value, given that
+    pyarrow read ``rows`` values from it.
+
+    pyarrow does not frame by line: it reads ``{"a":1}{"a":2}`` as two rows, a
+    lone CR as whitespace, an object spread over lines as one row. When every
+    non-blank line starts with ``{`` and ends with ``}``, no value spans lines
+    (a string holds no raw newline, and inside one value ``}`` is never followed
+    by ``{``), so each line holds at least one: exactly one when there are as
+    many lines as rows.
+    """
+    lines = 0
+    for chunk in _line_chunks(unit):
+        split = pc.split_pattern(_blob(chunk, pa.large_string()), "\n")[0].values
+        trimmed = pc.ascii_trim(split, " \t\r")
+        filled = pc.filter(trimmed, pc.greater(pc.binary_length(trimmed), 0))
+        ends = pc.and_(pc.starts_with(filled, "{"), pc.ends_with(filled, "}"))
+        if not pc.all(ends).as_py():
+            return False
+        lines += len(filled)
+    return lines == rows
+
+
 def _is_utf8(unit: _Unit) -> bool:
     """Whether the unit's bytes are valid UTF-8 (a newline never splits a character)."""
     for chunk in _line_chunks(unit):
@@ -417,9 +448,7 @@ def _is_big(digits: bytes) -> bool:
 def _has_big_integer(unit: _Unit) -> bool:
     """Whether the unit holds an integer literal beyond int64 (or text that looks so)."""
     for chunk in _line_chunks(unit):
-        offsets = pa.array([0, len(chunk)], pa.int64()).buffers()[1]
-        blob = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(chunk)])
-        if not pc.match_substring_regex(blob, _BIG_INT_RE2)[0].as_py():
+        if not pc.match_substring_regex(_blob(chunk, pa.large_binary()), _BIG_INT_RE2)[0].as_py():
             continue
         if any(_is_big(m.group()) for m in _BIG_INT.finditer(chunk)):
             return True
