@@ -180,7 +180,7 @@ def test_nested_arrays_mixing_types_become_json_text_where_they_are(tmp_path: Pa
     assert table is not None
     assert table.column("s").to_pylist() == [
         {"l": '[{"x":1},{"x":"a"}]', "k": 1},
-        {"l": "[[1.0],[2.5]]", "k": 2},
+        {"l": "[[1],[2.5]]", "k": 2},
         {"l": "[true,null]", "k": 3},
     ]
 
@@ -313,3 +313,37 @@ def test_a_bom_after_the_first_line_is_a_malformed_line(tmp_path: Path, unit_mb:
     assert (report.rows, report.malformed_lines) == (2, 1)
     assert report.malformed_samples[0].startswith("s3://b/f0.ndjson line 2: not JSON")
     assert table is not None and table.column("id").to_pylist() == [1, 3]
+
+
+# --- values widened to text keep their JSON meaning --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        pytest.param(b"NaN", "NaN", id="nan"),
+        pytest.param(b"Infinity", "Infinity", id="infinity"),
+        pytest.param(b"-Infinity", "-Infinity", id="minus-infinity"),
+        pytest.param(b"3.0", "3", id="integral-double"),
+        pytest.param(b"1.5", "1.5", id="double"),
+        pytest.param(b'{"x":NaN,"y":2.0}', '{"x":NaN,"y":2}', id="nested-nan"),
+        pytest.param(b"[1,2.5]", "[1,2.5]", id="int-and-double-array"),
+        pytest.param(b"[[1.0],[1e300]]", "[[1],[1e+300]]", id="nested-arrays"),
+    ],
+)
+@pytest.mark.parametrize("same_file", [True, False], ids=["one-file", "two-files"])
+def test_values_widened_to_text_keep_their_json_meaning(
+    tmp_path: Path, value: bytes, text: str, same_file: bool
+) -> None:
+    first, other = b'{"a":' + value + b"}\n", b'{"a":"s"}\n'
+    contents = [first + other] if same_file else [first, other]
+    report, table = _compact(tmp_path, contents)
+    assert report.malformed_lines == 0
+    assert table is not None and table.column("a").to_pylist() == [text, "s"]
+
+
+def test_an_array_mixing_types_prints_integral_doubles_without_a_fraction(
+    tmp_path: Path,
+) -> None:
+    _, table = _compact(tmp_path, [b'{"a":[1.0,"x",2.5]}\n'])
+    assert table is not None and table.column("a").to_pylist() == ['[1,"x",2.5]']

@@ -38,6 +38,7 @@ from s3flow.pipelines.ndjson_parquet.compaction.schema import (
     cast_table,
     hint_fits,
     hint_schema,
+    integral_as_int,
     strings_for_timestamps,
     unify_schemas,
 )
@@ -520,7 +521,7 @@ def _merge(a: _Sig, b: _Sig) -> _Sig | None:
 
 
 def _json_text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(integral_as_int(value), ensure_ascii=False, separators=(",", ":"))
 
 
 def _shape(value: Any) -> tuple[_Sig, Any]:

@@ -14,8 +14,8 @@ pyarrow's JSON reader infers, per file, one of: ``null``, ``bool``, ``int64``,
   ``string``...) -> ``string``; so does a field that is ``{}`` everywhere (an
   empty struct, which Parquet cannot store: :func:`writable_schema`). Scalars
   keep their JSON text in canonical form (``true``, ``42``, ``1.5``; a double
-  with an integral value prints without ``.0``), objects and arrays become
-  compact JSON text.
+  with an integral value prints without ``.0``, at any depth; ``NaN``,
+  ``Infinity``), objects and arrays become compact JSON text.
 
 Before these rules apply, :mod:`.scan` reads an integer beyond int64 as the string
 of its exact digits (pyarrow would make it a lossy ``double``) and an array whose
@@ -39,6 +39,7 @@ __all__ = [
     "cast_table",
     "hint_fits",
     "hint_schema",
+    "integral_as_int",
     "strings_for_timestamps",
     "unify_schemas",
     "unify_types",
@@ -188,15 +189,56 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _has_floats(t: pa.DataType) -> bool:
+    if pa.types.is_floating(t):
+        return True
+    if pa.types.is_struct(t):
+        return any(_has_floats(f.type) for f in t)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _has_floats(t.value_type)
+    return False
+
+
+#: Below this an integral double's repr ends in ``.0``; from it on it has an exponent.
+_REPR_EXPONENT_AT = 1e16
+
+
+def integral_as_int(value: Any) -> Any:
+    """``value`` with each integral double written as an integer (``1.0`` -> ``1``)."""
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < _REPR_EXPONENT_AT:
+            return int(value)
+        return value
+    if isinstance(value, dict):
+        return {k: integral_as_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral_as_int(v) for v in value]
+    return value
+
+
 def _to_json_text(arr: pa.Array) -> pa.Array:
-    """Nested values as compact JSON text (null stays null)."""
+    """Nested values as compact JSON text (null stays null; an integral double prints
+    without ``.0``, NaN and infinities as ``NaN``, ``Infinity``, ``-Infinity``)."""
+    values = arr.to_pylist()
+    if _has_floats(arr.type):
+        values = [integral_as_int(v) for v in values]
     out = [
         None
         if v is None
         else json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_json_default)
-        for v in arr.to_pylist()
+        for v in values
     ]
     return pa.array(out, type=pa.string())
+
+
+def _double_text(arr: pa.Array) -> pa.Array:
+    """Doubles as text (``3``, ``1.5``, ``1e+20``); NaN and infinities spelled as in
+    JSON text (``NaN``, ``Infinity``, ``-Infinity``), not Arrow's ``nan``, ``inf``."""
+    text = pc.cast(arr, pa.string())
+    if pc.all(pc.is_finite(arr)).as_py() is not False:
+        return text
+    signed = pc.if_else(pc.less(arr, 0), "-Infinity", "Infinity")
+    return pc.if_else(pc.is_nan(arr), "NaN", pc.if_else(pc.is_inf(arr), signed, text))
 
 
 def cast_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
@@ -209,6 +251,8 @@ def cast_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
     if pa.types.is_string(target):
         if _is_nested(src):
             return _to_json_text(arr)
+        if pa.types.is_floating(src):
+            return _double_text(arr)
         return pc.cast(arr, pa.string())
     if pa.types.is_floating(target) and pa.types.is_integer(src):
         return pc.cast(arr, target, safe=False)
