@@ -201,8 +201,10 @@ def files_release(
     each again with its own identity, so the worker processes that very upload: the
     current one, or in a versioned bucket the version named (--version). A record of
     an earlier upload whose bytes were replaced is left as it is. A key the pipeline does not
-    take (prefix, suffix, key_regex) is refused before anything changes; if the
-    notification cannot be sent, the error names the command to run again.
+    take (prefix, suffix, key_regex) is refused before anything changes, and so is a
+    record its pipeline says a release would not change (a file the manifest builder
+    already tracks); if the notification cannot be sent, the error names the command
+    to run again.
     """
     from s3flow.ops.files import release
 

@@ -14,6 +14,7 @@ from s3flow.aws import open_clients
 from s3flow.errors import ObjectMissingError, S3flowError, translate_aws_error
 from s3flow.events import ObjectEvent, content_version
 from s3flow.ops.backfill import s3_notification_body
+from s3flow.processors.registry import processor_class
 from s3flow.quarantine import untag
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, Settings
@@ -121,6 +122,26 @@ def _replaced(p: PipelineSettings, key: str, version: str, current: ObjectId) ->
     )
 
 
+async def _releasable(
+    p: PipelineSettings, store: StateStore, records: list[FileRecord]
+) -> list[FileRecord]:
+    """``records`` less those the pipeline's processor says a release would not change
+    (its ``refuse_release`` hook); raises S3flowError with its reason if none is left."""
+    refuse = getattr(processor_class(p.processor), "refuse_release", None)
+    if refuse is None:
+        return records
+    kept, reasons = [], []
+    for r in records:
+        why = await refuse(p, r, store)
+        if why is None:
+            kept.append(r)
+        else:
+            reasons.append(why)
+    if not kept:
+        raise S3flowError(f"files release: {reasons[0]}")
+    return kept
+
+
 async def release(
     settings: Settings, p: PipelineSettings, store: StateStore, key: str, version: str | None
 ) -> list[ObjectId]:
@@ -151,6 +172,7 @@ async def release(
             + (f" version {version!r}" if version else "")
             + f" in pipeline {p.name!r} (see `s3flow files --key-prefix {key}`)"
         )
+    records = await _releasable(p, store, records)
     region = settings.aws.region
     async with open_clients(settings.aws) as clients:
         src = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")

@@ -220,6 +220,15 @@ class BaseProcessor:
         """
         return []
 
+    @classmethod
+    async def refuse_release(
+        cls, pipeline: PipelineSettings, record: FileRecord, store: StateStore
+    ) -> str | None:
+        """Why ``s3flow files release`` of this record would change nothing (the
+        release is refused with this text, saying what to do instead); None (the
+        default) lets it go ahead."""
+        return None
+
 
 class OptionsProcessor(BaseProcessor, Generic[OptionsT]):
     """Base of a processor with an options model: ``class P(OptionsProcessor[MyOptions])``.

@@ -158,3 +158,46 @@ def test_seal_waits_for_a_dead_builders_lock(harness: Harness, tmp_path: Path) -
     assert seal.wait(timeout=60) == 0, said()
     assert "(forced): 2 files" in said()
     assert pending_count(harness) == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_file_the_compaction_held_out_shows_its_reason_and_is_not_released_in_vain(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """`manifests show` printed no reason for a quarantined file, and `files release`
+    said "enqueued again" although the builder's rerun changed nothing."""
+    harness.configure(processor="ndjson-manifest", options=options())
+    cfg = write_config(harness, tmp_path / "s3flow.toml", options())
+    for i in range(2):
+        harness.put(f"{DAY}/part-{i}.ndjson", body(2))
+    harness.run(timeout_s=60)
+    assert s3flow("manifests", "seal", "-p", "p", "--all", "-c", str(cfg)).returncode == 0
+    (row,) = json.loads(s3flow("manifests", "list", "-c", str(cfg), "--json").stdout)
+    mid = row["manifest_id"]
+    why = "malformed line 2: not JSON (Expecting value)"
+
+    async def compact_holding_out_the_first() -> str:
+        async with store_of(harness) as store:
+            m = await store.get_manifest(mid)
+            assert m is not None
+            held = m.files[0]
+            await store.set_manifest_status(mid, ManifestStatus.PROCESSING)
+            await store.set_manifest_status(
+                mid, ManifestStatus.COMPLETED, quarantined={held.id: why}
+            )
+            return held.key
+
+    held_key = asyncio.run(compact_holding_out_the_first())
+    kept_key = next(f"{DAY}/part-{i}.ndjson" for i in range(2) if f"part-{i}" not in held_key)
+    doc = json.loads(s3flow("manifests", "show", mid, "-c", str(cfg), "--json").stdout)
+    got = {f["key"]: (f["status"], f["detail"]) for f in doc["files"]}
+    assert got[held_key] == ("quarantined", why)
+    assert got[kept_key][0] == "completed"
+    table = s3flow("manifests", "show", mid, "-c", str(cfg))
+    assert table.returncode == 0 and "not JSON (Expecting value)" in table.stdout
+    held = s3flow("files", "release", held_key, "-p", "p", "-c", str(cfg))
+    assert held.returncode == 2, held.stdout
+    assert "held out of manifest" in held.stderr and "upload it again" in held.stderr
+    assert "enqueued again" not in held.stdout
+    kept = s3flow("files", "release", kept_key, "-p", "p", "-c", str(cfg))
+    assert kept.returncode == 2 and "already tracked" in kept.stderr

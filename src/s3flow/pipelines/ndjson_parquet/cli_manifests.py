@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from s3flow.errors import ConfigError, S3flowError
 from s3flow.settings import PipelineSettings, Settings
@@ -164,14 +165,16 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
         """One manifest: status, location and its files with their statuses."""
         settings = settings_or_exit(config)
 
-        async def go(store: StateStore) -> tuple[ManifestRecord | None, list[str]]:
+        async def go(
+            store: StateStore,
+        ) -> tuple[ManifestRecord | None, list[tuple[str, str]]]:
             m = await store.get_manifest(manifest_id)
             if m is None:
                 return None, []
             states = []
             for f in m.files:
                 t = await store.get_tracked(m.dataset, m.date, f.id)
-                states.append(t.status.value if t is not None else "?")
+                states.append((t.status.value, t.detail) if t is not None else ("?", ""))
             return m, states
 
         m, states = with_store(settings, go)
@@ -180,8 +183,8 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
             raise typer.Exit(1)
         if as_json:
             doc = _doc(m)
-            for f, st in zip(doc["files"], states, strict=True):
-                f["status"] = st
+            for f, (st, detail) in zip(doc["files"], states, strict=True):
+                f["status"], f["detail"] = st, detail
             print(json.dumps(doc, indent=2))
             return
         console.print(
@@ -196,9 +199,9 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
         )
         if m.detail:
             console.print(f"  detail: {m.detail}", highlight=False)
-        table = new_table("files", ("bucket", "key", "size", "etag", "status"))
-        for f, st in zip(m.files, states, strict=True):
-            table.add_row(f.bucket, f.key, str(f.size), f.etag[:12], st)
+        table = new_table("files", ("bucket", "key", "size", "etag", "status", "detail"))
+        for f, (st, detail) in zip(m.files, states, strict=True):
+            table.add_row(f.bucket, escape(f.key), str(f.size), f.etag[:12], st, escape(detail))
         console.print(table)
 
     @manifests_app.command("pending")

@@ -51,7 +51,14 @@ from s3flow.processors.base import (
 )
 from s3flow.settings import ByteRangeChecked, PipelineSettings, Regex
 from s3flow.state.base import StateStore
-from s3flow.state.records import FileRecord, ManifestFile, ObjectId
+from s3flow.state.records import (
+    FileRecord,
+    FileStatus,
+    ManifestFile,
+    ManifestFileStatus,
+    ObjectId,
+    TrackedFile,
+)
 
 log = logging.getLogger("s3flow.pipelines.ndjson_parquet.manifest_processor")
 
@@ -138,15 +145,7 @@ class NdjsonManifestProcessor(OptionsProcessor[NdjsonManifestOptions]):
         the date comes from the key (the default); a date read from the file's
         first record is not kept, so such files are not looked up.
         """
-        opts = NdjsonManifestOptions.model_validate(pipeline.options)
-        if opts.date_source != "key":
-            return []
-        day = date_from_key(record.key, re.compile(opts.date_pattern))
-        if day is None:
-            return []
-        dataset = opts.dataset or pipeline.name
-        oid = ObjectId(record.bucket, record.key, content_part(record.version))
-        t = await store.get_tracked(dataset, day, oid)
+        t = await cls._tracked(pipeline, record, store)
         if t is None:
             return []
         detail = f": {t.detail}" if t.detail else ""
@@ -154,6 +153,50 @@ class NdjsonManifestProcessor(OptionsProcessor[NdjsonManifestOptions]):
             f"in manifest {t.manifest_id or '(none yet)'} ({t.dataset} {t.date}): "
             f"{t.status.value}{detail}"
         ]
+
+    @classmethod
+    async def refuse_release(
+        cls, pipeline: PipelineSettings, record: FileRecord, store: StateStore
+    ) -> str | None:
+        """A completed record is tracked already: running the builder on it again is a
+        no-op (tracking is idempotent), so no manifest would take it again."""
+        if record.status is not FileStatus.COMPLETED:
+            return None  # quarantined by the builder (or failed): a release re-checks it
+        where = f"s3://{record.bucket}/{record.key}"
+        t = await cls._tracked(pipeline, record, store)
+        if t is not None and t.status is ManifestFileStatus.QUARANTINED:
+            return (
+                f"{where} was held out of manifest {t.manifest_id} by the compaction "
+                f"({t.detail or 'no reason recorded'}). The builder already tracks this "
+                "upload, so a release would not compact it again; nothing was changed. "
+                "Fix the file and upload it again: the builder tracks the new upload and "
+                "seals it into a new manifest"
+            )
+        into = (
+            f"manifest {t.manifest_id} ({t.status.value})" if t and t.manifest_id else "a manifest"
+        )
+        return (
+            f"{where} is already tracked by the manifest builder, into {into}; a release "
+            "would not put it into another manifest, so nothing was changed. To compact "
+            "a manifest again: `s3flow manifests retry MANIFEST_ID` (a failed one) or "
+            "`s3flow run compact MANIFEST_URI`; to replace the file, upload it again"
+        )
+
+    @classmethod
+    async def _tracked(
+        cls, pipeline: PipelineSettings, record: FileRecord, store: StateStore
+    ) -> TrackedFile | None:
+        """The builder's record of ``record``'s upload, when the date comes from the key
+        (the default; a date read from the file's first record is not kept)."""
+        opts = NdjsonManifestOptions.model_validate(pipeline.options)
+        if opts.date_source != "key":
+            return None
+        day = date_from_key(record.key, re.compile(opts.date_pattern))
+        if day is None:
+            return None
+        dataset = opts.dataset or pipeline.name
+        oid = ObjectId(record.bucket, record.key, content_part(record.version))
+        return await store.get_tracked(dataset, day, oid)
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)
