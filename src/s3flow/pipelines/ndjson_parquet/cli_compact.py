@@ -163,3 +163,5 @@ def register(app: typer.Typer, run_app: typer.Typer) -> None:
             console.print(f"  quarantined {q['uri']}: {q['reason']}")
         for s in detail["stale_parts_deleted"]:
             console.print(f"  deleted stale part {s}")
+        for warning in detail["warnings"]:
+            console.print(f"  warning: {warning}", highlight=False)

@@ -169,6 +169,8 @@ class ParquetCompactProcessor(OptionsProcessor[CompactionOptions]):
             raise
         for _, reason in report.superseded:
             log.info("left out of manifest %s: %s", manifest.manifest_id, reason)
+        for warning in report.warnings:
+            log.warning("manifest %s: %s", manifest.manifest_id, warning)
         if report.malformed_lines and self.opts.malformed_lines == "skip":
             # The Result's detail keeps the samples, but a worker stores only its summary:
             # the log is where an operator finds which lines were dropped.

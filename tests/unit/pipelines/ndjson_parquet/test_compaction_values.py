@@ -347,3 +347,19 @@ def test_an_array_mixing_types_prints_integral_doubles_without_a_fraction(
 ) -> None:
     _, table = _compact(tmp_path, [b'{"a":[1.0,"x",2.5]}\n'])
     assert table is not None and table.column("a").to_pylist() == ['[1,"x",2.5]']
+
+
+# --- names that differ only in case --------------------------------------------------------
+
+
+def test_names_differing_only_in_case_stay_apart_with_a_warning(tmp_path: Path) -> None:
+    data = b'{"Key":1,"key":2,"KEY":3,"s":[{"A":1,"a":2}],"id":4}\n'
+    report, table = _compact(tmp_path, [data])
+    assert table is not None and table.column_names == ["Key", "key", "KEY", "s", "id"]
+    assert [w.split(")")[0] for w in report.warnings] == [
+        "columns whose names differ only in case (Key, key, KEY",
+        "columns whose names differ only in case (s.A, s.a",
+    ]
+    assert report.as_dict()["warnings"] == report.warnings
+    clean, _ = _compact(tmp_path / "clean", [b'{"id":1,"Other":2}\n'])
+    assert clean.warnings == []

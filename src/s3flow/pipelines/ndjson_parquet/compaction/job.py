@@ -37,7 +37,11 @@ from s3flow.pipelines.ndjson_parquet.compaction.executors import Executor
 from s3flow.pipelines.ndjson_parquet.compaction.manifest import InputFile, Manifest
 from s3flow.pipelines.ndjson_parquet.compaction.options import CompactionOptions
 from s3flow.pipelines.ndjson_parquet.compaction.scan import scan_file
-from s3flow.pipelines.ndjson_parquet.compaction.schema import unify_schemas, writable_schema
+from s3flow.pipelines.ndjson_parquet.compaction.schema import (
+    case_clashes,
+    unify_schemas,
+    writable_schema,
+)
 from s3flow.pipelines.ndjson_parquet.compaction.tasks import (
     MIB,
     CalibrateTask,
@@ -87,6 +91,8 @@ class CompactionReport:
     executor: str = "local"
     seconds: float = 0.0
     ratio: float | None = None
+    #: What readers of the output may trip over (column names differing only in case).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def outputs(self) -> list[str]:
@@ -115,6 +121,7 @@ class CompactionReport:
             "quarantined": [{"uri": f.uri(), "reason": why} for f, why in self.quarantined],
             "superseded": [{"uri": f.uri(), "reason": why} for f, why in self.superseded],
             "columns": [f"{f.name}: {f.type}" for f in self.schema],
+            "warnings": self.warnings,
             "seconds": round(self.seconds, 3),
         }
 
@@ -322,6 +329,11 @@ async def compact_manifest(
         executor="local" if executor.shares_disk else "spark",
         seconds=time.perf_counter() - started,
         ratio=ratio,
+        warnings=[
+            f"columns whose names differ only in case ({names}): kept apart, but engines "
+            "that ignore case (Spark, Hive, Athena) refuse the file or mix them up"
+            for names in case_clashes(schema)
+        ],
     )
 
 

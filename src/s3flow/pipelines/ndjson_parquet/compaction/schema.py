@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = [
+    "case_clashes",
     "cast_array",
     "cast_table",
     "hint_fits",
@@ -99,6 +100,25 @@ def writable_schema(schema: pa.Schema) -> pa.Schema:
     string of JSON text (``"{}"``): Parquet has no struct without fields. Applied to a
     manifest's final schema only: a ``{}`` unified with ``{"x": 1}`` stays a struct."""
     return pa.schema([pa.field(f.name, _writable(f.type), nullable=True) for f in schema])
+
+
+def case_clashes(fields: Iterable[pa.Field], where: str = "") -> list[str]:
+    """Names (at any depth, as ``a.b``) that differ only in case: ``Key, key``.
+
+    Kept as separate columns, as JSON has them; engines that match names without
+    case (Spark, Hive, Athena) refuse such a file or mix the columns up.
+    """
+    found: list[str] = []
+    seen: dict[str, list[str]] = {}
+    for f in fields:
+        seen.setdefault(f.name.casefold(), []).append(where + f.name)
+        t = f.type
+        while pa.types.is_list(t) or pa.types.is_large_list(t):
+            t = t.value_type
+        if pa.types.is_struct(t):
+            found.extend(case_clashes(t, f"{where}{f.name}."))
+    clashes = [", ".join(names) for names in seen.values() if len(names) > 1]
+    return clashes + found
 
 
 def _replace_timestamps(t: pa.DataType) -> pa.DataType:
