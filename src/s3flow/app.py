@@ -372,6 +372,7 @@ async def build_job_queue(
         progress_queue_url=progress,
         worker_id=settings.worker.worker_id,
         metrics=metrics,
+        processing_queue_url=url,
     )
     return QueueRuntime(settings=p, queue_url=url, dlq_url=dlq, handler=handler, metrics=metrics)
 

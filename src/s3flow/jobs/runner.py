@@ -16,6 +16,12 @@ error, and so does a receive past the last attempt (its worker died in it:
 SIGKILL, out of memory), so a job never stays ``running`` for want of a
 worker. The processing queue's redrive count is above the limit (a safety
 net, as for pipelines), so SQS never takes the message before that receive.
+
+A run stopped by a graceful shutdown (SIGTERM, past ``shutdown_grace_s``) costs no
+attempt: the job's message is sent again for the next worker (its message
+attributes count the runs so far and the ones stopped so) and this delivery is
+deleted. Attempts are the runs minus the stopped ones; the runs number the
+``step.started`` events, so a later run's events never repeat an earlier one's.
 """
 
 from __future__ import annotations
@@ -46,9 +52,23 @@ from s3flow.state.jobs import EventType, JobRecord, JobStore, StepStatus
 from s3flow.worker.outcomes import Ack, Outcome, Retry, backoff_s
 from s3flow.worker.source import ReceivedMessage
 
-__all__ = ["JobHandler"]
+__all__ = ["RELEASED_ATTR", "RUNS_ATTR", "JobHandler"]
+
+#: Message attribute: the job's runs before this message was sent (a handed-on job).
+RUNS_ATTR = "s3flow.job-runs"
+#: Message attribute: of those runs, the ones a graceful shutdown stopped (not attempts).
+RELEASED_ATTR = "s3flow.job-released"
 
 log = logging.getLogger("s3flow.jobs.runner")
+
+
+def _count(msg: ReceivedMessage, name: str) -> int:
+    """A whole-number message attribute of ``msg`` (0 when absent or not a number)."""
+    value = (msg.message_attributes.get(name) or {}).get("StringValue", "0")
+    try:
+        return max(0, int(str(value)))
+    except ValueError:
+        return 0
 
 
 class _StepSink(S3Sink):
@@ -83,6 +103,7 @@ class JobHandler:
         progress_queue_url: str,
         worker_id: str,
         metrics: PipelineMetrics | None = None,
+        processing_queue_url: str | None = None,
     ) -> None:
         if settings.jobs is None:
             raise S3flowError("JobHandler needs [jobs] settings")
@@ -92,6 +113,9 @@ class JobHandler:
         self._sqs = sqs
         self._store = store
         self._progress_url = progress_queue_url
+        #: Where a run stopped by a shutdown sends its job again (None: it is released,
+        #: and that run counts as an attempt).
+        self._processing_url = processing_queue_url
         self._worker_id = worker_id
         #: Jobs run to the end count as processed (completed or failed), repeats as
         #: duplicates: the worker's summary and /metrics show them.
@@ -137,7 +161,10 @@ class JobHandler:
             return Ack("duplicate")
         pub = ProgressPublisher(self._sqs, self._progress_url, job.job_id)
         limit = self._jobs.max_receive_count
-        if msg.receive_count > limit:
+        released = _count(msg, RELEASED_ATTR)
+        run = _count(msg, RUNS_ATTR) + msg.receive_count  # numbers this run's events
+        attempt = run - released  # runs a shutdown stopped are no attempts
+        if attempt > limit:
             # Every attempt ends in job.completed or job.failed, or the worker died in it
             # (SIGKILL, out of memory): the last one did, so the job fails here, never
             # left 'running' (the queue's redrive is above the limit: see provision).
@@ -158,7 +185,7 @@ class JobHandler:
             return Ack("failed")
         try:
             try:
-                outputs = await self._run(job, template, pub, attempt=msg.receive_count)
+                outputs = await self._run(job, template, pub, attempt=run)
             except ObjectMissingError as exc:
                 if not any(f.key in str(exc) for f in job.files):
                     raise  # a step's own output or intermediate: a new attempt makes it
@@ -170,6 +197,11 @@ class JobHandler:
                 for note in getattr(exc, "__notes__", ()):  # which file, for the job's error
                     gone.add_note(note)
                 raise gone from exc
+        except asyncio.CancelledError:
+            # A shutdown stopped the run: hand the job on, this run not counted.
+            if await asyncio.shield(self._hand_on(msg, job, run, released + 1)):
+                return Ack("handed on")
+            raise
         except _JobEnded as ended:
             log.info("job %s: %s; its run is stopped", job.job_id, ended)
             return Ack("ended elsewhere")
@@ -178,21 +210,48 @@ class JobHandler:
             return Ack("failed")
         except Exception as exc:  # retryable: the queue re-delivers
             error = _described(exc, f"{type(exc).__name__}: {exc}")
-            if msg.receive_count >= limit:
-                await self._failed(
-                    pub, job, f"failed {msg.receive_count} times; last error: {error}"
-                )
+            if attempt >= limit:
+                await self._failed(pub, job, f"failed {attempt} times; last error: {error}")
                 return Ack("failed")
-            log.warning(
-                "job %s attempt %d failed, will retry: %s", job.job_id, msg.receive_count, error
-            )
-            return Retry(backoff_s(msg.receive_count, 1.0, 60.0), type(exc).__name__, error)
+            log.warning("job %s attempt %d failed, will retry: %s", job.job_id, attempt, error)
+            return Retry(backoff_s(attempt, 1.0, 60.0), type(exc).__name__, error)
         await pub.publish(
             f"{job.job_id}:{EventType.JOB_COMPLETED}",
             EventType.JOB_COMPLETED,
             {"outputs": outputs},
         )
         return Ack("processed")
+
+    async def _hand_on(
+        self, msg: ReceivedMessage, job: JobRecord, runs: int, released: int
+    ) -> bool:
+        """Send the job's message again, its runs so far and the stopped ones in its
+        attributes (the next worker counts its attempts from them); False when it cannot
+        be sent (this delivery is then released, and this run counts as an attempt)."""
+        if self._processing_url is None:
+            return False
+        try:
+            with aws_errors("SendMessage to the processing queue"):
+                await self._sqs.send_message(
+                    QueueUrl=self._processing_url,
+                    MessageBody=msg.body,
+                    MessageGroupId=job.upload_id,
+                    MessageDeduplicationId=f"{job.job_id}:run-{runs}",
+                    MessageAttributes={
+                        RUNS_ATTR: {"DataType": "Number", "StringValue": str(runs)},
+                        RELEASED_ATTR: {"DataType": "Number", "StringValue": str(released)},
+                    },
+                )
+        except S3flowError as exc:
+            log.warning(
+                "job %s: stopped by the shutdown, and could not be handed on (%s): released, "
+                "this run counts as an attempt",
+                job.job_id,
+                exc,
+            )
+            return False
+        log.info("job %s: stopped by the shutdown; handed on to the next worker", job.job_id)
+        return True
 
     async def _failed(self, pub: ProgressPublisher, job: JobRecord, error: str) -> None:
         """Publish ``job.failed`` with the error and the step it failed in (``step``).
