@@ -157,17 +157,30 @@ class StepProgress:
     _last: float = field(init=False)
     _n: int = field(init=False, default=0)
     _dirty: bool = field(init=False, default=False)
+    #: Stored bytes of the current input not counted yet (None: no input is current).
+    _file_left: int | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._last = self.clock()
 
+    def start_file(self, size: int | None) -> None:
+        """The next input, of ``size`` stored bytes: what :meth:`add` counts for it stops
+        there (a compressed file's processor reports the larger decompressed bytes)."""
+        self._file_left = size
+
     def add(self, nbytes: int) -> None:
         """Count bytes read (a processor's ``report_progress``)."""
+        if self._file_left is not None:
+            nbytes = min(nbytes, self._file_left)
+            self._file_left -= nbytes
         self.bytes_done += nbytes
         self._dirty = True
 
     def file_done(self) -> None:
-        """Count one input file finished."""
+        """Count one input file finished (all of its stored bytes, however many were
+        reported)."""
+        self.bytes_done += self._file_left or 0
+        self._file_left = None
         self.files_done += 1
         self._dirty = True
 

@@ -47,6 +47,7 @@ from s3flow.metrics import PipelineMetrics
 from s3flow.processors.base import BundleContext, ProcessContext, Result
 from s3flow.processors.registry import create_processor
 from s3flow.settings import JobsSettings, Settings, TemplateSettings
+from s3flow.settings.jobs import processing_pipeline
 from s3flow.sinks.s3 import S3Sink, parse_s3_uri
 from s3flow.state.jobs import EventType, JobRecord, JobStore, StepStatus
 from s3flow.worker.outcomes import Ack, Outcome, Retry, backoff_s
@@ -116,6 +117,8 @@ class JobHandler:
         #: Where a run stopped by a shutdown sends its job again (None: it is released,
         #: and that run counts as an attempt).
         self._processing_url = processing_queue_url
+        # A compressed upload is decompressed no further than a pipeline's object is.
+        self._max_uncompressed_bytes = processing_pipeline(self._jobs).max_uncompressed_bytes
         self._worker_id = worker_id
         #: Jobs run to the end count as processed (completed or failed), repeats as
         #: duplicates: the worker's summary and /metrics show them.
@@ -359,6 +362,7 @@ class JobHandler:
                 return [result]
             results = []
             for event in inputs:
+                progress.start_file(event.size)
                 pctx = ProcessContext(
                     event=event,
                     pipeline=f"job:{template.name}",
@@ -366,6 +370,7 @@ class JobHandler:
                     s3=self._s3,
                     sink=sink,
                     report_progress=progress.add,
+                    max_uncompressed_bytes=self._max_uncompressed_bytes,
                 )
                 try:
                     results.append(await processor.process(pctx))

@@ -78,3 +78,27 @@ def test_step_progress_is_throttled_and_the_last_is_forced() -> None:
         "files_done": 1,
     }
     assert len({b.event_id for b in bodies}) == 2
+
+
+def test_a_file_counts_its_stored_bytes_however_many_it_reports() -> None:
+    """A gzip upload's processor reports decompressed bytes: 340,000 of a 877-byte file
+    showed 38,000 % (bytes_done far above bytes_total)."""
+    sp = StepProgress(
+        ProgressPublisher(FakeSqs(), "q", "j"),
+        step=0,
+        attempt=1,
+        interval_s=0.5,
+        bytes_total=877 + 1000,
+    )
+    sp.start_file(877)
+    for _ in range(20):
+        sp.add(17_000)
+        assert sp.bytes_done <= 877
+    sp.file_done()
+    assert sp.bytes_done == 877
+    sp.start_file(1000)  # a plain file reporting part of itself, then done
+    sp.add(400)
+    assert sp.bytes_done == 877 + 400
+    sp.file_done()
+    assert (sp.bytes_done, sp.files_done) == (1877, 2)
+    assert sp.data()["bytes_done"] <= sp.data()["bytes_total"]
