@@ -111,6 +111,9 @@ def _print_jobs(jobs: list[JobRecord]) -> None:
     table = new_table(
         f"s3flow jobs ({len(jobs)})", ("job", "template", "status", "files", "created", "error")
     )
+    # Ids in full, however narrow the terminal: they are pasted into show, cancel, retry.
+    table.columns[0].no_wrap = True
+    table.columns[0].min_width = max((len(j.job_id) for j in jobs), default=0)
     for j in jobs:
         got = sum(f.received for f in j.files)
         table.add_row(
@@ -158,6 +161,10 @@ def jobs_show(
         console.print(f"  [red]error:[/] {escape(job.error)}")
 
 
+#: Exit code of `jobs events --follow` when --timeout passes before the job ends.
+_FOLLOW_TIMED_OUT = 3
+
+
 @jobs_app.command("events")
 def jobs_events(
     job_id: JobIdArg,
@@ -169,10 +176,15 @@ def jobs_events(
         bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")
     ] = False,
     timeout_s: Annotated[
-        float, typer.Option("--timeout", help="Give up following after this long.")
+        float,
+        typer.Option("--timeout", help="Give up following after this many seconds (exit 3)."),
     ] = 3600,
 ) -> None:
-    """A job's event log (the same events, ids and order as its SSE stream)."""
+    """A job's event log (the same events, ids and order as its SSE stream).
+
+    With --follow: exit 0 when the job completes, 1 when it fails or expires, 3 when
+    --timeout passes first.
+    """
     settings = settings_or_exit(config)
 
     async def go(store: JobStore) -> int:
@@ -190,8 +202,18 @@ def jobs_events(
                         return 0 if ev.type == "job.completed" else 1
                 if len(batch) < _PAGE:
                     break
-            if not follow or time.monotonic() > deadline:
+            if not follow:
                 return 0
+            if time.monotonic() > deadline:
+                job = await store.get_job(job_id)
+                status = job.status if job is not None else "gone"
+                err_console.print(
+                    f"job {job_id} is still {status} after {timeout_s:g} s (--timeout): "
+                    "stopped following it; the job goes on",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                return _FOLLOW_TIMED_OUT
             await asyncio.sleep(_POLL_S)
 
     code = with_store(settings, go, missing=_NO_STORE)
