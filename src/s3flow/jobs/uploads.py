@@ -195,7 +195,7 @@ def plan_upload(settings: Settings, request: UploadRequest) -> list[JobFile]:
         raise BadUploadError(
             f"{len(request.files)} files is more than the {jobs.max_files} one upload may have"
         )
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     planned: list[JobFile] = []
     for index, f in enumerate(request.files):
         safe = safe_name(f.name)
@@ -220,11 +220,16 @@ def plan_upload(settings: Settings, request: UploadRequest) -> list[JobFile]:
                 f"{f.name!r}: {f.size} bytes is more than the {jobs.max_file_bytes} bytes "
                 "allowed per file"
             )
-        if f.name in seen:
+        # One name to a person: the same letters composed or not (NFC), in any case.
+        same = unicodedata.normalize("NFC", f.name).casefold()
+        if same in seen:
+            first = seen[same]
+            twice = "is listed twice" if first == f.name else f"and {first!r} are one name"
             raise BadUploadError(
-                f"{f.name!r} is listed twice: the files of one upload need different names"
+                f"{f.name!r} {twice}: the files of one upload need different names "
+                "(not only in case or accents' encoding)"
             )
-        seen.add(f.name)
+        seen[same] = f.name
         # key: relative to uploads/<upload_id>/, filled in by create_upload
         planned.append(JobFile(name=f.name, key=f"{index}-{safe}", size=f.size, content_type=ctype))
     return planned

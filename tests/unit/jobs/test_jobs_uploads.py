@@ -64,6 +64,17 @@ def test_plan_names_keys_by_index_and_safe_name() -> None:
         ([("a\x00.txt", 1, "text/plain")], "count", "control character"),
         ([("a\n.txt", 1, "text/plain")], "count", "control character"),
         ([("a.txt", 1, "text/plain"), ("a.txt", 2, "text/plain")], "count", "listed twice"),
+        # one name to a person: accents composed or not, any case (were two files)
+        (
+            [("\u00e9.txt", 1, "text/plain"), ("e\u0301.txt", 2, "text/plain")],
+            "count",
+            "'e\u0301.txt' and '\u00e9.txt' are one name",
+        ),
+        (
+            [("Report.txt", 1, "text/plain"), ("report.TXT", 2, "text/plain")],
+            "count",
+            "'report.TXT' and 'Report.txt' are one name",
+        ),
     ],
 )
 def test_refusals_say_what_is_wrong(
