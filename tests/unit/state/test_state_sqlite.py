@@ -81,3 +81,19 @@ async def test_the_store_syncs_each_commit(tmp_path: Any) -> None:
     async with SqliteStateStore(tmp_path / "s.db") as store:
         mode = await store._run(lambda c: c.execute("PRAGMA synchronous").fetchone(), read=True)
     assert mode == (2,)  # FULL
+
+
+async def test_a_damaged_file_is_named_as_damaged(tmp_path: Any) -> None:
+    """Every failure to open ended "set [state] url to a SQLite file in a directory this
+    process can write", also for a damaged file or a lock held too long."""
+    from s3flow.state.records import StateError
+
+    bad = tmp_path / "state.db"
+    bad.write_bytes(b"this is not a database" * 200)
+    with pytest.raises(StateError) as err:
+        async with SqliteStateStore(bad):
+            pass
+    assert "the file is damaged or is not an s3flow state store" in str(err.value)
+    store = SqliteStateStore(tmp_path / "other.db")
+    locked = store._cannot_open(sqlite3.OperationalError("database is locked"))
+    assert "another process held its write lock for over 10 s" in str(locked)

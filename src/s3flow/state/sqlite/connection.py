@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -147,8 +148,34 @@ class SqliteStoreBase:
         elif self.path != ":memory:" and Path(self.path).expanduser().is_dir():
             reason = f"{reason} ({self.path} is a directory)"
         return StateError(
-            f"state store {self.path} ([state] url): cannot open: {reason}; set [state] url "
-            "to a SQLite file in a directory this process can write "
+            f"state store {self.path} ([state] url): cannot open: {reason}; {self._advice(exc)}"
+        )
+
+    def _advice(self, exc: OSError | sqlite3.Error) -> str:
+        """What to do about ``exc``, by its cause."""
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            return (
+                f"another process held its write lock for over {BUSY_TIMEOUT_MS // 1000} s "
+                "(a long transaction, or an sqlite3 shell left in one): end that, then "
+                "start again"
+            )
+        if "malformed" in text or "not a database" in text:
+            return (
+                "the file is damaged or is not an s3flow state store: restore it from a "
+                "backup, or move it aside to start an empty store (its records are lost: "
+                "objects then look new to a backfill)"
+            )
+        file = Path(self.path).expanduser()
+        where = file if file.exists() else file.parent
+        if self.path != ":memory:" and where.exists() and not os.access(where, os.W_OK):
+            return (
+                f"{where} is not writable by this process (a read-only file or mount; "
+                "SQLite also writes its -wal and -shm files next to the store): make it "
+                "writable, or set [state] url to a file in a directory this process can write"
+            )
+        return (
+            "set [state] url to a SQLite file in a directory this process can write "
             "(e.g. 'sqlite:.s3flow/state.db')"
         )
 
