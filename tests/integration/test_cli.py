@@ -226,6 +226,10 @@ def test_operator_commands(harness: Harness) -> None:
     assert row["key"] == "big.txt" and "above the maximum" in row["last_error"]
     table = s3flow("files", "-c", str(cfg))
     assert "ok.txt" in table.stdout and "completed" in table.stdout
+    assert "s3flow files (2)" in table.stdout
+    # A full page says more may match (its count looked like the total).
+    page = s3flow("files", "-c", str(cfg), "--limit", "1")
+    assert "the first 1; more may match" in " ".join(page.stdout.split()), page.stdout
     shown = s3flow("files", "show", "big.txt", "-c", str(cfg))
     assert shown.returncode == 0, shown.stderr
     assert "quarantined" in shown.stdout and "above the maximum" in shown.stdout

@@ -99,8 +99,11 @@ def files_list(
     if as_json:
         print(json.dumps([{**r.__dict__, "status": r.status.value} for r in rows], indent=2))
         return
+    shown = f"{len(rows)}"
+    if len(rows) == limit:  # a full page: more may match
+        shown = f"the first {limit}; more may match: raise --limit or narrow the listing"
     table = new_table(
-        f"s3flow files ({len(rows)})",
+        f"s3flow files ({shown})",
         ("pipeline", "bucket", "key", "version", "status", "attempts", "updated", "error"),
     )
     for column in table.columns:  # folded, not cut with "…": keys are copied into commands
