@@ -105,14 +105,13 @@ async def _read_tail(stream: asyncio.StreamReader, keep: int, into: bytearray) -
         del into[:-keep]
 
 
-async def _exit_code(proc: asyncio.subprocess.Process, pipes: asyncio.Future[Any]) -> int:
-    """``proc``'s exit code as soon as it exits. ``proc.wait()`` (in ``pipes``) also
+async def _exit_code(proc: asyncio.subprocess.Process, readers: list[asyncio.Task[Any]]) -> int:
+    """``proc``'s exit code as soon as it exits. ``proc.wait()`` (the last reader) also
     waits for its pipes to close, which a process it left behind may keep open."""
-    while proc.returncode is None:
-        if pipes.done():
-            return await proc.wait()
-        await asyncio.wait({pipes}, timeout=0.05)
-    return proc.returncode
+    waited = readers[-1]
+    while proc.returncode is None and not waited.done():
+        await asyncio.wait({waited}, timeout=0.05)
+    return proc.returncode if proc.returncode is not None else int(waited.result())
 
 
 #: After the process exits, how long its pipes may stay open (data in flight) before
@@ -128,7 +127,7 @@ class SubprocessExecutor:
     def __init__(self, settings: SubprocessExecutorSettings) -> None:
         self._settings = settings
         self._base = list(settings.command) or [sys.executable, "-m", "s3flow"]
-        self._running: dict[asyncio.subprocess.Process, asyncio.Future[Any]] = {}
+        self._running: dict[asyncio.subprocess.Process, list[asyncio.Task[Any]]] = {}
 
     def argv(self, job: ObjectJob) -> list[str]:
         """The command line for ``job``."""
@@ -167,26 +166,29 @@ class SubprocessExecutor:
             ) from exc
         assert proc.stdout is not None and proc.stderr is not None
         out, err = bytearray(), bytearray()
-        pipes = asyncio.gather(
-            _read_all(proc.stdout, _STDOUT_LIMIT, out),
-            _read_tail(proc.stderr, _STDERR_TAIL, err),
-            proc.wait(),  # asyncio's wait: the exit and both pipes closed
-        )
-        self._running[proc] = pipes
+        readers = [
+            asyncio.ensure_future(_read_all(proc.stdout, _STDOUT_LIMIT, out)),
+            asyncio.ensure_future(_read_tail(proc.stderr, _STDERR_TAIL, err)),
+            asyncio.ensure_future(proc.wait()),  # asyncio's wait: the exit and both pipes closed
+        ]
+        self._running[proc] = readers
         try:
-            async with asyncio.timeout(job.timeout_s):
-                code = await _exit_code(proc, pipes)
+            try:
+                async with asyncio.timeout(job.timeout_s):
+                    code = await _exit_code(proc, readers)
+            except TimeoutError as exc:
+                await asyncio.shield(self._stop(proc, readers))
+                raise job_timed_out(
+                    job, f"pid {proc.pid}", "stopped (SIGTERM, then SIGKILL)"
+                ) from exc
+            # The run is over when its process exits, even if something it started still
+            # holds the pipes: that is ended, and the result is what the process wrote.
+            await asyncio.shield(self._end_group(proc, readers))
         except asyncio.CancelledError:
-            await asyncio.shield(self._stop(proc, pipes))
+            await asyncio.shield(self._stop(proc, readers))
             raise
-        except TimeoutError as exc:
-            await asyncio.shield(self._stop(proc, pipes))
-            raise job_timed_out(job, f"pid {proc.pid}", "stopped (SIGTERM, then SIGKILL)") from exc
         finally:
             self._running.pop(proc, None)
-        # The run is over when its process exits, even if something it started still
-        # holds the pipes: that is ended, and the result is what the process wrote.
-        await self._end_group(proc, pipes)
         doc = parse_doc(out.decode("utf-8", "replace"))
         what = f"`s3flow run {job.processor} {job.source}` (pid {proc.pid})"
         if doc is not None:
@@ -197,39 +199,40 @@ class SubprocessExecutor:
         raise error_for_exit(code, what, " | ".join(tail))
 
     async def _end_group(
-        self, proc: asyncio.subprocess.Process, pipes: asyncio.Future[Any]
+        self, proc: asyncio.subprocess.Process, readers: list[asyncio.Task[Any]]
     ) -> None:
         """Once ``proc`` has exited: let the pipes drain, then SIGKILL what is left of its
         process group (it leads its own) and stop reading."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(pipes), _DRAIN_S)
+        await asyncio.wait(readers, timeout=_DRAIN_S)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
             log.warning(
                 "s3flow run (pid %d) exited leaving processes in its group: killed them",
                 proc.pid,
             )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(pipes), _DRAIN_S)
-        pipes.cancel()  # a pipe held by a process that left the group: stop reading it
-        with contextlib.suppress(BaseException):
-            await pipes
+        await asyncio.wait(readers, timeout=_DRAIN_S)
+        for reader in readers:  # a pipe held by a process that left the group: stop
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
 
-    async def _stop(self, proc: asyncio.subprocess.Process, pipes: asyncio.Future[Any]) -> None:
+    async def _stop(
+        self, proc: asyncio.subprocess.Process, readers: list[asyncio.Task[Any]]
+    ) -> None:
         """SIGTERM (a clean cancellation), then SIGKILL the process group."""
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), self._settings.kill_after_s)
+                await asyncio.wait_for(_exit_code(proc, readers), self._settings.kill_after_s)
             except TimeoutError:
                 log.warning("s3flow run (pid %d) did not stop on SIGTERM: killing it", proc.pid)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # it leads its own session and group
             with contextlib.suppress(Exception):
-                await proc.wait()
-        await self._end_group(proc, pipes)
+                await asyncio.wait_for(_exit_code(proc, readers), self._settings.kill_after_s)
+        await self._end_group(proc, readers)
 
     async def close(self) -> None:
         """Stop processes still running (normally none: their runs were cancelled)."""
-        await asyncio.gather(*(self._stop(p, pipes) for p, pipes in list(self._running.items())))
+        running = list(self._running.items())
+        await asyncio.gather(*(self._stop(proc, readers) for proc, readers in running))

@@ -294,7 +294,12 @@ class UploadUrls:
         """The POST for ``key`` (renewed first if due, or ``renew``); None once the job
         has the file already."""
         if renew or self._clock() > self.deadline - self._margin_s:
-            self.renew()
+            try:
+                self.renew()
+            except S3flowError:
+                if renew or self._clock() >= self.deadline:
+                    raise
+                # renewed early: the URLs in hand still live, so the file goes with them
         return self._posts.get(key)
 
     def renew(self) -> None:

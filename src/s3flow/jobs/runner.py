@@ -50,6 +50,7 @@ from s3flow.settings import JobsSettings, Settings, TemplateSettings
 from s3flow.settings.jobs import processing_pipeline
 from s3flow.sinks.s3 import S3Sink, parse_s3_uri
 from s3flow.state.jobs import EventType, JobRecord, JobStore, StepStatus
+from s3flow.worker.acks import carried
 from s3flow.worker.outcomes import Ack, Outcome, Retry, backoff_s
 from s3flow.worker.source import ReceivedMessage
 
@@ -201,8 +202,11 @@ class JobHandler:
                     gone.add_note(note)
                 raise gone from exc
         except asyncio.CancelledError:
-            # A shutdown stopped the run: hand the job on, this run not counted.
-            if await asyncio.shield(self._hand_on(msg, job, run, released + 1)):
+            # A shutdown cancelled this task: hand the job on, this run not counted. (A
+            # CancelledError from anything else is no shutdown: it goes on as it is.)
+            this = asyncio.current_task()
+            shutdown = this is not None and this.cancelling() > 0
+            if shutdown and await asyncio.shield(self._hand_on(msg, job, run, released + 1)):
                 return Ack("handed on")
             raise
         except _JobEnded as ended:
@@ -241,6 +245,10 @@ class JobHandler:
                     MessageGroupId=job.upload_id,
                     MessageDeduplicationId=f"{job.job_id}:run-{runs}",
                     MessageAttributes={
+                        **{
+                            name: {"DataType": "String", "StringValue": str(value)}
+                            for name, value in carried(msg).items()
+                        },
                         RUNS_ATTR: {"DataType": "Number", "StringValue": str(runs)},
                         RELEASED_ATTR: {"DataType": "Number", "StringValue": str(released)},
                     },

@@ -26,7 +26,13 @@ from s3flow.quarantine import untag
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, Settings
 from s3flow.state.base import StateStore
-from s3flow.state.records import FileRecord, FileStatus, ObjectId, TransitionError
+from s3flow.state.records import (
+    FileRecord,
+    FileStatus,
+    ObjectId,
+    StateError,
+    TransitionError,
+)
 
 log = logging.getLogger("s3flow.ops")
 
@@ -258,7 +264,10 @@ async def backfill(
                 raise _unsent(p, [batch[int(e["Id"])].oid.key for e in entries], None, command)
             for item in batch:
                 if store is not None and item.mark is not None and item.was is None:
-                    await mark(item)  # False: the worker has it already
+                    try:
+                        await mark(item)  # False: the worker has it already
+                    except StateError as exc:  # sent: the worker records it anyway
+                        log.warning("%s: not marked queued (%s)", item.oid.key, exc)
             batch.clear()
 
         async def flush() -> None:
@@ -267,11 +276,15 @@ async def backfill(
             if not batch:
                 return
             sending = asyncio.ensure_future(send_batch())
-            try:
-                await asyncio.shield(sending)
-            except asyncio.CancelledError:
-                await sending
-                raise
+            cancelled = False
+            while not sending.done():
+                try:
+                    await asyncio.shield(sending)
+                except asyncio.CancelledError:
+                    cancelled = True  # (again): the batch still goes out first
+            sending.result()
+            if cancelled:
+                raise asyncio.CancelledError
 
         async def consider(key: str, etag: str, size: int, modified: datetime) -> None:
             report.listed += 1

@@ -15,7 +15,14 @@ from s3flow.sinks.base import OutputAttrs, SinkBase
 
 
 def _umask() -> int:
-    """This process's umask (read by setting it, so once, at import)."""
+    """This process's umask: read from /proc (setting it to read it would race with other
+    threads creating files), else by setting it back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

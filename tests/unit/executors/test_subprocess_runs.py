@@ -88,3 +88,33 @@ async def test_a_run_killed_by_a_signal_is_named_by_it(
     assert f"was killed by {name}: about to crash" in str(caught.value)
     assert caught.value.disposition is Disposition.RETRYABLE  # type: ignore[attr-defined]
     await ex.close()
+
+
+async def test_a_run_cancelled_after_its_process_exited_still_ends_what_it_left(
+    tmp_path: Path,
+) -> None:
+    """Cancelled (a shutdown) while the pipes of an exited run drained, the group kill
+    was skipped: the left-behind process lived on and the pipe readers leaked."""
+    pid_file = tmp_path / "child.pid"
+    command = script(
+        tmp_path, f"(trap '' TERM; exec sleep 300) &\necho $! > {pid_file}\necho '{DONE}'\nexit 0"
+    )
+    ex = SubprocessExecutor(SubprocessExecutorSettings(command=[str(command)], kill_after_s=1))
+    run = asyncio.create_task(ex.run(job(timeout_s=20)))
+    for _ in range(200):  # up to 10 s for the script to exit
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # exited; its child holds stdout: the run drains the pipes
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    await ex.close()
+    child = int(pid_file.read_text())
+    for _ in range(100):
+        if not alive(child):
+            break
+        await asyncio.sleep(0.05)
+    assert not alive(child), "the process the run left behind was not killed"
+    leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert leftovers == []

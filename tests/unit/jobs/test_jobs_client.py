@@ -126,6 +126,11 @@ def test_fresh_urls_refused_say_why() -> None:
         # 60 s URLs: renewed when less than 15 s (a quarter) is left
         urls = UploadUrls(client, "http://api", {}, created, asked_at=0.0, clock=lambda: 44.0)
         assert urls.post_for("k") is None  # 16 s left: not renewed (and not a file of the job)
+        # 14 s left: renewed early, refused, and the URLs in hand still serve
         urls = UploadUrls(client, "http://api", {}, created, asked_at=0.0, clock=lambda: 46.0)
+        assert urls.post_for("k") is None
         with pytest.raises(S3flowError, match=r"refused \(HTTP 409\): job job-1 is expired"):
-            urls.post_for("k")
+            urls.post_for("k", renew=True)
+        urls = UploadUrls(client, "http://api", {}, created, asked_at=0.0, clock=lambda: 61.0)
+        with pytest.raises(S3flowError, match=r"refused \(HTTP 409\)"):
+            urls.post_for("k")  # past their life: nothing to send with

@@ -255,7 +255,14 @@ class UploadUrls {
 
   /** The POST for ``key``, signed again first when its life is nearly over (or ``force``). */
   async postFor(key, force = false) {
-    if (force || Date.now() > this.deadline - this.marginMs) await this.renew();
+    if (force || Date.now() > this.deadline - this.marginMs) {
+      try {
+        await this.renew();
+      } catch (err) {
+        if (force || Date.now() >= this.deadline) throw err;
+        // renewed early: the URLs in hand still live, so this file goes with them
+      }
+    }
     return this.posts.get(key);
   }
 
@@ -280,8 +287,13 @@ class UploadUrls {
 /** Send one chosen file with a live URL; "" or the reason it did not reach storage. */
 async function sendEntry(urls, entry, key) {
   try {
-    let result = await sendFile(entry, await urls.postFor(key));
-    if (result.expired) result = await sendFile(entry, await urls.postFor(key, true));
+    let post = await urls.postFor(key);
+    if (!post) return ""; // the job has it already
+    let result = await sendFile(entry, post);
+    if (result.expired) {
+      post = await urls.postFor(key, true);
+      if (post) result = await sendFile(entry, post);
+    }
     return result.reason;
   } catch (err) {
     return String(err.message || err);
