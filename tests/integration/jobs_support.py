@@ -193,6 +193,20 @@ class JobsProject:
         return asyncio.run(go())
 
 
+def slow_project(
+    tmp_path: Path, s3: Any, sqs: Any, *, sleep_s: int, jobs: dict[str, Any] | None = None
+) -> tuple[JobsProject, Path]:
+    """A project with template "slow": one step that sleeps ``sleep_s`` and leaves
+    started-/done- markers in the returned directory."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    step = {"processor": SLOW, "options": {"sleep_s": sleep_s, "marker_dir": str(markers)}}
+    project = JobsProject(
+        tmp_path, s3, sqs, jobs=jobs or {}, extra_templates=[{"name": "slow", "steps": [step]}]
+    )
+    return project, markers
+
+
 def waiting_job(
     job_id: str, created_at: float | None = None, expires_at: float | None = None
 ) -> JobRecord:

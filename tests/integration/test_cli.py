@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from itest_support import Harness
 
+from s3flow.events import content_version
+from s3flow.state.records import FileStatus
+
 pytestmark = pytest.mark.integration
 COMMANDS = [
     "worker",
@@ -249,6 +252,29 @@ def test_operator_commands(harness: Harness) -> None:
     bf = s3flow("backfill", "-p", "p", "-c", str(cfg))
     assert bf.returncode == 0, bf.stderr
     assert "listed 2: enqueued 0, already completed 1" in bf.stdout
+
+
+def test_backfill_says_what_to_do_for_failed_files_it_leaves_to_their_retry(
+    harness: Harness,
+) -> None:
+    """A plain backfill leaves failed files to their retry (a new notification would
+    reset their failure budget); it counted them as "already queued" with no hint for
+    when their message is gone (a crash after the DLQ send, or retention)."""
+    harness.configure()
+    cfg = harness.write_config()
+    harness.put("flaky.txt", b"1\n")
+    harness.purge()
+    head = harness.s3.head_object(Bucket=harness.bucket, Key="flaky.txt")
+    harness.end_record(
+        "flaky.txt", content_version(head["ETag"], head["LastModified"]), FileStatus.FAILED
+    )
+    bf = s3flow("backfill", "-p", "p", "-c", str(cfg))
+    assert bf.returncode == 0, bf.stderr
+    assert "already queued 0, failed and awaiting their retry 1" in bf.stdout
+    hint = " ".join(bf.stderr.split())
+    assert "1 failed file(s) were left to their retry" in hint
+    assert "`s3flow reprocess KEY...` sends them again" in hint
+    assert harness.depth() == (0, 0)
 
 
 def test_keys_and_errors_are_shown_as_they_are_not_as_markup(harness: Harness) -> None:

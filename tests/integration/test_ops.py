@@ -310,7 +310,7 @@ def test_a_plain_backfill_leaves_a_failed_record_to_its_retry(harness: Harness) 
             return report, await store.get(oid)
 
     report, rec = asyncio.run(go())
-    assert (report.enqueued, report.already_queued) == (0, 1)
+    assert (report.enqueued, report.already_queued, report.awaiting_retry) == (0, 0, 1)
     assert rec.status is FileStatus.FAILED and rec.failures == 1
     assert harness.depth() == (0, 0)
 

@@ -149,7 +149,16 @@ def _run_backfill(
         raise typer.Exit(130) from None
     busy = f", being processed now {r.busy}" if r.busy else ""
     older = f", modified before --since {r.older}" if since else ""
+    retry = f", failed and awaiting their retry {r.awaiting_retry}" if r.awaiting_retry else ""
     console.print(
         f"listed {r.listed}: enqueued {r.enqueued}, already completed {r.already_done}, "
-        f"already queued {r.already_queued}, filtered {r.filtered}{older}{busy}"
+        f"already queued {r.already_queued}{retry}, filtered {r.filtered}{older}{busy}"
     )
+    if r.awaiting_retry:
+        err_console.print(
+            f"{r.awaiting_retry} failed file(s) were left to their retry: their notification "
+            "comes back after its visibility timeout. If it is gone (`s3flow files --status "
+            "failed` shows them still failed long after), `s3flow reprocess KEY...` sends "
+            "them again.",
+            highlight=False,
+        )

@@ -64,15 +64,6 @@ RELEASED_ATTR = "s3flow.job-released"
 log = logging.getLogger("s3flow.jobs.runner")
 
 
-def _count(msg: ReceivedMessage, name: str) -> int:
-    """A whole-number message attribute of ``msg`` (0 when absent or not a number)."""
-    value = (msg.message_attributes.get(name) or {}).get("StringValue", "0")
-    try:
-        return max(0, int(str(value)))
-    except ValueError:
-        return 0
-
-
 class _StepSink(S3Sink):
     """An S3 sink that names outputs by the input's path below its own prefix.
 
@@ -165,8 +156,8 @@ class JobHandler:
             return Ack("duplicate")
         pub = ProgressPublisher(self._sqs, self._progress_url, job.job_id)
         limit = self._jobs.max_receive_count
-        released = _count(msg, RELEASED_ATTR)
-        run = _count(msg, RUNS_ATTR) + msg.receive_count  # numbers this run's events
+        released = msg.whole_number_attribute(RELEASED_ATTR)
+        run = msg.whole_number_attribute(RUNS_ATTR) + msg.receive_count  # numbers this run's events
         attempt = run - released  # runs a shutdown stopped are no attempts
         if attempt > limit:
             # Every attempt ends in job.completed or job.failed, or the worker died in it

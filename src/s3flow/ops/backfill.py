@@ -86,6 +86,9 @@ class BackfillReport:
     enqueued: int = 0
     already_done: int = 0
     already_queued: int = 0
+    #: Failed records left to their retry (their notification comes back); when it
+    #: is gone (a crash after the DLQ send, retention) ``reprocess`` sends them again.
+    awaiting_retry: int = 0
     filtered: int = 0  # the pipeline's suffix / key_regex rejects them, or quarantined
     older: int = 0  # modified before ``since``
     busy: int = 0  # being processed right now (left alone, even with force)
@@ -173,6 +176,12 @@ class _Pending:
     was: FileStatus | None  # the record's status when listed (None: no record yet)
     untag: bool  # remove the object's quarantine tags
 
+    @property
+    def premark(self) -> bool:
+        """Its record is set to received before the send: an existing record. A new
+        object's record is made after the send (see ``send_batch``)."""
+        return self.mark is not None and self.was is not None
+
 
 async def backfill(
     settings: Settings,
@@ -239,8 +248,7 @@ async def backfill(
                 for item in list(batch):
                     if item.untag:
                         await untag(clients.s3, p.bucket, item.oid.key)
-                    premark = store is not None and item.mark is not None and item.was is not None
-                    if premark and not await mark(item):
+                    if item.premark and not await mark(item):
                         batch.remove(item)
                         report.busy += 1
             except Exception as exc:
@@ -263,7 +271,7 @@ async def backfill(
             if entries:
                 raise _unsent(p, [batch[int(e["Id"])].oid.key for e in entries], None, command)
             for item in batch:
-                if store is not None and item.mark is not None and item.was is None:
+                if item.mark is not None and not item.premark:
                     try:
                         await mark(item)  # False: the worker has it already
                     except StateError as exc:  # sent: the worker records it anyway
@@ -307,9 +315,13 @@ async def backfill(
                     if status is FileStatus.COMPLETED:
                         report.already_done += 1
                         return
-                    if status in (FileStatus.RECEIVED, FileStatus.FAILED):
-                        # failed: its notification comes back for the next try
+                    if status is FileStatus.RECEIVED:
                         report.already_queued += 1
+                        return
+                    if status is FileStatus.FAILED:
+                        # its notification comes back for the next try: a new one
+                        # would reset its failure budget (never reaching the DLQ)
+                        report.awaiting_retry += 1
                         return
                     if status is FileStatus.QUARANTINED:
                         report.filtered += 1

@@ -39,11 +39,7 @@ FAILURES_ATTR = "s3flow.failures"
 
 def prior_failures(msg: ReceivedMessage) -> int:
     """Failures a re-sent record carried in its ``s3flow.failures`` attribute (0 if none)."""
-    attr = msg.message_attributes.get(FAILURES_ATTR) or {}
-    try:
-        return max(0, int(str(attr.get("StringValue", "0"))))
-    except ValueError:
-        return 0
+    return msg.whole_number_attribute(FAILURES_ATTR)
 
 
 def merge_failures(failed: list[tuple[ObjectEvent, RecordOutcome]]) -> RecordOutcome:

@@ -154,6 +154,14 @@ class ReceivedMessage:
             message_attributes=dict(raw.get("MessageAttributes") or {}),
         )
 
+    def whole_number_attribute(self, name: str) -> int:
+        """The message attribute ``name`` as a whole number (0 when absent or not one)."""
+        value = (self.message_attributes.get(name) or {}).get("StringValue", "0")
+        try:
+            return max(0, int(str(value)))
+        except ValueError:
+            return 0
+
     @property
     def delivery(self) -> str:
         """This delivery of the message: its receipt handle.

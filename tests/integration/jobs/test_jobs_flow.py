@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from itest_support import wait_for
-from jobs_support import FAILS, SLOW, JobsProject, stop_process
+from jobs_support import FAILS, JobsProject, slow_project, stop_process
 
 from s3flow.app import open_store
 from s3flow.ops.jobs import cancel_job
@@ -28,20 +28,6 @@ pytestmark = pytest.mark.integration
 
 def _contiguous(events: list[Any]) -> None:
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
-
-
-def _slow_project(
-    tmp_path: Path, s3: Any, sqs: Any, *, sleep_s: int, jobs: dict[str, Any] | None = None
-) -> tuple[JobsProject, Path]:
-    """A project with template "slow": one step that sleeps ``sleep_s`` and leaves
-    started-/done- markers in the returned directory."""
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    step = {"processor": SLOW, "options": {"sleep_s": sleep_s, "marker_dir": str(markers)}}
-    project = JobsProject(
-        tmp_path, s3, sqs, jobs=jobs or {}, extra_templates=[{"name": "slow", "steps": [step]}]
-    )
-    return project, markers
 
 
 def test_three_files_one_job_zip_bundle(tmp_path: Path, s3: Any, sqs: Any) -> None:
@@ -262,7 +248,7 @@ def test_a_worker_killed_in_the_last_attempt_still_fails_the_job(
     tmp_path: Path, s3: Any, sqs: Any
 ) -> None:
     # max_receive_count 1: the first attempt is the last
-    project, markers = _slow_project(tmp_path, s3, sqs, sleep_s=30, jobs={"max_receive_count": 1})
+    project, markers = slow_project(tmp_path, s3, sqs, sleep_s=30, jobs={"max_receive_count": 1})
     files = {"a.txt": b"a\n"}
     created = project.create("slow", files)
     job_id = created["job_id"]
@@ -293,7 +279,7 @@ def test_a_worker_killed_in_the_last_attempt_still_fails_the_job(
 def test_sigkill_of_the_job_worker_mid_step_completes_once(
     tmp_path: Path, s3: Any, sqs: Any
 ) -> None:
-    project, markers = _slow_project(tmp_path, s3, sqs, sleep_s=3)
+    project, markers = slow_project(tmp_path, s3, sqs, sleep_s=3)
     files = {"a.txt": b"a\nb\n", "b.txt": b"c\n"}
     created = project.create("slow", files)
     job_id = created["job_id"]
@@ -333,7 +319,7 @@ def test_a_job_cancelled_while_it_runs_stops_and_writes_no_output(
 ) -> None:
     """`s3flow jobs cancel` ended the job's record, but its worker went on: every step
     ran, and the outputs of the cancelled job appeared in its final location."""
-    project, markers = _slow_project(tmp_path, s3, sqs, sleep_s=30)
+    project, markers = slow_project(tmp_path, s3, sqs, sleep_s=30)
     files = {"a.txt": b"a\n", "b.txt": b"b\n"}
     created = project.create("slow", files)
     job_id = created["job_id"]
@@ -368,7 +354,7 @@ def test_an_uploaded_file_deleted_before_its_step_fails_the_job_at_once(
     """b.txt is deleted (by hand, or the bucket's lifecycle rule) while the step runs:
     no attempt can find it again, so the job fails on the first, naming the file and
     what to do. It was retried max_receive_count times (minutes in production)."""
-    project, markers = _slow_project(tmp_path, s3, sqs, sleep_s=3)
+    project, markers = slow_project(tmp_path, s3, sqs, sleep_s=3)
     files = {"a.txt": b"a\n", "b.txt": b"b\n"}
     created = project.create("slow", files)
     job_id = created["job_id"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from itest_support import wait_for
-from jobs_support import SLOW, JobsProject, stop_process
+from jobs_support import slow_project, stop_process
 
 from s3flow.state.jobs import EventType, JobStatus
 
@@ -23,22 +23,7 @@ def test_a_job_stopped_by_a_graceful_shutdown_runs_again_without_spending_an_att
     job's attempts: with max_receive_count = 1 the next worker failed the job ("its worker
     stopped during its last allowed attempt... out of memory?"), and with the default 3,
     three rolling deploys during one long job failed it."""
-    markers = tmp_path / "markers"
-    markers.mkdir()
-    project = JobsProject(
-        tmp_path,
-        s3,
-        sqs,
-        jobs={"max_receive_count": 1},
-        extra_templates=[
-            {
-                "name": "slow",
-                "steps": [
-                    {"processor": SLOW, "options": {"sleep_s": 8, "marker_dir": str(markers)}}
-                ],
-            }
-        ],
-    )
+    project, markers = slow_project(tmp_path, s3, sqs, sleep_s=8, jobs={"max_receive_count": 1})
     files = {"a.txt": b"1\n2\n3\n"}
     created = project.create("slow", files)
     job_id = created["job_id"]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from itest_support import Harness
@@ -27,6 +28,21 @@ def s3flow(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         env={**os.environ, "COLUMNS": "200"},
     )
+
+
+def _one_sealed_manifest(
+    harness: Harness, tmp_path: Path, opts: dict[str, Any]
+) -> tuple[Path, dict[str, Any]]:
+    """Two files of one day through a burst run, sealed by hand: the config and the
+    manifest's row of `manifests list --json`."""
+    harness.configure(processor="ndjson-manifest", options=opts)
+    cfg = write_config(harness, tmp_path / "s3flow.toml", opts)
+    for i in range(2):
+        harness.put(f"{DAY}/part-{i}.ndjson", body(2))
+    harness.run(timeout_s=60)
+    assert s3flow("manifests", "seal", "-p", "p", "--all", "-c", str(cfg)).returncode == 0
+    (row,) = json.loads(s3flow("manifests", "list", "-c", str(cfg), "--json").stdout)
+    return cfg, row
 
 
 @pytest.mark.timeout(120)
@@ -79,14 +95,7 @@ def test_seal_list_show_retry(harness: Harness, tmp_path: Path) -> None:
 @pytest.mark.timeout(120)
 def test_retry_whose_publish_failed_can_be_retried(harness: Harness, tmp_path: Path) -> None:
     out = harness.out_bucket
-    opts = options(manifest_bucket=out)
-    harness.configure(processor="ndjson-manifest", options=opts)
-    cfg = write_config(harness, tmp_path / "s3flow.toml", opts)
-    for i in range(2):
-        harness.put(f"{DAY}/part-{i}.ndjson", body(2))
-    harness.run(timeout_s=60)
-    assert s3flow("manifests", "seal", "-p", "p", "--all", "-c", str(cfg)).returncode == 0
-    (row,) = json.loads(s3flow("manifests", "list", "-c", str(cfg), "--json").stdout)
+    cfg, row = _one_sealed_manifest(harness, tmp_path, options(manifest_bucket=out))
     mid = row["manifest_id"]
     key = row["location"].split("/", 3)[3]
 
@@ -166,13 +175,7 @@ def test_a_file_the_compaction_held_out_shows_its_reason_and_is_not_released_in_
 ) -> None:
     """`manifests show` printed no reason for a quarantined file, and `files release`
     said "enqueued again" although the builder's rerun changed nothing."""
-    harness.configure(processor="ndjson-manifest", options=options())
-    cfg = write_config(harness, tmp_path / "s3flow.toml", options())
-    for i in range(2):
-        harness.put(f"{DAY}/part-{i}.ndjson", body(2))
-    harness.run(timeout_s=60)
-    assert s3flow("manifests", "seal", "-p", "p", "--all", "-c", str(cfg)).returncode == 0
-    (row,) = json.loads(s3flow("manifests", "list", "-c", str(cfg), "--json").stdout)
+    cfg, row = _one_sealed_manifest(harness, tmp_path, options())
     mid = row["manifest_id"]
     why = "malformed line 2: not JSON (Expecting value)"
 

@@ -21,6 +21,17 @@ def declared(*files: tuple[str, bytes, str]) -> list[dict[str, Any]]:
     return [{"name": n, "size": len(b), "content_type": t} for n, b, t in files]
 
 
+async def create_job(
+    client: httpx.AsyncClient, web: WebThread, *files: tuple[str, bytes, str]
+) -> dict[str, Any]:
+    """`POST /api/uploads` of template "count" declaring ``files``: the answer."""
+    r = await client.post(
+        f"{web.url}/api/uploads", json={"template": "count", "files": declared(*files)}
+    )
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
 async def test_an_upload_is_presigned_posted_to_the_emulator_and_becomes_a_job(
     web: WebThread, client: httpx.AsyncClient, jobs_env: JobsEnv, s3: Any, endpoint: LocalEndpoint
 ) -> None:
@@ -251,14 +262,7 @@ async def test_outputs_are_downloadable_through_their_presigned_urls(
     s3: Any,
     store: SqliteStateStore,
 ) -> None:
-    r = await client.post(
-        f"{web.url}/api/uploads",
-        json={
-            "template": "count",
-            "files": [{"name": "a.txt", "size": 4, "content_type": "text/plain"}],
-        },
-    )
-    job_id = r.json()["job_id"]
+    job_id = (await create_job(client, web, ("a.txt", b"one\n", "text/plain")))["job_id"]
     key = f"outputs/{job_id}/a.counts.json"
     s3.put_object(Bucket=jobs_env.bucket, Key=key, Body=b'{"lines": 1}')
     await append(store, job_id, EventType.JOB_QUEUED)
@@ -303,10 +307,7 @@ async def test_fresh_upload_urls_for_the_files_not_yet_received(
     """Upload URLs were signed once: a client whose later files started after
     ``presign_expiry_s`` had nothing to ask for new ones with."""
     files = [("a.txt", b"one\n", "text/plain"), ("b.txt", b"two\n2\n", "text/plain")]
-    r = await client.post(
-        f"{web.url}/api/uploads", json={"template": "count", "files": declared(*files)}
-    )
-    created = r.json()
+    created = await create_job(client, web, *files)
     assert created["expires_in_s"] == 900
     job_id = created["job_id"]
     await append(store, job_id, EventType.FILE_RECEIVED, index=0, name="a.txt")
