@@ -160,6 +160,12 @@ def test_endpoint_urls_the_sdk_takes_are_accepted(url: str) -> None:
         ("http://bad_host:1", "'bad_host' is not a host name"),
         ("http://local host:1", "whitespace"),
         ("", "empty"),
+        (
+            "http://localhost:4566/000000000000/orders",
+            "has a path or query ('/000000000000/orders') after the server",
+        ),
+        ("http://127.0.0.1:9000?x=1", "write 'http://127.0.0.1:9000'"),
+        ("http://127.0.0.1:9000/#top", "has a path or query ('/#top')"),
     ],
 )
 def test_endpoint_urls_the_sdk_refuses_are_named(
