@@ -77,6 +77,7 @@ class Holds:
         self._locks: dict[str, dict[str, tuple[str, int]]] = {}
         # key lock name -> set when this process releases it (its waiters look at once)
         self._freed: dict[str, asyncio.Event] = {}
+        self._waiting: dict[str, int] = {}  # key lock name -> lock_key calls under way
 
     async def _until_free(
         self,
@@ -109,14 +110,23 @@ class Holds:
         async def attempt() -> tuple[int | None, float | None]:
             return await take_lock(store, name, owner=owner, ttl_s=self.ttl_s), None
 
-        token = await self._until_free(
-            attempt,
-            msg,
-            event,
-            error_class="KeyBusy",
-            what="another upload of the key",
-            wake=lambda: self._freed.setdefault(name, asyncio.Event()),
-        )
+        self._waiting[name] = self._waiting.get(name, 0) + 1
+        try:
+            token = await self._until_free(
+                attempt,
+                msg,
+                event,
+                error_class="KeyBusy",
+                what="another upload of the key",
+                wake=lambda: self._freed.setdefault(name, asyncio.Event()),
+            )
+        finally:
+            # The last waiter drops the key's wake event: one held by another worker is
+            # never set here, and one per contended key would stay for good.
+            self._waiting[name] -= 1
+            if not self._waiting[name]:
+                del self._waiting[name]
+                self._freed.pop(name, None)
         if not isinstance(token, int):
             return token
         self._locks.setdefault(msg.delivery, {})[name] = (owner, token)

@@ -90,6 +90,8 @@ async def test_a_busy_key_is_waited_for_until_shutdown() -> None:
     assert not waiting.done()
     stop.set()
     assert isinstance(await waiting, Release)
+    # The wake event of a key another worker holds (never set here) was kept for good.
+    assert (holds._freed, holds._waiting) == ({}, {})
 
 
 async def test_only_tracked_claims_are_renewed() -> None:
@@ -170,3 +172,4 @@ async def test_a_waiter_takes_the_key_as_soon_as_this_process_lets_it_go(
     await holds.unlock(MSG.delivery, first)
     lock = await asyncio.wait_for(waiting, timeout=5)
     assert lock == KeyLock("key:p:b/k.txt", "w1:m2", 7)
+    assert (holds._freed, holds._waiting) == ({}, {})
