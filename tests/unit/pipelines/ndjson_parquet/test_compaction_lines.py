@@ -6,6 +6,7 @@ object spread over lines) is malformed."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,12 @@ LINES = [
     '"text"',
     '{"id":14',
     "oops",
+    # numbers beyond the double range (an infinity) and beyond int64 (its digits)
+    '{"id":15,"v":1e400}',
+    '{"id":16,"v":-1E+400,"o":{"k":[1e999]}}',
+    '{"id":17,"v":123456789012345678901234567890}',
+    '{"id":18,"v":[1e400,2]}',
+    '{"id":19,"v":2.5}',
 ]
 
 
@@ -73,6 +80,21 @@ def test_fast_and_slow_paths_agree_on_rows_and_malformed_lines(
     data = ("\n".join(lines) + ("\n" if end else "")).encode()
     fast, slow = _both_paths(tmp_path_factory.mktemp("u"), data)
     assert fast == slow
+    # each line holding one object is a row (a number out of range is no reason to drop it)
+    assert [r["id"] for r in fast[0]] == [
+        record["id"] for line in lines if (record := _one_object(line)) is not None
+    ]
+
+
+def _one_object(line: str) -> Any:
+    """The object one line of text holds, else None."""
+    if "\n" in line:
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 @pytest.mark.parametrize(

@@ -152,6 +152,31 @@ def test_large_doubles_and_int64_extremes_keep_their_types(tmp_path: Path) -> No
     }
 
 
+@pytest.mark.parametrize("unit_mb", [64, TINY_UNITS], ids=["in-memory", "scratch-units"])
+def test_numbers_beyond_the_double_range_are_infinities(tmp_path: Path, unit_mb: float) -> None:
+    """RFC 8259 leaves a number's range to the reader: 1e400 is rounded to the nearest
+    double, Infinity (as 1e-400 is 0), not a malformed line (pyarrow refuses it)."""
+    data = (
+        b'{"x":1e400,"s":{"h":[1E+999]},"y":1}\n'
+        b'{"x":-1e400,"s":{"h":[2.5]},"y":1e-400}\n'
+        b'{"x":1.5,"s":{"h":[]},"y":3}\n'
+    )
+    report, table = _compact(tmp_path, [data], {"unit_mb": unit_mb})
+    assert report.malformed_lines == 0
+    assert table is not None
+    assert [str(f.type) for f in table.schema] == [
+        "double",
+        "struct<h: list<element: double>>",
+        "double",
+    ]
+    inf = float("inf")
+    assert table.to_pydict() == {
+        "x": [inf, -inf, 1.5],
+        "s": [{"h": [inf]}, {"h": [2.5]}, {"h": []}],
+        "y": [1.0, 0.0, 3.0],
+    }
+
+
 # --- arrays mixing types, and lines that really are unreadable ---------------------------
 
 
@@ -329,6 +354,18 @@ def test_a_bom_after_the_first_line_is_a_malformed_line(tmp_path: Path, unit_mb:
         pytest.param(b'{"x":NaN,"y":2.0}', '{"x":NaN,"y":2}', id="nested-nan"),
         pytest.param(b"[1,2.5]", "[1,2.5]", id="int-and-double-array"),
         pytest.param(b"[[1.0],[1e300]]", "[[1],[1e+300]]", id="nested-arrays"),
+        pytest.param(b"1e400", "Infinity", id="beyond-double"),
+        pytest.param(b'{"x":[-1E+400]}', '{"x":[-Infinity]}', id="nested-beyond-double"),
+        pytest.param(
+            b"123456789012345678901234567890",
+            "123456789012345678901234567890",
+            id="beyond-int64",
+        ),
+        pytest.param(
+            b"[123456789012345678901234567890,1e400]",
+            "[123456789012345678901234567890,Infinity]",
+            id="array-beyond-int64-and-double",
+        ),
     ],
 )
 @pytest.mark.parametrize("same_file", [True, False], ids=["one-file", "two-files"])

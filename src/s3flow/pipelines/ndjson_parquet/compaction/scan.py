@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import os
 import re
 import tempfile
@@ -526,8 +527,10 @@ def _json_text(value: Any) -> str:
 
 def _shape(value: Any) -> tuple[_Sig, Any]:
     """``value``'s type, and the value pyarrow is to read (``value`` itself unless
-    changed): an integer beyond int64 becomes the string of its digits, an array
-    whose elements pyarrow cannot read together (``[1, "a"]``) its JSON text."""
+    changed): an integer beyond int64 becomes the string of its digits, a number
+    beyond the double range (``1e400``) an infinity, as ``json`` rounds it (pyarrow
+    refuses it), an array whose elements pyarrow cannot read together
+    (``[1, "a"]``) its JSON text."""
     t = type(value)
     if t is str:
         return _STR, value
@@ -536,7 +539,12 @@ def _shape(value: Any) -> tuple[_Sig, Any]:
             return _INT, value
         return _STR, str(value)
     if t is float:
-        return _FLOAT, value
+        if not math.isinf(value):
+            return _FLOAT, value
+        # ``Infinity``, or a number beyond the double range (``1e400``), which ``json``
+        # rounds to an infinity as IEEE 754 does and pyarrow refuses: a new float, so
+        # that the line is written again (as ``Infinity``, which pyarrow reads).
+        return _FLOAT, math.copysign(math.inf, value)
     if value is None:
         return _NULL, value
     if t is bool:

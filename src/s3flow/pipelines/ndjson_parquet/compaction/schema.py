@@ -18,7 +18,8 @@ pyarrow's JSON reader infers, per file, one of: ``null``, ``bool``, ``int64``,
   ``Infinity``), objects and arrays become compact JSON text.
 
 Before these rules apply, :mod:`.scan` reads an integer beyond int64 as the string
-of its exact digits (pyarrow would make it a lossy ``double``) and an array whose
+of its exact digits (pyarrow would make it a lossy ``double``), a number beyond
+the double range (``1e400``, which pyarrow refuses) as an infinity, and an array whose
 elements pyarrow cannot read together (``[1, "a"]``) as its compact JSON text.
 
 Column order is the order of first appearance (manifest file order, then the
