@@ -31,7 +31,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from s3flow.errors import S3flowError, translate_aws_error
@@ -77,11 +77,49 @@ def date_from_key(key: str, pattern: re.Pattern[str]) -> str | None:
     return valid_date(found) if found else None
 
 
-def date_from_record(record: dict[str, Any], field: str) -> str | None:
-    """The date of a record's ``field`` (dotted path).
+#: An ISO 8601 timestamp's time and offset after its date (``T23:30:00.123-05:00``),
+#: and the zone's name RFC 9557 (Java's ``ZonedDateTime``) may add: ``[Europe/Paris]``.
+_TIME_RE = re.compile(
+    r"[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,]\d+)?)?[ ]?"
+    r"(?:[Zz]|([+-])(\d{2})(?::?(\d{2}))?)?(?:\[[^\]]*\])?$"
+)
 
-    Accepts ``YYYY-MM-DD...`` strings (ISO dates and timestamps) and numbers as
-    unix seconds, or milliseconds when larger than 1e11 (UTC).
+
+def utc_date(text: str) -> str | None:
+    """The UTC date of an ISO 8601 date or timestamp (``YYYY-MM-DD...``), else None.
+
+    A timestamp with an offset (``+02:00``, ``-0500``, ``-05``) is dated in UTC:
+    ``2026-03-01T23:30:00-05:00`` is ``2026-03-02``; one without (or with ``Z``) is
+    UTC. A date, and a date followed by anything but an ISO time, is the date as
+    written.
+    """
+    day = valid_date(text)
+    if day is None:
+        return None
+    m = _TIME_RE.match(text, 10)
+    if m is None:
+        return day
+    hours, minutes, seconds = int(m[1]), int(m[2]), int(m[3] or 0)
+    offset = timedelta(hours=int(m[5] or 0), minutes=int(m[6] or 0))
+    if hours > 24 or minutes > 59 or seconds > 60 or offset >= timedelta(hours=24):
+        return day  # not a time: the date as written
+    # 24:00 is the end of the day (the next one's midnight); :60 a leap second
+    at = datetime.fromisoformat(day) + timedelta(
+        hours=hours, minutes=minutes, seconds=min(seconds, 59)
+    )
+    try:
+        at += offset if m[4] == "-" else -offset
+    except OverflowError:  # before year 1 or after 9999 in UTC
+        return None
+    return at.date().isoformat()
+
+
+def date_from_record(record: dict[str, Any], field: str) -> str | None:
+    """The UTC date of a record's ``field`` (dotted path).
+
+    Accepts ``YYYY-MM-DD...`` strings (ISO dates and timestamps, see
+    :func:`utc_date`) and numbers as unix seconds, or milliseconds when larger
+    than 1e11 (UTC).
     """
     value: Any = record
     for part in field.split("."):
@@ -97,7 +135,7 @@ def date_from_record(record: dict[str, Any], field: str) -> str | None:
         except (OverflowError, OSError, ValueError):
             return None
     if isinstance(value, str):
-        return valid_date(value.strip())
+        return utc_date(value.strip())
     return None
 
 

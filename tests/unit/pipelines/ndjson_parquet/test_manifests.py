@@ -72,6 +72,19 @@ def test_date_from_key_custom_pattern() -> None:
         ({"date": "soon"}, "date", None),
         ({"other": 1}, "date", None),
         ({"meta": 3}, "meta.at", None),
+        # a timestamp with an offset is dated in UTC, one without is UTC
+        ({"ts": "2026-03-01T23:30:00-05:00"}, "ts", "2026-03-02"),
+        ({"ts": "2026-03-02T01:00:00+02:00"}, "ts", "2026-03-01"),
+        ({"ts": "2026-03-01T23:30:00.123456789-0500"}, "ts", "2026-03-02"),
+        ({"ts": "2026-03-01 23:30-05"}, "ts", "2026-03-02"),
+        ({"ts": "2026-03-01T23:30-05:00[America/New_York]"}, "ts", "2026-03-02"),
+        ({"ts": "2026-03-01T18:00:00+05:30"}, "ts", "2026-03-01"),
+        ({"ts": "2026-12-31T23:59:60-01:00"}, "ts", "2027-01-01"),  # a leap second
+        ({"ts": "2026-03-01T24:00:00Z"}, "ts", "2026-03-02"),  # the end of the day
+        ({"ts": "2026-03-01T23:30:00"}, "ts", "2026-03-01"),
+        ({"ts": "2026-03-01t23:30:00z"}, "ts", "2026-03-01"),
+        ({"ts": "9999-12-31T23:00:00-02:00"}, "ts", None),  # after year 9999 in UTC
+        ({"ts": "2026-03-01 whenever"}, "ts", "2026-03-01"),  # no time: the date
     ],
 )
 def test_date_from_record(record: dict[str, object], field: str, day: str | None) -> None:
