@@ -218,6 +218,26 @@ def test_a_key_given_twice_is_still_unreadable(tmp_path: Path) -> None:
     assert table is not None and table.to_pydict() == {"a": [1, 4]}
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        pytest.param(b'{"a":2,"a":3,"n":18446744073709551616}', id="beyond-int64"),
+        pytest.param(b'{"a":2,"a":3,"n":1e400}', id="beyond-double"),
+        pytest.param(b'{"a":2,"n":{"m":[1,"x"],"k":1,"k":2}}', id="nested-mixed-array"),
+    ],
+)
+def test_a_key_given_twice_is_unreadable_also_beside_a_value_read_as_text(
+    tmp_path: Path, line: bytes
+) -> None:
+    """Such a line is written again for pyarrow (a value changed): it must not lose
+    the key given twice on the way (its last value was kept silently)."""
+    data = b'{"a":1}\n' + line + b'\n{"a":4}\n'
+    report, table = _compact(tmp_path, [data])
+    assert report.malformed_lines == 1
+    assert report.malformed_samples[0].startswith("s3://b/f0.ndjson line 2: unreadable (key")
+    assert table is not None and table.column("a").to_pylist() == [1, 4]
+
+
 # --- a field whose type changes on every line -----------------------------------------
 
 

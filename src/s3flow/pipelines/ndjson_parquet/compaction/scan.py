@@ -660,6 +660,13 @@ def _parse_slowly(task: FileTask, unit: _Unit) -> _Parsed:
             continue
         sig, shaped = _shape(value)
         if shaped is not value:
+            # Written again from ``value``, where a key given twice kept its last
+            # value: such a line is malformed, as pyarrow makes it when read as is.
+            twice = _key_given_twice(line)
+            if twice is not None:
+                if _malformed(task, parsed, line_no, f"unreadable (key {twice!r} given twice)"):
+                    return parsed
+                continue
             line = json.dumps(shaped, separators=(",", ":")).encode()
         g = group_of.get(sig)
         if g is None:
@@ -703,6 +710,27 @@ def _parse_slowly(task: FileTask, unit: _Unit) -> _Parsed:
             table = table.take(pc.sort_indices(pa.array(where)))
         parsed.table = table
     return parsed
+
+
+class _KeyTwice(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> None:
+    keys = set()
+    for key, _ in pairs:
+        if key in keys:
+            raise _KeyTwice(key)
+        keys.add(key)
+
+
+def _key_given_twice(line: bytes) -> str | None:
+    """A key some object of the (valid JSON) line gives twice, or None."""
+    try:
+        json.loads(line, object_pairs_hook=_unique_keys)
+    except _KeyTwice as twice:
+        return str(twice.args[0])
+    return None
 
 
 def _may_nest_deeper(unit: _Unit, limit: int) -> bool:
