@@ -89,7 +89,8 @@ class NdjsonManifestOptions(ByteRangeChecked):
         default="date",
         description=(
             "Dotted field of the first record holding the date (ISO string, or unix "
-            "seconds/milliseconds), for date_source='field'."
+            "seconds/milliseconds), for date_source='field'. Dated in UTC: a timestamp "
+            "with an offset by its UTC date, one without as UTC."
         ),
     )
     manifest_max_files: int = Field(default=200, ge=1, description="Seal at this many files.")
