@@ -10,6 +10,18 @@ from s3flow.deploy.template import Template
 from s3flow.settings import Settings
 
 
+def alarmed_queues(settings: Settings) -> tuple[list[str], list[str]]:
+    """The queues of ``settings`` with a depth alarm (the dead-letter queues) and those
+    with an age alarm (the others), each once, in the order the alarms are added."""
+    dlqs = [p.dlq_name for p in settings.pipelines]
+    mains = [p.queue for p in settings.pipelines]
+    jobs = settings.jobs
+    if jobs is not None:
+        dlqs.append(jobs.resource("processing-dlq.fifo"))
+        mains += [jobs.resource("processing.fifo"), jobs.resource("progress.fifo")]
+    return list(dict.fromkeys(dlqs)), list(dict.fromkeys(mains))
+
+
 def add_queue_alarms(
     t: Template, naming: Naming, settings: Settings, queues: Mapping[str, str]
 ) -> None:
@@ -17,12 +29,7 @@ def add_queue_alarms(
 
     ``queues``: the logical id of each queue name, as the template declares them.
     """
-    dlqs = [p.dlq_name for p in settings.pipelines]
-    mains = [p.queue for p in settings.pipelines]
-    jobs = settings.jobs
-    if jobs is not None:
-        dlqs.append(jobs.resource("processing-dlq.fifo"))
-        mains += [jobs.resource("processing.fifo"), jobs.resource("progress.fifo")]
+    dlqs, mains = alarmed_queues(settings)
     actions = if_("HasAlarmTopic", [ref("AlarmTopicArn")], NO_VALUE)
     common = {
         "EvaluationPeriods": 1,
@@ -31,7 +38,7 @@ def add_queue_alarms(
         "AlarmActions": actions,
         "OKActions": actions,
     }
-    for queue in dict.fromkeys(dlqs):
+    for queue in dlqs:
         logical = queues[queue]
         dims = [{"Name": "QueueName", "Value": get_att(logical, "QueueName")}]
         # Every message on the DLQ, also those a reader holds (`dlq list` for 30 s, an
@@ -67,7 +74,7 @@ def add_queue_alarms(
                 **common,
             },
         )
-    for queue in dict.fromkeys(mains):
+    for queue in mains:
         logical = queues[queue]
         t.add(
             naming.logical_id("Queue", queue, "Queue{}AgeAlarm"),

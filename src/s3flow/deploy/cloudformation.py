@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from s3flow.deploy.alarms import add_queue_alarms
+from s3flow.deploy.alarms import add_queue_alarms, alarmed_queues
 from s3flow.deploy.caveats import deployment_warnings
 from s3flow.deploy.ecs import (
     WEB_TASK_DEFINITION,
@@ -48,7 +48,7 @@ from s3flow.deploy.ecs import (
 )
 from s3flow.deploy.environment import container_environment
 from s3flow.deploy.iam import Arns, Statements, web_statements, worker_statements
-from s3flow.deploy.naming import Json, Naming, get_att, ref, sub
+from s3flow.deploy.naming import ID_FORMS, Json, Naming, get_att, ref, sub
 from s3flow.deploy.parameters import add_parameters
 from s3flow.deploy.template import Template, check_limits
 from s3flow.errors import ConfigError
@@ -159,6 +159,7 @@ class _Builder:
     # --- the whole template ----------------------------------------------------------------
 
     def build(self) -> CloudFormationExport:
+        self._declare_ids()
         add_parameters(self.t, self.naming, single_task=self.single_task)
         self._buckets()
         self._queues()
@@ -167,6 +168,27 @@ class _Builder:
         add_queue_alarms(self.t, self.naming, self.settings, self.queues)
         self._services(arns)
         return CloudFormationExport(self.t.to_dict(), deployment_warnings(self.settings))
+
+    def _declare_ids(self) -> None:
+        """Tell the naming every resource with an id built from a name, and which of its
+        ids the template has: only those are kept apart (a DLQ has no queue policy, so
+        queues ``x-dlq`` and ``x-dlq-policy`` clash nowhere)."""
+        n = self.naming
+        for name in self._bucket_names():
+            n.declare("Bucket", name, "Bucket{}Policy")
+        dlqs, mains = alarmed_queues(self.settings)
+        for queue in dlqs:
+            n.declare("Queue", queue, "Queue{}DepthAlarm")
+        for queue in mains:
+            n.declare("Queue", queue, "Queue{}AgeAlarm")
+        for p in self.settings.pipelines:  # the targets of bucket notifications
+            n.declare("Queue", p.queue, "Queue{}Policy")
+        for definition in self.tables:
+            n.declare("Table", str(definition["TableName"]))
+        if self.settings.jobs is not None:
+            n.reserve(WEB_TASK_DEFINITION)  # a pipeline named "web" keeps clear of it
+        for group in _worker_groups(self.settings):
+            n.declare("WorkerGroup", group.name, *ID_FORMS["WorkerGroup"][1:])
 
     # --- buckets and queues --------------------------------------------------------------
 
@@ -385,8 +407,6 @@ class _Builder:
         self.t.output("ClusterName", ref("Cluster"), "ECS cluster")
         self.t.output("LogGroupName", ref("LogGroup"), "container logs")
         env = container_environment(s, n)
-        if s.jobs is not None:
-            n.reserve(WEB_TASK_DEFINITION)  # before a pipeline named "web" takes it
         queue_name = {q: get_att(logical, "QueueName") for q, logical in self.queues.items()}
         for group in _worker_groups(s):
             service = add_worker_group(

@@ -7,7 +7,16 @@ import re
 from typing import Any
 
 import pytest
-from cfn_support import CONFIGS, LINE_COUNT, ROOT, defaults, export, resolve, settings_of
+from cfn_support import (
+    CONFIGS,
+    EXAMPLES,
+    LINE_COUNT,
+    ROOT,
+    defaults,
+    export,
+    resolve,
+    settings_of,
+)
 
 from s3flow.deploy import (
     TEMPLATE_BODY_LIMIT,
@@ -15,7 +24,9 @@ from s3flow.deploy import (
     export_cloudformation,
     render_template,
 )
+from s3flow.deploy.cloudformation import _Builder
 from s3flow.deploy.iam import KNOWN_PROCESSORS, MANIFEST_PREFIX_DEFAULT, QUARANTINING_PROCESSORS
+from s3flow.deploy.naming import camel
 from s3flow.deploy.template import TEMPLATE_S3_LIMIT, check_limits
 from s3flow.errors import ConfigError
 from s3flow.provision import queue_policy
@@ -256,6 +267,79 @@ def test_distinct_names_never_share_a_logical_id(pipelines: list[dict[str, Any]]
     queues = _of_type(t, "AWS::SQS::Queue")
     assert len(_of_type(t, "AWS::CloudWatch::Alarm")) == len(queues)
     assert len(_of_type(t, "AWS::ECS::Service")) == len(pipelines)
+
+
+def _queue_ids(t: dict[str, Any]) -> dict[str, str]:
+    """Each queue's name (the default parameters' branch) -> its logical id."""
+    return {
+        resolve(r["Properties"]["QueueName"], defaults(t)): logical
+        for logical, r in _of_type(t, "AWS::SQS::Queue").items()
+    }
+
+
+_NO_REAL_CLASH = [
+    # a DLQ has no queue policy: QueueXPolicy is only the queue x-policy's id
+    _pipeline("a", dlq="x"),
+    _pipeline("b", queue="x-policy"),
+]
+_NO_REAL_CLASH_ALARM = [
+    # a queue that is no DLQ has no depth alarm: QueueOrdersDepthAlarm is the other queue
+    _pipeline("a", queue="orders"),
+    _pipeline("b", queue="orders-depth-alarm"),
+]
+_REAL_CLASH = [
+    # QueueXPolicy is both the queue policy of x and the DLQ x-policy
+    _pipeline("a", queue="x"),
+    _pipeline("b", queue="b-events", dlq="x-policy"),
+]
+
+
+@pytest.mark.parametrize("pipelines", [_NO_REAL_CLASH, _NO_REAL_CLASH_ALARM, _REAL_CLASH])
+def test_logical_ids_do_not_depend_on_the_order_of_the_names(
+    pipelines: list[dict[str, Any]],
+) -> None:
+    """The first name handed out kept its plain ids and a later one got the hash, so
+    listing the pipelines in another order renamed resources (a queue replaced)."""
+    forward = export(Settings(pipelines=pipelines)).template
+    backward = export(Settings(pipelines=pipelines[::-1])).template
+    assert set(forward["Resources"]) == set(backward["Resources"])
+    assert _queue_ids(forward) == _queue_ids(backward)
+
+
+@pytest.mark.parametrize("pipelines", [_NO_REAL_CLASH, _NO_REAL_CLASH_ALARM])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_ids_the_template_does_not_have_clash_with_nothing(
+    pipelines: list[dict[str, Any]], reverse: bool
+) -> None:
+    """Ids a name could have (a DLQ's queue policy, a queue's depth alarm) were kept
+    from every other name, so queues x (a DLQ) and x-policy got a hash in their ids
+    though the template has one QueueXPolicy only."""
+    t = export(Settings(pipelines=pipelines[::-1] if reverse else pipelines)).template
+    queues = _queue_ids(t)
+    assert all(logical == "Queue" + camel(name) for name, logical in queues.items())
+    assert _of_type(t, "AWS::SQS::Queue").keys() == set(queues.values())
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_ids_the_template_has_twice_are_still_told_apart(reverse: bool) -> None:
+    t = export(Settings(pipelines=_REAL_CLASH[::-1] if reverse else _REAL_CLASH)).template
+    queues = _queue_ids(t)
+    assert queues["x"] == "QueueX"
+    assert t["Resources"]["QueueXPolicy"]["Type"] == "AWS::SQS::QueuePolicy"
+    assert t["Resources"]["QueueXPolicy"]["Properties"]["Queues"] == [{"Ref": "QueueX"}]
+    assert re.fullmatch(r"QueueXPolicy[0-9A-F]{6}", queues["x-policy"])
+    assert queues["x-policy"] + "DepthAlarm" in t["Resources"]
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS) + [str(p) for p in EXAMPLES])
+def test_every_declared_id_is_in_the_template(name: str) -> None:
+    """Declaring an id the template does not have would keep another name from it."""
+    settings = settings_of(name)
+    prefix = dynamodb_table_prefix(settings)
+    tables = table_definitions(prefix) if prefix is not None else []
+    builder = _Builder(settings, tables, None)
+    t = builder.build().template
+    assert builder.naming.declared_ids() <= set(t["Resources"])
 
 
 def test_a_pipeline_named_web_keeps_clear_of_the_web_task() -> None:
