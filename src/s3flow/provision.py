@@ -1,4 +1,5 @@
-"""Idempotent setup of what the pipelines need: buckets, queues, DLQs, notifications.
+"""Idempotent setup of what the pipelines need: buckets (with a lifecycle rule aborting
+multipart uploads left incomplete), queues, DLQs, notifications.
 
 Every resource is read first and changed only when it differs from what the
 settings ask for, so a second run reports ``unchanged`` everywhere. With
@@ -19,6 +20,12 @@ from s3flow.settings.loading import describe_filters, filters_overlap, key_filte
 
 NOTIFICATION_ID_PREFIX = "s3flow-"
 
+#: Days after which every bucket's lifecycle rule aborts a multipart upload left
+#: incomplete (a worker killed mid-upload): its parts are billed until then.
+ABORT_INCOMPLETE_UPLOAD_DAYS = 7
+#: The ID of that rule (the CloudFormation export declares the same rule).
+ABORT_INCOMPLETE_UPLOADS_RULE = f"{NOTIFICATION_ID_PREFIX}abort-incomplete-uploads"
+
 #: The event type of every notification s3flow sets.
 NOTIFICATION_EVENT = "s3:ObjectCreated:*"
 
@@ -35,7 +42,7 @@ _S3_RULE = (
 class Change:
     """One resource and what provisioning did (or would do) to it."""
 
-    kind: str  # bucket | queue | dlq | notification
+    kind: str  # bucket | lifecycle | cors | queue | dlq | notification
     name: str
     action: str  # created | updated | unchanged | would create | would update
     detail: str = ""
@@ -187,14 +194,35 @@ class Provisioner:
 
     async def expire_prefix(self, name: str, prefix: str, days: int) -> None:
         """A lifecycle rule expiring objects under ``prefix`` after ``days`` (kept: other rules)."""
-        rule_id = f"{NOTIFICATION_ID_PREFIX}expire-{prefix.strip('/') or 'all'}"
         wanted = {
-            "ID": rule_id,
+            "ID": f"{NOTIFICATION_ID_PREFIX}expire-{prefix.strip('/') or 'all'}",
             "Filter": {"Prefix": prefix},
             "Status": "Enabled",
             "Expiration": {"Days": days},
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
         }
+        await self._lifecycle_rule(name, f"{name}/{prefix}", wanted, f"expire after {days}d")
+
+    async def abort_incomplete_uploads(self, name: str) -> None:
+        """A lifecycle rule aborting the bucket's multipart uploads left incomplete after
+        :data:`ABORT_INCOMPLETE_UPLOAD_DAYS` (kept: other rules)."""
+        days = ABORT_INCOMPLETE_UPLOAD_DAYS
+        wanted = {
+            "ID": ABORT_INCOMPLETE_UPLOADS_RULE,
+            "Filter": {"Prefix": ""},
+            "Status": "Enabled",
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": days},
+        }
+        await self._lifecycle_rule(
+            name, name, wanted, f"abort incomplete multipart uploads after {days}d"
+        )
+
+    async def _lifecycle_rule(
+        self, name: str, shown: str, wanted: dict[str, Any], detail: str
+    ) -> None:
+        """Make the bucket's lifecycle rule of ID ``wanted["ID"]`` equal ``wanted``, keeping
+        every other rule; recorded as ``shown`` with ``detail``."""
+        rule_id = wanted["ID"]
         rules = await self._read_rules(
             self.s3.get_bucket_lifecycle_configuration,
             "GetBucketLifecycleConfiguration",
@@ -203,8 +231,8 @@ class Provisioner:
             "Rules",
         )
         mine = [r for r in rules if r.get("ID") == rule_id]
-        same = bool(mine) and all(mine[0].get(k) == v for k, v in wanted.items())
-        self._record("lifecycle", f"{name}/{prefix}", bool(mine), not same, f"expire after {days}d")
+        same = bool(mine) and all(_same_rule_part(k, mine[0].get(k), v) for k, v in wanted.items())
+        self._record("lifecycle", shown, bool(mine), not same, detail)
         if same or self.dry_run:
             return
         others = [r for r in rules if r.get("ID") != rule_id]
@@ -350,6 +378,14 @@ class Provisioner:
 _QUEUE_GONE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 
 _PAB = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
+
+
+def _same_rule_part(key: str, have: Any, want: Any) -> bool:
+    """Whether a lifecycle rule's ``key`` is as wanted (a filter of the whole bucket is
+    ``{}`` or ``{"Prefix": ""}``)."""
+    if key == "Filter":
+        return bool((have or {"Prefix": ""}) == (want or {"Prefix": ""}))
+    return bool(have == want)
 
 
 def _same_attr(name: str, have: Any, want: str) -> bool:
@@ -528,6 +564,7 @@ async def provision(settings: Settings, *, dry_run: bool = False) -> list[Change
                 buckets.append(p.output[5:].split("/", 1)[0])
         for b in dict.fromkeys(buckets):
             await prov.bucket(b)
+            await prov.abort_incomplete_uploads(b)
         per_bucket: dict[str, list[dict[str, Any]]] = {}
         for p in settings.pipelines:
             _, dlq_arn = await prov.queue("dlq", p.dlq_name, {"MessageRetentionPeriod": "1209600"})

@@ -32,6 +32,7 @@ def test_provision_creates_then_is_idempotent(harness: Harness) -> None:
     first = asyncio.run(provision(settings))
     assert {(c.kind, c.action) for c in first} == {
         ("bucket", "created"),
+        ("lifecycle", "created"),
         ("dlq", "created"),
         ("queue", "created"),
         ("notification", "created"),
@@ -64,6 +65,63 @@ def test_provision_creates_then_is_idempotent(harness: Harness) -> None:
     assert qc["Id"] == "s3flow-p" and qc["Events"] == ["s3:ObjectCreated:*"]
     rules = {r["Name"].lower(): r["Value"] for r in qc["Filter"]["Key"]["FilterRules"]}
     assert rules == {"prefix": "logs/", "suffix": ".gz"}
+
+
+ABORT_RULE = {
+    "ID": "s3flow-abort-incomplete-uploads",
+    "Filter": {"Prefix": ""},
+    "Status": "Enabled",
+    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
+}
+
+
+def _lifecycle(harness: Harness, bucket: str) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = harness.s3.get_bucket_lifecycle_configuration(Bucket=bucket)[
+        "Rules"
+    ]
+    return rules
+
+
+def test_every_bucket_gets_the_rule_aborting_incomplete_uploads(harness: Harness) -> None:
+    """The parts of a multipart upload a killed worker never completed stayed on the
+    buckets provision made (billed for ever); the exported template's buckets abort
+    them after 7 days. Provision adds the same rule, keeping an operator's rules."""
+    settings = harness.configure(provision_it=False)
+    buckets = {harness.bucket, harness.out_bucket}
+
+    def lifecycle_changes(changes: list[Any]) -> dict[str, tuple[str, str]]:
+        return {c.name: (c.action, c.detail) for c in changes if c.kind == "lifecycle"}
+
+    detail = "abort incomplete multipart uploads after 7d"
+    dry = asyncio.run(provision(settings, dry_run=True))
+    assert lifecycle_changes(dry) == {b: ("would create", detail) for b in buckets}
+    first = asyncio.run(provision(settings))
+    assert lifecycle_changes(first) == {b: ("created", detail) for b in buckets}
+    for b in buckets:
+        assert _lifecycle(harness, b) == [ABORT_RULE]
+
+    # An operator sets the bucket's rules anew, dropping s3flow's.
+    theirs = {
+        "ID": "expire-logs",
+        "Filter": {"Prefix": "logs/"},
+        "Status": "Enabled",
+        "Expiration": {"Days": 30},
+    }
+    harness.s3.put_bucket_lifecycle_configuration(
+        Bucket=harness.bucket, LifecycleConfiguration={"Rules": [theirs]}
+    )
+    dry = asyncio.run(provision(settings, dry_run=True))
+    assert lifecycle_changes(dry) == {
+        harness.bucket: ("would create", detail),
+        harness.out_bucket: ("unchanged", detail),
+    }
+    assert _lifecycle(harness, harness.bucket) == [theirs]
+    again = asyncio.run(provision(settings))
+    assert lifecycle_changes(again)[harness.bucket] == ("created", detail)
+    assert _lifecycle(harness, harness.bucket) == [theirs, ABORT_RULE]
+    third = asyncio.run(provision(settings))
+    assert {c.action for c in third} == {"unchanged"}, third
+    assert _lifecycle(harness, harness.bucket) == [theirs, ABORT_RULE]
 
 
 def test_provision_updates_drifted_settings(harness: Harness) -> None:

@@ -52,7 +52,13 @@ from s3flow.deploy.naming import ID_FORMS, Json, Naming, get_att, ref, sub
 from s3flow.deploy.parameters import add_parameters
 from s3flow.deploy.template import Template, check_limits
 from s3flow.errors import ConfigError
-from s3flow.provision import NOTIFICATION_ID_PREFIX, check_notifications, queue_policy
+from s3flow.provision import (
+    ABORT_INCOMPLETE_UPLOAD_DAYS,
+    ABORT_INCOMPLETE_UPLOADS_RULE,
+    NOTIFICATION_ID_PREFIX,
+    check_notifications,
+    queue_policy,
+)
 from s3flow.settings import (
     JOBS_BRIDGE,
     JobsSettings,
@@ -63,7 +69,6 @@ from s3flow.settings import (
 
 DLQ_RETENTION_S = 1_209_600  # 14 days, as `s3flow provision`
 QUEUE_RETENTION_S = 345_600  # 4 days: SQS's default, written out
-ABORT_INCOMPLETE_UPLOAD_DAYS = 7  # every bucket's rule (uploads/ of [jobs]: 1 day)
 DEFAULT_PROJECT = "s3flow"
 DEFAULT_BRANCH = "main"
 _QUEUE_ARN = "@@S3FLOW-QUEUE-ARN@@"
@@ -462,7 +467,7 @@ def _jobs_bucket(jobs: JobsSettings) -> dict[str, Json]:
 def _abort_incomplete_uploads() -> dict[str, Json]:
     """The rule aborting multipart uploads left incomplete (a worker killed mid-upload)."""
     return {
-        "Id": f"{NOTIFICATION_ID_PREFIX}abort-incomplete-uploads",
+        "Id": ABORT_INCOMPLETE_UPLOADS_RULE,
         "Status": "Enabled",
         "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_INCOMPLETE_UPLOAD_DAYS},
     }
