@@ -383,6 +383,7 @@ async def open_store(
     *,
     prune: bool = True,
     check: Literal["all", "jobs"] | None = None,
+    read_only: bool = False,
 ) -> AsyncIterator[StateStore | None]:
     """The configured state store (None when ``state.url = "none"``), opened and closed.
 
@@ -393,6 +394,8 @@ async def open_store(
     says to run ``s3flow provision``, not an error on every message (opening a SQLite
     store creates its file and schema, or fails with the reason). ``check="jobs"``
     checks only the upload jobs' tables (the web app's start: its role reads no other).
+    ``read_only`` (a command that only reads): an existing SQLite file is opened
+    read-only (see :func:`s3flow.state.open_state_store`).
     """
     if settings.state.url == "none":
         yield None
@@ -404,6 +407,7 @@ async def open_store(
         settings.aws,
         retention_days=settings.state.retention_days,
         prune=prune,
+        read_only=read_only,
     ) as store:
         if isinstance(store, DynamoStateStore) and check is not None:
             jobs = (store.jobs_table, store.job_events_table)

@@ -192,16 +192,19 @@ def with_store(
     *,
     missing: str = NO_STORE,
     prune: bool = True,
+    read_only: bool = False,
 ) -> T:
     """Run ``fn`` on the opened state store; an s3flow error ends the command.
 
     ``missing`` is the error when no store is configured; ``prune=False`` keeps
-    a SQLite store from pruning in the background while it is open.
+    a SQLite store from pruning in the background while it is open; ``read_only``
+    (``fn`` only reads) opens an existing SQLite file read-only, so that one this
+    process cannot write (a read-only mount, a copy) can be read.
     """
     from s3flow.app import open_store
 
     async def go() -> T:
-        async with open_store(settings, prune=prune) as store:
+        async with open_store(settings, prune=prune, read_only=read_only) as store:
             if store is None:
                 raise S3flowError(missing)
             return await fn(store)

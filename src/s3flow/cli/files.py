@@ -85,6 +85,7 @@ def files_list(
         lambda store: store.list_files(
             status=st, pipeline=pipeline, key_prefix=key_prefix, limit=limit
         ),
+        read_only=True,
     )
     known = {p.name for p in settings.pipelines}
     if pipeline and not rows and pipeline not in known:
@@ -144,7 +145,7 @@ def files_show(
         details = {i: await _pipeline_details(settings, r, store) for i, r in enumerate(recs)}
         return recs, hist, details
 
-    recs, hist, details = with_store(settings, go)
+    recs, hist, details = with_store(settings, go, read_only=True)
     if not recs:
         # Not found is exit 1 (an s3flow error would be 2), said as the other errors are.
         folder = key.rpartition("/")[0]

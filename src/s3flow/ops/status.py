@@ -96,7 +96,7 @@ class StateSummary:
 async def state_summary(settings: Settings, names: list[str] | None = None) -> list[StateSummary]:
     """Per pipeline: records by status, oldest in-flight age, duplicates seen."""
     out: list[StateSummary] = []
-    async with open_store(settings) as store:
+    async with open_store(settings, read_only=True) as store:
         if store is None:
             return out
         now = time.time()

@@ -99,6 +99,7 @@ def open_state_store(
     *,
     retention_days: float = DEFAULT_RETENTION_DAYS,
     prune: bool = True,
+    read_only: bool = False,
 ) -> StateStore:
     """The store ``url`` names, not yet opened (enter it with ``async with``).
 
@@ -111,14 +112,21 @@ def open_state_store(
     long finished records are kept. With ``prune`` a SQLite store prunes them in
     the background while it is open (first after 30 s, then every 5 minutes:
     a short command never does); DynamoDB expires them by TTL either way.
+
+    ``read_only`` (a command that only reads) opens a SQLite file that exists
+    read-only: no schema change, no switch to WAL, no prune, so a file or
+    directory this process cannot write can be read (a missing file is created,
+    empty, as by any command). A DynamoDB store is the same either way.
     """
     retention_s = retention_seconds(retention_days)
     path = sqlite_path(url)
     if path is not None:
+        file = path if path == ":memory:" else Path(path)
         return SqliteStateStore(
-            path if path == ":memory:" else Path(path),
+            file,
             retention_s=retention_s,
             prune_every_s=PRUNE_EVERY_S if prune else None,
+            read_only=read_only and isinstance(file, Path) and file.expanduser().exists(),
         )
     if url.startswith("dynamodb://"):
         prefix = url[len("dynamodb://") :].strip("/")

@@ -28,7 +28,13 @@ from typing import Any, Self, TypeVar
 
 from s3flow.state.lifecycle import DEFAULT_RETENTION_DAYS, retention_seconds
 from s3flow.state.records import StateError
-from s3flow.state.sqlite.schema import BUSY_TIMEOUT_MS, create_schema, enable_wal, prepare_new
+from s3flow.state.sqlite.schema import (
+    BUSY_TIMEOUT_MS,
+    check_schema,
+    create_schema,
+    enable_wal,
+    prepare_new,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -94,6 +100,10 @@ class SqliteStoreBase:
     one to expire claims. ``retention_s`` (None: keep forever) is how long
     finished records are kept, ``prune_every_s`` (None: never) how often a
     background task prunes them while the store is open (see :mod:`.retention`).
+
+    ``read_only`` opens an existing file for reading only (``mode=ro``: no schema
+    change, no switch to WAL, no prune; a write is refused), so that a file or
+    directory this process cannot write can still be read (see :meth:`_open_read_only`).
     """
 
     def __init__(
@@ -103,11 +113,13 @@ class SqliteStoreBase:
         clock: Callable[[], float] = time.time,
         retention_s: float | None = retention_seconds(DEFAULT_RETENTION_DAYS),
         prune_every_s: float | None = None,
+        read_only: bool = False,
     ) -> None:
         self.path = str(path)
         self._clock = clock
         self.retention_s = retention_s
-        self._prune_every_s = prune_every_s
+        self.read_only = read_only
+        self._prune_every_s = None if read_only else prune_every_s
         self._conn: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
         # Calls waiting for the store's thread; _draining: a _drain pass is queued/running.
@@ -167,6 +179,14 @@ class SqliteStoreBase:
                 "objects then look new to a backfill)"
             )
         file = Path(self.path).expanduser()
+        if self.read_only and file.exists() and not os.access(file.parent, os.W_OK):
+            return (
+                f"it is read where SQLite cannot create the -shm file a read of its -wal "
+                f"file needs ({file.parent} is not writable by this process), and that -wal "
+                "file holds changes not yet in the store: copy the store with its -wal file "
+                "to a directory this process can write and read the copy, or read it where "
+                "it is writable"
+            )
         where = file if file.exists() else file.parent
         if self.path != ":memory:" and where.exists() and not os.access(where, os.W_OK):
             return (
@@ -180,6 +200,9 @@ class SqliteStoreBase:
         )
 
     def _open(self) -> None:
+        if self.read_only:
+            self._conn = self._open_read_only()
+            return
         path = self.path
         try:
             if path != ":memory:":
@@ -207,6 +230,59 @@ class SqliteStoreBase:
             conn.close()
             raise
         self._conn = conn
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """Open the existing file with ``mode=ro``: nothing is written to it.
+
+        A WAL database read so needs its ``-shm`` file: SQLite creates it next to the
+        store when it is missing. Where it cannot (a directory this process cannot
+        write) and no ``-wal`` file holds changes, the file is read as ``immutable``
+        (a snapshot: no locks; changes made meanwhile are not seen), with a note.
+        """
+        if self.path == ":memory:":
+            raise StateError("an in-memory state store cannot be opened read-only")
+        file = Path(self.path).expanduser().absolute()
+        if not file.is_file():
+            problem = "is a directory" if file.is_dir() else "does not exist"
+            raise StateError(f"state store {self.path} ([state] url): {problem}")
+        try:
+            return self._connect_read_only(file, immutable=False)
+        except sqlite3.Error as exc:
+            if not self._snapshot_only(file):
+                raise self._cannot_open(exc) from exc
+        log.warning(
+            "state store %s: read as a snapshot (SQLite immutable mode): %s is not "
+            "writable, so SQLite cannot make the -shm file a shared read needs; what "
+            "a worker writes to it meanwhile is not seen",
+            self.path,
+            file.parent,
+        )
+        try:
+            return self._connect_read_only(file, immutable=True)
+        except sqlite3.Error as exc:
+            raise self._cannot_open(exc) from exc
+
+    def _connect_read_only(self, file: Path, *, immutable: bool) -> sqlite3.Connection:
+        """A ``mode=ro`` connection to ``file`` whose schema s3flow can read."""
+        uri = file.as_uri() + "?mode=ro" + ("&immutable=1" if immutable else "")
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            check_schema(conn, self.path)  # the first read: fails if the -shm cannot be made
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _snapshot_only(file: Path) -> bool:
+        """Whether ``file`` can be read only as a snapshot: SQLite cannot create its
+        ``-shm`` file (no write access to the directory) and no ``-wal`` file holds
+        changes the snapshot would miss."""
+        wal, shm = Path(f"{file}-wal"), Path(f"{file}-shm")
+        if os.access(file.parent, os.W_OK) or shm.exists():
+            return False
+        return not wal.exists() or wal.stat().st_size == 0
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         create_schema(conn, self.path, self._clock())
@@ -354,4 +430,7 @@ class SqliteStoreBase:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-            raise StateError(f"state store {self.path}: {type(exc).__name__}: {exc}") from exc
+            opened = " (opened read-only)" if self.read_only else ""
+            raise StateError(
+                f"state store {self.path}{opened}: {type(exc).__name__}: {exc}"
+            ) from exc

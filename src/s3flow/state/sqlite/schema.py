@@ -19,6 +19,7 @@ state prune --vacuum`` switches it with one ``VACUUM`` (a full rewrite).
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -189,12 +190,12 @@ def prepare_new(conn: sqlite3.Connection) -> bool:
     return True
 
 
-def create_schema(conn: sqlite3.Connection, path: str, now: float | None = None) -> None:
-    """Create missing tables, add newer columns, check the version (in a transaction).
+#: The tables of the current schema (what a read-only open checks for).
+TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", " ".join(SCHEMA)))
 
-    ``path`` only names the store in the error raised for a newer database;
-    ``now`` (unix seconds) stamps locks released before an upgrade to version 2.
-    """
+
+def _version(conn: sqlite3.Connection, path: str) -> int | None:
+    """The schema version of the database (None: it has none); a newer one is refused."""
     row = conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
     ).fetchone()
@@ -207,6 +208,34 @@ def create_schema(conn: sqlite3.Connection, path: str, now: float | None = None)
             f"state store {path} has schema version {found}; this s3flow "
             f"understands up to {SCHEMA_VERSION} (upgrade s3flow)"
         )
+    return found
+
+
+def check_schema(conn: sqlite3.Connection, path: str) -> None:
+    """Check, changing nothing, that the database has the current schema (a read-only
+    open: what :func:`create_schema` would add or upgrade is an error saying so)."""
+    found = _version(conn, path)
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if found is None:
+        raise StateError(
+            f"state store {path} is not an s3flow state store (no schema version): nothing to read"
+        )
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(files)")}
+    if found < SCHEMA_VERSION or set(TABLES) - have or "failures" not in columns:
+        raise StateError(
+            f"state store {path} was written by an older s3flow (schema version {found}) "
+            "and is opened read-only, so it cannot be upgraded: open it once where it is "
+            "writable (a worker's start upgrades it), then read it"
+        )
+
+
+def create_schema(conn: sqlite3.Connection, path: str, now: float | None = None) -> None:
+    """Create missing tables, add newer columns, check the version (in a transaction).
+
+    ``path`` only names the store in the error raised for a newer database;
+    ``now`` (unix seconds) stamps locks released before an upgrade to version 2.
+    """
+    found = _version(conn, path)
     for stmt in SCHEMA:
         conn.execute(stmt)
     # Columns added after a database was created (additive, default-valued).
