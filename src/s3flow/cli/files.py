@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +18,8 @@ from s3flow.cli.common import (
     PipelineOpt,
     app,
     console,
+    err_console,
+    exit_on_error,
     fail,
     new_table,
     one_pipeline,
@@ -28,7 +32,8 @@ from s3flow.errors import ConfigError
 from s3flow.processors.registry import processor_class
 from s3flow.settings import Settings
 from s3flow.state.base import StateStore
-from s3flow.state.records import FileRecord, FileStatus
+from s3flow.state.lifecycle import file_page
+from s3flow.state.records import FileCursor, FileRecord, FileStatus
 
 files_app = typer.Typer(
     help=(
@@ -40,6 +45,8 @@ files_app = typer.Typer(
 )
 app.add_typer(files_app, name="files")
 
+#: A page of records and the cursor of the next (None: the last page).
+Page = tuple[list[FileRecord], FileCursor | None]
 ObjectKeyArg = Annotated[str, typer.Argument(help="The object key.")]
 _DEFAULT_LIMIT = 100
 
@@ -72,37 +79,60 @@ def files_list(
         int,
         typer.Option("--limit", callback=_at_least_one, help="At most this many rows (1 or more)."),
     ] = _DEFAULT_LIMIT,
+    cursor: Annotated[
+        str | None,
+        typer.Option(
+            "--cursor",
+            help="Start after the page that printed this cursor (with the same filters).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List object lifecycles (most recently updated first)."""
+    """List object lifecycles (most recently updated first), a page at a time: when
+    more follow, the command prints (on stderr) the one that lists the next page.
+    --json writes the records as it reads them (a JSON array), however many."""
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"config": config}
         return
     st = status_option(FileStatus, status_)
+    after = None
+    if cursor is not None:
+        after = FileCursor.from_token(cursor)
+        if after is None:
+            raise typer.BadParameter(
+                f"{cursor[:40]!r} is not a cursor s3flow printed: pass it as printed, or "
+                "leave it out for the newest records",
+                param_hint="--cursor",
+            )
     settings = settings_or_exit(config)
-    rows = with_store(
-        settings,
-        lambda store: store.list_files(
-            status=st, pipeline=pipeline, key_prefix=key_prefix, limit=limit
-        ),
-        read_only=True,
-    )
     known = {p.name for p in settings.pipelines}
-    if pipeline and not rows and pipeline not in known:
+
+    def check(rows: list[FileRecord]) -> None:
         # A pipeline since removed from the config still lists its records; a typo not.
-        raise fail(
-            ConfigError(
+        if pipeline and not rows and pipeline not in known and after is None:
+            raise ConfigError(
                 f"no pipeline named {pipeline!r} is configured"
                 + (f" ({', '.join(sorted(known))})" if known else "")
                 + " and the state store has no record of one"
             )
+
+    def page(store: StateStore, size: int, start: FileCursor | None) -> Awaitable[Page]:
+        return file_page(
+            store, status=st, pipeline=pipeline, key_prefix=key_prefix, limit=size, after=start
         )
+
     if as_json:
-        print(json.dumps([{**r.__dict__, "status": r.status.value} for r in rows], indent=2))
+        following = with_store(
+            settings, lambda store: _stream_json(page, store, limit, after, check), read_only=True
+        )
+        _next_page(config, st, pipeline, key_prefix, limit, following)
         return
+    rows, following = with_store(settings, lambda store: page(store, limit, after), read_only=True)
+    with exit_on_error():
+        check(rows)
     shown = f"{len(rows)}"
-    if len(rows) == limit:  # a full page: more may match
-        shown = f"the first {limit}; more may match: raise --limit or narrow the listing"
+    if following is not None:  # a full page: more may match
+        shown = f"the first {limit}; more may match: the next page's command is below"
     table = new_table(
         f"s3flow files ({shown})",
         ("pipeline", "bucket", "key", "version", "status", "attempts", "updated", "error"),
@@ -122,6 +152,69 @@ def files_list(
             escape(err[:80]),
         )
     console.print(table)
+    _next_page(config, st, pipeline, key_prefix, limit, following)
+
+
+#: Records read per request while ``--json`` writes a long listing.
+JSON_PAGE = 1000
+
+
+async def _stream_json(
+    page: Callable[[StateStore, int, FileCursor | None], Awaitable[Page]],
+    store: StateStore,
+    limit: int,
+    after: FileCursor | None,
+    check: Callable[[list[FileRecord]], None],
+) -> FileCursor | None:
+    """Write up to ``limit`` records as a JSON array (``json.dumps(records, indent=2)``
+    to the byte), a page of :data:`JSON_PAGE` at a time, as they are read: memory
+    follows the page, not the listing. The cursor past the last record written when
+    more follow."""
+    out = sys.stdout
+    written = 0
+    while True:
+        rows, following = await page(store, min(JSON_PAGE, limit - written), after)
+        if not written:
+            check(rows)  # before anything is written: an error leaves no half array
+            if not rows:
+                out.write("[]\n")
+                return None
+            out.write("[\n")
+        for r in rows:
+            # One element as json.dumps indents it inside a list: "  {\n    ...\n  }".
+            text = json.dumps([{**r.__dict__, "status": r.status.value}], indent=2)[2:-2]
+            out.write((",\n" if written else "") + text)
+            written += 1
+        out.flush()
+        if following is None or written >= limit:
+            out.write("\n]\n")
+            out.flush()
+            return following
+        after = following
+
+
+def _next_page(
+    config: Path | None,
+    status: FileStatus | None,
+    pipeline: str | None,
+    key_prefix: str | None,
+    limit: int,
+    following: FileCursor | None,
+) -> None:
+    """Print (on stderr) the command that lists the page after this one, if any."""
+    if following is None:
+        return
+    again = f" -c {shlex.quote(str(config))}" if config else ""
+    again += f" --status {status.value}" if status else ""
+    again += f" --pipeline {shlex.quote(pipeline)}" if pipeline else ""
+    again += f" --key-prefix {shlex.quote(key_prefix)}" if key_prefix else ""
+    again += f" --limit {limit}" if limit != _DEFAULT_LIMIT else ""
+    err_console.print(
+        f"more may match: s3flow files{again} --cursor {following.token()}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @files_app.command("show")

@@ -41,6 +41,7 @@ from typing import Protocol, runtime_checkable
 from s3flow.state.jobs import JobStore
 from s3flow.state.records import (
     Claim,
+    FileCursor,
     FileRecord,
     FileStatus,
     HistoryEntry,
@@ -148,13 +149,18 @@ class FileStore(Protocol):
         pipeline: str | None = None,
         key_prefix: str | None = None,
         limit: int = 1000,
+        after: FileCursor | None = None,
     ) -> list[FileRecord]:
         """Records matching the filters, most recently updated first.
 
+        The order is ``updated_at`` newest first, then ``(bucket, key, version)``.
         Read from indexes ordered by update time, ``limit`` records at most per
         (pipeline, status): the cost follows ``limit``, not the number of
         records. ``key_prefix`` filters while reading (a rare prefix reads
-        further: combine it with ``status`` / ``pipeline``).
+        further: combine it with ``status`` / ``pipeline``). ``after``: only the
+        records past this position in that order (:meth:`FileCursor.of` the last
+        record of the previous page), so a caller can page through every record
+        (:func:`s3flow.state.lifecycle.file_page`).
         """
         ...
 

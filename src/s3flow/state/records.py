@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import json
+import math
 from dataclasses import dataclass, field
 
 from s3flow.errors import S3flowError
@@ -16,6 +20,7 @@ __all__ = [
     "TERMINAL_FILE_STATUSES",
     "Claim",
     "ClaimOutcome",
+    "FileCursor",
     "FileRecord",
     "FileStatus",
     "HistoryEntry",
@@ -153,6 +158,61 @@ class FileRecord:
     def id(self) -> ObjectId:
         """This record's identity."""
         return ObjectId(self.bucket, self.key, self.version)
+
+
+#: Longest file cursor token taken (a key is at most 1,024 bytes; base64 adds a third).
+MAX_FILE_CURSOR_CHARS = 8192
+
+
+@dataclass(frozen=True)
+class FileCursor:
+    """A position in a files listing's order, ``updated_at`` newest first, then
+    ``(bucket, key, version)``: the last record of a page, as an opaque token.
+
+    It holds the position itself, so a page boundary stays valid when that record
+    changes or expires (a record updated while a listing is paged moves ahead of
+    the pages already read: it is not listed again).
+    """
+
+    updated_at: float
+    bucket: str
+    key: str
+    version: str
+
+    @classmethod
+    def of(cls, record: FileRecord) -> FileCursor:
+        """The cursor just past ``record`` (the last record of a page)."""
+        return cls(record.updated_at, record.bucket, record.key, record.version)
+
+    def passes(self, record: FileRecord) -> bool:
+        """Whether ``record`` comes after this position in the listing's order."""
+        if record.updated_at != self.updated_at:
+            return record.updated_at < self.updated_at
+        return (record.bucket, record.key, record.version) > (self.bucket, self.key, self.version)
+
+    def token(self) -> str:
+        """URL-safe text: base64url of ``[updated_at, bucket, key, version]``, no padding."""
+        doc = [self.updated_at, self.bucket, self.key, self.version]
+        raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    @classmethod
+    def from_token(cls, token: str) -> FileCursor | None:
+        """The cursor ``token`` stands for, or None when it is not one :meth:`token` made."""
+        if not 0 < len(token) <= MAX_FILE_CURSOR_CHARS or not token.isascii():
+            return None
+        try:
+            doc = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+            return None
+        if not (isinstance(doc, list) and len(doc) == 4):
+            return None
+        at, *names = doc
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+            return None
+        if not all(isinstance(n, str) for n in names) or not names[0] or not names[1]:
+            return None
+        return cls(float(at), names[0], names[1], names[2])
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,15 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from state_support import T0, B, FakeClock, backends, oid, paged_backends
 
 from s3flow.state import (
     ClaimOutcome,
+    FileCursor,
+    FileRecord,
     FileStatus,
     ObjectId,
     SqliteStateStore,
@@ -22,6 +25,7 @@ from s3flow.state import (
     StateStore,
     TransitionError,
 )
+from s3flow.state.lifecycle import file_page
 
 pytestmark = pytest.mark.integration
 
@@ -357,6 +361,46 @@ async def test_list_files_counts_and_oldest(store: StateStore, clock: FakeClock)
     assert await store.oldest_processing_at() == T0
     assert await store.oldest_processing_at("p2") == T0 + 2
     assert await store.oldest_processing_at("none") is None
+
+
+@paged_backends
+async def test_list_files_pages_through_every_record_once_in_order(
+    store: StateStore, clock: FakeClock
+) -> None:
+    """A cursor (the last record of a page) leads to the next page: every record comes
+    once, in the listing's order, whatever the page size, the filters, and however many
+    records were updated at one time (the index keeps those in no particular order)."""
+    for i in range(25):
+        c = await store.claim(oid(f"k/{i:02d}"), pipeline=f"p{i % 2}", owner="w", ttl_s=600)
+        if i % 3 == 0:
+            assert await store.complete(oid(f"k/{i:02d}"), token=c.token, outputs=[])
+        if i % 4 == 3:
+            clock.advance(1)  # runs of four records updated at one time
+    every = await store.list_files()
+    assert len(every) == 25
+    assert [r.key for r in every] == [
+        r.key for r in sorted(every, key=lambda r: (-r.updated_at, r.bucket, r.key, r.version))
+    ]
+    filters: list[dict[str, Any]] = [
+        {},
+        {"pipeline": "p1"},
+        {"status": FileStatus.PROCESSING},
+        {"key_prefix": "k/1"},
+    ]
+    for where in filters:
+        whole = await store.list_files(**where)
+        assert whole, where
+        for size in (1, 3, 10):
+            seen: list[FileRecord] = []
+            after: FileCursor | None = None
+            while True:
+                page, after = await file_page(store, limit=size, after=after, **where)
+                assert page and len(page) <= size
+                seen += page
+                if after is None:
+                    break
+                assert FileCursor.from_token(after.token()) == after
+            assert [r.id for r in seen] == [r.id for r in whole], (where, size)
 
 
 @backends

@@ -325,16 +325,15 @@ class FilesMixin(CountersMixin, FileLifecycleMixin):
     async def _list_files(self, query: FileFilter) -> list[FileRecord]:
         """Records matching the filters, most recently updated first (listing index).
 
-        One Query per (pipeline, status) partition, newest first, stopping at
-        ``limit`` matches (no pipeline: every pipeline in the counters'
-        registry), merged. ``key_prefix`` is a filter on those Queries.
+        One Query per (pipeline, status) partition, newest first, from the cursor on,
+        stopping at ``limit`` matches and the records updated at the same time as the
+        last (no pipeline: every pipeline in the counters' registry), merged.
+        ``key_prefix`` is a filter on those Queries.
         """
         status, limit = query.status, query.limit
         statuses = list(FileStatus) if status is None else [status]
         parts = [(p, st) for p in await self._pipelines(query.pipeline) for st in statuses]
-        found = await asyncio.gather(
-            *(self._listing(p, st, limit, key_prefix=query.key_prefix) for p, st in parts)
-        )
+        found = await asyncio.gather(*(self._listing_page(p, st, query) for p, st in parts))
         newest: dict[ObjectId, FileRecord] = {}
         for items in found:
             for item in items:
@@ -342,9 +341,61 @@ class FilesMixin(CountersMixin, FileLifecycleMixin):
                 seen = newest.get(rec.id)
                 if seen is None or rec.updated_at > seen.updated_at:
                     newest[rec.id] = rec  # the index may list a record twice for a moment
-        recs = [r for r in newest.values() if status is None or r.status is status]
+        after = query.after
+        recs = [
+            r
+            for r in newest.values()
+            if (status is None or r.status is status) and (after is None or after.passes(r))
+        ]
         recs.sort(key=lambda r: (r.bucket, r.key, r.version))
         return heapq.nsmallest(limit, recs, key=lambda r: -r.updated_at)
+
+    async def _listing_page(
+        self, pipeline: str, status: FileStatus, query: FileFilter
+    ) -> list[Item]:
+        """One partition's part of a listing: its first ``query.limit`` items past
+        ``query.after``, newest first, and then every item updated at the same time as
+        the last of them.
+
+        The index orders the items updated at one time in no particular way: with all
+        of them, the merge puts them in ``(bucket, key, version)`` order, so a page
+        ends at the same record whichever the index gave first, and the next page
+        (past that record) repeats none and skips none. Items the cursor has passed
+        (at its own time) are skipped as they are read.
+        """
+        values: Item = {":l": {"S": listing_key(pipeline, status.value)}}
+        args: Item = {
+            "IndexName": FILES_LISTING_INDEX,
+            "KeyConditionExpression": "lst = :l",
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+            "TableName": self.files_table,
+        }
+        after = query.after
+        if after is not None:
+            args["KeyConditionExpression"] = "lst = :l AND lst_at <= :at"
+            values[":at"] = {"N": num(after.updated_at)}
+        if query.key_prefix:
+            args["FilterExpression"] = "begins_with(#k, :kp)"
+            args["ExpressionAttributeNames"] = {"#k": "key"}
+            values[":kp"] = {"S": query.key_prefix}
+        items: list[Item] = []
+        while True:
+            # One more than still wanted: the item past the last tells whether others
+            # share its time.
+            want = max(query.limit - len(items), 0) + 1
+            args["Limit"] = want if self._page_size is None else min(want, self._page_size)
+            resp = await self._api("Query", self.files_table, **args)
+            for item in resp.get("Items") or []:
+                at = float(item["lst_at"]["N"])
+                if len(items) >= query.limit and at != float(items[-1]["lst_at"]["N"]):
+                    return items  # past the last item's time: the page is whole
+                if after is None or after.passes(decode_record(item)[0]):
+                    items.append(item)
+            start = resp.get("LastEvaluatedKey")
+            if not start:
+                return items
+            args["ExclusiveStartKey"] = start
 
     async def _listing(
         self,

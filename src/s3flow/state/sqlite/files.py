@@ -12,8 +12,8 @@ Reads go through indexes: ``counts`` reads ``file_counts``;
 ``oldest_processing_at`` takes the smallest ``updated_at`` of the processing
 records (``files_pipeline`` / ``files_status``: a processing record's
 ``updated_at`` is when it entered processing); ``list_files`` walks the index
-of its filters newest first and stops at ``limit`` (one walk per status, merged,
-when only the pipeline is given).
+of its filters newest first, from its cursor on, and stops at ``limit`` (one walk
+per status, merged, when only the pipeline is given).
 
 Claims return ``token == 0`` unless the outcome is ``ACQUIRED``.
 """
@@ -169,11 +169,19 @@ class FilesMixin(FileLifecycleMixin, SqliteStoreBase):
 
     async def _list_files(self, query: FileFilter) -> list[FileRecord]:
         """Records matching the filters, most recently updated first (index walks)."""
-        prefix: list[Any] = []
-        prefix_sql = ""
+        filter_args: list[Any] = []
+        filter_sql = ""
         if query.key_prefix:
-            prefix_sql = " AND substr(key, 1, ?) = ?"
-            prefix = [len(query.key_prefix), query.key_prefix]
+            filter_sql = " AND substr(key, 1, ?) = ?"
+            filter_args = [len(query.key_prefix), query.key_prefix]
+        if query.after is not None:
+            # Past the cursor in (updated_at DESC, bucket, key, version): the first term
+            # bounds the index walk, the second skips what the last page ended with.
+            a = query.after
+            filter_sql += (
+                " AND updated_at <= ? AND (updated_at < ? OR (bucket, key, version) > (?, ?, ?))"
+            )
+            filter_args += [a.updated_at, a.updated_at, a.bucket, a.key, a.version]
         order = " ORDER BY updated_at DESC, bucket, key, version LIMIT ?"
         if query.pipeline is not None and query.status is None:
             # files_pipeline is (pipeline, status, updated_at): one walk per status, merged.
@@ -182,9 +190,9 @@ class FilesMixin(FileLifecycleMixin, SqliteStoreBase):
             for st in FileStatus:
                 parts.append(
                     f"SELECT * FROM (SELECT {FILE_COLS} FROM files WHERE pipeline = ? "
-                    f"AND status = ?{prefix_sql}{order})"
+                    f"AND status = ?{filter_sql}{order})"
                 )
-                args += [query.pipeline, st.value, *prefix, query.limit]
+                args += [query.pipeline, st.value, *filter_args, query.limit]
             sql = " UNION ALL ".join(parts) + order
             args.append(query.limit)
         else:
@@ -199,9 +207,9 @@ class FilesMixin(FileLifecycleMixin, SqliteStoreBase):
             sql = f"SELECT {FILE_COLS} FROM files"
             if not where:  # newest first along files_updated (the planner may prefer a scan)
                 sql += " INDEXED BY files_updated"
-            if query.key_prefix:
-                where.append("substr(key, 1, ?) = ?")
-                args += prefix
+            if filter_args:
+                where.append(filter_sql[len(" AND ") :])
+                args += filter_args
             if where:
                 sql += " WHERE " + " AND ".join(where)
             sql += order
