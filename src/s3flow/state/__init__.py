@@ -93,6 +93,14 @@ def sqlite_path(url: str) -> str | None:
     return None
 
 
+def _has_data(file: Path) -> bool:
+    """Whether ``file`` exists with something in it (an empty file is a new store)."""
+    try:
+        return file.expanduser().stat().st_size > 0
+    except OSError:
+        return False
+
+
 def open_state_store(
     url: str,
     aws: AwsSettings | None = None,
@@ -126,7 +134,7 @@ def open_state_store(
             file,
             retention_s=retention_s,
             prune_every_s=PRUNE_EVERY_S if prune else None,
-            read_only=read_only and isinstance(file, Path) and file.expanduser().exists(),
+            read_only=read_only and isinstance(file, Path) and _has_data(file),
         )
     if url.startswith("dynamodb://"):
         prefix = url[len("dynamodb://") :].strip("/")
