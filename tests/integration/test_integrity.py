@@ -236,7 +236,16 @@ def test_missing_dlq_stops_the_worker_at_start(harness: Harness) -> None:
 def test_an_output_bucket_that_disappears_is_retried_not_dead_lettered(
     harness: Harness, tmp_path: Path
 ) -> None:
-    harness.configure(visibility_timeout_s=5, retry_base_s=1, retry_max_s=1, max_receive_count=2)
+    """Not counted as failures, but each wait spent a receive: after the queue's redrive
+    limit (here 3) SQS itself moved the message to the DLQ, with no reason, and its
+    record still said received. Near the limit it is now sent again as a new message."""
+    harness.configure(
+        visibility_timeout_s=5,
+        retry_base_s=1,
+        retry_max_s=1,
+        max_receive_count=2,
+        queue_max_receive_count=3,
+    )
     cfg = harness.write_config()
     log = tmp_path / "w.log"
     w = spawn_worker(cfg, log)
@@ -246,15 +255,19 @@ def test_an_output_bucket_that_disappears_is_retried_not_dead_lettered(
         harness.s3.delete_object(Bucket=harness.out_bucket, Key="res/first.txt.json")
         harness.s3.delete_bucket(Bucket=harness.out_bucket)
         harness.put("late.txt", b"1\n2\n")
-        # More failures than max_receive_count: still not dead-lettered.
-        wait_for(lambda: log.read_text().count("output unavailable") >= 3, 60, "retries")
+        # More waits than max_receive_count and the redrive limit: not dead-lettered.
+        wait_for(lambda: log.read_text().count("output unavailable") >= 7, 90, "retries")
+        assert harness.depth(harness.dlq_url) == (0, 0)
         harness.s3.create_bucket(Bucket=harness.out_bucket)
         wait_for(lambda: harness.result("late.txt") is not None, 60, "the result")
     finally:
         w.send_signal(signal.SIGTERM)
         w.wait(timeout=60)
-    assert "does not exist" in log.read_text()
+    text = log.read_text()
+    assert "does not exist" in text
+    assert "sent again as a new message: the queue's redrive limit is near" in text
     assert harness.depth(harness.dlq_url) == (0, 0)
+    wait_for(lambda: harness.depth() == (0, 0), 30, "the queue to be empty")
     (rec,) = harness.records("late.txt")
     assert rec.status is FileStatus.COMPLETED and rec.failures == 0
 

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any
 
 from s3flow.closing import cancel_and_wait
@@ -40,6 +40,7 @@ from s3flow.worker.outcomes import (
     backoff_s,
     visibility_left_s,
 )
+from s3flow.worker.policy import FAILURES_ATTR, prior_failures
 from s3flow.worker.source import ReceivedMessage
 
 log = logging.getLogger("s3flow.acks")
@@ -278,7 +279,12 @@ class Settler:
                 self.metrics.acked += int(isinstance(outcome, Ack | Split))
             else:
                 log.warning("delete of message %s failed; it will be redelivered", msg.message_id)
-        elif isinstance(outcome, Retry):
+        elif isinstance(outcome, Retry) and outcome.renew:
+            if await self._renew(msg, outcome) and await self.acks.delete(msg.receipt_handle):
+                self.metrics.retried += 1
+            else:  # the copy may be on its way too: done records dedupe
+                outcome = replace(outcome, renew=False)
+        if isinstance(outcome, Retry) and not outcome.renew:
             self.metrics.retried += 1
             # SQS refuses a visibility ending more than 12 h after the receive (the whole
             # change fails: the retry would come when the last extension ends, early).
@@ -326,7 +332,7 @@ class Settler:
             self.queue_url,
             part.body,
             {
-                "s3flow.failures": part.failures,
+                FAILURES_ATTR: part.failures,
                 "s3flow.split-from": msg.message_id,
                 "s3flow.error-class": part.outcome.error_class,
                 "s3flow.error": part.outcome.error,
@@ -338,6 +344,24 @@ class Settler:
         )
         self.metrics.retried += int(sent)
         return sent
+
+    async def _renew(self, msg: ReceivedMessage, retry: Retry) -> bool:
+        """Send ``msg`` again as a new message after ``retry.delay_s`` (its receive count
+        starts over; it carries its failures and redrive id)."""
+        return await self._send(
+            self.queue_url,
+            msg.body,
+            {
+                FAILURES_ATTR: prior_failures(msg),
+                "s3flow.renewed-from": msg.message_id,
+                "s3flow.error-class": retry.error_class,
+                "s3flow.error": retry.error,
+                **carried(msg),
+            },
+            f"could not send message {msg.message_id} again as a new one; retrying it as "
+            "it is (its receive count goes on)",
+            delay_s=retry.delay_s,
+        )
 
     async def _dead_letter(self, body: str, outcome: DeadLetter, *, msg: ReceivedMessage) -> bool:
         sent = await self._send(

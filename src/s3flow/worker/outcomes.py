@@ -29,11 +29,17 @@ class Ack:
 
 @dataclass(frozen=True)
 class Retry:
-    """Transient failure: make the message visible again after ``delay_s``."""
+    """Transient failure: make the message visible again after ``delay_s``.
+
+    ``renew``: send it again as a new message (its receive count starts over) and
+    delete this one, instead: a wait that is not the file's fault (an output down)
+    near the queue's redrive limit, which would move it to the DLQ with no reason.
+    """
 
     delay_s: int
     error_class: str
     error: str
+    renew: bool = False
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ message (receives plus the ``s3flow.failures`` attribute of a re-sent record).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from s3flow.errors import (
@@ -49,7 +49,8 @@ def merge_failures(failed: list[tuple[ObjectEvent, RecordOutcome]]) -> RecordOut
         objects = tuple(oid for d in dead for oid in d.objects)
         return DeadLetter(dead[0].error_class, "; ".join(d.error for d in dead), objects)
     retries = [o for _, o in failed if isinstance(o, Retry)]
-    return min(retries, key=lambda r: r.delay_s)
+    first = min(retries, key=lambda r: r.delay_s)
+    return replace(first, renew=any(r.renew for r in retries))
 
 
 @dataclass(frozen=True)
@@ -107,10 +108,22 @@ class FailurePolicy:
             # The operator's problem, not the file's: no failure counted.
             delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
             what = "output" if isinstance(exc, OutputUnavailableError) else "executor"
-            log.error("%s: %s unavailable, retrying in %ds: %s", where, what, delay, exc)
+            # Each wait spends a receive: near the queue's redrive limit the message is
+            # sent again as a new one, or SQS would move it to the DLQ with no reason.
+            renew = msg.receive_count >= self.p.redrive_max_receive_count - 1
+            log.error(
+                "%s: %s unavailable, retrying in %ds%s: %s",
+                where,
+                what,
+                delay,
+                " (sent again as a new message: the queue's redrive limit is near)"
+                if renew
+                else "",
+                exc,
+            )
             if store is not None and oid is not None and token is not None:
                 await store.release(oid, token=token)
-            return Retry(delay, exc.error_class, str(exc))
+            return Retry(delay, exc.error_class, str(exc), renew=renew)
         if exc.disposition is Disposition.RETRYABLE:
             n = self.failures_now(msg, attempt.failures_before if token is not None else None)
             await self._record_failure(oid, token, exc)

@@ -99,12 +99,15 @@ async def test_a_dead_letter_marks_the_record_dead_only_from_failed(
 
 
 class RecordingSqs:
-    """Takes every send and keeps its arguments."""
+    """Takes every send and keeps its arguments; ``fail`` refuses them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fail: bool = False) -> None:
+        self.fail = fail
         self.sent: list[dict[str, Any]] = []
 
     async def send_message(self, **kwargs: Any) -> dict[str, str]:
+        if self.fail:
+            raise RuntimeError("queue down")
         self.sent.append(kwargs)
         return {"MessageId": f"sent-{len(self.sent)}"}
 
@@ -133,3 +136,37 @@ async def test_every_message_derived_from_a_redriven_copy_carries_its_redrive_id
     for s in sqs.sent:
         carried = s["MessageAttributes"].get(REDRIVE_ID_ATTR)
         assert carried == (attrs[REDRIVE_ID_ATTR] if redriven else None), s
+
+
+class RecordingDeletes(FakeAcks):
+    def __init__(self) -> None:
+        super().__init__()
+        self.deleted: list[str] = []
+
+    async def delete(self, receipt_handle: str) -> bool:
+        self.deleted.append(receipt_handle)
+        return True
+
+
+@pytest.mark.parametrize("send_fails", [False, True])
+async def test_a_renewed_retry_is_sent_again_as_a_new_message(send_fails: bool) -> None:
+    """A wait that is not the file's fault near the queue's redrive limit: a new message
+    (its receive count starts over) carrying the failures so far, then the old one is
+    deleted; when the send fails, the message is retried as it is."""
+    acks, sqs = RecordingDeletes(), RecordingSqs(fail=send_fails)
+    p = PipelineSettings(name="p", bucket="b", queue="q", output="s3://o/")
+    s = Settler(acks, sqs, pipeline=p, queue_url="q", dlq_url="d", worker_id="w")  # type: ignore[arg-type]
+    attrs = {"s3flow.failures": {"StringValue": "2"}, REDRIVE_ID_ATTR: {"StringValue": "r1"}}
+    msg = ReceivedMessage("m", "h", "body", 11, time.monotonic(), message_attributes=attrs)
+    done = await s.settle(msg, Retry(30, "OutputUnavailable", "bucket gone", renew=True))
+    if send_fails:
+        assert done == Retry(30, "OutputUnavailable", "bucket gone")
+        assert (acks.deleted, acks.changes) == ([], [("h", 30)])
+        return
+    assert done == Retry(30, "OutputUnavailable", "bucket gone", renew=True)
+    ((sent,),) = [sqs.sent]
+    assert (sent["QueueUrl"], sent["MessageBody"], sent["DelaySeconds"]) == ("q", "body", 30)
+    got = {k: v["StringValue"] for k, v in sent["MessageAttributes"].items()}
+    assert got["s3flow.failures"] == "2" and got[REDRIVE_ID_ATTR] == "r1"
+    assert got["s3flow.renewed-from"] == "m" and got["s3flow.error"] == "bucket gone"
+    assert (acks.deleted, acks.changes) == (["h"], [])
