@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib.util
 import itertools
+import json
 import os
 import re
 import signal
@@ -108,7 +109,7 @@ class Harness:
             if isinstance(value, bool):
                 lines.append(f"{key} = {str(value).lower()}")
             elif isinstance(value, str):
-                lines.append(f'{key} = "{value}"')
+                lines.append(f"{key} = {json.dumps(value)}")  # a TOML basic string
             else:
                 lines.append(f"{key} = {value}")
         if p.options:

@@ -141,3 +141,26 @@ def test_events_of_another_bucket_are_warned_about_once(harness: Harness) -> Non
     warned = [line for line in run.stderr.splitlines() if f"events of bucket {other!r}" in line]
     assert len(warned) == 1 and "WARNING" in warned[0], run.stderr
     assert f"not of its bucket {harness.bucket!r}" in warned[0]
+
+
+def test_events_outside_the_prefix_are_warned_about_with_what_to_do(harness: Harness) -> None:
+    """A prefix changed in the config, not in the bucket's notification: every event was
+    skipped and deleted with one line at debug level ("skipped 3", exit 0). A key_regex,
+    which S3 cannot filter by, rejecting keys is its job: no warning for that."""
+    harness.configure(prefix="logs/", key_regex=r"\.txt$")
+    for key in ("logs/a.txt", "logs/b.txt", "logs/c.bin"):
+        harness.put(key, b"1\n")
+    wait_for(lambda: harness.depth() == (3, 0), 30, "the events on the queue")
+    harness.configure(provision_it=False, prefix="logz/")
+    run = worker(harness.write_config())
+    assert run.returncode == 0, run.stderr
+    warned = [line for line in run.stderr.splitlines() if "WARNING" in line]
+    assert len(warned) == 1, run.stderr  # one cause: said once (rate-limited)
+    text = warned[0]
+    assert "but its key does not start with 'logz/'; skipped and deleted" in text, text
+    assert "s3://" in text and "Run it again to match the notification" in text
+    harness.configure(provision_it=False, prefix="logs/", key_regex=r"\.txt$")
+    harness.put("logs/d.bin", b"1\n")
+    wait_for(lambda: harness.depth() == (1, 0), 30, "the event on the queue")
+    quiet = worker(harness.write_config())
+    assert quiet.returncode == 0 and "WARNING" not in quiet.stderr, quiet.stderr

@@ -77,6 +77,10 @@ from s3flow.worker.routes import ObjectLookup, choose_route
 from s3flow.worker.source import ReceivedMessage
 from s3flow.worker.verify import verify_outputs
 
+#: Seconds between two warnings about skipped events of one cause (another bucket,
+#: a key outside the pipeline's prefix or suffix).
+SKIP_WARN_EVERY_S = 600
+
 log = logging.getLogger("s3flow.worker")
 T = TypeVar("T")
 
@@ -225,7 +229,8 @@ class MessageHandler:
             store, self.p, worker_id=worker.worker_id, stop=stop, claim_ttl_s=claim_ttl_s
         )
         self._policy = FailurePolicy(self.p, s3=s3, store=store, metrics=metrics)
-        self._foreign: set[str] = set()  # other buckets whose events were warned about
+        # cause of skipped events -> (when last warned about, skipped since unsaid)
+        self._skips: dict[str, tuple[float, int]] = {}
 
     # --- the message ----------------------------------------------------------------
 
@@ -284,21 +289,7 @@ class MessageHandler:
                 continue
             reason = self.rt.route.rejects(event)
             if reason is not None:
-                self.metrics.objects_skipped += 1
-                if event.bucket != self.p.bucket and event.bucket not in self._foreign:
-                    # Not a filter doing its job: the queue gets another bucket's events
-                    # (a misspelt bucket, a notification pointed at the wrong queue).
-                    self._foreign.add(event.bucket)
-                    log.warning(
-                        "pipeline %s: queue %s holds events of bucket %r, not of its bucket "
-                        "%r; they are skipped and deleted (check the pipeline's bucket and "
-                        "the bucket notifications; said once per bucket)",
-                        self.p.name,
-                        self.p.queue,
-                        event.bucket,
-                        self.p.bucket,
-                    )
-                log.debug("pipeline %s skips %s: %s", self.p.name, event.uri(), reason)
+                self._skipped(event, reason)
                 continue
             # Only the last record hands the slot over: an earlier one has more to read.
             last = event is env.events[-1]
@@ -342,6 +333,54 @@ class MessageHandler:
             len(env.events) + len(env.bad_records),
         )
         return Split(tuple(parts))
+
+    def _skipped(self, event: ObjectEvent, reason: str) -> None:
+        """Log an event the pipeline's route does not take (it is deleted).
+
+        A filter S3 notifications cannot apply (``key_regex``) doing its job: debug.
+        Another bucket's event, or a key outside the prefix or suffix, is the queue
+        getting what the pipeline does not take (a notification pointed at the wrong
+        queue, a config changed since ``s3flow provision``): a warning, at most once per
+        cause every :data:`SKIP_WARN_EVERY_S`, with how many were skipped meanwhile.
+        """
+        self.metrics.objects_skipped += 1
+        log.debug("pipeline %s skips %s: %s", self.p.name, event.uri(), reason)
+        foreign = event.bucket != self.p.bucket
+        if not foreign and reason.startswith("key does not match"):
+            return
+        cause = f"bucket {event.bucket}" if foreign else reason
+        now = time.monotonic()
+        warned_at, unsaid = self._skips.get(cause, (-SKIP_WARN_EVERY_S, 0))
+        if now - warned_at < SKIP_WARN_EVERY_S:
+            self._skips[cause] = (warned_at, unsaid + 1)
+            return
+        self._skips[cause] = (now, 0)
+        more = f"; {unsaid} more skipped since the last warning" if unsaid else ""
+        if foreign:
+            log.warning(
+                "pipeline %s: queue %s holds events of bucket %r, not of its bucket "
+                "%r; they are skipped and deleted (check the pipeline's bucket and "
+                "the bucket notifications; said at most every %d s)%s",
+                self.p.name,
+                self.p.queue,
+                event.bucket,
+                self.p.bucket,
+                SKIP_WARN_EVERY_S,
+                more,
+            )
+            return
+        log.warning(
+            "pipeline %s: queue %s holds the event of %s, but its %s; skipped and deleted "
+            "(the object stays). The bucket's notification sends keys the pipeline does "
+            "not take: was its prefix or suffix changed since `s3flow provision`? Run it "
+            "again to match the notification to the config (said at most every %d s)%s",
+            self.p.name,
+            self.p.queue,
+            event.uri(),
+            reason,
+            SKIP_WARN_EVERY_S,
+            more,
+        )
 
     # --- one record ----------------------------------------------------------------
 
