@@ -39,6 +39,9 @@ from s3flow.state.sqlite.schema import (
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+#: Seconds between two checks that the store's path still names the file it has open.
+FILE_CHECK_EVERY_S = 1.0
+
 #: Results handed back to the event loop per wake-up, at most.
 _BATCH = 16
 #: (future, its loop, result, exception) of one finished call.
@@ -121,6 +124,10 @@ class SqliteStoreBase:
         self.read_only = read_only
         self._prune_every_s = None if read_only else prune_every_s
         self._conn: sqlite3.Connection | None = None
+        # (st_dev, st_ino) of the file opened; when it was last compared with the path's
+        self._file_id: tuple[int, int] | None = None
+        self._file_checked_at = time.monotonic()
+        self._file_problem: str | None = None
         self._executor: ThreadPoolExecutor | None = None
         # Calls waiting for the store's thread; _draining: a _drain pass is queued/running.
         self._calls: deque[_Call] = deque()
@@ -223,6 +230,9 @@ class SqliteStoreBase:
             # Measured here: 0.37 instead of 0.04 ms per commit.
             conn.execute("PRAGMA synchronous = FULL")
             in_tx(conn, self._create_schema)
+            if path != ":memory:":
+                found = os.stat(path)
+                self._file_id = (found.st_dev, found.st_ino)
         except sqlite3.Error as exc:
             conn.close()
             raise self._cannot_open(exc) from exc
@@ -230,6 +240,36 @@ class SqliteStoreBase:
             conn.close()
             raise
         self._conn = conn
+
+    def _file_gone(self) -> str | None:
+        """Why the file this store has open is no longer the one at its path (deleted or
+        replaced: what is written goes to a file nobody will read), else None. Looked at
+        at most every :data:`FILE_CHECK_EVERY_S` (one ``stat``)."""
+        if self._file_id is None:
+            return None
+        now = time.monotonic()
+        if now - self._file_checked_at < FILE_CHECK_EVERY_S:
+            return self._file_problem
+        self._file_checked_at = now
+        try:
+            found = os.stat(Path(self.path).expanduser())
+            same = (found.st_dev, found.st_ino) == self._file_id
+            how = "replaced by another file"
+        except FileNotFoundError:
+            same, how = False, "deleted"
+        except OSError:
+            same, how = True, ""  # cannot tell (a permission change): carry on
+        self._file_problem = (
+            None
+            if same
+            else (
+                f"state store {self.path} was {how} while this process had it open: what it "
+                "writes would go to a file nobody reads (records, claims and locks lost). "
+                "Stop this process, then put the store back, or start afresh with a new one "
+                "(completed objects then look new to a backfill)"
+            )
+        )
+        return self._file_problem
 
     def _open_read_only(self) -> sqlite3.Connection:
         """Open the existing file with ``mode=ro``: nothing is written to it.
@@ -350,6 +390,9 @@ class SqliteStoreBase:
 
     def _run_calls(self, items: list[_Call]) -> list[_Done]:
         """Run ``items`` in order: each run of two or more groupable calls as one group."""
+        gone = self._file_gone()
+        if gone is not None:
+            return [(fut, loop, None, StateError(gone)) for _, fut, loop, _ in items]
         done: list[_Done] = []
         group: list[_Call] = []
         for item in [*items, None]:
