@@ -67,6 +67,21 @@ def test_same_bytes_uploaded_again_after_the_result_was_deleted_is_processed(
     assert harness.result("same.txt") is not None
 
 
+def test_a_folder_marker_is_skipped_not_processed(harness: Harness) -> None:
+    """A folder made in the S3 console (a 0-byte object whose key ends in /) was
+    processed like a file: its result was the hidden object `res/dir/.json`."""
+    harness.configure()
+    harness.put("dir/", b"")
+    harness.put("dir/a.txt", b"1\n2\n")
+    m = harness.run()
+    assert (m.pipelines["p"].objects_processed, m.pipelines["p"].objects_skipped) == (1, 1)
+    assert harness.result("dir/a.txt") is not None
+    listed = harness.s3.list_objects_v2(Bucket=harness.out_bucket, Prefix="res/dir/")
+    assert [o["Key"] for o in listed.get("Contents", [])] == ["res/dir/a.txt.json"]
+    assert harness.records("dir/") == []
+    assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
+
+
 def test_duplicate_delivery_is_counted_in_the_summary_and_json(
     harness: Harness, tmp_path: Path
 ) -> None:

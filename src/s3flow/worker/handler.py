@@ -291,6 +291,11 @@ class MessageHandler:
             if reason is not None:
                 self._skipped(event, reason)
                 continue
+            if event.key.endswith("/") and event.size == 0:
+                # A folder made in the S3 console: no file, nothing to process.
+                self.metrics.objects_skipped += 1
+                log.info("skipping %s: a folder marker (0 bytes, key ends in /)", event.uri())
+                continue
             # Only the last record hands the slot over: an earlier one has more to read.
             last = event is env.events[-1]
             outcome = await self._record(msg, event, msg.reading_done if last else None)
