@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
+import random
 from itertools import accumulate
 from typing import Any, cast
 
 import pytest
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from kafka_support import read_topic, unique_topic
 
 from s3flow.errors import PermanentError, UndecodableContentError
@@ -241,3 +244,63 @@ def test_a_good_row_over_message_max_bytes_is_a_bad_row_and_the_rest_sent(
     assert "over the producer's message.max.bytes (1000000)" in doc["reason"], doc["reason"]
     assert doc["raw_truncated"] is True and len(dead.value) < 100_000
     assert ckpts[-1].done and (ckpts[-1].sent, ckpts[-1].bad) == (3, 1)
+
+
+def created_topic(kafka: KafkaBroker, config: dict[str, str]) -> str:
+    """A new data topic of one partition with ``config``."""
+    topic = unique_topic("session")
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 1, 1, config=config)]).values():
+        future.result()
+    return topic
+
+
+@pytest.mark.parametrize("block_bytes", [64 * 1024, 4 * 1024 * 1024])
+def test_a_row_over_the_topics_max_message_bytes_is_a_bad_row_and_the_rest_sent(
+    kafka: KafkaBroker, block_bytes: int
+) -> None:
+    """A topic with max.message.bytes = 20000 and a row of 40 KB: the broker refused its
+    record batch (with the good rows in it) at the commit, and the object failed with
+    "MSG_SIZE_TOO_LARGE: ProduceRequest ... with 3 message(s) failed" on every attempt,
+    naming no row. The row is a bad row now, and batches of the small rows around it
+    (260 KB of them, incompressible) stay under the topic's limit."""
+    topic = created_topic(kafka, {"max.message.bytes": "20000"})
+    opts = options(kafka, topic=topic)
+    rng = random.Random(7)
+
+    def text(n: int) -> str:
+        return base64.b64encode(rng.randbytes(n)).decode()
+
+    small = [f"{i},{text(90)}" for i in range(4000)]
+    big = f"x,{text(30_000)}"
+    data = "\n".join(["id,blob", *small[:2000], big, *small[2000:], ""]).encode()
+    ckpts = run(opts, ObjectRef("bucket", "big-row.csv", "v1"), data, block_bytes=block_bytes)
+    assert [row["id"] for row in values(kafka, topic)] == [str(i) for i in range(4000)]
+    [dead] = read_topic(kafka.bootstrap, opts.dlq_topic_name)
+    doc = dead.json()
+    assert doc["line"] == 2002 and doc["raw_truncated"] is True
+    assert f"over the topic '{topic}' max.message.bytes (20000)" in doc["reason"], doc["reason"]
+    assert ckpts[-1].done and (ckpts[-1].sent, ckpts[-1].bad) == (4000, 1)
+
+
+@pytest.mark.parametrize("rows", [2, 3000])
+def test_a_message_the_broker_refuses_fails_the_object_naming_its_line(
+    kafka: KafkaBroker, rows: int
+) -> None:
+    """A compacted data topic and no key_column: the broker refuses every message
+    (INVALID_RECORD). The error was a retryable "commit_transaction failed: INVALID_RECORD
+    ... Broker failed to validate record", retried until the retries ran out. It is a
+    permanent error now naming the rows' lines and what to change, and no row is
+    visible (no checkpoint either). With 3000 rows (blocks of 4 KB, one transaction)
+    the first five are named and the rest counted."""
+    topic = created_topic(kafka, {"cleanup.policy": "compact"})
+    opts = options(kafka, topic=topic, checkpoint_rows=1_000_000)
+    data = "".join(["a,b\n", *(f"{i},{i * 7}\n" for i in range(rows))]).encode()
+    with pytest.raises(PermanentError) as err:
+        run(opts, ObjectRef("bucket", "no-key.csv", "v1"), data, block_bytes=4096)
+    text = str(err.value)
+    named = "line 2, line 3" if rows == 2 else "line 2, line 3, line 4, line 5, line 6, 2995 more"
+    assert f"refused the messages of {named} for topic '{topic}'" in text, text
+    assert "INVALID_RECORD" in text and "set key_column" in text, text
+    assert values(kafka, topic) == []
+    assert read_topic(kafka.bootstrap, opts.checkpoint_topic_name) == []

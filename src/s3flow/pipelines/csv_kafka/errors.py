@@ -65,3 +65,8 @@ def is_too_large(exc: BaseException) -> bool:
     """Whether ``exc`` is librdkafka refusing one message over ``message.max.bytes``."""
     err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
     return isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE
+
+
+def is_fenced(err: KafkaError) -> bool:
+    """Whether ``err`` says a newer producer of the same ``transactional.id`` took over."""
+    return err.code() in _FENCED

@@ -467,16 +467,29 @@ class RowBatches:
             dead,
         )
 
-    def unsendable(self, line: int, value: str | bytes, max_bytes: int) -> list[BadRow]:
+    def unsendable(
+        self, line: int, value: str | bytes, max_bytes: int, topic_limit: str | None = None
+    ) -> list[BadRow]:
         """A row whose message the producer refused as over ``message.max.bytes``: a bad
-        row (``bad_rows`` applies; ``fail`` raises), its ``raw`` the message's start."""
+        row (``bad_rows`` applies; ``fail`` raises), its ``raw`` the message's start.
+
+        ``topic_limit``: the topic setting that lowered ``message.max.bytes`` to
+        ``max_bytes`` (e.g. ``"topic 'orders' max.message.bytes"``), if one did."""
         text = value if isinstance(value, str) else value.decode("utf-8", "replace")
         size = len(value if isinstance(value, bytes) else value.encode("utf-8", "replace"))
         dead: list[BadRow] = []
-        reason = (
-            f"its message of {size} bytes is over the producer's message.max.bytes "
-            f"({max_bytes}): raise it in producer_config (and the topic's max.message.bytes)"
-        )
+        if topic_limit is not None:
+            reason = (
+                f"its message of {size} bytes is over the {topic_limit} ({max_bytes}), "
+                "which the broker would refuse: raise it (and message.max.bytes in "
+                "producer_config when it is over 1000000)"
+            )
+        else:
+            reason = (
+                f"its message of {size} bytes is over the producer's message.max.bytes "
+                f"({max_bytes}): raise it in producer_config (and the topic's "
+                "max.message.bytes)"
+            )
         self._bad(dead, line, reason, None, [text])
         return dead
 

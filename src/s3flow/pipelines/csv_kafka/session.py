@@ -33,9 +33,9 @@ from itertools import islice, repeat
 from operator import length_hint
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from s3flow.errors import UndecodableContentError
+from s3flow.errors import S3flowError, UndecodableContentError
 from s3flow.pipelines.csv_kafka.blocks import (
     BLOCK_BYTES,
     PIECE_BYTES,
@@ -55,12 +55,16 @@ from s3flow.pipelines.csv_kafka.checkpoint import (
 )
 from s3flow.pipelines.csv_kafka.clientlog import client_log
 from s3flow.pipelines.csv_kafka.errors import (
+    KafkaPermanentError,
     KafkaUnavailableError,
+    ProducerFencedError,
+    is_fenced,
     is_too_large,
     translate_kafka_error,
 )
 from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
 from s3flow.pipelines.csv_kafka.rows import BadRow, RowBatches, original_bytes
+from s3flow.pipelines.csv_kafka.topics import message_limit
 
 log = logging.getLogger("s3flow.pipelines.csv_kafka")
 
@@ -76,6 +80,12 @@ PREFETCH_BLOCKS = 2
 #: the produce loop then waited for blocks: 18% of its time, 4% with runs of 512).
 SEND_SLICE = 512
 _PARTITION_ANY = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner decides
+_PRODUCER_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
+_MIN_MAX_BYTES = 1000  # the lowest message.max.bytes librdkafka takes
+#: Messages the transaction's abort or the producer's close purged: not refused.
+_PURGED = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
+#: Refused deliveries kept to name in the error (all are counted).
+_REFUSED_KEPT = 5
 
 
 def producer_config(opts: CsvKafkaOptions, ref: ObjectRef) -> dict[str, Any]:
@@ -128,6 +138,14 @@ class TxnSession:
         self._scan_from = 0
         self._timeout = opts.transaction_timeout_ms / 1000
         self.commit_seconds = 0.0
+        self._max_bytes = int(opts.producer_config.get("message.max.bytes", _PRODUCER_MAX_BYTES))
+        self._topic_limit: str | None = None  # the topic setting that lowered _max_bytes
+        #: Messages the broker did not take (delivery reports): (topic, value, error)
+        self._refused: list[tuple[str, bytes | None, KafkaError]] = []
+        self._refused_count = 0
+        #: The open transaction's rows (values, lines), to tell a refused message's line
+        #: (delivery reports carry no headers)
+        self._txn_rows: list[tuple[Sequence[str | bytes], Sequence[int]]] = []
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -137,7 +155,12 @@ class TxnSession:
         ``hint``: an offset of the checkpoint partition known to precede this object's
         checkpoints (from the state store mirror), or 0.
         """
-        producer = Producer(producer_config(self.opts, self.ref), logger=client_log)
+        conf = producer_config(self.opts, self.ref)
+        self._limit_to_topics(conf)
+        # Every message a delivery fails for is reported here (delivery.report.only.error:
+        # no call for the delivered ones); a failure aborts the transaction.
+        conf["on_delivery"] = self._delivery_failed
+        producer = Producer(conf, logger=client_log)
         self._producer = producer
         self._call(lambda: producer.init_transactions(self._timeout), "init_transactions")
         topic = self.opts.checkpoint_topic_name
@@ -158,6 +181,97 @@ class TxnSession:
         )
         self._scan_from = ckpt.scan_from if ckpt is not None else end
         return ckpt
+
+    def _limit_to_topics(self, conf: dict[str, Any]) -> None:
+        """Lower the producer's ``message.max.bytes`` to the smallest ``max.message.bytes``
+        of the topics it writes to. The broker checks a record batch against its topic's
+        limit only when it arrives, and a refused batch fails the transaction (and with it
+        the object, on every attempt); the producer refuses a message over its own limit
+        at once (a bad row, below) and builds no batch over it."""
+        opts = self.opts
+        topics = [opts.topic, opts.checkpoint_topic_name]
+        if opts.bad_rows == "dead-letter":
+            topics.append(opts.dlq_topic_name)
+        found = message_limit(opts.bootstrap(), topics)
+        if found is None:
+            return
+        limit, topic = found
+        limit = max(limit, _MIN_MAX_BYTES)
+        if limit < self._max_bytes:
+            self._max_bytes = limit
+            self._topic_limit = f"topic {topic!r} max.message.bytes"
+            conf["message.max.bytes"] = limit
+
+    def _delivery_failed(self, err: KafkaError | None, msg: Message) -> None:
+        """A delivery report (failures only): keep which message the broker refused
+        (not those purged, nor those of a producer fenced or failed for good: its own
+        error says more)."""
+        if err is None or err.code() in _PURGED or err.fatal() or is_fenced(err):
+            return
+        self._refused_count += 1
+        if len(self._refused) < _REFUSED_KEPT:
+            self._refused.append((msg.topic() or "?", msg.value(), err))
+
+    def _refused_lines(self) -> list[str]:
+        """Where each kept refused message comes from: ``line N`` (its row's first line,
+        found by its value among the open transaction's rows, in order), ``the bad row of
+        line N`` (a dead letter), ``the checkpoint``, or ``a message``."""
+        opts = self.opts
+        rows = [
+            (v, line)
+            for values, lines in self._txn_rows
+            for v, line in zip(values, lines, strict=False)
+        ]
+        taken: set[int] = set()
+        out = []
+        for topic, value, _ in self._refused:
+            what = "a message"
+            if topic == opts.topic and value is not None:
+                for i, (v, line) in enumerate(rows):
+                    mine = v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v
+                    if i not in taken and mine == value:
+                        taken.add(i)  # a row given twice: each report takes the next one
+                        what = f"line {line}"
+                        break
+            elif topic == opts.dlq_topic_name and value is not None:
+                try:
+                    what = f"the bad row of line {json.loads(value)['line']}"
+                except (ValueError, KeyError, TypeError):
+                    pass
+            elif topic == opts.checkpoint_topic_name:
+                what = "the checkpoint"
+            out.append(what)
+        return out
+
+    def _refused_error(self, producer: Producer, cause: BaseException) -> S3flowError | None:
+        """The error naming the messages the broker refused, when it refused some (the
+        transaction then failed: none of its rows is visible), else None."""
+        if isinstance(cause, ProducerFencedError):
+            return None  # another producer owns the object now
+        if not self._refused:
+            # the reports come with the producer's next poll (a produce() or commit
+            # refused for the failed transaction may come first)
+            kafka = isinstance(cause, (KafkaUnavailableError, KafkaPermanentError))
+            for wait in (0, 1.0) if kafka else (0,):
+                producer.poll(wait)
+                if self._refused:
+                    break
+            else:
+                return None
+        topic, _, err = self._refused[0]
+        where = self._refused_lines()
+        more = self._refused_count - len(self._refused)
+        if more > 0:
+            where.append(f"{more} more")
+        text = (
+            f"{self.ref.uri}: Kafka refused the messages of {', '.join(where)} for topic "
+            f"{topic!r}: {err.name()}: {err.str()}{_refused_hint(err, self.opts.key_column)}; "
+            "the transaction was aborted (none of its rows is visible; the rows of earlier "
+            f"transactions stay) ({cause})"
+        )
+        if err.retriable() or err.code() in (KafkaError._MSG_TIMED_OUT, KafkaError._TIMED_OUT):
+            return KafkaUnavailableError(text)
+        return KafkaPermanentError(text)
 
     def close(self) -> None:
         """Abort an open transaction (its rows never become visible) and drop the producer."""
@@ -196,6 +310,11 @@ class TxnSession:
             state.ncols = self._ncols  # RowBatches judges the rows by it
         try:
             self._run(producer, channel, state)
+        except S3flowError as exc:
+            refused = self._refused_error(producer, exc)
+            if refused is None:
+                raise
+            raise refused from exc
         finally:
             channel.abort()  # stop the feeder whatever happened
         if opts.bad_rows == "skip" and state.bad:
@@ -250,7 +369,7 @@ class TxnSession:
                 const_headers.append(("s3.range", ref.part.encode()))
 
         send = self._sender(producer, topic, partition, const_headers)
-        max_bytes = int(opts.producer_config.get("message.max.bytes", 1_000_000))
+        max_bytes, topic_limit = self._max_bytes, self._topic_limit
         row, sent, bad = state.row, state.sent, state.bad
         txn_rows = txn_bytes = 0
         last_commit = time.monotonic()
@@ -259,10 +378,13 @@ class TxnSession:
         try:
             for batch in records.batches(ahead, ahead.encode_with):
                 too_large = send(batch.values, batch.keys, batch.lines)
+                self._txn_rows.append((batch.values, batch.lines))
                 for dead in batch.dead:
                     self._dead_letter(producer, dead, const_headers)
                 for i in too_large:  # a bad row too: the rest of the object goes on
-                    for dead in records.unsendable(batch.lines[i], batch.values[i], max_bytes):
+                    for dead in records.unsendable(
+                        batch.lines[i], batch.values[i], max_bytes, topic_limit
+                    ):
                         self._dead_letter(producer, dead, const_headers)
                 row += batch.rows
                 sent += len(batch.values) - len(too_large)
@@ -364,6 +486,7 @@ class TxnSession:
     def _begin(self, producer: Producer) -> None:
         self._call(producer.begin_transaction, "begin_transaction")
         self._in_txn = True
+        self._txn_rows.clear()
 
     def _produce(
         self,
@@ -522,6 +645,23 @@ class _Prefetch:
     def close(self) -> None:
         """Stop the helper (it exits at its next block or channel read)."""
         self._stop.set()
+
+
+def _refused_hint(err: KafkaError, key_column: str | None) -> str:
+    """What to check for a message the broker refused with ``err`` (or "")."""
+    code = err.code()
+    if code == KafkaError.MSG_SIZE_TOO_LARGE:
+        return (
+            " (a record batch over the topic's max.message.bytes: raise it, or lower batch_bytes)"
+        )
+    if code == KafkaError.INVALID_RECORD:
+        hint = " (a compacted topic takes only messages with a key"
+        return hint + (": set key_column)" if not key_column else ")")
+    if code in (KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+        return " (the producer's principal may not write to the topic)"
+    if code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+        return " (the topic does not exist: create it, or set create_topics = true)"
+    return ""
 
 
 def _printable(text: str, encoding: str) -> str:

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+import time
+from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+)
 
 from s3flow.errors import ConfigError
 from s3flow.pipelines.csv_kafka.clientlog import client_log
@@ -123,3 +130,52 @@ def ensure_topics(opts: CsvKafkaOptions, timeout_s: float = 30.0) -> list[str]:
     if created:
         log.info("created Kafka topics %s", ", ".join(created))
     return created
+
+
+#: A topic's ``max.message.bytes`` is asked again after this many seconds (a raised
+#: limit is seen by the objects started that long after).
+LIMIT_TTL_S = 60.0
+_limits: dict[tuple[str, str], tuple[float, int | None]] = {}
+_limits_lock = threading.Lock()
+
+
+def message_limit(
+    bootstrap: str, topics: Sequence[str], timeout_s: float = 10.0
+) -> tuple[int, str] | None:
+    """The smallest ``max.message.bytes`` of ``topics`` and the topic that has it, or
+    None when no topic's could be read (a missing topic, no DescribeConfigs right).
+
+    The broker refuses a record batch over its topic's ``max.message.bytes`` when the
+    transaction is committed, failing the whole transaction; a producer whose
+    ``message.max.bytes`` is no larger refuses such a message when it is produced (a bad
+    row) and never builds a larger batch."""
+    now = time.monotonic()
+    found: dict[str, int | None] = {}
+    ask = []
+    with _limits_lock:
+        for topic in topics:
+            cached = _limits.get((bootstrap, topic))
+            if cached is not None and now - cached[0] < LIMIT_TTL_S:
+                found[topic] = cached[1]
+            else:
+                ask.append(topic)
+    if ask:
+        admin = AdminClient({"bootstrap.servers": bootstrap}, logger=client_log)
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in ask]
+        try:
+            futures = admin.describe_configs(resources, request_timeout=timeout_s)
+        except KafkaException as exc:
+            log.info("cannot read max.message.bytes of %s: %s", ", ".join(ask), exc)
+            futures = {}
+        for resource, future in futures.items():
+            limit = None
+            try:
+                entry = future.result(timeout=timeout_s).get("max.message.bytes")
+                limit = int(entry.value) if entry is not None and entry.value else None
+            except (KafkaException, ValueError, TimeoutError) as exc:
+                log.info("cannot read max.message.bytes of %s: %s", resource.name, exc)
+            found[resource.name] = limit
+            with _limits_lock:
+                _limits[(bootstrap, resource.name)] = (now, limit)
+    known = [(limit, topic) for topic, limit in found.items() if limit is not None]
+    return min(known) if known else None
