@@ -74,7 +74,8 @@ async def dlq_url(sqs: Any, p: PipelineSettings, source_url: str) -> str:
             await sqs.get_queue_attributes(QueueUrl=source_url, AttributeNames=["RedrivePolicy"])
         ).get("Attributes", {})
     except Exception as exc:
-        raise translate_aws_error(exc, "GetQueueAttributes") from exc
+        what = f"pipeline {p.name!r} queue"
+        raise _queue_error(exc, source_url, what, by_url=_is_url(p.queue)) from exc
     policy = attrs.get("RedrivePolicy")
     if policy:
         try:
@@ -108,8 +109,9 @@ async def build_runtimes(
         processor = processors.get(processor_key(portable_spec(p.processor), p.options))
         url = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
         dlq = await dlq_url(clients.sqs, p, url)
-        for what, u in (("queue", url), ("dead-letter queue", dlq)):
-            await _check_queue(clients.sqs, u, f"pipeline {p.name!r} {what}")
+        for what, u, given in (("queue", url, p.queue), ("dead-letter queue", dlq, p.dlq_name)):
+            by_url = _is_url(given) and u == given
+            await _check_queue(clients.sqs, u, f"pipeline {p.name!r} {what}", by_url=by_url)
         # A misspelt bucket would only show as every event "skipped" (not its bucket).
         if await bucket_surely_missing(clients.s3, p.bucket):
             raise missing_bucket_error(p.bucket, settings.aws, f"pipeline {p.name!r} bucket")
@@ -263,16 +265,31 @@ def _routes_of(p: PipelineSettings) -> tuple[RoutingTable, dict[str, Processor]]
     return table, processors
 
 
-async def _check_queue(sqs: Any, url: str, what: str) -> None:
+def _queue_error(exc: Exception, url: str, what: str, *, by_url: bool) -> ConfigError:
+    """The error of a GetQueueAttributes of ``url`` (``what``: whose queue it is;
+    ``by_url``: the config gives the queue by this URL, not by a name)."""
+    err = translate_aws_error(exc, "GetQueueAttributes")
+    code = getattr(err, "code", "") or ""
+    if "NonExistentQueue" in code or "QueueDoesNotExist" in code:
+        hint = MISSING_QUEUE_URL_HINT if by_url else "run `s3flow provision` first"
+        return ConfigError(f"{what} {url} does not exist; {hint}")
+    return ConfigError(f"{what} {url} cannot be read: {err}")
+
+
+#: What to do about a queue given by a URL that does not exist.
+MISSING_QUEUE_URL_HINT = (
+    "check the URL's account, region and name (the endpoint and region s3flow uses must "
+    "be the queue's), or give the queue by its name and run `s3flow provision`, which "
+    "creates queues given by name"
+)
+
+
+async def _check_queue(sqs: Any, url: str, what: str, *, by_url: bool = False) -> None:
     """Start-up check: the queue exists and we may read its attributes."""
     try:
         await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
     except Exception as exc:
-        err = translate_aws_error(exc, "GetQueueAttributes")
-        code = getattr(err, "code", "") or ""
-        if "NonExistentQueue" in code or "QueueDoesNotExist" in code:
-            raise ConfigError(f"{what} {url} does not exist; run `s3flow provision` first") from exc
-        raise ConfigError(f"{what} {url} cannot be read: {err}") from exc
+        raise _queue_error(exc, url, what, by_url=by_url) from exc
 
 
 def pool_size(settings: Settings) -> int:

@@ -253,8 +253,24 @@ class Provisioner:
                 return None
             raise translate_aws_error(exc, f"GetQueueUrl {name}") from exc
 
+    async def queue_must_exist(self, url: str) -> None:
+        """A queue given by ``url`` exists (provision makes only queues given by name)."""
+        try:
+            await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        except Exception as exc:
+            code = _code(exc)
+            if "NonExistentQueue" not in code and "QueueDoesNotExist" not in code:
+                raise translate_aws_error(exc, f"GetQueueAttributes {url}") from exc
+            name = url.rstrip("/").rsplit("/", 1)[-1]
+            raise ConfigError(
+                f"queue {url} does not exist, and provision creates only queues given by "
+                f"name: write {name!r} instead of the URL (provision then creates it where "
+                "the endpoint and region point), or check the URL's account, region and name"
+            ) from exc
+
     async def queue(self, kind: str, name: str, wanted: dict[str, str]) -> tuple[str, str]:
         """Create or update a queue to have ``wanted`` attributes. Returns (url, arn)."""
+        given = name
         if _is_url(name):
             url: str | None = name
             name = name.rstrip("/").rsplit("/", 1)[-1]
@@ -276,6 +292,8 @@ class Provisioner:
                     await self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
                 ).get("Attributes", {})
             except Exception as exc:
+                if url == given:
+                    await self.queue_must_exist(given)  # the clearer error when missing
                 raise translate_aws_error(exc, f"GetQueueAttributes {name}") from exc
             if "Policy" in wanted:  # merge by Sid: an operator's statements stay
                 wanted = {**wanted, "Policy": merge_policy(attrs.get("Policy"), wanted["Policy"])}
@@ -567,7 +585,12 @@ async def provision(settings: Settings, *, dry_run: bool = False) -> list[Change
             await prov.abort_incomplete_uploads(b)
         per_bucket: dict[str, list[dict[str, Any]]] = {}
         for p in settings.pipelines:
-            _, dlq_arn = await prov.queue("dlq", p.dlq_name, {"MessageRetentionPeriod": "1209600"})
+            if _is_url(p.queue):
+                await prov.queue_must_exist(p.queue)  # before its DLQ is made
+            # A DLQ named after a queue given by URL is made by name, where the endpoint
+            # and region point (the worker finds it by the queue's redrive policy).
+            dlq = p.dlq or p.dlq_name.rstrip("/").rsplit("/", 1)[-1]
+            _, dlq_arn = await prov.queue("dlq", dlq, {"MessageRetentionPeriod": "1209600"})
             name = p.queue.rstrip("/").rsplit("/", 1)[-1]
             account = dlq_arn.split(":")[4]
             arn_guess = f"arn:aws:sqs:{settings.aws.region}:{account}:{name}"

@@ -358,3 +358,19 @@ def test_another_configurations_notification_whose_queue_is_gone_is_removed(
     assert "removed s3flow-counts: queue gone" in notification.detail
     notif = harness.s3.get_bucket_notification_configuration(Bucket=harness.bucket)
     assert [q["Id"] for q in notif["QueueConfigurations"]] == ["s3flow-other"]
+
+
+def test_a_queue_given_by_url_gets_its_dlq_by_name_and_works(harness: Harness) -> None:
+    """The DLQ of a queue given by URL defaulted to '<URL>-dlq', which provision took for
+    an existing queue and never made: "GetQueueAttributes ... -dlq failed"."""
+    url = harness.sqs.create_queue(QueueName=harness.queue)["QueueUrl"]
+    settings = harness.configure(provision_it=False, queue=url)
+    asyncio.run(provision(settings))
+    dlq_url = harness.sqs.get_queue_url(QueueName=f"{harness.queue}-dlq")["QueueUrl"]
+    attrs = harness.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])
+    target = json.loads(attrs["Attributes"]["RedrivePolicy"])["deadLetterTargetArn"]
+    assert target.endswith(f":{harness.queue}-dlq")
+    harness.purge()
+    harness.put("a.txt", b"1\n")
+    assert harness.run().pipelines["p"].objects_processed == 1
+    assert harness.depth(dlq_url) == (0, 0)

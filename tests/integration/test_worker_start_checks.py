@@ -164,3 +164,30 @@ def test_events_outside_the_prefix_are_warned_about_with_what_to_do(harness: Har
     wait_for(lambda: harness.depth() == (1, 0), 30, "the event on the queue")
     quiet = worker(harness.write_config())
     assert quiet.returncode == 0 and "WARNING" not in quiet.stderr, quiet.stderr
+
+
+def test_a_queue_url_that_does_not_exist_is_named_with_what_to_do(harness: Harness) -> None:
+    """A queue given by a URL that does not exist (a typo, another region): the worker
+    said "GetQueueAttributes failed: ... does not exist" naming no queue nor pipeline,
+    and `s3flow provision`, which its advice named, failed the same way."""
+    harness.configure()
+    missing = harness.queue_url.rsplit("/", 1)[0] + "/nosuch-queue"
+    for dlq in (None, f"{harness.queue}-dlq"):
+        extra = {} if dlq is None else {"dlq": dlq}
+        harness.configure(provision_it=False, queue=missing, **extra)
+        cfg = harness.write_config()
+        line = stopped_with(
+            worker(cfg), f"pipeline 'p' queue {missing} does not exist", "check the URL's account"
+        )
+        assert "GetQueueAttributes failed" not in line
+        prov = subprocess.run(
+            [sys.executable, "-m", "s3flow", "provision", "-c", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert prov.returncode == 2, prov.stdout + prov.stderr
+        text = " ".join(prov.stderr.split())
+        assert f"queue {missing} does not exist, and provision creates only queues" in text
+        assert "write 'nosuch-queue' instead of the URL" in text and "Traceback" not in text

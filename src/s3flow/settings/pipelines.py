@@ -231,9 +231,18 @@ class PipelineSettings(_Model):
     key_regex: OptionalRegex = Field(
         default=None, description="Only keys matching this regular expression (re.search)."
     )
-    queue: str = Field(description="SQS queue name or URL that receives the notifications.")
+    queue: str = Field(
+        description=(
+            "SQS queue name or URL that receives the notifications. `s3flow provision` "
+            "creates a queue given by name; one given by URL must exist."
+        )
+    )
     dlq: str | None = Field(
-        default=None, description="Dead-letter queue name or URL. Default: '<queue>-dlq'."
+        default=None,
+        description=(
+            "Dead-letter queue name or URL. Default: '<queue>-dlq' (by name, also for a "
+            "queue given by URL)."
+        ),
     )
     output: str = Field(
         description="Where results go: 's3://bucket/prefix/' or a local directory path."
