@@ -754,7 +754,7 @@ def test_a_bucket_given_as_a_url_says_to_write_the_name_and_the_prefix(tmp_path:
     text = DOCUMENTED_EXAMPLE.replace('bucket = "incoming"', 'bucket = "s3://incoming/logs/"')
     msg = config_error(write(tmp_path, text))
     assert (
-        "bucket: Value error, 's3://incoming/logs/' is not a bucket name: write the name "
+        "bucket: 's3://incoming/logs/' is not a bucket name: write the name "
         "alone, 'incoming'; the key prefix goes in `prefix = 'logs/'`"
     ) in msg
     text = DOCUMENTED_EXAMPLE.replace('bucket = "incoming"', 'bucket = "incoming/"')
@@ -773,7 +773,7 @@ def test_an_uploads_bucket_that_is_no_bucket_name_is_refused(tmp_path: Path) -> 
     msg = config_error(
         write(tmp_path, '[jobs]\nproject = "acme"\nuploads_bucket = "s3://acme-uploads"\n')
     )
-    assert "jobs.uploads_bucket: Value error, 's3://acme-uploads' is not a bucket name" in msg
+    assert "jobs.uploads_bucket: 's3://acme-uploads' is not a bucket name" in msg
 
 
 def test_log_level_takes_any_case_as_the_cli_does() -> None:
@@ -781,3 +781,25 @@ def test_log_level_takes_any_case_as_the_cli_does() -> None:
     assert load_settings(None, {"worker": {"log_level": "debug"}}).worker.log_level == "DEBUG"
     with pytest.raises(ConfigError, match=r"worker\.log_level"):
         load_settings(None, {"worker": {"log_level": "loud"}})
+
+
+def test_one_table_where_a_list_of_tables_is_wanted_says_to_write_two_brackets(
+    tmp_path: Path,
+) -> None:
+    """`[pipelines]` instead of `[[pipelines]]` said "Input should be a valid list"."""
+    text = DOCUMENTED_EXAMPLE.replace("[[pipelines]]", "[pipelines]", 1)
+    msg = config_error(write(tmp_path, text))
+    assert (
+        "pipelines: a list of tables is wanted, this is one table: write [[pipelines]] "
+        "(two brackets) above each one, not [pipelines]"
+    ) in msg, msg
+
+
+def test_a_whole_config_error_names_no_pseudo_key(tmp_path: Path) -> None:
+    """A pipeline name used twice said "<top>: Value error, pipeline name ...": a key
+    that is no key, pydantic's prefix, and nothing to do."""
+    start = DOCUMENTED_EXAMPLE.index("[[pipelines]]")
+    pipeline = DOCUMENTED_EXAMPLE[start:].split("\n[", 1)[0]
+    msg = config_error(write(tmp_path, DOCUMENTED_EXAMPLE + "\n" + pipeline + "\n"))
+    assert "  - pipeline name 'counts' is used twice: give each pipeline its own" in msg, msg
+    assert "<top>" not in msg and "Value error" not in msg

@@ -118,7 +118,9 @@ class Settings(BaseSettings):
         names = [t.name for t in self.templates]
         for name in names:
             if names.count(name) > 1:
-                raise ValueError(f"template name {name!r} is used twice")
+                raise ValueError(
+                    f"template name {name!r} is used twice: give each template its own"
+                )
         if self.templates and self.jobs is None:
             raise ValueError(
                 "[[templates]] are set but [jobs] is not: add a [jobs] table with a project"
@@ -126,7 +128,9 @@ class Settings(BaseSettings):
         seen: set[str] = set()
         for p in self.pipelines:
             if p.name in seen:
-                raise ValueError(f"pipeline name {p.name!r} is used twice")
+                raise ValueError(
+                    f"pipeline name {p.name!r} is used twice: give each pipeline its own"
+                )
             seen.add(p.name)
         for p in self.pipelines:
             for q in self.pipelines:
@@ -327,12 +331,20 @@ def error_lines(
     for err in exc.errors():
         loc = tuple(err["loc"])
         key = where(loc)
+        got = err.get("input")
         if err["type"] == "extra_forbidden":
             line = f"  - {key}: {unknown}"
+        elif err["type"] == "list_type" and isinstance(got, dict):
+            # TOML's [pipelines] is one table; [[pipelines]] starts each table of a list
+            table = ".".join(str(part) for part in loc if isinstance(part, str))
+            line = (
+                f"  - {key}: a list of tables is wanted, this is one table: write "
+                f"[[{table}]] (two brackets) above each one, not [{table}]"
+            )
         else:
-            got = err.get("input")
             shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            line = f"  - {key}: {err['msg']}{shown}"
+            problem = err["msg"].removeprefix("Value error, ")
+            line = f"  - {problem}" if not loc else f"  - {key}: {problem}{shown}"
         came = origin(loc) if origin is not None else None
         lines.append(f"{line}; {came}" if came else line)
     return lines

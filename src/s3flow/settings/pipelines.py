@@ -428,7 +428,7 @@ class PipelineSettings(_Model):
                     "route last, and only one"
                 )
             if name in seen:
-                raise ValueError(f"route name {name!r} is used twice")
+                raise ValueError(f"route name {name!r} is used twice: give each route its own")
             seen.add(name)
             if r.is_default:
                 default_at = i
