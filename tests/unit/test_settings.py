@@ -803,3 +803,17 @@ def test_a_whole_config_error_names_no_pseudo_key(tmp_path: Path) -> None:
     msg = config_error(write(tmp_path, DOCUMENTED_EXAMPLE + "\n" + pipeline + "\n"))
     assert "  - pipeline name 'counts' is used twice: give each pipeline its own" in msg, msg
     assert "<top>" not in msg and "Value error" not in msg
+
+
+def test_a_queue_url_of_another_region_than_the_configs_is_refused(tmp_path: Path) -> None:
+    """Requests go to [aws] region's endpoint, where the queue of the URL's region does
+    not exist: the worker said only "does not exist"."""
+    url = "https://sqs.eu-west-1.amazonaws.com/123456789012/counts-events"
+    text = DOCUMENTED_EXAMPLE.replace('queue = "counts-events"', f'queue = "{url}"')
+    msg = config_error(write(tmp_path, text))
+    assert (
+        f"pipeline 'counts': queue '{url}' is a queue of region 'eu-west-1', but [aws] "
+        "region is 'us-east-1': set region = 'eu-west-1'"
+    ) in msg, msg
+    same = text.replace('region = "us-east-1"', 'region = "eu-west-1"')
+    assert load_settings(write(tmp_path, same)).pipelines[0].queue == url

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -77,6 +78,12 @@ def describe_filters(p: PipelineSettings) -> str:
     return text + (f" key_regex {p.key_regex!r}" if p.key_regex is not None else "")
 
 
+#: An SQS queue URL on AWS, ``https://sqs.<region>.amazonaws.com/<account>/<name>``.
+_AWS_QUEUE_URL = re.compile(
+    r"https://sqs\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/\d+/[^/]+/?$"
+)
+
+
 class Settings(BaseSettings):
     """All of s3flow's configuration, validated once at start."""
 
@@ -111,6 +118,22 @@ class Settings(BaseSettings):
         if self.jobs is not None and self.jobs.cors_origins is None:
             # The page's own origins: a [web] port other than 8080 still uploads.
             self.jobs.cors_origins = page_origins(self.web)
+        return self
+
+    @model_validator(mode="after")
+    def _queue_regions(self) -> Settings:
+        # An AWS queue URL names its region; requests go to [aws] region's endpoint,
+        # where that queue does not exist ("does not exist", with no word of regions).
+        for p in self.pipelines:
+            for key, value in (("queue", p.queue), ("dlq", p.dlq)):
+                found = _AWS_QUEUE_URL.match(value or "")
+                if found and found["region"] != self.aws.region:
+                    raise ValueError(
+                        f"pipeline {p.name!r}: {key} {value!r} is a queue of region "
+                        f"{found['region']!r}, but [aws] region is {self.aws.region!r}: set "
+                        f"region = {found['region']!r} (or AWS_REGION), or name a queue of "
+                        f"{self.aws.region!r}"
+                    )
         return self
 
     @model_validator(mode="after")
