@@ -367,6 +367,7 @@ def test_two_pipelines_on_one_queue_are_refused() -> None:
         load_settings(
             None,
             {
+                "aws": {"region": "eu-west-1"},
                 "pipelines": [
                     {"name": "a", "queue": "q", "prefix": "x/", **base},
                     {
