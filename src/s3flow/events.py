@@ -265,7 +265,22 @@ def _s3_notification(doc: dict[str, Any], kind: str) -> Envelope:
             bad.append(BadRecord(i, rec, exc))
     if not events:
         raise bad[0].error  # nothing in it is an object event: the message is bad
+    # Each bad record is dead-lettered alone, as Records[0] of its own body: its reason
+    # names it so, and says where it was in the message it came in.
+    bad = [BadRecord(b.index, b.raw, _alone_error(b)) for b in bad]
     return Envelope(events=events, kind=kind, bad_records=bad)
+
+
+def _alone_error(bad: BadRecord) -> EnvelopeError:
+    """``bad``'s error as its body alone (:meth:`BadRecord.record_body`) has it: the
+    record is ``Records[0]`` there (and ``Records[i]`` of the message it came in)."""
+    if bad.index == 0:
+        return bad.error
+    try:
+        _record(bad.raw, 0)
+    except EnvelopeError as alone:
+        return EnvelopeError(f"{alone} (Records[{bad.index}] of the message it came in)")
+    return bad.error  # not reached: the same record fails the same way
 
 
 def _eventbridge(doc: dict[str, Any]) -> Envelope:

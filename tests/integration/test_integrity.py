@@ -163,9 +163,17 @@ def test_a_record_that_is_no_object_event_is_dead_lettered_alone(harness: Harnes
     dead = harness.dlq_messages()
     bodies = sorted((json.loads(d["Body"])["Records"] for d in dead), key=str)
     assert bodies == sorted([[no_key], [other]], key=str)  # each alone, as it came
-    reasons = sorted(d["MessageAttributes"]["s3flow.error"]["StringValue"] for d in dead)
-    assert "Records[1].s3.object.key is missing" in reasons[0]
-    assert "Records[2].eventSource is 'aws:sqs'" in reasons[1]
+    reasons = {
+        json.dumps(json.loads(d["Body"])["Records"][0]): d["MessageAttributes"]["s3flow.error"][
+            "StringValue"
+        ]
+        for d in dead
+    }
+    # Each reason names the record as its body alone has it, and where it was.
+    assert reasons[json.dumps(no_key)].startswith("Records[0].s3.object.key is missing")
+    assert "(Records[1] of the message it came in)" in reasons[json.dumps(no_key)]
+    assert reasons[json.dumps(other)].startswith("Records[0].eventSource is 'aws:sqs'")
+    assert "(Records[2] of the message it came in)" in reasons[json.dumps(other)]
     assert harness.depth() == (0, 0)
 
 

@@ -166,7 +166,9 @@ def test_missing_key_names_the_record() -> None:
     rec = s3_record(key="a.txt")
     del rec["s3"]["object"]["key"]
     env = parse_body(notification(s3_record(key="ok.txt"), rec))
-    assert "Records[1].s3.object.key" in str(env.bad_records[0].error)
+    # Dead-lettered alone, it is Records[0] of its body; the reason also says where it was.
+    assert str(env.bad_records[0].error).startswith("Records[0].s3.object.key is missing")
+    assert "(Records[1] of the message it came in)" in str(env.bad_records[0].error)
 
 
 def test_size_as_digit_string_is_accepted() -> None:
@@ -337,6 +339,25 @@ def test_a_bad_record_beside_good_ones_is_kept_apart_with_its_index() -> None:
     (bad,) = env.bad_records
     assert bad.index == 1 and "Records[1]" in str(bad.error)
     assert json.loads(bad.record_body()) == {"Records": [rec]}
+
+
+def test_a_bad_records_reason_names_it_as_the_body_it_is_dead_lettered_in_has_it() -> None:
+    # The DLQ body holds the bad record alone: the reason said Records[1], the body had
+    # no Records[1].
+    body = notification(s3_record(key="a.txt"), {"garbage": 1})
+    (bad,) = parse_body(body).bad_records
+    alone = json.loads(bad.record_body())
+    assert alone == {"Records": [{"garbage": 1}]}
+    assert str(bad.error) == (
+        "Records[0] has no 's3' section (Records[1] of the message it came in)"
+    )
+    assert str(bad.error).split(" ", 1)[0] in _error(bad.record_body())
+
+
+def test_a_bad_first_record_keeps_its_reason() -> None:
+    env = parse_body(notification({"garbage": 1}, s3_record(key="a.txt")))
+    (bad,) = env.bad_records
+    assert str(bad.error) == "Records[0] has no 's3' section"
 
 
 def test_only_bad_records_make_the_message_bad() -> None:
