@@ -271,6 +271,20 @@ class CsvKafkaOptions(BaseModel):
         return servers
 
 
+#: producer_config keys that say how to reach the cluster (an admin client needs them
+#: too: a secured cluster refuses a client without its protocol and credentials).
+_CONNECTION_KEYS = ("security.protocol", "sasl.", "ssl.", "client.dns.lookup", "socket.")
+
+
+def admin_config(opts: CsvKafkaOptions) -> dict[str, Any]:
+    """The config of an admin client reaching the cluster as the producer does."""
+    conf: dict[str, Any] = {"bootstrap.servers": opts.bootstrap()}
+    for key, value in opts.producer_config.items():
+        if key.startswith(_CONNECTION_KEYS):
+            conf[key] = value
+    return conf
+
+
 def parse_options(options: dict[str, Any] | None) -> CsvKafkaOptions:
     """Validate a pipeline's options table; ConfigError naming the bad or unknown key."""
     from s3flow.processors.base import parse_options as parse

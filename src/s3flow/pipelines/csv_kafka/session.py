@@ -62,7 +62,7 @@ from s3flow.pipelines.csv_kafka.errors import (
     is_too_large,
     translate_kafka_error,
 )
-from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
+from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions, admin_config
 from s3flow.pipelines.csv_kafka.rows import BadRow, RowBatches, original_bytes
 from s3flow.pipelines.csv_kafka.topics import message_limit
 
@@ -192,7 +192,7 @@ class TxnSession:
         topics = [opts.topic, opts.checkpoint_topic_name]
         if opts.bad_rows == "dead-letter":
             topics.append(opts.dlq_topic_name)
-        found = message_limit(opts.bootstrap(), topics)
+        found = message_limit(admin_config(opts), topics)
         if found is None:
             return
         limit, topic = found

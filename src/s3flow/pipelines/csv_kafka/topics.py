@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
@@ -18,7 +19,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from s3flow.errors import ConfigError
 from s3flow.pipelines.csv_kafka.clientlog import client_log
 from s3flow.pipelines.csv_kafka.errors import KafkaUnavailableError, translate_kafka_error
-from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
+from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions, admin_config
 
 log = logging.getLogger("s3flow.pipelines.csv_kafka")
 
@@ -99,7 +100,7 @@ def ensure_topics(opts: CsvKafkaOptions, timeout_s: float = 30.0) -> list[str]:
     ]
     if opts.bad_rows == "dead-letter":
         wanted.append(NewTopic(opts.dlq_topic_name, num_partitions=1, replication_factor=-1))
-    admin = AdminClient({"bootstrap.servers": opts.bootstrap()}, logger=client_log)
+    admin = AdminClient(admin_config(opts), logger=client_log)
     try:
         existing = admin.list_topics(timeout=timeout_s).topics
     except KafkaException as exc:
@@ -140,7 +141,7 @@ _limits_lock = threading.Lock()
 
 
 def message_limit(
-    bootstrap: str, topics: Sequence[str], timeout_s: float = 10.0
+    conf: dict[str, Any], topics: Sequence[str], timeout_s: float = 10.0
 ) -> tuple[int, str] | None:
     """The smallest ``max.message.bytes`` of ``topics`` and the topic that has it, or
     None when no topic's could be read (a missing topic, no DescribeConfigs right).
@@ -150,6 +151,7 @@ def message_limit(
     ``message.max.bytes`` is no larger refuses such a message when it is produced (a bad
     row) and never builds a larger batch."""
     now = time.monotonic()
+    bootstrap = str(conf["bootstrap.servers"])
     found: dict[str, int | None] = {}
     ask = []
     with _limits_lock:
@@ -160,7 +162,7 @@ def message_limit(
             else:
                 ask.append(topic)
     if ask:
-        admin = AdminClient({"bootstrap.servers": bootstrap}, logger=client_log)
+        admin = AdminClient(conf, logger=client_log)
         resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in ask]
         try:
             futures = admin.describe_configs(resources, request_timeout=timeout_s)

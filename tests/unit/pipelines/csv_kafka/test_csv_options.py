@@ -6,7 +6,7 @@ import pytest
 
 from s3flow.errors import ConfigError
 from s3flow.pipelines.csv_kafka.cli import build_options
-from s3flow.pipelines.csv_kafka.options import parse_options
+from s3flow.pipelines.csv_kafka.options import admin_config, parse_options
 from s3flow.processors import create_processor
 
 
@@ -93,4 +93,29 @@ def test_option_values_are_json_except_for_text_options() -> None:
         "ranges": 2,
         "header": False,
         "columns": ["a"],
+    }
+
+
+def test_admin_clients_reach_the_cluster_as_the_producer_does() -> None:
+    """Admin clients (topic checks, max.message.bytes) were given the bootstrap servers
+    alone: a SASL/SSL cluster kept them waiting the whole timeout at each object start."""
+    opts = parse_options(
+        {
+            "topic": "t",
+            "bootstrap_servers": "k:9093",
+            "producer_config": {
+                "security.protocol": "SASL_SSL",
+                "sasl.mechanism": "PLAIN",
+                "sasl.username": "u",
+                "sasl.password": "p",
+                "message.timeout.ms": 60000,
+            },
+        }
+    )
+    assert admin_config(opts) == {
+        "bootstrap.servers": "k:9093",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "u",
+        "sasl.password": "p",
     }
