@@ -13,6 +13,7 @@ Retention: finished records expire ``retention_days`` after they finished
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from s3flow.errors import ConfigError
@@ -93,12 +94,17 @@ def sqlite_path(url: str) -> str | None:
     return None
 
 
-def _has_data(file: Path) -> bool:
-    """Whether ``file`` exists with something in it (an empty file is a new store)."""
+def _read_only_here(file: Path) -> bool:
+    """Whether a reading command opens ``file`` read-only: it exists with something in
+    it (an empty file is a new store) and this process cannot write it or its directory
+    (where it can, the store opens as always, upgrading an older schema)."""
+    file = file.expanduser()
     try:
-        return file.expanduser().stat().st_size > 0
+        if file.stat().st_size == 0:
+            return False
     except OSError:
         return False
+    return not (os.access(file, os.W_OK) and os.access(file.parent, os.W_OK))
 
 
 def open_state_store(
@@ -121,10 +127,11 @@ def open_state_store(
     the background while it is open (first after 30 s, then every 5 minutes:
     a short command never does); DynamoDB expires them by TTL either way.
 
-    ``read_only`` (a command that only reads) opens a SQLite file that exists
-    read-only: no schema change, no switch to WAL, no prune, so a file or
-    directory this process cannot write can be read (a missing file is created,
-    empty, as by any command). A DynamoDB store is the same either way.
+    ``read_only`` (a command that only reads) opens a SQLite file that exists and
+    that this process cannot write (or in a directory it cannot write) read-only:
+    no schema change, no switch to WAL, no prune (a missing file is created, empty,
+    as by any command; a writable one opens as always). A DynamoDB store is the same
+    either way.
     """
     retention_s = retention_seconds(retention_days)
     path = sqlite_path(url)
@@ -134,7 +141,7 @@ def open_state_store(
             file,
             retention_s=retention_s,
             prune_every_s=PRUNE_EVERY_S if prune else None,
-            read_only=read_only and isinstance(file, Path) and _has_data(file),
+            read_only=read_only and isinstance(file, Path) and _read_only_here(file),
         )
     if url.startswith("dynamodb://"):
         prefix = url[len("dynamodb://") :].strip("/")

@@ -38,9 +38,14 @@ async def test_a_store_whose_file_is_gone_refuses_every_call(
             await store.claim(ObjectId("b", "k2", "v1"), pipeline="p", owner="w", ttl_s=60)
 
 
-async def test_a_store_whose_file_stays_works_on(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    async with SqliteStateStore(path) as store:
+async def test_a_store_whose_file_stays_works_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also when opened by a relative path and the working directory changes after."""
+    monkeypatch.setattr("s3flow.state.sqlite.connection.FILE_CHECK_EVERY_S", 0.0)
+    monkeypatch.chdir(tmp_path)
+    async with SqliteStateStore(Path("state.db")) as store:
         await store.claim(OID, pipeline="p", owner="w", ttl_s=60)
-        os.utime(path)  # touched, still the same file
+        os.utime(tmp_path / "state.db")  # touched, still the same file
+        monkeypatch.chdir("/")
         assert (await store.get(OID)) is not None

@@ -78,3 +78,17 @@ async def test_a_missing_store_is_not_made_by_a_read_only_open(tmp_path: Path) -
     async with open_state_store(f"sqlite:{path}", read_only=True) as store:
         assert await store.list_files() == []
     assert path.exists()
+
+
+async def test_a_reading_command_upgrades_a_store_it_can_write(tmp_path: Path) -> None:
+    """Reading commands opened every store read-only: after an s3flow upgrade `files` and
+    `status` refused a writable store ("written by an older s3flow") until a worker ran."""
+    path = tmp_path / "state.db"
+    await _store_in_delete_mode(path)
+    with sqlite3.connect(path) as conn:  # as an older s3flow left it: no upload jobs yet
+        conn.execute("DROP TABLE job_events")
+    async with open_state_store(f"sqlite:///{path}", read_only=True) as store:
+        assert isinstance(store, SqliteStateStore) and not store.read_only
+        assert (await store.get(OID)) is not None
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'job_events'").fetchone()

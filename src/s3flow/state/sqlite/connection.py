@@ -126,6 +126,7 @@ class SqliteStoreBase:
         self._conn: sqlite3.Connection | None = None
         # (st_dev, st_ino) of the file opened; when it was last compared with the path's
         self._file_id: tuple[int, int] | None = None
+        self._file_path = Path()
         self._file_checked_at = time.monotonic()
         self._file_problem: str | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -231,7 +232,9 @@ class SqliteStoreBase:
             conn.execute("PRAGMA synchronous = FULL")
             in_tx(conn, self._create_schema)
             if path != ":memory:":
-                found = os.stat(path)
+                # absolute: a later chdir must not make the same file look gone
+                self._file_path = Path(path).absolute()
+                found = os.stat(self._file_path)
                 self._file_id = (found.st_dev, found.st_ino)
         except sqlite3.Error as exc:
             conn.close()
@@ -252,7 +255,7 @@ class SqliteStoreBase:
             return self._file_problem
         self._file_checked_at = now
         try:
-            found = os.stat(Path(self.path).expanduser())
+            found = os.stat(self._file_path)
             same = (found.st_dev, found.st_ino) == self._file_id
             how = "replaced by another file"
         except FileNotFoundError:
