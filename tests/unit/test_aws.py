@@ -139,6 +139,7 @@ async def test_sync_clients_equal_the_async_clients(aws: AwsSettings) -> None:
         "http://[::1]:4566",
         "HTTP://moto.local:1",
         "http://s3.local:65535",
+        "https://gw.example.com/s3",  # a gateway serving S3 under a path
     ],
 )
 def test_endpoint_urls_the_sdk_takes_are_accepted(url: str) -> None:
@@ -162,10 +163,10 @@ def test_endpoint_urls_the_sdk_takes_are_accepted(url: str) -> None:
         ("", "empty"),
         (
             "http://localhost:4566/000000000000/orders",
-            "has a path or query ('/000000000000/orders') after the server",
+            "has a queue's path or a query ('/000000000000/orders') after the server",
         ),
         ("http://127.0.0.1:9000?x=1", "write 'http://127.0.0.1:9000'"),
-        ("http://127.0.0.1:9000/#top", "has a path or query ('/#top')"),
+        ("http://127.0.0.1:9000/#top", "has a queue's path or a query ('/#top')"),
     ],
 )
 def test_endpoint_urls_the_sdk_refuses_are_named(

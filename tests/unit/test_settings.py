@@ -377,7 +377,7 @@ def test_two_pipelines_on_one_queue_are_refused() -> None:
                         "bucket": "other",
                         "queue": ("https://sqs.eu-west-1.amazonaws.com/123456789012/q"),
                     },
-                ]
+                ],
             },
         )
 

@@ -81,7 +81,7 @@ def bucket_name_problem(name: str) -> str | None:
 def endpoint_url_problem(url: str) -> str | None:
     """What keeps ``url`` from being an endpoint URL the SDK takes, with what to write
     instead (None: nothing): an ``http``/``https`` scheme, a host, a port from 1 to 65535,
-    and nothing after the server but ``/``.
+    no query and no queue's path (``/<account>/<queue>``).
 
     The SDK's own check fails every client with ``ValueError: Invalid endpoint``; this
     one runs where the URL is read, to name the setting or variable it came from.
@@ -108,12 +108,13 @@ def endpoint_url_problem(url: str) -> str | None:
     if port is not None and not 1 <= port <= 65535:
         return f"its port {port} is not from 1 to 65535; {example}"
     server = f"{parts.scheme}://{parts.netloc}"
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        # A queue or bucket URL pasted as the endpoint: every request would go to it.
+    # A queue URL pasted as the endpoint (every request would go to it). A path alone
+    # can be right: a gateway serving S3 under one (https://gw.example.com/s3).
+    if re.match(r"/\d{12}/", parts.path) or parts.query or parts.fragment:
         rest = url[len(server) :]
         return (
-            f"it has a path or query ({rest!r}) after the server: an endpoint is the "
-            f"server alone (queues and buckets are named in their own settings); "
+            f"it has a queue's path or a query ({rest!r}) after the server: an endpoint "
+            f"is the server (queues and buckets are named in their own settings); "
             f"write {server!r}"
         )
     return None
