@@ -69,6 +69,15 @@ async def dlq_url(sqs: Any, p: PipelineSettings, source_url: str) -> str:
     """
     if p.dlq:
         return await queue_url(sqs, p.dlq, what=f"pipeline {p.name!r} dead-letter")
+    policy = await redrive_policy(sqs, p, source_url)
+    if policy is not None and "deadLetterTargetArn" in policy:
+        arn = str(policy["deadLetterTargetArn"])
+        return await queue_url(sqs, arn.rsplit(":", 1)[-1], what="redrive target")
+    return await queue_url(sqs, p.dlq_name, what=f"pipeline {p.name!r} dead-letter")
+
+
+async def redrive_policy(sqs: Any, p: PipelineSettings, source_url: str) -> dict[str, Any] | None:
+    """The source queue's RedrivePolicy (None: none, or unreadable: logged)."""
     try:
         attrs = (
             await sqs.get_queue_attributes(QueueUrl=source_url, AttributeNames=["RedrivePolicy"])
@@ -76,14 +85,39 @@ async def dlq_url(sqs: Any, p: PipelineSettings, source_url: str) -> str:
     except Exception as exc:
         what = f"pipeline {p.name!r} queue"
         raise _queue_error(exc, source_url, what, by_url=_is_url(p.queue)) from exc
-    policy = attrs.get("RedrivePolicy")
-    if policy:
-        try:
-            arn = json.loads(policy)["deadLetterTargetArn"]
-            return await queue_url(sqs, arn.rsplit(":", 1)[-1], what="redrive target")
-        except (ValueError, KeyError, TypeError):
-            log.warning("queue %s has an unreadable RedrivePolicy: %s", source_url, policy)
-    return await queue_url(sqs, p.dlq_name, what=f"pipeline {p.name!r} dead-letter")
+    text = attrs.get("RedrivePolicy")
+    if not text:
+        return None
+    try:
+        policy = json.loads(text)
+    except ValueError:
+        policy = None
+    if not isinstance(policy, dict):
+        log.warning("queue %s has an unreadable RedrivePolicy: %s", source_url, text)
+        return None
+    return policy
+
+
+async def redrive_limit(sqs: Any, p: PipelineSettings, source_url: str) -> int | None:
+    """The source queue's redrive maxReceiveCount (None: no redrive policy), with a
+    warning when it leaves the worker no room to dead-letter with the reason."""
+    policy = await redrive_policy(sqs, p, source_url)
+    try:
+        limit = int((policy or {})["maxReceiveCount"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if limit <= p.max_receive_count:
+        log.warning(
+            "pipeline %s: queue %s moves a message to its DLQ after %d receives, no more "
+            "than max_receive_count (%d): SQS takes failing files before the worker can "
+            "dead-letter them with the reason; run `s3flow provision` (it sets %d)",
+            p.name,
+            source_url,
+            limit,
+            p.max_receive_count,
+            p.redrive_max_receive_count,
+        )
+    return limit
 
 
 def select_pipelines(settings: Settings, names: list[str] | None) -> list[PipelineSettings]:
@@ -130,6 +164,7 @@ async def build_runtimes(
                 route=Route.from_settings(p),
                 routes=routes,
                 processors=processors,
+                redrive_limit=await redrive_limit(clients.sqs, p, url),
             )
         )
     return out

@@ -29,6 +29,12 @@ from s3flow.errors import EnvelopeError
 _MAX_BODY = 1024 * 1024  # SQS bodies are at most 256 KiB (1 MiB with the new limit)
 
 
+def is_folder_marker(key: str, size: int | None) -> bool:
+    """Whether an object is a folder marker (0 bytes, its key ending in ``/``): the
+    worker skips it and backfill leaves it out."""
+    return key.endswith("/") and size == 0
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectEvent:
     """One object-level event taken from a notification."""
@@ -51,6 +57,11 @@ class ObjectEvent:
     def is_created(self) -> bool:
         """True for ObjectCreated:* events (the ones processors act on)."""
         return self.event_name.startswith("ObjectCreated") or self.event_name == "Object Created"
+
+    @property
+    def is_folder_marker(self) -> bool:
+        """A folder made in the S3 console: 0 bytes, a key ending in ``/`` (no file)."""
+        return is_folder_marker(self.key, self.size)
 
     @property
     def is_removed(self) -> bool:

@@ -80,6 +80,11 @@ def test_a_folder_marker_is_skipped_not_processed(harness: Harness) -> None:
     assert [o["Key"] for o in listed.get("Contents", [])] == ["res/dir/a.txt.json"]
     assert harness.records("dir/") == []
     assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)
+    # A backfill leaves it out too: enqueued, it would stay "received" for ever.
+    bf = s3flow("backfill", "-c", str(harness.write_config()), "-p", "p")
+    assert bf.returncode == 0, bf.stderr
+    assert "listed 2: enqueued 0, already completed 1" in bf.stdout and "filtered 1" in bf.stdout
+    assert harness.depth() == (0, 0) and harness.records("dir/") == []
 
 
 def test_duplicate_delivery_is_counted_in_the_summary_and_json(
@@ -388,12 +393,16 @@ def test_dlq_list_explains_a_message_the_queue_moved(harness: Harness) -> None:
     harness.configure()
     harness.put("moved.txt", b"1\n")
     harness.purge()
+    # as a message a worker sent back to its queue (renewed) arrives: its last error
+    last = {"s3flow.last-error": {"DataType": "String", "StringValue": "bucket gone"}}
     harness.sqs.send_message(
         QueueUrl=harness.dlq_url,
         MessageBody=json.dumps({"Records": [s3_event(harness.bucket, "moved.txt")]}),
+        MessageAttributes=last,
     )
     r = s3flow("dlq", "list", "-c", str(harness.write_config()), "--json")
     assert r.returncode == 0, r.stderr
     (msg,) = json.loads(r.stdout)
-    assert msg["error_class"] is None
+    assert msg["error_class"] is None and msg["last_error"] == "bucket gone"
     assert "redrive policy" in msg["state_note"] and "no record" in msg["state_note"]
+    assert "not by a worker; its last error: bucket gone" in msg["state_note"]

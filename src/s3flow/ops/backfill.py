@@ -21,7 +21,7 @@ from s3flow.errors import (
     aws_errors,
     translate_aws_error,
 )
-from s3flow.events import ObjectEvent, content_version
+from s3flow.events import ObjectEvent, content_version, is_folder_marker
 from s3flow.quarantine import untag
 from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, Settings
@@ -300,8 +300,8 @@ async def backfill(
             if since and modified < since:
                 report.older += 1
                 return
-            if route.rejects(ObjectEvent(p.bucket, key)):
-                report.filtered += 1
+            if route.rejects(ObjectEvent(p.bucket, key)) or is_folder_marker(key, size):
+                report.filtered += 1  # (the worker skips folder markers)
                 return
             oid = ObjectId(p.bucket, key, content_version(etag, modified))
             quarantined = False

@@ -36,7 +36,7 @@ from s3flow.routing import Route
 from s3flow.settings import PipelineSettings, Settings
 from s3flow.state.base import StateStore
 from s3flow.state.records import FileRecord, FileStatus, ObjectId, TransitionError
-from s3flow.worker.acks import REDRIVE_ID_ATTR, SOURCE_MESSAGE_ID_ATTR
+from s3flow.worker.acks import LAST_ERROR_ATTR, REDRIVE_ID_ATTR, SOURCE_MESSAGE_ID_ATTR
 from s3flow.worker.identity import event_second, identify, upload_second
 
 log = logging.getLogger("s3flow.ops")
@@ -62,6 +62,9 @@ class DlqMessage:
     state_note: str | None = None
     #: A FIFO queue's message group (None on a standard queue).
     group_id: str | None = None
+    #: The last error a worker saw before it sent the message back to its queue (a
+    #: renewed message, a record re-sent alone), when the queue's redrive moved it.
+    last_error: str | None = None
 
 
 def _attr(msg: dict[str, Any], name: str) -> str | None:
@@ -318,6 +321,7 @@ def _message_of(m: dict[str, Any]) -> DlqMessage:
         sent_at=datetime.fromtimestamp(int(sent) / 1000, UTC).isoformat() if sent else None,
         keys=_keys(m.get("Body", "")),
         group_id=system.get("MessageGroupId"),
+        last_error=_attr(m, LAST_ERROR_ATTR),
     )
 
 
@@ -325,9 +329,10 @@ async def _note_state(clients: Any, store: StateStore | None, msg: DlqMessage) -
     """A message s3flow did not dead-letter gets what the state store knows of it."""
     if msg.error_class is None:
         note = await _state_note(clients.s3, store, msg.body)
+        last = f"; its last error: {msg.last_error}" if msg.last_error else ""
         msg.state_note = (
             "moved by the queue's redrive policy (maxReceiveCount), not by a "
-            "worker" + (f"; state store: {note}" if note else "")
+            "worker" + last + (f"; state store: {note}" if note else "")
         )
 
 

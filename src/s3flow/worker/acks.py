@@ -231,6 +231,13 @@ REDRIVE_ID_ATTR = "s3flow.redrive-id"
 _LEFT_FAILED = frozenset({FileStatus.FAILED})
 
 
+#: Attributes of a message s3flow sends back to the source queue (a record re-sent
+#: alone, a renewed message): why. Not ``s3flow.error-class``/``s3flow.error``, which
+#: mark a message a worker dead-lettered (one the queue's redrive moves keeps these).
+LAST_ERROR_CLASS_ATTR = "s3flow.last-error-class"
+LAST_ERROR_ATTR = "s3flow.last-error"
+
+
 def _attr(value: object) -> dict[str, str]:
     return {"DataType": "String", "StringValue": (str(value) or "-")[:_ATTR_MAX]}
 
@@ -334,8 +341,8 @@ class Settler:
             {
                 FAILURES_ATTR: part.failures,
                 "s3flow.split-from": msg.message_id,
-                "s3flow.error-class": part.outcome.error_class,
-                "s3flow.error": part.outcome.error,
+                LAST_ERROR_CLASS_ATTR: part.outcome.error_class,
+                LAST_ERROR_ATTR: part.outcome.error,
                 **carried(msg),
             },
             f"could not re-send a failed record of message {msg.message_id} alone; "
@@ -347,15 +354,20 @@ class Settler:
 
     async def _renew(self, msg: ReceivedMessage, retry: Retry) -> bool:
         """Send ``msg`` again as a new message after ``retry.delay_s`` (its receive count
-        starts over; it carries its failures and redrive id)."""
+        starts over; it carries its failures and redrive id).
+
+        The failures carried are those a worker without a state store counts (every
+        receive before this one, as for a record re-sent alone); one with a store counts
+        the file's failures in its record.
+        """
         return await self._send(
             self.queue_url,
             msg.body,
             {
-                FAILURES_ATTR: prior_failures(msg),
+                FAILURES_ATTR: prior_failures(msg) + msg.receive_count - 1,
                 "s3flow.renewed-from": msg.message_id,
-                "s3flow.error-class": retry.error_class,
-                "s3flow.error": retry.error,
+                LAST_ERROR_CLASS_ATTR: retry.error_class,
+                LAST_ERROR_ATTR: retry.error,
                 **carried(msg),
             },
             f"could not send message {msg.message_id} again as a new one; retrying it as "

@@ -359,15 +359,22 @@ class PipelineRunner:
             return Release("shutdown: not finished within shutdown_grace_s")
         except S3flowError as exc:
             # Classified, so not a bug here (the state store gone, say): one line, no trace.
+            # Nothing was recorded: near the queue's redrive limit the message is sent
+            # again as a new one, or SQS would move it to the DLQ with no reason.
             delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
+            # (a job's queue counts its attempts by receives: its runner hands jobs on)
+            renew = isinstance(self.rt, PipelineRuntime) and msg.receive_count >= self.rt.renew_at
             log.error(
-                "message %s not handled, retrying it in %ds: %s: %s",
+                "message %s not handled, retrying it in %ds%s: %s: %s",
                 msg.message_id,
                 delay,
+                " (sent again as a new message: the queue's redrive limit is near)"
+                if renew
+                else "",
                 exc.error_class,
                 exc,
             )
-            return Retry(delay, exc.error_class, str(exc))
+            return Retry(delay, exc.error_class, str(exc), renew=renew)
         except Exception as exc:
             log.exception("internal error handling message %s", msg.message_id)
             return Retry(

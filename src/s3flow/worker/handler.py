@@ -158,6 +158,18 @@ class PipelineRuntime:
     route: Route
     routes: RoutingTable | None = None
     processors: dict[str, Processor] = field(default_factory=dict)
+    #: The source queue's redrive maxReceiveCount as read at start (None: not read;
+    #: the configured ``redrive_max_receive_count`` is used).
+    redrive_limit: int | None = None
+
+    @property
+    def renew_at(self) -> int:
+        """The receive from which a wait that is not the file's fault (an output, an
+        executor or the state store out of reach) sends the message again as a new
+        one: one before the queue's redrive limit, which would move it to the DLQ
+        with no reason."""
+        limit = self.redrive_limit or self.settings.redrive_max_receive_count
+        return max(1, limit - 1)
 
     def __post_init__(self) -> None:
         if self.routes is None:
@@ -228,7 +240,9 @@ class MessageHandler:
         self._holds = Holds(
             store, self.p, worker_id=worker.worker_id, stop=stop, claim_ttl_s=claim_ttl_s
         )
-        self._policy = FailurePolicy(self.p, s3=s3, store=store, metrics=metrics)
+        self._policy = FailurePolicy(
+            self.p, s3=s3, store=store, metrics=metrics, renew_at=rt.renew_at
+        )
         # cause of skipped events -> (when last warned about, skipped since unsaid)
         self._skips: dict[str, tuple[float, int]] = {}
 
@@ -291,7 +305,7 @@ class MessageHandler:
             if reason is not None:
                 self._skipped(event, reason)
                 continue
-            if event.key.endswith("/") and event.size == 0:
+            if event.is_folder_marker:
                 # A folder made in the S3 console: no file, nothing to process.
                 self.metrics.objects_skipped += 1
                 log.info("skipping %s: a folder marker (0 bytes, key ends in /)", event.uri())

@@ -78,8 +78,11 @@ class FailurePolicy:
         s3: Any,
         store: StateStore | None,
         metrics: PipelineMetrics,
+        renew_at: int | None = None,
     ) -> None:
         self.p = settings
+        #: From this receive on, a wait that is not the file's fault renews the message.
+        self.renew_at = renew_at or max(1, settings.redrive_max_receive_count - 1)
         self._s3 = s3
         self._store = store
         self.metrics = metrics
@@ -110,7 +113,7 @@ class FailurePolicy:
             what = "output" if isinstance(exc, OutputUnavailableError) else "executor"
             # Each wait spends a receive: near the queue's redrive limit the message is
             # sent again as a new one, or SQS would move it to the DLQ with no reason.
-            renew = msg.receive_count >= self.p.redrive_max_receive_count - 1
+            renew = msg.receive_count >= self.renew_at
             log.error(
                 "%s: %s unavailable, retrying in %ds%s: %s",
                 where,

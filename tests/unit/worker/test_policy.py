@@ -1,0 +1,64 @@
+"""The failure policy's outcomes: a wait that is not the file's fault is renewed before
+the queue's redrive limit; merged outcomes keep that."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from s3flow.errors import OutputUnavailableError
+from s3flow.events import ObjectEvent
+from s3flow.metrics import PipelineMetrics
+from s3flow.settings import PipelineSettings
+from s3flow.worker.handler import PipelineRuntime
+from s3flow.worker.outcomes import DeadLetter, Retry
+from s3flow.worker.policy import Attempt, FailurePolicy, merge_failures
+from s3flow.worker.source import ReceivedMessage
+
+EVENT = ObjectEvent(bucket="b", key="k.txt")
+
+
+def _settings(**over: Any) -> PipelineSettings:
+    return PipelineSettings(name="p", bucket="b", queue="q", output="s3://o/", **over)
+
+
+@pytest.mark.parametrize(("receive", "renewed"), [(1, False), (11, False), (12, True), (20, True)])
+async def test_an_output_outage_is_renewed_one_receive_before_the_redrive_limit(
+    receive: int, renewed: bool
+) -> None:
+    """Each wait spends a receive: at the limit SQS moved the message to the DLQ with
+    no reason (max_receive_count 3: the queue's limit is 13, so from receive 12)."""
+    policy = FailurePolicy(
+        _settings(max_receive_count=3), s3=None, store=None, metrics=PipelineMetrics()
+    )
+    msg = ReceivedMessage("m", "h", "{}", receive, 0.0)
+    out = await policy.failed(Attempt(msg, EVENT), OutputUnavailableError("bucket gone"))
+    assert isinstance(out, Retry) and out.renew is renewed
+
+
+def test_the_queues_own_redrive_limit_decides_when_it_was_read() -> None:
+    """A queue given by URL may have its own maxReceiveCount (5 here, not 13)."""
+    rt = PipelineRuntime(
+        settings=_settings(max_receive_count=3),
+        queue_url="q",
+        dlq_url="d",
+        processor=None,
+        sink=None,  # type: ignore[arg-type]
+        route=None,  # type: ignore[arg-type]
+        routes=None,
+        redrive_limit=5,
+    )
+    assert rt.renew_at == 4
+    rt.redrive_limit = None
+    assert rt.renew_at == 12
+
+
+def test_merged_failures_renew_when_any_record_does() -> None:
+    a, b = ObjectEvent(bucket="b", key="a"), ObjectEvent(bucket="b", key="b")
+    merged = merge_failures([(a, Retry(30, "X", "x")), (b, Retry(5, "Y", "y", renew=True))])
+    assert merged == Retry(5, "Y", "y", renew=True)
+    plain = merge_failures([(a, Retry(30, "X", "x")), (b, Retry(5, "Y", "y"))])
+    assert plain == Retry(5, "Y", "y")
+    dead = merge_failures([(a, DeadLetter("D", "d")), (b, Retry(5, "Y", "y", renew=True))])
+    assert isinstance(dead, DeadLetter)
