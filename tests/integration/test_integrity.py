@@ -300,6 +300,34 @@ def test_an_output_bucket_that_disappears_is_retried_not_dead_lettered(
     assert rec.status is FileStatus.COMPLETED and rec.failures == 0
 
 
+def test_a_state_store_deleted_under_a_running_worker_loses_nothing(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Deleting the SQLite file went unnoticed: the worker wrote records to the deleted
+    file and acknowledged messages whose records nobody would read again."""
+    harness.configure(visibility_timeout_s=5, retry_base_s=1, retry_max_s=1)
+    cfg = harness.write_config()
+    log = tmp_path / "w.log"
+    w = spawn_worker(cfg, log)
+    try:
+        harness.put("first.txt", b"1\n")  # the worker is up once this has a result
+        wait_for(lambda: harness.result("first.txt") is not None, 60, "the first result")
+        store = Path(harness.state_url.removeprefix("sqlite:"))
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{store}{suffix}").unlink(missing_ok=True)
+        harness.put("late.txt", b"1\n2\n")
+        wait_for(lambda: "was deleted while this process had it open" in log.read_text(), 60, "")
+    finally:
+        w.send_signal(signal.SIGTERM)
+        w.wait(timeout=60)
+    assert harness.result("late.txt") is None  # not processed into a lost record
+    assert harness.depth(harness.dlq_url) == (0, 0)
+    wait_for(lambda: harness.depth() == (1, 0), 30, "the message to be visible again")
+    # a worker on a store put back (here: a new one) processes it
+    assert harness.run().pipelines["p"].objects_processed == 1
+    assert harness.result("late.txt") is not None
+
+
 # --- operators: reprocess, release, backfill --force, status --------------------------------
 
 

@@ -39,8 +39,10 @@ from s3flow.state.sqlite.schema import (
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-#: Seconds between two checks that the store's path still names the file it has open.
-FILE_CHECK_EVERY_S = 1.0
+#: Seconds between two checks that the store's path still names the file it has open:
+#: every pass of the store's thread (a ``stat``, about a microsecond; a pass of a second
+#: let a record go to the deleted file and its message be acknowledged).
+FILE_CHECK_EVERY_S = 0.0
 
 #: Results handed back to the event loop per wake-up, at most.
 _BATCH = 16
