@@ -236,6 +236,8 @@ _LEFT_FAILED = frozenset({FileStatus.FAILED})
 #: mark a message a worker dead-lettered (one the queue's redrive moves keeps these).
 LAST_ERROR_CLASS_ATTR = "s3flow.last-error-class"
 LAST_ERROR_ATTR = "s3flow.last-error"
+#: Attribute of a renewed message: how many times it was sent again as a new one.
+RENEWALS_ATTR = "s3flow.renewals"
 
 
 def _attr(value: object) -> dict[str, str]:
@@ -365,6 +367,7 @@ class Settler:
             msg.body,
             {
                 FAILURES_ATTR: prior_failures(msg) + msg.receive_count - 1,
+                RENEWALS_ATTR: msg.whole_number_attribute(RENEWALS_ATTR) + 1,
                 "s3flow.renewed-from": msg.message_id,
                 LAST_ERROR_CLASS_ATTR: retry.error_class,
                 LAST_ERROR_ATTR: retry.error,

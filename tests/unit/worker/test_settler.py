@@ -170,6 +170,7 @@ async def test_a_renewed_retry_is_sent_again_as_a_new_message(send_fails: bool) 
     # what a worker without a store counts: 2 carried + the 10 receives before this one
     assert got["s3flow.failures"] == "12" and got[REDRIVE_ID_ATTR] == "r1"
     assert got["s3flow.renewed-from"] == "m" and got["s3flow.last-error"] == "bucket gone"
+    assert got["s3flow.renewals"] == "1"  # counted on: the next renewal says 2
     # s3flow.error marks a message a worker dead-lettered: `dlq list` took a renewed copy
     # the queue's redrive moved for one, hiding that SQS moved it
     assert "s3flow.error" not in got and "s3flow.error-class" not in got
