@@ -10,8 +10,8 @@ caused it:
 * ``PERMANENT`` - permanent for this object (corrupt compressed data,
   undecodable content): send it to the DLQ at once with the reason, no retries.
 * ``POISON`` - the SQS message itself is unusable (not a known envelope): DLQ.
-* ``SKIP`` - nothing to do for this object (it was deleted before we read it):
-  log and acknowledge.
+* ``SKIP`` - nothing to do for this object (it was deleted before we read it, or
+  overwritten since the event that named it): log and acknowledge.
 * ``QUARANTINE`` - the object fails the pipeline's validation: tag it, record
   it as quarantined with the reason, acknowledge (whatever
   ``on_permanent_error`` says: validation is meant to quarantine).
@@ -152,6 +152,26 @@ class ObjectMissingError(S3flowError):
     disposition = Disposition.SKIP
 
 
+class ObjectChangedError(S3flowError):
+    """The object was overwritten since the event that named its upload by eTag: a read
+    conditional on that eTag (``If-Match``) was refused with 412 Precondition Failed.
+
+    The event is superseded: the newer upload's own event processes the object, so this
+    one is acknowledged without output (never retried nor dead-lettered). The message is
+    what the event's record keeps (:func:`superseded_text`).
+    """
+
+    disposition = Disposition.SKIP
+
+
+def superseded_text(etag: str) -> str:
+    """What an :class:`ObjectChangedError` says for the upload of eTag ``etag``."""
+    return (
+        "superseded: the object was overwritten since this event "
+        f"(upload eTag {etag.strip(chr(34))} is not the object now)"
+    )
+
+
 class ReceiveFailedError(S3flowError):
     """A queue could not be read, again and again (burst mode gives up: nothing to drain)."""
 
@@ -198,10 +218,14 @@ def aws_error_code(exc: BaseException) -> str:
     return str((response.get("Error") or {}).get("Code") or "")
 
 
-def translate_aws_error(exc: BaseException, operation: str) -> S3flowError:
+def translate_aws_error(
+    exc: BaseException, operation: str, *, if_match: str | None = None
+) -> S3flowError:
     """Translate a botocore/aiohttp exception into the s3flow hierarchy.
 
-    Use as ``raise translate_aws_error(exc, "GetObject") from exc``.
+    Use as ``raise translate_aws_error(exc, "GetObject") from exc``. ``if_match``: the
+    eTag the call was conditional on; its 412 Precondition Failed then becomes an
+    :class:`ObjectChangedError` (without it a 412 is permanent, like any other 4xx).
     """
     response: dict[str, Any] | None = getattr(exc, "response", None)
     if isinstance(response, dict):
@@ -212,6 +236,8 @@ def translate_aws_error(exc: BaseException, operation: str) -> S3flowError:
         text = f"{operation} failed: {code or status}: {msg}"
         if code in _MISSING:
             return ObjectMissingError(text)
+        if if_match and (code == "PreconditionFailed" or status == 412):
+            return ObjectChangedError(superseded_text(if_match))
         if code == "NoSuchBucket":
             return OutputUnavailableError(
                 f"{text} (the bucket does not exist: create it or run `s3flow provision`)"
@@ -258,8 +284,9 @@ _CONNECT_ERRORS = frozenset(
 
 
 @contextmanager
-def aws_errors(operation: str) -> Iterator[None]:
-    """Translate what an AWS call in the block raises (:func:`translate_aws_error`).
+def aws_errors(operation: str, *, if_match: str | None = None) -> Iterator[None]:
+    """Translate what an AWS call in the block raises (:func:`translate_aws_error`;
+    ``if_match``: the eTag the call is conditional on).
 
     ``with aws_errors(f"GetObject {uri}"): resp = await s3.get_object(...)``. An
     s3flow error passes unchanged (it is classified already), as does cancellation.
@@ -269,4 +296,4 @@ def aws_errors(operation: str) -> Iterator[None]:
     except S3flowError:
         raise
     except Exception as exc:
-        raise translate_aws_error(exc, operation) from exc
+        raise translate_aws_error(exc, operation, if_match=if_match) from exc

@@ -49,6 +49,14 @@ class ObjectEvent:
     event_time: str | None = None
     region: str | None = None
     source: str = "s3"
+    #: The eTag every read of the object is conditional on (``If-Match``), for an event
+    #: that names its upload by eTag (:func:`names_upload_by_etag`): its identity is
+    #: ``<eTag>@<sequencer>``, so the bytes it is processed with must be that upload's.
+    #: A read refused (412) raises :class:`~s3flow.errors.ObjectChangedError`: the object
+    #: was overwritten since, and the newer upload's own event processes it. None: reads
+    #: are not conditional (a versionId names the upload; without a sequencer the worker
+    #: identifies the object as it is).
+    if_match: str | None = None
     #: The notification record this event came from (S3/SNS bodies), so one record
     #: of a multi-record message can be re-sent or dead-lettered on its own.
     raw: dict[str, Any] | None = field(default=None, compare=False, repr=False)
@@ -91,6 +99,12 @@ class ObjectEvent:
         if self.raw is None:
             raise ValueError(f"event for {self.uri()} has no raw record to re-send")
         return record_body(self.raw)
+
+
+def names_upload_by_etag(etag: str | None, version_id: str | None, sequencer: str | None) -> bool:
+    """Whether an event with these fields is identified as ``<eTag>@<sequencer>`` and its
+    eTag is that upload's: a sequencer and an eTag, no versionId (``"null"`` names none)."""
+    return bool(sequencer and etag) and (not version_id or version_id == "null")
 
 
 def record_body(raw: Any) -> str:
@@ -217,6 +231,9 @@ class _Format:
         name a bad field by ``top_at`` (what prefixes ``top``'s keys) or ``at`` (the path
         of the sections)."""
         etag = _opt_str(obj.get(self.etag))
+        etag = etag.strip('"') if etag else None
+        version_id = _opt_str(obj.get(self.version_id))
+        sequencer = _opt_str(obj.get("sequencer"))
         key_at = f"{at}.object.key"
         return ObjectEvent(
             bucket=_str(bucket.get("name"), f"{at}.bucket.name"),
@@ -227,12 +244,13 @@ class _Format:
             ),
             event_name=_event_name(top.get(self.event_name), f"{top_at}{self.event_name}"),
             size=_opt_size(obj.get("size")),
-            etag=etag.strip('"') if etag else None,
-            version_id=_opt_str(obj.get(self.version_id)),
-            sequencer=_opt_str(obj.get("sequencer")),
+            etag=etag or None,
+            version_id=version_id,
+            sequencer=sequencer,
             event_time=_opt_str(top.get(self.event_time)),
             region=_opt_str(top.get(self.region)),
             source=self.source,
+            if_match=etag if names_upload_by_etag(etag, version_id, sequencer) else None,
             raw=raw,
         )
 

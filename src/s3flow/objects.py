@@ -415,9 +415,13 @@ async def open_object(
     byte_range: tuple[int, int] | None = None,
     max_uncompressed_bytes: int | None = None,
     raw: bool = False,
+    if_match: str | None = None,
 ) -> ObjectReader:
     """GetObject as a stream. Missing object -> ObjectMissingError; errors translated.
 
+    ``if_match``: read only the upload of this eTag (``If-Match``; an event's
+    :attr:`~s3flow.events.ObjectEvent.if_match`): another object there now raises
+    :class:`~s3flow.errors.ObjectChangedError` (the object was overwritten since).
     ``byte_range``: only bytes ``[start, end)``, as stored (no decompression).
     ``raw``: the bytes as stored, never decompressed (no sniffing at all).
     ``max_uncompressed_bytes``: a compressed object that decompresses to more
@@ -431,7 +435,9 @@ async def open_object(
         if not 0 <= start < end:
             raise ValueError(f"empty or negative byte range {byte_range}")
         kwargs["Range"] = f"bytes={start}-{end - 1}"
-    with aws_errors(f"GetObject s3://{bucket}/{key}"):
+    if if_match:
+        kwargs["IfMatch"] = f'"{if_match.strip(chr(34))}"'
+    with aws_errors(f"GetObject s3://{bucket}/{key}", if_match=if_match):
         resp = await s3.get_object(**kwargs)
     info = ObjectInfo(
         bucket=bucket,

@@ -27,7 +27,7 @@ from s3flow.local.endpoint import LocalEndpoint, free_port
 from s3flow.metrics import WorkerMetrics
 from s3flow.provision import provision
 from s3flow.settings import Settings, load_settings
-from s3flow.state.records import FileRecord, FileStatus, ObjectId
+from s3flow.state.records import FileRecord, FileStatus, HistoryEntry, ObjectId
 from s3flow.worker.engine import WorkerObserver
 
 _counter = itertools.count()
@@ -195,6 +195,18 @@ class Harness:
     def send_raw(self, body: str) -> None:
         self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
 
+    def event(self, key_encoded: str, **kw: Any) -> dict[str, Any]:
+        """:func:`s3_event` for ``key``'s upload as it is now: its real eTag, as S3 sends.
+
+        With a sequencer, an event whose eTag is not the object's names an upload
+        replaced since: the worker acknowledges it as superseded.
+        """
+        from urllib.parse import unquote_plus
+
+        head = self.s3.head_object(Bucket=self.bucket, Key=unquote_plus(key_encoded))
+        kw.setdefault("size", int(head["ContentLength"]))
+        return s3_event(self.bucket, key_encoded, etag=head["ETag"].strip('"'), **kw)
+
     def end_record(
         self, key: str, version: str, status: FileStatus, *, error: str = "boom"
     ) -> ObjectId:
@@ -213,6 +225,17 @@ class Harness:
 
         asyncio.run(go())
         return oid
+
+    def history(self, key: str) -> list[HistoryEntry]:
+        """The state store's history of ``key`` (every upload), oldest first."""
+
+        async def go() -> list[HistoryEntry]:
+            assert self.settings is not None
+            async with open_store(self.settings) as store:
+                assert store is not None
+                return await store.history(self.bucket, key)
+
+        return asyncio.run(go())
 
     def records(self, key: str | None = None) -> list[FileRecord]:
         """The state store's file records: every version of ``key``, or all of them."""
@@ -238,7 +261,9 @@ def s3_event(
     """An S3 notification record with an already URL-encoded key.
 
     With ``sequencer=None`` it looks like moto's (no sequencer): the worker then
-    identifies the upload by the object's (eTag, LastModified).
+    identifies the upload by the object's (eTag, LastModified). With one, the eTag must
+    be the object's for the worker to process it (:meth:`Harness.event`): another
+    names an upload replaced since.
     """
     obj: dict[str, Any] = {"key": key_encoded, "size": size, "eTag": etag}
     if sequencer is not None:

@@ -311,7 +311,7 @@ def test_a_record_split_off_a_redriven_copy_and_dead_lettered_is_not_moved_again
     for key in keys:
         harness.put(key, b"z\n")
     harness.purge()  # the notifications: the message on the DLQ stands for them
-    records = [s3_event(harness.bucket, k, sequencer=f"01{i:02d}") for i, k in enumerate(keys)]
+    records = [harness.event(k, sequencer=f"01{i:02d}") for i, k in enumerate(keys)]
     original = _to_dlq(harness, {"Records": records})
     rounds, worker_round = _worker_beside(harness)
     report = _redrive(settings, on_moved=worker_round)

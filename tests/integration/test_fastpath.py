@@ -13,11 +13,17 @@ import pytest
 from itest_support import ministack_or_skip
 
 from s3flow.aws import AwsClients, open_clients
-from s3flow.errors import ObjectMissingError, OutputUnavailableError, aws_errors
+from s3flow.errors import (
+    ObjectChangedError,
+    ObjectMissingError,
+    OutputUnavailableError,
+    aws_errors,
+)
 from s3flow.fastpath import FastS3Client, FastSqsClient
 from s3flow.local.aws.server import ElasticMQ, S3Proxy, client_env
 from s3flow.local.endpoint import LocalEndpoint
 from s3flow.local.kafka.install import java_available, maven_available
+from s3flow.objects import open_object
 from s3flow.settings import AwsSettings
 
 KEYS = ["plain.txt", "dir/with space+plus=eq&amp%25~tilde.txt", "ünï/cödé €.txt", "a/b/c/d"]
@@ -169,6 +175,32 @@ async def test_versions_are_read_by_id(
     assert await old["Body"].read() == b"one" and old["VersionId"] == first["VersionId"]
     head = await on.s3.head_object(Bucket=bucket, Key="k", VersionId=first["VersionId"])
     assert head["ContentLength"] == 3
+
+
+# S3Proxy left out: only the emulators whose events carry a sequencer (and moto).
+@pytest.mark.parametrize("emulator_url", ["moto", "ministack"], indirect=True)
+async def test_a_read_of_one_upload_is_refused_once_it_was_overwritten(
+    clients: tuple[AwsClients, AwsClients],
+) -> None:
+    """``If-Match`` on the fast path as through the SDK: the upload named is read (whole or
+    a range), another is refused (412) and translated to ObjectChangedError."""
+    on, off = clients
+    bucket = f"fast-{uuid.uuid4().hex[:12]}"
+    await off.s3.create_bucket(Bucket=bucket)
+    first = (await on.s3.put_object(Bucket=bucket, Key="k", Body=b"one\n"))["ETag"].strip('"')
+    now = (await on.s3.put_object(Bucket=bucket, Key="k", Body=b"two\n"))["ETag"].strip('"')
+    for client in (on.s3, off.s3):
+        for byte_range in (None, (0, 2)):
+            reader = await open_object(client, bucket, "k", if_match=now, byte_range=byte_range)
+            data = b"".join([chunk async for chunk in reader])
+            reader.close()
+            assert data == (b"two\n" if byte_range is None else b"tw")
+            with pytest.raises(ObjectChangedError, match=f"upload eTag {first} is not"):
+                await open_object(client, bucket, "k", if_match=first, byte_range=byte_range)
+    fast_error = await _error(on.s3.get_object(Bucket=bucket, Key="k", IfMatch=f'"{first}"'))
+    sdk_error = await _error(off.s3.get_object(Bucket=bucket, Key="k", IfMatch=f'"{first}"'))
+    assert type(fast_error).__name__ == type(sdk_error).__name__
+    assert fast_error.response["Error"]["Code"] == sdk_error.response["Error"]["Code"]  # type: ignore[attr-defined]
 
 
 async def _error(call: Any) -> Exception:

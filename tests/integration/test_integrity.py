@@ -126,7 +126,7 @@ def test_a_bad_record_in_the_middle_settles_alone(harness: Harness) -> None:
         else:
             harness.put(key, b"a\n" * (i + 1))
     harness.purge()  # moto's own events: replaced by one message with all ten records
-    recs = [s3_event(harness.bucket, k, sequencer=f"00{i:02d}") for i, k in enumerate(keys)]
+    recs = [harness.event(k, sequencer=f"00{i:02d}") for i, k in enumerate(keys)]
     harness.send_raw(json.dumps({"Records": recs}))
     m = harness.run()
     p = m.pipelines["p"]
@@ -156,8 +156,8 @@ def test_a_record_that_is_no_object_event_is_dead_lettered_alone(harness: Harnes
     no_key = s3_event(harness.bucket, "x")
     del no_key["s3"]["object"]["key"]
     other = {"eventSource": "aws:sqs", "foo": 1}
-    recs = [s3_event(harness.bucket, "g/1.txt", sequencer="0201"), no_key, other]
-    recs.append(s3_event(harness.bucket, "g/2.txt", sequencer="0202"))
+    recs = [harness.event("g/1.txt", sequencer="0201"), no_key, other]
+    recs.append(harness.event("g/2.txt", sequencer="0202"))
     harness.send_raw(json.dumps({"Records": recs}))
     m = harness.run()
     p = m.pipelines["p"]
@@ -197,7 +197,7 @@ def test_a_retryable_record_is_resent_alone_and_succeeds_later(
     for key in keys:
         harness.put(key, b"z\n")
     harness.purge()
-    recs = [s3_event(harness.bucket, k, sequencer=f"01{i:02d}") for i, k in enumerate(keys)]
+    recs = [harness.event(k, sequencer=f"01{i:02d}") for i, k in enumerate(keys)]
     harness.send_raw(json.dumps({"Records": recs}))
     m = harness.run()
     p = m.pipelines["p"]

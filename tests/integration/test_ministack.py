@@ -185,3 +185,42 @@ def test_duplicate_delivery_of_a_real_notification(mh: MiniHarness) -> None:
     res = mh.result("dup.txt")
     assert res is not None and res["lines"] == 3, res
     assert mh.depth() == (0, 0)
+
+
+def test_an_event_whose_upload_was_overwritten_is_superseded_not_run_on_new_bytes(
+    mh: MiniHarness,
+) -> None:
+    # Two uploads of one key before the worker runs: the first upload's event finds
+    # the second's bytes. It ran the processor on them under the first upload's identity
+    # (the work was done twice, and the history said upload 1 made upload 2's output).
+    # Its read is conditional on its own eTag (no extra request): refused, the event is
+    # acknowledged as superseded, and the second upload's own event processes the object.
+    mh.configure()
+    key = "logs/m1.txt"
+    mh.put(key, b"one\n")
+    first = mh.s3.head_object(Bucket=mh.bucket, Key=key)["ETag"].strip('"')
+    mh.put(key, b"two\ntwo\n")
+    second = mh.s3.head_object(Bucket=mh.bucket, Key=key)["ETag"].strip('"')
+    mh.wait_depth(2)
+
+    m = mh.run_burst()
+
+    p = m.pipelines["p"]
+    assert (p.objects_processed, p.objects_skipped, p.dead_lettered) == (1, 1, 0)
+    res = mh.result(key)
+    assert res is not None and res["lines"] == 2, res
+    recs = {r.version.partition("@")[0]: r for r in mh.versions(key)}
+    assert set(recs) == {first, second}, list(recs)
+    assert all(r.status is FileStatus.COMPLETED for r in recs.values())
+    assert recs[first].outputs == [] and recs[first].failures == 0, recs[first]
+    assert recs[second].outputs, recs[second]
+    done = {
+        h.version.partition("@")[0]: h.detail
+        for h in mh.history(key)
+        if h.new is FileStatus.COMPLETED
+    }
+    assert done[first] == (
+        "superseded: the object was overwritten since this event "
+        f"(upload eTag {first} is not the object now)"
+    ), done
+    assert mh.depth() == (0, 0) and mh.depth(mh.dlq_url) == (0, 0)

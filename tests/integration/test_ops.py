@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import pytest
-from itest_support import Harness, s3_event, wait_for
+from itest_support import Harness, wait_for
 
 from s3flow.app import open_store
 from s3flow.errors import S3flowError
@@ -51,7 +51,7 @@ def test_dlq_list_and_redrive_then_process(harness: Harness) -> None:
     for i in range(3):
         harness.sqs.send_message(
             QueueUrl=harness.dlq_url,
-            MessageBody=json.dumps({"Records": [s3_event(harness.bucket, f"r{i}.txt")]}),
+            MessageBody=json.dumps({"Records": [harness.event(f"r{i}.txt")]}),
             MessageAttributes={
                 "s3flow.error-class": {"DataType": "String", "StringValue": "AwsError"},
                 "s3flow.error": {"DataType": "String", "StringValue": "throttled, long ago"},

@@ -13,6 +13,7 @@ import pytest
 from itest_support import Harness, s3_event
 from s3flow_testprocs import AlwaysFails, ConcurrencyProbe, ReadThenSlowWrite
 
+from s3flow.state.records import FileStatus
 from s3flow.worker.engine import WorkerObserver
 from s3flow.worker.outcomes import Outcome
 from s3flow.worker.source import ReceivedMessage
@@ -43,7 +44,7 @@ def test_same_notification_twice_overwrites_one_result(harness: Harness) -> None
     harness.configure()
     harness.put("dup.txt", b"1\n2\n")
     # The same event delivered again (at-least-once delivery).
-    harness.send_raw(json.dumps({"Records": [s3_event(harness.bucket, "dup.txt")]}))
+    harness.send_raw(json.dumps({"Records": [harness.event("dup.txt")]}))
     m = harness.run()
     assert m.pipelines["p"].objects_processed == 2
     assert harness.output_keys() == ["res/dup.txt.json"]
@@ -76,7 +77,7 @@ def test_aws_style_encoded_key_in_sent_event(harness: Harness) -> None:
     harness.purge()  # drop moto's own notification; send the AWS-style one
     encoded = quote_plus(key, safe="/")
     assert "/" in encoded and "+" in encoded
-    harness.send_raw(json.dumps({"Records": [s3_event(harness.bucket, encoded)]}))
+    harness.send_raw(json.dumps({"Records": [harness.event(encoded)]}))
     harness.run()
     assert harness.result(key) is not None
 
@@ -107,10 +108,10 @@ def test_sns_wrapped_and_eventbridge_and_multi_record(harness: Harness) -> None:
         "Type": "Notification",
         "MessageId": "abc",
         "TopicArn": "arn:aws:sns:us-east-1:123:t",
-        "Message": json.dumps({"Records": [s3_event(harness.bucket, "sns.txt")]}),
+        "Message": json.dumps({"Records": [harness.event("sns.txt")]}),
     }
     eb = _eventbridge(harness.bucket, "eb.txt")
-    multi = {"Records": [s3_event(harness.bucket, "m1.txt"), s3_event(harness.bucket, "m2.txt")]}
+    multi = {"Records": [harness.event("m1.txt"), harness.event("m2.txt")]}
     for body in (sns, eb, multi):
         harness.send_raw(json.dumps(body))
     m = harness.run()
@@ -376,7 +377,7 @@ def test_a_duplicate_delivery_is_acknowledged_without_waiting_for_a_slot(
     harness.put("old.txt", b"a\n")
     harness.put("slow.txt", b"a\n")
     harness.purge()
-    old = json.dumps({"Records": [s3_event(harness.bucket, "old.txt", sequencer="0100")]})
+    old = json.dumps({"Records": [harness.event("old.txt", sequencer="0100")]})
     harness.send_raw(old)
     harness.run()  # old.txt is done
     harness.configure(
@@ -385,7 +386,7 @@ def test_a_duplicate_delivery_is_acknowledged_without_waiting_for_a_slot(
         options={"sleep_s": 4.0, "marker_dir": str(marker)},
         **opts,
     )
-    harness.send_raw(json.dumps({"Records": [s3_event(harness.bucket, "slow.txt")]}))
+    harness.send_raw(json.dumps({"Records": [harness.event("slow.txt")]}))
     for _ in range(3):
         harness.send_raw(old)
     settled = _SettleTimes()
@@ -416,8 +417,8 @@ def test_a_record_waiting_for_a_key_held_by_a_prefetched_message_does_not_deadlo
     harness.put("a.txt", b"a\n")
     harness.put("b.txt", b"b\n")
     harness.purge()
-    a = s3_event(harness.bucket, "a.txt", sequencer="0200")
-    b = s3_event(harness.bucket, "b.txt", sequencer="0201")
+    a = harness.event("a.txt", sequencer="0200")
+    b = harness.event("b.txt", sequencer="0201")
     harness.send_raw(json.dumps({"Records": [a, b]}))
     harness.send_raw(json.dumps({"Records": [b]}))
     p = harness.run(timeout_s=30).pipelines["p"]
@@ -434,3 +435,46 @@ def test_local_directory_output(harness: Harness, tmp_path) -> None:
     harness.run()
     doc = json.loads((out / "logs" / "x y.txt.json").read_text())
     assert doc["lines"] == 2 and doc["key"] == "logs/x y.txt"
+
+
+@pytest.mark.parametrize(
+    ("executor", "fast_path"),
+    [("inline", True), ("inline", False), ("pool", True), ("subprocess", True)],
+)
+def test_an_event_whose_upload_was_overwritten_is_superseded_not_run_on_new_bytes(
+    harness: Harness, executor: str, fast_path: bool
+) -> None:
+    """Two uploads of a key, then their two events (with sequencers, as AWS sends them)
+    in order: the first one's object is the second upload's bytes now. It ran the
+    processor on them under upload 1's identity (the work twice; rows downstream twice
+    for csv-to-kafka). Its read is conditional on its eTag: refused (412), it is
+    settled as superseded, and the second upload's own event processes the object."""
+    if not fast_path:
+        harness.aws = {"fast_path": False}
+    harness.configure(executor=executor)
+    harness.put("m1.txt", b"one\n")
+    first = harness.event("m1.txt", sequencer="0100")
+    harness.put("m1.txt", b"two\ntwo\n")
+    second = harness.event("m1.txt", sequencer="0200")
+    harness.purge()  # moto's own events (no sequencer): replaced by AWS-style ones
+    e1, e2 = first["s3"]["object"]["eTag"], second["s3"]["object"]["eTag"]
+    assert e1 != e2
+    harness.send_raw(json.dumps({"Records": [first]}))
+    harness.send_raw(json.dumps({"Records": [second]}))
+
+    p = harness.run().pipelines["p"]
+
+    assert (p.objects_processed, p.objects_skipped, p.dead_lettered) == (1, 1, 0)
+    res = harness.result("m1.txt")
+    assert res is not None and res["lines"] == 2 and res["etag"] == e2, res
+    recs = {r.version: r for r in harness.records("m1.txt")}
+    assert set(recs) == {f"{e1}@0100", f"{e2}@0200"}, list(recs)
+    old, new = recs[f"{e1}@0100"], recs[f"{e2}@0200"]
+    assert old.status is FileStatus.COMPLETED and old.outputs == [] and old.failures == 0
+    assert new.status is FileStatus.COMPLETED and new.outputs, new
+    done = {h.version: h.detail for h in harness.history("m1.txt") if h.new is FileStatus.COMPLETED}
+    assert done[f"{e1}@0100"] == (
+        f"superseded: the object was overwritten since this event (upload eTag {e1} is "
+        "not the object now)"
+    ), done
+    assert harness.depth() == (0, 0) and harness.depth(harness.dlq_url) == (0, 0)

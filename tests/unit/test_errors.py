@@ -10,6 +10,7 @@ from s3flow.errors import (
     AwsPermanentError,
     Disposition,
     InvalidInputError,
+    ObjectChangedError,
     ObjectMissingError,
     OutputUnavailableError,
     PermanentError,
@@ -141,3 +142,23 @@ def test_a_connection_refused_says_what_to_check() -> None:
     assert "AWS_ENDPOINT_URL" in str(err)
     timeout = translate_aws_error(TimeoutError("read timed out"), "GetObject s3://b/k")
     assert "endpoint running" not in str(timeout)  # it answered once: not this hint
+
+
+@pytest.mark.parametrize(("code", "status"), [("PreconditionFailed", 412), ("412", 412)])
+def test_a_refused_conditional_read_is_the_object_changed(code: str, status: int) -> None:
+    """A read conditional on the event's eTag answered 412: the object was overwritten
+    since the event; the event is superseded (skip), never retried nor dead-lettered."""
+    err = translate_aws_error(client_error(code, status), "GetObject s3://b/k", if_match='"e1"')
+    assert type(err) is ObjectChangedError and err.disposition is Disposition.SKIP
+    assert str(err) == (
+        "superseded: the object was overwritten since this event "
+        "(upload eTag e1 is not the object now)"
+    )
+    with pytest.raises(ObjectChangedError), aws_errors("GetObject", if_match="e1"):
+        raise client_error(code, status)
+
+
+def test_a_412_of_an_unconditional_call_is_no_object_change() -> None:
+    # Another call's precondition (a conditional write) says nothing about the event.
+    err = translate_aws_error(client_error("PreconditionFailed", 412), "PutObject s3://b/k")
+    assert type(err) is AwsPermanentError and err.code == "PreconditionFailed"

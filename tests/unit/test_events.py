@@ -148,6 +148,20 @@ def test_event_version_is_version_id_then_etag_at_sequencer_then_unknown() -> No
     assert bare.size is None and bare.version_id is None
 
 
+def test_an_event_naming_its_upload_by_etag_reads_only_that_upload() -> None:
+    """``<eTag>@<sequencer>`` events read their object conditionally on the eTag (an
+    overwrite since is found by the read itself); versionId or no sequencer: no condition."""
+
+    def first(**obj: str) -> ObjectEvent:
+        return parse_body(notification(s3_record(**obj))).events[0]
+
+    assert first(eTag='"e1"', sequencer="00A1").if_match == "e1"
+    assert first(eTag="e1", versionId="null", sequencer="00A2").if_match == "e1"
+    assert first(eTag="e1", versionId="v1", sequencer="00A3").if_match is None
+    assert first(eTag="e1").if_match is None  # identified by a HEAD of the object now
+    assert first(eTag="", sequencer="00A4").if_match is None
+
+
 def test_content_version_is_etag_at_whole_seconds() -> None:
     t = datetime(2026, 11, 30, 6, 0, 1, 900_000, tzinfo=UTC)
     assert content_version('"abc"', t) == f"abc@t{int(t.timestamp())}"

@@ -368,3 +368,86 @@ async def test_batched_joins_chunks_into_batches_of_at_least_the_size() -> None:
     assert b"".join(got) == b"".join([bytes([i]) * n for i, n in enumerate((3, 3, 5, 1, 2))])
     assert [b async for b in batched(chunks(), 6)] == []  # nothing: no empty batch
     assert [len(b) async for b in batched(chunks(10), 6)] == [10]
+
+
+# --- open_object: a read of one upload --------------------------------------------
+
+
+class _OneUploadS3:
+    """GetObject of an object whose eTag is ``e2``, answering If-Match as S3 does."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, object]] = []
+
+    async def get_object(self, **kw: object) -> dict[str, object]:
+        from botocore.exceptions import ClientError
+
+        self.calls.append(kw)
+        if "IfMatch" in kw and str(kw["IfMatch"]).strip('"') != "e2":
+            raise ClientError(
+                {
+                    "Error": {"Code": "PreconditionFailed", "Message": "not held"},
+                    "ResponseMetadata": {"HTTPStatusCode": 412},
+                },
+                "GetObject",
+            )
+
+        class Body:
+            async def read(self, n: int = -1) -> bytes:
+                return b""
+
+            def close(self) -> None:
+                pass
+
+        return {"ETag": '"e2"', "Body": Body(), "ContentLength": 0}
+
+
+@pytest.mark.parametrize("byte_range", [None, (0, 10)])
+async def test_open_object_if_match_reads_only_that_upload(
+    byte_range: tuple[int, int] | None,
+) -> None:
+    from s3flow.errors import ObjectChangedError
+    from s3flow.objects import open_object
+
+    s3 = _OneUploadS3()
+    reader = await open_object(s3, "b", "k", if_match="e2", byte_range=byte_range)
+    reader.close()
+    assert s3.calls[-1]["IfMatch"] == '"e2"'  # the entity tag, quoted as HTTP wants it
+    with pytest.raises(ObjectChangedError, match=r"upload eTag e1 is not the object now"):
+        await open_object(s3, "b", "k", if_match="e1", byte_range=byte_range)
+    reader = await open_object(s3, "b", "k", byte_range=byte_range)  # unconditional
+    reader.close()
+    assert "IfMatch" not in s3.calls[-1]
+
+
+async def test_a_processor_reads_only_the_upload_its_event_names() -> None:
+    """ProcessContext.open and BundleContext's reads carry the event's condition."""
+    import json
+    from typing import Any
+
+    from s3flow.errors import ObjectChangedError
+    from s3flow.events import ObjectEvent, parse_body
+    from s3flow.processors.base import BundleContext, ProcessContext
+
+    def event(etag: str, **obj: str) -> ObjectEvent:
+        o = {"key": "k", "eTag": etag, "sequencer": "01", **obj}
+        rec = {"eventSource": "aws:s3", "eventName": "ObjectCreated:Put"}
+        body = {"Records": [{**rec, "s3": {"bucket": {"name": "b"}, "object": o}}]}
+        return parse_body(json.dumps(body)).events[0]
+
+    s3 = _OneUploadS3()
+    sink: Any = None
+    old = event("e1")
+    ctx = ProcessContext(event=old, pipeline="p", worker_id="w", s3=s3, sink=sink)
+    with pytest.raises(ObjectChangedError):
+        await ctx.open()
+    bundle = BundleContext(job_id="j", inputs=[old], s3=s3, sink=sink)
+    with pytest.raises(ObjectChangedError):
+        await bundle.open(old)
+    with pytest.raises(ObjectChangedError):
+        await bundle.open_raw(old)
+    # A versionId names the upload itself: no condition.
+    versioned = event("e1", versionId="v1")
+    ctx = ProcessContext(event=versioned, pipeline="p", worker_id="w", s3=s3, sink=sink)
+    (await ctx.open()).close()
+    assert "IfMatch" not in s3.calls[-1]

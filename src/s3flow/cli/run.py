@@ -3,7 +3,9 @@
 The one-object contract the ``subprocess`` executor and containers (``ecs``, ``batch``)
 use (:mod:`s3flow.executors.contract`): the object and output come from the arguments
 or from ``SOURCE_BUCKET`` / ``OBJECT_KEY`` / ``DEST_BUCKET`` (``DEST_PREFIX``,
-``S3FLOW_OUTPUT``), the options from ``--option NAME=VALUE`` / ``S3FLOW_OPTIONS``. It
+``S3FLOW_OUTPUT``), the options from ``--option NAME=VALUE`` / ``S3FLOW_OPTIONS``;
+``--if-match`` / ``OBJECT_IF_MATCH`` makes it process only the upload of that eTag
+(another reports ``ObjectChangedError``, disposition ``skip``: superseded). It
 prints one JSON result line on stdout (logs go to stderr), writes the same document to
 ``$S3FLOW_RESULT_URI`` when set, and exits 0 done, 2 permanent (bad input, not worth
 retrying), 1 retryable. SIGTERM/SIGINT cancel the run (exit 1).
@@ -25,7 +27,14 @@ from typing import Annotated, Any
 import typer
 
 from s3flow.cli.common import ConfigOpt, RunGroup, cancel_on_signals, settings_from
-from s3flow.errors import ConfigError, ObjectMissingError, S3flowError, translate_aws_error
+from s3flow.errors import (
+    ConfigError,
+    ObjectChangedError,
+    ObjectMissingError,
+    S3flowError,
+    superseded_text,
+    translate_aws_error,
+)
 from s3flow.events import ObjectEvent
 from s3flow.executors.base import (
     ObjectJob,
@@ -36,6 +45,7 @@ from s3flow.executors.base import (
 )
 from s3flow.executors.contract import (
     MAX_UNCOMPRESSED,
+    OBJECT_IF_MATCH,
     OBJECT_KEY,
     OBJECT_VERSION_ID,
     OPTIONS,
@@ -99,8 +109,15 @@ def _source(source: str | None) -> tuple[str, str]:
     return bucket, key
 
 
-async def _event(s3: Any, bucket: str, key: str, version_id: str | None) -> ObjectEvent:
-    """The object's event, from a HEAD (size, eTag, version)."""
+async def _event(
+    s3: Any, bucket: str, key: str, version_id: str | None, if_match: str | None = None
+) -> ObjectEvent:
+    """The object's event, from a HEAD (size, eTag, version).
+
+    ``if_match``: the upload the run is for; the HEAD finding another raises
+    :class:`~s3flow.errors.ObjectChangedError`, and the event's reads are conditional on
+    it (an overwrite between the HEAD and the read is found too).
+    """
     args: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if version_id:
         args["VersionId"] = version_id
@@ -120,12 +137,16 @@ async def _event(s3: Any, bucket: str, key: str, version_id: str | None) -> Obje
             )
         raise error from exc
     version = head.get("VersionId")
+    etag = str(head.get("ETag") or "").strip('"') or None
+    if if_match and etag and etag != if_match.strip('"'):
+        raise ObjectChangedError(superseded_text(if_match))
     return ObjectEvent(
         bucket=bucket,
         key=key,
         size=int(head.get("ContentLength") or 0),
-        etag=str(head.get("ETag") or "").strip('"') or None,
+        etag=etag,
         version_id=version if version and version != "null" else None,
+        if_match=if_match.strip('"') if if_match else None,
     )
 
 
@@ -146,7 +167,13 @@ async def run_one(settings: Settings, job: ObjectJob, result_uri: str | None) ->
     started = time.monotonic()
     async with open_clients(settings.aws, pool=4) as clients:
         try:
-            event = await _event(clients.s3, job.event.bucket, job.event.key, job.event.version_id)
+            event = await _event(
+                clients.s3,
+                job.event.bucket,
+                job.event.key,
+                job.event.version_id,
+                job.event.if_match,
+            )
             job = replace(job, event=event)
             result = await run_isolated(job, s3=clients.s3, executor="subprocess")
             doc = result_doc(
@@ -198,6 +225,15 @@ def run_processor(
     version_id: Annotated[
         str | None, typer.Option("--version-id", envvar=OBJECT_VERSION_ID, help="Object version.")
     ] = None,
+    if_match: Annotated[
+        str | None,
+        typer.Option(
+            "--if-match",
+            envvar=OBJECT_IF_MATCH,
+            help="Only the upload of this eTag: another object there now is reported as "
+            "ObjectChangedError (superseded, exit 2), nothing is processed.",
+        ),
+    ] = None,
     pipeline: Annotated[
         str, typer.Option("--pipeline-name", envvar=PIPELINE, help="Pipeline name (context).")
     ] = "run",
@@ -238,7 +274,9 @@ def run_processor(
         job = ObjectJob(
             processor=processor,
             options=_options(options_json, option),
-            event=ObjectEvent(bucket=bucket, key=key, version_id=version_id or None),
+            event=ObjectEvent(
+                bucket=bucket, key=key, version_id=version_id or None, if_match=if_match or None
+            ),
             output=out,
             aws=settings.aws,
             pipeline=pipeline,

@@ -4,7 +4,9 @@ A run gets its object, output and processor options from its arguments or, as a
 container does, from its environment:
 
 * ``SOURCE_BUCKET``, ``OBJECT_KEY`` (and ``OBJECT_VERSION_ID`` when the bucket is
-  versioned): the object;
+  versioned): the object; ``OBJECT_IF_MATCH``, when the event named its upload by eTag
+  (a sequencer, no versionId): the run reads only that upload, and one overwritten
+  since reports ``ObjectChangedError`` (disposition ``skip``: superseded);
 * ``DEST_BUCKET`` (+ ``DEST_PREFIX``), or the whole ``S3FLOW_OUTPUT`` URI: the output;
 * ``S3FLOW_PROCESSOR`` and ``S3FLOW_OPTIONS`` (a JSON object): the processor;
 * ``S3FLOW_PIPELINE``, ``S3FLOW_ROUTE``, ``S3FLOW_WORKER_ID``: for the processor's context
@@ -26,6 +28,7 @@ from s3flow.sinks.s3 import split_s3_url
 SOURCE_BUCKET = "SOURCE_BUCKET"
 OBJECT_KEY = "OBJECT_KEY"
 OBJECT_VERSION_ID = "OBJECT_VERSION_ID"
+OBJECT_IF_MATCH = "OBJECT_IF_MATCH"
 DEST_BUCKET = "DEST_BUCKET"
 DEST_PREFIX = "DEST_PREFIX"
 OUTPUT = "S3FLOW_OUTPUT"
@@ -56,6 +59,8 @@ def job_environment(job: ObjectJob, result_uri: str | None = None) -> dict[str, 
         env[DEST_PREFIX] = prefix
     if job.event.version_id and job.event.version_id != "null":
         env[OBJECT_VERSION_ID] = job.event.version_id
+    if job.event.if_match:
+        env[OBJECT_IF_MATCH] = job.event.if_match
     if job.max_uncompressed_bytes is not None:
         env[MAX_UNCOMPRESSED] = str(job.max_uncompressed_bytes)
     if result_uri:

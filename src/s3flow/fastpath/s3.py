@@ -55,7 +55,7 @@ from s3flow.fastpath.transport import (
 )
 
 # The parameters each fast call handles; a call with any other goes to the SDK.
-GET_PARAMS = frozenset({"Bucket", "Key", "VersionId", "Range"})
+GET_PARAMS = frozenset({"Bucket", "Key", "VersionId", "Range", "IfMatch"})
 HEAD_PARAMS = frozenset({"Bucket", "Key", "VersionId"})
 PUT_PARAMS = frozenset(
     {
@@ -263,8 +263,14 @@ class FastS3Client(FastClient):
     async def get_object(self, **params: Any) -> dict[str, Any]:
         """GetObject; ``Body`` streams (aiobotocore's async body API)."""
         req = None
-        if self._handles(params, GET_PARAMS) and str(params.get("Range", "")).isascii():
+        if (
+            self._handles(params, GET_PARAMS)
+            and str(params.get("Range", "")).isascii()
+            and str(params.get("IfMatch", "")).isascii()
+        ):
             headers = {"range": params["Range"]} if "Range" in params else {}
+            if "IfMatch" in params:  # a 412 raises the SDK's error for PreconditionFailed
+                headers["if-match"] = params["IfMatch"]
             req = self._request("GET", "GetObject", params, headers, b"")
         got = await self._serve("get_object", params, req)
         if isinstance(got, dict):

@@ -64,6 +64,9 @@ class ProcessContext:
         raises :class:`~s3flow.errors.TooLargeError` while it is read. Closing the
         reader calls :attr:`reading_done`, unless ``final=False``: for a processor
         whose main work comes after this read (a manifest read before a compaction).
+        An event that names its upload by eTag reads only that upload: the object
+        overwritten since raises :class:`~s3flow.errors.ObjectChangedError` (the event
+        is superseded and acknowledged without output; the newer upload's event runs).
         """
         reader = await open_object(
             self.s3,
@@ -71,6 +74,7 @@ class ProcessContext:
             self.event.key,
             version_id=self.event.version_id,
             max_uncompressed_bytes=self.max_uncompressed_bytes,
+            if_match=self.event.if_match,
         )
         if final:
             reader.on_close = self.reading_done
@@ -93,8 +97,11 @@ class BundleContext:
     report_progress: Callable[[int], None] = lambda n: None
 
     async def open(self, event: ObjectEvent) -> ObjectReader:
-        """Open one input as a decompressing stream."""
-        return await open_object(self.s3, event.bucket, event.key, version_id=event.version_id)
+        """Open one input as a decompressing stream (only its event's upload, as
+        :meth:`ProcessContext.open`)."""
+        return await open_object(
+            self.s3, event.bucket, event.key, version_id=event.version_id, if_match=event.if_match
+        )
 
     async def open_raw(self, event: ObjectEvent) -> ObjectReader:
         """Open one input as stored: its bytes exactly as they are, never decompressed.
@@ -105,7 +112,12 @@ class BundleContext:
         translated like :func:`~s3flow.objects.open_object`'s.
         """
         return await open_object(
-            self.s3, event.bucket, event.key, version_id=event.version_id, raw=True
+            self.s3,
+            event.bucket,
+            event.key,
+            version_id=event.version_id,
+            raw=True,
+            if_match=event.if_match,
         )
 
 

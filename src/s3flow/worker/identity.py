@@ -4,6 +4,12 @@ Identity is per event: the versionId in a versioned bucket, else
 ``<eTag>@<sequencer>``, else the object's ``<eTag>@t<LastModified>`` read with a
 HEAD. Sequencers also order two uploads of the same key, so an event older than
 an upload already processed is recognised as superseded.
+
+An ``<eTag>@<sequencer>`` event is never checked with a HEAD: its reads are
+conditional on its eTag instead (:attr:`~s3flow.events.ObjectEvent.if_match`). When
+the object was overwritten before it was processed, the first read raises
+:class:`~s3flow.errors.ObjectChangedError` and the failure policy settles it as
+superseded (completed without output); the newer upload's own event processes it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The failure policy: what a record that did not succeed becomes, and what is recorded.
 
-By the error's disposition: a vanished object is done without output; an
+By the error's disposition: a vanished object, or one overwritten since the event that
+named its upload (superseded: the newer upload's event processes it), is done without
+output; an
 unavailable output is retried without counting a failure; a retryable error is
 retried with backoff until ``max_receive_count`` failures, then dead-lettered (one that
 fails before its claim, with a state store, at the queue's ``redrive_max_receive_count``
@@ -19,6 +21,7 @@ from typing import Any
 from s3flow.errors import (
     Disposition,
     ExecutorUnavailableError,
+    ObjectChangedError,
     OutputUnavailableError,
     S3flowError,
 )
@@ -101,11 +104,18 @@ class FailurePolicy:
         store = self._store if oid is not None and token is not None else None
         if exc.disposition is Disposition.SKIP:
             self.metrics.objects_skipped += 1
-            log.warning("%s: %s; acknowledging without output", where, exc)
+            # Overwritten since the event: its message says so (the newer upload's own
+            # event processes the object). A run elsewhere reports it by class name.
+            changed = exc.error_class == ObjectChangedError.__name__
+            log.log(
+                logging.INFO if changed else logging.WARNING,
+                "%s: %s; acknowledging without output",
+                where,
+                exc,
+            )
             if store is not None and oid is not None and token is not None:
-                await store.complete(
-                    oid, token=token, outputs=[], detail=f"object no longer exists: {exc}"
-                )
+                detail = str(exc) if changed else f"object no longer exists: {exc}"
+                await store.complete(oid, token=token, outputs=[], detail=detail)
             return None
         if isinstance(exc, OutputUnavailableError | ExecutorUnavailableError):
             # The operator's problem, not the file's: no failure counted.

@@ -17,10 +17,12 @@ from s3flow.errors import (
     CorruptDataError,
     Disposition,
     ExecutorUnavailableError,
+    ObjectChangedError,
     ObjectMissingError,
     OutputUnavailableError,
     PermanentError,
     RetryableError,
+    superseded_text,
 )
 from s3flow.events import ObjectEvent
 from s3flow.executors.base import (
@@ -147,6 +149,19 @@ def test_the_contract_environment_tells_everything() -> None:
     assert output_from_env({"DEST_BUCKET": "o"}) == "s3://o/"
     assert output_from_env({"S3FLOW_OUTPUT": "/tmp/x", "DEST_BUCKET": "o"}) == "/tmp/x"
     assert output_from_env({}) is None
+    assert "OBJECT_IF_MATCH" not in env  # a versionId names the upload
+
+
+def test_a_run_elsewhere_reads_only_the_upload_its_event_names() -> None:
+    """The event's eTag condition travels with the job: in the environment of a
+    subprocess or container run, and a superseded run's error comes back as such."""
+    event = ObjectEvent(bucket="in", key="k", etag="e1", sequencer="01", if_match="e1")
+    assert job_environment(job(event=event))["OBJECT_IF_MATCH"] == "e1"
+    err = error_from_doc(
+        error_doc(ObjectChangedError(superseded_text("e1")), processor="p", source="s3://in/k")
+    )
+    assert type(err) is ObjectChangedError and err.disposition is Disposition.SKIP
+    assert str(err) == superseded_text("e1")
 
 
 def test_the_default_container_command_is_s3flow_run() -> None:

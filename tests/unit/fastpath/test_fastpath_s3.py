@@ -69,6 +69,12 @@ def _s3_client(endpoint: str | None, region: str) -> Any:
             {"Range": "bytes=0-9"},
         ),
         (
+            "GET",
+            lambda c: c.get_object(Bucket="in-bucket", Key="k", IfMatch='"e1-2"', Range="bytes=3-"),
+            {"Bucket": "in-bucket", "Key": "k"},
+            {"Range": "bytes=3-", "If-Match": '"e1-2"'},
+        ),
+        (
             "HEAD",
             lambda c: c.head_object(Bucket="in-bucket", Key="k~1", VersionId="v/1+2"),
             {"Bucket": "in-bucket", "Key": "k~1", "VersionId": "v/1+2"},
@@ -91,7 +97,7 @@ def _s3_client(endpoint: str | None, region: str) -> Any:
             },
         ),
     ],
-    ids=["get", "head", "put"],
+    ids=["get", "get-if-match", "head", "put"],
 )
 @pytest.mark.parametrize("endpoint", [None, "http://127.0.0.1:9000"], ids=["aws", "local"])
 def test_url_and_signature_equal_botocores(
@@ -339,7 +345,8 @@ async def test_an_unreachable_endpoint_raises_endpoint_connection_error() -> Non
 @pytest.mark.parametrize(
     ("op", "params"),
     [
-        ("get_object", {"Bucket": "b", "Key": "k", "IfMatch": '"e"'}),
+        ("get_object", {"Bucket": "b", "Key": "k", "IfNoneMatch": '"e"'}),
+        ("get_object", {"Bucket": "b", "Key": "k", "IfMatch": '"é"'}),
         ("get_object", {"Bucket": "b", "Key": "a//b"}),
         ("head_object", {"Bucket": "b", "Key": "a/../b"}),
         ("head_object", {"Bucket": "arn:aws:s3:us-east-1:1:accesspoint/ap", "Key": "k"}),
@@ -351,7 +358,8 @@ async def test_an_unreachable_endpoint_raises_endpoint_connection_error() -> Non
         ("list_objects_v2", {"Bucket": "b"}),
     ],
     ids=[
-        "if-match",
+        "if-none-match",
+        "utf8-if-match",
         "double-slash",
         "dot-dot",
         "access-point",

@@ -412,3 +412,46 @@ async def test_a_throttled_tagging_is_retried_and_counted(tmp_path: Path) -> Non
     outcome, rec = await _quarantine_refused(tmp_path, "SlowDown", 503)
     assert isinstance(outcome, Retry), outcome
     assert rec.status is FileStatus.FAILED and rec.failures == 1, rec
+
+
+class _SupersededExecutors(_RecordingExecutors):
+    """Every run's read is refused: the object was overwritten since the event (as any
+    executor reports it)."""
+
+    async def run(self, name: str, job: object, progress: object, **kw: object) -> Result:
+        from s3flow.errors import ObjectChangedError, superseded_text
+
+        self.jobs.append(job)
+        raise ObjectChangedError(superseded_text(job.event.if_match))  # type: ignore[attr-defined]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: list[object] = []
+
+
+@pytest.mark.parametrize("store", [True, False])
+async def test_an_event_whose_upload_was_overwritten_is_settled_as_superseded(
+    tmp_path: Path, store: bool
+) -> None:
+    """The run's read (conditional on the event's eTag) was refused: acknowledged without
+    output, the record completed with none and why, no failure counted, no DLQ."""
+    executors = _SupersededExecutors()
+    async with SqliteStateStore(tmp_path / "state.db") as db:
+        handler = _handler(executors, store=db if store else None)
+        out = await handler.handle(ReceivedMessage("m", "h", _three_records(), 1, 0.0))
+        assert isinstance(out, Ack), out
+        assert all(j.event.if_match for j in executors.jobs)  # type: ignore[attr-defined]
+        assert handler.metrics.objects_skipped == 3 and handler.metrics.objects_processed == 0
+        if not store:
+            return
+        recs = [r for k in ("k0.txt", "k1.txt", "k2.txt") for r in await db.versions("b", k)]
+        assert len(recs) == 3
+        for rec in recs:
+            assert rec.status is FileStatus.COMPLETED and rec.outputs == [], rec
+            assert rec.failures == 0 and rec.last_error is None, rec
+        history = [h.detail for h in await db.history("b", "k0.txt")]
+        etag = recs[0].version.partition("@")[0]
+        assert (
+            "superseded: the object was overwritten since this event "
+            f"(upload eTag {etag} is not the object now)"
+        ) in history, history

@@ -101,6 +101,7 @@ class CsvToKafkaProcessor(OptionsProcessor[CsvKafkaOptions]):
             executor=self.executor,
             store=ctx.store,
             report_progress=ctx.report_progress,
+            if_match=event.if_match,
         )
         return self.result(report)
 

@@ -162,6 +162,8 @@ class RangeJob:
     #: The expected column count of every row, from the object's first record (no
     #: header and no columns), else None: the range learns it as usual.
     ncols: int | None = None
+    #: The eTag the range's reads are conditional on (the event's upload), or None.
+    if_match: str | None = None
 
 
 # --- in a range process ---------------------------------------------------------------------
@@ -239,6 +241,7 @@ async def _run_range(job: RangeJob, send: _Sender) -> RunReport:
                     version_id=job.version_id,
                     chunk_bytes=READ_CHUNK_BYTES,
                     byte_range=(job.start, job.end),
+                    if_match=job.if_match,
                 )
 
             report = await run_object(
@@ -295,11 +298,13 @@ async def run_range_process(
     store: StateStore | None,
     report_progress: Callable[[int], None],
     ncols: int | None = None,
+    if_match: str | None = None,
 ) -> RunReport:
     """Run one range in its own process until it is done (restarting it if it dies).
 
     ``ncols``: the expected column count of the object's rows (from its first record),
-    when neither a header row nor ``columns`` give it.
+    when neither a header row nor ``columns`` give it; ``if_match``: the eTag the
+    range's reads are conditional on.
     """
     name = mirror_name(opts.topic, ref)
     started = time.monotonic()
@@ -320,6 +325,7 @@ async def run_range_process(
                 log_format=fmt,
                 log_level=level,
                 ncols=ncols,
+                if_match=if_match,
             )
             try:
                 report = await _supervise(job, executor, mirror, report_progress)

@@ -50,10 +50,19 @@ MIN_RANGE_BYTES = 1024 * 1024
 
 
 async def read_bytes(
-    s3: Any, bucket: str, key: str, version_id: str | None, start: int, end: int
+    s3: Any,
+    bucket: str,
+    key: str,
+    version_id: str | None,
+    start: int,
+    end: int,
+    if_match: str | None = None,
 ) -> bytes:
-    """Bytes ``[start, end)`` of the object as stored."""
-    reader = await open_object(s3, bucket, key, version_id=version_id, byte_range=(start, end))
+    """Bytes ``[start, end)`` of the object as stored (``if_match``: of that upload only;
+    another raises :class:`~s3flow.errors.ObjectChangedError`)."""
+    reader = await open_object(
+        s3, bucket, key, version_id=version_id, byte_range=(start, end), if_match=if_match
+    )
     try:
         return b"".join([chunk async for chunk in reader])
     finally:
@@ -61,7 +70,12 @@ async def read_bytes(
 
 
 async def plan_ranges(
-    s3: Any, ref: ObjectRef, version_id: str | None, size: int, ranges: int
+    s3: Any,
+    ref: ObjectRef,
+    version_id: str | None,
+    size: int,
+    ranges: int,
+    if_match: str | None = None,
 ) -> list[tuple[int, int]] | None:
     """``[start, end)`` of each range, cut at line starts; None: stream the object whole.
 
@@ -70,7 +84,7 @@ async def plan_ranges(
     n = min(ranges, size // MIN_RANGE_BYTES)
     if n < 2:
         return None
-    head = await read_bytes(s3, ref.bucket, ref.key, version_id, 0, MAGIC_BYTES)
+    head = await read_bytes(s3, ref.bucket, ref.key, version_id, 0, MAGIC_BYTES, if_match)
     if detect_encoding(head) != "identity":
         log.info("%s: compressed (%s): streamed as one range", ref.uri, detect_encoding(head))
         return None
@@ -80,7 +94,7 @@ async def plan_ranges(
         cut = None
         while pos < size and cut is None:
             window = await read_bytes(
-                s3, ref.bucket, ref.key, version_id, pos, min(size, pos + WINDOW_BYTES)
+                s3, ref.bucket, ref.key, version_id, pos, min(size, pos + WINDOW_BYTES), if_match
             )
             nl = window.find(b"\n")
             if nl >= 0:
@@ -94,7 +108,12 @@ async def plan_ranges(
 
 
 async def first_record(
-    s3: Any, opts: CsvKafkaOptions, ref: ObjectRef, version_id: str | None, size: int
+    s3: Any,
+    opts: CsvKafkaOptions,
+    ref: ObjectRef,
+    version_id: str | None,
+    size: int,
+    if_match: str | None = None,
 ) -> list[str]:
     """The fields of the object's first record, read from its first bytes (ranged GET).
 
@@ -106,7 +125,7 @@ async def first_record(
     or without one the first row's column count), not by its own first row.
     """
     window = min(size, MIN_RANGE_BYTES)
-    head = await read_bytes(s3, ref.bucket, ref.key, version_id, 0, window)
+    head = await read_bytes(s3, ref.bucket, ref.key, version_id, 0, window, if_match)
     if opts.encoding == "utf-8" and head.startswith(UTF8_BOM):
         head = head[len(UTF8_BOM) :]
     lines = io.StringIO(head.decode(opts.encoding, "surrogateescape"), newline="").readlines()
@@ -146,10 +165,15 @@ async def first_record(
 
 
 async def header_columns(
-    s3: Any, opts: CsvKafkaOptions, ref: ObjectRef, version_id: str | None, size: int
+    s3: Any,
+    opts: CsvKafkaOptions,
+    ref: ObjectRef,
+    version_id: str | None,
+    size: int,
+    if_match: str | None = None,
 ) -> list[str]:
     """The header row's column names: the object's first record (blank lines skipped)."""
-    names = await first_record(s3, opts, ref, version_id, size)
+    names = await first_record(s3, opts, ref, version_id, size, if_match)
     if any("\udc80" <= c <= "\udcff" for name in names for c in name):
         raise BadRowError(f"{ref.uri}: the header row is not valid {opts.encoding}")
     return names
@@ -165,18 +189,23 @@ async def run_csv_object(
     executor: Executor,
     store: StateStore | None = None,
     report_progress: Callable[[int], None] = lambda n: None,
+    if_match: str | None = None,
 ) -> RunReport:
     """Produce one object: as byte ranges in parallel when ``opts.ranges > 1`` allows,
-    else as one ordered stream (:func:`run_object`)."""
+    else as one ordered stream (:func:`run_object`).
+
+    ``if_match``: every read (the plan's, each range's) is of that upload only; the
+    object overwritten since raises :class:`~s3flow.errors.ObjectChangedError`.
+    """
     bounds = None
     if opts.ranges > 1 and size:
         warm_up()  # the range processes' forkserver imports while the ranges are planned
-        bounds = await plan_ranges(s3, ref, version_id, size, opts.ranges)
+        bounds = await plan_ranges(s3, ref, version_id, size, opts.ranges, if_match)
     if bounds is None:
         return await run_object(
             opts,
             ref,
-            lambda: open_stream(s3, ref.bucket, ref.key, version_id),
+            lambda: open_stream(s3, ref.bucket, ref.key, version_id, if_match),
             executor=executor,
             store=store,
             report_progress=report_progress,
@@ -191,9 +220,9 @@ async def run_csv_object(
     ncols: int | None = None
     if opts.columns is None:
         if opts.header:
-            later["columns"] = await header_columns(s3, opts, ref, version_id, size or 0)
+            later["columns"] = await header_columns(s3, opts, ref, version_id, size or 0, if_match)
         else:
-            ncols = len(await first_record(s3, opts, ref, version_id, size or 0))
+            ncols = len(await first_record(s3, opts, ref, version_id, size or 0, if_match))
     n = len(bounds)
     log.info("%s: %d ranges to partitions 0-%d of %s", ref.uri, n, n - 1, opts.topic)
 
@@ -210,6 +239,7 @@ async def run_csv_object(
             store=store,
             report_progress=report_progress,
             ncols=ncols,
+            if_match=if_match,
         )
 
     # Each range in its own process (:mod:`.procs`); a TaskGroup: one range failing

@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
-from s3flow.errors import ObjectMissingError, RetryableError
+from s3flow.errors import ObjectChangedError, ObjectMissingError, RetryableError, superseded_text
 from s3flow.objects import ObjectReader, open_object
 from s3flow.pipelines.csv_kafka.channel import ChannelClosed, ChunkChannel
 from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef, mirror_name
@@ -42,9 +42,19 @@ READ_CHUNK_BYTES = 64 * 1024
 EARLY_OPEN_MAX_IDLE_S = 5.0
 
 
-async def open_stream(s3: Any, bucket: str, key: str, version_id: str | None) -> ObjectReader:
-    """The object as a decompressing stream, read in :data:`READ_CHUNK_BYTES` reads."""
-    return await open_object(s3, bucket, key, version_id=version_id, chunk_bytes=READ_CHUNK_BYTES)
+async def open_stream(
+    s3: Any, bucket: str, key: str, version_id: str | None, if_match: str | None = None
+) -> ObjectReader:
+    """The object as a decompressing stream, read in :data:`READ_CHUNK_BYTES` reads
+    (``if_match``: only that upload, see :func:`~s3flow.objects.open_object`)."""
+    return await open_object(
+        s3,
+        bucket,
+        key,
+        version_id=version_id,
+        chunk_bytes=READ_CHUNK_BYTES,
+        if_match=if_match,
+    )
 
 
 @dataclass
@@ -298,10 +308,8 @@ def _check_version(ref: ObjectRef, reader: ObjectReader) -> None:
                 f"{ref.uri}: version {ref.version} is gone (now {info.version_id})"
             )
     elif info.etag and ref.version and ref.version != info.etag:
-        raise ObjectMissingError(
-            f"{ref.uri} was overwritten (eTag {info.etag}, expected {ref.version}); "
-            "the new version has its own notification"
-        )
+        # The new upload has its own notification: this event is superseded.
+        raise ObjectChangedError(superseded_text(ref.version))
 
 
 async def _feed(

@@ -9,7 +9,7 @@ from typing import Any
 
 from botocore.config import Config
 
-from s3flow.errors import RetryableError, S3flowError
+from s3flow.errors import ObjectChangedError, RetryableError, S3flowError, superseded_text
 from s3flow.pipelines.csv_kafka.checkpoint import ObjectRef
 from s3flow.pipelines.csv_kafka.errors import BadRowError, KafkaUnavailableError
 from s3flow.pipelines.csv_kafka.options import parse_options
@@ -42,9 +42,11 @@ def test_s3_access_copies_the_parent_client_and_pickles() -> None:
         access=access,
         log_format="text",
         log_level="INFO",
+        if_match="e1",
     )
     again = pickle.loads(pickle.dumps(job))
     assert again.ref == job.ref and again.access.region == "eu-west-1"
+    assert again.if_match == "e1"  # the range reads only the event's upload
     assert parse_options(again.options).partition == 2
 
 
@@ -62,3 +64,6 @@ def test_errors_cross_the_pipe_with_their_kind() -> None:
         pass
 
     assert type(_picklable(Other("y"))) is S3flowError
+    # A range that found the object overwritten since the event: superseded, as it was.
+    changed = _picklable(ObjectChangedError(superseded_text("e1")))
+    assert type(changed) is ObjectChangedError and "upload eTag e1" in str(changed)

@@ -179,3 +179,76 @@ async def test_a_header_ending_right_at_the_window_counts_and_bad_bytes_do_not()
     assert (await header_of(data))[0] == "id"
     with pytest.raises(BadRowError, match="header row is not valid utf-8"):
         await header_of(b"id,caf\xe9\n1,2\n")
+
+
+# --- reads of the event's upload only ------------------------------------------------------
+
+
+class OverwrittenS3(FakeS3):
+    """The object now holds upload ``e2``: a GetObject conditional on another eTag is
+    refused (412), as S3 refuses it; every condition asked is recorded."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.conditions: list[str | None] = []
+
+    async def get_object(self, **kw: Any) -> dict[str, Any]:
+        from botocore.exceptions import ClientError
+
+        self.conditions.append(kw.get("IfMatch"))
+        if kw.get("IfMatch") not in (None, '"e2"'):
+            error = {"Code": "PreconditionFailed", "Message": "At least one of the pre-..."}
+            meta = {"HTTPStatusCode": 412}
+            raise ClientError({"Error": error, "ResponseMetadata": meta}, "GetObject")
+        return await super().get_object(**kw)
+
+
+async def test_every_read_of_a_range_plan_is_of_the_event_upload() -> None:
+    """An event's upload overwritten since: planning its ranges (and reading its first
+    record) reads the newer bytes under its identity no more, and says superseded."""
+    from s3flow.errors import ObjectChangedError
+
+    data = b"id,name\n" + lines(50_000, 100)
+    s3 = OverwrittenS3(data)
+    bounds = await plan_ranges(s3, REF, None, len(data), 4, "e2")
+    assert bounds is not None and len(bounds) == 4
+    opts = parse_options({"topic": "t"})
+    assert await header_columns(s3, opts, REF, None, len(data), "e2") == ["id", "name"]
+    assert s3.conditions and set(s3.conditions) == {'"e2"'}
+    with pytest.raises(ObjectChangedError, match="upload eTag e1 is not the object now"):
+        await plan_ranges(s3, REF, None, len(data), 4, "e1")
+    with pytest.raises(ObjectChangedError):
+        await first_record(s3, opts, REF, None, len(data), "e1")
+
+
+async def test_the_stream_and_each_range_read_only_the_event_upload(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from s3flow.errors import ObjectChangedError
+    from s3flow.pipelines.csv_kafka import ranges
+
+    seen: dict[str, Any] = {}
+
+    async def one_stream(opts: Any, ref: Any, open_stream: Any, **kw: Any) -> Any:
+        seen["stream"] = await open_stream()
+
+    async def one_range(*args: Any, **kw: Any) -> Any:
+        seen.setdefault("ranges", []).append(kw["if_match"])
+        raise ObjectChangedError("superseded")
+
+    monkeypatch.setattr(ranges, "run_object", one_stream)
+    monkeypatch.setattr(ranges, "run_range_process", one_range)
+    monkeypatch.setattr(ranges, "warm_up", lambda: None)
+    small = b"id,name\n1,a\n"
+    opts = parse_options({"topic": "t"})
+    with pytest.raises(ObjectChangedError):
+        await ranges.run_csv_object(
+            opts, REF, OverwrittenS3(small), None, len(small), executor=None, if_match="e1"
+        )  # type: ignore[arg-type]
+    big = b"id,name\n" + lines(50_000, 100)
+    wide = parse_options({"topic": "t", "ranges": 4, "topic_partitions": 4})
+    with pytest.raises(ObjectChangedError):
+        await ranges.run_csv_object(
+            wide, REF, OverwrittenS3(big), None, len(big), executor=None, if_match="e2"
+        )  # type: ignore[arg-type]
+    assert seen["ranges"] and set(seen["ranges"]) == {"e2"}
