@@ -215,6 +215,8 @@ class ContainerExecutor:
             interval_s=settings.poll_interval_s,
             what=self.what,
         )
+        #: Stops of runs whose launch outlasted their job_timeout_s (awaited on close).
+        self._stopping: set[asyncio.Future[None]] = set()
 
     # --- hooks of ECS / Batch ------------------------------------------------------
 
@@ -261,7 +263,21 @@ class ContainerExecutor:
         # id of what it started, and stops it.
         launch = asyncio.ensure_future(self._launch(client, job, env, command))
         try:
-            ident, refs = await asyncio.shield(launch)
+            async with asyncio.timeout_at(deadline):
+                ident, refs = await asyncio.shield(launch)
+        except TimeoutError as exc:
+            # The launch itself outlasted job_timeout_s (an API stalling, the SDK's retries):
+            # the message is settled now, as its lease ends with the timeout (waiting on
+            # would let a second copy run beside it); what the launch may still start is
+            # stopped once it answers.
+            stopping = asyncio.ensure_future(self._stop_after_launch(client, launch, wait_s=None))
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)
+            raise job_timed_out(
+                job,
+                f"{self.what} (its launch had not answered)",
+                "given up: whatever it starts is stopped once the launch answers",
+            ) from exc
         except asyncio.CancelledError:
             if self.settings.stop_on_shutdown:
                 await asyncio.shield(self._stop_after_launch(client, launch))
@@ -304,10 +320,16 @@ class ContainerExecutor:
         raise error_for_exit(code, where, reason)
 
     async def _stop_after_launch(
-        self, client: Any, launch: asyncio.Future[tuple[str, dict[str, Any]]]
+        self,
+        client: Any,
+        launch: asyncio.Future[tuple[str, dict[str, Any]]],
+        *,
+        wait_s: float | None = 30,
     ) -> None:
+        """Stop what ``launch`` starts, once it answers (within ``wait_s``; None: the
+        launch's own timeouts bound it)."""
         try:
-            ident, _ = await asyncio.wait_for(launch, 30)
+            ident, _ = await asyncio.wait_for(launch, wait_s)
         except Exception:
             return  # it failed (or never answered): nothing known to stop
         await self._stop_quietly(client, ident)
@@ -341,6 +363,8 @@ class ContainerExecutor:
         return doc if isinstance(doc, dict) else None
 
     async def close(self) -> None:
-        """Stop watching and close the client."""
+        """Stop what late launches started, stop watching and close the client."""
+        if self._stopping:
+            await asyncio.wait(list(self._stopping), timeout=60)
         await self.watcher.close()
         await self._service_client.close()

@@ -17,6 +17,7 @@ from s3flow.errors import (
     CorruptDataError,
     Disposition,
     ExecutorUnavailableError,
+    JobTimeoutError,
     ObjectChangedError,
     ObjectMissingError,
     OutputUnavailableError,
@@ -382,6 +383,27 @@ async def test_a_cancelled_ecs_run_stops_its_task() -> None:
     with pytest.raises(asyncio.CancelledError):
         await run
     assert client.stopped and client.stopped[0][0] == "arn:task/1"
+    await ex.close()
+
+
+async def test_a_launch_that_outlasts_job_timeout_s_gives_up_and_stops_its_task() -> None:
+    """RunTask stalling (the SDK retrying for minutes) was not bounded by job_timeout_s:
+    the lease ended with the timeout, and a second copy of the message ran beside it."""
+    answer = asyncio.Event()
+
+    class Stalling(_FakeEcs):
+        async def run_task(self, **kw: Any) -> dict[str, Any]:
+            await answer.wait()
+            return await super().run_task(**kw)
+
+    client = Stalling([{"lastStatus": "RUNNING"}])
+    ex = _ecs(client)
+    with pytest.raises(JobTimeoutError, match=r"its launch had not answered.*given up"):
+        await asyncio.wait_for(ex.run(job(timeout_s=0.05)), 5)
+    assert client.stopped == []  # nothing started yet
+    answer.set()
+    await _until(lambda: bool(client.stopped))
+    assert client.stopped[0][0] == "arn:task/1"
     await ex.close()
 
 
