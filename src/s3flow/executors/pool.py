@@ -151,14 +151,18 @@ async def _dying(procs: dict[int, Any], wait_s: float = DEATH_WAIT_S) -> dict[in
             for pid, proc in procs.items()
             if proc.exitcode is not None or not pid_alive(pid)
         }
-        if dead or loop.time() >= deadline:
+        # A child gone whose exit code is not read yet (the pool's thread reaps it a
+        # moment later): waited for, or an "exited 7" was told as "out of memory?".
+        if (dead and None not in dead.values()) or loop.time() >= deadline:
             return dead
         await asyncio.sleep(0.01)
 
 
 def _death(exitcode: int | None) -> str:
     """How a child ended, from its exit code (negative: the signal that killed it)."""
-    if exitcode is None or exitcode == -signal.SIGKILL:
+    if exitcode is None:
+        return "ended, its exit status unread: killed, out of memory?"
+    if exitcode == -signal.SIGKILL:
         return "killed, out of memory?"
     if exitcode < 0:
         try:
@@ -284,6 +288,8 @@ class PoolExecutor:
             ) from exc
         except asyncio.CancelledError:
             self._read_started(started)
+            # Its BrokenProcessPool (the pool killed at shutdown) is nobody's now.
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
             # Taken back before a child started it: nothing to kill. Started (or handed
             # to a child that has not said so yet): killed with the pool once no run waits.
             if self._run_pids.get(run_id) is not None or not submitted.cancel():

@@ -630,6 +630,34 @@ async def test_pool_child_pids_names_every_child() -> None:
         await pool.close()
 
 
+async def test_a_pool_run_cancelled_at_shutdown_leaves_no_unretrieved_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each SIGTERM with pool runs under way logged "Future exception was never
+    retrieved ... BrokenProcessPool" at ERROR, once the pool was killed."""
+    import gc
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[2] / "integration"))
+    pool = PoolExecutor(PoolExecutorSettings(processes=1))
+    slow = job(
+        processor="s3flow_testprocs:SlowProcessor",
+        options={"sleep_s": 60, "marker_dir": str(tmp_path)},
+        timeout_s=120,  # the run's future is shielded against the run's cancel
+    )
+    run = asyncio.create_task(pool.run(slow))
+    try:
+        await _until(lambda: any(tmp_path.glob("started-*")), timeout_s=60)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+    finally:
+        await pool.close()
+    for _ in range(3):
+        gc.collect()
+        await asyncio.sleep(0.05)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
 # --- the subprocess executor's command ---------------------------------------------------
 
 
@@ -700,4 +728,24 @@ def test_a_pool_childs_death_is_told_by_its_exit_code() -> None:
     assert _death(9) == "exited 9"
     assert _death(-15) == "killed by SIGTERM"
     assert _death(-9) == "killed, out of memory?"  # SIGKILL: what the OOM killer sends
-    assert _death(None) == "killed, out of memory?"  # gone before its code was read
+    assert _death(None) == "ended, its exit status unread: killed, out of memory?"
+
+
+async def test_a_dead_childs_exit_code_is_waited_for() -> None:
+    """The pool's thread reaps a dead child a moment after it is gone: read at once, an
+    os._exit(7) was told as "killed, out of memory?" (3 deaths in 7)."""
+    import subprocess
+
+    from s3flow.executors.pool import _dying
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid is free: not alive
+
+    class Reaped:
+        exitcode: int | None = None
+
+    proc = Reaped()
+    asyncio.get_running_loop().call_later(0.05, setattr, proc, "exitcode", 7)
+    assert await _dying({gone.pid: proc}, wait_s=5) == {gone.pid: 7}
+    never = Reaped()
+    assert await _dying({gone.pid: never}, wait_s=0.05) == {gone.pid: None}
