@@ -734,12 +734,10 @@ def test_a_pool_childs_death_is_told_by_its_exit_code() -> None:
 async def test_a_dead_childs_exit_code_is_waited_for() -> None:
     """The pool's thread reaps a dead child a moment after it is gone: read at once, an
     os._exit(7) was told as "killed, out of memory?" (3 deaths in 7)."""
-    import subprocess
-
     from s3flow.executors.pool import _dying
 
-    gone = subprocess.Popen(["true"])
-    gone.wait()  # its pid is free: not alive
+    gone = await asyncio.create_subprocess_exec("true")
+    await gone.wait()  # its pid is free: not alive
 
     class Reaped:
         exitcode: int | None = None
