@@ -134,6 +134,12 @@ class ExecutorUnavailableError(RetryableError):
     of the object; the fix is the operator's, not the file's."""
 
 
+class LookupRefusedError(RetryableError):
+    """What routing needs to know of an object was refused (GetObjectTagging access
+    denied: the worker's role lacks the grant): retried with an error log without
+    counting a failure of the object; the fix is the operator's, not the file's."""
+
+
 class OutputVerificationError(RetryableError):
     """A declared output is missing or wrong after the processor returned (checked before
     the ack): retried with the reason, never acknowledged; after ``max_receive_count``

@@ -21,6 +21,7 @@ from typing import Any
 from s3flow.errors import (
     Disposition,
     ExecutorUnavailableError,
+    LookupRefusedError,
     ObjectChangedError,
     OutputUnavailableError,
     S3flowError,
@@ -117,10 +118,16 @@ class FailurePolicy:
                 detail = str(exc) if changed else f"object no longer exists: {exc}"
                 await store.complete(oid, token=token, outputs=[], detail=detail)
             return None
-        if isinstance(exc, OutputUnavailableError | ExecutorUnavailableError):
+        if isinstance(exc, OutputUnavailableError | ExecutorUnavailableError | LookupRefusedError):
             # The operator's problem, not the file's: no failure counted.
             delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
-            what = "output" if isinstance(exc, OutputUnavailableError) else "executor"
+            what = (
+                "output"
+                if isinstance(exc, OutputUnavailableError)
+                else "executor"
+                if isinstance(exc, ExecutorUnavailableError)
+                else "routing lookup"
+            )
             # Each wait spends a receive: near the queue's redrive limit the message is
             # sent again as a new one, or SQS would move it to the DLQ with no reason.
             renew = msg.receive_count >= self.renew_at

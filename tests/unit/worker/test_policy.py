@@ -62,3 +62,28 @@ def test_merged_failures_renew_when_any_record_does() -> None:
     assert plain == Retry(5, "Y", "y")
     dead = merge_failures([(a, DeadLetter("D", "d")), (b, Retry(5, "Y", "y", renew=True))])
     assert isinstance(dead, DeadLetter)
+
+
+class _TagsDenied:
+    async def get_object_tagging(self, **kw: Any) -> dict[str, Any]:
+        from botocore.exceptions import ClientError
+
+        raise ClientError(
+            {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "GetObjectTagging"
+        )
+
+
+async def test_refused_tags_are_the_operators_problem_not_the_files() -> None:
+    """A missing s3:GetObjectTagging grant dead-lettered every object of a tag route at
+    once ("failed permanently (AwsPermanentError)")."""
+    from s3flow.errors import LookupRefusedError
+    from s3flow.worker.routes import ObjectLookup
+
+    with pytest.raises(LookupRefusedError, match=r"needs s3:GetObjectTagging") as info:
+        await ObjectLookup(_TagsDenied(), EVENT).tags()
+    policy = FailurePolicy(
+        _settings(max_receive_count=1), s3=None, store=None, metrics=PipelineMetrics()
+    )
+    msg = ReceivedMessage("m", "h", "{}", 5, 0.0)  # past max_receive_count: not counted
+    out = await policy.failed(Attempt(msg, EVENT), info.value)
+    assert isinstance(out, Retry) and out.error_class == "LookupRefusedError"
