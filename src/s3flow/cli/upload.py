@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
@@ -131,6 +131,10 @@ def upload(
             )
         )
     for f in files:
+        if f.is_dir():
+            raise fail(
+                S3flowError(f"{f} is a directory: give its files (e.g. {shlex.quote(str(f))}/*)")
+            )
         if not f.is_file():
             raise fail(S3flowError(f"{f} is not a readable file"))
     if state["log_level"] != "DEBUG":  # httpx logs every request at INFO
@@ -214,6 +218,38 @@ def _run(
     urls = UploadUrls(client, base, headers, created, asked_at=asked_at)
     job_id = str(created["job_id"])
     console.print(f"job [bold]{job_id}[/] (upload {created['upload_id']}, template {template})")
+    try:
+        _send_files(client, urls, created, files, quiet)
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: job {job_id} waits for its other files until it expires "
+            f"([jobs] job_timeout_s); cancel it with `s3flow jobs cancel {job_id}`, or "
+            "upload the files again as a new job",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(130) from None
+    try:
+        return _follow(client, base, headers, job_id)
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: job {job_id} goes on; follow it with "
+            f"`s3flow jobs events --follow {job_id}`, or cancel it with "
+            f"`s3flow jobs cancel {job_id}`",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(130) from None
+
+
+def _send_files(
+    client: httpx.Client,
+    urls: UploadUrls,
+    created: dict[str, Any],
+    files: list[Path],
+    quiet: bool,
+) -> None:
+    """Post each file to its upload URL, with a progress bar each."""
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -232,6 +268,10 @@ def _run(
                 bars.reset(t)
 
             send_file(client, urls, post["key"], path, advance, restart)
+
+
+def _follow(client: httpx.Client, base: str, headers: dict[str, str], job_id: str) -> int:
+    """Print the job's events until it ends; the exit code of how it ended."""
     # Files are recorded, and jobs run, by `s3flow worker`: without one the job waits in
     # silence, so say so once if nothing happens for a while.
     hint = threading.Timer(NO_WORKER_HINT_S, _no_worker_hint, (job_id,))

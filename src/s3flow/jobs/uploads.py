@@ -158,6 +158,12 @@ def _unicode(text: str, what: str) -> None:
         ) from exc
 
 
+#: Characters that change how the text around them displays (bidirectional controls).
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
 def safe_name(name: str) -> str:
     """The client's file name made safe for a key: refuses paths and control characters.
 
@@ -171,6 +177,13 @@ def safe_name(name: str) -> str:
         raise BadUploadError(f"file name {name!r} has a path separator: send the bare file name")
     if any(unicodedata.category(c) in ("Cc", "Cs") or c == "\x7f" for c in name):
         raise BadUploadError(f"file name {name!r} has a control character")
+    if any(c in _BIDI_CONTROLS for c in name):
+        # "invoice\u202etxt.exe" shows as "invoiceexe.txt": a name to disguise a type
+        raise BadUploadError(
+            f"file name {name!r} has a text-direction control character (U+202A-202E, "
+            "U+2066-2069, U+200E/200F, U+061C), which makes a name display as another: "
+            "rename the file"
+        )
     if len(name) > MAX_NAME_CHARS:
         raise BadUploadError(
             f"file name {name[:40]!r}... is longer than {MAX_NAME_CHARS} characters"

@@ -115,6 +115,9 @@ async def _open_stream(
         return None
     try:
         head = await _head(runtime, job_id)
+        if head is not None and after > head[0]:
+            # Past this instance's channel: the store says whether the job has it.
+            head = await _stored_head(runtime, job_id)
     except S3flowError as exc:
         log.warning("GET %s failed: %s", scope["path"], exc)
         await send_error(send, 503, f"the service cannot answer right now: {exc}")
@@ -129,6 +132,16 @@ async def _open_stream(
         )
         return None
     last_seq, finished = head
+    if after > last_seq:
+        # Every event of the job would be skipped as sent, its end too, for good.
+        await send_error(
+            send,
+            400,
+            f"Last-Event-ID {after} is past the last event ({last_seq}) of job "
+            f"{job_id[:100]!r}: send an id this job's stream sent, or none for the whole "
+            "stream",
+        )
+        return None
     if finished and after >= last_seq:
         # The client has the whole log, terminal event included (EventSource reconnects
         # after every close): 204 tells it to stop.
@@ -149,5 +162,11 @@ async def _head(runtime: WebRuntime, job_id: str) -> tuple[int, bool] | None:
     known = runtime.hub.head(job_id)
     if known is not None:
         return known
+    return await _stored_head(runtime, job_id)
+
+
+async def _stored_head(runtime: WebRuntime, job_id: str) -> tuple[int, bool] | None:
+    """The store's seq of the job's latest event and whether it is finished (None:
+    no such job)."""
     job = await runtime.store.get_job(job_id)
     return None if job is None else (job.last_seq, job.status.terminal)

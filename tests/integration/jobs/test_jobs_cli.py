@@ -112,6 +112,12 @@ def test_upload_follows_the_job_and_jobs_commands_show_it(
         refused = _s3flow("upload", "-c", str(project.cfg), "--url", url, "-t", "count", str(exe))
         assert refused.returncode == 2
         assert "extension '.exe' is not allowed" in " ".join(refused.stderr.split())
+        # A directory is named as one (it said "is not a readable file").
+        folder = _s3flow(
+            "upload", "-c", str(project.cfg), "--url", url, "-t", "count", str(tmp_path)
+        )
+        assert folder.returncode == 2
+        assert f"{tmp_path} is a directory: give its files" in " ".join(folder.stderr.split())
         # Cancel a job still waiting for its files; retry needs a failed job with its files.
         created = project.create("count", {"late.txt": b"l\n"})
         cancel = _s3flow("jobs", "cancel", created["job_id"], "-c", str(project.cfg))

@@ -93,6 +93,27 @@ async def test_a_dropped_stream_resumes_after_last_event_id_with_no_gap_and_no_d
     assert r.status_code == 204
 
 
+async def test_a_last_event_id_past_the_jobs_last_event_is_a_400(
+    web: WebThread, client: httpx.AsyncClient, store: SqliteStateStore
+) -> None:
+    """It was taken: every later event, the end too, was skipped as sent, and the client
+    reconnecting with it got 204: it never learnt how the job ended."""
+    job_id = await new_job(client, web.url)  # event 1: job.created
+    url = f"{web.url}/api/jobs/{job_id}/events"
+    r = await client.get(url, headers={"Last-Event-ID": "999"})
+    assert r.status_code == 400, r.text
+    assert f"Last-Event-ID 999 is past the last event (1) of job '{job_id}'" in r.text
+    # while this instance streams the job (its channel's head), and after it ended
+    async with SseReader(client, url) as events:
+        await events.take(1)
+        again = await client.get(url, headers={"Last-Event-ID": "999"})
+        assert again.status_code == 400, again.text
+        await append(store, job_id, EventType.JOB_COMPLETED, outputs=[])
+        assert [m.id for m in await events.end(timeout_s=10)] == [2]
+    assert (await client.get(url, headers={"Last-Event-ID": "3"})).status_code == 400
+    assert (await client.get(url, headers={"Last-Event-ID": "2"})).status_code == 204
+
+
 @pytest.mark.parametrize(
     ("event", "data"),
     [

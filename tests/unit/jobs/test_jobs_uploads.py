@@ -63,6 +63,9 @@ def test_plan_names_keys_by_index_and_safe_name() -> None:
         ([("dir\\a.txt", 1, "text/plain")], "count", "path separator"),
         ([("a\x00.txt", 1, "text/plain")], "count", "control character"),
         ([("a\n.txt", 1, "text/plain")], "count", "control character"),
+        # shown as "ainvoice.exe.txt"-like names: a type in disguise
+        ([("a\u202etxt.exe.txt", 1, "text/plain")], "count", "text-direction control"),
+        ([("a\u2066b.txt", 1, "text/plain")], "count", "text-direction control"),
         ([("a.txt", 1, "text/plain"), ("a.txt", 2, "text/plain")], "count", "listed twice"),
         # one name to a person: accents composed or not, any case (were two files)
         (

@@ -258,6 +258,13 @@ class TxnSession:
                     break
             else:
                 return None
+        # The rest of the refused batch's reports come in over a few polls: read them
+        # (up to a second) so that the count the error gives is the batch's.
+        deadline = time.monotonic() + 1.0
+        seen = -1
+        while self._refused_count != seen and time.monotonic() < deadline:
+            seen = self._refused_count
+            producer.poll(0.05)
         topic, _, err = self._refused[0]
         where = self._refused_lines()
         more = self._refused_count - len(self._refused)
