@@ -58,6 +58,27 @@ async def retry_job(
     template = settings.template(old.template)
     if template is None:
         raise S3flowError(f"template {old.template!r} of job {job_id} is no longer configured")
+    # One retry per job: its id follows from the job's, so a second call (a double
+    # click, a script run twice) finds it instead of running the files once more. A
+    # retry whose message could not be sent (failed "not queued") never ran: the next
+    # id is taken then.
+    for attempt in range(1, _MAX_RETRY_IDS + 1):
+        new_id = retry_id(job_id, attempt)
+        earlier = await store.get_job(new_id)
+        if earlier is None:
+            break
+        if earlier.status is JobStatus.QUEUED:
+            # Recorded, its message maybe never sent (a crash in between): send it again
+            # (the runner takes a job once; SQS drops a copy sent within 5 minutes).
+            await _enqueue(settings, store, job_id, earlier, sqs)
+            return await store.get_job(new_id) or earlier
+        if not (earlier.error or "").startswith(_NOT_QUEUED):
+            raise S3flowError(
+                f"job {job_id} was retried already as {new_id} ({earlier.status}): follow "
+                f"it with `s3flow jobs show {new_id}`, or retry that one if it failed too"
+            )
+    else:
+        raise S3flowError(f"job {job_id}: {_MAX_RETRY_IDS} retries were not queued; fix the cause")
     if old.missing:
         raise S3flowError(
             f"job {job_id}: {', '.join(old.missing)} never arrived; upload the files again "
@@ -71,7 +92,6 @@ async def retry_job(
             "rule); upload the files again as a new job (s3flow upload)"
         )
     now = time.time()
-    new_id = f"job-{uuid.uuid4().hex}"
     job = replace(
         old,
         job_id=new_id,
@@ -109,22 +129,43 @@ async def retry_job(
         type=EventType.JOB_QUEUED,
         data={"files": len(job.files), "retry_of": job_id},
     )
+    await _enqueue(settings, store, job_id, job, sqs)
+    return await store.get_job(new_id) or job
+
+
+#: Retries of one job whose message could not be sent, at most (each takes a new id).
+_MAX_RETRY_IDS = 20
+_NOT_QUEUED = "not queued: "
+
+
+def retry_id(job_id: str, attempt: int = 1) -> str:
+    """The id of the job retrying ``job_id`` (the same for every call), ``attempt``
+    counting retries whose message could not be sent."""
+    name = f"s3flow:retry:{job_id}" + (f":{attempt}" if attempt > 1 else "")
+    return f"job-{uuid.uuid5(uuid.NAMESPACE_URL, name).hex}"
+
+
+async def _enqueue(
+    settings: Settings, store: JobStore, job_id: str, job: JobRecord, sqs: Any
+) -> None:
+    """Send the processing message of ``job`` (the retry of ``job_id``); a failed send
+    ends ``job`` (see :func:`_roll_back`)."""
+    assert settings.jobs is not None
     queue = settings.jobs.resource("processing.fifo")
     try:
         url = (await sqs.get_queue_url(QueueName=queue))["QueueUrl"]
         await sqs.send_message(
             QueueUrl=url,
             MessageBody=json.dumps(
-                {"job_id": new_id, "upload_id": job.upload_id, "template": job.template}
+                {"job_id": job.job_id, "upload_id": job.upload_id, "template": job.template}
             ),
             MessageGroupId=job.upload_id,
-            MessageDeduplicationId=new_id,
+            MessageDeduplicationId=job.job_id,
         )
     except Exception as exc:
         error = translate_aws_error(exc, f"SendMessage to the processing queue {queue}")
         # Raises, unless the job runs after all (the message went out, its answer was lost).
-        return await _roll_back(store, job_id, new_id, error)
-    return await store.get_job(new_id) or job
+        await _roll_back(store, job_id, job.job_id, error)
 
 
 async def _gone_files(s3: Any, bucket: str, job: JobRecord) -> list[str]:
@@ -152,7 +193,7 @@ async def _roll_back(store: JobStore, old_id: str, new_id: str, error: S3flowErr
     S3flowError raised says so and what to do. Returns the job instead when it is
     not queued any more: the runner has it, so the message did go out.
     """
-    note = f"not queued: {error}"
+    note = f"{_NOT_QUEUED}{error}"
     try:
         _, appended = await store.append_event(
             new_id,
@@ -165,8 +206,8 @@ async def _roll_back(store: JobStore, old_id: str, new_id: str, error: S3flowErr
         raise S3flowError(
             f"retry of job {old_id}: {error}. Its new job {new_id} is recorded as queued but "
             f"was not sent, and marking it failed failed too ({type(exc).__name__}: {exc}): "
-            f"end it with `s3flow jobs cancel {new_id}`, fix the cause, then "
-            f"`s3flow jobs retry {old_id}` again"
+            f"fix the cause, then `s3flow jobs retry {old_id}` again (it sends that queued "
+            "job's message)"
         ) from error
     if not appended:  # not queued any more, or failed by its runner: the message went out
         now = await store.get_job(new_id)

@@ -153,6 +153,12 @@ def test_a_failed_job_is_retried_as_a_new_job(tmp_path: Path, s3: Any, sqs: Any)
         assert retry.returncode == 0, retry.stderr
         new_id = re.search(r"retried as (job-[0-9a-f]{32})", retry.stdout).group(1)  # type: ignore[union-attr]
         done = project.consume_until([new_id], timeout_s=90)
+        # A second retry (a double click, a script run twice) ran the files once more.
+        twice = _s3flow("jobs", "retry", job_id, "-c", str(project.cfg))
+        assert twice.returncode == 2, twice.stdout + twice.stderr
+        said = " ".join(twice.stderr.split())
+        assert f"job {job_id} was retried already as {new_id} (completed)" in said, said
+        assert len(project.jobs_list()) == 2
     finally:
         stop_process(worker)
     assert done[new_id].status == "completed"
