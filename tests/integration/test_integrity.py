@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from itest_support import HERE, Harness, s3_event, spawn_worker, wait_for
@@ -261,6 +262,19 @@ def test_missing_dlq_stops_the_worker_at_start(harness: Harness) -> None:
     assert r.returncode != 0 and f"{harness.queue}-nope" in r.stderr
 
 
+def _worker_up(harness: Harness, log: Path) -> Any:
+    """A worker subprocess logging to ``log``, up: it has processed first.txt."""
+    w = spawn_worker(harness.write_config(), log)
+    try:
+        harness.put("first.txt", b"1\n")
+        wait_for(lambda: harness.result("first.txt") is not None, 60, "the first result")
+    except BaseException:
+        w.kill()
+        w.wait()
+        raise
+    return w
+
+
 def test_an_output_bucket_that_disappears_is_retried_not_dead_lettered(
     harness: Harness, tmp_path: Path
 ) -> None:
@@ -274,12 +288,9 @@ def test_an_output_bucket_that_disappears_is_retried_not_dead_lettered(
         max_receive_count=2,
         queue_max_receive_count=3,
     )
-    cfg = harness.write_config()
     log = tmp_path / "w.log"
-    w = spawn_worker(cfg, log)
+    w = _worker_up(harness, log)
     try:
-        harness.put("first.txt", b"1\n")  # the worker is up once this has a result
-        wait_for(lambda: harness.result("first.txt") is not None, 60, "the first result")
         harness.s3.delete_object(Bucket=harness.out_bucket, Key="res/first.txt.json")
         harness.s3.delete_bucket(Bucket=harness.out_bucket)
         harness.put("late.txt", b"1\n2\n")
@@ -306,12 +317,9 @@ def test_a_state_store_deleted_under_a_running_worker_loses_nothing(
     """Deleting the SQLite file went unnoticed: the worker wrote records to the deleted
     file and acknowledged messages whose records nobody would read again."""
     harness.configure(visibility_timeout_s=5, retry_base_s=1, retry_max_s=1)
-    cfg = harness.write_config()
     log = tmp_path / "w.log"
-    w = spawn_worker(cfg, log)
+    w = _worker_up(harness, log)
     try:
-        harness.put("first.txt", b"1\n")  # the worker is up once this has a result
-        wait_for(lambda: harness.result("first.txt") is not None, 60, "the first result")
         store = Path(harness.state_url.removeprefix("sqlite:"))
         for suffix in ("", "-wal", "-shm"):
             Path(f"{store}{suffix}").unlink(missing_ok=True)

@@ -11,22 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_support import ONE_PIPELINE
 from typer.testing import CliRunner, Result
 
 from s3flow.cli import app
 from s3flow.state import FileRecord, ObjectId, SqliteStateStore
 
 N = 2_500
-CONFIG = """\
+CONFIG = (
+    """\
 [state]
 url = "sqlite:{store}"
-[[pipelines]]
-name = "p"
-processor = "line-count"
-bucket = "b"
-queue = "q"
-output = "s3://o/r/"
 """
+    + ONE_PIPELINE
+)
 
 
 class Clock:

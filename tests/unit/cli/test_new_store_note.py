@@ -8,14 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-CONFIG = """\
-[[pipelines]]
-name = "p"
-processor = "line-count"
-bucket = "b"
-queue = "q"
-output = "s3://o/r/"
-"""
+from cli_support import ONE_PIPELINE
+
+CONFIG = ONE_PIPELINE
 
 
 def files(cwd: Path, config: Path) -> subprocess.CompletedProcess[str]:

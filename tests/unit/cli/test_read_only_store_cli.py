@@ -23,24 +23,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_support import ONE_PIPELINE
 
 import s3flow
 from s3flow.state import ObjectId, SqliteStateStore
 
-CONFIG = """\
+CONFIG = (
+    """\
 [aws]
 endpoint_url = "http://127.0.0.1:1"
 connect_timeout_s = 1
 max_attempts = 1
 [state]
 url = "sqlite:{store}"
-[[pipelines]]
-name = "p"
-processor = "line-count"
-bucket = "b"
-queue = "q"
-output = "s3://o/r/"
 """
+    + ONE_PIPELINE
+)
 #: What root may do whatever a file's mode says: the commands run without it.
 _UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
 
