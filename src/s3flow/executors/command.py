@@ -13,6 +13,13 @@ its whole process group after ``kill_after_s``; so does a run still going at its
 ``timeout_s`` (the pipeline's ``job_timeout_s``). A run is over when its process exits:
 processes it left behind in its group (a wrapper script's background child holding
 stdout) are killed then, and what the pipes held is read.
+
+Should the worker itself die (SIGKILL, the OOM killer), the process gets SIGTERM from
+the kernel, but what it started does not. A small guard process per executor
+(:mod:`s3flow.executors.group_guard`, started with the first run) is told each run's
+process group and, when the worker is gone, kills what is left of them (SIGKILL, once
+the process has taken its SIGTERM or ``kill_after_s`` passed), so no orphan keeps
+running beside the redelivered message's new run.
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from s3flow.errors import ConfigError, ExecutorUnavailableError
@@ -114,6 +124,18 @@ async def _exit_code(proc: asyncio.subprocess.Process, readers: list[asyncio.Tas
     return proc.returncode if proc.returncode is not None else int(waited.result())
 
 
+#: The guard's script (standard library only: it starts in a few milliseconds).
+_GUARD_SCRIPT = str(Path(__file__).with_name("group_guard.py"))
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+def _tell(sock: socket.socket | None, line: bytes) -> None:
+    """Send ``line`` to the guard; never blocks, never raises (nor SIGPIPE)."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.send(line, _NOSIGNAL)
+
+
 #: After the process exits, how long its pipes may stay open (data in flight) before
 #: what still holds them (processes it left behind) is killed.
 _DRAIN_S = 2.0
@@ -128,6 +150,9 @@ class SubprocessExecutor:
         self._settings = settings
         self._base = list(settings.command) or [sys.executable, "-m", "s3flow"]
         self._running: dict[asyncio.subprocess.Process, list[asyncio.Task[Any]]] = {}
+        self._guard: asyncio.subprocess.Process | None = None
+        self._guard_sock: socket.socket | None = None
+        self._guard_lock = asyncio.Lock()
 
     def argv(self, job: ObjectJob) -> list[str]:
         """The command line for ``job``."""
@@ -145,6 +170,7 @@ class SubprocessExecutor:
     async def run(self, job: ObjectJob, progress: Progress | None = None) -> Result:
         """Start the process, wait for it, map its JSON line / exit code."""
         argv = self.argv(job)
+        guard = await self._guarded()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -153,7 +179,7 @@ class SubprocessExecutor:
                 stderr=asyncio.subprocess.PIPE,
                 env=self.environment(job),
                 start_new_session=True,
-                preexec_fn=owned_preexec(),
+                preexec_fn=_registering_preexec(guard),
             )
         except OSError as exc:
             # The command is gone or not executable, or the machine cannot start a process
@@ -189,6 +215,7 @@ class SubprocessExecutor:
             raise
         finally:
             self._running.pop(proc, None)
+            _tell(self._guard_sock, b"-%d\n" % proc.pid)
         doc = parse_doc(out.decode("utf-8", "replace"))
         what = f"`s3flow run {job.processor} {job.source}` (pid {proc.pid})"
         if doc is not None:
@@ -232,7 +259,82 @@ class SubprocessExecutor:
                 await asyncio.wait_for(_exit_code(proc, readers), self._settings.kill_after_s)
         await self._end_group(proc, readers)
 
+    async def _guarded(self) -> socket.socket | None:
+        """The socket to this executor's group guard, started (again) if it is not running;
+        None (a warning logged) when it cannot start: runs go on without it."""
+        async with self._guard_lock:
+            if self._guard is not None and self._guard.returncode is None:
+                return self._guard_sock
+            if self._guard is not None:
+                log.warning(
+                    "subprocess executor: the guard of its runs' process groups (pid %d) "
+                    "ended (exit status %s): starting another",
+                    self._guard.pid,
+                    self._guard.returncode,
+                )
+            self._close_guard_socket()
+            ours, theirs = socket.socketpair()
+            try:
+                self._guard = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    _GUARD_SCRIPT,
+                    str(os.getpid()),
+                    str(self._settings.kill_after_s),
+                    stdin=theirs.fileno(),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                ours.close()
+                self._guard = None
+                log.warning(
+                    "subprocess executor: cannot start the guard of its runs' process groups "
+                    "(%s): should this worker be killed, what its runs started may live on",
+                    exc,
+                )
+                return None
+            except BaseException:  # cancelled (a shutdown) while it started
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            ours.setblocking(False)
+            self._guard_sock = ours
+            for proc in self._running:  # runs the previous guard knew of
+                _tell(ours, b"+%d\n" % proc.pid)
+            return ours
+
+    def _close_guard_socket(self) -> None:
+        if self._guard_sock is not None:
+            self._guard_sock.close()
+            self._guard_sock = None
+
     async def close(self) -> None:
-        """Stop processes still running (normally none: their runs were cancelled)."""
+        """Stop processes still running (normally none: their runs were cancelled), then
+        the guard (the end of its socket ends it)."""
         running = list(self._running.items())
         await asyncio.gather(*(self._stop(proc, readers) for proc, readers in running))
+        self._close_guard_socket()
+        guard, self._guard = self._guard, None
+        if guard is not None and guard.returncode is None:
+            try:
+                await asyncio.wait_for(guard.wait(), 2)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    guard.kill()
+                await guard.wait()
+
+
+def _registering_preexec(guard: socket.socket | None) -> Callable[[], None]:
+    """The run's ``preexec_fn``: ``PR_SET_PDEATHSIG`` (:func:`owned_preexec`), then its
+    process group (its pid: it leads a new session) told to the guard, before the command
+    starts, so that nothing it starts escapes the guard."""
+    owned = owned_preexec()
+
+    def preexec() -> None:
+        owned()
+        _tell(guard, b"+%d\n" % os.getpid())
+
+    return preexec

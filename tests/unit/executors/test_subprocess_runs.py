@@ -4,13 +4,18 @@ for ``s3flow run`` (they ignore their arguments and print a result line)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+import s3flow
 from s3flow.errors import Disposition
 from s3flow.events import ObjectEvent
 from s3flow.executors.base import ObjectJob
@@ -118,3 +123,76 @@ async def test_a_run_cancelled_after_its_process_exited_still_ends_what_it_left(
     assert not alive(child), "the process the run left behind was not killed"
     leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert leftovers == []
+
+
+_WORKER = """
+import asyncio, sys
+from s3flow.events import ObjectEvent
+from s3flow.executors.base import ObjectJob
+from s3flow.executors.command import SubprocessExecutor
+from s3flow.settings import SubprocessExecutorSettings
+
+job = ObjectJob(processor="line-count", options={}, event=ObjectEvent(bucket="in", key="a"),
+                output="s3://out/", timeout_s=300)
+ex = SubprocessExecutor(SubprocessExecutorSettings(command=[sys.argv[1]], kill_after_s=1))
+asyncio.run(ex.run(job))
+"""
+
+
+@pytest.mark.parametrize("trap", ["", "trap '' TERM\n"], ids=["wrapper", "deaf-wrapper"])
+def test_what_a_run_started_dies_with_the_worker(tmp_path: Path, trap: str) -> None:
+    """A wrapper script's child (not exec'd) lived on with PPID 1 after a SIGKILL of the
+    worker, running beside the redelivered message's new run: only the wrapper got the
+    parent-death signal. A wrapper deaf to it goes too, after kill_after_s."""
+    pid_file = tmp_path / "grandchild.pid"
+    command = script(
+        tmp_path,
+        f"{trap}sleep 300 &\necho $! > {pid_file}.tmp\nmv {pid_file}.tmp {pid_file}\nwait",
+    )
+    src = Path(s3flow.__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+    }
+    worker = subprocess.Popen([sys.executable, "-c", _WORKER, str(command)], env=env)
+    grandchild = None
+    try:
+        for _ in range(200):  # up to 10 s for the run to start its child
+            if pid_file.exists():
+                break
+            assert worker.poll() is None, "the worker ended early"
+            time.sleep(0.05)
+        grandchild = int(pid_file.read_text())
+        assert alive(grandchild)
+        worker.kill()
+        worker.wait()
+        for _ in range(100):  # up to 5 s
+            if not alive(grandchild):
+                break
+            time.sleep(0.05)
+        assert not alive(grandchild), "what the run started outlived the worker"
+    finally:
+        worker.kill()
+        worker.wait()
+        if grandchild is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(grandchild, signal.SIGKILL)
+
+
+async def test_a_guard_that_died_is_started_again(tmp_path: Path) -> None:
+    """The guard of the runs' groups, killed while the worker lives, is replaced at the
+    next run (and told the runs still going); close ends it."""
+    ex = SubprocessExecutor(
+        SubprocessExecutorSettings(command=[str(script(tmp_path, f"echo '{DONE}'"))])
+    )
+    await ex.run(job(timeout_s=20))
+    first = ex._guard
+    assert first is not None and first.returncode is None
+    first.kill()
+    await first.wait()
+    result = await ex.run(job(timeout_s=20))
+    assert result.outputs == ["s3://out/a.json"]
+    second = ex._guard
+    assert second is not None and second is not first and second.returncode is None
+    await ex.close()
+    assert second.returncode == 0 and ex._guard is None
