@@ -273,10 +273,11 @@ class ContainerExecutor:
             stopping = asyncio.ensure_future(self._stop_after_launch(client, launch, wait_s=None))
             self._stopping.add(stopping)
             stopping.add_done_callback(self._stopping.discard)
-            raise job_timed_out(
-                job,
-                f"{self.what} (its launch had not answered)",
-                "given up: whatever it starts is stopped once the launch answers",
+            # The service's stall, not the file's: not counted as its failure.
+            raise ExecutorUnavailableError(
+                f"{job.source}: {self.what} did not answer the launch within job_timeout_s "
+                f"({job.timeout_s:.0f} s): given up, and what it starts is stopped once it "
+                "answers; retried without counting a failure of the file"
             ) from exc
         except asyncio.CancelledError:
             if self.settings.stop_on_shutdown:

@@ -65,7 +65,8 @@ async def retry_job(
     for attempt in range(1, _MAX_RETRY_IDS + 1):
         new_id = retry_id(job_id, attempt)
         earlier = await store.get_job(new_id)
-        if earlier is None:
+        if earlier is None or earlier.status is JobStatus.WAITING_FOR_FILES:
+            # (made, but stopped before it was queued: made again, every step idempotent)
             break
         if earlier.status is JobStatus.QUEUED:
             # Recorded, its message maybe never sent (a crash in between): send it again

@@ -40,7 +40,7 @@ from s3flow.worker.outcomes import (
     backoff_s,
     visibility_left_s,
 )
-from s3flow.worker.policy import FAILURES_ATTR, prior_failures
+from s3flow.worker.policy import FAILURES_ATTR, RENEWALS_ATTR, prior_failures
 from s3flow.worker.source import ReceivedMessage
 
 log = logging.getLogger("s3flow.acks")
@@ -236,8 +236,6 @@ _LEFT_FAILED = frozenset({FileStatus.FAILED})
 #: mark a message a worker dead-lettered (one the queue's redrive moves keeps these).
 LAST_ERROR_CLASS_ATTR = "s3flow.last-error-class"
 LAST_ERROR_ATTR = "s3flow.last-error"
-#: Attribute of a renewed message: how many times it was sent again as a new one.
-RENEWALS_ATTR = "s3flow.renewals"
 
 
 def _attr(value: object) -> dict[str, str]:
@@ -358,16 +356,18 @@ class Settler:
         """Send ``msg`` again as a new message after ``retry.delay_s`` (its receive count
         starts over; it carries its failures and redrive id).
 
-        The failures carried are those a worker without a state store counts (every
-        receive before this one, as for a record re-sent alone); one with a store counts
-        the file's failures in its record.
+        A capped wait (:class:`Retry`) carries the failures a worker without a state
+        store counts (every receive before this one, as for a record re-sent alone) and
+        one more capped renewal; another (an output down) carries its failures as they
+        were. A worker with a store counts the file's failures in its record.
         """
+        waits = msg.receive_count - 1 if retry.capped else 0
         return await self._send(
             self.queue_url,
             msg.body,
             {
-                FAILURES_ATTR: prior_failures(msg) + msg.receive_count - 1,
-                RENEWALS_ATTR: msg.whole_number_attribute(RENEWALS_ATTR) + 1,
+                FAILURES_ATTR: prior_failures(msg) + waits,
+                RENEWALS_ATTR: msg.whole_number_attribute(RENEWALS_ATTR) + int(retry.capped),
                 "s3flow.renewed-from": msg.message_id,
                 LAST_ERROR_CLASS_ATTR: retry.error_class,
                 LAST_ERROR_ATTR: retry.error,

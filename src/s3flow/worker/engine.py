@@ -66,7 +66,7 @@ from s3flow.metrics import PipelineMetrics, WorkerMetrics
 from s3flow.processors.base import PipelineContext
 from s3flow.settings import WorkerSettings
 from s3flow.state.base import StateStore
-from s3flow.worker.acks import RENEWALS_ATTR, AckBatcher, Settler
+from s3flow.worker.acks import AckBatcher, Settler
 from s3flow.worker.drain import queue_drained
 from s3flow.worker.handler import (
     Handler,
@@ -77,12 +77,9 @@ from s3flow.worker.handler import (
 )
 from s3flow.worker.lease import LeaseKeeper
 from s3flow.worker.outcomes import Outcome, Release, Retry, backoff_s
+from s3flow.worker.policy import may_renew
 from s3flow.worker.source import QueueSource, ReceivedMessage, Slots
 from s3flow.worker.waiting import first_set
-
-#: Times a message no handler could record (the state store out of reach) is sent
-#: again as a new one near the queue's redrive limit, before that limit may take it.
-MAX_UNHANDLED_RENEWALS = 3
 
 __all__ = ["PipelineRunner", "PipelineRuntime", "QueueRuntime", "Worker", "WorkerObserver"]
 
@@ -367,12 +364,10 @@ class PipelineRunner:
             # again as a new one, or SQS would move it to the DLQ with no reason.
             delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
             # (a job's queue counts its attempts by receives: its runner hands jobs on).
-            # At most MAX_UNHANDLED_RENEWALS times: an error that comes back whatever the
+            # At most MAX_CAPPED_RENEWALS times: an error that comes back whatever the
             # state of things is left to the queue's redrive, its last error attached.
-            renew = (
-                isinstance(self.rt, PipelineRuntime)
-                and msg.receive_count >= self.rt.renew_at
-                and msg.whole_number_attribute(RENEWALS_ATTR) < MAX_UNHANDLED_RENEWALS
+            renew = isinstance(self.rt, PipelineRuntime) and may_renew(
+                msg, self.rt.renew_at, capped=True
             )
             log.error(
                 "message %s not handled, retrying it in %ds%s: %s: %s",
@@ -384,7 +379,7 @@ class PipelineRunner:
                 exc.error_class,
                 exc,
             )
-            return Retry(delay, exc.error_class, str(exc), renew=renew)
+            return Retry(delay, exc.error_class, str(exc), renew=renew, capped=True)
         except Exception as exc:
             log.exception("internal error handling message %s", msg.message_id)
             return Retry(

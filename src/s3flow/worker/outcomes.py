@@ -40,6 +40,10 @@ class Retry:
     error_class: str
     error: str
     renew: bool = False
+    #: The wait may be the object's own (an error no handler could record, a lookup
+    #: refused for this object): a renewal carries its receives as failures (for a
+    #: worker without a store) and it is renewed at most ``MAX_CAPPED_RENEWALS`` times.
+    capped: bool = False
 
 
 @dataclass(frozen=True)

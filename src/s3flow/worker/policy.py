@@ -41,6 +41,19 @@ log = logging.getLogger("s3flow.worker")
 FAILURES_ATTR = "s3flow.failures"
 
 
+#: Attribute of a renewed message: its capped renewals so far (see :class:`Retry`).
+RENEWALS_ATTR = "s3flow.renewals"
+#: Capped renewals of one message at most; then the queue's redrive may take it.
+MAX_CAPPED_RENEWALS = 3
+
+
+def may_renew(msg: ReceivedMessage, renew_at: int, *, capped: bool) -> bool:
+    """Whether a wait that is not the file's fault renews ``msg`` (see :class:`Retry`)."""
+    if msg.receive_count < renew_at:
+        return False
+    return not capped or msg.whole_number_attribute(RENEWALS_ATTR) < MAX_CAPPED_RENEWALS
+
+
 def prior_failures(msg: ReceivedMessage) -> int:
     """Failures a re-sent record carried in its ``s3flow.failures`` attribute (0 if none)."""
     return msg.whole_number_attribute(FAILURES_ATTR)
@@ -54,7 +67,9 @@ def merge_failures(failed: list[tuple[ObjectEvent, RecordOutcome]]) -> RecordOut
         return DeadLetter(dead[0].error_class, "; ".join(d.error for d in dead), objects)
     retries = [o for _, o in failed if isinstance(o, Retry)]
     first = min(retries, key=lambda r: r.delay_s)
-    return replace(first, renew=any(r.renew for r in retries))
+    return replace(
+        first, renew=any(r.renew for r in retries), capped=any(r.capped for r in retries)
+    )
 
 
 @dataclass(frozen=True)
@@ -130,7 +145,9 @@ class FailurePolicy:
             )
             # Each wait spends a receive: near the queue's redrive limit the message is
             # sent again as a new one, or SQS would move it to the DLQ with no reason.
-            renew = msg.receive_count >= self.renew_at
+            # A lookup refused may be this object's (a Deny on its prefix): capped.
+            capped = isinstance(exc, LookupRefusedError)
+            renew = may_renew(msg, self.renew_at, capped=capped)
             log.error(
                 "%s: %s unavailable, retrying in %ds%s: %s",
                 where,
@@ -143,7 +160,7 @@ class FailurePolicy:
             )
             if store is not None and oid is not None and token is not None:
                 await store.release(oid, token=token)
-            return Retry(delay, exc.error_class, str(exc), renew=renew)
+            return Retry(delay, exc.error_class, str(exc), renew=renew, capped=capped)
         if exc.disposition is Disposition.RETRYABLE:
             n = self.failures_now(msg, attempt.failures_before if token is not None else None)
             await self._record_failure(oid, token, exc)

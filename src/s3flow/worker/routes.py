@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from s3flow.errors import LookupRefusedError, S3flowError, aws_errors
+from s3flow.errors import LookupRefusedError, S3flowError, aws_error_code, aws_errors
 from s3flow.events import ObjectEvent
 from s3flow.routing import NoRoute, ObjectFacts, RouteRule, RoutingTable
 
@@ -46,13 +46,14 @@ class ObjectLookup:
                 with aws_errors(f"GetObjectTagging {self._event.uri()}"):
                     resp = await self._s3.get_object_tagging(**self._args())
             except S3flowError as exc:
-                if "AccessDenied" not in str(exc):
+                if aws_error_code(exc.__cause__ or exc) != "AccessDenied":
                     raise
                 # The role's grant, not the file: a tag route would dead-letter them all.
                 raise LookupRefusedError(
-                    f"{exc}: routing by tags needs s3:GetObjectTagging on the bucket for "
-                    "the worker's role (`s3flow provision --export cloudformation` "
-                    "grants it); retried without counting a failure of the file"
+                    f"{exc}: routing by tags needs s3:GetObjectTagging (and "
+                    "s3:GetObjectVersionTagging) on the bucket for the worker's role "
+                    "(`s3flow provision --export cloudformation` grants them); retried "
+                    "without counting a failure of the file"
                 ) from exc
             self.cached_tags = {t["Key"]: t["Value"] for t in resp.get("TagSet") or []}
         return self.cached_tags

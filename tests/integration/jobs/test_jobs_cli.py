@@ -22,6 +22,7 @@ from jobs_support import JobsProject, stop_process, waiting_job
 
 from s3flow.app import open_store, provision_all
 from s3flow.local.endpoint import free_port
+from s3flow.ops.jobs import retry_id
 from s3flow.state.jobs import JobStatus
 
 pytestmark = pytest.mark.integration
@@ -232,6 +233,39 @@ def test_a_retry_whose_message_cannot_be_sent_leaves_no_queued_job(
     assert again.returncode == 0, again.stderr
     queued = [j for j in project.jobs_list() if j.status is JobStatus.QUEUED]
     assert len(queued) == 1 and project.depth("processing.fifo") == 1
+
+
+def test_a_retry_stopped_before_it_was_queued_is_made_again(
+    tmp_path: Path, s3: Any, sqs: Any
+) -> None:
+    """A retry recorded but stopped before its files and queue events (a store blip,
+    Ctrl-C) was refused by the next `jobs retry` ("retried already ... waiting for
+    files"), and expired, never run."""
+    project = JobsProject(tmp_path, s3, sqs)
+    old = waiting_job(f"job-{uuid.uuid4().hex}")
+    old = replace(
+        old,
+        status=JobStatus.FAILED,
+        files=tuple(replace(f, received=True) for f in old.files),
+        error="it failed",
+    )
+    half = replace(old, job_id=retry_id(old.job_id), upload_id=uuid.uuid4().hex, last_seq=0)
+    half = replace(half, status=JobStatus.WAITING_FOR_FILES, error=None)
+
+    async def store_jobs() -> None:
+        async with open_store(project.settings) as store:
+            assert store is not None
+            await store.create_job(old, event_id=f"{old.job_id}:created", data={})
+            await store.create_job(half, event_id=f"{half.job_id}:job.created", data={})
+
+    asyncio.run(store_jobs())
+    s3.put_object(Bucket=project.bucket, Key=old.files[0].key, Body=b"a\n")
+    again = _s3flow("jobs", "retry", old.job_id, "-c", str(project.cfg))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"retried as {half.job_id}" in again.stdout
+    job = project.job(half.job_id)
+    assert job is not None and job.status is JobStatus.QUEUED
+    assert project.depth("processing.fifo") == 1
 
 
 def _healthy(url: str) -> bool:

@@ -87,3 +87,44 @@ async def test_refused_tags_are_the_operators_problem_not_the_files() -> None:
     msg = ReceivedMessage("m", "h", "{}", 5, 0.0)  # past max_receive_count: not counted
     out = await policy.failed(Attempt(msg, EVENT), info.value)
     assert isinstance(out, Retry) and out.error_class == "LookupRefusedError"
+
+
+@pytest.mark.parametrize(("renewals", "renewed"), [(0, True), (2, True), (3, False)])
+async def test_a_refused_lookup_is_renewed_at_most_three_times(
+    renewals: int, renewed: bool
+) -> None:
+    """A lookup refused for this object alone (a Deny on its prefix) looped for ever:
+    its renewals are capped, then the queue's redrive takes it with its last error."""
+    from s3flow.errors import LookupRefusedError
+
+    policy = FailurePolicy(
+        _settings(max_receive_count=3), s3=None, store=None, metrics=PipelineMetrics()
+    )
+    attrs = {"s3flow.renewals": {"StringValue": str(renewals)}}
+    msg = ReceivedMessage("m", "h", "{}", 12, 0.0, message_attributes=attrs)
+    out = await policy.failed(Attempt(msg, EVENT), LookupRefusedError("denied"))
+    assert isinstance(out, Retry) and (out.renew, out.capped) == (renewed, True)
+    # an output down is never capped, whatever renewals a capped wait counted
+    down = await policy.failed(Attempt(msg, EVENT), OutputUnavailableError("gone"))
+    assert isinstance(down, Retry) and (down.renew, down.capped) == (True, False)
+
+
+class _Refused:
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    async def get_object_tagging(self, **kw: Any) -> dict[str, Any]:
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": self.code, "Message": "no"}}, "GetObjectTagging")
+
+
+async def test_only_an_access_denied_lookup_is_the_operators_problem() -> None:
+    """'AccessDenied' in the key made a missing object (404) a lookup refused, retried
+    for ever instead of skipped."""
+    from s3flow.errors import ObjectMissingError
+    from s3flow.worker.routes import ObjectLookup
+
+    event = ObjectEvent(bucket="b", key="reports/AccessDenied-2026.csv")
+    with pytest.raises(ObjectMissingError):
+        await ObjectLookup(_Refused("NoSuchKey"), event).tags()
