@@ -23,7 +23,7 @@ from jobs_support import JobsProject, stop_process, waiting_job
 from s3flow.app import open_store, provision_all
 from s3flow.local.endpoint import free_port
 from s3flow.ops.jobs import retry_id
-from s3flow.state.jobs import JobStatus
+from s3flow.state.jobs import JobRecord, JobStatus
 
 pytestmark = pytest.mark.integration
 
@@ -196,6 +196,17 @@ def test_a_job_whose_files_are_gone_is_not_retried(tmp_path: Path, s3: Any, sqs:
     assert [j.job_id for j in project.jobs_list()] == [job_id]
 
 
+def _failed_job() -> JobRecord:
+    """A failed job whose files all arrived (not stored yet)."""
+    old = waiting_job(f"job-{uuid.uuid4().hex}")
+    return replace(
+        old,
+        status=JobStatus.FAILED,
+        files=tuple(replace(f, received=True) for f in old.files),
+        error="it failed",
+    )
+
+
 def test_a_retry_whose_message_cannot_be_sent_leaves_no_queued_job(
     tmp_path: Path, s3: Any, sqs: Any
 ) -> None:
@@ -203,13 +214,7 @@ def test_a_retry_whose_message_cannot_be_sent_leaves_no_queued_job(
     (the processing queue is gone), it is ended as failed ("not queued"), the error says
     so and what to do, and once the queue is back the old job is retried again."""
     project = JobsProject(tmp_path, s3, sqs)
-    old = waiting_job(f"job-{uuid.uuid4().hex}")
-    old = replace(
-        old,
-        status=JobStatus.FAILED,
-        files=tuple(replace(f, received=True) for f in old.files),
-        error="it failed",
-    )
+    old = _failed_job()
 
     async def store_job() -> None:
         async with open_store(project.settings) as store:
@@ -242,13 +247,7 @@ def test_a_retry_stopped_before_it_was_queued_is_made_again(
     Ctrl-C) was refused by the next `jobs retry` ("retried already ... waiting for
     files"), and expired, never run."""
     project = JobsProject(tmp_path, s3, sqs)
-    old = waiting_job(f"job-{uuid.uuid4().hex}")
-    old = replace(
-        old,
-        status=JobStatus.FAILED,
-        files=tuple(replace(f, received=True) for f in old.files),
-        error="it failed",
-    )
+    old = _failed_job()
     half = replace(old, job_id=retry_id(old.job_id), upload_id=uuid.uuid4().hex, last_seq=0)
     half = replace(half, status=JobStatus.WAITING_FOR_FILES, error=None)
 
