@@ -67,9 +67,14 @@ async def dlq_url(sqs: Any, p: PipelineSettings, source_url: str) -> str:
 
     The ``dlq`` setting, else the queue's redrive target, else '<queue>-dlq'.
     """
+    policy = None if p.dlq else await redrive_policy(sqs, p, source_url)
+    return await _dlq_of(sqs, p, policy)
+
+
+async def _dlq_of(sqs: Any, p: PipelineSettings, policy: dict[str, Any] | None) -> str:
+    """The DLQ of a pipeline whose source queue has redrive ``policy``."""
     if p.dlq:
         return await queue_url(sqs, p.dlq, what=f"pipeline {p.name!r} dead-letter")
-    policy = await redrive_policy(sqs, p, source_url)
     if policy is not None and "deadLetterTargetArn" in policy:
         arn = str(policy["deadLetterTargetArn"])
         return await queue_url(sqs, arn.rsplit(":", 1)[-1], what="redrive target")
@@ -98,10 +103,11 @@ async def redrive_policy(sqs: Any, p: PipelineSettings, source_url: str) -> dict
     return policy
 
 
-async def redrive_limit(sqs: Any, p: PipelineSettings, source_url: str) -> int | None:
-    """The source queue's redrive maxReceiveCount (None: no redrive policy), with a
+def redrive_limit(
+    p: PipelineSettings, source_url: str, policy: dict[str, Any] | None
+) -> int | None:
+    """The maxReceiveCount of the source queue's redrive ``policy`` (None: none), with a
     warning when it leaves the worker no room to dead-letter with the reason."""
-    policy = await redrive_policy(sqs, p, source_url)
     try:
         limit = int((policy or {})["maxReceiveCount"])
     except (KeyError, TypeError, ValueError):
@@ -142,10 +148,14 @@ async def build_runtimes(
         routes, processors = _routes_of(p)
         processor = processors.get(processor_key(portable_spec(p.processor), p.options))
         url = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
-        dlq = await dlq_url(clients.sqs, p, url)
-        for what, u, given in (("queue", url, p.queue), ("dead-letter queue", dlq, p.dlq_name)):
-            by_url = _is_url(given) and u == given
-            await _check_queue(clients.sqs, u, f"pipeline {p.name!r} {what}", by_url=by_url)
+        # One read of the source queue: it exists, its DLQ and its redrive limit.
+        policy = await redrive_policy(clients.sqs, p, url)
+        dlq = await _dlq_of(clients.sqs, p, policy)
+        given = p.dlq_name
+        by_url = _is_url(given) and dlq == given
+        await _check_queue(
+            clients.sqs, dlq, f"pipeline {p.name!r} dead-letter queue", by_url=by_url
+        )
         # A misspelt bucket would only show as every event "skipped" (not its bucket).
         if await bucket_surely_missing(clients.s3, p.bucket):
             raise missing_bucket_error(p.bucket, settings.aws, f"pipeline {p.name!r} bucket")
@@ -164,7 +174,7 @@ async def build_runtimes(
                 route=Route.from_settings(p),
                 routes=routes,
                 processors=processors,
-                redrive_limit=await redrive_limit(clients.sqs, p, url),
+                redrive_limit=redrive_limit(p, url, policy),
             )
         )
     return out

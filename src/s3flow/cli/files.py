@@ -31,8 +31,7 @@ from s3flow.cli.common import (
 from s3flow.errors import ConfigError
 from s3flow.processors.registry import processor_class
 from s3flow.settings import Settings
-from s3flow.state.base import StateStore
-from s3flow.state.lifecycle import file_page
+from s3flow.state.base import StateStore, file_page
 from s3flow.state.records import FileCursor, FileRecord, FileStatus
 
 files_app = typer.Typer(

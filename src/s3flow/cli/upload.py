@@ -9,13 +9,14 @@ job's event stream (``GET /api/jobs/<id>/events``), reconnecting with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mimetypes
 import os
 import shlex
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -218,27 +219,26 @@ def _run(
     urls = UploadUrls(client, base, headers, created, asked_at=asked_at)
     job_id = str(created["job_id"])
     console.print(f"job [bold]{job_id}[/] (upload {created['upload_id']}, template {template})")
-    try:
+    cancel = f"`s3flow jobs cancel {job_id}`"
+    with _said_on_interrupt(
+        f"interrupted: job {job_id} waits for its other files until it expires ([jobs] "
+        f"job_timeout_s); cancel it with {cancel}, or upload the files again as a new job"
+    ):
         _send_files(client, urls, created, files, quiet)
-    except KeyboardInterrupt:
-        err_console.print(
-            f"interrupted: job {job_id} waits for its other files until it expires "
-            f"([jobs] job_timeout_s); cancel it with `s3flow jobs cancel {job_id}`, or "
-            "upload the files again as a new job",
-            highlight=False,
-            markup=False,
-        )
-        raise typer.Exit(130) from None
-    try:
+    with _said_on_interrupt(
+        f"interrupted: job {job_id} goes on; follow it with "
+        f"`s3flow jobs events --follow {job_id}`, or cancel it with {cancel}"
+    ):
         return _follow(client, base, headers, job_id)
+
+
+@contextlib.contextmanager
+def _said_on_interrupt(text: str) -> Iterator[None]:
+    """Ctrl-C in the block: ``text`` (what became of the job) and exit 130."""
+    try:
+        yield
     except KeyboardInterrupt:
-        err_console.print(
-            f"interrupted: job {job_id} goes on; follow it with "
-            f"`s3flow jobs events --follow {job_id}`, or cancel it with "
-            f"`s3flow jobs cancel {job_id}`",
-            highlight=False,
-            markup=False,
-        )
+        err_console.print(text, highlight=False, markup=False)
         raise typer.Exit(130) from None
 
 

@@ -160,7 +160,7 @@ class FileStore(Protocol):
         further: combine it with ``status`` / ``pipeline``). ``after``: only the
         records past this position in that order (:meth:`FileCursor.of` the last
         record of the previous page), so a caller can page through every record
-        (:func:`s3flow.state.lifecycle.file_page`).
+        (:func:`file_page`).
         """
         ...
 
@@ -351,3 +351,24 @@ class StateStore(FileStore, MetaStore, ManifestStore, JobStore, MaintenanceStore
 
 
 # --- manifests ----------------------------------------------------------------------
+
+
+async def file_page(
+    store: StateStore,
+    *,
+    status: FileStatus | None = None,
+    pipeline: str | None = None,
+    key_prefix: str | None = None,
+    limit: int = 1000,
+    after: FileCursor | None = None,
+) -> tuple[list[FileRecord], FileCursor | None]:
+    """One page of ``list_files`` (newest first) and the cursor of the next.
+
+    The cursor is None when no record follows: the store is asked for one record more
+    than the page holds, so a page that ends the listing never leads to an empty one.
+    """
+    listed = await store.list_files(
+        status=status, pipeline=pipeline, key_prefix=key_prefix, limit=limit + 1, after=after
+    )
+    page = listed[:limit]
+    return page, FileCursor.of(page[-1]) if len(listed) > limit and page else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar, overload
+from typing import TypeVar, overload
 
 from s3flow.state.records import (
     TERMINAL_FILE_STATUSES,
@@ -437,38 +437,3 @@ class FileLifecycleMixin:
         """Records matching the filters, newest first (see :meth:`StateStore.list_files`)."""
         query = FileFilter(as_status(FileStatus, status), pipeline, key_prefix, limit, after)
         return await self._list_files(query) if limit > 0 else []
-
-
-class ListsFiles(Protocol):
-    """What :func:`file_page` needs of a store: its ``list_files``."""
-
-    async def list_files(
-        self,
-        *,
-        status: FileStatus | None = None,
-        pipeline: str | None = None,
-        key_prefix: str | None = None,
-        limit: int = 1000,
-        after: FileCursor | None = None,
-    ) -> list[FileRecord]: ...
-
-
-async def file_page(
-    store: ListsFiles,
-    *,
-    status: FileStatus | None = None,
-    pipeline: str | None = None,
-    key_prefix: str | None = None,
-    limit: int = 1000,
-    after: FileCursor | None = None,
-) -> tuple[list[FileRecord], FileCursor | None]:
-    """One page of ``list_files`` (newest first) and the cursor of the next.
-
-    The cursor is None when no record follows: the store is asked for one record more
-    than the page holds, so a page that ends the listing never leads to an empty one.
-    """
-    listed = await store.list_files(
-        status=status, pipeline=pipeline, key_prefix=key_prefix, limit=limit + 1, after=after
-    )
-    page = listed[:limit]
-    return page, FileCursor.of(page[-1]) if len(listed) > limit and page else None

@@ -77,7 +77,7 @@ from s3flow.worker.handler import (
 )
 from s3flow.worker.lease import LeaseKeeper
 from s3flow.worker.outcomes import Outcome, Release, Retry, backoff_s
-from s3flow.worker.policy import may_renew
+from s3flow.worker.policy import RENEWED_NOTE, may_renew
 from s3flow.worker.source import QueueSource, ReceivedMessage, Slots
 from s3flow.worker.waiting import first_set
 
@@ -373,9 +373,7 @@ class PipelineRunner:
                 "message %s not handled, retrying it in %ds%s: %s: %s",
                 msg.message_id,
                 delay,
-                " (sent again as a new message: the queue's redrive limit is near)"
-                if renew
-                else "",
+                RENEWED_NOTE if renew else "",
                 exc.error_class,
                 exc,
             )

@@ -47,6 +47,16 @@ RENEWALS_ATTR = "s3flow.renewals"
 MAX_CAPPED_RENEWALS = 3
 
 
+#: What a retry's log line adds when the message is renewed.
+RENEWED_NOTE = " (sent again as a new message: the queue's redrive limit is near)"
+#: Waits that are the operator's problem, not the file's, and what each is called.
+_UNAVAILABLE: tuple[tuple[type[S3flowError], str], ...] = (
+    (OutputUnavailableError, "output"),
+    (ExecutorUnavailableError, "executor"),
+    (LookupRefusedError, "routing lookup"),
+)
+
+
 def may_renew(msg: ReceivedMessage, renew_at: int, *, capped: bool) -> bool:
     """Whether a wait that is not the file's fault renews ``msg`` (see :class:`Retry`)."""
     if msg.receive_count < renew_at:
@@ -133,16 +143,10 @@ class FailurePolicy:
                 detail = str(exc) if changed else f"object no longer exists: {exc}"
                 await store.complete(oid, token=token, outputs=[], detail=detail)
             return None
-        if isinstance(exc, OutputUnavailableError | ExecutorUnavailableError | LookupRefusedError):
+        what = next((name for cls, name in _UNAVAILABLE if isinstance(exc, cls)), None)
+        if what is not None:
             # The operator's problem, not the file's: no failure counted.
             delay = backoff_s(msg.receive_count, self.p.retry_base_s, self.p.retry_max_s)
-            what = (
-                "output"
-                if isinstance(exc, OutputUnavailableError)
-                else "executor"
-                if isinstance(exc, ExecutorUnavailableError)
-                else "routing lookup"
-            )
             # Each wait spends a receive: near the queue's redrive limit the message is
             # sent again as a new one, or SQS would move it to the DLQ with no reason.
             # A lookup refused may be this object's (a Deny on its prefix): capped.
@@ -153,9 +157,7 @@ class FailurePolicy:
                 where,
                 what,
                 delay,
-                " (sent again as a new message: the queue's redrive limit is near)"
-                if renew
-                else "",
+                RENEWED_NOTE if renew else "",
                 exc,
             )
             if store is not None and oid is not None and token is not None:

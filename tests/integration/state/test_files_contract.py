@@ -25,7 +25,7 @@ from s3flow.state import (
     StateStore,
     TransitionError,
 )
-from s3flow.state.lifecycle import file_page
+from s3flow.state.base import file_page
 
 pytestmark = pytest.mark.integration
 

@@ -20,10 +20,7 @@ def _remove(path: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["deleted", "replaced by another file"])
-async def test_a_store_whose_file_is_gone_refuses_every_call(
-    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("s3flow.state.sqlite.connection.FILE_CHECK_EVERY_S", 0.0)
+async def test_a_store_whose_file_is_gone_refuses_every_call(tmp_path: Path, how: str) -> None:
     path = tmp_path / "state.db"
     async with SqliteStateStore(path) as store:
         await store.claim(OID, pipeline="p", owner="w", ttl_s=60)
@@ -42,7 +39,6 @@ async def test_a_store_whose_file_stays_works_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Also when opened by a relative path and the working directory changes after."""
-    monkeypatch.setattr("s3flow.state.sqlite.connection.FILE_CHECK_EVERY_S", 0.0)
     monkeypatch.chdir(tmp_path)
     async with SqliteStateStore(Path("state.db")) as store:
         await store.claim(OID, pipeline="p", owner="w", ttl_s=60)
