@@ -81,8 +81,17 @@ async def retry_job(
     else:
         raise S3flowError(f"job {job_id}: {_MAX_RETRY_IDS} retries were not queued; fix the cause")
     if old.missing:
+        names = ", ".join(old.missing)
+        if old.status is JobStatus.FAILED and old.error:
+            # Failed before they were received: the job's own reason (a wrong size, a
+            # cancel) says why, "never arrived" would not.
+            were = "was" if len(old.missing) == 1 else "were"
+            raise S3flowError(
+                f"job {job_id} failed before {names} {were} received ({old.error}); "
+                "upload the files again as a new job (s3flow upload)"
+            )
         raise S3flowError(
-            f"job {job_id}: {', '.join(old.missing)} never arrived; upload the files again "
+            f"job {job_id}: {names} never arrived; upload the files again "
             "as a new job (s3flow upload)"
         )
     gone = await _gone_files(s3, settings.jobs.bucket, old)

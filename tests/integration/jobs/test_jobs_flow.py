@@ -20,7 +20,8 @@ from itest_support import wait_for
 from jobs_support import FAILS, JobsProject, slow_project, stop_process
 
 from s3flow.app import open_store
-from s3flow.ops.jobs import cancel_job
+from s3flow.errors import S3flowError
+from s3flow.ops.jobs import cancel_job, retry_job
 from s3flow.state.jobs import EventType, JobStatus
 
 pytestmark = pytest.mark.integration
@@ -196,6 +197,19 @@ def test_a_file_of_another_size_than_declared_fails_the_job(
     assert job.status is JobStatus.FAILED
     assert "arrived with 9 bytes but the upload declared 2" in (job.error or ""), job.error
     assert EventType.JOB_QUEUED not in [e.type for e in project.events(job_id)]
+
+    # A retry is refused with the job's own reason (it said the file "never arrived").
+    async def retry() -> None:
+        async with open_store(project.settings) as store:
+            await retry_job(project.settings, store, sqs, job_id, s3=s3)
+
+    with pytest.raises(S3flowError) as refused:
+        asyncio.run(retry())
+    said = " ".join(str(refused.value).split())
+    assert f"job {job_id} failed before 'a.txt' was received" not in said  # names, unquoted
+    assert f"job {job_id} failed before a.txt was received" in said, said
+    assert "arrived with 9 bytes but the upload declared 2" in said, said
+    assert "never arrived" not in said, said
 
 
 def test_twenty_concurrent_uploads_all_complete(tmp_path: Path, s3: Any, sqs: Any) -> None:
