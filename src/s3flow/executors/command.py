@@ -198,6 +198,10 @@ class SubprocessExecutor:
             asyncio.ensure_future(proc.wait()),  # asyncio's wait: the exit and both pipes closed
         ]
         self._running[proc] = readers
+        if self._guard_sock is not guard:
+            # The guard was replaced while this run started: the new one listed the runs
+            # it found, not this one, and the process told the old one. Tell the new one.
+            _tell(self._guard_sock, b"+%d\n" % proc.pid)
         try:
             try:
                 async with asyncio.timeout(job.timeout_s):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -196,3 +197,53 @@ async def test_a_guard_that_died_is_started_again(tmp_path: Path) -> None:
     assert second is not None and second is not first and second.returncode is None
     await ex.close()
     assert second.returncode == 0 and ex._guard is None
+
+
+async def test_a_run_started_while_its_guard_is_replaced_is_told_to_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """A run that took the guard's socket just before a dead guard was replaced told
+    only the old one: the new guard, listing the runs it found, did not know it, and
+    what the run started outlived the worker."""
+    pid_file = tmp_path / "grandchild.pid"
+    command = script(
+        tmp_path, f"sleep 300 &\necho $! > {pid_file}.tmp\nmv {pid_file}.tmp {pid_file}\nwait"
+    )
+
+    class Racing(SubprocessExecutor):
+        raced = False
+
+        async def _guarded(self) -> Any:
+            sock = await super()._guarded()
+            if not self.raced:  # the guard dies and is replaced before this run starts
+                self.raced = True
+                assert self._guard is not None
+                self._guard.kill()
+                await self._guard.wait()
+                await super()._guarded()
+            return sock
+
+    ex = Racing(SubprocessExecutorSettings(command=[str(command)], kill_after_s=1))
+    run = asyncio.create_task(ex.run(job(timeout_s=60)))
+    grandchild = None
+    try:
+        for _ in range(200):  # up to 10 s for the run to start its child
+            if pid_file.exists():
+                break
+            await asyncio.sleep(0.05)
+        grandchild = int(pid_file.read_text())
+        assert ex.raced and alive(grandchild)
+        # The worker gone, as the guard sees it: the end of its socket.
+        ex._close_guard_socket()
+        for _ in range(100):  # up to 5 s
+            if not alive(grandchild):
+                break
+            await asyncio.sleep(0.05)
+        assert not alive(grandchild), "the new guard did not know the run"
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await ex.close()
+        if grandchild is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(grandchild, signal.SIGKILL)
