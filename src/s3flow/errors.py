@@ -140,6 +140,13 @@ class LookupRefusedError(RetryableError):
     counting a failure of the object; the fix is the operator's, not the file's."""
 
 
+class HoldLostError(RetryableError):
+    """The key lock or claim a worker held for an object expired and another worker took
+    it over while this one processed the object (it stalled longer than the claim's TTL,
+    or the state store was out of reach): the run is stopped before it writes another
+    output, and its message released without counting a failure."""
+
+
 class OutputVerificationError(RetryableError):
     """A declared output is missing or wrong after the processor returned (checked before
     the ack): retried with the reason, never acknowledged; after ``max_receive_count``

@@ -23,7 +23,7 @@ from s3flow.executors.inline import InlineExecutor, processor_key
 from s3flow.processors.base import Processor, Result
 from s3flow.settings import AwsSettings, PipelineSettings, WorkerSettings
 from s3flow.sinks.base import Sink
-from s3flow.sinks.receipts import WriteReceipt
+from s3flow.sinks.receipts import BeforeWrite, WriteReceipt
 from s3flow.state.base import StateStore
 
 __all__ = ["Executor", "ExecutorSet", "InlineExecutor", "ObjectJob", "processor_key"]
@@ -118,6 +118,7 @@ class ExecutorSet(AsyncClosing):
         reading_done: Callable[[], None] | None = None,
         receipts: dict[str, WriteReceipt] | None = None,
         waited: Callable[[float], None] | None = None,
+        before_write: BeforeWrite | None = None,
     ) -> Result:
         """Run ``job`` on executor ``name``.
 
@@ -128,10 +129,17 @@ class ExecutorSet(AsyncClosing):
         never call the one nor fill the other. ``waited`` is called, as it goes, with the
         seconds a pool run has waited for a free child (its ``timeout_s`` counts from
         the child's start, so the caller's lease must last as much longer).
+        ``before_write`` is awaited before each write of an inline processor's sink.
         """
         ex = self.get(name)
         if isinstance(ex, InlineExecutor):
-            return await ex.run(job, progress, reading_done=reading_done, receipts=receipts)
+            return await ex.run(
+                job,
+                progress,
+                reading_done=reading_done,
+                receipts=receipts,
+                before_write=before_write,
+            )
         if name == "pool":  # (the pool's module is imported on its first use only)
             return await cast(_WaitingExecutor, ex).run(job, progress, waited=waited)
         return await ex.run(job, progress)

@@ -16,7 +16,7 @@ from s3flow.executors.one import run_object
 from s3flow.processors.base import Processor, Result
 from s3flow.processors.registry import create_processor
 from s3flow.sinks.base import Sink
-from s3flow.sinks.receipts import WriteReceipt, receipt_sink
+from s3flow.sinks.receipts import BeforeWrite, WriteReceipt, receipt_sink
 from s3flow.state.base import StateStore
 
 
@@ -59,15 +59,20 @@ class InlineExecutor:
         *,
         reading_done: Callable[[], None] | None = None,
         receipts: dict[str, WriteReceipt] | None = None,
+        before_write: BeforeWrite | None = None,
     ) -> Result:
         """Process ``job`` here, with the worker's clients and store.
 
         ``reading_done``: called once the processor has read its input (the engine
         then lets the next object start while this one writes its outputs).
         ``receipts``: given, it gets a receipt for every write of this job's sink.
+        ``before_write``: awaited before every write of this job's sink (it raises to
+        refuse the write).
         """
         proc = self.processor(job.processor, job.options)
-        sink = self._sink if receipts is None else receipt_sink(self._sink, receipts)
+        sink = self._sink
+        if receipts is not None or before_write is not None:
+            sink = receipt_sink(self._sink, {} if receipts is None else receipts, before_write)
         try:
             async with asyncio.timeout(job.timeout_s):
                 return await run_object(

@@ -37,6 +37,7 @@ from typing import Any, Protocol, TypeVar
 from s3flow.errors import (
     Disposition,
     EnvelopeError,
+    HoldLostError,
     ObjectMissingError,
     ProcessorError,
     S3flowError,
@@ -594,25 +595,40 @@ class MessageHandler:
         receipts: dict[str, WriteReceipt] | None = (
             {} if by_write and self.p.verify_outputs and self.p.verify_outputs_by_write else None
         )
+        delivery = attempt.msg.delivery
+        fenced = self._store is not None and token is not None
+        lost = self._holds.lost(delivery) if fenced else None
+
+        async def fence() -> None:
+            if not await self._holds.fence(delivery):
+                raise HoldLostError(f"{event.uri()}: {_LOST}")
+
         self._observer.object_started(self.p.name, event)
         try:
-            result = await self.executors.run(
+            run = self.executors.run(
                 rule.executor,
                 job,
                 lambda n: self._observer.object_progress(self.p.name, event, n),
                 reading_done=reading_done,
                 receipts=receipts,
                 waited=attempt.msg.work_waited,
+                before_write=fence if fenced else None,
             )
+            done = await run if lost is None else await _unless(run, lost)
+            if done is None or (lost is not None and lost.is_set()):
+                return self._lost(event)
+            result = done
             if self.p.verify_outputs:
                 await verify_outputs(
                     self._s3, result.outputs, content_type=content_type, receipts=receipts
                 )
         except asyncio.CancelledError:
             raise
-        except S3flowError as exc:
-            return await self._failed(attempt, exc)
         except Exception as exc:
+            if lost is not None and lost.is_set():
+                return self._lost(event)  # whatever the processor made of the fence's error
+            if isinstance(exc, S3flowError):
+                return await self._failed(attempt, exc)
             log.exception("processor %s raised on %s", rule.processor, event.uri())
             err = ProcessorError(f"{type(exc).__name__}: {exc}".strip())
             return await self._failed(attempt, err)
@@ -633,7 +649,8 @@ class MessageHandler:
         if not stored:
             log.warning(
                 "%s: the claim expired while processing and another worker took it over; "
-                "the outputs are written (both write the same keys)",
+                "outputs written before this was known stay (the other worker writes its "
+                "own over them)",
                 event.uri(),
             )
         self.metrics.objects_processed += 1
@@ -642,6 +659,13 @@ class MessageHandler:
         # Called after the state is recorded and before the ack (crash tests hook here).
         self._observer.object_finished(self.p.name, event, result, None)
         return None
+
+    def _lost(self, event: ObjectEvent) -> Release:
+        """The run's lock or claim was lost: nothing more is written nor recorded, and the
+        message goes back to the queue (no failure counted): its next delivery finds the
+        other worker's result (a duplicate, or superseded by a newer upload)."""
+        log.warning("%s: %s", event.uri(), _LOST)
+        return Release(_LOST)
 
     def _time_left(self, msg: ReceivedMessage) -> float:
         """What is left of ``job_timeout_s`` for ``msg``'s run (counted from when its work
@@ -673,3 +697,30 @@ class MessageHandler:
     async def renew_claims(self, deliveries: list[str]) -> None:
         """Extend the locks and claims held for these deliveries (with their visibility beat)."""
         await self._holds.renew(deliveries)
+
+
+_LOST = (
+    "its key lock or claim expired and another worker took it over (this worker stalled "
+    "past the claim's TTL, or the state store was out of reach): the run was stopped and "
+    "wrote nothing more; the message is released"
+)
+
+
+async def _unless(run: Awaitable[Result], lost: asyncio.Event) -> Result | None:
+    """``run``'s result, or None when ``lost`` is set first (the run is then cancelled
+    and waited for, so that it writes nothing after this returns)."""
+    task = asyncio.ensure_future(run)
+    waiter = asyncio.ensure_future(lost.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled (a shutdown): the run goes too
+        task.cancel()
+        waiter.cancel()
+        await asyncio.gather(task, waiter, return_exceptions=True)
+        raise
+    waiter.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None

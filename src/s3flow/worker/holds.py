@@ -78,6 +78,11 @@ class Holds:
         # key lock name -> set when this process releases it (its waiters look at once)
         self._freed: dict[str, asyncio.Event] = {}
         self._waiting: dict[str, int] = {}  # key lock name -> lock_key calls under way
+        # delivery -> monotonic time at which everything it holds was last confirmed
+        # (taken, or renewed all at once): what :meth:`fence` trusts without a round trip
+        self._confirmed: dict[str, float] = {}
+        # delivery -> set once a lock or claim it holds was found lost (see :meth:`lost`)
+        self._lost: dict[str, asyncio.Event] = {}
 
     async def _until_free(
         self,
@@ -130,6 +135,7 @@ class Holds:
         if not isinstance(token, int):
             return token
         self._locks.setdefault(msg.delivery, {})[name] = (owner, token)
+        self._confirmed.setdefault(msg.delivery, time.monotonic())
         return KeyLock(name, owner, token)
 
     async def unlock(self, delivery: str, lock: KeyLock) -> None:
@@ -141,6 +147,7 @@ class Holds:
         store = self._store
         assert store is not None
         _forget(self._locks, delivery, lock.name)
+        self._drop_if_empty(delivery)
         with contextlib.suppress(S3flowError):
             await store.release_lock(lock.name, owner=lock.owner, token=lock.token)
         freed = self._freed.pop(lock.name, None)
@@ -175,10 +182,52 @@ class Holds:
     def track_claim(self, delivery: str, oid: ObjectId, token: int) -> None:
         """Renew the claim on ``oid`` with ``delivery``'s heartbeat from now on."""
         self._claims.setdefault(delivery, {})[oid] = token
+        self._confirmed.setdefault(delivery, time.monotonic())
 
     def forget_claim(self, delivery: str, oid: ObjectId) -> None:
         """Stop renewing the claim on ``oid`` (it is finished or released)."""
         _forget(self._claims, delivery, oid)
+        self._drop_if_empty(delivery)
+
+    def _drop_if_empty(self, delivery: str) -> None:
+        if delivery not in self._locks and delivery not in self._claims:
+            self._confirmed.pop(delivery, None)
+            self._lost.pop(delivery, None)
+
+    def lost(self, delivery: str) -> asyncio.Event:
+        """Set once a key lock or claim ``delivery`` holds is found lost: it expired (the
+        worker stalled, the store was out of reach) and another worker took it over.
+
+        The run of that record must stop and write nothing more: the other worker is
+        processing the key (perhaps a newer upload of it) and its outputs must win.
+        """
+        return self._lost.setdefault(delivery, asyncio.Event())
+
+    def _mark_lost(self, delivery: str) -> None:
+        if delivery in self._locks or delivery in self._claims:
+            self.lost(delivery).set()
+
+    async def fence(self, delivery: str) -> bool:
+        """True while what ``delivery`` holds is still its own: checked before each output
+        write. Free while the last confirmation is recent (the heartbeat renews at half
+        the TTL); after a stall (a frozen VM, a paused process) it is renewed first, so a
+        worker that wakes up after its lease was taken over finds out before writing.
+        """
+        lost = self._lost.get(delivery)
+        if lost is not None and lost.is_set():
+            return False
+        confirmed = self._confirmed.get(delivery)
+        if confirmed is None or time.monotonic() - confirmed < self.ttl_s / 2:
+            return True
+        await self.renew([delivery])
+        if self._lost.get(delivery, asyncio.Event()).is_set():
+            return False
+        confirmed = self._confirmed.get(delivery)
+        if confirmed is not None and time.monotonic() - confirmed >= self.ttl_s:
+            # Not renewed (the store out of reach) and past the TTL: expired for sure.
+            self._mark_lost(delivery)
+            return False
+        return True
 
     async def renew(self, deliveries: list[str]) -> None:
         """Extend the locks and claims held for these deliveries (with their visibility beat)."""
@@ -186,26 +235,39 @@ class Holds:
         if store is None:
             return
         for delivery in deliveries:
+            started, renewed = time.monotonic(), True
             for name, (owner, lock) in list(self._locks.get(delivery, {}).items()):
                 try:
                     if not await store.renew_lock(
                         name, owner=owner, token=lock, ttl_s=self.ttl_s
                     ) and self._locks.get(delivery, {}).get(name) == (owner, lock):
-                        log.warning("lock %s was lost (expired and taken over)", name)
+                        renewed = False
+                        log.warning(
+                            "lock %s was lost (expired and taken over): its run is stopped",
+                            name,
+                        )
+                        self._mark_lost(delivery)
                 except S3flowError as exc:
+                    renewed = False
                     log.warning("renewing lock %s failed: %s", name, exc)
             for oid, token in list(self._claims.get(delivery, {}).items()):
                 try:
                     ok = await store.renew(oid, token=token, ttl_s=self.ttl_s)
                 except S3flowError as exc:
+                    renewed = False
                     log.warning(
                         "renewing the claim on s3://%s/%s failed: %s", oid.bucket, oid.key, exc
                     )
                     continue
                 # A claim that finished meanwhile is not "lost".
                 if not ok and self._claims.get(delivery, {}).get(oid) == token:
+                    renewed = False
                     log.warning(
-                        "claim on s3://%s/%s was lost (expired and taken over elsewhere)",
+                        "claim on s3://%s/%s was lost (expired and taken over elsewhere): "
+                        "its run is stopped",
                         oid.bucket,
                         oid.key,
                     )
+                    self._mark_lost(delivery)
+            if renewed and delivery in self._confirmed:
+                self._confirmed[delivery] = started

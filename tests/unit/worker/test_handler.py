@@ -105,6 +105,7 @@ class _RecordingExecutors:
         reading_done: object = None,
         receipts: object = None,
         waited: object = None,
+        before_write: object = None,
     ) -> Result:
         self.hooks.append(reading_done)
         self.receipts.append(receipts)
@@ -455,3 +456,46 @@ async def test_an_event_whose_upload_was_overwritten_is_settled_as_superseded(
             "superseded: the object was overwritten since this event "
             f"(upload eTag {etag} is not the object now)"
         ) in history, history
+
+
+class _StalledExecutors:
+    """A run that waits until told (a long read); whether it was cancelled is kept."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = False
+        self.fences: list[object] = []
+
+    async def run(self, name: str, job: object, progress: object, **kw: object) -> Result:
+        self.fences.append(kw.get("before_write"))
+        self.started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        return Result(outputs=["s3://o/late.json"])
+
+
+async def test_a_run_whose_claim_is_lost_is_stopped_and_its_message_released(
+    tmp_path: Path,
+) -> None:
+    """The heartbeat found the record's lock or claim taken over (the worker stalled past
+    the TTL): the run is cancelled before it writes, nothing is recorded as done, no
+    failure is counted and the message goes back to the queue."""
+    executors = _StalledExecutors()
+    async with SqliteStateStore(tmp_path / "state.db") as db:
+        handler = _handler(executors, store=db)  # type: ignore[arg-type]
+        body = json.loads(_three_records())
+        body["Records"] = body["Records"][:1]
+        msg = ReceivedMessage("m", "h", json.dumps(body), 1, 0.0)
+        handling = asyncio.create_task(handler.handle(msg))
+        await asyncio.wait_for(executors.started.wait(), 10)
+        assert executors.fences[0] is not None  # each write of the run is fenced
+        handler._holds.lost(msg.delivery).set()  # as Holds.renew does on a refused renewal
+        outcome = await asyncio.wait_for(handling, 10)
+        assert isinstance(outcome, Release) and "another worker took it over" in outcome.reason
+        assert executors.cancelled
+        (rec,) = await db.versions("b", "k0.txt")
+        assert rec.status is not FileStatus.COMPLETED and rec.failures == 0, rec
+        assert handler.metrics.objects_processed == 0

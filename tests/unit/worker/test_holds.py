@@ -173,3 +173,59 @@ async def test_a_waiter_takes_the_key_as_soon_as_this_process_lets_it_go(
     lock = await asyncio.wait_for(waiting, timeout=5)
     assert lock == KeyLock("key:p:b/k.txt", "w1:m2", 7)
     assert (holds._freed, holds._waiting) == ({}, {})
+
+
+class _LosingStore(_Store):
+    """Every renewal is refused: the lock and claim were taken over elsewhere."""
+
+    async def renew_lock(self, name: str, *, owner: str, token: int, ttl_s: float) -> bool:
+        self.calls.append(("renew_lock", name, owner, token, ttl_s))
+        return False
+
+    async def renew(self, oid: ObjectId, *, token: int, ttl_s: float) -> bool:
+        self.calls.append(("renew", oid, token, ttl_s))
+        return False
+
+
+async def test_a_lost_lock_sets_its_delivery_lost_and_fails_the_fence() -> None:
+    """Loss found by the heartbeat: the run is told (``lost``) and no write passes."""
+    holds = _holds(_LosingStore())
+    lock = await holds.lock_key(MSG, EVENT)
+    assert isinstance(lock, KeyLock)
+    assert await holds.fence(MSG.delivery)  # confirmed just now: no round trip
+    lost = holds.lost(MSG.delivery)
+    assert not lost.is_set()
+    await holds.renew([MSG.delivery])
+    assert lost.is_set()
+    assert not await holds.fence(MSG.delivery)
+    await holds.unlock(MSG.delivery, lock)
+    assert not holds.lost(MSG.delivery).is_set()  # forgotten with what it held
+
+
+async def test_the_fence_checks_a_stale_confirmation_before_a_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker frozen past half the TTL renews before it writes: a claim taken over
+    meanwhile fails the fence though no heartbeat ran since."""
+    store = _LosingStore()
+    holds = _holds(store)
+    oid = ObjectId("b", "k.txt", "v1")
+    holds.track_claim(MSG.delivery, oid, 5)
+    woke = time.monotonic() + 16  # past half of the 30 s TTL
+    monkeypatch.setattr(time, "monotonic", lambda: woke)
+    assert not await holds.fence(MSG.delivery)
+    assert ("renew", oid, 5, 30) in store.calls
+
+
+async def test_the_fence_passes_a_stale_confirmation_renewed_now(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = _Store()
+    holds = _holds(store)
+    holds.track_claim(MSG.delivery, ObjectId("b", "k.txt", "v1"), 5)
+    woke = time.monotonic() + 16
+    monkeypatch.setattr(time, "monotonic", lambda: woke)
+    assert await holds.fence(MSG.delivery)
+    n = len(store.calls)
+    assert await holds.fence(MSG.delivery)  # confirmed again: no second round trip
+    assert len(store.calls) == n
