@@ -32,6 +32,11 @@ def _count(n: int | None) -> str:
     return "?" if n is None else str(n)
 
 
+def _drifted(counts: dict[str, int]) -> bool:
+    """True when a status counter is negative: it no longer matches the records."""
+    return any(n < 0 for n in counts.values())
+
+
 def _age(seconds: float | None) -> str:
     """The age of the oldest record in flight ('-' when none is)."""
     return f"{seconds:.0f}s" if seconds is not None else "-"
@@ -126,6 +131,16 @@ def status(
                 _age(s_.oldest_in_flight_s),
             )
         console.print(st)
+        drifted = sorted(s_.pipeline for s_ in states.values() if _drifted(s_.counts))
+        if drifted:
+            # A worker killed between a record's write and its counters' (DynamoDB): the
+            # counts are off, never the records.
+            err_console.print(
+                f"[yellow]note:[/] negative counts for {', '.join(drifted)}: the status "
+                "counters drifted from the records (a worker killed mid-update); run "
+                "`s3flow state recount --repair`",
+                highlight=False,
+            )
     for r in rows:
         if r.error:
             err_console.print(f"[red]{r.pipeline}:[/] {escape(str(r.error))}", highlight=False)

@@ -79,3 +79,13 @@ def test_an_unreachable_endpoint_is_a_row_per_queue_and_exit_1(tmp_path: Path, s
     assert row["pipeline"] == "counts" and row["visible"] is None
     assert "cannot reach the S3 and SQS endpoint http://127.0.0.1:1" in row["error"]
     assert ("state_error" in row) == (store == "dynamodb"), row
+
+
+def test_a_negative_count_is_drift() -> None:
+    """`status` showed `processing -1` after SIGKILLs (DynamoDB counters) with no hint;
+    a negative count now points to `s3flow state recount --repair`."""
+    from s3flow.cli.status import _drifted
+
+    assert _drifted({"completed": 366, "processing": -1})
+    assert not _drifted({"completed": 366, "processing": 0})
+    assert not _drifted({})
