@@ -13,12 +13,14 @@ condition (parameter ``Autoscaling``).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from dataclasses import dataclass
 
 from s3flow.deploy.naming import NO_VALUE, Json, Naming, get_att, if_, ref, sub
 from s3flow.deploy.template import Template
+from s3flow.errors import ConfigError
 
 CONTAINER_PORT_WEB = 8080
 FARGATE_MAX_STOP_TIMEOUT_S = 120
@@ -197,8 +199,40 @@ def add_cluster(t: Template) -> None:
     )
 
 
+def _family_text(text: str) -> str:
+    """``text`` as a task definition family may have it (``.`` becomes ``-``)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", text)
+
+
+def family_parts(names: list[str]) -> dict[str, str]:
+    """Each worker group's name as its family writes it: with ``.`` as ``-``, and a short
+    hash of the name when another group's would be the same (``my.pipe`` beside
+    ``my-pipe``), as logical ids do. A name family-safe already keeps its plain part,
+    then names in sorted order: only the colliding one changes (a stack's families stay)."""
+    parts: dict[str, str] = {}
+    taken: set[str] = set()
+    for name in sorted(names, key=lambda n: (_family_text(n) != n, n)):
+        part = _family_text(name)
+        if part in taken:
+            part += "-" + hashlib.sha256(name.encode()).hexdigest()[:6]
+            if part in taken:
+                raise ConfigError(
+                    f"pipeline {name!r}: its ECS task definition family clashes with "
+                    "another worker group's even with a hash of the name; rename it"
+                )
+        taken.add(part)
+        parts[name] = part
+    return parts
+
+
+def worker_family_role(naming: Naming, group: str) -> str:
+    """``worker-<group>``, distinct among the template's worker groups (:func:`family_parts`)."""
+    names = [name for kind, name in naming.declared_names() if kind == "WorkerGroup"]
+    return "worker-" + family_parts(names or [group]).get(group, _family_text(group))
+
+
 def _family(naming: Naming, role: str) -> Json:
-    return sub("${Project}-${Branch}-" + naming.text(re.sub(r"[^A-Za-z0-9_-]", "-", role)))
+    return sub("${Project}-${Branch}-" + naming.text(_family_text(role)))
 
 
 def _container(
@@ -272,7 +306,7 @@ def add_worker_group(
     task = _task_definition(
         t,
         naming.logical_id("WorkerGroup", group.name, "TaskDefinition{}"),
-        _family(naming, f"worker-{group.name}"),
+        _family(naming, worker_family_role(naming, group.name)),
         "WorkerTaskRole",
         _container("worker", ["worker", "--pipeline", group.pipeline], environment, stop_timeout_s),
         ref("WorkerCpu"),

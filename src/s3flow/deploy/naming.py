@@ -146,6 +146,10 @@ class Naming:
             raise ValueError(f"{kind} {name!r} was not declared")
         return stems[(kind, name)]
 
+    def declared_names(self) -> list[tuple[str, str]]:
+        """(kind, name) of every resource declared (:meth:`declare`)."""
+        return list(self._declared)
+
     def declared_ids(self) -> set[str]:
         """Every logical id declared (:meth:`declare`), as settled."""
         stems = self._settle()

@@ -882,3 +882,31 @@ def test_a_big_template_is_written_compact() -> None:
 def test_dynamodb_table_prefix() -> None:
     assert dynamodb_table_prefix(settings_of("jobs-dynamodb")) == "acme-dev-state"
     assert dynamodb_table_prefix(settings_of("line-count")) is None
+
+
+def _families(t: dict[str, Any]) -> dict[str, str]:
+    """Each worker service's --pipeline -> its task definition's family (default parameters)."""
+    out = {}
+    for r in _of_type(t, "AWS::ECS::TaskDefinition").values():
+        props = r["Properties"]
+        command = props["ContainerDefinitions"][0]["Command"]
+        if command[0] == "worker":
+            out[command[-1]] = resolve(props["Family"], defaults(t))
+    return out
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_pipelines_of_one_family_name_get_distinct_families(reverse: bool) -> None:
+    """'my.pipe' and 'my-pipe' both had the family {project}-{branch}-worker-my-pipe: each
+    deployment of one replaced the other's task definition."""
+    pipelines = [_pipeline("my.pipe", queue="q1"), _pipeline("my-pipe"), _pipeline("other")]
+    t = export(Settings(pipelines=pipelines[::-1] if reverse else pipelines)).template
+    families = _families(t)
+    assert len(set(families.values())) == 3
+    # the names that clash with nothing keep the family they had
+    assert families["my-pipe"] == "s3flow-main-worker-my-pipe"
+    assert families["other"] == "s3flow-main-worker-other"
+    assert re.fullmatch(r"s3flow-main-worker-my-pipe-[0-9a-f]{6}", families["my.pipe"])
+    # alone, a name with a dot keeps its plain family
+    alone = export(Settings(pipelines=[_pipeline("my.pipe")])).template
+    assert _families(alone) == {"my.pipe": "s3flow-main-worker-my-pipe"}
