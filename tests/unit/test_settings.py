@@ -8,6 +8,7 @@ import pytest
 
 from s3flow.errors import ConfigError
 from s3flow.settings import CONFIG_ENV, PipelineSettings, Settings, load_settings
+from s3flow.settings.jobs import NAME_PREFIX_MAX, JobsSettings
 from s3flow.settings.loading import filters_overlap
 
 DOCUMENTED_EXAMPLE = """\
@@ -680,7 +681,7 @@ def test_an_output_that_is_neither_s3_nor_a_directory_is_refused(output: str, sa
     assert "pipelines[0] ('p').output" in str(info.value) and says in str(info.value)
 
 
-@pytest.mark.parametrize("output", ["s3://b/p/", "out/", "/tmp/out", "./a:b/"])
+@pytest.mark.parametrize("output", ["s3://results/p/", "out/", "/tmp/out", "./a:b/"])
 def test_s3_urls_and_directories_are_outputs(output: str) -> None:
     data = {
         "pipelines": [
@@ -818,3 +819,167 @@ def test_a_queue_url_of_another_region_than_the_configs_is_refused(tmp_path: Pat
     ) in msg, msg
     same = text.replace('region = "us-east-1"', 'region = "eu-west-1"')
     assert load_settings(write(tmp_path, same)).pipelines[0].queue == url
+
+
+# --- queues, DLQs and outputs that would lose or loop messages ----------------------------
+
+
+def _pipe(name: str, **over: object) -> dict[str, object]:
+    return {
+        "name": name,
+        "bucket": "b",
+        "prefix": f"{name}/",
+        "queue": f"{name}-q",
+        "output": "s3://o/",
+        **over,
+    }
+
+
+@pytest.mark.parametrize(
+    ("pipelines", "says"),
+    [
+        ([_pipe("a", dlq="a-q")], "pipeline 'a': dlq 'a-q' is its own queue"),
+        (
+            [_pipe("a", dlq="b-q"), _pipe("b")],
+            "pipeline 'a': dlq 'b-q' is the queue of pipeline 'b'",
+        ),
+        # the other way round, and a queue given by URL
+        ([_pipe("b"), _pipe("a", dlq="b-q")], "dlq 'b-q' is the queue of pipeline 'b'"),
+        (
+            [_pipe("a", dlq="https://sqs.us-east-1.amazonaws.com/1/b-q"), _pipe("b")],
+            "is the queue of pipeline 'b'",
+        ),
+        # a queue named like another pipeline's default DLQ
+        ([_pipe("a"), _pipe("b", queue="a-q-dlq")], "pipeline 'a': dlq 'a-q-dlq'"),
+    ],
+)
+def test_a_dlq_that_a_pipeline_reads_is_refused(
+    pipelines: list[dict[str, object]], says: str
+) -> None:
+    """Dead letters sent to a queue a worker consumes were taken as notifications and
+    deleted: nothing was kept."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"pipelines": pipelines})
+    assert says in str(info.value) and "give pipeline" in str(info.value)
+
+
+def test_pipelines_may_share_one_dlq() -> None:
+    s = load_settings(None, {"pipelines": [_pipe("a", dlq="dead"), _pipe("b", dlq="dead")]})
+    assert [p.dlq_name for p in s.pipelines] == ["dead", "dead"]
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {},  # the whole bucket
+        {"prefix": "in/", "output": "s3://b/in/out/"},
+        {"prefix": "in/", "output": "s3://b/in"},  # the sink writes under in/
+        {"prefix": "in", "output": "s3://b/inbox/"},
+    ],
+)
+def test_an_output_inside_its_own_filter_is_refused(over: dict[str, object]) -> None:
+    """Each output was taken as a new object and processed into another, for ever (1805
+    objects from one upload in a minute)."""
+    pipe = {"name": "p", "bucket": "b", "queue": "q", "output": "s3://b/out/", **over}
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"pipelines": [pipe]})
+    text = str(info.value)
+    assert "pipeline 'p': output" in text and "inside the pipeline's own notification" in text
+    assert "another bucket" in text
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"prefix": "in/", "output": "s3://b/out/"},
+        {"prefix": "in/", "output": "s3://other/in/"},
+        {"suffix": ".txt", "output": "s3://b/"},  # outputs end '.txt.json'
+        {"key_regex": r"\.csv$", "output": "s3://b/"},
+        {"prefix": "in/", "output": "out/"},  # a local directory
+    ],
+)
+def test_an_output_outside_its_own_filter_passes(over: dict[str, object]) -> None:
+    pipe = {"name": "p", "bucket": "b", "queue": "q", **over}
+    assert load_settings(None, {"pipelines": [pipe]}).pipelines[0].output == over["output"]
+
+
+def test_a_template_writing_under_the_uploads_prefix_is_refused() -> None:
+    """The intake notification (uploads/ of the uploads bucket) took job outputs as uploads."""
+    data: dict[str, object] = {
+        "jobs": {"project": "acme", "branch": "dev"},
+        "templates": [
+            {"name": "count", "steps": [{"processor": "line-count"}], "output_prefix": "x/"},
+            {"name": "bad", "steps": [{"processor": "line-count"}], "output_prefix": "uploads/o/"},
+        ],
+    }
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, data)
+    assert "template 'bad': output_prefix 'uploads/o/' is under the uploads prefix" in str(
+        info.value
+    )
+    data["templates"] = data["templates"][:1]  # type: ignore[index]
+    assert load_settings(None, data).templates[0].output_prefix == "x/"
+
+
+@pytest.mark.parametrize("length", [77, 80])
+def test_a_queue_whose_default_dlq_name_is_too_long_is_refused(length: int) -> None:
+    """'<queue>-dlq' of a 77-80 character queue is longer than SQS's 80."""
+    queue = "q" * length
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"pipelines": [_pipe("p", queue=queue)]})
+    text = str(info.value)
+    assert f"default dlq '{queue}-dlq'" in text and f"has {length + 4} characters" in text
+    assert "at most 76 characters, or set dlq" in text
+    # an explicit dlq, or a queue of 76, passes
+    load_settings(None, {"pipelines": [_pipe("p", queue=queue, dlq="p-dlq")]})
+    load_settings(None, {"pipelines": [_pipe("p", queue="q" * 76)]})
+
+
+def test_a_fifo_queue_name_counts_its_suffix() -> None:
+    """'.fifo' counts among SQS's 80 characters: 80 + '.fifo' passed."""
+    with pytest.raises(ConfigError, match=r"a '\.fifo' at the end counts among the 80"):
+        load_settings(None, {"pipelines": [_pipe("p", dlq="d" * 76 + ".fifo", queue="x.fifo")]})
+
+
+def test_a_fifo_dlq_of_a_standard_queue_is_refused() -> None:
+    """Provision made it without FifoQueue (AWS refuses that for a '.fifo' name), and a
+    standard queue cannot redrive to a FIFO queue."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"pipelines": [_pipe("p", dlq="p-dlq.fifo")]})
+    text = str(info.value)
+    assert "pipeline 'p': dlq 'p-dlq.fifo' is a FIFO queue" in text
+    assert "queue 'p-q' is a standard queue" in text and "without '.fifo'" in text
+
+
+@pytest.mark.parametrize(
+    ("jobs", "says"),
+    [
+        # the bucket {project}-{branch}-uploads: 63 at most
+        ({"project": "p" * 31, "branch": "b" * 24}, "-uploads' has 64 characters, at most 63"),
+        # with a bucket of its own, the longest queue: 80 at most
+        (
+            {"project": "p" * 31, "branch": "b" * 29, "uploads_bucket": "up"},
+            "-processing-dlq.fifo' has 81 characters, at most 80",
+        ),
+    ],
+)
+def test_jobs_names_too_long_together_are_refused(jobs: dict[str, str], says: str) -> None:
+    """Project and branch of 31 characters each passed, and made names AWS refuses."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(None, {"jobs": jobs})
+    assert says in str(info.value) and "shorten one of them" in str(info.value)
+
+
+def test_jobs_names_at_their_longest_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings(None, {"jobs": {"project": "p" * 31, "branch": "b" * 23}})
+    assert s.jobs is not None and len(s.jobs.bucket) == 63
+    s = load_settings(
+        None, {"jobs": {"project": "p" * 31, "branch": "b" * 28, "uploads_bucket": "up"}}
+    )
+    assert s.jobs is not None and len(s.jobs.resource("processing-dlq.fifo")) == 80
+    # a branch found (not given) is cut to what the names leave it
+    monkeypatch.setenv("S3FLOW_BRANCH", "feature/" + "x" * 40)
+    s = load_settings(None, {"jobs": {"project": "p" * 31}})
+    assert s.jobs is not None and s.jobs.branch == "feature-" + "x" * 15
+    described = JobsSettings.model_fields["branch"].description or ""
+    assert f"at most {NAME_PREFIX_MAX - 1} characters together" in described

@@ -10,9 +10,23 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from s3flow.settings.base import OptionalBucketName, ReceiveCount, SqsSeconds, WaitTime, _Model
-from s3flow.settings.pipelines import PipelineSettings
+from s3flow.settings.pipelines import QUEUE_NAME_MAX, PipelineSettings
 
 _NAME_PART = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
+
+#: S3's longest bucket name.
+BUCKET_NAME_MAX = 63
+#: The roles of the queues [jobs] names ``{project}-{branch}-{role}``.
+QUEUE_ROLES = ("intake", "intake-dlq", "processing.fifo", "processing-dlq.fifo", "progress.fifo")
+#: The role of the default uploads bucket.
+BUCKET_ROLE = "uploads"
+#: The longest ``{project}-{branch}`` every name [jobs] derives allows (``-`` counted):
+#: the default bucket ``{project}-{branch}-uploads`` is the tightest, at 63 characters
+#: (the longest queue, ``{project}-{branch}-processing-dlq.fifo``, allows 60).
+NAME_PREFIX_MAX = min(
+    BUCKET_NAME_MAX - len("-" + BUCKET_ROLE),
+    *(QUEUE_NAME_MAX - len("-" + role) for role in QUEUE_ROLES),
+)
 
 
 def _git_branch() -> str | None:
@@ -59,7 +73,8 @@ class TemplateSettings(_Model):
     )
     output_prefix: str = Field(
         default="outputs/",
-        description="Outputs go to s3://<uploads bucket>/<output_prefix><job_id>/.",
+        description="Outputs go to s3://<uploads bucket>/<output_prefix><job_id>/ (not "
+        "under uploads/, where they would be taken as uploads).",
     )
     description: str = Field(default="", description="Shown by the web page and `s3flow jobs`.")
 
@@ -81,7 +96,9 @@ class JobsSettings(_Model):
     branch: str | None = Field(
         default=None,
         description="Branch part of resource names; default $S3FLOW_BRANCH, else the git "
-        "branch of the working directory, else 'main'.",
+        "branch of the working directory (cut to fit), else 'main'. Project and branch "
+        "have at most 54 characters together (the bucket {project}-{branch}-uploads: 63), "
+        "59 with uploads_bucket set (the queue {project}-{branch}-processing-dlq.fifo: 80).",
     )
     uploads_bucket: OptionalBucketName = Field(
         default=None,
@@ -168,10 +185,38 @@ class JobsSettings(_Model):
     def _resolve_branch(self) -> JobsSettings:
         if self.branch is None:
             raw = os.environ.get("S3FLOW_BRANCH") or _git_branch() or "main"
-            object.__setattr__(self, "branch", name_part(raw))
+            # A branch found, not chosen, is cut to what the names leave it.
+            room = self.name_prefix_max() - len(self.project) - 1
+            object.__setattr__(self, "branch", name_part(raw)[:room].strip("-") or "main")
         elif not _NAME_PART.fullmatch(self.branch):
             object.__setattr__(self, "branch", name_part(self.branch))
+        prefix = f"{self.project}-{self.branch}"
+        if len(prefix) > self.name_prefix_max():
+            longest = max(self.derived_names(), key=lambda n: len(n[0]) - n[1])
+            raise ValueError(
+                f"project {self.project!r} ({len(self.project)} characters) and branch "
+                f"{self.branch!r} ({len(self.branch or '')}) make names too long: "
+                f"{longest[0]!r} has {len(longest[0])} characters, at most {longest[1]} "
+                f"are allowed; project and branch may have {self.name_prefix_max() - 1} "
+                "characters together: shorten one of them"
+                + ("" if self.uploads_bucket else " (or set uploads_bucket)")
+            )
         return self
+
+    def name_prefix_max(self) -> int:
+        """The longest ``{project}-{branch}`` the derived names allow: those of the
+        queues, and of the bucket unless ``uploads_bucket`` names it
+        (:data:`NAME_PREFIX_MAX` with the bucket)."""
+        if self.uploads_bucket is None:
+            return NAME_PREFIX_MAX
+        return min(QUEUE_NAME_MAX - len("-" + role) for role in QUEUE_ROLES)
+
+    def derived_names(self) -> list[tuple[str, int]]:
+        """Each ``{project}-{branch}-{role}`` name and its longest allowed length."""
+        names = [(self.resource(role), QUEUE_NAME_MAX) for role in QUEUE_ROLES]
+        if self.uploads_bucket is None:
+            names.append((self.resource(BUCKET_ROLE), BUCKET_NAME_MAX))
+        return names
 
     def resource(self, role: str) -> str:
         """``{project}-{branch}-{role}``, e.g. ``acme-dev-processing.fifo``."""

@@ -157,6 +157,20 @@ class Settings(BaseSettings):
             seen.add(p.name)
         for p in self.pipelines:
             for q in self.pipelines:
+                # A DLQ that a worker reads: the dead letters sent there are taken as
+                # notifications (skipped as not its object, or done) and deleted. Several
+                # pipelines may share one DLQ, as long as none reads it.
+                if same_queue(p.dlq_name, q.queue):
+                    what = "its own queue" if q is p else f"the queue of pipeline {q.name!r}"
+                    raise ValueError(
+                        f"pipeline {p.name!r}: dlq {p.dlq_name!r} is {what} (queue "
+                        f"{q.queue!r}): its dead letters would go to a queue a worker reads, "
+                        "be taken as notifications and deleted, and nothing would be kept; "
+                        f"give pipeline {p.name!r} a dlq that no pipeline has as its queue "
+                        "(or leave dlq out: '<queue>-dlq')"
+                    )
+        for p in self.pipelines:
+            for q in self.pipelines:
                 if q is p or q.name < p.name:
                     continue
                 # The state store keys a record by object, not by pipeline: two pipelines
@@ -194,6 +208,31 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"pipeline {p.name!r}: wait_time_s ({p.wait_time_s}) must be shorter than "
                     f"aws.read_timeout_s ({self.aws.read_timeout_s}) or long polls time out"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _output_loops(self) -> Settings:
+        # An output inside its own pipeline's notification filter is processed again,
+        # for ever (1 upload made 1805 objects in a minute).
+        for p in self.pipelines:
+            problem = p.output_loop()
+            if problem:
+                raise ValueError(problem)
+        # A template's outputs go to s3://<uploads bucket>/<output_prefix><job_id>/:
+        # under the intake pipeline's filter, each output would be taken as an upload.
+        bridge = next((p for p in self.pipelines if p.name == JOBS_BRIDGE), None)
+        if self.jobs is None or bridge is None or bridge.suffix or bridge.key_regex:
+            return self
+        if bridge.bucket != self.jobs.bucket:
+            return self
+        for t in self.templates:
+            if t.output_prefix.startswith(bridge.prefix):
+                raise ValueError(
+                    f"template {t.name!r}: output_prefix {t.output_prefix!r} is under the "
+                    f"uploads prefix {bridge.prefix!r} of bucket {bridge.bucket!r}: every "
+                    "job output would be taken by the intake notification as an upload; "
+                    "give output_prefix a prefix outside it (the default is 'outputs/')"
                 )
         return self
 

@@ -20,8 +20,15 @@ from s3flow.settings.base import (
 from s3flow.settings.executors import ExecutorName, ExecutorsSettings
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-# SQS queue names: 1-80 chars, alphanumerics, hyphens, underscores (+ ".fifo").
-_QUEUE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}(\.fifo)?$")
+#: SQS's longest queue name (".fifo" included).
+QUEUE_NAME_MAX = 80
+# SQS queue names: 1-80 chars, alphanumerics, hyphens, underscores (+ ".fifo", counted).
+_QUEUE_NAME_RE = re.compile(r"(?=.{1,80}\Z)[A-Za-z0-9_-]+(\.fifo)?\Z")
+
+
+def queue_name_of(queue: str) -> str:
+    """The name of a queue given by name or URL (a URL's last path segment)."""
+    return queue.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _valid_name(v: str) -> str:
@@ -241,11 +248,17 @@ class PipelineSettings(_Model):
         default=None,
         description=(
             "Dead-letter queue name or URL. Default: '<queue>-dlq' (by name, also for a "
-            "queue given by URL)."
+            "queue given by URL; so a queue without dlq has at most 76 characters). Never "
+            "a pipeline's queue (several pipelines may share one DLQ), and not FIFO "
+            "('.fifo') for a standard queue."
         ),
     )
     output: str = Field(
-        description="Where results go: 's3://bucket/prefix/' or a local directory path."
+        description=(
+            "Where results go: 's3://bucket/prefix/' or a local directory path. Not under "
+            "the pipeline's own prefix in its bucket unless a suffix or key_regex keeps "
+            "the outputs out (else each output is processed again)."
+        )
     )
     concurrency: int = Field(
         default=16, ge=1, le=1000, description="Objects processed at once by this pipeline."
@@ -386,7 +399,8 @@ class PipelineSettings(_Model):
             return v
         if not _QUEUE_NAME_RE.match(v):
             raise ValueError(
-                "a queue name is 1-80 letters, digits, '-' or '_' (or a full https:// queue URL)"
+                "a queue name is 1-80 letters, digits, '-' or '_' (a '.fifo' at the end "
+                "counts among the 80), or a full https:// queue URL"
             )
         return v
 
@@ -397,6 +411,29 @@ class PipelineSettings(_Model):
         if problem:
             raise ValueError(problem)
         return v
+
+    @model_validator(mode="after")
+    def _check_dlq(self) -> PipelineSettings:
+        dlq = queue_name_of(self.dlq_name)
+        if self.dlq is None and len(dlq) > QUEUE_NAME_MAX:
+            # The default '<queue>-dlq' of a 77-80 character queue: provision and the
+            # template would ask SQS for a name it refuses.
+            raise ValueError(
+                f"pipeline {self.name!r}: its default dlq {dlq!r} (the queue's name + '-dlq') "
+                f"has {len(dlq)} characters, and SQS allows at most {QUEUE_NAME_MAX}: give "
+                f"queue a name of at most {QUEUE_NAME_MAX - len('-dlq')} characters, or set "
+                "dlq to a name of your own"
+            )
+        if dlq.endswith(".fifo") and not queue_name_of(self.queue).endswith(".fifo"):
+            # A standard queue's redrive policy cannot name a FIFO queue, and provision
+            # would create it without FifoQueue, which SQS refuses for a '.fifo' name.
+            raise ValueError(
+                f"pipeline {self.name!r}: dlq {self.dlq_name!r} is a FIFO queue ('.fifo') but "
+                f"queue {self.queue!r} is a standard queue, whose dead letters can only go "
+                "to a standard queue (SQS refuses the redrive policy); name a dlq without "
+                "'.fifo' (or leave dlq out: '<queue>-dlq')"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_timeouts(self) -> PipelineSettings:
@@ -451,6 +488,32 @@ class PipelineSettings(_Model):
                     f"machine's directory {self.output!r}; the output must be s3://bucket/prefix/"
                 )
         return self
+
+    def output_loop(self) -> str | None:
+        """Why the pipeline's output lands inside its own notification filter, or None.
+
+        Not a validator of its own: the jobs runner's settings (no S3 notification)
+        write into their bucket's root; the root settings check their pipelines."""
+        # An output landing inside the pipeline's own notification filter is an upload to
+        # it: each output is processed into another, for ever. Output keys end as the
+        # processor chooses (line-count: '<key>.json'), so a suffix or key_regex is
+        # trusted to keep them out; without either, an output prefix under the
+        # pipeline's prefix in its own bucket surely loops.
+        if not self.output.startswith("s3://") or self.suffix or self.key_regex:
+            return None
+        bucket, _, out_prefix = self.output[len("s3://") :].partition("/")
+        if out_prefix and not out_prefix.endswith("/"):
+            out_prefix += "/"  # as the S3 sink writes it
+        if bucket == self.bucket and out_prefix.startswith(self.prefix):
+            return (
+                f"pipeline {self.name!r}: output {self.output!r} is inside the pipeline's own "
+                f"notification filter (bucket {self.bucket!r}, prefix {self.prefix!r}, no "
+                "suffix or key_regex): every output would be taken as a new object and "
+                "processed again, for ever; write the outputs to another bucket or to a "
+                "prefix outside prefix, or narrow the filter (a prefix the outputs are not "
+                "under, or a suffix or key_regex they do not match)"
+            )
+        return None
 
     def route_name(self, index: int) -> str:
         """The name of ``routes[index]``: its own, else 'default' or 'route-<n>'."""
