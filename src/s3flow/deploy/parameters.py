@@ -9,6 +9,31 @@ from s3flow.deploy.naming import Json, Naming, ref
 from s3flow.deploy.template import Template
 
 _NAME_PATTERN = "^[a-z0-9][a-z0-9-]{0,30}$"
+#: The longest Project or Branch (the pattern's 31).
+_PART_MAX = 31
+#: AWS's longest name of each kind of named resource (S3 bucket, SQS queue, DynamoDB table).
+_NAME_MAX = {"Bucket": 63, "Queue": 80, "Table": 255}
+
+
+def part_lengths(naming: Naming) -> tuple[int, int]:
+    """The ``MaxLength`` of the ``Project`` and ``Branch`` parameters.
+
+    A name holding ``{project}-{branch}-`` grows with them (the uploads bucket
+    ``{project}-{branch}-uploads`` may have 63 characters): together they may have as
+    many characters as the tightest such name leaves. The branch (one stack each) gets
+    as much of that as the config's project leaves it, the project the rest; neither is
+    below the config's own (which the settings already fit).
+    """
+    own = len(naming.project) + len(naming.branch)
+    room = 2 * _PART_MAX
+    for kind, name in naming.declared_names():
+        limit = _NAME_MAX.get(kind)
+        times = naming.text(name).count("${Project}")
+        if limit is not None and times:
+            room = min(room, own + (limit - len(name)) // times)
+    branch = max(len(naming.branch), min(_PART_MAX, room - len(naming.project)))
+    project = max(len(naming.project), min(_PART_MAX, room - branch))
+    return project, branch
 
 
 def parameter(type_: str, default: Json, description: str, **constraints: Json) -> dict[str, Json]:
@@ -24,6 +49,8 @@ def add_parameters(t: Template, naming: Naming, *, single_task: bool = False) ->
     runs one task: ``MaxTasks`` defaults to 1 and ``Autoscaling`` to ``false``.
     """
     p = t.parameters
+    project_max, branch_max = part_lengths(naming)
+    limit = " ({} characters at most: the names it goes in keep to AWS's limits)"
     p["Image"] = parameter(
         "String",
         "s3flow:latest",
@@ -33,14 +60,16 @@ def add_parameters(t: Template, naming: Naming, *, single_task: bool = False) ->
     p["Project"] = parameter(
         "String",
         naming.project,
-        "First part of resource names ({project}-{branch}-{role})",
+        "First part of resource names ({project}-{branch}-{role})" + limit.format(project_max),
         AllowedPattern=_NAME_PATTERN,
+        MaxLength=project_max,
     )
     p["Branch"] = parameter(
         "String",
         naming.branch,
-        "Second part of resource names: one stack per branch",
+        "Second part of resource names: one stack per branch" + limit.format(branch_max),
         AllowedPattern=_NAME_PATTERN,
+        MaxLength=branch_max,
     )
     p["DesiredTasks"] = parameter(
         "Number",

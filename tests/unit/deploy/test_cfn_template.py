@@ -10,6 +10,7 @@ import pytest
 from cfn_support import (
     CONFIGS,
     EXAMPLES,
+    JOBS_DYNAMODB,
     LINE_COUNT,
     ROOT,
     defaults,
@@ -910,3 +911,31 @@ def test_pipelines_of_one_family_name_get_distinct_families(reverse: bool) -> No
     # alone, a name with a dot keeps its plain family
     alone = export(Settings(pipelines=[_pipeline("my.pipe")])).template
     assert _families(alone) == {"my.pipe": "s3flow-main-worker-my-pipe"}
+
+
+@pytest.mark.parametrize(
+    ("jobs", "most"),
+    [
+        ({"project": "acme", "branch": "dev"}, (23, 31)),
+        ({"project": "p" * 31, "branch": "b" * 23}, (31, 23)),
+        # with a bucket of its own, the longest queue {p}-{b}-processing-dlq.fifo is the bound
+        ({"project": "acme", "branch": "dev", "uploads_bucket": "acme-up"}, (28, 31)),
+    ],
+)
+def test_project_and_branch_parameters_keep_names_within_aws_limits(
+    jobs: dict[str, str], most: tuple[int, int]
+) -> None:
+    """Project and Branch of 31 characters each passed the AllowedPattern, and the stack
+    failed on a bucket name of 71 characters and a queue name of 88."""
+    config = {**JOBS_DYNAMODB, "jobs": {**JOBS_DYNAMODB["jobs"], **jobs}}
+    t = export(Settings(**config)).template
+    params = t["Parameters"]
+    assert (params["Project"]["MaxLength"], params["Branch"]["MaxLength"]) == most
+    assert f"{most[1]} characters at most" in params["Branch"]["Description"]
+    for name in ("Project", "Branch"):  # the defaults fit
+        assert len(params[name]["Default"]) <= params[name]["MaxLength"]
+    longest = {"Project": "p" * most[0], "Branch": "b" * most[1]}
+    for r in _of_type(t, "AWS::SQS::Queue").values():
+        assert len(resolve(r["Properties"]["QueueName"], longest)) <= 80
+    for r in _of_type(t, "AWS::S3::Bucket").values():
+        assert len(resolve(r["Properties"]["BucketName"], longest)) <= 63
