@@ -32,6 +32,9 @@ _THREAD_MIN = 256 * 1024  # decompress chunks at least this big off the event lo
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: A zstd skippable frame (magic 0x184D2A50-0x184D2A5F, little-endian) after its
+#: first byte, which is 0x50-0x5F: pzstd starts its files with one (the frame sizes).
+ZSTD_SKIPPABLE_MAGIC = b"\x2a\x4d\x18"
 BZ2_MAGIC = b"BZh"
 #: After "BZh" and the block size digit: a first block (pi) or the end of an empty stream.
 BZ2_BLOCK_MAGICS = (b"1AY&SY", b"\x17rE8P\x90")
@@ -95,11 +98,14 @@ def detect_encoding(head: bytes, content_encoding: str | None = None, key: str =
     ``head``: the object's first :data:`MAGIC_BYTES` bytes (fewer for a shorter
     object). The headers are checked beyond their first bytes so that text which
     happens to start alike ("BZh9 is how ...") is not taken for compressed data: bz2
-    by its block magic, zstd by its frame header's reserved bit.
+    by its block magic, zstd by its frame header's reserved bit. A zstd stream may
+    start with a skippable frame (pzstd writes one before its frames).
     """
     if head.startswith(GZIP_MAGIC):
         return "gzip"
     if head.startswith(ZSTD_MAGIC) and len(head) > 4 and not head[4] & 0x08:
+        return "zstd"
+    if head[1:4] == ZSTD_SKIPPABLE_MAGIC and head[0] & 0xF0 == 0x50:
         return "zstd"
     if (
         head.startswith(BZ2_MAGIC)
@@ -246,7 +252,7 @@ class Bz2Decoder(_MultiMemberDecoder):
 
 
 class ZstdDecoder(_MultiMemberDecoder):
-    """zstd, including several concatenated frames."""
+    """zstd, including several concatenated frames and skippable frames (pzstd's)."""
 
     name = "zstd"
 

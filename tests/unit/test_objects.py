@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import os
+import struct
 import zlib
 from collections.abc import AsyncIterator, Callable
 
@@ -30,6 +31,15 @@ ZST = zstd.compress(b"hello\n")
 BZ = bz2.compress(b"hello\n")
 
 
+def skippable(payload: bytes, nibble: int = 0) -> bytes:
+    """A zstd skippable frame (pzstd starts its files with one holding the frame sizes)."""
+    return struct.pack("<II", 0x184D2A50 | nibble, len(payload)) + payload
+
+
+#: How pzstd lays out a file: a skippable frame with the next frame's size, then it.
+PZSTD = skippable(struct.pack("<I", len(ZST))) + ZST
+
+
 @pytest.mark.parametrize(
     ("head", "content_encoding", "key", "expected"),
     [
@@ -41,6 +51,10 @@ BZ = bz2.compress(b"hello\n")
         (BZ[:10], None, "x.txt", "bz2"),
         (bz2.compress(b"")[:10], None, "x.txt", "bz2"),  # an empty stream
         (BZ[:10], "gzip", "x.gz", "bz2"),
+        (PZSTD[:10], None, "x.txt", "zstd"),  # a skippable frame first (pzstd)
+        (skippable(b"meta", 0xF)[:10], None, "x.txt", "zstd"),
+        (b"P*M\x19rest", None, "x.txt", "identity"),  # not a skippable frame's magic
+        (b"`*M\x18rest", None, "x.txt", "identity"),
         # data with no magic is identity, whatever metadata and suffix say
         (b"plain text", "gzip", "x.txt", "identity"),
         (b"plain text", None, "x.gz", "identity"),
@@ -133,6 +147,13 @@ def test_zstd_streamed_frames_without_content_size() -> None:
         cobj = zstd.ZstdCompressor()
         frames += cobj.compress(part) + cobj.flush()
     assert decode("zstd", frames, 7) == PART_A + PART_B
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"chunk{s or 'whole'}")
+def test_zstd_skippable_frames_are_skipped(size: int | None) -> None:
+    a, b = zstd.compress(PART_A), zstd.compress(PART_B)
+    data = skippable(struct.pack("<I", len(a))) + a + skippable(b"x" * 100, 0xF) + b
+    assert decode("zstd", data, size) == PART_A + PART_B
 
 
 def test_identity_passes_through_and_skips_empty() -> None:

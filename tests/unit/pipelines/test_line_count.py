@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -103,6 +104,20 @@ async def test_multi_member_gzip(make_ctx: MakeCtx) -> None:
     _, result = await run(make_ctx, data, key="x.gz")
     assert result.detail["lines"] == 4
     assert result.detail["uncompressed_bytes"] == 7
+
+
+async def test_pzstd_file_starting_with_a_skippable_frame(make_ctx: MakeCtx) -> None:
+    """pzstd writes a skippable frame (the next frame's size) before each frame: the
+    file is zstd, not text with a few stray newlines in its compressed bytes."""
+    text = b"".join(b'{"id": %d}\n' % i for i in range(2000))
+    frames = b""
+    for part in (text[:9000], text[9000:]):
+        frame = zstd.compress(part)
+        frames += struct.pack("<III", 0x184D2A50, 4, len(frame)) + frame
+    _, result = await run(make_ctx, frames, key="in/data.ndjson.zst", chunk_bytes=5)
+    assert result.detail["encoding"] == "zstd"
+    assert result.detail["lines"] == 2000
+    assert result.detail["uncompressed_bytes"] == len(text)
 
 
 async def test_empty_gzip_member(make_ctx: MakeCtx) -> None:
