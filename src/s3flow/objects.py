@@ -2,8 +2,8 @@
 
 An object is read in chunks (never whole) and decompressed as it arrives. The
 codec is chosen by magic bytes first, then ``Content-Encoding``, then the key's
-suffix: gzip (multi-member too), zstd (multi-frame), bz2 (multi-stream), or
-identity. Decompressed output per step is bounded, so memory stays bounded
+suffix: gzip (multi-member too), zstd (multi-frame), bz2 (multi-stream), xz
+(multi-stream), or identity. Decompressed output per step is bounded, so memory stays bounded
 even for highly compressible input.
 """
 
@@ -13,6 +13,7 @@ import asyncio
 import bz2
 import functools
 import itertools
+import lzma
 import sys
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
@@ -38,10 +39,13 @@ ZSTD_SKIPPABLE_MAGIC = b"\x2a\x4d\x18"
 BZ2_MAGIC = b"BZh"
 #: After "BZh" and the block size digit: a first block (pi) or the end of an empty stream.
 BZ2_BLOCK_MAGICS = (b"1AY&SY", b"\x17rE8P\x90")
+XZ_MAGIC = b"\xfd7zXZ\x00"
+#: Most memory an xz stream may ask for (its dictionary): xz -9 needs 65 MiB.
+XZ_MEMLIMIT = 256 * 1024 * 1024
 #: How many bytes of an object's start :func:`detect_encoding` needs.
 MAGIC_BYTES = 10
 
-ENCODINGS = ("identity", "gzip", "zstd", "bz2")
+ENCODINGS = ("identity", "gzip", "zstd", "bz2", "xz")
 #: Bytes compared at a time by :func:`count_byte`: its mask stays well under the 1 MiB
 #: mmap threshold the worker fixes (a larger one would be a fresh mapping each time).
 _COUNT_SLICE_BYTES = 256 * 1024
@@ -113,6 +117,8 @@ def detect_encoding(head: bytes, content_encoding: str | None = None, key: str =
         and head[4:MAGIC_BYTES] in BZ2_BLOCK_MAGICS
     ):
         return "bz2"
+    if head.startswith(XZ_MAGIC):
+        return "xz"
     if head:
         # Data with no known magic is stored as-is, whatever the metadata says
         # (a "Content-Encoding: gzip" object that a client already decoded...).
@@ -124,6 +130,8 @@ def detect_encoding(head: bytes, content_encoding: str | None = None, key: str =
         return "zstd"
     if ce in ("bzip2", "bz2", "x-bzip2"):
         return "bz2"
+    if ce in ("xz", "x-xz"):
+        return "xz"
     lowered = key.lower()
     if lowered.endswith((".gz", ".gzip")):
         return "gzip"
@@ -131,6 +139,8 @@ def detect_encoding(head: bytes, content_encoding: str | None = None, key: str =
         return "zstd"
     if lowered.endswith((".bz2",)):
         return "bz2"
+    if lowered.endswith((".xz",)):
+        return "xz"
     return "identity"
 
 
@@ -158,7 +168,7 @@ class IdentityDecoder:
 
 
 class _MultiMemberDecoder:
-    """Shared logic for codecs whose streams may be concatenated (gzip, bz2, zstd).
+    """Shared logic for codecs whose streams may be concatenated (gzip, bz2, zstd, xz).
 
     Subclasses say how to make a decompressor, run one bounded step, and find
     input the step did not consume.
@@ -183,7 +193,7 @@ class _MultiMemberDecoder:
     def _more_output(self, last_out: int) -> bool:
         """Whether the decompressor may still hold output without new input.
 
-        bz2's and zstd's decompressors say so themselves (``needs_input``); gzip's
+        bz2's, zstd's and xz's decompressors say so themselves (``needs_input``); gzip's
         does not and overrides this.
         """
         return not self._d.needs_input
@@ -219,7 +229,7 @@ class _MultiMemberDecoder:
             return
         try:
             yield from self._steps(data)
-        except (zlib.error, OSError, EOFError, ValueError, zstd.ZstdError) as exc:
+        except (zlib.error, OSError, EOFError, ValueError, zstd.ZstdError, lzma.LZMAError) as exc:
             raise CorruptDataError(f"corrupt {self.name} data: {exc}") from exc
 
     def finish(self) -> None:
@@ -260,6 +270,33 @@ class ZstdDecoder(_MultiMemberDecoder):
         return zstd.ZstdDecompressor()
 
 
+class XzDecoder(_MultiMemberDecoder):
+    """xz, including concatenated streams (``cat a.xz b.xz``) and the zero padding
+    the format allows between them."""
+
+    name = "xz"
+
+    def _new(self) -> Any:
+        self._fresh = True  # no byte of this stream seen yet: padding may come first
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=XZ_MEMLIMIT)
+
+    def _step(self, data: bytes) -> bytes:
+        if self._fresh:
+            data = data.lstrip(b"\x00")
+            if not data:
+                return b""
+            self._fresh = False
+        try:
+            return super()._step(data)
+        except lzma.LZMAError as exc:
+            if "memory" not in str(exc).lower():
+                raise
+            raise CorruptDataError(
+                f"this xz data needs more than {XZ_MEMLIMIT // 2**20} MiB to decompress "
+                "(its dictionary size); recompress it with a preset up to xz -9"
+            ) from exc
+
+
 def make_decoder(encoding: str) -> Decoder:
     """Return a fresh decoder for ``encoding`` (one of :data:`ENCODINGS`)."""
     if encoding == "gzip":
@@ -268,6 +305,8 @@ def make_decoder(encoding: str) -> Decoder:
         return ZstdDecoder()
     if encoding == "bz2":
         return Bz2Decoder()
+    if encoding == "xz":
+        return XzDecoder()
     if encoding == "identity":
         return IdentityDecoder()
     raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
@@ -393,7 +432,7 @@ class ObjectReader:
                 yield piece
             return
         while True:
-            # zlib/bz2/zstd release the GIL: decompress big chunks on a thread.
+            # zlib/bz2/zstd/lzma release the GIL: decompress big chunks on a thread.
             batch = await asyncio.to_thread(_next_pieces, pieces)
             if not batch:
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import lzma
 import os
 import struct
 import zlib
@@ -29,6 +30,7 @@ PIECE_MAX = 4 * MiB
 GZ = gzip.compress(b"hello\n", mtime=0)  # stable test ids (pytest-xdist compares them)
 ZST = zstd.compress(b"hello\n")
 BZ = bz2.compress(b"hello\n")
+XZ = lzma.compress(b"hello\n")
 
 
 def skippable(payload: bytes, nibble: int = 0) -> bytes:
@@ -51,6 +53,8 @@ PZSTD = skippable(struct.pack("<I", len(ZST))) + ZST
         (BZ[:10], None, "x.txt", "bz2"),
         (bz2.compress(b"")[:10], None, "x.txt", "bz2"),  # an empty stream
         (BZ[:10], "gzip", "x.gz", "bz2"),
+        (XZ[:10], None, "x.txt", "xz"),
+        (XZ[:10], "gzip", "x.gz", "xz"),
         (PZSTD[:10], None, "x.txt", "zstd"),  # a skippable frame first (pzstd)
         (skippable(b"meta", 0xF)[:10], None, "x.txt", "zstd"),
         (b"P*M\x19rest", None, "x.txt", "identity"),  # not a skippable frame's magic
@@ -73,12 +77,15 @@ PZSTD = skippable(struct.pack("<I", len(ZST))) + ZST
         (b"", "zstd", "a.txt", "zstd"),
         (b"", "bzip2", "a.txt", "bz2"),
         (b"", "x-bzip2", "a.txt", "bz2"),
+        (b"", "xz", "a.txt", "xz"),
+        (b"", "x-xz", "a.txt", "xz"),
         (b"", "gzip", "a.zst", "gzip"),
         (b"", None, "a.gz", "gzip"),
         (b"", None, "A.GZIP", "gzip"),
         (b"", None, "a.zst", "zstd"),
         (b"", None, "a.zstd", "zstd"),
         (b"", None, "a.bz2", "bz2"),
+        (b"", None, "a.XZ", "xz"),
         (b"", None, "a.txt", "identity"),
         (b"", "identity", "a.txt", "identity"),
         (b"", None, "", "identity"),
@@ -121,6 +128,7 @@ CODECS: dict[str, Compress] = {
     "gzip": gzip.compress,
     "zstd": lambda d: zstd.compress(d),
     "bz2": bz2.compress,
+    "xz": lzma.compress,
     "identity": lambda d: d,
 }
 SIZES = [1, 7, 4096, None]
@@ -134,7 +142,7 @@ def test_round_trip_single(encoding: str, size: int | None) -> None:
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"chunk{s or 'whole'}")
-@pytest.mark.parametrize("encoding", ["gzip", "zstd", "bz2"])
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "bz2", "xz"])
 def test_round_trip_concatenated_members(encoding: str, size: int | None) -> None:
     compress = CODECS[encoding]
     data = compress(PART_A) + compress(PART_B) + compress(b"") + compress(b"tail")
@@ -163,20 +171,20 @@ def test_identity_passes_through_and_skips_empty() -> None:
     decoder.finish()
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "zstd", "bz2"])
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "bz2", "xz"])
 def test_empty_input_is_fine(encoding: str) -> None:
     assert decode(encoding, b"") == b""
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"chunk{s or 'whole'}")
-@pytest.mark.parametrize("encoding", ["gzip", "zstd", "bz2"])
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "bz2", "xz"])
 def test_truncated_input_fails_on_finish(encoding: str, size: int | None) -> None:
     data = CODECS[encoding](PART_A)
     with pytest.raises(CorruptDataError, match="truncated"):
         decode(encoding, data[: len(data) // 2], size)
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "zstd", "bz2"])
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "bz2", "xz"])
 def test_truncated_second_member_fails(encoding: str) -> None:
     compress = CODECS[encoding]
     second = compress(PART_B)
@@ -184,7 +192,7 @@ def test_truncated_second_member_fails(encoding: str) -> None:
         decode(encoding, compress(PART_A) + second[:-5], 4096)
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "bz2", "zstd"])
+@pytest.mark.parametrize("encoding", ["gzip", "bz2", "zstd", "xz"])
 def test_garbage_in_the_middle(encoding: str) -> None:
     data = CODECS[encoding](PART_A * 4)
     mid = len(data) // 2
@@ -193,7 +201,7 @@ def test_garbage_in_the_middle(encoding: str) -> None:
         decode(encoding, broken, 4096)
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "bz2", "zstd"])
+@pytest.mark.parametrize("encoding", ["gzip", "bz2", "zstd", "xz"])
 def test_garbage_after_last_member(encoding: str) -> None:
     with pytest.raises(CorruptDataError):
         decode(encoding, CODECS[encoding](PART_A) + b"this is not compressed", 4096)
@@ -203,6 +211,20 @@ def test_garbage_after_last_member(encoding: str) -> None:
 def test_trailing_zero_padding_after_gzip_is_tolerated(size: int | None) -> None:
     data = gzip.compress(PART_A) + b"\x00" * 1000
     assert decode("gzip", data, size) == PART_A
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"chunk{s or 'whole'}")
+def test_zero_padding_between_xz_streams_is_tolerated(size: int | None) -> None:
+    data = lzma.compress(PART_A) + b"\x00" * 8 + lzma.compress(PART_B) + b"\x00" * 4
+    assert decode("xz", data, size) == PART_A + PART_B
+
+
+def test_xz_needing_too_much_memory_says_so() -> None:
+    filters = [{"id": lzma.FILTER_LZMA2, "dict_size": objects.XZ_MEMLIMIT + 2**20}]
+    data = lzma.compress(b"hello\n", filters=filters)
+    with pytest.raises(CorruptDataError, match="MiB to decompress") as info:
+        decode("xz", data)
+    assert info.value.disposition.value == "permanent"
 
 
 def test_corrupt_error_is_permanent_and_chained() -> None:
@@ -236,6 +258,11 @@ def test_gzip_bomb_pieces_are_bounded() -> None:
 def test_bz2_bomb_pieces_are_bounded() -> None:
     total = 30 * 1000 * 1000
     _bounded_zero_run("bz2", bz2.compress(bytes(total)), total)
+
+
+def test_xz_bomb_pieces_are_bounded() -> None:
+    total = 100 * 1000 * 1000
+    _bounded_zero_run("xz", lzma.compress(bytes(total), preset=0), total)
 
 
 def test_zstd_bomb_pieces_are_bounded() -> None:

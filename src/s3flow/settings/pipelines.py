@@ -314,8 +314,8 @@ class PipelineSettings(_Model):
         default=4 * 1024**3,
         ge=1,
         description=(
-            "Largest decompressed size of one compressed object (gzip, zstd, bz2); beyond it "
-            "the object fails permanently with the reason (a decompression bomb)."
+            "Largest decompressed size of one compressed object (gzip, zstd, bz2, xz); beyond "
+            "it the object fails permanently with the reason (a decompression bomb)."
         ),
     )
     retry_base_s: float = Field(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import lzma
 import struct
 import subprocess
 import sys
@@ -85,6 +86,7 @@ async def test_output_document(make_ctx: MakeCtx) -> None:
         ("gzip", gzip.compress),
         ("zstd", lambda d: zstd.compress(d)),
         ("bz2", bz2.compress),
+        ("xz", lzma.compress),
     ],
 )
 async def test_compressed_input(make_ctx: MakeCtx, encoding: str, compress: Any) -> None:
@@ -118,6 +120,13 @@ async def test_pzstd_file_starting_with_a_skippable_frame(make_ctx: MakeCtx) -> 
     assert result.detail["encoding"] == "zstd"
     assert result.detail["lines"] == 2000
     assert result.detail["uncompressed_bytes"] == len(text)
+
+
+async def test_xz_lines_are_counted_decompressed(make_ctx: MakeCtx) -> None:
+    """xz was read as stored: 'a\\nb\\n' compressed counted 3 lines of binary."""
+    _, result = await run(make_ctx, lzma.compress(b"a\nb\n") * 2, key="in/x.xz")
+    assert result.detail["encoding"] == "xz"
+    assert result.detail["lines"] == 4
 
 
 async def test_empty_gzip_member(make_ctx: MakeCtx) -> None:
