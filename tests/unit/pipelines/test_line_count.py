@@ -13,10 +13,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from s3flow.errors import UndecodableContentError
 from s3flow.objects import zstd
-from s3flow.pipelines.line_count import LineCountProcessor
+from s3flow.pipelines.line_count import (
+    LineCountOptions,
+    LineCountProcessor,
+    counts_line_feed_bytes,
+)
 
 MakeCtx = Callable[..., Any]
 
@@ -165,6 +170,83 @@ async def test_truncated_utf8_character_at_end(make_ctx: MakeCtx) -> None:
     data = "ok\né".encode()[:-1]
     with pytest.raises(UndecodableContentError, match="truncated"):
         await LineCountProcessor({"text_encoding": "utf-8"}).process(make_ctx(data))
+
+
+#: U+0A0A is two 0x0A bytes in utf-16; U+0100 ends in 0x00 (it is no line feed either).
+WIDE_TEXT = "ਊ one\nĀ two\r\n\nthree ਊ"
+
+
+@pytest.mark.parametrize(
+    "encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"]
+)
+@pytest.mark.parametrize("text", [WIDE_TEXT, WIDE_TEXT + "\n", "Ā", "", "\n"])
+@pytest.mark.parametrize("chunk_bytes", [1, 3, 1 << 20])
+async def test_lines_of_wide_encodings_are_counted_in_the_text(
+    make_ctx: MakeCtx, encoding: str, text: str, chunk_bytes: int
+) -> None:
+    """utf-16/32 lines were counted as 0x0A bytes: U+0A0A made two lines, a last byte
+    0x00 one more, and a byte order mark alone was a line."""
+    expected = text.count("\n") + (1 if text and not text.endswith("\n") else 0)
+    data = text.encode(encoding)
+    if encoding[-3:] in ("-le", "-be"):
+        data = "\ufeff".encode(encoding) + data  # a BOM is no line, nor part of one
+    opts = {"text_encoding": encoding}
+    _, result = await run(make_ctx, data, opts, chunk_bytes=chunk_bytes)
+    assert result.detail["lines"] == expected
+    assert result.detail["uncompressed_bytes"] == len(data)
+
+
+async def test_an_ebcdic_line_feed_is_its_own_byte(make_ctx: MakeCtx) -> None:
+    data = "one\ntwo\nthree".encode("cp037")
+    assert b"\n" not in data
+    _, result = await run(make_ctx, data, {"text_encoding": "cp037"})
+    assert result.detail["lines"] == 3
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+async def test_utf16_without_a_byte_order_mark_is_permanent_and_says_what_to_set(
+    make_ctx: MakeCtx, encoding: str
+) -> None:
+    """It raised a bare UnicodeError: retried as a processor bug, then dead-lettered."""
+    ctx = make_ctx("a\nb\n".encode(f"{encoding}-le"))
+    with pytest.raises(UndecodableContentError) as info:
+        await LineCountProcessor({"text_encoding": encoding}).process(ctx)
+    assert info.value.disposition.value == "permanent"
+    assert f"'{encoding}-le' or '{encoding}-be'" in str(info.value)
+    assert ctx.body.closed is True
+
+
+async def test_odd_utf16_bytes_are_a_truncated_character(make_ctx: MakeCtx) -> None:
+    with pytest.raises(UndecodableContentError, match="truncated"):
+        await run(make_ctx, "a\n".encode("utf-16") + b"x", {"text_encoding": "utf-16"})
+
+
+@pytest.mark.parametrize(
+    ("encoding", "by_bytes"),
+    [
+        (None, True),
+        ("utf-8", True),
+        ("utf-8-sig", True),
+        ("latin-1", True),
+        ("cp1252", True),
+        ("shift_jis", True),
+        ("gb18030", True),
+        ("utf-16", False),
+        ("UTF-16LE", False),
+        ("utf-32-be", False),
+        ("cp037", False),
+        ("utf-7", False),
+        ("hz", False),
+    ],
+)
+def test_which_encodings_count_line_feed_bytes(encoding: str | None, by_bytes: bool) -> None:
+    assert counts_line_feed_bytes(encoding) is by_bytes
+
+
+@pytest.mark.parametrize("encoding", ["base64", "hex", "zlib", "rot13", "undefined", "nope"])
+def test_a_text_encoding_that_cannot_decode_text_is_refused(encoding: str) -> None:
+    with pytest.raises(ValidationError, match=encoding):
+        LineCountOptions(text_encoding=encoding)
 
 
 async def test_invalid_utf8_without_text_encoding_is_counted(make_ctx: MakeCtx) -> None:
