@@ -8,9 +8,11 @@ bytes as stored, never decompressed (``data.csv.gz`` stays that gzip file).
 Entry names are the input key's last path part, made safe to extract: a
 backslash counts as a path separator too, control characters and ``:`` become
 ``_``, and a name that is empty or only dots (``..``) becomes ``file``; no entry
-name can reach outside the directory it is extracted to. A name already taken
-(compared case-insensitively) gets ``-1``, ``-2``... before its extension:
-``r.txt``, ``r-1.txt``, ``data.csv.gz``, ``data-1.csv.gz``.
+name can reach outside the directory it is extracted to. Names are written in
+Unicode NFC (``café`` typed on macOS is NFD). A name already taken (compared
+case-insensitively, and whatever its Unicode normalisation) gets ``-1``,
+``-2``... before its extension: ``r.txt``, ``r-1.txt``, ``data.csv.gz``,
+``data-1.csv.gz``.
 
 Every entry is written with ZIP64 headers, so members past 2/4 GiB work. The
 archive is built in a temporary file (compressed on a worker thread, so the event
@@ -104,18 +106,26 @@ def _split_extension(name: str) -> tuple[str, str]:
     return name[:dot], name[dot:] + outer
 
 
+def _fold(name: str) -> str:
+    """``name`` as compared for uniqueness: case and Unicode normalisation ignored
+    (Unicode's canonical caseless match), as macOS and Windows file systems compare."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
+
+
 def unique_entry(base: str, used: set[str]) -> str:
-    """``base``, or ``<stem>-<n><ext>`` with the smallest ``n`` not in ``used`` (casefolded).
+    """``base`` in NFC, or ``<stem>-<n><ext>`` with the smallest ``n`` not in ``used``
+    (compared by :func:`_fold`: ``café`` in NFC and in NFD are one name, which would
+    overwrite each other when extracted on macOS).
 
     The name returned is added to ``used``.
     """
-    name = base
-    if name.casefold() in used:
+    name = base = unicodedata.normalize("NFC", base)
+    if _fold(name) in used:
         stem, ext = _split_extension(base)
         n = 1
-        while (name := f"{stem}-{n}{ext}").casefold() in used:
+        while _fold(name := f"{stem}-{n}{ext}") in used:
             n += 1
-    used.add(name.casefold())
+    used.add(_fold(name))
     return name
 
 

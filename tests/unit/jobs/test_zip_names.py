@@ -46,3 +46,17 @@ def test_unique_entry_loops_until_the_name_is_free() -> None:
         "noext",
         "noext-1",
     ]
+
+
+def test_unique_entry_takes_nfc_and_nfd_names_for_one_name() -> None:
+    """a/café.txt (NFC) and b/café.txt (NFD) were two entries both shown as café.txt:
+    extracted on macOS, the second overwrote the first."""
+    nfc, nfd = "caf\u00e9.txt", "cafe\u0301.txt"
+    used: set[str] = set()
+    got = [unique_entry(entry_base(k), used) for k in (f"a/{nfc}", f"b/{nfd}", "c/CAFE\u0301.txt")]
+    assert got == [nfc, "caf\u00e9-1.txt", "CAF\u00c9-2.txt"]  # written in NFC
+
+
+def test_an_nfd_entry_name_is_written_in_nfc() -> None:
+    nfd = entry_base("d/re\u0301sume\u0301.pdf")
+    assert unique_entry(nfd, set()) == "r\u00e9sum\u00e9.pdf"
