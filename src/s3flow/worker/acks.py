@@ -28,7 +28,7 @@ from s3flow.errors import S3flowError, translate_aws_error
 from s3flow.metrics import PipelineMetrics
 from s3flow.settings import PipelineSettings
 from s3flow.state.base import StateStore
-from s3flow.state.records import FileStatus, TransitionError
+from s3flow.state.records import FileStatus
 from s3flow.worker.outcomes import (
     Ack,
     DeadLetter,
@@ -227,8 +227,6 @@ SOURCE_MESSAGE_ID_ATTR = "s3flow.source-message-id"
 #: derives from one that has it (a record re-sent alone, a dead letter), so the redrive
 #: knows a split-off record that comes back to the DLQ as one of its own copies.
 REDRIVE_ID_ATTR = "s3flow.redrive-id"
-#: The state a dead-lettered upload is left in by its handler, until the DLQ has it.
-_LEFT_FAILED = frozenset({FileStatus.FAILED})
 
 
 #: Attributes of a message s3flow sends back to the source queue (a record re-sent
@@ -275,9 +273,9 @@ class Settler:
     async def settle(self, msg: ReceivedMessage, outcome: Outcome) -> Outcome:
         """Apply ``outcome`` to ``msg``; return what was really done."""
         if isinstance(outcome, DeadLetter):
-            if await self._dead_letter(msg.body, outcome, msg=msg):
-                await self._mark_dead(outcome)
-            else:
+            sent = await self._dead_letter(msg.body, outcome, msg=msg)
+            await self._end_claims(outcome, dead=sent)
+            if not sent:
                 outcome = self._fallback(msg, outcome)
         elif isinstance(outcome, Split) and not await self._split(msg, outcome):
             outcome = self._fallback(msg, outcome)
@@ -309,8 +307,7 @@ class Settler:
         for part in split.parts:
             if isinstance(part.outcome, DeadLetter):
                 sent = await self._dead_letter(part.body, part.outcome, msg=msg)
-                if sent:
-                    await self._mark_dead(part.outcome)
+                await self._end_claims(part.outcome, dead=sent)
             else:
                 sent = await self._resend(msg, part)
             ok = ok and sent
@@ -397,17 +394,39 @@ class Settler:
         self.metrics.dead_lettered += int(sent)
         return sent
 
-    async def _mark_dead(self, outcome: DeadLetter) -> None:
+    async def _end_claims(self, outcome: DeadLetter, *, dead: bool) -> None:
+        """End the claims the handler kept for ``outcome`` (see
+        :class:`~s3flow.worker.outcomes.HeldClaim`): dead once the DLQ has the message,
+        else failed (the message is retried). Fenced: a record an operator moved
+        meanwhile (a release, a redrive) stays as it is."""
         if self.store is None:
             return
-        for oid in outcome.objects:
+        status = FileStatus.DEAD if dead else FileStatus.FAILED
+        for held in outcome.claims:
+            oid = held.oid
             try:
-                # Only from failed, as the handler left it: an operator's `dlq redrive`
-                # may have set it to received meanwhile (its copy is on the way back).
-                await self.store.set_status(
-                    oid, FileStatus.DEAD, detail=outcome.error, only_from=_LEFT_FAILED
+                ended = await self.store.fail(
+                    oid,
+                    token=held.token,
+                    status=status,
+                    error_class=held.error_class,
+                    error=held.error,
                 )
-            except TransitionError as exc:
-                log.info("not marked dead: %s", exc)
             except S3flowError as exc:
-                log.warning("could not mark s3://%s/%s dead: %s", oid.bucket, oid.key, exc)
+                log.warning(
+                    "could not mark s3://%s/%s %s: %s (its claim expires; a copy of its "
+                    "message that comes back then runs it again)",
+                    oid.bucket,
+                    oid.key,
+                    status.value,
+                    exc,
+                )
+                continue
+            if not ended:
+                log.info(
+                    "s3://%s/%s (upload %s) not marked %s: it was moved on meanwhile",
+                    oid.bucket,
+                    oid.key,
+                    oid.version,
+                    status.value,
+                )

@@ -47,15 +47,33 @@ class Retry:
 
 
 @dataclass(frozen=True)
+class HeldClaim:
+    """The claim on an upload whose message goes to the DLQ, kept (not renewed) until
+    the settler ends it: ``dead`` once the DLQ has the message, ``failed`` (with
+    ``error``) if the send fails.
+
+    While it is held, other copies of the message wait for it (busy), then find the
+    upload dead and are acknowledged without work: released at once, the next copy
+    ran the upload again and dead-lettered it again. A worker killed before the send
+    leaves it to expire: the message comes back and takes it over, as after any crash.
+    """
+
+    oid: ObjectId
+    token: int
+    error_class: str
+    error: str
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     """Permanent failure or poison message: send to the DLQ with the reason, then delete.
 
-    ``objects`` are the state-store versions to mark dead once the DLQ has it.
+    ``claims`` are the state-store claims to end dead once the DLQ has it.
     """
 
     error_class: str
     error: str
-    objects: tuple[ObjectId, ...] = ()
+    claims: tuple[HeldClaim, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from s3flow.quarantine import tag_quarantined
 from s3flow.settings import PipelineSettings
 from s3flow.state.base import StateStore
 from s3flow.state.records import FileStatus, ObjectId
-from s3flow.worker.outcomes import DeadLetter, RecordOutcome, Retry, backoff_s
+from s3flow.worker.outcomes import DeadLetter, HeldClaim, RecordOutcome, Retry, backoff_s
 from s3flow.worker.source import ReceivedMessage
 
 log = logging.getLogger("s3flow.worker")
@@ -73,8 +73,8 @@ def merge_failures(failed: list[tuple[ObjectEvent, RecordOutcome]]) -> RecordOut
     """One outcome for a message whose records cannot be split (no raw records)."""
     dead = [o for _, o in failed if isinstance(o, DeadLetter)]
     if dead:
-        objects = tuple(oid for d in dead for oid in d.objects)
-        return DeadLetter(dead[0].error_class, "; ".join(d.error for d in dead), objects)
+        claims = tuple(held for d in dead for held in d.claims)
+        return DeadLetter(dead[0].error_class, "; ".join(d.error for d in dead), claims)
     retries = [o for _, o in failed if isinstance(o, Retry)]
     first = min(retries, key=lambda r: r.delay_s)
     return replace(
@@ -165,7 +165,6 @@ class FailurePolicy:
             return Retry(delay, exc.error_class, str(exc), renew=renew, capped=capped)
         if exc.disposition is Disposition.RETRYABLE:
             n = self.failures_now(msg, attempt.failures_before if token is not None else None)
-            await self._record_failure(oid, token, exc)
             limit, limit_name = self.p.max_receive_count, "max_receive_count"
             if self._store is not None and token is None:
                 # Before its claim (the HEAD naming the upload failed) the store cannot count
@@ -177,8 +176,9 @@ class FailurePolicy:
                 return DeadLetter(
                     f"RetriesExhausted.{exc.error_class}",
                     f"failed {n} times; last error: {exc}",
-                    (oid,) if store is not None and oid is not None else (),
+                    self._held(oid, token, exc.error_class, str(exc)),
                 )
+            await self._record_failure(oid, token, exc)
             delay = backoff_s(n, self.p.retry_base_s, self.p.retry_max_s)
             log.warning(
                 "%s failed (%s, failure %d of %d), retrying in %ds: %s",
@@ -199,11 +199,18 @@ class FailurePolicy:
             except S3flowError as tag_exc:  # retryable (counted), or the object gone
                 return await self.failed(attempt, tag_exc)
         log.error("%s failed permanently (%s), dead-lettering: %s", where, exc.error_class, exc)
-        # Recorded as failed now; marked dead only once the DLQ has the message.
-        await self._record_failure(oid, token, exc)
         return DeadLetter(
-            exc.error_class, str(exc), (oid,) if store is not None and oid is not None else ()
+            exc.error_class, str(exc), self._held(oid, token, exc.error_class, str(exc))
         )
+
+    def _held(
+        self, oid: ObjectId | None, token: int | None, error_class: str, error: str
+    ) -> tuple[HeldClaim, ...]:
+        """The claim a dead-lettered record keeps until the DLQ has its message (the
+        settler ends it: see :class:`HeldClaim`); none without a store or a claim."""
+        if self._store is None or oid is None or token is None:
+            return ()
+        return (HeldClaim(oid, token, error_class, error),)
 
     async def _record_failure(
         self, oid: ObjectId | None, token: int | None, exc: S3flowError
@@ -244,9 +251,10 @@ class FailurePolicy:
                 exc,
                 reason,
             )
-            tracked = await self._end(oid, token, FileStatus.FAILED, error_class, reason)
             return DeadLetter(
-                error_class, f"{reason} (not quarantined: {exc})", (oid,) if tracked else ()
+                error_class,
+                f"{reason} (not quarantined: {exc})",
+                self._held(oid, token, error_class, reason),
             )
         await self._end(oid, token, FileStatus.QUARANTINED, error_class, reason)
         self.metrics.quarantined += 1

@@ -396,15 +396,18 @@ async def test_an_object_that_cannot_be_tagged_is_dead_lettered_with_its_reason(
     tmp_path: Path,
 ) -> None:
     """A quarantine whose tags S3 refuses for good: the message is dead-lettered with the
-    reason and the record ends failed (dead once on the DLQ). The tagging error used to
-    escape: the claim was given back uncounted and the message retried on every receive."""
+    reason, the record's claim kept for the settler to end it dead once on the DLQ. The
+    tagging error used to escape: the claim was given back uncounted and the message
+    retried on every receive."""
     outcome, rec = await _quarantine_refused(tmp_path, "AccessDenied", 403)
     assert isinstance(outcome, DeadLetter), outcome
     assert outcome.error_class == "InvalidInputError"
     assert "row 3 has 2 columns" in outcome.error and "not quarantined" in outcome.error
     assert "AccessDenied" in outcome.error
-    assert rec.status is FileStatus.FAILED and rec.claim_owner is None, rec
-    assert "row 3" in (rec.last_error or "")
+    assert rec.status is FileStatus.PROCESSING, rec
+    (held,) = outcome.claims
+    assert (held.oid, held.token) == (rec.id, rec.fencing_token)
+    assert held.error_class == "InvalidInputError" and "row 3" in held.error
 
 
 async def test_a_throttled_tagging_is_retried_and_counted(tmp_path: Path) -> None:

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from s3flow.settings import PipelineSettings
-from s3flow.state import FileStatus, ObjectId, SqliteStateStore
+from s3flow.state import ClaimOutcome, FileStatus, ObjectId, SqliteStateStore
 from s3flow.worker.acks import REDRIVE_ID_ATTR, AckBatcher, Settler
 from s3flow.worker.outcomes import (
     SQS_MAX_VISIBILITY_S,
     DeadLetter,
+    HeldClaim,
     RecordPart,
     Retry,
     Split,
@@ -71,31 +72,63 @@ class FakeDeletes(FakeAcks):
         return True
 
 
-@pytest.mark.parametrize("redriven", [False, True])
-async def test_a_dead_letter_marks_the_record_dead_only_from_failed(
-    tmp_path: Path, redriven: bool
+@pytest.mark.parametrize("moved", [False, True])
+async def test_a_dead_letter_ends_the_claim_its_handler_kept_dead(
+    tmp_path: Path, moved: bool
 ) -> None:
-    """An operator's `dlq redrive` may set the record to received between the handler's
-    failure and the settler's mark: the mark overwrote it, and the redriven copy was then
-    acknowledged without work ("is dead")."""
+    """The handler keeps the claim of a record it dead-letters (copies of the message
+    wait for it, then find the record dead): the settler ends it dead once the DLQ has
+    the message. Fenced: a record an operator moved meanwhile (released: received)
+    stays so, and its copy is processed."""
     oid = ObjectId("b", "k", "v1")
     async with SqliteStateStore(tmp_path / "state.db") as store:
         claim = await store.claim(oid, pipeline="p", owner="w", ttl_s=60)
-        await store.fail(
-            oid, token=claim.token, status=FileStatus.FAILED, error_class="E", error="x"
-        )
-        if redriven:
-            await store.set_status(oid, FileStatus.RECEIVED, detail="redriven")
+        if moved:
+            await store.set_status(oid, FileStatus.RECEIVED, detail="released")
         p = PipelineSettings(name="p", bucket="b", queue="q", output="s3://o/")
         fake: AckBatcher = FakeDeletes()  # type: ignore[assignment]
         settler = Settler(
             fake, FakeSqs(), pipeline=p, queue_url="q", dlq_url="d", worker_id="w", store=store
         )
         msg = ReceivedMessage("m", "h", "{}", 1, time.monotonic())
-        await settler.settle(msg, DeadLetter("E", "x", (oid,)))
+        held = HeldClaim(oid, claim.token, "E", "x")
+        await settler.settle(msg, DeadLetter("RetriesExhausted.E", "failed 2 times", (held,)))
         rec = await store.get(oid)
     assert rec is not None
-    assert rec.status is (FileStatus.RECEIVED if redriven else FileStatus.DEAD)
+    assert rec.status is (FileStatus.RECEIVED if moved else FileStatus.DEAD)
+    assert rec.claim_owner is None and rec.claim_expires_at is None
+    if not moved:
+        assert (rec.last_error_class, rec.last_error) == ("E", "x")
+
+
+async def test_a_dead_letter_the_dlq_refused_ends_its_claim_failed_and_is_retried(
+    tmp_path: Path,
+) -> None:
+    """The message is retried: its record must be claimable at once (failed, the failure
+    counted), not held until the kept claim expires."""
+    oid = ObjectId("b", "k", "v1")
+    async with SqliteStateStore(tmp_path / "state.db") as store:
+        claim = await store.claim(oid, pipeline="p", owner="w", ttl_s=60)
+        p = PipelineSettings(name="p", bucket="b", queue="q", output="s3://o/")
+        acks = FakeDeletes()
+        fake: AckBatcher = acks  # type: ignore[assignment]
+        settler = Settler(
+            fake,
+            RecordingSqs(fail=True),
+            pipeline=p,
+            queue_url="q",
+            dlq_url="d",
+            worker_id="w",
+            store=store,
+        )
+        msg = ReceivedMessage("m", "h", "{}", 1, time.monotonic())
+        held = HeldClaim(oid, claim.token, "E", "x")
+        final = await settler.settle(msg, DeadLetter("E", "x", (held,)))
+        rec = await store.get(oid)
+        again = await store.claim(oid, pipeline="p", owner="w2", ttl_s=60)
+    assert isinstance(final, Retry) and len(acks.changes) == 1
+    assert rec is not None and rec.status is FileStatus.FAILED and rec.failures == 1, rec
+    assert again.outcome is ClaimOutcome.ACQUIRED
 
 
 class RecordingSqs:
