@@ -55,6 +55,7 @@ def _dead_lettered_once(harness: Harness) -> None:
         (rec,) = harness.records(key)
         assert rec.status is FileStatus.DEAD, rec
         assert rec.claim_owner is None and rec.claim_expires_at is None, rec
+        assert rec.failures >= 1, rec  # the failure that dead-lettered it counts
     assert harness.depth() == (0, 0)
     assert harness.depth(harness.dlq_url) == (0, len(KEYS))  # received above, not more
 

@@ -40,6 +40,9 @@ Plan = tuple[FileRecord, HistoryEntry] | None
 Decide = Callable[[FileRecord | None, float], tuple[R, Plan]]
 MAX_TEXT = 2000  # error messages and details are truncated to this many characters
 _FAILURES = frozenset({FileStatus.FAILED, FileStatus.DEAD, FileStatus.QUARANTINED})
+#: A finish that counts a failure: retried (failed), or the last one, dead-lettered
+#: (dead: the worker ends the claim it kept once the DLQ has the message).
+_COUNTED = frozenset({FileStatus.FAILED, FileStatus.DEAD})
 
 
 @overload
@@ -169,7 +172,7 @@ def plan_finish(rec: FileRecord | None, finish: Finish, now: float) -> Plan:
             rec.last_error_class if finish.error_class is None else finish.error_class
         ),
         last_error=rec.last_error if finish.error is None else clip(finish.error),
-        failures=rec.failures + (1 if status is FileStatus.FAILED else 0),
+        failures=rec.failures + (1 if status in _COUNTED else 0),
         claim_owner=None,
         claim_expires_at=None,
         timestamps=timestamps,

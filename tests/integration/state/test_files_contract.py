@@ -266,6 +266,23 @@ async def test_failures_count_retryable_failures_only(store: StateStore, clock: 
     assert released.failures == 0  # an operator's release gives a fresh budget
 
 
+@backends
+async def test_a_dead_finish_counts_its_failure(store: StateStore, clock: FakeClock) -> None:
+    """The worker ends a dead-lettered upload's claim dead once the DLQ has it: that last
+    failure counts, as a retried one does; a quarantine does not."""
+    c = await store.claim(oid(), pipeline="p", owner="w1", ttl_s=60)
+    await store.fail(oid(), token=c.token, status=FileStatus.DEAD, error_class="E", error="x")
+    rec = await store.get(oid())
+    assert rec is not None and rec.status is FileStatus.DEAD and rec.failures == 1, rec
+    other = oid(version="other")
+    c = await store.claim(other, pipeline="p", owner="w1", ttl_s=60)
+    await store.fail(
+        other, token=c.token, status=FileStatus.QUARANTINED, error_class="E", error="x"
+    )
+    rec = await store.get(other)
+    assert rec is not None and rec.failures == 0, rec
+
+
 @paged_backends
 async def test_versions_lists_every_upload_of_a_key(store: StateStore, clock: FakeClock) -> None:
     assert await store.versions(B, "k") == []

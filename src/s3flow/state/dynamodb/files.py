@@ -247,7 +247,7 @@ class FilesMixin(CountersMixin, FileLifecycleMixin):
         sets.append(f"{WID} = :wid")
         values[":wid"] = {"S": wid}
         adds = "ADD #rev :one"
-        if status is FileStatus.FAILED:  # as plan_finish: a retryable failure is counted
+        if status in (FileStatus.FAILED, FileStatus.DEAD):  # as plan_finish: counted
             adds += ", failures :one"
         try:
             resp = await self._api(
