@@ -51,12 +51,20 @@ async def run_object(
         reading_done=reading_done or (lambda: None),
     )
     try:
-        return await processor.process(ctx)
+        result = await processor.process(ctx)
     except (asyncio.CancelledError, S3flowError):
         raise
     except Exception as exc:
         log.exception("processor %s raised on %s", job.processor, job.source)
         raise ProcessorError(f"{type(exc).__name__}: {exc}".strip()) from exc
+    if not isinstance(result, Result):
+        # A processor's bug (a missing `return`): the same on every attempt, but the
+        # fix is a new release of it, so it is retried like any processor error.
+        raise ProcessorError(
+            f"processor {job.processor!r} returned {type(result).__name__}, not a Result: "
+            "process() must return s3flow.Result(outputs=[...])"
+        )
+    return result
 
 
 def check_runs_on(spec: str, executor: str) -> None:

@@ -614,10 +614,11 @@ class MessageHandler:
                 waited=attempt.msg.work_waited,
                 before_write=fence if fenced else None,
             )
-            done = await run if lost is None else await _unless(run, lost)
-            if done is None or (lost is not None and lost.is_set()):
+            result = await run if lost is None else await _unless(run, lost, event)
+            if lost is not None and lost.is_set():
                 return self._lost(event)
-            result = done
+            if not isinstance(result, Result):  # a stand-in executor's or a remote run's
+                raise ProcessorError(f"{rule.processor} gave {type(result).__name__}, no Result")
             if self.p.verify_outputs:
                 await verify_outputs(
                     self._s3, result.outputs, content_type=content_type, receipts=receipts
@@ -706,9 +707,9 @@ _LOST = (
 )
 
 
-async def _unless(run: Awaitable[Result], lost: asyncio.Event) -> Result | None:
-    """``run``'s result, or None when ``lost`` is set first (the run is then cancelled
-    and waited for, so that it writes nothing after this returns)."""
+async def _unless(run: Awaitable[Result], lost: asyncio.Event, event: ObjectEvent) -> Result:
+    """``run``'s result; HoldLostError when ``lost`` is set first (the run is then
+    cancelled and waited for, so that it writes nothing after this returns)."""
     task = asyncio.ensure_future(run)
     waiter = asyncio.ensure_future(lost.wait())
     try:
@@ -723,4 +724,4 @@ async def _unless(run: Awaitable[Result], lost: asyncio.Event) -> Result | None:
         return task.result()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    return None
+    raise HoldLostError(f"{event.uri()}: {_LOST}")

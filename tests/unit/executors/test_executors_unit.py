@@ -746,3 +746,26 @@ async def test_a_dead_childs_exit_code_is_waited_for() -> None:
     assert await _dying({gone.pid: proc}, wait_s=5) == {gone.pid: 7}
     never = Reaped()
     assert await _dying({gone.pid: never}, wait_s=0.05) == {gone.pid: None}
+
+
+async def test_a_processor_that_returns_no_result_is_a_processor_error() -> None:
+    """A missing `return` in a user's process(): `s3flow run` crashed with an
+    AttributeError and no JSON line, the pool said only "AssertionError:"."""
+    from s3flow.errors import ProcessorError
+    from s3flow.executors.base import ObjectJob
+    from s3flow.executors.one import run_object
+    from s3flow.processors.base import BaseProcessor, ProcessContext
+
+    class Forgets(BaseProcessor):
+        async def process(self, ctx: ProcessContext) -> Result:
+            return None  # type: ignore[return-value]
+
+    job = ObjectJob(
+        processor="mine:Forgets",
+        options={},
+        event=ObjectEvent(bucket="in", key="a.txt"),
+        output="s3://out/",
+        timeout_s=10,
+    )
+    with pytest.raises(ProcessorError, match="returned NoneType, not a Result"):
+        await run_object(Forgets({}), job, s3=None, sink=None)  # type: ignore[arg-type]

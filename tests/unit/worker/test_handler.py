@@ -502,3 +502,25 @@ async def test_a_run_whose_claim_is_lost_is_stopped_and_its_message_released(
         (rec,) = await db.versions("b", "k0.txt")
         assert rec.status is not FileStatus.COMPLETED and rec.failures == 0, rec
         assert handler.metrics.objects_processed == 0
+
+
+class _NoneExecutors:
+    """A processor that returns None instead of a Result (a user's mistake)."""
+
+    async def run(self, name: str, job: object, progress: object, **kw: object) -> object:
+        return None
+
+
+async def test_a_run_that_returns_no_result_is_a_failure_not_a_lost_claim(
+    tmp_path: Path,
+) -> None:
+    """None was taken for "the claim was lost": the message was released without a
+    failure, again and again, and never reached the DLQ."""
+    async with SqliteStateStore(tmp_path / "state.db") as db:
+        handler = _handler(_NoneExecutors(), store=db)  # type: ignore[arg-type]
+        body = json.loads(_three_records())
+        body["Records"] = body["Records"][:1]
+        outcome = await handler.handle(ReceivedMessage("m", "h", json.dumps(body), 1, 0.0))
+        assert isinstance(outcome, Retry), outcome
+        (rec,) = await db.versions("b", "k0.txt")
+        assert rec.status is FileStatus.FAILED and rec.failures == 1, rec
