@@ -233,7 +233,7 @@ def test_a_backfill_stopped_mid_batch_sends_what_it_marked(harness: Harness) -> 
     for key in keys:
         harness.put(key, b"1\n")
     harness.purge()
-    for key in keys:  # dead-lettered long ago: a plain backfill enqueues them again
+    for key in keys:  # dead-lettered long ago: a reprocess (forced) enqueues them again
         harness.end_record(key, _version(harness, key), FileStatus.DEAD)
 
     async def go() -> None:
@@ -247,7 +247,7 @@ def test_a_backfill_stopped_mid_batch_sends_what_it_marked(harness: Harness) -> 
 
             hooked = _Hooked(store, set_status=stop_now)
             with pytest.raises(asyncio.CancelledError):
-                await backfill(settings, settings.pipelines[0], store=hooked)  # type: ignore[arg-type]
+                await backfill(settings, settings.pipelines[0], store=hooked, force=True)  # type: ignore[arg-type]
 
     asyncio.run(go())
     assert _enqueued_keys(harness) == keys  # the marked batch went out whole
@@ -469,8 +469,10 @@ def test_a_release_whose_notification_cannot_be_sent_names_the_command_to_run_ag
         async with open_store(settings) as store:
             return await backfill(settings, settings.pipelines[0], store=store)
 
+    # The queue holds no message at all: a record saying received has none either, so
+    # a plain backfill enqueues it again (it skipped it as already queued, for ever).
     report = asyncio.run(plain_backfill())
-    assert (report.enqueued, report.already_queued) == (0, 1)
+    assert (report.enqueued, report.requeued, report.already_queued) == (1, 1, 0)
     assert _release(settings, "dir/q 1.txt") == [oid]  # the command the error named
     assert harness.run().pipelines["p"].objects_processed == 1
     assert [r.status for r in harness.records("dir/q 1.txt")] == [FileStatus.COMPLETED]
@@ -571,3 +573,104 @@ def test_a_release_in_a_versioned_bucket_processes_the_version_it_names(
     harness.s3.delete_object(Bucket=harness.bucket, Key="v.txt", VersionId=first["VersionId"])
     with pytest.raises(S3flowError, match="is an earlier upload whose bytes are gone"):
         _release(harness.settings, "v.txt", first["VersionId"])
+
+
+def test_a_record_left_processing_by_a_stopped_worker_is_released_once_its_claim_expired(
+    harness: Harness,
+) -> None:
+    """A worker killed holding a claim left its record processing: `files release`
+    refused it ("being processed right now by ...") and reprocess / backfill --force
+    counted it as busy, for ever, though its claim had long expired. An expired claim
+    is not busy; a live one is still left alone, saying when it expires."""
+    settings = harness.configure()
+    for key in ("a.txt", "b.txt", "live.txt"):
+        harness.put(key, b"1\n")
+    harness.purge()
+    oids = {k: ObjectId(harness.bucket, k, _version(harness, k)) for k in ("a.txt", "b.txt")}
+    live = ObjectId(harness.bucket, "live.txt", _version(harness, "live.txt"))
+
+    async def claim_all() -> dict[str, int]:
+        async with open_store(settings) as store:
+            assert store is not None
+            tokens = {}
+            for key, oid in oids.items():  # the worker that held these was killed
+                tokens[key] = (
+                    await store.claim(oid, pipeline="p", owner="vm-dead", ttl_s=0.5)
+                ).token
+            await store.claim(live, pipeline="p", owner="vm-live", ttl_s=600)
+            return tokens
+
+    tokens = asyncio.run(claim_all())
+    time.sleep(1)  # the dead worker's claims expire
+
+    with pytest.raises(S3flowError, match=r"right now by vm-live.*expires at .* UTC, in \d+ s"):
+        _release(settings, "live.txt")
+    assert _release(settings, "a.txt") == [oids["a.txt"]]
+
+    async def reprocess(keys: list[str]) -> Any:
+        async with open_store(settings) as store:
+            return await backfill(
+                settings, settings.pipelines[0], keys=keys, store=store, force=True
+            )
+
+    report = asyncio.run(reprocess(["b.txt", "live.txt"]))
+    assert (report.enqueued, report.busy) == (1, 1)
+    assert _enqueued_keys(harness) == ["a.txt", "b.txt"]
+    for key, oid in oids.items():
+        (rec,) = harness.records(key)
+        assert rec.status is FileStatus.RECEIVED and rec.claim_owner is None
+
+        async def stale(oid: ObjectId = oid, token: int = tokens[key]) -> bool:
+            async with open_store(settings) as store:
+                assert store is not None
+                return await store.complete(oid, token=token, outputs=[])
+
+        assert not asyncio.run(stale())  # the stopped worker's token is spent
+    (rec,) = harness.records("live.txt")
+    assert rec.status is FileStatus.PROCESSING and rec.claim_owner == "vm-live"
+
+
+def test_a_plain_backfill_leaves_dead_and_quarantined_records_and_counts_them(
+    harness: Harness,
+) -> None:
+    """Every plain backfill enqueued each dead-lettered object again (it failed again and
+    the DLQ grew by a copy per run), and counted quarantined ones as filtered."""
+    settings = harness.configure()
+    for key in ("dead.txt", "q.txt"):
+        harness.put(key, b"1\n")
+    harness.purge()
+    harness.end_record("dead.txt", _version(harness, "dead.txt"), FileStatus.DEAD)
+    _quarantine(harness, "q.txt")
+
+    async def plain_backfill() -> Any:
+        async with open_store(settings) as store:
+            return await backfill(settings, settings.pipelines[0], store=store)
+
+    report = asyncio.run(plain_backfill())
+    assert (report.enqueued, report.dead, report.quarantined, report.filtered) == (0, 1, 1, 0)
+    assert harness.depth() == (0, 0)
+    assert {r.status for r in harness.records()} == {FileStatus.DEAD, FileStatus.QUARANTINED}
+
+
+def test_records_left_received_with_no_message_are_enqueued_again(harness: Harness) -> None:
+    """A backfill killed between setting a batch's records to received and sending it, or
+    a purged queue, left records saying queued with no message: every later backfill
+    skipped them as already queued. While the queue holds no message at all, a plain
+    backfill enqueues them again; while it holds some, they are left as queued."""
+    settings = harness.configure()
+    keys = [f"k{i}.txt" for i in range(3)]
+    for key in keys:
+        harness.put(key, b"1\n")
+    harness.purge()
+
+    async def plain_backfill() -> Any:
+        async with open_store(settings) as store:
+            return await backfill(settings, settings.pipelines[0], store=store)
+
+    assert asyncio.run(plain_backfill()).enqueued == 3
+    again = asyncio.run(plain_backfill())  # the messages are there: queued
+    assert (again.enqueued, again.already_queued, again.requeued) == (0, 3, 0)
+    harness.purge()  # (or the run was killed before its send)
+    report = asyncio.run(plain_backfill())
+    assert (report.enqueued, report.already_queued, report.requeued) == (3, 0, 3)
+    assert _enqueued_keys(harness) == keys

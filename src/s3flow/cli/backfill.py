@@ -13,6 +13,7 @@ from s3flow.cli.common import (
     app,
     console,
     err_console,
+    exit_on_error,
     one_pipeline,
     settings_from,
     with_progress,
@@ -100,6 +101,7 @@ def _run_backfill(
 
     from s3flow.app import open_store
     from s3flow.ops.backfill import backfill as do_backfill
+    from s3flow.ops.backfill import listing_prefix
 
     since_dt = None
     if since:
@@ -114,9 +116,13 @@ def _run_backfill(
         if since_dt.tzinfo is None:
             since_dt = since_dt.replace(tzinfo=UTC)
 
-    async def go(progress: Progress) -> Any:
+    # A bad configuration, pipeline or --prefix is told before any progress bar is drawn.
+    with exit_on_error():
         settings = settings_from(config)
         p = one_pipeline(settings, pipeline)
+        listing_prefix(p, None if keys else prefix, command)
+
+    async def go(progress: Progress) -> Any:
         task = progress.add_task("listing and enqueueing", total=None)
         async with open_store(settings) as store:
             return await do_backfill(
@@ -139,26 +145,57 @@ def _run_backfill(
     try:
         r = with_progress(go)
     except KeyboardInterrupt:
-        # What was enqueued stays enqueued (running it again skips it: already queued).
         err_console.print(
             f"interrupted: listed {seen['listed']}, enqueued at least {seen['enqueued']} "
-            f"(a batch being sent may have gone too); run `s3flow {command}` again to go on: "
-            "what is already queued is not enqueued twice",
+            "(a batch being sent may have gone too); what was enqueued stays enqueued. "
+            + _go_on(command, force, p.name),
             highlight=False,
         )
         raise typer.Exit(130) from None
     busy = f", being processed now {r.busy}" if r.busy else ""
     older = f", modified before --since {r.older}" if since else ""
     retry = f", failed and awaiting their retry {r.awaiting_retry}" if r.awaiting_retry else ""
-    console.print(
-        f"listed {r.listed}: enqueued {r.enqueued}, already completed {r.already_done}, "
-        f"already queued {r.already_queued}{retry}, filtered {r.filtered}{older}{busy}"
+    dead = f", dead-lettered {r.dead}" if r.dead else ""
+    quarantined = f", quarantined {r.quarantined}" if r.quarantined else ""
+    requeued = (
+        f" ({r.requeued} said queued but the queue held no message: enqueued again)"
+        if r.requeued
+        else ""
     )
+    console.print(
+        f"listed {r.listed}: enqueued {r.enqueued}{requeued}, already completed "
+        f"{r.already_done}, already queued {r.already_queued}{retry}{dead}{quarantined}, "
+        f"filtered {r.filtered}{older}{busy}"
+    )
+    if r.dead or r.quarantined:
+        err_console.print(
+            f"{r.dead + r.quarantined} dead-lettered or quarantined file(s) were left as they "
+            f"are (a plain backfill does not send them again): `s3flow dlq redrive -p {p.name}` "
+            f"sends the dead-lettered ones back, `s3flow files release KEY -p {p.name}` or "
+            f"`s3flow reprocess -p {p.name} KEY...` any of them.",
+            highlight=False,
+        )
     if r.awaiting_retry:
         err_console.print(
-            f"{r.awaiting_retry} failed file(s) were left to their retry: their notification "
-            "comes back after its visibility timeout. If it is gone (`s3flow files --status "
+            f"{r.awaiting_retry} failed file(s) were left to their retry (or to the return "
+            "of the message a stopped worker held): their notification comes back after its "
+            "visibility timeout. If it is gone (`s3flow files --status "
             "failed` shows them still failed long after), `s3flow reprocess KEY...` sends "
             "them again.",
             highlight=False,
         )
+
+
+def _go_on(command: str, force: bool, pipeline: str) -> str:
+    """What to run after an interrupted ``command``: a plain backfill skips what it
+    queued; a forced one (reprocess) enqueues and resets every object again."""
+    if not force:
+        return (
+            f"Run `s3flow {command}` again to go on: what is already queued is not enqueued twice"
+        )
+    return (
+        f"Running `s3flow {command}` again starts over: it enqueues every object again, "
+        "those enqueued (or processed) since included. To go on with what is left, "
+        f"name those objects (`s3flow reprocess -p {pipeline} KEY...`) or a narrower "
+        "--prefix (objects are listed in key order)"
+    )

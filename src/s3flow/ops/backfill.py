@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -86,12 +87,39 @@ class BackfillReport:
     enqueued: int = 0
     already_done: int = 0
     already_queued: int = 0
-    #: Failed records left to their retry (their notification comes back); when it
-    #: is gone (a crash after the DLQ send, retention) ``reprocess`` sends them again.
+    #: Failed records left to their retry (their notification comes back), and
+    #: processing records whose claim expired (a worker stopped holding them: its
+    #: message comes back); when it is gone (a crash after the DLQ send, retention)
+    #: ``reprocess`` sends them again.
     awaiting_retry: int = 0
-    filtered: int = 0  # the pipeline's suffix / key_regex rejects them, or quarantined
+    filtered: int = 0  # the pipeline's suffix / key_regex rejects them (or folder markers)
     older: int = 0  # modified before ``since``
     busy: int = 0  # being processed right now (left alone, even with force)
+    #: Dead-lettered / quarantined records: a plain backfill leaves them (their DLQ
+    #: message is redriven, or they are released or reprocessed on purpose).
+    dead: int = 0
+    quarantined: int = 0
+    #: Of ``enqueued``: records that said received (queued) while the pipeline's queue
+    #: held no message at all (purged, or a run killed between its mark and its send).
+    requeued: int = 0
+
+
+def live_claim(record: FileRecord, now: float) -> bool:
+    """Whether ``record`` is being processed right now: ``processing`` under a claim that
+    has not expired. A claim left by a worker that died (SIGKILL, a lost machine) expires
+    after ``claim_ttl_s``: its record is not busy, and a worker takes it over too."""
+    if record.status is not FileStatus.PROCESSING:
+        return False
+    return record.claim_expires_at is None or record.claim_expires_at > now
+
+
+def claim_ends(record: FileRecord, now: float) -> str:
+    """When the live claim on ``record`` expires, for a message (``at 12:00:05 UTC, in 40 s``)."""
+    at = record.claim_expires_at
+    if at is None:
+        return "with no expiry recorded"
+    when = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"at {when}, in {max(0, round(at - now))} s"
 
 
 def current_upload_state(
@@ -166,6 +194,19 @@ def _refused_keys(p: PipelineSettings, route: Route, keys: list[str]) -> S3flowE
     )
 
 
+async def _holds_nothing(sqs: Any, url: str) -> bool:
+    """Whether the queue holds no message: none visible, in flight or delayed."""
+    names = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ]
+    with aws_errors(f"GetQueueAttributes {url}"):
+        got = await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)
+    attrs = got.get("Attributes") or {}
+    return all(int(attrs.get(n, 0)) == 0 for n in names)
+
+
 @dataclass
 class _Pending:
     """One notification of a batch, with what is done just before the batch is sent."""
@@ -175,6 +216,7 @@ class _Pending:
     mark: str | None  # set the record to received with this detail
     was: FileStatus | None  # the record's status when listed (None: no record yet)
     untag: bool  # remove the object's quarantine tags
+    token: int = 0  # was processing (its claim expired): the stopped claim's token
 
     @property
     def premark(self) -> bool:
@@ -198,10 +240,14 @@ async def backfill(
     """Enqueue notifications for existing objects whose current upload is not done yet.
 
     Safe to run twice: an object whose current upload is completed, or enqueued
-    by an earlier backfill and not yet processed (``received``), is skipped.
-    With ``force`` every listed object is enqueued again and its record reset,
-    so it is processed anew (``s3flow reprocess``); objects being processed
-    right now are left alone either way. ``keys`` names objects instead of
+    by an earlier backfill and not yet processed (``received``), is skipped, and so
+    are failed ones (their notification comes back) and dead-lettered or quarantined
+    ones (counted apart: `dlq redrive`, `files release` or `reprocess` process them
+    again). While the queue holds no message at all, ``received`` records have
+    none left either: they are enqueued again (``requeued``). With ``force`` every
+    listed object is enqueued again and its record reset, so it is processed anew
+    (``s3flow reprocess``); objects being processed right now (under a claim that
+    has not expired) are left alone either way. ``keys`` names objects instead of
     listing a prefix.
 
     Only objects the pipeline takes are enqueued (its prefix, suffix and
@@ -217,12 +263,22 @@ async def backfill(
     report = BackfillReport()
     async with open_clients(settings.aws) as clients:
         src = await queue_url(clients.sqs, p.queue, what=f"pipeline {p.name!r}")
+        # A queue that holds no message at all (none visible, in flight or delayed)
+        # holds none for the records that say received (queued): purged, or a run
+        # killed between setting a batch's records to received and sending it. Those
+        # are enqueued again (a duplicate, if the counts lag, is acknowledged as one).
+        queue_empty = store is not None and await _holds_nothing(clients.sqs, src)
+        requeued: set[str] = set()
         batch: list[_Pending] = []
 
         async def mark(item: _Pending) -> bool:
             """Set the item's record to received unless it changed since it was listed
             (a worker claimed or completed it meanwhile): then False, and it is left."""
             assert store is not None and item.mark is not None
+            if item.was is FileStatus.PROCESSING:  # its claim had expired when listed
+                # Fenced by that claim's token: a worker that took it over since holds
+                # a newer one and keeps it.
+                return await store.release(item.oid, token=item.token, detail=item.mark)
             try:
                 await store.set_status(
                     item.oid,
@@ -261,6 +317,7 @@ async def backfill(
                     resp = await clients.sqs.send_message_batch(QueueUrl=src, Entries=entries)
                     ok = {e["Id"] for e in resp.get("Successful") or []}
                     report.enqueued += len(ok)
+                    report.requeued += sum(batch[int(i)].oid.key in requeued for i in ok)
                     entries = [e for e in entries if e["Id"] not in ok]
                     if not entries:
                         break
@@ -308,37 +365,50 @@ async def backfill(
             if store is not None:
                 rec = current_upload_state(await store.versions(p.bucket, key), etag, modified)
                 status = rec.status if rec is not None else None
-                if status is FileStatus.PROCESSING:
+                if rec is not None and live_claim(rec, time.time()):
                     report.busy += 1
                     return
+                # (a processing record whose claim expired: its worker stopped)
                 if not force:
                     if status is FileStatus.COMPLETED:
                         report.already_done += 1
                         return
-                    if status is FileStatus.RECEIVED:
+                    if status is FileStatus.RECEIVED and not queue_empty:
                         report.already_queued += 1
                         return
-                    if status is FileStatus.FAILED:
+                    if status in (FileStatus.FAILED, FileStatus.PROCESSING):
                         # its notification comes back for the next try: a new one
                         # would reset its failure budget (never reaching the DLQ)
                         report.awaiting_retry += 1
                         return
-                    if status is FileStatus.QUARANTINED:
-                        report.filtered += 1
+                    if status is FileStatus.DEAD:
+                        # its message is in the DLQ (`dlq redrive`): enqueued on every
+                        # run, it failed and was dead-lettered again, copy after copy
+                        report.dead += 1
                         return
+                    if status is FileStatus.QUARANTINED:
+                        report.quarantined += 1
+                        return
+                if status is FileStatus.RECEIVED and queue_empty:
+                    requeued.add(key)  # said queued, and no message was left
                 # Untagged in flush, with the batch that sends its notification.
                 quarantined = rec is not None and rec.status is FileStatus.QUARANTINED
             # The worker identifies a backfilled upload by (eTag, LastModified): that
             # record is the one it will claim, so it must not say "done" (set in flush).
             mark: str | None = None
             was: FileStatus | None = None
+            token = 0
             if store is not None:
                 current = await store.get(oid)
+                if current is not None and live_claim(current, time.time()):
+                    report.busy += 1  # (claimed since it was listed)
+                    return
                 was = current.status if current is not None else None
+                token = current.fencing_token if current is not None else 0
                 if was is not FileStatus.RECEIVED:
                     mark = "reprocess" if force else "backfill"
             body = s3_notification_body(p.bucket, key, size, etag, settings.aws.region)
-            batch.append(_Pending(oid, body, mark, was, quarantined))
+            batch.append(_Pending(oid, body, mark, was, quarantined, token))
             if len(batch) == 10:
                 await flush()
             on_progress(report.listed, report.enqueued)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import shlex
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ from s3flow.app import queue_url
 from s3flow.aws import open_clients
 from s3flow.errors import ObjectMissingError, S3flowError, translate_aws_error
 from s3flow.events import ObjectEvent, content_version
-from s3flow.ops.backfill import s3_notification_body
+from s3flow.ops.backfill import claim_ends, live_claim, s3_notification_body
 from s3flow.processors.registry import processor_class
 from s3flow.quarantine import untag
 from s3flow.routing import Route
@@ -44,8 +45,8 @@ def _unsent(
         f"files release: s3://{p.bucket}/{key} was not enqueued for pipeline {p.name!r}: "
         f"{str(exc).rstrip('.')}. Its quarantine tags may be removed and its records may "
         "say received, yet no notification is queued for it (a plain `s3flow backfill` "
-        "skips it as already queued): once the queue is reachable (`s3flow provision` "
-        f"creates a missing one), run {_again(p, key, version)}"
+        "skips it as already queued while its queue holds any message): once the queue "
+        f"is reachable (`s3flow provision` creates a missing one), run {_again(p, key, version)}"
     )
 
 
@@ -148,7 +149,8 @@ async def release(
     """Release ``key`` whatever its state: untag if quarantined, reset, enqueue again.
 
     Every recorded upload (or only ``version``) whose bytes the bucket still holds and
-    that is not being processed right now goes back to ``received``, and gets a
+    that is not being processed right now (a ``processing`` record whose claim expired
+    was left by a worker that stopped: it is released) goes back to ``received``, and gets a
     notification with its own identity, so the worker claims that very record: the
     current upload, and in a versioned bucket any version still there. Records of
     earlier uploads whose bytes were replaced are left as they are (``version`` naming
@@ -198,12 +200,17 @@ async def release(
         if version is not None and None in reached:
             raise _replaced(p, key, version, current)
         targets = [t for t in reached if t is not None]
-        busy = [t.record for t in targets if t.record.status is FileStatus.PROCESSING]
-        targets = [t for t in targets if t.record.status is not FileStatus.PROCESSING]
+        # A processing record whose claim expired was left by a worker that stopped
+        # (killed, its machine lost): nothing is processing it, so it is released.
+        now = time.time()
+        busy = [t.record for t in targets if live_claim(t.record, now)]
+        targets = [t for t in targets if not live_claim(t.record, now)]
         if busy and not targets:
             raise S3flowError(
                 f"s3://{p.bucket}/{key} is being processed right now by "
-                f"{busy[0].claim_owner}; release it once that attempt ends"
+                f"{busy[0].claim_owner}; release it once that attempt ends (its claim "
+                f"expires {claim_ends(busy[0], now)}: if that worker stopped, a release "
+                "after then takes the object from it)"
             )
         bodies = [t.body for t in targets] or [
             s3_notification_body(p.bucket, key, int(head.get("ContentLength", 0)), etag, region)
@@ -226,7 +233,17 @@ async def release(
             step = "setting its records to received"
             released = []
             for t in targets:
-                if t.record.status is not FileStatus.RECEIVED:
+                if t.record.status is FileStatus.PROCESSING:  # its claim expired
+                    # Fenced by the stopped worker's token: a worker that took the
+                    # claim over meanwhile holds a newer one, and keeps it.
+                    if not await store.release(
+                        t.record.id,
+                        token=t.record.fencing_token,
+                        detail=f"released by an operator (the claim of "
+                        f"{t.record.claim_owner} had expired)",
+                    ):
+                        continue  # a worker claimed it meanwhile: it is processed now
+                elif t.record.status is not FileStatus.RECEIVED:
                     try:
                         await store.set_status(
                             t.record.id,

@@ -107,8 +107,9 @@ class FileStore(Protocol):
         """processing -> failed | dead | quarantined (fenced), recording the error."""
         ...
 
-    async def release(self, oid: ObjectId, *, token: int) -> bool:
-        """processing -> received, claim cleared (shutdown). False if stale."""
+    async def release(self, oid: ObjectId, *, token: int, detail: str = "released") -> bool:
+        """processing -> received, claim cleared (shutdown; an operator's release of a
+        claim that expired, ``detail`` in its history). False if the token is stale."""
         ...
 
     async def set_status(

@@ -398,9 +398,9 @@ class FileLifecycleMixin:
             ),
         )
 
-    async def release(self, oid: ObjectId, *, token: int) -> bool:
+    async def release(self, oid: ObjectId, *, token: int, detail: str = "released") -> bool:
         """processing -> received, claim cleared (shutdown). False if stale."""
-        return await self._finish(oid, Finish(token, FileStatus.RECEIVED, detail="released"))
+        return await self._finish(oid, Finish(token, FileStatus.RECEIVED, detail=detail))
 
     async def set_status(
         self,
