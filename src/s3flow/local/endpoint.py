@@ -334,6 +334,36 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def listens(pid: int, port: int) -> bool | None:
+    """Whether process ``pid`` holds a socket listening on TCP ``port`` (Linux: read
+    from /proc); None when this cannot be told (another system, /proc unreadable)."""
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue  # closed meanwhile
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+        listening = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as lines:
+                next(lines, None)  # the heading
+                for line in lines:
+                    fields = line.split()
+                    # local_address is HEXIP:HEXPORT; state 0A is LISTEN
+                    if (
+                        len(fields) > 9
+                        and fields[3] == "0A"
+                        and int(fields[1].rsplit(":", 1)[1], 16) == port
+                    ):
+                        listening.add(fields[9])
+    except OSError:
+        return None
+    return bool(inodes & listening)
+
+
 def connect_host(host: str) -> str:
     """The host a client on this machine connects to for a server bound to ``host``.
 
@@ -446,6 +476,11 @@ class LocalEndpoint(OwnedServer):
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                with contextlib.suppress(OSError):
+                    if port_in_use(self.host, self.port):  # taken since start() checked
+                        raise LocalEndpointError(
+                            f"port {self.port} on {self.host} is in use: choose another with --port"
+                        )
                 raise LocalEndpointError(
                     f"moto server exited at start with code {self._proc.returncode} "
                     f"(port {self.port} in use?)"
@@ -456,8 +491,14 @@ class LocalEndpoint(OwnedServer):
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
                 continue
-            # Ready only if the answer can be this child's: it must still be alive (a
-            # server that lost the port exits; the answer then came from another one).
+            # Ready only if the answer is this child's. Another server that took the port
+            # between the check in start() and the child's bind (two `s3flow local
+            # --port P` started together) answers too, while the child, still importing
+            # moto, has yet to fail its bind: the listening socket must be the child's.
+            owned = listens(self._proc.pid, self.port)
+            if owned is False:
+                time.sleep(0.05)
+                continue  # not bound yet, or never will be (it exits: told above)
             time.sleep(0.1)
             if self._proc.poll() is None:
                 return

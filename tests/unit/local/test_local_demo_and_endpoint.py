@@ -60,6 +60,24 @@ def test_s3flow_local_on_a_busy_port_fails_with_one_line(busy_port: int) -> None
     assert len(lines) == 1 and "in use" in lines[0] and "--port" in lines[0], out
 
 
+def test_a_port_taken_after_the_check_is_in_use_not_the_childs_endpoint(
+    busy_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `s3flow local --port P` started together both found P free; the second took
+    the first's server for its own (it answered while its child, still importing moto,
+    had yet to fail its bind), said "running", then "exited unexpectedly"."""
+    checks = iter([False])  # the check in start() ran before the other server bound P
+    real = ep.port_in_use
+    monkeypatch.setattr(ep, "port_in_use", lambda h, p: next(checks, real(h, p)))
+    endpoint = ep.LocalEndpoint("127.0.0.1", busy_port, start_timeout_s=60)
+    try:
+        with pytest.raises(ep.LocalEndpointError, match=rf"port {busy_port} .*in use.*--port"):
+            endpoint.start()
+    finally:
+        endpoint.stop()
+    assert endpoint.pid is None
+
+
 def test_port_in_use_is_false_for_a_free_port() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
