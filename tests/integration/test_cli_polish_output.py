@@ -142,6 +142,9 @@ def test_reprocess_prefix_outside_the_pipeline_names_reprocess(harness: Harness)
     assert "backfill" not in run.stderr
     assert back.returncode == 2, back.stdout + back.stderr
     assert "error: backfill: --prefix 'zzz/' is outside" in _flat(back.stderr)
+    # Refused before anything is listed: no progress bar is drawn first.
+    assert "listing" not in back.stderr and "━" not in back.stderr, back.stderr
+    assert _flat(back.stderr).startswith("error: backfill: --prefix"), back.stderr
 
 
 def test_reprocess_of_a_missing_key_enqueues_nothing_and_says_so(harness: Harness) -> None:

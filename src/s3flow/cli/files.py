@@ -124,7 +124,7 @@ def files_list(
         following = with_store(
             settings, lambda store: _stream_json(page, store, limit, after, check), read_only=True
         )
-        _next_page(config, st, pipeline, key_prefix, limit, following)
+        _next_page(config, st, pipeline, key_prefix, limit, following, as_json=True)
         return
     rows, following = with_store(settings, lambda store: page(store, limit, after), read_only=True)
     with exit_on_error():
@@ -199,8 +199,11 @@ def _next_page(
     key_prefix: str | None,
     limit: int,
     following: FileCursor | None,
+    *,
+    as_json: bool = False,
 ) -> None:
-    """Print (on stderr) the command that lists the page after this one, if any."""
+    """Print (on stderr) the command that lists the page after this one, if any (with
+    ``--json`` when this page was JSON)."""
     if following is None:
         return
     again = f" -c {shlex.quote(str(config))}" if config else ""
@@ -208,6 +211,7 @@ def _next_page(
     again += f" --pipeline {shlex.quote(pipeline)}" if pipeline else ""
     again += f" --key-prefix {shlex.quote(key_prefix)}" if key_prefix else ""
     again += f" --limit {limit}" if limit != _DEFAULT_LIMIT else ""
+    again += " --json" if as_json else ""
     err_console.print(
         f"more may match: s3flow files{again} --cursor {following.token()}",
         markup=False,

@@ -116,7 +116,9 @@ def test_the_printed_cursor_pages_through_every_record_once_in_order(
             break
         # The command to run for the next page, as printed.
         said = " ".join(done.stderr.split())
-        assert f"more may match: s3flow files -c {config} --limit 1000 --cursor" in said
+        # (--json kept: the next page of a JSON listing is JSON too)
+        more = "--limit 1000 --json --cursor" if json_out else "--limit 1000 --cursor"
+        assert f"more may match: s3flow files -c {config} {more}" in said
         if not json_out:
             assert "the first 1000; more may match" in " ".join(done.stdout.split())
     assert pages == 3
