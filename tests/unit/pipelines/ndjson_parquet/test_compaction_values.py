@@ -286,6 +286,36 @@ def test_slow_path_keeps_the_order_of_first_appearance(tmp_path: Path) -> None:
     assert table.column("a").to_pylist() == ["1", "t", "2"]
 
 
+# --- lists whose first value is null ------------------------------------------------------
+
+NULL_FIRST = [
+    pytest.param([{"a": [None, 1]}], id="int"),
+    pytest.param([{"a": [None, "x"]}], id="string"),
+    pytest.param([{"a": [None, None]}], id="null"),
+    pytest.param([{"a": [[None, None]]}], id="list-of-null"),
+    pytest.param([{"b": {"a": [None, 1]}}], id="in-object"),
+    pytest.param([{"a": [None, {"x": 1}]}], id="object-item"),
+    pytest.param([{"a": []}, {"a": [None, 1]}, {"a": None}, {"a": [None, None, 3]}], id="rows"),
+]
+
+
+@pytest.mark.parametrize("unit_mb", [64, TINY_UNITS], ids=["in-memory", "scratch-units"])
+@pytest.mark.parametrize("slow", [False, True], ids=["fast-path", "slow-path"])
+@pytest.mark.parametrize("rows", NULL_FIRST)
+def test_a_list_whose_first_value_is_null_keeps_its_values(
+    tmp_path: Path, rows: list[Any], slow: bool, unit_mb: float
+) -> None:
+    """pyarrow's JSON reader returned an invalid table for such a list (no error; the
+    null dropped, the offsets past the values): the whole manifest then failed, on
+    every retry, naming no file. The rows are kept, read back as they were written."""
+    data = _lines(rows) + (_lines([{"id": 1}, {"id": "two"}]) if slow else b"")
+    report, table = _compact(tmp_path, [data], {"unit_mb": unit_mb})
+    assert report.malformed_lines == 0
+    assert table is not None
+    kept = [{k: v for k, v in r.items() if k in rows[0]} for r in table.to_pylist()]
+    assert kept[: len(rows)] == [{**{k: None for k in rows[0]}, **r} for r in rows]
+
+
 # --- nesting deeper than Arrow's IPC files hold -------------------------------------------
 
 

@@ -267,7 +267,7 @@ _HINTS_MAX = 16
 _ARROW_ERRORS = (pa.ArrowException, UnicodeDecodeError, RecursionError)
 
 
-def _read(src: Any, schema: pa.Schema | None, block: int) -> pa.Table:
+def _read_json(src: Any, schema: pa.Schema | None, block: int) -> pa.Table:
     if schema is None:
         po = pj.ParseOptions()
     else:
@@ -276,6 +276,40 @@ def _read(src: Any, schema: pa.Schema | None, block: int) -> pa.Table:
     if isinstance(src, bytes):
         src = pa.BufferReader(src)
     return pj.read_json(src, read_options=ro, parse_options=po)
+
+
+def _read(src: Any, schema: pa.Schema | None, block: int) -> pa.Table:
+    """pyarrow's read, checked: an invalid table is read again with its own schema.
+
+    pyarrow (26) returns an invalid table, without an error, for a list whose first
+    value is null while the list's item type is not known yet (``[null, 1]``,
+    ``[null, "x"]``, ``[null, null]``, ``[[null]]``): the null is dropped from the
+    values and the offsets span more values than there are; writing it fails the
+    manifest. ``validate()`` (not ``full``: it checks the offsets' ends, per column,
+    not per value) finds that. Read with the inferred schema given, the types are
+    known from the start and the nulls kept, except in a column of type null: its
+    nulls are read as booleans (all null) and cast back. A table still invalid
+    raises ArrowInvalid, as a read pyarrow refuses: the slow path reads the lines.
+    """
+    table = _read_json(src, schema, block)
+    try:
+        table.validate()
+    except pa.ArrowInvalid:
+        explicit = pa.schema([f.with_type(_no_null_type(f.type)) for f in table.schema])
+        table = cast_table(_read_json(src, explicit, block), table.schema)
+        table.validate()
+    return table
+
+
+def _no_null_type(t: pa.DataType) -> pa.DataType:
+    """``t`` with type null (at any depth) as bool."""
+    if pa.types.is_null(t):
+        return pa.bool_()
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_no_null_type(f.type)) for f in t])
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_no_null_type(t.value_type)))
+    return t
 
 
 def _read_fixed(src: Any, schema: pa.Schema | None, block: int) -> pa.Table:

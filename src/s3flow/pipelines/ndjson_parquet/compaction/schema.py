@@ -269,6 +269,8 @@ def cast_array(arr: pa.Array, target: pa.DataType) -> pa.Array:
         return arr
     if pa.types.is_null(src):
         return pa.nulls(len(arr), type=target)
+    if pa.types.is_null(target):  # values read as another type where all are null
+        return pa.nulls(len(arr))
     if pa.types.is_string(target):
         if _is_nested(src):
             return _to_json_text(arr)
