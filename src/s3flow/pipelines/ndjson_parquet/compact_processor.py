@@ -7,7 +7,8 @@ See :mod:`s3flow.pipelines.ndjson_parquet.compaction` and docs/pipelines/compact
 
 Errors: a manifest that is not a manifest, or malformed lines under
 ``malformed_lines = "fail"`` are permanent (the manifest is dead-lettered with
-the reason); S3 and worker-process failures are retryable. A listed file that
+the reason), and so is pyarrow refusing the data in a worker process
+(``ArrowInvalid``...); S3 and other worker-process failures are retryable. A listed file that
 is gone or changed since sealing is left out (``superseded``), unless an earlier
 run already wrote the manifest's parts or every file is gone: then that is
 permanent too. The manifest's record in the state store (when it

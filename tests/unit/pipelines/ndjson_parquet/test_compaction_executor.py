@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from s3flow.errors import Disposition, RetryableError, S3flowError
@@ -145,3 +146,34 @@ def test_an_unexpected_error_of_a_files_scan_names_the_file() -> None:
     assert err.message == "s3://b/raw/a.ndjson: ValueError: Max recursion depth reached"
     other = capture(scan)(SimpleNamespace())  # a task of no one file
     assert other.message == "ValueError: Max recursion depth reached"
+
+
+@pytest.mark.parametrize(
+    ("exc", "disposition"),
+    [
+        (pa.ArrowInvalid("Length spanned by list offsets (2) larger than values array"), "p"),
+        (pa.ArrowTypeError("cannot cast"), "p"),
+        (pa.ArrowNotImplementedError("Unsupported cast"), "p"),
+        (pa.ArrowMemoryError("malloc failed"), "r"),
+        (OSError("No space left on device"), "r"),
+    ],
+)
+def test_pyarrow_refusing_the_data_fails_the_task_for_good(
+    exc: Exception, disposition: str
+) -> None:
+    """An invalid table failed its manifest as a retryable error: every retry failed
+    the same way until the queue dead-lettered it. pyarrow refusing the data is
+    permanent; its memory and I/O errors may pass and stay retryable."""
+    from types import SimpleNamespace
+
+    from s3flow.pipelines.ndjson_parquet.compaction.manifest import InputFile
+    from s3flow.pipelines.ndjson_parquet.compaction.tasks import TaskError, capture
+
+    def scan(task: object) -> None:
+        raise exc
+
+    err = capture(scan)(SimpleNamespace(file=InputFile("b", "raw/a.ndjson")))
+    assert isinstance(err, TaskError)
+    want = Disposition.PERMANENT if disposition == "p" else Disposition.RETRYABLE
+    assert err.disposition == want.value
+    assert err.message.startswith(f"s3://b/raw/a.ndjson: {type(exc).__name__}: ")

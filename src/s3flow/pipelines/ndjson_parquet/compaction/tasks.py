@@ -238,11 +238,17 @@ class _Captured:
         except Exception as exc:  # anything else: retryable, with its type in the message
             file = getattr(task, "file", None)  # a file's scan: which file
             where = f"{file.uri()}: " if isinstance(file, InputFile) else ""
+            # pyarrow refusing the data (invalid, a type it cannot take) refuses it again
+            # on every retry: permanent. Its I/O and memory errors may pass: retryable.
+            deterministic = isinstance(exc, _ARROW_DATA_ERRORS)
             return TaskError(
-                "ProcessorError",
+                type(exc).__name__ if deterministic else "ProcessorError",
                 f"{where}{type(exc).__name__}: {exc}",
-                Disposition.RETRYABLE.value,
+                (Disposition.PERMANENT if deterministic else Disposition.RETRYABLE).value,
             )
+
+
+_ARROW_DATA_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 
 
 class RemoteError(S3flowError):
