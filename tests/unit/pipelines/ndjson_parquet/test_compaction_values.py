@@ -358,6 +358,29 @@ def test_a_record_nested_too_deeply_quarantines_the_file_when_asked(tmp_path: Pa
     assert table is not None and table.column("id").to_pylist() == [2]
 
 
+@pytest.mark.parametrize("unit_mb", [64, TINY_UNITS], ids=["in-memory", "scratch-units"])
+@pytest.mark.parametrize(
+    ("leaf", "most"), [("1", 49), ("null", 49), ("[]", 48), ("{}", 48), ('{"k":[1]}', 47)]
+)
+def test_arrays_nested_past_parquets_schema_depth_are_a_malformed_line(
+    tmp_path: Path, leaf: str, most: int, unit_mb: float
+) -> None:
+    """Parquet stores an array as two schema levels (an object as one) and its readers
+    stop at 100: 50 arrays in arrays (within the 60 levels allowed) made a part its own
+    read refused, failing the whole manifest. As many as fit are compacted; one more
+    array is a malformed line."""
+
+    def deep(n: int, i: int) -> bytes:
+        return f'{{"id":{i},"x":{"[" * n}{leaf}{"]" * n}}}\n'.encode()
+
+    data = deep(most, 1) + deep(most + 1, 2) + deep(55, 3)
+    report, table = _compact(tmp_path, [data + _lines([{"id": 4}])], {"unit_mb": unit_mb})
+    assert report.malformed_lines == 2, report.malformed_samples
+    assert report.malformed_samples[0].startswith("s3://b/f0.ndjson line 2: arrays and objects")
+    assert "(at most 98" in report.malformed_samples[0]
+    assert table is not None and table.column("id").to_pylist() == [1, 4]
+
+
 # --- a UTF-8 BOM -------------------------------------------------------------------------
 
 # The second file's type change sends its unit the slow way (every line through ``json``).

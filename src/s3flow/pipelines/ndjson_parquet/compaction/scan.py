@@ -68,6 +68,12 @@ _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}\n")
 #: files between the two stages) stops at 64 ("Max recursion depth reached"), so a
 #: deeper record failed its whole manifest, on every retry; it is a malformed line.
 MAX_NESTING = 60
+#: Most levels of a field's Parquet schema: Parquet readers stop at 100 levels of a
+#: schema ("Parquet schema too deeply nested", pyarrow, with the root and the value's
+#: own), and Parquet stores an array as two levels (the list and its repeated group),
+#: an object as one: 49 arrays in arrays, or 98 objects. A deeper record made a part
+#: that its own read back refused, failing the manifest: it is a malformed line.
+MAX_PARQUET_LEVELS = 98
 
 
 # --- reading input --------------------------------------------------------------
@@ -364,7 +370,7 @@ def _parse_unit(task: FileTask, unit: _Unit) -> _Parsed:
         # pyarrow read an integer beyond int64 as a double (losing digits, and
         # widening every integer of its column): such a value is kept as text.
         return _parse_slowly(task, unit)
-    if max((_type_nesting(f.type) for f in table.schema), default=0) > MAX_NESTING:
+    if any(_too_deep_type(f.type) for f in table.schema):
         return _parse_slowly(task, unit)  # finds the lines nested too deeply
     _remember_hint(task, table)
     return _Parsed(table)
@@ -505,7 +511,7 @@ def _first_record(unit: _Unit) -> Any:
             except (ValueError, RecursionError):
                 return None
             # too deep: its lines go the slow way (and a hint's check need not recurse)
-            return first if isinstance(first, dict) and _nesting(first) <= MAX_NESTING else None
+            return first if isinstance(first, dict) and _too_deep_record(first) is None else None
     return None
 
 
@@ -686,8 +692,8 @@ def _parse_slowly(task: FileTask, unit: _Unit) -> _Parsed:
         else:
             if not isinstance(value, dict):
                 reason = f"a JSON {type(value).__name__}, not an object"
-            elif (levels := _nesting(value)) > MAX_NESTING:
-                reason = _too_deep(str(levels))
+            else:
+                reason = _too_deep_record(value)
         if reason is not None:
             if _malformed(task, parsed, line_no, reason):
                 return parsed
@@ -815,29 +821,52 @@ def _too_deep(levels: str) -> str:
     return f"objects and arrays nested {levels} levels deep (at most {MAX_NESTING})"
 
 
-def _nesting(record: dict[str, Any]) -> int:
-    """The most levels of objects and arrays inside one of ``record``'s fields."""
-    deepest = 0
-    stack = [(v, 1) for v in record.values() if isinstance(v, dict | list)]
+def _too_deep_record(record: dict[str, Any]) -> str | None:
+    """Why ``record`` nests too deeply for Arrow's files or Parquet's schema, or None."""
+    levels, parquet = _nesting(record)
+    if levels > MAX_NESTING:
+        return _too_deep(str(levels))
+    if parquet > MAX_PARQUET_LEVELS:
+        return (
+            f"arrays and objects nested {parquet} Parquet levels deep, an array counting "
+            f"two (at most {MAX_PARQUET_LEVELS}: 49 arrays in arrays)"
+        )
+    return None
+
+
+def _nesting(record: dict[str, Any]) -> tuple[int, int]:
+    """The most levels of objects and arrays inside one of ``record``'s fields, and the
+    most Parquet schema levels (an array counts two, an object one)."""
+    deepest = deepest_parquet = 0
+    stack = [
+        (v, 1, 2 if type(v) is list else 1) for v in record.values() if isinstance(v, dict | list)
+    ]
     while stack:
-        value, level = stack.pop()
+        value, level, parquet = stack.pop()
         deepest = max(deepest, level)
+        deepest_parquet = max(deepest_parquet, parquet)
         inner = value.values() if isinstance(value, dict) else value
-        stack.extend((v, level + 1) for v in inner if isinstance(v, dict | list))
-    return deepest
+        stack.extend(
+            (v, level + 1, parquet + (2 if type(v) is list else 1))
+            for v in inner
+            if isinstance(v, dict | list)
+        )
+    return deepest, deepest_parquet
 
 
-def _type_nesting(t: pa.DataType) -> int:
-    """Levels of structs and lists in Arrow type ``t`` (as :func:`_nesting` counts)."""
-    deepest, stack = 0, [(t, 0)]
+def _too_deep_type(t: pa.DataType) -> bool:
+    """Whether Arrow type ``t`` nests more than :func:`_too_deep_record` allows."""
+    stack = [(t, 0, 0)]
     while stack:
-        t, level = stack.pop()
-        deepest = max(deepest, level)
-        if pa.types.is_struct(t):
-            stack.extend((t.field(i).type, level + 1) for i in range(t.num_fields))
+        t, level, parquet = stack.pop()
+        if level > MAX_NESTING or parquet > MAX_PARQUET_LEVELS:
+            return True
+        if pa.types.is_struct(t):  # ``{}``, no fields, counts as one more level too
+            kids = [t.field(i).type for i in range(t.num_fields)] or [pa.null()]
+            stack.extend((kid, level + 1, parquet + 1) for kid in kids)
         elif pa.types.is_list(t) or pa.types.is_large_list(t):
-            stack.append((t.value_type, level + 1))
-    return deepest
+            stack.append((t.value_type, level + 1, parquet + 2))
+    return False
 
 
 def _malformed(task: FileTask, parsed: _Parsed, line_no: int, reason: str) -> bool:
