@@ -25,15 +25,17 @@ seal`` forces a seal by hand.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import json
 import logging
 import re
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, NonNegativeInt, PositiveFloat, field_validator
 
-from s3flow.errors import ConfigError, CorruptDataError, InvalidInputError
+from s3flow.errors import ConfigError, CorruptDataError, InvalidInputError, TooLargeError
 from s3flow.events import content_part
 from s3flow.pipelines.ndjson_parquet.manifests import (
     DATASET_RE,
@@ -120,7 +122,12 @@ class NdjsonManifestOptions(ByteRangeChecked):
         ),
     )
     first_record_max_bytes: int = Field(
-        default=1_048_576, ge=64, description="Longest first line read to validate it."
+        default=1_048_576,
+        ge=64,
+        description=(
+            "Longest first line read to validate it; also the most blank lines and "
+            "whitespace skipped before it (beyond, the file has no record)."
+        ),
     )
 
     @field_validator("dataset")
@@ -314,29 +321,46 @@ class NdjsonManifestProcessor(OptionsProcessor[NdjsonManifestOptions]):
             )
 
     async def _first_record(self, ctx: ProcessContext) -> tuple[dict[str, Any], Any]:
-        """The first non-empty line parsed as a JSON object, and the object's info."""
+        """The first non-empty line parsed as a JSON object, and the object's info.
+
+        Blank lines and whitespace before it are skipped as they come, not kept: more
+        than ``first_record_max_bytes`` of them is a file with no record (a file of
+        hundreds of MB of line feeds took memory for all of them, and time for their
+        square). A UTF-8 BOM is dropped at the very start of the file only, as the
+        compaction drops it (before any blank line: ``BOM LF {...}`` is fine).
+        """
         limit = self.opts.first_record_max_bytes
         reader = await ctx.open()
-        buf = b""
+        line = bytearray()  # the first record's bytes so far
+        blank = 0  # whitespace bytes before it
         try:
             self._check_size(reader.info.size if ctx.event.size is None else None)
             try:
-                async for chunk in reader:
-                    buf += chunk
-                    stripped = buf.lstrip()
-                    if b"\n" in stripped or len(stripped) > limit:
+                async for chunk in _without_bom(reader):
+                    if not line:
+                        stripped = chunk.lstrip()
+                        blank += len(chunk) - len(stripped)
+                        if blank > limit:
+                            raise InvalidNdjsonError(
+                                f"no record: more than {limit} bytes of blank lines or "
+                                "whitespace at the start (first_record_max_bytes)"
+                            )
+                        chunk = stripped
+                    end = chunk.find(b"\n")
+                    line += chunk if end < 0 else chunk[:end]
+                    if end >= 0 or len(line) > limit:
                         break
-            except CorruptDataError as exc:
+            except (CorruptDataError, TooLargeError) as exc:
                 raise InvalidNdjsonError(f"not readable: {exc}") from exc
         finally:
             reader.close()
-        line = buf.lstrip().split(b"\n", 1)[0].strip()
-        if not line:
+        first = bytes(line).strip()
+        if not first:
             raise InvalidNdjsonError("no record: the file is empty or blank")
-        if len(line) > limit:
+        if len(first) > limit:
             raise InvalidNdjsonError(f"first record is longer than {limit} bytes")
         try:
-            text = line.decode("utf-8-sig")
+            text = first.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidNdjsonError(
                 f"not readable: first record is not UTF-8 (byte {exc.start}: {exc.reason})"
@@ -400,3 +424,19 @@ class NdjsonManifestProcessor(OptionsProcessor[NdjsonManifestOptions]):
                 "sealed": [m.manifest_id for m in sealed],
             },
         )
+
+
+async def _without_bom(reader: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """``reader``'s chunks without a UTF-8 BOM at the very start."""
+    head = b""
+    started = False
+    async for chunk in reader:
+        if started:
+            yield chunk
+            continue
+        head += chunk
+        if len(head) >= len(codecs.BOM_UTF8):
+            started = True
+            yield head.removeprefix(codecs.BOM_UTF8)
+    if not started and head:
+        yield head

@@ -11,6 +11,7 @@ import pytest
 
 from s3flow.errors import ConfigError
 from s3flow.pipelines.ndjson_parquet.manifest_processor import (
+    InvalidNdjsonError,
     NdjsonManifestOptions,
     NdjsonManifestProcessor,
 )
@@ -289,3 +290,86 @@ async def test_a_sealing_pass_cancelled_while_taking_the_lock_releases_it() -> N
         ("acquire_lock", "manifests:events", "w1"),
         ("release_lock", "manifests:events", "w1", 4),
     ]
+
+
+# --- the first record ------------------------------------------------------------------
+
+
+class _Body:
+    """A GetObject body: ``data`` read in ``chunk``-sized pieces; counts the bytes read."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    async def read(self, n: int) -> bytes:
+        piece = self.data[self.at : self.at + n]
+        self.at += len(piece)
+        return piece
+
+    def close(self) -> None:
+        pass
+
+
+def _first_record(
+    data: bytes, *, max_uncompressed: int | None = None, **options: Any
+) -> tuple[Any, _Body]:
+    """The builder's first-record check of an object holding ``data``."""
+    from types import SimpleNamespace
+
+    from s3flow.objects import ObjectInfo, ObjectReader
+
+    body = _Body(data)
+    info = ObjectInfo("b", "2026-01-01/a.ndjson", "e", None, len(data), None, None, {})
+
+    async def open_object() -> ObjectReader:
+        return ObjectReader(info, body, 64 * 1024, max_uncompressed_bytes=max_uncompressed)
+
+    processor = NdjsonManifestProcessor({"min_bytes": 0, **options})
+    ctx = SimpleNamespace(event=SimpleNamespace(size=len(data)), open=open_object)
+    record, _ = asyncio.run(processor._first_record(ctx))  # type: ignore[arg-type]
+    return record, body
+
+
+def test_blank_lines_before_the_first_record_are_skipped_without_keeping_them() -> None:
+    record, _ = _first_record(b"\n \r\n\t" * 100_000 + b'{"id": 1}\n{"id": 2}\n')
+    assert record == {"id": 1}
+
+
+def test_a_file_of_only_blank_lines_past_the_limit_has_no_record() -> None:
+    """A file starting with hundreds of MB of line feeds was kept whole in memory and
+    stripped again at every read (quadratic): it is a file with no record once the
+    blank lines pass first_record_max_bytes."""
+    with pytest.raises(InvalidNdjsonError, match="no record: more than 65536 bytes of blank"):
+        _first_record(b"\n" * 10_000_000 + b'{"id": 1}\n', first_record_max_bytes=65536)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b'\xef\xbb\xbf\n{"id": 120}\n', id="bom-then-blank-line"),
+        pytest.param(b'\xef\xbb\xbf{"id": 120}\n', id="bom-then-record"),
+        pytest.param(b'\xef\xbb\xbf  \r\n\n{"id": 120}', id="bom-then-whitespace"),
+    ],
+)
+def test_a_bom_at_the_start_is_dropped_before_blank_lines(data: bytes) -> None:
+    """The compaction reads these files (it drops a BOM at the start of the file); the
+    builder quarantined the first ("first record is not valid JSON")."""
+    record, _ = _first_record(data)
+    assert record == {"id": 120}
+
+
+def test_a_bom_after_a_blank_line_is_not_valid_json() -> None:
+    """As in the compaction, where a BOM not at the start of the file makes its line
+    malformed."""
+    with pytest.raises(InvalidNdjsonError, match="first record is not valid JSON"):
+        _first_record(b'\n\xef\xbb\xbf{"id": 120}\n')
+
+
+def test_a_file_decompressing_past_the_limit_is_quarantined_naming_the_limit() -> None:
+    """TooLargeError (permanent) dead-lettered the file, though a file failing the
+    builder's checks is quarantined: it is an InvalidNdjsonError, "not readable"."""
+    import gzip
+
+    data = gzip.compress(b" " * 300_000 + b'{"id": 1}\n')
+    with pytest.raises(InvalidNdjsonError, match=r"not readable: .*max_uncompressed_bytes = 1,000"):
+        _first_record(data, max_uncompressed=1000)
