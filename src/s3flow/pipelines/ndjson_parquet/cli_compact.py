@@ -84,6 +84,7 @@ async def compact_once(
             s3=clients.s3,
             sink=open_sink(out, clients.s3),
             store=store,
+            max_uncompressed_bytes=p.max_uncompressed_bytes if p else None,
         )
         try:
             return await processor.process(ctx)

@@ -161,6 +161,7 @@ class ParquetCompactProcessor(OptionsProcessor[CompactionOptions]):
                 storage=storage_for(self._aws),
                 target=target_for_sink(ctx.sink),
                 executor=self.executor,
+                max_uncompressed_bytes=ctx.max_uncompressed_bytes,
             )
             for f, reason in report.quarantined:
                 log.warning("quarantined %s: %s", f.uri(), reason)

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from compaction_support import InlineExecutor
 
+from s3flow.errors import TooLargeError
 from s3flow.pipelines.ndjson_parquet.compaction import scan
 from s3flow.pipelines.ndjson_parquet.compaction.job import CompactionReport, compact_manifest
 from s3flow.pipelines.ndjson_parquet.compaction.manifest import parse_manifest
@@ -31,7 +32,10 @@ def _lines(rows: list[Any]) -> bytes:
 
 
 def _compact(
-    tmp_path: Path, contents: list[bytes], options: dict[str, Any] | None = None
+    tmp_path: Path,
+    contents: list[bytes],
+    options: dict[str, Any] | None = None,
+    max_uncompressed_bytes: int | None = None,
 ) -> tuple[CompactionReport, pa.Table | None]:
     """Compact one manifest of ``contents`` (one file each); the report and the
     output read back (validated in full: what a query engine would refuse fails)."""
@@ -57,6 +61,7 @@ def _compact(
             storage=Storage(kind="local", root=str(root)),
             target=Target(kind="local", directory=str(tmp_path / "out")),
             executor=InlineExecutor(),
+            max_uncompressed_bytes=max_uncompressed_bytes,
         )
     )
     if not report.outputs:
@@ -314,6 +319,32 @@ def test_a_list_whose_first_value_is_null_keeps_its_values(
     assert table is not None
     kept = [{k: v for k, v in r.items() if k in rows[0]} for r in table.to_pylist()]
     assert kept[: len(rows)] == [{**{k: None for k in rows[0]}, **r} for r in rows]
+
+
+# --- a decompression bomb --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["skip", "quarantine", "fail"])
+def test_a_file_decompressing_past_the_limit_is_held_out_naming_the_limit(
+    tmp_path: Path, policy: str
+) -> None:
+    """parquet-compact read a compressed file whatever it decompressed to (the pipeline's
+    max_uncompressed_bytes was ignored). Such a file is quarantined with the limit in
+    its reason, as corrupt compressed data is; the manifest's other files are compacted
+    (under ``fail`` the manifest fails, permanently)."""
+    import gzip
+
+    bomb = gzip.compress(_lines([{"id": i} for i in range(50_000)]))
+    plain = _lines([{"id": -1}] * 20_000)  # not compressed: never limited
+    gz = gzip.compress(_lines([{"id": -2}]))
+    if policy == "fail":
+        with pytest.raises(TooLargeError, match="max_uncompressed_bytes = 200,000"):
+            _compact(tmp_path, [plain, bomb, gz], {"malformed_lines": policy}, 200_000)
+        return
+    report, table = _compact(tmp_path, [plain, bomb, gz], {"malformed_lines": policy}, 200_000)
+    assert [f.key for f, _ in report.quarantined] == ["f1.ndjson"]
+    assert "decompresses to more than max_uncompressed_bytes = 200,000" in report.quarantined[0][1]
+    assert table is not None and table.column("id").to_pylist() == [-1] * 20_000 + [-2]
 
 
 # --- nesting deeper than Arrow's IPC files hold -------------------------------------------

@@ -222,8 +222,12 @@ async def compact_manifest(
     storage: Storage,
     target: Target,
     executor: Executor,
+    max_uncompressed_bytes: int | None = None,
 ) -> CompactionReport:
-    """Compact ``manifest`` into Parquet parts under ``target``; see the module doc."""
+    """Compact ``manifest`` into Parquet parts under ``target``; see the module doc.
+
+    ``max_uncompressed_bytes``: a compressed input decompressing to more is held out
+    (quarantined, named with the limit), or fails the manifest under ``fail``."""
     started = time.perf_counter()
     job_dir = await asyncio.to_thread(_make_job_dir, options.tmp_dir, manifest.manifest_id)
     try:
@@ -242,6 +246,7 @@ async def compact_manifest(
                 malformed=options.malformed_lines,
                 spill_dir=spill_dir,
                 hint_key=hint_key,
+                max_uncompressed_bytes=max_uncompressed_bytes,
             )
             for i, f in enumerate(manifest.files)
         ]

@@ -32,7 +32,7 @@ try:  # not a dependency: the depth check finds long lines faster with it
 except ImportError:  # pragma: no cover - the stdlib split below
     np = None  # type: ignore[assignment]
 
-from s3flow.errors import CorruptDataError, Disposition, translate_aws_error
+from s3flow.errors import CorruptDataError, Disposition, TooLargeError, translate_aws_error
 from s3flow.objects import MAGIC_BYTES, detect_encoding, make_decoder
 from s3flow.pipelines.ndjson_parquet.compaction.manifest import InputFile
 from s3flow.pipelines.ndjson_parquet.compaction.schema import (
@@ -150,6 +150,7 @@ class _Splitter:
         self.compressed = 0
         self.uncompressed = 0
         self.encoding = "identity"
+        self._decompressed = 0
         self._dir = scratch(task.scratch_dir)
 
     def _new_file(self, n: int) -> tuple[Path, Any]:
@@ -187,13 +188,30 @@ class _Splitter:
                 raw, head = head, b""
                 self.encoding = detect_encoding(raw[:MAGIC_BYTES], None, t.file.key)
                 decoder = make_decoder(self.encoding)
-            yield from decoder.feed(raw)
+            yield from self._limited(decoder.feed(raw))
         if decoder is None and head:
             self.encoding = detect_encoding(head[:MAGIC_BYTES], None, t.file.key)
             decoder = make_decoder(self.encoding)
-            yield from decoder.feed(head)
+            yield from self._limited(decoder.feed(head))
         if decoder is not None:
             decoder.finish()
+
+    def _limited(self, pieces: Iterable[bytes]) -> Iterator[bytes]:
+        """``pieces``, stopped (TooLargeError) once a compressed file decompresses past
+        ``max_uncompressed_bytes``, as every s3flow read is."""
+        limit = self.task.max_uncompressed_bytes
+        if limit is None or self.encoding == "identity":
+            yield from pieces
+            return
+        for piece in pieces:
+            self._decompressed += len(piece)
+            if self._decompressed > limit:
+                raise TooLargeError(
+                    f"{self.encoding} data decompresses to more than max_uncompressed_bytes "
+                    f"= {limit:,} ({self.compressed:,} compressed bytes read); raise the "
+                    "pipeline's max_uncompressed_bytes if this file is legitimate"
+                )
+            yield piece
 
     def units(self) -> Iterator[_Unit]:
         """Yield each unit (its scratch file is deleted when the next one is produced).
@@ -896,7 +914,7 @@ def scan_units(task: FileTask, scan: FileScan) -> Iterator[tuple[int, int, pa.Ta
                 scan.quarantine = parsed.quarantine
                 return
             yield unit.index, unit.size, parsed.table
-    except CorruptDataError as exc:
+    except (CorruptDataError, TooLargeError) as exc:
         if task.malformed == "fail":
             raise
         scan.quarantine = str(exc)

@@ -122,6 +122,9 @@ class FileTask:
     malformed: Literal["skip", "quarantine", "fail"]
     spill_dir: str | None = None  # None: do not keep the tables (spark stage 1)
     hint_key: str | None = None  # reuse the previous file's schema as a parse hint
+    #: The pipeline's ``max_uncompressed_bytes``: a compressed file decompressing to more
+    #: is held out (a decompression bomb). None: no limit.
+    max_uncompressed_bytes: int | None = None
 
 
 @dataclass(frozen=True)
