@@ -41,6 +41,21 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _apply(groups: set[int], data: bytes) -> bytes:
+    """Apply the complete ``+PGID`` / ``-PGID`` lines of ``data``; what is left of a line."""
+    *lines, pending = data.split(b"\n")
+    for line in lines:
+        try:
+            pgid = int(line[1:])
+        except ValueError:
+            continue
+        if line.startswith(b"+"):
+            groups.add(pgid)
+        elif line.startswith(b"-"):
+            groups.discard(pgid)
+    return pending
+
+
 def _read(groups: set[int], fd: int, owner: int) -> None:
     """Keep ``groups`` up to date from ``fd`` until the worker ``owner`` is gone."""
     pending = b""
@@ -63,16 +78,18 @@ def _read(groups: set[int], fd: int, owner: int) -> None:
         data = os.read(fd, 4096)
         if not data:
             return
-        *lines, pending = (pending + data).split(b"\n")
-        for line in lines:
-            try:
-                pgid = int(line[1:])
-            except ValueError:
-                continue
-            if line.startswith(b"+"):
-                groups.add(pgid)
-            elif line.startswith(b"-"):
-                groups.discard(pgid)
+        pending = _apply(groups, pending + data)
+    # The worker is gone: what it told before it died may still wait unread (a guard
+    # slow to start, on a busy machine, found its parent gone before its first read).
+    os.set_blocking(fd, False)
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:
+            return
+        pending = _apply(groups, pending + data)
 
 
 def _kill(groups: set[int], grace_s: float) -> None:

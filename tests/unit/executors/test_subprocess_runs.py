@@ -247,3 +247,32 @@ async def test_a_run_started_while_its_guard_is_replaced_is_told_to_the_new_one(
         if grandchild is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(grandchild, signal.SIGKILL)
+
+
+def test_a_guard_that_finds_its_worker_gone_still_kills_the_groups_it_was_told(
+    tmp_path: Path,
+) -> None:
+    """A guard slow to start (a busy machine) found its worker already dead before its
+    first read and ended without reading what the worker had told it: the run's group
+    outlived the worker (seen once in a full CI run)."""
+    import s3flow.executors.group_guard as guard_module
+
+    victim = subprocess.Popen(["sleep", "300"], start_new_session=True)  # its own group
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"+%d\n" % victim.pid)
+        # Its "worker" is a pid that is not its parent: gone, as far as it can tell.
+        guard = subprocess.Popen(
+            [sys.executable, "-I", "-S", guard_module.__file__, "1", "0.2"], stdin=read_end
+        )
+        assert guard.wait(10) == 0
+        for _ in range(100):  # up to 5 s
+            if victim.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert victim.poll() is not None, "the group the guard was told of lives on"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+        victim.kill()
+        victim.wait()
