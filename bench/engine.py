@@ -962,7 +962,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from rich.console import Console
 
     from s3flow.local.endpoint import LocalEndpoint
-    from s3flow.provision import provision
+    from s3flow.provisioning import provision
     from s3flow.settings import load_settings
 
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 150)

@@ -47,7 +47,7 @@ _EXPORTS: dict[str, str] = {
     "create_processor": "s3flow.processors.registry",
     "load_settings": "s3flow.settings",
     "parse_body": "s3flow.events",
-    "provision": "s3flow.provision",
+    "provision": "s3flow.provisioning",
     "queue_status": "s3flow.ops.status",
     "register_processor": "s3flow.processors.registry",
     "run_worker": "s3flow.app",
@@ -129,7 +129,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from s3flow.ops.status import queue_status
     from s3flow.processors.base import BaseProcessor, ProcessContext, Processor, Result
     from s3flow.processors.registry import create_processor, register_processor
-    from s3flow.provision import provision
+    from s3flow.provisioning import provision
     from s3flow.settings import PipelineSettings, Settings, load_settings
     from s3flow.sinks.base import Sink
     from s3flow.sinks.local import LocalDirSink

@@ -25,7 +25,7 @@ from s3flow.processors.registry import (
     portable_spec,
     processor_class,
 )
-from s3flow.provision import Change, provision
+from s3flow.provisioning import Change, provision
 from s3flow.routing import Route, RoutingTable
 from s3flow.settings import (
     CONFIG_ENV,

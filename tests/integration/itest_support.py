@@ -25,7 +25,7 @@ import pytest
 from s3flow.app import open_store, run_worker
 from s3flow.local.endpoint import LocalEndpoint, free_port
 from s3flow.metrics import WorkerMetrics
-from s3flow.provision import provision
+from s3flow.provisioning import provision
 from s3flow.settings import Settings, load_settings
 from s3flow.state.records import FileRecord, FileStatus, HistoryEntry, ObjectId
 from s3flow.worker.engine import WorkerObserver

@@ -53,7 +53,7 @@ def test_concurrent_starts_of_one_run_dir_give_one_server(tmp_path: Path) -> Non
 def test_pdf_upload_twice_within_60s(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A second demo against the same endpoint: PurgeQueue within 60 s is not fatal."""
     from s3flow.local.demo import pdf
-    from s3flow.provision import provision
+    from s3flow.provisioning import provision
     from s3flow.settings import load_settings
 
     with LocalEndpoint() as ep:

@@ -11,7 +11,7 @@ import pytest
 from itest_support import Harness, wait_for
 
 from s3flow.errors import ConfigError
-from s3flow.provision import provision
+from s3flow.provisioning import provision
 from s3flow.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from s3flow.aws import open_clients
 from s3flow.errors import ReceiveFailedError
 from s3flow.local.endpoint import LocalEndpoint
 from s3flow.metrics import PipelineMetrics
-from s3flow.provision import provision
+from s3flow.provisioning import provision
 from s3flow.settings import Settings, load_settings
 from s3flow.worker.acks import AckBatcher
 from s3flow.worker.engine import BURST_RECEIVE_ATTEMPTS, Worker

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "errors",
             "aws",
             "fastpath",  # the hot S3/SQS calls as signed requests on its own HTTP client
-            "provision",
+            "provisioning",
             "deploy",  # the CloudFormation export (tables are handed in, not imported)
             "metrics",
             "memory",

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from s3flow.errors import ConfigError
-from s3flow.provision import (
+from s3flow.provisioning import (
     _check_foreign,
     check_notifications,
     notification_overlaps,

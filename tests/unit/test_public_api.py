@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import pkgutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
+
+import s3flow
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,3 +21,47 @@ def test_the_package_is_marked_typed_and_ships_the_marker() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     package_data = config["tool"]["setuptools"]["package-data"]
     assert "py.typed" in package_data["s3flow"]
+
+
+def _run(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (what it imports stays there); its stdout."""
+    env = {**os.environ, "PYTHONPATH": str(Path(s3flow.__file__).parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_no_exported_name_is_also_a_submodule() -> None:
+    # Importing a submodule sets it as an attribute of the package, which then hides the
+    # lazy __getattr__: `from s3flow import provision` gave the module s3flow.provision
+    # once s3flow.app (which imports it) had been imported.
+    submodules = {m.name for m in pkgutil.iter_modules(s3flow.__path__)}
+    assert not submodules & set(s3flow.__all__)
+
+
+def test_every_export_is_its_object_whatever_was_imported_before() -> None:
+    out = _run(
+        "import importlib, pkgutil, types, s3flow\n"
+        "for m in pkgutil.iter_modules(s3flow.__path__):\n"
+        "    if m.name != '__main__':\n"
+        "        importlib.import_module('s3flow.' + m.name)\n"
+        "for name, module in s3flow._EXPORTS.items():\n"
+        "    got = getattr(s3flow, name)\n"
+        "    want = getattr(importlib.import_module(module), name)\n"
+        "    if got is not want or isinstance(got, types.ModuleType):\n"
+        "        print(name, got)\n"
+        "from s3flow import provision\n"
+        "print(callable(provision) and not isinstance(provision, types.ModuleType))\n"
+    )
+    assert out.splitlines() == ["True"]
+
+
+def test_all_lists_every_export() -> None:
+    assert set(s3flow.__all__) == {*s3flow._EXPORTS, "__version__"}

@@ -2,7 +2,7 @@
 
 ``s3flow provision --export cloudformation`` calls :func:`export_cloudformation`;
 docs/deploy.md walks through a deployment. This package sits in the base layer
-with :mod:`s3flow.provision`: it reads settings and writes a template, and the
+with :mod:`s3flow.provisioning`: it reads settings and writes a template, and the
 state store's table definitions are handed to it (it does not import the store).
 """
 

@@ -9,7 +9,7 @@ What ``s3flow provision`` creates for the config, declared instead of made:
 * per pipeline a DLQ (14 days) and a queue (visibility timeout, long poll, redrive
   policy) with SSE-SQS, and a queue policy that lets only the source bucket of this
   account send (``aws:SourceArn`` and ``aws:SourceAccount``, the statement
-  :func:`s3flow.provision.queue_policy` writes);
+  :func:`s3flow.provisioning.queue_policy` writes);
 * the bucket notifications. A bucket's ``NotificationConfiguration`` is validated by
   S3 when it is set, so the bucket ``DependsOn`` the queue policies of its queues
   (and the policies name the bucket by ARN, not by reference: no cycle);
@@ -52,7 +52,7 @@ from s3flow.deploy.naming import ID_FORMS, Json, Naming, get_att, ref, sub
 from s3flow.deploy.parameters import add_parameters
 from s3flow.deploy.template import Template, check_limits
 from s3flow.errors import ConfigError
-from s3flow.provision import (
+from s3flow.provisioning import (
     ABORT_INCOMPLETE_UPLOAD_DAYS,
     ABORT_INCOMPLETE_UPLOADS_RULE,
     NOTIFICATION_ID_PREFIX,
@@ -102,7 +102,7 @@ def export_cloudformation(
     sits below the state package and does not import it). Raises
     :class:`~s3flow.errors.ConfigError` for what cannot be exported (no pipelines,
     queue URLs instead of names, a FIFO queue as a notification target, overlapping
-    bucket notifications: see :func:`~s3flow.provision.check_notifications`; a
+    bucket notifications: see :func:`~s3flow.provisioning.check_notifications`; a
     template over CloudFormation's limits: see :func:`.template.check_limits`).
     ``ttl_attribute``: the store's expiry attribute (``[state] retention_days``), declared
     as each table's ``TimeToLiveSpecification``.

@@ -176,7 +176,7 @@ class Settings(BaseSettings):
                 # The state store keys a record by object, not by pipeline: two pipelines
                 # taking one object would share its record. Two key_regex are trusted to
                 # keep them apart here; their bucket notifications still overlap, which
-                # S3 refuses (`s3flow provision` says so: s3flow.provision).
+                # S3 refuses (`s3flow provision` says so: s3flow.provisioning).
                 if same_queue(p.queue, q.queue):
                     raise ValueError(
                         f"pipelines {p.name!r} and {q.name!r} both read queue {q.queue!r}: "

@@ -26,7 +26,7 @@ import pytest
 from itest_support import Harness
 
 from s3flow.app import run_worker
-from s3flow.provision import provision
+from s3flow.provisioning import provision
 from s3flow.settings import Settings, load_settings
 from s3flow.state import ManifestStatus, open_state_store
 

@@ -30,7 +30,7 @@ from s3flow.deploy.iam import KNOWN_PROCESSORS, MANIFEST_PREFIX_DEFAULT, QUARANT
 from s3flow.deploy.naming import camel
 from s3flow.deploy.template import TEMPLATE_S3_LIMIT, check_limits
 from s3flow.errors import ConfigError
-from s3flow.provision import queue_policy
+from s3flow.provisioning import queue_policy
 from s3flow.settings import PipelineSettings, Settings, load_settings
 from s3flow.state.dynamodb.client import DynamoClient
 from s3flow.state.dynamodb.tables import table_definitions

@@ -19,7 +19,7 @@ from s3flow.app import run_worker
 from s3flow.aws import open_clients
 from s3flow.errors import ConfigError
 from s3flow.processors.registry import create_processor
-from s3flow.provision import provision
+from s3flow.provisioning import provision
 from s3flow.settings import Settings, load_settings
 
 BUCKET = "s3flow-demo-docs"

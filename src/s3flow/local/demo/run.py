@@ -50,7 +50,7 @@ from s3flow.local.endpoint import LOCAL_CREDENTIALS, LocalEndpoint, interrupt_on
 from s3flow.metrics import WorkerMetrics
 from s3flow.objects import zstd
 from s3flow.processors.base import Result
-from s3flow.provision import provision
+from s3flow.provisioning import provision
 from s3flow.settings import Settings, load_settings
 from s3flow.state.records import FileStatus
 
