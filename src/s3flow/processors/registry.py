@@ -9,7 +9,9 @@ listed in :data:`CLI_EXTENSIONS` / the ``s3flow.cli`` entry-point group.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
@@ -20,6 +22,17 @@ from s3flow.settings import EXECUTOR_NAMES
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 T = TypeVar("T")
+
+
+class ProcessorSpecError(ConfigError):
+    """A ``processor`` setting that names no usable processor (unknown, not importable,
+    malformed, not a processor): the setting itself is wrong, not its options."""
+
+    @property
+    def error_class(self) -> str:
+        """A ConfigError to whoever reads a result, a log or a DLQ message."""
+        return "ConfigError"
+
 
 #: Built-in processors, by import path (loaded lazily: the core never imports a pipeline).
 BUILTINS: dict[str, str] = {
@@ -58,8 +71,15 @@ def _load_entry_point(group: str, name: str) -> Callable[..., Any] | None:
 
 
 def load_path(path: str) -> Any:
-    """Import ``module:attribute`` (ConfigError naming what is missing)."""
+    """Import ``module:attribute`` (ConfigError naming what is missing or malformed)."""
     module_name, _, attr = path.partition(":")
+    if not attr or not all(part.isidentifier() for part in module_name.split(".")):
+        # ':Thumbs' and '.myprocs:Thumbs' (relative: there is no package to be relative to)
+        # made import_module raise ValueError / TypeError, not a ConfigError.
+        raise ConfigError(
+            f"{path!r} is not a 'module:Class' path: give an absolute module name, ':' "
+            "and the name in it (e.g. 'mypkg.procs:Thumbs')"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -101,10 +121,10 @@ def known_processor(spec: str) -> Callable[..., Any]:
     try:
         factory = processor_class(spec)
     except ConfigError as exc:
-        raise ConfigError(f"processor {exc}") from exc
+        raise ProcessorSpecError(f"processor {exc}") from exc
     if factory is None:
         known = ", ".join(available_processors()) or "none"
-        raise ConfigError(
+        raise ProcessorSpecError(
             f"unknown processor {spec!r}; available: {known} (or give 'module:attribute')"
         )
     return factory
@@ -120,8 +140,27 @@ def create_processor(spec: str, options: dict[str, Any] | None = None) -> Proces
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"processor {spec!r}: bad options: {exc}") from exc
     if not hasattr(proc, "process"):
-        raise ConfigError(f"processor {spec!r} has no process() method")
+        raise ProcessorSpecError(f"processor {spec!r} has no process() method")
+    if _plain_def(proc.process):
+        # The worker awaits what process() returns: a Result is not awaitable, so every
+        # object failed ("object Result can't be used in 'await' expression").
+        raise ProcessorSpecError(
+            f"processor {spec!r}: process() must be `async def` (it is a plain `def`)"
+        )
     return proc  # type: ignore[no-any-return]
+
+
+def _plain_def(method: Any) -> bool:
+    """Whether ``method`` is a Python function that is not a coroutine function (nor
+    wraps one). Anything else (a callable object, a mock) is given the benefit of the
+    doubt: what it returns is awaited."""
+    while isinstance(method, functools.partial):
+        method = method.func
+    if not (inspect.isfunction(method) or inspect.ismethod(method)):
+        return False
+    return not (
+        inspect.iscoroutinefunction(method) or inspect.iscoroutinefunction(inspect.unwrap(method))
+    )
 
 
 def _has_lifecycle(cls: Any) -> bool:
@@ -150,7 +189,10 @@ def default_executor(cls: Any) -> str:
 
 def default_executor_for(spec: str) -> str:
     """The default executor of the processor ``spec`` names (``inline`` when unknown)."""
-    cls = processor_class(spec)
+    try:
+        cls = processor_class(spec)
+    except ConfigError as exc:
+        raise ProcessorSpecError(f"processor {exc}") from exc
     return default_executor(cls) if cls is not None else "inline"
 
 

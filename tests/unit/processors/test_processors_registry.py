@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
+from unittest import mock
 
 import pytest
 
@@ -127,3 +129,64 @@ def test_object_without_process_is_refused(isolated_registry: dict[str, Any]) ->
     register_processor("unit-test-noproc")(lambda options: object())
     with pytest.raises(ConfigError, match="no process"):
         create_processor("unit-test-noproc")
+
+
+@pytest.mark.parametrize("spec", [":Thumbs", ".myprocs:Thumbs", "..x:Y", "my procs:Y", "mod:"])
+def test_a_malformed_module_path_is_a_config_error(spec: str) -> None:
+    # ':Thumbs' raised ValueError (Empty module name), '.myprocs:Thumbs' TypeError (the
+    # 'package' argument is required): tracebacks, and the worker exited 1, not 2.
+    with pytest.raises(ConfigError, match=r"not a 'module:Class' path") as info:
+        create_processor(spec)
+    assert repr(spec) in str(info.value)
+    assert isinstance(info.value, registry.ProcessorSpecError)
+    assert info.value.error_class == "ConfigError"  # in results and DLQ messages
+
+
+def test_a_plain_def_process_is_refused(isolated_registry: dict[str, Any]) -> None:
+    # Accepted, it failed every object ("object Result can't be used in 'await'
+    # expression"), retried, then dead-lettered.
+    @register_processor("unit-test-sync")
+    class Sync(BaseProcessor):
+        def process(self, ctx: ProcessContext) -> Result:  # type: ignore[override]
+            return Result()
+
+    with pytest.raises(ConfigError, match=r"process\(\) must be `async def`"):
+        create_processor("unit-test-sync")
+
+
+def test_async_process_in_any_form_is_accepted(isolated_registry: dict[str, Any]) -> None:
+    async def run(ctx: ProcessContext, scale: int) -> Result:
+        return Result(counters={"scale": scale})
+
+    class Partial:
+        def __init__(self, options: dict[str, Any]) -> None:
+            self.process = functools.partial(run, scale=2)
+
+    class Awaitable:  # a callable object: what it returns is awaited
+        async def __call__(self, ctx: ProcessContext) -> Result:
+            return Result()
+
+    class CallableProcess:
+        def __init__(self, options: dict[str, Any]) -> None:
+            self.process = Awaitable()
+
+    class Wrapped(BaseProcessor):
+        @_passthrough
+        async def process(self, ctx: ProcessContext) -> Result:
+            return Result()
+
+    for name, cls in [("p", Partial), ("c", CallableProcess), ("w", Wrapped)]:
+        register_processor(f"unit-test-{name}")(cls)
+        assert isinstance(create_processor(f"unit-test-{name}"), cls)
+    register_processor("unit-test-mock")(lambda options: mock.Mock())
+    create_processor("unit-test-mock")
+
+
+def _passthrough(fn: Any) -> Any:
+    """A plain-def decorator of an ``async def`` (returns its coroutine)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
