@@ -20,6 +20,7 @@ from s3flow.metrics import PipelineMetrics, WorkerMetrics
 from s3flow.processors import create_processor
 from s3flow.processors.base import Processor, parse_options
 from s3flow.processors.registry import (
+    ProcessorSpecError,
     available_processors,
     default_executor_for,
     portable_spec,
@@ -188,12 +189,10 @@ _LOCAL_EXECUTORS = ("pool", "subprocess")
 _CONTAINER_EXECUTORS = ("ecs", "batch")
 
 
-def _setting_of(spec: str) -> str:
-    """Which setting a processor's ConfigError is about: its name, or its options."""
-    try:
-        return "[pipelines.options]" if processor_class(spec) is not None else "processor"
-    except ConfigError:  # a module:attribute that cannot be imported
-        return "processor"
+def _setting_of(exc: ConfigError) -> str:
+    """Which setting a processor's ConfigError is about: its name (unknown, malformed,
+    not importable, not a processor), or its options."""
+    return "processor" if isinstance(exc, ProcessorSpecError) else "[pipelines.options]"
 
 
 def check_options(settings: Settings) -> None:
@@ -281,7 +280,7 @@ def _routes_of(p: PipelineSettings) -> tuple[RoutingTable, dict[str, Processor]]
         try:
             processors[main_key] = create_processor(p.processor, p.options)
         except ConfigError as exc:  # which pipeline, when several use one processor
-            raise ConfigError(f"pipeline {p.name!r} ({_setting_of(p.processor)}): {exc}") from exc
+            raise ConfigError(f"pipeline {p.name!r} ({_setting_of(exc)}): {exc}") from exc
     built: set[str] = set(processors)
     for rule in table.rules:
         where = f"pipeline {p.name!r}, route {rule.name!r}"

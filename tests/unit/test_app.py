@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 # Builds and "runs" a worker in a fresh interpreter, with nothing to reach: no
 # queues to resolve (build_runtimes) and a run that returns at once.
 _BUILD_A_WORKER = """
@@ -84,6 +86,43 @@ def test_an_unknown_processor_is_named_as_the_processor_setting() -> None:
     with pytest.raises(ConfigError) as err:
         app._routes_of(p)
     assert str(err.value).startswith("pipeline 'counts' (processor): unknown processor 'line-cnt'")
+
+
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("noproc", "has no process() method"),
+        ("sync", "process() must be `async def`"),
+        ("malformed", "is not a 'module:Class' path"),
+    ],
+)
+def test_a_class_that_is_no_processor_is_named_as_the_processor_setting(
+    monkeypatch: pytest.MonkeyPatch, kind: str, says: str
+) -> None:
+    """Not a processor is the processor setting's fault: it said "([pipelines.options])"."""
+    from s3flow import app
+    from s3flow.errors import ConfigError
+    from s3flow.processors import registry
+    from s3flow.processors.base import BaseProcessor, ProcessContext, Result
+    from s3flow.settings import PipelineSettings
+
+    class NotAProcessor:
+        def __init__(self, options: dict[str, object]) -> None:
+            pass
+
+    class Sync(BaseProcessor):
+        def process(self, ctx: ProcessContext) -> Result:  # type: ignore[override]
+            return Result()
+
+    monkeypatch.setattr(registry, "_REGISTRY", {"noproc": NotAProcessor, "sync": Sync})
+    spec = ":Thumbs" if kind == "malformed" else kind
+    p = PipelineSettings(name="thumbs", processor=spec, bucket="b", queue="q", output="s3://o/")
+    with pytest.raises(ConfigError) as err:
+        app._routes_of(p)
+    # (a malformed path is refused before, choosing the executor: no label, as ever)
+    label = "" if kind == "malformed" else " (processor)"
+    assert str(err.value).startswith(f"pipeline 'thumbs'{label}: processor {spec!r}"), err.value
+    assert says in str(err.value)
 
 
 def _jobs_settings(processor: str, step: dict[str, object]) -> object:
