@@ -65,3 +65,30 @@ def test_every_export_is_its_object_whatever_was_imported_before() -> None:
 
 def test_all_lists_every_export() -> None:
     assert set(s3flow.__all__) == {*s3flow._EXPORTS, "__version__"}
+
+
+def test_a_processors_imports_leave_the_aws_sdk_and_the_cli_unloaded() -> None:
+    # processors/base.py imports s3flow.state.base, and the state package imported its
+    # DynamoDB store: `from s3flow import BaseProcessor` loaded ~780 modules (the AWS SDK,
+    # aiohttp, rich, click, pygments) in ~0.4 s; a store is imported when first used.
+    heavy = ["aiobotocore", "aiohttp", "botocore", "rich", "click", "pygments", "typer"]
+    out = _run(
+        "import sys\n"
+        "from s3flow import BaseProcessor, ProcessContext, Result\n"
+        "from s3flow.processors.base import OptionsProcessor\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    assert out.strip() == "[]"
+
+
+def test_the_state_package_still_gives_its_stores() -> None:
+    out = _run(
+        "import sys, s3flow.state as st\n"
+        "print('aiobotocore' in sys.modules)\n"
+        "from s3flow.state import DynamoStateStore, SqliteStateStore, open_state_store\n"
+        "from s3flow.state.dynamodb import DynamoStateStore as D\n"
+        "store = open_state_store('sqlite::memory:')\n"
+        "print(DynamoStateStore is D, isinstance(store, SqliteStateStore))\n"
+        "print(type(open_state_store('dynamodb://p')).__name__)\n"
+    )
+    assert out.splitlines() == ["False", "True True", "DynamoStateStore"]

@@ -9,18 +9,24 @@ result with ``async with``::
 Retention: finished records expire ``retention_days`` after they finished
 (SQLite: a background prune while the store is open; DynamoDB: TTL). See
 ``docs/operations.md`` ("Retention") for what expires when.
+
+The two stores (:class:`SqliteStateStore`, :class:`DynamoStateStore`) are imported on
+first use: the DynamoDB one brings the AWS SDK, which importing a processor's base
+classes (``from s3flow import BaseProcessor``, through :mod:`s3flow.state.base`) or a
+record type need not load.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from s3flow.errors import ConfigError
 from s3flow.settings import AwsSettings
 from s3flow.state import records
 from s3flow.state.base import MaintenanceStore, StateStore
-from s3flow.state.dynamodb import DynamoStateStore
 from s3flow.state.jobs import (
     TERMINAL_EVENTS,
     TERMINAL_STATUSES,
@@ -41,8 +47,26 @@ from s3flow.state.jobs import (
 )
 from s3flow.state.lifecycle import DEFAULT_RETENTION_DAYS, retention_seconds
 from s3flow.state.records import *  # noqa: F403 (its __all__: records, statuses, errors)
-from s3flow.state.sqlite import SqliteStateStore
-from s3flow.state.sqlite.retention import PRUNE_EVERY_S
+
+if TYPE_CHECKING:  # pragma: no cover - imported on first use (module __getattr__)
+    from s3flow.state.dynamodb import DynamoStateStore
+    from s3flow.state.sqlite import SqliteStateStore
+
+#: the stores, by the module that defines each (imported when first asked for)
+_LAZY: dict[str, str] = {
+    "DynamoStateStore": "s3flow.state.dynamodb",
+    "SqliteStateStore": "s3flow.state.sqlite",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 's3flow.state' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
 
 __all__ = [
     "TERMINAL_EVENTS",
@@ -136,6 +160,9 @@ def open_state_store(
     retention_s = retention_seconds(retention_days)
     path = sqlite_path(url)
     if path is not None:
+        from s3flow.state.sqlite import SqliteStateStore
+        from s3flow.state.sqlite.retention import PRUNE_EVERY_S
+
         file = path if path == ":memory:" else Path(path)
         return SqliteStateStore(
             file,
@@ -147,6 +174,8 @@ def open_state_store(
         prefix = url[len("dynamodb://") :].strip("/")
         if not prefix:
             raise ConfigError(f"state url {url!r} names no table prefix: {_USAGE}")
+        from s3flow.state.dynamodb import DynamoStateStore
+
         return DynamoStateStore(
             prefix, aws if aws is not None else AwsSettings(), retention_s=retention_s
         )
