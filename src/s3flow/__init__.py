@@ -21,12 +21,15 @@ _EXPORTS: dict[str, str] = {
     "Disposition": "s3flow.errors",
     "Envelope": "s3flow.events",
     "EnvelopeError": "s3flow.errors",
+    "FileSink": "s3flow.sinks.base",
     "InvalidInputError": "s3flow.errors",
     "LocalDirSink": "s3flow.sinks.local",
     "LocalEndpoint": "s3flow.local.endpoint",
     "ObjectEvent": "s3flow.events",
     "ObjectMissingError": "s3flow.errors",
+    "OptionsProcessor": "s3flow.processors.base",
     "PermanentError": "s3flow.errors",
+    "PipelineContext": "s3flow.processors.base",
     "PipelineSettings": "s3flow.settings",
     "ProcessContext": "s3flow.processors.base",
     "Processor": "s3flow.processors.base",
@@ -62,12 +65,15 @@ __all__ = [
     "Disposition",
     "Envelope",
     "EnvelopeError",
+    "FileSink",
     "InvalidInputError",
     "LocalDirSink",
     "LocalEndpoint",
     "ObjectEvent",
     "ObjectMissingError",
+    "OptionsProcessor",
     "PermanentError",
+    "PipelineContext",
     "PipelineSettings",
     "ProcessContext",
     "Processor",
@@ -127,11 +133,18 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from s3flow.events import Envelope, ObjectEvent, parse_body
     from s3flow.local.endpoint import LocalEndpoint
     from s3flow.ops.status import queue_status
-    from s3flow.processors.base import BaseProcessor, ProcessContext, Processor, Result
+    from s3flow.processors.base import (
+        BaseProcessor,
+        OptionsProcessor,
+        PipelineContext,
+        ProcessContext,
+        Processor,
+        Result,
+    )
     from s3flow.processors.registry import create_processor, register_processor
     from s3flow.provisioning import provision
     from s3flow.settings import PipelineSettings, Settings, load_settings
-    from s3flow.sinks.base import Sink
+    from s3flow.sinks.base import FileSink, Sink
     from s3flow.sinks.local import LocalDirSink
     from s3flow.sinks.s3 import S3Sink
     from s3flow.worker.engine import Worker

@@ -8,8 +8,12 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 import s3flow
+from s3flow.events import ObjectEvent
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,3 +96,85 @@ def test_the_state_package_still_gives_its_stores() -> None:
         "print(type(open_state_store('dynamodb://p')).__name__)\n"
     )
     assert out.splitlines() == ["False", "True True", "DynamoStateStore"]
+
+
+def test_a_processor_authors_names_are_exported() -> None:
+    # OptionsProcessor (validated options), FileSink (write_file) and PipelineContext
+    # (start()'s argument) were only in submodules.
+    from s3flow.processors.base import OptionsProcessor, PipelineContext
+    from s3flow.sinks.base import FileSink
+
+    assert s3flow.OptionsProcessor is OptionsProcessor
+    assert s3flow.PipelineContext is PipelineContext
+    assert s3flow.FileSink is FileSink
+    assert {"OptionsProcessor", "PipelineContext", "FileSink"} <= set(s3flow.__all__)
+
+
+def _readme_processors() -> dict[str, str]:
+    """The README's "Write a processor" Python blocks, by the module each names first."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Write a processor\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("\n", 1)[1] for b in section.split("```python")[1:]]
+    blocks = [b.split("```", 1)[0] for b in blocks]
+    return {b.split("\n", 1)[0].removeprefix("# "): b for b in blocks}
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.chunks = [data[:3], data[3:]]
+        self.closed = False
+
+    def __aiter__(self) -> Any:
+        return self._iter()
+
+    async def _iter(self) -> Any:
+        for chunk in self.chunks:
+            yield chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Ctx:
+    """What the README's processors use of a ProcessContext."""
+
+    def __init__(self, data: bytes) -> None:
+        self.event = ObjectEvent(bucket="b", key="in/a.txt", size=len(data))
+        self.reader = _Reader(data)
+        self.written: dict[str, bytes] = {}
+        self.sink = self
+
+    async def open(self) -> _Reader:
+        return self.reader
+
+    async def write(self, key: str, data: bytes, content_type: str) -> str:
+        self.written[key] = data
+        return f"file:///out/{key}"
+
+
+async def test_the_readme_processors_run_as_documented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from s3flow import ConfigError, create_processor
+
+    blocks = _readme_processors()
+    assert set(blocks) == {"mypkg/upper.py", "mypkg/prefix.py"}
+    for path, code in blocks.items():
+        (tmp_path / path).parent.mkdir(exist_ok=True)
+        (tmp_path / path).write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("mypkg", "mypkg.upper", "mypkg.prefix"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+    upper = create_processor("mypkg.upper:Upper")
+    ctx = _Ctx(b"one\ntwo\n")
+    result = await upper.process(ctx)  # type: ignore[arg-type]
+    assert result.outputs == ["file:///out/in/a.txt"] and ctx.reader.closed
+    assert ctx.written == {"in/a.txt": b"ONE\nTWO\n"}
+
+    prefix = create_processor("mypkg.prefix:Prefix", {"prefix": "# "})
+    ctx = _Ctx(b"one\ntwo\n")
+    result = await prefix.process(ctx)  # type: ignore[arg-type]
+    assert ctx.written == {"in/a.txt": b"# one\n# two\n"} and result.counters == {"lines": 2}
+    with pytest.raises(ConfigError, match="prefx"):
+        create_processor("mypkg.prefix:Prefix", {"prefx": "# "})
