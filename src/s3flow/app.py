@@ -351,7 +351,21 @@ async def run_worker(
     observer: WorkerObserver | None = None,
     handle_signals: bool = False,
 ) -> WorkerMetrics:
-    """Build and run a worker until it is stopped (or drained, with ``burst``)."""
+    """Build and run a worker until it is stopped (or drained, with ``burst``).
+
+    From a script of your own, call it under ``if __name__ == "__main__":``: the
+    ``pool`` executor spawns its children, and each imports the script again (as
+    ``__mp_main__``), so an unguarded call would start a second worker in every child.
+    Called in a pool child, it raises RuntimeError saying so.
+    """
+    from s3flow.executors.pool import in_pool_child  # (only here: a worker may use no pool)
+
+    if in_pool_child():
+        raise RuntimeError(
+            "run_worker() was called in a pool executor's child process: the script that "
+            "starts the worker runs again in each child (they are spawned); put the call "
+            'under `if __name__ == "__main__":`'
+        )
     set_mmap_threshold(settings.worker.malloc_mmap_threshold_bytes)
     async with (
         open_clients(settings.aws, pool=pool_size(settings)) as clients,

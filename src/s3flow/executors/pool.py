@@ -28,6 +28,7 @@ import concurrent.futures
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.context
 import os
 import signal
 import time
@@ -57,6 +58,37 @@ from s3flow.settings import AwsSettings, PoolExecutorSettings, WorkerSettings
 log = logging.getLogger("s3flow.executors")
 #: How often a run that waits for a free child looks whether one has started it.
 _START_POLL_S = 0.05
+#: The start of a pool child's process name (set before the child imports anything).
+POOL_CHILD_NAME = "s3flow-pool-child"
+
+
+class _ChildProcess(multiprocessing.context.SpawnProcess):
+    """A spawned process named as a pool child: spawn gives a child its name before it
+    imports the parent's main module, so code that module runs can tell (see
+    :func:`in_pool_child`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = f"{POOL_CHILD_NAME}-{self.name}"
+
+
+class _ChildContext(multiprocessing.context.SpawnContext):
+    """The spawn context, its processes named as pool children."""
+
+    Process = _ChildProcess
+
+
+def pool_context() -> multiprocessing.context.SpawnContext:
+    """The multiprocessing context the pool's children are spawned with."""
+    return _ChildContext()
+
+
+def in_pool_child() -> bool:
+    """Whether this process is one of a pool executor's children. A script that starts a
+    worker without an ``if __name__ == "__main__":`` guard runs again in each child
+    (spawn imports the parent's main module there)."""
+    return multiprocessing.current_process().name.startswith(f"{POOL_CHILD_NAME}-")
+
 
 #: How long a broken pool's first failed run waits to see which child died.
 DEATH_WAIT_S = 2.0
@@ -193,7 +225,7 @@ class PoolExecutor:
 
     def _ensure(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            ctx = multiprocessing.get_context("spawn")
+            ctx = pool_context()
             self._started = ctx.SimpleQueue()
             self._pool = ProcessPoolExecutor(
                 max_workers=self.processes,
