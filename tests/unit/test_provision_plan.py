@@ -61,7 +61,8 @@ def test_a_pipeline_overlapping_the_jobs_intake_is_refused() -> None:
     """[jobs] brings the jobs-intake pipeline (uploads/ of its bucket): a pipeline on all of
     that bucket would overlap its notification (here without a state store, which would
     refuse it already)."""
-    jobs = {"jobs": {"project": "acme"}, "state": {"url": "none"}}
+    # The branch given: found from git, it is the checkout's (not "main" on a branch).
+    jobs = {"jobs": {"project": "acme", "branch": "main"}, "state": {"url": "none"}}
     s = settings({"name": "a", "bucket": "acme-main-uploads"}, **jobs)
     assert [p.name for p in s.pipelines] == ["a", "jobs-intake"]
     with pytest.raises(ConfigError, match="'a' and 'jobs-intake' on bucket 'acme-main-uploads'"):
