@@ -22,8 +22,8 @@ from s3flow.executors.base import Executor, ObjectJob, Progress
 from s3flow.executors.inline import InlineExecutor, processor_key
 from s3flow.processors.base import Processor, Result
 from s3flow.settings import AwsSettings, PipelineSettings, WorkerSettings
-from s3flow.sinks.base import Sink
-from s3flow.sinks.receipts import BeforeWrite, WriteReceipt
+from s3flow.sinks.base import BeforeWrite, Sink
+from s3flow.sinks.receipts import WriteReceipt
 from s3flow.state.base import StateStore
 
 __all__ = ["Executor", "ExecutorSet", "InlineExecutor", "ObjectJob", "processor_key"]

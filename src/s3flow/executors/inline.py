@@ -15,8 +15,8 @@ from s3flow.executors.base import ObjectJob, Progress, job_timed_out
 from s3flow.executors.one import run_object
 from s3flow.processors.base import Processor, Result
 from s3flow.processors.registry import create_processor
-from s3flow.sinks.base import Sink
-from s3flow.sinks.receipts import BeforeWrite, WriteReceipt, receipt_sink
+from s3flow.sinks.base import BeforeWrite, Sink, SinkBase
+from s3flow.sinks.receipts import WriteReceipt, receipt_sink
 from s3flow.state.base import StateStore
 
 
@@ -71,8 +71,10 @@ class InlineExecutor:
         """
         proc = self.processor(job.processor, job.options)
         sink = self._sink
-        if receipts is not None or before_write is not None:
-            sink = receipt_sink(self._sink, {} if receipts is None else receipts, before_write)
+        if before_write is not None and isinstance(sink, SinkBase):
+            sink = sink.fenced(before_write)  # same class: a processor may check it
+        if receipts is not None:
+            sink = receipt_sink(sink, receipts)
         try:
             async with asyncio.timeout(job.timeout_s):
                 return await run_object(

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import inspect
 import os
 import tempfile
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol, runtime_checkable
+from typing import IO, Protocol, Self, runtime_checkable
 
 
 @runtime_checkable
@@ -82,12 +83,27 @@ class OutputAttrs:
     metadata: dict[str, str] | None = None
 
 
+#: Awaited before each write of a fenced sink; raises to refuse it (see ``SinkBase.fenced``).
+BeforeWrite = Callable[[], Awaitable[None]]
+
+
 class SinkBase(FileSink):
     """The built-in sinks' ``write`` and ``write_file``, expressed once.
 
     Both take the content type and metadata as :class:`OutputAttrs`; a sink stores
     bytes with :meth:`_put` and a local file with :meth:`_put_file` its own way.
     """
+
+    #: Awaited before every write (None: none); set on a copy by :meth:`fenced`.
+    before_write: BeforeWrite | None = None
+
+    def fenced(self, before_write: BeforeWrite) -> Self:
+        """A copy of this sink (same class, same destination) that awaits
+        ``before_write`` before each write: the worker's fence, which raises once the
+        object's claim was lost to another worker, so that nothing more is written."""
+        twin = copy.copy(self)
+        twin.before_write = before_write
+        return twin
 
     async def write(
         self,
@@ -97,6 +113,8 @@ class SinkBase(FileSink):
         metadata: dict[str, str] | None = None,
     ) -> str:
         """See :meth:`Sink.write`: the bytes are stored by :meth:`_put`."""
+        if self.before_write is not None:
+            await self.before_write()
         return await self._put(relative_key, data, OutputAttrs(content_type, metadata))
 
     async def write_file(
@@ -107,6 +125,8 @@ class SinkBase(FileSink):
         metadata: dict[str, str] | None = None,
     ) -> str:
         """See :meth:`FileSink.write_file`: the file is stored by :meth:`_put_file`."""
+        if self.before_write is not None:
+            await self.before_write()
         return await self._put_file(relative_key, path, OutputAttrs(content_type, metadata))
 
     @abstractmethod

@@ -11,13 +11,9 @@ receipt: it is fetched as before.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from s3flow.sinks.base import FileSink, Sink
-
-#: Called before each write; raises to refuse it (the worker's fence, see ``receipt_sink``).
-BeforeWrite = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -36,16 +32,10 @@ class ReceiptSink:
     :func:`receipt_sink`, which also offers ``write_file`` when the wrapped sink has it.
     """
 
-    def __init__(
-        self,
-        sink: Sink,
-        receipts: dict[str, WriteReceipt],
-        before_write: BeforeWrite | None = None,
-    ) -> None:
+    def __init__(self, sink: Sink, receipts: dict[str, WriteReceipt]) -> None:
         self._sink = sink
         self.receipts = receipts
         self.root = sink.root
-        self._before_write = before_write
 
     @property
     def inner(self) -> Sink:
@@ -60,8 +50,6 @@ class ReceiptSink:
         metadata: dict[str, str] | None = None,
     ) -> str:
         """See :meth:`Sink.write`; the write's receipt is kept under the URI returned."""
-        if self._before_write is not None:
-            await self._before_write()
         uri = await self._sink.write(relative_key, data, content_type, metadata)
         self.receipts[uri] = WriteReceipt(len(data), content_type)
         return uri
@@ -82,13 +70,8 @@ class ReceiptSink:
 class ReceiptFileSink(ReceiptSink):
     """A :class:`ReceiptSink` around a :class:`~s3flow.sinks.base.FileSink`."""
 
-    def __init__(
-        self,
-        sink: FileSink,
-        receipts: dict[str, WriteReceipt],
-        before_write: BeforeWrite | None = None,
-    ) -> None:
-        super().__init__(sink, receipts, before_write)
+    def __init__(self, sink: FileSink, receipts: dict[str, WriteReceipt]) -> None:
+        super().__init__(sink, receipts)
         self._files = sink
 
     async def write_file(
@@ -100,20 +83,12 @@ class ReceiptFileSink(ReceiptSink):
     ) -> str:
         """See :meth:`FileSink.write_file`. No receipt: the file could change while it is
         uploaded, and one HEAD costs little next to an upload of a file."""
-        if self._before_write is not None:
-            await self._before_write()
         return await self._files.write_file(relative_key, path, content_type, metadata)
 
 
-def receipt_sink(
-    sink: Sink, receipts: dict[str, WriteReceipt], before_write: BeforeWrite | None = None
-) -> ReceiptSink:
+def receipt_sink(sink: Sink, receipts: dict[str, WriteReceipt]) -> ReceiptSink:
     """``sink`` wrapped to keep receipts in ``receipts``: a FileSink stays a FileSink,
-    a sink without ``write_file`` stays without it (processors then write bytes).
-
-    ``before_write`` is awaited before every write: the worker's fence, which raises
-    once the object's claim was lost to another worker (so nothing more is written).
-    """
+    a sink without ``write_file`` stays without it (processors then write bytes)."""
     if isinstance(sink, FileSink):
-        return ReceiptFileSink(sink, receipts, before_write)
-    return ReceiptSink(sink, receipts, before_write)
+        return ReceiptFileSink(sink, receipts)
+    return ReceiptSink(sink, receipts)

@@ -222,6 +222,8 @@ class AckBatcher:
 _ATTR_MAX = 1024
 #: The message attribute naming the message a dead-lettered one was received as.
 SOURCE_MESSAGE_ID_ATTR = "s3flow.source-message-id"
+#: Waits before trying again to end a dead-lettered upload's claim (a store error).
+_END_CLAIM_RETRY_S = (0.2, 1.0, 3.0)
 #: The message attribute `s3flow dlq redrive` sets on each copy it sends back (see
 #: :func:`s3flow.ops.dlq_send.outgoing_of`). The worker carries it onto every message it
 #: derives from one that has it (a record re-sent alone, a dead letter), so the redrive
@@ -404,23 +406,35 @@ class Settler:
         status = FileStatus.DEAD if dead else FileStatus.FAILED
         for held in outcome.claims:
             oid = held.oid
-            try:
-                ended = await self.store.fail(
-                    oid,
-                    token=held.token,
-                    status=status,
-                    error_class=held.error_class,
-                    error=held.error,
-                )
-            except S3flowError as exc:
-                log.warning(
-                    "could not mark s3://%s/%s %s: %s (its claim expires; a copy of its "
-                    "message that comes back then runs it again)",
-                    oid.bucket,
-                    oid.key,
-                    status.value,
-                    exc,
-                )
+            for wait_s in (*_END_CLAIM_RETRY_S, None):
+                try:
+                    ended = await self.store.fail(
+                        oid,
+                        token=held.token,
+                        status=status,
+                        error_class=held.error_class,
+                        error=held.error,
+                    )
+                    break
+                except S3flowError as exc:
+                    if wait_s is not None:  # a store busy or throttled for a moment
+                        await asyncio.sleep(wait_s)
+                        continue
+                    # Dead-lettered, its message gone: nothing brings it back, so the
+                    # record stays processing once its claim expires; an operator's
+                    # release (which takes an expired claim) runs it again.
+                    log.error(
+                        "could not mark s3://%s/%s %s: %s; %s",
+                        oid.bucket,
+                        oid.key,
+                        status.value,
+                        exc,
+                        f"once its claim expired, `s3flow files release {oid.key}` runs it again"
+                        if dead
+                        else "its message comes back and runs it again once its claim expired",
+                    )
+                    ended = None
+            if ended is None:
                 continue
             if not ended:
                 log.info(

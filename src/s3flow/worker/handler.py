@@ -315,9 +315,12 @@ class MessageHandler:
             last = event is env.events[-1]
             outcome = await self._record(msg, event, msg.reading_done if last else None)
             if isinstance(outcome, Release):
-                return outcome  # shutdown: the whole message comes back; done records dedupe
+                # shutdown: the whole message comes back; done records dedupe
+                return await self._released(outcome, failed)
             if not last and msg.delivery in self._cut_short:
-                return Release("shutdown: not finished within shutdown_grace_s")
+                return await self._released(
+                    Release("shutdown: not finished within shutdown_grace_s"), failed
+                )
             if not last:
                 # No slot is held while the next record waits for its lock and claim
                 # (a slot held there could wait on a prefetched message that waits
@@ -550,13 +553,25 @@ class MessageHandler:
         finally:
             self._holds.forget_claim(msg.delivery, oid)
 
-    async def _give_back(self, oid: ObjectId, token: int | None) -> None:
+    async def _released(
+        self, release: Release, failed: list[tuple[ObjectEvent, RecordOutcome]]
+    ) -> Release:
+        """``release`` for the whole message: the claims kept for its earlier records'
+        dead letters (see :class:`~s3flow.worker.outcomes.HeldClaim`) are given back, so
+        that the message's next delivery runs them at once instead of waiting them out."""
+        for _, outcome in failed:
+            if isinstance(outcome, DeadLetter):
+                for held in outcome.claims:
+                    await self._give_back(held.oid, held.token)
+        return release
+
+    async def _give_back(self, oid: ObjectId | None, token: int | None) -> None:
         """Release the claim ``token`` on ``oid``, if any (best effort; finished before a
         cancellation goes on, so the claim is free before the worker closes its store).
 
         A claim already finished (completed, failed) makes this a fenced no-op.
         """
-        if self._store is not None and token is not None:
+        if self._store is not None and oid is not None and token is not None:
             with contextlib.suppress(S3flowError):
                 await give_back_claim(self._store, oid, token=token)
 
@@ -616,7 +631,7 @@ class MessageHandler:
             )
             result = await run if lost is None else await _unless(run, lost, event)
             if lost is not None and lost.is_set():
-                return self._lost(event)
+                return await self._lost(event, oid, token)
             if not isinstance(result, Result):  # a stand-in executor's or a remote run's
                 raise ProcessorError(f"{rule.processor} gave {type(result).__name__}, no Result")
             if self.p.verify_outputs:
@@ -627,7 +642,8 @@ class MessageHandler:
             raise
         except Exception as exc:
             if lost is not None and lost.is_set():
-                return self._lost(event)  # whatever the processor made of the fence's error
+                # whatever the processor made of the fence's error
+                return await self._lost(event, oid, token)
             if isinstance(exc, S3flowError):
                 return await self._failed(attempt, exc)
             log.exception("processor %s raised on %s", rule.processor, event.uri())
@@ -661,11 +677,16 @@ class MessageHandler:
         self._observer.object_finished(self.p.name, event, result, None)
         return None
 
-    def _lost(self, event: ObjectEvent) -> Release:
+    async def _lost(self, event: ObjectEvent, oid: ObjectId | None, token: int | None) -> Release:
         """The run's lock or claim was lost: nothing more is written nor recorded, and the
         message goes back to the queue (no failure counted): its next delivery finds the
-        other worker's result (a duplicate, or superseded by a newer upload)."""
+        other worker's result (a duplicate, or superseded by a newer upload).
+
+        Only the key lock may have been lost: the claim, if still this run's, is given
+        back (fenced by its token), so the message's next delivery need not wait it out.
+        """
         log.warning("%s: %s", event.uri(), _LOST)
+        await self._give_back(oid, token)
         return Release(_LOST)
 
     def _time_left(self, msg: ReceivedMessage) -> float:

@@ -21,7 +21,7 @@ from s3flow.errors import S3flowError
 from s3flow.events import ObjectEvent
 from s3flow.settings import PipelineSettings
 from s3flow.state.base import StateStore
-from s3flow.state.records import Claim, ClaimOutcome, ObjectId
+from s3flow.state.records import Claim, ClaimOutcome, FileStatus, ObjectId
 from s3flow.state.taking import take_claim, take_lock
 from s3flow.worker.outcomes import RecordOutcome
 from s3flow.worker.source import ReceivedMessage
@@ -229,6 +229,16 @@ class Holds:
             return False
         return True
 
+    @staticmethod
+    async def _taken_over(store: StateStore, oid: ObjectId, token: int) -> bool:
+        """Whether a claim whose renewal was refused is another's now: not when this run
+        finished it itself (completed or failed between the renewal and its forgetting)."""
+        try:
+            rec = await store.get(oid)
+        except S3flowError:
+            return True  # cannot tell: as refused
+        return rec is None or rec.fencing_token != token or rec.status is FileStatus.PROCESSING
+
     async def renew(self, deliveries: list[str]) -> None:
         """Extend the locks and claims held for these deliveries (with their visibility beat)."""
         store = self._store
@@ -260,7 +270,11 @@ class Holds:
                     )
                     continue
                 # A claim that finished meanwhile is not "lost".
-                if not ok and self._claims.get(delivery, {}).get(oid) == token:
+                if (
+                    not ok
+                    and self._claims.get(delivery, {}).get(oid) == token
+                    and await self._taken_over(store, oid, token)
+                ):
                     renewed = False
                     log.warning(
                         "claim on s3://%s/%s was lost (expired and taken over elsewhere): "

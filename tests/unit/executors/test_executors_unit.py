@@ -769,3 +769,35 @@ async def test_a_processor_that_returns_no_result_is_a_processor_error() -> None
     )
     with pytest.raises(ProcessorError, match="returned NoneType, not a Result"):
         await run_object(Forgets({}), job, s3=None, sink=None)  # type: ignore[arg-type]
+
+
+async def test_a_fenced_inline_sink_keeps_its_class_and_awaits_the_fence(tmp_path: Path) -> None:
+    """The write fence wrapped the sink: a processor checking isinstance(ctx.sink,
+    LocalDirSink) or reading its directory failed on every object once a store was set."""
+    from s3flow.executors.base import ObjectJob
+    from s3flow.executors.inline import InlineExecutor
+    from s3flow.processors.base import BaseProcessor, ProcessContext, Result
+    from s3flow.sinks.local import LocalDirSink
+
+    class Checks(BaseProcessor):
+        async def process(self, ctx: ProcessContext) -> Result:
+            assert isinstance(ctx.sink, LocalDirSink), type(ctx.sink)
+            return Result(outputs=[await ctx.sink.write("out.txt", b"x")])
+
+    fenced: list[str] = []
+
+    async def fence() -> None:
+        fenced.append("checked")
+
+    sink = LocalDirSink(tmp_path)
+    ex = InlineExecutor(s3=None, sink=sink, processors={"mine|{}": Checks({})})
+    job = ObjectJob(
+        processor="mine",
+        options={},
+        event=ObjectEvent(bucket="in", key="a.txt"),
+        output=str(tmp_path),
+        timeout_s=10,
+    )
+    result = await ex.run(job, before_write=fence)
+    assert fenced == ["checked"] and len(result.outputs) == 1
+    assert sink.before_write is None  # the pipeline's own sink is left as it was

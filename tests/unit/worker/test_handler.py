@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from s3flow.errors import InvalidInputError
+from s3flow.errors import CorruptDataError, InvalidInputError
 from s3flow.metrics import PipelineMetrics
 from s3flow.pipelines.line_count import LineCountProcessor
 from s3flow.processors.base import Result
@@ -501,7 +501,41 @@ async def test_a_run_whose_claim_is_lost_is_stopped_and_its_message_released(
         assert executors.cancelled
         (rec,) = await db.versions("b", "k0.txt")
         assert rec.status is not FileStatus.COMPLETED and rec.failures == 0, rec
+        # Its claim (still its own when only the key lock was lost) is given back: the
+        # next delivery need not wait it out.
+        assert rec.status is FileStatus.RECEIVED and rec.claim_owner is None, rec
         assert handler.metrics.objects_processed == 0
+
+
+class _DeadThenLost(_StalledExecutors):
+    """The first record fails for good; the second is stalled until its hold is lost."""
+
+    async def run(self, name: str, job: object, progress: object, **kw: object) -> Result:
+        if not self.fences:
+            self.fences.append(None)
+            raise CorruptDataError("truncated")
+        return await super().run(name, job, progress, **kw)
+
+
+async def test_a_message_released_gives_back_the_claims_kept_for_its_dead_letters(
+    tmp_path: Path,
+) -> None:
+    """Record 0 failed for good (its claim kept for the dead letter), then record 1's run
+    was stopped (a lost hold; a shutdown the same): the whole message is released, and
+    record 0 stayed processing until its claim's TTL."""
+    executors = _DeadThenLost()
+    async with SqliteStateStore(tmp_path / "state.db") as db:
+        handler = _handler(executors, store=db)  # type: ignore[arg-type]
+        body = json.loads(_three_records())
+        body["Records"] = body["Records"][:2]
+        msg = ReceivedMessage("m", "h", json.dumps(body), 1, 0.0)
+        handling = asyncio.create_task(handler.handle(msg))
+        await asyncio.wait_for(executors.started.wait(), 10)
+        handler._holds.lost(msg.delivery).set()
+        outcome = await asyncio.wait_for(handling, 10)
+        assert isinstance(outcome, Release), outcome
+        (rec,) = await db.versions("b", "k0.txt")
+        assert rec.status is not FileStatus.PROCESSING and rec.claim_owner is None, rec
 
 
 class _NoneExecutors:

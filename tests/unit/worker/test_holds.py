@@ -186,6 +186,9 @@ class _LosingStore(_Store):
         self.calls.append(("renew", oid, token, ttl_s))
         return False
 
+    async def get(self, oid: ObjectId) -> Any:
+        return None  # taken over and gone, as far as this worker can tell
+
 
 async def test_a_lost_lock_sets_its_delivery_lost_and_fails_the_fence() -> None:
     """Loss found by the heartbeat: the run is told (``lost``) and no write passes."""
@@ -229,3 +232,26 @@ async def test_the_fence_passes_a_stale_confirmation_renewed_now(
     n = len(store.calls)
     assert await holds.fence(MSG.delivery)  # confirmed again: no second round trip
     assert len(store.calls) == n
+
+
+async def test_a_claim_finished_by_its_own_run_is_not_lost() -> None:
+    """A renewal that ran between the run's complete() and its forgetting the claim was
+    refused, and the run was said to be stopped: a false "lost" warning."""
+    from s3flow.state.records import FileRecord, FileStatus
+
+    class _Finished(_LosingStore):
+        async def get(self, oid: ObjectId) -> Any:
+            return FileRecord(
+                bucket=oid.bucket,
+                key=oid.key,
+                version=oid.version,
+                pipeline="p",
+                status=FileStatus.COMPLETED,
+                fencing_token=5,
+            )
+
+    holds = _holds(_Finished())
+    oid = ObjectId("b", "k.txt", "v1")
+    holds.track_claim(MSG.delivery, oid, 5)
+    await holds.renew([MSG.delivery])
+    assert not holds.lost(MSG.delivery).is_set()

@@ -213,3 +213,37 @@ async def test_a_renewed_retry_is_sent_again_as_a_new_message(
     # the queue's redrive moved for one, hiding that SQS moved it
     assert "s3flow.error" not in got and "s3flow.error-class" not in got
     assert (acks.deleted, acks.changes) == (["h"], [])
+
+
+async def test_a_store_error_ending_a_dead_letters_claim_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DLQ has the message, then marking the record dead failed once (a busy store):
+    it was left processing for good, its message deleted, nothing to bring it back."""
+    from s3flow.errors import S3flowError
+    from s3flow.worker import acks as acks_module
+
+    monkeypatch.setattr(acks_module, "_END_CLAIM_RETRY_S", (0.01, 0.01))
+    oid = ObjectId("b", "k", "v1")
+    async with SqliteStateStore(tmp_path / "state.db") as store:
+        claim = await store.claim(oid, pipeline="p", owner="w", ttl_s=60)
+        real_fail, calls = store.fail, []
+
+        async def flaky_fail(*args: Any, **kwargs: Any) -> bool:
+            calls.append(1)
+            if len(calls) < 3:
+                raise S3flowError("database is locked")
+            return await real_fail(*args, **kwargs)
+
+        monkeypatch.setattr(store, "fail", flaky_fail)
+        p = PipelineSettings(name="p", bucket="b", queue="q", output="s3://o/")
+        fake: AckBatcher = FakeDeletes()  # type: ignore[assignment]
+        settler = Settler(
+            fake, FakeSqs(), pipeline=p, queue_url="q", dlq_url="d", worker_id="w", store=store
+        )
+        msg = ReceivedMessage("m", "h", "{}", 1, time.monotonic())
+        held = HeldClaim(oid, claim.token, "E", "x")
+        await settler.settle(msg, DeadLetter("E", "x", (held,)))
+        rec = await store.get(oid)
+    assert len(calls) == 3
+    assert rec is not None and rec.status is FileStatus.DEAD, rec

@@ -37,7 +37,6 @@ from s3flow.processors.base import OptionsProcessor, PipelineContext, ProcessCon
 from s3flow.quarantine import tag_quarantined
 from s3flow.settings import AwsSettings
 from s3flow.sinks.local import LocalDirSink
-from s3flow.sinks.receipts import ReceiptSink
 from s3flow.sinks.s3 import S3Sink
 
 if TYPE_CHECKING:  # pyarrow and friends load on first use, not at import
@@ -80,8 +79,6 @@ def target_for_sink(sink: Any) -> Target:
     """Where the parts go, from the pipeline's sink (S3 prefix or local directory)."""
     from s3flow.pipelines.ndjson_parquet.compaction.tasks import Target
 
-    if isinstance(sink, ReceiptSink):  # the worker's per-object wrapper: its destination
-        sink = sink.inner
     if isinstance(sink, S3Sink):
         return Target(kind="s3", bucket=sink.bucket, prefix=sink.prefix)
     if isinstance(sink, LocalDirSink):
