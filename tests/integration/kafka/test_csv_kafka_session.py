@@ -7,6 +7,7 @@ import csv
 import io
 import random
 import re
+import time
 from itertools import accumulate
 from typing import Any, cast
 
@@ -14,7 +15,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from kafka_support import read_topic, unique_topic
 
-from s3flow.errors import PermanentError, UndecodableContentError
+from s3flow.errors import ConfigError, PermanentError, UndecodableContentError
 from s3flow.local.kafka_broker import KafkaBroker
 from s3flow.pipelines.csv_kafka.channel import ChunkChannel
 from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef
@@ -308,3 +309,38 @@ def test_a_message_the_broker_refuses_fails_the_object_naming_its_line(
     assert "INVALID_RECORD" in text and "set key_column" in text, text
     assert values(kafka, topic) == []
     assert read_topic(kafka.bootstrap, opts.checkpoint_topic_name) == []
+
+
+@pytest.mark.parametrize("absent", ["data", "checkpoint", "dlq"])
+def test_a_missing_topic_without_create_topics_is_a_config_error_at_once(
+    kafka: KafkaBroker, absent: str
+) -> None:
+    """create_topics = false and one topic missing: a missing checkpoint topic was
+    retried until retry_timeout_s (120 s), then "run it again" (exit 1); a missing data
+    topic failed after ~31 s. The topics are listed at start: a missing one is a
+    permanent ConfigError at once, naming it and what to do."""
+    opts = parse_options(
+        {
+            "topic": unique_topic("session"),
+            "bootstrap_servers": kafka.bootstrap,
+            "create_topics": False,
+        }
+    )
+    names = {
+        "data": opts.topic,
+        "checkpoint": opts.checkpoint_topic_name,
+        "dlq": opts.dlq_topic_name,
+    }
+    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    made = [NewTopic(name, 1, 1) for what, name in names.items() if what != absent]
+    for future in admin.create_topics(made).values():
+        future.result()
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        ensure_topics(opts)
+    assert time.monotonic() - started < 10
+    text = str(err.value)
+    assert f"topic {names[absent]!r} does not exist and create_topics = false" in text, text
+    assert "set create_topics = true" in text, text
+    others = [name for what, name in names.items() if what != absent]
+    assert all(repr(name) not in text for name in others), text

@@ -87,7 +87,8 @@ def ensure_topics(opts: CsvKafkaOptions, timeout_s: float = 30.0) -> list[str]:
     topics created.
 
     A broker nothing answers at fails at once (:func:`check_brokers`); too few
-    partitions is a :class:`~s3flow.errors.ConfigError`."""
+    partitions, and a missing topic without ``create_topics``, are a
+    :class:`~s3flow.errors.ConfigError`."""
     check_brokers(opts.bootstrap())
     wanted = [
         NewTopic(opts.topic, num_partitions=opts.topic_partitions, replication_factor=-1),
@@ -116,8 +117,18 @@ def ensure_topics(opts: CsvKafkaOptions, timeout_s: float = 30.0) -> list[str]:
     if problem is not None:
         raise ConfigError(f"csv-to-kafka: {problem}")
     missing = [t for t in wanted if t.topic not in existing]
-    if not missing or not opts.create_topics:
+    if not missing:
         return []
+    if not opts.create_topics:
+        # Found at once: a producer would wait for the missing topic's metadata (a data
+        # topic ~30 s, a checkpoint topic until retry_timeout_s) and then fail.
+        names = ", ".join(repr(t.topic) for t in missing)
+        raise ConfigError(
+            f"csv-to-kafka: topic{'s' if len(missing) > 1 else ''} {names} "
+            f"{'do' if len(missing) > 1 else 'does'} not exist and create_topics = false: "
+            "create them (the checkpoint topic compacted: cleanup.policy=compact), or set "
+            "create_topics = true"
+        )
     created = []
     for name, future in admin.create_topics(missing, operation_timeout=timeout_s).items():
         try:
