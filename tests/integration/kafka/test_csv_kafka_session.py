@@ -344,3 +344,46 @@ def test_a_missing_topic_without_create_topics_is_a_config_error_at_once(
     assert "set create_topics = true" in text, text
     others = [name for what, name in names.items() if what != absent]
     assert all(repr(name) not in text for name in others), text
+
+
+@pytest.mark.parametrize("rows", [4, 3000])
+def test_bad_rows_are_dead_lettered_under_a_small_data_topic_limit(
+    kafka: KafkaBroker, rows: int
+) -> None:
+    """A data topic with max.message.bytes = 2000 lowered the producer's
+    message.max.bytes to 2000, and the first dead letter (raw and fields of up to 16 KiB
+    each, with the reason twice) was over it: "Kafka produce to <topic>.dlq failed:
+    MSG_SIZE_TOO_LARGE", a permanent error blaming the DLQ topic (limit 1 MB), and no row
+    committed. A dead letter is now cut to fit (raw_truncated / fields_truncated); the
+    good rows are committed once, in order."""
+    topic = created_topic(kafka, {"max.message.bytes": "2000"})
+    opts = options(kafka, topic=topic)
+    good = [f"{i},{'v' * (i % 50)}" for i in range(rows)]
+    wide = "1,2,3"
+    long_row = "x," + "y" * 2498  # a good row of 2,500 characters: over the topic's limit
+    many = ",".join("f" * 300 for _ in range(20))  # 20 fields: a dead letter of ~12 KB
+    half = rows // 2
+    data = "\n".join(["a,b", *good[:half], wide, long_row, many, *good[half:], ""]).encode()
+    ckpts = run(opts, ObjectRef("bucket", "small-limit.csv", "v1"), data, block_bytes=4096)
+    assert [row["a"] for row in values(kafka, topic)] == [str(i) for i in range(rows)]
+    dead = read_topic(kafka.bootstrap, opts.dlq_topic_name)
+    # a block's rows over the limit are dead-lettered after its other bad rows
+    docs = sorted((d.json() for d in dead), key=lambda doc: int(doc["line"]))
+    assert [d["line"] for d in docs] == [half + 2, half + 3, half + 4]
+    assert docs[0]["reason"] == "expected 2 columns, got 3"
+    assert (docs[0]["fields"], docs[0]["raw"], docs[0]["raw_truncated"]) == (
+        ["1", "2", "3"],
+        wide,
+        False,
+    )
+    assert (
+        f"its message of 2514 bytes is over the topic '{topic}' max.message.bytes (2000)"
+        in (docs[1]["reason"])
+    ), docs[1]["reason"]
+    # its raw is the start of its message (the row's JSON), cut to fit
+    assert docs[1]["raw_truncated"] is True and docs[1]["raw"].startswith('{"a":"x","b":"yyy')
+    assert docs[2]["reason"] == "expected 2 columns, got 20"
+    assert docs[2]["raw_truncated"] is True and docs[2]["fields_truncated"] is True
+    assert many.startswith(docs[2]["raw"]) and len(docs[2]["raw"]) > 100
+    assert all(len(d.value) < 2000 for d in dead)
+    assert ckpts[-1].done and (ckpts[-1].sent, ckpts[-1].bad) == (rows, 3)

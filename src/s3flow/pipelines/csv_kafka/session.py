@@ -63,7 +63,13 @@ from s3flow.pipelines.csv_kafka.errors import (
     translate_kafka_error,
 )
 from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions, admin_config
-from s3flow.pipelines.csv_kafka.rows import BadRow, RowBatches, original_bytes
+from s3flow.pipelines.csv_kafka.rows import (
+    FIELD_OVERHEAD,
+    BadRow,
+    RowBatches,
+    fields_excerpt,
+    original_bytes,
+)
 from s3flow.pipelines.csv_kafka.topics import message_limit
 
 log = logging.getLogger("s3flow.pipelines.csv_kafka")
@@ -82,6 +88,9 @@ SEND_SLICE = 512
 _PARTITION_ANY = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the partitioner decides
 _PRODUCER_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
 _MIN_MAX_BYTES = 1000  # the lowest message.max.bytes librdkafka takes
+#: What a dead letter leaves of ``message.max.bytes`` for the record's and its record
+#: batch's own bytes (a batch of one record: 61 bytes of batch header, ~30 of record).
+_DLQ_MARGIN = 128
 #: Messages the transaction's abort or the producer's close purged: not refused.
 _PURGED = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
 #: Refused deliveries kept to name in the error (all are counted).
@@ -533,7 +542,14 @@ class TxnSession:
         bad: BadRow,
         const_headers: list[tuple[str, str | bytes | None]] | None,
     ) -> None:
-        """Send a bad row to the dead-letter topic: where it is, why, and its content."""
+        """Send a bad row to the dead-letter topic: where it is, why, and its content.
+
+        The message is cut to the producer's ``message.max.bytes`` (its ``raw`` and
+        ``fields`` shortened, ``raw_truncated`` / ``fields_truncated`` set): a topic's
+        smaller ``max.message.bytes`` lowers that limit for every topic the producer
+        writes to (record batches are sized by it), so a dead letter of 16 KiB of raw
+        text and as much of fields would be refused whatever the DLQ topic's own limit.
+        """
         ref, encoding = self.ref, self.opts.encoding
         doc = {
             "bucket": ref.bucket,
@@ -548,13 +564,25 @@ class TxnSession:
             "raw_truncated": bad.raw_truncated,
             "fields_truncated": bad.fields_truncated,
         }
-        self._produce(
-            producer,
-            self.opts.dlq_topic_name,
-            json.dumps(doc, ensure_ascii=False),
-            None,
-            _PARTITION_ANY,
-            [*(const_headers or []), ("s3.line", str(bad.line)), ("error", bad.reason)],
+        headers: list[tuple[str, str | bytes | None]] = [
+            *(const_headers or []),
+            ("s3.line", str(bad.line)),
+            ("error", bad.reason),
+        ]
+        topic = self.opts.dlq_topic_name
+        room = self._max_bytes - _DLQ_MARGIN
+        for _ in range(4):
+            value = _fit_dead_letter(doc, _headers_size(headers), room)
+            if value is not None and self._produce(
+                producer, topic, value, None, _PARTITION_ANY, headers, True
+            ):
+                return
+            room //= 2  # librdkafka counted more than we did: cut further
+        limit = f", lowered to the {self._topic_limit}" if self._topic_limit else ""
+        raise KafkaPermanentError(
+            f"{ref.uri}: the dead letter of line {bad.line} does not fit the producer's "
+            f"message.max.bytes ({self._max_bytes}{limit}) even without its raw text and "
+            "fields: raise it"
         )
 
     def _commit(self, producer: Producer, state: Checkpoint, *, final: bool) -> None:
@@ -669,6 +697,46 @@ def _refused_hint(err: KafkaError, key_column: str | None) -> str:
     if code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
         return " (the topic does not exist: create it, or set create_topics = true)"
     return ""
+
+
+def _headers_size(headers: Sequence[tuple[str, str | bytes | None]]) -> int:
+    """What ``headers`` add to a message's size (names and values, in bytes)."""
+    return sum(
+        len(name.encode()) + len(value.encode() if isinstance(value, str) else value or b"")
+        for name, value in headers
+    )
+
+
+def _fit_dead_letter(doc: dict[str, Any], headers_size: int, room: int) -> str | None:
+    """``doc`` as JSON of at most ``room`` bytes with ``headers_size`` bytes of headers:
+    its ``raw`` and ``fields`` cut (and marked truncated) as far as needed (``doc`` is
+    updated); None when it does not fit even without them."""
+    value = json.dumps(doc, ensure_ascii=False)
+    size = len(value.encode("utf-8")) + headers_size
+    if size <= room:
+        return value
+    raw, fields = doc["raw"], doc["fields"]
+    bare = dict(doc, raw="" if raw is not None else None, fields=[] if fields else fields)
+    fixed = len(json.dumps(bare, ensure_ascii=False).encode("utf-8")) + headers_size
+    if fixed > room:
+        return None
+    raw_chars = len(raw or "")
+    fields_chars = sum(len(f) + FIELD_OVERHEAD for f in fields or ())
+    while size > room:
+        # the share of the content that fits, a little less (escapes, multi-byte text)
+        share = (room - fixed) / (size - fixed) * 0.9
+        raw_chars = min(raw_chars - 1, int(raw_chars * share))
+        fields_chars = min(fields_chars - 1, int(fields_chars * share))
+        if raw is not None:
+            doc["raw"] = raw[: max(raw_chars, 0)]
+            doc["raw_truncated"] = doc["raw_truncated"] or len(doc["raw"]) < len(raw)
+        if fields:
+            kept, cut = fields_excerpt(fields, max(fields_chars, 0))
+            doc["fields"] = kept
+            doc["fields_truncated"] = doc["fields_truncated"] or cut
+        value = json.dumps(doc, ensure_ascii=False)
+        size = len(value.encode("utf-8")) + headers_size
+    return value
 
 
 def _printable(text: str, encoding: str) -> str:

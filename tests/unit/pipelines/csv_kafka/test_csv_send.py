@@ -80,3 +80,29 @@ def test_a_value_that_is_not_text_is_a_permanent_error() -> None:
     send = _session()._sender(FakeProducer(), "t", 0, None)  # type: ignore[arg-type]
     with pytest.raises(UndecodableContentError):
         send(["ok", "bad \udcff"], None, [2, 3])
+
+
+@pytest.mark.parametrize(
+    ("raw", "fields"),
+    [
+        ("é" * 5000, ["é" * 2000, "x" * 3000]),  # 2-byte characters
+        ('"\n' * 3000, None),  # escaped characters (a CSV error: no fields)
+        ("a" * 100, ["b"] * 5000),  # many empty-ish fields
+    ],
+)
+def test_a_dead_letter_is_cut_to_fit_the_room_it_has(raw: str, fields: list[str] | None) -> None:
+    import json
+
+    def doc() -> dict[str, Any]:
+        return {"line": 7, "reason": "r", "fields": fields, "raw": raw, "raw_truncated": False,
+                "fields_truncated": False}  # fmt: skip
+
+    value = session_mod._fit_dead_letter(doc(), 100, 1500)
+    assert value is not None and len(value.encode()) + 100 <= 1500
+    out = json.loads(value)
+    assert raw.startswith(out["raw"]) and out["raw_truncated"] is True
+    assert len(out["raw"]) > 100 or len(raw) <= 100
+    if fields is not None:
+        assert out["fields_truncated"] is True and len(out["fields"]) <= len(fields)
+    # a room that even the bare document does not fit
+    assert session_mod._fit_dead_letter(doc(), 1450, 1500) is None
