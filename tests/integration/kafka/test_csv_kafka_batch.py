@@ -295,3 +295,41 @@ def _settle_fresh_libraries() -> None:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
+
+
+@pytest.mark.timeout(300)
+def test_a_broker_outage_fails_the_run_within_retry_timeout_then_a_rerun_resumes(
+    endpoint: LocalEndpoint, s3: Any, bucket: str, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """The broker killed mid-file with retry_timeout_s = 10: each commit attempt waited
+    transaction.timeout.ms (60 s), five times, and the run failed after ~300 s (then
+    "aborting the open transaction failed: ... _CONFLICT", the timed-out commit still in
+    progress). It exits 1 within about retry_timeout_s now; the commit it gave up on is
+    the broker's to settle, and the rerun, the broker back, resumes exactly once."""
+    topic = unique_topic("outage")
+    s3.put_object(Bucket=bucket, Key="big.csv", Body=_big_csv())
+    args = (f"s3://{bucket}/big.csv", "--topic", topic, "-o", "retry_timeout_s=10")
+    proc = subprocess.Popen(
+        command(tmp_path, kafka, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    watcher = CheckpointWatcher(kafka.bootstrap, f"{topic}.checkpoints")
+    try:
+        at_kill = wait_progress(watcher, 200_000, proc, 90)
+        watcher.close()
+        assert not at_kill.done and proc.poll() is None  # really in the middle
+        kafka.kill()
+        down = time.monotonic()
+        try:
+            _, err = proc.communicate(timeout=60)
+        finally:
+            waited = time.monotonic() - down
+            kafka.start(timeout_s=120, sticky=True)
+    finally:
+        proc.kill()
+    print(f"outage: exit {proc.returncode} after {waited:.1f}s: {err.strip().splitlines()[-1]}")
+    assert proc.returncode == 1, err[-3000:]
+    assert waited < 10 + 15, f"failed after {waited:.0f}s"
+    assert "_CONFLICT" not in err, err[-3000:]
+    final = summary(cli(tmp_path, kafka, *args, timeout_s=150))
+    assert final["rows"] == ROWS and final["resumed_from_row"] > 0
+    check_exactly_once(kafka.bootstrap, topic)

@@ -12,10 +12,11 @@ from itertools import accumulate
 from typing import Any, cast
 
 import pytest
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from kafka_support import read_topic, unique_topic
+from kafka_support import latest_checkpoint, read_topic, unique_topic
 
-from s3flow.errors import ConfigError, PermanentError, UndecodableContentError
+from s3flow.errors import ConfigError, PermanentError, RetryableError, UndecodableContentError
 from s3flow.local.kafka_broker import KafkaBroker
 from s3flow.pipelines.csv_kafka.channel import ChunkChannel
 from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef
@@ -387,3 +388,54 @@ def test_bad_rows_are_dead_lettered_under_a_small_data_topic_limit(
     assert many.startswith(docs[2]["raw"]) and len(docs[2]["raw"]) > 100
     assert all(len(d.value) < 2000 for d in dead)
     assert ckpts[-1].done and (ckpts[-1].sent, ckpts[-1].bad) == (rows, 3)
+
+
+class FlushFirst:
+    """A producer whose commit_transaction flushes the transaction's messages first."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def commit_transaction(self, timeout: float) -> None:
+        self._producer.flush(30)
+        self._producer.commit_transaction(timeout)
+
+
+@pytest.mark.parametrize("settle_s", [0.0, 3.0])
+def test_a_commit_given_up_client_side_is_settled_by_the_broker_and_resumed_once(
+    kafka: KafkaBroker, monkeypatch: pytest.MonkeyPatch, settle_s: float
+) -> None:
+    """retry_timeout_s run out while commit_transaction waits: the session gives up on
+    the commit, which goes on in the background. It used to try abort_transaction then
+    (refused: "_CONFLICT Conflicting commit_transaction API call is already in
+    progress"); now it leaves the transaction to the broker, and the next session of the
+    object (init_transactions waits for that transaction's outcome) resumes from
+    whichever checkpoint is committed: every row once, in order. ``settle_s``: the
+    producer is kept that long before it is closed, so that the commit goes through on
+    the broker (3 s) or, closed at once, is aborted by the next producer's fence (0)."""
+    from s3flow.pipelines.csv_kafka import session as session_mod
+
+    opts = options(kafka, checkpoint_rows=500)
+    ref = ObjectRef("bucket", "given-up.csv", "v1")
+    data = "".join(["a,b\n", *(f"{i},{i % 7}\n" for i in range(5000))]).encode()
+    session = TxnSession(opts, ref, block_bytes=4096, clock=session_mod.RetryClock(0))
+    try:
+        ckpt = session.prepare()
+        if settle_s:  # the messages flushed first: the commit times out waiting for EndTxn
+            session._producer = cast(Producer, FlushFirst(session._producer))
+        monkeypatch.setattr(session_mod, "MIN_WAIT_S", 0.0005)  # each commit: 0.5 ms
+        with pytest.raises(RetryableError, match="did not complete"):
+            session.run(cast(ChunkChannel, MemoryChannel(data)), ckpt)
+        time.sleep(settle_s)
+    finally:
+        session.close()
+    monkeypatch.undo()
+    given_up = latest_checkpoint(kafka.bootstrap, opts.checkpoint_topic_name)
+    if settle_s:  # the commit given up on went through: its rows and checkpoint stay
+        assert given_up is not None and given_up.row > 0
+    ckpts = run(opts, ref, data, block_bytes=4096)
+    assert ckpts[-1].done and (ckpts[-1].row, ckpts[-1].sent) == (5000, 5000)
+    assert [row["a"] for row in values(kafka, opts.topic)] == [str(i) for i in range(5000)]

@@ -186,7 +186,8 @@ class CsvKafkaOptions(BaseModel):
     retry_timeout_s: NonNegativeFloat = Field(
         default=120.0,
         description="Keep resuming from the last checkpoint after transient Kafka/S3 errors "
-        "for this long before giving the object back to the engine.",
+        "for this long (from the start, and again from each committed checkpoint) before "
+        "giving the object back to the engine; each wait for the broker is bounded by it.",
     )
 
     @field_validator("delimiter", "quotechar", "escapechar")

@@ -25,7 +25,7 @@ from s3flow.pipelines.csv_kafka.channel import ChannelClosed, ChunkChannel
 from s3flow.pipelines.csv_kafka.checkpoint import Checkpoint, ObjectRef, mirror_name
 from s3flow.pipelines.csv_kafka.errors import ProducerFencedError
 from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
-from s3flow.pipelines.csv_kafka.session import TxnSession
+from s3flow.pipelines.csv_kafka.session import RetryClock, TxnSession
 from s3flow.state.base import StateStore
 
 log = logging.getLogger("s3flow.pipelines.csv_kafka")
@@ -182,19 +182,21 @@ async def run_object(
     """
     name = mirror_name(opts.topic, ref)
     started = time.monotonic()
-    deadline = started + opts.retry_timeout_s
+    # retry_timeout_s from the start, and again from each committed checkpoint: the
+    # attempts and each wait of theirs for the broker stay within it
+    clock = RetryClock(opts.retry_timeout_s)
     attempt = 0
     async with CheckpointMirror(store, name, on_checkpoint, hint) as mirror:
         while True:
             attempt += 1
             try:
                 report = await _attempt(
-                    opts, ref, open_stream, executor, store, mirror, report_progress, ncols
+                    opts, ref, open_stream, executor, store, mirror, report_progress, ncols, clock
                 )
             except ProducerFencedError:
                 raise  # a newer producer owns this object now: do not fight it
             except RetryableError as exc:
-                left = deadline - time.monotonic()
+                left = clock.left()
                 if left <= 0:
                     raise
                 delay = min(left, 10.0, 0.5 * 2 ** min(attempt, 5))
@@ -221,9 +223,10 @@ async def _attempt(
     mirror: CheckpointMirror,
     report_progress: Callable[[int], None],
     ncols: int | None = None,
+    clock: RetryClock | None = None,
 ) -> RunReport:
     loop = asyncio.get_running_loop()
-    session = TxnSession(opts, ref, on_checkpoint=mirror.offer, ncols=ncols)
+    session = TxnSession(opts, ref, on_checkpoint=mirror.offer, ncols=ncols, clock=clock)
     opening: asyncio.Task[ObjectReader] | None = None
     try:
         hint = mirror.hint

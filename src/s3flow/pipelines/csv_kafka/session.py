@@ -75,6 +75,9 @@ from s3flow.pipelines.csv_kafka.topics import message_limit
 log = logging.getLogger("s3flow.pipelines.csv_kafka")
 
 _COMMIT_ATTEMPTS = 5
+#: The least a wait for the broker is given when ``retry_timeout_s`` has (nearly) run
+#: out: a healthy broker's commit or start-up is not cut short by a small setting.
+MIN_WAIT_S = 5.0
 #: Blocks (~512 KiB each) read and encoded ahead of the produce loop: the same bytes
 #: ahead as one block of 1 MiB before. 3 blocks of 1 MiB were tried (parsing while
 #: ``commit_transaction`` waits) but lifted the 2 GiB run's peak RSS over its 250 MB
@@ -95,6 +98,32 @@ _DLQ_MARGIN = 128
 _PURGED = {KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT}
 #: Refused deliveries kept to name in the error (all are counted).
 _REFUSED_KEPT = 5
+
+
+class RetryClock:
+    """How long an object may still wait for Kafka: ``retry_timeout_s`` from its start,
+    and again from each committed checkpoint (progress).
+
+    Each blocking call (``init_transactions``, ``commit_transaction``, metadata, the
+    checkpoint read, a full queue) waits at most what is left, and no less than
+    :data:`MIN_WAIT_S`: a broker down makes the object fail within about
+    ``retry_timeout_s`` (each commit attempt waited ``transaction.timeout.ms``, five
+    times: 5 minutes whatever the setting)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def progress(self) -> None:
+        """A checkpoint was committed: the broker works; the whole window is left again."""
+        self.end = time.monotonic() + self.seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def wait(self, usual: float) -> float:
+        """How long a call that would wait ``usual`` seconds may wait now."""
+        return min(usual, max(self.left(), MIN_WAIT_S))
 
 
 def producer_config(opts: CsvKafkaOptions, ref: ObjectRef) -> dict[str, Any]:
@@ -130,10 +159,12 @@ class TxnSession:
         piece_bytes: int = PIECE_BYTES,
         block_bytes: int = BLOCK_BYTES,
         ncols: int | None = None,
+        clock: RetryClock | None = None,
     ) -> None:
         """``ncols``: the expected column count of every row, when known beforehand (a
         range of an object without header and columns: its first record's); else the
-        column names' count, or the first row's (kept in the checkpoint)."""
+        column names' count, or the first row's (kept in the checkpoint). ``clock``:
+        what is left of ``retry_timeout_s`` (the runner's, shared by its attempts)."""
         self.opts = opts
         self._ncols = ncols
         self.ref = ref
@@ -142,6 +173,10 @@ class TxnSession:
         self._block_bytes = block_bytes
         self._producer: Producer | None = None
         self._in_txn = False
+        #: A commit gave up on waiting (client side): it goes on in the background and
+        #: the broker settles it; abort_transaction would be refused (_CONFLICT).
+        self._commit_pending = False
+        self._clock = clock or RetryClock(opts.retry_timeout_s)
         self._ckpt_partition = 0
         self._ckpt_key = ref.checkpoint_key(opts.topic, opts.checkpoint_topic_name)
         self._scan_from = 0
@@ -171,9 +206,12 @@ class TxnSession:
         conf["on_delivery"] = self._delivery_failed
         producer = Producer(conf, logger=client_log)
         self._producer = producer
-        self._call(lambda: producer.init_transactions(self._timeout), "init_transactions")
+        clock = self._clock
+        self._call(
+            lambda: producer.init_transactions(clock.wait(self._timeout)), "init_transactions"
+        )
         topic = self.opts.checkpoint_topic_name
-        meta = self._call(lambda: producer.list_topics(topic, timeout=30), "metadata")
+        meta = self._call(lambda: producer.list_topics(topic, timeout=clock.wait(30)), "metadata")
         info = meta.topics.get(topic)
         if info is None or info.error is not None or not info.partitions:
             raise KafkaUnavailableError(
@@ -186,7 +224,7 @@ class TxnSession:
             self._ckpt_partition,
             self._ckpt_key,
             start_offset=hint,
-            timeout_s=self._timeout + 30,
+            timeout_s=clock.wait(self._timeout + 30),
         )
         self._scan_from = ckpt.scan_from if ckpt is not None else end
         return ckpt
@@ -293,6 +331,18 @@ class TxnSession:
         """Abort an open transaction (its rows never become visible) and drop the producer."""
         producer, self._producer = self._producer, None
         if producer is None:
+            return
+        if self._commit_pending:
+            # Neither abort (_CONFLICT: the commit is in progress) nor purge (the commit
+            # may still be flushing): the broker commits the transaction (rows and
+            # checkpoint) or aborts it, and the next producer of this transactional.id
+            # waits for that in init_transactions, then reads the checkpoint it left.
+            self._in_txn = self._commit_pending = False
+            log.info(
+                "%s: the unfinished commit is left to the broker: a rerun resumes from "
+                "whichever checkpoint it committed",
+                self.ref.uri,
+            )
             return
         if self._in_txn:
             self._in_txn = False
@@ -515,12 +565,24 @@ class TxnSession:
         too_large_ok: bool = False,
     ) -> bool:
         """produce(), waiting for room while the producer's queue is full. False: the
-        message is over ``message.max.bytes`` and ``too_large_ok`` (not sent)."""
+        message is over ``message.max.bytes`` and ``too_large_ok`` (not sent). A queue
+        that stays full (the broker gone) for what the retry clock allows is an
+        unavailable broker."""
+        give_up = None
         while True:
             try:
                 producer.produce(topic, value, key, partition, headers=headers)
                 return True
             except BufferError:
+                now = time.monotonic()
+                if give_up is None:
+                    give_up = now + self._clock.wait(self._timeout)
+                elif now > give_up:
+                    raise KafkaUnavailableError(
+                        f"{self.ref.uri}: Kafka produce to {topic}: the producer's queue "
+                        f"stayed full for {self._clock.wait(self._timeout):.0f}s (is the "
+                        "broker reachable?)"
+                    ) from None
                 producer.poll(0.05)
             except KafkaException as exc:
                 if too_large_ok and is_too_large(exc):
@@ -598,24 +660,38 @@ class TxnSession:
             None,
         )
         started = time.monotonic()
+        clock = self._clock
         for attempt in range(1, _COMMIT_ATTEMPTS + 1):
             try:
-                producer.commit_transaction(self._timeout)
+                # A call that times out leaves the commit going on in the background:
+                # calling it again resumes it (and nothing else may be called meanwhile).
+                producer.commit_transaction(clock.wait(self._timeout))
                 break
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 retriable = bool(err is not None and err.retriable())
-                if retriable and attempt < _COMMIT_ATTEMPTS:
+                if retriable and attempt < _COMMIT_ATTEMPTS and clock.left() > 0:
                     log.info("%s: commit_transaction: %s; retrying", self.ref.uri, exc)
                     continue
                 if err is not None and err.txn_requires_abort():
                     self._in_txn = False
                     try:
-                        producer.abort_transaction(self._timeout)
+                        producer.abort_transaction(clock.wait(self._timeout))
                     except KafkaException:
                         pass
+                elif retriable and err is not None:
+                    self._commit_pending = True
+                    out = f" (retry_timeout_s = {clock.seconds:g})" if clock.left() <= 0 else ""
+                    raise KafkaUnavailableError(
+                        f"{self.ref.uri}: Kafka commit_transaction did not complete in "
+                        f"{time.monotonic() - started:.0f}s{out}: {err.name()}: "
+                        f"{err.str()}; the broker commits or aborts that transaction (its "
+                        "rows and checkpoint together): a rerun resumes from the last "
+                        "committed checkpoint"
+                    ) from exc
                 raise translate_kafka_error(exc, "commit_transaction") from exc
         self.commit_seconds += time.monotonic() - started
+        clock.progress()
         self._in_txn = False
         self._on_checkpoint(replace(state))
         if not final:
