@@ -362,7 +362,8 @@ async def run_worker(
 
     if in_pool_child():
         raise RuntimeError(
-            "run_worker() was called in a pool executor's child process: the script that "
+            "run_worker() was called in a spawned child process (a pool executor's, or "
+            "compaction's or csv-to-kafka ranges' workers): the script that "
             "starts the worker runs again in each child (they are spawned); put the call "
             'under `if __name__ == "__main__":`'
         )

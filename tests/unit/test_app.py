@@ -92,7 +92,6 @@ def test_an_unknown_processor_is_named_as_the_processor_setting() -> None:
     ("kind", "says"),
     [
         ("noproc", "has no process() method"),
-        ("sync", "process() must be `async def`"),
         ("malformed", "is not a 'module:Class' path"),
     ],
 )

@@ -9,6 +9,7 @@ that has nothing else: a pool child, ``s3flow run`` in a subprocess or a contain
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -51,7 +52,15 @@ async def run_object(
         reading_done=reading_done or (lambda: None),
     )
     try:
-        result = await processor.process(ctx)
+        pending = processor.process(ctx)
+        if not inspect.isawaitable(pending):
+            # A plain `def process` (its work done, its Result not awaitable): the same
+            # on every object, so permanent, and the fix is the processor's code.
+            raise ConfigError(
+                f"processor {job.processor!r}: process() returned {type(pending).__name__}, "
+                "not an awaitable: make it `async def process(self, ctx)`"
+            )
+        result = await pending
     except (asyncio.CancelledError, S3flowError):
         raise
     except Exception as exc:

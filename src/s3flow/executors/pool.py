@@ -84,10 +84,14 @@ def pool_context() -> multiprocessing.context.SpawnContext:
 
 
 def in_pool_child() -> bool:
-    """Whether this process is one of a pool executor's children. A script that starts a
-    worker without an ``if __name__ == "__main__":`` guard runs again in each child
-    (spawn imports the parent's main module there)."""
-    return multiprocessing.current_process().name.startswith(f"{POOL_CHILD_NAME}-")
+    """Whether this process is a spawned child re-importing its parent's main module: a
+    pool executor's, compaction's or csv-to-kafka's ranges. A script that starts a
+    worker without an ``if __name__ == "__main__":`` guard runs again there.
+
+    ``_inheriting`` is multiprocessing's own flag for that moment (spawn and
+    forkserver); the pool's child name covers a start method that does not set it."""
+    me = multiprocessing.current_process()
+    return bool(getattr(me, "_inheriting", False)) or me.name.startswith(f"{POOL_CHILD_NAME}-")
 
 
 #: How long a broken pool's first failed run waits to see which child died.

@@ -9,9 +9,7 @@ listed in :data:`CLI_EXTENSIONS` / the ``s3flow.cli`` entry-point group.
 
 from __future__ import annotations
 
-import functools
 import importlib
-import inspect
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
@@ -141,26 +139,9 @@ def create_processor(spec: str, options: dict[str, Any] | None = None) -> Proces
         raise ConfigError(f"processor {spec!r}: bad options: {exc}") from exc
     if not hasattr(proc, "process"):
         raise ProcessorSpecError(f"processor {spec!r} has no process() method")
-    if _plain_def(proc.process):
-        # The worker awaits what process() returns: a Result is not awaitable, so every
-        # object failed ("object Result can't be used in 'await' expression").
-        raise ProcessorSpecError(
-            f"processor {spec!r}: process() must be `async def` (it is a plain `def`)"
-        )
+    # (A plain `def process` is found when it returns: one that returns an awaitable,
+    # or a decorated `async def`, is a processor too; see executors.one.run_object.)
     return proc  # type: ignore[no-any-return]
-
-
-def _plain_def(method: Any) -> bool:
-    """Whether ``method`` is a Python function that is not a coroutine function (nor
-    wraps one). Anything else (a callable object, a mock) is given the benefit of the
-    doubt: what it returns is awaited."""
-    while isinstance(method, functools.partial):
-        method = method.func
-    if not (inspect.isfunction(method) or inspect.ismethod(method)):
-        return False
-    return not (
-        inspect.iscoroutinefunction(method) or inspect.iscoroutinefunction(inspect.unwrap(method))
-    )
 
 
 def _has_lifecycle(cls: Any) -> bool:

@@ -13,6 +13,8 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import pytest
+
 import s3flow
 from s3flow.executors.pool import in_pool_child, pool_context
 
@@ -32,9 +34,14 @@ with ProcessPoolExecutor(1, mp_context=pool_context()) as pool:
 """
 
 
-def test_run_worker_refuses_to_run_in_a_pool_child(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "context",
+    ["pool_context()", "multiprocessing.get_context('spawn')"],
+    ids=["pool", "spawn"],  # spawn: compaction's and csv-to-kafka ranges' own children
+)
+def test_run_worker_refuses_to_run_in_a_pool_child(tmp_path: Path, context: str) -> None:
     script = tmp_path / "unguarded.py"
-    script.write_text(_UNGUARDED)
+    script.write_text(_UNGUARDED.replace("mp_context=pool_context()", f"mp_context={context}"))
     env = {**os.environ, "PYTHONPATH": str(Path(s3flow.__file__).parents[1])}
     done = subprocess.run(
         [sys.executable, str(script)],
@@ -46,7 +53,7 @@ def test_run_worker_refuses_to_run_in_a_pool_child(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert done.returncode != 0, done.stdout
-    assert "run_worker() was called in a pool executor's child process" in done.stderr
+    assert "run_worker() was called in a spawned child process" in done.stderr
     assert 'put the call under `if __name__ == "__main__":`' in done.stderr
 
 

@@ -142,16 +142,39 @@ def test_a_malformed_module_path_is_a_config_error(spec: str) -> None:
     assert info.value.error_class == "ConfigError"  # in results and DLQ messages
 
 
-def test_a_plain_def_process_is_refused(isolated_registry: dict[str, Any]) -> None:
-    # Accepted, it failed every object ("object Result can't be used in 'await'
-    # expression"), retried, then dead-lettered.
+async def test_a_plain_def_process_is_a_permanent_error_naming_the_fix(
+    isolated_registry: dict[str, Any],
+) -> None:
+    # It failed every object ("object Result can't be used in 'await' expression"),
+    # retried, then dead-lettered. Refused when it returns (not when it is built: a
+    # plain def returning an awaitable, or a decorated async def, is a processor too).
+    from s3flow.events import ObjectEvent
+    from s3flow.executors.base import ObjectJob
+    from s3flow.executors.one import run_object
+
     @register_processor("unit-test-sync")
     class Sync(BaseProcessor):
         def process(self, ctx: ProcessContext) -> Result:  # type: ignore[override]
             return Result()
 
-    with pytest.raises(ConfigError, match=r"process\(\) must be `async def`"):
-        create_processor("unit-test-sync")
+    class Delegates(BaseProcessor):
+        def process(self, ctx: ProcessContext) -> Any:  # type: ignore[override]
+            return self._run(ctx)
+
+        async def _run(self, ctx: ProcessContext) -> Result:
+            return Result(counters={"delegated": 1})
+
+    job = ObjectJob(
+        processor="unit-test-sync",
+        options={},
+        event=ObjectEvent(bucket="in", key="a.txt"),
+        output="s3://out/",
+        timeout_s=10,
+    )
+    with pytest.raises(ConfigError, match=r"make it `async def process\(self, ctx\)`"):
+        await run_object(create_processor("unit-test-sync"), job, s3=None, sink=None)  # type: ignore[arg-type]
+    done = await run_object(Delegates({}), job, s3=None, sink=None)  # type: ignore[arg-type]
+    assert done.counters == {"delegated": 1}
 
 
 def test_async_process_in_any_form_is_accepted(isolated_registry: dict[str, Any]) -> None:

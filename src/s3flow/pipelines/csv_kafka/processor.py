@@ -18,7 +18,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
-from s3flow.errors import RetryableError
+from s3flow.errors import ConfigError, OutputUnavailableError, RetryableError
 from s3flow.events import content_part
 from s3flow.pipelines.csv_kafka.checkpoint import ObjectRef, mirror_name
 from s3flow.pipelines.csv_kafka.options import CsvKafkaOptions
@@ -89,7 +89,12 @@ class CsvToKafkaProcessor(OptionsProcessor[CsvKafkaOptions]):
 
     async def process(self, ctx: ProcessContext) -> Result:
         """Produce the object's rows (resuming from its checkpoint); durable on return."""
-        await self.ensure_topics()
+        try:
+            await self.ensure_topics()
+        except ConfigError as exc:
+            # Topics missing or wrong since the start (deleted, not created yet): the
+            # operator's to fix, not the object's; retried, never dead-lettered per object.
+            raise OutputUnavailableError(str(exc)) from exc
         event = ctx.event
         ref = ObjectRef.of(event.bucket, event.key, event.version_id, event.etag)
         report = await run_csv_object(

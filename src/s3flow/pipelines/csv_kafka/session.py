@@ -224,7 +224,10 @@ class TxnSession:
             self._ckpt_partition,
             self._ckpt_key,
             start_offset=hint,
-            timeout_s=clock.wait(self._timeout + 30),
+            # Not cut to retry_timeout_s: an open transaction on the checkpoint partition
+            # (another object's crashed producer, a commit left to the broker) holds the
+            # read for up to transaction.timeout.ms.
+            timeout_s=self._timeout + 30,
         )
         self._scan_from = ckpt.scan_from if ckpt is not None else end
         return ckpt
