@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from s3flow.errors import UndecodableContentError
 from s3flow.objects import count_byte, prepare_count_byte
 from s3flow.processors.base import OptionsProcessor, ProcessContext, Result
-from s3flow.settings import codec_info
+from s3flow.settings import text_codec
 
 #: Every ASCII byte: an encoding that decodes them to themselves writes a line feed as
 #: the byte 0x0A, and none of its multi-byte characters holds one.
@@ -67,17 +67,7 @@ class LineCountOptions(BaseModel):
     @field_validator("text_encoding")
     @classmethod
     def _known_codec(cls, v: str | None) -> str | None:
-        if not v:
-            return None
-        if not codec_info(v)._is_text_encoding:
-            raise ValueError(f"{v!r} is not a text encoding (e.g. 'utf-8', 'utf-16', 'latin-1')")
-        # A trial decode: some codecs are text encodings by name only ("undefined"
-        # refuses everything) and would fail every object.
-        try:
-            codecs.getincrementaldecoder(v)(errors="strict").decode(b"", final=True)
-        except Exception as exc:
-            raise ValueError(f"{v!r} cannot decode text ({exc})") from exc
-        return v
+        return text_codec(v) if v else None
 
 
 def _decode_error(encoding: str, offset: int, exc: UnicodeError) -> UndecodableContentError:

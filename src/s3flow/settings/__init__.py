@@ -28,6 +28,7 @@ from s3flow.settings.base import (
     check_byte_range,
     check_regex,
     codec_info,
+    text_codec,
 )
 from s3flow.settings.executors import (
     DEFAULT_CONTAINER_COMMAND,
@@ -98,4 +99,5 @@ __all__ = [
     "name_part",
     "processing_pipeline",
     "results_prefix",
+    "text_codec",
 ]

@@ -29,6 +29,21 @@ def codec_info(name: str) -> codecs.CodecInfo:
         raise ValueError(f"unknown text encoding {name!r}") from exc
 
 
+def text_codec(name: str) -> str:
+    """A validator: ``name`` if it is a codec that decodes text; ValueError otherwise.
+
+    Also a trial decode: some codecs are text encodings by name only ("undefined"
+    refuses everything) and would fail every object.
+    """
+    if not codec_info(name)._is_text_encoding:
+        raise ValueError(f"{name!r} is not a text encoding (e.g. 'utf-8', 'utf-16', 'latin-1')")
+    try:
+        codecs.getincrementaldecoder(name)(errors="strict").decode(b"", final=True)
+    except Exception as exc:
+        raise ValueError(f"{name!r} cannot decode text ({exc})") from exc
+    return name
+
+
 def check_byte_range(min_bytes: int | None, max_bytes: int | None) -> None:
     """A validator: ValueError when ``max_bytes < min_bytes`` (None is no bound)."""
     if min_bytes is not None and max_bytes is not None and max_bytes < min_bytes:

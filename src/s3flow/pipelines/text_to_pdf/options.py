@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import codecs
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from s3flow.settings import codec_info
+from s3flow.settings import text_codec
 
 MM = 72 / 25.4  # points per millimetre
 
@@ -59,15 +58,7 @@ class TextToPdfOptions(BaseModel):
     @field_validator("encoding")
     @classmethod
     def _known_codec(cls, v: str) -> str:
-        if not codec_info(v)._is_text_encoding:
-            raise ValueError(f"{v!r} is not a text encoding")
-        # A trial decode: some codecs are text encodings by name only ("undefined"
-        # refuses everything) and would fail every object.
-        try:
-            codecs.getincrementaldecoder(v)(errors="strict").decode(b"", final=True)
-        except Exception as exc:
-            raise ValueError(f"{v!r} cannot decode text ({exc})") from exc
-        return v
+        return text_codec(v)
 
     @field_validator("font_file")
     @classmethod
