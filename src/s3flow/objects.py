@@ -348,6 +348,15 @@ async def batched(chunks: AsyncIterable[bytes], min_bytes: int) -> AsyncIterator
         yield b"".join(pending)
 
 
+def too_large(uri: str, encoding: str, compressed_bytes: int, limit: int) -> TooLargeError:
+    """The error of an object that decompresses past ``max_uncompressed_bytes``."""
+    return TooLargeError(
+        f"{uri} ({encoding}, {compressed_bytes:,} compressed bytes read) decompresses to "
+        f"more than max_uncompressed_bytes = {limit:,}; raise the pipeline's "
+        "max_uncompressed_bytes if this object is legitimate"
+    )
+
+
 class ObjectReader:
     """Async iterator over an object's decompressed bytes.
 
@@ -410,11 +419,11 @@ class ObjectReader:
     def _check_size(self) -> None:
         limit = self._max_out
         if limit is not None and self.encoding != "identity" and self.uncompressed_bytes > limit:
-            raise TooLargeError(
-                f"s3://{self.info.bucket}/{self.info.key} ({self.encoding}, "
-                f"{self.compressed_bytes:,} compressed bytes read) decompresses to more than "
-                f"max_uncompressed_bytes = {limit:,}; raise the pipeline's "
-                "max_uncompressed_bytes if this object is legitimate"
+            raise too_large(
+                f"s3://{self.info.bucket}/{self.info.key}",
+                self.encoding,
+                self.compressed_bytes,
+                limit,
             )
 
     def _start(self, head: bytes) -> Decoder:

@@ -17,6 +17,7 @@ from s3flow.aws import open_clients
 from s3flow.errors import ConfigError, translate_aws_error
 from s3flow.settings import JobsSettings, PipelineSettings, Settings, processing_pipeline
 from s3flow.settings.loading import describe_filters, filters_overlap, key_filters_overlap
+from s3flow.settings.pipelines import queue_name_of
 
 NOTIFICATION_ID_PREFIX = "s3flow-"
 
@@ -261,7 +262,7 @@ class Provisioner:
             code = _code(exc)
             if "NonExistentQueue" not in code and "QueueDoesNotExist" not in code:
                 raise translate_aws_error(exc, f"GetQueueAttributes {url}") from exc
-            name = url.rstrip("/").rsplit("/", 1)[-1]
+            name = queue_name_of(url)
             raise ConfigError(
                 f"queue {url} does not exist, and provision creates only queues given by "
                 f"name: write {name!r} instead of the URL (provision then creates it where "
@@ -273,7 +274,7 @@ class Provisioner:
         given = name
         if _is_url(name):
             url: str | None = name
-            name = name.rstrip("/").rsplit("/", 1)[-1]
+            name = queue_name_of(name)
         else:
             url = await self._find_queue(name)
         if url is None:
@@ -589,9 +590,9 @@ async def provision(settings: Settings, *, dry_run: bool = False) -> list[Change
                 await prov.queue_must_exist(p.queue)  # before its DLQ is made
             # A DLQ named after a queue given by URL is made by name, where the endpoint
             # and region point (the worker finds it by the queue's redrive policy).
-            dlq = p.dlq or p.dlq_name.rstrip("/").rsplit("/", 1)[-1]
+            dlq = p.dlq or queue_name_of(p.dlq_name)
             _, dlq_arn = await prov.queue("dlq", dlq, {"MessageRetentionPeriod": "1209600"})
-            name = p.queue.rstrip("/").rsplit("/", 1)[-1]
+            name = queue_name_of(p.queue)
             account = dlq_arn.split(":")[4]
             arn_guess = f"arn:aws:sqs:{settings.aws.region}:{account}:{name}"
             wanted = {

@@ -39,7 +39,7 @@ from s3flow.settings.jobs import (
     bridge_pipeline,
     page_origins,
 )
-from s3flow.settings.pipelines import PipelineSettings
+from s3flow.settings.pipelines import PipelineSettings, queue_name_of
 
 CONFIG_ENV = "S3FLOW_CONFIG"
 
@@ -69,7 +69,7 @@ def same_queue(a: str, b: str) -> bool:
     same: the rare setup that does that can give both as URLs)."""
     if "://" in a and "://" in b:
         return a.rstrip("/") == b.rstrip("/")
-    return a.rstrip("/").rsplit("/", 1)[-1] == b.rstrip("/").rsplit("/", 1)[-1]
+    return queue_name_of(a) == queue_name_of(b)
 
 
 def describe_filters(p: PipelineSettings) -> str:

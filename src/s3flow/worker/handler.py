@@ -632,8 +632,6 @@ class MessageHandler:
             result = await run if lost is None else await _unless(run, lost, event)
             if lost is not None and lost.is_set():
                 return await self._lost(event, oid, token)
-            if not isinstance(result, Result):  # a stand-in executor's or a remote run's
-                raise ProcessorError(f"{rule.processor} gave {type(result).__name__}, no Result")
             if self.p.verify_outputs:
                 await verify_outputs(
                     self._s3, result.outputs, content_type=content_type, receipts=receipts

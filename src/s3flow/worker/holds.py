@@ -203,6 +203,10 @@ class Holds:
         """
         return self._lost.setdefault(delivery, asyncio.Event())
 
+    def _is_lost(self, delivery: str) -> bool:
+        lost = self._lost.get(delivery)
+        return lost is not None and lost.is_set()
+
     def _mark_lost(self, delivery: str) -> None:
         if delivery in self._locks or delivery in self._claims:
             self.lost(delivery).set()
@@ -213,14 +217,13 @@ class Holds:
         the TTL); after a stall (a frozen VM, a paused process) it is renewed first, so a
         worker that wakes up after its lease was taken over finds out before writing.
         """
-        lost = self._lost.get(delivery)
-        if lost is not None and lost.is_set():
+        if self._is_lost(delivery):
             return False
         confirmed = self._confirmed.get(delivery)
         if confirmed is None or time.monotonic() - confirmed < self.ttl_s / 2:
             return True
         await self.renew([delivery])
-        if self._lost.get(delivery, asyncio.Event()).is_set():
+        if self._is_lost(delivery):
             return False
         confirmed = self._confirmed.get(delivery)
         if confirmed is not None and time.monotonic() - confirmed >= self.ttl_s:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,7 +151,8 @@ def _handler(
     )
 
 
-def _three_records() -> str:
+def _records(n: int = 3) -> str:
+    """A notification of ``n`` object records (k0.txt, k1.txt...)."""
     records = [
         {
             "eventSource": "aws:s3",
@@ -160,7 +162,7 @@ def _three_records() -> str:
                 "object": {"key": f"k{i}.txt", "eTag": "e", "sequencer": f"0{i}"},
             },
         }
-        for i in range(3)
+        for i in range(n)
     ]
     return json.dumps({"Records": records})
 
@@ -168,7 +170,7 @@ def _three_records() -> str:
 async def test_only_the_last_record_of_a_message_hands_its_slot_over() -> None:
     executors = _RecordingExecutors()
     handler = _handler(executors)
-    msg = ReceivedMessage("m", "h", _three_records(), 1, 0.0)
+    msg = ReceivedMessage("m", "h", _records(), 1, 0.0)
     handed: list[int] = []
     msg.reading_done = lambda: handed.append(1)
     outcome = await handler.handle(msg)
@@ -182,7 +184,7 @@ async def test_each_record_takes_the_slot_just_before_its_work_and_gives_it_back
     # wait on a prefetched message that itself waits for a slot.
     trace: list[str] = []
     handler = _handler(_RecordingExecutors(trace))
-    msg = ReceivedMessage("m", "h", _three_records(), 1, 0.0)
+    msg = ReceivedMessage("m", "h", _records(), 1, 0.0)
 
     async def begin_work() -> bool:
         trace.append("begin")
@@ -207,7 +209,7 @@ async def test_write_receipts_are_collected_only_for_a_processor_that_vouches(
 ) -> None:
     executors = _RecordingExecutors()
     handler = _handler(executors, verify=verify, processor=processor)
-    msg = ReceivedMessage("m", "h", _three_records(), 1, 0.0)
+    msg = ReceivedMessage("m", "h", _records(), 1, 0.0)
     assert isinstance(await handler.handle(msg), Ack)
     if collects:
         assert executors.receipts == [{}, {}, {}]  # one per record, not shared
@@ -225,7 +227,7 @@ async def test_the_receipts_reach_the_verification(processor: str, by_write: boo
     handler = _handler(
         _RecordingExecutors(writes=True), verify=True, processor=processor, by_write=by_write
     )
-    msg = ReceivedMessage("m", "h", _three_records(), 1, 0.0)
+    msg = ReceivedMessage("m", "h", _records(), 1, 0.0)
     outcome = await handler.handle(msg)
     if processor == "line-count" and by_write:
         assert isinstance(outcome, Ack)
@@ -237,7 +239,7 @@ async def test_the_receipts_reach_the_verification(processor: str, by_write: boo
 async def test_a_stop_before_the_slot_releases_the_message_without_work() -> None:
     executors = _RecordingExecutors()
     handler = _handler(executors)
-    msg = ReceivedMessage("m", "h", _three_records(), 1, 0.0)
+    msg = ReceivedMessage("m", "h", _records(), 1, 0.0)
 
     async def stopped() -> bool:
         return False
@@ -273,9 +275,8 @@ async def test_a_shutdown_while_a_result_is_recorded_keeps_the_result(
     executors = _RecordingExecutors()
     async with _GatedStore(tmp_path / "state.db") as store:
         handler = _handler(executors, store=store)
-        body = json.loads(_three_records())
-        body["Records"] = body["Records"][:records]
-        msg = ReceivedMessage("m", "h", json.dumps(body), 1, 0.0)
+        body = _records(records)
+        msg = ReceivedMessage("m", "h", body, 1, 0.0)
         work = asyncio.create_task(handler.handle(msg))
         await asyncio.wait_for(store.asked.wait(), 5)
         work.cancel()
@@ -385,9 +386,8 @@ class _InvalidExecutors(_RecordingExecutors):
 async def _quarantine_refused(tmp_path: Path, code: str, status: int) -> tuple[object, FileRecord]:
     async with SqliteStateStore(tmp_path / "state.db") as store:
         handler = _handler(_InvalidExecutors(), store=store, s3=_TagRefusingS3(code, status))
-        body = json.loads(_three_records())
-        body["Records"] = body["Records"][:1]
-        outcome = await handler.handle(ReceivedMessage("m", "h", json.dumps(body), 1, 0.0))
+        body = _records(1)
+        outcome = await handler.handle(ReceivedMessage("m", "h", body, 1, 0.0))
         (rec,) = await store.versions("b", "k0.txt")
         return outcome, rec
 
@@ -442,7 +442,7 @@ async def test_an_event_whose_upload_was_overwritten_is_settled_as_superseded(
     executors = _SupersededExecutors()
     async with SqliteStateStore(tmp_path / "state.db") as db:
         handler = _handler(executors, store=db if store else None)
-        out = await handler.handle(ReceivedMessage("m", "h", _three_records(), 1, 0.0))
+        out = await handler.handle(ReceivedMessage("m", "h", _records(), 1, 0.0))
         assert isinstance(out, Ack), out
         assert all(j.event.if_match for j in executors.jobs)  # type: ignore[attr-defined]
         assert handler.metrics.objects_skipped == 3 and handler.metrics.objects_processed == 0
@@ -489,9 +489,8 @@ async def test_a_run_whose_claim_is_lost_is_stopped_and_its_message_released(
     executors = _StalledExecutors()
     async with SqliteStateStore(tmp_path / "state.db") as db:
         handler = _handler(executors, store=db)  # type: ignore[arg-type]
-        body = json.loads(_three_records())
-        body["Records"] = body["Records"][:1]
-        msg = ReceivedMessage("m", "h", json.dumps(body), 1, 0.0)
+        body = _records(1)
+        msg = ReceivedMessage("m", "h", body, 1, 0.0)
         handling = asyncio.create_task(handler.handle(msg))
         await asyncio.wait_for(executors.started.wait(), 10)
         assert executors.fences[0] is not None  # each write of the run is fenced
@@ -526,9 +525,8 @@ async def test_a_message_released_gives_back_the_claims_kept_for_its_dead_letter
     executors = _DeadThenLost()
     async with SqliteStateStore(tmp_path / "state.db") as db:
         handler = _handler(executors, store=db)  # type: ignore[arg-type]
-        body = json.loads(_three_records())
-        body["Records"] = body["Records"][:2]
-        msg = ReceivedMessage("m", "h", json.dumps(body), 1, 0.0)
+        body = _records(2)
+        msg = ReceivedMessage("m", "h", body, 1, 0.0)
         handling = asyncio.create_task(handler.handle(msg))
         await asyncio.wait_for(executors.started.wait(), 10)
         handler._holds.lost(msg.delivery).set()
@@ -539,10 +537,18 @@ async def test_a_message_released_gives_back_the_claims_kept_for_its_dead_letter
 
 
 class _NoneExecutors:
-    """A processor that returns None instead of a Result (a user's mistake)."""
+    """A processor that returns None instead of a Result (a user's mistake), run as the
+    inline executor runs it."""
 
-    async def run(self, name: str, job: object, progress: object, **kw: object) -> object:
-        return None
+    async def run(self, name: str, job: Any, progress: object, **kw: object) -> Result:
+        from s3flow.executors.one import run_object
+        from s3flow.processors.base import BaseProcessor, ProcessContext
+
+        class Forgets(BaseProcessor):
+            async def process(self, ctx: ProcessContext) -> Result:
+                return None  # type: ignore[return-value]
+
+        return await run_object(Forgets({}), job, s3=None, sink=None)  # type: ignore[arg-type]
 
 
 async def test_a_run_that_returns_no_result_is_a_failure_not_a_lost_claim(
@@ -552,9 +558,8 @@ async def test_a_run_that_returns_no_result_is_a_failure_not_a_lost_claim(
     failure, again and again, and never reached the DLQ."""
     async with SqliteStateStore(tmp_path / "state.db") as db:
         handler = _handler(_NoneExecutors(), store=db)  # type: ignore[arg-type]
-        body = json.loads(_three_records())
-        body["Records"] = body["Records"][:1]
-        outcome = await handler.handle(ReceivedMessage("m", "h", json.dumps(body), 1, 0.0))
+        body = _records(1)
+        outcome = await handler.handle(ReceivedMessage("m", "h", body, 1, 0.0))
         assert isinstance(outcome, Retry), outcome
         (rec,) = await db.versions("b", "k0.txt")
         assert rec.status is FileStatus.FAILED and rec.failures == 1, rec

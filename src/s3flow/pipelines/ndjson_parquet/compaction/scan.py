@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - the stdlib split below
     np = None  # type: ignore[assignment]
 
 from s3flow.errors import CorruptDataError, Disposition, TooLargeError, translate_aws_error
-from s3flow.objects import MAGIC_BYTES, detect_encoding, make_decoder
+from s3flow.objects import MAGIC_BYTES, detect_encoding, make_decoder, too_large
 from s3flow.pipelines.ndjson_parquet.compaction.manifest import InputFile
 from s3flow.pipelines.ndjson_parquet.compaction.schema import (
     cast_table,
@@ -206,11 +206,7 @@ class _Splitter:
         for piece in pieces:
             self._decompressed += len(piece)
             if self._decompressed > limit:
-                raise TooLargeError(
-                    f"{self.encoding} data decompresses to more than max_uncompressed_bytes "
-                    f"= {limit:,} ({self.compressed:,} compressed bytes read); raise the "
-                    "pipeline's max_uncompressed_bytes if this file is legitimate"
-                )
+                raise too_large(self.task.file.uri(), self.encoding, self.compressed, limit)
             yield piece
 
     def units(self) -> Iterator[_Unit]:
